@@ -1,0 +1,59 @@
+# ThreatFlow: every target sets up what it needs (venv, dependencies, tools).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat shared/pyproject.toml | sha256sum | cut -c1-12)
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+
+.PHONY: venv tools run down status test test-unit lint fmt bench clean
+
+venv: $(STAMP)
+
+$(STAMP): shared/pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -U pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e "shared[dev]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# checkov pins many libraries that clash with ours, so it lives in its own venv.
+tools: $(CHECKOV_STAMP)
+
+$(CHECKOV_STAMP):
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q --disable-pip-version-check "checkov>=3.2"
+	touch $@
+
+## The run command: the whole system on 127.0.0.1:$${THREATFLOW_PORT:-8080}.
+run: venv
+	$(BIN)/threatflow devstack up
+
+down: venv
+	$(BIN)/threatflow devstack down
+
+status: venv
+	$(BIN)/threatflow devstack status
+
+## The test command: unit, integration and end-to-end tests on this run's own services.
+test: venv tools
+	CHECKOV_BIN=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check shared functions tests scripts
+	$(BIN)/ruff format --check shared functions
+	$(BIN)/mypy
+
+fmt: venv
+	$(BIN)/ruff format shared functions
+	$(BIN)/ruff check --fix shared functions tests scripts
+
+bench: venv
+	@for script in tests/perf/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) $(CHECKOV_VENV) .devstack dist

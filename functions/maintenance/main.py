@@ -1,0 +1,21 @@
+"""maintenance: runs the job named by a maintenance-topic message."""
+
+import functools
+
+import functions_framework
+
+from threatflow.jobs.handler import handle_maintenance
+from threatflow.platform import events
+from threatflow.runtime import Runtime
+
+runtime = Runtime.from_env()
+
+
+@functions_framework.cloud_event
+def maintenance(cloud_event):  # type: ignore[no-untyped-def]
+    events.handle(
+        cloud_event,
+        functools.partial(handle_maintenance, runtime=runtime),
+        function="maintenance",
+        max_age_seconds=runtime.settings.max_event_age_seconds,
+    )

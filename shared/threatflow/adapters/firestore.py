@@ -1,0 +1,73 @@
+"""Firestore documents on the official client (FIRESTORE_EMULATOR_HOST locally)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from threatflow.platform.errors import DependencyError
+
+_TIMEOUT = 10.0
+
+
+class FirestoreDocuments:
+    def __init__(self, project: str) -> None:
+        from google.cloud import firestore
+
+        self._client = firestore.Client(project=project)
+
+    def _ref(self, collection: str, doc_id: str) -> Any:
+        return self._client.collection(collection).document(doc_id)
+
+    def get(self, collection: str, doc_id: str) -> dict[str, Any] | None:
+        snapshot = self._call(lambda: self._ref(collection, doc_id).get(timeout=_TIMEOUT))
+        return snapshot.to_dict() if snapshot.exists else None
+
+    def create(self, collection: str, doc_id: str, data: Mapping[str, Any]) -> bool:
+        from google.api_core import exceptions
+
+        try:
+            self._call(lambda: self._ref(collection, doc_id).create(dict(data), timeout=_TIMEOUT))
+        except exceptions.AlreadyExists:
+            return False
+        return True
+
+    def set(self, collection: str, doc_id: str, data: Mapping[str, Any], *, merge: bool = False) -> None:
+        self._call(lambda: self._ref(collection, doc_id).set(dict(data), merge=merge, timeout=_TIMEOUT))
+
+    def delete(self, collection: str, doc_id: str) -> None:
+        self._call(lambda: self._ref(collection, doc_id).delete(timeout=_TIMEOUT))
+
+    def query(
+        self,
+        collection: str,
+        *,
+        where: Sequence[tuple[str, str, Any]] = (),
+        order_by: str | None = None,
+        descending: bool = False,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        from google.cloud import firestore
+        from google.cloud.firestore_v1.base_query import FieldFilter
+
+        query: Any = self._client.collection(collection)
+        for field, op, value in where:
+            query = query.where(filter=FieldFilter(field, op, value))
+        if order_by:
+            query = query.order_by(order_by, direction=firestore.Query.DESCENDING if descending else firestore.Query.ASCENDING)
+        docs = self._call(lambda: list(query.limit(limit).stream(timeout=_TIMEOUT)))
+        return [{"id": d.id, **d.to_dict()} for d in docs]
+
+    def ping(self) -> None:
+        self.get("_ready", "probe")
+
+    @staticmethod
+    def _call(fn: Any) -> Any:
+        from google.api_core import exceptions
+
+        try:
+            return fn()
+        except exceptions.AlreadyExists:
+            raise
+        except (exceptions.ServiceUnavailable, exceptions.DeadlineExceeded, exceptions.RetryError) as exc:
+            raise DependencyError(f"Firestore is unreachable: {exc.__class__.__name__}") from exc

@@ -1,0 +1,85 @@
+"""Routes of the admin function: users, maintenance runs, and (via Router) /health and /ready."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+import msgspec
+
+from threatflow.auth.model import Role
+from threatflow.platform.web import Request, Response, Router
+from threatflow.runtime import Runtime
+
+MAINTENANCE_TOPIC = "maintenance"
+
+
+class CreateUser(msgspec.Struct, forbid_unknown_fields=True):
+    username: Annotated[str, msgspec.Meta(min_length=2, max_length=64)]
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+    role: Role = Role.READER
+
+
+class RunJob(msgspec.Struct, forbid_unknown_fields=True):
+    params: dict[str, Any] = {}
+
+
+def build_router(runtime: Runtime) -> Router:
+    from threatflow.auth import service
+    from threatflow.auth.users import UserRepository
+    from threatflow.jobs import runs
+    from threatflow.platform import events
+
+    router = Router("admin", runtime=runtime)
+
+    def users() -> UserRepository:
+        return UserRepository(runtime.engine)
+
+    @router.route("GET", "/api/v1/admin/users", role=Role.ADMIN)
+    def list_users(request: Request) -> dict[str, Any]:
+        limit = request.query_int("limit", 100, minimum=1, maximum=1000)
+        after = request.query_int("after", 0)
+        page = users().list(after_id=after, limit=limit)
+        return {"users": [u.public() for u in page], "next_after": page[-1].id if len(page) == limit else None}
+
+    @router.route("POST", "/api/v1/admin/users", role=Role.ADMIN, body=CreateUser)
+    def create_user(request: Request, body: CreateUser) -> Response:
+        user = service.create_user(username=body.username, password=body.password, role=body.role, users=users())
+        return Response(user.public(), status=201)
+
+    @router.route("POST", "/api/v1/admin/users/{username}/disable", role=Role.ADMIN)
+    def disable_user(request: Request) -> dict[str, Any]:
+        service.set_disabled(username=request.path_params["username"], disabled=True, users=users())
+        return {"username": request.path_params["username"], "disabled": True}
+
+    @router.route("POST", "/api/v1/admin/users/{username}/enable", role=Role.ADMIN)
+    def enable_user(request: Request) -> dict[str, Any]:
+        service.set_disabled(username=request.path_params["username"], disabled=False, users=users())
+        return {"username": request.path_params["username"], "disabled": False}
+
+    @router.route("POST", "/api/v1/admin/jobs/{job}/run", role=Role.ADMIN)
+    def run_job(request: Request) -> Response:
+        job = request.path_params["job"]
+        runs.require_job(job)
+        body = msgspec.json.decode(request.body, type=RunJob) if request.body else RunJob()
+        run_id = uuid.uuid4().hex
+        message_id = runtime.publisher.publish(
+            MAINTENANCE_TOPIC,
+            events.encode({"params": body.params, "requested_by": request.principal.username if request.principal else None}),
+            {"job": job, "run_id": run_id},
+        )
+        return Response(
+            {"run_id": run_id, "job": job, "message_id": message_id, "status_url": f"/api/v1/admin/runs/{run_id}"},
+            status=202,
+        )
+
+    @router.route("GET", "/api/v1/admin/runs/{run_id}", role=Role.ANALYST)
+    def get_run(request: Request) -> dict[str, Any]:
+        return runs.get_run(request.path_params["run_id"], documents=runtime.documents)
+
+    @router.route("GET", "/api/v1/admin/runs", role=Role.ANALYST)
+    def recent_runs(request: Request) -> dict[str, Any]:
+        limit = request.query_int("limit", 50, minimum=1, maximum=500)
+        return {"runs": runs.recent_runs(documents=runtime.documents, limit=limit)}
+
+    return router

@@ -1,0 +1,250 @@
+"""The `threatflow` command line.
+
+Operator commands (devstack, db, users, jobs) talk to the services directly,
+with the environment of a running local stack filled in when the shell has no
+DATABASE_URL etc. of its own. Client commands (login, api, whoami) talk to the
+HTTP API like any other client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from threatflow.platform.errors import ThreatFlowError
+
+CREDENTIALS = Path(os.environ.get("THREATFLOW_CREDENTIALS") or Path.home() / ".config" / "threatflow" / "credentials.json")
+
+
+def _with_stack_env() -> None:
+    from threatflow.devstack.stack import stack_env
+
+    for key, value in stack_env().items():
+        os.environ.setdefault(key, value)
+
+
+def _settings() -> Any:
+    from threatflow.platform.config import Settings
+
+    _with_stack_env()
+    return Settings.from_env()
+
+
+def _engine() -> Any:
+    from threatflow.adapters.postgres import create_engine
+
+    return create_engine(_settings())
+
+
+# -- devstack ----------------------------------------------------------------------
+
+
+def cmd_devstack(args: argparse.Namespace) -> int:
+    from threatflow.devstack import stack
+
+    state_dir = Path(args.state_dir).resolve() if args.state_dir else stack.state_dir_from_env()
+    if args.action == "up":
+        port = args.port if args.port is not None else int(os.environ.get("THREATFLOW_PORT") or stack.DEFAULT_PORT)
+        return stack.up(state_dir=state_dir, port=port, scheduler=not args.no_scheduler)
+    if args.action == "down":
+        return stack.down(state_dir=state_dir)
+    return stack.status(state_dir=state_dir)
+
+
+# -- db ------------------------------------------------------------------------------
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from threatflow.db import migrate
+
+    engine = _engine()
+    sql_dir = Path(args.sql_dir) if args.sql_dir else migrate.DEFAULT_SQL_DIR
+    if args.action == "migrate":
+        report = migrate.migrate(engine, sql_dir=sql_dir)
+        print(f"{len(report.applied)} applied, {len(report.already_applied)} already applied")
+    else:
+        for version, name in migrate.applied_versions(engine):
+            print(f"{version:04d} {name}")
+    return 0
+
+
+# -- users ---------------------------------------------------------------------------
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    from threatflow.auth import service
+    from threatflow.auth.model import Role
+    from threatflow.auth.users import UserRepository
+
+    users = UserRepository(_engine())
+    if args.action == "create":
+        if not args.password_stdin:
+            raise SystemExit("pass the password on standard input with --password-stdin (it never goes on the command line)")
+        password = sys.stdin.readline().rstrip("\r\n")
+        user = service.create_user(username=args.name, password=password, role=Role.parse(args.role), users=users)
+        print(f"created {user.username} ({user.role.value}), id {user.id}")
+    elif args.action == "list":
+        after = 0
+        while page := users.list(after_id=after, limit=500):
+            for u in page:
+                state = "disabled" if u.disabled else "active"
+                print(f"{u.id:>6}  {u.username:<32} {u.role.value:<8} {state:<8} last login {u.last_login_at or '-'}")
+            after = page[-1].id
+    else:
+        service.set_disabled(username=args.name, disabled=args.action == "disable", users=users)
+        print(f"{args.name} {args.action}d")
+    return 0
+
+
+# -- jobs ----------------------------------------------------------------------------
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from threatflow.platform.manifest import load_manifest
+
+    manifest = load_manifest()
+    if args.action == "list":
+        for s in manifest.schedules.values():
+            target = f"topic {s.topic} {s.attributes}" if s.topic else f"function {s.function}"
+            print(f"{s.name:<18} {s.schedule:<14} {s.time_zone:<10} -> {target}  {s.description}")
+        return 0
+    schedule = manifest.schedules.get(args.name)
+    if schedule is None:
+        raise SystemExit(f"unknown job {args.name!r}; known: {', '.join(sorted(manifest.schedules))}")
+    from threatflow.adapters.pubsub import PubSubPublisher
+    from threatflow.devstack.scheduler import fire
+    from threatflow.devstack.stack import StackState, state_dir_from_env
+
+    settings = _settings()
+    state = StackState.read(state_dir_from_env())
+    gateway_url = state.gateway_url if state else f"http://127.0.0.1:{os.environ.get('THREATFLOW_PORT', '8080')}"
+    ident = fire(schedule, publisher=PubSubPublisher(settings.project), gateway_url=gateway_url)
+    print(f"fired {schedule.name}: {ident}")
+    return 0
+
+
+# -- HTTP client ---------------------------------------------------------------------------
+
+
+def _base_url(args: argparse.Namespace) -> str:
+    if getattr(args, "url", None):
+        return str(args.url).rstrip("/")
+    if CREDENTIALS.exists():
+        return str(json.loads(CREDENTIALS.read_text())["url"])
+    return os.environ.get("THREATFLOW_URL", f"http://127.0.0.1:{os.environ.get('THREATFLOW_PORT', '8080')}")
+
+
+def _request(method: str, url: str, *, token: str | None, body: Any = None) -> tuple[int, Any]:
+    import requests
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = requests.request(method, url, json=body, headers=headers, timeout=120)
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = response.text
+    return response.status_code, payload
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else __import__("getpass").getpass()
+    url = _base_url(args)
+    status, payload = _request("POST", f"{url}/api/v1/auth/token", token=None, body={"username": args.username, "password": password})
+    if status != 200:
+        print(json.dumps(payload, indent=2), file=sys.stderr)
+        return 1
+    CREDENTIALS.parent.mkdir(parents=True, exist_ok=True)
+    CREDENTIALS.write_text(json.dumps({"url": url, "access_token": payload["access_token"]}))
+    CREDENTIALS.chmod(0o600)
+    print(f"logged in to {url} as {args.username}; token valid for {payload['expires_in']} s")
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    token = os.environ.get("THREATFLOW_TOKEN")
+    if token is None and CREDENTIALS.exists():
+        token = json.loads(CREDENTIALS.read_text()).get("access_token")
+    body = None
+    if args.data is not None:
+        text = Path(args.data[1:]).read_text() if args.data.startswith("@") else args.data
+        body = json.loads(text)
+    path = args.path if args.path.startswith("/") else f"/{args.path}"
+    status, payload = _request(args.method.upper(), f"{_base_url(args)}{path}", token=token, body=body)
+    print(json.dumps(payload, indent=2) if not isinstance(payload, str) else payload)
+    return 0 if status < 400 else 1
+
+
+# -- parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="threatflow", description="ThreatFlow operator and API client.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("devstack", help="run the whole system locally")
+    dev.add_argument("action", choices=["up", "down", "status"])
+    dev.add_argument("--port", type=int, help="gateway port (default THREATFLOW_PORT or 8080)")
+    dev.add_argument("--state-dir", help="state folder (default THREATFLOW_STATE_DIR or ./.devstack)")
+    dev.add_argument("--no-scheduler", action="store_true", help="do not run the manifest's schedules")
+    dev.set_defaults(run=cmd_devstack)
+
+    db = sub.add_parser("db", help="database migrations")
+    db.add_argument("action", choices=["migrate", "status"])
+    db.add_argument("--sql-dir", help="migrations folder (default ./sql)")
+    db.set_defaults(run=cmd_db)
+
+    users = sub.add_parser("users", help="manage API users")
+    users_sub = users.add_subparsers(dest="action", required=True)
+    create = users_sub.add_parser("create", help="create a user")
+    create.add_argument("name")
+    create.add_argument("--role", required=True, choices=["admin", "analyst", "reader"])
+    create.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    users_sub.add_parser("list", help="list users")
+    for action in ("disable", "enable"):
+        p = users_sub.add_parser(action, help=f"{action} a user")
+        p.add_argument("name")
+    users.set_defaults(run=cmd_users)
+
+    jobs = sub.add_parser("jobs", help="scheduled jobs")
+    jobs.add_argument("action", choices=["list", "run"])
+    jobs.add_argument("name", nargs="?")
+    jobs.set_defaults(run=cmd_jobs)
+
+    login = sub.add_parser("login", help="get a token and remember it")
+    login.add_argument("username")
+    login.add_argument("--url", help="API base URL (default THREATFLOW_URL or the local stack)")
+    login.add_argument("--password-stdin", action="store_true")
+    login.set_defaults(run=cmd_login)
+
+    api = sub.add_parser("api", help="call the API: threatflow api GET /api/v1/auth/me")
+    api.add_argument("method", choices=["GET", "POST", "PUT", "PATCH", "DELETE", "get", "post", "put", "patch", "delete"])
+    api.add_argument("path")
+    api.add_argument("--data", help="JSON body, or @file")
+    api.add_argument("--url", help="API base URL")
+    api.set_defaults(run=cmd_api)
+
+    whoami = sub.add_parser("whoami", help="who the stored token belongs to")
+    whoami.add_argument("--url")
+    whoami.set_defaults(run=lambda a: cmd_api(argparse.Namespace(method="GET", path="/api/v1/auth/me", data=None, url=a.url)))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "jobs" and args.action == "run" and not args.name:
+        raise SystemExit("threatflow jobs run NAME: name a job (threatflow jobs list)")
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        sys.exit(run(args))
+    except ThreatFlowError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

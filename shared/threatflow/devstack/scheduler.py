@@ -1,0 +1,74 @@
+"""Cloud Scheduler, locally: fires the manifest's schedules on their cron times.
+
+A schedule publishes to its topic with its attributes (as a Pub/Sub target
+does) or POSTs to its function (as an HTTP target does). `fire` is also what
+`threatflow jobs run NAME` calls to run one now.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from threatflow.platform import events
+from threatflow.platform.manifest import Manifest, Schedule
+
+log = logging.getLogger("threatflow.scheduler")
+
+
+def fire(schedule: Schedule, *, publisher: Any, gateway_url: str) -> str:
+    """Run a schedule once; returns the message id or the HTTP status."""
+    from threatflow.devstack.gateway import SCHEDULE_PREFIX
+
+    if schedule.topic:
+        attributes = {"run_id": uuid.uuid4().hex, **schedule.attributes}
+        return str(publisher.publish(schedule.topic, events.encode(schedule.body), attributes))
+    request = urllib.request.Request(  # noqa: S310 - the gateway URL is ours, http on loopback
+        f"{gateway_url}{SCHEDULE_PREFIX}{schedule.function}",
+        data=json.dumps(schedule.body).encode(),
+        headers={"Content-Type": "application/json", "X-CloudScheduler-JobName": schedule.name},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - the gateway URL is ours, http on loopback
+        return str(response.status)
+
+
+class LocalScheduler:
+    def __init__(self, manifest: Manifest, *, publisher: Any, gateway_url: str) -> None:
+        from croniter import croniter
+
+        self._publisher = publisher
+        self._gateway_url = gateway_url
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="local-scheduler", daemon=True)
+        now = datetime.now(UTC)
+        self._iters = {s.name: (s, croniter(s.schedule, now.astimezone(ZoneInfo(s.time_zone)))) for s in manifest.schedules.values()}
+        self._next = {name: it.get_next(datetime) for name, (_, it) in self._iters.items()}
+
+    def next_runs(self) -> dict[str, datetime]:
+        return dict(self._next)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(1.0):
+            now = datetime.now(UTC)
+            for name, (schedule, it) in self._iters.items():
+                if self._next[name] <= now:
+                    self._next[name] = it.get_next(datetime)
+                    try:
+                        ident = fire(schedule, publisher=self._publisher, gateway_url=self._gateway_url)
+                        log.info(f"schedule {name} fired", extra={"fields": {"schedule": name, "id": ident}})
+                    except Exception as exc:  # one failing job must not stop the others
+                        log.error(f"schedule {name} failed: {exc}", extra={"fields": {"schedule": name}})

@@ -1,0 +1,154 @@
+"""CSV import: a header row, then one IoC per row; bad rows are named by row number.
+
+Columns (case-insensitive, common aliases accepted): value (indicator, ioc,
+observable...), type, tags (`;` or `|` separated), source/sources, tlp,
+confidence, expires_at (valid_until, expiry), description (comment), verdict.
+Types may be ours (ipv4, sha256...) or MISP's (ip-dst, filename|sha256...).
+
+Without a value column, columns named by an indicator type (`md5, sha1, sha256`,
+MISP's typed-column CSV) are read cell by cell. MISP's own CSV export
+(`uuid,event_id,category,type,value,comment,to_ids,...`) is the ordinary shape.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from threatflow.iocs.formats import Builder, ParsedImport, as_text, clean_tags
+from threatflow.iocs.types import IocType
+from threatflow.platform.errors import ValidationError
+
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "value": ("value", "indicator", "ioc", "ioc_value", "observable", "observable_value", "data", "attribute", "ioc value"),
+    "type": ("type", "ioc_type", "indicator_type", "kind", "attribute_type", "ioc type"),
+    "tags": ("tags", "tag", "labels", "label"),
+    "source": ("source", "feed"),
+    "sources": ("sources",),
+    "tlp": ("tlp", "tlp_level"),
+    "confidence": ("confidence",),
+    "expires_at": ("expires_at", "expiry", "expires", "valid_until"),
+    "description": ("description", "comment", "comments", "notes"),
+    "verdict": ("verdict",),
+    "to_ids": ("to_ids",),
+    "uuid": ("uuid", "id"),
+}
+_COLUMN_OF = {alias: key for key, aliases in _ALIASES.items() for alias in aliases}
+MAX_ROWS = 1_000_000
+
+
+def map_type(value: str | None) -> str | None:
+    """Our type, or a MISP attribute type translated; unknown types pass through for normalise to reject."""
+    from threatflow.iocs.formats.misp import MISP_TYPES
+
+    if value is None or not value.strip():
+        return None
+    text = value.strip().lower()
+    if text in IocType.__members__.values() or text in {t.value for t in IocType}:
+        return text
+    if text in MISP_TYPES:
+        return MISP_TYPES[text][0]
+    return {"ip": None, "hash": None, "hostname": "domain", "uri": "url", "filepath": "file_path", "path": "file_path"}.get(text, text)
+
+
+def _split(text: str | None) -> list[str]:
+    if not text:
+        return []
+    for sep in (";", "|"):
+        text = text.replace(sep, ",")
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse(content: Any) -> ParsedImport:
+    text = as_text(content, what="csv")
+    if not text.strip():
+        raise ValidationError("csv: the document is empty; the first row must be a header", field="content")
+    try:
+        dialect: Any = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    reader = csv.reader(io.StringIO(text), dialect, skipinitialspace=True)
+    try:
+        header = next(reader)
+    except (StopIteration, csv.Error) as exc:
+        raise ValidationError(f"csv: cannot read the header row: {exc}", field="content") from None
+    names = [h.strip().lower().lstrip("#").strip() for h in header]
+    columns = {_COLUMN_OF[name]: i for i, name in reversed(list(enumerate(names))) if name in _COLUMN_OF}
+    typed = {i: map_type(name) for i, name in enumerate(names) if name not in _COLUMN_OF and _is_type(name)}
+    if "value" not in columns and not typed:
+        raise ValidationError(
+            f"csv: no value column; name one of {', '.join(_ALIASES['value'])}, or name columns by indicator type (md5, ip-dst...)."
+            f" Header was: {', '.join(header)}",
+            field="content",
+        )
+    out = Builder()
+    try:
+        for row_number, row in enumerate(reader, start=2):
+            if row_number > MAX_ROWS + 1:
+                raise ValidationError(f"csv: more than {MAX_ROWS} rows", field="content")
+            if not any(cell.strip() for cell in row):
+                continue
+            _row(out, row, row_number, columns, typed, len(names))
+    except csv.Error as exc:
+        raise ValidationError(f"csv: line {reader.line_num}: {exc}", field="content") from None
+    return out.build()
+
+
+def _is_type(name: str) -> bool:
+    from threatflow.iocs.formats.misp import MISP_TYPES
+
+    return name in {t.value for t in IocType} or name in MISP_TYPES
+
+
+def _row(out: Builder, row: list[str], row_number: int, columns: dict[str, int], typed: dict[int, str | None], width: int) -> None:
+    ref = f"row {row_number}"
+    if len(row) > width:
+        out.error(ref, f"{len(row)} cells but the header names {width} columns")
+        return
+
+    def cell(key: str) -> str | None:
+        index = columns.get(key)
+        if index is None or index >= len(row):
+            return None
+        return row[index].strip() or None
+
+    common: dict[str, Any] = {
+        "tags": clean_tags(_split(cell("tags"))),
+        "source": cell("source"),
+        "sources": _split(cell("sources")),
+        "tlp": cell("tlp"),
+        "expires_at": cell("expires_at"),
+        "description": cell("description"),
+        "verdict": (cell("verdict") or "").lower() or None,
+    }
+    confidence = cell("confidence")
+    if confidence is not None:
+        try:
+            common["confidence"] = int(confidence)
+        except ValueError:
+            out.error(ref, f"confidence {confidence!r} is not an integer (0-100)")
+            return
+    if (cell("to_ids") or "").lower() in ("1", "true") and not common["verdict"]:
+        common["verdict"] = "malicious"
+    if "value" in columns:
+        value = cell("value")
+        if value is None:
+            out.error(ref, "no value")
+            return
+        raw_type = cell("type")
+        if raw_type and raw_type.lower() == "domain|ip" and "|" in value:
+            domain, _, ip = value.partition("|")
+            out.ioc(f"{ref}/domain", {**common, "value": domain, "type": "domain"})
+            out.ioc(f"{ref}/ip", {**common, "value": ip})
+            return
+        if raw_type and "|" in raw_type and "|" in value:  # MISP composites: filename|sha256, ip-dst|port
+            from threatflow.iocs.formats.misp import MISP_TYPES
+
+            half = MISP_TYPES.get(raw_type.lower(), (None, 0))[1]
+            value = value.split("|")[half]
+        out.ioc(ref, {**common, "value": value, "type": map_type(raw_type)})
+        return
+    for index, ioc_type in typed.items():
+        if index < len(row) and row[index].strip():
+            out.ioc(f"{ref}:{index + 1}", {**common, "value": row[index].strip(), "type": ioc_type})

@@ -1,0 +1,367 @@
+"""IoC export: STIX 2.1 bundles, CSV and plain blocklists, read in keyset pages.
+
+Rows are read PAGE_SIZE at a time (id descending, as `find` pages), so memory
+holds one page of rows plus the output being written. `max_tlp` caps what leaves
+the platform: exports default to amber (amber+strict and red stay in unless the
+caller asks for them explicitly).
+
+STIX ids are deterministic so import -> export -> import is stable: an
+indicator's id is uuid5(NAMESPACE, "indicator:<type>:<value>"), a threat keeps
+its stored stix_id (else uuid5 of kind and lower-cased name), relationships and
+attack patterns are uuid5 of what they connect.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from threatflow.iocs.search import IocFilter
+from threatflow.platform.errors import ValidationError
+
+PAGE_SIZE = 5000
+DEFAULT_MAX_TLP = "amber"
+NAMESPACE = uuid.UUID("6f1c7a52-43e4-4c1b-9a41-3d7c1a0f7e21")  # fixed forever: ids derive from it
+CSV_COLUMNS = (
+    "id", "type", "value", "tags", "sources", "tlp", "confidence", "verdict", "score", "severity",
+    "first_seen", "last_seen", "expires_at", "detection_count", "active", "description",
+)  # fmt: skip
+TLP_1 = {
+    "clear": "marking-definition--613f2e26-407d-48c7-9eca-b8e91df99dc9",
+    "green": "marking-definition--34098fce-860f-48ae-8e50-ebd3cc5e41da",
+    "amber": "marking-definition--f88d31f6-486f-44da-b317-01333bde0b82",
+    "red": "marking-definition--5e57c739-391a-4eb3-b6be-7d15ca92d5ed",
+}
+
+
+class ExportFormat(StrEnum):
+    STIX = "stix"
+    CSV = "csv"
+    TXT = "txt"
+
+
+@dataclass(frozen=True)
+class Export:
+    body: bytes
+    content_type: str
+    filename: str
+    count: int
+
+
+CONTENT_TYPES = {
+    ExportFormat.STIX: ("application/stix+json;version=2.1", "stix.json"),
+    ExportFormat.CSV: ("text/csv; charset=utf-8", "csv"),
+    ExportFormat.TXT: ("text/plain; charset=utf-8", "txt"),
+}
+
+
+def iter_pages(conn: Any, flt: IocFilter, *, now: datetime, limit: int, page_size: int = PAGE_SIZE) -> Iterator[list[dict[str, Any]]]:
+    """Keyset pages of matching IoCs, newest first, at most `limit` rows in all."""
+    from sqlalchemy import text
+
+    from threatflow.iocs.search import compile_filter
+    from threatflow.iocs.store import IOC_COLUMNS, row_to_dict
+
+    compiled = compile_filter(flt, now=now)
+    remaining = limit
+    after: int | None = None
+    while remaining > 0:
+        params = dict(compiled.params)
+        where = compiled.where
+        if after is not None:
+            where += " AND id < :after_id"
+            params["after_id"] = after
+        params["page"] = min(page_size, remaining)
+        rows = conn.execute(text(f"SELECT {IOC_COLUMNS} FROM iocs WHERE {where} ORDER BY id DESC LIMIT :page"), params).all()  # noqa: S608
+        if not rows:
+            return
+        page = [row_to_dict(r) for r in rows]
+        yield page
+        remaining -= len(page)
+        after = page[-1]["id"]
+        if len(page) < params["page"]:
+            return
+
+
+def export(fmt: ExportFormat | str, flt: IocFilter, *, engine: Any, now: datetime, limit: int, catalog: Any = None) -> Export:
+    try:
+        kind = ExportFormat(str(fmt).lower())
+    except ValueError:
+        raise ValidationError(f"unknown export format {fmt!r}; expected stix, csv or txt", field="format") from None
+    content_type, extension = CONTENT_TYPES[kind]
+    stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    with engine.connect() as conn:
+        pages = iter_pages(conn, flt, now=now, limit=limit)
+        if kind is ExportFormat.TXT:
+            body, count = _txt(pages)
+        elif kind is ExportFormat.CSV:
+            body, count = _csv(pages)
+        else:
+            body, count = _stix(pages, conn=conn, max_tlp=flt.max_tlp.value if flt.max_tlp else None, now=now, catalog=catalog)
+    return Export(body, content_type, f"threatflow-iocs-{stamp}.{extension}", count)
+
+
+def _txt(pages: Iterator[list[dict[str, Any]]]) -> tuple[bytes, int]:
+    out = io.StringIO()
+    count = 0
+    for page in pages:
+        for ioc in page:
+            out.write(ioc["value"].replace("\n", " ").replace("\r", " ") + "\n")  # one value per line, always
+            count += 1
+    return out.getvalue().encode(), count
+
+
+def _csv(pages: Iterator[list[dict[str, Any]]]) -> tuple[bytes, int]:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    count = 0
+    for page in pages:
+        for ioc in page:
+            row = []
+            for column in CSV_COLUMNS:
+                value = ioc.get(column)
+                if isinstance(value, list):
+                    value = ";".join(value)
+                elif value is None:
+                    value = ""
+                text = str(value).lower() if isinstance(value, bool) else str(value)
+                # A cell starting with = + - @ is a formula to a spreadsheet: quote it (CSV injection).
+                row.append("'" + text if text[:1] in ("=", "+", "-", "@") and column != "confidence" else text)
+            writer.writerow(row)
+            count += 1
+    return out.getvalue().encode(), count
+
+
+# -- STIX 2.1 ---------------------------------------------------------------------------
+
+
+def indicator_id(ioc_type: str, value: str) -> str:
+    return f"indicator--{uuid.uuid5(NAMESPACE, f'indicator:{ioc_type}:{value}')}"
+
+
+def threat_id(kind: str, name: str, stix_id: str | None) -> str:
+    if stix_id and stix_id.startswith(kind + "--"):
+        return stix_id
+    return f"{kind}--{uuid.uuid5(NAMESPACE, f'threat:{kind}:{name.lower()}')}"
+
+
+def pattern_for(ioc_type: str, value: str) -> str:
+    """A STIX pattern built with stix2's pattern objects, so quoting and escaping are the library's."""
+    from stix2 import EqualityComparisonExpression, ObjectPath, ObservationExpression, StringConstant
+    from stix2.patterns import AndBooleanExpression
+
+    def equals(object_type: str, path: list[str], text: str) -> EqualityComparisonExpression:
+        return EqualityComparisonExpression(ObjectPath(object_type, path), StringConstant(text))
+
+    simple = {
+        "ipv4": ("ipv4-addr", ["value"]),
+        "ipv6": ("ipv6-addr", ["value"]),
+        "domain": ("domain-name", ["value"]),
+        "url": ("url", ["value"]),
+        "email": ("email-addr", ["value"]),
+        "md5": ("file", ["hashes", "MD5"]),
+        "sha1": ("file", ["hashes", "SHA-1"]),
+        "sha256": ("file", ["hashes", "SHA-256"]),
+    }
+    if ioc_type == "cidr":
+        return str(ObservationExpression(equals("ipv6-addr" if ":" in value else "ipv4-addr", ["value"], value)))
+    if ioc_type in simple:
+        object_type, path = simple[ioc_type]
+        return str(ObservationExpression(equals(object_type, path, value)))
+    if ioc_type == "file_path":
+        separator = "\\" if "\\" in value else "/"
+        directory, _, name = value.rpartition(separator)
+        return str(
+            ObservationExpression(
+                AndBooleanExpression(
+                    [equals("file", ["parent_directory_ref", "path"], directory or separator), equals("file", ["name"], name)]
+                )
+            )
+        )
+    raise ValidationError(f"no STIX pattern for type {ioc_type!r}", field="type")
+
+
+def _ts(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+
+def _markings(tlp: str | None) -> list[str]:
+    if not tlp:
+        return []
+    # TLP 1.0 has no amber+strict: mark it red, the nearest level that does not loosen it.
+    return [TLP_1["red" if tlp == "amber+strict" else tlp]]
+
+
+def _stix(pages: Iterator[list[dict[str, Any]]], *, conn: Any, max_tlp: str | None, now: datetime, catalog: Any) -> tuple[bytes, int]:
+    import stix2
+
+    from threatflow.threats import store as threat_store
+
+    objects: dict[str, Any] = {}
+    indicator_of: dict[int, str] = {}
+    links: list[dict[str, Any]] = []
+    relations: list[dict[str, Any]] = []
+    count = 0
+    for page in pages:
+        ids = [ioc["id"] for ioc in page]
+        for ioc in page:
+            first_seen = _ts(ioc["first_seen"]) or now
+            expires = _ts(ioc.get("expires_at"))
+            stix_id = indicator_id(ioc["type"], ioc["value"])
+            indicator = stix2.Indicator(
+                id=stix_id,
+                created=_ts(ioc["created_at"]),
+                modified=max(_ts(ioc["updated_at"]) or now, _ts(ioc["created_at"]) or now),
+                name=ioc["value"],
+                description=ioc.get("description") or None,
+                pattern=pattern_for(ioc["type"], ioc["value"]),
+                pattern_type="stix",
+                valid_from=first_seen,
+                valid_until=expires if expires and expires > first_seen else None,
+                indicator_types=["malicious-activity"] if ioc["verdict"] == "malicious" else None,
+                labels=ioc["tags"] or None,
+                confidence=ioc["confidence"],
+                object_marking_refs=_markings(ioc["tlp"]) or None,
+                allow_custom=False,
+            )
+            objects[stix_id] = indicator
+            indicator_of[ioc["id"]] = stix_id
+            count += 1
+        links.extend(threat_store.links_for_iocs(conn, ids))
+        relations.extend(threat_store.relations_for_iocs(conn, ids))
+
+    threat_ids = sorted({int(link["threat_id"]) for link in links})
+    threat_of: dict[int, str] = {}
+    if threat_ids:
+        for threat in threat_store.threats_for_export(conn, threat_ids=threat_ids, max_tlp=max_tlp):
+            obj = _threat_object(threat, now=now)
+            threat_of[int(threat["id"])] = obj.id
+            objects[obj.id] = obj
+            for ttp in threat.get("ttps") or []:
+                pattern = _attack_pattern(ttp, catalog, now=now)
+                objects.setdefault(pattern.id, pattern)
+                _relationship(objects, obj.id, "uses", pattern.id, now=now)
+    for link in links:
+        source, target = indicator_of.get(int(link["ioc_id"])), threat_of.get(int(link["threat_id"]))
+        if source and target:
+            _relationship(objects, source, "indicates" if link["relation"] == "indicates" else str(link["relation"]), target, now=now)
+    for relation in relations:
+        source, target = indicator_of.get(int(relation["source_id"])), indicator_of.get(int(relation["target_id"]))
+        if source and target:  # both ends exported: the relation cannot leak an IoC above max_tlp
+            _relationship(objects, source, str(relation["type"]), target, now=now)
+    used = {ref for obj in objects.values() for ref in (obj.get("object_marking_refs") or [])}
+    markings = [m for m in (stix2.TLP_WHITE, stix2.TLP_GREEN, stix2.TLP_AMBER, stix2.TLP_RED) if m.id in used]
+    bundle = stix2.Bundle(objects=[*markings, *objects.values()], id=f"bundle--{uuid.uuid4()}", allow_custom=False)
+    return bundle.serialize(pretty=False).encode(), count
+
+
+def _relationship(objects: dict[str, Any], source: str, relation: str, target: str, *, now: datetime) -> None:
+    import stix2
+
+    rel_id = f"relationship--{uuid.uuid5(NAMESPACE, f'{source}|{relation}|{target}')}"
+    if rel_id not in objects:
+        objects[rel_id] = stix2.Relationship(
+            id=rel_id, source_ref=source, relationship_type=relation, target_ref=target, created=now, modified=now
+        )
+
+
+def _attack_pattern(ttp: str, catalog: Any, *, now: datetime) -> Any:
+    import stix2
+
+    technique = catalog.get(ttp) if catalog is not None else None
+    name = getattr(technique, "name", None) or ttp
+    url = f"https://attack.mitre.org/techniques/{ttp.replace('.', '/')}"
+    return stix2.AttackPattern(
+        id=f"attack-pattern--{uuid.uuid5(NAMESPACE, f'attack-pattern:{ttp}')}",
+        created=now,
+        modified=now,
+        name=name,
+        external_references=[{"source_name": "mitre-attack", "external_id": ttp, "url": url}],
+    )
+
+
+def _threat_object(threat: dict[str, Any], *, now: datetime) -> Any:
+    import stix2
+
+    kind = str(threat["kind"])
+    created = _ts(threat.get("created_at")) or now
+    common: dict[str, Any] = {
+        "id": threat_id(kind, threat["name"], threat.get("stix_id")),
+        "created": created,
+        "modified": max(_ts(threat.get("updated_at")) or created, created),
+        "name": threat["name"],
+        "description": threat.get("description") or None,
+        "confidence": threat.get("confidence"),
+        "labels": threat.get("tags") or None,
+        "external_references": [
+            {k: v for k, v in ref.items() if v is not None} for ref in (threat.get("references") or []) if ref.get("source_name")
+        ]
+        or None,
+        "object_marking_refs": _markings(threat.get("tlp")) or None,
+        "allow_custom": False,
+    }
+    aliases = [a for a in threat.get("aliases") or [] if a] or None
+    first_seen, last_seen = _ts(threat.get("first_seen")), _ts(threat.get("last_seen"))
+    if first_seen and last_seen and last_seen < first_seen:
+        last_seen = first_seen
+    seen = {"first_seen": first_seen, "last_seen": last_seen}
+    if kind == "malware":
+        return stix2.Malware(is_family=True, aliases=aliases, **seen, **common)
+    if kind == "threat-actor":
+        return stix2.ThreatActor(aliases=aliases, **seen, **common)
+    if kind == "intrusion-set":
+        return stix2.IntrusionSet(aliases=aliases, **seen, **common)
+    if kind == "campaign":
+        return stix2.Campaign(aliases=aliases, **seen, **common)
+    if kind == "tool":
+        return stix2.Tool(aliases=aliases, **common)
+    raise ValidationError(f"unknown threat kind {kind!r}", field="kind")
+
+
+# -- the filter from query parameters ------------------------------------------------------
+
+_LIST_FIELDS = {"type", "verdict", "severity", "tlp", "tags", "tags_any", "ids"}
+_CONTROL = {"format", "limit"}
+
+
+def filter_from_query(query: Any) -> IocFilter:
+    """IocFilter from query parameters: lists as repeated or comma-separated values; max_tlp defaults to amber."""
+    import msgspec
+
+    known = set(IocFilter.__struct_fields__)
+    data: dict[str, Any] = {}
+    for name in query:
+        if name in _CONTROL:
+            continue
+        if name not in known:
+            raise ValidationError(f"unknown query parameter {name!r}; filters are {', '.join(sorted(known))}", field=name)
+        values = query.getlist(name) if hasattr(query, "getlist") else [query[name]]
+        if name in _LIST_FIELDS:
+            data[name] = [part.strip() for value in values for part in str(value).split(",") if part.strip()]
+        else:
+            data[name] = values[-1]
+    data.setdefault("max_tlp", DEFAULT_MAX_TLP)
+    if "ids" in data:
+        data["ids"] = [_int(v, "ids") for v in data["ids"]]
+    try:
+        return msgspec.convert(data, IocFilter, strict=False)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        field = message.split("`$.", 1)[1].split("`", 1)[0].split("[", 1)[0] if "`$." in message else "query"
+        raise ValidationError(f"query parameter {field!r}: {message.split(' - at ', 1)[0]}", field=field) from None
+
+
+def _int(value: str, field: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValidationError(f"query parameter {field!r} must be integers", field=field) from None

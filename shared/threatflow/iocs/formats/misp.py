@@ -1,0 +1,279 @@
+"""MISP import: events (`{"Event": {...}}`, a bare event, `{"response": [...]}`) and MISP CSV.
+
+- Attributes (top level and inside Objects) become IoCs by type (`MISP_TYPES`);
+  composite types (`ip-dst|port`, `filename|sha256`) keep the indicator half and
+  `domain|ip` gives both halves plus a resolves-to relation. Non-IoC types (text,
+  link, comment, regkey...) are counted in `skipped`, not errors.
+- Tags: `tlp:*` sets the TLP (the attribute's beats the event's), `misp-galaxy:*`
+  tags are left to the galaxies, every other tag is kept. Each IoC also gets
+  `misp-event:<uuid>`; the source is `misp:<Orgc name>`; `comment` (or the
+  event's info) is the description.
+- `to_ids: true` marks the IoC malicious; `to_ids: false` leaves the verdict
+  alone and adds the tag `misp:to_ids=false`, so detection exports can skip it.
+- Galaxy clusters become threats (threat-actor, intrusion-set, malware families,
+  tools); ATT&CK attack-pattern clusters become TTPs of the event's threats.
+  Event-level clusters are linked to every IoC of the event, attribute-level
+  clusters to that attribute's IoCs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from threatflow.iocs.formats import Builder, Link, ParsedImport, ParsedThreat, Relation, as_text, clean_tags, load_json
+from threatflow.platform.errors import ValidationError
+
+# MISP attribute type -> (our type or None to detect, which half of a composite "a|b" value).
+MISP_TYPES: dict[str, tuple[str | None, int]] = {
+    "ip-src": (None, 0),
+    "ip-dst": (None, 0),
+    "ip-src|port": (None, 0),
+    "ip-dst|port": (None, 0),
+    "domain": ("domain", 0),
+    "hostname": ("domain", 0),
+    "hostname|port": ("domain", 0),
+    "url": ("url", 0),
+    "md5": ("md5", 0),
+    "sha1": ("sha1", 0),
+    "sha256": ("sha256", 0),
+    "filename|md5": ("md5", 1),
+    "filename|sha1": ("sha1", 1),
+    "filename|sha256": ("sha256", 1),
+    "malware-sample": ("md5", 1),
+    "email": ("email", 0),
+    "email-src": ("email", 0),
+    "email-dst": ("email", 0),
+    "email-reply-to": ("email", 0),
+    "filename": ("file_path", 0),  # only absolute paths are IoCs; bare names are skipped
+}
+_GALAXY_KINDS = {
+    "threat-actor": "threat-actor",
+    "mitre-intrusion-set": "intrusion-set",
+    "mitre-enterprise-attack-intrusion-set": "intrusion-set",
+    "intrusion-set": "intrusion-set",
+    "mitre-malware": "malware",
+    "mitre-enterprise-attack-malware": "malware",
+    "malpedia": "malware",
+    "malware": "malware",
+    "banker": "malware",
+    "ransomware": "malware",
+    "rat": "malware",
+    "stealer": "malware",
+    "botnet": "malware",
+    "backdoor": "malware",
+    "android": "malware",
+    "tool": "tool",
+    "mitre-tool": "tool",
+    "mitre-enterprise-attack-tool": "tool",
+    "exploit-kit": "tool",
+}
+_ATTACK_PATTERN_GALAXIES = {"mitre-attack-pattern", "mitre-enterprise-attack-attack-pattern", "mitre-mobile-attack-attack-pattern"}
+_MITRE_SUFFIX = re.compile(r"^(?P<name>.+?)\s+-\s+(?P<id>[GSTC]\d{4}(?:\.\d{3})?)$")
+_TTP = re.compile(r"^T\d{4}(?:\.\d{3})?$")
+_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:\\|\\\\|/|%[A-Za-z_]+%\\)")
+
+
+def parse(content: Any) -> ParsedImport:
+    if isinstance(content, (bytes, bytearray, str)):
+        text = as_text(content, what="misp").lstrip()
+        if not text.startswith(("{", "[")):
+            return parse_csv(text)
+    doc = load_json(content, what="misp")
+    out = Builder()
+    events = _events(doc)
+    for index, event in enumerate(events):
+        _event(out, event, where="Event" if len(events) == 1 else f"response[{index}].Event")
+    return out.build()
+
+
+def _events(doc: Any) -> list[dict[str, Any]]:
+    if isinstance(doc, dict) and "response" in doc:
+        items = doc["response"]
+        if not isinstance(items, list):
+            raise ValidationError("misp: response must be a list of events", field="content")
+        events = [item.get("Event", item) if isinstance(item, dict) else item for item in items]
+    elif isinstance(doc, dict) and "Event" in doc:
+        events = [doc["Event"]]
+    elif isinstance(doc, list):
+        events = [item.get("Event", item) if isinstance(item, dict) else item for item in doc]
+    elif isinstance(doc, dict) and any(key in doc for key in ("Attribute", "Object", "info", "uuid")):
+        events = [doc]
+    else:
+        raise ValidationError('misp: not a MISP event (expected {"Event": {...}}, a bare event or {"response": [...]})', field="content")
+    for index, event in enumerate(events):
+        if not isinstance(event, dict):
+            raise ValidationError(f"misp: event {index} is not an object", field="content")
+    return events
+
+
+def _list(event: dict[str, Any], key: str, where: str) -> list[Any]:
+    value = event.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValidationError(f"misp: {where}.{key} must be a list; got {type(value).__name__}", field="content")
+    return value
+
+
+def _tag_names(holder: dict[str, Any], where: str) -> list[str]:
+    names = []
+    for tag in _list(holder, "Tag", where):
+        name = tag.get("name") if isinstance(tag, dict) else tag
+        if isinstance(name, str) and name.strip():
+            names.append(name.strip())
+    return names
+
+
+def _split_tags(names: list[str]) -> tuple[list[str], str | None]:
+    tags, tlp = [], None
+    for name in names:
+        lower = name.lower()
+        if lower.startswith("tlp:"):
+            tlp = lower
+        elif not lower.startswith("misp-galaxy:"):
+            tags.append(name)
+    return tags, tlp
+
+
+def _event(out: Builder, event: dict[str, Any], *, where: str) -> None:
+    uuid = str(event.get("uuid") or "")
+    orgc: dict[str, Any] = event["Orgc"] if isinstance(event.get("Orgc"), dict) else {}
+    source = f"misp:{orgc['name']}" if orgc.get("name") else "misp"
+    event_tags, event_tlp = _split_tags(_tag_names(event, where))
+    if uuid:
+        event_tags.append(f"misp-event:{uuid}")
+    info = event.get("info") if isinstance(event.get("info"), str) else None
+    ctx = {"source": source, "tags": event_tags, "tlp": event_tlp, "info": info}
+
+    threat_refs, ttps = _galaxies(out, event, where)
+    event_iocs: list[str] = []
+    for index, attribute in enumerate(_list(event, "Attribute", where)):
+        event_iocs.extend(_attribute(out, attribute, ctx, where=f"{where}.Attribute[{index}]"))
+    for o_index, obj in enumerate(_list(event, "Object", where)):
+        if not isinstance(obj, dict):
+            raise ValidationError(f"misp: {where}.Object[{o_index}] is not an object", field="content")
+        obj_ctx = {**ctx, "info": obj.get("comment") or info}
+        for index, attribute in enumerate(_list(obj, "Attribute", f"{where}.Object[{o_index}]")):
+            event_iocs.extend(_attribute(out, attribute, obj_ctx, where=f"{where}.Object[{o_index}].Attribute[{index}]"))
+    if ttps:  # the event's ATT&CK clusters describe every threat of the event
+        for i, threat in enumerate(out.threats):
+            if threat.ref in threat_refs:
+                out.threats[i] = ParsedThreat(threat.ref, msgspec.structs.replace(threat.item, ttps=sorted({*threat.item.ttps, *ttps})))
+    for ioc_ref in event_iocs:
+        for threat_ref in threat_refs:
+            out.links.append(Link(ioc_ref, threat_ref, "indicates"))
+
+
+def _attribute(out: Builder, attribute: Any, ctx: dict[str, Any], *, where: str) -> list[str]:
+    """The refs of the IoCs this attribute gave (none, one, or two for domain|ip)."""
+    if not isinstance(attribute, dict):
+        raise ValidationError(f"misp: {where} is not an object", field="content")
+    if attribute.get("deleted") is True:
+        out.skip("deleted")
+        return []
+    misp_type = str(attribute.get("type") or "")
+    value = attribute.get("value")
+    ref = str(attribute.get("uuid") or where)
+    if not misp_type or not isinstance(value, str) or not value.strip():
+        out.error(ref, f"{where}: attribute needs a type and a value")
+        return []
+    tags, tlp = _split_tags(_tag_names(attribute, where))
+    to_ids = attribute.get("to_ids")
+    base = {
+        "tags": clean_tags([*ctx["tags"], *tags, *(["misp:to_ids=false"] if to_ids is False else [])]),
+        "source": ctx["source"],
+        "tlp": tlp or ctx["tlp"],
+        "description": (attribute.get("comment") or ctx["info"] or None),
+        "verdict": "malicious" if to_ids is True else None,
+    }
+    refs: list[str] = []
+    if misp_type == "domain|ip":
+        domain, _, ip = value.partition("|")
+        if out.ioc(f"{ref}/domain", {**base, "value": domain, "type": "domain"}):
+            refs.append(f"{ref}/domain")
+        if out.ioc(f"{ref}/ip", {**base, "value": ip}):
+            refs.append(f"{ref}/ip")
+        if len(refs) == 2:
+            out.relations.append(Relation(f"{ref}/domain", f"{ref}/ip", "resolves-to"))
+    else:
+        mapping = MISP_TYPES.get(misp_type)
+        if mapping is None:
+            out.skip(misp_type)
+            return []
+        ioc_type, half = mapping
+        part = value.split("|")[half] if "|" in misp_type and "|" in value else value
+        if ioc_type == "file_path" and not _ABSOLUTE.match(part):
+            out.skip("filename")
+            return []
+        if out.ioc(ref, {**base, "value": part, "type": ioc_type}):
+            refs.append(ref)
+    threat_refs, _ttps = _galaxies(out, attribute, where)
+    out.links.extend(Link(ioc_ref, threat_ref, "indicates") for ioc_ref in refs for threat_ref in threat_refs)
+    return refs
+
+
+def _galaxies(out: Builder, holder: dict[str, Any], where: str) -> tuple[list[str], list[str]]:
+    """Threats from the holder's galaxy clusters (refs), and the ATT&CK technique ids among them."""
+    refs: list[str] = []
+    ttps: list[str] = []
+    for galaxy in _list(holder, "Galaxy", where):
+        if not isinstance(galaxy, dict):
+            continue
+        galaxy_type = str(galaxy.get("type") or "")
+        for cluster in galaxy.get("GalaxyCluster") or []:
+            if not isinstance(cluster, dict) or not isinstance(cluster.get("value"), str):
+                continue
+            value = cluster["value"].strip()
+            meta: dict[str, Any] = cluster["meta"] if isinstance(cluster.get("meta"), dict) else {}
+            match = _MITRE_SUFFIX.match(value)
+            name, external_id = (match.group("name"), match.group("id")) if match else (value, None)
+            external_id = external_id or _first(meta.get("external_id"))
+            if galaxy_type in _ATTACK_PATTERN_GALAXIES:
+                if external_id and _TTP.match(external_id.upper()):
+                    ttps.append(external_id.upper())
+                continue
+            kind = _GALAXY_KINDS.get(galaxy_type)
+            if kind is None:
+                out.skip(f"galaxy:{galaxy_type}")
+                continue
+            ref = f"threat:{kind}:{name.lower()}"
+            if ref not in refs:
+                refs.append(ref)
+            if any(t.ref == ref for t in out.threats):
+                continue
+            references = [{"source_name": "misp-galaxy", "url": url} for url in (meta.get("refs") or []) if isinstance(url, str)]
+            if external_id:
+                references.insert(0, {"source_name": "mitre-attack", "external_id": external_id})
+            synonyms = [s for s in (meta.get("synonyms") or []) if isinstance(s, str) and s.strip() and s.strip().lower() != name.lower()]
+            out.threat(
+                ref,
+                {
+                    "kind": kind,
+                    "name": name,
+                    "aliases": synonyms,
+                    "description": cluster.get("description") or None,
+                    "references": references,
+                    "tags": [f"misp-galaxy:{galaxy_type}"],
+                },
+            )
+    return refs, ttps
+
+
+def _first(value: Any) -> str | None:
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return value if isinstance(value, str) else None
+
+
+# -- MISP CSV ---------------------------------------------------------------------------
+
+
+def parse_csv(text: str) -> ParsedImport:
+    """MISP CSV exports: either `uuid,event_id,category,type,value,...` rows, or one
+    column per attribute type (`md5, sha1, sha256`) with a value in each cell."""
+    from threatflow.iocs.formats import csvfmt
+
+    return csvfmt.parse(text)

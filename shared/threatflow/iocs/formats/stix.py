@@ -1,0 +1,403 @@
+"""STIX 2.1 (and 2.0) import: bundles, single objects, and bare SCOs.
+
+- indicator: the pattern is parsed by the STIX patterning grammar
+  (stix2patterns, through stix2's pattern visitor), never by regex. Each
+  `=`/`IN` comparison on a supported path gives one IoC (`OBJECT_PATHS`); OR
+  gives several. AND, FOLLOWEDBY and qualifiers are taken value by value with a
+  warning; `file:parent_directory_ref.path` AND `file:name` in one observation
+  is one file path. A pattern that does not parse fails the whole document.
+- SCOs (top level or inside observed-data) become IoCs the same way.
+- malware, threat-actor, intrusion-set, campaign, tool become threats;
+  attack-pattern ATT&CK ids (T####) become TTPs of threats that `uses` them.
+- relationships: indicator/SCO -> threat = a link; IoC <-> IoC = a relation
+  (resolves-to, communicates-with, drops, downloads, else related-to).
+- labels and indicator_types are tags; TLP marking definitions (1.0 and 2.0)
+  are the TLP; confidence is kept; valid_until is the expiry.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from threatflow.iocs.formats import Builder, Link, ParsedImport, Relation, clean_tags, load_json
+from threatflow.platform.errors import ValidationError
+
+THREAT_TYPES = {"malware", "threat-actor", "intrusion-set", "campaign", "tool"}
+# TLP 1.0 (STIX 2.x spec) and TLP 2.0 (OASIS extension) marking-definition ids.
+TLP_MARKINGS = {
+    "marking-definition--613f2e26-407d-48c7-9eca-b8e91df99dc9": "clear",
+    "marking-definition--34098fce-860f-48ae-8e50-ebd3cc5e41da": "green",
+    "marking-definition--f88d31f6-486f-44da-b317-01333bde0b82": "amber",
+    "marking-definition--5e57c739-391a-4eb3-b6be-7d15ca92d5ed": "red",
+    "marking-definition--94868c89-83c2-464b-929b-a1a8aa3c8487": "clear",
+    "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb": "green",
+    "marking-definition--55d920b0-5e8b-4f79-9ee9-91f868d9b421": "amber",
+    "marking-definition--939a9414-2ddd-4d32-a0cd-375ea402b003": "amber+strict",
+    "marking-definition--e828b379-4e03-4974-9ac4-e53a884c97c1": "red",
+}
+_TLP_RANK = ["clear", "green", "amber", "amber+strict", "red"]
+# (object type, property path) -> our type (None: let normalise tell ipv4 from cidr).
+OBJECT_PATHS: dict[tuple[str, str], str | None] = {
+    ("ipv4-addr", "value"): None,
+    ("ipv6-addr", "value"): None,
+    ("domain-name", "value"): "domain",
+    ("url", "value"): "url",
+    ("email-addr", "value"): "email",
+    ("email-message", "from_ref.value"): "email",
+    ("email-message", "sender_ref.value"): "email",
+    ("email-message", "to_refs.value"): "email",
+    ("email-message", "cc_refs.value"): "email",
+    ("network-traffic", "dst_ref.value"): None,
+    ("network-traffic", "src_ref.value"): None,
+    ("directory", "path"): "file_path",
+    ("file", "hashes.md5"): "md5",
+    ("file", "hashes.sha1"): "sha1",
+    ("file", "hashes.sha256"): "sha256",
+}
+RELATION_TYPES = {"resolves-to", "communicates-with", "drops", "downloads"}
+_SCO_TYPES = {"ipv4-addr", "ipv6-addr", "domain-name", "url", "email-addr", "file", "directory"}
+_TTP = re.compile(r"^T\d{4}(?:\.\d{3})?$")
+_ESCAPED = re.compile(r"\\(.)")
+
+
+def _literal(constant: Any) -> str:
+    """The string a pattern constant stands for: the visitor keeps the \\ and \\' escapes of the source."""
+    return _ESCAPED.sub(r"\1", str(constant.value))
+
+
+def parse(content: Any) -> ParsedImport:
+    doc = load_json(content, what="stix")
+    objects = _objects(doc)
+    by_id = _latest_by_id(objects)
+    out = Builder()
+    tlp_of = _tlp_definitions(by_id)
+    ioc_refs: set[str] = set()
+    threat_refs: set[str] = set()
+    ttps_of_pattern = {obj_id: _attack_id(obj) for obj_id, (_, obj) in by_id.items() if obj.get("type") == "attack-pattern"}
+
+    for obj_id, (index, obj) in by_id.items():
+        where = f"objects[{index}] ({obj_id})"
+        kind = obj.get("type")
+        if kind == "indicator":
+            if _indicator(out, obj, where, tlp_of):
+                ioc_refs.add(obj_id)
+        elif kind in _SCO_TYPES:
+            if _sco(out, obj_id, obj, where, _common(obj, tlp_of)):
+                ioc_refs.add(obj_id)
+        elif kind == "observed-data":
+            if _observed(out, obj_id, obj, where, tlp_of, by_id):
+                ioc_refs.add(obj_id)
+        elif kind in THREAT_TYPES:
+            if _threat(out, obj_id, obj, where, tlp_of):
+                threat_refs.add(obj_id)
+        elif kind not in ("relationship", "bundle"):
+            out.skip(str(kind))
+
+    ttps: dict[str, set[str]] = {}
+    for obj_id, (index, obj) in by_id.items():
+        if obj.get("type") != "relationship":
+            continue
+        source, target, rel = obj.get("source_ref"), obj.get("target_ref"), str(obj.get("relationship_type") or "")
+        where = f"objects[{index}] ({obj_id})"
+        if not isinstance(source, str) or not isinstance(target, str):
+            raise ValidationError(f"stix: {where}: a relationship needs source_ref and target_ref", field="content")
+        if source in ioc_refs and target in threat_refs:
+            out.links.append(Link(source, target, "indicates" if rel == "indicates" else rel))
+        elif source in threat_refs and target in ioc_refs:
+            out.links.append(Link(target, source, rel))
+        elif source in ioc_refs and target in ioc_refs:
+            out.relations.append(Relation(source, target, rel if rel in RELATION_TYPES else "related-to"))
+        elif rel == "uses" and {source, target} & threat_refs and {source, target} & set(ttps_of_pattern):
+            threat, pattern = (source, target) if source in threat_refs else (target, source)
+            if ttps_of_pattern[pattern]:
+                ttps.setdefault(threat, set()).add(ttps_of_pattern[pattern])  # type: ignore[arg-type]
+            else:
+                out.warn(obj_id, f"{pattern} has no ATT&CK technique id (T####); not kept as a TTP")
+        else:
+            out.skip(f"relationship:{rel}")
+    if ttps:
+        import msgspec
+
+        from threatflow.iocs.formats import ParsedThreat
+
+        for i, parsed_threat in enumerate(out.threats):
+            if parsed_threat.ref in ttps:
+                merged = sorted({*parsed_threat.item.ttps, *ttps[parsed_threat.ref]})
+                out.threats[i] = ParsedThreat(parsed_threat.ref, msgspec.structs.replace(parsed_threat.item, ttps=merged))
+    return out.build()
+
+
+# -- the document --------------------------------------------------------------------------
+
+
+def _objects(doc: Any) -> list[Any]:
+    if isinstance(doc, list):
+        return doc
+    if not isinstance(doc, dict):
+        raise ValidationError("stix: expected a bundle or a STIX object (a JSON object)", field="content")
+    if doc.get("type") == "bundle":
+        objects = doc.get("objects", [])
+        if not isinstance(objects, list):
+            raise ValidationError("stix: bundle.objects must be a list", field="content")
+        return objects
+    if isinstance(doc.get("type"), str) and isinstance(doc.get("id"), str):
+        return [doc]
+    raise ValidationError('stix: not a STIX bundle or object (no "type": "bundle" and no type/id)', field="content")
+
+
+def _latest_by_id(objects: list[Any]) -> dict[str, tuple[int, dict[str, Any]]]:
+    """One version per id (the latest `modified`), in document order."""
+    by_id: dict[str, tuple[int, dict[str, Any]]] = {}
+    for index, obj in enumerate(objects):
+        if not isinstance(obj, dict) or not isinstance(obj.get("type"), str) or not isinstance(obj.get("id"), str):
+            raise ValidationError(f"stix: bundle: objects[{index}] is not a STIX object (needs type and id)", field="content")
+        if not obj["id"].startswith(obj["type"] + "--"):
+            raise ValidationError(f"stix: bundle: objects[{index}] ({obj['id']}): the id must start with {obj['type']}--", field="content")
+        previous = by_id.get(obj["id"])
+        if previous is None or str(obj.get("modified", "")) >= str(previous[1].get("modified", "")):
+            by_id[obj["id"]] = (index, obj)
+    return by_id
+
+
+def _tlp_definitions(by_id: dict[str, tuple[int, dict[str, Any]]]) -> dict[str, str]:
+    tlp = dict(TLP_MARKINGS)
+    for obj_id, (_, obj) in by_id.items():
+        if obj.get("type") != "marking-definition":
+            continue
+        definition: dict[str, Any] = obj["definition"] if isinstance(obj.get("definition"), dict) else {}
+        level = definition.get("tlp") if obj.get("definition_type") == "tlp" else None
+        if level is None and isinstance(obj.get("name"), str) and obj["name"].lower().startswith("tlp:"):
+            level = obj["name"][4:]
+        if isinstance(level, str):
+            level = level.strip().lower()
+            tlp[obj_id] = "clear" if level == "white" else level
+    return tlp
+
+
+def _tlp(obj: dict[str, Any], tlp_of: dict[str, str]) -> str | None:
+    levels = [tlp_of[ref] for ref in obj.get("object_marking_refs") or [] if isinstance(ref, str) and ref in tlp_of]
+    levels = [level for level in levels if level in _TLP_RANK]
+    return max(levels, key=_TLP_RANK.index) if levels else None  # several: the most restrictive wins
+
+
+def _common(obj: dict[str, Any], tlp_of: dict[str, str]) -> dict[str, Any]:
+    confidence = obj.get("confidence")
+    return {
+        "tags": clean_tags([*(obj.get("labels") or []), *(obj.get("indicator_types") or [])]),
+        "tlp": _tlp(obj, tlp_of),
+        "confidence": confidence if isinstance(confidence, int) and 0 <= confidence <= 100 else None,
+        "description": (obj.get("description") or None) if isinstance(obj.get("description"), str) else None,
+    }
+
+
+# -- indicators and their patterns ---------------------------------------------------------
+
+
+def _indicator(out: Builder, obj: dict[str, Any], where: str, tlp_of: dict[str, str]) -> bool:
+    pattern = obj.get("pattern")
+    pattern_type = obj.get("pattern_type", "stix")
+    if pattern_type != "stix":
+        out.error(obj["id"], f"pattern_type {pattern_type!r} is not supported (only stix)")
+        return False
+    if not isinstance(pattern, str) or not pattern.strip():
+        raise ValidationError(f"stix: bundle: {where}: an indicator needs a pattern", field="content")
+    values, complex_reason = pattern_values(pattern, where=where, version="2.0" if obj.get("spec_version") == "2.0" else "2.1")
+    common = _common(obj, tlp_of)
+    if obj.get("valid_until"):
+        common["expires_at"] = obj["valid_until"]
+    if obj.get("name") and not common["description"]:
+        common["description"] = str(obj["name"])[:4096]
+    taken = 0
+    for ioc_type, value in values:
+        taken += out.ioc(obj["id"], {**common, "value": value, "type": ioc_type})
+    if not values:
+        out.error(obj["id"], f"the pattern names no supported indicator: {pattern[:200]}")
+    elif complex_reason:
+        out.warn(obj["id"], f"{complex_reason}; each value was imported as its own IoC")
+    return taken > 0
+
+
+def pattern_values(pattern: str, *, where: str = "pattern", version: str = "2.1") -> tuple[list[tuple[str | None, str]], str | None]:
+    """(type, value) pairs a pattern compares against, and why it is more than a plain OR of values (or None)."""
+    from stix2.pattern_visitor import create_pattern_object
+
+    try:
+        tree = create_pattern_object(pattern, version=version)
+    except Exception as exc:  # stix2patterns raises ParseException; the visitor may raise others on odd input
+        raise ValidationError(f"stix: bundle: {where}: pattern is not valid STIX patterning: {exc}", field="content") from None
+    found: list[tuple[str | None, str]] = []
+    reasons: list[str] = []
+    for observation in _observations(tree, reasons):
+        found.extend(_observation_values(observation, reasons))
+    return list(dict.fromkeys(found)), ("; ".join(dict.fromkeys(reasons)) or None)
+
+
+def _observations(node: Any, reasons: list[str]) -> Iterator[Any]:
+    from stix2 import patterns as p
+
+    if isinstance(node, p.ObservationExpression):
+        yield node
+    elif isinstance(node, p.QualifiedObservationExpression):
+        reasons.append(f"qualifier {node.qualifier} is not kept")
+        yield from _observations(node.observation_expression, reasons)
+    elif isinstance(node, p.ParentheticalExpression):
+        yield from _observations(node.expression, reasons)
+    elif isinstance(node, (p.AndObservationExpression, p.FollowedByObservationExpression)):
+        reasons.append(f"observations joined by {node.operator} are not kept together")
+        for operand in node.operands:
+            yield from _observations(operand, reasons)
+    elif isinstance(node, p.OrObservationExpression):
+        for operand in node.operands:
+            yield from _observations(operand, reasons)
+
+
+def _comparisons(node: Any, reasons: list[str]) -> Iterator[Any]:
+    from stix2 import patterns as p
+
+    if isinstance(node, p.ParentheticalExpression):
+        yield from _comparisons(node.expression, reasons)
+    elif isinstance(node, p.OrBooleanExpression):
+        for operand in node.operands:
+            yield from _comparisons(operand, reasons)
+    elif isinstance(node, p.AndBooleanExpression):
+        reasons.append("comparisons joined by AND are not kept together")
+        for operand in node.operands:
+            yield from _comparisons(operand, reasons)
+    else:
+        yield node
+
+
+def _path(lhs: Any) -> str:
+    from stix2 import patterns as p
+
+    parts = []
+    for component in lhs.property_path:
+        name = component.property_name if isinstance(component, p.BasicObjectPathComponent) else getattr(component, "property_name", "")
+        parts.append(str(name).strip("'"))
+    return ".".join(parts)
+
+
+def _hash_key(path: str) -> str:
+    head, _, algorithm = path.partition(".")
+    return f"{head}.{algorithm.replace('-', '').replace('_', '').lower()}" if head == "hashes" else path
+
+
+def _observation_values(observation: Any, reasons: list[str]) -> list[tuple[str | None, str]]:
+    from stix2 import patterns as p
+
+    local: list[str] = []
+    comparisons = list(_comparisons(observation.operand, local))
+    values: list[tuple[str | None, str]] = []
+    file_parts: dict[str, str] = {}
+    for comparison in comparisons:
+        object_type = comparison.lhs.object_type_name
+        path = _hash_key(_path(comparison.lhs))
+        if isinstance(comparison, p.EqualityComparisonExpression) and not comparison.negated:
+            constants = [comparison.rhs]
+        elif isinstance(comparison, p.InComparisonExpression) and not comparison.negated:
+            constants = list(comparison.rhs.value)
+        else:
+            local.append(f"{object_type}:{path} {comparison.operator} is not an exact value")
+            continue
+        if object_type == "file" and path in ("name", "parent_directory_ref.path"):
+            file_parts[path] = _literal(constants[0])
+            continue
+        key = (object_type, path)
+        if key not in OBJECT_PATHS:
+            local.append(f"{object_type}:{path} is not an indicator type ThreatFlow stores")
+            continue
+        values.extend((OBJECT_PATHS[key], _literal(constant)) for constant in constants)
+    if "parent_directory_ref.path" in file_parts and "name" in file_parts:
+        directory = file_parts["parent_directory_ref.path"]
+        separator = "\\" if "\\" in directory else "/"
+        values.append(("file_path", directory.rstrip("\\/") + separator + file_parts["name"]))
+        local = [r for r in local if "AND" not in r] if len(comparisons) == 2 else local
+    elif file_parts:
+        local.append("file:name without parent_directory_ref.path is not a path")
+    if values:
+        reasons.extend(local)
+    return values
+
+
+# -- SCOs ---------------------------------------------------------------------------------
+
+
+def _sco(out: Builder, ref: str, obj: dict[str, Any], where: str, common: dict[str, Any]) -> bool:
+    kind = obj.get("type")
+    values: list[tuple[str | None, str]] = []
+    if kind in ("ipv4-addr", "ipv6-addr", "domain-name", "url", "email-addr") and isinstance(obj.get("value"), str):
+        values.append((OBJECT_PATHS[(str(kind), "value")], obj["value"]))
+    elif kind == "directory" and isinstance(obj.get("path"), str):
+        values.append(("file_path", obj["path"]))
+    elif kind == "file":
+        for algorithm, digest in (obj.get("hashes") or {}).items():
+            key = ("file", _hash_key(f"hashes.{algorithm}"))
+            if key in OBJECT_PATHS and isinstance(digest, str):
+                values.append((OBJECT_PATHS[key], digest))
+    if not values:
+        out.skip(f"{kind} without an indicator value")
+        return False
+    taken = 0
+    for ioc_type, value in values:
+        taken += out.ioc(ref, {**common, "value": value, "type": ioc_type})
+    return taken > 0
+
+
+def _observed(
+    out: Builder, obj_id: str, obj: dict[str, Any], where: str, tlp_of: dict[str, str], by_id: dict[str, tuple[int, dict[str, Any]]]
+) -> bool:
+    common = _common(obj, tlp_of)
+    common["tags"] = [t for t in common["tags"] if not t.startswith("misp:")]
+    taken = False
+    embedded = obj.get("objects")
+    if isinstance(embedded, dict):  # STIX 2.0: SCOs inline, keyed "0", "1"...
+        for key, sco in embedded.items():
+            if isinstance(sco, dict):
+                taken = _sco(out, obj_id, sco, f"{where}.objects[{key}]", common) or taken
+    for ref in obj.get("object_refs") or []:  # STIX 2.1: references to top-level SCOs (imported on their own too)
+        if ref in by_id and by_id[ref][1].get("type") in _SCO_TYPES:
+            taken = _sco(out, obj_id, by_id[ref][1], where, common) or taken
+    return taken
+
+
+# -- threats ------------------------------------------------------------------------------
+
+
+def _threat(out: Builder, obj_id: str, obj: dict[str, Any], where: str, tlp_of: dict[str, str]) -> bool:
+    name = obj.get("name")
+    if not isinstance(name, str) or not name.strip():
+        out.error(obj_id, f"{where}: a {obj['type']} needs a name")
+        return False
+    aliases = [a for a in [*(obj.get("aliases") or []), *(obj.get("x_mitre_aliases") or [])] if isinstance(a, str)]
+    references = []
+    for ref in obj.get("external_references") or []:
+        if isinstance(ref, dict) and isinstance(ref.get("source_name"), str):
+            references.append({k: ref[k] for k in ("source_name", "url", "external_id", "description") if isinstance(ref.get(k), str)})
+    confidence = obj.get("confidence")
+    return out.threat(
+        obj_id,
+        {
+            "kind": obj["type"],
+            "name": name.strip(),
+            "aliases": sorted({a.strip() for a in aliases if a.strip() and a.strip().lower() != name.strip().lower()}),
+            "description": obj.get("description") if isinstance(obj.get("description"), str) else None,
+            "confidence": confidence if isinstance(confidence, int) and 0 <= confidence <= 100 else None,
+            "first_seen": obj.get("first_seen"),
+            "last_seen": obj.get("last_seen"),
+            "references": references,
+            "tags": clean_tags(obj.get("labels") or []),
+            "stix_id": obj_id,
+            "tlp": _tlp(obj, tlp_of),
+        },
+    )
+
+
+def _attack_id(obj: dict[str, Any]) -> str | None:
+    for ref in obj.get("external_references") or []:
+        if isinstance(ref, dict) and ref.get("source_name") in ("mitre-attack", "mitre-mobile-attack", "mitre-ics-attack"):
+            external_id = str(ref.get("external_id") or "").upper()
+            if _TTP.match(external_id):
+                return external_id
+    return None

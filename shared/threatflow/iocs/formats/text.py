@@ -1,0 +1,16 @@
+"""Free-text import: every indicator the extractor finds (refanged) is one item."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from threatflow.iocs.formats import Builder, ParsedImport, as_text
+
+
+def parse(content: Any) -> ParsedImport:
+    from threatflow.iocs.extract import extract
+
+    out = Builder()
+    for index, found in enumerate(extract(as_text(content, what="text"), refang=True)):
+        out.ioc(f"#{index}", {"value": found.value, "type": str(found.type)})
+    return out.build()

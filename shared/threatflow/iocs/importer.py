@@ -1,0 +1,270 @@
+"""Applying a parsed import: IoCs, threats, links and relations in ONE transaction.
+
+A malformed document has already failed in parsing, before this runs. Here a
+database error rolls back everything; bad items are rejected one by one and
+named. Re-importing the same document creates no duplicates: IoCs merge by
+(type, value) (their detection count rises), threats by name or alias, links
+and relations by their unique keys.
+
+Large documents go through the `ioc-import` function: the request body waits in
+the uploads bucket, the job record in Firestore (`import_jobs`) moves
+queued -> running -> succeeded | failed, and a redelivered message for a
+finished job does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from threatflow.iocs.formats import ItemError, ParsedImport, ParsedThreat
+from threatflow.platform.errors import PermanentError, ValidationError
+
+if TYPE_CHECKING:
+    from threatflow.ports import BlobStore, Clock, DocumentStore
+    from threatflow.threats.attack import AttackCatalog
+
+log = logging.getLogger("threatflow.iocs.importer")
+IMPORT_JOBS = "import_jobs"
+MAX_STORED_ERRORS = 1000  # a Firestore document holds at most 1 MiB; the full results go to the bucket
+
+
+def apply_import(
+    parsed: ParsedImport,
+    *,
+    engine: Any,
+    now: datetime,
+    actor: str | None,
+    catalog: AttackCatalog | None,
+    source_default: str | None = None,
+    chunk: int = 10_000,
+) -> dict[str, Any]:
+    from sqlalchemy import text
+
+    from threatflow.iocs import service
+    from threatflow.iocs.store import IocStore
+
+    parsed = parsed.with_defaults(source=source_default)
+    errors: list[ItemError] = list(parsed.errors)
+    threats = _checked_ttps(parsed.threats, catalog, errors)
+    store = IocStore(engine)
+    policies = store.policies()
+    results: list[dict[str, Any]] = []
+    with engine.begin() as conn:
+        # upsert_batch takes at most MAX_BATCH items; chunks share this one transaction.
+        for start in range(0, len(parsed.iocs), chunk):
+            part = parsed.iocs[start : start + chunk]
+            batch = service.upsert_batch([p.item for p in part], store=store, now=now, policies=policies, conn=conn)
+            for offset, result in enumerate(batch["results"]):
+                results.append({**result, "index": start + offset, "ref": part[offset].ref})
+        if threats or parsed.links or parsed.relations:
+            from threatflow.threats import store as threat_store
+        threat_results = threat_store.upsert_threats(conn, [t.item for t in threats], catalog=catalog) if threats else []
+
+        ioc_ids: dict[str, list[int]] = {}
+        for parsed_ioc, result in zip(parsed.iocs, results, strict=True):
+            if result.get("id") is not None and result["id"] not in ioc_ids.setdefault(parsed_ioc.ref, []):
+                ioc_ids[parsed_ioc.ref].append(int(result["id"]))
+        threat_ids: dict[str, int] = {}
+        threat_out = []
+        for threat, result in zip(threats, threat_results, strict=True):
+            threat_out.append({"index": result.index, "ref": threat.ref, "status": result.status, "id": result.id, "reason": result.reason})
+            if result.id is not None:
+                threat_ids[threat.ref] = int(result.id)
+
+        links = links_created = 0
+        for link in parsed.links:
+            threat_id = threat_ids.get(link.threat_ref)
+            if threat_id is None:
+                continue  # the threat was rejected: already named in its result
+            for ioc_id in ioc_ids.get(link.ioc_ref, []):
+                created = threat_store.link_ioc(conn, threat_id=threat_id, ioc_id=ioc_id, relation=link.relation, source=source_default)
+                links += 1
+                links_created += int(created)
+        relations = relations_created = 0
+        for relation in parsed.relations:
+            for source_id in ioc_ids.get(relation.source_ref, []):
+                for target_id in ioc_ids.get(relation.target_ref, []):
+                    if source_id == target_id:
+                        continue
+                    created = threat_store.add_ioc_relation(
+                        conn, source_id=source_id, target_id=target_id, type=relation.type, source=source_default
+                    )
+                    relations += 1
+                    relations_created += int(created)
+        conn.execute(
+            text("INSERT INTO ioc_audit (action, actor, detail) VALUES ('import', :actor, CAST(:detail AS jsonb))"),
+            {"actor": actor, "detail": msgspec.json.encode({**parsed.summary(), "source": source_default}).decode()},
+        )
+
+    summary: dict[str, Any] = {status: 0 for status in ("created", "updated", "unchanged", "rejected")}
+    for result in results:
+        summary[result["status"]] = summary.get(result["status"], 0) + 1
+    summary["rejected"] += len(parsed.errors)  # items the parser could not make into an IoC or threat
+    summary["total"] = len(results) + len(parsed.errors)
+    threat_summary: dict[str, int] = {}
+    for item in threat_out:
+        status = str(item["status"])
+        threat_summary[status] = threat_summary.get(status, 0) + 1
+    return {
+        "iocs": {"results": results, "summary": summary},
+        "threats": {"results": threat_out, "summary": threat_summary},
+        "links": links,
+        "links_created": links_created,
+        "relations": relations,
+        "relations_created": relations_created,
+        "errors": [e.to_json() for e in errors],
+        "warnings": [w.to_json() for w in parsed.warnings],
+        "skipped": parsed.skipped,
+    }
+
+
+def _checked_ttps(threats: list[ParsedThreat], catalog: AttackCatalog | None, errors: list[ItemError]) -> list[ParsedThreat]:
+    """Drop unknown or revoked ATT&CK ids from imported threats (named in errors) rather than reject the threat:
+    an old bundle's stale technique should not cost us the actor."""
+    if catalog is None:
+        return threats
+    out = []
+    for threat in threats:
+        kept = []
+        for ttp in threat.item.ttps:
+            try:
+                catalog.validate([ttp])
+            except ValidationError as exc:
+                errors.append(ItemError(threat.ref, f"TTP dropped: {exc.message}"))
+                continue
+            kept.append(ttp)
+        changed = len(kept) != len(threat.item.ttps)
+        out.append(ParsedThreat(threat.ref, msgspec.structs.replace(threat.item, ttps=kept)) if changed else threat)
+    return out
+
+
+def needs_catalog(parsed: ParsedImport) -> bool:
+    return any(t.item.ttps for t in parsed.threats)
+
+
+# -- asynchronous imports ------------------------------------------------------------------
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class ImportRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """The body of POST /api/v1/iocs/import (and of a stored async job)."""
+
+    format: str
+    content: Any
+    source: str | None = None
+    tlp: str | None = None
+    tags: list[str] = []
+
+
+def blob_name(job_id: str) -> str:
+    return f"imports/{job_id}.json"
+
+
+def parse_request(body: ImportRequest) -> ParsedImport:
+    from threatflow.iocs.formats import parse
+
+    if body.content is None or body.content == "":
+        raise ValidationError("content is required", field="content")
+    if body.tlp is not None:
+        from threatflow.iocs.model import Tlp
+
+        try:
+            Tlp.parse(body.tlp)
+        except ValueError:
+            raise ValidationError(f"unknown TLP {body.tlp!r}; expected clear, green, amber, amber+strict or red", field="tlp") from None
+    return parse(body.format, body.content).with_defaults(source=body.source, tlp=body.tlp, tags=body.tags)
+
+
+def run_job(
+    job_id: str,
+    *,
+    engine: Any,
+    documents: DocumentStore,
+    blobs: BlobStore,
+    bucket: str,
+    clock: Clock,
+    catalog: Callable[[], AttackCatalog | None],
+) -> dict[str, Any]:
+    """Process one queued import; idempotent per job id (a finished job is left alone)."""
+    job = documents.get(IMPORT_JOBS, job_id)
+    if job is None:
+        raise ValidationError(f"no import job {job_id!r}", field="job_id")  # permanent: acked and logged
+    if job.get("state") in (JobState.SUCCEEDED, JobState.FAILED):
+        return job
+    attempts = int(job.get("attempts", 0)) + 1
+    documents.set(IMPORT_JOBS, job_id, {"state": JobState.RUNNING.value, "started_at": clock.now(), "attempts": attempts}, merge=True)
+    try:
+        raw = blobs.get(bucket, job.get("blob") or blob_name(job_id))
+        body = msgspec.json.decode(raw, type=ImportRequest)
+        parsed = parse_request(body)
+        documents.set(IMPORT_JOBS, job_id, {"progress": {"stage": "parsed", **parsed.summary()}}, merge=True)
+        result = apply_import(
+            parsed,
+            engine=engine,
+            now=clock.now(),
+            actor=job.get("requested_by"),
+            catalog=catalog() if needs_catalog(parsed) else None,
+            source_default=body.source,
+        )
+    except (PermanentError, msgspec.ValidationError, msgspec.DecodeError) as exc:
+        message = exc.message if isinstance(exc, PermanentError) else f"stored request is not valid: {exc}"
+        documents.set(IMPORT_JOBS, job_id, {"state": JobState.FAILED.value, "error": message, "finished_at": clock.now()}, merge=True)
+        raise ValidationError(message, field="content") from None
+    except Exception as exc:
+        # Retryable (database down...): back to queued so the redelivery runs it again.
+        documents.set(IMPORT_JOBS, job_id, {"state": JobState.QUEUED.value, "last_error": f"{exc.__class__.__name__}: {exc}"}, merge=True)
+        raise
+    blobs.put(bucket, f"imports/{job_id}.result.json", msgspec.json.encode(result), content_type="application/json")
+    rejected = [r for r in result["iocs"]["results"] if r["status"] == "rejected"]
+    done = {
+        "state": JobState.SUCCEEDED.value,
+        "finished_at": clock.now(),
+        "error": None,
+        "progress": {"stage": "done", **parsed.summary()},
+        "result": {
+            "iocs": {"summary": result["iocs"]["summary"], "rejected": rejected[:MAX_STORED_ERRORS]},
+            "threats": {"summary": result["threats"]["summary"]},
+            "links": result["links"],
+            "relations": result["relations"],
+            "errors": result["errors"][:MAX_STORED_ERRORS],
+            "warnings": result["warnings"][:MAX_STORED_ERRORS],
+            "skipped": result["skipped"],
+            "results_blob": f"imports/{job_id}.result.json",
+        },
+    }
+    documents.set(IMPORT_JOBS, job_id, done, merge=True)
+    return {**job, **done}
+
+
+def handle_import(message: Any, *, runtime: Any) -> dict[str, Any]:
+    """The ioc-import function's one service call: a decoded `ioc-import` message to a job run."""
+    job_id = message.attributes.get("job_id") or message.data.get("job_id")
+    if not job_id:
+        raise ValidationError("ioc-import message names no job (attribute 'job_id')", field="job_id")
+
+    def catalog() -> AttackCatalog | None:
+        from threatflow.threats import attack
+
+        return attack.catalog_from_env()
+
+    return run_job(
+        str(job_id),
+        engine=runtime.engine,
+        documents=runtime.documents,
+        blobs=runtime.blobs,
+        bucket=runtime.settings.bucket_uploads,
+        clock=runtime.clock,
+        catalog=catalog,
+    )

@@ -1,0 +1,128 @@
+"""Maintenance runs: idempotent execution records in Firestore.
+
+A run id comes with the message (or is its message id), so a redelivered
+message finds its run already succeeded and does nothing twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+from typing import Any
+
+from threatflow.platform.errors import NotFoundError, ValidationError
+from threatflow.ports import BlobStore, Clock, DocumentStore
+
+RUNS = "maintenance_runs"
+HEARTBEATS = "heartbeats"
+
+
+class RunState(StrEnum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class JobContext:
+    engine: Any
+    documents: DocumentStore
+    blobs: BlobStore
+    clock: Clock
+    settings: Any
+    run_id: str
+    params: Mapping[str, Any]
+
+
+def heartbeat(ctx: JobContext) -> dict[str, Any]:
+    """Records the last tick, so an alert can fire when the scheduler path stalls."""
+    now = ctx.clock.now()
+    ctx.documents.set(HEARTBEATS, "maintenance", {"at": now, "run_id": ctx.run_id})
+    return {"at": now.isoformat()}
+
+
+def purge_runs(ctx: JobContext) -> dict[str, Any]:
+    cutoff = ctx.clock.now() - timedelta(days=ctx.settings.run_retention_days)
+    deleted = 0
+    while True:
+        old = ctx.documents.query(RUNS, where=[("finished_at", "<", cutoff)], limit=200)
+        for doc in old:
+            ctx.documents.delete(RUNS, doc["id"])
+        deleted += len(old)
+        if len(old) < 200:
+            return {"deleted": deleted, "cutoff": cutoff.isoformat()}
+
+
+def decay_iocs(ctx: JobContext) -> dict[str, Any]:
+    from threatflow.iocs.store import IocAdmin
+
+    return IocAdmin(ctx.engine).decay_and_expire(now=ctx.clock.now())
+
+
+def sync_warninglists(ctx: JobContext) -> dict[str, Any]:
+    """Validates WARNINGLISTS_SOURCE and writes the compiled snapshot the functions load."""
+    from threatflow.iocs import warninglists
+
+    return warninglists.sync(source=ctx.settings.warninglists_source, blobs=ctx.blobs, bucket=ctx.settings.bucket_models, clock=ctx.clock)
+
+
+JOBS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
+    "heartbeat": heartbeat,
+    "decay-iocs": decay_iocs,
+    "purge-runs": purge_runs,
+    "sync-warninglists": sync_warninglists,
+}
+
+
+def require_job(name: str) -> None:
+    if name not in JOBS:
+        raise ValidationError(f"unknown job {name!r}; known jobs: {', '.join(sorted(JOBS))}", field="job")
+
+
+def execute(
+    *,
+    job: str,
+    run_id: str,
+    params: Mapping[str, Any],
+    engine: Any,
+    documents: DocumentStore,
+    blobs: BlobStore,
+    clock: Clock,
+    settings: Any,
+) -> dict[str, Any]:
+    require_job(job)
+    now = clock.now()
+    record = {"run_id": run_id, "job": job, "state": RunState.RUNNING.value, "started_at": now, "attempts": 1}
+    if not documents.create(RUNS, run_id, record):
+        existing = documents.get(RUNS, run_id) or {}
+        if existing.get("state") == RunState.SUCCEEDED.value:
+            return existing  # a redelivery: the work is done
+        record["attempts"] = int(existing.get("attempts", 0)) + 1
+        documents.set(RUNS, run_id, record)
+    ctx = JobContext(engine=engine, documents=documents, blobs=blobs, clock=clock, settings=settings, run_id=run_id, params=params)
+    try:
+        result = JOBS[job](ctx)
+    except Exception as exc:
+        documents.set(
+            RUNS,
+            run_id,
+            {"state": RunState.FAILED.value, "error": f"{exc.__class__.__name__}: {exc}", "finished_at": clock.now()},
+            merge=True,
+        )
+        raise
+    done = {"state": RunState.SUCCEEDED.value, "result": result, "finished_at": clock.now(), "error": None}
+    documents.set(RUNS, run_id, done, merge=True)
+    return {**record, **done}
+
+
+def get_run(run_id: str, *, documents: DocumentStore) -> dict[str, Any]:
+    run = documents.get(RUNS, run_id)
+    if run is None:
+        raise NotFoundError(f"no maintenance run {run_id!r} (yet)")
+    return run
+
+
+def recent_runs(*, documents: DocumentStore, limit: int) -> list[dict[str, Any]]:
+    return documents.query(RUNS, order_by="started_at", descending=True, limit=limit)

@@ -1,0 +1,87 @@
+"""Pub/Sub push deliveries, decoded and acked or retried by the error tree.
+
+Returning normally acks the message. Raising makes the push endpoint answer
+5xx, so Pub/Sub redelivers with the subscription's backoff and, after the
+maximum attempts, dead-letters it. So: a PermanentError (bad input) is logged
+and acked; anything else is raised; an event older than MAX_EVENT_AGE_SECONDS
+is dropped so a poison message cannot loop forever.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from threatflow.platform import logging as tf_logging
+from threatflow.platform.errors import PermanentError, ValidationError
+
+log = logging.getLogger("threatflow.events")
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Message:
+    message_id: str
+    attributes: Mapping[str, str]
+    data: dict[str, Any]
+    published_at: datetime
+    delivery_attempt: int
+
+
+def encode(payload: Mapping[str, Any]) -> bytes:
+    """Every payload carries its schema version, so consumers can evolve safely."""
+    return json.dumps({"schema_version": SCHEMA_VERSION, **payload}, separators=(",", ":"), default=str).encode()
+
+
+def decode(cloud_event: Any) -> Message:
+    envelope = cloud_event.data or {}
+    message = envelope.get("message") or {}
+    raw = message.get("data")
+    try:
+        data = json.loads(base64.b64decode(raw)) if raw else {}
+    except (ValueError, TypeError) as exc:
+        raise ValidationError(f"message data is not base64 JSON: {exc}", field="message.data") from None
+    if not isinstance(data, dict):
+        raise ValidationError("message data must be a JSON object", field="message.data")
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise ValidationError(f"unsupported schema_version {version!r}", field="schema_version")
+    published = message.get("publishTime") or message.get("publish_time")
+    published_at = datetime.fromisoformat(published.replace("Z", "+00:00")) if published else datetime.now(UTC)
+    return Message(
+        message_id=str(message.get("messageId") or message.get("message_id") or cloud_event["id"]),
+        attributes=message.get("attributes") or {},
+        data=data,
+        published_at=published_at,
+        delivery_attempt=int(envelope.get("deliveryAttempt") or 1),
+    )
+
+
+def handle(
+    cloud_event: Any, handler: Callable[[Message], Any], *, function: str, max_age_seconds: int, now: datetime | None = None
+) -> None:
+    with tf_logging.execution_scope(None) as execution_id:
+        try:
+            message = decode(cloud_event)
+        except PermanentError as exc:
+            tf_logging.log(log, logging.ERROR, f"dropped undecodable message: {exc.message}", function=function)
+            return
+        fields = {"function": function, "message_id": message.message_id, "attempt": message.delivery_attempt}
+        age = ((now or datetime.now(UTC)) - message.published_at).total_seconds()
+        if age > max_age_seconds:
+            tf_logging.log(log, logging.ERROR, f"dropped message older than {max_age_seconds} s", age_seconds=age, **fields)
+            return
+        try:
+            handler(message)
+        except PermanentError as exc:
+            tf_logging.log(log, logging.ERROR, f"acked after permanent error: {exc.message}", code=exc.code, **fields)
+            return
+        except Exception as exc:
+            tf_logging.log(log, logging.WARNING, f"will retry: {exc.__class__.__name__}: {exc}", **fields)
+            raise
+        tf_logging.log(log, logging.INFO, "handled", execution=execution_id, **fields)

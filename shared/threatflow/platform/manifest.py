@@ -1,0 +1,250 @@
+"""The topology manifest: load, validate against its JSON Schema, cross-check, type.
+
+`functions/topology.yaml` is the one description of the deployment. Terraform
+reads the same file with `yamldecode`; this loader is what the local stack, the
+CLI and the tests use. A bad manifest fails fast with the path of the offending
+key, so a typo never reaches a deploy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from threatflow.platform.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_MANIFEST = REPO_ROOT / "functions" / "topology.yaml"
+SCHEMA_PATH = REPO_ROOT / "functions" / "topology.schema.json"
+
+
+class ManifestError(ConfigError):
+    code = "manifest"
+
+
+class TriggerType(StrEnum):
+    HTTP = "http"
+    TOPIC = "topic"
+    SCHEDULE = "schedule"
+
+
+@dataclass(frozen=True)
+class Function:
+    name: str
+    description: str
+    entry_point: str
+    trigger: TriggerType
+    topic: str | None
+    schedule: str | None
+    routes: tuple[str, ...]
+    uses: tuple[str, ...]
+    secrets: tuple[str, ...]
+    env: dict[str, str]
+    memory: str
+    timeout_seconds: int
+    max_instances: int
+    min_instances: int
+
+    @property
+    def signature_type(self) -> str:
+        return "http" if self.trigger is not TriggerType.TOPIC else "cloudevent"
+
+
+@dataclass(frozen=True)
+class Retry:
+    minimum_backoff_seconds: int
+    maximum_backoff_seconds: int
+
+
+@dataclass(frozen=True)
+class Subscription:
+    name: str
+    topic: str
+    push_to: str | None
+    filter: str
+    dead_letter_topic: str | None
+    max_delivery_attempts: int | None
+    ack_deadline_seconds: int
+    message_retention_seconds: int | None
+    retry: Retry | None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    name: str
+    description: str
+    schedule: str
+    time_zone: str
+    topic: str | None
+    function: str | None
+    attributes: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Secret:
+    name: str
+    env: str
+
+
+@dataclass(frozen=True)
+class Bucket:
+    name: str
+    env: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    functions: dict[str, Function]
+    topics: dict[str, str]
+    subscriptions: dict[str, Subscription]
+    schedules: dict[str, Schedule]
+    secrets: dict[str, Secret]
+    buckets: dict[str, Bucket]
+    sources: dict[str, dict[str, Any]]
+    raw: dict[str, Any] = field(repr=False)
+
+    def http_functions(self) -> list[Function]:
+        return [f for f in self.functions.values() if f.trigger is TriggerType.HTTP]
+
+    def push_subscriptions(self) -> list[Subscription]:
+        return [s for s in self.subscriptions.values() if s.push_to]
+
+    def route_table(self) -> list[tuple[str, str]]:
+        """(prefix, function) pairs, longest prefix first, as a gateway matches them."""
+        pairs = [(route, f.name) for f in self.functions.values() for route in f.routes]
+        return sorted(pairs, key=lambda pair: len(pair[0]), reverse=True)
+
+
+def load_manifest(path: Path | str | None = None) -> Manifest:
+    import yaml  # only the CLI, the local stack and the tests load the manifest
+
+    manifest_path = Path(path) if path else DEFAULT_MANIFEST
+    try:
+        raw = yaml.safe_load(manifest_path.read_text())
+    except FileNotFoundError:
+        raise ManifestError(f"topology manifest not found: {manifest_path}") from None
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{manifest_path}: not valid YAML: {exc}") from None
+    _validate_schema(raw, manifest_path)
+    manifest = _build(raw, manifest_path)
+    _cross_check(manifest)
+    return manifest
+
+
+def _validate_schema(raw: Any, path: Path) -> None:
+    import jsonschema
+
+    schema = json.loads(SCHEMA_PATH.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}" for e in errors[:10]]
+        raise ManifestError(f"{path}: invalid topology manifest:\n  " + "\n  ".join(lines))
+
+
+def _build(raw: dict[str, Any], path: Path) -> Manifest:
+    defaults = raw["defaults"]
+    functions = {}
+    for name, spec in raw["functions"].items():
+        trigger = spec["trigger"]
+        functions[name] = Function(
+            name=name,
+            description=spec["description"],
+            entry_point=spec["entry_point"],
+            trigger=TriggerType(trigger["type"]),
+            topic=trigger.get("topic"),
+            schedule=trigger.get("schedule"),
+            routes=tuple(spec.get("routes", ())),
+            uses=tuple(spec.get("uses", ())),
+            secrets=tuple(spec.get("secrets", ())),
+            env=dict(spec.get("env", {})),
+            memory=spec.get("memory", defaults["memory"]),
+            timeout_seconds=spec.get("timeout_seconds", defaults["timeout_seconds"]),
+            max_instances=spec.get("max_instances", defaults["max_instances"]),
+            min_instances=spec.get("min_instances", defaults["min_instances"]),
+        )
+    subscriptions = {}
+    for name, spec in raw["subscriptions"].items():
+        retry = spec.get("retry")
+        subscriptions[name] = Subscription(
+            name=name,
+            topic=spec["topic"],
+            push_to=spec.get("push_to"),
+            filter=spec.get("filter", ""),
+            dead_letter_topic=spec.get("dead_letter_topic"),
+            max_delivery_attempts=spec.get("max_delivery_attempts"),
+            ack_deadline_seconds=spec.get("ack_deadline_seconds", 10),
+            message_retention_seconds=spec.get("message_retention_seconds"),
+            retry=Retry(**retry) if retry else None,
+        )
+    schedules = {
+        name: Schedule(
+            name=name,
+            description=spec["description"],
+            schedule=spec["schedule"],
+            time_zone=spec.get("time_zone", "Etc/UTC"),
+            topic=spec.get("topic"),
+            function=spec.get("function"),
+            attributes=dict(spec.get("attributes", {})),
+            body=dict(spec.get("body", {})),
+        )
+        for name, spec in raw["schedules"].items()
+    }
+    return Manifest(
+        path=path,
+        functions=functions,
+        topics={name: (spec or {}).get("description", "") for name, spec in raw["topics"].items()},
+        subscriptions=subscriptions,
+        schedules=schedules,
+        secrets={name: Secret(name=name, env=spec["env"]) for name, spec in raw["secrets"].items()},
+        buckets={name: Bucket(name=name, env=spec["env"]) for name, spec in raw["buckets"].items()},
+        sources=dict(raw["sources"]),
+        raw=raw,
+    )
+
+
+def _cross_check(m: Manifest) -> None:
+    problems: list[str] = []
+    for f in m.functions.values():
+        if f.trigger is TriggerType.TOPIC and f.topic not in m.topics:
+            problems.append(f"functions.{f.name}.trigger.topic: unknown topic {f.topic!r}")
+        if f.trigger is TriggerType.TOPIC and not any(s.push_to == f.name for s in m.subscriptions.values()):
+            problems.append(f"functions.{f.name}: topic-triggered but no subscription pushes to it")
+        if f.trigger is not TriggerType.HTTP and f.routes:
+            problems.append(f"functions.{f.name}.routes: only http functions have public routes")
+        problems += [f"functions.{f.name}.secrets: unknown secret {s!r}" for s in f.secrets if s not in m.secrets]
+    for s in m.subscriptions.values():
+        if s.topic not in m.topics:
+            problems.append(f"subscriptions.{s.name}.topic: unknown topic {s.topic!r}")
+        if s.dead_letter_topic and s.dead_letter_topic not in m.topics:
+            problems.append(f"subscriptions.{s.name}.dead_letter_topic: unknown topic {s.dead_letter_topic!r}")
+        if s.dead_letter_topic == s.topic:
+            problems.append(f"subscriptions.{s.name}.dead_letter_topic: must differ from its topic")
+        if s.push_to:
+            target = m.functions.get(s.push_to)
+            if target is None:
+                problems.append(f"subscriptions.{s.name}.push_to: unknown function {s.push_to!r}")
+            elif target.trigger is not TriggerType.TOPIC or target.topic != s.topic:
+                problems.append(f"subscriptions.{s.name}.push_to: {s.push_to!r} is not triggered by topic {s.topic!r}")
+        if s.retry and s.retry.minimum_backoff_seconds > s.retry.maximum_backoff_seconds:
+            problems.append(f"subscriptions.{s.name}.retry: minimum backoff exceeds maximum")
+    for sch in m.schedules.values():
+        if sch.topic and sch.topic not in m.topics:
+            problems.append(f"schedules.{sch.name}.topic: unknown topic {sch.topic!r}")
+        if sch.function and (m.functions.get(sch.function) is None or m.functions[sch.function].trigger is TriggerType.TOPIC):
+            problems.append(f"schedules.{sch.name}.function: {sch.function!r} is not an http or schedule function")
+    seen: dict[str, str] = {}
+    for prefix, fname in m.route_table():
+        if prefix in seen:
+            problems.append(f"functions.{fname}.routes: {prefix!r} is already routed to {seen[prefix]!r}")
+        seen[prefix] = fname
+    for source, spec in m.sources.items():
+        if spec.get("secret") and spec["secret"] not in m.secrets:
+            problems.append(f"sources.{source}.secret: unknown secret {spec['secret']!r}")
+    if problems:
+        raise ManifestError(f"{m.path}: inconsistent topology manifest:\n  " + "\n  ".join(problems))

@@ -1,0 +1,361 @@
+"""The HTTP surface every HTTP function shares.
+
+A `Router` is a table of routes. `Router.handle(request)` is the whole request
+pipeline, in this order: request id and log scope, CORS preflight, body size,
+route match, per-IP rate limit, authentication and role check, per-user rate
+limit, body decoding and validation (msgspec, the field named on error), the
+handler, and the mapping of the error tree to a JSON error. `/health` and
+`/ready` are added to every router.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from threatflow.auth.model import Principal, Role
+from threatflow.platform import logging as tf_logging
+from threatflow.platform.errors import (
+    AuthError,
+    DependencyError,
+    ForbiddenError,
+    NotFoundError,
+    PayloadTooLargeError,
+    RateLimitedError,
+    ThreatFlowError,
+    ValidationError,
+)
+
+if TYPE_CHECKING:
+    from werkzeug.wrappers import Request as WerkzeugRequest
+    from werkzeug.wrappers import Response as WerkzeugResponse
+
+    from threatflow.runtime import Runtime
+
+log = logging.getLogger("threatflow.http")
+_PARAM = re.compile(r"\{(\w+)(?::(path|int))?\}")
+_PARAM_REGEX = {None: "[^/]+", "path": ".+", "int": "[0-9]+"}
+_MSGSPEC_PATH = re.compile(r"at `\$((?:\.[^.`\[]+|\[\d+\])+)`")
+_MSGSPEC_MISSING = re.compile(r"missing required field `([^`]+)`")
+_CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Request-Id"
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    query: Mapping[str, str]
+    body: bytes
+    client_ip: str
+    request_id: str
+    path_params: dict[str, str] = field(default_factory=dict)
+    principal: Principal | None = None
+
+    def json(self) -> Any:
+        try:
+            return msgspec.json.decode(self.body) if self.body else None
+        except msgspec.DecodeError as exc:
+            raise ValidationError(f"request body is not valid JSON: {exc}", field="body") from None
+
+    def query_int(self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+        text = self.query.get(name)
+        if text is None or text == "":
+            return default
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValidationError(f"query parameter {name!r} must be an integer", field=name) from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f" and at most {maximum}" if maximum is not None else ""
+            raise ValidationError(f"query parameter {name!r} must be at least {minimum}{bound}", field=name)
+        return value
+
+
+@dataclass
+class Response:
+    body: Any = None
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+
+
+Handler = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    pattern: str
+    regex: re.Pattern[str]
+    handler: Handler
+    role: Role | None  # None: public
+    body: type | None
+    rate_limit: str  # "default" or "login"
+
+
+def decode_body(raw: bytes, body_type: type) -> Any:
+    """Decode and validate JSON into a typed struct; errors name the field."""
+    if not raw:
+        raise ValidationError("request body is required (JSON)", field="body")
+    try:
+        return msgspec.json.decode(raw, type=body_type)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        missing = _MSGSPEC_MISSING.search(message)
+        at = _MSGSPEC_PATH.search(message)
+        if missing:
+            prefix = at.group(1).lstrip(".") + "." if at else ""
+            field_name = prefix + missing.group(1)
+        else:
+            field_name = at.group(1).lstrip(".") if at else "body"
+        raise ValidationError(f"{field_name}: {message.split(' - at ', maxsplit=1)[0]}", field=field_name) from None
+    except msgspec.DecodeError as exc:
+        raise ValidationError(f"request body is not valid JSON: {exc}", field="body") from None
+
+
+class Router:
+    def __init__(self, name: str, *, runtime: Runtime) -> None:
+        self.name = name
+        self.runtime = runtime
+        self.routes: list[Route] = []
+        self._token_config: Any = None
+        self._active_check: Any = None
+        self.route("GET", "/health", role=None)(self._health)
+        self.route("GET", "/ready", role=None)(self._ready)
+
+    def route(
+        self, method: str, pattern: str, *, role: Role | None = Role.READER, body: type | None = None, rate_limit: str = "default"
+    ) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            regex = "^" + _PARAM.sub(lambda m: f"(?P<{m.group(1)}>{_PARAM_REGEX[m.group(2)]})", pattern) + "$"
+            self.routes.append(Route(method.upper(), pattern, re.compile(regex), handler, role, body, rate_limit))
+            return handler
+
+        return register
+
+    # -- the pipeline -------------------------------------------------------
+
+    def handle(self, flask_request: WerkzeugRequest) -> WerkzeugResponse:
+        started = time.perf_counter()
+        request_id = (
+            flask_request.headers.get("X-Request-Id") or flask_request.headers.get("Function-Execution-Id") or tf_logging.new_execution_id()
+        )[:64]
+        origin = flask_request.headers.get("Origin")
+        with tf_logging.execution_scope(request_id):
+            request: Request | None = None
+            try:
+                request = self._request(flask_request, request_id)
+                response = self._dispatch(request, origin)
+            except ThreatFlowError as exc:
+                response = self._error(exc)
+            except Exception:
+                log.exception("unhandled error", extra={"fields": {"function": self.name}})
+                response = self._error(ThreatFlowError("internal error; see the logs for this request id"))
+            response.headers["X-Request-Id"] = request_id
+            self._cors_headers(response, origin)
+            try:
+                encoded = self._to_werkzeug(response)
+            except (TypeError, NotImplementedError):
+                log.exception("response not encodable", extra={"fields": {"function": self.name}})
+                response = self._error(ThreatFlowError("internal error; see the logs for this request id"))
+                encoded = self._to_werkzeug(response)
+            tf_logging.log(
+                log,
+                logging.INFO if response.status < 500 else logging.ERROR,
+                f"{flask_request.method} {flask_request.path} {response.status}",
+                function=self.name,
+                method=flask_request.method,
+                path=flask_request.path,
+                status=response.status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                user=request.principal.username if request and request.principal else None,
+                client_ip=request.client_ip if request else None,
+            )
+            return encoded
+
+    def _request(self, fr: WerkzeugRequest, request_id: str) -> Request:
+        limit = self.runtime.settings.max_request_bytes
+        if fr.content_length is not None and fr.content_length > limit:
+            raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
+        body = fr.get_data(cache=False)
+        if len(body) > limit:
+            raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
+        return Request(
+            method=fr.method.upper(),
+            path=fr.path.rstrip("/") or "/",
+            headers=fr.headers,  # type: ignore[arg-type]
+            query=fr.args,  # type: ignore[arg-type]
+            body=body,
+            client_ip=self._client_ip(fr),
+            request_id=request_id,
+        )
+
+    def _client_ip(self, fr: WerkzeugRequest) -> str:
+        hops = self.runtime.settings.trusted_proxy_hops
+        forwarded = [p.strip() for p in fr.headers.get("X-Forwarded-For", "").split(",") if p.strip()]
+        # Trust only as many entries from the right as there are proxies we run.
+        if hops and len(forwarded) >= hops:
+            return forwarded[-hops]
+        return fr.remote_addr or "unknown"
+
+    def _dispatch(self, request: Request, origin: str | None) -> Response:
+        if request.method == "OPTIONS":
+            return self._preflight(request, origin)
+        route, params = self._match(request)
+        request.path_params = params
+        is_probe = route.handler in (self._health, self._ready)
+        if not is_probe:
+            self._limit(f"ip:{route.rate_limit}:{request.client_ip}", self._ip_limit(route))
+        if route.role is not None:
+            request.principal = self._authenticate(request)
+            if not request.principal.role.allows(route.role):
+                raise ForbiddenError(f"this needs the {route.role.value} role; you have {request.principal.role.value}")
+            limit = self.runtime.settings.rate_limit_per_user
+            self._limit(f"user:{request.principal.username}", (limit.limit, limit.period_seconds))
+        args: list[Any] = [request]
+        if route.body is not None:
+            args.append(decode_body(request.body, route.body))
+        result = route.handler(*args)
+        return result if isinstance(result, Response) else Response(result)
+
+    def _match(self, request: Request) -> tuple[Route, dict[str, str]]:
+        allowed: list[str] = []
+        for route in self.routes:
+            match = route.regex.match(request.path)
+            if match:
+                if route.method == request.method or (route.method == "GET" and request.method == "HEAD"):
+                    return route, match.groupdict()
+                allowed.append(route.method)
+        if allowed:
+            raise _MethodNotAllowed(request.method, allowed)
+        raise NotFoundError(f"no route for {request.method} {request.path}")
+
+    def _ip_limit(self, route: Route) -> tuple[int, int]:
+        s = self.runtime.settings
+        limit = s.rate_limit_login_per_ip if route.rate_limit == "login" else s.rate_limit_per_ip
+        return limit.limit, limit.period_seconds
+
+    def _limit(self, key: str, limit: tuple[int, int]) -> None:
+        try:
+            decision = self.runtime.rate_limiter.hit(key, limit=limit[0], period_seconds=limit[1])
+        except DependencyError:
+            # Fail open: a Redis outage must not take the API down with it; /ready reports it.
+            log.warning("rate limiter unavailable; request allowed", extra={"fields": {"key": key}})
+            return
+        if not decision.allowed:
+            raise RateLimitedError(
+                f"rate limit of {limit[0]} requests per {limit[1]} s exceeded",
+                retry_after=decision.retry_after_seconds,
+                details={"limit": limit[0], "period_seconds": limit[1]},
+            )
+
+    def _authenticate(self, request: Request) -> Principal:
+        from threatflow.auth import service, tokens
+        from threatflow.auth.users import UserRepository
+
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthError("missing bearer token (Authorization: Bearer <token>)")
+        if self._token_config is None:
+            self._token_config = tokens.TokenSettings.from_settings(self.runtime.settings)
+        principal = tokens.verify(token.strip(), config=self._token_config)
+        if self._active_check is None:
+            self._active_check = service.ActiveUserCheck(UserRepository(self.runtime.engine))
+        self._active_check(principal)
+        return principal
+
+    # -- CORS ------------------------------------------------------------------
+
+    def _origin_allowed(self, origin: str | None) -> bool:
+        return bool(origin) and origin.rstrip("/") in self.runtime.settings.cors_allowed_origins  # type: ignore[union-attr]
+
+    def _preflight(self, request: Request, origin: str | None) -> Response:
+        if not self._origin_allowed(origin):
+            raise ForbiddenError(f"origin {origin!r} is not in CORS_ALLOWED_ORIGINS")
+        return Response(
+            None,
+            status=204,
+            headers={
+                "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
+                "Access-Control-Allow-Headers": _CORS_ALLOW_HEADERS,
+                "Access-Control-Max-Age": "600",
+            },
+        )
+
+    def _cors_headers(self, response: Response, origin: str | None) -> None:
+        response.headers["Vary"] = "Origin"
+        if self._origin_allowed(origin):
+            response.headers["Access-Control-Allow-Origin"] = origin  # type: ignore[assignment]
+            response.headers["Access-Control-Expose-Headers"] = "Retry-After, X-Request-Id"
+
+    # -- responses ---------------------------------------------------------------
+
+    def _error(self, exc: ThreatFlowError) -> Response:
+        response = Response(exc.to_json(), status=exc.status)
+        if isinstance(exc, RateLimitedError):
+            response.headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
+        if isinstance(exc, _MethodNotAllowed):
+            response.headers["Allow"] = ", ".join(sorted(set(exc.allowed)))
+        if isinstance(exc, AuthError):
+            response.headers["WWW-Authenticate"] = 'Bearer realm="threatflow"'
+        if exc.status >= 500 and not isinstance(exc, DependencyError):
+            log.error(exc.message, extra={"fields": {"code": exc.code}})
+        return response
+
+    @staticmethod
+    def _to_werkzeug(response: Response) -> WerkzeugResponse:
+        from werkzeug.wrappers import Response as WerkzeugResponse
+
+        if response.body is None:
+            payload = b""
+        elif isinstance(response.body, (bytes, str)):
+            payload = response.body.encode() if isinstance(response.body, str) else response.body
+        else:
+            payload = msgspec.json.encode(response.body, enc_hook=_encode_extra)
+        headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", **response.headers}
+        return WerkzeugResponse(payload, status=response.status, headers=headers, content_type=response.content_type)
+
+    # -- probes ------------------------------------------------------------------
+
+    def _health(self, request: Request) -> dict[str, Any]:
+        return {"status": "ok", "function": self.name}
+
+    def _ready(self, request: Request) -> Response:
+        checks = self.runtime.readiness()
+        down = sorted(name for name, result in checks.items() if not result["ok"])
+        if down:
+            body = {
+                "status": "unavailable",
+                "down": down,
+                "checks": checks,
+                "error": {"code": "dependency_unavailable", "message": f"not ready: {', '.join(down)} down", "details": checks},
+            }
+            return Response(body, status=503)
+        return Response({"status": "ready", "checks": checks})
+
+
+def _encode_extra(obj: Any) -> Any:
+    """Types msgspec does not encode natively (datetime subclasses from the Google clients, sets)."""
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    raise NotImplementedError(f"cannot encode {type(obj).__name__} as JSON")
+
+
+class _MethodNotAllowed(ThreatFlowError):
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, method: str, allowed: list[str]) -> None:
+        super().__init__(f"{method} is not allowed here; use {', '.join(sorted(set(allowed)))}")
+        self.allowed = allowed

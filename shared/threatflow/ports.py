@@ -1,0 +1,58 @@
+"""The interfaces the domain needs; adapters/ implements each once on a real client."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+
+class Publisher(Protocol):
+    def publish(self, topic: str, data: bytes, attributes: Mapping[str, str] | None = None) -> str:
+        """Publish and wait for the server's message id."""
+
+
+class DocumentStore(Protocol):
+    def get(self, collection: str, doc_id: str) -> dict[str, Any] | None: ...
+
+    def create(self, collection: str, doc_id: str, data: Mapping[str, Any]) -> bool:
+        """Write only if absent; False when the document already exists (idempotency key)."""
+
+    def set(self, collection: str, doc_id: str, data: Mapping[str, Any], *, merge: bool = False) -> None: ...
+
+    def delete(self, collection: str, doc_id: str) -> None: ...
+
+    def query(
+        self,
+        collection: str,
+        *,
+        where: Sequence[tuple[str, str, Any]] = (),
+        order_by: str | None = None,
+        descending: bool = False,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]: ...
+
+
+class BlobStore(Protocol):
+    def put(self, bucket: str, name: str, data: bytes, *, content_type: str = "application/octet-stream") -> None: ...
+
+    def get(self, bucket: str, name: str) -> bytes: ...
+
+    def exists(self, bucket: str, name: str) -> bool: ...
+
+    def delete(self, bucket: str, name: str) -> None: ...
+
+    def list(self, bucket: str, *, prefix: str = "", limit: int = 1000) -> list[str]: ...
+
+
+class SecretSource(Protocol):
+    def get(self, name: str) -> str: ...
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)

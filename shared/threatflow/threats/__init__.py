@@ -1,0 +1,1 @@
+"""Threats: actors, campaigns, malware, tools and intrusion sets, tied to IoCs and ATT&CK."""

@@ -1,0 +1,94 @@
+"""Routes of the threats function (/api/v1/threats).
+
+    POST   /api/v1/threats/batch              {"threats": [ThreatIn...]} -> per-item results (analyst)
+    POST   /api/v1/threats/find               filters kind, ttp, tag, alias, text; keyset pages
+    GET    /api/v1/threats/stats              by kind, top TTPs and tags, link counts
+    GET    /api/v1/threats/{id}               one threat, its IoC counts and named TTPs
+    GET    /api/v1/threats/by-ioc/{ioc_id}    threats linked to an IoC
+    GET    /api/v1/threats/by-ttp/{technique} threats using a technique (a parent includes its
+                                              sub-techniques unless ?exact=true)
+    POST   /api/v1/threats/{id}/link          {"ioc_ids", "relation", "confidence"} (analyst)
+    POST   /api/v1/threats/{id}/unlink        {"ioc_ids", "relation"?} (analyst)
+    POST   /api/v1/threats/correlate          {"threat_id", "threshold", "link", "limit"} (analyst)
+    DELETE /api/v1/threats                    {"ids": [...]} (admin)
+
+TTPs are checked against the ATT&CK file named by ATTACK_DATA_PATH (see attack.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from threatflow.auth.model import Role
+from threatflow.platform.errors import ConfigError
+from threatflow.platform.web import Request, Router
+from threatflow.runtime import Runtime
+from threatflow.threats.service import DEFAULT_PAGE, MAX_PAGE, BatchIn, CorrelateIn, FindRequest, IdsIn, LinkIn, UnlinkIn
+
+
+def build_router(runtime: Runtime) -> Router:
+    from threatflow.threats import attack, service
+
+    router = Router("threats", runtime=runtime)
+
+    def catalog() -> attack.AttackCatalog:
+        return attack.catalog_from_env(blobs=lambda: runtime.blobs)
+
+    def optional_catalog() -> attack.AttackCatalog | None:
+        # Reads still answer without ATT&CK data; TTP names are then null.
+        try:
+            return catalog()
+        except ConfigError:
+            return None
+
+    def actor(request: Request) -> str | None:
+        return f"user:{request.principal.username}" if request.principal else None
+
+    @router.route("POST", "/api/v1/threats/batch", role=Role.ANALYST, body=BatchIn)
+    def batch(request: Request, body: BatchIn) -> dict[str, Any]:
+        return service.upsert_batch(body.threats, engine=runtime.engine, catalog=catalog)
+
+    @router.route("POST", "/api/v1/threats/find", role=Role.READER, body=FindRequest)
+    def find(request: Request, body: FindRequest) -> dict[str, Any]:
+        return service.find(body, engine=runtime.engine)
+
+    @router.route("GET", "/api/v1/threats/stats", role=Role.READER)
+    def stats(request: Request) -> dict[str, Any]:
+        return service.stats(engine=runtime.engine, catalog=optional_catalog())
+
+    @router.route("POST", "/api/v1/threats/correlate", role=Role.ANALYST, body=CorrelateIn)
+    def correlate(request: Request, body: CorrelateIn) -> dict[str, Any]:
+        return service.correlate(body, engine=runtime.engine)
+
+    @router.route("GET", "/api/v1/threats/by-ioc/{ioc_id:int}", role=Role.READER)
+    def by_ioc(request: Request) -> dict[str, Any]:
+        return service.by_ioc(int(request.path_params["ioc_id"]), engine=runtime.engine)
+
+    @router.route("GET", "/api/v1/threats/by-ttp/{technique}", role=Role.READER)
+    def by_ttp(request: Request) -> dict[str, Any]:
+        return service.by_ttp(
+            request.path_params["technique"],
+            engine=runtime.engine,
+            catalog=catalog(),
+            exact=service.parse_bool(request.query.get("exact"), "exact"),
+            limit=request.query_int("limit", DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE),
+            cursor=request.query.get("cursor"),
+        )
+
+    @router.route("GET", "/api/v1/threats/{threat_id:int}", role=Role.READER)
+    def get(request: Request) -> dict[str, Any]:
+        return service.get_or_raise(int(request.path_params["threat_id"]), engine=runtime.engine, catalog=optional_catalog())
+
+    @router.route("POST", "/api/v1/threats/{threat_id:int}/link", role=Role.ANALYST, body=LinkIn)
+    def link(request: Request, body: LinkIn) -> dict[str, Any]:
+        return service.link(int(request.path_params["threat_id"]), body, engine=runtime.engine, source=actor(request))
+
+    @router.route("POST", "/api/v1/threats/{threat_id:int}/unlink", role=Role.ANALYST, body=UnlinkIn)
+    def unlink(request: Request, body: UnlinkIn) -> dict[str, Any]:
+        return service.unlink(int(request.path_params["threat_id"]), body, engine=runtime.engine)
+
+    @router.route("DELETE", "/api/v1/threats", role=Role.ADMIN, body=IdsIn)
+    def delete(request: Request, body: IdsIn) -> dict[str, Any]:
+        return service.delete(body.ids, engine=runtime.engine)
+
+    return router

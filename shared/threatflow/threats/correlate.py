@@ -1,0 +1,265 @@
+"""Correlation: which IoCs belong to a threat, with a score a person can check.
+
+A threat's name and aliases are compared "squashed" (lower-case, only letters
+and digits), so Emotet matches the tags `emotet`, `malware:emotet`,
+`win.emotet` and `misp-galaxy:malpedia="Emotet"`. Signals and their scores:
+
+    tag equal to a name                                   90
+    tag ending in a name after a prefix (malware:emotet)  80
+    a name inside a tag (emotet:epoch4, "emotet loader")  60
+    enrichment evidence naming the family                 85
+    a name inside other evidence (pulse names)            60
+    related to an IoC already linked to the threat        resolves-to/drops/downloads 60,
+                                                          communicates-with 50, related-to 40
+
+Signals that are not independent are not added up: an IoC's tags count once
+(the best tag match), each evidence source once (its best match). The rest
+(tags, each evidence source, each related linked IoC) are combined with
+noisy-or: score = 100 * (1 - prod(1 - s_i / 100)).
+
+Evidence is read from `ioc_evidence(ioc_id, source, kind, value)` when that
+table exists (the enrichment capability writes it); without it, only tags and
+relations count. Relation signals start only from "seeds": IoCs linked to the
+threat by something other than correlation, plus this run's direct (tag or
+evidence) matches at or above the threshold. So a second run finds the same
+candidates, links nothing new, and correlation never creeps along chains of
+relations from one run to the next.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from threatflow.platform.errors import NotFoundError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+SCORE_EXACT_TAG = 90
+SCORE_PREFIXED_TAG = 80
+SCORE_TAG_PART = 60
+SCORE_EVIDENCE_FAMILY = 85
+SCORE_EVIDENCE_TEXT = 60
+RELATION_SCORES = {"resolves-to": 60, "drops": 60, "downloads": 60, "communicates-with": 50, "related-to": 40}
+MIN_NAME_LENGTH = 3  # shorter squashed names ("X", "Go") match too much to mean anything
+CORRELATED = "correlated"  # the link relation correlation writes
+FAMILY_EVIDENCE_KINDS = frozenset({"malware_family", "malware-family", "family", "malware", "threat", "actor", "tag", "label"})
+
+_TOKEN = re.compile(r"[^\W_]+")
+_SEPARATORS = re.compile(r"[\s:=/.|,;]+")
+_QUOTES = re.compile(r"[\"'`]")
+# MISP galaxy values carry the ATT&CK software/group id: "Emotet - S0367".
+_GALAXY_ID_SUFFIX = re.compile(r"\s+-\s+[A-Za-z]\d{4,}\s*$")
+
+
+@dataclass(frozen=True)
+class Signal:
+    score: int
+    reason: str
+
+
+def squash(text: str) -> str:
+    """Lower-case letters and digits only: 'Win.Emotet' -> 'winemotet'."""
+    return "".join(_TOKEN.findall(text.lower()))
+
+
+def name_forms(names: Iterable[str]) -> dict[str, str]:
+    """Squashed form -> the name as written, skipping forms too short to be specific."""
+    out: dict[str, str] = {}
+    for name in names:
+        form = squash(name)
+        if len(form) >= MIN_NAME_LENGTH:
+            out.setdefault(form, name)
+    return out
+
+
+def like_patterns(names: Iterable[str]) -> list[str]:
+    """ILIKE patterns that every matching tag or value satisfies ('Lazarus Group' -> '%lazarus%group%');
+    they only narrow the rows SQL returns, the matching functions decide."""
+    out = set()
+    for name in names:
+        tokens = _TOKEN.findall(name.lower())
+        if len(squash(name)) >= MIN_NAME_LENGTH:
+            out.add("%" + "%".join(tokens) + "%")
+    return sorted(out)
+
+
+def _runs(text: str) -> list[tuple[str, bool, bool]]:
+    """Every contiguous run of a tag's segments: (squashed run, is the whole text, ends at the end)."""
+    cleaned = _GALAXY_ID_SUFFIX.sub("", _QUOTES.sub("", text))
+    parts = [p for p in _SEPARATORS.split(cleaned) if p]
+    out = []
+    for start in range(len(parts)):
+        for end in range(start + 1, len(parts) + 1):
+            out.append((squash("".join(parts[start:end])), start == 0 and end == len(parts), end == len(parts)))
+    return out
+
+
+def match_tag(tag: str, names: Mapping[str, str]) -> Signal | None:
+    """The best match of one tag against a threat's squashed names, or None."""
+    whole = squash(tag)
+    if whole in names:
+        return Signal(SCORE_EXACT_TAG, f"tag {tag!r} is the name {names[whole]!r}")
+    best: Signal | None = None
+    for run, _is_whole, at_end in _runs(tag):
+        if run not in names:
+            continue
+        if at_end:
+            return Signal(SCORE_PREFIXED_TAG, f"tag {tag!r} ends in the name {names[run]!r}")
+        if best is None:
+            best = Signal(SCORE_TAG_PART, f"tag {tag!r} contains the name {names[run]!r}")
+    return best
+
+
+def match_evidence(source: str, kind: str, value: str, names: Mapping[str, str]) -> Signal | None:
+    """Enrichment evidence: a family-like kind naming the threat scores high, a name
+    inside free text (a pulse name) scores lower."""
+    label = f"evidence from {source}: {kind} {value!r}"
+    family = kind.strip().lower() in FAMILY_EVIDENCE_KINDS
+    if family and squash(value) in names:
+        return Signal(SCORE_EVIDENCE_FAMILY, f"{label} is the name {names[squash(value)]!r}")
+    runs = [(run, at_end) for run, _is_whole, at_end in _runs(value) if run in names]
+    if family and any(at_end for _, at_end in runs):
+        run = next(run for run, at_end in runs if at_end)
+        return Signal(SCORE_PREFIXED_TAG, f"{label} ends in the name {names[run]!r}")
+    if runs:
+        return Signal(SCORE_EVIDENCE_TEXT, f"{label} mentions {names[runs[0][0]]!r}")
+    return None
+
+
+def relation_signal(rel_type: str, direction: str, other_id: int) -> Signal:
+    """A relation to a seed IoC; direction is 'out' (candidate -> seed) or 'in'."""
+    score = RELATION_SCORES.get(rel_type, RELATION_SCORES["related-to"])
+    arrow = f"{rel_type} IoC {other_id}" if direction == "out" else f"IoC {other_id} {rel_type} it"
+    return Signal(score, f"{arrow} (linked to the threat)")
+
+
+def noisy_or(scores: Iterable[int]) -> int:
+    """Combine independent signals: 100 * (1 - prod(1 - s/100)), rounded, 0..100."""
+    miss = 1.0
+    for score in scores:
+        miss *= 1.0 - max(0, min(100, score)) / 100.0
+    return round(100 * (1.0 - miss))
+
+
+def combine(signals: Sequence[tuple[str, Signal]]) -> tuple[int, list[str]]:
+    """(group, signal) pairs -> score and reasons; only the best signal of each group counts.
+    Groups: 'tags', 'evidence:<source>', 'relation:<ioc id>'."""
+    best: dict[str, Signal] = {}
+    for group, signal in signals:
+        if group not in best or signal.score > best[group].score:
+            best[group] = signal
+    ordered = sorted(best.values(), key=lambda s: (-s.score, s.reason))
+    return noisy_or(s.score for s in ordered), [f"{s.reason} ({s.score})" for s in ordered]
+
+
+# -- the database part -------------------------------------------------------------
+
+
+def _text(sql: str) -> Any:
+    from sqlalchemy import text
+
+    return text(sql)
+
+
+def evidence_available(conn: Connection) -> bool:
+    """True when the enrichment capability has created ioc_evidence."""
+    return conn.execute(_text("SELECT to_regclass('ioc_evidence') IS NOT NULL")).scalar_one() is True
+
+
+def correlate(
+    conn: Connection, *, threat_id: int, threshold: int = 70, link: bool = True, limit: int = 200, source: str = "correlation"
+) -> dict[str, Any]:
+    """Score IoCs against one threat; link those at or above threshold (relation
+    'correlated', confidence = score) when link is true. Idempotent."""
+    from threatflow.threats import store
+
+    row = conn.execute(_text("SELECT name, aliases FROM threats WHERE id = :i"), {"i": threat_id}).first()
+    if row is None:
+        raise NotFoundError(f"no threat with id {threat_id}")
+    all_names = [row[0], *row[1]]
+    names = name_forms(all_names)
+    patterns = like_patterns(all_names)
+    signals: dict[int, list[tuple[str, Signal]]] = {}
+    if names:
+        tags = [
+            str(r[0])
+            for r in conn.execute(
+                _text("SELECT DISTINCT t FROM iocs, unnest(tags) AS t WHERE t ILIKE ANY(CAST(:p AS text[]))"), {"p": patterns}
+            )
+        ]
+        tag_signals = {t: s for t in tags if (s := match_tag(t, names)) is not None}
+        if tag_signals:
+            for ioc_id, ioc_tags in conn.execute(
+                _text("SELECT id, tags FROM iocs WHERE tags && CAST(:t AS text[])"), {"t": sorted(tag_signals)}
+            ):
+                for tag in ioc_tags:
+                    if tag in tag_signals:
+                        signals.setdefault(int(ioc_id), []).append(("tags", tag_signals[tag]))
+        if evidence_available(conn):
+            for ioc_id, ev_source, kind, value in conn.execute(
+                _text("SELECT ioc_id, source, kind, value FROM ioc_evidence WHERE value ILIKE ANY(CAST(:p AS text[]))"), {"p": patterns}
+            ):
+                signal = match_evidence(str(ev_source), str(kind), str(value), names)
+                if signal is not None:
+                    signals.setdefault(int(ioc_id), []).append((f"evidence:{ev_source}", signal))
+    links = conn.execute(_text("SELECT ioc_id, relation FROM threat_iocs WHERE threat_id = :t"), {"t": threat_id}).all()
+    linked = {int(r[0]) for r in links}
+    seeds = {int(r[0]) for r in links if r[1] != CORRELATED}
+    seeds |= {ioc_id for ioc_id, sigs in signals.items() if combine(sigs)[0] >= threshold}
+    if seeds:
+        for raw_a, raw_b, rel_type in conn.execute(
+            _text(
+                "SELECT source_id, target_id, type FROM ioc_relations WHERE source_id = ANY(CAST(:s AS bigint[]))"
+                " UNION SELECT source_id, target_id, type FROM ioc_relations WHERE target_id = ANY(CAST(:s AS bigint[]))"
+            ),
+            {"s": sorted(seeds)},
+        ):
+            a, b = int(raw_a), int(raw_b)
+            if a in seeds and b not in seeds:
+                signals.setdefault(b, []).append((f"relation:{a}", relation_signal(str(rel_type), "in", a)))
+            elif b in seeds and a not in seeds:
+                signals.setdefault(a, []).append((f"relation:{b}", relation_signal(str(rel_type), "out", b)))
+            elif a in seeds and b in seeds:  # both seeds: each supports the other
+                signals.setdefault(b, []).append((f"relation:{a}", relation_signal(str(rel_type), "in", a)))
+                signals.setdefault(a, []).append((f"relation:{b}", relation_signal(str(rel_type), "out", b)))
+    scored = []
+    for ioc_id, sigs in signals.items():
+        score, reasons = combine(sigs)
+        scored.append((score, ioc_id, reasons))
+    scored.sort(key=lambda s: (-s[0], -s[1]))
+    top = scored[:limit]
+    details = {
+        int(r[0]): (str(r[1]), str(r[2]))
+        for r in conn.execute(
+            _text("SELECT id, type, value FROM iocs WHERE id = ANY(CAST(:i AS bigint[]))"), {"i": [ioc_id for _, ioc_id, _ in top]}
+        )
+    }
+    to_link = {ioc_id: score for score, ioc_id, _ in top if score >= threshold and ioc_id not in linked}
+    newly: set[int] = set()
+    if link and to_link:
+        newly = store.link_iocs(conn, threat_id=threat_id, ioc_ids=to_link, relation=CORRELATED, source=source)
+    candidates = [
+        {
+            "ioc_id": ioc_id,
+            "type": details[ioc_id][0],
+            "value": details[ioc_id][1],
+            "score": score,
+            "reasons": reasons,
+            "already_linked": ioc_id in linked,
+            "linked": ioc_id in newly,
+        }
+        for score, ioc_id, reasons in top
+        if ioc_id in details
+    ]
+    return {
+        "threat_id": threat_id,
+        "threshold": threshold,
+        "names": sorted(names.values()),
+        "evidence_table": evidence_available(conn),
+        "candidates": candidates,
+        "linked": len(newly),
+    }

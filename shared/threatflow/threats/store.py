@@ -1,0 +1,525 @@
+"""Threats, threat-to-IoC links and IoC-to-IoC relations in PostgreSQL.
+
+Every function takes a SQLAlchemy Connection first, so an import can compose
+IoCs, threats, links and relations into one transaction.
+
+A threat's identity is any of its names. `threat_names` (kept by a trigger from
+threats.name/aliases) maps each lower-cased name and alias to exactly one
+threat, so "upsert by name or alias" is one indexed lookup for the whole batch
+and two threats can never share a name. Upserts of threats take a transaction
+advisory lock: resolving names and writing them must not interleave with
+another batch creating the same names (threat writes are rare; IoC writes,
+which are not, never take it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from threatflow.iocs.model import Tlp
+from threatflow.platform.errors import NotFoundError, ValidationError
+from threatflow.threats.attack import check_id_format
+from threatflow.threats.model import (
+    MAX_REFERENCES,
+    MAX_TTPS,
+    RelationType,
+    ResultStatus,
+    ThreatIn,
+    ThreatResult,
+    check_relation_verb,
+    clean_name,
+    clean_tags,
+    merge_aliases,
+    name_key,
+    parse_relation_type,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from threatflow.threats.attack import AttackCatalog
+
+THREAT_COLUMNS = (
+    "id, kind, name, aliases, description, confidence, severity, first_seen, last_seen, refs, ttps, tags, stix_id, tlp,"
+    " created_at, updated_at"
+)
+_FIELDS = THREAT_COLUMNS.replace(" ", "").split(",")
+_LOCK_ID = 0x7F1A_0003  # the advisory lock threat upserts share
+# The fields a merge can change, compared to decide "updated" or "unchanged".
+_MERGED = ("aliases", "description", "confidence", "severity", "first_seen", "last_seen", "refs", "ttps", "tags", "stix_id", "tlp")
+
+
+def _text(sql: str) -> Any:
+    from sqlalchemy import text
+
+    return text(sql)
+
+
+def _json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def row_to_threat(row: Any) -> dict[str, Any]:
+    """A threats row (THREAT_COLUMNS) as the API shows it."""
+    out = dict(zip(_FIELDS, row, strict=True))
+    out["references"] = out.pop("refs")
+    out["aliases"] = list(out["aliases"])
+    out["ttps"] = list(out["ttps"])
+    out["tags"] = list(out["tags"])
+    for key in ("first_seen", "last_seen", "created_at", "updated_at"):
+        if isinstance(out.get(key), datetime):
+            out[key] = out[key].isoformat()
+    return out
+
+
+# -- batch upsert --------------------------------------------------------------
+
+
+@dataclass
+class _Prepared:
+    """One validated item: clean names, normalised TTPs and tags."""
+
+    index: int
+    kind: str
+    name: str
+    aliases: list[str]
+    description: str | None
+    confidence: int | None
+    severity: str | None
+    first_seen: datetime | None
+    last_seen: datetime | None
+    refs: list[dict[str, Any]]
+    ttps: list[str]
+    tags: list[str]
+    stix_id: str | None
+    tlp: str | None
+    warnings: list[str] = field(default_factory=list)
+
+    def name_keys(self) -> set[str]:
+        return {name_key(n) for n in [self.name, *self.aliases]}
+
+
+def _tz(value: datetime | None, name: str) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValidationError(f"{name} needs a time zone (e.g. 2026-01-01T00:00:00Z)", field=name)
+    return value
+
+
+def prepare(index: int, item: ThreatIn, *, catalog: AttackCatalog | None) -> _Prepared:
+    """Validate and clean one item; raises ValidationError naming the field."""
+    name = clean_name(item.name)
+    if not name:
+        raise ValidationError("name is blank", field="name")
+    if len(item.aliases) > 256:
+        raise ValidationError("at most 256 aliases per threat", field="aliases")
+    if len(item.ttps) > MAX_TTPS:
+        raise ValidationError(f"at most {MAX_TTPS} TTPs per threat", field="ttps")
+    if len(item.references) > MAX_REFERENCES:
+        raise ValidationError(f"at most {MAX_REFERENCES} references per threat", field="references")
+    warnings: list[str] = []
+    if catalog is not None:
+        ttps = catalog.validate(item.ttps)
+        warnings += [f"{t.id}: deprecated ATT&CK technique ({t.name})" for t in catalog.deprecated(ttps)]
+    else:
+        ttps = list(dict.fromkeys(check_id_format(t) for t in item.ttps))
+    tlp = None
+    if item.tlp is not None:
+        try:
+            tlp = Tlp.parse(item.tlp).value
+        except ValueError:
+            raise ValidationError(f"unknown TLP {item.tlp!r}; expected clear, green, amber, amber+strict or red", field="tlp") from None
+    first_seen, last_seen = _tz(item.first_seen, "first_seen"), _tz(item.last_seen, "last_seen")
+    if first_seen and last_seen and first_seen > last_seen:
+        raise ValidationError("first_seen is after last_seen", field="first_seen")
+    stix_id = item.stix_id.strip() if item.stix_id and item.stix_id.strip() else None
+    return _Prepared(
+        index=index,
+        kind=item.kind.value,
+        name=name,
+        aliases=merge_aliases(name, item.aliases),
+        description=item.description,
+        confidence=item.confidence,
+        severity=item.severity.value if item.severity else None,
+        first_seen=first_seen,
+        last_seen=last_seen,
+        refs=_merge_refs([], [msgspec.to_builtins(r) for r in item.references]),
+        ttps=sorted(ttps),
+        tags=clean_tags(item.tags),
+        stix_id=stix_id,
+        tlp=tlp,
+        warnings=warnings,
+    )
+
+
+def _merge_refs(old: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Union of references; two are the same when source, external id and URL agree."""
+    out = list(old)
+    seen = {_ref_key(r) for r in out}
+    for ref in new:
+        key = _ref_key(ref)
+        if key not in seen:
+            seen.add(key)
+            out.append(ref)
+    return out
+
+
+def _ref_key(ref: Mapping[str, Any]) -> tuple[str, str, str]:
+    return (str(ref.get("source_name", "")).lower(), str(ref.get("external_id") or "").lower(), str(ref.get("url") or ""))
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return min(x for x in (a, b) if x is not None) if (a or b) else None
+
+
+def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return max(x for x in (a, b) if x is not None) if (a or b) else None
+
+
+def _fold(base: dict[str, Any], item: _Prepared) -> dict[str, Any]:
+    """Merge an item into a threat: lists are unions, the earliest first_seen and the
+    latest last_seen win, a given scalar replaces the stored one, and the name,
+    kind and an existing stix_id are kept (a threat's identity does not move)."""
+    merged = dict(base)
+    merged["aliases"] = merge_aliases(base["name"], base["aliases"], [item.name, *item.aliases])
+    for key in ("description", "confidence", "severity", "tlp"):
+        value = getattr(item, key)
+        if value is not None:
+            merged[key] = value
+    merged["first_seen"] = _earliest(base["first_seen"], item.first_seen)
+    merged["last_seen"] = _latest(base["last_seen"], item.last_seen)
+    if merged["first_seen"] and merged["last_seen"] and merged["first_seen"] > merged["last_seen"]:
+        merged["last_seen"] = merged["first_seen"]
+    merged["refs"] = _merge_refs(base["refs"], item.refs)
+    merged["ttps"] = sorted({*base["ttps"], *item.ttps})
+    merged["tags"] = sorted({*base["tags"], *item.tags})
+    merged["stix_id"] = base["stix_id"] or item.stix_id
+    return merged
+
+
+def _as_row(item: _Prepared) -> dict[str, Any]:
+    return {
+        "kind": item.kind,
+        "name": item.name,
+        "aliases": item.aliases,
+        "description": item.description,
+        "confidence": item.confidence,
+        "severity": item.severity,
+        "first_seen": item.first_seen,
+        "last_seen": item.last_seen,
+        "refs": item.refs,
+        "ttps": item.ttps,
+        "tags": item.tags,
+        "stix_id": item.stix_id,
+        "tlp": item.tlp,
+    }
+
+
+def _groups(items: Sequence[_Prepared]) -> list[list[_Prepared]]:
+    """Items of one batch that share a name, alias or stix_id describe one threat."""
+    parent = list(range(len(items)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[str, int] = {}
+    for position, item in enumerate(items):
+        keys = {f"n:{k}" for k in item.name_keys()} | ({f"s:{item.stix_id}"} if item.stix_id else set())
+        for key in keys:
+            if key in owner:
+                a, b = find(owner[key]), find(position)
+                parent[max(a, b)] = min(a, b)
+            else:
+                owner[key] = position
+    grouped: dict[int, list[_Prepared]] = {}
+    for position, item in enumerate(items):
+        grouped.setdefault(find(position), []).append(item)
+    return [grouped[root] for root in sorted(grouped)]
+
+
+_RECORD = (
+    "kind text, name text, aliases text[], description text, confidence smallint, severity text, first_seen timestamptz,"
+    " last_seen timestamptz, refs jsonb, ttps text[], tags text[], stix_id text, tlp text"
+)
+_INSERT = f"""
+INSERT INTO threats (kind, name, aliases, description, confidence, severity, first_seen, last_seen, refs, ttps, tags, stix_id, tlp)
+SELECT x.kind, x.name, x.aliases, x.description, x.confidence, x.severity, x.first_seen, x.last_seen,
+       COALESCE(x.refs, '[]'::jsonb), x.ttps, x.tags, x.stix_id, COALESCE(x.tlp, 'amber')
+FROM jsonb_to_recordset(CAST(:doc AS jsonb)) AS x({_RECORD})
+RETURNING id, name
+"""
+_UPDATE = f"""
+UPDATE threats t SET aliases = x.aliases, description = x.description, confidence = x.confidence, severity = x.severity,
+       first_seen = x.first_seen, last_seen = x.last_seen, refs = COALESCE(x.refs, '[]'::jsonb), ttps = x.ttps, tags = x.tags,
+       stix_id = x.stix_id, tlp = COALESCE(x.tlp, t.tlp), updated_at = now()
+FROM jsonb_to_recordset(CAST(:doc AS jsonb)) AS x(id bigint, {_RECORD})
+WHERE t.id = x.id
+"""
+
+
+def upsert_threats(conn: Connection, items: Sequence[ThreatIn], *, catalog: AttackCatalog | None) -> list[ThreatResult]:
+    """Create or merge threats by name OR any alias (case-insensitive) or stix_id.
+
+    A bad item is rejected alone (the reason names the field and, for TTPs, every
+    unknown or revoked id); a database error aborts the caller's transaction.
+    Items of one batch that share a name or alias merge into one threat.
+    """
+    results: dict[int, ThreatResult] = {}
+    prepared: list[_Prepared] = []
+    for index, item in enumerate(items):
+        try:
+            prepared.append(prepare(index, item, catalog=catalog))
+        except ValidationError as exc:
+            results[index] = ThreatResult(index, ResultStatus.REJECTED.value, reason=exc.message)
+    if prepared:
+        conn.execute(_text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_ID})
+        keys = sorted({k for p in prepared for k in p.name_keys()})
+        by_key = {
+            str(r[0]): int(r[1])
+            for r in conn.execute(
+                _text("SELECT name_key, threat_id FROM threat_names WHERE name_key = ANY(CAST(:k AS text[]))"), {"k": keys}
+            )
+        }
+        stix_ids = sorted({p.stix_id for p in prepared if p.stix_id})
+        by_stix = {
+            str(r[0]): int(r[1])
+            for r in conn.execute(_text("SELECT stix_id, id FROM threats WHERE stix_id = ANY(CAST(:s AS text[]))"), {"s": stix_ids})
+        }
+        plans: list[tuple[list[_Prepared], int | None]] = []
+        for group in _groups(prepared):
+            owners: dict[int, str] = {}
+            for p in group:
+                for n in [p.name, *p.aliases]:
+                    if name_key(n) in by_key:
+                        owners.setdefault(by_key[name_key(n)], repr(n))
+                if p.stix_id and p.stix_id in by_stix:
+                    owners.setdefault(by_stix[p.stix_id], f"stix_id {p.stix_id}")
+            if len(owners) > 1:
+                clash = ", ".join(f"{what} is threat {tid}" for tid, what in sorted(owners.items()))
+                for p in group:
+                    results[p.index] = ThreatResult(
+                        p.index, ResultStatus.REJECTED.value, reason=f"names match more than one threat ({clash}); merge those first"
+                    )
+                continue
+            plans.append((group, next(iter(owners), None)))
+        existing = _rows_for_update(conn, [tid for _, tid in plans if tid is not None])
+        inserts: list[tuple[list[_Prepared], dict[str, Any]]] = []
+        updates: list[dict[str, Any]] = []
+        for group, threat_id in plans:
+            base = existing[threat_id] if threat_id is not None else _as_row(group[0])
+            merged = base
+            for p in group if threat_id is not None else group[1:]:
+                merged = _fold(merged, p)
+            if threat_id is None:
+                inserts.append((group, merged))
+                continue
+            changed = any(merged[k] != base[k] for k in _MERGED)
+            if changed:
+                updates.append({**merged, "id": threat_id})
+            status = ResultStatus.UPDATED if changed else ResultStatus.UNCHANGED
+            for p in group:
+                results[p.index] = ThreatResult(p.index, status.value, id=threat_id, reason=_reason(p, base["kind"], group[0]))
+        if updates:
+            conn.execute(_text(_UPDATE), {"doc": _json(updates)})
+        if inserts:
+            created = {str(r[1]): int(r[0]) for r in conn.execute(_text(_INSERT), {"doc": _json([m for _, m in inserts])})}
+            for group, merged in inserts:
+                threat_id = created[merged["name"]]
+                for position, p in enumerate(group):
+                    status = ResultStatus.CREATED if position == 0 else ResultStatus.UPDATED
+                    results[p.index] = ThreatResult(p.index, status.value, id=threat_id, reason=_reason(p, merged["kind"], group[0]))
+    return [results[i] for i in range(len(items))]
+
+
+def _reason(item: _Prepared, kind: str, first: _Prepared) -> str | None:
+    notes = list(item.warnings)
+    if item is not first:
+        notes.append(f"merged with item {first.index} of this batch")
+    if item.kind != kind:
+        notes.append(f"kind {item.kind} ignored; the threat is a {kind}")
+    return "; ".join(notes) or None
+
+
+def _rows_for_update(conn: Connection, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    if not ids:
+        return {}
+    rows = conn.execute(
+        _text(f"SELECT {THREAT_COLUMNS} FROM threats WHERE id = ANY(CAST(:i AS bigint[])) ORDER BY id FOR UPDATE"), {"i": sorted(set(ids))}
+    )
+    out = {}
+    for row in rows:
+        record = dict(zip(_FIELDS, row, strict=True))
+        for key in ("aliases", "ttps", "tags"):
+            record[key] = list(record[key])
+        record["refs"] = list(record["refs"] or [])
+        out[int(record["id"])] = record
+    return out
+
+
+# -- reads ---------------------------------------------------------------------
+
+
+def get_threat(conn: Connection, threat_id: int) -> dict[str, Any] | None:
+    row = conn.execute(_text(f"SELECT {THREAT_COLUMNS} FROM threats WHERE id = :i"), {"i": threat_id}).first()
+    return row_to_threat(row) if row else None
+
+
+def threats_for_export(conn: Connection, *, threat_ids: Sequence[int] | None = None, max_tlp: str | None = None) -> list[dict[str, Any]]:
+    """Full rows (references as a list of dicts), oldest first; max_tlp limits sharing."""
+    tlps = Tlp.parse(max_tlp).at_most() if max_tlp else [t.value for t in Tlp]
+    rows = conn.execute(
+        _text(
+            f"SELECT {THREAT_COLUMNS} FROM threats WHERE (CAST(:all AS boolean) OR id = ANY(CAST(:ids AS bigint[])))"
+            " AND tlp = ANY(CAST(:tlps AS text[])) ORDER BY id"
+        ),
+        {"all": threat_ids is None, "ids": list(threat_ids or []), "tlps": tlps},
+    )
+    return [row_to_threat(r) for r in rows]
+
+
+def links_for_iocs(conn: Connection, ioc_ids: Sequence[int]) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        _text(
+            "SELECT threat_id, ioc_id, relation, confidence, source FROM threat_iocs WHERE ioc_id = ANY(CAST(:i AS bigint[]))"
+            " ORDER BY ioc_id, threat_id, relation"
+        ),
+        {"i": list(ioc_ids)},
+    )
+    return [{"threat_id": int(r[0]), "ioc_id": int(r[1]), "relation": r[2], "confidence": int(r[3]), "source": r[4]} for r in rows]
+
+
+def relations_for_iocs(conn: Connection, ioc_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """Relations with either end among ioc_ids."""
+    rows = conn.execute(
+        _text(
+            "SELECT source_id, target_id, type, confidence, source FROM ioc_relations WHERE source_id = ANY(CAST(:i AS bigint[]))"
+            " UNION SELECT source_id, target_id, type, confidence, source FROM ioc_relations WHERE target_id = ANY(CAST(:i AS bigint[]))"
+            " ORDER BY 1, 2, 3"
+        ),
+        {"i": list(ioc_ids)},
+    )
+    return [{"source_id": int(r[0]), "target_id": int(r[1]), "type": r[2], "confidence": int(r[3]), "source": r[4]} for r in rows]
+
+
+def existing_ioc_ids(conn: Connection, ioc_ids: Iterable[int]) -> set[int]:
+    ids = sorted(set(ioc_ids))
+    if not ids:
+        return set()
+    return {int(r[0]) for r in conn.execute(_text("SELECT id FROM iocs WHERE id = ANY(CAST(:i AS bigint[]))"), {"i": ids})}
+
+
+def threat_exists(conn: Connection, threat_id: int) -> bool:
+    return conn.execute(_text("SELECT 1 FROM threats WHERE id = :i"), {"i": threat_id}).first() is not None
+
+
+# -- threat <-> IoC links ----------------------------------------------------------
+
+
+def link_iocs(
+    conn: Connection,
+    *,
+    threat_id: int,
+    ioc_ids: Sequence[int] | Mapping[int, int],
+    relation: str = "indicates",
+    confidence: int = 50,
+    source: str | None = None,
+) -> set[int]:
+    """Link IoCs (which must exist) to a threat; returns the ids newly linked. A repeat
+    link keeps one row and raises its confidence to the higher value. Pass a mapping
+    ioc_id -> confidence to give each link its own confidence."""
+    verb = check_relation_verb(relation)
+    scores = dict(ioc_ids) if isinstance(ioc_ids, Mapping) else dict.fromkeys(ioc_ids, confidence)
+    if not scores:
+        return set()
+    for value in scores.values():
+        if not 0 <= value <= 100:
+            raise ValidationError(f"confidence {value} is outside 0..100", field="confidence")
+    ids = sorted(scores)
+    rows = conn.execute(
+        _text(
+            "INSERT INTO threat_iocs (threat_id, ioc_id, relation, confidence, source)"
+            " SELECT :t, x.ioc_id, :r, x.confidence, :s"
+            " FROM unnest(CAST(:ids AS bigint[]), CAST(:conf AS smallint[])) AS x(ioc_id, confidence)"
+            " ON CONFLICT (threat_id, ioc_id, relation)"
+            " DO UPDATE SET confidence = GREATEST(threat_iocs.confidence, EXCLUDED.confidence)"
+            " RETURNING ioc_id, (xmax = 0)"
+        ),
+        {"t": threat_id, "r": verb, "s": source, "ids": ids, "conf": [scores[i] for i in ids]},
+    ).all()
+    return {int(r[0]) for r in rows if r[1]}
+
+
+def link_ioc(
+    conn: Connection, *, threat_id: int, ioc_id: int, relation: str = "indicates", confidence: int = 50, source: str | None = None
+) -> bool:
+    """True if the link is new. Raises NotFoundError naming a missing threat or IoC."""
+    if not threat_exists(conn, threat_id):
+        raise NotFoundError(f"no threat with id {threat_id}")
+    if not existing_ioc_ids(conn, [ioc_id]):
+        raise NotFoundError(f"no indicator with id {ioc_id}")
+    return bool(link_iocs(conn, threat_id=threat_id, ioc_ids=[ioc_id], relation=relation, confidence=confidence, source=source))
+
+
+def unlink_iocs(conn: Connection, *, threat_id: int, ioc_ids: Sequence[int], relation: str | None = None) -> dict[int, int]:
+    """Remove links (of one relation, or all); returns removed rows per IoC id."""
+    rows = conn.execute(
+        _text(
+            "DELETE FROM threat_iocs WHERE threat_id = :t AND ioc_id = ANY(CAST(:i AS bigint[]))"
+            " AND (CAST(:r AS text) IS NULL OR relation = CAST(:r AS text)) RETURNING ioc_id"
+        ),
+        {"t": threat_id, "i": list(ioc_ids), "r": relation.strip().lower() if relation else None},
+    ).all()
+    out: dict[int, int] = {}
+    for row in rows:
+        out[int(row[0])] = out.get(int(row[0]), 0) + 1
+    return out
+
+
+def unlink_ioc(conn: Connection, *, threat_id: int, ioc_id: int, relation: str | None = None) -> int:
+    return unlink_iocs(conn, threat_id=threat_id, ioc_ids=[ioc_id], relation=relation).get(ioc_id, 0)
+
+
+# -- IoC <-> IoC relations -----------------------------------------------------------
+
+
+def add_ioc_relation(
+    conn: Connection, *, source_id: int, target_id: int, type: RelationType | str, confidence: int = 50, source: str | None = None
+) -> bool:
+    """Directed relation source -> target; True if new. Several types per pair are allowed;
+    a repeat keeps one row and raises its confidence to the higher value."""
+    kind = type if isinstance(type, RelationType) else parse_relation_type(type)
+    if source_id == target_id:
+        raise ValidationError(f"indicator {source_id} cannot be related to itself", field="target_id")
+    if not 0 <= confidence <= 100:
+        raise ValidationError(f"confidence {confidence} is outside 0..100", field="confidence")
+    missing = sorted({source_id, target_id} - existing_ioc_ids(conn, [source_id, target_id]))
+    if missing:
+        raise NotFoundError(f"no indicator with id {', '.join(str(m) for m in missing)}")
+    row = conn.execute(
+        _text(
+            "INSERT INTO ioc_relations (source_id, target_id, type, confidence, source) VALUES (:a, :b, :t, :c, :s)"
+            " ON CONFLICT (source_id, target_id, type)"
+            " DO UPDATE SET confidence = GREATEST(ioc_relations.confidence, EXCLUDED.confidence)"
+            " RETURNING (xmax = 0)"
+        ),
+        {"a": source_id, "b": target_id, "t": kind.value, "c": confidence, "s": source},
+    ).one()
+    return bool(row[0])
+
+
+def remove_ioc_relation(conn: Connection, *, source_id: int, target_id: int, type: RelationType | str | None = None) -> int:
+    kind = None if type is None else (type if isinstance(type, RelationType) else parse_relation_type(type))
+    result = conn.execute(
+        _text(
+            "DELETE FROM ioc_relations WHERE source_id = :a AND target_id = :b AND (CAST(:t AS text) IS NULL OR type = CAST(:t AS text))"
+        ),
+        {"a": source_id, "b": target_id, "t": kind.value if kind else None},
+    )
+    return int(result.rowcount)

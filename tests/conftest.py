@@ -1,0 +1,184 @@
+"""Session fixtures: real PostgreSQL, Redis and the official emulators, each
+started on free ports in this run's own temporary folder, so parallel or
+repeated runs never share state. Services start only when a test asks."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+PROJECT = "threatflow-test"
+# Seeded by migrations; tests must not wipe them.
+REFERENCE_TABLES = ("ioc_type_policies",)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest's default /tmp/pytest-of-USER keeps only the last three runs and
+    # deletes older ones, which would delete a concurrent run's live database.
+    # Give every run its own base folder instead.
+    if not config.option.basetemp:
+        import tempfile
+
+        base = tempfile.mkdtemp(prefix="threatflow-tests-")
+        config.option.basetemp = base
+        if not os.environ.get("THREATFLOW_KEEP_TEST_TMP"):
+            import shutil
+
+            config.add_cleanup(lambda: shutil.rmtree(base, ignore_errors=True))
+
+
+@pytest.fixture(autouse=True)
+def _restore_environ() -> Iterator[None]:
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("services")
+
+
+def _service(name: str, start: Any) -> Iterator[Any]:
+    from threatflow.devstack import services
+
+    service = start()
+    try:
+        yield service
+    finally:
+        services.stop(service)
+
+
+@pytest.fixture(scope="session")
+def postgres(state_dir: Path) -> Iterator[Any]:
+    from threatflow.devstack import services
+
+    yield from _service("postgres", lambda: services.start_postgres(state_dir, database="threatflow_test"))
+
+
+@pytest.fixture(scope="session")
+def redis_server(state_dir: Path) -> Iterator[Any]:
+    from threatflow.devstack import services
+
+    yield from _service("redis", lambda: services.start_redis(state_dir))
+
+
+@pytest.fixture(scope="session")
+def pubsub_emulator(state_dir: Path) -> Iterator[Any]:
+    from threatflow.devstack import services
+
+    yield from _service("pubsub", lambda: services.start_pubsub_emulator(state_dir, project=PROJECT))
+
+
+@pytest.fixture(scope="session")
+def firestore_emulator(state_dir: Path) -> Iterator[Any]:
+    from threatflow.devstack import services
+
+    yield from _service("firestore", lambda: services.start_firestore_emulator(state_dir, project=PROJECT))
+
+
+@pytest.fixture(scope="session")
+def storage_emulator(state_dir: Path) -> Iterator[Any]:
+    from threatflow.devstack import services
+
+    buckets = ["threatflow-uploads", "threatflow-reports", "threatflow-models"]
+    yield from _service("storage", lambda: services.start_storage_emulator(state_dir, buckets=buckets))
+
+
+@pytest.fixture(scope="session")
+def migrated_database(postgres: Any) -> str:
+    from threatflow.adapters.postgres import create_engine
+    from threatflow.db.migrate import migrate
+    from threatflow.platform.config import Settings
+
+    url = postgres.env["DATABASE_URL"]
+    engine = create_engine(Settings.from_env({"DATABASE_URL": url}))
+    migrate(engine, progress=lambda _m: None)
+    engine.dispose()
+    return str(url)
+
+
+@pytest.fixture
+def fresh_database(postgres: Any) -> Iterator[str]:
+    """A brand-new empty database for one test (migration tests)."""
+    import pg8000.native
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = pg8000.native.Connection("postgres", host="127.0.0.1", port=postgres.port, database="postgres")
+    admin.run(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+pg8000://postgres@127.0.0.1:{postgres.port}/{name}"
+    finally:
+        admin.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def clean_tables(migrated_database: str) -> str:
+    import pg8000.native
+
+    from threatflow.platform.config import Settings
+
+    settings = Settings.from_env({"DATABASE_URL": migrated_database})
+    port = int(str(settings.database_url).rsplit(":", 1)[1].split("/")[0])
+    conn = pg8000.native.Connection("postgres", host="127.0.0.1", port=port, database=str(settings.database_url).rsplit("/", 1)[1])
+    keep = ("schema_migrations", *REFERENCE_TABLES)
+    tables = [r[0] for r in conn.run("SELECT tablename FROM pg_tables WHERE schemaname = 'public'") if r[0] not in keep]
+    if tables:
+        conn.run("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE")
+    conn.close()
+    return migrated_database
+
+
+@pytest.fixture
+def backend_env(
+    clean_tables: str, redis_server: Any, pubsub_emulator: Any, firestore_emulator: Any, storage_emulator: Any
+) -> dict[str, str]:
+    """The environment a function sees on the local stack, pointing at this run's services."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.env["REDIS_URL"])
+    client.flushdb()
+    client.close()
+    env = {
+        "THREATFLOW_ENV": "local",
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "DATABASE_URL": clean_tables,
+        "JWT_SECRET": secrets.token_hex(32),
+        **redis_server.env,
+        **pubsub_emulator.env,
+        **firestore_emulator.env,
+        **storage_emulator.env,
+    }
+    os.environ.update(env)
+    return env
+
+
+@pytest.fixture
+def function_client(backend_env: dict[str, str]) -> Any:
+    """Loads a real functions/<name>/main.py with functions-framework and returns its test client."""
+    import functions_framework
+
+    from threatflow.platform.manifest import load_manifest
+
+    manifest = load_manifest()
+
+    def load(name: str, **extra_env: str) -> Any:
+        os.environ.update(extra_env)
+        fn = manifest.functions[name]
+        source = REPO_ROOT / "functions" / name / "main.py"
+        sys.modules.pop("main", None)
+        app = functions_framework.create_app(target=fn.entry_point, source=str(source), signature_type=fn.signature_type)
+        return app.test_client()
+
+    return load

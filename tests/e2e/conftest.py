@@ -1,0 +1,71 @@
+"""The README's run command, started once for the e2e session on this run's own ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    from threatflow.devstack.services import free_port
+
+    state = tmp_path_factory.mktemp("devstack")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL") and not k.endswith("_EMULATOR_HOST")}
+    env.update({"THREATFLOW_STATE_DIR": str(state), "THREATFLOW_PORT": str(port), "RATE_LIMIT_PER_USER": "600/60"})
+    warninglists = REPO.parent / "shared" / "data" / "feeds" / "misp-warninglists"
+    if warninglists.exists():  # the product reads lists from a configured source; tests point it at the shared copy
+        env["WARNINGLISTS_SOURCE"] = str(warninglists)
+    attack = REPO.parent / "shared" / "data" / "attack" / "attack_techniques.json"
+    if attack.exists():  # likewise ATT&CK: a configured file, never bundled
+        env["ATTACK_DATA_PATH"] = str(attack)
+    log = (state / "stack.out").open("wb")
+    started = time.monotonic()
+    from helpers import THREATFLOW
+
+    proc = subprocess.Popen([THREATFLOW, "devstack", "up"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, (state / "stack.out").read_text()
+        try:
+            if requests.get(f"{url}/ready", timeout=5).status_code == 200 and (state / "stack.json").exists():
+                break
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("stack did not become ready in 180 s:\n" + (state / "stack.out").read_text())
+    print(f"\nlocal stack ready in {time.monotonic() - started:.1f}s")
+    yield {"url": url, "env": env, "state": state, "proc": proc}
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def admin_headers(stack):
+    from helpers import E2E_ADMIN_PASSWORD, stack_cli, stack_token
+
+    created = stack_cli(stack, "users", "create", "admin1", "--role", "admin", "--password-stdin", stdin=E2E_ADMIN_PASSWORD + "\n")
+    assert created.returncode == 0, created.stderr
+    return stack_token(stack, "admin1", E2E_ADMIN_PASSWORD)
+
+
+@pytest.fixture(scope="session")
+def reader_headers(stack, admin_headers):
+    from helpers import stack_cli, stack_token
+
+    created = stack_cli(stack, "users", "create", "reader1", "--role", "reader", "--password-stdin", stdin="reader password 1\n")
+    assert created.returncode == 0, created.stderr
+    return stack_token(stack, "reader1", "reader password 1")

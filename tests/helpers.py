@@ -1,0 +1,51 @@
+"""Helpers the tests import (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def create_user(database_url: str, username: str, role: str, password: str = "correct horse battery staple") -> str:
+    from threatflow.adapters.postgres import create_engine
+    from threatflow.auth import service
+    from threatflow.auth.model import Role
+    from threatflow.auth.users import UserRepository
+    from threatflow.platform.config import Settings
+
+    engine = create_engine(Settings.from_env({"DATABASE_URL": database_url}))
+    try:
+        service.create_user(username=username, password=password, role=Role(role), users=UserRepository(engine))
+    finally:
+        engine.dispose()
+    return password
+
+
+def require_shared_data(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data not found at {path}; run with ../shared beside the checkout")
+    return path
+
+
+THREATFLOW = str(Path(sys.executable).parent / "threatflow")
+E2E_ADMIN_PASSWORD = "an admin password that is long"
+
+
+def stack_cli(stack: dict, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the threatflow CLI against the e2e stack's environment."""
+    return subprocess.run([THREATFLOW, *args], env=stack["env"], input=stdin, capture_output=True, text=True, timeout=120, check=False)
+
+
+def stack_token(stack: dict, username: str, password: str) -> dict[str, str]:
+    import requests
+
+    response = requests.post(f"{stack['url']}/api/v1/auth/token", json={"username": username, "password": password}, timeout=30)
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}

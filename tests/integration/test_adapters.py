@@ -1,0 +1,109 @@
+"""Each adapter against the real server or the official emulator."""
+
+import uuid
+
+import pytest
+from fakes.secret_manager import FakeSecretManager
+
+from threatflow.platform.errors import ConfigError, NotFoundError
+
+pytestmark = pytest.mark.integration
+PROJECT = "threatflow-test"
+
+
+def test_pubsub_publish_reaches_a_subscriber(backend_env):
+    from google.cloud import pubsub_v1
+
+    from threatflow.adapters.pubsub import PubSubPublisher
+
+    topic = f"t-{uuid.uuid4().hex[:8]}"
+    publisher = pubsub_v1.PublisherClient()
+    subscriber = pubsub_v1.SubscriberClient()
+    publisher.create_topic(name=publisher.topic_path(PROJECT, topic))
+    sub_path = subscriber.subscription_path(PROJECT, f"{topic}-sub")
+    subscriber.create_subscription(name=sub_path, topic=publisher.topic_path(PROJECT, topic))
+    message_id = PubSubPublisher(PROJECT).publish(topic, b'{"a":1}', {"job": "x"})
+    assert message_id
+    response = subscriber.pull(request={"subscription": sub_path, "max_messages": 1}, timeout=10)
+    received = response.received_messages[0].message
+    assert received.data == b'{"a":1}' and received.attributes["job"] == "x"
+    subscriber.close()
+
+
+def test_firestore_create_is_idempotent_and_queries(backend_env):
+    from threatflow.adapters.firestore import FirestoreDocuments
+
+    docs = FirestoreDocuments(PROJECT)
+    collection = f"c{uuid.uuid4().hex[:8]}"
+    assert docs.create(collection, "one", {"n": 1}) is True
+    assert docs.create(collection, "one", {"n": 2}) is False
+    assert docs.get(collection, "one") == {"n": 1}
+    docs.set(collection, "two", {"n": 2})
+    docs.set(collection, "two", {"m": 3}, merge=True)
+    assert docs.get(collection, "two") == {"n": 2, "m": 3}
+    found = docs.query(collection, where=[("n", ">", 1)])
+    assert [d["id"] for d in found] == ["two"]
+    ordered = docs.query(collection, order_by="n", descending=True, limit=1)
+    assert ordered[0]["id"] == "two"
+    docs.delete(collection, "one")
+    assert docs.get(collection, "one") is None
+
+
+def test_storage_round_trip(backend_env):
+    from threatflow.adapters.storage import GcsBlobs
+
+    blobs = GcsBlobs(PROJECT)
+    name = f"reports/{uuid.uuid4().hex}.json"
+    blobs.put("threatflow-reports", name, b'{"ok":true}', content_type="application/json")
+    assert blobs.exists("threatflow-reports", name)
+    assert blobs.get("threatflow-reports", name) == b'{"ok":true}'
+    assert name in blobs.list("threatflow-reports", prefix="reports/")
+    blobs.delete("threatflow-reports", name)
+    assert not blobs.exists("threatflow-reports", name)
+    with pytest.raises(NotFoundError, match="no object"):
+        blobs.get("threatflow-reports", name)
+    blobs.ping("threatflow-reports")
+
+
+def test_secret_manager_against_fake_rest_api():
+    from threatflow.adapters.secrets import SecretManagerSecrets
+
+    with FakeSecretManager() as fake:
+        fake.add_version(PROJECT, "vt-api-key", "first")
+        fake.add_version(PROJECT, "vt-api-key", "second")
+        source = SecretManagerSecrets(PROJECT, endpoint=fake.endpoint, cache_seconds=60)
+        assert source.get("vt-api-key") == "second"
+        assert source.get("vt-api-key") == "second"
+        assert len(fake.requests) == 1, "second read must come from the cache"
+        with pytest.raises(ConfigError, match="no enabled version"):
+            source.get("missing")
+
+
+def test_env_secrets_name_the_variable(monkeypatch):
+    from threatflow.adapters.secrets import EnvSecrets
+
+    monkeypatch.setenv("OTX_API_KEY", "k")
+    assert EnvSecrets().get("otx-api-key") == "k"
+    with pytest.raises(ConfigError, match="export NOPE_KEY"):
+        EnvSecrets().get("nope-key")
+
+
+def test_rate_limiter_allows_burst_then_refuses(backend_env):
+    from threatflow.adapters.redis import RateLimiter, connect
+
+    limiter = RateLimiter(connect(backend_env["REDIS_URL"]))
+    key = uuid.uuid4().hex
+    decisions = [limiter.hit(key, limit=3, period_seconds=60) for _ in range(4)]
+    assert [d.allowed for d in decisions] == [True, True, True, False]
+    assert [d.remaining for d in decisions[:3]] == [2, 1, 0]
+    assert 15 <= decisions[3].retry_after_seconds <= 20  # one slot refills every 20 s
+
+
+def test_postgres_ping_and_dependency_error():
+    from threatflow.adapters.postgres import create_engine, ping
+    from threatflow.platform.config import Settings
+    from threatflow.platform.errors import DependencyError
+
+    engine = create_engine(Settings.from_env({"DATABASE_URL": "postgresql+pg8000://postgres@127.0.0.1:1/none"}))
+    with pytest.raises(DependencyError, match="PostgreSQL is unreachable"):
+        ping(engine)

@@ -1,0 +1,327 @@
+"""IoC import (json, csv, text, STIX, MISP) and export (STIX, CSV, txt) over the iocs function, against PostgreSQL."""
+
+import base64
+import contextlib
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from helpers import SHARED_DATA, create_user, require_shared_data
+
+pytestmark = pytest.mark.integration
+PROJECT = "threatflow-test"
+ATTACK = SHARED_DATA / "attack" / "attack_techniques.json"
+
+
+@pytest.fixture
+def api(function_client, backend_env):
+    password = create_user(backend_env["DATABASE_URL"], "analyst1", "analyst")
+    token = (
+        function_client("auth").post("/api/v1/auth/token", json={"username": "analyst1", "password": password}).get_json()["access_token"]
+    )
+    client = function_client("iocs", ATTACK_DATA_PATH=str(ATTACK))
+
+    class Api:
+        headers = {"Authorization": f"Bearer {token}"}
+
+        def post(self, path, body):
+            return client.post(path, json=body, headers=self.headers)
+
+        def post_raw(self, path, data):
+            return client.post(path, data=data, headers={**self.headers, "Content-Type": "application/json"})
+
+        def get(self, path):
+            return client.get(path, headers=self.headers)
+
+        def import_(self, fmt, content, **extra):
+            return self.post("/api/v1/iocs/import", {"format": fmt, "content": content, **extra})
+
+    return Api()
+
+
+@pytest.fixture
+def db(backend_env):
+    from sqlalchemy import text
+
+    from threatflow.adapters.postgres import create_engine
+    from threatflow.platform.config import Settings
+
+    engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
+
+    class Db:
+        def scalar(self, sql, **params):
+            with engine.connect() as conn:
+                return conn.execute(text(sql), params).scalar()
+
+        def counts(self):
+            return {t: self.scalar(f"SELECT count(*) FROM {t}") for t in ("iocs", "threats", "threat_iocs", "ioc_relations")}
+
+    yield Db()
+    engine.dispose()
+
+
+def test_json_import_stores_the_good_and_names_the_bad(api, db):
+    good = [{"value": f"45.{i // 250}.{i % 250}.9"} for i in range(990)]
+    bad = [
+        {"value": "999.1.1.1", "type": "ipv4"},
+        {"value": "nodot"},
+        {"value": "1.2.3.4", "colour": "red"},
+        {"value": "x", "confidence": 101},
+    ]
+    bad += [{"value": "1.2.3.4", "tlp": "purple"}, {"value": "a" * 31, "type": "sha256"}, 42, {"tags": ["no value"]}]
+    bad += [{"value": "example", "type": "domain"}, {"value": "2001:db8::zz", "type": "ipv6"}]
+    response = api.import_("json", {"iocs": good[:500] + bad + good[500:]}, source="bulk-upload", tags=["import-test"])
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert body["iocs"]["summary"]["created"] == 990 and body["iocs"]["summary"]["rejected"] == 10
+    named = {e["ref"] for e in body["errors"]} | {r["ref"] for r in body["iocs"]["results"] if r["status"] == "rejected"}
+    assert named == {f"#{i}" for i in range(500, 510)}
+    assert db.scalar("SELECT count(*) FROM iocs") == 990
+    assert db.scalar("SELECT count(*) FROM iocs WHERE sources = '{bulk-upload}' AND tags @> '{import-test}'") == 990
+
+
+def test_csv_and_text_and_misp_imports(api, db):
+    csv_body = api.import_("csv", "indicator,type,tags,tlp\nevil.example.com,domain,c2;apt,green\n,,,\n")
+    assert csv_body.status_code == 200
+    assert csv_body.get_json()["iocs"]["summary"]["created"] == 1 and csv_body.get_json()["errors"] == [
+        {"ref": "row 3", "reason": "no value"}
+    ]
+    text_body = api.import_("text", "beacon to hxxp://bad[.]example[.]net/x from 203.0.113[.]77").get_json()
+    assert text_body["iocs"]["summary"]["created"] >= 2
+    event = json.loads(require_shared_data("misp", "mispevent_testfiles__existing_event.json").read_text())
+    misp = api.import_("misp", event).get_json()
+    assert misp["iocs"]["summary"]["created"] + misp["iocs"]["summary"]["updated"] == 68 - misp["iocs"]["summary"]["unchanged"]
+    assert misp["threats"]["summary"].get("created", 0) >= 10 and misp["links"] > 0
+    assert db.scalar("SELECT count(*) FROM iocs WHERE 'misp:CIRCL' = ANY(sources)") > 0
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content", "message"),
+    [
+        ("json", '{"iocs": [', "not valid JSON"),
+        (
+            "stix",
+            {
+                "type": "bundle",
+                "id": "bundle--11111111-1111-4111-8111-111111111111",
+                "objects": [
+                    {"type": "ipv4-addr", "id": "ipv4-addr--22222222-2222-4222-8222-222222222222", "value": "198.51.100.8"},
+                    {
+                        "type": "indicator",
+                        "id": "indicator--33333333-3333-4333-8333-333333333333",
+                        "pattern": "[ipv4-addr:value = ",
+                        "pattern_type": "stix",
+                        "valid_from": "2024-01-01T00:00:00Z",
+                    },
+                ],
+            },
+            "objects[1] (indicator--33333333-3333-4333-8333-333333333333): pattern is not valid STIX patterning",
+        ),
+        ("misp", {"Event": {"info": "x", "Attribute": {"type": "ip-dst", "value": "198.51.100.9"}}}, "Event.Attribute must be a list"),
+        ("csv", "foo,bar\n1,2\n", "no value column"),
+    ],
+)
+def test_malformed_documents_fail_and_store_nothing(api, db, fmt, content, message):
+    before = db.counts()
+    response = api.import_(fmt, content)
+    assert response.status_code == 400
+    assert message in response.get_json()["error"]["message"]
+    assert db.counts() == before
+
+
+def test_a_database_error_rolls_back_everything(api, db, backend_env, monkeypatch):
+    from threatflow.adapters.postgres import create_engine
+    from threatflow.iocs.formats import parse
+    from threatflow.iocs.importer import apply_import
+    from threatflow.platform.config import Settings
+    from threatflow.threats import store as threat_store
+
+    parsed = parse("stix", require_shared_data("stix", "oasis-examples", "threat-reports", "apt1.json").read_bytes())
+
+    def broken(conn, **kwargs):
+        from sqlalchemy import text
+
+        conn.execute(text("SELECT 1/0"))  # a real database error, half-way through the import
+
+    monkeypatch.setattr(threat_store, "link_ioc", broken)
+    engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
+    before = db.counts()
+    with pytest.raises(Exception, match="division by zero"):
+        apply_import(parsed, engine=engine, now=datetime.now(UTC), actor="t", catalog=None, source_default="x")
+    engine.dispose()
+    assert db.counts() == before
+
+
+def test_reimport_creates_no_duplicates_and_raises_detection_counts(api, db):
+    bundle = json.loads(require_shared_data("stix", "oasis-examples", "threat-reports", "apt1.json").read_text())
+    first = api.import_("stix", bundle).get_json()
+    counts = db.counts()
+    assert counts["iocs"] == 10 and counts["threats"] >= 20 and counts["threat_iocs"] == first["links"] > 0
+    second = api.import_("stix", bundle).get_json()
+    assert second["iocs"]["summary"]["created"] == 0 and second["iocs"]["summary"]["updated"] == 10
+    assert second["links_created"] == 0 and "created" not in second["threats"]["summary"]
+    assert db.counts() == counts
+    assert db.scalar("SELECT min(detection_count) FROM iocs") == 2
+
+
+def test_sync_import_over_5_mb_is_413_with_the_async_hint(api):
+    big = {"format": "text", "content": "1.2.3.4 " * 700_000}
+    response = api.post("/api/v1/iocs/import", big)
+    assert response.status_code == 413 and "async=true" in response.get_json()["error"]["message"]
+
+
+def test_extract_stores_nothing(api, db):
+    response = api.post("/api/v1/iocs/extract", {"text": "see hxxps://evil[.]example[.]com/p and d41d8cd98f00b204e9800998ecf8427e"})
+    assert response.status_code == 200
+    found = {(i["type"], i["value"]) for i in response.get_json()["iocs"]}
+    assert ("md5", "d41d8cd98f00b204e9800998ecf8427e") in found
+    assert all({"type", "value", "original"} <= set(i) for i in response.get_json()["iocs"])
+    assert db.scalar("SELECT count(*) FROM iocs") == 0
+
+
+def test_export_formats_respect_max_tlp(api):
+    import stix2
+
+    items = [
+        {"value": "green.example.com", "tlp": "green", "tags": ["t1"]},
+        {"value": "amber.example.com", "tlp": "amber"},
+        {"value": "red.example.com", "tlp": "red"},
+        {"value": "198.51.100.20", "tlp": "clear"},
+    ]
+    api.import_("json", items)
+    default = api.get("/api/v1/iocs/export?format=stix")
+    assert default.status_code == 200 and default.content_type == "application/stix+json;version=2.1"
+    assert "attachment; filename=" in default.headers["Content-Disposition"]
+    bundle = stix2.parse(default.data.decode(), allow_custom=False)
+    names = {o.name for o in bundle.objects if o.type == "indicator"}
+    assert names == {"green.example.com", "amber.example.com", "198.51.100.20"}  # default max_tlp is amber
+    marked = {o.name: o.object_marking_refs for o in bundle.objects if o.type == "indicator"}
+    assert marked["green.example.com"] == [stix2.TLP_GREEN.id]
+    everything = stix2.parse(api.get("/api/v1/iocs/export?format=stix&max_tlp=red").data.decode(), allow_custom=False)
+    assert "red.example.com" in {o.name for o in everything.objects if o.type == "indicator"}
+    txt = api.get("/api/v1/iocs/export?format=txt&type=domain")
+    assert txt.content_type.startswith("text/plain") and sorted(txt.data.decode().split()) == ["amber.example.com", "green.example.com"]
+    csv_export = api.get("/api/v1/iocs/export?format=csv&tags=t1")
+    lines = csv_export.data.decode().splitlines()
+    assert csv_export.content_type.startswith("text/csv") and lines[0].startswith("id,type,value,tags") and len(lines) == 2
+    assert api.get("/api/v1/iocs/export?format=pdf").status_code == 400
+    assert api.get("/api/v1/iocs/export?bogus=1").status_code == 400
+    # The CSV export imports back as the same IoCs.
+    again = api.import_("csv", csv_export.data.decode()).get_json()
+    assert again["iocs"]["summary"]["updated"] == 1 and again["iocs"]["summary"]["created"] == 0
+
+
+ROUND_TRIP = [
+    "oasis-examples/threat-reports/apt1.json",
+    "oasis-examples/indicator-to-campaign-relationship.json",
+    "oasis-examples/indicators-for-C2-with-COA.json",
+    "oasis-examples/indicator-for-c2-ip-address.json",
+    "oasis-examples/infrastructure.json",
+    "PyMISP-tests-stix2.json",
+]
+
+
+@pytest.mark.parametrize("name", ROUND_TRIP)
+def test_stix_round_trip(api, name):
+    import stix2
+
+    from threatflow.iocs.formats.stix import pattern_values
+
+    source = json.loads(require_shared_data("stix", *name.split("/")).read_text())
+    first = api.import_("stix", source).get_json()
+    imported = {r["value"] for r in first["iocs"]["results"] if r.get("id")}
+    threats_by_ref = {t["ref"]: t for t in first["threats"]["results"]}
+    objects = {o["id"]: o for o in source.get("objects", [source])}
+    ref_values: dict[str, set[str]] = {}
+    for r in first["iocs"]["results"]:
+        if r.get("id"):
+            ref_values.setdefault(r["ref"], set()).add(r["value"])
+    expected_pairs = {
+        (value, objects[r["target_ref"]]["name"])
+        for r in objects.values()
+        if r["type"] == "relationship" and r["relationship_type"] == "indicates" and r["target_ref"] in threats_by_ref
+        for value in ref_values.get(r["source_ref"], set())
+    }
+    expected_threats = {
+        (objects[r["target_ref"]]["name"], objects[r["target_ref"]]["type"])
+        for r in objects.values()
+        if r["type"] == "relationship"
+        and r["relationship_type"] == "indicates"
+        and ref_values.get(r["source_ref"])
+        and r["target_ref"] in threats_by_ref
+    }
+
+    exported = api.get("/api/v1/iocs/export?format=stix&max_tlp=red&limit=1000")
+    bundle = stix2.parse(exported.data.decode(), allow_custom=False)
+    by_id = {o.id: o for o in bundle.objects}
+    indicator_values = {}
+    for o in bundle.objects:
+        if o.type == "indicator":
+            indicator_values[o.id] = {v for _, v in pattern_values(o.pattern)[0]}
+    assert set().union(*indicator_values.values()) == imported
+    assert {(o.name, o.type) for o in bundle.objects if o.type in ("malware", "threat-actor", "intrusion-set", "campaign", "tool")} == (
+        expected_threats
+    )
+    pairs = {
+        (value, by_id[r.target_ref].name)
+        for r in bundle.objects
+        if r.type == "relationship" and r.relationship_type == "indicates"
+        for value in indicator_values[r.source_ref]
+    }
+    assert pairs == expected_pairs
+    # Importing the export changes nothing: same ids, no new rows.
+    second = api.import_("stix", json.loads(exported.data)).get_json()
+    assert second["iocs"]["summary"]["created"] == 0 and second["links_created"] == 0
+    assert "created" not in second["threats"]["summary"]
+    again = stix2.parse(api.get("/api/v1/iocs/export?format=stix&max_tlp=red&limit=1000").data.decode(), allow_custom=False)
+    assert {o.id for o in again.objects if o.type != "bundle"} == {o.id for o in bundle.objects}
+
+
+def _push(message):
+    return {
+        "message": {
+            "data": base64.b64encode(message.data).decode(),
+            "attributes": dict(message.attributes),
+            "messageId": message.message_id,
+            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        },
+        "subscription": f"projects/{PROJECT}/subscriptions/ioc-import-push",
+    }
+
+
+def test_async_import_through_the_ioc_import_function(api, db, function_client, backend_env):
+    from google.api_core.exceptions import AlreadyExists
+    from google.cloud import pubsub_v1
+
+    publisher = pubsub_v1.PublisherClient()
+    subscriber = pubsub_v1.SubscriberClient()
+    topic = publisher.topic_path(PROJECT, "ioc-import")
+    with contextlib.suppress(AlreadyExists):
+        publisher.create_topic(name=topic)
+    sub = subscriber.subscription_path(PROJECT, f"check-{uuid.uuid4().hex[:8]}")
+    subscriber.create_subscription(name=sub, topic=topic)
+
+    items = [{"value": f"198.18.{i // 250}.{i % 250}"} for i in range(2000)] + [{"value": "not an ioc"}]
+    response = api.post("/api/v1/iocs/import?async=true", {"format": "json", "content": items, "source": "async-test"})
+    assert response.status_code == 202
+    job_id = response.get_json()["job_id"]
+    assert response.get_json()["status_url"] == f"/api/v1/iocs/import/{job_id}"
+    assert api.get(f"/api/v1/iocs/import/{job_id}").get_json()["state"] == "queued"
+    assert db.scalar("SELECT count(*) FROM iocs") == 0
+
+    pulled = subscriber.pull(request={"subscription": sub, "max_messages": 1}, timeout=10).received_messages[0].message
+    assert pulled.attributes["job_id"] == job_id
+    worker = function_client("ioc-import", ATTACK_DATA_PATH=str(ATTACK))
+    assert worker.post("/", json=_push(pulled)).status_code == 200
+    job = api.get(f"/api/v1/iocs/import/{job_id}").get_json()
+    assert job["state"] == "succeeded" and job["attempts"] == 1
+    assert job["result"]["iocs"]["summary"]["created"] == 2000 and job["result"]["iocs"]["summary"]["rejected"] == 1
+    assert job["progress"]["iocs"] == 2001 and job["result"]["iocs"]["rejected"][0]["ref"] == "#2000"
+    assert db.scalar("SELECT count(*) FROM iocs WHERE 'async-test' = ANY(sources)") == 2000
+    # A redelivery of a finished job does nothing.
+    assert worker.post("/", json=_push(pulled)).status_code == 200
+    assert api.get(f"/api/v1/iocs/import/{job_id}").get_json()["attempts"] == 1
+    assert db.scalar("SELECT max(detection_count) FROM iocs") == 1
+    assert api.get("/api/v1/iocs/import/no-such-job").status_code == 404
+    subscriber.close()

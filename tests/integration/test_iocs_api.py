@@ -1,0 +1,176 @@
+"""The iocs function over its real HTTP surface, against PostgreSQL."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from helpers import create_user
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def api(function_client, backend_env):
+    password = create_user(backend_env["DATABASE_URL"], "analyst1", "analyst")
+    token = (
+        function_client("auth").post("/api/v1/auth/token", json={"username": "analyst1", "password": password}).get_json()["access_token"]
+    )
+    admin_password = create_user(backend_env["DATABASE_URL"], "admin1", "admin")
+    admin_token = (
+        function_client("auth")
+        .post("/api/v1/auth/token", json={"username": "admin1", "password": admin_password})
+        .get_json()["access_token"]
+    )
+    client = function_client("iocs")
+
+    class Api:
+        headers = {"Authorization": f"Bearer {token}"}
+        admin = {"Authorization": f"Bearer {admin_token}"}
+
+        def post(self, path, body, headers=None):
+            return client.post(path, json=body, headers=headers or self.headers)
+
+        def get(self, path, headers=None):
+            return client.get(path, headers=headers or self.headers)
+
+        def delete(self, path, body, headers=None):
+            return client.delete(path, json=body, headers=headers or self.admin)
+
+    return Api()
+
+
+def test_batch_creates_then_updates_and_merges(api):
+    first = api.post("/api/v1/iocs/batch", {"iocs": [{"value": "hxxp://Evil[.]COM:80/a#frag", "tags": ["Emotet"], "source": "feed-a"}]})
+    assert first.status_code == 200
+    result = first.get_json()["results"][0]
+    assert result["status"] == "created" and result["type"] == "url" and result["value"] == "http://evil.com/a"
+    again = api.post(
+        "/api/v1/iocs/batch", {"iocs": [{"value": "http://evil.com/a", "tags": ["loader"], "source": "feed-b", "tlp": "TLP:GREEN"}]}
+    )
+    assert again.get_json()["results"][0] == {**result, "status": "updated"}
+    ioc = api.get(f"/api/v1/iocs/{result['id']}").get_json()
+    assert ioc["tags"] == ["emotet", "loader"] and ioc["sources"] == ["feed-a", "feed-b"]
+    assert ioc["detection_count"] == 2 and ioc["tlp"] == "green"
+    assert ioc["first_seen"] <= ioc["last_seen"]
+    assert ioc["expires_at"] > ioc["last_seen"]  # default TTL applied
+    assert ioc["score_explanation"]["model"] == "polynomial"
+
+
+def test_bad_items_are_named_and_good_ones_stored(api):
+    good = [{"value": f"45.{i // 250}.{i % 250}.7"} for i in range(990)]
+    bad = [
+        {"value": "999.1.1.1", "type": "ipv4"},
+        {"value": "a" * 31, "type": "sha256"},
+        {"value": "nodot"},
+        {"value": "example", "type": "domain"},
+        {"value": "1.2.3.4", "type": "md5"},
+        {"value": "1.2.3.4", "tlp": "purple"},
+        {"value": "1.2.3.4", "confidence": 101},
+        {"value": ""},
+        {"value": "1.2.3.4", "colour": "red"},
+        {"value": "2001:db8::zz", "type": "ipv6"},
+    ]
+    items = good[:500] + bad + good[500:]
+    response = api.post("/api/v1/iocs/batch", {"iocs": items})
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["summary"]["created"] == 990 and body["summary"]["rejected"] == 10
+    rejected = [r for r in body["results"] if r["status"] == "rejected"]
+    assert [r["index"] for r in rejected] == list(range(500, 510))
+    assert all(r["reason"] for r in rejected)
+    assert "tlp" in rejected[5]["reason"].lower() and "colour" in rejected[8]["reason"]
+    assert api.post("/api/v1/iocs/find", {"type": ["ipv4"], "limit": 1}).get_json()["count"] == 1
+
+
+def test_duplicates_inside_a_batch_collapse(api):
+    body = api.post("/api/v1/iocs/batch", {"iocs": [{"value": "1.1.1.9"}, {"value": "1[.]1[.]1[.]9", "tags": ["x"]}]}).get_json()
+    assert [r["status"] for r in body["results"]] == ["created", "unchanged"]
+    assert body["results"][0]["id"] == body["results"][1]["id"]
+    assert api.get(f"/api/v1/iocs/{body['results'][0]['id']}").get_json()["tags"] == ["x"]
+
+
+def test_batch_limit_is_enforced(api):
+    response = api.post("/api/v1/iocs/batch", {"iocs": [{"value": "1.1.1.1"}] * 10_001})
+    assert response.status_code == 413
+
+
+def test_lookup_by_value_normalises_first(api):
+    created = api.post("/api/v1/iocs/batch", {"iocs": [{"value": "bad.example.org"}]}).get_json()["results"][0]
+    found = api.get("/api/v1/iocs/value/BAD[.]Example[.]ORG.")
+    assert found.status_code == 200 and found.get_json()["id"] == created["id"]
+    assert api.get("/api/v1/iocs/value/not-there.example.net").status_code == 404
+    assert api.get("/api/v1/iocs/value/999.999.1.1?type=ipv4").status_code == 400
+    assert api.get("/api/v1/iocs/123456789").status_code == 404
+
+
+def test_find_filters_and_keyset_pages(api):
+    items = [{"value": f"host{i}.campaign-test.com", "tags": ["camp" if i % 2 else "other"], "source": "s1"} for i in range(25)]
+    items += [{"value": f"{f'{i:064x}'}", "source": "s2", "tlp": "red"} for i in range(1, 6)]
+    api.post("/api/v1/iocs/batch", {"iocs": items})
+    seen = []
+    cursor = None
+    while True:
+        page = api.post("/api/v1/iocs/find", {"type": ["domain"], "limit": 10, **({"cursor": cursor} if cursor else {})}).get_json()
+        seen += [i["id"] for i in page["iocs"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert len(seen) == 25 and len(set(seen)) == 25 and seen == sorted(seen, reverse=True)
+    assert api.post("/api/v1/iocs/find", {"tags": ["camp"]}).get_json()["count"] == 12
+    assert api.post("/api/v1/iocs/find", {"source": "s2"}).get_json()["count"] == 5
+    assert api.post("/api/v1/iocs/find", {"max_tlp": "amber", "type": ["sha256"]}).get_json()["count"] == 0
+    assert api.post("/api/v1/iocs/find", {"value_prefix": "host1"}).get_json()["count"] == 11
+    assert api.post("/api/v1/iocs/find", {"value_contains": "t2.camp"}).get_json()["count"] == 1
+    now = datetime.now(UTC)
+    assert (
+        api.post("/api/v1/iocs/find", {"last_seen_from": (now - timedelta(hours=1)).isoformat(), "type": ["domain"]}).get_json()["count"]
+        == 25
+    )
+    bad = api.post("/api/v1/iocs/find", {"type": ["bogus"]})
+    assert bad.status_code == 400 and bad.get_json()["error"]["details"]["field"] == "type[0]"
+    assert api.post("/api/v1/iocs/find", {"limit": 1001}).status_code == 400
+
+
+def test_sightings_stats_and_expiry(api, backend_env):
+    created = api.post("/api/v1/iocs/batch", {"iocs": [{"value": "203.0.113.50", "source": "x", "expires_at": "2020-01-01T00:00:00Z"}]})
+    ioc_id = created.get_json()["results"][0]["id"]
+    sighting = api.post(f"/api/v1/iocs/{ioc_id}/sightings", {"source": "ids-sensor", "context": {"sensor": "edge-1"}})
+    assert sighting.status_code == 201 and sighting.get_json()["detection_count"] == 2
+    assert "ids-sensor" in sighting.get_json()["sources"]
+    assert api.get(f"/api/v1/iocs/{ioc_id}").get_json()["sightings"][0]["context"] == {"sensor": "edge-1"}
+    expired = api.get("/api/v1/iocs/expired").get_json()
+    assert [i["id"] for i in expired["iocs"]] == [ioc_id]
+    stats = api.get("/api/v1/iocs/stats").get_json()
+    assert stats["total"] == 1 and stats["by_type"] == {"ipv4": 1} and stats["by_source"]["ids-sensor"] == 1
+    assert stats["by_age"] == {"<1d": 1}
+
+
+def test_decay_job_marks_expired_inactive_and_deletes_nothing(api, backend_env):
+    from threatflow.adapters.postgres import create_engine
+    from threatflow.iocs.store import IocAdmin
+    from threatflow.platform.config import Settings
+
+    api.post("/api/v1/iocs/batch", {"iocs": [{"value": "198.51.100.1", "expires_at": "2020-01-01T00:00:00Z"}, {"value": "198.51.100.2"}]})
+    engine = create_engine(Settings.from_env())
+    result = IocAdmin(engine).decay_and_expire(now=datetime.now(UTC))
+    engine.dispose()
+    assert result["expired"] == 1
+    assert api.post("/api/v1/iocs/find", {"active": False}).get_json()["count"] == 1
+    assert api.get("/api/v1/iocs/stats").get_json()["total"] == 2
+    # Seen again: active again.
+    api.post("/api/v1/iocs/batch", {"iocs": [{"value": "198.51.100.1"}]})
+    assert api.post("/api/v1/iocs/find", {"active": False}).get_json()["count"] == 0
+
+
+def test_delete_by_ids_and_by_filter(api):
+    ids = [
+        r["id"]
+        for r in api.post(
+            "/api/v1/iocs/batch", {"iocs": [{"value": f"del{i}.example.com", "tags": ["gone"]} for i in range(5)]}
+        ).get_json()["results"]
+    ]
+    assert api.delete("/api/v1/iocs", {"ids": ids[:2]}).get_json() == {"deleted": 2}
+    refused = api.delete("/api/v1/iocs", {"filter": {"tags": ["gone"]}})
+    assert refused.status_code == 400 and refused.get_json()["error"]["details"]["field"] == "confirm"
+    assert api.delete("/api/v1/iocs", {"filter": {}, "confirm": True}).status_code == 400
+    assert api.delete("/api/v1/iocs", {"filter": {"tags": ["gone"]}, "confirm": True}).get_json() == {"deleted": 3}
+    assert api.delete("/api/v1/iocs", {"ids": ids}, headers=api.headers).status_code == 403

@@ -1,0 +1,54 @@
+"""Export helpers that need no database: patterns, ids, query parameters."""
+
+import pytest
+import stix2
+from werkzeug.datastructures import MultiDict
+
+from threatflow.iocs.formats.export import filter_from_query, indicator_id, pattern_for, threat_id
+from threatflow.iocs.formats.stix import pattern_values
+from threatflow.platform.errors import ValidationError
+
+
+@pytest.mark.parametrize(
+    ("ioc_type", "value", "expected_type"),
+    [
+        ("ipv4", "198.51.100.1", None),
+        ("cidr", "10.0.0.0/8", None),
+        ("ipv6", "2001:db8::1", None),
+        ("domain", "evil.example.com", "domain"),
+        ("url", "http://evil.example.com/a'b", "url"),
+        ("email", "bad@evil.example.com", "email"),
+        ("md5", "d41d8cd98f00b204e9800998ecf8427e", "md5"),
+        ("sha1", "da39a3ee5e6b4b0d3255bfef95601890afd80709", "sha1"),
+        ("sha256", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "sha256"),
+        ("file_path", "C:\\Windows\\Temp\\evil.exe", "file_path"),
+        ("file_path", "/tmp/x y", "file_path"),
+    ],
+)
+def test_patterns_are_valid_and_round_trip(ioc_type, value, expected_type):
+    pattern = pattern_for(ioc_type, value)
+    indicator = stix2.Indicator(pattern=pattern, pattern_type="stix", valid_from="2024-01-01T00:00:00Z")
+    assert stix2.parse(indicator.serialize(), allow_custom=False).pattern == pattern
+    found, warning = pattern_values(pattern)
+    assert found == [(expected_type, value)] and warning is None
+
+
+def test_ids_are_deterministic():
+    assert indicator_id("ipv4", "1.2.3.4") == indicator_id("ipv4", "1.2.3.4") != indicator_id("ipv4", "1.2.3.5")
+    assert threat_id("malware", "Emotet", None) == threat_id("malware", "emotet", None)
+    assert (
+        threat_id("malware", "Emotet", "malware--b42378e0-f147-496f-992a-26a49705395b") == "malware--b42378e0-f147-496f-992a-26a49705395b"
+    )
+
+
+def test_filter_from_query_lists_scalars_and_default_max_tlp():
+    flt = filter_from_query(
+        MultiDict([("type", "ipv4,domain"), ("type", "url"), ("active", "true"), ("score_min", "40"), ("format", "csv")])
+    )
+    assert [str(t) for t in flt.type] == ["ipv4", "domain", "url"] and flt.active is True and flt.score_min == 40
+    assert str(flt.max_tlp) == "amber"
+    assert str(filter_from_query(MultiDict([("max_tlp", "red")])).max_tlp) == "red"
+    with pytest.raises(ValidationError, match="unknown query parameter 'colour'"):
+        filter_from_query(MultiDict([("colour", "red")]))
+    with pytest.raises(ValidationError, match="score_min"):
+        filter_from_query(MultiDict([("score_min", "lots")]))

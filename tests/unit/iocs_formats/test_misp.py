@@ -1,0 +1,87 @@
+"""MISP event import."""
+
+import pytest
+
+from threatflow.iocs.formats import parse
+from threatflow.platform.errors import ValidationError
+
+EVENT = {
+    "Event": {
+        "uuid": "5a3c2fcd-8328-42bb-a95e-4f4402de0b81",
+        "info": "Test event",
+        "Orgc": {"name": "CIRCL"},
+        "Tag": [{"name": "tlp:green"}, {"name": 'osint:source-type="blog-post"'}, {"name": 'misp-galaxy:threat-actor="Sofacy"'}],
+        "Attribute": [
+            {"uuid": "a1", "type": "ip-dst", "value": "203.0.113.10", "to_ids": True, "comment": "C2"},
+            {"uuid": "a2", "type": "domain|ip", "value": "evil.example.com|203.0.113.11", "to_ids": False},
+            {"uuid": "a3", "type": "text", "value": "just words"},
+            {"uuid": "a4", "type": "filename|sha256", "value": "x.exe|" + "a" * 64, "Tag": [{"name": "tlp:amber"}]},
+            {"uuid": "a5", "type": "url"},
+        ],
+        "Object": [{"name": "file", "Attribute": [{"uuid": "o1", "type": "md5", "value": "d41d8cd98f00b204e9800998ecf8427e"}]}],
+        "Galaxy": [
+            {
+                "type": "threat-actor",
+                "GalaxyCluster": [
+                    {"value": "Sofacy", "description": "APT28", "meta": {"synonyms": ["APT28", "Fancy Bear"], "refs": ["https://x"]}}
+                ],
+            },
+            {"type": "mitre-attack-pattern", "GalaxyCluster": [{"value": "Spearphishing Attachment - T1566.001"}]},
+        ],
+    }
+}
+
+
+def test_event_maps_attributes_tags_galaxies():
+    parsed = parse("misp", EVENT)
+    got = {(p.ref, p.item.value, p.item.type) for p in parsed.iocs}
+    assert got == {
+        ("a1", "203.0.113.10", None),
+        ("a2/domain", "evil.example.com", "domain"),
+        ("a2/ip", "203.0.113.11", None),
+        ("a4", "a" * 64, "sha256"),
+        ("o1", "d41d8cd98f00b204e9800998ecf8427e", "md5"),
+    }
+    by_ref = {p.ref: p.item for p in parsed.iocs}
+    assert by_ref["a1"].tlp == "tlp:green" and by_ref["a4"].tlp == "tlp:amber"
+    assert by_ref["a1"].verdict == "malicious" and by_ref["a1"].description == "C2" and by_ref["a1"].source == "misp:CIRCL"
+    assert "misp-event:5a3c2fcd-8328-42bb-a95e-4f4402de0b81" in by_ref["a1"].tags
+    assert 'osint:source-type="blog-post"' in by_ref["a1"].tags and not any(t.startswith("misp-galaxy") for t in by_ref["a1"].tags)
+    assert "misp:to_ids=false" in by_ref["a2/domain"].tags and by_ref["a2/domain"].verdict is None
+    assert by_ref["o1"].description == "Test event"
+    (threat,) = parsed.threats
+    assert threat.item.name == "Sofacy" and str(threat.item.kind) == "threat-actor"
+    assert threat.item.aliases == ["APT28", "Fancy Bear"] and threat.item.ttps == ["T1566.001"]
+    assert {link.ioc_ref for link in parsed.links} == {"a1", "a2/domain", "a2/ip", "a4", "o1"}
+    assert [(r.source_ref, r.target_ref, r.type) for r in parsed.relations] == [("a2/domain", "a2/ip", "resolves-to")]
+    assert parsed.skipped == {"text": 1}
+    assert [e.ref for e in parsed.errors] == ["a5"]
+
+
+def test_bare_event_and_response_list():
+    bare = parse("misp", EVENT["Event"])
+    response = parse("misp", {"response": [EVENT, EVENT]})
+    assert len(bare.iocs) == 5 and len(response.iocs) == 10
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"Event": {"info": "x", "Attribute": {"type": "ip-dst", "value": "1.2.3.4"}}}, "Event.Attribute must be a list; got dict"),
+        ({"Event": {"info": "x", "Object": [{"Attribute": "nope"}]}}, r"Event.Object\[0\].Attribute must be a list"),
+        ({"nothing": 1}, "not a MISP event"),
+        ({"response": {"Event": {}}}, "response must be a list"),
+        (b'{"Event": ', "misp: not valid JSON"),
+    ],
+)
+def test_malformed_events_fail_clearly(doc, message):
+    with pytest.raises(ValidationError, match=message):
+        parse("misp", doc)
+
+
+def test_misp_csv_typed_columns():
+    parsed = parse("misp", "md5, sha1\n644087ccca16d2a728ef7685a4106f09, eabd6974ac71efd72d9e0688d5a6131f336d169c\n")
+    assert [(p.item.type, p.item.value) for p in parsed.iocs] == [
+        ("md5", "644087ccca16d2a728ef7685a4106f09"),
+        ("sha1", "eabd6974ac71efd72d9e0688d5a6131f336d169c"),
+    ]

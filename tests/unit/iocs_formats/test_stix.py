@@ -1,0 +1,173 @@
+"""STIX import: patterns through the STIX patterning grammar, objects to IoCs and threats."""
+
+import json
+
+import pytest
+
+from threatflow.iocs.formats import parse
+from threatflow.iocs.formats.stix import pattern_values
+from threatflow.platform.errors import ValidationError
+
+AMBER = "marking-definition--f88d31f6-486f-44da-b317-01333bde0b82"
+
+
+def bundle(*objects):
+    return json.dumps({"type": "bundle", "id": "bundle--11111111-1111-4111-8111-111111111111", "objects": list(objects)})
+
+
+def indicator(n, pattern, **extra):
+    return {
+        "type": "indicator",
+        "spec_version": "2.1",
+        "id": f"indicator--00000000-0000-4000-8000-00000000000{n}",
+        "created": "2024-01-01T00:00:00Z",
+        "modified": "2024-01-01T00:00:00Z",
+        "pattern": pattern,
+        "pattern_type": "stix",
+        "valid_from": "2024-01-01T00:00:00Z",
+        **extra,
+    }
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected", "warned"),
+    [
+        ("[ipv4-addr:value = '198.51.100.1']", [(None, "198.51.100.1")], False),
+        ("[ipv4-addr:value = '1.2.3.4' OR domain-name:value = 'evil.com']", [(None, "1.2.3.4"), ("domain", "evil.com")], False),
+        ("[file:hashes.'SHA-256' = 'ab' OR file:hashes.MD5 = 'cd']", [("sha256", "ab"), ("md5", "cd")], False),
+        ("[file:hashes.'SHA-1' = 'ef']", [("sha1", "ef")], False),
+        (
+            "[url:value = 'http://x.example/a'] AND [email-addr:value = 'a@b.example']",
+            [("url", "http://x.example/a"), ("email", "a@b.example")],
+            True,
+        ),
+        ("[file:parent_directory_ref.path = 'C:\\\\Temp' AND file:name = 'evil.exe']", [("file_path", "C:\\Temp\\evil.exe")], False),
+        ("[domain-name:value IN ('a.example', 'b.example')]", [("domain", "a.example"), ("domain", "b.example")], False),
+        ("[network-traffic:dst_ref.value = '203.0.113.9']", [(None, "203.0.113.9")], False),
+        ("[file:hashes.MD5 = 'cd' AND file:size = 3]", [("md5", "cd")], True),
+        ("[ipv4-addr:value = '1.1.1.1'] REPEATS 3 TIMES", [(None, "1.1.1.1")], True),
+        ("[email-message:subject MATCHES '^x']", [], True),
+    ],
+)
+def test_pattern_values(pattern, expected, warned):
+    found, reason = pattern_values(pattern)
+    assert found == expected
+    assert (reason is not None) == warned or not found
+
+
+def test_invalid_pattern_fails_the_document_naming_the_object():
+    doc = bundle(indicator(1, "[ipv4-addr:value = '1.2.3.4']"), indicator(2, "[ipv4-addr:value = ]"))
+    with pytest.raises(ValidationError) as err:
+        parse("stix", doc)
+    assert err.value.message.startswith(
+        "stix: bundle: objects[1] (indicator--00000000-0000-4000-8000-000000000002): pattern is not valid STIX patterning:"
+    )
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ("[1, 2]", r"objects\[0\] is not a STIX object"),
+        ('{"type": "bundle", "objects": {}}', "bundle.objects must be a list"),
+        ('{"hello": 1}', "not a STIX bundle or object"),
+        ("{", "not valid JSON"),
+    ],
+)
+def test_malformed_bundles(doc, message):
+    with pytest.raises(ValidationError, match=message):
+        parse("stix", doc)
+
+
+def test_objects_map_to_iocs_threats_links_and_ttps():
+    malware = {
+        "type": "malware",
+        "spec_version": "2.1",
+        "id": "malware--22222222-2222-4222-8222-222222222222",
+        "created": "2024-01-01T00:00:00Z",
+        "modified": "2024-01-01T00:00:00Z",
+        "name": "Poison Ivy",
+        "is_family": True,
+        "aliases": ["PIVY", "Poison Ivy"],
+        "first_seen": "2015-01-01T00:00:00Z",
+        "external_references": [{"source_name": "mitre-attack", "external_id": "S0012", "url": "https://attack.mitre.org/software/S0012"}],
+        "object_marking_refs": [AMBER],
+    }
+    technique = {
+        "type": "attack-pattern",
+        "spec_version": "2.1",
+        "id": "attack-pattern--33333333-3333-4333-8333-333333333333",
+        "created": "2024-01-01T00:00:00Z",
+        "modified": "2024-01-01T00:00:00Z",
+        "name": "Command and Scripting Interpreter",
+        "external_references": [{"source_name": "mitre-attack", "external_id": "T1059"}],
+    }
+
+    def rel(n, source, kind, target):
+        return {
+            "type": "relationship",
+            "spec_version": "2.1",
+            "id": f"relationship--44444444-4444-4444-8444-44444444444{n}",
+            "created": "2024-01-01T00:00:00Z",
+            "modified": "2024-01-01T00:00:00Z",
+            "source_ref": source,
+            "relationship_type": kind,
+            "target_ref": target,
+        }
+
+    ind1 = indicator(
+        1,
+        "[domain-name:value = 'evil.example.com']",
+        labels=["C2"],
+        indicator_types=["malicious-activity"],
+        confidence=85,
+        valid_until="2030-01-01T00:00:00Z",
+        object_marking_refs=[AMBER],
+    )
+    ind2 = indicator(2, "[ipv4-addr:value = '203.0.113.5']")
+    parsed = parse(
+        "stix",
+        bundle(
+            ind1,
+            ind2,
+            malware,
+            technique,
+            rel(1, ind1["id"], "indicates", malware["id"]),
+            rel(2, malware["id"], "uses", technique["id"]),
+            rel(3, ind1["id"], "resolves-to", ind2["id"]),
+            rel(4, ind2["id"], "beacons-to", ind1["id"]),
+        ),
+    )
+    first = parsed.iocs[0]
+    assert first.ref == ind1["id"] and first.item.value == "evil.example.com" and first.item.type == "domain"
+    assert first.item.tags == ["c2", "malicious-activity"] and first.item.tlp == "amber" and first.item.confidence == 85
+    assert first.item.expires_at.year == 2030
+    (threat,) = parsed.threats
+    assert threat.ref == malware["id"] and threat.item.name == "Poison Ivy" and str(threat.item.kind) == "malware"
+    assert threat.item.aliases == ["PIVY"] and threat.item.ttps == ["T1059"] and threat.item.stix_id == malware["id"]
+    assert threat.item.tlp == "amber" and threat.item.references[0].external_id == "S0012"
+    assert [(link.ioc_ref, link.threat_ref, link.relation) for link in parsed.links] == [(ind1["id"], malware["id"], "indicates")]
+    assert [(r.source_ref, r.target_ref, r.type) for r in parsed.relations] == [
+        (ind1["id"], ind2["id"], "resolves-to"),
+        (ind2["id"], ind1["id"], "related-to"),
+    ]
+
+
+def test_scos_and_observed_data_are_iocs():
+    doc = bundle(
+        {"type": "ipv4-addr", "spec_version": "2.1", "id": "ipv4-addr--55555555-5555-4555-8555-555555555555", "value": "192.0.2.7"},
+        {
+            "type": "file",
+            "spec_version": "2.1",
+            "id": "file--66666666-6666-4666-8666-666666666666",
+            "hashes": {
+                "MD5": "d41d8cd98f00b204e9800998ecf8427e",
+                "SHA-256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            },
+        },
+    )
+    parsed = parse("stix", doc)
+    assert [(p.item.type, p.item.value) for p in parsed.iocs] == [
+        (None, "192.0.2.7"),
+        ("md5", "d41d8cd98f00b204e9800998ecf8427e"),
+        ("sha256", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+    ]

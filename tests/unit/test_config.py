@@ -1,0 +1,57 @@
+import pytest
+
+from threatflow.platform.config import RateLimit, Settings
+from threatflow.platform.errors import ConfigError
+
+SECRET = "x" * 40
+
+
+def test_required_variable_missing_names_it():
+    with pytest.raises(ConfigError, match="JWT_SECRET is not set"):
+        Settings.from_env({}, require=("JWT_SECRET",))
+
+
+def test_short_jwt_secret_is_refused():
+    with pytest.raises(ConfigError, match="shorter than 32 bytes"):
+        Settings.from_env({"JWT_SECRET": "short"})
+
+
+@pytest.mark.parametrize("text", ["10", "a/b", "0/60", "10/0"])
+def test_bad_rate_limit_names_variable(text):
+    with pytest.raises(ConfigError, match="RATE_LIMIT_PER_IP"):
+        Settings.from_env({"RATE_LIMIT_PER_IP": text})
+
+
+def test_rate_limit_parses():
+    assert RateLimit.parse("X", "5/10") == RateLimit(5, 10)
+
+
+def test_unknown_service_in_uses():
+    with pytest.raises(ConfigError, match="THREATFLOW_USES names unknown services: mongo"):
+        Settings.from_env({"THREATFLOW_USES": "postgres,mongo"})
+
+
+def test_bad_integer_names_variable():
+    with pytest.raises(ConfigError, match="JWT_TTL_SECONDS='soon'"):
+        Settings.from_env({"JWT_TTL_SECONDS": "soon"})
+
+
+def test_defaults_and_cors_list():
+    s = Settings.from_env({"JWT_SECRET": SECRET, "CORS_ALLOWED_ORIGINS": "https://a.example/, https://b.example"})
+    assert s.cors_allowed_origins == frozenset({"https://a.example", "https://b.example"})
+    assert s.jwt_audience == "threatflow-api"
+    assert s.uses == ("postgres", "redis", "pubsub", "firestore", "storage")
+
+
+def test_public_masks_secrets():
+    s = Settings.from_env({"JWT_SECRET": SECRET, "DATABASE_URL": "postgresql+pg8000://u:pw@db:5432/x", "DB_PASSWORD": "pw"})
+    shown = s.public()
+    assert shown["jwt_secret"] == "***"
+    assert shown["db_password"] == "***"
+    assert "pw" not in shown["database_url"]
+    assert shown["database_url"].endswith("@db:5432/x")
+
+
+def test_database_required_message():
+    with pytest.raises(ConfigError, match="neither DATABASE_URL nor CLOUD_SQL_INSTANCE"):
+        Settings.from_env({}).require_database()
