@@ -82,17 +82,18 @@ def test_json_import_stores_the_good_and_names_the_bad(api, db):
 
 
 def test_csv_and_text_and_misp_imports(api, db):
-    csv_body = api.import_("csv", "indicator,type,tags,tlp\nevil.example.com,domain,c2;apt,green\n,,,\n")
+    csv_body = api.import_("csv", "indicator,type,tags,tlp\nevil.example.com,domain,c2;apt,green\n,,,\n,domain,c2,amber\n")
     assert csv_body.status_code == 200
     assert csv_body.get_json()["iocs"]["summary"]["created"] == 1 and csv_body.get_json()["errors"] == [
-        {"ref": "row 3", "reason": "no value"}
+        {"ref": "row 4", "reason": "no value"}  # row 3 is blank and skipped
     ]
     text_body = api.import_("text", "beacon to hxxp://bad[.]example[.]net/x from 203.0.113[.]77").get_json()
     assert text_body["iocs"]["summary"]["created"] >= 2
     event = json.loads(require_shared_data("misp", "mispevent_testfiles__existing_event.json").read_text())
     misp = api.import_("misp", event).get_json()
     assert misp["iocs"]["summary"]["created"] + misp["iocs"]["summary"]["updated"] == 68 - misp["iocs"]["summary"]["unchanged"]
-    assert misp["threats"]["summary"].get("created", 0) >= 10 and misp["links"] > 0
+    # galaxy clusters that share a name or alias merge into one threat, so some count as updated
+    assert misp["threats"]["summary"].get("created", 0) >= 5 and sum(misp["threats"]["summary"].values()) >= 10 and misp["links"] > 0
     assert db.scalar("SELECT count(*) FROM iocs WHERE 'misp:CIRCL' = ANY(sources)") > 0
 
 
