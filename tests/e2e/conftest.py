@@ -26,8 +26,9 @@ def stack(tmp_path_factory):
     if warninglists.exists():  # the product reads lists from a configured source; tests point it at the shared copy
         env["WARNINGLISTS_SOURCE"] = str(warninglists)
     attack = REPO.parent / "shared" / "data" / "attack" / "attack_techniques.json"
-    if attack.exists():  # likewise ATT&CK: a configured file, never bundled
-        env["ATTACK_DATA_PATH"] = str(attack)
+    if attack.exists():  # likewise ATT&CK: what the sync-attack job fetches (see attack_synced)
+        env["ATTACK_SOURCE"] = str(attack)
+    env.pop("ATTACK_DATA_PATH", None)
     log = (state / "stack.out").open("wb")
     started = time.monotonic()
     from helpers import THREATFLOW
@@ -69,3 +70,22 @@ def reader_headers(stack, admin_headers):
     created = stack_cli(stack, "users", "create", "reader1", "--role", "reader", "--password-stdin", stdin="reader password 1\n")
     assert created.returncode == 0, created.stderr
     return stack_token(stack, "reader1", "reader password 1")
+
+
+@pytest.fixture(scope="session")
+def attack_synced(stack, admin_headers):
+    """ATT&CK on the stack the way production gets it: the sync-attack job writes the snapshot."""
+    if "ATTACK_SOURCE" not in stack["env"]:
+        pytest.skip("shared ATT&CK data not found beside the checkout (../shared/data/attack)")
+    accepted = requests.post(f"{stack['url']}/api/v1/admin/jobs/sync-attack/run", headers=admin_headers, timeout=10)
+    assert accepted.status_code == 202, accepted.text
+    run_id = accepted.json()["run_id"]
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        run = requests.get(f"{stack['url']}/api/v1/admin/runs/{run_id}", headers=admin_headers, timeout=10)
+        if run.status_code == 200 and run.json()["state"] in ("succeeded", "failed"):
+            assert run.json()["state"] == "succeeded", run.json()
+            assert run.json()["result"]["techniques"] > 600
+            return run.json()["result"]
+        time.sleep(0.5)
+    pytest.fail(f"sync-attack run {run_id} did not finish in 90 s")

@@ -12,7 +12,7 @@ import pytest
 import requests
 from helpers import require_shared_data
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("attack_synced")]
 
 
 def _samples(kind: str) -> list[Path]:

@@ -1,6 +1,8 @@
 """The threats function (and the threat routes on the iocs function) over their real
 HTTP surface, against PostgreSQL, with the shared ATT&CK file."""
 
+import uuid
+
 import pytest
 from helpers import create_user, require_shared_data
 
@@ -128,11 +130,13 @@ def test_batch_limit_and_missing_attack_data(api, monkeypatch):
     too_many = api.post("/api/v1/threats/batch", {"threats": [{"kind": "tool", "name": f"t{i}"} for i in range(1001)]})
     assert too_many.status_code == 413
     monkeypatch.delenv("ATTACK_DATA_PATH")
+    monkeypatch.setenv("BUCKET_MODELS", f"never-synced-{uuid.uuid4().hex[:8]}")  # no sync-attack snapshot there
     plain = api.batch({"kind": "tool", "name": "No TTPs"})
     assert plain["results"][0]["status"] == "created"
     response = api.post("/api/v1/threats/batch", {"threats": [{"kind": "tool", "name": "With TTPs", "ttps": ["T1059"]}]})
     assert response.status_code == 500
-    assert "ATTACK_DATA_PATH" in response.get_json()["error"]["message"]
+    message = response.get_json()["error"]["message"]
+    assert "run the sync-attack job" in message and "ATTACK_DATA_PATH" in message
 
 
 def test_find_filters_and_pages(api):

@@ -575,7 +575,7 @@ def reset_firestore(host: str, project: str) -> None:
         pass
 
 
-def _create_bucket(port: int, bucket: str) -> None:
+def create_bucket(port: int, bucket: str) -> None:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/storage/v1/b?project={STORAGE_PROJECT}",
         data=json.dumps({"name": bucket}).encode(),
@@ -608,7 +608,7 @@ def start_storage_emulator(state_dir: Path, *, port: int | None = None, buckets:
     service = RunningService("storage", pid, port, {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}"}, log_path)
     for bucket in buckets:
         try:
-            _create_bucket(port, bucket)
+            create_bucket(port, bucket)
         except (urllib.error.URLError, OSError) as exc:
             stop(service)
             raise ServiceStartError("storage", f"could not create bucket {bucket!r}: {exc}", log_path=log_path) from exc

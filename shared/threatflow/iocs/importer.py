@@ -257,7 +257,7 @@ def handle_import(message: Any, *, runtime: Any) -> dict[str, Any]:
     def catalog() -> AttackCatalog | None:
         from threatflow.threats import attack
 
-        return attack.catalog_from_env()
+        return attack.catalog_from_env(blobs=lambda: runtime.blobs)
 
     return run_job(
         str(job_id),

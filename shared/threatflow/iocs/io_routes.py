@@ -34,14 +34,10 @@ class ExtractIn(msgspec.Struct, forbid_unknown_fields=True):
 def register(router: Router, runtime: Runtime) -> None:
     from threatflow.iocs import importer
 
-    catalog_cache: dict[str, Any] = {}
-
     def catalog() -> Any:
-        if "value" not in catalog_cache:
-            from threatflow.threats import attack
+        from threatflow.threats import attack
 
-            catalog_cache["value"] = attack.catalog_from_env()
-        return catalog_cache["value"]
+        return attack.catalog_from_env(blobs=lambda: runtime.blobs)  # cached per instance, re-read when synced
 
     def is_async(request: Request) -> bool:
         return str(request.query.get("async", "")).lower() in ("1", "true", "yes")

@@ -68,11 +68,25 @@ def sync_warninglists(ctx: JobContext) -> dict[str, Any]:
     return warninglists.sync(source=ctx.settings.warninglists_source, blobs=ctx.blobs, bucket=ctx.settings.bucket_models, clock=ctx.clock)
 
 
+def sync_attack(ctx: JobContext) -> dict[str, Any]:
+    """Fetches ATTACK_SOURCE, validates it and writes the ATT&CK snapshot the functions load."""
+    from threatflow.threats import attack
+
+    return attack.sync(
+        source=ctx.settings.attack_source,
+        blobs=ctx.blobs,
+        bucket=ctx.settings.bucket_models,
+        clock=ctx.clock,
+        force=bool(ctx.params.get("force")),
+    )
+
+
 JOBS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
     "heartbeat": heartbeat,
     "decay-iocs": decay_iocs,
     "purge-runs": purge_runs,
     "sync-warninglists": sync_warninglists,
+    "sync-attack": sync_attack,
 }
 
 

@@ -58,6 +58,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MAX_EVENT_AGE_SECONDS", "86400", "Pub/Sub events older than this are dropped, not retried"),
     Variable("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR"),
     Variable("WARNINGLISTS_SOURCE", None, "MISP warninglists: a directory or gs://bucket/prefix of <key>/list.json; unset turns them off"),
+    Variable(
+        "ATTACK_SOURCE",
+        "https://raw.githubusercontent.com/mitre-attack/attack-stix-data/master/enterprise-attack/enterprise-attack.json",
+        "ATT&CK Enterprise data the sync-attack job fetches (https URL, path or gs:// object; STIX bundle or compact list)",
+    ),
+    Variable("ATTACK_DATA_PATH", None, "ATT&CK file read directly instead of the synced snapshot (a path or gs:// object; pins a release)"),
     Variable("WARNINGLISTS_REFRESH_SECONDS", "3600", "how often a function instance reloads the warninglist snapshot"),
 )
 _DEFAULTS = {v.name: v.default for v in VARIABLES}
@@ -114,6 +120,7 @@ class Settings:
     max_event_age_seconds: int
     log_level: str
     warninglists_source: str | None = None
+    attack_source: str | None = None
     warninglists_refresh_seconds: int = 3600
 
     @classmethod
@@ -184,6 +191,7 @@ class Settings:
             max_event_age_seconds=integer("MAX_EVENT_AGE_SECONDS", 60),
             log_level=log_level,
             warninglists_source=get("WARNINGLISTS_SOURCE"),
+            attack_source=get("ATTACK_SOURCE"),
             warninglists_refresh_seconds=integer("WARNINGLISTS_REFRESH_SECONDS", 60),
         )
 

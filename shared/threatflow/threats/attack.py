@@ -1,8 +1,11 @@
 """ATT&CK Enterprise techniques, for validating and naming TTP ids.
 
-The data is never bundled with the code: ATTACK_DATA_PATH names a synced file,
-either a local path or `gs://bucket/object`. Two formats are read: the compact
-technique list (`{"techniques": [{"external_id", "name", "tactics",
+The data is never bundled with the code. The `sync-attack` maintenance job
+fetches ATTACK_SOURCE (MITRE's enterprise-attack.json by default: an https URL,
+a path or a gs:// object), validates it and writes a compact snapshot to
+gs://<BUCKET_MODELS>/attack/techniques.json, which every function reads and
+re-reads hourly. ATTACK_DATA_PATH (a path or gs:// object) overrides the
+snapshot, e.g. to pin a release. Two formats are read: the compact technique list (`{"techniques": [{"external_id", "name", "tactics",
 "is_subtechnique", "revoked", "deprecated", "url", ...}]}`) and a STIX bundle
 of `attack-pattern` objects (enterprise-attack.json).
 
@@ -21,14 +24,21 @@ import json
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from threatflow.platform.errors import ConfigError, ValidationError
+from threatflow.platform.errors import ConfigError, DependencyError, NotFoundError, ValidationError
 
 ENV_VAR = "ATTACK_DATA_PATH"
+SNAPSHOT_NAME = "attack/techniques.json"
+SNAPSHOT_FORMAT = 1
+REFRESH_SECONDS = 3600
+MAX_SOURCE_BYTES = 200 * 1024 * 1024  # enterprise-attack.json is ~45 MB and grows each release
+# A new release never drops most techniques; a source that would is truncated or the wrong file.
+MIN_KEPT_FRACTION = 0.5
 _ID = re.compile(r"^T\d{4}(?:\.\d{3})?$")
 
 
@@ -88,6 +98,9 @@ class AttackCatalog:
 
     def __len__(self) -> int:
         return len(self._by_id)
+
+    def ids(self) -> list[str]:
+        return sorted(self._by_id)
 
     @classmethod
     def load(cls, path: Path) -> AttackCatalog:
@@ -198,41 +211,166 @@ def _parse(doc: Any, source: str) -> list[Technique]:
     raise ConfigError(f"{ENV_VAR}={source!r}: expected {{'techniques': [...]}} or a STIX bundle of attack-pattern objects")
 
 
-# Per instance: the parsed catalog by location; a local file is re-read when it changes.
+# Per instance: the parsed catalog by location, with what decides when to re-read it
+# (a local file's mtime, or the monotonic time a bucket object is next checked).
 _cache: dict[str, tuple[float | None, AttackCatalog]] = {}
 _lock = threading.Lock()
 
 
+def snapshot_location(environ: Mapping[str, str]) -> str:
+    return f"gs://{environ.get('BUCKET_MODELS') or 'threatflow-models'}/{SNAPSHOT_NAME}"
+
+
 def catalog_from_env(environ: Mapping[str, str] | None = None, *, blobs: Callable[[], Any] | None = None) -> AttackCatalog:
     """The catalog named by ATTACK_DATA_PATH (a path, or gs://bucket/object read with
-    the blob store `blobs()` returns), loaded once per instance.
+    the blob store `blobs()` returns), else the sync-attack snapshot in the models
+    bucket; loaded once per instance and re-read when it may have changed.
 
-    Raises ConfigError naming ATTACK_DATA_PATH when it is unset or unreadable.
+    Raises ConfigError naming what to do when there is no data to read.
     """
     env = os.environ if environ is None else environ
     location = (env.get(ENV_VAR) or "").strip()
     if not location:
-        raise ConfigError(f"{ENV_VAR} is not set; TTPs are validated against the ATT&CK techniques file it names")
+        if blobs is None:
+            raise ConfigError(f"{ENV_VAR} is not set; TTPs are validated against the ATT&CK techniques file it names")
+        location = snapshot_location(env)
     with _lock:
+        cached = _cache.get(location)
         if location.startswith("gs://"):
-            cached = _cache.get(location)
-            if cached is not None:
+            if cached is not None and cached[0] is not None and time.monotonic() < cached[0]:
                 return cached[1]
             bucket, _, name = location.removeprefix("gs://").partition("/")
             if not bucket or not name:
                 raise ConfigError(f"{ENV_VAR}={location!r}: expected gs://bucket/object")
             if blobs is None:
                 raise ConfigError(f"{ENV_VAR}={location!r} is in a bucket, but no blob store was given")
-            catalog = AttackCatalog.from_bytes(blobs().get(bucket, name), source=location)
-            _cache[location] = (None, catalog)
+            try:
+                data = blobs().get(bucket, name)
+            except NotFoundError:
+                raise ConfigError(
+                    f"no ATT&CK data at {location}: run the sync-attack job (threatflow jobs run sync-attack) or set {ENV_VAR}"
+                ) from None
+            except DependencyError:
+                if cached is not None:  # keep validating with what we have while the bucket is unreachable
+                    return cached[1]
+                raise
+            catalog = AttackCatalog.from_bytes(data, source=location)
+            _cache[location] = (time.monotonic() + REFRESH_SECONDS, catalog)
             return catalog
         try:
             mtime: float | None = Path(location).stat().st_mtime
         except OSError as exc:
             raise ConfigError(f"{ENV_VAR}={location!r}: cannot read the ATT&CK data: {exc.strerror or exc}") from None
-        cached = _cache.get(location)
         if cached is not None and cached[0] == mtime:
             return cached[1]
         catalog = AttackCatalog.load(Path(location))
         _cache[location] = (mtime, catalog)
         return catalog
+
+
+# -- the sync-attack maintenance job --------------------------------------------------------------
+
+
+def read_source(source: str, *, blobs: Any, http_get: Callable[..., Any] | None = None) -> bytes:
+    """The bytes at an https URL, a gs:// object or a local path. A wrong source is a
+    ValidationError (retrying cannot fix it); an unreachable one a DependencyError."""
+    if source.startswith(("https://", "http://")):
+        import requests
+
+        get = http_get or requests.get
+        try:
+            response = get(source, timeout=(10, 120), stream=True)
+        except requests.RequestException as exc:
+            raise DependencyError(f"ATTACK_SOURCE={source!r}: fetch failed: {exc}") from None
+        with response:
+            if response.status_code >= 500 or response.status_code == 429:
+                raise DependencyError(f"ATTACK_SOURCE={source!r}: HTTP {response.status_code}")
+            if response.status_code != 200:
+                raise ValidationError(f"ATTACK_SOURCE={source!r}: HTTP {response.status_code}", field="ATTACK_SOURCE")
+            chunks, size = [], 0
+            for chunk in response.iter_content(1 << 20):
+                size += len(chunk)
+                if size > MAX_SOURCE_BYTES:
+                    raise ValidationError(f"ATTACK_SOURCE={source!r}: larger than {MAX_SOURCE_BYTES} bytes", field="ATTACK_SOURCE")
+                chunks.append(chunk)
+            return b"".join(chunks)
+    if source.startswith("gs://"):
+        bucket, _, name = source.removeprefix("gs://").partition("/")
+        try:
+            data: bytes = blobs.get(bucket, name)
+        except NotFoundError:
+            raise ValidationError(f"ATTACK_SOURCE={source!r}: no such object", field="ATTACK_SOURCE") from None
+        return data
+    try:
+        return Path(source).read_bytes()
+    except OSError as exc:
+        raise ValidationError(f"ATTACK_SOURCE={source!r}: cannot read it: {exc.strerror or exc}", field="ATTACK_SOURCE") from None
+
+
+def snapshot_bytes(catalog: AttackCatalog, *, source: str, generated_at: str) -> bytes:
+    techniques = [
+        {
+            "external_id": t.id,
+            "name": t.name,
+            "tactics": list(t.tactics),
+            "is_subtechnique": t.is_subtechnique,
+            "revoked": t.revoked,
+            "deprecated": t.deprecated,
+            "url": t.url,
+            "stix_id": t.stix_id,
+        }
+        for t in (catalog.get(tid) for tid in catalog.ids())
+        if t is not None
+    ]
+    doc = {"format": SNAPSHOT_FORMAT, "source": source, "generated_at": generated_at, "techniques": techniques}
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+
+def sync(
+    *, source: str | None, blobs: Any, bucket: str, clock: Any, force: bool = False, http_get: Callable[..., Any] | None = None
+) -> dict[str, Any]:
+    """Fetch and validate ATTACK_SOURCE, then replace the snapshot; a source that would drop
+    most known techniques is refused (a truncated download) unless forced."""
+    if not source:
+        return {"skipped": True, "reason": "ATTACK_SOURCE is not set"}
+    started = time.perf_counter()
+    data = read_source(source, blobs=blobs, http_get=http_get)
+    try:
+        catalog = AttackCatalog.from_bytes(data, source=source)
+    except ConfigError as exc:
+        raise ValidationError(f"ATTACK_SOURCE: {exc.message}; the snapshot was not replaced", field="ATTACK_SOURCE") from None
+    previous: AttackCatalog | None = None
+    try:
+        previous = AttackCatalog.from_bytes(blobs.get(bucket, SNAPSHOT_NAME), source="previous snapshot")
+    except (NotFoundError, ConfigError):
+        previous = None
+    added = removed = 0
+    if previous is not None:
+        old, new = set(previous.ids()), set(catalog.ids())
+        added, removed = len(new - old), len(old - new)
+        if not force and len(new & old) < MIN_KEPT_FRACTION * len(old):
+            raise ValidationError(
+                f"ATTACK_SOURCE={source!r} keeps only {len(new & old)} of the {len(old)} techniques in the current snapshot;"
+                ' refusing to replace it (run the job with {"force": true} if this is intended)',
+                field="ATTACK_SOURCE",
+            )
+    body = snapshot_bytes(catalog, source=source, generated_at=clock.now().isoformat())
+    blobs.put(bucket, SNAPSHOT_NAME, body, content_type="application/json")
+    techniques = [catalog.get(tid) for tid in catalog.ids()]
+    return {
+        "snapshot": f"gs://{bucket}/{SNAPSHOT_NAME}",
+        "source": source,
+        "techniques": len(catalog),
+        "revoked": sum(1 for t in techniques if t is not None and t.revoked),
+        "deprecated": sum(1 for t in techniques if t is not None and t.deprecated),
+        "added": added,
+        "removed": removed,
+        "bytes": len(body),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def reset_cache() -> None:
+    """Forget the loaded catalogs (tests; or to force a reload now)."""
+    with _lock:
+        _cache.clear()

@@ -109,3 +109,17 @@ def test_unreadable_format_is_a_config_error(tmp_path):
     path.write_text('{"hello": 1}')
     with pytest.raises(ConfigError, match="expected"):
         AttackCatalog.load(path)
+
+
+def test_snapshot_round_trips_every_technique():
+    source = require_shared_data("attack", "attack_techniques.json")
+    catalog = attack.AttackCatalog.load(source)
+    body = attack.snapshot_bytes(catalog, source=str(source), generated_at="2026-11-23T00:00:00+00:00")
+    again = attack.AttackCatalog.from_bytes(body, source="s")
+    assert again.ids() == catalog.ids()
+    assert [again.get(i) for i in again.ids()] == [catalog.get(i) for i in catalog.ids()]
+
+
+def test_without_a_path_or_blob_store_the_error_says_what_to_set():
+    with pytest.raises(ConfigError, match="ATTACK_DATA_PATH is not set"):
+        attack.catalog_from_env({"BUCKET_MODELS": "m"})

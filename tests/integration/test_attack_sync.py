@@ -1,0 +1,126 @@
+"""sync-attack: ATT&CK fetched over HTTP by the maintenance function into the models
+bucket (the Cloud Storage emulator), then used by the threats function to validate TTPs."""
+
+import base64
+import functools
+import http.server
+import json
+import threading
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from helpers import create_user, require_shared_data
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def attack_server(tmp_path):
+    """A local HTTP server standing in for raw.githubusercontent.com: it serves tmp_path."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def models_bucket(backend_env, storage_emulator, monkeypatch):
+    from threatflow.devstack.services import create_bucket
+    from threatflow.threats import attack
+
+    bucket = f"models-{uuid.uuid4().hex[:10]}"
+    create_bucket(storage_emulator.port, bucket)
+    monkeypatch.setenv("BUCKET_MODELS", bucket)
+    monkeypatch.delenv("ATTACK_DATA_PATH", raising=False)
+    attack.reset_cache()
+    yield bucket
+    attack.reset_cache()
+
+
+def _run(client, job, params=None):
+    run_id = uuid.uuid4().hex
+    body = {
+        "message": {
+            "data": base64.b64encode(json.dumps({"schema_version": 1, "params": params or {}}).encode()).decode(),
+            "attributes": {"job": job, "run_id": run_id},
+            "messageId": run_id,
+            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        },
+        "subscription": "projects/threatflow-test/subscriptions/maintenance-push",
+    }
+    response = client.post("/", json=body)
+    from threatflow.adapters.firestore import FirestoreDocuments
+
+    return response.status_code, FirestoreDocuments("threatflow-test").get("maintenance_runs", run_id)
+
+
+def _threats_client(function_client, backend_env):
+    auth = function_client("auth")
+    password = create_user(backend_env["DATABASE_URL"], "analyst-attack", "analyst")
+    token = auth.post("/api/v1/auth/token", json={"username": "analyst-attack", "password": password}).get_json()["access_token"]
+    return function_client("threats"), {"Authorization": f"Bearer {token}"}
+
+
+def test_sync_over_http_then_threats_validate_against_the_snapshot(function_client, backend_env, attack_server, models_bucket, monkeypatch):
+    served, base = attack_server
+    techniques = json.loads(require_shared_data("attack", "attack_techniques.json").read_text())
+    (served / "enterprise-attack.json").write_text(json.dumps(techniques))
+    monkeypatch.setenv("ATTACK_SOURCE", f"{base}/enterprise-attack.json")
+
+    status, run = _run(function_client("maintenance"), "sync-attack")
+    assert status == 200 and run["state"] == "succeeded", run
+    result = run["result"]
+    assert result["snapshot"] == f"gs://{models_bucket}/attack/techniques.json"
+    assert result["techniques"] == len({t["external_id"] for t in techniques["techniques"]}) and result["revoked"] > 0
+
+    threats, headers = _threats_client(function_client, backend_env)
+    body = {"threats": [{"kind": "malware", "name": "Synced", "ttps": ["t1059.001"]}, {"kind": "tool", "name": "Bad", "ttps": ["T9999"]}]}
+    response = threats.post("/api/v1/threats/batch", json=body, headers=headers)
+    assert response.status_code == 200, response.get_json()
+    results = response.get_json()["results"]
+    assert results[0]["status"] == "created"
+    assert results[1]["status"] == "rejected" and "T9999: unknown ATT&CK technique" in results[1]["reason"]
+
+    # A truncated download must not replace a good snapshot; force does.
+    (served / "enterprise-attack.json").write_text(json.dumps({"techniques": techniques["techniques"][:5]}))
+    status, run = _run(function_client("maintenance"), "sync-attack")
+    assert status == 200 and run["state"] == "failed" and "refusing to replace it" in run["error"]
+    from threatflow.threats import attack
+
+    attack.reset_cache()
+    again = threats.post("/api/v1/threats/batch", json={"threats": [{"kind": "tool", "name": "Still", "ttps": ["T1566"]}]}, headers=headers)
+    assert again.get_json()["results"][0]["status"] == "created"
+    status, run = _run(function_client("maintenance"), "sync-attack", {"force": True})
+    assert run["state"] == "succeeded" and run["result"]["techniques"] == 5 and run["result"]["removed"] > 500
+
+
+def test_a_wrong_source_fails_the_run_without_retrying(function_client, backend_env, attack_server, models_bucket, monkeypatch):
+    served, base = attack_server
+    maintenance = function_client("maintenance")
+    for source, expected in (
+        (f"{base}/missing.json", "HTTP 404"),
+        (str(served / "none.json"), "cannot read it"),
+    ):
+        monkeypatch.setenv("ATTACK_SOURCE", source)
+        maintenance = function_client("maintenance")
+        status, run = _run(maintenance, "sync-attack")
+        assert status == 200 and run["state"] == "failed" and expected in run["error"], run
+    (served / "not-attack.json").write_text(json.dumps({"type": "bundle", "objects": [{"type": "malware", "id": "malware--1"}]}))
+    monkeypatch.setenv("ATTACK_SOURCE", f"{base}/not-attack.json")
+    status, run = _run(function_client("maintenance"), "sync-attack")
+    assert run["state"] == "failed" and "holds no technique" in run["error"] and "not replaced" in run["error"]
+    from threatflow.adapters.storage import GcsBlobs
+    from threatflow.platform.errors import NotFoundError
+
+    with pytest.raises(NotFoundError):  # a failed sync writes no snapshot
+        GcsBlobs("threatflow-test").get(models_bucket, "attack/techniques.json")
+
+
+def test_an_unreachable_source_is_retried(function_client, backend_env, models_bucket, monkeypatch):
+    monkeypatch.setenv("ATTACK_SOURCE", "http://127.0.0.1:9/enterprise-attack.json")
+    status, run = _run(function_client("maintenance"), "sync-attack")
+    assert status == 500 and run["state"] == "failed" and "fetch failed" in run["error"]
