@@ -203,6 +203,11 @@ def test_export_formats_respect_max_tlp(api):
     assert "red.example.com" in {o.name for o in everything.objects if o.type == "indicator"}
     txt = api.get("/api/v1/iocs/export?format=txt&type=domain")
     assert txt.content_type.startswith("text/plain") and sorted(txt.data.decode().split()) == ["amber.example.com", "green.example.com"]
+    assert txt.headers["X-Export-Count"] == "2" and txt.headers["X-Export-Truncated"] == "false"
+    capped = api.get("/api/v1/iocs/export?format=txt&type=domain&limit=1")
+    assert len(capped.data.decode().split()) == 1 and capped.headers["X-Export-Truncated"] == "true"
+    exact = api.get("/api/v1/iocs/export?format=txt&type=domain&limit=2")
+    assert exact.headers["X-Export-Count"] == "2" and exact.headers["X-Export-Truncated"] == "false"
     csv_export = api.get("/api/v1/iocs/export?format=csv&tags=t1")
     lines = csv_export.data.decode().splitlines()
     assert csv_export.content_type.startswith("text/csv") and lines[0].startswith("id,type,value,tags") and len(lines) == 2

@@ -126,7 +126,11 @@ def register(router: Router, runtime: Runtime) -> None:
         return Response(
             out.body,
             content_type=out.content_type,
-            headers={"Content-Disposition": f'attachment; filename="{out.filename}"', "X-Export-Count": str(out.count)},
+            headers={
+                "Content-Disposition": f'attachment; filename="{out.filename}"',
+                "X-Export-Count": str(out.count),
+                "X-Export-Truncated": "true" if out.truncated else "false",
+            },
         )
 
     def _optional_catalog() -> Any:

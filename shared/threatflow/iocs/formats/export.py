@@ -52,6 +52,7 @@ class Export:
     content_type: str
     filename: str
     count: int
+    truncated: bool = False  # more IoCs matched than the limit let through
 
 
 CONTENT_TYPES = {
@@ -96,15 +97,28 @@ def export(fmt: ExportFormat | str, flt: IocFilter, *, engine: Any, now: datetim
         raise ValidationError(f"unknown export format {fmt!r}; expected stix, csv or txt", field="format") from None
     content_type, extension = CONTENT_TYPES[kind]
     stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    more: list[bool] = []
     with engine.connect() as conn:
-        pages = iter_pages(conn, flt, now=now, limit=limit)
+        pages = _capped(iter_pages(conn, flt, now=now, limit=limit + 1), limit, more)
         if kind is ExportFormat.TXT:
             body, count = _txt(pages)
         elif kind is ExportFormat.CSV:
             body, count = _csv(pages)
         else:
             body, count = _stix(pages, conn=conn, max_tlp=flt.max_tlp.value if flt.max_tlp else None, now=now, catalog=catalog)
-    return Export(body, content_type, f"threatflow-iocs-{stamp}.{extension}", count)
+    return Export(body, content_type, f"threatflow-iocs-{stamp}.{extension}", count, truncated=bool(more))
+
+
+def _capped(pages: Iterator[list[dict[str, Any]]], limit: int, more: list[bool]) -> Iterator[list[dict[str, Any]]]:
+    """Pages of at most `limit` rows in all; fetching one row past the limit tells whether more matched."""
+    seen = 0
+    for page in pages:
+        if seen + len(page) > limit:
+            page = page[: limit - seen]
+            more.append(True)
+        seen += len(page)
+        if page:
+            yield page
 
 
 def _txt(pages: Iterator[list[dict[str, Any]]]) -> tuple[bytes, int]:
