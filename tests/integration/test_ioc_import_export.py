@@ -331,3 +331,37 @@ def test_async_import_through_the_ioc_import_function(api, db, function_client, 
     assert db.scalar("SELECT max(detection_count) FROM iocs") == 1
     assert api.get("/api/v1/iocs/import/no-such-job").status_code == 404
     subscriber.close()
+
+
+def test_a_redelivery_during_a_run_waits_for_the_lease(api, db, function_client, backend_env):
+    from datetime import UTC, datetime, timedelta
+
+    from google.api_core.exceptions import AlreadyExists
+    from google.cloud import pubsub_v1
+    from threatflow.adapters.firestore import FirestoreDocuments
+    from threatflow.iocs.importer import IMPORT_LEASES
+
+    publisher = pubsub_v1.PublisherClient()
+    subscriber = pubsub_v1.SubscriberClient()
+    topic = publisher.topic_path(PROJECT, "ioc-import")
+    with contextlib.suppress(AlreadyExists):
+        publisher.create_topic(name=topic)
+    sub = subscriber.subscription_path(PROJECT, f"lease-{uuid.uuid4().hex[:8]}")
+    subscriber.create_subscription(name=sub, topic=topic)
+    job_id = api.post("/api/v1/iocs/import?async=true", {"format": "json", "content": [{"value": "198.18.9.9"}]}).get_json()["job_id"]
+    pulled = subscriber.pull(request={"subscription": sub, "max_messages": 1}, timeout=10).received_messages[0].message
+    subscriber.close()
+    documents = FirestoreDocuments(PROJECT)
+    now = datetime.now(UTC)
+    # Another delivery holds the job: this one is retried (5xx) and changes nothing.
+    documents.set(IMPORT_LEASES, job_id, {"holder": "other", "until": now + timedelta(minutes=5)})
+    worker = function_client("ioc-import")
+    assert worker.post("/", json=_push(pulled)).status_code >= 500  # Pub/Sub redelivers later
+    assert api.get(f"/api/v1/iocs/import/{job_id}").get_json()["state"] == "queued"
+    assert db.scalar("SELECT count(*) FROM iocs") == 0
+    # The holder died: once its lease expires the next delivery runs the job and frees the lease.
+    documents.set(IMPORT_LEASES, job_id, {"holder": "other", "until": now - timedelta(seconds=1)})
+    assert worker.post("/", json=_push(pulled)).status_code == 200
+    assert api.get(f"/api/v1/iocs/import/{job_id}").get_json()["state"] == "succeeded"
+    assert db.scalar("SELECT detection_count FROM iocs WHERE value = '198.18.9.9'") == 1
+    assert documents.get(IMPORT_LEASES, job_id) is None

@@ -15,15 +15,16 @@ finished job does nothing.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from threatflow.iocs.formats import ItemError, ParsedImport, ParsedThreat
-from threatflow.platform.errors import PermanentError, ValidationError
+from threatflow.platform.errors import PermanentError, RetryableError, ValidationError
 
 if TYPE_CHECKING:
     from threatflow.ports import BlobStore, Clock, DocumentStore
@@ -31,6 +32,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("threatflow.iocs.importer")
 IMPORT_JOBS = "import_jobs"
+IMPORT_LEASES = "import_job_leases"
+# Longer than the ioc-import function's timeout (540 s), so a live run never loses its lease,
+# and a crashed one frees the job for the next delivery soon after.
+LEASE_SECONDS = 600
 MAX_STORED_ERRORS = 1000  # a Firestore document holds at most 1 MiB; the full results go to the bucket
 
 
@@ -203,6 +208,44 @@ def run_job(
         raise ValidationError(f"no import job {job_id!r}", field="job_id")  # permanent: acked and logged
     if job.get("state") in (JobState.SUCCEEDED, JobState.FAILED):
         return job
+    holder = _take_lease(documents, job_id, now=clock.now())
+    try:
+        job = documents.get(IMPORT_JOBS, job_id) or job  # a run that just finished released the lease to us
+        if job.get("state") in (JobState.SUCCEEDED, JobState.FAILED):
+            return job
+        return _run_leased(job_id, job, engine=engine, documents=documents, blobs=blobs, bucket=bucket, clock=clock, catalog=catalog)
+    finally:
+        if (documents.get(IMPORT_LEASES, job_id) or {}).get("holder") == holder:
+            documents.delete(IMPORT_LEASES, job_id)
+
+
+def _take_lease(documents: DocumentStore, job_id: str, *, now: datetime) -> str:
+    """One delivery runs a job at a time: Pub/Sub may redeliver while the first run still
+    works (ack deadline passed), and two runs would count every IoC as sighted twice."""
+    holder = uuid.uuid4().hex
+    lease = {"holder": holder, "until": now + timedelta(seconds=LEASE_SECONDS)}
+    if documents.create(IMPORT_LEASES, job_id, lease):
+        return holder
+    current = documents.get(IMPORT_LEASES, job_id)
+    if current is not None and current.get("until") is not None and current["until"] > now:
+        raise RetryableError(f"import job {job_id} is being run by another delivery (lease until {current['until'].isoformat()})")
+    documents.delete(IMPORT_LEASES, job_id)  # expired: its holder died without finishing
+    if not documents.create(IMPORT_LEASES, job_id, lease):
+        raise RetryableError(f"import job {job_id} was taken over by another delivery")
+    return holder
+
+
+def _run_leased(
+    job_id: str,
+    job: dict[str, Any],
+    *,
+    engine: Any,
+    documents: DocumentStore,
+    blobs: BlobStore,
+    bucket: str,
+    clock: Clock,
+    catalog: Callable[[], AttackCatalog | None],
+) -> dict[str, Any]:
     attempts = int(job.get("attempts", 0)) + 1
     documents.set(IMPORT_JOBS, job_id, {"state": JobState.RUNNING.value, "started_at": clock.now(), "attempts": attempts}, merge=True)
     try:

@@ -113,12 +113,13 @@ def _capped(pages: Iterator[list[dict[str, Any]]], limit: int, more: list[bool])
     """Pages of at most `limit` rows in all; fetching one row past the limit tells whether more matched."""
     seen = 0
     for page in pages:
+        kept = page
         if seen + len(page) > limit:
-            page = page[: limit - seen]
+            kept = page[: limit - seen]
             more.append(True)
-        seen += len(page)
-        if page:
-            yield page
+        seen += len(kept)
+        if kept:
+            yield kept
 
 
 def _txt(pages: Iterator[list[dict[str, Any]]]) -> tuple[bytes, int]:
