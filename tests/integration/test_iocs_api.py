@@ -35,6 +35,9 @@ def api(function_client, backend_env):
         def delete(self, path, body, headers=None):
             return client.delete(path, json=body, headers=headers or self.admin)
 
+        def put(self, path, body, headers=None):
+            return client.put(path, json=body, headers=headers or self.admin)
+
     return Api()
 
 
@@ -174,3 +177,30 @@ def test_delete_by_ids_and_by_filter(api):
     assert api.delete("/api/v1/iocs", {"filter": {}, "confirm": True}).status_code == 400
     assert api.delete("/api/v1/iocs", {"filter": {"tags": ["gone"]}, "confirm": True}).get_json() == {"deleted": 3}
     assert api.delete("/api/v1/iocs", {"ids": ids}, headers=api.headers).status_code == 403
+
+
+def test_decay_policies_are_listed_and_set_by_admins(api, backend_env):
+    client = api
+    listed = client.get("/api/v1/iocs/policies").get_json()["policies"]
+    email = next(p for p in listed if p["type"] == "email")
+    assert email["curve_for_base_100"][0] == {"age_days": 0, "score": 100} and email["curve_for_base_100"][-1]["score"] == 0
+    original = {k: email[k] for k in ("ttl_days", "decay_lifetime_days", "decay_speed", "expired_below")}
+    wanted = {"ttl_days": 7, "decay_lifetime_days": 20, "decay_speed": 1.0, "expired_below": 30}
+    try:
+        assert client.post("/api/v1/iocs/batch", {"iocs": [{"value": "x@evil-mail.com", "confidence": 80}]}).status_code == 200
+        forbidden = client.put("/api/v1/iocs/policies/email", wanted, headers=client.headers)
+        assert forbidden.status_code == 403
+        updated = client.put("/api/v1/iocs/policies/email", wanted)
+        assert updated.status_code == 200 and updated.get_json()["ttl_days"] == 7
+        # Linear decay (speed 1) over 20 days: half the score at 10 days.
+        assert {"age_days": 10.0, "score": 50} in updated.get_json()["curve_for_base_100"]
+        created = client.post("/api/v1/iocs/batch", {"iocs": [{"value": "y@evil-mail.com"}]}).get_json()["results"][0]
+        ioc = client.get(f"/api/v1/iocs/{created['id']}").get_json()
+        ttl = datetime.fromisoformat(ioc["expires_at"]) - datetime.fromisoformat(ioc["last_seen"])
+        assert timedelta(days=7) <= ttl <= timedelta(days=8)  # the new TTL applies at once (to the end of that UTC day)
+        assert ioc["score_explanation"]["lifetime_days"] == 20 and ioc["score_explanation"]["expired_below"] == 30
+        bad = client.put("/api/v1/iocs/policies/email", {**wanted, "decay_speed": 0})
+        assert bad.status_code == 400 and bad.get_json()["error"]["details"]["field"] == "decay_speed"
+        assert client.put("/api/v1/iocs/policies/hostname", wanted).status_code == 404
+    finally:
+        assert client.put("/api/v1/iocs/policies/email", original).status_code == 200

@@ -29,6 +29,32 @@ class SightingIn(msgspec.Struct, forbid_unknown_fields=True):
     context: dict[str, Any] = {}
 
 
+class PolicyIn(msgspec.Struct, forbid_unknown_fields=True):
+    ttl_days: Annotated[int, msgspec.Meta(ge=1, le=3650)]
+    decay_lifetime_days: Annotated[int, msgspec.Meta(ge=1, le=3650)]
+    decay_speed: Annotated[float, msgspec.Meta(gt=0, le=10)]
+    expired_below: Annotated[int, msgspec.Meta(ge=0, le=100)] = 0
+
+
+def policy_json(policy: Any, now: datetime) -> dict[str, Any]:
+    """A policy with its decay curve for a base score of 100, so the numbers explain themselves."""
+    from datetime import timedelta
+
+    lifetime = policy.decay_lifetime_days
+    curve = [
+        {"age_days": round(lifetime * f, 1), "score": policy.score(100, now - timedelta(days=lifetime * f), now)}
+        for f in (0, 0.1, 0.25, 0.5, 0.75, 0.9, 1)
+    ]
+    return {
+        "type": policy.type,
+        "ttl_days": policy.ttl_days,
+        "decay_lifetime_days": lifetime,
+        "decay_speed": policy.decay_speed,
+        "expired_below": policy.expired_below,
+        "curve_for_base_100": curve,
+    }
+
+
 def build_router(runtime: Runtime) -> Router:
     from threatflow.iocs import search, service, warninglist_routes, warninglists
     from threatflow.iocs.model import DecayPolicy
@@ -64,6 +90,25 @@ def build_router(runtime: Runtime) -> Router:
     @router.route("POST", "/api/v1/iocs/find", role=Role.READER, body=FindRequest)
     def find(request: Request, body: FindRequest) -> dict[str, Any]:
         return search.find(body, engine=runtime.engine, now=runtime.clock.now())
+
+    @router.route("GET", "/api/v1/iocs/policies", role=Role.READER)
+    def list_policies(request: Request) -> dict[str, Any]:
+        now = runtime.clock.now()
+        return {"policies": [policy_json(p, now) for _, p in sorted(store().policies().items())]}
+
+    @router.route("PUT", "/api/v1/iocs/policies/{ioc_type}", role=Role.ADMIN, body=PolicyIn)
+    def set_policy(request: Request, body: PolicyIn) -> dict[str, Any]:
+        from threatflow.iocs.types import IocType
+
+        name = request.path_params["ioc_type"].lower()
+        if name not in {t.value for t in IocType}:
+            raise NotFoundError(f"no IoC type {name!r}; types: {', '.join(t.value for t in IocType)}")
+        wanted = DecayPolicy(name, body.ttl_days, body.decay_lifetime_days, body.decay_speed, body.expired_below)
+        updated = store().set_policy(wanted)
+        if updated is None:
+            raise NotFoundError(f"no policy row for {name!r}; run threatflow db migrate")
+        policy_cache["value"] = None  # this instance at once; the others within POLICY_CACHE_SECONDS
+        return policy_json(updated, runtime.clock.now())
 
     @router.route("GET", "/api/v1/iocs/stats", role=Role.READER)
     def stats(request: Request) -> dict[str, Any]:

@@ -115,6 +115,27 @@ class IocStore:
             rows = conn.execute(text("SELECT type, ttl_days, decay_lifetime_days, decay_speed, expired_below FROM ioc_type_policies"))
             return {r[0]: DecayPolicy(r[0], int(r[1]), int(r[2]), float(r[3]), int(r[4])) for r in rows}
 
+    def set_policy(self, policy: DecayPolicy) -> DecayPolicy | None:
+        """Replace one type's TTL and decay; None when the type has no policy row."""
+        from sqlalchemy import text
+
+        with self._engine.begin() as conn:
+            row = conn.execute(
+                text(
+                    "UPDATE ioc_type_policies SET ttl_days = :ttl, decay_lifetime_days = :lifetime, decay_speed = :speed,"
+                    " expired_below = :below, updated_at = now() WHERE type = :type"
+                    " RETURNING type, ttl_days, decay_lifetime_days, decay_speed, expired_below"
+                ),
+                {
+                    "type": policy.type,
+                    "ttl": policy.ttl_days,
+                    "lifetime": policy.decay_lifetime_days,
+                    "speed": policy.decay_speed,
+                    "below": policy.expired_below,
+                },
+            ).first()
+        return DecayPolicy(row[0], int(row[1]), int(row[2]), float(row[3]), int(row[4])) if row else None
+
     def get(self, ioc_id: int) -> dict[str, Any] | None:
         return self._one("id = :id", {"id": ioc_id})
 
