@@ -296,18 +296,28 @@ def _push(message):
     }
 
 
-def test_async_import_through_the_ioc_import_function(api, db, function_client, backend_env):
+@pytest.fixture
+def import_queue(backend_env):
+    """A pull subscription on the ioc-import topic, to catch what the iocs function queues."""
     from google.api_core.exceptions import AlreadyExists
     from google.cloud import pubsub_v1
 
     publisher = pubsub_v1.PublisherClient()
     subscriber = pubsub_v1.SubscriberClient()
     topic = publisher.topic_path(PROJECT, "ioc-import")
-    with contextlib.suppress(AlreadyExists):
+    with contextlib.suppress(AlreadyExists):  # created by an earlier test in this run
         publisher.create_topic(name=topic)
     sub = subscriber.subscription_path(PROJECT, f"check-{uuid.uuid4().hex[:8]}")
     subscriber.create_subscription(name=sub, topic=topic)
 
+    def next_message():
+        return subscriber.pull(request={"subscription": sub, "max_messages": 1}, timeout=10).received_messages[0].message
+
+    yield next_message
+    subscriber.close()
+
+
+def test_async_import_through_the_ioc_import_function(api, db, function_client, import_queue):
     items = [{"value": f"198.18.{i // 250}.{i % 250}"} for i in range(2000)] + [{"value": "not an ioc"}]
     response = api.post("/api/v1/iocs/import?async=true", {"format": "json", "content": items, "source": "async-test"})
     assert response.status_code == 202
@@ -316,7 +326,7 @@ def test_async_import_through_the_ioc_import_function(api, db, function_client, 
     assert api.get(f"/api/v1/iocs/import/{job_id}").get_json()["state"] == "queued"
     assert db.scalar("SELECT count(*) FROM iocs") == 0
 
-    pulled = subscriber.pull(request={"subscription": sub, "max_messages": 1}, timeout=10).received_messages[0].message
+    pulled = import_queue()
     assert pulled.attributes["job_id"] == job_id
     worker = function_client("ioc-import", ATTACK_DATA_PATH=str(ATTACK))
     assert worker.post("/", json=_push(pulled)).status_code == 200
@@ -330,27 +340,16 @@ def test_async_import_through_the_ioc_import_function(api, db, function_client, 
     assert api.get(f"/api/v1/iocs/import/{job_id}").get_json()["attempts"] == 1
     assert db.scalar("SELECT max(detection_count) FROM iocs") == 1
     assert api.get("/api/v1/iocs/import/no-such-job").status_code == 404
-    subscriber.close()
 
 
-def test_a_redelivery_during_a_run_waits_for_the_lease(api, db, function_client, backend_env):
+def test_a_redelivery_during_a_run_waits_for_the_lease(api, db, function_client, import_queue):
     from datetime import UTC, datetime, timedelta
 
-    from google.api_core.exceptions import AlreadyExists
-    from google.cloud import pubsub_v1
     from threatflow.adapters.firestore import FirestoreDocuments
     from threatflow.iocs.importer import IMPORT_LEASES
 
-    publisher = pubsub_v1.PublisherClient()
-    subscriber = pubsub_v1.SubscriberClient()
-    topic = publisher.topic_path(PROJECT, "ioc-import")
-    with contextlib.suppress(AlreadyExists):
-        publisher.create_topic(name=topic)
-    sub = subscriber.subscription_path(PROJECT, f"lease-{uuid.uuid4().hex[:8]}")
-    subscriber.create_subscription(name=sub, topic=topic)
     job_id = api.post("/api/v1/iocs/import?async=true", {"format": "json", "content": [{"value": "198.18.9.9"}]}).get_json()["job_id"]
-    pulled = subscriber.pull(request={"subscription": sub, "max_messages": 1}, timeout=10).received_messages[0].message
-    subscriber.close()
+    pulled = import_queue()
     documents = FirestoreDocuments(PROJECT)
     now = datetime.now(UTC)
     # Another delivery holds the job: this one is retried (5xx) and changes nothing.

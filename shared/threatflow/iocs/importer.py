@@ -14,9 +14,10 @@ finished job does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -208,20 +209,70 @@ def run_job(
         raise ValidationError(f"no import job {job_id!r}", field="job_id")  # permanent: acked and logged
     if job.get("state") in (JobState.SUCCEEDED, JobState.FAILED):
         return job
-    holder = _take_lease(documents, job_id, now=clock.now())
-    try:
+    with _lease(documents, job_id, now=clock.now()):
         job = documents.get(IMPORT_JOBS, job_id) or job  # a run that just finished released the lease to us
         if job.get("state") in (JobState.SUCCEEDED, JobState.FAILED):
             return job
-        return _run_leased(job_id, job, engine=engine, documents=documents, blobs=blobs, bucket=bucket, clock=clock, catalog=catalog)
+        attempts = int(job.get("attempts", 0)) + 1
+        documents.set(IMPORT_JOBS, job_id, {"state": JobState.RUNNING.value, "started_at": clock.now(), "attempts": attempts}, merge=True)
+        try:
+            raw = blobs.get(bucket, job.get("blob") or blob_name(job_id))
+            body = msgspec.json.decode(raw, type=ImportRequest)
+            parsed = parse_request(body)
+            documents.set(IMPORT_JOBS, job_id, {"progress": {"stage": "parsed", **parsed.summary()}}, merge=True)
+            result = apply_import(
+                parsed,
+                engine=engine,
+                now=clock.now(),
+                actor=job.get("requested_by"),
+                catalog=catalog() if needs_catalog(parsed) else None,
+                source_default=body.source,
+            )
+        except (PermanentError, msgspec.ValidationError, msgspec.DecodeError) as exc:
+            message = exc.message if isinstance(exc, PermanentError) else f"stored request is not valid: {exc}"
+            documents.set(IMPORT_JOBS, job_id, {"state": JobState.FAILED.value, "error": message, "finished_at": clock.now()}, merge=True)
+            raise ValidationError(message, field="content") from None
+        except Exception as exc:
+            # Retryable (database down...): back to queued so the redelivery runs it again.
+            documents.set(
+                IMPORT_JOBS, job_id, {"state": JobState.QUEUED.value, "last_error": f"{exc.__class__.__name__}: {exc}"}, merge=True
+            )
+            raise
+        blobs.put(bucket, f"imports/{job_id}.result.json", msgspec.json.encode(result), content_type="application/json")
+        rejected = [r for r in result["iocs"]["results"] if r["status"] == "rejected"]
+        done = {
+            "state": JobState.SUCCEEDED.value,
+            "finished_at": clock.now(),
+            "error": None,
+            "progress": {"stage": "done", **parsed.summary()},
+            "result": {
+                "iocs": {"summary": result["iocs"]["summary"], "rejected": rejected[:MAX_STORED_ERRORS]},
+                "threats": {"summary": result["threats"]["summary"]},
+                "links": result["links"],
+                "relations": result["relations"],
+                "errors": result["errors"][:MAX_STORED_ERRORS],
+                "warnings": result["warnings"][:MAX_STORED_ERRORS],
+                "skipped": result["skipped"],
+                "results_blob": f"imports/{job_id}.result.json",
+            },
+        }
+        documents.set(IMPORT_JOBS, job_id, done, merge=True)
+        return {**job, **done}
+
+
+@contextlib.contextmanager
+def _lease(documents: DocumentStore, job_id: str, *, now: datetime) -> Iterator[None]:
+    """One delivery runs a job at a time: Pub/Sub may redeliver while the first run still
+    works (ack deadline passed), and two runs would count every IoC as sighted twice."""
+    holder = _take_lease(documents, job_id, now=now)
+    try:
+        yield
     finally:
         if (documents.get(IMPORT_LEASES, job_id) or {}).get("holder") == holder:
             documents.delete(IMPORT_LEASES, job_id)
 
 
 def _take_lease(documents: DocumentStore, job_id: str, *, now: datetime) -> str:
-    """One delivery runs a job at a time: Pub/Sub may redeliver while the first run still
-    works (ack deadline passed), and two runs would count every IoC as sighted twice."""
     holder = uuid.uuid4().hex
     lease = {"holder": holder, "until": now + timedelta(seconds=LEASE_SECONDS)}
     if documents.create(IMPORT_LEASES, job_id, lease):
@@ -233,62 +284,6 @@ def _take_lease(documents: DocumentStore, job_id: str, *, now: datetime) -> str:
     if not documents.create(IMPORT_LEASES, job_id, lease):
         raise RetryableError(f"import job {job_id} was taken over by another delivery")
     return holder
-
-
-def _run_leased(
-    job_id: str,
-    job: dict[str, Any],
-    *,
-    engine: Any,
-    documents: DocumentStore,
-    blobs: BlobStore,
-    bucket: str,
-    clock: Clock,
-    catalog: Callable[[], AttackCatalog | None],
-) -> dict[str, Any]:
-    attempts = int(job.get("attempts", 0)) + 1
-    documents.set(IMPORT_JOBS, job_id, {"state": JobState.RUNNING.value, "started_at": clock.now(), "attempts": attempts}, merge=True)
-    try:
-        raw = blobs.get(bucket, job.get("blob") or blob_name(job_id))
-        body = msgspec.json.decode(raw, type=ImportRequest)
-        parsed = parse_request(body)
-        documents.set(IMPORT_JOBS, job_id, {"progress": {"stage": "parsed", **parsed.summary()}}, merge=True)
-        result = apply_import(
-            parsed,
-            engine=engine,
-            now=clock.now(),
-            actor=job.get("requested_by"),
-            catalog=catalog() if needs_catalog(parsed) else None,
-            source_default=body.source,
-        )
-    except (PermanentError, msgspec.ValidationError, msgspec.DecodeError) as exc:
-        message = exc.message if isinstance(exc, PermanentError) else f"stored request is not valid: {exc}"
-        documents.set(IMPORT_JOBS, job_id, {"state": JobState.FAILED.value, "error": message, "finished_at": clock.now()}, merge=True)
-        raise ValidationError(message, field="content") from None
-    except Exception as exc:
-        # Retryable (database down...): back to queued so the redelivery runs it again.
-        documents.set(IMPORT_JOBS, job_id, {"state": JobState.QUEUED.value, "last_error": f"{exc.__class__.__name__}: {exc}"}, merge=True)
-        raise
-    blobs.put(bucket, f"imports/{job_id}.result.json", msgspec.json.encode(result), content_type="application/json")
-    rejected = [r for r in result["iocs"]["results"] if r["status"] == "rejected"]
-    done = {
-        "state": JobState.SUCCEEDED.value,
-        "finished_at": clock.now(),
-        "error": None,
-        "progress": {"stage": "done", **parsed.summary()},
-        "result": {
-            "iocs": {"summary": result["iocs"]["summary"], "rejected": rejected[:MAX_STORED_ERRORS]},
-            "threats": {"summary": result["threats"]["summary"]},
-            "links": result["links"],
-            "relations": result["relations"],
-            "errors": result["errors"][:MAX_STORED_ERRORS],
-            "warnings": result["warnings"][:MAX_STORED_ERRORS],
-            "skipped": result["skipped"],
-            "results_blob": f"imports/{job_id}.result.json",
-        },
-    }
-    documents.set(IMPORT_JOBS, job_id, done, merge=True)
-    return {**job, **done}
 
 
 def handle_import(message: Any, *, runtime: Any) -> dict[str, Any]:
