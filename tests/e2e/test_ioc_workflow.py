@@ -139,3 +139,33 @@ def test_warninglisted_values_are_flagged_with_the_list_name(stack, admin_header
         timeout=30,
     )
     assert listed.json()["count"] == 2
+
+
+def test_cli_imports_extracts_finds_and_exports(stack, admin_headers, tmp_path):
+    from helpers import stack_cli
+
+    env = {**stack["env"], "THREATFLOW_TOKEN": admin_headers["Authorization"].split(" ", 1)[1], "THREATFLOW_URL": stack["url"]}
+    cli = {**stack, "env": env}
+    report = tmp_path / "report.txt"
+    report.write_text("The dropper calls hxxps://cli-c2[.]example-bad[.]com/gate.php and 203.0.113[.]201.\n")
+    extracted = stack_cli(cli, "iocs", "extract", str(report))
+    assert extracted.returncode == 0, extracted.stderr
+    assert extracted.stdout.splitlines() == ["url\thttps://cli-c2.example-bad.com/gate.php", "ipv4\t203.0.113.201"]
+
+    imported = stack_cli(cli, "iocs", "import", str(report), "--tags", "cli-test", "--tlp", "green")
+    assert imported.returncode == 0, imported.stderr
+    assert "as text" in imported.stderr and "created 2" in imported.stderr
+    bundle = require_shared_data("stix", "oasis-examples", "threat-reports", "apt1.json")
+    queued = stack_cli(cli, "iocs", "import", str(bundle), "--async")
+    assert queued.returncode == 0, queued.stderr
+    assert "as stix" in queued.stderr and ": succeeded" in queued.stderr and json.loads(queued.stdout)["state"] == "succeeded"
+
+    found = stack_cli(cli, "iocs", "find", "--tag", "cli-test", "--filter", "type=url,ipv4")
+    assert found.returncode == 0, found.stderr
+    assert sorted(i["value"] for i in json.loads(found.stdout)["iocs"]) == ["203.0.113.201", "https://cli-c2.example-bad.com/gate.php"]
+    out = tmp_path / "blocklist.txt"
+    exported = stack_cli(cli, "iocs", "export", "--format", "txt", "--filter", "tags=cli-test", "--limit", "1", "-o", str(out))
+    assert exported.returncode == 0 and "more matched" in exported.stderr
+    assert len(out.read_text().split()) == 1
+    wrong = stack_cli(cli, "iocs", "find", "--filter", "verdict=evil")
+    assert wrong.returncode == 2 and "verdict" in wrong.stderr

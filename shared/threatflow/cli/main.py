@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from threatflow.platform.errors import ThreatFlowError
+from threatflow.platform.errors import DependencyError, ThreatFlowError
 
 CREDENTIALS = Path(os.environ.get("THREATFLOW_CREDENTIALS") or Path.home() / ".config" / "threatflow" / "credentials.json")
 
@@ -139,11 +139,18 @@ def _base_url(args: argparse.Namespace) -> str:
     return os.environ.get("THREATFLOW_URL", f"http://127.0.0.1:{os.environ.get('THREATFLOW_PORT', '8080')}")
 
 
-def _request(method: str, url: str, *, token: str | None, body: Any = None) -> tuple[int, Any]:
+def _request(method: str, url: str, *, token: str | None, body: Any = None, raw: bool = False) -> tuple[int, Any]:
     import requests
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    response = requests.request(method, url, json=body, headers=headers, timeout=120)
+    try:
+        response = requests.request(method, url, json=body, headers=headers, timeout=300)
+    except requests.ConnectionError as exc:
+        raise DependencyError(
+            f"cannot reach the API at {url.split('/api/', 1)[0]}: is the stack up (make run)? ({exc.__class__.__name__})"
+        ) from None
+    if raw:
+        return response.status_code, response
     try:
         payload = response.json()
     except ValueError:
@@ -165,10 +172,26 @@ def cmd_login(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_api(args: argparse.Namespace) -> int:
+def _token() -> str | None:
     token = os.environ.get("THREATFLOW_TOKEN")
     if token is None and CREDENTIALS.exists():
         token = json.loads(CREDENTIALS.read_text()).get("access_token")
+    return token
+
+
+def cmd_iocs(args: argparse.Namespace) -> int:
+    from threatflow.cli import iocs
+
+    base, token = _base_url(args), _token()
+
+    def call(method: str, path: str, body: Any = None, raw: bool = False) -> tuple[int, Any]:
+        return _request(method, f"{base}{path}", token=token, body=body, raw=raw)
+
+    return iocs.COMMANDS[args.action](args, call)
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    token = _token()
     body = None
     if args.data is not None:
         text = Path(args.data[1:]).read_text() if args.data.startswith("@") else args.data
@@ -227,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--data", help="JSON body, or @file")
     api.add_argument("--url", help="API base URL")
     api.set_defaults(run=cmd_api)
+
+    from threatflow.cli import iocs
+
+    iocs.add_parser(sub, cmd_iocs)
 
     whoami = sub.add_parser("whoami", help="who the stored token belongs to")
     whoami.add_argument("--url")

@@ -1,0 +1,228 @@
+"""`threatflow iocs ...`: import, export, extract and find over the HTTP API.
+
+Talks only to the API (never to the database), so it works the same against the
+local stack and a deployment. Large imports go through the async job and show
+its progress on stderr; results go to stdout so they can be piped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from threatflow.platform.errors import ValidationError
+
+SYNC_LIMIT_BYTES = 5 * 1024 * 1024  # the API's synchronous import limit
+POLL_SECONDS = 1.0
+MAX_WAIT_SECONDS = 3600
+
+Call = Callable[..., Any]  # (method, path, body=None, raw=False) -> (status, payload)
+
+
+def detect_format(path: Path, text: str) -> str:
+    """json | csv | text | stix | misp, from the extension and, for JSON, its shape."""
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        return "csv"
+    if suffix in (".txt", ".md", ".log", ".html", ".htm", ""):
+        return "text"
+    if suffix != ".json":
+        return "text"
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ValidationError(f"{path}: not valid JSON ({exc}); name the format with --format", field="format") from None
+    if isinstance(doc, dict) and doc.get("type") == "bundle":
+        return "stix"
+    if isinstance(doc, dict) and ("Event" in doc or "response" in doc):
+        return "misp"
+    return "json"
+
+
+def _content(fmt: str, text: str) -> Any:
+    return json.loads(text) if fmt in ("json", "stix", "misp") else text
+
+
+def _fail(status: int, payload: Any) -> int:
+    error = payload.get("error", payload) if isinstance(payload, dict) else payload
+    print(f"error: HTTP {status}: {json.dumps(error) if not isinstance(error, str) else error}", file=sys.stderr)
+    return 1
+
+
+def _print_summary(result: dict[str, Any]) -> None:
+    summary = result.get("iocs", {}).get("summary", {})
+    print(
+        "iocs: " + ", ".join(f"{k} {summary.get(k, 0)}" for k in ("created", "updated", "unchanged", "rejected")),
+        file=sys.stderr,
+    )
+    threats = result.get("threats", {}).get("summary") or {}
+    if threats:
+        print("threats: " + ", ".join(f"{k} {v}" for k, v in sorted(threats.items())), file=sys.stderr)
+    rejected = result.get("iocs", {}).get("rejected") or [r for r in result.get("iocs", {}).get("results", []) if r["status"] == "rejected"]
+    problems = [*rejected, *result.get("errors", [])]
+    for problem in problems[:20]:
+        where = problem.get("ref", problem.get("index", "?"))
+        print(f"  rejected {where}: {problem.get('reason')}", file=sys.stderr)
+    if len(problems) > 20:
+        print(f"  ... and {len(problems) - 20} more (see the JSON on stdout)", file=sys.stderr)
+
+
+def cmd_import(args: argparse.Namespace, call: Call) -> int:
+    path = Path(args.file)
+    try:
+        text = sys.stdin.read() if args.file == "-" else path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise ValidationError(f"{path}: {exc.strerror or exc}", field="file") from None
+    fmt = args.format or detect_format(path, text)
+    body: dict[str, Any] = {"format": fmt, "content": _content(fmt, text)}
+    for key in ("source", "tlp"):
+        if getattr(args, key):
+            body[key] = getattr(args, key)
+    if args.tags:
+        body["tags"] = [t.strip() for t in args.tags.split(",") if t.strip()]
+    use_async = args.use_async or len(text.encode()) > SYNC_LIMIT_BYTES
+    print(
+        f"importing {path if args.file != '-' else 'stdin'} as {fmt} ({len(text.encode()):,} bytes{', async' if use_async else ''})",
+        file=sys.stderr,
+    )
+    status, payload = call("POST", "/api/v1/iocs/import" + ("?async=true" if use_async else ""), body)
+    if status >= 400:
+        return _fail(status, payload)
+    if not use_async:
+        _print_summary(payload)
+        print(json.dumps(payload, indent=2))
+        return 0
+    job_path = payload["status_url"]
+    deadline = time.monotonic() + MAX_WAIT_SECONDS
+    last = ""
+    while time.monotonic() < deadline:
+        status, job = call("GET", job_path)
+        if status >= 400:
+            return _fail(status, job)
+        progress = job.get("progress") or {}
+        line = f"job {job['job_id']}: {job['state']}" + (
+            f" ({progress.get('stage')}, {progress.get('iocs', '?')} iocs)" if progress else ""
+        )
+        if line != last:
+            print(line, file=sys.stderr)
+            last = line
+        if job["state"] == "succeeded":
+            _print_summary(job.get("result") or {})
+            print(json.dumps(job, indent=2, default=str))
+            return 0
+        if job["state"] == "failed":
+            print(f"error: {job.get('error')}", file=sys.stderr)
+            return 1
+        time.sleep(POLL_SECONDS)
+    print(f"error: job still running after {MAX_WAIT_SECONDS} s; follow it with: threatflow api GET {job_path}", file=sys.stderr)
+    return 1
+
+
+def _filter_query(pairs: list[str]) -> str:
+    from urllib.parse import urlencode
+
+    query: list[tuple[str, str]] = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValidationError(f"--filter {pair!r}: expected key=value, e.g. type=domain or tags=emotet", field="filter")
+        query.append((key, value))
+    return urlencode(query)
+
+
+def cmd_export(args: argparse.Namespace, call: Call) -> int:
+    query = _filter_query(args.filter or [])
+    path = f"/api/v1/iocs/export?format={args.format}&limit={args.limit}" + (f"&{query}" if query else "")
+    status, response = call("GET", path, raw=True)
+    if status >= 400:
+        return _fail(status, response.json() if "json" in response.headers.get("Content-Type", "") else response.text)
+    if args.output and args.output != "-":
+        Path(args.output).write_bytes(response.content)
+    else:
+        sys.stdout.buffer.write(response.content)
+    count, truncated = response.headers.get("X-Export-Count", "?"), response.headers.get("X-Export-Truncated") == "true"
+    note = "; more matched: raise --limit (at most 100000) or narrow --filter" if truncated else ""
+    print(
+        f"exported {count} iocs as {args.format}{' to ' + args.output if args.output and args.output != '-' else ''}{note}", file=sys.stderr
+    )
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace, call: Call) -> int:
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8", errors="replace")
+    status, payload = call("POST", "/api/v1/iocs/extract", {"text": text, "refang": not args.no_refang})
+    if status >= 400:
+        return _fail(status, payload)
+    for found in payload["iocs"]:
+        print(f"{found['type']}\t{found['value']}")
+    print(f"{payload['count']} indicators", file=sys.stderr)
+    return 0
+
+
+def cmd_find(args: argparse.Namespace, call: Call) -> int:
+    import msgspec
+
+    from threatflow.iocs.formats.export import filter_from_query
+
+    pairs: dict[str, str] = {}
+    for pair in args.filter or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValidationError(f"--filter {pair!r}: expected key=value, e.g. verdict=malicious", field="filter")
+        pairs[key] = f"{pairs[key]},{value}" if key in pairs else value
+    if args.type:
+        pairs["type"] = args.type
+    if args.tag:
+        pairs["tags"] = args.tag
+    # The export's query parsing checks names and values here, before any request.
+    body = {k: v for k, v in msgspec.to_builtins(filter_from_query(pairs)).items() if v is not None}
+    if "max_tlp" not in pairs:
+        body.pop("max_tlp", None)  # find shows every TLP; only export caps it by default
+    body["limit"] = args.limit
+    if args.cursor:
+        body["cursor"] = args.cursor
+    status, payload = call("POST", "/api/v1/iocs/find", body)
+    if status >= 400:
+        return _fail(status, payload)
+    print(json.dumps(payload, indent=2))
+    return 0
+
+
+def add_parser(sub: Any, run: Callable[[argparse.Namespace], int]) -> None:
+    iocs = sub.add_parser("iocs", help="import, export, extract and find IoCs through the API")
+    iocs.add_argument("--url", help="API base URL (default: the stored login, THREATFLOW_URL or the local stack)")
+    actions = iocs.add_subparsers(dest="action", required=True)
+
+    imp = actions.add_parser("import", help="import a file: JSON, CSV, text report, STIX 2.1 bundle or MISP event")
+    imp.add_argument("file", help="the file, or - for standard input")
+    imp.add_argument("--format", choices=["json", "csv", "text", "stix", "misp"], help="default: from the extension and content")
+    imp.add_argument("--source", help="source recorded on every IoC")
+    imp.add_argument("--tlp", help="TLP for IoCs that carry none")
+    imp.add_argument("--tags", help="comma-separated tags added to every IoC")
+    imp.add_argument("--async", dest="use_async", action="store_true", help="queue it as a job (automatic over 5 MB)")
+
+    exp = actions.add_parser("export", help="export IoCs as STIX 2.1, CSV or a plain blocklist")
+    exp.add_argument("--format", choices=["stix", "csv", "txt"], default="stix")
+    exp.add_argument("--filter", action="append", metavar="KEY=VALUE", help="the /find filters as query parameters, e.g. type=domain")
+    exp.add_argument("--limit", type=int, default=10_000)
+    exp.add_argument("-o", "--output", help="file to write (default: standard output)")
+
+    ext = actions.add_parser("extract", help="list the IoCs in a report, without storing them")
+    ext.add_argument("file", help="the report, or - for standard input")
+    ext.add_argument("--no-refang", action="store_true", help="keep defanged values as written")
+
+    find = actions.add_parser("find", help="search stored IoCs")
+    find.add_argument("--type")
+    find.add_argument("--tag")
+    find.add_argument("--filter", action="append", metavar="KEY=VALUE", help="any /find field, e.g. verdict=malicious or value_prefix=evil")
+    find.add_argument("--limit", type=int, default=100)
+    find.add_argument("--cursor", help="next_cursor of the previous page")
+    iocs.set_defaults(run=run)
+
+
+COMMANDS = {"import": cmd_import, "export": cmd_export, "extract": cmd_extract, "find": cmd_find}
