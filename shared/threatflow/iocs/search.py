@@ -69,16 +69,24 @@ def compile_filter(f: IocFilter, *, now: datetime) -> Compiled:
         clauses.append(clause)
         params.update(values)
 
+    def one_of(column: str, name: str, values: list[str]) -> None:
+        # One value as plain equality: the (column, id) index then yields rows already in
+        # id order, where `= ANY(...)` makes PostgreSQL scan the primary key and filter.
+        if len(values) == 1:
+            add(f"{column} = :{name}", **{name: values[0]})
+        else:
+            add(f"{column} = ANY(CAST(:{name} AS text[]))", **{name: values})
+
     if f.type:
-        add("type = ANY(CAST(:types AS text[]))", types=[t.value for t in f.type])
+        one_of("type", "types", [t.value for t in f.type])
     if f.verdict:
-        add("verdict = ANY(CAST(:verdicts AS text[]))", verdicts=[v.value for v in f.verdict])
+        one_of("verdict", "verdicts", [v.value for v in f.verdict])
     if f.severity:
-        add("severity = ANY(CAST(:severities AS text[]))", severities=[s.value for s in f.severity])
+        one_of("severity", "severities", [s.value for s in f.severity])
     if f.tlp:
-        add("tlp = ANY(CAST(:tlps AS text[]))", tlps=[t.value for t in f.tlp])
+        one_of("tlp", "tlps", [t.value for t in f.tlp])
     if f.max_tlp:
-        add("tlp = ANY(CAST(:max_tlps AS text[]))", max_tlps=f.max_tlp.at_most())
+        one_of("tlp", "max_tlps", f.max_tlp.at_most())
     if f.score_min is not None:
         add("score >= :score_min", score_min=f.score_min)
     if f.score_max is not None:
