@@ -37,7 +37,8 @@ Choices, per type:
   a path or a port ("evil.com/gate.php", "1.2.3.4:8080") is taken as http;
 - md5/sha1/sha256: lower-case hex of exactly 32/40/64 characters;
 - email: dot-atom local part kept as written (RFC 5321 leaves its case to the
-  receiving server), domain lower-cased and validated like a domain, a leading
+  receiving server; RFC 6531 lets it hold non-ASCII letters, marks and
+  digits), domain lower-cased and validated like a domain, a leading
   "mailto:" dropped; quoted local parts and address literals are rejected;
 - file_path: absolute paths only. Windows (C:\\..., UNC \\\\server\\share,
   %VAR%\\..., \\\\?\\ and \\\\.\\ prefixes): "/" becomes "\\", repeated separators
@@ -55,6 +56,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -333,12 +335,20 @@ def _url(value: str) -> str:
     return f"{scheme}://{netloc}{path}"
 
 
+def _email_local_ok(local: str) -> bool:
+    if local.isascii():
+        return _EMAIL_LOCAL.fullmatch(local) is not None
+    # RFC 6531 (SMTPUTF8): a non-ASCII letter, mark or digit stands where an ASCII letter may; punctuation may not.
+    view = "".join("a" if not char.isascii() and unicodedata.category(char)[0] in "LMN" else char for char in local)
+    return _EMAIL_LOCAL.fullmatch(view) is not None
+
+
 def _email(value: str) -> str:
     text = value[7:] if value[:7].lower() == "mailto:" else value
     local, at, domain = text.rpartition("@")
     if not at or not local:
         raise _fail(IocType.EMAIL, value, "is not an email address (local@domain)")
-    if len(local) > 64 or not _EMAIL_LOCAL.fullmatch(local):
+    if len(local) > 64 or not _email_local_ok(local):
         raise _fail(IocType.EMAIL, value, f"has an invalid mailbox name {local!r}")
     host = _domain(domain, IocType.EMAIL)
     if len(local) + 1 + len(host) > 254:
