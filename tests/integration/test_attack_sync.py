@@ -100,14 +100,12 @@ def test_sync_over_http_then_threats_validate_against_the_snapshot(function_clie
 
 def test_a_wrong_source_fails_the_run_without_retrying(function_client, backend_env, attack_server, models_bucket, monkeypatch):
     served, base = attack_server
-    maintenance = function_client("maintenance")
     for source, expected in (
         (f"{base}/missing.json", "HTTP 404"),
         (str(served / "none.json"), "cannot read it"),
     ):
-        monkeypatch.setenv("ATTACK_SOURCE", source)
-        maintenance = function_client("maintenance")
-        status, run = _run(maintenance, "sync-attack")
+        monkeypatch.setenv("ATTACK_SOURCE", source)  # read when the function loads
+        status, run = _run(function_client("maintenance"), "sync-attack")
         assert status == 200 and run["state"] == "failed" and expected in run["error"], run
     (served / "not-attack.json").write_text(json.dumps({"type": "bundle", "objects": [{"type": "malware", "id": "malware--1"}]}))
     monkeypatch.setenv("ATTACK_SOURCE", f"{base}/not-attack.json")

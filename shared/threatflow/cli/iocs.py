@@ -123,20 +123,21 @@ def cmd_import(args: argparse.Namespace, call: Call) -> int:
     return 1
 
 
-def _filter_query(pairs: list[str]) -> str:
-    from urllib.parse import urlencode
-
-    query: list[tuple[str, str]] = []
+def _pairs(pairs: list[str], example: str) -> list[tuple[str, str]]:
+    """--filter KEY=VALUE arguments as (key, value), in order."""
+    out = []
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValidationError(f"--filter {pair!r}: expected key=value, e.g. type=domain or tags=emotet", field="filter")
-        query.append((key, value))
-    return urlencode(query)
+            raise ValidationError(f"--filter {pair!r}: expected key=value, e.g. {example}", field="filter")
+        out.append((key, value))
+    return out
 
 
 def cmd_export(args: argparse.Namespace, call: Call) -> int:
-    query = _filter_query(args.filter or [])
+    from urllib.parse import urlencode
+
+    query = urlencode(_pairs(args.filter or [], "type=domain or tags=emotet"))
     path = f"/api/v1/iocs/export?format={args.format}&limit={args.limit}" + (f"&{query}" if query else "")
     status, response = call("GET", path, raw=True)
     if status >= 400:
@@ -170,10 +171,7 @@ def cmd_find(args: argparse.Namespace, call: Call) -> int:
     from threatflow.iocs.formats.export import filter_from_query
 
     pairs: dict[str, str] = {}
-    for pair in args.filter or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValidationError(f"--filter {pair!r}: expected key=value, e.g. verdict=malicious", field="filter")
+    for key, value in _pairs(args.filter or [], "verdict=malicious"):
         pairs[key] = f"{pairs[key]},{value}" if key in pairs else value
     if args.type:
         pairs["type"] = args.type

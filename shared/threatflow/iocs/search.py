@@ -71,7 +71,7 @@ def compile_filter(f: IocFilter, *, now: datetime) -> Compiled:
 
     def one_of(column: str, name: str, values: list[str]) -> None:
         # One value as plain equality: the (column, id) index then yields rows already in
-        # id order, where `= ANY(...)` makes PostgreSQL scan the primary key and filter.
+        # id order, where `= ANY(...)` makes PostgreSQL fetch every match and sort them.
         if len(values) == 1:
             add(f"{column} = :{name}", **{name: values[0]})
         else:

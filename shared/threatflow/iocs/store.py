@@ -88,6 +88,11 @@ def _item_doc(item: UpsertItem, *, base_score: int, default_tlp: str) -> dict[st
     }
 
 
+def _policy(row: Any) -> DecayPolicy:
+    """A DecayPolicy from (type, ttl_days, decay_lifetime_days, decay_speed, expired_below)."""
+    return DecayPolicy(row[0], int(row[1]), int(row[2]), float(row[3]), int(row[4]))
+
+
 class IocStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -113,7 +118,7 @@ class IocStore:
 
         with self._engine.connect() as conn:
             rows = conn.execute(text("SELECT type, ttl_days, decay_lifetime_days, decay_speed, expired_below FROM ioc_type_policies"))
-            return {r[0]: DecayPolicy(r[0], int(r[1]), int(r[2]), float(r[3]), int(r[4])) for r in rows}
+            return {r[0]: _policy(r) for r in rows}
 
     def set_policy(self, policy: DecayPolicy) -> DecayPolicy | None:
         """Replace one type's TTL and decay; None when the type has no policy row."""
@@ -134,7 +139,7 @@ class IocStore:
                     "below": policy.expired_below,
                 },
             ).first()
-        return DecayPolicy(row[0], int(row[1]), int(row[2]), float(row[3]), int(row[4])) if row else None
+        return _policy(row) if row else None
 
     def get(self, ioc_id: int) -> dict[str, Any] | None:
         return self._one("id = :id", {"id": ioc_id})

@@ -102,6 +102,9 @@ class AttackCatalog:
     def ids(self) -> list[str]:
         return sorted(self._by_id)
 
+    def techniques(self) -> list[Technique]:
+        return [self._by_id[tid] for tid in self.ids()]
+
     @classmethod
     def load(cls, path: Path) -> AttackCatalog:
         try:
@@ -217,6 +220,12 @@ _cache: dict[str, tuple[float | None, AttackCatalog]] = {}
 _lock = threading.Lock()
 
 
+def _gs_path(location: str) -> tuple[str, str]:
+    """(bucket, object) of gs://bucket/object; either is empty when missing."""
+    bucket, _, name = location.removeprefix("gs://").partition("/")
+    return bucket, name
+
+
 def snapshot_location(environ: Mapping[str, str]) -> str:
     return f"gs://{environ.get('BUCKET_MODELS') or 'threatflow-models'}/{SNAPSHOT_NAME}"
 
@@ -239,7 +248,7 @@ def catalog_from_env(environ: Mapping[str, str] | None = None, *, blobs: Callabl
         if location.startswith("gs://"):
             if cached is not None and cached[0] is not None and time.monotonic() < cached[0]:
                 return cached[1]
-            bucket, _, name = location.removeprefix("gs://").partition("/")
+            bucket, name = _gs_path(location)
             if not bucket or not name:
                 raise ConfigError(f"{ENV_VAR}={location!r}: expected gs://bucket/object")
             if blobs is None:
@@ -295,9 +304,8 @@ def read_source(source: str, *, blobs: Any, http_get: Callable[..., Any] | None 
                 chunks.append(chunk)
             return b"".join(chunks)
     if source.startswith("gs://"):
-        bucket, _, name = source.removeprefix("gs://").partition("/")
         try:
-            data: bytes = blobs.get(bucket, name)
+            data: bytes = blobs.get(*_gs_path(source))
         except NotFoundError:
             raise ValidationError(f"ATTACK_SOURCE={source!r}: no such object", field="ATTACK_SOURCE") from None
         return data
@@ -319,8 +327,7 @@ def snapshot_bytes(catalog: AttackCatalog, *, source: str, generated_at: str) ->
             "url": t.url,
             "stix_id": t.stix_id,
         }
-        for t in (catalog.get(tid) for tid in catalog.ids())
-        if t is not None
+        for t in catalog.techniques()
     ]
     doc = {"format": SNAPSHOT_FORMAT, "source": source, "generated_at": generated_at, "techniques": techniques}
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
@@ -356,13 +363,13 @@ def sync(
             )
     body = snapshot_bytes(catalog, source=source, generated_at=clock.now().isoformat())
     blobs.put(bucket, SNAPSHOT_NAME, body, content_type="application/json")
-    techniques = [catalog.get(tid) for tid in catalog.ids()]
+    techniques = catalog.techniques()
     return {
         "snapshot": f"gs://{bucket}/{SNAPSHOT_NAME}",
         "source": source,
         "techniques": len(catalog),
-        "revoked": sum(1 for t in techniques if t is not None and t.revoked),
-        "deprecated": sum(1 for t in techniques if t is not None and t.deprecated),
+        "revoked": sum(1 for t in techniques if t.revoked),
+        "deprecated": sum(1 for t in techniques if t.deprecated),
         "added": added,
         "removed": removed,
         "bytes": len(body),
