@@ -2,21 +2,44 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat shared/pyproject.toml | sha256sum | cut -c1-12)
+# The venv is remade when the pins or the package definition change.
+STAMP := $(VENV)/.installed-$(shell cat shared/pyproject.toml requirements/dev.txt | sha256sum | cut -c1-12)
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: venv tools run down status test test-unit lint fmt bench clean
+.PHONY: venv tools run down status test test-unit lint fmt bench clean lock lock-upgrade requirements bundle
 
+## The project venv, installed from the lock: requirements/dev.txt (every extra, pinned with hashes,
+## generated from shared/uv.lock), then the shared package itself, editable, without dependencies.
 venv: $(STAMP)
 
-$(STAMP): shared/pyproject.toml
+$(STAMP): shared/pyproject.toml requirements/dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -U pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e "shared[dev]"
+	$(BIN)/python -m pip install -q --disable-pip-version-check --require-hashes --no-deps -r requirements/dev.txt
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -e shared
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+## Packaging (README, "Packaging"). After editing shared/pyproject.toml or a function's uses/secrets/extras:
+##   make lock          re-resolve shared/uv.lock (keeps existing pins), then rewrite every requirements file
+##   make lock-upgrade  the same, moving every pin to the newest version allowed
+##   make requirements  rewrite requirements/dev.txt and functions/*/requirements.txt from the lock as it is
+##   make bundle        one content-addressed zip per function in dist/
+lock: venv
+	$(BIN)/uv lock --project shared
+	$(BIN)/python scripts/function_requirements.py
+
+lock-upgrade: venv
+	$(BIN)/uv lock --project shared --upgrade
+	$(BIN)/python scripts/function_requirements.py
+
+requirements: venv
+	$(BIN)/python scripts/function_requirements.py
+
+bundle: venv
+	$(BIN)/python scripts/bundle_functions.py --out dist/
 
 # checkov pins many libraries that clash with ours, so it lives in its own venv.
 tools: $(CHECKOV_STAMP)

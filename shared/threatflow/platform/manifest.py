@@ -4,6 +4,14 @@
 reads the same file with `yamldecode`; this loader is what the local stack, the
 CLI and the tests use. A bad manifest fails fast with the path of the offending
 key, so a typo never reaches a deploy.
+
+Inside a deployed function there is no `functions/` folder and no PyYAML or
+jsonschema (they are dev-stack and CLI dependencies). The bundler
+(scripts/bundle_functions.py) validates the YAML and puts a JSON rendering of it
+beside this module, `threatflow/platform/topology.json`, in every bundle that
+imports this module. `load_manifest()` reads that file, with the standard
+library only, when it is present; it is never present in the source tree, so
+the dev stack, the CLI and the tests read and validate the YAML.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from threatflow.platform.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_MANIFEST = REPO_ROOT / "functions" / "topology.yaml"
 SCHEMA_PATH = REPO_ROOT / "functions" / "topology.schema.json"
+# Written into function bundles only (by scripts/bundle_functions.py); absent from the source tree.
+BUNDLED_MANIFEST = Path(__file__).with_name("topology.json")
 
 
 class ManifestError(ConfigError):
@@ -42,6 +52,7 @@ class Function:
     routes: tuple[str, ...]
     uses: tuple[str, ...]
     secrets: tuple[str, ...]
+    extras: tuple[str, ...]
     env: dict[str, str]
     memory: str
     timeout_seconds: int
@@ -121,9 +132,18 @@ class Manifest:
 
 
 def load_manifest(path: Path | str | None = None) -> Manifest:
-    import yaml  # only the CLI, the local stack and the tests load the manifest
+    """The manifest at `path`; by default the bundled JSON in a function, else functions/topology.yaml.
 
+    A `.json` path is a rendering the bundler already validated: it is read with the
+    standard library and cross-checked, not schema-validated (no jsonschema in a function).
+    """
+    if path is None and BUNDLED_MANIFEST.is_file():
+        path = BUNDLED_MANIFEST
     manifest_path = Path(path) if path else DEFAULT_MANIFEST
+    if manifest_path.suffix == ".json":
+        return _load_json(manifest_path)
+    import yaml  # only the CLI, the local stack, the bundler and the tests read the YAML
+
     try:
         raw = yaml.safe_load(manifest_path.read_text())
     except FileNotFoundError:
@@ -132,6 +152,20 @@ def load_manifest(path: Path | str | None = None) -> Manifest:
         raise ManifestError(f"{manifest_path}: not valid YAML: {exc}") from None
     _validate_schema(raw, manifest_path)
     manifest = _build(raw, manifest_path)
+    _cross_check(manifest)
+    return manifest
+
+
+def _load_json(path: Path) -> Manifest:
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ManifestError(f"topology manifest not found: {path}") from None
+    except ValueError as exc:
+        raise ManifestError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(raw, dict) or raw.get("schema_version") != 1:
+        raise ManifestError(f"{path}: not a rendering of a version-1 topology manifest")
+    manifest = _build(raw, path)
     _cross_check(manifest)
     return manifest
 
@@ -162,6 +196,7 @@ def _build(raw: dict[str, Any], path: Path) -> Manifest:
             routes=tuple(spec.get("routes", ())),
             uses=tuple(spec.get("uses", ())),
             secrets=tuple(spec.get("secrets", ())),
+            extras=tuple(spec.get("extras", ())),
             env=dict(spec.get("env", {})),
             memory=spec.get("memory", defaults["memory"]),
             timeout_seconds=spec.get("timeout_seconds", defaults["timeout_seconds"]),
