@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
-import importlib.util
 import json
 import re
 import shutil
@@ -15,51 +14,18 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import yaml
+from bundling import SHARED, bundler, generator, needed_imports, requirement_names
 
 from threatflow.platform.manifest import DEFAULT_MANIFEST, load_manifest
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO / "shared" / "threatflow"
-
-
-def _script(name: str) -> ModuleType:
-    path = REPO / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader, f"cannot load {path}"
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-bundler = _script("bundle_functions")
-generator = _script("function_requirements")
-
-
-def _requirement_names(path: Path) -> set[str]:
-    return {re.split(r"[=<>;\s\[]", line, maxsplit=1)[0].lower() for line in path.read_text().splitlines() if re.match(r"[A-Za-z]", line)}
 
 
 def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def needed_imports(closure, extras: tuple[str, ...]) -> dict[str, set[str]]:
-    """Third-party imports a function can make at run time.
-
-    `threatflow.adapters.<x>` runs only in a function whose extras include `<x>` (its manifest `uses`, or
-    `secrets`): an import made only there is not needed elsewhere, however many modules reach it lazily.
-    """
-    needed = {}
-    for statement, importers in closure.external.items():
-        live = {m for m in importers if not (m.startswith("threatflow.adapters.") and m.rsplit(".", 1)[1] not in extras)}
-        if live:
-            needed[statement] = live
-    return needed
 
 
 # -- requirements, generated from the manifest, pyproject.toml and the lock -------------------------
@@ -80,7 +46,7 @@ def test_each_function_gets_the_extras_of_its_uses_and_secrets():
         extras = generator.function_extras(uses=fn.uses, secrets=fn.secrets, extras=fn.extras)
         header = (REPO / "functions" / fn.name / "requirements.txt").read_text().splitlines()[1]
         assert header.endswith(f"extras: {', '.join(extras)}."), header
-        names = _requirement_names(REPO / "functions" / fn.name / "requirements.txt")
+        names = requirement_names(REPO / "functions" / fn.name / "requirements.txt")
         assert "functions-framework" in names and "msgspec" in names
         assert ("google-cloud-secret-manager" in names) == bool(fn.secrets), f"{fn.name}: Secret Manager iff it has secrets"
         assert ("google-cloud-pubsub" in names) == ("pubsub" in fn.uses), fn.name
@@ -121,7 +87,7 @@ def test_requirements_provide_every_import_the_function_code_makes():
     problems = []
     for fn in load_manifest().functions.values():
         extras = generator.function_extras(uses=fn.uses, secrets=fn.secrets, extras=fn.extras)
-        installed = {_normalise(n) for n in _requirement_names(REPO / "functions" / fn.name / "requirements.txt")}
+        installed = {_normalise(n) for n in requirement_names(REPO / "functions" / fn.name / "requirements.txt")}
         closure = bundler.import_closure(REPO / "functions" / fn.name, SHARED)
         for statement, importers in sorted(needed_imports(closure, extras).items()):
             top = statement.split()[1].split(".")[0]
@@ -129,7 +95,9 @@ def test_requirements_provide_every_import_the_function_code_makes():
             if top == "google":  # a namespace many distributions share: find the one that has the module
                 words = statement.split()
                 tried = [f"{words[1]}.{words[3]}", words[1]] if words[0] == "from" else [words[1]]
-                candidates = next(({d for d in candidates if _provides(d, m)} for m in tried if any(_provides(d, m) for d in candidates)), set())
+                candidates = next(
+                    ({d for d in candidates if _provides(d, m)} for m in tried if any(_provides(d, m) for d in candidates)), set()
+                )
             assert candidates, f"no installed distribution provides {statement!r}: is it in shared/pyproject.toml?"
             if not candidates & installed:
                 problems.append(f"functions.{fn.name}: `{statement}` ({', '.join(sorted(importers))}) needs {sorted(candidates)}")
@@ -162,7 +130,9 @@ def test_bundles_leave_out_the_dev_stack_the_cli_migrations_and_type_markers(tmp
         modules = {n.removesuffix("/__init__.py").removesuffix(".py").replace("/", ".") for n in names if n.endswith(".py")}
         closure = bundler.import_closure(REPO / "functions" / bundle.function, SHARED)
         assert set(closure.modules) <= modules, f"{bundle.function}: a module it imports is missing"
-        assert {m for m in modules if m.startswith("threatflow")} == set(closure.modules), f"{bundle.function}: carries what it never imports"
+        assert {m for m in modules if m.startswith("threatflow")} == set(closure.modules), (
+            f"{bundle.function}: carries what it never imports"
+        )
 
 
 def test_a_change_to_the_dev_stack_or_cli_redeploys_no_function(tmp_path):
@@ -205,7 +175,9 @@ def test_imports_under_type_checking_and_relative_imports_are_read_as_python_doe
         "def demo(request):\n    from threatflow.auth import tokens\n    return tokens\n",
     )
     closure = bundler.import_closure(functions / "demo", SHARED)
-    assert {"threatflow", "threatflow.platform", "threatflow.platform.events", "threatflow.ports", "threatflow.auth.tokens"} <= set(closure.modules)
+    assert {"threatflow", "threatflow.platform", "threatflow.platform.events", "threatflow.ports", "threatflow.auth.tokens"} <= set(
+        closure.modules
+    )
     assert not [m for m in closure.modules if "devstack" in m]
     assert "import yaml" not in closure.external
     assert "import jwt" in closure.external, "a lazy import inside a function is still followed"
@@ -234,7 +206,9 @@ print(json.dumps({"path": str(m.path), "functions": sorted(m.functions), "source
 
 
 def test_a_bundle_that_reads_the_manifest_carries_it_as_json_and_loads_it_without_pyyaml(tmp_path):
-    functions = _demo(tmp_path, "from threatflow.platform.manifest import load_manifest\n\ndef demo(request):\n    return load_manifest()\n")
+    functions = _demo(
+        tmp_path, "from threatflow.platform.manifest import load_manifest\n\ndef demo(request):\n    return load_manifest()\n"
+    )
     shutil.copy(DEFAULT_MANIFEST, functions / "topology.yaml")
     shutil.copy(REPO / "functions" / "topology.schema.json", functions / "topology.schema.json")
     (bundle,) = bundler.bundle_all(out_dir=tmp_path / "dist", functions_root=functions, shared_package=SHARED)

@@ -1,0 +1,179 @@
+"""Each function's bundle, installed as Cloud Functions installs it, loads its entry point.
+
+For every distinct requirements.txt (functions with the same extras share one), a
+clean venv gets exactly the locked pins of that file (`uv pip install
+--require-hashes`, which also refuses a file that misses a transitive dependency);
+no threatflow is installed there, only the bundle is put on the path. Then, for each
+function of that set, functions-framework's own loader (`create_app`, what the runtime
+calls) loads `main.py` with the cloud settings, and every third-party import the
+function's code can make (lazy ones included; `threatflow.adapters.<x>` only for the
+extras it has) is run in that venv. A package missing from a function's requirements,
+such as Secret Manager for a function with secrets, fails here, not in the cloud.
+
+Cost: uv's download cache (~/.cache/uv) is kept between runs, so after the first run a
+venv is built from hard links in a second or two; the venvs themselves are new each run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import zipfile
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bundling import SHARED, bundler, generator, needed_imports
+
+from threatflow.platform.manifest import Function, load_manifest
+
+REPO = Path(__file__).resolve().parents[2]
+MANIFEST = load_manifest()
+
+# Loads the entry point as the runtime does, from the bundle alone, with the cloud settings.
+LOAD = """
+import json, sys
+bundle, target, signature = sys.argv[1:4]
+sys.path.insert(0, bundle)
+error = None
+try:
+    from functions_framework import create_app
+    create_app(target, bundle + "/main.py", signature)
+except BaseException as exc:  # reported; the test fails on it
+    error = f"{type(exc).__name__}: {exc}"
+print(json.dumps({"error": error, "threatflow": getattr(sys.modules.get("threatflow"), "__file__", None)}))
+"""
+
+# Runs import statements (third-party only: no bundle needed) and reports those that fail.
+IMPORTS = """
+import json, sys
+failed = {}
+for statement in json.loads(sys.argv[1]):
+    try:
+        exec(statement, {})
+    except ImportError as exc:
+        failed[statement] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(failed))
+"""
+# Two at a time: the test command shares two cores with the rest of the suite.
+WORKERS = 2
+
+
+def _uv() -> str:
+    return generator.uv_binary()
+
+
+def _cloud_env(fn: Function) -> dict[str, str]:
+    """What Terraform gives the function (terraform/locals.tf), with made-up values; nothing is contacted."""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "THREATFLOW_ENV": "cloud",
+        "GOOGLE_CLOUD_PROJECT": "bundle-test",
+        "CLOUD_SQL_INSTANCE": "bundle-test:europe-west1:pg",
+        "DB_NAME": "threatflow",
+        "DB_USER": "threatflow",
+        "REDIS_URL": "rediss://10.0.0.3:6378/0",
+        "THREATFLOW_USES": ",".join(fn.uses),
+    }
+    for name in fn.secrets:
+        env[MANIFEST.secrets[name].env] = secrets.token_hex(32)
+    return env
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every function's bundle, built as Cloud Build builds it and unpacked as the runtime unpacks it."""
+    out = tmp_path_factory.mktemp("dist")
+    built = bundler.bundle_all(out_dir=out, functions_root=REPO / "functions", shared_package=SHARED)
+    unpacked = {}
+    for bundle in built:
+        target = out / "src" / bundle.function
+        with zipfile.ZipFile(bundle.path) as archive:
+            archive.extractall(target)
+        unpacked[bundle.function] = target
+    return unpacked
+
+
+def _clean_venv(path: Path, requirements: Path) -> Path:
+    subprocess.run([_uv(), "venv", "--quiet", "--python", sys.executable, str(path)], check=True, capture_output=True)
+    python = path / "bin" / "python"
+    install = subprocess.run(
+        [_uv(), "pip", "install", "--quiet", "--python", str(python), "--require-hashes", "-r", str(requirements)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "UV_NO_PROGRESS": "1"},
+    )
+    assert install.returncode == 0, f"{requirements}: the locked pins do not install:\n{install.stderr[-3000:]}"
+    return python
+
+
+def _run(python: Path, args: list[str], env: dict[str, str]) -> Any:
+    run = subprocess.run([str(python), "-I", "-c", *args], capture_output=True, text=True, check=False, env=env, timeout=300)
+    assert run.returncode == 0, f"probe crashed:\n{run.stderr[-3000:]}"
+    return json.loads(run.stdout.splitlines()[-1])
+
+
+def _load(python: Path, bundle: Path, fn: Function) -> dict[str, Any]:
+    return _run(python, [LOAD, str(bundle), fn.entry_point, fn.signature_type], _cloud_env(fn))
+
+
+def _failed_imports(python: Path, statements: list[str]) -> dict[str, str]:
+    return _run(python, [IMPORTS, json.dumps(sorted(statements))], {"PATH": "/usr/bin:/bin"})
+
+
+def _statements(fn: Function) -> list[str]:
+    closure = bundler.import_closure(REPO / "functions" / fn.name, SHARED)
+    extras = generator.function_extras(uses=fn.uses, secrets=fn.secrets, extras=fn.extras)
+    return sorted(needed_imports(closure, extras))
+
+
+def test_every_bundle_loads_in_a_clean_venv_with_only_its_locked_requirements(bundles, tmp_path):
+    by_requirements: dict[str, list[Function]] = defaultdict(list)
+    for fn in MANIFEST.functions.values():
+        by_requirements[(REPO / "functions" / fn.name / "requirements.txt").read_text()].append(fn)
+    venvs = [
+        (_clean_venv(tmp_path / f"venv{index}", REPO / "functions" / functions[0].name / "requirements.txt"), functions)
+        for index, functions in enumerate(by_requirements.values())
+    ]
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        loads = {fn.name: pool.submit(_load, python, bundles[fn.name], fn) for python, functions in venvs for fn in functions}
+        # One import run per venv, for every statement any of its functions needs.
+        wanted = [{fn.name: _statements(fn) for fn in functions} for _, functions in venvs]
+        imports = [
+            pool.submit(_failed_imports, python, sorted({s for ss in w.values() for s in ss}))
+            for (python, _), w in zip(venvs, wanted, strict=True)
+        ]
+        problems = []
+        for w, future in zip(wanted, imports, strict=True):
+            failed = future.result()
+            problems += [f"{name}: `{s}` fails: {failed[s]}" for name, statements in w.items() for s in statements if s in failed]
+        for name, future in loads.items():
+            result = future.result()
+            if result["error"]:
+                problems.append(f"{name}: functions-framework cannot load {MANIFEST.functions[name].entry_point}: {result['error']}")
+            assert result["threatflow"] and result["threatflow"].startswith(str(bundles[name])), (
+                f"{name}: threatflow was imported from {result['threatflow']}, not from the bundle"
+            )
+    assert not problems, "a bundle does not work with its own requirements.txt:\n  " + "\n  ".join(problems)
+
+
+def test_a_requirements_file_without_secret_manager_is_caught(tmp_path):
+    """The fault this test exists for: a function with secrets whose requirements lack Secret Manager."""
+    fn = MANIFEST.functions["auth"]
+    assert fn.secrets, "auth reads secrets; pick another function with secrets for this check"
+    lines = (REPO / "functions" / "auth" / "requirements.txt").read_text().split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("google-cloud-secret-manager=="))
+    end = next(i for i in range(start + 1, len(lines)) if lines[i] and not lines[i].startswith(" "))
+    without = tmp_path / "requirements.txt"
+    without.write_text("\n".join(lines[:start] + lines[end:]))
+    python = _clean_venv(tmp_path / "venv", without)
+    statements = _statements(fn)
+    assert "from google.cloud import secretmanager" in statements
+    assert "from google.cloud import secretmanager" in _failed_imports(python, statements)
