@@ -6,12 +6,14 @@ The slow half, installing each bundle into a clean venv, is tests/integration/te
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.metadata
 import json
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -83,7 +85,13 @@ def test_requirements_provide_every_import_the_function_code_makes():
     The clean-venv test imports the entry point; this one also covers imports that run only on some request.
     """
     dists = {top: {_normalise(d) for d in names} for top, names in importlib.metadata.packages_distributions().items()}
-    pyproject_extras = generator.project_extras()
+    optional = tomllib.loads((REPO / "shared" / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    holders = {
+        _normalise(re.split(r"[=<>;\s\[]", requirement, maxsplit=1)[0]): extra
+        for extra, requirements in optional.items()
+        if extra not in generator.DEV_ONLY_EXTRAS
+        for requirement in requirements
+    }
     problems = []
     for fn in load_manifest().functions.values():
         extras = generator.function_extras(uses=fn.uses, secrets=fn.secrets, extras=fn.extras)
@@ -100,13 +108,16 @@ def test_requirements_provide_every_import_the_function_code_makes():
                 )
             assert candidates, f"no installed distribution provides {statement!r}: is it in shared/pyproject.toml?"
             if not candidates & installed:
-                problems.append(f"functions.{fn.name}: `{statement}` ({', '.join(sorted(importers))}) needs {sorted(candidates)}")
+                extra = next((holders[d] for d in sorted(candidates) if d in holders), "a new extra")
+                needs = f"needs {sorted(candidates)}: add {extra!r} to its extras"
+                problems.append(f"functions.{fn.name}: `{statement}` ({', '.join(sorted(importers))}) {needs}")
     assert not problems, (
         "a function's requirements lack a package its code imports; add the extra that holds it to the function's "
-        f"`extras` in functions/topology.yaml (extras: {sorted(pyproject_extras)}) and run `make requirements`:\n  " + "\n  ".join(problems)
+        "`extras` in functions/topology.yaml and run `make requirements`:\n  " + "\n  ".join(problems)
     )
 
 
+@functools.cache
 def _provides(dist: str, module: str) -> bool:
     files = importlib.metadata.distribution(dist).files or []
     prefix = module.replace(".", "/") + "/"
@@ -117,12 +128,21 @@ def _provides(dist: str, module: str) -> bool:
 # -- what a bundle carries ---------------------------------------------------------------------------
 
 
-def _digests(out: Path, shared: Path) -> dict[str, str]:
-    return {b.function: b.digest for b in bundler.bundle_all(out_dir=out, functions_root=REPO / "functions", shared_package=shared)}
+def _digests(shared: Path) -> dict[str, str]:
+    """Each function's bundle name hash, without writing the zips."""
+    return {
+        d.name: bundler.content_digest(bundler.bundle_entries(d, shared, manifest_path=DEFAULT_MANIFEST))
+        for d in bundler.function_dirs(REPO / "functions")
+    }
 
 
-def test_bundles_leave_out_the_dev_stack_the_cli_migrations_and_type_markers(tmp_path):
-    for bundle in bundler.bundle_all(out_dir=tmp_path, functions_root=REPO / "functions", shared_package=SHARED):
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return bundler.bundle_all(out_dir=tmp_path_factory.mktemp("dist"), functions_root=REPO / "functions", shared_package=SHARED)
+
+
+def test_bundles_leave_out_the_dev_stack_the_cli_migrations_and_type_markers(built):
+    for bundle in built:
         with zipfile.ZipFile(bundle.path) as archive:
             names = archive.namelist()
         for left_out in ("threatflow/devstack/", "threatflow/cli/", "threatflow/db/migrate.py", "threatflow/py.typed"):
@@ -138,16 +158,16 @@ def test_bundles_leave_out_the_dev_stack_the_cli_migrations_and_type_markers(tmp
 def test_a_change_to_the_dev_stack_or_cli_redeploys_no_function(tmp_path):
     shared = tmp_path / "src" / "threatflow"
     shutil.copytree(SHARED, shared, ignore=shutil.ignore_patterns("__pycache__"))
-    before = _digests(tmp_path / "before", shared)
+    before = _digests(shared)
     for changed in ("devstack/stack.py", "cli/main.py", "db/migrate.py", "py.typed"):
         with (shared / changed).open("a") as handle:
             handle.write("\n# an edit that must not reach any function\n")
     (shared / "devstack" / "new_helper.py").write_text("X = 1\n")
-    assert _digests(tmp_path / "after", shared) == before, "a dev-stack or CLI change changed a bundle (and so would redeploy it)"
+    assert _digests(shared) == before, "a dev-stack or CLI change changed a bundle (and so would redeploy it)"
     # The control: a change to code every function imports does change every bundle.
     with (shared / "platform" / "errors.py").open("a") as handle:
         handle.write("\n# shared by every function\n")
-    changed = _digests(tmp_path / "changed", shared)
+    changed = _digests(shared)
     assert all(changed[name] != before[name] for name in before), "the content hash no longer follows the code"
 
 
@@ -226,8 +246,8 @@ def test_a_bundle_that_reads_the_manifest_carries_it_as_json_and_loads_it_withou
     assert loaded["loaded"] == []
 
 
-def test_bundles_without_the_manifest_module_do_not_carry_the_manifest(tmp_path):
-    for bundle in bundler.bundle_all(out_dir=tmp_path, functions_root=REPO / "functions", shared_package=SHARED):
+def test_bundles_without_the_manifest_module_do_not_carry_the_manifest(built):
+    for bundle in built:
         closure = bundler.import_closure(REPO / "functions" / bundle.function, SHARED)
         with zipfile.ZipFile(bundle.path) as archive:
             carries = "threatflow/platform/topology.json" in archive.namelist()
