@@ -5,6 +5,7 @@ The slow half, installing each bundle into a clean venv, is tests/integration/te
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import functools
 import importlib.metadata
@@ -114,6 +115,42 @@ def test_requirements_provide_every_import_the_function_code_makes():
     assert not problems, (
         "a function's requirements lack a package its code imports; add the extra that holds it to the function's "
         "`extras` in functions/topology.yaml and run `make requirements`:\n  " + "\n  ".join(problems)
+    )
+
+
+# Runtime properties that build a client, by the service (and extra) they need.
+RUNTIME_CLIENTS = {
+    "engine": "postgres",
+    "redis": "redis",
+    "rate_limiter": "redis",
+    "publisher": "pubsub",
+    "documents": "firestore",
+    "blobs": "storage",
+    "secrets": "secrets",
+}
+
+
+def test_code_that_asks_the_runtime_for_a_client_runs_only_in_functions_that_use_that_service():
+    """`runtime.blobs` in a function's code needs `storage` in its `uses`: the client library (its requirements)
+    and the IAM grant (Terraform) both follow `uses`. Read from the source: `<runtime>.<client>` attribute access."""
+    problems = []
+    for fn in load_manifest().functions.values():
+        declared = {*fn.uses, *(["secrets"] if fn.secrets else [])}
+        closure = bundler.import_closure(REPO / "functions" / fn.name, SHARED)
+        for module, path in sorted(closure.modules.items()):
+            if module == "threatflow.runtime":
+                continue  # defines the properties
+            for node in ast.walk(ast.parse(path.read_bytes())):
+                if not (isinstance(node, ast.Attribute) and node.attr in RUNTIME_CLIENTS):
+                    continue
+                owner = node.value.id if isinstance(node.value, ast.Name) else getattr(node.value, "attr", None)
+                service = RUNTIME_CLIENTS[node.attr]
+                if owner == "runtime" and service not in declared:
+                    problems.append(
+                        f"functions.{fn.name}: {module}:{node.lineno} uses runtime.{node.attr}, but {service!r} is not in its uses"
+                    )
+    assert not problems, "add the service to the function's `uses` in functions/topology.yaml, then `make requirements`:\n  " + "\n  ".join(
+        sorted(set(problems))
     )
 
 
