@@ -241,6 +241,8 @@ def render_manifest(manifest_path: Path) -> bytes:
         manifest = load_manifest(manifest_path)
     except ManifestError as exc:
         raise BundleError(str(exc)) from None
+    except ImportError as exc:
+        raise BundleError(f"rendering {manifest_path} needs PyYAML and jsonschema ({exc}): run with .venv/bin/python") from None
     return (json.dumps(manifest.raw, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 

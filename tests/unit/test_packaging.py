@@ -135,7 +135,7 @@ def test_code_that_asks_the_runtime_for_a_client_runs_only_in_functions_that_use
     and the IAM grant (Terraform) both follow `uses`. Read from the source: `<runtime>.<client>` attribute access."""
     problems = []
     for fn in load_manifest().functions.values():
-        declared = {*fn.uses, *(["secrets"] if fn.secrets else [])}
+        declared = set(generator.function_extras(uses=fn.uses, secrets=fn.secrets, extras=fn.extras))
         closure = bundler.import_closure(REPO / "functions" / fn.name, SHARED)
         for module, path in sorted(closure.modules.items()):
             if module == "threatflow.runtime":
@@ -146,11 +146,11 @@ def test_code_that_asks_the_runtime_for_a_client_runs_only_in_functions_that_use
                 owner = node.value.id if isinstance(node.value, ast.Name) else getattr(node.value, "attr", None)
                 service = RUNTIME_CLIENTS[node.attr]
                 if owner == "runtime" and service not in declared:
-                    problems.append(
-                        f"functions.{fn.name}: {module}:{node.lineno} uses runtime.{node.attr}, but {service!r} is not in its uses"
-                    )
-    assert not problems, "add the service to the function's `uses` in functions/topology.yaml, then `make requirements`:\n  " + "\n  ".join(
-        sorted(set(problems))
+                    where = "uses" if service != "secrets" else "secrets (or extras: [secrets])"
+                    problems.append(f"functions.{fn.name}: {module}:{node.lineno} uses runtime.{node.attr}; add {service!r} to its {where}")
+    assert not problems, (
+        "a function's code needs a service its manifest entry lacks (functions/topology.yaml, then make requirements):\n  "
+        + ("\n  ".join(sorted(set(problems))))
     )
 
 
