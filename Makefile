@@ -79,4 +79,4 @@ bench: venv
 	@for script in tests/perf/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) .devstack dist
+	rm -rf $(VENV) $(CHECKOV_VENV) .venv-bundles .devstack dist
