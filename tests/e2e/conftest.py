@@ -41,7 +41,7 @@ def stack(tmp_path_factory):
         try:
             if requests.get(f"{url}/ready", timeout=5).status_code == 200 and (state / "stack.json").exists():
                 break
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # still starting; /ready may take its 5 s bound on a busy machine
             pass
         time.sleep(0.5)
     else:
