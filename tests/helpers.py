@@ -16,7 +16,7 @@ def create_user(database_url: str, username: str, role: str, password: str = "co
     from threatflow.adapters.postgres import create_engine
     from threatflow.auth import service
     from threatflow.auth.model import Role
-    from threatflow.auth.users import UserRepository
+    from threatflow.auth.repository import UserRepository
     from threatflow.platform.config import Settings
 
     engine = create_engine(Settings.from_env({"DATABASE_URL": database_url}))

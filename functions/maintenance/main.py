@@ -4,7 +4,7 @@ import functools
 
 import functions_framework
 
-from threatflow.jobs.handler import handle_maintenance
+from threatflow.jobs.handlers import handle_maintenance
 from threatflow.platform import events
 from threatflow.runtime import Runtime
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from threatflow.platform import logging as tf_logging
 from threatflow.platform.config import Settings
 from threatflow.platform.errors import ConfigError, DependencyError
-from threatflow.ports import SystemClock
+from threatflow.platform.ports import SystemClock
 
 if TYPE_CHECKING:
     import redis
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from threatflow.adapters.pubsub import PubSubPublisher
     from threatflow.adapters.redis import RateLimiter
     from threatflow.adapters.storage import GcsBlobs
-    from threatflow.ports import SecretSource
+    from threatflow.platform.ports import SecretSource
 
 
 T = TypeVar("T")

@@ -44,7 +44,7 @@ def test_wrong_password_and_unknown_user_look_the_same(function_client, backend_
 
 def test_disabled_user_cannot_log_in(function_client, backend_env):
     from threatflow.adapters.postgres import create_engine
-    from threatflow.auth.users import UserRepository
+    from threatflow.auth.repository import UserRepository
     from threatflow.platform.config import Settings
 
     password = create_user(backend_env["DATABASE_URL"], "carol", "reader")

@@ -133,10 +133,10 @@ def test_malformed_documents_fail_and_store_nothing(api, db, fmt, content, messa
 
 def test_a_database_error_rolls_back_everything(api, db, backend_env, monkeypatch):
     from threatflow.adapters.postgres import create_engine
-    from threatflow.iocs.formats import parse
-    from threatflow.iocs.importer import apply_import
+    from threatflow.intel.formats import parse
+    from threatflow.intel.importer import apply_import
     from threatflow.platform.config import Settings
-    from threatflow.threats import store as threat_store
+    from threatflow.threats import repository as threat_store
 
     parsed = parse("stix", require_shared_data("stix", "oasis-examples", "threat-reports", "apt1.json").read_bytes())
 
@@ -232,7 +232,7 @@ ROUND_TRIP = [
 def test_stix_round_trip(api, name):
     import stix2
 
-    from threatflow.iocs.formats.stix import pattern_values
+    from threatflow.intel.formats.stix import pattern_values
 
     source = json.loads(require_shared_data("stix", *name.split("/")).read_text())
     first = api.import_("stix", source).get_json()
@@ -346,7 +346,7 @@ def test_a_redelivery_during_a_run_waits_for_the_lease(api, db, function_client,
     from datetime import UTC, datetime, timedelta
 
     from threatflow.adapters.firestore import FirestoreDocuments
-    from threatflow.iocs.importer import IMPORT_LEASES
+    from threatflow.intel.importer import IMPORT_LEASES
 
     job_id = api.post("/api/v1/iocs/import?async=true", {"format": "json", "content": [{"value": "198.18.9.9"}]}).get_json()["job_id"]
     pulled = import_queue()

@@ -149,7 +149,7 @@ def test_sightings_stats_and_expiry(api, backend_env):
 
 def test_decay_job_marks_expired_inactive_and_deletes_nothing(api, backend_env):
     from threatflow.adapters.postgres import create_engine
-    from threatflow.iocs.store import IocAdmin
+    from threatflow.iocs.repository import IocAdmin
     from threatflow.platform.config import Settings
 
     api.post("/api/v1/iocs/batch", {"iocs": [{"value": "198.51.100.1", "expires_at": "2020-01-01T00:00:00Z"}, {"value": "198.51.100.2"}]})

@@ -358,7 +358,7 @@ def engine(backend_env):
 def test_store_interface_composes_one_transaction(api, engine):
     """What STIX/MISP import and export call: store functions on one connection."""
     from threatflow.platform.errors import NotFoundError
-    from threatflow.threats import store
+    from threatflow.threats import repository as store
     from threatflow.threats.attack import AttackCatalog
     from threatflow.threats.model import Reference, ThreatIn, ThreatKind
 

@@ -107,7 +107,7 @@ def main() -> None:
     from threatflow.db.migrate import migrate
     from threatflow.devstack import services
     from threatflow.iocs import service
-    from threatflow.iocs.store import IocStore
+    from threatflow.iocs.repository import IocStore
     from threatflow.platform.config import Settings
 
     state = Path(tempfile.mkdtemp(prefix="tf-bench-"))

@@ -26,7 +26,7 @@ class RunJob(msgspec.Struct, forbid_unknown_fields=True):
 
 def build_router(runtime: Runtime) -> Router:
     from threatflow.auth import service
-    from threatflow.auth.users import UserRepository
+    from threatflow.auth.repository import UserRepository
     from threatflow.jobs import runs
     from threatflow.platform import events
 

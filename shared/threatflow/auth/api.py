@@ -18,7 +18,7 @@ class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 def build_router(runtime: Runtime) -> Router:
     from threatflow.auth import service, tokens
-    from threatflow.auth.users import UserRepository
+    from threatflow.auth.repository import UserRepository
 
     router = Router("auth", runtime=runtime)
     config = tokens.TokenSettings.from_settings(runtime.settings)  # fails start-up without JWT_SECRET

@@ -10,7 +10,7 @@ from typing import Any
 
 from threatflow.auth import passwords, tokens
 from threatflow.auth.model import Principal, Role
-from threatflow.auth.users import User, UserRepository
+from threatflow.auth.repository import User, UserRepository
 from threatflow.platform.errors import AuthError, ConflictError, NotFoundError, ValidationError
 
 _ACTIVE_CACHE_SECONDS = 30.0

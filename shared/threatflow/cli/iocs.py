@@ -168,7 +168,7 @@ def cmd_extract(args: argparse.Namespace, call: Call) -> int:
 def cmd_find(args: argparse.Namespace, call: Call) -> int:
     import msgspec
 
-    from threatflow.iocs.formats.export import filter_from_query
+    from threatflow.intel.formats.export import filter_from_query
 
     pairs: dict[str, str] = {}
     for key, value in _pairs(args.filter or [], "verdict=malicious"):

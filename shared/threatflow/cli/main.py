@@ -79,7 +79,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 def cmd_users(args: argparse.Namespace) -> int:
     from threatflow.auth import service
     from threatflow.auth.model import Role
-    from threatflow.auth.users import UserRepository
+    from threatflow.auth.repository import UserRepository
 
     users = UserRepository(_engine())
     if args.action == "create":

@@ -58,7 +58,7 @@ def policy_json(policy: Any, now: datetime) -> dict[str, Any]:
 def build_router(runtime: Runtime) -> Router:
     from threatflow.iocs import search, service, warninglist_routes, warninglists
     from threatflow.iocs.model import DecayPolicy
-    from threatflow.iocs.store import IocAdmin, IocStore
+    from threatflow.iocs.repository import IocAdmin, IocStore
 
     router = Router("iocs", runtime=runtime)
     policy_cache: dict[str, Any] = {"at": 0.0, "value": None}
@@ -166,10 +166,10 @@ def build_router(runtime: Runtime) -> Router:
         return {"deleted": deleted}
 
     warninglist_routes.register(router, runtime)
-    from threatflow.iocs import io_routes
+    from threatflow.intel import api as io_routes
 
     io_routes.register(router, runtime)
-    from threatflow.threats import ioc_routes
+    from threatflow.intel import relations_api as ioc_routes
 
     ioc_routes.register(router, runtime)
     return router

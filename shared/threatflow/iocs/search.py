@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import msgspec
 
 from threatflow.iocs.model import Severity, Tlp, Verdict
-from threatflow.iocs.store import IOC_COLUMNS, row_to_dict
+from threatflow.iocs.repository import IOC_COLUMNS, row_to_dict
 from threatflow.iocs.types import IocType
 from threatflow.platform.errors import ValidationError
 

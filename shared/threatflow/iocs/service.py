@@ -11,7 +11,7 @@ import msgspec
 
 from threatflow.iocs.model import DecayPolicy, ItemResult, ItemStatus, Tlp, UpsertItem, Verdict
 from threatflow.iocs.normalise import normalise
-from threatflow.iocs.store import IocStore
+from threatflow.iocs.repository import IocStore
 from threatflow.platform.errors import NotFoundError, PayloadTooLargeError, ValidationError
 
 MAX_BATCH = 10_000

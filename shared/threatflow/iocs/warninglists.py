@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 from threatflow.platform.errors import ConfigError, DependencyError, NotFoundError, ValidationError
 
 if TYPE_CHECKING:
-    from threatflow.ports import BlobStore, Clock
+    from threatflow.platform.ports import BlobStore, Clock
 
 log = logging.getLogger("threatflow.iocs.warninglists")
 

@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from threatflow.platform.errors import NotFoundError, ValidationError
-from threatflow.ports import BlobStore, Clock, DocumentStore
+from threatflow.platform.ports import BlobStore, Clock, DocumentStore
 
 RUNS = "maintenance_runs"
 HEARTBEATS = "heartbeats"
@@ -56,7 +56,7 @@ def purge_runs(ctx: JobContext) -> dict[str, Any]:
 
 
 def decay_iocs(ctx: JobContext) -> dict[str, Any]:
-    from threatflow.iocs.store import IocAdmin
+    from threatflow.iocs.repository import IocAdmin
 
     return IocAdmin(ctx.engine).decay_and_expire(now=ctx.clock.now())
 

@@ -259,7 +259,7 @@ class Router:
 
     def _authenticate(self, request: Request) -> Principal:
         from threatflow.auth import service, tokens
-        from threatflow.auth.users import UserRepository
+        from threatflow.auth.repository import UserRepository
 
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")

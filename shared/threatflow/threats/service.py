@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 
 from threatflow.platform.errors import NotFoundError, PayloadTooLargeError, ValidationError
-from threatflow.threats import store
+from threatflow.threats import repository as store
 from threatflow.threats.attack import check_id_format
 from threatflow.threats.model import ResultStatus, ThreatIn, ThreatKind, ThreatResult, check_relation_verb, name_key
 
@@ -294,7 +294,7 @@ def _count(results: Sequence[dict[str, Any]]) -> dict[str, int]:
 
 
 def correlate(body: CorrelateIn, *, engine: Engine) -> dict[str, Any]:
-    from threatflow.threats import correlate as correlation
+    from threatflow.intel import correlate as correlation
 
     with engine.begin() as conn:
         return correlation.correlate(conn, threat_id=body.threat_id, threshold=body.threshold, link=body.link, limit=body.limit)

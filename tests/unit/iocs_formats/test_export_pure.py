@@ -4,8 +4,8 @@ import pytest
 import stix2
 from werkzeug.datastructures import MultiDict
 
-from threatflow.iocs.formats.export import filter_from_query, indicator_id, pattern_for, threat_id
-from threatflow.iocs.formats.stix import pattern_values
+from threatflow.intel.formats.export import filter_from_query, indicator_id, pattern_for, threat_id
+from threatflow.intel.formats.stix import pattern_values
 from threatflow.platform.errors import ValidationError
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from threatflow.iocs.formats import ImportFormat, parse
+from threatflow.intel.formats import ImportFormat, parse
 from threatflow.platform.errors import ValidationError
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from threatflow.iocs.formats import parse
+from threatflow.intel.formats import parse
 from threatflow.platform.errors import ValidationError
 
 EVENT = {

@@ -5,7 +5,7 @@ import json
 import pytest
 from helpers import SHARED_DATA, require_shared_data
 
-from threatflow.iocs.formats import parse
+from threatflow.intel.formats import parse
 
 STIX_FILES = sorted((SHARED_DATA / "stix").rglob("*.json")) if (SHARED_DATA / "stix").exists() else []
 MISP_FILES = sorted((SHARED_DATA / "misp").iterdir()) if (SHARED_DATA / "misp").exists() else []

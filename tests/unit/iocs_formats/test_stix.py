@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from threatflow.iocs.formats import parse
-from threatflow.iocs.formats.stix import pattern_values
+from threatflow.intel.formats import parse
+from threatflow.intel.formats.stix import pattern_values
 from threatflow.platform.errors import ValidationError
 
 AMBER = "marking-definition--f88d31f6-486f-44da-b317-01333bde0b82"

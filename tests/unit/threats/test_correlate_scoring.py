@@ -2,7 +2,7 @@
 
 import pytest
 
-from threatflow.threats import correlate as c
+from threatflow.intel import correlate as c
 
 
 @pytest.fixture

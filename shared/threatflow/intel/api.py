@@ -32,7 +32,7 @@ class ExtractIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def register(router: Router, runtime: Runtime) -> None:
-    from threatflow.iocs import importer
+    from threatflow.intel import importer
 
     def catalog() -> Any:
         from threatflow.threats import attack
@@ -65,7 +65,7 @@ def register(router: Router, runtime: Runtime) -> None:
 
     def _queue(request: Request) -> Response:
         body = decode_body(request.body, importer.ImportRequest)  # check the envelope now; the content is parsed by the job
-        from threatflow.iocs.formats import ImportFormat
+        from threatflow.intel.formats import ImportFormat
 
         try:
             ImportFormat(body.format.lower())
@@ -117,7 +117,7 @@ def register(router: Router, runtime: Runtime) -> None:
 
     @router.route("GET", "/api/v1/iocs/export", role=Role.READER)
     def export(request: Request) -> Response:
-        from threatflow.iocs.formats import export as exporter
+        from threatflow.intel.formats import export as exporter
 
         fmt = request.query.get("format") or "stix"
         flt = exporter.filter_from_query(request.query)

@@ -199,7 +199,7 @@ def clean_tags(tags: Sequence[Any]) -> list[str]:
 
 
 def parser_for(fmt: ImportFormat | str) -> Callable[[Any], ParsedImport]:
-    from threatflow.iocs.formats import csvfmt, jsonfmt, misp, stix, text
+    from threatflow.intel.formats import csvfmt, jsonfmt, misp, stix, text
 
     try:
         key = ImportFormat(str(fmt).strip().lower())

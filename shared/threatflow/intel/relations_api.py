@@ -119,7 +119,7 @@ def _shared_tags(conn: Any, ioc_id: int, tags: list[str]) -> tuple[list[dict[str
 
 
 def register(router: Router, runtime: Any) -> None:
-    from threatflow.threats import store
+    from threatflow.threats import repository as store
 
     def ioc_id_of(request: Request) -> int:
         return int(request.path_params["ioc_id"])

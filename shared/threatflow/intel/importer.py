@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from threatflow.iocs.formats import ItemError, ParsedImport, ParsedThreat
+from threatflow.intel.formats import ItemError, ParsedImport, ParsedThreat
 from threatflow.platform.errors import PermanentError, RetryableError, ValidationError
 
 if TYPE_CHECKING:
-    from threatflow.ports import BlobStore, Clock, DocumentStore
+    from threatflow.platform.ports import BlobStore, Clock, DocumentStore
     from threatflow.threats.attack import AttackCatalog
 
-log = logging.getLogger("threatflow.iocs.importer")
+log = logging.getLogger("threatflow.intel.importer")
 IMPORT_JOBS = "import_jobs"
 IMPORT_LEASES = "import_job_leases"
 # Longer than the ioc-import function's timeout (540 s), so a live run never loses its lease,
@@ -53,7 +53,7 @@ def apply_import(
     from sqlalchemy import text
 
     from threatflow.iocs import service
-    from threatflow.iocs.store import IocStore
+    from threatflow.iocs.repository import IocStore
 
     parsed = parsed.with_defaults(source=source_default)
     errors: list[ItemError] = list(parsed.errors)
@@ -69,7 +69,7 @@ def apply_import(
             for offset, result in enumerate(batch["results"]):
                 results.append({**result, "index": start + offset, "ref": part[offset].ref})
         if threats or parsed.links or parsed.relations:
-            from threatflow.threats import store as threat_store
+            from threatflow.threats import repository as threat_store
         threat_results = threat_store.upsert_threats(conn, [t.item for t in threats], catalog=catalog) if threats else []
 
         ioc_ids: dict[str, list[int]] = {}
@@ -179,7 +179,7 @@ def blob_name(job_id: str) -> str:
 
 
 def parse_request(body: ImportRequest) -> ParsedImport:
-    from threatflow.iocs.formats import parse
+    from threatflow.intel.formats import parse
 
     if body.content is None or body.content == "":
         raise ValidationError("content is required", field="content")

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from threatflow.iocs.formats import Builder, Link, ParsedImport, Relation, clean_tags, load_json
+from threatflow.intel.formats import Builder, Link, ParsedImport, Relation, clean_tags, load_json
 from threatflow.platform.errors import ValidationError
 
 THREAT_TYPES = {"malware", "threat-actor", "intrusion-set", "campaign", "tool"}
@@ -120,7 +120,7 @@ def parse(content: Any) -> ParsedImport:
     if ttps:
         import msgspec
 
-        from threatflow.iocs.formats import ParsedThreat
+        from threatflow.intel.formats import ParsedThreat
 
         for i, parsed_threat in enumerate(out.threats):
             if parsed_threat.ref in ttps:

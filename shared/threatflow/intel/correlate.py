@@ -175,7 +175,7 @@ def correlate(
 ) -> dict[str, Any]:
     """Score IoCs against one threat; link those at or above threshold (relation
     'correlated', confidence = score) when link is true. Idempotent."""
-    from threatflow.threats import store
+    from threatflow.threats import repository as store
 
     row = conn.execute(_text("SELECT name, aliases FROM threats WHERE id = :i"), {"i": threat_id}).first()
     if row is None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from threatflow.iocs.formats import Builder, Link, ParsedImport, ParsedThreat, Relation, as_text, clean_tags, load_json
+from threatflow.intel.formats import Builder, Link, ParsedImport, ParsedThreat, Relation, as_text, clean_tags, load_json
 from threatflow.platform.errors import ValidationError
 
 # MISP attribute type -> (our type or None to detect, which half of a composite "a|b" value).
@@ -274,6 +274,6 @@ def _first(value: Any) -> str | None:
 def parse_csv(text: str) -> ParsedImport:
     """MISP CSV exports: either `uuid,event_id,category,type,value,...` rows, or one
     column per attribute type (`md5, sha1, sha256`) with a value in each cell."""
-    from threatflow.iocs.formats import csvfmt
+    from threatflow.intel.formats import csvfmt
 
     return csvfmt.parse(text)

@@ -67,7 +67,7 @@ def iter_pages(conn: Any, flt: IocFilter, *, now: datetime, limit: int, page_siz
     from sqlalchemy import text
 
     from threatflow.iocs.search import compile_filter
-    from threatflow.iocs.store import IOC_COLUMNS, row_to_dict
+    from threatflow.iocs.repository import IOC_COLUMNS, row_to_dict
 
     compiled = compile_filter(flt, now=now)
     remaining = limit
@@ -219,7 +219,7 @@ def _markings(tlp: str | None) -> list[str]:
 def _stix(pages: Iterator[list[dict[str, Any]]], *, conn: Any, max_tlp: str | None, now: datetime, catalog: Any) -> tuple[bytes, int]:
     import stix2
 
-    from threatflow.threats import store as threat_store
+    from threatflow.threats import repository as threat_store
 
     objects: dict[str, Any] = {}
     indicator_of: dict[int, str] = {}

@@ -16,7 +16,7 @@ import csv
 import io
 from typing import Any
 
-from threatflow.iocs.formats import Builder, ParsedImport, as_text, clean_tags
+from threatflow.intel.formats import Builder, ParsedImport, as_text, clean_tags
 from threatflow.iocs.types import IocType
 from threatflow.platform.errors import ValidationError
 
@@ -40,7 +40,7 @@ MAX_ROWS = 1_000_000
 
 def map_type(value: str | None) -> str | None:
     """Our type, or a MISP attribute type translated; unknown types pass through for normalise to reject."""
-    from threatflow.iocs.formats.misp import MISP_TYPES
+    from threatflow.intel.formats.misp import MISP_TYPES
 
     if value is None or not value.strip():
         return None
@@ -96,7 +96,7 @@ def parse(content: Any) -> ParsedImport:
 
 
 def _is_type(name: str) -> bool:
-    from threatflow.iocs.formats.misp import MISP_TYPES
+    from threatflow.intel.formats.misp import MISP_TYPES
 
     return name in {t.value for t in IocType} or name in MISP_TYPES
 
@@ -143,7 +143,7 @@ def _row(out: Builder, row: list[str], row_number: int, columns: dict[str, int],
             out.ioc(f"{ref}/ip", {**common, "value": ip})
             return
         if raw_type and "|" in raw_type and "|" in value:  # MISP composites: filename|sha256, ip-dst|port
-            from threatflow.iocs.formats.misp import MISP_TYPES
+            from threatflow.intel.formats.misp import MISP_TYPES
 
             half = MISP_TYPES.get(raw_type.lower(), (None, 0))[1]
             value = value.split("|")[half]
