@@ -34,11 +34,6 @@ class ExtractIn(msgspec.Struct, forbid_unknown_fields=True):
 def register(router: Router, runtime: Runtime) -> None:
     from threatflow.iocs import importer
 
-    def catalog() -> Any:
-        from threatflow.threats import attack
-
-        return attack.catalog_from_env(blobs=lambda: runtime.blobs)  # cached per instance, re-read when synced
-
     def is_async(request: Request) -> bool:
         return str(request.query.get("async", "")).lower() in ("1", "true", "yes")
 
@@ -58,7 +53,9 @@ def register(router: Router, runtime: Runtime) -> None:
             engine=runtime.engine,
             now=runtime.clock.now(),
             actor=request.principal.username if request.principal else None,
-            catalog=catalog() if importer.needs_catalog(parsed) else None,
+            catalog=runtime.attack().get() if importer.needs_catalog(parsed) else None,
+            warninglists=runtime.warninglist_matcher(),
+            policies=runtime.decay_policies().get(),
             source_default=body.source,
         )
         return Response(result)
