@@ -25,7 +25,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "shared"))
 
-from threatflow.iocs.extract import extract  # noqa: E402
+from threatflow.iocs.extraction import extract  # noqa: E402
 from threatflow.iocs.normalise import normalise  # noqa: E402
 from threatflow.platform.errors import ValidationError  # noqa: E402
 

@@ -107,7 +107,7 @@ def register(router: Router, runtime: Runtime) -> None:
         body = decode_body(request.body, ExtractIn)
         if len(body.text.encode()) > MAX_EXTRACT_BYTES:
             raise PayloadTooLargeError(f"text is limited to {MAX_EXTRACT_BYTES // (1024 * 1024)} MB")
-        from threatflow.iocs.extract import extract as find
+        from threatflow.iocs.extraction import extract as find
 
         found = find(body.text, refang=body.refang)
         return {"iocs": [{"type": str(f.type), "value": f.value, "original": f.original} for f in found], "count": len(found)}
