@@ -218,12 +218,18 @@ def refang_token(raw: str, *, tidy: bool = True, common: bool = False) -> str:
 
 
 def refang_url(url: str, match: re.Match[str] | None = None) -> str:
-    """`url`, starting with a (possibly look-alike, possibly defanged) scheme, refanged to scheme://host/path."""
+    """`url`, starting with a (possibly look-alike, possibly defanged) scheme, refanged to scheme://host/path.
+
+    A real scheme with extra slashes before no host keeps them ("http:///x" stays a URL without a host),
+    while "http:///evil.com/x" is a defang of "http://evil.com/x"."""
     match = match or URL_START.match(url)
     if match is None:
         return refang_token(url)
-    scheme = canonical_scheme(match.group("http") or match.group("other"))
-    rest = refang_token(url[match.end() :], tidy=False)
+    scheme_and_separator = canonical_scheme(match.group("http") or match.group("other")) + "://"
+    plain = _PLAIN_SCHEME.fullmatch(match.group())
+    if plain is not None and plain.group(1).lower() in REAL_SCHEMES and "." not in url[match.end() :].partition("/")[0]:
+        scheme_and_separator = match.group()  # "http:///x" is a URL without a host, not a defang of "http://x"
+    rest = refang_token(url[match.end() :], tidy=False, common=True)
     authority_end = HOST_END.search(rest)
     split = authority_end.start() if authority_end is not None else len(rest)
     authority, path = rest[:split], rest[split:]
@@ -236,16 +242,14 @@ def refang_url(url: str, match: re.Match[str] | None = None) -> str:
         authority = f"[{authority}]"  # "http://2001:db8::1" means the address, not a port
     elif "," in authority and "." not in authority:
         authority = authority.replace(",", ".")  # "http://192,168,0,1"
-    return f"{scheme}://{authority}{path}"
+    return f"{scheme_and_separator}{authority}{path}"
 
 
 def refang_value(value: str) -> str:
     """One indicator value (not a file path) with every defang form of this table undone."""
     match = URL_START.match(value)
-    plain = _PLAIN_SCHEME.fullmatch(match.group()) if match is not None else None
-    if match is not None and (plain is None or plain.group(1).lower() not in REAL_SCHEMES):
+    if match is not None:
         return refang_url(value, match)
-    # A real scheme written plainly ("http:///x" stays what it says: a URL without a host).
     return refang_token(value, common=True)
 
 
@@ -253,4 +257,4 @@ def refang_value(value: str) -> str:
 DOT_FORMS = ("[.]", "(.)", "{.}", "<.>", "[dot]", "(dot)", "{dot}", "[DOT]", "\\.", "[[.]]", "(,)", "[,]", "[punto]", "(punkt)")
 AT_FORMS = ("[@]", "(@)", "{@}", "<@>", "[at]", "(at)", "{at}", "(et)", "[arroba]")
 HTTP_LOOKALIKES = ("http", "hxxp", "hXXp", "h**p", "h__p", "h00p", "httx", "hpp", "meow", "xxxx")
-SCHEME_SEPARATORS = ("://", "[://]", "(://)", "[:]//", "(:)//", ":\\/\\/", "[:/]/", "//", ":[//]", "]://", "__")
+SCHEME_SEPARATORS = ("://", ":///", "[://]", "(://)", "[:]//", "(:)//", ":\\/\\/", "[:/]/", "//", ":[//]", "]://", "__")

@@ -10,6 +10,10 @@ import re
 from bisect import bisect_right
 
 from threatflow.iocs.defang import GLUED_DOT, HTTPISH, HYPHEN_DOT, OTHER_SCHEMES, SPOKEN_TLDS
+from threatflow.iocs.extraction.tokens import MAX_TOKEN_CHARS
+
+# Only at the start of a run (the look-behind), so that finding the runs is linear.
+_LONG_RUN = re.compile(rf"(?<!\S)\S{{{MAX_TOKEN_CHARS + 1},}}")
 
 # -- joining defangs written with spaces ---------------------------------------------------------------------------
 # A bracketed dot or at with a space before, inside or after it, or in angle brackets (which split tokens).
@@ -109,12 +113,15 @@ def join_spaced(text: str) -> Joined | None:
     """Join the defangs written with spaces, or None when there are none (the usual case)."""
     edits: list[tuple[int, int, str]] = []
     length = len(text)
-    for match in _SPACED_MARK.finditer(text):
-        start, end = match.span()
-        left, right = _spaces_around(text, start, end)
-        marker = match.group().lower()
-        at = "@" in marker or "at" in marker or "et" in marker or "arroba" in marker
-        edits.append((left, right, "[@]" if at else "[.]"))
+    # The passes that stop at every bracket skip runs too long to be an indicator (bounded work).
+    spans = _short_spans(text)
+    for pos, endpos in spans:
+        for match in _SPACED_MARK.finditer(text, pos, endpos):
+            start, end = match.span()
+            left, right = _spaces_around(text, start, end)
+            marker = match.group().lower()
+            at = "@" in marker or "at" in marker or "et" in marker or "arroba" in marker
+            edits.append((left, right, "[@]" if at else "[.]"))
     if _PROBE_AT.search(text) is not None:
         for match in _AT_SIGN.finditer(text):
             start, end = _spaces_around(text, match.start(), match.end())
@@ -132,10 +139,11 @@ def join_spaced(text: str) -> Joined | None:
     edits.extend((m.start(), m.end(), "[.]") for m in HYPHEN_DOT.finditer(text))
     edits.extend((m.start(), m.end(), "[.]") for m in GLUED_DOT.finditer(text))
     if any(probe.search(text) is not None for probe in _PROBE_COMMAS):
-        for match in _BRACKET_COMMA.finditer(text):
-            start, end = match.span()
-            if start > 0 and end < length and text[start - 1].isalnum() and text[end].isalnum() and match.group() != "),":
-                edits.append((start, end, "[.]"))
+        for pos, endpos in spans:
+            for match in _BRACKET_COMMA.finditer(text, pos, endpos):
+                start, end = match.span()
+                if start > 0 and end < length and text[start - 1].isalnum() and text[end].isalnum() and match.group() != "),":
+                    edits.append((start, end, "[.]"))
     if _PROBE_SCHEME.search(text) is not None or _PROBE_SCHEME_COLON.search(text) is not None:
         for match in _SPACED_SCHEME.finditer(text):
             gap = match.group("gap")
@@ -145,6 +153,19 @@ def join_spaced(text: str) -> Joined | None:
         return None
     edits.sort()
     return Joined(text, edits)
+
+
+def _short_spans(text: str) -> list[tuple[int, int]]:
+    """(pos, endpos) of the text between runs of more than MAX_TOKEN_CHARS non-space characters."""
+    spans: list[tuple[int, int]] = []
+    position = 0
+    for run in _LONG_RUN.finditer(text):
+        if run.start() > position:
+            spans.append((position, run.start()))
+        position = run.end()
+    if position < len(text) or not spans:
+        spans.append((position, len(text)))
+    return spans
 
 
 def _spaced_dots(text: str) -> list[tuple[int, int, str]]:

@@ -10,7 +10,6 @@ from threatflow.iocs.extraction.classify import plausible_host
 from threatflow.iocs.extraction.encoded import encoded_urls
 from threatflow.iocs.extraction.tokens import (
     BRACKETED_IPV6,
-    LONG_TOKEN_PIECE,
     MAX_TOKEN_CHARS,
     NEXT_TOKEN,
     strip,
@@ -44,6 +43,7 @@ _CJK_GLUE = re.compile(rf"(?<=[A-Za-z0-9])[{_CJK}]+|(?<![{_CJK}])[{_CJK}]+(?=[A-
 _COMMENT = re.compile(r"\([^()@]*\)")
 _FIELD_NAME = re.compile(r"[A-Za-z_][\w.-]*")
 _SEPARATORS = re.compile(r"(?<![\[\](){}]),(?![\[\](){}])|[=;]")  # not the comma of a "[,]" defang
+_PIECE_END = re.compile(r"[,;=]")  # where an over-long token is cut into pieces
 _JOIN_AFTER = tuple("/?&=-_.%")
 _JOIN_BEFORE = tuple("/?&=._-%#")
 
@@ -287,9 +287,17 @@ class Scanner:
     def long_token(self, start: int, token: str) -> None:
         """A token over MAX_TOKEN_CHARS: only its pieces between separators that fit are read ("a,b,..." feeds)."""
         self.consumed = max(self.consumed, start + len(token))
-        for piece in LONG_TOKEN_PIECE.finditer(token):
-            if _TRIGGER.search(piece.group()) is not None:
-                self.token(start + piece.start(), piece.group())
+        begin = 0
+        for separator in _PIECE_END.finditer(token):
+            self._piece(start, token, begin, separator.start())
+            begin = separator.end()
+        self._piece(start, token, begin, len(token))
+
+    def _piece(self, start: int, token: str, begin: int, end: int) -> None:
+        if 0 < end - begin <= MAX_TOKEN_CHARS:
+            piece = token[begin:end]
+            if _TRIGGER.search(piece) is not None:
+                self.token(start + begin, piece)
 
     def _unglue(self, start: int, core: str) -> None:
         """Chinese, Japanese and Korean prose has no spaces: in "恶意域名evil.com作为C2" the domain sits between words.

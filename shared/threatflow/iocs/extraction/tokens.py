@@ -9,8 +9,6 @@ from threatflow.iocs.normalise import MAX_VALUE_LENGTH
 # No indicator is longer than MAX_VALUE_LENGTH once refanged, and a defang at most about quadruples it
 # ("." -> "[.]", "@" -> "[at]"): a longer run without a space is not one indicator (bounded work).
 MAX_TOKEN_CHARS = 4 * MAX_VALUE_LENGTH
-# The pieces of an over-long token between separators (",", ";", "="), each at most MAX_TOKEN_CHARS long.
-LONG_TOKEN_PIECE = re.compile(rf"(?<![^,;=])[^,;=]{{1,{MAX_TOKEN_CHARS}}}(?![^,;=])")
 
 # Characters that end a token: no indicator holds them (typographic punctuation included, as in "evil.com—the").
 STOP = "\\s\"'<>`|“”‘’«»—–…•，、；：（）【】「」『』《》！？。"
