@@ -135,6 +135,6 @@ def register(router: Router, runtime: Runtime) -> None:
         from threatflow.platform.errors import ConfigError
 
         try:
-            return catalog()
+            return runtime.attack().get()
         except ConfigError:
             return None

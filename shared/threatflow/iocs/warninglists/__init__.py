@@ -33,6 +33,7 @@ The modules, in the order data flows through them:
     loading.py    from a directory, a bucket or the snapshot; the sync job; the runtime loader
 """
 
+from threatflow.iocs.warninglists.compiling import url_host
 from threatflow.iocs.warninglists.lists import (
     CIDR,
     DOMAIN,
@@ -62,7 +63,7 @@ from threatflow.iocs.warninglists.loading import (
     snapshot_loader,
     sync,
 )
-from threatflow.iocs.warninglists.matching import SNAPSHOT_FORMAT, Matcher, WarninglistIndex, url_host
+from threatflow.iocs.warninglists.matching import SNAPSHOT_FORMAT, Matcher, WarninglistIndex
 
 __all__ = [
     "CIDR",

@@ -10,11 +10,11 @@ from typing import Any
 
 from threatflow.iocs.warninglists.lists import (
     CASE_INSENSITIVE,
-    IP_TYPES,
     CIDR,
     DOMAIN,
     EMAIL,
     IOC_TYPES,
+    IP_TYPES,
     IPV4,
     IPV6,
     URL,
@@ -24,6 +24,9 @@ from threatflow.iocs.warninglists.lists import (
     parse_network,
 )
 from threatflow.platform.errors import ValidationError
+
+_Step = Callable[[str], "Sequence[str] | None"]
+
 
 class _Ranges:
     """Disjoint integer ranges of one address family, each tagged with the list keys covering it.

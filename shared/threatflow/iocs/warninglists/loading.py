@@ -23,6 +23,7 @@ log = logging.getLogger("threatflow.iocs.warninglists")
 
 SNAPSHOT_NAME = "warninglists/snapshot.json"
 
+
 def index_from_sources(
     documents: Iterable[tuple[str, bytes | Mapping[str, Any]]],
     *,
