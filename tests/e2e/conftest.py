@@ -41,8 +41,8 @@ def stack(tmp_path_factory):
         try:
             if requests.get(f"{url}/ready", timeout=5).status_code == 200 and (state / "stack.json").exists():
                 break
-        except requests.ConnectionError:
-            pass
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not listening yet, or /ready still waiting on a dependency's first answer (a loaded machine)
         time.sleep(0.5)
     else:
         proc.kill()
