@@ -5,8 +5,10 @@ fetches ATTACK_SOURCE (MITRE's enterprise-attack.json by default: an https URL,
 a path or a gs:// object), validates it and writes a compact snapshot to
 gs://<BUCKET_MODELS>/attack/techniques.json, which every function reads and
 re-reads every ATTACK_REFRESH_SECONDS (the runtime's "attack" snapshot, `catalog_loader`).
-ATTACK_DATA_PATH (a path or gs:// object, read by Settings) overrides the snapshot, e.g. to pin a release. Two formats are read: the compact technique list (`{"techniques": [{"external_id", "name", "tactics",
-"is_subtechnique", "revoked", "deprecated", "url", ...}]}`) and a STIX bundle
+ATTACK_DATA_PATH (a path or gs:// object, read by Settings) overrides the snapshot,
+e.g. to pin a release. Two formats are read: the compact technique list
+(`{"techniques": [{"external_id", "name", "tactics", "is_subtechnique", "revoked",
+"deprecated", "url", ...}]}`) and a STIX bundle
 of `attack-pattern` objects (enterprise-attack.json).
 
 Validation rules:
