@@ -1,19 +1,27 @@
-"""Wiring, once per function instance: settings plus lazily built adapters.
+"""Wiring, once per function instance: settings, lazily built adapters and the snapshot cache.
 
 Entry points create one Runtime at import; nothing heavy happens until a
 request needs it, so importing a function module stays cheap (cold starts).
+
+Reference data that changes slowly is held in the runtime's snapshot cache
+(threatflow.platform.snapshots) and handed to services as required keyword
+arguments: `warninglists()`, `attack()` and `decay_policies()` below, and
+`snapshot(name, load=..., refresh_seconds=...)` for the next ones (the intel-source
+registry, the served flow model). `readiness()` reports each snapshot's age.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from threatflow.platform import logging as tf_logging
 from threatflow.platform.config import Settings
 from threatflow.platform.errors import ConfigError, DependencyError
-from threatflow.platform.ports import SystemClock
+from threatflow.platform.snapshots import Load, Loaded, Snapshot, SnapshotCache
+from threatflow.platform.ports import Clock, SystemClock
 
 if TYPE_CHECKING:
     import redis
@@ -23,18 +31,37 @@ if TYPE_CHECKING:
     from threatflow.adapters.pubsub import PubSubPublisher
     from threatflow.adapters.redis import RateLimiter
     from threatflow.adapters.storage import GcsBlobs
-    from threatflow.platform.ports import SecretSource
+    from threatflow.iocs.model import DecayPolicy
+    from threatflow.iocs.warninglists import Matcher, WarninglistIndex
+    from threatflow.platform.ports import BlobStore, SecretSource
+    from threatflow.threats.attack import AttackCatalog
 
 
 T = TypeVar("T")
 
+WARNINGLISTS = "warninglists"
+ATTACK = "attack"
+DECAY_POLICIES = "decay-policies"
+_warninglist_log = logging.getLogger("threatflow.iocs.warninglists")
+
 
 class Runtime:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        clients: Mapping[str, Any] | None = None,
+        monotonic: Callable[[], float] | None = None,
+    ) -> None:
+        """`clients` are prebuilt adapters by property name ("blobs", "engine"...), for tests
+        and tools that bring their own; `monotonic` drives the snapshot timers (tests)."""
         self.settings = settings
-        self.clock = SystemClock()
+        self.clock: Clock = clock or SystemClock()
         self._lock = threading.RLock()  # re-entrant: one client may be built from another
-        self._built: dict[str, Any] = {}
+        self._built: dict[str, Any] = dict(clients or {})
+        self.snapshots = SnapshotCache(monotonic=monotonic)
+        self._noted: set[str] = set()
         tf_logging.configure(settings.log_level)
 
     @classmethod
@@ -100,6 +127,68 @@ class Runtime:
             return self._get("secrets", lambda: secrets.SecretManagerSecrets(self.settings.project))
         return self._get("secrets", secrets.EnvSecrets)
 
+    # -- reference data: one snapshot cache ------------------------------------------------
+
+    def snapshot(self, name: str, *, load: Load[T], refresh_seconds: float, retry_seconds: float | None = None) -> Snapshot[T]:
+        """The named snapshot of this instance, registered on first call (see threatflow.platform.snapshots)."""
+        return self.snapshots.snapshot(name, load=load, refresh_seconds=refresh_seconds, retry_seconds=retry_seconds)
+
+    def warninglists(self) -> Snapshot[WarninglistIndex] | None:
+        """The MISP warninglists, or None when WARNINGLISTS_SOURCE is unset (they are off)."""
+        source = self.settings.warninglists_source
+        if not source:
+            if "warninglists-off" not in self._noted:
+                self._noted.add("warninglists-off")
+                _warninglist_log.warning("warninglists are off: WARNINGLISTS_SOURCE is not set")
+            return None
+        from threatflow.iocs import warninglists
+
+        load = warninglists.snapshot_loader(source=source, bucket=self.settings.bucket_models, blobs=self._blob_store, clock=self.clock)
+        return self.snapshot(WARNINGLISTS, load=load, refresh_seconds=self.settings.warninglists_refresh_seconds)
+
+    def warninglist_index(self) -> WarninglistIndex | None:
+        """The loaded index; None when the lists are off or not loaded yet (`warninglists_reason()` says why)."""
+        snapshot = self.warninglists()
+        return snapshot.current() if snapshot is not None else None
+
+    def warninglist_matcher(self) -> Matcher | None:
+        """What services take as `warninglists=`: the index's `match`, or None when off or not loaded.
+
+        Cheap (a clock read): call it per request or batch, so the refresh reaches the caller."""
+        index = self.warninglist_index()
+        return index.match if index is not None else None
+
+    def warninglists_reason(self) -> str:
+        """Why `warninglist_index()` is None (or why the last reload failed), in words for an API answer."""
+        snapshot = self.warninglists()
+        return "WARNINGLISTS_SOURCE is not set" if snapshot is None else snapshot.reason
+
+    def attack(self) -> Snapshot[AttackCatalog]:
+        """The ATT&CK catalogue: ATTACK_DATA_PATH, else the sync-attack snapshot in the models bucket.
+
+        `.get()` raises ConfigError naming what to do when there is no data."""
+        from threatflow.threats import attack
+
+        settings = self.settings
+        load = attack.catalog_loader(data_path=settings.attack_data_path, bucket_models=settings.bucket_models, blobs=self._blob_store)
+        # A local file is checked (one stat) on every use; a bucket object every ATTACK_REFRESH_SECONDS.
+        # Missing data is looked for again on the next use (retry 0), so a sync is seen at once.
+        local = bool(settings.attack_data_path) and not (settings.attack_data_path or "").startswith("gs://")
+        return self.snapshot(ATTACK, load=load, refresh_seconds=0 if local else settings.attack_refresh_seconds, retry_seconds=0)
+
+    def decay_policies(self) -> Snapshot[dict[str, DecayPolicy]]:
+        """Per IoC type TTL and decay, from PostgreSQL; `.invalidate()` after an admin changes one."""
+
+        def load(version: str | None) -> Loaded[dict[str, DecayPolicy]]:
+            from threatflow.iocs.repository import IocStore
+
+            return Loaded(IocStore(self.engine).policies())
+
+        return self.snapshot(DECAY_POLICIES, load=load, refresh_seconds=self.settings.policy_refresh_seconds, retry_seconds=0)
+
+    def _blob_store(self) -> BlobStore:
+        return self.blobs
+
     def readiness(self) -> dict[str, dict[str, Any]]:
         """Check every backing service this function uses, in parallel, each bounded."""
         from concurrent.futures import ThreadPoolExecutor, wait
@@ -128,6 +217,10 @@ class Runtime:
             else:
                 results[name] = {"ok": False, "error": f"{exc.__class__.__name__}: {exc}"}
         pool.shutdown(wait=False, cancel_futures=True)
+        # Reference data: never "down" (a function serves with the last good copy, or without it,
+        # and says so per route), but its age and last load are worth seeing next to the services.
+        for name, status in self.snapshots.status().items():
+            results[f"snapshot:{name}"] = {"ok": True, **status.to_json()}
         return results
 
     def _ping_postgres(self) -> None:

@@ -30,15 +30,12 @@ def attack_server(tmp_path):
 @pytest.fixture
 def models_bucket(backend_env, storage_emulator, monkeypatch):
     from threatflow.devstack.services import create_bucket
-    from threatflow.threats import attack
 
     bucket = f"models-{uuid.uuid4().hex[:10]}"
     create_bucket(storage_emulator.port, bucket)
     monkeypatch.setenv("BUCKET_MODELS", bucket)
     monkeypatch.delenv("ATTACK_DATA_PATH", raising=False)
-    attack.reset_cache()
-    yield bucket
-    attack.reset_cache()
+    return bucket  # each function loaded after this is a new instance, with its own snapshot cache
 
 
 def _run(client, job, params=None):
@@ -89,9 +86,7 @@ def test_sync_over_http_then_threats_validate_against_the_snapshot(function_clie
     (served / "enterprise-attack.json").write_text(json.dumps({"techniques": techniques["techniques"][:5]}))
     status, run = _run(function_client("maintenance"), "sync-attack")
     assert status == 200 and run["state"] == "failed" and "refusing to replace it" in run["error"]
-    from threatflow.threats import attack
-
-    attack.reset_cache()
+    threats = function_client("threats")  # a new instance reads the snapshot afresh
     again = threats.post("/api/v1/threats/batch", json={"threats": [{"kind": "tool", "name": "Still", "ttps": ["T1566"]}]}, headers=headers)
     assert again.get_json()["results"][0]["status"] == "created"
     status, run = _run(function_client("maintenance"), "sync-attack", {"force": True})

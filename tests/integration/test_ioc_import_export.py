@@ -135,6 +135,7 @@ def test_a_database_error_rolls_back_everything(api, db, backend_env, monkeypatc
     from threatflow.adapters.postgres import create_engine
     from threatflow.intel.formats import parse
     from threatflow.intel.importer import apply_import
+    from threatflow.iocs.repository import IocStore
     from threatflow.platform.config import Settings
     from threatflow.threats import repository as threat_store
 
@@ -149,7 +150,16 @@ def test_a_database_error_rolls_back_everything(api, db, backend_env, monkeypatc
     engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
     before = db.counts()
     with pytest.raises(Exception, match="division by zero"):
-        apply_import(parsed, engine=engine, now=datetime.now(UTC), actor="t", catalog=None, source_default="x")
+        apply_import(
+            parsed,
+            engine=engine,
+            now=datetime.now(UTC),
+            actor="t",
+            catalog=None,
+            warninglists=None,
+            policies=IocStore(engine).policies(),
+            source_default="x",
+        )
     engine.dispose()
     assert db.counts() == before
 

@@ -23,25 +23,29 @@ def api(function_client, backend_env, monkeypatch):
     for role in ("analyst", "admin", "reader"):
         password = create_user(backend_env["DATABASE_URL"], f"{role}1", role)
         headers[role] = {"Authorization": f"Bearer {_token(auth, f'{role}1', password)}"}
-    threats = function_client("threats")
-    iocs = function_client("iocs")
+    clients = {}
 
     class Api:
         analyst = headers["analyst"]
         admin = headers["admin"]
         reader = headers["reader"]
 
+        def restart(self):
+            """New function instances: configuration (the environment) is read when a function starts."""
+            clients["threats"] = function_client("threats")
+            clients["iocs"] = function_client("iocs")
+
+        def client(self, path):
+            return clients["iocs"] if path.startswith("/api/v1/iocs") else clients["threats"]
+
         def post(self, path, body, headers=None):
-            client = iocs if path.startswith("/api/v1/iocs") else threats
-            return client.post(path, json=body, headers=self.analyst if headers is None else headers)
+            return self.client(path).post(path, json=body, headers=self.analyst if headers is None else headers)
 
         def get(self, path, headers=None):
-            client = iocs if path.startswith("/api/v1/iocs") else threats
-            return client.get(path, headers=self.reader if headers is None else headers)
+            return self.client(path).get(path, headers=self.reader if headers is None else headers)
 
         def delete(self, path, body, headers=None):
-            client = iocs if path.startswith("/api/v1/iocs") else threats
-            return client.delete(path, json=body, headers=self.admin if headers is None else headers)
+            return self.client(path).delete(path, json=body, headers=self.admin if headers is None else headers)
 
         def batch(self, *items):
             response = self.post("/api/v1/threats/batch", {"threats": list(items)})
@@ -54,7 +58,9 @@ def api(function_client, backend_env, monkeypatch):
             assert response.status_code == 200 and all("id" in r for r in results), results
             return [r["id"] for r in results]
 
-    return Api()
+    api = Api()
+    api.restart()
+    return api
 
 
 EMOTET = {"kind": "malware", "name": "Emotet", "aliases": ["Geodo", "Heodo"], "ttps": ["T1059.001"], "tags": ["Banking"]}
@@ -131,6 +137,7 @@ def test_batch_limit_and_missing_attack_data(api, monkeypatch):
     assert too_many.status_code == 413
     monkeypatch.delenv("ATTACK_DATA_PATH")
     monkeypatch.setenv("BUCKET_MODELS", f"never-synced-{uuid.uuid4().hex[:8]}")  # no sync-attack snapshot there
+    api.restart()
     plain = api.batch({"kind": "tool", "name": "No TTPs"})
     assert plain["results"][0]["status"] == "created"
     response = api.post("/api/v1/threats/batch", {"threats": [{"kind": "tool", "name": "With TTPs", "ttps": ["T1059"]}]})

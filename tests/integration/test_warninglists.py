@@ -57,9 +57,9 @@ def test_sync_job_writes_the_snapshot_and_functions_load_it_from_the_bucket(func
     # A function whose source is a bucket holding no lists can only have got them from the snapshot.
     os.environ["WARNINGLISTS_SOURCE"] = f"gs://threatflow-uploads/{uuid.uuid4().hex}"
     runtime = Runtime.from_env()
-    match = warninglists.matcher_for(runtime)
+    match = runtime.warninglist_matcher()
     assert match is not None
-    assert warninglists.index_for(runtime).origin == f"gs://{MODELS}/warninglists/snapshot.json"
+    assert runtime.warninglist_index().origin == f"gs://{MODELS}/warninglists/snapshot.json"
     assert match("ipv4", "10.1.2.3") == ["rfc1918", "rfc5735"]
     assert match("md5", "d41d8cd98f00b204e9800998ecf8427e") == ["common-ioc-false-positive", "empty-hashes"]
 

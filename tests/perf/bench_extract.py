@@ -9,6 +9,10 @@ the repository root), if present, are appended. Prints extract() MB/s,
 normalise() values/s over a mixed list, and both as a ratio against a baseline
 measured in the same run (a plain re.findall of a simple IPv4 regex over the
 same text), so figures from noisy or different machines can be compared.
+
+Then the worst case of issue 7: single tokens of --token-mb MB with no space (bracketed
+dots, dots, a URL with an endless path, a Windows path), each timed as a ratio to the same
+baseline regex over that token; the prose report's MB/s is the yardstick they should reach.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "shared"))
 
-from threatflow.iocs.extract import extract  # noqa: E402
+from threatflow.iocs.extraction import extract  # noqa: E402
 from threatflow.iocs.normalise import normalise  # noqa: E402
 from threatflow.platform.errors import ValidationError  # noqa: E402
 
@@ -127,6 +131,7 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=8.0, help="size of the synthetic report in MB")
     parser.add_argument("--values", type=int, default=100_000, help="number of values for normalise()")
     parser.add_argument("--runs", type=int, default=3, help="best of this many runs")
+    parser.add_argument("--token-mb", type=float, default=10.0, help="size of each single-token worst case in MB")
     args = parser.parse_args()
 
     text = build_report(args.mb)
@@ -155,6 +160,19 @@ def main() -> None:
     per_value_us = normalise_time / len(values) * 1e6
     print(f"normalise() mixed values    : {len(values) / normalise_time:10,.0f} values/s   ({per_value_us:.2f} us/value, target <= 10)")
     print(f"normalise vs baseline       : {(len(values) / normalise_time) / (size_mb / baseline):8.0f}   (values/s per baseline MB/s)")
+
+    n = int(args.token_mb * 1024 * 1024)
+    tokens = {
+        "a[.]a[.]...": "a[.]" * (n // 4),
+        "a.a.a...": "a." * (n // 2),
+        "http://x/aaa...": "http://evil.com/" + "a" * n,
+        "C:\\a\\a\\...": "C:\\" + "a\\" * (n // 2),
+    }
+    for name, token in tokens.items():
+        token_mb = len(token) / 1_000_000
+        base = _best_of(1, lambda token=token: simple_ipv4.findall(token))
+        took = _best_of(1, lambda token=token: extract(token))
+        print(f"one {token_mb:4.1f} MB token {name:16s}: {took:6.2f} s, {token_mb / took:6.1f} MB/s, {base / took:7.3f} x baseline")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO_ROOT / "tests"))
 
 from unit.iocs.extract_vectors import VECTORS  # noqa: E402
 
-from threatflow.iocs.extract import extract  # noqa: E402
+from threatflow.iocs.extraction import extract  # noqa: E402
 
 
 def main() -> None:

@@ -170,7 +170,7 @@ def main() -> None:
         began = time.perf_counter()
         for raw in raws:
             t = time.perf_counter()
-            service.upsert_batch(raw, store=store, now=datetime.now(UTC), policies=policies)
+            service.upsert_batch(raw, store=store, now=datetime.now(UTC), policies=policies, warninglists=None)
             samples.append(time.perf_counter() - t)
         report("baseline: service, no HTTP", time.perf_counter() - began, samples, args.batch_size)
         with engine.connect() as c:

@@ -228,11 +228,11 @@ def test_imports_under_type_checking_and_relative_imports_are_read_as_python_doe
         "from typing import TYPE_CHECKING\n"
         "from threatflow.platform import events\n"
         "if TYPE_CHECKING:\n    from threatflow.devstack import stack\n    import yaml\n"
-        "else:\n    import threatflow.ports\n"
+        "else:\n    import threatflow.platform.ports\n"
         "def demo(request):\n    from threatflow.auth import tokens\n    return tokens\n",
     )
     closure = bundler.import_closure(functions / "demo", SHARED)
-    assert {"threatflow", "threatflow.platform", "threatflow.platform.events", "threatflow.ports", "threatflow.auth.tokens"} <= set(
+    assert {"threatflow", "threatflow.platform", "threatflow.platform.events", "threatflow.platform.ports", "threatflow.auth.tokens"} <= set(
         closure.modules
     )
     assert not [m for m in closure.modules if "devstack" in m]

@@ -34,11 +34,6 @@ class ExtractIn(msgspec.Struct, forbid_unknown_fields=True):
 def register(router: Router, runtime: Runtime) -> None:
     from threatflow.intel import importer
 
-    def catalog() -> Any:
-        from threatflow.threats import attack
-
-        return attack.catalog_from_env(blobs=lambda: runtime.blobs)  # cached per instance, re-read when synced
-
     def is_async(request: Request) -> bool:
         return str(request.query.get("async", "")).lower() in ("1", "true", "yes")
 
@@ -58,7 +53,9 @@ def register(router: Router, runtime: Runtime) -> None:
             engine=runtime.engine,
             now=runtime.clock.now(),
             actor=request.principal.username if request.principal else None,
-            catalog=catalog() if importer.needs_catalog(parsed) else None,
+            catalog=runtime.attack().get() if importer.needs_catalog(parsed) else None,
+            warninglists=runtime.warninglist_matcher(),
+            policies=runtime.decay_policies().get(),
             source_default=body.source,
         )
         return Response(result)
@@ -110,7 +107,7 @@ def register(router: Router, runtime: Runtime) -> None:
         body = decode_body(request.body, ExtractIn)
         if len(body.text.encode()) > MAX_EXTRACT_BYTES:
             raise PayloadTooLargeError(f"text is limited to {MAX_EXTRACT_BYTES // (1024 * 1024)} MB")
-        from threatflow.iocs.extract import extract as find
+        from threatflow.iocs.extraction import extract as find
 
         found = find(body.text, refang=body.refang)
         return {"iocs": [{"type": str(f.type), "value": f.value, "original": f.original} for f in found], "count": len(found)}
@@ -138,6 +135,6 @@ def register(router: Router, runtime: Runtime) -> None:
         from threatflow.platform.errors import ConfigError
 
         try:
-            return catalog()
+            return runtime.attack().get()
         except ConfigError:
             return None

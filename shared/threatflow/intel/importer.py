@@ -28,6 +28,8 @@ from threatflow.intel.formats import ItemError, ParsedImport, ParsedThreat
 from threatflow.platform.errors import PermanentError, RetryableError, ValidationError
 
 if TYPE_CHECKING:
+    from threatflow.iocs.model import DecayPolicy
+    from threatflow.iocs.service import WarninglistMatcher
     from threatflow.platform.ports import BlobStore, Clock, DocumentStore
     from threatflow.threats.attack import AttackCatalog
 
@@ -47,6 +49,8 @@ def apply_import(
     now: datetime,
     actor: str | None,
     catalog: AttackCatalog | None,
+    warninglists: WarninglistMatcher | None,
+    policies: dict[str, DecayPolicy],
     source_default: str | None = None,
     chunk: int = 10_000,
 ) -> dict[str, Any]:
@@ -59,13 +63,14 @@ def apply_import(
     errors: list[ItemError] = list(parsed.errors)
     threats = _checked_ttps(parsed.threats, catalog, errors)
     store = IocStore(engine)
-    policies = store.policies()
     results: list[dict[str, Any]] = []
     with engine.begin() as conn:
         # upsert_batch takes at most MAX_BATCH items; chunks share this one transaction.
         for start in range(0, len(parsed.iocs), chunk):
             part = parsed.iocs[start : start + chunk]
-            batch = service.upsert_batch([p.item for p in part], store=store, now=now, policies=policies, conn=conn)
+            batch = service.upsert_batch(
+                [p.item for p in part], store=store, now=now, policies=policies, warninglists=warninglists, conn=conn
+            )
             for offset, result in enumerate(batch["results"]):
                 results.append({**result, "index": start + offset, "ref": part[offset].ref})
         if threats or parsed.links or parsed.relations:
@@ -202,8 +207,12 @@ def run_job(
     bucket: str,
     clock: Clock,
     catalog: Callable[[], AttackCatalog | None],
+    warninglists: Callable[[], WarninglistMatcher | None],
+    policies: Callable[[], dict[str, DecayPolicy]],
 ) -> dict[str, Any]:
-    """Process one queued import; idempotent per job id (a finished job is left alone)."""
+    """Process one queued import; idempotent per job id (a finished job is left alone).
+
+    The reference data comes as callables, read when the job runs rather than when it was queued."""
     job = documents.get(IMPORT_JOBS, job_id)
     if job is None:
         raise ValidationError(f"no import job {job_id!r}", field="job_id")  # permanent: acked and logged
@@ -226,6 +235,8 @@ def run_job(
                 now=clock.now(),
                 actor=job.get("requested_by"),
                 catalog=catalog() if needs_catalog(parsed) else None,
+                warninglists=warninglists(),
+                policies=policies(),
                 source_default=body.source,
             )
         except (PermanentError, msgspec.ValidationError, msgspec.DecodeError) as exc:
@@ -292,11 +303,6 @@ def handle_import(message: Any, *, runtime: Any) -> dict[str, Any]:
     if not job_id:
         raise ValidationError("ioc-import message names no job (attribute 'job_id')", field="job_id")
 
-    def catalog() -> AttackCatalog | None:
-        from threatflow.threats import attack
-
-        return attack.catalog_from_env(blobs=lambda: runtime.blobs)
-
     return run_job(
         str(job_id),
         engine=runtime.engine,
@@ -304,5 +310,7 @@ def handle_import(message: Any, *, runtime: Any) -> dict[str, Any]:
         blobs=runtime.blobs,
         bucket=runtime.settings.bucket_uploads,
         clock=runtime.clock,
-        catalog=catalog,
+        catalog=runtime.attack().get,
+        warninglists=runtime.warninglist_matcher,
+        policies=runtime.decay_policies().get,
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -13,8 +12,6 @@ from threatflow.iocs.search import FindRequest, IocFilter
 from threatflow.platform.errors import NotFoundError, ValidationError
 from threatflow.platform.web import Request, Response, Router
 from threatflow.runtime import Runtime
-
-POLICY_CACHE_SECONDS = 60.0
 
 
 class DeleteRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -56,21 +53,17 @@ def policy_json(policy: Any, now: datetime) -> dict[str, Any]:
 
 
 def build_router(runtime: Runtime) -> Router:
-    from threatflow.iocs import search, service, warninglist_routes, warninglists
+    from threatflow.iocs import search, service, warninglist_routes
     from threatflow.iocs.model import DecayPolicy
     from threatflow.iocs.repository import IocAdmin, IocStore
 
     router = Router("iocs", runtime=runtime)
-    policy_cache: dict[str, Any] = {"at": 0.0, "value": None}
 
     def store() -> IocStore:
         return IocStore(runtime.engine)
 
     def policies() -> dict[str, DecayPolicy]:
-        if policy_cache["value"] is None or time.monotonic() - policy_cache["at"] > POLICY_CACHE_SECONDS:
-            policy_cache["value"] = store().policies()
-            policy_cache["at"] = time.monotonic()
-        return policy_cache["value"]  # type: ignore[no-any-return]
+        return runtime.decay_policies().get()  # re-read every POLICY_REFRESH_SECONDS
 
     def ioc_id(request: Request) -> int:
         try:
@@ -84,7 +77,7 @@ def build_router(runtime: Runtime) -> Router:
     @router.route("POST", "/api/v1/iocs/batch", role=Role.ANALYST, body=service.BatchIn)
     def batch(request: Request, body: service.BatchIn) -> dict[str, Any]:
         return service.upsert_batch(
-            body.iocs, store=store(), now=runtime.clock.now(), policies=policies(), warninglists=warninglists.matcher_for(runtime)
+            body.iocs, store=store(), now=runtime.clock.now(), policies=policies(), warninglists=runtime.warninglist_matcher()
         )
 
     @router.route("POST", "/api/v1/iocs/find", role=Role.READER, body=FindRequest)
@@ -107,7 +100,7 @@ def build_router(runtime: Runtime) -> Router:
         updated = store().set_policy(wanted)
         if updated is None:
             raise NotFoundError(f"no policy row for {name!r}; run threatflow db migrate")
-        policy_cache["value"] = None  # this instance at once; the others within POLICY_CACHE_SECONDS
+        runtime.decay_policies().invalidate()  # this instance at once; the others within POLICY_REFRESH_SECONDS
         return policy_json(updated, runtime.clock.now())
 
     @router.route("GET", "/api/v1/iocs/stats", role=Role.READER)

@@ -8,8 +8,9 @@ ships inside the `publicsuffixlist` package and is loaded once, on first use.
 
 Choices, per type:
 
-- refang first (see `refang`), except for file paths, where brackets and
-  backslashes are legitimate characters;
+- refang first with the one defang table (`threatflow.iocs.defang.refang_value`, the
+  same rules the extractor reads: "h__p://evil[.]com", "evil(punto)com", "10[[.]]1"),
+  except for file paths, where brackets and backslashes are legitimate characters;
 - domain: lower-cased, IDNA 2008 with UTS 46 mapping, stored as the A-label
   (punycode) form, one trailing dot stripped; labels may hold "_" (seen in
   malicious subdomains) but not leading/trailing "-"; the top-level domain must
@@ -60,6 +61,7 @@ import unicodedata
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from threatflow.iocs.defang import refang, refang_value
 from threatflow.iocs.types import Indicator, IocType
 from threatflow.platform.errors import ValidationError
 
@@ -69,64 +71,6 @@ if TYPE_CHECKING:
 __all__ = ["MAX_VALUE_LENGTH", "detect", "normalise", "refang"]
 
 MAX_VALUE_LENGTH = 8192
-
-# -- refang --------------------------------------------------------------------------------
-
-# Short, common TLDs after a spelled-out " dot ": only there is "evil dot com" a
-# host. A bare English word ("the dot to") must not turn into "the.to".
-_SPOKEN_TLDS = (
-    "com|net|org|info|biz|ru|su|cn|io|co|uk|de|fr|nl|jp|kr|br|ir|ua|pl|xyz|top|tk|ml|ga|cf|gq|pw|cc|ws|"
-    "club|online|site|live|shop|icu|vip|onion|gov|edu|mil|eu|ch|tv|me"
-)
-# (hints, pattern, replacement): a rule runs only when one of its hints is in the
-# text, which skips most regex passes for the usual one or two defang forms.
-_REFANG_RULES: tuple[tuple[tuple[str, ...], re.Pattern[str], str], ...] = (
-    # Scheme look-alikes, only when followed by a (possibly defanged) colon.
-    (("x", "X", "*", "eow", "EOW"), re.compile(r"\b(?:h[xt*]{2}p|hxxxp|meow)(s?)(?=[\[({]?:)", re.IGNORECASE), r"http\1"),
-    (("xp", "XP", "Xp", "xP", "*p", "*P"), re.compile(r"\bf[x*]p(s?)(?=[\[({]?:)", re.IGNORECASE), r"ftp\1"),
-    (("[:", "(:", "{:", ":\\/"), re.compile(r"\[://\]|\(://\)|\{://\}|[\[({]:[\])}]//|:\\/\\/|\[:/\]/"), "://"),
-    (("[:", "(:", "{:"), re.compile(r"\[:\]|\(:\)|\{:\}"), ":"),
-    (("[//]",), re.compile(r"\[//\]"), "//"),
-    (("[/]", "\\/"), re.compile(r"\[/\]|\\/"), "/"),
-    (
-        ("[", "(", "{", "<", "\\", ".]"),
-        re.compile(
-            r"\s?\[\s*(?:\.|dot)\s*\]\s?|\(\s*(?:\.|dot)\s*\)|\{\s*(?:\.|dot)\s*\}|<\s*(?:\.|dot)\s*>|\\\.|\[\.(?=\w)|(?<=\w)\.\]",
-            re.IGNORECASE,
-        ),
-        ".",
-    ),
-    (
-        ("[", "(", "{", "<"),
-        re.compile(r"\s?\[\s*(?:@|at)\s*\]\s?|\(\s*(?:@|at)\s*\)|\{\s*(?:@|at)\s*\}|<\s*(?:@|at)\s*>", re.IGNORECASE),
-        "@",
-    ),
-    (
-        ("dot", "DOT"),
-        re.compile(
-            rf"(?<=[A-Za-z0-9])\s+(?:dot|DOT)\s+(?=[A-Za-z0-9-]+(?:\s+(?:dot|DOT)\s+[A-Za-z0-9-]+)*\s+(?:dot|DOT)\s+(?:{_SPOKEN_TLDS})\b|(?:{_SPOKEN_TLDS})\b)"
-        ),
-        ".",
-    ),
-)
-_DEFANG_HINT = re.compile(r"[\[\](){}<>\\]|h[xt*]{2}p|hxxxp|meow|f[x*]p|\sdot\s", re.IGNORECASE)
-
-
-def refang(text: str) -> str:
-    """Undo the defang forms used in threat reports.
-
-    hxxp/hXXp/hxxps/h**p/meow -> http(s), fxp -> ftp; [.] (.) {.} <.> [dot] (dot)
-    {dot} \\. "[." ".]" -> "."; [:] (:) {:} -> ":"; [://] (://) [:]// :\\/\\/ -> "://";
-    [/] \\/ -> "/"; [@] (@) {@} [at] (at) -> "@"; "evil dot com" -> "evil.com" only
-    before a common top-level domain. Text without any of these comes back as is.
-    """
-    if _DEFANG_HINT.search(text) is None:
-        return text
-    for hints, pattern, replacement in _REFANG_RULES:
-        if any(hint in text for hint in hints):
-            text = pattern.sub(replacement, text)
-    return text
-
 
 # -- shared patterns --------------------------------------------------------------------------
 
@@ -480,7 +424,7 @@ def normalise(value: str, type: IocType | str | None = None) -> Indicator:
         raise ValidationError(f"value is longer than {MAX_VALUE_LENGTH} characters", field="value")
     if wanted is IocType.FILE_PATH or (wanted is None and _looks_like_path(text)):
         return Indicator(IocType.FILE_PATH, _file_path(text))
-    text = refang(text)
+    text = refang_value(text)
     if wanted is None:
         wanted = detect(text)
         if wanted is IocType.FILE_PATH:

@@ -103,16 +103,18 @@ def upsert_batch(
     *,
     store: IocStore,
     now: datetime,
-    warninglists: WarninglistMatcher | None = None,
-    policies: dict[str, DecayPolicy] | None = None,
+    warninglists: WarninglistMatcher | None,
+    policies: dict[str, DecayPolicy],
     conn: Any = None,
 ) -> dict[str, Any]:
     """Normalise, validate and merge a batch. Bad items are rejected one by one; a
-    database error aborts the whole batch (one statement, one transaction)."""
+    database error aborts the whole batch (one statement, one transaction).
+
+    `warninglists` and `policies` are required: the caller passes the runtime's snapshots
+    (`runtime.warninglist_matcher()`, None only when the lists are off or not loaded yet)."""
     if len(raw_items) > MAX_BATCH:
         raise PayloadTooLargeError(f"at most {MAX_BATCH} indicators per batch; got {len(raw_items)}")
     started = time.perf_counter()
-    policies = policies if policies is not None else store.policies()
     results: dict[int, ItemResult] = {}
     first_of: dict[tuple[str, str], UpsertItem] = {}
     duplicates: list[UpsertItem] = []

@@ -4,7 +4,7 @@
     POST /api/v1/iocs/warninglists/check   {"values": [...]} -> per value its normalised form and list keys
 
 The iocs router calls `register(router, runtime)`; the lists come from
-`warninglists.index_for(runtime)`, the same per-instance index the batch upsert uses.
+`runtime.warninglist_index()`, the same per-instance snapshot the batch upsert and imports use.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from threatflow.iocs import warninglists
 from threatflow.iocs.types import IocType
 from threatflow.platform.errors import DependencyError, ValidationError
 from threatflow.platform.web import Request, Router
+from threatflow.runtime import Runtime
 
 MAX_CHECK_VALUES = 1000
 
@@ -34,12 +35,12 @@ class CheckRequest(msgspec.Struct, forbid_unknown_fields=True):
     ]
 
 
-def register(router: Router, runtime: Any) -> None:
+def register(router: Router, runtime: Runtime) -> None:
     @router.route("GET", "/api/v1/iocs/warninglists", role=Role.READER)
     def list_warninglists(request: Request) -> dict[str, Any]:
-        index = warninglists.index_for(runtime)
+        index = runtime.warninglist_index()
         if index is None:
-            return {"enabled": False, "reason": warninglists.unavailable_reason(runtime), "lists": []}
+            return {"enabled": False, "reason": runtime.warninglists_reason(), "lists": []}
         return {
             "enabled": True,
             "origin": index.origin,
@@ -50,10 +51,10 @@ def register(router: Router, runtime: Any) -> None:
 
     @router.route("POST", "/api/v1/iocs/warninglists/check", role=Role.READER, body=CheckRequest)
     def check(request: Request, body: CheckRequest) -> dict[str, Any]:
-        index = warninglists.index_for(runtime)
+        index = runtime.warninglist_index()
         if index is None:
             # Answering [] would read as "not on any list"; say plainly that nothing was checked.
-            raise DependencyError(f"warninglists are not loaded: {warninglists.unavailable_reason(runtime)}")
+            raise DependencyError(f"warninglists are not loaded: {runtime.warninglists_reason()}")
         results = [check_value(item, index=index) for item in body.values]
         keys = sorted({key for result in results for key in result["warninglists"]})
         return {"results": results, "lists": {key: index.lists[key].name for key in keys}}

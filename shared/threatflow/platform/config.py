@@ -65,6 +65,8 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("ATTACK_DATA_PATH", None, "ATT&CK file read directly instead of the synced snapshot (a path or gs:// object; pins a release)"),
     Variable("WARNINGLISTS_REFRESH_SECONDS", "3600", "how often a function instance reloads the warninglist snapshot"),
+    Variable("ATTACK_REFRESH_SECONDS", "3600", "how often a function instance re-reads the ATT&CK snapshot in the models bucket"),
+    Variable("POLICY_REFRESH_SECONDS", "60", "how often a function instance re-reads the decay policies (an admin's change elsewhere)"),
 )
 _DEFAULTS = {v.name: v.default for v in VARIABLES}
 
@@ -122,6 +124,9 @@ class Settings:
     warninglists_source: str | None = None
     attack_source: str | None = None
     warninglists_refresh_seconds: int = 3600
+    attack_data_path: str | None = None
+    attack_refresh_seconds: int = 3600
+    policy_refresh_seconds: int = 60
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, require: tuple[str, ...] = ()) -> Settings:
@@ -193,6 +198,9 @@ class Settings:
             warninglists_source=get("WARNINGLISTS_SOURCE"),
             attack_source=get("ATTACK_SOURCE"),
             warninglists_refresh_seconds=integer("WARNINGLISTS_REFRESH_SECONDS", 60),
+            attack_data_path=(get("ATTACK_DATA_PATH") or "").strip() or None,
+            attack_refresh_seconds=integer("ATTACK_REFRESH_SECONDS", 1),
+            policy_refresh_seconds=integer("POLICY_REFRESH_SECONDS", 0),
         )
 
     def require_database(self) -> None:

@@ -12,7 +12,7 @@
     POST   /api/v1/threats/correlate          {"threat_id", "threshold", "link", "limit"} (analyst)
     DELETE /api/v1/threats                    {"ids": [...]} (admin)
 
-TTPs are checked against the ATT&CK file named by ATTACK_DATA_PATH (see attack.py).
+TTPs are checked against the runtime's ATT&CK snapshot (ATTACK_DATA_PATH or the synced one; see attack.py).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def build_router(runtime: Runtime) -> Router:
     router = Router("threats", runtime=runtime)
 
     def catalog() -> attack.AttackCatalog:
-        return attack.catalog_from_env(blobs=lambda: runtime.blobs)
+        return runtime.attack().get()  # the runtime's snapshot: loaded once, re-read when synced
 
     def optional_catalog() -> attack.AttackCatalog | None:
         # Reads still answer without ATT&CK data; TTP names are then null.

@@ -4,9 +4,11 @@ The data is never bundled with the code. The `sync-attack` maintenance job
 fetches ATTACK_SOURCE (MITRE's enterprise-attack.json by default: an https URL,
 a path or a gs:// object), validates it and writes a compact snapshot to
 gs://<BUCKET_MODELS>/attack/techniques.json, which every function reads and
-re-reads hourly. ATTACK_DATA_PATH (a path or gs:// object) overrides the
-snapshot, e.g. to pin a release. Two formats are read: the compact technique list (`{"techniques": [{"external_id", "name", "tactics",
-"is_subtechnique", "revoked", "deprecated", "url", ...}]}`) and a STIX bundle
+re-reads every ATTACK_REFRESH_SECONDS (the runtime's "attack" snapshot, `catalog_loader`).
+ATTACK_DATA_PATH (a path or gs:// object, read by Settings) overrides the snapshot,
+e.g. to pin a release. Two formats are read: the compact technique list
+(`{"techniques": [{"external_id", "name", "tactics", "is_subtechnique", "revoked",
+"deprecated", "url", ...}]}`) and a STIX bundle
 of `attack-pattern` objects (enterprise-attack.json).
 
 Validation rules:
@@ -20,22 +22,24 @@ Validation rules:
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import re
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from threatflow.platform.errors import ConfigError, DependencyError, NotFoundError, ValidationError
+from threatflow.platform.snapshots import Load, Loaded
+
+if TYPE_CHECKING:
+    from threatflow.platform.ports import BlobStore
 
 ENV_VAR = "ATTACK_DATA_PATH"
 SNAPSHOT_NAME = "attack/techniques.json"
 SNAPSHOT_FORMAT = 1
-REFRESH_SECONDS = 3600
 MAX_SOURCE_BYTES = 200 * 1024 * 1024  # enterprise-attack.json is ~45 MB and grows each release
 # A new release never drops most techniques; a source that would is truncated or the wrong file.
 MIN_KEPT_FRACTION = 0.5
@@ -214,67 +218,61 @@ def _parse(doc: Any, source: str) -> list[Technique]:
     raise ConfigError(f"{ENV_VAR}={source!r}: expected {{'techniques': [...]}} or a STIX bundle of attack-pattern objects")
 
 
-# Per instance: the parsed catalog by location, with what decides when to re-read it
-# (a local file's mtime, or the monotonic time a bucket object is next checked).
-_cache: dict[str, tuple[float | None, AttackCatalog]] = {}
-_lock = threading.Lock()
-
-
 def _gs_path(location: str) -> tuple[str, str]:
     """(bucket, object) of gs://bucket/object; either is empty when missing."""
     bucket, _, name = location.removeprefix("gs://").partition("/")
     return bucket, name
 
 
-def snapshot_location(environ: Mapping[str, str]) -> str:
-    return f"gs://{environ.get('BUCKET_MODELS') or 'threatflow-models'}/{SNAPSHOT_NAME}"
+def snapshot_location(bucket_models: str) -> str:
+    return f"gs://{bucket_models or 'threatflow-models'}/{SNAPSHOT_NAME}"
 
 
-def catalog_from_env(environ: Mapping[str, str] | None = None, *, blobs: Callable[[], Any] | None = None) -> AttackCatalog:
-    """The catalog named by ATTACK_DATA_PATH (a path, or gs://bucket/object read with
-    the blob store `blobs()` returns), else the sync-attack snapshot in the models
-    bucket; loaded once per instance and re-read when it may have changed.
+def catalog_location(*, data_path: str | None, bucket_models: str) -> str:
+    """ATTACK_DATA_PATH when set, else the sync-attack snapshot in the models bucket."""
+    return (data_path or "").strip() or snapshot_location(bucket_models)
 
+
+def catalog_loader(*, data_path: str | None, bucket_models: str, blobs: Callable[[], BlobStore] | None) -> Load[AttackCatalog]:
+    """The loader of the runtime's "attack" snapshot (see threatflow.platform.snapshots).
+
+    Reads the file named by ATTACK_DATA_PATH (a path, or gs://bucket/object read with the blob
+    store `blobs()` returns), else the sync-attack snapshot in the models bucket. A local file is
+    re-parsed only when its mtime changes, a bucket object only when its digest does.
     Raises ConfigError naming what to do when there is no data to read.
     """
-    env = os.environ if environ is None else environ
-    location = (env.get(ENV_VAR) or "").strip()
-    if not location:
+    location = (data_path or "").strip()
+    if not location and blobs is None:
+        raise ConfigError(f"{ENV_VAR} is not set; TTPs are validated against the ATT&CK techniques file it names")
+    location = location or snapshot_location(bucket_models)
+
+    def load_object(version: str | None) -> Loaded[AttackCatalog] | None:
+        bucket, name = _gs_path(location)
+        if not bucket or not name:
+            raise ConfigError(f"{ENV_VAR}={location!r}: expected gs://bucket/object")
         if blobs is None:
-            raise ConfigError(f"{ENV_VAR} is not set; TTPs are validated against the ATT&CK techniques file it names")
-        location = snapshot_location(env)
-    with _lock:
-        cached = _cache.get(location)
-        if location.startswith("gs://"):
-            if cached is not None and cached[0] is not None and time.monotonic() < cached[0]:
-                return cached[1]
-            bucket, name = _gs_path(location)
-            if not bucket or not name:
-                raise ConfigError(f"{ENV_VAR}={location!r}: expected gs://bucket/object")
-            if blobs is None:
-                raise ConfigError(f"{ENV_VAR}={location!r} is in a bucket, but no blob store was given")
-            try:
-                data = blobs().get(bucket, name)
-            except NotFoundError:
-                raise ConfigError(
-                    f"no ATT&CK data at {location}: run the sync-attack job (threatflow jobs run sync-attack) or set {ENV_VAR}"
-                ) from None
-            except DependencyError:
-                if cached is not None:  # keep validating with what we have while the bucket is unreachable
-                    return cached[1]
-                raise
-            catalog = AttackCatalog.from_bytes(data, source=location)
-            _cache[location] = (time.monotonic() + REFRESH_SECONDS, catalog)
-            return catalog
+            raise ConfigError(f"{ENV_VAR}={location!r} is in a bucket, but no blob store was given")
         try:
-            mtime: float | None = Path(location).stat().st_mtime
+            data = blobs().get(bucket, name)
+        except NotFoundError:
+            raise ConfigError(
+                f"no ATT&CK data at {location}: run the sync-attack job (threatflow jobs run sync-attack) or set {ENV_VAR}"
+            ) from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest == version:
+            return None
+        return Loaded(AttackCatalog.from_bytes(data, source=location), digest)
+
+    def load_file(version: str | None) -> Loaded[AttackCatalog] | None:
+        try:
+            mtime = str(Path(location).stat().st_mtime_ns)
         except OSError as exc:
             raise ConfigError(f"{ENV_VAR}={location!r}: cannot read the ATT&CK data: {exc.strerror or exc}") from None
-        if cached is not None and cached[0] == mtime:
-            return cached[1]
-        catalog = AttackCatalog.load(Path(location))
-        _cache[location] = (mtime, catalog)
-        return catalog
+        if mtime == version:
+            return None
+        return Loaded(AttackCatalog.load(Path(location)), mtime)
+
+    return load_object if location.startswith("gs://") else load_file
 
 
 # -- the sync-attack maintenance job --------------------------------------------------------------
@@ -375,9 +373,3 @@ def sync(
         "bytes": len(body),
         "seconds": round(time.perf_counter() - started, 3),
     }
-
-
-def reset_cache() -> None:
-    """Forget the loaded catalogs (tests; or to force a reload now)."""
-    with _lock:
-        _cache.clear()

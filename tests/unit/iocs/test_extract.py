@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from threatflow.iocs.extract import extract
+from threatflow.iocs.extraction import extract
 from threatflow.iocs.types import ExtractedIndicator, IocType
 
 MD5 = "d41d8cd98f00b204e9800998ecf8427e"

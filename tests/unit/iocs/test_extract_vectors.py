@@ -7,7 +7,7 @@ import time
 import pytest
 from unit.iocs.extract_vectors import VECTORS, Vector
 
-from threatflow.iocs.extract import extract
+from threatflow.iocs.extraction import extract
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=[vector.id for vector in VECTORS])

@@ -5,7 +5,9 @@ import json
 import pytest
 from helpers import require_shared_data
 
+from threatflow.platform.config import Settings
 from threatflow.platform.errors import ConfigError, ValidationError
+from threatflow.platform.snapshots import Snapshot
 from threatflow.threats import attack
 from threatflow.threats.attack import AttackCatalog
 
@@ -56,20 +58,28 @@ def test_sub_techniques_of_a_parent(catalog):
     assert catalog.subtechniques("T1059.001") == []
 
 
+def catalog_snapshot(environ: dict[str, str], *, blobs=None) -> Snapshot[AttackCatalog]:
+    """The catalogue as a function instance holds it: ATTACK_DATA_PATH read by Settings, in a snapshot."""
+    settings = Settings.from_env(environ)
+    load = attack.catalog_loader(data_path=settings.attack_data_path, bucket_models=settings.bucket_models, blobs=blobs)
+    return Snapshot("attack", load=load, refresh_seconds=0, retry_seconds=0)
+
+
 def test_catalog_from_env_needs_the_variable():
     with pytest.raises(ConfigError, match="ATTACK_DATA_PATH is not set"):
-        attack.catalog_from_env({})
+        catalog_snapshot({}).get()
 
 
 def test_catalog_from_env_names_a_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="ATTACK_DATA_PATH="):
-        attack.catalog_from_env({"ATTACK_DATA_PATH": str(tmp_path / "none.json")})
+        catalog_snapshot({"ATTACK_DATA_PATH": str(tmp_path / "none.json")}).get()
 
 
 def test_catalog_from_env_loads_and_caches():
     path = str(require_shared_data("attack", "attack_techniques.json"))
-    first = attack.catalog_from_env({"ATTACK_DATA_PATH": path})
-    assert first is attack.catalog_from_env({"ATTACK_DATA_PATH": path})
+    snapshot = catalog_snapshot({"ATTACK_DATA_PATH": path})
+    first = snapshot.get()
+    assert first is snapshot.get()
     assert len(first) > 600
 
 
@@ -122,4 +132,4 @@ def test_snapshot_round_trips_every_technique():
 
 def test_without_a_path_or_blob_store_the_error_says_what_to_set():
     with pytest.raises(ConfigError, match="ATTACK_DATA_PATH is not set"):
-        attack.catalog_from_env({"BUCKET_MODELS": "m"})
+        catalog_snapshot({"BUCKET_MODELS": "m"}).get()

@@ -8,8 +8,11 @@ import pytest
 from helpers import require_shared_data
 
 from threatflow.iocs import warninglists
+from threatflow.platform import logging as tf_logging
+from threatflow.platform import snapshots
 from threatflow.platform.config import Settings
 from threatflow.platform.errors import DependencyError, NotFoundError, ValidationError
+from threatflow.runtime import Runtime
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 MODELS = "models-bucket"
@@ -63,11 +66,15 @@ class FixedClock:
         return NOW
 
 
-class FakeRuntime:
+# A Runtime routes the root logger to JSON once per process; do it at import, before caplog adds its handler.
+tf_logging.configure()
+
+
+class FakeRuntime(Runtime):
+    """A real Runtime whose blob store is in memory; its snapshot timers read time.monotonic."""
+
     def __init__(self, **env: str) -> None:
-        self.settings = Settings.from_env({"BUCKET_MODELS": MODELS, **env})
-        self.blobs = MemoryBlobs()
-        self.clock = FixedClock()
+        super().__init__(Settings.from_env({"BUCKET_MODELS": MODELS, **env}), clock=FixedClock(), clients={"blobs": MemoryBlobs()})
 
 
 class FakeMonotonic:
@@ -81,7 +88,7 @@ class FakeMonotonic:
 @pytest.fixture
 def monotonic(monkeypatch):
     clock = FakeMonotonic()
-    monkeypatch.setattr(warninglists.time, "monotonic", clock)
+    monkeypatch.setattr(snapshots.time, "monotonic", clock)
     return clock
 
 
@@ -135,10 +142,10 @@ def test_sync_of_the_shared_lists():
 def test_matcher_is_none_and_logged_once_without_a_source(caplog):
     runtime = FakeRuntime()
     with caplog.at_level(logging.WARNING, logger="threatflow.iocs.warninglists"):
-        assert warninglists.matcher_for(runtime) is None
-        assert warninglists.matcher_for(runtime) is None
+        assert runtime.warninglist_matcher() is None
+        assert runtime.warninglist_matcher() is None
     assert [r.getMessage() for r in caplog.records] == ["warninglists are off: WARNINGLISTS_SOURCE is not set"]
-    assert warninglists.unavailable_reason(runtime) == "WARNINGLISTS_SOURCE is not set"
+    assert runtime.warninglists_reason() == "WARNINGLISTS_SOURCE is not set"
 
 
 def test_matcher_loads_the_snapshot_from_the_models_bucket(tmp_path):
@@ -146,10 +153,10 @@ def test_matcher_loads_the_snapshot_from_the_models_bucket(tmp_path):
     index = warninglists.index_from_sources([("rfc1918", RFC1918)], source="gs://src/wl")
     runtime.blobs.put(MODELS, warninglists.SNAPSHOT_NAME, index.snapshot())
 
-    match = warninglists.matcher_for(runtime)
+    match = runtime.warninglist_matcher()
 
     assert match is not None and match("ipv4", "192.168.1.1") == ["rfc1918"]
-    loaded = warninglists.index_for(runtime)
+    loaded = runtime.warninglist_index()
     assert loaded is not None and loaded.origin == f"gs://{MODELS}/warninglists/snapshot.json"
     assert runtime.blobs.gets == 1  # cached for the instance
 
@@ -157,48 +164,48 @@ def test_matcher_loads_the_snapshot_from_the_models_bucket(tmp_path):
 def test_matcher_compiles_a_local_source_when_there_is_no_snapshot():
     source = str(require_shared_data("feeds", "misp-warninglists"))
     runtime = FakeRuntime(WARNINGLISTS_SOURCE=source)
-    match = warninglists.matcher_for(runtime)
+    match = runtime.warninglist_matcher()
     assert match is not None and match("ipv4", "8.8.8.8") == ["public-dns-v4"]
-    assert warninglists.index_for(runtime).origin == source
+    assert runtime.warninglist_index().origin == source
 
 
 def test_matcher_waits_for_the_sync_job_when_the_source_is_a_bucket(monotonic):
     runtime = FakeRuntime(WARNINGLISTS_SOURCE="gs://src/wl")
-    assert warninglists.matcher_for(runtime) is None
-    assert "run the sync-warninglists job" in warninglists.unavailable_reason(runtime)
+    assert runtime.warninglist_matcher() is None
+    assert "run the sync-warninglists job" in runtime.warninglists_reason()
     # Once the job has written the snapshot, the next retry picks it up.
     index = warninglists.index_from_sources([("rfc1918", RFC1918)], source="gs://src/wl")
     runtime.blobs.put(MODELS, warninglists.SNAPSHOT_NAME, index.snapshot())
-    assert warninglists.matcher_for(runtime) is None  # not yet: retries are spaced
+    assert runtime.warninglist_matcher() is None  # not yet: retries are spaced
     monotonic.now += 301
-    assert warninglists.matcher_for(runtime)("ipv4", "10.0.0.1") == ["rfc1918"]
+    assert runtime.warninglist_matcher()("ipv4", "10.0.0.1") == ["rfc1918"]
 
 
 def test_refresh_picks_up_a_new_snapshot_and_survives_an_outage(monotonic):
     runtime = FakeRuntime(WARNINGLISTS_SOURCE="gs://src/wl", WARNINGLISTS_REFRESH_SECONDS="600")
     first = warninglists.index_from_sources([("rfc1918", RFC1918)], source="gs://src/wl")
     runtime.blobs.put(MODELS, warninglists.SNAPSHOT_NAME, first.snapshot())
-    assert warninglists.matcher_for(runtime)("ipv4", "192.0.2.1") == []
+    assert runtime.warninglist_matcher()("ipv4", "192.0.2.1") == []
 
     second = warninglists.index_from_sources(
         [("rfc1918", RFC1918), ("test-net", {**RFC1918, "name": "TEST-NET", "list": ["192.0.2.0/24"]})], source="gs://src/wl"
     )
     runtime.blobs.put(MODELS, warninglists.SNAPSHOT_NAME, second.snapshot())
     monotonic.now += 599
-    assert warninglists.matcher_for(runtime)("ipv4", "192.0.2.1") == []  # still within the refresh period
+    assert runtime.warninglist_matcher()("ipv4", "192.0.2.1") == []  # still within the refresh period
     monotonic.now += 2
-    assert warninglists.matcher_for(runtime)("ipv4", "192.0.2.1") == ["test-net"]
+    assert runtime.warninglist_matcher()("ipv4", "192.0.2.1") == ["test-net"]
 
     # An unchanged snapshot is not recompiled.
-    before = warninglists.index_for(runtime)
+    before = runtime.warninglist_index()
     monotonic.now += 601
-    assert warninglists.index_for(runtime) is before
+    assert runtime.warninglist_index() is before
 
     # Storage down at refresh time: keep serving what we have.
     runtime.blobs.down = True
     monotonic.now += 601
-    assert warninglists.matcher_for(runtime)("ipv4", "192.0.2.1") == ["test-net"]
-    assert "unreachable" in warninglists.unavailable_reason(runtime)
+    assert runtime.warninglist_matcher()("ipv4", "192.0.2.1") == ["test-net"]
+    assert "unreachable" in runtime.warninglists_reason()
 
 
 def test_check_value_normalises_and_explains_bad_values():

@@ -8,7 +8,7 @@ from threatflow.intel.formats import Builder, ParsedImport, as_text
 
 
 def parse(content: Any) -> ParsedImport:
-    from threatflow.iocs.extract import extract
+    from threatflow.iocs.extraction import extract
 
     out = Builder()
     for index, found in enumerate(extract(as_text(content, what="text"), refang=True)):

@@ -1,0 +1,89 @@
+"""URLs written encoded as a token of their own: percent-encoded, base64 or hex.
+
+Percent-encoded: an href or a redirect target, not one inside a URL's query; base64:
+"aHR0cDovL..." is "http://..."; hex: "687474703a2f2f...". Each pattern starts with a
+literal so that the regex engine can skip to it; the rest of the token is taken from there.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterator
+from typing import NamedTuple
+from urllib.parse import unquote
+
+from threatflow.iocs.defang import URL_START
+from threatflow.iocs.extraction.tokens import MAX_TOKEN_CHARS, STOP, TOKEN_END, strip_trailing
+
+_PERCENT_SEPARATOR = re.compile(r"%3[Aa]%2[Ff]%2[Ff]")
+_PERCENT_SCHEME = re.compile(rf"(?:^|(?<=[{STOP}(\[]))(?:https?|ftps?)$", re.IGNORECASE)
+_BASE64_URLS = (
+    re.compile(r"aHR0c(?<![A-Za-z0-9+/=]aHR0c)[A-Za-z0-9+/]*=*(?![A-Za-z0-9+/=])"),  # "http"
+    re.compile(r"ZnRwOi8v(?<![A-Za-z0-9+/=]ZnRwOi8v)[A-Za-z0-9+/]*=*(?![A-Za-z0-9+/=])"),  # "ftp://"
+)
+_HEX_URL = re.compile(r"68747470(?:73)?3[Aa]2[Ff]2[Ff][0-9A-Fa-f]*(?![0-9A-Fa-f])")
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_DECODED_END = re.compile(r"[\s\x00-\x1f\x7f\ufffd\"'<>`|]")
+
+
+class EncodedUrl(NamedTuple):
+    start: int  # where the encoded token starts in the text
+    original: str  # the token as written
+    url: str  # the decoded URL (its scheme possibly a look-alike), cut where the decoded text stops being one
+
+
+def encoded_urls(text: str) -> Iterator[EncodedUrl]:
+    """The URLs written percent-encoded, in base64 or in hex in `text`, each a token of its own."""
+    done = 0
+    for match in _PERCENT_SEPARATOR.finditer(text):
+        scheme = _PERCENT_SCHEME.search(text, max(0, match.start() - 6), match.start())
+        if scheme is None or match.start() < done:
+            continue  # inside a longer token, such as a URL's query: that URL is the indicator
+        end = TOKEN_END.search(text, match.end())
+        done = end.start() if end is not None else len(text)
+        original = strip_trailing(text[scheme.start() : done])
+        if len(original) > MAX_TOKEN_CHARS:
+            continue
+        yield from _decoded(scheme.start(), original, unquote(original))
+    for pattern in _BASE64_URLS:
+        for match in pattern.finditer(text):
+            if match.end() - match.start() > MAX_TOKEN_CHARS:
+                continue  # bounded work: no URL is this long
+            yield from _decoded(match.start(), match.group(), _base64(match.group()).decode("utf-8", "replace"))
+    for match in _HEX_URL.finditer(text):
+        start = match.start()
+        while start > 0 and text[start - 1] in _HEX_DIGITS:
+            start -= 1  # the whole hex token, which may encode text before the URL ("2020" for two spaces)
+        if (match.start() - start) % 2:
+            continue  # "http" is not on a byte boundary, so this is not hex-encoded text
+        if start > 0 and text[start - 1].isalnum():
+            continue
+        if match.end() - start > 2 * MAX_TOKEN_CHARS:
+            continue  # bounded work: no URL is this long
+        hexed = match.group()
+        decoded = bytes.fromhex(hexed[: len(hexed) - len(hexed) % 2]).decode("utf-8", "replace")
+        yield from _decoded(start, text[start : match.end()], decoded)
+
+
+def _decoded(start: int, original: str, decoded: str) -> Iterator[EncodedUrl]:
+    """The URL at the start of `decoded`, if there is one."""
+    if URL_START.match(decoded) is None:
+        return
+    end = _DECODED_END.search(decoded)
+    yield EncodedUrl(start, original, strip_trailing(decoded[: end.start()] if end is not None else decoded))
+
+
+def _base64(token: str) -> bytes:
+    """`token` decoded, padded if it lacks padding; when that is not how an encoder would have written it
+    (a stray character after the data), only the whole 4-character groups."""
+    data = token.rstrip("=")
+    whole = data[: len(data) - len(data) % 4]
+    try:
+        if len(data) % 4 in (2, 3):
+            decoded = base64.b64decode(data + "=" * (-len(data) % 4))
+            if base64.b64encode(decoded).decode("ascii").rstrip("=") == data:
+                return decoded
+        return base64.b64decode(whole)
+    except ValueError:
+        return b""
