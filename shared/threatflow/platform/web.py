@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from threatflow.auth.model import Principal, Role
+from threatflow.platform import limits
 from threatflow.platform import logging as tf_logging
 from threatflow.platform.errors import (
     AuthError,
+    ConfigError,
     DependencyError,
     ForbiddenError,
     NotFoundError,
-    PayloadTooLargeError,
     RateLimitedError,
     ThreatFlowError,
     ValidationError,
@@ -60,12 +61,13 @@ class Request:
     principal: Principal | None = None
 
     def json(self) -> Any:
+        limits.check_raw_json(self.body)
         try:
             return msgspec.json.decode(self.body) if self.body else None
         except msgspec.DecodeError as exc:
             raise ValidationError(f"request body is not valid JSON: {exc}", field="body") from None
 
-    def query_int(self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+    def query_int(self, name: str, default: int, *, minimum: int = 0, maximum: int | None = limits.INT64_MAX) -> int:
         text = self.query.get(name)
         if text is None or text == "":
             return default
@@ -105,6 +107,8 @@ def decode_body(raw: bytes, body_type: type) -> Any:
     """Decode and validate JSON into a typed struct; errors name the field."""
     if not raw:
         raise ValidationError("request body is required (JSON)", field="body")
+    # Depth, NUL and 64-bit checks; a batch's items are checked one by one by its service.
+    limits.check_raw_json(raw, skip=getattr(body_type, "batch_field", None))
     try:
         return msgspec.json.decode(raw, type=body_type)
     except msgspec.ValidationError as exc:
@@ -128,6 +132,8 @@ class Router:
         self.routes: list[Route] = []
         self._token_config: Any = None
         self._active_check: Any = None
+        fallback = runtime.settings.login_fallback_per_instance
+        self._login_fallback = limits.LocalRateLimiter(limit=fallback.limit, period_seconds=fallback.period_seconds)
         self.route("GET", "/health", role=None)(self._health)
         self.route("GET", "/ready", role=None)(self._ready)
 
@@ -154,11 +160,17 @@ class Router:
             try:
                 request = self._request(flask_request, request_id)
                 response = self._dispatch(request, origin)
+            except ConfigError as exc:  # at request time: something this route needs is not set up
+                response = self._error(DependencyError(exc.message))
             except ThreatFlowError as exc:
                 response = self._error(exc)
-            except Exception:
-                log.exception("unhandled error", extra={"fields": {"function": self.name}})
-                response = self._error(ThreatFlowError("internal error; see the logs for this request id"))
+            except Exception as exc:
+                unavailable = self.runtime.dependency_error(exc)  # database down, Redis hung ... -> 503
+                if unavailable is not None:
+                    response = self._error(unavailable)
+                else:
+                    log.exception("unhandled error", extra={"fields": {"function": self.name}})
+                    response = self._error(ThreatFlowError("internal error; see the logs for this request id"))
             response.headers["X-Request-Id"] = request_id
             self._cors_headers(response, origin)
             try:
@@ -182,12 +194,10 @@ class Router:
             return encoded
 
     def _request(self, fr: WerkzeugRequest, request_id: str) -> Request:
-        limit = self.runtime.settings.max_request_bytes
-        if fr.content_length is not None and fr.content_length > limit:
-            raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
-        body = fr.get_data(cache=False)
-        if len(body) > limit:
-            raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
+        # Read in pieces and stop at the limit, with or without Content-Length (chunked uploads).
+        body = limits.read_body(fr.stream, limit=self.runtime.settings.max_request_bytes, content_length=fr.content_length)
+        for name, value in fr.args.items(multi=True):
+            limits.check_text(value, field=name)
         return Request(
             method=fr.method.upper(),
             path=fr.path.rstrip("/") or "/",
@@ -210,12 +220,17 @@ class Router:
         if request.method == "OPTIONS":
             return self._preflight(request, origin)
         route, params = self._match(request)
+        for name, value in params.items():
+            limits.check_text(value, field=name)
+            if f"{{{name}:int}}" in route.pattern:
+                limits.check_int(value, field=name)
         request.path_params = params
         is_probe = route.handler in (self._health, self._ready)
         if not is_probe:
             self._limit(f"ip:{route.rate_limit}:{request.client_ip}", self._ip_limit(route))
         if route.role is not None:
-            request.principal = self._authenticate(request)
+            # Write and admin routes check the account's current state on every request; reads may use a 30 s cache.
+            request.principal = self._authenticate(request, strict=route.role is not Role.READER)
             if not request.principal.role.allows(route.role):
                 raise ForbiddenError(f"this needs the {route.role.value} role; you have {request.principal.role.value}")
             limit = self.runtime.settings.rate_limit_per_user
@@ -248,7 +263,14 @@ class Router:
             decision = self.runtime.rate_limiter.hit(key, limit=limit[0], period_seconds=limit[1])
         except DependencyError:
             # Fail open: a Redis outage must not take the API down with it; /ready reports it.
+            # Except for logins: a small in-process limit keeps password guessing bounded.
             log.warning("rate limiter unavailable; request allowed", extra={"fields": {"key": key}})
+            if key.startswith("ip:login:"):
+                wait = self._login_fallback.hit("login")
+                if wait > 0:
+                    raise RateLimitedError(
+                        "the token endpoint is limited per instance while Redis is unavailable", retry_after=wait
+                    ) from None
             return
         if not decision.allowed:
             raise RateLimitedError(
@@ -257,7 +279,7 @@ class Router:
                 details={"limit": limit[0], "period_seconds": limit[1]},
             )
 
-    def _authenticate(self, request: Request) -> Principal:
+    def _authenticate(self, request: Request, *, strict: bool) -> Principal:
         from threatflow.auth import service, tokens
         from threatflow.auth.users import UserRepository
 
@@ -270,8 +292,7 @@ class Router:
         principal = tokens.verify(token.strip(), config=self._token_config)
         if self._active_check is None:
             self._active_check = service.ActiveUserCheck(UserRepository(self.runtime.engine))
-        self._active_check(principal)
-        return principal
+        return self._active_check(principal, strict=strict)  # type: ignore[no-any-return]
 
     # -- CORS ------------------------------------------------------------------
 
@@ -303,6 +324,8 @@ class Router:
         response = Response(exc.to_json(), status=exc.status)
         if isinstance(exc, RateLimitedError):
             response.headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
+        elif isinstance(exc, DependencyError):
+            response.headers["Retry-After"] = str(exc.retry_after)
         if isinstance(exc, _MethodNotAllowed):
             response.headers["Allow"] = ", ".join(sorted(set(exc.allowed)))
         if isinstance(exc, AuthError):

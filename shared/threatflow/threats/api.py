@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from threatflow.auth import clearance as tlp_clearance
 from threatflow.auth.model import Role
 from threatflow.platform.errors import ConfigError
 from threatflow.platform.web import Request, Router
@@ -50,7 +51,7 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("POST", "/api/v1/threats/find", role=Role.READER, body=FindRequest)
     def find(request: Request, body: FindRequest) -> dict[str, Any]:
-        return service.find(body, engine=runtime.engine)
+        return service.find(body, engine=runtime.engine, clearance=tlp_clearance.of(request.principal))
 
     @router.route("GET", "/api/v1/threats/stats", role=Role.READER)
     def stats(request: Request) -> dict[str, Any]:
@@ -62,7 +63,7 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("GET", "/api/v1/threats/by-ioc/{ioc_id:int}", role=Role.READER)
     def by_ioc(request: Request) -> dict[str, Any]:
-        return service.by_ioc(int(request.path_params["ioc_id"]), engine=runtime.engine)
+        return service.by_ioc(int(request.path_params["ioc_id"]), engine=runtime.engine, clearance=tlp_clearance.of(request.principal))
 
     @router.route("GET", "/api/v1/threats/by-ttp/{technique}", role=Role.READER)
     def by_ttp(request: Request) -> dict[str, Any]:
@@ -70,6 +71,7 @@ def build_router(runtime: Runtime) -> Router:
             request.path_params["technique"],
             engine=runtime.engine,
             catalog=catalog(),
+            clearance=tlp_clearance.of(request.principal),
             exact=service.parse_bool(request.query.get("exact"), "exact"),
             limit=request.query_int("limit", DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE),
             cursor=request.query.get("cursor"),
@@ -77,7 +79,12 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("GET", "/api/v1/threats/{threat_id:int}", role=Role.READER)
     def get(request: Request) -> dict[str, Any]:
-        return service.get_or_raise(int(request.path_params["threat_id"]), engine=runtime.engine, catalog=optional_catalog())
+        return service.get_or_raise(
+            int(request.path_params["threat_id"]),
+            engine=runtime.engine,
+            catalog=optional_catalog(),
+            clearance=tlp_clearance.of(request.principal),
+        )
 
     @router.route("POST", "/api/v1/threats/{threat_id:int}/link", role=Role.ANALYST, body=LinkIn)
     def link(request: Request, body: LinkIn) -> dict[str, Any]:

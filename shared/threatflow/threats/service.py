@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
+from threatflow.auth import clearance as tlp_clearance
 from threatflow.platform.errors import NotFoundError, PayloadTooLargeError, ValidationError
 from threatflow.threats import store
 from threatflow.threats.attack import check_id_format
@@ -102,11 +103,11 @@ def upsert_batch(raw_items: Sequence[msgspec.Raw | ThreatIn], *, engine: Engine,
     return {"results": [r.to_json() for r in ordered], "summary": _summary(ordered, started)}
 
 
-def get_or_raise(threat_id: int, *, engine: Engine, catalog: AttackCatalog | None) -> dict[str, Any]:
+def get_or_raise(threat_id: int, *, engine: Engine, catalog: AttackCatalog | None, clearance: str) -> dict[str, Any]:
     """One threat with its IoC link counts and its TTPs named from the catalog (when one is configured)."""
     with engine.connect() as conn:
         threat = store.get_threat(conn, threat_id)
-        if threat is None:
+        if threat is None or not tlp_clearance.can_read(clearance, threat.get("tlp")):
             raise NotFoundError(f"no threat with id {threat_id}")
         by_relation = {
             str(r[0]): int(r[1])
@@ -121,10 +122,14 @@ def get_or_raise(threat_id: int, *, engine: Engine, catalog: AttackCatalog | Non
     return threat
 
 
-def _page(sql_where: list[str], params: dict[str, Any], *, limit: int, cursor: str | None, engine: Engine) -> dict[str, Any]:
+def _page(
+    sql_where: list[str], params: dict[str, Any], *, limit: int, cursor: str | None, engine: Engine, clearance: str
+) -> dict[str, Any]:
     from threatflow.iocs.search import decode_cursor, encode_cursor
 
-    where = list(sql_where)
+    visible, visible_params = tlp_clearance.sql("tlp", clearance)
+    where = [*sql_where, visible]
+    params = {**params, **visible_params}
     if cursor:
         where.append("id < :after_id")
         params["after_id"] = decode_cursor(cursor)
@@ -140,7 +145,7 @@ def _like(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def find(request: FindRequest, *, engine: Engine) -> dict[str, Any]:
+def find(request: FindRequest, *, engine: Engine, clearance: str) -> dict[str, Any]:
     """Keyset pages, newest first. Every filter uses an index except text (ILIKE over a small table)."""
     where: list[str] = []
     params: dict[str, Any] = {}
@@ -162,33 +167,44 @@ def find(request: FindRequest, *, engine: Engine) -> dict[str, Any]:
             "(name ILIKE :text ESCAPE '\\' OR array_to_string(aliases, ' ') ILIKE :text ESCAPE '\\' OR description ILIKE :text ESCAPE '\\')"
         )
         params["text"] = _like(request.text)
-    return _page(where, params, limit=request.limit, cursor=request.cursor, engine=engine)
+    return _page(where, params, limit=request.limit, cursor=request.cursor, engine=engine, clearance=clearance)
 
 
 def by_ttp(
-    technique: str, *, engine: Engine, catalog: AttackCatalog, exact: bool = False, limit: int = DEFAULT_PAGE, cursor: str | None = None
+    technique: str,
+    *,
+    engine: Engine,
+    catalog: AttackCatalog,
+    clearance: str,
+    exact: bool = False,
+    limit: int = DEFAULT_PAGE,
+    cursor: str | None = None,
 ) -> dict[str, Any]:
     """Threats using a technique. A parent technique (T1059) also finds its sub-techniques
     (T1059.001...) unless exact; a sub-technique finds only itself. Unknown or revoked
     ids are a 400 that names them."""
     (tid,) = catalog.validate([technique])
     searched = [tid] if exact or "." in tid else [tid, *catalog.subtechniques(tid)]
-    page = _page(["ttps && CAST(:ttps AS text[])"], {"ttps": searched}, limit=limit, cursor=cursor, engine=engine)
+    page = _page(["ttps && CAST(:ttps AS text[])"], {"ttps": searched}, limit=limit, cursor=cursor, engine=engine, clearance=clearance)
     technique_info = catalog.get(tid)
     return {"technique": technique_info.to_json() if technique_info else {"id": tid}, "searched": searched, **page}
 
 
-def by_ioc(ioc_id: int, *, engine: Engine) -> dict[str, Any]:
+def by_ioc(ioc_id: int, *, engine: Engine, clearance: str) -> dict[str, Any]:
     """Threats linked to an IoC, each with the link's relation, confidence and source."""
+    ioc_visible, ioc_params = tlp_clearance.sql("tlp", clearance, param="ioc_tlps")
+    threat_visible, threat_params = tlp_clearance.sql("t.tlp", clearance)
     with engine.connect() as conn:
-        if not store.existing_ioc_ids(conn, [ioc_id]):
+        seen = conn.execute(_text(f"SELECT 1 FROM iocs WHERE id = :i AND {ioc_visible}"), {"i": ioc_id, **ioc_params}).first()  # noqa: S608
+        if seen is None:
             raise NotFoundError(f"no indicator with id {ioc_id}")
         rows = conn.execute(
             _text(
                 "SELECT t.id, t.kind, t.name, t.aliases, l.relation, l.confidence, l.source, l.created_at"
-                " FROM threat_iocs l JOIN threats t ON t.id = l.threat_id WHERE l.ioc_id = :i ORDER BY l.confidence DESC, t.id, l.relation"
+                f" FROM threat_iocs l JOIN threats t ON t.id = l.threat_id WHERE l.ioc_id = :i AND {threat_visible}"  # noqa: S608
+                " ORDER BY l.confidence DESC, t.id, l.relation"
             ),
-            {"i": ioc_id},
+            {"i": ioc_id, **threat_params},
         ).all()
     threats = [
         {
