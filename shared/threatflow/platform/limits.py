@@ -88,11 +88,37 @@ def check_raw_json(raw: bytes, *, field: str = "", skip: str | None = None) -> N
 
     try:
         decoded = _decode_untyped(raw)
-    except RecursionError:  # msgspec gives up far below a crash, but above our limit
-        raise ValidationError(f"{field or 'body'}: JSON nests deeper than {MAX_JSON_DEPTH} levels", field=field or "body") from None
+    except RecursionError:  # msgspec gives up (below a crash, above our limit): find the field without recursion
+        where = _too_deep_at(raw, prefix=field)
+        raise ValidationError(f"{where}: JSON nests deeper than {MAX_JSON_DEPTH} levels", field=where) from None
     except msgspec.DecodeError:
         return  # the typed decode reports malformed JSON with its own message
     check_json(decoded, field=field, skip=skip)
+
+
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}:]')
+
+
+def _too_deep_at(raw: bytes, *, prefix: str) -> str:
+    """The top-level field whose value nests too deep, found by a flat scan of the tokens."""
+    depth = 0
+    last_string = b""
+    key = ""
+    for match in _TOKEN.finditer(raw):
+        token = match.group()
+        if token in (b"{", b"["):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                break
+        elif token in (b"}", b"]"):
+            depth -= 1
+        elif token == b":":
+            if depth == 1:
+                key = last_string[1:-1].decode("utf-8", "replace")
+        else:
+            last_string = token
+    name = f"{prefix}.{key}" if prefix and key else (key or prefix)
+    return name or "body"
 
 
 def _decode_untyped(raw: bytes) -> Any:
