@@ -21,12 +21,31 @@ QUERY_KEYS = [
     "limit", "cursor", "after", "before", "ids", "format", "max_tlp", "type", "source", "exact", "async", "tags",
     "verdict", "first_seen_from", "value_prefix", "bogus",
 ]  # fmt: skip
-NASTY_TEXT = ["", "\x00", "a\x00b", "..", ".", "__x__", "%2e%2e", "9" * 30, str(2**63), "-1", "'; DROP TABLE iocs;--", "\u202e", "😀" * 10, "T1059"]
+NASTY_TEXT = [
+    "",
+    "\x00",
+    "a\x00b",
+    "..",
+    ".",
+    "__x__",
+    "%2e%2e",
+    "9" * 30,
+    str(2**63),
+    "-1",
+    "'; DROP TABLE iocs;--",
+    "\u202e",
+    "😀" * 10,
+    "T1059",
+]
 
-_ints = st.one_of(st.integers(-10, 10_000), st.integers(min_value=2**62, max_value=2**80), st.integers(max_value=-(2**63) - 5, min_value=-(2**80)))
+_ints = st.one_of(
+    st.integers(-10, 10_000), st.integers(min_value=2**62, max_value=2**80), st.integers(max_value=-(2**63) - 5, min_value=-(2**80))
+)
 _text = st.one_of(st.sampled_from(NASTY_TEXT), st.text(max_size=40))
 _scalars = st.one_of(st.none(), st.booleans(), _ints, st.floats(allow_nan=False), _text)
-_json = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_text, inner, max_size=4)), max_leaves=12)
+_json = st.recursive(
+    _scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_text, inner, max_size=4)), max_leaves=12
+)
 
 
 def _deep(depth: int) -> Any:
@@ -56,7 +75,12 @@ def routes_of(function: str) -> list[RouteInfo]:
 
     from threatflow.runtime import Runtime
 
-    module = {"auth": "threatflow.auth.api", "iocs": "threatflow.iocs.api", "threats": "threatflow.threats.api", "admin": "threatflow.admin.api"}
+    module = {
+        "auth": "threatflow.auth.api",
+        "iocs": "threatflow.iocs.api",
+        "threats": "threatflow.threats.api",
+        "admin": "threatflow.admin.api",
+    }
     router = importlib.import_module(module[function]).build_router(Runtime.from_env())
     out = []
     for route in router.routes:

@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
     from threatflow.adapters import redis as redis_adapter
     from threatflow.adapters.firestore import FirestoreDocuments
-    from threatflow.adapters.pushauth import PushVerifier
     from threatflow.adapters.pubsub import PubSubPublisher
+    from threatflow.adapters.pushauth import PushVerifier
     from threatflow.adapters.redis import RateLimiter
     from threatflow.adapters.storage import GcsBlobs
     from threatflow.ports import SecretSource

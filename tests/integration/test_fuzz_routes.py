@@ -34,7 +34,13 @@ def test_no_route_answers_5xx_or_non_json_errors(function_client, backend_env, f
     def fuzz(request):
         method, path, query, body = request
         response = client.open(path, method=method, query_string=query, data=body, headers=headers)
-        check(tally, f"{method} {path} {query} {body[:80] if body else b''!r}", response.status_code, response.content_type or "", response.data)
+        check(
+            tally,
+            f"{method} {path} {query} {body[:80] if body else b''!r}",
+            response.status_code,
+            response.content_type or "",
+            response.data,
+        )
 
     fuzz()
     print(f"{function}: {tally.requests} fuzzed requests, {len(tally.server_errors)} 5xx, {len(tally.not_json)} non-JSON errors")

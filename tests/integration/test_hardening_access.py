@@ -75,9 +75,8 @@ def test_concurrent_hashing_is_bounded_per_instance():
     worker = threading.Thread(target=hold)
     worker.start()
     inside.wait(5)
-    with pytest.raises(DependencyError, match="too many logins"):
-        with guard.hashing():
-            pass
+    with pytest.raises(DependencyError, match="too many logins"), guard.hashing():
+        pass
     release.set()
     worker.join()
     with guard.hashing():  # free again
@@ -106,7 +105,9 @@ def test_a_disabled_admin_cannot_act_even_within_the_cache_window(function_clien
     admin = function_client("admin")
     assert admin.get("/api/v1/admin/users", headers=rogue).status_code == 200  # now cached as active
     assert admin.post("/api/v1/admin/users/rogue/disable", headers=boss).status_code == 200
-    create = admin.post("/api/v1/admin/users", json={"username": "rogue2", "password": "a long enough password", "role": "admin"}, headers=rogue)
+    create = admin.post(
+        "/api/v1/admin/users", json={"username": "rogue2", "password": "a long enough password", "role": "admin"}, headers=rogue
+    )
     assert create.status_code == 401
     assert admin.get("/api/v1/admin/users", headers=rogue).status_code == 401
 
@@ -141,10 +142,15 @@ def marked(function_client, backend_env):
     reader = _bearer(_login(function_client("auth"), "reader", create_user(url, "reader", "reader")))
     iocs = function_client("iocs")
     items = [{"value": f"{tlp.replace('+', '-')}.tlp-test.com", "tlp": tlp, "tags": ["shared-tag"]} for tlp in ("green", "amber", "red")]
-    ids = {r["value"].split(".")[0]: r["id"] for r in iocs.post("/api/v1/iocs/batch", json={"iocs": items}, headers=analyst).get_json()["results"]}
+    ids = {
+        r["value"].split(".")[0]: r["id"]
+        for r in iocs.post("/api/v1/iocs/batch", json={"iocs": items}, headers=analyst).get_json()["results"]
+    }
     iocs.post(f"/api/v1/iocs/{ids['green']}/relations", json={"target_id": ids["red"], "type": "drops"}, headers=analyst)
     threats = function_client("threats")
-    threat = threats.post("/api/v1/threats/batch", json={"threats": [{"kind": "malware", "name": "RedOnly", "tlp": "red"}]}, headers=analyst)
+    threat = threats.post(
+        "/api/v1/threats/batch", json={"threats": [{"kind": "malware", "name": "RedOnly", "tlp": "red"}]}, headers=analyst
+    )
     threat_id = threat.get_json()["results"][0]["id"]
     threats.post(f"/api/v1/threats/{threat_id}/link", json={"ioc_ids": [ids["green"]]}, headers=analyst)
     return {"iocs": iocs, "threats": threats, "ids": ids, "threat_id": threat_id, "reader": reader, "writer": analyst}
@@ -240,3 +246,52 @@ def test_a_malformed_push_body_is_a_json_400_that_echoes_nothing(function_client
     response = function_client("maintenance").post("/", data=b"not a cloud event", headers={"Authorization": "Bearer secret-ish"})
     assert response.status_code == 400 and response.is_json
     assert b"secret-ish" not in response.data
+
+
+# -- push endpoints in the cloud's mode: Google OIDC tokens (a local issuer stands in for Google) ---------
+
+
+@pytest.fixture
+def oidc():
+    from fakes.google_oidc import FakeGoogleOidc
+
+    fake = FakeGoogleOidc()
+    yield fake
+    fake.close()
+
+
+def test_oidc_push_checks_signature_audience_and_service_account(function_client, backend_env, oidc):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from threatflow.adapters.firestore import FirestoreDocuments
+    from threatflow.jobs.runs import RUNS
+
+    audience = "https://maintenance-abc.a.run.app/"
+    pusher = "pubsub-pusher@threatflow-test.iam.gserviceaccount.com"
+    client = function_client(
+        "maintenance",
+        PUSH_AUTH_MODE="oidc",
+        PUSH_AUTH_AUDIENCE=audience,
+        PUSH_AUTH_SERVICE_ACCOUNT=pusher,
+        PUSH_AUTH_CERTS_URL=oidc.certs_url,
+    )
+    documents = FirestoreDocuments(backend_env["GOOGLE_CLOUD_PROJECT"])
+    forged = {
+        "wrong audience": oidc.token(audience="https://elsewhere.example/", email=pusher),
+        "wrong account": oidc.token(audience=audience, email="attacker@evil.iam.gserviceaccount.com"),
+        "unverified email": oidc.token(audience=audience, email=pusher, verified=False),
+        "expired": oidc.token(audience=audience, email=pusher, expires_in=-120),
+        "not google": oidc.token(audience=audience, email=pusher, issuer="https://evil.example"),
+        "other key": oidc.token(audience=audience, email=pusher, key=rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+        "unknown kid": oidc.token(audience=audience, email=pusher, kid="nope"),
+    }
+    for label, token in forged.items():
+        run_id = uuid.uuid4().hex
+        response = client.post("/", json=_push("heartbeat", run_id), headers={"Authorization": f"Bearer {token}"}, query_string={})
+        assert response.status_code == 401, label
+        assert documents.get(RUNS, run_id) is None, label
+    run_id = uuid.uuid4().hex
+    good = oidc.token(audience=audience, email=pusher)
+    response = client.post("/", json=_push("heartbeat", run_id), headers={"Authorization": f"Bearer {good}"}, query_string={})
+    assert response.status_code == 200
+    assert documents.get(RUNS, run_id)["state"] == "succeeded"

@@ -68,7 +68,9 @@ def _is_4xx_naming(response, field):
 def test_integers_beyond_64_bits_are_a_400_naming_the_field(clients, function, method, path, body, field):
     headers = clients["admin_h"] if function == "admin" else clients["analyst"]
     client = clients[function]
-    response = getattr(client, method)(path, json=body, headers=headers) if body is not None else getattr(client, method)(path, headers=headers)
+    response = (
+        getattr(client, method)(path, json=body, headers=headers) if body is not None else getattr(client, method)(path, headers=headers)
+    )
     _is_4xx_naming(response, field)
 
 
@@ -105,7 +107,9 @@ def test_json_nested_beyond_400_levels_is_a_400(clients, depth):
     iocs, h = clients["iocs"], clients["analyst"]
     deep = json.dumps(_nested(depth))
     created = iocs.post("/api/v1/iocs/batch", json={"iocs": [{"value": "deep.example.com"}]}, headers=h).get_json()["results"][0]
-    sighting = iocs.post(f"/api/v1/iocs/{created['id']}/sightings", data=f'{{"context": {deep}}}', headers=h, content_type="application/json")
+    sighting = iocs.post(
+        f"/api/v1/iocs/{created['id']}/sightings", data=f'{{"context": {deep}}}', headers=h, content_type="application/json"
+    )
     _is_4xx_naming(sighting, "context")
     imported = iocs.post("/api/v1/iocs/import", data=f'{{"format": "json", "content": {deep}}}', headers=h, content_type="application/json")
     _is_4xx_naming(imported, "content")
@@ -124,7 +128,9 @@ def test_a_depth_of_400_is_still_accepted(clients):
 
 @pytest.mark.parametrize(("raw", "field"), [(b"{", "body"), (b'{"params": 5}', "params"), (b'{"nope": 1}', "nope")])
 def test_malformed_job_run_body_is_a_400(clients, raw, field):
-    response = clients["admin"].post("/api/v1/admin/jobs/heartbeat/run", data=raw, headers=clients["admin_h"], content_type="application/json")
+    response = clients["admin"].post(
+        "/api/v1/admin/jobs/heartbeat/run", data=raw, headers=clients["admin_h"], content_type="application/json"
+    )
     _is_4xx_naming(response, field)
 
 
@@ -161,7 +167,11 @@ def test_missing_attack_data_is_a_503_with_a_clear_message(function_client, back
 def test_postgres_down_is_a_503_with_retry_after_naming_it(function_client, backend_env, clients):
     iocs = function_client("iocs", DATABASE_URL="postgresql+pg8000://postgres@127.0.0.1:1/nowhere", DB_TIMEOUT_SECONDS="2")
     for method, path, body in [("get", "/api/v1/iocs/1", None), ("post", "/api/v1/iocs/find", {}), ("get", "/api/v1/iocs/stats", None)]:
-        response = getattr(iocs, method)(path, json=body, headers=clients["analyst"]) if body is not None else iocs.get(path, headers=clients["analyst"])
+        response = (
+            getattr(iocs, method)(path, json=body, headers=clients["analyst"])
+            if body is not None
+            else iocs.get(path, headers=clients["analyst"])
+        )
         assert response.status_code == 503, (path, response.get_json())
         assert response.get_json()["error"]["code"] == "dependency_unavailable"
         assert "PostgreSQL" in response.get_json()["error"]["message"]

@@ -130,7 +130,9 @@ def main() -> None:
         print(f"/auth/me under a login flood: {args.rate:g} wrong logins/s from {args.addresses} addresses, {args.seconds:g} s each phase")
         idle = measure_me(port, token, args.seconds / 2)
         base = percentile(idle, 0.5)
-        print(f"idle (baseline)              p50 {base * 1000:7.2f} ms   p99 {percentile(idle, 0.99) * 1000:7.2f} ms   ({len(idle)} requests)")
+        print(
+            f"idle (baseline)              p50 {base * 1000:7.2f} ms   p99 {percentile(idle, 0.99) * 1000:7.2f} ms   ({len(idle)} requests)"
+        )
         for label, username in (("(a) one account", "victim"), ("(b) unknown names", None)):
             statuses: Counter[int] = Counter()
             runner = flood(port, seconds=args.seconds, rate=args.rate, addresses=args.addresses, username=username, statuses=statuses)

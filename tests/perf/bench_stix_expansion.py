@@ -36,10 +36,15 @@ def bundle(k: int, *, related: bool, seed: int) -> dict:
     if related:
         objects.append(
             {
-                "type": "relationship", "spec_version": "2.1", "id": f"relationship--{seed:08d}-0000-4000-8000-000000000003",
-                "created": "2024-01-01T00:00:00Z", "modified": "2024-01-01T00:00:00Z", "relationship_type": "communicates-with",
-                "source_ref": objects[0]["id"], "target_ref": objects[1]["id"],
-            }  # fmt: skip
+                "type": "relationship",
+                "spec_version": "2.1",
+                "id": f"relationship--{seed:08d}-0000-4000-8000-000000000003",
+                "created": "2024-01-01T00:00:00Z",
+                "modified": "2024-01-01T00:00:00Z",
+                "relationship_type": "communicates-with",
+                "source_ref": objects[0]["id"],
+                "target_ref": objects[1]["id"],
+            }
         )
     return {"type": "bundle", "id": f"bundle--{seed:08d}-0000-4000-8000-000000000000", "objects": objects}
 

@@ -9,7 +9,8 @@ request carries the push authentication this deployment configured:
   URL Terraform configured) and the pushing service account
   (PUSH_AUTH_SERVICE_ACCOUNT, with `email_verified`).
 - `token` (the local stack): the Pub/Sub emulator does not attach OIDC tokens
-  (it ignores a subscription's `oidcToken`), so the dev stack generates a random
+  (it stores a subscription's `oidcToken` but pushes without an Authorization
+  header), so the dev stack generates a random
   secret and puts it in each push subscription's endpoint URL
   (`/_push/<fn>?token=...`), which is what Pub/Sub documented for push
   authentication before OIDC. It is compared in constant time.
@@ -21,6 +22,7 @@ is refused, so a forgotten setting fails closed.
 
 from __future__ import annotations
 
+import functools
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from typing import Any
 from threatflow.platform.errors import AuthError, ConfigError
 
 _GOOGLE_ISSUERS = ("accounts.google.com", "https://accounts.google.com")
+GOOGLE_CERTS_URL = "https://www.googleapis.com/oauth2/v1/certs"
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class PushVerifier:
     audience: str | None = None
     service_account: str | None = None
     token: str | None = None
+    certs_url: str = GOOGLE_CERTS_URL
 
     @classmethod
     def from_settings(cls, settings: Any) -> PushVerifier:
@@ -44,7 +48,12 @@ class PushVerifier:
         if mode == "oidc":
             if not settings.push_auth_audience or not settings.push_auth_service_account:
                 raise ConfigError("PUSH_AUTH_MODE=oidc needs PUSH_AUTH_AUDIENCE and PUSH_AUTH_SERVICE_ACCOUNT")
-            return cls("oidc", audience=settings.push_auth_audience, service_account=settings.push_auth_service_account)
+            return cls(
+                "oidc",
+                audience=settings.push_auth_audience,
+                service_account=settings.push_auth_service_account,
+                certs_url=settings.push_auth_certs_url or GOOGLE_CERTS_URL,
+            )
         if mode == "token":
             if not settings.push_auth_token:
                 return cls("off")
@@ -66,31 +75,28 @@ class PushVerifier:
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError("push delivery is not authenticated: no OIDC bearer token")
-        claims = _verify_google_id_token(token.strip(), audience=self.audience or "")
+        claims = _verify_google_id_token(token.strip(), audience=self.audience or "", certs_url=self.certs_url)
         if claims.get("iss") not in _GOOGLE_ISSUERS:
             raise AuthError("push token was not issued by Google")
         if claims.get("email") != self.service_account or not claims.get("email_verified"):
             raise AuthError("push token belongs to another service account")
 
 
-def _verify_google_id_token(token: str, *, audience: str) -> dict[str, Any]:
+def _verify_google_id_token(token: str, *, audience: str, certs_url: str) -> dict[str, Any]:
     """Signature, expiry and audience, by google-auth against Google's published certificates."""
-    import google.auth.transport.requests
+    import jwt
     from google.auth import exceptions
     from google.oauth2 import id_token
 
     try:
-        return dict(id_token.verify_oauth2_token(token, _transport(google.auth.transport.requests), audience=audience))
-    except (ValueError, exceptions.GoogleAuthError) as exc:
+        return dict(id_token.verify_token(token, _transport(), audience=audience, certs_url=certs_url))
+    except (ValueError, exceptions.GoogleAuthError, jwt.PyJWTError) as exc:
         raise AuthError(f"push token is not valid: {exc}") from None
 
 
-_REQUEST: Any = None
+@functools.lru_cache(maxsize=1)
+def _transport() -> Any:
+    """One HTTP session per instance; google-auth caches the certificates by their HTTP caching headers."""
+    import google.auth.transport.requests
 
-
-def _transport(module: Any) -> Any:
-    # One session per instance: google-auth caches the certificates by HTTP caching headers.
-    global _REQUEST
-    if _REQUEST is None:
-        _REQUEST = module.Request()
-    return _REQUEST
+    return google.auth.transport.requests.Request()

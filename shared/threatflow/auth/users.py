@@ -115,10 +115,10 @@ class UserRepository:
         with self._engine.begin() as conn:
             row = conn.execute(
                 text(
-                    "UPDATE users SET role = COALESCE(:r, role), clearance = COALESCE(:c, clearance),"
+                    "UPDATE users SET role = COALESCE(:r, role), clearance = COALESCE(:c, clearance),"  # noqa: S608 - constant columns
                     " password_hash = COALESCE(:h, password_hash),"
                     " security_version = security_version + CASE WHEN :bump THEN 1 ELSE 0 END, updated_at = now()"
-                    f" WHERE lower(username) = lower(:u) RETURNING {_COLUMNS}"  # noqa: S608 - constant column list
+                    f" WHERE lower(username) = lower(:u) RETURNING {_COLUMNS}"
                 ),
                 {"r": role.value if role else None, "c": clearance, "h": password_hash, "bump": bump, "u": username},
             ).first()

@@ -98,9 +98,8 @@ def register(router: Router, runtime: Runtime) -> None:
 
     @router.route("GET", "/api/v1/iocs/import/{job_id}", role=Role.READER)
     def import_job(request: Request) -> dict[str, Any]:
-        from threatflow.platform.errors import NotFoundError
-
         from threatflow.auth.model import Role as Roles
+        from threatflow.platform.errors import NotFoundError
 
         job = runtime.documents.get(importer.IMPORT_JOBS, request.path_params["job_id"])
         principal = request.principal

@@ -200,8 +200,8 @@ def by_ioc(ioc_id: int, *, engine: Engine, clearance: str) -> dict[str, Any]:
             raise NotFoundError(f"no indicator with id {ioc_id}")
         rows = conn.execute(
             _text(
-                "SELECT t.id, t.kind, t.name, t.aliases, l.relation, l.confidence, l.source, l.created_at"
-                f" FROM threat_iocs l JOIN threats t ON t.id = l.threat_id WHERE l.ioc_id = :i AND {threat_visible}"  # noqa: S608
+                "SELECT t.id, t.kind, t.name, t.aliases, l.relation, l.confidence, l.source, l.created_at"  # noqa: S608 - constant clause
+                f" FROM threat_iocs l JOIN threats t ON t.id = l.threat_id WHERE l.ioc_id = :i AND {threat_visible}"
                 " ORDER BY l.confidence DESC, t.id, l.relation"
             ),
             {"i": ioc_id, **threat_params},

