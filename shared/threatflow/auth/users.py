@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -143,7 +144,7 @@ class UserRepository:
                 {"k": kind, "u": username, "ip": client_ip, "d": json.dumps(detail, default=str)},
             )
 
-    def events(self, *, before_id: int | None, limit: int) -> list[dict[str, Any]]:
+    def events(self, *, before_id: int | None, limit: int) -> builtins.list[dict[str, Any]]:
         from sqlalchemy import text
 
         with self._engine.connect() as conn:

@@ -15,8 +15,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Any, BinaryIO
+from collections.abc import Callable, Mapping
+from typing import IO, Any
 
 from threatflow.platform.errors import PayloadTooLargeError, ValidationError
 
@@ -27,7 +27,7 @@ _CHUNK = 64 * 1024
 _LONG_DIGITS = re.compile(rb"\d{19,}")
 
 
-def read_body(stream: BinaryIO, *, limit: int, content_length: int | None) -> bytes:
+def read_body(stream: IO[bytes], *, limit: int, content_length: int | None) -> bytes:
     """At most `limit` bytes; PayloadTooLargeError as soon as the body is known to be longer."""
     if content_length is not None and content_length > limit:
         raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
@@ -159,7 +159,7 @@ class LocalRateLimiter:
         self._burst = float(limit)
         self._buckets: dict[str, tuple[float, float]] = {}
         self._max_keys = max_keys
-        self._clock = clock or time.monotonic
+        self._clock: Callable[[], float] = clock or time.monotonic
         self._lock = threading.Lock()
 
     def hit(self, key: str) -> float:
