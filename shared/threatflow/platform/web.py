@@ -44,7 +44,7 @@ log = logging.getLogger("threatflow.http")
 _PARAM = re.compile(r"\{(\w+)(?::(path|int))?\}")
 _PARAM_REGEX = {None: "[^/]+", "path": ".+", "int": "[0-9]+"}
 _MSGSPEC_PATH = re.compile(r"at `\$((?:\.[^.`\[]+|\[\d+\])+)`")
-_MSGSPEC_MISSING = re.compile(r"missing required field `([^`]+)`")
+_MSGSPEC_MISSING = re.compile(r"(?:missing required|contains unknown) field `([^`]+)`")
 _CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Request-Id"
 
 

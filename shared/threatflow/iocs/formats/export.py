@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from threatflow.iocs.search import IocFilter
+from threatflow.platform import limits
 from threatflow.platform.csvsafe import SafeCsvWriter
 from threatflow.platform.errors import ValidationError
 
@@ -366,7 +367,4 @@ def filter_from_query(query: Any) -> IocFilter:
 
 
 def _int(value: str, field: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise ValidationError(f"query parameter {field!r} must be integers", field=field) from None
+    return limits.check_int(value, field=field)  # a 400 naming the field, also beyond 64 bits
