@@ -40,7 +40,9 @@ def encode(payload: Mapping[str, Any]) -> bytes:
 
 def decode(cloud_event: Any) -> Message:
     envelope = cloud_event.data or {}
-    message = envelope.get("message") or {}
+    message = envelope.get("message") if isinstance(envelope, dict) else None
+    if not isinstance(message, dict):
+        raise ValidationError("push envelope has no message object", field="message")
     raw = message.get("data")
     try:
         data = json.loads(base64.b64decode(raw)) if raw else {}
