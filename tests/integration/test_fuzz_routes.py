@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from route_fuzz import HTTP_FUNCTIONS, Tally, check, requests_for, routes_of
 
 pytestmark = pytest.mark.integration
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "120"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 
 
 @pytest.mark.parametrize("function", HTTP_FUNCTIONS)
