@@ -180,3 +180,47 @@ def test_postgres_down_is_a_503_with_retry_after_naming_it(function_client, back
         assert response.get_json()["error"]["code"] == "dependency_unavailable"
         assert "PostgreSQL" in response.get_json()["error"]["message"]
         assert int(response.headers["Retry-After"]) >= 1
+
+
+def _in_pattern_bundle(k):
+    def indicator(n):
+        values = ", ".join(f"'10.{n}.{i // 250}.{i % 250 + 1}'" for i in range(k))
+        return {
+            "type": "indicator",
+            "spec_version": "2.1",
+            "id": f"indicator--00000000-0000-4000-8000-{n:012d}",
+            "created": "2024-01-01T00:00:00Z",
+            "modified": "2024-01-01T00:00:00Z",
+            "pattern_type": "stix",
+            "pattern": f"[ipv4-addr:value IN ({values})]",
+            "valid_from": "2024-01-01T00:00:00Z",
+        }
+
+    first, second = indicator(1), indicator(2)
+    relationship = {
+        "type": "relationship",
+        "spec_version": "2.1",
+        "id": "relationship--00000000-0000-4000-8000-000000000003",
+        "created": "2024-01-01T00:00:00Z",
+        "modified": "2024-01-01T00:00:00Z",
+        "relationship_type": "communicates-with",
+        "source_ref": first["id"],
+        "target_ref": second["id"],
+    }
+    return {"type": "bundle", "id": "bundle--00000000-0000-4000-8000-000000000000", "objects": [first, second, relationship]}
+
+
+def test_stix_in_patterns_and_a_relationship_expand_linearly_and_report_the_cut(clients):
+    from threatflow.iocs.formats.stix import MAX_PATTERN_VALUES
+    from threatflow.iocs.importer import MAX_RELATIONS_PER_IMPORT
+
+    response = clients["iocs"].post(
+        "/api/v1/iocs/import", json={"format": "stix", "content": _in_pattern_bundle(200)}, headers=clients["analyst"]
+    )
+    assert response.status_code == 200, response.get_json()
+    result = response.get_json()
+    assert result["iocs"]["summary"]["created"] == 2 * MAX_PATTERN_VALUES  # 100 of the 200 values per pattern
+    assert sum("only the first" in w["reason"] for w in result["warnings"]) == 2
+    assert result["relations"] == MAX_RELATIONS_PER_IMPORT  # not 100 x 100 = 10,000, let alone 40,000
+    assert result["relations_cut"] == MAX_PATTERN_VALUES**2 - MAX_RELATIONS_PER_IMPORT
+    assert any(e["ref"] == "relations" and str(result["relations_cut"]) in e["reason"] for e in result["errors"])

@@ -101,14 +101,10 @@ def apply_import(
             sources, targets = ioc_ids.get(relation.source_ref, []), ioc_ids.get(relation.target_ref, [])
             wanted = len(sources) * len(targets) - len(set(sources) & set(targets))  # counted, never enumerated
             room = max(0, MAX_RELATIONS_PER_IMPORT - relations)
-            pairs = itertools.islice(((s, t) for s in sources for t in targets if s != t), room)
-            relations_cut += wanted - min(wanted, room)
-            for source_id, target_id in pairs:
-                created = threat_store.add_ioc_relation(
-                    conn, source_id=source_id, target_id=target_id, type=relation.type, source=source_default
-                )
-                relations += 1
-                relations_created += int(created)
+            pairs = list(itertools.islice(((s, t) for s in sources for t in targets if s != t), room))
+            relations_cut += wanted - len(pairs)
+            relations += len(pairs)
+            relations_created += threat_store.add_ioc_relations(conn, pairs, type=relation.type, source=source_default)
         if relations_cut:
             errors.append(
                 ItemError("relations", f"{relations_cut} IoC relations not created: at most {MAX_RELATIONS_PER_IMPORT} per import")
