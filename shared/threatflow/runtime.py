@@ -88,9 +88,9 @@ class Runtime:
 
     def dependency_error(self, exc: BaseException) -> DependencyError | None:
         """A backing service's failure as a 503 naming it, or None when `exc` is a bug."""
-        from threatflow.adapters import postgres
+        from threatflow.adapters import cloud_errors, postgres
 
-        return postgres.unavailable(exc)
+        return postgres.unavailable(exc) or cloud_errors.unavailable(exc)
 
     @property
     def rate_limiter(self) -> RateLimiter:
