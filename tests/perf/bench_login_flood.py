@@ -103,6 +103,9 @@ def main() -> None:
             "JWT_SECRET": os.urandom(32).hex(),
             "LOG_LEVEL": "ERROR",
             "TRUSTED_PROXY_HOPS": "1",
+            # The watcher's own requests must not hit its limits; the token endpoint keeps its default per-IP limit.
+            "RATE_LIMIT_PER_USER": "1000000/60",
+            "RATE_LIMIT_PER_IP": "1000000/60",
             "THREATFLOW_USES": "postgres,redis",
         }
         os.environ.update(env)

@@ -71,5 +71,6 @@ def login_guard(runtime: Runtime) -> Any:
     return LoginGuard(
         lockout=lockout,
         concurrent_hashes=s.login_concurrent_hashes,
+        hash_share_percent=s.login_hash_share_percent,
         record_event=lambda kind, **kw: UserRepository(runtime.engine).record_event(kind, **kw),
     )

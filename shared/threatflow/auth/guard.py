@@ -8,9 +8,13 @@ Three bounds, on top of the per-IP limit the router applies:
    doubling with each further failure; a locked name is refused before any
    hash is computed. A new lock is written to the security audit log
    (`security_events`), which admins list at GET /api/v1/admin/security-events.
-2. per instance: at most LOGIN_CONCURRENT_HASHES hashes at once; a login that
-   cannot get a slot within HASH_WAIT_SECONDS is answered 503 at once, so a
-   flood queues nowhere and the other routes keep their CPU.
+2. per instance: at most LOGIN_CONCURRENT_HASHES hashes at once, and hashing
+   may take at most LOGIN_HASH_SHARE_PERCENT of the instance's time (a duty
+   cycle: after a hash of d seconds the next may start d x (100/share - 1)
+   seconds later, so the bound adapts to how fast the machine is). A login over
+   either bound is answered 503 with Retry-After at once (it never waits more
+   than HASH_WAIT_SECONDS for a slot), so a flood queues nowhere, holds no
+   worker threads, and the other routes keep their CPU.
 3. unknown users cost the same hash as known ones (passwords.verify_password).
 
 If Redis is unreachable the lockout is skipped (the router's in-process
@@ -21,24 +25,38 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from threatflow.platform import logging as tf_logging
 from threatflow.platform.errors import DependencyError, RateLimitedError
 
 log = logging.getLogger("threatflow.auth")
-HASH_WAIT_SECONDS = 0.5
+HASH_WAIT_SECONDS = 0.05
 
 
 class LoginGuard:
-    def __init__(self, *, lockout: Any, concurrent_hashes: int, record_event: Any) -> None:
+    def __init__(
+        self,
+        *,
+        lockout: Any,
+        concurrent_hashes: int,
+        record_event: Any,
+        hash_share_percent: int = 100,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         """`lockout`: an AccountLockout (or None where Redis is not configured); `record_event(kind, username=,
         client_ip=, detail=)` writes the audit record."""
         self._lockout = lockout
         self._slots = threading.BoundedSemaphore(concurrent_hashes)
         self._record_event = record_event
+        self._idle_factor = 100 / max(1, min(100, hash_share_percent)) - 1
+        self._clock = clock
+        self._next_start = 0.0
+        self._lock = threading.Lock()
 
     def check(self, username: str) -> None:
         state = self._call("check", username)
@@ -51,11 +69,19 @@ class LoginGuard:
 
     @contextlib.contextmanager
     def hashing(self) -> Iterator[None]:
+        with self._lock:
+            wait = self._next_start - self._clock()
+        if wait > 0:
+            raise DependencyError("too many logins on this instance; retry shortly", retry_after=max(1, math.ceil(wait)))
         if not self._slots.acquire(timeout=HASH_WAIT_SECONDS):
             raise DependencyError("too many logins in progress on this instance; retry shortly", retry_after=1)
+        started = self._clock()
         try:
             yield
         finally:
+            ended = self._clock()
+            with self._lock:
+                self._next_start = max(self._next_start, ended + (ended - started) * self._idle_factor)
             self._slots.release()
 
     def failed(self, username: str, *, client_ip: str | None) -> None:

@@ -77,7 +77,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LOGIN_MAX_FAILURES", "5", "failed logins per account before it is locked; the lock doubles with each further failure"),
     Variable("LOGIN_LOCKOUT_SECONDS", "30", "first lockout; doubles per further failure, up to LOGIN_LOCKOUT_MAX_SECONDS"),
     Variable("LOGIN_LOCKOUT_MAX_SECONDS", "900", "longest lockout"),
-    Variable("LOGIN_CONCURRENT_HASHES", "2", "Argon2 computations at once per instance; more logins wait briefly, then get 503"),
+    Variable("LOGIN_CONCURRENT_HASHES", "1", "Argon2 computations at once per instance; a login over it gets 503 at once"),
+    Variable("LOGIN_HASH_SHARE_PERCENT", "25", "most of an instance's time Argon2 may take (duty cycle); a login over it gets 503"),
     Variable("LOGIN_FALLBACK_PER_INSTANCE", "10/60", "token requests/seconds per instance while Redis is down (in-process)"),
     Variable("REDIS_TIMEOUT_MS", "250", "socket timeout of every Redis call"),
     Variable("REDIS_BREAKER_SECONDS", "5", "after a Redis failure, skip Redis for this long (circuit breaker)"),
@@ -146,7 +147,8 @@ class Settings:
     login_max_failures: int = 5
     login_lockout_seconds: int = 30
     login_lockout_max_seconds: int = 900
-    login_concurrent_hashes: int = 2
+    login_concurrent_hashes: int = 1
+    login_hash_share_percent: int = 25
     login_fallback_per_instance: RateLimit = RateLimit(10, 60)
     redis_timeout_ms: int = 250
     redis_breaker_seconds: int = 5
@@ -233,6 +235,7 @@ class Settings:
             login_lockout_seconds=integer("LOGIN_LOCKOUT_SECONDS", 1),
             login_lockout_max_seconds=integer("LOGIN_LOCKOUT_MAX_SECONDS", 1),
             login_concurrent_hashes=integer("LOGIN_CONCURRENT_HASHES", 1),
+            login_hash_share_percent=integer("LOGIN_HASH_SHARE_PERCENT", 1),
             login_fallback_per_instance=RateLimit.parse("LOGIN_FALLBACK_PER_INSTANCE", get("LOGIN_FALLBACK_PER_INSTANCE") or ""),
             redis_timeout_ms=integer("REDIS_TIMEOUT_MS", 10),
             redis_breaker_seconds=integer("REDIS_BREAKER_SECONDS", 1),

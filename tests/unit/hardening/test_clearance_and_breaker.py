@@ -43,6 +43,23 @@ def test_breaker_fails_fast_once_open_then_tries_again():
     assert not breaker.is_open
 
 
+def test_login_hashing_keeps_to_its_share_of_the_instance():
+    from threatflow.auth.guard import LoginGuard
+
+    now = [100.0]
+    guard = LoginGuard(lockout=None, concurrent_hashes=1, record_event=None, hash_share_percent=25, clock=lambda: now[0])
+    with guard.hashing():
+        now[0] += 0.8  # one hash of 0.8 s
+    now[0] += 2.0  # 25 %: the next may start 3 x 0.8 = 2.4 s after it ended
+    with pytest.raises(DependencyError, match="too many logins") as refused:
+        with guard.hashing():
+            pass
+    assert refused.value.retry_after == 1
+    now[0] += 0.5
+    with guard.hashing():
+        pass
+
+
 def test_push_token_mode_accepts_only_the_configured_secret():
     verifier = PushVerifier("token", token="s3cret-token")
     verifier.verify(authorization=None, query={"token": "s3cret-token"})
