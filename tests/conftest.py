@@ -157,7 +157,7 @@ def backend_env(
         "JWT_SECRET": secrets.token_hex(32),
         "PUSH_AUTH_MODE": "token",
         "PUSH_AUTH_TOKEN": secrets.token_urlsafe(24),
-        # Tests log in many times in a row on one instance; the hashing duty cycle has its own test.
+        # Tests log in many times in a row on one instance; the hashing budget has its own test.
         "LOGIN_HASH_SHARE_PERCENT": "100",
         **redis_server.env,
         **pubsub_emulator.env,

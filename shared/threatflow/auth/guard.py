@@ -9,9 +9,11 @@ Three bounds, on top of the per-IP limit the router applies:
    hash is computed. A new lock is written to the security audit log
    (`security_events`), which admins list at GET /api/v1/admin/security-events.
 2. per instance: at most LOGIN_CONCURRENT_HASHES hashes at once, and hashing
-   may take at most LOGIN_HASH_SHARE_PERCENT of the instance's time (a duty
-   cycle: after a hash of d seconds the next may start d x (100/share - 1)
-   seconds later, so the bound adapts to how fast the machine is). A login over
+   may take at most LOGIN_HASH_SHARE_PERCENT of the instance's time: a budget of
+   hashing seconds (a token bucket holding share x HASH_WINDOW_SECONDS, refilled
+   at `share` seconds per second, each hash paying what it took), so a few
+   logins in a row always pass and a flood gets at most that share of the CPU,
+   whatever the machine's speed. A login over
    either bound is answered 503 with Retry-After at once (it never waits more
    than HASH_WAIT_SECONDS for a slot), so a flood queues nowhere, holds no
    worker threads, and the other routes keep their CPU.
@@ -36,6 +38,7 @@ from threatflow.platform.errors import DependencyError, RateLimitedError
 
 log = logging.getLogger("threatflow.auth")
 HASH_WAIT_SECONDS = 0.05
+HASH_WINDOW_SECONDS = 10.0
 
 
 class LoginGuard:
@@ -53,10 +56,18 @@ class LoginGuard:
         self._lockout = lockout
         self._slots = threading.BoundedSemaphore(concurrent_hashes)
         self._record_event = record_event
-        self._idle_factor = 100 / max(1, min(100, hash_share_percent)) - 1
+        self._share = max(1, min(100, hash_share_percent)) / 100
+        self._capacity = self._share * HASH_WINDOW_SECONDS
+        self._budget = self._capacity  # seconds of hashing available now
         self._clock = clock
-        self._next_start = 0.0
+        self._refilled_at = clock()
         self._lock = threading.Lock()
+
+    def _refill(self) -> float:
+        now = self._clock()
+        self._budget = min(self._capacity, self._budget + (now - self._refilled_at) * self._share)
+        self._refilled_at = now
+        return self._budget
 
     def check(self, username: str) -> None:
         state = self._call("check", username)
@@ -70,8 +81,9 @@ class LoginGuard:
     @contextlib.contextmanager
     def hashing(self) -> Iterator[None]:
         with self._lock:
-            wait = self._next_start - self._clock()
-        if wait > 0:
+            budget = self._refill()
+        if budget <= 0 and self._share < 1:
+            wait = -budget / self._share
             raise DependencyError("too many logins on this instance; retry shortly", retry_after=max(1, math.ceil(wait)))
         if not self._slots.acquire(timeout=HASH_WAIT_SECONDS):
             raise DependencyError("too many logins in progress on this instance; retry shortly", retry_after=1)
@@ -79,9 +91,10 @@ class LoginGuard:
         try:
             yield
         finally:
-            ended = self._clock()
+            took = self._clock() - started
             with self._lock:
-                self._next_start = max(self._next_start, ended + (ended - started) * self._idle_factor)
+                self._refill()
+                self._budget -= took
             self._slots.release()
 
     def failed(self, username: str, *, client_ip: str | None) -> None:

@@ -78,7 +78,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LOGIN_LOCKOUT_SECONDS", "30", "first lockout; doubles per further failure, up to LOGIN_LOCKOUT_MAX_SECONDS"),
     Variable("LOGIN_LOCKOUT_MAX_SECONDS", "900", "longest lockout"),
     Variable("LOGIN_CONCURRENT_HASHES", "1", "Argon2 computations at once per instance; a login over it gets 503 at once"),
-    Variable("LOGIN_HASH_SHARE_PERCENT", "25", "most of an instance's time Argon2 may take (duty cycle); a login over it gets 503"),
+    Variable("LOGIN_HASH_SHARE_PERCENT", "25", "most of an instance's time Argon2 may take (a budget over 10 s); a login over it gets 503"),
     Variable("LOGIN_FALLBACK_PER_INSTANCE", "10/60", "token requests/seconds per instance while Redis is down (in-process)"),
     Variable("REDIS_TIMEOUT_MS", "250", "socket timeout of every Redis call"),
     Variable("REDIS_BREAKER_SECONDS", "5", "after a Redis failure, skip Redis for this long (circuit breaker)"),

@@ -44,20 +44,31 @@ def test_breaker_fails_fast_once_open_then_tries_again():
 
 
 def test_login_hashing_keeps_to_its_share_of_the_instance():
-    from threatflow.auth.guard import LoginGuard
+    from threatflow.auth.guard import HASH_WINDOW_SECONDS, LoginGuard
 
     now = [100.0]
     guard = LoginGuard(lockout=None, concurrent_hashes=1, record_event=None, hash_share_percent=25, clock=lambda: now[0])
-    with guard.hashing():
-        now[0] += 0.8  # one hash of 0.8 s
-    now[0] += 2.0  # 25 %: the next may start 3 x 0.8 = 2.4 s after it ended
-    with pytest.raises(DependencyError, match="too many logins") as refused:
-        with guard.hashing():
+    spent = 0.0
+    while True:  # a burst: hashes of 0.8 s back to back until the budget (25 % of 10 s) is spent
+        try:
+            with guard.hashing():
+                now[0] += 0.8
+                spent += 0.8
+        except DependencyError as refused:
+            assert refused.retry_after >= 1
+            break
+    assert 2.5 <= spent <= 0.25 * HASH_WINDOW_SECONDS + 0.8
+    hashing = 0.0
+    began = now[0]
+    for _ in range(2000):  # then a flood, one attempt every 50 ms for 100 s
+        now[0] += 0.05
+        try:
+            with guard.hashing():
+                now[0] += 0.8
+                hashing += 0.8
+        except DependencyError:
             pass
-    assert refused.value.retry_after == 1
-    now[0] += 0.5
-    with guard.hashing():
-        pass
+    assert hashing / (now[0] - began) <= 0.27  # at most its share of the time, whatever the rate of attempts
 
 
 def test_push_token_mode_accepts_only_the_configured_secret():
