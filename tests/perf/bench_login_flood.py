@@ -61,15 +61,20 @@ def flood(port: int, *, seconds: float, rate: float, addresses: int, username: s
             time.sleep(max(0.0, next_at - time.monotonic()))
             next_at += interval
             name = username or f"nobody-{uuid.uuid4().hex[:10]}"
-            conn.request(
-                "POST",
-                "/api/v1/auth/token",
-                body=json.dumps({"username": name, "password": "wrong password guess"}),
-                headers={"Content-Type": "application/json", "X-Forwarded-For": f"198.51.100.{index + 1}"},
-            )
-            response = conn.getresponse()
-            response.read()
-            statuses[response.status] += 1
+            try:
+                conn.request(
+                    "POST",
+                    "/api/v1/auth/token",
+                    body=json.dumps({"username": name, "password": "wrong password guess"}),
+                    headers={"Content-Type": "application/json", "X-Forwarded-For": f"198.51.100.{index + 1}"},
+                )
+                response = conn.getresponse()
+                response.read()
+                statuses[response.status] += 1
+            except (ConnectionError, http.client.HTTPException):
+                statuses[0] += 1  # the server closed the connection (counted as 0); open a new one
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
     threads = [threading.Thread(target=one_address, args=(i,), daemon=True) for i in range(addresses)]
     for t in threads:
