@@ -173,8 +173,14 @@ def test_a_reader_never_sees_above_their_clearance(marked):
     assert threats.post("/api/v1/threats/find", json={"text": "RedOnly"}, headers=reader).get_json()["count"] == 0
     assert threats.get(f"/api/v1/threats/by-ioc/{ids['green']}", headers=reader).get_json()["threats"] == []
     assert threats.get(f"/api/v1/threats/by-ioc/{ids['red']}", headers=reader).status_code == 404
+    stats = iocs.get("/api/v1/iocs/stats", headers=reader).get_json()
+    assert "red" not in stats["by_tlp"] and stats["total"] == 2
+    threat_stats = threats.get("/api/v1/threats/stats", headers=reader).get_json()
+    assert threat_stats["total"] == 0 and threat_stats["links"]["top_threats"] == [] and threat_stats["ioc_relations"] == 0
     # Someone cleared for red sees all of it.
     writer = marked["writer"]
+    assert iocs.get("/api/v1/iocs/stats", headers=writer).get_json()["by_tlp"]["red"] == 1
+    assert threats.get("/api/v1/threats/stats", headers=writer).get_json()["links"]["top_threats"][0]["name"] == "RedOnly"
     assert iocs.get(f"/api/v1/iocs/{ids['red']}", headers=writer).status_code == 200
     assert len(iocs.get(f"/api/v1/iocs/{ids['green']}/related", headers=writer).get_json()["relations"]) == 1
 

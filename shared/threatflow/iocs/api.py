@@ -123,7 +123,9 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("GET", "/api/v1/iocs/stats", role=Role.READER)
     def stats(request: Request) -> dict[str, Any]:
-        return IocAdmin(runtime.engine).stats(now=runtime.clock.now())
+        return IocAdmin(runtime.engine).stats(
+            now=runtime.clock.now(), visible_tlps=tlp_clearance.allowed(tlp_clearance.of(request.principal))
+        )
 
     @router.route("GET", "/api/v1/iocs/expired", role=Role.READER)
     def expired(request: Request) -> dict[str, Any]:

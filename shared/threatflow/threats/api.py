@@ -55,7 +55,7 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("GET", "/api/v1/threats/stats", role=Role.READER)
     def stats(request: Request) -> dict[str, Any]:
-        return service.stats(engine=runtime.engine, catalog=optional_catalog())
+        return service.stats(engine=runtime.engine, catalog=optional_catalog(), clearance=tlp_clearance.of(request.principal))
 
     @router.route("POST", "/api/v1/threats/correlate", role=Role.ANALYST, body=CorrelateIn)
     def correlate(request: Request, body: CorrelateIn) -> dict[str, Any]:

@@ -232,30 +232,44 @@ def delete(ids: Sequence[int], *, engine: Engine) -> dict[str, Any]:
     return {"deleted": len(deleted), "not_found": sorted(set(ids) - deleted)}
 
 
-def stats(*, engine: Engine, catalog: AttackCatalog | None) -> dict[str, Any]:
+def stats(*, engine: Engine, catalog: AttackCatalog | None, clearance: str) -> dict[str, Any]:
+    """Counts over the threats (and their links) the caller is cleared to see."""
     out: dict[str, Any] = {}
+    visible = {"v": tlp_clearance.allowed(clearance)}
+    threats_seen = "(SELECT * FROM threats WHERE tlp = ANY(CAST(:v AS text[]))) AS threats"
+    links_seen = (
+        "(SELECT l.* FROM threat_iocs l JOIN threats t ON t.id = l.threat_id JOIN iocs i ON i.id = l.ioc_id"
+        " WHERE t.tlp = ANY(CAST(:v AS text[])) AND i.tlp = ANY(CAST(:v AS text[]))) AS l"
+    )
+    sql = {  # constant clauses only; the clearance is a bound parameter
+        "total": f"SELECT count(*) FROM {threats_seen}",  # noqa: S608
+        "by_kind": f"SELECT kind, count(*) FROM {threats_seen} GROUP BY 1 ORDER BY 2 DESC, 1",  # noqa: S608
+        "ttps": f"SELECT t, count(*) FROM {threats_seen}, unnest(ttps) AS t GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20",  # noqa: S608
+        "tags": f"SELECT t, count(*) FROM {threats_seen}, unnest(tags) AS t GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20",  # noqa: S608
+        "links": f"SELECT count(*), count(DISTINCT ioc_id), count(DISTINCT threat_id) FROM {links_seen}",  # noqa: S608
+        "by_relation": f"SELECT relation, count(*) FROM {links_seen} GROUP BY 1 ORDER BY 2 DESC",  # noqa: S608
+        "top": (
+            f"SELECT t.id, t.name, count(DISTINCT l.ioc_id) FROM {links_seen} JOIN threats t ON t.id = l.threat_id"  # noqa: S608
+            " GROUP BY 1, 2 ORDER BY 3 DESC, 1 LIMIT 20"
+        ),
+        "relations": (
+            "SELECT count(*) FROM ioc_relations r JOIN iocs a ON a.id = r.source_id JOIN iocs b ON b.id = r.target_id"
+            " WHERE a.tlp = ANY(CAST(:v AS text[])) AND b.tlp = ANY(CAST(:v AS text[]))"
+        ),
+    }
     with engine.connect() as conn:
-        out["total"] = int(conn.execute(_text("SELECT count(*) FROM threats")).scalar_one())
-        out["by_kind"] = {
-            str(k): int(v) for k, v in conn.execute(_text("SELECT kind, count(*) FROM threats GROUP BY 1 ORDER BY 2 DESC, 1"))
-        }
-        top_ttps = conn.execute(_text("SELECT t, count(*) FROM threats, unnest(ttps) AS t GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20")).all()
-        out["top_ttps"] = [{"id": r[0], "name": catalog.name(r[0]) if catalog else None, "threats": int(r[1])} for r in top_ttps]
-        top_tags = conn.execute(_text("SELECT t, count(*) FROM threats, unnest(tags) AS t GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20")).all()
-        out["top_tags"] = [{"tag": r[0], "threats": int(r[1])} for r in top_tags]
-        links, iocs, threats = conn.execute(
-            _text("SELECT count(*), count(DISTINCT ioc_id), count(DISTINCT threat_id) FROM threat_iocs")
-        ).one()
-        by_relation = {
-            str(k): int(v) for k, v in conn.execute(_text("SELECT relation, count(*) FROM threat_iocs GROUP BY 1 ORDER BY 2 DESC"))
-        }
-        top = conn.execute(
-            _text(
-                "SELECT t.id, t.name, count(DISTINCT l.ioc_id) FROM threat_iocs l JOIN threats t ON t.id = l.threat_id"
-                " GROUP BY 1, 2 ORDER BY 3 DESC, 1 LIMIT 20"
-            )
-        ).all()
-        relations = int(conn.execute(_text("SELECT count(*) FROM ioc_relations")).scalar_one())
+
+        def rows(name: str) -> list[Any]:
+            return list(conn.execute(_text(sql[name]), visible).all())
+
+        out["total"] = int(rows("total")[0][0])
+        out["by_kind"] = {str(k): int(v) for k, v in rows("by_kind")}
+        out["top_ttps"] = [{"id": r[0], "name": catalog.name(r[0]) if catalog else None, "threats": int(r[1])} for r in rows("ttps")]
+        out["top_tags"] = [{"tag": r[0], "threats": int(r[1])} for r in rows("tags")]
+        links, iocs, threats = rows("links")[0]
+        by_relation = {str(k): int(v) for k, v in rows("by_relation")}
+        top = rows("top")
+        relations = int(rows("relations")[0][0])
     out["links"] = {
         "total": int(links),
         "iocs_linked": int(iocs),
