@@ -315,3 +315,12 @@ def test_oidc_push_checks_signature_audience_and_service_account(function_client
     response = client.post("/", json=_push("heartbeat", run_id), headers={"Authorization": f"Bearer {good}"}, query_string={})
     assert response.status_code == 200
     assert documents.get(RUNS, run_id)["state"] == "succeeded"
+
+
+def test_correlation_respects_clearance(function_client, backend_env, marked):
+    amber = _bearer(_login(function_client("auth"), "amber1", create_user(backend_env["DATABASE_URL"], "amber1", "analyst")))
+    threats = marked["threats"]
+    hidden = threats.post("/api/v1/threats/correlate", json={"threat_id": marked["threat_id"], "link": False}, headers=amber)
+    assert hidden.status_code == 404
+    seen = threats.post("/api/v1/threats/correlate", json={"threat_id": marked["threat_id"], "link": False}, headers=marked["writer"])
+    assert seen.status_code == 200

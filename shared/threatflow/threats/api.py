@@ -59,7 +59,7 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("POST", "/api/v1/threats/correlate", role=Role.ANALYST, body=CorrelateIn)
     def correlate(request: Request, body: CorrelateIn) -> dict[str, Any]:
-        return service.correlate(body, engine=runtime.engine)
+        return service.correlate(body, engine=runtime.engine, clearance=tlp_clearance.of(request.principal))
 
     @router.route("GET", "/api/v1/threats/by-ioc/{ioc_id:int}", role=Role.READER)
     def by_ioc(request: Request) -> dict[str, Any]:

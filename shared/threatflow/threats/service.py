@@ -323,11 +323,25 @@ def _count(results: Sequence[dict[str, Any]]) -> dict[str, int]:
     return out
 
 
-def correlate(body: CorrelateIn, *, engine: Engine) -> dict[str, Any]:
+def correlate(body: CorrelateIn, *, engine: Engine, clearance: str) -> dict[str, Any]:
+    """Correlation for a threat the caller may see; candidates above their clearance are left out of the answer."""
     from threatflow.threats import correlate as correlation
 
     with engine.begin() as conn:
-        return correlation.correlate(conn, threat_id=body.threat_id, threshold=body.threshold, link=body.link, limit=body.limit)
+        row = conn.execute(_text("SELECT tlp FROM threats WHERE id = :i"), {"i": body.threat_id}).first()
+        if row is None or not tlp_clearance.can_read(clearance, row[0]):
+            raise NotFoundError(f"no threat with id {body.threat_id}")
+        result = correlation.correlate(conn, threat_id=body.threat_id, threshold=body.threshold, link=body.link, limit=body.limit)
+        ids = [c["ioc_id"] for c in result["candidates"]]
+        seen = {
+            int(r[0])
+            for r in conn.execute(
+                _text("SELECT id FROM iocs WHERE id = ANY(CAST(:i AS bigint[])) AND tlp = ANY(CAST(:v AS text[]))"),
+                {"i": ids, "v": tlp_clearance.allowed(clearance)},
+            )
+        }
+    result["candidates"] = [c for c in result["candidates"] if c["ioc_id"] in seen]
+    return result
 
 
 def parse_bool(text: str | None, name: str) -> bool:
