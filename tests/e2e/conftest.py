@@ -42,8 +42,8 @@ def stack(tmp_path_factory):
         try:
             if requests.get(f"{url}/ready", timeout=5).status_code == 200 and (state / "stack.json").exists():
                 break
-        except requests.ConnectionError:
-            pass
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not up yet, or a probe slower than 5 s on a loaded machine: ask again until the deadline
         time.sleep(0.5)
     else:
         proc.kill()
