@@ -107,10 +107,14 @@ def decode_body(raw: bytes, body_type: type) -> Any:
     """Decode and validate JSON into a typed struct; errors name the field."""
     if not raw:
         raise ValidationError("request body is required (JSON)", field="body")
-    # Depth, NUL and 64-bit checks; a batch's items are checked one by one by its service.
-    limits.check_raw_json(raw, skip=getattr(body_type, "batch_field", None))
+    # Depth, NUL and 64-bit checks. A batch's items are checked one by one by its service (a bad item is
+    # rejected, not the batch), and the typed decode below checks the rest of a batch envelope.
+    if getattr(body_type, "batch_field", None) is None:
+        limits.check_raw_json(raw)
     try:
         return msgspec.json.decode(raw, type=body_type)
+    except RecursionError:
+        raise ValidationError(f"body: JSON nests deeper than {limits.MAX_JSON_DEPTH} levels", field="body") from None
     except msgspec.ValidationError as exc:
         message = str(exc)
         missing = _MSGSPEC_MISSING.search(message)
