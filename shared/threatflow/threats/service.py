@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
-from threatflow.auth import clearance as tlp_clearance
 from threatflow.platform.errors import NotFoundError, PayloadTooLargeError, ValidationError
 from threatflow.threats import store
 from threatflow.threats.attack import check_id_format
@@ -103,11 +102,16 @@ def upsert_batch(raw_items: Sequence[msgspec.Raw | ThreatIn], *, engine: Engine,
     return {"results": [r.to_json() for r in ordered], "summary": _summary(ordered, started)}
 
 
-def get_or_raise(threat_id: int, *, engine: Engine, catalog: AttackCatalog | None, clearance: str) -> dict[str, Any]:
+def _visible(visible_tlps: Sequence[str], tlp: str | None) -> bool:
+    """`visible_tlps`: the TLP levels the caller may read (auth.clearance.allowed), given by the route."""
+    return tlp is None or tlp in visible_tlps
+
+
+def get_or_raise(threat_id: int, *, engine: Engine, catalog: AttackCatalog | None, visible_tlps: Sequence[str]) -> dict[str, Any]:
     """One threat with its IoC link counts and its TTPs named from the catalog (when one is configured)."""
     with engine.connect() as conn:
         threat = store.get_threat(conn, threat_id)
-        if threat is None or not tlp_clearance.can_read(clearance, threat.get("tlp")):
+        if threat is None or not _visible(visible_tlps, threat.get("tlp")):
             raise NotFoundError(f"no threat with id {threat_id}")
         by_relation = {
             str(r[0]): int(r[1])
@@ -123,11 +127,11 @@ def get_or_raise(threat_id: int, *, engine: Engine, catalog: AttackCatalog | Non
 
 
 def _page(
-    sql_where: list[str], params: dict[str, Any], *, limit: int, cursor: str | None, engine: Engine, clearance: str
+    sql_where: list[str], params: dict[str, Any], *, limit: int, cursor: str | None, engine: Engine, visible_tlps: Sequence[str]
 ) -> dict[str, Any]:
     from threatflow.iocs.search import decode_cursor, encode_cursor
 
-    visible, visible_params = tlp_clearance.sql("tlp", clearance)
+    visible, visible_params = "tlp = ANY(CAST(:visible_tlps AS text[]))", {"visible_tlps": list(visible_tlps)}
     where = [*sql_where, visible]
     params = {**params, **visible_params}
     if cursor:
@@ -145,7 +149,7 @@ def _like(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def find(request: FindRequest, *, engine: Engine, clearance: str) -> dict[str, Any]:
+def find(request: FindRequest, *, engine: Engine, visible_tlps: Sequence[str]) -> dict[str, Any]:
     """Keyset pages, newest first. Every filter uses an index except text (ILIKE over a small table)."""
     where: list[str] = []
     params: dict[str, Any] = {}
@@ -167,7 +171,7 @@ def find(request: FindRequest, *, engine: Engine, clearance: str) -> dict[str, A
             "(name ILIKE :text ESCAPE '\\' OR array_to_string(aliases, ' ') ILIKE :text ESCAPE '\\' OR description ILIKE :text ESCAPE '\\')"
         )
         params["text"] = _like(request.text)
-    return _page(where, params, limit=request.limit, cursor=request.cursor, engine=engine, clearance=clearance)
+    return _page(where, params, limit=request.limit, cursor=request.cursor, engine=engine, visible_tlps=visible_tlps)
 
 
 def by_ttp(
@@ -175,7 +179,7 @@ def by_ttp(
     *,
     engine: Engine,
     catalog: AttackCatalog,
-    clearance: str,
+    visible_tlps: Sequence[str],
     exact: bool = False,
     limit: int = DEFAULT_PAGE,
     cursor: str | None = None,
@@ -185,15 +189,17 @@ def by_ttp(
     ids are a 400 that names them."""
     (tid,) = catalog.validate([technique])
     searched = [tid] if exact or "." in tid else [tid, *catalog.subtechniques(tid)]
-    page = _page(["ttps && CAST(:ttps AS text[])"], {"ttps": searched}, limit=limit, cursor=cursor, engine=engine, clearance=clearance)
+    page = _page(
+        ["ttps && CAST(:ttps AS text[])"], {"ttps": searched}, limit=limit, cursor=cursor, engine=engine, visible_tlps=visible_tlps
+    )
     technique_info = catalog.get(tid)
     return {"technique": technique_info.to_json() if technique_info else {"id": tid}, "searched": searched, **page}
 
 
-def by_ioc(ioc_id: int, *, engine: Engine, clearance: str) -> dict[str, Any]:
+def by_ioc(ioc_id: int, *, engine: Engine, visible_tlps: Sequence[str]) -> dict[str, Any]:
     """Threats linked to an IoC, each with the link's relation, confidence and source."""
-    ioc_visible, ioc_params = tlp_clearance.sql("tlp", clearance, param="ioc_tlps")
-    threat_visible, threat_params = tlp_clearance.sql("t.tlp", clearance)
+    ioc_visible, ioc_params = "tlp = ANY(CAST(:ioc_tlps AS text[]))", {"ioc_tlps": list(visible_tlps)}
+    threat_visible, threat_params = "t.tlp = ANY(CAST(:threat_tlps AS text[]))", {"threat_tlps": list(visible_tlps)}
     with engine.connect() as conn:
         seen = conn.execute(_text(f"SELECT 1 FROM iocs WHERE id = :i AND {ioc_visible}"), {"i": ioc_id, **ioc_params}).first()  # noqa: S608
         if seen is None:
@@ -232,10 +238,10 @@ def delete(ids: Sequence[int], *, engine: Engine) -> dict[str, Any]:
     return {"deleted": len(deleted), "not_found": sorted(set(ids) - deleted)}
 
 
-def stats(*, engine: Engine, catalog: AttackCatalog | None, clearance: str) -> dict[str, Any]:
+def stats(*, engine: Engine, catalog: AttackCatalog | None, visible_tlps: Sequence[str]) -> dict[str, Any]:
     """Counts over the threats (and their links) the caller is cleared to see."""
     out: dict[str, Any] = {}
-    visible = {"v": tlp_clearance.allowed(clearance)}
+    visible = {"v": list(visible_tlps)}
     threats_seen = "(SELECT * FROM threats WHERE tlp = ANY(CAST(:v AS text[]))) AS threats"
     links_seen = (
         "(SELECT l.* FROM threat_iocs l JOIN threats t ON t.id = l.threat_id JOIN iocs i ON i.id = l.ioc_id"
@@ -323,13 +329,13 @@ def _count(results: Sequence[dict[str, Any]]) -> dict[str, int]:
     return out
 
 
-def correlate(body: CorrelateIn, *, engine: Engine, clearance: str) -> dict[str, Any]:
+def correlate(body: CorrelateIn, *, engine: Engine, visible_tlps: Sequence[str]) -> dict[str, Any]:
     """Correlation for a threat the caller may see; candidates above their clearance are left out of the answer."""
     from threatflow.threats import correlate as correlation
 
     with engine.begin() as conn:
         row = conn.execute(_text("SELECT tlp FROM threats WHERE id = :i"), {"i": body.threat_id}).first()
-        if row is None or not tlp_clearance.can_read(clearance, row[0]):
+        if row is None or not _visible(visible_tlps, row[0]):
             raise NotFoundError(f"no threat with id {body.threat_id}")
         result = correlation.correlate(conn, threat_id=body.threat_id, threshold=body.threshold, link=body.link, limit=body.limit)
         ids = [c["ioc_id"] for c in result["candidates"]]
@@ -337,7 +343,7 @@ def correlate(body: CorrelateIn, *, engine: Engine, clearance: str) -> dict[str,
             int(r[0])
             for r in conn.execute(
                 _text("SELECT id FROM iocs WHERE id = ANY(CAST(:i AS bigint[])) AND tlp = ANY(CAST(:v AS text[]))"),
-                {"i": ids, "v": tlp_clearance.allowed(clearance)},
+                {"i": ids, "v": list(visible_tlps)},
             )
         }
     result["candidates"] = [c for c in result["candidates"] if c["ioc_id"] in seen]
