@@ -224,3 +224,9 @@ def test_stix_in_patterns_and_a_relationship_expand_linearly_and_report_the_cut(
     assert result["relations"] == MAX_RELATIONS_PER_IMPORT  # not 100 x 100 = 10,000, let alone 40,000
     assert result["relations_cut"] == MAX_PATTERN_VALUES**2 - MAX_RELATIONS_PER_IMPORT
     assert any(e["ref"] == "relations" and str(result["relations_cut"]) in e["reason"] for e in result["errors"])
+
+
+def test_paths_the_framework_cannot_route_are_json_errors(clients):
+    response = clients["admin"].post("/api/v1/admin/jobs/%0A/run", headers=clients["admin_h"])
+    assert response.status_code == 404 and response.is_json
+    assert response.get_json()["error"]["code"] == "not_found"

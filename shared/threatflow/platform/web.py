@@ -140,6 +140,7 @@ class Router:
         self._login_fallback = limits.LocalRateLimiter(limit=fallback.limit, period_seconds=fallback.period_seconds)
         self.route("GET", "/health", role=None)(self._health)
         self.route("GET", "/ready", role=None)(self._ready)
+        install_json_http_errors()
 
     def route(
         self, method: str, pattern: str, *, role: Role | None = Role.READER, body: type | None = None, rate_limit: str = "default"
@@ -368,6 +369,27 @@ class Router:
             }
             return Response(body, status=503)
         return Response({"status": "ready", "checks": checks})
+
+
+def install_json_http_errors() -> None:
+    """Errors functions-framework (Flask) answers itself, before any route runs (a path its URL map
+    cannot match, such as one with a newline; 405; a body that is not a CloudEvent), as JSON like ours.
+
+    Called while functions-framework imports main.py, inside the app context it creates."""
+    import flask
+    from werkzeug.exceptions import HTTPException
+
+    if not flask.has_app_context():
+        return  # imported outside functions-framework: nothing is served
+
+    def http_error(exc: HTTPException) -> Any:
+        status = exc.code or 500
+        body = {"error": {"code": "bad_request" if status < 500 else "internal", "message": exc.name, "details": None}}
+        if status == 404:
+            body["error"]["code"] = "not_found"
+        return flask.Response(msgspec.json.encode(body), status=status, content_type="application/json")
+
+    flask.current_app.register_error_handler(HTTPException, http_error)
 
 
 def _encode_extra(obj: Any) -> Any:
