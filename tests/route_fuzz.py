@@ -59,6 +59,7 @@ def _deep(depth: int) -> Any:
 class Tally:
     requests: int = 0
     server_errors: list[str] = field(default_factory=list)
+    shed: int = 0  # 503s from the login hashing budget: load shedding by design (auth/guard.py), counted apart
     not_json: list[str] = field(default_factory=list)
 
 
@@ -129,6 +130,9 @@ def check(tally: Tally, label: str, status: int, content_type: str, data: bytes)
     tally.requests += 1
     if status == 503 and " /ready" in label:
         return  # /ready's contract: 503 naming what is down (a loaded machine may time a probe out)
+    if status == 503 and b"too many logins" in data:
+        tally.shed += 1
+        return
     if status >= 500:
         tally.server_errors.append(f"{label} -> {status} {data[:200]!r}")
     if status >= 400:

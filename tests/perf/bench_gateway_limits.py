@@ -174,7 +174,10 @@ def main() -> None:
                     c.close()
 
             fuzz()
-        print(f"fuzzed requests: {tally.requests}, 5xx: {len(tally.server_errors)}, non-JSON errors: {len(tally.not_json)}")
+        print(
+            f"fuzzed requests: {tally.requests}, 5xx: {len(tally.server_errors)}, non-JSON errors: {len(tally.not_json)}"
+            f" (logins shed by the hashing budget, 503 by design: {tally.shed})"
+        )
         for line in (tally.server_errors + tally.not_json)[:10]:
             print(f"  {line}")
 
