@@ -60,6 +60,7 @@ class Tally:
     requests: int = 0
     server_errors: list[str] = field(default_factory=list)
     shed: int = 0  # 503s from the login hashing budget: load shedding by design (auth/guard.py), counted apart
+    missing: list[str] = field(default_factory=list)  # 503s naming reference data this environment lacks (allowed by issue 7)
     not_json: list[str] = field(default_factory=list)
 
 
@@ -132,6 +133,9 @@ def check(tally: Tally, label: str, status: int, content_type: str, data: bytes)
         return  # /ready's contract: 503 naming what is down (a loaded machine may time a probe out)
     if status == 503 and b"too many logins" in data:
         tally.shed += 1
+        return
+    if status == 503 and b'"dependency_unavailable"' in data and b"is not set" in data:
+        tally.missing.append(f"{label} -> {data[:160]!r}")  # e.g. WARNINGLISTS_SOURCE unset: a clear 503, not a crash
         return
     if status >= 500:
         tally.server_errors.append(f"{label} -> {status} {data[:200]!r}")

@@ -43,6 +43,9 @@ def test_no_route_answers_5xx_or_non_json_errors(function_client, backend_env, f
         )
 
     fuzz()
-    print(f"{function}: {tally.requests} fuzzed requests, {len(tally.server_errors)} 5xx, {len(tally.not_json)} non-JSON errors")
+    print(
+        f"{function}: {tally.requests} fuzzed requests, {len(tally.server_errors)} 5xx, {len(tally.not_json)} non-JSON errors,"
+        f" {len(tally.missing)} 503s naming unconfigured reference data"
+    )
     assert tally.server_errors == [], "\n".join(tally.server_errors[:10])
     assert tally.not_json == [], "\n".join(tally.not_json[:10])

@@ -176,7 +176,8 @@ def main() -> None:
             fuzz()
         print(
             f"fuzzed requests: {tally.requests}, 5xx: {len(tally.server_errors)}, non-JSON errors: {len(tally.not_json)}"
-            f" (logins shed by the hashing budget, 503 by design: {tally.shed})"
+            f" (logins shed by the hashing budget, 503 by design: {tally.shed};"
+            f" 503 naming unconfigured reference data: {len(tally.missing)})"
         )
         for line in (tally.server_errors + tally.not_json)[:10]:
             print(f"  {line}")
