@@ -230,3 +230,20 @@ def test_paths_the_framework_cannot_route_are_json_errors(clients):
     response = clients["admin"].post("/api/v1/admin/jobs/%0A/run", headers=clients["admin_h"])
     assert response.status_code == 404 and response.is_json
     assert response.get_json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("description", ["\r=cmd|' /C calc'!A0", "\t=cmd|' /C calc'!A0", '=HYPERLINK("http://x")', "@SUM(1+1)"])
+def test_the_csv_export_neutralises_formula_descriptions(clients, description):
+    import csv
+    import io
+
+    iocs, h = clients["iocs"], clients["analyst"]
+    assert (
+        iocs.post("/api/v1/iocs/batch", json={"iocs": [{"value": "csv.example.com", "description": description}]}, headers=h).status_code
+        == 200
+    )
+    exported = iocs.get("/api/v1/iocs/export?format=csv&value_prefix=csv.example", headers=h).data.decode()
+    rows = list(csv.reader(io.StringIO(exported)))
+    assert len(rows) == 2, exported  # the header and one row: a CR or tab never opens a new row
+    cell = rows[1][rows[0].index("description")]
+    assert cell == "'" + description
