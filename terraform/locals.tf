@@ -123,10 +123,13 @@ locals {
         DB_NAME              = google_sql_database.app.name
         DB_USER              = var.database.user
         GOOGLE_CLOUD_PROJECT = var.project_id
-        REDIS_CA_CERT        = google_redis_instance.cache.server_ca_certs[0].cert
-        REDIS_URL            = "rediss://${google_redis_instance.cache.host}:${google_redis_instance.cache.port}/0"
-        THREATFLOW_ENV       = "cloud"
-        THREATFLOW_USES      = join(",", fn.uses)
+        # Push endpoints accept only Pub/Sub's OIDC token for this audience and service account (pubsub.tf).
+        PUSH_AUTH_AUDIENCE        = "threatflow-push/${name}"
+        PUSH_AUTH_SERVICE_ACCOUNT = google_service_account.pubsub_pusher.email
+        REDIS_CA_CERT             = google_redis_instance.cache.server_ca_certs[0].cert
+        REDIS_URL                 = "rediss://${google_redis_instance.cache.host}:${google_redis_instance.cache.port}/0"
+        THREATFLOW_ENV            = "cloud"
+        THREATFLOW_USES           = join(",", fn.uses)
       },
     )
   }

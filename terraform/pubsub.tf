@@ -40,6 +40,8 @@ resource "google_pubsub_subscription" "subscription" {
 
       oidc_token {
         service_account_email = google_service_account.pubsub_pusher.email
+        # The function checks this audience and the service account (PUSH_AUTH_* in locals.tf).
+        audience = "threatflow-push/${push_config.value}"
       }
     }
   }

@@ -155,6 +155,10 @@ def backend_env(
         "GOOGLE_CLOUD_PROJECT": PROJECT,
         "DATABASE_URL": clean_tables,
         "JWT_SECRET": secrets.token_hex(32),
+        "PUSH_AUTH_MODE": "token",
+        "PUSH_AUTH_TOKEN": secrets.token_urlsafe(24),
+        # Tests log in many times in a row on one instance; the hashing budget has its own test.
+        "LOGIN_HASH_SHARE_PERCENT": "100",
         **redis_server.env,
         **pubsub_emulator.env,
         **firestore_emulator.env,
@@ -179,6 +183,23 @@ def function_client(backend_env: dict[str, str]) -> Any:
         source = REPO_ROOT / "functions" / name / "main.py"
         sys.modules.pop("main", None)
         app = functions_framework.create_app(target=fn.entry_point, source=str(source), signature_type=fn.signature_type)
-        return app.test_client()
+        client = app.test_client()
+        return PushClient(client, os.environ["PUSH_AUTH_TOKEN"]) if fn.signature_type == "cloudevent" else client
 
     return load
+
+
+class PushClient:
+    """A topic function's test client that pushes the way the local stack's push subscriptions do:
+    with the push token in the URL. Pass `query_string=` to push without it (a forged push)."""
+
+    def __init__(self, client: Any, token: str) -> None:
+        self._client = client
+        self._token = token
+
+    def post(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("query_string", {"token": self._token})
+        return self._client.post(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)

@@ -12,7 +12,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
-def create_user(database_url: str, username: str, role: str, password: str = "correct horse battery staple") -> str:
+def create_user(
+    database_url: str, username: str, role: str, password: str = "correct horse battery staple", *, clearance: str | None = None
+) -> str:
     from threatflow.adapters.postgres import create_engine
     from threatflow.auth import service
     from threatflow.auth.model import Role
@@ -21,7 +23,10 @@ def create_user(database_url: str, username: str, role: str, password: str = "co
 
     engine = create_engine(Settings.from_env({"DATABASE_URL": database_url}))
     try:
-        service.create_user(username=username, password=password, role=Role(role), users=UserRepository(engine))
+        users = UserRepository(engine)
+        service.create_user(username=username, password=password, role=Role(role), users=users)
+        if clearance is not None:
+            users.update(username, role=None, clearance=clearance, password_hash=None)
     finally:
         engine.dispose()
     return password

@@ -9,6 +9,7 @@ from threatflow.platform import events
 from threatflow.runtime import Runtime
 
 runtime = Runtime.from_env()
+events.protect_push_endpoint(verifier=lambda: runtime.push_verifier, function="ioc-import")
 
 
 @functions_framework.cloud_event

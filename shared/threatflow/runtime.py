@@ -27,8 +27,10 @@ if TYPE_CHECKING:
     import redis
     from sqlalchemy.engine import Engine
 
+    from threatflow.adapters import redis as redis_adapter
     from threatflow.adapters.firestore import FirestoreDocuments
     from threatflow.adapters.pubsub import PubSubPublisher
+    from threatflow.adapters.pushauth import PushVerifier
     from threatflow.adapters.redis import RateLimiter
     from threatflow.adapters.storage import GcsBlobs
     from threatflow.iocs.model import DecayPolicy
@@ -91,15 +93,37 @@ class Runtime:
         return self._get(
             "redis",
             lambda: redis_adapter.connect(
-                self.settings.redis_url, password=self.settings.redis_password, ca_cert=self.settings.redis_ca_cert
+                self.settings.redis_url,
+                password=self.settings.redis_password,
+                ca_cert=self.settings.redis_ca_cert,
+                timeout_seconds=self.settings.redis_timeout_ms / 1000,
             ),
         )
+
+    @property
+    def redis_breaker(self) -> redis_adapter.CircuitBreaker:
+        """One per instance: once Redis is known hung, every Redis call fails in microseconds for a while."""
+        from threatflow.adapters import redis as redis_adapter
+
+        return self._get("redis_breaker", lambda: redis_adapter.CircuitBreaker(open_seconds=self.settings.redis_breaker_seconds))
+
+    @property
+    def push_verifier(self) -> PushVerifier:
+        from threatflow.adapters.pushauth import PushVerifier
+
+        return self._get("push_verifier", lambda: PushVerifier.from_settings(self.settings))
+
+    def dependency_error(self, exc: BaseException) -> DependencyError | None:
+        """A backing service's failure as a 503 naming it, or None when `exc` is a bug."""
+        from threatflow.adapters import cloud_errors, postgres
+
+        return postgres.unavailable(exc) or cloud_errors.unavailable(exc)
 
     @property
     def rate_limiter(self) -> RateLimiter:
         from threatflow.adapters.redis import RateLimiter
 
-        return self._get("rate_limiter", lambda: RateLimiter(self.redis))
+        return self._get("rate_limiter", lambda: RateLimiter(self.redis, breaker=self.redis_breaker))
 
     @property
     def publisher(self) -> PubSubPublisher:
@@ -231,4 +255,4 @@ class Runtime:
     def _ping_redis(self) -> None:
         from threatflow.adapters import redis as redis_adapter
 
-        redis_adapter.ping(self.redis)
+        redis_adapter.ping(self.redis, breaker=self.redis_breaker)

@@ -89,9 +89,9 @@ def test_env_secrets_name_the_variable(monkeypatch):
 
 
 def test_rate_limiter_allows_burst_then_refuses(backend_env):
-    from threatflow.adapters.redis import RateLimiter, connect
+    from threatflow.adapters.redis import CircuitBreaker, RateLimiter, connect
 
-    limiter = RateLimiter(connect(backend_env["REDIS_URL"]))
+    limiter = RateLimiter(connect(backend_env["REDIS_URL"]), breaker=CircuitBreaker(open_seconds=1))
     key = uuid.uuid4().hex
     decisions = [limiter.hit(key, limit=3, period_seconds=60) for _ in range(4)]
     assert [d.allowed for d in decisions] == [True, True, True, False]

@@ -22,7 +22,7 @@ def test_token_reaches_protected_endpoint(function_client, backend_env):
     assert body["token_type"] == "bearer" and body["expires_in"] == 3600 and body["access_token"]
     me = client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {body['access_token']}"})
     assert me.status_code == 200
-    assert me.get_json() == {"username": "alice", "role": "analyst", "user_id": me.get_json()["user_id"]}
+    assert me.get_json() == {"username": "alice", "role": "analyst", "user_id": me.get_json()["user_id"], "clearance": "amber"}
 
 
 def test_no_token_is_401_json(function_client, backend_env):

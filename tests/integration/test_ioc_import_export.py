@@ -16,7 +16,8 @@ ATTACK = SHARED_DATA / "attack" / "attack_techniques.json"
 
 @pytest.fixture
 def api(function_client, backend_env):
-    password = create_user(backend_env["DATABASE_URL"], "analyst1", "analyst")
+    # Cleared for TLP:RED, so these tests see every marking (clearance itself: test_hardening_access.py).
+    password = create_user(backend_env["DATABASE_URL"], "analyst1", "analyst", clearance="red")
     token = (
         function_client("auth").post("/api/v1/auth/token", json={"username": "analyst1", "password": password}).get_json()["access_token"]
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from threatflow.platform.errors import DependencyError
+from threatflow.platform.errors import DependencyError, ValidationError
 
 _TIMEOUT = 10.0
 
@@ -17,7 +17,7 @@ class FirestoreDocuments:
         self._client = firestore.Client(project=project)
 
     def _ref(self, collection: str, doc_id: str) -> Any:
-        return self._client.collection(collection).document(doc_id)
+        return self._client.collection(collection).document(check_id(doc_id))
 
     def get(self, collection: str, doc_id: str) -> dict[str, Any] | None:
         snapshot = self._call(lambda: self._ref(collection, doc_id).get(timeout=_TIMEOUT))
@@ -71,3 +71,17 @@ class FirestoreDocuments:
             raise
         except (exceptions.ServiceUnavailable, exceptions.DeadlineExceeded, exceptions.RetryError) as exc:
             raise DependencyError(f"Firestore is unreachable: {exc.__class__.__name__}") from exc
+
+
+def check_id(doc_id: str) -> str:
+    """Firestore's document id rules, as a 400 naming the id instead of the client's 500:
+    not empty, at most 1,500 bytes, no `/`, not `.` or `..`, not `__...__`."""
+    if (
+        not doc_id
+        or len(doc_id.encode()) > 1500
+        or "/" in doc_id
+        or doc_id in (".", "..")
+        or (doc_id.startswith("__") and doc_id.endswith("__"))
+    ):
+        raise ValidationError(f"{doc_id[:64]!r} is not a valid id", field="id")
+    return doc_id

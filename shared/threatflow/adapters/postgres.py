@@ -61,3 +61,20 @@ def ping(engine: Engine) -> None:
             conn.execute(sqlalchemy.text("SELECT 1"))
     except sqlalchemy.exc.SQLAlchemyError as exc:
         raise DependencyError(f"PostgreSQL is unreachable: {exc.__class__.__name__}") from exc
+
+
+def unavailable(exc: BaseException) -> DependencyError | None:
+    """PostgreSQL unreachable, refusing connections or shutting down: a 503 naming it, not a 500.
+
+    Connection-level failures only (OperationalError/InterfaceError, a pool
+    timeout, a connection invalidated mid-query); a bad query stays a bug."""
+    import sqlalchemy.exc
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, sqlalchemy.exc.TimeoutError)):
+            return DependencyError(f"PostgreSQL is unavailable ({seen.__class__.__name__}); retry later", retry_after=5)
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
+            return DependencyError("PostgreSQL connection was lost; retry later", retry_after=5)
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -7,13 +7,18 @@ wait, which becomes Retry-After.
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from threatflow.platform.errors import ConfigError, DependencyError
 
 if TYPE_CHECKING:
     import redis as redis_lib
+
+T = TypeVar("T")
 
 # KEYS[1] bucket key; ARGV: emission interval ms, burst tolerance ms, cost.
 # Returns {allowed (0/1), retry_after_ms, remaining}. Uses the server clock so
@@ -36,8 +41,10 @@ return {1, 0, math.floor((tolerance - (new_tat - now)) / interval)}
 """
 
 
-def connect(url: str | None, *, password: str | None = None, ca_cert: str | None = None) -> redis_lib.Redis:
+def connect(url: str | None, *, password: str | None = None, ca_cert: str | None = None, timeout_seconds: float = 0.25) -> redis_lib.Redis:
     import redis as redis_lib
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     if not url:
         raise ConfigError("REDIS_URL is not set; it is required for caching and rate limits")
@@ -46,19 +53,65 @@ def connect(url: str | None, *, password: str | None = None, ca_cert: str | None
         options["password"] = password
     if url.startswith("rediss://") and ca_cert:
         options["ssl_ca_data"] = ca_cert  # Memorystore's own CA, not a public one
-    # Short timeouts: a dead Redis must turn into a fast 503, not a hung request.
+    # Short timeouts and no client-side retries: a dead or frozen Redis must turn into a fast
+    # failure (and open the circuit breaker), not a request held for seconds.
     return redis_lib.Redis.from_url(
-        url, socket_connect_timeout=1.0, socket_timeout=2.0, health_check_interval=30, decode_responses=False, **options
+        url,
+        socket_connect_timeout=timeout_seconds,
+        socket_timeout=timeout_seconds,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=30,
+        decode_responses=False,
+        **options,
     )
 
 
-def ping(client: redis_lib.Redis) -> None:
-    import redis as redis_lib
+class CircuitBreaker:
+    """Fails Redis calls fast once Redis is known to be down or hung.
 
-    try:
-        client.ping()
-    except redis_lib.RedisError as exc:
-        raise DependencyError(f"Redis is unreachable: {exc.__class__.__name__}") from exc
+    Closed: calls go through. A call that fails (error or timeout) opens the
+    breaker for `open_seconds`: calls then raise DependencyError at once, without
+    touching the network. After that, one trial call is let through (half-open);
+    its success closes the breaker, its failure opens it again."""
+
+    def __init__(self, *, open_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._open_seconds = open_seconds
+        self._clock = clock
+        self._open_until = 0.0
+        self._trial = False
+        self._lock = threading.Lock()
+        self.last_error = ""
+
+    @property
+    def is_open(self) -> bool:
+        return self._clock() < self._open_until
+
+    def call(self, fn: Callable[[], T]) -> T:
+        import redis as redis_lib
+
+        with self._lock:
+            now = self._clock()
+            if now < self._open_until or self._trial:
+                raise DependencyError(f"Redis is unavailable ({self.last_error}); skipping it for up to {self._open_seconds:g} s")
+            half_open = self._open_until > 0.0
+            self._trial = half_open
+        try:
+            result = fn()
+        except (redis_lib.RedisError, OSError) as exc:
+            with self._lock:
+                self.last_error = exc.__class__.__name__
+                self._open_until = self._clock() + self._open_seconds
+                self._trial = False
+            raise DependencyError(f"Redis is unreachable: {exc.__class__.__name__}") from exc
+        if half_open:
+            with self._lock:
+                self._open_until = 0.0
+                self._trial = False
+        return result
+
+
+def ping(client: redis_lib.Redis, *, breaker: CircuitBreaker | None = None) -> None:
+    (breaker or CircuitBreaker(open_seconds=0)).call(client.ping)
 
 
 @dataclass(frozen=True)
@@ -69,18 +122,75 @@ class Decision:
 
 
 class RateLimiter:
-    def __init__(self, client: redis_lib.Redis, *, prefix: str = "rl") -> None:
+    def __init__(self, client: redis_lib.Redis, *, breaker: CircuitBreaker, prefix: str = "rl") -> None:
         self._client = client
+        self._breaker = breaker
         self._script = client.register_script(_GCRA)
         self._prefix = prefix
 
     def hit(self, key: str, *, limit: int, period_seconds: int, cost: int = 1) -> Decision:
-        import redis as redis_lib
-
         interval_ms = period_seconds * 1000 / limit
         tolerance_ms = interval_ms * limit
-        try:
-            allowed, retry_ms, remaining = self._script(keys=[f"{self._prefix}:{key}"], args=[interval_ms, tolerance_ms, cost])
-        except redis_lib.RedisError as exc:
-            raise DependencyError(f"Redis is unreachable: {exc.__class__.__name__}") from exc
+        allowed, retry_ms, remaining = self._breaker.call(
+            lambda: self._script(keys=[f"{self._prefix}:{key}"], args=[interval_ms, tolerance_ms, cost])
+        )
         return Decision(bool(allowed), int(retry_ms) / 1000.0, int(remaining))
+
+
+# KEYS[1] failure counter, KEYS[2] lock; ARGV: mode ("check" | "fail" | "ok"), max failures,
+# base lock ms, max lock ms, counter ttl ms. Returns {locked_ms, failures, newly_locked}.
+_LOCKOUT = """
+local mode = ARGV[1]
+if mode == 'ok' then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return {0, 0, 0}
+end
+local locked = redis.call('PTTL', KEYS[2])
+if mode == 'check' then
+  if locked > 0 then return {locked, 0, 0} end
+  return {0, 0, 0}
+end
+local failures = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[5]))
+local maxf = tonumber(ARGV[2])
+if failures >= maxf then
+  local ms = math.min(tonumber(ARGV[3]) * (2 ^ (failures - maxf)), tonumber(ARGV[4]))
+  redis.call('SET', KEYS[2], failures, 'PX', math.floor(ms))
+  return {math.floor(ms), failures, 1}
+end
+return {0, failures, 0}
+"""
+
+
+@dataclass(frozen=True)
+class LockoutState:
+    locked_seconds: float  # > 0: the account is locked for this long
+    failures: int
+    newly_locked: bool
+
+
+class AccountLockout:
+    """Failed logins per account name (known or not, so a lock reveals nothing), in Redis.
+
+    `max_failures` failures lock the name for `base_seconds`, doubling with each
+    further failure up to `max_seconds`; a success clears it. Failures are
+    forgotten a day after the last one."""
+
+    def __init__(self, client: redis_lib.Redis, *, breaker: CircuitBreaker, max_failures: int, base_seconds: int, max_seconds: int) -> None:
+        self._breaker = breaker
+        self._script = client.register_script(_LOCKOUT)
+        self._args = (max_failures, base_seconds * 1000, max_seconds * 1000, 86_400_000)
+
+    def _run(self, mode: str, username: str) -> LockoutState:
+        name = username.lower()
+        locked_ms, failures, newly = self._breaker.call(lambda: self._script(keys=[f"lf:{name}", f"lock:{name}"], args=[mode, *self._args]))
+        return LockoutState(int(locked_ms) / 1000.0, int(failures), bool(newly))
+
+    def check(self, username: str) -> LockoutState:
+        return self._run("check", username)
+
+    def failed(self, username: str) -> LockoutState:
+        return self._run("fail", username)
+
+    def succeeded(self, username: str) -> None:
+        self._run("ok", username)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import msgspec
 
 from threatflow.auth.model import Role
-from threatflow.platform.web import Request, Response, Router
+from threatflow.platform.web import Request, Response, Router, decode_body
 from threatflow.runtime import Runtime
 
 MAINTENANCE_TOPIC = "maintenance"
@@ -22,6 +22,12 @@ class CreateUser(msgspec.Struct, forbid_unknown_fields=True):
 
 class RunJob(msgspec.Struct, forbid_unknown_fields=True):
     params: dict[str, Any] = {}
+
+
+class UpdateUser(msgspec.Struct, forbid_unknown_fields=True):
+    role: Role | None = None
+    clearance: str | None = None
+    password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)] | None = None
 
 
 def build_router(runtime: Runtime) -> Router:
@@ -47,6 +53,26 @@ def build_router(runtime: Runtime) -> Router:
         user = service.create_user(username=body.username, password=body.password, role=body.role, users=users())
         return Response(user.public(), status=201)
 
+    @router.route("PATCH", "/api/v1/admin/users/{username}", role=Role.ADMIN, body=UpdateUser)
+    def update_user(request: Request, body: UpdateUser) -> dict[str, Any]:
+        user = service.update_user(
+            username=request.path_params["username"],
+            role=body.role,
+            clearance=body.clearance,
+            password=body.password,
+            users=users(),
+            actor=request.principal.username if request.principal else None,
+        )
+        return user.public()
+
+    @router.route("GET", "/api/v1/admin/security-events", role=Role.ADMIN)
+    def security_events(request: Request) -> dict[str, Any]:
+        """Lockouts and account changes, newest first; `before` pages back."""
+        limit = request.query_int("limit", 100, minimum=1, maximum=1000)
+        before = request.query_int("before", 0) or None
+        page = users().events(before_id=before, limit=limit)
+        return {"events": page, "next_before": page[-1]["id"] if len(page) == limit else None}
+
     @router.route("POST", "/api/v1/admin/users/{username}/disable", role=Role.ADMIN)
     def disable_user(request: Request) -> dict[str, Any]:
         service.set_disabled(username=request.path_params["username"], disabled=True, users=users())
@@ -61,7 +87,7 @@ def build_router(runtime: Runtime) -> Router:
     def run_job(request: Request) -> Response:
         job = request.path_params["job"]
         runs.require_job(job)
-        body = msgspec.json.decode(request.body, type=RunJob) if request.body else RunJob()
+        body = decode_body(request.body, RunJob) if request.body else RunJob()
         run_id = uuid.uuid4().hex
         message_id = runtime.publisher.publish(
             MAINTENANCE_TOPIC,

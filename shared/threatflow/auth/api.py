@@ -22,6 +22,7 @@ def build_router(runtime: Runtime) -> Router:
 
     router = Router("auth", runtime=runtime)
     config = tokens.TokenSettings.from_settings(runtime.settings)  # fails start-up without JWT_SECRET
+    guard = login_guard(runtime)
 
     @router.route("POST", "/api/v1/auth/token", role=None, body=TokenRequest, rate_limit="login")
     def token(request: Request, body: TokenRequest) -> dict[str, Any]:
@@ -31,12 +32,45 @@ def build_router(runtime: Runtime) -> Router:
             users=UserRepository(runtime.engine),
             config=config,
             now=runtime.clock.now(),
+            guard=guard,
+            client_ip=request.client_ip,
         )
 
     @router.route("GET", "/api/v1/auth/me", role=Role.READER)
     def me(request: Request) -> dict[str, Any]:
         principal = request.principal
         assert principal is not None
-        return {"username": principal.username, "role": principal.role.value, "user_id": principal.user_id}
+        return {
+            "username": principal.username,
+            "role": principal.role.value,
+            "user_id": principal.user_id,
+            "clearance": principal.clearance,
+        }
 
     return router
+
+
+def login_guard(runtime: Runtime) -> Any:
+    """Per-account lockout in Redis (behind the circuit breaker), bounded concurrent hashing, audit records."""
+    from threatflow.adapters.redis import AccountLockout
+    from threatflow.auth.guard import LoginGuard
+    from threatflow.auth.repository import UserRepository
+
+    s = runtime.settings
+    lockout = (
+        AccountLockout(
+            runtime.redis,
+            breaker=runtime.redis_breaker,
+            max_failures=s.login_max_failures,
+            base_seconds=s.login_lockout_seconds,
+            max_seconds=s.login_lockout_max_seconds,
+        )
+        if s.redis_url
+        else None
+    )
+    return LoginGuard(
+        lockout=lockout,
+        concurrent_hashes=s.login_concurrent_hashes,
+        hash_share_percent=s.login_hash_share_percent,
+        record_event=lambda kind, **kw: UserRepository(runtime.engine).record_event(kind, **kw),
+    )

@@ -36,3 +36,5 @@ class Principal:
     user_id: int
     username: str
     role: Role
+    clearance: str = "amber"  # the highest TLP this user may read (auth/clearance.py)
+    version: int = 0  # the user's security version the token was issued under

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -21,9 +22,11 @@ class User:
     disabled: bool
     created_at: datetime
     last_login_at: datetime | None
+    clearance: str = "amber"
+    security_version: int = 0
 
     def principal(self) -> Principal:
-        return Principal(user_id=self.id, username=self.username, role=self.role)
+        return Principal(user_id=self.id, username=self.username, role=self.role, clearance=self.clearance, version=self.security_version)
 
     def public(self) -> dict[str, Any]:
         return {
@@ -31,16 +34,27 @@ class User:
             "username": self.username,
             "role": self.role.value,
             "disabled": self.disabled,
+            "clearance": self.clearance,
             "created_at": self.created_at,
             "last_login_at": self.last_login_at,
         }
 
 
-_COLUMNS = "id, username, password_hash, role, disabled, created_at, last_login_at"
+_COLUMNS = "id, username, password_hash, role, disabled, created_at, last_login_at, clearance, security_version"
 
 
 def _user(row: Any) -> User:
-    return User(row[0], row[1], row[2], Role(row[3]), row[4], row[5], row[6])
+    return User(row[0], row[1], row[2], Role(row[3]), row[4], row[5], row[6], row[7], int(row[8]))
+
+
+@dataclass(frozen=True)
+class SecurityState:
+    """What decides whether a token still works: checked on every write and admin request."""
+
+    disabled: bool
+    role: Role
+    clearance: str
+    version: int
 
 
 class UserRepository:
@@ -86,10 +100,62 @@ class UserRepository:
 
         with self._engine.begin() as conn:
             result = conn.execute(
-                text("UPDATE users SET disabled = :d, updated_at = now() WHERE lower(username) = lower(:u)"),
+                text(
+                    "UPDATE users SET disabled = :d, security_version = security_version + 1, updated_at = now()"
+                    " WHERE lower(username) = lower(:u)"
+                ),
                 {"d": disabled, "u": username},
             )
         return bool(result.rowcount)
+
+    def update(self, username: str, *, role: Role | None, clearance: str | None, password_hash: str | None) -> User | None:
+        """Change role, clearance and/or password; a role or password change invalidates the user's tokens."""
+        from sqlalchemy import text
+
+        bump = role is not None or password_hash is not None
+        with self._engine.begin() as conn:
+            row = conn.execute(
+                text(
+                    "UPDATE users SET role = COALESCE(:r, role), clearance = COALESCE(:c, clearance),"  # noqa: S608 - constant columns
+                    " password_hash = COALESCE(:h, password_hash),"
+                    " security_version = security_version + CASE WHEN :bump THEN 1 ELSE 0 END, updated_at = now()"
+                    f" WHERE lower(username) = lower(:u) RETURNING {_COLUMNS}"
+                ),
+                {"r": role.value if role else None, "c": clearance, "h": password_hash, "bump": bump, "u": username},
+            ).first()
+        return _user(row) if row else None
+
+    def security_state(self, user_id: int) -> SecurityState | None:
+        from sqlalchemy import text
+
+        with self._engine.connect() as conn:
+            row = conn.execute(text("SELECT disabled, role, clearance, security_version FROM users WHERE id = :i"), {"i": user_id}).first()
+        return SecurityState(bool(row[0]), Role(row[1]), str(row[2]), int(row[3])) if row else None
+
+    def record_event(self, kind: str, *, username: str, client_ip: str | None, detail: dict[str, Any]) -> None:
+        """The security audit log (lockouts, disables, role changes); admins list it."""
+        import json
+
+        from sqlalchemy import text
+
+        with self._engine.begin() as conn:
+            conn.execute(
+                text("INSERT INTO security_events (kind, username, client_ip, detail) VALUES (:k, :u, :ip, CAST(:d AS jsonb))"),
+                {"k": kind, "u": username, "ip": client_ip, "d": json.dumps(detail, default=str)},
+            )
+
+    def events(self, *, before_id: int | None, limit: int) -> builtins.list[dict[str, Any]]:
+        from sqlalchemy import text
+
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT id, at, kind, username, client_ip, detail FROM security_events"
+                    " WHERE (CAST(:b AS bigint) IS NULL OR id < :b) ORDER BY id DESC LIMIT :l"
+                ),
+                {"b": before_id, "l": limit},
+            )
+            return [{"id": int(r[0]), "at": r[1], "kind": r[2], "username": r[3], "client_ip": r[4], "detail": r[5]} for r in rows]
 
     def set_password_hash(self, user_id: int, password_hash: str) -> None:
         from sqlalchemy import text

@@ -9,19 +9,33 @@ from datetime import datetime
 from typing import Any
 
 from threatflow.auth import passwords, tokens
+from threatflow.auth.guard import LoginGuard
 from threatflow.auth.model import Principal, Role
-from threatflow.auth.repository import User, UserRepository
+from threatflow.auth.repository import SecurityState, User, UserRepository
 from threatflow.platform.errors import AuthError, ConflictError, NotFoundError, ValidationError
 
 _ACTIVE_CACHE_SECONDS = 30.0
 _USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{1,63}")  # the same rule as the users table CHECK
 
 
-def login(*, username: str, password: str, users: UserRepository, config: tokens.TokenSettings, now: datetime) -> dict[str, Any]:
+def login(
+    *,
+    username: str,
+    password: str,
+    users: UserRepository,
+    config: tokens.TokenSettings,
+    now: datetime,
+    guard: LoginGuard,
+    client_ip: str | None = None,
+) -> dict[str, Any]:
+    guard.check(username)  # a locked account costs no hash
     user = users.get_by_username(username)
-    ok = passwords.verify_password(user.password_hash if user else None, password)
+    with guard.hashing():
+        ok = passwords.verify_password(user.password_hash if user else None, password)
     if not ok or user is None or user.disabled:
+        guard.failed(username, client_ip=client_ip)
         raise AuthError("invalid username or password")
+    guard.succeeded(username)
     if passwords.needs_rehash(user.password_hash):
         users.set_password_hash(user.id, passwords.hash_password(password))
     users.record_login(user.id)
@@ -30,24 +44,39 @@ def login(*, username: str, password: str, users: UserRepository, config: tokens
 
 
 class ActiveUserCheck:
-    """Remembers for a short while that a user is enabled, so disabling a user
-    takes effect within 30 s without a database query on every request."""
+    """Is the token's user still enabled, with the same role and password?
+
+    `strict` (write and admin requests): read the user's security state from the
+    database on every request, so disabling a user, changing a role or rotating
+    a password takes effect at once (the token's `ver` no longer matches).
+    Otherwise (reads) the state is remembered for 30 s per instance. The
+    returned principal carries the current clearance."""
 
     def __init__(self, users: UserRepository) -> None:
         self._users = users
-        self._seen: dict[int, float] = {}
+        self._seen: dict[int, tuple[float, SecurityState]] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, principal: Principal) -> None:
+    def __call__(self, principal: Principal, *, strict: bool = True) -> Principal:
         now = time.monotonic()
         with self._lock:
-            checked = self._seen.get(principal.user_id)
-        if checked is not None and now - checked < _ACTIVE_CACHE_SECONDS:
-            return
-        if not self._users.is_active(principal.user_id):
+            cached = self._seen.get(principal.user_id)
+        if not strict and cached is not None and now - cached[0] < _ACTIVE_CACHE_SECONDS:
+            state = cached[1]
+        else:
+            found = self._users.security_state(principal.user_id)
+            if found is None or found.disabled:
+                raise AuthError("user is disabled or no longer exists")
+            state = found
+            with self._lock:
+                if len(self._seen) > 10_000:
+                    self._seen.clear()
+                self._seen[principal.user_id] = (now, state)
+        if state.disabled:
             raise AuthError("user is disabled or no longer exists")
-        with self._lock:
-            self._seen[principal.user_id] = now
+        if state.version != principal.version:
+            raise AuthError("this token predates a change to the account (role, password or status); log in again")
+        return Principal(principal.user_id, principal.username, state.role, state.clearance, state.version)
 
 
 def create_user(*, username: str, password: str, role: Role, users: UserRepository) -> User:
@@ -66,3 +95,23 @@ def create_user(*, username: str, password: str, role: Role, users: UserReposito
 def set_disabled(*, username: str, disabled: bool, users: UserRepository) -> None:
     if not users.set_disabled(username, disabled):
         raise NotFoundError(f"no user named {username!r}")
+
+
+def update_user(
+    *, username: str, role: Role | None, clearance: str | None, password: str | None, users: UserRepository, actor: str | None
+) -> User:
+    """An admin changes a user's role, clearance or password; role and password changes end the user's tokens at once."""
+    from threatflow.auth import clearance as tlp_clearance
+
+    level = tlp_clearance.parse(clearance) if clearance is not None else None
+    password_hash = None
+    if password is not None:
+        if not passwords.MIN_PASSWORD_LENGTH <= len(password) <= passwords.MAX_PASSWORD_LENGTH:
+            raise ValidationError(f"password must be at least {passwords.MIN_PASSWORD_LENGTH} characters", field="password")
+        password_hash = passwords.hash_password(password)
+    user = users.update(username, role=role, clearance=level, password_hash=password_hash)
+    if user is None:
+        raise NotFoundError(f"no user named {username!r}")
+    changed = {"role": role.value if role else None, "clearance": level, "password": password is not None}
+    users.record_event("user_updated", username=user.username, client_ip=None, detail={"by": actor, **changed})
+    return user

@@ -41,6 +41,8 @@ def issue(principal: Principal, *, config: TokenSettings, now: datetime) -> tupl
         "sub": principal.username,
         "uid": principal.user_id,
         "role": principal.role.value,
+        "clr": principal.clearance,
+        "ver": principal.version,
         "iat": issued,
         "nbf": issued,
         "exp": issued + config.ttl_seconds,
@@ -72,6 +74,12 @@ def verify(token: str, *, config: TokenSettings) -> Principal:
         raise AuthError(f"invalid token: {exc}") from None
     try:
         role = Role(claims["role"])
-        return Principal(user_id=int(claims.get("uid", 0)), username=str(claims["sub"]), role=role)
+        return Principal(
+            user_id=int(claims.get("uid", 0)),
+            username=str(claims["sub"]),
+            role=role,
+            clearance=str(claims.get("clr") or "amber"),
+            version=int(claims.get("ver", 0)),
+        )
     except (ValueError, TypeError):
         raise AuthError("invalid token: bad role or subject claim") from None

@@ -122,8 +122,18 @@ def stop_services(started: list[Any]) -> None:
             _say(f"could not stop {service.name}: {exc}")
 
 
-def provision_pubsub(manifest: Manifest, *, project: str, gateway_url: str) -> None:
-    """Topics and subscriptions from the manifest, push endpoints at the gateway."""
+def push_token(state_dir: Path) -> str:
+    """The local push authentication: the emulator cannot attach OIDC tokens, so each push
+    subscription's endpoint URL carries this secret (see adapters/pushauth.py)."""
+    path = state_dir / "push_token"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def provision_pubsub(manifest: Manifest, *, project: str, gateway_url: str, token: str) -> None:
+    """Topics and subscriptions from the manifest, push endpoints at the gateway (authenticated by `token`)."""
     from threatflow.adapters.pubsub import PubSubAdmin
     from threatflow.devstack.gateway import push_path
 
@@ -132,7 +142,7 @@ def provision_pubsub(manifest: Manifest, *, project: str, gateway_url: str) -> N
         for topic in manifest.topics:
             admin.ensure_topic(topic)
         for sub in manifest.subscriptions.values():
-            endpoint = f"{gateway_url}{push_path(sub.push_to)}" if sub.push_to else None
+            endpoint = f"{gateway_url}{push_path(sub.push_to)}?token={token}" if sub.push_to else None
             admin.ensure_subscription(sub, push_endpoint=endpoint)
     finally:
         admin.close()
@@ -184,6 +194,8 @@ def up(*, state_dir: Path, port: int, project: str = DEFAULT_PROJECT, scheduler:
             {
                 "THREATFLOW_ENV": "local",
                 "JWT_SECRET": jwt_secret(state_dir),
+                "PUSH_AUTH_MODE": "token",
+                "PUSH_AUTH_TOKEN": push_token(state_dir),
                 "THREATFLOW_STATE_DIR": str(state_dir),
             }
         )
@@ -196,7 +208,7 @@ def up(*, state_dir: Path, port: int, project: str = DEFAULT_PROJECT, scheduler:
         report = migrate(engine, progress=lambda m: _say(f"migrate: {m}"))
         engine.dispose()
         _say(f"migrations: {len(report.applied)} applied, {len(report.already_applied)} already applied")
-        provision_pubsub(manifest, project=project, gateway_url=gateway_url)
+        provision_pubsub(manifest, project=project, gateway_url=gateway_url, token=env["PUSH_AUTH_TOKEN"])
         _say(f"pub/sub: {len(manifest.topics)} topics, {len(manifest.subscriptions)} subscriptions")
         log_path = state_dir / "gateway.log"
         gateway = subprocess.Popen(  # noqa: S603 - our own module

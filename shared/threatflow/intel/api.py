@@ -14,7 +14,9 @@ from typing import Any
 
 import msgspec
 
+from threatflow.auth import clearance as tlp_clearance
 from threatflow.auth.model import Role
+from threatflow.iocs.model import Tlp
 from threatflow.platform.errors import PayloadTooLargeError, ValidationError
 from threatflow.platform.web import Request, Response, Router, decode_body
 from threatflow.runtime import Runtime
@@ -93,10 +95,15 @@ def register(router: Router, runtime: Runtime) -> None:
 
     @router.route("GET", "/api/v1/iocs/import/{job_id}", role=Role.READER)
     def import_job(request: Request) -> dict[str, Any]:
+        from threatflow.auth.model import Role as Roles
         from threatflow.platform.errors import NotFoundError
 
         job = runtime.documents.get(importer.IMPORT_JOBS, request.path_params["job_id"])
-        if job is None:
+        principal = request.principal
+        mine = (
+            job is not None and principal is not None and (job.get("requested_by") == principal.username or principal.role is Roles.ADMIN)
+        )
+        if job is None or not mine:  # another user's job does not exist for the caller
             raise NotFoundError(f"no import job {request.path_params['job_id']!r}")
         return job
 
@@ -118,6 +125,9 @@ def register(router: Router, runtime: Runtime) -> None:
 
         fmt = request.query.get("format") or "stix"
         flt = exporter.filter_from_query(request.query)
+        # max_tlp (default amber) can never exceed the caller's clearance.
+        ceiling = tlp_clearance.cap(flt.max_tlp.value if flt.max_tlp else None, tlp_clearance.of(request.principal))
+        flt = msgspec.structs.replace(flt, max_tlp=Tlp(ceiling))
         limit = request.query_int("limit", DEFAULT_EXPORT_LIMIT, minimum=1, maximum=MAX_EXPORT_LIMIT)
         out = exporter.export(fmt, flt, engine=runtime.engine, now=runtime.clock.now(), limit=limit, catalog=_optional_catalog())
         return Response(

@@ -15,6 +15,7 @@ finished job does nothing.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import uuid
 from collections.abc import Callable, Iterator
@@ -40,6 +41,9 @@ IMPORT_LEASES = "import_job_leases"
 # and a crashed one frees the job for the next delivery soon after.
 LEASE_SECONDS = 600
 MAX_STORED_ERRORS = 1000  # a Firestore document holds at most 1 MiB; the full results go to the bucket
+# A relation between two refs expands to every IoC pair (a STIX pattern of K values on each side: K² rows).
+# Capped per import, so import work stays linear in the input; what was cut is reported.
+MAX_RELATIONS_PER_IMPORT = 1000
 
 
 def apply_import(
@@ -97,17 +101,19 @@ def apply_import(
                 created = threat_store.link_ioc(conn, threat_id=threat_id, ioc_id=ioc_id, relation=link.relation, source=source_default)
                 links += 1
                 links_created += int(created)
-        relations = relations_created = 0
+        relations = relations_created = relations_cut = 0
         for relation in parsed.relations:
-            for source_id in ioc_ids.get(relation.source_ref, []):
-                for target_id in ioc_ids.get(relation.target_ref, []):
-                    if source_id == target_id:
-                        continue
-                    created = threat_store.add_ioc_relation(
-                        conn, source_id=source_id, target_id=target_id, type=relation.type, source=source_default
-                    )
-                    relations += 1
-                    relations_created += int(created)
+            sources, targets = ioc_ids.get(relation.source_ref, []), ioc_ids.get(relation.target_ref, [])
+            wanted = len(sources) * len(targets) - len(set(sources) & set(targets))  # counted, never enumerated
+            room = max(0, MAX_RELATIONS_PER_IMPORT - relations)
+            pairs = list(itertools.islice(((s, t) for s in sources for t in targets if s != t), room))
+            relations_cut += wanted - len(pairs)
+            relations += len(pairs)
+            relations_created += threat_store.add_ioc_relations(conn, pairs, type=relation.type, source=source_default)
+        if relations_cut:
+            errors.append(
+                ItemError("relations", f"{relations_cut} IoC relations not created: at most {MAX_RELATIONS_PER_IMPORT} per import")
+            )
         conn.execute(
             text("INSERT INTO ioc_audit (action, actor, detail) VALUES ('import', :actor, CAST(:detail AS jsonb))"),
             {"actor": actor, "detail": msgspec.json.encode({**parsed.summary(), "source": source_default}).decode()},
@@ -129,6 +135,7 @@ def apply_import(
         "links_created": links_created,
         "relations": relations,
         "relations_created": relations_created,
+        "relations_cut": relations_cut,
         "errors": [e.to_json() for e in errors],
         "warnings": [w.to_json() for w in parsed.warnings],
         "skipped": parsed.skipped,

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from threatflow.auth import clearance as tlp_clearance
 from threatflow.auth.model import Role
 from threatflow.platform.errors import NotFoundError
 from threatflow.platform.web import Request, Response, Router
@@ -47,19 +48,21 @@ def _text(sql: str) -> Any:
     return text(sql)
 
 
-def related(conn: Any, ioc_id: int) -> dict[str, Any]:
-    row = conn.execute(_text("SELECT tags FROM iocs WHERE id = :i"), {"i": ioc_id}).first()
-    if row is None:
+def related(conn: Any, ioc_id: int, *, clearance: str) -> dict[str, Any]:
+    """Everything shown is filtered by the caller's TLP clearance (threats, related and sharing IoCs)."""
+    row = conn.execute(_text("SELECT tags, tlp FROM iocs WHERE id = :i"), {"i": ioc_id}).first()
+    if row is None or not tlp_clearance.can_read(clearance, row[1]):
         raise NotFoundError(f"no indicator with id {ioc_id}")
+    visible = tlp_clearance.allowed(clearance)
     tags = sorted(row[0])
     threats = [
         {"id": int(r[0]), "kind": r[1], "name": r[2], "relation": r[3], "confidence": int(r[4]), "source": r[5]}
         for r in conn.execute(
             _text(
                 "SELECT t.id, t.kind, t.name, l.relation, l.confidence, l.source FROM threat_iocs l JOIN threats t ON t.id = l.threat_id"
-                " WHERE l.ioc_id = :i ORDER BY l.confidence DESC, t.id, l.relation"
+                " WHERE l.ioc_id = :i AND t.tlp = ANY(CAST(:v AS text[])) ORDER BY l.confidence DESC, t.id, l.relation"
             ),
-            {"i": ioc_id},
+            {"i": ioc_id, "v": visible},
         )
     ]
     relations = [
@@ -67,15 +70,15 @@ def related(conn: Any, ioc_id: int) -> dict[str, Any]:
         for r in conn.execute(
             _text(
                 "(SELECT 'out', r.type, r.confidence, r.source, i.id, i.type, i.value FROM ioc_relations r"
-                " JOIN iocs i ON i.id = r.target_id WHERE r.source_id = :i)"
+                " JOIN iocs i ON i.id = r.target_id WHERE r.source_id = :i AND i.tlp = ANY(CAST(:v AS text[])))"
                 " UNION ALL (SELECT 'in', r.type, r.confidence, r.source, i.id, i.type, i.value FROM ioc_relations r"
-                " JOIN iocs i ON i.id = r.source_id WHERE r.target_id = :i)"
+                " JOIN iocs i ON i.id = r.source_id WHERE r.target_id = :i AND i.tlp = ANY(CAST(:v AS text[])))"
                 " ORDER BY 1 DESC, 2, 5 LIMIT :l"
             ),
-            {"i": ioc_id, "l": RELATIONS_LIMIT},
+            {"i": ioc_id, "l": RELATIONS_LIMIT, "v": visible},
         )
     ]
-    shared, common = _shared_tags(conn, ioc_id, tags)
+    shared, common = _shared_tags(conn, ioc_id, tags, visible)
     return {
         "ioc_id": ioc_id,
         "threats": threats,
@@ -85,7 +88,7 @@ def related(conn: Any, ioc_id: int) -> dict[str, Any]:
     }
 
 
-def _shared_tags(conn: Any, ioc_id: int, tags: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+def _shared_tags(conn: Any, ioc_id: int, tags: list[str], visible: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
     if not tags:
         return [], []
     # The planner's row estimate is enough to size "common"; counting is capped per tag.
@@ -110,10 +113,10 @@ def _shared_tags(conn: Any, ioc_id: int, tags: list[str]) -> tuple[list[dict[str
     rows = conn.execute(
         _text(
             "SELECT id, type, value, ARRAY(SELECT unnest(tags) INTERSECT SELECT unnest(CAST(:rare AS text[])) ORDER BY 1) AS shared"
-            " FROM iocs WHERE tags && CAST(:rare AS text[]) AND id <> :i"
+            " FROM iocs WHERE tags && CAST(:rare AS text[]) AND id <> :i AND tlp = ANY(CAST(:v AS text[]))"
             " ORDER BY cardinality(ARRAY(SELECT unnest(tags) INTERSECT SELECT unnest(CAST(:rare AS text[])))) DESC, id DESC LIMIT :l"
         ),
-        {"rare": rare, "i": ioc_id, "l": SHARED_LIMIT},
+        {"rare": rare, "i": ioc_id, "l": SHARED_LIMIT, "v": visible},
     )
     return [{"ioc": {"id": int(r[0]), "type": r[1], "value": r[2]}, "shared_tags": list(r[3])} for r in rows], common
 
@@ -121,13 +124,16 @@ def _shared_tags(conn: Any, ioc_id: int, tags: list[str]) -> tuple[list[dict[str
 def register(router: Router, runtime: Any) -> None:
     from threatflow.threats import repository as store
 
+    def clearance_of(request: Request) -> str:
+        return tlp_clearance.of(request.principal)
+
     def ioc_id_of(request: Request) -> int:
         return int(request.path_params["ioc_id"])
 
     @router.route("GET", "/api/v1/iocs/{ioc_id:int}/related", role=Role.READER)
     def get_related(request: Request) -> dict[str, Any]:
         with runtime.engine.connect() as conn:
-            return related(conn, ioc_id_of(request))
+            return related(conn, ioc_id_of(request), clearance=clearance_of(request))
 
     @router.route("POST", "/api/v1/iocs/{ioc_id:int}/relations", role=Role.ANALYST, body=RelationIn)
     def add_relation(request: Request, body: RelationIn) -> Response:

@@ -7,7 +7,9 @@ from typing import Annotated, Any
 
 import msgspec
 
+from threatflow.auth import clearance as tlp_clearance
 from threatflow.auth.model import Role
+from threatflow.iocs.model import Tlp
 from threatflow.iocs.search import FindRequest, IocFilter
 from threatflow.platform.errors import NotFoundError, ValidationError
 from threatflow.platform.web import Request, Response, Router
@@ -71,6 +73,15 @@ def build_router(runtime: Runtime) -> Router:
         except ValueError:
             raise ValidationError("id must be an integer", field="id") from None
 
+    def visible(request: Request, ioc: dict[str, Any]) -> dict[str, Any]:
+        """An IoC above the caller's TLP clearance does not exist for them (404)."""
+        tlp_clearance.require(tlp_clearance.of(request.principal), ioc.get("tlp"), what=f"indicator with id {ioc.get('id')}")
+        return ioc
+
+    def capped(request: Request, find_request: FindRequest) -> FindRequest:
+        ceiling = tlp_clearance.cap(find_request.max_tlp.value if find_request.max_tlp else None, tlp_clearance.of(request.principal))
+        return msgspec.structs.replace(find_request, max_tlp=Tlp(ceiling))
+
     def with_score(ioc: dict[str, Any]) -> dict[str, Any]:
         return {**ioc, "score_explanation": service.explain_score(ioc, policies=policies(), now=runtime.clock.now())}
 
@@ -82,7 +93,7 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("POST", "/api/v1/iocs/find", role=Role.READER, body=FindRequest)
     def find(request: Request, body: FindRequest) -> dict[str, Any]:
-        return search.find(body, engine=runtime.engine, now=runtime.clock.now())
+        return search.find(capped(request, body), engine=runtime.engine, now=runtime.clock.now())
 
     @router.route("GET", "/api/v1/iocs/policies", role=Role.READER)
     def list_policies(request: Request) -> dict[str, Any]:
@@ -105,22 +116,24 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("GET", "/api/v1/iocs/stats", role=Role.READER)
     def stats(request: Request) -> dict[str, Any]:
-        return IocAdmin(runtime.engine).stats(now=runtime.clock.now())
+        return IocAdmin(runtime.engine).stats(
+            now=runtime.clock.now(), visible_tlps=tlp_clearance.allowed(tlp_clearance.of(request.principal))
+        )
 
     @router.route("GET", "/api/v1/iocs/expired", role=Role.READER)
     def expired(request: Request) -> dict[str, Any]:
         find_request = FindRequest(
             expired=True, limit=request.query_int("limit", 100, minimum=1, maximum=1000), cursor=request.query.get("cursor")
         )
-        return search.find(find_request, engine=runtime.engine, now=runtime.clock.now())
+        return search.find(capped(request, find_request), engine=runtime.engine, now=runtime.clock.now())
 
     @router.route("GET", "/api/v1/iocs/value/{value:path}", role=Role.READER)
     def by_value(request: Request) -> dict[str, Any]:
-        return with_score(service.get_by_value(request.path_params["value"], request.query.get("type"), store=store()))
+        return with_score(visible(request, service.get_by_value(request.path_params["value"], request.query.get("type"), store=store())))
 
     @router.route("GET", "/api/v1/iocs/{ioc_id:int}", role=Role.READER)
     def get(request: Request) -> dict[str, Any]:
-        ioc = with_score(service.get_or_raise(ioc_id(request), store=store()))
+        ioc = with_score(visible(request, service.get_or_raise(ioc_id(request), store=store())))
         ioc["sightings"] = IocAdmin(runtime.engine).sightings(ioc["id"], limit=20)
         return ioc
 

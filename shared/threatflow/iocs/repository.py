@@ -183,29 +183,32 @@ class IocAdmin:
             )
         return int(deleted)
 
-    def stats(self, *, now: datetime) -> dict[str, Any]:
+    def stats(self, *, now: datetime, visible_tlps: list[str]) -> dict[str, Any]:
+        """Counts over the IoCs whose TLP is in `visible_tlps` (the caller's clearance)."""
         from sqlalchemy import text
 
+        seen = "(SELECT * FROM iocs WHERE tlp = ANY(CAST(:v AS text[]))) AS iocs"  # the caller's clearance
         queries = {
-            "by_type": "SELECT type, count(*) FROM iocs GROUP BY 1 ORDER BY 2 DESC",
-            "by_verdict": "SELECT verdict, count(*) FROM iocs GROUP BY 1 ORDER BY 2 DESC",
-            "by_severity": "SELECT severity, count(*) FROM iocs GROUP BY 1 ORDER BY 2 DESC",
-            "by_tlp": "SELECT tlp, count(*) FROM iocs GROUP BY 1 ORDER BY 2 DESC",
-            "by_source": "SELECT s, count(*) FROM iocs, unnest(sources) s GROUP BY 1 ORDER BY 2 DESC LIMIT 100",
+            "by_type": f"SELECT type, count(*) FROM {seen} GROUP BY 1 ORDER BY 2 DESC",
+            "by_verdict": f"SELECT verdict, count(*) FROM {seen} GROUP BY 1 ORDER BY 2 DESC",
+            "by_severity": f"SELECT severity, count(*) FROM {seen} GROUP BY 1 ORDER BY 2 DESC",
+            "by_tlp": f"SELECT tlp, count(*) FROM {seen} GROUP BY 1 ORDER BY 2 DESC",
+            "by_source": f"SELECT s, count(*) FROM {seen}, unnest(sources) s GROUP BY 1 ORDER BY 2 DESC LIMIT 100",
             "by_age": (
                 "SELECT CASE WHEN last_seen >= CAST(:now AS timestamptz) - interval '1 day' THEN '<1d'"
                 " WHEN last_seen >= CAST(:now AS timestamptz) - interval '7 days' THEN '1-7d'"
                 " WHEN last_seen >= CAST(:now AS timestamptz) - interval '30 days' THEN '7-30d'"
                 " WHEN last_seen >= CAST(:now AS timestamptz) - interval '90 days' THEN '30-90d' ELSE '>90d' END, count(*)"
-                " FROM iocs GROUP BY 1"
+                f" FROM {seen} GROUP BY 1"
             ),
         }
         out: dict[str, Any] = {}
         with self._engine.connect() as conn:
             for name, sql in queries.items():
-                out[name] = {str(k): int(v) for k, v in conn.execute(text(sql), {"now": now})}
+                out[name] = {str(k): int(v) for k, v in conn.execute(text(sql), {"now": now, "v": visible_tlps})}
             total, active, listed = conn.execute(
-                text("SELECT count(*), count(*) FILTER (WHERE active), count(*) FILTER (WHERE warninglists <> '{}') FROM iocs")
+                text(f"SELECT count(*), count(*) FILTER (WHERE active), count(*) FILTER (WHERE warninglists <> '{{}}') FROM {seen}"),
+                {"v": visible_tlps},
             ).one()
         out.update({"total": int(total), "active": int(active), "inactive": int(total) - int(active), "warninglisted": int(listed)})
         return out

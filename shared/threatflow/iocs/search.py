@@ -140,7 +140,10 @@ def decode_cursor(cursor: str) -> int:
         kind, _, value = text.partition(":")
         if kind != "id":
             raise ValueError(kind)
-        return int(value)
+        last_id = int(value)
+        if not 0 <= last_id < 2**63:
+            raise ValueError(value)
+        return last_id
     except (ValueError, UnicodeDecodeError):
         raise ValidationError("cursor is not one this API issued", field="cursor") from None
 

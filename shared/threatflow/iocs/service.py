@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
 from threatflow.iocs.model import DecayPolicy, ItemResult, ItemStatus, Tlp, UpsertItem, Verdict
 from threatflow.iocs.normalise import normalise
 from threatflow.iocs.repository import IocStore
+from threatflow.platform import limits
 from threatflow.platform.errors import NotFoundError, PayloadTooLargeError, ValidationError
 
 MAX_BATCH = 10_000
@@ -36,6 +37,8 @@ class IocIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class BatchIn(msgspec.Struct):
+    # Items are checked one by one (NUL, depth, 64-bit ints): a bad item is rejected, not the batch.
+    batch_field: ClassVar[str] = "iocs"
     iocs: list[msgspec.Raw]
 
 
@@ -66,10 +69,20 @@ def prepare(
     raw: msgspec.Raw | IocIn, index: int, *, policies: dict[str, DecayPolicy], now: datetime, warninglists: WarninglistMatcher | None
 ) -> UpsertItem:
     """Decode, normalise and validate one item; raises ValidationError with the reason."""
+    if not isinstance(raw, IocIn):
+        limits.check_raw_json(bytes(raw), field="item")
     try:
         item = raw if isinstance(raw, IocIn) else msgspec.json.decode(raw, type=IocIn)
     except msgspec.ValidationError as exc:
         raise ValidationError(str(exc).replace("`$.", "`"), field="item") from None
+    else:
+        for name in ("value", "type", "source", "tlp", "description"):
+            text = getattr(item, name)
+            if isinstance(text, str):
+                limits.check_text(text, field=name)
+        for name in ("tags", "sources"):
+            for text in getattr(item, name):
+                limits.check_text(text, field=name)
     indicator = normalise(item.value, item.type)
     ioc_type = str(indicator.type)
     tlp = None
@@ -81,7 +94,12 @@ def prepare(
     sources = sorted({s.strip() for s in [*item.sources, *([item.source] if item.source else [])] if s and s.strip()})
     seen_at = _tz(item.seen_at, "seen_at") if item.seen_at else now
     policy = policies.get(ioc_type)
-    expires_at = _tz(item.expires_at, "expires_at") if item.expires_at else (_default_expiry(seen_at, policy.ttl_days) if policy else None)
+    try:
+        expires_at = (
+            _tz(item.expires_at, "expires_at") if item.expires_at else (_default_expiry(seen_at, policy.ttl_days) if policy else None)
+        )
+    except OverflowError:
+        raise ValidationError("seen_at is too far in the future: its expiry would pass year 9999", field="seen_at") from None
     return UpsertItem(
         index=index,
         type=ioc_type,

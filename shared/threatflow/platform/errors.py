@@ -90,4 +90,10 @@ class RateLimitedError(RetryableError):
 
 
 class DependencyError(RetryableError):
+    """503 with Retry-After; the message names the dependency (PostgreSQL, Redis, ATT&CK data ...)."""
+
     code = "dependency_unavailable"
+
+    def __init__(self, message: str, *, details: Any = None, retry_after: int = 5) -> None:
+        super().__init__(message, details=details)
+        self.retry_after = retry_after

@@ -15,10 +15,10 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from threatflow.platform import logging as tf_logging
-from threatflow.platform.errors import PermanentError, ValidationError
+from threatflow.platform.errors import PermanentError, ThreatFlowError, ValidationError
 
 log = logging.getLogger("threatflow.events")
 SCHEMA_VERSION = 1
@@ -40,7 +40,9 @@ def encode(payload: Mapping[str, Any]) -> bytes:
 
 def decode(cloud_event: Any) -> Message:
     envelope = cloud_event.data or {}
-    message = envelope.get("message") or {}
+    message = envelope.get("message") if isinstance(envelope, dict) else None
+    if not isinstance(message, dict):
+        raise ValidationError("push envelope has no message object", field="message")
     raw = message.get("data")
     try:
         data = json.loads(base64.b64decode(raw)) if raw else {}
@@ -85,3 +87,49 @@ def handle(
             tf_logging.log(log, logging.WARNING, f"will retry: {exc.__class__.__name__}: {exc}", **fields)
             raise
         tf_logging.log(log, logging.INFO, "handled", execution=execution_id, **fields)
+
+
+class PushAuthenticator(Protocol):
+    def verify(self, *, authorization: str | None, query: Mapping[str, str]) -> None: ...
+
+
+def protect_push_endpoint(*, verifier: Callable[[], PushAuthenticator], function: str) -> None:
+    """Call from a topic function's main.py at import: every push is authenticated
+    before its body is even parsed, and every error is JSON.
+
+    It hooks the functions-framework app being created (main.py runs inside its
+    app context), so it is the same code in the cloud and behind the local
+    gateway; only the verifier's configuration differs (see adapters/pushauth.py)."""
+    import flask
+    from werkzeug.exceptions import HTTPException
+
+    if not flask.has_app_context():
+        return  # imported outside functions-framework (a cold-start benchmark): nothing is served
+    app = flask.current_app
+
+    def authenticate() -> Any:
+        try:
+            verifier().verify(authorization=flask.request.headers.get("Authorization"), query=flask.request.args)
+        except ThreatFlowError as exc:
+            tf_logging.log(log, logging.WARNING, f"push refused: {exc.message}", function=function, status=exc.status)
+            return _json_response(exc.to_json(), exc.status)
+        return None
+
+    def http_error(exc: HTTPException) -> Any:
+        # functions-framework's own 400 for a body that is not a CloudEvent would echo the headers back as HTML.
+        status = exc.code or 500
+        return _json_response(
+            {"error": {"code": "bad_request" if status < 500 else "internal", "message": exc.name, "details": None}}, status
+        )
+
+    app.before_request(authenticate)
+    app.register_error_handler(HTTPException, http_error)
+
+
+def _json_response(body: Mapping[str, Any], status: int) -> Any:
+    import flask
+
+    response = flask.Response(json.dumps(body), status=status, content_type="application/json")
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="pubsub-push"'
+    return response

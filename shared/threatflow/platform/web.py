@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from threatflow.auth.model import Principal, Role
+from threatflow.platform import limits
 from threatflow.platform import logging as tf_logging
 from threatflow.platform.errors import (
     AuthError,
+    ConfigError,
     DependencyError,
     ForbiddenError,
     NotFoundError,
-    PayloadTooLargeError,
     RateLimitedError,
     ThreatFlowError,
     ValidationError,
@@ -43,7 +44,7 @@ log = logging.getLogger("threatflow.http")
 _PARAM = re.compile(r"\{(\w+)(?::(path|int))?\}")
 _PARAM_REGEX = {None: "[^/]+", "path": ".+", "int": "[0-9]+"}
 _MSGSPEC_PATH = re.compile(r"at `\$((?:\.[^.`\[]+|\[\d+\])+)`")
-_MSGSPEC_MISSING = re.compile(r"missing required field `([^`]+)`")
+_MSGSPEC_MISSING = re.compile(r"(?:missing required|contains unknown) field `([^`]+)`")
 _CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Request-Id"
 
 
@@ -60,12 +61,13 @@ class Request:
     principal: Principal | None = None
 
     def json(self) -> Any:
+        limits.check_raw_json(self.body)
         try:
             return msgspec.json.decode(self.body) if self.body else None
         except msgspec.DecodeError as exc:
             raise ValidationError(f"request body is not valid JSON: {exc}", field="body") from None
 
-    def query_int(self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+    def query_int(self, name: str, default: int, *, minimum: int = 0, maximum: int | None = limits.INT64_MAX) -> int:
         text = self.query.get(name)
         if text is None or text == "":
             return default
@@ -105,8 +107,14 @@ def decode_body(raw: bytes, body_type: type) -> Any:
     """Decode and validate JSON into a typed struct; errors name the field."""
     if not raw:
         raise ValidationError("request body is required (JSON)", field="body")
+    # Depth, NUL and 64-bit checks. A batch's items are checked one by one by its service (a bad item is
+    # rejected, not the batch), and the typed decode below checks the rest of a batch envelope.
+    if getattr(body_type, "batch_field", None) is None:
+        limits.check_raw_json(raw)
     try:
         return msgspec.json.decode(raw, type=body_type)
+    except RecursionError:
+        raise ValidationError(f"body: JSON nests deeper than {limits.MAX_JSON_DEPTH} levels", field="body") from None
     except msgspec.ValidationError as exc:
         message = str(exc)
         missing = _MSGSPEC_MISSING.search(message)
@@ -128,8 +136,11 @@ class Router:
         self.routes: list[Route] = []
         self._token_config: Any = None
         self._active_check: Any = None
+        fallback = runtime.settings.login_fallback_per_instance
+        self._login_fallback = limits.LocalRateLimiter(limit=fallback.limit, period_seconds=fallback.period_seconds)
         self.route("GET", "/health", role=None)(self._health)
         self.route("GET", "/ready", role=None)(self._ready)
+        install_json_http_errors()
 
     def route(
         self, method: str, pattern: str, *, role: Role | None = Role.READER, body: type | None = None, rate_limit: str = "default"
@@ -154,11 +165,17 @@ class Router:
             try:
                 request = self._request(flask_request, request_id)
                 response = self._dispatch(request, origin)
+            except ConfigError as exc:  # at request time: something this route needs is not set up
+                response = self._error(DependencyError(exc.message))
             except ThreatFlowError as exc:
                 response = self._error(exc)
-            except Exception:
-                log.exception("unhandled error", extra={"fields": {"function": self.name}})
-                response = self._error(ThreatFlowError("internal error; see the logs for this request id"))
+            except Exception as exc:
+                unavailable = self.runtime.dependency_error(exc)  # database down, Redis hung ... -> 503
+                if unavailable is not None:
+                    response = self._error(unavailable)
+                else:
+                    log.exception("unhandled error", extra={"fields": {"function": self.name}})
+                    response = self._error(ThreatFlowError("internal error; see the logs for this request id"))
             response.headers["X-Request-Id"] = request_id
             self._cors_headers(response, origin)
             try:
@@ -182,12 +199,10 @@ class Router:
             return encoded
 
     def _request(self, fr: WerkzeugRequest, request_id: str) -> Request:
-        limit = self.runtime.settings.max_request_bytes
-        if fr.content_length is not None and fr.content_length > limit:
-            raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
-        body = fr.get_data(cache=False)
-        if len(body) > limit:
-            raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
+        # Read in pieces and stop at the limit, with or without Content-Length (chunked uploads).
+        body = limits.read_body(fr.stream, limit=self.runtime.settings.max_request_bytes, content_length=fr.content_length)
+        for name, value in fr.args.items(multi=True):
+            limits.check_text(value, field=name)
         return Request(
             method=fr.method.upper(),
             path=fr.path.rstrip("/") or "/",
@@ -210,12 +225,17 @@ class Router:
         if request.method == "OPTIONS":
             return self._preflight(request, origin)
         route, params = self._match(request)
+        for name, value in params.items():
+            limits.check_text(value, field=name)
+            if f"{{{name}:int}}" in route.pattern:
+                limits.check_int(value, field=name)
         request.path_params = params
         is_probe = route.handler in (self._health, self._ready)
         if not is_probe:
             self._limit(f"ip:{route.rate_limit}:{request.client_ip}", self._ip_limit(route))
         if route.role is not None:
-            request.principal = self._authenticate(request)
+            # Write and admin routes check the account's current state on every request; reads may use a 30 s cache.
+            request.principal = self._authenticate(request, strict=route.role is not Role.READER)
             if not request.principal.role.allows(route.role):
                 raise ForbiddenError(f"this needs the {route.role.value} role; you have {request.principal.role.value}")
             limit = self.runtime.settings.rate_limit_per_user
@@ -248,7 +268,14 @@ class Router:
             decision = self.runtime.rate_limiter.hit(key, limit=limit[0], period_seconds=limit[1])
         except DependencyError:
             # Fail open: a Redis outage must not take the API down with it; /ready reports it.
+            # Except for logins: a small in-process limit keeps password guessing bounded.
             log.warning("rate limiter unavailable; request allowed", extra={"fields": {"key": key}})
+            if key.startswith("ip:login:"):
+                wait = self._login_fallback.hit("login")
+                if wait > 0:
+                    raise RateLimitedError(
+                        "the token endpoint is limited per instance while Redis is unavailable", retry_after=wait
+                    ) from None
             return
         if not decision.allowed:
             raise RateLimitedError(
@@ -257,7 +284,7 @@ class Router:
                 details={"limit": limit[0], "period_seconds": limit[1]},
             )
 
-    def _authenticate(self, request: Request) -> Principal:
+    def _authenticate(self, request: Request, *, strict: bool) -> Principal:
         from threatflow.auth import service, tokens
         from threatflow.auth.repository import UserRepository
 
@@ -270,8 +297,7 @@ class Router:
         principal = tokens.verify(token.strip(), config=self._token_config)
         if self._active_check is None:
             self._active_check = service.ActiveUserCheck(UserRepository(self.runtime.engine))
-        self._active_check(principal)
-        return principal
+        return self._active_check(principal, strict=strict)  # type: ignore[no-any-return]
 
     # -- CORS ------------------------------------------------------------------
 
@@ -303,6 +329,8 @@ class Router:
         response = Response(exc.to_json(), status=exc.status)
         if isinstance(exc, RateLimitedError):
             response.headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
+        elif isinstance(exc, DependencyError):
+            response.headers["Retry-After"] = str(exc.retry_after)
         if isinstance(exc, _MethodNotAllowed):
             response.headers["Allow"] = ", ".join(sorted(set(exc.allowed)))
         if isinstance(exc, AuthError):
@@ -341,6 +369,27 @@ class Router:
             }
             return Response(body, status=503)
         return Response({"status": "ready", "checks": checks})
+
+
+def install_json_http_errors() -> None:
+    """Errors functions-framework (Flask) answers itself, before any route runs (a path its URL map
+    cannot match, such as one with a newline; 405; a body that is not a CloudEvent), as JSON like ours.
+
+    Called while functions-framework imports main.py, inside the app context it creates."""
+    import flask
+    from werkzeug.exceptions import HTTPException
+
+    if not flask.has_app_context():
+        return  # imported outside functions-framework: nothing is served
+
+    def http_error(exc: HTTPException) -> Any:
+        status = exc.code or 500
+        body = {"error": {"code": "bad_request" if status < 500 else "internal", "message": exc.name, "details": None}}
+        if status == 404:
+            body["error"]["code"] = "not_found"
+        return flask.Response(msgspec.json.encode(body), status=status, content_type="application/json")
+
+    flask.current_app.register_error_handler(HTTPException, http_error)
 
 
 def _encode_extra(obj: Any) -> Any:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from threatflow.auth import clearance as tlp_clearance
 from threatflow.auth.model import Role
 from threatflow.platform.errors import ConfigError
 from threatflow.platform.web import Request, Router
@@ -41,6 +42,10 @@ def build_router(runtime: Runtime) -> Router:
         except ConfigError:
             return None
 
+    def visible(request: Request) -> list[str]:
+        """The TLP levels the caller is cleared for (auth/clearance.py)."""
+        return tlp_clearance.allowed(tlp_clearance.of(request.principal))
+
     def actor(request: Request) -> str | None:
         return f"user:{request.principal.username}" if request.principal else None
 
@@ -50,19 +55,19 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("POST", "/api/v1/threats/find", role=Role.READER, body=FindRequest)
     def find(request: Request, body: FindRequest) -> dict[str, Any]:
-        return service.find(body, engine=runtime.engine)
+        return service.find(body, engine=runtime.engine, visible_tlps=visible(request))
 
     @router.route("GET", "/api/v1/threats/stats", role=Role.READER)
     def stats(request: Request) -> dict[str, Any]:
-        return service.stats(engine=runtime.engine, catalog=optional_catalog())
+        return service.stats(engine=runtime.engine, catalog=optional_catalog(), visible_tlps=visible(request))
 
     @router.route("POST", "/api/v1/threats/correlate", role=Role.ANALYST, body=CorrelateIn)
     def correlate(request: Request, body: CorrelateIn) -> dict[str, Any]:
-        return service.correlate(body, engine=runtime.engine)
+        return service.correlate(body, engine=runtime.engine, visible_tlps=visible(request))
 
     @router.route("GET", "/api/v1/threats/by-ioc/{ioc_id:int}", role=Role.READER)
     def by_ioc(request: Request) -> dict[str, Any]:
-        return service.by_ioc(int(request.path_params["ioc_id"]), engine=runtime.engine)
+        return service.by_ioc(int(request.path_params["ioc_id"]), engine=runtime.engine, visible_tlps=visible(request))
 
     @router.route("GET", "/api/v1/threats/by-ttp/{technique}", role=Role.READER)
     def by_ttp(request: Request) -> dict[str, Any]:
@@ -70,6 +75,7 @@ def build_router(runtime: Runtime) -> Router:
             request.path_params["technique"],
             engine=runtime.engine,
             catalog=catalog(),
+            visible_tlps=visible(request),
             exact=service.parse_bool(request.query.get("exact"), "exact"),
             limit=request.query_int("limit", DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE),
             cursor=request.query.get("cursor"),
@@ -77,7 +83,12 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("GET", "/api/v1/threats/{threat_id:int}", role=Role.READER)
     def get(request: Request) -> dict[str, Any]:
-        return service.get_or_raise(int(request.path_params["threat_id"]), engine=runtime.engine, catalog=optional_catalog())
+        return service.get_or_raise(
+            int(request.path_params["threat_id"]),
+            engine=runtime.engine,
+            catalog=optional_catalog(),
+            visible_tlps=visible(request),
+        )
 
     @router.route("POST", "/api/v1/threats/{threat_id:int}/link", role=Role.ANALYST, body=LinkIn)
     def link(request: Request, body: LinkIn) -> dict[str, Any]:

@@ -514,6 +514,26 @@ def add_ioc_relation(
     return bool(row[0])
 
 
+def add_ioc_relations(
+    conn: Connection, pairs: list[tuple[int, int]], *, type: RelationType | str, confidence: int = 50, source: str | None = None
+) -> int:
+    """Many relations of one type in one statement (imports); the ids must exist. Returns how many were new."""
+    kind = type if isinstance(type, RelationType) else parse_relation_type(type)
+    if not pairs:
+        return 0
+    rows = conn.execute(
+        _text(
+            "INSERT INTO ioc_relations (source_id, target_id, type, confidence, source)"
+            " SELECT p.s, p.t, :k, :c, :src FROM unnest(CAST(:s AS bigint[]), CAST(:t AS bigint[])) AS p(s, t) WHERE p.s <> p.t"
+            " ON CONFLICT (source_id, target_id, type)"
+            " DO UPDATE SET confidence = GREATEST(ioc_relations.confidence, EXCLUDED.confidence)"
+            " RETURNING (xmax = 0)"
+        ),
+        {"s": [p[0] for p in pairs], "t": [p[1] for p in pairs], "k": kind.value, "c": confidence, "src": source},
+    ).all()
+    return sum(1 for r in rows if r[0])
+
+
 def remove_ioc_relation(conn: Connection, *, source_id: int, target_id: int, type: RelationType | str | None = None) -> int:
     kind = None if type is None else (type if isinstance(type, RelationType) else parse_relation_type(type))
     result = conn.execute(

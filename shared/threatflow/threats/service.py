@@ -102,11 +102,16 @@ def upsert_batch(raw_items: Sequence[msgspec.Raw | ThreatIn], *, engine: Engine,
     return {"results": [r.to_json() for r in ordered], "summary": _summary(ordered, started)}
 
 
-def get_or_raise(threat_id: int, *, engine: Engine, catalog: AttackCatalog | None) -> dict[str, Any]:
+def _visible(visible_tlps: Sequence[str], tlp: str | None) -> bool:
+    """`visible_tlps`: the TLP levels the caller may read (auth.clearance.allowed), given by the route."""
+    return tlp is None or tlp in visible_tlps
+
+
+def get_or_raise(threat_id: int, *, engine: Engine, catalog: AttackCatalog | None, visible_tlps: Sequence[str]) -> dict[str, Any]:
     """One threat with its IoC link counts and its TTPs named from the catalog (when one is configured)."""
     with engine.connect() as conn:
         threat = store.get_threat(conn, threat_id)
-        if threat is None:
+        if threat is None or not _visible(visible_tlps, threat.get("tlp")):
             raise NotFoundError(f"no threat with id {threat_id}")
         by_relation = {
             str(r[0]): int(r[1])
@@ -121,10 +126,14 @@ def get_or_raise(threat_id: int, *, engine: Engine, catalog: AttackCatalog | Non
     return threat
 
 
-def _page(sql_where: list[str], params: dict[str, Any], *, limit: int, cursor: str | None, engine: Engine) -> dict[str, Any]:
+def _page(
+    sql_where: list[str], params: dict[str, Any], *, limit: int, cursor: str | None, engine: Engine, visible_tlps: Sequence[str]
+) -> dict[str, Any]:
     from threatflow.iocs.search import decode_cursor, encode_cursor
 
-    where = list(sql_where)
+    visible, visible_params = "tlp = ANY(CAST(:visible_tlps AS text[]))", {"visible_tlps": list(visible_tlps)}
+    where = [*sql_where, visible]
+    params = {**params, **visible_params}
     if cursor:
         where.append("id < :after_id")
         params["after_id"] = decode_cursor(cursor)
@@ -140,7 +149,7 @@ def _like(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def find(request: FindRequest, *, engine: Engine) -> dict[str, Any]:
+def find(request: FindRequest, *, engine: Engine, visible_tlps: Sequence[str]) -> dict[str, Any]:
     """Keyset pages, newest first. Every filter uses an index except text (ILIKE over a small table)."""
     where: list[str] = []
     params: dict[str, Any] = {}
@@ -162,33 +171,46 @@ def find(request: FindRequest, *, engine: Engine) -> dict[str, Any]:
             "(name ILIKE :text ESCAPE '\\' OR array_to_string(aliases, ' ') ILIKE :text ESCAPE '\\' OR description ILIKE :text ESCAPE '\\')"
         )
         params["text"] = _like(request.text)
-    return _page(where, params, limit=request.limit, cursor=request.cursor, engine=engine)
+    return _page(where, params, limit=request.limit, cursor=request.cursor, engine=engine, visible_tlps=visible_tlps)
 
 
 def by_ttp(
-    technique: str, *, engine: Engine, catalog: AttackCatalog, exact: bool = False, limit: int = DEFAULT_PAGE, cursor: str | None = None
+    technique: str,
+    *,
+    engine: Engine,
+    catalog: AttackCatalog,
+    visible_tlps: Sequence[str],
+    exact: bool = False,
+    limit: int = DEFAULT_PAGE,
+    cursor: str | None = None,
 ) -> dict[str, Any]:
     """Threats using a technique. A parent technique (T1059) also finds its sub-techniques
     (T1059.001...) unless exact; a sub-technique finds only itself. Unknown or revoked
     ids are a 400 that names them."""
     (tid,) = catalog.validate([technique])
     searched = [tid] if exact or "." in tid else [tid, *catalog.subtechniques(tid)]
-    page = _page(["ttps && CAST(:ttps AS text[])"], {"ttps": searched}, limit=limit, cursor=cursor, engine=engine)
+    page = _page(
+        ["ttps && CAST(:ttps AS text[])"], {"ttps": searched}, limit=limit, cursor=cursor, engine=engine, visible_tlps=visible_tlps
+    )
     technique_info = catalog.get(tid)
     return {"technique": technique_info.to_json() if technique_info else {"id": tid}, "searched": searched, **page}
 
 
-def by_ioc(ioc_id: int, *, engine: Engine) -> dict[str, Any]:
+def by_ioc(ioc_id: int, *, engine: Engine, visible_tlps: Sequence[str]) -> dict[str, Any]:
     """Threats linked to an IoC, each with the link's relation, confidence and source."""
+    ioc_visible, ioc_params = "tlp = ANY(CAST(:ioc_tlps AS text[]))", {"ioc_tlps": list(visible_tlps)}
+    threat_visible, threat_params = "t.tlp = ANY(CAST(:threat_tlps AS text[]))", {"threat_tlps": list(visible_tlps)}
     with engine.connect() as conn:
-        if not store.existing_ioc_ids(conn, [ioc_id]):
+        seen = conn.execute(_text(f"SELECT 1 FROM iocs WHERE id = :i AND {ioc_visible}"), {"i": ioc_id, **ioc_params}).first()  # noqa: S608
+        if seen is None:
             raise NotFoundError(f"no indicator with id {ioc_id}")
         rows = conn.execute(
             _text(
-                "SELECT t.id, t.kind, t.name, t.aliases, l.relation, l.confidence, l.source, l.created_at"
-                " FROM threat_iocs l JOIN threats t ON t.id = l.threat_id WHERE l.ioc_id = :i ORDER BY l.confidence DESC, t.id, l.relation"
+                "SELECT t.id, t.kind, t.name, t.aliases, l.relation, l.confidence, l.source, l.created_at"  # noqa: S608 - constant clause
+                f" FROM threat_iocs l JOIN threats t ON t.id = l.threat_id WHERE l.ioc_id = :i AND {threat_visible}"
+                " ORDER BY l.confidence DESC, t.id, l.relation"
             ),
-            {"i": ioc_id},
+            {"i": ioc_id, **threat_params},
         ).all()
     threats = [
         {
@@ -216,30 +238,44 @@ def delete(ids: Sequence[int], *, engine: Engine) -> dict[str, Any]:
     return {"deleted": len(deleted), "not_found": sorted(set(ids) - deleted)}
 
 
-def stats(*, engine: Engine, catalog: AttackCatalog | None) -> dict[str, Any]:
+def stats(*, engine: Engine, catalog: AttackCatalog | None, visible_tlps: Sequence[str]) -> dict[str, Any]:
+    """Counts over the threats (and their links) the caller is cleared to see."""
     out: dict[str, Any] = {}
+    visible = {"v": list(visible_tlps)}
+    threats_seen = "(SELECT * FROM threats WHERE tlp = ANY(CAST(:v AS text[]))) AS threats"
+    links_seen = (
+        "(SELECT l.* FROM threat_iocs l JOIN threats t ON t.id = l.threat_id JOIN iocs i ON i.id = l.ioc_id"
+        " WHERE t.tlp = ANY(CAST(:v AS text[])) AND i.tlp = ANY(CAST(:v AS text[]))) AS l"
+    )
+    sql = {  # constant clauses only; the clearance is a bound parameter
+        "total": f"SELECT count(*) FROM {threats_seen}",  # noqa: S608
+        "by_kind": f"SELECT kind, count(*) FROM {threats_seen} GROUP BY 1 ORDER BY 2 DESC, 1",  # noqa: S608
+        "ttps": f"SELECT t, count(*) FROM {threats_seen}, unnest(ttps) AS t GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20",  # noqa: S608
+        "tags": f"SELECT t, count(*) FROM {threats_seen}, unnest(tags) AS t GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20",  # noqa: S608
+        "links": f"SELECT count(*), count(DISTINCT ioc_id), count(DISTINCT threat_id) FROM {links_seen}",  # noqa: S608
+        "by_relation": f"SELECT relation, count(*) FROM {links_seen} GROUP BY 1 ORDER BY 2 DESC",  # noqa: S608
+        "top": (
+            f"SELECT t.id, t.name, count(DISTINCT l.ioc_id) FROM {links_seen} JOIN threats t ON t.id = l.threat_id"  # noqa: S608
+            " GROUP BY 1, 2 ORDER BY 3 DESC, 1 LIMIT 20"
+        ),
+        "relations": (
+            "SELECT count(*) FROM ioc_relations r JOIN iocs a ON a.id = r.source_id JOIN iocs b ON b.id = r.target_id"
+            " WHERE a.tlp = ANY(CAST(:v AS text[])) AND b.tlp = ANY(CAST(:v AS text[]))"
+        ),
+    }
     with engine.connect() as conn:
-        out["total"] = int(conn.execute(_text("SELECT count(*) FROM threats")).scalar_one())
-        out["by_kind"] = {
-            str(k): int(v) for k, v in conn.execute(_text("SELECT kind, count(*) FROM threats GROUP BY 1 ORDER BY 2 DESC, 1"))
-        }
-        top_ttps = conn.execute(_text("SELECT t, count(*) FROM threats, unnest(ttps) AS t GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20")).all()
-        out["top_ttps"] = [{"id": r[0], "name": catalog.name(r[0]) if catalog else None, "threats": int(r[1])} for r in top_ttps]
-        top_tags = conn.execute(_text("SELECT t, count(*) FROM threats, unnest(tags) AS t GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20")).all()
-        out["top_tags"] = [{"tag": r[0], "threats": int(r[1])} for r in top_tags]
-        links, iocs, threats = conn.execute(
-            _text("SELECT count(*), count(DISTINCT ioc_id), count(DISTINCT threat_id) FROM threat_iocs")
-        ).one()
-        by_relation = {
-            str(k): int(v) for k, v in conn.execute(_text("SELECT relation, count(*) FROM threat_iocs GROUP BY 1 ORDER BY 2 DESC"))
-        }
-        top = conn.execute(
-            _text(
-                "SELECT t.id, t.name, count(DISTINCT l.ioc_id) FROM threat_iocs l JOIN threats t ON t.id = l.threat_id"
-                " GROUP BY 1, 2 ORDER BY 3 DESC, 1 LIMIT 20"
-            )
-        ).all()
-        relations = int(conn.execute(_text("SELECT count(*) FROM ioc_relations")).scalar_one())
+
+        def rows(name: str) -> list[Any]:
+            return list(conn.execute(_text(sql[name]), visible).all())
+
+        out["total"] = int(rows("total")[0][0])
+        out["by_kind"] = {str(k): int(v) for k, v in rows("by_kind")}
+        out["top_ttps"] = [{"id": r[0], "name": catalog.name(r[0]) if catalog else None, "threats": int(r[1])} for r in rows("ttps")]
+        out["top_tags"] = [{"tag": r[0], "threats": int(r[1])} for r in rows("tags")]
+        links, iocs, threats = rows("links")[0]
+        by_relation = {str(k): int(v) for k, v in rows("by_relation")}
+        top = rows("top")
+        relations = int(rows("relations")[0][0])
     out["links"] = {
         "total": int(links),
         "iocs_linked": int(iocs),
@@ -293,11 +329,25 @@ def _count(results: Sequence[dict[str, Any]]) -> dict[str, int]:
     return out
 
 
-def correlate(body: CorrelateIn, *, engine: Engine) -> dict[str, Any]:
+def correlate(body: CorrelateIn, *, engine: Engine, visible_tlps: Sequence[str]) -> dict[str, Any]:
+    """Correlation for a threat the caller may see; candidates above their clearance are left out of the answer."""
     from threatflow.intel import correlate as correlation
 
     with engine.begin() as conn:
-        return correlation.correlate(conn, threat_id=body.threat_id, threshold=body.threshold, link=body.link, limit=body.limit)
+        row = conn.execute(_text("SELECT tlp FROM threats WHERE id = :i"), {"i": body.threat_id}).first()
+        if row is None or not _visible(visible_tlps, row[0]):
+            raise NotFoundError(f"no threat with id {body.threat_id}")
+        result = correlation.correlate(conn, threat_id=body.threat_id, threshold=body.threshold, link=body.link, limit=body.limit)
+        ids = [c["ioc_id"] for c in result["candidates"]]
+        seen = {
+            int(r[0])
+            for r in conn.execute(
+                _text("SELECT id FROM iocs WHERE id = ANY(CAST(:i AS bigint[])) AND tlp = ANY(CAST(:v AS text[]))"),
+                {"i": ids, "v": list(visible_tlps)},
+            )
+        }
+    result["candidates"] = [c for c in result["candidates"] if c["ioc_id"] in seen]
+    return result
 
 
 def parse_bool(text: str | None, name: str) -> bool:

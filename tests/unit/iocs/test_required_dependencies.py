@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from threatflow.iocs import importer, service
+from threatflow.intel import importer
+from threatflow.iocs import service
 from threatflow.intel.formats import parse
 
 NEEDS = {

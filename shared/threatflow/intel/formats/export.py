@@ -13,7 +13,6 @@ attack patterns are uuid5 of what they connect.
 
 from __future__ import annotations
 
-import csv
 import io
 import uuid
 from collections.abc import Iterator
@@ -23,6 +22,8 @@ from enum import StrEnum
 from typing import Any
 
 from threatflow.iocs.search import IocFilter
+from threatflow.platform import limits
+from threatflow.platform.csvsafe import SafeCsvWriter
 from threatflow.platform.errors import ValidationError
 
 PAGE_SIZE = 5000
@@ -134,22 +135,12 @@ def _txt(pages: Iterator[list[dict[str, Any]]]) -> tuple[bytes, int]:
 
 def _csv(pages: Iterator[list[dict[str, Any]]]) -> tuple[bytes, int]:
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = SafeCsvWriter(out)  # the product's one CSV writer: formula prefixes neutralised, controls quoted
     writer.writerow(CSV_COLUMNS)
     count = 0
     for page in pages:
         for ioc in page:
-            row = []
-            for column in CSV_COLUMNS:
-                value = ioc.get(column)
-                if isinstance(value, list):
-                    value = ";".join(value)
-                elif value is None:
-                    value = ""
-                text = str(value).lower() if isinstance(value, bool) else str(value)
-                # A cell starting with = + - @ is a formula to a spreadsheet: quote it (CSV injection).
-                row.append("'" + text if text[:1] in ("=", "+", "-", "@") and column != "confidence" else text)
-            writer.writerow(row)
+            writer.writerow([ioc.get(column) for column in CSV_COLUMNS])
             count += 1
     return out.getvalue().encode(), count
 
@@ -376,7 +367,4 @@ def filter_from_query(query: Any) -> IocFilter:
 
 
 def _int(value: str, field: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise ValidationError(f"query parameter {field!r} must be integers", field=field) from None
+    return limits.check_int(value, field=field)  # a 400 naming the field, also beyond 64 bits

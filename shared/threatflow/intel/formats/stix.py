@@ -56,6 +56,7 @@ OBJECT_PATHS: dict[tuple[str, str], str | None] = {
     ("file", "hashes.sha1"): "sha1",
     ("file", "hashes.sha256"): "sha256",
 }
+MAX_PATTERN_VALUES = 100  # `[x:value IN (...)]` beyond this is cut and reported: each value becomes an IoC
 RELATION_TYPES = {"resolves-to", "communicates-with", "drops", "downloads"}
 _SCO_TYPES = {"ipv4-addr", "ipv6-addr", "domain-name", "url", "email-addr", "file", "directory"}
 _TTP = re.compile(r"^T\d{4}(?:\.\d{3})?$")
@@ -209,6 +210,9 @@ def _indicator(out: Builder, obj: dict[str, Any], where: str, tlp_of: dict[str, 
         common["expires_at"] = obj["valid_until"]
     if obj.get("name") and not common["description"]:
         common["description"] = str(obj["name"])[:4096]
+    if len(values) > MAX_PATTERN_VALUES:
+        out.warn(obj["id"], f"the pattern compares {len(values)} values; only the first {MAX_PATTERN_VALUES} were imported")
+        values = values[:MAX_PATTERN_VALUES]
     taken = 0
     for ioc_type, value in values:
         taken += out.ioc(obj["id"], {**common, "value": value, "type": ioc_type})

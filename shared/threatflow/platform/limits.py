@@ -1,0 +1,177 @@
+"""Bounds every request must respect before any real work starts.
+
+- `read_body`: read at most `limit` bytes of a request body, whether or not it
+  came with Content-Length (chunked bodies are read in pieces and abandoned at
+  the limit, so memory is bounded by MAX_REQUEST_BYTES per request).
+- `check_json`: decoded JSON is refused with a 400 naming the field when it
+  nests deeper than MAX_JSON_DEPTH, holds an integer outside a 64-bit signed
+  range (ids, cursors), or a string with a NUL character (PostgreSQL rejects
+  those, and they are never meaningful in intel data).
+- `looks_suspicious`: a cheap pre-screen on raw bytes, so the full walk only
+  runs on bodies that could fail it.
+- `check_text`: the same NUL rule for query strings, path parameters and headers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import IO, Any
+
+from threatflow.platform.errors import PayloadTooLargeError, ValidationError
+
+MAX_JSON_DEPTH = 400
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+_CHUNK = 64 * 1024
+_LONG_DIGITS = re.compile(rb"\d{19,}")
+
+
+def read_body(stream: IO[bytes], *, limit: int, content_length: int | None) -> bytes:
+    """At most `limit` bytes; PayloadTooLargeError as soon as the body is known to be longer."""
+    if content_length is not None and content_length > limit:
+        raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        chunk = stream.read(min(_CHUNK, limit + 1 - size))
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
+    return b"".join(parts)
+
+
+def looks_suspicious(raw: bytes) -> bool:
+    """True when `raw` may hold a NUL escape, a huge integer or deep nesting (cheap C-level scans)."""
+    return b"\\u0000" in raw or (raw.count(b"[") + raw.count(b"{")) > MAX_JSON_DEPTH or _LONG_DIGITS.search(raw) is not None
+
+
+def check_json(value: Any, *, field: str = "", skip: str | None = None) -> None:
+    """Walk decoded JSON iteratively; raise ValidationError naming the first bad field.
+
+    `skip` names a top-level list whose items are validated one by one later
+    (a batch rejects a bad item, not the whole request)."""
+    stack: list[tuple[Any, str, int]] = [(value, field, 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ValidationError(f"{path or 'body'}: JSON nests deeper than {MAX_JSON_DEPTH} levels", field=path or "body")
+        if isinstance(node, str):
+            if "\x00" in node:
+                raise ValidationError(f"{path or 'body'}: NUL characters are not allowed", field=path or "body")
+        elif isinstance(node, bool):
+            continue
+        elif isinstance(node, int):
+            if not INT64_MIN <= node <= INT64_MAX:
+                raise ValidationError(f"{path or 'body'}: integer out of range (at most {INT64_MAX})", field=path or "body")
+        elif isinstance(node, Mapping):
+            for key, item in node.items():
+                child = f"{path}.{key}" if path else str(key)
+                if isinstance(key, str) and "\x00" in key:
+                    raise ValidationError(f"{path or 'body'}: NUL characters are not allowed in keys", field=path or "body")
+                if depth == 0 and skip is not None and key == skip:
+                    continue
+                stack.append((item, child, depth + 1))
+        elif isinstance(node, (list, tuple)):
+            for index, item in enumerate(node):
+                stack.append((item, f"{path}[{index}]", depth + 1))
+
+
+def check_raw_json(raw: bytes, *, field: str = "", skip: str | None = None) -> None:
+    """`check_json` on raw bytes, only when the cheap pre-screen says it could fail."""
+    if not raw or not looks_suspicious(raw):
+        return
+    import msgspec
+
+    try:
+        decoded = _decode_untyped(raw)
+    except RecursionError:  # msgspec gives up (below a crash, above our limit): find the field without recursion
+        where = _too_deep_at(raw, prefix=field)
+        raise ValidationError(f"{where}: JSON nests deeper than {MAX_JSON_DEPTH} levels", field=where) from None
+    except msgspec.DecodeError:
+        return  # the typed decode reports malformed JSON with its own message
+    check_json(decoded, field=field, skip=skip)
+
+
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}:]')
+
+
+def _too_deep_at(raw: bytes, *, prefix: str) -> str:
+    """The top-level field whose value nests too deep, found by a flat scan of the tokens."""
+    depth = 0
+    last_string = b""
+    key = ""
+    for match in _TOKEN.finditer(raw):
+        token = match.group()
+        if token in (b"{", b"["):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                break
+        elif token in (b"}", b"]"):
+            depth -= 1
+        elif token == b":":
+            if depth == 1:
+                key = last_string[1:-1].decode("utf-8", "replace")
+        else:
+            last_string = token
+    name = f"{prefix}.{key}" if prefix and key else (key or prefix)
+    return name or "body"
+
+
+def _decode_untyped(raw: bytes) -> Any:
+    import msgspec
+
+    return msgspec.json.decode(raw)
+
+
+def check_text(value: str, *, field: str) -> str:
+    if "\x00" in value:
+        raise ValidationError(f"{field}: NUL characters are not allowed", field=field)
+    return value
+
+
+def check_int(text: str, *, field: str) -> int:
+    """An id or cursor from a path or query: an integer in the 64-bit signed range, else a 400 naming it."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValidationError(f"{field} must be an integer", field=field) from None
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValidationError(f"{field} is out of range (at most {INT64_MAX})", field=field)
+    return value
+
+
+class LocalRateLimiter:
+    """An in-process token bucket per key: the fallback when Redis is unreachable.
+
+    Per instance only, so it is a floor, not the real limit; it keeps a Redis
+    outage from opening the token endpoint to unlimited guessing. Keys are
+    bounded (oldest dropped) so it cannot grow without end."""
+
+    def __init__(self, *, limit: int, period_seconds: float, max_keys: int = 10_000, clock: Any = None) -> None:
+        import threading
+        import time
+
+        self._rate = limit / period_seconds
+        self._burst = float(limit)
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._max_keys = max_keys
+        self._clock: Callable[[], float] = clock or time.monotonic
+        self._lock = threading.Lock()
+
+    def hit(self, key: str) -> float:
+        """0.0 when allowed, else the seconds to wait."""
+        with self._lock:
+            now = self._clock()
+            tokens, at = self._buckets.pop(key, (self._burst, now))
+            tokens = min(self._burst, tokens + (now - at) * self._rate)
+            if len(self._buckets) >= self._max_keys:
+                self._buckets.pop(next(iter(self._buckets)))
+            if tokens < 1.0:
+                self._buckets[key] = (tokens, now)
+                return (1.0 - tokens) / self._rate
+            self._buckets[key] = (tokens - 1.0, now)
+            return 0.0

@@ -1,0 +1,51 @@
+"""Issue 7: every route of every HTTP function, fuzzed (Hypothesis): never a 5xx, errors always JSON.
+
+The budget is bounded (FUZZ_EXAMPLES per function, about a minute in all);
+tests/perf/bench_fuzz_routes.py runs a larger one and prints the counts."""
+
+import os
+
+import pytest
+from helpers import SHARED_DATA, create_user
+from hypothesis import HealthCheck, given, settings
+from route_fuzz import HTTP_FUNCTIONS, Tally, check, requests_for, routes_of
+
+pytestmark = pytest.mark.integration
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
+
+
+@pytest.mark.parametrize("function", HTTP_FUNCTIONS)
+def test_no_route_answers_5xx_or_non_json_errors(function_client, backend_env, function):
+    attack = SHARED_DATA / "attack" / "attack_techniques.json"
+    extra = {"RATE_LIMIT_PER_USER": "100000/60", "RATE_LIMIT_PER_IP": "100000/60", "RATE_LIMIT_LOGIN_PER_IP": "100000/60"}
+    if attack.exists():
+        extra["ATTACK_DATA_PATH"] = str(attack)
+    os.environ.update(extra)
+    password = create_user(backend_env["DATABASE_URL"], "fuzzadmin", "admin", clearance="red")
+    auth = function_client("auth")
+    token = auth.post("/api/v1/auth/token", json={"username": "fuzzadmin", "password": password}).get_json()["access_token"]
+    client = auth if function == "auth" else function_client(function, **extra)
+    routes = routes_of(function)
+    tally = Tally()
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(requests_for(routes))
+    def fuzz(request):
+        method, path, query, body = request
+        response = client.open(path, method=method, query_string=query, data=body, headers=headers)
+        check(
+            tally,
+            f"{method} {path} {query} {body[:80] if body else b''!r}",
+            response.status_code,
+            response.content_type or "",
+            response.data,
+        )
+
+    fuzz()
+    print(
+        f"{function}: {tally.requests} fuzzed requests, {len(tally.server_errors)} 5xx, {len(tally.not_json)} non-JSON errors,"
+        f" {len(tally.missing)} 503s naming unconfigured reference data"
+    )
+    assert tally.server_errors == [], "\n".join(tally.server_errors[:10])
+    assert tally.not_json == [], "\n".join(tally.not_json[:10])

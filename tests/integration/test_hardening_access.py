@@ -1,0 +1,326 @@
+"""Issue 7: login that cannot burn CPU, disabled means disabled, TLP clearance, push endpoints only for Pub/Sub."""
+
+import base64
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from helpers import create_user
+
+pytestmark = pytest.mark.integration
+
+
+def _login(auth, username, password, ip="127.0.0.1"):
+    return auth.post("/api/v1/auth/token", json={"username": username, "password": password}, environ_base={"REMOTE_ADDR": ip})
+
+
+def _bearer(response):
+    assert response.status_code == 200, response.get_json()
+    return {"Authorization": f"Bearer {response.get_json()['access_token']}"}
+
+
+# -- login -----------------------------------------------------------------------------------
+
+
+def test_failed_logins_lock_the_account_with_backoff_and_tell_the_admins(function_client, backend_env):
+    url = backend_env["DATABASE_URL"]
+    password = create_user(url, "victim", "analyst")
+    admin = _bearer(_login(function_client("auth"), "boss", create_user(url, "boss", "admin")))
+    auth = function_client("auth", LOGIN_MAX_FAILURES="3", LOGIN_LOCKOUT_SECONDS="30")
+    # From many addresses, each under its own per-IP limit.
+    statuses = [_login(auth, "victim", "wrong password", ip=f"10.0.0.{i}").status_code for i in range(3)]
+    assert statuses == [401, 401, 401]
+    locked = _login(auth, "victim", password, ip="10.0.0.99")  # even the right password: the account is locked
+    assert locked.status_code == 429
+    assert 1 <= int(locked.headers["Retry-After"]) <= 30
+    # Unknown names lock the same way, so a lock reveals nothing about which accounts exist.
+    assert [_login(auth, "nobody-here", "x", ip=f"10.0.1.{i}").status_code for i in range(4)] == [401, 401, 401, 429]
+    events = function_client("admin").get("/api/v1/admin/security-events", headers=admin)
+    assert events.status_code == 200
+    locks = [e for e in events.get_json()["events"] if e["kind"] == "account_locked"]
+    assert {e["username"] for e in locks} == {"victim", "nobody-here"}
+    assert locks[0]["detail"]["failures"] == 3 and locks[0]["client_ip"].startswith("10.0.")
+
+
+def test_lockout_backs_off_exponentially(backend_env):
+    from threatflow.adapters.redis import AccountLockout, CircuitBreaker, connect
+
+    lockout = AccountLockout(
+        connect(backend_env["REDIS_URL"]), breaker=CircuitBreaker(open_seconds=1), max_failures=2, base_seconds=10, max_seconds=35
+    )
+    name = f"u{uuid.uuid4().hex[:8]}"
+    states = [lockout.failed(name) for _ in range(5)]
+    assert [s.locked_seconds for s in states] == [0, 10, 20, 35, 35]
+    assert lockout.check(name).locked_seconds > 30
+    lockout.succeeded(name)
+    assert lockout.check(name).locked_seconds == 0
+
+
+def test_concurrent_hashing_is_bounded_per_instance():
+    import threading
+
+    from threatflow.auth.guard import LoginGuard
+    from threatflow.platform.errors import DependencyError
+
+    guard = LoginGuard(lockout=None, concurrent_hashes=1, record_event=lambda *a, **k: None)
+    inside = threading.Event()
+    release = threading.Event()
+
+    def hold():
+        with guard.hashing():
+            inside.set()
+            release.wait(5)
+
+    worker = threading.Thread(target=hold)
+    worker.start()
+    inside.wait(5)
+    with pytest.raises(DependencyError, match="too many logins"), guard.hashing():
+        pass
+    release.set()
+    worker.join()
+    with guard.hashing():  # free again
+        pass
+
+
+def test_token_endpoint_keeps_an_in_process_limit_when_redis_is_down(function_client, backend_env):
+    password = create_user(backend_env["DATABASE_URL"], "carol", "reader")
+    auth = function_client("auth", REDIS_URL="redis://127.0.0.1:1/0", LOGIN_FALLBACK_PER_INSTANCE="3/60")
+    statuses = [_login(auth, "carol", "wrong", ip=f"10.9.0.{i}").status_code for i in range(5)]
+    assert statuses[:3] == [401, 401, 401] and statuses[3:] == [429, 429]
+    assert _login(auth, "carol", password).status_code == 429  # the fallback limit is per instance, not per name
+    # Other routes still fail open (a Redis outage does not take the API down).
+    fresh = function_client("auth", REDIS_URL="redis://127.0.0.1:1/0")
+    token = _bearer(_login(fresh, "carol", password))
+    assert fresh.get("/api/v1/auth/me", headers=token).status_code == 200
+
+
+# -- disabled means disabled -------------------------------------------------------------------
+
+
+def test_a_disabled_admin_cannot_act_even_within_the_cache_window(function_client, backend_env):
+    url = backend_env["DATABASE_URL"]
+    rogue = _bearer(_login(function_client("auth"), "rogue", create_user(url, "rogue", "admin")))
+    boss = _bearer(_login(function_client("auth"), "boss", create_user(url, "boss", "admin")))
+    admin = function_client("admin")
+    assert admin.get("/api/v1/admin/users", headers=rogue).status_code == 200  # now cached as active
+    assert admin.post("/api/v1/admin/users/rogue/disable", headers=boss).status_code == 200
+    create = admin.post(
+        "/api/v1/admin/users", json={"username": "rogue2", "password": "a long enough password", "role": "admin"}, headers=rogue
+    )
+    assert create.status_code == 401
+    assert admin.get("/api/v1/admin/users", headers=rogue).status_code == 401
+
+
+def test_role_change_and_password_rotation_end_old_tokens_at_once(function_client, backend_env):
+    url = backend_env["DATABASE_URL"]
+    password = create_user(url, "dave", "analyst")
+    old = _bearer(_login(function_client("auth"), "dave", password))
+    boss = _bearer(_login(function_client("auth"), "boss", create_user(url, "boss", "admin")))
+    iocs, admin = function_client("iocs"), function_client("admin")
+    assert iocs.post("/api/v1/iocs/batch", json={"iocs": [{"value": "a.example.com"}]}, headers=old).status_code == 200
+    demoted = admin.patch("/api/v1/admin/users/dave", json={"role": "reader"}, headers=boss)
+    assert demoted.status_code == 200 and demoted.get_json()["role"] == "reader"
+    assert iocs.post("/api/v1/iocs/batch", json={"iocs": [{"value": "b.example.com"}]}, headers=old).status_code == 401
+    fresh = _bearer(_login(function_client("auth"), "dave", password))
+    assert iocs.post("/api/v1/iocs/batch", json={"iocs": [{"value": "b.example.com"}]}, headers=fresh).status_code == 403
+    rotated = admin.patch("/api/v1/admin/users/dave", json={"password": "a brand new long password"}, headers=boss)
+    assert rotated.status_code == 200
+    assert admin.patch("/api/v1/admin/users/dave", json={"role": "analyst"}, headers=fresh).status_code == 401
+    events = admin.get("/api/v1/admin/security-events", headers=boss).get_json()["events"]
+    assert [e["kind"] for e in events][:2] == ["user_updated", "user_updated"]
+
+
+# -- TLP clearance -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def marked(function_client, backend_env):
+    """One IoC per TLP, linked to a red threat and related to each other; an amber reader and a red admin."""
+    url = backend_env["DATABASE_URL"]
+    analyst = _bearer(_login(function_client("auth"), "writer", create_user(url, "writer", "analyst", clearance="red")))
+    reader = _bearer(_login(function_client("auth"), "reader", create_user(url, "reader", "reader")))
+    iocs = function_client("iocs")
+    items = [{"value": f"{tlp.replace('+', '-')}.tlp-test.com", "tlp": tlp, "tags": ["shared-tag"]} for tlp in ("green", "amber", "red")]
+    ids = {
+        r["value"].split(".")[0]: r["id"]
+        for r in iocs.post("/api/v1/iocs/batch", json={"iocs": items}, headers=analyst).get_json()["results"]
+    }
+    iocs.post(f"/api/v1/iocs/{ids['green']}/relations", json={"target_id": ids["red"], "type": "drops"}, headers=analyst)
+    threats = function_client("threats")
+    threat = threats.post(
+        "/api/v1/threats/batch", json={"threats": [{"kind": "malware", "name": "RedOnly", "tlp": "red"}]}, headers=analyst
+    )
+    threat_id = threat.get_json()["results"][0]["id"]
+    threats.post(f"/api/v1/threats/{threat_id}/link", json={"ioc_ids": [ids["green"]]}, headers=analyst)
+    return {"iocs": iocs, "threats": threats, "ids": ids, "threat_id": threat_id, "reader": reader, "writer": analyst}
+
+
+def test_a_reader_never_sees_above_their_clearance(marked):
+    iocs, threats, ids, reader = marked["iocs"], marked["threats"], marked["ids"], marked["reader"]
+    assert iocs.get(f"/api/v1/iocs/{ids['red']}", headers=reader).status_code == 404
+    assert iocs.get(f"/api/v1/iocs/{ids['amber']}", headers=reader).status_code == 200
+    assert iocs.get("/api/v1/iocs/value/red.tlp-test.com", headers=reader).status_code == 404
+    assert iocs.get(f"/api/v1/iocs/{ids['red']}/related", headers=reader).status_code == 404
+    found = iocs.post("/api/v1/iocs/find", json={"tags": ["shared-tag"], "max_tlp": "red"}, headers=reader).get_json()
+    assert {i["value"] for i in found["iocs"]} == {"green.tlp-test.com", "amber.tlp-test.com"}
+    related = iocs.get(f"/api/v1/iocs/{ids['green']}/related", headers=reader).get_json()
+    assert related["relations"] == [] and related["threats"] == []
+    assert all(s["ioc"]["id"] != ids["red"] for s in related["shared_evidence"])
+    exported = iocs.get("/api/v1/iocs/export?format=txt&max_tlp=red&tags=shared-tag", headers=reader)
+    assert sorted(exported.data.decode().split()) == ["amber.tlp-test.com", "green.tlp-test.com"]
+    assert threats.get(f"/api/v1/threats/{marked['threat_id']}", headers=reader).status_code == 404
+    assert threats.post("/api/v1/threats/find", json={"text": "RedOnly"}, headers=reader).get_json()["count"] == 0
+    assert threats.get(f"/api/v1/threats/by-ioc/{ids['green']}", headers=reader).get_json()["threats"] == []
+    assert threats.get(f"/api/v1/threats/by-ioc/{ids['red']}", headers=reader).status_code == 404
+    stats = iocs.get("/api/v1/iocs/stats", headers=reader).get_json()
+    assert "red" not in stats["by_tlp"] and stats["total"] == 2
+    threat_stats = threats.get("/api/v1/threats/stats", headers=reader).get_json()
+    assert threat_stats["total"] == 0 and threat_stats["links"]["top_threats"] == [] and threat_stats["ioc_relations"] == 0
+    # Someone cleared for red sees all of it.
+    writer = marked["writer"]
+    assert iocs.get("/api/v1/iocs/stats", headers=writer).get_json()["by_tlp"]["red"] == 1
+    assert threats.get("/api/v1/threats/stats", headers=writer).get_json()["links"]["top_threats"][0]["name"] == "RedOnly"
+    assert iocs.get(f"/api/v1/iocs/{ids['red']}", headers=writer).status_code == 200
+    assert len(iocs.get(f"/api/v1/iocs/{ids['green']}/related", headers=writer).get_json()["relations"]) == 1
+
+
+def test_admins_set_clearance_and_it_applies(function_client, backend_env, marked):
+    boss = _bearer(_login(function_client("auth"), "boss", create_user(backend_env["DATABASE_URL"], "boss", "admin")))
+    admin = function_client("admin")
+    assert admin.patch("/api/v1/admin/users/reader", json={"clearance": "TLP:RED"}, headers=boss).get_json()["clearance"] == "red"
+    assert admin.patch("/api/v1/admin/users/reader", json={"clearance": "purple"}, headers=boss).status_code == 400
+    iocs = function_client("iocs")  # a new instance: no cached account state
+    assert iocs.get(f"/api/v1/iocs/{marked['ids']['red']}", headers=marked["reader"]).status_code == 200
+
+
+def _ensure_topic(backend_env, name):
+    import contextlib
+
+    from google.api_core.exceptions import AlreadyExists
+    from google.cloud import pubsub_v1
+
+    publisher = pubsub_v1.PublisherClient()
+    with contextlib.suppress(AlreadyExists):
+        publisher.create_topic(name=publisher.topic_path(backend_env["GOOGLE_CLOUD_PROJECT"], name))
+
+
+def test_users_read_only_their_own_import_jobs(function_client, backend_env):
+    url = backend_env["DATABASE_URL"]
+    owner = _bearer(_login(function_client("auth"), "owner", create_user(url, "owner", "analyst")))
+    other = _bearer(_login(function_client("auth"), "other", create_user(url, "other", "analyst")))
+    boss = _bearer(_login(function_client("auth"), "boss", create_user(url, "boss", "admin")))
+    _ensure_topic(backend_env, "ioc-import")
+    iocs = function_client("iocs")
+    queued = iocs.post("/api/v1/iocs/import?async=true", json={"format": "json", "content": [{"value": "q.example.com"}]}, headers=owner)
+    assert queued.status_code == 202
+    status_url = queued.get_json()["status_url"]
+    assert iocs.get(status_url, headers=owner).status_code == 200
+    assert iocs.get(status_url, headers=other).status_code == 404
+    assert iocs.get(status_url, headers=boss).status_code == 200
+
+
+# -- push endpoints ------------------------------------------------------------------------------
+
+
+def _push(job, run_id):
+    data = base64.b64encode(json.dumps({"schema_version": 1, "params": {}}).encode()).decode()
+    return {
+        "message": {
+            "data": data,
+            "attributes": {"job": job, "run_id": run_id},
+            "messageId": run_id,
+            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        },
+        "subscription": "projects/threatflow-test/subscriptions/maintenance-push",
+    }
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    [{}, {"token": "guessed"}, {"token": ""}],
+    ids=["no-token", "wrong-token", "empty-token"],
+)
+def test_a_forged_push_is_401_and_runs_nothing(function_client, backend_env, forgery):
+    from threatflow.adapters.firestore import FirestoreDocuments
+    from threatflow.jobs.runs import RUNS
+
+    client = function_client("maintenance")
+    run_id = uuid.uuid4().hex
+    response = client.post("/", json=_push("heartbeat", run_id), query_string=forgery, headers={"Authorization": "Bearer forged"})
+    assert response.status_code == 401 and response.get_json()["error"]["code"] == "unauthenticated"
+    assert FirestoreDocuments(backend_env["GOOGLE_CLOUD_PROJECT"]).get(RUNS, run_id) is None
+    # The same push with the subscription's token runs.
+    assert client.post("/", json=_push("heartbeat", run_id)).status_code == 200
+    assert FirestoreDocuments(backend_env["GOOGLE_CLOUD_PROJECT"]).get(RUNS, run_id)["state"] == "succeeded"
+
+
+def test_a_forged_push_to_ioc_import_is_401(function_client):
+    response = function_client("ioc-import").post("/", json=_push("x", "y"), query_string={})
+    assert response.status_code == 401 and response.is_json
+
+
+def test_a_malformed_push_body_is_a_json_400_that_echoes_nothing(function_client):
+    response = function_client("maintenance").post("/", data=b"not a cloud event", headers={"Authorization": "Bearer secret-ish"})
+    assert 400 <= response.status_code < 500 and response.is_json  # functions-framework says 415 or 400
+    assert b"secret-ish" not in response.data and b"not a cloud event" not in response.data
+    malformed_json = function_client("maintenance").post("/", data=b'{"message": 5}', content_type="application/json")
+    assert 400 <= malformed_json.status_code < 500 and malformed_json.is_json
+
+
+# -- push endpoints in the cloud's mode: Google OIDC tokens (a local issuer stands in for Google) ---------
+
+
+@pytest.fixture
+def oidc():
+    from fakes.google_oidc import FakeGoogleOidc
+
+    fake = FakeGoogleOidc()
+    yield fake
+    fake.close()
+
+
+def test_oidc_push_checks_signature_audience_and_service_account(function_client, backend_env, oidc):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from threatflow.adapters.firestore import FirestoreDocuments
+    from threatflow.jobs.runs import RUNS
+
+    audience = "https://maintenance-abc.a.run.app/"
+    pusher = "pubsub-pusher@threatflow-test.iam.gserviceaccount.com"
+    client = function_client(
+        "maintenance",
+        PUSH_AUTH_MODE="oidc",
+        PUSH_AUTH_AUDIENCE=audience,
+        PUSH_AUTH_SERVICE_ACCOUNT=pusher,
+        PUSH_AUTH_CERTS_URL=oidc.certs_url,
+    )
+    documents = FirestoreDocuments(backend_env["GOOGLE_CLOUD_PROJECT"])
+    forged = {
+        "wrong audience": oidc.token(audience="https://elsewhere.example/", email=pusher),
+        "wrong account": oidc.token(audience=audience, email="attacker@evil.iam.gserviceaccount.com"),
+        "unverified email": oidc.token(audience=audience, email=pusher, verified=False),
+        "expired": oidc.token(audience=audience, email=pusher, expires_in=-120),
+        "not google": oidc.token(audience=audience, email=pusher, issuer="https://evil.example"),
+        "other key": oidc.token(audience=audience, email=pusher, key=rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+        "unknown kid": oidc.token(audience=audience, email=pusher, kid="nope"),
+    }
+    for label, token in forged.items():
+        run_id = uuid.uuid4().hex
+        response = client.post("/", json=_push("heartbeat", run_id), headers={"Authorization": f"Bearer {token}"}, query_string={})
+        assert response.status_code == 401, label
+        assert documents.get(RUNS, run_id) is None, label
+    run_id = uuid.uuid4().hex
+    good = oidc.token(audience=audience, email=pusher)
+    response = client.post("/", json=_push("heartbeat", run_id), headers={"Authorization": f"Bearer {good}"}, query_string={})
+    assert response.status_code == 200
+    assert documents.get(RUNS, run_id)["state"] == "succeeded"
+
+
+def test_correlation_respects_clearance(function_client, backend_env, marked):
+    amber = _bearer(_login(function_client("auth"), "amber1", create_user(backend_env["DATABASE_URL"], "amber1", "analyst")))
+    threats = marked["threats"]
+    hidden = threats.post("/api/v1/threats/correlate", json={"threat_id": marked["threat_id"], "link": False}, headers=amber)
+    assert hidden.status_code == 404
+    seen = threats.post("/api/v1/threats/correlate", json={"threat_id": marked["threat_id"], "link": False}, headers=marked["writer"])
+    assert seen.status_code == 200

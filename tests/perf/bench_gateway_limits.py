@@ -1,0 +1,209 @@
+"""The local gateway under hostile HTTP (issue 7): chunked uploads, large headers, fuzzed routes, forged pushes.
+
+Serves the functions with the local gateway (gunicorn) on this run's own
+PostgreSQL, Redis and emulators, then prints:
+- memory growth of the gateway processes while 4 clients each stream a 200 MB
+  chunked body (no Content-Length) to /health, against the bound
+  MAX_REQUEST_BYTES x 4;
+- the answer to a request with 64 KB of headers (431, JSON);
+- N fuzzed requests over every route (tests/route_fuzz.py) and how many got a 5xx;
+- forged pushes to every push endpoint and how many were accepted.
+Run: .venv/bin/python tests/perf/bench_gateway_limits.py [--fuzz 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+MAX_BODY = 8 * 1024 * 1024
+
+
+def rss_kb(pid: int) -> int:
+    """Resident memory of a process and its children (gunicorn master + workers)."""
+    total = 0
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    for p in pids:
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return total
+
+
+def chunked_upload(port: int, megabytes: int, result: list[str]) -> None:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.sendall(b"POST /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n")
+    chunk = b"a" * (1024 * 1024)
+    frame = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+    sent = 0
+    try:
+        for _ in range(megabytes):
+            sock.sendall(frame)
+            sent += 1
+        sock.sendall(b"0\r\n\r\n")
+    except OSError:
+        pass  # the gateway answered 413 and closed: it stopped reading
+    try:
+        answer = sock.recv(200).split(b"\r\n", 1)[0].decode(errors="replace")
+    except OSError as exc:
+        answer = f"connection closed ({exc.__class__.__name__})"
+    result.append(f"{answer} after {sent} MB sent")
+    sock.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--fuzz", type=int, default=2000, help="fuzzed requests over every route")
+    parser.add_argument("--upload-mb", type=int, default=200)
+    args = parser.parse_args()
+
+    from threatflow.adapters.postgres import create_engine
+    from threatflow.db.migrate import migrate
+    from threatflow.devstack import services
+    from threatflow.platform.config import Settings
+    from threatflow.platform.manifest import load_manifest
+
+    state = Path(tempfile.mkdtemp(prefix="tf-bench-gw-"))
+    started = []
+    gateway = None
+    try:
+        for start in (services.start_postgres, services.start_redis):
+            started.append(start(state))
+        started.append(services.start_pubsub_emulator(state, project="threatflow-bench"))
+        started.append(services.start_firestore_emulator(state, project="threatflow-bench"))
+        started.append(services.start_storage_emulator(state, buckets=["threatflow-uploads", "threatflow-reports", "threatflow-models"]))
+        env = {**os.environ, "GOOGLE_CLOUD_PROJECT": "threatflow-bench", "JWT_SECRET": os.urandom(32).hex(), "LOG_LEVEL": "ERROR",
+               "MAX_REQUEST_BYTES": str(MAX_BODY), "RATE_LIMIT_PER_USER": "1000000/60", "RATE_LIMIT_PER_IP": "1000000/60",
+               "RATE_LIMIT_LOGIN_PER_IP": "1000000/60", "PUSH_AUTH_MODE": "token", "PUSH_AUTH_TOKEN": os.urandom(16).hex()}  # fmt: skip
+        for service in started:
+            env.update(service.env)
+        attack = REPO.parent / "shared" / "data" / "attack" / "attack_techniques.json"
+        if attack.exists():
+            env["ATTACK_DATA_PATH"] = str(attack)
+        os.environ.update(env)
+        engine = create_engine(Settings.from_env())
+        migrate(engine, progress=lambda _m: None)
+        engine.dispose()
+        from helpers import create_user
+
+        password = create_user(env["DATABASE_URL"], "bench", "admin", clearance="red")
+        port = services.free_port()
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "threatflow.devstack.gateway", "--port", str(port), "--workers", "1", "--threads", "8"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        services.wait_for_port(port, timeout=90, name="gateway")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("GET", "/health")
+        conn.getresponse().read()
+
+        # 1. chunked uploads
+        before = rss_kb(gateway.pid)
+        results: list[str] = []
+        threads = [threading.Thread(target=chunked_upload, args=(port, args.upload_mb, results)) for _ in range(4)]
+        peak = before
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            peak = max(peak, rss_kb(gateway.pid))
+            time.sleep(0.05)
+        growth_mb = (peak - before) / 1024
+        bound_mb = MAX_BODY * 4 / (1024 * 1024)
+        print(f"chunked uploads: 4 x {args.upload_mb} MB to /health, MAX_REQUEST_BYTES {MAX_BODY // (1024 * 1024)} MB")
+        print(
+            f"  gateway memory growth {growth_mb:7.1f} MB for 4 uploads of {args.upload_mb} MB each"
+            f" (MAX_REQUEST_BYTES x 4 = {bound_mb:.0f} MB, plus allocator slack)"
+        )
+        for line in results:
+            print(f"  answer: {line}")
+
+        # 2. large headers
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("GET", "/health", headers={"X-Big": "b" * 65536})
+        response = conn.getresponse()
+        body = response.read()
+        print(f"64 KB of headers: {response.status} {response.getheader('Content-Type')} {body[:90]!r}")
+
+        # 3. fuzz over every route
+        from hypothesis import HealthCheck, given, settings
+        from route_fuzz import HTTP_FUNCTIONS, Tally, check, requests_for, routes_of
+
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request(
+            "POST",
+            "/api/v1/auth/token",
+            body=json.dumps({"username": "bench", "password": password}),
+            headers={"Content-Type": "application/json"},
+        )
+        token = json.loads(conn.getresponse().read())["access_token"]
+        tally = Tally()
+        import urllib.parse
+
+        for function in HTTP_FUNCTIONS:
+            routes = routes_of(function)
+
+            @settings(
+                max_examples=max(1, args.fuzz // len(HTTP_FUNCTIONS)), deadline=None, database=None, suppress_health_check=list(HealthCheck)
+            )
+            @given(requests_for(routes))
+            def fuzz(request: tuple[str, str, dict[str, str], bytes | None]) -> None:
+                method, path, query, body = request
+                target = path + ("?" + urllib.parse.urlencode(query) if query else "")
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                try:
+                    c.request(method, target, body=body, headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+                    r = c.getresponse()
+                    check(tally, f"{method} {target}", r.status, r.getheader("Content-Type") or "", r.read())
+                except http.client.InvalidURL:
+                    pass  # the client refuses to send it (control characters in the path)
+                finally:
+                    c.close()
+
+            fuzz()
+        print(
+            f"fuzzed requests: {tally.requests}, 5xx: {len(tally.server_errors)}, non-JSON errors: {len(tally.not_json)}"
+            f" (logins shed by the hashing budget, 503 by design: {tally.shed};"
+            f" 503 naming unconfigured reference data: {len(tally.missing)})"
+        )
+        for line in (tally.server_errors + tally.not_json)[:10]:
+            print(f"  {line}")
+
+        # 4. forged pushes
+        manifest = load_manifest()
+        accepted = tried = 0
+        message = {"data": "e30=", "attributes": {"job": "heartbeat"}, "messageId": "1", "publishTime": "2026-01-01T00:00:00Z"}
+        envelope = json.dumps({"message": message, "subscription": "projects/x/subscriptions/y"}).encode()
+        for sub in manifest.push_subscriptions():
+            for query, auth in (("", None), ("?token=guess", None), ("", "Bearer forged.oidc.token")):
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                headers = {"Content-Type": "application/json", **({"Authorization": auth} if auth else {})}
+                c.request("POST", f"/_push/{sub.push_to}{query}", body=envelope, headers=headers)
+                r = c.getresponse()
+                r.read()
+                tried += 1
+                accepted += int(r.status < 300)
+        print(f"forged pushes: {tried} tried, {accepted} accepted")
+    finally:
+        if gateway:
+            gateway.terminate()
+            gateway.wait(timeout=20)
+        for service in reversed(started):
+            services.stop(service)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Property-based fuzzing of every route of every HTTP function (Hypothesis).
+
+Shared by tests/integration/test_fuzz_routes.py (a bounded budget in the test
+command) and tests/perf/bench_fuzz_routes.py (a larger budget, prints counts).
+The property: whatever the method, path parameters, query, headers and body,
+the answer is never a 5xx and every error is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hypothesis import strategies as st
+
+HTTP_FUNCTIONS = ("auth", "iocs", "threats", "admin")
+QUERY_KEYS = [
+    "limit", "cursor", "after", "before", "ids", "format", "max_tlp", "type", "source", "exact", "async", "tags",
+    "verdict", "first_seen_from", "value_prefix", "bogus",
+]  # fmt: skip
+NASTY_TEXT = [
+    "",
+    "\x00",
+    "a\x00b",
+    "..",
+    ".",
+    "__x__",
+    "%2e%2e",
+    "9" * 30,
+    str(2**63),
+    "-1",
+    "'; DROP TABLE iocs;--",
+    "\u202e",
+    "😀" * 10,
+    "T1059",
+]
+
+_ints = st.one_of(
+    st.integers(-10, 10_000), st.integers(min_value=2**62, max_value=2**80), st.integers(max_value=-(2**63) - 5, min_value=-(2**80))
+)
+_text = st.one_of(st.sampled_from(NASTY_TEXT), st.text(max_size=40))
+_scalars = st.one_of(st.none(), st.booleans(), _ints, st.floats(allow_nan=False), _text)
+_json = st.recursive(
+    _scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_text, inner, max_size=4)), max_leaves=12
+)
+
+
+def _deep(depth: int) -> Any:
+    value: Any = "x"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@dataclass
+class Tally:
+    requests: int = 0
+    server_errors: list[str] = field(default_factory=list)
+    shed: int = 0  # 503s from the login hashing budget: load shedding by design (auth/guard.py), counted apart
+    missing: list[str] = field(default_factory=list)  # 503s naming reference data this environment lacks (allowed by issue 7)
+    not_json: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    method: str
+    pattern: str
+    body_fields: tuple[str, ...]
+
+
+def routes_of(function: str) -> list[RouteInfo]:
+    """The function's route table, read from its router."""
+    import importlib
+
+    from threatflow.runtime import Runtime
+
+    module = {
+        "auth": "threatflow.auth.api",
+        "iocs": "threatflow.iocs.api",
+        "threats": "threatflow.threats.api",
+        "admin": "threatflow.admin.api",
+    }
+    router = importlib.import_module(module[function]).build_router(Runtime.from_env())
+    out = []
+    for route in router.routes:
+        names = tuple(getattr(route.body, "__struct_fields__", ()) if route.body is not None else ())
+        out.append(RouteInfo(route.method, route.pattern, names))
+    return out
+
+
+def _fill(pattern: str, draw: Callable[[Any], Any]) -> str:
+    import re
+
+    def one(match: re.Match[str]) -> str:
+        kind = match.group(2)
+        if kind == "int":
+            value = str(draw(st.one_of(st.integers(0, 50), st.integers(2**63 - 2, 2**70))))
+        else:
+            value = draw(st.one_of(_text, st.sampled_from(["1", "ipv4", "T1059", "heartbeat", "alice", "evil.com"])))
+        return urllib.parse.quote(value, safe="") if value else "x"
+
+    return re.sub(r"\{(\w+)(?::(path|int))?\}", one, pattern)
+
+
+@st.composite
+def requests_for(draw: Callable[[Any], Any], routes: list[RouteInfo]) -> tuple[str, str, dict[str, str], bytes | None]:
+    route = draw(st.sampled_from(routes))
+    method = draw(st.sampled_from([route.method, route.method, route.method, "GET", "POST", "DELETE", "PATCH"]))
+    path = _fill(route.pattern, draw)
+    query = draw(st.dictionaries(st.sampled_from(QUERY_KEYS), _text, max_size=3))
+    body: bytes | None = None
+    if method in ("POST", "PUT", "PATCH", "DELETE"):
+        shape = draw(st.sampled_from(["fields", "fields", "json", "raw", "deep", "none"]))
+        if shape == "fields" and route.body_fields:
+            keys = draw(st.lists(st.sampled_from(route.body_fields), max_size=len(route.body_fields), unique=True))
+            body = json.dumps({k: draw(_json) for k in keys}).encode()
+        elif shape == "json":
+            body = json.dumps(draw(_json)).encode()
+        elif shape == "raw":
+            body = draw(st.sampled_from([b"{", b"[", b'{"a":', b"\xff\xfe", b"null", b'"\\u0000"', b"1e999999", b"9" * 50]))
+        elif shape == "deep":
+            field_name = route.body_fields[0] if route.body_fields else "x"
+            body = json.dumps({field_name: _deep(draw(st.sampled_from([401, 1200])))}).encode()
+    return method, path, query, body
+
+
+def check(tally: Tally, label: str, status: int, content_type: str, data: bytes) -> None:
+    tally.requests += 1
+    if status == 503 and " /ready" in label:
+        return  # /ready's contract: 503 naming what is down (a loaded machine may time a probe out)
+    if status == 503 and b"too many logins" in data:
+        tally.shed += 1
+        return
+    if status == 503 and b'"dependency_unavailable"' in data and b"is not set" in data:
+        tally.missing.append(f"{label} -> {data[:160]!r}")  # e.g. WARNINGLISTS_SOURCE unset: a clear 503, not a crash
+        return
+    if status >= 500:
+        tally.server_errors.append(f"{label} -> {status} {data[:200]!r}")
+    if status >= 400:
+        try:
+            body = json.loads(data)
+            assert "error" in body
+            assert content_type.startswith("application/json")
+        except (ValueError, AssertionError):
+            tally.not_json.append(f"{label} -> {status} {content_type} {data[:120]!r}")

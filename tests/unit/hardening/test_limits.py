@@ -1,0 +1,92 @@
+"""Request bounds: body size with and without Content-Length, JSON depth, NUL, 64-bit integers."""
+
+import io
+
+import msgspec
+import pytest
+
+from threatflow.platform import limits
+from threatflow.platform.errors import PayloadTooLargeError, ValidationError
+from threatflow.platform.web import decode_body
+
+
+class CountingStream(io.RawIOBase):
+    """An endless chunked upload: counts what the reader pulled."""
+
+    def __init__(self) -> None:
+        self.pulled = 0
+
+    def read(self, size: int = -1) -> bytes:
+        size = 1 << 20 if size is None or size < 0 else size
+        self.pulled += size
+        return b"x" * size
+
+
+def test_chunked_body_is_cut_at_the_limit_not_read_to_the_end():
+    stream = CountingStream()
+    with pytest.raises(PayloadTooLargeError):
+        limits.read_body(stream, limit=100_000, content_length=None)
+    assert stream.pulled <= 100_001  # never more than the limit plus one byte
+
+
+def test_declared_length_over_the_limit_reads_nothing():
+    stream = CountingStream()
+    with pytest.raises(PayloadTooLargeError):
+        limits.read_body(stream, limit=10, content_length=11)
+    assert stream.pulled == 0
+
+
+def test_body_within_the_limit_is_returned_whole():
+    assert limits.read_body(io.BytesIO(b"a" * 1000), limit=1000, content_length=None) == b"a" * 1000
+
+
+class Body(msgspec.Struct):
+    ids: list[int] = []
+    params: dict = {}
+    name: str = ""
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (b'{"ids": [1, 99999999999999999999999]}', "ids[1]"),
+        (b'{"ids": [-99999999999999999999999]}', "ids[0]"),
+        (b'{"name": "a\\u0000b"}', "name"),
+        (b'{"params": {"k\\u0000": 1}}', "params"),
+        (b'{"params": ' + b'{"a": ' * 1000 + b"1" + b"}" * 1000 + b"}", "params"),
+        (b'{"params": {"x": ' + b"[" * 5000 + b"]" * 5000 + b"}}", "params"),  # deeper than msgspec decodes
+        (b"[" * 5000 + b"]" * 5000, "body"),
+    ],
+)
+def test_bad_json_is_a_validation_error_naming_the_field(raw, field):
+    with pytest.raises(ValidationError) as caught:
+        decode_body(raw, Body)
+    assert caught.value.field is not None and caught.value.field.startswith(field)
+
+
+def test_depth_400_is_accepted():
+    raw = b'{"params": ' + b'{"a": ' * 398 + b"1" + b"}" * 398 + b"}"
+    assert decode_body(raw, Body).params
+
+
+def test_path_and_query_ints_are_bounded():
+    assert limits.check_int("9223372036854775807", field="id") == 2**63 - 1
+    with pytest.raises(ValidationError, match="out of range") as caught:
+        limits.check_int("9223372036854775808", field="id")
+    assert caught.value.field == "id"
+
+
+def test_local_rate_limiter_refuses_after_the_burst_and_refills():
+    now = [0.0]
+    limiter = limits.LocalRateLimiter(limit=3, period_seconds=60, clock=lambda: now[0])
+    assert [limiter.hit("k") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.hit("k") == pytest.approx(20.0)
+    now[0] = 20.0
+    assert limiter.hit("k") == 0.0
+
+
+def test_local_rate_limiter_keeps_a_bounded_number_of_keys():
+    limiter = limits.LocalRateLimiter(limit=1, period_seconds=60, max_keys=100)
+    for i in range(1000):
+        limiter.hit(str(i))
+    assert len(limiter._buckets) <= 100
