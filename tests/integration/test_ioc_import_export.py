@@ -133,10 +133,10 @@ def test_malformed_documents_fail_and_store_nothing(api, db, fmt, content, messa
 
 def test_a_database_error_rolls_back_everything(api, db, backend_env, monkeypatch):
     from threatflow.adapters.postgres import create_engine
+    from threatflow.intel import repository as intel_repository
     from threatflow.intel.formats import parse
     from threatflow.intel.importer import apply_import
     from threatflow.platform.config import Settings
-    from threatflow.threats import repository as threat_store
 
     parsed = parse("stix", require_shared_data("stix", "oasis-examples", "threat-reports", "apt1.json").read_bytes())
 
@@ -145,7 +145,7 @@ def test_a_database_error_rolls_back_everything(api, db, backend_env, monkeypatc
 
         conn.execute(text("SELECT 1/0"))  # a real database error, half-way through the import
 
-    monkeypatch.setattr(threat_store, "link_ioc", broken)
+    monkeypatch.setattr(intel_repository, "link_ioc", broken)
     engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
     before = db.counts()
     with pytest.raises(Exception, match="division by zero"):

@@ -7,7 +7,12 @@ from typing import Annotated, Any
 
 import msgspec
 
+from threatflow.auth import service
+from threatflow.auth.api import authenticator
 from threatflow.auth.model import Role
+from threatflow.auth.repository import UserRepository
+from threatflow.jobs import runs
+from threatflow.platform import events
 from threatflow.platform.web import Request, Response, Router
 from threatflow.runtime import Runtime
 
@@ -25,12 +30,7 @@ class RunJob(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def build_router(runtime: Runtime) -> Router:
-    from threatflow.auth import service
-    from threatflow.auth.repository import UserRepository
-    from threatflow.jobs import runs
-    from threatflow.platform import events
-
-    router = Router("admin", runtime=runtime)
+    router = Router("admin", runtime=runtime, authenticator=authenticator(runtime))
 
     def users() -> UserRepository:
         return UserRepository(runtime.engine)

@@ -6,7 +6,9 @@ from typing import Annotated, Any
 
 import msgspec
 
+from threatflow.auth import service, tokens
 from threatflow.auth.model import Role
+from threatflow.auth.repository import UserRepository
 from threatflow.platform.web import Request, Router
 from threatflow.runtime import Runtime
 
@@ -16,11 +18,13 @@ class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
     password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 
 
-def build_router(runtime: Runtime) -> Router:
-    from threatflow.auth import service, tokens
-    from threatflow.auth.repository import UserRepository
+def authenticator(runtime: Runtime) -> service.BearerAuthenticator:
+    """The wiring of the HTTP pipeline's authentication, shared by every function's router."""
+    return service.BearerAuthenticator(settings=runtime.settings, users=lambda: UserRepository(runtime.engine))
 
-    router = Router("auth", runtime=runtime)
+
+def build_router(runtime: Runtime) -> Router:
+    router = Router("auth", runtime=runtime, authenticator=authenticator(runtime))
     config = tokens.TokenSettings.from_settings(runtime.settings)  # fails start-up without JWT_SECRET
 
     @router.route("POST", "/api/v1/auth/token", role=None, body=TokenRequest, rate_limit="login")

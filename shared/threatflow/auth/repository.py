@@ -52,7 +52,7 @@ class UserRepository:
 
         with self._engine.connect() as conn:
             row = conn.execute(
-                text(f"SELECT {_COLUMNS} FROM users WHERE lower(username) = lower(:u)"),  # noqa: S608 - constant column list
+                text(f"SELECT {_COLUMNS} FROM users WHERE lower(username) = lower(:u)"),
                 {"u": username},
             ).first()
         return _user(row) if row else None
@@ -63,10 +63,7 @@ class UserRepository:
 
         with self._engine.begin() as conn:
             row = conn.execute(
-                text(
-                    "INSERT INTO users (username, password_hash, role) VALUES (:u, :h, :r)"  # noqa: S608 - constant columns
-                    f" ON CONFLICT DO NOTHING RETURNING {_COLUMNS}"
-                ),
+                text(f"INSERT INTO users (username, password_hash, role) VALUES (:u, :h, :r) ON CONFLICT DO NOTHING RETURNING {_COLUMNS}"),
                 {"u": username, "h": password_hash, "r": role.value},
             ).first()
         return _user(row) if row else None
@@ -76,7 +73,7 @@ class UserRepository:
 
         with self._engine.connect() as conn:
             rows = conn.execute(
-                text(f"SELECT {_COLUMNS} FROM users WHERE id > :a ORDER BY id LIMIT :l"),  # noqa: S608 - constant column list
+                text(f"SELECT {_COLUMNS} FROM users WHERE id > :a ORDER BY id LIMIT :l"),
                 {"a": after_id, "l": limit},
             )
             return [_user(r) for r in rows]

@@ -5,13 +5,17 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from threatflow.auth import passwords, tokens
 from threatflow.auth.model import Principal, Role
 from threatflow.auth.repository import User, UserRepository
 from threatflow.platform.errors import AuthError, ConflictError, NotFoundError, ValidationError
+
+if TYPE_CHECKING:
+    from threatflow.platform.config import Settings
 
 _ACTIVE_CACHE_SECONDS = 30.0
 _USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{1,63}")  # the same rule as the users table CHECK
@@ -48,6 +52,29 @@ class ActiveUserCheck:
             raise AuthError("user is disabled or no longer exists")
         with self._lock:
             self._seen[principal.user_id] = now
+
+
+class BearerAuthenticator:
+    """The `platform.identity.Authenticator` of every HTTP function: verifies the
+    token's signature and expiry, then that the user is still enabled.
+
+    The token settings and the user repository are built on the first request,
+    so building a router needs neither JWT_SECRET nor a database."""
+
+    def __init__(self, *, settings: Settings, users: Callable[[], UserRepository]) -> None:
+        self._settings = settings
+        self._users = users
+        self._config: tokens.TokenSettings | None = None
+        self._active: ActiveUserCheck | None = None
+
+    def __call__(self, token: str) -> Principal:
+        if self._config is None:
+            self._config = tokens.TokenSettings.from_settings(self._settings)
+        principal = tokens.verify(token, config=self._config)
+        if self._active is None:
+            self._active = ActiveUserCheck(self._users())
+        self._active(principal)
+        return principal
 
 
 def create_user(*, username: str, password: str, role: Role, users: UserRepository) -> User:

@@ -15,7 +15,11 @@ from typing import Any
 import msgspec
 
 from threatflow.auth.model import Role
-from threatflow.platform.errors import PayloadTooLargeError, ValidationError
+from threatflow.intel import importer
+from threatflow.intel.formats import ImportFormat
+from threatflow.intel.formats import export as exporter
+from threatflow.platform import events
+from threatflow.platform.errors import ConfigError, NotFoundError, PayloadTooLargeError, ValidationError
 from threatflow.platform.web import Request, Response, Router, decode_body
 from threatflow.runtime import Runtime
 
@@ -32,8 +36,6 @@ class ExtractIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def register(router: Router, runtime: Runtime) -> None:
-    from threatflow.intel import importer
-
     def catalog() -> Any:
         from threatflow.threats import attack
 
@@ -65,14 +67,10 @@ def register(router: Router, runtime: Runtime) -> None:
 
     def _queue(request: Request) -> Response:
         body = decode_body(request.body, importer.ImportRequest)  # check the envelope now; the content is parsed by the job
-        from threatflow.intel.formats import ImportFormat
-
         try:
             ImportFormat(body.format.lower())
         except ValueError:
             raise ValidationError(f"unknown import format {body.format!r}", field="format") from None
-        from threatflow.platform import events
-
         job_id = uuid.uuid4().hex
         name = importer.blob_name(job_id)
         runtime.blobs.put(runtime.settings.bucket_uploads, name, request.body, content_type="application/json")
@@ -96,8 +94,6 @@ def register(router: Router, runtime: Runtime) -> None:
 
     @router.route("GET", "/api/v1/iocs/import/{job_id}", role=Role.READER)
     def import_job(request: Request) -> dict[str, Any]:
-        from threatflow.platform.errors import NotFoundError
-
         job = runtime.documents.get(importer.IMPORT_JOBS, request.path_params["job_id"])
         if job is None:
             raise NotFoundError(f"no import job {request.path_params['job_id']!r}")
@@ -117,8 +113,6 @@ def register(router: Router, runtime: Runtime) -> None:
 
     @router.route("GET", "/api/v1/iocs/export", role=Role.READER)
     def export(request: Request) -> Response:
-        from threatflow.intel.formats import export as exporter
-
         fmt = request.query.get("format") or "stix"
         flt = exporter.filter_from_query(request.query)
         limit = request.query_int("limit", DEFAULT_EXPORT_LIMIT, minimum=1, maximum=MAX_EXPORT_LIMIT)
@@ -135,8 +129,6 @@ def register(router: Router, runtime: Runtime) -> None:
 
     def _optional_catalog() -> Any:
         # Names for exported attack patterns; without ATT&CK data the technique id is the name.
-        from threatflow.platform.errors import ConfigError
-
         try:
             return catalog()
         except ConfigError:

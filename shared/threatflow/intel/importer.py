@@ -24,8 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from threatflow.intel.formats import ItemError, ParsedImport, ParsedThreat
+from threatflow.intel import repository as intel_repository
+from threatflow.intel.formats import ItemError, ParsedImport, ParsedThreat, parse
+from threatflow.iocs import service
+from threatflow.iocs.model import Tlp
+from threatflow.iocs.repository import IocStore
 from threatflow.platform.errors import PermanentError, RetryableError, ValidationError
+from threatflow.threats import repository as threat_store
 
 if TYPE_CHECKING:
     from threatflow.platform.ports import BlobStore, Clock, DocumentStore
@@ -52,9 +57,6 @@ def apply_import(
 ) -> dict[str, Any]:
     from sqlalchemy import text
 
-    from threatflow.iocs import service
-    from threatflow.iocs.repository import IocStore
-
     parsed = parsed.with_defaults(source=source_default)
     errors: list[ItemError] = list(parsed.errors)
     threats = _checked_ttps(parsed.threats, catalog, errors)
@@ -68,8 +70,6 @@ def apply_import(
             batch = service.upsert_batch([p.item for p in part], store=store, now=now, policies=policies, conn=conn)
             for offset, result in enumerate(batch["results"]):
                 results.append({**result, "index": start + offset, "ref": part[offset].ref})
-        if threats or parsed.links or parsed.relations:
-            from threatflow.threats import repository as threat_store
         threat_results = threat_store.upsert_threats(conn, [t.item for t in threats], catalog=catalog) if threats else []
 
         ioc_ids: dict[str, list[int]] = {}
@@ -89,7 +89,7 @@ def apply_import(
             if threat_id is None:
                 continue  # the threat was rejected: already named in its result
             for ioc_id in ioc_ids.get(link.ioc_ref, []):
-                created = threat_store.link_ioc(conn, threat_id=threat_id, ioc_id=ioc_id, relation=link.relation, source=source_default)
+                created = intel_repository.link_ioc(conn, threat_id=threat_id, ioc_id=ioc_id, relation=link.relation, source=source_default)
                 links += 1
                 links_created += int(created)
         relations = relations_created = 0
@@ -98,7 +98,7 @@ def apply_import(
                 for target_id in ioc_ids.get(relation.target_ref, []):
                     if source_id == target_id:
                         continue
-                    created = threat_store.add_ioc_relation(
+                    created = intel_repository.add_ioc_relation(
                         conn, source_id=source_id, target_id=target_id, type=relation.type, source=source_default
                     )
                     relations += 1
@@ -179,13 +179,9 @@ def blob_name(job_id: str) -> str:
 
 
 def parse_request(body: ImportRequest) -> ParsedImport:
-    from threatflow.intel.formats import parse
-
     if body.content is None or body.content == "":
         raise ValidationError("content is required", field="content")
     if body.tlp is not None:
-        from threatflow.iocs.model import Tlp
-
         try:
             Tlp.parse(body.tlp)
         except ValueError:
@@ -284,25 +280,3 @@ def _take_lease(documents: DocumentStore, job_id: str, *, now: datetime) -> str:
     if not documents.create(IMPORT_LEASES, job_id, lease):
         raise RetryableError(f"import job {job_id} was taken over by another delivery")
     return holder
-
-
-def handle_import(message: Any, *, runtime: Any) -> dict[str, Any]:
-    """The ioc-import function's one service call: a decoded `ioc-import` message to a job run."""
-    job_id = message.attributes.get("job_id") or message.data.get("job_id")
-    if not job_id:
-        raise ValidationError("ioc-import message names no job (attribute 'job_id')", field="job_id")
-
-    def catalog() -> AttackCatalog | None:
-        from threatflow.threats import attack
-
-        return attack.catalog_from_env(blobs=lambda: runtime.blobs)
-
-    return run_job(
-        str(job_id),
-        engine=runtime.engine,
-        documents=runtime.documents,
-        blobs=runtime.blobs,
-        bucket=runtime.settings.bucket_uploads,
-        clock=runtime.clock,
-        catalog=catalog,
-    )

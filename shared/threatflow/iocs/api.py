@@ -8,8 +8,15 @@ from typing import Annotated, Any
 
 import msgspec
 
+from threatflow.auth.api import authenticator
 from threatflow.auth.model import Role
+from threatflow.intel import api as intel_api
+from threatflow.intel import relations_api
+from threatflow.iocs import search, service, warninglist_routes, warninglists
+from threatflow.iocs.model import DecayPolicy
+from threatflow.iocs.repository import IocAdmin, IocStore
 from threatflow.iocs.search import FindRequest, IocFilter
+from threatflow.iocs.types import IocType
 from threatflow.platform.errors import NotFoundError, ValidationError
 from threatflow.platform.web import Request, Response, Router
 from threatflow.runtime import Runtime
@@ -56,11 +63,7 @@ def policy_json(policy: Any, now: datetime) -> dict[str, Any]:
 
 
 def build_router(runtime: Runtime) -> Router:
-    from threatflow.iocs import search, service, warninglist_routes, warninglists
-    from threatflow.iocs.model import DecayPolicy
-    from threatflow.iocs.repository import IocAdmin, IocStore
-
-    router = Router("iocs", runtime=runtime)
+    router = Router("iocs", runtime=runtime, authenticator=authenticator(runtime))
     policy_cache: dict[str, Any] = {"at": 0.0, "value": None}
 
     def store() -> IocStore:
@@ -98,8 +101,6 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("PUT", "/api/v1/iocs/policies/{ioc_type}", role=Role.ADMIN, body=PolicyIn)
     def set_policy(request: Request, body: PolicyIn) -> dict[str, Any]:
-        from threatflow.iocs.types import IocType
-
         name = request.path_params["ioc_type"].lower()
         if name not in {t.value for t in IocType}:
             raise NotFoundError(f"no IoC type {name!r}; types: {', '.join(t.value for t in IocType)}")
@@ -166,10 +167,6 @@ def build_router(runtime: Runtime) -> Router:
         return {"deleted": deleted}
 
     warninglist_routes.register(router, runtime)
-    from threatflow.intel import api as io_routes
-
-    io_routes.register(router, runtime)
-    from threatflow.intel import relations_api as ioc_routes
-
-    ioc_routes.register(router, runtime)
+    intel_api.register(router, runtime)
+    relations_api.register(router, runtime)
     return router

@@ -7,29 +7,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from threatflow.platform.vocabulary import Severity, Tlp
 
-class Tlp(StrEnum):
-    CLEAR = "clear"
-    GREEN = "green"
-    AMBER = "amber"
-    AMBER_STRICT = "amber+strict"
-    RED = "red"
-
-    @property
-    def rank(self) -> int:
-        return _TLP_ORDER.index(self)
-
-    @classmethod
-    def parse(cls, text: str) -> Tlp:
-        """Accepts `TLP:AMBER`, `amber`, and TLP 1.0's `white` (= clear)."""
-        value = text.strip().lower().removeprefix("tlp:")
-        return cls("clear" if value == "white" else value)
-
-    def at_most(self) -> list[str]:
-        return [t.value for t in _TLP_ORDER[: self.rank + 1]]
-
-
-_TLP_ORDER = [Tlp.CLEAR, Tlp.GREEN, Tlp.AMBER, Tlp.AMBER_STRICT, Tlp.RED]
+__all__ = ["DecayPolicy", "ItemResult", "ItemStatus", "Severity", "Tlp", "UpsertItem", "Verdict"]
 
 
 class Verdict(StrEnum):
@@ -37,24 +17,6 @@ class Verdict(StrEnum):
     SUSPICIOUS = "suspicious"
     HARMLESS = "harmless"
     UNKNOWN = "unknown"
-
-
-class Severity(StrEnum):
-    INFO = "info"
-    LOW = "low"
-    MEDIUM = "medium"
-    HIGH = "high"
-    CRITICAL = "critical"
-
-    @classmethod
-    def from_score(cls, score: int) -> Severity:
-        for threshold, severity in _SEVERITY_BANDS:
-            if score >= threshold:
-                return severity
-        return cls.INFO
-
-
-_SEVERITY_BANDS = ((90, Severity.CRITICAL), (70, Severity.HIGH), (40, Severity.MEDIUM), (15, Severity.LOW))
 
 
 class ItemStatus(StrEnum):

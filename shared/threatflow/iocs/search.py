@@ -7,7 +7,6 @@ Every filter maps to an index (see sql/0002_iocs.sql).
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -18,6 +17,7 @@ from threatflow.iocs.model import Severity, Tlp, Verdict
 from threatflow.iocs.repository import IOC_COLUMNS, row_to_dict
 from threatflow.iocs.types import IocType
 from threatflow.platform.errors import ValidationError
+from threatflow.platform.pagination import decode_cursor, encode_cursor
 
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
@@ -128,21 +128,6 @@ def compile_filter(f: IocFilter, *, now: datetime) -> Compiled:
     if f.ids:
         add("id = ANY(CAST(:ids AS bigint[]))", ids=f.ids)
     return Compiled(" AND ".join(clauses) if clauses else "TRUE", params)
-
-
-def encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"id:{last_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, value = text.partition(":")
-        if kind != "id":
-            raise ValueError(kind)
-        return int(value)
-    except (ValueError, UnicodeDecodeError):
-        raise ValidationError("cursor is not one this API issued", field="cursor") from None
 
 
 def find_sql(request: FindRequest, *, now: datetime) -> tuple[str, dict[str, Any]]:

@@ -16,11 +16,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from threatflow.auth.model import Principal, Role
 from threatflow.platform import logging as tf_logging
 from threatflow.platform.errors import (
     AuthError,
@@ -32,12 +31,13 @@ from threatflow.platform.errors import (
     ThreatFlowError,
     ValidationError,
 )
+from threatflow.platform.identity import Authenticator, Principal, Role
 
 if TYPE_CHECKING:
     from werkzeug.wrappers import Request as WerkzeugRequest
     from werkzeug.wrappers import Response as WerkzeugResponse
 
-    from threatflow.runtime import Runtime
+    from threatflow.platform.config import Settings
 
 log = logging.getLogger("threatflow.http")
 _PARAM = re.compile(r"\{(\w+)(?::(path|int))?\}")
@@ -121,13 +121,33 @@ def decode_body(raw: bytes, body_type: type) -> Any:
         raise ValidationError(f"request body is not valid JSON: {exc}", field="body") from None
 
 
+class RateDecision(Protocol):
+    @property
+    def allowed(self) -> bool: ...
+    @property
+    def retry_after_seconds(self) -> float: ...
+
+
+class RateLimiter(Protocol):
+    def hit(self, key: str, *, limit: int, period_seconds: int) -> RateDecision: ...
+
+
+class RouterRuntime(Protocol):
+    """What the pipeline needs from the function's wiring (`threatflow.runtime.Runtime`)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def rate_limiter(self) -> RateLimiter: ...
+    def readiness(self) -> dict[str, dict[str, Any]]: ...
+
+
 class Router:
-    def __init__(self, name: str, *, runtime: Runtime) -> None:
+    def __init__(self, name: str, *, runtime: RouterRuntime, authenticator: Authenticator) -> None:
         self.name = name
         self.runtime = runtime
+        self.authenticator = authenticator
         self.routes: list[Route] = []
-        self._token_config: Any = None
-        self._active_check: Any = None
         self.route("GET", "/health", role=None)(self._health)
         self.route("GET", "/ready", role=None)(self._ready)
 
@@ -258,20 +278,11 @@ class Router:
             )
 
     def _authenticate(self, request: Request) -> Principal:
-        from threatflow.auth import service, tokens
-        from threatflow.auth.repository import UserRepository
-
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError("missing bearer token (Authorization: Bearer <token>)")
-        if self._token_config is None:
-            self._token_config = tokens.TokenSettings.from_settings(self.runtime.settings)
-        principal = tokens.verify(token.strip(), config=self._token_config)
-        if self._active_check is None:
-            self._active_check = service.ActiveUserCheck(UserRepository(self.runtime.engine))
-        self._active_check(principal)
-        return principal
+        return self.authenticator(token.strip())
 
     # -- CORS ------------------------------------------------------------------
 

@@ -19,17 +19,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from threatflow.adapters.postgres import unit_of_work
+from threatflow.auth.api import authenticator
 from threatflow.auth.model import Role
+from threatflow.intel import links
+from threatflow.intel.links import CorrelateIn, LinkIn, UnlinkIn
 from threatflow.platform.errors import ConfigError
 from threatflow.platform.web import Request, Router
 from threatflow.runtime import Runtime
-from threatflow.threats.service import DEFAULT_PAGE, MAX_PAGE, BatchIn, CorrelateIn, FindRequest, IdsIn, LinkIn, UnlinkIn
+from threatflow.threats.service import DEFAULT_PAGE, MAX_PAGE, BatchIn, FindRequest, IdsIn
 
 
 def build_router(runtime: Runtime) -> Router:
     from threatflow.threats import attack, service
 
-    router = Router("threats", runtime=runtime)
+    router = Router("threats", runtime=runtime, authenticator=authenticator(runtime))
 
     def catalog() -> attack.AttackCatalog:
         return attack.catalog_from_env(blobs=lambda: runtime.blobs)
@@ -58,11 +62,13 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("POST", "/api/v1/threats/correlate", role=Role.ANALYST, body=CorrelateIn)
     def correlate(request: Request, body: CorrelateIn) -> dict[str, Any]:
-        return service.correlate(body, engine=runtime.engine)
+        with unit_of_work(runtime.engine) as conn:
+            return links.correlate(conn, body)
 
     @router.route("GET", "/api/v1/threats/by-ioc/{ioc_id:int}", role=Role.READER)
     def by_ioc(request: Request) -> dict[str, Any]:
-        return service.by_ioc(int(request.path_params["ioc_id"]), engine=runtime.engine)
+        with unit_of_work(runtime.engine) as conn:
+            return links.by_ioc(conn, int(request.path_params["ioc_id"]))
 
     @router.route("GET", "/api/v1/threats/by-ttp/{technique}", role=Role.READER)
     def by_ttp(request: Request) -> dict[str, Any]:
@@ -81,11 +87,13 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("POST", "/api/v1/threats/{threat_id:int}/link", role=Role.ANALYST, body=LinkIn)
     def link(request: Request, body: LinkIn) -> dict[str, Any]:
-        return service.link(int(request.path_params["threat_id"]), body, engine=runtime.engine, source=actor(request))
+        with unit_of_work(runtime.engine) as conn:
+            return links.link(conn, int(request.path_params["threat_id"]), body, source=actor(request))
 
     @router.route("POST", "/api/v1/threats/{threat_id:int}/unlink", role=Role.ANALYST, body=UnlinkIn)
     def unlink(request: Request, body: UnlinkIn) -> dict[str, Any]:
-        return service.unlink(int(request.path_params["threat_id"]), body, engine=runtime.engine)
+        with unit_of_work(runtime.engine) as conn:
+            return links.unlink(conn, int(request.path_params["threat_id"]), body)
 
     @router.route("DELETE", "/api/v1/threats", role=Role.ADMIN, body=IdsIn)
     def delete(request: Request, body: IdsIn) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from typing import Annotated, Any
 
 import msgspec
 
-from threatflow.iocs.model import Severity
+from threatflow.platform.errors import ValidationError
+from threatflow.platform.vocabulary import Severity
 
 MAX_ALIASES = 256
 MAX_TAGS = 64
@@ -117,8 +118,6 @@ def merge_aliases(name: str, *alias_lists: Iterable[str]) -> list[str]:
 
 
 def clean_tags(tags: Iterable[str]) -> list[str]:
-    from threatflow.platform.errors import ValidationError
-
     out = sorted({t.strip().lower() for t in tags if t and t.strip()})
     if len(out) > MAX_TAGS:
         raise ValidationError(f"at most {MAX_TAGS} tags per threat", field="tags")
@@ -130,8 +129,6 @@ def clean_tags(tags: Iterable[str]) -> list[str]:
 
 def check_relation_verb(relation: str) -> str:
     """Threat-to-IoC link verbs are free but tidy: lower-case words joined by hyphens."""
-    from threatflow.platform.errors import ValidationError
-
     verb = relation.strip().lower()
     if not _RELATION_VERB.match(verb):
         raise ValidationError(
@@ -141,8 +138,6 @@ def check_relation_verb(relation: str) -> str:
 
 
 def parse_relation_type(value: str) -> RelationType:
-    from threatflow.platform.errors import ValidationError
-
     try:
         return RelationType(value.strip().lower())
     except ValueError:

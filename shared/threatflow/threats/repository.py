@@ -1,4 +1,4 @@
-"""Threats, threat-to-IoC links and IoC-to-IoC relations in PostgreSQL.
+"""Threats in PostgreSQL: the threat domain's one repository (links and relations: threatflow.intel.repository).
 
 Every function takes a SQLAlchemy Connection first, so an import can compose
 IoCs, threats, links and relations into one transaction.
@@ -14,29 +14,26 @@ which are not, never take it).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from threatflow.iocs.model import Tlp
-from threatflow.platform.errors import NotFoundError, ValidationError
+from threatflow.platform.errors import ValidationError
+from threatflow.platform.vocabulary import Tlp
 from threatflow.threats.attack import check_id_format
 from threatflow.threats.model import (
     MAX_REFERENCES,
     MAX_TTPS,
-    RelationType,
     ResultStatus,
     ThreatIn,
     ThreatResult,
-    check_relation_verb,
     clean_name,
     clean_tags,
     merge_aliases,
     name_key,
-    parse_relation_type,
 )
 
 if TYPE_CHECKING:
@@ -384,142 +381,11 @@ def threats_for_export(conn: Connection, *, threat_ids: Sequence[int] | None = N
     return [row_to_threat(r) for r in rows]
 
 
-def links_for_iocs(conn: Connection, ioc_ids: Sequence[int]) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        _text(
-            "SELECT threat_id, ioc_id, relation, confidence, source FROM threat_iocs WHERE ioc_id = ANY(CAST(:i AS bigint[]))"
-            " ORDER BY ioc_id, threat_id, relation"
-        ),
-        {"i": list(ioc_ids)},
-    )
-    return [{"threat_id": int(r[0]), "ioc_id": int(r[1]), "relation": r[2], "confidence": int(r[3]), "source": r[4]} for r in rows]
-
-
-def relations_for_iocs(conn: Connection, ioc_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """Relations with either end among ioc_ids."""
-    rows = conn.execute(
-        _text(
-            "SELECT source_id, target_id, type, confidence, source FROM ioc_relations WHERE source_id = ANY(CAST(:i AS bigint[]))"
-            " UNION SELECT source_id, target_id, type, confidence, source FROM ioc_relations WHERE target_id = ANY(CAST(:i AS bigint[]))"
-            " ORDER BY 1, 2, 3"
-        ),
-        {"i": list(ioc_ids)},
-    )
-    return [{"source_id": int(r[0]), "target_id": int(r[1]), "type": r[2], "confidence": int(r[3]), "source": r[4]} for r in rows]
-
-
-def existing_ioc_ids(conn: Connection, ioc_ids: Iterable[int]) -> set[int]:
-    ids = sorted(set(ioc_ids))
-    if not ids:
-        return set()
-    return {int(r[0]) for r in conn.execute(_text("SELECT id FROM iocs WHERE id = ANY(CAST(:i AS bigint[]))"), {"i": ids})}
-
-
 def threat_exists(conn: Connection, threat_id: int) -> bool:
     return conn.execute(_text("SELECT 1 FROM threats WHERE id = :i"), {"i": threat_id}).first() is not None
 
 
-# -- threat <-> IoC links ----------------------------------------------------------
-
-
-def link_iocs(
-    conn: Connection,
-    *,
-    threat_id: int,
-    ioc_ids: Sequence[int] | Mapping[int, int],
-    relation: str = "indicates",
-    confidence: int = 50,
-    source: str | None = None,
-) -> set[int]:
-    """Link IoCs (which must exist) to a threat; returns the ids newly linked. A repeat
-    link keeps one row and raises its confidence to the higher value. Pass a mapping
-    ioc_id -> confidence to give each link its own confidence."""
-    verb = check_relation_verb(relation)
-    scores = dict(ioc_ids) if isinstance(ioc_ids, Mapping) else dict.fromkeys(ioc_ids, confidence)
-    if not scores:
-        return set()
-    for value in scores.values():
-        if not 0 <= value <= 100:
-            raise ValidationError(f"confidence {value} is outside 0..100", field="confidence")
-    ids = sorted(scores)
-    rows = conn.execute(
-        _text(
-            "INSERT INTO threat_iocs (threat_id, ioc_id, relation, confidence, source)"
-            " SELECT :t, x.ioc_id, :r, x.confidence, :s"
-            " FROM unnest(CAST(:ids AS bigint[]), CAST(:conf AS smallint[])) AS x(ioc_id, confidence)"
-            " ON CONFLICT (threat_id, ioc_id, relation)"
-            " DO UPDATE SET confidence = GREATEST(threat_iocs.confidence, EXCLUDED.confidence)"
-            " RETURNING ioc_id, (xmax = 0)"
-        ),
-        {"t": threat_id, "r": verb, "s": source, "ids": ids, "conf": [scores[i] for i in ids]},
-    ).all()
-    return {int(r[0]) for r in rows if r[1]}
-
-
-def link_ioc(
-    conn: Connection, *, threat_id: int, ioc_id: int, relation: str = "indicates", confidence: int = 50, source: str | None = None
-) -> bool:
-    """True if the link is new. Raises NotFoundError naming a missing threat or IoC."""
-    if not threat_exists(conn, threat_id):
-        raise NotFoundError(f"no threat with id {threat_id}")
-    if not existing_ioc_ids(conn, [ioc_id]):
-        raise NotFoundError(f"no indicator with id {ioc_id}")
-    return bool(link_iocs(conn, threat_id=threat_id, ioc_ids=[ioc_id], relation=relation, confidence=confidence, source=source))
-
-
-def unlink_iocs(conn: Connection, *, threat_id: int, ioc_ids: Sequence[int], relation: str | None = None) -> dict[int, int]:
-    """Remove links (of one relation, or all); returns removed rows per IoC id."""
-    rows = conn.execute(
-        _text(
-            "DELETE FROM threat_iocs WHERE threat_id = :t AND ioc_id = ANY(CAST(:i AS bigint[]))"
-            " AND (CAST(:r AS text) IS NULL OR relation = CAST(:r AS text)) RETURNING ioc_id"
-        ),
-        {"t": threat_id, "i": list(ioc_ids), "r": relation.strip().lower() if relation else None},
-    ).all()
-    out: dict[int, int] = {}
-    for row in rows:
-        out[int(row[0])] = out.get(int(row[0]), 0) + 1
-    return out
-
-
-def unlink_ioc(conn: Connection, *, threat_id: int, ioc_id: int, relation: str | None = None) -> int:
-    return unlink_iocs(conn, threat_id=threat_id, ioc_ids=[ioc_id], relation=relation).get(ioc_id, 0)
-
-
-# -- IoC <-> IoC relations -----------------------------------------------------------
-
-
-def add_ioc_relation(
-    conn: Connection, *, source_id: int, target_id: int, type: RelationType | str, confidence: int = 50, source: str | None = None
-) -> bool:
-    """Directed relation source -> target; True if new. Several types per pair are allowed;
-    a repeat keeps one row and raises its confidence to the higher value."""
-    kind = type if isinstance(type, RelationType) else parse_relation_type(type)
-    if source_id == target_id:
-        raise ValidationError(f"indicator {source_id} cannot be related to itself", field="target_id")
-    if not 0 <= confidence <= 100:
-        raise ValidationError(f"confidence {confidence} is outside 0..100", field="confidence")
-    missing = sorted({source_id, target_id} - existing_ioc_ids(conn, [source_id, target_id]))
-    if missing:
-        raise NotFoundError(f"no indicator with id {', '.join(str(m) for m in missing)}")
-    row = conn.execute(
-        _text(
-            "INSERT INTO ioc_relations (source_id, target_id, type, confidence, source) VALUES (:a, :b, :t, :c, :s)"
-            " ON CONFLICT (source_id, target_id, type)"
-            " DO UPDATE SET confidence = GREATEST(ioc_relations.confidence, EXCLUDED.confidence)"
-            " RETURNING (xmax = 0)"
-        ),
-        {"a": source_id, "b": target_id, "t": kind.value, "c": confidence, "s": source},
-    ).one()
-    return bool(row[0])
-
-
-def remove_ioc_relation(conn: Connection, *, source_id: int, target_id: int, type: RelationType | str | None = None) -> int:
-    kind = None if type is None else (type if isinstance(type, RelationType) else parse_relation_type(type))
-    result = conn.execute(
-        _text(
-            "DELETE FROM ioc_relations WHERE source_id = :a AND target_id = :b AND (CAST(:t AS text) IS NULL OR type = CAST(:t AS text))"
-        ),
-        {"a": source_id, "b": target_id, "t": kind.value if kind else None},
-    )
-    return int(result.rowcount)
+def names_of(conn: Connection, threat_id: int) -> list[str] | None:
+    """A threat's name then its aliases; None when there is no such threat."""
+    row = conn.execute(_text("SELECT name, aliases FROM threats WHERE id = :i"), {"i": threat_id}).first()
+    return None if row is None else [row[0], *row[1]]

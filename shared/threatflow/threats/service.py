@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 
 from threatflow.platform.errors import NotFoundError, PayloadTooLargeError, ValidationError
+from threatflow.platform.pagination import decode_cursor, encode_cursor
 from threatflow.threats import repository as store
 from threatflow.threats.attack import check_id_format
-from threatflow.threats.model import ResultStatus, ThreatIn, ThreatKind, ThreatResult, check_relation_verb, name_key
+from threatflow.threats.model import ResultStatus, ThreatIn, ThreatKind, ThreatResult, name_key
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -44,24 +45,6 @@ class FindRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 class IdsIn(msgspec.Struct, forbid_unknown_fields=True):
     ids: Annotated[list[int], msgspec.Meta(min_length=1, max_length=MAX_IDS)]
-
-
-class LinkIn(msgspec.Struct, forbid_unknown_fields=True):
-    ioc_ids: Annotated[list[int], msgspec.Meta(min_length=1, max_length=MAX_IDS)]
-    relation: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "indicates"
-    confidence: Annotated[int, msgspec.Meta(ge=0, le=100)] = 50
-
-
-class UnlinkIn(msgspec.Struct, forbid_unknown_fields=True):
-    ioc_ids: Annotated[list[int], msgspec.Meta(min_length=1, max_length=MAX_IDS)]
-    relation: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
-
-
-class CorrelateIn(msgspec.Struct, forbid_unknown_fields=True):
-    threat_id: int
-    threshold: Annotated[int, msgspec.Meta(ge=0, le=100)] = 70
-    link: bool = True
-    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 200
 
 
 def _text(sql: str) -> Any:
@@ -122,8 +105,6 @@ def get_or_raise(threat_id: int, *, engine: Engine, catalog: AttackCatalog | Non
 
 
 def _page(sql_where: list[str], params: dict[str, Any], *, limit: int, cursor: str | None, engine: Engine) -> dict[str, Any]:
-    from threatflow.iocs.search import decode_cursor, encode_cursor
-
     where = list(sql_where)
     if cursor:
         where.append("id < :after_id")
@@ -178,34 +159,6 @@ def by_ttp(
     return {"technique": technique_info.to_json() if technique_info else {"id": tid}, "searched": searched, **page}
 
 
-def by_ioc(ioc_id: int, *, engine: Engine) -> dict[str, Any]:
-    """Threats linked to an IoC, each with the link's relation, confidence and source."""
-    with engine.connect() as conn:
-        if not store.existing_ioc_ids(conn, [ioc_id]):
-            raise NotFoundError(f"no indicator with id {ioc_id}")
-        rows = conn.execute(
-            _text(
-                "SELECT t.id, t.kind, t.name, t.aliases, l.relation, l.confidence, l.source, l.created_at"
-                " FROM threat_iocs l JOIN threats t ON t.id = l.threat_id WHERE l.ioc_id = :i ORDER BY l.confidence DESC, t.id, l.relation"
-            ),
-            {"i": ioc_id},
-        ).all()
-    threats = [
-        {
-            "id": int(r[0]),
-            "kind": r[1],
-            "name": r[2],
-            "aliases": list(r[3]),
-            "relation": r[4],
-            "confidence": int(r[5]),
-            "source": r[6],
-            "linked_at": r[7].isoformat(),
-        }
-        for r in rows
-    ]
-    return {"ioc_id": ioc_id, "threats": threats, "count": len(threats)}
-
-
 def delete(ids: Sequence[int], *, engine: Engine) -> dict[str, Any]:
     """Delete threats by id; their links and names go with them (ON DELETE CASCADE)."""
     with engine.begin() as conn:
@@ -249,55 +202,6 @@ def stats(*, engine: Engine, catalog: AttackCatalog | None) -> dict[str, Any]:
     }
     out["ioc_relations"] = relations
     return out
-
-
-def link(threat_id: int, body: LinkIn, *, engine: Engine, source: str | None) -> dict[str, Any]:
-    """Link IoCs to a threat; each id is reported: linked, already_linked or not_found."""
-    relation = check_relation_verb(body.relation)
-    with engine.begin() as conn:
-        if not store.threat_exists(conn, threat_id):
-            raise NotFoundError(f"no threat with id {threat_id}")
-        known = store.existing_ioc_ids(conn, body.ioc_ids)
-        new = store.link_iocs(
-            conn, threat_id=threat_id, ioc_ids=sorted(known), relation=relation, confidence=body.confidence, source=source
-        )
-    results = []
-    for ioc_id in dict.fromkeys(body.ioc_ids):
-        status = "not_found" if ioc_id not in known else ("linked" if ioc_id in new else "already_linked")
-        results.append(
-            {"ioc_id": ioc_id, "status": status, **({"reason": f"no indicator with id {ioc_id}"} if status == "not_found" else {})}
-        )
-    return {"threat_id": threat_id, "relation": relation, "results": results, "summary": _count(results)}
-
-
-def unlink(threat_id: int, body: UnlinkIn, *, engine: Engine) -> dict[str, Any]:
-    """Remove links; each id is reported: unlinked (with the number of links removed) or not_linked."""
-    if body.relation is not None:
-        check_relation_verb(body.relation)
-    with engine.begin() as conn:
-        if not store.threat_exists(conn, threat_id):
-            raise NotFoundError(f"no threat with id {threat_id}")
-        removed = store.unlink_iocs(conn, threat_id=threat_id, ioc_ids=body.ioc_ids, relation=body.relation)
-    results = [
-        {"ioc_id": i, "status": "unlinked", "removed": removed[i]} if i in removed else {"ioc_id": i, "status": "not_linked"}
-        for i in dict.fromkeys(body.ioc_ids)
-    ]
-    return {"threat_id": threat_id, "results": results, "summary": _count(results)}
-
-
-def _count(results: Sequence[dict[str, Any]]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for result in results:
-        out[result["status"]] = out.get(result["status"], 0) + 1
-    out["total"] = len(results)
-    return out
-
-
-def correlate(body: CorrelateIn, *, engine: Engine) -> dict[str, Any]:
-    from threatflow.intel import correlate as correlation
-
-    with engine.begin() as conn:
-        return correlation.correlate(conn, threat_id=body.threat_id, threshold=body.threshold, link=body.link, limit=body.limit)
 
 
 def parse_bool(text: str | None, name: str) -> bool:

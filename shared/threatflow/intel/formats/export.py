@@ -22,8 +22,11 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from threatflow.iocs.search import IocFilter
+from threatflow.intel import repository as intel_repository
+from threatflow.iocs.repository import IOC_COLUMNS, row_to_dict
+from threatflow.iocs.search import IocFilter, compile_filter
 from threatflow.platform.errors import ValidationError
+from threatflow.threats import repository as threat_store
 
 PAGE_SIZE = 5000
 DEFAULT_MAX_TLP = "amber"
@@ -65,9 +68,6 @@ CONTENT_TYPES = {
 def iter_pages(conn: Any, flt: IocFilter, *, now: datetime, limit: int, page_size: int = PAGE_SIZE) -> Iterator[list[dict[str, Any]]]:
     """Keyset pages of matching IoCs, newest first, at most `limit` rows in all."""
     from sqlalchemy import text
-
-    from threatflow.iocs.search import compile_filter
-    from threatflow.iocs.repository import IOC_COLUMNS, row_to_dict
 
     compiled = compile_filter(flt, now=now)
     remaining = limit
@@ -219,8 +219,6 @@ def _markings(tlp: str | None) -> list[str]:
 def _stix(pages: Iterator[list[dict[str, Any]]], *, conn: Any, max_tlp: str | None, now: datetime, catalog: Any) -> tuple[bytes, int]:
     import stix2
 
-    from threatflow.threats import repository as threat_store
-
     objects: dict[str, Any] = {}
     indicator_of: dict[int, str] = {}
     links: list[dict[str, Any]] = []
@@ -251,8 +249,8 @@ def _stix(pages: Iterator[list[dict[str, Any]]], *, conn: Any, max_tlp: str | No
             objects[stix_id] = indicator
             indicator_of[ioc["id"]] = stix_id
             count += 1
-        links.extend(threat_store.links_for_iocs(conn, ids))
-        relations.extend(threat_store.relations_for_iocs(conn, ids))
+        links.extend(intel_repository.links_for_iocs(conn, ids))
+        relations.extend(intel_repository.relations_for_iocs(conn, ids))
 
     threat_ids = sorted({int(link["threat_id"]) for link in links})
     threat_of: dict[int, str] = {}

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from threatflow.intel.formats import Builder, Link, ParsedImport, Relation, clean_tags, load_json
+from threatflow.intel.formats.base import Builder, Link, ParsedImport, ParsedThreat, Relation, clean_tags, load_json
 from threatflow.platform.errors import ValidationError
 
 THREAT_TYPES = {"malware", "threat-actor", "intrusion-set", "campaign", "tool"}
@@ -119,8 +119,6 @@ def parse(content: Any) -> ParsedImport:
             out.skip(f"relationship:{rel}")
     if ttps:
         import msgspec
-
-        from threatflow.intel.formats import ParsedThreat
 
         for i, parsed_threat in enumerate(out.threats):
             if parsed_threat.ref in ttps:
