@@ -132,7 +132,7 @@ def test_malformed_documents_fail_and_store_nothing(api, db, fmt, content, messa
 
 
 def test_a_database_error_rolls_back_everything(api, db, backend_env, monkeypatch):
-    from threatflow.adapters.postgres import create_engine
+    from threatflow.adapters.postgres import create_engine, unit_of_work
     from threatflow.intel import repository as intel_repository
     from threatflow.intel.formats import parse
     from threatflow.intel.importer import apply_import
@@ -148,8 +148,8 @@ def test_a_database_error_rolls_back_everything(api, db, backend_env, monkeypatc
     monkeypatch.setattr(intel_repository, "link_ioc", broken)
     engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
     before = db.counts()
-    with pytest.raises(Exception, match="division by zero"):
-        apply_import(parsed, engine=engine, now=datetime.now(UTC), actor="t", catalog=None, source_default="x")
+    with pytest.raises(Exception, match="division by zero"), unit_of_work(engine) as conn:
+        apply_import(parsed, conn=conn, now=datetime.now(UTC), actor="t", catalog=None, source_default="x")
     engine.dispose()
     assert db.counts() == before
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from threatflow.adapters.postgres import unit_of_work
 from threatflow.auth.model import Role
 from threatflow.intel import importer
 from threatflow.intel.formats import ImportFormat
@@ -55,14 +56,15 @@ def register(router: Router, runtime: Runtime) -> None:
             )
         body = decode_body(request.body, importer.ImportRequest)
         parsed = importer.parse_request(body)  # a malformed document fails here, before anything is written
-        result = importer.apply_import(
-            parsed,
-            engine=runtime.engine,
-            now=runtime.clock.now(),
-            actor=request.principal.username if request.principal else None,
-            catalog=catalog() if importer.needs_catalog(parsed) else None,
-            source_default=body.source,
-        )
+        with unit_of_work(runtime.engine) as conn:
+            result = importer.apply_import(
+                parsed,
+                conn=conn,
+                now=runtime.clock.now(),
+                actor=request.principal.username if request.principal else None,
+                catalog=catalog() if importer.needs_catalog(parsed) else None,
+                source_default=body.source,
+            )
         return Response(result)
 
     def _queue(request: Request) -> Response:
@@ -116,7 +118,8 @@ def register(router: Router, runtime: Runtime) -> None:
         fmt = request.query.get("format") or "stix"
         flt = exporter.filter_from_query(request.query)
         limit = request.query_int("limit", DEFAULT_EXPORT_LIMIT, minimum=1, maximum=MAX_EXPORT_LIMIT)
-        out = exporter.export(fmt, flt, engine=runtime.engine, now=runtime.clock.now(), limit=limit, catalog=_optional_catalog())
+        with unit_of_work(runtime.engine) as conn:
+            out = exporter.export(conn, fmt, flt, now=runtime.clock.now(), limit=limit, catalog=_optional_catalog())
         return Response(
             out.body,
             content_type=out.content_type,

@@ -24,15 +24,18 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from threatflow.adapters.postgres import unit_of_work
 from threatflow.intel import repository as intel_repository
 from threatflow.intel.formats import ItemError, ParsedImport, ParsedThreat, parse
+from threatflow.iocs import repository as ioc_repository
 from threatflow.iocs import service
 from threatflow.iocs.model import Tlp
-from threatflow.iocs.repository import IocStore
 from threatflow.platform.errors import PermanentError, RetryableError, ValidationError
 from threatflow.threats import repository as threat_store
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+
     from threatflow.platform.ports import BlobStore, Clock, DocumentStore
     from threatflow.threats.attack import AttackCatalog
 
@@ -48,65 +51,59 @@ MAX_STORED_ERRORS = 1000  # a Firestore document holds at most 1 MiB; the full r
 def apply_import(
     parsed: ParsedImport,
     *,
-    engine: Any,
+    conn: Connection,
     now: datetime,
     actor: str | None,
     catalog: AttackCatalog | None,
     source_default: str | None = None,
     chunk: int = 10_000,
 ) -> dict[str, Any]:
-    from sqlalchemy import text
-
+    """Everything in the caller's unit of work: a database error rolls all of it back."""
     parsed = parsed.with_defaults(source=source_default)
     errors: list[ItemError] = list(parsed.errors)
     threats = _checked_ttps(parsed.threats, catalog, errors)
-    store = IocStore(engine)
-    policies = store.policies()
+    policies = ioc_repository.policies(conn)
     results: list[dict[str, Any]] = []
-    with engine.begin() as conn:
-        # upsert_batch takes at most MAX_BATCH items; chunks share this one transaction.
-        for start in range(0, len(parsed.iocs), chunk):
-            part = parsed.iocs[start : start + chunk]
-            batch = service.upsert_batch([p.item for p in part], store=store, now=now, policies=policies, conn=conn)
-            for offset, result in enumerate(batch["results"]):
-                results.append({**result, "index": start + offset, "ref": part[offset].ref})
-        threat_results = threat_store.upsert_threats(conn, [t.item for t in threats], catalog=catalog) if threats else []
+    # upsert_batch takes at most MAX_BATCH items; chunks share this one transaction.
+    for start in range(0, len(parsed.iocs), chunk):
+        part = parsed.iocs[start : start + chunk]
+        batch = service.upsert_batch([p.item for p in part], conn=conn, now=now, policies=policies)
+        for offset, result in enumerate(batch["results"]):
+            results.append({**result, "index": start + offset, "ref": part[offset].ref})
+    threat_results = threat_store.upsert_threats(conn, [t.item for t in threats], catalog=catalog) if threats else []
 
-        ioc_ids: dict[str, list[int]] = {}
-        for parsed_ioc, result in zip(parsed.iocs, results, strict=True):
-            if result.get("id") is not None and result["id"] not in ioc_ids.setdefault(parsed_ioc.ref, []):
-                ioc_ids[parsed_ioc.ref].append(int(result["id"]))
-        threat_ids: dict[str, int] = {}
-        threat_out = []
-        for threat, result in zip(threats, threat_results, strict=True):
-            threat_out.append({"index": result.index, "ref": threat.ref, "status": result.status, "id": result.id, "reason": result.reason})
-            if result.id is not None:
-                threat_ids[threat.ref] = int(result.id)
+    ioc_ids: dict[str, list[int]] = {}
+    for parsed_ioc, result in zip(parsed.iocs, results, strict=True):
+        if result.get("id") is not None and result["id"] not in ioc_ids.setdefault(parsed_ioc.ref, []):
+            ioc_ids[parsed_ioc.ref].append(int(result["id"]))
+    threat_ids: dict[str, int] = {}
+    threat_out = []
+    for threat, result in zip(threats, threat_results, strict=True):
+        threat_out.append({"index": result.index, "ref": threat.ref, "status": result.status, "id": result.id, "reason": result.reason})
+        if result.id is not None:
+            threat_ids[threat.ref] = int(result.id)
 
-        links = links_created = 0
-        for link in parsed.links:
-            threat_id = threat_ids.get(link.threat_ref)
-            if threat_id is None:
-                continue  # the threat was rejected: already named in its result
-            for ioc_id in ioc_ids.get(link.ioc_ref, []):
-                created = intel_repository.link_ioc(conn, threat_id=threat_id, ioc_id=ioc_id, relation=link.relation, source=source_default)
-                links += 1
-                links_created += int(created)
-        relations = relations_created = 0
-        for relation in parsed.relations:
-            for source_id in ioc_ids.get(relation.source_ref, []):
-                for target_id in ioc_ids.get(relation.target_ref, []):
-                    if source_id == target_id:
-                        continue
-                    created = intel_repository.add_ioc_relation(
-                        conn, source_id=source_id, target_id=target_id, type=relation.type, source=source_default
-                    )
-                    relations += 1
-                    relations_created += int(created)
-        conn.execute(
-            text("INSERT INTO ioc_audit (action, actor, detail) VALUES ('import', :actor, CAST(:detail AS jsonb))"),
-            {"actor": actor, "detail": msgspec.json.encode({**parsed.summary(), "source": source_default}).decode()},
-        )
+    links = links_created = 0
+    for link in parsed.links:
+        threat_id = threat_ids.get(link.threat_ref)
+        if threat_id is None:
+            continue  # the threat was rejected: already named in its result
+        for ioc_id in ioc_ids.get(link.ioc_ref, []):
+            created = intel_repository.link_ioc(conn, threat_id=threat_id, ioc_id=ioc_id, relation=link.relation, source=source_default)
+            links += 1
+            links_created += int(created)
+    relations = relations_created = 0
+    for relation in parsed.relations:
+        for source_id in ioc_ids.get(relation.source_ref, []):
+            for target_id in ioc_ids.get(relation.target_ref, []):
+                if source_id == target_id:
+                    continue
+                created = intel_repository.add_ioc_relation(
+                    conn, source_id=source_id, target_id=target_id, type=relation.type, source=source_default
+                )
+                relations += 1
+                relations_created += int(created)
+    ioc_repository.record_audit(conn, action="import", actor=actor, detail={**parsed.summary(), "source": source_default})
 
     summary: dict[str, Any] = {status: 0 for status in ("created", "updated", "unchanged", "rejected")}
     for result in results:
@@ -192,7 +189,7 @@ def parse_request(body: ImportRequest) -> ParsedImport:
 def run_job(
     job_id: str,
     *,
-    engine: Any,
+    engine: Engine,
     documents: DocumentStore,
     blobs: BlobStore,
     bucket: str,
@@ -216,14 +213,15 @@ def run_job(
             body = msgspec.json.decode(raw, type=ImportRequest)
             parsed = parse_request(body)
             documents.set(IMPORT_JOBS, job_id, {"progress": {"stage": "parsed", **parsed.summary()}}, merge=True)
-            result = apply_import(
-                parsed,
-                engine=engine,
-                now=clock.now(),
-                actor=job.get("requested_by"),
-                catalog=catalog() if needs_catalog(parsed) else None,
-                source_default=body.source,
-            )
+            with unit_of_work(engine) as conn:  # the message's one unit of work
+                result = apply_import(
+                    parsed,
+                    conn=conn,
+                    now=clock.now(),
+                    actor=job.get("requested_by"),
+                    catalog=catalog() if needs_catalog(parsed) else None,
+                    source_default=body.source,
+                )
         except (PermanentError, msgspec.ValidationError, msgspec.DecodeError) as exc:
             message = exc.message if isinstance(exc, PermanentError) else f"stored request is not valid: {exc}"
             documents.set(IMPORT_JOBS, job_id, {"state": JobState.FAILED.value, "error": message, "finished_at": clock.now()}, merge=True)

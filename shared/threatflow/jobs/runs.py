@@ -56,9 +56,9 @@ def purge_runs(ctx: JobContext) -> dict[str, Any]:
 
 
 def decay_iocs(ctx: JobContext) -> dict[str, Any]:
-    from threatflow.iocs.repository import IocAdmin
+    from threatflow.iocs import service
 
-    return IocAdmin(ctx.engine).decay_and_expire(now=ctx.clock.now())
+    return service.decay_and_expire(engine=ctx.engine, now=ctx.clock.now())
 
 
 def sync_warninglists(ctx: JobContext) -> dict[str, Any]:

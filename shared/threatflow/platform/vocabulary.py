@@ -1,4 +1,4 @@
-"""Words every domain shares: the TLP marking and the severity bands of a score.
+"""Words every domain shares: the TLP marking, the severity bands of a score, and the tag rule.
 
 They sit in the platform so that IoCs, threats and the domains to come use one
 definition without importing each other (`threatflow.iocs.model` re-exports them).
@@ -6,7 +6,13 @@ definition without importing each other (`threatflow.iocs.model` re-exports them
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
+
+from threatflow.platform.errors import ValidationError
+
+MAX_TAGS = 64
+MAX_TAG_LENGTH = 128
 
 
 class Tlp(StrEnum):
@@ -49,3 +55,28 @@ class Severity(StrEnum):
 
 
 _SEVERITY_BANDS = ((90, Severity.CRITICAL), (70, Severity.HIGH), (40, Severity.MEDIUM), (15, Severity.LOW))
+
+
+def clean_tags(tags: Iterable[object], *, holder: str = "item") -> list[str]:
+    """The one tag rule, for IoCs, threats and every import format.
+
+    Tags are stripped and lower-cased; empty ones and repeats are dropped; the
+    order of first appearance is kept. A tag that is not a string or is longer
+    than MAX_TAG_LENGTH, or more than MAX_TAGS tags, is a ValidationError on
+    field "tags": the caller rejects that one item (a batch item, an imported
+    row or object) and keeps the rest. Nothing is truncated silently."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for tag in tags:
+        if not isinstance(tag, str):
+            raise ValidationError(f"tags must be strings; got {type(tag).__name__}", field="tags")
+        clean = tag.strip().lower()
+        if not clean or clean in seen:
+            continue
+        if len(clean) > MAX_TAG_LENGTH:
+            raise ValidationError(f"tag longer than {MAX_TAG_LENGTH} characters: {clean[:32]}...", field="tags")
+        seen.add(clean)
+        out.append(clean)
+    if len(out) > MAX_TAGS:
+        raise ValidationError(f"at most {MAX_TAGS} tags per {holder}", field="tags")
+    return out

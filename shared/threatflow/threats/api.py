@@ -50,15 +50,19 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("POST", "/api/v1/threats/batch", role=Role.ANALYST, body=BatchIn)
     def batch(request: Request, body: BatchIn) -> dict[str, Any]:
-        return service.upsert_batch(body.threats, engine=runtime.engine, catalog=catalog)
+        with unit_of_work(runtime.engine) as conn:
+            return service.upsert_batch(body.threats, conn=conn, catalog=catalog)
 
     @router.route("POST", "/api/v1/threats/find", role=Role.READER, body=FindRequest)
     def find(request: Request, body: FindRequest) -> dict[str, Any]:
-        return service.find(body, engine=runtime.engine)
+        with unit_of_work(runtime.engine) as conn:
+            return service.find(conn, body)
 
     @router.route("GET", "/api/v1/threats/stats", role=Role.READER)
     def stats(request: Request) -> dict[str, Any]:
-        return service.stats(engine=runtime.engine, catalog=optional_catalog())
+        catalog_or_none = optional_catalog()
+        with unit_of_work(runtime.engine) as conn:
+            return service.stats(conn, catalog=catalog_or_none)
 
     @router.route("POST", "/api/v1/threats/correlate", role=Role.ANALYST, body=CorrelateIn)
     def correlate(request: Request, body: CorrelateIn) -> dict[str, Any]:
@@ -72,18 +76,19 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("GET", "/api/v1/threats/by-ttp/{technique}", role=Role.READER)
     def by_ttp(request: Request) -> dict[str, Any]:
-        return service.by_ttp(
-            request.path_params["technique"],
-            engine=runtime.engine,
-            catalog=catalog(),
-            exact=service.parse_bool(request.query.get("exact"), "exact"),
-            limit=request.query_int("limit", DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE),
-            cursor=request.query.get("cursor"),
-        )
+        loaded = catalog()
+        exact = service.parse_bool(request.query.get("exact"), "exact")
+        limit = request.query_int("limit", DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE)
+        with unit_of_work(runtime.engine) as conn:
+            return service.by_ttp(
+                conn, request.path_params["technique"], catalog=loaded, exact=exact, limit=limit, cursor=request.query.get("cursor")
+            )
 
     @router.route("GET", "/api/v1/threats/{threat_id:int}", role=Role.READER)
     def get(request: Request) -> dict[str, Any]:
-        return service.get_or_raise(int(request.path_params["threat_id"]), engine=runtime.engine, catalog=optional_catalog())
+        catalog_or_none = optional_catalog()
+        with unit_of_work(runtime.engine) as conn:
+            return service.get_or_raise(conn, int(request.path_params["threat_id"]), catalog=catalog_or_none)
 
     @router.route("POST", "/api/v1/threats/{threat_id:int}/link", role=Role.ANALYST, body=LinkIn)
     def link(request: Request, body: LinkIn) -> dict[str, Any]:
@@ -97,6 +102,7 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("DELETE", "/api/v1/threats", role=Role.ADMIN, body=IdsIn)
     def delete(request: Request, body: IdsIn) -> dict[str, Any]:
-        return service.delete(body.ids, engine=runtime.engine)
+        with unit_of_work(runtime.engine) as conn:
+            return service.delete(conn, body.ids)
 
     return router

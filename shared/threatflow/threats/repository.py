@@ -22,16 +22,16 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from threatflow.platform.errors import ValidationError
-from threatflow.platform.vocabulary import Tlp
+from threatflow.platform.vocabulary import Tlp, clean_tags
 from threatflow.threats.attack import check_id_format
 from threatflow.threats.model import (
     MAX_REFERENCES,
     MAX_TTPS,
     ResultStatus,
     ThreatIn,
+    ThreatRecord,
     ThreatResult,
     clean_name,
-    clean_tags,
     merge_aliases,
     name_key,
 )
@@ -63,15 +63,7 @@ def _json(value: Any) -> str:
 
 def row_to_threat(row: Any) -> dict[str, Any]:
     """A threats row (THREAT_COLUMNS) as the API shows it."""
-    out = dict(zip(_FIELDS, row, strict=True))
-    out["references"] = out.pop("refs")
-    out["aliases"] = list(out["aliases"])
-    out["ttps"] = list(out["ttps"])
-    out["tags"] = list(out["tags"])
-    for key in ("first_seen", "last_seen", "created_at", "updated_at"):
-        if isinstance(out.get(key), datetime):
-            out[key] = out[key].isoformat()
-    return out
+    return ThreatRecord.from_row(row).to_json()
 
 
 # -- batch upsert --------------------------------------------------------------
@@ -146,7 +138,7 @@ def prepare(index: int, item: ThreatIn, *, catalog: AttackCatalog | None) -> _Pr
         last_seen=last_seen,
         refs=_merge_refs([], [msgspec.to_builtins(r) for r in item.references]),
         ttps=sorted(ttps),
-        tags=clean_tags(item.tags),
+        tags=sorted(clean_tags(item.tags, holder="threat")),
         stix_id=stix_id,
         tlp=tlp,
         warnings=warnings,
@@ -363,9 +355,9 @@ def _rows_for_update(conn: Connection, ids: Sequence[int]) -> dict[int, dict[str
 # -- reads ---------------------------------------------------------------------
 
 
-def get_threat(conn: Connection, threat_id: int) -> dict[str, Any] | None:
+def get_threat(conn: Connection, threat_id: int) -> ThreatRecord | None:
     row = conn.execute(_text(f"SELECT {THREAT_COLUMNS} FROM threats WHERE id = :i"), {"i": threat_id}).first()
-    return row_to_threat(row) if row else None
+    return ThreatRecord.from_row(row) if row else None
 
 
 def threats_for_export(conn: Connection, *, threat_ids: Sequence[int] | None = None, max_tlp: str | None = None) -> list[dict[str, Any]]:
@@ -389,3 +381,97 @@ def names_of(conn: Connection, threat_id: int) -> list[str] | None:
     """A threat's name then its aliases; None when there is no such threat."""
     row = conn.execute(_text("SELECT name, aliases FROM threats WHERE id = :i"), {"i": threat_id}).first()
     return None if row is None else [row[0], *row[1]]
+
+
+def link_counts(conn: Connection, threat_id: int) -> tuple[int, dict[str, int]]:
+    """(IoCs linked, links per relation) of one threat."""
+    by_relation = {
+        str(r[0]): int(r[1])
+        for r in conn.execute(
+            _text("SELECT relation, count(*) FROM threat_iocs WHERE threat_id = :i GROUP BY 1 ORDER BY 1"), {"i": threat_id}
+        )
+    }
+    count = conn.execute(_text("SELECT count(DISTINCT ioc_id) FROM threat_iocs WHERE threat_id = :i"), {"i": threat_id}).scalar_one()
+    return int(count), by_relation
+
+
+def _like(text: str) -> str:
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def find_threats(
+    conn: Connection,
+    *,
+    kinds: Sequence[str] | None = None,
+    ttp: str | None = None,
+    ttps_any: Sequence[str] | None = None,
+    tag: str | None = None,
+    alias_key: str | None = None,
+    text: str | None = None,
+    after_id: int | None = None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """A keyset page of threats, newest first, matching every filter given."""
+    where: list[str] = []
+    params: dict[str, Any] = {}
+    if kinds is not None:
+        where.append("kind = ANY(CAST(:kinds AS text[]))")
+        params["kinds"] = list(kinds)
+    if ttp is not None:
+        where.append("ttps @> CAST(:ttp AS text[])")
+        params["ttp"] = [ttp]
+    if ttps_any is not None:
+        where.append("ttps && CAST(:ttps AS text[])")
+        params["ttps"] = list(ttps_any)
+    if tag is not None:
+        where.append("tags @> CAST(:tag AS text[])")
+        params["tag"] = [tag]
+    if alias_key is not None:
+        where.append("id IN (SELECT threat_id FROM threat_names WHERE name_key = :alias)")
+        params["alias"] = alias_key
+    if text is not None:
+        where.append(
+            "(name ILIKE :text ESCAPE '\\' OR array_to_string(aliases, ' ') ILIKE :text ESCAPE '\\' OR description ILIKE :text ESCAPE '\\')"
+        )
+        params["text"] = _like(text)
+    if after_id is not None:
+        where.append("id < :after_id")
+        params["after_id"] = after_id
+    params["limit"] = limit
+    sql = f"SELECT {THREAT_COLUMNS} FROM threats WHERE {' AND '.join(where) or 'TRUE'} ORDER BY id DESC LIMIT :limit"
+    return [row_to_threat(r) for r in conn.execute(_text(sql), params)]
+
+
+def delete_threats(conn: Connection, ids: Sequence[int]) -> set[int]:
+    """Delete threats by id; returns the ids that existed."""
+    rows = conn.execute(_text("DELETE FROM threats WHERE id = ANY(CAST(:i AS bigint[])) RETURNING id"), {"i": list(ids)})
+    return {int(r[0]) for r in rows}
+
+
+def stats(conn: Connection) -> dict[str, Any]:
+    """Counts by kind, top TTPs and tags, and the link and relation totals."""
+    out: dict[str, Any] = {}
+    out["total"] = int(conn.execute(_text("SELECT count(*) FROM threats")).scalar_one())
+    out["by_kind"] = {str(k): int(v) for k, v in conn.execute(_text("SELECT kind, count(*) FROM threats GROUP BY 1 ORDER BY 2 DESC, 1"))}
+    top_ttps = conn.execute(_text("SELECT t, count(*) FROM threats, unnest(ttps) AS t GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20")).all()
+    out["top_ttps"] = [{"id": r[0], "threats": int(r[1])} for r in top_ttps]
+    top_tags = conn.execute(_text("SELECT t, count(*) FROM threats, unnest(tags) AS t GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20")).all()
+    out["top_tags"] = [{"tag": r[0], "threats": int(r[1])} for r in top_tags]
+    links, iocs, threats = conn.execute(_text("SELECT count(*), count(DISTINCT ioc_id), count(DISTINCT threat_id) FROM threat_iocs")).one()
+    by_relation = {str(k): int(v) for k, v in conn.execute(_text("SELECT relation, count(*) FROM threat_iocs GROUP BY 1 ORDER BY 2 DESC"))}
+    top = conn.execute(
+        _text(
+            "SELECT t.id, t.name, count(DISTINCT l.ioc_id) FROM threat_iocs l JOIN threats t ON t.id = l.threat_id"
+            " GROUP BY 1, 2 ORDER BY 3 DESC, 1 LIMIT 20"
+        )
+    ).all()
+    relations = int(conn.execute(_text("SELECT count(*) FROM ioc_relations")).scalar_one())
+    out["links"] = {
+        "total": int(links),
+        "iocs_linked": int(iocs),
+        "threats_with_iocs": int(threats),
+        "by_relation": by_relation,
+        "top_threats": [{"id": int(r[0]), "name": r[1], "iocs": int(r[2])} for r in top],
+    }
+    out["ioc_relations"] = relations
+    return out

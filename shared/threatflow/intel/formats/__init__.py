@@ -28,10 +28,10 @@ from threatflow.intel.formats.base import (
     ParsedThreat,
     Relation,
     as_text,
-    clean_tags,
     load_json,
 )
 from threatflow.platform.errors import ValidationError
+from threatflow.platform.vocabulary import clean_tags
 
 __all__ = [
     "Builder",

@@ -12,6 +12,7 @@ import msgspec
 
 from threatflow.iocs.service import IocIn
 from threatflow.platform.errors import ValidationError
+from threatflow.platform.vocabulary import clean_tags
 from threatflow.threats.model import ThreatIn
 
 T = TypeVar("T")
@@ -132,7 +133,12 @@ class Builder:
         """Typed item from a parsed dict, empty fields dropped; a bad one is an error of its ref."""
         clean = {k: v for k, v in data.items() if v is not None and v not in ([], "")}
         try:
+            if isinstance(clean.get("tags"), list):  # the one tag rule; a bad tag rejects this item only
+                clean["tags"] = clean_tags(clean["tags"], holder="threat" if into is ThreatIn else "indicator")
             return msgspec.convert(clean, into)
+        except ValidationError as exc:
+            self.error(ref, exc.message)
+            return None
         except msgspec.ValidationError as exc:
             self.error(ref, str(exc).replace("`$.", "`"))
             return None
@@ -169,12 +175,3 @@ def as_text(content: bytes | str | Any, *, what: str) -> str:
         except UnicodeDecodeError as exc:
             raise ValidationError(f"{what}: not UTF-8 text: {exc}", field="content") from None
     raise ValidationError(f"{what}: content must be a string", field="content")
-
-
-def clean_tags(tags: Sequence[Any]) -> list[str]:
-    """Tags the store accepts (strings, at most 128 characters); others are dropped, not fatal."""
-    out: list[str] = []
-    for tag in tags:
-        if isinstance(tag, str) and tag.strip() and len(tag.strip()) <= 128 and tag.strip().lower() not in out:
-            out.append(tag.strip().lower())
-    return out[:64]

@@ -16,7 +16,7 @@ import csv
 import io
 from typing import Any
 
-from threatflow.intel.formats.base import Builder, ParsedImport, as_text, clean_tags
+from threatflow.intel.formats.base import Builder, ParsedImport, as_text
 from threatflow.intel.formats.misp_types import MISP_TYPES
 from threatflow.iocs.types import IocType
 from threatflow.platform.errors import ValidationError
@@ -111,7 +111,7 @@ def _row(out: Builder, row: list[str], row_number: int, columns: dict[str, int],
         return row[index].strip() or None
 
     common: dict[str, Any] = {
-        "tags": clean_tags(_split(cell("tags"))),
+        "tags": _split(cell("tags")),
         "source": cell("source"),
         "sources": _split(cell("sources")),
         "tlp": cell("tlp"),

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from threatflow.intel.formats.base import Builder, Link, ParsedImport, ParsedThreat, Relation, as_text, clean_tags, load_json
+from threatflow.intel.formats.base import Builder, Link, ParsedImport, ParsedThreat, Relation, as_text, load_json
 from threatflow.intel.formats.csvfmt import parse as parse_csv_rows
 from threatflow.intel.formats.misp_types import MISP_TYPES
 from threatflow.platform.errors import ValidationError
@@ -162,7 +162,7 @@ def _attribute(out: Builder, attribute: Any, ctx: dict[str, Any], *, where: str)
     tags, tlp = _split_tags(_tag_names(attribute, where))
     to_ids = attribute.get("to_ids")
     base = {
-        "tags": clean_tags([*ctx["tags"], *tags, *(["misp:to_ids=false"] if to_ids is False else [])]),
+        "tags": [*ctx["tags"], *tags, *(["misp:to_ids=false"] if to_ids is False else [])],
         "source": ctx["source"],
         "tlp": tlp or ctx["tlp"],
         "description": (attribute.get("comment") or ctx["info"] or None),
