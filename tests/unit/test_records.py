@@ -28,7 +28,8 @@ def test_threat_record_follows_threat_columns():
 
 def test_ioc_record_json_is_the_api_shape():
     now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    row = (7, "domain", "evil.example", ["c2"], ["feed"], "amber", 50, "malicious", 50, 40, "medium", now, now, 3, None, True, [], None, now, now)
+    row = (7, "domain", "evil.example", ["c2"], ["feed"], "amber", 50, "malicious", 50, 40, "medium")
+    row += (now, now, 3, None, True, [], None, now, now)
     out = IocRecord.from_row(row).to_json()
     assert list(out) == _columns(IOC_COLUMNS)
     assert out["first_seen"] == now.isoformat() and out["expires_at"] is None and out["tags"] == ["c2"]
