@@ -13,7 +13,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 def create_user(database_url: str, username: str, role: str, password: str = "correct horse battery staple") -> str:
-    from threatflow.adapters.postgres import create_engine
+    from threatflow.adapters.postgres import create_engine, unit_of_work
     from threatflow.auth import service
     from threatflow.auth.model import Role
     from threatflow.auth.repository import UserRepository
@@ -21,7 +21,8 @@ def create_user(database_url: str, username: str, role: str, password: str = "co
 
     engine = create_engine(Settings.from_env({"DATABASE_URL": database_url}))
     try:
-        service.create_user(username=username, password=password, role=Role(role), users=UserRepository(engine))
+        with unit_of_work(engine) as conn:
+            service.create_user(username=username, password=password, role=Role(role), users=UserRepository(conn))
     finally:
         engine.dispose()
     return password

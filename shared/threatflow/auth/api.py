@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from threatflow.adapters.postgres import unit_of_work
 from threatflow.auth import service, tokens
 from threatflow.auth.model import Role
 from threatflow.auth.repository import UserRepository
@@ -20,7 +21,12 @@ class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 def authenticator(runtime: Runtime) -> service.BearerAuthenticator:
     """The wiring of the HTTP pipeline's authentication, shared by every function's router."""
-    return service.BearerAuthenticator(settings=runtime.settings, users=lambda: UserRepository(runtime.engine))
+
+    def is_active(user_id: int) -> bool:
+        with unit_of_work(runtime.engine) as conn:
+            return UserRepository(conn).is_active(user_id)
+
+    return service.BearerAuthenticator(settings=runtime.settings, is_active=is_active)
 
 
 def build_router(runtime: Runtime) -> Router:
@@ -29,13 +35,14 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("POST", "/api/v1/auth/token", role=None, body=TokenRequest, rate_limit="login")
     def token(request: Request, body: TokenRequest) -> dict[str, Any]:
-        return service.login(
-            username=body.username,
-            password=body.password,
-            users=UserRepository(runtime.engine),
-            config=config,
-            now=runtime.clock.now(),
-        )
+        with unit_of_work(runtime.engine) as conn:
+            return service.login(
+                username=body.username,
+                password=body.password,
+                users=UserRepository(conn),
+                config=config,
+                now=runtime.clock.now(),
+            )
 
     @router.route("GET", "/api/v1/auth/me", role=Role.READER)
     def me(request: Request) -> dict[str, Any]:

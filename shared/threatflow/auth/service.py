@@ -37,8 +37,8 @@ class ActiveUserCheck:
     """Remembers for a short while that a user is enabled, so disabling a user
     takes effect within 30 s without a database query on every request."""
 
-    def __init__(self, users: UserRepository) -> None:
-        self._users = users
+    def __init__(self, is_active: Callable[[int], bool]) -> None:
+        self._is_active = is_active
         self._seen: dict[int, float] = {}
         self._lock = threading.Lock()
 
@@ -48,7 +48,7 @@ class ActiveUserCheck:
             checked = self._seen.get(principal.user_id)
         if checked is not None and now - checked < _ACTIVE_CACHE_SECONDS:
             return
-        if not self._users.is_active(principal.user_id):
+        if not self._is_active(principal.user_id):
             raise AuthError("user is disabled or no longer exists")
         with self._lock:
             self._seen[principal.user_id] = now
@@ -58,21 +58,18 @@ class BearerAuthenticator:
     """The `platform.identity.Authenticator` of every HTTP function: verifies the
     token's signature and expiry, then that the user is still enabled.
 
-    The token settings and the user repository are built on the first request,
-    so building a router needs neither JWT_SECRET nor a database."""
+    The token settings are read on the first request, so building a router needs
+    no JWT_SECRET; `is_active(user_id)` runs its own short read (the wiring opens it)."""
 
-    def __init__(self, *, settings: Settings, users: Callable[[], UserRepository]) -> None:
+    def __init__(self, *, settings: Settings, is_active: Callable[[int], bool]) -> None:
         self._settings = settings
-        self._users = users
         self._config: tokens.TokenSettings | None = None
-        self._active: ActiveUserCheck | None = None
+        self._active = ActiveUserCheck(is_active)
 
     def __call__(self, token: str) -> Principal:
         if self._config is None:
             self._config = tokens.TokenSettings.from_settings(self._settings)
         principal = tokens.verify(token, config=self._config)
-        if self._active is None:
-            self._active = ActiveUserCheck(self._users())
         self._active(principal)
         return principal
 
