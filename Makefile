@@ -70,6 +70,7 @@ lint: venv
 	$(BIN)/ruff check shared functions tests scripts
 	$(BIN)/ruff format --check shared functions
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache pyproject.toml
 
 fmt: venv
 	$(BIN)/ruff format shared functions

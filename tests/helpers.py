@@ -15,7 +15,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 def create_user(
     database_url: str, username: str, role: str, password: str = "correct horse battery staple", *, clearance: str | None = None
 ) -> str:
-    from threatflow.adapters.postgres import create_engine
+    from threatflow.adapters.postgres import create_engine, unit_of_work
     from threatflow.auth import service
     from threatflow.auth.model import Role
     from threatflow.auth.repository import UserRepository
@@ -23,10 +23,11 @@ def create_user(
 
     engine = create_engine(Settings.from_env({"DATABASE_URL": database_url}))
     try:
-        users = UserRepository(engine)
-        service.create_user(username=username, password=password, role=Role(role), users=users)
-        if clearance is not None:
-            users.update(username, role=None, clearance=clearance, password_hash=None)
+        with unit_of_work(engine) as conn:
+            users = UserRepository(conn)
+            service.create_user(username=username, password=password, role=Role(role), users=users)
+            if clearance is not None:
+                users.update(username, role=None, clearance=clearance, password_hash=None)
     finally:
         engine.dispose()
     return password

@@ -4,7 +4,7 @@ import functools
 
 import functions_framework
 
-from threatflow.intel.importer import handle_import
+from threatflow.intel.handlers import handle_import
 from threatflow.platform import events
 from threatflow.runtime import Runtime
 

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from threatflow.platform import logging as tf_logging
 from threatflow.platform.config import Settings
 from threatflow.platform.errors import ConfigError, DependencyError
-from threatflow.platform.snapshots import Load, Loaded, Snapshot, SnapshotCache
 from threatflow.platform.ports import Clock, SystemClock
+from threatflow.platform.snapshots import Load, Loaded, Snapshot, SnapshotCache
 
 if TYPE_CHECKING:
     import redis
@@ -204,9 +204,11 @@ class Runtime:
         """Per IoC type TTL and decay, from PostgreSQL; `.invalidate()` after an admin changes one."""
 
         def load(version: str | None) -> Loaded[dict[str, DecayPolicy]]:
-            from threatflow.iocs.repository import IocStore
+            from threatflow.adapters.postgres import unit_of_work
+            from threatflow.iocs import repository
 
-            return Loaded(IocStore(self.engine).policies())
+            with unit_of_work(self.engine) as conn:
+                return Loaded(repository.policies(conn))
 
         return self.snapshot(DECAY_POLICIES, load=load, refresh_seconds=self.settings.policy_refresh_seconds, retry_seconds=0)
 

@@ -43,13 +43,14 @@ def test_wrong_password_and_unknown_user_look_the_same(function_client, backend_
 
 
 def test_disabled_user_cannot_log_in(function_client, backend_env):
-    from threatflow.adapters.postgres import create_engine
+    from threatflow.adapters.postgres import create_engine, unit_of_work
     from threatflow.auth.repository import UserRepository
     from threatflow.platform.config import Settings
 
     password = create_user(backend_env["DATABASE_URL"], "carol", "reader")
     engine = create_engine(Settings.from_env())
-    UserRepository(engine).set_disabled("carol", True)
+    with unit_of_work(engine) as conn:
+        UserRepository(conn).set_disabled("carol", True)
     engine.dispose()
     response = function_client("auth").post("/api/v1/auth/token", json={"username": "carol", "password": password})
     assert response.status_code == 401

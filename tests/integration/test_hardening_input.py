@@ -212,7 +212,7 @@ def _in_pattern_bundle(k):
 
 def test_stix_in_patterns_and_a_relationship_expand_linearly_and_report_the_cut(clients):
     from threatflow.intel.formats.stix import MAX_PATTERN_VALUES
-    from threatflow.iocs.importer import MAX_RELATIONS_PER_IMPORT
+    from threatflow.intel.importer import MAX_RELATIONS_PER_IMPORT
 
     response = clients["iocs"].post(
         "/api/v1/iocs/import", json={"format": "stix", "content": _in_pattern_bundle(200)}, headers=clients["analyst"]

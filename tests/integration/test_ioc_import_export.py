@@ -133,12 +133,12 @@ def test_malformed_documents_fail_and_store_nothing(api, db, fmt, content, messa
 
 
 def test_a_database_error_rolls_back_everything(api, db, backend_env, monkeypatch):
-    from threatflow.adapters.postgres import create_engine
+    from threatflow.adapters.postgres import create_engine, unit_of_work
+    from threatflow.intel import repository as intel_repository
     from threatflow.intel.formats import parse
     from threatflow.intel.importer import apply_import
-    from threatflow.iocs.repository import IocStore
+    from threatflow.iocs import repository as ioc_repository
     from threatflow.platform.config import Settings
-    from threatflow.threats import repository as threat_store
 
     parsed = parse("stix", require_shared_data("stix", "oasis-examples", "threat-reports", "apt1.json").read_bytes())
 
@@ -147,18 +147,18 @@ def test_a_database_error_rolls_back_everything(api, db, backend_env, monkeypatc
 
         conn.execute(text("SELECT 1/0"))  # a real database error, half-way through the import
 
-    monkeypatch.setattr(threat_store, "link_ioc", broken)
+    monkeypatch.setattr(intel_repository, "link_ioc", broken)
     engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
     before = db.counts()
-    with pytest.raises(Exception, match="division by zero"):
+    with pytest.raises(Exception, match="division by zero"), unit_of_work(engine) as conn:
         apply_import(
             parsed,
-            engine=engine,
+            conn=conn,
             now=datetime.now(UTC),
             actor="t",
             catalog=None,
             warninglists=None,
-            policies=IocStore(engine).policies(),
+            policies=ioc_repository.policies(conn),
             source_default="x",
         )
     engine.dispose()

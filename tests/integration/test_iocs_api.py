@@ -150,12 +150,12 @@ def test_sightings_stats_and_expiry(api, backend_env):
 
 def test_decay_job_marks_expired_inactive_and_deletes_nothing(api, backend_env):
     from threatflow.adapters.postgres import create_engine
-    from threatflow.iocs.repository import IocAdmin
+    from threatflow.iocs import service
     from threatflow.platform.config import Settings
 
     api.post("/api/v1/iocs/batch", {"iocs": [{"value": "198.51.100.1", "expires_at": "2020-01-01T00:00:00Z"}, {"value": "198.51.100.2"}]})
     engine = create_engine(Settings.from_env())
-    result = IocAdmin(engine).decay_and_expire(now=datetime.now(UTC))
+    result = service.decay_and_expire(engine=engine, now=datetime.now(UTC))
     engine.dispose()
     assert result["expired"] == 1
     assert api.post("/api/v1/iocs/find", {"active": False}).get_json()["count"] == 1

@@ -364,6 +364,7 @@ def engine(backend_env):
 
 def test_store_interface_composes_one_transaction(api, engine):
     """What STIX/MISP import and export call: store functions on one connection."""
+    from threatflow.intel import repository as links
     from threatflow.platform.errors import NotFoundError
     from threatflow.threats import repository as store
     from threatflow.threats.attack import AttackCatalog
@@ -388,12 +389,12 @@ def test_store_interface_composes_one_transaction(api, engine):
         assert [r.status for r in results] == ["created", "rejected"]
         assert "T1086: revoked ATT&CK technique (PowerShell)" in results[1].reason
         threat_id = results[0].id
-        assert store.link_ioc(conn, threat_id=threat_id, ioc_id=a) is True
-        assert store.link_ioc(conn, threat_id=threat_id, ioc_id=a, confidence=80) is False
-        assert store.add_ioc_relation(conn, source_id=a, target_id=b, type="resolves-to") is True
-        assert store.add_ioc_relation(conn, source_id=a, target_id=b, type="communicates-with") is True
+        assert links.link_ioc(conn, threat_id=threat_id, ioc_id=a) is True
+        assert links.link_ioc(conn, threat_id=threat_id, ioc_id=a, confidence=80) is False
+        assert links.add_ioc_relation(conn, source_id=a, target_id=b, type="resolves-to") is True
+        assert links.add_ioc_relation(conn, source_id=a, target_id=b, type="communicates-with") is True
         with pytest.raises(NotFoundError, match="999999"):
-            store.link_ioc(conn, threat_id=threat_id, ioc_id=999999)
+            links.link_ioc(conn, threat_id=threat_id, ioc_id=999999)
     # A renamed object with the same stix_id merges into the same threat.
     with engine.begin() as conn:
         renamed = ThreatIn(kind=ThreatKind.INTRUSION_SET, name="Fancy Bear", stix_id="intrusion-set--bef4c620-0787-42a8-a96d-b7eb6e85917c")
@@ -407,10 +408,10 @@ def test_store_interface_composes_one_transaction(api, engine):
         assert row["references"] == [{"source_name": "mitre-attack", "external_id": "G0007"}]
         assert set(row) >= {"id", "kind", "description", "confidence", "severity", "first_seen", "last_seen", "stix_id", "created_at"}
         assert len(store.threats_for_export(conn)) == 2
-        assert store.links_for_iocs(conn, [a, b]) == [
+        assert links.links_for_iocs(conn, [a, b]) == [
             {"threat_id": threat_id, "ioc_id": a, "relation": "indicates", "confidence": 80, "source": None}
         ]
-        assert [(r["source_id"], r["target_id"], r["type"]) for r in store.relations_for_iocs(conn, [b])] == [
+        assert [(r["source_id"], r["target_id"], r["type"]) for r in links.relations_for_iocs(conn, [b])] == [
             (a, b, "communicates-with"),
             (a, b, "resolves-to"),
         ]

@@ -90,6 +90,7 @@ def test_sync_job_from_a_bucket_reports_a_malformed_list(function_client, backen
 def test_routes_list_and_check(function_client, backend_env):
     from werkzeug.test import EnvironBuilder
 
+    from threatflow.auth.api import authenticator
     from threatflow.iocs import warninglist_routes
     from threatflow.platform.web import Router
     from threatflow.runtime import Runtime
@@ -105,7 +106,7 @@ def test_routes_list_and_check(function_client, backend_env):
 
     # Nothing configured: the list route says so, and check refuses rather than answer "not listed".
     os.environ.pop("WARNINGLISTS_SOURCE", None)
-    off = Router("iocs", runtime=Runtime.from_env())
+    off = Router("iocs", runtime=(rt := Runtime.from_env()), authenticator=authenticator(rt))
     warninglist_routes.register(off, off.runtime)
     status, body = call(off, "GET", "/api/v1/iocs/warninglists")
     assert status == 200 and body == {"enabled": False, "reason": "WARNINGLISTS_SOURCE is not set", "lists": []}
@@ -114,7 +115,7 @@ def test_routes_list_and_check(function_client, backend_env):
 
     _blobs().delete(MODELS, "warninglists/snapshot.json")  # this test compiles the local source directly
     os.environ["WARNINGLISTS_SOURCE"] = str(require_shared_data("feeds", "misp-warninglists"))
-    router = Router("iocs", runtime=Runtime.from_env())
+    router = Router("iocs", runtime=(rt := Runtime.from_env()), authenticator=authenticator(rt))
     warninglist_routes.register(router, router.runtime)
 
     status, body = call(router, "GET", "/api/v1/iocs/warninglists")

@@ -50,11 +50,12 @@ def bundle(k: int, *, related: bool, seed: int) -> dict:
 
 
 def main() -> None:
-    from threatflow.adapters.postgres import create_engine
+    from threatflow.adapters.postgres import create_engine, unit_of_work
     from threatflow.db.migrate import migrate
     from threatflow.devstack import services
     from threatflow.intel import importer
     from threatflow.intel.formats import parse
+    from threatflow.iocs import repository as ioc_repository
     from threatflow.platform.config import Settings
 
     state = Path(tempfile.mkdtemp(prefix="tf-bench-stix-"))
@@ -68,11 +69,29 @@ def main() -> None:
         for seed, k in enumerate((25, 50, 100, 200, 400), start=1):
             base = parse("stix", bundle(k, related=False, seed=seed))
             began = time.perf_counter()
-            importer.apply_import(base, engine=engine, now=datetime.now(UTC), actor="bench", catalog=None)
+            with unit_of_work(engine) as conn:
+                importer.apply_import(
+                    base,
+                    conn=conn,
+                    now=datetime.now(UTC),
+                    actor="bench",
+                    catalog=None,
+                    warninglists=None,
+                    policies=ioc_repository.policies(conn),
+                )
             baseline = time.perf_counter() - began
             parsed = parse("stix", bundle(k, related=True, seed=seed + 50))
             began = time.perf_counter()
-            result = importer.apply_import(parsed, engine=engine, now=datetime.now(UTC), actor="bench", catalog=None)
+            with unit_of_work(engine) as conn:
+                result = importer.apply_import(
+                    parsed,
+                    conn=conn,
+                    now=datetime.now(UTC),
+                    actor="bench",
+                    catalog=None,
+                    warninglists=None,
+                    policies=ioc_repository.policies(conn),
+                )
             took = time.perf_counter() - began
             iocs = len(parsed.iocs)
             print(

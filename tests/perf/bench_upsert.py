@@ -103,11 +103,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
-    from threatflow.adapters.postgres import create_engine
+    from threatflow.adapters.postgres import create_engine, unit_of_work
     from threatflow.db.migrate import migrate
     from threatflow.devstack import services
-    from threatflow.iocs import service
-    from threatflow.iocs.repository import IocStore
+    from threatflow.iocs import repository, service
     from threatflow.platform.config import Settings
 
     state = Path(tempfile.mkdtemp(prefix="tf-bench-"))
@@ -159,8 +158,8 @@ def main() -> None:
         report("re-upsert (all updated)", seconds, latencies, args.batch_size)
 
         # Baseline in the same run: the service call without HTTP, one thread.
-        store = IocStore(engine)
-        policies = store.policies()
+        with unit_of_work(engine) as conn:
+            policies = repository.policies(conn)
         import msgspec
 
         raws = [msgspec.json.decode(b, type=service.BatchIn).iocs for b in bodies[:10]]
@@ -170,7 +169,8 @@ def main() -> None:
         began = time.perf_counter()
         for raw in raws:
             t = time.perf_counter()
-            service.upsert_batch(raw, store=store, now=datetime.now(UTC), policies=policies, warninglists=None)
+            with unit_of_work(engine) as conn:
+                service.upsert_batch(raw, conn=conn, now=datetime.now(UTC), policies=policies, warninglists=None)
             samples.append(time.perf_counter() - t)
         report("baseline: service, no HTTP", time.perf_counter() - began, samples, args.batch_size)
         with engine.connect() as c:

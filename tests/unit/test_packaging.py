@@ -232,9 +232,8 @@ def test_imports_under_type_checking_and_relative_imports_are_read_as_python_doe
         "def demo(request):\n    from threatflow.auth import tokens\n    return tokens\n",
     )
     closure = bundler.import_closure(functions / "demo", SHARED)
-    assert {"threatflow", "threatflow.platform", "threatflow.platform.events", "threatflow.platform.ports", "threatflow.auth.tokens"} <= set(
-        closure.modules
-    )
+    wanted = {"threatflow", "threatflow.platform", "threatflow.platform.events", "threatflow.platform.ports", "threatflow.auth.tokens"}
+    assert wanted <= set(closure.modules)
     assert not [m for m in closure.modules if "devstack" in m]
     assert "import yaml" not in closure.external
     assert "import jwt" in closure.external, "a lazy import inside a function is still followed"

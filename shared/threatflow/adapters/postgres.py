@@ -8,12 +8,14 @@ the private IP; locally DATABASE_URL points at a plain server.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from threatflow.platform.errors import DependencyError
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Connection, Engine
 
     from threatflow.platform.config import Settings
 
@@ -51,6 +53,15 @@ def _cloud_sql_creator(settings: Settings) -> Any:
         )
 
     return connect
+
+
+@contextlib.contextmanager
+def unit_of_work(engine: Engine) -> Iterator[Connection]:
+    """One transaction per request or message, the one convention for every handler:
+    commit when the block ends, roll back when it raises. Services and repositories
+    take the connection; they never open or commit a transaction themselves."""
+    with engine.begin() as conn:
+        yield conn
 
 
 def ping(engine: Engine) -> None:

@@ -7,7 +7,13 @@ from typing import Annotated, Any
 
 import msgspec
 
+from threatflow.adapters.postgres import unit_of_work
+from threatflow.auth import service
+from threatflow.auth.api import authenticator
 from threatflow.auth.model import Role
+from threatflow.auth.repository import UserRepository
+from threatflow.jobs import runs
+from threatflow.platform import events
 from threatflow.platform.web import Request, Response, Router, decode_body
 from threatflow.runtime import Runtime
 
@@ -31,38 +37,33 @@ class UpdateUser(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def build_router(runtime: Runtime) -> Router:
-    from threatflow.auth import service
-    from threatflow.auth.repository import UserRepository
-    from threatflow.jobs import runs
-    from threatflow.platform import events
-
-    router = Router("admin", runtime=runtime)
-
-    def users() -> UserRepository:
-        return UserRepository(runtime.engine)
+    router = Router("admin", runtime=runtime, authenticator=authenticator(runtime))
 
     @router.route("GET", "/api/v1/admin/users", role=Role.ADMIN)
     def list_users(request: Request) -> dict[str, Any]:
         limit = request.query_int("limit", 100, minimum=1, maximum=1000)
         after = request.query_int("after", 0)
-        page = users().list(after_id=after, limit=limit)
+        with unit_of_work(runtime.engine) as conn:
+            page = UserRepository(conn).list(after_id=after, limit=limit)
         return {"users": [u.public() for u in page], "next_after": page[-1].id if len(page) == limit else None}
 
     @router.route("POST", "/api/v1/admin/users", role=Role.ADMIN, body=CreateUser)
     def create_user(request: Request, body: CreateUser) -> Response:
-        user = service.create_user(username=body.username, password=body.password, role=body.role, users=users())
+        with unit_of_work(runtime.engine) as conn:
+            user = service.create_user(username=body.username, password=body.password, role=body.role, users=UserRepository(conn))
         return Response(user.public(), status=201)
 
     @router.route("PATCH", "/api/v1/admin/users/{username}", role=Role.ADMIN, body=UpdateUser)
     def update_user(request: Request, body: UpdateUser) -> dict[str, Any]:
-        user = service.update_user(
-            username=request.path_params["username"],
-            role=body.role,
-            clearance=body.clearance,
-            password=body.password,
-            users=users(),
-            actor=request.principal.username if request.principal else None,
-        )
+        with unit_of_work(runtime.engine) as conn:
+            user = service.update_user(
+                username=request.path_params["username"],
+                role=body.role,
+                clearance=body.clearance,
+                password=body.password,
+                users=UserRepository(conn),
+                actor=request.principal.username if request.principal else None,
+            )
         return user.public()
 
     @router.route("GET", "/api/v1/admin/security-events", role=Role.ADMIN)
@@ -70,17 +71,20 @@ def build_router(runtime: Runtime) -> Router:
         """Lockouts and account changes, newest first; `before` pages back."""
         limit = request.query_int("limit", 100, minimum=1, maximum=1000)
         before = request.query_int("before", 0) or None
-        page = users().events(before_id=before, limit=limit)
+        with unit_of_work(runtime.engine) as conn:
+            page = UserRepository(conn).events(before_id=before, limit=limit)
         return {"events": page, "next_before": page[-1]["id"] if len(page) == limit else None}
 
     @router.route("POST", "/api/v1/admin/users/{username}/disable", role=Role.ADMIN)
     def disable_user(request: Request) -> dict[str, Any]:
-        service.set_disabled(username=request.path_params["username"], disabled=True, users=users())
+        with unit_of_work(runtime.engine) as conn:
+            service.set_disabled(username=request.path_params["username"], disabled=True, users=UserRepository(conn))
         return {"username": request.path_params["username"], "disabled": True}
 
     @router.route("POST", "/api/v1/admin/users/{username}/enable", role=Role.ADMIN)
     def enable_user(request: Request) -> dict[str, Any]:
-        service.set_disabled(username=request.path_params["username"], disabled=False, users=users())
+        with unit_of_work(runtime.engine) as conn:
+            service.set_disabled(username=request.path_params["username"], disabled=False, users=UserRepository(conn))
         return {"username": request.path_params["username"], "disabled": False}
 
     @router.route("POST", "/api/v1/admin/jobs/{job}/run", role=Role.ADMIN)

@@ -6,7 +6,11 @@ from typing import Annotated, Any
 
 import msgspec
 
+from threatflow.adapters.postgres import unit_of_work
+from threatflow.auth import service, tokens
+from threatflow.auth.guard import LoginGuard
 from threatflow.auth.model import Role
+from threatflow.auth.repository import SecurityState, UserRepository
 from threatflow.platform.web import Request, Router
 from threatflow.runtime import Runtime
 
@@ -16,25 +20,33 @@ class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
     password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 
 
-def build_router(runtime: Runtime) -> Router:
-    from threatflow.auth import service, tokens
-    from threatflow.auth.repository import UserRepository
+def authenticator(runtime: Runtime) -> service.BearerAuthenticator:
+    """The wiring of the HTTP pipeline's authentication, shared by every function's router."""
 
-    router = Router("auth", runtime=runtime)
+    def security_state(user_id: int) -> SecurityState | None:
+        with unit_of_work(runtime.engine) as conn:
+            return UserRepository(conn).security_state(user_id)
+
+    return service.BearerAuthenticator(settings=runtime.settings, security_state=security_state)
+
+
+def build_router(runtime: Runtime) -> Router:
+    router = Router("auth", runtime=runtime, authenticator=authenticator(runtime))
     config = tokens.TokenSettings.from_settings(runtime.settings)  # fails start-up without JWT_SECRET
     guard = login_guard(runtime)
 
     @router.route("POST", "/api/v1/auth/token", role=None, body=TokenRequest, rate_limit="login")
     def token(request: Request, body: TokenRequest) -> dict[str, Any]:
-        return service.login(
-            username=body.username,
-            password=body.password,
-            users=UserRepository(runtime.engine),
-            config=config,
-            now=runtime.clock.now(),
-            guard=guard,
-            client_ip=request.client_ip,
-        )
+        with unit_of_work(runtime.engine) as conn:
+            return service.login(
+                username=body.username,
+                password=body.password,
+                users=UserRepository(conn),
+                config=config,
+                now=runtime.clock.now(),
+                guard=guard,
+                client_ip=request.client_ip,
+            )
 
     @router.route("GET", "/api/v1/auth/me", role=Role.READER)
     def me(request: Request) -> dict[str, Any]:
@@ -50,11 +62,14 @@ def build_router(runtime: Runtime) -> Router:
     return router
 
 
-def login_guard(runtime: Runtime) -> Any:
+def login_guard(runtime: Runtime) -> LoginGuard:
     """Per-account lockout in Redis (behind the circuit breaker), bounded concurrent hashing, audit records."""
     from threatflow.adapters.redis import AccountLockout
-    from threatflow.auth.guard import LoginGuard
-    from threatflow.auth.repository import UserRepository
+
+    def record_event(kind: str, **fields: Any) -> None:
+        # Its own unit of work: the audit record outlives the failed login's rolled-back one.
+        with unit_of_work(runtime.engine) as conn:
+            UserRepository(conn).record_event(kind, **fields)
 
     s = runtime.settings
     lockout = (
@@ -72,5 +87,5 @@ def login_guard(runtime: Runtime) -> Any:
         lockout=lockout,
         concurrent_hashes=s.login_concurrent_hashes,
         hash_share_percent=s.login_hash_share_percent,
-        record_event=lambda kind, **kw: UserRepository(runtime.engine).record_event(kind, **kw),
+        record_event=record_event,
     )

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from threatflow.auth.model import Principal, Role
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Connection
 
 
 @dataclass(frozen=True)
@@ -58,54 +58,50 @@ class SecurityState:
 
 
 class UserRepository:
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    """The auth domain's one repository, bound to the caller's connection (its unit of work):
+    it never opens or commits a transaction."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
 
     def get_by_username(self, username: str) -> User | None:
         from sqlalchemy import text
 
-        with self._engine.connect() as conn:
-            row = conn.execute(
-                text(f"SELECT {_COLUMNS} FROM users WHERE lower(username) = lower(:u)"),  # noqa: S608 - constant column list
-                {"u": username},
-            ).first()
+        row = self._conn.execute(
+            text(f"SELECT {_COLUMNS} FROM users WHERE lower(username) = lower(:u)"),
+            {"u": username},
+        ).first()
         return _user(row) if row else None
 
     def create(self, *, username: str, password_hash: str, role: Role) -> User | None:
         """Insert; None when the username is taken."""
         from sqlalchemy import text
 
-        with self._engine.begin() as conn:
-            row = conn.execute(
-                text(
-                    "INSERT INTO users (username, password_hash, role) VALUES (:u, :h, :r)"  # noqa: S608 - constant columns
-                    f" ON CONFLICT DO NOTHING RETURNING {_COLUMNS}"
-                ),
-                {"u": username, "h": password_hash, "r": role.value},
-            ).first()
+        row = self._conn.execute(
+            text(f"INSERT INTO users (username, password_hash, role) VALUES (:u, :h, :r) ON CONFLICT DO NOTHING RETURNING {_COLUMNS}"),
+            {"u": username, "h": password_hash, "r": role.value},
+        ).first()
         return _user(row) if row else None
 
     def list(self, *, after_id: int = 0, limit: int = 100) -> list[User]:
         from sqlalchemy import text
 
-        with self._engine.connect() as conn:
-            rows = conn.execute(
-                text(f"SELECT {_COLUMNS} FROM users WHERE id > :a ORDER BY id LIMIT :l"),  # noqa: S608 - constant column list
-                {"a": after_id, "l": limit},
-            )
-            return [_user(r) for r in rows]
+        rows = self._conn.execute(
+            text(f"SELECT {_COLUMNS} FROM users WHERE id > :a ORDER BY id LIMIT :l"),
+            {"a": after_id, "l": limit},
+        )
+        return [_user(r) for r in rows]
 
     def set_disabled(self, username: str, disabled: bool) -> bool:
         from sqlalchemy import text
 
-        with self._engine.begin() as conn:
-            result = conn.execute(
-                text(
-                    "UPDATE users SET disabled = :d, security_version = security_version + 1, updated_at = now()"
-                    " WHERE lower(username) = lower(:u)"
-                ),
-                {"d": disabled, "u": username},
-            )
+        result = self._conn.execute(
+            text(
+                "UPDATE users SET disabled = :d, security_version = security_version + 1, updated_at = now()"
+                " WHERE lower(username) = lower(:u)"
+            ),
+            {"d": disabled, "u": username},
+        )
         return bool(result.rowcount)
 
     def update(self, username: str, *, role: Role | None, clearance: str | None, password_hash: str | None) -> User | None:
@@ -113,23 +109,23 @@ class UserRepository:
         from sqlalchemy import text
 
         bump = role is not None or password_hash is not None
-        with self._engine.begin() as conn:
-            row = conn.execute(
-                text(
-                    "UPDATE users SET role = COALESCE(:r, role), clearance = COALESCE(:c, clearance),"  # noqa: S608 - constant columns
-                    " password_hash = COALESCE(:h, password_hash),"
-                    " security_version = security_version + CASE WHEN :bump THEN 1 ELSE 0 END, updated_at = now()"
-                    f" WHERE lower(username) = lower(:u) RETURNING {_COLUMNS}"
-                ),
-                {"r": role.value if role else None, "c": clearance, "h": password_hash, "bump": bump, "u": username},
-            ).first()
+        row = self._conn.execute(
+            text(
+                "UPDATE users SET role = COALESCE(:r, role), clearance = COALESCE(:c, clearance),"
+                " password_hash = COALESCE(:h, password_hash),"
+                " security_version = security_version + CASE WHEN :bump THEN 1 ELSE 0 END, updated_at = now()"
+                f" WHERE lower(username) = lower(:u) RETURNING {_COLUMNS}"
+            ),
+            {"r": role.value if role else None, "c": clearance, "h": password_hash, "bump": bump, "u": username},
+        ).first()
         return _user(row) if row else None
 
     def security_state(self, user_id: int) -> SecurityState | None:
         from sqlalchemy import text
 
-        with self._engine.connect() as conn:
-            row = conn.execute(text("SELECT disabled, role, clearance, security_version FROM users WHERE id = :i"), {"i": user_id}).first()
+        row = self._conn.execute(
+            text("SELECT disabled, role, clearance, security_version FROM users WHERE id = :i"), {"i": user_id}
+        ).first()
         return SecurityState(bool(row[0]), Role(row[1]), str(row[2]), int(row[3])) if row else None
 
     def record_event(self, kind: str, *, username: str, client_ip: str | None, detail: dict[str, Any]) -> None:
@@ -138,43 +134,38 @@ class UserRepository:
 
         from sqlalchemy import text
 
-        with self._engine.begin() as conn:
-            conn.execute(
-                text("INSERT INTO security_events (kind, username, client_ip, detail) VALUES (:k, :u, :ip, CAST(:d AS jsonb))"),
-                {"k": kind, "u": username, "ip": client_ip, "d": json.dumps(detail, default=str)},
-            )
+        self._conn.execute(
+            text("INSERT INTO security_events (kind, username, client_ip, detail) VALUES (:k, :u, :ip, CAST(:d AS jsonb))"),
+            {"k": kind, "u": username, "ip": client_ip, "d": json.dumps(detail, default=str)},
+        )
 
     def events(self, *, before_id: int | None, limit: int) -> builtins.list[dict[str, Any]]:
         from sqlalchemy import text
 
-        with self._engine.connect() as conn:
-            rows = conn.execute(
-                text(
-                    "SELECT id, at, kind, username, client_ip, detail FROM security_events"
-                    " WHERE (CAST(:b AS bigint) IS NULL OR id < :b) ORDER BY id DESC LIMIT :l"
-                ),
-                {"b": before_id, "l": limit},
-            )
-            return [{"id": int(r[0]), "at": r[1], "kind": r[2], "username": r[3], "client_ip": r[4], "detail": r[5]} for r in rows]
+        rows = self._conn.execute(
+            text(
+                "SELECT id, at, kind, username, client_ip, detail FROM security_events"
+                " WHERE (CAST(:b AS bigint) IS NULL OR id < :b) ORDER BY id DESC LIMIT :l"
+            ),
+            {"b": before_id, "l": limit},
+        )
+        return [{"id": int(r[0]), "at": r[1], "kind": r[2], "username": r[3], "client_ip": r[4], "detail": r[5]} for r in rows]
 
     def set_password_hash(self, user_id: int, password_hash: str) -> None:
         from sqlalchemy import text
 
-        with self._engine.begin() as conn:
-            conn.execute(
-                text("UPDATE users SET password_hash = :h, updated_at = now() WHERE id = :i"),
-                {"h": password_hash, "i": user_id},
-            )
+        self._conn.execute(
+            text("UPDATE users SET password_hash = :h, updated_at = now() WHERE id = :i"),
+            {"h": password_hash, "i": user_id},
+        )
 
     def record_login(self, user_id: int) -> None:
         from sqlalchemy import text
 
-        with self._engine.begin() as conn:
-            conn.execute(text("UPDATE users SET last_login_at = now() WHERE id = :i"), {"i": user_id})
+        self._conn.execute(text("UPDATE users SET last_login_at = now() WHERE id = :i"), {"i": user_id})
 
     def is_active(self, user_id: int) -> bool:
         from sqlalchemy import text
 
-        with self._engine.connect() as conn:
-            row = conn.execute(text("SELECT disabled FROM users WHERE id = :i"), {"i": user_id}).first()
+        row = self._conn.execute(text("SELECT disabled FROM users WHERE id = :i"), {"i": user_id}).first()
         return bool(row is not None and not row[0])

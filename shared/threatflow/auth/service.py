@@ -5,14 +5,18 @@ from __future__ import annotations
 import re
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from threatflow.auth import passwords, tokens
 from threatflow.auth.guard import LoginGuard
 from threatflow.auth.model import Principal, Role
 from threatflow.auth.repository import SecurityState, User, UserRepository
 from threatflow.platform.errors import AuthError, ConflictError, NotFoundError, ValidationError
+
+if TYPE_CHECKING:
+    from threatflow.platform.config import Settings
 
 _ACTIVE_CACHE_SECONDS = 30.0
 _USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{1,63}")  # the same rule as the users table CHECK
@@ -52,19 +56,19 @@ class ActiveUserCheck:
     Otherwise (reads) the state is remembered for 30 s per instance. The
     returned principal carries the current clearance."""
 
-    def __init__(self, users: UserRepository) -> None:
-        self._users = users
+    def __init__(self, security_state: Callable[[int], SecurityState | None]) -> None:
+        self._security_state = security_state
         self._seen: dict[int, tuple[float, SecurityState]] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, principal: Principal, *, strict: bool = True) -> Principal:
+    def __call__(self, principal: Principal, *, strict: bool) -> Principal:
         now = time.monotonic()
         with self._lock:
             cached = self._seen.get(principal.user_id)
         if not strict and cached is not None and now - cached[0] < _ACTIVE_CACHE_SECONDS:
             state = cached[1]
         else:
-            found = self._users.security_state(principal.user_id)
+            found = self._security_state(principal.user_id)
             if found is None or found.disabled:
                 raise AuthError("user is disabled or no longer exists")
             state = found
@@ -77,6 +81,27 @@ class ActiveUserCheck:
         if state.version != principal.version:
             raise AuthError("this token predates a change to the account (role, password or status); log in again")
         return Principal(principal.user_id, principal.username, state.role, state.clearance, state.version)
+
+
+class BearerAuthenticator:
+    """The `platform.identity.Authenticator` of every HTTP function: verifies the
+    token's signature and expiry, then the account's current security state
+    (ActiveUserCheck: strict = read from the database on this request) and
+    returns the principal with the account's current role and clearance.
+
+    The token settings are read on the first request, so building a router needs
+    no JWT_SECRET; `security_state(user_id)` runs its own short read (the wiring opens it)."""
+
+    def __init__(self, *, settings: Settings, security_state: Callable[[int], SecurityState | None]) -> None:
+        self._settings = settings
+        self._config: tokens.TokenSettings | None = None
+        self._active = ActiveUserCheck(security_state)
+
+    def __call__(self, token: str, *, strict: bool) -> Principal:
+        if self._config is None:
+            self._config = tokens.TokenSettings.from_settings(self._settings)
+        principal = tokens.verify(token, config=self._config)
+        return self._active(principal, strict=strict)
 
 
 def create_user(*, username: str, password: str, role: Role, users: UserRepository) -> User:

@@ -14,9 +14,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from threatflow.platform.errors import DependencyError, ThreatFlowError
+
+if TYPE_CHECKING:
+    from threatflow.auth.repository import UserRepository
 
 CREDENTIALS = Path(os.environ.get("THREATFLOW_CREDENTIALS") or Path.home() / ".config" / "threatflow" / "credentials.json")
 
@@ -77,11 +80,17 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 def cmd_users(args: argparse.Namespace) -> int:
-    from threatflow.auth import service
-    from threatflow.auth.model import Role
+    from threatflow.adapters.postgres import unit_of_work
     from threatflow.auth.repository import UserRepository
 
-    users = UserRepository(_engine())
+    with unit_of_work(_engine()) as conn:  # one transaction for the command
+        return _users_action(args, UserRepository(conn))
+
+
+def _users_action(args: argparse.Namespace, users: UserRepository) -> int:
+    from threatflow.auth import service
+    from threatflow.auth.model import Role
+
     if args.action == "create":
         if not args.password_stdin:
             raise SystemExit("pass the password on standard input with --password-stdin (it never goes on the command line)")

@@ -14,10 +14,15 @@ from typing import Any
 
 import msgspec
 
+from threatflow.adapters.postgres import unit_of_work
 from threatflow.auth import clearance as tlp_clearance
 from threatflow.auth.model import Role
+from threatflow.intel import importer
+from threatflow.intel.formats import ImportFormat
+from threatflow.intel.formats import export as exporter
 from threatflow.iocs.model import Tlp
-from threatflow.platform.errors import PayloadTooLargeError, ValidationError
+from threatflow.platform import events
+from threatflow.platform.errors import ConfigError, NotFoundError, PayloadTooLargeError, ValidationError
 from threatflow.platform.web import Request, Response, Router, decode_body
 from threatflow.runtime import Runtime
 
@@ -34,7 +39,6 @@ class ExtractIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def register(router: Router, runtime: Runtime) -> None:
-    from threatflow.intel import importer
 
     def is_async(request: Request) -> bool:
         return str(request.query.get("async", "")).lower() in ("1", "true", "yes")
@@ -50,28 +54,25 @@ def register(router: Router, runtime: Runtime) -> None:
             )
         body = decode_body(request.body, importer.ImportRequest)
         parsed = importer.parse_request(body)  # a malformed document fails here, before anything is written
-        result = importer.apply_import(
-            parsed,
-            engine=runtime.engine,
-            now=runtime.clock.now(),
-            actor=request.principal.username if request.principal else None,
-            catalog=runtime.attack().get() if importer.needs_catalog(parsed) else None,
-            warninglists=runtime.warninglist_matcher(),
-            policies=runtime.decay_policies().get(),
-            source_default=body.source,
-        )
+        with unit_of_work(runtime.engine) as conn:
+            result = importer.apply_import(
+                parsed,
+                conn=conn,
+                now=runtime.clock.now(),
+                actor=request.principal.username if request.principal else None,
+                catalog=runtime.attack().get() if importer.needs_catalog(parsed) else None,
+                warninglists=runtime.warninglist_matcher(),
+                policies=runtime.decay_policies().get(),
+                source_default=body.source,
+            )
         return Response(result)
 
     def _queue(request: Request) -> Response:
         body = decode_body(request.body, importer.ImportRequest)  # check the envelope now; the content is parsed by the job
-        from threatflow.intel.formats import ImportFormat
-
         try:
             ImportFormat(body.format.lower())
         except ValueError:
             raise ValidationError(f"unknown import format {body.format!r}", field="format") from None
-        from threatflow.platform import events
-
         job_id = uuid.uuid4().hex
         name = importer.blob_name(job_id)
         runtime.blobs.put(runtime.settings.bucket_uploads, name, request.body, content_type="application/json")
@@ -95,14 +96,9 @@ def register(router: Router, runtime: Runtime) -> None:
 
     @router.route("GET", "/api/v1/iocs/import/{job_id}", role=Role.READER)
     def import_job(request: Request) -> dict[str, Any]:
-        from threatflow.auth.model import Role as Roles
-        from threatflow.platform.errors import NotFoundError
-
         job = runtime.documents.get(importer.IMPORT_JOBS, request.path_params["job_id"])
         principal = request.principal
-        mine = (
-            job is not None and principal is not None and (job.get("requested_by") == principal.username or principal.role is Roles.ADMIN)
-        )
+        mine = job is not None and principal is not None and (job.get("requested_by") == principal.username or principal.role is Role.ADMIN)
         if job is None or not mine:  # another user's job does not exist for the caller
             raise NotFoundError(f"no import job {request.path_params['job_id']!r}")
         return job
@@ -121,15 +117,14 @@ def register(router: Router, runtime: Runtime) -> None:
 
     @router.route("GET", "/api/v1/iocs/export", role=Role.READER)
     def export(request: Request) -> Response:
-        from threatflow.intel.formats import export as exporter
-
         fmt = request.query.get("format") or "stix"
         flt = exporter.filter_from_query(request.query)
         # max_tlp (default amber) can never exceed the caller's clearance.
         ceiling = tlp_clearance.cap(flt.max_tlp.value if flt.max_tlp else None, tlp_clearance.of(request.principal))
         flt = msgspec.structs.replace(flt, max_tlp=Tlp(ceiling))
         limit = request.query_int("limit", DEFAULT_EXPORT_LIMIT, minimum=1, maximum=MAX_EXPORT_LIMIT)
-        out = exporter.export(fmt, flt, engine=runtime.engine, now=runtime.clock.now(), limit=limit, catalog=_optional_catalog())
+        with unit_of_work(runtime.engine) as conn:
+            out = exporter.export(conn, fmt, flt, now=runtime.clock.now(), limit=limit, catalog=_optional_catalog())
         return Response(
             out.body,
             content_type=out.content_type,
@@ -142,8 +137,6 @@ def register(router: Router, runtime: Runtime) -> None:
 
     def _optional_catalog() -> Any:
         # Names for exported attack patterns; without ATT&CK data the technique id is the name.
-        from threatflow.platform.errors import ConfigError
-
         try:
             return runtime.attack().get()
         except ConfigError:

@@ -33,7 +33,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from threatflow.intel import repository
 from threatflow.platform.errors import NotFoundError
+from threatflow.threats import repository as threats_repository
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -159,89 +161,54 @@ def combine(signals: Sequence[tuple[str, Signal]]) -> tuple[int, list[str]]:
 # -- the database part -------------------------------------------------------------
 
 
-def _text(sql: str) -> Any:
-    from sqlalchemy import text
-
-    return text(sql)
-
-
-def evidence_available(conn: Connection) -> bool:
-    """True when the enrichment capability has created ioc_evidence."""
-    return conn.execute(_text("SELECT to_regclass('ioc_evidence') IS NOT NULL")).scalar_one() is True
-
-
 def correlate(
     conn: Connection, *, threat_id: int, threshold: int = 70, link: bool = True, limit: int = 200, source: str = "correlation"
 ) -> dict[str, Any]:
     """Score IoCs against one threat; link those at or above threshold (relation
     'correlated', confidence = score) when link is true. Idempotent."""
-    from threatflow.threats import repository as store
-
-    row = conn.execute(_text("SELECT name, aliases FROM threats WHERE id = :i"), {"i": threat_id}).first()
-    if row is None:
+    all_names = threats_repository.names_of(conn, threat_id)
+    if all_names is None:
         raise NotFoundError(f"no threat with id {threat_id}")
-    all_names = [row[0], *row[1]]
     names = name_forms(all_names)
     patterns = like_patterns(all_names)
     signals: dict[int, list[tuple[str, Signal]]] = {}
+    evidence_table = repository.evidence_available(conn)
     if names:
-        tags = [
-            str(r[0])
-            for r in conn.execute(
-                _text("SELECT DISTINCT t FROM iocs, unnest(tags) AS t WHERE t ILIKE ANY(CAST(:p AS text[]))"), {"p": patterns}
-            )
-        ]
-        tag_signals = {t: s for t in tags if (s := match_tag(t, names)) is not None}
+        tag_signals = {t: s for t in repository.tags_like(conn, patterns) if (s := match_tag(t, names)) is not None}
         if tag_signals:
-            for ioc_id, ioc_tags in conn.execute(
-                _text("SELECT id, tags FROM iocs WHERE tags && CAST(:t AS text[])"), {"t": sorted(tag_signals)}
-            ):
+            for ioc_id, ioc_tags in repository.iocs_with_any_tag(conn, sorted(tag_signals)):
                 for tag in ioc_tags:
                     if tag in tag_signals:
-                        signals.setdefault(int(ioc_id), []).append(("tags", tag_signals[tag]))
-        if evidence_available(conn):
-            for ioc_id, ev_source, kind, value in conn.execute(
-                _text("SELECT ioc_id, source, kind, value FROM ioc_evidence WHERE value ILIKE ANY(CAST(:p AS text[]))"), {"p": patterns}
-            ):
-                signal = match_evidence(str(ev_source), str(kind), str(value), names)
+                        signals.setdefault(ioc_id, []).append(("tags", tag_signals[tag]))
+        if evidence_table:
+            for ioc_id, ev_source, kind, value in repository.evidence_like(conn, patterns):
+                signal = match_evidence(ev_source, kind, value, names)
                 if signal is not None:
-                    signals.setdefault(int(ioc_id), []).append((f"evidence:{ev_source}", signal))
-    links = conn.execute(_text("SELECT ioc_id, relation FROM threat_iocs WHERE threat_id = :t"), {"t": threat_id}).all()
-    linked = {int(r[0]) for r in links}
-    seeds = {int(r[0]) for r in links if r[1] != CORRELATED}
+                    signals.setdefault(ioc_id, []).append((f"evidence:{ev_source}", signal))
+    links = repository.links_of_threat(conn, threat_id)
+    linked = {ioc_id for ioc_id, _ in links}
+    seeds = {ioc_id for ioc_id, relation in links if relation != CORRELATED}
     seeds |= {ioc_id for ioc_id, sigs in signals.items() if combine(sigs)[0] >= threshold}
     if seeds:
-        for raw_a, raw_b, rel_type in conn.execute(
-            _text(
-                "SELECT source_id, target_id, type FROM ioc_relations WHERE source_id = ANY(CAST(:s AS bigint[]))"
-                " UNION SELECT source_id, target_id, type FROM ioc_relations WHERE target_id = ANY(CAST(:s AS bigint[]))"
-            ),
-            {"s": sorted(seeds)},
-        ):
-            a, b = int(raw_a), int(raw_b)
+        for a, b, rel_type in repository.relations_touching(conn, sorted(seeds)):
             if a in seeds and b not in seeds:
-                signals.setdefault(b, []).append((f"relation:{a}", relation_signal(str(rel_type), "in", a)))
+                signals.setdefault(b, []).append((f"relation:{a}", relation_signal(rel_type, "in", a)))
             elif b in seeds and a not in seeds:
-                signals.setdefault(a, []).append((f"relation:{b}", relation_signal(str(rel_type), "out", b)))
+                signals.setdefault(a, []).append((f"relation:{b}", relation_signal(rel_type, "out", b)))
             elif a in seeds and b in seeds:  # both seeds: each supports the other
-                signals.setdefault(b, []).append((f"relation:{a}", relation_signal(str(rel_type), "in", a)))
-                signals.setdefault(a, []).append((f"relation:{b}", relation_signal(str(rel_type), "out", b)))
+                signals.setdefault(b, []).append((f"relation:{a}", relation_signal(rel_type, "in", a)))
+                signals.setdefault(a, []).append((f"relation:{b}", relation_signal(rel_type, "out", b)))
     scored = []
     for ioc_id, sigs in signals.items():
         score, reasons = combine(sigs)
         scored.append((score, ioc_id, reasons))
     scored.sort(key=lambda s: (-s[0], -s[1]))
     top = scored[:limit]
-    details = {
-        int(r[0]): (str(r[1]), str(r[2]))
-        for r in conn.execute(
-            _text("SELECT id, type, value FROM iocs WHERE id = ANY(CAST(:i AS bigint[]))"), {"i": [ioc_id for _, ioc_id, _ in top]}
-        )
-    }
+    details = repository.ioc_identities(conn, [ioc_id for _, ioc_id, _ in top])
     to_link = {ioc_id: score for score, ioc_id, _ in top if score >= threshold and ioc_id not in linked}
     newly: set[int] = set()
     if link and to_link:
-        newly = store.link_iocs(conn, threat_id=threat_id, ioc_ids=to_link, relation=CORRELATED, source=source)
+        newly = repository.link_iocs(conn, threat_id=threat_id, ioc_ids=to_link, relation=CORRELATED, source=source)
     candidates = [
         {
             "ioc_id": ioc_id,
@@ -259,7 +226,7 @@ def correlate(
         "threat_id": threat_id,
         "threshold": threshold,
         "names": sorted(names.values()),
-        "evidence_table": evidence_available(conn),
+        "evidence_table": evidence_table,
         "candidates": candidates,
         "linked": len(newly),
     }

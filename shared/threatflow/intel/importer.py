@@ -25,10 +25,18 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from threatflow.intel.formats import ItemError, ParsedImport, ParsedThreat
+from threatflow.adapters.postgres import unit_of_work
+from threatflow.intel import repository as intel_repository
+from threatflow.intel.formats import ItemError, ParsedImport, ParsedThreat, parse
+from threatflow.iocs import repository as ioc_repository
+from threatflow.iocs import service
+from threatflow.iocs.model import Tlp
 from threatflow.platform.errors import PermanentError, RetryableError, ValidationError
+from threatflow.threats import repository as threat_store
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+
     from threatflow.iocs.model import DecayPolicy
     from threatflow.iocs.service import WarninglistMatcher
     from threatflow.platform.ports import BlobStore, Clock, DocumentStore
@@ -49,7 +57,7 @@ MAX_RELATIONS_PER_IMPORT = 1000
 def apply_import(
     parsed: ParsedImport,
     *,
-    engine: Any,
+    conn: Connection,
     now: datetime,
     actor: str | None,
     catalog: AttackCatalog | None,
@@ -58,66 +66,51 @@ def apply_import(
     source_default: str | None = None,
     chunk: int = 10_000,
 ) -> dict[str, Any]:
-    from sqlalchemy import text
-
-    from threatflow.iocs import service
-    from threatflow.iocs.repository import IocStore
-
+    """Everything in the caller's unit of work: a database error rolls all of it back."""
     parsed = parsed.with_defaults(source=source_default)
     errors: list[ItemError] = list(parsed.errors)
     threats = _checked_ttps(parsed.threats, catalog, errors)
-    store = IocStore(engine)
     results: list[dict[str, Any]] = []
-    with engine.begin() as conn:
-        # upsert_batch takes at most MAX_BATCH items; chunks share this one transaction.
-        for start in range(0, len(parsed.iocs), chunk):
-            part = parsed.iocs[start : start + chunk]
-            batch = service.upsert_batch(
-                [p.item for p in part], store=store, now=now, policies=policies, warninglists=warninglists, conn=conn
-            )
-            for offset, result in enumerate(batch["results"]):
-                results.append({**result, "index": start + offset, "ref": part[offset].ref})
-        if threats or parsed.links or parsed.relations:
-            from threatflow.threats import repository as threat_store
-        threat_results = threat_store.upsert_threats(conn, [t.item for t in threats], catalog=catalog) if threats else []
+    # upsert_batch takes at most MAX_BATCH items; chunks share this one transaction.
+    for start in range(0, len(parsed.iocs), chunk):
+        part = parsed.iocs[start : start + chunk]
+        batch = service.upsert_batch([p.item for p in part], conn=conn, now=now, policies=policies, warninglists=warninglists)
+        for offset, result in enumerate(batch["results"]):
+            results.append({**result, "index": start + offset, "ref": part[offset].ref})
+    threat_results = threat_store.upsert_threats(conn, [t.item for t in threats], catalog=catalog) if threats else []
 
-        ioc_ids: dict[str, list[int]] = {}
-        for parsed_ioc, result in zip(parsed.iocs, results, strict=True):
-            if result.get("id") is not None and result["id"] not in ioc_ids.setdefault(parsed_ioc.ref, []):
-                ioc_ids[parsed_ioc.ref].append(int(result["id"]))
-        threat_ids: dict[str, int] = {}
-        threat_out = []
-        for threat, result in zip(threats, threat_results, strict=True):
-            threat_out.append({"index": result.index, "ref": threat.ref, "status": result.status, "id": result.id, "reason": result.reason})
-            if result.id is not None:
-                threat_ids[threat.ref] = int(result.id)
+    ioc_ids: dict[str, list[int]] = {}
+    for parsed_ioc, result in zip(parsed.iocs, results, strict=True):
+        if result.get("id") is not None and result["id"] not in ioc_ids.setdefault(parsed_ioc.ref, []):
+            ioc_ids[parsed_ioc.ref].append(int(result["id"]))
+    threat_ids: dict[str, int] = {}
+    threat_out = []
+    for threat, result in zip(threats, threat_results, strict=True):
+        threat_out.append({"index": result.index, "ref": threat.ref, "status": result.status, "id": result.id, "reason": result.reason})
+        if result.id is not None:
+            threat_ids[threat.ref] = int(result.id)
 
-        links = links_created = 0
-        for link in parsed.links:
-            threat_id = threat_ids.get(link.threat_ref)
-            if threat_id is None:
-                continue  # the threat was rejected: already named in its result
-            for ioc_id in ioc_ids.get(link.ioc_ref, []):
-                created = threat_store.link_ioc(conn, threat_id=threat_id, ioc_id=ioc_id, relation=link.relation, source=source_default)
-                links += 1
-                links_created += int(created)
-        relations = relations_created = relations_cut = 0
-        for relation in parsed.relations:
-            sources, targets = ioc_ids.get(relation.source_ref, []), ioc_ids.get(relation.target_ref, [])
-            wanted = len(sources) * len(targets) - len(set(sources) & set(targets))  # counted, never enumerated
-            room = max(0, MAX_RELATIONS_PER_IMPORT - relations)
-            pairs = list(itertools.islice(((s, t) for s in sources for t in targets if s != t), room))
-            relations_cut += wanted - len(pairs)
-            relations += len(pairs)
-            relations_created += threat_store.add_ioc_relations(conn, pairs, type=relation.type, source=source_default)
-        if relations_cut:
-            errors.append(
-                ItemError("relations", f"{relations_cut} IoC relations not created: at most {MAX_RELATIONS_PER_IMPORT} per import")
-            )
-        conn.execute(
-            text("INSERT INTO ioc_audit (action, actor, detail) VALUES ('import', :actor, CAST(:detail AS jsonb))"),
-            {"actor": actor, "detail": msgspec.json.encode({**parsed.summary(), "source": source_default}).decode()},
-        )
+    links = links_created = 0
+    for link in parsed.links:
+        threat_id = threat_ids.get(link.threat_ref)
+        if threat_id is None:
+            continue  # the threat was rejected: already named in its result
+        for ioc_id in ioc_ids.get(link.ioc_ref, []):
+            created = intel_repository.link_ioc(conn, threat_id=threat_id, ioc_id=ioc_id, relation=link.relation, source=source_default)
+            links += 1
+            links_created += int(created)
+    relations = relations_created = relations_cut = 0
+    for relation in parsed.relations:
+        sources, targets = ioc_ids.get(relation.source_ref, []), ioc_ids.get(relation.target_ref, [])
+        wanted = len(sources) * len(targets) - len(set(sources) & set(targets))  # counted, never enumerated
+        room = max(0, MAX_RELATIONS_PER_IMPORT - relations)
+        pairs = list(itertools.islice(((s, t) for s in sources for t in targets if s != t), room))
+        relations_cut += wanted - len(pairs)
+        relations += len(pairs)
+        relations_created += intel_repository.add_ioc_relations(conn, pairs, type=relation.type, source=source_default)
+    if relations_cut:
+        errors.append(ItemError("relations", f"{relations_cut} IoC relations not created: at most {MAX_RELATIONS_PER_IMPORT} per import"))
+    ioc_repository.record_audit(conn, action="import", actor=actor, detail={**parsed.summary(), "source": source_default})
 
     summary: dict[str, Any] = {status: 0 for status in ("created", "updated", "unchanged", "rejected")}
     for result in results:
@@ -191,13 +184,9 @@ def blob_name(job_id: str) -> str:
 
 
 def parse_request(body: ImportRequest) -> ParsedImport:
-    from threatflow.intel.formats import parse
-
     if body.content is None or body.content == "":
         raise ValidationError("content is required", field="content")
     if body.tlp is not None:
-        from threatflow.iocs.model import Tlp
-
         try:
             Tlp.parse(body.tlp)
         except ValueError:
@@ -208,7 +197,7 @@ def parse_request(body: ImportRequest) -> ParsedImport:
 def run_job(
     job_id: str,
     *,
-    engine: Any,
+    engine: Engine,
     documents: DocumentStore,
     blobs: BlobStore,
     bucket: str,
@@ -236,16 +225,17 @@ def run_job(
             body = msgspec.json.decode(raw, type=ImportRequest)
             parsed = parse_request(body)
             documents.set(IMPORT_JOBS, job_id, {"progress": {"stage": "parsed", **parsed.summary()}}, merge=True)
-            result = apply_import(
-                parsed,
-                engine=engine,
-                now=clock.now(),
-                actor=job.get("requested_by"),
-                catalog=catalog() if needs_catalog(parsed) else None,
-                warninglists=warninglists(),
-                policies=policies(),
-                source_default=body.source,
-            )
+            with unit_of_work(engine) as conn:  # the message's one unit of work
+                result = apply_import(
+                    parsed,
+                    conn=conn,
+                    now=clock.now(),
+                    actor=job.get("requested_by"),
+                    catalog=catalog() if needs_catalog(parsed) else None,
+                    warninglists=warninglists(),
+                    policies=policies(),
+                    source_default=body.source,
+                )
         except (PermanentError, msgspec.ValidationError, msgspec.DecodeError) as exc:
             message = exc.message if isinstance(exc, PermanentError) else f"stored request is not valid: {exc}"
             documents.set(IMPORT_JOBS, job_id, {"state": JobState.FAILED.value, "error": message, "finished_at": clock.now()}, merge=True)
@@ -302,22 +292,3 @@ def _take_lease(documents: DocumentStore, job_id: str, *, now: datetime) -> str:
     if not documents.create(IMPORT_LEASES, job_id, lease):
         raise RetryableError(f"import job {job_id} was taken over by another delivery")
     return holder
-
-
-def handle_import(message: Any, *, runtime: Any) -> dict[str, Any]:
-    """The ioc-import function's one service call: a decoded `ioc-import` message to a job run."""
-    job_id = message.attributes.get("job_id") or message.data.get("job_id")
-    if not job_id:
-        raise ValidationError("ioc-import message names no job (attribute 'job_id')", field="job_id")
-
-    return run_job(
-        str(job_id),
-        engine=runtime.engine,
-        documents=runtime.documents,
-        blobs=runtime.blobs,
-        bucket=runtime.settings.bucket_uploads,
-        clock=runtime.clock,
-        catalog=runtime.attack().get,
-        warninglists=runtime.warninglist_matcher,
-        policies=runtime.decay_policies().get,
-    )

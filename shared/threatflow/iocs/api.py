@@ -7,10 +7,16 @@ from typing import Annotated, Any
 
 import msgspec
 
+from threatflow.adapters.postgres import unit_of_work
 from threatflow.auth import clearance as tlp_clearance
+from threatflow.auth.api import authenticator
 from threatflow.auth.model import Role
-from threatflow.iocs.model import Tlp
+from threatflow.intel import api as intel_api
+from threatflow.intel import relations_api
+from threatflow.iocs import repository, search, service, warninglist_routes
+from threatflow.iocs.model import DecayPolicy, IocRecord, Tlp
 from threatflow.iocs.search import FindRequest, IocFilter
+from threatflow.iocs.types import IocType
 from threatflow.platform.errors import NotFoundError, ValidationError
 from threatflow.platform.web import Request, Response, Router
 from threatflow.runtime import Runtime
@@ -55,14 +61,7 @@ def policy_json(policy: Any, now: datetime) -> dict[str, Any]:
 
 
 def build_router(runtime: Runtime) -> Router:
-    from threatflow.iocs import search, service, warninglist_routes
-    from threatflow.iocs.model import DecayPolicy
-    from threatflow.iocs.repository import IocAdmin, IocStore
-
-    router = Router("iocs", runtime=runtime)
-
-    def store() -> IocStore:
-        return IocStore(runtime.engine)
+    router = Router("iocs", runtime=runtime, authenticator=authenticator(runtime))
 
     def policies() -> dict[str, DecayPolicy]:
         return runtime.decay_policies().get()  # re-read every POLICY_REFRESH_SECONDS
@@ -73,42 +72,44 @@ def build_router(runtime: Runtime) -> Router:
         except ValueError:
             raise ValidationError("id must be an integer", field="id") from None
 
-    def visible(request: Request, ioc: dict[str, Any]) -> dict[str, Any]:
+    def visible(request: Request, ioc: IocRecord) -> IocRecord:
         """An IoC above the caller's TLP clearance does not exist for them (404)."""
-        tlp_clearance.require(tlp_clearance.of(request.principal), ioc.get("tlp"), what=f"indicator with id {ioc.get('id')}")
+        tlp_clearance.require(tlp_clearance.of(request.principal), ioc.tlp, what=f"indicator with id {ioc.id}")
         return ioc
 
     def capped(request: Request, find_request: FindRequest) -> FindRequest:
         ceiling = tlp_clearance.cap(find_request.max_tlp.value if find_request.max_tlp else None, tlp_clearance.of(request.principal))
         return msgspec.structs.replace(find_request, max_tlp=Tlp(ceiling))
 
-    def with_score(ioc: dict[str, Any]) -> dict[str, Any]:
-        return {**ioc, "score_explanation": service.explain_score(ioc, policies=policies(), now=runtime.clock.now())}
+    def with_score(ioc: IocRecord) -> dict[str, Any]:
+        return {**ioc.to_json(), "score_explanation": service.explain_score(ioc, policies=policies(), now=runtime.clock.now())}
 
     @router.route("POST", "/api/v1/iocs/batch", role=Role.ANALYST, body=service.BatchIn)
     def batch(request: Request, body: service.BatchIn) -> dict[str, Any]:
-        return service.upsert_batch(
-            body.iocs, store=store(), now=runtime.clock.now(), policies=policies(), warninglists=runtime.warninglist_matcher()
-        )
+        with unit_of_work(runtime.engine) as conn:
+            return service.upsert_batch(
+                body.iocs, conn=conn, now=runtime.clock.now(), policies=policies(), warninglists=runtime.warninglist_matcher()
+            )
 
     @router.route("POST", "/api/v1/iocs/find", role=Role.READER, body=FindRequest)
     def find(request: Request, body: FindRequest) -> dict[str, Any]:
-        return search.find(capped(request, body), engine=runtime.engine, now=runtime.clock.now())
+        with unit_of_work(runtime.engine) as conn:
+            return search.find(conn, capped(request, body), now=runtime.clock.now())
 
     @router.route("GET", "/api/v1/iocs/policies", role=Role.READER)
     def list_policies(request: Request) -> dict[str, Any]:
         now = runtime.clock.now()
-        return {"policies": [policy_json(p, now) for _, p in sorted(store().policies().items())]}
+        with unit_of_work(runtime.engine) as conn:
+            return {"policies": [policy_json(p, now) for _, p in sorted(repository.policies(conn).items())]}
 
     @router.route("PUT", "/api/v1/iocs/policies/{ioc_type}", role=Role.ADMIN, body=PolicyIn)
     def set_policy(request: Request, body: PolicyIn) -> dict[str, Any]:
-        from threatflow.iocs.types import IocType
-
         name = request.path_params["ioc_type"].lower()
         if name not in {t.value for t in IocType}:
             raise NotFoundError(f"no IoC type {name!r}; types: {', '.join(t.value for t in IocType)}")
         wanted = DecayPolicy(name, body.ttl_days, body.decay_lifetime_days, body.decay_speed, body.expired_below)
-        updated = store().set_policy(wanted)
+        with unit_of_work(runtime.engine) as conn:
+            updated = repository.set_policy(conn, wanted)
         if updated is None:
             raise NotFoundError(f"no policy row for {name!r}; run threatflow db migrate")
         runtime.decay_policies().invalidate()  # this instance at once; the others within POLICY_REFRESH_SECONDS
@@ -116,25 +117,28 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("GET", "/api/v1/iocs/stats", role=Role.READER)
     def stats(request: Request) -> dict[str, Any]:
-        return IocAdmin(runtime.engine).stats(
-            now=runtime.clock.now(), visible_tlps=tlp_clearance.allowed(tlp_clearance.of(request.principal))
-        )
+        with unit_of_work(runtime.engine) as conn:
+            return repository.stats(conn, now=runtime.clock.now(), visible_tlps=tlp_clearance.allowed(tlp_clearance.of(request.principal)))
 
     @router.route("GET", "/api/v1/iocs/expired", role=Role.READER)
     def expired(request: Request) -> dict[str, Any]:
         find_request = FindRequest(
             expired=True, limit=request.query_int("limit", 100, minimum=1, maximum=1000), cursor=request.query.get("cursor")
         )
-        return search.find(capped(request, find_request), engine=runtime.engine, now=runtime.clock.now())
+        with unit_of_work(runtime.engine) as conn:
+            return search.find(conn, capped(request, find_request), now=runtime.clock.now())
 
     @router.route("GET", "/api/v1/iocs/value/{value:path}", role=Role.READER)
     def by_value(request: Request) -> dict[str, Any]:
-        return with_score(visible(request, service.get_by_value(request.path_params["value"], request.query.get("type"), store=store())))
+        with unit_of_work(runtime.engine) as conn:
+            return with_score(visible(request, service.get_by_value(conn, request.path_params["value"], request.query.get("type"))))
 
     @router.route("GET", "/api/v1/iocs/{ioc_id:int}", role=Role.READER)
     def get(request: Request) -> dict[str, Any]:
-        ioc = with_score(visible(request, service.get_or_raise(ioc_id(request), store=store())))
-        ioc["sightings"] = IocAdmin(runtime.engine).sightings(ioc["id"], limit=20)
+        with unit_of_work(runtime.engine) as conn:
+            record = visible(request, service.get_or_raise(conn, ioc_id(request)))
+            ioc = with_score(record)
+            ioc["sightings"] = repository.sightings(conn, record.id, limit=20)
         return ioc
 
     @router.route("POST", "/api/v1/iocs/{ioc_id:int}/sightings", role=Role.ANALYST, body=SightingIn)
@@ -142,10 +146,11 @@ def build_router(runtime: Runtime) -> Router:
         seen_at = body.seen_at or runtime.clock.now()
         if seen_at.tzinfo is None:
             raise ValidationError("seen_at needs a time zone", field="seen_at")
-        ioc = IocAdmin(runtime.engine).add_sighting(ioc_id(request), seen_at=seen_at, source=body.source, context=body.context)
+        with unit_of_work(runtime.engine) as conn:
+            ioc = repository.add_sighting(conn, ioc_id(request), seen_at=seen_at, source=body.source, context=body.context)
         if ioc is None:
             raise NotFoundError(f"no indicator with id {request.path_params['ioc_id']}")
-        return Response(ioc, status=201)
+        return Response(ioc.to_json(), status=201)
 
     @router.route("DELETE", "/api/v1/iocs", role=Role.ADMIN, body=DeleteRequest)
     def delete(request: Request, body: DeleteRequest) -> dict[str, Any]:
@@ -155,9 +160,8 @@ def build_router(runtime: Runtime) -> Router:
                 raise ValidationError("give ids or filter, not both", field="filter")
             if len(body.ids) > 10_000:
                 raise ValidationError("at most 10000 ids per call", field="ids")
-            deleted = IocAdmin(runtime.engine).delete(
-                "id = ANY(CAST(:ids AS bigint[]))", {"ids": body.ids}, actor=actor, reason={"ids": len(body.ids)}
-            )
+            with unit_of_work(runtime.engine) as conn:
+                deleted = repository.delete_ids(conn, body.ids, actor=actor, reason={"ids": len(body.ids)})
             return {"deleted": deleted}
         if body.filter is None:
             raise ValidationError("give ids, or a filter with confirm: true", field="ids")
@@ -166,16 +170,11 @@ def build_router(runtime: Runtime) -> Router:
         compiled = search.compile_filter(body.filter, now=runtime.clock.now())
         if compiled.where == "TRUE":
             raise ValidationError("an empty filter would delete everything; name at least one filter", field="filter")
-        deleted = IocAdmin(runtime.engine).delete(
-            compiled.where, compiled.params, actor=actor, reason={"filter": msgspec.to_builtins(body.filter)}
-        )
+        with unit_of_work(runtime.engine) as conn:
+            deleted = repository.delete_matching(conn, compiled, actor=actor, reason={"filter": msgspec.to_builtins(body.filter)})
         return {"deleted": deleted}
 
     warninglist_routes.register(router, runtime)
-    from threatflow.intel import api as io_routes
-
-    io_routes.register(router, runtime)
-    from threatflow.intel import relations_api as ioc_routes
-
-    ioc_routes.register(router, runtime)
+    intel_api.register(router, runtime)
+    relations_api.register(router, runtime)
     return router

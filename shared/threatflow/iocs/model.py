@@ -5,31 +5,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 
-class Tlp(StrEnum):
-    CLEAR = "clear"
-    GREEN = "green"
-    AMBER = "amber"
-    AMBER_STRICT = "amber+strict"
-    RED = "red"
+from threatflow.iocs.types import IocType
+from threatflow.platform.vocabulary import Severity, Tlp
 
-    @property
-    def rank(self) -> int:
-        return _TLP_ORDER.index(self)
-
-    @classmethod
-    def parse(cls, text: str) -> Tlp:
-        """Accepts `TLP:AMBER`, `amber`, and TLP 1.0's `white` (= clear)."""
-        value = text.strip().lower().removeprefix("tlp:")
-        return cls("clear" if value == "white" else value)
-
-    def at_most(self) -> list[str]:
-        return [t.value for t in _TLP_ORDER[: self.rank + 1]]
-
-
-_TLP_ORDER = [Tlp.CLEAR, Tlp.GREEN, Tlp.AMBER, Tlp.AMBER_STRICT, Tlp.RED]
+__all__ = [
+    "DEFAULT_PAGE",
+    "MAX_PAGE",
+    "DecayPolicy",
+    "FindRequest",
+    "IocFilter",
+    "IocRecord",
+    "ItemResult",
+    "ItemStatus",
+    "Severity",
+    "Tlp",
+    "UpsertItem",
+    "Verdict",
+]
 
 
 class Verdict(StrEnum):
@@ -37,24 +33,6 @@ class Verdict(StrEnum):
     SUSPICIOUS = "suspicious"
     HARMLESS = "harmless"
     UNKNOWN = "unknown"
-
-
-class Severity(StrEnum):
-    INFO = "info"
-    LOW = "low"
-    MEDIUM = "medium"
-    HIGH = "high"
-    CRITICAL = "critical"
-
-    @classmethod
-    def from_score(cls, score: int) -> Severity:
-        for threshold, severity in _SEVERITY_BANDS:
-            if score >= threshold:
-                return severity
-        return cls.INFO
-
-
-_SEVERITY_BANDS = ((90, Severity.CRITICAL), (70, Severity.HIGH), (40, Severity.MEDIUM), (15, Severity.LOW))
 
 
 class ItemStatus(StrEnum):
@@ -131,3 +109,76 @@ class ItemResult:
         if self.reason is not None:
             out["reason"] = self.reason
         return out
+
+
+@dataclass(frozen=True)
+class IocRecord:
+    """One stored indicator, as services hand it around; `to_json()` is what the API shows."""
+
+    id: int
+    type: str
+    value: str
+    tags: list[str]
+    sources: list[str]
+    tlp: str
+    confidence: int
+    verdict: str
+    base_score: int
+    score: int
+    severity: str
+    first_seen: datetime
+    last_seen: datetime
+    detection_count: int
+    expires_at: datetime | None
+    active: bool
+    warninglists: list[str]
+    description: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> IocRecord:
+        """From a row of `threatflow.iocs.repository.IOC_COLUMNS`, in that order."""
+        return cls(*row)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f: getattr(self, f) for f in _RECORD_FIELDS}
+        for key in ("first_seen", "last_seen", "expires_at", "created_at", "updated_at"):
+            if isinstance(out.get(key), datetime):
+                out[key] = out[key].isoformat()
+        return out
+
+
+_RECORD_FIELDS = tuple(IocRecord.__dataclass_fields__)
+
+
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+
+
+class IocFilter(msgspec.Struct, forbid_unknown_fields=True):
+    type: list[IocType] | None = None
+    verdict: list[Verdict] | None = None
+    severity: list[Severity] | None = None
+    tlp: list[Tlp] | None = None
+    max_tlp: Tlp | None = None
+    score_min: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
+    score_max: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
+    tags: list[str] | None = None  # all of these
+    tags_any: list[str] | None = None
+    source: str | None = None
+    active: bool | None = None
+    expired: bool | None = None
+    warninglisted: bool | None = None
+    first_seen_from: datetime | None = None
+    first_seen_to: datetime | None = None
+    last_seen_from: datetime | None = None
+    last_seen_to: datetime | None = None
+    value_prefix: Annotated[str, msgspec.Meta(min_length=1, max_length=512)] | None = None
+    value_contains: Annotated[str, msgspec.Meta(min_length=3, max_length=512)] | None = None
+    ids: list[int] | None = None
+
+
+class FindRequest(IocFilter, forbid_unknown_fields=True):
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE
+    cursor: str | None = None

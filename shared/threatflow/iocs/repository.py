@@ -1,4 +1,7 @@
-"""The indicator store: plain, parameterised SQL on PostgreSQL.
+"""The IoC domain's one repository: plain, parameterised SQL on PostgreSQL.
+
+Every function takes the caller's Connection (the unit of work the route or
+handler opened); none opens or commits a transaction.
 
 A batch is written by ONE statement: the items travel as one JSON document,
 are unpacked by `jsonb_to_recordset`, and are merged by `INSERT ... ON CONFLICT
@@ -10,15 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from threatflow.iocs.model import DecayPolicy, UpsertItem
+from threatflow.iocs.model import DecayPolicy, IocFilter, IocRecord, UpsertItem
+from threatflow.platform.errors import ValidationError
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection, Engine
+    from sqlalchemy.engine import Connection
 
 IOC_COLUMNS = (
     "id, type, value, tags, sources, tlp, confidence, verdict, base_score, score, severity, first_seen, last_seen,"
@@ -93,177 +97,255 @@ def _policy(row: Any) -> DecayPolicy:
     return DecayPolicy(row[0], int(row[1]), int(row[2]), float(row[3]), int(row[4]))
 
 
-class IocStore:
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+def _text(sql: str) -> Any:
+    from sqlalchemy import text
 
-    def upsert(self, items: Sequence[UpsertItem], *, default_tlp: str = "amber", conn: Connection | None = None) -> list[UpsertedRow]:
-        """Merge items (unique by type and value) in one statement. Pass `conn` to join a caller's transaction."""
-        from sqlalchemy import text
+    return text(sql)
 
-        if not items:
-            return []
-        doc = msgspec.json.encode(
-            [_item_doc(i, base_score=i.confidence if i.confidence is not None else 50, default_tlp=default_tlp) for i in items]
-        ).decode()
-        if conn is not None:
-            rows = conn.execute(text(_UPSERT), {"doc": doc}).all()
-        else:
-            with self._engine.begin() as own:
-                rows = own.execute(text(_UPSERT), {"doc": doc}).all()
-        return [UpsertedRow(int(r[0]), r[1], r[2], bool(r[3])) for r in rows]
 
-    def policies(self) -> dict[str, DecayPolicy]:
-        from sqlalchemy import text
+# -- writes ----------------------------------------------------------------------------
 
-        with self._engine.connect() as conn:
-            rows = conn.execute(text("SELECT type, ttl_days, decay_lifetime_days, decay_speed, expired_below FROM ioc_type_policies"))
-            return {r[0]: _policy(r) for r in rows}
 
-    def set_policy(self, policy: DecayPolicy) -> DecayPolicy | None:
-        """Replace one type's TTL and decay; None when the type has no policy row."""
-        from sqlalchemy import text
+def upsert(conn: Connection, items: Sequence[UpsertItem], *, default_tlp: str = "amber") -> list[UpsertedRow]:
+    """Merge items (unique by type and value) in one statement."""
+    if not items:
+        return []
+    doc = msgspec.json.encode(
+        [_item_doc(i, base_score=i.confidence if i.confidence is not None else 50, default_tlp=default_tlp) for i in items]
+    ).decode()
+    rows = conn.execute(_text(_UPSERT), {"doc": doc}).all()
+    return [UpsertedRow(int(r[0]), r[1], r[2], bool(r[3])) for r in rows]
 
-        with self._engine.begin() as conn:
-            row = conn.execute(
-                text(
-                    "UPDATE ioc_type_policies SET ttl_days = :ttl, decay_lifetime_days = :lifetime, decay_speed = :speed,"
-                    " expired_below = :below, updated_at = now() WHERE type = :type"
-                    " RETURNING type, ttl_days, decay_lifetime_days, decay_speed, expired_below"
-                ),
-                {
-                    "type": policy.type,
-                    "ttl": policy.ttl_days,
-                    "lifetime": policy.decay_lifetime_days,
-                    "speed": policy.decay_speed,
-                    "below": policy.expired_below,
-                },
-            ).first()
-        return _policy(row) if row else None
 
-    def get(self, ioc_id: int) -> dict[str, Any] | None:
-        return self._one("id = :id", {"id": ioc_id})
+def set_policy(conn: Connection, policy: DecayPolicy) -> DecayPolicy | None:
+    """Replace one type's TTL and decay; None when the type has no policy row."""
+    row = conn.execute(
+        _text(
+            "UPDATE ioc_type_policies SET ttl_days = :ttl, decay_lifetime_days = :lifetime, decay_speed = :speed,"
+            " expired_below = :below, updated_at = now() WHERE type = :type"
+            " RETURNING type, ttl_days, decay_lifetime_days, decay_speed, expired_below"
+        ),
+        {
+            "type": policy.type,
+            "ttl": policy.ttl_days,
+            "lifetime": policy.decay_lifetime_days,
+            "speed": policy.decay_speed,
+            "below": policy.expired_below,
+        },
+    ).first()
+    return _policy(row) if row else None
 
-    def get_by_value(self, type_: str, value: str) -> dict[str, Any] | None:
-        return self._one("type = :t AND value = :v", {"t": type_, "v": value})
 
-    def _one(self, where: str, params: dict[str, Any]) -> dict[str, Any] | None:
-        from sqlalchemy import text
+def record_audit(conn: Connection, *, action: str, actor: str | None, detail: dict[str, Any]) -> None:
+    conn.execute(
+        _text("INSERT INTO ioc_audit (action, actor, detail) VALUES (:action, :actor, CAST(:detail AS jsonb))"),
+        {"action": action, "actor": actor, "detail": msgspec.json.encode(detail).decode()},
+    )
 
-        with self._engine.connect() as conn:
-            row = conn.execute(text(f"SELECT {IOC_COLUMNS} FROM iocs WHERE {where}"), params).first()
-        return row_to_dict(row) if row else None
 
-    def connection(self) -> Connection:
-        return self._engine.connect()
+def delete_ids(conn: Connection, ids: Sequence[int], *, actor: str | None, reason: dict[str, Any]) -> int:
+    return _delete(conn, "id = ANY(CAST(:ids AS bigint[]))", {"ids": list(ids)}, actor=actor, reason=reason)
+
+
+def delete_matching(conn: Connection, compiled: Compiled, *, actor: str | None, reason: dict[str, Any]) -> int:
+    return _delete(conn, compiled.where, compiled.params, actor=actor, reason=reason)
+
+
+def _delete(conn: Connection, where: str, params: dict[str, Any], *, actor: str | None, reason: dict[str, Any]) -> int:
+    deleted = int(conn.execute(_text(f"DELETE FROM iocs WHERE {where}"), params).rowcount)
+    record_audit(conn, action="delete", actor=actor, detail={**reason, "deleted": deleted})
+    return deleted
+
+
+def add_sighting(conn: Connection, ioc_id: int, *, seen_at: datetime, source: str | None, context: dict[str, Any]) -> IocRecord | None:
+    row = conn.execute(
+        _text(
+            "UPDATE iocs SET detection_count = detection_count + 1, last_seen = GREATEST(last_seen, :seen),"
+            " last_seen_day = GREATEST(last_seen_day, (CAST(:seen AS timestamptz) AT TIME ZONE 'UTC')::date),"
+            " first_seen = LEAST(first_seen, :seen), active = true, updated_at = now(),"
+            " sources = CASE WHEN CAST(:source AS text) IS NULL OR CAST(:source AS text) = ANY(sources) THEN sources"
+            " ELSE array_append(sources, CAST(:source AS text)) END"
+            f" WHERE id = :id RETURNING {IOC_COLUMNS}"
+        ),
+        {"id": ioc_id, "seen": seen_at, "source": source},
+    ).first()
+    if row is None:
+        return None
+    conn.execute(
+        _text("INSERT INTO ioc_sightings (ioc_id, seen_at, source, context) VALUES (:id, :seen, :source, CAST(:ctx AS jsonb))"),
+        {"id": ioc_id, "seen": seen_at, "source": source, "ctx": msgspec.json.encode(context).decode()},
+    )
+    return IocRecord.from_row(row)
+
+
+def max_id(conn: Connection) -> int:
+    return int(conn.execute(_text("SELECT COALESCE(max(id), 0) FROM iocs")).scalar_one())
+
+
+def decay_range(conn: Connection, *, now: datetime, after_id: int, up_to_id: int) -> tuple[int, int]:
+    """Recompute decayed scores and expiry for ids in (after_id, up_to_id]; returns (rescored, expired)."""
+    result = conn.execute(_text(_DECAY), {"now": now, "lo": after_id, "hi": up_to_id}).one()
+    return int(result[0] or 0), int(result[1] or 0)
+
+
+# -- reads -----------------------------------------------------------------------------
+
+
+def policies(conn: Connection) -> dict[str, DecayPolicy]:
+    rows = conn.execute(_text("SELECT type, ttl_days, decay_lifetime_days, decay_speed, expired_below FROM ioc_type_policies"))
+    return {r[0]: _policy(r) for r in rows}
+
+
+def get(conn: Connection, ioc_id: int) -> IocRecord | None:
+    return _one(conn, "id = :id", {"id": ioc_id})
+
+
+def get_by_value(conn: Connection, type_: str, value: str) -> IocRecord | None:
+    return _one(conn, "type = :t AND value = :v", {"t": type_, "v": value})
+
+
+def _one(conn: Connection, where: str, params: dict[str, Any]) -> IocRecord | None:
+    row = conn.execute(_text(f"SELECT {IOC_COLUMNS} FROM iocs WHERE {where}"), params).first()
+    return IocRecord.from_row(row) if row else None
 
 
 def row_to_dict(row: Any) -> dict[str, Any]:
-    out = dict(zip(_FIELDS, row, strict=True))
-    for key in ("first_seen", "last_seen", "expires_at", "created_at", "updated_at"):
-        if isinstance(out.get(key), datetime):
-            out[key] = out[key].isoformat()
+    """An iocs row (IOC_COLUMNS) as the API shows it."""
+    return IocRecord.from_row(row).to_json()
+
+
+def sightings(conn: Connection, ioc_id: int, *, limit: int = 50) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        _text("SELECT id, seen_at, source, context FROM ioc_sightings WHERE ioc_id = :id ORDER BY seen_at DESC LIMIT :l"),
+        {"id": ioc_id, "l": limit},
+    )
+    return [{"id": r[0], "seen_at": r[1].isoformat(), "source": r[2], "context": r[3]} for r in rows]
+
+
+def stats(conn: Connection, *, now: datetime, visible_tlps: list[str]) -> dict[str, Any]:
+    """Counts over the IoCs whose TLP is in `visible_tlps` (the caller's clearance)."""
+    seen = "(SELECT * FROM iocs WHERE tlp = ANY(CAST(:v AS text[]))) AS iocs"  # the caller's clearance
+    queries = {
+        "by_type": f"SELECT type, count(*) FROM {seen} GROUP BY 1 ORDER BY 2 DESC",
+        "by_verdict": f"SELECT verdict, count(*) FROM {seen} GROUP BY 1 ORDER BY 2 DESC",
+        "by_severity": f"SELECT severity, count(*) FROM {seen} GROUP BY 1 ORDER BY 2 DESC",
+        "by_tlp": f"SELECT tlp, count(*) FROM {seen} GROUP BY 1 ORDER BY 2 DESC",
+        "by_source": f"SELECT s, count(*) FROM {seen}, unnest(sources) s GROUP BY 1 ORDER BY 2 DESC LIMIT 100",
+        "by_age": (
+            "SELECT CASE WHEN last_seen >= CAST(:now AS timestamptz) - interval '1 day' THEN '<1d'"
+            " WHEN last_seen >= CAST(:now AS timestamptz) - interval '7 days' THEN '1-7d'"
+            " WHEN last_seen >= CAST(:now AS timestamptz) - interval '30 days' THEN '7-30d'"
+            " WHEN last_seen >= CAST(:now AS timestamptz) - interval '90 days' THEN '30-90d' ELSE '>90d' END, count(*)"
+            f" FROM {seen} GROUP BY 1"
+        ),
+    }
+    out: dict[str, Any] = {}
+    for name, sql in queries.items():
+        out[name] = {str(k): int(v) for k, v in conn.execute(_text(sql), {"now": now, "v": visible_tlps})}
+    total, active, listed = conn.execute(
+        _text(f"SELECT count(*), count(*) FILTER (WHERE active), count(*) FILTER (WHERE warninglists <> '{{}}') FROM {seen}"),
+        {"v": visible_tlps},
+    ).one()
+    out.update({"total": int(total), "active": int(active), "inactive": int(total) - int(active), "warninglisted": int(listed)})
     return out
 
 
-class IocAdmin:
-    """Deletes, stats and sightings: the less frequent writes and reads."""
+# -- search ----------------------------------------------------------------------------
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
 
-    def delete(self, where: str, params: dict[str, Any], *, actor: str | None, reason: dict[str, Any]) -> int:
-        from sqlalchemy import text
+@dataclass(frozen=True)
+class Compiled:
+    where: str
+    params: dict[str, Any]
 
-        with self._engine.begin() as conn:
-            deleted = conn.execute(text(f"DELETE FROM iocs WHERE {where}"), params).rowcount
-            conn.execute(
-                text("INSERT INTO ioc_audit (action, actor, detail) VALUES ('delete', :actor, CAST(:detail AS jsonb))"),
-                {"actor": actor, "detail": msgspec.json.encode({**reason, "deleted": deleted}).decode()},
-            )
-        return int(deleted)
 
-    def stats(self, *, now: datetime, visible_tlps: list[str]) -> dict[str, Any]:
-        """Counts over the IoCs whose TLP is in `visible_tlps` (the caller's clearance)."""
-        from sqlalchemy import text
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
-        seen = "(SELECT * FROM iocs WHERE tlp = ANY(CAST(:v AS text[]))) AS iocs"  # the caller's clearance
-        queries = {
-            "by_type": f"SELECT type, count(*) FROM {seen} GROUP BY 1 ORDER BY 2 DESC",
-            "by_verdict": f"SELECT verdict, count(*) FROM {seen} GROUP BY 1 ORDER BY 2 DESC",
-            "by_severity": f"SELECT severity, count(*) FROM {seen} GROUP BY 1 ORDER BY 2 DESC",
-            "by_tlp": f"SELECT tlp, count(*) FROM {seen} GROUP BY 1 ORDER BY 2 DESC",
-            "by_source": f"SELECT s, count(*) FROM {seen}, unnest(sources) s GROUP BY 1 ORDER BY 2 DESC LIMIT 100",
-            "by_age": (
-                "SELECT CASE WHEN last_seen >= CAST(:now AS timestamptz) - interval '1 day' THEN '<1d'"
-                " WHEN last_seen >= CAST(:now AS timestamptz) - interval '7 days' THEN '1-7d'"
-                " WHEN last_seen >= CAST(:now AS timestamptz) - interval '30 days' THEN '7-30d'"
-                " WHEN last_seen >= CAST(:now AS timestamptz) - interval '90 days' THEN '30-90d' ELSE '>90d' END, count(*)"
-                f" FROM {seen} GROUP BY 1"
-            ),
-        }
-        out: dict[str, Any] = {}
-        with self._engine.connect() as conn:
-            for name, sql in queries.items():
-                out[name] = {str(k): int(v) for k, v in conn.execute(text(sql), {"now": now, "v": visible_tlps})}
-            total, active, listed = conn.execute(
-                text(f"SELECT count(*), count(*) FILTER (WHERE active), count(*) FILTER (WHERE warninglists <> '{{}}') FROM {seen}"),
-                {"v": visible_tlps},
-            ).one()
-        out.update({"total": int(total), "active": int(active), "inactive": int(total) - int(active), "warninglisted": int(listed)})
-        return out
 
-    def add_sighting(self, ioc_id: int, *, seen_at: datetime, source: str | None, context: dict[str, Any]) -> dict[str, Any] | None:
-        from sqlalchemy import text
+def compile_filter(f: IocFilter, *, now: datetime) -> Compiled:
+    clauses: list[str] = []
+    params: dict[str, Any] = {}
 
-        with self._engine.begin() as conn:
-            row = conn.execute(
-                text(
-                    "UPDATE iocs SET detection_count = detection_count + 1, last_seen = GREATEST(last_seen, :seen),"
-                    " last_seen_day = GREATEST(last_seen_day, (CAST(:seen AS timestamptz) AT TIME ZONE 'UTC')::date),"
-                    " first_seen = LEAST(first_seen, :seen), active = true, updated_at = now(),"
-                    " sources = CASE WHEN CAST(:source AS text) IS NULL OR CAST(:source AS text) = ANY(sources) THEN sources"
-                    " ELSE array_append(sources, CAST(:source AS text)) END"
-                    f" WHERE id = :id RETURNING {IOC_COLUMNS}"
-                ),
-                {"id": ioc_id, "seen": seen_at, "source": source},
-            ).first()
-            if row is None:
-                return None
-            conn.execute(
-                text("INSERT INTO ioc_sightings (ioc_id, seen_at, source, context) VALUES (:id, :seen, :source, CAST(:ctx AS jsonb))"),
-                {"id": ioc_id, "seen": seen_at, "source": source, "ctx": msgspec.json.encode(context).decode()},
-            )
-        return row_to_dict(row)
+    def add(clause: str, **values: Any) -> None:
+        clauses.append(clause)
+        params.update(values)
 
-    def sightings(self, ioc_id: int, *, limit: int = 50) -> list[dict[str, Any]]:
-        from sqlalchemy import text
+    def one_of(column: str, name: str, values: list[str]) -> None:
+        # One value as plain equality: the (column, id) index then yields rows already in
+        # id order, where `= ANY(...)` makes PostgreSQL fetch every match and sort them.
+        if len(values) == 1:
+            add(f"{column} = :{name}", **{name: values[0]})
+        else:
+            add(f"{column} = ANY(CAST(:{name} AS text[]))", **{name: values})
 
-        with self._engine.connect() as conn:
-            rows = conn.execute(
-                text("SELECT id, seen_at, source, context FROM ioc_sightings WHERE ioc_id = :id ORDER BY seen_at DESC LIMIT :l"),
-                {"id": ioc_id, "l": limit},
-            )
-            return [{"id": r[0], "seen_at": r[1].isoformat(), "source": r[2], "context": r[3]} for r in rows]
+    if f.type:
+        one_of("type", "types", [t.value for t in f.type])
+    if f.verdict:
+        one_of("verdict", "verdicts", [v.value for v in f.verdict])
+    if f.severity:
+        one_of("severity", "severities", [s.value for s in f.severity])
+    if f.tlp:
+        one_of("tlp", "tlps", [t.value for t in f.tlp])
+    if f.max_tlp:
+        one_of("tlp", "max_tlps", f.max_tlp.at_most())
+    if f.score_min is not None:
+        add("score >= :score_min", score_min=f.score_min)
+    if f.score_max is not None:
+        add("score <= :score_max", score_max=f.score_max)
+    if f.tags:
+        add("tags @> CAST(:tags_all AS text[])", tags_all=sorted({t.strip().lower() for t in f.tags}))
+    if f.tags_any:
+        add("tags && CAST(:tags_any AS text[])", tags_any=sorted({t.strip().lower() for t in f.tags_any}))
+    if f.source:
+        add("sources @> CAST(:sources AS text[])", sources=[f.source])
+    if f.active is not None:
+        add("active = :active", active=f.active)
+    if f.expired is True:
+        add("(NOT active OR expires_at < :now)", now=now)
+    elif f.expired is False:
+        add("active AND (expires_at IS NULL OR expires_at >= :now)", now=now)
+    if f.warninglisted is True:
+        clauses.append("warninglists <> '{}'")
+    elif f.warninglisted is False:
+        clauses.append("warninglists = '{}'")
+    for name, column, op in (
+        ("first_seen_from", "first_seen", ">="),
+        ("first_seen_to", "first_seen", "<"),
+        ("last_seen_from", "last_seen", ">="),
+        ("last_seen_to", "last_seen", "<"),
+    ):
+        value = getattr(f, name)
+        if value is not None:
+            if value.tzinfo is None:
+                raise ValidationError(f"{name} needs a time zone", field=name)
+            add(f"{column} {op} :{name}", **{name: value})
+            if column == "last_seen":  # the indexed day column narrows; the exact column decides
+                day_op = ">=" if op == ">=" else "<="
+                add(f"last_seen_day {day_op} :{name}_day", **{f"{name}_day": value.astimezone(UTC).date()})
+    if f.value_prefix:
+        add("value LIKE :prefix ESCAPE '\\'", prefix=_like_escape(f.value_prefix) + "%")
+    if f.value_contains:
+        add("value ILIKE :contains ESCAPE '\\'", contains="%" + _like_escape(f.value_contains) + "%")
+    if f.ids:
+        add("id = ANY(CAST(:ids AS bigint[]))", ids=f.ids)
+    return Compiled(" AND ".join(clauses) if clauses else "TRUE", params)
 
-    def decay_and_expire(self, *, now: datetime, chunk: int = 50_000) -> dict[str, int]:
-        """Recompute decayed scores and mark expired IoCs inactive, in short transactions. Nothing is deleted."""
-        from sqlalchemy import text
 
-        rescored = expired = 0
-        last_id = 0
-        with self._engine.connect() as conn:
-            max_id = conn.execute(text("SELECT COALESCE(max(id), 0) FROM iocs")).scalar_one()
-        while last_id < max_id:
-            with self._engine.begin() as conn:
-                result = conn.execute(
-                    text(_DECAY),
-                    {"now": now, "lo": last_id, "hi": last_id + chunk},
-                ).one()
-            rescored += int(result[0] or 0)
-            expired += int(result[1] or 0)
-            last_id += chunk
-        return {"rescored": rescored, "expired": expired}
+def find_sql(flt: IocFilter, *, now: datetime, after_id: int | None, limit: int) -> tuple[str, dict[str, Any]]:
+    """A keyset page (id descending) of IoCs matching flt, after after_id, at most limit rows."""
+    compiled = compile_filter(flt, now=now)
+    where, params = compiled.where, dict(compiled.params)
+    if after_id is not None:
+        where += " AND id < :after_id"
+        params["after_id"] = after_id
+    params["limit"] = limit
+    return f"SELECT {IOC_COLUMNS} FROM iocs WHERE {where} ORDER BY id DESC LIMIT :limit", params
+
+
+def find_page(conn: Connection, flt: IocFilter, *, now: datetime, after_id: int | None, limit: int) -> list[dict[str, Any]]:
+    sql, params = find_sql(flt, now=now, after_id=after_id, limit=limit)
+    return [row_to_dict(r) for r in conn.execute(_text(sql), params)]
 
 
 # Polynomial decay in SQL, the same formula as DecayPolicy.score.

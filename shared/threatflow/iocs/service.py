@@ -5,19 +5,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
 
-from threatflow.iocs.model import DecayPolicy, ItemResult, ItemStatus, Tlp, UpsertItem, Verdict
+from threatflow.adapters.postgres import unit_of_work
+from threatflow.iocs import repository
+from threatflow.iocs.model import DecayPolicy, IocRecord, ItemResult, ItemStatus, Tlp, UpsertItem, Verdict
 from threatflow.iocs.normalise import normalise
-from threatflow.iocs.repository import IocStore
 from threatflow.platform import limits
 from threatflow.platform.errors import NotFoundError, PayloadTooLargeError, ValidationError
+from threatflow.platform.vocabulary import clean_tags
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
 
 MAX_BATCH = 10_000
-MAX_TAGS = 64
-MAX_TAG_LENGTH = 128
 
 WarninglistMatcher = Callable[[str, str], list[str]]
 
@@ -40,16 +43,6 @@ class BatchIn(msgspec.Struct):
     # Items are checked one by one (NUL, depth, 64-bit ints): a bad item is rejected, not the batch.
     batch_field: ClassVar[str] = "iocs"
     iocs: list[msgspec.Raw]
-
-
-def clean_tags(tags: Sequence[str]) -> list[str]:
-    out = sorted({t.strip().lower() for t in tags if t and t.strip()})
-    if len(out) > MAX_TAGS:
-        raise ValidationError(f"at most {MAX_TAGS} tags per indicator", field="tags")
-    for tag in out:
-        if len(tag) > MAX_TAG_LENGTH:
-            raise ValidationError(f"tag longer than {MAX_TAG_LENGTH} characters: {tag[:32]}...", field="tags")
-    return out
 
 
 def _tz(value: datetime, field: str) -> datetime:
@@ -104,7 +97,7 @@ def prepare(
         index=index,
         type=ioc_type,
         value=indicator.value,
-        tags=clean_tags(item.tags),
+        tags=sorted(clean_tags(item.tags, holder="indicator")),
         sources=sources,
         tlp=tlp,
         confidence=item.confidence,
@@ -119,11 +112,10 @@ def prepare(
 def upsert_batch(
     raw_items: Sequence[msgspec.Raw | IocIn],
     *,
-    store: IocStore,
+    conn: Connection,
     now: datetime,
     warninglists: WarninglistMatcher | None,
     policies: dict[str, DecayPolicy],
-    conn: Any = None,
 ) -> dict[str, Any]:
     """Normalise, validate and merge a batch. Bad items are rejected one by one; a
     database error aborts the whole batch (one statement, one transaction).
@@ -150,7 +142,7 @@ def upsert_batch(
             first.tags = sorted({*first.tags, *item.tags})
             first.sources = sorted({*first.sources, *item.sources})
             duplicates.append(item)
-    rows = store.upsert(list(first_of.values()), conn=conn)
+    rows = repository.upsert(conn, list(first_of.values()))
     by_key = {(r.type, r.value): r for r in rows}
     for key, item in first_of.items():
         row = by_key[key]
@@ -175,21 +167,39 @@ def upsert_batch(
     return {"results": [r.to_json() for r in ordered], "summary": summary}
 
 
-def get_or_raise(ioc_id: int, *, store: IocStore) -> dict[str, Any]:
-    ioc = store.get(ioc_id)
+def get_or_raise(conn: Connection, ioc_id: int) -> IocRecord:
+    ioc = repository.get(conn, ioc_id)
     if ioc is None:
         raise NotFoundError(f"no indicator with id {ioc_id}")
     return ioc
 
 
-def get_by_value(value: str, type_: str | None, *, store: IocStore) -> dict[str, Any]:
+def get_by_value(conn: Connection, value: str, type_: str | None) -> IocRecord:
     indicator = normalise(value, type_)
-    ioc = store.get_by_value(str(indicator.type), indicator.value)
+    ioc = repository.get_by_value(conn, str(indicator.type), indicator.value)
     if ioc is None:
         raise NotFoundError(f"no indicator {indicator.value!r} of type {indicator.type}")
     return ioc
 
 
-def explain_score(ioc: dict[str, Any], *, policies: dict[str, DecayPolicy], now: datetime) -> dict[str, Any]:
-    policy = policies[ioc["type"]]
-    return policy.explain(int(ioc["base_score"]), datetime.fromisoformat(ioc["last_seen"]), now)
+def explain_score(ioc: IocRecord, *, policies: dict[str, DecayPolicy], now: datetime) -> dict[str, Any]:
+    policy = policies[ioc.type]
+    return policy.explain(ioc.base_score, ioc.last_seen, now)
+
+
+def decay_and_expire(*, engine: Engine, now: datetime, chunk: int = 50_000) -> dict[str, int]:
+    """Recompute decayed scores and mark expired IoCs inactive. Nothing is deleted.
+
+    The one job that opens several units of work: one short transaction per id
+    range, so a run over millions of rows never holds long locks."""
+    rescored = expired = 0
+    with unit_of_work(engine) as conn:
+        last = repository.max_id(conn)
+    lo = 0
+    while lo < last:
+        with unit_of_work(engine) as conn:
+            r, e = repository.decay_range(conn, now=now, after_id=lo, up_to_id=lo + chunk)
+        rescored += r
+        expired += e
+        lo += chunk
+    return {"rescored": rescored, "expired": expired}

@@ -15,6 +15,7 @@ import msgspec
 
 from threatflow.auth.model import Role
 from threatflow.iocs import warninglists
+from threatflow.iocs.normalise import normalise
 from threatflow.iocs.types import IocType
 from threatflow.platform.errors import DependencyError, ValidationError
 from threatflow.platform.web import Request, Router
@@ -61,8 +62,6 @@ def register(router: Router, runtime: Runtime) -> None:
 
 
 def check_value(item: str | CheckItem, *, index: warninglists.WarninglistIndex) -> dict[str, Any]:
-    from threatflow.iocs.normalise import normalise
-
     value, wanted = (item, None) if isinstance(item, str) else (item.value, item.type)
     try:
         indicator = normalise(value, type=wanted)

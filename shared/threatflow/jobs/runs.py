@@ -10,10 +10,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from threatflow.platform.errors import NotFoundError, ValidationError
 from threatflow.platform.ports import BlobStore, Clock, DocumentStore
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from threatflow.platform.config import Settings
 
 RUNS = "maintenance_runs"
 HEARTBEATS = "heartbeats"
@@ -27,11 +32,11 @@ class RunState(StrEnum):
 
 @dataclass(frozen=True)
 class JobContext:
-    engine: Any
+    engine: Engine
     documents: DocumentStore
     blobs: BlobStore
     clock: Clock
-    settings: Any
+    settings: Settings
     run_id: str
     params: Mapping[str, Any]
 
@@ -56,9 +61,9 @@ def purge_runs(ctx: JobContext) -> dict[str, Any]:
 
 
 def decay_iocs(ctx: JobContext) -> dict[str, Any]:
-    from threatflow.iocs.repository import IocAdmin
+    from threatflow.iocs import service
 
-    return IocAdmin(ctx.engine).decay_and_expire(now=ctx.clock.now())
+    return service.decay_and_expire(engine=ctx.engine, now=ctx.clock.now())
 
 
 def sync_warninglists(ctx: JobContext) -> dict[str, Any]:
@@ -100,11 +105,11 @@ def execute(
     job: str,
     run_id: str,
     params: Mapping[str, Any],
-    engine: Any,
+    engine: Engine,
     documents: DocumentStore,
     blobs: BlobStore,
     clock: Clock,
-    settings: Any,
+    settings: Settings,
 ) -> dict[str, Any]:
     require_job(job)
     now = clock.now()

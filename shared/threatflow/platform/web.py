@@ -16,11 +16,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
-from threatflow.auth.model import Principal, Role
 from threatflow.platform import limits
 from threatflow.platform import logging as tf_logging
 from threatflow.platform.errors import (
@@ -33,12 +32,13 @@ from threatflow.platform.errors import (
     ThreatFlowError,
     ValidationError,
 )
+from threatflow.platform.identity import Authenticator, Principal, Role
 
 if TYPE_CHECKING:
     from werkzeug.wrappers import Request as WerkzeugRequest
     from werkzeug.wrappers import Response as WerkzeugResponse
 
-    from threatflow.runtime import Runtime
+    from threatflow.platform.config import Settings
 
 log = logging.getLogger("threatflow.http")
 _PARAM = re.compile(r"\{(\w+)(?::(path|int))?\}")
@@ -129,13 +129,34 @@ def decode_body(raw: bytes, body_type: type) -> Any:
         raise ValidationError(f"request body is not valid JSON: {exc}", field="body") from None
 
 
+class RateDecision(Protocol):
+    @property
+    def allowed(self) -> bool: ...
+    @property
+    def retry_after_seconds(self) -> float: ...
+
+
+class RateLimiter(Protocol):
+    def hit(self, key: str, *, limit: int, period_seconds: int) -> RateDecision: ...
+
+
+class RouterRuntime(Protocol):
+    """What the pipeline needs from the function's wiring (`threatflow.runtime.Runtime`)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def rate_limiter(self) -> RateLimiter: ...
+    def readiness(self) -> dict[str, dict[str, Any]]: ...
+    def dependency_error(self, exc: BaseException) -> DependencyError | None: ...
+
+
 class Router:
-    def __init__(self, name: str, *, runtime: Runtime) -> None:
+    def __init__(self, name: str, *, runtime: RouterRuntime, authenticator: Authenticator) -> None:
         self.name = name
         self.runtime = runtime
+        self.authenticator = authenticator
         self.routes: list[Route] = []
-        self._token_config: Any = None
-        self._active_check: Any = None
         fallback = runtime.settings.login_fallback_per_instance
         self._login_fallback = limits.LocalRateLimiter(limit=fallback.limit, period_seconds=fallback.period_seconds)
         self.route("GET", "/health", role=None)(self._health)
@@ -285,19 +306,13 @@ class Router:
             )
 
     def _authenticate(self, request: Request, *, strict: bool) -> Principal:
-        from threatflow.auth import service, tokens
-        from threatflow.auth.repository import UserRepository
-
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError("missing bearer token (Authorization: Bearer <token>)")
-        if self._token_config is None:
-            self._token_config = tokens.TokenSettings.from_settings(self.runtime.settings)
-        principal = tokens.verify(token.strip(), config=self._token_config)
-        if self._active_check is None:
-            self._active_check = service.ActiveUserCheck(UserRepository(self.runtime.engine))
-        return self._active_check(principal, strict=strict)  # type: ignore[no-any-return]
+        # The injected authenticator verifies the token and returns the account's current principal (role and
+        # clearance); `strict` asks it to check the account's state in the database on this very request.
+        return self.authenticator(token.strip(), strict=strict)
 
     # -- CORS ------------------------------------------------------------------
 

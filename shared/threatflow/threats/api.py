@@ -19,18 +19,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from threatflow.adapters.postgres import unit_of_work
 from threatflow.auth import clearance as tlp_clearance
+from threatflow.auth.api import authenticator
 from threatflow.auth.model import Role
+from threatflow.intel import links
+from threatflow.intel.links import CorrelateIn, LinkIn, UnlinkIn
 from threatflow.platform.errors import ConfigError
 from threatflow.platform.web import Request, Router
 from threatflow.runtime import Runtime
-from threatflow.threats.service import DEFAULT_PAGE, MAX_PAGE, BatchIn, CorrelateIn, FindRequest, IdsIn, LinkIn, UnlinkIn
+from threatflow.threats.service import DEFAULT_PAGE, MAX_PAGE, BatchIn, FindRequest, IdsIn
 
 
 def build_router(runtime: Runtime) -> Router:
     from threatflow.threats import attack, service
 
-    router = Router("threats", runtime=runtime)
+    router = Router("threats", runtime=runtime, authenticator=authenticator(runtime))
 
     def catalog() -> attack.AttackCatalog:
         return runtime.attack().get()  # the runtime's snapshot: loaded once, re-read when synced
@@ -51,55 +55,65 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("POST", "/api/v1/threats/batch", role=Role.ANALYST, body=BatchIn)
     def batch(request: Request, body: BatchIn) -> dict[str, Any]:
-        return service.upsert_batch(body.threats, engine=runtime.engine, catalog=catalog)
+        with unit_of_work(runtime.engine) as conn:
+            return service.upsert_batch(body.threats, conn=conn, catalog=catalog)
 
     @router.route("POST", "/api/v1/threats/find", role=Role.READER, body=FindRequest)
     def find(request: Request, body: FindRequest) -> dict[str, Any]:
-        return service.find(body, engine=runtime.engine, visible_tlps=visible(request))
+        with unit_of_work(runtime.engine) as conn:
+            return service.find(conn, body, visible_tlps=visible(request))
 
     @router.route("GET", "/api/v1/threats/stats", role=Role.READER)
     def stats(request: Request) -> dict[str, Any]:
-        return service.stats(engine=runtime.engine, catalog=optional_catalog(), visible_tlps=visible(request))
+        catalog_or_none = optional_catalog()
+        with unit_of_work(runtime.engine) as conn:
+            return service.stats(conn, catalog=catalog_or_none, visible_tlps=visible(request))
 
     @router.route("POST", "/api/v1/threats/correlate", role=Role.ANALYST, body=CorrelateIn)
     def correlate(request: Request, body: CorrelateIn) -> dict[str, Any]:
-        return service.correlate(body, engine=runtime.engine, visible_tlps=visible(request))
+        with unit_of_work(runtime.engine) as conn:
+            return links.correlate(conn, body, visible_tlps=visible(request))
 
     @router.route("GET", "/api/v1/threats/by-ioc/{ioc_id:int}", role=Role.READER)
     def by_ioc(request: Request) -> dict[str, Any]:
-        return service.by_ioc(int(request.path_params["ioc_id"]), engine=runtime.engine, visible_tlps=visible(request))
+        with unit_of_work(runtime.engine) as conn:
+            return links.by_ioc(conn, int(request.path_params["ioc_id"]), visible_tlps=visible(request))
 
     @router.route("GET", "/api/v1/threats/by-ttp/{technique}", role=Role.READER)
     def by_ttp(request: Request) -> dict[str, Any]:
-        return service.by_ttp(
-            request.path_params["technique"],
-            engine=runtime.engine,
-            catalog=catalog(),
-            visible_tlps=visible(request),
-            exact=service.parse_bool(request.query.get("exact"), "exact"),
-            limit=request.query_int("limit", DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE),
-            cursor=request.query.get("cursor"),
-        )
+        loaded = catalog()
+        exact = service.parse_bool(request.query.get("exact"), "exact")
+        limit = request.query_int("limit", DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE)
+        with unit_of_work(runtime.engine) as conn:
+            return service.by_ttp(
+                conn,
+                request.path_params["technique"],
+                catalog=loaded,
+                visible_tlps=visible(request),
+                exact=exact,
+                limit=limit,
+                cursor=request.query.get("cursor"),
+            )
 
     @router.route("GET", "/api/v1/threats/{threat_id:int}", role=Role.READER)
     def get(request: Request) -> dict[str, Any]:
-        return service.get_or_raise(
-            int(request.path_params["threat_id"]),
-            engine=runtime.engine,
-            catalog=optional_catalog(),
-            visible_tlps=visible(request),
-        )
+        catalog_or_none = optional_catalog()
+        with unit_of_work(runtime.engine) as conn:
+            return service.get_or_raise(conn, int(request.path_params["threat_id"]), catalog=catalog_or_none, visible_tlps=visible(request))
 
     @router.route("POST", "/api/v1/threats/{threat_id:int}/link", role=Role.ANALYST, body=LinkIn)
     def link(request: Request, body: LinkIn) -> dict[str, Any]:
-        return service.link(int(request.path_params["threat_id"]), body, engine=runtime.engine, source=actor(request))
+        with unit_of_work(runtime.engine) as conn:
+            return links.link(conn, int(request.path_params["threat_id"]), body, source=actor(request))
 
     @router.route("POST", "/api/v1/threats/{threat_id:int}/unlink", role=Role.ANALYST, body=UnlinkIn)
     def unlink(request: Request, body: UnlinkIn) -> dict[str, Any]:
-        return service.unlink(int(request.path_params["threat_id"]), body, engine=runtime.engine)
+        with unit_of_work(runtime.engine) as conn:
+            return links.unlink(conn, int(request.path_params["threat_id"]), body)
 
     @router.route("DELETE", "/api/v1/threats", role=Role.ADMIN, body=IdsIn)
     def delete(request: Request, body: IdsIn) -> dict[str, Any]:
-        return service.delete(body.ids, engine=runtime.engine)
+        with unit_of_work(runtime.engine) as conn:
+            return service.delete(conn, body.ids)
 
     return router

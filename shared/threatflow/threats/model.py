@@ -16,11 +16,10 @@ from typing import Annotated, Any
 
 import msgspec
 
-from threatflow.iocs.model import Severity
+from threatflow.platform.errors import ValidationError
+from threatflow.platform.vocabulary import Severity
 
 MAX_ALIASES = 256
-MAX_TAGS = 64
-MAX_TAG_LENGTH = 128
 MAX_REFERENCES = 256
 MAX_TTPS = 512
 _SPACES = re.compile(r"\s+")
@@ -116,22 +115,8 @@ def merge_aliases(name: str, *alias_lists: Iterable[str]) -> list[str]:
     return out
 
 
-def clean_tags(tags: Iterable[str]) -> list[str]:
-    from threatflow.platform.errors import ValidationError
-
-    out = sorted({t.strip().lower() for t in tags if t and t.strip()})
-    if len(out) > MAX_TAGS:
-        raise ValidationError(f"at most {MAX_TAGS} tags per threat", field="tags")
-    for tag in out:
-        if len(tag) > MAX_TAG_LENGTH:
-            raise ValidationError(f"tag longer than {MAX_TAG_LENGTH} characters: {tag[:32]}...", field="tags")
-    return out
-
-
 def check_relation_verb(relation: str) -> str:
     """Threat-to-IoC link verbs are free but tidy: lower-case words joined by hyphens."""
-    from threatflow.platform.errors import ValidationError
-
     verb = relation.strip().lower()
     if not _RELATION_VERB.match(verb):
         raise ValidationError(
@@ -141,10 +126,67 @@ def check_relation_verb(relation: str) -> str:
 
 
 def parse_relation_type(value: str) -> RelationType:
-    from threatflow.platform.errors import ValidationError
-
     try:
         return RelationType(value.strip().lower())
     except ValueError:
         allowed = ", ".join(t.value for t in RelationType)
         raise ValidationError(f"unknown relation type {value!r}; expected one of {allowed}", field="type") from None
+
+
+@dataclass(frozen=True)
+class ThreatRecord:
+    """One stored threat, as the repository hands it to services; `to_json()` is what the API shows."""
+
+    id: int
+    kind: str
+    name: str
+    aliases: list[str]
+    description: str | None
+    confidence: int | None
+    severity: str | None
+    first_seen: datetime | None
+    last_seen: datetime | None
+    references: list[dict[str, Any]]
+    ttps: list[str]
+    tags: list[str]
+    stix_id: str | None
+    tlp: str
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> ThreatRecord:
+        """From a row of `threatflow.threats.repository.THREAT_COLUMNS`, in that order (refs are the references)."""
+        (
+            id_,
+            kind,
+            name,
+            aliases,
+            description,
+            confidence,
+            severity,
+            first_seen,
+            last_seen,
+            refs,
+            ttps,
+            tags,
+            stix_id,
+            tlp,
+            created,
+            updated,
+        ) = row
+        return cls(
+            int(id_), kind, name, list(aliases), description, confidence, severity, first_seen, last_seen,
+            refs, list(ttps), list(tags), stix_id, tlp, created, updated,
+        )  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f: getattr(self, f) for f in _THREAT_FIELDS if f != "references"}
+        out["references"] = self.references  # last, as the API has always shown it
+        for key in ("first_seen", "last_seen", "created_at", "updated_at"):
+            if isinstance(out.get(key), datetime):
+                out[key] = out[key].isoformat()
+        return out
+
+
+_THREAT_FIELDS = tuple(ThreatRecord.__dataclass_fields__)

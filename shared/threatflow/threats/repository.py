@@ -1,4 +1,4 @@
-"""Threats, threat-to-IoC links and IoC-to-IoC relations in PostgreSQL.
+"""Threats in PostgreSQL: the threat domain's one repository (links and relations: threatflow.intel.repository).
 
 Every function takes a SQLAlchemy Connection first, so an import can compose
 IoCs, threats, links and relations into one transaction.
@@ -14,29 +14,26 @@ which are not, never take it).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from threatflow.iocs.model import Tlp
-from threatflow.platform.errors import NotFoundError, ValidationError
+from threatflow.platform.errors import ValidationError
+from threatflow.platform.vocabulary import Tlp, clean_tags
 from threatflow.threats.attack import check_id_format
 from threatflow.threats.model import (
     MAX_REFERENCES,
     MAX_TTPS,
-    RelationType,
     ResultStatus,
     ThreatIn,
+    ThreatRecord,
     ThreatResult,
-    check_relation_verb,
     clean_name,
-    clean_tags,
     merge_aliases,
     name_key,
-    parse_relation_type,
 )
 
 if TYPE_CHECKING:
@@ -66,15 +63,7 @@ def _json(value: Any) -> str:
 
 def row_to_threat(row: Any) -> dict[str, Any]:
     """A threats row (THREAT_COLUMNS) as the API shows it."""
-    out = dict(zip(_FIELDS, row, strict=True))
-    out["references"] = out.pop("refs")
-    out["aliases"] = list(out["aliases"])
-    out["ttps"] = list(out["ttps"])
-    out["tags"] = list(out["tags"])
-    for key in ("first_seen", "last_seen", "created_at", "updated_at"):
-        if isinstance(out.get(key), datetime):
-            out[key] = out[key].isoformat()
-    return out
+    return ThreatRecord.from_row(row).to_json()
 
 
 # -- batch upsert --------------------------------------------------------------
@@ -149,7 +138,7 @@ def prepare(index: int, item: ThreatIn, *, catalog: AttackCatalog | None) -> _Pr
         last_seen=last_seen,
         refs=_merge_refs([], [msgspec.to_builtins(r) for r in item.references]),
         ttps=sorted(ttps),
-        tags=clean_tags(item.tags),
+        tags=sorted(clean_tags(item.tags, holder="threat")),
         stix_id=stix_id,
         tlp=tlp,
         warnings=warnings,
@@ -366,9 +355,9 @@ def _rows_for_update(conn: Connection, ids: Sequence[int]) -> dict[int, dict[str
 # -- reads ---------------------------------------------------------------------
 
 
-def get_threat(conn: Connection, threat_id: int) -> dict[str, Any] | None:
+def get_threat(conn: Connection, threat_id: int) -> ThreatRecord | None:
     row = conn.execute(_text(f"SELECT {THREAT_COLUMNS} FROM threats WHERE id = :i"), {"i": threat_id}).first()
-    return row_to_threat(row) if row else None
+    return ThreatRecord.from_row(row) if row else None
 
 
 def threats_for_export(conn: Connection, *, threat_ids: Sequence[int] | None = None, max_tlp: str | None = None) -> list[dict[str, Any]]:
@@ -384,162 +373,127 @@ def threats_for_export(conn: Connection, *, threat_ids: Sequence[int] | None = N
     return [row_to_threat(r) for r in rows]
 
 
-def links_for_iocs(conn: Connection, ioc_ids: Sequence[int]) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        _text(
-            "SELECT threat_id, ioc_id, relation, confidence, source FROM threat_iocs WHERE ioc_id = ANY(CAST(:i AS bigint[]))"
-            " ORDER BY ioc_id, threat_id, relation"
-        ),
-        {"i": list(ioc_ids)},
-    )
-    return [{"threat_id": int(r[0]), "ioc_id": int(r[1]), "relation": r[2], "confidence": int(r[3]), "source": r[4]} for r in rows]
-
-
-def relations_for_iocs(conn: Connection, ioc_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """Relations with either end among ioc_ids."""
-    rows = conn.execute(
-        _text(
-            "SELECT source_id, target_id, type, confidence, source FROM ioc_relations WHERE source_id = ANY(CAST(:i AS bigint[]))"
-            " UNION SELECT source_id, target_id, type, confidence, source FROM ioc_relations WHERE target_id = ANY(CAST(:i AS bigint[]))"
-            " ORDER BY 1, 2, 3"
-        ),
-        {"i": list(ioc_ids)},
-    )
-    return [{"source_id": int(r[0]), "target_id": int(r[1]), "type": r[2], "confidence": int(r[3]), "source": r[4]} for r in rows]
-
-
-def existing_ioc_ids(conn: Connection, ioc_ids: Iterable[int]) -> set[int]:
-    ids = sorted(set(ioc_ids))
-    if not ids:
-        return set()
-    return {int(r[0]) for r in conn.execute(_text("SELECT id FROM iocs WHERE id = ANY(CAST(:i AS bigint[]))"), {"i": ids})}
-
-
 def threat_exists(conn: Connection, threat_id: int) -> bool:
     return conn.execute(_text("SELECT 1 FROM threats WHERE id = :i"), {"i": threat_id}).first() is not None
 
 
-# -- threat <-> IoC links ----------------------------------------------------------
+def names_of(conn: Connection, threat_id: int) -> list[str] | None:
+    """A threat's name then its aliases; None when there is no such threat."""
+    row = conn.execute(_text("SELECT name, aliases FROM threats WHERE id = :i"), {"i": threat_id}).first()
+    return None if row is None else [row[0], *row[1]]
 
 
-def link_iocs(
+def link_counts(conn: Connection, threat_id: int) -> tuple[int, dict[str, int]]:
+    """(IoCs linked, links per relation) of one threat."""
+    by_relation = {
+        str(r[0]): int(r[1])
+        for r in conn.execute(
+            _text("SELECT relation, count(*) FROM threat_iocs WHERE threat_id = :i GROUP BY 1 ORDER BY 1"), {"i": threat_id}
+        )
+    }
+    count = conn.execute(_text("SELECT count(DISTINCT ioc_id) FROM threat_iocs WHERE threat_id = :i"), {"i": threat_id}).scalar_one()
+    return int(count), by_relation
+
+
+def _like(text: str) -> str:
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def find_threats(
     conn: Connection,
     *,
-    threat_id: int,
-    ioc_ids: Sequence[int] | Mapping[int, int],
-    relation: str = "indicates",
-    confidence: int = 50,
-    source: str | None = None,
-) -> set[int]:
-    """Link IoCs (which must exist) to a threat; returns the ids newly linked. A repeat
-    link keeps one row and raises its confidence to the higher value. Pass a mapping
-    ioc_id -> confidence to give each link its own confidence."""
-    verb = check_relation_verb(relation)
-    scores = dict(ioc_ids) if isinstance(ioc_ids, Mapping) else dict.fromkeys(ioc_ids, confidence)
-    if not scores:
-        return set()
-    for value in scores.values():
-        if not 0 <= value <= 100:
-            raise ValidationError(f"confidence {value} is outside 0..100", field="confidence")
-    ids = sorted(scores)
-    rows = conn.execute(
-        _text(
-            "INSERT INTO threat_iocs (threat_id, ioc_id, relation, confidence, source)"
-            " SELECT :t, x.ioc_id, :r, x.confidence, :s"
-            " FROM unnest(CAST(:ids AS bigint[]), CAST(:conf AS smallint[])) AS x(ioc_id, confidence)"
-            " ON CONFLICT (threat_id, ioc_id, relation)"
-            " DO UPDATE SET confidence = GREATEST(threat_iocs.confidence, EXCLUDED.confidence)"
-            " RETURNING ioc_id, (xmax = 0)"
-        ),
-        {"t": threat_id, "r": verb, "s": source, "ids": ids, "conf": [scores[i] for i in ids]},
-    ).all()
-    return {int(r[0]) for r in rows if r[1]}
+    kinds: Sequence[str] | None = None,
+    ttp: str | None = None,
+    ttps_any: Sequence[str] | None = None,
+    tag: str | None = None,
+    alias_key: str | None = None,
+    text: str | None = None,
+    after_id: int | None = None,
+    limit: int,
+    visible_tlps: Sequence[str],
+) -> list[dict[str, Any]]:
+    """A keyset page of threats, newest first, matching every filter given,
+    among those whose TLP is in `visible_tlps` (the caller's clearance)."""
+    where: list[str] = ["tlp = ANY(CAST(:visible_tlps AS text[]))"]
+    params: dict[str, Any] = {"visible_tlps": list(visible_tlps)}
+    if kinds is not None:
+        where.append("kind = ANY(CAST(:kinds AS text[]))")
+        params["kinds"] = list(kinds)
+    if ttp is not None:
+        where.append("ttps @> CAST(:ttp AS text[])")
+        params["ttp"] = [ttp]
+    if ttps_any is not None:
+        where.append("ttps && CAST(:ttps AS text[])")
+        params["ttps"] = list(ttps_any)
+    if tag is not None:
+        where.append("tags @> CAST(:tag AS text[])")
+        params["tag"] = [tag]
+    if alias_key is not None:
+        where.append("id IN (SELECT threat_id FROM threat_names WHERE name_key = :alias)")
+        params["alias"] = alias_key
+    if text is not None:
+        where.append(
+            "(name ILIKE :text ESCAPE '\\' OR array_to_string(aliases, ' ') ILIKE :text ESCAPE '\\' OR description ILIKE :text ESCAPE '\\')"
+        )
+        params["text"] = _like(text)
+    if after_id is not None:
+        where.append("id < :after_id")
+        params["after_id"] = after_id
+    params["limit"] = limit
+    sql = f"SELECT {THREAT_COLUMNS} FROM threats WHERE {' AND '.join(where) or 'TRUE'} ORDER BY id DESC LIMIT :limit"
+    return [row_to_threat(r) for r in conn.execute(_text(sql), params)]
 
 
-def link_ioc(
-    conn: Connection, *, threat_id: int, ioc_id: int, relation: str = "indicates", confidence: int = 50, source: str | None = None
-) -> bool:
-    """True if the link is new. Raises NotFoundError naming a missing threat or IoC."""
-    if not threat_exists(conn, threat_id):
-        raise NotFoundError(f"no threat with id {threat_id}")
-    if not existing_ioc_ids(conn, [ioc_id]):
-        raise NotFoundError(f"no indicator with id {ioc_id}")
-    return bool(link_iocs(conn, threat_id=threat_id, ioc_ids=[ioc_id], relation=relation, confidence=confidence, source=source))
+def delete_threats(conn: Connection, ids: Sequence[int]) -> set[int]:
+    """Delete threats by id; returns the ids that existed."""
+    rows = conn.execute(_text("DELETE FROM threats WHERE id = ANY(CAST(:i AS bigint[])) RETURNING id"), {"i": list(ids)})
+    return {int(r[0]) for r in rows}
 
 
-def unlink_iocs(conn: Connection, *, threat_id: int, ioc_ids: Sequence[int], relation: str | None = None) -> dict[int, int]:
-    """Remove links (of one relation, or all); returns removed rows per IoC id."""
-    rows = conn.execute(
-        _text(
-            "DELETE FROM threat_iocs WHERE threat_id = :t AND ioc_id = ANY(CAST(:i AS bigint[]))"
-            " AND (CAST(:r AS text) IS NULL OR relation = CAST(:r AS text)) RETURNING ioc_id"
-        ),
-        {"t": threat_id, "i": list(ioc_ids), "r": relation.strip().lower() if relation else None},
-    ).all()
-    out: dict[int, int] = {}
-    for row in rows:
-        out[int(row[0])] = out.get(int(row[0]), 0) + 1
-    return out
-
-
-def unlink_ioc(conn: Connection, *, threat_id: int, ioc_id: int, relation: str | None = None) -> int:
-    return unlink_iocs(conn, threat_id=threat_id, ioc_ids=[ioc_id], relation=relation).get(ioc_id, 0)
-
-
-# -- IoC <-> IoC relations -----------------------------------------------------------
-
-
-def add_ioc_relation(
-    conn: Connection, *, source_id: int, target_id: int, type: RelationType | str, confidence: int = 50, source: str | None = None
-) -> bool:
-    """Directed relation source -> target; True if new. Several types per pair are allowed;
-    a repeat keeps one row and raises its confidence to the higher value."""
-    kind = type if isinstance(type, RelationType) else parse_relation_type(type)
-    if source_id == target_id:
-        raise ValidationError(f"indicator {source_id} cannot be related to itself", field="target_id")
-    if not 0 <= confidence <= 100:
-        raise ValidationError(f"confidence {confidence} is outside 0..100", field="confidence")
-    missing = sorted({source_id, target_id} - existing_ioc_ids(conn, [source_id, target_id]))
-    if missing:
-        raise NotFoundError(f"no indicator with id {', '.join(str(m) for m in missing)}")
-    row = conn.execute(
-        _text(
-            "INSERT INTO ioc_relations (source_id, target_id, type, confidence, source) VALUES (:a, :b, :t, :c, :s)"
-            " ON CONFLICT (source_id, target_id, type)"
-            " DO UPDATE SET confidence = GREATEST(ioc_relations.confidence, EXCLUDED.confidence)"
-            " RETURNING (xmax = 0)"
-        ),
-        {"a": source_id, "b": target_id, "t": kind.value, "c": confidence, "s": source},
-    ).one()
-    return bool(row[0])
-
-
-def add_ioc_relations(
-    conn: Connection, pairs: list[tuple[int, int]], *, type: RelationType | str, confidence: int = 50, source: str | None = None
-) -> int:
-    """Many relations of one type in one statement (imports); the ids must exist. Returns how many were new."""
-    kind = type if isinstance(type, RelationType) else parse_relation_type(type)
-    if not pairs:
-        return 0
-    rows = conn.execute(
-        _text(
-            "INSERT INTO ioc_relations (source_id, target_id, type, confidence, source)"
-            " SELECT p.s, p.t, :k, :c, :src FROM unnest(CAST(:s AS bigint[]), CAST(:t AS bigint[])) AS p(s, t) WHERE p.s <> p.t"
-            " ON CONFLICT (source_id, target_id, type)"
-            " DO UPDATE SET confidence = GREATEST(ioc_relations.confidence, EXCLUDED.confidence)"
-            " RETURNING (xmax = 0)"
-        ),
-        {"s": [p[0] for p in pairs], "t": [p[1] for p in pairs], "k": kind.value, "c": confidence, "src": source},
-    ).all()
-    return sum(1 for r in rows if r[0])
-
-
-def remove_ioc_relation(conn: Connection, *, source_id: int, target_id: int, type: RelationType | str | None = None) -> int:
-    kind = None if type is None else (type if isinstance(type, RelationType) else parse_relation_type(type))
-    result = conn.execute(
-        _text(
-            "DELETE FROM ioc_relations WHERE source_id = :a AND target_id = :b AND (CAST(:t AS text) IS NULL OR type = CAST(:t AS text))"
-        ),
-        {"a": source_id, "b": target_id, "t": kind.value if kind else None},
+def stats(conn: Connection, *, visible_tlps: Sequence[str]) -> dict[str, Any]:
+    """Counts by kind, top TTPs and tags, and the link and relation totals, over the threats
+    (and their links and IoC relations) whose TLP is in `visible_tlps` (the caller's clearance)."""
+    visible = {"v": list(visible_tlps)}
+    threats_seen = "(SELECT * FROM threats WHERE tlp = ANY(CAST(:v AS text[]))) AS threats"
+    links_seen = (
+        "(SELECT l.* FROM threat_iocs l JOIN threats t ON t.id = l.threat_id JOIN iocs i ON i.id = l.ioc_id"
+        " WHERE t.tlp = ANY(CAST(:v AS text[])) AND i.tlp = ANY(CAST(:v AS text[]))) AS l"
     )
-    return int(result.rowcount)
+    sql = {  # constant clauses only; the clearance is a bound parameter
+        "total": f"SELECT count(*) FROM {threats_seen}",
+        "by_kind": f"SELECT kind, count(*) FROM {threats_seen} GROUP BY 1 ORDER BY 2 DESC, 1",
+        "ttps": f"SELECT t, count(*) FROM {threats_seen}, unnest(ttps) AS t GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20",
+        "tags": f"SELECT t, count(*) FROM {threats_seen}, unnest(tags) AS t GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20",
+        "links": f"SELECT count(*), count(DISTINCT ioc_id), count(DISTINCT threat_id) FROM {links_seen}",
+        "by_relation": f"SELECT relation, count(*) FROM {links_seen} GROUP BY 1 ORDER BY 2 DESC",
+        "top": (
+            f"SELECT t.id, t.name, count(DISTINCT l.ioc_id) FROM {links_seen} JOIN threats t ON t.id = l.threat_id"
+            " GROUP BY 1, 2 ORDER BY 3 DESC, 1 LIMIT 20"
+        ),
+        "relations": (
+            "SELECT count(*) FROM ioc_relations r JOIN iocs a ON a.id = r.source_id JOIN iocs b ON b.id = r.target_id"
+            " WHERE a.tlp = ANY(CAST(:v AS text[])) AND b.tlp = ANY(CAST(:v AS text[]))"
+        ),
+    }
+
+    def rows(name: str) -> list[Any]:
+        return list(conn.execute(_text(sql[name]), visible).all())
+
+    out: dict[str, Any] = {}
+    out["total"] = int(rows("total")[0][0])
+    out["by_kind"] = {str(k): int(v) for k, v in rows("by_kind")}
+    out["top_ttps"] = [{"id": r[0], "threats": int(r[1])} for r in rows("ttps")]
+    out["top_tags"] = [{"tag": r[0], "threats": int(r[1])} for r in rows("tags")]
+    links, iocs, threats = rows("links")[0]
+    by_relation = {str(k): int(v) for k, v in rows("by_relation")}
+    top = rows("top")
+    relations = int(rows("relations")[0][0])
+    out["links"] = {
+        "total": int(links),
+        "iocs_linked": int(iocs),
+        "threats_with_iocs": int(threats),
+        "by_relation": by_relation,
+        "top_threats": [{"id": int(r[0]), "name": r[1], "iocs": int(r[2])} for r in top],
+    }
+    out["ioc_relations"] = relations
+    return out

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from threatflow.intel import importer
-from threatflow.iocs import service
 from threatflow.intel.formats import parse
+from threatflow.iocs import service
 
 NEEDS = {
     service.upsert_batch: ("warninglists", "policies"),
@@ -28,10 +28,10 @@ def test_reference_data_is_required_and_keyword_only(function):
 
 def test_an_upsert_without_warninglists_is_a_type_error_not_a_silent_skip():
     with pytest.raises(TypeError, match="warninglists"):
-        service.upsert_batch([], store=None, now=datetime.now(UTC), policies={})  # type: ignore[call-arg]
+        service.upsert_batch([], conn=None, now=datetime.now(UTC), policies={})  # type: ignore[call-arg]
 
 
 def test_an_import_without_warninglists_is_a_type_error_not_a_silent_skip():
     parsed = parse("text", "beacon to 10.1.2.3")
     with pytest.raises(TypeError, match="warninglists"):
-        importer.apply_import(parsed, engine=None, now=datetime.now(UTC), actor=None, catalog=None, policies={})  # type: ignore[call-arg]
+        importer.apply_import(parsed, conn=None, now=datetime.now(UTC), actor=None, catalog=None, policies={})  # type: ignore[call-arg]

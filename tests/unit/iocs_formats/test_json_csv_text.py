@@ -92,3 +92,13 @@ def test_with_defaults_fills_only_what_is_missing():
     a, b = (p.item for p in filled.iocs)
     assert (a.source, a.tlp, a.tags) == ("mine", "red", ["batch-7"])
     assert (b.source, b.tlp, b.tags) == ("upload", "green", ["batch-7"])
+
+
+def test_a_bad_tag_rejects_only_its_row():
+    """The one tag rule (platform.vocabulary.clean_tags): no silent truncation, the row is named."""
+    long_tag = "x" * 129
+    text = f"value,type,tags\n1.2.3.4,ipv4,ok;{long_tag}\n5.6.7.8,ipv4,OK;ok\n"
+    parsed = parse(ImportFormat.CSV, text)
+    assert values(parsed) == [("5.6.7.8", "ipv4")]
+    assert parsed.iocs[0].item.tags == ["ok"]
+    assert [e.ref for e in parsed.errors] == ["row 2"] and "longer than 128" in parsed.errors[0].reason

@@ -14,193 +14,43 @@ IoCs may share a ref (a STIX pattern with OR yields one IoC per value).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
-import msgspec
-
+from threatflow.intel.formats import csvfmt, jsonfmt, misp, stix, text
+from threatflow.intel.formats.base import (
+    Builder,
+    ImportFormat,
+    ItemError,
+    Link,
+    ParsedImport,
+    ParsedIoc,
+    ParsedThreat,
+    Relation,
+    as_text,
+    load_json,
+)
 from threatflow.platform.errors import ValidationError
+from threatflow.platform.vocabulary import clean_tags
 
-if TYPE_CHECKING:
-    from threatflow.iocs.service import IocIn
-    from threatflow.threats.model import ThreatIn
-
-
-T = TypeVar("T")
-
-
-class ImportFormat(StrEnum):
-    JSON = "json"
-    CSV = "csv"
-    TEXT = "text"
-    STIX = "stix"
-    MISP = "misp"
-
-
-@dataclass(frozen=True)
-class ParsedIoc:
-    ref: str  # where it came from: "#12" (item or row), a STIX id, a MISP uuid
-    item: IocIn
-
-
-@dataclass(frozen=True)
-class ParsedThreat:
-    ref: str  # a STIX id, or "threat:<kind>:<name>"
-    item: ThreatIn
-
-
-@dataclass(frozen=True)
-class Link:
-    ioc_ref: str
-    threat_ref: str
-    relation: str = "indicates"
-
-
-@dataclass(frozen=True)
-class Relation:
-    source_ref: str
-    target_ref: str
-    type: str
-
-
-@dataclass(frozen=True)
-class ItemError:
-    ref: str  # "#<index>" / "row <n>" / an object id
-    reason: str
-
-    def to_json(self) -> dict[str, str]:
-        return {"ref": self.ref, "reason": self.reason}
-
-
-@dataclass(frozen=True)
-class ParsedImport:
-    iocs: list[ParsedIoc] = field(default_factory=list)
-    threats: list[ParsedThreat] = field(default_factory=list)
-    links: list[Link] = field(default_factory=list)
-    relations: list[Relation] = field(default_factory=list)
-    errors: list[ItemError] = field(default_factory=list)  # items skipped
-    warnings: list[ItemError] = field(default_factory=list)  # items taken, but not everything in them
-    skipped: dict[str, int] = field(default_factory=dict)  # non-IoC content by kind (MISP text, STIX identity...)
-
-    def with_defaults(self, *, source: str | None = None, tlp: str | None = None, tags: Sequence[str] = ()) -> ParsedImport:
-        """Apply the request's source and TLP to items that name none, and add its tags to every item."""
-        if not (source or tlp or tags):
-            return self
-        iocs = []
-        for parsed in self.iocs:
-            item = parsed.item
-            changes: dict[str, Any] = {}
-            if source and not item.source and not item.sources:
-                changes["source"] = source
-            if tlp and not item.tlp:
-                changes["tlp"] = tlp
-            if tags:
-                changes["tags"] = [*item.tags, *tags]
-            iocs.append(ParsedIoc(parsed.ref, msgspec.structs.replace(item, **changes)) if changes else parsed)
-        threats = []
-        for threat in self.threats:
-            if tlp and not threat.item.tlp:
-                threats.append(ParsedThreat(threat.ref, msgspec.structs.replace(threat.item, tlp=tlp)))
-            else:
-                threats.append(threat)
-        return replace(self, iocs=iocs, threats=threats)
-
-    def summary(self) -> dict[str, int]:
-        return {
-            "iocs": len(self.iocs),
-            "threats": len(self.threats),
-            "links": len(self.links),
-            "relations": len(self.relations),
-            "errors": len(self.errors),
-            "warnings": len(self.warnings),
-        }
-
-
-class Builder:
-    """Collects one document's items; `ioc()` validates an IoC and records the error instead of raising."""
-
-    def __init__(self) -> None:
-        self.iocs: list[ParsedIoc] = []
-        self.threats: list[ParsedThreat] = []
-        self.links: list[Link] = []
-        self.relations: list[Relation] = []
-        self.errors: list[ItemError] = []
-        self.warnings: list[ItemError] = []
-        self.skipped: dict[str, int] = {}
-
-    def ioc(self, ref: str, data: dict[str, Any]) -> bool:
-        from threatflow.iocs.service import IocIn
-
-        item = self._convert(ref, data, IocIn)
-        if item is not None:
-            self.iocs.append(ParsedIoc(ref, item))
-        return item is not None
-
-    def threat(self, ref: str, data: dict[str, Any]) -> bool:
-        from threatflow.threats.model import ThreatIn
-
-        item = self._convert(ref, data, ThreatIn)
-        if item is not None:
-            self.threats.append(ParsedThreat(ref, item))
-        return item is not None
-
-    def _convert(self, ref: str, data: dict[str, Any], into: type[T]) -> T | None:
-        """Typed item from a parsed dict, empty fields dropped; a bad one is an error of its ref."""
-        clean = {k: v for k, v in data.items() if v is not None and v not in ([], "")}
-        try:
-            return msgspec.convert(clean, into)
-        except msgspec.ValidationError as exc:
-            self.error(ref, str(exc).replace("`$.", "`"))
-            return None
-
-    def error(self, ref: str, reason: str) -> None:
-        self.errors.append(ItemError(ref, reason))
-
-    def warn(self, ref: str, reason: str) -> None:
-        self.warnings.append(ItemError(ref, reason))
-
-    def skip(self, kind: str) -> None:
-        self.skipped[kind] = self.skipped.get(kind, 0) + 1
-
-    def build(self) -> ParsedImport:
-        return ParsedImport(self.iocs, self.threats, self.links, self.relations, self.errors, self.warnings, self.skipped)
-
-
-def load_json(content: bytes | str | Any, *, what: str) -> Any:
-    """Text or bytes are decoded; an already-decoded object (the API's `content` as JSON) is used as is."""
-    if isinstance(content, (bytes, bytearray, str)):
-        try:
-            return msgspec.json.decode(content)
-        except msgspec.DecodeError as exc:
-            raise ValidationError(f"{what}: not valid JSON: {exc}", field="content") from None
-    return content
-
-
-def as_text(content: bytes | str | Any, *, what: str) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, (bytes, bytearray)):
-        try:
-            return bytes(content).decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise ValidationError(f"{what}: not UTF-8 text: {exc}", field="content") from None
-    raise ValidationError(f"{what}: content must be a string", field="content")
-
-
-def clean_tags(tags: Sequence[Any]) -> list[str]:
-    """Tags the store accepts (strings, at most 128 characters); others are dropped, not fatal."""
-    out: list[str] = []
-    for tag in tags:
-        if isinstance(tag, str) and tag.strip() and len(tag.strip()) <= 128 and tag.strip().lower() not in out:
-            out.append(tag.strip().lower())
-    return out[:64]
+__all__ = [
+    "Builder",
+    "ImportFormat",
+    "ItemError",
+    "Link",
+    "ParsedImport",
+    "ParsedIoc",
+    "ParsedThreat",
+    "Relation",
+    "as_text",
+    "clean_tags",
+    "load_json",
+    "parse",
+    "parser_for",
+]
 
 
 def parser_for(fmt: ImportFormat | str) -> Callable[[Any], ParsedImport]:
-    from threatflow.intel.formats import csvfmt, jsonfmt, misp, stix, text
-
     try:
         key = ImportFormat(str(fmt).strip().lower())
     except ValueError:

@@ -16,7 +16,8 @@ import csv
 import io
 from typing import Any
 
-from threatflow.intel.formats import Builder, ParsedImport, as_text, clean_tags
+from threatflow.intel.formats.base import Builder, ParsedImport, as_text
+from threatflow.intel.formats.misp_types import MISP_TYPES
 from threatflow.iocs.types import IocType
 from threatflow.platform.errors import ValidationError
 
@@ -40,8 +41,6 @@ MAX_ROWS = 1_000_000
 
 def map_type(value: str | None) -> str | None:
     """Our type, or a MISP attribute type translated; unknown types pass through for normalise to reject."""
-    from threatflow.intel.formats.misp import MISP_TYPES
-
     if value is None or not value.strip():
         return None
     text = value.strip().lower()
@@ -96,8 +95,6 @@ def parse(content: Any) -> ParsedImport:
 
 
 def _is_type(name: str) -> bool:
-    from threatflow.intel.formats.misp import MISP_TYPES
-
     return name in {t.value for t in IocType} or name in MISP_TYPES
 
 
@@ -114,7 +111,7 @@ def _row(out: Builder, row: list[str], row_number: int, columns: dict[str, int],
         return row[index].strip() or None
 
     common: dict[str, Any] = {
-        "tags": clean_tags(_split(cell("tags"))),
+        "tags": _split(cell("tags")),
         "source": cell("source"),
         "sources": _split(cell("sources")),
         "tlp": cell("tlp"),
@@ -143,8 +140,6 @@ def _row(out: Builder, row: list[str], row_number: int, columns: dict[str, int],
             out.ioc(f"{ref}/ip", {**common, "value": ip})
             return
         if raw_type and "|" in raw_type and "|" in value:  # MISP composites: filename|sha256, ip-dst|port
-            from threatflow.intel.formats.misp import MISP_TYPES
-
             half = MISP_TYPES.get(raw_type.lower(), (None, 0))[1]
             value = value.split("|")[half]
         out.ioc(ref, {**common, "value": value, "type": map_type(raw_type)})

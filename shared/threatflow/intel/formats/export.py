@@ -19,12 +19,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from threatflow.intel import repository as intel_repository
+from threatflow.iocs import repository as ioc_repository
 from threatflow.iocs.search import IocFilter
 from threatflow.platform import limits
 from threatflow.platform.csvsafe import SafeCsvWriter
 from threatflow.platform.errors import ValidationError
+from threatflow.threats import repository as threat_store
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from threatflow.threats.attack import AttackCatalog
 
 PAGE_SIZE = 5000
 DEFAULT_MAX_TLP = "amber"
@@ -63,35 +71,27 @@ CONTENT_TYPES = {
 }
 
 
-def iter_pages(conn: Any, flt: IocFilter, *, now: datetime, limit: int, page_size: int = PAGE_SIZE) -> Iterator[list[dict[str, Any]]]:
+def iter_pages(
+    conn: Connection, flt: IocFilter, *, now: datetime, limit: int, page_size: int = PAGE_SIZE
+) -> Iterator[list[dict[str, Any]]]:
     """Keyset pages of matching IoCs, newest first, at most `limit` rows in all."""
-    from sqlalchemy import text
-
-    from threatflow.iocs.search import compile_filter
-    from threatflow.iocs.repository import IOC_COLUMNS, row_to_dict
-
-    compiled = compile_filter(flt, now=now)
     remaining = limit
     after: int | None = None
     while remaining > 0:
-        params = dict(compiled.params)
-        where = compiled.where
-        if after is not None:
-            where += " AND id < :after_id"
-            params["after_id"] = after
-        params["page"] = min(page_size, remaining)
-        rows = conn.execute(text(f"SELECT {IOC_COLUMNS} FROM iocs WHERE {where} ORDER BY id DESC LIMIT :page"), params).all()  # noqa: S608
-        if not rows:
+        size = min(page_size, remaining)
+        page = ioc_repository.find_page(conn, flt, now=now, after_id=after, limit=size)
+        if not page:
             return
-        page = [row_to_dict(r) for r in rows]
         yield page
         remaining -= len(page)
         after = page[-1]["id"]
-        if len(page) < params["page"]:
+        if len(page) < size:
             return
 
 
-def export(fmt: ExportFormat | str, flt: IocFilter, *, engine: Any, now: datetime, limit: int, catalog: Any = None) -> Export:
+def export(
+    conn: Connection, fmt: ExportFormat | str, flt: IocFilter, *, now: datetime, limit: int, catalog: AttackCatalog | None = None
+) -> Export:
     try:
         kind = ExportFormat(str(fmt).lower())
     except ValueError:
@@ -99,14 +99,13 @@ def export(fmt: ExportFormat | str, flt: IocFilter, *, engine: Any, now: datetim
     content_type, extension = CONTENT_TYPES[kind]
     stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     more: list[bool] = []
-    with engine.connect() as conn:
-        pages = _capped(iter_pages(conn, flt, now=now, limit=limit + 1), limit, more)
-        if kind is ExportFormat.TXT:
-            body, count = _txt(pages)
-        elif kind is ExportFormat.CSV:
-            body, count = _csv(pages)
-        else:
-            body, count = _stix(pages, conn=conn, max_tlp=flt.max_tlp.value if flt.max_tlp else None, now=now, catalog=catalog)
+    pages = _capped(iter_pages(conn, flt, now=now, limit=limit + 1), limit, more)
+    if kind is ExportFormat.TXT:
+        body, count = _txt(pages)
+    elif kind is ExportFormat.CSV:
+        body, count = _csv(pages)
+    else:
+        body, count = _stix(pages, conn=conn, max_tlp=flt.max_tlp.value if flt.max_tlp else None, now=now, catalog=catalog)
     return Export(body, content_type, f"threatflow-iocs-{stamp}.{extension}", count, truncated=bool(more))
 
 
@@ -207,10 +206,10 @@ def _markings(tlp: str | None) -> list[str]:
     return [TLP_1["red" if tlp == "amber+strict" else tlp]]
 
 
-def _stix(pages: Iterator[list[dict[str, Any]]], *, conn: Any, max_tlp: str | None, now: datetime, catalog: Any) -> tuple[bytes, int]:
+def _stix(
+    pages: Iterator[list[dict[str, Any]]], *, conn: Connection, max_tlp: str | None, now: datetime, catalog: AttackCatalog | None
+) -> tuple[bytes, int]:
     import stix2
-
-    from threatflow.threats import repository as threat_store
 
     objects: dict[str, Any] = {}
     indicator_of: dict[int, str] = {}
@@ -242,8 +241,8 @@ def _stix(pages: Iterator[list[dict[str, Any]]], *, conn: Any, max_tlp: str | No
             objects[stix_id] = indicator
             indicator_of[ioc["id"]] = stix_id
             count += 1
-        links.extend(threat_store.links_for_iocs(conn, ids))
-        relations.extend(threat_store.relations_for_iocs(conn, ids))
+        links.extend(intel_repository.links_for_iocs(conn, ids))
+        relations.extend(intel_repository.relations_for_iocs(conn, ids))
 
     threat_ids = sorted({int(link["threat_id"]) for link in links})
     threat_of: dict[int, str] = {}

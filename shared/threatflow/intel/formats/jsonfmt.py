@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from threatflow.intel.formats import Builder, ParsedImport, load_json
+from threatflow.intel.formats.base import Builder, ParsedImport, load_json
 from threatflow.platform.errors import ValidationError
 
 

@@ -23,32 +23,11 @@ from typing import Any
 
 import msgspec
 
-from threatflow.intel.formats import Builder, Link, ParsedImport, ParsedThreat, Relation, as_text, clean_tags, load_json
+from threatflow.intel.formats.base import Builder, Link, ParsedImport, ParsedThreat, Relation, as_text, load_json
+from threatflow.intel.formats.csvfmt import parse as parse_csv_rows
+from threatflow.intel.formats.misp_types import MISP_TYPES
 from threatflow.platform.errors import ValidationError
 
-# MISP attribute type -> (our type or None to detect, which half of a composite "a|b" value).
-MISP_TYPES: dict[str, tuple[str | None, int]] = {
-    "ip-src": (None, 0),
-    "ip-dst": (None, 0),
-    "ip-src|port": (None, 0),
-    "ip-dst|port": (None, 0),
-    "domain": ("domain", 0),
-    "hostname": ("domain", 0),
-    "hostname|port": ("domain", 0),
-    "url": ("url", 0),
-    "md5": ("md5", 0),
-    "sha1": ("sha1", 0),
-    "sha256": ("sha256", 0),
-    "filename|md5": ("md5", 1),
-    "filename|sha1": ("sha1", 1),
-    "filename|sha256": ("sha256", 1),
-    "malware-sample": ("md5", 1),
-    "email": ("email", 0),
-    "email-src": ("email", 0),
-    "email-dst": ("email", 0),
-    "email-reply-to": ("email", 0),
-    "filename": ("file_path", 0),  # only absolute paths are IoCs; bare names are skipped
-}
 _GALAXY_KINDS = {
     "threat-actor": "threat-actor",
     "mitre-intrusion-set": "intrusion-set",
@@ -183,7 +162,7 @@ def _attribute(out: Builder, attribute: Any, ctx: dict[str, Any], *, where: str)
     tags, tlp = _split_tags(_tag_names(attribute, where))
     to_ids = attribute.get("to_ids")
     base = {
-        "tags": clean_tags([*ctx["tags"], *tags, *(["misp:to_ids=false"] if to_ids is False else [])]),
+        "tags": [*ctx["tags"], *tags, *(["misp:to_ids=false"] if to_ids is False else [])],
         "source": ctx["source"],
         "tlp": tlp or ctx["tlp"],
         "description": (attribute.get("comment") or ctx["info"] or None),
@@ -274,6 +253,4 @@ def _first(value: Any) -> str | None:
 def parse_csv(text: str) -> ParsedImport:
     """MISP CSV exports: either `uuid,event_id,category,type,value,...` rows, or one
     column per attribute type (`md5, sha1, sha256`) with a value in each cell."""
-    from threatflow.intel.formats import csvfmt
-
-    return csvfmt.parse(text)
+    return parse_csv_rows(text)

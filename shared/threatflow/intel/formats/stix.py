@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from threatflow.intel.formats import Builder, Link, ParsedImport, Relation, clean_tags, load_json
+from threatflow.intel.formats.base import Builder, Link, ParsedImport, ParsedThreat, Relation, load_json
 from threatflow.platform.errors import ValidationError
 
 THREAT_TYPES = {"malware", "threat-actor", "intrusion-set", "campaign", "tool"}
@@ -121,8 +121,6 @@ def parse(content: Any) -> ParsedImport:
     if ttps:
         import msgspec
 
-        from threatflow.intel.formats import ParsedThreat
-
         for i, parsed_threat in enumerate(out.threats):
             if parsed_threat.ref in ttps:
                 merged = sorted({*parsed_threat.item.ttps, *ttps[parsed_threat.ref]})
@@ -186,7 +184,7 @@ def _tlp(obj: dict[str, Any], tlp_of: dict[str, str]) -> str | None:
 def _common(obj: dict[str, Any], tlp_of: dict[str, str]) -> dict[str, Any]:
     confidence = obj.get("confidence")
     return {
-        "tags": clean_tags([*(obj.get("labels") or []), *(obj.get("indicator_types") or [])]),
+        "tags": [*(obj.get("labels") or []), *(obj.get("indicator_types") or [])],
         "tlp": _tlp(obj, tlp_of),
         "confidence": confidence if isinstance(confidence, int) and 0 <= confidence <= 100 else None,
         "description": (obj.get("description") or None) if isinstance(obj.get("description"), str) else None,
@@ -391,7 +389,7 @@ def _threat(out: Builder, obj_id: str, obj: dict[str, Any], where: str, tlp_of: 
             "first_seen": obj.get("first_seen"),
             "last_seen": obj.get("last_seen"),
             "references": references,
-            "tags": clean_tags(obj.get("labels") or []),
+            "tags": list(obj.get("labels") or []),
             "stix_id": obj_id,
             "tlp": _tlp(obj, tlp_of),
         },

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from threatflow.intel.formats import Builder, ParsedImport, as_text
+from threatflow.intel.formats.base import Builder, ParsedImport, as_text
 
 
 def parse(content: Any) -> ParsedImport:

@@ -1,0 +1,100 @@
+"""Threat-to-IoC links and correlation: the use cases that need both domains.
+
+Each function takes the caller's connection (one unit of work per request or
+message, opened by the route or handler)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+
+from threatflow.intel import correlate as correlation
+from threatflow.intel import repository
+from threatflow.platform.errors import NotFoundError
+from threatflow.threats.model import check_relation_verb
+from threatflow.threats.repository import get_threat, threat_exists
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+MAX_IDS = 1000
+
+
+class LinkIn(msgspec.Struct, forbid_unknown_fields=True):
+    ioc_ids: Annotated[list[int], msgspec.Meta(min_length=1, max_length=MAX_IDS)]
+    relation: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "indicates"
+    confidence: Annotated[int, msgspec.Meta(ge=0, le=100)] = 50
+
+
+class UnlinkIn(msgspec.Struct, forbid_unknown_fields=True):
+    ioc_ids: Annotated[list[int], msgspec.Meta(min_length=1, max_length=MAX_IDS)]
+    relation: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+
+
+class CorrelateIn(msgspec.Struct, forbid_unknown_fields=True):
+    threat_id: int
+    threshold: Annotated[int, msgspec.Meta(ge=0, le=100)] = 70
+    link: bool = True
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 200
+
+
+def by_ioc(conn: Connection, ioc_id: int, *, visible_tlps: Sequence[str]) -> dict[str, Any]:
+    """Threats linked to an IoC, each with the link's relation, confidence and source; the IoC
+    and the threats are those the caller is cleared for (`visible_tlps`)."""
+    if not repository.visible_ioc_ids(conn, [ioc_id], visible_tlps=visible_tlps):
+        raise NotFoundError(f"no indicator with id {ioc_id}")
+    threats = repository.threats_of_ioc(conn, ioc_id, visible_tlps=visible_tlps)
+    return {"ioc_id": ioc_id, "threats": threats, "count": len(threats)}
+
+
+def link(conn: Connection, threat_id: int, body: LinkIn, *, source: str | None) -> dict[str, Any]:
+    """Link IoCs to a threat; each id is reported: linked, already_linked or not_found."""
+    relation = check_relation_verb(body.relation)
+    if not threat_exists(conn, threat_id):
+        raise NotFoundError(f"no threat with id {threat_id}")
+    known = repository.existing_ioc_ids(conn, body.ioc_ids)
+    new = repository.link_iocs(
+        conn, threat_id=threat_id, ioc_ids=sorted(known), relation=relation, confidence=body.confidence, source=source
+    )
+    results = []
+    for ioc_id in dict.fromkeys(body.ioc_ids):
+        status = "not_found" if ioc_id not in known else ("linked" if ioc_id in new else "already_linked")
+        results.append(
+            {"ioc_id": ioc_id, "status": status, **({"reason": f"no indicator with id {ioc_id}"} if status == "not_found" else {})}
+        )
+    return {"threat_id": threat_id, "relation": relation, "results": results, "summary": _count(results)}
+
+
+def unlink(conn: Connection, threat_id: int, body: UnlinkIn) -> dict[str, Any]:
+    """Remove links; each id is reported: unlinked (with the number of links removed) or not_linked."""
+    if body.relation is not None:
+        check_relation_verb(body.relation)
+    if not threat_exists(conn, threat_id):
+        raise NotFoundError(f"no threat with id {threat_id}")
+    removed = repository.unlink_iocs(conn, threat_id=threat_id, ioc_ids=body.ioc_ids, relation=body.relation)
+    results = [
+        {"ioc_id": i, "status": "unlinked", "removed": removed[i]} if i in removed else {"ioc_id": i, "status": "not_linked"}
+        for i in dict.fromkeys(body.ioc_ids)
+    ]
+    return {"threat_id": threat_id, "results": results, "summary": _count(results)}
+
+
+def _count(results: Sequence[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for result in results:
+        out[result["status"]] = out.get(result["status"], 0) + 1
+    out["total"] = len(results)
+    return out
+
+
+def correlate(conn: Connection, body: CorrelateIn, *, visible_tlps: Sequence[str]) -> dict[str, Any]:
+    """Correlation for a threat the caller may see; candidates above their clearance are left out of the answer."""
+    threat = get_threat(conn, body.threat_id)
+    if threat is None or threat.tlp not in visible_tlps:
+        raise NotFoundError(f"no threat with id {body.threat_id}")
+    result = correlation.correlate(conn, threat_id=body.threat_id, threshold=body.threshold, link=body.link, limit=body.limit)
+    seen = repository.visible_ioc_ids(conn, [c["ioc_id"] for c in result["candidates"]], visible_tlps=visible_tlps)
+    result["candidates"] = [c for c in result["candidates"] if c["ioc_id"] in seen]
+    return result

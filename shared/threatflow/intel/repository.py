@@ -1,0 +1,336 @@
+"""Threat-to-IoC links, IoC-to-IoC relations and the reads that join both
+domains: the intel package's one repository. Every function takes a
+Connection first, so an import composes IoCs, threats, links and relations
+into one unit of work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from threatflow.platform.errors import NotFoundError, ValidationError
+from threatflow.threats.model import RelationType, check_relation_verb, parse_relation_type
+from threatflow.threats.repository import threat_exists
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+
+def _text(sql: str) -> Any:
+    from sqlalchemy import text
+
+    return text(sql)
+
+
+def links_for_iocs(conn: Connection, ioc_ids: Sequence[int]) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        _text(
+            "SELECT threat_id, ioc_id, relation, confidence, source FROM threat_iocs WHERE ioc_id = ANY(CAST(:i AS bigint[]))"
+            " ORDER BY ioc_id, threat_id, relation"
+        ),
+        {"i": list(ioc_ids)},
+    )
+    return [{"threat_id": int(r[0]), "ioc_id": int(r[1]), "relation": r[2], "confidence": int(r[3]), "source": r[4]} for r in rows]
+
+
+def relations_for_iocs(conn: Connection, ioc_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """Relations with either end among ioc_ids."""
+    rows = conn.execute(
+        _text(
+            "SELECT source_id, target_id, type, confidence, source FROM ioc_relations WHERE source_id = ANY(CAST(:i AS bigint[]))"
+            " UNION SELECT source_id, target_id, type, confidence, source FROM ioc_relations WHERE target_id = ANY(CAST(:i AS bigint[]))"
+            " ORDER BY 1, 2, 3"
+        ),
+        {"i": list(ioc_ids)},
+    )
+    return [{"source_id": int(r[0]), "target_id": int(r[1]), "type": r[2], "confidence": int(r[3]), "source": r[4]} for r in rows]
+
+
+def existing_ioc_ids(conn: Connection, ioc_ids: Iterable[int]) -> set[int]:
+    ids = sorted(set(ioc_ids))
+    if not ids:
+        return set()
+    return {int(r[0]) for r in conn.execute(_text("SELECT id FROM iocs WHERE id = ANY(CAST(:i AS bigint[]))"), {"i": ids})}
+
+
+def visible_ioc_ids(conn: Connection, ioc_ids: Iterable[int], *, visible_tlps: Sequence[str]) -> set[int]:
+    """The ids among ioc_ids that exist and whose TLP is in `visible_tlps` (the caller's clearance)."""
+    ids = sorted(set(ioc_ids))
+    if not ids:
+        return set()
+    rows = conn.execute(
+        _text("SELECT id FROM iocs WHERE id = ANY(CAST(:i AS bigint[])) AND tlp = ANY(CAST(:v AS text[]))"),
+        {"i": ids, "v": list(visible_tlps)},
+    )
+    return {int(r[0]) for r in rows}
+
+
+# -- threat <-> IoC links ----------------------------------------------------------
+
+
+def link_iocs(
+    conn: Connection,
+    *,
+    threat_id: int,
+    ioc_ids: Sequence[int] | Mapping[int, int],
+    relation: str = "indicates",
+    confidence: int = 50,
+    source: str | None = None,
+) -> set[int]:
+    """Link IoCs (which must exist) to a threat; returns the ids newly linked. A repeat
+    link keeps one row and raises its confidence to the higher value. Pass a mapping
+    ioc_id -> confidence to give each link its own confidence."""
+    verb = check_relation_verb(relation)
+    scores = dict(ioc_ids) if isinstance(ioc_ids, Mapping) else dict.fromkeys(ioc_ids, confidence)
+    if not scores:
+        return set()
+    for value in scores.values():
+        if not 0 <= value <= 100:
+            raise ValidationError(f"confidence {value} is outside 0..100", field="confidence")
+    ids = sorted(scores)
+    rows = conn.execute(
+        _text(
+            "INSERT INTO threat_iocs (threat_id, ioc_id, relation, confidence, source)"
+            " SELECT :t, x.ioc_id, :r, x.confidence, :s"
+            " FROM unnest(CAST(:ids AS bigint[]), CAST(:conf AS smallint[])) AS x(ioc_id, confidence)"
+            " ON CONFLICT (threat_id, ioc_id, relation)"
+            " DO UPDATE SET confidence = GREATEST(threat_iocs.confidence, EXCLUDED.confidence)"
+            " RETURNING ioc_id, (xmax = 0)"
+        ),
+        {"t": threat_id, "r": verb, "s": source, "ids": ids, "conf": [scores[i] for i in ids]},
+    ).all()
+    return {int(r[0]) for r in rows if r[1]}
+
+
+def link_ioc(
+    conn: Connection, *, threat_id: int, ioc_id: int, relation: str = "indicates", confidence: int = 50, source: str | None = None
+) -> bool:
+    """True if the link is new. Raises NotFoundError naming a missing threat or IoC."""
+    if not threat_exists(conn, threat_id):
+        raise NotFoundError(f"no threat with id {threat_id}")
+    if not existing_ioc_ids(conn, [ioc_id]):
+        raise NotFoundError(f"no indicator with id {ioc_id}")
+    return bool(link_iocs(conn, threat_id=threat_id, ioc_ids=[ioc_id], relation=relation, confidence=confidence, source=source))
+
+
+def unlink_iocs(conn: Connection, *, threat_id: int, ioc_ids: Sequence[int], relation: str | None = None) -> dict[int, int]:
+    """Remove links (of one relation, or all); returns removed rows per IoC id."""
+    rows = conn.execute(
+        _text(
+            "DELETE FROM threat_iocs WHERE threat_id = :t AND ioc_id = ANY(CAST(:i AS bigint[]))"
+            " AND (CAST(:r AS text) IS NULL OR relation = CAST(:r AS text)) RETURNING ioc_id"
+        ),
+        {"t": threat_id, "i": list(ioc_ids), "r": relation.strip().lower() if relation else None},
+    ).all()
+    out: dict[int, int] = {}
+    for row in rows:
+        out[int(row[0])] = out.get(int(row[0]), 0) + 1
+    return out
+
+
+def unlink_ioc(conn: Connection, *, threat_id: int, ioc_id: int, relation: str | None = None) -> int:
+    return unlink_iocs(conn, threat_id=threat_id, ioc_ids=[ioc_id], relation=relation).get(ioc_id, 0)
+
+
+# -- IoC <-> IoC relations -----------------------------------------------------------
+
+
+def add_ioc_relation(
+    conn: Connection, *, source_id: int, target_id: int, type: RelationType | str, confidence: int = 50, source: str | None = None
+) -> bool:
+    """Directed relation source -> target; True if new. Several types per pair are allowed;
+    a repeat keeps one row and raises its confidence to the higher value."""
+    kind = type if isinstance(type, RelationType) else parse_relation_type(type)
+    if source_id == target_id:
+        raise ValidationError(f"indicator {source_id} cannot be related to itself", field="target_id")
+    if not 0 <= confidence <= 100:
+        raise ValidationError(f"confidence {confidence} is outside 0..100", field="confidence")
+    missing = sorted({source_id, target_id} - existing_ioc_ids(conn, [source_id, target_id]))
+    if missing:
+        raise NotFoundError(f"no indicator with id {', '.join(str(m) for m in missing)}")
+    row = conn.execute(
+        _text(
+            "INSERT INTO ioc_relations (source_id, target_id, type, confidence, source) VALUES (:a, :b, :t, :c, :s)"
+            " ON CONFLICT (source_id, target_id, type)"
+            " DO UPDATE SET confidence = GREATEST(ioc_relations.confidence, EXCLUDED.confidence)"
+            " RETURNING (xmax = 0)"
+        ),
+        {"a": source_id, "b": target_id, "t": kind.value, "c": confidence, "s": source},
+    ).one()
+    return bool(row[0])
+
+
+def add_ioc_relations(
+    conn: Connection, pairs: list[tuple[int, int]], *, type: RelationType | str, confidence: int = 50, source: str | None = None
+) -> int:
+    """Many relations of one type in one statement (imports); the ids must exist. Returns how many were new."""
+    kind = type if isinstance(type, RelationType) else parse_relation_type(type)
+    if not pairs:
+        return 0
+    rows = conn.execute(
+        _text(
+            "INSERT INTO ioc_relations (source_id, target_id, type, confidence, source)"
+            " SELECT p.s, p.t, :k, :c, :src FROM unnest(CAST(:s AS bigint[]), CAST(:t AS bigint[])) AS p(s, t) WHERE p.s <> p.t"
+            " ON CONFLICT (source_id, target_id, type)"
+            " DO UPDATE SET confidence = GREATEST(ioc_relations.confidence, EXCLUDED.confidence)"
+            " RETURNING (xmax = 0)"
+        ),
+        {"s": [p[0] for p in pairs], "t": [p[1] for p in pairs], "k": kind.value, "c": confidence, "src": source},
+    ).all()
+    return sum(1 for r in rows if r[0])
+
+
+def remove_ioc_relation(conn: Connection, *, source_id: int, target_id: int, type: RelationType | str | None = None) -> int:
+    kind = None if type is None else (type if isinstance(type, RelationType) else parse_relation_type(type))
+    result = conn.execute(
+        _text(
+            "DELETE FROM ioc_relations WHERE source_id = :a AND target_id = :b AND (CAST(:t AS text) IS NULL OR type = CAST(:t AS text))"
+        ),
+        {"a": source_id, "b": target_id, "t": kind.value if kind else None},
+    )
+    return int(result.rowcount)
+
+
+# -- reads across both domains ---------------------------------------------------------
+
+
+def threats_of_ioc(conn: Connection, ioc_id: int, *, visible_tlps: Sequence[str]) -> list[dict[str, Any]]:
+    """Threats linked to an IoC, strongest link first, with the link's relation, confidence and source;
+    only threats whose TLP is in `visible_tlps` (the caller's clearance)."""
+    rows = conn.execute(
+        _text(
+            "SELECT t.id, t.kind, t.name, t.aliases, l.relation, l.confidence, l.source, l.created_at"
+            " FROM threat_iocs l JOIN threats t ON t.id = l.threat_id WHERE l.ioc_id = :i AND t.tlp = ANY(CAST(:v AS text[]))"
+            " ORDER BY l.confidence DESC, t.id, l.relation"
+        ),
+        {"i": ioc_id, "v": list(visible_tlps)},
+    ).all()
+    return [
+        {
+            "id": int(r[0]),
+            "kind": r[1],
+            "name": r[2],
+            "aliases": list(r[3]),
+            "relation": r[4],
+            "confidence": int(r[5]),
+            "source": r[6],
+            "linked_at": r[7].isoformat(),
+        }
+        for r in rows
+    ]
+
+
+def ioc_tags(conn: Connection, ioc_id: int, *, visible_tlps: Sequence[str]) -> list[str] | None:
+    """An IoC's tags, sorted; None when there is no such IoC or its TLP is not in `visible_tlps`."""
+    row = conn.execute(
+        _text("SELECT tags FROM iocs WHERE id = :i AND tlp = ANY(CAST(:v AS text[]))"), {"i": ioc_id, "v": list(visible_tlps)}
+    ).first()
+    return None if row is None else sorted(row[0])
+
+
+def relations_of_ioc(conn: Connection, ioc_id: int, *, limit: int, visible_tlps: Sequence[str]) -> list[dict[str, Any]]:
+    """IoC-to-IoC relations both ways (outgoing first), with the IoC at the other end
+    (only ends whose TLP is in `visible_tlps`)."""
+    rows = conn.execute(
+        _text(
+            "(SELECT 'out', r.type, r.confidence, r.source, i.id, i.type, i.value FROM ioc_relations r"
+            " JOIN iocs i ON i.id = r.target_id WHERE r.source_id = :i AND i.tlp = ANY(CAST(:v AS text[])))"
+            " UNION ALL (SELECT 'in', r.type, r.confidence, r.source, i.id, i.type, i.value FROM ioc_relations r"
+            " JOIN iocs i ON i.id = r.source_id WHERE r.target_id = :i AND i.tlp = ANY(CAST(:v AS text[])))"
+            " ORDER BY 1 DESC, 2, 5 LIMIT :l"
+        ),
+        {"i": ioc_id, "l": limit, "v": list(visible_tlps)},
+    )
+    return [
+        {"direction": r[0], "type": r[1], "confidence": int(r[2]), "source": r[3], "ioc": {"id": int(r[4]), "type": r[5], "value": r[6]}}
+        for r in rows
+    ]
+
+
+def estimated_ioc_count(conn: Connection) -> int:
+    """The planner's row estimate: enough to size "common", and free."""
+    return max(0, int(conn.execute(_text("SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE oid = 'iocs'::regclass")).scalar_one()))
+
+
+def tag_counts(conn: Connection, tags: Sequence[str], *, cap: int) -> dict[str, int]:
+    """How many IoCs carry each tag, counting at most cap + 1 per tag."""
+    return {
+        str(r[0]): int(r[1])
+        for r in conn.execute(
+            _text(
+                "SELECT t, (SELECT count(*) FROM (SELECT 1 FROM iocs WHERE tags @> ARRAY[t] LIMIT :cap + 1) AS c)"
+                " FROM unnest(CAST(:tags AS text[])) AS t"
+            ),
+            {"tags": list(tags), "cap": cap},
+        )
+    }
+
+
+def iocs_sharing_tags(
+    conn: Connection, tags: Sequence[str], *, exclude_id: int, limit: int, visible_tlps: Sequence[str]
+) -> list[dict[str, Any]]:
+    """IoCs with any of tags (other than exclude_id), those sharing the most first; only those whose
+    TLP is in `visible_tlps`."""
+    rows = conn.execute(
+        _text(
+            "SELECT id, type, value, ARRAY(SELECT unnest(tags) INTERSECT SELECT unnest(CAST(:rare AS text[])) ORDER BY 1) AS shared"
+            " FROM iocs WHERE tags && CAST(:rare AS text[]) AND id <> :i AND tlp = ANY(CAST(:v AS text[]))"
+            " ORDER BY cardinality(ARRAY(SELECT unnest(tags) INTERSECT SELECT unnest(CAST(:rare AS text[])))) DESC, id DESC LIMIT :l"
+        ),
+        {"rare": list(tags), "i": exclude_id, "l": limit, "v": list(visible_tlps)},
+    )
+    return [{"ioc": {"id": int(r[0]), "type": r[1], "value": r[2]}, "shared_tags": list(r[3])} for r in rows]
+
+
+# -- correlation reads ----------------------------------------------------------------
+
+
+def tags_like(conn: Connection, patterns: Sequence[str]) -> list[str]:
+    """Distinct IoC tags matching any ILIKE pattern."""
+    rows = conn.execute(
+        _text("SELECT DISTINCT t FROM iocs, unnest(tags) AS t WHERE t ILIKE ANY(CAST(:p AS text[]))"), {"p": list(patterns)}
+    )
+    return [str(r[0]) for r in rows]
+
+
+def iocs_with_any_tag(conn: Connection, tags: Sequence[str]) -> list[tuple[int, list[str]]]:
+    rows = conn.execute(_text("SELECT id, tags FROM iocs WHERE tags && CAST(:t AS text[])"), {"t": list(tags)})
+    return [(int(r[0]), list(r[1])) for r in rows]
+
+
+def evidence_available(conn: Connection) -> bool:
+    """True when the enrichment capability has created ioc_evidence."""
+    return conn.execute(_text("SELECT to_regclass('ioc_evidence') IS NOT NULL")).scalar_one() is True
+
+
+def evidence_like(conn: Connection, patterns: Sequence[str]) -> list[tuple[int, str, str, str]]:
+    """(ioc_id, source, kind, value) of evidence whose value matches any ILIKE pattern."""
+    rows = conn.execute(
+        _text("SELECT ioc_id, source, kind, value FROM ioc_evidence WHERE value ILIKE ANY(CAST(:p AS text[]))"), {"p": list(patterns)}
+    )
+    return [(int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
+
+
+def links_of_threat(conn: Connection, threat_id: int) -> list[tuple[int, str]]:
+    """(ioc_id, relation) of every link of a threat."""
+    rows = conn.execute(_text("SELECT ioc_id, relation FROM threat_iocs WHERE threat_id = :t"), {"t": threat_id})
+    return [(int(r[0]), str(r[1])) for r in rows]
+
+
+def relations_touching(conn: Connection, ioc_ids: Sequence[int]) -> list[tuple[int, int, str]]:
+    """(source_id, target_id, type) of relations with either end among ioc_ids."""
+    rows = conn.execute(
+        _text(
+            "SELECT source_id, target_id, type FROM ioc_relations WHERE source_id = ANY(CAST(:s AS bigint[]))"
+            " UNION SELECT source_id, target_id, type FROM ioc_relations WHERE target_id = ANY(CAST(:s AS bigint[]))"
+        ),
+        {"s": list(ioc_ids)},
+    )
+    return [(int(r[0]), int(r[1]), str(r[2])) for r in rows]
+
+
+def ioc_identities(conn: Connection, ioc_ids: Sequence[int]) -> dict[int, tuple[str, str]]:
+    """id -> (type, value) for the IoCs that exist among ioc_ids."""
+    rows = conn.execute(_text("SELECT id, type, value FROM iocs WHERE id = ANY(CAST(:i AS bigint[]))"), {"i": list(ioc_ids)})
+    return {int(r[0]): (str(r[1]), str(r[2])) for r in rows}

@@ -1,0 +1,82 @@
+"""Words every domain shares: the TLP marking, the severity bands of a score, and the tag rule.
+
+They sit in the platform so that IoCs, threats and the domains to come use one
+definition without importing each other (`threatflow.iocs.model` re-exports them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import StrEnum
+
+from threatflow.platform.errors import ValidationError
+
+MAX_TAGS = 64
+MAX_TAG_LENGTH = 128
+
+
+class Tlp(StrEnum):
+    CLEAR = "clear"
+    GREEN = "green"
+    AMBER = "amber"
+    AMBER_STRICT = "amber+strict"
+    RED = "red"
+
+    @property
+    def rank(self) -> int:
+        return _TLP_ORDER.index(self)
+
+    @classmethod
+    def parse(cls, text: str) -> Tlp:
+        """Accepts `TLP:AMBER`, `amber`, and TLP 1.0's `white` (= clear)."""
+        value = text.strip().lower().removeprefix("tlp:")
+        return cls("clear" if value == "white" else value)
+
+    def at_most(self) -> list[str]:
+        return [t.value for t in _TLP_ORDER[: self.rank + 1]]
+
+
+_TLP_ORDER = [Tlp.CLEAR, Tlp.GREEN, Tlp.AMBER, Tlp.AMBER_STRICT, Tlp.RED]
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @classmethod
+    def from_score(cls, score: int) -> Severity:
+        for threshold, severity in _SEVERITY_BANDS:
+            if score >= threshold:
+                return severity
+        return cls.INFO
+
+
+_SEVERITY_BANDS = ((90, Severity.CRITICAL), (70, Severity.HIGH), (40, Severity.MEDIUM), (15, Severity.LOW))
+
+
+def clean_tags(tags: Iterable[object], *, holder: str = "item") -> list[str]:
+    """The one tag rule, for IoCs, threats and every import format.
+
+    Tags are stripped and lower-cased; empty ones and repeats are dropped; the
+    order of first appearance is kept. A tag that is not a string or is longer
+    than MAX_TAG_LENGTH, or more than MAX_TAGS tags, is a ValidationError on
+    field "tags": the caller rejects that one item (a batch item, an imported
+    row or object) and keeps the rest. Nothing is truncated silently."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for tag in tags:
+        if not isinstance(tag, str):
+            raise ValidationError(f"tags must be strings; got {type(tag).__name__}", field="tags")
+        clean = tag.strip().lower()
+        if not clean or clean in seen:
+            continue
+        if len(clean) > MAX_TAG_LENGTH:
+            raise ValidationError(f"tag longer than {MAX_TAG_LENGTH} characters: {clean[:32]}...", field="tags")
+        seen.add(clean)
+        out.append(clean)
+    if len(out) > MAX_TAGS:
+        raise ValidationError(f"at most {MAX_TAGS} tags per {holder}", field="tags")
+    return out

@@ -1,0 +1,48 @@
+"""The typed records read rows positionally, so their fields must follow the repositories' column lists."""
+
+import dataclasses
+from datetime import UTC, datetime
+
+import pytest
+
+from threatflow.iocs.model import IocRecord
+from threatflow.iocs.repository import IOC_COLUMNS
+from threatflow.platform.errors import ValidationError
+from threatflow.platform.vocabulary import MAX_TAG_LENGTH, MAX_TAGS, clean_tags
+from threatflow.threats.model import ThreatRecord
+from threatflow.threats.repository import THREAT_COLUMNS
+
+
+def _columns(text: str) -> list[str]:
+    return text.replace(" ", "").split(",")
+
+
+def test_ioc_record_follows_ioc_columns():
+    assert [f.name for f in dataclasses.fields(IocRecord)] == _columns(IOC_COLUMNS)
+
+
+def test_threat_record_follows_threat_columns():
+    expected = ["references" if c == "refs" else c for c in _columns(THREAT_COLUMNS)]
+    assert [f.name for f in dataclasses.fields(ThreatRecord)] == expected
+
+
+def test_ioc_record_json_is_the_api_shape():
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    row = (7, "domain", "evil.example", ["c2"], ["feed"], "amber", 50, "malicious", 50, 40, "medium")
+    row += (now, now, 3, None, True, [], None, now, now)
+    out = IocRecord.from_row(row).to_json()
+    assert list(out) == _columns(IOC_COLUMNS)
+    assert out["first_seen"] == now.isoformat() and out["expires_at"] is None and out["tags"] == ["c2"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        IocRecord.from_row(row).score = 1  # type: ignore[misc]
+
+
+def test_one_tag_rule():
+    assert clean_tags([" C2 ", "c2", "", "Emotet"]) == ["c2", "emotet"]  # order of first appearance
+    with pytest.raises(ValidationError, match="longer than") as info:
+        clean_tags(["x" * (MAX_TAG_LENGTH + 1)])
+    assert info.value.field == "tags"
+    with pytest.raises(ValidationError, match=f"at most {MAX_TAGS} tags per threat"):
+        clean_tags([f"t{i}" for i in range(MAX_TAGS + 1)], holder="threat")
+    with pytest.raises(ValidationError, match="strings"):
+        clean_tags(["ok", 5])
