@@ -144,13 +144,18 @@ class TreeEnsemble:
             roots.append(row)
         known, f_idx_map = model._bin_mapper.make_known_categories_bitsets()
         flat = {name: np.concatenate(parts) for name, parts in columns.items()}
+        cat_bitsets = np.concatenate(bitsets) if bitsets else np.zeros((0, 8), np.uint32)
+        known = np.asarray(known, dtype=np.uint32).reshape(-1, 8)
+        f_idx_map = np.asarray(f_idx_map, dtype=np.uint32)
+        if getattr(model, "_preprocessor", None) is not None:
+            flat, cat_bitsets, known, f_idx_map = _undo_preprocessor(model, flat, cat_bitsets, known, f_idx_map)
         return cls(
             **flat,
-            cat_bitsets=np.concatenate(bitsets) if bitsets else np.zeros((0, 8), np.uint32),
+            cat_bitsets=cat_bitsets,
             roots=np.asarray(roots, dtype=np.int32),
             baseline=np.asarray(model._baseline_prediction, dtype=np.float64).reshape(-1),
-            known_cat_bitsets=np.asarray(known, dtype=np.uint32).reshape(-1, 8),
-            f_idx_map=np.asarray(f_idx_map, dtype=np.uint32),
+            known_cat_bitsets=known,
+            f_idx_map=f_idx_map,
             depth=depth,
         )
 
@@ -316,6 +321,50 @@ class TreeEnsemble:
                 row.append(TreePredictor(nodes, binned, raw))
             predictors.append(row)
         return predictors
+
+
+def _undo_preprocessor(
+    model: Any, flat: dict[str, np.ndarray], cat_bitsets: np.ndarray, known: np.ndarray, f_idx_map: np.ndarray
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """Express the trees on the raw matrix (FEATURE_COLUMNS order, vocabulary codes).
+
+    scikit-learn puts categorical columns first and ordinal-encodes their values before the trees
+    see them; the arrays are rewritten so that scoring needs no preprocessing: feature indices go
+    back to the input columns and category bitsets are re-keyed from encoded to raw codes (codes
+    unseen in training stay out of the known set, so they take the missing-value branch as in
+    scikit-learn, where the encoder turns them into NaN).
+    """
+    import numpy as np
+
+    is_cat = np.asarray(model.is_categorical_, dtype=bool)
+    order = np.r_[np.flatnonzero(is_cat), np.flatnonzero(~is_cat)]  # transformed column -> input column
+    categories = model._preprocessor.named_transformers_["encoder"].categories_
+    inner = ~flat["is_leaf"]
+    feature = flat["feature"].copy()
+    feature[inner] = order[flat["feature"][inner]]
+
+    def rekey(row: np.ndarray, raw_codes: np.ndarray) -> np.ndarray:
+        out = np.zeros(8, dtype=np.uint32)
+        for encoded, raw in enumerate(raw_codes.tolist()):
+            if (int(row[encoded >> 5]) >> (encoded & 31)) & 1:
+                code = int(raw)
+                if not 0 <= code < 256:
+                    raise ArtifactError(f"category code {code} outside 0..255")
+                out[code >> 5] |= np.uint32(1 << (code & 31))
+        return out
+
+    new_bitsets = cat_bitsets.copy()
+    cat_nodes = np.flatnonzero(flat["is_categorical"] & inner)
+    for node in cat_nodes.tolist():
+        transformed = int(flat["feature"][node])  # categorical columns come first: its position among them
+        new_bitsets[flat["bitset"][node]] = rekey(cat_bitsets[flat["bitset"][node]], categories[transformed])
+    new_known = known.copy()
+    new_map = np.zeros(len(order), dtype=np.uint32)
+    for transformed, column in enumerate(order.tolist()):
+        new_map[column] = f_idx_map[transformed]
+        if transformed < len(categories):
+            new_known[f_idx_map[transformed]] = rekey(known[f_idx_map[transformed]], categories[transformed])
+    return {**flat, "feature": feature}, new_bitsets, new_known, new_map
 
 
 # -- the served model -------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import Any
 
-from threatflow.platform.errors import NotFoundError, ValidationError
+from threatflow.platform.errors import NotFoundError, PermanentError, ValidationError
 from threatflow.ports import BlobStore, Clock, DocumentStore
 
 RUNS = "maintenance_runs"
@@ -81,12 +81,41 @@ def sync_attack(ctx: JobContext) -> dict[str, Any]:
     )
 
 
+def retrain_flows(ctx: JobContext) -> dict[str, Any]:
+    """Retrains the flow model on stored labelled flow events; promotes the candidate only if it beats the serving model.
+
+    The manifest's schedule ships with params.enabled false (a run then does nothing); a manual run
+    (`threatflow jobs run retrain-flows`) carries no params and trains.
+    """
+    if not bool(ctx.params.get("enabled", True)):
+        return {"status": "disabled", "enable": "set body.params.enabled: true on schedule retrain-flows in functions/topology.yaml"}
+    try:
+        from threatflow.flows.repository import labelled_flows  # type: ignore[attr-defined]
+    except ImportError as exc:  # the flow-event store lands with the flows domain
+        raise PermanentError("retrain-flows needs threatflow.flows.repository.labelled_flows(conn, *, limit)") from exc
+    from threatflow.flows import retrain
+
+    def fetch(limit: int) -> list[dict[str, Any]]:
+        with ctx.engine.connect() as conn:
+            return list(labelled_flows(conn, limit=limit))
+
+    return retrain.retrain(
+        labelled_flows=fetch,
+        blobs=ctx.blobs,
+        bucket=ctx.settings.bucket_models,
+        now=ctx.clock.now,
+        min_rows=int(ctx.params.get("min_rows", retrain.DEFAULT_MIN_ROWS)),
+        max_rows=int(ctx.params.get("max_rows", retrain.DEFAULT_MAX_ROWS)),
+    )
+
+
 JOBS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
     "heartbeat": heartbeat,
     "decay-iocs": decay_iocs,
     "purge-runs": purge_runs,
     "sync-warninglists": sync_warninglists,
     "sync-attack": sync_attack,
+    "retrain-flows": retrain_flows,
 }
 
 
