@@ -149,8 +149,9 @@ class TreeEnsemble:
         f_idx_map = np.asarray(f_idx_map, dtype=np.uint32)
         if getattr(model, "_preprocessor", None) is not None:
             flat, cat_bitsets, known, f_idx_map = _undo_preprocessor(model, flat, cat_bitsets, known, f_idx_map)
+        arrays: dict[str, Any] = flat
         return cls(
-            **flat,
+            **arrays,
             cat_bitsets=cat_bitsets,
             roots=np.asarray(roots, dtype=np.int32),
             baseline=np.asarray(model._baseline_prediction, dtype=np.float64).reshape(-1),
@@ -490,7 +491,8 @@ def dump_artifact(*, binary: TreeEnsemble, category: TreeEnsemble) -> bytes:
     import numpy as np
 
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **binary.to_arrays("binary"), **category.to_arrays("category"))
+    arrays: dict[str, Any] = {**binary.to_arrays("binary"), **category.to_arrays("category")}
+    np.savez_compressed(buffer, **arrays)
     return buffer.getvalue()
 
 

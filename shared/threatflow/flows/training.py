@@ -512,7 +512,7 @@ def _train(dataset: Dataset, *, config: TrainConfig, version: str | None, log: C
 
     threshold = choose_threshold(ytr, oof_p, target_fpr=config.target_fpr)
     bias = tune_category_bias(ctr, oof_p, oof_logp, threshold, head_labels)
-    validation = {
+    validation: dict[str, Any] = {
         "binary": binary_metrics(ytr, oof_p, threshold),
         "binary_at_0_5": binary_metrics(ytr, oof_p, 0.5),
         "category": category_metrics(ctr, served_categories(oof_p, oof_logp + bias, threshold, head_labels)),
