@@ -574,7 +574,7 @@ class ModelHolder:
     """One model per instance, loaded lazily, re-checked every `refresh_seconds` for a new promotion.
 
     The check reads only the small serving pointer; the artifact is downloaded again only when
-    the promoted sha256 changes. This is the seam to swap for the runtime's snapshot cache.
+    the promoted version or sha256 changes. This is the seam to swap for the runtime's snapshot cache.
     """
 
     def __init__(
@@ -608,7 +608,8 @@ class ModelHolder:
                     self._checked_at = self._clock()
                     return self._model
                 return load_serving_model(blobs=self._blobs, bucket=self._bucket)
-            if self._model is None or self._model.sha256 != pointer["sha256"]:
+            current = self._model
+            if current is None or current.sha256 != pointer["sha256"] or current.version != str(pointer["version"]):
                 started = time.perf_counter()
                 self._model = load_version(
                     blobs=self._blobs, bucket=self._bucket, version=str(pointer["version"]), expected_sha256=str(pointer["sha256"])

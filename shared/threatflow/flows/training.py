@@ -244,7 +244,7 @@ class TrainConfig:
     target_fpr: float = TARGET_VALIDATION_FPR
     compare_random_forest: bool = True
     rf_trees: int = 100
-    n_jobs: int = 2
+    n_jobs: int = 4  # parallel fits (folds + served heads); processes, so they also spread over cores
     threads: int = 1  # OpenMP threads for the boosting; 1 is fastest when other work shares the cores
 
     @classmethod
@@ -442,6 +442,36 @@ def _fit_category(config: TrainConfig, X: np.ndarray, category: np.ndarray) -> t
     return model, [int(c) for c in np.asarray(labels)]
 
 
+def _fit_fold(
+    config: TrainConfig, X: np.ndarray, y: np.ndarray, category: np.ndarray, X_val: np.ndarray, head_labels: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """One cross-validation fold: out-of-fold P(attack) and category log-probabilities (columns = head_labels)."""
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=config.threads):
+        binary = _hgb(config, max_iter=config.max_iter).fit(X, y)
+        p = binary.predict_proba(X_val)[:, 1]
+        category_model, labels = _fit_category(config, X, category)
+        logp = _log_softmax_head(category_model, X_val)
+    if labels == head_labels:
+        return p, logp
+    filled = np.full((len(X_val), len(head_labels)), -30.0)  # a rare category missing from this fold's training part
+    column = {c: j for j, c in enumerate(head_labels)}
+    for j, c in enumerate(labels):
+        filled[:, column[c]] = logp[:, j]
+    return p, filled
+
+
+def _fit_heads(config: TrainConfig, X: np.ndarray, y: np.ndarray, category: np.ndarray) -> tuple[Any, Any, list[int]]:
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=config.threads):
+        binary = _hgb(config, max_iter=config.max_iter).fit(X, y)
+        category_model, labels = _fit_category(config, X, category)
+    return binary, category_model, labels
+
+
 def _log_softmax_head(model: Any, X: np.ndarray) -> np.ndarray:
     import numpy as np
 
@@ -492,23 +522,21 @@ def _train(dataset: Dataset, *, config: TrainConfig, version: str | None, log: C
     head_labels = sorted(set(ctr[ctr > 0].tolist()))
     oof_logp = np.full((len(ytr), max(2, len(head_labels))), np.log(1.0 / max(2, len(head_labels))))
     fold_scores: dict[str, list[float]] = {"hgb_roc_auc": []}
+    # Every fit is independent: the K folds and the served heads (fitted on all the training data)
+    # run in parallel processes, each with `threads` OpenMP threads.
+    from joblib import Parallel, delayed
     from sklearn.metrics import roc_auc_score
 
-    for k, (fit_idx, val_idx) in enumerate(folds.split(Xtr, _stratify_key(ctr, ytr, config.cv_folds))):
-        binary = _hgb(config, max_iter=config.max_iter).fit(Xtr[fit_idx], ytr[fit_idx])
-        oof_p[val_idx] = binary.predict_proba(Xtr[val_idx])[:, 1]
-        fold_scores["hgb_roc_auc"].append(float(roc_auc_score(ytr[val_idx], oof_p[val_idx])))
-        category_model, labels = _fit_category(config, Xtr[fit_idx], ctr[fit_idx])
-        if labels == head_labels:
-            oof_logp[val_idx] = _log_softmax_head(category_model, Xtr[val_idx])
-        else:  # a rare category missing from this fold's training part
-            column = {c: j for j, c in enumerate(head_labels)}
-            logp = _log_softmax_head(category_model, Xtr[val_idx])
-            filled = np.full((len(val_idx), len(head_labels)), -30.0)
-            for j, c in enumerate(labels):
-                filled[:, column[c]] = logp[:, j]
-            oof_logp[val_idx] = filled
+    splits = list(folds.split(Xtr, _stratify_key(ctr, ytr, config.cv_folds)))
+    jobs = [delayed(_fit_fold)(config, Xtr[fit], ytr[fit], ctr[fit], Xtr[val], head_labels) for fit, val in splits]
+    jobs.append(delayed(_fit_heads)(config, Xtr, ytr, ctr))
+    outputs = Parallel(n_jobs=min(config.n_jobs, len(jobs)), backend="loky")(jobs)
+    for k, ((_, val_idx), (p, logp)) in enumerate(zip(splits, outputs[:-1], strict=True)):
+        oof_p[val_idx] = p
+        oof_logp[val_idx] = logp
+        fold_scores["hgb_roc_auc"].append(float(roc_auc_score(ytr[val_idx], p)))
         log(f"fold {k + 1}/{config.cv_folds}: HGB ROC-AUC {fold_scores['hgb_roc_auc'][-1]:.5f}")
+    binary_model, category_model, labels = outputs[-1]
 
     threshold = choose_threshold(ytr, oof_p, target_fpr=config.target_fpr)
     bias = tune_category_bias(ctr, oof_p, oof_logp, threshold, head_labels)
@@ -525,9 +553,6 @@ def _train(dataset: Dataset, *, config: TrainConfig, version: str | None, log: C
         f"detection {validation['binary']['detection_rate']:.4%}, macro-F1 {validation['category']['macro_f1']:.4f}"
     )
 
-    # The served heads, fitted on all the training data.
-    binary_model = _hgb(config, max_iter=config.max_iter).fit(Xtr, ytr)
-    category_model, labels = _fit_category(config, Xtr, ctr)
     binary_trees = TreeEnsemble.from_sklearn(binary_model)
     category_trees = TreeEnsemble.from_sklearn(category_model)
     if category_trees.n_outputs == 1:
