@@ -120,7 +120,7 @@ def test_detect_single_batch_model_and_strict_errors(detect, blobs):
     batch = detect.post("/api/v1/detect/batch", {"flows": flows})
     assert batch.status_code == 200
     results = batch.get_json()["results"]
-    expected = [p.to_json() for p in trained.model.predict(flows)]
+    expected = [{**p.to_json(), "model_version": "served"} for p in trained.model.predict(flows)]
     assert results == expected  # input order, same scores as the model in-process
     assert results[0] == result
 
