@@ -620,7 +620,7 @@ class ModelHolder:
                     blobs=self._blobs, bucket=self._bucket, version=str(pointer["version"]), expected_sha256=str(pointer["sha256"])
                 )
                 model.warm()
-                self._model = model
+                self._model = current = model
                 self.load_seconds = time.perf_counter() - started
             self._checked_at = self._clock()
-            return self._model
+            return current
