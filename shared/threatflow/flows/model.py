@@ -278,14 +278,19 @@ class TreeEnsemble:
             return None
         predictors = self._sklearn
 
+        from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+
+        threads = _openmp_effective_n_threads()  # respects the instance's CPU quota (cgroups)
+
         def predict(X: np.ndarray) -> np.ndarray:
             import numpy as np
 
             X = np.ascontiguousarray(X, dtype=np.float64)
             out = np.tile(self.baseline, (len(X), 1))
+            n_threads = threads if len(X) >= 2_000 else 1
             for iteration in predictors:
                 for k, predictor in enumerate(iteration):
-                    out[:, k] += predictor.predict(X, self.known_cat_bitsets, self.f_idx_map, 1)
+                    out[:, k] += predictor.predict(X, self.known_cat_bitsets, self.f_idx_map, n_threads)
             return out
 
         return predict
