@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from threatflow.cli import common
 from threatflow.platform.errors import DependencyError, ThreatFlowError
 
 if TYPE_CHECKING:
@@ -24,24 +25,9 @@ if TYPE_CHECKING:
 CREDENTIALS = Path(os.environ.get("THREATFLOW_CREDENTIALS") or Path.home() / ".config" / "threatflow" / "credentials.json")
 
 
-def _with_stack_env() -> None:
-    from threatflow.devstack.stack import stack_env
-
-    for key, value in stack_env().items():
-        os.environ.setdefault(key, value)
-
-
-def _settings() -> Any:
-    from threatflow.platform.config import Settings
-
-    _with_stack_env()
-    return Settings.from_env()
-
-
-def _engine() -> Any:
-    from threatflow.adapters.postgres import create_engine
-
-    return create_engine(_settings())
+_with_stack_env = common.with_stack_env
+_settings = common.settings
+_engine = common.engine
 
 
 # -- devstack ----------------------------------------------------------------------
@@ -263,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     from threatflow.cli import iocs
 
     iocs.add_parser(sub, cmd_iocs)
+
+    from threatflow.cli import models
+
+    models.add_parser(sub)
 
     whoami = sub.add_parser("whoami", help="who the stored token belongs to")
     whoami.add_argument("--url")

@@ -86,12 +86,39 @@ def sync_attack(ctx: JobContext) -> dict[str, Any]:
     )
 
 
+def retrain_flows(ctx: JobContext) -> dict[str, Any]:
+    """Retrains the flow model on stored labelled flow events; promotes the candidate only if it beats the serving model.
+
+    The manifest's schedule ships with params.enabled false (a run then does nothing); a manual run
+    (`threatflow jobs run retrain-flows`) carries no params and trains.
+    """
+    if not bool(ctx.params.get("enabled", True)):
+        return {"status": "disabled", "enable": "set body.params.enabled: true on schedule retrain-flows in functions/topology.yaml"}
+    from threatflow.adapters.postgres import unit_of_work
+    from threatflow.flows import retrain
+    from threatflow.flows.repository import labelled_flows
+
+    def fetch(limit: int) -> list[dict[str, Any]]:
+        with unit_of_work(ctx.engine) as conn:
+            return list(labelled_flows(conn, limit=limit))
+
+    return retrain.retrain(
+        labelled_flows=fetch,
+        blobs=ctx.blobs,
+        bucket=ctx.settings.bucket_models,
+        now=ctx.clock.now,
+        min_rows=int(ctx.params.get("min_rows", retrain.DEFAULT_MIN_ROWS)),
+        max_rows=int(ctx.params.get("max_rows", retrain.DEFAULT_MAX_ROWS)),
+    )
+
+
 JOBS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
     "heartbeat": heartbeat,
     "decay-iocs": decay_iocs,
     "purge-runs": purge_runs,
     "sync-warninglists": sync_warninglists,
     "sync-attack": sync_attack,
+    "retrain-flows": retrain_flows,
 }
 
 

@@ -84,6 +84,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LOGIN_FALLBACK_PER_INSTANCE", "10/60", "token requests/seconds per instance while Redis is down (in-process)"),
     Variable("REDIS_TIMEOUT_MS", "250", "socket timeout of every Redis call"),
     Variable("REDIS_BREAKER_SECONDS", "5", "after a Redis failure, skip Redis for this long (circuit breaker)"),
+    Variable("DETECT_MODEL_REFRESH_SECONDS", "30", "how often the flow-model snapshot re-reads flows/serving.json"),
 )
 _DEFAULTS = {v.name: v.default for v in VARIABLES}
 
@@ -157,6 +158,7 @@ class Settings:
     login_fallback_per_instance: RateLimit = RateLimit(10, 60)
     redis_timeout_ms: int = 250
     redis_breaker_seconds: int = 5
+    detect_model_refresh_seconds: int = 30
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, require: tuple[str, ...] = ()) -> Settings:
@@ -247,6 +249,7 @@ class Settings:
             login_fallback_per_instance=RateLimit.parse("LOGIN_FALLBACK_PER_INSTANCE", get("LOGIN_FALLBACK_PER_INSTANCE") or ""),
             redis_timeout_ms=integer("REDIS_TIMEOUT_MS", 10),
             redis_breaker_seconds=integer("REDIS_BREAKER_SECONDS", 1),
+            detect_model_refresh_seconds=integer("DETECT_MODEL_REFRESH_SECONDS", 0),
         )
 
     def require_database(self) -> None:

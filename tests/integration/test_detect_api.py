@@ -1,0 +1,188 @@
+"""The model registry against the storage emulator, and the detect function over its real HTTP surface."""
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+from helpers import create_user
+from ml_helpers import flow_without_targets, sample_rows, small_model
+
+from threatflow.flows import features as F
+from threatflow.flows import model as M
+from threatflow.flows import registry
+from threatflow.platform.errors import ConflictError, DependencyError
+
+pytestmark = pytest.mark.integration
+BUCKET = "threatflow-models"
+
+
+def _now():
+    return datetime.now(UTC)
+
+
+@pytest.fixture
+def blobs(backend_env):
+    from threatflow.adapters.storage import GcsBlobs
+
+    store = GcsBlobs(backend_env["GOOGLE_CLOUD_PROJECT"])
+    for name in store.list(BUCKET, prefix="flows/"):
+        store.delete(BUCKET, name)
+    return store
+
+
+def _publish(blobs, version):
+    result = replace(small_model(), version=version)
+    result.metadata = {**result.metadata, "version": version}
+    registry.publish(result, blobs=blobs, bucket=BUCKET)
+    return result
+
+
+def test_publish_list_promote_load(blobs):
+    with pytest.raises(DependencyError, match="threatflow models train"):
+        M.load_serving_model(blobs=blobs, bucket=BUCKET)
+    first = _publish(blobs, "v1")
+    _publish(blobs, "v2")
+    with pytest.raises(ConflictError):
+        _publish(blobs, "v1")
+    assert [(v.version, v.serving) for v in registry.list_versions(blobs=blobs, bucket=BUCKET)] == [("v2", False), ("v1", False)]
+
+    pointer = registry.promote(blobs=blobs, bucket=BUCKET, version="v1", now=_now)
+    assert pointer["version"] == "v1" and pointer["sha256"] == first.metadata["sha256"]
+    assert json.loads(blobs.get(BUCKET, "flows/serving.json"))["version"] == "v1"
+    model = M.load_serving_model(blobs=blobs, bucket=BUCKET)
+    assert model.version == "v1" and model.sha256 == first.metadata["sha256"]
+    assert [v.version for v in registry.list_versions(blobs=blobs, bucket=BUCKET) if v.serving] == ["v1"]
+
+
+def test_a_tampered_artifact_is_neither_promoted_nor_loaded(blobs):
+    _publish(blobs, "good")
+    registry.promote(blobs=blobs, bucket=BUCKET, version="good", now=_now)
+    data = bytearray(blobs.get(BUCKET, "flows/models/good/model.npz"))
+    data[100] ^= 0x01
+    blobs.put(BUCKET, "flows/models/good/model.npz", bytes(data))
+    with pytest.raises(ConflictError, match="sha256"):
+        registry.promote(blobs=blobs, bucket=BUCKET, version="good", now=_now)
+    with pytest.raises(DependencyError, match="sha256"):
+        M.load_serving_model(blobs=blobs, bucket=BUCKET)
+
+
+def test_the_model_snapshot_picks_up_a_new_promotion_without_a_restart(blobs):
+    from threatflow.platform.snapshots import Snapshot
+
+    clock = [0.0]
+    snapshot = Snapshot(
+        "flow-model",
+        load=M.serving_model_loader(blobs=lambda: blobs, bucket=BUCKET),
+        refresh_seconds=30,
+        retry_seconds=5,
+        monotonic=lambda: clock[0],
+    )
+    with pytest.raises(DependencyError, match="threatflow models train"):
+        snapshot.get()
+    _publish(blobs, "a")
+    _publish(blobs, "b")
+    registry.promote(blobs=blobs, bucket=BUCKET, version="a", now=_now)
+    clock[0] = 6.0  # past the retry interval after the failed first load
+    first = snapshot.get()
+    assert first.version == "a" and first.load_seconds is not None
+    registry.promote(blobs=blobs, bucket=BUCKET, version="b", now=_now)
+    assert snapshot.get().version == "a"  # within the refresh interval: no storage call
+    clock[0] = 37.0
+    assert snapshot.get().version == "b"
+    clock[0] = 68.0
+    assert snapshot.get().version == "b" and snapshot.status().changes == 2  # unchanged pointer: not loaded again
+
+
+@pytest.fixture
+def detect(function_client, backend_env, blobs):
+    password = create_user(backend_env["DATABASE_URL"], "reader1", "reader")
+    auth = function_client("auth")
+    token = auth.post("/api/v1/auth/token", json={"username": "reader1", "password": password}).get_json()["access_token"]
+    client = function_client("detect")
+
+    class Api:
+        headers = {"Authorization": f"Bearer {token}"}
+
+        def post(self, path, body):
+            return client.post(path, json=body, headers=self.headers)
+
+        def get(self, path):
+            return client.get(path, headers=self.headers)
+
+    return Api()
+
+
+def test_detect_answers_503_naming_the_command_until_a_model_is_promoted(detect):
+    response = detect.post("/api/v1/detect", {"flow": flow_without_targets(sample_rows(2500)[0])})
+    assert response.status_code == 503
+    assert "threatflow models train" in response.get_json()["error"]["message"]
+
+
+def test_detect_single_batch_model_and_strict_errors(detect, blobs):
+    trained = _publish(blobs, "served")
+    registry.promote(blobs=blobs, bucket=BUCKET, version="served", now=_now)
+    rows = sample_rows(2500)[:200]
+    flows = [flow_without_targets(r) for r in rows]
+
+    one = detect.post("/api/v1/detect", {"flow": flows[0]})
+    assert one.status_code == 200, one.get_json()
+    result = one.get_json()["result"]
+    assert set(result) == {"is_attack", "probability", "attack_cat", "category_probabilities", "model_version"}
+    assert result["model_version"] == "served"
+
+    batch = detect.post("/api/v1/detect/batch", {"flows": flows})
+    assert batch.status_code == 200
+    results = batch.get_json()["results"]
+    expected = [{**p.to_json(), "model_version": "served"} for p in trained.model.predict(flows)]
+    assert results == expected  # input order, same scores as the model in-process
+    assert results[0] == result
+
+    # Raw-layout names score the same flow identically.
+    raw = {("ct_src_ ltm" if k == "ct_src_ltm" else "Sload" if k == "sload" else k): v for k, v in flows[0].items()}
+    assert detect.post("/api/v1/detect", {"flow": raw}).get_json()["result"] == result
+
+    explained = detect.post("/api/v1/detect/batch?explain=true", {"flows": flows[:2]}).get_json()["results"]
+    assert all(len(r["top_features"]) == 5 for r in explained)
+
+    bad = [dict(flows[0]), dict(flows[1], sbytes="many", colour="blue")]
+    del bad[0]["dur"]
+    error = detect.post("/api/v1/detect/batch", {"flows": bad})
+    assert error.status_code == 400
+    listed = {(e["index"], e["field"]) for e in error.get_json()["error"]["details"]["errors"]}
+    assert listed == {(0, "dur"), (1, "sbytes"), (1, "colour")}
+
+    assert detect.post("/api/v1/detect/batch", {"flows": [flows[0]] * 10_001}).status_code == 400
+    assert detect.post("/api/v1/detect/batch", {"flows": []}).status_code == 400
+    assert detect.post("/api/v1/detect", {"flow": flows[0], "extra": 1}).status_code == 400
+
+    info = detect.get("/api/v1/detect/model").get_json()
+    assert info["version"] == "served" and info["features"] == list(F.FEATURE_COLUMNS)
+    assert info["training_data_sha256"] == trained.metadata["training_data"]["sha256"]
+    assert info["threshold"] == trained.metadata["threshold"] and "heldout" in info["metrics"]
+
+
+def test_detect_requires_a_token(function_client, backend_env):
+    client = function_client("detect")
+    assert client.post("/api/v1/detect", json={"flow": {}}).status_code == 401
+
+
+def test_retrain_publishes_a_candidate_and_promotes_only_a_better_one(blobs):
+    from threatflow.flows import retrain
+    from threatflow.flows.training import TrainConfig
+
+    rows = sample_rows(2500)
+    config = TrainConfig(cv_folds=2, max_iter=30, category_max_iter=15, compare_random_forest=False)
+    skipped = retrain.retrain(labelled_flows=lambda limit: rows[:100], blobs=blobs, bucket=BUCKET, now=_now, min_rows=1000, config=config)
+    assert skipped["status"] == "skipped"
+
+    first = retrain.retrain(labelled_flows=lambda limit: rows[:limit], blobs=blobs, bucket=BUCKET, now=_now, min_rows=1000, config=config)
+    assert first["status"] == "promoted" and first["serving"] is None
+    # The same data again: a candidate that does not beat the serving model is published but not promoted.
+    clock = [datetime(2030, 1, 1, tzinfo=UTC)]
+    second = retrain.retrain(
+        labelled_flows=lambda limit: rows[:limit], blobs=blobs, bucket=BUCKET, now=lambda: clock[0], min_rows=1000, config=config
+    )
+    assert second["status"] == "kept serving model" and second["serving"] == first["candidate"]
+    assert {v.version for v in registry.list_versions(blobs=blobs, bucket=BUCKET)} == {first["candidate"], second["candidate"]}
+    assert M.read_serving_pointer(blobs=blobs, bucket=BUCKET)["version"] == first["candidate"]

@@ -1,0 +1,255 @@
+"""Flow detection: single-flow latency over HTTP, batch throughput, model load time, artifact size.
+
+Starts its own PostgreSQL, Redis and Cloud Storage emulator, publishes and promotes a model
+(from --model-dir, the output of `ml/train.py`, or trained here on the dev data), serves the
+functions with the local gateway and calls /api/v1/detect like a client. In-run baselines:
+scikit-learn's predict_proba on one flow (its per-call overhead) against the numpy tree walker
+the service uses for small batches, and the whole service call without HTTP.
+Targets: single-flow p50 over HTTP < 5 ms; /detect/batch >= 20,000 flows/s.
+Run: .venv/bin/python tests/perf/bench_detect.py [--model-dir DIR] [--singles N] [--batches N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+
+BUCKET = "threatflow-models"
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def load_or_train(model_dir: str | None) -> object:
+    from threatflow.flows import training
+
+    if model_dir:
+        directory = Path(model_dir)
+        metadata = json.loads((directory / "metadata.json").read_text())
+        artifact = (directory / "model.npz").read_bytes()
+        from threatflow.flows.model import load_artifact
+
+        model = load_artifact(artifact, metadata, expected_sha256=metadata["sha256"])
+        return training.TrainResult(
+            version=metadata["version"],
+            artifact=artifact,
+            metadata=metadata,
+            metrics=metadata.get("metrics", {}),
+            model_card=(directory / "model_card.md").read_text(),
+            model=model,
+            seconds=0.0,
+        )
+    from helpers import require_shared_data
+
+    print("training on the dev data (pass --model-dir to reuse ml/train.py output)…", flush=True)
+    dataset = training.read_dataset([require_shared_data("unsw-nb15", "unsw_nb15_dev.csv.gz")])
+    return training.train(dataset, config=training.TrainConfig(compare_random_forest=False))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model-dir")
+    parser.add_argument("--singles", type=int, default=500)
+    parser.add_argument("--batches", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+
+    import numpy as np
+    from ml_helpers import dev_rows, flow_without_targets
+
+    from threatflow.devstack import services
+    from threatflow.flows import model as M
+    from threatflow.flows import registry
+    from threatflow.flows.features import matrix_from_clean, validate_flows
+
+    result = load_or_train(args.model_dir)
+    rows = list(dev_rows())
+    flows = [flow_without_targets(r) for r in rows]
+    print(f"model {result.version}: artifact {len(result.artifact) / 1024:.0f} KiB (npz)")
+
+    # -- in-process baselines ---------------------------------------------------------
+    model = result.model
+    model.warm()
+    clean, _ = validate_flows(flows[:1])
+    x1 = matrix_from_clean(clean, vocabulary=model.vocabulary)
+    sk = _sklearn_twin(model)
+
+    def timed(fn, n: int) -> float:
+        fn()
+        samples = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - t)
+        return percentile(samples, 0.5) * 1000
+
+    sk_ms = timed(lambda: sk(x1), 200) if sk else float("nan")
+    walker_ms = timed(lambda: (model.binary.raw_predict_numpy(x1), model.category.raw_predict_numpy(x1)), 200)
+    service_ms = timed(lambda: model.predict(flows[:1]), 200)
+    print(f"one flow, in process: scikit-learn predict_proba (both heads) p50 {sk_ms:.2f} ms")
+    print(f"                      numpy tree walker (both heads)         p50 {walker_ms:.2f} ms   ({sk_ms / walker_ms:.1f}x faster)")
+    print(f"                      model.predict (validate + score)       p50 {service_ms:.2f} ms")
+
+    state = Path(tempfile.mkdtemp(prefix="tf-bench-detect-"))
+    pg = services.start_postgres(state)
+    redis = services.start_redis(state)
+    storage = services.start_storage_emulator(state, buckets=[BUCKET])
+    gateway = None
+    try:
+        env = {
+            **os.environ,
+            **pg.env,
+            **redis.env,
+            **storage.env,
+            "JWT_SECRET": os.urandom(32).hex(),
+            "LOG_LEVEL": "WARNING",
+            "RATE_LIMIT_PER_USER": "1000000/60",
+            "RATE_LIMIT_PER_IP": "1000000/60",
+            "THREATFLOW_USES": "postgres,redis,storage",
+            "GOOGLE_CLOUD_PROJECT": "threatflow-local",
+        }
+        os.environ.update(env)
+        from threatflow.adapters.postgres import create_engine
+        from threatflow.adapters.storage import GcsBlobs
+        from threatflow.db.migrate import migrate
+        from threatflow.platform.config import Settings
+
+        engine = create_engine(Settings.from_env())
+        migrate(engine, progress=lambda _m: None)
+        engine.dispose()
+        blobs = GcsBlobs("threatflow-local")
+        registry.publish(result, blobs=blobs, bucket=BUCKET)
+        from datetime import UTC, datetime
+
+        registry.promote(blobs=blobs, bucket=BUCKET, version=result.version, now=lambda: datetime.now(UTC))
+        loads, warms = [], []
+        for _ in range(3):
+            t = time.perf_counter()
+            loaded = M.load_serving_model(blobs=blobs, bucket=BUCKET)
+            loads.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            loaded.warm()
+            warms.append(time.perf_counter() - t)
+        print(
+            f"model load from the storage emulator (pointer + metadata + artifact, sha256-verified): {min(loads) * 1000:.0f} ms; "
+            f"building the compiled batch scorers: {min(warms) * 1000:.0f} ms"
+        )
+
+        from helpers import create_user
+
+        password = create_user(pg.env["DATABASE_URL"], "bench", "reader")
+        port = services.free_port()
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "threatflow.devstack.gateway", "--port", str(port), "--workers", str(args.workers), "--threads", "4"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        services.wait_for_port(port, timeout=90, name="gateway")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        conn.request(
+            "POST",
+            "/api/v1/auth/token",
+            body=json.dumps({"username": "bench", "password": password}),
+            headers={"Content-Type": "application/json"},
+        )
+        token = json.loads(conn.getresponse().read())["access_token"]
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+        def post(path: str, body: bytes) -> tuple[float, bytes]:
+            t = time.perf_counter()
+            conn.request("POST", path, body=body, headers=headers)
+            response = conn.getresponse()
+            payload = response.read()
+            if response.status != 200:
+                raise SystemExit(f"{path}: {response.status} {payload[:300]!r}")
+            return time.perf_counter() - t, payload
+
+        health = []
+        for _ in range(50):
+            t = time.perf_counter()
+            conn.request("GET", "/health")
+            conn.getresponse().read()
+            health.append(time.perf_counter() - t)
+        singles = [json.dumps({"flow": f}).encode() for f in flows[: args.singles]]
+        for body in singles[:20]:  # warm both workers' model
+            post("/api/v1/detect", body)
+        latencies = [post("/api/v1/detect", body)[0] for body in singles]
+        p50, p99 = percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000
+        h50 = percentile(health, 0.5) * 1000
+        print(
+            f"POST /api/v1/detect (one flow, HTTP): p50 {p50:.2f} ms  p99 {p99:.2f} ms   (GET /health p50 {h50:.2f} ms: HTTP+gateway floor)"
+        )
+
+        rng = np.random.default_rng(0)
+        bodies = []
+        for _ in range(args.batches):
+            picks = rng.integers(0, len(flows), args.batch_size)
+            bodies.append(json.dumps({"flows": [flows[i] for i in picks]}).encode())
+        for _ in range(args.workers):  # each gateway worker loads its model once
+            post("/api/v1/detect/batch", bodies[0])
+        began = time.perf_counter()
+        batch_latencies = [post("/api/v1/detect/batch", body)[0] for body in bodies]
+        seconds = time.perf_counter() - began
+        total = args.batches * args.batch_size
+        t = time.perf_counter()
+        model.predict(flows[: args.batch_size])
+        in_process = args.batch_size / (time.perf_counter() - t)
+        print(
+            f"POST /api/v1/detect/batch ({args.batch_size:,} flows, one client): {total / seconds:,.0f} flows/s, "
+            f"p50 {percentile(batch_latencies, 0.5) * 1000:.0f} ms per batch   (in process, no HTTP: {in_process:,.0f} flows/s)"
+        )
+    finally:
+        if gateway:
+            gateway.terminate()
+            gateway.wait(timeout=20)
+        services.stop(storage)
+        services.stop(redis)
+        services.stop(pg)
+
+
+def _sklearn_twin(model: object):
+    """predict_proba of both heads through scikit-learn's public API, on estimators carrying the same trees."""
+    try:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+    except ImportError:
+        return None
+    import numpy as np
+
+    from threatflow.flows.features import FEATURE_COLUMNS, categorical_indices
+
+    # Fit tiny estimators for the plumbing (binning, checks), then give them the served trees.
+    rng = np.random.default_rng(0)
+    X = rng.random((200, len(FEATURE_COLUMNS))).astype(np.float32)
+    for i in categorical_indices():
+        X[:, i] = rng.integers(0, 3, 200)
+    mask = [i in categorical_indices() for i in range(len(FEATURE_COLUMNS))]
+    binary = HistGradientBoostingClassifier(max_iter=2, categorical_features=mask).fit(X, rng.integers(0, 2, 200))
+    category = HistGradientBoostingClassifier(max_iter=2, categorical_features=mask).fit(X, rng.integers(0, model.category.n_outputs, 200))
+    binary._predictors = model.binary._build_sklearn_predictors()
+    category._predictors = model.category._build_sklearn_predictors()
+    binary._baseline_prediction = model.binary.baseline.reshape(1, -1)
+    category._baseline_prediction = model.category.baseline.reshape(1, -1)
+
+    def both(x: object) -> None:
+        binary.predict_proba(x)
+        category.predict_proba(x)
+
+    return both
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Training on a small sample, the artifact (round trip, sha256 refusal), and the scorers against scikit-learn."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from ml_helpers import flow_without_targets, sample_rows, small_model
+
+from threatflow.flows import features as F
+from threatflow.flows import model as M
+from threatflow.flows import training as T
+from threatflow.platform.errors import ValidationError
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return small_model()
+
+
+@pytest.fixture(scope="module")
+def sklearn_heads(trained):
+    """The same heads refitted by scikit-learn with the same settings and data (deterministic)."""
+    rows = sample_rows(2500)
+    dataset = T.dataset_from_flows(rows)
+    from sklearn.model_selection import train_test_split
+
+    cat = dataset.category.astype(np.int64)
+    idx = np.arange(dataset.rows)
+    train_idx, _ = train_test_split(idx, test_size=0.2, stratify=T._stratify_key(cat, dataset.label, 2), random_state=7)
+    config = T.TrainConfig(cv_folds=2, max_iter=30, category_max_iter=15, compare_random_forest=False)
+    binary = T._hgb(config, max_iter=config.max_iter).fit(dataset.X[train_idx], dataset.label[train_idx].astype(np.int64))
+    category, _ = T._fit_category(config, dataset.X[train_idx], cat[train_idx])
+    return dataset, binary, category
+
+
+def test_training_writes_metrics_and_a_model_card(trained, tmp_path):
+    written = trained.write(tmp_path)
+    assert {p.name for p in written} == {"model.npz", "metadata.json", "metrics.json", "model_card.md"}
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for part in ("validation", "heldout"):
+        binary = metrics[part]["binary"]
+        assert {"roc_auc", "pr_auc", "accuracy", "f1", "fpr", "detection_rate", "threshold"} <= set(binary)
+        assert binary["roc_auc"] > 0.95  # even 30 trees on 2,000 flows separate attacks well
+        assert set(metrics[part]["category"]["per_category_recall"]) <= set(F.ATTACK_CATEGORIES)
+    assert metrics["validation"]["binary"]["fpr"] <= 0.02  # threshold chosen for ≤ 0.8 % on validation
+    card = (tmp_path / "model_card.md").read_text()
+    assert trained.metadata["training_data"]["sha256"] in card and "Limitations" in card and "srcip" in card
+    assert trained.metadata["category_labels"] == [c for c in F.ATTACK_CATEGORIES[1:]]
+
+
+def test_artifact_round_trip_and_tamper_refusal(trained):
+    loaded = M.load_artifact(trained.artifact, trained.metadata, expected_sha256=trained.metadata["sha256"])
+    flows = [flow_without_targets(r) for r in sample_rows(2500)[:50]]
+    assert [p.to_json() for p in loaded.predict(flows)] == [p.to_json() for p in trained.model.predict(flows)]
+
+    tampered = bytearray(trained.artifact)
+    tampered[len(tampered) // 2] ^= 0xFF
+    with pytest.raises(M.ArtifactError, match="sha256"):
+        M.load_artifact(bytes(tampered), trained.metadata, expected_sha256=trained.metadata["sha256"])
+    with pytest.raises(M.ArtifactError, match="sha256"):
+        M.load_artifact(trained.artifact, trained.metadata, expected_sha256="0" * 64)
+    with pytest.raises(M.ArtifactError, match="feature set"):
+        M.load_artifact(trained.artifact, {**trained.metadata, "features": ["dur"]}, expected_sha256=trained.metadata["sha256"])
+
+
+def test_artifact_holds_numeric_arrays_only(trained):
+    with np.load(io.BytesIO(trained.artifact), allow_pickle=False) as archive:
+        kinds = {archive[name].dtype.kind for name in archive.files}
+    assert kinds <= {"i", "u", "f", "b"}
+
+
+def test_crafted_out_of_range_children_are_refused(trained):
+    with np.load(io.BytesIO(trained.artifact), allow_pickle=False) as archive:
+        arrays = {k: archive[k] for k in archive.files}
+    arrays["binary.left"] = arrays["binary.left"].copy()
+    arrays["binary.left"][~arrays["binary.is_leaf"]] = 10**8
+    with pytest.raises(M.ArtifactError, match="out of range"):
+        M.TreeEnsemble.from_arrays(arrays, "binary")
+
+
+def test_numpy_walker_and_compiled_path_equal_sklearn(trained, sklearn_heads):
+    dataset, binary, category = sklearn_heads
+    model = trained.model
+    X = dataset.X[:300]
+    # A NaN and an unseen category code exercise the missing-value routes.
+    X = np.vstack([X, X[:2]])
+    X[-2, F.FEATURE_COLUMNS.index("sbytes")] = np.nan
+    X[-1, F.FEATURE_COLUMNS.index("proto")] = model.vocabulary.size("proto") + 5
+    expected_binary = binary.predict_proba(X)[:, 1]
+    expected_category = category.predict_proba(X)
+    for raw in (model.binary.raw_predict_numpy(X), model.binary._compiled()(X)):
+        np.testing.assert_allclose(1 / (1 + np.exp(-raw[:, 0])), expected_binary, rtol=1e-9, atol=1e-12)
+    for raw in (model.category.raw_predict_numpy(X), model.category._compiled()(X)):
+        z = np.exp(raw - raw.max(axis=1, keepdims=True))
+        np.testing.assert_allclose(z / z.sum(axis=1, keepdims=True), expected_category, rtol=1e-9, atol=1e-12)
+
+
+def test_predictions_are_coherent(trained):
+    flows = [flow_without_targets(r) for r in sample_rows(2500)[:40]]
+    predictions = trained.model.predict(flows, explain=True, top=3)
+    assert len(predictions) == 40
+    for p in predictions:
+        assert abs(sum(p.category_probabilities.values()) - 1.0) < 1e-4
+        assert set(p.category_probabilities) == set(F.ATTACK_CATEGORIES)
+        assert p.is_attack == (p.probability >= trained.model.threshold)
+        assert (p.attack_cat == "Normal") == (not p.is_attack)
+        assert p.model_version == "test-small"
+        assert len(p.contributions) == 3 and all(c["feature"] in F.FEATURE_COLUMNS for c in p.contributions)
+
+
+def test_predict_rejects_bad_flows_listing_each(trained):
+    flows = [flow_without_targets(r) for r in sample_rows(2500)[:3]]
+    flows[1] = {**flows[1], "sbytes": "lots"}
+    del flows[2]["dur"]
+    with pytest.raises(ValidationError) as info:
+        trained.model.predict(flows)
+    assert [(e["index"], e["field"]) for e in info.value.details["errors"]] == [(1, "sbytes"), (2, "dur")]
+
+
+def test_threshold_rule_keeps_validation_fpr_within_target():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(1000, int), np.ones(1000, int)]
+    p = np.r_[rng.beta(1, 8, 1000), rng.beta(8, 1, 1000)]
+    t = T.choose_threshold(y, p, target_fpr=0.008)
+    assert ((p >= t) & (y == 0)).sum() <= 8
+    assert ((p >= np.nextafter(np.sort(p[y == 0])[-9], 0)) & (y == 0)).sum() > 8  # and no lower threshold would do
+
+
+def test_raw_layout_file_is_read_with_the_features_file(tmp_path):
+    import gzip
+
+    rows = sample_rows(2500)[:30]
+    names = F.RAW_COLUMNS
+    lines = []
+    for r in rows:
+        canon = {F.canonical_name(k): v for k, v in r.items()}
+        canon.update({"srcip": "10.0.0.1", "sport": "1", "dstip": "10.0.0.2", "dsport": "80", "stime": "1", "ltime": "2"})
+        canon["attack_cat"] = (
+            "" if r["attack_cat"] == "Normal" else f" {r['attack_cat']}s" if r["attack_cat"] == "Backdoor" else r["attack_cat"]
+        )
+        canon["ct_flw_http_mthd"] = ""  # the official raw files leave it blank on many rows
+        lines.append(",".join(str(canon[F.canonical_name(n)]) for n in names))
+    path = tmp_path / "UNSW-NB15_1.csv.gz"
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    dataset = T.read_dataset([path], layout="raw", features_csv=F_FEATURES if F_FEATURES.exists() else None)
+    assert dataset.rows == 30 and dataset.skipped == {}
+    assert dataset.blanks == {"ct_flw_http_mthd": 30}
+    expected = [F.ATTACK_CATEGORIES.index(r["attack_cat"]) for r in rows]
+    assert dataset.category.tolist() == expected
+    assert len(dataset.sha256) == 64
+
+
+from helpers import SHARED_DATA  # noqa: E402
+
+F_FEATURES = SHARED_DATA / "unsw-nb15" / "NUSW-NB15_features.csv"
