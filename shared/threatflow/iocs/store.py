@@ -233,6 +233,23 @@ class IocAdmin:
             )
         return row_to_dict(row)
 
+    def log_sightings(self, sightings: Sequence[tuple[int, datetime, str | None, dict[str, Any]]], *, conn: Connection) -> int:
+        """Record sightings (ioc_id, seen_at, source, context) whose counts an upsert already made, in one statement."""
+        from sqlalchemy import text
+
+        if not sightings:
+            return 0
+        doc = msgspec.json.encode([{"ioc_id": i, "seen_at": at, "source": src, "context": ctx} for i, at, src, ctx in sightings]).decode()
+        result = conn.execute(
+            text(
+                "INSERT INTO ioc_sightings (ioc_id, seen_at, source, context)"
+                " SELECT ioc_id, seen_at, source, context FROM jsonb_to_recordset(CAST(:doc AS jsonb))"
+                " AS x(ioc_id bigint, seen_at timestamptz, source text, context jsonb)"
+            ),
+            {"doc": doc},
+        )
+        return int(result.rowcount)
+
     def sightings(self, ioc_id: int, *, limit: int = 50) -> list[dict[str, Any]]:
         from sqlalchemy import text
 

@@ -65,8 +65,28 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable("ATTACK_DATA_PATH", None, "ATT&CK file read directly instead of the synced snapshot (a path or gs:// object; pins a release)"),
     Variable("WARNINGLISTS_REFRESH_SECONDS", "3600", "how often a function instance reloads the warninglist snapshot"),
+    Variable("FLOWS_RETENTION_DAYS", "90", "flow-event partitions (days) older than this are dropped by the flow-retention job"),
+    Variable("FLOWS_BRIDGE_THRESHOLD", "0.9", "flows predicted as attacks with at least this probability make their source an IoC"),
+    Variable("FLOWS_SEARCH_CACHE", "flag", "Redis cache for event search: on, off, or flag (Firestore flags/flows-search-cache)"),
 )
 _DEFAULTS = {v.name: v.default for v in VARIABLES}
+
+
+def _probability(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r}: expected a number between 0 and 1") from None
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name}={text!r}: expected a number between 0 and 1")
+    return value
+
+
+def _choice(name: str, text: str, choices: tuple[str, ...]) -> str:
+    value = text.strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name}={text!r}: expected one of {', '.join(choices)}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -122,6 +142,9 @@ class Settings:
     warninglists_source: str | None = None
     attack_source: str | None = None
     warninglists_refresh_seconds: int = 3600
+    flows_retention_days: int = 90
+    flows_bridge_threshold: float = 0.9
+    flows_search_cache: str = "flag"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, require: tuple[str, ...] = ()) -> Settings:
@@ -193,6 +216,9 @@ class Settings:
             warninglists_source=get("WARNINGLISTS_SOURCE"),
             attack_source=get("ATTACK_SOURCE"),
             warninglists_refresh_seconds=integer("WARNINGLISTS_REFRESH_SECONDS", 60),
+            flows_retention_days=integer("FLOWS_RETENTION_DAYS", 1),
+            flows_bridge_threshold=_probability("FLOWS_BRIDGE_THRESHOLD", get("FLOWS_BRIDGE_THRESHOLD") or ""),
+            flows_search_cache=_choice("FLOWS_SEARCH_CACHE", get("FLOWS_SEARCH_CACHE") or "", ("on", "off", "flag")),
         )
 
     def require_database(self) -> None:
