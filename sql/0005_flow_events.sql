@@ -48,8 +48,9 @@ CREATE INDEX IF NOT EXISTS flow_events_dst_time_idx ON flow_events (dstip, event
 CREATE INDEX IF NOT EXISTS flow_events_time_idx ON flow_events (event_time DESC, event_key DESC);
 
 -- Daily partitions, named flow_events_pYYYYMMDD. Created ahead by the flow-retention
--- job and on demand by ingest (both call this); the advisory lock makes concurrent
--- creators of the same day wait instead of failing.
+-- job and on demand by ingest (both call this). Concurrent creators of the same day
+-- queue on one advisory lock; the one that loses the race sees "already exists"
+-- (its catalog cache may predate the winner's commit) and takes that as done.
 CREATE OR REPLACE FUNCTION flow_events_ensure_partition(day date) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -59,11 +60,13 @@ BEGIN
         RETURN name;
     END IF;
     PERFORM pg_advisory_xact_lock(hashtext('flow_events_partitions'));
-    IF to_regclass(name) IS NULL THEN
+    BEGIN
         EXECUTE format(
-            'CREATE TABLE %I PARTITION OF flow_events FOR VALUES FROM (%L) TO (%L)',
+            'CREATE TABLE IF NOT EXISTS %I PARTITION OF flow_events FOR VALUES FROM (%L) TO (%L)',
             name, (day::timestamp AT TIME ZONE 'UTC'), ((day + 1)::timestamp AT TIME ZONE 'UTC'));
-    END IF;
+    EXCEPTION WHEN duplicate_table OR unique_violation THEN
+        NULL;  -- created by a concurrent caller
+    END;
     RETURN name;
 END
 $$;
