@@ -35,6 +35,8 @@ class FlowBatch(msgspec.Struct, forbid_unknown_fields=True):
     # event keys are stable even if batches are cut differently on a resume.
     source: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9:._/-]+$")] | None = None
     offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # Row numbers of the flows in their source (the CLI skips invalid rows); default offset + index.
+    positions: list[Annotated[int, msgspec.Meta(ge=0)]] | None = None
     observed_at: datetime | None = None
 
 
@@ -50,8 +52,20 @@ def build_router(runtime: Runtime) -> Router:
 
     router = Router("flows", runtime=runtime)
     settings = runtime.settings
-    models = ingest.ServingModelCache(blobs=runtime.blobs, bucket=settings.bucket_models)
-    cache = search.SearchCache(mode=settings.flows_search_cache, redis=runtime.redis, documents=runtime.documents)
+    lazy: dict[str, Any] = {}  # clients are built on first use, not at import (cold starts)
+
+    def models() -> Any:
+        if "models" not in lazy:
+            lazy["models"] = ingest.ServingModelCache(blobs=runtime.blobs, bucket=settings.bucket_models)
+        return lazy["models"]
+
+    def cache() -> search.SearchCache:
+        if "cache" not in lazy:
+            lazy["cache"] = search.SearchCache(
+                mode=settings.flows_search_cache, redis=lambda: runtime.redis, documents=lambda: runtime.documents
+            )
+        return lazy["cache"]  # type: ignore[no-any-return]
+
     policy_cache: dict[str, Any] = {"at": 0.0, "value": None}
 
     def policies() -> Any:
@@ -74,6 +88,8 @@ def build_router(runtime: Runtime) -> Router:
                 field=f"flows[{first.index}].{first.field}",
                 details={"field": f"flows[{first.index}].{first.field}", "errors": listed, "total": len(problems)},
             )
+        if body.positions is not None and len(body.positions) != len(body.flows):
+            raise ValidationError("positions must have one row number per flow", field="positions")
         now = runtime.clock.now()
         observed_at = body.observed_at or now
         if observed_at.tzinfo is None:
@@ -83,9 +99,10 @@ def build_router(runtime: Runtime) -> Router:
             canonical,
             fields,
             engine=runtime.engine,
-            model=models.get(),
+            model=models().get(),
             source=source,
             first_position=body.offset,
+            positions=body.positions,
             observed_at=observed_at,
             threshold=settings.flows_bridge_threshold,
             publisher=runtime.publisher,
@@ -135,16 +152,16 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("GET", "/api/v1/events/search", role=Role.READER)
     def search_events(request: Request) -> Response:
-        use_cache = cache.enabled()
+        use_cache = cache().enabled()
         now = search.round_now(runtime.clock.now()) if use_cache else runtime.clock.now()
         query = search.parse_search(request.query, now=now)
         if use_cache:
-            key = cache.key(query)
-            hit = cache.get(key)
+            key = cache().key(query)
+            hit = cache().get(key)
             if hit is not None:
                 return Response(hit, headers={"X-Cache": "hit"})
             payload = msgspec.json.encode(search.search(query, engine=runtime.engine))
-            cache.put(key, payload)
+            cache().put(key, payload)
             return Response(payload, headers={"X-Cache": "miss"})
         return Response(search.search(query, engine=runtime.engine))
 

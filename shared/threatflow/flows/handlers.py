@@ -57,13 +57,13 @@ def build_handler(runtime: Any) -> Callable[[Message], dict[str, Any]]:
 
     def ingest_rows(flows: list[dict[str, Any]], positions: list[int], *, source: str, observed_at: datetime) -> dict[str, Any]:
         canonical, fields, problems = ingest.validate(flows)
-        bad = {p.index for p in problems}
-        keep = [i for i in range(len(canonical)) if i not in bad]
+        keep = ingest.valid_indices(len(flows), problems)
+        invalid = len(flows) - len(keep)
         if not keep:
-            return {"stored": 0, "duplicates": 0, "invalid": len(bad), "first_problem": problems[0].to_json() if problems else None}
+            return {"stored": 0, "duplicates": 0, "invalid": invalid, "first_problem": problems[0].to_json() if problems else None}
         result = pipeline.ingest_batch(
-            [canonical[i] for i in keep],
-            [fields[i] for i in keep],
+            canonical,
+            fields,
             engine=runtime.engine,
             model=models.get(),
             source=source,
@@ -76,7 +76,7 @@ def build_handler(runtime: Any) -> Callable[[Message], dict[str, Any]]:
             warninglists=warninglists.matcher_for(runtime),
             now=runtime.clock.now(),
         )
-        result["invalid"] = len(bad)
+        result["invalid"] = invalid
         result["first_problem"] = problems[0].to_json() if problems else None
         return result
 

@@ -212,14 +212,31 @@ def event_fields(flow: Mapping[str, Any], index: int, problems: list[FlowProblem
 
 
 def validate(flows: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[EventFields], list[FlowProblem]]:
-    """ml's strict feature validation plus the event fields. All problems, every index."""
+    """ml's strict feature validation plus the event fields: every problem, with its flow's index.
+
+    Returns the clean flows and their event fields for the flows without problems (in
+    input order; `valid_indices` maps them back), and every problem found.
+    """
     from threatflow.flows import features
 
-    canonical, feature_errors = features.validate_flows(flows)
+    clean, feature_errors = features.validate_flows(flows)
     problems = [FlowProblem(int(e.index), str(e.field), str(e.reason)) for e in feature_errors]
-    fields = [event_fields(flow, index, problems) for index, flow in enumerate(canonical)]
+    bad_features = {p.index for p in problems}
+    # validate_flows returns clean flows for the valid ones only, in input order.
+    by_index = dict(zip((i for i in range(len(flows)) if i not in bad_features), clean, strict=True))
+    event_problems: list[FlowProblem] = []
+    fields = {i: event_fields(features.canonical_flow(flow), i, event_problems) for i, flow in enumerate(flows)}
+    problems += event_problems
+    bad = {p.index for p in problems}
+    keep = [i for i in range(len(flows)) if i not in bad]
     problems.sort(key=lambda p: (p.index, p.field))
-    return canonical, fields, problems
+    return [by_index[i] for i in keep], [fields[i] for i in keep], problems
+
+
+def valid_indices(count: int, problems: Sequence[FlowProblem]) -> list[int]:
+    """The input indices of the flows `validate` returned (those without problems)."""
+    bad = {p.index for p in problems}
+    return [i for i in range(count) if i not in bad]
 
 
 # -- scoring and storing ---------------------------------------------------------------------

@@ -16,14 +16,14 @@ import json
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from threatflow.flows import repository
 from threatflow.flows.ingest import CATEGORIES
 from threatflow.flows.repository import EventQuery
-from threatflow.platform.errors import DependencyError, ValidationError
+from threatflow.platform.errors import ValidationError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -188,7 +188,7 @@ def search(q: EventQuery, *, engine: Engine) -> dict[str, Any]:
 class SearchCache:
     """Redis in front of search, behind a feature flag; any Redis trouble means "no cache"."""
 
-    def __init__(self, *, mode: str, redis: Any, documents: Any) -> None:
+    def __init__(self, *, mode: str, redis: Callable[[], Any], documents: Callable[[], Any]) -> None:
         self._mode = mode
         self._redis = redis
         self._documents = documents
@@ -201,7 +201,7 @@ class SearchCache:
         if time.monotonic() - checked_at < FLAG_TTL_SECONDS:
             return value
         try:
-            doc = self._documents.get("flags", FLAG_NAME) or {}
+            doc = self._documents().get("flags", FLAG_NAME) or {}
             value = bool(doc.get("enabled"))
         except Exception as exc:  # a flag store outage turns the cache off, never the API
             log.warning("feature flag %s unreadable: %s", FLAG_NAME, exc)
@@ -218,14 +218,14 @@ class SearchCache:
 
     def get(self, key: str) -> bytes | None:
         try:
-            value = self._redis.get(key)
+            value = self._redis().get(key)
         except Exception:
             return None
         return value if isinstance(value, bytes) else None
 
     def put(self, key: str, payload: bytes) -> None:
         try:
-            self._redis.set(key, payload, ex=CACHE_SECONDS)
+            self._redis().set(key, payload, ex=CACHE_SECONDS)
         except Exception as exc:
             log.warning("search cache write failed: %s", exc)
 
@@ -234,7 +234,3 @@ def round_now(now: datetime, seconds: int = CACHE_SECONDS) -> datetime:
     """`now` rounded down to the cache period, so windows ending now are cacheable."""
     epoch = int(now.timestamp())
     return datetime.fromtimestamp(epoch - epoch % seconds, UTC)
-
-
-def ensure_database(exc: Exception) -> DependencyError:
-    return DependencyError(f"PostgreSQL is unreachable: {exc.__class__.__name__}")
