@@ -53,7 +53,12 @@ def build_handler(runtime: Any) -> Callable[[Message], dict[str, Any]]:
     from threatflow.iocs import warninglists
     from threatflow.iocs.store import IocStore
 
-    models = ingest.ServingModelCache(blobs=runtime.blobs, bucket=runtime.settings.bucket_models)
+    lazy: dict[str, Any] = {}  # the model cache (and its storage client) is built on the first message
+
+    def model() -> Any:
+        if "models" not in lazy:
+            lazy["models"] = ingest.ServingModelCache(blobs=runtime.blobs, bucket=runtime.settings.bucket_models)
+        return lazy["models"].get()
 
     def ingest_rows(flows: list[dict[str, Any]], positions: list[int], *, source: str, observed_at: datetime) -> dict[str, Any]:
         canonical, fields, problems = ingest.validate(flows)
@@ -65,7 +70,7 @@ def build_handler(runtime: Any) -> Callable[[Message], dict[str, Any]]:
             canonical,
             fields,
             engine=runtime.engine,
-            model=models.get(),
+            model=model(),
             source=source,
             first_position=0,
             positions=[positions[i] for i in keep],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -35,12 +35,17 @@ VIEWS = ("flow_attack_categories_hourly", "flow_bytes_by_proto_hourly")
 PARTITION_PREFIX = "flow_events_p"
 
 # What a search returns per event: exactly the covering indexes' columns, so the
-# listing is an index-only scan.
+# listing is an index-only scan. Times come as integer epoch microseconds, keys and
+# addresses as text: decoding those is several times cheaper in the driver than
+# timestamptz/uuid/inet values (measured on the search benchmark's hot path).
 _LISTED = (
-    "event_time, event_key, srcip, sport, dstip, dsport, proto, service, state, sbytes, dbytes,"
-    " label, attack_cat, predicted_attack, probability, predicted_cat, model_version"
+    "(extract(epoch FROM event_time) * 1000000)::bigint, event_key::text, host(srcip), sport, host(dstip), dsport, proto, service,"
+    " state, sbytes, dbytes, label, attack_cat, predicted_attack, probability, predicted_cat, model_version"
 )
-_LISTED_FIELDS = tuple(c.strip() for c in _LISTED.split(","))
+_LISTED_FIELDS = (
+    "event_time", "event_key", "srcip", "sport", "dstip", "dsport", "proto", "service", "state", "sbytes", "dbytes", "label",
+    "attack_cat", "predicted_attack", "probability", "predicted_cat", "model_version",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -98,12 +103,6 @@ FROM input
 ON CONFLICT DO NOTHING
 RETURNING event_time, event_key, host(srcip), predicted_attack, probability, predicted_cat
 """
-
-
-def _day(value: datetime) -> date:
-    from datetime import UTC
-
-    return value.astimezone(UTC).date()
 
 
 def ensure_partitions(conn: Connection, days: Iterable[date]) -> list[str]:
@@ -197,23 +196,29 @@ def search_sql(q: EventQuery) -> tuple[str, dict[str, Any]]:
     return sql, params
 
 
-def search(conn: Connection, q: EventQuery, *, timeout_ms: int) -> list[dict[str, Any]]:
+def set_timeout(conn: Connection, timeout_ms: int) -> None:
+    """Bound the rest of this transaction's statements (a broad search fails fast instead of piling up)."""
+    from sqlalchemy import text
+
+    conn.execute(text(f"SET LOCAL statement_timeout = {int(timeout_ms)}"))
+
+
+def search(conn: Connection, q: EventQuery) -> list[dict[str, Any]]:
     from sqlalchemy import text
 
     sql, params = search_sql(q)
-    conn.execute(text(f"SET LOCAL statement_timeout = {int(timeout_ms)}"))
     return [_listed(r) for r in conn.execute(text(sql), params)]
 
 
 def _listed(row: Any) -> dict[str, Any]:
     out = dict(zip(_LISTED_FIELDS, row, strict=True))
-    out["event_time"] = out["event_time"].isoformat()
-    out["event_key"] = str(out["event_key"])
-    for key in ("srcip", "dstip"):
-        if out[key] is not None:
-            out[key] = str(out[key]).split("/", 1)[0]
+    micros = int(out["event_time"])
+    out["event_time"] = (_EPOCH + timedelta(microseconds=micros)).isoformat()
     out["probability"] = round(float(out["probability"]), 6)
     return out
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # -- hunting -------------------------------------------------------------------------------

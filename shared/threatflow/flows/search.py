@@ -161,12 +161,39 @@ def parse_search(query: Mapping[str, str], *, now: datetime) -> EventQuery:
     )
 
 
+# Newest first, a search reads the window in steps that widen backwards: the last day,
+# the week before it, then the rest. A busy address fills its page from the first
+# step, whose plan touches one or two daily partitions; planning all ~30 of a month
+# costs more than the scan itself (measured: ~0.3 ms vs 3-13 ms per query).
+SEARCH_STEPS = (timedelta(days=1), timedelta(days=8))
+
+
+def steps(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+    out = []
+    upper = end
+    for back in (*SEARCH_STEPS, None):
+        lower = start if back is None else max(start, end - back)
+        if lower < upper:
+            out.append((lower, upper))
+            upper = lower
+    return out
+
+
 def search(q: EventQuery, *, engine: Engine) -> dict[str, Any]:
+    from dataclasses import replace
+
     from sqlalchemy.exc import OperationalError
 
+    # A cursor means "older than this event": start the walk there, not at `end`.
+    end = min(q.end, q.after_time + timedelta(microseconds=1)) if q.after_time is not None else q.end
+    events: list[dict[str, Any]] = []
     try:
         with engine.begin() as conn:
-            events = repository.search(conn, q, timeout_ms=SEARCH_TIMEOUT_MS)
+            repository.set_timeout(conn, SEARCH_TIMEOUT_MS)
+            for lower, upper in steps(q.start, end):
+                events += repository.search(conn, replace(q, start=lower, end=upper, limit=q.limit - len(events)))
+                if len(events) >= q.limit:
+                    break
     except OperationalError as exc:
         if "statement timeout" in str(exc) or "57014" in str(exc):
             raise ValidationError(
