@@ -2,6 +2,7 @@
 enrichment request on the Pub/Sub emulator), search/timeline/host views, roll-ups, and the flow-ingest worker."""
 
 import base64
+import contextlib
 import gzip
 import json
 import sys
@@ -32,10 +33,8 @@ def flows_api(function_client, backend_env):
     publisher = pubsub_v1.PublisherClient()
     subscriber = pubsub_v1.SubscriberClient()
     for name in ("ioc-enrichment-requested", "flow-ingest"):
-        try:
+        with contextlib.suppress(Exception):  # already made by an earlier test in this run
             publisher.create_topic(name=publisher.topic_path(PROJECT, name))
-        except Exception:  # already made by an earlier test in this run
-            pass
     topic = publisher.topic_path(PROJECT, "ioc-enrichment-requested")
     subscription = subscriber.subscription_path(PROJECT, f"flows-test-{uuid.uuid4().hex[:8]}")
     subscriber.create_subscription(name=subscription, topic=topic)

@@ -65,18 +65,14 @@ def load_events(engine, rows: int, *, end: datetime) -> float:
             features = "{" + ",".join(flow.get(name) or "NULL" for name in stored) + "}"
             attack = flow["label"] == "1"
             category = flow["attack_cat"] or "Normal"
-            chunk.append(
-                ",".join(
-                    (
-                        at, str(uuid.uuid5(namespace, str(index))), flow["srcip"], flow["sport"], flow["dstip"], flow["dsport"],
-                        flow["proto"], flow["service"], flow["state"], at,
-                        datetime.fromtimestamp(int(flow["ltime"]), UTC).isoformat(), flow["dur"], flow["sbytes"], flow["dbytes"],
-                        flow["spkts"], flow["dpkts"], f'"{features}"', flow["label"], category, "t" if attack else "f",
-                        "0.99" if attack else "0.01", category, "bench-groundtruth", "bench",
-                    )
-                )  # fmt: skip
-                + "\n"
-            )
+            values = (
+                at, str(uuid.uuid5(namespace, str(index))), flow["srcip"], flow["sport"], flow["dstip"], flow["dsport"],
+                flow["proto"], flow["service"], flow["state"], at,
+                datetime.fromtimestamp(int(flow["ltime"]), UTC).isoformat(), flow["dur"], flow["sbytes"], flow["dbytes"],
+                flow["spkts"], flow["dpkts"], f'"{features}"', flow["label"], category, "t" if attack else "f",
+                "0.99" if attack else "0.01", category, "bench-groundtruth", "bench",
+            )  # fmt: skip
+            chunk.append(",".join(values) + "\n")
             if len(chunk) >= 100_000:
                 cursor.execute(f"COPY flow_events ({COLUMNS}) FROM STDIN WITH (FORMAT csv)", stream=flowgen.copy_buffer(chunk))
                 chunk = []
@@ -200,8 +196,12 @@ def main() -> None:
         end = flowgen.default_end() + timedelta(days=1)
         took = load_events(engine, args.rows, end=end)
         with engine.connect() as conn:
-            size = conn.execute(text("SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid))) FROM pg_inherits i"
-                                     " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'flow_events'::regclass")).scalar_one()  # fmt: skip
+            size = conn.execute(
+                text(
+                    "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid))) FROM pg_inherits i"
+                    " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'flow_events'::regclass"
+                )
+            ).scalar_one()
         print(f"loaded {args.rows:,} events by COPY in {took:.1f} s ({args.rows / took:,.0f} rows/s); flow_events with indexes: {size}")
 
         now = datetime.now(UTC)
@@ -221,7 +221,8 @@ def main() -> None:
         sources = flowgen.NORMAL_SOURCES + flowgen.ATTACK_SOURCES
         paths = [f"/api/v1/events/search?srcip={ip}&limit=50" for ip in sources]
         levels = [int(c) for c in args.clients.split(",")]
-        print(f"{'cache':<6} {'path':<8} {'clients':>7} {'requests':>9} {'RPS':>8} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'hit':>5} {'err':>4}")
+        header = ("cache", "path", "clients", "requests", "RPS", "p50 ms", "p95 ms", "p99 ms", "hit", "err")
+        print("{:<6} {:<8} {:>7} {:>9} {:>8} {:>7} {:>7} {:>7} {:>5} {:>4}".format(*header))
         for mode in ("off", "on"):
             port = services.free_port()
             gateway = start_gateway({**env, "FLOWS_SEARCH_CACHE": mode}, port)

@@ -118,10 +118,10 @@ def load_file(path: Path, *, post: Post, progress: Progress, batch_size: int, sh
     shown = 0
     with path.open("rb") as raw:
         rows = ingest.read_csv(ingest.open_text(raw), skip_rows=skip)
-        pending: deque[tuple[int, Future[tuple[int, Any]]]] = deque()
+        pending: deque[tuple[int, int, Future[tuple[int, Any]]]] = deque()
         pool = ThreadPoolExecutor(max_workers=in_flight)
 
-        def settle(end_row: int, future: Future[tuple[int, Any]]) -> None:
+        def settle(end_row: int, invalid: int, future: Future[tuple[int, Any]]) -> None:
             status, payload = future.result()
             if status != 200:
                 error = payload.get("error", payload) if isinstance(payload, dict) else payload
@@ -130,6 +130,7 @@ def load_file(path: Path, *, post: Post, progress: Progress, batch_size: int, sh
                 )
             entry["stored"] += int(payload.get("stored", 0))
             entry["duplicates"] += int(payload.get("duplicates", 0))
+            entry["invalid"] += invalid  # counted once the batch is acknowledged, so a resume never counts it twice
             entry["rows_done"] = end_row
             progress.save()
 
@@ -139,7 +140,6 @@ def load_file(path: Path, *, post: Post, progress: Progress, batch_size: int, sh
                 _clean, _fields, problems = ingest.validate(flows)
                 keep = ingest.valid_indices(canonical_count, problems)
                 if problems:
-                    entry["invalid"] += canonical_count - len(keep)
                     for problem in problems:
                         if shown < PROBLEMS_SHOWN:
                             print(f"\n  skipped row {positions[problem.index]:,}: {problem.field}: {problem.reason}", file=sys.stderr)
@@ -152,14 +152,14 @@ def load_file(path: Path, *, post: Post, progress: Progress, batch_size: int, sh
                 }
                 end_row = positions[-1] + 1
                 if body["flows"]:
-                    pending.append((end_row, pool.submit(post, body)))
+                    pending.append((end_row, canonical_count - len(keep), pool.submit(post, body)))
                 else:
                     done: Future[tuple[int, Any]] = Future()
                     done.set_result((200, {"stored": 0, "duplicates": 0}))
-                    pending.append((end_row, done))
+                    pending.append((end_row, canonical_count - len(keep), done))
                 while len(pending) > in_flight:
                     settle(*pending.popleft())
-                bar.show(end_row - skip, raw.tell())
+                bar.show(end_row - skip, path.stat().st_size if raw.closed else raw.tell())
             while pending:
                 settle(*pending.popleft())
         finally:
