@@ -61,7 +61,8 @@ class Scorer(Protocol):
     @property
     def version(self) -> str: ...
 
-    def predict(self, flows: Sequence[Mapping[str, Any]]) -> Sequence[Any]: ...
+    def predict_clean(self, flows: Sequence[Mapping[str, Any]]) -> Sequence[Any]:
+        """Score flows that validate_flows already returned (no second validation)."""
 
 
 @dataclass(frozen=True)
@@ -332,7 +333,7 @@ def score_and_store(
     positions: Sequence[int] | None = None,
 ) -> BatchOutcome:
     """Score validated, canonical flows and store them as events in the caller's transaction."""
-    predictions = model.predict(flows) if flows else []
+    predictions = model.predict_clean(flows) if flows else []
     rows = build_rows(
         flows, fields, predictions, source=source, first_position=first_position, observed_at=observed_at, positions=positions
     )
