@@ -92,7 +92,8 @@ def main() -> None:
         data = state / "flows.csv.gz"
         began = time.perf_counter()
         flowgen.write_raw(data, flowgen.generate(args.rows))
-        print(f"generated {args.rows:,} flows (raw 49-column gzip, {data.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - began:.1f} s")
+        megabytes = data.stat().st_size / 1e6
+        print(f"generated {args.rows:,} flows (raw 49-column gzip, {megabytes:.1f} MB) in {time.perf_counter() - began:.1f} s")
 
         # Baseline: the client's own work on the same file (read, parse, validate), nothing sent.
         began = time.perf_counter()
@@ -129,8 +130,9 @@ def main() -> None:
         cli_env = {**env, "THREATFLOW_URL": f"http://127.0.0.1:{port}", "THREATFLOW_TOKEN": token}
         threatflow = str(Path(sys.executable).parent / "threatflow")
         began = time.perf_counter()
+        command = [threatflow, "flows", "load", str(data), "--batch-size", str(args.batch_size)]
         result = subprocess.run(
-            [threatflow, "flows", "load", str(data), "--batch-size", str(args.batch_size), "--progress-file", str(state / "p.json"), "--quiet"],
+            [*command, "--progress-file", str(state / "p.json"), "--quiet"],
             env=cli_env,
             capture_output=True,
             text=True,
