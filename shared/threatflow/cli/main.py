@@ -267,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     flows.add_parser(sub, cmd_flows)
 
+    from threatflow.cli import models
+
+    models.add_parser(sub)
+
     whoami = sub.add_parser("whoami", help="who the stored token belongs to")
     whoami.add_argument("--url")
     whoami.set_defaults(run=lambda a: cmd_api(argparse.Namespace(method="GET", path="/api/v1/auth/me", data=None, url=a.url)))

@@ -1,0 +1,1 @@
+"""Flow detection and hunting: features, the served model, the model registry, flow events."""

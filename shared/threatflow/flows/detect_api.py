@@ -1,0 +1,104 @@
+"""Routes of the detect function (/api/v1/detect): score flows with the promoted model.
+
+The model is loaded lazily, once per instance, from the models bucket, and the serving pointer
+is re-read every DETECT_MODEL_REFRESH_SECONDS so a promotion is picked up without a redeploy.
+Input is strict: every missing feature, unknown field and non-numeric value is listed with
+the flow's index in one 400; nothing is filled in.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import msgspec
+
+from threatflow.auth.model import Role
+from threatflow.flows.features import matrix_from_clean, raise_for_errors, validate_flows
+from threatflow.flows.model import ModelHolder
+from threatflow.platform.errors import ValidationError
+from threatflow.platform.web import Request, Router
+from threatflow.runtime import Runtime
+
+MAX_BATCH = 10_000
+MAX_EXPLAIN_BATCH = 1_000  # explanations cost ~41 extra scorings per flow
+DEFAULT_REFRESH_SECONDS = 30.0
+
+
+def _flows_field(body: Any, key: str) -> Any:
+    if not isinstance(body, dict):
+        raise ValidationError("request body must be a JSON object", field="body")
+    unknown = sorted(set(body) - {key})
+    if unknown:
+        raise ValidationError(f"unknown field(s) {unknown}; the body is {{{key!r}: ...}}", field=unknown[0])
+    if key not in body:
+        raise ValidationError(f"{key} is required", field=key)
+    return body[key]
+
+
+def build_router(runtime: Runtime, *, holder: ModelHolder | None = None) -> Router:
+    router = Router("detect", runtime=runtime)
+    refresh = float(os.environ.get("DETECT_MODEL_REFRESH_SECONDS") or DEFAULT_REFRESH_SECONDS)
+    state: dict[str, ModelHolder] = {}
+    if holder is not None:
+        state["holder"] = holder
+
+    def model_holder() -> ModelHolder:
+        held = state.get("holder")
+        if held is None:
+            held = state.setdefault(
+                "holder", ModelHolder(blobs=runtime.blobs, bucket=runtime.settings.bucket_models, refresh_seconds=refresh)
+            )
+        return held
+
+    def explain_wanted(request: Request) -> bool:
+        value = (request.query.get("explain") or "false").lower()
+        if value not in ("true", "false", "1", "0"):
+            raise ValidationError("query parameter 'explain' must be true or false", field="explain")
+        return value in ("true", "1")
+
+    def score(request: Request, flows: list[Any]) -> list[dict[str, Any]]:
+        explain = explain_wanted(request)
+        if explain and len(flows) > MAX_EXPLAIN_BATCH:
+            raise ValidationError(f"explain=true takes at most {MAX_EXPLAIN_BATCH} flows per request", field="explain")
+        clean, errors = validate_flows(flows)
+        raise_for_errors(errors)
+        model = model_holder().get()
+        X = matrix_from_clean(clean, vocabulary=model.vocabulary)
+        return [p.to_json() for p in model.predict_matrix(X, explain=explain, top=int(request.query.get("top") or 5))]
+
+    @router.route("POST", "/api/v1/detect", role=Role.READER)
+    def detect_one(request: Request) -> dict[str, Any]:
+        flow = _flows_field(_decode(request), "flow")
+        if not isinstance(flow, dict):
+            raise ValidationError("flow must be a JSON object", field="flow")
+        return {"result": score(request, [flow])[0]}
+
+    @router.route("POST", "/api/v1/detect/batch", role=Role.READER)
+    def detect_batch(request: Request) -> dict[str, Any]:
+        flows = _flows_field(_decode(request), "flows")
+        if not isinstance(flows, list):
+            raise ValidationError("flows must be a JSON array", field="flows")
+        if not flows:
+            raise ValidationError("flows is empty", field="flows")
+        if len(flows) > MAX_BATCH:
+            raise ValidationError(f"at most {MAX_BATCH} flows per request; got {len(flows)}", field="flows")
+        return {"results": score(request, flows)}
+
+    @router.route("GET", "/api/v1/detect/model", role=Role.READER)
+    def model_info(request: Request) -> dict[str, Any]:
+        held = model_holder()
+        info = held.get().info()
+        info["load_seconds"] = held.load_seconds
+        return info
+
+    return router
+
+
+def _decode(request: Request) -> Any:
+    if not request.body:
+        raise ValidationError("request body is required (JSON)", field="body")
+    try:
+        return msgspec.json.decode(request.body)
+    except msgspec.DecodeError as exc:
+        raise ValidationError(f"request body is not valid JSON: {exc}", field="body") from None

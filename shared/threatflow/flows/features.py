@@ -1,0 +1,329 @@
+"""The flow model's features: one module for training AND serving, so the two cannot drift.
+
+Canonical names are the partitioned UNSW-NB15 layout (UNSW_NB15_training-set.csv). Either
+layout is accepted, case-insensitively: the raw 49-column names (`Sload`, `Sintpkt`,
+`smeansz`, `res_bdy_len`, the `ct_src_ ltm` typo with its space, `Label`, `Stime` ...) are
+mapped onto the partitioned ones.
+
+Fields left out of the model on purpose (they are accepted and passed through):
+- `id`: a row number of the published files; it encodes the file order, which is sorted by
+  class in the partitioned sets, so it would leak the label.
+- `srcip`, `dstip`, `sport`, `dsport`: in UNSW-NB15 the attack traffic comes from a handful of
+  testbed addresses (175.45.176.0/22) and ports; a model that learns them learns the testbed,
+  not the behaviour, and does not generalise to another network.
+- `stime`, `ltime`: wall-clock times of the 2015 capture; attacks were run in time blocks.
+- `rate`: only in the partitioned layout (about (spkts + dpkts - 1) / dur); serving raw flows
+  would mean synthesising it, and the trees get the same information from spkts, dpkts, dur.
+- `label`, `attack_cat`: the targets.
+
+Strict input: a missing feature, an unknown field or a value that is not a finite number is
+reported (every one, with the flow's index); a value is never replaced by 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from threatflow.platform.errors import ValidationError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+CATEGORICAL: tuple[str, ...] = ("proto", "service", "state")
+
+# Partitioned order, without id / rate / attack_cat / label.
+FEATURE_COLUMNS: tuple[str, ...] = (
+    "dur",
+    "proto",
+    "service",
+    "state",
+    "spkts",
+    "dpkts",
+    "sbytes",
+    "dbytes",
+    "sttl",
+    "dttl",
+    "sload",
+    "dload",
+    "sloss",
+    "dloss",
+    "sinpkt",
+    "dinpkt",
+    "sjit",
+    "djit",
+    "swin",
+    "stcpb",
+    "dtcpb",
+    "dwin",
+    "tcprtt",
+    "synack",
+    "ackdat",
+    "smean",
+    "dmean",
+    "trans_depth",
+    "response_body_len",
+    "ct_srv_src",
+    "ct_state_ttl",
+    "ct_dst_ltm",
+    "ct_src_dport_ltm",
+    "ct_dst_sport_ltm",
+    "ct_dst_src_ltm",
+    "is_ftp_login",
+    "ct_ftp_cmd",
+    "ct_flw_http_mthd",
+    "ct_src_ltm",
+    "ct_srv_dst",
+    "is_sm_ips_ports",
+)
+NUMERIC_COLUMNS: tuple[str, ...] = tuple(c for c in FEATURE_COLUMNS if c not in CATEGORICAL)
+
+# Known fields the model does not use; accepted and passed through unchanged (see the docstring).
+PASSTHROUGH: tuple[str, ...] = ("id", "rate", "srcip", "sport", "dstip", "dsport", "stime", "ltime", "label", "attack_cat")
+
+# The dataset's attack_cat labels, exactly; Normal first.
+ATTACK_CATEGORIES: tuple[str, ...] = (
+    "Normal",
+    "Generic",
+    "Exploits",
+    "Fuzzers",
+    "DoS",
+    "Reconnaissance",
+    "Analysis",
+    "Backdoor",
+    "Shellcode",
+    "Worms",
+)
+
+# The raw layout's names (NUSW-NB15_features.csv order) and the partitioned renames.
+RAW_COLUMNS: tuple[str, ...] = (
+    "srcip", "sport", "dstip", "dsport", "proto", "state", "dur", "sbytes", "dbytes", "sttl", "dttl",
+    "sloss", "dloss", "service", "Sload", "Dload", "Spkts", "Dpkts", "swin", "dwin", "stcpb", "dtcpb",
+    "smeansz", "dmeansz", "trans_depth", "res_bdy_len", "Sjit", "Djit", "Stime", "Ltime", "Sintpkt",
+    "Dintpkt", "tcprtt", "synack", "ackdat", "is_sm_ips_ports", "ct_state_ttl", "ct_flw_http_mthd",
+    "is_ftp_login", "ct_ftp_cmd", "ct_srv_src", "ct_srv_dst", "ct_dst_ltm", "ct_src_ ltm",
+    "ct_src_dport_ltm", "ct_dst_sport_ltm", "ct_dst_src_ltm", "attack_cat", "Label",
+)  # fmt: skip
+RAW_RENAMES: Mapping[str, str] = {
+    "smeansz": "smean",
+    "dmeansz": "dmean",
+    "res_bdy_len": "response_body_len",
+    "sintpkt": "sinpkt",
+    "dintpkt": "dinpkt",
+}
+KNOWN_FIELDS: frozenset[str] = frozenset(FEATURE_COLUMNS) | frozenset(PASSTHROUGH)
+MAX_CATEGORY_LENGTH = 32
+
+
+@dataclass(frozen=True)
+class FieldError:
+    index: int
+    field: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "field": self.field, "reason": self.reason}
+
+
+def canonical_name(name: str) -> str:
+    """A field name in either layout → its partitioned name (unknown names come back normalised)."""
+    key = _NAME_CACHE.get(name)
+    if key is None:
+        key = "".join(str(name).split()).lower()
+        key = RAW_RENAMES.get(key, key)
+        if key in KNOWN_FIELDS and len(_NAME_CACHE) < 4096:
+            _NAME_CACHE[name] = key
+    return key
+
+
+_NAME_CACHE: dict[str, str] = {}
+
+
+def canonical_flow(flow: Mapping[str, Any]) -> dict[str, Any]:
+    """Rename a flow's keys to the partitioned layout; values untouched, unknown keys kept. Raises nothing."""
+    return {canonical_name(k): v for k, v in flow.items()}
+
+
+def _number(value: Any) -> float | None:
+    """A finite number, or None. Numeric strings (CSV) are accepted; bools, blanks, NaN and inf are not."""
+    kind = type(value)
+    if kind is float or kind is int:
+        number = float(value)
+    elif kind is str:
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _category(column: str, value: Any) -> str | None:
+    if type(value) is not str:
+        return None
+    text = value.strip()
+    if not text or len(text) > MAX_CATEGORY_LENGTH:
+        return None
+    return text.upper() if column == "state" else text.lower()
+
+
+def validate_flow(index: int, flow: Any, errors: list[FieldError], *, allow_blank: bool = False) -> dict[str, Any] | None:
+    """One flow → canonical dict (features as float / normalised strings), or None with errors appended.
+
+    allow_blank is for the training loaders only: the official raw CSVs leave some numeric cells
+    blank (ct_flw_http_mthd, is_ftp_login); those become NaN, which the trees route as missing.
+    Serving never allows it.
+    """
+    if not isinstance(flow, Mapping):
+        errors.append(FieldError(index, "", "a flow must be a JSON object"))
+        return None
+    clean: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
+    before = len(errors)
+    for raw_name, value in flow.items():
+        if type(raw_name) is not str:
+            errors.append(FieldError(index, str(raw_name), "field names must be strings"))
+            continue
+        name = canonical_name(raw_name)
+        if name not in KNOWN_FIELDS:
+            errors.append(FieldError(index, raw_name, "unknown field"))
+            continue
+        if name in given_as:
+            errors.append(FieldError(index, raw_name, f"given twice (also as {given_as[name]!r})"))
+            continue
+        given_as[name] = raw_name
+        if name in _NUMERIC_SET:
+            number = _number(value)
+            if number is None and allow_blank and (value is None or (type(value) is str and not value.strip())):
+                number = math.nan
+            if number is None:
+                errors.append(FieldError(index, raw_name, f"must be a finite number, got {_describe(value)}"))
+                continue
+            clean[name] = number
+        elif name in _CATEGORICAL_SET:
+            text = _category(name, value)
+            if text is None:
+                errors.append(FieldError(index, raw_name, f"must be a non-empty string of at most {MAX_CATEGORY_LENGTH} characters"))
+                continue
+            clean[name] = text
+        else:
+            clean[name] = value
+    for name in FEATURE_COLUMNS:
+        if name not in given_as:
+            errors.append(FieldError(index, name, "missing required feature"))
+    return clean if len(errors) == before else None
+
+
+_NUMERIC_SET = frozenset(NUMERIC_COLUMNS)
+_CATEGORICAL_SET = frozenset(CATEGORICAL)
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return repr(value[:40])
+    return type(value).__name__
+
+
+def validate_flows(flows: Sequence[Any]) -> tuple[list[dict[str, Any]], list[FieldError]]:
+    """Validate every flow; returns (clean flows in input order, every error). Clean is complete only without errors."""
+    errors: list[FieldError] = []
+    clean: list[dict[str, Any]] = []
+    for index, flow in enumerate(flows):
+        result = validate_flow(index, flow, errors)
+        if result is not None:
+            clean.append(result)
+    return clean, errors
+
+
+def raise_for_errors(errors: Sequence[FieldError], *, limit: int = 1000) -> None:
+    """Turn field errors into one 400 that lists them (bounded), or do nothing."""
+    if not errors:
+        return
+    shown = [e.to_json() for e in errors[:limit]]
+    first = errors[0]
+    where = f"flows[{first.index}].{first.field}" if first.field else f"flows[{first.index}]"
+    raise ValidationError(
+        f"{len(errors)} invalid field(s); first: {where}: {first.reason}",
+        field=where,
+        details={"errors": shown, "total": len(errors), "truncated": len(errors) > limit},
+    )
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The categorical values the model knows, per column; anything else is the 'other' bucket (code = len)."""
+
+    categories: Mapping[str, tuple[str, ...]]
+
+    @classmethod
+    def fit(cls, values: Mapping[str, Iterable[str]], *, min_count: int = 5, max_size: int = 200) -> Vocabulary:
+        from collections import Counter
+
+        categories: dict[str, tuple[str, ...]] = {}
+        for column in CATEGORICAL:
+            counts = Counter(values[column])
+            frequent = [v for v, n in counts.most_common(max_size) if n >= min_count]
+            categories[column] = tuple(sorted(frequent))
+        return cls(categories)
+
+    def code(self, column: str, value: str) -> int:
+        return self._index[column].get(value, len(self.categories[column]))
+
+    def size(self, column: str) -> int:
+        """Number of codes, the 'other' bucket included."""
+        return len(self.categories[column]) + 1
+
+    @property
+    def _index(self) -> dict[str, dict[str, int]]:
+        cached: dict[str, dict[str, int]] | None = self.__dict__.get("_index_cache")
+        if cached is None:
+            cached = {c: {v: i for i, v in enumerate(vals)} for c, vals in self.categories.items()}
+            object.__setattr__(self, "_index_cache", cached)
+        return cached
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {c: list(v) for c, v in self.categories.items()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Sequence[str]]) -> Vocabulary:
+        missing = [c for c in CATEGORICAL if c not in data]
+        if missing:
+            raise ValueError(f"vocabulary lacks {missing}")
+        return cls({c: tuple(str(v) for v in data[c]) for c in CATEGORICAL})
+
+
+def matrix_from_clean(flows: Sequence[Mapping[str, Any]], *, vocabulary: Vocabulary) -> np.ndarray:
+    """Validated (canonical) flows → float32 matrix in FEATURE_COLUMNS order, categoricals as vocabulary codes."""
+    import numpy as np
+
+    index = vocabulary._index
+    cat_maps = [(position, index[name], len(vocabulary.categories[name])) for position, name in enumerate(FEATURE_COLUMNS) if name in index]
+    rows = []
+    for flow in flows:
+        row = [flow[name] if name not in _CATEGORICAL_SET else 0.0 for name in FEATURE_COLUMNS]
+        for position, mapping, other in cat_maps:
+            row[position] = mapping.get(flow[FEATURE_COLUMNS[position]], other)
+        rows.append(row)
+    if not rows:
+        return np.empty((0, len(FEATURE_COLUMNS)), dtype=np.float32)
+    return np.asarray(rows, dtype=np.float32)
+
+
+def to_matrix(flows: Sequence[Mapping[str, Any]], *, vocabulary: Vocabulary) -> np.ndarray:
+    """Any flows (either layout) → the model's float32 matrix; invalid input raises ValidationError listing every field."""
+    clean, errors = validate_flows(flows)
+    raise_for_errors(errors)
+    return matrix_from_clean(clean, vocabulary=vocabulary)
+
+
+def categorical_indices() -> list[int]:
+    return [FEATURE_COLUMNS.index(c) for c in CATEGORICAL]

@@ -1,0 +1,149 @@
+"""The model registry in the models bucket: publish a version, list versions, promote one.
+
+Layout: `flows/models/<version>/{model.npz, metadata.json, metrics.json, model_card.md}` and the
+pointer `flows/serving.json` = {"version", "sha256", "promoted_at"}. Publishing writes the
+artifact first and metadata.json last, so a listed version is complete; promoting re-reads and
+verifies the artifact before moving the pointer, so a broken version is never served.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from threatflow.flows.model import (
+    ARTIFACT_NAME,
+    MODELS_PREFIX,
+    SERVING_POINTER,
+    ArtifactError,
+    ServingModel,
+    load_artifact,
+    model_prefix,
+    read_serving_pointer,
+)
+from threatflow.platform.errors import ConflictError, NotFoundError, ValidationError
+
+if TYPE_CHECKING:
+    from threatflow.flows.training import TrainResult
+    from threatflow.ports import BlobStore
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    version: str
+    sha256: str
+    created_at: str
+    serving: bool
+    heldout: dict[str, Any] | None
+    validation: dict[str, Any] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "sha256": self.sha256,
+            "created_at": self.created_at,
+            "serving": self.serving,
+            "heldout": self.heldout,
+            "validation": self.validation,
+        }
+
+
+def _check_version(version: str) -> str:
+    if not version or len(version) > 64 or not all(ch.isalnum() or ch in "-_." for ch in version) or version.startswith("."):
+        raise ValidationError(f"invalid model version {version!r}", field="version")
+    return version
+
+
+def publish(result: TrainResult, *, blobs: BlobStore, bucket: str) -> str:
+    """Upload a trained model under its version; returns the version. Refuses to overwrite one."""
+    version = _check_version(result.version)
+    prefix = model_prefix(version)
+    if blobs.exists(bucket, prefix + "metadata.json"):
+        raise ConflictError(f"model version {version!r} is already published")
+    blobs.put(bucket, prefix + ARTIFACT_NAME, result.artifact)
+    blobs.put(
+        bucket, prefix + "metrics.json", json.dumps(result.metrics, indent=2, sort_keys=True).encode(), content_type="application/json"
+    )
+    blobs.put(bucket, prefix + "model_card.md", result.model_card.encode(), content_type="text/markdown")
+    blobs.put(
+        bucket, prefix + "metadata.json", json.dumps(result.metadata, indent=2, sort_keys=True).encode(), content_type="application/json"
+    )
+    return version
+
+
+def read_metadata(*, blobs: BlobStore, bucket: str, version: str) -> dict[str, Any]:
+    try:
+        data = json.loads(blobs.get(bucket, model_prefix(_check_version(version)) + "metadata.json"))
+    except NotFoundError:
+        raise NotFoundError(f"no published model version {version!r} in bucket {bucket!r}") from None
+    if not isinstance(data, dict):
+        raise NotFoundError(f"model version {version!r} has malformed metadata")
+    return data
+
+
+def list_versions(*, blobs: BlobStore, bucket: str, limit: int = 100) -> list[ModelVersion]:
+    pointer = read_serving_pointer(blobs=blobs, bucket=bucket) or {}
+    names = blobs.list(bucket, prefix=MODELS_PREFIX, limit=10_000)
+    versions = sorted({n[len(MODELS_PREFIX) :].split("/", 1)[0] for n in names if n.endswith("/metadata.json")}, reverse=True)
+    out = []
+    for version in versions[:limit]:
+        meta = read_metadata(blobs=blobs, bucket=bucket, version=version)
+        metrics = meta.get("metrics") or {}
+        out.append(
+            ModelVersion(
+                version=version,
+                sha256=str(meta.get("sha256", "")),
+                created_at=str(meta.get("created_at", "")),
+                serving=version == pointer.get("version"),
+                heldout=(metrics.get("heldout") or {}).get("binary"),
+                validation=(metrics.get("validation") or {}).get("binary"),
+            )
+        )
+    return out
+
+
+def verify_version(*, blobs: BlobStore, bucket: str, version: str) -> ServingModel:
+    """Download and fully load a version (hash, arrays, bounds): what promotion requires."""
+    meta = read_metadata(blobs=blobs, bucket=bucket, version=version)
+    data = blobs.get(bucket, model_prefix(version) + ARTIFACT_NAME)
+    try:
+        return load_artifact(data, meta, expected_sha256=str(meta.get("sha256", "")))
+    except (ArtifactError, KeyError, ValueError) as exc:
+        raise ConflictError(f"model version {version!r} fails verification: {exc}") from None
+
+
+def promote(*, blobs: BlobStore, bucket: str, version: str, now: Callable[[], datetime]) -> dict[str, Any]:
+    """Make a verified version the serving model (the detect function picks it up on its next refresh)."""
+    model = verify_version(blobs=blobs, bucket=bucket, version=version)
+    pointer = {"version": model.version, "sha256": model.sha256, "promoted_at": now().isoformat(timespec="seconds")}
+    blobs.put(bucket, SERVING_POINTER, json.dumps(pointer).encode(), content_type="application/json")
+    return pointer
+
+
+def validation_score(metadata: dict[str, Any]) -> tuple[float, float, float] | None:
+    """What 'better' means for the retrain job: validation ROC-AUC, detection within the FPR budget, macro-F1."""
+    validation = (metadata.get("metrics") or {}).get("validation")
+    if not validation:
+        return None
+    binary, category = validation["binary"], validation["category"]
+    return (float(binary["roc_auc"]), float(binary["detection_rate"]), float(category["macro_f1"]))
+
+
+def beats(candidate: dict[str, Any], serving: dict[str, Any] | None) -> bool:
+    """The candidate is promoted only if its validation metrics beat the serving model's.
+
+    Better = higher validation ROC-AUC and detection rate not lower, or equal AUC (to 4 decimals)
+    with a higher macro-F1. No serving model: any candidate wins.
+    """
+    new = validation_score(candidate)
+    if new is None:
+        return False
+    old = validation_score(serving) if serving is not None else None
+    if old is None:
+        return True
+    if round(new[0], 4) > round(old[0], 4) and new[1] >= old[1]:
+        return True
+    return round(new[0], 4) == round(old[0], 4) and new[1] >= old[1] and new[2] > old[2]
