@@ -56,7 +56,9 @@ def build_router(runtime: Runtime) -> Router:
 
     def models() -> Any:
         if "models" not in lazy:
-            lazy["models"] = ingest.ServingModelCache(blobs=runtime.blobs, bucket=settings.bucket_models)
+            from threatflow.flows.model import ModelHolder
+
+            lazy["models"] = ModelHolder(blobs=runtime.blobs, bucket=settings.bucket_models)
         return lazy["models"]
 
     def cache() -> search.SearchCache:

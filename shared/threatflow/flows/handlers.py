@@ -57,7 +57,9 @@ def build_handler(runtime: Any) -> Callable[[Message], dict[str, Any]]:
 
     def model() -> Any:
         if "models" not in lazy:
-            lazy["models"] = ingest.ServingModelCache(blobs=runtime.blobs, bucket=runtime.settings.bucket_models)
+            from threatflow.flows.model import ModelHolder
+
+            lazy["models"] = ModelHolder(blobs=runtime.blobs, bucket=runtime.settings.bucket_models)
         return lazy["models"].get()
 
     def ingest_rows(flows: list[dict[str, Any]], positions: list[int], *, source: str, observed_at: datetime) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from threatflow.flows import repository
+from threatflow.flows.features import ATTACK_CATEGORIES
 from threatflow.flows.repository import STORED_FEATURES, EventRow, StoredEvent
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 MAX_BATCH = 10_000
 EVENT_NAMESPACE = uuid.UUID("6f1c3a52-2f0e-4c53-9a0d-2b7f0d5e9a11")
 # The dataset's own category labels, exactly (attack_cat, and the model's predicted_cat).
-CATEGORIES = ("Normal", "Generic", "Exploits", "Fuzzers", "DoS", "Reconnaissance", "Analysis", "Backdoor", "Shellcode", "Worms")
+CATEGORIES = ATTACK_CATEGORIES
 _CATEGORY_BY_LOWER = {c.lower(): c for c in CATEGORIES} | {"backdoors": "Backdoor"}
 
 # The raw UNSW-NB15 CSVs have no header: these are their 49 columns in order
@@ -409,51 +410,3 @@ def read_csv(text: IO[str], *, skip_rows: int = 0) -> Iterator[tuple[int, dict[s
         if not cells or (len(cells) == 1 and not cells[0].strip()):
             continue
         yield number, {name: _value(name, cell) for name, cell in zip(header, cells, strict=False)}
-
-
-# -- the serving model, per instance ---------------------------------------------------------
-
-
-class ServingModelCache:
-    """The serving model, loaded once per instance and swapped when a new version is promoted.
-
-    At most every `check_seconds` it re-reads the small `flows/serving.json` pointer;
-    only a changed version loads the artifact again, so a promotion needs no redeploy.
-    """
-
-    POINTER = "flows/serving.json"
-
-    def __init__(self, *, blobs: Any, bucket: str, check_seconds: float = 60.0) -> None:
-        import threading
-
-        self._blobs = blobs
-        self._bucket = bucket
-        self._check_seconds = check_seconds
-        self._lock = threading.Lock()
-        self._model: Any = None
-        self._checked_at = 0.0
-
-    def get(self) -> Any:
-        import json
-        import time
-
-        from threatflow.flows import model as flow_model
-
-        now = time.monotonic()
-        if self._model is not None and now - self._checked_at < self._check_seconds:
-            return self._model
-        with self._lock:
-            if self._model is not None and now - self._checked_at < self._check_seconds:
-                return self._model
-            if self._model is not None:
-                try:
-                    pointer = json.loads(self._blobs.get(self._bucket, self.POINTER))
-                except Exception:  # keep serving the loaded model while storage hiccups
-                    self._checked_at = now
-                    return self._model
-                if pointer.get("version") == self._model.version:
-                    self._checked_at = now
-                    return self._model
-            self._model = flow_model.load_serving_model(blobs=self._blobs, bucket=self._bucket)
-            self._checked_at = now
-            return self._model
