@@ -108,7 +108,7 @@ def main() -> None:
 
         # Scoring alone, in process, for the same flows (what the API spends on the model).
         with data.open("rb") as raw:
-            sample = [f for _n, f in zip(range(50_000), ingest.read_csv(ingest.open_text(raw)), strict=False)]
+            sample = [flow for _i, (_n, flow) in zip(range(50_000), ingest.read_csv(ingest.open_text(raw)), strict=False)]
         clean, _fields, _problems = ingest.validate(sample)
         began = time.perf_counter()
         for i in range(0, len(clean), args.batch_size):
