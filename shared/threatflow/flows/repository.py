@@ -101,7 +101,7 @@ SELECT event_time, event_key, srcip, sport, dstip, dsport, proto, service, state
        label, attack_cat, predicted_attack, probability, predicted_cat, model_version, source
 FROM input
 ON CONFLICT DO NOTHING
-RETURNING event_time, event_key, host(srcip), predicted_attack, probability, predicted_cat
+RETURNING (extract(epoch FROM event_time) * 1000000)::bigint, event_key::text, host(srcip), predicted_attack, probability, predicted_cat
 """
 
 
@@ -122,7 +122,7 @@ def insert_events(conn: Connection, rows: Sequence[EventRow]) -> list[StoredEven
         return []
     doc = msgspec.json.encode([_row_doc(r) for r in rows]).decode()
     result = conn.execute(text(_INSERT), {"doc": doc}).all()
-    return [StoredEvent(r[0], str(r[1]), r[2], bool(r[3]), float(r[4]), r[5]) for r in result]
+    return [StoredEvent(_EPOCH + timedelta(microseconds=int(r[0])), r[1], r[2], bool(r[3]), float(r[4]), r[5]) for r in result]
 
 
 def _row_doc(row: EventRow) -> dict[str, Any]:
