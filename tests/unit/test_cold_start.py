@@ -29,7 +29,7 @@ print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("google", 
 """
 
 
-@pytest.mark.parametrize("name", ["auth", "admin", "iocs", "threats", "maintenance"])
+@pytest.mark.parametrize("name", ["auth", "admin", "iocs", "threats", "maintenance", "flows", "flow-ingest"])
 def test_importing_a_function_loads_no_heavy_client(name):
     out = subprocess.run(
         [sys.executable, "-c", PROBE, str(REPO / "functions" / name / "main.py")],

@@ -185,6 +185,14 @@ def cmd_iocs(args: argparse.Namespace) -> int:
     return iocs.COMMANDS[args.action](args, call)
 
 
+def cmd_flows(args: argparse.Namespace) -> int:
+    from threatflow.cli import flows
+
+    if args.upload if args.action == "load" else False:
+        _with_stack_env()  # the upload goes to the stack's Cloud Storage emulator
+    return flows.cmd_load(args, base=_base_url(args), token=_token())
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     token = _token()
     body = None
@@ -249,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     from threatflow.cli import iocs
 
     iocs.add_parser(sub, cmd_iocs)
+
+    from threatflow.cli import flows
+
+    flows.add_parser(sub, cmd_flows)
 
     from threatflow.cli import models
 

@@ -178,6 +178,22 @@ def add_sighting(conn: Connection, ioc_id: int, *, seen_at: datetime, source: st
     return IocRecord.from_row(row)
 
 
+def log_sightings(conn: Connection, sightings: Sequence[tuple[int, datetime, str | None, dict[str, Any]]]) -> int:
+    """Record sightings (ioc_id, seen_at, source, context) whose counts an upsert already made, in one statement."""
+    if not sightings:
+        return 0
+    doc = msgspec.json.encode([{"ioc_id": i, "seen_at": at, "source": src, "context": ctx} for i, at, src, ctx in sightings]).decode()
+    result = conn.execute(
+        _text(
+            "INSERT INTO ioc_sightings (ioc_id, seen_at, source, context)"
+            " SELECT ioc_id, seen_at, source, context FROM jsonb_to_recordset(CAST(:doc AS jsonb))"
+            " AS x(ioc_id bigint, seen_at timestamptz, source text, context jsonb)"
+        ),
+        {"doc": doc},
+    )
+    return int(result.rowcount)
+
+
 def max_id(conn: Connection) -> int:
     return int(conn.execute(_text("SELECT COALESCE(max(id), 0) FROM iocs")).scalar_one())
 

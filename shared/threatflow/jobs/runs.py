@@ -112,6 +112,21 @@ def retrain_flows(ctx: JobContext) -> dict[str, Any]:
     )
 
 
+def refresh_flow_views(ctx: JobContext) -> dict[str, Any]:
+    """REFRESH ... CONCURRENTLY the flow-event roll-up views."""
+    from threatflow.flows import events_jobs
+
+    return events_jobs.refresh_views(engine=ctx.engine, now=ctx.clock.now())
+
+
+def flow_retention(ctx: JobContext) -> dict[str, Any]:
+    """Creates the coming days' flow-event partitions and drops those past FLOWS_RETENTION_DAYS."""
+    from threatflow.flows import events_jobs
+
+    days = int(ctx.params.get("retention_days") or ctx.settings.flows_retention_days)
+    return events_jobs.retention(engine=ctx.engine, now=ctx.clock.now(), retention_days=days)
+
+
 JOBS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
     "heartbeat": heartbeat,
     "decay-iocs": decay_iocs,
@@ -119,6 +134,8 @@ JOBS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
     "sync-warninglists": sync_warninglists,
     "sync-attack": sync_attack,
     "retrain-flows": retrain_flows,
+    "refresh-flow-views": refresh_flow_views,
+    "flow-retention": flow_retention,
 }
 
 

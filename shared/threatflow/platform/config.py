@@ -85,8 +85,28 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("REDIS_TIMEOUT_MS", "250", "socket timeout of every Redis call"),
     Variable("REDIS_BREAKER_SECONDS", "5", "after a Redis failure, skip Redis for this long (circuit breaker)"),
     Variable("DETECT_MODEL_REFRESH_SECONDS", "30", "how often the flow-model snapshot re-reads flows/serving.json"),
+    Variable("FLOWS_RETENTION_DAYS", "90", "flow-event partitions (days) older than this are dropped by the flow-retention job"),
+    Variable("FLOWS_BRIDGE_THRESHOLD", "0.9", "flows predicted as attacks with at least this probability make their source an IoC"),
+    Variable("FLOWS_SEARCH_CACHE", "flag", "Redis cache for event search: on, off, or flag (Firestore flags/flows-search-cache)"),
 )
 _DEFAULTS = {v.name: v.default for v in VARIABLES}
+
+
+def _probability(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r}: expected a number between 0 and 1") from None
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name}={text!r}: expected a number between 0 and 1")
+    return value
+
+
+def _choice(name: str, text: str, choices: tuple[str, ...]) -> str:
+    value = text.strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name}={text!r}: expected one of {', '.join(choices)}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -159,6 +179,9 @@ class Settings:
     redis_timeout_ms: int = 250
     redis_breaker_seconds: int = 5
     detect_model_refresh_seconds: int = 30
+    flows_retention_days: int = 90
+    flows_bridge_threshold: float = 0.9
+    flows_search_cache: str = "flag"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, require: tuple[str, ...] = ()) -> Settings:
@@ -250,6 +273,9 @@ class Settings:
             redis_timeout_ms=integer("REDIS_TIMEOUT_MS", 10),
             redis_breaker_seconds=integer("REDIS_BREAKER_SECONDS", 1),
             detect_model_refresh_seconds=integer("DETECT_MODEL_REFRESH_SECONDS", 0),
+            flows_retention_days=integer("FLOWS_RETENTION_DAYS", 1),
+            flows_bridge_threshold=_probability("FLOWS_BRIDGE_THRESHOLD", get("FLOWS_BRIDGE_THRESHOLD") or ""),
+            flows_search_cache=_choice("FLOWS_SEARCH_CACHE", get("FLOWS_SEARCH_CACHE") or "", ("on", "off", "flag")),
         )
 
     def require_database(self) -> None:

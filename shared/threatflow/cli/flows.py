@@ -1,0 +1,245 @@
+"""`threatflow flows load FILE…`: stream UNSW-NB15 CSVs into flow events over the API.
+
+Raw (49 columns, no header) or partitioned (header) layout, plain or gzip. Rows are
+validated here with the same features module the API uses (bad rows are reported
+on stderr and skipped), then posted in batches to POST /api/v1/flows/batch, a few
+in flight at once, with a progress bar on stderr.
+
+Resumable: a progress file (default ~/.cache/threatflow/flows-load.json) records,
+per file sha256, the rows acknowledged by the API and the time the load started.
+A re-run skips those rows; each event's key is the file hash plus its row number,
+and its time is the flow's stime or that start time, so anything re-sent after an
+interruption is stored once. `--upload` instead puts the file in the uploads
+bucket and lets the flow-ingest worker do the work, polling its job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from threatflow.platform.errors import DependencyError, ValidationError
+
+DEFAULT_BATCH = 5000
+IN_FLIGHT = 2
+PROGRESS_FILE = Path(os.environ.get("THREATFLOW_FLOWS_PROGRESS") or Path.home() / ".cache" / "threatflow" / "flows-load.json")
+PROBLEMS_SHOWN = 20
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Progress:
+    """The resume ledger: {sha256: {"file", "rows_done", "observed_at", "stored", "duplicates", "invalid", "done"}}."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.doc: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
+        except ValueError:
+            raise ValidationError(f"{path}: not a progress file (JSON); remove it or pass --progress-file", field="progress-file") from None
+
+    def entry(self, sha: str, file: Path) -> dict[str, Any]:
+        return self.doc.setdefault(
+            sha,
+            {"file": str(file), "rows_done": 0, "observed_at": datetime.now(UTC).isoformat(), "stored": 0, "duplicates": 0, "invalid": 0},
+        )
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.doc, indent=1))
+        tmp.replace(self.path)  # atomic: an interruption never leaves half a ledger
+
+
+class Bar:
+    """A one-line progress bar on stderr: rows, flows/s and how much of the file was read."""
+
+    def __init__(self, name: str, total_bytes: int, *, enabled: bool) -> None:
+        self.name, self.total, self.enabled = name, max(1, total_bytes), enabled
+        self.started = time.perf_counter()
+        self.last = 0.0
+
+    def show(self, rows: int, read_bytes: int, *, final: bool = False) -> None:
+        now = time.perf_counter()
+        if not self.enabled or (not final and now - self.last < 0.2):
+            return
+        self.last = now
+        fraction = min(1.0, read_bytes / self.total)
+        filled = int(fraction * 30)
+        rate = rows / max(1e-9, now - self.started)
+        line = f"\r{self.name}: [{'#' * filled}{'.' * (30 - filled)}] {fraction * 100:5.1f}%  {rows:,} rows  {rate:,.0f} flows/s"
+        print(line, end="\n" if final else "", file=sys.stderr, flush=True)
+
+
+def batches(rows: Iterator[tuple[int, dict[str, Any]]], size: int) -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
+    positions: list[int] = []
+    flows: list[dict[str, Any]] = []
+    for number, flow in rows:
+        positions.append(number)
+        flows.append(flow)
+        if len(flows) >= size:
+            yield positions, flows
+            positions, flows = [], []
+    if flows:
+        yield positions, flows
+
+
+Post = Callable[[dict[str, Any]], tuple[int, Any]]
+
+
+def load_file(path: Path, *, post: Post, progress: Progress, batch_size: int, show_bar: bool, in_flight: int = IN_FLIGHT) -> dict[str, Any]:
+    from threatflow.flows import ingest
+
+    sha = file_sha256(path)
+    entry = progress.entry(sha, path)
+    if entry.get("done"):
+        print(f"{path}: already loaded ({entry['stored']:,} stored); nothing to do", file=sys.stderr)
+        return entry
+    skip = int(entry["rows_done"])
+    if skip:
+        print(f"{path}: resuming after row {skip:,}", file=sys.stderr)
+    bar = Bar(path.name, path.stat().st_size, enabled=show_bar)
+    shown = 0
+    with path.open("rb") as raw:
+        rows = ingest.read_csv(ingest.open_text(raw), skip_rows=skip)
+        pending: deque[tuple[int, int, Future[tuple[int, Any]]]] = deque()
+        pool = ThreadPoolExecutor(max_workers=in_flight)
+
+        def settle(end_row: int, invalid: int, future: Future[tuple[int, Any]]) -> None:
+            status, payload = future.result()
+            if status != 200:
+                error = payload.get("error", payload) if isinstance(payload, dict) else payload
+                raise DependencyError(
+                    f"the API refused a batch (HTTP {status}): {json.dumps(error)[:2000]}; progress is saved, re-run to resume"
+                )
+            entry["stored"] += int(payload.get("stored", 0))
+            entry["duplicates"] += int(payload.get("duplicates", 0))
+            entry["invalid"] += invalid  # counted once the batch is acknowledged, so a resume never counts it twice
+            entry["rows_done"] = end_row
+            progress.save()
+
+        try:
+            for positions, flows in batches(rows, batch_size):
+                canonical_count = len(flows)
+                _clean, _fields, problems = ingest.validate(flows)
+                keep = ingest.valid_indices(canonical_count, problems)
+                if problems:
+                    for problem in problems:
+                        if shown < PROBLEMS_SHOWN:
+                            print(f"\n  skipped row {positions[problem.index]:,}: {problem.field}: {problem.reason}", file=sys.stderr)
+                        shown += 1
+                body = {
+                    "flows": [flows[i] for i in keep],
+                    "positions": [positions[i] for i in keep],
+                    "source": f"file:{sha[:32]}",
+                    "observed_at": entry["observed_at"],
+                }
+                end_row = positions[-1] + 1
+                if body["flows"]:
+                    pending.append((end_row, canonical_count - len(keep), pool.submit(post, body)))
+                else:
+                    done: Future[tuple[int, Any]] = Future()
+                    done.set_result((200, {"stored": 0, "duplicates": 0}))
+                    pending.append((end_row, canonical_count - len(keep), done))
+                while len(pending) > in_flight:
+                    settle(*pending.popleft())
+                bar.show(end_row - skip, path.stat().st_size if raw.closed else raw.tell())
+            while pending:
+                settle(*pending.popleft())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+    entry["done"] = True
+    progress.save()
+    bar.show(int(entry["rows_done"]) - skip, path.stat().st_size, final=True)
+    if shown > PROBLEMS_SHOWN:
+        print(f"  ... {shown - PROBLEMS_SHOWN} more problems", file=sys.stderr)
+    return entry
+
+
+def cmd_load(args: argparse.Namespace, *, base: str, token: str | None) -> int:
+    import msgspec
+    import requests
+
+    session = requests.Session()
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+
+    def post(body: dict[str, Any]) -> tuple[int, Any]:
+        try:
+            response = session.post(f"{base}/api/v1/flows/batch", data=msgspec.json.encode(body), headers=headers, timeout=300)
+        except requests.ConnectionError as exc:
+            raise DependencyError(f"cannot reach the API at {base}: is the stack up? ({exc.__class__.__name__})") from None
+        try:
+            return response.status_code, response.json()
+        except ValueError:
+            return response.status_code, response.text
+
+    if not 1 <= args.batch_size <= 10_000:
+        raise ValidationError("--batch-size is 1 to 10000", field="batch-size")
+    progress = Progress(Path(args.progress_file) if args.progress_file else PROGRESS_FILE)
+    totals = {"stored": 0, "duplicates": 0, "invalid": 0}
+    for name in args.files:
+        path = Path(name)
+        if not path.is_file():
+            raise ValidationError(f"{path}: no such file", field="file")
+        if args.upload:
+            entry = upload_file(path, base=base, token=token, session=session)
+        else:
+            entry = load_file(path, post=post, progress=progress, batch_size=args.batch_size, show_bar=not args.quiet)
+        for key in totals:
+            totals[key] += int(entry.get(key) or 0)
+        print(json.dumps({"file": str(path), **{k: entry.get(k) for k in ("rows_done", "stored", "duplicates", "invalid")}}))
+    print(f"stored {totals['stored']:,}, duplicates {totals['duplicates']:,}, invalid {totals['invalid']:,}", file=sys.stderr)
+    return 0
+
+
+def upload_file(path: Path, *, base: str, token: str | None, session: Any) -> dict[str, Any]:
+    """Put the file in the uploads bucket, queue a flow-ingest job and follow it to the end."""
+    from threatflow.adapters.storage import GcsBlobs
+    from threatflow.platform.config import Settings
+
+    settings = Settings.from_env()
+    sha = file_sha256(path)
+    name = f"flows/{sha}/{path.name}"
+    GcsBlobs(settings.project).put(settings.bucket_uploads, name, path.read_bytes(), content_type="application/octet-stream")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = session.post(f"{base}/api/v1/flows/uploads", json={"object": name}, headers=headers, timeout=60)
+    if response.status_code != 202:
+        raise DependencyError(f"the API refused the upload job (HTTP {response.status_code}): {response.text[:500]}")
+    job = response.json()
+    while job.get("state") not in ("succeeded", "failed"):
+        time.sleep(1.0)
+        job = session.get(f"{base}{job.get('status_url') or '/api/v1/flows/uploads/' + job['job_id']}", headers=headers, timeout=60).json()
+        print(f"\r{path.name}: {job.get('state')} {int(job.get('rows_done') or 0):,} rows", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    if job["state"] == "failed":
+        raise ValidationError(f"{path}: the flow-ingest job failed: {job.get('error')}", field="file")
+    return dict(job)
+
+
+def add_parser(sub: Any, run: Callable[[argparse.Namespace], int]) -> None:
+    flows = sub.add_parser("flows", help="load network flows (UNSW-NB15 CSV) as scored events")
+    flows.add_argument("--url", help="API base URL (default: the stored login, THREATFLOW_URL or the local stack)")
+    actions = flows.add_subparsers(dest="action", required=True)
+    load = actions.add_parser("load", help="stream raw or partitioned UNSW-NB15 CSVs (gzip too) into flow events; resumable")
+    load.add_argument("files", nargs="+", metavar="FILE")
+    load.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help=f"flows per request (default {DEFAULT_BATCH}, at most 10000)")
+    load.add_argument("--progress-file", help=f"resume ledger (default {PROGRESS_FILE})")
+    load.add_argument("--upload", action="store_true", help="upload to Cloud Storage and let the flow-ingest worker load it")
+    load.add_argument("--quiet", action="store_true", help="no progress bar")
+    flows.set_defaults(run=run)

@@ -1,0 +1,239 @@
+"""Routes of the flows function: flow ingest (/api/v1/flows) and event hunting (/api/v1/events).
+
+Ingest needs the analyst role, reads need reader. Ingest goes through the
+hunting pipeline (score, store, bridge attack sources to IoCs) in one unit of work;
+the host view reads the linked IoC through the iocs domain, shown only when the
+caller's TLP clearance covers it (auth/clearance.py), as everywhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+import msgspec
+
+from threatflow.adapters.postgres import unit_of_work
+from threatflow.auth import clearance as tlp_clearance
+from threatflow.auth.api import authenticator
+from threatflow.auth.model import Role
+from threatflow.detect.api import model_snapshot
+from threatflow.flows import ingest, repository, search
+from threatflow.hunting import pipeline
+from threatflow.iocs import repository as ioc_repository
+from threatflow.iocs.types import IocType
+from threatflow.platform.errors import NotFoundError, ValidationError
+from threatflow.platform.web import Request, Response, Router
+from threatflow.runtime import Runtime
+
+MAX_PROBLEMS_LISTED = 1000
+INGEST_JOBS = "flow_ingest_jobs"
+INGEST_TOPIC = "flow-ingest"
+HOST_WINDOW = timedelta(days=30)
+HOST_TOP = 20
+
+
+class FlowBatch(msgspec.Struct, forbid_unknown_fields=True):
+    flows: Annotated[list[dict[str, Any]], msgspec.Meta(min_length=1, max_length=ingest.MAX_BATCH)]
+    # Optional idempotency: a client resending the same rows (the CLI) names them, so
+    # event keys are stable even if batches are cut differently on a resume.
+    source: Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9:._/-]+$")] | None = None
+    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # Row numbers of the flows in their source (the CLI skips invalid rows); default offset + index.
+    positions: list[Annotated[int, msgspec.Meta(ge=0)]] | None = None
+    observed_at: datetime | None = None
+
+
+class UploadJobIn(msgspec.Struct, forbid_unknown_fields=True):
+    object: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+    bucket: Annotated[str, msgspec.Meta(min_length=3, max_length=222)] | None = None
+
+
+def build_router(runtime: Runtime) -> Router:
+    router = Router("flows", runtime=runtime, authenticator=authenticator(runtime))
+    settings = runtime.settings
+    lazy: dict[str, Any] = {}  # clients are built on first use, not at import (cold starts)
+
+    def cache() -> search.SearchCache:
+        if "cache" not in lazy:
+            lazy["cache"] = search.SearchCache(
+                mode=settings.flows_search_cache, redis=lambda: runtime.redis, documents=lambda: runtime.documents
+            )
+        return lazy["cache"]  # type: ignore[no-any-return]
+
+    # -- ingest ---------------------------------------------------------------------------
+
+    @router.route("POST", "/api/v1/flows/batch", role=Role.ANALYST, body=FlowBatch)
+    def batch(request: Request, body: FlowBatch) -> dict[str, Any]:
+        canonical, fields, problems = ingest.validate(body.flows)
+        if problems:
+            listed = [p.to_json() for p in problems[:MAX_PROBLEMS_LISTED]]
+            first = problems[0]
+            flows_bad = len({p.index for p in problems})
+            raise ValidationError(
+                f"{len(problems)} invalid field(s) in {flows_bad} flow(s); first: flows[{first.index}].{first.field}: {first.reason}",
+                field=f"flows[{first.index}].{first.field}",
+                details={"field": f"flows[{first.index}].{first.field}", "errors": listed, "total": len(problems)},
+            )
+        if body.positions is not None and len(body.positions) != len(body.flows):
+            raise ValidationError("positions must have one row number per flow", field="positions")
+        now = runtime.clock.now()
+        observed_at = body.observed_at or now
+        if observed_at.tzinfo is None:
+            raise ValidationError("observed_at needs a time zone", field="observed_at")
+        source = body.source or "batch:" + hashlib.sha256(request.body).hexdigest()[:32]
+        return pipeline.ingest_batch(
+            canonical,
+            fields,
+            engine=runtime.engine,
+            model=model_snapshot(runtime).get(),
+            source=source,
+            first_position=body.offset,
+            positions=body.positions,
+            observed_at=observed_at,
+            threshold=settings.flows_bridge_threshold,
+            publisher=runtime.publisher,
+            policies=runtime.decay_policies().get(),
+            warninglists=runtime.warninglist_matcher(),
+            now=now,
+        )
+
+    @router.route("POST", "/api/v1/flows/uploads", role=Role.ANALYST, body=UploadJobIn)
+    def upload(request: Request, body: UploadJobIn) -> Response:
+        """Queue an uploaded UNSW CSV (in the uploads bucket) for the flow-ingest worker."""
+        from threatflow.platform import events
+
+        bucket = body.bucket or settings.bucket_uploads
+        if bucket != settings.bucket_uploads:
+            raise ValidationError(f"uploads are read from the uploads bucket ({settings.bucket_uploads}) only", field="bucket")
+        if not runtime.blobs.exists(bucket, body.object):
+            raise NotFoundError(f"no object {body.object!r} in bucket {bucket!r}; upload it first")
+        job_id = uuid.uuid4().hex
+        job = {
+            "job_id": job_id,
+            "state": "queued",
+            "bucket": bucket,
+            "object": body.object,
+            "rows_done": 0,
+            "stored": 0,
+            "duplicates": 0,
+            "invalid": 0,
+            "created_at": runtime.clock.now(),
+            "requested_by": request.principal.username if request.principal else None,
+        }
+        runtime.documents.set(INGEST_JOBS, job_id, job)
+        runtime.publisher.publish(INGEST_TOPIC, events.encode({"job_id": job_id}), {"job_id": job_id})
+        return Response({**job, "status_url": f"/api/v1/flows/uploads/{job_id}"}, status=202)
+
+    @router.route("GET", "/api/v1/flows/uploads/{job_id}", role=Role.READER)
+    def upload_job(request: Request) -> dict[str, Any]:
+        job_id = request.path_params["job_id"]
+        if not job_id.isalnum() or len(job_id) > 64:
+            raise ValidationError("job_id is a 32-character hex id", field="job_id")
+        job = runtime.documents.get(INGEST_JOBS, job_id)
+        if job is None:
+            raise NotFoundError(f"no flow ingest job {job_id!r}")
+        return job
+
+    # -- search and hunting -------------------------------------------------------------------
+
+    @router.route("GET", "/api/v1/events/search", role=Role.READER)
+    def search_events(request: Request) -> Response:
+        use_cache = cache().enabled()
+        now = search.round_now(runtime.clock.now()) if use_cache else runtime.clock.now()
+        query = search.parse_search(request.query, now=now)
+        if use_cache:
+            key = cache().key(query)
+            hit = cache().get(key)
+            if hit is not None:
+                return Response(hit, headers={"X-Cache": "hit"})
+            with unit_of_work(runtime.engine) as conn:
+                payload = msgspec.json.encode(search.search(query, conn=conn))
+            cache().put(key, payload)
+            return Response(payload, headers={"X-Cache": "miss"})
+        with unit_of_work(runtime.engine) as conn:
+            return Response(search.search(query, conn=conn))
+
+    def window(request: Request, default: timedelta, maximum: timedelta) -> tuple[datetime, datetime]:
+        return search.parse_window(request.query, now=runtime.clock.now(), default=default, maximum=maximum)
+
+    def only(request: Request, *allowed: str) -> None:
+        unknown = sorted(set(request.query) - set(allowed))
+        if unknown:
+            raise ValidationError(f"unknown query parameter {unknown[0]!r}; known: {', '.join(allowed)}", field=unknown[0])
+
+    @router.route("GET", "/api/v1/events/top/attack-categories", role=Role.READER)
+    def top_categories(request: Request) -> dict[str, Any]:
+        only(request, "from", "to", "limit")
+        start, end = window(request, timedelta(days=1), timedelta(days=400))
+        limit = request.query_int("limit", 10, minimum=1, maximum=100)
+        with unit_of_work(runtime.engine) as conn:
+            rows = repository.top_attack_categories(conn, start=start, end=end, limit=limit)
+            refreshed = repository.view_refreshed_at(conn).get("flow_attack_categories_hourly")
+        return {"window": {"from": start.isoformat(), "to": end.isoformat()}, "categories": rows, "refreshed_at": refreshed}
+
+    @router.route("GET", "/api/v1/events/stats/bytes-by-proto", role=Role.READER)
+    def bytes_by_proto(request: Request) -> dict[str, Any]:
+        only(request, "from", "to", "limit")
+        start, end = window(request, timedelta(days=1), timedelta(days=400))
+        limit = request.query_int("limit", 20, minimum=1, maximum=200)
+        with unit_of_work(runtime.engine) as conn:
+            rows = repository.bytes_by_proto(conn, start=start, end=end, limit=limit)
+            refreshed = repository.view_refreshed_at(conn).get("flow_bytes_by_proto_hourly")
+        return {"window": {"from": start.isoformat(), "to": end.isoformat()}, "protocols": rows, "refreshed_at": refreshed}
+
+    @router.route("GET", "/api/v1/events/timeline", role=Role.READER)
+    def timeline(request: Request) -> dict[str, Any]:
+        only(request, "srcip", "from", "to")
+        srcip = search.parse_ip(request.query.get("srcip"), "srcip")
+        if srcip is None:
+            raise ValidationError("srcip is required", field="srcip")
+        start, end = window(request, timedelta(days=7), timedelta(days=31))
+        with unit_of_work(runtime.engine) as conn:
+            hours = repository.timeline(conn, srcip=srcip, start=start, end=end)
+        return {"srcip": srcip, "window": {"from": start.isoformat(), "to": end.isoformat()}, "hours": hours}
+
+    @router.route("GET", "/api/v1/events/hosts/{ip}", role=Role.READER)
+    def host(request: Request) -> dict[str, Any]:
+        only(request, "from", "to")
+        ip = search.parse_ip(request.path_params["ip"], "ip")
+        assert ip is not None
+        start, end = window(request, HOST_WINDOW, timedelta(days=92))
+        with unit_of_work(runtime.engine) as conn:
+            summary = repository.host_summary(conn, ip=ip, start=start, end=end, top=HOST_TOP)
+            ioc_type = IocType.IPV6.value if ":" in ip else IocType.IPV4.value
+            record = ioc_repository.get_by_value(conn, ioc_type, ip)
+        linked = None
+        # An IoC above the caller's TLP clearance does not exist for them: the host view shows none.
+        if record is not None and tlp_clearance.can_read(tlp_clearance.of(request.principal), record.tlp):
+            ioc = record.to_json()
+            linked = {
+                k: ioc[k]
+                for k in (
+                    "id",
+                    "type",
+                    "value",
+                    "tlp",
+                    "verdict",
+                    "score",
+                    "severity",
+                    "tags",
+                    "sources",
+                    "first_seen",
+                    "last_seen",
+                    "detection_count",
+                )
+            }
+        seen = [summary[r][k] for r in ("as_source", "as_destination") for k in ("first_seen", "last_seen") if summary[r][k]]
+        return {
+            "ip": ip,
+            "window": {"from": start.isoformat(), "to": end.isoformat()},
+            "first_seen": min(seen) if seen else None,
+            "last_seen": max(seen) if seen else None,
+            **summary,
+            "ioc": linked,
+        }
+
+    return router

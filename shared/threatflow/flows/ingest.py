@@ -1,0 +1,419 @@
+"""Flow ingest: validate, score and store batches of flows as events.
+
+One code path for the three ways flows arrive: `POST /api/v1/flows/batch`,
+`threatflow flows load` (which posts batches) and the `flow-ingest` worker
+(which streams an uploaded file). Validation is ml's features module (one
+definition of a valid flow for training and serving) plus the fields only
+events have (addresses, ports, times). Nothing is ever filled with 0.
+
+Every event gets a deterministic key: a 128-bit blake2b hash of `<source>:<position>`, where the
+source is a file's sha256 or a batch's own hash. With the event time (the flow's
+`stime`, or the batch's `observed_at`), that key makes a re-send a no-op.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import ipaddress
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import IO, TYPE_CHECKING, Any, Protocol
+
+from threatflow.adapters.postgres import unit_of_work
+from threatflow.flows import repository
+from threatflow.flows.features import ATTACK_CATEGORIES
+from threatflow.flows.repository import STORED_FEATURES, EventRow, StoredEvent
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+MAX_BATCH = 10_000
+# The dataset's own category labels, exactly (attack_cat, and the model's predicted_cat).
+CATEGORIES = ATTACK_CATEGORIES
+_CATEGORY_BY_LOWER = {c.lower(): c for c in CATEGORIES} | {"backdoors": "Backdoor"}
+
+# The raw UNSW-NB15 CSVs have no header: these are their 49 columns in order
+# (NUSW-NB15_features.csv, including its `ct_src_ ltm` typo), which ml's
+# canonical_flow maps to the partitioned names.
+RAW_COLUMNS = (
+    "srcip", "sport", "dstip", "dsport", "proto", "state", "dur", "sbytes", "dbytes", "sttl", "dttl", "sloss", "dloss",
+    "service", "Sload", "Dload", "Spkts", "Dpkts", "swin", "dwin", "stcpb", "dtcpb", "smeansz", "dmeansz", "trans_depth",
+    "res_bdy_len", "Sjit", "Djit", "Stime", "Ltime", "Sintpkt", "Dintpkt", "tcprtt", "synack", "ackdat", "is_sm_ips_ports",
+    "ct_state_ttl", "ct_flw_http_mthd", "is_ftp_login", "ct_ftp_cmd", "ct_srv_src", "ct_srv_dst", "ct_dst_ltm", "ct_src_ ltm",
+    "ct_src_dport_ltm", "ct_dst_sport_ltm", "ct_dst_src_ltm", "attack_cat", "Label",
+)  # fmt: skip
+_TEXT_FIELDS = frozenset({"proto", "service", "state", "srcip", "dstip", "attack_cat"})
+
+
+class Prediction(Protocol):
+    is_attack: bool
+    probability: float
+    attack_cat: str
+    model_version: str
+
+
+class Scorer(Protocol):
+    """What ingest needs of ml's ServingModel."""
+
+    @property
+    def version(self) -> str: ...
+
+    def predict_clean(self, flows: Sequence[Mapping[str, Any]]) -> Sequence[Any]:
+        """Score flows that validate_flows already returned (no second validation)."""
+
+
+@dataclass(frozen=True)
+class FlowProblem:
+    """One offending field of one flow (same shape as ml's FieldError)."""
+
+    index: int
+    field: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "field": self.field, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    received: int
+    stored: int
+    duplicates: int
+    predicted_attacks: int
+    model_version: str
+    new_events: list[StoredEvent]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "stored": self.stored,
+            "duplicates": self.duplicates,
+            "predicted_attacks": self.predicted_attacks,
+            "model_version": self.model_version,
+        }
+
+
+# -- validation ----------------------------------------------------------------------------
+
+
+def _as_time(value: Any) -> datetime:
+    """stime/ltime: epoch seconds (the UNSW layout) or ISO 8601 with a time zone."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a time")
+    if isinstance(value, (int, float)):
+        if not 0 <= value < 32503680000:  # year 3000
+            raise ValueError("epoch seconds out of range")
+        return datetime.fromtimestamp(float(value), UTC)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return _as_time(float(text))
+        except ValueError:
+            pass
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if parsed.tzinfo is None:
+            raise ValueError("an ISO time needs a time zone")
+        return parsed.astimezone(UTC)
+    raise ValueError("expected epoch seconds or an ISO 8601 time")
+
+
+def _as_ip(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected an IP address as a string")
+    return str(ipaddress.ip_address(value.strip()))
+
+
+def _as_port(value: Any) -> int | None:
+    """Ports: an integer 0-65535; the raw files also write hex (0x000b) and '-' (none)."""
+    if value is None or (isinstance(value, str) and value.strip() in ("", "-")):
+        return None
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a port")
+    if isinstance(value, str):
+        text = value.strip().lower()
+        number = int(text, 16) if text.startswith("0x") else int(float(text))
+    elif isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("a port is a whole number")
+        number = int(value)
+    elif isinstance(value, int):
+        number = value
+    else:
+        raise ValueError("expected a port number")
+    if not 0 <= number <= 65535:
+        raise ValueError("a port is between 0 and 65535")
+    return number
+
+
+def _as_label(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or str(value).strip() not in ("0", "1", "0.0", "1.0"):
+        raise ValueError("label is 0 (normal) or 1 (attack)")
+    return int(float(value))
+
+
+def _as_category(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("attack_cat is a category name")
+    text = value.strip()
+    if not text:
+        return None
+    category = _CATEGORY_BY_LOWER.get(text.lower())
+    if category is None:
+        raise ValueError(f"unknown attack_cat {text!r}; one of {', '.join(CATEGORIES)}")
+    return category
+
+
+_EVENT_FIELDS = {
+    "srcip": _as_ip,
+    "dstip": _as_ip,
+    "sport": _as_port,
+    "dsport": _as_port,
+    "stime": _as_time,
+    "ltime": _as_time,
+    "label": _as_label,
+    "attack_cat": _as_category,
+}
+
+
+@dataclass(frozen=True)
+class EventFields:
+    srcip: str | None
+    dstip: str | None
+    sport: int | None
+    dsport: int | None
+    stime: datetime | None
+    ltime: datetime | None
+    label: int | None
+    attack_cat: str | None
+
+
+def event_fields(flow: Mapping[str, Any], index: int, problems: list[FlowProblem]) -> EventFields:
+    """The event-only fields of one canonical flow; bad ones are added to problems."""
+    parsed: dict[str, Any] = {}
+    for name, parse in _EVENT_FIELDS.items():
+        value = flow.get(name)
+        if value is None:
+            parsed[name] = None
+            continue
+        try:
+            parsed[name] = parse(value)
+        except (ValueError, TypeError, OverflowError) as exc:
+            problems.append(FlowProblem(index, name, str(exc) or f"invalid {name}"))
+            parsed[name] = None
+    if parsed["label"] is not None and parsed["attack_cat"] is None and parsed["label"] == 0:
+        parsed["attack_cat"] = "Normal"
+    return EventFields(**parsed)
+
+
+def validate(flows: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[EventFields], list[FlowProblem]]:
+    """ml's strict feature validation plus the event fields: every problem, with its flow's index.
+
+    Returns the clean flows and their event fields for the flows without problems (in
+    input order; `valid_indices` maps them back), and every problem found.
+    """
+    from threatflow.flows import features
+
+    clean, feature_errors = features.validate_flows(flows)
+    problems = [FlowProblem(int(e.index), str(e.field), str(e.reason)) for e in feature_errors]
+    bad_features = {p.index for p in problems}
+    # validate_flows returns clean flows for the valid ones only, in input order.
+    by_index = dict(zip((i for i in range(len(flows)) if i not in bad_features), clean, strict=True))
+    event_problems: list[FlowProblem] = []
+    # The clean flows already carry the pass-through fields under canonical names; only flows
+    # that failed feature validation need renaming to have their event fields checked too.
+    fields = {
+        i: event_fields(by_index[i] if i in by_index else features.canonical_flow(flow), i, event_problems) for i, flow in enumerate(flows)
+    }
+    problems += event_problems
+    bad = {p.index for p in problems}
+    keep = [i for i in range(len(flows)) if i not in bad]
+    problems.sort(key=lambda p: (p.index, p.field))
+    return [by_index[i] for i in keep], [fields[i] for i in keep], problems
+
+
+def valid_indices(count: int, problems: Sequence[FlowProblem]) -> list[int]:
+    """The input indices of the flows `validate` returned (those without problems)."""
+    bad = {p.index for p in problems}
+    return [i for i in range(count) if i not in bad]
+
+
+# -- scoring and storing ---------------------------------------------------------------------
+
+
+def event_key(source: str, position: int) -> str:
+    """A deterministic 128-bit key for row `position` of `source`, as a UUID string.
+    (blake2b, formatted directly: uuid.uuid5 cost more than scoring the flow.)"""
+    h = hashlib.blake2b(f"{source}:{position}".encode(), digest_size=16).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _feature_vector(flow: Mapping[str, Any]) -> list[float | None]:
+    out: list[float | None] = []
+    for name in STORED_FEATURES:
+        value = flow.get(name)
+        try:
+            out.append(float(value) if value is not None and value != "" else None)
+        except (TypeError, ValueError):
+            out.append(None)
+    return out
+
+
+def build_rows(
+    flows: Sequence[Mapping[str, Any]],
+    fields: Sequence[EventFields],
+    predictions: Sequence[Any],
+    *,
+    source: str,
+    first_position: int,
+    observed_at: datetime,
+    positions: Sequence[int] | None = None,
+) -> list[EventRow]:
+    """Events from scored flows; `positions` (row numbers in the source) default to first_position + i."""
+    rows = []
+    for offset, (flow, ev, prediction) in enumerate(zip(flows, fields, predictions, strict=True)):
+        position = positions[offset] if positions is not None else first_position + offset
+        rows.append(
+            EventRow(
+                event_time=ev.stime or observed_at,
+                event_key=event_key(source, position),
+                srcip=ev.srcip,
+                sport=ev.sport,
+                dstip=ev.dstip,
+                dsport=ev.dsport,
+                proto=str(flow.get("proto") or "-"),
+                service=str(flow.get("service") or "-"),
+                state=str(flow.get("state") or "-"),
+                stime=ev.stime,
+                ltime=ev.ltime,
+                features=_feature_vector(flow),
+                label=ev.label,
+                attack_cat=ev.attack_cat,
+                predicted_attack=bool(prediction.is_attack),
+                probability=float(prediction.probability),
+                predicted_cat=str(prediction.attack_cat),
+                model_version=str(prediction.model_version),
+                source=source[:200],
+            )
+        )
+    return rows
+
+
+_known_partitions: set[date] = set()
+
+
+def store(conn: Connection, rows: Sequence[EventRow]) -> list[StoredEvent]:
+    """Make sure the days' partitions exist, then insert; returns the new events.
+
+    Partition creation commits on its own (a short transaction before the insert),
+    so concurrent ingests of a new day wait on one advisory lock, not on each other's data.
+    """
+    days = {r.event_time.astimezone(UTC).date() for r in rows}
+    missing = days - _known_partitions
+    if missing:
+        with unit_of_work(conn.engine) as own:  # its own short transaction, on purpose (see above)
+            repository.ensure_partitions(own, missing)
+        _known_partitions.update(missing)
+    return repository.insert_events(conn, rows)
+
+
+def forget_partitions() -> None:
+    """The retention job dropped partitions: let the next ingest re-check them."""
+    _known_partitions.clear()
+
+
+def score_and_store(
+    conn: Connection,
+    flows: Sequence[Mapping[str, Any]],
+    fields: Sequence[EventFields],
+    *,
+    model: Scorer,
+    source: str,
+    first_position: int,
+    observed_at: datetime,
+    positions: Sequence[int] | None = None,
+) -> BatchOutcome:
+    """Score validated, canonical flows and store them as events in the caller's transaction."""
+    predictions = model.predict_clean(flows) if flows else []
+    rows = build_rows(
+        flows, fields, predictions, source=source, first_position=first_position, observed_at=observed_at, positions=positions
+    )
+    new = store(conn, rows)
+    return BatchOutcome(
+        received=len(rows),
+        stored=len(new),
+        duplicates=len(rows) - len(new),
+        predicted_attacks=sum(1 for r in rows if r.predicted_attack),
+        model_version=model.version,
+        new_events=new,
+    )
+
+
+# -- reading UNSW CSV files -------------------------------------------------------------------
+
+
+def open_text(stream: IO[bytes]) -> io.TextIOWrapper:
+    """A text view of a plain or gzip stream (sniffed by its magic bytes, not its name)."""
+    buffered: Any = stream if isinstance(stream, io.BufferedReader) else io.BufferedReader(stream)  # type: ignore[arg-type,type-var]
+    raw: Any = gzip.GzipFile(fileobj=buffered) if buffered.peek(2)[:2] == b"\x1f\x8b" else buffered
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
+
+
+def _value(name: str, text: str) -> Any:
+    """CSV cells to JSON-like values: numbers where the cell is numeric, text otherwise.
+    Empty cells stay absent-like (None) so validation names them; never 0."""
+    value = text.strip()
+    if value == "":
+        return None
+    if name.lower() in _TEXT_FIELDS:
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return float(value)
+    except ValueError:
+        return value  # validation reports it as non-numeric, naming the field
+
+
+def read_csv(text: IO[str], *, skip_rows: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row number, flow) from a partitioned (header) or raw (49 columns, no header) UNSW CSV.
+
+    Row numbers count data rows from 0, so a resume can skip exactly what was done.
+    """
+    reader = csv.reader(text)
+    first = next(reader, None)
+    if first is None:
+        return
+    names = [c.strip() for c in first]
+    lowered = {n.lower() for n in names}
+    if {"proto", "service", "state"} <= lowered:
+        header = names
+        pending: list[list[str]] = []
+    elif len(first) == len(RAW_COLUMNS):
+        header = list(RAW_COLUMNS)
+        pending = [first]
+    else:
+        raise ValueError(
+            f"not a UNSW-NB15 CSV: the first line has {len(first)} fields and no header; expected the partitioned layout"
+            f" with a header or the raw {len(RAW_COLUMNS)}-column layout"
+        )
+
+    def rows() -> Iterator[list[str]]:
+        yield from pending
+        yield from reader
+
+    for number, cells in enumerate(rows()):
+        if number < skip_rows:
+            continue
+        if not cells or (len(cells) == 1 and not cells[0].strip()):
+            continue
+        yield number, {name: _value(name, cell) for name, cell in zip(header, cells, strict=False)}

@@ -1,0 +1,263 @@
+"""Event search and hunting queries: every parameter checked, every query bounded.
+
+Query parameters become typed values here (a bad one is a 400 naming it), the
+repository runs the SQL. Pages are keyset cursors over (event_time, event_key),
+newest first. An optional Redis cache sits in front of search (FLOWS_SEARCH_CACHE:
+on, off, or `flag` = the Firestore document flags/flows-search-cache
+`{"enabled": true}`, re-read at most every FLAG_TTL_SECONDS per instance).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from threatflow.flows import repository
+from threatflow.flows.ingest import CATEGORIES
+from threatflow.flows.repository import EventQuery
+from threatflow.platform.errors import ValidationError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+log = logging.getLogger("threatflow.flows")
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 50
+DEFAULT_WINDOW = timedelta(days=30)
+MAX_WINDOW = timedelta(days=92)
+MAX_WINDOW_WITHOUT_ADDRESS = timedelta(days=7)  # a scan over time alone must stay small
+SEARCH_TIMEOUT_MS = 3000
+CACHE_SECONDS = 30
+FLAG_TTL_SECONDS = 30.0
+FLAG_NAME = "flows-search-cache"
+_TOKEN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$|^-$")
+_KNOWN = frozenset(
+    {"srcip", "dstip", "from", "to", "proto", "service", "label", "attack_cat", "predicted", "predicted_cat", "min_probability",
+     "limit", "cursor"}
+)  # fmt: skip
+
+
+def parse_ip(text: str | None, name: str) -> str | None:
+    if text is None or text == "":
+        return None
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise ValidationError(f"{name} is not an IP address: {text[:64]!r}", field=name) from None
+
+
+def parse_time(text: str | None, name: str) -> datetime | None:
+    if text is None or text == "":
+        return None
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        raise ValidationError(f"{name} must be an ISO 8601 time with a zone, e.g. 2026-01-01T00:00:00Z", field=name) from None
+    if value.tzinfo is None:
+        raise ValidationError(f"{name} needs a time zone (e.g. 2026-01-01T00:00:00Z)", field=name)
+    return value.astimezone(UTC)
+
+
+def parse_window(query: Mapping[str, str], *, now: datetime, default: timedelta, maximum: timedelta) -> tuple[datetime, datetime]:
+    end = parse_time(query.get("to"), "to") or now
+    start = parse_time(query.get("from"), "from") or end - default
+    if start >= end:
+        raise ValidationError("from must be before to", field="from")
+    if end - start > maximum:
+        raise ValidationError(f"the time window is at most {maximum.days} days here", field="from")
+    return start, end
+
+
+def _token(query: Mapping[str, str], name: str) -> str | None:
+    text = query.get(name)
+    if text is None or text == "":
+        return None
+    value = text.strip().lower()
+    if not _TOKEN.match(value):
+        raise ValidationError(f"{name} must be a protocol/service name like tcp or http (or - for none)", field=name)
+    return value
+
+
+def _category(query: Mapping[str, str], name: str) -> str | None:
+    text = query.get(name)
+    if text is None or text == "":
+        return None
+    for category in CATEGORIES:
+        if category.lower() == text.strip().lower():
+            return category
+    raise ValidationError(f"{name} must be one of {', '.join(CATEGORIES)}", field=name)
+
+
+def encode_cursor(row: Mapping[str, Any]) -> str:
+    raw = json.dumps({"t": row["event_time"], "k": row["event_key"]}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(text: str) -> tuple[datetime, str]:
+    import uuid
+
+    try:
+        doc = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        at = datetime.fromisoformat(doc["t"])
+        key = str(uuid.UUID(doc["k"]))
+        if at.tzinfo is None:
+            raise ValueError("naive time")
+    except (ValueError, KeyError, TypeError):
+        raise ValidationError("cursor is not one this API returned", field="cursor") from None
+    return at, key
+
+
+def parse_search(query: Mapping[str, str], *, now: datetime) -> EventQuery:
+    unknown = sorted(set(query) - _KNOWN)
+    if unknown:
+        raise ValidationError(f"unknown query parameter {unknown[0]!r}; known: {', '.join(sorted(_KNOWN))}", field=unknown[0])
+    srcip, dstip = parse_ip(query.get("srcip"), "srcip"), parse_ip(query.get("dstip"), "dstip")
+    maximum = MAX_WINDOW if (srcip or dstip) else MAX_WINDOW_WITHOUT_ADDRESS
+    default = DEFAULT_WINDOW if (srcip or dstip) else timedelta(days=1)
+    start, end = parse_window(query, now=now, default=default, maximum=maximum)
+    limit_text = query.get("limit") or str(DEFAULT_LIMIT)
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
+        raise ValidationError(f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
+    label_text = query.get("label")
+    if label_text not in (None, "", "0", "1"):
+        raise ValidationError("label must be 0 (normal) or 1 (attack)", field="label")
+    predicted_text = (query.get("predicted") or "").lower()
+    if predicted_text not in ("", "attack", "normal"):
+        raise ValidationError("predicted must be attack or normal", field="predicted")
+    min_probability = None
+    if query.get("min_probability") not in (None, ""):
+        try:
+            min_probability = float(query["min_probability"])
+        except ValueError:
+            raise ValidationError("min_probability must be a number from 0 to 1", field="min_probability") from None
+        if not 0.0 <= min_probability <= 1.0:
+            raise ValidationError("min_probability must be a number from 0 to 1", field="min_probability")
+    after_time = after_key = None
+    if query.get("cursor"):
+        after_time, after_key = decode_cursor(query["cursor"])
+    return EventQuery(
+        start=start,
+        end=end,
+        limit=int(limit_text),
+        srcip=srcip,
+        dstip=dstip,
+        proto=_token(query, "proto"),
+        service=_token(query, "service"),
+        label=int(label_text) if label_text else None,
+        attack_cat=_category(query, "attack_cat"),
+        predicted_attack={"attack": True, "normal": False}.get(predicted_text),
+        predicted_cat=_category(query, "predicted_cat"),
+        min_probability=min_probability,
+        after_time=after_time,
+        after_key=after_key,
+    )
+
+
+# Newest first, a search reads the window in steps that widen backwards: the last day,
+# the week before it, then the rest. A busy address fills its page from the first
+# step, whose plan touches one or two daily partitions; planning all ~30 of a month
+# costs more than the scan itself (measured: ~0.3 ms vs 3-13 ms per query).
+SEARCH_STEPS = (timedelta(days=1), timedelta(days=8))
+
+
+def steps(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+    out = []
+    upper = end
+    for back in (*SEARCH_STEPS, None):
+        lower = start if back is None else max(start, end - back)
+        if lower < upper:
+            out.append((lower, upper))
+            upper = lower
+    return out
+
+
+def search(q: EventQuery, *, conn: Connection) -> dict[str, Any]:
+    """One page of events, newest first, in the caller's unit of work (under a statement timeout)."""
+    from dataclasses import replace
+
+    from sqlalchemy.exc import OperationalError
+
+    # A cursor means "older than this event": start the walk there, not at `end`.
+    end = min(q.end, q.after_time + timedelta(microseconds=1)) if q.after_time is not None else q.end
+    events: list[dict[str, Any]] = []
+    try:
+        repository.set_timeout(conn, SEARCH_TIMEOUT_MS)
+        for lower, upper in steps(q.start, end):
+            events += repository.search(conn, replace(q, start=lower, end=upper, limit=q.limit - len(events)))
+            if len(events) >= q.limit:
+                break
+    except OperationalError as exc:
+        if "statement timeout" in str(exc) or "57014" in str(exc):
+            raise ValidationError(
+                "this search is too broad to answer in time; add srcip or dstip, or narrow from/to", field="from"
+            ) from None
+        raise
+    next_cursor = encode_cursor(events[-1]) if len(events) == q.limit else None
+    return {
+        "events": events,
+        "count": len(events),
+        "next_cursor": next_cursor,
+        "window": {"from": q.start.isoformat(), "to": q.end.isoformat()},
+    }
+
+
+# -- the optional cache ----------------------------------------------------------------------------
+
+
+class SearchCache:
+    """Redis in front of search, behind a feature flag; any Redis trouble means "no cache"."""
+
+    def __init__(self, *, mode: str, redis: Callable[[], Any], documents: Callable[[], Any]) -> None:
+        self._mode = mode
+        self._redis = redis
+        self._documents = documents
+        self._flag: tuple[float, bool] = (0.0, False)
+
+    def enabled(self) -> bool:
+        if self._mode != "flag":
+            return self._mode == "on"
+        checked_at, value = self._flag
+        if time.monotonic() - checked_at < FLAG_TTL_SECONDS:
+            return value
+        try:
+            doc = self._documents().get("flags", FLAG_NAME) or {}
+            value = bool(doc.get("enabled"))
+        except Exception as exc:  # a flag store outage turns the cache off, never the API
+            log.warning("feature flag %s unreadable: %s", FLAG_NAME, exc)
+            value = False
+        self._flag = (time.monotonic(), value)
+        return value
+
+    @staticmethod
+    def key(q: EventQuery) -> str:
+        # A window ending "now" moves every call: round it to the cache period so repeats share a key.
+        parts = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in q.__dict__.items()}
+        digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+        return f"flows:search:{digest}"
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            value = self._redis().get(key)
+        except Exception:
+            return None
+        return value if isinstance(value, bytes) else None
+
+    def put(self, key: str, payload: bytes) -> None:
+        try:
+            self._redis().set(key, payload, ex=CACHE_SECONDS)
+        except Exception as exc:
+            log.warning("search cache write failed: %s", exc)
+
+
+def round_now(now: datetime, seconds: int = CACHE_SECONDS) -> datetime:
+    """`now` rounded down to the cache period, so windows ending now are cacheable."""
+    epoch = int(now.timestamp())
+    return datetime.fromtimestamp(epoch - epoch % seconds, UTC)

@@ -1,0 +1,155 @@
+"""The flow→IoC bridge: sources of detected attacks become IoCs, public ones get enriched.
+
+Bounded by construction: one IoC upsert (one statement) and one sightings insert
+per ingest batch, deduplicated by address, and only for events the batch newly
+stored, so a re-sent batch bridges nothing twice. Enrichment is requested for
+public addresses whose IoC the bridge just created (an existing IoC was already
+queued when it was made, or by whoever made it); requests are published after
+the transaction commits, so the consumer always finds the IoC.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from threatflow.flows.repository import StoredEvent
+from threatflow.iocs import repository as ioc_repository
+from threatflow.iocs import service as ioc_service
+from threatflow.iocs.model import DecayPolicy
+from threatflow.platform import events
+from threatflow.platform.ports import Publisher
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+log = logging.getLogger("threatflow.hunting")
+ENRICHMENT_TOPIC = "ioc-enrichment-requested"
+SIGHTING_SOURCE = "flows"
+DETECTION_TAG = "flow-detected"
+
+
+def category_tag(category: str) -> str:
+    return f"attack-category:{category.lower()}"
+
+
+@dataclass
+class _Source:
+    address: str
+    first_seen: datetime
+    last_seen: datetime
+    flows: int = 0
+    max_probability: float = 0.0
+    categories: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EnrichmentRequest:
+    ioc_id: int
+    type: str
+    value: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"ioc_id": self.ioc_id, "type": self.type, "value": self.value, "force": False}
+
+
+@dataclass(frozen=True)
+class BridgeResult:
+    sources: int
+    created: int
+    updated: int
+    rejected: int
+    to_enrich: list[EnrichmentRequest]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sources": self.sources, "iocs_created": self.created, "iocs_updated": self.updated, "rejected": self.rejected}
+
+
+def attack_sources(new_events: Sequence[StoredEvent], *, threshold: float) -> list[_Source]:
+    """Distinct source addresses of the events predicted as attacks at or above the threshold."""
+    by_address: dict[str, _Source] = {}
+    for event in new_events:
+        if not event.predicted_attack or event.probability < threshold or not event.srcip:
+            continue
+        source = by_address.get(event.srcip)
+        if source is None:
+            source = by_address[event.srcip] = _Source(event.srcip, event.event_time, event.event_time)
+        source.first_seen = min(source.first_seen, event.event_time)
+        source.last_seen = max(source.last_seen, event.event_time)
+        source.flows += 1
+        source.max_probability = max(source.max_probability, event.probability)
+        source.categories[event.predicted_cat] = source.categories.get(event.predicted_cat, 0) + 1
+    return sorted(by_address.values(), key=lambda s: s.address)
+
+
+def upsert_attack_sources(
+    conn: Connection,
+    new_events: Sequence[StoredEvent],
+    *,
+    threshold: float,
+    policies: dict[str, DecayPolicy],
+    warninglists: Callable[[str, str], list[str]] | None,
+    now: datetime,
+) -> BridgeResult:
+    """Upsert the batch's attack sources as IoCs, with one sighting each, in the caller's transaction."""
+    sources = attack_sources(new_events, threshold=threshold)
+    if not sources:
+        return BridgeResult(0, 0, 0, 0, [])
+    items = [
+        ioc_service.IocIn(
+            value=s.address,
+            tags=[DETECTION_TAG, *(category_tag(c) for c in sorted(s.categories))],
+            source=SIGHTING_SOURCE,
+            seen_at=s.last_seen,
+            confidence=min(100, round(s.max_probability * 100)),
+            description="source of network flows the flow model predicted as attacks",
+        )
+        for s in sources
+    ]
+    outcome = ioc_service.upsert_batch(items, conn=conn, now=now, warninglists=warninglists, policies=policies)
+    sightings = []
+    to_enrich = []
+    counts = {"created": 0, "updated": 0, "rejected": 0, "unchanged": 0}
+    for source, result in zip(sources, outcome["results"], strict=True):
+        counts[result["status"]] += 1
+        if result["status"] == "rejected":
+            log.warning("bridge: %s rejected as an IoC: %s", source.address, result.get("reason"))
+            continue
+        context = {
+            "flows": source.flows,
+            "categories": source.categories,
+            "max_probability": round(source.max_probability, 4),
+            "first_flow_at": source.first_seen.isoformat(),
+        }
+        sightings.append((int(result["id"]), source.last_seen, SIGHTING_SOURCE, context))
+        if result["status"] == "created" and ipaddress.ip_address(source.address).is_global:
+            to_enrich.append(EnrichmentRequest(int(result["id"]), str(result["type"]), str(result["value"])))
+    ioc_repository.log_sightings(conn, sightings)
+    return BridgeResult(len(sources), counts["created"], counts["updated"], counts["rejected"], to_enrich)
+
+
+def request_enrichment(requests: Sequence[EnrichmentRequest], *, publisher: Publisher) -> dict[str, int]:
+    """Publish one enrichment request per IoC (in parallel; the publisher waits for each id).
+
+    A failed publish is logged and counted, not raised: the events and IoCs are
+    committed, and the IoC can be enriched on request or by the stale re-enrichment job.
+    """
+    if not requests:
+        return {"queued": 0, "failed": 0}
+
+    def publish(request: EnrichmentRequest) -> bool:
+        try:
+            publisher.publish(ENRICHMENT_TOPIC, events.encode(request.payload()), {"ioc_type": request.type, "origin": "flows"})
+        except Exception as exc:  # one failed publish must not hide the others' outcome
+            log.warning("bridge: enrichment request for IoC %s not published: %s", request.ioc_id, exc)
+            return False
+        return True
+
+    with ThreadPoolExecutor(max_workers=min(16, len(requests))) as pool:
+        results = list(pool.map(publish, requests))
+    return {"queued": sum(results), "failed": len(results) - sum(results)}

@@ -1,0 +1,52 @@
+"""Ingest with the bridge: score and store a batch of flows, then turn its attack sources into IoCs.
+
+One transaction per batch holds the events and the IoC upsert, so a batch is
+either stored and bridged, or not at all; enrichment requests go out after the
+commit. Used by POST /api/v1/flows/batch (and so `threatflow flows load`) and by
+the flow-ingest worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from threatflow.adapters.postgres import unit_of_work
+from threatflow.flows import ingest
+from threatflow.hunting import bridge
+from threatflow.iocs.model import DecayPolicy
+from threatflow.platform.ports import Publisher
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+
+def ingest_batch(
+    flows: Sequence[Mapping[str, Any]],
+    fields: Sequence[ingest.EventFields],
+    *,
+    engine: Engine,
+    model: ingest.Scorer,
+    source: str,
+    first_position: int,
+    observed_at: datetime,
+    threshold: float,
+    publisher: Publisher,
+    policies: dict[str, DecayPolicy],
+    warninglists: Callable[[str, str], list[str]] | None,
+    now: datetime,
+    positions: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    with unit_of_work(engine) as conn:  # events and IoCs: one unit of work; enrichment after the commit
+        outcome = ingest.score_and_store(
+            conn, flows, fields, model=model, source=source, first_position=first_position, observed_at=observed_at, positions=positions
+        )
+        bridged = bridge.upsert_attack_sources(
+            conn, outcome.new_events, threshold=threshold, policies=policies, warninglists=warninglists, now=now
+        )
+    enrichment = bridge.request_enrichment(bridged.to_enrich, publisher=publisher)
+    return {
+        **outcome.to_json(),
+        "bridge": {**bridged.to_json(), "enrichment_requested": enrichment["queued"], "enrichment_failed": enrichment["failed"]},
+    }

@@ -1,0 +1,255 @@
+"""The flow-event store on real PostgreSQL: partitions, retention, roll-up refresh, keyset search, hunting queries."""
+
+import threading
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def engine(clean_tables):
+    from threatflow.adapters.postgres import create_engine
+    from threatflow.flows import ingest
+    from threatflow.platform.config import Settings
+
+    ingest.forget_partitions()
+    engine = create_engine(Settings.from_env({"DATABASE_URL": clean_tables, "DB_POOL_SIZE": "4"}))
+    yield engine
+    engine.dispose()
+
+
+def _row(at, *, src="175.45.176.1", dst="149.171.126.6", attack=True, cat="Exploits", proto="tcp", sbytes=1000, key=None, prob=0.97):
+    from threatflow.flows.repository import STORED_FEATURES, EventRow
+
+    features = [float(i) for i in range(len(STORED_FEATURES))]
+    features[STORED_FEATURES.index("sbytes")] = float(sbytes)
+    features[STORED_FEATURES.index("dbytes")] = 10.0
+    return EventRow(
+        event_time=at,
+        event_key=key or str(uuid.uuid4()),
+        srcip=src,
+        sport=1234,
+        dstip=dst,
+        dsport=80,
+        proto=proto,
+        service="http",
+        state="FIN",
+        stime=at,
+        ltime=at + timedelta(seconds=1),
+        features=features,
+        label=1 if attack else 0,
+        attack_cat=cat if attack else "Normal",
+        predicted_attack=attack,
+        probability=prob if attack else 0.01,
+        predicted_cat=cat if attack else "Normal",
+        model_version="test-v1",
+        source="test",
+    )
+
+
+def _store(engine, rows):
+    from threatflow.flows import ingest
+
+    with engine.begin() as conn:
+        return ingest.store(conn, rows)
+
+
+def test_events_land_in_daily_partitions_and_resends_are_noops(engine):
+    from threatflow.flows import repository
+
+    now = datetime.now(UTC)
+    rows = [_row(now - timedelta(days=d, minutes=1)) for d in range(3)]
+    assert len(_store(engine, rows)) == 3
+    assert _store(engine, rows) == []  # same keys and times: nothing inserted twice
+    with engine.connect() as conn:
+        names = {p.name for p in repository.partitions(conn)}
+        assert {f"flow_events_p{(now - timedelta(days=d, minutes=1)).strftime('%Y%m%d')}" for d in range(3)} <= names
+        assert repository.count_events(conn) == 3
+        # features are stored for retraining, sbytes/dbytes/dur copied out of them
+        features, sbytes = conn.exec_driver_sql("SELECT features, sbytes FROM flow_events LIMIT 1").one()
+        assert len(features) == len(repository.STORED_FEATURES) and sbytes == 1000
+
+
+def test_labelled_flows_feed_retraining_newest_first(engine):
+    from threatflow.flows import repository, training
+    from threatflow.flows.features import CATEGORICAL, NUMERIC_COLUMNS
+
+    now = datetime.now(UTC)
+    attack = _row(now - timedelta(minutes=1), cat="Exploits")
+    normal = _row(now - timedelta(minutes=2), attack=False)
+    unlabelled = replace(_row(now - timedelta(minutes=3)), label=None, attack_cat=None)
+    features = list(normal.features)
+    features[repository.STORED_FEATURES.index("rate")] = None  # the raw layout carries no rate
+    older = replace(_row(now - timedelta(minutes=4), attack=False), features=features)
+    _store(engine, [attack, normal, unlabelled, older])
+
+    with engine.connect() as conn:
+        flows = list(repository.labelled_flows(conn, limit=10))
+        assert len(list(repository.labelled_flows(conn, limit=2))) == 2
+    assert [(f["label"], f["attack_cat"]) for f in flows] == [(1, "Exploits"), (0, "Normal"), (0, "Normal")]  # no unlabelled event
+    first = flows[0]
+    assert (first["proto"], first["service"], first["state"]) == ("tcp", "http", "FIN")
+    assert first["sbytes"] == 1000.0 and first["dbytes"] == 10.0 and first["dur"] == 0.0
+    assert set(CATEGORICAL) | set(NUMERIC_COLUMNS) <= set(first)  # every model input, partitioned names
+    assert flows[2]["rate"] is None  # missing stays missing, never 0
+
+    dataset = training.dataset_from_flows(flows, source="flow_events")
+    assert dataset.rows == 3 and dataset.skipped == {}
+    assert dataset.label.tolist() == [1, 0, 0]
+
+
+def test_concurrent_ingests_of_a_new_day_both_succeed(engine):
+    from threatflow.flows import ingest
+
+    day = datetime(2031, 5, 5, 12, tzinfo=UTC)
+    errors = []
+
+    def work():
+        try:
+            ingest.forget_partitions()
+            _store(engine, [_row(day + timedelta(seconds=i)) for i in range(50)])
+        except Exception as exc:  # pragma: no cover - reported by the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_retention_drops_whole_old_days_and_creates_days_ahead(engine):
+    from threatflow.flows import events_jobs, repository
+
+    now = datetime.now(UTC)
+    _store(engine, [_row(now - timedelta(days=40)), _row(now - timedelta(days=10)), _row(now)])
+    result = events_jobs.retention(engine=engine, now=now, retention_days=30, ahead_days=3)
+    old = f"flow_events_p{(now - timedelta(days=40)).strftime('%Y%m%d')}"
+    assert old in result["dropped"]
+    with engine.connect() as conn:
+        names = {p.name for p in repository.partitions(conn)}
+        assert old not in names
+        assert f"flow_events_p{(now + timedelta(days=3)).strftime('%Y%m%d')}" in names
+        assert repository.count_events(conn) == 2  # the 10-day-old and today's events stay
+    # the dropped day can be ingested again (the partition comes back on demand)
+    assert len(_store(engine, [_row(now - timedelta(days=40))])) == 1
+
+
+def test_refresh_concurrently_shows_new_events_and_never_blocks_readers(engine):
+    from threatflow.flows import events_jobs, repository
+
+    hour = datetime.now(UTC).replace(minute=5, second=0, microsecond=0) - timedelta(hours=2)
+    _store(engine, [_row(hour, cat="DoS") for _ in range(3)] + [_row(hour, attack=False, proto="udp", sbytes=50)])
+    events_jobs.refresh_views(engine=engine, now=datetime.now(UTC))
+    window = {"start": hour - timedelta(hours=1), "end": hour + timedelta(hours=1)}
+    with engine.connect() as conn:
+        assert repository.top_attack_categories(conn, limit=10, **window) == [
+            {"category": "DoS", "events": 3, "labelled_attacks": 3, "active_hours": 1}
+        ]
+    # New events are invisible until the next refresh, then counted.
+    _store(engine, [_row(hour, cat="Worms"), _row(hour, cat="DoS")])
+    with engine.connect() as conn:
+        assert [c["category"] for c in repository.top_attack_categories(conn, limit=10, **window)] == ["DoS"]
+    # A reader holding a transaction open on the view does not block CONCURRENTLY.
+    reader = engine.connect()
+    reader_tx = reader.begin()
+    reader.exec_driver_sql("SELECT count(*) FROM flow_attack_categories_hourly").one()
+    try:
+        events_jobs.refresh_views(engine=engine, now=datetime.now(UTC))
+    finally:
+        reader_tx.rollback()
+        reader.close()
+    with engine.connect() as conn:
+        top = repository.top_attack_categories(conn, limit=10, **window)
+        by_proto = repository.bytes_by_proto(conn, limit=10, **window)
+        refreshed = repository.view_refreshed_at(conn)
+    assert [(c["category"], c["events"]) for c in top] == [("DoS", 4), ("Worms", 1)]
+    assert {p["proto"]: (p["events"], p["sbytes"]) for p in by_proto} == {"tcp": (5, 5000), "udp": (1, 50)}
+    assert set(refreshed) == set(repository.VIEWS)
+    # A window that excludes the hour sees nothing.
+    with engine.connect() as conn:
+        assert repository.top_attack_categories(conn, start=hour + timedelta(hours=1), end=hour + timedelta(hours=5), limit=10) == []
+
+
+def test_search_pages_by_keyset_without_gaps_or_repeats(engine):
+    from threatflow.flows import search
+
+    now = datetime.now(UTC)
+    rows = [_row(now - timedelta(minutes=i % 40), src="175.45.176.2") for i in range(120)]  # equal times: keys break ties
+    rows += [_row(now - timedelta(minutes=i), src="59.166.0.3", attack=False) for i in range(30)]
+    _store(engine, rows)
+    seen = []
+    cursor = None
+    while True:
+        query = {"srcip": "175.45.176.2", "limit": "50", **({"cursor": cursor} if cursor else {})}
+        with engine.begin() as conn:
+            page = search.search(search.parse_search(query, now=now + timedelta(seconds=1)), conn=conn)
+        seen += [(e["event_time"], e["event_key"]) for e in page["events"]]
+        assert all(e["srcip"] == "175.45.176.2" for e in page["events"])
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert len(seen) == 120 and len(set(seen)) == 120
+    assert seen == sorted(seen, reverse=True)
+    with engine.begin() as conn:
+        filtered = search.search(
+            search.parse_search({"dstip": "149.171.126.6", "predicted": "normal", "limit": "1000"}, now=now + timedelta(seconds=1)),
+            conn=conn,
+        )
+    assert filtered["count"] == 30 and {e["srcip"] for e in filtered["events"]} == {"59.166.0.3"}
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ({"srcip": "999.1.1.1"}, "srcip"),
+        ({"srcip": "1.2.3.4", "limit": "1001"}, "limit"),
+        ({"srcip": "1.2.3.4", "limit": "x"}, "limit"),
+        ({"srcip": "1.2.3.4", "from": "2026-01-01"}, "from"),
+        ({"srcip": "1.2.3.4", "from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "from"),
+        ({"srcip": "1.2.3.4", "from": "2025-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "from"),
+        ({"from": "2026-01-01T00:00:00Z", "to": "2026-01-20T00:00:00Z"}, "from"),
+        ({"srcip": "1.2.3.4", "predicted_cat": "Spam"}, "predicted_cat"),
+        ({"srcip": "1.2.3.4", "label": "2"}, "label"),
+        ({"srcip": "1.2.3.4", "min_probability": "1.5"}, "min_probability"),
+        ({"srcip": "1.2.3.4", "proto": "tcp; drop"}, "proto"),
+        ({"srcip": "1.2.3.4", "cursor": "garbage"}, "cursor"),
+        ({"srcip": "1.2.3.4", "colour": "red"}, "colour"),
+    ],
+)
+def test_bad_search_parameters_name_the_field(query, field):
+    from threatflow.flows import search
+    from threatflow.platform.errors import ValidationError
+
+    with pytest.raises(ValidationError) as caught:
+        search.parse_search(query, now=datetime(2026, 1, 10, tzinfo=UTC))
+    assert caught.value.field == field
+
+
+def test_timeline_and_host_summary(engine):
+    from threatflow.flows import repository
+
+    base = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+    rows = [_row(base + timedelta(minutes=5), cat="Exploits") for _ in range(4)]
+    rows += [_row(base + timedelta(hours=1, minutes=5), cat="DoS") for _ in range(2)]
+    rows += [_row(base + timedelta(hours=1, minutes=6), attack=False)]
+    rows += [_row(base + timedelta(minutes=7), src="59.166.0.9", dst="175.45.176.1", attack=False)]
+    _store(engine, rows)
+    window = {"start": base - timedelta(days=1), "end": base + timedelta(days=1)}
+    with engine.connect() as conn:
+        hours = repository.timeline(conn, srcip="175.45.176.1", **window)
+        host = repository.host_summary(conn, ip="175.45.176.1", top=10, **window)
+    assert [(h["events"], h["attacks"], h["categories"]) for h in hours] == [
+        (4, 4, {"Exploits": 4}),
+        (3, 2, {"DoS": 2, "Normal": 1}),
+    ]
+    assert host["as_source"]["events"] == 7 and host["as_source"]["predicted_attacks"] == 6
+    assert host["as_destination"]["events"] == 1
+    assert {p["ip"] for p in host["peers"]} == {"149.171.126.6", "59.166.0.9"}
+    assert host["destination_ports"] == [{"port": 80, "proto": "tcp", "events": 7}]
+    assert [c["category"] for c in host["predicted_categories"]] == ["Exploits", "DoS", "Normal"]

@@ -1,0 +1,226 @@
+"""The flows function over HTTP on the real backends: ingest (scored, stored, bridged to IoCs with an
+enrichment request on the Pub/Sub emulator), search/timeline/host views, roll-ups, and the flow-ingest worker."""
+
+import base64
+import contextlib
+import gzip
+import json
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from flows_support import json_flows, publish, trained_model
+from helpers import create_user
+
+pytestmark = pytest.mark.integration
+PROJECT = "threatflow-test"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "perf"))
+
+
+@pytest.fixture
+def flows_api(function_client, backend_env):
+    from google.cloud import pubsub_v1
+
+    from threatflow.adapters.storage import GcsBlobs
+    from threatflow.flows import ingest
+
+    ingest.forget_partitions()
+    model = trained_model()
+    publish(GcsBlobs(PROJECT), model)
+    # The enrichment topic belongs to the enrichment capability; here it is made with a pull subscription to read.
+    publisher = pubsub_v1.PublisherClient()
+    subscriber = pubsub_v1.SubscriberClient()
+    for name in ("ioc-enrichment-requested", "flow-ingest"):
+        with contextlib.suppress(Exception):  # already made by an earlier test in this run
+            publisher.create_topic(name=publisher.topic_path(PROJECT, name))
+    topic = publisher.topic_path(PROJECT, "ioc-enrichment-requested")
+    subscription = subscriber.subscription_path(PROJECT, f"flows-test-{uuid.uuid4().hex[:8]}")
+    subscriber.create_subscription(name=subscription, topic=topic)
+
+    tokens = {}
+    for role in ("analyst", "reader"):
+        password = create_user(backend_env["DATABASE_URL"], f"{role}1", role)
+        tokens[role] = (
+            function_client("auth")
+            .post("/api/v1/auth/token", json={"username": f"{role}1", "password": password})
+            .get_json()["access_token"]
+        )
+    client = function_client("flows")
+
+    class Api:
+        analyst = {"Authorization": f"Bearer {tokens['analyst']}"}
+        reader = {"Authorization": f"Bearer {tokens['reader']}"}
+        version = model.version
+
+        def post(self, path, body, headers=None):
+            return client.post(path, json=body, headers=headers or self.analyst)
+
+        def get(self, path, headers=None):
+            return client.get(path, headers=headers or self.reader)
+
+        def enrichment_requests(self, expected):
+            found = []
+            for _ in range(20):
+                response = subscriber.pull(subscription=subscription, max_messages=100, timeout=5)
+                if response.received_messages:
+                    subscriber.acknowledge(subscription=subscription, ack_ids=[m.ack_id for m in response.received_messages])
+                found += [json.loads(m.message.data) for m in response.received_messages]
+                if len(found) >= expected:
+                    break
+            return found
+
+    yield Api()
+    subscriber.delete_subscription(subscription=subscription)
+
+
+def _engine(url):
+    from threatflow.adapters.postgres import create_engine
+    from threatflow.platform.config import Settings
+
+    return create_engine(Settings.from_env({"DATABASE_URL": url}))
+
+
+def test_batch_is_scored_stored_bridged_and_idempotent(flows_api, backend_env):
+    flows = json_flows(300)
+    response = flows_api.post("/api/v1/flows/batch", {"flows": flows})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["received"] == 300 and body["stored"] == 300 and body["duplicates"] == 0
+    assert body["model_version"] == flows_api.version
+
+    engine = _engine(backend_env["DATABASE_URL"])
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT count(*), count(*) FILTER (WHERE label IS NOT NULL AND attack_cat IS NOT NULL),"
+            " count(DISTINCT model_version), min(event_time) = min(stime) FROM flow_events"
+        ).one()
+        assert rows == (300, 300, 1, True)  # ground truth kept, one model version, time from stime
+        expected_sources = {
+            r[0]
+            for r in conn.exec_driver_sql(
+                "SELECT DISTINCT host(srcip) FROM flow_events WHERE predicted_attack AND probability >= 0.9"
+            )
+        }
+        tagged = {
+            r[0]: r[1]
+            for r in conn.exec_driver_sql("SELECT value, tags FROM iocs WHERE 'flow-detected' = ANY(tags)")
+        }
+        sightings = conn.exec_driver_sql(
+            "SELECT count(*), count(DISTINCT ioc_id) FROM ioc_sightings WHERE source = 'flows'"
+        ).one()
+    engine.dispose()
+    assert expected_sources, "the model should flag some of the generated attack flows"
+    assert set(tagged) == expected_sources  # one IoC per attack source, deduplicated
+    assert all(any(t.startswith("attack-category:") for t in tags) for tags in tagged.values())
+    assert sightings == (len(expected_sources), len(expected_sources))
+    assert body["bridge"]["iocs_created"] == len(expected_sources)
+
+    requests = flows_api.enrichment_requests(len(expected_sources))
+    assert {r["value"] for r in requests} == expected_sources  # testbed ranges are public addresses
+    assert all(r["force"] is False and r["type"] == "ipv4" and isinstance(r["ioc_id"], int) for r in requests)
+
+    # The same batch again: nothing stored twice, nothing bridged twice.
+    again = flows_api.post("/api/v1/flows/batch", {"flows": flows}).get_json()
+    assert again["stored"] == 0 and again["duplicates"] == 300 and again["bridge"]["sources"] == 0
+
+
+def test_bad_flows_are_listed_by_index_and_field(flows_api):
+    flows = json_flows(5)
+    del flows[1]["sbytes"]
+    flows[2]["dur"] = "fast"
+    flows[3]["colour"] = "red"
+    flows[4]["srcip"] = "999.0.0.1"
+    response = flows_api.post("/api/v1/flows/batch", {"flows": flows})
+    assert response.status_code == 400
+    errors = response.get_json()["error"]["details"]["errors"]
+    assert {(e["index"], e["field"]) for e in errors} == {(1, "sbytes"), (2, "dur"), (3, "colour"), (4, "srcip")}
+    too_many = flows_api.post("/api/v1/flows/batch", {"flows": [flows[0]] * 10_001})
+    assert too_many.status_code == 400 and "flows" in too_many.get_json()["error"]["message"]
+    assert flows_api.post("/api/v1/flows/batch", {"flows": flows[:1]}, headers=flows_api.reader).status_code == 403
+
+
+def test_search_timeline_host_and_rollups_over_http(flows_api, backend_env, function_client):
+
+    flows = json_flows(400, seed=5)
+    assert flows_api.post("/api/v1/flows/batch", {"flows": flows}).status_code == 200
+    attacker = next(f["srcip"] for f in flows if f["label"] == 1)
+    page = flows_api.get(f"/api/v1/events/search?srcip={attacker}&limit=5").get_json()
+    assert page["count"] == 5 and all(e["srcip"] == attacker for e in page["events"]) and page["next_cursor"]
+    second = flows_api.get(f"/api/v1/events/search?srcip={attacker}&limit=5&cursor={page['next_cursor']}").get_json()
+    assert not {e["event_key"] for e in page["events"]} & {e["event_key"] for e in second["events"]}
+    assert flows_api.get("/api/v1/events/search?srcip=1.2.3&limit=5").status_code == 400
+    assert flows_api.get(f"/api/v1/events/search?srcip={attacker}&limit=5000").status_code == 400
+
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    start = (midnight - timedelta(days=30)).isoformat().replace("+00:00", "Z")  # flowgen's 30 days end at midnight
+    timeline = flows_api.get(f"/api/v1/events/timeline?srcip={attacker}&from={start}").get_json()
+    assert sum(h["events"] for h in timeline["hours"]) == sum(1 for f in flows if f["srcip"] == attacker)
+
+    host = flows_api.get(f"/api/v1/events/hosts/{attacker}").get_json()
+    assert host["as_source"]["events"] == sum(1 for f in flows if f["srcip"] == attacker)
+    assert host["peers"] and host["destination_ports"] and host["first_seen"] <= host["last_seen"]
+    if host["as_source"]["predicted_attacks"]:
+        assert host["ioc"] is None or host["ioc"]["verdict"] in ("unknown", "suspicious", "malicious", "harmless")
+    assert flows_api.get("/api/v1/events/hosts/not-an-ip").status_code == 400
+
+    # Roll-ups: visible after the refresh-flow-views job runs (through the maintenance function).
+    push = {
+        "message": {
+            "data": base64.b64encode(json.dumps({"schema_version": 1}).encode()).decode(),
+            "attributes": {"job": "refresh-flow-views", "run_id": uuid.uuid4().hex},
+            "messageId": uuid.uuid4().hex,
+            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        },
+        "subscription": f"projects/{PROJECT}/subscriptions/maintenance-push",
+    }
+    assert function_client("maintenance").post("/", json=push).status_code == 200
+    flows_client = function_client("flows")
+    top = flows_client.get(f"/api/v1/events/top/attack-categories?from={start}", headers=flows_api.reader).get_json()
+    assert top["categories"] and top["refreshed_at"]
+    by_proto = flows_client.get(f"/api/v1/events/stats/bytes-by-proto?from={start}&limit=200", headers=flows_api.reader).get_json()
+    assert sum(p["events"] for p in by_proto["protocols"]) == 400
+    assert sum(p["sbytes"] for p in by_proto["protocols"]) == sum(int(f["sbytes"]) for f in flows)
+
+
+def test_flow_ingest_worker_loads_an_upload_once(flows_api, backend_env, function_client):
+    import flowgen
+
+    from threatflow.adapters.firestore import FirestoreDocuments
+    from threatflow.adapters.storage import GcsBlobs
+
+    raw = "\n".join(",".join(flowgen.raw_line(f)) for f in flowgen.generate(120, seed=3)) + "\n"
+    raw += "not,a,flow\n"  # one bad row: counted and skipped, the rest is stored
+    GcsBlobs(PROJECT).put("threatflow-uploads", "flows/test.csv.gz", gzip.compress(raw.encode()))
+    job = flows_api.post("/api/v1/flows/uploads", {"object": "flows/test.csv.gz"})
+    assert job.status_code == 202, job.get_data(as_text=True)
+    job_id = job.get_json()["job_id"]
+
+    def push():
+        return {
+            "message": {
+                "data": base64.b64encode(json.dumps({"schema_version": 1, "job_id": job_id}).encode()).decode(),
+                "attributes": {"job_id": job_id},
+                "messageId": uuid.uuid4().hex,
+                "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            },
+            "subscription": f"projects/{PROJECT}/subscriptions/flow-ingest-push",
+        }
+
+    worker = function_client("flow-ingest")
+    assert worker.post("/", json=push()).status_code == 200
+    done = FirestoreDocuments(PROJECT).get("flow_ingest_jobs", job_id)
+    assert done["state"] == "succeeded" and done["stored"] == 120 and done["invalid"] == 1 and done["rows_done"] == 121
+    # A redelivery of the finished job, and a forced re-run of the same file: nothing stored twice.
+    assert worker.post("/", json=push()).status_code == 200
+    FirestoreDocuments(PROJECT).set("flow_ingest_jobs", job_id, {"state": "queued", "rows_done": 0, "stored": 0}, merge=True)
+    assert worker.post("/", json=push()).status_code == 200
+    rerun = FirestoreDocuments(PROJECT).get("flow_ingest_jobs", job_id)
+    assert rerun["state"] == "succeeded" and rerun["stored"] == 0 and rerun["duplicates"] == 120
+    engine = _engine(backend_env["DATABASE_URL"])
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM flow_events").scalar_one() == 120
+    engine.dispose()
+    assert flows_api.get(f"/api/v1/flows/uploads/{job_id}").get_json()["state"] == "succeeded"
+    assert flows_api.post("/api/v1/flows/uploads", {"object": "flows/missing.csv"}).status_code == 404

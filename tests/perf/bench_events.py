@@ -1,0 +1,255 @@
+"""GET /api/v1/events/search on 1,000,000 flow events: RPS and p50/p95/p99 at 20 and 50 clients.
+
+Setup: its own PostgreSQL and Redis; N events from tests/perf/flowgen.py (dev-data
+flows, 340 sources, 30 days) COPY'd straight into the partitioned flow_events
+(the prediction columns are the ground truth, model_version "bench-groundtruth":
+scoring is not what this measures; bench_ingest.py does), then VACUUM ANALYZE.
+Then the gateway (gunicorn, 2 workers x 8 threads, as the local stack serves) is
+hit by client processes, each request a random srcip with limit 50, for a fixed
+time per level: once with the Redis cache off, once on. The in-run baseline is
+GET /health through the same gateway at the same concurrency.
+Targets: p99 < 50 ms at 20 clients; at least 1,200 requests/s.
+
+Run: .venv/bin/python tests/perf/bench_events.py            (1,000,000 events)
+     BENCH_EVENTS=100000 .venv/bin/python tests/perf/bench_events.py   (quick)
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "perf"))
+
+COLUMNS = (
+    "event_time, event_key, srcip, sport, dstip, dsport, proto, service, state, stime, ltime, dur, sbytes, dbytes, spkts, dpkts,"
+    " features, label, attack_cat, predicted_attack, probability, predicted_cat, model_version, source"
+)
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+def load_events(engine, rows: int, *, end: datetime) -> float:
+    """COPY `rows` generated events into flow_events; returns seconds taken."""
+    import flowgen
+
+    from threatflow.flows import repository
+
+    began = time.perf_counter()
+    with engine.begin() as conn:
+        repository.ensure_partitions(conn, [(end - timedelta(days=d)).date() for d in range(32)])
+    namespace = uuid.UUID("3b0c4f8e-5a4c-4a3e-9d0b-8e2f6a7c1d10")
+    stored = repository.STORED_FEATURES
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        chunk: list[str] = []
+        for index, flow in enumerate(flowgen.generate(rows, end=end)):
+            at = datetime.fromtimestamp(int(flow["stime"]), UTC).isoformat()
+            features = "{" + ",".join(flow.get(name) or "NULL" for name in stored) + "}"
+            attack = flow["label"] == "1"
+            category = flow["attack_cat"] or "Normal"
+            values = (
+                at, str(uuid.uuid5(namespace, str(index))), flow["srcip"], flow["sport"], flow["dstip"], flow["dsport"],
+                flow["proto"], flow["service"], flow["state"], at,
+                datetime.fromtimestamp(int(flow["ltime"]), UTC).isoformat(), flow["dur"], flow["sbytes"], flow["dbytes"],
+                flow["spkts"], flow["dpkts"], f'"{features}"', flow["label"], category, "t" if attack else "f",
+                "0.99" if attack else "0.01", category, "bench-groundtruth", "bench",
+            )  # fmt: skip
+            chunk.append(",".join(values) + "\n")
+            if len(chunk) >= 100_000:
+                cursor.execute(f"COPY flow_events ({COLUMNS}) FROM STDIN WITH (FORMAT csv)", stream=flowgen.copy_buffer(chunk))
+                chunk = []
+        if chunk:
+            cursor.execute(f"COPY flow_events ({COLUMNS}) FROM STDIN WITH (FORMAT csv)", stream=flowgen.copy_buffer(chunk))
+        raw.commit()
+        raw.autocommit = True
+        cursor.execute("VACUUM (ANALYZE) flow_events")
+    finally:
+        raw.close()
+    return time.perf_counter() - began
+
+
+def _client(port: int, token: str, paths: list[str], seconds: float, threads: int, out: multiprocessing.Queue) -> None:
+    import threading
+
+    results: list[tuple[float, int, str]] = []
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + seconds
+
+    def run(seed: int) -> None:
+        rng = random.Random(seed)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        mine = []
+        while time.perf_counter() < stop_at:
+            path = rng.choice(paths)
+            began = time.perf_counter()
+            conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+            response = conn.getresponse()
+            body = response.read()
+            mine.append((time.perf_counter() - began, response.status, response.getheader("X-Cache") or ""))
+            if response.status != 200:
+                print(f"{path}: {response.status} {body[:200]!r}", file=sys.stderr)
+        with lock:
+            results.extend(mine)
+
+    workers = [threading.Thread(target=run, args=(os.getpid() * 100 + i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    out.put(results)
+
+
+def hammer(port: int, token: str, paths: list[str], *, clients: int, seconds: float, processes: int = 4) -> dict[str, float]:
+    """`clients` concurrent keep-alive connections spread over client processes, for `seconds`."""
+    queue: multiprocessing.Queue = multiprocessing.Queue()
+    per = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
+    procs = [multiprocessing.Process(target=_client, args=(port, token, paths, seconds, n, queue)) for n in per if n]
+    began = time.perf_counter()
+    for p in procs:
+        p.start()
+    results = [r for _ in procs for r in queue.get()]
+    for p in procs:
+        p.join()
+    elapsed = time.perf_counter() - began
+    latencies = [r[0] for r in results]
+    errors = sum(1 for r in results if r[1] != 200)
+    hits = sum(1 for r in results if r[2] == "hit")
+    return {
+        "requests": len(results),
+        "rps": len(results) / seconds if seconds else 0.0,
+        "p50": percentile(latencies, 0.50) * 1000,
+        "p95": percentile(latencies, 0.95) * 1000,
+        "p99": percentile(latencies, 0.99) * 1000,
+        "errors": errors,
+        "hit_ratio": hits / len(results) if results else 0.0,
+        "elapsed": elapsed,
+    }
+
+
+def start_gateway(env: dict[str, str], port: int) -> subprocess.Popen:
+    from threatflow.devstack import services
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "threatflow.devstack.gateway", "--port", str(port), "--workers", "2", "--threads", "8"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    services.wait_for_port(port, timeout=90, name="gateway")
+    return proc
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=int(os.environ.get("BENCH_EVENTS") or 1_000_000))
+    parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS") or 10))
+    parser.add_argument("--clients", default="20,50")
+    args = parser.parse_args()
+
+    import flowgen
+    from sqlalchemy import text
+
+    from threatflow.adapters.postgres import create_engine
+    from threatflow.db.migrate import migrate
+    from threatflow.devstack import services
+    from threatflow.flows import repository, search
+    from threatflow.platform.config import Settings
+
+    state = Path(tempfile.mkdtemp(prefix="tf-bench-events-"))
+    pg = services.start_postgres(state)
+    redis = services.start_redis(state)
+    gateway = None
+    try:
+        env = {
+            **os.environ,
+            **pg.env,
+            **redis.env,
+            "JWT_SECRET": os.urandom(32).hex(),
+            "LOG_LEVEL": "WARNING",
+            "RATE_LIMIT_PER_USER": "100000000/60",
+            "RATE_LIMIT_PER_IP": "100000000/60",
+            "THREATFLOW_USES": "postgres,redis",
+            "DB_POOL_SIZE": "8",
+            "DB_TIMEOUT_SECONDS": "900",
+        }
+        os.environ.update(env)
+        engine = create_engine(Settings.from_env())
+        migrate(engine, progress=lambda _m: None)
+        end = flowgen.default_end() + timedelta(days=1)
+        took = load_events(engine, args.rows, end=end)
+        with engine.connect() as conn:
+            size = conn.execute(
+                text(
+                    "SELECT pg_size_pretty(sum(pg_total_relation_size(c.oid))) FROM pg_inherits i"
+                    " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'flow_events'::regclass"
+                )
+            ).scalar_one()
+        print(f"loaded {args.rows:,} events by COPY in {took:.1f} s ({args.rows / took:,.0f} rows/s); flow_events with indexes: {size}")
+
+        now = datetime.now(UTC)
+        sample = search.parse_search({"srcip": flowgen.ATTACK_SOURCES[3], "limit": "50"}, now=now)
+        sql, params = repository.search_sql(sample)
+        with engine.connect() as conn:
+            plan = [r[0] for r in conn.execute(text("EXPLAIN (ANALYZE, BUFFERS) " + sql), params)]
+        print("plan of one search (srcip, 30 days, limit 50):")
+        for line in plan:
+            if any(k in line for k in ("Scan", "Limit", "Heap Fetches", "Execution", "Planning", "Buffers")):
+                print("   ", line.strip()[:140])
+        engine.dispose()
+
+        from helpers import create_user
+
+        password = create_user(pg.env["DATABASE_URL"], "bench", "reader")
+        sources = flowgen.NORMAL_SOURCES + flowgen.ATTACK_SOURCES
+        paths = [f"/api/v1/events/search?srcip={ip}&limit=50" for ip in sources]
+        levels = [int(c) for c in args.clients.split(",")]
+        header = ("cache", "path", "clients", "requests", "RPS", "p50 ms", "p95 ms", "p99 ms", "hit", "err")
+        print("{:<6} {:<8} {:>7} {:>9} {:>8} {:>7} {:>7} {:>7} {:>5} {:>4}".format(*header))
+        for mode in ("off", "on"):
+            port = services.free_port()
+            gateway = start_gateway({**env, "FLOWS_SEARCH_CACHE": mode}, port)
+            conn_http = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            conn_http.request("POST", "/api/v1/auth/token", body=json.dumps({"username": "bench", "password": password}),
+                              headers={"Content-Type": "application/json"})  # fmt: skip
+            token = json.loads(conn_http.getresponse().read())["access_token"]
+            conn_http.close()
+            hammer(port, token, paths, clients=4, seconds=2)  # warm both workers' pools and caches
+            for clients in levels:
+                for name, targets in (("/health", ["/health"]), ("search", paths)):
+                    r = hammer(port, token, targets, clients=clients, seconds=args.seconds)
+                    print(
+                        f"{mode:<6} {name:<8} {clients:>7} {r['requests']:>9,} {r['rps']:>8,.0f} {r['p50']:>7.1f} {r['p95']:>7.1f}"
+                        f" {r['p99']:>7.1f} {r['hit_ratio']:>5.2f} {r['errors']:>4}"
+                    )
+            gateway.terminate()
+            gateway.wait(timeout=20)
+            gateway = None
+        print("ratio: a search's RPS over /health's at the same concurrency is the share of the work the query and its JSON add")
+    finally:
+        if gateway:
+            gateway.terminate()
+            gateway.wait(timeout=20)
+        services.stop(redis)
+        services.stop(pg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Ingest throughput: flows/s through `threatflow flows load`, scoring and storing included.
+
+Setup: its own PostgreSQL, Redis and the Pub/Sub and Cloud Storage emulators; a model
+trained on dev data (the tests' tiny configuration by default, --quick-model for ml's quick one) published to the models bucket;
+N flows from tests/perf/flowgen.py written as a gzip raw 49-column file. Then the
+real CLI (a subprocess) loads the file through the gateway (2 workers x 8 threads):
+every flow is validated, scored, stored as an event, and attack sources are bridged
+to IoCs. The in-run baseline is the CLI's own work alone (read, parse and validate
+the same file, nothing sent), so the ratio shows what the API side adds.
+Target: at least 10,000 flows/s.
+
+Run: .venv/bin/python tests/perf/bench_ingest.py             (200,000 flows)
+     BENCH_INGEST=50000 .venv/bin/python tests/perf/bench_ingest.py   (quick)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "perf"))
+PROJECT = "threatflow-bench"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=int(os.environ.get("BENCH_INGEST") or 200_000))
+    parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument(
+        "--quick-model", action="store_true", help="train ml's quick configuration (40 + 30 trees) instead of the tiny test one (15 + 10)"
+    )
+    args = parser.parse_args()
+
+    import flowgen
+    from flows_support import publish, trained_model
+
+    from threatflow.adapters.postgres import create_engine
+    from threatflow.cli import flows as cli
+    from threatflow.db.migrate import migrate
+    from threatflow.devstack import services
+    from threatflow.flows import ingest
+    from threatflow.platform.config import Settings
+
+    state = Path(tempfile.mkdtemp(prefix="tf-bench-ingest-"))
+    started = []
+    gateway = None
+    try:
+        pg = services.start_postgres(state)
+        started.append(pg)
+        redis = services.start_redis(state)
+        started.append(redis)
+        pubsub = services.start_pubsub_emulator(state, project=PROJECT)
+        started.append(pubsub)
+        storage = services.start_storage_emulator(state, buckets=["threatflow-models", "threatflow-uploads", "threatflow-reports"])
+        started.append(storage)
+        env = {
+            **os.environ,
+            **pg.env,
+            **redis.env,
+            **pubsub.env,
+            **storage.env,
+            "GOOGLE_CLOUD_PROJECT": PROJECT,
+            "JWT_SECRET": os.urandom(32).hex(),
+            "LOG_LEVEL": "WARNING",
+            "RATE_LIMIT_PER_USER": "100000000/60",
+            "RATE_LIMIT_PER_IP": "100000000/60",
+            "THREATFLOW_USES": "postgres,redis,pubsub,storage",
+            "FLOWS_SEARCH_CACHE": "off",
+            "DB_POOL_SIZE": "4",
+        }
+        os.environ.update(env)
+        engine = create_engine(Settings.from_env())
+        migrate(engine, progress=lambda _m: None)
+        from google.cloud import pubsub_v1
+
+        publisher = pubsub_v1.PublisherClient()
+        with contextlib.suppress(Exception):
+            publisher.create_topic(name=publisher.topic_path(PROJECT, "ioc-enrichment-requested"))
+        from threatflow.adapters.storage import GcsBlobs
+
+        began = time.perf_counter()
+        model = trained_model(rows=6000 if args.quick_model else 2000, quick=args.quick_model)
+        kind = "quick" if args.quick_model else "tiny"
+        print(f"model {model.version} trained in {time.perf_counter() - began:.1f} s ({kind} configuration)")
+        publish(GcsBlobs(PROJECT), model)
+
+        data = state / "flows.csv.gz"
+        began = time.perf_counter()
+        flowgen.write_raw(data, flowgen.generate(args.rows))
+        megabytes = data.stat().st_size / 1e6
+        print(f"generated {args.rows:,} flows (raw 49-column gzip, {megabytes:.1f} MB) in {time.perf_counter() - began:.1f} s")
+
+        # Baseline: the client's own work on the same file (read, parse, validate), nothing sent.
+        began = time.perf_counter()
+        with data.open("rb") as raw:
+            for _positions, flows in cli.batches(ingest.read_csv(ingest.open_text(raw)), args.batch_size):
+                ingest.validate(flows)
+        baseline = time.perf_counter() - began
+
+        # Scoring alone, in process, for the same flows (what the API spends on the model).
+        with data.open("rb") as raw:
+            sample = [flow for _i, (_n, flow) in zip(range(50_000), ingest.read_csv(ingest.open_text(raw)), strict=False)]
+        clean, _fields, _problems = ingest.validate(sample)
+        began = time.perf_counter()
+        for i in range(0, len(clean), args.batch_size):
+            model.model.predict_clean(clean[i : i + args.batch_size])
+        scoring = len(clean) / (time.perf_counter() - began)
+
+        from helpers import create_user
+
+        password = create_user(pg.env["DATABASE_URL"], "loader", "analyst")
+        port = services.free_port()
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "threatflow.devstack.gateway", "--port", str(port), "--workers", "2", "--threads", "8"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        services.wait_for_port(port, timeout=90, name="gateway")
+        import requests
+
+        token = requests.post(
+            f"http://127.0.0.1:{port}/api/v1/auth/token", json={"username": "loader", "password": password}, timeout=60
+        ).json()["access_token"]
+        cli_env = {**env, "THREATFLOW_URL": f"http://127.0.0.1:{port}", "THREATFLOW_TOKEN": token}
+        threatflow = str(Path(sys.executable).parent / "threatflow")
+        began = time.perf_counter()
+        command = [threatflow, "flows", "load", str(data), "--batch-size", str(args.batch_size)]
+        result = subprocess.run(
+            [*command, "--progress-file", str(state / "p.json"), "--quiet"],
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        took = time.perf_counter() - began
+        if result.returncode != 0:
+            raise SystemExit(f"threatflow flows load failed: {result.stderr[-2000:]}")
+        summary = json.loads(result.stdout.strip().splitlines()[-1])
+        with engine.connect() as conn:
+            stored, bridged = conn.exec_driver_sql(
+                "SELECT (SELECT count(*) FROM flow_events), (SELECT count(*) FROM iocs WHERE 'flow-detected' = ANY(tags))"
+            ).one()
+        engine.dispose()
+        print(f"scoring alone (in process, batches of {args.batch_size:,}): {scoring:,.0f} flows/s")
+        print(f"baseline, client only (read + parse + validate): {args.rows / baseline:,.0f} flows/s")
+        print(
+            f"threatflow flows load: {args.rows:,} flows in {took:.1f} s = {args.rows / took:,.0f} flows/s"
+            f" (stored {summary['stored']:,}; {stored:,} events in the table; {bridged} attack sources bridged to IoCs);"
+            f" {baseline / took:.2f}x the client-only rate"
+        )
+        with os.popen("uptime") as up:
+            print(f"machine: {os.cpu_count()} cores, {up.read().strip()}")
+    finally:
+        if gateway:
+            gateway.terminate()
+            gateway.wait(timeout=20)
+        for service in reversed(started):
+            services.stop(service)
+
+
+if __name__ == "__main__":
+    main()
