@@ -16,10 +16,14 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-HTTP_FUNCTIONS = ("auth", "iocs", "threats", "admin")
+HTTP_FUNCTIONS = ("auth", "iocs", "threats", "admin", "detect", "flows")
+# Functions whose routes score flows: the fuzz test promotes a small real model first, so a 503
+# "no flow model is published" never stands in for exercising them.
+MODEL_FUNCTIONS = ("detect", "flows")
 QUERY_KEYS = [
     "limit", "cursor", "after", "before", "ids", "format", "max_tlp", "type", "source", "exact", "async", "tags",
     "verdict", "first_seen_from", "value_prefix", "bogus",
+    "srcip", "dstip", "from", "to", "explain", "top", "predicted", "min_probability", "proto", "label",
 ]  # fmt: skip
 NASTY_TEXT = [
     "",
@@ -82,6 +86,8 @@ def routes_of(function: str) -> list[RouteInfo]:
         "iocs": "threatflow.iocs.api",
         "threats": "threatflow.threats.api",
         "admin": "threatflow.admin.api",
+        "detect": "threatflow.detect.api",
+        "flows": "threatflow.flows.api",
     }
     router = importlib.import_module(module[function]).build_router(Runtime.from_env())
     out = []
@@ -99,7 +105,8 @@ def _fill(pattern: str, draw: Callable[[Any], Any]) -> str:
         if kind == "int":
             value = str(draw(st.one_of(st.integers(0, 50), st.integers(2**63 - 2, 2**70))))
         else:
-            value = draw(st.one_of(_text, st.sampled_from(["1", "ipv4", "T1059", "heartbeat", "alice", "evil.com"])))
+            samples = ["1", "ipv4", "T1059", "heartbeat", "alice", "evil.com", "175.45.176.1", "::1", "ab" * 16]
+            value = draw(st.one_of(_text, st.sampled_from(samples)))
         return urllib.parse.quote(value, safe="") if value else "x"
 
     return re.sub(r"\{(\w+)(?::(path|int))?\}", one, pattern)

@@ -8,7 +8,7 @@ import os
 import pytest
 from helpers import SHARED_DATA, create_user
 from hypothesis import HealthCheck, given, settings
-from route_fuzz import HTTP_FUNCTIONS, Tally, check, requests_for, routes_of
+from route_fuzz import HTTP_FUNCTIONS, MODEL_FUNCTIONS, Tally, check, requests_for, routes_of
 
 pytestmark = pytest.mark.integration
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
@@ -24,6 +24,12 @@ def test_no_route_answers_5xx_or_non_json_errors(function_client, backend_env, f
     password = create_user(backend_env["DATABASE_URL"], "fuzzadmin", "admin", clearance="red")
     auth = function_client("auth")
     token = auth.post("/api/v1/auth/token", json={"username": "fuzzadmin", "password": password}).get_json()["access_token"]
+    if function in MODEL_FUNCTIONS:
+        from flows_support import publish, trained_model
+
+        from threatflow.adapters.storage import GcsBlobs
+
+        publish(GcsBlobs(backend_env["GOOGLE_CLOUD_PROJECT"]), trained_model())
     client = auth if function == "auth" else function_client(function, **extra)
     routes = routes_of(function)
     tally = Tally()

@@ -15,7 +15,7 @@ import msgspec
 
 from threatflow.auth.api import authenticator
 from threatflow.auth.model import Role
-from threatflow.flows.features import matrix_from_clean, raise_for_errors, validate_flows
+from threatflow.flows.features import FEATURE_COLUMNS, matrix_from_clean, raise_for_errors, validate_flows
 from threatflow.flows.model import ServingModel, serving_snapshot
 from threatflow.platform.errors import ValidationError
 from threatflow.platform.snapshots import Snapshot
@@ -23,7 +23,8 @@ from threatflow.platform.web import Request, Router
 from threatflow.runtime import Runtime
 
 MAX_BATCH = 10_000
-MAX_EXPLAIN_BATCH = 1_000  # explanations cost ~41 extra scorings per flow
+MAX_EXPLAIN_BATCH = 1_000
+MAX_TOP = len(FEATURE_COLUMNS)  # features listed per flow with explain=true  # explanations cost ~41 extra scorings per flow
 
 
 def _flows_field(body: Any, key: str) -> Any:
@@ -64,7 +65,7 @@ def build_router(runtime: Runtime) -> Router:
         raise_for_errors(errors)
         model = model_snapshot(runtime).get()
         X = matrix_from_clean(clean, vocabulary=model.vocabulary)
-        return [p.to_json() for p in model.predict_matrix(X, explain=explain, top=int(request.query.get("top") or 5))]
+        return [p.to_json() for p in model.predict_matrix(X, explain=explain, top=request.query_int("top", 5, minimum=1, maximum=MAX_TOP))]
 
     @router.route("POST", "/api/v1/detect", role=Role.READER)
     def detect_one(request: Request) -> dict[str, Any]:
