@@ -224,3 +224,30 @@ def test_flow_ingest_worker_loads_an_upload_once(flows_api, backend_env, functio
     engine.dispose()
     assert flows_api.get(f"/api/v1/flows/uploads/{job_id}").get_json()["state"] == "succeeded"
     assert flows_api.post("/api/v1/flows/uploads", {"object": "flows/missing.csv"}).status_code == 404
+
+
+def test_host_view_shows_the_linked_ioc_only_within_the_callers_tlp_clearance(flows_api, backend_env, function_client):
+    from threatflow.adapters.postgres import unit_of_work
+    from threatflow.iocs import service
+
+    flows = json_flows(60, seed=9)
+    assert flows_api.post("/api/v1/flows/batch", {"flows": flows}).status_code == 200
+    host_ip = flows[0]["srcip"]
+    engine = _engine(backend_env["DATABASE_URL"])
+    with unit_of_work(engine) as conn:
+        policies = service.repository.policies(conn)
+        item = service.IocIn(value=host_ip, tlp="red", source="analyst-notes", verdict=service.Verdict.MALICIOUS)
+        outcome = service.upsert_batch([item], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies)
+    engine.dispose()
+    assert outcome["results"][0]["status"] in ("created", "updated")
+
+    def token(name, clearance):
+        password = create_user(backend_env["DATABASE_URL"], name, "reader", clearance=clearance)
+        body = function_client("auth").post("/api/v1/auth/token", json={"username": name, "password": password}).get_json()
+        return {"Authorization": f"Bearer {body['access_token']}"}
+
+    green = flows_api.get(f"/api/v1/events/hosts/{host_ip}", headers=token("green1", "green"))
+    assert green.status_code == 200 and green.get_json()["ioc"] is None  # above the clearance: it does not exist
+    assert green.get_json()["as_source"]["events"] >= 1  # the events themselves stay visible
+    red = flows_api.get(f"/api/v1/events/hosts/{host_ip}", headers=token("red1", "red")).get_json()
+    assert red["ioc"]["value"] == host_ip and red["ioc"]["tlp"] == "red" and red["ioc"]["verdict"] == "malicious"
