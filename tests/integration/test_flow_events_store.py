@@ -253,3 +253,19 @@ def test_timeline_and_host_summary(engine):
     assert {p["ip"] for p in host["peers"]} == {"149.171.126.6", "59.166.0.9"}
     assert host["destination_ports"] == [{"port": 80, "proto": "tcp", "events": 7}]
     assert [c["category"] for c in host["predicted_categories"]] == ["Exploits", "DoS", "Normal"]
+
+
+def test_retrain_flows_job_reads_the_labelled_events(engine, clean_tables):
+    from threatflow.jobs import runs
+    from threatflow.platform.config import Settings
+    from threatflow.platform.ports import SystemClock
+
+    now = datetime.now(UTC)
+    _store(engine, [_row(now - timedelta(minutes=1)), _row(now - timedelta(minutes=2), attack=False)])
+    settings = Settings.from_env({"DATABASE_URL": clean_tables})
+    ctx = runs.JobContext(
+        engine=engine, documents=None, blobs=None, clock=SystemClock(), settings=settings, run_id="t", params={"min_rows": 10}
+    )
+    result = runs.retrain_flows(ctx)  # too few to train on: skipped before any storage is touched
+    assert result["status"] == "skipped" and result["rows"] == 2 and "at least 10" in result["reason"]
+    assert runs.retrain_flows(replace(ctx, params={"enabled": False}))["status"] == "disabled"
