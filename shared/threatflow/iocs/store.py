@@ -288,3 +288,17 @@ WITH scored AS (
 )
 SELECT count(*), count(*) FILTER (WHERE NOT active) FROM changed
 """
+
+
+def apply_enrichment_verdict(conn: Connection, *, ioc_id: int, verdict: str, score: int) -> None:
+    """The merged enrichment verdict becomes the IoC's verdict and base score (detection count untouched)."""
+    from sqlalchemy import text
+
+    conn.execute(
+        text(
+            "UPDATE iocs SET verdict = :v, base_score = :s, score = :s, severity = CASE WHEN :s >= 90 THEN 'critical'"
+            " WHEN :s >= 70 THEN 'high' WHEN :s >= 40 THEN 'medium' WHEN :s >= 15 THEN 'low' ELSE 'info' END,"
+            " updated_at = now() WHERE id = :i AND (verdict IS DISTINCT FROM :v OR base_score IS DISTINCT FROM :s)"
+        ),
+        {"i": ioc_id, "v": verdict, "s": score},
+    )

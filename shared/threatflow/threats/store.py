@@ -523,3 +523,12 @@ def remove_ioc_relation(conn: Connection, *, source_id: int, target_id: int, typ
         {"a": source_id, "b": target_id, "t": kind.value if kind else None},
     )
     return int(result.rowcount)
+
+
+def threat_ids_by_names(conn: Connection, names: Iterable[str]) -> set[int]:
+    """Threats one of whose names or aliases is among `names` (compared by name_key)."""
+    keys = sorted({name_key(n) for n in names if n and n.strip()})
+    if not keys:
+        return set()
+    rows = conn.execute(_text("SELECT DISTINCT threat_id FROM threat_names WHERE name_key = ANY(CAST(:k AS text[]))"), {"k": keys})
+    return {int(r[0]) for r in rows}
