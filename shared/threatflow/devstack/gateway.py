@@ -32,9 +32,13 @@ def load_function_apps(manifest: Manifest, functions_dir: Path) -> dict[str, Wsg
     import functions_framework
 
     apps: dict[str, WsgiApp] = {}
+    by_folder: dict[str, WsgiApp] = {}
     for fn in manifest.functions.values():
-        source = functions_dir / fn.name / "main.py"
-        apps[fn.name] = functions_framework.create_app(target=fn.entry_point, source=str(source), signature_type=fn.signature_type)
+        # Per-source deployments share one code path: one app serves all their push paths.
+        if fn.folder not in by_folder:
+            source = functions_dir / fn.folder / "main.py"
+            by_folder[fn.folder] = functions_framework.create_app(target=fn.entry_point, source=str(source), signature_type=fn.signature_type)
+        apps[fn.name] = by_folder[fn.folder]
     return apps
 
 
@@ -64,7 +68,7 @@ def build(manifest_path: Path | None = None, functions_dir: Path | None = None) 
     return Gateway(manifest, load_function_apps(manifest, functions_dir or REPO_ROOT / "functions"))
 
 
-def serve(host: str, port: int, *, workers: int = 1, threads: int = 8) -> None:
+def serve(host: str, port: int, *, workers: int = 1, threads: int = 32) -> None:
     """Serve with gunicorn (what functions-framework uses in production) so a
     slow request never blocks the emulator's pushes."""
     from gunicorn.app.base import BaseApplication
@@ -96,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1, help="processes (each loads every function)")
-    parser.add_argument("--threads", type=int, default=8, help="threads per process")
+    parser.add_argument("--threads", type=int, default=32, help="threads per process")
     args = parser.parse_args(argv)
     try:
         serve(args.host, args.port, workers=args.workers, threads=args.threads)

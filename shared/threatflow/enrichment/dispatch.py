@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 
 from threatflow.platform.manifest import SourceConfig
 
@@ -25,6 +25,7 @@ def select(
     force: bool,
     wanted: Sequence[str] = (),
     usable_key: Callable[[SourceConfig], bool],
+    implemented: Collection[str],
     auto: bool = False,
 ) -> tuple[list[str], dict[str, str]]:
     """(sources to ask, {skipped source: reason})."""
@@ -36,6 +37,8 @@ def select(
             continue
         if not source.enabled:
             reason = "disabled in the manifest"
+        elif source.name not in implemented:
+            reason = "no declaration in threatflow/enrichment/sources"
         elif ioc_type not in source.indicator_types:
             reason = f"does not look up {ioc_type}"
         elif auto and ioc_type not in source.auto_enrich:

@@ -45,6 +45,7 @@ HOLD_SECONDS = 2.0  # a deferred task that is nearly due waits in the handler at
 PARK_AFTER_SECONDS = 30.0  # longer deferrals wait in a Redis delay queue instead of circulating
 DEFERRED_QUEUE = "enr:deferred"
 HEALTH_TTL_SECONDS = 3600
+AUTO_MAX = 10_000
 
 
 class Enrichment:
@@ -142,18 +143,17 @@ def request(ctx: Enrichment, req: EnrichRequest) -> None:
     ctx.publish(TOPIC_REQUESTED, req.to_json(), run_id=req.run_id)
 
 
-def auto_enrich(runtime: Runtime, iocs: Sequence[Mapping[str, Any]]) -> int:
-    """After an upsert: request enrichment of the new IoCs whose type some source auto-enriches.
-    Warninglisted IoCs are skipped. Never raises: ingest must not fail because of enrichment."""
+def auto_enrich(runtime: Runtime, results: Sequence[Mapping[str, Any]]) -> int:
+    """After an upsert: one small message naming the newly created IoCs whose type some
+    source auto-enriches; enrich-dispatch expands it (and skips warninglisted ones).
+    Never raises: ingest must not fail because enrichment is unavailable."""
     try:
         ctx = context(runtime)
         auto_types = {t for s in ctx.settings.enabled() for t in s.auto_enrich}
-        wanted = [i for i in iocs if i.get("type") in auto_types and not i.get("warninglists")]
-        for ioc in wanted[:1000]:
-            run_id = uuid.uuid4().hex
-            req = EnrichRequest(run_id, int(ioc["id"]), str(ioc["type"]), str(ioc["value"]), str(ioc.get("tlp") or "amber"), origin="ingest")
-            ctx.publish(TOPIC_REQUESTED, req.to_json(), run_id=run_id, origin="ingest")
-        return len(wanted)
+        ids = [int(r["id"]) for r in results if r.get("status") == "created" and r.get("type") in auto_types][:AUTO_MAX]
+        if ids:
+            ctx.publish(TOPIC_REQUESTED, {"origin": "ingest", "ioc_ids": ids}, origin="ingest")
+        return len(ids)
     except Exception as exc:  # failure-tolerant by design; logged for the operator
         tf_logging.log(log, logging.WARNING, f"auto-enrichment not requested: {exc.__class__.__name__}: {exc}")
         return 0
@@ -165,7 +165,30 @@ def auto_enrich(runtime: Runtime, iocs: Sequence[Mapping[str, Any]]) -> int:
 def handle_request(message: events.Message, *, runtime: Runtime) -> None:
     ctx = context(runtime)
     release_parked(ctx)
-    req = EnrichRequest.from_json(message.data)
+    if message.data.get("origin") == "ingest" and "ioc_ids" in message.data:
+        for req in _ingest_requests(runtime, message):
+            dispatch_request(ctx, req)
+        return
+    dispatch_request(ctx, EnrichRequest.from_json(message.data))
+
+
+def _ingest_requests(runtime: Runtime, message: events.Message) -> list[EnrichRequest]:
+    """Auto-enrichment on ingest: one run per new IoC, run ids derived from the message so a redelivery repeats nothing."""
+    from threatflow.iocs.store import IocStore
+
+    store = IocStore(runtime.engine)
+    out = []
+    for ioc_id in message.data["ioc_ids"]:
+        ioc = store.get(int(ioc_id))
+        if ioc is None or ioc.get("warninglists"):
+            continue  # deleted since, or warninglisted: not auto-enriched
+        run_id = uuid.uuid5(uuid.NAMESPACE_URL, f"ingest:{message.message_id}:{ioc_id}").hex
+        out.append(EnrichRequest(run_id, int(ioc["id"]), str(ioc["type"]), str(ioc["value"]), str(ioc["tlp"]), origin="ingest"))
+    return out
+
+
+def dispatch_request(ctx: Enrichment, req: EnrichRequest) -> None:
+    runtime = ctx.runtime
     existing = runs.get_run(runtime.documents, req.run_id)
     if existing and existing.get("status") in ("running", "done") and existing.get("dispatched"):
         return  # a redelivery: tasks were published already
@@ -178,6 +201,7 @@ def handle_request(message: events.Message, *, runtime: Runtime) -> None:
         force=req.force,
         wanted=req.sources,
         usable_key=ctx.keys.usable,
+        implemented=ctx.reliability().keys(),
         auto=auto,
     )
     if auto and not chosen:

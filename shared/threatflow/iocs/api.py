@@ -56,6 +56,8 @@ def policy_json(policy: Any, now: datetime) -> dict[str, Any]:
 
 
 def build_router(runtime: Runtime) -> Router:
+    from threatflow.enrichment import handlers as enrichment_handlers
+    from threatflow.enrichment import ioc_routes as enrichment_routes
     from threatflow.iocs import search, service, warninglist_routes, warninglists
     from threatflow.iocs.model import DecayPolicy
     from threatflow.iocs.store import IocAdmin, IocStore
@@ -83,9 +85,11 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("POST", "/api/v1/iocs/batch", role=Role.ANALYST, body=service.BatchIn)
     def batch(request: Request, body: service.BatchIn) -> dict[str, Any]:
-        return service.upsert_batch(
+        result = service.upsert_batch(
             body.iocs, store=store(), now=runtime.clock.now(), policies=policies(), warninglists=warninglists.matcher_for(runtime)
         )
+        enrichment_handlers.auto_enrich(runtime, result["results"])  # one small publish; never fails the upsert
+        return result
 
     @router.route("POST", "/api/v1/iocs/find", role=Role.READER, body=FindRequest)
     def find(request: Request, body: FindRequest) -> dict[str, Any]:
@@ -129,6 +133,7 @@ def build_router(runtime: Runtime) -> Router:
     def get(request: Request) -> dict[str, Any]:
         ioc = with_score(service.get_or_raise(ioc_id(request), store=store()))
         ioc["sightings"] = IocAdmin(runtime.engine).sightings(ioc["id"], limit=20)
+        ioc["enrichment"] = enrichment_routes.summary(runtime, ioc["id"])
         return ioc
 
     @router.route("POST", "/api/v1/iocs/{ioc_id:int}/sightings", role=Role.ANALYST, body=SightingIn)
@@ -172,4 +177,5 @@ def build_router(runtime: Runtime) -> Router:
     from threatflow.threats import ioc_routes
 
     ioc_routes.register(router, runtime)
+    enrichment_routes.register(router, runtime)
     return router

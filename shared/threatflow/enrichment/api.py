@@ -1,0 +1,296 @@
+"""Routes of the enrichment function (/api/v1/enrichment).
+
+    POST /enrich               one IoC -> 202 {run_id, ioc_id}
+    GET  /runs/{run_id}        status, merged verdict and score, each source's answer
+    POST /batch                up to 1,000 IoCs -> 202 {batch_id, runs}
+    GET  /batches/{batch_id}   progress
+    GET  /sources              types, health, key present, quota used/left today, cache hit rate (no quota spent)
+    POST /health               reachability of each source (no quota spent)
+    GET  /dead-letters         admin: dead-lettered tasks with their last error
+    POST /dead-letters/replay  admin: re-queue them
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+
+from threatflow.auth.model import Role
+from threatflow.enrichment import handlers, repository, runs
+from threatflow.enrichment.tasks import TOPIC_TASKS, EnrichRequest
+from threatflow.platform.errors import NotFoundError, PayloadTooLargeError, ValidationError
+from threatflow.platform.web import Request, Response, Router
+from threatflow.runtime import Runtime
+
+MAX_BATCH = 1000
+
+
+class EnrichIn(msgspec.Struct, forbid_unknown_fields=True):
+    value: Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
+    type: str | None = None
+    force: bool = False
+    sources: list[str] = []
+
+
+class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
+    iocs: list[EnrichIn | str]
+    force: bool = False
+    sources: list[str] = []
+
+
+class ReplayIn(msgspec.Struct, forbid_unknown_fields=True):
+    ids: list[str] = []
+
+
+def _resolve_ioc(runtime: Runtime, item: EnrichIn, *, index: int | None = None) -> dict[str, Any]:
+    """The stored IoC for a value, stored first when new (cross-domain: the iocs domain owns it)."""
+    from threatflow.iocs import service, warninglists
+    from threatflow.iocs.normalise import normalise
+    from threatflow.iocs.store import IocStore
+
+    where = "value" if index is None else f"iocs[{index}].value"
+    try:
+        indicator = normalise(item.value, item.type)
+    except ValidationError as exc:
+        raise ValidationError(f"{where}: {exc.message}", field=where) from None
+    store = IocStore(runtime.engine)
+    ioc = store.get_by_value(str(indicator.type), indicator.value)
+    if ioc is None:
+        service.upsert_batch(
+            [service.IocIn(value=indicator.value, type=str(indicator.type), source="enrichment")],
+            store=store,
+            now=runtime.clock.now(),
+            warninglists=warninglists.matcher_for(runtime),
+        )
+        ioc = store.get_by_value(str(indicator.type), indicator.value)
+    if ioc is None:  # deleted in between
+        raise NotFoundError(f"{where}: the indicator could not be stored")
+    return ioc
+
+
+def _check_sources(ctx: handlers.Enrichment, names: list[str], field: str) -> None:
+    unknown = sorted(set(names) - set(ctx.settings.sources))
+    if unknown:
+        raise ValidationError(f"{field}: unknown sources {', '.join(unknown)}; known: {', '.join(sorted(ctx.settings.sources))}", field=field)
+
+
+def run_view(ctx: handlers.Enrichment, run_id: str) -> dict[str, Any]:
+    run = runs.get_run(ctx.runtime.documents, run_id)
+    if run is None:
+        raise NotFoundError(f"no enrichment run {run_id!r}")
+    if run.get("status") == "running" and time.time() > float(run.get("deadline_at") or 0):
+        run = handlers.finalize(ctx, run_id) or run  # the deadline passed: close with what answered
+    with ctx.runtime.engine.connect() as conn:
+        results = repository.run_results(conn, run_id)
+    return {
+        "run_id": run_id,
+        "ioc_id": run.get("ioc_id"),
+        "type": run.get("type"),
+        "value": run.get("value"),
+        "status": "done" if run.get("status") == "done" else "running",
+        "verdict": run.get("verdict"),
+        "score": run.get("score"),
+        "expected": run.get("expected", []),
+        "skipped": run.get("skipped", {}),
+        "timed_out": run.get("timed_out", []),
+        "sources": {
+            r["source"]: {k: r[k] for k in ("status", "verdict", "score", "evidence", "cached", "fetched_at", "detail")} for r in results
+        },
+    }
+
+
+def build_router(runtime: Runtime) -> Router:
+    router = Router("enrichment", runtime=runtime)
+    ctx = handlers.context(runtime)
+
+    def start(item: EnrichIn, *, force: bool, sources: list[str], batch_id: str | None = None, index: int | None = None) -> dict[str, Any]:
+        ioc = _resolve_ioc(runtime, item, index=index)
+        run_id = uuid.uuid4().hex
+        req = EnrichRequest(
+            run_id=run_id,
+            ioc_id=int(ioc["id"]),
+            ioc_type=str(ioc["type"]),
+            value=str(ioc["value"]),
+            tlp=str(ioc.get("tlp") or "amber"),
+            warninglists=tuple(ioc.get("warninglists") or ()),
+            force=force,
+            sources=tuple(sources),
+            batch_id=batch_id,
+        )
+        handlers.request(ctx, req)
+        return {"run_id": run_id, "ioc_id": req.ioc_id, "type": req.ioc_type, "value": req.value}
+
+    @router.route("POST", "/api/v1/enrichment/enrich", role=Role.ANALYST, body=EnrichIn)
+    def enrich(request: Request, body: EnrichIn) -> Response:
+        _check_sources(ctx, body.sources, "sources")
+        return Response(start(body, force=body.force, sources=body.sources), status=202)
+
+    @router.route("GET", "/api/v1/enrichment/runs/{run_id}", role=Role.READER)
+    def get_run(request: Request) -> dict[str, Any]:
+        return run_view(ctx, request.path_params["run_id"])
+
+    @router.route("POST", "/api/v1/enrichment/batch", role=Role.ANALYST, body=BatchIn)
+    def batch(request: Request, body: BatchIn) -> Response:
+        if len(body.iocs) > MAX_BATCH:
+            raise PayloadTooLargeError(f"iocs: at most {MAX_BATCH} per batch; got {len(body.iocs)}")
+        if not body.iocs:
+            raise ValidationError("iocs: give at least one IoC", field="iocs")
+        _check_sources(ctx, body.sources, "sources")
+        batch_id = uuid.uuid4().hex
+        items: list[dict[str, Any]] = []
+        for index, raw in enumerate(body.iocs):
+            item = EnrichIn(value=raw) if isinstance(raw, str) else raw
+            try:
+                items.append(start(item, force=body.force or item.force, sources=item.sources or body.sources, batch_id=batch_id, index=index))
+            except ValidationError as exc:
+                items.append({"index": index, "value": item.value, "error": exc.message})
+        runs.create_batch(runtime.documents, batch_id, {"batch_id": batch_id, "created_at": time.time(), "runs": items})
+        return Response({"batch_id": batch_id, "runs": items}, status=202)
+
+    @router.route("GET", "/api/v1/enrichment/batches/{batch_id}", role=Role.READER)
+    def get_batch(request: Request) -> dict[str, Any]:
+        doc = runs.get_batch(runtime.documents, request.path_params["batch_id"])
+        if doc is None:
+            raise NotFoundError(f"no enrichment batch {request.path_params['batch_id']!r}")
+        out = []
+        done = 0
+        for item in doc.get("runs", []):
+            if "run_id" not in item:
+                out.append({**item, "status": "rejected"})
+                continue
+            run = runs.get_run(runtime.documents, item["run_id"]) or {}
+            status = "done" if run.get("status") == "done" else "running"
+            done += status == "done"
+            out.append({**item, "status": status, "verdict": run.get("verdict"), "score": run.get("score")})
+        accepted = sum(1 for i in out if i["status"] != "rejected")
+        return {"batch_id": doc["batch_id"], "total": len(out), "accepted": accepted, "done": done, "complete": done == accepted, "runs": out}
+
+    @router.route("GET", "/api/v1/enrichment/sources", role=Role.READER)
+    def sources(request: Request) -> dict[str, Any]:
+        now = runtime.clock.now()
+        implemented = ctx.reliability()
+        out = []
+        for source in sorted(ctx.settings.sources.values(), key=lambda s: s.name):
+            present = ctx.keys.present(source)
+            health = ctx.redis.get(f"enr:health:{source.name}")
+            if source.name not in implemented:
+                state = "not_implemented"
+            elif not present and not source.key_optional:
+                state = "no_key"
+            elif health:
+                state = health.decode()
+            else:
+                state = "ok"
+            used = ctx.quota.used_today(source, ctx.keys.fingerprint(source), now=now)
+            out.append(
+                {
+                    "name": source.name,
+                    "enabled": source.enabled,
+                    "types": list(source.indicator_types),
+                    "auto_enrich": list(source.auto_enrich),
+                    "health": state,
+                    "key_present": present if source.secret else None,
+                    "keyless": source.keyless,
+                    "quota": {
+                        "per_minute": source.quota.per_minute,
+                        "per_hour": source.quota.per_hour,
+                        "per_day": source.quota.per_day,
+                        "used_today": used,
+                        "left_today": None if source.quota.per_day is None else max(0, source.quota.per_day - used),
+                    },
+                    "ttl_seconds": source.ttl_seconds,
+                    "max_tlp": source.max_tlp,
+                    "cache": ctx.cache.hit_rate(source.name),
+                    "reliability": implemented.get(source.name),
+                }
+            )
+        return {"sources": out}
+
+    @router.route("POST", "/api/v1/enrichment/health", role=Role.ANALYST)
+    def health(request: Request) -> dict[str, Any]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threatflow.enrichment.sources import REGISTRY, client
+
+        targets = [s for s in ctx.settings.enabled() if s.name in REGISTRY]
+
+        def check(source: Any) -> dict[str, Any]:
+            result = client.health(
+                source.name, session=ctx.session, api_key=None, timeout=min(source.timeout_seconds, 5.0), base_url=ctx.settings.base_urls.get(source.name)
+            )
+            return dict(result.to_dict())
+
+        with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
+            results = list(pool.map(check, targets))
+        return {"sources": results}
+
+    @router.route("GET", "/api/v1/enrichment/dead-letters", role=Role.ADMIN)
+    def dead_letters(request: Request) -> dict[str, Any]:
+        drain_dead_letters(ctx)
+        limit = request.query_int("limit", 100, minimum=1, maximum=500)
+        items = runtime.documents.query(runs.DEAD_LETTERS, order_by="dead_lettered_at", descending=True, limit=limit)
+        return {"dead_letters": [i for i in items if not i.get("replayed_at")]}
+
+    @router.route("POST", "/api/v1/enrichment/dead-letters/replay", role=Role.ADMIN, body=ReplayIn)
+    def replay(request: Request, body: ReplayIn) -> dict[str, Any]:
+        drain_dead_letters(ctx)
+        pending = [i for i in runtime.documents.query(runs.DEAD_LETTERS, limit=500) if not i.get("replayed_at")]
+        chosen = [i for i in pending if not body.ids or i["id"] in body.ids]
+        replayed = []
+        for item in chosen:
+            data = json.loads(item["data"])
+            attributes = {"source": item["source"]} if item.get("source") else {}
+            topic = TOPIC_TASKS if item.get("source") else "ioc-enrichment-requested"
+            ctx.publish(topic, data, replayed="1", **attributes)
+            runtime.documents.set(runs.DEAD_LETTERS, item["id"], {"replayed_at": time.time()}, merge=True)
+            replayed.append(item["id"])
+        return {"replayed": replayed}
+
+    return router
+
+
+def drain_dead_letters(ctx: handlers.Enrichment) -> int:
+    """Move dead-lettered messages from their hold subscriptions into Firestore, where they are listed and replayed."""
+    from threatflow.adapters.pubsub import PubSubPuller
+
+    puller = PubSubPuller(ctx.runtime.settings.project)
+    moved = 0
+    try:
+        subscriptions = [f"{s.dead_letter_topic}-hold" for s in ctx.settings.enabled()] + ["ioc-enrichment-requested-dead-letter-hold"]
+        for subscription in subscriptions:
+            received = puller.pull(subscription, max_messages=100, timeout=2.0)
+            for message in received:
+                try:
+                    data = json.loads(message["data"])
+                except ValueError:
+                    data = {"raw": message["data"].decode(errors="replace")}
+                attributes = message["attributes"]
+                ctx.runtime.documents.set(
+                    runs.DEAD_LETTERS,
+                    message["message_id"],
+                    {
+                        "subscription": subscription,
+                        "source": attributes.get("source", ""),
+                        "error": attributes.get("error", "failed every delivery attempt"),
+                        "attempts": int(attributes.get("attempts") or 0),
+                        "data": json.dumps(data),
+                        "run_id": data.get("run_id"),
+                        "value": data.get("value"),
+                        "dead_lettered_at": time.time(),
+                        "published_at": message["published_at"],
+                    },
+                )
+                moved += 1
+            puller.ack(subscription, [m["ack_id"] for m in received])
+    finally:
+        puller.close()
+    return moved
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else value
