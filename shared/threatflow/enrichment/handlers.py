@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("threatflow.enrichment")
 HOLD_SECONDS = 2.0  # a deferred task that is nearly due waits in the handler at most this long
-PARK_AFTER_SECONDS = 30.0  # longer deferrals wait in a Redis delay queue instead of circulating
+PARK_AFTER_SECONDS = 900.0  # longer deferrals (daily caps) wait in a Redis delay queue, released by the next enrichment messages
 DEFERRED_QUEUE = "enr:deferred"
 HEALTH_TTL_SECONDS = 3600
 AUTO_MAX = 10_000

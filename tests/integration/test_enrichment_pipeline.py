@@ -1,0 +1,226 @@
+"""The enrichment guarantees on real PostgreSQL, Redis, Pub/Sub and Firestore emulators,
+with the fake intel APIs (tests/fakes/intel): the enrichment functions are served by
+the dev stack's gateway in this process and reached by real push subscriptions."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import requests
+
+from helpers import create_user
+
+PROJECT = "threatflow-test"
+
+
+@pytest.fixture
+def pipeline(backend_env, function_client, monkeypatch):
+    from werkzeug.serving import make_server
+
+    from tests.fakes.intel import start_fake_intel
+    from threatflow.devstack.gateway import Gateway, load_function_apps
+    from threatflow.devstack.stack import provision_pubsub
+    from threatflow.platform.manifest import REPO_ROOT, load_manifest
+
+    fake = start_fake_intel()
+    env = {
+        **fake.env(),
+        "VT_API_KEY": "test-vt-key",
+        "ABUSEIPDB_API_KEY": "test-abuseipdb-key",
+        "OTX_API_KEY": "test-otx-key",
+        "HYBRID_ANALYSIS_API_KEY": "test-ha-key",
+        "ABUSECH_AUTH_KEY": "test-abusech-key",
+        "GREYNOISE_API_KEY": "test-gn-key",
+        # small quotas keep the 429 test fast; a short source timeout keeps the timeout test fast
+        "ENRICH_SOURCES_OVERRIDE": json.dumps({"virustotal": {"quota": {"per_minute": 20, "per_day": 500}, "timeout_seconds": 1.5}}),
+        "ENRICH_KEY_CACHE_SECONDS": "1",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    manifest = load_manifest()
+    wanted = {n: f for n, f in manifest.functions.items() if n.startswith("enrich") or n == "iocs"}
+    topics = {"ioc-enrichment-requested", "enrichment-tasks", "enrichment-completed"} | {
+        t for t in manifest.topics if t.startswith(("enrich", "ioc-enrichment"))
+    }
+    subs = {n: s for n, s in manifest.subscriptions.items() if s.topic in topics}
+    small = dataclasses.replace(manifest, functions=wanted, subscriptions=subs, topics={t: manifest.topics[t] for t in topics})
+    apps = load_function_apps(small, REPO_ROOT / "functions")
+    server = make_server("127.0.0.1", 0, Gateway(small, apps), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    provision_pubsub(small, project=PROJECT, gateway_url=url)
+    analyst = create_user(backend_env["DATABASE_URL"], "analyst1", "analyst")
+    admin = create_user(backend_env["DATABASE_URL"], "admin1", "admin")
+    auth = function_client("auth")
+
+    def token(user: str, password: str) -> dict[str, str]:
+        body = auth.post("/api/v1/auth/token", json={"username": user, "password": password}).get_json()
+        return {"Authorization": f"Bearer {body['access_token']}"}
+
+    api = function_client("enrichment")
+    yield {
+        "fake": fake,
+        "url": url,
+        "api": api,
+        "iocs": function_client("iocs"),
+        "headers": token("analyst1", analyst),
+        "admin": token("admin1", admin),
+        "env": backend_env,
+    }
+    server.shutdown()
+    fake.close()
+
+
+def wait_run(p: dict[str, Any], run_id: str, timeout: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        response = p["api"].get(f"/api/v1/enrichment/runs/{run_id}", headers=p["headers"])
+        assert response.status_code == 200, response.get_json()
+        body = response.get_json()
+        if body["status"] == "done":
+            return body
+        time.sleep(0.2)
+    pytest.fail(f"run {run_id} not done in {timeout}s: {body}")
+
+
+def enrich(p: dict[str, Any], value: str, **extra: Any) -> dict[str, Any]:
+    response = p["api"].post("/api/v1/enrichment/enrich", json={"value": value, **extra}, headers=p["headers"])
+    assert response.status_code == 202, response.get_json()
+    return dict(response.get_json())
+
+
+def test_enrich_closes_a_run_with_every_applicable_source_and_an_explained_verdict(pipeline):
+    run = wait_run(pipeline, enrich(pipeline, "185.220.101.1")["run_id"])
+    assert set(run["expected"]) >= {"virustotal", "abuseipdb"}
+    assert set(run["sources"]) == set(run["expected"])
+    assert all(s["status"] in ("ok", "not_found") for s in run["sources"].values()), run["sources"]
+    assert run["verdict"] in ("malicious", "suspicious", "harmless", "unknown")
+    ioc = pipeline["iocs"].get(f"/api/v1/iocs/{run['ioc_id']}", headers=pipeline["headers"]).get_json()
+    assert ioc["enrichment"]["run_id"] == run["run_id"]
+    assert {r["source"] for r in ioc["enrichment"]["reasons"]} == set(run["expected"])
+    latest = pipeline["iocs"].get(f"/api/v1/iocs/{run['ioc_id']}/enrichment", headers=pipeline["headers"]).get_json()
+    assert set(latest["sources"]) == set(run["expected"])
+
+
+def test_fifty_concurrent_requests_make_one_call_per_source_and_ttl_and_force(pipeline):
+    fake = pipeline["fake"]
+    value = "45.95.147.236"
+    with ThreadPoolExecutor(max_workers=25) as pool:
+        started = list(pool.map(lambda _: enrich(pipeline, value), range(50)))
+    finished = [wait_run(pipeline, s["run_id"], timeout=120) for s in started]
+    expected = set(finished[0]["expected"])
+    for source in expected:
+        assert fake.call_count(source, value) == 1, (source, fake.call_count(source, value))
+    assert all(set(r["sources"]) == expected for r in finished)
+    # within the TTL: no call at all
+    wait_run(pipeline, enrich(pipeline, value)["run_id"])
+    assert all(fake.call_count(s, value) == 1 for s in expected)
+    # forced: one more call per source
+    forced = wait_run(pipeline, enrich(pipeline, value, force=True)["run_id"])
+    assert all(fake.call_count(s, value) == 2 for s in expected)
+    assert not any(s["cached"] for s in forced["sources"].values())
+
+
+def test_a_429_storm_defers_and_never_dead_letters(pipeline):
+    fake = pipeline["fake"]
+    fake.set_scenario("virustotal", "rate_limited", duration=30, retry_after=3)
+    values = [f"10.{i}.{i}.7" for i in range(1, 4)] + ["178.128.78.235", "196.218.123.202"]
+    values = [v for v in values if not v.startswith("10.")] + ["8.8.4.4", "1.0.0.1", "9.9.9.9"]
+    started = [enrich(pipeline, v, sources=["virustotal"]) for v in values]
+    finished = [wait_run(pipeline, s["run_id"], timeout=90) for s in started]
+    for run in finished:
+        assert run["sources"]["virustotal"]["status"] in ("ok", "not_found"), run["sources"]
+    calls = sorted(c.at for c in fake.calls("virustotal"))
+    # the bucket (20 per minute: a burst of 20, then one per 3 s) is never exceeded in any window
+    for i, first in enumerate(calls):
+        for j in range(i, len(calls)):
+            assert j - i + 1 <= 20 + (calls[j] - first) / 3.0 + 1
+    rate_limited = [c for c in fake.calls("virustotal") if c.status == 429]
+    assert rate_limited, "the storm was not exercised"
+    dead = pipeline["api"].get("/api/v1/enrichment/dead-letters", headers=pipeline["admin"]).get_json()
+    assert dead["dead_letters"] == []
+
+
+def test_a_source_timing_out_is_marked_timeout_and_the_run_still_closes(pipeline):
+    pipeline["fake"].set_scenario("virustotal", "slow", delay=4)
+    run = wait_run(pipeline, enrich(pipeline, "118.25.6.39")["run_id"])
+    assert run["sources"]["virustotal"]["status"] == "timeout"
+    others = {k: v for k, v in run["sources"].items() if k != "virustotal"}
+    assert others and all(v["status"] in ("ok", "not_found") for v in others.values())
+
+
+def test_redelivering_every_message_leaves_the_same_state(pipeline):
+    from threatflow.enrichment import handlers
+    from threatflow.enrichment.tasks import Task
+    from threatflow.platform.events import Message
+    from threatflow.runtime import Runtime
+
+    run = wait_run(pipeline, enrich(pipeline, "evil.example")["run_id"])
+    iocs = pipeline["iocs"]
+
+    def state() -> tuple[Any, ...]:
+        ioc = iocs.get(f"/api/v1/iocs/{run['ioc_id']}", headers=pipeline["headers"]).get_json()
+        again = pipeline["api"].get(f"/api/v1/enrichment/runs/{run['run_id']}", headers=pipeline["headers"]).get_json()
+        calls = {s: pipeline["fake"].call_count(s, "evil.example") for s in run["expected"]}
+        return ioc["detection_count"], ioc["verdict"], ioc["score"], json.dumps(again["sources"], sort_keys=True), again["verdict"], calls
+
+    before = state()
+    runtime = Runtime.from_env()
+    now = time.time()
+    from datetime import UTC, datetime
+
+    for source in run["expected"]:
+        task = Task(run["run_id"], run["ioc_id"], run["type"], run["value"], source)
+        message = Message(uuid.uuid4().hex, {"source": source}, task.to_json(), datetime.now(UTC), 1)
+        handlers.handle_task(message, runtime=runtime)
+        done = Message(uuid.uuid4().hex, {"source": source}, {"run_id": run["run_id"], "source": source}, datetime.now(UTC), 1)
+        handlers.handle_completed(done, runtime=runtime)
+    request = {"run_id": run["run_id"], "ioc_id": run["ioc_id"], "ioc_type": run["type"], "value": run["value"]}
+    handlers.handle_request(Message(uuid.uuid4().hex, {}, request, datetime.now(UTC), 1), runtime=runtime)
+    time.sleep(2)  # anything the redelivery published has been pushed and handled
+    assert state() == before
+    assert now  # the clock was read before the redeliveries
+
+
+def test_a_poison_message_is_dead_lettered_listed_and_replayable(pipeline):
+    from threatflow.adapters.pubsub import PubSubPublisher
+    from threatflow.enrichment.tasks import Task
+    from threatflow.platform import events
+
+    marker = f"poison-{uuid.uuid4().hex[:8]}.example"
+    task = Task(uuid.uuid4().hex, 987_654_321, "domain", marker, "virustotal")  # an IoC that does not exist
+    PubSubPublisher(PROJECT).publish("enrichment-tasks", events.encode(task.to_json()), {"source": "virustotal"})
+    deadline = time.monotonic() + 60
+    found: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and not found:
+        listed = pipeline["api"].get("/api/v1/enrichment/dead-letters", headers=pipeline["admin"]).get_json()
+        found = [d for d in listed["dead_letters"] if d.get("value") == marker]
+        time.sleep(1)
+    assert found, "the poison message was not dead-lettered within 60 s"
+    assert found[0]["attempts"] >= 5 and "does not exist" in found[0]["error"]
+    assert pipeline["api"].get("/api/v1/enrichment/dead-letters", headers=pipeline["headers"]).status_code == 403
+    replayed = pipeline["api"].post("/api/v1/enrichment/dead-letters/replay", json={"ids": [found[0]["id"]]}, headers=pipeline["admin"])
+    assert replayed.status_code == 200 and replayed.get_json()["replayed"] == [found[0]["id"]]
+
+
+def test_bad_input_is_a_4xx_naming_the_field(pipeline):
+    api, headers = pipeline["api"], pipeline["headers"]
+    response = api.post("/api/v1/enrichment/enrich", json={"value": "not an indicator at all"}, headers=headers)
+    assert response.status_code == 400 and "value" in json.dumps(response.get_json())
+    response = api.post("/api/v1/enrichment/enrich", json={"value": "1.2.3.4", "sources": ["nope"]}, headers=headers)
+    assert response.status_code == 400 and response.get_json()["error"]["details"]["field"] == "sources"
+    response = api.post("/api/v1/enrichment/batch", json={"iocs": ["1.2.3.4"] * 1001}, headers=headers)
+    assert response.status_code == 413
+    assert api.get("/api/v1/enrichment/runs/nope", headers=headers).status_code == 404
+    sources = api.get("/api/v1/enrichment/sources", headers=headers).get_json()["sources"]
+    assert {s["name"] for s in sources} >= {"virustotal", "abuseipdb", "internetdb", "greynoise"}
+    assert requests is not None
