@@ -164,13 +164,13 @@ def test_redelivering_every_message_leaves_the_same_state(pipeline):
     from threatflow.platform.events import Message
     from threatflow.runtime import Runtime
 
-    run = wait_run(pipeline, enrich(pipeline, "evil.example")["run_id"])
+    run = wait_run(pipeline, enrich(pipeline, "gaga.com")["run_id"])
     iocs = pipeline["iocs"]
 
     def state() -> tuple[Any, ...]:
         ioc = iocs.get(f"/api/v1/iocs/{run['ioc_id']}", headers=pipeline["headers"]).get_json()
         again = pipeline["api"].get(f"/api/v1/enrichment/runs/{run['run_id']}", headers=pipeline["headers"]).get_json()
-        calls = {s: pipeline["fake"].call_count(s, "evil.example") for s in run["expected"]}
+        calls = {s: pipeline["fake"].call_count(s, "gaga.com") for s in run["expected"]}
         return ioc["detection_count"], ioc["verdict"], ioc["score"], json.dumps(again["sources"], sort_keys=True), again["verdict"], calls
 
     before = state()

@@ -31,14 +31,23 @@ def push_path(function: str) -> str:
 def load_function_apps(manifest: Manifest, functions_dir: Path) -> dict[str, WsgiApp]:
     import functions_framework
 
+    import os
+
     apps: dict[str, WsgiApp] = {}
-    by_folder: dict[str, WsgiApp] = {}
     for fn in manifest.functions.values():
-        # Per-source deployments share one code path: one app serves all their push paths.
-        if fn.folder not in by_folder:
-            source = functions_dir / fn.folder / "main.py"
-            by_folder[fn.folder] = functions_framework.create_app(target=fn.entry_point, source=str(source), signature_type=fn.signature_type)
-        apps[fn.name] = by_folder[fn.folder]
+        source = functions_dir / fn.folder / "main.py"
+        # A per-source deployment (enrich-<source>) is its folder's code loaded with its own
+        # env (ENRICH_SOURCE), as in the cloud; the module reads it at import.
+        saved = {k: os.environ.get(k) for k in fn.env}
+        os.environ.update(fn.env)
+        try:
+            apps[fn.name] = functions_framework.create_app(target=fn.entry_point, source=str(source), signature_type=fn.signature_type)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
     return apps
 
 

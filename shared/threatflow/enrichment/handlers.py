@@ -262,7 +262,10 @@ def _lookup(ctx: Enrichment, source: SourceConfig, task: Task, api_key: str | No
 
 def handle_task(message: events.Message, *, runtime: Runtime, only_source: str | None = None) -> None:
     ctx = context(runtime)
-    attempts = max(message.delivery_attempt, ctx.redis.incr(f"enr:attempts:{message.message_id}", expire_at=int(time.time()) + 86400))
+    if only_source and message.attributes.get("source") not in (None, only_source):
+        return  # another source's task (the emulator ignores subscription filters)
+    counter = f"enr:attempts:{only_source or message.attributes.get('source')}:{message.message_id}"
+    attempts = max(message.delivery_attempt, ctx.redis.incr(counter, expire_at=int(time.time()) + 86400))
     try:
         process_task(ctx, message, only_source=only_source)
     except Exception as exc:
@@ -287,7 +290,9 @@ def process_task(ctx: Enrichment, message: events.Message, *, only_source: str |
     release_parked(ctx)
     task = Task.from_json(message.data)
     if only_source and task.source != only_source:
-        raise ValidationError(f"this function serves {only_source}, not {task.source}", field="source")
+        # The subscription filter normally keeps other sources' tasks away (the Pub/Sub
+        # emulator ignores filters): not this function's task, so ack it untouched.
+        return
     source = ctx.settings.sources.get(task.source)
     if source is None:
         raise ValidationError(f"unknown source {task.source!r}", field="source")
