@@ -10,11 +10,10 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import requests
-
 from helpers import create_user
 
 PROJECT = "threatflow-test"
@@ -133,8 +132,7 @@ def test_fifty_concurrent_requests_make_one_call_per_source_and_ttl_and_force(pi
 def test_a_429_storm_defers_and_never_dead_letters(pipeline):
     fake = pipeline["fake"]
     fake.set_scenario("virustotal", "rate_limited", duration=30, retry_after=3)
-    values = [f"10.{i}.{i}.7" for i in range(1, 4)] + ["178.128.78.235", "196.218.123.202"]
-    values = [v for v in values if not v.startswith("10.")] + ["8.8.4.4", "1.0.0.1", "9.9.9.9"]
+    values = ["178.128.78.235", "196.218.123.202", "8.8.4.4", "1.0.0.1", "9.9.9.9"]
     started = [enrich(pipeline, v, sources=["virustotal"]) for v in values]
     finished = [wait_run(pipeline, s["run_id"], timeout=90) for s in started]
     for run in finished:
@@ -175,8 +173,6 @@ def test_redelivering_every_message_leaves_the_same_state(pipeline):
 
     before = state()
     runtime = Runtime.from_env()
-    now = time.time()
-    from datetime import UTC, datetime
 
     for source in run["expected"]:
         task = Task(run["run_id"], run["ioc_id"], run["type"], run["value"], source)
@@ -188,7 +184,6 @@ def test_redelivering_every_message_leaves_the_same_state(pipeline):
     handlers.handle_request(Message(uuid.uuid4().hex, {}, request, datetime.now(UTC), 1), runtime=runtime)
     time.sleep(2)  # anything the redelivery published has been pushed and handled
     assert state() == before
-    assert now  # the clock was read before the redeliveries
 
 
 def test_a_poison_message_is_dead_lettered_listed_and_replayable(pipeline):
@@ -223,4 +218,3 @@ def test_bad_input_is_a_4xx_naming_the_field(pipeline):
     assert api.get("/api/v1/enrichment/runs/nope", headers=headers).status_code == 404
     sources = api.get("/api/v1/enrichment/sources", headers=headers).get_json()["sources"]
     assert {s["name"] for s in sources} >= {"virustotal", "abuseipdb", "internetdb", "greynoise"}
-    assert requests is not None

@@ -139,7 +139,9 @@ class PubSubPuller:
 
     def ack(self, subscription: str, ack_ids: list[str]) -> None:
         if ack_ids:
-            self._client.acknowledge(request={"subscription": self._client.subscription_path(self._project, subscription), "ack_ids": ack_ids})
+            self._client.acknowledge(
+                request={"subscription": self._client.subscription_path(self._project, subscription), "ack_ids": ack_ids}
+            )
 
     def close(self) -> None:
         self._client.close()

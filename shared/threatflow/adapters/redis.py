@@ -161,7 +161,7 @@ class RedisPrimitives:
         """Remove and return members due by now; each is returned to one caller only."""
 
         def run() -> list[bytes]:
-            members = self._client.zrangebyscore(key, "-inf", now_epoch, start=0, num=limit)
+            members: list[bytes] = list(self._client.zrangebyscore(key, "-inf", now_epoch, start=0, num=limit))  # type: ignore[arg-type]
             return [m for m in members if self._client.zrem(key, m)]
 
         return self._call(run)  # type: ignore[no-any-return]

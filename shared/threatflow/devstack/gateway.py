@@ -29,9 +29,9 @@ def push_path(function: str) -> str:
 
 
 def load_function_apps(manifest: Manifest, functions_dir: Path) -> dict[str, WsgiApp]:
-    import functions_framework
-
     import os
+
+    import functions_framework
 
     apps: dict[str, WsgiApp] = {}
     for fn in manifest.functions.values():

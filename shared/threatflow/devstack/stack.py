@@ -116,7 +116,7 @@ def start_fake_intel(state_dir: Path, manifest: Manifest) -> tuple[dict[str, str
     """FAKE_INTEL=1: the fake intel APIs (tests/fakes/intel) in a child process; every
     source points at them (INTEL_<SOURCE>_URL) and every missing key gets a dummy value."""
     log_path = state_dir / "fake-intel.log"
-    process = subprocess.Popen(  # noqa: S603 - our own test fake, on 127.0.0.1
+    process = subprocess.Popen(
         [sys.executable, "-m", "tests.fakes.intel", "--port", "0"],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,

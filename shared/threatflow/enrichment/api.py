@@ -1,13 +1,13 @@
 """Routes of the enrichment function (/api/v1/enrichment).
 
-    POST /enrich               one IoC -> 202 {run_id, ioc_id}
-    GET  /runs/{run_id}        status, merged verdict and score, each source's answer
-    POST /batch                up to 1,000 IoCs -> 202 {batch_id, runs}
-    GET  /batches/{batch_id}   progress
-    GET  /sources              types, health, key present, quota used/left today, cache hit rate (no quota spent)
-    POST /health               reachability of each source (no quota spent)
-    GET  /dead-letters         admin: dead-lettered tasks with their last error
-    POST /dead-letters/replay  admin: re-queue them
+POST /enrich               one IoC -> 202 {run_id, ioc_id}
+GET  /runs/{run_id}        status, merged verdict and score, each source's answer
+POST /batch                up to 1,000 IoCs -> 202 {batch_id, runs}
+GET  /batches/{batch_id}   progress
+GET  /sources              types, health, key present, quota used/left today, cache hit rate (no quota spent)
+POST /health               reachability of each source (no quota spent)
+GET  /dead-letters         admin: dead-lettered tasks with their last error
+POST /dead-letters/replay  admin: re-queue them
 """
 
 from __future__ import annotations
@@ -76,7 +76,9 @@ def _resolve_ioc(runtime: Runtime, item: EnrichIn, *, index: int | None = None) 
 def _check_sources(ctx: handlers.Enrichment, names: list[str], field: str) -> None:
     unknown = sorted(set(names) - set(ctx.settings.sources))
     if unknown:
-        raise ValidationError(f"{field}: unknown sources {', '.join(unknown)}; known: {', '.join(sorted(ctx.settings.sources))}", field=field)
+        raise ValidationError(
+            f"{field}: unknown sources {', '.join(unknown)}; known: {', '.join(sorted(ctx.settings.sources))}", field=field
+        )
 
 
 def run_view(ctx: handlers.Enrichment, run_id: str) -> dict[str, Any]:
@@ -146,7 +148,9 @@ def build_router(runtime: Runtime) -> Router:
         for index, raw in enumerate(body.iocs):
             item = EnrichIn(value=raw) if isinstance(raw, str) else raw
             try:
-                items.append(start(item, force=body.force or item.force, sources=item.sources or body.sources, batch_id=batch_id, index=index))
+                items.append(
+                    start(item, force=body.force or item.force, sources=item.sources or body.sources, batch_id=batch_id, index=index)
+                )
             except ValidationError as exc:
                 items.append({"index": index, "value": item.value, "error": exc.message})
         runs.create_batch(runtime.documents, batch_id, {"batch_id": batch_id, "created_at": time.time(), "runs": items})
@@ -168,7 +172,14 @@ def build_router(runtime: Runtime) -> Router:
             done += status == "done"
             out.append({**item, "status": status, "verdict": run.get("verdict"), "score": run.get("score")})
         accepted = sum(1 for i in out if i["status"] != "rejected")
-        return {"batch_id": doc["batch_id"], "total": len(out), "accepted": accepted, "done": done, "complete": done == accepted, "runs": out}
+        return {
+            "batch_id": doc["batch_id"],
+            "total": len(out),
+            "accepted": accepted,
+            "done": done,
+            "complete": done == accepted,
+            "runs": out,
+        }
 
     @router.route("GET", "/api/v1/enrichment/sources", role=Role.READER)
     def sources(request: Request) -> dict[str, Any]:
@@ -221,7 +232,11 @@ def build_router(runtime: Runtime) -> Router:
 
         def check(source: Any) -> dict[str, Any]:
             result = client.health(
-                source.name, session=ctx.session, api_key=None, timeout=min(source.timeout_seconds, 5.0), base_url=ctx.settings.base_urls.get(source.name)
+                source.name,
+                session=ctx.session,
+                api_key=None,
+                timeout=min(source.timeout_seconds, 5.0),
+                base_url=ctx.settings.base_urls.get(source.name),
             )
             return dict(result.to_dict())
 

@@ -209,8 +209,16 @@ def dispatch_request(ctx: Enrichment, req: EnrichRequest) -> None:
     if existing is None:
         runs.create_run(
             runtime.documents,
-            {"run_id": req.run_id, "ioc_id": req.ioc_id, "type": req.ioc_type, "value": req.value, "force": req.force,
-             "origin": req.origin, "batch_id": req.batch_id, "created_at": time.time()},
+            {
+                "run_id": req.run_id,
+                "ioc_id": req.ioc_id,
+                "type": req.ioc_type,
+                "value": req.value,
+                "force": req.force,
+                "origin": req.origin,
+                "batch_id": req.batch_id,
+                "created_at": time.time(),
+            },
         )
     deadline = time.time() + ctx.settings.run_deadline_seconds
     runs.start_run(runtime.documents, req.run_id, expected=chosen, skipped=skipped, deadline_at=deadline)
@@ -281,7 +289,12 @@ def dead_letter(ctx: Enrichment, message: events.Message, source: SourceConfig |
     """The last attempt failed (or the task can never work): park it on the source's dead-letter topic with its error."""
     error = exc.message if isinstance(exc, PermanentError) else f"{exc.__class__.__name__}: {exc}"
     topic = source.dead_letter_topic if source else "ioc-enrichment-requested-dead-letter"
-    attributes = {"source": source.name if source else "", "error": error[:1000], "attempts": str(attempts), "original_message_id": message.message_id}
+    attributes = {
+        "source": source.name if source else "",
+        "error": error[:1000],
+        "attempts": str(attempts),
+        "original_message_id": message.message_id,
+    }
     ctx.publish(topic, dict(message.data), **attributes)
     tf_logging.log(log, logging.ERROR, f"dead-lettered after {attempts} attempts: {error}", topic=topic)
 
@@ -379,8 +392,18 @@ def finalize(ctx: Enrichment, run_id: str) -> dict[str, Any] | None:
             repository.insert_results(
                 conn,
                 [
-                    {"run_id": run_id, "ioc_id": ioc_id, "source": s, "status": "timeout", "verdict": "unknown", "score": None,
-                     "evidence": {}, "detail": "no answer before the run deadline", "cached": False, "fetched_at": now.isoformat()}
+                    {
+                        "run_id": run_id,
+                        "ioc_id": ioc_id,
+                        "source": s,
+                        "status": "timeout",
+                        "verdict": "unknown",
+                        "score": None,
+                        "evidence": {},
+                        "detail": "no answer before the run deadline",
+                        "cached": False,
+                        "fetched_at": now.isoformat(),
+                    }
                     for s in missing
                 ],
             )

@@ -128,7 +128,9 @@ def put_evidence(conn: Connection, ioc_id: int, rows: Iterable[tuple[str, str, s
     )
 
 
-def put_verdict(conn: Connection, *, ioc_id: int, run_id: str, verdict: str, score: int | None, reasons: Sequence[Mapping[str, Any]]) -> None:
+def put_verdict(
+    conn: Connection, *, ioc_id: int, run_id: str, verdict: str, score: int | None, reasons: Sequence[Mapping[str, Any]]
+) -> None:
     conn.execute(
         _text(
             "INSERT INTO ioc_enrichment (ioc_id, run_id, verdict, score, reasons, updated_at)"

@@ -27,10 +27,14 @@ def get_run(docs: DocumentStore, run_id: str) -> dict[str, Any] | None:
 
 
 def start_run(docs: DocumentStore, run_id: str, *, expected: Sequence[str], skipped: Mapping[str, str], deadline_at: float) -> None:
-    docs.set(RUNS, run_id, {"status": "running", "expected": list(expected), "skipped": dict(skipped), "deadline_at": deadline_at}, merge=True)
+    docs.set(
+        RUNS, run_id, {"status": "running", "expected": list(expected), "skipped": dict(skipped), "deadline_at": deadline_at}, merge=True
+    )
 
 
-def close_run(docs: DocumentStore, run_id: str, *, verdict: str, score: int | None, closed_at: float, timed_out: Sequence[str] = ()) -> None:
+def close_run(
+    docs: DocumentStore, run_id: str, *, verdict: str, score: int | None, closed_at: float, timed_out: Sequence[str] = ()
+) -> None:
     docs.set(
         RUNS,
         run_id,

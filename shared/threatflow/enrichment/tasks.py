@@ -15,7 +15,7 @@ TOPIC_COMPLETED = "enrichment-completed"
 
 def _field(data: Mapping[str, Any], name: str, kind: type) -> Any:
     value = data.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
         raise ValidationError(f"{name} must be a {kind.__name__}", field=name)
     return value
 

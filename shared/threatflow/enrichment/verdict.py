@@ -47,13 +47,15 @@ def _when(result: Mapping[str, Any]) -> datetime | None:
 
 
 def merge(results: Sequence[Mapping[str, Any]], *, reliability: Mapping[str, float], now: datetime) -> Merged:
-    weighted: list[tuple[float, float, dict[str, Any]]] = []
+    weighted: list[tuple[float, float, Mapping[str, Any]]] = []
     reasons: list[dict[str, Any]] = []
     for result in sorted(results, key=lambda r: str(r["source"])):
         verdict = str(result.get("verdict") or "unknown")
         source = str(result["source"])
         if result.get("status") != "ok" or verdict not in DEFAULT_POSITION:
-            reasons.append({"source": source, "status": result.get("status"), "verdict": verdict, "weight": 0.0, "reason": "no usable verdict"})
+            reasons.append(
+                {"source": source, "status": result.get("status"), "verdict": verdict, "weight": 0.0, "reason": "no usable verdict"}
+            )
             continue
         score = result.get("score")
         confidence = score / 100 if isinstance(score, int) and verdict != "harmless" else DEFAULT_CONFIDENCE[verdict]

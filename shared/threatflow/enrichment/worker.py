@@ -1,11 +1,11 @@
 """One task for one source: cache, single flight, quota, call.
 
-    cache hit (Redis, then PostgreSQL)          -> the cached result, no call
-    another task holds the (source, IoC) flight -> wait for its result, no call
-    no quota token / source cooling down        -> defer (the task comes back later)
-    call                                        -> 429: cool the source down, defer
-                                                   401/403, errors, timeouts: a final result
-                                                   ok / not_found: cached for the source's TTL
+cache hit (Redis, then PostgreSQL)          -> the cached result, no call
+another task holds the (source, IoC) flight -> wait for its result, no call
+no quota token / source cooling down        -> defer (the task comes back later)
+call                                        -> 429: cool the source down, defer
+                                               401/403, errors, timeouts: a final result
+                                               ok / not_found: cached for the source's TTL
 """
 
 from __future__ import annotations
