@@ -167,7 +167,8 @@ def answer(api: FakeApi, routed: Routed, scenario: Scenario | None, state: Intel
     name_shown = scenario.name if scenario else "auto"
     name = name_shown
     if name == "auto":
-        name = "found" if is_known(routed.ioc_type, routed.value) else "not_found"
+        # Follow-up calls (Hybrid Analysis overview of a sha256 its search returned) answer as the search did.
+        name = "found" if routed.get("follow") or is_known(routed.ioc_type, routed.value) else "not_found"
     elif name == "slow":
         name = "found"
     if name in ("found", "not_found") and api.key_required and not routed.key:

@@ -368,7 +368,7 @@ def _with_calls(result: SourceResult, calls: int) -> SourceResult:
 
 def _redact(result: SourceResult, api_key: str | None) -> SourceResult:
     """An upstream message must never carry the key into logs or storage."""
-    if api_key and api_key in result.detail:
+    if api_key and len(api_key) >= 6 and api_key in result.detail:
         return replace(result, detail=result.detail.replace(api_key, "***"))
     return result
 
