@@ -81,7 +81,9 @@ def session() -> Iterator[requests.Session]:
         yield s
 
 
-def lookup(fake: FakeIntel, session: requests.Session, source: str, ioc_type: str, *, key: str | None = KEY, timeout: float = 5.0) -> SourceResult:
+def lookup(
+    fake: FakeIntel, session: requests.Session, source: str, ioc_type: str, *, key: str | None = KEY, timeout: float = 5.0
+) -> SourceResult:
     return client.lookup(source, ioc_type, VALUES[ioc_type], session=session, api_key=key, timeout=timeout, base_url=fake.url(source))
 
 
@@ -238,7 +240,9 @@ def test_connection_refused_is_a_retryable_upstream_error(session: requests.Sess
 
 
 def test_unsupported_type_is_refused_without_a_call(fake: FakeIntel, session: requests.Session) -> None:
-    result = client.lookup("greynoise", "sha256", VALUES["sha256"], session=session, api_key=KEY, timeout=1.0, base_url=fake.url("greynoise"))
+    result = client.lookup(
+        "greynoise", "sha256", VALUES["sha256"], session=session, api_key=KEY, timeout=1.0, base_url=fake.url("greynoise")
+    )
     assert result.status is ResultStatus.BAD_REQUEST and result.calls == 0
     assert fake.call_count("greynoise") == 0
 
