@@ -131,6 +131,16 @@ class IntelState:
                 return scenario
         return None
 
+    def peek(self, source: str) -> Scenario | None:
+        """The source-wide scenario without consuming a `count` (health probes are not lookups)."""
+        with self._lock:
+            scenario = self.scenarios.get((source, None))
+            return None if scenario is None or scenario.expired(time.monotonic()) else scenario
+
+    def health_probe(self, source: str) -> None:
+        with self._lock:
+            self.health_calls[source] += 1
+
     def record(self, call: Call) -> None:
         with self._lock:
             self.by_source[call.source] += 1
@@ -229,8 +239,8 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         if self.command == "HEAD":
             # Health probes: not a lookup, never counted as one, never metered by the real APIs.
-            state.health_calls[api.name] += 1
-            scenario = state.pick(api.name, None)
+            state.health_probe(api.name)
+            scenario = state.peek(api.name)
             status = 503 if scenario and scenario.name == "server_error" else 200
             return self._send(Response(status, b"", [("Content-Type", "application/json")]), head=True)
         req = Req(method=self.command, path=path, raw_query=split.query, query=parse_qs(split.query, keep_blank_values=True),

@@ -400,3 +400,13 @@ def test_source_result_round_trips() -> None:
     parsed = abuseipdb.parse(reply("ipv4", abuse(abuseConfidenceScore=90, totalReports=2, lastReportedAt="2024-06-01T00:00:00+00:00")))
     result = SourceResult("abuseipdb", parsed.status, parsed.verdict, parsed.score, parsed.evidence, None, datetime.now(UTC))
     assert SourceResult.from_json(result.to_json()) == result
+
+
+def test_free_tiers_seed_valid_manifest_quotas() -> None:
+    from threatflow.enrichment.sources import REGISTRY
+
+    seeds = {name: source.free_tier.manifest_quota() for name, source in REGISTRY.items()}
+    assert seeds["virustotal"] == {"per_minute": 4, "per_day": 500}
+    assert seeds["abuseipdb"] == {"per_minute": 60, "per_day": 1000}
+    assert seeds["hybrid_analysis"] == {"per_minute": 200}
+    assert all(q["per_minute"] >= 1 and q.get("per_day", 1) >= 1 for q in seeds.values())

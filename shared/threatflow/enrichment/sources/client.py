@@ -101,7 +101,7 @@ def lookup(
             source=src.name,
             status=parsed.status,
             verdict=parsed.verdict,
-            score=parsed.score,
+            score=None if parsed.score is None else max(0, min(100, int(parsed.score))),
             evidence=parsed.evidence,
             retry_after=None,
             fetched_at=_now(),
@@ -219,7 +219,7 @@ def _call(
             None, result=_failure(src, ResultStatus.UPSTREAM_ERROR, None, f"connection failed: {type(exc).__name__}", retryable=True)
         )
     try:
-        raw = _read(response)
+        raw = _read(response, deadline=time.monotonic() + timeout)
     except requests.Timeout:
         return _Outcome(None, result=_failure(src, ResultStatus.TIMEOUT, response.status_code, "body not received in time", retryable=True))
     except (requests.RequestException, _TooLarge) as exc:
@@ -257,13 +257,16 @@ class _TooLarge(Exception):
     pass
 
 
-def _read(response: requests.Response) -> bytes:
+def _read(response: requests.Response, *, deadline: float) -> bytes:
+    """The body, bounded in size and in total time (a server dripping bytes must not hold the task forever)."""
     chunks: list[bytes] = []
     size = 0
     for chunk in response.iter_content(chunk_size=65536):
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             raise _TooLarge(f"response larger than {MAX_BODY_BYTES} bytes")
+        if time.monotonic() > deadline:
+            raise requests.Timeout("body not received in time")
         chunks.append(chunk)
     return b"".join(chunks)
 
