@@ -250,3 +250,10 @@ def test_unsupported_type_is_refused_without_a_call(fake: FakeIntel, session: re
 def test_dependencies_are_required_keywords() -> None:
     with pytest.raises(TypeError):
         client.lookup("virustotal", "ipv4", "1.2.3.4")  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("value", ["", "http://x.example/" + "a" * 5000, "evil.example\r\nX-Injected: 1"])
+def test_unreasonable_values_are_refused_without_a_call(fake: FakeIntel, session: requests.Session, value: str) -> None:
+    result = client.lookup("otx", "domain", value, session=session, api_key=KEY, timeout=1.0, base_url=fake.url("otx"))
+    assert result.status is ResultStatus.BAD_REQUEST and result.calls == 0
+    assert fake.call_count("otx") == 0

@@ -150,6 +150,10 @@ class IntelState:
             if len(self.calls) > CALL_LOG_LIMIT:
                 del self.calls[: len(self.calls) - CALL_LOG_LIMIT]
 
+    def calls_for(self, source: str | None = None, value: str | None = None) -> list[Call]:
+        with self._lock:
+            return [c for c in self.calls if (source is None or c.source == source) and (value is None or c.value == value)]
+
     def count(self, source: str | None = None, value: str | None = None) -> int:
         with self._lock:
             if source is None:
@@ -345,8 +349,7 @@ class FakeIntel:
         self.state.reset()
 
     def calls(self, source: str | None = None, value: str | None = None) -> list[Call]:
-        with self.state._lock:
-            return [c for c in self.state.calls if (source is None or c.source == source) and (value is None or c.value == value)]
+        return self.state.calls_for(source, value)
 
     def call_count(self, source: str | None = None, value: str | None = None) -> int:
         return self.state.count(source, value)

@@ -39,6 +39,8 @@ from threatflow.enrichment.sources.base import Parsed, Reply, Request, Source, a
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
 """Bodies larger than this are refused (AbuseIPDB verbose can list 10,000 reports)."""
+MAX_VALUE_CHARS = 4096
+"""Longer IoC values are refused before any call (URLs are the longest IoCs; 4 KB is beyond any real one)."""
 USER_AGENT = "ThreatFlow/0.1"
 
 
@@ -65,6 +67,8 @@ def lookup(
     request = src.requests.get(ioc_type)
     if request is None:
         return _refused(src, ResultStatus.BAD_REQUEST, f"{src.name} cannot look up type {ioc_type!r}")
+    if not value or len(value) > MAX_VALUE_CHARS or any(c in value for c in "\r\n\x00"):
+        return _refused(src, ResultStatus.BAD_REQUEST, f"value must be 1..{MAX_VALUE_CHARS} characters without line breaks")
     if src.auth_header and src.key_required and not api_key:
         return _refused(src, ResultStatus.AUTH_ERROR, f"no API key configured for {src.name}")
     root = (base_url or src.base_url).rstrip("/")
