@@ -7,6 +7,7 @@ score = max(confidence_level); `no_result` (singular; `data` is then a string or
 from __future__ import annotations
 
 from threatflow.enrichment.model import Evidence, Verdict
+from threatflow.enrichment.sources.abusech import query_status
 from threatflow.enrichment.sources.base import (
     FreeTier,
     Parsed,
@@ -22,7 +23,6 @@ from threatflow.enrichment.sources.base import (
     not_found,
     strings,
 )
-from threatflow.enrichment.sources.urlhaus import query_status
 
 _SEARCH = Request("POST", "/", json={"query": "search_ioc", "search_term": "{value}"})
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from threatflow.enrichment.model import Evidence, ResultStatus, Verdict
+from threatflow.enrichment.model import Evidence, Verdict
+from threatflow.enrichment.sources.abusech import query_status
 from threatflow.enrichment.sources.base import (
     FreeTier,
     Parsed,
     Reply,
     Request,
-    ShapeError,
     Source,
     as_dict,
     as_int,
@@ -25,29 +25,10 @@ from threatflow.enrichment.sources.base import (
     as_str,
     as_time,
     bounded_summary,
-    not_found,
     strings,
 )
 
 _HOST = Request("POST", "/host/", form={"host": "{value}"})
-_AUTH_ERRORS = ("unknown_auth_key", "auth_key_required", "invalid_auth_key")
-
-
-def query_status(body: Any) -> tuple[str, Parsed | None]:
-    """abuse.ch's application status; a Parsed for anything other than a hit. Shared by URLhaus, ThreatFox, MalwareBazaar."""
-    data = as_dict(body)
-    status = as_str(data.get("query_status"))
-    if status is None:
-        raise ShapeError("query_status missing")
-    if status == "ok":
-        return status, None
-    if status in ("no_results", "no_result", "hash_not_found"):
-        return status, not_found(status)
-    if status in _AUTH_ERRORS or "auth" in status:
-        return status, Parsed(Verdict.UNKNOWN, None, status=ResultStatus.AUTH_ERROR, detail=status)
-    if status.startswith(("invalid_", "illegal_", "no_")) or status in ("http_post_expected", "unknown_query"):
-        return status, Parsed(Verdict.UNKNOWN, None, status=ResultStatus.BAD_REQUEST, detail=status)
-    return status, Parsed(Verdict.UNKNOWN, None, status=ResultStatus.UPSTREAM_ERROR, detail=f"query_status {status}")
 
 
 def parse(reply: Reply) -> Parsed:
