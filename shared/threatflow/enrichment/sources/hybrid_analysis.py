@@ -9,6 +9,8 @@ Headers: `api-key`, `accept: application/json` and a non-empty User-Agent ("Falc
 Verdict (reference §4.4, recommended rule, Cortex's mapping): the worst verdict over the reports and overview:
 malicious -> malicious, suspicious -> suspicious, whitelisted -> harmless, "no specific threat" -> unknown;
 score = max(threat_score). "Requested hash not found" (404), an empty search or `count: 0` -> not_found.
+Deviation: Cortex only compares reports started within an hour of each other; we take the worst over every report
+the search returns (a sample once seen malicious stays so), and a whitelisted-only answer scores 0.
 """
 
 from __future__ import annotations
