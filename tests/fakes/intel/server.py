@@ -131,6 +131,16 @@ class IntelState:
                 return scenario
         return None
 
+    def peek(self, source: str) -> Scenario | None:
+        """The source-wide scenario without consuming a `count` (health probes are not lookups)."""
+        with self._lock:
+            scenario = self.scenarios.get((source, None))
+            return None if scenario is None or scenario.expired(time.monotonic()) else scenario
+
+    def health_probe(self, source: str) -> None:
+        with self._lock:
+            self.health_calls[source] += 1
+
     def record(self, call: Call) -> None:
         with self._lock:
             self.by_source[call.source] += 1
@@ -139,6 +149,10 @@ class IntelState:
             self.calls.append(call)
             if len(self.calls) > CALL_LOG_LIMIT:
                 del self.calls[: len(self.calls) - CALL_LOG_LIMIT]
+
+    def calls_for(self, source: str | None = None, value: str | None = None) -> list[Call]:
+        with self._lock:
+            return [c for c in self.calls if (source is None or c.source == source) and (value is None or c.value == value)]
 
     def count(self, source: str | None = None, value: str | None = None) -> int:
         with self._lock:
@@ -167,7 +181,8 @@ def answer(api: FakeApi, routed: Routed, scenario: Scenario | None, state: Intel
     name_shown = scenario.name if scenario else "auto"
     name = name_shown
     if name == "auto":
-        name = "found" if is_known(routed.ioc_type, routed.value) else "not_found"
+        # Follow-up calls (Hybrid Analysis overview of a sha256 its search returned) answer as the search did.
+        name = "found" if routed.get("follow") or is_known(routed.ioc_type, routed.value) else "not_found"
     elif name == "slow":
         name = "found"
     if name in ("found", "not_found") and api.key_required and not routed.key:
@@ -228,8 +243,8 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k.lower(): v for k, v in self.headers.items()}
         if self.command == "HEAD":
             # Health probes: not a lookup, never counted as one, never metered by the real APIs.
-            state.health_calls[api.name] += 1
-            scenario = state.pick(api.name, None)
+            state.health_probe(api.name)
+            scenario = state.peek(api.name)
             status = 503 if scenario and scenario.name == "server_error" else 200
             return self._send(Response(status, b"", [("Content-Type", "application/json")]), head=True)
         req = Req(method=self.command, path=path, raw_query=split.query, query=parse_qs(split.query, keep_blank_values=True),
@@ -334,8 +349,7 @@ class FakeIntel:
         self.state.reset()
 
     def calls(self, source: str | None = None, value: str | None = None) -> list[Call]:
-        with self.state._lock:
-            return [c for c in self.state.calls if (source is None or c.source == source) and (value is None or c.value == value)]
+        return self.state.calls_for(source, value)
 
     def call_count(self, source: str | None = None, value: str | None = None) -> int:
         return self.state.count(source, value)

@@ -13,10 +13,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from threatflow.enrichment.sources import abuseipdb, virustotal
+from threatflow.enrichment.sources import (
+    abuseipdb,
+    greynoise,
+    hybrid_analysis,
+    internetdb,
+    malwarebazaar,
+    otx,
+    threatfox,
+    urlhaus,
+    virustotal,
+)
 from threatflow.enrichment.sources.base import FreeTier, Parsed, Reply, Request, ShapeError, Source
 
-_MODULES = (virustotal, abuseipdb)
+_MODULES = (virustotal, abuseipdb, otx, hybrid_analysis, urlhaus, threatfox, malwarebazaar, internetdb, greynoise)
 
 REGISTRY: Mapping[str, Source] = MappingProxyType({module.SOURCE.name: module.SOURCE for module in _MODULES})
 

@@ -73,6 +73,20 @@ class FreeTier:
     per_day: int | None = None
     note: str = ""
 
+    def manifest_quota(self) -> dict[str, int]:
+        """The seed for a manifest `sources.<name>.quota` ({per_minute, per_day?}). Where no per-minute limit is
+        published, the hourly one spread over the minute, else a courteous 60/minute."""
+        if self.per_minute is not None:
+            per_minute = self.per_minute
+        elif self.per_hour is not None:
+            per_minute = max(1, -(-self.per_hour // 60))
+        else:
+            per_minute = 60
+        quota = {"per_minute": per_minute}
+        if self.per_day is not None:
+            quota["per_day"] = self.per_day
+        return quota
+
 
 @dataclass(frozen=True, slots=True)
 class Reply:

@@ -39,6 +39,8 @@ from threatflow.enrichment.sources.base import Parsed, Reply, Request, Source, a
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
 """Bodies larger than this are refused (AbuseIPDB verbose can list 10,000 reports)."""
+MAX_VALUE_CHARS = 4096
+"""Longer IoC values are refused before any call (URLs are the longest IoCs; 4 KB is beyond any real one)."""
 USER_AGENT = "ThreatFlow/0.1"
 
 
@@ -65,6 +67,8 @@ def lookup(
     request = src.requests.get(ioc_type)
     if request is None:
         return _refused(src, ResultStatus.BAD_REQUEST, f"{src.name} cannot look up type {ioc_type!r}")
+    if not value or len(value) > MAX_VALUE_CHARS or any(c in value for c in "\r\n\x00"):
+        return _refused(src, ResultStatus.BAD_REQUEST, f"value must be 1..{MAX_VALUE_CHARS} characters without line breaks")
     if src.auth_header and src.key_required and not api_key:
         return _refused(src, ResultStatus.AUTH_ERROR, f"no API key configured for {src.name}")
     root = (base_url or src.base_url).rstrip("/")
@@ -101,7 +105,7 @@ def lookup(
             source=src.name,
             status=parsed.status,
             verdict=parsed.verdict,
-            score=parsed.score,
+            score=None if parsed.score is None else max(0, min(100, int(parsed.score))),
             evidence=parsed.evidence,
             retry_after=None,
             fetched_at=_now(),
@@ -219,7 +223,7 @@ def _call(
             None, result=_failure(src, ResultStatus.UPSTREAM_ERROR, None, f"connection failed: {type(exc).__name__}", retryable=True)
         )
     try:
-        raw = _read(response)
+        raw = _read(response, deadline=time.monotonic() + timeout)
     except requests.Timeout:
         return _Outcome(None, result=_failure(src, ResultStatus.TIMEOUT, response.status_code, "body not received in time", retryable=True))
     except (requests.RequestException, _TooLarge) as exc:
@@ -257,13 +261,16 @@ class _TooLarge(Exception):
     pass
 
 
-def _read(response: requests.Response) -> bytes:
+def _read(response: requests.Response, *, deadline: float) -> bytes:
+    """The body, bounded in size and in total time (a server dripping bytes must not hold the task forever)."""
     chunks: list[bytes] = []
     size = 0
     for chunk in response.iter_content(chunk_size=65536):
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             raise _TooLarge(f"response larger than {MAX_BODY_BYTES} bytes")
+        if time.monotonic() > deadline:
+            raise requests.Timeout("body not received in time")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -368,7 +375,7 @@ def _with_calls(result: SourceResult, calls: int) -> SourceResult:
 
 def _redact(result: SourceResult, api_key: str | None) -> SourceResult:
     """An upstream message must never carry the key into logs or storage."""
-    if api_key and api_key in result.detail:
+    if api_key and len(api_key) >= 6 and api_key in result.detail:
         return replace(result, detail=result.detail.replace(api_key, "***"))
     return result
 
