@@ -218,3 +218,50 @@ def test_bad_input_is_a_4xx_naming_the_field(pipeline):
     assert api.get("/api/v1/enrichment/runs/nope", headers=headers).status_code == 404
     sources = api.get("/api/v1/enrichment/sources", headers=headers).get_json()["sources"]
     assert {s["name"] for s in sources} >= {"virustotal", "abuseipdb", "internetdb", "greynoise"}
+
+
+def test_batch_answers_cached_iocs_at_once_and_reports_progress(pipeline):
+    api, headers = pipeline["api"], pipeline["headers"]
+    wait_run(pipeline, enrich(pipeline, "178.128.78.235")["run_id"])
+    response = api.post("/api/v1/enrichment/batch", json={"iocs": ["178.128.78.235", "gaga.com", "not an ioc"]}, headers=headers)
+    assert response.status_code == 202, response.get_json()
+    body = response.get_json()
+    cached, fresh, bad = body["runs"]
+    assert cached["status"] == "done" and cached["cached"] is True
+    assert fresh["status"] == "running" and "error" in bad and bad["index"] == 2
+    assert wait_run(pipeline, cached["run_id"])["sources"]
+    deadline = time.monotonic() + 60
+    progress: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        progress = api.get(f"/api/v1/enrichment/batches/{body['batch_id']}", headers=headers).get_json()
+        if progress["complete"]:
+            break
+        time.sleep(0.3)
+    assert progress["complete"] and progress["done"] == 2 and progress["accepted"] == 2 and progress["total"] == 3
+
+
+def test_detect_intel_route_answers_from_abuseipdb_within_quota_and_cache(pipeline):
+    from werkzeug.test import EnvironBuilder
+    from werkzeug.wrappers import Request as WerkzeugRequest
+
+    from threatflow.enrichment.intel import add_detect_intel_routes
+    from threatflow.platform.web import Router
+    from threatflow.runtime import Runtime
+
+    runtime = Runtime.from_env()
+    router = Router("detect-test", runtime=runtime)
+    add_detect_intel_routes(router, runtime)
+
+    def get(path: str) -> tuple[int, Any]:
+        request = WerkzeugRequest(EnvironBuilder(path=path, headers=pipeline["headers"]).get_environ())
+        response = router.handle(request)
+        return response.status_code, json.loads(response.get_data())
+
+    status, body = get("/api/v1/detect/intel/118.25.6.39")
+    assert status == 200 and body["source"] == "abuseipdb" and body["cached"] is False, body
+    status, again = get("/api/v1/detect/intel/118.25.6.39")
+    assert status == 200 and again["cached"] is True
+    assert pipeline["fake"].call_count("abuseipdb", "118.25.6.39") == 1
+    status, bad = get("/api/v1/detect/intel/not-an-ip")
+    assert status == 400 and bad["error"]["details"]["field"] == "ip"
+    assert get("/api/v1/detect/intel/10.0.0.1")[0] == 400

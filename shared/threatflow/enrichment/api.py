@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import msgspec
 
 from threatflow.auth.model import Role
-from threatflow.enrichment import handlers, repository, runs
+from threatflow.enrichment import dispatch, handlers, repository, runs, verdict
 from threatflow.enrichment.tasks import TOPIC_TASKS, EnrichRequest
 from threatflow.platform.errors import NotFoundError, PayloadTooLargeError, ValidationError
 from threatflow.platform.web import Request, Response, Router
@@ -84,7 +84,7 @@ def _check_sources(ctx: handlers.Enrichment, names: list[str], field: str) -> No
 def run_view(ctx: handlers.Enrichment, run_id: str) -> dict[str, Any]:
     run = runs.get_run(ctx.runtime.documents, run_id)
     if run is None:
-        raise NotFoundError(f"no enrichment run {run_id!r}")
+        return _cached_run_view(ctx, run_id)
     if run.get("status") == "running" and time.time() > float(run.get("deadline_at") or 0):
         run = handlers.finalize(ctx, run_id) or run  # the deadline passed: close with what answered
     with ctx.runtime.engine.connect() as conn:
@@ -104,6 +104,78 @@ def run_view(ctx: handlers.Enrichment, run_id: str) -> dict[str, Any]:
             r["source"]: {k: r[k] for k in ("status", "verdict", "score", "evidence", "cached", "fetched_at", "detail")} for r in results
         },
     }
+
+
+def _cached_run_view(ctx: handlers.Enrichment, run_id: str) -> dict[str, Any]:
+    """A run the batch answered from the cache has result rows and no run document."""
+    with ctx.runtime.engine.connect() as conn:
+        results = repository.run_results(conn, run_id)
+    if not results:
+        raise NotFoundError(f"no enrichment run {run_id!r}")
+    merged = verdict.merge(results, reliability=ctx.reliability(), now=ctx.now())
+    return {
+        "run_id": run_id,
+        "ioc_id": results[0]["ioc_id"],
+        "status": "done",
+        "verdict": merged.verdict,
+        "score": merged.score,
+        "expected": [r["source"] for r in results],
+        "skipped": {},
+        "timed_out": [],
+        "sources": {
+            r["source"]: {k: r[k] for k in ("status", "verdict", "score", "evidence", "cached", "fetched_at", "detail")} for r in results
+        },
+    }
+
+
+def _resolve_many(runtime: Runtime, items: list[EnrichIn]) -> list[dict[str, Any] | str]:
+    """Stored IoCs for many values in two statements (new ones are stored); an error string per bad item."""
+    from threatflow.iocs import service, warninglists
+    from threatflow.iocs.normalise import normalise
+    from threatflow.iocs.store import IocStore, get_many_by_value
+
+    keys: list[tuple[str, str] | str] = []
+    for index, item in enumerate(items):
+        try:
+            indicator = normalise(item.value, item.type)
+            keys.append((str(indicator.type), indicator.value))
+        except ValidationError as exc:
+            keys.append(f"iocs[{index}].value: {exc.message}")
+    wanted = sorted({k for k in keys if isinstance(k, tuple)})
+    with runtime.engine.connect() as conn:
+        found = get_many_by_value(conn, wanted)
+    missing = [k for k in wanted if k not in found]
+    if missing:
+        service.upsert_batch(
+            [service.IocIn(value=v, type=t, source="enrichment") for t, v in missing],
+            store=IocStore(runtime.engine),
+            now=runtime.clock.now(),
+            warninglists=warninglists.matcher_for(runtime),
+        )
+        with runtime.engine.connect() as conn:
+            found.update(get_many_by_value(conn, missing))
+    return [k if isinstance(k, str) else found.get(k, "the indicator could not be stored") for k in keys]
+
+
+def _all_cached(ctx: handlers.Enrichment, ioc: dict[str, Any], wanted: list[str]) -> list[Any] | None:
+    """Every applicable source's cached answer, or None when one is missing."""
+    chosen, _ = dispatch.select(
+        ctx.settings.enabled(),
+        ioc_type=str(ioc["type"]),
+        tlp=str(ioc.get("tlp") or "amber"),
+        warninglisted=bool(ioc.get("warninglists")),
+        force=False,
+        wanted=wanted,
+        usable_key=ctx.keys.usable,
+        implemented=ctx.reliability().keys(),
+    )
+    if not chosen:
+        return None
+    configs = [ctx.settings.sources[name] for name in chosen]
+    results = ctx.cache.get_many([(c, str(ioc["type"]), str(ioc["value"])) for c in configs])
+    if any(r is None for r in results):
+        return None
+    return results
 
 
 def build_router(runtime: Runtime) -> Router:
@@ -144,17 +216,44 @@ def build_router(runtime: Runtime) -> Router:
             raise ValidationError("iocs: give at least one IoC", field="iocs")
         _check_sources(ctx, body.sources, "sources")
         batch_id = uuid.uuid4().hex
-        items: list[dict[str, Any]] = []
-        for index, raw in enumerate(body.iocs):
-            item = EnrichIn(value=raw) if isinstance(raw, str) else raw
-            try:
-                items.append(
-                    start(item, force=body.force or item.force, sources=item.sources or body.sources, batch_id=batch_id, index=index)
-                )
-            except ValidationError as exc:
-                items.append({"index": index, "value": item.value, "error": exc.message})
-        runs.create_batch(runtime.documents, batch_id, {"batch_id": batch_id, "created_at": time.time(), "runs": items})
-        return Response({"batch_id": batch_id, "runs": items}, status=202)
+        items = [EnrichIn(value=raw) if isinstance(raw, str) else raw for raw in body.iocs]
+        resolved = _resolve_many(runtime, items)
+        out: list[dict[str, Any]] = []
+        fast_rows: list[dict[str, Any]] = []
+        for index, (item, ioc) in enumerate(zip(items, resolved, strict=True)):
+            if isinstance(ioc, str):
+                out.append({"index": index, "value": item.value, "error": ioc})
+                continue
+            force = body.force or item.force
+            wanted = item.sources or body.sources
+            cached = None if force else _all_cached(ctx, ioc, wanted)
+            run_id = uuid.uuid4().hex
+            base = {"run_id": run_id, "ioc_id": int(ioc["id"]), "type": ioc["type"], "value": ioc["value"]}
+            if cached is not None:
+                # Every applicable source has a fresh answer: the run is done without a message.
+                rows = [handlers.result_row(run_id, int(ioc["id"]), r, cached=True) for r in cached]
+                fast_rows += rows
+                merged = verdict.merge(rows, reliability=ctx.reliability(), now=runtime.clock.now())
+                out.append({**base, "status": "done", "cached": True, "verdict": merged.verdict, "score": merged.score})
+                continue
+            req = EnrichRequest(
+                run_id=run_id,
+                ioc_id=int(ioc["id"]),
+                ioc_type=str(ioc["type"]),
+                value=str(ioc["value"]),
+                tlp=str(ioc.get("tlp") or "amber"),
+                warninglists=tuple(ioc.get("warninglists") or ()),
+                force=force,
+                sources=tuple(wanted),
+                batch_id=batch_id,
+            )
+            handlers.request(ctx, req)
+            out.append({**base, "status": "running"})
+        if fast_rows:
+            with runtime.engine.begin() as conn:
+                repository.insert_results(conn, fast_rows)
+        runs.create_batch(runtime.documents, batch_id, {"batch_id": batch_id, "created_at": time.time(), "runs": out})
+        return Response({"batch_id": batch_id, "runs": out}, status=202)
 
     @router.route("GET", "/api/v1/enrichment/batches/{batch_id}", role=Role.READER)
     def get_batch(request: Request) -> dict[str, Any]:
@@ -166,6 +265,10 @@ def build_router(runtime: Runtime) -> Router:
         for item in doc.get("runs", []):
             if "run_id" not in item:
                 out.append({**item, "status": "rejected"})
+                continue
+            if item.get("cached"):
+                done += 1
+                out.append(item)
                 continue
             run = runs.get_run(runtime.documents, item["run_id"]) or {}
             status = "done" if run.get("status") == "done" else "running"

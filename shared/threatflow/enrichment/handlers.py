@@ -254,7 +254,7 @@ def defer(ctx: Enrichment, task: Task, seconds: float, reason: str) -> None:
     tf_logging.log(log, logging.INFO, f"deferred {seconds:.2f}s: {reason}", source=task.source, run_id=task.run_id)
 
 
-def _lookup(ctx: Enrichment, source: SourceConfig, task: Task, api_key: str | None) -> SourceResult:
+def lookup_source(ctx: Enrichment, source: SourceConfig, task: Task, api_key: str | None) -> SourceResult:
     from threatflow.enrichment.sources import client
 
     return client.lookup(
@@ -330,7 +330,7 @@ def process_task(ctx: Enrichment, message: events.Message, *, only_source: str |
         cache=ctx.cache,
         redis=ctx.redis,
         quota=ctx.quota,
-        call=lambda: _lookup(ctx, source, task, api_key),
+        call=lambda: lookup_source(ctx, source, task, api_key),
         now=ctx.now,
     )
     if outcome.defer_seconds is not None:
