@@ -265,3 +265,19 @@ def test_detect_intel_route_answers_from_abuseipdb_within_quota_and_cache(pipeli
     status, bad = get("/api/v1/detect/intel/not-an-ip")
     assert status == 400 and bad["error"]["details"]["field"] == "ip"
     assert get("/api/v1/detect/intel/10.0.0.1")[0] == 400
+
+
+def test_cli_enrich_values_and_a_file_prints_a_verdict_table(pipeline, tmp_path, monkeypatch, capsys):
+    from threatflow.cli.main import main
+
+    monkeypatch.setenv("THREATFLOW_TOKEN", pipeline["headers"]["Authorization"].split(" ", 1)[1])
+    listing = tmp_path / "iocs.txt"
+    listing.write_text("# a comment\ngaga.com\n185.220.101.1\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["enrich", "118.25.6.39", "--file", str(listing), "--url", pipeline["url"], "--timeout", "60"])
+    out, err = capsys.readouterr()
+    assert exited.value.code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["VERDICT", "SCORE", "TYPE", "VALUE"]
+    assert {line.split()[-1] for line in lines[1:]} == {"118.25.6.39", "gaga.com", "185.220.101.1"}
+    assert "3/3 runs done" in err and "0 rejected" in err
