@@ -47,3 +47,10 @@ CREATE TABLE IF NOT EXISTS ioc_enrichment (
     reasons     jsonb       NOT NULL DEFAULT '[]',
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- Batches: which run answers which IoC (runs answered from the cache carry their verdict).
+CREATE TABLE IF NOT EXISTS enrichment_batches (
+    batch_id    text        PRIMARY KEY,
+    runs        jsonb       NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);

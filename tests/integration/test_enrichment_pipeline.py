@@ -281,3 +281,27 @@ def test_cli_enrich_values_and_a_file_prints_a_verdict_table(pipeline, tmp_path,
     assert lines[0].split() == ["VERDICT", "SCORE", "TYPE", "VALUE"]
     assert {line.split()[-1] for line in lines[1:]} == {"118.25.6.39", "gaga.com", "185.220.101.1"}
     assert "3/3 runs done" in err and "0 rejected" in err
+
+
+def test_storing_an_ioc_auto_enriches_it_and_401_marks_the_source_unhealthy(pipeline):
+    pipeline["fake"].set_scenario("abuseipdb", "unauthorized")
+    stored = pipeline["iocs"].post("/api/v1/iocs/batch", json={"iocs": [{"value": "196.218.123.202"}]}, headers=pipeline["headers"])
+    assert stored.status_code == 200, stored.get_json()
+    ioc_id = stored.get_json()["results"][0]["id"]
+    deadline = time.monotonic() + 60
+    latest: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        latest = pipeline["iocs"].get(f"/api/v1/iocs/{ioc_id}/enrichment", headers=pipeline["headers"]).get_json()
+        if latest["verdict"] is not None:
+            break
+        time.sleep(0.3)
+    assert latest["verdict"] is not None, latest
+    # ipv4 is auto-enriched by abuseipdb, otx, threatfox and internetdb (manifest auto_enrich), not by virustotal
+    assert {"abuseipdb", "internetdb"} <= set(latest["sources"]) and "virustotal" not in latest["sources"]
+    assert latest["sources"]["abuseipdb"]["status"] == "auth_error"
+    sources = {s["name"]: s for s in pipeline["api"].get("/api/v1/enrichment/sources", headers=pipeline["headers"]).get_json()["sources"]}
+    assert sources["abuseipdb"]["health"] == "auth_error" and sources["abuseipdb"]["key_present"] is True
+    assert sources["internetdb"]["keyless"] is True and sources["virustotal"]["quota"]["per_day"] == 500
+    # re-storing the same IoC is a re-sighting, not a new enrichment
+    again = pipeline["iocs"].post("/api/v1/iocs/batch", json={"iocs": [{"value": "196.218.123.202"}]}, headers=pipeline["headers"])
+    assert again.get_json()["results"][0]["status"] == "updated"

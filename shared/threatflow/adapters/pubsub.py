@@ -40,6 +40,17 @@ class PubSubPublisher:
         except (exceptions.GoogleAPICallError, TimeoutError) as exc:
             raise DependencyError(f"Pub/Sub publish to {topic!r} failed: {exc}") from exc
 
+    def publish_many(self, topic: str, messages: list[tuple[bytes, Mapping[str, str]]]) -> list[str]:
+        """Publish all at once (the client batches them) and wait for every message id."""
+        from google.api_core import exceptions
+
+        try:
+            path = self.topic_path(topic)
+            futures = [self._client.publish(path, data, **dict(attributes)) for data, attributes in messages]
+            return [str(f.result(timeout=PUBLISH_TIMEOUT_SECONDS)) for f in futures]
+        except (exceptions.GoogleAPICallError, TimeoutError) as exc:
+            raise DependencyError(f"Pub/Sub publish to {topic!r} failed: {exc}") from exc
+
     def ping(self) -> None:
         from google.api_core import exceptions
 

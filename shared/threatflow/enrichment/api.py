@@ -22,7 +22,8 @@ import msgspec
 
 from threatflow.auth.model import Role
 from threatflow.enrichment import dispatch, handlers, repository, runs, verdict
-from threatflow.enrichment.tasks import TOPIC_TASKS, EnrichRequest
+from threatflow.enrichment.tasks import TOPIC_REQUESTED, TOPIC_TASKS, EnrichRequest
+from threatflow.platform import events
 from threatflow.platform.errors import NotFoundError, PayloadTooLargeError, ValidationError
 from threatflow.platform.web import Request, Response, Router
 from threatflow.runtime import Runtime
@@ -157,25 +158,34 @@ def _resolve_many(runtime: Runtime, items: list[EnrichIn]) -> list[dict[str, Any
     return [k if isinstance(k, str) else found.get(k, "the indicator could not be stored") for k in keys]
 
 
-def _all_cached(ctx: handlers.Enrichment, ioc: dict[str, Any], wanted: list[str]) -> list[Any] | None:
-    """Every applicable source's cached answer, or None when one is missing."""
-    chosen, _ = dispatch.select(
-        ctx.settings.enabled(),
-        ioc_type=str(ioc["type"]),
-        tlp=str(ioc.get("tlp") or "amber"),
-        warninglisted=bool(ioc.get("warninglists")),
-        force=False,
-        wanted=wanted,
-        usable_key=ctx.keys.usable,
-        implemented=ctx.reliability().keys(),
-    )
-    if not chosen:
-        return None
-    configs = [ctx.settings.sources[name] for name in chosen]
-    results = ctx.cache.get_many([(c, str(ioc["type"]), str(ioc["value"])) for c in configs])
-    if any(r is None for r in results):
-        return None
-    return results
+def _all_cached(ctx: handlers.Enrichment, wanted: list[tuple[dict[str, Any], list[str]]]) -> dict[int, list[Any]]:
+    """ioc_id -> every applicable source's cached answer, for the IoCs whose every source is cached (one MGET)."""
+    implemented = ctx.reliability().keys()
+    enabled = ctx.settings.enabled()
+    plan: list[tuple[int, list[Any]]] = []
+    pairs: list[tuple[Any, str, str]] = []
+    for ioc, sources in wanted:
+        chosen, _ = dispatch.select(
+            enabled,
+            ioc_type=str(ioc["type"]),
+            tlp=str(ioc.get("tlp") or "amber"),
+            warninglisted=bool(ioc.get("warninglists")),
+            force=False,
+            wanted=sources,
+            usable_key=ctx.keys.usable,
+            implemented=implemented,
+        )
+        if chosen:
+            configs = [ctx.settings.sources[name] for name in chosen]
+            plan.append((int(ioc["id"]), configs))
+            pairs += [(c, str(ioc["type"]), str(ioc["value"])) for c in configs]
+    results = iter(ctx.cache.get_many(pairs))
+    out: dict[int, list[Any]] = {}
+    for ioc_id, configs in plan:
+        answers = [next(results) for _ in configs]
+        if all(a is not None for a in answers):
+            out[ioc_id] = answers
+    return out
 
 
 def build_router(runtime: Runtime) -> Router:
@@ -218,46 +228,56 @@ def build_router(runtime: Runtime) -> Router:
         batch_id = uuid.uuid4().hex
         items = [EnrichIn(value=raw) if isinstance(raw, str) else raw for raw in body.iocs]
         resolved = _resolve_many(runtime, items)
+        valid = [(i, item, ioc) for i, (item, ioc) in enumerate(zip(items, resolved, strict=True)) if not isinstance(ioc, str)]
+        cached = _all_cached(ctx, [(ioc, item.sources or body.sources) for _, item, ioc in valid if not (body.force or item.force)])
         out: list[dict[str, Any]] = []
         fast_rows: list[dict[str, Any]] = []
+        requests: list[EnrichRequest] = []
+        reliability = ctx.reliability()
+        now = runtime.clock.now()
         for index, (item, ioc) in enumerate(zip(items, resolved, strict=True)):
             if isinstance(ioc, str):
                 out.append({"index": index, "value": item.value, "error": ioc})
                 continue
             force = body.force or item.force
-            wanted = item.sources or body.sources
-            cached = None if force else _all_cached(ctx, ioc, wanted)
             run_id = uuid.uuid4().hex
             base = {"run_id": run_id, "ioc_id": int(ioc["id"]), "type": ioc["type"], "value": ioc["value"]}
-            if cached is not None:
+            answers = None if force else cached.get(int(ioc["id"]))
+            if answers is not None:
                 # Every applicable source has a fresh answer: the run is done without a message.
-                rows = [handlers.result_row(run_id, int(ioc["id"]), r, cached=True) for r in cached]
+                rows = [handlers.result_row(run_id, int(ioc["id"]), r, cached=True) for r in answers]
                 fast_rows += rows
-                merged = verdict.merge(rows, reliability=ctx.reliability(), now=runtime.clock.now())
+                merged = verdict.merge(rows, reliability=reliability, now=now)
                 out.append({**base, "status": "done", "cached": True, "verdict": merged.verdict, "score": merged.score})
                 continue
-            req = EnrichRequest(
-                run_id=run_id,
-                ioc_id=int(ioc["id"]),
-                ioc_type=str(ioc["type"]),
-                value=str(ioc["value"]),
-                tlp=str(ioc.get("tlp") or "amber"),
-                warninglists=tuple(ioc.get("warninglists") or ()),
-                force=force,
-                sources=tuple(wanted),
-                batch_id=batch_id,
+            requests.append(
+                EnrichRequest(
+                    run_id=run_id,
+                    ioc_id=int(ioc["id"]),
+                    ioc_type=str(ioc["type"]),
+                    value=str(ioc["value"]),
+                    tlp=str(ioc.get("tlp") or "amber"),
+                    warninglists=tuple(ioc.get("warninglists") or ()),
+                    force=force,
+                    sources=tuple(item.sources or body.sources),
+                    origin="batch",
+                    batch_id=batch_id,
+                )
             )
-            handlers.request(ctx, req)
             out.append({**base, "status": "running"})
-        if fast_rows:
-            with runtime.engine.begin() as conn:
-                repository.insert_results(conn, fast_rows)
-        runs.create_batch(runtime.documents, batch_id, {"batch_id": batch_id, "created_at": time.time(), "runs": out})
+        with runtime.engine.begin() as conn:
+            repository.insert_results(conn, fast_rows)
+            repository.put_batch(conn, batch_id, out)
+        if requests:  # the dispatcher records each run; published together, not one by one
+            runtime.publisher.publish_many(
+                TOPIC_REQUESTED, [(events.encode(r.to_json()), {"run_id": r.run_id, "batch_id": batch_id}) for r in requests]
+            )
         return Response({"batch_id": batch_id, "runs": out}, status=202)
 
     @router.route("GET", "/api/v1/enrichment/batches/{batch_id}", role=Role.READER)
     def get_batch(request: Request) -> dict[str, Any]:
-        doc = runs.get_batch(runtime.documents, request.path_params["batch_id"])
+        with runtime.engine.connect() as conn:
+            doc = repository.get_batch(conn, request.path_params["batch_id"])
         if doc is None:
             raise NotFoundError(f"no enrichment batch {request.path_params['batch_id']!r}")
         out = []

@@ -155,3 +155,15 @@ def evidence_names(conn: Connection, ioc_id: int) -> list[str]:
     """Family, actor and tag values named by sources for one IoC (for threat correlation)."""
     rows = conn.execute(_text("SELECT DISTINCT value FROM ioc_evidence WHERE ioc_id = :i"), {"i": ioc_id}).all()
     return [str(r[0]) for r in rows]
+
+
+def put_batch(conn: Connection, batch_id: str, runs: Sequence[Mapping[str, Any]]) -> None:
+    conn.execute(
+        _text("INSERT INTO enrichment_batches (batch_id, runs) VALUES (:b, CAST(:r AS jsonb)) ON CONFLICT (batch_id) DO NOTHING"),
+        {"b": batch_id, "r": json.dumps(list(runs), default=str)},
+    )
+
+
+def get_batch(conn: Connection, batch_id: str) -> dict[str, Any] | None:
+    row = conn.execute(_text("SELECT runs, created_at FROM enrichment_batches WHERE batch_id = :b"), {"b": batch_id}).first()
+    return None if row is None else {"batch_id": batch_id, "runs": row[0], "created_at": row[1].isoformat()}

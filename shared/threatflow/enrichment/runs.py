@@ -14,7 +14,6 @@ from typing import Any
 from threatflow.ports import DocumentStore
 
 RUNS = "enrichment_runs"
-BATCHES = "enrichment_batches"
 DEAD_LETTERS = "enrichment_dead_letters"
 
 
@@ -41,11 +40,3 @@ def close_run(
         {"status": "done", "verdict": verdict, "score": score, "closed_at": closed_at, "timed_out": list(timed_out)},
         merge=True,
     )
-
-
-def create_batch(docs: DocumentStore, batch_id: str, data: Mapping[str, Any]) -> None:
-    docs.set(BATCHES, batch_id, dict(data))
-
-
-def get_batch(docs: DocumentStore, batch_id: str) -> dict[str, Any] | None:
-    return docs.get(BATCHES, batch_id)
