@@ -158,23 +158,43 @@ def _resolve_many(runtime: Runtime, items: list[EnrichIn]) -> list[dict[str, Any
     return [k if isinstance(k, str) else found.get(k, "the indicator could not be stored") for k in keys]
 
 
+def _cached_row(run_id: str, ioc_id: int, cached: dict[str, Any]) -> dict[str, Any]:
+    """A result row from a cached SourceResult dict (what handlers.result_row builds from the record)."""
+    return {
+        "run_id": run_id,
+        "ioc_id": ioc_id,
+        "source": cached["source"],
+        "status": cached["status"],
+        "verdict": cached.get("verdict") or "unknown",
+        "score": cached.get("score"),
+        "evidence": cached.get("evidence") or {},
+        "detail": str(cached.get("detail") or "")[:500],
+        "cached": True,
+        "fetched_at": cached["fetched_at"],
+    }
+
+
 def _all_cached(ctx: handlers.Enrichment, wanted: list[tuple[dict[str, Any], list[str]]]) -> dict[int, list[Any]]:
     """ioc_id -> every applicable source's cached answer, for the IoCs whose every source is cached (one MGET)."""
     implemented = ctx.reliability().keys()
     enabled = ctx.settings.enabled()
     plan: list[tuple[int, list[Any]]] = []
     pairs: list[tuple[Any, str, str]] = []
+    selections: dict[tuple[Any, ...], list[str]] = {}
     for ioc, sources in wanted:
-        chosen, _ = dispatch.select(
-            enabled,
-            ioc_type=str(ioc["type"]),
-            tlp=str(ioc.get("tlp") or "amber"),
-            warninglisted=bool(ioc.get("warninglists")),
-            force=False,
-            wanted=sources,
-            usable_key=ctx.keys.usable,
-            implemented=implemented,
-        )
+        rule = (str(ioc["type"]), str(ioc.get("tlp") or "amber"), bool(ioc.get("warninglists")), tuple(sources))
+        if rule not in selections:  # the same answer for every IoC of a type, TLP and source list
+            selections[rule] = dispatch.select(
+                enabled,
+                ioc_type=rule[0],
+                tlp=rule[1],
+                warninglisted=rule[2],
+                force=False,
+                wanted=sources,
+                usable_key=ctx.keys.usable,
+                implemented=implemented,
+            )[0]
+        chosen = selections[rule]
         if chosen:
             configs = [ctx.settings.sources[name] for name in chosen]
             plan.append((int(ioc["id"]), configs))
@@ -245,7 +265,7 @@ def build_router(runtime: Runtime) -> Router:
             answers = None if force else cached.get(int(ioc["id"]))
             if answers is not None:
                 # Every applicable source has a fresh answer: the run is done without a message.
-                rows = [handlers.result_row(run_id, int(ioc["id"]), r, cached=True) for r in answers]
+                rows = [_cached_row(run_id, int(ioc["id"]), r) for r in answers]
                 fast_rows += rows
                 merged = verdict.merge(rows, reliability=reliability, now=now)
                 out.append({**base, "status": "done", "cached": True, "verdict": merged.verdict, "score": merged.score})

@@ -56,15 +56,20 @@ class ResultCache:
             self._redis.hincr(stats_key(source.name, now), "hit" if result is not None else "miss")
         return result
 
-    def get_many(self, pairs: list[tuple[SourceConfig, str, str]]) -> list[SourceResult | None]:
-        """Redis only, one round trip (the batch fast path)."""
+    def get_many(self, pairs: list[tuple[SourceConfig, str, str]]) -> list[dict[str, Any] | None]:
+        """Redis only, one round trip (the batch fast path); results as their JSON dicts (SourceResult.to_dict)."""
+        import msgspec
+
         now = self._now()
         raws = self._redis.mget([cache_key(s.name, t, v) for s, t, v in pairs])
-        out: list[SourceResult | None] = []
+        out: list[dict[str, Any] | None] = []
+        decode = msgspec.json.Decoder(dict[str, Any]).decode
         for (source, _, _), raw in zip(pairs, raws, strict=True):
-            result = SourceResult.from_json(raw) if raw else None
-            if result is not None and (now - result.fetched_at).total_seconds() > source.ttl_seconds:
-                result = None
+            result = decode(raw) if raw else None
+            if result is not None:
+                fetched = datetime.fromisoformat(result["fetched_at"])
+                if (now - fetched).total_seconds() > source.ttl_seconds:
+                    result = None
             out.append(result)
         return out
 

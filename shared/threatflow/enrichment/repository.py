@@ -44,7 +44,9 @@ def insert_results(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
     """One row per (run, source); a repeat (redelivery) inserts nothing. Returns rows inserted."""
     if not rows:
         return 0
-    doc = json.dumps([dict(r) for r in rows], default=str)
+    import msgspec
+
+    doc = msgspec.json.encode([dict(r) for r in rows], enc_hook=str).decode()
     inserted = conn.execute(
         _text(
             "INSERT INTO enrichment_results (run_id, ioc_id, source, status, verdict, score, evidence, detail, cached, fetched_at)"
@@ -52,11 +54,11 @@ def insert_results(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
             " x.cached, x.fetched_at"
             " FROM jsonb_to_recordset(CAST(:doc AS jsonb)) AS x(run_id text, ioc_id bigint, source text, status text, verdict text,"
             " score smallint, evidence jsonb, detail text, cached boolean, fetched_at timestamptz)"
-            " ON CONFLICT (run_id, source) DO NOTHING RETURNING id"
+            " ON CONFLICT (run_id, source) DO NOTHING"
         ),
         {"doc": doc},
-    ).all()
-    return len(inserted)
+    )
+    return int(inserted.rowcount)
 
 
 def run_results(conn: Connection, run_id: str) -> list[dict[str, Any]]:

@@ -305,17 +305,16 @@ def apply_enrichment_verdict(conn: Connection, *, ioc_id: int, verdict: str, sco
 
 
 def get_many_by_value(conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """Indicators by (type, value) in one query."""
+    """id, type, value, tlp and warninglists of indicators by (type, value), in one query."""
     from sqlalchemy import text
 
     if not keys:
         return {}
     rows = conn.execute(
-        text(f"SELECT {IOC_COLUMNS} FROM iocs WHERE (type, value) IN (SELECT * FROM unnest(CAST(:t AS text[]), CAST(:v AS text[])))"),
+        text(
+            "SELECT id, type, value, tlp, warninglists FROM iocs"
+            " WHERE (type, value) IN (SELECT * FROM unnest(CAST(:t AS text[]), CAST(:v AS text[])))"
+        ),
         {"t": [k[0] for k in keys], "v": [k[1] for k in keys]},
     ).all()
-    out = {}
-    for row in rows:
-        item = row_to_dict(row)
-        out[(item["type"], item["value"])] = item
-    return out
+    return {(r[1], r[2]): {"id": int(r[0]), "type": r[1], "value": r[2], "tlp": r[3], "warninglists": list(r[4] or [])} for r in rows}
