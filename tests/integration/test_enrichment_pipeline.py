@@ -305,3 +305,20 @@ def test_storing_an_ioc_auto_enriches_it_and_401_marks_the_source_unhealthy(pipe
     # re-storing the same IoC is a re-sighting, not a new enrichment
     again = pipeline["iocs"].post("/api/v1/iocs/batch", json={"iocs": [{"value": "196.218.123.202"}]}, headers=pipeline["headers"])
     assert again.get_json()["results"][0]["status"] == "updated"
+
+
+def test_a_family_named_by_a_source_links_the_ioc_to_the_threat_with_the_evidence_as_reason(pipeline, function_client):
+    threats = function_client("threats")
+    created = threats.post(
+        "/api/v1/threats/batch", json={"threats": [{"kind": "malware", "name": "Emotet", "aliases": ["Heodo"]}]}, headers=pipeline["headers"]
+    )
+    assert created.status_code == 200, created.get_json()
+    sha256 = "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f"
+    run = wait_run(pipeline, enrich(pipeline, sha256, sources=["malwarebazaar"])["run_id"])
+    assert "Emotet" in run["sources"]["malwarebazaar"]["evidence"]["malware_families"]
+    linked = threats.get(f"/api/v1/threats/by-ioc/{run['ioc_id']}", headers=pipeline["headers"]).get_json()
+    assert [(t["name"], t["relation"], t["source"]) for t in linked["threats"]] == [("Emotet", "correlated", "enrichment")]
+    ioc = pipeline["iocs"].get(f"/api/v1/iocs/{run['ioc_id']}", headers=pipeline["headers"]).get_json()
+    threat_reasons = [r for r in ioc["enrichment"]["reasons"] if r.get("kind") == "threat"]
+    assert threat_reasons and "malwarebazaar" in threat_reasons[0]["reason"] and "Emotet" in threat_reasons[0]["reason"]
+    assert ioc["verdict"] == "malicious"

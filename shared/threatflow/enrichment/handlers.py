@@ -422,9 +422,23 @@ def apply_verdict(conn: Any, *, ioc_id: int, run_id: str, merged: verdict.Merged
 
     rows = verdict.evidence_rows(results)
     repository.put_evidence(conn, ioc_id, rows)
-    repository.put_verdict(conn, ioc_id=ioc_id, run_id=run_id, verdict=merged.verdict, score=merged.score, reasons=merged.reasons)
     if merged.verdict != "unknown" and merged.score is not None:
         apply_enrichment_verdict(conn, ioc_id=ioc_id, verdict=merged.verdict, score=merged.score)
     names = [value for _, kind, value in rows if kind in ("malware_family", "tag")]
+    links: list[dict[str, Any]] = []
     for threat_id in sorted(threat_ids_by_names(conn, names)):
-        correlate.correlate(conn, threat_id=threat_id, threshold=70, link=True, source="enrichment")
+        outcome = correlate.correlate(conn, threat_id=threat_id, threshold=70, link=True, source="enrichment")
+        links += [
+            {
+                "kind": "threat",
+                "threat_id": threat_id,
+                "threat": ", ".join(outcome["names"]),
+                "score": c["score"],
+                "linked": c["linked"] or c["already_linked"],
+                "reason": "; ".join(c["reasons"]),
+            }
+            for c in outcome["candidates"]
+            if c["ioc_id"] == ioc_id
+        ]
+    reasons = [*merged.reasons, *links]
+    repository.put_verdict(conn, ioc_id=ioc_id, run_id=run_id, verdict=merged.verdict, score=merged.score, reasons=reasons)
