@@ -309,9 +309,8 @@ def test_storing_an_ioc_auto_enriches_it_and_401_marks_the_source_unhealthy(pipe
 
 def test_a_family_named_by_a_source_links_the_ioc_to_the_threat_with_the_evidence_as_reason(pipeline, function_client):
     threats = function_client("threats")
-    created = threats.post(
-        "/api/v1/threats/batch", json={"threats": [{"kind": "malware", "name": "Emotet", "aliases": ["Heodo"]}]}, headers=pipeline["headers"]
-    )
+    emotet = {"kind": "malware", "name": "Emotet", "aliases": ["Heodo"]}
+    created = threats.post("/api/v1/threats/batch", json={"threats": [emotet]}, headers=pipeline["headers"])
     assert created.status_code == 200, created.get_json()
     sha256 = "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f"
     run = wait_run(pipeline, enrich(pipeline, sha256, sources=["malwarebazaar"])["run_id"])

@@ -36,7 +36,7 @@ FAST_QUOTA = {name: {"quota": {"per_minute": 100000, "per_day": 1000000}} for na
 
 def percentile(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def ip(i: int, block: int) -> str:
@@ -131,9 +131,8 @@ def main() -> None:
         p50, p95 = percentile(latencies, 0.5), percentile(latencies, 0.95)
         print(f"baseline GET /health p50: {base * 1000:.1f} ms")
         print(f"end to end POST /enrich -> closed run, 4 sources, fakes at 100 ms ({len(latencies)} runs):")
-        print(
-            f"  p50 {p50 * 1000:.0f} ms ({p50 / base:.0f}x baseline), p95 {p95 * 1000:.0f} ms ({p95 / base:.0f}x baseline); target p50 < 1500 ms"
-        )
+        print(f"  p50 {p50 * 1000:.0f} ms ({p50 / base:.0f}x baseline), p95 {p95 * 1000:.0f} ms ({p95 / base:.0f}x baseline)")
+        print("  target p50 < 1500 ms")
 
         values = [ip(i, 88) for i in range(args.batch)]
         first = session.post(
