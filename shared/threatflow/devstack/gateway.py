@@ -89,6 +89,9 @@ def serve(host: str, port: int, *, workers: int = 1, threads: int = 32) -> None:
                 "workers": workers,
                 "threads": threads,
                 "worker_class": "gthread",
+                # Load every function before the port is bound, so a client polling /ready during
+                # start-up is refused (and retries) instead of waiting on a socket nobody serves yet.
+                "preload_app": True,
                 "timeout": 600,
                 "graceful_timeout": 5,
                 "accesslog": None,
