@@ -321,3 +321,30 @@ def test_a_family_named_by_a_source_links_the_ioc_to_the_threat_with_the_evidenc
     threat_reasons = [r for r in ioc["enrichment"]["reasons"] if r.get("kind") == "threat"]
     assert threat_reasons and "malwarebazaar" in threat_reasons[0]["reason"] and "Emotet" in threat_reasons[0]["reason"]
     assert ioc["verdict"] == "malicious"
+
+
+def test_a_parked_task_is_released_by_the_schedule_tick(pipeline, monkeypatch):
+    from threatflow.adapters.pubsub import PubSubPublisher
+    from threatflow.enrichment import handlers, repository
+    from threatflow.enrichment.tasks import Task
+    from threatflow.platform import events
+    from threatflow.runtime import Runtime
+
+    run = wait_run(pipeline, enrich(pipeline, "185.220.101.1", sources=["virustotal"])["run_id"])
+    monkeypatch.setattr(handlers, "PARK_AFTER_SECONDS", 0.5)  # the gateway runs in this process: same module
+    runtime = Runtime.from_env()
+    ctx = handlers.context(runtime)
+    parked_run = uuid.uuid4().hex
+    handlers.defer(ctx, Task(parked_run, run["ioc_id"], run["type"], run["value"], "virustotal"), 1.0, "daily cap (test)")
+    time.sleep(2.0)
+
+    def rows() -> list[dict[str, Any]]:
+        with runtime.engine.connect() as conn:
+            return repository.run_results(conn, parked_run)
+
+    assert rows() == [], "a parked task waits in Redis, not in Pub/Sub"
+    PubSubPublisher(PROJECT).publish("ioc-enrichment-requested", events.encode({"origin": "tick"}), {"origin": "tick"})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not rows():
+        time.sleep(0.3)
+    assert [(r["source"], r["cached"]) for r in rows()] == [("virustotal", True)]

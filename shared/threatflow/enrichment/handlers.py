@@ -165,6 +165,8 @@ def auto_enrich(runtime: Runtime, results: Sequence[Mapping[str, Any]]) -> int:
 def handle_request(message: events.Message, *, runtime: Runtime) -> None:
     ctx = context(runtime)
     release_parked(ctx)
+    if message.data.get("origin") == "tick":  # the release-deferred-enrichment schedule: releasing was the point
+        return
     if message.data.get("origin") == "ingest" and "ioc_ids" in message.data:
         for req in _ingest_requests(runtime, message):
             dispatch_request(ctx, req)
