@@ -199,6 +199,17 @@ def cmd_iocs(args: argparse.Namespace) -> int:
     return iocs.COMMANDS[args.action](args, call)
 
 
+def cmd_enrich(args: argparse.Namespace) -> int:
+    from threatflow.cli import enrich
+
+    base, token = _base_url(args), _token()
+
+    def call(method: str, path: str, body: Any = None, raw: bool = False) -> tuple[int, Any]:
+        return _request(method, f"{base}{path}", token=token, body=body, raw=raw)
+
+    return enrich.run(args, call)
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     token = _token()
     body = None
@@ -263,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     from threatflow.cli import iocs
 
     iocs.add_parser(sub, cmd_iocs)
+
+    from threatflow.cli import enrich
+
+    enrich.add_parser(sub, cmd_enrich)
 
     whoami = sub.add_parser("whoami", help="who the stored token belongs to")
     whoami.add_argument("--url")

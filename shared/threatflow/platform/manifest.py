@@ -17,7 +17,7 @@ the dev stack, the CLI and the tests read and validate the YAML.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,10 @@ class Function:
     timeout_seconds: int
     max_instances: int
     min_instances: int
+    # Per-source deployments of one code path: folder is the code's folder
+    # (functions/<folder>/main.py), source the intel source it serves.
+    folder: str = ""
+    source: str | None = None
 
     @property
     def signature_type(self) -> str:
@@ -108,6 +112,79 @@ class Bucket:
 
 
 @dataclass(frozen=True)
+class Quota:
+    per_minute: int | None
+    per_hour: int | None
+    per_day: int | None
+
+    def buckets(self) -> list[tuple[str, int, int]]:
+        """(window name, limit, period seconds) of each token bucket, shortest first."""
+        windows = (("minute", self.per_minute, 60), ("hour", self.per_hour, 3600))
+        return [(name, limit, period) for name, limit, period in windows if limit]
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Runtime settings of one intel source (its declaration lives in code)."""
+
+    name: str
+    enabled: bool
+    indicator_types: tuple[str, ...]
+    secret: str | None
+    secret_env: str | None
+    key_optional: bool
+    ttl_seconds: int
+    auto_enrich: tuple[str, ...]
+    max_tlp: str
+    timeout_seconds: float
+    quota: Quota
+    max_delivery_attempts: int
+
+    @property
+    def function(self) -> str:
+        return source_function_name(self.name)
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"{self.function}-dead-letter"
+
+    @property
+    def base_url_env(self) -> str:
+        return f"INTEL_{self.name.upper()}_URL"
+
+    @property
+    def keyless(self) -> bool:
+        return self.secret is None
+
+
+def source_function_name(source: str) -> str:
+    """enrich-<source>, with underscores as hyphens (function names allow no underscores)."""
+    return "enrich-" + source.replace("_", "-")
+
+
+SOURCE_DEFAULTS = {"max_tlp": "amber", "timeout_seconds": 10.0, "max_delivery_attempts": 5, "enabled": True}
+
+
+def build_source(name: str, spec: dict[str, Any], secrets: dict[str, Any]) -> SourceConfig:
+    quota = spec["quota"]
+    secret = spec.get("secret")
+    return SourceConfig(
+        name=name,
+        enabled=bool(spec.get("enabled", SOURCE_DEFAULTS["enabled"])),
+        indicator_types=tuple(spec["indicator_types"]),
+        secret=secret,
+        secret_env=(secrets.get(secret) or {}).get("env") if secret else None,
+        key_optional=bool(spec.get("key_optional", False)),
+        ttl_seconds=int(spec["ttl_seconds"]),
+        auto_enrich=tuple(spec.get("auto_enrich", ())),
+        max_tlp=str(spec.get("max_tlp", SOURCE_DEFAULTS["max_tlp"])),
+        timeout_seconds=float(spec.get("timeout_seconds", SOURCE_DEFAULTS["timeout_seconds"])),
+        quota=Quota(quota.get("per_minute"), quota.get("per_hour"), quota.get("per_day")),
+        max_delivery_attempts=int(spec.get("max_delivery_attempts", SOURCE_DEFAULTS["max_delivery_attempts"])),
+    )
+
+
+@dataclass(frozen=True)
 class Manifest:
     path: Path
     functions: dict[str, Function]
@@ -116,8 +193,11 @@ class Manifest:
     schedules: dict[str, Schedule]
     secrets: dict[str, Secret]
     buckets: dict[str, Bucket]
-    sources: dict[str, dict[str, Any]]
+    sources: dict[str, SourceConfig]
     raw: dict[str, Any] = field(repr=False)
+
+    def folders(self) -> set[str]:
+        return {f.folder for f in self.functions.values()}
 
     def http_functions(self) -> list[Function]:
         return [f for f in self.functions.values() if f.trigger is TriggerType.HTTP]
@@ -183,10 +263,12 @@ def _validate_schema(raw: Any, path: Path) -> None:
 
 def _build(raw: dict[str, Any], path: Path) -> Manifest:
     defaults = raw["defaults"]
-    functions = {}
+    functions: dict[str, Function] = {}
+    sources = {name: build_source(name, spec, raw["secrets"]) for name, spec in raw["sources"].items()}
+    per_source: list[Function] = []
     for name, spec in raw["functions"].items():
         trigger = spec["trigger"]
-        functions[name] = Function(
+        function = functions[name] = Function(
             name=name,
             description=spec["description"],
             entry_point=spec["entry_point"],
@@ -202,9 +284,42 @@ def _build(raw: dict[str, Any], path: Path) -> Manifest:
             timeout_seconds=spec.get("timeout_seconds", defaults["timeout_seconds"]),
             max_instances=spec.get("max_instances", defaults["max_instances"]),
             min_instances=spec.get("min_instances", defaults["min_instances"]),
+            folder=name,
         )
+        if spec.get("per_source"):
+            per_source.append(functions.pop(name))
+            del function
+    raw_subscriptions = dict(raw["subscriptions"])
+    raw_topics = dict(raw["topics"])
+    for template in per_source:
+        for source in sources.values():
+            if not source.enabled:
+                continue
+            fn = source.function
+            functions[fn] = replace(
+                template,
+                name=fn,
+                description=f"{template.description} ({source.name})",
+                env={**template.env, "ENRICH_SOURCE": source.name},
+                source=source.name,
+            )
+            raw_topics[source.dead_letter_topic] = {"description": f"{source.name} tasks that failed every delivery attempt."}
+            raw_subscriptions[f"{fn}-push"] = {
+                "topic": template.topic,
+                "push_to": fn,
+                "filter": f'attributes.source = "{source.name}"',
+                "dead_letter_topic": source.dead_letter_topic,
+                "max_delivery_attempts": source.max_delivery_attempts,
+                "ack_deadline_seconds": 120,
+                "retry": {"minimum_backoff_seconds": 1, "maximum_backoff_seconds": 60},
+            }
+            raw_subscriptions[f"{source.dead_letter_topic}-hold"] = {
+                "topic": source.dead_letter_topic,
+                "ack_deadline_seconds": 60,
+                "message_retention_seconds": 604800,
+            }
     subscriptions = {}
-    for name, spec in raw["subscriptions"].items():
+    for name, spec in raw_subscriptions.items():
         retry = spec.get("retry")
         subscriptions[name] = Subscription(
             name=name,
@@ -233,12 +348,12 @@ def _build(raw: dict[str, Any], path: Path) -> Manifest:
     return Manifest(
         path=path,
         functions=functions,
-        topics={name: (spec or {}).get("description", "") for name, spec in raw["topics"].items()},
+        topics={name: (spec or {}).get("description", "") for name, spec in raw_topics.items()},
         subscriptions=subscriptions,
         schedules=schedules,
         secrets={name: Secret(name=name, env=spec["env"]) for name, spec in raw["secrets"].items()},
         buckets={name: Bucket(name=name, env=spec["env"]) for name, spec in raw["buckets"].items()},
-        sources=dict(raw["sources"]),
+        sources=sources,
         raw=raw,
     )
 
@@ -278,8 +393,10 @@ def _cross_check(m: Manifest) -> None:
         if prefix in seen:
             problems.append(f"functions.{fname}.routes: {prefix!r} is already routed to {seen[prefix]!r}")
         seen[prefix] = fname
-    for source, spec in m.sources.items():
-        if spec.get("secret") and spec["secret"] not in m.secrets:
-            problems.append(f"sources.{source}.secret: unknown secret {spec['secret']!r}")
+    for source in m.sources.values():
+        if source.secret and source.secret not in m.secrets:
+            problems.append(f"sources.{source.name}.secret: unknown secret {source.secret!r}")
+        if unsupported := sorted(set(source.auto_enrich) - set(source.indicator_types)):
+            problems.append(f"sources.{source.name}.auto_enrich: {', '.join(unsupported)} not in indicator_types")
     if problems:
         raise ManifestError(f"{m.path}: inconsistent topology manifest:\n  " + "\n  ".join(problems))
