@@ -222,6 +222,7 @@ def up(*, state_dir: Path, port: int, project: str = DEFAULT_PROJECT, scheduler:
                 "PUSH_AUTH_MODE": "token",
                 "PUSH_AUTH_TOKEN": push_token(state_dir),
                 "THREATFLOW_STATE_DIR": str(state_dir),
+                **manifest.sources_env(),  # the enrichment functions' intel sources, as Terraform gives them
             }
         )
         if os.environ.get("FAKE_INTEL") == "1":

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from threatflow.enrichment import repository
 from threatflow.enrichment.model import ResultStatus, SourceResult
-from threatflow.platform.manifest import SourceConfig
+from threatflow.platform.sources import SourceConfig
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Sequence
 
-from threatflow.platform.manifest import SourceConfig
+from threatflow.platform.sources import SourceConfig
 
 TLP_ORDER = ("clear", "green", "amber", "amber+strict", "red")
 

@@ -33,7 +33,7 @@ from threatflow.intel import enrichment as intel_enrichment
 from threatflow.platform import events
 from threatflow.platform import logging as tf_logging
 from threatflow.platform.errors import PermanentError, ValidationError
-from threatflow.platform.manifest import SourceConfig
+from threatflow.platform.sources import SourceConfig
 
 if TYPE_CHECKING:
     import requests

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from threatflow.platform.manifest import SourceConfig
+from threatflow.platform.sources import SourceConfig
 
 if TYPE_CHECKING:
     from threatflow.adapters.redis import RateLimiter, RedisPrimitives

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from threatflow.ports import DocumentStore
+from threatflow.platform.ports import DocumentStore
 
 RUNS = "enrichment_runs"
 DEAD_LETTERS = "enrichment_dead_letters"

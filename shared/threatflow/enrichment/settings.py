@@ -1,7 +1,9 @@
 """Runtime settings of the intel sources: the manifest's `sources:` section.
 
-In the cloud the functions get the section as JSON in ENRICH_SOURCES_JSON
-(terraform/locals.tf); locally it is read from functions/topology.yaml.
+The functions get the section as JSON in ENRICH_SOURCES_JSON: Terraform renders it
+in the cloud (terraform/locals.tf); the local stack and the test fixtures set it
+from functions/topology.yaml (`threatflow.platform.manifest.Manifest.sources_env()`),
+so no function reads the YAML (no PyYAML in a deployed function).
 ENRICH_SOURCES_OVERRIDE (JSON, merged per source) changes settings without
 editing the manifest, e.g. small quotas for tests. Base URLs come from
 INTEL_<SOURCE>_URL, so the fake servers can stand in for the real APIs.
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from threatflow.platform.errors import ConfigError
-from threatflow.platform.manifest import SourceConfig, build_source
+from threatflow.platform.sources import SourceConfig, build_source
 
 
 @dataclass(frozen=True)
@@ -45,18 +47,16 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
 
 def load(environ: Mapping[str, str] | None = None) -> SourceSettings:
     env = os.environ if environ is None else environ
-    if env.get("ENRICH_SOURCES_JSON"):
-        try:
-            raw_sources = json.loads(env["ENRICH_SOURCES_JSON"])
-        except ValueError as exc:
-            raise ConfigError(f"ENRICH_SOURCES_JSON is not JSON: {exc}") from None
+    if not env.get("ENRICH_SOURCES_JSON"):
+        raise ConfigError(
+            "ENRICH_SOURCES_JSON is not set: the intel sources section of functions/topology.yaml as JSON"
+            " (Terraform and the local stack set it)"
+        )
+    try:
+        raw_sources = json.loads(env["ENRICH_SOURCES_JSON"])
         raw_secrets = json.loads(env.get("ENRICH_SECRETS_JSON") or "{}")
-    else:
-        from threatflow.platform.manifest import load_manifest
-
-        manifest = load_manifest()
-        raw_sources = manifest.raw["sources"]
-        raw_secrets = manifest.raw["secrets"]
+    except ValueError as exc:
+        raise ConfigError(f"ENRICH_SOURCES_JSON / ENRICH_SECRETS_JSON is not JSON: {exc}") from None
     if env.get("ENRICH_SOURCES_OVERRIDE"):
         try:
             override = json.loads(env["ENRICH_SOURCES_OVERRIDE"])

@@ -21,7 +21,7 @@ from threatflow.enrichment.cache import ResultCache, cache_key
 from threatflow.enrichment.model import ResultStatus, SourceResult
 from threatflow.enrichment.quota import QuotaGate
 from threatflow.enrichment.tasks import Task
-from threatflow.platform.manifest import SourceConfig
+from threatflow.platform.sources import SourceConfig
 
 if TYPE_CHECKING:
     from threatflow.adapters.redis import RedisPrimitives

@@ -89,6 +89,7 @@ def test_select_applies_type_key_tlp_warninglist_and_auto_rules():
 
 def test_settings_override_and_base_urls():
     env = {
+        **load_manifest().sources_env(),
         "ENRICH_SOURCES_OVERRIDE": json.dumps({"virustotal": {"quota": {"per_minute": 2}}}),
         "INTEL_VIRUSTOTAL_URL": "http://127.0.0.1:9/vt",
     }
@@ -97,7 +98,9 @@ def test_settings_override_and_base_urls():
     assert vt.quota.per_minute == 2 and vt.quota.per_day == 500
     assert settings.base_urls == {"virustotal": "http://127.0.0.1:9/vt"}
     with pytest.raises(ConfigError, match="unknown sources: nope"):
-        load({"ENRICH_SOURCES_OVERRIDE": json.dumps({"nope": {}})})
+        load({**load_manifest().sources_env(), "ENRICH_SOURCES_OVERRIDE": json.dumps({"nope": {}})})
+    with pytest.raises(ConfigError, match="ENRICH_SOURCES_JSON is not set"):
+        load({})
     cloud = load({"ENRICH_SOURCES_JSON": json.dumps(load_manifest().raw["sources"])})
     assert set(cloud.sources) == set(settings.sources)
 
