@@ -39,7 +39,6 @@ from threatflow.enrichment.model import ResultStatus
 from threatflow.enrichment.tasks import TOPIC_REQUESTED, TOPIC_TASKS, EnrichRequest, Task
 from threatflow.enrichment.worker import execute
 from threatflow.intel import enrichment as intel_enrichment
-from threatflow.iocs import repository as iocs_repository
 from threatflow.platform import events
 from threatflow.platform.errors import DependencyError, NotFoundError, PayloadTooLargeError, RateLimitedError, ValidationError
 from threatflow.platform.web import Request, Response, Router
@@ -416,7 +415,9 @@ def build_router(runtime: Runtime) -> Router:
     @router.route("POST", "/api/v1/enrichment/dead-letters/replay", role=Role.ADMIN, body=ReplayIn)
     def replay(request: Request, body: ReplayIn) -> dict[str, Any]:
         drain_dead_letters(ctx)
-        pending = _within_clearance(runtime, request, [i for i in runtime.documents.query(runs.DEAD_LETTERS, limit=500) if not i.get("replayed_at")])
+        pending = _within_clearance(
+            runtime, request, [i for i in runtime.documents.query(runs.DEAD_LETTERS, limit=500) if not i.get("replayed_at")]
+        )
         chosen = [i for i in pending if not body.ids or i["id"] in body.ids]
         replayed = []
         for item in chosen:

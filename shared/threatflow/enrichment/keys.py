@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 
 from threatflow.platform.errors import ConfigError
-from threatflow.platform.sources import SourceConfig
 from threatflow.platform.ports import SecretSource
+from threatflow.platform.sources import SourceConfig
 
 
 class KeyRing:

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from threatflow.platform.errors import ConfigError
-# Intel source settings live in their own module (no PyYAML in its import closure); re-exported here.
-from threatflow.platform.sources import SOURCE_DEFAULTS, Quota, SourceConfig, build_source, source_function_name
 
+# Intel source settings live in their own module (no PyYAML in its import closure).
+from threatflow.platform.sources import SourceConfig, build_source
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_MANIFEST = REPO_ROOT / "functions" / "topology.yaml"
