@@ -16,7 +16,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-HTTP_FUNCTIONS = ("auth", "iocs", "threats", "admin")
+HTTP_FUNCTIONS = ("auth", "iocs", "threats", "admin", "enrichment")
 QUERY_KEYS = [
     "limit", "cursor", "after", "before", "ids", "format", "max_tlp", "type", "source", "exact", "async", "tags",
     "verdict", "first_seen_from", "value_prefix", "bogus",
@@ -82,6 +82,7 @@ def routes_of(function: str) -> list[RouteInfo]:
         "iocs": "threatflow.iocs.api",
         "threats": "threatflow.threats.api",
         "admin": "threatflow.admin.api",
+        "enrichment": "threatflow.enrichment.api",
     }
     router = importlib.import_module(module[function]).build_router(Runtime.from_env())
     out = []

@@ -55,7 +55,7 @@ def pipeline(backend_env, function_client, monkeypatch):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.server_port}"
-    provision_pubsub(small, project=PROJECT, gateway_url=url)
+    provision_pubsub(small, project=PROJECT, gateway_url=url, token=backend_env["PUSH_AUTH_TOKEN"])
     analyst = create_user(backend_env["DATABASE_URL"], "analyst1", "analyst")
     admin = create_user(backend_env["DATABASE_URL"], "admin1", "admin")
     auth = function_client("auth")
