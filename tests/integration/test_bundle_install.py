@@ -166,7 +166,9 @@ def test_every_bundle_loads_in_a_venv_with_only_its_locked_requirements(bundles)
     by_requirements: dict[str, list[Function]] = defaultdict(list)
     for fn in MANIFEST.functions.values():
         by_requirements[(REPO / "functions" / fn.folder / "requirements.txt").read_text()].append(fn)
-    venvs = [(_kept_venv(REPO / "functions" / functions[0].folder / "requirements.txt"), functions) for functions in by_requirements.values()]
+    venvs = [
+        (_kept_venv(REPO / "functions" / functions[0].folder / "requirements.txt"), functions) for functions in by_requirements.values()
+    ]
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
         loads = {fn.name: pool.submit(_load, python, bundles[fn.folder], fn) for python, functions in venvs for fn in functions}
         # One import check per venv, for every statement any of its functions needs.
