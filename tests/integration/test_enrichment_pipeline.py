@@ -51,7 +51,7 @@ def pipeline(backend_env, function_client, monkeypatch):
     subs = {n: s for n, s in manifest.subscriptions.items() if s.topic in topics}
     small = dataclasses.replace(manifest, functions=wanted, subscriptions=subs, topics={t: manifest.topics[t] for t in topics})
     apps = load_function_apps(small, REPO_ROOT / "functions")
-    server = make_server("127.0.0.1", 0, Gateway(small, apps), threaded=True)
+    server = make_server("127.0.0.1", 0, Gateway.from_settings(small, apps), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.server_port}"

@@ -67,15 +67,11 @@ class ReplayIn(msgspec.Struct, forbid_unknown_fields=True):
 def _resolve_ioc(runtime: Runtime, item: EnrichIn, *, clearance: str, index: int | None = None) -> dict[str, Any]:
     """The stored IoC for a value, stored first when new (cross-domain: intel.enrichment); 404 above the caller's clearance."""
     where = "value" if index is None else f"iocs[{index}].value"
+    # The snapshots first: loading one takes a connection, never while this request holds its own.
+    policies, warninglists = runtime.decay_policies().get(), runtime.warninglist_matcher()
     with unit_of_work(runtime.engine) as conn:
         ioc = intel_enrichment.resolve_ioc(
-            conn,
-            item.value,
-            item.type,
-            where=where,
-            now=runtime.clock.now(),
-            warninglists=runtime.warninglist_matcher(),
-            policies=runtime.decay_policies().get(),
+            conn, item.value, item.type, where=where, now=runtime.clock.now(), warninglists=warninglists, policies=policies
         )
     tlp_clearance.require(clearance, ioc["tlp"], what=f"indicator {item.value[:64]!r}")
     return ioc
@@ -150,13 +146,10 @@ def _cached_run_view(ctx: handlers.Enrichment, run_id: str) -> dict[str, Any]:
 
 def _resolve_many(runtime: Runtime, items: list[EnrichIn]) -> list[dict[str, Any] | str]:
     """Stored IoCs for many values in two statements (new ones are stored); an error string per bad item."""
+    policies, warninglists = runtime.decay_policies().get(), runtime.warninglist_matcher()  # before the request's connection
     with unit_of_work(runtime.engine) as conn:
         return intel_enrichment.resolve_many(
-            conn,
-            [(item.value, item.type) for item in items],
-            now=runtime.clock.now(),
-            warninglists=runtime.warninglist_matcher(),
-            policies=runtime.decay_policies().get(),
+            conn, [(item.value, item.type) for item in items], now=runtime.clock.now(), warninglists=warninglists, policies=policies
         )
 
 
@@ -441,12 +434,13 @@ def _dead_letter_ioc(item: dict[str, Any]) -> int | None:
 
 
 def _within_clearance(runtime: Runtime, request: Request, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Dead letters naming an IoC above the caller's clearance (or gone) are left out."""
+    """Dead letters naming an IoC above the caller's clearance are left out (one naming no stored IoC is kept:
+    a poison task is exactly what an admin must see)."""
     allowed = tlp_clearance.allowed(tlp_clearance.of(request.principal))
     ids = [i for i in (_dead_letter_ioc(item) for item in items) if i is not None]
     with unit_of_work(runtime.engine) as conn:
-        visible = intel_enrichment.visible_ioc_ids(conn, ids, visible_tlps=allowed)
-    return [item for item in items if (ioc_id := _dead_letter_ioc(item)) is None or ioc_id in visible]
+        hidden = intel_enrichment.hidden_ioc_ids(conn, ids, visible_tlps=allowed)
+    return [item for item in items if _dead_letter_ioc(item) not in hidden]
 
 
 def drain_dead_letters(ctx: handlers.Enrichment) -> int:

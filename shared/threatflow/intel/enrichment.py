@@ -135,3 +135,9 @@ def visible_ioc_ids(conn: Connection, ioc_ids: Sequence[int], *, visible_tlps: S
     """The ids among ioc_ids of existing IoCs whose TLP is in visible_tlps."""
     allowed = set(visible_tlps)
     return {i for i, tlp in iocs_repository.tlps_of(conn, ioc_ids).items() if tlp in allowed}
+
+
+def hidden_ioc_ids(conn: Connection, ioc_ids: Sequence[int], *, visible_tlps: Sequence[str]) -> set[int]:
+    """The ids among ioc_ids of existing IoCs whose TLP is NOT in visible_tlps (what a listing leaves out)."""
+    allowed = set(visible_tlps)
+    return {i for i, tlp in iocs_repository.tlps_of(conn, ioc_ids).items() if tlp not in allowed}
