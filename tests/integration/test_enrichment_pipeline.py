@@ -244,12 +244,13 @@ def test_detect_intel_route_answers_from_abuseipdb_within_quota_and_cache(pipeli
     from werkzeug.test import EnvironBuilder
     from werkzeug.wrappers import Request as WerkzeugRequest
 
+    from threatflow.auth.api import authenticator
     from threatflow.enrichment.api import add_detect_intel_routes
     from threatflow.platform.web import Router
     from threatflow.runtime import Runtime
 
     runtime = Runtime.from_env()
-    router = Router("detect-test", runtime=runtime)
+    router = Router("detect-test", runtime=runtime, authenticator=authenticator(runtime))
     add_detect_intel_routes(router, runtime)
 
     def get(path: str) -> tuple[int, Any]:
