@@ -25,7 +25,7 @@ Call = Callable[..., Any]
 
 def values_from_file(path: Path) -> list[dict[str, Any]]:
     from threatflow.cli.iocs import detect_format
-    from threatflow.iocs.formats import parse
+    from threatflow.intel.formats import parse
 
     text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8", errors="replace")
     fmt = detect_format(path, text) if str(path) != "-" else "text"
