@@ -76,7 +76,12 @@ def targets(manifest_path: Path | None = None) -> list[Target]:
     available = project_extras()
     problems = []
     result = [Target(DEV_REQUIREMENTS, (), all_extras=True)]
+    seen: set[str] = set()
     for fn in sorted(manifest.functions.values(), key=lambda f: f.name):
+        # A per-source deployment (enrich-<source>) is its template's folder: one requirements.txt for all.
+        if fn.folder in seen:
+            continue
+        seen.add(fn.folder)
         wanted = function_extras(uses=fn.uses, secrets=fn.secrets, extras=fn.extras)
         problems += [
             f"functions.{fn.name}: extra {e!r} is not in shared/pyproject.toml [project.optional-dependencies]"
@@ -84,7 +89,7 @@ def targets(manifest_path: Path | None = None) -> list[Target]:
             if e not in available
         ]
         problems += [f"functions.{fn.name}.extras: {e!r} is dev-only and never deployed" for e in wanted if e in DEV_ONLY_EXTRAS]
-        folder = manifest.path.parent / fn.name
+        folder = manifest.path.parent / fn.folder
         if not (folder / "main.py").is_file():
             problems.append(f"functions.{fn.name}: no {folder}/main.py")
         result.append(Target(folder / "requirements.txt", wanted))

@@ -18,7 +18,7 @@ resource "google_cloudfunctions2_function" "fn" {
     source {
       storage_source {
         bucket = google_storage_bucket.bundles.name
-        object = lookup(var.function_bundles, each.key, "")
+        object = lookup(var.function_bundles, each.value.bundle, "")
       }
     }
   }
@@ -52,8 +52,8 @@ resource "google_cloudfunctions2_function" "fn" {
 
   lifecycle {
     precondition {
-      condition     = contains(keys(var.function_bundles), each.key)
-      error_message = "function_bundles has no bundle for function ${each.key}; run scripts/bundle_functions.py and pass dist/bundles.auto.tfvars.json."
+      condition     = contains(keys(var.function_bundles), each.value.bundle)
+      error_message = "function_bundles has no bundle ${each.value.bundle} for function ${each.key}; run scripts/bundle_functions.py and pass dist/bundles.auto.tfvars.json."
     }
   }
 
@@ -64,6 +64,7 @@ resource "google_cloudfunctions2_function" "fn" {
     google_artifact_registry_repository_iam_member.build_writer,
     google_storage_bucket_iam_member.build_bundles_reader,
     google_secret_manager_secret_iam_member.function_accessor,
+    google_secret_manager_secret_iam_member.source_key_accessor,
     google_secret_manager_secret_iam_member.redis_auth_accessor,
     google_secret_manager_secret_version.redis_auth,
   ]

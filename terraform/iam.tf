@@ -73,6 +73,16 @@ resource "google_secret_manager_secret_iam_member" "function_accessor" {
   member    = google_service_account.function[each.value.function].member
 }
 
+# Intel API keys are read through the Secret Manager API at run time (not
+# mounted), so the enrichment functions may access them.
+resource "google_secret_manager_secret_iam_member" "source_key_accessor" {
+  for_each = local.function_source_secrets
+
+  secret_id = google_secret_manager_secret.secret[each.value.secret].id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = google_service_account.function[each.value.function].member
+}
+
 resource "google_secret_manager_secret_iam_member" "redis_auth_accessor" {
   for_each = local.redis_functions
 

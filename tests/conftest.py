@@ -159,6 +159,8 @@ def backend_env(
         "PUSH_AUTH_TOKEN": secrets.token_urlsafe(24),
         # Tests log in many times in a row on one instance; the hashing budget has its own test.
         "LOGIN_HASH_SHARE_PERCENT": "100",
+        # The intel sources section, as Terraform and the local stack give it to the enrichment functions.
+        **_sources_env(),
         **redis_server.env,
         **pubsub_emulator.env,
         **firestore_emulator.env,
@@ -166,6 +168,12 @@ def backend_env(
     }
     os.environ.update(env)
     return env
+
+
+def _sources_env() -> dict[str, str]:
+    from threatflow.platform.manifest import load_manifest
+
+    return load_manifest().sources_env()
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-HTTP_FUNCTIONS = ("auth", "iocs", "threats", "admin", "detect", "flows")
+HTTP_FUNCTIONS = ("auth", "iocs", "threats", "admin", "detect", "flows", "enrichment")
 # Functions whose routes score flows: the fuzz test promotes a small real model first, so a 503
 # "no flow model is published" never stands in for exercising them.
-MODEL_FUNCTIONS = ("detect", "flows")
+MODEL_FUNCTIONS = ("detect", "flows", "enrichment")
 QUERY_KEYS = [
     "limit", "cursor", "after", "before", "ids", "format", "max_tlp", "type", "source", "exact", "async", "tags",
     "verdict", "first_seen_from", "value_prefix", "bogus",
@@ -88,6 +88,7 @@ def routes_of(function: str) -> list[RouteInfo]:
         "admin": "threatflow.admin.api",
         "detect": "threatflow.detect.api",
         "flows": "threatflow.flows.api",
+        "enrichment": "threatflow.enrichment.api",
     }
     router = importlib.import_module(module[function]).build_router(Runtime.from_env())
     out = []

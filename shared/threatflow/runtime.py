@@ -148,7 +148,8 @@ class Runtime:
         from threatflow.adapters import secrets
 
         if self.settings.env == "cloud":
-            return self._get("secrets", lambda: secrets.SecretManagerSecrets(self.settings.project))
+            # Short cache: rotated intel API keys are used without a redeploy.
+            return self._get("secrets", lambda: secrets.SecretManagerSecrets(self.settings.project, cache_seconds=30.0))
         return self._get("secrets", secrets.EnvSecrets)
 
     # -- reference data: one snapshot cache ------------------------------------------------

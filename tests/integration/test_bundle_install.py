@@ -99,6 +99,8 @@ def _cloud_env(fn: Function) -> dict[str, str]:
         "DB_USER": "threatflow",
         "REDIS_URL": "rediss://10.0.0.3:6378/0",
         "THREATFLOW_USES": ",".join(fn.uses),
+        "ENRICH_SOURCES_JSON": json.dumps(MANIFEST.raw["sources"]),
+        **fn.env,  # a per-source deployment's ENRICH_SOURCE
     }
     for name in fn.secrets:
         env[MANIFEST.secrets[name].env] = secrets.token_hex(32)
@@ -155,7 +157,7 @@ def _failed_imports(python: Path, statements: list[str]) -> dict[str, str]:
 
 
 def _statements(fn: Function) -> list[str]:
-    closure = bundler.import_closure(REPO / "functions" / fn.name, SHARED)
+    closure = bundler.import_closure(REPO / "functions" / fn.folder, SHARED)
     extras = generator.function_extras(uses=fn.uses, secrets=fn.secrets, extras=fn.extras)
     return sorted(needed_imports(closure, extras))
 
@@ -163,10 +165,12 @@ def _statements(fn: Function) -> list[str]:
 def test_every_bundle_loads_in_a_venv_with_only_its_locked_requirements(bundles):
     by_requirements: dict[str, list[Function]] = defaultdict(list)
     for fn in MANIFEST.functions.values():
-        by_requirements[(REPO / "functions" / fn.name / "requirements.txt").read_text()].append(fn)
-    venvs = [(_kept_venv(REPO / "functions" / functions[0].name / "requirements.txt"), functions) for functions in by_requirements.values()]
+        by_requirements[(REPO / "functions" / fn.folder / "requirements.txt").read_text()].append(fn)
+    venvs = [
+        (_kept_venv(REPO / "functions" / functions[0].folder / "requirements.txt"), functions) for functions in by_requirements.values()
+    ]
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
-        loads = {fn.name: pool.submit(_load, python, bundles[fn.name], fn) for python, functions in venvs for fn in functions}
+        loads = {fn.name: pool.submit(_load, python, bundles[fn.folder], fn) for python, functions in venvs for fn in functions}
         # One import check per venv, for every statement any of its functions needs.
         wanted = [{fn.name: _statements(fn) for fn in functions} for _, functions in venvs]
         imports = [
@@ -181,7 +185,7 @@ def test_every_bundle_loads_in_a_venv_with_only_its_locked_requirements(bundles)
             result = future.result()
             if result["error"]:
                 problems.append(f"{name}: functions-framework cannot load {MANIFEST.functions[name].entry_point}: {result['error']}")
-            assert result["threatflow"] and result["threatflow"].startswith(str(bundles[name])), (
+            assert result["threatflow"] and result["threatflow"].startswith(str(bundles[MANIFEST.functions[name].folder])), (
                 f"{name}: threatflow was imported from {result['threatflow']}, not from the bundle"
             )
     assert not problems, "a bundle does not work with its own requirements.txt:\n  " + "\n  ".join(problems)

@@ -14,10 +14,24 @@ pytestmark = pytest.mark.integration
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 
 
+@pytest.fixture
+def fake_intel():
+    """The intel APIs the enrichment routes reach (POST /health): local fakes, never the network."""
+    from tests.fakes.intel import start_fake_intel
+
+    fake = start_fake_intel()
+    yield fake
+    fake.close()
+    for key in fake.env():
+        os.environ.pop(key, None)  # later tests must not reach a closed fake
+
+
 @pytest.mark.parametrize("function", HTTP_FUNCTIONS)
-def test_no_route_answers_5xx_or_non_json_errors(function_client, backend_env, function):
+def test_no_route_answers_5xx_or_non_json_errors(function_client, backend_env, function, request):
     attack = SHARED_DATA / "attack" / "attack_techniques.json"
     extra = {"RATE_LIMIT_PER_USER": "100000/60", "RATE_LIMIT_PER_IP": "100000/60", "RATE_LIMIT_LOGIN_PER_IP": "100000/60"}
+    if function == "enrichment":
+        extra.update(request.getfixturevalue("fake_intel").env())
     if attack.exists():
         extra["ATTACK_DATA_PATH"] = str(attack)
     os.environ.update(extra)

@@ -176,9 +176,7 @@ def main() -> None:
                 plan = [r[0] for r in conn.execute(text("EXPLAIN " + sql), params)]
             scans = " | ".join(p.strip() for p in plan if "Scan" in p or "Index" in p)[:150]
             p50, p99 = percentile(samples, 0.5) * 1000, percentile(samples, 0.99) * 1000
-            print(
-                f"{name:<20} {first * 1000:>8.1f} {p50:>8.1f} {p99:>8.1f} {page['count']:>5}  {scans}"
-            )
+            print(f"{name:<20} {first * 1000:>8.1f} {p50:>8.1f} {p99:>8.1f} {page['count']:>5}  {scans}")
         engine.dispose()
     finally:
         if gateway:

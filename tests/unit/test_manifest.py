@@ -33,12 +33,43 @@ def test_real_manifest_loads():
 def test_every_function_has_a_folder_with_its_entry_point():
     m = load_manifest()
     folders = {p.name for p in (REPO / "functions").iterdir() if p.is_dir() and not p.name.startswith("_")}
-    assert folders == set(m.functions), "function folders and manifest disagree"
+    assert folders == m.folders(), "function folders and manifest disagree"
     for fn in m.functions.values():
-        tree = ast.parse((REPO / "functions" / fn.name / "main.py").read_text())
+        tree = ast.parse((REPO / "functions" / fn.folder / "main.py").read_text())
         names = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
         assert fn.entry_point in names, f"functions/{fn.name}/main.py does not define {fn.entry_point}"
-        assert (REPO / "functions" / fn.name / "requirements.txt").exists()
+        assert (REPO / "functions" / fn.folder / "requirements.txt").exists()
+
+
+def test_per_source_function_is_deployed_once_per_enabled_source():
+    m = load_manifest()
+    enabled = [s for s in m.sources.values() if s.enabled]
+    assert len(enabled) >= 9
+    for source in enabled:
+        fn = m.functions[source.function]
+        assert fn.folder == "enrich-source" and fn.source == source.name and fn.env["ENRICH_SOURCE"] == source.name
+        sub = m.subscriptions[f"{source.function}-push"]
+        assert sub.filter == f'attributes.source = "{source.name}"' and sub.push_to == source.function
+        assert sub.dead_letter_topic == source.dead_letter_topic and source.dead_letter_topic in m.topics
+        assert f"{source.dead_letter_topic}-hold" in m.subscriptions
+    assert "enrich-source" not in m.functions
+    vt = m.sources["virustotal"]
+    assert (vt.quota.per_minute, vt.quota.per_day) == (4, 500)
+    assert m.sources["abuseipdb"].quota.per_day == 1000
+    ha = m.sources["hybrid_analysis"].quota
+    assert (ha.per_minute, ha.per_hour) == (200, 2000)
+
+
+def test_auto_enrich_type_must_be_supported(tmp_path, raw):
+    raw["sources"]["abuseipdb"]["auto_enrich"] = ["domain"]
+    with pytest.raises(ManifestError, match="auto_enrich: domain not in indicator_types"):
+        load_manifest(_write(tmp_path, raw))
+
+
+def test_source_secret_must_be_declared(tmp_path, raw):
+    raw["sources"]["virustotal"]["secret"] = "nope-key"
+    with pytest.raises(ManifestError, match="unknown secret 'nope-key'"):
+        load_manifest(_write(tmp_path, raw))
 
 
 def test_schema_error_names_the_path(tmp_path, raw):

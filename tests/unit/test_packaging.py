@@ -40,16 +40,18 @@ def test_requirements_files_match_the_manifest_and_the_lock():
     assert not drifted, f"out of date (run `make requirements`, or `make lock` after editing pyproject.toml): {drifted}"
     generator.check_lock(uv=generator.uv_binary())
     functions = {p.parent.name for p in wanted if p.parent.parent == REPO / "functions"}
-    assert functions == set(load_manifest().functions), "one requirements.txt per manifest function"
+    # Per-source deployments (enrich-<source>) share their template's folder, so its one requirements.txt.
+    folders = {fn.folder for fn in load_manifest().functions.values()}
+    assert functions == folders, "one requirements.txt per manifest function folder"
 
 
 def test_each_function_gets_the_extras_of_its_uses_and_secrets():
     manifest = load_manifest()
     for fn in manifest.functions.values():
         extras = generator.function_extras(uses=fn.uses, secrets=fn.secrets, extras=fn.extras)
-        header = (REPO / "functions" / fn.name / "requirements.txt").read_text().splitlines()[1]
+        header = (REPO / "functions" / fn.folder / "requirements.txt").read_text().splitlines()[1]
         assert header.endswith(f"extras: {', '.join(extras)}."), header
-        names = requirement_names(REPO / "functions" / fn.name / "requirements.txt")
+        names = requirement_names(REPO / "functions" / fn.folder / "requirements.txt")
         assert "functions-framework" in names and "msgspec" in names
         assert ("google-cloud-secret-manager" in names) == bool(fn.secrets), f"{fn.name}: Secret Manager iff it has secrets"
         assert ("google-cloud-pubsub" in names) == ("pubsub" in fn.uses), fn.name
@@ -96,8 +98,8 @@ def test_requirements_provide_every_import_the_function_code_makes():
     problems = []
     for fn in load_manifest().functions.values():
         extras = generator.function_extras(uses=fn.uses, secrets=fn.secrets, extras=fn.extras)
-        installed = {_normalise(n) for n in requirement_names(REPO / "functions" / fn.name / "requirements.txt")}
-        closure = bundler.import_closure(REPO / "functions" / fn.name, SHARED)
+        installed = {_normalise(n) for n in requirement_names(REPO / "functions" / fn.folder / "requirements.txt")}
+        closure = bundler.import_closure(REPO / "functions" / fn.folder, SHARED)
         for statement, importers in sorted(needed_imports(closure, extras).items()):
             top = statement.split()[1].split(".")[0]
             candidates = dists.get(top, set())
@@ -136,7 +138,7 @@ def test_code_that_asks_the_runtime_for_a_client_runs_only_in_functions_that_use
     problems = []
     for fn in load_manifest().functions.values():
         declared = set(generator.function_extras(uses=fn.uses, secrets=fn.secrets, extras=fn.extras))
-        closure = bundler.import_closure(REPO / "functions" / fn.name, SHARED)
+        closure = bundler.import_closure(REPO / "functions" / fn.folder, SHARED)
         for module, path in sorted(closure.modules.items()):
             if module == "threatflow.runtime":
                 continue  # defines the properties
@@ -257,7 +259,7 @@ sys.path.insert(0, sys.argv[1])
 from threatflow.platform.manifest import load_manifest
 m = load_manifest()
 blocked = [name for name in ("yaml", "jsonschema") if name in sys.modules]
-print(json.dumps({"path": str(m.path), "functions": sorted(m.functions), "sources": m.sources, "loaded": blocked}))
+print(json.dumps({"path": str(m.path), "functions": sorted(m.functions), "sources": m.raw["sources"], "loaded": blocked}))
 """
 
 
@@ -278,7 +280,7 @@ def test_a_bundle_that_reads_the_manifest_carries_it_as_json_and_loads_it_withou
     loaded = json.loads(run.stdout)
     assert loaded["path"] == str(extracted / "threatflow" / "platform" / "topology.json")
     assert loaded["functions"] == sorted(load_manifest().functions)
-    assert loaded["sources"] == load_manifest().sources
+    assert loaded["sources"] == load_manifest().raw["sources"]
     assert loaded["loaded"] == []
 
 

@@ -40,6 +40,17 @@ class PubSubPublisher:
         except (exceptions.GoogleAPICallError, TimeoutError) as exc:
             raise DependencyError(f"Pub/Sub publish to {topic!r} failed: {exc}") from exc
 
+    def publish_many(self, topic: str, messages: list[tuple[bytes, Mapping[str, str]]]) -> list[str]:
+        """Publish all at once (the client batches them) and wait for every message id."""
+        from google.api_core import exceptions
+
+        try:
+            path = self.topic_path(topic)
+            futures = [self._client.publish(path, data, **dict(attributes)) for data, attributes in messages]
+            return [str(f.result(timeout=PUBLISH_TIMEOUT_SECONDS)) for f in futures]
+        except (exceptions.GoogleAPICallError, TimeoutError) as exc:
+            raise DependencyError(f"Pub/Sub publish to {topic!r} failed: {exc}") from exc
+
     def ping(self) -> None:
         from google.api_core import exceptions
 
@@ -100,3 +111,48 @@ class PubSubAdmin:
 
     def close(self) -> None:
         self.subscriber.close()
+
+
+class PubSubPuller:
+    """Synchronous pull from a subscription (the dead-letter admin view drains its hold subscriptions)."""
+
+    def __init__(self, project: str) -> None:
+        from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+        self._project = project
+        self._client = pubsub_v1.SubscriberClient()
+
+    def pull(self, subscription: str, *, max_messages: int = 100, timeout: float = 5.0) -> list[dict[str, Any]]:
+        from google.api_core import exceptions
+
+        path = self._client.subscription_path(self._project, subscription)
+        try:
+            response = self._client.pull(request={"subscription": path, "max_messages": max_messages}, timeout=timeout)
+        except exceptions.NotFound:
+            return []
+        except exceptions.DeadlineExceeded:
+            return []
+        except exceptions.GoogleAPICallError as exc:
+            raise DependencyError(f"Pub/Sub pull from {subscription!r} failed: {exc}") from exc
+        out = []
+        for received in response.received_messages:
+            message = received.message
+            out.append(
+                {
+                    "ack_id": received.ack_id,
+                    "message_id": message.message_id,
+                    "data": bytes(message.data),
+                    "attributes": dict(message.attributes),
+                    "published_at": message.publish_time.isoformat() if message.publish_time else None,
+                }
+            )
+        return out
+
+    def ack(self, subscription: str, ack_ids: list[str]) -> None:
+        if ack_ids:
+            self._client.acknowledge(
+                request={"subscription": self._client.subscription_path(self._project, subscription), "ack_ids": ack_ids}
+            )
+
+    def close(self) -> None:
+        self._client.close()

@@ -194,3 +194,81 @@ class AccountLockout:
 
     def succeeded(self, username: str) -> None:
         self._run("ok", username)
+
+
+# -- primitives the enrichment pipeline builds on: a TTL cache, locks, counters, a delay queue --
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisPrimitives:
+    """Small atomic operations on one Redis, through the instance's circuit breaker:
+    every RedisError (and every call while the breaker is open) becomes a DependencyError."""
+
+    def __init__(self, client: redis_lib.Redis, *, breaker: CircuitBreaker) -> None:
+        self._client = client
+        self._breaker = breaker
+        self._release = client.register_script(_RELEASE)
+
+    def _call(self, fn: Any) -> Any:
+        return self._breaker.call(fn)
+
+    def get(self, key: str) -> bytes | None:
+        return self._call(lambda: self._client.get(key))  # type: ignore[no-any-return]
+
+    def mget(self, keys: list[str]) -> list[bytes | None]:
+        return list(self._call(lambda: self._client.mget(keys))) if keys else []
+
+    def set(self, key: str, value: bytes, *, ttl_seconds: float) -> None:
+        self._call(lambda: self._client.set(key, value, px=max(1, int(ttl_seconds * 1000))))
+
+    def delete(self, key: str) -> None:
+        self._call(lambda: self._client.delete(key))
+
+    def acquire(self, key: str, token: str, *, ttl_seconds: float) -> bool:
+        """SET NX PX: True when this caller holds the lock."""
+        return bool(self._call(lambda: self._client.set(key, token, nx=True, px=max(1, int(ttl_seconds * 1000)))))
+
+    def release(self, key: str, token: str) -> None:
+        """Delete the lock only if this caller still holds it."""
+        self._call(lambda: self._release(keys=[key], args=[token]))
+
+    def exists(self, key: str) -> bool:
+        return bool(self._call(lambda: self._client.exists(key)))
+
+    def incr(self, key: str, amount: int = 1, *, expire_at: int | None = None) -> int:
+        def run() -> int:
+            pipe = self._client.pipeline()
+            pipe.incrby(key, amount)
+            if expire_at is not None:
+                pipe.expireat(key, expire_at)
+            return int(pipe.execute()[0])
+
+        return self._call(run)  # type: ignore[no-any-return]
+
+    def counter(self, key: str) -> int:
+        value = self.get(key)
+        return int(value) if value else 0
+
+    def hincr(self, key: str, field: str, amount: int = 1) -> None:
+        self._call(lambda: self._client.hincrby(key, field, amount))
+
+    def hgetall(self, key: str) -> dict[str, int]:
+        raw = self._call(lambda: self._client.hgetall(key))
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    def schedule(self, key: str, member: bytes, *, due_epoch: float) -> None:
+        """Add to a delay queue (sorted set scored by due time)."""
+        self._call(lambda: self._client.zadd(key, {member: due_epoch}))
+
+    def take_due(self, key: str, *, now_epoch: float, limit: int = 100) -> list[bytes]:
+        """Remove and return members due by now; each is returned to one caller only."""
+
+        def run() -> list[bytes]:
+            members: list[bytes] = list(self._client.zrangebyscore(key, "-inf", now_epoch, start=0, num=limit))  # type: ignore[arg-type]
+            return [m for m in members if self._client.zrem(key, m)]
+
+        return self._call(run)  # type: ignore[no-any-return]

@@ -193,6 +193,17 @@ def cmd_flows(args: argparse.Namespace) -> int:
     return flows.cmd_load(args, base=_base_url(args), token=_token())
 
 
+def cmd_enrich(args: argparse.Namespace) -> int:
+    from threatflow.cli import enrich
+
+    base, token = _base_url(args), _token()
+
+    def call(method: str, path: str, body: Any = None, raw: bool = False) -> tuple[int, Any]:
+        return _request(method, f"{base}{path}", token=token, body=body, raw=raw)
+
+    return enrich.run(args, call)
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     token = _token()
     body = None
@@ -265,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     from threatflow.cli import models
 
     models.add_parser(sub)
+
+    from threatflow.cli import enrich
+
+    enrich.add_parser(sub, cmd_enrich)
 
     whoami = sub.add_parser("whoami", help="who the stored token belongs to")
     whoami.add_argument("--url")

@@ -15,6 +15,7 @@ import msgspec
 
 from threatflow.auth.api import authenticator
 from threatflow.auth.model import Role
+from threatflow.enrichment.api import add_detect_intel_routes
 from threatflow.flows.features import FEATURE_COLUMNS, matrix_from_clean, raise_for_errors, validate_flows
 from threatflow.flows.model import ServingModel, serving_snapshot
 from threatflow.platform.errors import ValidationError
@@ -92,6 +93,8 @@ def build_router(runtime: Runtime) -> Router:
         info["load_seconds"] = model.load_seconds
         return info
 
+    # GET /api/v1/detect/intel/{ip}: the IP's reputation through the enrichment cache and sources.
+    add_detect_intel_routes(router, runtime)
     return router
 
 

@@ -35,12 +35,25 @@ def push_path(function: str) -> str:
 
 
 def load_function_apps(manifest: Manifest, functions_dir: Path) -> dict[str, WsgiApp]:
+    import os
+
     import functions_framework
 
     apps: dict[str, WsgiApp] = {}
     for fn in manifest.functions.values():
-        source = functions_dir / fn.name / "main.py"
-        apps[fn.name] = functions_framework.create_app(target=fn.entry_point, source=str(source), signature_type=fn.signature_type)
+        source = functions_dir / fn.folder / "main.py"
+        # A per-source deployment (enrich-<source>) is its folder's code loaded with its own
+        # env (ENRICH_SOURCE), as in the cloud; the module reads it at import.
+        saved = {k: os.environ.get(k) for k in fn.env}
+        os.environ.update(fn.env)
+        try:
+            apps[fn.name] = functions_framework.create_app(target=fn.entry_point, source=str(source), signature_type=fn.signature_type)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
     return apps
 
 
@@ -133,7 +146,7 @@ def build(manifest_path: Path | None = None, functions_dir: Path | None = None) 
     return Gateway.from_settings(manifest, load_function_apps(manifest, functions_dir or REPO_ROOT / "functions"))
 
 
-def serve(host: str, port: int, *, workers: int = 1, threads: int = 8) -> None:
+def serve(host: str, port: int, *, workers: int = 1, threads: int = 32) -> None:
     """Serve with gunicorn (what functions-framework uses in production) so a
     slow request never blocks the emulator's pushes."""
     from gunicorn import util
@@ -148,6 +161,9 @@ def serve(host: str, port: int, *, workers: int = 1, threads: int = 8) -> None:
                 "workers": workers,
                 "threads": threads,
                 "worker_class": "gthread",
+                # Load every function before the port is bound, so a client polling /ready during
+                # start-up is refused (and retries) instead of waiting on a socket nobody serves yet.
+                "preload_app": True,
                 "timeout": 600,
                 "graceful_timeout": 5,
                 "accesslog": None,
@@ -168,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1, help="processes (each loads every function)")
-    parser.add_argument("--threads", type=int, default=8, help="threads per process")
+    parser.add_argument("--threads", type=int, default=32, help="threads per process")
     args = parser.parse_args(argv)
     try:
         serve(args.host, args.port, workers=args.workers, threads=args.threads)

@@ -112,6 +112,30 @@ def start_services(state_dir: Path, manifest: Manifest, *, project: str) -> tupl
     return env, started
 
 
+def start_fake_intel(state_dir: Path, manifest: Manifest) -> tuple[dict[str, str], subprocess.Popen[bytes]]:
+    """FAKE_INTEL=1: the fake intel APIs (tests/fakes/intel) in a child process; every
+    source points at them (INTEL_<SOURCE>_URL) and every missing key gets a dummy value."""
+    log_path = state_dir / "fake-intel.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.intel", "--port", "0"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=log_path.open("ab"),
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line:
+        raise RuntimeError(f"the fake intel servers did not start; see {log_path}")
+    info = json.loads(line)
+    env = dict(info["env"])
+    for source in manifest.sources.values():
+        if source.secret_env and not os.environ.get(source.secret_env):
+            env[source.secret_env] = f"fake-{source.name}-key"
+    _say(f"fake-intel ready at {info['url']} (pid {process.pid}); every source points at it")
+    return env, process
+
+
 def stop_services(started: list[Any]) -> None:
     from threatflow.devstack import services
 
@@ -180,6 +204,7 @@ def up(*, state_dir: Path, port: int, project: str = DEFAULT_PROJECT, scheduler:
     gateway_url = f"http://127.0.0.1:{port}"
     began = time.monotonic()
     env, started = start_services(state_dir, manifest, project=project)
+    fake_intel: subprocess.Popen[bytes] | None = None
     gateway: subprocess.Popen[bytes] | None = None
     local_scheduler: LocalScheduler | None = None
     stopping = threading.Event()
@@ -197,8 +222,12 @@ def up(*, state_dir: Path, port: int, project: str = DEFAULT_PROJECT, scheduler:
                 "PUSH_AUTH_MODE": "token",
                 "PUSH_AUTH_TOKEN": push_token(state_dir),
                 "THREATFLOW_STATE_DIR": str(state_dir),
+                **manifest.sources_env(),  # the enrichment functions' intel sources, as Terraform gives them
             }
         )
+        if os.environ.get("FAKE_INTEL") == "1":
+            intel_env, fake_intel = start_fake_intel(state_dir, manifest)
+            env.update(intel_env)
         os.environ.update(env)
         from threatflow.adapters.postgres import create_engine
         from threatflow.db.migrate import migrate
@@ -244,6 +273,12 @@ def up(*, state_dir: Path, port: int, project: str = DEFAULT_PROJECT, scheduler:
                 gateway.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 gateway.kill()
+        if fake_intel and fake_intel.poll() is None:
+            fake_intel.terminate()
+            try:
+                fake_intel.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                fake_intel.kill()
         stop_services(started)
         (state_dir / STACK_FILE).unlink(missing_ok=True)
         _say("stopped")

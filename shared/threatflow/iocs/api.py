@@ -11,6 +11,8 @@ from threatflow.adapters.postgres import unit_of_work
 from threatflow.auth import clearance as tlp_clearance
 from threatflow.auth.api import authenticator
 from threatflow.auth.model import Role
+from threatflow.enrichment import api as enrichment_api
+from threatflow.enrichment import handlers as enrichment_handlers
 from threatflow.intel import api as intel_api
 from threatflow.intel import relations_api
 from threatflow.iocs import repository, search, service, warninglist_routes
@@ -87,9 +89,11 @@ def build_router(runtime: Runtime) -> Router:
     @router.route("POST", "/api/v1/iocs/batch", role=Role.ANALYST, body=service.BatchIn)
     def batch(request: Request, body: service.BatchIn) -> dict[str, Any]:
         with unit_of_work(runtime.engine) as conn:
-            return service.upsert_batch(
+            result = service.upsert_batch(
                 body.iocs, conn=conn, now=runtime.clock.now(), policies=policies(), warninglists=runtime.warninglist_matcher()
             )
+        enrichment_handlers.auto_enrich(runtime, result["results"])  # after commit; one small publish; never fails the upsert
+        return result
 
     @router.route("POST", "/api/v1/iocs/find", role=Role.READER, body=FindRequest)
     def find(request: Request, body: FindRequest) -> dict[str, Any]:
@@ -139,6 +143,7 @@ def build_router(runtime: Runtime) -> Router:
             record = visible(request, service.get_or_raise(conn, ioc_id(request)))
             ioc = with_score(record)
             ioc["sightings"] = repository.sightings(conn, record.id, limit=20)
+        ioc["enrichment"] = enrichment_api.ioc_summary(runtime, record.id)
         return ioc
 
     @router.route("POST", "/api/v1/iocs/{ioc_id:int}/sightings", role=Role.ANALYST, body=SightingIn)
@@ -177,4 +182,5 @@ def build_router(runtime: Runtime) -> Router:
     warninglist_routes.register(router, runtime)
     intel_api.register(router, runtime)
     relations_api.register(router, runtime)
+    enrichment_api.register_ioc_routes(router, runtime)
     return router

@@ -389,3 +389,38 @@ WITH scored AS (
 )
 SELECT count(*), count(*) FILTER (WHERE NOT active) FROM changed
 """
+
+
+def apply_enrichment_verdict(conn: Connection, *, ioc_id: int, verdict: str, score: int) -> None:
+    """The merged enrichment verdict becomes the IoC's verdict and base score (detection count untouched)."""
+    conn.execute(
+        _text(
+            "UPDATE iocs SET verdict = :v, base_score = :s, score = :s, severity = CASE WHEN :s >= 90 THEN 'critical'"
+            " WHEN :s >= 70 THEN 'high' WHEN :s >= 40 THEN 'medium' WHEN :s >= 15 THEN 'low' ELSE 'info' END,"
+            " updated_at = now() WHERE id = :i AND (verdict IS DISTINCT FROM :v OR base_score IS DISTINCT FROM :s)"
+        ),
+        {"i": ioc_id, "v": verdict, "s": score},
+    )
+
+
+def get_many_by_value(conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """id, type, value, tlp and warninglists of indicators by (type, value), in one query."""
+    if not keys:
+        return {}
+    rows = conn.execute(
+        _text(
+            "SELECT id, type, value, tlp, warninglists FROM iocs"
+            " WHERE (type, value) IN (SELECT * FROM unnest(CAST(:t AS text[]), CAST(:v AS text[])))"
+        ),
+        {"t": [k[0] for k in keys], "v": [k[1] for k in keys]},
+    ).all()
+    return {(r[1], r[2]): {"id": int(r[0]), "type": r[1], "value": r[2], "tlp": r[3], "warninglists": list(r[4] or [])} for r in rows}
+
+
+def tlps_of(conn: Connection, ioc_ids: Sequence[int]) -> dict[int, str]:
+    """The TLP of each existing IoC among ioc_ids (absent ids are left out)."""
+    ids = sorted({int(i) for i in ioc_ids})
+    if not ids:
+        return {}
+    rows = conn.execute(_text("SELECT id, tlp FROM iocs WHERE id = ANY(CAST(:i AS bigint[]))"), {"i": ids})
+    return {int(r[0]): str(r[1]) for r in rows}

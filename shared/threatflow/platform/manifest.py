@@ -17,12 +17,15 @@ the dev stack, the CLI and the tests read and validate the YAML.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from threatflow.platform.errors import ConfigError
+
+# Intel source settings live in their own module (no PyYAML in its import closure).
+from threatflow.platform.sources import SourceConfig, build_source
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_MANIFEST = REPO_ROOT / "functions" / "topology.yaml"
@@ -58,6 +61,10 @@ class Function:
     timeout_seconds: int
     max_instances: int
     min_instances: int
+    # Per-source deployments of one code path: folder is the code's folder
+    # (functions/<folder>/main.py), source the intel source it serves.
+    folder: str = ""
+    source: str | None = None
 
     @property
     def signature_type(self) -> str:
@@ -116,8 +123,19 @@ class Manifest:
     schedules: dict[str, Schedule]
     secrets: dict[str, Secret]
     buckets: dict[str, Bucket]
-    sources: dict[str, dict[str, Any]]
+    sources: dict[str, SourceConfig]
     raw: dict[str, Any] = field(repr=False)
+
+    def sources_env(self) -> dict[str, str]:
+        """What the enrichment functions read the intel sources from (enrichment/settings.py):
+        Terraform sets ENRICH_SOURCES_JSON in the cloud, the local stack and the tests set both."""
+        return {
+            "ENRICH_SOURCES_JSON": json.dumps(self.raw["sources"], sort_keys=True),
+            "ENRICH_SECRETS_JSON": json.dumps(self.raw["secrets"], sort_keys=True),
+        }
+
+    def folders(self) -> set[str]:
+        return {f.folder for f in self.functions.values()}
 
     def http_functions(self) -> list[Function]:
         return [f for f in self.functions.values() if f.trigger is TriggerType.HTTP]
@@ -183,10 +201,12 @@ def _validate_schema(raw: Any, path: Path) -> None:
 
 def _build(raw: dict[str, Any], path: Path) -> Manifest:
     defaults = raw["defaults"]
-    functions = {}
+    functions: dict[str, Function] = {}
+    sources = {name: build_source(name, spec, raw["secrets"]) for name, spec in raw["sources"].items()}
+    per_source: list[Function] = []
     for name, spec in raw["functions"].items():
         trigger = spec["trigger"]
-        functions[name] = Function(
+        function = functions[name] = Function(
             name=name,
             description=spec["description"],
             entry_point=spec["entry_point"],
@@ -202,9 +222,42 @@ def _build(raw: dict[str, Any], path: Path) -> Manifest:
             timeout_seconds=spec.get("timeout_seconds", defaults["timeout_seconds"]),
             max_instances=spec.get("max_instances", defaults["max_instances"]),
             min_instances=spec.get("min_instances", defaults["min_instances"]),
+            folder=name,
         )
+        if spec.get("per_source"):
+            per_source.append(functions.pop(name))
+            del function
+    raw_subscriptions = dict(raw["subscriptions"])
+    raw_topics = dict(raw["topics"])
+    for template in per_source:
+        for source in sources.values():
+            if not source.enabled:
+                continue
+            fn = source.function
+            functions[fn] = replace(
+                template,
+                name=fn,
+                description=f"{template.description} ({source.name})",
+                env={**template.env, "ENRICH_SOURCE": source.name},
+                source=source.name,
+            )
+            raw_topics[source.dead_letter_topic] = {"description": f"{source.name} tasks that failed every delivery attempt."}
+            raw_subscriptions[f"{fn}-push"] = {
+                "topic": template.topic,
+                "push_to": fn,
+                "filter": f'attributes.source = "{source.name}"',
+                "dead_letter_topic": source.dead_letter_topic,
+                "max_delivery_attempts": source.max_delivery_attempts,
+                "ack_deadline_seconds": 120,
+                "retry": {"minimum_backoff_seconds": 1, "maximum_backoff_seconds": 60},
+            }
+            raw_subscriptions[f"{source.dead_letter_topic}-hold"] = {
+                "topic": source.dead_letter_topic,
+                "ack_deadline_seconds": 60,
+                "message_retention_seconds": 604800,
+            }
     subscriptions = {}
-    for name, spec in raw["subscriptions"].items():
+    for name, spec in raw_subscriptions.items():
         retry = spec.get("retry")
         subscriptions[name] = Subscription(
             name=name,
@@ -233,12 +286,12 @@ def _build(raw: dict[str, Any], path: Path) -> Manifest:
     return Manifest(
         path=path,
         functions=functions,
-        topics={name: (spec or {}).get("description", "") for name, spec in raw["topics"].items()},
+        topics={name: (spec or {}).get("description", "") for name, spec in raw_topics.items()},
         subscriptions=subscriptions,
         schedules=schedules,
         secrets={name: Secret(name=name, env=spec["env"]) for name, spec in raw["secrets"].items()},
         buckets={name: Bucket(name=name, env=spec["env"]) for name, spec in raw["buckets"].items()},
-        sources=dict(raw["sources"]),
+        sources=sources,
         raw=raw,
     )
 
@@ -278,8 +331,10 @@ def _cross_check(m: Manifest) -> None:
         if prefix in seen:
             problems.append(f"functions.{fname}.routes: {prefix!r} is already routed to {seen[prefix]!r}")
         seen[prefix] = fname
-    for source, spec in m.sources.items():
-        if spec.get("secret") and spec["secret"] not in m.secrets:
-            problems.append(f"sources.{source}.secret: unknown secret {spec['secret']!r}")
+    for source in m.sources.values():
+        if source.secret and source.secret not in m.secrets:
+            problems.append(f"sources.{source.name}.secret: unknown secret {source.secret!r}")
+        if unsupported := sorted(set(source.auto_enrich) - set(source.indicator_types)):
+            problems.append(f"sources.{source.name}.auto_enrich: {', '.join(unsupported)} not in indicator_types")
     if problems:
         raise ManifestError(f"{m.path}: inconsistent topology manifest:\n  " + "\n  ".join(problems))

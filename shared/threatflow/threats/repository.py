@@ -14,7 +14,7 @@ which are not, never take it).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -497,3 +497,12 @@ def stats(conn: Connection, *, visible_tlps: Sequence[str]) -> dict[str, Any]:
     }
     out["ioc_relations"] = relations
     return out
+
+
+def threat_ids_by_names(conn: Connection, names: Iterable[str]) -> set[int]:
+    """Threats one of whose names or aliases is among `names` (compared by name_key)."""
+    keys = sorted({name_key(n) for n in names if n and n.strip()})
+    if not keys:
+        return set()
+    rows = conn.execute(_text("SELECT DISTINCT threat_id FROM threat_names WHERE name_key = ANY(CAST(:k AS text[]))"), {"k": keys})
+    return {int(r[0]) for r in rows}

@@ -1,0 +1,106 @@
+"""`threatflow enrich VALUE... | --file FILE`: enrich IoCs over the API, with a progress
+bar on stderr and a summary table of verdicts on stdout.
+
+A file is one value a line, or any import format (JSON, CSV, STIX 2.1, MISP; free
+text is extracted): it is parsed here and only the values are sent, in batches of
+up to 1,000 through POST /api/v1/enrichment/batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+BATCH = 1000
+POLL_SECONDS = 1.0
+
+Call = Callable[..., Any]
+
+
+def values_from_file(path: Path) -> list[dict[str, Any]]:
+    from threatflow.cli.iocs import detect_format
+    from threatflow.intel.formats import parse
+
+    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8", errors="replace")
+    fmt = detect_format(path, text) if str(path) != "-" else "text"
+    if fmt == "text":
+        lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        if all(" " not in line for line in lines):  # one value a line
+            return [{"value": line} for line in lines]
+    parsed = parse(fmt, text if fmt in ("text", "csv") else json.loads(text))
+    return [{"value": p.item.value, **({"type": p.item.type} if p.item.type else {})} for p in parsed.iocs]
+
+
+def _bar(done: int, total: int, started: float) -> str:
+    width = 30
+    filled = int(width * done / total) if total else width
+    return f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} runs done  {time.monotonic() - started:5.1f}s"
+
+
+def run(args: argparse.Namespace, call: Call) -> int:
+    items: list[dict[str, Any]] = [{"value": v} for v in args.values]
+    if args.file:
+        items += values_from_file(Path(args.file))
+    if not items:
+        print("error: give VALUE... or --file FILE", file=sys.stderr)
+        return 2
+    sources = [s for s in (args.sources or "").split(",") if s]
+    runs: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    batches: list[str] = []
+    for start in range(0, len(items), BATCH):
+        body = {"iocs": items[start : start + BATCH], "force": args.force, "sources": sources}
+        status, payload = call("POST", "/api/v1/enrichment/batch", body)
+        if status >= 400:
+            print(f"error: HTTP {status}: {payload}", file=sys.stderr)
+            return 1
+        batches.append(payload["batch_id"])
+        for item in payload["runs"]:
+            (rejected if "error" in item else runs).append(item)
+    for item in rejected:
+        print(f"rejected: {item['value']}: {item['error']}", file=sys.stderr)
+    final: dict[str, dict[str, Any]] = {}
+    started = time.monotonic()
+    deadline = started + args.timeout
+    while not args.no_wait:
+        done = 0
+        for batch_id in batches:
+            status, progress = call("GET", f"/api/v1/enrichment/batches/{batch_id}")
+            if status >= 400:
+                print(f"\nerror: HTTP {status}: {progress}", file=sys.stderr)
+                return 1
+            for item in progress["runs"]:
+                if item.get("run_id"):
+                    final[item["run_id"]] = item
+            done += progress["done"]
+        print(_bar(done, len(runs), started), end="", file=sys.stderr, flush=True)
+        if done >= len(runs) or time.monotonic() > deadline:
+            print(file=sys.stderr)
+            break
+        time.sleep(POLL_SECONDS)
+    rows = [final.get(r["run_id"], r) for r in runs]
+    print(f"{'VERDICT':<11} {'SCORE':>5}  {'TYPE':<7} VALUE")
+    for row in rows:
+        score = "" if row.get("score") is None else str(row["score"])
+        print(f"{(row.get('verdict') or row.get('status') or '?'):<11} {score:>5}  {row.get('type', ''):<7} {row['value']}")
+    counts = Counter(str(r.get("verdict") or "pending") for r in rows)
+    print("\n" + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f"; {len(rejected)} rejected", file=sys.stderr)
+    return 0 if not rejected else 1
+
+
+def add_parser(sub: Any, handler: Callable[[argparse.Namespace], int]) -> None:
+    parser = sub.add_parser("enrich", help="enrich IoCs: threatflow enrich 1.2.3.4 evil.example | --file iocs.txt")
+    parser.add_argument("values", nargs="*", metavar="VALUE")
+    parser.add_argument("--file", help="one value a line, or a JSON/CSV/STIX/MISP/text import file ('-' = stdin)")
+    parser.add_argument("--force", action="store_true", help="ignore cached results and warninglists")
+    parser.add_argument("--sources", help="comma-separated source names (default: every applicable source)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the runs")
+    parser.add_argument("--no-wait", action="store_true", help="print the run ids and exit")
+    parser.add_argument("--url", help="API base URL")
+    parser.set_defaults(run=handler)

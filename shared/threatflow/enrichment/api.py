@@ -1,0 +1,582 @@
+"""Routes of the enrichment function (/api/v1/enrichment).
+
+POST /enrich               one IoC -> 202 {run_id, ioc_id}
+GET  /runs/{run_id}        status, merged verdict and score, each source's answer
+POST /batch                up to 1,000 IoCs -> 202 {batch_id, runs}
+GET  /batches/{batch_id}   progress
+GET  /sources              types, health, key present, quota used/left today, cache hit rate (no quota spent)
+POST /health               reachability of each source (no quota spent)
+GET  /dead-letters         admin: dead-lettered tasks with their last error
+POST /dead-letters/replay  admin: re-queue them
+
+Also here, so the contracts treat them as routes: the enrichment routes the iocs
+function serves (GET /api/v1/iocs/{id}/enrichment, `register_ioc_routes`, and the
+summary GET /api/v1/iocs/{id} includes, `ioc_summary`), and the IP reputation
+route the detect function mounts (`add_detect_intel_routes(router, runtime)`).
+
+Every read path that exposes an IoC filters by the caller's TLP clearance: a run,
+result or dead letter of an IoC above it does not exist for the caller (404 / left out).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+
+from threatflow.adapters.postgres import unit_of_work
+from threatflow.auth import clearance as tlp_clearance
+from threatflow.auth.api import authenticator
+from threatflow.auth.model import Role
+from threatflow.enrichment import dispatch, handlers, repository, runs, verdict
+from threatflow.enrichment.handlers import Enrichment, context, lookup_source
+from threatflow.enrichment.model import ResultStatus
+from threatflow.enrichment.tasks import TOPIC_REQUESTED, TOPIC_TASKS, EnrichRequest, Task
+from threatflow.enrichment.worker import execute
+from threatflow.intel import enrichment as intel_enrichment
+from threatflow.platform import events
+from threatflow.platform.errors import DependencyError, NotFoundError, PayloadTooLargeError, RateLimitedError, ValidationError
+from threatflow.platform.web import Request, Response, Router
+from threatflow.runtime import Runtime
+
+MAX_BATCH = 1000
+
+
+class EnrichIn(msgspec.Struct, forbid_unknown_fields=True):
+    value: Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
+    type: str | None = None
+    force: bool = False
+    sources: list[str] = []
+
+
+class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
+    iocs: list[EnrichIn | str]
+    force: bool = False
+    sources: list[str] = []
+
+
+class ReplayIn(msgspec.Struct, forbid_unknown_fields=True):
+    ids: list[str] = []
+
+
+def _resolve_ioc(runtime: Runtime, item: EnrichIn, *, clearance: str, index: int | None = None) -> dict[str, Any]:
+    """The stored IoC for a value, stored first when new (cross-domain: intel.enrichment); 404 above the caller's clearance."""
+    where = "value" if index is None else f"iocs[{index}].value"
+    # The snapshots first: loading one takes a connection, never while this request holds its own.
+    policies, warninglists = runtime.decay_policies().get(), runtime.warninglist_matcher()
+    with unit_of_work(runtime.engine) as conn:
+        ioc = intel_enrichment.resolve_ioc(
+            conn, item.value, item.type, where=where, now=runtime.clock.now(), warninglists=warninglists, policies=policies
+        )
+    tlp_clearance.require(clearance, ioc["tlp"], what=f"indicator {item.value[:64]!r}")
+    return ioc
+
+
+def _visible_ioc(runtime: Runtime, request: Request, ioc_id: Any, *, what: str) -> None:
+    """404 when the IoC is gone or above the caller's TLP clearance."""
+    allowed = tlp_clearance.allowed(tlp_clearance.of(request.principal))
+    try:
+        ident = int(ioc_id)
+    except (TypeError, ValueError):
+        raise NotFoundError(f"no {what}") from None
+    with unit_of_work(runtime.engine) as conn:
+        if not intel_enrichment.visible_ioc_ids(conn, [ident], visible_tlps=allowed):
+            raise NotFoundError(f"no {what}")
+
+
+def _check_sources(ctx: handlers.Enrichment, names: list[str], field: str) -> None:
+    unknown = sorted(set(names) - set(ctx.settings.sources))
+    if unknown:
+        raise ValidationError(
+            f"{field}: unknown sources {', '.join(unknown)}; known: {', '.join(sorted(ctx.settings.sources))}", field=field
+        )
+
+
+def run_view(ctx: handlers.Enrichment, run_id: str) -> dict[str, Any]:
+    run = runs.get_run(ctx.runtime.documents, run_id)
+    if run is None:
+        return _cached_run_view(ctx, run_id)
+    if run.get("status") == "running" and time.time() > float(run.get("deadline_at") or 0):
+        run = handlers.finalize(ctx, run_id) or run  # the deadline passed: close with what answered
+    with unit_of_work(ctx.runtime.engine) as conn:
+        results = repository.run_results(conn, run_id)
+    return {
+        "run_id": run_id,
+        "ioc_id": run.get("ioc_id"),
+        "type": run.get("type"),
+        "value": run.get("value"),
+        "status": "done" if run.get("status") == "done" else "running",
+        "verdict": run.get("verdict"),
+        "score": run.get("score"),
+        "expected": run.get("expected", []),
+        "skipped": run.get("skipped", {}),
+        "timed_out": run.get("timed_out", []),
+        "sources": {
+            r["source"]: {k: r[k] for k in ("status", "verdict", "score", "evidence", "cached", "fetched_at", "detail")} for r in results
+        },
+    }
+
+
+def _cached_run_view(ctx: handlers.Enrichment, run_id: str) -> dict[str, Any]:
+    """A run the batch answered from the cache has result rows and no run document."""
+    with unit_of_work(ctx.runtime.engine) as conn:
+        results = repository.run_results(conn, run_id)
+    if not results:
+        raise NotFoundError(f"no enrichment run {run_id!r}")
+    merged = verdict.merge(results, reliability=ctx.reliability(), now=ctx.now())
+    return {
+        "run_id": run_id,
+        "ioc_id": results[0]["ioc_id"],
+        "status": "done",
+        "verdict": merged.verdict,
+        "score": merged.score,
+        "expected": [r["source"] for r in results],
+        "skipped": {},
+        "timed_out": [],
+        "sources": {
+            r["source"]: {k: r[k] for k in ("status", "verdict", "score", "evidence", "cached", "fetched_at", "detail")} for r in results
+        },
+    }
+
+
+def _resolve_many(runtime: Runtime, items: list[EnrichIn]) -> list[dict[str, Any] | str]:
+    """Stored IoCs for many values in two statements (new ones are stored); an error string per bad item."""
+    policies, warninglists = runtime.decay_policies().get(), runtime.warninglist_matcher()  # before the request's connection
+    with unit_of_work(runtime.engine) as conn:
+        return intel_enrichment.resolve_many(
+            conn, [(item.value, item.type) for item in items], now=runtime.clock.now(), warninglists=warninglists, policies=policies
+        )
+
+
+def _cached_row(run_id: str, ioc_id: int, cached: dict[str, Any]) -> dict[str, Any]:
+    """A result row from a cached SourceResult dict (what handlers.result_row builds from the record)."""
+    return {
+        "run_id": run_id,
+        "ioc_id": ioc_id,
+        "source": cached["source"],
+        "status": cached["status"],
+        "verdict": cached.get("verdict") or "unknown",
+        "score": cached.get("score"),
+        "evidence": cached.get("evidence") or {},
+        "detail": str(cached.get("detail") or "")[:500],
+        "cached": True,
+        "fetched_at": cached["fetched_at"],
+    }
+
+
+def _all_cached(ctx: handlers.Enrichment, wanted: list[tuple[dict[str, Any], list[str]]]) -> dict[int, list[Any]]:
+    """ioc_id -> every applicable source's cached answer, for the IoCs whose every source is cached (one MGET)."""
+    implemented = ctx.reliability().keys()
+    enabled = ctx.settings.enabled()
+    plan: list[tuple[int, list[Any]]] = []
+    pairs: list[tuple[Any, str, str]] = []
+    selections: dict[tuple[Any, ...], list[str]] = {}
+    for ioc, sources in wanted:
+        rule = (str(ioc["type"]), str(ioc.get("tlp") or "amber"), bool(ioc.get("warninglists")), tuple(sources))
+        if rule not in selections:  # the same answer for every IoC of a type, TLP and source list
+            selections[rule] = dispatch.select(
+                enabled,
+                ioc_type=rule[0],
+                tlp=rule[1],
+                warninglisted=rule[2],
+                force=False,
+                wanted=sources,
+                usable_key=ctx.keys.usable,
+                implemented=implemented,
+            )[0]
+        chosen = selections[rule]
+        if chosen:
+            configs = [ctx.settings.sources[name] for name in chosen]
+            plan.append((int(ioc["id"]), configs))
+            pairs += [(c, str(ioc["type"]), str(ioc["value"])) for c in configs]
+    results = iter(ctx.cache.get_many(pairs))
+    out: dict[int, list[Any]] = {}
+    for ioc_id, configs in plan:
+        answers = [next(results) for _ in configs]
+        if all(a is not None for a in answers):
+            out[ioc_id] = answers
+    return out
+
+
+def build_router(runtime: Runtime) -> Router:
+    router = Router("enrichment", runtime=runtime, authenticator=authenticator(runtime))
+    ctx = handlers.context(runtime)
+
+    def start(
+        item: EnrichIn, *, clearance: str, force: bool, sources: list[str], batch_id: str | None = None, index: int | None = None
+    ) -> dict[str, Any]:
+        ioc = _resolve_ioc(runtime, item, clearance=clearance, index=index)
+        run_id = uuid.uuid4().hex
+        req = EnrichRequest(
+            run_id=run_id,
+            ioc_id=int(ioc["id"]),
+            ioc_type=str(ioc["type"]),
+            value=str(ioc["value"]),
+            tlp=str(ioc.get("tlp") or "amber"),
+            warninglists=tuple(ioc.get("warninglists") or ()),
+            force=force,
+            sources=tuple(sources),
+            batch_id=batch_id,
+        )
+        handlers.request(ctx, req)
+        return {"run_id": run_id, "ioc_id": req.ioc_id, "type": req.ioc_type, "value": req.value}
+
+    @router.route("POST", "/api/v1/enrichment/enrich", role=Role.ANALYST, body=EnrichIn)
+    def enrich(request: Request, body: EnrichIn) -> Response:
+        _check_sources(ctx, body.sources, "sources")
+        clearance = tlp_clearance.of(request.principal)
+        return Response(start(body, clearance=clearance, force=body.force, sources=body.sources), status=202)
+
+    @router.route("GET", "/api/v1/enrichment/runs/{run_id}", role=Role.READER)
+    def get_run(request: Request) -> dict[str, Any]:
+        run_id = request.path_params["run_id"]
+        view = run_view(ctx, run_id)
+        _visible_ioc(runtime, request, view.get("ioc_id"), what=f"enrichment run {run_id!r}")
+        return view
+
+    @router.route("POST", "/api/v1/enrichment/batch", role=Role.ANALYST, body=BatchIn)
+    def batch(request: Request, body: BatchIn) -> Response:
+        if len(body.iocs) > MAX_BATCH:
+            raise PayloadTooLargeError(f"iocs: at most {MAX_BATCH} per batch; got {len(body.iocs)}")
+        if not body.iocs:
+            raise ValidationError("iocs: give at least one IoC", field="iocs")
+        _check_sources(ctx, body.sources, "sources")
+        batch_id = uuid.uuid4().hex
+        items = [EnrichIn(value=raw) if isinstance(raw, str) else raw for raw in body.iocs]
+        resolved = _resolve_many(runtime, items)
+        clearance = tlp_clearance.of(request.principal)
+        resolved = [
+            r if isinstance(r, str) or tlp_clearance.can_read(clearance, r.get("tlp")) else "no such indicator within your TLP clearance"
+            for r in resolved
+        ]
+        valid = [(i, item, ioc) for i, (item, ioc) in enumerate(zip(items, resolved, strict=True)) if not isinstance(ioc, str)]
+        cached = _all_cached(ctx, [(ioc, item.sources or body.sources) for _, item, ioc in valid if not (body.force or item.force)])
+        out: list[dict[str, Any]] = []
+        fast_rows: list[dict[str, Any]] = []
+        requests: list[EnrichRequest] = []
+        reliability = ctx.reliability()
+        now = runtime.clock.now()
+        for index, (item, ioc) in enumerate(zip(items, resolved, strict=True)):
+            if isinstance(ioc, str):
+                out.append({"index": index, "value": item.value, "error": ioc})
+                continue
+            force = body.force or item.force
+            run_id = uuid.uuid4().hex
+            base = {"run_id": run_id, "ioc_id": int(ioc["id"]), "type": ioc["type"], "value": ioc["value"]}
+            answers = None if force else cached.get(int(ioc["id"]))
+            if answers is not None:
+                # Every applicable source has a fresh answer: the run is done without a message.
+                rows = [_cached_row(run_id, int(ioc["id"]), r) for r in answers]
+                fast_rows += rows
+                merged = verdict.merge(rows, reliability=reliability, now=now)
+                out.append({**base, "status": "done", "cached": True, "verdict": merged.verdict, "score": merged.score})
+                continue
+            requests.append(
+                EnrichRequest(
+                    run_id=run_id,
+                    ioc_id=int(ioc["id"]),
+                    ioc_type=str(ioc["type"]),
+                    value=str(ioc["value"]),
+                    tlp=str(ioc.get("tlp") or "amber"),
+                    warninglists=tuple(ioc.get("warninglists") or ()),
+                    force=force,
+                    sources=tuple(item.sources or body.sources),
+                    origin="batch",
+                    batch_id=batch_id,
+                )
+            )
+            out.append({**base, "status": "running"})
+        with unit_of_work(runtime.engine) as conn:
+            repository.insert_results(conn, fast_rows)
+            repository.put_batch(conn, batch_id, out)
+        if requests:  # the dispatcher records each run; published together, not one by one
+            runtime.publisher.publish_many(
+                TOPIC_REQUESTED, [(events.encode(r.to_json()), {"run_id": r.run_id, "batch_id": batch_id}) for r in requests]
+            )
+        return Response({"batch_id": batch_id, "runs": out}, status=202)
+
+    @router.route("GET", "/api/v1/enrichment/batches/{batch_id}", role=Role.READER)
+    def get_batch(request: Request) -> dict[str, Any]:
+        allowed = tlp_clearance.allowed(tlp_clearance.of(request.principal))
+        with unit_of_work(runtime.engine) as conn:
+            doc = repository.get_batch(conn, request.path_params["batch_id"])
+            ids = [int(i["ioc_id"]) for i in (doc or {}).get("runs", []) if "ioc_id" in i]
+            visible = intel_enrichment.visible_ioc_ids(conn, ids, visible_tlps=allowed)
+        if doc is None:
+            raise NotFoundError(f"no enrichment batch {request.path_params['batch_id']!r}")
+        out = []
+        done = 0
+        for item in doc.get("runs", []):
+            if "ioc_id" in item and int(item["ioc_id"]) not in visible:
+                continue  # an IoC above the caller's clearance (or deleted since) is left out
+            if "run_id" not in item:
+                out.append({**item, "status": "rejected"})
+                continue
+            if item.get("cached"):
+                done += 1
+                out.append(item)
+                continue
+            run = runs.get_run(runtime.documents, item["run_id"]) or {}
+            status = "done" if run.get("status") == "done" else "running"
+            done += status == "done"
+            out.append({**item, "status": status, "verdict": run.get("verdict"), "score": run.get("score")})
+        accepted = sum(1 for i in out if i["status"] != "rejected")
+        return {
+            "batch_id": doc["batch_id"],
+            "total": len(out),
+            "accepted": accepted,
+            "done": done,
+            "complete": done == accepted,
+            "runs": out,
+        }
+
+    @router.route("GET", "/api/v1/enrichment/sources", role=Role.READER)
+    def sources(request: Request) -> dict[str, Any]:
+        now = runtime.clock.now()
+        implemented = ctx.reliability()
+        out = []
+        for source in sorted(ctx.settings.sources.values(), key=lambda s: s.name):
+            present = ctx.keys.present(source)
+            health = ctx.redis.get(f"enr:health:{source.name}")
+            if source.name not in implemented:
+                state = "not_implemented"
+            elif not present and not source.key_optional:
+                state = "no_key"
+            elif health:
+                state = health.decode()
+            else:
+                state = "ok"
+            used = ctx.quota.used_today(source, ctx.keys.fingerprint(source), now=now)
+            out.append(
+                {
+                    "name": source.name,
+                    "enabled": source.enabled,
+                    "types": list(source.indicator_types),
+                    "auto_enrich": list(source.auto_enrich),
+                    "health": state,
+                    "key_present": present if source.secret else None,
+                    "keyless": source.keyless,
+                    "quota": {
+                        "per_minute": source.quota.per_minute,
+                        "per_hour": source.quota.per_hour,
+                        "per_day": source.quota.per_day,
+                        "used_today": used,
+                        "left_today": None if source.quota.per_day is None else max(0, source.quota.per_day - used),
+                    },
+                    "ttl_seconds": source.ttl_seconds,
+                    "max_tlp": source.max_tlp,
+                    "cache": ctx.cache.hit_rate(source.name),
+                    "reliability": implemented.get(source.name),
+                }
+            )
+        return {"sources": out}
+
+    @router.route("POST", "/api/v1/enrichment/health", role=Role.ANALYST)
+    def health(request: Request) -> dict[str, Any]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threatflow.enrichment.sources import REGISTRY, client
+
+        targets = [s for s in ctx.settings.enabled() if s.name in REGISTRY]
+
+        def check(source: Any) -> dict[str, Any]:
+            result = client.health(
+                source.name,
+                session=ctx.session,
+                api_key=None,
+                timeout=min(source.timeout_seconds, 5.0),
+                base_url=ctx.settings.base_urls.get(source.name),
+            )
+            return dict(result.to_dict())
+
+        with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
+            results = list(pool.map(check, targets))
+        return {"sources": results}
+
+    @router.route("GET", "/api/v1/enrichment/dead-letters", role=Role.ADMIN)
+    def dead_letters(request: Request) -> dict[str, Any]:
+        drain_dead_letters(ctx)
+        limit = request.query_int("limit", 100, minimum=1, maximum=500)
+        items = runtime.documents.query(runs.DEAD_LETTERS, order_by="dead_lettered_at", descending=True, limit=limit)
+        return {"dead_letters": _within_clearance(runtime, request, [i for i in items if not i.get("replayed_at")])}
+
+    @router.route("POST", "/api/v1/enrichment/dead-letters/replay", role=Role.ADMIN, body=ReplayIn)
+    def replay(request: Request, body: ReplayIn) -> dict[str, Any]:
+        drain_dead_letters(ctx)
+        pending = _within_clearance(
+            runtime, request, [i for i in runtime.documents.query(runs.DEAD_LETTERS, limit=500) if not i.get("replayed_at")]
+        )
+        chosen = [i for i in pending if not body.ids or i["id"] in body.ids]
+        replayed = []
+        for item in chosen:
+            data = json.loads(item["data"])
+            attributes = {"source": item["source"]} if item.get("source") else {}
+            topic = TOPIC_TASKS if item.get("source") else "ioc-enrichment-requested"
+            ctx.publish(topic, data, replayed="1", **attributes)
+            runtime.documents.set(runs.DEAD_LETTERS, item["id"], {"replayed_at": time.time()}, merge=True)
+            replayed.append(item["id"])
+        return {"replayed": replayed}
+
+    return router
+
+
+def _dead_letter_ioc(item: dict[str, Any]) -> int | None:
+    try:
+        value = json.loads(item.get("data") or "{}").get("ioc_id")
+        return int(value) if value is not None else None
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def _within_clearance(runtime: Runtime, request: Request, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Dead letters naming an IoC above the caller's clearance are left out (one naming no stored IoC is kept:
+    a poison task is exactly what an admin must see)."""
+    allowed = tlp_clearance.allowed(tlp_clearance.of(request.principal))
+    ids = [i for i in (_dead_letter_ioc(item) for item in items) if i is not None]
+    with unit_of_work(runtime.engine) as conn:
+        hidden = intel_enrichment.hidden_ioc_ids(conn, ids, visible_tlps=allowed)
+    return [item for item in items if _dead_letter_ioc(item) not in hidden]
+
+
+def drain_dead_letters(ctx: handlers.Enrichment) -> int:
+    """Move dead-lettered messages from their hold subscriptions into Firestore, where they are listed and replayed."""
+    from threatflow.adapters.pubsub import PubSubPuller
+
+    puller = PubSubPuller(ctx.runtime.settings.project)
+    moved = 0
+    try:
+        subscriptions = [f"{s.dead_letter_topic}-hold" for s in ctx.settings.enabled()] + ["ioc-enrichment-requested-dead-letter-hold"]
+        for subscription in subscriptions:
+            received = puller.pull(subscription, max_messages=100, timeout=2.0)
+            for message in received:
+                try:
+                    data = json.loads(message["data"])
+                except ValueError:
+                    data = {"raw": message["data"].decode(errors="replace")}
+                attributes = message["attributes"]
+                ctx.runtime.documents.set(
+                    runs.DEAD_LETTERS,
+                    message["message_id"],
+                    {
+                        "subscription": subscription,
+                        "source": attributes.get("source", ""),
+                        "error": attributes.get("error", "failed every delivery attempt"),
+                        "attempts": int(attributes.get("attempts") or 0),
+                        "data": json.dumps(data),
+                        "run_id": data.get("run_id"),
+                        "value": data.get("value"),
+                        "dead_lettered_at": time.time(),
+                        "published_at": message["published_at"],
+                    },
+                )
+                moved += 1
+            puller.ack(subscription, [m["ack_id"] for m in received])
+    finally:
+        puller.close()
+    return moved
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+# -- served by the iocs function -----------------------------------------------------
+
+
+def ioc_summary(runtime: Runtime, ioc_id: int) -> dict[str, Any] | None:
+    """The merged verdict of the latest closed run with every contributing source and reason.
+    The caller (GET /api/v1/iocs/{id}) has checked the IoC against the reader's clearance."""
+    with unit_of_work(runtime.engine) as conn:
+        return repository.get_verdict(conn, ioc_id)
+
+
+def register_ioc_routes(router: Router, runtime: Runtime) -> None:
+    """GET /api/v1/iocs/{id}/enrichment on the iocs router: 404 for an IoC above the caller's clearance."""
+
+    @router.route("GET", "/api/v1/iocs/{ioc_id:int}/enrichment", role=Role.READER)
+    def latest(request: Request) -> dict[str, Any]:
+        try:
+            ioc_id = int(request.path_params["ioc_id"])
+        except ValueError:
+            raise ValidationError("id must be an integer", field="id") from None
+        allowed = tlp_clearance.allowed(tlp_clearance.of(request.principal))
+        with unit_of_work(runtime.engine) as conn:
+            if not intel_enrichment.visible_ioc_ids(conn, [ioc_id], visible_tlps=allowed):
+                raise NotFoundError(f"no indicator with id {ioc_id}")
+            results = repository.latest_results(conn, ioc_id)
+            verdict_doc = repository.get_verdict(conn, ioc_id)
+        return {"ioc_id": ioc_id, "verdict": verdict_doc, "sources": {r.pop("source"): r for r in results}}
+
+
+# -- IP reputation for the detect function: GET /api/v1/detect/intel/{ip} --------------
+# AbuseIPDB first, then the other IP sources in order, each through the same cache,
+# single flight and quota as the pipeline, so a detection burst never spends more
+# calls than enrichment would.
+
+IP_SOURCE_ORDER = ("abuseipdb", "greynoise", "internetdb", "virustotal", "otx")
+
+
+def ip_reputation(ip: str, *, enrichment: Enrichment, sources: tuple[str, ...] = IP_SOURCE_ORDER) -> dict[str, Any]:
+    """The first usable answer for an IP; raises RateLimitedError when every source is out of quota."""
+    try:
+        address = ipaddress.ip_address(ip.strip())
+    except ValueError:
+        raise ValidationError(f"ip: {ip[:64]!r} is not an IPv4 or IPv6 address", field="ip") from None
+    if not address.is_global:
+        raise ValidationError(f"ip: {address} is not a public address; intel sources know nothing about it", field="ip")
+    ioc_type = "ipv4" if address.version == 4 else "ipv6"
+    value = str(address)
+    waits: list[float] = []
+    tried: dict[str, str] = {}
+    for name in sources:
+        source = enrichment.settings.sources.get(name)
+        if source is None or not source.enabled or ioc_type not in source.indicator_types or not enrichment.keys.usable(source):
+            continue
+        api_key = enrichment.keys.get(source)
+        task = Task("detect-intel", 0, ioc_type, value, name)
+        outcome = execute(
+            task,
+            source=source,
+            key_id=enrichment.keys.fingerprint(source),
+            cache=enrichment.cache,
+            redis=enrichment.redis,
+            quota=enrichment.quota,
+            call=lambda source=source, task=task, api_key=api_key: lookup_source(enrichment, source, task, api_key),  # type: ignore[misc]
+            now=enrichment.now,
+        )
+        if outcome.defer_seconds is not None:
+            waits.append(outcome.defer_seconds)
+            tried[name] = outcome.reason or "no quota"
+            continue
+        result = outcome.result
+        assert result is not None
+        if result.status in (ResultStatus.OK, ResultStatus.NOT_FOUND):
+            return {
+                "ip": value,
+                "source": name,
+                "status": result.status.value,
+                "verdict": result.verdict.value,
+                "score": result.score,
+                "cached": outcome.cached,
+                "fetched_at": result.fetched_at.isoformat(),
+                "evidence": result.evidence.to_dict(),
+                "tried": tried,
+            }
+        tried[name] = result.status.value
+    if waits:
+        raise RateLimitedError(f"every IP source is out of quota ({tried})", retry_after=min(waits))
+    raise DependencyError(f"no IP intel source answered ({tried or 'none usable'})")
+
+
+def add_detect_intel_routes(router: Router, runtime: Runtime) -> None:
+    """Mount GET /api/v1/detect/intel/{ip} on a router (the detect function's)."""
+    enrichment = context(runtime)
+
+    @router.route("GET", "/api/v1/detect/intel/{ip}", role=Role.READER)
+    def intel(request: Request) -> dict[str, Any]:
+        return ip_reputation(request.path_params["ip"], enrichment=enrichment)

@@ -1,0 +1,408 @@
+"""Pub/Sub handlers of the pipeline, and the wiring they share per function instance.
+
+    ioc-enrichment-requested -> handle_request   (enrich-dispatch)
+    enrichment-tasks         -> handle_task      (enrich-<source>)
+    enrichment-completed     -> handle_completed (enrich-aggregate)
+
+Deferral never counts as a failure: a task without quota (or after a 429) is
+republished as a fresh message with a not-before time and the old one is acked,
+so a 429 storm cannot dead-letter anything. A task that keeps failing for real
+is sent to its source's dead-letter topic on its last attempt, with the error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from threatflow.adapters.postgres import unit_of_work
+from threatflow.enrichment import dispatch, repository, runs, verdict
+from threatflow.enrichment.cache import ResultCache
+from threatflow.enrichment.keys import KeyRing
+from threatflow.enrichment.model import ResultStatus, SourceResult
+from threatflow.enrichment.quota import QuotaGate
+from threatflow.enrichment.settings import SourceSettings, load
+from threatflow.enrichment.tasks import TOPIC_COMPLETED, TOPIC_REQUESTED, TOPIC_TASKS, EnrichRequest, Task
+from threatflow.enrichment.worker import execute
+from threatflow.intel import enrichment as intel_enrichment
+from threatflow.platform import events
+from threatflow.platform import logging as tf_logging
+from threatflow.platform.errors import PermanentError, ValidationError
+from threatflow.platform.sources import SourceConfig
+
+if TYPE_CHECKING:
+    import requests
+
+    from threatflow.adapters.redis import RedisPrimitives
+    from threatflow.runtime import Runtime
+
+log = logging.getLogger("threatflow.enrichment")
+HOLD_SECONDS = 2.0  # a deferred task that is nearly due waits in the handler at most this long
+PARK_AFTER_SECONDS = 900.0  # longer deferrals (daily caps) wait in a Redis delay queue, released by the next enrichment messages
+DEFERRED_QUEUE = "enr:deferred"
+HEALTH_TTL_SECONDS = 3600
+AUTO_MAX = 10_000
+
+
+class Enrichment:
+    """Everything the handlers and routes need, built lazily once per instance."""
+
+    def __init__(self, runtime: Runtime, *, settings: SourceSettings | None = None) -> None:
+        self.runtime = runtime
+        self._settings = settings
+        self._lock = threading.RLock()  # one client may be built from another
+        self._built: dict[str, Any] = {}
+
+    def _get(self, key: str, build: Any) -> Any:
+        with self._lock:
+            if key not in self._built:
+                self._built[key] = build()
+            return self._built[key]
+
+    @property
+    def settings(self) -> SourceSettings:
+        return self._settings or self._get("settings", load)  # type: ignore[no-any-return]
+
+    @property
+    def redis(self) -> RedisPrimitives:
+        from threatflow.adapters.redis import RedisPrimitives
+
+        return self._get("redis", lambda: RedisPrimitives(self.runtime.redis, breaker=self.runtime.redis_breaker))  # type: ignore[no-any-return]
+
+    @property
+    def keys(self) -> KeyRing:
+        return self._get("keys", lambda: KeyRing(secrets=self.runtime.secrets, cache_seconds=self.settings.key_cache_seconds))  # type: ignore[no-any-return]
+
+    @property
+    def quota(self) -> QuotaGate:
+        return self._get("quota", lambda: QuotaGate(limiter=self.runtime.rate_limiter, redis=self.redis))  # type: ignore[no-any-return]
+
+    @property
+    def cache(self) -> ResultCache:
+        return self._get("cache", lambda: ResultCache(redis=self.redis, engine=self.runtime.engine, now=self.runtime.clock.now))  # type: ignore[no-any-return]
+
+    @property
+    def session(self) -> requests.Session:
+        import requests
+
+        def build() -> requests.Session:
+            session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=32, max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            return session
+
+        return self._get("session", build)  # type: ignore[no-any-return]
+
+    def reliability(self) -> dict[str, float]:
+        from threatflow.enrichment.sources import REGISTRY
+
+        return {name: float(src.reliability) for name, src in REGISTRY.items()}
+
+    def publish(self, topic: str, payload: Mapping[str, Any], **attributes: str) -> str:
+        return self.runtime.publisher.publish(topic, events.encode(payload), attributes)
+
+    def now(self) -> datetime:
+        return self.runtime.clock.now()
+
+
+_CONTEXTS: dict[int, Enrichment] = {}
+_CONTEXTS_LOCK = threading.Lock()
+
+
+def context(runtime: Runtime) -> Enrichment:
+    with _CONTEXTS_LOCK:
+        ctx = _CONTEXTS.get(id(runtime))
+        if ctx is None or ctx.runtime is not runtime:
+            ctx = _CONTEXTS[id(runtime)] = Enrichment(runtime)
+        return ctx
+
+
+# -- requesting --------------------------------------------------------------------
+
+
+def request(ctx: Enrichment, req: EnrichRequest) -> None:
+    """Record the run (queued) and publish the request; the dispatcher does the rest."""
+    runs.create_run(
+        ctx.runtime.documents,
+        {
+            "run_id": req.run_id,
+            "ioc_id": req.ioc_id,
+            "type": req.ioc_type,
+            "value": req.value,
+            "force": req.force,
+            "origin": req.origin,
+            "batch_id": req.batch_id,
+            "created_at": time.time(),
+        },
+    )
+    ctx.publish(TOPIC_REQUESTED, req.to_json(), run_id=req.run_id)
+
+
+def auto_enrich(runtime: Runtime, results: Sequence[Mapping[str, Any]]) -> int:
+    """After an upsert: one small message naming the newly created IoCs whose type some
+    source auto-enriches; enrich-dispatch expands it (and skips warninglisted ones).
+    Never raises: ingest must not fail because enrichment is unavailable."""
+    try:
+        ctx = context(runtime)
+        auto_types = {t for s in ctx.settings.enabled() for t in s.auto_enrich}
+        ids = [int(r["id"]) for r in results if r.get("status") == "created" and r.get("type") in auto_types][:AUTO_MAX]
+        if ids:
+            ctx.publish(TOPIC_REQUESTED, {"origin": "ingest", "ioc_ids": ids}, origin="ingest")
+        return len(ids)
+    except Exception as exc:  # failure-tolerant by design; logged for the operator
+        tf_logging.log(log, logging.WARNING, f"auto-enrichment not requested: {exc.__class__.__name__}: {exc}")
+        return 0
+
+
+# -- enrich-dispatch ----------------------------------------------------------------
+
+
+def handle_request(message: events.Message, *, runtime: Runtime) -> None:
+    ctx = context(runtime)
+    release_parked(ctx)
+    if message.data.get("origin") == "tick":  # the release-deferred-enrichment schedule: releasing was the point
+        return
+    if message.data.get("origin") == "ingest" and "ioc_ids" in message.data:
+        for req in _ingest_requests(runtime, message):
+            dispatch_request(ctx, req)
+        return
+    dispatch_request(ctx, EnrichRequest.from_json(message.data))
+
+
+def _ingest_requests(runtime: Runtime, message: events.Message) -> list[EnrichRequest]:
+    """Auto-enrichment on ingest: one run per new IoC (see intel.enrichment.ingest_requests)."""
+    with unit_of_work(runtime.engine) as conn:
+        return intel_enrichment.ingest_requests(conn, list(message.data["ioc_ids"]), message_id=message.message_id)
+
+
+def dispatch_request(ctx: Enrichment, req: EnrichRequest) -> None:
+    runtime = ctx.runtime
+    existing = runs.get_run(runtime.documents, req.run_id)
+    if existing and existing.get("status") in ("running", "done") and existing.get("dispatched"):
+        return  # a redelivery: tasks were published already
+    auto = req.origin == "ingest"
+    chosen, skipped = dispatch.select(
+        ctx.settings.enabled(),
+        ioc_type=req.ioc_type,
+        tlp=req.tlp,
+        warninglisted=bool(req.warninglists),
+        force=req.force,
+        wanted=req.sources,
+        usable_key=ctx.keys.usable,
+        implemented=ctx.reliability().keys(),
+        auto=auto,
+    )
+    if auto and not chosen:
+        return  # nothing to auto-enrich: no run is recorded
+    if existing is None:
+        runs.create_run(
+            runtime.documents,
+            {
+                "run_id": req.run_id,
+                "ioc_id": req.ioc_id,
+                "type": req.ioc_type,
+                "value": req.value,
+                "force": req.force,
+                "origin": req.origin,
+                "batch_id": req.batch_id,
+                "created_at": time.time(),
+            },
+        )
+    deadline = time.time() + ctx.settings.run_deadline_seconds
+    runs.start_run(runtime.documents, req.run_id, expected=chosen, skipped=skipped, deadline_at=deadline)
+    for name in chosen:
+        task = Task(req.run_id, req.ioc_id, req.ioc_type, req.value, name, force=req.force)
+        ctx.publish(TOPIC_TASKS, task.to_json(), source=name, run_id=req.run_id)
+    runtime.documents.set(runs.RUNS, req.run_id, {"dispatched": True}, merge=True)
+    if not chosen:
+        finalize(ctx, req.run_id)
+
+
+# -- enrich-<source> ------------------------------------------------------------------
+
+
+def release_parked(ctx: Enrichment, *, limit: int = 50) -> int:
+    """Republish parked (long-deferred) tasks that are due."""
+    released = 0
+    for raw in ctx.redis.take_due(DEFERRED_QUEUE, now_epoch=time.time(), limit=limit):
+        data = json.loads(raw)
+        ctx.publish(TOPIC_TASKS, data, source=str(data["source"]), run_id=str(data["run_id"]))
+        released += 1
+    return released
+
+
+def defer(ctx: Enrichment, task: Task, seconds: float, reason: str) -> None:
+    """The task comes back later: never dropped, never counted as a failed delivery."""
+    due = time.time() + max(seconds, 0.05)
+    again = Task(**{**task.to_json(), "not_before": due, "deferrals": task.deferrals + 1, "reasons": [*task.reasons, reason][-5:]})
+    if seconds > PARK_AFTER_SECONDS:
+        ctx.redis.schedule(DEFERRED_QUEUE, json.dumps(again.to_json(), sort_keys=True).encode(), due_epoch=due)
+    else:
+        ctx.publish(TOPIC_TASKS, again.to_json(), source=task.source, run_id=task.run_id, deferred="1")
+    tf_logging.log(log, logging.INFO, f"deferred {seconds:.2f}s: {reason}", source=task.source, run_id=task.run_id)
+
+
+def lookup_source(ctx: Enrichment, source: SourceConfig, task: Task, api_key: str | None) -> SourceResult:
+    from threatflow.enrichment.sources import client
+
+    return client.lookup(
+        source.name,
+        task.ioc_type,
+        task.value,
+        session=ctx.session,
+        api_key=api_key,
+        timeout=source.timeout_seconds,
+        base_url=ctx.settings.base_urls.get(source.name),
+    )
+
+
+def handle_task(message: events.Message, *, runtime: Runtime, only_source: str | None = None) -> None:
+    ctx = context(runtime)
+    if only_source and message.attributes.get("source") not in (None, only_source):
+        return  # another source's task (the emulator ignores subscription filters)
+    counter = f"enr:attempts:{only_source or message.attributes.get('source')}:{message.message_id}"
+    attempts = max(message.delivery_attempt, ctx.redis.incr(counter, expire_at=int(time.time()) + 86400))
+    try:
+        process_task(ctx, message, only_source=only_source)
+    except Exception as exc:
+        source = ctx.settings.sources.get(str(message.attributes.get("source") or message.data.get("source")))
+        limit = source.max_delivery_attempts if source else 5
+        if isinstance(exc, PermanentError) or attempts >= limit:
+            dead_letter(ctx, message, source, exc, attempts)
+            return
+        raise
+
+
+def dead_letter(ctx: Enrichment, message: events.Message, source: SourceConfig | None, exc: Exception, attempts: int) -> None:
+    """The last attempt failed (or the task can never work): park it on the source's dead-letter topic with its error."""
+    error = exc.message if isinstance(exc, PermanentError) else f"{exc.__class__.__name__}: {exc}"
+    topic = source.dead_letter_topic if source else "ioc-enrichment-requested-dead-letter"
+    attributes = {
+        "source": source.name if source else "",
+        "error": error[:1000],
+        "attempts": str(attempts),
+        "original_message_id": message.message_id,
+    }
+    ctx.publish(topic, dict(message.data), **attributes)
+    tf_logging.log(log, logging.ERROR, f"dead-lettered after {attempts} attempts: {error}", topic=topic)
+
+
+def process_task(ctx: Enrichment, message: events.Message, *, only_source: str | None = None) -> None:
+    release_parked(ctx)
+    task = Task.from_json(message.data)
+    if only_source and task.source != only_source:
+        # The subscription filter normally keeps other sources' tasks away (the Pub/Sub
+        # emulator ignores filters): not this function's task, so ack it untouched.
+        return
+    source = ctx.settings.sources.get(task.source)
+    if source is None:
+        raise ValidationError(f"unknown source {task.source!r}", field="source")
+    if task.not_before is not None:
+        wait = task.not_before - time.time()
+        if wait > 0:
+            time.sleep(min(wait, HOLD_SECONDS))
+            if task.not_before - time.time() > 0.01:
+                defer(ctx, Task(**{**task.to_json(), "deferrals": task.deferrals - 1}), task.not_before - time.time(), "not due yet")
+                return
+    with unit_of_work(ctx.runtime.engine) as conn:
+        if not repository.ioc_exists(conn, task.ioc_id):
+            raise LookupError(f"IoC {task.ioc_id} does not exist")
+        if any(r["source"] == task.source for r in repository.run_results(conn, task.run_id)):
+            ctx.publish(TOPIC_COMPLETED, {"run_id": task.run_id, "source": task.source}, source=task.source)
+            return  # a redelivery: the result is stored already
+    api_key = ctx.keys.get(source)
+    outcome = execute(
+        task,
+        source=source,
+        key_id=ctx.keys.fingerprint(source),
+        cache=ctx.cache,
+        redis=ctx.redis,
+        quota=ctx.quota,
+        call=lambda: lookup_source(ctx, source, task, api_key),
+        now=ctx.now,
+    )
+    if outcome.defer_seconds is not None:
+        defer(ctx, task, outcome.defer_seconds, outcome.reason)
+        return
+    result = outcome.result
+    assert result is not None
+    if result.status is ResultStatus.AUTH_ERROR:
+        ctx.redis.set(f"enr:health:{source.name}", b"auth_error", ttl_seconds=HEALTH_TTL_SECONDS)
+    elif not outcome.cached and result.status in (ResultStatus.OK, ResultStatus.NOT_FOUND):
+        ctx.redis.delete(f"enr:health:{source.name}")
+    with unit_of_work(ctx.runtime.engine) as conn:
+        repository.insert_results(conn, [result_row(task.run_id, task.ioc_id, result, cached=outcome.cached)])
+    ctx.publish(TOPIC_COMPLETED, {"run_id": task.run_id, "source": task.source, "status": result.status.value}, source=task.source)
+
+
+def result_row(run_id: str, ioc_id: int, result: SourceResult, *, cached: bool) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "ioc_id": ioc_id,
+        "source": result.source,
+        "status": result.status.value,
+        "verdict": result.verdict.value,
+        "score": result.score,
+        "evidence": result.evidence.to_dict(),
+        "detail": result.detail[:500],
+        "cached": cached,
+        "fetched_at": result.fetched_at.isoformat(),
+    }
+
+
+# -- enrich-aggregate ---------------------------------------------------------------
+
+
+def handle_completed(message: events.Message, *, runtime: Runtime) -> None:
+    run_id = message.data.get("run_id")
+    if not isinstance(run_id, str):
+        raise ValidationError("run_id must be a string", field="run_id")
+    finalize(context(runtime), run_id)
+
+
+def finalize(ctx: Enrichment, run_id: str) -> dict[str, Any] | None:
+    """Close the run if every expected source answered (or the deadline passed):
+    merge the verdict, store evidence, update the IoC, correlate threats. Idempotent."""
+    docs = ctx.runtime.documents
+    run = runs.get_run(docs, run_id)
+    if run is None or run.get("status") == "done" or run.get("status") == "queued":
+        return run
+    expected = set(run.get("expected") or ())
+    with unit_of_work(ctx.runtime.engine) as conn:
+        results = repository.run_results(conn, run_id)
+    missing = sorted(expected - {r["source"] for r in results})
+    if missing and time.time() < float(run.get("deadline_at") or 0):
+        return run
+    ioc_id = int(run["ioc_id"])
+    now = ctx.now()
+    with unit_of_work(ctx.runtime.engine) as conn:
+        if missing:
+            repository.insert_results(
+                conn,
+                [
+                    {
+                        "run_id": run_id,
+                        "ioc_id": ioc_id,
+                        "source": s,
+                        "status": "timeout",
+                        "verdict": "unknown",
+                        "score": None,
+                        "evidence": {},
+                        "detail": "no answer before the run deadline",
+                        "cached": False,
+                        "fetched_at": now.isoformat(),
+                    }
+                    for s in missing
+                ],
+            )
+            results = repository.run_results(conn, run_id)
+        merged = verdict.merge(results, reliability=ctx.reliability(), now=now)
+        intel_enrichment.apply_verdict(conn, ioc_id=ioc_id, run_id=run_id, merged=merged, results=results)
+    runs.close_run(docs, run_id, verdict=merged.verdict, score=merged.score, closed_at=time.time(), timed_out=missing)
+    return runs.get_run(docs, run_id)

@@ -1,0 +1,171 @@
+"""The enrichment tables (sql/0004_enrichment.sql). Every function takes a connection."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+
+def _text(sql: str) -> Any:
+    from sqlalchemy import text
+
+    return text(sql)
+
+
+def cached_result(conn: Connection, *, source: str, ioc_type: str, value: str, now: datetime) -> dict[str, Any] | None:
+    row = conn.execute(
+        _text("SELECT result FROM enrichment_cache WHERE source = :s AND ioc_type = :t AND value = :v AND expires_at > :now"),
+        {"s": source, "t": ioc_type, "v": value, "now": now},
+    ).first()
+    return dict(row[0]) if row else None
+
+
+def put_cached_result(
+    conn: Connection, *, source: str, ioc_type: str, value: str, result: Mapping[str, Any], fetched_at: datetime, expires_at: datetime
+) -> None:
+    conn.execute(
+        _text(
+            "INSERT INTO enrichment_cache (source, ioc_type, value, result, fetched_at, expires_at)"
+            " VALUES (:s, :t, :v, CAST(:r AS jsonb), :f, :e)"
+            " ON CONFLICT (source, ioc_type, value) DO UPDATE SET result = EXCLUDED.result,"
+            " fetched_at = EXCLUDED.fetched_at, expires_at = EXCLUDED.expires_at"
+            " WHERE enrichment_cache.fetched_at <= EXCLUDED.fetched_at"
+        ),
+        {"s": source, "t": ioc_type, "v": value, "r": json.dumps(dict(result)), "f": fetched_at, "e": expires_at},
+    )
+
+
+def insert_results(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
+    """One row per (run, source); a repeat (redelivery) inserts nothing. Returns rows inserted."""
+    if not rows:
+        return 0
+    import msgspec
+
+    doc = msgspec.json.encode([dict(r) for r in rows], enc_hook=str).decode()
+    inserted = conn.execute(
+        _text(
+            "INSERT INTO enrichment_results (run_id, ioc_id, source, status, verdict, score, evidence, detail, cached, fetched_at)"
+            " SELECT x.run_id, x.ioc_id, x.source, x.status, x.verdict, x.score, COALESCE(x.evidence, '{}'), COALESCE(x.detail, ''),"
+            " x.cached, x.fetched_at"
+            " FROM jsonb_to_recordset(CAST(:doc AS jsonb)) AS x(run_id text, ioc_id bigint, source text, status text, verdict text,"
+            " score smallint, evidence jsonb, detail text, cached boolean, fetched_at timestamptz)"
+            " ON CONFLICT (run_id, source) DO NOTHING"
+        ),
+        {"doc": doc},
+    )
+    return int(inserted.rowcount)
+
+
+def run_results(conn: Connection, run_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        _text(
+            "SELECT source, status, verdict, score, evidence, detail, cached, fetched_at, ioc_id FROM enrichment_results"
+            " WHERE run_id = :r ORDER BY source"
+        ),
+        {"r": run_id},
+    ).all()
+    return [_result_row(r) for r in rows]
+
+
+def runs_results(conn: Connection, run_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {r: [] for r in run_ids}
+    for row in conn.execute(
+        _text(
+            "SELECT source, status, verdict, score, evidence, detail, cached, fetched_at, ioc_id, run_id FROM enrichment_results"
+            " WHERE run_id = ANY(CAST(:r AS text[]))"
+        ),
+        {"r": list(run_ids)},
+    ):
+        out.setdefault(str(row[9]), []).append(_result_row(row))
+    return out
+
+
+def latest_results(conn: Connection, ioc_id: int) -> list[dict[str, Any]]:
+    """The newest result per source for one IoC."""
+    rows = conn.execute(
+        _text(
+            "SELECT DISTINCT ON (source) source, status, verdict, score, evidence, detail, cached, fetched_at, ioc_id, run_id"
+            " FROM enrichment_results WHERE ioc_id = :i ORDER BY source, created_at DESC"
+        ),
+        {"i": ioc_id},
+    ).all()
+    return [{**_result_row(r), "run_id": r[9]} for r in rows]
+
+
+def _result_row(r: Any) -> dict[str, Any]:
+    return {
+        "source": r[0],
+        "status": r[1],
+        "verdict": r[2],
+        "score": r[3],
+        "evidence": r[4],
+        "detail": r[5],
+        "cached": bool(r[6]),
+        "fetched_at": r[7].isoformat() if r[7] else None,
+        "ioc_id": int(r[8]),
+    }
+
+
+def ioc_exists(conn: Connection, ioc_id: int) -> bool:
+    return conn.execute(_text("SELECT 1 FROM iocs WHERE id = :i"), {"i": ioc_id}).first() is not None
+
+
+def put_evidence(conn: Connection, ioc_id: int, rows: Iterable[tuple[str, str, str]]) -> None:
+    """(source, kind, value) evidence rows; repeats are ignored."""
+    items = sorted({(s, k, v[:512]) for s, k, v in rows if v})
+    if not items:
+        return
+    conn.execute(
+        _text(
+            "INSERT INTO ioc_evidence (ioc_id, source, kind, value)"
+            " SELECT :i, x.s, x.k, x.v FROM unnest(CAST(:s AS text[]), CAST(:k AS text[]), CAST(:v AS text[])) AS x(s, k, v)"
+            " ON CONFLICT DO NOTHING"
+        ),
+        {"i": ioc_id, "s": [i[0] for i in items], "k": [i[1] for i in items], "v": [i[2] for i in items]},
+    )
+
+
+def put_verdict(
+    conn: Connection, *, ioc_id: int, run_id: str, verdict: str, score: int | None, reasons: Sequence[Mapping[str, Any]]
+) -> None:
+    conn.execute(
+        _text(
+            "INSERT INTO ioc_enrichment (ioc_id, run_id, verdict, score, reasons, updated_at)"
+            " VALUES (:i, :r, :v, :s, CAST(:reasons AS jsonb), now())"
+            " ON CONFLICT (ioc_id) DO UPDATE SET run_id = EXCLUDED.run_id, verdict = EXCLUDED.verdict, score = EXCLUDED.score,"
+            " reasons = EXCLUDED.reasons, updated_at = now()"
+        ),
+        {"i": ioc_id, "r": run_id, "v": verdict, "s": score, "reasons": json.dumps(list(reasons), default=str)},
+    )
+
+
+def get_verdict(conn: Connection, ioc_id: int) -> dict[str, Any] | None:
+    row = conn.execute(
+        _text("SELECT run_id, verdict, score, reasons, updated_at FROM ioc_enrichment WHERE ioc_id = :i"), {"i": ioc_id}
+    ).first()
+    if row is None:
+        return None
+    return {"run_id": row[0], "verdict": row[1], "score": row[2], "reasons": row[3], "updated_at": row[4].isoformat()}
+
+
+def evidence_names(conn: Connection, ioc_id: int) -> list[str]:
+    """Family, actor and tag values named by sources for one IoC (for threat correlation)."""
+    rows = conn.execute(_text("SELECT DISTINCT value FROM ioc_evidence WHERE ioc_id = :i"), {"i": ioc_id}).all()
+    return [str(r[0]) for r in rows]
+
+
+def put_batch(conn: Connection, batch_id: str, runs: Sequence[Mapping[str, Any]]) -> None:
+    conn.execute(
+        _text("INSERT INTO enrichment_batches (batch_id, runs) VALUES (:b, CAST(:r AS jsonb)) ON CONFLICT (batch_id) DO NOTHING"),
+        {"b": batch_id, "r": json.dumps(list(runs), default=str)},
+    )
+
+
+def get_batch(conn: Connection, batch_id: str) -> dict[str, Any] | None:
+    row = conn.execute(_text("SELECT runs, created_at FROM enrichment_batches WHERE batch_id = :b"), {"b": batch_id}).first()
+    return None if row is None else {"batch_id": batch_id, "runs": row[0], "created_at": row[1].isoformat()}

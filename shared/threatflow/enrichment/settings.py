@@ -1,0 +1,76 @@
+"""Runtime settings of the intel sources: the manifest's `sources:` section.
+
+The functions get the section as JSON in ENRICH_SOURCES_JSON: Terraform renders it
+in the cloud (terraform/locals.tf); the local stack and the test fixtures set it
+from functions/topology.yaml (`threatflow.platform.manifest.Manifest.sources_env()`),
+so no function reads the YAML (no PyYAML in a deployed function).
+ENRICH_SOURCES_OVERRIDE (JSON, merged per source) changes settings without
+editing the manifest, e.g. small quotas for tests. Base URLs come from
+INTEL_<SOURCE>_URL, so the fake servers can stand in for the real APIs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from threatflow.platform.errors import ConfigError
+from threatflow.platform.sources import SourceConfig, build_source
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    sources: Mapping[str, SourceConfig]
+    base_urls: Mapping[str, str]
+    key_cache_seconds: float
+    run_deadline_seconds: float
+
+    def enabled(self) -> list[SourceConfig]:
+        return [s for s in self.sources.values() if s.enabled]
+
+    def get(self, name: str) -> SourceConfig:
+        config = self.sources.get(name)
+        if config is None:
+            raise ConfigError(f"unknown intel source {name!r}; the manifest declares {', '.join(sorted(self.sources))}")
+        return config
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load(environ: Mapping[str, str] | None = None) -> SourceSettings:
+    env = os.environ if environ is None else environ
+    if not env.get("ENRICH_SOURCES_JSON"):
+        raise ConfigError(
+            "ENRICH_SOURCES_JSON is not set: the intel sources section of functions/topology.yaml as JSON"
+            " (Terraform and the local stack set it)"
+        )
+    try:
+        raw_sources = json.loads(env["ENRICH_SOURCES_JSON"])
+        raw_secrets = json.loads(env.get("ENRICH_SECRETS_JSON") or "{}")
+    except ValueError as exc:
+        raise ConfigError(f"ENRICH_SOURCES_JSON / ENRICH_SECRETS_JSON is not JSON: {exc}") from None
+    if env.get("ENRICH_SOURCES_OVERRIDE"):
+        try:
+            override = json.loads(env["ENRICH_SOURCES_OVERRIDE"])
+        except ValueError as exc:
+            raise ConfigError(f"ENRICH_SOURCES_OVERRIDE is not JSON: {exc}") from None
+        unknown = sorted(set(override) - set(raw_sources))
+        if unknown:
+            raise ConfigError(f"ENRICH_SOURCES_OVERRIDE names unknown sources: {', '.join(unknown)}")
+        raw_sources = {name: _merge(spec, override.get(name, {})) for name, spec in raw_sources.items()}
+    sources = {name: build_source(name, spec, raw_secrets) for name, spec in raw_sources.items()}
+    base_urls = {name: env[s.base_url_env] for name, s in sources.items() if env.get(s.base_url_env)}
+    try:
+        key_cache = float(env.get("ENRICH_KEY_CACHE_SECONDS") or 60)
+        deadline = float(env.get("ENRICH_RUN_DEADLINE_SECONDS") or 600)
+    except ValueError as exc:
+        raise ConfigError(f"ENRICH_KEY_CACHE_SECONDS / ENRICH_RUN_DEADLINE_SECONDS: {exc}") from None
+    return SourceSettings(sources=sources, base_urls=base_urls, key_cache_seconds=key_cache, run_deadline_seconds=deadline)

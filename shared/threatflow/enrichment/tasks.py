@@ -1,0 +1,87 @@
+"""The messages of the pipeline, typed. Every payload carries the schema version (platform.events.encode)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from threatflow.platform.errors import ValidationError
+
+TOPIC_REQUESTED = "ioc-enrichment-requested"
+TOPIC_TASKS = "enrichment-tasks"
+TOPIC_COMPLETED = "enrichment-completed"
+
+
+def _field(data: Mapping[str, Any], name: str, kind: type) -> Any:
+    value = data.get(name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise ValidationError(f"{name} must be a {kind.__name__}", field=name)
+    return value
+
+
+@dataclass(frozen=True)
+class EnrichRequest:
+    """ioc-enrichment-requested: enrich one stored IoC."""
+
+    run_id: str
+    ioc_id: int
+    ioc_type: str
+    value: str
+    tlp: str = "amber"
+    warninglists: Sequence[str] = ()
+    force: bool = False
+    sources: Sequence[str] = ()
+    origin: str = "api"
+    batch_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "warninglists": list(self.warninglists), "sources": list(self.sources)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EnrichRequest:
+        return cls(
+            run_id=_field(data, "run_id", str),
+            ioc_id=_field(data, "ioc_id", int),
+            ioc_type=_field(data, "ioc_type", str),
+            value=_field(data, "value", str),
+            tlp=str(data.get("tlp") or "amber"),
+            warninglists=tuple(data.get("warninglists") or ()),
+            force=bool(data.get("force", False)),
+            sources=tuple(data.get("sources") or ()),
+            origin=str(data.get("origin") or "api"),
+            batch_id=data.get("batch_id"),
+        )
+
+
+@dataclass(frozen=True)
+class Task:
+    """enrichment-tasks (attribute source): one IoC for one source."""
+
+    run_id: str
+    ioc_id: int
+    ioc_type: str
+    value: str
+    source: str
+    force: bool = False
+    not_before: float | None = None
+    deferrals: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Task:
+        not_before = data.get("not_before")
+        return cls(
+            run_id=_field(data, "run_id", str),
+            ioc_id=_field(data, "ioc_id", int),
+            ioc_type=_field(data, "ioc_type", str),
+            value=_field(data, "value", str),
+            source=_field(data, "source", str),
+            force=bool(data.get("force", False)),
+            not_before=float(not_before) if not_before is not None else None,
+            deferrals=int(data.get("deferrals") or 0),
+            reasons=list(data.get("reasons") or [])[-5:],
+        )

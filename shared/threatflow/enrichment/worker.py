@@ -1,0 +1,91 @@
+"""One task for one source: cache, single flight, quota, call.
+
+cache hit (Redis, then PostgreSQL)          -> the cached result, no call
+another task holds the (source, IoC) flight -> wait for its result, no call
+no quota token / source cooling down        -> defer (the task comes back later)
+call                                        -> 429: cool the source down, defer
+                                               401/403, errors, timeouts: a final result
+                                               ok / not_found: cached for the source's TTL
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from threatflow.enrichment.cache import ResultCache, cache_key
+from threatflow.enrichment.model import ResultStatus, SourceResult
+from threatflow.enrichment.quota import QuotaGate
+from threatflow.enrichment.tasks import Task
+from threatflow.platform.sources import SourceConfig
+
+if TYPE_CHECKING:
+    from threatflow.adapters.redis import RedisPrimitives
+
+POLL_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: SourceResult | None = None
+    cached: bool = False
+    defer_seconds: float | None = None
+    reason: str = ""
+
+
+def flight_key(source: str, ioc_type: str, value: str) -> str:
+    return cache_key(source, ioc_type, value).replace("enr:c:", "enr:sf:", 1)
+
+
+def execute(
+    task: Task,
+    *,
+    source: SourceConfig,
+    key_id: str,
+    cache: ResultCache,
+    redis: RedisPrimitives,
+    quota: QuotaGate,
+    call: Callable[[], SourceResult],
+    now: Callable[[], datetime],
+    sleep: Callable[[float], None] = time.sleep,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> Outcome:
+    started = now()
+    if not task.force:
+        hit = cache.get(source, task.ioc_type, task.value)
+        if hit is not None:
+            return Outcome(hit, cached=True)
+    lock = flight_key(source.name, task.ioc_type, task.value)
+    token = uuid.uuid4().hex
+    hold = source.timeout_seconds * 2 + 5
+    give_up = monotonic() + hold
+    while not redis.acquire(lock, token, ttl_seconds=hold):
+        # Someone else is asking this source about this IoC: wait for its answer.
+        while redis.exists(lock) and monotonic() < give_up:
+            sleep(POLL_SECONDS)
+        hit = cache.get(source, task.ioc_type, task.value, count=False)
+        if hit is not None and (not task.force or hit.fetched_at >= started):
+            return Outcome(hit, cached=True)
+        if monotonic() >= give_up:
+            return Outcome(defer_seconds=1.0, reason="another task holds the flight")
+    try:
+        if not task.force:  # the previous holder may have just cached it
+            hit = cache.get(source, task.ioc_type, task.value, count=False)
+            if hit is not None:
+                return Outcome(hit, cached=True)
+        decision = quota.take(source, key_id, now=now())
+        if not decision.allowed:
+            return Outcome(defer_seconds=decision.retry_after, reason=decision.reason)
+        result = call()
+        if result.status is ResultStatus.RATE_LIMITED:
+            wait = result.retry_after if result.retry_after is not None else 60.0
+            quota.cool_down(source, key_id, seconds=wait, now=now())
+            return Outcome(defer_seconds=wait, reason=f"{source.name} answered 429 ({result.detail or 'rate limited'})")
+        cache.put(source, task.ioc_type, task.value, result)
+        return Outcome(result, cached=False)
+    finally:
+        redis.release(lock, token)

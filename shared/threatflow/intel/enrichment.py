@@ -1,0 +1,143 @@
+"""Enrichment meets IoCs and threats (cross-domain): the stored IoC for an
+enrichment request, the merged verdict onto the IoC, threat correlation from the
+evidence, and the IoCs an ingest auto-enriches.
+
+Every function takes the request's connection (one unit of work per request/message)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from threatflow.enrichment import repository as enrichment_repository
+from threatflow.enrichment import verdict
+from threatflow.enrichment.tasks import EnrichRequest
+from threatflow.intel import correlate
+from threatflow.iocs import repository as iocs_repository
+from threatflow.iocs import service as iocs_service
+from threatflow.iocs.model import DecayPolicy
+from threatflow.iocs.normalise import normalise
+from threatflow.platform.errors import NotFoundError, ValidationError
+from threatflow.threats import repository as threats_repository
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from threatflow.iocs.service import WarninglistMatcher
+
+
+def _record(ioc: Any) -> dict[str, Any]:
+    return {"id": ioc.id, "type": ioc.type, "value": ioc.value, "tlp": ioc.tlp, "warninglists": list(ioc.warninglists or [])}
+
+
+def resolve_ioc(
+    conn: Connection,
+    value: str,
+    type_: str | None,
+    *,
+    where: str,
+    now: datetime,
+    warninglists: WarninglistMatcher | None,
+    policies: dict[str, DecayPolicy],
+) -> dict[str, Any]:
+    """The stored IoC for a value (id, type, value, tlp, warninglists), stored first when new."""
+    try:
+        indicator = normalise(value, type_)
+    except ValidationError as exc:
+        raise ValidationError(f"{where}: {exc.message}", field=where) from None
+    ioc = iocs_repository.get_by_value(conn, str(indicator.type), indicator.value)
+    if ioc is None:
+        iocs_service.upsert_batch(
+            [iocs_service.IocIn(value=indicator.value, type=str(indicator.type), source="enrichment")],
+            conn=conn,
+            now=now,
+            warninglists=warninglists,
+            policies=policies,
+        )
+        ioc = iocs_repository.get_by_value(conn, str(indicator.type), indicator.value)
+    if ioc is None:  # deleted in between
+        raise NotFoundError(f"{where}: the indicator could not be stored")
+    return _record(ioc)
+
+
+def resolve_many(
+    conn: Connection,
+    items: Sequence[tuple[str, str | None]],
+    *,
+    now: datetime,
+    warninglists: WarninglistMatcher | None,
+    policies: dict[str, DecayPolicy],
+) -> list[dict[str, Any] | str]:
+    """Stored IoCs for many (value, type) in two statements (new ones are stored); an error string per bad item."""
+    keys: list[tuple[str, str] | str] = []
+    for index, (value, type_) in enumerate(items):
+        try:
+            indicator = normalise(value, type_)
+            keys.append((str(indicator.type), indicator.value))
+        except ValidationError as exc:
+            keys.append(f"iocs[{index}].value: {exc.message}")
+    wanted = sorted({k for k in keys if isinstance(k, tuple)})
+    found = iocs_repository.get_many_by_value(conn, wanted)
+    missing = [k for k in wanted if k not in found]
+    if missing:
+        iocs_service.upsert_batch(
+            [iocs_service.IocIn(value=v, type=t, source="enrichment") for t, v in missing],
+            conn=conn,
+            now=now,
+            warninglists=warninglists,
+            policies=policies,
+        )
+        found.update(iocs_repository.get_many_by_value(conn, missing))
+    return [k if isinstance(k, str) else found.get(k, "the indicator could not be stored") for k in keys]
+
+
+def ingest_requests(conn: Connection, ioc_ids: Sequence[Any], *, message_id: str) -> list[EnrichRequest]:
+    """Auto-enrichment on ingest: one run per new IoC, run ids derived from the message so a redelivery repeats nothing."""
+    out = []
+    for ioc_id in ioc_ids:
+        ioc = iocs_repository.get(conn, int(ioc_id))
+        if ioc is None or ioc.warninglists:
+            continue  # deleted since, or warninglisted: not auto-enriched
+        run_id = uuid.uuid5(uuid.NAMESPACE_URL, f"ingest:{message_id}:{ioc_id}").hex
+        out.append(EnrichRequest(run_id, int(ioc.id), str(ioc.type), str(ioc.value), str(ioc.tlp), origin="ingest"))
+    return out
+
+
+def apply_verdict(conn: Connection, *, ioc_id: int, run_id: str, merged: verdict.Merged, results: Sequence[Mapping[str, Any]]) -> None:
+    """The IoC's verdict and score, and threat correlation from the evidence."""
+    rows = verdict.evidence_rows(results)
+    enrichment_repository.put_evidence(conn, ioc_id, rows)
+    if merged.verdict != "unknown" and merged.score is not None:
+        iocs_repository.apply_enrichment_verdict(conn, ioc_id=ioc_id, verdict=merged.verdict, score=merged.score)
+    names = [value for _, kind, value in rows if kind in ("malware_family", "tag")]
+    links: list[dict[str, Any]] = []
+    for threat_id in sorted(threats_repository.threat_ids_by_names(conn, names)):
+        outcome = correlate.correlate(conn, threat_id=threat_id, threshold=70, link=True, source="enrichment")
+        links += [
+            {
+                "kind": "threat",
+                "threat_id": threat_id,
+                "threat": ", ".join(outcome["names"]),
+                "score": c["score"],
+                "linked": c["linked"] or c["already_linked"],
+                "reason": "; ".join(c["reasons"]),
+            }
+            for c in outcome["candidates"]
+            if c["ioc_id"] == ioc_id
+        ]
+    reasons = [*merged.reasons, *links]
+    enrichment_repository.put_verdict(conn, ioc_id=ioc_id, run_id=run_id, verdict=merged.verdict, score=merged.score, reasons=reasons)
+
+
+def visible_ioc_ids(conn: Connection, ioc_ids: Sequence[int], *, visible_tlps: Sequence[str]) -> set[int]:
+    """The ids among ioc_ids of existing IoCs whose TLP is in visible_tlps."""
+    allowed = set(visible_tlps)
+    return {i for i, tlp in iocs_repository.tlps_of(conn, ioc_ids).items() if tlp in allowed}
+
+
+def hidden_ioc_ids(conn: Connection, ioc_ids: Sequence[int], *, visible_tlps: Sequence[str]) -> set[int]:
+    """The ids among ioc_ids of existing IoCs whose TLP is NOT in visible_tlps (what a listing leaves out)."""
+    allowed = set(visible_tlps)
+    return {i for i, tlp in iocs_repository.tlps_of(conn, ioc_ids).items() if tlp not in allowed}

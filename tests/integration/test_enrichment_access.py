@@ -1,0 +1,113 @@
+"""Enrichment under the hardening rules: TLP clearance on every read path that exposes an IoC,
+push endpoints only for Pub/Sub, and a hung Redis that costs a short timeout, not a hang."""
+
+import contextlib
+import os
+import signal
+
+import pytest
+from helpers import create_user
+
+pytestmark = pytest.mark.integration
+
+
+def _bearer(auth, username, password):
+    response = auth.post("/api/v1/auth/token", json={"username": username, "password": password})
+    assert response.status_code == 200, response.get_json()
+    return {"Authorization": f"Bearer {response.get_json()['access_token']}"}
+
+
+def _ensure_topics(backend_env, *names):
+    from google.api_core.exceptions import AlreadyExists
+    from google.cloud import pubsub_v1
+
+    publisher = pubsub_v1.PublisherClient()
+    for name in names:
+        with contextlib.suppress(AlreadyExists):
+            publisher.create_topic(name=publisher.topic_path(backend_env["GOOGLE_CLOUD_PROJECT"], name))
+
+
+@pytest.fixture
+def marked(function_client, backend_env):
+    """A green and a red IoC, each with an enrichment run; a red analyst and an amber one (the "reader")."""
+    url = backend_env["DATABASE_URL"]
+    auth = function_client("auth")
+    writer = _bearer(auth, "writer", create_user(url, "writer", "analyst", clearance="red"))
+    reader = _bearer(auth, "reader", create_user(url, "reader", "analyst"))
+    _ensure_topics(backend_env, "ioc-enrichment-requested")
+    iocs = function_client("iocs")
+    items = [{"value": f"{tlp}.enrich-tlp.example.com", "tlp": tlp} for tlp in ("green", "red")]
+    results = iocs.post("/api/v1/iocs/batch", json={"iocs": items}, headers=writer).get_json()["results"]
+    ids = {r["value"].split(".")[0]: r["id"] for r in results}
+    api = function_client("enrichment")
+    runs = {}
+    for tlp in ("green", "red"):
+        started = api.post("/api/v1/enrichment/enrich", json={"value": f"{tlp}.enrich-tlp.example.com"}, headers=writer)
+        assert started.status_code == 202, started.get_json()
+        assert started.get_json()["ioc_id"] == ids[tlp]
+        runs[tlp] = started.get_json()["run_id"]
+    return {"api": api, "iocs": iocs, "ids": ids, "runs": runs, "writer": writer, "reader": reader}
+
+
+def test_enrichment_reads_respect_the_callers_clearance(marked):
+    api, iocs, ids, runs, writer, reader = (marked[k] for k in ("api", "iocs", "ids", "runs", "writer", "reader"))
+    # runs: the red IoC's run does not exist for the amber reader
+    assert api.get(f"/api/v1/enrichment/runs/{runs['green']}", headers=reader).status_code == 200
+    hidden = api.get(f"/api/v1/enrichment/runs/{runs['red']}", headers=reader)
+    assert hidden.status_code == 404 and hidden.is_json
+    assert api.get(f"/api/v1/enrichment/runs/{runs['red']}", headers=writer).status_code == 200
+    # the IoC's enrichment results on the iocs function
+    assert iocs.get(f"/api/v1/iocs/{ids['green']}/enrichment", headers=reader).status_code == 200
+    assert iocs.get(f"/api/v1/iocs/{ids['red']}/enrichment", headers=reader).status_code == 404
+    assert iocs.get(f"/api/v1/iocs/{ids['red']}/enrichment", headers=writer).status_code == 200
+    # starting a run on an IoC above the clearance: as if it did not exist
+    assert api.post("/api/v1/enrichment/enrich", json={"value": "red.enrich-tlp.example.com"}, headers=reader).status_code == 404
+
+
+def test_batches_leave_out_iocs_above_the_clearance(marked, backend_env):
+    api, writer, reader, ids = marked["api"], marked["writer"], marked["reader"], marked["ids"]
+    values = ["green.enrich-tlp.example.com", "red.enrich-tlp.example.com"]
+    batch = api.post("/api/v1/enrichment/batch", json={"iocs": values}, headers=writer)
+    assert batch.status_code == 202, batch.get_json()
+    batch_id = batch.get_json()["batch_id"]
+    as_writer = api.get(f"/api/v1/enrichment/batches/{batch_id}", headers=writer).get_json()
+    assert {r["ioc_id"] for r in as_writer["runs"]} == {ids["green"], ids["red"]}
+    as_reader = api.get(f"/api/v1/enrichment/batches/{batch_id}", headers=reader).get_json()
+    assert {r.get("ioc_id") for r in as_reader["runs"]} == {ids["green"]}
+    assert as_reader["total"] == 1
+
+
+@pytest.mark.parametrize("function", ["enrich-dispatch", "enrich-aggregate"])
+def test_a_forged_push_to_an_enrichment_topic_function_is_401(function_client, function):
+    push = {"message": {"data": "e30=", "attributes": {}, "messageId": "1", "publishTime": "2026-01-01T00:00:00Z"}, "subscription": "x"}
+    response = function_client(function).post("/", json=push, query_string={})
+    assert response.status_code == 401 and response.is_json
+
+
+@pytest.fixture
+def frozen_redis(tmp_path):
+    from threatflow.devstack import services
+
+    server = services.start_redis(tmp_path)
+    try:
+        yield server
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        services.stop(server)
+
+
+def test_a_hung_redis_does_not_hang_enrichment(function_client, backend_env, frozen_redis):
+    password = create_user(backend_env["DATABASE_URL"], "erin", "analyst")
+    env = {"REDIS_URL": frozen_redis.env["REDIS_URL"], "REDIS_TIMEOUT_MS": "200", "REDIS_BREAKER_SECONDS": "30"}
+    headers = _bearer(function_client("auth", **env), "erin", password)
+    api = function_client("enrichment", **env)
+    main = __import__("sys").modules["main"]  # the enrichment function's module, as functions-framework loaded it
+    breaker = main.router.runtime.redis_breaker
+    assert api.get("/api/v1/enrichment/sources", headers=headers).status_code == 200 and not breaker.is_open
+
+    os.kill(frozen_redis.pid, signal.SIGSTOP)
+    first = api.get("/api/v1/enrichment/sources", headers=headers)
+    assert first.status_code == 503 and first.is_json  # the quota and health live in Redis: unavailable, said at once
+    assert breaker.is_open and breaker.last_error in ("TimeoutError", "ConnectionError")
+    answers = [api.get("/api/v1/enrichment/sources", headers=headers).status_code for _ in range(10)]
+    assert answers == [503] * 10  # the breaker answers without touching the frozen Redis
