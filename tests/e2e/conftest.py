@@ -21,7 +21,8 @@ def stack(tmp_path_factory):
     state = tmp_path_factory.mktemp("devstack")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL") and not k.endswith("_EMULATOR_HOST")}
-    env.update({"THREATFLOW_STATE_DIR": str(state), "THREATFLOW_PORT": str(port), "RATE_LIMIT_PER_USER": "600/3600"})  # burst 600, slow refill: the flood test holds however slow the machine
+    env.update({"THREATFLOW_STATE_DIR": str(state), "THREATFLOW_PORT": str(port), "RATE_LIMIT_PER_USER": "600/3600"})
+    # Burst 600 with a slow refill: the 650-request flood test is limited however slow the machine is.
     env["LOGIN_HASH_SHARE_PERCENT"] = "100"  # the tests log in several users at once; the login budget has its own tests
     warninglists = REPO.parent / "shared" / "data" / "feeds" / "misp-warninglists"
     if warninglists.exists():  # the product reads lists from a configured source; tests point it at the shared copy

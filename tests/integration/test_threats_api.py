@@ -417,21 +417,13 @@ def test_store_interface_composes_one_transaction(api, engine):
         ]
 
 
-def test_correlate_reads_ioc_evidence_when_the_table_exists(api, engine):
-    """The enrichment capability owns ioc_evidence; this test stands one up only if it is
-    absent, and removes it again."""
+def test_correlate_reads_ioc_evidence(api, engine):
+    """ioc_evidence belongs to the enrichment migration (0004); the rows this test adds are removed again."""
     from sqlalchemy import text
 
-    with engine.begin() as conn:
-        exists = conn.execute(text("SELECT to_regclass('ioc_evidence') IS NOT NULL")).scalar_one()
-        if exists:
-            pytest.skip("ioc_evidence already exists (owned by its migration); not touching it")
-        conn.execute(
-            text("CREATE TABLE ioc_evidence (ioc_id bigint NOT NULL, source text NOT NULL, kind text NOT NULL, value text NOT NULL)")
-        )
+    threat_id = api.batch({"kind": "malware", "name": "QakBot", "aliases": ["Qbot"]})["results"][0]["id"]
+    family, pulse, nothing = api.iocs({"value": "qak-c2.com"}, {"value": "192.0.2.77"}, {"value": "192.0.2.78"})
     try:
-        threat_id = api.batch({"kind": "malware", "name": "QakBot", "aliases": ["Qbot"]})["results"][0]["id"]
-        family, pulse, nothing = api.iocs({"value": "qak-c2.com"}, {"value": "192.0.2.77"}, {"value": "192.0.2.78"})
         with engine.begin() as conn:
             conn.execute(
                 text(
@@ -447,4 +439,4 @@ def test_correlate_reads_ioc_evidence_when_the_table_exists(api, engine):
         assert body["linked"] == 1
     finally:
         with engine.begin() as conn:
-            conn.execute(text("DROP TABLE IF EXISTS ioc_evidence"))
+            conn.execute(text("DELETE FROM ioc_evidence WHERE ioc_id = ANY(CAST(:i AS bigint[]))"), {"i": [family, pulse]})
