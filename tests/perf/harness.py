@@ -85,8 +85,9 @@ class Stack:
         self.services.append(service)
         return service
 
-    def env(self, *, uses: str, log_level: str = "WARNING", rate_limit: str = UNLIMITED, **extra: str) -> dict[str, str]:
-        """The gateway's environment: this process's, every started service's, a fresh JWT secret, then `extra`."""
+    def env(self, *, uses: str | None, log_level: str = "WARNING", rate_limit: str = UNLIMITED, **extra: str) -> dict[str, str]:
+        """The gateway's environment: this process's, every started service's, a fresh JWT secret, then `extra`.
+        `uses` is THREATFLOW_USES (None leaves it as this process has it)."""
         env = dict(os.environ)
         for service in self.services:
             env.update(service.env)
@@ -96,9 +97,10 @@ class Stack:
                 "LOG_LEVEL": log_level,
                 "RATE_LIMIT_PER_USER": rate_limit,
                 "RATE_LIMIT_PER_IP": rate_limit,
-                "THREATFLOW_USES": uses,
             }
         )
+        if uses is not None:
+            env["THREATFLOW_USES"] = uses
         env.update(extra)
         return env
 
