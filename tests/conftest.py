@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import sys
 import uuid
 from collections.abc import Iterator
@@ -71,6 +72,19 @@ def redis_server(state_dir: Path) -> Iterator[Any]:
     from threatflow.devstack import services
 
     yield from _service("redis", lambda: services.start_redis(state_dir))
+
+
+@pytest.fixture
+def frozen_redis(tmp_path: Path) -> Iterator[Any]:
+    """A private redis-server for one test to freeze with SIGSTOP; resumed (SIGCONT) and stopped afterwards."""
+    from threatflow.devstack import services
+
+    server = services.start_redis(tmp_path)
+    try:
+        yield server
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+        services.stop(server)
 
 
 @pytest.fixture(scope="session")

@@ -84,18 +84,6 @@ def test_a_forged_push_to_an_enrichment_topic_function_is_401(function_client, f
     assert response.status_code == 401 and response.is_json
 
 
-@pytest.fixture
-def frozen_redis(tmp_path):
-    from threatflow.devstack import services
-
-    server = services.start_redis(tmp_path)
-    try:
-        yield server
-    finally:
-        os.kill(server.pid, signal.SIGCONT)
-        services.stop(server)
-
-
 def test_a_hung_redis_does_not_hang_enrichment(function_client, backend_env, frozen_redis):
     password = create_user(backend_env["DATABASE_URL"], "erin", "analyst")
     env = {"REDIS_URL": frozen_redis.env["REDIS_URL"], "REDIS_TIMEOUT_MS": "200", "REDIS_BREAKER_SECONDS": "30"}

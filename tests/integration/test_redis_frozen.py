@@ -1,6 +1,6 @@
 """Issue 7: a frozen Redis (SIGSTOP, not dead) costs one short timeout, then milliseconds (circuit breaker).
 
-Uses its own real redis-server, stopped with SIGSTOP and resumed with SIGCONT."""
+Uses its own real redis-server (the `frozen_redis` fixture), stopped with SIGSTOP and resumed with SIGCONT."""
 
 import os
 import signal
@@ -9,18 +9,6 @@ import pytest
 from helpers import create_user
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def frozen_redis(tmp_path):
-    from threatflow.devstack import services
-
-    server = services.start_redis(tmp_path)
-    try:
-        yield server
-    finally:
-        os.kill(server.pid, signal.SIGCONT)
-        services.stop(server)
 
 
 def test_a_hung_redis_opens_the_breaker_and_requests_still_answer(function_client, backend_env, frozen_redis):

@@ -14,22 +14,12 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
+from harness import Stack, login, migrated_engine, percentile
 
 BUCKET = "threatflow-models"
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def load_or_train(model_dir: str | None) -> object:
@@ -103,33 +93,14 @@ def main() -> None:
     print(f"                      numpy tree walker (both heads)         p50 {walker_ms:.2f} ms   ({sk_ms / walker_ms:.1f}x faster)")
     print(f"                      model.predict (validate + score)       p50 {service_ms:.2f} ms")
 
-    state = Path(tempfile.mkdtemp(prefix="tf-bench-detect-"))
-    pg = services.start_postgres(state)
-    redis = services.start_redis(state)
-    storage = services.start_storage_emulator(state, buckets=[BUCKET])
-    gateway = None
-    try:
-        env = {
-            **os.environ,
-            **pg.env,
-            **redis.env,
-            **storage.env,
-            "JWT_SECRET": os.urandom(32).hex(),
-            "LOG_LEVEL": "WARNING",
-            "RATE_LIMIT_PER_USER": "1000000/60",
-            "RATE_LIMIT_PER_IP": "1000000/60",
-            "THREATFLOW_USES": "postgres,redis,storage",
-            "GOOGLE_CLOUD_PROJECT": "threatflow-local",
-        }
-        os.environ.update(env)
-        from threatflow.adapters.postgres import create_engine
+    with Stack("tf-bench-detect-") as stack:
+        pg = stack.start(services.start_postgres(stack.state))
+        stack.start(services.start_redis(stack.state))
+        stack.start(services.start_storage_emulator(stack.state, buckets=[BUCKET]))
+        env = stack.env(uses="postgres,redis,storage", GOOGLE_CLOUD_PROJECT="threatflow-local")
+        migrated_engine(env).dispose()
         from threatflow.adapters.storage import GcsBlobs
-        from threatflow.db.migrate import migrate
-        from threatflow.platform.config import Settings
 
-        engine = create_engine(Settings.from_env())
-        migrate(engine, progress=lambda _m: None)
-        engine.dispose()
         blobs = GcsBlobs("threatflow-local")
         registry.publish(result, blobs=blobs, bucket=BUCKET)
         from datetime import UTC, datetime
@@ -151,22 +122,9 @@ def main() -> None:
         from helpers import create_user
 
         password = create_user(pg.env["DATABASE_URL"], "bench", "reader")
-        port = services.free_port()
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "threatflow.devstack.gateway", "--port", str(port), "--workers", str(args.workers), "--threads", "4"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        services.wait_for_port(port, timeout=90, name="gateway")
+        port = stack.serve_gateway(env, workers=args.workers, threads=4, timeout=90)
+        token = login(port, "bench", password, timeout=120)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        conn.request(
-            "POST",
-            "/api/v1/auth/token",
-            body=json.dumps({"username": "bench", "password": password}),
-            headers={"Content-Type": "application/json"},
-        )
-        token = json.loads(conn.getresponse().read())["access_token"]
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
         def post(path: str, body: bytes) -> tuple[float, bytes]:
@@ -212,13 +170,6 @@ def main() -> None:
             f"POST /api/v1/detect/batch ({args.batch_size:,} flows, one client): {total / seconds:,.0f} flows/s, "
             f"p50 {percentile(batch_latencies, 0.5) * 1000:.0f} ms per batch   (in process, no HTTP: {in_process:,.0f} flows/s)"
         )
-    finally:
-        if gateway:
-            gateway.terminate()
-            gateway.wait(timeout=20)
-        services.stop(storage)
-        services.stop(redis)
-        services.stop(pg)
 
 
 def _sklearn_twin(model: object):

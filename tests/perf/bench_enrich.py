@@ -27,16 +27,11 @@ from collections import Counter
 from pathlib import Path
 
 import requests
+from harness import REPO, percentile
 
-REPO = Path(__file__).resolve().parents[2]
 THREATFLOW = str(Path(sys.executable).parent / "threatflow")
 SOURCES = ["virustotal", "abuseipdb", "otx", "threatfox"]
 FAST_QUOTA = {name: {"quota": {"per_minute": 100000, "per_day": 1000000}} for name in SOURCES}
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def ip(i: int, block: int) -> str:

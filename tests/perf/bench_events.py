@@ -18,31 +18,20 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import multiprocessing
 import os
 import random
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "tests" / "perf"))
+from harness import Stack, login, migrated_engine, percentile
 
 COLUMNS = (
     "event_time, event_key, srcip, sport, dstip, dsport, proto, service, state, stime, ltime, dur, sbytes, dbytes, spkts, dpkts,"
     " features, label, attack_cat, predicted_attack, probability, predicted_cat, model_version, source"
 )
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
 def load_events(engine, rows: int, *, end: datetime) -> float:
@@ -144,19 +133,6 @@ def hammer(port: int, token: str, paths: list[str], *, clients: int, seconds: fl
     }
 
 
-def start_gateway(env: dict[str, str], port: int) -> subprocess.Popen:
-    from threatflow.devstack import services
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "threatflow.devstack.gateway", "--port", str(port), "--workers", "2", "--threads", "8"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    services.wait_for_port(port, timeout=90, name="gateway")
-    return proc
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=int(os.environ.get("BENCH_EVENTS") or 1_000_000))
@@ -167,32 +143,14 @@ def main() -> None:
     import flowgen
     from sqlalchemy import text
 
-    from threatflow.adapters.postgres import create_engine
-    from threatflow.db.migrate import migrate
     from threatflow.devstack import services
     from threatflow.flows import repository, search
-    from threatflow.platform.config import Settings
 
-    state = Path(tempfile.mkdtemp(prefix="tf-bench-events-"))
-    pg = services.start_postgres(state)
-    redis = services.start_redis(state)
-    gateway = None
-    try:
-        env = {
-            **os.environ,
-            **pg.env,
-            **redis.env,
-            "JWT_SECRET": os.urandom(32).hex(),
-            "LOG_LEVEL": "WARNING",
-            "RATE_LIMIT_PER_USER": "100000000/60",
-            "RATE_LIMIT_PER_IP": "100000000/60",
-            "THREATFLOW_USES": "postgres,redis",
-            "DB_POOL_SIZE": "8",
-            "DB_TIMEOUT_SECONDS": "900",
-        }
-        os.environ.update(env)
-        engine = create_engine(Settings.from_env())
-        migrate(engine, progress=lambda _m: None)
+    with Stack("tf-bench-events-") as stack:
+        pg = stack.start(services.start_postgres(stack.state))
+        stack.start(services.start_redis(stack.state))
+        env = stack.env(uses="postgres,redis", rate_limit="100000000/60", DB_POOL_SIZE="8", DB_TIMEOUT_SECONDS="900")
+        engine = migrated_engine(env)
         end = flowgen.default_end() + timedelta(days=1)
         took = load_events(engine, args.rows, end=end)
         with engine.connect() as conn:
@@ -224,13 +182,8 @@ def main() -> None:
         header = ("cache", "path", "clients", "requests", "RPS", "p50 ms", "p95 ms", "p99 ms", "hit", "err")
         print("{:<6} {:<8} {:>7} {:>9} {:>8} {:>7} {:>7} {:>7} {:>5} {:>4}".format(*header))
         for mode in ("off", "on"):
-            port = services.free_port()
-            gateway = start_gateway({**env, "FLOWS_SEARCH_CACHE": mode}, port)
-            conn_http = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            conn_http.request("POST", "/api/v1/auth/token", body=json.dumps({"username": "bench", "password": password}),
-                              headers={"Content-Type": "application/json"})  # fmt: skip
-            token = json.loads(conn_http.getresponse().read())["access_token"]
-            conn_http.close()
+            port = stack.serve_gateway({**env, "FLOWS_SEARCH_CACHE": mode}, workers=2, threads=8, timeout=90)
+            token = login(port, "bench", password)
             hammer(port, token, paths, clients=4, seconds=2)  # warm both workers' pools and caches
             for clients in levels:
                 for name, targets in (("/health", ["/health"]), ("search", paths)):
@@ -239,16 +192,8 @@ def main() -> None:
                         f"{mode:<6} {name:<8} {clients:>7} {r['requests']:>9,} {r['rps']:>8,.0f} {r['p50']:>7.1f} {r['p95']:>7.1f}"
                         f" {r['p99']:>7.1f} {r['hit_ratio']:>5.2f} {r['errors']:>4}"
                     )
-            gateway.terminate()
-            gateway.wait(timeout=20)
-            gateway = None
+            stack.stop_gateway()
         print("ratio: a search's RPS over /health's at the same concurrency is the share of the work the query and its JSON add")
-    finally:
-        if gateway:
-            gateway.terminate()
-            gateway.wait(timeout=20)
-        services.stop(redis)
-        services.stop(pg)
 
 
 if __name__ == "__main__":

@@ -13,16 +13,10 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
+from harness import Stack, login, migrated_engine, percentile
 
 LOAD = """
 INSERT INTO iocs (type, value, tags, sources, tlp, confidence, verdict, base_score, score, severity,
@@ -67,11 +61,6 @@ def filters(now: datetime) -> dict[str, dict[str, object]]:
     }
 
 
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -81,31 +70,14 @@ def main() -> None:
     import msgspec
     from sqlalchemy import text
 
-    from threatflow.adapters.postgres import create_engine
-    from threatflow.db.migrate import migrate
     from threatflow.devstack import services
     from threatflow.iocs.search import FindRequest, find_sql
-    from threatflow.platform.config import Settings
 
-    state = Path(tempfile.mkdtemp(prefix="tf-bench-find-"))
-    pg = services.start_postgres(state)
-    redis = services.start_redis(state)
-    gateway = None
-    try:
-        env = {
-            **os.environ,
-            **pg.env,
-            **redis.env,
-            "JWT_SECRET": os.urandom(32).hex(),
-            "LOG_LEVEL": "WARNING",
-            "RATE_LIMIT_PER_USER": "1000000/60",
-            "RATE_LIMIT_PER_IP": "1000000/60",
-            "THREATFLOW_USES": "postgres,redis",
-            "DB_TIMEOUT_SECONDS": "900",  # the one-off load of a million rows
-        }
-        os.environ.update(env)
-        engine = create_engine(Settings.from_env())
-        migrate(engine, progress=lambda _m: None)
+    with Stack("tf-bench-find-") as stack:
+        pg = stack.start(services.start_postgres(stack.state))
+        stack.start(services.start_redis(stack.state))
+        env = stack.env(uses="postgres,redis", DB_TIMEOUT_SECONDS="900")  # the one-off load of a million rows
+        engine = migrated_engine(env)
         began = time.perf_counter()
         with engine.begin() as conn:
             definitions = {
@@ -125,14 +97,8 @@ def main() -> None:
         from helpers import create_user
 
         password = create_user(pg.env["DATABASE_URL"], "bench", "reader")
-        port = services.free_port()
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "threatflow.devstack.gateway", "--port", str(port), "--workers", "1", "--threads", "4"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        services.wait_for_port(port, timeout=60, name="gateway")
+        port = stack.serve_gateway(env, workers=1, threads=4, timeout=60)
+        token = login(port, "bench", password)
         conn_http = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
         def call(method: str, path: str, body: object | None = None, token: str | None = None) -> tuple[int, bytes]:
@@ -142,9 +108,6 @@ def main() -> None:
             conn_http.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
             response = conn_http.getresponse()
             return response.status, response.read()
-
-        _status, payload = call("POST", "/api/v1/auth/token", {"username": "bench", "password": password})
-        token = json.loads(payload)["access_token"]
 
         def timed(method: str, path: str, body: object | None) -> list[float]:
             samples = []
@@ -178,12 +141,6 @@ def main() -> None:
             p50, p99 = percentile(samples, 0.5) * 1000, percentile(samples, 0.99) * 1000
             print(f"{name:<20} {first * 1000:>8.1f} {p50:>8.1f} {p99:>8.1f} {page['count']:>5}  {scans}")
         engine.dispose()
-    finally:
-        if gateway:
-            gateway.terminate()
-            gateway.wait(timeout=20)
-        services.stop(redis)
-        services.stop(pg)
 
 
 if __name__ == "__main__":

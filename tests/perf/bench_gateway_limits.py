@@ -18,15 +18,12 @@ import http.client
 import json
 import os
 import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
+from harness import REPO, Stack, login, migrated_engine
+
 MAX_BODY = 8 * 1024 * 1024
 
 
@@ -71,42 +68,35 @@ def main() -> None:
     parser.add_argument("--upload-mb", type=int, default=200)
     args = parser.parse_args()
 
-    from threatflow.adapters.postgres import create_engine
-    from threatflow.db.migrate import migrate
     from threatflow.devstack import services
-    from threatflow.platform.config import Settings
     from threatflow.platform.manifest import load_manifest
 
-    state = Path(tempfile.mkdtemp(prefix="tf-bench-gw-"))
-    started = []
-    gateway = None
-    try:
-        for start in (services.start_postgres, services.start_redis):
-            started.append(start(state))
-        started.append(services.start_pubsub_emulator(state, project="threatflow-bench"))
-        started.append(services.start_firestore_emulator(state, project="threatflow-bench"))
-        started.append(services.start_storage_emulator(state, buckets=["threatflow-uploads", "threatflow-reports", "threatflow-models"]))
-        env = {**os.environ, "GOOGLE_CLOUD_PROJECT": "threatflow-bench", "JWT_SECRET": os.urandom(32).hex(), "LOG_LEVEL": "ERROR",
-               "MAX_REQUEST_BYTES": str(MAX_BODY), "RATE_LIMIT_PER_USER": "1000000/60", "RATE_LIMIT_PER_IP": "1000000/60",
-               "RATE_LIMIT_LOGIN_PER_IP": "1000000/60", "PUSH_AUTH_MODE": "token", "PUSH_AUTH_TOKEN": os.urandom(16).hex()}  # fmt: skip
-        for service in started:
-            env.update(service.env)
+    with Stack("tf-bench-gw-") as stack:
+        state = stack.state
+        stack.start(services.start_postgres(state))
+        stack.start(services.start_redis(state))
+        stack.start(services.start_pubsub_emulator(state, project="threatflow-bench"))
+        stack.start(services.start_firestore_emulator(state, project="threatflow-bench"))
+        stack.start(services.start_storage_emulator(state, buckets=["threatflow-uploads", "threatflow-reports", "threatflow-models"]))
+        env = stack.env(
+            uses=None,
+            log_level="ERROR",
+            GOOGLE_CLOUD_PROJECT="threatflow-bench",
+            MAX_REQUEST_BYTES=str(MAX_BODY),
+            RATE_LIMIT_LOGIN_PER_IP="1000000/60",
+            PUSH_AUTH_MODE="token",
+            PUSH_AUTH_TOKEN=os.urandom(16).hex(),
+        )
         attack = REPO.parent / "shared" / "data" / "attack" / "attack_techniques.json"
         if attack.exists():
             env["ATTACK_DATA_PATH"] = str(attack)
-        os.environ.update(env)
-        engine = create_engine(Settings.from_env())
-        migrate(engine, progress=lambda _m: None)
-        engine.dispose()
+        migrated_engine(env).dispose()
         from helpers import create_user
 
         password = create_user(env["DATABASE_URL"], "bench", "admin", clearance="red")
-        port = services.free_port()
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "threatflow.devstack.gateway", "--port", str(port), "--workers", "1", "--threads", "8"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        services.wait_for_port(port, timeout=90, name="gateway")
+        port = stack.serve_gateway(env, workers=1, threads=8, timeout=90)
+        gateway = stack.gateway
+        assert gateway is not None
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         conn.request("GET", "/health")
         conn.getresponse().read()
@@ -142,14 +132,7 @@ def main() -> None:
         from hypothesis import HealthCheck, given, settings
         from route_fuzz import HTTP_FUNCTIONS, Tally, check, requests_for, routes_of
 
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        conn.request(
-            "POST",
-            "/api/v1/auth/token",
-            body=json.dumps({"username": "bench", "password": password}),
-            headers={"Content-Type": "application/json"},
-        )
-        token = json.loads(conn.getresponse().read())["access_token"]
+        token = login(port, "bench", password)
         tally = Tally()
         import urllib.parse
 
@@ -197,12 +180,6 @@ def main() -> None:
                 tried += 1
                 accepted += int(r.status < 300)
         print(f"forged pushes: {tried} tried, {accepted} accepted")
-    finally:
-        if gateway:
-            gateway.terminate()
-            gateway.wait(timeout=20)
-        for service in reversed(started):
-            services.stop(service)
 
 
 if __name__ == "__main__":

@@ -21,13 +21,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "tests" / "perf"))
+from harness import Stack, login, migrated_engine
+
 PROJECT = "threatflow-bench"
 
 
@@ -43,43 +41,24 @@ def main() -> None:
     import flowgen
     from flows_support import publish, trained_model
 
-    from threatflow.adapters.postgres import create_engine
     from threatflow.cli import flows as cli
-    from threatflow.db.migrate import migrate
     from threatflow.devstack import services
     from threatflow.flows import ingest
-    from threatflow.platform.config import Settings
 
-    state = Path(tempfile.mkdtemp(prefix="tf-bench-ingest-"))
-    started = []
-    gateway = None
-    try:
-        pg = services.start_postgres(state)
-        started.append(pg)
-        redis = services.start_redis(state)
-        started.append(redis)
-        pubsub = services.start_pubsub_emulator(state, project=PROJECT)
-        started.append(pubsub)
-        storage = services.start_storage_emulator(state, buckets=["threatflow-models", "threatflow-uploads", "threatflow-reports"])
-        started.append(storage)
-        env = {
-            **os.environ,
-            **pg.env,
-            **redis.env,
-            **pubsub.env,
-            **storage.env,
-            "GOOGLE_CLOUD_PROJECT": PROJECT,
-            "JWT_SECRET": os.urandom(32).hex(),
-            "LOG_LEVEL": "WARNING",
-            "RATE_LIMIT_PER_USER": "100000000/60",
-            "RATE_LIMIT_PER_IP": "100000000/60",
-            "THREATFLOW_USES": "postgres,redis,pubsub,storage",
-            "FLOWS_SEARCH_CACHE": "off",
-            "DB_POOL_SIZE": "4",
-        }
-        os.environ.update(env)
-        engine = create_engine(Settings.from_env())
-        migrate(engine, progress=lambda _m: None)
+    with Stack("tf-bench-ingest-") as stack:
+        state = stack.state
+        pg = stack.start(services.start_postgres(state))
+        stack.start(services.start_redis(state))
+        stack.start(services.start_pubsub_emulator(state, project=PROJECT))
+        stack.start(services.start_storage_emulator(state, buckets=["threatflow-models", "threatflow-uploads", "threatflow-reports"]))
+        env = stack.env(
+            uses="postgres,redis,pubsub,storage",
+            rate_limit="100000000/60",
+            GOOGLE_CLOUD_PROJECT=PROJECT,
+            FLOWS_SEARCH_CACHE="off",
+            DB_POOL_SIZE="4",
+        )
+        engine = migrated_engine(env)
         from google.cloud import pubsub_v1
 
         publisher = pubsub_v1.PublisherClient()
@@ -118,19 +97,8 @@ def main() -> None:
         from helpers import create_user
 
         password = create_user(pg.env["DATABASE_URL"], "loader", "analyst")
-        port = services.free_port()
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "threatflow.devstack.gateway", "--port", str(port), "--workers", "2", "--threads", "8"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        services.wait_for_port(port, timeout=90, name="gateway")
-        import requests
-
-        token = requests.post(
-            f"http://127.0.0.1:{port}/api/v1/auth/token", json={"username": "loader", "password": password}, timeout=60
-        ).json()["access_token"]
+        port = stack.serve_gateway(env, workers=2, threads=8, timeout=90)
+        token = login(port, "loader", password)
         cli_env = {**env, "THREATFLOW_URL": f"http://127.0.0.1:{port}", "THREATFLOW_TOKEN": token}
         threatflow = str(Path(sys.executable).parent / "threatflow")
         began = time.perf_counter()
@@ -160,12 +128,6 @@ def main() -> None:
         )
         with os.popen("uptime") as up:
             print(f"machine: {os.cpu_count()} cores, {up.read().strip()}")
-    finally:
-        if gateway:
-            gateway.terminate()
-            gateway.wait(timeout=20)
-        for service in reversed(started):
-            services.stop(service)
 
 
 if __name__ == "__main__":

@@ -16,23 +16,12 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+from harness import Stack, login, migrated_engine, percentile
 
 
 def measure_me(port: int, token: str, seconds: float) -> list[float]:
@@ -91,48 +80,20 @@ def main() -> None:
     parser.add_argument("--addresses", type=int, default=16)
     args = parser.parse_args()
 
-    from threatflow.adapters.postgres import create_engine
-    from threatflow.db.migrate import migrate
     from threatflow.devstack import services
-    from threatflow.platform.config import Settings
 
-    state = Path(tempfile.mkdtemp(prefix="tf-bench-login-"))
-    pg = services.start_postgres(state)
-    redis = services.start_redis(state)
-    gateway = None
-    try:
-        env = {
-            **os.environ,
-            **pg.env,
-            **redis.env,
-            "JWT_SECRET": os.urandom(32).hex(),
-            "LOG_LEVEL": "ERROR",
-            "TRUSTED_PROXY_HOPS": "1",
-            # The watcher's own requests must not hit its limits; the token endpoint keeps its default per-IP limit.
-            "RATE_LIMIT_PER_USER": "1000000/60",
-            "RATE_LIMIT_PER_IP": "1000000/60",
-            "THREATFLOW_USES": "postgres,redis",
-        }
-        os.environ.update(env)
-        engine = create_engine(Settings.from_env())
-        migrate(engine, progress=lambda _m: None)
-        engine.dispose()
+    with Stack("tf-bench-login-") as stack:
+        pg = stack.start(services.start_postgres(stack.state))
+        stack.start(services.start_redis(stack.state))
+        # The watcher's own requests must not hit its limits; the token endpoint keeps its default per-IP limit.
+        env = stack.env(uses="postgres,redis", log_level="ERROR", TRUSTED_PROXY_HOPS="1")
+        migrated_engine(env).dispose()
         from helpers import create_user
 
         password = create_user(pg.env["DATABASE_URL"], "watcher", "reader")
         create_user(pg.env["DATABASE_URL"], "victim", "analyst")
-        port = services.free_port()
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "threatflow.devstack.gateway", "--port", str(port), "--workers", "1", "--threads", "8"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        services.wait_for_port(port, timeout=60, name="gateway")
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        conn.request("POST", "/api/v1/auth/token", body=json.dumps({"username": "watcher", "password": password}),
-                     headers={"Content-Type": "application/json", "X-Forwarded-For": "192.0.2.250"})  # fmt: skip
-        token = json.loads(conn.getresponse().read())["access_token"]
+        port = stack.serve_gateway(env, workers=1, threads=8, timeout=60)
+        token = login(port, "watcher", password, headers={"X-Forwarded-For": "192.0.2.250"})
         measure_me(port, token, 2)  # warm
 
         print(f"/auth/me under a login flood: {args.rate:g} wrong logins/s from {args.addresses} addresses, {args.seconds:g} s each phase")
@@ -151,12 +112,6 @@ def main() -> None:
                 f"flood {label:<22} p50 {p50 * 1000:7.2f} ms   p99 {percentile(samples, 0.99) * 1000:7.2f} ms   "
                 f"{p50 / base:4.2f}x idle   login answers {dict(sorted(statuses.items()))}"
             )
-    finally:
-        if gateway:
-            gateway.terminate()
-            gateway.wait(timeout=20)
-        services.stop(redis)
-        services.stop(pg)
 
 
 if __name__ == "__main__":

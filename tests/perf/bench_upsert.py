@@ -14,17 +14,11 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import random
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
+from harness import Stack, login, migrated_engine, percentile
 
 
 def make_values(n: int, seed: int) -> list[dict[str, object]]:
@@ -46,11 +40,6 @@ def make_values(n: int, seed: int) -> list[dict[str, object]]:
             value = f"user{seed}x{i}@phish-{i % 51}.org"
         out.append({"value": value, "tags": ["bench", f"set-{seed % 7}"], "source": "bench", "confidence": 60})
     return out
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def run_phase(port: int, token: str, bodies: list[bytes], clients: int) -> tuple[float, list[float]]:
@@ -103,49 +92,20 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
-    from threatflow.adapters.postgres import create_engine, unit_of_work
-    from threatflow.db.migrate import migrate
+    from threatflow.adapters.postgres import unit_of_work
     from threatflow.devstack import services
     from threatflow.iocs import repository, service
-    from threatflow.platform.config import Settings
 
-    state = Path(tempfile.mkdtemp(prefix="tf-bench-"))
-    pg = services.start_postgres(state)
-    redis = services.start_redis(state)
-    gateway = None
-    try:
-        env = {
-            **os.environ,
-            **pg.env,
-            **redis.env,
-            "JWT_SECRET": os.urandom(32).hex(),
-            "LOG_LEVEL": "WARNING",
-            "RATE_LIMIT_PER_USER": "1000000/60",
-            "RATE_LIMIT_PER_IP": "1000000/60",
-            "THREATFLOW_USES": "postgres,redis",
-        }
-        os.environ.update(env)
-        engine = create_engine(Settings.from_env())
-        migrate(engine, progress=lambda _m: None)
+    with Stack("tf-bench-") as stack:
+        pg = stack.start(services.start_postgres(stack.state))
+        stack.start(services.start_redis(stack.state))
+        env = stack.env(uses="postgres,redis")
+        engine = migrated_engine(env)
         from helpers import create_user
 
         password = create_user(pg.env["DATABASE_URL"], "bench", "analyst")
-        port = services.free_port()
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "threatflow.devstack.gateway", "--port", str(port), "--workers", str(args.workers), "--threads", "4"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        services.wait_for_port(port, timeout=60, name="gateway")
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        conn.request(
-            "POST",
-            "/api/v1/auth/token",
-            body=json.dumps({"username": "bench", "password": password}),
-            headers={"Content-Type": "application/json"},
-        )
-        token = json.loads(conn.getresponse().read())["access_token"]
+        port = stack.serve_gateway(env, workers=args.workers, threads=4, timeout=60)
+        token = login(port, "bench", password)
 
         bodies = [json.dumps({"iocs": make_values(args.batch_size, seed)}).encode() for seed in range(args.batches)]
         warm = [json.dumps({"iocs": make_values(args.batch_size, 10_000 + s)}).encode() for s in range(4)]
@@ -179,12 +139,6 @@ def main() -> None:
             rows = c.execute(text("SELECT count(*), sum(detection_count) FROM iocs")).one()
         print(f"rows stored: {rows[0]:,}; detections recorded: {rows[1]:,}")
         engine.dispose()
-    finally:
-        if gateway:
-            gateway.terminate()
-            gateway.wait(timeout=20)
-        services.stop(redis)
-        services.stop(pg)
 
 
 if __name__ == "__main__":

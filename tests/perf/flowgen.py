@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from threatflow.flows.ingest import RAW_COLUMNS  # the raw UNSW-NB15 layout `threatflow flows load` reads
+
 REPO = Path(__file__).resolve().parents[2]
 DEV_DATA = REPO.parent / "shared" / "data" / "unsw-nb15" / "unsw_nb15_dev.csv.gz"
 NORMAL_SOURCES = [f"59.166.{i // 250}.{i % 250 + 1}" for i in range(300)]
@@ -35,13 +37,6 @@ SERVERS = [f"149.171.126.{i}" for i in range(20)]
 SERVICE_PORTS = {"http": 80, "ftp": 21, "ftp-data": 20, "smtp": 25, "ssh": 22, "dns": 53, "pop3": 110, "snmp": 161, "ssl": 443,
                  "irc": 6667, "radius": 1812, "dhcp": 67}  # fmt: skip
 WINDOW = timedelta(days=30)
-RAW_COLUMNS = (
-    "srcip", "sport", "dstip", "dsport", "proto", "state", "dur", "sbytes", "dbytes", "sttl", "dttl", "sloss", "dloss",
-    "service", "Sload", "Dload", "Spkts", "Dpkts", "swin", "dwin", "stcpb", "dtcpb", "smeansz", "dmeansz", "trans_depth",
-    "res_bdy_len", "Sjit", "Djit", "Stime", "Ltime", "Sintpkt", "Dintpkt", "tcprtt", "synack", "ackdat", "is_sm_ips_ports",
-    "ct_state_ttl", "ct_flw_http_mthd", "is_ftp_login", "ct_ftp_cmd", "ct_srv_src", "ct_srv_dst", "ct_dst_ltm", "ct_src_ ltm",
-    "ct_src_dport_ltm", "ct_dst_sport_ltm", "ct_dst_src_ltm", "attack_cat", "Label",
-)  # fmt: skip
 _RENAMES = {"smeansz": "smean", "dmeansz": "dmean", "res_bdy_len": "response_body_len", "sintpkt": "sinpkt", "dintpkt": "dinpkt"}
 PARTITIONED_NAME = {raw: _RENAMES.get("".join(raw.split()).lower(), "".join(raw.split()).lower()) for raw in RAW_COLUMNS}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -164,25 +165,34 @@ def build_router(runtime: Runtime) -> Router:
         if unknown:
             raise ValidationError(f"unknown query parameter {unknown[0]!r}; known: {', '.join(allowed)}", field=unknown[0])
 
-    @router.route("GET", "/api/v1/events/top/attack-categories", role=Role.READER)
-    def top_categories(request: Request) -> dict[str, Any]:
+    def rollup(
+        request: Request, fetch: Callable[..., list[dict[str, Any]]], *, view: str, key: str, default_limit: int, max_limit: int
+    ) -> dict[str, Any]:
+        """One hourly materialised-view roll-up over ?from&to, top ?limit rows, with the view's refresh time."""
         only(request, "from", "to", "limit")
         start, end = window(request, timedelta(days=1), timedelta(days=400))
-        limit = request.query_int("limit", 10, minimum=1, maximum=100)
+        limit = request.query_int("limit", default_limit, minimum=1, maximum=max_limit)
         with unit_of_work(runtime.engine) as conn:
-            rows = repository.top_attack_categories(conn, start=start, end=end, limit=limit)
-            refreshed = repository.view_refreshed_at(conn).get("flow_attack_categories_hourly")
-        return {"window": {"from": start.isoformat(), "to": end.isoformat()}, "categories": rows, "refreshed_at": refreshed}
+            rows = fetch(conn, start=start, end=end, limit=limit)
+            refreshed = repository.view_refreshed_at(conn).get(view)
+        return {"window": {"from": start.isoformat(), "to": end.isoformat()}, key: rows, "refreshed_at": refreshed}
+
+    @router.route("GET", "/api/v1/events/top/attack-categories", role=Role.READER)
+    def top_categories(request: Request) -> dict[str, Any]:
+        return rollup(
+            request,
+            repository.top_attack_categories,
+            view="flow_attack_categories_hourly",
+            key="categories",
+            default_limit=10,
+            max_limit=100,
+        )
 
     @router.route("GET", "/api/v1/events/stats/bytes-by-proto", role=Role.READER)
     def bytes_by_proto(request: Request) -> dict[str, Any]:
-        only(request, "from", "to", "limit")
-        start, end = window(request, timedelta(days=1), timedelta(days=400))
-        limit = request.query_int("limit", 20, minimum=1, maximum=200)
-        with unit_of_work(runtime.engine) as conn:
-            rows = repository.bytes_by_proto(conn, start=start, end=end, limit=limit)
-            refreshed = repository.view_refreshed_at(conn).get("flow_bytes_by_proto_hourly")
-        return {"window": {"from": start.isoformat(), "to": end.isoformat()}, "protocols": rows, "refreshed_at": refreshed}
+        return rollup(
+            request, repository.bytes_by_proto, view="flow_bytes_by_proto_hourly", key="protocols", default_limit=20, max_limit=200
+        )
 
     @router.route("GET", "/api/v1/events/timeline", role=Role.READER)
     def timeline(request: Request) -> dict[str, Any]:

@@ -284,22 +284,16 @@ def host_summary(conn: Connection, *, ip: str, start: datetime, end: datetime, t
         params,
     )
     out["peers"] = [{"ip": r[0], "events": int(r[1]), "predicted_attacks": int(r[2])} for r in peer_rows]
-    port_rows = conn.execute(
-        text(
-            "SELECT dsport, proto, count(*) FROM flow_events"
-            f" WHERE srcip = CAST(:ip AS inet) AND {window} AND dsport IS NOT NULL GROUP BY 1, 2 ORDER BY 3 DESC, 1 LIMIT :top"
-        ),
-        params,
-    )
-    out["destination_ports"] = [{"port": int(r[0]), "proto": r[1], "events": int(r[2])} for r in port_rows]
-    listen_rows = conn.execute(
-        text(
-            "SELECT dsport, proto, count(*) FROM flow_events"
-            f" WHERE dstip = CAST(:ip AS inet) AND {window} AND dsport IS NOT NULL GROUP BY 1, 2 ORDER BY 3 DESC, 1 LIMIT :top"
-        ),
-        params,
-    )
-    out["ports_contacted_on"] = [{"port": int(r[0]), "proto": r[1], "events": int(r[2])} for r in listen_rows]
+    # destination ports it reached (as source) and the ports it was contacted on (as destination)
+    for key, column in (("destination_ports", "srcip"), ("ports_contacted_on", "dstip")):
+        port_rows = conn.execute(
+            text(
+                "SELECT dsport, proto, count(*) FROM flow_events"
+                f" WHERE {column} = CAST(:ip AS inet) AND {window} AND dsport IS NOT NULL GROUP BY 1, 2 ORDER BY 3 DESC, 1 LIMIT :top"
+            ),
+            params,
+        )
+        out[key] = [{"port": int(r[0]), "proto": r[1], "events": int(r[2])} for r in port_rows]
     cat_rows = conn.execute(
         text(
             "SELECT predicted_cat, count(*), max(probability) FROM flow_events"

@@ -1,0 +1,137 @@
+"""What the gateway benches share: their own services on free ports, the gateway served by gunicorn,
+a bench user's token, and the percentile used for every p50/p99.
+
+    with Stack("tf-bench-x-") as stack:
+        pg = stack.start(services.start_postgres(stack.state))
+        redis = stack.start(services.start_redis(stack.state))
+        env = stack.env(uses="postgres,redis")
+        engine = migrated_engine(env)
+        port = stack.serve_gateway(env, workers=2, threads=4)
+        token = login(port, "bench", create_user(pg.env["DATABASE_URL"], "bench", "reader"))
+
+On leaving the block the gateway is terminated and the services are stopped, last started first.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))  # `helpers`, `flowgen`, `flows_support`
+
+# High enough that the bench's own clients never meet the limits.
+UNLIMITED = "1000000/60"
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """The q-quantile (0..1) of `samples` by nearest rank; NaN when there are none."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+def migrated_engine(env: dict[str, str]) -> Any:
+    """Put `env` in this process's environment and migrate its database; returns the engine (the caller disposes of it)."""
+    from threatflow.adapters.postgres import create_engine
+    from threatflow.db.migrate import migrate
+    from threatflow.platform.config import Settings
+
+    os.environ.update(env)
+    engine = create_engine(Settings.from_env())
+    migrate(engine, progress=lambda _m: None)
+    return engine
+
+
+def login(port: int, username: str, password: str, *, headers: dict[str, str] | None = None, timeout: float = 60) -> str:
+    """A bearer token from POST /api/v1/auth/token on the gateway at `port`."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(
+            "POST",
+            "/api/v1/auth/token",
+            body=json.dumps({"username": username, "password": password}),
+            headers={"Content-Type": "application/json", **(headers or {})},
+        )
+        token: str = json.loads(conn.getresponse().read())["access_token"]
+        return token
+    finally:
+        conn.close()
+
+
+class Stack:
+    """The services a bench started in its own temporary folder, and the gateway it serves in front of them."""
+
+    def __init__(self, prefix: str) -> None:
+        self.state = Path(tempfile.mkdtemp(prefix=prefix))
+        self.services: list[Any] = []
+        self.gateway: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
+        self.close()
+
+    def start(self, service: Any) -> Any:
+        """Record a started service (from `threatflow.devstack.services.start_*`) so it is stopped on exit."""
+        self.services.append(service)
+        return service
+
+    def env(self, *, uses: str | None, log_level: str = "WARNING", rate_limit: str = UNLIMITED, **extra: str) -> dict[str, str]:
+        """The gateway's environment: this process's, every started service's, a fresh JWT secret, then `extra`.
+        `uses` is THREATFLOW_USES (None leaves it as this process has it)."""
+        env = dict(os.environ)
+        for service in self.services:
+            env.update(service.env)
+        env.update(
+            {
+                "JWT_SECRET": os.urandom(32).hex(),
+                "LOG_LEVEL": log_level,
+                "RATE_LIMIT_PER_USER": rate_limit,
+                "RATE_LIMIT_PER_IP": rate_limit,
+            }
+        )
+        if uses is not None:
+            env["THREATFLOW_USES"] = uses
+        env.update(extra)
+        return env
+
+    def serve_gateway(self, env: dict[str, str], *, workers: int, threads: int, timeout: float = 90) -> int:
+        """Serve every function with the local gateway (gunicorn) on a free port; returns the port."""
+        from threatflow.devstack import services
+
+        self.stop_gateway()
+        port = services.free_port()
+        command = [sys.executable, "-m", "threatflow.devstack.gateway", "--port", str(port)]
+        self.gateway = subprocess.Popen(
+            [*command, "--workers", str(workers), "--threads", str(threads)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        services.wait_for_port(port, timeout=timeout, name="gateway")
+        return port
+
+    def stop_gateway(self) -> None:
+        if self.gateway is not None:
+            self.gateway.terminate()
+            self.gateway.wait(timeout=20)
+            self.gateway = None
+
+    def close(self) -> None:
+        from threatflow.devstack import services
+
+        try:
+            self.stop_gateway()
+        finally:
+            for service in reversed(self.services):
+                services.stop(service)
+            self.services.clear()
