@@ -11,22 +11,22 @@ from __future__ import annotations
 from typing import Any
 
 from threatflow.platform.errors import NotFoundError, ValidationError
+from threatflow.platform.vocabulary import Tlp
 
-TLP_ORDER = ("clear", "green", "amber", "amber+strict", "red")
+TLP_ORDER = tuple(Tlp.RED.at_most())  # clear ... red: the one order, from the shared vocabulary
 DEFAULT_CLEARANCE = "amber"
 
 
 def parse(value: str, *, field: str = "clearance") -> str:
-    text = value.strip().lower().removeprefix("tlp:")
-    text = "clear" if text == "white" else text
-    if text not in TLP_ORDER:
-        raise ValidationError(f"unknown TLP {value!r}; expected one of {', '.join(TLP_ORDER)}", field=field)
-    return text
+    try:
+        return Tlp.parse(value).value
+    except ValueError:
+        raise ValidationError(f"unknown TLP {value!r}; expected one of {', '.join(TLP_ORDER)}", field=field) from None
 
 
 def allowed(clearance: str) -> list[str]:
     """The TLP levels a holder of `clearance` may read, lowest first."""
-    return list(TLP_ORDER[: TLP_ORDER.index(clearance) + 1])
+    return Tlp(clearance).at_most()
 
 
 def can_read(clearance: str, tlp: str | None) -> bool:

@@ -126,21 +126,23 @@ def context(runtime: Runtime) -> Enrichment:
 # -- requesting --------------------------------------------------------------------
 
 
+def _run_document(req: EnrichRequest) -> dict[str, Any]:
+    """A new run's Firestore record (queued), whoever records it first: the request or the dispatcher."""
+    return {
+        "run_id": req.run_id,
+        "ioc_id": req.ioc_id,
+        "type": req.ioc_type,
+        "value": req.value,
+        "force": req.force,
+        "origin": req.origin,
+        "batch_id": req.batch_id,
+        "created_at": time.time(),
+    }
+
+
 def request(ctx: Enrichment, req: EnrichRequest) -> None:
     """Record the run (queued) and publish the request; the dispatcher does the rest."""
-    runs.create_run(
-        ctx.runtime.documents,
-        {
-            "run_id": req.run_id,
-            "ioc_id": req.ioc_id,
-            "type": req.ioc_type,
-            "value": req.value,
-            "force": req.force,
-            "origin": req.origin,
-            "batch_id": req.batch_id,
-            "created_at": time.time(),
-        },
-    )
+    runs.create_run(ctx.runtime.documents, _run_document(req))
     ctx.publish(TOPIC_REQUESTED, req.to_json(), run_id=req.run_id)
 
 
@@ -201,19 +203,7 @@ def dispatch_request(ctx: Enrichment, req: EnrichRequest) -> None:
     if auto and not chosen:
         return  # nothing to auto-enrich: no run is recorded
     if existing is None:
-        runs.create_run(
-            runtime.documents,
-            {
-                "run_id": req.run_id,
-                "ioc_id": req.ioc_id,
-                "type": req.ioc_type,
-                "value": req.value,
-                "force": req.force,
-                "origin": req.origin,
-                "batch_id": req.batch_id,
-                "created_at": time.time(),
-            },
-        )
+        runs.create_run(runtime.documents, _run_document(req))
     deadline = time.time() + ctx.settings.run_deadline_seconds
     runs.start_run(runtime.documents, req.run_id, expected=chosen, skipped=skipped, deadline_at=deadline)
     for name in chosen:
