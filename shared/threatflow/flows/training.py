@@ -412,7 +412,8 @@ def feature_conflicts(X: np.ndarray, label: np.ndarray, category: np.ndarray) ->
     import numpy as np
 
     rows = np.ascontiguousarray(X)
-    _, group, size = np.unique(rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel(), return_inverse=True, return_counts=True)
+    as_bytes = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()  # one value per row
+    _, group, size = np.unique(as_bytes, return_inverse=True, return_counts=True)
     group = group.ravel()
     out: dict[str, Any] = {
         "rows": len(rows),
@@ -841,7 +842,7 @@ def model_card(metadata: Mapping[str, Any]) -> str:
                 else f" On this data no threshold gives both <= {ACCEPTANCE_MAX_FPR:.0%} FPR and >= "
                 f"{ACCEPTANCE_MIN_DETECTION:.0%} detection; the served threshold keeps the FPR bound and gives up detection."
             ),
-    ]
+        ]
     lines += [
         "- Worms, Shellcode, Backdoor and Analysis have few training rows; their recall is noisy.",
         "- The threshold is set for a low false-positive rate on validation data; a different base rate of attacks",
