@@ -824,9 +824,9 @@ def model_card(metadata: Mapping[str, Any]) -> str:
             f"  features with different categories: at least {conflicts['category']['min_errors']} errors"
             f" ({conflicts['category']['min_error_rate']:.2%} of rows) for any model of these features; even a model that",
             f"  memorised every training row would reach macro-F1 {conflicts['category']['max_macro_f1']} on it.",
-            f"  For attack/normal the bound is {conflicts['binary']['min_errors']} row(s) ({conflicts['binary']['min_error_rate']:.3%}):"
-            " the binary head's misses are not duplicates",
-            "  but overlapping distributions; missed attacks on validation by category: "
+            f"  For attack/normal the bound is {conflicts['binary']['min_errors']} row(s) ({conflicts['binary']['min_error_rate']:.3%});"
+            " anything above it is overlap between normal and attack flows rather than duplicates.",
+            "  Attacks missed at the served threshold on validation, by category: "
             + json.dumps(metrics.get("validation", {}).get("missed_attacks_by_category", {}))
             + ".",
         ]
