@@ -117,9 +117,15 @@ def test_batch_is_scored_stored_bridged_and_idempotent(flows_api, backend_env):
     assert sightings == (len(expected_sources), len(expected_sources))
     assert body["bridge"]["iocs_created"] == len(expected_sources)
 
-    requests = flows_api.enrichment_requests(len(expected_sources))
-    assert {r["value"] for r in requests} == expected_sources  # testbed ranges are public addresses
-    assert all(r["force"] is False and r["type"] == "ipv4" and isinstance(r["ioc_id"], int) for r in requests)
+    # Queued as every new IoC is (enrichment's auto-enrichment message, which enrich-dispatch expands).
+    requests = flows_api.enrichment_requests(1)
+    assert [r["origin"] for r in requests] == ["ingest"]
+    ids = [i for r in requests for i in r["ioc_ids"]]
+    engine = _engine(backend_env["DATABASE_URL"])
+    with engine.connect() as conn:
+        queued = {r[0] for r in conn.exec_driver_sql("SELECT value FROM iocs WHERE id = ANY(%s)", (ids,))}
+    engine.dispose()
+    assert len(ids) == len(set(ids)) and queued == expected_sources  # testbed ranges are public addresses
 
     # The same batch again: nothing stored twice, nothing bridged twice.
     again = flows_api.post("/api/v1/flows/batch", {"flows": flows}).get_json()
