@@ -1,5 +1,6 @@
 """The flow-event store on real PostgreSQL: partitions, retention, roll-up refresh, keyset search, hunting queries."""
 
+import json
 import threading
 import uuid
 from dataclasses import replace
@@ -188,7 +189,7 @@ def test_search_pages_by_keyset_without_gaps_or_repeats(engine):
     while True:
         query = {"srcip": "175.45.176.2", "limit": "50", **({"cursor": cursor} if cursor else {})}
         with engine.begin() as conn:
-            page = search.search(search.parse_search(query, now=now + timedelta(seconds=1)), conn=conn)
+            page = json.loads(search.search(search.parse_search(query, now=now + timedelta(seconds=1)), conn=conn))
         seen += [(e["event_time"], e["event_key"]) for e in page["events"]]
         assert all(e["srcip"] == "175.45.176.2" for e in page["events"])
         cursor = page["next_cursor"]
@@ -197,9 +198,11 @@ def test_search_pages_by_keyset_without_gaps_or_repeats(engine):
     assert len(seen) == 120 and len(set(seen)) == 120
     assert seen == sorted(seen, reverse=True)
     with engine.begin() as conn:
-        filtered = search.search(
-            search.parse_search({"dstip": "149.171.126.6", "predicted": "normal", "limit": "1000"}, now=now + timedelta(seconds=1)),
-            conn=conn,
+        filtered = json.loads(
+            search.search(
+                search.parse_search({"dstip": "149.171.126.6", "predicted": "normal", "limit": "1000"}, now=now + timedelta(seconds=1)),
+                conn=conn,
+            )
         )
     assert filtered["count"] == 30 and {e["srcip"] for e in filtered["events"]} == {"59.166.0.3"}
 

@@ -257,3 +257,99 @@ def test_host_view_shows_the_linked_ioc_only_within_the_callers_tlp_clearance(fl
     assert green.get_json()["as_source"]["events"] >= 1  # the events themselves stay visible
     red = flows_api.get(f"/api/v1/events/hosts/{host_ip}", headers=token("red1", "red")).get_json()
     assert red["ioc"]["value"] == host_ip and red["ioc"]["tlp"] == "red" and red["ioc"]["verdict"] == "malicious"
+
+
+def _stored_events(database_url, srcip, count):
+    """`count` events from `srcip` over the last hour, straight into the store (no model needed)."""
+    from threatflow.flows import ingest
+    from threatflow.flows.repository import STORED_FEATURES, EventRow
+
+    now = datetime.now(UTC)
+    rows = [
+        EventRow(
+            event_time=now - timedelta(minutes=i),
+            event_key=str(uuid.uuid4()),
+            srcip=srcip,
+            sport=40000 + i,
+            dstip="149.171.126.6",
+            dsport=80,
+            proto="tcp",
+            service="http",
+            state="FIN",
+            stime=now - timedelta(minutes=i),
+            ltime=now - timedelta(minutes=i),
+            features=[1.0] * len(STORED_FEATURES),
+            label=1,
+            attack_cat="Exploits",
+            predicted_attack=True,
+            probability=0.97,
+            predicted_cat="Exploits",
+            model_version="test-v1",
+            source="test",
+        )
+        for i in range(count)
+    ]
+    ingest.forget_partitions()
+    engine = _engine(database_url)
+    with engine.begin() as conn:
+        ingest.store(conn, rows)
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("mode", "flag", "cached"),
+    [
+        ("on", None, True),  # the environment turns it on: the manifest's `flag` must not override that
+        ("off", True, False),  # ... or off, even with the flag document on
+        (None, True, True),  # not set: the manifest's default, `flag`, reads the Firestore document
+        (None, None, False),  # ... and no document means no cache
+    ],
+)
+def test_search_cache_through_the_gateway_follows_the_environment_then_the_manifest(backend_env, function_client, mode, flag, cached):
+    """The gateway loads the flows function as the local stack and the benchmark serve it (with the manifest's env).
+    Its FLOWS_SEARCH_CACHE=flag used to replace the caller's FLOWS_SEARCH_CACHE=on, so the benchmark measured no hit."""
+    import os
+    from dataclasses import replace
+
+    import redis
+    from werkzeug.test import Client
+
+    from threatflow.adapters.firestore import FirestoreDocuments
+    from threatflow.devstack import gateway
+    from threatflow.flows import search
+    from threatflow.platform.manifest import REPO_ROOT, load_manifest
+
+    srcip = "175.45.176.9"
+    _stored_events(backend_env["DATABASE_URL"], srcip, 12)
+    password = create_user(backend_env["DATABASE_URL"], "cachereader", "reader")
+    login = function_client("auth").post("/api/v1/auth/token", json={"username": "cachereader", "password": password})
+    headers = {"Authorization": f"Bearer {login.get_json()['access_token']}"}
+    documents = FirestoreDocuments(PROJECT)
+    if flag is None:
+        documents.delete("flags", search.FLAG_NAME)
+    else:
+        documents.set("flags", search.FLAG_NAME, {"enabled": flag})
+    os.environ.pop("FLOWS_SEARCH_CACHE", None)
+    if mode is not None:
+        os.environ["FLOWS_SEARCH_CACHE"] = mode
+
+    manifest = load_manifest()
+    assert manifest.functions["flows"].env.get("FLOWS_SEARCH_CACHE") == "flag"  # what this test is about
+    only_flows = replace(manifest, functions={"flows": manifest.functions["flows"]})
+    sys.modules.pop("main", None)
+    client = Client(gateway.Gateway(only_flows, gateway.load_function_apps(only_flows, REPO_ROOT / "functions"), max_body=1 << 20))
+
+    path = f"/api/v1/events/search?srcip={srcip}&limit=5"
+    first = client.get(path, headers=headers)
+    second = client.get(path, headers=headers)
+    assert first.status_code == second.status_code == 200, first.get_data(as_text=True)
+    assert first.get_json()["count"] == 5 and first.get_json()["next_cursor"]
+    assert second.get_json()["events"] == first.get_json()["events"]
+    cached_keys = redis.Redis.from_url(backend_env["REDIS_URL"]).keys("flows:search:*")
+    if cached:
+        assert (first.headers.get("X-Cache"), second.headers.get("X-Cache")) == ("miss", "hit")
+        assert second.get_data() == first.get_data()  # a hit is byte for byte the page it stored
+        assert len(cached_keys) == 1
+    else:
+        assert first.headers.get("X-Cache") is None and second.headers.get("X-Cache") is None
+        assert cached_keys == []

@@ -138,6 +138,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=int(os.environ.get("BENCH_EVENTS") or 1_000_000))
     parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS") or 10))
     parser.add_argument("--clients", default="20,50")
+    parser.add_argument("--cache", default="off,on", help="cache modes to run: off, on or both")
     args = parser.parse_args()
 
     import flowgen
@@ -181,7 +182,7 @@ def main() -> None:
         levels = [int(c) for c in args.clients.split(",")]
         header = ("cache", "path", "clients", "requests", "RPS", "p50 ms", "p95 ms", "p99 ms", "hit", "err")
         print("{:<6} {:<8} {:>7} {:>9} {:>8} {:>7} {:>7} {:>7} {:>5} {:>4}".format(*header))
-        for mode in ("off", "on"):
+        for mode in args.cache.split(","):
             port = stack.serve_gateway({**env, "FLOWS_SEARCH_CACHE": mode}, workers=2, threads=8, timeout=90)
             token = login(port, "bench", password)
             hammer(port, token, paths, clients=4, seconds=2)  # warm both workers' pools and caches

@@ -151,7 +151,7 @@ def build_router(runtime: Runtime) -> Router:
             if hit is not None:
                 return Response(hit, headers={"X-Cache": "hit"})
             with unit_of_work(runtime.engine) as conn:
-                payload = msgspec.json.encode(search.search(query, conn=conn))
+                payload = search.search(query, conn=conn)
             cache().put(key, payload)
             return Response(payload, headers={"X-Cache": "miss"})
         with unit_of_work(runtime.engine) as conn:
