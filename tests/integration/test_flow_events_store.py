@@ -207,6 +207,109 @@ def test_search_pages_by_keyset_without_gaps_or_repeats(engine):
     assert filtered["count"] == 30 and {e["srcip"] for e in filtered["events"]} == {"59.166.0.3"}
 
 
+def test_search_lists_each_event_exactly_as_python_formatted_it(engine):
+    """PostgreSQL builds the page's JSON: times in UTC ISO form with microseconds only when there are some
+    (as datetime.isoformat), probabilities rounded to 6 places as round(float, 6) rounds the stored real,
+    addresses without a mask, nulls as null, the fields in the order the API always listed them."""
+    import struct
+
+    from threatflow.flows import search
+
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    cases = [
+        (base, 0.123456789),
+        (base - timedelta(seconds=1) + timedelta(microseconds=123450), 0.9999996),  # a trailing zero in the microseconds
+        (base - timedelta(seconds=2, microseconds=7), 1e-7),
+        (base - timedelta(seconds=3, microseconds=500000), 0.5000005),
+        (base - timedelta(seconds=4), 1.0),
+    ]
+    rows = [_row(at, src="175.45.176.30", dst="149.171.126.9", prob=p) for at, p in cases]
+    rows.append(replace(_row(base - timedelta(seconds=5), dst="149.171.126.9", attack=False), srcip=None, label=None, attack_cat=None))
+    _store(engine, rows)
+
+    def as_python(r):
+        stored = struct.unpack("f", struct.pack("f", r.probability))[0]  # the column is a real
+        return {
+            "event_time": r.event_time.astimezone(UTC).isoformat(),
+            "event_key": r.event_key,
+            "srcip": r.srcip,
+            "sport": r.sport,
+            "dstip": r.dstip,
+            "dsport": r.dsport,
+            "proto": r.proto,
+            "service": r.service,
+            "state": r.state,
+            "sbytes": 1000,
+            "dbytes": 10,
+            "label": r.label,
+            "attack_cat": r.attack_cat,
+            "predicted_attack": r.predicted_attack,
+            "probability": round(stored, 6),
+            "predicted_cat": r.predicted_cat,
+            "model_version": r.model_version,
+        }
+
+    with engine.begin() as conn:
+        raw = search.search(search.parse_search({"dstip": "149.171.126.9", "limit": "10"}, now=base + timedelta(minutes=1)), conn=conn)
+    page = json.loads(raw)
+    assert page["count"] == 6 and page["next_cursor"] is None
+    assert page["events"] == [as_python(r) for r in rows]
+    assert [list(e) for e in page["events"]] == [list(as_python(r)) for r in rows]
+    assert page["events"][1]["event_time"].endswith(".123450+00:00") and "." not in page["events"][0]["event_time"]
+
+
+def test_a_search_past_its_statement_timeout_is_a_400_and_the_connection_recovers(engine, monkeypatch):
+    """statement_timeout (SET LOCAL with the query) cancels a search stuck behind a lock; the caller gets the
+    400 that says to narrow it, and the pooled connection serves the next search."""
+    from sqlalchemy import text
+
+    from threatflow.flows import repository, search
+    from threatflow.platform.errors import ValidationError
+
+    now = datetime.now(UTC)
+    _store(engine, [_row(now - timedelta(minutes=5), src="175.45.176.31")])
+    partition = f"flow_events_p{(now - timedelta(minutes=5)).strftime('%Y%m%d')}"
+    query = search.parse_search({"srcip": "175.45.176.31"}, now=now)
+    monkeypatch.setattr(search, "SEARCH_TIMEOUT_MS", 300)
+    with engine.connect() as locker:
+        locker.execute(text(f'LOCK TABLE "{partition}" IN ACCESS EXCLUSIVE MODE'))
+        with pytest.raises(ValidationError) as caught, repository.read_only(engine) as conn:
+            search.search(query, conn=conn)
+        assert caught.value.field == "from" and "too broad" in caught.value.message
+        locker.rollback()
+    with repository.read_only(engine) as conn:
+        assert json.loads(search.search(query, conn=conn))["count"] == 1
+
+
+def test_search_statement_is_prepared_once_per_connection_and_leaves_nothing_set(clean_tables):
+    """The page query is a prepared statement with a generic plan: prepared once per connection and shape,
+    replanned when a partition appears, and its SET LOCALs end with the transaction."""
+    from threatflow.adapters.postgres import create_engine
+    from threatflow.flows import ingest, search
+    from threatflow.platform.config import Settings
+
+    ingest.forget_partitions()
+    engine = create_engine(Settings.from_env({"DATABASE_URL": clean_tables}))
+    try:
+        now = datetime.now(UTC)
+        _store(engine, [_row(now - timedelta(minutes=1), src="175.45.176.32")])
+        query = search.parse_search({"srcip": "175.45.176.32"}, now=now)
+        with engine.connect() as conn:  # one connection throughout (storing uses others)
+            assert json.loads(search.search(query, conn=conn))["count"] == 1
+            conn.commit()
+            assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == "0"
+            assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar_one() == "auto"
+            conn.commit()
+            # a day that had no partition when the statement was prepared
+            _store(engine, [_row(now - timedelta(days=20), src="175.45.176.32")])
+            assert json.loads(search.search(query, conn=conn))["count"] == 2
+            conn.commit()
+            prepared = conn.exec_driver_sql("SELECT count(*), sum(generic_plans) FROM pg_prepared_statements").one()
+        assert prepared[0] == 1 and prepared[1] >= 2
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.parametrize(
     ("query", "field"),
     [

@@ -98,18 +98,10 @@ def test_batch_is_scored_stored_bridged_and_idempotent(flows_api, backend_env):
         ).one()
         assert rows == (300, 300, 1, True)  # ground truth kept, one model version, time from stime
         expected_sources = {
-            r[0]
-            for r in conn.exec_driver_sql(
-                "SELECT DISTINCT host(srcip) FROM flow_events WHERE predicted_attack AND probability >= 0.9"
-            )
+            r[0] for r in conn.exec_driver_sql("SELECT DISTINCT host(srcip) FROM flow_events WHERE predicted_attack AND probability >= 0.9")
         }
-        tagged = {
-            r[0]: r[1]
-            for r in conn.exec_driver_sql("SELECT value, tags FROM iocs WHERE 'flow-detected' = ANY(tags)")
-        }
-        sightings = conn.exec_driver_sql(
-            "SELECT count(*), count(DISTINCT ioc_id) FROM ioc_sightings WHERE source = 'flows'"
-        ).one()
+        tagged = {r[0]: r[1] for r in conn.exec_driver_sql("SELECT value, tags FROM iocs WHERE 'flow-detected' = ANY(tags)")}
+        sightings = conn.exec_driver_sql("SELECT count(*), count(DISTINCT ioc_id) FROM ioc_sightings WHERE source = 'flows'").one()
     engine.dispose()
     assert expected_sources, "the model should flag some of the generated attack flows"
     assert set(tagged) == expected_sources  # one IoC per attack source, deduplicated

@@ -150,11 +150,11 @@ def build_router(runtime: Runtime) -> Router:
             hit = cache().get(key)
             if hit is not None:
                 return Response(hit, headers={"X-Cache": "hit"})
-            with unit_of_work(runtime.engine) as conn:
+            with repository.read_only(runtime.engine) as conn:
                 payload = search.search(query, conn=conn)
             cache().put(key, payload)
             return Response(payload, headers={"X-Cache": "miss"})
-        with unit_of_work(runtime.engine) as conn:
+        with repository.read_only(runtime.engine) as conn:
             return Response(search.search(query, conn=conn))
 
     def window(request: Request, default: timedelta, maximum: timedelta) -> tuple[datetime, datetime]:

@@ -171,9 +171,7 @@ def search(q: EventQuery, *, conn: Connection) -> bytes:
     try:
         page = repository.search_page(conn, q, timeout_ms=SEARCH_TIMEOUT_MS)
     except repository.QueryTimeout:
-        raise ValidationError(
-            "this search is too broad to answer in time; add srcip or dstip, or narrow from/to", field="from"
-        ) from None
+        raise ValidationError("this search is too broad to answer in time; add srcip or dstip, or narrow from/to", field="from") from None
     next_cursor = None
     if page.count == q.limit and page.last_time is not None:
         next_cursor = encode_cursor({"event_time": page.last_time, "event_key": page.last_key})
