@@ -143,7 +143,7 @@ def build_router(runtime: Runtime) -> Router:
     @router.route("GET", "/api/v1/events/search", role=Role.READER)
     def search_events(request: Request) -> Response:
         use_cache = cache().enabled()
-        now = search.round_now(runtime.clock.now()) if use_cache else runtime.clock.now()
+        now = search.round_now(runtime.clock.now(), phase=search.cache_phase(request.query)) if use_cache else runtime.clock.now()
         query = search.parse_search(request.query, now=now)
         if use_cache:
             key = cache().key(query)
