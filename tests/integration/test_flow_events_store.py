@@ -258,7 +258,8 @@ def test_search_lists_each_event_exactly_as_python_formatted_it(engine):
     assert page["events"][1]["event_time"].endswith(".123450+00:00") and "." not in page["events"][0]["event_time"]
 
 
-def test_a_search_past_its_statement_timeout_is_a_400_and_the_connection_recovers(engine, monkeypatch):
+@pytest.mark.parametrize("params", [{"srcip": "175.45.176.31"}, {"proto": "tcp"}], ids=["by-address-prepared", "time-only-planned"])
+def test_a_search_past_its_statement_timeout_is_a_400_and_the_connection_recovers(engine, monkeypatch, params):
     """statement_timeout (SET LOCAL with the query) cancels a search stuck behind a lock; the caller gets the
     400 that says to narrow it, and the pooled connection serves the next search."""
     from sqlalchemy import text
@@ -269,7 +270,7 @@ def test_a_search_past_its_statement_timeout_is_a_400_and_the_connection_recover
     now = datetime.now(UTC)
     _store(engine, [_row(now - timedelta(minutes=5), src="175.45.176.31")])
     partition = f"flow_events_p{(now - timedelta(minutes=5)).strftime('%Y%m%d')}"
-    query = search.parse_search({"srcip": "175.45.176.31"}, now=now)
+    query = search.parse_search(params, now=now)
     monkeypatch.setattr(search, "SEARCH_TIMEOUT_MS", 300)
     with engine.connect() as locker:
         locker.execute(text(f'LOCK TABLE "{partition}" IN ACCESS EXCLUSIVE MODE'))

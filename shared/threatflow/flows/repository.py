@@ -244,16 +244,37 @@ def search_page(conn: Connection, q: EventQuery, *, timeout_ms: int) -> EventPag
     """One page of events, newest first, in the caller's transaction, under `timeout_ms`
     (QueryTimeout past it; the transaction is then aborted).
 
-    The page query runs as a server-side prepared statement, kept per connection, with a
-    generic plan: planning a month of daily partitions costs several ms, more than the
-    scan, while the generic plan prunes the partitions outside the window when it runs
-    and, newest partition first, stops at the page's last row. One round trip per page.
-    The timeout and the plan mode are SET LOCAL in one statement: they end with the
-    transaction and never leak to the connection's next user."""
+    A search by address (up to 92 days) runs as a server-side prepared statement, kept per
+    connection, with a generic plan: planning a month of daily partitions costs several ms,
+    more than the scan, while the generic plan prunes the partitions outside the window when
+    it runs and, newest partition first, stops at the page's last row. One round trip per page.
+    A search without an address spans at most 7 days, so planning it is cheap, and a plan made
+    for its values (a rare category, a narrow window) beats a generic one: it is planned each time.
+    The timeout and the plan mode are SET LOCAL in one statement: they end with the transaction
+    and never leak to the connection's next user."""
+    import sqlalchemy.exc
+    from sqlalchemy import text
+
     sql, params = search_sql(q)
-    conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_ms)}; SET LOCAL plan_cache_mode = force_generic_plan")
-    count, events, last_time, last_key = _run_prepared(conn, sql, params)[0]
+    generic = q.srcip is not None or q.dstip is not None
+    settings = f"SET LOCAL statement_timeout = {int(timeout_ms)}"
+    conn.exec_driver_sql(settings + ("; SET LOCAL plan_cache_mode = force_generic_plan" if generic else ""))
+    if generic:
+        count, events, last_time, last_key = _run_prepared(conn, sql, params)[0]
+    else:
+        try:
+            count, events, last_time, last_key = conn.execute(text(sql), params).one()
+        except sqlalchemy.exc.DBAPIError as exc:
+            if exc.orig is not None and _timed_out(exc.orig):
+                raise QueryTimeout(str(exc.orig)) from None
+            raise
     return EventPage(int(count), events.encode(), last_time, last_key)
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """pg8000's error for a statement cancelled by statement_timeout (SQLSTATE 57014)."""
+    detail = exc.args[0] if exc.args else None
+    return isinstance(detail, dict) and detail.get("C") == "57014"
 
 
 def _run_prepared(conn: Connection, sql: str, params: dict[str, Any]) -> tuple[tuple[Any, ...], ...]:
@@ -276,9 +297,8 @@ def _run_prepared(conn: Connection, sql: str, params: dict[str, Any]) -> tuple[t
             statement = prepared[sql] = raw.prepare(sql)
         return statement.run(**params)  # type: ignore[no-any-return]
     except dbapi.Error as exc:
-        detail = exc.args[0] if exc.args else None
-        if isinstance(detail, dict) and detail.get("C") == "57014":  # query_canceled: statement_timeout
-            raise QueryTimeout(str(detail.get("M", "statement timeout"))) from None
+        if _timed_out(exc):
+            raise QueryTimeout(str(exc)) from None
         lost = isinstance(exc, dbapi.InterfaceError)
         if lost:
             conn.invalidate()
