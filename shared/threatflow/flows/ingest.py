@@ -47,6 +47,7 @@ RAW_COLUMNS = (
     "ct_src_dport_ltm", "ct_dst_sport_ltm", "ct_dst_src_ltm", "attack_cat", "Label",
 )  # fmt: skip
 _TEXT_FIELDS = frozenset({"proto", "service", "state", "srcip", "dstip", "attack_cat"})
+_CATEGORICAL = ("proto", "service", "state")
 
 
 class Prediction(Protocol):
@@ -124,7 +125,10 @@ def _as_time(value: Any) -> datetime:
 def _as_ip(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected an IP address as a string")
-    return str(ipaddress.ip_address(value.strip()))
+    address = ipaddress.ip_address(value.strip())
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        raise ValueError("an address with a zone (%...) cannot be stored")  # inet has no zones
+    return str(address)
 
 
 def _as_port(value: Any) -> int | None:
@@ -233,6 +237,10 @@ def validate(flows: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], 
         i: event_fields(by_index[i] if i in by_index else features.canonical_flow(flow), i, event_problems) for i, flow in enumerate(flows)
     }
     problems += event_problems
+    for i, flow in by_index.items():
+        for name in _CATEGORICAL:  # PostgreSQL text cannot hold NUL: a 400 here, not a failed batch
+            if "\x00" in flow[name]:
+                problems.append(FlowProblem(i, name, "contains a NUL character"))
     bad = {p.index for p in problems}
     keep = [i for i in range(len(flows)) if i not in bad]
     problems.sort(key=lambda p: (p.index, p.field))
@@ -256,14 +264,20 @@ def event_key(source: str, position: int) -> str:
 
 
 def _feature_vector(flow: Mapping[str, Any]) -> list[float | None]:
-    out: list[float | None] = []
-    for name in STORED_FEATURES:
-        value = flow.get(name)
-        try:
-            out.append(float(value) if value is not None and value != "" else None)
-        except (TypeError, ValueError):
-            out.append(None)
+    # Validated flows carry floats for the model's columns: only the others (e.g. `rate`,
+    # absent from the raw layout) take the slow path.
+    out: list[Any] = list(map(flow.get, STORED_FEATURES))
+    for i, value in enumerate(out):
+        if type(value) is not float:
+            out[i] = _stored_float(value)
     return out
+
+
+def _stored_float(value: Any) -> float | None:
+    try:
+        return float(value) if value is not None and value != "" else None
+    except (TypeError, ValueError):
+        return None
 
 
 def build_rows(
