@@ -141,6 +141,32 @@ def test_bad_flows_are_listed_by_index_and_field(flows_api):
     assert flows_api.post("/api/v1/flows/batch", {"flows": flows[:1]}, headers=flows_api.reader).status_code == 403
 
 
+def test_skip_invalid_stores_the_valid_flows_and_lists_the_rest(flows_api, backend_env):
+    flows = json_flows(6, seed=5)
+    flows[1]["dur"] = "fast"
+    flows[4]["srcip"] = "fe80::1%eth0"  # inet has no zones: a listed problem, not a failed batch
+    body = {"flows": flows, "positions": [10, 11, 12, 13, 14, 15], "source": "file:skiptest", "skip_invalid": True}
+    response = flows_api.post("/api/v1/flows/batch", body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    result = response.get_json()
+    assert (result["received"], result["stored"], result["invalid"], result["problems_total"]) == (4, 4, 2, 2)
+    assert {(p["index"], p["field"]) for p in result["problems"]} == {(1, "dur"), (4, "srcip")}
+    engine = _engine(backend_env["DATABASE_URL"])
+    with engine.connect() as conn:
+        stored = {str(r[0]) for r in conn.exec_driver_sql("SELECT event_key FROM flow_events WHERE source = 'file:skiptest'")}
+    engine.dispose()
+    from threatflow.flows import ingest
+
+    # each stored event keeps its own row number: skipping a flow does not shift the others' keys
+    assert stored == {ingest.event_key("file:skiptest", p) for p in (10, 12, 13, 15)}
+    again = flows_api.post("/api/v1/flows/batch", body).get_json()
+    assert (again["stored"], again["duplicates"], again["invalid"]) == (0, 4, 2)
+    none_valid = flows_api.post("/api/v1/flows/batch", {"flows": [flows[1]], "skip_invalid": True}).get_json()
+    assert (none_valid["stored"], none_valid["invalid"], none_valid["problems"][0]["field"]) == (0, 1, "dur")
+    without = flows_api.post("/api/v1/flows/batch", {"flows": flows})
+    assert without.status_code == 400  # the default stays all-or-nothing
+
+
 def test_search_timeline_host_and_rollups_over_http(flows_api, backend_env, function_client):
 
     flows = json_flows(400, seed=5)

@@ -45,6 +45,9 @@ class FlowBatch(msgspec.Struct, forbid_unknown_fields=True):
     # Row numbers of the flows in their source (the CLI skips invalid rows); default offset + index.
     positions: list[Annotated[int, msgspec.Meta(ge=0)]] | None = None
     observed_at: datetime | None = None
+    # A loader streaming a file (the CLI) asks for invalid flows to be skipped and listed
+    # instead of failing the batch: validation then happens once, here, not also in the client.
+    skip_invalid: bool = False
 
 
 class UploadJobIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -69,7 +72,16 @@ def build_router(runtime: Runtime) -> Router:
     @router.route("POST", "/api/v1/flows/batch", role=Role.ANALYST, body=FlowBatch)
     def batch(request: Request, body: FlowBatch) -> dict[str, Any]:
         canonical, fields, problems = ingest.validate(body.flows)
-        if problems:
+        if body.positions is not None and len(body.positions) != len(body.flows):
+            raise ValidationError("positions must have one row number per flow", field="positions")
+        skipped: dict[str, Any] = {"invalid": 0, "problems": [], "problems_total": 0} if body.skip_invalid else {}
+        positions = body.positions
+        if problems and body.skip_invalid:
+            keep = ingest.valid_indices(len(body.flows), problems)
+            positions = [(positions[i] if positions is not None else body.offset + i) for i in keep]
+            listed = [p.to_json() for p in problems[:MAX_PROBLEMS_LISTED]]
+            skipped = {"invalid": len(body.flows) - len(keep), "problems": listed, "problems_total": len(problems)}
+        elif problems:
             listed = [p.to_json() for p in problems[:MAX_PROBLEMS_LISTED]]
             first = problems[0]
             flows_bad = len({p.index for p in problems})
@@ -78,21 +90,21 @@ def build_router(runtime: Runtime) -> Router:
                 field=f"flows[{first.index}].{first.field}",
                 details={"field": f"flows[{first.index}].{first.field}", "errors": listed, "total": len(problems)},
             )
-        if body.positions is not None and len(body.positions) != len(body.flows):
-            raise ValidationError("positions must have one row number per flow", field="positions")
         now = runtime.clock.now()
         observed_at = body.observed_at or now
         if observed_at.tzinfo is None:
             raise ValidationError("observed_at needs a time zone", field="observed_at")
         source = body.source or "batch:" + hashlib.sha256(request.body).hexdigest()[:32]
-        return pipeline.ingest_batch(
+        if not canonical:  # every flow skipped as invalid
+            return {"received": 0, "stored": 0, "duplicates": 0, "predicted_attacks": 0, **skipped}
+        return skipped | pipeline.ingest_batch(
             canonical,
             fields,
             engine=runtime.engine,
             model=model_snapshot(runtime).get(),
             source=source,
             first_position=body.offset,
-            positions=body.positions,
+            positions=positions,
             observed_at=observed_at,
             threshold=settings.flows_bridge_threshold,
             publisher=runtime.publisher,

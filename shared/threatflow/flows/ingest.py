@@ -398,10 +398,13 @@ def _value(name: str, text: str) -> Any:
         return value  # validation reports it as non-numeric, naming the field
 
 
-def read_csv(text: IO[str], *, skip_rows: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_csv(text: IO[str], *, skip_rows: int = 0, typed: bool = True) -> Iterator[tuple[int, dict[str, Any]]]:
     """(row number, flow) from a partitioned (header) or raw (49 columns, no header) UNSW CSV.
 
     Row numbers count data rows from 0, so a resume can skip exactly what was done.
+    typed=False keeps each cell as its (stripped) text, blank as None: for a client that
+    hands the flows to the API, whose validation parses numeric text anyway (parsing here
+    too cost the loader as much as the server's validation).
     """
     reader = csv.reader(text)
     first = next(reader, None)
@@ -430,4 +433,7 @@ def read_csv(text: IO[str], *, skip_rows: int = 0) -> Iterator[tuple[int, dict[s
             continue
         if not cells or (len(cells) == 1 and not cells[0].strip()):
             continue
-        yield number, {name: _value(name, cell) for name, cell in zip(header, cells, strict=False)}
+        if typed:
+            yield number, {name: _value(name, cell) for name, cell in zip(header, cells, strict=False)}
+        else:
+            yield number, {name: (value if (value := cell.strip()) else None) for name, cell in zip(header, cells, strict=False)}
