@@ -104,3 +104,19 @@ def test_copy_text_escapes_text_and_writes_nulls():
     assert cells[0] == "2026-11-03T07:45:07.123456+00:00" and cells[14] == "t"
     with pytest.raises(ValueError, match="NUL"):
         repository.copy_text([_row(service="x\x00")])
+
+
+def test_event_fields_parse_in_record_order_and_cache_only_text():
+    import dataclasses
+
+    assert [name for name, _parse, _cached in ingest._PARSERS] == [f.name for f in dataclasses.fields(ingest.EventFields)]
+    problems: list[ingest.FlowProblem] = []
+    flow = {"srcip": " 10.0.0.1 ", "dstip": ["10.0.0.2"], "sport": "0x0050", "dsport": 53.0, "stime": "1421927414", "label": "0"}
+    fields = ingest.event_fields(flow, 7, problems)
+    assert (fields.srcip, fields.sport, fields.dsport, fields.label, fields.attack_cat) == ("10.0.0.1", 80, 53, 0, "Normal")
+    assert fields.stime == datetime.fromtimestamp(1421927414, UTC) and fields.dstip is None
+    assert [(p.index, p.field) for p in problems] == [(7, "dstip")]  # a list is reported, not hashed into the cache
+    again: list[ingest.FlowProblem] = []
+    ingest.event_fields({"srcip": "not an address"}, 0, again)
+    ingest.event_fields({"srcip": "not an address"}, 1, again)  # a bad value is reported every time, never cached as good
+    assert [(p.index, p.field) for p in again] == [(0, "srcip"), (1, "srcip")]
