@@ -9,10 +9,11 @@ caller's TLP clearance covers it (auth/clearance.py), as everywhere else.
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
@@ -25,11 +26,13 @@ from threatflow.flows import ingest, repository, search
 from threatflow.hunting import pipeline
 from threatflow.iocs import repository as ioc_repository
 from threatflow.iocs.types import IocType
+from threatflow.platform import limits
 from threatflow.platform.errors import NotFoundError, ValidationError
 from threatflow.platform.web import Request, Response, Router
 from threatflow.runtime import Runtime
 
 MAX_PROBLEMS_LISTED = 1000
+_LONG_DIGITS = re.compile(rb"\d{19,}")  # an integer that may not fit 64 bits
 INGEST_JOBS = "flow_ingest_jobs"
 INGEST_TOPIC = "flow-ingest"
 HOST_WINDOW = timedelta(days=30)
@@ -37,6 +40,12 @@ HOST_TOP = 20
 
 
 class FlowBatch(msgspec.Struct, forbid_unknown_fields=True):
+    # The flows are checked here, not by the web layer's generic walk: a batch's thousands of
+    # objects always tripped its pre-screen (it counts brackets), so every batch paid a Python walk
+    # of its decoded JSON, a fifth of the server's time per flow. Validation rejects NUL, unknown
+    # fields and non-numbers item by item; `batch` runs the generic check when the raw body holds
+    # a NUL escape or an integer too long for 64 bits.
+    batch_field: ClassVar[str] = "flows"
     flows: Annotated[list[dict[str, Any]], msgspec.Meta(min_length=1, max_length=ingest.MAX_BATCH)]
     # Optional idempotency: a client resending the same rows (the CLI) names them, so
     # event keys are stable even if batches are cut differently on a resume.
@@ -71,6 +80,8 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("POST", "/api/v1/flows/batch", role=Role.ANALYST, body=FlowBatch)
     def batch(request: Request, body: FlowBatch) -> dict[str, Any]:
+        if b"\\u0000" in request.body or _LONG_DIGITS.search(request.body):
+            limits.check_raw_json(request.body)  # rare: the full walk names the field
         canonical, fields, problems = ingest.validate(body.flows)
         if body.positions is not None and len(body.positions) != len(body.flows):
             raise ValidationError("positions must have one row number per flow", field="positions")
