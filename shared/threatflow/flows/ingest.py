@@ -26,7 +26,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from threatflow.adapters.postgres import unit_of_work
 from threatflow.flows import repository
-from threatflow.flows.features import ATTACK_CATEGORIES
+from threatflow.flows.features import ATTACK_CATEGORIES, NUMERIC_COLUMNS
 from threatflow.flows.repository import STORED_FEATURES, EventRow, StoredEvent
 
 if TYPE_CHECKING:
@@ -250,10 +250,33 @@ def validate(flows: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], 
         for name in _CATEGORICAL:  # PostgreSQL text cannot hold NUL: a 400 here, not a failed batch
             if "\x00" in flow[name]:
                 problems.append(FlowProblem(i, name, "contains a NUL character"))
+        # Finite is not storable: features are real (float4) and four of them are copied to bigint
+        # and integer columns; out of range, the whole batch's INSERT would fail.
+        if max(map(abs, map(flow.__getitem__, _VALIDATED_STORED))) > _REAL_MAX or any(
+            abs(flow[name]) > limit for name, limit in _COLUMN_MAX.items()
+        ):
+            problems += _storage_problems(i, flow)
     bad = {p.index for p in problems}
     keep = [i for i in range(len(flows)) if i not in bad]
     problems.sort(key=lambda p: (p.index, p.field))
     return [by_index[i] for i in keep], [fields[i] for i in keep], problems
+
+
+# The stored features that validation made floats (all but `rate`, which the raw layout lacks).
+_VALIDATED_STORED = tuple(name for name in STORED_FEATURES if name in frozenset(NUMERIC_COLUMNS))
+# Powers of two below bigint's and integer's maxima: the value goes through real first, whose
+# rounding would carry 2**31 - 1 up to 2**31 (out of range).
+_COLUMN_MAX = {"sbytes": 2.0**62, "dbytes": 2.0**62, "spkts": 2.0**30, "dpkts": 2.0**30}
+_REAL_MAX = 3.4028234e38
+
+
+def _storage_problems(index: int, flow: Mapping[str, Any]) -> list[FlowProblem]:
+    out = []
+    for name in _VALIDATED_STORED:
+        limit = _COLUMN_MAX.get(name, _REAL_MAX)
+        if abs(flow[name]) > limit:
+            out.append(FlowProblem(index, name, f"out of the range the event store keeps (at most {limit:.4g} in magnitude)"))
+    return out
 
 
 def valid_indices(count: int, problems: Sequence[FlowProblem]) -> list[int]:

@@ -120,3 +120,13 @@ def test_event_fields_parse_in_record_order_and_cache_only_text():
     ingest.event_fields({"srcip": "not an address"}, 0, again)
     ingest.event_fields({"srcip": "not an address"}, 1, again)  # a bad value is reported every time, never cached as good
     assert [(p.index, p.field) for p in again] == [(0, "srcip"), (1, "srcip")]
+
+
+def test_values_beyond_what_the_event_store_keeps_are_problems():
+    flows = [flow for _n, flow in ingest.read_csv(io.StringIO(_raw_csv(4)), typed=False)]
+    flows[0]["sbytes"] = "1e30"  # finite, but beyond bigint
+    flows[1]["Spkts"] = str(2**31 - 1)  # rounds up to 2**31 through real: beyond integer
+    flows[2]["dur"] = "1e300"  # beyond real
+    _clean, _fields, problems = ingest.validate(flows)
+    assert {(p.index, p.field) for p in problems} == {(0, "sbytes"), (1, "spkts"), (2, "dur")}
+    assert ingest.valid_indices(4, problems) == [3]
