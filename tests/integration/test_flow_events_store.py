@@ -75,6 +75,135 @@ def test_events_land_in_daily_partitions_and_resends_are_noops(engine):
         assert len(features) == len(repository.STORED_FEATURES) and sbytes == 1000
 
 
+def test_a_batch_of_new_and_already_stored_events_returns_only_the_new(engine):
+    now = datetime.now(UTC)
+    first = [_row(now - timedelta(minutes=i)) for i in range(4)]
+    assert len(_store(engine, first)) == 4
+    fresh = [_row(now - timedelta(minutes=10 + i), src=f"175.45.176.{10 + i}") for i in range(3)]
+    mixed = [first[1], fresh[0], first[3], fresh[1], fresh[2], first[0]]
+    new = _store(engine, mixed)
+    assert sorted(e.event_key for e in new) == sorted(r.event_key for r in fresh)
+    by_key = {e.event_key: e for e in new}
+    for row in fresh:  # what the bridge reads comes back as stored
+        event = by_key[row.event_key]
+        assert (event.event_time, event.srcip, event.predicted_attack, event.predicted_cat) == (
+            row.event_time,
+            row.srcip,
+            row.predicted_attack,
+            row.predicted_cat,
+        )
+        assert event.probability == pytest.approx(row.probability, rel=1e-6)  # stored as real
+    assert _store(engine, mixed) == []
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM flow_events").scalar_one() == 7
+
+
+ADVERSARIAL = [
+    "a,b",
+    'say "hi"',
+    "tab\there",
+    "two\nlines",
+    "cr\rlf\r\n",
+    "back\\slash",
+    "\\N",
+    "\\.",
+    "\\",
+    "'; DROP TABLE flow_events; --",
+    "NULL",
+    "{1,2}",
+    "ünïcødé ✓ 流量",
+    " padded ",
+]
+
+
+@pytest.mark.parametrize("value", ADVERSARIAL)
+def test_text_values_are_stored_exactly_through_copy(engine, value):
+    now = datetime.now(UTC)
+    row = replace(
+        _row(now - timedelta(minutes=1)), proto=value, service=value, state=value, model_version=value, source=value, predicted_cat=value
+    )
+    assert len(_store(engine, [row, _row(now - timedelta(minutes=2))])) == 2
+    with engine.connect() as conn:
+        stored = conn.exec_driver_sql(
+            "SELECT proto, service, state, model_version, source, predicted_cat FROM flow_events WHERE event_key = %s", (row.event_key,)
+        ).one()
+        assert tuple(stored) == (value,) * 6
+        assert conn.exec_driver_sql("SELECT count(*) FROM flow_events").scalar_one() == 2  # no row split or swallowed
+
+
+def test_missing_values_are_stored_as_null_never_zero(engine):
+    from threatflow.flows.repository import STORED_FEATURES
+
+    now = datetime.now(UTC)
+    features = [None] * len(STORED_FEATURES)
+    features[STORED_FEATURES.index("dur")] = 0.25
+    sparse = replace(
+        _row(now - timedelta(minutes=1)),
+        srcip=None,
+        sport=None,
+        dstip=None,
+        dsport=None,
+        stime=None,
+        ltime=None,
+        label=None,
+        attack_cat=None,
+        features=features,
+    )
+    empty = replace(_row(now - timedelta(minutes=2)), features=[None] * len(STORED_FEATURES))
+    assert len(_store(engine, [sparse, empty])) == 2
+    with engine.connect() as conn:
+        got = conn.exec_driver_sql(
+            "SELECT srcip, sport, dstip, dsport, stime, ltime, label, attack_cat, features, dur, sbytes, spkts"
+            " FROM flow_events WHERE event_key = %s",
+            (sparse.event_key,),
+        ).one()
+        assert got[:8] == (None,) * 8
+        assert got.features == [None if v is None else v for v in features] and got.dur == 0.25
+        assert (got.sbytes, got.spkts) == (None, None)
+        all_null = conn.exec_driver_sql("SELECT features, dur FROM flow_events WHERE event_key = %s", (empty.event_key,)).one()
+        assert all_null.features == [None] * len(STORED_FEATURES) and all_null.dur is None
+
+
+def test_a_database_error_rolls_back_the_whole_batch_and_the_connection_stays_usable(engine):
+    import sqlalchemy.exc
+
+    from threatflow.flows import ingest, repository
+
+    now = datetime.now(UTC)
+    good = [_row(now - timedelta(minutes=i)) for i in range(3)]
+    bad = replace(_row(now - timedelta(minutes=5)), probability=1.5)  # violates the probability CHECK
+    with pytest.raises(sqlalchemy.exc.DBAPIError, match="probability_check"):
+        _store(engine, [*good, bad])
+    huge = list(good[0].features)
+    huge[repository.STORED_FEATURES.index("sbytes")] = 1e30  # beyond bigint: fails in the INSERT ... SELECT
+    with pytest.raises(sqlalchemy.exc.DBAPIError, match="out of range"):
+        _store(engine, [good[1], replace(good[2], features=huge)])
+    unparsable = replace(good[0], srcip="not-an-address")  # rejected by COPY itself
+    with pytest.raises(sqlalchemy.exc.DBAPIError, match="inet"):
+        _store(engine, [good[1], unparsable])
+    with pytest.raises(sqlalchemy.exc.DBAPIError, match="division by zero"), engine.begin() as conn:
+        assert len(ingest.store(conn, good[:2])) == 2
+        conn.exec_driver_sql("SELECT 1 / 0")  # a later failure in the unit of work undoes the inserted events too
+    with engine.connect() as conn:
+        assert repository.count_events(conn) == 0
+    # the pool's connections are clean afterwards (no staging table or aborted transaction left)
+    for _ in range(3):
+        assert len(_store(engine, good)) == 3
+        with engine.connect() as conn:
+            conn.exec_driver_sql("DELETE FROM flow_events")
+            conn.commit()
+
+
+def test_two_batches_in_one_transaction(engine):
+    from threatflow.flows import ingest
+
+    now = datetime.now(UTC)
+    first, second = [_row(now - timedelta(minutes=i)) for i in range(2)], [_row(now - timedelta(minutes=5 + i)) for i in range(2)]
+    with engine.begin() as conn:
+        assert len(ingest.store(conn, first)) == 2
+        assert len(ingest.store(conn, [*second, first[0]])) == 2  # the first batch's staging rows are gone
+
+
 def test_labelled_flows_feed_retraining_newest_first(engine):
     from threatflow.flows import repository, training
     from threatflow.flows.features import CATEGORICAL, NUMERIC_COLUMNS

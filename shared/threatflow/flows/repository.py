@@ -9,6 +9,8 @@ batch inserts nothing twice and the caller learns which events are new.
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -73,21 +75,34 @@ class StoredEvent:
     predicted_cat: str
 
 
-_INSERT = """
-WITH input AS (
-    SELECT * FROM jsonb_to_recordset(CAST(:doc AS jsonb)) AS x(
-        event_time timestamptz, event_key uuid, srcip inet, sport integer, dstip inet, dsport integer,
-        proto text, service text, state text, stime timestamptz, ltime timestamptz, features real[],
-        label smallint, attack_cat text, predicted_attack boolean, probability real, predicted_cat text,
-        model_version text, source text)
+# The batch is COPY'd (text format) into a temporary staging table, then moved into
+# flow_events by one INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING: COPY parses
+# each value in the server's C input functions, where binding a jsonb document (the
+# previous path) paid for a JSON parse plus a text round trip per field, and the conflict
+# clause keeps a re-send a no-op that tells the caller which events are new. The staging
+# table lives for the transaction (dropped after use, ON COMMIT DROP if an error cuts in),
+# so a failed batch leaves nothing behind and a second batch in one transaction starts clean.
+_STAGED_COLUMNS = (
+    "event_time, event_key, srcip, sport, dstip, dsport, proto, service, state, stime, ltime, features, label, attack_cat,"
+    " predicted_attack, probability, predicted_cat, model_version, source"
 )
+_STAGE = """
+CREATE TEMP TABLE flow_events_staged (
+    event_time timestamptz, event_key uuid, srcip inet, sport integer, dstip inet, dsport integer,
+    proto text, service text, state text, stime timestamptz, ltime timestamptz, features real[],
+    label smallint, attack_cat text, predicted_attack boolean, probability real, predicted_cat text,
+    model_version text, source text
+) ON COMMIT DROP
+"""
+_COPY = f"COPY flow_events_staged ({_STAGED_COLUMNS}) FROM STDIN"
+_INSERT = """
 INSERT INTO flow_events (event_time, event_key, srcip, sport, dstip, dsport, proto, service, state, stime, ltime,
                          dur, sbytes, dbytes, spkts, dpkts, features, label, attack_cat,
                          predicted_attack, probability, predicted_cat, model_version, source)
 SELECT event_time, event_key, srcip, sport, dstip, dsport, proto, service, state, stime, ltime,
        features[1], features[4]::bigint, features[5]::bigint, features[2]::integer, features[3]::integer, features,
        label, attack_cat, predicted_attack, probability, predicted_cat, model_version, source
-FROM input
+FROM flow_events_staged
 ON CONFLICT DO NOTHING
 RETURNING (extract(epoch FROM event_time) * 1000000)::bigint, event_key::text, host(srcip), predicted_attack, probability, predicted_cat
 """
@@ -103,38 +118,80 @@ def ensure_partitions(conn: Connection, days: Iterable[date]) -> list[str]:
 
 
 def insert_events(conn: Connection, rows: Sequence[EventRow]) -> list[StoredEvent]:
-    """Insert a batch; returns only the events that were new (a re-send returns [])."""
-    from sqlalchemy import text
+    """Insert a batch; returns only the events that were new (a re-send returns []).
+
+    In the caller's transaction: a database error (a value out of a column's range, a
+    missing partition) fails the whole batch and the caller's rollback undoes it."""
+    import sqlalchemy.exc
 
     if not rows:
         return []
-    doc = msgspec.json.encode([_row_doc(r) for r in rows]).decode()
-    result = conn.execute(text(_INSERT), {"doc": doc}).all()
+    data = copy_text(rows)
+    conn.exec_driver_sql(_STAGE)
+    dbapi = conn.dialect.loaded_dbapi
+    cursor: Any = conn.connection.cursor()  # pg8000's cursor: its execute takes stream=
+    try:
+        cursor.execute(_COPY, stream=io.BytesIO(data))
+    except dbapi.Error as exc:  # as SQLAlchemy would raise it: unavailable() maps lost connections to a 503
+        raise sqlalchemy.exc.DBAPIError.instance(_COPY, None, exc, dbapi.Error) from exc
+    finally:
+        cursor.close()
+    result = conn.exec_driver_sql(_INSERT).all()
+    conn.exec_driver_sql("DROP TABLE flow_events_staged")
     return [StoredEvent(_EPOCH + timedelta(microseconds=int(r[0])), r[1], r[2], bool(r[3]), float(r[4]), r[5]) for r in result]
 
 
-def _row_doc(row: EventRow) -> dict[str, Any]:
-    return {
-        "event_time": row.event_time,
-        "event_key": row.event_key,
-        "srcip": row.srcip,
-        "sport": row.sport,
-        "dstip": row.dstip,
-        "dsport": row.dsport,
-        "proto": row.proto,
-        "service": row.service,
-        "state": row.state,
-        "stime": row.stime,
-        "ltime": row.ltime,
-        "features": row.features,
-        "label": row.label,
-        "attack_cat": row.attack_cat,
-        "predicted_attack": row.predicted_attack,
-        "probability": row.probability,
-        "predicted_cat": row.predicted_cat,
-        "model_version": row.model_version,
-        "source": row.source,
-    }
+_NULL = "\\N"
+_BRACKETS = bytes.maketrans(b"[]", b"{}")
+_FEATURES = msgspec.json.Encoder()
+
+
+@functools.lru_cache(maxsize=4096)
+def _copy_escaped(value: str) -> str:
+    """A text value for COPY's text format: backslash, tab, newline and carriage return escaped.
+    Cached: the text columns (proto, service, state, categories, version, source) repeat a few values."""
+    if "\x00" in value:
+        raise ValueError("PostgreSQL text cannot hold a NUL character")
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def copy_text(rows: Sequence[EventRow]) -> bytes:
+    """The rows in COPY's text format (tab-separated, \\N for NULL), in _STAGED_COLUMNS order.
+
+    Addresses and keys are already canonical (ipaddress/uuid text: no character to escape);
+    the feature array goes through msgspec ([1.0,null] -> {1.0,null}: the array input reads
+    null as NULL), which is several times cheaper than formatting 39 floats in Python."""
+    esc = _copy_escaped
+    encode = _FEATURES.encode
+    lines = []
+    for r in rows:
+        lines.append(
+            "\t".join(
+                (
+                    r.event_time.isoformat(),
+                    r.event_key,
+                    _NULL if r.srcip is None else r.srcip,
+                    _NULL if r.sport is None else str(r.sport),
+                    _NULL if r.dstip is None else r.dstip,
+                    _NULL if r.dsport is None else str(r.dsport),
+                    esc(r.proto),
+                    esc(r.service),
+                    esc(r.state),
+                    _NULL if r.stime is None else r.stime.isoformat(),
+                    _NULL if r.ltime is None else r.ltime.isoformat(),
+                    encode(r.features).translate(_BRACKETS).decode(),
+                    _NULL if r.label is None else str(int(r.label)),
+                    _NULL if r.attack_cat is None else esc(r.attack_cat),
+                    "t" if r.predicted_attack else "f",
+                    repr(float(r.probability)),
+                    esc(r.predicted_cat),
+                    esc(r.model_version),
+                    esc(r.source),
+                )
+            )
+        )
+    lines.append("")
+    return "\n".join(lines).encode()
 
 
 # -- search ------------------------------------------------------------------------------
