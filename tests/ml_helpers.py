@@ -40,7 +40,8 @@ def small_model() -> Any:
     """TrainResult of a quick training on ~2,500 flows (seconds, not minutes)."""
     from threatflow.flows.training import TrainConfig, train_from_flows
 
-    config = TrainConfig(cv_folds=2, max_iter=30, category_max_iter=15, compare_random_forest=False)
+    # heads on the training part: tests refit them with scikit-learn on the same 80% split to compare
+    config = TrainConfig(cv_folds=2, max_iter=30, category_max_iter=15, compare_random_forest=False, final_fit="train")
     return train_from_flows(sample_rows(2500), config=config, version="test-small")
 
 

@@ -24,6 +24,12 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cv", type=int, help="cross-validation folds (default 4)")
     parser.add_argument("--holdout", type=float, help="held-out fraction, never tuned on (default 0.2)")
     parser.add_argument("--no-compare", action="store_true", help="skip the seed RandomForest comparison")
+    parser.add_argument(
+        "--final-fit",
+        choices=["all", "train"],
+        help="rows the served heads are fitted on once CV, threshold and held-out scoring are done: all (training +"
+        " held-out; held-out figures then estimate them from the training-part fit) or train (default: all)",
+    )
 
 
 def _run_training(args: argparse.Namespace) -> Any:
@@ -38,6 +44,8 @@ def _run_training(args: argparse.Namespace) -> Any:
         config = replace(config, holdout=args.holdout)
     if args.no_compare:
         config = replace(config, compare_random_forest=False)
+    if args.final_fit:
+        config = replace(config, final_fit=args.final_fit)
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -69,6 +77,11 @@ def _print_figures(metrics: dict[str, Any]) -> None:
                 f"{'':10s} seed RandomForest (numeric fields, threshold 0.5): ROC-AUC {forest['roc_auc']:.5f}  "
                 f"FPR {forest['fpr']:.3%}  detection {forest['detection_rate']:.3%}"
             )
+    served = metrics.get("served_heads")
+    if served:
+        print(
+            f"served heads fitted on {served['fitted_on']} ({served['rows']} rows); held-out figures from {served['heldout_figures_from']}"
+        )
 
 
 def train_main(argv: Sequence[str]) -> int:

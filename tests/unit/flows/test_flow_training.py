@@ -103,3 +103,100 @@ def test_training_reports_operating_points_conflicts_and_says_so_in_the_card(tmp
     assert "Operating points on validation" in card
     trained.write(tmp_path)
     assert json.loads((tmp_path / "metrics.json").read_text())["validation"]["operating_points"] == points
+
+
+# -- final fit: which rows the served heads are fitted on ----------------------------------------
+
+FINAL_FIT_CONFIG = T.TrainConfig(cv_folds=2, max_iter=30, category_max_iter=15, compare_random_forest=False)
+
+
+@pytest.fixture(scope="module")
+def final_fits():
+    from dataclasses import replace
+
+    from ml_helpers import sample_rows
+
+    dataset = T.dataset_from_flows(sample_rows(2500))
+    fits = {mode: T.train(dataset, config=replace(FINAL_FIT_CONFIG, final_fit=mode), version=f"test-{mode}") for mode in ("all", "train")}
+    return dataset, fits
+
+
+def _split(dataset):
+    from sklearn.model_selection import train_test_split
+
+    cat = dataset.category.astype(np.int64)
+    stratify = T._stratify_key(cat, dataset.label, 2)
+    train_idx, test_idx = train_test_split(
+        np.arange(dataset.rows), test_size=FINAL_FIT_CONFIG.holdout, stratify=stratify, random_state=FINAL_FIT_CONFIG.seed
+    )
+    return train_idx, test_idx
+
+
+def test_final_fit_all_serves_heads_fitted_on_every_row(final_fits):
+    dataset, fits = final_fits
+    train_idx, test_idx = _split(dataset)
+    X, y = dataset.X, dataset.label.astype(np.int64)
+    on_all = T._binary_model(FINAL_FIT_CONFIG).fit(X, y).predict_proba(X)[:, 1]
+    on_train = T._binary_model(FINAL_FIT_CONFIG).fit(X[train_idx], y[train_idx]).predict_proba(X)[:, 1]
+    served_all, _ = fits["all"].model.scores(X)
+    served_train, _ = fits["train"].model.scores(X)
+    # the served heads are the deterministic refit on every row (resp. the training part), and they differ
+    np.testing.assert_allclose(served_all, on_all, atol=1e-6)
+    np.testing.assert_allclose(served_train, on_train, atol=1e-6)
+    assert np.abs(served_all - served_train).max() > 1e-3
+    data = fits["all"].metadata["training_data"]
+    assert len(train_idx) + len(test_idx) == dataset.rows
+    assert (data["served_heads_fitted_on"], data["served_heads_rows"], data["train_rows"]) == ("all", dataset.rows, len(train_idx))
+    assert fits["train"].metadata["training_data"]["served_heads_fitted_on"] == "train"
+    assert fits["train"].metadata["training_data"]["served_heads_rows"] == len(train_idx)
+    assert fits["all"].metrics["served_heads"] == {
+        "fitted_on": "all",
+        "rows": dataset.rows,
+        "heldout_figures_from": f"heads fitted on the training part ({len(train_idx)} rows)",
+    }
+
+
+def test_final_fit_all_keeps_the_threshold_and_reports_held_out_from_the_training_part_fit(final_fits):
+    _, fits = final_fits
+    served, estimate = fits["all"], fits["train"]
+    # threshold, category adjustments and validation come from the same cross-validation in both modes
+    assert served.metadata["threshold"] == estimate.metadata["threshold"]
+    assert served.metadata["category_bias"] == estimate.metadata["category_bias"]
+    assert served.metrics["validation"] == estimate.metrics["validation"]
+    # held-out figures: the training-part heads in both modes (not the served heads, which saw those rows)
+    for key in ("binary", "category"):
+        assert served.metrics["heldout"][key] == estimate.metrics["heldout"][key]
+    assert served.metrics["heldout"]["heads_rows"] == estimate.metadata["training_data"]["train_rows"]
+    assert "estimate" in served.metrics["heldout"]["describes"] and estimate.metrics["heldout"]["describes"] == "the served heads"
+    assert served.metadata["sha256"] != estimate.metadata["sha256"]
+    card = served.model_card
+    assert f"served heads fitted on: all {served.metadata['training_data']['rows']} rows" in card
+    assert "an estimate for the served model" in card and "estimate" not in estimate.model_card
+
+
+def test_final_fit_is_validated():
+    from dataclasses import replace
+
+    from ml_helpers import sample_rows
+
+    with pytest.raises(ValueError, match="final_fit"):
+        T.train(T.dataset_from_flows(sample_rows(300)), config=replace(FINAL_FIT_CONFIG, final_fit="everything"))
+
+
+def test_train_cli_passes_final_fit_through(tmp_path):
+    import csv
+
+    from ml_helpers import sample_rows
+
+    from threatflow.cli.models import train_main
+
+    rows = sample_rows(1500)
+    data = tmp_path / "flows.csv"
+    with open(data, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert train_main(["--data", str(data), "--out", str(tmp_path / "out"), "--quick", "--no-compare", "--final-fit", "train"]) == 0
+    metadata = json.loads((tmp_path / "out" / "metadata.json").read_text())
+    assert metadata["training_data"]["served_heads_fitted_on"] == "train"
+    assert metadata["training_data"]["served_heads_rows"] == metadata["training_data"]["train_rows"] < metadata["training_data"]["rows"]
