@@ -9,6 +9,7 @@ caller's TLP clearance covers it (auth/clearance.py), as everywhere else.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -158,7 +159,10 @@ def build_router(runtime: Runtime) -> Router:
             return Response(search.search(query, conn=conn))
 
     def window(request: Request, default: timedelta, maximum: timedelta) -> tuple[datetime, datetime]:
-        return search.parse_window(request.query, now=runtime.clock.now(), default=default, maximum=maximum)
+        try:
+            return search.parse_window(request.query, now=runtime.clock.now(), default=default, maximum=maximum)
+        except OverflowError:  # e.g. to=9999-12-31T23:59:59-23:59: past datetime's range once in UTC
+            raise ValidationError("from/to must be times between the years 1 and 9999 in UTC", field="from") from None
 
     def only(request: Request, *allowed: str) -> None:
         unknown = sorted(set(request.query) - set(allowed))
@@ -197,7 +201,7 @@ def build_router(runtime: Runtime) -> Router:
     @router.route("GET", "/api/v1/events/timeline", role=Role.READER)
     def timeline(request: Request) -> dict[str, Any]:
         only(request, "srcip", "from", "to")
-        srcip = search.parse_ip(request.query.get("srcip"), "srcip")
+        srcip = host_address(request.query.get("srcip"), "srcip")
         if srcip is None:
             raise ValidationError("srcip is required", field="srcip")
         start, end = window(request, timedelta(days=7), timedelta(days=31))
@@ -208,8 +212,9 @@ def build_router(runtime: Runtime) -> Router:
     @router.route("GET", "/api/v1/events/hosts/{ip}", role=Role.READER)
     def host(request: Request) -> dict[str, Any]:
         only(request, "from", "to")
-        ip = search.parse_ip(request.path_params["ip"], "ip")
-        assert ip is not None
+        ip = host_address(request.path_params["ip"], "ip")
+        if ip is None:
+            raise ValidationError("ip is required", field="ip")
         start, end = window(request, HOST_WINDOW, timedelta(days=92))
         with unit_of_work(runtime.engine) as conn:
             summary = repository.host_summary(conn, ip=ip, start=start, end=end, top=HOST_TOP)
@@ -247,3 +252,15 @@ def build_router(runtime: Runtime) -> Router:
         }
 
     return router
+
+
+def host_address(text: str | None, name: str) -> str | None:
+    """An address as the event store keeps it: a zone id (fe80::1%eth0) is local to one host and not an
+    inet value (a 400, not a database error); ::ffff:a.b.c.d is the IPv4 host, as in the iocs domain."""
+    if text is not None and "%" in text:
+        raise ValidationError(f"{name} has a zone id, which is local to one host: {text[:64]!r}", field=name)
+    ip = search.parse_ip(text, name)
+    if ip is not None and ip.startswith("::ffff:"):
+        mapped = ipaddress.IPv6Address(ip).ipv4_mapped
+        ip = str(mapped) if mapped is not None else ip
+    return ip
