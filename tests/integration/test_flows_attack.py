@@ -182,12 +182,25 @@ HOSTILE_UPLOADS = {
     "10000-columns": lambda: (",".join(["proto", "service", "state", *(f"c{i}" for i in range(10_000))]) + "\n1,2,3\n").encode(),
     # 1,500 columns: under the line bound, refused by the column bound before validation lists 1,500 problems a row
     "1500-columns": lambda: "".join(
-        ",".join(["proto", "service", "state", *(f"c{i}" for i in range(1_500))]) + "\n" + ",".join(["tcp"] * 1_503) + "\n" for _ in range(1)
+        ",".join(["proto", "service", "state", *(f"c{i}" for i in range(1_500))]) + "\n" + ",".join(["tcp"] * 1_503) + "\n"
+        for _ in range(1)
     ).encode(),
     "corrupt-gzip": lambda: b"\x1f\x8b\x08\x00" + bytes(random.Random(1).randrange(256) for _ in range(4000)),
     "truncated-gzip": lambda: gzip.compress(_raw_csv(200).encode())[:-300],
     "binary-junk": lambda: bytes(random.Random(2).randrange(256) for _ in range(50_000)),
-    "empty-gzip-member-then-junk": lambda: gzip.compress(b"") + b"\x00" * 100,
+    "gzip-then-junk": lambda: gzip.compress(b"") + b"PK\x03\x04 not gzip",
+}
+
+
+FAILS_WITH = {
+    "huge-line": "longer than 16384 characters",
+    "huge-field": "field larger than field limit",
+    "10000-columns": "longer than 16384 characters",
+    "1500-columns": "has 1503 columns",
+    "corrupt-gzip": "not readable",
+    "truncated-gzip": "not readable",
+    "binary-junk": "not a UNSW-NB15 CSV",
+    "gzip-then-junk": "not readable",
 }
 
 
@@ -198,11 +211,7 @@ def test_worker_fails_hostile_uploads_with_a_reason_instead_of_crashing(api, fun
     response = worker.post("/", json=_job_push(job_id))
     assert response.status_code == 200, response.get_data(as_text=True)[:300]  # acked: a retry cannot help
     job = _job(job_id)
-    assert job["state"] in ("failed", "succeeded"), job
-    if job["state"] == "failed":
-        assert job["error"]
-    else:  # read to the end within the bounds: every row refused as invalid, nothing stored
-        assert job["stored"] == 0 and job["invalid"] >= 0
+    assert job["state"] == "failed" and FAILS_WITH[kind] in job["error"], job
     assert _count_events(backend_env["DATABASE_URL"]) == 0
     # A redelivery of the finished job does nothing more.
     assert worker.post("/", json=_job_push(job_id)).status_code == 200
@@ -377,7 +386,59 @@ def test_host_view_hides_an_ioc_above_the_callers_clearance_in_every_spelling(ap
     assert amber["ioc"] is None or amber["ioc"]["value"] == ip
 
 
-# -- ingest and search: defects in files other helpers own (pinned for the lead) -----------------------------
+def test_an_upload_whose_message_cannot_be_published_leaves_no_queued_job(api, backend_env):
+    from google.cloud import pubsub_v1
+
+    from threatflow.adapters.firestore import FirestoreDocuments
+    from threatflow.adapters.storage import GcsBlobs
+
+    GcsBlobs(PROJECT).put(UPLOADS, "flows/orphan.csv", _raw_csv(3).encode())
+    publisher = pubsub_v1.PublisherClient()
+    topic = publisher.topic_path(PROJECT, "flow-ingest")
+    publisher.delete_topic(topic=topic)
+    try:
+        response = api.post("/api/v1/flows/uploads", {"object": "flows/orphan.csv"})
+    finally:
+        publisher.create_topic(name=topic)
+    assert response.status_code == 503, response.get_data(as_text=True)[:200]
+    assert FirestoreDocuments(PROJECT).query("flow_ingest_jobs", where=[("object", "==", "flows/orphan.csv")], limit=5) == []
+
+
+# -- ingest, search, maintenance: defects in files other helpers own (pinned for the lead) ----------------------
+
+
+@pytest.mark.xfail(
+    strict=True, reason="flows/ingest.py _as_time takes any stime up to year 3000: each future day is a partition retention never drops"
+)
+def test_batch_with_flows_from_the_future_is_a_400_and_makes_no_partitions(api, backend_env):
+    flows = json_flows(50, seed=8)
+    for day, flow in enumerate(flows):
+        flow["stime"] = flow["ltime"] = int((datetime(2900, 1, 1, tzinfo=UTC) + timedelta(days=day)).timestamp())
+    response = api.post("/api/v1/flows/batch", {"flows": flows})
+    engine = _engine(backend_env["DATABASE_URL"])
+    with engine.connect() as conn:
+        future = conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'flow_events'::regclass AND c.relname >= 'flow_events_p2800'"
+        ).scalar_one()
+    engine.dispose()
+    assert (response.status_code, future) == (400, 0), (response.status_code, future)
+
+
+@pytest.mark.xfail(
+    strict=True, reason="jobs/runs.py flow_retention takes params.retention_days unchecked: -1 drops every partition up to tomorrow"
+)
+def test_flow_retention_refuses_a_negative_retention(api, function_client, backend_env):
+    from threatflow.adapters.firestore import FirestoreDocuments
+
+    _ingest(api, json_flows(30, seed=2))  # flowgen's times: the 30 days before today
+    before = _count_events(backend_env["DATABASE_URL"])
+    run_id = uuid.uuid4().hex
+    push = _push({"params": {"retention_days": -1}}, {"job": "flow-retention", "run_id": run_id}, "maintenance-push")
+    status = function_client("maintenance").post("/", json=push).status_code
+    run = FirestoreDocuments(PROJECT).get("maintenance_runs", run_id) or {}
+    assert _count_events(backend_env["DATABASE_URL"]) == before, (status, run.get("result"))
+    assert run.get("state") == "failed"
 
 
 @pytest.mark.xfail(strict=True, reason="flows/ingest.py _as_ip keeps an IPv6 zone id: inet rejects it, the batch is a 500")
@@ -437,3 +498,35 @@ def test_search_edge_values_are_4xx(api):
     no_address = api.get("/api/v1/events/search", query_string={"from": "2026-01-01T00:00:00Z", "to": "2026-03-01T00:00:00Z"})
     assert no_address.status_code == 400  # a scan over time alone is held to 7 days
     assert api.get("/api/v1/events/search", query_string={"srcip": "1.2.3.4", "min_probability": "1", "limit": "1000"}).status_code == 200
+
+
+# -- detect ---------------------------------------------------------------------------------------------
+
+
+def test_detect_routes_answer_hostile_input_with_4xx(api, function_client, backend_env):
+    detect = function_client("detect")
+    headers = {**api.reader, "Content-Type": "application/json"}
+    flow = {
+        k: v for k, v in json_flows(1)[0].items() if k not in ("label", "attack_cat", "srcip", "dstip", "stime", "ltime", "sport", "dsport")
+    }
+    bodies = [
+        b"", b"[]", b"null", b'{"flows": {}}', b'{"flows": [1]}', b'{"flows": [], "x": 1}', b"\xff\xfe",
+        json.dumps({"flows": [{**flow, "sbytes": "1e999"}]}).encode(),
+        json.dumps({"flows": [{**flow, "sbytes": None}]}).encode(),
+        json.dumps({"flows": [{**flow, **{f"c{i}": 1 for i in range(5000)}}] * 20}).encode(),
+    ]  # fmt: skip
+    for body in bodies:
+        response = detect.post("/api/v1/detect/batch", data=body, headers=headers)
+        assert 400 <= response.status_code < 500, (body[:60], response.status_code, response.get_data(as_text=True)[:200])
+    many = detect.post("/api/v1/detect/batch", json={"flows": [{**flow, **{f"c{i}": 1 for i in range(5000)}}] * 20}, headers=headers)
+    assert len(many.get_json()["error"]["details"]["errors"]) <= 1000  # 100,000 problems, a bounded listing
+    explain = detect.post("/api/v1/detect/batch?explain=true", json={"flows": [flow] * 1001}, headers=headers)
+    assert explain.status_code == 400 and explain.get_json()["error"]["details"]["field"] == "explain"
+    for query in ("explain=yes", "top=0", "top=100000", "top=%C2%B2"):
+        response = detect.post(f"/api/v1/detect?{query}", json={"flow": flow}, headers=headers)
+        assert response.status_code == 400, (query, response.get_data(as_text=True)[:200])
+    assert detect.post("/api/v1/detect", json={"flow": flow}, headers=headers).status_code == 200
+    assert detect.post("/api/v1/detect", json={"flow": flow}).status_code == 401
+    for ip in ("fe80::1%25eth0", "999.1.1.1", "01.2.3.4", "not-an-ip"):
+        response = detect.get(f"/api/v1/detect/intel/{ip}", headers=api.reader)
+        assert response.status_code == 400, (ip, response.status_code, response.get_data(as_text=True)[:200])

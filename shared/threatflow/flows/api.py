@@ -126,7 +126,11 @@ def build_router(runtime: Runtime) -> Router:
             "requested_by": request.principal.username if request.principal else None,
         }
         runtime.documents.set(INGEST_JOBS, job_id, job)
-        runtime.publisher.publish(INGEST_TOPIC, events.encode({"job_id": job_id}), {"job_id": job_id})
+        try:
+            runtime.publisher.publish(INGEST_TOPIC, events.encode({"job_id": job_id}), {"job_id": job_id})
+        except Exception:
+            runtime.documents.delete(INGEST_JOBS, job_id)  # nothing will run it: no job left "queued" forever
+            raise
         return Response({**job, "status_url": f"/api/v1/flows/uploads/{job_id}"}, status=202)
 
     @router.route("GET", "/api/v1/flows/uploads/{job_id}", role=Role.READER)
