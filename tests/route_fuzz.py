@@ -109,7 +109,7 @@ def _fill(pattern: str, draw: Callable[[Any], Any]) -> str:
         else:
             samples = ["1", "ipv4", "T1059", "heartbeat", "alice", "evil.com", "175.45.176.1", "::1", "ab" * 16]
             # address spellings the hunting and intel routes ({ip}) must answer with a 200 or a 400, never a 5xx
-            samples += ["fe80::1%eth0", "::ffff:175.45.176.1", "2001:0DB8::0001", "010.1.1.1", "[::1]"]
+            samples += ["fe80::1%eth0", "::ffff:192.168.0.1", "2001:0DB8::0001", "010.1.1.1", "[::1]"]
             value = draw(st.one_of(_text, st.sampled_from(samples)))
         return urllib.parse.quote(value, safe="") if value else "x"
 
