@@ -530,3 +530,30 @@ def test_detect_routes_answer_hostile_input_with_4xx(api, function_client, backe
     for ip in ("fe80::1%25eth0", "999.1.1.1", "01.2.3.4", "not-an-ip"):
         response = detect.get(f"/api/v1/detect/intel/{ip}", headers=api.reader)
         assert response.status_code == 400, (ip, response.status_code, response.get_data(as_text=True)[:200])
+
+
+def test_a_batch_observed_at_the_end_of_time_is_refused_and_retention_keeps_running(api, function_client, backend_env):
+    """observed_at=9999-12-31 made a partition whose end (9999-12-31 + 1 day) overflows date: every later
+    flow-retention run failed, so no old partition was ever dropped again."""
+    from threatflow.adapters.firestore import FirestoreDocuments
+
+    flows = [{k: v for k, v in f.items() if k not in ("stime", "ltime")} for f in json_flows(5, seed=1)]
+    for observed_at in ("9999-12-31T12:00:00Z", (datetime.now(UTC) + timedelta(days=3)).isoformat()):
+        response = api.post("/api/v1/flows/batch", {"flows": flows, "observed_at": observed_at})
+        assert response.status_code == 400 and response.get_json()["error"]["details"]["field"] == "observed_at", observed_at
+    assert _count_events(backend_env["DATABASE_URL"]) == 0
+    assert api.post("/api/v1/flows/batch", {"flows": flows, "observed_at": datetime.now(UTC).isoformat()}).status_code == 200
+    # A last-day partition made another way (before this fix, or by hand) no longer stops retention either.
+    from datetime import date
+
+    from threatflow.adapters.postgres import unit_of_work
+    from threatflow.flows import repository
+
+    engine = _engine(backend_env["DATABASE_URL"])
+    with unit_of_work(engine) as conn:
+        repository.ensure_partitions(conn, [date.max])
+    engine.dispose()
+    run_id = uuid.uuid4().hex
+    push = _push({}, {"job": "flow-retention", "run_id": run_id}, "maintenance-push")
+    assert function_client("maintenance").post("/", json=push).status_code == 200
+    assert FirestoreDocuments(PROJECT).get("maintenance_runs", run_id)["state"] == "succeeded"

@@ -420,7 +420,8 @@ class Partition:
 
     @property
     def end(self) -> date:
-        return self.day + timedelta(days=1)
+        # 9999-12-31 + 1 day overflows date; that partition ends at the end of time (it is never "old")
+        return self.day + timedelta(days=1) if self.day < date.max else date.max
 
 
 def partitions(conn: Connection) -> list[Partition]:
