@@ -24,6 +24,7 @@ QUERY_KEYS = [
     "limit", "cursor", "after", "before", "ids", "format", "max_tlp", "type", "source", "exact", "async", "tags",
     "verdict", "first_seen_from", "value_prefix", "bogus",
     "srcip", "dstip", "from", "to", "explain", "top", "predicted", "min_probability", "proto", "label",
+    "service", "attack_cat", "predicted_cat",
 ]  # fmt: skip
 NASTY_TEXT = [
     "",
@@ -107,6 +108,8 @@ def _fill(pattern: str, draw: Callable[[Any], Any]) -> str:
             value = str(draw(st.one_of(st.integers(0, 50), st.integers(2**63 - 2, 2**70))))
         else:
             samples = ["1", "ipv4", "T1059", "heartbeat", "alice", "evil.com", "175.45.176.1", "::1", "ab" * 16]
+            # address spellings the hunting and intel routes ({ip}) must answer with a 200 or a 400, never a 5xx
+            samples += ["fe80::1%eth0", "::ffff:192.168.0.1", "2001:0DB8::0001", "010.1.1.1", "[::1]"]
             value = draw(st.one_of(_text, st.sampled_from(samples)))
         return urllib.parse.quote(value, safe="") if value else "x"
 

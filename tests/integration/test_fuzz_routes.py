@@ -30,7 +30,7 @@ def fake_intel():
 def test_no_route_answers_5xx_or_non_json_errors(function_client, backend_env, function, request):
     attack = SHARED_DATA / "attack" / "attack_techniques.json"
     extra = {"RATE_LIMIT_PER_USER": "100000/60", "RATE_LIMIT_PER_IP": "100000/60", "RATE_LIMIT_LOGIN_PER_IP": "100000/60"}
-    if function == "enrichment":
+    if function in ("enrichment", "detect"):  # detect mounts GET /api/v1/detect/intel/{ip}: fakes, never the network
         extra.update(request.getfixturevalue("fake_intel").env())
     if attack.exists():
         extra["ATTACK_DATA_PATH"] = str(attack)

@@ -9,6 +9,7 @@ caller's TLP clearance covers it (auth/clearance.py), as everywhere else.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import uuid
 from collections.abc import Callable
@@ -37,6 +38,7 @@ INGEST_JOBS = "flow_ingest_jobs"
 INGEST_TOPIC = "flow-ingest"
 HOST_WINDOW = timedelta(days=30)
 HOST_TOP = 20
+OBSERVED_AHEAD = timedelta(days=1)  # clock skew between a sensor and us, no more
 
 
 class FlowBatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -105,6 +107,8 @@ def build_router(runtime: Runtime) -> Router:
         observed_at = body.observed_at or now
         if observed_at.tzinfo is None:
             raise ValidationError("observed_at needs a time zone", field="observed_at")
+        if observed_at > now + OBSERVED_AHEAD:  # each day is a partition: 9999-12-31 broke the retention job
+            raise ValidationError("observed_at is in the future; flows are observed up to now", field="observed_at")
         source = body.source or "batch:" + hashlib.sha256(request.body).hexdigest()[:32]
         if not canonical:  # every flow skipped as invalid
             return {"received": 0, "stored": 0, "duplicates": 0, "predicted_attacks": 0, **skipped}
@@ -148,7 +152,11 @@ def build_router(runtime: Runtime) -> Router:
             "requested_by": request.principal.username if request.principal else None,
         }
         runtime.documents.set(INGEST_JOBS, job_id, job)
-        runtime.publisher.publish(INGEST_TOPIC, events.encode({"job_id": job_id}), {"job_id": job_id})
+        try:
+            runtime.publisher.publish(INGEST_TOPIC, events.encode({"job_id": job_id}), {"job_id": job_id})
+        except Exception:
+            runtime.documents.delete(INGEST_JOBS, job_id)  # nothing will run it: no job left "queued" forever
+            raise
         return Response({**job, "status_url": f"/api/v1/flows/uploads/{job_id}"}, status=202)
 
     @router.route("GET", "/api/v1/flows/uploads/{job_id}", role=Role.READER)
@@ -181,7 +189,10 @@ def build_router(runtime: Runtime) -> Router:
             return Response(search.search(query, conn=conn))
 
     def window(request: Request, default: timedelta, maximum: timedelta) -> tuple[datetime, datetime]:
-        return search.parse_window(request.query, now=runtime.clock.now(), default=default, maximum=maximum)
+        try:
+            return search.parse_window(request.query, now=runtime.clock.now(), default=default, maximum=maximum)
+        except OverflowError:  # e.g. to=9999-12-31T23:59:59-23:59: past datetime's range once in UTC
+            raise ValidationError("from/to must be times between the years 1 and 9999 in UTC", field="from") from None
 
     def only(request: Request, *allowed: str) -> None:
         unknown = sorted(set(request.query) - set(allowed))
@@ -220,7 +231,7 @@ def build_router(runtime: Runtime) -> Router:
     @router.route("GET", "/api/v1/events/timeline", role=Role.READER)
     def timeline(request: Request) -> dict[str, Any]:
         only(request, "srcip", "from", "to")
-        srcip = search.parse_ip(request.query.get("srcip"), "srcip")
+        srcip = host_address(request.query.get("srcip"), "srcip")
         if srcip is None:
             raise ValidationError("srcip is required", field="srcip")
         start, end = window(request, timedelta(days=7), timedelta(days=31))
@@ -231,8 +242,9 @@ def build_router(runtime: Runtime) -> Router:
     @router.route("GET", "/api/v1/events/hosts/{ip}", role=Role.READER)
     def host(request: Request) -> dict[str, Any]:
         only(request, "from", "to")
-        ip = search.parse_ip(request.path_params["ip"], "ip")
-        assert ip is not None
+        ip = host_address(request.path_params["ip"], "ip")
+        if ip is None:
+            raise ValidationError("ip is required", field="ip")
         start, end = window(request, HOST_WINDOW, timedelta(days=92))
         with unit_of_work(runtime.engine) as conn:
             summary = repository.host_summary(conn, ip=ip, start=start, end=end, top=HOST_TOP)
@@ -270,3 +282,15 @@ def build_router(runtime: Runtime) -> Router:
         }
 
     return router
+
+
+def host_address(text: str | None, name: str) -> str | None:
+    """An address as the event store keeps it: a zone id (fe80::1%eth0) is local to one host and not an
+    inet value (a 400, not a database error); ::ffff:a.b.c.d is the IPv4 host, as in the iocs domain."""
+    if text is not None and "%" in text:
+        raise ValidationError(f"{name} has a zone id, which is local to one host: {text[:64]!r}", field=name)
+    ip = search.parse_ip(text, name)
+    if ip is not None and ip.startswith("::ffff:"):
+        mapped = ipaddress.IPv6Address(ip).ipv4_mapped
+        ip = str(mapped) if mapped is not None else ip
+    return ip

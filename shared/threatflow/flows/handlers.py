@@ -5,22 +5,31 @@ run by one delivery at a time under a lease, and records its progress (rows done
 after every batch. A redelivery after a crash resumes from there; rows it
 repeats are no-ops, because each event's key is the file's hash plus the row
 number and its time is the flow's stime or the job's creation time.
+
+An upload is untrusted input: its decompressed text, its lines, their length and
+the columns of a row are all bounded (a gzip bomb or a 10,000-column header
+fails the job, it does not fill the worker's memory), and a file that cannot be
+read (corrupt gzip, a CSV field past the csv module's limit, a vanished object)
+fails the job with the reason instead of being redelivered forever.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import io
+import re
 import uuid
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from threatflow.flows import ingest
 from threatflow.flows.model import serving_snapshot
 from threatflow.hunting import pipeline
-from threatflow.platform.errors import RetryableError, ValidationError
+from threatflow.platform.errors import NotFoundError, RetryableError, ValidationError
 from threatflow.platform.events import Message
 from threatflow.platform.ports import DocumentStore
 from threatflow.runtime import Runtime
@@ -29,6 +38,59 @@ INGEST_JOBS = "flow_ingest_jobs"
 INGEST_LEASES = "flow_ingest_leases"
 LEASE_SECONDS = 600  # longer than the function's timeout (540 s): a live run never loses it
 BATCH_ROWS = 5000
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")  # what POST /api/v1/flows/uploads makes (uuid4().hex)
+# Bounds on one upload's decompressed text. The official UNSW-NB15 files are ~2.5 M rows of
+# ~250 characters and at most 49 columns (partitioned: 45); these leave ample room for them.
+MAX_LINE_CHARS = 16_384
+MAX_LINES = 10_000_000
+MAX_TEXT_CHARS = 2 * 1024**3
+MAX_COLUMNS = 64
+
+
+class UnreadableUpload(ValueError):
+    """The uploaded object is not a readable UNSW CSV within the bounds: retrying cannot help."""
+
+
+def bounded_lines(text: io.TextIOBase) -> Iterator[str]:
+    """The lines of `text`, never reading more than max_line + 1 characters at once.
+
+    A line without an end within the bound (one huge line, binary junk), more lines or more
+    text than the bounds (a tiny gzip expanding to millions of rows) raise UnreadableUpload;
+    decompression errors (corrupt or truncated gzip) are turned into it too."""
+    max_line, max_lines, max_chars = MAX_LINE_CHARS, MAX_LINES, MAX_TEXT_CHARS
+    lines = chars = 0
+    while True:
+        try:
+            line = text.readline(max_line + 1)
+        except (EOFError, OSError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+            raise UnreadableUpload(f"the upload is not readable after line {lines}: {exc}") from None
+        if not line:
+            return
+        lines += 1
+        chars += len(line)
+        if len(line) > max_line:
+            raise UnreadableUpload(f"line {lines} is longer than {max_line} characters; not a UNSW-NB15 CSV")
+        if lines > max_lines:
+            raise UnreadableUpload(f"the upload has more than {max_lines} lines; split it into several uploads")
+        if chars > max_chars:
+            raise UnreadableUpload(f"the upload expands to more than {max_chars} characters; split it into several uploads")
+        yield line
+
+
+def bounded_rows(rows: Iterable[tuple[int, dict[str, Any]]]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """read_csv's rows, refusing a row with more columns than any UNSW layout has (a 10,000-column
+    header would otherwise make every row a 10,000-problem validation), and csv's own errors."""
+    iterator = iter(rows)
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # e.g. a field larger than csv.field_size_limit()
+            raise UnreadableUpload(f"not a readable CSV: {exc}") from None
+        if len(item[1]) > MAX_COLUMNS:
+            raise UnreadableUpload(f"row {item[0]} has {len(item[1])} columns; a UNSW-NB15 CSV has at most 49")
+        yield item
 
 
 @contextlib.contextmanager
@@ -89,6 +151,8 @@ def build_handler(runtime: Runtime) -> Callable[[Message], dict[str, Any]]:
         job_id = str(message.attributes.get("job_id") or message.data.get("job_id") or "")
         if not job_id:
             raise ValidationError("flow-ingest message names no job (attribute 'job_id')", field="job_id")
+        if not JOB_ID.match(job_id):  # checked before it becomes a Firestore document id ("a/b", "__x__" are errors there)
+            raise ValidationError(f"flow-ingest job id {job_id[:80]!r} is not a 32-character hex id", field="job_id")
         documents = runtime.documents
         with lease(documents, job_id, now=runtime.clock.now()):
             job = documents.get(INGEST_JOBS, job_id)
@@ -110,14 +174,19 @@ def run_job(
     ingest_rows: Callable[..., dict[str, Any]],
     clock: Any,
 ) -> dict[str, Any]:
-    data = blobs.get(job["bucket"], job["object"])
+    try:
+        data = blobs.get(str(job.get("bucket")), str(job.get("object")))
+    except NotFoundError as exc:  # deleted after it was queued: fail the job, do not leave it "running"
+        documents.set(INGEST_JOBS, job_id, {"state": "failed", "error": exc.message, "finished_at": clock.now()}, merge=True)
+        raise
     source = "gcs:" + hashlib.sha256(data).hexdigest()[:32]
     created = job.get("created_at")
     observed_at = created if isinstance(created, datetime) else datetime.now(UTC)
     progress = {k: int(job.get(k) or 0) for k in ("rows_done", "stored", "duplicates", "invalid", "predicted_attacks")}
     documents.set(INGEST_JOBS, job_id, {"state": "running", "started_at": clock.now(), "source": source}, merge=True)
     try:
-        rows = ingest.read_csv(ingest.open_text(io.BytesIO(data)), skip_rows=progress["rows_done"])
+        text = ingest.open_text(io.BytesIO(data))
+        rows = bounded_rows(ingest.read_csv(bounded_lines(text), skip_rows=progress["rows_done"]))  # type: ignore[arg-type]
         flows: list[dict[str, Any]] = []
         positions: list[int] = []
 

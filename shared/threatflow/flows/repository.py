@@ -12,12 +12,14 @@ import contextlib
 import functools
 import io
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
+
+from threatflow.platform.errors import ValidationError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -367,7 +369,37 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # -- hunting -------------------------------------------------------------------------------
 
+# The hunting views and roll-ups read one address's (or the views') rows over a window of up to
+# 92 days: a victim address with millions of events must not hold a connection for minutes.
+HUNT_TIMEOUT_MS = 5000
 
+
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+
+
+def _bounded(what: str) -> Callable[[_Fn], _Fn]:
+    """Run a hunting query (conn first) under HUNT_TIMEOUT_MS, for the rest of the caller's transaction;
+    a cancelled statement becomes a 400 asking for a narrower window, not a 500."""
+
+    def wrap(fn: _Fn) -> _Fn:
+        @functools.wraps(fn)
+        def bounded(conn: Connection, *args: Any, **kwargs: Any) -> Any:
+            from sqlalchemy.exc import DBAPIError
+
+            set_timeout(conn, HUNT_TIMEOUT_MS)
+            try:
+                return fn(conn, *args, **kwargs)
+            except DBAPIError as exc:  # pg8000 raises the server's errors as DatabaseError, whatever the SQLSTATE
+                if "57014" in str(exc) or "statement timeout" in str(exc):
+                    raise ValidationError(f"this {what} covers too many events to answer in time; narrow from/to", field="from") from None
+                raise
+
+        return bounded  # type: ignore[return-value]
+
+    return wrap
+
+
+@_bounded("timeline")
 def timeline(conn: Connection, *, srcip: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
     """Per-hour event counts for one source, split by predicted category (index-only on srcip)."""
     from sqlalchemy import text
@@ -392,6 +424,7 @@ def timeline(conn: Connection, *, srcip: str, start: datetime, end: datetime) ->
     return list(hours.values())
 
 
+@_bounded("host view")
 def host_summary(conn: Connection, *, ip: str, start: datetime, end: datetime, top: int) -> dict[str, Any]:
     """First/last seen, peers, ports and predicted categories of one address, both directions."""
     from sqlalchemy import text
@@ -452,6 +485,7 @@ def host_summary(conn: Connection, *, ip: str, start: datetime, end: datetime, t
 # -- roll-ups ----------------------------------------------------------------------------------
 
 
+@_bounded("roll-up")
 def top_attack_categories(conn: Connection, *, start: datetime, end: datetime, limit: int) -> list[dict[str, Any]]:
     from sqlalchemy import text
 
@@ -466,6 +500,7 @@ def top_attack_categories(conn: Connection, *, start: datetime, end: datetime, l
     return [{"category": r[0], "events": int(r[1]), "labelled_attacks": int(r[2]), "active_hours": int(r[3])} for r in rows]
 
 
+@_bounded("roll-up")
 def bytes_by_proto(conn: Connection, *, start: datetime, end: datetime, limit: int) -> list[dict[str, Any]]:
     from sqlalchemy import text
 
@@ -491,6 +526,7 @@ def bytes_by_proto(conn: Connection, *, start: datetime, end: datetime, limit: i
     ]
 
 
+@_bounded("roll-up")
 def view_refreshed_at(conn: Connection) -> dict[str, str]:
     from sqlalchemy import text
 
@@ -527,7 +563,8 @@ class Partition:
 
     @property
     def end(self) -> date:
-        return self.day + timedelta(days=1)
+        # 9999-12-31 + 1 day overflows date; that partition ends at the end of time (it is never "old")
+        return self.day + timedelta(days=1) if self.day < date.max else date.max
 
 
 def partitions(conn: Connection) -> list[Partition]:
