@@ -377,6 +377,11 @@ HUNT_TIMEOUT_MS = 5000
 _Fn = TypeVar("_Fn", bound=Callable[..., Any])
 
 
+def set_timeout(conn: Connection, timeout_ms: int) -> None:
+    """Bound the rest of this transaction's statements (SET LOCAL: it ends with the transaction)."""
+    conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
+
+
 def _bounded(what: str) -> Callable[[_Fn], _Fn]:
     """Run a hunting query (conn first) under HUNT_TIMEOUT_MS, for the rest of the caller's transaction;
     a cancelled statement becomes a 400 asking for a narrower window, not a 500."""
