@@ -202,6 +202,7 @@ def test_train_promote_load_then_hunt_an_attack_source_to_its_enrichment(walk):
 
     latest = _poll("the bridged IoC's enrichment", enriched, timeout=120)
     run_id = latest["verdict"]["run_id"]
+
     def closed():
         run = _get(walk, f"/api/v1/enrichment/runs/{run_id}")
         return run["status"] == "done", run

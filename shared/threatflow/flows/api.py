@@ -9,7 +9,6 @@ caller's TLP clearance covers it (auth/clearance.py), as everywhere else.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import re
 import uuid
 from collections.abc import Callable
@@ -231,7 +230,7 @@ def build_router(runtime: Runtime) -> Router:
     @router.route("GET", "/api/v1/events/timeline", role=Role.READER)
     def timeline(request: Request) -> dict[str, Any]:
         only(request, "srcip", "from", "to")
-        srcip = host_address(request.query.get("srcip"), "srcip")
+        srcip = search.parse_ip(request.query.get("srcip"), "srcip")
         if srcip is None:
             raise ValidationError("srcip is required", field="srcip")
         start, end = window(request, timedelta(days=7), timedelta(days=31))
@@ -242,7 +241,7 @@ def build_router(runtime: Runtime) -> Router:
     @router.route("GET", "/api/v1/events/hosts/{ip}", role=Role.READER)
     def host(request: Request) -> dict[str, Any]:
         only(request, "from", "to")
-        ip = host_address(request.path_params["ip"], "ip")
+        ip = search.parse_ip(request.path_params["ip"], "ip")
         if ip is None:
             raise ValidationError("ip is required", field="ip")
         start, end = window(request, HOST_WINDOW, timedelta(days=92))
@@ -282,15 +281,3 @@ def build_router(runtime: Runtime) -> Router:
         }
 
     return router
-
-
-def host_address(text: str | None, name: str) -> str | None:
-    """An address as the event store keeps it: a zone id (fe80::1%eth0) is local to one host and not an
-    inet value (a 400, not a database error); ::ffff:a.b.c.d is the IPv4 host, as in the iocs domain."""
-    if text is not None and "%" in text:
-        raise ValidationError(f"{name} has a zone id, which is local to one host: {text[:64]!r}", field=name)
-    ip = search.parse_ip(text, name)
-    if ip is not None and ip.startswith("::ffff:"):
-        mapped = ipaddress.IPv6Address(ip).ipv4_mapped
-        ip = str(mapped) if mapped is not None else ip
-    return ip

@@ -19,6 +19,7 @@ import gzip
 import hashlib
 import io
 import ipaddress
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -102,24 +103,36 @@ class BatchOutcome:
 # -- validation ----------------------------------------------------------------------------
 
 
+# Each day of events is a partition: a flow "from the future" would make partitions the retention
+# job never drops (year 2900), so a flow may be at most this far ahead of the wall clock (clock skew).
+MAX_AHEAD_SECONDS = 86_400
+
+
 def _as_time(value: Any) -> datetime:
-    """stime/ltime: epoch seconds (the UNSW layout) or ISO 8601 with a time zone."""
+    """stime/ltime: epoch seconds (the UNSW layout) or ISO 8601 with a time zone; never in the future."""
     if isinstance(value, bool):
         raise ValueError("a boolean is not a time")
     if isinstance(value, (int, float)):
         if not 0 <= value < 32503680000:  # year 3000
             raise ValueError("epoch seconds out of range")
+        if value > time.time() + MAX_AHEAD_SECONDS:
+            raise ValueError("the time is in the future; flows are observed up to now")
         return datetime.fromtimestamp(float(value), UTC)
     if isinstance(value, str):
         text = value.strip()
         try:
-            return _as_time(float(text))
+            number = float(text)
         except ValueError:
-            pass
+            number = None
+        if number is not None:
+            return _as_time(number)
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
         if parsed.tzinfo is None:
             raise ValueError("an ISO time needs a time zone")
-        return parsed.astimezone(UTC)
+        at = parsed.astimezone(UTC)
+        if at.timestamp() > time.time() + MAX_AHEAD_SECONDS:
+            raise ValueError("the time is in the future; flows are observed up to now")
+        return at
     raise ValueError("expected epoch seconds or an ISO 8601 time")
 
 
@@ -129,7 +142,8 @@ def _as_ip(value: Any) -> str:
     address = ipaddress.ip_address(value.strip())
     if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
         raise ValueError("an address with a zone (%...) cannot be stored")  # inet has no zones
-    return str(address)
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return str(mapped or address)  # ::ffff:a.b.c.d is the IPv4 host, as search and the iocs domain read it
 
 
 def _as_port(value: Any) -> int | None:

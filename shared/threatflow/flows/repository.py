@@ -266,7 +266,8 @@ class QueryTimeout(Exception):
 def search_sql(q: EventQuery) -> tuple[str, dict[str, Any]]:
     """The page query for a search (named :parameters); exposed so the benchmark can EXPLAIN it."""
     # A cursor means "older than this event": the window ends there, so the newer days are pruned.
-    end = min(q.end, q.after_time + timedelta(microseconds=1)) if q.after_time is not None else q.end
+    # A cursor means "older than this event"; a forged one at datetime.max must not overflow.
+    end = q.end if q.after_time is None or q.after_time >= q.end else q.after_time + timedelta(microseconds=1)
     where = ["event_time >= :start", "event_time < :end"]
     params: dict[str, Any] = {"start": q.start, "end": end, "limit": q.limit}
     for column in ("srcip", "dstip"):

@@ -49,12 +49,18 @@ _KNOWN = frozenset(
 
 
 def parse_ip(text: str | None, name: str) -> str | None:
+    """An address as the event store keeps it: a zone id (fe80::1%eth0) is local to one host and not
+    an inet value (a 400, not a database error); ::ffff:a.b.c.d is the IPv4 host, as ingest stores it."""
     if text is None or text == "":
         return None
+    if "%" in text:
+        raise ValidationError(f"{name} has a zone id, which is local to one host: {text[:64]!r}", field=name)
     try:
-        return str(ipaddress.ip_address(text.strip()))
+        address = ipaddress.ip_address(text.strip())
     except ValueError:
         raise ValidationError(f"{name} is not an IP address: {text[:64]!r}", field=name) from None
+    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+    return str(mapped or address)
 
 
 def parse_time(text: str | None, name: str) -> datetime | None:
@@ -66,12 +72,18 @@ def parse_time(text: str | None, name: str) -> datetime | None:
         raise ValidationError(f"{name} must be an ISO 8601 time with a zone, e.g. 2026-01-01T00:00:00Z", field=name) from None
     if value.tzinfo is None:
         raise ValidationError(f"{name} needs a time zone (e.g. 2026-01-01T00:00:00Z)", field=name)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-23:59 is past datetime's range once in UTC
+        raise ValidationError(f"{name} must be a time between the years 1 and 9999 in UTC", field=name) from None
 
 
 def parse_window(query: Mapping[str, str], *, now: datetime, default: timedelta, maximum: timedelta) -> tuple[datetime, datetime]:
     end = parse_time(query.get("to"), "to") or now
-    start = parse_time(query.get("from"), "from") or end - default
+    try:
+        start = parse_time(query.get("from"), "from") or end - default
+    except OverflowError:  # to=0001-01-01T00:00:00Z with the default window
+        raise ValidationError("to is too early for a window before it; give from", field="to") from None
     if start >= end:
         raise ValidationError("from must be before to", field="from")
     if end - start > maximum:
@@ -127,7 +139,7 @@ def parse_search(query: Mapping[str, str], *, now: datetime) -> EventQuery:
     default = DEFAULT_WINDOW if (srcip or dstip) else timedelta(days=1)
     start, end = parse_window(query, now=now, default=default, maximum=maximum)
     limit_text = query.get("limit") or str(DEFAULT_LIMIT)
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_LIMIT:
+    if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= MAX_LIMIT:  # "²".isdigit()
         raise ValidationError(f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
     label_text = query.get("label")
     if label_text not in (None, "", "0", "1"):

@@ -107,9 +107,20 @@ def retrain_flows(ctx: JobContext) -> dict[str, Any]:
         blobs=ctx.blobs,
         bucket=ctx.settings.bucket_models,
         now=ctx.clock.now,
-        min_rows=int(ctx.params.get("min_rows", retrain.DEFAULT_MIN_ROWS)),
-        max_rows=int(ctx.params.get("max_rows", retrain.DEFAULT_MAX_ROWS)),
+        min_rows=int_param(ctx.params, "min_rows", default=retrain.DEFAULT_MIN_ROWS, minimum=1, maximum=retrain.DEFAULT_MAX_ROWS * 5),
+        max_rows=int_param(ctx.params, "max_rows", default=retrain.DEFAULT_MAX_ROWS, minimum=1, maximum=retrain.DEFAULT_MAX_ROWS * 5),
     )
+
+
+def int_param(params: Mapping[str, Any], name: str, *, default: int, minimum: int, maximum: int) -> int:
+    """A job's integer parameter, in range: a bad one fails the run for good (retrying cannot fix it);
+    retention_days=-1 would otherwise drop every partition up to tomorrow."""
+    value = params.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ValidationError(f"params.{name} must be an integer from {minimum} to {maximum}", field=f"params.{name}")
+    return value
 
 
 def refresh_flow_views(ctx: JobContext) -> dict[str, Any]:
@@ -123,7 +134,7 @@ def flow_retention(ctx: JobContext) -> dict[str, Any]:
     """Creates the coming days' flow-event partitions and drops those past FLOWS_RETENTION_DAYS."""
     from threatflow.flows import events_jobs
 
-    days = int(ctx.params.get("retention_days") or ctx.settings.flows_retention_days)
+    days = int_param(ctx.params, "retention_days", default=ctx.settings.flows_retention_days, minimum=1, maximum=36_500)
     return events_jobs.retention(engine=ctx.engine, now=ctx.clock.now(), retention_days=days)
 
 
