@@ -303,7 +303,7 @@ class FlowBatch:
         keys = self.keys or [FEATURE_COLUMNS] * len(numeric)
         passthrough = self.passthrough or [{}] * len(numeric)
         clean = []
-        for names, values, cats, extra in zip(keys, numeric, zip(*self.categorical), passthrough, strict=True):
+        for names, values, cats, extra in zip(keys, numeric, zip(*self.categorical, strict=True), passthrough, strict=True):
             known = dict(zip(NUMERIC_COLUMNS, values, strict=True))
             known.update(zip(CATEGORICAL, cats, strict=True))
             known.update(extra)
@@ -328,7 +328,8 @@ def validate_batch(flows: Sequence[Any]) -> tuple[FlowBatch | None, list[FieldEr
 def _batch_from_clean(clean: Sequence[Mapping[str, Any]]) -> FlowBatch:
     import numpy as np
 
-    numeric = np.array([[flow[name] for name in NUMERIC_COLUMNS] for flow in clean], dtype=np.float64).reshape(len(clean), len(NUMERIC_COLUMNS))
+    rows = [[flow[name] for name in NUMERIC_COLUMNS] for flow in clean]
+    numeric = np.array(rows, dtype=np.float64).reshape(len(clean), len(NUMERIC_COLUMNS))
     return FlowBatch(numeric, tuple([flow[name] for flow in clean] for name in CATEGORICAL))
 
 
@@ -404,7 +405,10 @@ def _columnar(flows: Sequence[Any], *, keep_passthrough: bool) -> FlowBatch | No
         if not kinds <= _NUMBER_TYPES:
             return None
         try:
-            block = np.fromiter(map(float, values), dtype=np.float64, count=len(values)) if str in kinds else np.array(values, dtype=np.float64)
+            if str in kinds:  # float() of each, as _number does: the same numbers, the same refusals
+                block = np.fromiter(map(float, values), dtype=np.float64, count=len(values))
+            else:
+                block = np.array(values, dtype=np.float64)
         except (ValueError, OverflowError):
             return None
         if not np.isfinite(block).all():

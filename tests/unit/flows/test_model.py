@@ -115,7 +115,7 @@ def test_results_are_the_predictions_json(trained):
         results = trained.model.results(X, explain=explain, top=4)
         assert results == [p.to_json() for p in trained.model.predict_matrix(X, explain=explain, top=4)]
         assert ("top_features" in results[0]) == explain
-    p_attack, p_cat = trained.model.scores(X)
+    p_attack, _ = trained.model.scores(X)
     first = results[0]
     assert first["probability"] == float(np.round(p_attack[0], 6))
     assert first["category_probabilities"]["Normal"] == float(np.round(1.0 - p_attack[0], 6))
