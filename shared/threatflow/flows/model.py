@@ -468,9 +468,16 @@ class ServingModel:
 
     def results(self, X: np.ndarray, *, explain: bool = False, top: int = 5) -> list[dict[str, Any]]:
         """Prediction.to_json() of every row, built straight from the arrays (no object per flow)."""
+        p_attack, p_cat = self.scores(X)
+        results = self.results_from_scores(p_attack, p_cat)
+        if explain:
+            for result, contributions in zip(results, self.explain(X, top=top), strict=True):
+                result["top_features"] = contributions
+        return results
+
+    def results_from_scores(self, p_attack: np.ndarray, p_cat: np.ndarray) -> list[dict[str, Any]]:
         import numpy as np
 
-        p_attack, p_cat = self.scores(X)
         flagged = p_attack >= self.threshold
         best = p_cat.argmax(axis=1)
         labels = ("Normal", *self.category_labels)
@@ -489,9 +496,6 @@ class ServingModel:
             }
             for code, probability, row in zip(served, probabilities, full, strict=True)
         ]
-        if explain:
-            for result, contributions in zip(results, self.explain(X, top=top), strict=True):
-                result["top_features"] = contributions
         return results
 
     def warm(self) -> None:
