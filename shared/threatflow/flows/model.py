@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -343,16 +344,20 @@ class TreeEnsemble:
         return predictors
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
-    """One scoring pool per process (created on first use; the threads are daemons of the executor)."""
+    """One scoring pool per process, created on first use.
+
+    Keyed by pid too: a pool inherited across fork (gunicorn preloads the app) has no live
+    threads in the child and would never run a task."""
+    key = (os.getpid(), threads)
     with _POOLS_LOCK:
-        pool = _POOLS.get(threads)
+        pool = _POOLS.get(key)
         if pool is None:
-            pool = _POOLS[threads] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="flow-score")
+            pool = _POOLS[key] = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="flow-score")
         return pool
 
 

@@ -180,3 +180,35 @@ def test_raw_layout_file_is_read_with_the_features_file(tmp_path):
 from helpers import SHARED_DATA  # noqa: E402
 
 F_FEATURES = SHARED_DATA / "unsw-nb15" / "NUSW-NB15_features.csv"
+
+
+def test_a_scoring_pool_inherited_across_fork_is_not_reused(trained):
+    """gunicorn forks workers after preloading the app: a child must get threads of its own."""
+    import os
+
+    X = np.zeros((M.PARALLEL_ROWS, len(F.FEATURE_COLUMNS)))
+    trained.model.binary._compiled()(X)  # the parent's pool exists now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            out = trained.model.binary._compiled()(X)
+            os.write(write, b"ok" if out.shape == (len(X), 1) else b"bad")
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        import signal
+        import time
+
+        deadline = time.monotonic() + 60
+        done, status = 0, 0
+        while not done and time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.05)
+        if not done:  # the child is stuck on a dead pool
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        assert done and status == 0 and os.read(read, 16) == b"ok"
+    finally:
+        os.close(read)
