@@ -167,9 +167,12 @@ def main() -> None:
         conn.close()  # idle past the gateway's keep-alive while the stages ran: the next request reconnects
         for _ in range(args.workers):  # each gateway worker loads its model once
             post("/api/v1/detect/batch", bodies[0])
+        gateway_pid = stack.gateway.pid if stack.gateway is not None else None
+        cpu_before = _process_tree_cpu(gateway_pid)
         began = time.perf_counter()
         batch_latencies = [post("/api/v1/detect/batch", body)[0] for body in bodies]
         seconds = time.perf_counter() - began
+        cpu_seconds = _process_tree_cpu(gateway_pid) - cpu_before
         total = args.batches * args.batch_size
         in_process = args.batch_size / route_seconds
         print(
@@ -177,6 +180,31 @@ def main() -> None:
             f"p50 {percentile(batch_latencies, 0.5) * 1000:.0f} ms per batch   "
             f"(in process, no HTTP: {in_process:,.0f} flows/s; HTTP keeps {total / seconds / in_process:.2f}x of it)"
         )
+        if cpu_seconds > 0:
+            print(
+                f"  gateway CPU (user + system, all its processes): {cpu_seconds / args.batches * 1000:.0f} ms per batch = "
+                f"{total / cpu_seconds:,.0f} flows per CPU-second (less sensitive to other load than wall time)"
+            )
+
+
+def _process_tree_cpu(pid: int | None) -> float:
+    """User + system CPU seconds of pid and its descendants (the gunicorn workers), from /proc; 0 where there is none."""
+    import os
+
+    if pid is None or not os.path.exists(f"/proc/{pid}"):
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in os.listdir(f"/proc/{current}/task"):
+                pending += [int(child) for child in Path(f"/proc/{current}/task/{task}/children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
 
 
 def _best(fn: Callable[[], object], repeat: int = 3) -> float:
