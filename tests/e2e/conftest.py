@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,11 +17,11 @@ import requests
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory):
+@contextlib.contextmanager
+def running_stack(state: Path, extra_env: dict[str, str] | None = None) -> Iterator[dict]:
+    """`threatflow devstack up` on free ports with its state in `state`; stopped with Ctrl-C on exit."""
     from threatflow.devstack.services import free_port
 
-    state = tmp_path_factory.mktemp("devstack")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL") and not k.endswith("_EMULATOR_HOST")}
     env.update({"THREATFLOW_STATE_DIR": str(state), "THREATFLOW_PORT": str(port), "RATE_LIMIT_PER_USER": "600/3600"})
@@ -31,6 +34,7 @@ def stack(tmp_path_factory):
     if attack.exists():  # likewise ATT&CK: what the sync-attack job fetches (see attack_synced)
         env["ATTACK_SOURCE"] = str(attack)
     env.pop("ATTACK_DATA_PATH", None)
+    env.update(extra_env or {})
     log = (state / "stack.out").open("wb")
     started = time.monotonic()
     from helpers import THREATFLOW
@@ -50,10 +54,31 @@ def stack(tmp_path_factory):
         proc.kill()
         pytest.fail("stack did not become ready in 180 s:\n" + (state / "stack.out").read_text())
     print(f"\nlocal stack ready in {time.monotonic() - started:.1f}s")
-    yield {"url": url, "env": env, "state": state, "proc": proc}
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
+    try:
+        yield {"url": url, "env": env, "state": state, "proc": proc}
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    with running_stack(tmp_path_factory.mktemp("devstack")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def fake_intel_stack(tmp_path_factory):
+    """`FAKE_INTEL=1 make run`: the stack with every intel source pointed at tests/fakes/intel.
+
+    Its own stack, for the module that asks for it (stopped at the module's end), so the other
+    e2e files keep the session stack as it was. File order runs that module before any other
+    e2e file starts the session stack, so the two never run at once on a CI machine."""
+    with running_stack(tmp_path_factory.mktemp("devstack-fake-intel"), {"FAKE_INTEL": "1"}) as running:
+        services = json.loads((running["state"] / "stack.json").read_text())
+        running["fake_intel"] = services["env"]["INTEL_ABUSEIPDB_URL"].split("/abuseipdb", 1)[0]
+        yield running
 
 
 @pytest.fixture(scope="session")

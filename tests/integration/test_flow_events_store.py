@@ -1,5 +1,6 @@
 """The flow-event store on real PostgreSQL: partitions, retention, roll-up refresh, keyset search, hunting queries."""
 
+import json
 import threading
 import uuid
 from dataclasses import replace
@@ -72,6 +73,135 @@ def test_events_land_in_daily_partitions_and_resends_are_noops(engine):
         # features are stored for retraining, sbytes/dbytes/dur copied out of them
         features, sbytes = conn.exec_driver_sql("SELECT features, sbytes FROM flow_events LIMIT 1").one()
         assert len(features) == len(repository.STORED_FEATURES) and sbytes == 1000
+
+
+def test_a_batch_of_new_and_already_stored_events_returns_only_the_new(engine):
+    now = datetime.now(UTC)
+    first = [_row(now - timedelta(minutes=i)) for i in range(4)]
+    assert len(_store(engine, first)) == 4
+    fresh = [_row(now - timedelta(minutes=10 + i), src=f"175.45.176.{10 + i}") for i in range(3)]
+    mixed = [first[1], fresh[0], first[3], fresh[1], fresh[2], first[0]]
+    new = _store(engine, mixed)
+    assert sorted(e.event_key for e in new) == sorted(r.event_key for r in fresh)
+    by_key = {e.event_key: e for e in new}
+    for row in fresh:  # what the bridge reads comes back as stored
+        event = by_key[row.event_key]
+        assert (event.event_time, event.srcip, event.predicted_attack, event.predicted_cat) == (
+            row.event_time,
+            row.srcip,
+            row.predicted_attack,
+            row.predicted_cat,
+        )
+        assert event.probability == pytest.approx(row.probability, rel=1e-6)  # stored as real
+    assert _store(engine, mixed) == []
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM flow_events").scalar_one() == 7
+
+
+ADVERSARIAL = [
+    "a,b",
+    'say "hi"',
+    "tab\there",
+    "two\nlines",
+    "cr\rlf\r\n",
+    "back\\slash",
+    "\\N",
+    "\\.",
+    "\\",
+    "'; DROP TABLE flow_events; --",
+    "NULL",
+    "{1,2}",
+    "ünïcødé ✓ 流量",
+    " padded ",
+]
+
+
+@pytest.mark.parametrize("value", ADVERSARIAL)
+def test_text_values_are_stored_exactly_through_copy(engine, value):
+    now = datetime.now(UTC)
+    row = replace(
+        _row(now - timedelta(minutes=1)), proto=value, service=value, state=value, model_version=value, source=value, predicted_cat=value
+    )
+    assert len(_store(engine, [row, _row(now - timedelta(minutes=2))])) == 2
+    with engine.connect() as conn:
+        stored = conn.exec_driver_sql(
+            "SELECT proto, service, state, model_version, source, predicted_cat FROM flow_events WHERE event_key = %s", (row.event_key,)
+        ).one()
+        assert tuple(stored) == (value,) * 6
+        assert conn.exec_driver_sql("SELECT count(*) FROM flow_events").scalar_one() == 2  # no row split or swallowed
+
+
+def test_missing_values_are_stored_as_null_never_zero(engine):
+    from threatflow.flows.repository import STORED_FEATURES
+
+    now = datetime.now(UTC)
+    features = [None] * len(STORED_FEATURES)
+    features[STORED_FEATURES.index("dur")] = 0.25
+    sparse = replace(
+        _row(now - timedelta(minutes=1)),
+        srcip=None,
+        sport=None,
+        dstip=None,
+        dsport=None,
+        stime=None,
+        ltime=None,
+        label=None,
+        attack_cat=None,
+        features=features,
+    )
+    empty = replace(_row(now - timedelta(minutes=2)), features=[None] * len(STORED_FEATURES))
+    assert len(_store(engine, [sparse, empty])) == 2
+    with engine.connect() as conn:
+        got = conn.exec_driver_sql(
+            "SELECT srcip, sport, dstip, dsport, stime, ltime, label, attack_cat, features, dur, sbytes, spkts"
+            " FROM flow_events WHERE event_key = %s",
+            (sparse.event_key,),
+        ).one()
+        assert got[:8] == (None,) * 8
+        assert got.features == [None if v is None else v for v in features] and got.dur == 0.25
+        assert (got.sbytes, got.spkts) == (None, None)
+        all_null = conn.exec_driver_sql("SELECT features, dur FROM flow_events WHERE event_key = %s", (empty.event_key,)).one()
+        assert all_null.features == [None] * len(STORED_FEATURES) and all_null.dur is None
+
+
+def test_a_database_error_rolls_back_the_whole_batch_and_the_connection_stays_usable(engine):
+    import sqlalchemy.exc
+
+    from threatflow.flows import ingest, repository
+
+    now = datetime.now(UTC)
+    good = [_row(now - timedelta(minutes=i)) for i in range(3)]
+    bad = replace(_row(now - timedelta(minutes=5)), probability=1.5)  # violates the probability CHECK
+    with pytest.raises(sqlalchemy.exc.DBAPIError, match="probability_check"):
+        _store(engine, [*good, bad])
+    huge = list(good[0].features)
+    huge[repository.STORED_FEATURES.index("sbytes")] = 1e30  # beyond bigint: fails in the INSERT ... SELECT
+    with pytest.raises(sqlalchemy.exc.DBAPIError, match="out of range"):
+        _store(engine, [good[1], replace(good[2], features=huge)])
+    unparsable = replace(good[0], srcip="not-an-address")  # rejected by COPY itself
+    with pytest.raises(sqlalchemy.exc.DBAPIError, match="inet"):
+        _store(engine, [good[1], unparsable])
+    with pytest.raises(sqlalchemy.exc.DBAPIError, match="division by zero"), engine.begin() as conn:
+        assert len(ingest.store(conn, good[:2])) == 2
+        conn.exec_driver_sql("SELECT 1 / 0")  # a later failure in the unit of work undoes the inserted events too
+    with engine.connect() as conn:
+        assert repository.count_events(conn) == 0
+    # the pool's connections are clean afterwards (no staging table or aborted transaction left)
+    for _ in range(3):
+        assert len(_store(engine, good)) == 3
+        with engine.connect() as conn:
+            conn.exec_driver_sql("DELETE FROM flow_events")
+            conn.commit()
+
+
+def test_two_batches_in_one_transaction(engine):
+    from threatflow.flows import ingest
+
+    now = datetime.now(UTC)
+    first, second = [_row(now - timedelta(minutes=i)) for i in range(2)], [_row(now - timedelta(minutes=5 + i)) for i in range(2)]
+    with engine.begin() as conn:
+        assert len(ingest.store(conn, first)) == 2
+        assert len(ingest.store(conn, [*second, first[0]])) == 2  # the first batch's staging rows are gone
 
 
 def test_labelled_flows_feed_retraining_newest_first(engine):
@@ -188,7 +318,7 @@ def test_search_pages_by_keyset_without_gaps_or_repeats(engine):
     while True:
         query = {"srcip": "175.45.176.2", "limit": "50", **({"cursor": cursor} if cursor else {})}
         with engine.begin() as conn:
-            page = search.search(search.parse_search(query, now=now + timedelta(seconds=1)), conn=conn)
+            page = json.loads(search.search(search.parse_search(query, now=now + timedelta(seconds=1)), conn=conn))
         seen += [(e["event_time"], e["event_key"]) for e in page["events"]]
         assert all(e["srcip"] == "175.45.176.2" for e in page["events"])
         cursor = page["next_cursor"]
@@ -197,11 +327,117 @@ def test_search_pages_by_keyset_without_gaps_or_repeats(engine):
     assert len(seen) == 120 and len(set(seen)) == 120
     assert seen == sorted(seen, reverse=True)
     with engine.begin() as conn:
-        filtered = search.search(
-            search.parse_search({"dstip": "149.171.126.6", "predicted": "normal", "limit": "1000"}, now=now + timedelta(seconds=1)),
-            conn=conn,
+        filtered = json.loads(
+            search.search(
+                search.parse_search({"dstip": "149.171.126.6", "predicted": "normal", "limit": "1000"}, now=now + timedelta(seconds=1)),
+                conn=conn,
+            )
         )
     assert filtered["count"] == 30 and {e["srcip"] for e in filtered["events"]} == {"59.166.0.3"}
+
+
+def test_search_lists_each_event_exactly_as_python_formatted_it(engine):
+    """PostgreSQL builds the page's JSON: times in UTC ISO form with microseconds only when there are some
+    (as datetime.isoformat), probabilities rounded to 6 places as round(float, 6) rounds the stored real,
+    addresses without a mask, nulls as null, the fields in the order the API always listed them."""
+    import struct
+
+    from threatflow.flows import search
+
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    cases = [
+        (base, 0.123456789),
+        (base - timedelta(seconds=1) + timedelta(microseconds=123450), 0.9999996),  # a trailing zero in the microseconds
+        (base - timedelta(seconds=2, microseconds=7), 1e-7),
+        (base - timedelta(seconds=3, microseconds=500000), 0.5000005),
+        (base - timedelta(seconds=4), 1.0),
+    ]
+    rows = [_row(at, src="175.45.176.30", dst="149.171.126.9", prob=p) for at, p in cases]
+    rows.append(replace(_row(base - timedelta(seconds=5), dst="149.171.126.9", attack=False), srcip=None, label=None, attack_cat=None))
+    _store(engine, rows)
+
+    def as_python(r):
+        stored = struct.unpack("f", struct.pack("f", r.probability))[0]  # the column is a real
+        return {
+            "event_time": r.event_time.astimezone(UTC).isoformat(),
+            "event_key": r.event_key,
+            "srcip": r.srcip,
+            "sport": r.sport,
+            "dstip": r.dstip,
+            "dsport": r.dsport,
+            "proto": r.proto,
+            "service": r.service,
+            "state": r.state,
+            "sbytes": 1000,
+            "dbytes": 10,
+            "label": r.label,
+            "attack_cat": r.attack_cat,
+            "predicted_attack": r.predicted_attack,
+            "probability": round(stored, 6),
+            "predicted_cat": r.predicted_cat,
+            "model_version": r.model_version,
+        }
+
+    with engine.begin() as conn:
+        raw = search.search(search.parse_search({"dstip": "149.171.126.9", "limit": "10"}, now=base + timedelta(minutes=1)), conn=conn)
+    page = json.loads(raw)
+    assert page["count"] == 6 and page["next_cursor"] is None
+    assert page["events"] == [as_python(r) for r in rows]
+    assert [list(e) for e in page["events"]] == [list(as_python(r)) for r in rows]
+    assert page["events"][1]["event_time"].endswith(".123450+00:00") and "." not in page["events"][0]["event_time"]
+
+
+@pytest.mark.parametrize("params", [{"srcip": "175.45.176.31"}, {"proto": "tcp"}], ids=["by-address-prepared", "time-only-planned"])
+def test_a_search_past_its_statement_timeout_is_a_400_and_the_connection_recovers(engine, monkeypatch, params):
+    """statement_timeout (SET LOCAL with the query) cancels a search stuck behind a lock; the caller gets the
+    400 that says to narrow it, and the pooled connection serves the next search."""
+    from sqlalchemy import text
+
+    from threatflow.flows import repository, search
+    from threatflow.platform.errors import ValidationError
+
+    now = datetime.now(UTC)
+    _store(engine, [_row(now - timedelta(minutes=5), src="175.45.176.31")])
+    partition = f"flow_events_p{(now - timedelta(minutes=5)).strftime('%Y%m%d')}"
+    query = search.parse_search(params, now=now)
+    monkeypatch.setattr(search, "SEARCH_TIMEOUT_MS", 300)
+    with engine.connect() as locker:
+        locker.execute(text(f'LOCK TABLE "{partition}" IN ACCESS EXCLUSIVE MODE'))
+        with pytest.raises(ValidationError) as caught, repository.read_only(engine) as conn:
+            search.search(query, conn=conn)
+        assert caught.value.field == "from" and "too broad" in caught.value.message
+        locker.rollback()
+    with repository.read_only(engine) as conn:
+        assert json.loads(search.search(query, conn=conn))["count"] == 1
+
+
+def test_search_statement_is_prepared_once_per_connection_and_leaves_nothing_set(clean_tables):
+    """The page query is a prepared statement with a generic plan: prepared once per connection and shape,
+    replanned when a partition appears, and its SET LOCALs end with the transaction."""
+    from threatflow.adapters.postgres import create_engine
+    from threatflow.flows import ingest, search
+    from threatflow.platform.config import Settings
+
+    ingest.forget_partitions()
+    engine = create_engine(Settings.from_env({"DATABASE_URL": clean_tables}))
+    try:
+        now = datetime.now(UTC)
+        _store(engine, [_row(now - timedelta(minutes=1), src="175.45.176.32")])
+        query = search.parse_search({"srcip": "175.45.176.32"}, now=now)
+        with engine.connect() as conn:  # one connection throughout (storing uses others)
+            assert json.loads(search.search(query, conn=conn))["count"] == 1
+            conn.commit()
+            assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == "0"
+            assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar_one() == "auto"
+            conn.commit()
+            # a day that had no partition when the statement was prepared
+            _store(engine, [_row(now - timedelta(days=20), src="175.45.176.32")])
+            assert json.loads(search.search(query, conn=conn))["count"] == 2
+            conn.commit()
+            prepared = conn.exec_driver_sql("SELECT count(*), sum(generic_plans) FROM pg_prepared_statements").one()
+        assert prepared[0] == 1 and prepared[1] >= 2
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,9 @@ def flows_api(function_client, backend_env):
         def post(self, path, body, headers=None):
             return client.post(path, json=body, headers=headers or self.analyst)
 
+        def post_raw(self, path, text):
+            return client.post(path, data=text, headers={**self.analyst, "Content-Type": "application/json"})
+
         def get(self, path, headers=None):
             return client.get(path, headers=headers or self.reader)
 
@@ -98,18 +101,10 @@ def test_batch_is_scored_stored_bridged_and_idempotent(flows_api, backend_env):
         ).one()
         assert rows == (300, 300, 1, True)  # ground truth kept, one model version, time from stime
         expected_sources = {
-            r[0]
-            for r in conn.exec_driver_sql(
-                "SELECT DISTINCT host(srcip) FROM flow_events WHERE predicted_attack AND probability >= 0.9"
-            )
+            r[0] for r in conn.exec_driver_sql("SELECT DISTINCT host(srcip) FROM flow_events WHERE predicted_attack AND probability >= 0.9")
         }
-        tagged = {
-            r[0]: r[1]
-            for r in conn.exec_driver_sql("SELECT value, tags FROM iocs WHERE 'flow-detected' = ANY(tags)")
-        }
-        sightings = conn.exec_driver_sql(
-            "SELECT count(*), count(DISTINCT ioc_id) FROM ioc_sightings WHERE source = 'flows'"
-        ).one()
+        tagged = {r[0]: r[1] for r in conn.exec_driver_sql("SELECT value, tags FROM iocs WHERE 'flow-detected' = ANY(tags)")}
+        sightings = conn.exec_driver_sql("SELECT count(*), count(DISTINCT ioc_id) FROM ioc_sightings WHERE source = 'flows'").one()
     engine.dispose()
     assert expected_sources, "the model should flag some of the generated attack flows"
     assert set(tagged) == expected_sources  # one IoC per attack source, deduplicated
@@ -117,9 +112,15 @@ def test_batch_is_scored_stored_bridged_and_idempotent(flows_api, backend_env):
     assert sightings == (len(expected_sources), len(expected_sources))
     assert body["bridge"]["iocs_created"] == len(expected_sources)
 
-    requests = flows_api.enrichment_requests(len(expected_sources))
-    assert {r["value"] for r in requests} == expected_sources  # testbed ranges are public addresses
-    assert all(r["force"] is False and r["type"] == "ipv4" and isinstance(r["ioc_id"], int) for r in requests)
+    # Queued as every new IoC is (enrichment's auto-enrichment message, which enrich-dispatch expands).
+    requests = flows_api.enrichment_requests(1)
+    assert [r["origin"] for r in requests] == ["ingest"]
+    ids = [i for r in requests for i in r["ioc_ids"]]
+    engine = _engine(backend_env["DATABASE_URL"])
+    with engine.connect() as conn:
+        queued = {r[0] for r in conn.exec_driver_sql("SELECT value FROM iocs WHERE id = ANY(%s)", (ids,))}
+    engine.dispose()
+    assert len(ids) == len(set(ids)) and queued == expected_sources  # testbed ranges are public addresses
 
     # The same batch again: nothing stored twice, nothing bridged twice.
     again = flows_api.post("/api/v1/flows/batch", {"flows": flows}).get_json()
@@ -139,6 +140,58 @@ def test_bad_flows_are_listed_by_index_and_field(flows_api):
     too_many = flows_api.post("/api/v1/flows/batch", {"flows": [flows[0]] * 10_001})
     assert too_many.status_code == 400 and "flows" in too_many.get_json()["error"]["message"]
     assert flows_api.post("/api/v1/flows/batch", {"flows": flows[:1]}, headers=flows_api.reader).status_code == 403
+
+
+def test_skip_invalid_stores_the_valid_flows_and_lists_the_rest(flows_api, backend_env):
+    flows = json_flows(6, seed=5)
+    flows[1]["dur"] = "fast"
+    flows[4]["srcip"] = "fe80::1%eth0"  # inet has no zones: a listed problem, not a failed batch
+    body = {"flows": flows, "positions": [10, 11, 12, 13, 14, 15], "source": "file:skiptest", "skip_invalid": True}
+    response = flows_api.post("/api/v1/flows/batch", body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    result = response.get_json()
+    assert (result["received"], result["stored"], result["invalid"], result["problems_total"]) == (4, 4, 2, 2)
+    assert {(p["index"], p["field"]) for p in result["problems"]} == {(1, "dur"), (4, "srcip")}
+    engine = _engine(backend_env["DATABASE_URL"])
+    with engine.connect() as conn:
+        stored = {str(r[0]) for r in conn.exec_driver_sql("SELECT event_key FROM flow_events WHERE source = 'file:skiptest'")}
+    engine.dispose()
+    from threatflow.flows import ingest
+
+    # each stored event keeps its own row number: skipping a flow does not shift the others' keys
+    assert stored == {ingest.event_key("file:skiptest", p) for p in (10, 12, 13, 15)}
+    again = flows_api.post("/api/v1/flows/batch", body).get_json()
+    assert (again["stored"], again["duplicates"], again["invalid"]) == (0, 4, 2)
+    none_valid = flows_api.post("/api/v1/flows/batch", {"flows": [flows[1]], "skip_invalid": True}).get_json()
+    assert (none_valid["stored"], none_valid["invalid"], none_valid["problems"][0]["field"]) == (0, 1, "dur")
+    without = flows_api.post("/api/v1/flows/batch", {"flows": flows})
+    assert without.status_code == 400  # the default stays all-or-nothing
+
+
+def test_batch_items_holding_nul_huge_integers_or_deep_nesting_are_400s(flows_api):
+    """The batch skips the web layer's generic JSON walk (its cost per flow was a fifth of the server's);
+    what that walk refused is still refused, naming the field."""
+    flows = json_flows(2, seed=9)
+    for change, field in (
+        ({"proto": "tcp\x00"}, "proto"),
+        ({"sbytes": 10**30}, "sbytes"),
+        ({"sbytes": 1e30}, "sbytes"),  # finite, but no bigint: listed, not a failed INSERT
+        ({"dur": [[[[1]]]]}, "dur"),
+        ({"colour\x00": 1}, "flows[1]"),
+    ):
+        bad = {**flows[1], **change}
+        for body in ({"flows": [flows[0], bad]}, {"flows": [flows[0], bad], "skip_invalid": True}):
+            response = flows_api.post("/api/v1/flows/batch", body)
+            if response.status_code == 200:  # skipped and listed, never stored
+                result = response.get_json()
+                assert result["invalid"] == 1 and result["stored"] + result["duplicates"] == 1
+                assert field in result["problems"][0]["field"]
+            else:
+                assert response.status_code == 400, response.get_data(as_text=True)
+                assert field in response.get_json()["error"]["message"]
+    deep = '{"flows": [{"dur": ' + "[" * 5000 + "]" * 5000 + "}]}"
+    response = flows_api.post_raw("/api/v1/flows/batch", deep)
+    assert response.status_code == 400 and "deep" in response.get_json()["error"]["message"]
 
 
 def test_search_timeline_host_and_rollups_over_http(flows_api, backend_env, function_client):
@@ -251,3 +304,102 @@ def test_host_view_shows_the_linked_ioc_only_within_the_callers_tlp_clearance(fl
     assert green.get_json()["as_source"]["events"] >= 1  # the events themselves stay visible
     red = flows_api.get(f"/api/v1/events/hosts/{host_ip}", headers=token("red1", "red")).get_json()
     assert red["ioc"]["value"] == host_ip and red["ioc"]["tlp"] == "red" and red["ioc"]["verdict"] == "malicious"
+
+
+def _stored_events(database_url, srcip, count):
+    """`count` events from `srcip` over the last hour, straight into the store (no model needed)."""
+    from threatflow.flows import ingest
+    from threatflow.flows.repository import STORED_FEATURES, EventRow
+
+    now = datetime.now(UTC)
+    rows = [
+        EventRow(
+            event_time=now - timedelta(minutes=i),
+            event_key=str(uuid.uuid4()),
+            srcip=srcip,
+            sport=40000 + i,
+            dstip="149.171.126.6",
+            dsport=80,
+            proto="tcp",
+            service="http",
+            state="FIN",
+            stime=now - timedelta(minutes=i),
+            ltime=now - timedelta(minutes=i),
+            features=[1.0] * len(STORED_FEATURES),
+            label=1,
+            attack_cat="Exploits",
+            predicted_attack=True,
+            probability=0.97,
+            predicted_cat="Exploits",
+            model_version="test-v1",
+            source="test",
+        )
+        for i in range(count)
+    ]
+    ingest.forget_partitions()
+    engine = _engine(database_url)
+    with engine.begin() as conn:
+        ingest.store(conn, rows)
+    engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("mode", "flag", "cached"),
+    [
+        ("on", None, True),  # the environment turns it on: the manifest's `flag` must not override that
+        ("off", True, False),  # ... or off, even with the flag document on
+        (None, True, True),  # not set: the manifest's default, `flag`, reads the Firestore document
+        (None, None, False),  # ... and no document means no cache
+    ],
+)
+def test_search_cache_through_the_gateway_follows_the_environment_then_the_manifest(backend_env, function_client, mode, flag, cached):
+    """The gateway loads the flows function as the local stack and the benchmark serve it (with the manifest's env).
+    Its FLOWS_SEARCH_CACHE=flag used to replace the caller's FLOWS_SEARCH_CACHE=on, so the benchmark measured no hit."""
+    import os
+    from dataclasses import replace
+
+    import redis
+    from werkzeug.test import Client
+
+    from threatflow.adapters.firestore import FirestoreDocuments
+    from threatflow.devstack import gateway
+    from threatflow.flows import search
+    from threatflow.platform.manifest import REPO_ROOT, load_manifest
+
+    srcip = "175.45.176.9"
+    _stored_events(backend_env["DATABASE_URL"], srcip, 12)
+    password = create_user(backend_env["DATABASE_URL"], "cachereader", "reader")
+    login = function_client("auth").post("/api/v1/auth/token", json={"username": "cachereader", "password": password})
+    headers = {"Authorization": f"Bearer {login.get_json()['access_token']}"}
+    documents = FirestoreDocuments(PROJECT)
+    if flag is None:
+        documents.delete("flags", search.FLAG_NAME)
+    else:
+        documents.set("flags", search.FLAG_NAME, {"enabled": flag})
+    os.environ.pop("FLOWS_SEARCH_CACHE", None)
+    if mode is not None:
+        os.environ["FLOWS_SEARCH_CACHE"] = mode
+
+    manifest = load_manifest()
+    assert manifest.functions["flows"].env.get("FLOWS_SEARCH_CACHE") == "flag"  # what this test is about
+    only_flows = replace(manifest, functions={"flows": manifest.functions["flows"]})
+    sys.modules.pop("main", None)
+    client = Client(gateway.Gateway(only_flows, gateway.load_function_apps(only_flows, REPO_ROOT / "functions"), max_body=1 << 20))
+
+    # An explicit window: with one ending now, two requests either side of a cache period boundary are two searches.
+    start = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    end = (datetime.now(UTC) + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    path = f"/api/v1/events/search?srcip={srcip}&limit=5&from={start}&to={end}"
+    first = client.get(path, headers=headers)
+    second = client.get(path, headers=headers)
+    assert first.status_code == second.status_code == 200, first.get_data(as_text=True)
+    assert first.get_json()["count"] == 5 and first.get_json()["next_cursor"]
+    assert second.get_json()["events"] == first.get_json()["events"]
+    cached_keys = redis.Redis.from_url(backend_env["REDIS_URL"]).keys("flows:search:*")
+    if cached:
+        assert (first.headers.get("X-Cache"), second.headers.get("X-Cache")) == ("miss", "hit"), first.headers
+        assert second.get_data() == first.get_data()  # a hit is byte for byte the page it stored
+        assert len(cached_keys) == 1
+    else:
+        assert first.headers.get("X-Cache") is None and second.headers.get("X-Cache") is None
+        assert cached_keys == []

@@ -46,3 +46,55 @@ def test_one_tag_rule():
         clean_tags([f"t{i}" for i in range(MAX_TAGS + 1)], holder="threat")
     with pytest.raises(ValidationError, match="strings"):
         clean_tags(["ok", 5])
+
+
+UNKNOWN_TLP = "unknown TLP 'purple'; expected clear, green, amber, amber+strict or red"
+
+
+def _refusal(call):
+    with pytest.raises(ValidationError) as info:
+        call()
+    return str(info.value), info.value.field
+
+
+def test_one_unknown_tlp_refusal_for_iocs_threats_and_imports():
+    from threatflow.intel.importer import ImportRequest, parse_request
+    from threatflow.iocs.service import IocIn
+    from threatflow.iocs.service import prepare as prepare_ioc
+    from threatflow.platform.vocabulary import Tlp
+    from threatflow.threats.model import ThreatIn, ThreatKind
+    from threatflow.threats.repository import prepare as prepare_threat
+
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    assert Tlp.parse_field(" TLP:White ", field="tlp") is Tlp.CLEAR
+    refusals = {
+        _refusal(lambda: Tlp.parse_field("purple", field="tlp")),
+        _refusal(lambda: prepare_ioc(IocIn(value="198.51.100.7", tlp="purple"), 0, policies={}, now=now, warninglists=None)),
+        _refusal(lambda: prepare_threat(0, ThreatIn(kind=ThreatKind.MALWARE, name="Emotet", tlp="purple"), catalog=None)),
+        _refusal(lambda: parse_request(ImportRequest(format="txt", content="198.51.100.7", tlp="purple"))),
+    }
+    assert refusals == {(UNKNOWN_TLP, "tlp")}
+
+
+def test_one_time_zone_rule_for_iocs_and_threats():
+    from threatflow.iocs.service import IocIn
+    from threatflow.iocs.service import prepare as prepare_ioc
+    from threatflow.platform.limits import check_aware
+    from threatflow.threats.model import ThreatIn, ThreatKind
+    from threatflow.threats.repository import prepare as prepare_threat
+
+    naive, now = datetime(2026, 1, 1), datetime(2026, 1, 2, tzinfo=UTC)  # the naive time is the point
+    assert check_aware(now, field="seen_at") is now and check_aware(None, field="seen_at") is None
+    message = "{} needs a time zone (e.g. 2026-01-01T00:00:00Z)"
+    assert _refusal(lambda: prepare_ioc(IocIn(value="198.51.100.7", seen_at=naive), 0, policies={}, now=now, warninglists=None)) == (
+        message.format("seen_at"),
+        "seen_at",
+    )
+    assert _refusal(lambda: prepare_ioc(IocIn(value="198.51.100.7", expires_at=naive), 0, policies={}, now=now, warninglists=None)) == (
+        message.format("expires_at"),
+        "expires_at",
+    )
+    assert _refusal(lambda: prepare_threat(0, ThreatIn(kind=ThreatKind.MALWARE, name="Emotet", last_seen=naive), catalog=None)) == (
+        message.format("last_seen"),
+        "last_seen",
+    )

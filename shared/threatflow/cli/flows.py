@@ -1,9 +1,10 @@
 """`threatflow flows load FILE…`: stream UNSW-NB15 CSVs into flow events over the API.
 
 Raw (49 columns, no header) or partitioned (header) layout, plain or gzip. Rows are
-validated here with the same features module the API uses (bad rows are reported
-on stderr and skipped), then posted in batches to POST /api/v1/flows/batch, a few
-in flight at once, with a progress bar on stderr.
+posted as read, in batches, to POST /api/v1/flows/batch with skip_invalid: the API
+validates each flow once, stores the valid ones and lists the bad ones, which are
+reported on stderr. A few batches are in flight at once while the next is read, with
+a progress bar on stderr.
 
 Resumable: a progress file (default ~/.cache/threatflow/flows-load.json) records,
 per file sha256, the rows acknowledged by the API and the time the load started.
@@ -117,49 +118,47 @@ def load_file(path: Path, *, post: Post, progress: Progress, batch_size: int, sh
     bar = Bar(path.name, path.stat().st_size, enabled=show_bar)
     shown = 0
     with path.open("rb") as raw:
-        rows = ingest.read_csv(ingest.open_text(raw), skip_rows=skip)
-        pending: deque[tuple[int, int, Future[tuple[int, Any]]]] = deque()
+        # Cells go as text: the API parses and validates each flow once, skips the invalid ones
+        # (skip_invalid) and lists them, so the client does no second validation.
+        rows = ingest.read_csv(ingest.open_text(raw), skip_rows=skip, typed=False)
+        pending: deque[tuple[list[int], Future[tuple[int, Any]]]] = deque()
         pool = ThreadPoolExecutor(max_workers=in_flight)
 
-        def settle(end_row: int, invalid: int, future: Future[tuple[int, Any]]) -> None:
+        def settle(positions: list[int], future: Future[tuple[int, Any]]) -> None:
+            nonlocal shown
             status, payload = future.result()
             if status != 200:
                 error = payload.get("error", payload) if isinstance(payload, dict) else payload
                 raise DependencyError(
                     f"the API refused a batch (HTTP {status}): {json.dumps(error)[:2000]}; progress is saved, re-run to resume"
                 )
+            problems = payload.get("problems") or []
+            for problem in problems:
+                if shown < PROBLEMS_SHOWN:
+                    print(f"\n  skipped row {positions[int(problem['index'])]:,}: {problem['field']}: {problem['reason']}", file=sys.stderr)
+                shown += 1
+            shown += int(payload.get("problems_total") or 0) - len(problems)
             entry["stored"] += int(payload.get("stored", 0))
             entry["duplicates"] += int(payload.get("duplicates", 0))
-            entry["invalid"] += invalid  # counted once the batch is acknowledged, so a resume never counts it twice
-            entry["rows_done"] = end_row
+            entry["invalid"] += int(payload.get("invalid", 0))  # counted once the batch is acknowledged: a resume never counts it twice
+            # Batches are settled in the order they were read, so the ledger only ever
+            # moves past rows the API has acknowledged, even with several in flight.
+            entry["rows_done"] = positions[-1] + 1
             progress.save()
 
         try:
             for positions, flows in batches(rows, batch_size):
-                canonical_count = len(flows)
-                _clean, _fields, problems = ingest.validate(flows)
-                keep = ingest.valid_indices(canonical_count, problems)
-                if problems:
-                    for problem in problems:
-                        if shown < PROBLEMS_SHOWN:
-                            print(f"\n  skipped row {positions[problem.index]:,}: {problem.field}: {problem.reason}", file=sys.stderr)
-                        shown += 1
                 body = {
-                    "flows": [flows[i] for i in keep],
-                    "positions": [positions[i] for i in keep],
+                    "flows": flows,
+                    "positions": positions,
                     "source": f"file:{sha[:32]}",
                     "observed_at": entry["observed_at"],
+                    "skip_invalid": True,
                 }
-                end_row = positions[-1] + 1
-                if body["flows"]:
-                    pending.append((end_row, canonical_count - len(keep), pool.submit(post, body)))
-                else:
-                    done: Future[tuple[int, Any]] = Future()
-                    done.set_result((200, {"stored": 0, "duplicates": 0}))
-                    pending.append((end_row, canonical_count - len(keep), done))
-                while len(pending) > in_flight:
+                pending.append((positions, pool.submit(post, body)))
+                while len(pending) > in_flight:  # reading the next batch overlaps the requests in flight
                     settle(*pending.popleft())
-                bar.show(end_row - skip, path.stat().st_size if raw.closed else raw.tell())
+                bar.show(positions[-1] + 1 - skip, path.stat().st_size if raw.closed else raw.tell())
             while pending:
                 settle(*pending.popleft())
         finally:

@@ -102,6 +102,9 @@ def migrate(engine: Engine, *, sql_dir: Path = DEFAULT_SQL_DIR, progress: Callab
                 applied.append(migration.version)
         finally:
             cur.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_ID,))
+            # The connection goes back to the pool: in autocommit it would commit each statement
+            # of the next unit of work on its own (a COPY into an ON COMMIT DROP table then fails).
+            raw.autocommit = False
     return MigrationReport(tuple(applied), tuple(skipped))
 
 

@@ -43,9 +43,12 @@ def load_function_apps(manifest: Manifest, functions_dir: Path) -> dict[str, Wsg
     for fn in manifest.functions.values():
         source = functions_dir / fn.folder / "main.py"
         # A per-source deployment (enrich-<source>) is its folder's code loaded with its own
-        # env (ENRICH_SOURCE), as in the cloud; the module reads it at import.
-        saved = {k: os.environ.get(k) for k in fn.env}
-        os.environ.update(fn.env)
+        # env (ENRICH_SOURCE), as in the cloud; the module reads it at import. Any other manifest
+        # value is a default: a variable the gateway was started with wins, so a bench's or an
+        # operator's FLOWS_SEARCH_CACHE=on is not silently replaced by the manifest's `flag`.
+        env = dict(fn.env) if fn.source else {k: v for k, v in fn.env.items() if k not in os.environ}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
         try:
             apps[fn.name] = functions_framework.create_app(target=fn.entry_point, source=str(source), signature_type=fn.signature_type)
         finally:

@@ -27,7 +27,15 @@ from threatflow.enrichment.keys import KeyRing
 from threatflow.enrichment.model import ResultStatus, SourceResult
 from threatflow.enrichment.quota import QuotaGate
 from threatflow.enrichment.settings import SourceSettings, load
-from threatflow.enrichment.tasks import TOPIC_COMPLETED, TOPIC_REQUESTED, TOPIC_TASKS, EnrichRequest, Task
+from threatflow.enrichment.tasks import (
+    AUTO_ENRICH_ORIGIN,
+    TOPIC_COMPLETED,
+    TOPIC_REQUESTED,
+    TOPIC_TASKS,
+    EnrichRequest,
+    Task,
+    auto_enrich_request,
+)
 from threatflow.enrichment.worker import execute
 from threatflow.intel import enrichment as intel_enrichment
 from threatflow.platform import events
@@ -155,7 +163,7 @@ def auto_enrich(runtime: Runtime, results: Sequence[Mapping[str, Any]]) -> int:
         auto_types = {t for s in ctx.settings.enabled() for t in s.auto_enrich}
         ids = [int(r["id"]) for r in results if r.get("status") == "created" and r.get("type") in auto_types][:AUTO_MAX]
         if ids:
-            ctx.publish(TOPIC_REQUESTED, {"origin": "ingest", "ioc_ids": ids}, origin="ingest")
+            ctx.publish(TOPIC_REQUESTED, auto_enrich_request(ids), origin=AUTO_ENRICH_ORIGIN)
         return len(ids)
     except Exception as exc:  # failure-tolerant by design; logged for the operator
         tf_logging.log(log, logging.WARNING, f"auto-enrichment not requested: {exc.__class__.__name__}: {exc}")

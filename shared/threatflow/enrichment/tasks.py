@@ -11,6 +11,14 @@ from threatflow.platform.errors import ValidationError
 TOPIC_REQUESTED = "ioc-enrichment-requested"
 TOPIC_TASKS = "enrichment-tasks"
 TOPIC_COMPLETED = "enrichment-completed"
+AUTO_ENRICH_ORIGIN = "ingest"
+
+
+def auto_enrich_request(ioc_ids: Sequence[int]) -> dict[str, Any]:
+    """ioc-enrichment-requested for newly stored IoCs (any path that stores them: the IoC API, imports,
+    the flow bridge): enrich-dispatch gives each its own run with the manifest's `auto_enrich` sources
+    and skips warninglisted ones. Publish it with the attribute origin=AUTO_ENRICH_ORIGIN."""
+    return {"origin": AUTO_ENRICH_ORIGIN, "ioc_ids": [int(i) for i in ioc_ids]}
 
 
 def _field(data: Mapping[str, Any], name: str, kind: type) -> Any:

@@ -14,6 +14,7 @@ source is a file's sha256 or a batch's own hash. With the event time (the flow's
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import hashlib
 import io
@@ -25,7 +26,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from threatflow.adapters.postgres import unit_of_work
 from threatflow.flows import repository
-from threatflow.flows.features import ATTACK_CATEGORIES
+from threatflow.flows.features import ATTACK_CATEGORIES, NUMERIC_COLUMNS
 from threatflow.flows.repository import STORED_FEATURES, EventRow, StoredEvent
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ RAW_COLUMNS = (
     "ct_src_dport_ltm", "ct_dst_sport_ltm", "ct_dst_src_ltm", "attack_cat", "Label",
 )  # fmt: skip
 _TEXT_FIELDS = frozenset({"proto", "service", "state", "srcip", "dstip", "attack_cat"})
+_CATEGORICAL = ("proto", "service", "state")
 
 
 class Prediction(Protocol):
@@ -124,7 +126,10 @@ def _as_time(value: Any) -> datetime:
 def _as_ip(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected an IP address as a string")
-    return str(ipaddress.ip_address(value.strip()))
+    address = ipaddress.ip_address(value.strip())
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        raise ValueError("an address with a zone (%...) cannot be stored")  # inet has no zones
+    return str(address)
 
 
 def _as_port(value: Any) -> int | None:
@@ -195,22 +200,30 @@ class EventFields:
     attack_cat: str | None
 
 
+# Addresses, ports, labels and categories repeat across a file's flows (a few hundred
+# hosts): their text is parsed once per process, not once per flow (ipaddress alone cost
+# more per flow than the rest of the event fields). Times vary per flow and are not cached.
+_CACHED_TEXT = {name: functools.lru_cache(maxsize=65536)(parse) for name, parse in _EVENT_FIELDS.items() if name not in ("stime", "ltime")}
+# (name, parser, parser for text cached or None), in EventFields order.
+_PARSERS = tuple((name, parse, _CACHED_TEXT.get(name)) for name, parse in _EVENT_FIELDS.items())
+
+
 def event_fields(flow: Mapping[str, Any], index: int, problems: list[FlowProblem]) -> EventFields:
     """The event-only fields of one canonical flow; bad ones are added to problems."""
-    parsed: dict[str, Any] = {}
-    for name, parse in _EVENT_FIELDS.items():
+    parsed: list[Any] = []
+    for name, parse, cached in _PARSERS:
         value = flow.get(name)
         if value is None:
-            parsed[name] = None
+            parsed.append(None)
             continue
         try:
-            parsed[name] = parse(value)
+            parsed.append(cached(value) if cached is not None and type(value) is str else parse(value))
         except (ValueError, TypeError, OverflowError) as exc:
             problems.append(FlowProblem(index, name, str(exc) or f"invalid {name}"))
-            parsed[name] = None
-    if parsed["label"] is not None and parsed["attack_cat"] is None and parsed["label"] == 0:
-        parsed["attack_cat"] = "Normal"
-    return EventFields(**parsed)
+            parsed.append(None)
+    if parsed[6] == 0 and parsed[7] is None:  # label 0 without attack_cat: the dataset's Normal
+        parsed[7] = "Normal"
+    return EventFields(*parsed)
 
 
 def validate(flows: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[EventFields], list[FlowProblem]]:
@@ -233,10 +246,37 @@ def validate(flows: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], 
         i: event_fields(by_index[i] if i in by_index else features.canonical_flow(flow), i, event_problems) for i, flow in enumerate(flows)
     }
     problems += event_problems
+    for i, flow in by_index.items():
+        for name in _CATEGORICAL:  # PostgreSQL text cannot hold NUL: a 400 here, not a failed batch
+            if "\x00" in flow[name]:
+                problems.append(FlowProblem(i, name, "contains a NUL character"))
+        # Finite is not storable: features are real (float4) and four of them are copied to bigint
+        # and integer columns; out of range, the whole batch's INSERT would fail.
+        if max(map(abs, map(flow.__getitem__, _VALIDATED_STORED))) > _REAL_MAX or any(
+            abs(flow[name]) > limit for name, limit in _COLUMN_MAX.items()
+        ):
+            problems += _storage_problems(i, flow)
     bad = {p.index for p in problems}
     keep = [i for i in range(len(flows)) if i not in bad]
     problems.sort(key=lambda p: (p.index, p.field))
     return [by_index[i] for i in keep], [fields[i] for i in keep], problems
+
+
+# The stored features that validation made floats (all but `rate`, which the raw layout lacks).
+_VALIDATED_STORED = tuple(name for name in STORED_FEATURES if name in frozenset(NUMERIC_COLUMNS))
+# Powers of two below bigint's and integer's maxima: the value goes through real first, whose
+# rounding would carry 2**31 - 1 up to 2**31 (out of range).
+_COLUMN_MAX = {"sbytes": 2.0**62, "dbytes": 2.0**62, "spkts": 2.0**30, "dpkts": 2.0**30}
+_REAL_MAX = 3.4028234e38
+
+
+def _storage_problems(index: int, flow: Mapping[str, Any]) -> list[FlowProblem]:
+    out = []
+    for name in _VALIDATED_STORED:
+        limit = _COLUMN_MAX.get(name, _REAL_MAX)
+        if abs(flow[name]) > limit:
+            out.append(FlowProblem(index, name, f"out of the range the event store keeps (at most {limit:.4g} in magnitude)"))
+    return out
 
 
 def valid_indices(count: int, problems: Sequence[FlowProblem]) -> list[int]:
@@ -256,14 +296,20 @@ def event_key(source: str, position: int) -> str:
 
 
 def _feature_vector(flow: Mapping[str, Any]) -> list[float | None]:
-    out: list[float | None] = []
-    for name in STORED_FEATURES:
-        value = flow.get(name)
-        try:
-            out.append(float(value) if value is not None and value != "" else None)
-        except (TypeError, ValueError):
-            out.append(None)
+    # Validated flows carry floats for the model's columns: only the others (e.g. `rate`,
+    # absent from the raw layout) take the slow path.
+    out: list[Any] = list(map(flow.get, STORED_FEATURES))
+    for i, value in enumerate(out):
+        if type(value) is not float:
+            out[i] = _stored_float(value)
     return out
+
+
+def _stored_float(value: Any) -> float | None:
+    try:
+        return float(value) if value is not None and value != "" else None
+    except (TypeError, ValueError):
+        return None
 
 
 def build_rows(
@@ -384,10 +430,13 @@ def _value(name: str, text: str) -> Any:
         return value  # validation reports it as non-numeric, naming the field
 
 
-def read_csv(text: IO[str], *, skip_rows: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_csv(text: IO[str], *, skip_rows: int = 0, typed: bool = True) -> Iterator[tuple[int, dict[str, Any]]]:
     """(row number, flow) from a partitioned (header) or raw (49 columns, no header) UNSW CSV.
 
     Row numbers count data rows from 0, so a resume can skip exactly what was done.
+    typed=False keeps each cell as its (stripped) text, blank as None: for a client that
+    hands the flows to the API, whose validation parses numeric text anyway (parsing here
+    too cost the loader as much as the server's validation).
     """
     reader = csv.reader(text)
     first = next(reader, None)
@@ -416,4 +465,7 @@ def read_csv(text: IO[str], *, skip_rows: int = 0) -> Iterator[tuple[int, dict[s
             continue
         if not cells or (len(cells) == 1 and not cells[0].strip()):
             continue
-        yield number, {name: _value(name, cell) for name, cell in zip(header, cells, strict=False)}
+        if typed:
+            yield number, {name: _value(name, cell) for name, cell in zip(header, cells, strict=False)}
+        else:
+            yield number, {name: (value if (value := cell.strip()) else None) for name, cell in zip(header, cells, strict=False)}

@@ -45,6 +45,9 @@ if TYPE_CHECKING:
     import numpy as np
 
 TARGET_VALIDATION_FPR = 0.008  # the served threshold keeps validation FPR at or under this
+# Issue 9's acceptance targets at the served threshold; validation reports whether they are reachable.
+ACCEPTANCE_MAX_FPR = 0.01
+ACCEPTANCE_MIN_DETECTION = 0.97
 _CATEGORY_ALIASES = {"backdoors": "Backdoor"}
 _CATEGORY_BY_LOWER = {c.lower(): c for c in ATTACK_CATEGORIES}
 
@@ -235,10 +238,16 @@ class TrainConfig:
     holdout: float = 0.2
     cv_folds: int = 3
     seed: int = 7
+    # Binary head, chosen by 3-fold out-of-fold detection at 0.8% FPR on the dev data's training part,
+    # confirmed with a second fold seed: 63 leaves with min 10 rows per leaf gained ~0.3 points of
+    # detection over 31 leaves; balanced class weights a little ROC-AUC. More trees / a lower rate
+    # (0.05 x 400-600), 127 leaves, column subsampling and ratio features did not help.
     learning_rate: float = 0.1
     max_iter: int = 200
-    max_leaf_nodes: int = 31
+    max_leaf_nodes: int = 63
+    min_samples_leaf: int = 10
     l2_regularization: float = 0.0
+    binary_class_weight: str | None = "balanced"
     category_max_iter: int = 60
     category_learning_rate: float = 0.2
     target_fpr: float = TARGET_VALIDATION_FPR
@@ -253,7 +262,15 @@ class TrainConfig:
         return cls(cv_folds=3, max_iter=40, category_max_iter=30, compare_random_forest=False)
 
 
-def _hgb(config: TrainConfig, *, max_iter: int, class_weight: Any = None, learning_rate: float | None = None) -> Any:
+def _hgb(
+    config: TrainConfig,
+    *,
+    max_iter: int,
+    class_weight: Any = None,
+    learning_rate: float | None = None,
+    max_leaf_nodes: int = 31,
+    min_samples_leaf: int = 20,
+) -> Any:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     mask = [False] * len(FEATURE_COLUMNS)
@@ -262,12 +279,23 @@ def _hgb(config: TrainConfig, *, max_iter: int, class_weight: Any = None, learni
     return HistGradientBoostingClassifier(
         learning_rate=learning_rate or config.learning_rate,
         max_iter=max_iter,
-        max_leaf_nodes=config.max_leaf_nodes,
+        max_leaf_nodes=max_leaf_nodes,
+        min_samples_leaf=min_samples_leaf,
         l2_regularization=config.l2_regularization,
         categorical_features=mask,
         early_stopping=False,
         class_weight=class_weight,
         random_state=config.seed,
+    )
+
+
+def _binary_model(config: TrainConfig) -> Any:
+    return _hgb(
+        config,
+        max_iter=config.max_iter,
+        class_weight=config.binary_class_weight,
+        max_leaf_nodes=config.max_leaf_nodes,
+        min_samples_leaf=config.min_samples_leaf,
     )
 
 
@@ -348,6 +376,66 @@ def _macro_f1_fast(true: np.ndarray, pred: np.ndarray, k: int) -> float:
     return float(f1.mean())
 
 
+def operating_points(y: np.ndarray, p: np.ndarray, *, fprs: Sequence[float] = (0.005, 0.008, 0.01, 0.02)) -> dict[str, Any]:
+    """Detection at a few false-positive rates, and the FPR that the acceptance detection rate needs.
+
+    On validation scores this says whether the acceptance targets (FPR <= 1% with detection >= 97%)
+    are reachable at any threshold, whatever threshold rule is served.
+    """
+    import numpy as np
+
+    negatives, positives = p[y == 0], p[y == 1]
+    detection: dict[str, float] = {}
+    for fpr in fprs:
+        t = choose_threshold(y, p, target_fpr=fpr)
+        detection[f"{fpr:.3f}"] = round(float((positives >= t).mean()) if len(positives) else float("nan"), 5)
+    if len(positives) and len(negatives):
+        # the highest threshold still detecting ACCEPTANCE_MIN_DETECTION of the attacks
+        cut = np.sort(positives)[int(np.floor((1 - ACCEPTANCE_MIN_DETECTION) * len(positives)))]
+        fpr_needed = round(float((negatives >= cut).mean()), 5)
+    else:
+        fpr_needed = float("nan")
+    return {
+        "detection_at_fpr": detection,
+        f"fpr_for_detection_{ACCEPTANCE_MIN_DETECTION:.2f}": fpr_needed,
+        "acceptance_reachable": bool(fpr_needed <= ACCEPTANCE_MAX_FPR),
+    }
+
+
+def feature_conflicts(X: np.ndarray, label: np.ndarray, category: np.ndarray) -> dict[str, Any]:
+    """How much error no model of these features can avoid: identical feature rows with different labels.
+
+    For each group of identical rows, every row outside the group's most common label is an error
+    for any function of the features, so `*_min_error_rate` bounds the error rate from below (on
+    this data; unseen flows have their own twins).
+    """
+    import numpy as np
+
+    rows = np.ascontiguousarray(X)
+    as_bytes = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()  # one value per row
+    _, group, size = np.unique(as_bytes, return_inverse=True, return_counts=True)
+    group = group.ravel()
+    out: dict[str, Any] = {
+        "rows": len(rows),
+        "distinct_rows": len(size),
+        "rows_with_an_identical_twin": int((size[group] > 1).sum()),
+    }
+    for name, target in (("binary", label), ("category", category)):
+        k = int(target.max()) + 1 if len(target) else 1
+        counts = np.bincount(group * k + target.astype(np.int64), minlength=len(size) * k).reshape(len(size), k)
+        conflicting = (counts > 0).sum(axis=1) > 1
+        errors = int((size - counts.max(axis=1)).sum())
+        out[name] = {
+            "rows_in_conflicting_groups": int(size[conflicting].sum()),
+            "min_errors": errors,
+            "min_error_rate": round(errors / max(1, len(rows)), 5),
+        }
+    # the best any function of the features could do on this data: every row gets its group's majority
+    majority = counts.argmax(axis=1)[group]
+    out["category"]["max_macro_f1"] = round(_macro_f1_fast(category.astype(np.int64), majority, counts.shape[1]), 4)
+    return out
+
+
 def choose_threshold(y: np.ndarray, p: np.ndarray, *, target_fpr: float) -> float:
     """The lowest threshold whose FPR on (validation) y stays ≤ target_fpr: the most detection within it."""
     import numpy as np
@@ -369,16 +457,30 @@ def served_categories(p_attack: np.ndarray, p_cat: np.ndarray, threshold: float,
 
 
 def tune_category_bias(
-    true: np.ndarray, p_attack: np.ndarray, log_p_cat: np.ndarray, threshold: float, head_labels: Sequence[int], *, passes: int = 3
+    true: np.ndarray,
+    p_attack: np.ndarray,
+    log_p_cat: np.ndarray,
+    threshold: float,
+    head_labels: Sequence[int],
+    *,
+    passes: int = 3,
+    limit: float = 2.0,
+    min_gain: float = 0.002,
 ) -> np.ndarray:
-    """Additive log-odds per category, by coordinate ascent on validation macro-F1 (10-way, Normal included)."""
+    """Additive log-odds per category, by coordinate ascent on validation macro-F1 (10-way, Normal included).
+
+    Regularised because the rare categories (Worms: ~20 training rows) make macro-F1 noisy: a change
+    is kept only if it gains at least `min_gain`, on a coarse grid within ±`limit`. Measured by tuning
+    on two out-of-fold thirds and scoring the third: +0.015 macro-F1 over no adjustment, where the
+    earlier fine ±4 grid accepting any gain reached +0.009 (it fitted noise in the small classes).
+    """
     import numpy as np
 
     k = len(ATTACK_CATEGORIES)
     labels = np.asarray(head_labels)
     flagged = p_attack >= threshold
     bias = np.zeros(log_p_cat.shape[1])
-    grid = np.linspace(-4.0, 4.0, 33)
+    grid = np.linspace(-limit, limit, 9)
 
     def score(b: np.ndarray) -> float:
         pred = np.where(flagged, labels[(log_p_cat + b).argmax(axis=1)], 0)
@@ -392,7 +494,7 @@ def tune_category_bias(
                 trial = bias.copy()
                 trial[j] = value
                 s = score(trial)
-                if s > best + 1e-6:
+                if s > best + min_gain:
                     best, bias, improved = s, trial, True
         if not improved:
             break
@@ -450,7 +552,7 @@ def _fit_fold(
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=config.threads):
-        binary = _hgb(config, max_iter=config.max_iter).fit(X, y)
+        binary = _binary_model(config).fit(X, y)
         p = binary.predict_proba(X_val)[:, 1]
         category_model, labels = _fit_category(config, X, category)
         logp = _log_softmax_head(category_model, X_val)
@@ -467,7 +569,7 @@ def _fit_heads(config: TrainConfig, X: np.ndarray, y: np.ndarray, category: np.n
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=config.threads):
-        binary = _hgb(config, max_iter=config.max_iter).fit(X, y)
+        binary = _binary_model(config).fit(X, y)
         category_model, labels = _fit_category(config, X, category)
     return binary, category_model, labels
 
@@ -546,11 +648,22 @@ def _train(dataset: Dataset, *, config: TrainConfig, version: str | None, log: C
         "category_unadjusted": category_metrics(ctr, served_categories(oof_p, oof_logp, threshold, head_labels)),
         "cv_folds": config.cv_folds,
         "cv_roc_auc": {name: _mean_std(values) for name, values in fold_scores.items() if values},
+        "operating_points": operating_points(ytr, oof_p),
+        "missed_attacks_by_category": {
+            ATTACK_CATEGORIES[c]: n for c, n in Counter(ctr[(ytr == 1) & (oof_p < threshold)].tolist()).most_common()
+        },
     }
     log(
         f"validation (out-of-fold): threshold {threshold:.4f}, FPR {validation['binary']['fpr']:.4%}, "
         f"detection {validation['binary']['detection_rate']:.4%}, macro-F1 {validation['category']['macro_f1']:.4f}"
     )
+    points = validation["operating_points"]
+    log(
+        "validation operating points: detection at FPR "
+        + ", ".join(f"{float(f):.1%}: {d:.2%}" for f, d in points["detection_at_fpr"].items())
+        + f"; {ACCEPTANCE_MIN_DETECTION:.0%} detection needs FPR {points[f'fpr_for_detection_{ACCEPTANCE_MIN_DETECTION:.2f}']:.2%}"
+    )
+    conflicts = feature_conflicts(X, y, cat)
 
     binary_trees = TreeEnsemble.from_sklearn(binary_model)
     category_trees = TreeEnsemble.from_sklearn(category_model)
@@ -572,7 +685,8 @@ def _train(dataset: Dataset, *, config: TrainConfig, version: str | None, log: C
         "category_bias": [round(float(b), 6) for b in bias],
         "algorithm": {
             "binary": f"HistGradientBoostingClassifier(learning_rate={config.learning_rate}, max_iter={config.max_iter}, "
-            f"max_leaf_nodes={config.max_leaf_nodes}, native categorical proto/service/state)",
+            f"max_leaf_nodes={config.max_leaf_nodes}, min_samples_leaf={config.min_samples_leaf}, "
+            f"class_weight={config.binary_class_weight}, native categorical proto/service/state)",
             "category": f"HistGradientBoostingClassifier(learning_rate={config.category_learning_rate}, "
             f"max_iter={config.category_max_iter}, class_weight=balanced) on attacks only, "
             "with per-category log-odds adjustments chosen on validation macro-F1",
@@ -588,6 +702,7 @@ def _train(dataset: Dataset, *, config: TrainConfig, version: str | None, log: C
             "skipped": dataset.skipped,
             "blank_cells_as_missing": dataset.blanks,
             "class_counts": {ATTACK_CATEGORIES[c]: int(n) for c, n in sorted(Counter(cat.tolist()).items())},
+            "identical_features": conflicts,
         },
     }
     served = load_artifact(artifact, metadata, expected_sha256=sha)
@@ -692,12 +807,43 @@ def model_card(metadata: Mapping[str, Any]) -> str:
             f"- attack_cat macro-F1 {category['macro_f1']}; recall per category: {json.dumps(category['per_category_recall'])}",
             "",
         ]
+    conflicts = data.get("identical_features")
+    points = metrics.get("validation", {}).get("operating_points")
     lines += [
         "## Limitations",
         "- Trained on UNSW-NB15, a 2015 testbed capture: traffic mixes and attack tools differ from production networks;",
         "  expect lower precision on other networks until it is retrained on labelled local flows (retrain-flows job).",
         "- DoS, Exploits, Analysis and Backdoor flows often have near-identical features in UNSW-NB15; the category",
         "  head confuses them, which bounds macro-F1 (published results stay near 0.53).",
+    ]
+    if conflicts:
+        lines += [
+            f"- Irreducible error in the training data: {conflicts['rows_with_an_identical_twin']} of {conflicts['rows']} rows",
+            f"  ({conflicts['rows_with_an_identical_twin'] / max(1, conflicts['rows']):.1%}) share their exact features with another row."
+            f" For attack_cat, {conflicts['category']['rows_in_conflicting_groups']} rows sit in groups of identical",
+            f"  features with different categories: at least {conflicts['category']['min_errors']} errors"
+            f" ({conflicts['category']['min_error_rate']:.2%} of rows) for any model of these features; even a model that",
+            f"  memorised every training row would reach macro-F1 {conflicts['category']['max_macro_f1']} on it.",
+            f"  For attack/normal the bound is {conflicts['binary']['min_errors']} row(s) ({conflicts['binary']['min_error_rate']:.3%});"
+            " anything above it is overlap between normal and attack flows rather than duplicates.",
+            "  Attacks missed at the served threshold on validation, by category: "
+            + json.dumps(metrics.get("validation", {}).get("missed_attacks_by_category", {}))
+            + ".",
+        ]
+    if points:
+        needed = points[f"fpr_for_detection_{ACCEPTANCE_MIN_DETECTION:.2f}"]
+        lines += [
+            "- Operating points on validation (out-of-fold): detection "
+            + ", ".join(f"{d:.2%} at {float(f):.1%} FPR" for f, d in points["detection_at_fpr"].items())
+            + f"; {ACCEPTANCE_MIN_DETECTION:.0%} detection needs {needed:.2%} FPR."
+            + (
+                ""
+                if points["acceptance_reachable"]
+                else f" On this data no threshold gives both <= {ACCEPTANCE_MAX_FPR:.0%} FPR and >= "
+                f"{ACCEPTANCE_MIN_DETECTION:.0%} detection; the served threshold keeps the FPR bound and gives up detection."
+            ),
+        ]
+    lines += [
         "- Worms, Shellcode, Backdoor and Analysis have few training rows; their recall is noisy.",
         "- The threshold is set for a low false-positive rate on validation data; a different base rate of attacks",
         "  changes precision.",

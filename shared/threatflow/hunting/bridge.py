@@ -4,8 +4,9 @@ Bounded by construction: one IoC upsert (one statement) and one sightings insert
 per ingest batch, deduplicated by address, and only for events the batch newly
 stored, so a re-sent batch bridges nothing twice. Enrichment is requested for
 public addresses whose IoC the bridge just created (an existing IoC was already
-queued when it was made, or by whoever made it); requests are published after
-the transaction commits, so the consumer always finds the IoC.
+queued when it was made, or by whoever made it), the way every newly stored IoC
+is: the enrichment capability's auto-enrichment message; requests are published
+after the transaction commits, so the consumer always finds the IoC.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from threatflow.enrichment import tasks as enrichment_tasks
 from threatflow.flows.repository import StoredEvent
 from threatflow.iocs import repository as ioc_repository
 from threatflow.iocs import service as ioc_service
@@ -29,9 +30,9 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
 log = logging.getLogger("threatflow.hunting")
-ENRICHMENT_TOPIC = "ioc-enrichment-requested"
 SIGHTING_SOURCE = "flows"
 DETECTION_TAG = "flow-detected"
+ENRICH_CHUNK = 1000  # IoC ids per enrichment request (enrich-dispatch takes up to 10,000)
 
 
 def category_tag(category: str) -> str:
@@ -53,9 +54,6 @@ class EnrichmentRequest:
     ioc_id: int
     type: str
     value: str
-
-    def payload(self) -> dict[str, Any]:
-        return {"ioc_id": self.ioc_id, "type": self.type, "value": self.value, "force": False}
 
 
 @dataclass(frozen=True)
@@ -134,22 +132,24 @@ def upsert_attack_sources(
 
 
 def request_enrichment(requests: Sequence[EnrichmentRequest], *, publisher: Publisher) -> dict[str, int]:
-    """Publish one enrichment request per IoC (in parallel; the publisher waits for each id).
+    """Queue the new IoCs for enrichment as any newly stored IoC is queued (enrichment's `auto_enrich`):
+    `enrichment.tasks.auto_enrich_request`, one message per ENRICH_CHUNK IoCs. enrich-dispatch gives
+    each IoC its own run with the manifest's `auto_enrich` sources for its type (a flood of detected
+    sources never spends a free tier such as VirusTotal's 4/min) and skips warninglisted ones; run ids
+    derive from the message id, so a redelivery repeats nothing.
 
     A failed publish is logged and counted, not raised: the events and IoCs are
     committed, and the IoC can be enriched on request or by the stale re-enrichment job.
     """
-    if not requests:
-        return {"queued": 0, "failed": 0}
-
-    def publish(request: EnrichmentRequest) -> bool:
+    ids = [r.ioc_id for r in requests]
+    queued = failed = 0
+    for start in range(0, len(ids), ENRICH_CHUNK):
+        chunk = ids[start : start + ENRICH_CHUNK]
         try:
-            publisher.publish(ENRICHMENT_TOPIC, events.encode(request.payload()), {"ioc_type": request.type, "origin": "flows"})
+            payload = events.encode(enrichment_tasks.auto_enrich_request(chunk))
+            publisher.publish(enrichment_tasks.TOPIC_REQUESTED, payload, {"origin": enrichment_tasks.AUTO_ENRICH_ORIGIN})
+            queued += len(chunk)
         except Exception as exc:  # one failed publish must not hide the others' outcome
-            log.warning("bridge: enrichment request for IoC %s not published: %s", request.ioc_id, exc)
-            return False
-        return True
-
-    with ThreadPoolExecutor(max_workers=min(16, len(requests))) as pool:
-        results = list(pool.map(publish, requests))
-    return {"queued": sum(results), "failed": len(results) - sum(results)}
+            log.warning("bridge: enrichment request for %d IoCs not published: %s", len(chunk), exc)
+            failed += len(chunk)
+    return {"queued": queued, "failed": failed}

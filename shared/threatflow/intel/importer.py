@@ -187,10 +187,7 @@ def parse_request(body: ImportRequest) -> ParsedImport:
     if body.content is None or body.content == "":
         raise ValidationError("content is required", field="content")
     if body.tlp is not None:
-        try:
-            Tlp.parse(body.tlp)
-        except ValueError:
-            raise ValidationError(f"unknown TLP {body.tlp!r}; expected clear, green, amber, amber+strict or red", field="tlp") from None
+        Tlp.parse_field(body.tlp, field="tlp")  # checked here; the items keep the caller's spelling, parsed again when stored
     return parse(body.format, body.content).with_defaults(source=body.source, tlp=body.tlp, tags=body.tags)
 
 

@@ -45,12 +45,6 @@ class BatchIn(msgspec.Struct):
     iocs: list[msgspec.Raw]
 
 
-def _tz(value: datetime, field: str) -> datetime:
-    if value.tzinfo is None:
-        raise ValidationError(f"{field} needs a time zone (e.g. 2026-01-01T00:00:00Z)", field=field)
-    return value
-
-
 def _default_expiry(seen_at: datetime, ttl_days: int) -> datetime:
     """The end of the UTC day ttl_days after the sighting. Day granularity keeps a
     same-day re-sighting from changing an indexed column (so the update is HOT)."""
@@ -78,19 +72,15 @@ def prepare(
                 limits.check_text(text, field=name)
     indicator = normalise(item.value, item.type)
     ioc_type = str(indicator.type)
-    tlp = None
-    if item.tlp is not None:
-        try:
-            tlp = Tlp.parse(item.tlp).value
-        except ValueError:
-            raise ValidationError(f"unknown TLP {item.tlp!r}; expected clear, green, amber, amber+strict or red", field="tlp") from None
+    tlp = Tlp.parse_field(item.tlp, field="tlp").value if item.tlp is not None else None
     sources = sorted({s.strip() for s in [*item.sources, *([item.source] if item.source else [])] if s and s.strip()})
-    seen_at = _tz(item.seen_at, "seen_at") if item.seen_at else now
+    seen_at = limits.check_aware(item.seen_at, field="seen_at") if item.seen_at else now
     policy = policies.get(ioc_type)
     try:
-        expires_at = (
-            _tz(item.expires_at, "expires_at") if item.expires_at else (_default_expiry(seen_at, policy.ttl_days) if policy else None)
-        )
+        if item.expires_at:
+            expires_at: datetime | None = limits.check_aware(item.expires_at, field="expires_at")
+        else:
+            expires_at = _default_expiry(seen_at, policy.ttl_days) if policy else None
     except OverflowError:
         raise ValidationError("seen_at is too far in the future: its expiry would pass year 9999", field="seen_at") from None
     return UpsertItem(

@@ -10,13 +10,15 @@
 - `looks_suspicious`: a cheap pre-screen on raw bytes, so the full walk only
   runs on bodies that could fail it.
 - `check_text`: the same NUL rule for query strings, path parameters and headers.
+- `check_aware`: a time from a body must carry its time zone.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import IO, Any
+from datetime import datetime
+from typing import IO, Any, overload
 
 from threatflow.platform.errors import PayloadTooLargeError, ValidationError
 
@@ -130,6 +132,17 @@ def _decode_untyped(raw: bytes) -> Any:
 def check_text(value: str, *, field: str) -> str:
     if "\x00" in value:
         raise ValidationError(f"{field}: NUL characters are not allowed", field=field)
+    return value
+
+
+@overload
+def check_aware(value: datetime, *, field: str) -> datetime: ...
+@overload
+def check_aware(value: None, *, field: str) -> None: ...
+def check_aware(value: datetime | None, *, field: str) -> datetime | None:
+    """A time from a body must carry its zone: a naive one is ambiguous, so a 400 naming the field."""
+    if value is not None and value.tzinfo is None:
+        raise ValidationError(f"{field} needs a time zone (e.g. 2026-01-01T00:00:00Z)", field=field)
     return value
 
 

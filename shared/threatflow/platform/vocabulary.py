@@ -32,11 +32,20 @@ class Tlp(StrEnum):
         value = text.strip().lower().removeprefix("tlp:")
         return cls("clear" if value == "white" else value)
 
+    @classmethod
+    def parse_field(cls, text: str, *, field: str) -> Tlp:
+        """`parse` for user input: an unknown marking is a ValidationError naming `field`."""
+        try:
+            return cls.parse(text)
+        except ValueError:
+            raise ValidationError(f"unknown TLP {text!r}; expected {_TLP_NAMES}", field=field) from None
+
     def at_most(self) -> list[str]:
         return [t.value for t in _TLP_ORDER[: self.rank + 1]]
 
 
 _TLP_ORDER = [Tlp.CLEAR, Tlp.GREEN, Tlp.AMBER, Tlp.AMBER_STRICT, Tlp.RED]
+_TLP_NAMES = ", ".join(t.value for t in _TLP_ORDER[:-1]) + f" or {_TLP_ORDER[-1].value}"  # clear, green, amber, amber+strict or red
 
 
 class Severity(StrEnum):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from threatflow.platform.errors import ValidationError
+from threatflow.platform.limits import check_aware
 from threatflow.platform.vocabulary import Tlp, clean_tags
 from threatflow.threats.attack import check_id_format
 from threatflow.threats.model import (
@@ -93,12 +94,6 @@ class _Prepared:
         return {name_key(n) for n in [self.name, *self.aliases]}
 
 
-def _tz(value: datetime | None, name: str) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        raise ValidationError(f"{name} needs a time zone (e.g. 2026-01-01T00:00:00Z)", field=name)
-    return value
-
-
 def prepare(index: int, item: ThreatIn, *, catalog: AttackCatalog | None) -> _Prepared:
     """Validate and clean one item; raises ValidationError naming the field."""
     name = clean_name(item.name)
@@ -116,13 +111,9 @@ def prepare(index: int, item: ThreatIn, *, catalog: AttackCatalog | None) -> _Pr
         warnings += [f"{t.id}: deprecated ATT&CK technique ({t.name})" for t in catalog.deprecated(ttps)]
     else:
         ttps = list(dict.fromkeys(check_id_format(t) for t in item.ttps))
-    tlp = None
-    if item.tlp is not None:
-        try:
-            tlp = Tlp.parse(item.tlp).value
-        except ValueError:
-            raise ValidationError(f"unknown TLP {item.tlp!r}; expected clear, green, amber, amber+strict or red", field="tlp") from None
-    first_seen, last_seen = _tz(item.first_seen, "first_seen"), _tz(item.last_seen, "last_seen")
+    tlp = Tlp.parse_field(item.tlp, field="tlp").value if item.tlp is not None else None
+    first_seen = check_aware(item.first_seen, field="first_seen")
+    last_seen = check_aware(item.last_seen, field="last_seen")
     if first_seen and last_seen and first_seen > last_seen:
         raise ValidationError("first_seen is after last_seen", field="first_seen")
     stix_id = item.stix_id.strip() if item.stix_id and item.stix_id.strip() else None

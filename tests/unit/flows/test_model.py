@@ -29,7 +29,7 @@ def sklearn_heads(trained):
     idx = np.arange(dataset.rows)
     train_idx, _ = train_test_split(idx, test_size=0.2, stratify=T._stratify_key(cat, dataset.label, 2), random_state=7)
     config = T.TrainConfig(cv_folds=2, max_iter=30, category_max_iter=15, compare_random_forest=False)
-    binary = T._hgb(config, max_iter=config.max_iter).fit(dataset.X[train_idx], dataset.label[train_idx].astype(np.int64))
+    binary = T._binary_model(config).fit(dataset.X[train_idx], dataset.label[train_idx].astype(np.int64))
     category, _ = T._fit_category(config, dataset.X[train_idx], cat[train_idx])
     return dataset, binary, category
 

@@ -1,0 +1,105 @@
+"""Training choices: the operating-point report, the irreducible-error count, the category adjustments, the defaults."""
+
+import json
+
+import numpy as np
+import pytest
+from ml_helpers import small_model
+
+from threatflow.flows import training as T
+
+
+def test_operating_points_report_detection_at_each_fpr_and_the_fpr_97_percent_needs():
+    # 1,000 normals scored 0.000..0.999; 1,000 attacks: 960 score above every normal, 40 sit among them
+    y = np.r_[np.zeros(1000, int), np.ones(1000, int)]
+    normals = np.arange(1000) / 1000
+    attacks = np.r_[np.full(960, 2.0), np.linspace(0.0, 0.98, 40)]
+    points = T.operating_points(y, np.r_[normals, attacks], fprs=(0.01, 0.05))
+    flagged_at_1pct = 960 + int((attacks[960:] > 0.990).sum())
+    assert points["detection_at_fpr"]["0.010"] == pytest.approx(flagged_at_1pct / 1000)
+    assert points["detection_at_fpr"]["0.050"] == pytest.approx((960 + int((attacks[960:] > 0.950).sum())) / 1000)
+    # 97% detection = 970 attacks: the cut is the 31st lowest attack score, so normals above it are false positives
+    cut = np.sort(attacks)[30]
+    assert points["fpr_for_detection_0.97"] == pytest.approx(float((normals >= cut).mean()), abs=1e-5)
+    assert points["fpr_for_detection_0.97"] > 0.01 and points["acceptance_reachable"] is False
+
+
+def test_operating_points_say_reachable_when_classes_separate():
+    y = np.r_[np.zeros(500, int), np.ones(500, int)]
+    p = np.r_[np.linspace(0, 0.4, 500), np.linspace(0.6, 1, 500)]
+    points = T.operating_points(y, p)
+    assert points["acceptance_reachable"] is True and points["fpr_for_detection_0.97"] == 0.0
+    assert set(points["detection_at_fpr"].values()) == {1.0}
+
+
+def test_feature_conflicts_count_the_errors_no_model_can_avoid():
+    X = np.array([[1, 2], [1, 2], [1, 2], [1, 2], [3, 4], [5, 6], [5, 6]], dtype=np.float32)
+    label = np.array([1, 1, 1, 1, 1, 0, 1])
+    category = np.array([2, 2, 3, 2, 4, 0, 5])
+    out = T.feature_conflicts(X, label, category)
+    assert out["rows"] == 7 and out["distinct_rows"] == 3 and out["rows_with_an_identical_twin"] == 6
+    # [5,6] is once normal, once an attack: one binary error whichever way it is called
+    assert out["binary"] == {"rows_in_conflicting_groups": 2, "min_errors": 1, "min_error_rate": round(1 / 7, 5)}
+    # [1,2] holds three 2s and a 3 (one error); [5,6] holds a 0 and a 5 (one error)
+    assert out["category"]["rows_in_conflicting_groups"] == 6 and out["category"]["min_errors"] == 2
+    assert 0 < out["category"]["max_macro_f1"] < 1
+
+
+def test_feature_conflicts_find_none_in_distinct_rows():
+    X = np.arange(12, dtype=np.float32).reshape(6, 2)
+    out = T.feature_conflicts(X, np.array([0, 1, 0, 1, 0, 1]), np.array([0, 1, 0, 2, 0, 3]))
+    assert out["rows_with_an_identical_twin"] == 0
+    assert out["binary"]["min_errors"] == 0 and out["category"]["min_errors"] == 0
+    assert out["category"]["max_macro_f1"] == 1.0
+
+
+def _category_case() -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """Category 2 is under-predicted: its log-probability trails category 1 by 0.7 on its own rows."""
+    rng = np.random.default_rng(3)
+    true = np.r_[np.ones(300, int), np.full(100, 2)]
+    logp = np.zeros((400, 2))
+    logp[:300, 1] = -1.5 + rng.normal(0, 0.2, 300)  # category-1 rows: clearly 1
+    logp[300:, 1] = -0.7 + rng.normal(0, 0.2, 100)  # category-2 rows: look like 1 unless biased
+    return true, np.ones(400), logp, [1, 2]
+
+
+def test_category_bias_corrects_an_under_predicted_category_within_its_limit():
+    true, p_attack, logp, labels = _category_case()
+    before = T._macro_f1_fast(true, T.served_categories(p_attack, logp, 0.5, labels), 10)
+    bias = T.tune_category_bias(true, p_attack, logp, 0.5, labels, limit=2.0)
+    after = T._macro_f1_fast(true, T.served_categories(p_attack, logp + bias, 0.5, labels), 10)
+    assert after > before + 0.2
+    assert np.all(np.abs(bias) <= 2.0) and bias[1] - bias[0] > 0.7
+
+
+def test_category_bias_keeps_no_change_smaller_than_min_gain():
+    true, p_attack, logp, labels = _category_case()
+    bias = T.tune_category_bias(true, p_attack, logp, 0.5, labels, min_gain=0.9)  # no change can gain 0.9
+    assert np.array_equal(bias, np.zeros(2))
+
+
+def test_binary_head_defaults_are_the_measured_ones():
+    params = T._binary_model(T.TrainConfig()).get_params()
+    assert params["class_weight"] == "balanced"
+    assert (params["max_leaf_nodes"], params["min_samples_leaf"], params["max_iter"]) == (63, 10, 200)
+    assert params["random_state"] == T.TrainConfig().seed and params["early_stopping"] is False
+    category = T._hgb(T.TrainConfig(), max_iter=5).get_params()  # the category head keeps sklearn's leaf sizes
+    assert (category["max_leaf_nodes"], category["min_samples_leaf"]) == (31, 20)
+
+
+def test_training_reports_operating_points_conflicts_and_says_so_in_the_card(tmp_path):
+    trained = small_model()
+    validation = trained.metrics["validation"]
+    points = validation["operating_points"]
+    # the served threshold follows the same rule at target_fpr, so the two figures agree
+    assert points["detection_at_fpr"][f"{T.TARGET_VALIDATION_FPR:.3f}"] == pytest.approx(validation["binary"]["detection_rate"], abs=1e-4)
+    missed = validation["missed_attacks_by_category"]
+    assert set(missed) <= set(T.ATTACK_CATEGORIES[1:]) and all(n > 0 for n in missed.values())
+    assert (sum(missed.values()) == 0) == (validation["binary"]["detection_rate"] == 1.0)
+    conflicts = trained.metadata["training_data"]["identical_features"]
+    assert conflicts["rows"] == trained.metadata["training_data"]["rows"]
+    card = trained.model_card
+    assert "Irreducible error" in card and f"at least {conflicts['category']['min_errors']} errors" in card
+    assert "Operating points on validation" in card
+    trained.write(tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text())["validation"]["operating_points"] == points

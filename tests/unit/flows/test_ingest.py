@@ -1,0 +1,132 @@
+"""Flow ingest without a database: CSV reading (typed and as text), event-field validation, COPY text."""
+
+import csv
+import io
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from threatflow.flows import features, ingest, repository
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "perf"))
+
+
+def _raw_csv(rows: int, *, seed: int = 3) -> str:
+    import flowgen
+    from helpers import require_shared_data
+
+    require_shared_data("unsw-nb15", "unsw_nb15_dev.csv.gz")
+    out = io.StringIO()
+    writer = csv.writer(out)
+    for flow in flowgen.generate(rows, seed=seed):
+        writer.writerow(flowgen.raw_line(flow))
+    return out.getvalue()
+
+
+def test_text_cells_validate_to_the_same_flows_as_typed_cells():
+    """The CLI sends cells as text (typed=False) and lets the API parse them: same clean flows, same event fields."""
+    text = _raw_csv(300)
+    typed = [flow for _n, flow in ingest.read_csv(io.StringIO(text))]
+    as_text = [flow for _n, flow in ingest.read_csv(io.StringIO(text), typed=False)]
+    assert all(isinstance(v, str) or v is None for flow in as_text for v in flow.values())
+    clean_typed, fields_typed, problems_typed = ingest.validate(typed)
+    clean_text, fields_text, problems_text = ingest.validate(as_text)
+    assert problems_typed == problems_text == []
+    assert fields_text == fields_typed
+    model_columns = features.FEATURE_COLUMNS
+    assert [{k: f[k] for k in model_columns} for f in clean_text] == [{k: f[k] for k in model_columns} for f in clean_typed]
+    assert [ingest._feature_vector(f) for f in clean_text] == [ingest._feature_vector(f) for f in clean_typed]
+
+
+def test_blank_and_bad_text_cells_are_problems_never_zero():
+    text = _raw_csv(3)
+    lines = text.splitlines()
+    cells = next(csv.reader([lines[1]]))
+    cells[ingest.RAW_COLUMNS.index("sbytes")] = " "
+    cells[ingest.RAW_COLUMNS.index("dur")] = "fast"
+    cells[ingest.RAW_COLUMNS.index("dsport")] = "0x0050"  # the raw files write some ports in hex
+    out = io.StringIO()
+    csv.writer(out).writerow(cells)
+    lines[1] = out.getvalue().strip()
+    flows = [flow for _n, flow in ingest.read_csv(io.StringIO("\n".join(lines)), typed=False)]
+    assert flows[1]["sbytes"] is None
+    _clean, _fields, problems = ingest.validate(flows)
+    assert {(p.index, p.field) for p in problems} == {(1, "sbytes"), (1, "dur")}
+    ok = ingest.validate([flows[0]])[1][0]
+    assert ok.sport is None or isinstance(ok.sport, int)
+    assert ingest._as_port("0x0050") == 80
+
+
+def test_values_postgresql_cannot_store_are_problems():
+    flows = [flow for _n, flow in ingest.read_csv(io.StringIO(_raw_csv(3)), typed=False)]
+    flows[0]["proto"] = "tcp\x00"
+    flows[2]["srcip"] = "fe80::1%eth0"
+    _clean, _fields, problems = ingest.validate(flows)
+    assert {(p.index, p.field) for p in problems} == {(0, "proto"), (2, "srcip")}
+    assert ingest.valid_indices(3, problems) == [1]
+
+
+def _row(**changes):
+    base = {
+        "event_time": datetime(2026, 11, 3, 7, 45, 7, 123456, tzinfo=UTC),
+        "event_key": "a9bae1e0-3039-3d59-5165-6aa56eb5f6ed",
+        "srcip": "59.166.0.1",
+        "sport": 1,
+        "dstip": "149.171.126.1",
+        "dsport": None,
+        "proto": "tcp",
+        "service": "-",
+        "state": "FIN",
+        "stime": None,
+        "ltime": None,
+        "features": [0.5, None, 3.0] + [1e-07] * (len(repository.STORED_FEATURES) - 3),
+        "label": None,
+        "attack_cat": None,
+        "predicted_attack": True,
+        "probability": 0.25,
+        "predicted_cat": "Exploits",
+        "model_version": "v1",
+        "source": "file:x",
+    }
+    return repository.EventRow(**(base | changes))
+
+
+def test_copy_text_escapes_text_and_writes_nulls():
+    line = repository.copy_text([_row(proto="a\tb\\c\nd\re")]).decode()
+    assert line.endswith("\n") and line.count("\n") == 1
+    cells = line[:-1].split("\t")
+    assert len(cells) == len(repository._STAGED_COLUMNS.split(","))
+    assert cells[6] == "a\\tb\\\\c\\nd\\re"
+    assert cells[5] == cells[9] == cells[10] == cells[12] == cells[13] == "\\N"
+    assert cells[11].startswith("{0.5,null,3.0,1e-7,") and cells[11].endswith("}")
+    assert cells[0] == "2026-11-03T07:45:07.123456+00:00" and cells[14] == "t"
+    with pytest.raises(ValueError, match="NUL"):
+        repository.copy_text([_row(service="x\x00")])
+
+
+def test_event_fields_parse_in_record_order_and_cache_only_text():
+    import dataclasses
+
+    assert [name for name, _parse, _cached in ingest._PARSERS] == [f.name for f in dataclasses.fields(ingest.EventFields)]
+    problems: list[ingest.FlowProblem] = []
+    flow = {"srcip": " 10.0.0.1 ", "dstip": ["10.0.0.2"], "sport": "0x0050", "dsport": 53.0, "stime": "1421927414", "label": "0"}
+    fields = ingest.event_fields(flow, 7, problems)
+    assert (fields.srcip, fields.sport, fields.dsport, fields.label, fields.attack_cat) == ("10.0.0.1", 80, 53, 0, "Normal")
+    assert fields.stime == datetime.fromtimestamp(1421927414, UTC) and fields.dstip is None
+    assert [(p.index, p.field) for p in problems] == [(7, "dstip")]  # a list is reported, not hashed into the cache
+    again: list[ingest.FlowProblem] = []
+    ingest.event_fields({"srcip": "not an address"}, 0, again)
+    ingest.event_fields({"srcip": "not an address"}, 1, again)  # a bad value is reported every time, never cached as good
+    assert [(p.index, p.field) for p in again] == [(0, "srcip"), (1, "srcip")]
+
+
+def test_values_beyond_what_the_event_store_keeps_are_problems():
+    flows = [flow for _n, flow in ingest.read_csv(io.StringIO(_raw_csv(4)), typed=False)]
+    flows[0]["sbytes"] = "1e30"  # finite, but beyond bigint
+    flows[1]["Spkts"] = str(2**31 - 1)  # rounds up to 2**31 through real: beyond integer
+    flows[2]["dur"] = "1e300"  # beyond real
+    _clean, _fields, problems = ingest.validate(flows)
+    assert {(p.index, p.field) for p in problems} == {(0, "sbytes"), (1, "spkts"), (2, "dur")}
+    assert ingest.valid_indices(4, problems) == [3]

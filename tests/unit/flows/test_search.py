@@ -1,0 +1,67 @@
+"""Search parameters and the cache key: what makes two searches share a cached page, and what keeps them apart."""
+
+from datetime import UTC, datetime, timedelta
+
+from threatflow.flows import search
+
+
+def _query(params, now):
+    return search.parse_search(params, now=search.round_now(now, phase=search.cache_phase(params)))
+
+
+def test_round_now_floors_to_the_cache_period():
+    at = datetime(2026, 11, 26, 5, 0, 59, 999999, tzinfo=UTC)
+    assert search.round_now(at) == datetime(2026, 11, 26, 5, 0, 30, tzinfo=UTC)
+    assert search.round_now(at.replace(second=30, microsecond=0)) == at.replace(second=30, microsecond=0)
+
+
+def test_round_now_with_a_phase_moves_the_boundary():
+    at = datetime(2026, 11, 26, 5, 0, 59, tzinfo=UTC)  # 59 s past a multiple of 30 s
+    assert search.round_now(at, phase=7) == datetime(2026, 11, 26, 5, 0, 37, tzinfo=UTC)
+    assert search.round_now(at, phase=29) == at  # a boundary itself
+    assert search.round_now(at.replace(second=6), phase=7) == datetime(2026, 11, 26, 4, 59, 37, tzinfo=UTC)
+
+
+def test_searches_move_on_at_different_seconds_of_the_period():
+    phases = {search.cache_phase({"srcip": f"59.166.0.{i}", "limit": "50"}) for i in range(1, 200)}
+    assert len(phases) >= 25 and all(0 <= p < search.CACHE_SECONDS for p in phases)
+    assert search.cache_phase({"limit": "50", "srcip": "59.166.0.1"}) == search.cache_phase({"srcip": "59.166.0.1", "limit": "50"})
+
+
+def test_repeats_within_one_cache_period_share_a_key_and_the_next_period_does_not():
+    params = {"srcip": "175.45.176.3", "limit": "50"}
+    phase = search.cache_phase(params)
+    first = datetime(2026, 11, 26, 5, 0, 30 + phase, 5, tzinfo=UTC)  # the first second of one of its periods
+    key = search.SearchCache.key(_query(params, first))
+    assert search.SearchCache.key(_query(dict(params), first + timedelta(seconds=28))) == key
+    assert search.SearchCache.key(_query(params, first + timedelta(seconds=30))) != key
+
+
+def test_every_parameter_is_part_of_the_key():
+    at = datetime(2026, 11, 26, 5, 0, tzinfo=UTC)
+    base = {"srcip": "175.45.176.3", "limit": "50"}
+    variants = [
+        {"limit": "51"},
+        {"srcip": "175.45.176.4"},
+        {"dstip": "149.171.126.1"},
+        {"proto": "udp"},
+        {"service": "dns"},
+        {"label": "1"},
+        {"attack_cat": "Exploits"},
+        {"predicted": "attack"},
+        {"predicted_cat": "Generic"},
+        {"min_probability": "0.5"},
+        {"from": "2026-11-20T00:00:00Z"},
+        {"to": "2026-11-25T00:00:00Z"},
+    ]
+    keys = {search.SearchCache.key(_query({**base, **v}, at)) for v in variants}
+    keys.add(search.SearchCache.key(_query(base, at)))
+    assert len(keys) == len(variants) + 1
+
+
+def test_a_cursor_round_trips_and_is_part_of_the_key():
+    at = datetime(2026, 11, 26, 5, 0, tzinfo=UTC)
+    cursor = search.encode_cursor({"event_time": "2026-11-25T04:29:42.123450+00:00", "event_key": "ef4663b0-d934-5da5-b5cb-8d1c899adc29"})
+    assert search.decode_cursor(cursor) == (datetime(2026, 11, 25, 4, 29, 42, 123450, tzinfo=UTC), "ef4663b0-d934-5da5-b5cb-8d1c899adc29")
+    page_two = _query({"srcip": "175.45.176.3", "cursor": cursor}, at)
+    assert search.SearchCache.key(page_two) != search.SearchCache.key(_query({"srcip": "175.45.176.3"}, at))
