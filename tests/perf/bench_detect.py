@@ -4,9 +4,14 @@ Starts its own PostgreSQL, Redis and Cloud Storage emulator, publishes and promo
 (from --model-dir, the output of `ml/train.py`, or trained here on the dev data), serves the
 functions with the local gateway and calls /api/v1/detect like a client. In-run baselines:
 scikit-learn's predict_proba on one flow (its per-call overhead) against the numpy tree walker
-the service uses for small batches, and the whole service call without HTTP.
+the service uses for small batches, and the whole service call without HTTP. For batches, each
+stage of the route in process (decode, validation, matrix, scoring, results, encoding), the
+columnar validation against the per-field checker it falls back to (the path before the fast one),
+and row-split scoring threads against scikit-learn's OpenMP threads per tree; the HTTP figure is
+printed with its ratio to the same route in process.
 Targets: single-flow p50 over HTTP < 5 ms; /detect/batch >= 20,000 flows/s.
-Run: .venv/bin/python tests/perf/bench_detect.py [--model-dir DIR] [--singles N] [--batches N]
+Run: .venv/bin/python tests/perf/bench_detect.py [--model-dir DIR] [--singles N] [--batches N] [--batch-size N]
+(iterate with --singles 200 --batches 3; the machine is shared, so compare ratios, not absolutes).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import http.client
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from harness import Stack, login, migrated_engine, percentile
@@ -157,19 +163,127 @@ def main() -> None:
         for _ in range(args.batches):
             picks = rng.integers(0, len(flows), args.batch_size)
             bodies.append(json.dumps({"flows": [flows[i] for i in picks]}).encode())
+        route_seconds = _batch_stages(model, bodies[0], args.batch_size)
+        conn.close()  # idle past the gateway's keep-alive while the stages ran: the next request reconnects
         for _ in range(args.workers):  # each gateway worker loads its model once
             post("/api/v1/detect/batch", bodies[0])
+        gateway_pid = stack.gateway.pid if stack.gateway is not None else None
+        cpu_before = _process_tree_cpu(gateway_pid)
         began = time.perf_counter()
         batch_latencies = [post("/api/v1/detect/batch", body)[0] for body in bodies]
         seconds = time.perf_counter() - began
+        cpu_seconds = _process_tree_cpu(gateway_pid) - cpu_before
         total = args.batches * args.batch_size
-        t = time.perf_counter()
-        model.predict(flows[: args.batch_size])
-        in_process = args.batch_size / (time.perf_counter() - t)
+        in_process = args.batch_size / route_seconds
         print(
             f"POST /api/v1/detect/batch ({args.batch_size:,} flows, one client): {total / seconds:,.0f} flows/s, "
-            f"p50 {percentile(batch_latencies, 0.5) * 1000:.0f} ms per batch   (in process, no HTTP: {in_process:,.0f} flows/s)"
+            f"p50 {percentile(batch_latencies, 0.5) * 1000:.0f} ms per batch   "
+            f"(in process, no HTTP: {in_process:,.0f} flows/s; HTTP keeps {total / seconds / in_process:.2f}x of it)"
         )
+        if cpu_seconds > 0:
+            print(
+                f"  gateway CPU (user + system, all its processes): {cpu_seconds / args.batches * 1000:.0f} ms per batch = "
+                f"{total / cpu_seconds:,.0f} flows per CPU-second (less sensitive to other load than wall time)"
+            )
+
+
+def _process_tree_cpu(pid: int | None) -> float:
+    """User + system CPU seconds of pid and its descendants (the gunicorn workers), from /proc; 0 where there is none."""
+    import os
+
+    if pid is None or not os.path.exists(f"/proc/{pid}"):
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in os.listdir(f"/proc/{current}/task"):
+                pending += [int(child) for child in Path(f"/proc/{current}/task/{task}/children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def _best(fn: Callable[[], object], repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _batch_stages(model, body: bytes, n: int) -> float:
+    """The batch route's stages in process (best of 3 each), and the in-run baselines; returns the route's seconds."""
+    import msgspec
+
+    from threatflow.flows import features as F
+
+    flows = msgspec.json.decode(body)["flows"]
+    batch, errors = F.validate_batch(flows)
+    assert batch is not None and not errors
+    X = batch.matrix(vocabulary=model.vocabulary)
+    results = model.results(X)
+    p_attack, p_cat = model.scores(X)
+    stages = {
+        "decode": _best(lambda: msgspec.json.decode(body)),
+        "validate": _best(lambda: F.validate_batch(flows)),
+        "matrix": _best(lambda: batch.matrix(vocabulary=model.vocabulary)),
+        "score": _best(lambda: model.scores(X)),
+        "results": _best(lambda: model.results_from_scores(p_attack, p_cat)),
+        "encode": _best(lambda: msgspec.json.encode({"results": results})),
+    }
+    route = sum(stages.values())
+    print(f"batch of {n:,} in process: " + "  ".join(f"{k} {v * 1000:.0f} ms" for k, v in stages.items()) + f"  = {n / route:,.0f} flows/s")
+
+    per_field = _best(lambda: F.matrix_from_clean(F._validate_each(flows)[0], vocabulary=model.vocabulary))
+    columnar = stages["validate"] + stages["matrix"]
+    print(
+        f"  validation + matrix: columnar {columnar * 1000:.0f} ms vs per-field checker {per_field * 1000:.0f} ms "
+        f"({per_field / columnar:.1f}x faster)"
+    )
+    openmp = _openmp_per_tree(model, X)
+    if openmp is not None:
+        split, per_tree = _alternated(lambda: model.scores(X), openmp)
+        print(
+            f"  scoring, median of 5 alternated: row-split threads {split * 1000:.0f} ms vs scikit-learn OpenMP threads per tree "
+            f"{per_tree * 1000:.0f} ms ({per_tree / split:.1f}x faster)"
+        )
+    return route
+
+
+def _alternated(a: Callable[[], object], b: Callable[[], object], rounds: int = 5) -> tuple[float, float]:
+    """Medians of a and b run in turn (a shared machine's load drifts; blocks of one then the other would mislead)."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(rounds):
+        for fn, out in ((a, times[0]), (b, times[1])):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+    return percentile(times[0], 0.5), percentile(times[1], 0.5)
+
+
+def _openmp_per_tree(model, X) -> Callable[[], None] | None:
+    """Both heads through scikit-learn's predictors with its own OpenMP threads (the previous scorer)."""
+    import numpy as np
+
+    try:
+        from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+    except ImportError:
+        return None
+    threads = _openmp_effective_n_threads()
+    X64 = np.ascontiguousarray(X, dtype=np.float64)
+
+    def run() -> None:
+        for head in (model.binary, model.category):
+            for iteration in head._sklearn or []:
+                for predictor in iteration:
+                    predictor.predict(X64, head.known_cat_bitsets, head.f_idx_map, threads)
+
+    return run
 
 
 def _sklearn_twin(model: object):

@@ -16,7 +16,7 @@ import msgspec
 from threatflow.auth.api import authenticator
 from threatflow.auth.model import Role
 from threatflow.enrichment.api import add_detect_intel_routes
-from threatflow.flows.features import FEATURE_COLUMNS, matrix_from_clean, raise_for_errors, validate_flows
+from threatflow.flows.features import FEATURE_COLUMNS, raise_for_errors, validate_batch
 from threatflow.flows.model import ServingModel, serving_snapshot
 from threatflow.platform.errors import ValidationError
 from threatflow.platform.snapshots import Snapshot
@@ -62,11 +62,14 @@ def build_router(runtime: Runtime) -> Router:
         explain = explain_wanted(request)
         if explain and len(flows) > MAX_EXPLAIN_BATCH:
             raise ValidationError(f"explain=true takes at most {MAX_EXPLAIN_BATCH} flows per request", field="explain")
-        clean, errors = validate_flows(flows)
+        top = request.query_int("top", 5, minimum=1, maximum=MAX_TOP)
+        # By column, no dict per flow; the per-field checker only runs to list the errors.
+        batch, errors = validate_batch(flows)
         raise_for_errors(errors)
+        if batch is None:  # unreachable: no errors means a batch
+            raise ValidationError("flows could not be validated", field="flows")
         model = model_snapshot(runtime).get()
-        X = matrix_from_clean(clean, vocabulary=model.vocabulary)
-        return [p.to_json() for p in model.predict_matrix(X, explain=explain, top=request.query_int("top", 5, minimum=1, maximum=MAX_TOP))]
+        return model.results(batch.matrix(vocabulary=model.vocabulary), explain=explain, top=top)
 
     @router.route("POST", "/api/v1/detect", role=Role.READER)
     def detect_one(request: Request) -> dict[str, Any]:

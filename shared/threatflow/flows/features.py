@@ -25,6 +25,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from threatflow.platform.errors import ValidationError
@@ -114,6 +116,7 @@ RAW_RENAMES: Mapping[str, str] = {
     "dintpkt": "dinpkt",
 }
 KNOWN_FIELDS: frozenset[str] = frozenset(FEATURE_COLUMNS) | frozenset(PASSTHROUGH)
+COLUMNAR_MIN = 2  # a single flow is quicker through the per-field checker than set up as columns
 MAX_CATEGORY_LENGTH = 32
 
 
@@ -161,6 +164,14 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _finite(value: Any) -> float | None:
+    """_number, with integers too large for a float (JSON allows them) refused rather than raising."""
+    try:
+        return _number(value)
+    except OverflowError:
+        return None
+
+
 def _category(column: str, value: Any) -> str | None:
     if type(value) is not str:
         return None
@@ -196,7 +207,7 @@ def validate_flow(index: int, flow: Any, errors: list[FieldError], *, allow_blan
             continue
         given_as[name] = raw_name
         if name in _NUMERIC_SET:
-            number = _number(value)
+            number = _finite(value)
             if number is None and allow_blank and (value is None or (type(value) is str and not value.strip())):
                 number = math.nan
             if number is None:
@@ -219,6 +230,8 @@ def validate_flow(index: int, flow: Any, errors: list[FieldError], *, allow_blan
 
 _NUMERIC_SET = frozenset(NUMERIC_COLUMNS)
 _CATEGORICAL_SET = frozenset(CATEGORICAL)
+_NUMERIC_POSITIONS = [FEATURE_COLUMNS.index(name) for name in NUMERIC_COLUMNS]
+_CATEGORICAL_POSITIONS = [FEATURE_COLUMNS.index(name) for name in CATEGORICAL]
 
 
 def _describe(value: Any) -> str:
@@ -226,6 +239,8 @@ def _describe(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
+    if isinstance(value, int) and value.bit_length() > 1100:  # past any float; repr may even refuse it
+        return f"an integer of {value.bit_length()} bits"
     if isinstance(value, (int, float)):
         return repr(value)
     if isinstance(value, str):
@@ -235,6 +250,14 @@ def _describe(value: Any) -> str:
 
 def validate_flows(flows: Sequence[Any]) -> tuple[list[dict[str, Any]], list[FieldError]]:
     """Validate every flow; returns (clean flows in input order, every error). Clean is complete only without errors."""
+    batch = _columnar(flows, keep_passthrough=True) if len(flows) >= COLUMNAR_MIN else None
+    if batch is not None:
+        return batch.clean_flows(), []
+    return _validate_each(flows)
+
+
+def _validate_each(flows: Sequence[Any]) -> tuple[list[dict[str, Any]], list[FieldError]]:
+    """The per-field checker: the reference semantics, and the source of every error list."""
     errors: list[FieldError] = []
     clean: list[dict[str, Any]] = []
     for index, flow in enumerate(flows):
@@ -242,6 +265,182 @@ def validate_flows(flows: Sequence[Any]) -> tuple[list[dict[str, Any]], list[Fie
         if result is not None:
             clean.append(result)
     return clean, errors
+
+
+@dataclass(frozen=True)
+class FlowBatch:
+    """Validated flows held by column: what serving needs, without a dict per flow.
+
+    numeric: (n, len(NUMERIC_COLUMNS)) float64, finite; categorical: normalised strings per
+    CATEGORICAL column; keys / passthrough: each flow's canonical names in input order and its
+    pass-through values (only kept when clean dicts are wanted).
+    """
+
+    numeric: np.ndarray
+    categorical: tuple[list[str], ...]
+    keys: list[tuple[str, ...]] | None = None
+    passthrough: list[dict[str, Any]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.numeric)
+
+    def matrix(self, *, vocabulary: Vocabulary) -> np.ndarray:
+        """The model's float32 matrix in FEATURE_COLUMNS order (the same numbers as matrix_from_clean)."""
+        import numpy as np
+
+        n = len(self.numeric)
+        X = np.empty((n, len(FEATURE_COLUMNS)), dtype=np.float32)
+        X[:, _NUMERIC_POSITIONS] = self.numeric
+        index = vocabulary._index
+        for name, position, column in zip(CATEGORICAL, _CATEGORICAL_POSITIONS, self.categorical, strict=True):
+            mapping, other = index[name], len(vocabulary.categories[name])
+            codes = {value: mapping.get(value, other) for value in set(column)}
+            X[:, position] = np.fromiter(map(codes.__getitem__, column), dtype=np.float32, count=n)
+        return X
+
+    def clean_flows(self) -> list[dict[str, Any]]:
+        """The flows as validate_flow returns them (canonical names; equal dicts, key order aside)."""
+        numeric = self.numeric.tolist()
+        keys = self.keys or [FEATURE_COLUMNS] * len(numeric)
+        passthrough = self.passthrough or [{}] * len(numeric)
+        clean = []
+        for names, values, cats, extra in zip(keys, numeric, zip(*self.categorical, strict=True), passthrough, strict=True):
+            known = dict(zip(NUMERIC_COLUMNS, values, strict=True))
+            known.update(zip(CATEGORICAL, cats, strict=True))
+            known.update(extra)
+            clean.append({name: known[name] for name in names})
+        return clean
+
+
+def validate_batch(flows: Sequence[Any]) -> tuple[FlowBatch | None, list[FieldError]]:
+    """validate_flows for scoring: (the batch by column, []) or (None, every error).
+
+    Fast path by column; when it meets anything it cannot vouch for, the per-field checker
+    decides, so errors (and what is accepted) are exactly validate_flow's."""
+    batch = _columnar(flows, keep_passthrough=False) if len(flows) >= COLUMNAR_MIN else None
+    if batch is not None:
+        return batch, []
+    clean, errors = _validate_each(flows)
+    if errors:
+        return None, errors
+    return _batch_from_clean(clean), []
+
+
+def _batch_from_clean(clean: Sequence[Mapping[str, Any]]) -> FlowBatch:
+    import numpy as np
+
+    rows = [[flow[name] for name in NUMERIC_COLUMNS] for flow in clean]
+    numeric = np.array(rows, dtype=np.float64).reshape(len(clean), len(NUMERIC_COLUMNS))
+    return FlowBatch(numeric, tuple([flow[name] for flow in clean] for name in CATEGORICAL))
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """One set of field names, checked once per batch: where each canonical column comes from."""
+
+    numeric: tuple[str, ...]  # the given names of NUMERIC_COLUMNS, in that order
+    categorical: tuple[str, ...]  # the given names of CATEGORICAL, in that order
+    names: tuple[str, ...]  # every given name's canonical name, in the flow's order
+    passthrough: tuple[tuple[str, str], ...]  # (given, canonical) of the pass-through fields
+
+
+def _layout(keys: Iterable[Any]) -> _Layout | None:
+    """The layout of a flow's keys, or None when validate_flow would report any of them."""
+    given: dict[str, str] = {}
+    names: list[str] = []
+    for key in keys:
+        if type(key) is not str:
+            return None
+        name = canonical_name(key)
+        if name not in KNOWN_FIELDS or name in given:
+            return None
+        given[name] = key
+        names.append(name)
+    if any(name not in given for name in FEATURE_COLUMNS):
+        return None
+    return _Layout(
+        numeric=tuple(given[name] for name in NUMERIC_COLUMNS),
+        categorical=tuple(given[name] for name in CATEGORICAL),
+        names=tuple(names),
+        passthrough=tuple((given[name], name) for name in names if name in PASSTHROUGH),
+    )
+
+
+_NUMBER_TYPES = frozenset({float, int, str})  # what _number may accept (never bool, None, containers)
+
+
+def _columnar(flows: Sequence[Any], *, keep_passthrough: bool) -> FlowBatch | None:
+    """Every flow valid → the batch by column; anything else (or any doubt) → None.
+
+    Per layout (usually one per batch) the names are checked once; then each column is pulled
+    with C-level itemgetter/map calls and converted in one go. Values pass only if the per-field
+    checker would take them unchanged: exact types float/int/str, float() of each (the same call
+    _number makes), finite; categoricals exact str, normalised through _category per distinct value.
+    """
+    import numpy as np
+
+    n = len(flows)
+    if n == 0 or type(flows[0]) is not dict:
+        return None
+    first_keys = flows[0].keys()
+    if all(type(flow) is dict and flow.keys() == first_keys for flow in flows):
+        groups: list[tuple[Any, list[int] | None]] = [(first_keys, None)]
+    else:
+        by_keys: dict[frozenset[Any], list[int]] = {}
+        for index, flow in enumerate(flows):
+            if type(flow) is not dict:
+                return None
+            by_keys.setdefault(frozenset(flow), []).append(index)
+        groups = [(flows[indices[0]].keys(), indices) for indices in by_keys.values()]
+    numeric = np.empty((n, len(NUMERIC_COLUMNS)), dtype=np.float64)
+    categorical: tuple[list[Any], ...] = tuple([None] * n for _ in CATEGORICAL)
+    keys: list[Any] = [None] * n
+    passthrough: list[Any] = [None] * n
+    for group_keys, indices in groups:
+        layout = _layout(group_keys)
+        if layout is None:
+            return None
+        members = flows if indices is None else [flows[i] for i in indices]
+        values = list(chain.from_iterable(map(itemgetter(*layout.numeric), members)))
+        kinds = set(map(type, values))
+        if not kinds <= _NUMBER_TYPES:
+            return None
+        try:
+            if str in kinds:  # float() of each, as _number does: the same numbers, the same refusals
+                block = np.fromiter(map(float, values), dtype=np.float64, count=len(values))
+            else:
+                block = np.array(values, dtype=np.float64)
+        except (ValueError, OverflowError):
+            return None
+        if not np.isfinite(block).all():
+            return None
+        block = block.reshape(len(members), len(NUMERIC_COLUMNS))
+        texts = []
+        for name, key in zip(CATEGORICAL, layout.categorical, strict=True):
+            column = list(map(itemgetter(key), members))
+            if set(map(type, column)) != {str}:
+                return None
+            normal = {value: _category(name, value) for value in set(column)}
+            if None in normal.values():
+                return None
+            texts.append(list(map(normal.__getitem__, column)))
+        if indices is None:
+            numeric = block
+            categorical = tuple(texts)
+        else:
+            numeric[indices] = block
+            for target, column in zip(categorical, texts, strict=True):
+                for i, text in zip(indices, column, strict=True):
+                    target[i] = text
+        if keep_passthrough:
+            extra = [{name: flow[given] for given, name in layout.passthrough} for flow in members]
+            for position, flow_extra in enumerate(extra):
+                i = position if indices is None else indices[position]
+                keys[i] = layout.names
+                passthrough[i] = flow_extra
+    if not keep_passthrough:
+        return FlowBatch(numeric, categorical)
+    return FlowBatch(numeric, categorical, keys, passthrough)
 
 
 def raise_for_errors(errors: Sequence[FieldError], *, limit: int = 1000) -> None:
@@ -305,24 +504,21 @@ def matrix_from_clean(flows: Sequence[Mapping[str, Any]], *, vocabulary: Vocabul
     """Validated (canonical) flows → float32 matrix in FEATURE_COLUMNS order, categoricals as vocabulary codes."""
     import numpy as np
 
-    index = vocabulary._index
-    cat_maps = [(position, index[name], len(vocabulary.categories[name])) for position, name in enumerate(FEATURE_COLUMNS) if name in index]
-    rows = []
-    for flow in flows:
-        row = [flow[name] if name not in _CATEGORICAL_SET else 0.0 for name in FEATURE_COLUMNS]
-        for position, mapping, other in cat_maps:
-            row[position] = mapping.get(flow[FEATURE_COLUMNS[position]], other)
-        rows.append(row)
-    if not rows:
+    if not flows:
         return np.empty((0, len(FEATURE_COLUMNS)), dtype=np.float32)
-    return np.asarray(rows, dtype=np.float32)
+    # By column (C-level itemgetter), like FlowBatch: ingest scores its clean flows through here.
+    numeric = np.array(list(map(itemgetter(*NUMERIC_COLUMNS), flows)), dtype=np.float64)
+    categorical = tuple(list(map(itemgetter(name), flows)) for name in CATEGORICAL)
+    return FlowBatch(numeric, categorical).matrix(vocabulary=vocabulary)
 
 
 def to_matrix(flows: Sequence[Mapping[str, Any]], *, vocabulary: Vocabulary) -> np.ndarray:
     """Any flows (either layout) → the model's float32 matrix; invalid input raises ValidationError listing every field."""
-    clean, errors = validate_flows(flows)
+    batch, errors = validate_batch(flows)
     raise_for_errors(errors)
-    return matrix_from_clean(clean, vocabulary=vocabulary)
+    if batch is None:  # unreachable: no errors means a batch
+        raise ValueError("validation returned neither a batch nor errors")
+    return batch.matrix(vocabulary=vocabulary)
 
 
 def categorical_indices() -> list[int]:

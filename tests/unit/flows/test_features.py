@@ -1,9 +1,12 @@
-"""The flow feature module: both UNSW-NB15 layouts, strict errors with indices, the vocabulary."""
+"""The flow feature module: both UNSW-NB15 layouts, strict errors with indices, the vocabulary, the columnar fast path."""
 
+import copy
 import math
+import random
 
 import numpy as np
 import pytest
+from ml_helpers import flow_without_targets, sample_rows
 
 from threatflow.flows import features as F
 from threatflow.platform.errors import ValidationError
@@ -105,3 +108,197 @@ def test_vocabulary_codes_and_other_bucket():
     assert X[0, F.FEATURE_COLUMNS.index("proto")] == 1  # case-normalised to 'udp'
     assert X[0, F.FEATURE_COLUMNS.index("state")] == 0  # 'FIN'
     assert X[0, F.FEATURE_COLUMNS.index("service")] == 0  # "-" is the only frequent service
+
+
+# -- the columnar fast path against the per-field checker ------------------------------------------
+# validate_flows / validate_batch / to_matrix take the column-by-column path when a batch is clean
+# and fall back to validate_flow (one field at a time) to list the errors. These tests hold the two
+# to the same answers: the same clean flows, the same matrix, and on bad input the same error list,
+# whatever the mix of layouts, value kinds and faults in one batch.
+
+VOCAB = F.Vocabulary({"proto": ("tcp", "udp"), "service": ("-", "dns", "http"), "state": ("CON", "FIN", "INT")})
+
+
+def reference(flows):
+    """What validate_flows returned before the fast path: validate_flow on each flow."""
+    errors: list = []
+    clean = []
+    for index, flow in enumerate(flows):
+        result = F.validate_flow(index, flow, errors)
+        if result is not None:
+            clean.append(result)
+    return clean, errors
+
+
+def reference_matrix(flows, *, vocabulary):
+    """matrix_from_clean as it was before the columnar path: one Python row per flow."""
+    index = vocabulary._index
+    rows = []
+    for flow in flows:
+        row = [flow[name] if name not in F.CATEGORICAL else 0.0 for name in F.FEATURE_COLUMNS]
+        for position, name in enumerate(F.FEATURE_COLUMNS):
+            if name in F.CATEGORICAL:
+                row[position] = index[name].get(flow[name], len(vocabulary.categories[name]))
+        rows.append(row)
+    return np.asarray(rows, dtype=np.float32).reshape(len(rows), len(F.FEATURE_COLUMNS))
+
+
+def assert_same_as_reference(flows):
+    expected_clean, expected_errors = reference(copy.deepcopy(flows))
+    clean, errors = F.validate_flows(flows)
+    assert errors == expected_errors
+    assert clean == expected_clean
+    batch, batch_errors = F.validate_batch(flows)
+    assert batch_errors == expected_errors
+    if expected_errors:
+        assert batch is None
+        with pytest.raises(ValidationError) as info:
+            F.to_matrix(flows, vocabulary=VOCAB)
+        assert info.value.details["errors"] == [e.to_json() for e in expected_errors[:1000]]
+    else:
+        expected_matrix = reference_matrix(expected_clean, vocabulary=VOCAB)
+        np.testing.assert_array_equal(F.matrix_from_clean(expected_clean, vocabulary=VOCAB), expected_matrix)
+        matrix = batch.matrix(vocabulary=VOCAB)
+        assert matrix.dtype == np.float32 and matrix.shape == expected_matrix.shape
+        np.testing.assert_array_equal(matrix, expected_matrix)
+        np.testing.assert_array_equal(F.to_matrix(flows, vocabulary=VOCAB), expected_matrix)
+    return expected_errors
+
+
+def dev_flows(n=300):
+    return [flow_without_targets(r) for r in sample_rows(2500)[:n]]
+
+
+def as_numbers(flow):
+    """The same flow with JSON numbers instead of CSV strings (ints where the text is integral)."""
+    out = {}
+    for key, value in flow.items():
+        if F.canonical_name(key) in F.NUMERIC_COLUMNS:
+            number = float(value)
+            out[key] = int(number) if number.is_integer() and "." not in str(value) else number
+        else:
+            out[key] = value
+    return out
+
+
+def test_fast_path_is_taken_for_clean_batches_and_matches_the_reference():
+    flows = dev_flows()
+    assert F._columnar(flows, keep_passthrough=False) is not None
+    assert_same_as_reference(flows)
+    numbers = [as_numbers(f) for f in flows]
+    assert {type(v) for f in numbers for v in f.values()} >= {int, float, str}
+    assert F._columnar(numbers, keep_passthrough=True) is not None
+    assert_same_as_reference(numbers)
+
+
+def test_mixed_layouts_and_key_orders_in_one_batch():
+    raw = raw_flow()
+    reordered = dict(reversed(list(PARTITIONED.items())))
+    with_extra = dict(PARTITIONED, id=7, rate=1.5, label=1, attack_cat="DoS", srcip="10.0.0.1")
+    flows = [PARTITIONED, raw, reordered, with_extra, raw_flow(), PARTITIONED]
+    assert F._columnar(flows, keep_passthrough=True) is not None
+    assert_same_as_reference(flows)
+    clean, _ = F.validate_flows(flows)
+    assert clean[3]["srcip"] == "10.0.0.1" and clean[3]["attack_cat"] == "DoS" and clean[3]["id"] == 7
+    assert "id" not in clean[0]
+    X = F.to_matrix(flows, vocabulary=VOCAB)
+    assert (X[0] == X).all()  # the same flow whatever the layout, order or pass-through fields
+
+
+def test_number_forms_the_reference_accepts():
+    forms = [" 1.5 ", "1_000", "1e3", "-0", "+2", "  7\n", 0, -0.0, 2**70 + 12345, 2**63 - 1, 2**64 + 1, 1e308, "1e-320", 5]
+    flows = [dict(PARTITIONED, sbytes=value, proto=" TCP ", state="fin", service="HTTP") for value in forms]
+    assert F._columnar(flows, keep_passthrough=False) is not None
+    assert_same_as_reference(flows)
+    clean, _ = F.validate_flows(flows)
+    assert math.copysign(1.0, clean[forms.index("-0")]["sbytes"]) == -1.0
+    assert clean[0]["proto"] == "tcp" and clean[0]["state"] == "FIN" and clean[0]["service"] == "http"
+
+
+BAD_VALUES = [
+    "nan", "NaN", "inf", "-Infinity", "1e400", "-1e999", "", "   ", "fast", "1,5", "0x10",
+    True, False, None, 10**400, -(10**400), 10**5000, [1], {"a": 1}, float("nan"), float("inf"),
+]  # fmt: skip
+BAD_CATEGORIES = [6, 6.0, None, True, "", "   ", "x" * 33, ["tcp"], {"tcp": 1}]
+
+
+def _value_id(value):
+    return f"{type(value).__name__}-{value.bit_length() if isinstance(value, int) else str(value)[:12]}"
+
+
+@pytest.mark.parametrize("value", BAD_VALUES, ids=_value_id)
+def test_each_bad_number_is_listed_exactly_as_the_reference_lists_it(value):
+    flows = [PARTITIONED, dict(PARTITIONED, sload=value), PARTITIONED]
+    errors = assert_same_as_reference(flows)
+    assert [(e.index, e.field) for e in errors] == [(1, "sload")]
+    assert errors[0].reason.startswith("must be a finite number, got ")
+
+
+@pytest.mark.parametrize("value", BAD_CATEGORIES, ids=_value_id)
+def test_each_bad_category_is_listed_exactly_as_the_reference_lists_it(value):
+    errors = assert_same_as_reference([dict(PARTITIONED, service=value), PARTITIONED])
+    assert [(e.index, e.field) for e in errors] == [(0, "service")]
+
+
+def test_huge_integers_are_refused_not_crashed_on():
+    errors: list = []
+    assert F.validate_flow(0, dict(PARTITIONED, dbytes=10**400), errors) is None
+    assert [(e.field, e.reason) for e in errors] == [("dbytes", "must be a finite number, got an integer of 1329 bits")]
+    errors.clear()
+    F.validate_flow(0, dict(PARTITIONED, dbytes=10**5000), errors)  # past int's repr limit too
+    assert errors[0].field == "dbytes" and "integer of" in errors[0].reason
+
+
+def test_structural_faults_fall_back_to_the_full_error_list():
+    missing = dict(PARTITIONED)
+    del missing["dur"], missing["proto"]
+    unknown = dict(PARTITIONED, colour="red", Colour="blue")
+    twice = dict(PARTITIONED, Sload=1.0)
+    raw_twice = dict(raw_flow(), smean=43)
+    non_str_key = {**PARTITIONED, 1: 2}
+    flows = [PARTITIONED, missing, unknown, twice, raw_twice, non_str_key, "not a flow", None, [1, 2], raw_flow()]
+    errors = assert_same_as_reference(flows)
+    assert {e.index for e in errors} == {1, 2, 3, 4, 5, 6, 7, 8}
+    assert assert_same_as_reference([]) == []
+
+
+def test_random_mixes_of_good_and_bad_flows_match_the_reference():
+    rng = random.Random(20261126)
+    base = dev_flows(120)
+    numeric_raw = {v: k for k, v in RAW_NAMES.items()}
+    for _ in range(150):
+        flows = []
+        for _ in range(rng.randint(1, 12)):
+            flow = dict(rng.choice(base))
+            if rng.random() < 0.3:
+                flow = as_numbers(flow)
+            if rng.random() < 0.3:  # raw layout names
+                flow = {RAW_NAMES.get(k, k): v for k, v in flow.items()}
+            for _ in range(rng.choice([0, 0, 0, 1, 2, 3])):
+                fault = rng.randrange(5)
+                key = rng.choice(list(flow))
+                if fault == 0:
+                    flow[key] = rng.choice(BAD_VALUES + BAD_CATEGORIES)
+                elif fault == 1:
+                    del flow[key]
+                elif fault == 2:
+                    flow[rng.choice(["colour", "Label2", "ct_src_ltm ", "srcip"])] = 1
+                elif fault == 3 and key in numeric_raw:
+                    flow[numeric_raw[key]] = flow[key]  # the same field under both names
+                else:
+                    flow[key] = rng.choice(["1e3", " 2 ", -0.0, 2**65, "-0", "TCP", " fin "])
+            if rng.random() < 0.03:
+                flow = rng.choice(["flow", None, 3, [flow]])
+            flows.append(flow)
+        assert_same_as_reference(flows)
+
+
+def test_clean_batch_of_the_dev_sample_gives_the_reference_matrix_under_the_real_vocabulary():
+    flows = dev_flows(2000)
+    values = {c: [F.validate_flows([f])[0][0][c] for f in flows[:500]] for c in F.CATEGORICAL}
+    vocab = F.Vocabulary.fit(values, min_count=2)
+    batch, errors = F.validate_batch(flows)
+    assert errors == []
+    expected = reference_matrix(reference(flows)[0], vocabulary=vocab)
+    np.testing.assert_array_equal(batch.matrix(vocabulary=vocab), expected)
+    np.testing.assert_array_equal(F.matrix_from_clean(F.validate_flows(flows)[0], vocabulary=vocab), expected)

@@ -96,6 +96,32 @@ def test_numpy_walker_and_compiled_path_equal_sklearn(trained, sklearn_heads):
         np.testing.assert_allclose(z / z.sum(axis=1, keepdims=True), expected_category, rtol=1e-9, atol=1e-12)
 
 
+def test_large_batches_split_across_threads_score_like_the_walker(trained):
+    """From PARALLEL_ROWS flows the compiled path splits rows across threads; each row's score is unchanged."""
+    rows = sample_rows(2500)
+    X = F.to_matrix([flow_without_targets(r) for r in rows], vocabulary=trained.model.vocabulary).astype(np.float64)
+    X = np.vstack([X] * (M.PARALLEL_ROWS // len(X) + 1))[: M.PARALLEL_ROWS + 7]
+    X[5, F.FEATURE_COLUMNS.index("dur")] = np.nan
+    for head in (trained.model.binary, trained.model.category):
+        split = head._compiled()(X)
+        np.testing.assert_allclose(split, head.raw_predict_numpy(X), rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(split[:300], head._compiled()(X[:300]))  # one thread, the same numbers
+
+
+def test_results_are_the_predictions_json(trained):
+    flows = [flow_without_targets(r) for r in sample_rows(2500)[:80]]
+    X = trained.model.to_matrix(flows)
+    for explain in (False, True):
+        results = trained.model.results(X, explain=explain, top=4)
+        assert results == [p.to_json() for p in trained.model.predict_matrix(X, explain=explain, top=4)]
+        assert ("top_features" in results[0]) == explain
+    p_attack, _ = trained.model.scores(X)
+    first = results[0]
+    assert first["probability"] == float(np.round(p_attack[0], 6))
+    assert first["category_probabilities"]["Normal"] == float(np.round(1.0 - p_attack[0], 6))
+    assert first["is_attack"] == (p_attack[0] >= trained.model.threshold)
+
+
 def test_predictions_are_coherent(trained):
     flows = [flow_without_targets(r) for r in sample_rows(2500)[:40]]
     predictions = trained.model.predict(flows, explain=True, top=3)
@@ -154,3 +180,35 @@ def test_raw_layout_file_is_read_with_the_features_file(tmp_path):
 from helpers import SHARED_DATA  # noqa: E402
 
 F_FEATURES = SHARED_DATA / "unsw-nb15" / "NUSW-NB15_features.csv"
+
+
+def test_a_scoring_pool_inherited_across_fork_is_not_reused(trained):
+    """gunicorn forks workers after preloading the app: a child must get threads of its own."""
+    import os
+
+    X = np.zeros((M.PARALLEL_ROWS, len(F.FEATURE_COLUMNS)))
+    trained.model.binary._compiled()(X)  # the parent's pool exists now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            out = trained.model.binary._compiled()(X)
+            os.write(write, b"ok" if out.shape == (len(X), 1) else b"bad")
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        import signal
+        import time
+
+        deadline = time.monotonic() + 60
+        done, status = 0, 0
+        while not done and time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.05)
+        if not done:  # the child is stuck on a dead pool
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        assert done and status == 0 and os.read(read, 16) == b"ok"
+    finally:
+        os.close(read)
