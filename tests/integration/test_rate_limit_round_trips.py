@@ -8,13 +8,10 @@ from helpers import create_user
 pytestmark = pytest.mark.integration
 
 
-def _commands(url):
-    """Commands served by the Redis so far, by name (INFO commandstats), without INFO itself."""
-    client = redis.Redis.from_url(url)
-    try:
-        stats = client.info("commandstats")
-    finally:
-        client.close()
+def _commands(client):
+    """Commands run by the Redis so far, by name (INFO commandstats, which also counts the commands a
+    script runs), without INFO itself."""
+    stats = client.info("commandstats")
     return {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items() if name != "cmdstat_info"}
 
 
@@ -28,9 +25,12 @@ def test_a_read_costs_one_redis_command_for_its_ip_and_user_limits(function_clie
     token = client.post("/api/v1/auth/token", json={"username": "counted", "password": password}).get_json()["access_token"]
     headers = {"Authorization": f"Bearer {token}"}
     assert client.get("/api/v1/auth/me", headers=headers).status_code == 200  # loads the script (EVALSHA, NOSCRIPT, LOAD)
-    before = _commands(backend_env["REDIS_URL"])
+    stats = redis.Redis.from_url(backend_env["REDIS_URL"])
+    before = _commands(stats)
     assert [client.get("/api/v1/auth/me", headers=headers).status_code for _ in range(10)] == [200] * 10
-    assert _delta(before, _commands(backend_env["REDIS_URL"])) == {"evalsha": 10}
+    # One EVALSHA per request (two before); inside it one TIME, and a GET and a SET per key.
+    assert _delta(before, _commands(stats)) == {"evalsha": 10, "time": 10, "get": 20, "set": 20}
+    stats.close()
     keys = {key.decode() for key in redis.Redis.from_url(backend_env["REDIS_URL"]).keys("rl:*")}
     assert {"rl:user:counted"} < keys and any(key.startswith("rl:ip:default:") for key in keys)  # both limits charged
 
