@@ -100,3 +100,94 @@ def test_role_order():
     assert Role.ADMIN.allows(Role.READER)
     assert Role.ANALYST.allows(Role.ANALYST)
     assert not Role.READER.allows(Role.ANALYST)
+
+
+# -- the per-process cache of verified tokens (tokens.VerifiedTokens) ------------------------------
+
+
+class _Counted:
+    """The real check, counted: how many tokens were verified in full rather than served from the cache."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, token):
+        self.calls += 1
+        return tokens.verify_claims(token, config=CONFIG)
+
+
+def _cache(check, *, clock, ttl=30.0, size=1024):
+    return tokens.VerifiedTokens(config=CONFIG, ttl_seconds=ttl, max_entries=size, clock=clock, check=check)
+
+
+def test_cache_serves_a_verified_token_until_its_ttl():
+    now = [datetime.now(UTC).timestamp()]
+    check = _Counted()
+    cache = _cache(check, clock=lambda: now[0], ttl=30)
+    token, _ = tokens.issue(ALICE, config=CONFIG, now=datetime.now(UTC))
+    assert [cache.verify(token) for _ in range(3)] == [ALICE] * 3
+    assert check.calls == 1
+    now[0] += 29.9
+    assert cache.verify(token) == ALICE and check.calls == 1
+    now[0] += 0.1
+    assert cache.verify(token) == ALICE and check.calls == 2  # the ttl is up: verified again
+
+
+def test_cached_token_is_never_served_past_its_exp():
+    real = datetime.now(UTC)
+    token, _ = tokens.issue(ALICE, config=CONFIG, now=real - timedelta(seconds=600 - 5))  # exp in 5 s
+    exp = int(jwt.decode(token, options={"verify_signature": False})["exp"])
+    now = [real.timestamp()]
+    check = _Counted()
+    cache = _cache(check, clock=lambda: now[0], ttl=3600)  # the ttl alone would keep it an hour
+    cache.verify(token)
+    now[0] = exp - 0.01
+    cache.verify(token)
+    assert check.calls == 1
+    now[0] = float(exp)
+    cache.verify(token)  # PyJWT's 10 s leeway still accepts it (real time), but not from the cache
+    assert check.calls == 2 and len(cache) == 0  # and an entry born at or after exp is not kept
+
+
+def test_a_tampered_token_is_never_served_from_the_cache():
+    now = [datetime.now(UTC).timestamp()]
+    check = _Counted()
+    cache = _cache(check, clock=lambda: now[0])
+    token, _ = tokens.issue(ALICE, config=CONFIG, now=datetime.now(UTC))
+    assert cache.verify(token) == ALICE
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    elevated = f"{header}.{_b64({**claims, 'role': 'admin'})}.{signature}"  # same signature, other claims
+    resigned = f"{header}.{payload}.{signature[:-2]}{'AA' if signature[-2:] != 'AA' else 'BB'}"
+    for forged in (elevated, resigned, token + "x"):
+        with pytest.raises(AuthError, match="invalid token"):
+            cache.verify(forged)
+    assert check.calls == 4 and len(cache) == 1  # each forgery verified in full, none remembered
+
+
+def test_failures_are_not_cached():
+    check = _Counted()
+    cache = _cache(check, clock=lambda: datetime.now(UTC).timestamp())
+    expired, _ = tokens.issue(ALICE, config=CONFIG, now=datetime.now(UTC) - timedelta(hours=2))
+    for _ in range(2):
+        with pytest.raises(AuthError, match="expired"):
+            cache.verify(expired)
+    assert check.calls == 2 and len(cache) == 0
+
+
+def test_the_cache_is_bounded_and_evicts_the_least_recently_used():
+    now = [datetime.now(UTC).timestamp()]
+    check = _Counted()
+    cache = _cache(check, clock=lambda: now[0], size=3)
+    users = [Principal(user_id=i, username=f"u{i}", role=Role.READER) for i in range(5)]
+    issued = [tokens.issue(user, config=CONFIG, now=datetime.now(UTC))[0] for user in users]
+    for token in issued[:3]:
+        cache.verify(token)
+    cache.verify(issued[0])  # u0 is now the most recently used
+    for token in issued[3:]:
+        cache.verify(token)
+    assert len(cache) == 3 and check.calls == 5
+    cache.verify(issued[0])
+    assert check.calls == 5  # kept: recently used
+    cache.verify(issued[1])
+    assert check.calls == 6  # evicted: least recently used

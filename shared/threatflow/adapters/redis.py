@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -38,6 +38,31 @@ if allow_at > now then
 end
 redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil(new_tat - now) + 1000)
 return {1, 0, math.floor((tolerance - (new_tat - now)) / interval)}
+"""
+
+
+# The GCRA above for every key of one request, in order, in one round trip (one EVALSHA).
+# KEYS: bucket keys; ARGV: interval ms and tolerance ms per key (2 values a key). The first
+# key that refuses ends the script and returns {its 1-based index, retry_after_ms}; the keys
+# before it have been charged, the ones after it are not touched -- exactly what separate
+# `hit` calls in the same order do. {0, 0}: every key allowed (and charged). One server clock
+# reading serves all keys.
+_GCRA_ALL = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local tolerance = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - tolerance
+  if allow_at > now then
+    return {i, allow_at - now}
+  end
+  redis.call('SET', key, new_tat, 'PX', math.ceil(new_tat - now) + 1000)
+end
+return {0, 0}
 """
 
 
@@ -121,11 +146,18 @@ class Decision:
     remaining: int
 
 
+@dataclass(frozen=True)
+class Refusal:
+    index: int  # the refused check, 0-based, in the order given to `hit_all`
+    retry_after_seconds: float
+
+
 class RateLimiter:
     def __init__(self, client: redis_lib.Redis, *, breaker: CircuitBreaker, prefix: str = "rl") -> None:
         self._client = client
         self._breaker = breaker
         self._script = client.register_script(_GCRA)
+        self._script_all = client.register_script(_GCRA_ALL)  # EVALSHA; redis-py loads it again on NOSCRIPT
         self._prefix = prefix
 
     def hit(self, key: str, *, limit: int, period_seconds: int, cost: int = 1) -> Decision:
@@ -135,6 +167,21 @@ class RateLimiter:
             lambda: self._script(keys=[f"{self._prefix}:{key}"], args=[interval_ms, tolerance_ms, cost])
         )
         return Decision(bool(allowed), int(retry_ms) / 1000.0, int(remaining))
+
+    def hit_all(self, checks: Sequence[tuple[str, int, int]]) -> Refusal | None:
+        """Charge one request to each (key, limit, period_seconds), in order, in one round trip.
+
+        None: every key allowed it. Otherwise the first refusal; the keys before it were charged,
+        the keys after it were not (as with `hit` per key, minus the extra round trips)."""
+        keys = [f"{self._prefix}:{key}" for key, _, _ in checks]
+        args: list[float] = []
+        for _, limit, period_seconds in checks:
+            interval_ms = period_seconds * 1000 / limit
+            args += [interval_ms, interval_ms * limit]
+        index, retry_ms = self._breaker.call(lambda: self._script_all(keys=keys, args=args))
+        if int(index) == 0:
+            return None
+        return Refusal(int(index) - 1, int(retry_ms) / 1000.0)
 
 
 # KEYS[1] failure counter, KEYS[2] lock; ARGV: mode ("check" | "fail" | "ok"), max failures,

@@ -94,13 +94,15 @@ class BearerAuthenticator:
 
     def __init__(self, *, settings: Settings, security_state: Callable[[int], SecurityState | None]) -> None:
         self._settings = settings
-        self._config: tokens.TokenSettings | None = None
+        self._verified: tokens.VerifiedTokens | None = None
         self._active = ActiveUserCheck(security_state)
 
     def __call__(self, token: str, *, strict: bool) -> Principal:
-        if self._config is None:
-            self._config = tokens.TokenSettings.from_settings(self._settings)
-        principal = tokens.verify(token, config=self._config)
+        if self._verified is None:
+            self._verified = tokens.VerifiedTokens(config=tokens.TokenSettings.from_settings(self._settings))
+        # The token check may come from a 30 s per-process cache (never past exp); the account
+        # check below runs on every request, so revocation is as prompt as without the cache.
+        principal = self._verified.verify(token)
         return self._active(principal, strict=strict)
 
 

@@ -1,0 +1,72 @@
+"""The rate limits of a read cost one Redis round trip (both keys in one GCRA script), with the
+refusals, their order and Retry-After of separate per-key checks; against the real Redis of the run."""
+
+import pytest
+import redis
+from helpers import create_user
+
+pytestmark = pytest.mark.integration
+
+
+def _commands(client):
+    """Commands run by the Redis so far, by name (INFO commandstats, which also counts the commands a
+    script runs), without INFO itself."""
+    stats = client.info("commandstats")
+    return {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items() if name != "cmdstat_info"}
+
+
+def _delta(before, after):
+    return {name: calls - before.get(name, 0) for name, calls in after.items() if calls != before.get(name, 0)}
+
+
+def test_a_read_costs_one_redis_command_for_its_ip_and_user_limits(function_client, backend_env):
+    password = create_user(backend_env["DATABASE_URL"], "counted", "reader")
+    client = function_client("auth")
+    token = client.post("/api/v1/auth/token", json={"username": "counted", "password": password}).get_json()["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/api/v1/auth/me", headers=headers).status_code == 200  # loads the script (EVALSHA, NOSCRIPT, LOAD)
+    stats = redis.Redis.from_url(backend_env["REDIS_URL"])
+    before = _commands(stats)
+    assert [client.get("/api/v1/auth/me", headers=headers).status_code for _ in range(10)] == [200] * 10
+    # One EVALSHA per request (two before); inside it one TIME, and a GET and a SET per key.
+    assert _delta(before, _commands(stats)) == {"evalsha": 10, "time": 10, "get": 20, "set": 20}
+    stats.close()
+    keys = {key.decode() for key in redis.Redis.from_url(backend_env["REDIS_URL"]).keys("rl:*")}
+    assert {"rl:user:counted"} < keys and any(key.startswith("rl:ip:default:") for key in keys)  # both limits charged
+
+
+def test_hit_all_refuses_where_separate_hits_would(backend_env):
+    from threatflow.adapters.redis import CircuitBreaker, RateLimiter, connect
+
+    limiter = RateLimiter(connect(backend_env["REDIS_URL"]), breaker=CircuitBreaker(open_seconds=1))
+    # The same history through `hit` per key and through `hit_all`: refusals at the same request.
+    separate = []
+    for _ in range(5):
+        first = limiter.hit("sep:ip", limit=4, period_seconds=60)
+        second = limiter.hit("sep:user", limit=2, period_seconds=60) if first.allowed else None
+        separate.append(0 if not first.allowed else 1 if second is not None and not second.allowed else None)
+    combined = []
+    for _ in range(5):
+        refusal = limiter.hit_all([("all:ip", 4, 60), ("all:user", 2, 60)])
+        combined.append(None if refusal is None else refusal.index)
+    assert combined == separate == [None, None, 1, 1, 0]  # user refused at 3 and 4 (IP still charged), IP at 5
+    refusal = limiter.hit_all([("all:ip", 4, 60), ("all:user", 2, 60)])
+    assert refusal is not None and refusal.index == 0 and 0 < refusal.retry_after_seconds <= 15  # 60 s / 4: one slot
+    assert limiter.hit_all([("fresh:ip", 1, 60)]) is None
+    refused = limiter.hit_all([("fresh:ip", 1, 60)])
+    single = limiter.hit("fresh:ip", limit=1, period_seconds=60)
+    assert refused is not None and not single.allowed and abs(refused.retry_after_seconds - single.retry_after_seconds) < 0.5
+
+
+def test_over_the_ip_limit_a_valid_token_gets_429_and_its_user_is_not_charged(function_client, backend_env):
+    password = create_user(backend_env["DATABASE_URL"], "spent", "reader")
+    token = function_client("auth").post("/api/v1/auth/token", json={"username": "spent", "password": password}).get_json()["access_token"]
+    client = function_client("auth", RATE_LIMIT_PER_IP="3/60", RATE_LIMIT_PER_USER="4/60", TRUSTED_PROXY_HOPS="1")
+    headers = {"Authorization": f"Bearer {token}", "X-Forwarded-For": "198.51.100.7"}
+    statuses = [client.get("/api/v1/auth/me", headers=headers).status_code for _ in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]
+    refused = client.get("/api/v1/auth/me", headers={**headers, "Authorization": "Bearer not-a-token"})
+    assert refused.status_code == 429 and refused.get_json()["error"]["details"] == {"limit": 3, "period_seconds": 60}
+    # The user's bucket took 3 of 4: from another address, one more read, then the user limit refuses.
+    other = {**headers, "X-Forwarded-For": "198.51.100.8"}
+    assert [client.get("/api/v1/auth/me", headers=other).status_code for _ in range(2)] == [200, 429]
