@@ -70,8 +70,13 @@ def load_events(engine, rows: int, *, end: datetime) -> float:
         if chunk:
             cursor.execute(f"COPY flow_events ({COLUMNS}) FROM STDIN WITH (FORMAT csv)", stream=flowgen.copy_buffer(chunk))
         raw.commit()
-        raw.autocommit = True
-        cursor.execute("VACUUM (ANALYZE) flow_events")
+        # VACUUM runs outside a transaction: autocommit on the driver's connection (the pool's proxy
+        # would only take the attribute itself), and off again before it goes back to the pool.
+        raw.dbapi_connection.autocommit = True
+        try:
+            cursor.execute("VACUUM (ANALYZE) flow_events")
+        finally:
+            raw.dbapi_connection.autocommit = False
     finally:
         raw.close()
     return time.perf_counter() - began

@@ -1,7 +1,8 @@
 """Ingest throughput: flows/s through `threatflow flows load`, scoring and storing included.
 
 Setup: its own PostgreSQL, Redis and the Pub/Sub and Cloud Storage emulators; a model
-trained on dev data (the tests' tiny configuration by default, --quick-model for ml's quick one) published to the models bucket;
+trained on dev data (the tests' tiny configuration by default, --quick-model for ml's quick one, or
+--model-dir DIR: ml/train.py's output, the model a deployment serves) published to the models bucket;
 N flows from tests/perf/flowgen.py written as a gzip raw 49-column file. Then the
 real CLI (a subprocess) loads the file through the gateway (2 workers x 8 threads):
 every flow is validated, scored, stored as an event, and attack sources are bridged
@@ -37,6 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=int(os.environ.get("BENCH_INGEST") or 200_000))
     parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument("--model-dir", help="serve ml/train.py's output (the real served model) instead of a test model")
     parser.add_argument(
         "--quick-model", action="store_true", help="train ml's quick configuration (40 + 30 trees) instead of the tiny test one (15 + 10)"
     )
@@ -71,9 +73,15 @@ def main() -> None:
         from threatflow.adapters.storage import GcsBlobs
 
         began = time.perf_counter()
-        model = trained_model(rows=6000 if args.quick_model else 2000, quick=args.quick_model)
-        kind = "quick" if args.quick_model else "tiny"
-        print(f"model {model.version} trained in {time.perf_counter() - began:.1f} s ({kind} configuration)")
+        if args.model_dir:
+            from bench_detect import load_or_train
+
+            model = load_or_train(args.model_dir)
+            print(f"model {model.version} loaded from {args.model_dir}")
+        else:
+            model = trained_model(rows=6000 if args.quick_model else 2000, quick=args.quick_model)
+            kind = "quick" if args.quick_model else "tiny"
+            print(f"model {model.version} trained in {time.perf_counter() - began:.1f} s ({kind} configuration)")
         publish(GcsBlobs(PROJECT), model)
 
         data = state / "flows.csv.gz"
