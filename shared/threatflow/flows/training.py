@@ -47,7 +47,12 @@ from threatflow.flows.model import FORMAT, ServingModel, TreeEnsemble, dump_arti
 if TYPE_CHECKING:
     import numpy as np
 
-TARGET_VALIDATION_FPR = 0.008  # the served threshold keeps validation FPR at or under this
+# The served threshold is the lowest whose out-of-fold validation FPR stays at or under this: the
+# product's FPR budget itself (issue 9: <= 1.0 %). The margin comes from the refit: heads fitted on
+# all rows score normal flows lower than the CV models the threshold is read from (the learning
+# curve's transfer check: a rule of 0.8 % gave 0.70 % held-out FPR on bigger heads, against 0.83 %
+# on heads of the CV's size); a stricter rule only trades detection away (0.8 %: 95.9 % out-of-fold).
+TARGET_VALIDATION_FPR = 0.01
 # Issue 9's acceptance targets at the served threshold; validation reports whether they are reachable.
 ACCEPTANCE_MAX_FPR = 0.01
 ACCEPTANCE_MIN_DETECTION = 0.97
