@@ -16,7 +16,7 @@ import msgspec
 from threatflow.auth.api import authenticator
 from threatflow.auth.model import Role
 from threatflow.enrichment.api import add_detect_intel_routes
-from threatflow.flows.features import FEATURE_COLUMNS, raise_for_errors, validate_batch
+from threatflow.flows.features import FEATURE_COLUMNS, validated_batch
 from threatflow.flows.model import ServingModel, serving_snapshot
 from threatflow.platform.errors import ValidationError
 from threatflow.platform.snapshots import Snapshot
@@ -64,10 +64,7 @@ def build_router(runtime: Runtime) -> Router:
             raise ValidationError(f"explain=true takes at most {MAX_EXPLAIN_BATCH} flows per request", field="explain")
         top = request.query_int("top", 5, minimum=1, maximum=MAX_TOP)
         # By column, no dict per flow; the per-field checker only runs to list the errors.
-        batch, errors = validate_batch(flows)
-        raise_for_errors(errors)
-        if batch is None:  # unreachable: no errors means a batch
-            raise ValidationError("flows could not be validated", field="flows")
+        batch = validated_batch(flows)
         model = model_snapshot(runtime).get()
         return model.results(batch.matrix(vocabulary=model.vocabulary), explain=explain, top=top)
 

@@ -326,12 +326,22 @@ def validate_batch(flows: Sequence[Any]) -> tuple[FlowBatch | None, list[FieldEr
     return _batch_from_clean(clean), []
 
 
+def validated_batch(flows: Sequence[Any]) -> FlowBatch:
+    """validate_batch for callers that answer bad input with a 400: the batch, or ValidationError
+    listing every offending field (raise_for_errors)."""
+    batch, errors = validate_batch(flows)
+    raise_for_errors(errors)
+    if batch is None:  # unreachable: no errors means a batch
+        raise ValueError("validation returned neither a batch nor errors")
+    return batch
+
+
 def _batch_from_clean(clean: Sequence[Mapping[str, Any]]) -> FlowBatch:
+    """Validated (canonical) flows by column (C-level itemgetter, no Python row per flow)."""
     import numpy as np
 
-    rows = [[flow[name] for name in NUMERIC_COLUMNS] for flow in clean]
-    numeric = np.array(rows, dtype=np.float64).reshape(len(clean), len(NUMERIC_COLUMNS))
-    return FlowBatch(numeric, tuple([flow[name] for flow in clean] for name in CATEGORICAL))
+    numeric = np.array(list(map(itemgetter(*NUMERIC_COLUMNS), clean)), dtype=np.float64).reshape(len(clean), len(NUMERIC_COLUMNS))
+    return FlowBatch(numeric, tuple(list(map(itemgetter(name), clean)) for name in CATEGORICAL))
 
 
 @dataclass(frozen=True)
@@ -502,23 +512,12 @@ class Vocabulary:
 
 def matrix_from_clean(flows: Sequence[Mapping[str, Any]], *, vocabulary: Vocabulary) -> np.ndarray:
     """Validated (canonical) flows → float32 matrix in FEATURE_COLUMNS order, categoricals as vocabulary codes."""
-    import numpy as np
-
-    if not flows:
-        return np.empty((0, len(FEATURE_COLUMNS)), dtype=np.float32)
-    # By column (C-level itemgetter), like FlowBatch: ingest scores its clean flows through here.
-    numeric = np.array(list(map(itemgetter(*NUMERIC_COLUMNS), flows)), dtype=np.float64)
-    categorical = tuple(list(map(itemgetter(name), flows)) for name in CATEGORICAL)
-    return FlowBatch(numeric, categorical).matrix(vocabulary=vocabulary)
+    return _batch_from_clean(flows).matrix(vocabulary=vocabulary)  # ingest scores its clean flows through here
 
 
 def to_matrix(flows: Sequence[Mapping[str, Any]], *, vocabulary: Vocabulary) -> np.ndarray:
     """Any flows (either layout) → the model's float32 matrix; invalid input raises ValidationError listing every field."""
-    batch, errors = validate_batch(flows)
-    raise_for_errors(errors)
-    if batch is None:  # unreachable: no errors means a batch
-        raise ValueError("validation returned neither a batch nor errors")
-    return batch.matrix(vocabulary=vocabulary)
+    return validated_batch(flows).matrix(vocabulary=vocabulary)
 
 
 def categorical_indices() -> list[int]:

@@ -22,7 +22,7 @@ import ipaddress
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from threatflow.adapters.postgres import unit_of_work
@@ -104,8 +104,14 @@ class BatchOutcome:
 
 
 # Each day of events is a partition: a flow "from the future" would make partitions the retention
-# job never drops (year 2900), so a flow may be at most this far ahead of the wall clock (clock skew).
-MAX_AHEAD_SECONDS = 86_400
+# job never drops (year 2900), so a flow (its stime, or a batch's observed_at) may be at most this
+# far ahead of the wall clock (clock skew between a sensor and us).
+MAX_AHEAD = timedelta(days=1)
+
+
+def _not_future(epoch_seconds: float) -> None:
+    if epoch_seconds > time.time() + MAX_AHEAD.total_seconds():
+        raise ValueError("the time is in the future; flows are observed up to now")
 
 
 def _as_time(value: Any) -> datetime:
@@ -115,8 +121,7 @@ def _as_time(value: Any) -> datetime:
     if isinstance(value, (int, float)):
         if not 0 <= value < 32503680000:  # year 3000
             raise ValueError("epoch seconds out of range")
-        if value > time.time() + MAX_AHEAD_SECONDS:
-            raise ValueError("the time is in the future; flows are observed up to now")
+        _not_future(value)
         return datetime.fromtimestamp(float(value), UTC)
     if isinstance(value, str):
         text = value.strip()
@@ -130,20 +135,30 @@ def _as_time(value: Any) -> datetime:
         if parsed.tzinfo is None:
             raise ValueError("an ISO time needs a time zone")
         at = parsed.astimezone(UTC)
-        if at.timestamp() > time.time() + MAX_AHEAD_SECONDS:
-            raise ValueError("the time is in the future; flows are observed up to now")
+        _not_future(at.timestamp())
         return at
     raise ValueError("expected epoch seconds or an ISO 8601 time")
+
+
+def event_address(text: str) -> str:
+    """An address as the event store keeps it (ingest stores it so, search and the host view look it up
+    so): a zone id (fe80::1%eth0) is local to one host and not an inet value, so it is refused;
+    ::ffff:a.b.c.d is the IPv4 host, as in the iocs domain. ValueError for anything else."""
+    if "%" in text:
+        raise ValueError(ZONE_ID_REASON)
+    address = ipaddress.ip_address(text.strip())
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+ZONE_ID_REASON = "has a zone id, which is local to one host"
 
 
 def _as_ip(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected an IP address as a string")
-    address = ipaddress.ip_address(value.strip())
-    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
-        raise ValueError("an address with a zone (%...) cannot be stored")  # inet has no zones
-    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-    return str(mapped or address)  # ::ffff:a.b.c.d is the IPv4 host, as search and the iocs domain read it
+    return event_address(value)
 
 
 def _as_port(value: Any) -> int | None:

@@ -37,8 +37,7 @@ from threatflow.flows.features import (
     FEATURE_COLUMNS,
     Vocabulary,
     matrix_from_clean,
-    raise_for_errors,
-    validate_batch,
+    to_matrix,
 )
 from threatflow.platform.errors import DependencyError, NotFoundError
 from threatflow.platform.snapshots import Load, Loaded, Snapshot, SnapshotCache
@@ -438,11 +437,7 @@ class ServingModel:
     # -- scoring ---------------------------------------------------------------------------
 
     def to_matrix(self, flows: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        batch, errors = validate_batch(flows)
-        raise_for_errors(errors)
-        if batch is None:  # unreachable: no errors means a batch
-            raise ValueError("validation returned neither a batch nor errors")
-        return batch.matrix(vocabulary=self.vocabulary)
+        return to_matrix(flows, vocabulary=self.vocabulary)
 
     def predict(self, flows: Sequence[Mapping[str, Any]], *, explain: bool = False, top: int = 5) -> list[Prediction]:
         """Validate (400 listing every bad field) and score flows in input order."""

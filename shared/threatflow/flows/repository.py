@@ -265,8 +265,8 @@ class QueryTimeout(Exception):
 
 def search_sql(q: EventQuery) -> tuple[str, dict[str, Any]]:
     """The page query for a search (named :parameters); exposed so the benchmark can EXPLAIN it."""
-    # A cursor means "older than this event": the window ends there, so the newer days are pruned.
-    # A cursor means "older than this event"; a forged one at datetime.max must not overflow.
+    # A cursor means "older than this event": the window ends there, so the newer days are pruned
+    # (a forged cursor at datetime.max must not overflow).
     end = q.end if q.after_time is None or q.after_time >= q.end else q.after_time + timedelta(microseconds=1)
     where = ["event_time >= :start", "event_time < :end"]
     params: dict[str, Any] = {"start": q.start, "end": end, "limit": q.limit}
@@ -396,7 +396,7 @@ def _bounded(what: str) -> Callable[[_Fn], _Fn]:
             try:
                 return fn(conn, *args, **kwargs)
             except DBAPIError as exc:  # pg8000 raises the server's errors as DatabaseError, whatever the SQLSTATE
-                if "57014" in str(exc) or "statement timeout" in str(exc):
+                if exc.orig is not None and _timed_out(exc.orig):
                     raise ValidationError(f"this {what} covers too many events to answer in time; narrow from/to", field="from") from None
                 raise
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
 import json
 import logging
 import re
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from threatflow.flows import repository
-from threatflow.flows.ingest import CATEGORIES
+from threatflow.flows.ingest import CATEGORIES, ZONE_ID_REASON, event_address
 from threatflow.flows.repository import EventQuery
 from threatflow.platform.errors import ValidationError
 
@@ -49,18 +48,14 @@ _KNOWN = frozenset(
 
 
 def parse_ip(text: str | None, name: str) -> str | None:
-    """An address as the event store keeps it: a zone id (fe80::1%eth0) is local to one host and not
-    an inet value (a 400, not a database error); ::ffff:a.b.c.d is the IPv4 host, as ingest stores it."""
+    """A query's address as the event store keeps it (ingest.event_address): a bad one is a 400."""
     if text is None or text == "":
         return None
-    if "%" in text:
-        raise ValidationError(f"{name} has a zone id, which is local to one host: {text[:64]!r}", field=name)
     try:
-        address = ipaddress.ip_address(text.strip())
-    except ValueError:
-        raise ValidationError(f"{name} is not an IP address: {text[:64]!r}", field=name) from None
-    mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
-    return str(mapped or address)
+        return event_address(text)
+    except ValueError as exc:
+        reason = ZONE_ID_REASON if str(exc) == ZONE_ID_REASON else "is not an IP address"
+        raise ValidationError(f"{name} {reason}: {text[:64]!r}", field=name) from None
 
 
 def parse_time(text: str | None, name: str) -> datetime | None:

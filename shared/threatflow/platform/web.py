@@ -159,6 +159,15 @@ class RouterRuntime(Protocol):
     def dependency_error(self, exc: BaseException) -> DependencyError | None: ...
 
 
+def _over_limit(limit: int, period_seconds: int, retry_after: float) -> RateLimitedError:
+    """The 429 of a refused rate limit, whichever path (one key, or a request's keys at once) refused it."""
+    return RateLimitedError(
+        f"rate limit of {limit} requests per {period_seconds} s exceeded",
+        retry_after=retry_after,
+        details={"limit": limit, "period_seconds": period_seconds},
+    )
+
+
 class Router:
     def __init__(self, name: str, *, runtime: RouterRuntime, authenticator: Authenticator) -> None:
         self.name = name
@@ -324,11 +333,7 @@ class Router:
             return
         if refusal is not None:
             _, limit, period_seconds = checks[refusal.index]
-            raise RateLimitedError(
-                f"rate limit of {limit} requests per {period_seconds} s exceeded",
-                retry_after=refusal.retry_after_seconds,
-                details={"limit": limit, "period_seconds": period_seconds},
-            )
+            raise _over_limit(limit, period_seconds, refusal.retry_after_seconds)
 
     def _ip_limit(self, route: Route) -> tuple[int, int]:
         s = self.runtime.settings
@@ -350,11 +355,7 @@ class Router:
                     ) from None
             return
         if not decision.allowed:
-            raise RateLimitedError(
-                f"rate limit of {limit[0]} requests per {limit[1]} s exceeded",
-                retry_after=decision.retry_after_seconds,
-                details={"limit": limit[0], "period_seconds": limit[1]},
-            )
+            raise _over_limit(limit[0], limit[1], decision.retry_after_seconds)
 
     def _authenticate(self, request: Request, *, strict: bool) -> Principal:
         header = request.headers.get("Authorization", "")
