@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import redis
     from sqlalchemy.engine import Engine
 
+    from threatflow.adapters import postgres
     from threatflow.adapters import redis as redis_adapter
     from threatflow.adapters.firestore import FirestoreDocuments
     from threatflow.adapters.pubsub import PubSubPublisher
@@ -85,6 +86,12 @@ class Runtime:
         from threatflow.adapters import postgres
 
         return self._get("engine", lambda: postgres.create_engine(self.settings))
+
+    def read_engine(self, session: postgres.ReadSession) -> Engine:
+        """A read-only pool whose sessions carry `session`'s settings (one per distinct session, built on first use)."""
+        from threatflow.adapters import postgres
+
+        return self._get(f"read_engine:{session}", lambda: postgres.create_read_engine(self.settings, session=session))
 
     @property
     def redis(self) -> redis.Redis:

@@ -387,10 +387,23 @@ def test_search_lists_each_event_exactly_as_python_formatted_it(engine):
     assert page["events"][1]["event_time"].endswith(".123450+00:00") and "." not in page["events"][0]["event_time"]
 
 
-@pytest.mark.parametrize("params", [{"srcip": "175.45.176.31"}, {"proto": "tcp"}], ids=["by-address-prepared", "time-only-planned"])
-def test_a_search_past_its_statement_timeout_is_a_400_and_the_connection_recovers(engine, monkeypatch, params):
-    """statement_timeout (SET LOCAL with the query) cancels a search stuck behind a lock; the caller gets the
-    400 that says to narrow it, and the pooled connection serves the next search."""
+def _read_engine(url, *, timeout_ms=3000):
+    from threatflow.adapters.postgres import ReadSession, create_read_engine
+    from threatflow.platform.config import Settings
+
+    settings = Settings.from_env({"DATABASE_URL": url, "DB_POOL_SIZE": "2"})
+    return create_read_engine(settings, session=ReadSession(statement_timeout_ms=timeout_ms, generic_plans=True))
+
+
+@pytest.mark.parametrize(
+    ("params", "pool"),
+    [({"srcip": "175.45.176.31"}, "engine"), ({"srcip": "175.45.176.31"}, "read pool"), ({"proto": "tcp"}, "engine")],
+    ids=["by-address-prepared", "by-address-read-pool", "time-only-planned"],
+)
+def test_a_search_past_its_statement_timeout_is_a_400_and_the_connection_recovers(engine, clean_tables, monkeypatch, params, pool):
+    """statement_timeout (SET LOCAL with the query, or the read pool's session setting) cancels a search
+    stuck behind a lock; the caller gets the 400 that says to narrow it, and the pooled connection
+    serves the next search."""
     from sqlalchemy import text
 
     from threatflow.flows import repository, search
@@ -401,14 +414,110 @@ def test_a_search_past_its_statement_timeout_is_a_400_and_the_connection_recover
     partition = f"flow_events_p{(now - timedelta(minutes=5)).strftime('%Y%m%d')}"
     query = search.parse_search(params, now=now)
     monkeypatch.setattr(search, "SEARCH_TIMEOUT_MS", 300)
-    with engine.connect() as locker:
-        locker.execute(text(f'LOCK TABLE "{partition}" IN ACCESS EXCLUSIVE MODE'))
-        with pytest.raises(ValidationError) as caught, repository.read_only(engine) as conn:
+    reader = _read_engine(clean_tables, timeout_ms=300) if pool == "read pool" else engine
+    try:
+        with engine.connect() as locker:
+            locker.execute(text(f'LOCK TABLE "{partition}" IN ACCESS EXCLUSIVE MODE'))
+            with pytest.raises(ValidationError) as caught, repository.read_only(reader) as conn:
+                search.search(query, conn=conn)
+            assert caught.value.field == "from" and "too broad" in caught.value.message
+            locker.rollback()
+        with repository.read_only(reader) as conn:
+            assert json.loads(search.search(query, conn=conn))["count"] == 1
+    finally:
+        if reader is not engine:
+            reader.dispose()
+
+
+def test_the_read_pool_is_read_only_bounded_autocommit_and_answers_a_search_as_the_engine_does(engine, clean_tables):
+    """The read pool's sessions carry the search's settings from the start, cannot write, and a search
+    by address on it sends its one statement and nothing else; its page is byte for byte the engine's."""
+    import sqlalchemy.exc
+
+    from threatflow.flows import repository, search
+
+    now = datetime.now(UTC)
+    _store(engine, [_row(now - timedelta(minutes=m), src="175.45.176.33") for m in range(1, 8)])
+    query = search.parse_search({"srcip": "175.45.176.33", "limit": "5"}, now=now)
+    reader = _read_engine(clean_tables, timeout_ms=search.SEARCH_TIMEOUT_MS)
+    try:
+        with repository.read_only(engine) as conn:
+            expected = search.search(query, conn=conn)
+        with repository.read_only(reader) as conn:
+            assert conn.connection.dbapi_connection.autocommit is True
+            assert search.search(query, conn=conn) == expected
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+            settings = conn.exec_driver_sql(
+                "SELECT current_setting('statement_timeout'), current_setting('plan_cache_mode'),"
+                " current_setting('default_transaction_read_only')"
+            ).one()
+            assert tuple(settings) == ("3s", "force_generic_plan", "on")
+            with pytest.raises(sqlalchemy.exc.DBAPIError, match="read-only transaction"):
+                conn.exec_driver_sql("DELETE FROM flow_events")
+        with repository.read_only(reader) as conn:
+            assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() == pid  # the same pooled session
+            assert search.search(query, conn=conn) == expected
+        with engine.connect() as conn:  # what that session ran last: the search itself, no COMMIT or SET after it
+            last = conn.exec_driver_sql(f"SELECT query FROM pg_stat_activity WHERE pid = {int(pid)}").scalar_one()
+        assert last.lstrip().startswith("SELECT count(*)::integer")
+        with repository.read_only(engine) as conn:
+            assert json.loads(expected)["count"] == 5
+    finally:
+        reader.dispose()
+
+
+def test_a_read_pool_search_refuses_a_session_that_does_not_fit_it(clean_tables):
+    """A SET LOCAL would not hold on an autocommit session: a search that needs other settings than the
+    pool's is a programming error, not a search run without its timeout or with the wrong plan."""
+    from threatflow.flows import repository, search
+
+    now = datetime.now(UTC)
+    reader = _read_engine(clean_tables, timeout_ms=1234)
+    try:
+        for params in ({"srcip": "175.45.176.34"}, {"proto": "tcp"}):
+            with pytest.raises(ValueError, match="cannot run a search"), repository.read_only(reader) as conn:
+                search.search(search.parse_search(params, now=now), conn=conn)
+        assert search.uses_read_pool(search.parse_search({"dstip": "10.0.0.1"}, now=now))
+        assert not search.uses_read_pool(search.parse_search({"proto": "tcp"}, now=now))
+    finally:
+        reader.dispose()
+
+
+def test_the_read_pool_pings_only_idle_connections_and_a_lost_one_is_a_503_then_replaced(engine, clean_tables, monkeypatch):
+    """A connection idle past READ_PING_IDLE_SECONDS is pinged at checkout and silently replaced when its
+    backend is gone; a just-used one is not pinged, so losing it fails that search as a dependency
+    error (503, retry) and the pool drops it: the next search works."""
+    from threatflow.adapters import postgres
+    from threatflow.flows import repository, search
+
+    now = datetime.now(UTC)
+    _store(engine, [_row(now - timedelta(minutes=1), src="175.45.176.35")])
+    query = search.parse_search({"srcip": "175.45.176.35"}, now=now)
+    reader = _read_engine(clean_tables, timeout_ms=search.SEARCH_TIMEOUT_MS)
+
+    def backend_pid() -> int:
+        with reader.connect() as conn:
+            return int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+
+    def kill(pid: int) -> None:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)}, 5000)").scalar_one() is True
+
+    try:
+        monkeypatch.setattr(postgres, "READ_PING_IDLE_SECONDS", 0.0)  # every checkout counts as idle
+        kill(backend_pid())
+        with repository.read_only(reader) as conn:
+            assert json.loads(search.search(query, conn=conn))["count"] == 1
+
+        monkeypatch.setattr(postgres, "READ_PING_IDLE_SECONDS", 3600.0)  # never idle: no ping
+        kill(backend_pid())
+        with pytest.raises(Exception) as caught, repository.read_only(reader) as conn:
             search.search(query, conn=conn)
-        assert caught.value.field == "from" and "too broad" in caught.value.message
-        locker.rollback()
-    with repository.read_only(engine) as conn:
-        assert json.loads(search.search(query, conn=conn))["count"] == 1
+        assert isinstance(postgres.unavailable(caught.value), postgres.DependencyError)
+        with repository.read_only(reader) as conn:
+            assert json.loads(search.search(query, conn=conn))["count"] == 1
+    finally:
+        reader.dispose()
 
 
 def test_search_statement_is_prepared_once_per_connection_and_leaves_nothing_set(clean_tables):

@@ -28,7 +28,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from harness import Stack, login, migrated_engine, percentile
+from harness import Stack, login, migrated_engine, percentile, tree_cpu_seconds
 
 COLUMNS = (
     "event_time, event_key, srcip, sport, dstip, dsport, proto, service, state, stime, ltime, dur, sbytes, dbytes, spkts, dpkts,"
@@ -113,8 +113,11 @@ def _client(port: int, token: str, paths: list[str], seconds: float, threads: in
     out.put(results)
 
 
-def hammer(port: int, token: str, paths: list[str], *, clients: int, seconds: float, processes: int = 4) -> dict[str, float]:
-    """`clients` concurrent keep-alive connections spread over client processes, for `seconds`."""
+def hammer(
+    port: int, token: str, paths: list[str], *, clients: int, seconds: float, processes: int = 4, servers: dict[str, int] | None = None
+) -> dict[str, float]:
+    """`clients` concurrent keep-alive connections spread over client processes, for `seconds`.
+    `servers` (name -> pid) get their process trees' CPU per request reported as `<name>_ms`."""
     import resource
 
     queue: multiprocessing.Queue = multiprocessing.Queue()
@@ -122,12 +125,14 @@ def hammer(port: int, token: str, paths: list[str], *, clients: int, seconds: fl
     procs = [multiprocessing.Process(target=_client, args=(port, token, paths, seconds, n, queue)) for n in per if n]
     began = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_before = {name: tree_cpu_seconds(pid) for name, pid in (servers or {}).items()}
     for p in procs:
         p.start()
     results = [r for _ in procs for r in queue.get()]
     for p in procs:
         p.join()
     elapsed = time.perf_counter() - began
+    server_cpu = {name: tree_cpu_seconds(pid) - server_before[name] for name, pid in (servers or {}).items()}
     after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the client processes, once joined
     client_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     latencies = [r[0] for r in results]
@@ -143,6 +148,7 @@ def hammer(port: int, token: str, paths: list[str], *, clients: int, seconds: fl
         "hit_ratio": hits / len(results) if results else 0.0,
         "elapsed": elapsed,
         "client_cores": client_cpu / elapsed,
+        **{f"{name}_ms": cpu * 1000 / max(1, len(results)) for name, cpu in server_cpu.items()},
     }
 
 
@@ -198,21 +204,26 @@ def main() -> None:
         paths = [f"/api/v1/events/search?srcip={ip}&limit=50" for ip in sources]
         levels = [int(c) for c in args.clients.split(",")]
         header = ("cache", "path", "clients", "requests", "RPS", "p50 ms", "p95 ms", "p99 ms", "hit", "err", "client cores")
-        print("{:<6} {:<8} {:>7} {:>9} {:>8} {:>7} {:>7} {:>7} {:>5} {:>4} {:>12}".format(*header))
+        header += ("gw CPU ms", "pg CPU ms")
+        print("{:<6} {:<8} {:>7} {:>9} {:>8} {:>7} {:>7} {:>7} {:>5} {:>4} {:>12} {:>9} {:>9}".format(*header))
         for mode in args.cache.split(","):
             port = stack.serve_gateway({**env, "FLOWS_SEARCH_CACHE": mode}, workers=2, threads=8, timeout=90)
             token = login(port, "bench", password)
             hammer(port, token, paths, clients=4, seconds=2)  # warm both workers' pools and caches
             for clients in levels:
                 for name, targets in (("/health", ["/health"]), ("search", paths)):
-                    r = hammer(port, token, targets, clients=clients, seconds=args.seconds)
+                    servers = {"gateway": stack.gateway.pid, "postgres": pg.pid}
+                    r = hammer(port, token, targets, clients=clients, seconds=args.seconds, servers=servers)
                     print(
                         f"{mode:<6} {name:<8} {clients:>7} {r['requests']:>9,} {r['rps']:>8,.0f} {r['p50']:>7.1f} {r['p95']:>7.1f}"
                         f" {r['p99']:>7.1f} {r['hit_ratio']:>5.2f} {r['errors']:>4} {r['client_cores']:>12.2f}"
+                        f" {r['gateway_ms']:>9.2f} {r['postgres_ms']:>9.2f}"
                     )
             stack.stop_gateway()
         print("ratio: a search's RPS over /health's at the same concurrency is the share of the work the query and its JSON add;")
         print("client cores: the load generator's own CPU (same 2 cores), which /health's RPS is bounded by as much as the server")
+        print("gw / pg CPU ms: the gateway's and PostgreSQL's CPU per request (their process trees, from /proc): steadier than RPS")
+        print("on a shared machine, and what sets the RPS one instance of each can reach")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,31 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by `pid` and its live descendants, from /proc.
+
+    For server-side cost per request: a bench samples it before and after a load level. A
+    descendant that exits in between is missed (the benches' servers keep theirs)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    times: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))  # field 4: the parent's pid
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick  # fields 14, 15: utime, stime
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += times.get(current, 0.0)
+        todo.extend(children.get(current, []))
+    return total
+
+
 def migrated_engine(env: dict[str, str]) -> Any:
     """Put `env` in this process's environment and migrate its database; returns the engine (the caller disposes of it)."""
     from threatflow.adapters.postgres import create_engine

@@ -9,7 +9,9 @@ the private IP; locally DATABASE_URL points at a plain server.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from threatflow.platform.errors import DependencyError
@@ -18,6 +20,26 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
     from threatflow.platform.config import Settings
+
+
+@dataclass(frozen=True)
+class ReadSession:
+    """The fixed settings of a read-only pool's sessions (see create_read_engine)."""
+
+    statement_timeout_ms: int
+    generic_plans: bool = False  # plan_cache_mode = force_generic_plan, for named prepared statements
+
+    def startup_params(self) -> dict[str, str]:
+        params = {"statement_timeout": str(int(self.statement_timeout_ms)), "default_transaction_read_only": "on"}
+        if self.generic_plans:
+            params["plan_cache_mode"] = "force_generic_plan"
+        return params
+
+
+READ_SESSION = "threatflow.read_session"  # connection info key: the ReadSession a pooled connection was opened with
+# A read pool's connection used less than this long ago is not pinged at checkout (see create_read_engine).
+READ_PING_IDLE_SECONDS = 10.0
+_LAST_USED = "threatflow.last_used"
 
 
 def create_engine(settings: Settings) -> Engine:
@@ -36,7 +58,65 @@ def create_engine(settings: Settings) -> Engine:
     return sqlalchemy.create_engine("postgresql+pg8000://", creator=_cloud_sql_creator(settings), **pool)
 
 
-def _cloud_sql_creator(settings: Settings) -> Any:
+def create_read_engine(settings: Settings, *, session: ReadSession) -> Engine:
+    """A pool for a hot read path that costs one round trip per statement.
+
+    The engine's pool spends four more on every request: the pre-ping, pg8000's BEGIN, a SET LOCAL
+    for the timeout, and the COMMIT; each is also a wait for the GIL when other threads are busy.
+    Here the session's settings are startup parameters (sent once, with the connection), the
+    connection is in autocommit (no BEGIN or COMMIT; every statement is its own read-only
+    transaction), and a connection is pinged at checkout only after READ_PING_IDLE_SECONDS idle:
+    a just-used one is alive, and if the server went away in between, the statement fails as a
+    lost connection (a 503 to retry) and the pool drops it. `default_transaction_read_only` makes
+    any write through this pool an error. A second small pool per instance, for the one function
+    that uses it: its connections count against Cloud SQL's budget like the engine's."""
+    import sqlalchemy
+    from sqlalchemy import event
+
+    settings.require_database()
+    pool: dict[str, Any] = {
+        "pool_size": settings.db_pool_size,
+        "max_overflow": settings.db_pool_size,
+        "pool_timeout": 10,
+        "pool_recycle": 1800,
+        "pool_pre_ping": False,  # the idle check below
+        "isolation_level": "AUTOCOMMIT",
+    }
+    startup = session.startup_params()
+    if settings.database_url:
+        engine = sqlalchemy.create_engine(
+            settings.database_url, connect_args={"timeout": settings.db_timeout_seconds, "startup_params": startup}, **pool
+        )
+    else:
+        engine = sqlalchemy.create_engine("postgresql+pg8000://", creator=_cloud_sql_creator(settings, startup_params=startup), **pool)
+
+    @event.listens_for(engine, "connect")
+    def opened(dbapi_connection: Any, record: Any) -> None:
+        record.info[READ_SESSION] = session
+        record.info[_LAST_USED] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        if time.monotonic() - record.info.get(_LAST_USED, 0.0) < READ_PING_IDLE_SECONDS:
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(";")
+            finally:
+                cursor.close()
+        except engine.dialect.loaded_dbapi.Error as exc:
+            # the pool retries the checkout with a new connection
+            raise sqlalchemy.exc.DisconnectionError(f"idle read connection is gone: {exc.__class__.__name__}") from exc
+
+    @event.listens_for(engine, "checkin")
+    def checkin(dbapi_connection: Any, record: Any) -> None:
+        record.info[_LAST_USED] = time.monotonic()
+
+    return engine
+
+
+def _cloud_sql_creator(settings: Settings, *, startup_params: dict[str, str] | None = None) -> Any:
     from google.cloud.sql.connector import Connector, IPTypes
 
     connector = Connector(ip_type=IPTypes.PRIVATE, refresh_strategy="lazy")
@@ -50,6 +130,7 @@ def _cloud_sql_creator(settings: Settings) -> Any:
             password=settings.db_password,
             db=settings.db_name,
             enable_iam_auth=settings.db_password is None,
+            startup_params=startup_params,  # the connector passes it on to pg8000.connect
         )
 
     return connect

@@ -8,12 +8,13 @@ caller's TLP clearance covers it (auth/clearance.py), as everywhere else.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
 
@@ -30,6 +31,11 @@ from threatflow.platform import limits
 from threatflow.platform.errors import NotFoundError, ValidationError
 from threatflow.platform.web import Request, Response, Router
 from threatflow.runtime import Runtime
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from threatflow.flows.repository import EventQuery
 
 MAX_PROBLEMS_LISTED = 1000
 _LONG_DIGITS = re.compile(rb"\d{19,}")  # an integer that may not fit 64 bits
@@ -178,12 +184,16 @@ def build_router(runtime: Runtime) -> Router:
             hit = cache().get(key)
             if hit is not None:
                 return Response(hit, headers={"X-Cache": "hit"})
-            with repository.read_only(runtime.engine) as conn:
+            with search_connection(query) as conn:
                 payload = search.search(query, conn=conn)
             cache().put(key, payload)
             return Response(payload, headers={"X-Cache": "miss"})
-        with repository.read_only(runtime.engine) as conn:
+        with search_connection(query) as conn:
             return Response(search.search(query, conn=conn))
+
+    def search_connection(query: EventQuery) -> contextlib.AbstractContextManager[Connection]:
+        engine = runtime.read_engine(search.SEARCH_SESSION) if search.uses_read_pool(query) else runtime.engine
+        return repository.read_only(engine)
 
     def window(request: Request, default: timedelta, maximum: timedelta) -> tuple[datetime, datetime]:
         return search.parse_window(request.query, now=runtime.clock.now(), default=default, maximum=maximum)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
+from threatflow.adapters.postgres import READ_SESSION
 from threatflow.platform.errors import ValidationError
 
 if TYPE_CHECKING:
@@ -291,13 +292,17 @@ def search_sql(q: EventQuery) -> tuple[str, dict[str, Any]]:
 
 @contextlib.contextmanager
 def read_only(engine: Engine) -> Iterator[Connection]:
-    """The unit of work of a request that only reads (a search): like unit_of_work, but it ends
-    with one round trip. pg8000's commit() takes three (parse, describe, execute); COMMIT sent
-    as a simple query takes one, and the pool's rollback on check-in then finds no transaction
-    and sends nothing. On an error the block rolls back as unit_of_work does."""
+    """The unit of work of a request that only reads (a search).
+
+    On a read pool's connection (adapters.postgres.create_read_engine: autocommit, read-only
+    sessions) it sends nothing of its own. On the engine's, it is unit_of_work ending in one round
+    trip: pg8000's commit() takes three (parse, describe, execute); COMMIT sent as a simple query
+    takes one, and the pool's rollback on check-in then finds no transaction and sends nothing.
+    On an error the block rolls back as unit_of_work does."""
     with engine.connect() as conn:
         yield conn
-        conn.exec_driver_sql("COMMIT")
+        if not conn.connection.dbapi_connection.autocommit:  # type: ignore[union-attr]
+            conn.exec_driver_sql("COMMIT")
 
 
 def search_page(conn: Connection, q: EventQuery, *, timeout_ms: int) -> EventPage:
@@ -310,15 +315,20 @@ def search_page(conn: Connection, q: EventQuery, *, timeout_ms: int) -> EventPag
     it runs and, newest partition first, stops at the page's last row. One round trip per page.
     A search without an address spans at most 7 days, so planning it is cheap, and a plan made
     for its values (a rare category, a narrow window) beats a generic one: it is planned each time.
-    The timeout and the plan mode are SET LOCAL in one statement: they end with the transaction
-    and never leak to the connection's next user."""
+    On a read pool's connection whose session already has this timeout (and, for an address,
+    generic plans) nothing else is sent; otherwise the timeout and the plan mode are SET LOCAL in
+    one statement: they end with the transaction and never leak to the connection's next user."""
     import sqlalchemy.exc
     from sqlalchemy import text
 
     sql, params = search_sql(q)
     generic = q.srcip is not None or q.dstip is not None
-    settings = f"SET LOCAL statement_timeout = {int(timeout_ms)}"
-    conn.exec_driver_sql(settings + ("; SET LOCAL plan_cache_mode = force_generic_plan" if generic else ""))
+    session = conn.info.get(READ_SESSION)
+    if session is None or session.statement_timeout_ms != timeout_ms or session.generic_plans != generic:
+        if session is not None:  # autocommit: a SET LOCAL would not hold, so this pool cannot run this search
+            raise ValueError(f"a read session {session} cannot run a search bounded at {timeout_ms} ms (generic plan: {generic})")
+        settings = f"SET LOCAL statement_timeout = {int(timeout_ms)}"
+        conn.exec_driver_sql(settings + ("; SET LOCAL plan_cache_mode = force_generic_plan" if generic else ""))
     if generic:
         count, events, last_time, last_key = _run_prepared(conn, sql, params)[0]
     else:

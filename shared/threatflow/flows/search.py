@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from threatflow.adapters.postgres import ReadSession
 from threatflow.flows import repository
 from threatflow.flows.ingest import CATEGORIES, ZONE_ID_REASON, event_address
 from threatflow.flows.repository import EventQuery
@@ -37,6 +38,9 @@ DEFAULT_WINDOW = timedelta(days=30)
 MAX_WINDOW = timedelta(days=92)
 MAX_WINDOW_WITHOUT_ADDRESS = timedelta(days=7)  # a scan over time alone must stay small
 SEARCH_TIMEOUT_MS = 3000
+# The pool a search by address runs on (see uses_read_pool): sessions bounded at the search's
+# timeout, with generic plans for its prepared statement, so a page costs one round trip.
+SEARCH_SESSION = ReadSession(statement_timeout_ms=SEARCH_TIMEOUT_MS, generic_plans=True)
 CACHE_SECONDS = 30
 FLAG_TTL_SECONDS = 30.0
 FLAG_NAME = "flows-search-cache"
@@ -169,6 +173,12 @@ def parse_search(query: Mapping[str, str], *, now: datetime) -> EventQuery:
         after_time=after_time,
         after_key=after_key,
     )
+
+
+def uses_read_pool(q: EventQuery) -> bool:
+    """A search by address runs on the SEARCH_SESSION read pool; one without an address is planned
+    for its own values (a generic plan is worse for it, repository.search_page), on the engine."""
+    return q.srcip is not None or q.dstip is not None
 
 
 def search(q: EventQuery, *, conn: Connection) -> bytes:
