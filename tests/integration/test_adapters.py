@@ -65,6 +65,35 @@ def test_storage_round_trip(backend_env):
     blobs.ping("threatflow-reports")
 
 
+def test_storage_streams_an_object_in_ranged_chunks_pinned_to_its_generation(backend_env, monkeypatch):
+    """open_read returns the object's exact bytes through chunks far smaller than it (the emulator serves
+    the client's ranged GETs), and names a missing object with our NotFoundError, never a client exception."""
+    import hashlib
+    import random
+
+    from threatflow.adapters import storage
+
+    monkeypatch.setattr(storage, "READ_CHUNK_BYTES", 4096)
+    blobs = storage.GcsBlobs(PROJECT)
+    name = f"flows/{uuid.uuid4().hex}.bin"
+    data = random.Random(5).randbytes(100_003)
+    blobs.put("threatflow-uploads", name, data)
+    info = blobs.stat("threatflow-uploads", name)
+    assert info.size == len(data) and info.generation > 0
+    with blobs.open_read("threatflow-uploads", name, generation=info.generation) as stream:
+        pieces = []
+        while piece := stream.read(1000):
+            pieces.append(piece)
+    assert hashlib.sha256(b"".join(pieces)).digest() == hashlib.sha256(data).digest()
+    blobs.put("threatflow-uploads", name, b"replaced")
+    assert blobs.stat("threatflow-uploads", name).generation != info.generation
+    blobs.delete("threatflow-uploads", name)
+    with pytest.raises(NotFoundError, match="no object"):
+        blobs.stat("threatflow-uploads", name)
+    with pytest.raises(NotFoundError, match="no object"), blobs.open_read("threatflow-uploads", name) as stream:
+        stream.read(10)
+
+
 def test_secret_manager_against_fake_rest_api():
     from threatflow.adapters.secrets import SecretManagerSecrets
 

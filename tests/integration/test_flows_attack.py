@@ -260,6 +260,156 @@ def test_an_upload_deleted_after_it_was_queued_fails_its_job(api, function_clien
     assert job["state"] == "failed" and "no object" in job["error"]
 
 
+# -- long uploads: continuations, the last delivery attempt, a replaced object ----------------------
+
+
+@pytest.fixture
+def continuations():
+    """A pull subscription on the flow-ingest topic: what a delivery publishes to continue its job,
+    handed back as the push envelope the local stack's push subscription would deliver."""
+    from google.cloud import pubsub_v1
+
+    subscriber = pubsub_v1.SubscriberClient()
+    path = subscriber.subscription_path(PROJECT, f"flow-ingest-test-{uuid.uuid4().hex[:8]}")
+    subscriber.create_subscription(name=path, topic=pubsub_v1.PublisherClient.topic_path(PROJECT, "flow-ingest"))
+
+    def pull(expected=1):
+        found = []
+        for _ in range(10):
+            response = subscriber.pull(subscription=path, max_messages=10, timeout=5)
+            if response.received_messages:
+                subscriber.acknowledge(subscription=path, ack_ids=[m.ack_id for m in response.received_messages])
+            # The uploads route's own messages (no continuation number) are not continuations.
+            found += [m.message for m in response.received_messages if "continuation" in json.loads(m.message.data)]
+            if len(found) >= expected:
+                break
+        return [
+            {
+                "message": {
+                    "data": base64.b64encode(m.data).decode(),
+                    "attributes": dict(m.attributes),
+                    "messageId": m.message_id,
+                    "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+                },
+                "subscription": f"projects/{PROJECT}/subscriptions/flow-ingest-push",
+            }
+            for m in found
+        ]
+
+    yield pull
+    subscriber.delete_subscription(subscription=path)
+    subscriber.close()
+
+
+def _stored_keys(url):
+    engine = _engine(url)
+    with engine.connect() as conn:
+        keys = {str(row[0]) for row in conn.exec_driver_sql("SELECT event_key FROM flow_events")}
+    engine.dispose()
+    return keys
+
+
+def test_a_long_upload_continues_in_new_messages_and_never_spends_delivery_attempts(
+    api, function_client, backend_env, monkeypatch, continuations
+):
+    """A spent time budget (0 s here: every batch spends it) ends the delivery after a batch with its progress
+    recorded and a continuation published; each continuation resumes there, a superseded message is acked
+    without work, and the event keys are those of the whole file's sha256, as a single delivery makes them."""
+    import hashlib
+
+    from threatflow.flows import handlers, ingest
+
+    monkeypatch.setattr(handlers, "BATCH_ROWS", 40)
+    data = gzip.compress(_raw_csv(100).encode())
+    job_id = _queue(api, "flows/long.csv.gz", data)
+    worker = function_client("flow-ingest", FLOW_INGEST_DELIVERY_SECONDS="0")
+
+    assert worker.post("/", json=_job_push(job_id)).status_code == 200
+    job = _job(job_id)
+    assert job["state"] == "running" and job["rows_done"] == 40 and job["stored"] == 40, job
+    assert job["continuation"] == 1 and job["deliveries"] == 1 and job["continued_at"] >= job["started_at"]
+    [first] = continuations()
+    assert first["message"]["attributes"] == {"job_id": job_id}
+    assert json.loads(base64.b64decode(first["message"]["data"]))["continuation"] == 1
+
+    # The original message again (its ack lost): superseded by the continuation, acked without work.
+    assert worker.post("/", json=_job_push(job_id)).status_code == 200
+    assert _job(job_id)["rows_done"] == 40 and _job(job_id)["deliveries"] == 1
+    assert continuations(expected=0) == []
+    # A continuation number that is not one is refused (acked), the job untouched.
+    for forged in ("1", -1, 10**9, 1.5):
+        assert (
+            worker.post("/", json=_push({"job_id": job_id, "continuation": forged}, {"job_id": job_id}, "flow-ingest-push")).status_code
+            == 200
+        )
+    assert _job(job_id)["deliveries"] == 1
+
+    assert worker.post("/", json=first).status_code == 200
+    job = _job(job_id)
+    assert job["state"] == "running" and job["rows_done"] == 80 and job["continuation"] == 2 and job["deliveries"] == 2
+    [second] = continuations()
+    assert worker.post("/", json=second).status_code == 200
+    job = _job(job_id)
+    assert job["state"] == "succeeded" and job["rows_done"] == 100 and job["stored"] == 100 and job["deliveries"] == 3, job
+    assert continuations(expected=0) == []  # a finished job queues nothing more
+    source = "gcs:" + hashlib.sha256(data).hexdigest()[:32]
+    assert job["source"] == source
+    assert _stored_keys(backend_env["DATABASE_URL"]) == {str(ingest.event_key(source, n)) for n in range(100)}
+
+
+def test_continuations_are_capped_and_the_job_fails_with_the_reason(api, function_client, monkeypatch, continuations):
+    from threatflow.flows import handlers
+
+    monkeypatch.setattr(handlers, "BATCH_ROWS", 40)
+    monkeypatch.setattr(handlers, "MAX_CONTINUATIONS", 1)
+    job_id = _queue(api, "flows/capped.csv", _raw_csv(100).encode())
+    worker = function_client("flow-ingest", FLOW_INGEST_DELIVERY_SECONDS="0")
+    assert worker.post("/", json=_job_push(job_id)).status_code == 200
+    [first] = continuations()
+    assert worker.post("/", json=first).status_code == 200  # acked: the job is failed, not retried
+    job = _job(job_id)
+    assert job["state"] == "failed" and "gave up after 1 continuations at row 80" in job["error"], job
+    assert continuations(expected=0) == []
+
+
+def test_an_object_replaced_between_deliveries_fails_its_job(api, function_client, monkeypatch, continuations):
+    from threatflow.adapters.storage import GcsBlobs
+    from threatflow.flows import handlers
+
+    monkeypatch.setattr(handlers, "BATCH_ROWS", 40)
+    job_id = _queue(api, "flows/replaced.csv", _raw_csv(100).encode())
+    worker = function_client("flow-ingest", FLOW_INGEST_DELIVERY_SECONDS="0")
+    assert worker.post("/", json=_job_push(job_id)).status_code == 200
+    GcsBlobs(PROJECT).put(UPLOADS, "flows/replaced.csv", _raw_csv(100, seed=4).encode())
+    [first] = continuations()
+    assert worker.post("/", json=first).status_code == 200
+    job = _job(job_id)
+    assert job["state"] == "failed" and "was replaced after its job started" in job["error"] and job["rows_done"] == 40, job
+
+
+def test_the_last_delivery_attempt_fails_the_job_before_pubsub_dead_letters_it(api, function_client, backend_env):
+    """The database is unreachable (a closed port): every attempt raises so Pub/Sub retries; the attempt
+    the subscription's policy makes the last (deliveryAttempt, set because it has a dead-letter topic)
+    fails the job with the reason before raising, so it is not left "running" after the dead letter."""
+    import socket
+
+    from threatflow.flows import handlers
+
+    job_id = _queue(api, "flows/no-database.csv", _raw_csv(20).encode())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    worker = function_client("flow-ingest", DATABASE_URL=f"postgresql+pg8000://threatflow@127.0.0.1:{closed}/threatflow")
+    for attempt in range(1, handlers.MAX_DELIVERY_ATTEMPTS + 1):
+        envelope = {**_job_push(job_id), "deliveryAttempt": attempt}
+        assert worker.post("/", json=envelope).status_code == 500
+        job = _job(job_id)
+        if attempt < handlers.MAX_DELIVERY_ATTEMPTS:
+            assert job["state"] == "running", (attempt, job)
+    assert job["state"] == "failed" and f"gave up after {handlers.MAX_DELIVERY_ATTEMPTS} delivery attempts" in job["error"], job
+    assert _job(job_id)["deliveries"] == handlers.MAX_DELIVERY_ATTEMPTS
+
+
 # -- hunting views: addresses, windows, bounds ----------------------------------------------------------
 
 

@@ -31,6 +31,19 @@ def test_decode_reads_message():
     assert msg.attributes["job"] == "heartbeat"
 
 
+def test_delivery_attempt_is_read_from_the_push_body_functions_framework_converted():
+    """functions-framework keeps only the message of a raw push; the attempt count beside it is still seen."""
+    import flask
+
+    event = _event({"schema_version": 1})
+    assert events.decode(event).delivery_attempt == 1
+    body = {"message": event.data["message"], "subscription": "projects/p/subscriptions/s", "deliveryAttempt": 5}
+    with flask.Flask("t").test_request_context("/", method="POST", json=body):
+        assert events.decode(event).delivery_attempt == 5
+    with flask.Flask("t").test_request_context("/", method="POST", json={**body, "deliveryAttempt": "junk"}):
+        assert events.decode(event).delivery_attempt == 1
+
+
 def test_unsupported_schema_version_is_permanent():
     with pytest.raises(ValidationError, match="schema_version"):
         events.decode(_event({"schema_version": 99}))

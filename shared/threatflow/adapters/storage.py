@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
-from typing import Any
+from collections.abc import Iterator
+from typing import IO, Any
 
 from threatflow.platform.errors import DependencyError, NotFoundError
+from threatflow.platform.ports import BlobInfo
 
 _TIMEOUT = 30.0
+READ_CHUNK_BYTES = 8 * 1024 * 1024  # one ranged GET per chunk: what a streaming read holds in memory
 
 
 class GcsBlobs:
@@ -36,6 +40,24 @@ class GcsBlobs:
         except exceptions.NotFound:
             raise NotFoundError(f"no object {name!r} in bucket {bucket!r}") from None
 
+    def stat(self, bucket: str, name: str) -> BlobInfo:
+        blob = self._call(lambda: self._client.bucket(bucket).get_blob(name, timeout=_TIMEOUT))
+        if blob is None:
+            raise NotFoundError(f"no object {name!r} in bucket {bucket!r}")
+        return BlobInfo(size=int(blob.size or 0), generation=int(blob.generation or 0))
+
+    @contextlib.contextmanager
+    def open_read(self, bucket: str, name: str, *, generation: int | None = None) -> Iterator[IO[bytes]]:
+        """The client's BlobReader (ranged GETs of READ_CHUNK_BYTES, with its own retry on transient
+        errors), its errors mapped to ours so a caller sees only the one error tree."""
+        blob = self._client.bucket(bucket).blob(name, generation=generation)
+        reader = blob.open("rb", chunk_size=READ_CHUNK_BYTES, timeout=_TIMEOUT)
+        raw = _ErrorMappingReader(reader, where=f"object {name!r} in bucket {bucket!r}")
+        try:
+            yield io.BufferedReader(raw, buffer_size=64 * 1024)
+        finally:
+            reader.close()
+
     def exists(self, bucket: str, name: str) -> bool:
         return bool(self._call(lambda: self._blob(bucket, name).exists(timeout=_TIMEOUT)))
 
@@ -62,3 +84,27 @@ class GcsBlobs:
             return fn()
         except (exceptions.ServiceUnavailable, exceptions.InternalServerError, http_exceptions.ConnectionError) as exc:
             raise DependencyError(f"Cloud Storage is unreachable: {exc.__class__.__name__}") from exc
+
+
+class _ErrorMappingReader(io.RawIOBase):
+    """A raw stream over a BlobReader whose read errors are NotFoundError (the object or its
+    generation is gone) or DependencyError (Cloud Storage unreachable), never a client exception."""
+
+    def __init__(self, reader: Any, *, where: str) -> None:
+        self._reader = reader
+        self._where = where
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        from google.api_core import exceptions
+
+        try:
+            data = GcsBlobs._call(lambda: self._reader.read(len(buffer)))
+        except exceptions.NotFound:
+            raise NotFoundError(f"no {self._where} (deleted or replaced while it was read)") from None
+        except exceptions.GoogleAPICallError as exc:
+            raise DependencyError(f"Cloud Storage read of {self._where} failed: {exc.__class__.__name__}") from exc
+        buffer[: len(data)] = data
+        return len(data)

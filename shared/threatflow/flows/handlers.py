@@ -6,6 +6,19 @@ after every batch. A redelivery after a crash resumes from there; rows it
 repeats are no-ops, because each event's key is the file's hash plus the row
 number and its time is the flow's stime or the job's creation time.
 
+A long upload is run by a chain of deliveries, never by retries: a delivery whose
+time budget (FLOW_INGEST_DELIVERY_SECONDS, well under the function's timeout) is
+spent after a batch records its progress, publishes a continuation (same topic,
+same job_id, the next `continuation` number) and acks. The job remembers the
+number of the chain's live message, so a stale message (one a continuation has
+superseded, e.g. a redelivery whose ack was lost) is acked without work; the lease
+keeps runs from overlapping, and MAX_CONTINUATIONS bounds the chain.
+
+The object is read as a stream (memory holds a chunk and a batch, not the file),
+pinned to the generation the job first saw: a first pass hashes it (the event
+keys' `source`, stored on the job so later deliveries skip the pass), a second
+parses it. An object replaced while its job runs fails the job.
+
 An upload is untrusted input: its decompressed text, its lines, their length and
 the columns of a row are all bounded (a gzip bomb or a 10,000-column header
 fails the job, it does not fill the worker's memory), and a file that cannot be
@@ -19,7 +32,9 @@ import contextlib
 import csv
 import hashlib
 import io
+import logging
 import re
+import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -29,15 +44,24 @@ from typing import Any
 from threatflow.flows import ingest
 from threatflow.flows.model import serving_snapshot
 from threatflow.hunting import pipeline
-from threatflow.platform.errors import NotFoundError, RetryableError, ValidationError
+from threatflow.platform import events
+from threatflow.platform import logging as tf_logging
+from threatflow.platform.errors import NotFoundError, PermanentError, RetryableError, ValidationError
 from threatflow.platform.events import Message
-from threatflow.platform.ports import DocumentStore
+from threatflow.platform.ports import BlobStore, Clock, DocumentStore, Publisher
 from threatflow.runtime import Runtime
 
+log = logging.getLogger("threatflow.flows.ingest")
 INGEST_JOBS = "flow_ingest_jobs"
 INGEST_LEASES = "flow_ingest_leases"
+INGEST_TOPIC = "flow-ingest"  # continuations go back to the topic the job came on
 LEASE_SECONDS = 600  # longer than the function's timeout (540 s): a live run never loses it
+# A continuation is published while its delivery still holds the lease (released a moment later):
+# its own delivery waits this long for the lease before answering "retry later".
+LEASE_WAIT_SECONDS = 5.0
 BATCH_ROWS = 5000
+# flow-ingest-push's max_delivery_attempts in functions/topology.yaml (a unit test holds them equal).
+MAX_DELIVERY_ATTEMPTS = 5
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")  # what POST /api/v1/flows/uploads makes (uuid4().hex)
 # Bounds on one upload's decompressed text. The official UNSW-NB15 files are ~2.5 M rows of
 # ~250 characters and at most 49 columns (partitioned: 45); these leave ample room for them.
@@ -45,6 +69,10 @@ MAX_LINE_CHARS = 16_384
 MAX_LINES = 10_000_000
 MAX_TEXT_CHARS = 2 * 1024**3
 MAX_COLUMNS = 64
+# Every delivery that continues has stored at least one full batch, so a file within MAX_LINES
+# never needs more continuations than this; reaching it means no progress, and the job fails.
+MAX_CONTINUATIONS = MAX_LINES // BATCH_ROWS
+HASH_CHUNK_BYTES = 1024 * 1024
 
 
 class UnreadableUpload(ValueError):
@@ -94,17 +122,21 @@ def bounded_rows(rows: Iterable[tuple[int, dict[str, Any]]]) -> Iterator[tuple[i
 
 
 @contextlib.contextmanager
-def lease(documents: DocumentStore, job_id: str, *, now: datetime) -> Iterator[None]:
+def lease(documents: DocumentStore, job_id: str, *, now: datetime, wait_seconds: float | None = None) -> Iterator[None]:
     holder = uuid.uuid4().hex
     record = {"holder": holder, "until": now + timedelta(seconds=LEASE_SECONDS)}
-    if not documents.create(INGEST_LEASES, job_id, record):
-        current = documents.get(INGEST_LEASES, job_id) or {}
-        until = current.get("until")
-        if until is not None and until > now:
-            raise RetryableError(f"flow ingest job {job_id} is being run by another delivery (lease until {until.isoformat()})")
-        documents.delete(INGEST_LEASES, job_id)  # expired: its holder died
-        if not documents.create(INGEST_LEASES, job_id, record):
-            raise RetryableError(f"flow ingest job {job_id} was taken over by another delivery")
+    give_up = time.monotonic() + (LEASE_WAIT_SECONDS if wait_seconds is None else wait_seconds)
+    while not documents.create(INGEST_LEASES, job_id, record):
+        until = (documents.get(INGEST_LEASES, job_id) or {}).get("until")
+        if until is not None and until <= now:
+            documents.delete(INGEST_LEASES, job_id)  # expired: its holder died
+            if not documents.create(INGEST_LEASES, job_id, record):
+                raise RetryableError(f"flow ingest job {job_id} was taken over by another delivery")
+            break
+        if time.monotonic() >= give_up:
+            held = f" (lease until {until.isoformat()})" if until is not None else ""
+            raise RetryableError(f"flow ingest job {job_id} is being run by another delivery{held}")
+        time.sleep(0.2)
     try:
         yield
     finally:
@@ -148,70 +180,195 @@ def build_handler(runtime: Runtime) -> Callable[[Message], dict[str, Any]]:
         return result
 
     def handle(message: Message) -> dict[str, Any]:
+        started = runtime.clock.now()
         job_id = str(message.attributes.get("job_id") or message.data.get("job_id") or "")
         if not job_id:
             raise ValidationError("flow-ingest message names no job (attribute 'job_id')", field="job_id")
         if not JOB_ID.match(job_id):  # checked before it becomes a Firestore document id ("a/b", "__x__" are errors there)
             raise ValidationError(f"flow-ingest job id {job_id[:80]!r} is not a 32-character hex id", field="job_id")
+        continuation = message.data.get("continuation", 0)
+        if type(continuation) is not int or not 0 <= continuation <= MAX_CONTINUATIONS:
+            raise ValidationError(
+                f"flow-ingest continuation {str(continuation)[:40]!r} is not a number of 0..{MAX_CONTINUATIONS}", field="continuation"
+            )
         documents = runtime.documents
-        with lease(documents, job_id, now=runtime.clock.now()):
+        with lease(documents, job_id, now=started):
             job = documents.get(INGEST_JOBS, job_id)
             if job is None:
                 raise ValidationError(f"no flow ingest job {job_id!r}", field="job_id")
             if job.get("state") in ("succeeded", "failed"):
                 return dict(job)  # a redelivery of finished work
-            return run_job(job_id, job, documents=documents, blobs=runtime.blobs, ingest_rows=ingest_rows, clock=runtime.clock)
+            if continuation < int(job.get("continuation") or 0):
+                tf_logging.log(log, logging.INFO, "stale flow-ingest message: a later continuation runs the job", job_id=job_id)
+                return dict(job)
+            try:
+                return run_job(
+                    job_id,
+                    job,
+                    continuation=continuation,
+                    started=started,
+                    budget_seconds=settings.flow_ingest_delivery_seconds,
+                    documents=documents,
+                    blobs=runtime.blobs,
+                    publisher=runtime.publisher,
+                    ingest_rows=ingest_rows,
+                    clock=runtime.clock,
+                )
+            except PermanentError:
+                raise  # acked; run_job has already failed the job with the reason
+            except Exception as exc:
+                # Pub/Sub sets deliveryAttempt on pushes from a subscription with a dead-letter policy
+                # (flow-ingest-push has one) and dead-letters the message after the last attempt fails; so the
+                # last attempt fails the job first, or it would stay "running" with nothing left to run it. The
+                # count is best effort: a delivery killed at the timeout runs no code, which the time budget
+                # keeps a healthy run from reaching.
+                if message.delivery_attempt >= MAX_DELIVERY_ATTEMPTS:
+                    reason = f"gave up after {message.delivery_attempt} delivery attempts: {exc.__class__.__name__}: {str(exc)[:300]}"
+                    with contextlib.suppress(Exception):  # the store may be what failed: the re-raise still counts
+                        fail_job(documents, job_id, reason, clock=runtime.clock)
+                raise
 
     return handle
+
+
+def fail_job(documents: DocumentStore, job_id: str, reason: str, *, clock: Clock) -> None:
+    documents.set(INGEST_JOBS, job_id, {"state": "failed", "error": reason, "finished_at": clock.now()}, merge=True)
+
+
+def source_of(blobs: BlobStore, bucket: str, name: str, *, generation: int) -> str:
+    """The event keys' `source`: sha256 of the object's bytes, in one streaming pass."""
+    digest = hashlib.sha256()
+    with blobs.open_read(bucket, name, generation=generation) as stream:
+        while chunk := stream.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return "gcs:" + digest.hexdigest()[:32]
 
 
 def run_job(
     job_id: str,
     job: dict[str, Any],
     *,
+    continuation: int,
+    started: datetime,
+    budget_seconds: float,
     documents: DocumentStore,
-    blobs: Any,
+    blobs: BlobStore,
+    publisher: Publisher,
     ingest_rows: Callable[..., dict[str, Any]],
-    clock: Any,
+    clock: Clock,
 ) -> dict[str, Any]:
+    bucket, name = str(job.get("bucket")), str(job.get("object"))
     try:
-        data = blobs.get(str(job.get("bucket")), str(job.get("object")))
-    except NotFoundError as exc:  # deleted after it was queued: fail the job, do not leave it "running"
-        documents.set(INGEST_JOBS, job_id, {"state": "failed", "error": exc.message, "finished_at": clock.now()}, merge=True)
+        info = blobs.stat(bucket, name)
+        pinned = job.get("generation")
+        if pinned is not None and int(pinned) != info.generation:
+            raise NotFoundError(
+                f"object {name!r} was replaced after its job started (generation {pinned}, now {info.generation}); queue it again"
+            )
+        # The hash of the pinned generation's bytes, so a later delivery reuses it without a pass.
+        source = (
+            str(job["source"]) if pinned is not None and job.get("source") else source_of(blobs, bucket, name, generation=info.generation)
+        )
+    except NotFoundError as exc:  # deleted (or replaced) after it was queued: fail the job, do not leave it "running"
+        fail_job(documents, job_id, exc.message, clock=clock)
         raise
-    source = "gcs:" + hashlib.sha256(data).hexdigest()[:32]
     created = job.get("created_at")
     observed_at = created if isinstance(created, datetime) else datetime.now(UTC)
     progress = {k: int(job.get(k) or 0) for k in ("rows_done", "stored", "duplicates", "invalid", "predicted_attacks")}
-    documents.set(INGEST_JOBS, job_id, {"state": "running", "started_at": clock.now(), "source": source}, merge=True)
+    running: dict[str, Any] = {
+        "state": "running",
+        "source": source,
+        "generation": info.generation,
+        "continuation": continuation,
+        "deliveries": int(job.get("deliveries") or 0) + 1,
+        "delivery_started_at": started,
+    }
+    if not job.get("started_at"):
+        running["started_at"] = started
+    documents.set(INGEST_JOBS, job_id, running, merge=True)
+    flushed = out_of_time = False
     try:
-        text = ingest.open_text(io.BytesIO(data))
-        rows = bounded_rows(ingest.read_csv(bounded_lines(text), skip_rows=progress["rows_done"]))  # type: ignore[arg-type]
-        flows: list[dict[str, Any]] = []
-        positions: list[int] = []
+        with blobs.open_read(bucket, name, generation=info.generation) as stream:
+            text = ingest.open_text(stream)
+            rows = bounded_rows(ingest.read_csv(bounded_lines(text), skip_rows=progress["rows_done"]))  # type: ignore[arg-type]
+            flows: list[dict[str, Any]] = []
+            positions: list[int] = []
 
-        def flush() -> None:
-            result = ingest_rows(flows, positions, source=source, observed_at=observed_at)
-            for key in ("stored", "duplicates", "invalid", "predicted_attacks"):
-                progress[key] += int(result.get(key) or 0)
-            progress["rows_done"] = positions[-1] + 1
-            update: dict[str, Any] = {**progress, "updated_at": clock.now()}
-            if result.get("first_problem") and not job.get("first_problem"):
-                update["first_problem"] = job["first_problem"] = result["first_problem"]
-            documents.set(INGEST_JOBS, job_id, update, merge=True)
-            flows.clear()
-            positions.clear()
+            def flush() -> None:
+                result = ingest_rows(flows, positions, source=source, observed_at=observed_at)
+                for key in ("stored", "duplicates", "invalid", "predicted_attacks"):
+                    progress[key] += int(result.get(key) or 0)
+                progress["rows_done"] = positions[-1] + 1
+                update: dict[str, Any] = {**progress, "updated_at": clock.now()}
+                if result.get("first_problem") and not job.get("first_problem"):
+                    update["first_problem"] = job["first_problem"] = result["first_problem"]
+                documents.set(INGEST_JOBS, job_id, update, merge=True)
+                flows.clear()
+                positions.clear()
 
-        for number, flow in rows:
-            flows.append(flow)
-            positions.append(number)
-            if len(flows) >= BATCH_ROWS:
+            for number, flow in rows:
+                # Checked at a batch boundary, once this delivery has stored a batch: every delivery
+                # progresses, and a row read here is read again by the continuation (rows_done).
+                if flushed and not flows and (clock.now() - started).total_seconds() >= budget_seconds:
+                    out_of_time = True
+                    break
+                flows.append(flow)
+                positions.append(number)
+                if len(flows) >= BATCH_ROWS:
+                    flush()
+                    flushed = True
+            if flows:
                 flush()
-        if flows:
-            flush()
-    except ValueError as exc:  # not a UNSW CSV: retrying cannot help
-        documents.set(INGEST_JOBS, job_id, {"state": "failed", "error": str(exc), "finished_at": clock.now()}, merge=True)
-        raise ValidationError(str(exc), field="object") from None
+    except (ValueError, NotFoundError) as exc:  # not a UNSW CSV, or gone mid-read: retrying cannot help
+        reason = exc.message if isinstance(exc, NotFoundError) else str(exc)
+        fail_job(documents, job_id, reason, clock=clock)
+        raise ValidationError(reason, field="object") from None
+    if out_of_time:
+        return continue_job(
+            job_id, {**job, **running}, progress, continuation=continuation, documents=documents, publisher=publisher, clock=clock
+        )
     done = {**progress, "state": "succeeded", "finished_at": clock.now()}
     documents.set(INGEST_JOBS, job_id, done, merge=True)
-    return {**job, **done}
+    return {**job, **running, **done}
+
+
+def continue_job(
+    job_id: str,
+    job: dict[str, Any],
+    progress: dict[str, int],
+    *,
+    continuation: int,
+    documents: DocumentStore,
+    publisher: Publisher,
+    clock: Clock,
+) -> dict[str, Any]:
+    """Hand the rest of the job to a new message and ack this one: a long upload spends no delivery attempts.
+
+    The job records the new number before it is published, so a redelivery of this message is stale
+    from then on; if the publish fails, the record is put back and this message's redelivery resumes."""
+    following = continuation + 1
+    if following > MAX_CONTINUATIONS:
+        reason = (
+            f"gave up after {MAX_CONTINUATIONS} continuations at row {progress['rows_done']}: a file within"
+            f" {MAX_LINES} lines needs fewer; split it into several uploads"
+        )
+        fail_job(documents, job_id, reason, clock=clock)
+        raise ValidationError(reason, field="object")
+    now = clock.now()
+    update = {**progress, "continuation": following, "continued_at": now, "updated_at": now}
+    documents.set(INGEST_JOBS, job_id, update, merge=True)
+    try:
+        publisher.publish(INGEST_TOPIC, events.encode({"job_id": job_id, "continuation": following}), {"job_id": job_id})
+    except Exception:
+        with contextlib.suppress(Exception):
+            documents.set(INGEST_JOBS, job_id, {"continuation": continuation}, merge=True)
+        raise
+    tf_logging.log(
+        log,
+        logging.INFO,
+        "flow-ingest delivery out of time: continued",
+        job_id=job_id,
+        rows_done=progress["rows_done"],
+        continuation=following,
+    )
+    return {**job, **update}

@@ -87,6 +87,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("DETECT_MODEL_REFRESH_SECONDS", "30", "how often the flow-model snapshot re-reads flows/serving.json"),
     Variable("FLOWS_RETENTION_DAYS", "90", "flow-event partitions (days) older than this are dropped by the flow-retention job"),
     Variable("FLOWS_BRIDGE_THRESHOLD", "0.9", "flows predicted as attacks with at least this probability make their source an IoC"),
+    Variable(
+        "FLOW_INGEST_DELIVERY_SECONDS",
+        "420",
+        "flow-ingest: a delivery stops after the batch that spends this budget and queues a continuation (under the 540 s timeout)",
+    ),
     Variable("FLOWS_SEARCH_CACHE", "flag", "Redis cache for event search: on, off, or flag (Firestore flags/flows-search-cache)"),
 )
 _DEFAULTS = {v.name: v.default for v in VARIABLES}
@@ -182,6 +187,7 @@ class Settings:
     flows_retention_days: int = 90
     flows_bridge_threshold: float = 0.9
     flows_search_cache: str = "flag"
+    flow_ingest_delivery_seconds: int = 420
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, require: tuple[str, ...] = ()) -> Settings:
@@ -275,6 +281,7 @@ class Settings:
             detect_model_refresh_seconds=integer("DETECT_MODEL_REFRESH_SECONDS", 0),
             flows_retention_days=integer("FLOWS_RETENTION_DAYS", 1),
             flows_bridge_threshold=_probability("FLOWS_BRIDGE_THRESHOLD", get("FLOWS_BRIDGE_THRESHOLD") or ""),
+            flow_ingest_delivery_seconds=integer("FLOW_INGEST_DELIVERY_SECONDS", 0),
             flows_search_cache=_choice("FLOWS_SEARCH_CACHE", get("FLOWS_SEARCH_CACHE") or "", ("on", "off", "flag")),
         )
 

@@ -60,8 +60,24 @@ def decode(cloud_event: Any) -> Message:
         attributes=message.get("attributes") or {},
         data=data,
         published_at=published_at,
-        delivery_attempt=int(envelope.get("deliveryAttempt") or 1),
+        delivery_attempt=_delivery_attempt(envelope),
     )
+
+
+def _delivery_attempt(envelope: Mapping[str, Any]) -> int:
+    """Pub/Sub puts deliveryAttempt beside `message` in a push body (when the subscription has a
+    dead-letter policy). functions-framework turns a raw push into a CloudEvent holding the message
+    alone, so the count is read back from the request being served."""
+    value = envelope.get("deliveryAttempt")
+    if value is None:
+        import flask
+
+        body = flask.request.get_json(silent=True) if flask.has_request_context() else None
+        value = body.get("deliveryAttempt") if isinstance(body, dict) else None
+    try:
+        return max(1, int(value or 1))
+    except (TypeError, ValueError):
+        return 1
 
 
 def handle(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 
 class Publisher(Protocol):
@@ -33,10 +35,25 @@ class DocumentStore(Protocol):
     ) -> list[dict[str, Any]]: ...
 
 
+@dataclass(frozen=True)
+class BlobInfo:
+    """What the store says about one object: its size and its generation (a new one per overwrite)."""
+
+    size: int
+    generation: int
+
+
 class BlobStore(Protocol):
     def put(self, bucket: str, name: str, data: bytes, *, content_type: str = "application/octet-stream") -> None: ...
 
     def get(self, bucket: str, name: str) -> bytes: ...
+
+    def stat(self, bucket: str, name: str) -> BlobInfo:
+        """NotFoundError when there is no such object."""
+
+    def open_read(self, bucket: str, name: str, *, generation: int | None = None) -> AbstractContextManager[IO[bytes]]:
+        """The object as a stream read in bounded chunks (memory holds a chunk, not the object);
+        `generation` pins one version. Read errors are NotFoundError or DependencyError."""
 
     def exists(self, bucket: str, name: str) -> bool: ...
 
