@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from threatflow.adapters.postgres import unit_of_work
-from threatflow.enrichment import dispatch, repository, runs, verdict
+from threatflow.enrichment import closing, dispatch, repository, runs
 from threatflow.enrichment.cache import ResultCache
 from threatflow.enrichment.keys import KeyRing
 from threatflow.enrichment.model import ResultStatus, SourceResult
@@ -108,9 +108,7 @@ class Enrichment:
         return self._get("session", build)  # type: ignore[no-any-return]
 
     def reliability(self) -> dict[str, float]:
-        from threatflow.enrichment.sources import REGISTRY
-
-        return {name: float(src.reliability) for name, src in REGISTRY.items()}
+        return closing.reliability()
 
     def publish(self, topic: str, payload: Mapping[str, Any], **attributes: str) -> str:
         return self.runtime.publisher.publish(topic, events.encode(payload), attributes)
@@ -366,41 +364,13 @@ def handle_completed(message: events.Message, *, runtime: Runtime) -> None:
 
 def finalize(ctx: Enrichment, run_id: str) -> dict[str, Any] | None:
     """Close the run if every expected source answered (or the deadline passed):
-    merge the verdict, store evidence, update the IoC, correlate threats. Idempotent."""
-    docs = ctx.runtime.documents
-    run = runs.get_run(docs, run_id)
-    if run is None or run.get("status") == "done" or run.get("status") == "queued":
-        return run
-    expected = set(run.get("expected") or ())
-    with unit_of_work(ctx.runtime.engine) as conn:
-        results = repository.run_results(conn, run_id)
-    missing = sorted(expected - {r["source"] for r in results})
-    if missing and time.time() < float(run.get("deadline_at") or 0):
-        return run
-    ioc_id = int(run["ioc_id"])
-    now = ctx.now()
-    with unit_of_work(ctx.runtime.engine) as conn:
-        if missing:
-            repository.insert_results(
-                conn,
-                [
-                    {
-                        "run_id": run_id,
-                        "ioc_id": ioc_id,
-                        "source": s,
-                        "status": "timeout",
-                        "verdict": "unknown",
-                        "score": None,
-                        "evidence": {},
-                        "detail": "no answer before the run deadline",
-                        "cached": False,
-                        "fetched_at": now.isoformat(),
-                    }
-                    for s in missing
-                ],
-            )
-            results = repository.run_results(conn, run_id)
-        merged = verdict.merge(results, reliability=ctx.reliability(), now=now)
-        intel_enrichment.apply_verdict(conn, ioc_id=ioc_id, run_id=run_id, merged=merged, results=results)
-    runs.close_run(docs, run_id, verdict=merged.verdict, score=merged.score, closed_at=time.time(), timed_out=missing)
-    return runs.get_run(docs, run_id)
+    merge the verdict, store evidence, update the IoC, correlate threats. Idempotent;
+    the one close (closing.close), shared with the close-overdue-enrichment-runs job."""
+    return closing.close(
+        run_id,
+        documents=ctx.runtime.documents,
+        engine=ctx.runtime.engine,
+        now=ctx.now,
+        reliability=ctx.reliability(),
+        apply_verdict=intel_enrichment.apply_verdict,
+    ).run

@@ -61,6 +61,20 @@ def insert_results(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
     return int(inserted.rowcount)
 
 
+def lock_run(conn: Connection, run_id: str) -> None:
+    """Take the run's session-level advisory lock (waits for the holder): one closer at a time per run.
+    Session-level, so it outlives the commit; unlock_run releases it, and so does closing the connection."""
+    conn.execute(_text("SELECT pg_advisory_lock(hashtextextended(:k, 0))"), {"k": _lock_key(run_id)})
+
+
+def unlock_run(conn: Connection, run_id: str) -> None:
+    conn.execute(_text("SELECT pg_advisory_unlock(hashtextextended(:k, 0))"), {"k": _lock_key(run_id)})
+
+
+def _lock_key(run_id: str) -> str:
+    return f"enrichment-run:{run_id}"
+
+
 def run_results(conn: Connection, run_id: str) -> list[dict[str, Any]]:
     rows = conn.execute(
         _text(

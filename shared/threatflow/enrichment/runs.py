@@ -2,8 +2,8 @@
 
 A run document: run_id, ioc_id, type, value, status (queued | running | done),
 expected (source names), skipped ({source: reason}), created_at and deadline_at
-(epoch seconds), then verdict, score and closed_at once closed. Results
-themselves are rows in PostgreSQL (one per run and source).
+(epoch seconds), then verdict, score, timed_out and closed_at once closed
+(closing.py). Results themselves are rows in PostgreSQL (one per run and source).
 """
 
 from __future__ import annotations
@@ -29,6 +29,12 @@ def start_run(docs: DocumentStore, run_id: str, *, expected: Sequence[str], skip
     docs.set(
         RUNS, run_id, {"status": "running", "expected": list(expected), "skipped": dict(skipped), "deadline_at": deadline_at}, merge=True
     )
+
+
+def overdue_runs(docs: DocumentStore, *, before: float, limit: int) -> list[dict[str, Any]]:
+    """Running runs whose deadline_at is before `before`, oldest deadline first. Firestore answers
+    this only with the composite index (status, deadline_at) of terraform/firestore.tf."""
+    return docs.query(RUNS, where=[("status", "==", "running"), ("deadline_at", "<", before)], order_by="deadline_at", limit=limit)
 
 
 def close_run(

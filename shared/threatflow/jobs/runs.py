@@ -138,6 +138,22 @@ def flow_retention(ctx: JobContext) -> dict[str, Any]:
     return events_jobs.retention(engine=ctx.engine, now=ctx.clock.now(), retention_days=days)
 
 
+def close_overdue_enrichment_runs(ctx: JobContext) -> dict[str, Any]:
+    """Closes enrichment runs past their deadline that nobody read, through the same close as
+    enrich-aggregate and GET /runs/{id}; at most params.limit runs per invocation, `more` says if some remain."""
+    from threatflow.enrichment import closing
+    from threatflow.intel import enrichment as intel_enrichment
+
+    return closing.close_overdue(
+        documents=ctx.documents,
+        engine=ctx.engine,
+        now=ctx.clock.now,
+        reliability=closing.reliability(),
+        apply_verdict=intel_enrichment.apply_verdict,
+        limit=int_param(ctx.params, "limit", default=closing.SWEEP_LIMIT, minimum=1, maximum=closing.SWEEP_MAX),
+    )
+
+
 JOBS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
     "heartbeat": heartbeat,
     "decay-iocs": decay_iocs,
@@ -147,6 +163,7 @@ JOBS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
     "retrain-flows": retrain_flows,
     "refresh-flow-views": refresh_flow_views,
     "flow-retention": flow_retention,
+    "close-overdue-enrichment-runs": close_overdue_enrichment_runs,
 }
 
 

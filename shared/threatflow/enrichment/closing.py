@@ -1,0 +1,195 @@
+"""Closing an enrichment run: the one implementation, whoever closes it.
+
+    enrich-aggregate (a source answered)        handlers.finalize -> close
+    GET /runs/{run_id} after the deadline       handlers.finalize -> close
+    close-overdue-enrichment-runs (maintenance) close_overdue     -> close, page by page
+
+A run closes when every expected source has a result row, or when its deadline
+has passed: the sources still missing get a `timeout` row, the rows are merged
+into the IoC's verdict (`apply_verdict`, cross-domain, is passed in by the
+caller) and the run document turns `done`.
+
+Two closers at once (a late answer's enrich-aggregate and the sweep, or a
+redelivery) are serialised by a PostgreSQL advisory lock on the run id, held
+from before the run is re-read until after it is marked done in Firestore; the
+second closer then finds it done and changes nothing. Result rows are written
+once per (run, source), so a late answer after the timeout row is dropped. If
+the Firestore write fails after the commit, the run stays running and the next
+close redoes the same idempotent writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from threatflow.adapters.postgres import unavailable, unit_of_work
+from threatflow.enrichment import repository, runs, verdict
+from threatflow.platform import logging as tf_logging
+from threatflow.platform.errors import RetryableError
+from threatflow.platform.ports import DocumentStore
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
+
+log = logging.getLogger("threatflow.enrichment")
+DEADLINE_DETAIL = "no answer before the run deadline"
+SWEEP_LIMIT = 500  # runs closed per maintenance invocation at most; the next tick takes the rest
+SWEEP_MAX = 5000
+FAILED_LISTED = 20
+
+
+class ApplyVerdict(Protocol):
+    """intel.enrichment.apply_verdict: the merged verdict onto the IoC, evidence and threat links."""
+
+    def __call__(
+        self, conn: Connection, *, ioc_id: int, run_id: str, merged: verdict.Merged, results: Sequence[Mapping[str, Any]]
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class Closed:
+    run: dict[str, Any] | None  # the run document as it is now
+    closed: bool  # this call closed it (False: not due yet, or closed already)
+
+
+def reliability() -> dict[str, float]:
+    """Each source's weight in the merge."""
+    from threatflow.enrichment.sources import REGISTRY
+
+    return {name: float(src.reliability) for name, src in REGISTRY.items()}
+
+
+def _open(run: Mapping[str, Any] | None) -> bool:
+    return run is not None and run.get("status") == "running"
+
+
+def _missing(run: Mapping[str, Any], results: Sequence[Mapping[str, Any]]) -> list[str]:
+    return sorted(set(run.get("expected") or ()) - {r["source"] for r in results})
+
+
+def _due(run: Mapping[str, Any], missing: Sequence[str]) -> bool:
+    return not missing or time.time() >= float(run.get("deadline_at") or 0)
+
+
+def close(
+    run_id: str,
+    *,
+    documents: DocumentStore,
+    engine: Engine,
+    now: Callable[[], datetime],
+    reliability: Mapping[str, float],
+    apply_verdict: ApplyVerdict,
+) -> Closed:
+    """Close the run if every expected source answered or its deadline passed. Idempotent."""
+    run = runs.get_run(documents, run_id)
+    if run is None or not _open(run):
+        return Closed(run, False)
+    with unit_of_work(engine) as conn:
+        if not _due(run, _missing(run, repository.run_results(conn, run_id))):
+            return Closed(run, False)  # the common case of a non-last answer: no lock taken
+    with _run_lock(engine, run_id) as conn:  # one transaction, committed below; rolled back on any return before
+        run = runs.get_run(documents, run_id)  # under the lock: another closer may have finished meanwhile
+        if run is None or not _open(run):
+            return Closed(run, False)
+        results = repository.run_results(conn, run_id)
+        missing = _missing(run, results)
+        if not _due(run, missing):
+            return Closed(run, False)
+        ioc_id = int(run["ioc_id"])
+        at = now()
+        merged = verdict.Merged("unknown", None, [])
+        if repository.ioc_exists(conn, ioc_id):
+            if missing:
+                repository.insert_results(conn, [_timeout_row(run_id, ioc_id, s, at) for s in missing])
+                results = repository.run_results(conn, run_id)
+            merged = verdict.merge(results, reliability=reliability, now=at)
+            apply_verdict(conn, ioc_id=ioc_id, run_id=run_id, merged=merged, results=results)
+        else:  # the IoC was deleted: nothing to write it onto, but the run must not stay open
+            tf_logging.log(log, logging.WARNING, "closing a run whose IoC is gone", run_id=run_id, ioc_id=ioc_id)
+        conn.commit()  # before the Firestore write: a run marked done always has its rows and verdict
+        # Derived from the stored rows, not from `missing`: the same answer whoever closed.
+        timed_out = sorted(r["source"] for r in results if r["status"] == "timeout" and r["detail"] == DEADLINE_DETAIL)
+        runs.close_run(documents, run_id, verdict=merged.verdict, score=merged.score, closed_at=time.time(), timed_out=timed_out)
+    return Closed(runs.get_run(documents, run_id), True)
+
+
+@contextmanager
+def _run_lock(engine: Engine, run_id: str) -> Iterator[Connection]:
+    """A connection holding the run's advisory lock until the block ends, commit and Firestore write included."""
+    with engine.connect() as conn:
+        repository.lock_run(conn, run_id)
+        conn.commit()
+        try:
+            yield conn
+        finally:
+            try:
+                conn.rollback()
+                repository.unlock_run(conn, run_id)
+                conn.commit()
+            except Exception:
+                conn.invalidate()  # it may still hold the lock: closed, not returned to the pool
+
+
+def _timeout_row(run_id: str, ioc_id: int, source: str, at: datetime) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "ioc_id": ioc_id,
+        "source": source,
+        "status": "timeout",
+        "verdict": "unknown",
+        "score": None,
+        "evidence": {},
+        "detail": DEADLINE_DETAIL,
+        "cached": False,
+        "fetched_at": at.isoformat(),
+    }
+
+
+def close_overdue(
+    *,
+    documents: DocumentStore,
+    engine: Engine,
+    now: Callable[[], datetime],
+    reliability: Mapping[str, float],
+    apply_verdict: ApplyVerdict,
+    limit: int = SWEEP_LIMIT,
+) -> dict[str, Any]:
+    """Close up to `limit` running runs whose deadline has passed, oldest deadline first, so that
+    a run nobody reads still reaches its IoC's verdict. A run that cannot be closed (a bug, bad
+    data) is logged and listed, and the sweep goes on; a backing service down fails the sweep."""
+    cutoff = time.time()
+    page = runs.overdue_runs(documents, before=cutoff, limit=limit + 1)
+    closed = already = 0
+    failed: list[str] = []
+    for doc in page[:limit]:
+        run_id = str(doc["id"])
+        try:
+            outcome = close(run_id, documents=documents, engine=engine, now=now, reliability=reliability, apply_verdict=apply_verdict)
+        except Exception as exc:
+            if isinstance(exc, RetryableError):
+                raise
+            down = unavailable(exc)
+            if down is not None:
+                raise down from exc
+            tf_logging.log(log, logging.ERROR, f"overdue run not closed: {exc.__class__.__name__}: {exc}", run_id=run_id)
+            failed.append(run_id)
+            continue
+        if outcome.closed:
+            closed += 1
+        else:
+            already += 1  # a late answer or a reader closed it since the query
+    return {
+        "closed": closed,
+        "already_closed": already,
+        "failed": len(failed),
+        "failed_runs": failed[:FAILED_LISTED],
+        "more": len(page) > limit,
+        "limit": limit,
+        "cutoff": cutoff,
+    }

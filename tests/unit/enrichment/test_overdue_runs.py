@@ -1,0 +1,77 @@
+"""The close-overdue-enrichment-runs wiring that the emulator cannot check: the composite
+index its Firestore query needs in the cloud, and the schedule that runs it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from threatflow.enrichment import closing, runs
+from threatflow.jobs.runs import JOBS
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+class RecordingDocuments:
+    """A DocumentStore that records the queries it is asked (and answers none)."""
+
+    def __init__(self) -> None:
+        self.queries: list[dict[str, Any]] = []
+
+    def query(
+        self, collection: str, *, where: Sequence[tuple[str, str, Any]] = (), order_by: str | None = None, **_: Any
+    ) -> list[dict[str, Any]]:
+        self.queries.append({"collection": collection, "where": list(where), "order_by": order_by})
+        return []
+
+
+def _unquote(value: str) -> str:
+    # python-hcl2 8 keeps the quotes of strings and block labels; older versions drop them.
+    return value.strip('"')
+
+
+def _indexes() -> list[Mapping[str, Any]]:
+    import hcl2
+
+    with (REPO / "terraform" / "firestore.tf").open() as handle:
+        parsed = hcl2.load(handle)
+    found = []
+    for block in parsed.get("resource", []):
+        for rtype, named in block.items():
+            if _unquote(rtype) != "google_firestore_index":
+                continue
+            for body in named.values():
+                fields = [(_unquote(f["field_path"]), _unquote(f["order"])) for f in body["fields"]]
+                found.append({"collection": _unquote(body["collection"]), "database": _unquote(body["database"]), "fields": fields})
+    return found
+
+
+def test_the_overdue_query_has_its_composite_index_in_terraform() -> None:
+    docs = RecordingDocuments()
+    runs.overdue_runs(docs, before=0.0, limit=1)  # type: ignore[arg-type]
+    [query] = docs.queries
+    equality = [f for f, op, _ in query["where"] if op == "=="]
+    ranged = [f for f, op, _ in query["where"] if op != "=="]
+    assert ranged == [query["order_by"]], "Firestore orders by the range field first"
+    needed = {"collection": runs.RUNS, "database": "(default)", "fields": [(f, "ASCENDING") for f in [*equality, *ranged]]}
+    assert needed in _indexes(), f"terraform/firestore.tf declares no index {needed}; found {_indexes()}"
+
+
+def test_the_schedule_runs_the_job_within_its_page_bound() -> None:
+    manifest = yaml.safe_load((REPO / "functions" / "topology.yaml").read_text())
+    schedule = manifest["schedules"]["close-overdue-enrichment-runs"]
+    assert schedule["topic"] == "maintenance" and schedule["attributes"]["job"] in JOBS
+    assert 1 <= schedule["body"]["params"]["limit"] <= closing.SWEEP_MAX
+
+
+def test_every_maintenance_schedule_names_a_known_job() -> None:
+    manifest = yaml.safe_load((REPO / "functions" / "topology.yaml").read_text())
+    unknown = {
+        name: s["attributes"]["job"]
+        for name, s in manifest["schedules"].items()
+        if s.get("topic") == "maintenance" and s["attributes"]["job"] not in JOBS
+    }
+    assert not unknown, f"schedules naming no job of jobs/runs.py JOBS: {unknown}"
