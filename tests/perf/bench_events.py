@@ -158,6 +158,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS") or 10))
     parser.add_argument("--clients", default="20,50")
     parser.add_argument("--cache", default="off,on", help="cache modes to run: off, on or both")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes of the gateway")
+    parser.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
     args = parser.parse_args()
 
     import flowgen
@@ -207,7 +209,7 @@ def main() -> None:
         header += ("gw CPU ms", "pg CPU ms")
         print("{:<6} {:<8} {:>7} {:>9} {:>8} {:>7} {:>7} {:>7} {:>5} {:>4} {:>12} {:>9} {:>9}".format(*header))
         for mode in args.cache.split(","):
-            port = stack.serve_gateway({**env, "FLOWS_SEARCH_CACHE": mode}, workers=2, threads=8, timeout=90)
+            port = stack.serve_gateway({**env, "FLOWS_SEARCH_CACHE": mode}, workers=args.workers, threads=args.threads, timeout=90)
             token = login(port, "bench", password)
             hammer(port, token, paths, clients=4, seconds=2)  # warm both workers' pools and caches
             for clients in levels:
