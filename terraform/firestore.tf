@@ -19,3 +19,57 @@ resource "google_firestore_index" "enrichment_runs_overdue" {
     order      = "ASCENDING"
   }
 }
+
+# enrichment/runs.py queued_runs: status == "queued" AND created_at < now - 30 min, by created_at
+# (runs never dispatched, swept by the close-overdue-enrichment-runs maintenance job).
+resource "google_firestore_index" "enrichment_runs_queued" {
+  project    = var.project_id
+  database   = "(default)"
+  collection = "enrichment_runs"
+
+  fields {
+    field_path = "status"
+    order      = "ASCENDING"
+  }
+
+  fields {
+    field_path = "created_at"
+    order      = "ASCENDING"
+  }
+}
+
+# enrichment/runs.py requeued_runs: status == "requeued" AND redispatched_at < now - 30 min, by redispatched_at
+# (runs whose request the same job published again and that are still not started).
+resource "google_firestore_index" "enrichment_runs_requeued" {
+  project    = var.project_id
+  database   = "(default)"
+  collection = "enrichment_runs"
+
+  fields {
+    field_path = "status"
+    order      = "ASCENDING"
+  }
+
+  fields {
+    field_path = "redispatched_at"
+    order      = "ASCENDING"
+  }
+}
+
+# flows/ingest_jobs.py stalled_jobs: state IN ("queued", "running") AND updated_at < now - stall age,
+# by updated_at (the recover-stalled-flow-ingest-jobs maintenance job).
+resource "google_firestore_index" "flow_ingest_jobs_stalled" {
+  project    = var.project_id
+  database   = "(default)"
+  collection = "flow_ingest_jobs"
+
+  fields {
+    field_path = "state"
+    order      = "ASCENDING"
+  }
+
+  fields {
+    field_path = "updated_at"
+    order      = "ASCENDING"
+  }
+}

@@ -242,3 +242,173 @@ def test_a_run_whose_ioc_was_deleted_is_closed_not_retried_forever(env):
     assert (result["closed"], result["failed"]) == (1, 0), result
     run = docs.get(runs.RUNS, run_id)
     assert run["status"] == "done" and run["verdict"] == "unknown" and run["score"] is None, run
+
+
+# -- runs never dispatched (still queued) -------------------------------------------------------------
+
+
+@pytest.fixture
+def requested():
+    """A pull subscription on ioc-enrichment-requested: the requests the sweep publishes again."""
+    import contextlib
+
+    from google.cloud import pubsub_v1
+
+    publisher = pubsub_v1.PublisherClient()
+    for name in ("ioc-enrichment-requested", "enrichment-tasks", "enrichment-completed"):
+        with contextlib.suppress(Exception):  # already made by an earlier test in this run
+            publisher.create_topic(name=publisher.topic_path(PROJECT, name))
+    subscriber = pubsub_v1.SubscriberClient()
+    path = subscriber.subscription_path(PROJECT, f"requested-test-{uuid.uuid4().hex[:8]}")
+    subscriber.create_subscription(name=path, topic=publisher.topic_path(PROJECT, "ioc-enrichment-requested"))
+
+    def pull(expected: int) -> list[Any]:
+        found: list[Any] = []
+        for _ in range(10 if expected else 2):
+            response = subscriber.pull(subscription=path, max_messages=50, timeout=5)
+            if response.received_messages:
+                subscriber.acknowledge(subscription=path, ack_ids=[m.ack_id for m in response.received_messages])
+            found += [m.message for m in response.received_messages]
+            if expected and len(found) >= expected:
+                break
+        return found
+
+    yield pull
+    subscriber.delete_subscription(subscription=path)
+    subscriber.close()
+
+
+def _queued(runtime: Any, ioc_id: int, value: str, *, age: float, with_request: bool = True, **fields: Any) -> str:
+    """A run as POST /enrich records it before enrich-dispatch starts it (handlers.request), `age` seconds old."""
+    from threatflow.enrichment import handlers, runs
+    from threatflow.enrichment.tasks import EnrichRequest
+
+    req = EnrichRequest(uuid.uuid4().hex, ioc_id, "ipv4", value, tlp="green", sources=("virustotal",))
+    doc = {**handlers._run_document(req), "created_at": time.time() - age, **fields}
+    if not with_request:
+        del doc["request"]
+    assert runs.create_run(runtime.documents, doc)  # always "queued"
+    if "status" in fields:
+        runtime.documents.set(runs.RUNS, req.run_id, {"status": fields["status"]}, merge=True)
+    return req.run_id
+
+
+def _stalled() -> float:
+    from threatflow.enrichment import closing
+
+    return closing.QUEUED_STALL_SECONDS + 60
+
+
+def test_a_run_never_dispatched_is_dispatched_again_through_enrich_dispatch(env, requested, function_client):
+    from threatflow.enrichment import runs
+
+    runtime, docs = env["runtime"], env["docs"]
+    ioc_id = _ioc(runtime, "45.95.147.30")
+    stuck = _queued(runtime, ioc_id, "45.95.147.30", age=_stalled())
+    recent = _queued(runtime, ioc_id, "45.95.147.30", age=60)  # its request may still be on its way
+    running = _start(runtime, ioc_id, "45.95.147.30", expected=["virustotal"], deadline_in=600)
+
+    result = _run_job(env)
+    assert (result["closed"], result["more"]) == (0, False), result  # the overdue sweep: nothing due
+    queued = result["queued"]
+    assert (queued["redispatched"], queued["closed"], queued["more"]) == (1, 0, False), queued
+    [message] = requested(expected=1)
+    assert dict(message.attributes) == {"run_id": stuck}
+    request = json.loads(message.data)
+    assert request == {**docs.get(runs.RUNS, stuck)["request"], "schema_version": 1}
+    assert request["sources"] == ["virustotal"] and request["tlp"] == "green"
+    run = docs.get(runs.RUNS, stuck)
+    assert run["status"] == "requeued" and run["redispatches"] == 1, run
+    assert "redispatches" not in docs.get(runs.RUNS, recent) and docs.get(runs.RUNS, running)["status"] == "running"
+
+    # The next tick leaves it alone while its new request is on its way.
+    again = _run_job(env)["queued"]
+    assert (again["redispatched"], again["closed"]) == (0, 0), again
+    assert requested(expected=0) == []
+
+    # Delivered to the real enrich-dispatch, the request starts the run with the sources it asked for.
+    push = {
+        "message": {
+            "data": base64.b64encode(message.data).decode(),
+            "attributes": dict(message.attributes),
+            "messageId": message.message_id,
+            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        },
+        "subscription": f"projects/{PROJECT}/subscriptions/ioc-enrichment-requested-push",
+    }
+    assert function_client("enrich-dispatch").post("/", json=push).status_code == 200
+    run = docs.get(runs.RUNS, stuck)
+    assert run["dispatched"] is True and run["status"] in ("running", "done"), run
+    assert set(run["expected"]) | set(run["skipped"]) == {"virustotal"}, run
+    after = _run_job(env)["queued"]
+    assert (after["redispatched"], after["closed"]) == (0, 0), after
+
+
+def test_a_run_dispatched_again_to_the_cap_or_with_no_request_is_closed_as_never_dispatched(env, requested):
+    from threatflow.enrichment import closing, runs
+
+    runtime, docs = env["runtime"], env["docs"]
+    ioc_id = _ioc(runtime, "45.95.147.31")
+    capped = _queued(
+        runtime,
+        ioc_id,
+        "45.95.147.31",
+        age=3 * _stalled(),
+        status="requeued",
+        redispatches=closing.MAX_REDISPATCHES,
+        redispatched_at=time.time() - _stalled(),
+    )
+    bare = _queued(runtime, ioc_id, "45.95.147.31", age=_stalled(), with_request=False)  # recorded before runs kept their request
+
+    queued = _run_job(env)["queued"]
+    assert (queued["redispatched"], queued["closed"]) == (0, 2), queued
+    assert requested(expected=0) == []
+    for run_id, words in ((capped, f"published again {closing.MAX_REDISPATCHES} times"), (bare, "stores no request")):
+        run = docs.get(runs.RUNS, run_id)
+        assert run["status"] == "done" and run["verdict"] == "unknown" and run["score"] is None, run
+        assert run["reason"].startswith("never dispatched") and words in run["reason"], run
+        assert _rows(runtime, run_id) == {}
+    assert _verdict(runtime, ioc_id) is None  # nothing was looked up: the IoC's verdict is not touched
+    assert _run_job(env)["queued"]["closed"] == 0
+
+
+def test_one_invocation_dispatches_at_most_limit_queued_runs_oldest_first(env, requested):
+    from threatflow.enrichment import runs
+
+    runtime, docs = env["runtime"], env["docs"]
+    ioc_id = _ioc(runtime, "45.95.147.32")
+    stuck = [_queued(runtime, ioc_id, "45.95.147.32", age=_stalled() + 100 - i) for i in range(5)]
+
+    first = _run_job(env, limit=3)["queued"]
+    assert (first["redispatched"], first["more"], first["limit"]) == (3, True, 3), first
+    assert {m.attributes["run_id"] for m in requested(expected=3)} == set(stuck[:3])
+    second = _run_job(env, limit=3)["queued"]
+    assert (second["redispatched"], second["more"]) == (2, False), second
+    assert {m.attributes["run_id"] for m in requested(expected=2)} == set(stuck[3:])
+    assert all(docs.get(runs.RUNS, r)["redispatches"] == 1 and docs.get(runs.RUNS, r)["status"] == "requeued" for r in stuck)
+    assert _run_job(env, limit=3)["queued"]["redispatched"] == 0 and requested(expected=0) == []
+
+
+def test_a_request_that_cannot_be_published_leaves_no_queued_run(env):
+    """POST /enrich's request() records the run, then publishes; a failed publish deletes the run (the caller
+    gets the error, never the run id), so every queued run the sweep finds had its request published."""
+    import contextlib
+
+    from google.cloud import pubsub_v1
+
+    from threatflow.enrichment import handlers, runs
+    from threatflow.enrichment.tasks import EnrichRequest
+    from threatflow.platform.errors import DependencyError
+
+    runtime, docs = env["runtime"], env["docs"]
+    req = EnrichRequest(uuid.uuid4().hex, _ioc(runtime, "45.95.147.33"), "ipv4", "45.95.147.33")
+    publisher = pubsub_v1.PublisherClient()
+    topic = publisher.topic_path(PROJECT, "ioc-enrichment-requested")
+    with contextlib.suppress(Exception):
+        publisher.delete_topic(topic=topic)
+    try:
+        with pytest.raises(DependencyError):
+            handlers.request(handlers.context(runtime), req)
+    finally:
+        publisher.create_topic(name=topic)
+    assert docs.get(runs.RUNS, req.run_id) is None

@@ -116,6 +116,7 @@ def run_view(ctx: handlers.Enrichment, run_id: str) -> dict[str, Any]:
         "expected": run.get("expected", []),
         "skipped": run.get("skipped", {}),
         "timed_out": run.get("timed_out", []),
+        **({"reason": run["reason"]} if run.get("reason") else {}),  # closed as never dispatched
         "sources": {
             r["source"]: {k: r[k] for k in ("status", "verdict", "score", "evidence", "cached", "fetched_at", "detail")} for r in results
         },

@@ -3,6 +3,7 @@
     enrich-aggregate (a source answered)        handlers.finalize -> close
     GET /runs/{run_id} after the deadline       handlers.finalize -> close
     close-overdue-enrichment-runs (maintenance) close_overdue     -> close, page by page
+                                                sweep_queued      -> runs never dispatched
 
 A run closes when every expected source has a result row, or when its deadline
 has passed: the sources still missing get a `timeout` row, the rows are merged
@@ -16,6 +17,14 @@ second closer then finds it done and changes nothing. Result rows are written
 once per (run, source), so a late answer after the timeout row is dropped. If
 the Firestore write fails after the commit, the run stays running and the next
 close redoes the same idempotent writes.
+
+A run that enrich-dispatch never started stays `queued`, with no deadline: its
+request was dead-lettered after every attempt failed, or waits in a backlog.
+sweep_queued publishes the run's own request (stored on the run) again, through the
+same dispatch path (the run turns `requeued`), at most MAX_REDISPATCHES times,
+then closes it `done` with verdict unknown and a reason. Publishing it again is safe: dispatch_request skips a
+run already dispatched, and result rows are written once per (run, source), so a
+request delivered twice at once costs at most a second lookup per source.
 """
 
 from __future__ import annotations
@@ -30,9 +39,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from threatflow.adapters.postgres import unavailable, unit_of_work
 from threatflow.enrichment import repository, runs, verdict
+from threatflow.enrichment.tasks import TOPIC_REQUESTED
+from threatflow.platform import events
 from threatflow.platform import logging as tf_logging
 from threatflow.platform.errors import RetryableError
-from threatflow.platform.ports import DocumentStore
+from threatflow.platform.ports import DocumentStore, Publisher
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -42,6 +53,11 @@ DEADLINE_DETAIL = "no answer before the run deadline"
 SWEEP_LIMIT = 500  # runs closed per maintenance invocation at most; the next tick takes the rest
 SWEEP_MAX = 5000
 FAILED_LISTED = 20
+# ioc-enrichment-requested-push (functions/topology.yaml): 5 attempts, 60 s ack deadline, at most 60 s
+# backoff: a request is dispatched or dead-lettered within about 10 minutes of its publish. A run queued
+# three times as long has no live message; a backlog of that age gets a second message, which is harmless.
+QUEUED_STALL_SECONDS = 1800
+MAX_REDISPATCHES = 2
 
 
 class ApplyVerdict(Protocol):
@@ -193,3 +209,50 @@ def close_overdue(
         "limit": limit,
         "cutoff": cutoff,
     }
+
+
+def sweep_queued(*, documents: DocumentStore, publisher: Publisher, limit: int = SWEEP_LIMIT) -> dict[str, Any]:
+    """Up to `limit` runs not started QUEUED_STALL_SECONDS after their creation (or after their request was
+    last published again), oldest first: each is dispatched again (its stored request, published on
+    ioc-enrichment-requested; the run turns `requeued`) unless it was MAX_REDISPATCHES times already or
+    stores no request, and is then closed as never dispatched. Idempotent: a requeued run leaves both
+    queries for QUEUED_STALL_SECONDS, so neither a second tick nor a redelivery publishes it twice."""
+    stalled_before = time.time() - QUEUED_STALL_SECONDS
+    page = runs.queued_runs(documents, before=stalled_before, limit=limit + 1)
+    page += runs.requeued_runs(documents, before=stalled_before, limit=limit + 1)
+    page.sort(key=lambda doc: float(doc.get("redispatched_at") or doc.get("created_at") or 0))
+    redispatched = closed = 0
+    for doc in page[:limit]:
+        run_id = str(doc["id"])
+        # Read again: the dispatcher may have started it since the query. One starting it between this read
+        # and the write below would be overwritten (the window is this one read): it would be dispatched again
+        # (tasks and result rows are idempotent) or closed unanswered.
+        current = runs.get_run(documents, run_id)
+        if current is None or current.get("status") not in ("queued", "requeued"):
+            continue
+        request, count = current.get("request"), int(current.get("redispatches") or 0)
+        if isinstance(request, Mapping) and count < MAX_REDISPATCHES:
+            # Recorded before the publish, so a dispatch of the new message always comes after it.
+            requeued = {"status": "requeued", "redispatches": count + 1, "redispatched_at": time.time()}
+            documents.set(runs.RUNS, run_id, requeued, merge=True)
+            attributes = {"run_id": run_id, **({"batch_id": str(current["batch_id"])} if current.get("batch_id") else {})}
+            try:
+                publisher.publish(TOPIC_REQUESTED, events.encode({**request, "run_id": run_id}), attributes)
+            except Exception:
+                restore = {k: current.get(k) for k in ("status", "redispatches", "redispatched_at")}
+                documents.set(runs.RUNS, run_id, restore, merge=True)
+                raise
+            redispatched += 1
+            tf_logging.log(log, logging.INFO, "queued enrichment run dispatched again", run_id=run_id, redispatches=count + 1)
+            continue
+        reason = (
+            f"never dispatched: not started after its request was published again {count} times, {QUEUED_STALL_SECONDS} s apart"
+            if isinstance(request, Mapping)
+            else "never dispatched: not started, and the run stores no request to publish again"
+        )
+        # No result row and no verdict are written: nothing was looked up, so the IoC keeps what it had.
+        # A request dispatched after all (an admin's replay of its dead letter) starts the run again.
+        runs.close_run(documents, run_id, verdict="unknown", score=None, closed_at=time.time(), reason=reason)
+        closed += 1
+        tf_logging.log(log, logging.WARNING, "queued enrichment run closed: never dispatched", run_id=run_id)
+    return {"redispatched": redispatched, "closed": closed, "more": len(page) > limit, "limit": limit, "cutoff": stalled_before}

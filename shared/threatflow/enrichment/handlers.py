@@ -143,13 +143,19 @@ def _run_document(req: EnrichRequest) -> dict[str, Any]:
         "origin": req.origin,
         "batch_id": req.batch_id,
         "created_at": time.time(),
+        "request": req.to_json(),  # what close-overdue-enrichment-runs publishes again if it is never dispatched
     }
 
 
 def request(ctx: Enrichment, req: EnrichRequest) -> None:
     """Record the run (queued) and publish the request; the dispatcher does the rest."""
     runs.create_run(ctx.runtime.documents, _run_document(req))
-    ctx.publish(TOPIC_REQUESTED, req.to_json(), run_id=req.run_id)
+    try:
+        ctx.publish(TOPIC_REQUESTED, req.to_json(), run_id=req.run_id)
+    except Exception:
+        # The caller gets an error and never sees the run id: nothing will run or read it, so no run is left queued.
+        runs.delete_run(ctx.runtime.documents, req.run_id)
+        raise
 
 
 def auto_enrich(runtime: Runtime, results: Sequence[Mapping[str, Any]]) -> int:

@@ -142,6 +142,7 @@ def build_router(runtime: Runtime) -> Router:
         if not runtime.blobs.exists(bucket, body.object):
             raise NotFoundError(f"no object {body.object!r} in bucket {bucket!r}; upload it first")
         job_id = uuid.uuid4().hex
+        created = runtime.clock.now()
         job = {
             "job_id": job_id,
             "state": "queued",
@@ -151,7 +152,8 @@ def build_router(runtime: Runtime) -> Router:
             "stored": 0,
             "duplicates": 0,
             "invalid": 0,
-            "created_at": runtime.clock.now(),
+            "created_at": created,
+            "updated_at": created,  # a job nothing runs is found by recover-stalled-flow-ingest-jobs from here
             "requested_by": request.principal.username if request.principal else None,
         }
         runtime.documents.set(INGEST_JOBS, job_id, job)

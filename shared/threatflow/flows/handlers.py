@@ -12,7 +12,10 @@ spent after a batch records its progress, publishes a continuation (same topic,
 same job_id, the next `continuation` number) and acks. The job remembers the
 number of the chain's live message, so a stale message (one a continuation has
 superseded, e.g. a redelivery whose ack was lost) is acked without work; the lease
-keeps runs from overlapping, and MAX_CONTINUATIONS bounds the chain.
+keeps runs from overlapping, and MAX_CONTINUATIONS bounds the chain. A job left
+`queued` or `running` with no delivery to run it (one killed by the timeout or out of
+memory, a continuation recorded and never published) is published again by the
+recover-stalled-flow-ingest-jobs maintenance job (flows/ingest_jobs.py).
 
 The object is read as a stream (memory holds a chunk and a batch, not the file),
 pinned to the generation the job first saw: a first pass hashes it (the event
@@ -42,9 +45,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from threatflow.flows import ingest
+from threatflow.flows.ingest_jobs import INGEST_JOBS, INGEST_LEASES, INGEST_TOPIC, LEASE_SECONDS, MAX_DELIVERY_ATTEMPTS, job_message
 from threatflow.flows.model import serving_snapshot
 from threatflow.hunting import pipeline
-from threatflow.platform import events
 from threatflow.platform import logging as tf_logging
 from threatflow.platform.errors import NotFoundError, PermanentError, RetryableError, ValidationError
 from threatflow.platform.events import Message
@@ -52,16 +55,10 @@ from threatflow.platform.ports import BlobStore, Clock, DocumentStore, Publisher
 from threatflow.runtime import Runtime
 
 log = logging.getLogger("threatflow.flows.ingest")
-INGEST_JOBS = "flow_ingest_jobs"
-INGEST_LEASES = "flow_ingest_leases"
-INGEST_TOPIC = "flow-ingest"  # continuations go back to the topic the job came on
-LEASE_SECONDS = 600  # longer than the function's timeout (540 s): a live run never loses it
 # A continuation is published while its delivery still holds the lease (released a moment later):
 # its own delivery waits this long for the lease before answering "retry later".
 LEASE_WAIT_SECONDS = 5.0
 BATCH_ROWS = 5000
-# flow-ingest-push's max_delivery_attempts in functions/topology.yaml (a unit test holds them equal).
-MAX_DELIVERY_ATTEMPTS = 5
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")  # what POST /api/v1/flows/uploads makes (uuid4().hex)
 # Bounds on one upload's decompressed text. The official UNSW-NB15 files are ~2.5 M rows of
 # ~250 characters and at most 49 columns (partitioned: 45); these leave ample room for them.
@@ -282,6 +279,7 @@ def run_job(
         "continuation": continuation,
         "deliveries": int(job.get("deliveries") or 0) + 1,
         "delivery_started_at": started,
+        "updated_at": started,  # what recover-stalled-flow-ingest-jobs measures a stall from
     }
     if not job.get("started_at"):
         running["started_at"] = started
@@ -358,7 +356,7 @@ def continue_job(
     update = {**progress, "continuation": following, "continued_at": now, "updated_at": now}
     documents.set(INGEST_JOBS, job_id, update, merge=True)
     try:
-        publisher.publish(INGEST_TOPIC, events.encode({"job_id": job_id, "continuation": following}), {"job_id": job_id})
+        publisher.publish(INGEST_TOPIC, *job_message(job_id, following))
     except Exception:
         with contextlib.suppress(Exception):
             documents.set(INGEST_JOBS, job_id, {"continuation": continuation}, merge=True)

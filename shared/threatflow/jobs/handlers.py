@@ -23,4 +23,5 @@ def handle_maintenance(message: Message, *, runtime: Runtime) -> dict[str, Any]:
         blobs=runtime.blobs,
         clock=runtime.clock,
         settings=runtime.settings,
+        publisher=lambda: runtime.publisher,
     )

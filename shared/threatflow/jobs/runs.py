@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from threatflow.platform.errors import NotFoundError, ValidationError
-from threatflow.platform.ports import BlobStore, Clock, DocumentStore
+from threatflow.platform.ports import BlobStore, Clock, DocumentStore, Publisher
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -39,6 +39,14 @@ class JobContext:
     settings: Settings
     run_id: str
     params: Mapping[str, Any]
+    # The jobs that queue work again publish with it; built on first use (lambda: runtime.publisher), so the
+    # jobs that publish nothing never load the Pub/Sub client.
+    publisher: Callable[[], Publisher] | None = None
+
+    def require_publisher(self) -> Publisher:
+        if self.publisher is None:
+            raise RuntimeError("this maintenance job publishes messages: build its JobContext with a publisher")
+        return self.publisher()
 
 
 def heartbeat(ctx: JobContext) -> dict[str, Any]:
@@ -140,17 +148,35 @@ def flow_retention(ctx: JobContext) -> dict[str, Any]:
 
 def close_overdue_enrichment_runs(ctx: JobContext) -> dict[str, Any]:
     """Closes enrichment runs past their deadline that nobody read, through the same close as
-    enrich-aggregate and GET /runs/{id}; at most params.limit runs per invocation, `more` says if some remain."""
+    enrich-aggregate and GET /runs/{id}; at most params.limit runs per invocation, `more` says if some remain.
+    Then (`queued` in the result, bounded by the same limit) dispatches again, or closes, runs that
+    enrich-dispatch never started."""
     from threatflow.enrichment import closing
     from threatflow.intel import enrichment as intel_enrichment
 
-    return closing.close_overdue(
+    limit = int_param(ctx.params, "limit", default=closing.SWEEP_LIMIT, minimum=1, maximum=closing.SWEEP_MAX)
+    overdue = closing.close_overdue(
         documents=ctx.documents,
         engine=ctx.engine,
         now=ctx.clock.now,
         reliability=closing.reliability(),
         apply_verdict=intel_enrichment.apply_verdict,
-        limit=int_param(ctx.params, "limit", default=closing.SWEEP_LIMIT, minimum=1, maximum=closing.SWEEP_MAX),
+        limit=limit,
+    )
+    return {**overdue, "queued": closing.sweep_queued(documents=ctx.documents, publisher=ctx.require_publisher(), limit=limit)}
+
+
+def recover_stalled_flow_ingest_jobs(ctx: JobContext) -> dict[str, Any]:
+    """Publishes again the message of flow-ingest jobs that no delivery is running (queued or running,
+    not written for longer than a lease and a timeout, no live lease), and fails those recovered too
+    often; at most params.limit jobs per invocation, `more` says if some remain."""
+    from threatflow.flows import ingest_jobs
+
+    return ingest_jobs.recover_stalled(
+        documents=ctx.documents,
+        publisher=ctx.require_publisher(),
+        now=ctx.clock.now,
+        limit=int_param(ctx.params, "limit", default=ingest_jobs.SWEEP_LIMIT, minimum=1, maximum=ingest_jobs.SWEEP_MAX),
     )
 
 
@@ -164,6 +190,7 @@ JOBS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
     "refresh-flow-views": refresh_flow_views,
     "flow-retention": flow_retention,
     "close-overdue-enrichment-runs": close_overdue_enrichment_runs,
+    "recover-stalled-flow-ingest-jobs": recover_stalled_flow_ingest_jobs,
 }
 
 
@@ -182,6 +209,7 @@ def execute(
     blobs: BlobStore,
     clock: Clock,
     settings: Settings,
+    publisher: Callable[[], Publisher] | None = None,
 ) -> dict[str, Any]:
     require_job(job)
     now = clock.now()
@@ -192,7 +220,9 @@ def execute(
             return existing  # a redelivery: the work is done
         record["attempts"] = int(existing.get("attempts", 0)) + 1
         documents.set(RUNS, run_id, record)
-    ctx = JobContext(engine=engine, documents=documents, blobs=blobs, clock=clock, settings=settings, run_id=run_id, params=params)
+    ctx = JobContext(
+        engine=engine, documents=documents, blobs=blobs, clock=clock, settings=settings, run_id=run_id, params=params, publisher=publisher
+    )
     try:
         result = JOBS[job](ctx)
     except Exception as exc:

@@ -1,15 +1,18 @@
-"""The close-overdue-enrichment-runs wiring that the emulator cannot check: the composite
-index its Firestore query needs in the cloud, and the schedule that runs it."""
+"""The wiring of the sweeps (close-overdue-enrichment-runs, recover-stalled-flow-ingest-jobs) that the
+emulator cannot check: the composite indexes their Firestore queries need in the cloud, and the schedules."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from threatflow.enrichment import closing, runs
+from threatflow.flows import ingest_jobs
 from threatflow.jobs.runs import JOBS
 
 REPO = Path(__file__).resolve().parents[3]
@@ -49,22 +52,40 @@ def _indexes() -> list[Mapping[str, Any]]:
     return found
 
 
-def test_the_overdue_query_has_its_composite_index_in_terraform() -> None:
+SWEEP_QUERIES = {
+    "overdue enrichment runs": lambda docs: runs.overdue_runs(docs, before=0.0, limit=1),
+    "queued enrichment runs": lambda docs: runs.queued_runs(docs, before=0.0, limit=1),
+    "requeued enrichment runs": lambda docs: runs.requeued_runs(docs, before=0.0, limit=1),
+    "stalled flow-ingest jobs": lambda docs: ingest_jobs.stalled_jobs(docs, before=datetime.now(UTC), limit=1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SWEEP_QUERIES))
+def test_each_sweep_query_has_its_composite_index_in_terraform(name: str) -> None:
     docs = RecordingDocuments()
-    runs.overdue_runs(docs, before=0.0, limit=1)  # type: ignore[arg-type]
+    SWEEP_QUERIES[name](docs)
     [query] = docs.queries
-    equality = [f for f, op, _ in query["where"] if op == "=="]
-    ranged = [f for f, op, _ in query["where"] if op != "=="]
+    equality = [f for f, op, _ in query["where"] if op in ("==", "in")]
+    ranged = [f for f, op, _ in query["where"] if op not in ("==", "in")]
     assert ranged == [query["order_by"]], "Firestore orders by the range field first"
-    needed = {"collection": runs.RUNS, "database": "(default)", "fields": [(f, "ASCENDING") for f in [*equality, *ranged]]}
+    needed = {"collection": query["collection"], "database": "(default)", "fields": [(f, "ASCENDING") for f in [*equality, *ranged]]}
     assert needed in _indexes(), f"terraform/firestore.tf declares no index {needed}; found {_indexes()}"
 
 
-def test_the_schedule_runs_the_job_within_its_page_bound() -> None:
+@pytest.mark.parametrize(
+    ("name", "most"), [("close-overdue-enrichment-runs", closing.SWEEP_MAX), ("recover-stalled-flow-ingest-jobs", ingest_jobs.SWEEP_MAX)]
+)
+def test_the_schedule_runs_the_job_within_its_page_bound(name: str, most: int) -> None:
     manifest = yaml.safe_load((REPO / "functions" / "topology.yaml").read_text())
-    schedule = manifest["schedules"]["close-overdue-enrichment-runs"]
-    assert schedule["topic"] == "maintenance" and schedule["attributes"]["job"] in JOBS
-    assert 1 <= schedule["body"]["params"]["limit"] <= closing.SWEEP_MAX
+    schedule = manifest["schedules"][name]
+    assert schedule["topic"] == "maintenance" and schedule["attributes"]["job"] == name and name in JOBS
+    assert 1 <= schedule["body"]["params"]["limit"] <= most
+
+
+def test_the_maintenance_function_may_publish() -> None:
+    """Both sweeps queue work again through the runtime's publisher (IAM and requirements follow `uses`)."""
+    manifest = yaml.safe_load((REPO / "functions" / "topology.yaml").read_text())
+    assert "pubsub" in manifest["functions"]["maintenance"]["uses"]
 
 
 def test_every_maintenance_schedule_names_a_known_job() -> None:

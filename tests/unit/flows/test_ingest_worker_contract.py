@@ -2,7 +2,7 @@
 the last is the subscription's last, its continuations go to its own topic, and its time budget leaves
 a batch's worth of room under the function's timeout."""
 
-from threatflow.flows import handlers
+from threatflow.flows import handlers, ingest_jobs
 from threatflow.platform.config import Settings
 from threatflow.platform.manifest import load_manifest
 
@@ -21,3 +21,10 @@ def test_the_delivery_budget_stays_well_under_the_timeout():
     assert budget + 60 <= function.timeout_seconds  # a batch, the continuation and the ack fit after the budget
     assert function.timeout_seconds < handlers.LEASE_SECONDS  # a live delivery never loses its lease
     assert handlers.MAX_CONTINUATIONS * handlers.BATCH_ROWS >= handlers.MAX_LINES
+
+
+def test_the_stall_age_outlasts_a_live_delivery():
+    """recover-stalled-flow-ingest-jobs measures a stall from the worker's lease and the manifest's timeout."""
+    function = load_manifest().functions["flow-ingest"]
+    assert function.timeout_seconds == ingest_jobs.FUNCTION_TIMEOUT_SECONDS
+    assert handlers.LEASE_SECONDS + function.timeout_seconds == ingest_jobs.STALL_SECONDS

@@ -1,0 +1,130 @@
+"""Flow-ingest jobs in Firestore, and the sweep that recovers the ones no delivery is running.
+
+A job (`flow_ingest_jobs/<id>`, made by POST /api/v1/flows/uploads) is run by the flow-ingest
+worker (flows/handlers.py) under a lease (`flow_ingest_leases/<id>`). Every write a delivery makes
+sets `updated_at`: the job's creation, the start of each delivery, each stored batch, a continuation.
+
+Some ends leave a job `queued` or `running` with nothing left to run it: a delivery killed by the
+function's timeout or out of memory on its last attempt (no code runs, the message is dead-lettered),
+an instance that dies between recording a continuation and publishing it, a continuation that cannot
+get the lease in its attempts. recover_stalled (the recover-stalled-flow-ingest-jobs maintenance job)
+finds a job in `queued` or `running` whose `updated_at` is older than STALL_SECONDS and whose lease is
+absent or expired, and publishes its message again: the job's id and the number of its live
+continuation, so the worker resumes from rows_done. A job recovered MAX_RECOVERIES times that stalls
+again fails with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from threatflow.platform import events
+from threatflow.platform import logging as tf_logging
+from threatflow.platform.ports import DocumentStore, Publisher
+
+log = logging.getLogger("threatflow.flows.ingest")
+INGEST_JOBS = "flow_ingest_jobs"
+INGEST_LEASES = "flow_ingest_leases"
+INGEST_TOPIC = "flow-ingest"  # continuations and recoveries go back to the topic the job came on
+# flow-ingest's timeout_seconds in functions/topology.yaml (a unit test holds them equal).
+FUNCTION_TIMEOUT_SECONDS = 540
+LEASE_SECONDS = 600  # longer than the function's timeout: a live run never loses its lease
+# flow-ingest-push's max_delivery_attempts in functions/topology.yaml (a unit test holds them equal).
+MAX_DELIVERY_ATTEMPTS = 5
+# No live delivery goes this long without writing `updated_at`: each writes it when it starts and
+# holds its lease for LEASE_SECONDS; a job older than this with no live lease has nothing running it.
+# (A retry's backoff can add up to 600 s before the next attempt: the message then published again
+# is harmless, the lease and the continuation number keep one delivery running the job.)
+STALL_SECONDS = LEASE_SECONDS + FUNCTION_TIMEOUT_SECONDS
+MAX_RECOVERIES = 3
+SWEEP_LIMIT = 200  # jobs looked at per maintenance invocation at most; the next tick takes the rest
+SWEEP_MAX = 2000
+FAILED_LISTED = 20
+
+
+def job_message(job_id: str, continuation: int) -> tuple[bytes, dict[str, str]]:
+    """The flow-ingest message that runs the job from its live continuation (data, attributes)."""
+    return events.encode({"job_id": job_id, "continuation": continuation}), {"job_id": job_id}
+
+
+def fail(documents: DocumentStore, job_id: str, reason: str, *, now: datetime) -> None:
+    documents.set(INGEST_JOBS, job_id, {"state": "failed", "error": reason, "finished_at": now, "updated_at": now}, merge=True)
+
+
+def stalled_jobs(documents: DocumentStore, *, before: datetime, limit: int) -> list[dict[str, Any]]:
+    """Queued or running jobs last written before `before`, oldest first. Firestore answers this
+    only with the composite index (state, updated_at) of terraform/firestore.tf."""
+    return documents.query(
+        INGEST_JOBS, where=[("state", "in", ["queued", "running"]), ("updated_at", "<", before)], order_by="updated_at", limit=limit
+    )
+
+
+def lease_live(documents: DocumentStore, job_id: str, *, now: datetime) -> bool:
+    until = (documents.get(INGEST_LEASES, job_id) or {}).get("until")
+    return until is not None and until > now
+
+
+def recover_stalled(
+    *,
+    documents: DocumentStore,
+    publisher: Publisher,
+    now: Callable[[], datetime],
+    limit: int = SWEEP_LIMIT,
+    max_recoveries: int = MAX_RECOVERIES,
+) -> dict[str, Any]:
+    """Publish the message of up to `limit` stalled jobs again (oldest first), or fail the ones
+    recovered `max_recoveries` times already. Idempotent: a recovered job's `updated_at` moves to now,
+    so the next invocations leave it alone for STALL_SECONDS; a second message for a job that is in
+    fact running is acked by the worker (lease, continuation number). A publish that fails fails the
+    sweep (Pub/Sub retries it) before the job records the recovery."""
+    started = now()
+    cutoff = started - timedelta(seconds=STALL_SECONDS)
+    page = stalled_jobs(documents, before=cutoff, limit=limit + 1)
+    recovered = leased = 0
+    failed: list[str] = []
+    for job in page[:limit]:
+        job_id = str(job["id"])
+        if lease_live(documents, job_id, now=started):
+            leased += 1  # a delivery holds it: not stalled, whatever updated_at says
+            continue
+        recoveries = int(job.get("recoveries") or 0)
+        if recoveries >= max_recoveries:
+            reason = f"stalled: no delivery wrote the job for {STALL_SECONDS} s and none holds its lease, after {recoveries} recoveries" + (
+                f" (at row {int(job.get('rows_done') or 0)}); a delivery killed by the {FUNCTION_TIMEOUT_SECONDS} s timeout or out"
+                " of memory runs no code: look at the flow-ingest logs, then queue the object again"
+                if job.get("state") == "running"
+                else "; no delivery got it running (killed while hashing the object, flow-ingest at its instance limit, or failing"
+                " before the job starts): look at the flow-ingest logs, then queue the object again"
+            )
+            fail(documents, job_id, reason, now=now())
+            failed.append(job_id)
+            tf_logging.log(log, logging.WARNING, "stalled flow-ingest job failed", job_id=job_id, recoveries=recoveries)
+            continue
+        continuation = int(job.get("continuation") or 0)
+        data, attributes = job_message(job_id, continuation)
+        publisher.publish(INGEST_TOPIC, data, attributes)
+        at = now()
+        documents.set(INGEST_JOBS, job_id, {"recoveries": recoveries + 1, "recovered_at": at, "updated_at": at}, merge=True)
+        recovered += 1
+        tf_logging.log(
+            log,
+            logging.INFO,
+            "stalled flow-ingest job published again",
+            job_id=job_id,
+            state=str(job.get("state")),
+            rows_done=int(job.get("rows_done") or 0),
+            continuation=continuation,
+            recoveries=recoveries + 1,
+        )
+    return {
+        "recovered": recovered,
+        "failed": len(failed),
+        "failed_jobs": failed[:FAILED_LISTED],
+        "leased": leased,
+        "more": len(page) > limit,
+        "limit": limit,
+        "cutoff": cutoff.isoformat(),
+    }

@@ -1,0 +1,246 @@
+"""recover-stalled-flow-ingest-jobs: flow-ingest jobs that no delivery is running are published again and
+finish, pushed to the real maintenance and flow-ingest functions, on PostgreSQL and the Firestore, Pub/Sub and
+Cloud Storage emulators. A stall is made the way it happens (a delivery that stored a batch and died before its
+continuation was published, or was killed holding its lease; a message never delivered), then aged by moving
+`updated_at` back past the stall age."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from flows_support import publish, trained_model
+from helpers import create_user
+
+pytestmark = pytest.mark.integration
+PROJECT = "threatflow-test"
+UPLOADS = "threatflow-uploads"
+JOB = "recover-stalled-flow-ingest-jobs"
+
+
+@pytest.fixture
+def env(function_client, backend_env):
+    from google.cloud import pubsub_v1
+
+    from threatflow.adapters.firestore import FirestoreDocuments
+    from threatflow.flows import ingest, ingest_jobs
+
+    docs = FirestoreDocuments(PROJECT)
+    for collection in (ingest_jobs.INGEST_JOBS, ingest_jobs.INGEST_LEASES):  # other tests' jobs share the emulator
+        while stale := docs.query(collection, limit=500):
+            for doc in stale:
+                docs.delete(collection, doc["id"])
+    publisher = pubsub_v1.PublisherClient()
+    for name in ("ioc-enrichment-requested", "flow-ingest"):
+        with contextlib.suppress(Exception):  # already made by an earlier test in this run
+            publisher.create_topic(name=publisher.topic_path(PROJECT, name))
+    subscriber = pubsub_v1.SubscriberClient()
+    subscription = subscriber.subscription_path(PROJECT, f"flow-ingest-recovery-{uuid.uuid4().hex[:8]}")
+    subscriber.create_subscription(name=subscription, topic=publisher.topic_path(PROJECT, "flow-ingest"))
+
+    def pull(job_ids: set[str], expected: int) -> list[Any]:
+        """The flow-ingest messages for these jobs (acked), waiting for `expected` of them at most ~10 s."""
+        found: list[Any] = []
+        for _ in range(10 if expected else 2):
+            response = subscriber.pull(subscription=subscription, max_messages=50, timeout=5)
+            if response.received_messages:
+                subscriber.acknowledge(subscription=subscription, ack_ids=[m.ack_id for m in response.received_messages])
+            found += [m.message for m in response.received_messages if m.message.attributes.get("job_id") in job_ids]
+            if expected and len(found) >= expected:
+                break
+        return found
+
+    yield {"docs": docs, "pull": pull, "maintenance": function_client("maintenance")}
+    subscriber.delete_subscription(subscription=subscription)
+    subscriber.close()
+    ingest.forget_partitions()
+
+
+def _run_job(env: dict[str, Any], **params: Any) -> dict[str, Any]:
+    """Push the schedule's message to the maintenance function; the recorded job result."""
+    run_id = uuid.uuid4().hex
+    data = {"schema_version": 1, **({"params": params} if params else {})}
+    push = {
+        "message": {
+            "data": base64.b64encode(json.dumps(data).encode()).decode(),
+            "attributes": {"job": JOB, "run_id": run_id},
+            "messageId": uuid.uuid4().hex,
+            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        },
+        "subscription": f"projects/{PROJECT}/subscriptions/maintenance-push",
+    }
+    assert env["maintenance"].post("/", json=push).status_code == 200
+    record = env["docs"].get("maintenance_runs", run_id)
+    assert record is not None and record["state"] == "succeeded", record
+    return dict(record["result"])
+
+
+def _as_push(message: Any) -> dict[str, Any]:
+    return {
+        "message": {
+            "data": base64.b64encode(message.data).decode(),
+            "attributes": dict(message.attributes),
+            "messageId": message.message_id,
+            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        },
+        "subscription": f"projects/{PROJECT}/subscriptions/flow-ingest-push",
+    }
+
+
+def _stalled_at() -> datetime:
+    from threatflow.flows import ingest_jobs
+
+    return datetime.now(UTC) - timedelta(seconds=ingest_jobs.STALL_SECONDS + 60)
+
+
+def _job(docs: Any, *, state: str = "queued", age: datetime | None = None, **fields: Any) -> str:
+    """A job document as POST /api/v1/flows/uploads leaves it, last written at `age`."""
+    from threatflow.flows import ingest_jobs
+
+    job_id = uuid.uuid4().hex
+    at = age or datetime.now(UTC)
+    docs.set(
+        ingest_jobs.INGEST_JOBS,
+        job_id,
+        {"job_id": job_id, "state": state, "bucket": UPLOADS, "object": f"flows/{job_id}.csv", "rows_done": 0}
+        | {"created_at": at, "updated_at": at, **fields},
+    )
+    return job_id
+
+
+def _raw_csv(count: int, seed: int = 3) -> str:
+    import flowgen
+
+    return "\n".join(",".join(flowgen.raw_line(f)) for f in flowgen.generate(count, seed=seed)) + "\n"
+
+
+def test_stalled_jobs_are_published_again_and_the_worker_finishes_them(env, function_client, backend_env, monkeypatch):
+    """Two stalls: a job whose delivery stored a batch, recorded continuation 1 and died before publishing it
+    (killed holding its lease, now expired), and a job whose message was never delivered. The sweep publishes
+    each job's live message (job_id attribute, its continuation number); the worker then runs both to the end."""
+    from threatflow.adapters.storage import GcsBlobs
+    from threatflow.flows import handlers, ingest_jobs
+
+    publish(GcsBlobs(PROJECT), trained_model())
+    monkeypatch.setattr(handlers, "BATCH_ROWS", 40)
+    docs, pull = env["docs"], env["pull"]
+    password = create_user(backend_env["DATABASE_URL"], "analyst-recovery", "analyst")
+    token = function_client("auth").post("/api/v1/auth/token", json={"username": "analyst-recovery", "password": password}).get_json()
+    flows = function_client("flows")
+    jobs = []
+    for seed, name in enumerate(("flows/recover-continued.csv", "flows/recover-queued.csv"), start=21):
+        GcsBlobs(PROJECT).put(UPLOADS, name, _raw_csv(100, seed=seed).encode())  # two files: two sets of event keys
+        response = flows.post("/api/v1/flows/uploads", json={"object": name}, headers={"Authorization": f"Bearer {token['access_token']}"})
+        assert response.status_code == 202, response.get_data(as_text=True)
+        jobs.append(response.get_json()["job_id"])
+    continued, queued = jobs
+    assert len(pull(set(jobs), expected=2)) == 2  # the uploads route's own messages, consumed here
+
+    # The first delivery of `continued` spends its budget after a batch and records continuation 1; its
+    # publish is taken away below (drained), as if the instance died first. It then "dies" holding a lease.
+    quick = function_client("flow-ingest", FLOW_INGEST_DELIVERY_SECONDS="0")
+    assert quick.post("/", json={**_as_push(_message(continued, 0)), "deliveryAttempt": 1}).status_code == 200
+    assert len(pull({continued}, expected=1)) == 1  # the continuation never "reached" Pub/Sub
+    job = docs.get(ingest_jobs.INGEST_JOBS, continued)
+    assert job["state"] == "running" and job["rows_done"] == 40 and job["continuation"] == 1, job
+    docs.set(ingest_jobs.INGEST_LEASES, continued, {"holder": "dead", "until": datetime.now(UTC) - timedelta(seconds=5)})
+    for job_id in jobs:
+        docs.set(ingest_jobs.INGEST_JOBS, job_id, {"updated_at": _stalled_at()}, merge=True)
+
+    result = _run_job(env)
+    assert (result["recovered"], result["failed"], result["leased"], result["more"]) == (2, 0, 0, False), result
+    messages = {m.attributes["job_id"]: m for m in pull(set(jobs), expected=2)}
+    assert set(messages) == set(jobs)
+    assert {job_id: dict(m.attributes) for job_id, m in messages.items()} == {job_id: {"job_id": job_id} for job_id in jobs}
+    data = {job_id: json.loads(m.data) for job_id, m in messages.items()}
+    assert data[continued]["continuation"] == 1 and data[queued]["continuation"] == 0, data
+    for job_id in jobs:
+        job = docs.get(ingest_jobs.INGEST_JOBS, job_id)
+        assert job["recoveries"] == 1 and job["updated_at"] > _stalled_at(), job
+
+    assert _run_job(env)["recovered"] == 0  # recovered jobs are left alone for the stall age
+    assert pull(set(jobs), expected=0) == []
+
+    worker = function_client("flow-ingest", FLOW_INGEST_DELIVERY_SECONDS="420")
+    for job_id in jobs:
+        assert worker.post("/", json=_as_push(messages[job_id])).status_code == 200
+        job = docs.get(ingest_jobs.INGEST_JOBS, job_id)
+        assert job["state"] == "succeeded" and job["rows_done"] == 100 and job["stored"] == 100, job
+    assert docs.get(ingest_jobs.INGEST_JOBS, continued)["deliveries"] == 2  # resumed at row 40, not from the start
+
+
+def _message(job_id: str, continuation: int) -> Any:
+    from types import SimpleNamespace
+
+    from threatflow.flows import ingest_jobs
+
+    data, attributes = ingest_jobs.job_message(job_id, continuation)
+    return SimpleNamespace(data=data, attributes=attributes, message_id=uuid.uuid4().hex)
+
+
+def test_a_job_with_a_live_lease_or_a_recent_write_is_untouched(env):
+    from threatflow.flows import ingest_jobs
+
+    docs = env["docs"]
+    leased = _job(docs, state="running", age=_stalled_at(), rows_done=5000, continuation=2)
+    docs.set(ingest_jobs.INGEST_LEASES, leased, {"holder": "alive", "until": datetime.now(UTC) + timedelta(seconds=300)})
+    recent = _job(docs, state="running", age=datetime.now(UTC) - timedelta(seconds=60))
+    fresh = _job(docs)
+    finished = _job(docs, state="succeeded", age=_stalled_at())
+
+    result = _run_job(env)
+    assert (result["recovered"], result["failed"], result["leased"], result["more"]) == (0, 0, 1, False), result
+    assert env["pull"]({leased, recent, fresh, finished}, expected=0) == []
+    for job_id in (leased, recent, fresh, finished):
+        assert "recoveries" not in docs.get(ingest_jobs.INGEST_JOBS, job_id)
+
+
+def test_a_job_that_keeps_stalling_fails_after_the_recovery_cap(env):
+    from threatflow.flows import ingest_jobs
+
+    docs = env["docs"]
+    job_id = _job(docs, state="running", age=_stalled_at(), rows_done=80, continuation=1, recoveries=ingest_jobs.MAX_RECOVERIES)
+    result = _run_job(env)
+    assert (result["recovered"], result["failed"], result["failed_jobs"]) == (0, 1, [job_id]), result
+    job = docs.get(ingest_jobs.INGEST_JOBS, job_id)
+    assert job["state"] == "failed" and job["finished_at"], job
+    assert f"after {ingest_jobs.MAX_RECOVERIES} recoveries (at row 80)" in job["error"] and "timeout or out of memory" in job["error"]
+    assert env["pull"]({job_id}, expected=0) == []
+    assert _run_job(env)["failed"] == 0  # a failed job is not swept again
+
+
+def test_one_invocation_recovers_at_most_limit_jobs_oldest_first_and_says_more(env):
+    from threatflow.flows import ingest_jobs
+
+    docs = env["docs"]
+    oldest = _stalled_at() - timedelta(minutes=10)
+    jobs = [_job(docs, age=oldest + timedelta(seconds=i)) for i in range(5)]
+    first = _run_job(env, limit=3)
+    assert (first["recovered"], first["more"], first["limit"]) == (3, True, 3), first
+    assert {m.attributes["job_id"] for m in env["pull"](set(jobs), expected=3)} == set(jobs[:3])
+    second = _run_job(env, limit=3)
+    assert (second["recovered"], second["more"]) == (2, False), second
+    assert {m.attributes["job_id"] for m in env["pull"](set(jobs), expected=2)} == set(jobs[3:])
+    assert all(docs.get(ingest_jobs.INGEST_JOBS, j)["recoveries"] == 1 for j in jobs)
+
+
+def test_a_limit_out_of_range_fails_the_run(env):
+    run_id = uuid.uuid4().hex
+    data = {"schema_version": 1, "params": {"limit": 0}}
+    push = {
+        "message": {
+            "data": base64.b64encode(json.dumps(data).encode()).decode(),
+            "attributes": {"job": JOB, "run_id": run_id},
+            "messageId": uuid.uuid4().hex,
+            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        },
+        "subscription": f"projects/{PROJECT}/subscriptions/maintenance-push",
+    }
+    env["maintenance"].post("/", json=push)
+    record = env["docs"].get("maintenance_runs", run_id)
+    assert record["state"] == "failed" and "params.limit must be an integer from 1" in record["error"], record
