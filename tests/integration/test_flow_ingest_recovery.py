@@ -204,14 +204,44 @@ def test_a_job_that_keeps_stalling_fails_after_the_recovery_cap(env):
     from threatflow.flows import ingest_jobs
 
     docs = env["docs"]
-    job_id = _job(docs, state="running", age=_stalled_at(), rows_done=80, continuation=1, recoveries=ingest_jobs.MAX_RECOVERIES)
+    cap = ingest_jobs.MAX_RECOVERIES
+    job_id = _job(docs, state="running", age=_stalled_at(), rows_done=80, continuation=1, recoveries=cap, recovered_at_row=80)
     result = _run_job(env)
     assert (result["recovered"], result["failed"], result["failed_jobs"]) == (0, 1, [job_id]), result
     job = docs.get(ingest_jobs.INGEST_JOBS, job_id)
     assert job["state"] == "failed" and job["finished_at"], job
-    assert f"after {ingest_jobs.MAX_RECOVERIES} recoveries (at row 80)" in job["error"] and "timeout or out of memory" in job["error"]
+    assert (
+        f"after {ingest_jobs.MAX_RECOVERIES} recoveries without progress (at row 80)" in job["error"]
+        and "timeout or out of memory" in job["error"]
+    )
     assert env["pull"]({job_id}, expected=0) == []
     assert _run_job(env)["failed"] == 0  # a failed job is not swept again
+
+
+def test_the_cap_counts_recoveries_without_progress_and_gives_a_queued_job_a_day(env):
+    """Rows stored since the last recovery start the count again, and a queued job under a day old is
+    only waiting behind a backlog: both are published again at the cap. A queued job older than that is failed."""
+    from threatflow.flows import ingest_jobs
+
+    docs = env["docs"]
+    cap = ingest_jobs.MAX_RECOVERIES
+    progressed = _job(docs, state="running", age=_stalled_at(), rows_done=15000, continuation=3, recoveries=cap, recovered_at_row=5000)
+    waiting = _job(docs, state="queued", age=_stalled_at(), recoveries=cap)
+    abandoned = _job(docs, state="queued", age=_stalled_at(), recoveries=cap)
+    docs.set(
+        ingest_jobs.INGEST_JOBS,
+        abandoned,
+        {"created_at": datetime.now(UTC) - timedelta(seconds=ingest_jobs.QUEUED_PATIENCE_SECONDS + 60)},
+        merge=True,
+    )
+
+    result = _run_job(env)
+    assert (result["recovered"], result["failed"], result["failed_jobs"]) == (2, 1, [abandoned]), result
+    assert {m.attributes["job_id"] for m in env["pull"]({progressed, waiting, abandoned}, expected=2)} == {progressed, waiting}
+    job = docs.get(ingest_jobs.INGEST_JOBS, progressed)
+    assert (job["state"], job["recoveries"], job["recovered_at_row"]) == ("running", 1, 15000), job
+    assert docs.get(ingest_jobs.INGEST_JOBS, waiting)["recoveries"] == cap + 1
+    assert docs.get(ingest_jobs.INGEST_JOBS, abandoned)["state"] == "failed"
 
 
 def test_one_invocation_recovers_at_most_limit_jobs_oldest_first_and_says_more(env):

@@ -10,8 +10,11 @@ an instance that dies between recording a continuation and publishing it, a cont
 get the lease in its attempts. recover_stalled (the recover-stalled-flow-ingest-jobs maintenance job)
 finds a job in `queued` or `running` whose `updated_at` is older than STALL_SECONDS and whose lease is
 absent or expired, and publishes its message again: the job's id and the number of its live
-continuation, so the worker resumes from rows_done. A job recovered MAX_RECOVERIES times that stalls
-again fails with the reason.
+continuation, so the worker resumes from rows_done. A job recovered MAX_RECOVERIES times in a row
+without progress fails with the reason: rows stored since the last recovery start the count again (a
+long upload may meet several unrelated deaths), and a job still `queued` is given QUEUED_PATIENCE_SECONDS
+from its creation first (behind a backlog at flow-ingest's instance limit its message is only waiting;
+publishing it again is harmless, failing it is not).
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ MAX_DELIVERY_ATTEMPTS = 5
 # is harmless, the lease and the continuation number keep one delivery running the job.)
 STALL_SECONDS = LEASE_SECONDS + FUNCTION_TIMEOUT_SECONDS
 MAX_RECOVERIES = 3
+# A queued job is failed by the cap only once it is this old: Pub/Sub keeps an undelivered message for
+# days, and an upload queued behind a backlog is waiting, not stalled.
+QUEUED_PATIENCE_SECONDS = 24 * 3600
 SWEEP_LIMIT = 200  # jobs looked at per maintenance invocation at most; the next tick takes the rest
 SWEEP_MAX = 2000
 FAILED_LISTED = 20
@@ -76,7 +82,8 @@ def recover_stalled(
     max_recoveries: int = MAX_RECOVERIES,
 ) -> dict[str, Any]:
     """Publish the message of up to `limit` stalled jobs again (oldest first), or fail the ones
-    recovered `max_recoveries` times already. Idempotent: a recovered job's `updated_at` moves to now,
+    recovered `max_recoveries` times already without storing a row since (queued ones only after
+    QUEUED_PATIENCE_SECONDS). Idempotent: a recovered job's `updated_at` moves to now,
     so the next invocations leave it alone for STALL_SECONDS; a second message for a job that is in
     fact running is acked by the worker (lease, continuation number). A publish that fails fails the
     sweep (Pub/Sub retries it) before the job records the recovery."""
@@ -91,13 +98,26 @@ def recover_stalled(
             leased += 1  # a delivery holds it: not stalled, whatever updated_at says
             continue
         recoveries = int(job.get("recoveries") or 0)
-        if recoveries >= max_recoveries:
-            reason = f"stalled: no delivery wrote the job for {STALL_SECONDS} s and none holds its lease, after {recoveries} recoveries" + (
-                f" (at row {int(job.get('rows_done') or 0)}); a delivery killed by the {FUNCTION_TIMEOUT_SECONDS} s timeout or out"
-                " of memory runs no code: look at the flow-ingest logs, then queue the object again"
-                if job.get("state") == "running"
-                else "; no delivery got it running (killed while hashing the object, flow-ingest at its instance limit, or failing"
-                " before the job starts): look at the flow-ingest logs, then queue the object again"
+        rows_done = int(job.get("rows_done") or 0)
+        if rows_done > int(job.get("recovered_at_row") or 0):
+            recoveries = 0  # it stored rows since its last recovery: it stalls, but it is not stuck
+        created = job.get("created_at")
+        waiting = (
+            job.get("state") == "queued"
+            and isinstance(created, datetime)
+            and started - created < timedelta(seconds=QUEUED_PATIENCE_SECONDS)
+        )
+        if recoveries >= max_recoveries and not waiting:
+            reason = (
+                f"stalled: no delivery wrote the job for {STALL_SECONDS} s and none holds its lease,"
+                f" after {recoveries} recoveries without progress"
+                + (
+                    f" (at row {rows_done}); a delivery killed by the {FUNCTION_TIMEOUT_SECONDS} s timeout or out"
+                    " of memory runs no code: look at the flow-ingest logs, then queue the object again"
+                    if job.get("state") == "running"
+                    else "; no delivery got it running (killed while hashing the object, flow-ingest at its instance limit, or failing"
+                    " before the job starts): look at the flow-ingest logs, then queue the object again"
+                )
             )
             fail(documents, job_id, reason, now=now())
             failed.append(job_id)
@@ -107,7 +127,8 @@ def recover_stalled(
         data, attributes = job_message(job_id, continuation)
         publisher.publish(INGEST_TOPIC, data, attributes)
         at = now()
-        documents.set(INGEST_JOBS, job_id, {"recoveries": recoveries + 1, "recovered_at": at, "updated_at": at}, merge=True)
+        update = {"recoveries": recoveries + 1, "recovered_at": at, "recovered_at_row": rows_done, "updated_at": at}
+        documents.set(INGEST_JOBS, job_id, update, merge=True)
         recovered += 1
         tf_logging.log(
             log,
