@@ -412,3 +412,34 @@ def test_a_request_that_cannot_be_published_leaves_no_queued_run(env):
     finally:
         publisher.create_topic(name=topic)
     assert docs.get(runs.RUNS, req.run_id) is None
+
+
+def test_a_closer_waits_for_another_closer_s_lock_only_so_long_then_is_retried(backend_env):
+    """The run's advisory lock is waited for at most lock_run's wait_ms: a holder that hangs turns
+    the waiting delivery into a RetryableError (Pub/Sub retries it) instead of pinning it and its
+    connection; once the holder lets go, the lock is taken, and the lock_timeout does not outlive it."""
+    from threatflow.adapters.postgres import create_engine
+    from threatflow.enrichment import repository
+    from threatflow.platform.config import Settings
+    from threatflow.platform.errors import RetryableError
+
+    engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"], "DB_POOL_SIZE": "2"}))
+    run_id = uuid.uuid4().hex
+    try:
+        with engine.connect() as holder, engine.connect() as waiter:
+            repository.lock_run(holder, run_id)
+            holder.commit()
+            began = time.monotonic()
+            with pytest.raises(RetryableError, match="being closed by another delivery"):
+                repository.lock_run(waiter, run_id, wait_ms=300)
+            assert 0.25 < time.monotonic() - began < 5
+            waiter.rollback()
+            repository.unlock_run(holder, run_id)
+            holder.commit()
+            repository.lock_run(waiter, run_id, wait_ms=300)
+            waiter.commit()
+            assert waiter.exec_driver_sql("SHOW lock_timeout").scalar_one() == "0"
+            repository.unlock_run(waiter, run_id)
+            waiter.commit()
+    finally:
+        engine.dispose()

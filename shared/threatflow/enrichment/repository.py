@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from threatflow.platform.errors import RetryableError
+
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
@@ -61,10 +63,27 @@ def insert_results(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
     return int(inserted.rowcount)
 
 
-def lock_run(conn: Connection, run_id: str) -> None:
-    """Take the run's session-level advisory lock (waits for the holder): one closer at a time per run.
-    Session-level, so it outlives the commit; unlock_run releases it, and so does closing the connection."""
-    conn.execute(_text("SELECT pg_advisory_lock(hashtextextended(:k, 0))"), {"k": _lock_key(run_id)})
+# How long a closer waits for another closer of the same run. A live close takes milliseconds; a
+# holder that hangs (its instance lost, the connection not yet noticed dead) must not pin this
+# delivery and its pooled connection for the OS's TCP keepalive time: past this, the delivery is
+# retried (RetryableError), by which time the holder has finished or its session is gone.
+LOCK_WAIT_MS = 15_000
+
+
+def lock_run(conn: Connection, run_id: str, *, wait_ms: int = LOCK_WAIT_MS) -> None:
+    """Take the run's session-level advisory lock, waiting at most `wait_ms` for its holder (then
+    RetryableError): one closer at a time per run. Session-level, so it outlives the commit (the
+    lock_timeout is SET LOCAL and does not); unlock_run releases it, and so does closing the connection."""
+    import sqlalchemy.exc
+
+    conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(wait_ms)}")
+    try:
+        conn.execute(_text("SELECT pg_advisory_lock(hashtextextended(:k, 0))"), {"k": _lock_key(run_id)})
+    except sqlalchemy.exc.DBAPIError as exc:
+        detail = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
+        if isinstance(detail, dict) and detail.get("C") == "55P03":  # lock_not_available
+            raise RetryableError(f"enrichment run {run_id} is being closed by another delivery; retry") from None
+        raise
 
 
 def unlock_run(conn: Connection, run_id: str) -> None:
