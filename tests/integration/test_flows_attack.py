@@ -387,6 +387,59 @@ def test_an_object_replaced_between_deliveries_fails_its_job(api, function_clien
     assert job["state"] == "failed" and "was replaced after its job started" in job["error"] and job["rows_done"] == 40, job
 
 
+def test_two_deliveries_taking_over_an_expired_lease_never_run_the_job_together(backend_env):
+    """A lease whose holder died is taken over by one delivery: another that read the same expired lease
+    (a redelivery and a continuation, say) must not delete the new holder's lease and run beside it.
+    The real store; only the second delivery's read of the lease is held until the first one runs."""
+    from threatflow.adapters.firestore import FirestoreDocuments
+    from threatflow.flows import handlers
+    from threatflow.platform.errors import RetryableError
+
+    documents = FirestoreDocuments(PROJECT)
+    job_id = uuid.uuid4().hex
+    now = datetime.now(UTC)
+    documents.set(handlers.INGEST_LEASES, job_id, {"holder": "died", "until": now - timedelta(seconds=1)})
+    second_read, first_runs = threading.Event(), threading.Event()
+
+    class HeldRead:
+        def __getattr__(self, name):
+            return getattr(documents, name)
+
+        def get(self, collection, doc_id):
+            found = documents.get(collection, doc_id)
+            if threading.current_thread().name == "second" and not second_read.is_set():
+                second_read.set()
+                first_runs.wait(10)
+            return found
+
+    running, overlaps, outcomes = set(), [], {}
+
+    def deliver():
+        name = threading.current_thread().name
+        try:
+            with handlers.lease(HeldRead(), job_id, now=now, wait_seconds=1):
+                overlaps.append(set(running))
+                running.add(name)
+                if name == "first":
+                    first_runs.set()
+                    second.join(15)  # holds the job while the second delivery tries
+                running.discard(name)
+            outcomes[name] = "ran"
+        except RetryableError:
+            outcomes[name] = "retry later"
+
+    second = threading.Thread(target=deliver, name="second")
+    first = threading.Thread(target=deliver, name="first")
+    second.start()
+    assert second_read.wait(10)
+    first.start()
+    first.join(20)
+    second.join(20)
+    assert overlaps == [set()], overlaps
+    assert outcomes == {"first": "ran", "second": "retry later"}, outcomes
+    assert documents.get(handlers.INGEST_LEASES, job_id) is None  # released by its holder
+
+
 def test_the_last_delivery_attempt_fails_the_job_before_pubsub_dead_letters_it(api, function_client, backend_env):
     """The database is unreachable (a closed port): every attempt raises so Pub/Sub retries; the attempt
     the subscription's policy makes the last (deliveryAttempt, set because it has a dead-letter topic)

@@ -38,6 +38,21 @@ class FirestoreDocuments:
     def delete(self, collection: str, doc_id: str) -> None:
         self._call(lambda: self._ref(collection, doc_id).delete(timeout=_TIMEOUT))
 
+    def delete_if(self, collection: str, doc_id: str, *, field: str, value: Any) -> bool:
+        from google.cloud import firestore
+
+        ref = self._ref(collection, doc_id)
+
+        @firestore.transactional  # type: ignore[misc]
+        def compare_and_delete(transaction: Any) -> bool:
+            snapshot = ref.get(transaction=transaction, timeout=_TIMEOUT)
+            if not snapshot.exists or (snapshot.to_dict() or {}).get(field) != value:
+                return False
+            transaction.delete(ref)
+            return True
+
+        return bool(self._call(lambda: compare_and_delete(self._client.transaction())))
+
     def query(
         self,
         collection: str,

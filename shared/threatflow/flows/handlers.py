@@ -124,21 +124,21 @@ def lease(documents: DocumentStore, job_id: str, *, now: datetime, wait_seconds:
     record = {"holder": holder, "until": now + timedelta(seconds=LEASE_SECONDS)}
     give_up = time.monotonic() + (LEASE_WAIT_SECONDS if wait_seconds is None else wait_seconds)
     while not documents.create(INGEST_LEASES, job_id, record):
-        until = (documents.get(INGEST_LEASES, job_id) or {}).get("until")
+        current = documents.get(INGEST_LEASES, job_id) or {}
+        until = current.get("until")
         if until is not None and until <= now:
-            documents.delete(INGEST_LEASES, job_id)  # expired: its holder died
-            if not documents.create(INGEST_LEASES, job_id, record):
-                raise RetryableError(f"flow ingest job {job_id} was taken over by another delivery")
-            break
-        if time.monotonic() >= give_up:
+            # Expired: its holder died. Deleted only if it is still that holder's (another delivery that
+            # read it may have taken it over since); then whoever creates the lease first runs the job.
+            documents.delete_if(INGEST_LEASES, job_id, field="holder", value=current.get("holder"))
+        elif time.monotonic() >= give_up:
             held = f" (lease until {until.isoformat()})" if until is not None else ""
             raise RetryableError(f"flow ingest job {job_id} is being run by another delivery{held}")
-        time.sleep(0.2)
+        else:
+            time.sleep(0.2)
     try:
         yield
     finally:
-        if (documents.get(INGEST_LEASES, job_id) or {}).get("holder") == holder:
-            documents.delete(INGEST_LEASES, job_id)
+        documents.delete_if(INGEST_LEASES, job_id, field="holder", value=holder)
 
 
 def build_handler(runtime: Runtime) -> Callable[[Message], dict[str, Any]]:

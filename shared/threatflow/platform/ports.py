@@ -24,6 +24,10 @@ class DocumentStore(Protocol):
 
     def delete(self, collection: str, doc_id: str) -> None: ...
 
+    def delete_if(self, collection: str, doc_id: str, *, field: str, value: Any) -> bool:
+        """Delete the document only if its `field` still equals `value`, atomically (a compare-and-delete);
+        False when it does not, or there is no such document."""
+
     def query(
         self,
         collection: str,
