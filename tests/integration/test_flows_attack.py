@@ -172,6 +172,28 @@ def test_worker_acks_messages_naming_no_valid_job_without_touching_firestore(api
     assert documents.get("flow_ingest_jobs", missing) is None  # and no job was made up
 
 
+def test_worker_acks_malformed_push_envelopes_instead_of_answering_500(api, function_client):
+    """Envelope fields Pub/Sub never sends so (an authenticated but forged push: attempt count, publish
+    time, attributes of the wrong type) are acked as undecodable, never a 5xx redelivered until the dead
+    letter."""
+    worker = function_client("flow-ingest")
+    job_id = _queue(api, "flows/untouched.csv", _raw_csv(5).encode())
+    good = _job_push(job_id)
+    forged = {
+        "infinite attempt": {**good, "deliveryAttempt": float("inf")},
+        "attempt object": {**good, "deliveryAttempt": {"n": 5}},
+        "publish time text": {**good, "message": {**good["message"], "publishTime": "yesterday"}},
+        "publish time number": {**good, "message": {**good["message"], "publishTime": 1700000000}},
+        "publish time without zone": {**good, "message": {**good["message"], "publishTime": "2026-01-01T00:00:00"}},
+        "attributes list": {**good, "message": {**good["message"], "attributes": [job_id]}},
+        "attributes text": {**good, "message": {**good["message"], "attributes": job_id}},
+    }
+    for name, envelope in forged.items():
+        response = worker.post("/", data=json.dumps(envelope), content_type="application/json")
+        assert response.status_code == 200, (name, response.status_code, response.get_data(as_text=True)[:200])
+    assert _job(job_id)["deliveries"] == 1  # run once, by the push whose only fault was its attempt count
+
+
 HOSTILE_UPLOADS = {
     # one line with no end: read in bounded pieces, not into memory at once
     "huge-line": lambda: b"srcip," + b"9" * 300_000,

@@ -53,11 +53,19 @@ def decode(cloud_event: Any) -> Message:
     version = data.get("schema_version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
         raise ValidationError(f"unsupported schema_version {version!r}", field="schema_version")
+    attributes = message.get("attributes") or {}
+    if not isinstance(attributes, dict):
+        raise ValidationError("message attributes must be an object", field="message.attributes")
     published = message.get("publishTime") or message.get("publish_time")
-    published_at = datetime.fromisoformat(published.replace("Z", "+00:00")) if published else datetime.now(UTC)
+    try:
+        published_at = datetime.fromisoformat(published.replace("Z", "+00:00")) if published else datetime.now(UTC)
+    except (AttributeError, ValueError):
+        raise ValidationError(f"publishTime {str(published)[:40]!r} is not an RFC 3339 time", field="message.publishTime") from None
+    if published_at.tzinfo is None:
+        raise ValidationError(f"publishTime {published[:40]!r} has no time zone", field="message.publishTime")
     return Message(
         message_id=str(message.get("messageId") or message.get("message_id") or cloud_event["id"]),
-        attributes=message.get("attributes") or {},
+        attributes=attributes,
         data=data,
         published_at=published_at,
         delivery_attempt=_delivery_attempt(envelope),
@@ -76,7 +84,7 @@ def _delivery_attempt(envelope: Mapping[str, Any]) -> int:
         value = body.get("deliveryAttempt") if isinstance(body, dict) else None
     try:
         return max(1, int(value or 1))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # junk, or a float infinity: Pub/Sub sends a small integer
         return 1
 
 
