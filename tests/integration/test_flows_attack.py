@@ -282,6 +282,19 @@ def test_an_upload_deleted_after_it_was_queued_fails_its_job(api, function_clien
     assert job["state"] == "failed" and "no object" in job["error"]
 
 
+def test_an_upload_larger_than_any_within_bounds_fails_before_it_is_read(api, function_client, monkeypatch):
+    """The first delivery hashes the whole object before parsing it, outside the time budget: an object
+    larger than the text bound allows (here lowered) would be read for nothing, or past the function's
+    timeout at every attempt, leaving its job running. Its size fails the job before any read."""
+    from threatflow.flows import handlers
+
+    monkeypatch.setattr(handlers, "MAX_OBJECT_BYTES", 1000)
+    job_id = _queue(api, "flows/oversized.csv", _raw_csv(20).encode())
+    assert function_client("flow-ingest").post("/", json=_job_push(job_id)).status_code == 200
+    job = _job(job_id)
+    assert job["state"] == "failed" and "bytes, more than 1000;" in job["error"] and "source" not in job, job
+
+
 # -- long uploads: continuations, the last delivery attempt, a replaced object ----------------------
 
 

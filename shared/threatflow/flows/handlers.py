@@ -70,6 +70,9 @@ MAX_COLUMNS = 64
 # never needs more continuations than this; reaching it means no progress, and the job fails.
 MAX_CONTINUATIONS = MAX_LINES // BATCH_ROWS
 HASH_CHUNK_BYTES = 1024 * 1024
+# A UNSW CSV is ASCII: an object within MAX_TEXT_CHARS has at most this many bytes (gzipped, fewer).
+# Checked before the first delivery's hash pass, which reads the whole object within no time budget.
+MAX_OBJECT_BYTES = MAX_TEXT_CHARS
 
 
 class UnreadableUpload(ValueError):
@@ -257,6 +260,10 @@ def run_job(
     bucket, name = str(job.get("bucket")), str(job.get("object"))
     try:
         info = blobs.stat(bucket, name)
+        if info.size > MAX_OBJECT_BYTES:
+            raise ValidationError(
+                f"the upload has {info.size} bytes, more than {MAX_OBJECT_BYTES}; split it into several uploads", field="object"
+            )
         pinned = job.get("generation")
         if pinned is not None and int(pinned) != info.generation:
             raise NotFoundError(
@@ -266,7 +273,7 @@ def run_job(
         source = (
             str(job["source"]) if pinned is not None and job.get("source") else source_of(blobs, bucket, name, generation=info.generation)
         )
-    except NotFoundError as exc:  # deleted (or replaced) after it was queued: fail the job, do not leave it "running"
+    except (NotFoundError, ValidationError) as exc:  # too large, deleted or replaced after it was queued: fail the job
         fail_job(documents, job_id, exc.message, clock=clock)
         raise
     created = job.get("created_at")
