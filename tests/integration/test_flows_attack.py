@@ -7,6 +7,7 @@ redelivered forever; roles and TLP hold; push endpoints refuse unauthenticated c
 import base64
 import contextlib
 import gzip
+import itertools
 import json
 import random
 import threading
@@ -706,11 +707,19 @@ def test_search_edge_values_are_4xx(api):
     _ingest(api, json_flows(10, seed=6))
     forged = [
         base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip("=")
-        for doc in ([1, 2], "x", {"t": 5, "k": "x"}, {"t": "2026-01-01T00:00:00", "k": str(uuid.uuid4())}, {"t": "2026-01-01T00:00:00Z"})
-    ] + ["!!!", "%00", "a" * 5000, base64.b64encode(b"\xff\xfe").decode()]
-    for cursor in forged:
-        response = api.get("/api/v1/events/search", query_string={"srcip": "1.2.3.4", "cursor": cursor})
+        for doc in (
+            [1, 2], "x", {"t": 5, "k": "x"}, {"t": "2026-01-01T00:00:00", "k": str(uuid.uuid4())}, {"t": "2026-01-01T00:00:00Z"},
+            {"t": "2026-01-01T00:00:00Z", "k": 5}, {"t": "2026-01-01T00:00:00Z", "k": [str(uuid.uuid4())]},
+        )
+    ] + ["!!!", "%00", "a" * 5000, base64.b64encode(b"\xff\xfe").decode()]  # fmt: skip
+    for cursor, address in itertools.product(forged, ({"srcip": "1.2.3.4"}, {})):  # the read pool, the engine
+        response = api.get("/api/v1/events/search", query_string={**address, "cursor": cursor})
         assert response.status_code == 400, (cursor[:40], response.status_code, response.get_data(as_text=True)[:200])
+    for at in ("0001-01-01T00:00:00+14:00", "0001-01-01T00:00:00-14:00", "9999-12-31T23:59:59-14:00"):
+        cursor = base64.urlsafe_b64encode(json.dumps({"t": at, "k": str(uuid.uuid4())}).encode()).decode().rstrip("=")
+        for address in ({"srcip": "1.2.3.4"}, {}):
+            response = api.get("/api/v1/events/search", query_string={**address, "cursor": cursor})
+            assert response.status_code in (200, 400), (at, address, response.status_code, response.get_data(as_text=True)[:200])
     bad = [
         {"limit": "0"}, {"limit": "1001"}, {"limit": "-5"}, {"limit": "1e2"}, {"limit": "9" * 40},
         {"min_probability": "nan"}, {"min_probability": "inf"}, {"min_probability": "-0.1"}, {"min_probability": "1.5"},

@@ -124,7 +124,8 @@ def decode_cursor(text: str) -> tuple[datetime, str]:
         key = str(uuid.UUID(doc["k"]))
         if at.tzinfo is None:
             raise ValueError("naive time")
-    except (ValueError, KeyError, TypeError):
+        at = at.astimezone(UTC)  # year 1 at +14:00 is before year 1 in UTC: OverflowError here, not in the driver
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError):  # AttributeError: uuid.UUID of a non-string
         raise ValidationError("cursor is not one this API returned", field="cursor") from None
     return at, key
 
