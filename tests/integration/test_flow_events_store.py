@@ -520,6 +520,36 @@ def test_the_read_pool_pings_only_idle_connections_and_a_lost_one_is_a_503_then_
         reader.dispose()
 
 
+def test_a_restart_fails_one_read_pool_search_not_one_per_pooled_connection(engine, clean_tables):
+    """Every backend of the read pool gone at once (PostgreSQL restarted), its connections all used just now
+    (so not pinged): the first search fails as a 503 and the pool's other connections are pinged before their
+    next use, instead of each failing a search of its own."""
+    from threatflow.adapters import postgres
+    from threatflow.flows import repository, search
+
+    query = search.parse_search({"srcip": "175.45.176.36"}, now=datetime.now(UTC))
+    reader = _read_engine(clean_tables, timeout_ms=search.SEARCH_TIMEOUT_MS)  # DB_POOL_SIZE 2: 2 kept in the pool
+    try:
+        held = [reader.connect() for _ in range(2)]
+        pids = [int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()) for conn in held]
+        for conn in held:
+            conn.close()
+        with engine.connect() as conn:
+            for pid in pids:
+                assert conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid}, 5000)").scalar_one() is True
+        outcomes = []
+        for _ in range(3):
+            try:
+                with repository.read_only(reader) as conn:
+                    outcomes.append(json.loads(search.search(query, conn=conn))["count"])
+            except Exception as exc:
+                assert isinstance(postgres.unavailable(exc), postgres.DependencyError), exc
+                outcomes.append("503")
+        assert outcomes == ["503", 0, 0], outcomes
+    finally:
+        reader.dispose()
+
+
 def test_search_statement_is_prepared_once_per_connection_and_leaves_nothing_set(clean_tables):
     """The page query is a prepared statement with a generic plan: prepared once per connection and shape,
     replanned when a partition appears, and its SET LOCALs end with the transaction."""

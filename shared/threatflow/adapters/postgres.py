@@ -67,7 +67,8 @@ def create_read_engine(settings: Settings, *, session: ReadSession) -> Engine:
     connection is in autocommit (no BEGIN or COMMIT; every statement is its own read-only
     transaction), and a connection is pinged at checkout only after READ_PING_IDLE_SECONDS idle:
     a just-used one is alive, and if the server went away in between, the statement fails as a
-    lost connection (a 503 to retry) and the pool drops it. `default_transaction_read_only` makes
+    lost connection (a 503 to retry) and the pool drops it, then pings each of its other connections
+    at its next checkout (a restart took them all: one failed search, not one per connection). `default_transaction_read_only` makes
     any write through this pool an error. A second small pool per instance, for the one function
     that uses it: its connections count against Cloud SQL's budget like the engine's."""
     import sqlalchemy
@@ -95,9 +96,16 @@ def create_read_engine(settings: Settings, *, session: ReadSession) -> Engine:
         record.info[READ_SESSION] = session
         record.info[_LAST_USED] = time.monotonic()
 
+    lost = {"at": 0.0}  # when a connection of this pool was last dropped as gone
+
+    @event.listens_for(engine, "invalidate")
+    def invalidated(dbapi_connection: Any, record: Any, exception: BaseException | None) -> None:
+        lost["at"] = time.monotonic()
+
     @event.listens_for(engine, "checkout")
     def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        if time.monotonic() - record.info.get(_LAST_USED, 0.0) < READ_PING_IDLE_SECONDS:
+        last_used = record.info.get(_LAST_USED, 0.0)
+        if time.monotonic() - last_used < READ_PING_IDLE_SECONDS and last_used > lost["at"]:
             return
         try:
             cursor = dbapi_connection.cursor()
