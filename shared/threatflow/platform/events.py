@@ -62,7 +62,7 @@ def decode(cloud_event: Any) -> Message:
     except (AttributeError, ValueError):
         raise ValidationError(f"publishTime {str(published)[:40]!r} is not an RFC 3339 time", field="message.publishTime") from None
     if published_at.tzinfo is None:
-        raise ValidationError(f"publishTime {published[:40]!r} has no time zone", field="message.publishTime")
+        raise ValidationError(f"publishTime {str(published)[:40]!r} has no time zone", field="message.publishTime")
     return Message(
         message_id=str(message.get("messageId") or message.get("message_id") or cloud_event["id"]),
         attributes=attributes,
