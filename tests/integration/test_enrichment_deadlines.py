@@ -181,6 +181,12 @@ def test_a_limit_outside_the_bound_fails_the_run_without_closing_anything(env):
     assert env["maintenance"].post("/", json=push).status_code == 200  # a permanent error: acked, not retried
     assert "params.limit" in docs.get("maintenance_runs", job_run)["error"]
     assert docs.get(runs.RUNS, run_id)["status"] == "running"
+    for params in ([500], "limit=5", 5):  # params that are not an object: acked as well, not an AttributeError's 500
+        data = {"schema_version": 1, "params": params}
+        push["message"] = {**push["message"], "data": base64.b64encode(json.dumps(data).encode()).decode(), "messageId": uuid.uuid4().hex}
+        response = env["maintenance"].post("/", json=push)
+        assert response.status_code == 200, (params, response.status_code)
+    assert docs.get(runs.RUNS, run_id)["status"] == "running"
 
 
 def test_a_late_answer_racing_the_sweep_closes_the_run_once(env):

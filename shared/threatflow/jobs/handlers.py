@@ -14,10 +14,13 @@ def handle_maintenance(message: Message, *, runtime: Runtime) -> dict[str, Any]:
     job = message.attributes.get("job") or message.data.get("job")
     if not job:
         raise ValidationError("maintenance message names no job (attribute 'job')", field="job")
+    params = message.data.get("params") or {}
+    if not isinstance(params, dict):
+        raise ValidationError("maintenance message params must be an object", field="params")
     return runs.execute(
         job=str(job),
         run_id=str(message.attributes.get("run_id") or message.message_id),
-        params=message.data.get("params") or {},
+        params=params,
         engine=runtime.engine,
         documents=runtime.documents,
         blobs=runtime.blobs,
