@@ -163,7 +163,7 @@ def test_worker_acks_messages_naming_no_valid_job_without_touching_firestore(api
     from threatflow.adapters.firestore import FirestoreDocuments
 
     worker = function_client("flow-ingest")
-    for job_id in ("a/b", "__x__", "x" * 2000, "../../flags/x", uuid.uuid4().hex, ""):
+    for job_id in ("a/b", "__x__", "x" * 2000, "../../flags/x", uuid.uuid4().hex, "", uuid.uuid4().hex + "\n"):
         response = worker.post("/", json=_job_push(job_id))
         assert response.status_code == 200, (job_id[:40], response.get_data(as_text=True)[:200])
     missing = uuid.uuid4().hex
