@@ -449,3 +449,29 @@ def test_a_closer_waits_for_another_closer_s_lock_only_so_long_then_is_retried(b
             waiter.commit()
     finally:
         engine.dispose()
+
+
+def test_a_run_whose_lock_is_held_does_not_stop_the_sweep_closing_the_others(env):
+    """A closer's session that lingers with a run's lock (its instance lost, PostgreSQL not yet noticing):
+    the sweep passes that run by at once, counted busy, and closes the others. Waiting LOCK_WAIT_MS and
+    failing the invocation would retry it onto the same run, oldest deadline first, every tick."""
+    from threatflow.enrichment import closing, handlers, repository, runs
+    from threatflow.intel import enrichment as intel_enrichment
+
+    runtime, docs = env["runtime"], env["docs"]
+    ctx = handlers.context(runtime)
+    stuck = _start(runtime, _ioc(runtime, "45.95.147.30"), "45.95.147.30", expected=["virustotal"], deadline_in=-60)
+    other = _start(runtime, _ioc(runtime, "45.95.147.31"), "45.95.147.31", expected=["virustotal"], deadline_in=-30)
+    deps = {"documents": docs, "engine": runtime.engine, "now": ctx.now, "reliability": ctx.reliability()}
+    with runtime.engine.connect() as lingering:
+        repository.lock_run(lingering, stuck)
+        lingering.commit()
+        began = time.monotonic()
+        result = closing.close_overdue(**deps, apply_verdict=intel_enrichment.apply_verdict)
+        took = time.monotonic() - began
+        repository.unlock_run(lingering, stuck)
+        lingering.commit()
+    assert result["closed"] == 1 and result["busy"] == 1 and took < 5, (result, took)
+    assert docs.get(runs.RUNS, other)["status"] == "done" and docs.get(runs.RUNS, stuck)["status"] == "running"
+    assert closing.close_overdue(**deps, apply_verdict=intel_enrichment.apply_verdict)["closed"] == 1  # its next tick
+    assert docs.get(runs.RUNS, stuck)["status"] == "done"

@@ -53,6 +53,9 @@ DEADLINE_DETAIL = "no answer before the run deadline"
 SWEEP_LIMIT = 500  # runs closed per maintenance invocation at most; the next tick takes the rest
 SWEEP_MAX = 5000
 FAILED_LISTED = 20
+# The sweep does not wait for a run another closer holds (that closer finishes it, or the next tick
+# does): a lock that lingers with a lost session must not stall the page, oldest deadline first.
+SWEEP_LOCK_WAIT_MS = 50
 # ioc-enrichment-requested-push (functions/topology.yaml): 5 attempts, 60 s ack deadline, at most 60 s
 # backoff: a request is dispatched or dead-lettered within about 10 minutes of its publish. A run queued
 # three times as long has no live message; a backlog of that age gets a second message, which is harmless.
@@ -101,15 +104,17 @@ def close(
     now: Callable[[], datetime],
     reliability: Mapping[str, float],
     apply_verdict: ApplyVerdict,
+    lock_wait_ms: int = repository.LOCK_WAIT_MS,
 ) -> Closed:
-    """Close the run if every expected source answered or its deadline passed. Idempotent."""
+    """Close the run if every expected source answered or its deadline passed. Idempotent.
+    RunBeingClosed if another closer holds the run past `lock_wait_ms`."""
     run = runs.get_run(documents, run_id)
     if run is None or not _open(run):
         return Closed(run, False)
     with unit_of_work(engine) as conn:
         if not _due(run, _missing(run, repository.run_results(conn, run_id))):
             return Closed(run, False)  # the common case of a non-last answer: no lock taken
-    with _run_lock(engine, run_id) as conn:  # one transaction, committed below; rolled back on any return before
+    with _run_lock(engine, run_id, wait_ms=lock_wait_ms) as conn:  # one transaction, committed below; rolled back on any return before
         run = runs.get_run(documents, run_id)  # under the lock: another closer may have finished meanwhile
         if run is None or not _open(run):
             return Closed(run, False)
@@ -136,10 +141,10 @@ def close(
 
 
 @contextmanager
-def _run_lock(engine: Engine, run_id: str) -> Iterator[Connection]:
+def _run_lock(engine: Engine, run_id: str, *, wait_ms: int) -> Iterator[Connection]:
     """A connection holding the run's advisory lock until the block ends, commit and Firestore write included."""
     with engine.connect() as conn:
-        repository.lock_run(conn, run_id)
+        repository.lock_run(conn, run_id, wait_ms=wait_ms)
         conn.commit()
         try:
             yield conn
@@ -181,12 +186,23 @@ def close_overdue(
     data) is logged and listed, and the sweep goes on; a backing service down fails the sweep."""
     cutoff = time.time()
     page = runs.overdue_runs(documents, before=cutoff, limit=limit + 1)
-    closed = already = 0
+    closed = already = busy = 0
     failed: list[str] = []
     for doc in page[:limit]:
         run_id = str(doc["id"])
         try:
-            outcome = close(run_id, documents=documents, engine=engine, now=now, reliability=reliability, apply_verdict=apply_verdict)
+            outcome = close(
+                run_id,
+                documents=documents,
+                engine=engine,
+                now=now,
+                reliability=reliability,
+                apply_verdict=apply_verdict,
+                lock_wait_ms=SWEEP_LOCK_WAIT_MS,
+            )
+        except repository.RunBeingClosed:
+            busy += 1  # another closer is at it (or its lost session still holds the lock): next tick
+            continue
         except Exception as exc:
             if isinstance(exc, RetryableError):
                 raise
@@ -203,6 +219,7 @@ def close_overdue(
     return {
         "closed": closed,
         "already_closed": already,
+        "busy": busy,
         "failed": len(failed),
         "failed_runs": failed[:FAILED_LISTED],
         "more": len(page) > limit,

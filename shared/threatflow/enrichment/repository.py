@@ -70,6 +70,10 @@ def insert_results(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
 LOCK_WAIT_MS = 15_000
 
 
+class RunBeingClosed(RetryableError):
+    """Another closer holds the run's lock (lock_run waited `wait_ms` for it)."""
+
+
 def lock_run(conn: Connection, run_id: str, *, wait_ms: int = LOCK_WAIT_MS) -> None:
     """Take the run's session-level advisory lock, waiting at most `wait_ms` for its holder (then
     RetryableError): one closer at a time per run. Session-level, so it outlives the commit (the
@@ -82,7 +86,7 @@ def lock_run(conn: Connection, run_id: str, *, wait_ms: int = LOCK_WAIT_MS) -> N
     except sqlalchemy.exc.DBAPIError as exc:
         detail = exc.orig.args[0] if exc.orig is not None and exc.orig.args else None
         if isinstance(detail, dict) and detail.get("C") == "55P03":  # lock_not_available
-            raise RetryableError(f"enrichment run {run_id} is being closed by another delivery; retry") from None
+            raise RunBeingClosed(f"enrichment run {run_id} is being closed by another delivery; retry") from None
         raise
 
 
