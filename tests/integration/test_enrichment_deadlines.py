@@ -475,3 +475,23 @@ def test_a_run_whose_lock_is_held_does_not_stop_the_sweep_closing_the_others(env
     assert docs.get(runs.RUNS, other)["status"] == "done" and docs.get(runs.RUNS, stuck)["status"] == "running"
     assert closing.close_overdue(**deps, apply_verdict=intel_enrichment.apply_verdict)["closed"] == 1  # its next tick
     assert docs.get(runs.RUNS, stuck)["status"] == "done"
+
+
+def test_a_reader_of_an_overdue_run_another_closer_holds_is_answered_at_once(env):
+    """GET /runs/{id} closes an overdue run lazily; if another closer holds the run's lock, the reader gets the
+    run as it stands (still running) at once, instead of waiting LOCK_WAIT_MS with a pooled connection and
+    then a 503: a few readers of one run would hold a function instance's whole pool (1 + 1 overflow)."""
+    from threatflow.enrichment import api, handlers, repository
+
+    runtime = env["runtime"]
+    run_id = _start(runtime, _ioc(runtime, "45.95.147.32"), "45.95.147.32", expected=["virustotal"], deadline_in=-30)
+    with runtime.engine.connect() as holder:
+        repository.lock_run(holder, run_id)
+        holder.commit()
+        began = time.monotonic()
+        view = api.run_view(handlers.context(runtime), run_id)
+        took = time.monotonic() - began
+        repository.unlock_run(holder, run_id)
+        holder.commit()
+    assert view["status"] == "running" and took < 5, (view, took)
+    assert api.run_view(handlers.context(runtime), run_id)["status"] == "done"  # the next read closes it

@@ -20,6 +20,7 @@ result or dead letter of an IoC above it does not exist for the caller (404 / le
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import time
@@ -45,6 +46,8 @@ from threatflow.platform.web import Request, Response, Router
 from threatflow.runtime import Runtime
 
 MAX_BATCH = 1000
+# A reader does not wait for a run another closer holds: that one closes it, the reader sees it on a later read.
+READ_LOCK_WAIT_MS = 50
 
 
 class EnrichIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -102,7 +105,9 @@ def run_view(ctx: handlers.Enrichment, run_id: str) -> dict[str, Any]:
     if run is None:
         return _cached_run_view(ctx, run_id)
     if run.get("status") == "running" and time.time() > float(run.get("deadline_at") or 0):
-        run = handlers.finalize(ctx, run_id) or run  # the deadline passed: close with what answered
+        # the deadline passed: close with what answered; if another closer is at it, the run as it stands
+        with contextlib.suppress(repository.RunBeingClosed):
+            run = handlers.finalize(ctx, run_id, lock_wait_ms=READ_LOCK_WAIT_MS) or run
     with unit_of_work(ctx.runtime.engine) as conn:
         results = repository.run_results(conn, run_id)
     return {

@@ -368,7 +368,7 @@ def handle_completed(message: events.Message, *, runtime: Runtime) -> None:
     finalize(context(runtime), run_id)
 
 
-def finalize(ctx: Enrichment, run_id: str) -> dict[str, Any] | None:
+def finalize(ctx: Enrichment, run_id: str, *, lock_wait_ms: int = repository.LOCK_WAIT_MS) -> dict[str, Any] | None:
     """Close the run if every expected source answered (or the deadline passed):
     merge the verdict, store evidence, update the IoC, correlate threats. Idempotent;
     the one close (closing.close), shared with the close-overdue-enrichment-runs job."""
@@ -379,4 +379,5 @@ def finalize(ctx: Enrichment, run_id: str) -> dict[str, Any] | None:
         now=ctx.now,
         reliability=ctx.reliability(),
         apply_verdict=intel_enrichment.apply_verdict,
+        lock_wait_ms=lock_wait_ms,
     ).run
