@@ -7,36 +7,41 @@ from typing import Any
 
 from threatflow.platform.errors import DependencyError, ValidationError
 
-_TIMEOUT = 10.0
+_TIMEOUT = 10.0  # one attempt, and all of a call's retries together (FirestoreDocuments._retry)
 
 
 class FirestoreDocuments:
     def __init__(self, project: str) -> None:
+        from google.api_core.retry import Retry, if_transient_error
         from google.cloud import firestore
 
         self._client = firestore.Client(project=project)
+        # The client's default retry for transient errors, bounded to _TIMEOUT in all. Its own budget
+        # is 60 s: an unreachable Firestore held every request or message that long before its 503
+        # (a Pub/Sub delivery then retries), and tied up the instance meanwhile.
+        self._retry = Retry(predicate=if_transient_error, initial=0.1, maximum=2.0, multiplier=2.0, timeout=_TIMEOUT)
 
     def _ref(self, collection: str, doc_id: str) -> Any:
         return self._client.collection(collection).document(check_id(doc_id))
 
     def get(self, collection: str, doc_id: str) -> dict[str, Any] | None:
-        snapshot = self._call(lambda: self._ref(collection, doc_id).get(timeout=_TIMEOUT))
+        snapshot = self._call(lambda: self._ref(collection, doc_id).get(retry=self._retry, timeout=_TIMEOUT))
         return snapshot.to_dict() if snapshot.exists else None
 
     def create(self, collection: str, doc_id: str, data: Mapping[str, Any]) -> bool:
         from google.api_core import exceptions
 
         try:
-            self._call(lambda: self._ref(collection, doc_id).create(dict(data), timeout=_TIMEOUT))
+            self._call(lambda: self._ref(collection, doc_id).create(dict(data), retry=self._retry, timeout=_TIMEOUT))
         except exceptions.AlreadyExists:
             return False
         return True
 
     def set(self, collection: str, doc_id: str, data: Mapping[str, Any], *, merge: bool = False) -> None:
-        self._call(lambda: self._ref(collection, doc_id).set(dict(data), merge=merge, timeout=_TIMEOUT))
+        self._call(lambda: self._ref(collection, doc_id).set(dict(data), merge=merge, retry=self._retry, timeout=_TIMEOUT))
 
     def delete(self, collection: str, doc_id: str) -> None:
-        self._call(lambda: self._ref(collection, doc_id).delete(timeout=_TIMEOUT))
+        self._call(lambda: self._ref(collection, doc_id).delete(retry=self._retry, timeout=_TIMEOUT))
 
     def delete_if(self, collection: str, doc_id: str, *, field: str, value: Any) -> bool:
         from google.cloud import firestore
@@ -70,7 +75,7 @@ class FirestoreDocuments:
             query = query.where(filter=FieldFilter(field, op, value))
         if order_by:
             query = query.order_by(order_by, direction=firestore.Query.DESCENDING if descending else firestore.Query.ASCENDING)
-        docs = self._call(lambda: list(query.limit(limit).stream(timeout=_TIMEOUT)))
+        docs = self._call(lambda: list(query.limit(limit).stream(retry=self._retry, timeout=_TIMEOUT)))
         return [{"id": d.id, **d.to_dict()} for d in docs]
 
     def ping(self) -> None:
