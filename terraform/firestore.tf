@@ -1,3 +1,15 @@
+# The Firestore database the functions use (jobs, runs, flags, leases): the project's
+# "(default)" database in Native mode, in the region of everything else. Deletion is refused
+# and point-in-time recovery is on: job and run state is not recreated from anywhere else.
+resource "google_firestore_database" "default" {
+  project                           = var.project_id
+  name                              = "(default)"
+  location_id                       = var.region
+  type                              = "FIRESTORE_NATIVE"
+  delete_protection_state           = "DELETE_PROTECTION_ENABLED"
+  point_in_time_recovery_enablement = "POINT_IN_TIME_RECOVERY_ENABLED"
+}
+
 # Composite indexes of the Firestore queries that need one; Firestore builds the
 # single-field indexes itself. The emulator needs none, so a missing index here
 # only shows in the cloud: tests/unit/enrichment/test_overdue_index.py checks it.
@@ -8,6 +20,7 @@ resource "google_firestore_index" "enrichment_runs_overdue" {
   project    = var.project_id
   database   = "(default)"
   collection = "enrichment_runs"
+  depends_on = [google_firestore_database.default]
 
   fields {
     field_path = "status"
@@ -26,6 +39,7 @@ resource "google_firestore_index" "enrichment_runs_queued" {
   project    = var.project_id
   database   = "(default)"
   collection = "enrichment_runs"
+  depends_on = [google_firestore_database.default]
 
   fields {
     field_path = "status"
@@ -44,6 +58,7 @@ resource "google_firestore_index" "enrichment_runs_requeued" {
   project    = var.project_id
   database   = "(default)"
   collection = "enrichment_runs"
+  depends_on = [google_firestore_database.default]
 
   fields {
     field_path = "status"
@@ -62,6 +77,7 @@ resource "google_firestore_index" "flow_ingest_jobs_stalled" {
   project    = var.project_id
   database   = "(default)"
   collection = "flow_ingest_jobs"
+  depends_on = [google_firestore_database.default]
 
   fields {
     field_path = "state"
