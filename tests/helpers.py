@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 import sys
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+TEST_PROJECT = "threatflow-test"
+
+
+def push_envelope(data: Any, attributes: dict[str, str], subscription: str) -> dict[str, Any]:
+    """A Pub/Sub push body as a push subscription delivers it: `data` as base64 JSON, a fresh message id."""
+    return {
+        "message": {
+            "data": base64.b64encode(json.dumps(data).encode()).decode(),
+            "attributes": attributes,
+            "messageId": uuid.uuid4().hex,
+            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        },
+        "subscription": f"projects/{TEST_PROJECT}/subscriptions/{subscription}",
+    }
 
 
 def create_user(

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from helpers import push_envelope
 
 pytestmark = pytest.mark.integration
 PROJECT = "threatflow-test"
@@ -96,15 +97,7 @@ def _run_job(env: dict[str, Any], **params: Any) -> dict[str, Any]:
     """Push the schedule's message to the maintenance function; the recorded job result."""
     run_id = uuid.uuid4().hex
     data = {"schema_version": 1, **({"params": params} if params else {})}
-    push = {
-        "message": {
-            "data": base64.b64encode(json.dumps(data).encode()).decode(),
-            "attributes": {"job": JOB, "run_id": run_id},
-            "messageId": uuid.uuid4().hex,
-            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        },
-        "subscription": f"projects/{PROJECT}/subscriptions/maintenance-push",
-    }
+    push = push_envelope(data, {"job": JOB, "run_id": run_id}, "maintenance-push")
     assert env["maintenance"].post("/", json=push).status_code == 200
     record = env["docs"].get("maintenance_runs", run_id)
     assert record is not None and record["state"] == "succeeded", record
@@ -169,15 +162,7 @@ def test_a_limit_outside_the_bound_fails_the_run_without_closing_anything(env):
     run_id = _start(runtime, _ioc(runtime, "45.95.147.21"), "45.95.147.21", expected=["virustotal"], deadline_in=-30)
     job_run = uuid.uuid4().hex
     data = {"schema_version": 1, "params": {"limit": closing.SWEEP_MAX + 1}}
-    push = {
-        "message": {
-            "data": base64.b64encode(json.dumps(data).encode()).decode(),
-            "attributes": {"job": JOB, "run_id": job_run},
-            "messageId": uuid.uuid4().hex,
-            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        },
-        "subscription": f"projects/{PROJECT}/subscriptions/maintenance-push",
-    }
+    push = push_envelope(data, {"job": JOB, "run_id": job_run}, "maintenance-push")
     assert env["maintenance"].post("/", json=push).status_code == 200  # a permanent error: acked, not retried
     assert "params.limit" in docs.get("maintenance_runs", job_run)["error"]
     assert docs.get(runs.RUNS, run_id)["status"] == "running"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from flows_support import publish, trained_model
-from helpers import create_user
+from helpers import create_user, push_envelope
 
 pytestmark = pytest.mark.integration
 PROJECT = "threatflow-test"
@@ -65,15 +65,7 @@ def _run_job(env: dict[str, Any], **params: Any) -> dict[str, Any]:
     """Push the schedule's message to the maintenance function; the recorded job result."""
     run_id = uuid.uuid4().hex
     data = {"schema_version": 1, **({"params": params} if params else {})}
-    push = {
-        "message": {
-            "data": base64.b64encode(json.dumps(data).encode()).decode(),
-            "attributes": {"job": JOB, "run_id": run_id},
-            "messageId": uuid.uuid4().hex,
-            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        },
-        "subscription": f"projects/{PROJECT}/subscriptions/maintenance-push",
-    }
+    push = push_envelope(data, {"job": JOB, "run_id": run_id}, "maintenance-push")
     assert env["maintenance"].post("/", json=push).status_code == 200
     record = env["docs"].get("maintenance_runs", run_id)
     assert record is not None and record["state"] == "succeeded", record
@@ -262,15 +254,7 @@ def test_one_invocation_recovers_at_most_limit_jobs_oldest_first_and_says_more(e
 def test_a_limit_out_of_range_fails_the_run(env):
     run_id = uuid.uuid4().hex
     data = {"schema_version": 1, "params": {"limit": 0}}
-    push = {
-        "message": {
-            "data": base64.b64encode(json.dumps(data).encode()).decode(),
-            "attributes": {"job": JOB, "run_id": run_id},
-            "messageId": uuid.uuid4().hex,
-            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        },
-        "subscription": f"projects/{PROJECT}/subscriptions/maintenance-push",
-    }
+    push = push_envelope(data, {"job": JOB, "run_id": run_id}, "maintenance-push")
     env["maintenance"].post("/", json=push)
     record = env["docs"].get("maintenance_runs", run_id)
     assert record["state"] == "failed" and "params.limit must be an integer from 1" in record["error"], record

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from flows_support import json_flows, publish, trained_model
-from helpers import create_user
+from helpers import create_user, push_envelope
 
 pytestmark = pytest.mark.integration
 PROJECT = "threatflow-test"
@@ -73,15 +73,7 @@ def _count_events(url):
 
 
 def _push(data, attributes, subscription):
-    return {
-        "message": {
-            "data": base64.b64encode(json.dumps({"schema_version": 1, **data}).encode()).decode(),
-            "attributes": attributes,
-            "messageId": uuid.uuid4().hex,
-            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        },
-        "subscription": f"projects/{PROJECT}/subscriptions/{subscription}",
-    }
+    return push_envelope({"schema_version": 1, **data}, attributes, subscription)
 
 
 def _job_push(job_id):
