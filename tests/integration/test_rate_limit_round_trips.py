@@ -70,3 +70,54 @@ def test_over_the_ip_limit_a_valid_token_gets_429_and_its_user_is_not_charged(fu
     # The user's bucket took 3 of 4: from another address, one more read, then the user limit refuses.
     other = {**headers, "X-Forwarded-For": "198.51.100.8"}
     assert [client.get("/api/v1/auth/me", headers=other).status_code for _ in range(2)] == [200, 429]
+
+
+def test_a_refused_address_is_answered_from_memory_until_its_retry_after(function_client, backend_env):
+    """After Redis refuses an address, the instance answers its next requests with the same 429 without
+    Redis or the token check, until the retry-after it was given; then Redis decides again."""
+    import time
+
+    password = create_user(backend_env["DATABASE_URL"], "flooder", "reader")
+    token = (
+        function_client("auth").post("/api/v1/auth/token", json={"username": "flooder", "password": password}).get_json()["access_token"]
+    )
+    client = function_client("auth", RATE_LIMIT_PER_IP="2/2", RATE_LIMIT_PER_USER="1000/60", TRUSTED_PROXY_HOPS="1")
+    headers = {"Authorization": f"Bearer {token}", "X-Forwarded-For": "198.51.100.20"}
+    assert [client.get("/api/v1/auth/me", headers=headers).status_code for _ in range(2)] == [200, 200]
+    first = client.get("/api/v1/auth/me", headers=headers)
+    assert first.status_code == 429  # Redis refused: one slot of 1 s
+    stats = redis.Redis.from_url(backend_env["REDIS_URL"])
+    before = _commands(stats)
+    later = [client.get("/api/v1/auth/me", headers={**headers, "Authorization": f"Bearer {'x' * 40}"}) for _ in range(20)]
+    assert {r.status_code for r in later} == {429}  # a forged token is not even looked at
+    assert _delta(before, _commands(stats)) == {}  # no Redis command for any of the 20
+    assert later[0].get_json()["error"]["details"] == first.get_json()["error"]["details"] == {"limit": 2, "period_seconds": 2}
+    assert 0 < float(later[-1].headers["Retry-After"]) <= float(first.headers["Retry-After"]) <= 1
+    # Another address and another instance's memory are untouched.
+    assert client.get("/api/v1/auth/me", headers={**headers, "X-Forwarded-For": "198.51.100.21"}).status_code == 200
+    time.sleep(float(first.headers["Retry-After"]) + 0.05)
+    assert client.get("/api/v1/auth/me", headers=headers).status_code == 200  # Redis allows it again
+    assert _delta(before, _commands(stats)).get("evalsha", 0) >= 2
+    stats.close()
+
+
+def test_a_refused_user_is_remembered_after_the_token_check_and_a_refused_write_address_before_it(function_client, backend_env):
+    password = create_user(backend_env["DATABASE_URL"], "busy", "reader")
+    token = function_client("auth").post("/api/v1/auth/token", json={"username": "busy", "password": password}).get_json()["access_token"]
+    client = function_client("auth", RATE_LIMIT_PER_IP="1000/60", RATE_LIMIT_PER_USER="1/60", TRUSTED_PROXY_HOPS="1")
+    headers = {"Authorization": f"Bearer {token}", "X-Forwarded-For": "198.51.100.30"}
+    assert [client.get("/api/v1/auth/me", headers=headers).status_code for _ in range(2)] == [200, 429]
+    stats = redis.Redis.from_url(backend_env["REDIS_URL"])
+    before = _commands(stats)
+    # The user stays refused from memory, from any address; a bad token is still a 401, not the user's 429.
+    assert client.get("/api/v1/auth/me", headers={**headers, "X-Forwarded-For": "198.51.100.31"}).status_code == 429
+    assert _delta(before, _commands(stats)) == {}
+    assert client.get("/api/v1/auth/me", headers={**headers, "Authorization": "Bearer nope"}).status_code == 401
+    # A write route's IP limit (the write path: IP limit, then the account, then the user limit).
+    writer = function_client("auth", RATE_LIMIT_LOGIN_PER_IP="1/60", TRUSTED_PROXY_HOPS="1")
+    login = {"username": "busy", "password": "wrong"}
+    assert [writer.post("/api/v1/auth/token", json=login, headers=headers).status_code for _ in range(2)] == [401, 429]
+    before = _commands(stats)
+    assert writer.post("/api/v1/auth/token", json=login, headers=headers).status_code == 429
+    assert _delta(before, _commands(stats)) == {}  # neither the limiter nor the lockout script ran
+    stats.close()

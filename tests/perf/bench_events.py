@@ -82,7 +82,7 @@ def load_events(engine, rows: int, *, end: datetime) -> float:
     return time.perf_counter() - began
 
 
-def _client(port: int, token: str, paths: list[str], seconds: float, threads: int, out: multiprocessing.Queue) -> None:
+def _client(port: int, token: str, paths: list[str], seconds: float, threads: int, out: multiprocessing.Queue, log_errors: bool) -> None:
     import threading
 
     results: list[tuple[float, int, str]] = []
@@ -100,7 +100,7 @@ def _client(port: int, token: str, paths: list[str], seconds: float, threads: in
             response = conn.getresponse()
             body = response.read()
             mine.append((time.perf_counter() - began, response.status, response.getheader("X-Cache") or ""))
-            if response.status != 200:
+            if response.status != 200 and log_errors:
                 print(f"{path}: {response.status} {body[:200]!r}", file=sys.stderr)
         with lock:
             results.extend(mine)
@@ -114,15 +114,24 @@ def _client(port: int, token: str, paths: list[str], seconds: float, threads: in
 
 
 def hammer(
-    port: int, token: str, paths: list[str], *, clients: int, seconds: float, processes: int = 4, servers: dict[str, int] | None = None
+    port: int,
+    token: str,
+    paths: list[str],
+    *,
+    clients: int,
+    seconds: float,
+    processes: int = 4,
+    servers: dict[str, int] | None = None,
+    log_errors: bool = True,
 ) -> dict[str, float]:
     """`clients` concurrent keep-alive connections spread over client processes, for `seconds`.
-    `servers` (name -> pid) get their process trees' CPU per request reported as `<name>_ms`."""
+    `servers` (name -> pid) get their process trees' CPU per request reported as `<name>_ms`.
+    Answers other than 200 are counted as `errors` (and printed, unless `log_errors` is false)."""
     import resource
 
     queue: multiprocessing.Queue = multiprocessing.Queue()
     per = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
-    procs = [multiprocessing.Process(target=_client, args=(port, token, paths, seconds, n, queue)) for n in per if n]
+    procs = [multiprocessing.Process(target=_client, args=(port, token, paths, seconds, n, queue, log_errors)) for n in per if n]
     began = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     server_before = {name: tree_cpu_seconds(pid) for name, pid in (servers or {}).items()}

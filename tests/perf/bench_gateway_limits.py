@@ -7,7 +7,9 @@ PostgreSQL, Redis and emulators, then prints:
   MAX_REQUEST_BYTES x 4;
 - the answer to a request with 64 KB of headers (431, JSON);
 - N fuzzed requests over every route (tests/route_fuzz.py) and how many got a 5xx;
-- forged pushes to every push endpoint and how many were accepted.
+- forged pushes to every push endpoint and how many were accepted;
+- a read flood over its address's limit (with a valid and with a forged token): the gateway's CPU
+  and the Redis commands per 429, against /health's CPU in the same run.
 Run: .venv/bin/python tests/perf/bench_gateway_limits.py [--fuzz 2000]
 """
 
@@ -66,6 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fuzz", type=int, default=2000, help="fuzzed requests over every route")
     parser.add_argument("--upload-mb", type=int, default=200)
+    parser.add_argument("--flood-seconds", type=float, default=5.0)
     args = parser.parse_args()
 
     from threatflow.devstack import services
@@ -180,6 +183,35 @@ def main() -> None:
                 tried += 1
                 accepted += int(r.status < 300)
         print(f"forged pushes: {tried} tried, {accepted} accepted")
+        stack.stop_gateway()
+
+        # 5. a read flood over its address's limit
+        import redis
+        from bench_events import hammer
+
+        port = stack.serve_gateway({**env, "RATE_LIMIT_PER_IP": "60/60"}, workers=1, threads=8, timeout=90)
+        token = login(port, "bench", password)
+        counter = redis.Redis.from_url(env["REDIS_URL"])
+
+        def evalsha_calls() -> int:
+            return int(counter.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+        servers = {"gateway": stack.gateway.pid}
+        health = hammer(port, token, ["/health"], clients=8, seconds=args.flood_seconds, servers=servers)
+        print(
+            f"a read flood over its IP limit (60/min), 8 clients, {args.flood_seconds:.0f} s each; /health: {health['rps']:,.0f} RPS,"
+            f" gateway CPU {health['gateway_ms']:.3f} ms a request"
+        )
+        for label, bearer in (("valid token", token), ("forged token", "x" * 40)):
+            before = evalsha_calls()
+            flood = hammer(port, bearer, ["/api/v1/auth/me"], clients=8, seconds=args.flood_seconds, servers=servers, log_errors=False)
+            refused = flood["errors"]
+            print(
+                f"  {label}: {flood['requests']:,} requests, {refused:,} refused, {flood['rps']:,.0f} RPS;"
+                f" gateway CPU {flood['gateway_ms']:.3f} ms a request ({flood['gateway_ms'] / health['gateway_ms']:.2f}x /health);"
+                f" Redis scripts run: {evalsha_calls() - before:,}"
+            )
+        counter.close()
 
 
 if __name__ == "__main__":

@@ -188,3 +188,42 @@ class LocalRateLimiter:
                 return (1.0 - tokens) / self._rate
             self._buckets[key] = (tokens - 1.0, now)
             return 0.0
+
+
+class RefusalMemo:
+    """Rate-limit keys the shared limiter refused, remembered until it would allow them again.
+
+    A GCRA refusal changes nothing in Redis, so until its retry-after has passed the limiter can
+    only refuse the same key again: answering the 429 from memory is the same answer, minus the
+    round trip and (for an address) the token check. It only ever refuses what Redis would refuse,
+    up to the round trip's length at the end of the wait. Keys are bounded (oldest dropped)."""
+
+    def __init__(self, *, max_keys: int, clock: Callable[[], float]) -> None:
+        import threading
+
+        self._until: dict[str, float] = {}
+        self._max_keys = max_keys
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    def remaining(self, key: str) -> float:
+        """Seconds this key stays refused; 0.0 when the shared limiter must decide."""
+        until = self._until.get(key)
+        if until is None:
+            return 0.0
+        left = until - self._clock()
+        if left > 0:
+            return left
+        with self._lock:
+            if self._until.get(key) == until:
+                del self._until[key]
+        return 0.0
+
+    def refuse(self, key: str, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        with self._lock:
+            self._until.pop(key, None)
+            while len(self._until) >= self._max_keys:  # the oldest refusal: O(1), whatever a flood's spread
+                self._until.pop(next(iter(self._until)))
+            self._until[key] = self._clock() + seconds

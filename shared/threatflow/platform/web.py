@@ -159,6 +159,10 @@ class RouterRuntime(Protocol):
     def dependency_error(self, exc: BaseException) -> DependencyError | None: ...
 
 
+# Rate-limit keys refused by Redis that an instance remembers until their retry-after (RefusalMemo).
+REFUSED_KEYS = 10_000
+
+
 def _over_limit(limit: int, period_seconds: int, retry_after: float) -> RateLimitedError:
     """The 429 of a refused rate limit, whichever path (one key, or a request's keys at once) refused it."""
     return RateLimitedError(
@@ -176,6 +180,7 @@ class Router:
         self.routes: list[Route] = []
         fallback = runtime.settings.login_fallback_per_instance
         self._login_fallback = limits.LocalRateLimiter(limit=fallback.limit, period_seconds=fallback.period_seconds)
+        self._refused = limits.RefusalMemo(max_keys=REFUSED_KEYS, clock=time.monotonic)
         self.route("GET", "/health", role=None)(self._health)
         self.route("GET", "/ready", role=None)(self._ready)
         install_json_http_errors()
@@ -304,8 +309,11 @@ class Router:
         The outcome is that of the write path's order (IP limit, authenticate, user limit): a refused
         IP limit answers 429 whatever the token; an authentication failure still charges the IP limit
         only; the user limit is charged only for an authenticated request whose IP limit allowed it.
-        The difference: a request over its IP limit now costs a token check (cached, see
-        BearerAuthenticator) and, at most every 30 s per account, a database read, before its 429."""
+        The difference: the first request over its IP limit costs a token check (cached, see
+        BearerAuthenticator) before its 429; the ones after it, until the limit allows the address
+        again, are refused from this instance's memory (RefusalMemo) before the token is looked at."""
+        ip_key, ip_limit = f"ip:{route.rate_limit}:{request.client_ip}", self._ip_limit(route)
+        self._refuse_remembered(ip_key, ip_limit)
         failure: Exception | None = None
         principal: Principal | None = None
         try:
@@ -314,11 +322,12 @@ class Router:
                 raise ForbiddenError(f"this needs the {Role.READER.value} role; you have {principal.role.value}")
         except Exception as exc:  # re-raised below, after the IP limit has had its say
             failure, principal = exc, None
-        ip_limit = self._ip_limit(route)
-        checks = [(f"ip:{route.rate_limit}:{request.client_ip}", *ip_limit)]
+        checks = [(ip_key, *ip_limit)]
         if principal is not None:
             user = self.runtime.settings.rate_limit_per_user
-            checks.append((f"user:{principal.username}", user.limit, user.period_seconds))
+            user_key = f"user:{principal.username}"
+            self._refuse_remembered(user_key, (user.limit, user.period_seconds))
+            checks.append((user_key, user.limit, user.period_seconds))
         self._limit_all(checks)
         if failure is not None or principal is None:
             raise failure or AuthError("missing bearer token (Authorization: Bearer <token>)")
@@ -332,8 +341,14 @@ class Router:
             log.warning("rate limiter unavailable; request allowed", extra={"fields": {"key": checks[0][0]}})
             return
         if refusal is not None:
-            _, limit, period_seconds = checks[refusal.index]
+            key, limit, period_seconds = checks[refusal.index]
+            self._refused.refuse(key, refusal.retry_after_seconds)
             raise _over_limit(limit, period_seconds, refusal.retry_after_seconds)
+
+    def _refuse_remembered(self, key: str, limit: tuple[int, int]) -> None:
+        wait = self._refused.remaining(key)
+        if wait > 0:
+            raise _over_limit(limit[0], limit[1], wait)
 
     def _ip_limit(self, route: Route) -> tuple[int, int]:
         s = self.runtime.settings
@@ -341,6 +356,7 @@ class Router:
         return limit.limit, limit.period_seconds
 
     def _limit(self, key: str, limit: tuple[int, int]) -> None:
+        self._refuse_remembered(key, limit)
         try:
             decision = self.runtime.rate_limiter.hit(key, limit=limit[0], period_seconds=limit[1])
         except DependencyError:
@@ -355,6 +371,7 @@ class Router:
                     ) from None
             return
         if not decision.allowed:
+            self._refused.refuse(key, decision.retry_after_seconds)
             raise _over_limit(limit[0], limit[1], decision.retry_after_seconds)
 
     def _authenticate(self, request: Request, *, strict: bool) -> Principal:
