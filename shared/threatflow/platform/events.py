@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from threatflow.platform import limits
 from threatflow.platform import logging as tf_logging
 from threatflow.platform.errors import PermanentError, ThreatFlowError, ValidationError
 
@@ -137,6 +138,11 @@ def protect_push_endpoint(*, verifier: Callable[[], PushAuthenticator], function
         except ThreatFlowError as exc:
             tf_logging.log(log, logging.WARNING, f"push refused: {exc.message}", function=function, status=exc.status)
             return _json_response(exc.to_json(), exc.status)
+        try:
+            _check_envelope(flask.request.get_data(cache=True))
+        except ValidationError as exc:
+            tf_logging.log(log, logging.WARNING, f"push body refused: {exc.message}", function=function, status=exc.status)
+            return _json_response(exc.to_json(), exc.status)
         return None
 
     def http_error(exc: HTTPException) -> Any:
@@ -148,6 +154,20 @@ def protect_push_endpoint(*, verifier: Callable[[], PushAuthenticator], function
 
     app.before_request(authenticate)
     app.register_error_handler(HTTPException, http_error)
+
+
+def _check_envelope(raw: bytes) -> None:
+    """A push body must be a JSON object (the Pub/Sub envelope) before functions-framework parses it:
+    its own parse answers 500 for what is not JSON, for a number past Python's 4,300-digit int limit,
+    and for nesting past the recursion limit. Both parses are the standard library's, so one that
+    passes here passes there."""
+    limits.check_raw_json(raw, field="body")  # nesting past MAX_JSON_DEPTH, without recursion
+    try:
+        document = json.loads(raw)
+    except (ValueError, RecursionError):  # ValueError: JSONDecodeError, bad UTF-8, the int digit limit
+        raise ValidationError("the push body is not JSON", field="body") from None
+    if not isinstance(document, dict):
+        raise ValidationError("the push body is not a JSON object (a Pub/Sub push envelope)", field="body")
 
 
 def _json_response(body: Mapping[str, Any], status: int) -> Any:
