@@ -6,7 +6,6 @@ with a deadline already behind them; nothing ever reads them through GET /runs/{
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
 import time
@@ -15,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from helpers import push_envelope
+from helpers import push_envelope, push_envelope_of
 
 pytestmark = pytest.mark.integration
 PROJECT = "threatflow-test"
@@ -171,7 +170,7 @@ def test_a_limit_outside_the_bound_fails_the_run_without_closing_anything(env):
     assert docs.get(runs.RUNS, run_id)["status"] == "running"
     for params in ([500], "limit=5", 5):  # params that are not an object: acked as well, not an AttributeError's 500
         data = {"schema_version": 1, "params": params}
-        push["message"] = {**push["message"], "data": base64.b64encode(json.dumps(data).encode()).decode(), "messageId": uuid.uuid4().hex}
+        push = push_envelope(data, {"job": JOB, "run_id": job_run}, "maintenance-push")
         response = env["maintenance"].post("/", json=push)
         assert response.status_code == 200, (params, response.status_code)
     assert docs.get(runs.RUNS, run_id)["status"] == "running"
@@ -321,15 +320,7 @@ def test_a_run_never_dispatched_is_dispatched_again_through_enrich_dispatch(env,
     assert requested(expected=0) == []
 
     # Delivered to the real enrich-dispatch, the request starts the run with the sources it asked for.
-    push = {
-        "message": {
-            "data": base64.b64encode(message.data).decode(),
-            "attributes": dict(message.attributes),
-            "messageId": message.message_id,
-            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        },
-        "subscription": f"projects/{PROJECT}/subscriptions/ioc-enrichment-requested-push",
-    }
+    push = push_envelope_of(message, "ioc-enrichment-requested-push")
     assert function_client("enrich-dispatch").post("/", json=push).status_code == 200
     run = docs.get(runs.RUNS, stuck)
     assert run["dispatched"] is True and run["status"] in ("running", "done"), run
