@@ -8,6 +8,8 @@ resource "google_firestore_database" "default" {
   type                              = "FIRESTORE_NATIVE"
   delete_protection_state           = "DELETE_PROTECTION_ENABLED"
   point_in_time_recovery_enablement = "POINT_IN_TIME_RECOVERY_ENABLED"
+
+  depends_on = [google_project_service.service["firestore.googleapis.com"]]
 }
 
 # Composite indexes of the Firestore queries that need one; Firestore builds the

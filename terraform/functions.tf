@@ -57,7 +57,7 @@ resource "google_cloudfunctions2_function" "fn" {
     }
   }
 
-  # The build identity and secret access must exist before the first build and revision.
+  # The build identity, secret access and the APIs that build and serve it must exist before the first build and revision.
   depends_on = [
     google_project_iam_member.build,
     google_project_iam_member.build_staged_sources_reader,
@@ -67,6 +67,10 @@ resource "google_cloudfunctions2_function" "fn" {
     google_secret_manager_secret_iam_member.source_key_accessor,
     google_secret_manager_secret_iam_member.redis_auth_accessor,
     google_secret_manager_secret_version.redis_auth,
+    google_project_service.service["cloudfunctions.googleapis.com"],
+    google_project_service.service["run.googleapis.com"],
+    google_project_service.service["cloudbuild.googleapis.com"],
+    google_project_service.service["logging.googleapis.com"],
   ]
 }
 
@@ -95,4 +99,6 @@ resource "google_artifact_registry_repository" "functions" {
       older_than = "2592000s"
     }
   }
+
+  depends_on = [google_project_service.service["artifactregistry.googleapis.com"]]
 }

@@ -1,5 +1,7 @@
 data "google_project" "this" {
   project_id = var.project_id
+
+  depends_on = [google_project_service.service["cloudresourcemanager.googleapis.com"]]
 }
 
 # -- service accounts ---------------------------------------------------------
@@ -19,24 +21,32 @@ resource "google_service_account" "function" {
       error_message = "Service account id ${var.prefix}-${each.key} is longer than 30 characters; shorten the prefix or the function name."
     }
   }
+
+  depends_on = [google_project_service.service["iam.googleapis.com"]]
 }
 
 resource "google_service_account" "pubsub_pusher" {
   account_id   = "${var.prefix}-pubsub-push"
   display_name = "ThreatFlow Pub/Sub push identity"
   description  = "OIDC identity of push subscriptions; may only invoke their target functions."
+
+  depends_on = [google_project_service.service["iam.googleapis.com"]]
 }
 
 resource "google_service_account" "scheduler" {
   account_id   = "${var.prefix}-scheduler"
   display_name = "ThreatFlow Cloud Scheduler identity"
   description  = "OIDC identity of HTTP scheduler jobs; may only invoke their target functions."
+
+  depends_on = [google_project_service.service["iam.googleapis.com"]]
 }
 
 resource "google_service_account" "build" {
   account_id   = "${var.prefix}-build"
   display_name = "ThreatFlow function build identity"
   description  = "Builds function bundles into images (instead of the default compute service account)."
+
+  depends_on = [google_project_service.service["iam.googleapis.com"]]
 }
 
 # -- function identities -------------------------------------------------------
@@ -47,6 +57,8 @@ resource "google_project_iam_member" "function" {
   project = var.project_id
   role    = each.value.role
   member  = google_service_account.function[each.value.function].member
+
+  depends_on = [google_project_service.service["cloudresourcemanager.googleapis.com"]]
 }
 
 resource "google_pubsub_topic_iam_member" "function_publisher" {
@@ -107,6 +119,9 @@ resource "google_service_account_iam_member" "pubsub_agent_token_creator" {
   service_account_id = google_service_account.pubsub_pusher.name
   role               = "roles/iam.serviceAccountTokenCreator"
   member             = local.pubsub_service_agent
+
+  # The service agent is created when the Pub/Sub API is enabled.
+  depends_on = [google_project_service.service["pubsub.googleapis.com"]]
 }
 
 # Dead-lettering is done by the Pub/Sub service agent: it must publish to the
@@ -148,6 +163,8 @@ resource "google_project_iam_member" "build" {
   project = var.project_id
   role    = each.key
   member  = google_service_account.build.member
+
+  depends_on = [google_project_service.service["cloudresourcemanager.googleapis.com"]]
 }
 
 # Cloud Functions stages the source in its own gcf-v2-sources-* bucket, which
@@ -161,6 +178,8 @@ resource "google_project_iam_member" "build_staged_sources_reader" {
     title      = "gcf-v2-sources-only"
     expression = "resource.name.startsWith(\"projects/_/buckets/gcf-v2-sources-\")"
   }
+
+  depends_on = [google_project_service.service["cloudresourcemanager.googleapis.com"]]
 }
 
 resource "google_artifact_registry_repository_iam_member" "build_writer" {
@@ -190,4 +209,6 @@ resource "google_project_iam_audit_config" "storage" {
   audit_log_config {
     log_type = "DATA_WRITE"
   }
+
+  depends_on = [google_project_service.service["cloudresourcemanager.googleapis.com"]]
 }

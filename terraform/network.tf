@@ -6,6 +6,8 @@ resource "google_compute_network" "vpc" {
   name                    = "${var.prefix}-vpc"
   auto_create_subnetworks = false
   routing_mode            = "REGIONAL"
+
+  depends_on = [google_project_service.service["compute.googleapis.com"]]
 }
 
 resource "google_compute_subnetwork" "main" {
@@ -30,6 +32,8 @@ resource "google_vpc_access_connector" "main" {
   machine_type  = var.network.connector_machine_type
   min_instances = var.network.connector_min_instances
   max_instances = var.network.connector_max_instances
+
+  depends_on = [google_project_service.service["vpcaccess.googleapis.com"]]
 }
 
 resource "google_compute_global_address" "private_services" {
@@ -44,6 +48,8 @@ resource "google_service_networking_connection" "private_services" {
   network                 = google_compute_network.vpc.id
   service                 = "servicenetworking.googleapis.com"
   reserved_peering_ranges = [google_compute_global_address.private_services.name]
+
+  depends_on = [google_project_service.service["servicenetworking.googleapis.com"]]
 }
 
 # Nothing in this VPC serves ingress: deny it explicitly, logged, instead of

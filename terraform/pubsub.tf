@@ -9,6 +9,8 @@ resource "google_pubsub_topic" "topic" {
 
   name                       = each.key
   message_retention_duration = each.value.message_retention
+
+  depends_on = [google_project_service.service["pubsub.googleapis.com"]]
 }
 
 resource "google_pubsub_subscription" "subscription" {

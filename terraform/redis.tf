@@ -14,5 +14,5 @@ resource "google_redis_instance" "cache" {
   auth_enabled            = true
   transit_encryption_mode = "SERVER_AUTHENTICATION"
 
-  depends_on = [google_service_networking_connection.private_services]
+  depends_on = [google_service_networking_connection.private_services, google_project_service.service["redis.googleapis.com"]]
 }

@@ -31,4 +31,6 @@ resource "google_cloud_scheduler_job" "job" {
       }
     }
   }
+
+  depends_on = [google_project_service.service["cloudscheduler.googleapis.com"]]
 }

@@ -93,7 +93,7 @@ resource "google_sql_database_instance" "main" {
     }
   }
 
-  depends_on = [google_service_networking_connection.private_services]
+  depends_on = [google_service_networking_connection.private_services, google_project_service.service["sqladmin.googleapis.com"]]
 }
 
 resource "google_sql_database" "app" {

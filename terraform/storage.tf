@@ -25,6 +25,8 @@ resource "google_storage_bucket" "bucket" {
       }
     }
   }
+
+  depends_on = [google_project_service.service["storage.googleapis.com"]]
 }
 
 # Bundles are content-addressed (never overwritten) and stay until removed by
@@ -40,4 +42,6 @@ resource "google_storage_bucket" "bundles" {
   versioning {
     enabled = true
   }
+
+  depends_on = [google_project_service.service["storage.googleapis.com"]]
 }

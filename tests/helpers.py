@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,17 +19,32 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 TEST_PROJECT = "threatflow-test"
 
 
-def push_envelope(data: Any, attributes: dict[str, str], subscription: str) -> dict[str, Any]:
-    """A Pub/Sub push body as a push subscription delivers it: `data` as base64 JSON, a fresh message id."""
+def push_envelope(
+    data: Any,
+    attributes: Mapping[str, str],
+    subscription: str,
+    *,
+    message_id: str | None = None,
+    published: datetime | None = None,
+) -> dict[str, Any]:
+    """A Pub/Sub push body as a push subscription delivers it: `data` as base64 (bytes as they were published,
+    anything else as JSON), a fresh message id unless given, published now unless given."""
+    raw = data if isinstance(data, bytes) else json.dumps(data).encode()
     return {
         "message": {
-            "data": base64.b64encode(json.dumps(data).encode()).decode(),
-            "attributes": attributes,
-            "messageId": uuid.uuid4().hex,
-            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "data": base64.b64encode(raw).decode(),
+            "attributes": dict(attributes),
+            "messageId": message_id or uuid.uuid4().hex,
+            "publishTime": (published or datetime.now(UTC)).isoformat().replace("+00:00", "Z"),
         },
         "subscription": f"projects/{TEST_PROJECT}/subscriptions/{subscription}",
     }
+
+
+def push_envelope_of(message: Any, subscription: str) -> dict[str, Any]:
+    """The push body that delivers a message pulled from the emulator (a PubsubMessage): its own data,
+    attributes and message id, so delivering it twice is a redelivery."""
+    return push_envelope(message.data, message.attributes, subscription, message_id=message.message_id)
 
 
 def create_user(

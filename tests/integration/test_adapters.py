@@ -49,6 +49,40 @@ def test_firestore_create_is_idempotent_and_queries(backend_env):
     assert docs.get(collection, "one") is None
 
 
+def test_firestore_update_if_unchanged_is_a_compare_and_set_the_emulator_enforces(backend_env):
+    """A write in between (another version) or a delete makes the compare-and-set write nothing and say so;
+    at the version read it writes the named fields only, keeps the rest, and hands back the next version."""
+    from threatflow.adapters.firestore import FirestoreDocuments
+
+    docs = FirestoreDocuments(PROJECT)
+    collection = f"c{uuid.uuid4().hex[:8]}"
+    assert docs.get_versioned(collection, "absent") is None
+    docs.set(collection, "run", {"status": "queued", "n": 1, "nested": {"a": 1, "b": 2}})
+    read = docs.get_versioned(collection, "run")
+    assert read is not None and read.data == {"status": "queued", "n": 1, "nested": {"a": 1, "b": 2}}
+
+    newer = docs.update_if_unchanged(
+        collection, "run", {"status": "requeued", "nested": {"a": 3}, "dotted.key": True}, version=read.version
+    )
+    assert newer is not None and newer != read.version
+    assert docs.get(collection, "run") == {"status": "requeued", "n": 1, "nested": {"a": 3}, "dotted.key": True}
+    again = docs.get_versioned(collection, "run")
+    assert again is not None and again.version == newer  # the version handed back is the one a read sees
+
+    # The version read before that write is stale now: nothing is written.
+    assert docs.update_if_unchanged(collection, "run", {"status": "done"}, version=read.version) is None
+    # Another writer (a dispatcher starting the run) between a read and the write: the same.
+    docs.set(collection, "run", {"status": "running"}, merge=True)
+    assert docs.update_if_unchanged(collection, "run", {"status": "done"}, version=newer) is None
+    assert docs.get(collection, "run")["status"] == "running"
+    # A document deleted since it was read is not written back into being.
+    current = docs.get_versioned(collection, "run")
+    assert current is not None
+    docs.delete(collection, "run")
+    assert docs.update_if_unchanged(collection, "run", {"status": "done"}, version=current.version) is None
+    assert docs.get(collection, "run") is None
+
+
 def test_storage_round_trip(backend_env):
     from threatflow.adapters.storage import GcsBlobs
 

@@ -1,16 +1,14 @@
 """sync-attack: ATT&CK fetched over HTTP by the maintenance function into the models
 bucket (the Cloud Storage emulator), then used by the threats function to validate TTPs."""
 
-import base64
 import functools
 import http.server
 import json
 import threading
 import uuid
-from datetime import UTC, datetime
 
 import pytest
-from helpers import create_user, require_shared_data
+from helpers import create_user, push_envelope, require_shared_data
 
 pytestmark = pytest.mark.integration
 
@@ -40,15 +38,9 @@ def models_bucket(backend_env, storage_emulator, monkeypatch):
 
 def _run(client, job, params=None):
     run_id = uuid.uuid4().hex
-    body = {
-        "message": {
-            "data": base64.b64encode(json.dumps({"schema_version": 1, "params": params or {}}).encode()).decode(),
-            "attributes": {"job": job, "run_id": run_id},
-            "messageId": run_id,
-            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        },
-        "subscription": "projects/threatflow-test/subscriptions/maintenance-push",
-    }
+    body = push_envelope(
+        {"schema_version": 1, "params": params or {}}, {"job": job, "run_id": run_id}, "maintenance-push", message_id=run_id
+    )
     response = client.post("/", json=body)
     from threatflow.adapters.firestore import FirestoreDocuments
 

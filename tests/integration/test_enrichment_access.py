@@ -6,7 +6,7 @@ import os
 import signal
 
 import pytest
-from helpers import create_user
+from helpers import create_user, push_envelope
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +79,7 @@ def test_batches_leave_out_iocs_above_the_clearance(marked, backend_env):
 
 @pytest.mark.parametrize("function", ["enrich-dispatch", "enrich-aggregate"])
 def test_a_forged_push_to_an_enrichment_topic_function_is_401(function_client, function):
-    push = {"message": {"data": "e30=", "attributes": {}, "messageId": "1", "publishTime": "2026-01-01T00:00:00Z"}, "subscription": "x"}
+    push = push_envelope({}, {}, f"{function}-push")  # well formed, and no token
     response = function_client(function).post("/", json=push, query_string={})
     assert response.status_code == 401 and response.is_json
 

@@ -6,7 +6,6 @@ with a deadline already behind them; nothing ever reads them through GET /runs/{
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
 import time
@@ -15,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from helpers import push_envelope
+from helpers import push_envelope, push_envelope_of
 
 pytestmark = pytest.mark.integration
 PROJECT = "threatflow-test"
@@ -32,6 +31,7 @@ def env(backend_env, function_client):
     while stale := docs.query(runs.RUNS, limit=500):  # other tests' runs share the emulator
         for doc in stale:
             docs.delete(runs.RUNS, doc["id"])
+    docs.delete(runs.SWEEPS, runs.OVERDUE_CURSOR)  # and so does the overdue sweep's page cursor
     yield {"runtime": runtime, "docs": docs, "maintenance": function_client("maintenance")}
     runtime.engine.dispose()
 
@@ -116,7 +116,9 @@ def test_an_overdue_run_nobody_reads_is_closed_and_others_are_untouched(env):
     _answer(runtime, pending, pending_ioc, "virustotal")
     finished_ioc = _ioc(runtime, "185.220.101.9")
     finished = _start(runtime, finished_ioc, "185.220.101.9", expected=["virustotal"], deadline_in=-30)
-    runs.close_run(docs, finished, verdict="harmless", score=5, closed_at=123.0)
+    assert runs.close_run(
+        docs, finished, version=docs.get_versioned(runs.RUNS, finished).version, verdict="harmless", score=5, closed_at=123.0
+    )
     before = {run_id: docs.get(runs.RUNS, run_id) for run_id in (pending, finished)}
 
     result = _run_job(env)
@@ -168,7 +170,7 @@ def test_a_limit_outside_the_bound_fails_the_run_without_closing_anything(env):
     assert docs.get(runs.RUNS, run_id)["status"] == "running"
     for params in ([500], "limit=5", 5):  # params that are not an object: acked as well, not an AttributeError's 500
         data = {"schema_version": 1, "params": params}
-        push["message"] = {**push["message"], "data": base64.b64encode(json.dumps(data).encode()).decode(), "messageId": uuid.uuid4().hex}
+        push = push_envelope(data, {"job": JOB, "run_id": job_run}, "maintenance-push")
         response = env["maintenance"].post("/", json=push)
         assert response.status_code == 200, (params, response.status_code)
     assert docs.get(runs.RUNS, run_id)["status"] == "running"
@@ -318,15 +320,7 @@ def test_a_run_never_dispatched_is_dispatched_again_through_enrich_dispatch(env,
     assert requested(expected=0) == []
 
     # Delivered to the real enrich-dispatch, the request starts the run with the sources it asked for.
-    push = {
-        "message": {
-            "data": base64.b64encode(message.data).decode(),
-            "attributes": dict(message.attributes),
-            "messageId": message.message_id,
-            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        },
-        "subscription": f"projects/{PROJECT}/subscriptions/ioc-enrichment-requested-push",
-    }
+    push = push_envelope_of(message, "ioc-enrichment-requested-push")
     assert function_client("enrich-dispatch").post("/", json=push).status_code == 200
     run = docs.get(runs.RUNS, stuck)
     assert run["dispatched"] is True and run["status"] in ("running", "done"), run
@@ -480,3 +474,174 @@ def test_a_reader_of_an_overdue_run_another_closer_holds_is_answered_at_once(env
         holder.commit()
     assert view["status"] == "running" and took < 5, (view, took)
     assert api.run_view(handlers.context(runtime), run_id)["status"] == "done"  # the next read closes it
+
+
+# -- a dispatcher writing a run while a sweep works on it (compare-and-set) ------------------------------
+
+
+def _sweep_deps(runtime: Any, docs: Any, apply_verdict: Any) -> dict[str, Any]:
+    from threatflow.enrichment import handlers
+
+    ctx = handlers.context(runtime)
+    return {"documents": docs, "engine": runtime.engine, "now": ctx.now, "reliability": ctx.reliability(), "apply_verdict": apply_verdict}
+
+
+def _while_closing(run_id: str, write: Any) -> Any:
+    """The real apply_verdict, with `write` (another writer of the run) done the first time it is called for
+    `run_id`: it runs between the closer's read of the run under the lock and its commit and Firestore write."""
+    from threatflow.intel import enrichment as intel_enrichment
+
+    pending = [write]
+
+    def apply_verdict(conn: Any, **kwargs: Any) -> None:
+        if kwargs["run_id"] == run_id and pending:
+            pending.pop()()
+        intel_enrichment.apply_verdict(conn, **kwargs)
+
+    return apply_verdict
+
+
+def test_a_run_a_dispatcher_starts_again_while_the_sweep_closes_it_is_left_as_the_dispatcher_wrote_it(env):
+    """A redelivered request (its first dispatch died before marking the run dispatched) starts an overdue run
+    again, with a new deadline, while the sweep is closing it: the sweep passes it by, counted `changed`; it neither
+    marks it done over the new start nor keeps the timeout rows and verdict it had computed."""
+    from threatflow.enrichment import closing, runs
+
+    runtime, docs = env["runtime"], env["docs"]
+    ioc_id = _ioc(runtime, "45.95.147.40")
+    run_id = _start(runtime, ioc_id, "45.95.147.40", expected=["abuseipdb", "virustotal"], deadline_in=-30)
+    _answer(runtime, run_id, ioc_id, "virustotal")
+    new_deadline = time.time() + 600
+
+    def dispatcher_starts_it_again() -> None:
+        runs.start_run(docs, run_id, expected=["abuseipdb", "virustotal"], skipped={}, deadline_at=new_deadline)
+
+    result = closing.close_overdue(**_sweep_deps(runtime, docs, _while_closing(run_id, dispatcher_starts_it_again)))
+
+    assert (result["closed"], result["changed"], result["already_closed"], result["failed"]) == (0, 1, 0, 0), result
+    run = docs.get(runs.RUNS, run_id)
+    assert run["status"] == "running" and run["deadline_at"] == new_deadline and "verdict" not in run, run
+    assert set(_rows(runtime, run_id)) == {"virustotal"}  # the timeout row for abuseipdb was rolled back
+    assert _verdict(runtime, ioc_id) is None
+
+
+def test_a_harmless_write_while_closing_makes_the_closer_judge_the_run_again_and_close_it(env):
+    """enrich-dispatch marking the run `dispatched` just after its tasks were published (their answers may come
+    first) changes the run's version but not whether it is due: the closer reads it again and closes it."""
+    from threatflow.enrichment import closing, runs
+
+    runtime, docs = env["runtime"], env["docs"]
+    ioc_id = _ioc(runtime, "45.95.147.41")
+    run_id = _start(runtime, ioc_id, "45.95.147.41", expected=["abuseipdb", "virustotal"], deadline_in=-30)
+    _answer(runtime, run_id, ioc_id, "virustotal")
+
+    def dispatcher_marks_it_dispatched() -> None:
+        docs.set(runs.RUNS, run_id, {"dispatched": True}, merge=True)
+
+    result = closing.close_overdue(**_sweep_deps(runtime, docs, _while_closing(run_id, dispatcher_marks_it_dispatched)))
+
+    assert (result["closed"], result["changed"]) == (1, 0), result
+    run = docs.get(runs.RUNS, run_id)
+    assert run["status"] == "done" and run["dispatched"] is True and run["timed_out"] == ["abuseipdb"], run
+    assert _rows(runtime, run_id)["abuseipdb"]["status"] == "timeout" and _verdict(runtime, ioc_id)["run_id"] == run_id
+
+
+class _DispatcherAfterRead:
+    """The runtime's real Firestore store, except that right after the sweep reads run `run_id` (get_versioned),
+    enrich-dispatch starts that run (runs.start_run, written to the emulator): the interleaving the sweep must survive."""
+
+    def __init__(self, documents: Any, run_id: str) -> None:
+        self._documents, self._run_id, self.started = documents, run_id, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._documents, name)
+
+    def get_versioned(self, collection: str, doc_id: str) -> Any:
+        from threatflow.enrichment import runs
+
+        read = self._documents.get_versioned(collection, doc_id)
+        if doc_id == self._run_id and not self.started:
+            self.started = True
+            runs.start_run(self._documents, doc_id, expected=["virustotal"], skipped={}, deadline_at=time.time() + 600)
+        return read
+
+
+@pytest.mark.parametrize("capped", [False, True], ids=["to-dispatch-again", "to-close"])
+def test_a_queued_run_the_dispatcher_starts_after_the_sweep_read_it_is_not_overwritten(env, requested, capped):
+    """Between the sweep's read of a stalled queued run and its write (requeued, or done as never dispatched),
+    enrich-dispatch starts it: the sweep's compare-and-set refuses, the run stays running, nothing is published."""
+    from threatflow.enrichment import closing, runs
+
+    runtime, docs = env["runtime"], env["docs"]
+    ioc_id = _ioc(runtime, "45.95.147.42")
+    fields = {"status": "requeued", "redispatches": closing.MAX_REDISPATCHES, "redispatched_at": time.time() - _stalled()} if capped else {}
+    run_id = _queued(runtime, ioc_id, "45.95.147.42", age=3 * _stalled(), **fields)
+    racing = _DispatcherAfterRead(docs, run_id)
+
+    result = closing.sweep_queued(documents=racing, publisher=runtime.publisher)
+
+    assert racing.started and (result["redispatched"], result["closed"], result["changed"]) == (0, 0, 1), result
+    run = docs.get(runs.RUNS, run_id)
+    assert run["status"] == "running" and run["expected"] == ["virustotal"] and run.get("reason") is None, run
+    assert run.get("redispatches", 0) == (closing.MAX_REDISPATCHES if capped else 0), run
+    assert requested(expected=0) == []
+
+
+def test_a_failed_publish_does_not_undo_a_start_that_came_in_meanwhile(env):
+    """The sweep marks a stalled run requeued, then publishing its request fails; it puts the run back as it was,
+    unless enrich-dispatch (an older message) started it in between: that start stays."""
+    from threatflow.enrichment import closing, runs
+    from threatflow.platform.errors import DependencyError
+
+    runtime, docs = env["runtime"], env["docs"]
+    run_id = _queued(runtime, _ioc(runtime, "45.95.147.43"), "45.95.147.43", age=_stalled())
+
+    class StartedThenUnreachable:
+        def publish(self, topic: str, data: bytes, attributes: Any = None) -> str:
+            runs.start_run(docs, run_id, expected=["virustotal"], skipped={}, deadline_at=time.time() + 600)
+            raise DependencyError("Pub/Sub is unreachable")
+
+    with pytest.raises(DependencyError):
+        closing.sweep_queued(documents=docs, publisher=StartedThenUnreachable())
+    run = docs.get(runs.RUNS, run_id)
+    assert run["status"] == "running" and run["redispatches"] == 1, run  # not put back to queued
+
+    class Unreachable:
+        def publish(self, topic: str, data: bytes, attributes: Any = None) -> str:
+            raise DependencyError("Pub/Sub is unreachable")
+
+    other = _queued(runtime, _ioc(runtime, "45.95.147.44"), "45.95.147.44", age=_stalled())
+    with pytest.raises(DependencyError):
+        closing.sweep_queued(documents=docs, publisher=Unreachable())
+    run = docs.get(runs.RUNS, other)
+    assert run["status"] == "queued" and run["redispatches"] is None, run  # nobody else wrote it: put back
+
+
+# -- runs that can never be closed do not starve the others -------------------------------------------------
+
+
+def test_runs_that_cannot_be_closed_do_not_fill_every_page(env):
+    """More runs that fail to close (bad data) than a page holds, with the oldest deadlines: each page starts after
+    the one before, so the runs behind them are closed within a round, and the failing ones are tried again
+    in the next round."""
+    from threatflow.enrichment import runs
+
+    runtime, docs = env["runtime"], env["docs"]
+    broken = []
+    for i in range(3):
+        run_id = uuid.uuid4().hex
+        runs.create_run(
+            docs, {"run_id": run_id, "ioc_id": "not-a-number", "type": "ipv4", "value": "203.0.113.50", "created_at": time.time()}
+        )
+        runs.start_run(docs, run_id, expected=["virustotal"], skipped={}, deadline_at=time.time() - 900 + i)
+        broken.append(run_id)
+    ioc_id = _ioc(runtime, "45.95.147.45")
+    good = [_start(runtime, ioc_id, "45.95.147.45", expected=["virustotal"], deadline_in=-300 + i) for i in range(2)]
+
+    ticks = [_run_job(env, limit=2) for _ in range(3)]
+
+    assert [(t["closed"], t["failed"], t["more"]) for t in ticks] == [(0, 2, True), (1, 1, True), (1, 0, False)], ticks
+    assert ticks[0]["failed_runs"] == broken[:2] and ticks[1]["failed_runs"] == broken[2:]
+    assert all(docs.get(runs.RUNS, r)["status"] == "done" for r in good)
+    again = _run_job(env, limit=2)  # a new round: the failing runs are tried again, oldest first
+    assert (again["failed"], again["failed_runs"], again["after"]) == (2, broken[:2], None), again

@@ -1,12 +1,9 @@
 """Issue 7: login that cannot burn CPU, disabled means disabled, TLP clearance, push endpoints only for Pub/Sub."""
 
-import base64
-import json
 import uuid
-from datetime import UTC, datetime
 
 import pytest
-from helpers import create_user
+from helpers import create_user, push_envelope
 
 pytestmark = pytest.mark.integration
 
@@ -224,16 +221,7 @@ def test_users_read_only_their_own_import_jobs(function_client, backend_env):
 
 
 def _push(job, run_id):
-    data = base64.b64encode(json.dumps({"schema_version": 1, "params": {}}).encode()).decode()
-    return {
-        "message": {
-            "data": data,
-            "attributes": {"job": job, "run_id": run_id},
-            "messageId": run_id,
-            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        },
-        "subscription": "projects/threatflow-test/subscriptions/maintenance-push",
-    }
+    return push_envelope({"schema_version": 1, "params": {}}, {"job": job, "run_id": run_id}, "maintenance-push", message_id=run_id)
 
 
 @pytest.mark.parametrize(

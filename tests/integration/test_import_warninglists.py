@@ -4,15 +4,13 @@ or JSON, synchronously or through the ioc-import function, is stored with the li
 (Before the snapshot cache the importer never passed the lists to the upsert, so none of these were flagged.)
 """
 
-import base64
 import contextlib
 import json
 import random
 import uuid
-from datetime import UTC, datetime
 
 import pytest
-from helpers import SHARED_DATA, create_user, require_shared_data
+from helpers import SHARED_DATA, create_user, push_envelope, require_shared_data
 
 pytestmark = pytest.mark.integration
 ATTACK = SHARED_DATA / "attack" / "attack_techniques.json"
@@ -116,15 +114,7 @@ def test_a_warninglisted_value_imported_asynchronously_is_flagged(fmt, function_
     response = client.post("/api/v1/iocs/import?async=true", data=json.dumps(body), headers={**analyst, "Content-Type": "application/json"})
     assert response.status_code == 202, response.get_json()
     job_id = response.get_json()["job_id"]
-    push = {
-        "message": {
-            "data": base64.b64encode(events.encode({"job_id": job_id})).decode(),
-            "attributes": {"job_id": job_id},
-            "messageId": uuid.uuid4().hex,
-            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        },
-        "subscription": "projects/threatflow-test/subscriptions/ioc-import-push",
-    }
+    push = push_envelope(events.encode({"job_id": job_id}), {"job_id": job_id}, "ioc-import-push")
     assert function_client("ioc-import").post("/", json=push).status_code == 200
     job = client.get(f"/api/v1/iocs/import/{job_id}", headers=analyst).get_json()
     assert job["state"] == "succeeded", job

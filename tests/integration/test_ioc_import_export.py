@@ -1,13 +1,12 @@
 """IoC import (json, csv, text, STIX, MISP) and export (STIX, CSV, txt) over the iocs function, against PostgreSQL."""
 
-import base64
 import contextlib
 import json
 import uuid
 from datetime import UTC, datetime
 
 import pytest
-from helpers import SHARED_DATA, create_user, require_shared_data
+from helpers import SHARED_DATA, create_user, push_envelope_of, require_shared_data
 
 pytestmark = pytest.mark.integration
 PROJECT = "threatflow-test"
@@ -296,15 +295,7 @@ def test_stix_round_trip(api, name):
 
 
 def _push(message):
-    return {
-        "message": {
-            "data": base64.b64encode(message.data).decode(),
-            "attributes": dict(message.attributes),
-            "messageId": message.message_id,
-            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        },
-        "subscription": f"projects/{PROJECT}/subscriptions/ioc-import-push",
-    }
+    return push_envelope_of(message, "ioc-import-push")
 
 
 @pytest.fixture

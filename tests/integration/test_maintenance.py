@@ -1,28 +1,19 @@
 """The maintenance function receiving raw Pub/Sub push bodies, as the emulator sends them."""
 
-import base64
 import contextlib
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from helpers import push_envelope
 
 pytestmark = pytest.mark.integration
 PROJECT = "threatflow-test"
 
 
 def _push(job, run_id, *, published=None, data=None):
-    published = published or datetime.now(UTC)
-    return {
-        "message": {
-            "data": base64.b64encode(json.dumps(data or {"schema_version": 1}).encode()).decode(),
-            "attributes": {"job": job, "run_id": run_id},
-            "messageId": uuid.uuid4().hex,
-            "publishTime": published.isoformat().replace("+00:00", "Z"),
-        },
-        "subscription": f"projects/{PROJECT}/subscriptions/maintenance-push",
-    }
+    return push_envelope(data or {"schema_version": 1}, {"job": job, "run_id": run_id}, "maintenance-push", published=published)
 
 
 def _runs():

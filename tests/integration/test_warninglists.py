@@ -1,13 +1,11 @@
 """Warninglists end to end on the emulators: the sync job writes the snapshot, functions load it, the routes answer."""
 
-import base64
 import json
 import os
 import uuid
-from datetime import UTC, datetime
 
 import pytest
-from helpers import create_user, require_shared_data
+from helpers import create_user, push_envelope, require_shared_data
 
 pytestmark = pytest.mark.integration
 PROJECT = "threatflow-test"
@@ -15,15 +13,7 @@ MODELS = "threatflow-models"
 
 
 def _push(job, run_id):
-    return {
-        "message": {
-            "data": base64.b64encode(json.dumps({"schema_version": 1}).encode()).decode(),
-            "attributes": {"job": job, "run_id": run_id},
-            "messageId": uuid.uuid4().hex,
-            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        },
-        "subscription": f"projects/{PROJECT}/subscriptions/maintenance-push",
-    }
+    return push_envelope({"schema_version": 1}, {"job": job, "run_id": run_id}, "maintenance-push")
 
 
 def _blobs():

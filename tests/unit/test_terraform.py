@@ -104,7 +104,7 @@ def test_terraform_fmt_check() -> None:
 def test_every_tf_file_parses_with_hcl2() -> None:
     files = _tf_files()
     expected = {"versions.tf", "variables.tf", "locals.tf", "outputs.tf", "pubsub.tf", "functions.tf", "iam.tf"}
-    expected |= {"scheduler.tf", "secrets.tf", "storage.tf"}
+    expected |= {"scheduler.tf", "secrets.tf", "services.tf", "storage.tf"}
     assert expected <= {p.name for p in files}, f"terraform/ lacks {sorted(expected - {p.name for p in files})}"
     for path in files:
         try:
@@ -199,6 +199,152 @@ def test_checkov_passes() -> None:
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, f"checkov failed ({' '.join(command)}):\n{result.stdout}\n{result.stderr[-2000:]}"
 
+
+
+# -- 5. the Google APIs (services.tf) -------------------------------------------------
+
+# What each resource type declared in terraform/ calls, as "<api>" of <api>.googleapis.com. A new type fails
+# test_every_resource_type_used_maps_to_its_apis until it is added here and its APIs to services.tf.
+APIS_BY_TYPE: dict[str, set[str]] = {
+    "data.google_project": {"cloudresourcemanager"},
+    "google_artifact_registry_repository": {"artifactregistry"},
+    "google_artifact_registry_repository_iam_member": {"artifactregistry"},
+    "google_cloud_run_v2_service_iam_member": {"run"},
+    "google_cloud_scheduler_job": {"cloudscheduler"},
+    # Gen2: built by Cloud Build into Artifact Registry, served by Cloud Run, build logs in Cloud Logging.
+    "google_cloudfunctions2_function": {"cloudfunctions", "run", "cloudbuild", "artifactregistry", "logging"},
+    "google_compute_firewall": {"compute"},
+    "google_compute_global_address": {"compute"},
+    "google_compute_network": {"compute"},
+    "google_compute_subnetwork": {"compute"},
+    "google_firestore_database": {"firestore"},
+    "google_firestore_index": {"firestore"},
+    "google_project_iam_audit_config": {"cloudresourcemanager"},
+    "google_project_iam_member": {"cloudresourcemanager"},
+    "google_project_service": set(),
+    "google_pubsub_subscription": {"pubsub"},
+    "google_pubsub_subscription_iam_member": {"pubsub"},
+    "google_pubsub_topic": {"pubsub"},
+    "google_pubsub_topic_iam_member": {"pubsub"},
+    "google_redis_instance": {"redis"},
+    "google_secret_manager_secret": {"secretmanager"},
+    "google_secret_manager_secret_iam_member": {"secretmanager"},
+    "google_secret_manager_secret_version": {"secretmanager"},
+    "google_service_account": {"iam"},
+    "google_service_account_iam_member": {"iam"},
+    "google_service_networking_connection": {"servicenetworking", "compute"},
+    "google_sql_database": {"sqladmin"},
+    "google_sql_database_instance": {"sqladmin"},
+    "google_storage_bucket": {"storage"},
+    "google_storage_bucket_iam_member": {"storage"},
+    "google_vpc_access_connector": {"vpcaccess", "compute"},
+}
+# What the functions call at run time, by the manifest's `uses` (postgres: the Cloud SQL Python Connector
+# asks the Cloud SQL Admin API for certificates); secrets: Secret Manager.
+APIS_BY_USE = {"firestore": "firestore", "postgres": "sqladmin", "pubsub": "pubsub", "redis": "redis", "storage": "storage"}
+# Resources granting the Pub/Sub service agent a role: it exists once the Pub/Sub API is on.
+AGENT_LOCAL = "local.pubsub_service_agent"
+
+_API_REF = re.compile(r'google_project_service\.service(?:\[\\?"([a-z0-9-]+)\.googleapis\.com\\?"\])?')
+_DATA_REF = re.compile(r"\bdata\.(google_[a-z0-9_]+)\.([a-z0-9_]+)")
+_RESOURCE_REF = re.compile(r"(?<![.\w])(google_[a-z0-9_]+)\.([a-z0-9_]+)")
+_LOCAL_REF = re.compile(r"\blocal\.([a-z0-9_]+)")
+
+
+def _enabled_apis() -> dict[str, dict[str, Any]]:
+    """services.tf: api -> the google_project_service body that enables it."""
+    found: dict[str, dict[str, Any]] = {}
+    for rtype, name, body, _ in _resources():
+        if rtype == "google_project_service":
+            assert name == "service", f"one google_project_service, named service, iterating the APIs; found {name}"
+            for api in re.findall(r'"([a-z0-9-]+)\.googleapis\.com"', body["for_each"]):
+                found[api] = body
+    return found
+
+
+def _data_sources() -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (_unquote(dtype), _unquote(name), body)
+        for path in _tf_files()
+        for block in _parse(path).get("data", [])
+        for dtype, named in block.items()
+        for name, body in named.items()
+    ]
+
+
+def _api_graph() -> dict[str, set[str]]:
+    """Each resource, data source and local -> what it references or depends on; APIs as "api:<name>"."""
+    apis = set(_enabled_apis())
+    nodes: dict[str, Any] = {f"{rtype}.{name}": body for rtype, name, body, _ in _resources() if rtype != "google_project_service"}
+    nodes |= {f"data.{dtype}.{name}": body for dtype, name, body in _data_sources()}
+    nodes |= {f"local.{name}": value for name, value in _locals().items()}
+    graph: dict[str, set[str]] = {}
+    for node, body in nodes.items():
+        text = json.dumps(body)
+        edges = {f"api:{api}" for api in apis for m in _API_REF.finditer(text) if m.group(1) in (None, api)}
+        without_data = _DATA_REF.sub("", text)
+        edges |= {f"data.{t}.{n}" for t, n in _DATA_REF.findall(text)}
+        edges |= {f"{t}.{n}" for t, n in _RESOURCE_REF.findall(without_data) if t != "google_project_service"}
+        edges |= {f"local.{n}" for n in _LOCAL_REF.findall(text)}
+        graph[node] = {e for e in edges if e in nodes or e.startswith("api:")} - {node}
+    return graph
+
+
+def _reached_apis(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, stack = {start}, [start]
+    while stack:
+        for nxt in graph[stack.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                if not nxt.startswith("api:"):
+                    stack.append(nxt)
+    return {n.removeprefix("api:") for n in seen if n.startswith("api:")}
+
+
+def test_every_resource_type_used_maps_to_its_apis_and_exactly_those_are_enabled() -> None:
+    used = {rtype for rtype, _, _, _ in _resources()} | {f"data.{dtype}" for dtype, _, _ in _data_sources()}
+    unmapped = sorted(used - set(APIS_BY_TYPE))
+    assert not unmapped, f"resource types with no API in APIS_BY_TYPE (add them, and their API to terraform/services.tf): {unmapped}"
+    uses = {use for fn in _manifest()["functions"].values() for use in fn.get("uses", [])}
+    assert uses <= set(APIS_BY_USE), f"manifest `uses` with no API in APIS_BY_USE: {sorted(uses - set(APIS_BY_USE))}"
+    needed = set().union(*(APIS_BY_TYPE[t] for t in used)) | {APIS_BY_USE[u] for u in uses}
+    if any(fn.get("secrets") for fn in _manifest()["functions"].values()):
+        needed.add("secretmanager")
+    enabled = set(_enabled_apis())
+    assert not needed - enabled, f"terraform/services.tf does not enable {sorted(needed - enabled)}"
+    assert not enabled - needed, f"terraform/services.tf enables {sorted(enabled - needed)}, which no declared resource or `uses` needs"
+
+
+def test_the_apis_stay_on_when_terraform_destroys() -> None:
+    for api, body in _enabled_apis().items():
+        assert body.get("disable_on_destroy") is False, f"{api}: set disable_on_destroy = false (other workloads may use it)"
+
+
+def test_every_resource_waits_for_the_apis_it_calls() -> None:
+    """Through depends_on, or a resource it references that waits for them: a fresh project's first apply then
+    enables each API before anything calls it, instead of failing with SERVICE_DISABLED."""
+    graph = _api_graph()
+    missing = {}
+    for node in graph:
+        if node.startswith("local."):
+            continue
+        rtype = node.rsplit(".", 1)[0]
+        needed = set(APIS_BY_TYPE[rtype])
+        if AGENT_LOCAL in graph[node]:
+            needed.add("pubsub")
+        lacking = needed - _reached_apis(graph, node)
+        if lacking:
+            missing[node] = sorted(lacking)
+    assert not missing, f"resources that do not depend on an API they call (add depends_on its google_project_service.service): {missing}"
+
+
+def test_the_api_check_sees_a_missing_dependency() -> None:
+    """The graph check itself: a resource of a type whose API nothing it references waits for is found."""
+    graph = _api_graph()
+    assert {"redis"} <= _reached_apis(graph, "google_redis_instance.cache")
+    assert "secretmanager" in _reached_apis(graph, "google_secret_manager_secret_version.redis_auth")  # through the secret
+    detached = {**graph, "google_redis_instance.cache": graph["google_redis_instance.cache"] - {"api:redis"}}
+    assert "redis" not in _reached_apis(detached, "google_redis_instance.cache")
 
 # -- bundles -------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from threatflow.platform.errors import DependencyError, ValidationError
+from threatflow.platform.ports import Versioned
 
 _TIMEOUT = 10.0  # one attempt, and all of a call's retries together (FirestoreDocuments._retry)
 
@@ -27,6 +28,30 @@ class FirestoreDocuments:
     def get(self, collection: str, doc_id: str) -> dict[str, Any] | None:
         snapshot = self._call(lambda: self._ref(collection, doc_id).get(retry=self._retry, timeout=_TIMEOUT))
         return snapshot.to_dict() if snapshot.exists else None
+
+    def get_versioned(self, collection: str, doc_id: str) -> Versioned | None:
+        snapshot = self._call(lambda: self._ref(collection, doc_id).get(retry=self._retry, timeout=_TIMEOUT))
+        if not snapshot.exists:
+            return None
+        return Versioned(snapshot.to_dict() or {}, snapshot.update_time.rfc3339())
+
+    def update_if_unchanged(self, collection: str, doc_id: str, data: Mapping[str, Any], *, version: str) -> str | None:
+        """One write with an update-time precondition (the server compares and writes atomically).
+        Not retried: an attempt that timed out may have been applied, and its retry would then fail the
+        precondition and pass our own write off as someone else's; a DependencyError says "unknown"."""
+        from google.api_core import exceptions
+        from google.api_core.datetime_helpers import DatetimeWithNanoseconds
+        from google.cloud.firestore_v1.field_path import FieldPath
+
+        option = self._client.write_option(last_update_time=DatetimeWithNanoseconds.from_rfc3339(version))
+        # update() reads "a.b" as a nested path; quoted, every key is the top-level field it names.
+        fields = {FieldPath(key).to_api_repr(): value for key, value in data.items()}
+        ref = self._ref(collection, doc_id)
+        try:
+            result = self._call(lambda: ref.update(fields, option=option, retry=None, timeout=_TIMEOUT))
+        except (exceptions.FailedPrecondition, exceptions.NotFound):
+            return None  # written since (another update time), or deleted
+        return str(result.update_time.rfc3339())
 
     def create(self, collection: str, doc_id: str, data: Mapping[str, Any]) -> bool:
         from google.api_core import exceptions

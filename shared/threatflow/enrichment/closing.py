@@ -18,6 +18,14 @@ once per (run, source), so a late answer after the timeout row is dropped. If
 the Firestore write fails after the commit, the run stays running and the next
 close redoes the same idempotent writes.
 
+The lock does not hold off enrich-dispatch, which may start a run again (a second
+delivery of its request) while a closer works on it. So a closer's writes are
+compare-and-sets on the version of the run it read under the lock: a run written
+meanwhile has this attempt's rows rolled back (checked just before the commit) or
+its done refused (in the instant after it), and is judged again as it now is,
+at most CLOSE_ATTEMPTS times; sweep_queued's writes are compare-and-sets as well.
+A sweep passes such a run by and counts it `changed`.
+
 A run that enrich-dispatch never started stays `queued`, with no deadline: its
 request was dead-lettered after every attempt failed, or waits in a backlog.
 sweep_queued publishes the run's own request (stored on the run) again, through the
@@ -43,7 +51,7 @@ from threatflow.enrichment.tasks import TOPIC_REQUESTED
 from threatflow.platform import events
 from threatflow.platform import logging as tf_logging
 from threatflow.platform.errors import RetryableError
-from threatflow.platform.ports import DocumentStore, Publisher
+from threatflow.platform.ports import DocumentStore, Publisher, Versioned
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -61,6 +69,8 @@ SWEEP_LOCK_WAIT_MS = 50
 # three times as long has no live message; a backlog of that age gets a second message, which is harmless.
 QUEUED_STALL_SECONDS = 1800
 MAX_REDISPATCHES = 2
+# A closer re-reads a run written under it (a dispatcher's write) and judges it again, this many times in all.
+CLOSE_ATTEMPTS = 3
 
 
 class ApplyVerdict(Protocol):
@@ -75,6 +85,7 @@ class ApplyVerdict(Protocol):
 class Closed:
     run: dict[str, Any] | None  # the run document as it is now
     closed: bool  # this call closed it (False: not due yet, or closed already)
+    changed: bool = False  # not closed: someone else wrote the run while this call was closing it
 
 
 def reliability() -> dict[str, float]:
@@ -114,30 +125,66 @@ def close(
     with unit_of_work(engine) as conn:
         if not _due(run, _missing(run, repository.run_results(conn, run_id))):
             return Closed(run, False)  # the common case of a non-last answer: no lock taken
-    with _run_lock(engine, run_id, wait_ms=lock_wait_ms) as conn:  # one transaction, committed below; rolled back on any return before
-        run = runs.get_run(documents, run_id)  # under the lock: another closer may have finished meanwhile
-        if run is None or not _open(run):
-            return Closed(run, False)
-        results = repository.run_results(conn, run_id)
-        missing = _missing(run, results)
-        if not _due(run, missing):
-            return Closed(run, False)
-        ioc_id = int(run["ioc_id"])
-        at = now()
-        merged = verdict.Merged("unknown", None, [])
-        if repository.ioc_exists(conn, ioc_id):
-            if missing:
-                repository.insert_results(conn, [_timeout_row(run_id, ioc_id, s, at) for s in missing])
-                results = repository.run_results(conn, run_id)
-            merged = verdict.merge(results, reliability=reliability, now=at)
-            apply_verdict(conn, ioc_id=ioc_id, run_id=run_id, merged=merged, results=results)
-        else:  # the IoC was deleted: nothing to write it onto, but the run must not stay open
-            tf_logging.log(log, logging.WARNING, "closing a run whose IoC is gone", run_id=run_id, ioc_id=ioc_id)
-        conn.commit()  # before the Firestore write: a run marked done always has its rows and verdict
-        # Derived from the stored rows, not from `missing`: the same answer whoever closed.
-        timed_out = sorted(r["source"] for r in results if r["status"] == "timeout" and r["detail"] == DEADLINE_DETAIL)
-        runs.close_run(documents, run_id, verdict=merged.verdict, score=merged.score, closed_at=time.time(), timed_out=timed_out)
+    with _run_lock(engine, run_id, wait_ms=lock_wait_ms) as conn:  # one transaction per attempt; rolled back unless committed
+        changed = False
+        for _ in range(CLOSE_ATTEMPTS):
+            read = runs.get_run_versioned(documents, run_id)  # under the lock: another closer may have finished meanwhile
+            if read is None or not _open(read.data):
+                return Closed(read.data if read else None, False, changed=changed)
+            outcome = _close_locked(conn, run_id, read, documents=documents, now=now, reliability=reliability, apply_verdict=apply_verdict)
+            if outcome is None:  # written meanwhile: judged again on what it is now
+                changed = True
+                tf_logging.log(log, logging.WARNING, "enrichment run written while being closed: read again", run_id=run_id)
+                continue
+            if not outcome:
+                return Closed(read.data, False, changed=changed)
+            break
+        else:
+            return Closed(runs.get_run(documents, run_id), False, changed=True)
     return Closed(runs.get_run(documents, run_id), True)
+
+
+def _close_locked(
+    conn: Connection,
+    run_id: str,
+    read: Versioned,
+    *,
+    documents: DocumentStore,
+    now: Callable[[], datetime],
+    reliability: Mapping[str, float],
+    apply_verdict: ApplyVerdict,
+) -> bool | None:
+    """One attempt, under the run's lock, on the run as `read`: True closed, False not due, None when the
+    run was written by someone else since `read` (a dispatcher starting it again): its rows rolled back,
+    or, in the instant between the commit and the Firestore write, that write refused (the rows stay; the
+    next attempt finds them)."""
+    run = read.data
+    results = repository.run_results(conn, run_id)
+    missing = _missing(run, results)
+    if not _due(run, missing):
+        return False
+    ioc_id = int(run["ioc_id"])
+    at = now()
+    merged = verdict.Merged("unknown", None, [])
+    if repository.ioc_exists(conn, ioc_id):
+        if missing:
+            repository.insert_results(conn, [_timeout_row(run_id, ioc_id, s, at) for s in missing])
+            results = repository.run_results(conn, run_id)
+        merged = verdict.merge(results, reliability=reliability, now=at)
+        apply_verdict(conn, ioc_id=ioc_id, run_id=run_id, merged=merged, results=results)
+    else:  # the IoC was deleted: nothing to write it onto, but the run must not stay open
+        tf_logging.log(log, logging.WARNING, "closing a run whose IoC is gone", run_id=run_id, ioc_id=ioc_id)
+    current = runs.get_run_versioned(documents, run_id)
+    if current is None or current.version != read.version:
+        conn.rollback()  # nothing of this attempt is kept: the run is not what it was judged on
+        return None
+    conn.commit()  # before the Firestore write: a run marked done always has its rows and verdict
+    # Derived from the stored rows, not from `missing`: the same answer whoever closed.
+    timed_out = sorted(r["source"] for r in results if r["status"] == "timeout" and r["detail"] == DEADLINE_DETAIL)
+    done = runs.close_run(
+        documents, run_id, version=read.version, verdict=merged.verdict, score=merged.score, closed_at=time.time(), timed_out=timed_out
+    )
+    return True if done else None
 
 
 @contextmanager
@@ -181,12 +228,19 @@ def close_overdue(
     apply_verdict: ApplyVerdict,
     limit: int = SWEEP_LIMIT,
 ) -> dict[str, Any]:
-    """Close up to `limit` running runs whose deadline has passed, oldest deadline first, so that
-    a run nobody reads still reaches its IoC's verdict. A run that cannot be closed (a bug, bad
-    data) is logged and listed, and the sweep goes on; a backing service down fails the sweep."""
+    """Close up to `limit` running runs whose deadline has passed, in deadline order, so that a run
+    nobody reads still reaches its IoC's verdict. A run that cannot be closed (a bug, bad data) is
+    logged and listed, and the sweep goes on; a backing service down fails the sweep.
+
+    Each page starts after the last deadline of the page before (runs.overdue_cursor) and a page that
+    reaches the end sends the next tick back to the oldest: runs passed by (failed, busy, changed)
+    are tried again once per round, and however many of them there are, they cannot fill every page
+    and starve the runs behind them. A run sharing the exact deadline of a page's last run, beyond
+    that page, waits for the next round."""
     cutoff = time.time()
-    page = runs.overdue_runs(documents, before=cutoff, limit=limit + 1)
-    closed = already = busy = 0
+    after = runs.overdue_cursor(documents)
+    page = runs.overdue_runs(documents, before=cutoff, after=after, limit=limit + 1)
+    closed = already = busy = changed = 0
     failed: list[str] = []
     for doc in page[:limit]:
         run_id = str(doc["id"])
@@ -201,7 +255,7 @@ def close_overdue(
                 lock_wait_ms=SWEEP_LOCK_WAIT_MS,
             )
         except repository.RunBeingClosed:
-            busy += 1  # another closer is at it (or its lost session still holds the lock): next tick
+            busy += 1  # another closer is at it (or its lost session still holds the lock): next round
             continue
         except Exception as exc:
             if isinstance(exc, RetryableError):
@@ -214,15 +268,22 @@ def close_overdue(
             continue
         if outcome.closed:
             closed += 1
+        elif outcome.changed:
+            changed += 1  # a dispatcher started it again while it was being closed: left as that dispatcher wrote it
         else:
             already += 1  # a late answer or a reader closed it since the query
+    more = len(page) > limit
+    if more or after is not None:
+        runs.set_overdue_cursor(documents, float(page[limit - 1]["deadline_at"]) if more else None, at=cutoff)
     return {
         "closed": closed,
         "already_closed": already,
         "busy": busy,
+        "changed": changed,
         "failed": len(failed),
         "failed_runs": failed[:FAILED_LISTED],
-        "more": len(page) > limit,
+        "more": more,
+        "after": after,
         "limit": limit,
         "cutoff": cutoff,
     }
@@ -238,26 +299,32 @@ def sweep_queued(*, documents: DocumentStore, publisher: Publisher, limit: int =
     page = runs.queued_runs(documents, before=stalled_before, limit=limit + 1)
     page += runs.requeued_runs(documents, before=stalled_before, limit=limit + 1)
     page.sort(key=lambda doc: float(doc.get("redispatched_at") or doc.get("created_at") or 0))
-    redispatched = closed = 0
+    redispatched = closed = changed = 0
     for doc in page[:limit]:
         run_id = str(doc["id"])
-        # Read again: the dispatcher may have started it since the query. One starting it between this read
-        # and the write below would be overwritten (the window is this one read): it would be dispatched again
-        # (tasks and result rows are idempotent) or closed unanswered.
-        current = runs.get_run(documents, run_id)
-        if current is None or current.get("status") not in ("queued", "requeued"):
+        # Read again, with its version: the dispatcher may have started it since the query. One starting it after
+        # this read makes the compare-and-set writes below refuse: the run is passed by (counted `changed`), never
+        # overwritten back to requeued or done.
+        read = runs.get_run_versioned(documents, run_id)
+        if read is None or read.data.get("status") not in ("queued", "requeued"):
             continue
+        current = read.data
         request, count = current.get("request"), int(current.get("redispatches") or 0)
         if isinstance(request, Mapping) and count < MAX_REDISPATCHES:
             # Recorded before the publish, so a dispatch of the new message always comes after it.
             requeued = {"status": "requeued", "redispatches": count + 1, "redispatched_at": time.time()}
-            documents.set(runs.RUNS, run_id, requeued, merge=True)
+            version = runs.update_run_if_unchanged(documents, run_id, requeued, version=read.version)
+            if version is None:
+                changed += 1
+                tf_logging.log(log, logging.INFO, "queued enrichment run changed meanwhile: not dispatched again", run_id=run_id)
+                continue
             attributes = {"run_id": run_id, **({"batch_id": str(current["batch_id"])} if current.get("batch_id") else {})}
             try:
                 publisher.publish(TOPIC_REQUESTED, events.encode({**request, "run_id": run_id}), attributes)
             except Exception:
+                # Undone only if nobody wrote it since (a dispatcher that started it keeps its start).
                 restore = {k: current.get(k) for k in ("status", "redispatches", "redispatched_at")}
-                documents.set(runs.RUNS, run_id, restore, merge=True)
+                runs.update_run_if_unchanged(documents, run_id, restore, version=version)
                 raise
             redispatched += 1
             tf_logging.log(log, logging.INFO, "queued enrichment run dispatched again", run_id=run_id, redispatches=count + 1)
@@ -269,7 +336,17 @@ def sweep_queued(*, documents: DocumentStore, publisher: Publisher, limit: int =
         )
         # No result row and no verdict are written: nothing was looked up, so the IoC keeps what it had.
         # A request dispatched after all (an admin's replay of its dead letter) starts the run again.
-        runs.close_run(documents, run_id, verdict="unknown", score=None, closed_at=time.time(), reason=reason)
+        if not runs.close_run(documents, run_id, version=read.version, verdict="unknown", score=None, closed_at=time.time(), reason=reason):
+            changed += 1
+            tf_logging.log(log, logging.INFO, "queued enrichment run changed meanwhile: not closed", run_id=run_id)
+            continue
         closed += 1
         tf_logging.log(log, logging.WARNING, "queued enrichment run closed: never dispatched", run_id=run_id)
-    return {"redispatched": redispatched, "closed": closed, "more": len(page) > limit, "limit": limit, "cutoff": stalled_before}
+    return {
+        "redispatched": redispatched,
+        "closed": closed,
+        "changed": changed,
+        "more": len(page) > limit,
+        "limit": limit,
+        "cutoff": stalled_before,
+    }

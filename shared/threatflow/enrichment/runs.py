@@ -7,6 +7,10 @@ names), skipped ({source: reason}), created_at and deadline_at (epoch seconds), 
 verdict, score, timed_out and closed_at once closed (closing.py), and a reason when it
 was closed without being dispatched. Results themselves are rows in PostgreSQL (one
 per run and source).
+
+The sweeps (closing.py) change a run they read only if nobody wrote it since: their writes
+are compare-and-sets on the version read with the run (get_run_versioned).
+SWEEPS/OVERDUE_CURSOR holds where the overdue sweep's next page starts.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from threatflow.platform.ports import DocumentStore
+from threatflow.platform.ports import DocumentStore, Versioned
 
 RUNS = "enrichment_runs"
 DEAD_LETTERS = "enrichment_dead_letters"
+SWEEPS = "enrichment_sweeps"
+OVERDUE_CURSOR = "overdue"
 
 
 def create_run(docs: DocumentStore, run: Mapping[str, Any]) -> bool:
@@ -32,6 +38,16 @@ def get_run(docs: DocumentStore, run_id: str) -> dict[str, Any] | None:
     return docs.get(RUNS, run_id)
 
 
+def get_run_versioned(docs: DocumentStore, run_id: str) -> Versioned | None:
+    """The run with the version its compare-and-set writes (close_run, update_run_if_unchanged) name."""
+    return docs.get_versioned(RUNS, run_id)
+
+
+def update_run_if_unchanged(docs: DocumentStore, run_id: str, fields: Mapping[str, Any], *, version: str) -> str | None:
+    """Write `fields` onto the run only if it is still at `version`: its new version, else None."""
+    return docs.update_if_unchanged(RUNS, run_id, fields, version=version)
+
+
 def start_run(docs: DocumentStore, run_id: str, *, expected: Sequence[str], skipped: Mapping[str, str], deadline_at: float) -> None:
     docs.set(
         RUNS,
@@ -42,10 +58,24 @@ def start_run(docs: DocumentStore, run_id: str, *, expected: Sequence[str], skip
     )
 
 
-def overdue_runs(docs: DocumentStore, *, before: float, limit: int) -> list[dict[str, Any]]:
-    """Running runs whose deadline_at is before `before`, oldest deadline first. Firestore answers
-    this only with the composite index (status, deadline_at) of terraform/firestore.tf."""
-    return docs.query(RUNS, where=[("status", "==", "running"), ("deadline_at", "<", before)], order_by="deadline_at", limit=limit)
+def overdue_runs(docs: DocumentStore, *, before: float, after: float | None = None, limit: int) -> list[dict[str, Any]]:
+    """Running runs whose deadline_at is before `before` (and after `after`, a page cursor), oldest deadline
+    first. Firestore answers this only with the composite index (status, deadline_at) of terraform/firestore.tf."""
+    where: list[tuple[str, str, Any]] = [("status", "==", "running"), ("deadline_at", "<", before)]
+    if after is not None:
+        where.append(("deadline_at", ">", after))
+    return docs.query(RUNS, where=where, order_by="deadline_at", limit=limit)
+
+
+def overdue_cursor(docs: DocumentStore) -> float | None:
+    """The deadline_at after which the overdue sweep's next page starts; None: from the oldest."""
+    cursor = docs.get(SWEEPS, OVERDUE_CURSOR) or {}
+    after = cursor.get("after")
+    return float(after) if isinstance(after, int | float) else None
+
+
+def set_overdue_cursor(docs: DocumentStore, after: float | None, *, at: float) -> None:
+    docs.set(SWEEPS, OVERDUE_CURSOR, {"after": after, "at": at})
 
 
 def queued_runs(docs: DocumentStore, *, before: float, limit: int) -> list[dict[str, Any]]:
@@ -64,13 +94,16 @@ def close_run(
     docs: DocumentStore,
     run_id: str,
     *,
+    version: str,
     verdict: str,
     score: int | None,
     closed_at: float,
     timed_out: Sequence[str] = (),
     reason: str | None = None,
-) -> None:
+) -> bool:
+    """Mark the run done, only if it is still at `version` (the one its closer read): False, and nothing
+    written, when it changed since (a dispatcher started it meanwhile) or is gone."""
     done: dict[str, Any] = {"status": "done", "verdict": verdict, "score": score, "closed_at": closed_at, "timed_out": list(timed_out)}
     if reason is not None:
         done["reason"] = reason
-    docs.set(RUNS, run_id, done, merge=True)
+    return update_run_if_unchanged(docs, run_id, done, version=version) is not None

@@ -14,8 +14,20 @@ class Publisher(Protocol):
         """Publish and wait for the server's message id."""
 
 
+@dataclass(frozen=True)
+class Versioned:
+    """A document as read, with the version a compare-and-set names (Firestore: its update time,
+    which every write changes). The token is opaque: compare it, pass it back, never parse it."""
+
+    data: dict[str, Any]
+    version: str
+
+
 class DocumentStore(Protocol):
     def get(self, collection: str, doc_id: str) -> dict[str, Any] | None: ...
+
+    def get_versioned(self, collection: str, doc_id: str) -> Versioned | None:
+        """The document with its version (for update_if_unchanged); None when there is no such document."""
 
     def create(self, collection: str, doc_id: str, data: Mapping[str, Any]) -> bool:
         """Write only if absent; False when the document already exists (idempotency key)."""
@@ -27,6 +39,11 @@ class DocumentStore(Protocol):
     def delete_if(self, collection: str, doc_id: str, *, field: str, value: Any) -> bool:
         """Delete the document only if its `field` still equals `value`, atomically (a compare-and-delete);
         False when it does not, or there is no such document."""
+
+    def update_if_unchanged(self, collection: str, doc_id: str, data: Mapping[str, Any], *, version: str) -> str | None:
+        """Compare-and-set: write the top-level fields of `data` (a value replaces the field whole; other
+        fields are kept) only if the document is still at `version`, atomically. The new version, or None
+        when the document was written or deleted since (nothing is written then)."""
 
     def query(
         self,
