@@ -1,7 +1,7 @@
 """recover-stalled-flow-ingest-jobs: flow-ingest jobs that no delivery is running are published again and
 finish, pushed to the real maintenance and flow-ingest functions, on PostgreSQL and the Firestore, Pub/Sub and
-Cloud Storage emulators. A stall is made the way it happens (a delivery that stored a batch and died before its
-continuation was published, or was killed holding its lease; a message never delivered), then aged by moving
+Cloud Storage emulators. A stall is made the way it happens (a delivery that stored a batch and whose
+continuation message was lost, or that was killed holding its lease; a message never delivered), then aged by moving
 `updated_at` back past the stall age."""
 
 from __future__ import annotations
@@ -112,8 +112,8 @@ def _raw_csv(count: int, seed: int = 3) -> str:
 
 
 def test_stalled_jobs_are_published_again_and_the_worker_finishes_them(env, function_client, backend_env, monkeypatch):
-    """Two stalls: a job whose delivery stored a batch, recorded continuation 1 and died before publishing it
-    (killed holding its lease, now expired), and a job whose message was never delivered. The sweep publishes
+    """Two stalls: a job whose delivery stored a batch and handed over to continuation 1, whose message was then
+    lost (dead-lettered, say) while a lease is left behind (now expired), and a job whose message was never delivered. The sweep publishes
     each job's live message (job_id attribute, its continuation number); the worker then runs both to the end."""
     from threatflow.adapters.storage import GcsBlobs
     from threatflow.flows import handlers, ingest_jobs
@@ -133,11 +133,11 @@ def test_stalled_jobs_are_published_again_and_the_worker_finishes_them(env, func
     continued, queued = jobs
     assert len(pull(set(jobs), expected=2)) == 2  # the uploads route's own messages, consumed here
 
-    # The first delivery of `continued` spends its budget after a batch and records continuation 1; its
-    # publish is taken away below (drained), as if the instance died first. It then "dies" holding a lease.
+    # The first delivery of `continued` spends its budget after a batch and hands over to continuation 1; that
+    # message is taken away below (drained), as if it were lost. A dead delivery's lease is left behind.
     quick = function_client("flow-ingest", FLOW_INGEST_DELIVERY_SECONDS="0")
     assert quick.post("/", json={**_as_push(_message(continued, 0)), "deliveryAttempt": 1}).status_code == 200
-    assert len(pull({continued}, expected=1)) == 1  # the continuation never "reached" Pub/Sub
+    assert len(pull({continued}, expected=1)) == 1  # the continuation, "lost"
     job = docs.get(ingest_jobs.INGEST_JOBS, continued)
     assert job["state"] == "running" and job["rows_done"] == 40 and job["continuation"] == 1, job
     docs.set(ingest_jobs.INGEST_LEASES, continued, {"holder": "dead", "until": datetime.now(UTC) - timedelta(seconds=5)})
@@ -171,7 +171,7 @@ def _message(job_id: str, continuation: int) -> Any:
 
     from threatflow.flows import ingest_jobs
 
-    data, attributes = ingest_jobs.job_message(job_id, continuation)
+    data, attributes = ingest_jobs.job_message(job_id, continuation, None)
     return SimpleNamespace(data=data, attributes=attributes, message_id=uuid.uuid4().hex)
 
 

@@ -4,13 +4,19 @@ A job (`flow_ingest_jobs/<id>`, made by POST /api/v1/flows/uploads) is run by th
 worker (flows/handlers.py) under a lease (`flow_ingest_leases/<id>`). Every write a delivery makes
 sets `updated_at`: the job's creation, the start of each delivery, each stored batch, a continuation.
 
+The job's live message is named by `continuation` (a number) and `continuation_token` (a random
+token, absent on the upload's own message). A delivery publishes the next continuation first and
+records it after, so a message numbered above the job's `continuation` is current (it was published
+by the run that held the job, and its record was never written), and `superseded` tells the stale
+ones: a lower number, or the same number with another token (two runs of one message that each
+published a continuation: the recorded one wins).
+
 Some ends leave a job `queued` or `running` with nothing left to run it: a delivery killed by the
 function's timeout or out of memory on its last attempt (no code runs, the message is dead-lettered),
-an instance that dies between recording a continuation and publishing it, a continuation that cannot
-get the lease in its attempts. recover_stalled (the recover-stalled-flow-ingest-jobs maintenance job)
-finds a job in `queued` or `running` whose `updated_at` is older than STALL_SECONDS and whose lease is
-absent or expired, and publishes its message again: the job's id and the number of its live
-continuation, so the worker resumes from rows_done. A job recovered MAX_RECOVERIES times in a row
+a continuation that cannot get the lease in its attempts. recover_stalled (the
+recover-stalled-flow-ingest-jobs maintenance job) finds a job in `queued` or `running` whose
+`updated_at` is older than STALL_SECONDS and whose lease is absent or expired, and publishes its
+live message again, so the worker resumes from rows_done. A job recovered MAX_RECOVERIES times in a row
 without progress fails with the reason: rows stored since the last recovery start the count again (a
 long upload may meet several unrelated deaths), and a job still `queued` is given QUEUED_PATIENCE_SECONDS
 from its creation first (behind a backlog at flow-ingest's instance limit its message is only waiting;
@@ -20,7 +26,7 @@ publishing it again is harmless, failing it is not).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -51,9 +57,27 @@ SWEEP_MAX = 2000
 FAILED_LISTED = 20
 
 
-def job_message(job_id: str, continuation: int) -> tuple[bytes, dict[str, str]]:
-    """The flow-ingest message that runs the job from its live continuation (data, attributes)."""
-    return events.encode({"job_id": job_id, "continuation": continuation}), {"job_id": job_id}
+def job_message(job_id: str, continuation: int, token: str | None) -> tuple[bytes, dict[str, str]]:
+    """The flow-ingest message that runs the job from continuation `continuation` (data, attributes)."""
+    payload: dict[str, Any] = {"job_id": job_id, "continuation": continuation}
+    if token is not None:
+        payload["continuation_token"] = token
+    return events.encode(payload), {"job_id": job_id}
+
+
+def superseded(job: Mapping[str, Any], *, continuation: int, token: str | None) -> str | None:
+    """Why the message (continuation, token) no longer runs `job`, or None when it may.
+
+    A delivery that continues publishes the next message before it records its number, so a number
+    above the job's is current (published, record lost) and the number alone cannot tell two messages
+    apart when a run of an older one published the same number again: the recorded token does."""
+    live = int(job.get("continuation") or 0)
+    if continuation < live:
+        return f"continuation {continuation} was superseded by continuation {live}"
+    live_token = job.get("continuation_token")
+    if continuation == live and live_token is not None and token != live_token:
+        return f"continuation {continuation} was published twice; the job runs the one it recorded"
+    return None
 
 
 def fail(documents: DocumentStore, job_id: str, reason: str, *, now: datetime) -> None:
@@ -124,7 +148,8 @@ def recover_stalled(
             tf_logging.log(log, logging.WARNING, "stalled flow-ingest job failed", job_id=job_id, recoveries=recoveries)
             continue
         continuation = int(job.get("continuation") or 0)
-        data, attributes = job_message(job_id, continuation)
+        token = job.get("continuation_token")
+        data, attributes = job_message(job_id, continuation, str(token) if token is not None else None)
         publisher.publish(INGEST_TOPIC, data, attributes)
         at = now()
         update = {"recoveries": recoveries + 1, "recovered_at": at, "recovered_at_row": rows_done, "updated_at": at}
