@@ -192,6 +192,41 @@ def test_a_job_with_a_live_lease_or_a_recent_write_is_untouched(env):
         assert "recoveries" not in docs.get(ingest_jobs.INGEST_JOBS, job_id)
 
 
+def test_jobs_an_earlier_version_left_without_updated_at_are_recovered_by_their_creation_time(env):
+    """Jobs queued (or run) by a version that wrote no `updated_at` are invisible to the updated_at query; the
+    sweep finds them by created_at, recovers the stalled ones as any other (live lease, recent creation and
+    finished jobs left alone), and the recovery writes their updated_at, so the next tick leaves them alone."""
+    from threatflow.flows import ingest_jobs
+
+    docs = env["docs"]
+
+    def legacy(state: str, created: datetime, **fields: Any) -> str:
+        job_id = uuid.uuid4().hex
+        document = {"job_id": job_id, "state": state, "bucket": UPLOADS, "object": f"flows/{job_id}.csv", "rows_done": 0}
+        docs.set(ingest_jobs.INGEST_JOBS, job_id, {**document, "created_at": created, **fields})  # no updated_at
+        return job_id
+
+    queued = legacy("queued", _stalled_at())
+    running = legacy("running", _stalled_at() - timedelta(hours=1), rows_done=10000, continuation=2)
+    leased = legacy("running", _stalled_at(), rows_done=5000, continuation=1)
+    docs.set(ingest_jobs.INGEST_LEASES, leased, {"holder": "alive", "until": datetime.now(UTC) + timedelta(seconds=300)})
+    recent = legacy("queued", datetime.now(UTC) - timedelta(seconds=60))
+    finished = legacy("succeeded", _stalled_at())
+    assert "updated_at" not in docs.get(ingest_jobs.INGEST_JOBS, queued)
+
+    result = _run_job(env)
+    assert (result["recovered"], result["failed"], result["leased"], result["more"]) == (2, 0, 1, False), result
+    messages = {m.attributes["job_id"]: json.loads(m.data) for m in env["pull"]({queued, running, leased, recent, finished}, expected=2)}
+    assert {job_id: data["continuation"] for job_id, data in messages.items()} == {queued: 0, running: 2}, messages
+    for job_id in (queued, running):
+        job = docs.get(ingest_jobs.INGEST_JOBS, job_id)
+        assert job["recoveries"] == 1 and job["updated_at"] > _stalled_at(), job
+    for job_id in (leased, recent, finished):
+        assert "recoveries" not in docs.get(ingest_jobs.INGEST_JOBS, job_id)
+    again = _run_job(env)
+    assert (again["recovered"], again["leased"]) == (0, 1), again
+
+
 def test_a_job_that_keeps_stalling_fails_after_the_recovery_cap(env):
     from threatflow.flows import ingest_jobs
 

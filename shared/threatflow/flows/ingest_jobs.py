@@ -15,8 +15,9 @@ Some ends leave a job `queued` or `running` with nothing left to run it: a deliv
 function's timeout or out of memory on its last attempt (no code runs, the message is dead-lettered),
 a continuation that cannot get the lease in its attempts. recover_stalled (the
 recover-stalled-flow-ingest-jobs maintenance job) finds a job in `queued` or `running` whose
-`updated_at` is older than STALL_SECONDS and whose lease is absent or expired, and publishes its
-live message again, so the worker resumes from rows_done. A job recovered MAX_RECOVERIES times in a row
+`updated_at` is older than STALL_SECONDS, or that has no `updated_at` (queued or run by a version
+that did not write it) and was created before then, and whose lease is absent or expired, and
+publishes its live message again, so the worker resumes from rows_done. A job recovered MAX_RECOVERIES times in a row
 without progress fails with the reason: rows stored since the last recovery start the count again (a
 long upload may meet several unrelated deaths), and a job still `queued` is given QUEUED_PATIENCE_SECONDS
 from its creation first (behind a backlog at flow-ingest's instance limit its message is only waiting;
@@ -92,6 +93,17 @@ def stalled_jobs(documents: DocumentStore, *, before: datetime, limit: int) -> l
     )
 
 
+def unwritten_jobs(documents: DocumentStore, *, before: datetime, limit: int) -> list[dict[str, Any]]:
+    """Queued or running jobs created before `before` that have no `updated_at` (made or last run by a
+    version that did not write it, so stalled_jobs never finds them), oldest first. Their created_at
+    is older than that of any job made since, so they lead this query's page. Firestore answers it
+    only with the composite index (state, created_at) of terraform/firestore.tf."""
+    page = documents.query(
+        INGEST_JOBS, where=[("state", "in", ["queued", "running"]), ("created_at", "<", before)], order_by="created_at", limit=limit
+    )
+    return [job for job in page if job.get("updated_at") is None]
+
+
 def lease_live(documents: DocumentStore, job_id: str, *, now: datetime) -> bool:
     until = (documents.get(INGEST_LEASES, job_id) or {}).get("until")
     return until is not None and until > now
@@ -113,7 +125,8 @@ def recover_stalled(
     sweep (Pub/Sub retries it) before the job records the recovery."""
     started = now()
     cutoff = started - timedelta(seconds=STALL_SECONDS)
-    page = stalled_jobs(documents, before=cutoff, limit=limit + 1)
+    unwritten = unwritten_jobs(documents, before=cutoff, limit=limit + 1)
+    page = unwritten + stalled_jobs(documents, before=cutoff, limit=limit + 1)
     recovered = leased = 0
     failed: list[str] = []
     for job in page[:limit]:
@@ -164,6 +177,7 @@ def recover_stalled(
             rows_done=int(job.get("rows_done") or 0),
             continuation=continuation,
             recoveries=recoveries + 1,
+            unwritten=job.get("updated_at") is None,
         )
     return {
         "recovered": recovered,
