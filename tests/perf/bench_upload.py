@@ -16,7 +16,7 @@ In-run baselines, on the same object over the same emulator: the plain read + pa
 ranged reads, gunzip, bounded lines and read_csv; nothing validated, scored or stored), and the hash
 pass alone (what the first delivery reads before it parses). Printed as ratios to the worker's rate.
 
-Run: .venv/bin/python tests/perf/bench_upload.py                      (50,000 flows)
+Run: .venv/bin/python tests/perf/bench_upload.py                      (50,000 flows, gzip; --plain: uncompressed)
      BENCH_UPLOAD=200000 .venv/bin/python tests/perf/bench_upload.py  (bigger)
 Not part of the test suite.
 """
@@ -43,6 +43,7 @@ WARM_UP = 2000  # flows: one batch, over the 30 days flowgen spreads flows on
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=int(os.environ.get("BENCH_UPLOAD") or 50_000))
+    parser.add_argument("--plain", action="store_true", help="upload the files uncompressed (the hash pass then reads every byte)")
     parser.add_argument("--model-dir", help="serve ml/train.py's output (the real served model) instead of a test model")
     args = parser.parse_args()
 
@@ -87,13 +88,16 @@ def main() -> None:
         began = time.perf_counter()
         objects = {}
         for run, seed in (("one delivery", 7), ("every batch a delivery", 8), ("warm-up", 9)):
-            path = state / f"flows-{seed}.csv.gz"
+            path = state / f"flows-{seed}.csv{'' if args.plain else '.gz'}"
             flowgen.write_raw(path, flowgen.generate(WARM_UP if run == "warm-up" else args.rows, seed=seed))
-            name = f"bench/flows-{seed}.csv.gz"
+            name = f"bench/{path.name}"
             blobs.put(UPLOADS, name, path.read_bytes())
             objects[run] = (name, path.stat().st_size)
         megabytes = objects["one delivery"][1] / 1e6
-        print(f"generated {args.rows:,} flows twice (raw 49-column gzip, {megabytes:.1f} MB each) in {time.perf_counter() - began:.1f} s")
+        layout = "plain" if args.plain else "gzip"
+        print(
+            f"generated {args.rows:,} flows twice (raw 49-column {layout}, {megabytes:.1f} MB each) in {time.perf_counter() - began:.1f} s"
+        )
 
         name = objects["one delivery"][0]
         read_parse = _best_of(2, lambda: _read_and_parse(blobs, name))
@@ -125,7 +129,7 @@ def main() -> None:
         subscriber.close()
 
         rows = args.rows
-        print(f"baseline, read + parse (ranged reads from the emulator, gunzip, bounded lines, read_csv): {rows / read_parse:,.0f} flows/s")
+        print(f"baseline, read + parse (ranged reads, gunzip if gzip, bounded lines, read_csv): {rows / read_parse:,.0f} flows/s")
         print(f"hash pass alone (the first delivery's sha256 pass over the object): {rows / hash_pass:,.0f} flows/s ({hash_pass:.2f} s)")
         for run, outcome in results.items():
             took = outcome["seconds"]
