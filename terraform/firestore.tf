@@ -91,3 +91,22 @@ resource "google_firestore_index" "flow_ingest_jobs_stalled" {
     order      = "ASCENDING"
   }
 }
+
+# flows/ingest_jobs.py unwritten_jobs: state IN ("queued", "running") AND created_at < now - stall age,
+# by created_at (jobs an earlier version queued or ran without `updated_at`, which stalled_jobs cannot see).
+resource "google_firestore_index" "flow_ingest_jobs_unwritten" {
+  project    = var.project_id
+  database   = "(default)"
+  collection = "flow_ingest_jobs"
+  depends_on = [google_firestore_database.default]
+
+  fields {
+    field_path = "state"
+    order      = "ASCENDING"
+  }
+
+  fields {
+    field_path = "created_at"
+    order      = "ASCENDING"
+  }
+}

@@ -1,7 +1,7 @@
 """recover-stalled-flow-ingest-jobs: flow-ingest jobs that no delivery is running are published again and
 finish, pushed to the real maintenance and flow-ingest functions, on PostgreSQL and the Firestore, Pub/Sub and
-Cloud Storage emulators. A stall is made the way it happens (a delivery that stored a batch and died before its
-continuation was published, or was killed holding its lease; a message never delivered), then aged by moving
+Cloud Storage emulators. A stall is made the way it happens (a delivery that stored a batch and whose
+continuation message was lost, or that was killed holding its lease; a message never delivered), then aged by moving
 `updated_at` back past the stall age."""
 
 from __future__ import annotations
@@ -112,8 +112,8 @@ def _raw_csv(count: int, seed: int = 3) -> str:
 
 
 def test_stalled_jobs_are_published_again_and_the_worker_finishes_them(env, function_client, backend_env, monkeypatch):
-    """Two stalls: a job whose delivery stored a batch, recorded continuation 1 and died before publishing it
-    (killed holding its lease, now expired), and a job whose message was never delivered. The sweep publishes
+    """Two stalls: a job whose delivery stored a batch and handed over to continuation 1, whose message was then
+    lost (dead-lettered, say) while a lease is left behind (now expired), and a job whose message was never delivered. The sweep publishes
     each job's live message (job_id attribute, its continuation number); the worker then runs both to the end."""
     from threatflow.adapters.storage import GcsBlobs
     from threatflow.flows import handlers, ingest_jobs
@@ -133,11 +133,11 @@ def test_stalled_jobs_are_published_again_and_the_worker_finishes_them(env, func
     continued, queued = jobs
     assert len(pull(set(jobs), expected=2)) == 2  # the uploads route's own messages, consumed here
 
-    # The first delivery of `continued` spends its budget after a batch and records continuation 1; its
-    # publish is taken away below (drained), as if the instance died first. It then "dies" holding a lease.
+    # The first delivery of `continued` spends its budget after a batch and hands over to continuation 1; that
+    # message is taken away below (drained), as if it were lost. A dead delivery's lease is left behind.
     quick = function_client("flow-ingest", FLOW_INGEST_DELIVERY_SECONDS="0")
     assert quick.post("/", json={**_as_push(_message(continued, 0)), "deliveryAttempt": 1}).status_code == 200
-    assert len(pull({continued}, expected=1)) == 1  # the continuation never "reached" Pub/Sub
+    assert len(pull({continued}, expected=1)) == 1  # the continuation, "lost"
     job = docs.get(ingest_jobs.INGEST_JOBS, continued)
     assert job["state"] == "running" and job["rows_done"] == 40 and job["continuation"] == 1, job
     docs.set(ingest_jobs.INGEST_LEASES, continued, {"holder": "dead", "until": datetime.now(UTC) - timedelta(seconds=5)})
@@ -171,7 +171,7 @@ def _message(job_id: str, continuation: int) -> Any:
 
     from threatflow.flows import ingest_jobs
 
-    data, attributes = ingest_jobs.job_message(job_id, continuation)
+    data, attributes = ingest_jobs.job_message(job_id, continuation, None)
     return SimpleNamespace(data=data, attributes=attributes, message_id=uuid.uuid4().hex)
 
 
@@ -190,6 +190,41 @@ def test_a_job_with_a_live_lease_or_a_recent_write_is_untouched(env):
     assert env["pull"]({leased, recent, fresh, finished}, expected=0) == []
     for job_id in (leased, recent, fresh, finished):
         assert "recoveries" not in docs.get(ingest_jobs.INGEST_JOBS, job_id)
+
+
+def test_jobs_an_earlier_version_left_without_updated_at_are_recovered_by_their_creation_time(env):
+    """Jobs queued (or run) by a version that wrote no `updated_at` are invisible to the updated_at query; the
+    sweep finds them by created_at, recovers the stalled ones as any other (live lease, recent creation and
+    finished jobs left alone), and the recovery writes their updated_at, so the next tick leaves them alone."""
+    from threatflow.flows import ingest_jobs
+
+    docs = env["docs"]
+
+    def legacy(state: str, created: datetime, **fields: Any) -> str:
+        job_id = uuid.uuid4().hex
+        document = {"job_id": job_id, "state": state, "bucket": UPLOADS, "object": f"flows/{job_id}.csv", "rows_done": 0}
+        docs.set(ingest_jobs.INGEST_JOBS, job_id, {**document, "created_at": created, **fields})  # no updated_at
+        return job_id
+
+    queued = legacy("queued", _stalled_at())
+    running = legacy("running", _stalled_at() - timedelta(hours=1), rows_done=10000, continuation=2)
+    leased = legacy("running", _stalled_at(), rows_done=5000, continuation=1)
+    docs.set(ingest_jobs.INGEST_LEASES, leased, {"holder": "alive", "until": datetime.now(UTC) + timedelta(seconds=300)})
+    recent = legacy("queued", datetime.now(UTC) - timedelta(seconds=60))
+    finished = legacy("succeeded", _stalled_at())
+    assert "updated_at" not in docs.get(ingest_jobs.INGEST_JOBS, queued)
+
+    result = _run_job(env)
+    assert (result["recovered"], result["failed"], result["leased"], result["more"]) == (2, 0, 1, False), result
+    messages = {m.attributes["job_id"]: json.loads(m.data) for m in env["pull"]({queued, running, leased, recent, finished}, expected=2)}
+    assert {job_id: data["continuation"] for job_id, data in messages.items()} == {queued: 0, running: 2}, messages
+    for job_id in (queued, running):
+        job = docs.get(ingest_jobs.INGEST_JOBS, job_id)
+        assert job["recoveries"] == 1 and job["updated_at"] > _stalled_at(), job
+    for job_id in (leased, recent, finished):
+        assert "recoveries" not in docs.get(ingest_jobs.INGEST_JOBS, job_id)
+    again = _run_job(env)
+    assert (again["recovered"], again["leased"]) == (0, 1), again
 
 
 def test_a_job_that_keeps_stalling_fails_after_the_recovery_cap(env):

@@ -8,19 +8,27 @@ number and its time is the flow's stime or the job's creation time.
 
 A long upload is run by a chain of deliveries, never by retries: a delivery whose
 time budget (FLOW_INGEST_DELIVERY_SECONDS, well under the function's timeout) is
-spent after a batch records its progress, publishes a continuation (same topic,
-same job_id, the next `continuation` number) and acks. The job remembers the
-number of the chain's live message, so a stale message (one a continuation has
-superseded, e.g. a redelivery whose ack was lost) is acked without work; the lease
-keeps runs from overlapping, and MAX_CONTINUATIONS bounds the chain. A job left
-`queued` or `running` with no delivery to run it (one killed by the timeout or out of
-memory, a continuation recorded and never published) is published again by the
+spent after a batch has its progress recorded (every batch writes it), releases the
+lease, publishes a continuation (same topic, same job_id, the next `continuation`
+number and a new `continuation_token`), then records that number and token, and acks.
+Published before it is recorded, so an instance that dies at any point of the
+hand-over leaves a message that resumes the job at once: before the publish, this
+delivery's own (redelivered, still current); after it, the continuation (a number
+above the job's is current: ingest_jobs.superseded). A message known superseded
+(a redelivery whose ack was lost, the losing copy of a continuation published twice)
+is acked without waiting for the lease; the lease keeps runs from overlapping, and
+MAX_CONTINUATIONS bounds the chain. A job left `queued` or `running` with no delivery
+to run it (one killed by the timeout or out of memory) is published again by the
 recover-stalled-flow-ingest-jobs maintenance job (flows/ingest_jobs.py).
 
 The object is read as a stream (memory holds a chunk and a batch, not the file),
 pinned to the generation the job first saw: a first pass hashes it (the event
 keys' `source`, stored on the job so later deliveries skip the pass), a second
-parses it. An object replaced while its job runs fails the job.
+parses it. Two passes because each row's event key is made from the whole file's
+hash before that row is stored, and a hash is known only at the end of the bytes:
+hashing while parsing would store the first delivery's rows under some other key,
+and the same file uploaded again (or under another name) would no longer map to
+the same events. An object replaced while its job runs fails the job.
 
 An upload is untrusted input: its decompressed text, its lines, their length and
 the columns of a row are all bounded (a gzip bomb or a 10,000-column header
@@ -41,11 +49,20 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from threatflow.flows import ingest
-from threatflow.flows.ingest_jobs import INGEST_JOBS, INGEST_LEASES, INGEST_TOPIC, LEASE_SECONDS, MAX_DELIVERY_ATTEMPTS, job_message
+from threatflow.flows.ingest_jobs import (
+    INGEST_JOBS,
+    INGEST_LEASES,
+    INGEST_TOPIC,
+    LEASE_SECONDS,
+    MAX_DELIVERY_ATTEMPTS,
+    job_message,
+    superseded,
+)
 from threatflow.flows.model import serving_snapshot
 from threatflow.hunting import pipeline
 from threatflow.platform import logging as tf_logging
@@ -55,11 +72,12 @@ from threatflow.platform.ports import BlobStore, Clock, DocumentStore, Publisher
 from threatflow.runtime import Runtime
 
 log = logging.getLogger("threatflow.flows.ingest")
-# A continuation is published while its delivery still holds the lease (released a moment later):
-# its own delivery waits this long for the lease before answering "retry later".
+# A delivery releases the lease before it publishes its continuation, so the continuation never waits
+# for its own predecessor; this is for a copy of a live message meeting the delivery that runs it.
 LEASE_WAIT_SECONDS = 5.0
 BATCH_ROWS = 5000
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")  # what POST /api/v1/flows/uploads makes (uuid4().hex)
+CONTINUATION_TOKEN = re.compile(r"^[0-9a-f]{32}$")  # what continue_job makes (uuid4().hex)
 # Bounds on one upload's decompressed text. The official UNSW-NB15 files are ~2.5 M rows of
 # ~250 characters and at most 49 columns (partitioned: 45); these leave ample room for them.
 MAX_LINE_CHARS = 16_384
@@ -191,44 +209,94 @@ def build_handler(runtime: Runtime) -> Callable[[Message], dict[str, Any]]:
             raise ValidationError(
                 f"flow-ingest continuation {str(continuation)[:40]!r} is not a number of 0..{MAX_CONTINUATIONS}", field="continuation"
             )
+        token = message.data.get("continuation_token")
+        if token is not None and (type(token) is not str or not CONTINUATION_TOKEN.match(token)):
+            raise ValidationError(
+                f"flow-ingest continuation_token {str(token)[:40]!r} is not a 32-character hex token", field="continuation_token"
+            )
         documents = runtime.documents
+        # Read once before the lease: a finished job or a superseded message is acked at once, not after
+        # waiting for a lease another delivery holds (and being retried into the dead letter).
+        if (answer := settled(existing_job(documents, job_id), job_id, continuation=continuation, token=token)) is not None:
+            return answer
         with lease(documents, job_id, now=started):
-            job = documents.get(INGEST_JOBS, job_id)
-            if job is None:
-                raise ValidationError(f"no flow ingest job {job_id!r}", field="job_id")
-            if job.get("state") in ("succeeded", "failed"):
-                return dict(job)  # a redelivery of finished work
-            if continuation < int(job.get("continuation") or 0):
-                tf_logging.log(log, logging.INFO, "stale flow-ingest message: a later continuation runs the job", job_id=job_id)
-                return dict(job)
-            try:
-                return run_job(
+            job = existing_job(documents, job_id)  # again: another delivery may have moved it on meanwhile
+            if (answer := settled(job, job_id, continuation=continuation, token=token)) is not None:
+                return answer
+            if continuation > int(job.get("continuation") or 0):
+                tf_logging.log(
+                    log, logging.WARNING, "flow-ingest continuation runs unrecorded: its publisher died before recording it",
+                    job_id=job_id, continuation=continuation,
+                )  # fmt: skip
+            outcome = last_attempt_fails_job(
+                lambda: run_job(
                     job_id,
                     job,
                     continuation=continuation,
+                    token=token,
                     started=started,
                     budget_seconds=settings.flow_ingest_delivery_seconds,
                     documents=documents,
                     blobs=runtime.blobs,
-                    publisher=runtime.publisher,
                     ingest_rows=ingest_rows,
                     clock=runtime.clock,
-                )
-            except PermanentError:
-                raise  # acked; run_job has already failed the job with the reason
-            except Exception as exc:
-                # Pub/Sub sets deliveryAttempt on pushes from a subscription with a dead-letter policy
-                # (flow-ingest-push has one) and dead-letters the message after the last attempt fails; so the
-                # last attempt fails the job first, or it would stay "running" with nothing left to run it. The
-                # count is best effort: a delivery killed at the timeout runs no code, which the time budget
-                # keeps a healthy run from reaching.
-                if message.delivery_attempt >= MAX_DELIVERY_ATTEMPTS:
-                    reason = f"gave up after {message.delivery_attempt} delivery attempts: {exc.__class__.__name__}: {str(exc)[:300]}"
-                    with contextlib.suppress(Exception):  # the store may be what failed: the re-raise still counts
-                        fail_job(documents, job_id, reason, clock=runtime.clock)
-                raise
+                ),
+                job_id=job_id,
+                message=message,
+                documents=documents,
+                clock=runtime.clock,
+            )
+        if isinstance(outcome, Handover):  # published after the lease is released: see continue_job
+            return last_attempt_fails_job(
+                lambda: continue_job(job_id, outcome, documents=documents, publisher=runtime.publisher, clock=runtime.clock),
+                job_id=job_id,
+                message=message,
+                documents=documents,
+                clock=runtime.clock,
+            )
+        return outcome
 
     return handle
+
+
+def existing_job(documents: DocumentStore, job_id: str) -> dict[str, Any]:
+    job = documents.get(INGEST_JOBS, job_id)
+    if job is None:
+        raise ValidationError(f"no flow ingest job {job_id!r}", field="job_id")
+    return job
+
+
+def settled(job: dict[str, Any], job_id: str, *, continuation: int, token: str | None) -> dict[str, Any] | None:
+    """The answer to a message with no work left (the job finished, or the message superseded), else None."""
+    if job.get("state") in ("succeeded", "failed"):
+        return dict(job)  # a redelivery of finished work
+    reason = superseded(job, continuation=continuation, token=token)
+    if reason is not None:
+        tf_logging.log(log, logging.INFO, f"stale flow-ingest message acked: {reason}", job_id=job_id, continuation=continuation)
+        return dict(job)
+    return None
+
+
+T = TypeVar("T")
+
+
+def last_attempt_fails_job(work: Callable[[], T], *, job_id: str, message: Message, documents: DocumentStore, clock: Clock) -> T:
+    """Run a delivery's work; an error on the subscription's last attempt fails the job before it is raised.
+
+    Pub/Sub sets deliveryAttempt on pushes from a subscription with a dead-letter policy (flow-ingest-push
+    has one) and dead-letters the message after the last attempt fails; so the last attempt fails the job
+    first, or it would stay "running" with nothing left to run it. The count is best effort: a delivery
+    killed at the timeout runs no code, which the time budget keeps a healthy run from reaching."""
+    try:
+        return work()
+    except PermanentError:
+        raise  # acked; the work has already failed the job with the reason
+    except Exception as exc:
+        if message.delivery_attempt >= MAX_DELIVERY_ATTEMPTS:
+            reason = f"gave up after {message.delivery_attempt} delivery attempts: {exc.__class__.__name__}: {str(exc)[:300]}"
+            with contextlib.suppress(Exception):  # the store may be what failed: the re-raise still counts
+                fail_job(documents, job_id, reason, clock=clock)
+        raise
 
 
 def fail_job(documents: DocumentStore, job_id: str, reason: str, *, clock: Clock) -> None:
@@ -244,19 +312,29 @@ def source_of(blobs: BlobStore, bucket: str, name: str, *, generation: int) -> s
     return "gcs:" + digest.hexdigest()[:32]
 
 
+@dataclass(frozen=True)
+class Handover:
+    """A delivery out of time with its progress recorded: the rest of the job goes to continuation `following`."""
+
+    job: dict[str, Any]
+    following: int
+    rows_done: int
+
+
 def run_job(
     job_id: str,
     job: dict[str, Any],
     *,
     continuation: int,
+    token: str | None,
     started: datetime,
     budget_seconds: float,
     documents: DocumentStore,
     blobs: BlobStore,
-    publisher: Publisher,
     ingest_rows: Callable[..., dict[str, Any]],
     clock: Clock,
-) -> dict[str, Any]:
+) -> dict[str, Any] | Handover:
+    """Run the job from rows_done under its lease: the finished job, or a Handover once the budget is spent."""
     bucket, name = str(job.get("bucket")), str(job.get("object"))
     try:
         info = blobs.stat(bucket, name)
@@ -283,7 +361,8 @@ def run_job(
         "state": "running",
         "source": source,
         "generation": info.generation,
-        "continuation": continuation,
+        "continuation": continuation,  # never below the job's: superseded() refused a lower one
+        "continuation_token": token,
         "deliveries": int(job.get("deliveries") or 0) + 1,
         "delivery_started_at": started,
         "updated_at": started,  # what recover-stalled-flow-ingest-jobs measures a stall from
@@ -329,51 +408,48 @@ def run_job(
         fail_job(documents, job_id, reason, clock=clock)
         raise ValidationError(reason, field="object") from None
     if out_of_time:
-        return continue_job(
-            job_id, {**job, **running}, progress, continuation=continuation, documents=documents, publisher=publisher, clock=clock
-        )
+        following = continuation + 1
+        if following > MAX_CONTINUATIONS:
+            reason = (
+                f"gave up after {MAX_CONTINUATIONS} continuations at row {progress['rows_done']}: a file within"
+                f" {MAX_LINES} lines needs fewer; split it into several uploads"
+            )
+            fail_job(documents, job_id, reason, clock=clock)
+            raise ValidationError(reason, field="object")
+        return Handover({**job, **running, **progress}, following, progress["rows_done"])
     done = {**progress, "state": "succeeded", "finished_at": clock.now()}
     documents.set(INGEST_JOBS, job_id, done, merge=True)
     return {**job, **running, **done}
 
 
-def continue_job(
-    job_id: str,
-    job: dict[str, Any],
-    progress: dict[str, int],
-    *,
-    continuation: int,
-    documents: DocumentStore,
-    publisher: Publisher,
-    clock: Clock,
-) -> dict[str, Any]:
+def continue_job(job_id: str, handover: Handover, *, documents: DocumentStore, publisher: Publisher, clock: Clock) -> dict[str, Any]:
     """Hand the rest of the job to a new message and ack this one: a long upload spends no delivery attempts.
 
-    The job records the new number before it is published, so a redelivery of this message is stale
-    from then on; if the publish fails, the record is put back and this message's redelivery resumes."""
-    following = continuation + 1
-    if following > MAX_CONTINUATIONS:
-        reason = (
-            f"gave up after {MAX_CONTINUATIONS} continuations at row {progress['rows_done']}: a file within"
-            f" {MAX_LINES} lines needs fewer; split it into several uploads"
-        )
-        fail_job(documents, job_id, reason, clock=clock)
-        raise ValidationError(reason, field="object")
+    Called once the lease is released (a continuation delivered at once finds it free). The message is
+    published first and recorded after, so no crash leaves the job without a current message: dead
+    before the publish, this delivery's own message is redelivered and still current; dead after it,
+    the continuation is current by its number (ingest_jobs.superseded). A publish that fails is raised
+    (this message is redelivered and resumes); a record that fails is logged and this message acked:
+    the continuation runs anyway, and a redelivery of this one would meet its record or lose to its token."""
+    token = uuid.uuid4().hex
+    publisher.publish(INGEST_TOPIC, *job_message(job_id, handover.following, token))
     now = clock.now()
-    update = {**progress, "continuation": following, "continued_at": now, "updated_at": now}
-    documents.set(INGEST_JOBS, job_id, update, merge=True)
+    # Only the hand-over: progress was recorded by the last batch, and the continuation, free to start
+    # already, may be writing its own.
+    record = {"continuation": handover.following, "continuation_token": token, "continued_at": now, "updated_at": now}
     try:
-        publisher.publish(INGEST_TOPIC, *job_message(job_id, following))
-    except Exception:
-        with contextlib.suppress(Exception):
-            documents.set(INGEST_JOBS, job_id, {"continuation": continuation}, merge=True)
-        raise
+        documents.set(INGEST_JOBS, job_id, record, merge=True)
+    except Exception as exc:
+        tf_logging.log(
+            log, logging.WARNING, f"flow-ingest continuation published, not recorded: {exc.__class__.__name__}: {str(exc)[:200]}",
+            job_id=job_id, continuation=handover.following,
+        )  # fmt: skip
     tf_logging.log(
         log,
         logging.INFO,
         "flow-ingest delivery out of time: continued",
         job_id=job_id,
-        rows_done=progress["rows_done"],
-        continuation=following,
+        rows_done=handover.rows_done,
+        continuation=handover.following,
     )
-    return {**job, **update}
+    return {**handover.job, **record}

@@ -4,13 +4,20 @@ A job (`flow_ingest_jobs/<id>`, made by POST /api/v1/flows/uploads) is run by th
 worker (flows/handlers.py) under a lease (`flow_ingest_leases/<id>`). Every write a delivery makes
 sets `updated_at`: the job's creation, the start of each delivery, each stored batch, a continuation.
 
+The job's live message is named by `continuation` (a number) and `continuation_token` (a random
+token, absent on the upload's own message). A delivery publishes the next continuation first and
+records it after, so a message numbered above the job's `continuation` is current (it was published
+by the run that held the job, and its record was never written), and `superseded` tells the stale
+ones: a lower number, or the same number with another token (two runs of one message that each
+published a continuation: the recorded one wins).
+
 Some ends leave a job `queued` or `running` with nothing left to run it: a delivery killed by the
 function's timeout or out of memory on its last attempt (no code runs, the message is dead-lettered),
-an instance that dies between recording a continuation and publishing it, a continuation that cannot
-get the lease in its attempts. recover_stalled (the recover-stalled-flow-ingest-jobs maintenance job)
-finds a job in `queued` or `running` whose `updated_at` is older than STALL_SECONDS and whose lease is
-absent or expired, and publishes its message again: the job's id and the number of its live
-continuation, so the worker resumes from rows_done. A job recovered MAX_RECOVERIES times in a row
+a continuation that cannot get the lease in its attempts. recover_stalled (the
+recover-stalled-flow-ingest-jobs maintenance job) finds a job in `queued` or `running` whose
+`updated_at` is older than STALL_SECONDS, or that has no `updated_at` (queued or run by a version
+that did not write it) and was created before then, and whose lease is absent or expired, and
+publishes its live message again, so the worker resumes from rows_done. A job recovered MAX_RECOVERIES times in a row
 without progress fails with the reason: rows stored since the last recovery start the count again (a
 long upload may meet several unrelated deaths), and a job still `queued` is given QUEUED_PATIENCE_SECONDS
 from its creation first (behind a backlog at flow-ingest's instance limit its message is only waiting;
@@ -20,7 +27,7 @@ publishing it again is harmless, failing it is not).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -51,9 +58,27 @@ SWEEP_MAX = 2000
 FAILED_LISTED = 20
 
 
-def job_message(job_id: str, continuation: int) -> tuple[bytes, dict[str, str]]:
-    """The flow-ingest message that runs the job from its live continuation (data, attributes)."""
-    return events.encode({"job_id": job_id, "continuation": continuation}), {"job_id": job_id}
+def job_message(job_id: str, continuation: int, token: str | None) -> tuple[bytes, dict[str, str]]:
+    """The flow-ingest message that runs the job from continuation `continuation` (data, attributes)."""
+    payload: dict[str, Any] = {"job_id": job_id, "continuation": continuation}
+    if token is not None:
+        payload["continuation_token"] = token
+    return events.encode(payload), {"job_id": job_id}
+
+
+def superseded(job: Mapping[str, Any], *, continuation: int, token: str | None) -> str | None:
+    """Why the message (continuation, token) no longer runs `job`, or None when it may.
+
+    A delivery that continues publishes the next message before it records its number, so a number
+    above the job's is current (published, record lost) and the number alone cannot tell two messages
+    apart when a run of an older one published the same number again: the recorded token does."""
+    live = int(job.get("continuation") or 0)
+    if continuation < live:
+        return f"continuation {continuation} was superseded by continuation {live}"
+    live_token = job.get("continuation_token")
+    if continuation == live and live_token is not None and token != live_token:
+        return f"continuation {continuation} was published twice; the job runs the one it recorded"
+    return None
 
 
 def fail(documents: DocumentStore, job_id: str, reason: str, *, now: datetime) -> None:
@@ -66,6 +91,17 @@ def stalled_jobs(documents: DocumentStore, *, before: datetime, limit: int) -> l
     return documents.query(
         INGEST_JOBS, where=[("state", "in", ["queued", "running"]), ("updated_at", "<", before)], order_by="updated_at", limit=limit
     )
+
+
+def unwritten_jobs(documents: DocumentStore, *, before: datetime, limit: int) -> list[dict[str, Any]]:
+    """Queued or running jobs created before `before` that have no `updated_at` (made or last run by a
+    version that did not write it, so stalled_jobs never finds them), oldest first. Their created_at
+    is older than that of any job made since, so they lead this query's page. Firestore answers it
+    only with the composite index (state, created_at) of terraform/firestore.tf."""
+    page = documents.query(
+        INGEST_JOBS, where=[("state", "in", ["queued", "running"]), ("created_at", "<", before)], order_by="created_at", limit=limit
+    )
+    return [job for job in page if job.get("updated_at") is None]
 
 
 def lease_live(documents: DocumentStore, job_id: str, *, now: datetime) -> bool:
@@ -89,7 +125,8 @@ def recover_stalled(
     sweep (Pub/Sub retries it) before the job records the recovery."""
     started = now()
     cutoff = started - timedelta(seconds=STALL_SECONDS)
-    page = stalled_jobs(documents, before=cutoff, limit=limit + 1)
+    unwritten = unwritten_jobs(documents, before=cutoff, limit=limit + 1)
+    page = unwritten + stalled_jobs(documents, before=cutoff, limit=limit + 1)
     recovered = leased = 0
     failed: list[str] = []
     for job in page[:limit]:
@@ -124,7 +161,8 @@ def recover_stalled(
             tf_logging.log(log, logging.WARNING, "stalled flow-ingest job failed", job_id=job_id, recoveries=recoveries)
             continue
         continuation = int(job.get("continuation") or 0)
-        data, attributes = job_message(job_id, continuation)
+        token = job.get("continuation_token")
+        data, attributes = job_message(job_id, continuation, str(token) if token is not None else None)
         publisher.publish(INGEST_TOPIC, data, attributes)
         at = now()
         update = {"recoveries": recoveries + 1, "recovered_at": at, "recovered_at_row": rows_done, "updated_at": at}
@@ -139,6 +177,7 @@ def recover_stalled(
             rows_done=int(job.get("rows_done") or 0),
             continuation=continuation,
             recoveries=recoveries + 1,
+            unwritten=job.get("updated_at") is None,
         )
     return {
         "recovered": recovered,

@@ -58,6 +58,7 @@ SWEEP_QUERIES = {
     "queued enrichment runs": lambda docs: runs.queued_runs(docs, before=0.0, limit=1),
     "requeued enrichment runs": lambda docs: runs.requeued_runs(docs, before=0.0, limit=1),
     "stalled flow-ingest jobs": lambda docs: ingest_jobs.stalled_jobs(docs, before=datetime.now(UTC), limit=1),
+    "unwritten flow-ingest jobs": lambda docs: ingest_jobs.unwritten_jobs(docs, before=datetime.now(UTC), limit=1),
 }
 
 
