@@ -533,6 +533,10 @@ def ip_reputation(ip: str, *, enrichment: Enrichment, sources: tuple[str, ...] =
         address = ipaddress.ip_address(ip.strip())
     except ValueError:
         raise ValidationError(f"ip: {ip[:64]!r} is not an IPv4 or IPv6 address", field="ip") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        # ::ffff:a.b.c.d is the IPv4 host (as flows and IoCs store it): asked as an IPv6 literal, the sources
+        # answered "unknown" for an address they list as malicious, and it spent quota and a cache entry of its own.
+        address = address.ipv4_mapped
     if not address.is_global:
         raise ValidationError(f"ip: {address} is not a public address; intel sources know nothing about it", field="ip")
     ioc_type = "ipv4" if address.version == 4 else "ipv6"
