@@ -292,6 +292,29 @@ def test_two_jobs_of_one_object_run_at_once_store_each_flow_once(api, function_c
     assert _sql(backend_env["DATABASE_URL"], "SELECT count(*) FROM flow_events") == 300
 
 
+# -- the flow -> IoC bridge: addresses that name no host -------------------------------------------------
+
+NOT_A_HOST = ("0.0.0.0", "::", "127.0.0.1", "::1", "255.255.255.255", "224.0.0.1", "ff02::1", "169.254.169.254", "fe80::1", "240.0.0.1")
+
+
+def test_the_bridge_makes_no_ioc_of_an_address_that_names_no_host(api, function_client):
+    """Flows "from" 0.0.0.0 (a DHCP discover), loopback, broadcast, multicast, link-local (the cloud metadata
+    server 169.254.169.254) or reserved addresses became IoCs of severity high, tagged flow-detected, and
+    so entries of every blocklist export. A public source in the same batch still does."""
+    bridging = function_client("flows", FLOWS_BRIDGE_THRESHOLD="0.05")  # the tiny test model is rarely 0.9 sure
+    attacks = [f for f in json_flows(600, seed=41) if f["label"] == 1][:8]
+    public = "175.45.176.9"
+    flows = [{**flow, "srcip": ip} for ip in (*NOT_A_HOST, public) for flow in attacks]
+    response = bridging.post("/api/v1/flows/batch", json={"flows": flows}, headers=api.headers["analyst"])
+    assert response.status_code == 200, response.get_data(as_text=True)[:300]
+    assert response.get_json()["bridge"]["iocs_created"] == 1, response.get_json()
+    since = (datetime.now(UTC) - timedelta(days=32)).isoformat()  # flowgen's times: the 30 days before midnight
+    for ip in NOT_A_HOST:
+        host = api.get(f"/api/v1/events/hosts/{ip}", query_string={"from": since}).get_json()
+        assert host["as_source"]["events"] == len(attacks) and host["ioc"] is None, (ip, host["ioc"])
+    assert api.get(f"/api/v1/events/hosts/{public}").get_json()["ioc"]["value"] == public
+
+
 # -- the intel route: an IPv4 host in its IPv6 spelling ----------------------------------------------------
 
 
