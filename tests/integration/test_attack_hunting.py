@@ -270,25 +270,47 @@ def test_a_file_whose_lines_end_in_a_comma_is_stored(loader, layout):
     assert (entry["stored"], entry["invalid"]) == (60, 0), entry
 
 
-# -- uploads: the same object queued twice, run at once ---------------------------------------------------
+# -- uploads: one object queued again and again; one file under two names -------------------------------
 
 
-def test_two_jobs_of_one_object_run_at_once_store_each_flow_once(api, function_client, backend_env):
-    lines = _raw_lines(300, seed=37)
-    data = gzip.compress(_text(lines).encode())
-    first = _queue(api, "flows/twice.csv.gz", data)
-    second = str(api.post("/api/v1/flows/uploads", {"object": "flows/twice.csv.gz"}).get_json()["job_id"])
+def _jobs_of(name: str) -> list[dict[str, Any]]:
+    from threatflow.adapters.firestore import FirestoreDocuments
+
+    return FirestoreDocuments(PROJECT).query("flow_ingest_jobs", where=[("object", "==", name)], limit=50)
+
+
+def test_an_object_queued_again_while_its_job_is_active_gets_that_job(api, function_client):
+    """Each POST /flows/uploads (a 20-byte body) made a job that hashes, parses and scores the whole object
+    (up to 2 GiB, 10 M lines): 20 posts of one object were 20 full passes, all but one storing duplicates.
+    While a job of the same object generation is queued or running, the route now answers with that job."""
+    name = "flows/again-and-again.csv"
+    first = _queue(api, name, _text(_raw_lines(30, seed=42)).encode())
+    for _ in range(19):
+        again = api.post("/api/v1/flows/uploads", {"object": name})
+        assert again.status_code == 202 and again.get_json()["job_id"] == first, again.get_json()
+    assert len(_jobs_of(name)) == 1
+    assert _deliver(function_client("flow-ingest"), first).status_code == 200
+    assert _job(first)["state"] == "succeeded"
+    rerun = api.post("/api/v1/flows/uploads", {"object": name}).get_json()["job_id"]  # a finished job can be run again
+    assert rerun != first
+    replaced = _queue(api, name, _text(_raw_lines(31, seed=43)).encode())  # a new generation is a new file
+    assert replaced not in (first, rerun) and len(_jobs_of(name)) == 3
+
+
+def test_one_file_under_two_names_run_at_once_stores_each_flow_once(api, function_client, backend_env):
+    data = gzip.compress(_text(_raw_lines(300, seed=37)).encode())
+    jobs = [_queue(api, "flows/twice-a.csv.gz", data), _queue(api, "flows/twice-b.csv.gz", data)]
     worker = function_client("flow-ingest")  # one app, two deliveries at once (as two instances would)
     statuses: list[int] = []
-    threads = [threading.Thread(target=lambda j=j: statuses.append(_deliver(worker, j).status_code)) for j in (first, second)]
+    threads = [threading.Thread(target=lambda j=j: statuses.append(_deliver(worker, j).status_code)) for j in jobs]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(120)
     assert statuses == [200, 200]
-    jobs = [_job(first), _job(second)]
-    assert all(j["state"] == "succeeded" and j["stored"] + j["duplicates"] == 300 for j in jobs), jobs
-    assert sum(j["stored"] for j in jobs) == 300
+    done = [_job(j) for j in jobs]
+    assert all(j["state"] == "succeeded" and j["stored"] + j["duplicates"] == 300 for j in done), done
+    assert sum(j["stored"] for j in done) == 300  # event keys are the file's sha256 and row, whatever its name
     assert _sql(backend_env["DATABASE_URL"], "SELECT count(*) FROM flow_events") == 300
 
 

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 MAX_PROBLEMS_LISTED = 1000
 _LONG_DIGITS = re.compile(rb"\d{19,}")  # an integer that may not fit 64 bits
 INGEST_JOBS = "flow_ingest_jobs"
+ACTIVE_UPLOADS = "flow_ingest_active"  # per object generation: its queued or running job
 INGEST_TOPIC = "flow-ingest"
 HOST_WINDOW = timedelta(days=30)
 HOST_TOP = 20
@@ -174,8 +175,18 @@ def build_router(runtime: Runtime) -> Router:
         bucket = body.bucket or settings.bucket_uploads
         if bucket != settings.bucket_uploads:
             raise ValidationError(f"uploads are read from the uploads bucket ({settings.bucket_uploads}) only", field="bucket")
-        if not runtime.blobs.exists(bucket, body.object):
-            raise NotFoundError(f"no object {body.object!r} in bucket {bucket!r}; upload it first")
+        try:
+            generation = runtime.blobs.stat(bucket, body.object).generation
+        except NotFoundError:
+            raise NotFoundError(f"no object {body.object!r} in bucket {bucket!r}; upload it first") from None
+        # One active job per object generation: each job reads the whole object (up to 2 GiB), so twenty
+        # posts of one object were twenty full passes. Two posts at the same instant may still make two.
+        active_id = hashlib.sha256(f"{bucket}\n{body.object}\n{generation}".encode()).hexdigest()[:32]
+        active = runtime.documents.get(ACTIVE_UPLOADS, active_id)
+        if active is not None:
+            existing = runtime.documents.get(INGEST_JOBS, str(active.get("job_id")))
+            if existing is not None and existing.get("state") in ("queued", "running"):
+                return Response({**existing, "status_url": f"/api/v1/flows/uploads/{existing['job_id']}", "deduplicated": True}, status=202)
         job_id = uuid.uuid4().hex
         created = runtime.clock.now()
         job = {
@@ -197,6 +208,7 @@ def build_router(runtime: Runtime) -> Router:
         except Exception:
             runtime.documents.delete(INGEST_JOBS, job_id)  # nothing will run it: no job left "queued" forever
             raise
+        runtime.documents.set(ACTIVE_UPLOADS, active_id, {"job_id": job_id, "object": body.object, "generation": generation})
         return Response({**job, "status_url": f"/api/v1/flows/uploads/{job_id}"}, status=202)
 
     @router.route("GET", "/api/v1/flows/uploads/{job_id}", role=Role.READER)
