@@ -369,6 +369,18 @@ def test_intel_for_an_ipv4_mapped_address_answers_for_the_ipv4_host(fake_intel, 
         assert refused.status_code == 400 and refused.get_json()["error"]["details"]["field"] == "ip", private
 
 
+def test_intel_refuses_ipv6_forms_of_private_ipv4_addresses(fake_intel, api):
+    """NAT64 (64:ff9b::/96), 6to4 (2002::/16) and IPv4-compatible (::/96) spellings of 10.0.0.1, 127.0.0.1 or
+    192.168.1.1 passed the public-address check and were sent to the third-party intel APIs."""
+    reader = api.headers["reader"]
+    for ip in ("64:ff9b::a00:1", "64:ff9b::7f00:1", "2002:c0a8:101::1", "2002:a00:1::", "::127.0.0.1", "::10.0.0.1"):
+        refused = api.detect.get(f"/api/v1/detect/intel/{ip}", headers=reader)
+        assert refused.status_code == 400 and refused.get_json()["error"]["details"]["field"] == "ip", (ip, refused.get_data(as_text=True)[:200])
+    assert fake_intel.call_count() == 0  # nothing reached a third party
+    public = api.detect.get("/api/v1/detect/intel/64:ff9b::7619:627", headers=reader)  # NAT64 of a public address
+    assert public.status_code == 200, public.get_data(as_text=True)[:200]
+
+
 # -- what held ----------------------------------------------------------------------------------------------
 
 
