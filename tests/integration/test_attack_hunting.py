@@ -375,7 +375,10 @@ def test_intel_refuses_ipv6_forms_of_private_ipv4_addresses(fake_intel, api):
     reader = api.headers["reader"]
     for ip in ("64:ff9b::a00:1", "64:ff9b::7f00:1", "2002:c0a8:101::1", "2002:a00:1::", "::127.0.0.1", "::10.0.0.1"):
         refused = api.detect.get(f"/api/v1/detect/intel/{ip}", headers=reader)
-        assert refused.status_code == 400 and refused.get_json()["error"]["details"]["field"] == "ip", (ip, refused.get_data(as_text=True)[:200])
+        assert refused.status_code == 400 and refused.get_json()["error"]["details"]["field"] == "ip", (
+            ip,
+            refused.get_data(as_text=True)[:200],
+        )
     assert fake_intel.call_count() == 0  # nothing reached a third party
     public = api.detect.get("/api/v1/detect/intel/64:ff9b::7619:627", headers=reader)  # NAT64 of a public address
     assert public.status_code == 200, public.get_data(as_text=True)[:200]
@@ -463,3 +466,19 @@ def test_detect_and_ingest_score_the_same_real_flows_alike(api, backend_env):
     for i, result in enumerate(detected):
         probability, category, attack = rows[ingest.event_key("attack-consistency", i)]
         assert abs(probability - result["probability"]) < 1e-6 and category == result["attack_cat"] and attack == result["is_attack"], i
+
+
+def test_batches_at_and_over_their_limits(api):
+    """detect/batch: 10,000 flows scored, 10,001 refused before any work; flows/batch: 10,001 refused."""
+    flow = {
+        k: v
+        for k, v in json_flows(1, seed=44)[0].items()
+        if k not in ("label", "attack_cat", "srcip", "dstip", "stime", "ltime", "sport", "dsport")
+    }
+    at = api.detect.post("/api/v1/detect/batch", json={"flows": [flow] * 10_000}, headers=api.headers["reader"])
+    assert at.status_code == 200 and len(at.get_json()["results"]) == 10_000
+    over = api.detect.post("/api/v1/detect/batch", json={"flows": [flow] * 10_001}, headers=api.headers["reader"])
+    assert over.status_code == 400 and over.get_json()["error"]["details"]["field"] == "flows"
+    stored = json_flows(1, seed=45)[0]
+    refused = api.post("/api/v1/flows/batch", {"flows": [stored] * 10_001})
+    assert refused.status_code == 400, refused.get_data(as_text=True)[:200]
