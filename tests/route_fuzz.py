@@ -47,6 +47,10 @@ NASTY_TEXT = [
     "\u00b2",
     "9999-12-31T23:59:59-23:59",
     "0001-01-01T00:00:00+14:00",
+    # the review's: an IPv6 spelling of a private IPv4 address, a raw file's hex port, a time long past retention
+    "64:ff9b::a00:1",
+    "0x000b",
+    "1970-01-01T00:00:00Z",
 ]
 
 _ints = st.one_of(

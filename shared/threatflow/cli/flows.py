@@ -17,11 +17,14 @@ bucket and lets the flow-ingest worker do the work, polling its job.
 from __future__ import annotations
 
 import argparse
+import csv
+import gzip
 import hashlib
 import json
 import os
 import sys
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,6 +38,9 @@ DEFAULT_BATCH = 5000
 IN_FLIGHT = 2
 PROGRESS_FILE = Path(os.environ.get("THREATFLOW_FLOWS_PROGRESS") or Path.home() / ".cache" / "threatflow" / "flows-load.json")
 PROBLEMS_SHOWN = 20
+# What reading a file that is not a UNSW CSV raises: no UNSW layout (ValueError), a cell over csv's field
+# limit (csv.Error), not or no longer gzip (BadGzipFile, zlib.error), a gzip cut short (EOFError).
+UNREADABLE = (ValueError, csv.Error, gzip.BadGzipFile, zlib.error, EOFError)
 
 
 def file_sha256(path: Path) -> str:
@@ -199,7 +205,13 @@ def cmd_load(args: argparse.Namespace, *, base: str, token: str | None) -> int:
         if args.upload:
             entry = upload_file(path, base=base, token=token, session=session)
         else:
-            entry = load_file(path, post=post, progress=progress, batch_size=args.batch_size, show_bar=not args.quiet)
+            try:
+                entry = load_file(path, post=post, progress=progress, batch_size=args.batch_size, show_bar=not args.quiet)
+            except UNREADABLE as exc:  # a file that is not a UNSW CSV, or a corrupt gzip: a message, not a traceback
+                raise ValidationError(
+                    f"{path}: cannot be read as a UNSW-NB15 CSV: {exc}; rows the API acknowledged are saved in the progress file",
+                    field="file",
+                ) from None
         for key in totals:
             totals[key] += int(entry.get(key) or 0)
         print(json.dumps({"file": str(path), **{k: entry.get(k) for k in ("rows_done", "stored", "duplicates", "invalid")}}))

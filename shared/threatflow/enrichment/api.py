@@ -527,12 +527,32 @@ def register_ioc_routes(router: Router, runtime: Runtime) -> None:
 IP_SOURCE_ORDER = ("abuseipdb", "greynoise", "internetdb", "virustotal", "otx")
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def _embedded_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries: NAT64 (64:ff9b::/96), 6to4 (2002::/16), IPv4-compatible (::/96)."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address in _NAT64 or address in _IPV4_COMPATIBLE:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.sixtofour
+
+
 def ip_reputation(ip: str, *, enrichment: Enrichment, sources: tuple[str, ...] = IP_SOURCE_ORDER) -> dict[str, Any]:
     """The first usable answer for an IP; raises RateLimitedError when every source is out of quota."""
     try:
         address = ipaddress.ip_address(ip.strip())
     except ValueError:
         raise ValidationError(f"ip: {ip[:64]!r} is not an IPv4 or IPv6 address", field="ip") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        # ::ffff:a.b.c.d is the IPv4 host (as flows and IoCs store it): asked as an IPv6 literal, the sources
+        # answered "unknown" for an address they list as malicious, and it spent quota and a cache entry of its own.
+        address = address.ipv4_mapped
+    embedded = _embedded_ipv4(address)
+    if embedded is not None and not embedded.is_global:  # 64:ff9b::a00:1 is 10.0.0.1, and went to third parties
+        raise ValidationError(f"ip: {address} carries the non-public IPv4 address {embedded}; intel sources know nothing of it", field="ip")
     if not address.is_global:
         raise ValidationError(f"ip: {address} is not a public address; intel sources know nothing about it", field="ip")
     ioc_type = "ipv4" if address.version == 4 else "ipv6"

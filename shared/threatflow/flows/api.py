@@ -13,7 +13,7 @@ import hashlib
 import re
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 MAX_PROBLEMS_LISTED = 1000
 _LONG_DIGITS = re.compile(rb"\d{19,}")  # an integer that may not fit 64 bits
 INGEST_JOBS = "flow_ingest_jobs"
+ACTIVE_UPLOADS = "flow_ingest_active"  # per object generation: its queued or running job
 INGEST_TOPIC = "flow-ingest"
 HOST_WINDOW = timedelta(days=30)
 HOST_TOP = 20
@@ -70,6 +71,35 @@ class UploadJobIn(msgspec.Struct, forbid_unknown_fields=True):
     bucket: Annotated[str, msgspec.Meta(min_length=3, max_length=222)] | None = None
 
 
+def retained_since(now: datetime, retention_days: int) -> datetime:
+    """The oldest event time flow-retention keeps: midnight UTC of the day `retention_days` ago."""
+    day = (now - timedelta(days=retention_days)).astimezone(UTC).date()
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def drop_unretained(
+    canonical: list[dict[str, Any]],
+    fields: list[ingest.EventFields],
+    problems: list[ingest.FlowProblem],
+    *,
+    count: int,
+    oldest: datetime,
+) -> tuple[list[dict[str, Any]], list[ingest.EventFields], list[ingest.FlowProblem]]:
+    """Flows whose stime is older than the retention window become problems (field stime).
+
+    Each day of events is a partition: a 3,000-flow batch over 3,000 past days made 3,000 partitions
+    in one transaction (62 s, then a 500: out of lock memory) and flow-retention drops them all again
+    at its next run. The window bounds the days one batch can touch to what retention keeps anyway."""
+    valid = ingest.valid_indices(count, problems)
+    old = {i for i, ev in zip(valid, fields, strict=True) if ev.stime is not None and ev.stime < oldest}
+    if not old:
+        return canonical, fields, problems
+    reason = f"older than the retention window (before {oldest.date().isoformat()}); flow-retention would drop it"
+    kept = [(flow, ev) for i, flow, ev in zip(valid, canonical, fields, strict=True) if i not in old]
+    more = sorted([*problems, *(ingest.FlowProblem(i, "stime", reason) for i in old)], key=lambda p: (p.index, p.field))
+    return [flow for flow, _ in kept], [ev for _, ev in kept], more
+
+
 def build_router(runtime: Runtime) -> Router:
     router = Router("flows", runtime=runtime, authenticator=authenticator(runtime))
     settings = runtime.settings
@@ -91,6 +121,9 @@ def build_router(runtime: Runtime) -> Router:
         canonical, fields, problems = ingest.validate(body.flows)
         if body.positions is not None and len(body.positions) != len(body.flows):
             raise ValidationError("positions must have one row number per flow", field="positions")
+        now = runtime.clock.now()
+        oldest = retained_since(now, settings.flows_retention_days)
+        canonical, fields, problems = drop_unretained(canonical, fields, problems, count=len(body.flows), oldest=oldest)
         skipped: dict[str, Any] = {"invalid": 0, "problems": [], "problems_total": 0} if body.skip_invalid else {}
         positions = body.positions
         listed = [p.to_json() for p in problems[:MAX_PROBLEMS_LISTED]]
@@ -106,12 +139,15 @@ def build_router(runtime: Runtime) -> Router:
                 field=f"flows[{first.index}].{first.field}",
                 details={"field": f"flows[{first.index}].{first.field}", "errors": listed, "total": len(problems)},
             )
-        now = runtime.clock.now()
         observed_at = body.observed_at or now
         if observed_at.tzinfo is None:
             raise ValidationError("observed_at needs a time zone", field="observed_at")
         if observed_at > now + ingest.MAX_AHEAD:  # each day is a partition: 9999-12-31 broke the retention job
             raise ValidationError("observed_at is in the future; flows are observed up to now", field="observed_at")
+        if observed_at < oldest:  # year 1 at +14:00 was a 500 (its UTC day is before year 1), 1970 a partition
+            raise ValidationError(
+                f"observed_at is older than the {settings.flows_retention_days}-day retention (FLOWS_RETENTION_DAYS)", field="observed_at"
+            )
         source = body.source or "batch:" + hashlib.sha256(request.body).hexdigest()[:32]
         if not canonical:  # every flow skipped as invalid
             return {"received": 0, "stored": 0, "duplicates": 0, "predicted_attacks": 0, **skipped}
@@ -139,8 +175,18 @@ def build_router(runtime: Runtime) -> Router:
         bucket = body.bucket or settings.bucket_uploads
         if bucket != settings.bucket_uploads:
             raise ValidationError(f"uploads are read from the uploads bucket ({settings.bucket_uploads}) only", field="bucket")
-        if not runtime.blobs.exists(bucket, body.object):
-            raise NotFoundError(f"no object {body.object!r} in bucket {bucket!r}; upload it first")
+        try:
+            generation = runtime.blobs.stat(bucket, body.object).generation
+        except NotFoundError:
+            raise NotFoundError(f"no object {body.object!r} in bucket {bucket!r}; upload it first") from None
+        # One active job per object generation: each job reads the whole object (up to 2 GiB), so twenty
+        # posts of one object were twenty full passes. Two posts at the same instant may still make two.
+        active_id = hashlib.sha256(f"{bucket}\n{body.object}\n{generation}".encode()).hexdigest()[:32]
+        active = runtime.documents.get(ACTIVE_UPLOADS, active_id)
+        if active is not None:
+            existing = runtime.documents.get(INGEST_JOBS, str(active.get("job_id")))
+            if existing is not None and existing.get("state") in ("queued", "running"):
+                return Response({**existing, "status_url": f"/api/v1/flows/uploads/{existing['job_id']}", "deduplicated": True}, status=202)
         job_id = uuid.uuid4().hex
         created = runtime.clock.now()
         job = {
@@ -162,6 +208,7 @@ def build_router(runtime: Runtime) -> Router:
         except Exception:
             runtime.documents.delete(INGEST_JOBS, job_id)  # nothing will run it: no job left "queued" forever
             raise
+        runtime.documents.set(ACTIVE_UPLOADS, active_id, {"job_id": job_id, "object": body.object, "generation": generation})
         return Response({**job, "status_url": f"/api/v1/flows/uploads/{job_id}"}, status=202)
 
     @router.route("GET", "/api/v1/flows/uploads/{job_id}", role=Role.READER)

@@ -11,6 +11,7 @@ after the transaction commits, so the consumer always finds the IoC.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 from collections.abc import Callable, Sequence
@@ -68,11 +69,24 @@ class BridgeResult:
         return {"sources": self.sources, "iocs_created": self.created, "iocs_updated": self.updated, "rejected": self.rejected}
 
 
+def names_a_host(address: str) -> bool:
+    """Whether a flow's source address can be an attacker's: not unspecified (0.0.0.0, a DHCP discover),
+    loopback, multicast, link-local (169.254.169.254 is the cloud metadata server) or IPv4 reserved
+    (240/4, the broadcast address). Those became IoCs of severity high, and so blocklist entries."""
+    ip = ipaddress.ip_address(address)
+    if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_link_local:
+        return False
+    return not (ip.version == 4 and ip.is_reserved)
+
+
 def attack_sources(new_events: Sequence[StoredEvent], *, threshold: float) -> list[_Source]:
-    """Distinct source addresses of the events predicted as attacks at or above the threshold."""
+    """Distinct source addresses of the events predicted as attacks at or above the threshold
+    (addresses that name no host left out: names_a_host)."""
     by_address: dict[str, _Source] = {}
     for event in new_events:
         if not event.predicted_attack or event.probability < threshold or not event.srcip:
+            continue
+        if event.srcip not in by_address and not _host_address(event.srcip):
             continue
         source = by_address.get(event.srcip)
         if source is None:
@@ -129,6 +143,9 @@ def upsert_attack_sources(
             to_enrich.append(EnrichmentRequest(int(result["id"]), str(result["type"]), str(result["value"])))
     ioc_repository.log_sightings(conn, sightings)
     return BridgeResult(len(sources), counts["created"], counts["updated"], counts["rejected"], to_enrich)
+
+
+_host_address = functools.lru_cache(maxsize=4096)(names_a_host)
 
 
 def request_enrichment(requests: Sequence[EnrichmentRequest], *, publisher: Publisher) -> dict[str, int]:
