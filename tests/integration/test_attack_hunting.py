@@ -240,27 +240,7 @@ def test_real_flows_written_as_real_files_are_all_stored(loader, backend_env):
     assert (entry["stored"], entry["invalid"]) == (7, 5), entry
 
 
-@pytest.mark.parametrize(
-    "layout",
-    [
-        pytest.param(
-            "raw",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="flows/ingest.py read_csv (ingest-owned): a raw file whose lines end in a comma (50 fields, the"
-                " last empty) is refused whole as 'not a UNSW-NB15 CSV'",
-            ),
-        ),
-        pytest.param(
-            "header",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="flows/ingest.py read_csv (ingest-owned): a header ending in a comma adds a column named ''"
-                " and every row is refused as 'unknown field'",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("layout", ["raw", "header"])  # both were refused whole (raw) or row by row (header)
 def test_a_file_whose_lines_end_in_a_comma_is_stored(loader, layout):
     from threatflow.flows.ingest import RAW_COLUMNS
 

@@ -233,6 +233,9 @@ class EventFields:
 # hosts): their text is parsed once per process, not once per flow (ipaddress alone cost
 # more per flow than the rest of the event fields). Times vary per flow and are not cached.
 _CACHED_TEXT = {name: functools.lru_cache(maxsize=65536)(parse) for name, parse in _EVENT_FIELDS.items() if name not in ("stime", "ltime")}
+# Only short text is cached: a valid cell can be any length (blank padding, a hex port's leading
+# zeros), and 65,536 entries of megabytes each would outlive their batch. An IPv6 address is 45.
+_CACHED_TEXT_MAX = 64
 # (name, parser, parser for text cached or None), in EventFields order.
 _PARSERS = tuple((name, parse, _CACHED_TEXT.get(name)) for name, parse in _EVENT_FIELDS.items())
 
@@ -246,7 +249,8 @@ def event_fields(flow: Mapping[str, Any], index: int, problems: list[FlowProblem
             parsed.append(None)
             continue
         try:
-            parsed.append(cached(value) if cached is not None and type(value) is str else parse(value))
+            short = type(value) is str and len(value) <= _CACHED_TEXT_MAX
+            parsed.append(cached(value) if cached is not None and short else parse(value))
         except (ValueError, TypeError, OverflowError) as exc:
             problems.append(FlowProblem(index, name, str(exc) or f"invalid {name}"))
             parsed.append(None)
@@ -472,11 +476,13 @@ def read_csv(text: IO[str], *, skip_rows: int = 0, typed: bool = True) -> Iterat
     if first is None:
         return
     names = [c.strip() for c in first]
+    while names and not names[-1]:  # lines ending in a comma (spreadsheet exports): an empty last column
+        names.pop()
     lowered = {n.lower() for n in names}
     if {"proto", "service", "state"} <= lowered:
         header = names
         pending: list[list[str]] = []
-    elif len(first) == len(RAW_COLUMNS):
+    elif len(names) == len(RAW_COLUMNS) and len(first) <= len(RAW_COLUMNS) + 1:
         header = list(RAW_COLUMNS)
         pending = [first]
     else:

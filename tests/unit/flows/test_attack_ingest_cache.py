@@ -3,7 +3,8 @@
 ingest.validate (POST /flows/batch, `threatflow flows load`, the flow-ingest worker) caches the parsed
 text of addresses, ports, labels and categories in 65,536-entry LRU caches keyed by the cell's text.
 A valid cell can be any length (blank padding around an address, leading zeros in a hex port), so each
-entry can hold megabytes: the caches are bounded in entries, not in bytes.
+entry could hold megabytes: only short text is cached (an 80-flow attack with 1 MiB cells had left
+~170 MB cached for the life of the instance).
 """
 
 from __future__ import annotations
@@ -11,14 +12,7 @@ from __future__ import annotations
 import gc
 import tracemalloc
 
-import pytest
 
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="flows/ingest.py (ingest-owned): _CACHED_TEXT keeps every valid cell's text whatever its length;"
-    " 80 flows with 1 MiB cells left ~170 MB cached for the life of the instance (cache only short text)",
-)
 def test_long_valid_cells_are_not_kept_after_their_batch() -> None:
     from flows_support import json_flows
     from helpers import require_shared_data
