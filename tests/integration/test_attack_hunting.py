@@ -317,6 +317,53 @@ def test_the_bridge_makes_no_ioc_of_an_address_that_names_no_host(api, function_
     assert api.get(f"/api/v1/events/hosts/{public}").get_json()["ioc"]["value"] == public
 
 
+def test_the_bridge_queues_at_most_its_hourly_enrichment_budget_most_probable_first(api, function_client, backend_env):
+    """One 10,000-flow batch of spoofed public sources made 8,704 IoCs and queued every one for enrichment:
+    days of AbuseIPDB's 1,000/day ahead of the analysts' own lookups. FLOWS_BRIDGE_ENRICH_PER_HOUR caps what
+    the bridge queues per clock hour across instances; the IoCs are still made, the rest wait for a request."""
+    import json
+
+    from google.cloud import pubsub_v1
+
+    subscriber = pubsub_v1.SubscriberClient()
+    subscription = subscriber.subscription_path(PROJECT, f"bridge-budget-{uuid.uuid4().hex[:8]}")
+    subscriber.create_subscription(name=subscription, topic=f"projects/{PROJECT}/topics/ioc-enrichment-requested")
+    bridging = function_client("flows", FLOWS_BRIDGE_THRESHOLD="0.05", FLOWS_BRIDGE_ENRICH_PER_HOUR="5")
+    attacks = [f for f in json_flows(2000, seed=42) if f["label"] == 1][:40]
+    first = [{**flow, "srcip": f"175.45.176.{i + 1}"} for i, flow in enumerate(attacks)]
+    body = bridging.post("/api/v1/flows/batch", json={"flows": first}, headers=api.headers["analyst"]).get_json()
+    created = body["bridge"]["iocs_created"]
+    assert created > 5, body["bridge"]
+    assert (body["bridge"]["enrichment_requested"], body["bridge"]["enrichment_over_budget"]) == (5, created - 5), body["bridge"]
+    second = [{**flow, "srcip": f"175.45.177.{i + 1}"} for i, flow in enumerate(attacks)]
+    again = bridging.post("/api/v1/flows/batch", json={"flows": second}, headers=api.headers["analyst"]).get_json()["bridge"]
+    assert again["iocs_created"] > 0 and again["enrichment_requested"] == 0, again  # this hour's budget is spent
+    assert again["enrichment_over_budget"] == again["iocs_created"]
+    assert _sql(backend_env["DATABASE_URL"], "SELECT sum(queued) FROM flow_bridge_enrichment") == 5
+    # The five queued are the most probable attackers of the first batch (confidence = max probability x 100).
+    queued: list[int] = []
+    for _ in range(20):
+        response = subscriber.pull(subscription=subscription, max_messages=10, timeout=5)
+        for received in response.received_messages:
+            queued += json.loads(received.message.data)["ioc_ids"]
+        if response.received_messages:
+            subscriber.acknowledge(subscription=subscription, ack_ids=[m.ack_id for m in response.received_messages])
+        if len(queued) >= 5:
+            break
+    assert len(queued) == 5, queued
+    from threatflow.adapters.postgres import create_engine
+    from threatflow.platform.config import Settings
+
+    engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT id, confidence FROM iocs WHERE value LIKE '175.45.176.%'").all()
+    engine.dispose()
+    made = {int(i): int(c) for i, c in rows}
+    assert set(queued) <= set(made)
+    assert min(made[i] for i in queued) >= max(c for i, c in made.items() if i not in queued)
+    subscriber.delete_subscription(subscription=subscription)
+
+
 # -- the intel route: an IPv4 host in its IPv6 spelling ----------------------------------------------------
 
 

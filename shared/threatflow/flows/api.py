@@ -161,6 +161,7 @@ def build_router(runtime: Runtime) -> Router:
             positions=positions,
             observed_at=observed_at,
             threshold=settings.flows_bridge_threshold,
+            enrich_per_hour=settings.flows_bridge_enrich_per_hour,
             publisher=runtime.publisher,
             policies=runtime.decay_policies().get(),
             warninglists=runtime.warninglist_matcher(),

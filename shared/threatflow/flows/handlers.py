@@ -188,6 +188,7 @@ def build_handler(runtime: Runtime) -> Callable[[Message], dict[str, Any]]:
             positions=[positions[i] for i in keep],
             observed_at=observed_at,
             threshold=runtime.settings.flows_bridge_threshold,
+            enrich_per_hour=runtime.settings.flows_bridge_enrich_per_hour,
             publisher=runtime.publisher,
             policies=runtime.decay_policies().get(),
             warninglists=runtime.warninglist_matcher(),

@@ -6,7 +6,9 @@ stored, so a re-sent batch bridges nothing twice. Enrichment is requested for
 public addresses whose IoC the bridge just created (an existing IoC was already
 queued when it was made, or by whoever made it), the way every newly stored IoC
 is: the enrichment capability's auto-enrichment message; requests are published
-after the transaction commits, so the consumer always finds the IoC.
+after the transaction commits, so the consumer always finds the IoC. At most
+FLOWS_BRIDGE_ENRICH_PER_HOUR of them per clock hour, across instances (take_enrichment_budget),
+the most probable attackers first: spoofed sources must not queue days of every source's quota.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import ipaddress
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from threatflow.enrichment import tasks as enrichment_tasks
@@ -55,6 +57,8 @@ class EnrichmentRequest:
     ioc_id: int
     type: str
     value: str
+    max_probability: float = 0.0  # the order in which the hourly budget is spent
+    flows: int = 0
 
 
 @dataclass(frozen=True)
@@ -140,12 +144,46 @@ def upsert_attack_sources(
         }
         sightings.append((int(result["id"]), source.last_seen, SIGHTING_SOURCE, context))
         if result["status"] == "created" and ipaddress.ip_address(source.address).is_global:
-            to_enrich.append(EnrichmentRequest(int(result["id"]), str(result["type"]), str(result["value"])))
+            to_enrich.append(
+                EnrichmentRequest(int(result["id"]), str(result["type"]), str(result["value"]), source.max_probability, source.flows)
+            )
     ioc_repository.log_sightings(conn, sightings)
     return BridgeResult(len(sources), counts["created"], counts["updated"], counts["rejected"], to_enrich)
 
 
 _host_address = functools.lru_cache(maxsize=4096)(names_a_host)
+
+
+def by_priority(requests: Sequence[EnrichmentRequest]) -> list[EnrichmentRequest]:
+    """The order the enrichment budget is spent in: most probable attacker first, then most flows."""
+    return sorted(requests, key=lambda r: (-r.max_probability, -r.flows, r.ioc_id))
+
+
+def take_enrichment_budget(conn: Connection, wanted: int, *, per_hour: int, now: datetime) -> int:
+    """Take up to `wanted` of this clock hour's FLOWS_BRIDGE_ENRICH_PER_HOUR; returns how many were granted.
+
+    In its own short transaction (the caller's unit of work): the hour's row is locked only between
+    reading and raising its count, so concurrent batches serialise on it for one statement each."""
+    from sqlalchemy import text
+
+    if wanted <= 0 or per_hour <= 0:
+        return 0
+    window = now.replace(minute=0, second=0, microsecond=0)
+    conn.execute(
+        text("INSERT INTO flow_bridge_enrichment (window_start, queued) VALUES (:w, 0) ON CONFLICT (window_start) DO NOTHING"),
+        {"w": window},
+    )
+    granted = conn.execute(
+        text(
+            "UPDATE flow_bridge_enrichment t SET queued = t.queued + s.granted"
+            " FROM (SELECT LEAST(CAST(:n AS integer), GREATEST(CAST(:cap AS integer) - queued, 0)) AS granted"
+            "       FROM flow_bridge_enrichment WHERE window_start = :w FOR UPDATE) s"
+            " WHERE t.window_start = :w RETURNING s.granted"
+        ),
+        {"w": window, "n": wanted, "cap": per_hour},
+    ).scalar_one()
+    conn.execute(text("DELETE FROM flow_bridge_enrichment WHERE window_start < :old"), {"old": window - timedelta(days=2)})
+    return int(granted)
 
 
 def request_enrichment(requests: Sequence[EnrichmentRequest], *, publisher: Publisher) -> dict[str, int]:
@@ -156,7 +194,7 @@ def request_enrichment(requests: Sequence[EnrichmentRequest], *, publisher: Publ
     derive from the message id, so a redelivery repeats nothing.
 
     A failed publish is logged and counted, not raised: the events and IoCs are
-    committed, and the IoC can be enriched on request or by the stale re-enrichment job.
+    committed, and the IoC can be enriched on request (POST /api/v1/enrichment/enrich or /batch).
     """
     ids = [r.ioc_id for r in requests]
     queued = failed = 0

@@ -8,6 +8,7 @@ the flow-ingest worker.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,8 @@ from threatflow.platform.ports import Publisher
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
+log = logging.getLogger("threatflow.hunting")
+
 
 def ingest_batch(
     flows: Sequence[Mapping[str, Any]],
@@ -32,6 +35,7 @@ def ingest_batch(
     first_position: int,
     observed_at: datetime,
     threshold: float,
+    enrich_per_hour: int,
     publisher: Publisher,
     policies: dict[str, DecayPolicy],
     warninglists: Callable[[str, str], list[str]] | None,
@@ -45,8 +49,24 @@ def ingest_batch(
         bridged = bridge.upsert_attack_sources(
             conn, outcome.new_events, threshold=threshold, policies=policies, warninglists=warninglists, now=now
         )
-    enrichment = bridge.request_enrichment(bridged.to_enrich, publisher=publisher)
+    wanted = bridge.by_priority(bridged.to_enrich)
+    granted = 0
+    if wanted:
+        with unit_of_work(engine) as conn:
+            granted = bridge.take_enrichment_budget(conn, len(wanted), per_hour=enrich_per_hour, now=now)
+        if granted < len(wanted):
+            log.warning(
+                "bridge: enrichment budget spent; %d new IoCs not queued (FLOWS_BRIDGE_ENRICH_PER_HOUR=%d)",
+                len(wanted) - granted,
+                enrich_per_hour,
+            )
+    enrichment = bridge.request_enrichment(wanted[:granted], publisher=publisher)
     return {
         **outcome.to_json(),
-        "bridge": {**bridged.to_json(), "enrichment_requested": enrichment["queued"], "enrichment_failed": enrichment["failed"]},
+        "bridge": {
+            **bridged.to_json(),
+            "enrichment_requested": enrichment["queued"],
+            "enrichment_failed": enrichment["failed"],
+            "enrichment_over_budget": len(wanted) - granted,
+        },
     }

@@ -88,6 +88,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("FLOWS_RETENTION_DAYS", "90", "flow-event partitions (days) older than this are dropped by the flow-retention job"),
     Variable("FLOWS_BRIDGE_THRESHOLD", "0.9", "flows predicted as attacks with at least this probability make their source an IoC"),
     Variable(
+        "FLOWS_BRIDGE_ENRICH_PER_HOUR",
+        "100",
+        "most IoCs the flow bridge queues for enrichment per clock hour, across instances (0: none); the rest wait for a request",
+    ),
+    Variable(
         "FLOW_INGEST_DELIVERY_SECONDS",
         "420",
         "flow-ingest: a delivery stops after the batch that spends this budget and queues a continuation (under the 540 s timeout)",
@@ -186,6 +191,7 @@ class Settings:
     detect_model_refresh_seconds: int = 30
     flows_retention_days: int = 90
     flows_bridge_threshold: float = 0.9
+    flows_bridge_enrich_per_hour: int = 100
     flows_search_cache: str = "flag"
     flow_ingest_delivery_seconds: int = 420
 
@@ -281,6 +287,7 @@ class Settings:
             detect_model_refresh_seconds=integer("DETECT_MODEL_REFRESH_SECONDS", 0),
             flows_retention_days=integer("FLOWS_RETENTION_DAYS", 1),
             flows_bridge_threshold=_probability("FLOWS_BRIDGE_THRESHOLD", get("FLOWS_BRIDGE_THRESHOLD") or ""),
+            flows_bridge_enrich_per_hour=integer("FLOWS_BRIDGE_ENRICH_PER_HOUR", 0),
             flow_ingest_delivery_seconds=integer("FLOW_INGEST_DELIVERY_SECONDS", 0),
             flows_search_cache=_choice("FLOWS_SEARCH_CACHE", get("FLOWS_SEARCH_CACHE") or "", ("on", "off", "flag")),
         )
