@@ -32,6 +32,17 @@ class GcsBlobs:
     def put(self, bucket: str, name: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
         self._call(lambda: self._blob(bucket, name).upload_from_string(data, content_type=content_type, timeout=_TIMEOUT))
 
+    def put_file(self, bucket: str, name: str, path: str, *, content_type: str = "application/octet-stream") -> None:
+        """Upload a local file in resumable chunks of READ_CHUNK_BYTES, read from disk as they go:
+        a file of any size costs one chunk of memory (upload_from_string holds all of it)."""
+
+        def upload() -> None:
+            blob = self._blob(bucket, name)
+            blob.chunk_size = READ_CHUNK_BYTES
+            blob.upload_from_filename(path, content_type=content_type, timeout=_TIMEOUT)
+
+        self._call(upload)
+
     def get(self, bucket: str, name: str) -> bytes:
         from google.api_core import exceptions
 

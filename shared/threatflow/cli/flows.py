@@ -227,7 +227,7 @@ def upload_file(path: Path, *, base: str, token: str | None, session: Any) -> di
     settings = Settings.from_env()
     sha = file_sha256(path)
     name = f"flows/{sha}/{path.name}"
-    GcsBlobs(settings.project).put(settings.bucket_uploads, name, path.read_bytes(), content_type="application/octet-stream")
+    GcsBlobs(settings.project).put_file(settings.bucket_uploads, name, str(path))  # streamed: a file of any size
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     response = session.post(f"{base}/api/v1/flows/uploads", json={"object": name}, headers=headers, timeout=60)
     if response.status_code != 202:
