@@ -232,6 +232,13 @@ def test_search_timeline_host_and_rollups_over_http(flows_api, backend_env, func
     flows_client = function_client("flows")
     top = flows_client.get(f"/api/v1/events/top/attack-categories?from={start}", headers=flows_api.reader).get_json()
     assert top["categories"] and top["refreshed_at"]
+    # The figures are whole hours: the answer's window is the hours they cover, not the instant asked for.
+    asked = flows_client.get(
+        "/api/v1/events/top/attack-categories",
+        query_string={"from": "2026-01-01T10:30:00Z", "to": "2026-01-01T12:15:00Z"},
+        headers=flows_api.reader,
+    ).get_json()["window"]
+    assert asked == {"from": "2026-01-01T10:00:00+00:00", "to": "2026-01-01T13:00:00+00:00", "resolution_seconds": 3600}
     by_proto = flows_client.get(f"/api/v1/events/stats/bytes-by-proto?from={start}&limit=200", headers=flows_api.reader).get_json()
     assert sum(p["events"] for p in by_proto["protocols"]) == 400
     assert sum(p["sbytes"] for p in by_proto["protocols"]) == sum(int(f["sbytes"]) for f in flows)

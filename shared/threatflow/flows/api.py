@@ -256,14 +256,22 @@ def build_router(runtime: Runtime) -> Router:
     def rollup(
         request: Request, fetch: Callable[..., list[dict[str, Any]]], *, view: str, key: str, default_limit: int, max_limit: int
     ) -> dict[str, Any]:
-        """One hourly materialised-view roll-up over ?from&to, top ?limit rows, with the view's refresh time."""
+        """One hourly materialised-view roll-up over ?from&to, top ?limit rows, with the view's refresh time.
+
+        The views hold whole hours, so the figures cover every hour the window touches: the answer's
+        `window` is that span (from rounded down, to rounded up to the hour), not the one asked for."""
         only(request, "from", "to", "limit")
         start, end = window(request, timedelta(days=1), timedelta(days=400))
         limit = request.query_int("limit", default_limit, minimum=1, maximum=max_limit)
         with unit_of_work(runtime.engine) as conn:
             rows = fetch(conn, start=start, end=end, limit=limit)
             refreshed = repository.view_refreshed_at(conn).get(view)
-        return {"window": {"from": start.isoformat(), "to": end.isoformat()}, key: rows, "refreshed_at": refreshed}
+        first_hour = start.replace(minute=0, second=0, microsecond=0)
+        past_hour = end.replace(minute=0, second=0, microsecond=0)
+        if past_hour < end:
+            past_hour += timedelta(hours=1)
+        covered = {"from": first_hour.isoformat(), "to": past_hour.isoformat(), "resolution_seconds": 3600}
+        return {"window": covered, key: rows, "refreshed_at": refreshed}
 
     @router.route("GET", "/api/v1/events/top/attack-categories", role=Role.READER)
     def top_categories(request: Request) -> dict[str, Any]:
