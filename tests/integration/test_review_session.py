@@ -16,6 +16,7 @@ pytestmark = pytest.mark.integration
 # function runs: `specversion` as a structured CloudEvent (an unhashable value, or a data_base64 that is not a
 # string, is its TypeError), `context` / `eventType` + `resource` as a legacy background event (its conversion
 # indexes them without a type check). Each was functions-framework's HTML 500 ("crash") before the fix.
+PUBSUB_CONTEXT = {"eventId": "1", "timestamp": "t", "eventType": "google.pubsub.topic.publish"}
 FRAMEWORK_BODIES = {
     "specversion a list": {"specversion": []},
     "specversion an object": {"specversion": {}},
@@ -33,7 +34,7 @@ FRAMEWORK_BODIES = {
         "data": {},
     },
     "context: a Pub/Sub event, data a number": {
-        "context": {"eventId": "1", "timestamp": "t", "eventType": "google.pubsub.topic.publish", "resource": "projects/p/topics/t"},
+        "context": {**PUBSUB_CONTEXT, "resource": "projects/p/topics/t"},
         "data": 5,
     },
     "eventType and a resource without name": {"eventType": "google.pubsub.topic.publish", "resource": {"service": "pubsub.googleapis.com"}},
