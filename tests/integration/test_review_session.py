@@ -79,3 +79,83 @@ def test_legitimate_envelopes_pass_the_body_check(function_client):
         for name, (body, ctype, headers) in bodies.items()
     }
     assert statuses == {name: 200 for name in bodies}
+
+
+# -- RefusalMemo: it must never refuse what Redis would allow ------------------------------------------------
+
+
+class _SlowReplies:
+    """A TCP hop in front of the run's real Redis that holds every reply for `delay` seconds (a slow network,
+    or a request thread that waits for the GIL before it reads the answer): commands reach Redis at once, so
+    Redis reads its clock `delay` seconds before the instance sees the answer."""
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        import socket
+        import threading
+
+        self.delay = delay
+        self._target = target_port
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._sockets: list[socket.socket] = [self._server]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._target))
+            self._sockets += [client, upstream]
+            threading.Thread(target=self._pump, args=(client, upstream, 0.0), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, self.delay), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: object, sink: object, delay: float) -> None:
+        import time
+
+        while True:
+            try:
+                chunk = source.recv(65536)  # type: ignore[attr-defined]
+            except OSError:
+                return
+            if not chunk:
+                return
+            time.sleep(delay)
+            try:
+                sink.sendall(chunk)  # type: ignore[attr-defined]
+            except OSError:
+                return
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+
+
+def test_a_remembered_refusal_ends_no_later_than_redis_s(function_client, backend_env):
+    """The memo's wait must run from before the Redis call, not from when its answer arrived: with the answer
+    0.4 s late, a request sent once Redis allows the address again (by Redis's own clock) goes to Redis and is
+    served, instead of being refused from memory for the 0.4 s of the answer's delay."""
+    import time
+    from urllib.parse import urlsplit
+
+    slow = _SlowReplies(urlsplit(backend_env["REDIS_URL"]).port or 6379, delay=0.4)
+    try:
+        url = urlsplit(backend_env["REDIS_URL"])._replace(netloc=f"127.0.0.1:{slow.port}").geturl()
+        client = function_client("auth", REDIS_URL=url, REDIS_TIMEOUT_MS="5000", RATE_LIMIT_PER_IP="1/1", TRUSTED_PROXY_HOPS="1")
+
+        def me(address: str) -> int:
+            return int(client.get("/api/v1/auth/me", headers={"X-Forwarded-For": address}).status_code)
+
+        assert me("198.51.100.60") == 401  # loads the script: the address under test starts on a warm connection
+        assert me("198.51.100.61") == 401  # allowed (no token: 401), charged; Redis read its clock about 0.4 s ago
+        redis_time_of_first = time.monotonic() - slow.delay
+        assert me("198.51.100.61") == 429  # refused by Redis until redis_time_of_first + 1 s
+        time.sleep(max(0.0, redis_time_of_first + 1.1 - time.monotonic()))
+        assert me("198.51.100.61") == 401  # Redis allows it again: not refused from memory
+    finally:
+        slow.close()
