@@ -159,3 +159,108 @@ def test_a_remembered_refusal_ends_no_later_than_redis_s(function_client, backen
         assert me("198.51.100.61") == 401  # Redis allows it again: not refused from memory
     finally:
         slow.close()
+
+
+# -- the enrichment closer: a dispatcher's write in the instant between its commit and its compare-and-set ----
+
+
+@pytest.fixture
+def enrichment(backend_env):
+    from threatflow.enrichment import runs
+    from threatflow.runtime import Runtime
+
+    runtime = Runtime.from_env()
+    while stale := runtime.documents.query(runs.RUNS, limit=500):  # other tests' runs share the emulator
+        for doc in stale:
+            runtime.documents.delete(runs.RUNS, doc["id"])
+    runtime.documents.delete(runs.SWEEPS, runs.OVERDUE_CURSOR)
+    yield runtime
+    runtime.engine.dispose()
+
+
+def _overdue_run(runtime, value: str, *, expected: list[str], answered: list[str]) -> tuple[str, int]:
+    """A run enrich-dispatch started, 30 s past its deadline, with answers stored for `answered`."""
+    import time
+    import uuid
+    from datetime import UTC, datetime
+
+    from threatflow.adapters.postgres import unit_of_work
+    from threatflow.enrichment import repository, runs
+    from threatflow.intel import enrichment as intel_enrichment
+
+    policies = runtime.decay_policies().get()
+    with unit_of_work(runtime.engine) as conn:
+        ioc_id = int(
+            intel_enrichment.resolve_ioc(conn, value, None, where="value", now=datetime.now(UTC), warninglists=None, policies=policies)[
+                "id"
+            ]
+        )
+    run_id = uuid.uuid4().hex
+    runs.create_run(runtime.documents, {"run_id": run_id, "ioc_id": ioc_id, "type": "ipv4", "value": value, "created_at": time.time()})
+    runs.start_run(runtime.documents, run_id, expected=expected, skipped={}, deadline_at=time.time() - 30)
+    answers = [
+        {
+            "run_id": run_id,
+            "ioc_id": ioc_id,
+            "source": source,
+            "status": "ok",
+            "verdict": "malicious",
+            "score": 95,
+            "evidence": {"tags": ["botnet"]},
+            "detail": "",
+            "cached": False,
+            "fetched_at": datetime.now(UTC).isoformat(),
+        }
+        for source in answered
+    ]
+    with unit_of_work(runtime.engine) as conn:
+        repository.insert_results(conn, answers)
+    return run_id, ioc_id
+
+
+class _StartedBeforeTheDone:
+    """The runtime's real Firestore store, except that enrich-dispatch starts run `run_id` again (runs.start_run,
+    written to the emulator) just before the closer's compare-and-set write of `done` reaches it: after the
+    closer's PostgreSQL commit, the gap closing.py documents."""
+
+    def __init__(self, documents, run_id: str, deadline_at: float) -> None:
+        self._documents, self._run_id, self._deadline_at, self.started = documents, run_id, deadline_at, False
+
+    def __getattr__(self, name: str):
+        return getattr(self._documents, name)
+
+    def update_if_unchanged(self, collection: str, doc_id: str, data, *, version: str):
+        from threatflow.enrichment import runs
+
+        if doc_id == self._run_id and data.get("status") == "done" and not self.started:
+            self.started = True
+            runs.start_run(self._documents, doc_id, expected=["abuseipdb", "virustotal"], skipped={}, deadline_at=self._deadline_at)
+        return self._documents.update_if_unchanged(collection, doc_id, data, version=version)
+
+
+def test_a_run_started_again_between_the_commit_and_the_done_waits_for_its_new_answers(enrichment):
+    """The dispatcher's start lands after the closer committed its timeout rows but before its `done`: the
+    compare-and-set refuses the done, and the rows it committed must not stand in for the answers the new start
+    is waiting for (they would make the run due at once, close it on the next attempt and drop those answers)."""
+    import time
+
+    from threatflow.adapters.postgres import unit_of_work
+    from threatflow.enrichment import closing, handlers, repository, runs
+    from threatflow.intel import enrichment as intel_enrichment
+
+    runtime = enrichment
+    run_id, _ = _overdue_run(runtime, "45.95.147.60", expected=["abuseipdb", "virustotal"], answered=["virustotal"])
+    new_deadline = time.time() + 600
+    racing = _StartedBeforeTheDone(runtime.documents, run_id, new_deadline)
+    ctx = handlers.context(runtime)
+
+    result = closing.close_overdue(
+        documents=racing, engine=runtime.engine, now=ctx.now, reliability=ctx.reliability(), apply_verdict=intel_enrichment.apply_verdict
+    )
+
+    assert racing.started and (result["closed"], result["changed"], result["failed"]) == (0, 1, 0), result
+    run = runtime.documents.get(runs.RUNS, run_id)
+    assert run["status"] == "running" and run["deadline_at"] == new_deadline, run
+    with unit_of_work(runtime.engine) as conn:
+        rows = {r["source"]: r["status"] for r in repository.run_results(conn, run_id)}
+    assert rows == {"virustotal": "ok"}  # abuseipdb's answer to the new start can still be stored
