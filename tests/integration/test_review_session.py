@@ -264,3 +264,36 @@ def test_a_run_started_again_between_the_commit_and_the_done_waits_for_its_new_a
     with unit_of_work(runtime.engine) as conn:
         rows = {r["source"]: r["status"] for r in repository.run_results(conn, run_id)}
     assert rows == {"virustotal": "ok"}  # abuseipdb's answer to the new start can still be stored
+
+
+# -- the overdue sweep's cursor: whatever the document holds, the sweep goes on ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [{"after": float("nan")}, {"after": float("inf")}, {"after": 1e300}, {"after": "soon"}, {"after": True}, {"after": [1]}, {}],
+    ids=["nan", "infinity", "past-the-end", "a-string", "a-boolean", "a-list", "empty"],
+)
+def test_a_corrupt_or_past_the_end_cursor_does_not_stop_the_sweep(enrichment, cursor):
+    """A cursor document written by hand (or by a bug): within two ticks the sweep closes an overdue run and the
+    cursor is one it wrote. NaN was the one that stuck: the Firestore client refuses a range filter on NaN (a
+    ValueError, not a Firestore error), so every tick failed before closing anything."""
+    from threatflow.enrichment import closing, handlers, runs
+    from threatflow.intel import enrichment as intel_enrichment
+
+    runtime = enrichment
+    run_id, _ = _overdue_run(runtime, "45.95.147.61", expected=["virustotal"], answered=[])
+    runtime.documents.set(runs.SWEEPS, runs.OVERDUE_CURSOR, cursor)
+    ctx = handlers.context(runtime)
+    deps = {
+        "documents": runtime.documents,
+        "engine": runtime.engine,
+        "now": ctx.now,
+        "reliability": ctx.reliability(),
+        "apply_verdict": intel_enrichment.apply_verdict,
+    }
+
+    ticks = [closing.close_overdue(**deps) for _ in range(2)]
+
+    assert sum(t["closed"] for t in ticks) == 1 and runtime.documents.get(runs.RUNS, run_id)["status"] == "done", ticks
+    assert runs.overdue_cursor(runtime.documents) is None
