@@ -57,6 +57,28 @@ def test_objects_functions_framework_reads_as_other_events_are_a_json_400(functi
     assert outcomes == {key: (400, "validation") for key in outcomes}
 
 
+def test_the_per_source_enrichment_functions_refuse_them_too(backend_env, monkeypatch):
+    """enrich-<source> (nine deployed functions, one folder: functions/enrich-source) is not in test_push_bodies'
+    list, which loads functions/<name>/main.py: loaded here as Terraform deploys it, with ENRICH_SOURCE set."""
+    import os
+    import sys
+    from pathlib import Path
+
+    import functions_framework
+
+    monkeypatch.setenv("ENRICH_SOURCE", "virustotal")
+    sys.modules.pop("main", None)
+    source = Path(__file__).resolve().parents[2] / "functions" / "enrich-source" / "main.py"
+    client = functions_framework.create_app(target="enrich_source", source=str(source), signature_type="cloudevent").test_client()
+    token = {"token": os.environ["PUSH_AUTH_TOKEN"]}
+    bodies = {**{name: json.dumps(body).encode() for name, body in FRAMEWORK_BODIES.items()}, "not JSON": b"\x00{", "an array": b"[]"}
+    statuses = {
+        name: client.post("/", data=body, content_type="application/json", query_string=token).status_code for name, body in bodies.items()
+    }
+    assert statuses == {name: 400 for name in bodies}
+    assert client.post("/", data=b"[]", content_type="application/json").status_code == 401  # a forged push: refused first
+
+
 def test_legitimate_envelopes_pass_the_body_check(function_client):
     """Pub/Sub's push envelope as it comes (with deliveryAttempt), in UTF-16 or with a UTF-8 BOM (the standard
     library reads both, as functions-framework does), with a charset, in binary CloudEvent mode (Eventarc), and
