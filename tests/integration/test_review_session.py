@@ -319,3 +319,40 @@ def test_a_corrupt_or_past_the_end_cursor_does_not_stop_the_sweep(enrichment, cu
 
     assert sum(t["closed"] for t in ticks) == 1 and runtime.documents.get(runs.RUNS, run_id)["status"] == "done", ticks
     assert runs.overdue_cursor(runtime.documents) is None
+
+
+def test_a_redelivered_request_does_not_reopen_a_run_closed_with_a_verdict(enrichment, function_client):
+    """enrich-dispatch published every task but its last write (`dispatched: True`) failed, so Pub/Sub redelivers the
+    request; meanwhile the sources answered and the run closed with its verdict. The redelivery finds the run done
+    but not marked dispatched, and starts it again (start_run is a blind write): the run is reopened, its sources
+    asked again, and it is closed a second time. (A start racing a close, between the dispatcher's read and its
+    write, is not covered: start_run is still a blind write.)"""
+    import contextlib
+
+    from google.cloud import pubsub_v1
+
+    from threatflow.enrichment import closing, handlers, runs
+    from threatflow.intel import enrichment as intel_enrichment
+
+    publisher = pubsub_v1.PublisherClient()
+    for topic in ("enrichment-tasks", "enrichment-completed"):
+        with contextlib.suppress(Exception):  # already made by an earlier test in this run
+            publisher.create_topic(name=publisher.topic_path("threatflow-test", topic))
+    runtime = enrichment
+    run_id, ioc_id = _overdue_run(runtime, "45.95.147.62", expected=["virustotal"], answered=["virustotal"])
+    ctx = handlers.context(runtime)
+    closed = closing.close(
+        run_id,
+        documents=runtime.documents,
+        engine=runtime.engine,
+        now=ctx.now,
+        reliability=ctx.reliability(),
+        apply_verdict=intel_enrichment.apply_verdict,
+    )
+    assert closed.closed
+    before = runtime.documents.get(runs.RUNS, run_id)
+    request = {"schema_version": 1, "run_id": run_id, "ioc_id": ioc_id, "ioc_type": "ipv4", "value": "45.95.147.62"}
+    push = push_envelope(request, {"run_id": run_id}, "ioc-enrichment-requested-push")
+    assert function_client("enrich-dispatch").post("/", json=push).status_code == 200
+    after = runtime.documents.get(runs.RUNS, run_id)
+    assert (after["status"], after["closed_at"]) == ("done", before["closed_at"]), after
