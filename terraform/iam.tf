@@ -1,7 +1,7 @@
 data "google_project" "this" {
   project_id = var.project_id
 
-  depends_on = [google_project_service.service["cloudresourcemanager.googleapis.com"]]
+  depends_on = [google_project_service.resource_manager]
 }
 
 # -- service accounts ---------------------------------------------------------
@@ -58,7 +58,7 @@ resource "google_project_iam_member" "function" {
   role    = each.value.role
   member  = google_service_account.function[each.value.function].member
 
-  depends_on = [google_project_service.service["cloudresourcemanager.googleapis.com"]]
+  depends_on = [google_project_service.resource_manager]
 }
 
 resource "google_pubsub_topic_iam_member" "function_publisher" {
@@ -164,7 +164,7 @@ resource "google_project_iam_member" "build" {
   role    = each.key
   member  = google_service_account.build.member
 
-  depends_on = [google_project_service.service["cloudresourcemanager.googleapis.com"]]
+  depends_on = [google_project_service.resource_manager]
 }
 
 # Cloud Functions stages the source in its own gcf-v2-sources-* bucket, which
@@ -179,7 +179,7 @@ resource "google_project_iam_member" "build_staged_sources_reader" {
     expression = "resource.name.startsWith(\"projects/_/buckets/gcf-v2-sources-\")"
   }
 
-  depends_on = [google_project_service.service["cloudresourcemanager.googleapis.com"]]
+  depends_on = [google_project_service.resource_manager]
 }
 
 resource "google_artifact_registry_repository_iam_member" "build_writer" {
@@ -210,5 +210,5 @@ resource "google_project_iam_audit_config" "storage" {
     log_type = "DATA_WRITE"
   }
 
-  depends_on = [google_project_service.service["cloudresourcemanager.googleapis.com"]]
+  depends_on = [google_project_service.resource_manager]
 }

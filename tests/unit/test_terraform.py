@@ -245,6 +245,9 @@ APIS_BY_USE = {"firestore": "firestore", "postgres": "sqladmin", "pubsub": "pubs
 # Resources granting the Pub/Sub service agent a role: it exists once the Pub/Sub API is on.
 AGENT_LOCAL = "local.pubsub_service_agent"
 
+# google_project_service resources other than the for_each named service, each enabling one API.
+_SINGLE_API_RESOURCES = {"resource_manager": "cloudresourcemanager"}
+_SINGLE_API_REF = re.compile(r"google_project_service\.(" + "|".join(_SINGLE_API_RESOURCES) + r")\b")
 _API_REF = re.compile(r'google_project_service\.service(?:\[\\?"([a-z0-9-]+)\.googleapis\.com\\?"\])?')
 _DATA_REF = re.compile(r"\bdata\.(google_[a-z0-9_]+)\.([a-z0-9_]+)")
 _RESOURCE_REF = re.compile(r"(?<![.\w])(google_[a-z0-9_]+)\.([a-z0-9_]+)")
@@ -256,7 +259,9 @@ def _enabled_apis() -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for rtype, name, body, _ in _resources():
         if rtype == "google_project_service":
-            assert name == "service", f"one google_project_service, named service, iterating the APIs; found {name}"
+            if name != "service":  # an API of its own (resource_manager: a data source waits for it alone)
+                found[_SINGLE_API_RESOURCES[name]] = body
+                continue
             for api in re.findall(r'"([a-z0-9-]+)\.googleapis\.com"', body["for_each"]):
                 found[api] = body
     return found
@@ -282,6 +287,7 @@ def _api_graph() -> dict[str, set[str]]:
     for node, body in nodes.items():
         text = json.dumps(body)
         edges = {f"api:{api}" for api in apis for m in _API_REF.finditer(text) if m.group(1) in (None, api)}
+        edges |= {f"api:{_SINGLE_API_RESOURCES[m.group(1)]}" for m in _SINGLE_API_REF.finditer(text)}
         without_data = _DATA_REF.sub("", text)
         edges |= {f"data.{t}.{n}" for t, n in _DATA_REF.findall(text)}
         edges |= {f"{t}.{n}" for t, n in _RESOURCE_REF.findall(without_data) if t != "google_project_service"}

@@ -22,7 +22,8 @@ The lock does not hold off enrich-dispatch, which may start a run again (a secon
 delivery of its request) while a closer works on it. So a closer's writes are
 compare-and-sets on the version of the run it read under the lock: a run written
 meanwhile has this attempt's rows rolled back (checked just before the commit) or
-its done refused (in the instant after it), and is judged again as it now is,
+its done refused (in the instant after it; its timeout rows are then deleted, the
+verdict it applied stays until the run closes again), and is judged again as it now is,
 at most CLOSE_ATTEMPTS times; sweep_queued's writes are compare-and-sets as well.
 A sweep passes such a run by and counts it `changed`.
 
@@ -156,8 +157,8 @@ def _close_locked(
 ) -> bool | None:
     """One attempt, under the run's lock, on the run as `read`: True closed, False not due, None when the
     run was written by someone else since `read` (a dispatcher starting it again): its rows rolled back,
-    or, in the instant between the commit and the Firestore write, that write refused (the rows stay; the
-    next attempt finds them)."""
+    or, in the instant between the commit and the Firestore write, that write refused and its timeout
+    rows deleted (the verdict it applied stays until the run closes again)."""
     run = read.data
     results = repository.run_results(conn, run_id)
     missing = _missing(run, results)
@@ -184,7 +185,14 @@ def _close_locked(
     done = runs.close_run(
         documents, run_id, version=read.version, verdict=merged.verdict, score=merged.score, closed_at=time.time(), timed_out=timed_out
     )
-    return True if done else None
+    if done:
+        return True
+    # Written in the instant since the commit (a dispatcher starting it again): this attempt's timeout rows
+    # would stand in for the answers the new start waits for (the run due at once, those answers dropped),
+    # so they go, still under the lock. The verdict stays on the IoC until the run closes again.
+    if missing and repository.delete_timeout_rows(conn, run_id, sources=missing, detail=DEADLINE_DETAIL):
+        conn.commit()
+    return None
 
 
 @contextmanager

@@ -200,6 +200,10 @@ def dispatch_request(ctx: Enrichment, req: EnrichRequest) -> None:
     existing = runs.get_run(runtime.documents, req.run_id)
     if existing and existing.get("status") in ("running", "done") and existing.get("dispatched"):
         return  # a redelivery: tasks were published already
+    if existing and existing.get("status") == "done" and not existing.get("reason"):
+        # Closed with its verdict, its dispatcher having died before marking it dispatched: a redelivery too.
+        # Only a run closed as never dispatched (it has a reason) is started by a late request.
+        return
     auto = req.origin == "ingest"
     chosen, skipped = dispatch.select(
         ctx.settings.enabled(),

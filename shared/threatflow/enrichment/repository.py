@@ -63,6 +63,17 @@ def insert_results(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
     return int(inserted.rowcount)
 
 
+def delete_timeout_rows(conn: Connection, run_id: str, *, sources: Sequence[str], detail: str) -> int:
+    """Delete the run's timeout rows with `detail` for `sources` (a closer's own, written in vain); answers stay."""
+    if not sources:
+        return 0
+    deleted = conn.execute(
+        _text("DELETE FROM enrichment_results WHERE run_id = :r AND source = ANY(:s) AND status = 'timeout' AND detail = :d"),
+        {"r": run_id, "s": list(sources), "d": detail},
+    )
+    return int(deleted.rowcount)
+
+
 # How long a closer waits for another closer of the same run. A live close takes milliseconds; a
 # holder that hangs (its instance lost, the connection not yet noticed dead) must not pin this
 # delivery and its pooled connection for the OS's TCP keepalive time: past this, the delivery is

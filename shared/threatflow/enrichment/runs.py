@@ -15,6 +15,7 @@ SWEEPS/OVERDUE_CURSOR holds where the overdue sweep's next page starts.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -68,10 +69,11 @@ def overdue_runs(docs: DocumentStore, *, before: float, after: float | None = No
 
 
 def overdue_cursor(docs: DocumentStore) -> float | None:
-    """The deadline_at after which the overdue sweep's next page starts; None: from the oldest."""
+    """The deadline_at after which the overdue sweep's next page starts; None: from the oldest (also for a
+    cursor that is not a finite number: NaN in a range filter is a ValueError in the Firestore client)."""
     cursor = docs.get(SWEEPS, OVERDUE_CURSOR) or {}
     after = cursor.get("after")
-    return float(after) if isinstance(after, int | float) else None
+    return float(after) if isinstance(after, int | float) and not isinstance(after, bool) and math.isfinite(after) else None
 
 
 def set_overdue_cursor(docs: DocumentStore, after: float | None, *, at: float) -> None:

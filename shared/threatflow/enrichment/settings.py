@@ -12,6 +12,7 @@ INTEL_<SOURCE>_URL, so the fake servers can stand in for the real APIs.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -73,4 +74,10 @@ def load(environ: Mapping[str, str] | None = None) -> SourceSettings:
         deadline = float(env.get("ENRICH_RUN_DEADLINE_SECONDS") or 600)
     except ValueError as exc:
         raise ConfigError(f"ENRICH_KEY_CACHE_SECONDS / ENRICH_RUN_DEADLINE_SECONDS: {exc}") from None
+    # float() also reads "nan", "inf" and negatives: a NaN or infinite deadline is never due, and no range
+    # query of the overdue sweep matches it, so a run with a silent source would stay open for ever.
+    if not (math.isfinite(key_cache) and key_cache >= 0):
+        raise ConfigError(f"ENRICH_KEY_CACHE_SECONDS must be a finite number of seconds, at least 0 (got {key_cache})")
+    if not (math.isfinite(deadline) and deadline > 0):
+        raise ConfigError(f"ENRICH_RUN_DEADLINE_SECONDS must be a finite number of seconds above 0 (got {deadline})")
     return SourceSettings(sources=sources, base_urls=base_urls, key_cache_seconds=key_cache, run_deadline_seconds=deadline)

@@ -156,11 +156,17 @@ def protect_push_endpoint(*, verifier: Callable[[], PushAuthenticator], function
     app.register_error_handler(HTTPException, http_error)
 
 
+# Top-level keys functions-framework reads before our function runs, without checking their types:
+# `specversion` makes the body a structured CloudEvent, `context` (or `eventType` with `resource`) a
+# legacy background event; a value of another shape there is its 500. A push envelope has none of them.
+_FRAMEWORK_KEYS = ("specversion", "context", "eventType", "resource")
+
+
 def _check_envelope(raw: bytes) -> None:
     """A push body must be a JSON object (the Pub/Sub envelope) before functions-framework parses it:
     its own parse answers 500 for what is not JSON, for a number past Python's 4,300-digit int limit,
-    and for nesting past the recursion limit. Both parses are the standard library's, so one that
-    passes here passes there."""
+    for nesting past the recursion limit, and for an object holding one of _FRAMEWORK_KEYS with a
+    value of the wrong shape. Both parses are the standard library's, so one that passes here passes there."""
     limits.check_raw_json(raw, field="body")  # nesting past MAX_JSON_DEPTH, without recursion
     try:
         document = json.loads(raw)
@@ -168,6 +174,9 @@ def _check_envelope(raw: bytes) -> None:
         raise ValidationError("the push body is not JSON", field="body") from None
     if not isinstance(document, dict):
         raise ValidationError("the push body is not a JSON object (a Pub/Sub push envelope)", field="body")
+    for key in _FRAMEWORK_KEYS:
+        if key in document:
+            raise ValidationError(f"the push body is not a Pub/Sub push envelope: it has {key!r}", field=f"body.{key}")
 
 
 def _json_response(body: Mapping[str, Any], status: int) -> Any:

@@ -195,8 +195,10 @@ class RefusalMemo:
 
     A GCRA refusal changes nothing in Redis, so until its retry-after has passed the limiter can
     only refuse the same key again: answering the 429 from memory is the same answer, minus the
-    round trip and (for an address) the token check. It only ever refuses what Redis would refuse,
-    up to the round trip's length at the end of the wait. Keys are bounded (oldest dropped)."""
+    round trip and (for an address) the token check. It only ever refuses what Redis would refuse:
+    the wait is counted from `asked_at`, a reading of this memo's clock taken before the call, so
+    it ends no later than Redis's own (counted from Redis's clock, read during the call), however
+    late the answer arrives. Keys are bounded (oldest dropped)."""
 
     def __init__(self, *, max_keys: int, clock: Callable[[], float]) -> None:
         import threading
@@ -219,11 +221,18 @@ class RefusalMemo:
                 del self._until[key]
         return 0.0
 
-    def refuse(self, key: str, seconds: float) -> None:
+    def now(self) -> float:
+        """The memo's clock: read it before asking the shared limiter, and pass it to `refuse`."""
+        return self._clock()
+
+    def refuse(self, key: str, seconds: float, *, asked_at: float | None = None) -> None:
+        """Remember `key` for the `seconds` the shared limiter answered to a call made at `asked_at`
+        (now when not given: only right for an answer that took no time)."""
         if seconds <= 0:
             return
+        start = self._clock() if asked_at is None else asked_at
         with self._lock:
             self._until.pop(key, None)
             while len(self._until) >= self._max_keys:  # the oldest refusal: O(1), whatever a flood's spread
                 self._until.pop(next(iter(self._until)))
-            self._until[key] = self._clock() + seconds
+            self._until[key] = start + seconds

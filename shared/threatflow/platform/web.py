@@ -334,6 +334,7 @@ class Router:
         return principal
 
     def _limit_all(self, checks: list[tuple[str, int, int]]) -> None:
+        asked_at = self._refused.now()  # before the call: a remembered refusal must not outlast Redis's
         try:
             refusal = self.runtime.rate_limiter.hit_all(checks)
         except DependencyError:
@@ -342,7 +343,7 @@ class Router:
             return
         if refusal is not None:
             key, limit, period_seconds = checks[refusal.index]
-            self._refused.refuse(key, refusal.retry_after_seconds)
+            self._refused.refuse(key, refusal.retry_after_seconds, asked_at=asked_at)
             raise _over_limit(limit, period_seconds, refusal.retry_after_seconds)
 
     def _refuse_remembered(self, key: str, limit: tuple[int, int]) -> None:
@@ -357,6 +358,7 @@ class Router:
 
     def _limit(self, key: str, limit: tuple[int, int]) -> None:
         self._refuse_remembered(key, limit)
+        asked_at = self._refused.now()
         try:
             decision = self.runtime.rate_limiter.hit(key, limit=limit[0], period_seconds=limit[1])
         except DependencyError:
@@ -371,7 +373,7 @@ class Router:
                     ) from None
             return
         if not decision.allowed:
-            self._refused.refuse(key, decision.retry_after_seconds)
+            self._refused.refuse(key, decision.retry_after_seconds, asked_at=asked_at)
             raise _over_limit(limit[0], limit[1], decision.retry_after_seconds)
 
     def _authenticate(self, request: Request, *, strict: bool) -> Principal:
