@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
@@ -28,7 +28,7 @@ from threatflow.hunting import pipeline
 from threatflow.iocs import repository as ioc_repository
 from threatflow.iocs.types import IocType
 from threatflow.platform import limits
-from threatflow.platform.errors import NotFoundError, ValidationError
+from threatflow.platform.errors import ConflictError, NotFoundError, ValidationError
 from threatflow.platform.web import Request, Response, Router
 from threatflow.runtime import Runtime
 
@@ -98,6 +98,15 @@ def drop_unretained(
     kept = [(flow, ev) for i, flow, ev in zip(valid, canonical, fields, strict=True) if i not in old]
     more = sorted([*problems, *(ingest.FlowProblem(i, "stime", reason) for i in old)], key=lambda p: (p.index, p.field))
     return [flow for flow, _ in kept], [ev for _, ev in kept], more
+
+
+def readable_job(request: Request, job: Mapping[str, Any]) -> bool:
+    """An upload job is read by the user who queued it and by admins, as IoC import jobs are: to anyone
+    else it does not exist (404, not 403, so a guessed or leaked id is not confirmed)."""
+    principal = request.principal
+    if principal is None:
+        return False
+    return principal.role is Role.ADMIN or (job.get("requested_by") is not None and job.get("requested_by") == principal.username)
 
 
 def build_router(runtime: Runtime) -> Router:
@@ -186,6 +195,11 @@ def build_router(runtime: Runtime) -> Router:
         if active is not None:
             existing = runtime.documents.get(INGEST_JOBS, str(active.get("job_id")))
             if existing is not None and existing.get("state") in ("queued", "running"):
+                if not readable_job(request, existing):  # its id and progress are its owner's (and admins')
+                    raise ConflictError(
+                        f"object {body.object!r} (this generation) is already being ingested by another user's job;"
+                        " its events are stored once; post again after that job ends, or upload the file again"
+                    )
                 return Response({**existing, "status_url": f"/api/v1/flows/uploads/{existing['job_id']}", "deduplicated": True}, status=202)
         job_id = uuid.uuid4().hex
         created = runtime.clock.now()
@@ -217,7 +231,7 @@ def build_router(runtime: Runtime) -> Router:
         if not job_id.isalnum() or len(job_id) > 64:
             raise ValidationError("job_id is a 32-character hex id", field="job_id")
         job = runtime.documents.get(INGEST_JOBS, job_id)
-        if job is None:
+        if job is None or not readable_job(request, job):  # another user's job does not exist for the caller
             raise NotFoundError(f"no flow ingest job {job_id!r}")
         return job
 
