@@ -273,9 +273,10 @@ def build_router(runtime: Runtime) -> Router:
         only(request, "from", "to", "limit")
         start, end = window(request, timedelta(days=1), timedelta(days=400))
         limit = request.query_int("limit", default_limit, minimum=1, maximum=max_limit)
+        deadline = repository.Deadline("roll-up")  # one budget for both statements
         with unit_of_work(runtime.engine) as conn:
-            rows = fetch(conn, start=start, end=end, limit=limit)
-            refreshed = repository.view_refreshed_at(conn).get(view)
+            rows = fetch(conn, start=start, end=end, limit=limit, deadline=deadline)
+            refreshed = repository.view_refreshed_at(conn, deadline=deadline).get(view)
         return {"window": {"from": start.isoformat(), "to": end.isoformat()}, key: rows, "refreshed_at": refreshed}
 
     @router.route("GET", "/api/v1/events/top/attack-categories", role=Role.READER)
@@ -303,7 +304,7 @@ def build_router(runtime: Runtime) -> Router:
             raise ValidationError("srcip is required", field="srcip")
         start, end = window(request, timedelta(days=7), timedelta(days=31))
         with unit_of_work(runtime.engine) as conn:
-            hours = repository.timeline(conn, srcip=srcip, start=start, end=end)
+            hours = repository.timeline(conn, srcip=srcip, start=start, end=end, deadline=repository.Deadline("timeline"))
         return {"srcip": srcip, "window": {"from": start.isoformat(), "to": end.isoformat()}, "hours": hours}
 
     @router.route("GET", "/api/v1/events/hosts/{ip}", role=Role.READER)
@@ -313,10 +314,14 @@ def build_router(runtime: Runtime) -> Router:
         if ip is None:
             raise ValidationError("ip is required", field="ip")
         start, end = window(request, HOST_WINDOW, timedelta(days=92))
+        # One deadline for the request's seven statements (repository.HUNT_TIMEOUT_MS in all), not 5 s each.
+        deadline = repository.Deadline("host view")
         with unit_of_work(runtime.engine) as conn:
-            summary = repository.host_summary(conn, ip=ip, start=start, end=end, top=HOST_TOP)
+            summary = repository.host_summary(conn, ip=ip, start=start, end=end, top=HOST_TOP, deadline=deadline)
             ioc_type = IocType.IPV6.value if ":" in ip else IocType.IPV4.value
-            record = ioc_repository.get_by_value(conn, ioc_type, ip)
+            deadline.arm(conn)
+            with deadline.cancellations():
+                record = ioc_repository.get_by_value(conn, ioc_type, ip)
         linked = None
         # An IoC above the caller's TLP clearance does not exist for them: the host view shows none.
         if record is not None and tlp_clearance.can_read(tlp_clearance.of(request.principal), record.tlp):
