@@ -282,7 +282,9 @@ def test_flow_ingest_worker_loads_an_upload_once(flows_api, backend_env, functio
     with engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM flow_events").scalar_one() == 120
     engine.dispose()
-    assert flows_api.get(f"/api/v1/flows/uploads/{job_id}").get_json()["state"] == "succeeded"
+    # the job is its uploader's (the analyst): a reader who did not queue it is told it does not exist
+    assert flows_api.get(f"/api/v1/flows/uploads/{job_id}", headers=flows_api.analyst).get_json()["state"] == "succeeded"
+    assert flows_api.get(f"/api/v1/flows/uploads/{job_id}").status_code == 404
     assert flows_api.post("/api/v1/flows/uploads", {"object": "flows/missing.csv"}).status_code == 404
 
 

@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
@@ -28,7 +28,7 @@ from threatflow.hunting import pipeline
 from threatflow.iocs import repository as ioc_repository
 from threatflow.iocs.types import IocType
 from threatflow.platform import limits
-from threatflow.platform.errors import NotFoundError, ValidationError
+from threatflow.platform.errors import ConflictError, NotFoundError, ValidationError
 from threatflow.platform.web import Request, Response, Router
 from threatflow.runtime import Runtime
 
@@ -98,6 +98,15 @@ def drop_unretained(
     kept = [(flow, ev) for i, flow, ev in zip(valid, canonical, fields, strict=True) if i not in old]
     more = sorted([*problems, *(ingest.FlowProblem(i, "stime", reason) for i in old)], key=lambda p: (p.index, p.field))
     return [flow for flow, _ in kept], [ev for _, ev in kept], more
+
+
+def readable_job(request: Request, job: Mapping[str, Any]) -> bool:
+    """An upload job is read by the user who queued it and by admins, as IoC import jobs are: to anyone
+    else it does not exist (404, not 403, so a guessed or leaked id is not confirmed)."""
+    principal = request.principal
+    if principal is None:
+        return False
+    return principal.role is Role.ADMIN or (job.get("requested_by") is not None and job.get("requested_by") == principal.username)
 
 
 def build_router(runtime: Runtime) -> Router:
@@ -187,6 +196,11 @@ def build_router(runtime: Runtime) -> Router:
         if active is not None:
             existing = runtime.documents.get(INGEST_JOBS, str(active.get("job_id")))
             if existing is not None and existing.get("state") in ("queued", "running"):
+                if not readable_job(request, existing):  # its id and progress are its owner's (and admins')
+                    raise ConflictError(
+                        f"object {body.object!r} (this generation) is already being ingested by another user's job;"
+                        " its events are stored once; post again after that job ends, or upload the file again"
+                    )
                 return Response({**existing, "status_url": f"/api/v1/flows/uploads/{existing['job_id']}", "deduplicated": True}, status=202)
         job_id = uuid.uuid4().hex
         created = runtime.clock.now()
@@ -218,7 +232,7 @@ def build_router(runtime: Runtime) -> Router:
         if not job_id.isalnum() or len(job_id) > 64:
             raise ValidationError("job_id is a 32-character hex id", field="job_id")
         job = runtime.documents.get(INGEST_JOBS, job_id)
-        if job is None:
+        if job is None or not readable_job(request, job):  # another user's job does not exist for the caller
             raise NotFoundError(f"no flow ingest job {job_id!r}")
         return job
 
@@ -263,9 +277,10 @@ def build_router(runtime: Runtime) -> Router:
         only(request, "from", "to", "limit")
         start, end = window(request, timedelta(days=1), timedelta(days=400))
         limit = request.query_int("limit", default_limit, minimum=1, maximum=max_limit)
+        deadline = repository.Deadline("roll-up")  # one budget for both statements
         with unit_of_work(runtime.engine) as conn:
-            rows = fetch(conn, start=start, end=end, limit=limit)
-            refreshed = repository.view_refreshed_at(conn).get(view)
+            rows = fetch(conn, start=start, end=end, limit=limit, deadline=deadline)
+            refreshed = repository.view_refreshed_at(conn, deadline=deadline).get(view)
         first_hour = start.replace(minute=0, second=0, microsecond=0)
         past_hour = end.replace(minute=0, second=0, microsecond=0)
         if past_hour < end:
@@ -298,7 +313,7 @@ def build_router(runtime: Runtime) -> Router:
             raise ValidationError("srcip is required", field="srcip")
         start, end = window(request, timedelta(days=7), timedelta(days=31))
         with unit_of_work(runtime.engine) as conn:
-            hours = repository.timeline(conn, srcip=srcip, start=start, end=end)
+            hours = repository.timeline(conn, srcip=srcip, start=start, end=end, deadline=repository.Deadline("timeline"))
         return {"srcip": srcip, "window": {"from": start.isoformat(), "to": end.isoformat()}, "hours": hours}
 
     @router.route("GET", "/api/v1/events/hosts/{ip}", role=Role.READER)
@@ -308,10 +323,14 @@ def build_router(runtime: Runtime) -> Router:
         if ip is None:
             raise ValidationError("ip is required", field="ip")
         start, end = window(request, HOST_WINDOW, timedelta(days=92))
+        # One deadline for the request's seven statements (repository.HUNT_TIMEOUT_MS in all), not 5 s each.
+        deadline = repository.Deadline("host view")
         with unit_of_work(runtime.engine) as conn:
-            summary = repository.host_summary(conn, ip=ip, start=start, end=end, top=HOST_TOP)
+            summary = repository.host_summary(conn, ip=ip, start=start, end=end, top=HOST_TOP, deadline=deadline)
             ioc_type = IocType.IPV6.value if ":" in ip else IocType.IPV4.value
-            record = ioc_repository.get_by_value(conn, ioc_type, ip)
+            deadline.arm(conn)
+            with deadline.cancellations():
+                record = ioc_repository.get_by_value(conn, ioc_type, ip)
         linked = None
         # An IoC above the caller's TLP clearance does not exist for them: the host view shows none.
         if record is not None and tlp_clearance.can_read(tlp_clearance.of(request.principal), record.tlp):

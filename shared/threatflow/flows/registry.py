@@ -9,7 +9,7 @@ verifies the artifact before moving the pointer, so a broken version is never se
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -123,25 +123,29 @@ def promote(*, blobs: BlobStore, bucket: str, version: str, now: Callable[[], da
     return pointer
 
 
-def validation_score(metadata: dict[str, Any]) -> tuple[float, float, float] | None:
-    """What 'better' means for the retrain job: validation ROC-AUC, detection within the FPR budget, macro-F1."""
-    validation = (metadata.get("metrics") or {}).get("validation")
-    if not validation:
-        return None
-    binary, category = validation["binary"], validation["category"]
+def score(figures: Mapping[str, Any]) -> tuple[float, float, float]:
+    """What 'better' compares, from one model's figures on some data ({"binary": ..., "category": ...},
+    as training.evaluate returns them and metrics.json's validation holds them): ROC-AUC, detection
+    within the FPR budget, macro-F1."""
+    binary, category = figures["binary"], figures["category"]
     return (float(binary["roc_auc"]), float(binary["detection_rate"]), float(category["macro_f1"]))
 
 
-def beats(candidate: dict[str, Any], serving: dict[str, Any] | None) -> bool:
-    """The candidate is promoted only if its validation metrics beat the serving model's.
+def validation_score(metadata: dict[str, Any]) -> tuple[float, float, float] | None:
+    """A model's own validation (out-of-fold) figures: measured on its own training data, so two models'
+    are not comparable; the retrain job compares models with `better` on one evaluation set instead."""
+    validation = (metadata.get("metrics") or {}).get("validation")
+    return score(validation) if validation else None
 
-    Better = higher validation ROC-AUC and detection rate not lower, or equal AUC (to 4 decimals)
-    with a higher macro-F1. No serving model: any candidate wins.
-    """
-    new = validation_score(candidate)
+
+def better(new: tuple[float, float, float] | None, old: tuple[float, float, float] | None) -> bool:
+    """The promotion rule, on figures measured on the same data.
+
+    Better = higher ROC-AUC (to 4 decimals) and detection rate not lower, or equal AUC with a higher
+    macro-F1 and detection not lower. Nothing to beat (no serving model): any candidate wins.
+    A NaN (an evaluation set with one class) never wins."""
     if new is None:
         return False
-    old = validation_score(serving) if serving is not None else None
     if old is None:
         return True
     if round(new[0], 4) > round(old[0], 4) and new[1] >= old[1]:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -381,52 +381,78 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # -- hunting -------------------------------------------------------------------------------
 
 # The hunting views and roll-ups read one address's (or the views') rows over a window of up to
-# 92 days: a victim address with millions of events must not hold a connection for minutes.
+# 92 days: a victim address with millions of events must not hold a connection for minutes. The
+# budget is the request's, not each statement's: the host view runs six statements (seven with the
+# linked IoC), and a 5 s timeout apiece held its connection for up to 35 s.
 HUNT_TIMEOUT_MS = 5000
-
-
-_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+MIN_STATEMENT_MS = 1  # SET statement_timeout = 0 would mean no timeout at all
 
 
 def set_timeout(conn: Connection, timeout_ms: int) -> None:
-    """Bound the rest of this transaction's statements (SET LOCAL: it ends with the transaction)."""
+    """Bound the next statements of this transaction (SET LOCAL: it ends with the transaction)."""
     conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_ms)}")
 
 
-def _bounded(what: str) -> Callable[[_Fn], _Fn]:
-    """Run a hunting query (conn first) under HUNT_TIMEOUT_MS, for the rest of the caller's transaction;
-    a cancelled statement becomes a 400 asking for a narrower window, not a 500."""
+class Deadline:
+    """One hunting request's time budget (HUNT_TIMEOUT_MS unless given) across all its statements.
 
-    def wrap(fn: _Fn) -> _Fn:
-        @functools.wraps(fn)
-        def bounded(conn: Connection, *args: Any, **kwargs: Any) -> Any:
-            from sqlalchemy.exc import DBAPIError
+    Each statement runs under what is left of it (`arm`: SET LOCAL statement_timeout = the
+    remaining milliseconds), so the whole request holds its connection for at most the budget plus
+    the round trips; past it, or when the server cancels a statement, the answer is a 400 asking for
+    a narrower window (field `from`), not a 500. `clock` is monotonic seconds."""
 
-            set_timeout(conn, HUNT_TIMEOUT_MS)
-            try:
-                return fn(conn, *args, **kwargs)
-            except DBAPIError as exc:  # pg8000 raises the server's errors as DatabaseError, whatever the SQLSTATE
-                if exc.orig is not None and _timed_out(exc.orig):
-                    raise ValidationError(f"this {what} covers too many events to answer in time; narrow from/to", field="from") from None
-                raise
+    def __init__(self, what: str, *, budget_ms: int | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.what = what
+        self.budget_ms = HUNT_TIMEOUT_MS if budget_ms is None else budget_ms
+        self._clock = clock
+        self._ends = clock() + self.budget_ms / 1000
 
-        return bounded  # type: ignore[return-value]
+    def remaining_ms(self) -> int:
+        return int((self._ends - self._clock()) * 1000)
 
-    return wrap
+    def exceeded(self) -> ValidationError:
+        return ValidationError(f"this {self.what} covers too many events to answer in time; narrow from/to", field="from")
+
+    def arm(self, conn: Connection) -> None:
+        """Give the next statement what is left of the budget; raise the 400 if nothing is."""
+        remaining = self.remaining_ms()
+        if remaining < MIN_STATEMENT_MS:
+            raise self.exceeded()
+        set_timeout(conn, remaining)
+
+    @contextlib.contextmanager
+    def cancellations(self) -> Iterator[None]:
+        """A statement the server cancelled (statement_timeout, SQLSTATE 57014) becomes the 400."""
+        from sqlalchemy.exc import DBAPIError
+
+        try:
+            yield
+        except DBAPIError as exc:  # pg8000 raises the server's errors as DatabaseError, whatever the SQLSTATE
+            if exc.orig is not None and _timed_out(exc.orig):
+                raise self.exceeded() from None
+            raise
+
+    def execute(self, conn: Connection, sql: str, params: dict[str, Any] | None = None) -> Any:
+        """Arm, then run one statement within the budget; returns its (buffered) result."""
+        from sqlalchemy import text
+
+        self.arm(conn)
+        with self.cancellations():
+            return conn.execute(text(sql), params or {})
 
 
-@_bounded("timeline")
-def timeline(conn: Connection, *, srcip: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
+def _deadline(deadline: Deadline | None, what: str) -> Deadline:
+    return deadline if deadline is not None else Deadline(what)
+
+
+def timeline(conn: Connection, *, srcip: str, start: datetime, end: datetime, deadline: Deadline | None = None) -> list[dict[str, Any]]:
     """Per-hour event counts for one source, split by predicted category (index-only on srcip)."""
-    from sqlalchemy import text
-
-    rows = conn.execute(
-        text(
-            "SELECT date_trunc('hour', event_time) AS hour, predicted_cat, count(*), count(*) FILTER (WHERE predicted_attack),"
-            " COALESCE(sum(sbytes), 0), COALESCE(sum(dbytes), 0)"
-            " FROM flow_events WHERE srcip = CAST(:ip AS inet) AND event_time >= :start AND event_time < :end"
-            " GROUP BY 1, 2 ORDER BY 1, 2"
-        ),
+    rows = _deadline(deadline, "timeline").execute(
+        conn,
+        "SELECT date_trunc('hour', event_time) AS hour, predicted_cat, count(*), count(*) FILTER (WHERE predicted_attack),"
+        " COALESCE(sum(sbytes), 0), COALESCE(sum(dbytes), 0)"
+        " FROM flow_events WHERE srcip = CAST(:ip AS inet) AND event_time >= :start AND event_time < :end"
+        " GROUP BY 1, 2 ORDER BY 1, 2",
         {"ip": srcip, "start": start, "end": end},
     )
     hours: dict[datetime, dict[str, Any]] = {}
@@ -440,20 +466,20 @@ def timeline(conn: Connection, *, srcip: str, start: datetime, end: datetime) ->
     return list(hours.values())
 
 
-@_bounded("host view")
-def host_summary(conn: Connection, *, ip: str, start: datetime, end: datetime, top: int) -> dict[str, Any]:
-    """First/last seen, peers, ports and predicted categories of one address, both directions."""
-    from sqlalchemy import text
-
+def host_summary(
+    conn: Connection, *, ip: str, start: datetime, end: datetime, top: int, deadline: Deadline | None = None
+) -> dict[str, Any]:
+    """First/last seen, peers, ports and predicted categories of one address, both directions:
+    six statements, all within one deadline (the caller's, to cover its own statements too)."""
+    bound = _deadline(deadline, "host view")
     params = {"ip": ip, "start": start, "end": end, "top": top}
     window = "event_time >= :start AND event_time < :end"
     out: dict[str, Any] = {}
     for role, column in (("as_source", "srcip"), ("as_destination", "dstip")):
-        first, last, events, attacks, sbytes, dbytes = conn.execute(
-            text(
-                "SELECT min(event_time), max(event_time), count(*), count(*) FILTER (WHERE predicted_attack),"
-                f" COALESCE(sum(sbytes), 0), COALESCE(sum(dbytes), 0) FROM flow_events WHERE {column} = CAST(:ip AS inet) AND {window}"
-            ),
+        first, last, events, attacks, sbytes, dbytes = bound.execute(
+            conn,
+            "SELECT min(event_time), max(event_time), count(*), count(*) FILTER (WHERE predicted_attack),"
+            f" COALESCE(sum(sbytes), 0), COALESCE(sum(dbytes), 0) FROM flow_events WHERE {column} = CAST(:ip AS inet) AND {window}",
             params,
         ).one()
         out[role] = {
@@ -464,34 +490,31 @@ def host_summary(conn: Connection, *, ip: str, start: datetime, end: datetime, t
             "sbytes": int(sbytes),
             "dbytes": int(dbytes),
         }
-    peer_rows = conn.execute(
-        text(
-            "SELECT host(peer), sum(n)::bigint, sum(a)::bigint FROM ("
-            f" SELECT dstip AS peer, count(*) AS n, count(*) FILTER (WHERE predicted_attack) AS a FROM flow_events"
-            f"  WHERE srcip = CAST(:ip AS inet) AND {window} AND dstip IS NOT NULL GROUP BY 1"
-            " UNION ALL"
-            f" SELECT srcip, count(*), count(*) FILTER (WHERE predicted_attack) FROM flow_events"
-            f"  WHERE dstip = CAST(:ip AS inet) AND {window} AND srcip IS NOT NULL GROUP BY 1"
-            ") p GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :top"
-        ),
+    peer_rows = bound.execute(
+        conn,
+        "SELECT host(peer), sum(n)::bigint, sum(a)::bigint FROM ("
+        f" SELECT dstip AS peer, count(*) AS n, count(*) FILTER (WHERE predicted_attack) AS a FROM flow_events"
+        f"  WHERE srcip = CAST(:ip AS inet) AND {window} AND dstip IS NOT NULL GROUP BY 1"
+        " UNION ALL"
+        f" SELECT srcip, count(*), count(*) FILTER (WHERE predicted_attack) FROM flow_events"
+        f"  WHERE dstip = CAST(:ip AS inet) AND {window} AND srcip IS NOT NULL GROUP BY 1"
+        ") p GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :top",
         params,
     )
     out["peers"] = [{"ip": r[0], "events": int(r[1]), "predicted_attacks": int(r[2])} for r in peer_rows]
     # destination ports it reached (as source) and the ports it was contacted on (as destination)
     for key, column in (("destination_ports", "srcip"), ("ports_contacted_on", "dstip")):
-        port_rows = conn.execute(
-            text(
-                "SELECT dsport, proto, count(*) FROM flow_events"
-                f" WHERE {column} = CAST(:ip AS inet) AND {window} AND dsport IS NOT NULL GROUP BY 1, 2 ORDER BY 3 DESC, 1 LIMIT :top"
-            ),
+        port_rows = bound.execute(
+            conn,
+            "SELECT dsport, proto, count(*) FROM flow_events"
+            f" WHERE {column} = CAST(:ip AS inet) AND {window} AND dsport IS NOT NULL GROUP BY 1, 2 ORDER BY 3 DESC, 1 LIMIT :top",
             params,
         )
         out[key] = [{"port": int(r[0]), "proto": r[1], "events": int(r[2])} for r in port_rows]
-    cat_rows = conn.execute(
-        text(
-            "SELECT predicted_cat, count(*), max(probability) FROM flow_events"
-            f" WHERE srcip = CAST(:ip AS inet) AND {window} GROUP BY 1 ORDER BY 2 DESC"
-        ),
+    cat_rows = bound.execute(
+        conn,
+        "SELECT predicted_cat, count(*), max(probability) FROM flow_events"
+        f" WHERE srcip = CAST(:ip AS inet) AND {window} GROUP BY 1 ORDER BY 2 DESC",
         params,
     )
     out["predicted_categories"] = [{"category": r[0], "events": int(r[1]), "max_probability": round(float(r[2]), 6)} for r in cat_rows]
@@ -501,32 +524,28 @@ def host_summary(conn: Connection, *, ip: str, start: datetime, end: datetime, t
 # -- roll-ups ----------------------------------------------------------------------------------
 
 
-@_bounded("roll-up")
-def top_attack_categories(conn: Connection, *, start: datetime, end: datetime, limit: int) -> list[dict[str, Any]]:
-    from sqlalchemy import text
-
-    rows = conn.execute(
-        text(
-            "SELECT predicted_cat, sum(events)::bigint, sum(labelled_attacks)::bigint, count(*) FROM flow_attack_categories_hourly"
-            " WHERE hour >= date_trunc('hour', CAST(:start AS timestamptz)) AND hour < :end"
-            " GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :limit"
-        ),
+def top_attack_categories(
+    conn: Connection, *, start: datetime, end: datetime, limit: int, deadline: Deadline | None = None
+) -> list[dict[str, Any]]:
+    rows = _deadline(deadline, "roll-up").execute(
+        conn,
+        "SELECT predicted_cat, sum(events)::bigint, sum(labelled_attacks)::bigint, count(*) FROM flow_attack_categories_hourly"
+        " WHERE hour >= date_trunc('hour', CAST(:start AS timestamptz)) AND hour < :end"
+        " GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :limit",
         {"start": start, "end": end, "limit": limit},
     )
     return [{"category": r[0], "events": int(r[1]), "labelled_attacks": int(r[2]), "active_hours": int(r[3])} for r in rows]
 
 
-@_bounded("roll-up")
-def bytes_by_proto(conn: Connection, *, start: datetime, end: datetime, limit: int) -> list[dict[str, Any]]:
-    from sqlalchemy import text
-
-    rows = conn.execute(
-        text(
-            "SELECT proto, sum(events)::bigint, sum(sbytes)::bigint, sum(dbytes)::bigint, sum(attack_events)::bigint"
-            " FROM flow_bytes_by_proto_hourly"
-            " WHERE hour >= date_trunc('hour', CAST(:start AS timestamptz)) AND hour < :end"
-            " GROUP BY 1 ORDER BY sum(sbytes) + sum(dbytes) DESC, 1 LIMIT :limit"
-        ),
+def bytes_by_proto(
+    conn: Connection, *, start: datetime, end: datetime, limit: int, deadline: Deadline | None = None
+) -> list[dict[str, Any]]:
+    rows = _deadline(deadline, "roll-up").execute(
+        conn,
+        "SELECT proto, sum(events)::bigint, sum(sbytes)::bigint, sum(dbytes)::bigint, sum(attack_events)::bigint"
+        " FROM flow_bytes_by_proto_hourly"
+        " WHERE hour >= date_trunc('hour', CAST(:start AS timestamptz)) AND hour < :end"
+        " GROUP BY 1 ORDER BY sum(sbytes) + sum(dbytes) DESC, 1 LIMIT :limit",
         {"start": start, "end": end, "limit": limit},
     )
     return [
@@ -542,11 +561,9 @@ def bytes_by_proto(conn: Connection, *, start: datetime, end: datetime, limit: i
     ]
 
 
-@_bounded("roll-up")
-def view_refreshed_at(conn: Connection) -> dict[str, str]:
-    from sqlalchemy import text
-
-    return {r[0]: r[1].isoformat() for r in conn.execute(text("SELECT view_name, refreshed_at FROM flow_view_refreshes"))}
+def view_refreshed_at(conn: Connection, *, deadline: Deadline | None = None) -> dict[str, str]:
+    rows = _deadline(deadline, "roll-up").execute(conn, "SELECT view_name, refreshed_at FROM flow_view_refreshes")
+    return {r[0]: r[1].isoformat() for r in rows}
 
 
 def refresh_view(conn: Connection, view: str, *, now: datetime) -> int:

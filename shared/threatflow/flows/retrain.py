@@ -1,24 +1,96 @@
 """The retrain-flows job: train on stored labelled flow events, publish a candidate, promote it only if it wins.
 
-"Wins" is `registry.beats`: the candidate's validation (out-of-fold) metrics against the serving
-model's. The candidate is always published, so an operator can inspect and promote it by hand.
-The schedule ships disabled (params.enabled: false in the manifest); see the README.
+"Wins" is `registry.better` on figures of both models measured on the same evaluation set, never
+on each model's own validation figures (those come from different data: a candidate trained on
+label-flipped or duplicated stored flows scores well on its own poisoned folds). The evaluation set is
+
+- the trusted set, when an admin names one (`evaluation_object`, a UNSW CSV with label and attack_cat
+  in the models bucket): the candidate trains on every stored flow except exact copies of its rows;
+- otherwise a deterministic part of the stored flows (EVALUATION_PERCENT, chosen by a hash of each
+  flow's model inputs, so one flow, and every duplicate of its feature vector whatever its label,
+  falls on one side only); the candidate trains on the rest.
+
+This still trusts whoever can store labelled flows (analysts): poisoned rows can sit in the
+evaluation part too. The trusted set, or a human `threatflow models promote`, is the defence (README).
+The candidate is always published, with both models' figures in its metadata (`promotion_check`),
+so an operator can inspect and promote it by hand. The schedule ships disabled (params.enabled: false).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import hashlib
+import math
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from threatflow.flows import registry
-from threatflow.flows.model import read_serving_pointer
+from threatflow.flows.model import load_version, read_serving_pointer
+from threatflow.platform.errors import DependencyError, ValidationError
 
 if TYPE_CHECKING:
+    from threatflow.flows.model import ServingModel
     from threatflow.platform.ports import BlobStore
 
 DEFAULT_MIN_ROWS = 5_000
 DEFAULT_MAX_ROWS = 200_000
+EVALUATION_PERCENT = 20
+MAX_EVALUATION_BYTES = 256 * 1024 * 1024
+RULE = "higher ROC-AUC (4 decimals) with detection not lower, or equal ROC-AUC with detection not lower and a higher macro-F1"
+
+
+def feature_key(flow: Mapping[str, Any]) -> bytes | None:
+    """A flow's model inputs as bytes (numbers at float32, the precision events are stored in), or None
+    for a flow the training loader would skip anyway. Equal for every copy of a feature vector."""
+    import numpy as np
+
+    from threatflow.flows.features import CATEGORICAL, NUMERIC_COLUMNS, FieldError, validate_flow
+
+    errors: list[FieldError] = []
+    clean = validate_flow(0, flow, errors, allow_blank=True)
+    if clean is None:
+        return None
+    numbers = np.asarray([clean[c] for c in NUMERIC_COLUMNS], dtype=np.float32)
+    return "\x1f".join(str(clean[c]) for c in CATEGORICAL).encode() + b"\x1e" + numbers.tobytes()
+
+
+def in_evaluation_part(key: bytes | None, *, percent: int = EVALUATION_PERCENT) -> bool:
+    if key is None:
+        return False
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") % 100 < percent
+
+
+def split_stored(flows: Sequence[Mapping[str, Any]], *, percent: int = EVALUATION_PERCENT) -> tuple[list[Any], list[Any]]:
+    """(training part, evaluation part) of the stored flows, by a hash of each flow's model inputs."""
+    train: list[Any] = []
+    evaluation: list[Any] = []
+    for flow in flows:
+        (evaluation if in_evaluation_part(feature_key(flow), percent=percent) else train).append(flow)
+    return train, evaluation
+
+
+def read_evaluation_object(*, blobs: BlobStore, bucket: str, name: str) -> list[dict[str, str]]:
+    """The trusted evaluation set: a UNSW-NB15 CSV (raw or partitioned, gzip allowed) with label and attack_cat."""
+    from threatflow.flows import training
+
+    size = blobs.stat(bucket, name).size  # NotFoundError names it: a configured set that is missing fails the run
+    if size > MAX_EVALUATION_BYTES:
+        raise ValidationError(f"evaluation set {name!r} is {size} bytes; at most {MAX_EVALUATION_BYTES}", field="params.evaluation_object")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "evaluation.csv"
+        path.write_bytes(blobs.get(bucket, name))
+        return list(training.iter_rows([path], layout=None, features_csv=None, digest=hashlib.sha256()))
+
+
+def evaluate_on(model: ServingModel, flows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """A model's figures on labelled flows, coded with the model's own vocabulary (the /detect path)."""
+    from threatflow.flows import training
+
+    data = training.dataset_from_flows(flows, source="evaluation", vocabulary=model.vocabulary)
+    figures = training.evaluate(model, data.X, data.label.astype("int64"), data.category.astype("int64"))
+    return {**figures, "rows": data.rows, "attacks": int(data.label.sum())}
 
 
 def retrain(
@@ -30,28 +102,98 @@ def retrain(
     min_rows: int = DEFAULT_MIN_ROWS,
     max_rows: int = DEFAULT_MAX_ROWS,
     config: Any = None,
+    evaluation_object: str | None = None,
+    evaluation_percent: int = EVALUATION_PERCENT,
 ) -> dict[str, Any]:
-    """labelled_flows(limit) yields flows (partitioned names plus label and attack_cat), newest first."""
+    """labelled_flows(limit) yields flows (partitioned names plus label and attack_cat), newest first.
+    `evaluation_object` names the trusted evaluation set in `bucket`; without it, a part of the stored flows."""
     from threatflow.flows import training
 
-    dataset = training.dataset_from_flows(labelled_flows(max_rows), source="flow_events")
-    if dataset.rows < min_rows:
-        return {"status": "skipped", "reason": f"{dataset.rows} labelled flows stored; at least {min_rows} needed", "rows": dataset.rows}
+    trusted = read_evaluation_object(blobs=blobs, bucket=bucket, name=evaluation_object) if evaluation_object else None
+    if trusted is not None:  # checked before hours of training: a set it cannot compare on is a configuration error
+        labels = training.dataset_from_flows(trusted, source=str(evaluation_object)).label
+        if labels.min() == labels.max():
+            raise ValidationError(
+                f"evaluation set {evaluation_object!r} needs both normal and attack flows", field="params.evaluation_object"
+            )
+    stored = list(labelled_flows(max_rows))
+    if len(stored) < min_rows:
+        return {"status": "skipped", "reason": f"{len(stored)} labelled flows stored; at least {min_rows} needed", "rows": len(stored)}
+    if trusted is not None:
+        trusted_keys = {feature_key(row) for row in trusted} - {None}
+        train_flows = [flow for flow in stored if feature_key(flow) not in trusted_keys]
+        evaluation_flows: list[Any] = trusted
+        check: dict[str, Any] = {
+            "evaluated_on": f"trusted evaluation set gs://{bucket}/{evaluation_object}",
+            "stored_rows_left_out": len(stored) - len(train_flows),  # exact copies of trusted rows
+        }
+    else:
+        train_flows, evaluation_flows = split_stored(stored, percent=evaluation_percent)
+        check = {"evaluated_on": f"stored flow events: the {evaluation_percent} % whose model inputs hash there, not trained on"}
+    dataset = training.dataset_from_flows(train_flows, source="flow_events")
     stamp = now().strftime("%Y%m%dT%H%M%SZ")
     result = training.train(dataset, config=config, version=f"{stamp}-retrain-{dataset.sha256[:8]}")
-    version = registry.publish(result, blobs=blobs, bucket=bucket)
+
+    try:
+        candidate: dict[str, Any] | None = evaluate_on(result.model, evaluation_flows)
+    except ValueError:  # no usable rows fell in the evaluation part
+        candidate = None
     pointer = read_serving_pointer(blobs=blobs, bucket=bucket)
-    serving = registry.read_metadata(blobs=blobs, bucket=bucket, version=str(pointer["version"])) if pointer else None
+    serving: dict[str, Any] | None = None
+    reason = None
+    if pointer is not None:
+        try:
+            model = load_version(blobs=blobs, bucket=bucket, version=str(pointer["version"]), expected_sha256=str(pointer["sha256"]))
+            serving = evaluate_on(model, evaluation_flows)
+        except (DependencyError, ValueError) as exc:  # e.g. a serving model of another feature set: a human decides
+            reason = f"the serving model cannot be scored on the evaluation set: {exc}"
+    if pointer is None:
+        promote, reason = True, "no serving model"
+    elif candidate is None or serving is None or candidate["attacks"] in (0, candidate["rows"]):  # ROC-AUC needs both classes
+        promote, reason = False, reason or "the evaluation set does not hold both normal and attack flows"
+    else:
+        new, old = registry.score(candidate), registry.score(serving)
+        promote = not any(math.isnan(v) for v in new) and registry.better(new, old)
+        reason = "better on the evaluation set" if promote else "not better on the evaluation set"
+    check.update(
+        {
+            "evaluation_rows": candidate["rows"] if candidate else 0,
+            "training_rows": dataset.rows,
+            "rule": RULE,
+            "candidate": candidate,
+            "serving_version": pointer["version"] if pointer else None,
+            "serving": serving,
+            "promote": promote,
+            "reason": reason,
+        }
+    )
+    result.metadata["promotion_check"] = check  # published with the candidate: why it was (not) promoted
+    version = registry.publish(result, blobs=blobs, bucket=bucket)
     summary: dict[str, Any] = {
         "candidate": version,
-        "rows": dataset.rows,
-        "candidate_validation": registry.validation_score(result.metadata),
+        "rows": len(stored),
+        "training_rows": dataset.rows,
+        "evaluation_rows": check["evaluation_rows"],
+        "evaluated_on": check["evaluated_on"],
+        "candidate_evaluation": _brief(candidate) if candidate else None,
         "serving": pointer["version"] if pointer else None,
-        "serving_validation": registry.validation_score(serving) if serving else None,
+        "serving_evaluation": _brief(serving) if serving else None,
+        "reason": reason,
     }
-    if registry.beats(result.metadata, serving):
+    if promote:
         registry.promote(blobs=blobs, bucket=bucket, version=version, now=now)
         summary["status"] = "promoted"
     else:
         summary["status"] = "kept serving model"
     return summary
+
+
+def _brief(figures: Mapping[str, Any]) -> dict[str, float]:
+    """The compared figures, for the run record."""
+    binary = figures["binary"]
+    return {
+        "roc_auc": binary["roc_auc"],
+        "detection_rate": binary["detection_rate"],
+        "fpr": binary["fpr"],
+        "macro_f1": figures["category"]["macro_f1"],
+    }

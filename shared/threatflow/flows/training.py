@@ -162,8 +162,11 @@ def read_dataset(
     )
 
 
-def dataset_from_flows(flows: Iterable[Mapping[str, Any]], *, min_category_count: int = 5, source: str = "flows") -> Dataset:
-    """Labelled flows (dicts in either layout with label and attack_cat) → a Dataset, e.g. stored flow events."""
+def dataset_from_flows(
+    flows: Iterable[Mapping[str, Any]], *, min_category_count: int = 5, source: str = "flows", vocabulary: Vocabulary | None = None
+) -> Dataset:
+    """Labelled flows (dicts in either layout with label and attack_cat) → a Dataset, e.g. stored flow events.
+    With `vocabulary` (a trained model's) the categoricals are coded as that model reads them, to score it."""
     digest = hashlib.sha256()
 
     def rows() -> Iterator[Mapping[str, Any]]:
@@ -171,11 +174,18 @@ def dataset_from_flows(flows: Iterable[Mapping[str, Any]], *, min_category_count
             digest.update(json.dumps(flow, sort_keys=True, default=str).encode())
             yield flow
 
-    return _dataset_from_rows(rows(), sha256_of=lambda: digest.hexdigest(), sources=[source], min_category_count=min_category_count)
+    return _dataset_from_rows(
+        rows(), sha256_of=lambda: digest.hexdigest(), sources=[source], min_category_count=min_category_count, vocabulary=vocabulary
+    )
 
 
 def _dataset_from_rows(
-    rows: Iterable[Mapping[str, Any]], *, sha256_of: Callable[[], str], sources: list[str], min_category_count: int
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    sha256_of: Callable[[], str],
+    sources: list[str],
+    min_category_count: int,
+    vocabulary: Vocabulary | None = None,
 ) -> Dataset:
     import numpy as np
 
@@ -214,7 +224,7 @@ def _dataset_from_rows(
         categories.append(category_index[category])
     if not labels:
         raise ValueError(f"no usable rows in {', '.join(sources)}; skipped: {dict(skipped) or 'none'}")
-    vocabulary = Vocabulary.fit(cats, min_count=min_category_count)
+    vocabulary = vocabulary or Vocabulary.fit(cats, min_count=min_category_count)
     X = np.empty((len(labels), len(FEATURE_COLUMNS)), dtype=np.float32)
     numeric_positions = [FEATURE_COLUMNS.index(c) for c in NUMERIC_COLUMNS]
     X[:, numeric_positions] = np.asarray(numeric, dtype=np.float32)

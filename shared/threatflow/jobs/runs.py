@@ -98,7 +98,8 @@ def retrain_flows(ctx: JobContext) -> dict[str, Any]:
     """Retrains the flow model on stored labelled flow events; promotes the candidate only if it beats the serving model.
 
     The manifest's schedule ships with params.enabled false (a run then does nothing); a manual run
-    (`threatflow jobs run retrain-flows`) carries no params and trains.
+    (`threatflow jobs run retrain-flows`) carries no params and trains. params.evaluation_object names a
+    trusted evaluation set in the models bucket (flows/retrain.py); without it the stored flows are split.
     """
     if not bool(ctx.params.get("enabled", True)):
         return {"status": "disabled", "enable": "set body.params.enabled: true on schedule retrain-flows in functions/topology.yaml"}
@@ -117,7 +118,18 @@ def retrain_flows(ctx: JobContext) -> dict[str, Any]:
         now=ctx.clock.now,
         min_rows=int_param(ctx.params, "min_rows", default=retrain.DEFAULT_MIN_ROWS, minimum=1, maximum=retrain.DEFAULT_MAX_ROWS * 5),
         max_rows=int_param(ctx.params, "max_rows", default=retrain.DEFAULT_MAX_ROWS, minimum=1, maximum=retrain.DEFAULT_MAX_ROWS * 5),
+        evaluation_object=object_param(ctx.params, "evaluation_object"),
     )
+
+
+def object_param(params: Mapping[str, Any], name: str) -> str | None:
+    """A job's optional object name (in the models bucket): absent, null or empty means none."""
+    value = params.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 1024 or value.startswith("/") or ".." in value.split("/"):
+        raise ValidationError(f"params.{name} must be an object name in the models bucket", field=f"params.{name}")
+    return value
 
 
 def int_param(params: Mapping[str, Any], name: str, *, default: int, minimum: int, maximum: int) -> int:
