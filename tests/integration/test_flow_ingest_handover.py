@@ -573,3 +573,48 @@ def test_the_hash_pass_renews_the_lease(worker, backend_env, monkeypatch):
     job = worker.job(job_id)
     assert job["deliveries"] == 1, job
     _stored_once(backend_env, job)
+
+
+def test_a_delivery_whose_store_outlasts_its_lease_leaves_the_progress_to_the_new_holder(worker, backend_env, monkeypatch):
+    """The second batch's store (PostgreSQL) takes longer than the 1 s lease, and another delivery takes the lease
+    over meanwhile. The batch is stored (its rows are duplicates to the new holder, never stored twice), but the
+    delivery checks its lease before writing the progress and stops: rows_done stays at the first batch."""
+    from threatflow.adapters.firestore import FirestoreDocuments
+    from threatflow.adapters.postgres import create_engine
+    from threatflow.flows import handlers
+    from threatflow.flows.ingest_jobs import INGEST_JOBS
+    from threatflow.platform.config import Settings
+    from threatflow.platform.errors import ConflictError
+    from threatflow.runtime import Runtime
+
+    monkeypatch.setattr(handlers, "LEASE_SECONDS", 1)
+    monkeypatch.setenv("FLOW_INGEST_DELIVERY_SECONDS", "420")
+    job_id = worker.upload()
+    real_docs, real_engine = FirestoreDocuments(PROJECT), create_engine(Settings.from_env())
+    holding, taken = contextlib.ExitStack(), []
+
+    class TakenOverDuringTheSecondStore:
+        """The real engine; the transaction that stores the second batch starts only after another delivery has
+        taken over the lease, expired meanwhile."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real_engine, name)
+
+        def begin(self) -> Any:
+            if not taken and (real_docs.get(INGEST_JOBS, job_id) or {}).get("rows_done") == BATCH:
+                time.sleep(1.2)
+                taken.append(holding.enter_context(handlers.lease(real_docs, job_id, now=datetime.now(UTC), wait_seconds=2)))
+            return real_engine.begin()
+
+    slow = handlers.build_handler(Runtime(Settings.from_env(), clients={"engine": TakenOverDuringTheSecondStore()}))
+    with pytest.raises(ConflictError, match="took over"):
+        slow(_upload_message(job_id))
+    job = worker.job(job_id)
+    assert taken and (job["state"], job["rows_done"], job["stored"], job["deliveries"]) == ("running", BATCH, BATCH, 1), job
+    assert _events(backend_env, job["source"]) == 2 * BATCH  # the second batch was stored before the lease was checked
+    holding.close()
+    worker.handler()(_upload_message(job_id))
+    job = worker.job(job_id)
+    assert (job["state"], job["rows_done"], job["stored"], job["duplicates"]) == ("succeeded", ROWS, ROWS - BATCH, BATCH), job
+    assert _events(backend_env, job["source"]) == ROWS
+    real_engine.dispose()

@@ -5,11 +5,11 @@ run by one delivery at a time under a lease, and records its progress (rows done
 after every batch. A redelivery after a crash resumes from there; rows it
 repeats are no-ops, because each event's key is the file's hash plus the row
 number and its time is the flow's stime or the job's creation time. The lease
-(LEASE_SECONDS) is renewed as the delivery goes (Lease.keep: before each batch is
-stored and during the hash pass, once a quarter of it has passed), so a delivery
+(LEASE_SECONDS) is renewed as the delivery goes (Lease.keep: before and after each
+batch is stored and during the hash pass, once a quarter of it has passed), so a delivery
 that dies leaves it to a redelivery within LEASE_SECONDS; a delivery that finds its
-lease taken over stores nothing more and stops (LeaseTakenOver: acked, the holder
-runs the job; LeaseVanished: redelivered).
+lease taken over stores nothing more, writes no progress, and stops (LeaseTakenOver:
+acked, the holder runs the job; LeaseVanished: redelivered).
 
 A long upload is run by a chain of deliveries, never by retries: a delivery whose
 time budget (FLOW_INGEST_DELIVERY_SECONDS, well under the function's timeout) is
@@ -468,6 +468,9 @@ def run_job(
                 result = ingest_rows(flows, positions, source=source, observed_at=observed_at)
                 for key in ("stored", "duplicates", "invalid", "predicted_attacks"):
                     progress[key] += int(result.get(key) or 0)
+                # Again before the progress is written: a store that outlasted the lease (taken over meanwhile) leaves the
+                # progress to the new holder; its rows are duplicates to that one, never stored twice.
+                held.keep()
                 progress["rows_done"] = positions[-1] + 1
                 update: dict[str, Any] = {**progress, "updated_at": clock.now()}
                 if result.get("first_problem") and not job.get("first_problem"):
