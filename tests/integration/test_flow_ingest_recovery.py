@@ -293,3 +293,79 @@ def test_a_limit_out_of_range_fails_the_run(env):
     env["maintenance"].post("/", json=push)
     record = env["docs"].get("maintenance_runs", run_id)
     assert record["state"] == "failed" and "params.limit must be an integer from 1" in record["error"], record
+
+
+class _ResumedAfterLeaseCheck:
+    """The real Firestore store, except that right after the sweep looks at job `job_id`'s lease (absent), a
+    delivery takes the lease and starts the job (written to the emulator as the worker writes them): the
+    interleaving the sweep's compare-and-set must survive."""
+
+    def __init__(self, documents: Any, job_id: str) -> None:
+        self._documents, self._job_id, self.resumed = documents, job_id, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._documents, name)
+
+    def get(self, collection: str, doc_id: str) -> Any:
+        from threatflow.flows import ingest_jobs
+
+        found = self._documents.get(collection, doc_id)
+        if collection == ingest_jobs.INGEST_LEASES and doc_id == self._job_id and not self.resumed:
+            self.resumed = True
+            now = datetime.now(UTC)
+            self._documents.create(collection, doc_id, {"holder": "resumed", "until": now + timedelta(seconds=ingest_jobs.LEASE_SECONDS)})
+            self._documents.set(
+                ingest_jobs.INGEST_JOBS,
+                doc_id,
+                {"state": "running", "deliveries": 2, "delivery_started_at": now, "updated_at": now},
+                merge=True,
+            )
+        return found
+
+
+@pytest.mark.parametrize("capped", [False, True], ids=["to-publish-again", "to-fail"])
+def test_a_job_a_delivery_resumes_between_the_sweeps_read_and_write_is_passed_by(env, capped):
+    """Between the sweep's look at a stalled job (no lease) and its write, a redelivery takes the lease and
+    starts the job: the sweep's compare-and-set refuses, so the job is neither published again (a second live
+    message) nor failed under the running delivery, and it is counted `changed`."""
+    from threatflow.adapters.pubsub import PubSubPublisher
+    from threatflow.flows import ingest_jobs
+
+    docs = env["docs"]
+    cap = {"recoveries": ingest_jobs.MAX_RECOVERIES, "recovered_at_row": 40} if capped else {}
+    job_id = _job(docs, state="running", age=_stalled_at(), rows_done=40, continuation=1, deliveries=1, **cap)
+    racing = _ResumedAfterLeaseCheck(docs, job_id)
+
+    result = ingest_jobs.recover_stalled(documents=racing, publisher=PubSubPublisher(PROJECT), now=lambda: datetime.now(UTC))
+
+    job = docs.get(ingest_jobs.INGEST_JOBS, job_id)
+    assert racing.resumed, "the interleaving did not happen"
+    assert (job["state"], job["deliveries"], job.get("recoveries", 0)) == ("running", 2, cap.get("recoveries", 0)), job
+    assert "error" not in job and "recovered_at" not in job, job
+    assert env["pull"]({job_id}, expected=0) == []
+    assert (result["recovered"], result["failed"], result["changed"]) == (0, 0, 1), result
+
+
+def test_a_failed_publish_puts_the_recovery_back_and_the_next_tick_publishes(env):
+    """The recovery is recorded before the publish; a publish that fails fails the sweep and undoes the record,
+    so the job is still stalled (same updated_at, no recovery counted) and the next tick recovers it."""
+    from threatflow.adapters.pubsub import PubSubPublisher
+    from threatflow.flows import ingest_jobs
+    from threatflow.platform.errors import DependencyError
+
+    docs = env["docs"]
+    stalled_at = _stalled_at()
+    job_id = _job(docs, state="running", age=stalled_at, rows_done=40, continuation=1)
+
+    class Unreachable:
+        def publish(self, topic: str, data: bytes, attributes: Any = None) -> str:
+            raise DependencyError("Pub/Sub is unreachable")
+
+    with pytest.raises(DependencyError):
+        ingest_jobs.recover_stalled(documents=docs, publisher=Unreachable(), now=lambda: datetime.now(UTC))
+    job = docs.get(ingest_jobs.INGEST_JOBS, job_id)
+    assert job.get("recoveries") is None and job["updated_at"] == stalled_at, job
+    result = ingest_jobs.recover_stalled(documents=docs, publisher=PubSubPublisher(PROJECT), now=lambda: datetime.now(UTC))
+    assert (result["recovered"], result["changed"]) == (1, 0), result
+    assert [json.loads(m.data)["continuation"] for m in env["pull"]({job_id}, expected=1)] == [1]
+    assert docs.get(ingest_jobs.INGEST_JOBS, job_id)["recoveries"] == 1

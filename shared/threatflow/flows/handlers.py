@@ -4,7 +4,12 @@ A job (Firestore `flow_ingest_jobs/<id>`, made by POST /api/v1/flows/uploads) is
 run by one delivery at a time under a lease, and records its progress (rows done)
 after every batch. A redelivery after a crash resumes from there; rows it
 repeats are no-ops, because each event's key is the file's hash plus the row
-number and its time is the flow's stime or the job's creation time.
+number and its time is the flow's stime or the job's creation time. The lease
+(LEASE_SECONDS) is renewed as the delivery goes (Lease.keep: before and after each
+batch is stored and during the hash pass, once a quarter of it has passed), so a delivery
+that dies leaves it to a redelivery within LEASE_SECONDS; a delivery that finds its
+lease taken over stores nothing more, writes no progress, and stops (LeaseTakenOver:
+acked, the holder runs the job; LeaseVanished: redelivered).
 
 A long upload is run by a chain of deliveries, never by retries: a delivery whose
 time budget (FLOW_INGEST_DELIVERY_SECONDS, well under the function's timeout) is
@@ -60,15 +65,17 @@ from threatflow.flows.ingest_jobs import (
     INGEST_TOPIC,
     LEASE_SECONDS,
     MAX_DELIVERY_ATTEMPTS,
+    WRITE_ATTEMPTS,
     job_message,
+    record_continuation,
     superseded,
 )
 from threatflow.flows.model import serving_snapshot
 from threatflow.hunting import pipeline
 from threatflow.platform import logging as tf_logging
-from threatflow.platform.errors import NotFoundError, PermanentError, RetryableError, ValidationError
+from threatflow.platform.errors import ConflictError, NotFoundError, PermanentError, RetryableError, ValidationError
 from threatflow.platform.events import Message
-from threatflow.platform.ports import BlobStore, Clock, DocumentStore, Publisher
+from threatflow.platform.ports import BlobStore, Clock, DocumentStore, Publisher, Versioned
 from threatflow.runtime import Runtime
 
 log = logging.getLogger("threatflow.flows.ingest")
@@ -139,15 +146,66 @@ def bounded_rows(rows: Iterable[tuple[int, dict[str, Any]]]) -> Iterator[tuple[i
         yield item
 
 
+class LeaseTakenOver(ConflictError):
+    """Another delivery holds the job's lease now (this one's expired unrenewed and was taken over): that one
+    runs the job, and its own message answers for it; this delivery stops and its message is acked."""
+
+
+class LeaseVanished(RetryableError):
+    """This delivery's lease is gone and nobody holds it (taken over, then released): the message is redelivered,
+    and the redelivery finds the job finished, superseded, or resumes it."""
+
+
+class Lease:
+    """A job's lease as held by one delivery. keep() renews it once a quarter of it has passed, so a live
+    delivery that calls it between batches keeps the job, and one that died leaves it to a redelivery
+    within `seconds`."""
+
+    def __init__(self, documents: DocumentStore, job_id: str, *, holder: str, seconds: float, clock: Callable[[], datetime]) -> None:
+        self.documents, self.job_id, self.holder, self.seconds, self.clock = documents, job_id, holder, seconds, clock
+        self.renewed = clock()
+
+    def keep(self) -> None:
+        """Renew the lease if due. Fails safe: LeaseTakenOver when another delivery holds it, LeaseVanished
+        when nobody does (nothing is written then); a store that fails raises its own error (retried).
+
+        Between renewals the lease is this delivery's until renewed + seconds (a taker needs it expired), so
+        a batch stored right after keep() is stored under it unless storing it takes 3/4 of the lease."""
+        now = self.clock()
+        if (now - self.renewed).total_seconds() < self.seconds / 4:
+            return
+        read = self.documents.get_versioned(INGEST_LEASES, self.job_id)
+        if read is not None and read.data.get("holder") == self.holder:
+            until = now + timedelta(seconds=self.seconds)
+            if self.documents.update_if_unchanged(INGEST_LEASES, self.job_id, {"until": until}, version=read.version) is not None:
+                self.renewed = now
+                return
+            read = self.documents.get_versioned(INGEST_LEASES, self.job_id)  # written since: by whom?
+        if read is None:
+            raise LeaseVanished(f"flow ingest job {self.job_id}: this delivery's lease expired and was taken over; it stops")
+        raise LeaseTakenOver(f"flow ingest job {self.job_id}: another delivery took over this one's expired lease; it stops")
+
+
 @contextlib.contextmanager
-def lease(documents: DocumentStore, job_id: str, *, now: datetime, wait_seconds: float | None = None) -> Iterator[None]:
+def lease(
+    documents: DocumentStore,
+    job_id: str,
+    *,
+    now: datetime,
+    wait_seconds: float | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> Iterator[Lease]:
+    """Hold the job's lease (LEASE_SECONDS, renewed by Lease.keep) while the block runs, waiting up to
+    wait_seconds for a live one (then RetryableError) and taking over an expired one."""
+    began = time.monotonic()
+    current_time = clock or (lambda: now + timedelta(seconds=time.monotonic() - began))
+    seconds = LEASE_SECONDS  # read at each call: tests shorten it
     holder = uuid.uuid4().hex
-    record = {"holder": holder, "until": now + timedelta(seconds=LEASE_SECONDS)}
-    give_up = time.monotonic() + (LEASE_WAIT_SECONDS if wait_seconds is None else wait_seconds)
-    while not documents.create(INGEST_LEASES, job_id, record):
+    give_up = began + (LEASE_WAIT_SECONDS if wait_seconds is None else wait_seconds)
+    while not documents.create(INGEST_LEASES, job_id, {"holder": holder, "until": current_time() + timedelta(seconds=seconds)}):
         current = documents.get(INGEST_LEASES, job_id) or {}
         until = current.get("until")
-        if until is not None and until <= now:
+        if until is not None and until <= current_time():
             # Expired: its holder died. Deleted only if it is still that holder's (another delivery that
             # read it may have taken it over since); then whoever creates the lease first runs the job.
             documents.delete_if(INGEST_LEASES, job_id, field="holder", value=current.get("holder"))
@@ -157,7 +215,7 @@ def lease(documents: DocumentStore, job_id: str, *, now: datetime, wait_seconds:
         else:
             time.sleep(0.2)
     try:
-        yield
+        yield Lease(documents, job_id, holder=holder, seconds=seconds, clock=current_time)
     finally:
         documents.delete_if(INGEST_LEASES, job_id, field="holder", value=holder)
 
@@ -220,8 +278,9 @@ def build_handler(runtime: Runtime) -> Callable[[Message], dict[str, Any]]:
         # waiting for a lease another delivery holds (and being retried into the dead letter).
         if (answer := settled(existing_job(documents, job_id), job_id, continuation=continuation, token=token)) is not None:
             return answer
-        with lease(documents, job_id, now=started):
-            job = existing_job(documents, job_id)  # again: another delivery may have moved it on meanwhile
+        with lease(documents, job_id, now=started, clock=runtime.clock.now) as held:
+            read = existing_job_versioned(documents, job_id)  # again: another delivery may have moved it on meanwhile
+            job = read.data
             if (answer := settled(job, job_id, continuation=continuation, token=token)) is not None:
                 return answer
             if continuation > int(job.get("continuation") or 0):
@@ -232,7 +291,7 @@ def build_handler(runtime: Runtime) -> Callable[[Message], dict[str, Any]]:
             outcome = last_attempt_fails_job(
                 lambda: run_job(
                     job_id,
-                    job,
+                    read,
                     continuation=continuation,
                     token=token,
                     started=started,
@@ -241,6 +300,7 @@ def build_handler(runtime: Runtime) -> Callable[[Message], dict[str, Any]]:
                     blobs=runtime.blobs,
                     ingest_rows=ingest_rows,
                     clock=runtime.clock,
+                    held=held,
                 ),
                 job_id=job_id,
                 message=message,
@@ -267,6 +327,13 @@ def existing_job(documents: DocumentStore, job_id: str) -> dict[str, Any]:
     return job
 
 
+def existing_job_versioned(documents: DocumentStore, job_id: str) -> Versioned:
+    read = documents.get_versioned(INGEST_JOBS, job_id)
+    if read is None:
+        raise ValidationError(f"no flow ingest job {job_id!r}", field="job_id")
+    return read
+
+
 def settled(job: dict[str, Any], job_id: str, *, continuation: int, token: str | None) -> dict[str, Any] | None:
     """The answer to a message with no work left (the job finished, or the message superseded), else None."""
     if job.get("state") in ("succeeded", "failed"):
@@ -290,8 +357,8 @@ def last_attempt_fails_job(work: Callable[[], T], *, job_id: str, message: Messa
     killed at the timeout runs no code, which the time budget keeps a healthy run from reaching."""
     try:
         return work()
-    except PermanentError:
-        raise  # acked; the work has already failed the job with the reason
+    except (PermanentError, LeaseVanished):
+        raise  # acked, the work has already failed the job with the reason; or the lease was lost: the job is not broken
     except Exception as exc:
         if message.delivery_attempt >= MAX_DELIVERY_ATTEMPTS:
             reason = f"gave up after {message.delivery_attempt} delivery attempts: {exc.__class__.__name__}: {str(exc)[:300]}"
@@ -304,12 +371,14 @@ def fail_job(documents: DocumentStore, job_id: str, reason: str, *, clock: Clock
     documents.set(INGEST_JOBS, job_id, {"state": "failed", "error": reason, "finished_at": clock.now()}, merge=True)
 
 
-def source_of(blobs: BlobStore, bucket: str, name: str, *, generation: int) -> str:
-    """The event keys' `source`: sha256 of the object's bytes, in one streaming pass."""
+def source_of(blobs: BlobStore, bucket: str, name: str, *, generation: int, keep: Callable[[], None] = lambda: None) -> str:
+    """The event keys' `source`: sha256 of the object's bytes, in one streaming pass (keep() between chunks:
+    the lease's renewal, as the pass over a large object can outlast it)."""
     digest = hashlib.sha256()
     with blobs.open_read(bucket, name, generation=generation) as stream:
         while chunk := stream.read(HASH_CHUNK_BYTES):
             digest.update(chunk)
+            keep()
     return "gcs:" + digest.hexdigest()[:32]
 
 
@@ -324,7 +393,7 @@ class Handover:
 
 def run_job(
     job_id: str,
-    job: dict[str, Any],
+    read: Versioned,
     *,
     continuation: int,
     token: str | None,
@@ -334,8 +403,11 @@ def run_job(
     blobs: BlobStore,
     ingest_rows: Callable[..., dict[str, Any]],
     clock: Clock,
+    held: Lease,
 ) -> dict[str, Any] | Handover:
-    """Run the job from rows_done under its lease: the finished job, or a Handover once the budget is spent."""
+    """Run the job (as read under its lease, with its version) from rows_done: the finished job, or a Handover
+    once the budget is spent, or the job as it is when another write since the read settled this message."""
+    job = read.data
     bucket, name = str(job.get("bucket")), str(job.get("object"))
     try:
         info = blobs.stat(bucket, name)
@@ -350,27 +422,40 @@ def run_job(
             )
         # The hash of the pinned generation's bytes, so a later delivery reuses it without a pass.
         source = (
-            str(job["source"]) if pinned is not None and job.get("source") else source_of(blobs, bucket, name, generation=info.generation)
+            str(job["source"])
+            if pinned is not None and job.get("source")
+            else source_of(blobs, bucket, name, generation=info.generation, keep=held.keep)
         )
     except (NotFoundError, ValidationError) as exc:  # too large, deleted or replaced after it was queued: fail the job
         fail_job(documents, job_id, exc.message, clock=clock)
         raise
     created = job.get("created_at")
     observed_at = created if isinstance(created, datetime) else datetime.now(UTC)
+    # The start is a compare-and-set on the version read under the lease: a write that came in since (the late
+    # hand-over record of an earlier delivery, a recovery) is read again, and may have superseded this message.
+    version: str | None = read.version
+    for _ in range(WRITE_ATTEMPTS):
+        running: dict[str, Any] = {
+            "state": "running",
+            "source": source,
+            "generation": info.generation,
+            "continuation": continuation,  # never below the job's: superseded() refused a lower one
+            "continuation_token": token,
+            "deliveries": int(job.get("deliveries") or 0) + 1,
+            "delivery_started_at": started,
+            "updated_at": started,  # what recover-stalled-flow-ingest-jobs measures a stall from
+        }
+        if not job.get("started_at"):
+            running["started_at"] = started
+        if documents.update_if_unchanged(INGEST_JOBS, job_id, running, version=str(version)) is not None:
+            break
+        again = existing_job_versioned(documents, job_id)
+        job, version = again.data, again.version
+        if (answer := settled(job, job_id, continuation=continuation, token=token)) is not None:
+            return answer
+    else:
+        raise RetryableError(f"flow ingest job {job_id} kept changing: this delivery could not start it in {WRITE_ATTEMPTS} attempts")
     progress = {k: int(job.get(k) or 0) for k in ("rows_done", "stored", "duplicates", "invalid", "predicted_attacks")}
-    running: dict[str, Any] = {
-        "state": "running",
-        "source": source,
-        "generation": info.generation,
-        "continuation": continuation,  # never below the job's: superseded() refused a lower one
-        "continuation_token": token,
-        "deliveries": int(job.get("deliveries") or 0) + 1,
-        "delivery_started_at": started,
-        "updated_at": started,  # what recover-stalled-flow-ingest-jobs measures a stall from
-    }
-    if not job.get("started_at"):
-        running["started_at"] = started
-    documents.set(INGEST_JOBS, job_id, running, merge=True)
     flushed = out_of_time = False
     try:
         with blobs.open_read(bucket, name, generation=info.generation) as stream:
@@ -380,9 +465,13 @@ def run_job(
             positions: list[int] = []
 
             def flush() -> None:
+                held.keep()  # before storing: a delivery whose lease was taken over stores nothing more
                 result = ingest_rows(flows, positions, source=source, observed_at=observed_at)
                 for key in ("stored", "duplicates", "invalid", "predicted_attacks"):
                     progress[key] += int(result.get(key) or 0)
+                # Again before the progress is written: a store that outlasted the lease (taken over meanwhile) leaves the
+                # progress to the new holder; its rows are duplicates to that one, never stored twice.
+                held.keep()
                 progress["rows_done"] = positions[-1] + 1
                 update: dict[str, Any] = {**progress, "updated_at": clock.now()}
                 if result.get("first_problem") and not job.get("first_problem"):
@@ -431,7 +520,9 @@ def continue_job(job_id: str, handover: Handover, *, documents: DocumentStore, p
     before the publish, this delivery's own message is redelivered and still current; dead after it,
     the continuation is current by its number (ingest_jobs.superseded). A publish that fails is raised
     (this message is redelivered and resumes); a record that fails is logged and this message acked:
-    the continuation runs anyway, and a redelivery of this one would meet its record or lose to its token."""
+    the continuation runs anyway, and a redelivery of this one would meet its record or lose to its token.
+    The record is a compare-and-set that never lowers the job's number (ingest_jobs.record_continuation):
+    a continuation fast enough to hand over again before this record lands keeps its own, later record."""
     token = uuid.uuid4().hex
     publisher.publish(INGEST_TOPIC, *job_message(job_id, handover.following, token))
     now = clock.now()
@@ -439,7 +530,11 @@ def continue_job(job_id: str, handover: Handover, *, documents: DocumentStore, p
     # already, may be writing its own.
     record = {"continuation": handover.following, "continuation_token": token, "continued_at": now, "updated_at": now}
     try:
-        documents.set(INGEST_JOBS, job_id, record, merge=True)
+        if not record_continuation(documents, job_id, record):
+            tf_logging.log(
+                log, logging.INFO, "flow-ingest continuation published; the job had moved past it, so it is not recorded",
+                job_id=job_id, continuation=handover.following,
+            )  # fmt: skip
     except Exception as exc:
         tf_logging.log(
             log, logging.WARNING, f"flow-ingest continuation published, not recorded: {exc.__class__.__name__}: {str(exc)[:200]}",
