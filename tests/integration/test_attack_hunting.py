@@ -150,11 +150,6 @@ def test_flows_older_than_the_retention_window_are_refused_and_make_no_partition
     assert _sql(url, "SELECT count(*) FROM flow_events") == 10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="flows/handlers.py (ingest-owned): the flow-ingest worker stores rows of any past day, one partition each;"
-    " POST /flows/batch refuses them (flows/api.py drop_unretained), the worker should call the same check",
-)
 def test_an_upload_of_flows_older_than_the_retention_window_stores_none(api, function_client, backend_env):
     oldest = _oldest_retained()
     lines = _raw_lines(20, seed=34)

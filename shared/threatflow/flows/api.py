@@ -13,7 +13,7 @@ import hashlib
 import re
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
@@ -71,35 +71,6 @@ class UploadJobIn(msgspec.Struct, forbid_unknown_fields=True):
     bucket: Annotated[str, msgspec.Meta(min_length=3, max_length=222)] | None = None
 
 
-def retained_since(now: datetime, retention_days: int) -> datetime:
-    """The oldest event time flow-retention keeps: midnight UTC of the day `retention_days` ago."""
-    day = (now - timedelta(days=retention_days)).astimezone(UTC).date()
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
-
-
-def drop_unretained(
-    canonical: list[dict[str, Any]],
-    fields: list[ingest.EventFields],
-    problems: list[ingest.FlowProblem],
-    *,
-    count: int,
-    oldest: datetime,
-) -> tuple[list[dict[str, Any]], list[ingest.EventFields], list[ingest.FlowProblem]]:
-    """Flows whose stime is older than the retention window become problems (field stime).
-
-    Each day of events is a partition: a 3,000-flow batch over 3,000 past days made 3,000 partitions
-    in one transaction (62 s, then a 500: out of lock memory) and flow-retention drops them all again
-    at its next run. The window bounds the days one batch can touch to what retention keeps anyway."""
-    valid = ingest.valid_indices(count, problems)
-    old = {i for i, ev in zip(valid, fields, strict=True) if ev.stime is not None and ev.stime < oldest}
-    if not old:
-        return canonical, fields, problems
-    reason = f"older than the retention window (before {oldest.date().isoformat()}); flow-retention would drop it"
-    kept = [(flow, ev) for i, flow, ev in zip(valid, canonical, fields, strict=True) if i not in old]
-    more = sorted([*problems, *(ingest.FlowProblem(i, "stime", reason) for i in old)], key=lambda p: (p.index, p.field))
-    return [flow for flow, _ in kept], [ev for _, ev in kept], more
-
-
 def readable_job(request: Request, job: Mapping[str, Any]) -> bool:
     """An upload job is read by the user who queued it and by admins, as IoC import jobs are: to anyone
     else it does not exist (404, not 403, so a guessed or leaked id is not confirmed)."""
@@ -131,8 +102,8 @@ def build_router(runtime: Runtime) -> Router:
         if body.positions is not None and len(body.positions) != len(body.flows):
             raise ValidationError("positions must have one row number per flow", field="positions")
         now = runtime.clock.now()
-        oldest = retained_since(now, settings.flows_retention_days)
-        canonical, fields, problems = drop_unretained(canonical, fields, problems, count=len(body.flows), oldest=oldest)
+        oldest = ingest.retained_since(now, settings.flows_retention_days)
+        canonical, fields, problems = ingest.drop_unretained(canonical, fields, problems, count=len(body.flows), oldest=oldest)
         skipped: dict[str, Any] = {"invalid": 0, "problems": [], "problems_total": 0} if body.skip_invalid else {}
         positions = body.positions
         listed = [p.to_json() for p in problems[:MAX_PROBLEMS_LISTED]]

@@ -232,6 +232,8 @@ def build_handler(runtime: Runtime) -> Callable[[Message], dict[str, Any]]:
 
     def ingest_rows(flows: list[dict[str, Any]], positions: list[int], *, source: str, observed_at: datetime) -> dict[str, Any]:
         canonical, fields, problems = ingest.validate(flows)
+        oldest = ingest.retained_since(runtime.clock.now(), settings.flows_retention_days)  # as POST /flows/batch: a partition a day
+        canonical, fields, problems = ingest.drop_unretained(canonical, fields, problems, count=len(flows), oldest=oldest)
         keep = ingest.valid_indices(len(flows), problems)
         invalid = len(flows) - len(keep)
         if not keep:
