@@ -228,3 +228,29 @@ def test_a_run_written_under_every_start_is_retried_through_pub_sub_not_overwrit
     run = runtime.documents.get(runs.RUNS, req.run_id)
     assert run["status"] == "queued" and "expected" not in run and "dispatched" not in run, run
     assert publisher.published == []
+
+
+def test_a_run_recorded_between_the_dispatcher_s_read_and_its_create_is_not_overwritten(runtime):
+    """The dispatcher finds no run (auto-enrichment records none before dispatch) and another delivery of the same
+    request creates and starts it before this one writes: the create refuses (the old code's create-if-absent did
+    too, then its blind start overwrote the other's start and published every task again), the run read again is
+    started and dispatched, and this delivery leaves it as the other wrote it."""
+    from threatflow.enrichment import handlers, runs
+
+    req = _request(_ioc(runtime), sources=("virustotal",))
+    other: list[dict[str, Any]] = []
+
+    def another_delivery_dispatches_it() -> None:
+        docs = runtime.documents
+        deadline = time.time() + 600
+        assert runs.create_started_run(docs, handlers._run_document(req), expected=["virustotal"], skipped={}, deadline_at=deadline)
+        docs.set(runs.RUNS, req.run_id, {"dispatched": True}, merge=True)
+        other.append(docs.get(runs.RUNS, req.run_id))
+
+    racing = _ClosedAfterTheRead(runtime.documents, req.run_id, another_delivery_dispatches_it)
+    ctx, publisher = _dispatcher(runtime, racing)
+
+    handlers.dispatch_request(ctx, req)
+
+    assert racing.closed and runtime.documents.get(runs.RUNS, req.run_id) == other[0]
+    assert publisher.published == []
