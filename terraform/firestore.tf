@@ -110,3 +110,18 @@ resource "google_firestore_index" "flow_ingest_jobs_unwritten" {
     order      = "ASCENDING"
   }
 }
+
+# flows/upload_markers.py: the markers of POST /api/v1/flows/uploads (one active job per object generation)
+# are deleted once their expires_at has passed. TTL deletion is lazy (typically within a day), so the route
+# also ignores an expired marker itself. Nothing queries expires_at: its single-field indexes are off
+# (`index_config {}`), as Firestore advises for a TTL timestamp.
+resource "google_firestore_field" "flow_ingest_active_expiry" {
+  project    = var.project_id
+  database   = "(default)"
+  collection = "flow_ingest_active"
+  field      = "expires_at"
+  depends_on = [google_firestore_database.default]
+
+  index_config {}
+  ttl_config {}
+}

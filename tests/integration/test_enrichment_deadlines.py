@@ -52,7 +52,14 @@ def _start(runtime: Any, ioc_id: int, value: str, *, expected: list[str], deadli
 
     run_id = uuid.uuid4().hex
     runs.create_run(runtime.documents, {"run_id": run_id, "ioc_id": ioc_id, "type": "ipv4", "value": value, "created_at": time.time()})
-    runs.start_run(runtime.documents, run_id, expected=expected, skipped={}, deadline_at=time.time() + deadline_in)
+    runs.start_run(
+        runtime.documents,
+        run_id,
+        version=runs.get_run_versioned(runtime.documents, run_id).version,
+        expected=expected,
+        skipped={},
+        deadline_at=time.time() + deadline_in,
+    )
     return run_id
 
 
@@ -514,7 +521,14 @@ def test_a_run_a_dispatcher_starts_again_while_the_sweep_closes_it_is_left_as_th
     new_deadline = time.time() + 600
 
     def dispatcher_starts_it_again() -> None:
-        runs.start_run(docs, run_id, expected=["abuseipdb", "virustotal"], skipped={}, deadline_at=new_deadline)
+        runs.start_run(
+            docs,
+            run_id,
+            version=runs.get_run_versioned(docs, run_id).version,
+            expected=["abuseipdb", "virustotal"],
+            skipped={},
+            deadline_at=new_deadline,
+        )
 
     result = closing.close_overdue(**_sweep_deps(runtime, docs, _while_closing(run_id, dispatcher_starts_it_again)))
 
@@ -562,7 +576,14 @@ class _DispatcherAfterRead:
         read = self._documents.get_versioned(collection, doc_id)
         if doc_id == self._run_id and not self.started:
             self.started = True
-            runs.start_run(self._documents, doc_id, expected=["virustotal"], skipped={}, deadline_at=time.time() + 600)
+            runs.start_run(
+                self._documents,
+                doc_id,
+                version=runs.get_run_versioned(self._documents, doc_id).version,
+                expected=["virustotal"],
+                skipped={},
+                deadline_at=time.time() + 600,
+            )
         return read
 
 
@@ -598,7 +619,14 @@ def test_a_failed_publish_does_not_undo_a_start_that_came_in_meanwhile(env):
 
     class StartedThenUnreachable:
         def publish(self, topic: str, data: bytes, attributes: Any = None) -> str:
-            runs.start_run(docs, run_id, expected=["virustotal"], skipped={}, deadline_at=time.time() + 600)
+            runs.start_run(
+                docs,
+                run_id,
+                version=runs.get_run_versioned(docs, run_id).version,
+                expected=["virustotal"],
+                skipped={},
+                deadline_at=time.time() + 600,
+            )
             raise DependencyError("Pub/Sub is unreachable")
 
     with pytest.raises(DependencyError):
@@ -633,7 +661,14 @@ def test_runs_that_cannot_be_closed_do_not_fill_every_page(env):
         runs.create_run(
             docs, {"run_id": run_id, "ioc_id": "not-a-number", "type": "ipv4", "value": "203.0.113.50", "created_at": time.time()}
         )
-        runs.start_run(docs, run_id, expected=["virustotal"], skipped={}, deadline_at=time.time() - 900 + i)
+        runs.start_run(
+            docs,
+            run_id,
+            version=runs.get_run_versioned(docs, run_id).version,
+            expected=["virustotal"],
+            skipped={},
+            deadline_at=time.time() - 900 + i,
+        )
         broken.append(run_id)
     ioc_id = _ioc(runtime, "45.95.147.45")
     good = [_start(runtime, ioc_id, "45.95.147.45", expected=["virustotal"], deadline_in=-300 + i) for i in range(2)]

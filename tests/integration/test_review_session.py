@@ -219,7 +219,14 @@ def _overdue_run(runtime, value: str, *, expected: list[str], answered: list[str
         )
     run_id = uuid.uuid4().hex
     runs.create_run(runtime.documents, {"run_id": run_id, "ioc_id": ioc_id, "type": "ipv4", "value": value, "created_at": time.time()})
-    runs.start_run(runtime.documents, run_id, expected=expected, skipped={}, deadline_at=time.time() - 30)
+    runs.start_run(
+        runtime.documents,
+        run_id,
+        version=runs.get_run_versioned(runtime.documents, run_id).version,
+        expected=expected,
+        skipped={},
+        deadline_at=time.time() - 30,
+    )
     answers = [
         {
             "run_id": run_id,
@@ -256,7 +263,14 @@ class _StartedBeforeTheDone:
 
         if doc_id == self._run_id and data.get("status") == "done" and not self.started:
             self.started = True
-            runs.start_run(self._documents, doc_id, expected=["abuseipdb", "virustotal"], skipped={}, deadline_at=self._deadline_at)
+            runs.start_run(
+                self._documents,
+                doc_id,
+                version=runs.get_run_versioned(self._documents, doc_id).version,
+                expected=["abuseipdb", "virustotal"],
+                skipped={},
+                deadline_at=self._deadline_at,
+            )
         return self._documents.update_if_unchanged(collection, doc_id, data, version=version)
 
 
@@ -324,9 +338,9 @@ def test_a_corrupt_or_past_the_end_cursor_does_not_stop_the_sweep(enrichment, cu
 def test_a_redelivered_request_does_not_reopen_a_run_closed_with_a_verdict(enrichment, function_client):
     """enrich-dispatch published every task but its last write (`dispatched: True`) failed, so Pub/Sub redelivers the
     request; meanwhile the sources answered and the run closed with its verdict. The redelivery finds the run done
-    but not marked dispatched, and starts it again (start_run is a blind write): the run is reopened, its sources
-    asked again, and it is closed a second time. (A start racing a close, between the dispatcher's read and its
-    write, is not covered: start_run is still a blind write.)"""
+    but not marked dispatched, and started it again (start_run was a blind write): the run was reopened, its sources
+    asked again, and it was closed a second time. (A close landing between the dispatcher's read and its start:
+    tests/integration/test_enrichment_dispatch_race.py.)"""
     import contextlib
 
     from google.cloud import pubsub_v1

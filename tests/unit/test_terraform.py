@@ -201,6 +201,33 @@ def test_checkov_passes() -> None:
 
 
 
+# -- 4a. Firestore TTL policies (firestore.tf) ---------------------------------------------
+
+# (collection, field) of every TTL the code relies on to delete documents: flows/upload_markers.py's markers.
+TTL_FIELDS = {("flow_ingest_active", "expires_at")}
+
+
+def test_every_ttl_the_code_relies_on_is_declared_with_its_field_unindexed() -> None:
+    from threatflow.flows import upload_markers
+
+    assert (upload_markers.ACTIVE_UPLOADS, upload_markers.EXPIRES_AT) in TTL_FIELDS
+    declared = {
+        (_unquote(body["collection"]), _unquote(body["field"])): body
+        for rtype, _, body, _ in _resources()
+        if rtype == "google_firestore_field" and body.get("ttl_config")
+    }
+    assert set(declared) == TTL_FIELDS, f"terraform/firestore.tf: TTL fields {sorted(declared)}, the code relies on {sorted(TTL_FIELDS)}"
+    for key, body in declared.items():
+        assert _empty_block(body["ttl_config"]), f"{key}: ttl_config {{}} turns the policy on; found {body['ttl_config']}"
+        # An index on an ever-growing timestamp only costs writes here: nothing queries it.
+        assert _empty_block(body.get("index_config")), f"{key}: index_config {{}} (no single-field index) expected"
+
+
+def _empty_block(blocks: Any) -> bool:
+    """One block with nothing in it (python-hcl2 8 marks a block with `__is_block__`)."""
+    return isinstance(blocks, list) and len(blocks) == 1 and not {k for k in blocks[0] if not k.startswith("__")}
+
+
 # -- 5. the Google APIs (services.tf) -------------------------------------------------
 
 # What each resource type declared in terraform/ calls, as "<api>" of <api>.googleapis.com. A new type fails
@@ -218,6 +245,7 @@ APIS_BY_TYPE: dict[str, set[str]] = {
     "google_compute_network": {"compute"},
     "google_compute_subnetwork": {"compute"},
     "google_firestore_database": {"firestore"},
+    "google_firestore_field": {"firestore"},
     "google_firestore_index": {"firestore"},
     "google_project_iam_audit_config": {"cloudresourcemanager"},
     "google_project_iam_member": {"cloudresourcemanager"},

@@ -40,7 +40,7 @@ from threatflow.enrichment.worker import execute
 from threatflow.intel import enrichment as intel_enrichment
 from threatflow.platform import events
 from threatflow.platform import logging as tf_logging
-from threatflow.platform.errors import PermanentError, ValidationError
+from threatflow.platform.errors import PermanentError, RetryableError, ValidationError
 from threatflow.platform.sources import SourceConfig
 
 if TYPE_CHECKING:
@@ -55,6 +55,8 @@ PARK_AFTER_SECONDS = 900.0  # longer deferrals (daily caps) wait in a Redis dela
 DEFERRED_QUEUE = "enr:deferred"
 HEALTH_TTL_SECONDS = 3600
 AUTO_MAX = 10_000
+# dispatch_request reads a run written under its start (a close, another delivery's start) and decides again, this many times in all.
+START_ATTEMPTS = 3
 
 
 class Enrichment:
@@ -195,33 +197,54 @@ def _ingest_requests(runtime: Runtime, message: events.Message) -> list[EnrichRe
         return intel_enrichment.ingest_requests(conn, list(message.data["ioc_ids"]), message_id=message.message_id)
 
 
+def _started_already(run: Mapping[str, Any] | None) -> bool:
+    """The rules for a request whose run exists: True when it must not be started (again)."""
+    if run is None:
+        return False
+    if run.get("status") in ("running", "done") and run.get("dispatched"):
+        return True  # a redelivery: tasks were published already
+    # Closed with its verdict, its dispatcher having died before marking it dispatched: a redelivery too.
+    # Only a run closed as never dispatched (it has a reason) is started by a late request.
+    return run.get("status") == "done" and not run.get("reason")
+
+
 def dispatch_request(ctx: Enrichment, req: EnrichRequest) -> None:
+    """Start the run and publish one task per chosen source. The start is a compare-and-set on the run as read
+    (a create for a run not recorded): a close or another start landing between the read and the write makes it
+    refuse, and the run is read again and judged again by the same rules, at most START_ATTEMPTS times."""
     runtime = ctx.runtime
-    existing = runs.get_run(runtime.documents, req.run_id)
-    if existing and existing.get("status") in ("running", "done") and existing.get("dispatched"):
-        return  # a redelivery: tasks were published already
-    if existing and existing.get("status") == "done" and not existing.get("reason"):
-        # Closed with its verdict, its dispatcher having died before marking it dispatched: a redelivery too.
-        # Only a run closed as never dispatched (it has a reason) is started by a late request.
-        return
-    auto = req.origin == "ingest"
-    chosen, skipped = dispatch.select(
-        ctx.settings.enabled(),
-        ioc_type=req.ioc_type,
-        tlp=req.tlp,
-        warninglisted=bool(req.warninglists),
-        force=req.force,
-        wanted=req.sources,
-        usable_key=ctx.keys.usable,
-        implemented=ctx.reliability().keys(),
-        auto=auto,
-    )
-    if auto and not chosen:
-        return  # nothing to auto-enrich: no run is recorded
-    if existing is None:
-        runs.create_run(runtime.documents, _run_document(req))
-    deadline = time.time() + ctx.settings.run_deadline_seconds
-    runs.start_run(runtime.documents, req.run_id, expected=chosen, skipped=skipped, deadline_at=deadline)
+    selection: tuple[list[str], dict[str, str]] | None = None
+    for _ in range(START_ATTEMPTS):
+        read = runs.get_run_versioned(runtime.documents, req.run_id)
+        if _started_already(read.data if read else None):
+            return
+        if selection is None:
+            selection = dispatch.select(
+                ctx.settings.enabled(),
+                ioc_type=req.ioc_type,
+                tlp=req.tlp,
+                warninglisted=bool(req.warninglists),
+                force=req.force,
+                wanted=req.sources,
+                usable_key=ctx.keys.usable,
+                implemented=ctx.reliability().keys(),
+                auto=req.origin == "ingest",
+            )
+        chosen, skipped = selection
+        if req.origin == "ingest" and not chosen:
+            return  # nothing to auto-enrich: no run is recorded
+        deadline = time.time() + ctx.settings.run_deadline_seconds
+        if read is None:
+            started = runs.create_started_run(runtime.documents, _run_document(req), expected=chosen, skipped=skipped, deadline_at=deadline)
+        else:
+            started = runs.start_run(
+                runtime.documents, req.run_id, version=read.version, expected=chosen, skipped=skipped, deadline_at=deadline
+            )
+        if started:
+            break
+        tf_logging.log(log, logging.INFO, "enrichment run written since it was read: read again", run_id=req.run_id)
+    else:
+        raise RetryableError(f"enrichment run {req.run_id} was written by others on each of {START_ATTEMPTS} starts; delivered again")
     for name in chosen:
         task = Task(req.run_id, req.ioc_id, req.ioc_type, req.value, name, force=req.force)
         ctx.publish(TOPIC_TASKS, task.to_json(), source=name, run_id=req.run_id)

@@ -8,8 +8,10 @@ verdict, score, timed_out and closed_at once closed (closing.py), and a reason w
 was closed without being dispatched. Results themselves are rows in PostgreSQL (one
 per run and source).
 
-The sweeps (closing.py) change a run they read only if nobody wrote it since: their writes
-are compare-and-sets on the version read with the run (get_run_versioned).
+Every writer of a run's status changes it only if nobody wrote it since: the sweeps' and
+closers' writes (closing.py) and enrich-dispatch's start (start_run) are compare-and-sets on
+the version read with the run (get_run_versioned); a run the dispatcher found absent is
+created started (create_started_run), which fails if it was recorded meanwhile.
 SWEEPS/OVERDUE_CURSOR holds where the overdue sweep's next page starts.
 """
 
@@ -49,14 +51,26 @@ def update_run_if_unchanged(docs: DocumentStore, run_id: str, fields: Mapping[st
     return docs.update_if_unchanged(RUNS, run_id, fields, version=version)
 
 
-def start_run(docs: DocumentStore, run_id: str, *, expected: Sequence[str], skipped: Mapping[str, str], deadline_at: float) -> None:
-    docs.set(
-        RUNS,
-        run_id,
-        # reason: a run closed as never dispatched that a late request (a replayed dead letter) starts after all
-        {"status": "running", "expected": list(expected), "skipped": dict(skipped), "deadline_at": deadline_at, "reason": None},
-        merge=True,
-    )
+def _started(expected: Sequence[str], skipped: Mapping[str, str], deadline_at: float) -> dict[str, Any]:
+    # reason: a run closed as never dispatched that a late request (a replayed dead letter) starts after all
+    return {"status": "running", "expected": list(expected), "skipped": dict(skipped), "deadline_at": deadline_at, "reason": None}
+
+
+def start_run(
+    docs: DocumentStore, run_id: str, *, version: str, expected: Sequence[str], skipped: Mapping[str, str], deadline_at: float
+) -> bool:
+    """Start the run as read at `version` (get_run_versioned): a compare-and-set, so a close (the sweeps',
+    enrich-aggregate's) or another start landing since that read is never overwritten. False, and nothing
+    written, when the run was written or deleted since: the caller reads it again and decides again."""
+    return update_run_if_unchanged(docs, run_id, _started(expected, skipped, deadline_at), version=version) is not None
+
+
+def create_started_run(
+    docs: DocumentStore, run: Mapping[str, Any], *, expected: Sequence[str], skipped: Mapping[str, str], deadline_at: float
+) -> bool:
+    """A run nobody recorded (auto-enrichment on ingest publishes no run first), created already started.
+    False, and nothing written, when it exists: recorded since the caller found none."""
+    return docs.create(RUNS, str(run["run_id"]), {**run, **_started(expected, skipped, deadline_at)})
 
 
 def overdue_runs(docs: DocumentStore, *, before: float, after: float | None = None, limit: int) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from threatflow.auth import clearance as tlp_clearance
 from threatflow.auth.api import authenticator
 from threatflow.auth.model import Role
 from threatflow.detect.api import model_snapshot
-from threatflow.flows import ingest, repository, search
+from threatflow.flows import ingest, repository, search, upload_markers
 from threatflow.hunting import pipeline
 from threatflow.iocs import repository as ioc_repository
 from threatflow.iocs.types import IocType
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 MAX_PROBLEMS_LISTED = 1000
 _LONG_DIGITS = re.compile(rb"\d{19,}")  # an integer that may not fit 64 bits
 INGEST_JOBS = "flow_ingest_jobs"
-ACTIVE_UPLOADS = "flow_ingest_active"  # per object generation: its queued or running job
 INGEST_TOPIC = "flow-ingest"
 HOST_WINDOW = timedelta(days=30)
 HOST_TOP = 20
@@ -161,20 +160,28 @@ def build_router(runtime: Runtime) -> Router:
         except NotFoundError:
             raise NotFoundError(f"no object {body.object!r} in bucket {bucket!r}; upload it first") from None
         # One active job per object generation: each job reads the whole object (up to 2 GiB), so twenty
-        # posts of one object were twenty full passes. Two posts at the same instant may still make two.
-        active_id = hashlib.sha256(f"{bucket}\n{body.object}\n{generation}".encode()).hexdigest()[:32]
-        active = runtime.documents.get(ACTIVE_UPLOADS, active_id)
-        if active is not None:
-            existing = runtime.documents.get(INGEST_JOBS, str(active.get("job_id")))
-            if existing is not None and existing.get("state") in ("queued", "running"):
-                if not readable_job(request, existing):  # its id and progress are its owner's (and admins')
-                    raise ConflictError(
-                        f"object {body.object!r} (this generation) is already being ingested by another user's job;"
-                        " its events are stored once; post again after that job ends, or upload the file again"
-                    )
-                return Response({**existing, "status_url": f"/api/v1/flows/uploads/{existing['job_id']}", "deduplicated": True}, status=202)
+        # posts of one object were twenty full passes. The marker is claimed atomically (upload_markers):
+        # of requests at the same instant only the one that claims it queues a job.
+        active_id = upload_markers.marker_id(bucket, body.object, generation)
         job_id = uuid.uuid4().hex
         created = runtime.clock.now()
+        existing = upload_markers.claim(
+            runtime.documents,
+            active_id,
+            job_id=job_id,
+            bucket=bucket,
+            name=body.object,
+            generation=generation,
+            requested_by=request.principal.username if request.principal else None,
+            now=created,
+        )
+        if existing is not None:
+            if not readable_job(request, existing):  # its id and progress are its owner's (and admins')
+                raise ConflictError(
+                    f"object {body.object!r} (this generation) is already being ingested by another user's job;"
+                    " its events are stored once; post again after that job ends, or upload the file again"
+                )
+            return Response({**existing, "status_url": f"/api/v1/flows/uploads/{existing['job_id']}", "deduplicated": True}, status=202)
         job = {
             "job_id": job_id,
             "state": "queued",
@@ -188,13 +195,18 @@ def build_router(runtime: Runtime) -> Router:
             "updated_at": created,  # a job nothing runs is found by recover-stalled-flow-ingest-jobs from here
             "requested_by": request.principal.username if request.principal else None,
         }
-        runtime.documents.set(INGEST_JOBS, job_id, job)
         try:
-            runtime.publisher.publish(INGEST_TOPIC, events.encode({"job_id": job_id}), {"job_id": job_id})
+            runtime.documents.set(INGEST_JOBS, job_id, job)
+            try:
+                runtime.publisher.publish(INGEST_TOPIC, events.encode({"job_id": job_id}), {"job_id": job_id})
+            except Exception:
+                runtime.documents.delete(INGEST_JOBS, job_id)  # nothing will run it: no job left "queued" forever
+                raise
         except Exception:
-            runtime.documents.delete(INGEST_JOBS, job_id)  # nothing will run it: no job left "queued" forever
+            # The next post of the object claims it at once; a marker left here would be taken over after its grace.
+            with contextlib.suppress(Exception):
+                upload_markers.release(runtime.documents, active_id, job_id=job_id)
             raise
-        runtime.documents.set(ACTIVE_UPLOADS, active_id, {"job_id": job_id, "object": body.object, "generation": generation})
         return Response({**job, "status_url": f"/api/v1/flows/uploads/{job_id}"}, status=202)
 
     @router.route("GET", "/api/v1/flows/uploads/{job_id}", role=Role.READER)
