@@ -38,6 +38,24 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _cheap_password_hashing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside the unit tests (which keep the product's RFC 9106 profile, tests/unit/test_passwords.py),
+    Argon2id runs with its smallest cost: the integration tests create and log in users in almost every
+    fixture, and at ~0.16 s a hash or verify that alone was minutes of CI. Same library and code path;
+    stored hashes carry their parameters, so a stack subprocess verifies them as any other."""
+    if "tests/unit/" in request.node.path.as_posix():
+        return
+    from argon2 import PasswordHasher
+
+    from threatflow.auth import passwords
+
+    cheap = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+    dummy = cheap.hash("dummy password for timing equalisation")
+    monkeypatch.setattr(passwords, "_hasher", lambda: cheap)
+    monkeypatch.setattr(passwords, "_dummy_hash", lambda: dummy)
+
+
+@pytest.fixture(autouse=True)
 def _restore_environ() -> Iterator[None]:
     saved = dict(os.environ)
     yield
