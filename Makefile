@@ -60,7 +60,8 @@ status: venv
 	$(BIN)/threatflow devstack status
 
 ## The test command: unit, integration and end-to-end tests on this run's own services.
-test: venv tools
+test:  # the two venvs are independent: built side by side (-j2), which saves CI most of the shorter one
+	@$(MAKE) --no-print-directory -j2 venv tools
 	CHECKOV_BIN=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: venv

@@ -191,6 +191,9 @@ def backend_env(
         "PUSH_AUTH_TOKEN": secrets.token_urlsafe(24),
         # Tests log in many times in a row on one instance; the hashing budget has its own test.
         "LOGIN_HASH_SHARE_PERCENT": "100",
+        # The bridge's hourly enrichment budget is one row per hour for the whole run's database: a test
+        # about the bridge must not depend on what earlier tests spent (the budget has its own test).
+        "FLOWS_BRIDGE_ENRICH_PER_HOUR": "1000000",
         # The intel sources section, as Terraform and the local stack give it to the enrichment functions.
         **_sources_env(),
         **redis_server.env,

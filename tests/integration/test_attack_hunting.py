@@ -323,14 +323,20 @@ def test_the_bridge_queues_at_most_its_hourly_enrichment_budget_most_probable_fi
     subscriber = pubsub_v1.SubscriberClient()
     subscription = subscriber.subscription_path(PROJECT, f"bridge-budget-{uuid.uuid4().hex[:8]}")
     subscriber.create_subscription(name=subscription, topic=f"projects/{PROJECT}/topics/ioc-enrichment-requested")
+    from threatflow.adapters.postgres import create_engine, unit_of_work
+    from threatflow.platform.config import Settings
+
+    engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
+    with unit_of_work(engine) as conn:  # this hour's budget, whatever earlier tests spent
+        conn.exec_driver_sql("DELETE FROM flow_bridge_enrichment")
     bridging = function_client("flows", FLOWS_BRIDGE_THRESHOLD="0.05", FLOWS_BRIDGE_ENRICH_PER_HOUR="5")
     attacks = [f for f in json_flows(2000, seed=42) if f["label"] == 1][:40]
-    first = [{**flow, "srcip": f"175.45.176.{i + 1}"} for i, flow in enumerate(attacks)]
+    first = [{**flow, "srcip": f"45.146.164.{i + 1}"} for i, flow in enumerate(attacks)]  # public, and no other test's
     body = bridging.post("/api/v1/flows/batch", json={"flows": first}, headers=api.headers["analyst"]).get_json()
     created = body["bridge"]["iocs_created"]
     assert created > 5, body["bridge"]
     assert (body["bridge"]["enrichment_requested"], body["bridge"]["enrichment_over_budget"]) == (5, created - 5), body["bridge"]
-    second = [{**flow, "srcip": f"175.45.177.{i + 1}"} for i, flow in enumerate(attacks)]
+    second = [{**flow, "srcip": f"45.146.165.{i + 1}"} for i, flow in enumerate(attacks)]
     again = bridging.post("/api/v1/flows/batch", json={"flows": second}, headers=api.headers["analyst"]).get_json()["bridge"]
     assert again["iocs_created"] > 0 and again["enrichment_requested"] == 0, again  # this hour's budget is spent
     assert again["enrichment_over_budget"] == again["iocs_created"]
@@ -346,12 +352,8 @@ def test_the_bridge_queues_at_most_its_hourly_enrichment_budget_most_probable_fi
         if len(queued) >= 5:
             break
     assert len(queued) == 5, queued
-    from threatflow.adapters.postgres import create_engine
-    from threatflow.platform.config import Settings
-
-    engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
     with engine.connect() as conn:
-        rows = conn.exec_driver_sql("SELECT id, confidence FROM iocs WHERE value LIKE '175.45.176.%'").all()
+        rows = conn.exec_driver_sql("SELECT id, confidence FROM iocs WHERE value LIKE '45.146.164.%'").all()
     engine.dispose()
     made = {int(i): int(c) for i, c in rows}
     assert set(queued) <= set(made)

@@ -131,7 +131,7 @@ def test_fifty_concurrent_requests_make_one_call_per_source_and_ttl_and_force(pi
 
 def test_a_429_storm_defers_and_never_dead_letters(pipeline):
     fake = pipeline["fake"]
-    fake.set_scenario("virustotal", "rate_limited", duration=30, retry_after=3)
+    fake.set_scenario("virustotal", "rate_limited", duration=12, retry_after=1)  # ~12 cool-downs: more than the 5 delivery attempts
     values = ["178.128.78.235", "196.218.123.202", "8.8.4.4", "1.0.0.1", "9.9.9.9"]
     started = [enrich(pipeline, v, sources=["virustotal"]) for v in values]
     finished = [wait_run(pipeline, s["run_id"], timeout=90) for s in started]
