@@ -9,6 +9,7 @@ topic) is delivered by a healthy instance, in the orders the interleavings allow
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import time
 import uuid
@@ -420,7 +421,8 @@ def test_a_live_delivery_renews_its_lease_so_copies_of_its_message_never_run_bes
             answers.append("lease held")
     live.join()
     assert time.monotonic() - began > handlers.LEASE_SECONDS + 1  # the run outlived its lease
-    assert answers[-1] in ("lease held", "succeeded") and set(answers[:-1]) == {"lease held"}, answers
+    held = len(answers) - len(list(itertools.takewhile(lambda a: a == "succeeded", reversed(answers))))
+    assert held >= 2 and set(answers[:held]) == {"lease held"}, answers  # "succeeded" only once the job has
     job = worker.job(job_id)
     assert job["deliveries"] == 1, job
     _stored_once(backend_env, job)
@@ -578,7 +580,10 @@ def test_the_hash_pass_renews_the_lease(worker, backend_env, monkeypatch):
             answers.append("lease held")
     live.join()
     assert time.monotonic() - began > 2 * handlers.LEASE_SECONDS and len(opened) == 2, opened
-    assert set(answers[:-1]) == {"lease held"} and answers[-1] in ("lease held", "succeeded"), answers
+    # While the live delivery runs, every copy finds the lease held; once its job has succeeded (the thread may
+    # still be finishing), copies are acked as finished: "lease held" then, at the end only, "succeeded".
+    held = len(answers) - len(list(itertools.takewhile(lambda a: a == "succeeded", reversed(answers))))
+    assert held >= 2 and set(answers[:held]) == {"lease held"}, answers
     job = worker.job(job_id)
     assert job["deliveries"] == 1, job
     _stored_once(backend_env, job)
