@@ -90,3 +90,13 @@ def stack_token(stack: dict, username: str, password: str) -> dict[str, str]:
     response = requests.post(f"{stack['url']}/api/v1/auth/token", json={"username": username, "password": password}, timeout=30)
     assert response.status_code == 200, response.text
     return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def clear_enrichment_runs(documents: Any) -> None:
+    """Delete every enrichment run and the overdue sweep's page cursor: other tests' runs share the emulator."""
+    from threatflow.enrichment import runs
+
+    while stale := documents.query(runs.RUNS, limit=500):
+        for doc in stale:
+            documents.delete(runs.RUNS, doc["id"])
+    documents.delete(runs.SWEEPS, runs.OVERDUE_CURSOR)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from helpers import push_envelope, push_envelope_of
+from helpers import clear_enrichment_runs, push_envelope, push_envelope_of
 
 pytestmark = pytest.mark.integration
 PROJECT = "threatflow-test"
@@ -23,15 +23,11 @@ JOB = "close-overdue-enrichment-runs"
 
 @pytest.fixture
 def env(backend_env, function_client):
-    from threatflow.enrichment import runs
     from threatflow.runtime import Runtime
 
     runtime = Runtime.from_env()
     docs = runtime.documents
-    while stale := docs.query(runs.RUNS, limit=500):  # other tests' runs share the emulator
-        for doc in stale:
-            docs.delete(runs.RUNS, doc["id"])
-    docs.delete(runs.SWEEPS, runs.OVERDUE_CURSOR)  # and so does the overdue sweep's page cursor
+    clear_enrichment_runs(docs)
     yield {"runtime": runtime, "docs": docs, "maintenance": function_client("maintenance")}
     runtime.engine.dispose()
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from helpers import clear_enrichment_runs
 
 pytestmark = pytest.mark.integration
 PROJECT = "threatflow-test"
@@ -22,14 +23,10 @@ VALUE = "45.95.147.70"
 def runtime(backend_env):
     from google.cloud import pubsub_v1
 
-    from threatflow.enrichment import runs
     from threatflow.runtime import Runtime
 
     runtime = Runtime.from_env()
-    while stale := runtime.documents.query(runs.RUNS, limit=500):  # other tests' runs share the emulator
-        for doc in stale:
-            runtime.documents.delete(runs.RUNS, doc["id"])
-    runtime.documents.delete(runs.SWEEPS, runs.OVERDUE_CURSOR)
+    clear_enrichment_runs(runtime.documents)
     publisher = pubsub_v1.PublisherClient()
     for topic in ("enrichment-tasks", "enrichment-completed", "ioc-enrichment-requested"):
         with contextlib.suppress(Exception):  # already made by an earlier test in this run

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import push_envelope
+from helpers import clear_enrichment_runs, push_envelope
 
 pytestmark = pytest.mark.integration
 
@@ -188,14 +188,10 @@ def test_a_remembered_refusal_ends_no_later_than_redis_s(function_client, backen
 
 @pytest.fixture
 def enrichment(backend_env):
-    from threatflow.enrichment import runs
     from threatflow.runtime import Runtime
 
     runtime = Runtime.from_env()
-    while stale := runtime.documents.query(runs.RUNS, limit=500):  # other tests' runs share the emulator
-        for doc in stale:
-            runtime.documents.delete(runs.RUNS, doc["id"])
-    runtime.documents.delete(runs.SWEEPS, runs.OVERDUE_CURSOR)
+    clear_enrichment_runs(runtime.documents)
     yield runtime
     runtime.engine.dispose()
 
