@@ -1,7 +1,7 @@
 """Property-based fuzzing of every route of every HTTP function (Hypothesis).
 
 Shared by tests/integration/test_fuzz_routes.py (a bounded budget in the test
-command) and tests/perf/bench_fuzz_routes.py (a larger budget, prints counts).
+command) and tests/perf/bench_gateway_limits.py (through the gateway, prints counts).
 The property: whatever the method, path parameters, query, headers and body,
 the answer is never a 5xx and every error is JSON.
 """

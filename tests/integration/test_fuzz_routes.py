@@ -1,7 +1,8 @@
 """Issue 7: every route of every HTTP function, fuzzed (Hypothesis): never a 5xx, errors always JSON.
 
 The budget is bounded (FUZZ_EXAMPLES per function, about a minute in all);
-tests/perf/bench_fuzz_routes.py runs a larger one and prints the counts."""
+tests/perf/bench_gateway_limits.py fuzzes through the gateway and prints the counts (run this with -s for
+per-function counts; FUZZ_EXAMPLES raises the budget)."""
 
 import os
 
