@@ -554,13 +554,11 @@ def test_hunting_windows_and_limits_at_their_edges_are_4xx(api, path):
     assert ok.status_code == 200, ok.get_data(as_text=True)[:200]
 
 
-def test_hunting_queries_run_under_a_statement_timeout(api, backend_env, monkeypatch):
+def test_hunting_queries_run_under_a_statement_timeout(api, backend_env, function_client):
     """A query stuck behind a lock (standing in for a hot address's millions of rows) is cancelled by the
     statement timeout and answered with a 400 asking for a narrower window, not held open or a 500."""
-    from threatflow.flows import repository
-
     _ingest(api, json_flows(10, seed=4))
-    monkeypatch.setattr(repository, "HUNT_TIMEOUT_MS", 300)
+    hunting = function_client("flows", FLOWS_HUNT_TIMEOUT_MS="300")
     engine = _engine(backend_env["DATABASE_URL"])
     locked, release = threading.Event(), threading.Event()
 
@@ -582,14 +580,15 @@ def test_hunting_queries_run_under_a_statement_timeout(api, backend_env, monkeyp
             "/api/v1/events/top/attack-categories",
             "/api/v1/events/stats/bytes-by-proto",
         ):
-            response = api.get(path)
+            response = hunting.get(path, headers=api.reader)
             assert response.status_code == 400, (path, response.status_code, response.get_data(as_text=True)[:300])
             assert "narrow from/to" in response.get_json()["error"]["message"]
     finally:
         release.set()
         holder.join()
         engine.dispose()
-    assert api.get("/api/v1/events/hosts/1.2.3.4").status_code == 200  # the timeout was the transaction's own (SET LOCAL)
+    # the timeout was the transaction's own (SET LOCAL)
+    assert hunting.get("/api/v1/events/hosts/1.2.3.4", headers=api.reader).status_code == 200
 
 
 def test_host_view_hides_an_ioc_above_the_callers_clearance_in_every_spelling(api, backend_env, function_client):
