@@ -8,7 +8,6 @@ concurrent uploads of one object. Tests that need the shared data skip with a me
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import threading
 import uuid
@@ -16,8 +15,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from flows_support import json_flows, publish, trained_model
-from helpers import create_user, push_envelope
+from flows_support import flows_api, json_flows
+from helpers import push_envelope
 
 pytestmark = pytest.mark.integration
 PROJECT = "threatflow-test"
@@ -26,36 +25,7 @@ UPLOADS = "threatflow-uploads"
 
 @pytest.fixture
 def api(function_client, backend_env):
-    from google.cloud import pubsub_v1
-
-    from threatflow.adapters.storage import GcsBlobs
-    from threatflow.flows import ingest
-
-    ingest.forget_partitions()
-    publish(GcsBlobs(PROJECT), trained_model())
-    publisher = pubsub_v1.PublisherClient()
-    for name in ("ioc-enrichment-requested", "flow-ingest"):
-        with contextlib.suppress(Exception):  # already made by an earlier test in this run
-            publisher.create_topic(name=publisher.topic_path(PROJECT, name))
-    tokens: dict[str, dict[str, str]] = {"anonymous": {}}
-    for role in ("reader", "analyst", "admin"):
-        password = create_user(backend_env["DATABASE_URL"], f"{role}h", role)
-        body = function_client("auth").post("/api/v1/auth/token", json={"username": f"{role}h", "password": password}).get_json()
-        tokens[role] = {"Authorization": f"Bearer {body['access_token']}"}
-    flows = function_client("flows")
-
-    class Api:
-        headers = tokens
-        client = flows
-        detect = function_client("detect")
-
-        def post(self, path: str, body: Any, role: str = "analyst") -> Any:
-            return flows.post(path, json=body, headers=tokens[role])
-
-        def get(self, path: str, role: str = "reader", **kwargs: Any) -> Any:
-            return flows.get(path, headers=tokens[role], **kwargs)
-
-    return Api()
+    return flows_api(function_client, backend_env["DATABASE_URL"], roles=("reader", "analyst", "admin"))
 
 
 def _sql(url: str, statement: str) -> Any:

@@ -5,7 +5,6 @@ redelivered forever; roles and TLP hold; push endpoints refuse unauthenticated c
 """
 
 import base64
-import contextlib
 import gzip
 import itertools
 import json
@@ -15,7 +14,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from flows_support import json_flows, publish, trained_model
+from flows_support import flows_api, json_flows
 from helpers import create_user, push_envelope
 
 pytestmark = pytest.mark.integration
@@ -25,36 +24,7 @@ UPLOADS = "threatflow-uploads"
 
 @pytest.fixture
 def api(function_client, backend_env):
-    from google.cloud import pubsub_v1
-
-    from threatflow.adapters.storage import GcsBlobs
-    from threatflow.flows import ingest
-
-    ingest.forget_partitions()
-    publish(GcsBlobs(PROJECT), trained_model())
-    publisher = pubsub_v1.PublisherClient()
-    for name in ("ioc-enrichment-requested", "flow-ingest"):
-        with contextlib.suppress(Exception):  # already made by an earlier test in this run
-            publisher.create_topic(name=publisher.topic_path(PROJECT, name))
-    tokens = {}
-    for role in ("analyst", "reader"):
-        password = create_user(backend_env["DATABASE_URL"], f"{role}x", role)
-        body = function_client("auth").post("/api/v1/auth/token", json={"username": f"{role}x", "password": password}).get_json()
-        tokens[role] = {"Authorization": f"Bearer {body['access_token']}"}
-    flows = function_client("flows")
-
-    class Api:
-        analyst = tokens["analyst"]
-        reader = tokens["reader"]
-        client = flows
-
-        def post(self, path, body, headers=None):
-            return flows.post(path, json=body, headers=headers or self.analyst)
-
-        def get(self, path, headers=None, **kwargs):
-            return flows.get(path, headers=headers or self.reader, **kwargs)
-
-    return Api()
+    return flows_api(function_client, backend_env["DATABASE_URL"])
 
 
 def _engine(url):
