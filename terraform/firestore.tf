@@ -14,101 +14,70 @@ resource "google_firestore_database" "default" {
 
 # Composite indexes of the Firestore queries that need one; Firestore builds the
 # single-field indexes itself. The emulator needs none, so a missing index here
-# only shows in the cloud: tests/unit/enrichment/test_overdue_index.py checks it.
-
-# enrichment/runs.py overdue_runs: status == "running" AND deadline_at < now, by deadline_at
-# (the close-overdue-enrichment-runs maintenance job).
-resource "google_firestore_index" "enrichment_runs_overdue" {
-  project    = var.project_id
-  database   = "(default)"
-  collection = "enrichment_runs"
-  depends_on = [google_firestore_database.default]
-
-  fields {
-    field_path = "status"
-    order      = "ASCENDING"
-  }
-
-  fields {
-    field_path = "deadline_at"
-    order      = "ASCENDING"
-  }
-}
-
-# enrichment/runs.py queued_runs: status == "queued" AND created_at < now - 30 min, by created_at
-# (runs never dispatched, swept by the close-overdue-enrichment-runs maintenance job).
-resource "google_firestore_index" "enrichment_runs_queued" {
-  project    = var.project_id
-  database   = "(default)"
-  collection = "enrichment_runs"
-  depends_on = [google_firestore_database.default]
-
-  fields {
-    field_path = "status"
-    order      = "ASCENDING"
-  }
-
-  fields {
-    field_path = "created_at"
-    order      = "ASCENDING"
+# only shows in the cloud: tests/unit/enrichment/test_overdue_runs.py checks it.
+# Keyed by a stable name (the resource address); `fields` in index order, all ascending.
+locals {
+  firestore_indexes = {
+    # enrichment/runs.py overdue_runs: status == "running" AND deadline_at < now, by deadline_at
+    # (the close-overdue-enrichment-runs maintenance job).
+    enrichment_runs_overdue = { collection = "enrichment_runs", fields = ["status", "deadline_at"] }
+    # enrichment/runs.py queued_runs: status == "queued" AND created_at < now - 30 min, by created_at
+    # (runs never dispatched, swept by the close-overdue-enrichment-runs maintenance job).
+    enrichment_runs_queued = { collection = "enrichment_runs", fields = ["status", "created_at"] }
+    # enrichment/runs.py requeued_runs: status == "requeued" AND redispatched_at < now - 30 min, by redispatched_at
+    # (runs whose request the same job published again and that are still not started).
+    enrichment_runs_requeued = { collection = "enrichment_runs", fields = ["status", "redispatched_at"] }
+    # flows/ingest_jobs.py stalled_jobs: state IN ("queued", "running") AND updated_at < now - stall age,
+    # by updated_at (the recover-stalled-flow-ingest-jobs maintenance job).
+    flow_ingest_jobs_stalled = { collection = "flow_ingest_jobs", fields = ["state", "updated_at"] }
+    # flows/ingest_jobs.py unwritten_jobs: state IN ("queued", "running") AND created_at < now - stall age,
+    # by created_at (jobs an earlier version queued or ran without `updated_at`, which stalled_jobs cannot see).
+    flow_ingest_jobs_unwritten = { collection = "flow_ingest_jobs", fields = ["state", "created_at"] }
   }
 }
 
-# enrichment/runs.py requeued_runs: status == "requeued" AND redispatched_at < now - 30 min, by redispatched_at
-# (runs whose request the same job published again and that are still not started).
-resource "google_firestore_index" "enrichment_runs_requeued" {
+resource "google_firestore_index" "composite" {
+  for_each = local.firestore_indexes
+
   project    = var.project_id
   database   = "(default)"
-  collection = "enrichment_runs"
+  collection = each.value.collection
   depends_on = [google_firestore_database.default]
 
-  fields {
-    field_path = "status"
-    order      = "ASCENDING"
-  }
-
-  fields {
-    field_path = "redispatched_at"
-    order      = "ASCENDING"
+  dynamic "fields" {
+    for_each = each.value.fields
+    content {
+      field_path = fields.value
+      order      = "ASCENDING"
+    }
   }
 }
 
-# flows/ingest_jobs.py stalled_jobs: state IN ("queued", "running") AND updated_at < now - stall age,
-# by updated_at (the recover-stalled-flow-ingest-jobs maintenance job).
-resource "google_firestore_index" "flow_ingest_jobs_stalled" {
-  project    = var.project_id
-  database   = "(default)"
-  collection = "flow_ingest_jobs"
-  depends_on = [google_firestore_database.default]
-
-  fields {
-    field_path = "state"
-    order      = "ASCENDING"
-  }
-
-  fields {
-    field_path = "updated_at"
-    order      = "ASCENDING"
-  }
+# The indexes were one resource each; an index cannot be changed in place, so without these
+# Terraform would delete and rebuild every one (the sweeps fail in the cloud until it is built).
+moved {
+  from = google_firestore_index.enrichment_runs_overdue
+  to   = google_firestore_index.composite["enrichment_runs_overdue"]
 }
 
-# flows/ingest_jobs.py unwritten_jobs: state IN ("queued", "running") AND created_at < now - stall age,
-# by created_at (jobs an earlier version queued or ran without `updated_at`, which stalled_jobs cannot see).
-resource "google_firestore_index" "flow_ingest_jobs_unwritten" {
-  project    = var.project_id
-  database   = "(default)"
-  collection = "flow_ingest_jobs"
-  depends_on = [google_firestore_database.default]
+moved {
+  from = google_firestore_index.enrichment_runs_queued
+  to   = google_firestore_index.composite["enrichment_runs_queued"]
+}
 
-  fields {
-    field_path = "state"
-    order      = "ASCENDING"
-  }
+moved {
+  from = google_firestore_index.enrichment_runs_requeued
+  to   = google_firestore_index.composite["enrichment_runs_requeued"]
+}
 
-  fields {
-    field_path = "created_at"
-    order      = "ASCENDING"
-  }
+moved {
+  from = google_firestore_index.flow_ingest_jobs_stalled
+  to   = google_firestore_index.composite["flow_ingest_jobs_stalled"]
+}
+
+moved {
+  from = google_firestore_index.flow_ingest_jobs_unwritten
+  to   = google_firestore_index.composite["flow_ingest_jobs_unwritten"]
 }
 
 # flows/upload_markers.py: the markers of POST /api/v1/flows/uploads (one active job per object generation)

@@ -1,8 +1,11 @@
-"""Shared helpers for the flow tests: a small model trained once on dev data, published to the emulator bucket."""
+"""Shared helpers for the flow tests: a small model trained once on dev data, published to the emulator bucket,
+and the flows function signed in per role."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -10,6 +13,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent / "perf"))
 
 MODELS_BUCKET = "threatflow-models"
+PROJECT = "threatflow-test"
 _TRAINED: dict[str, Any] = {}
 
 
@@ -66,3 +70,71 @@ def json_flows(count: int, *, seed: int = 11) -> list[dict[str, Any]]:
                 item[key] = float(value) if "." in value or "e" in value.lower() else int(value)
         out.append(item)
     return out
+
+
+def emptied_models_bucket(project: str) -> Any:
+    """The emulator's models bucket (GcsBlobs) with no flow model in it: no serving pointer, no published version."""
+    from threatflow.adapters.storage import GcsBlobs
+
+    store = GcsBlobs(project)
+    for name in store.list(MODELS_BUCKET, prefix="flows/"):
+        store.delete(MODELS_BUCKET, name)
+    return store
+
+
+class FlowsApi:
+    """The flows function's test client with a bearer token per role (`headers`, plus "anonymous": none).
+
+    post() sends as the analyst and get() as the reader unless given another role or headers."""
+
+    def __init__(self, client: Any, headers: dict[str, dict[str, str]], function_client: Callable[..., Any]) -> None:
+        self.client = client
+        self.headers = headers
+        self._function_client = function_client
+        self._detect: Any = None
+
+    @property
+    def analyst(self) -> dict[str, str]:
+        return self.headers["analyst"]
+
+    @property
+    def reader(self) -> dict[str, str]:
+        return self.headers["reader"]
+
+    @property
+    def detect(self) -> Any:
+        """The detect function's test client, loaded on first use."""
+        if self._detect is None:
+            self._detect = self._function_client("detect")
+        return self._detect
+
+    def post(self, path: str, body: Any, role: str = "analyst", headers: dict[str, str] | None = None) -> Any:
+        return self.client.post(path, json=body, headers=self.headers[role] if headers is None else headers)
+
+    def get(self, path: str, role: str = "reader", headers: dict[str, str] | None = None, **kwargs: Any) -> Any:
+        return self.client.get(path, headers=self.headers[role] if headers is None else headers, **kwargs)
+
+
+def flows_api(function_client: Callable[..., Any], database_url: str, *, roles: tuple[str, ...] = ("reader", "analyst")) -> FlowsApi:
+    """What the flows tests start from: the tiny model promoted, the topics the flows functions publish to,
+    and one user per role signed in (`flows-<role>`)."""
+    from google.cloud import pubsub_v1
+    from helpers import create_user
+
+    from threatflow.adapters.storage import GcsBlobs
+    from threatflow.flows import ingest
+
+    ingest.forget_partitions()
+    publish(GcsBlobs(PROJECT), trained_model())
+    publisher = pubsub_v1.PublisherClient()
+    for name in ("ioc-enrichment-requested", "flow-ingest"):
+        with contextlib.suppress(Exception):  # already made by an earlier test in this run
+            publisher.create_topic(name=publisher.topic_path(PROJECT, name))
+    headers: dict[str, dict[str, str]] = {"anonymous": {}}
+    auth = function_client("auth")
+    for role in roles:
+        username = f"flows-{role}"
+        password = create_user(database_url, username, role)
+        body = auth.post("/api/v1/auth/token", json={"username": username, "password": password}).get_json()
+        headers[role] = {"Authorization": f"Bearer {body['access_token']}"}
+    return FlowsApi(function_client("flows"), headers, function_client)

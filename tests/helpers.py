@@ -6,6 +6,7 @@ import base64
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -100,3 +101,53 @@ def clear_enrichment_runs(documents: Any) -> None:
         for doc in stale:
             documents.delete(runs.RUNS, doc["id"])
     documents.delete(runs.SWEEPS, runs.OVERDUE_CURSOR)
+
+
+def enrichment_ioc(runtime: Any, value: str) -> int:
+    """The id of the IoC `value`, stored the way an enrichment request for a new value stores it."""
+    from threatflow.adapters.postgres import unit_of_work
+    from threatflow.intel import enrichment as intel_enrichment
+
+    policies = runtime.decay_policies().get()
+    with unit_of_work(runtime.engine) as conn:
+        ioc = intel_enrichment.resolve_ioc(conn, value, None, where="value", now=datetime.now(UTC), warninglists=None, policies=policies)
+    return int(ioc["id"])
+
+
+def start_enrichment_run(runtime: Any, ioc_id: int, value: str, *, expected: list[str], deadline_in: float) -> str:
+    """A run as enrich-dispatch leaves it (runs.create_run + runs.start_run): running, its expected sources,
+    a deadline `deadline_in` seconds from now (negative: already past). Returns the run id."""
+    from threatflow.enrichment import runs
+
+    run_id = uuid.uuid4().hex
+    runs.create_run(runtime.documents, {"run_id": run_id, "ioc_id": ioc_id, "type": "ipv4", "value": value, "created_at": time.time()})
+    runs.start_run(
+        runtime.documents,
+        run_id,
+        version=runs.get_run_versioned(runtime.documents, run_id).version,
+        expected=expected,
+        skipped={},
+        deadline_at=time.time() + deadline_in,
+    )
+    return run_id
+
+
+def store_enrichment_answer(runtime: Any, run_id: str, ioc_id: int, source: str, *, verdict: str = "malicious", score: int = 95) -> int:
+    """A source's answer stored the way enrich-<source> stores it; returns the rows inserted."""
+    from threatflow.adapters.postgres import unit_of_work
+    from threatflow.enrichment import repository
+
+    row = {
+        "run_id": run_id,
+        "ioc_id": ioc_id,
+        "source": source,
+        "status": "ok",
+        "verdict": verdict,
+        "score": score,
+        "evidence": {"tags": ["botnet"]},
+        "detail": "",
+        "cached": False,
+        "fetched_at": datetime.now(UTC).isoformat(),
+    }
+    with unit_of_work(runtime.engine) as conn:
+        return repository.insert_results(conn, [row])

@@ -8,7 +8,6 @@ concurrent uploads of one object. Tests that need the shared data skip with a me
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import threading
 import uuid
@@ -16,8 +15,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from flows_support import json_flows, publish, trained_model
-from helpers import create_user, push_envelope
+from flows_support import flows_api, json_flows
+from helpers import push_envelope
 
 pytestmark = pytest.mark.integration
 PROJECT = "threatflow-test"
@@ -26,36 +25,7 @@ UPLOADS = "threatflow-uploads"
 
 @pytest.fixture
 def api(function_client, backend_env):
-    from google.cloud import pubsub_v1
-
-    from threatflow.adapters.storage import GcsBlobs
-    from threatflow.flows import ingest
-
-    ingest.forget_partitions()
-    publish(GcsBlobs(PROJECT), trained_model())
-    publisher = pubsub_v1.PublisherClient()
-    for name in ("ioc-enrichment-requested", "flow-ingest"):
-        with contextlib.suppress(Exception):  # already made by an earlier test in this run
-            publisher.create_topic(name=publisher.topic_path(PROJECT, name))
-    tokens: dict[str, dict[str, str]] = {"anonymous": {}}
-    for role in ("reader", "analyst", "admin"):
-        password = create_user(backend_env["DATABASE_URL"], f"{role}h", role)
-        body = function_client("auth").post("/api/v1/auth/token", json={"username": f"{role}h", "password": password}).get_json()
-        tokens[role] = {"Authorization": f"Bearer {body['access_token']}"}
-    flows = function_client("flows")
-
-    class Api:
-        headers = tokens
-        client = flows
-        detect = function_client("detect")
-
-        def post(self, path: str, body: Any, role: str = "analyst") -> Any:
-            return flows.post(path, json=body, headers=tokens[role])
-
-        def get(self, path: str, role: str = "reader", **kwargs: Any) -> Any:
-            return flows.get(path, headers=tokens[role], **kwargs)
-
-    return Api()
+    return flows_api(function_client, backend_env["DATABASE_URL"], roles=("reader", "analyst", "admin"))
 
 
 def _sql(url: str, statement: str) -> Any:
@@ -373,6 +343,46 @@ def fake_intel(monkeypatch):
         monkeypatch.setenv(key, value)
     yield fake
     fake.close()
+
+
+def test_the_flow_retention_job_prunes_old_bridge_budget_hours_and_the_bridge_only_spends(function_client, backend_env):
+    """The bridge deleted the budget's hour rows older than two days in every batch it queued enrichment for:
+    one more statement per ingest for a table that gains one row an hour. The daily flow-retention job
+    prunes them now; the bridge only takes from its hour."""
+    from sqlalchemy import text
+
+    from threatflow.adapters.firestore import FirestoreDocuments
+    from threatflow.adapters.postgres import create_engine, unit_of_work
+    from threatflow.hunting import bridge
+    from threatflow.platform.config import Settings
+
+    at = datetime.now(UTC)
+    hour = at.replace(minute=0, second=0, microsecond=0)
+    old, recent = hour - timedelta(days=3), hour - timedelta(days=1)
+    engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
+
+    def hours() -> dict[datetime, int]:
+        with engine.connect() as conn:
+            return {w: int(q) for w, q in conn.exec_driver_sql("SELECT window_start, queued FROM flow_bridge_enrichment").all()}
+
+    try:
+        with unit_of_work(engine) as conn:
+            conn.exec_driver_sql("DELETE FROM flow_bridge_enrichment")
+            conn.execute(text("INSERT INTO flow_bridge_enrichment VALUES (:old, 7), (:recent, 3)"), {"old": old, "recent": recent})
+        with unit_of_work(engine) as conn:
+            assert bridge.take_enrichment_budget(conn, 4, per_hour=5, now=at) == 4
+        with unit_of_work(engine) as conn:
+            assert bridge.take_enrichment_budget(conn, 4, per_hour=5, now=at) == 1  # the hour's budget, whatever is stored
+        assert hours() == {old: 7, recent: 3, hour: 5}
+
+        run_id = uuid.uuid4().hex
+        push = push_envelope({"schema_version": 1}, {"job": "flow-retention", "run_id": run_id}, "maintenance-push")
+        assert function_client("maintenance").post("/", json=push).status_code == 200
+        run = FirestoreDocuments(PROJECT).get("maintenance_runs", run_id) or {}
+        assert run.get("state") == "succeeded" and run["result"]["bridge_budget_hours_pruned"] == 1, run
+        assert hours() == {recent: 3, hour: 5}
+    finally:
+        engine.dispose()
 
 
 def test_intel_for_an_ipv4_mapped_address_answers_for_the_ipv4_host(fake_intel, api):

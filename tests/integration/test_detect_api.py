@@ -5,6 +5,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
+from flows_support import emptied_models_bucket
 from helpers import create_user
 from ml_helpers import flow_without_targets, sample_rows, small_model
 
@@ -23,12 +24,7 @@ def _now():
 
 @pytest.fixture
 def blobs(backend_env):
-    from threatflow.adapters.storage import GcsBlobs
-
-    store = GcsBlobs(backend_env["GOOGLE_CLOUD_PROJECT"])
-    for name in store.list(BUCKET, prefix="flows/"):
-        store.delete(BUCKET, name)
-    return store
+    return emptied_models_bucket(backend_env["GOOGLE_CLOUD_PROJECT"])
 
 
 def _publish(blobs, version):

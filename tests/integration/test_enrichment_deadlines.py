@@ -10,11 +10,17 @@ import json
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from helpers import clear_enrichment_runs, push_envelope, push_envelope_of
+from helpers import (
+    clear_enrichment_runs,
+    enrichment_ioc,
+    push_envelope,
+    push_envelope_of,
+    start_enrichment_run,
+    store_enrichment_answer,
+)
 
 pytestmark = pytest.mark.integration
 PROJECT = "threatflow-test"
@@ -30,54 +36,6 @@ def env(backend_env, function_client):
     clear_enrichment_runs(docs)
     yield {"runtime": runtime, "docs": docs, "maintenance": function_client("maintenance")}
     runtime.engine.dispose()
-
-
-def _ioc(runtime: Any, value: str) -> int:
-    from threatflow.adapters.postgres import unit_of_work
-    from threatflow.intel import enrichment as intel_enrichment
-
-    policies = runtime.decay_policies().get()
-    with unit_of_work(runtime.engine) as conn:
-        ioc = intel_enrichment.resolve_ioc(conn, value, None, where="value", now=datetime.now(UTC), warninglists=None, policies=policies)
-    return int(ioc["id"])
-
-
-def _start(runtime: Any, ioc_id: int, value: str, *, expected: list[str], deadline_in: float) -> str:
-    """A run as enrich-dispatch leaves it: running, expected sources, a deadline."""
-    from threatflow.enrichment import runs
-
-    run_id = uuid.uuid4().hex
-    runs.create_run(runtime.documents, {"run_id": run_id, "ioc_id": ioc_id, "type": "ipv4", "value": value, "created_at": time.time()})
-    runs.start_run(
-        runtime.documents,
-        run_id,
-        version=runs.get_run_versioned(runtime.documents, run_id).version,
-        expected=expected,
-        skipped={},
-        deadline_at=time.time() + deadline_in,
-    )
-    return run_id
-
-
-def _answer(runtime: Any, run_id: str, ioc_id: int, source: str, *, verdict: str = "malicious", score: int = 95) -> int:
-    """A source's answer stored the way enrich-<source> stores it; returns the rows inserted."""
-    from threatflow.adapters.postgres import unit_of_work
-    from threatflow.enrichment import repository
-
-    row = {
-        "run_id": run_id,
-        "ioc_id": ioc_id,
-        "source": source,
-        "status": "ok",
-        "verdict": verdict,
-        "score": score,
-        "evidence": {"tags": ["botnet"]},
-        "detail": "",
-        "cached": False,
-        "fetched_at": datetime.now(UTC).isoformat(),
-    }
-    with unit_of_work(runtime.engine) as conn:
-        return repository.insert_results(conn, [row])
 
 
 def _rows(runtime: Any, run_id: str) -> dict[str, dict[str, Any]]:
@@ -111,14 +69,14 @@ def test_an_overdue_run_nobody_reads_is_closed_and_others_are_untouched(env):
     from threatflow.enrichment import runs
 
     runtime, docs = env["runtime"], env["docs"]
-    overdue_ioc = _ioc(runtime, "185.220.101.7")
-    overdue = _start(runtime, overdue_ioc, "185.220.101.7", expected=["abuseipdb", "virustotal"], deadline_in=-30)
-    _answer(runtime, overdue, overdue_ioc, "virustotal")  # abuseipdb never answers
-    pending_ioc = _ioc(runtime, "185.220.101.8")
-    pending = _start(runtime, pending_ioc, "185.220.101.8", expected=["abuseipdb", "virustotal"], deadline_in=600)
-    _answer(runtime, pending, pending_ioc, "virustotal")
-    finished_ioc = _ioc(runtime, "185.220.101.9")
-    finished = _start(runtime, finished_ioc, "185.220.101.9", expected=["virustotal"], deadline_in=-30)
+    overdue_ioc = enrichment_ioc(runtime, "185.220.101.7")
+    overdue = start_enrichment_run(runtime, overdue_ioc, "185.220.101.7", expected=["abuseipdb", "virustotal"], deadline_in=-30)
+    store_enrichment_answer(runtime, overdue, overdue_ioc, "virustotal")  # abuseipdb never answers
+    pending_ioc = enrichment_ioc(runtime, "185.220.101.8")
+    pending = start_enrichment_run(runtime, pending_ioc, "185.220.101.8", expected=["abuseipdb", "virustotal"], deadline_in=600)
+    store_enrichment_answer(runtime, pending, pending_ioc, "virustotal")
+    finished_ioc = enrichment_ioc(runtime, "185.220.101.9")
+    finished = start_enrichment_run(runtime, finished_ioc, "185.220.101.9", expected=["virustotal"], deadline_in=-30)
     assert runs.close_run(
         docs, finished, version=docs.get_versioned(runs.RUNS, finished).version, verdict="harmless", score=5, closed_at=123.0
     )
@@ -148,8 +106,8 @@ def test_one_invocation_closes_at_most_its_page_oldest_deadline_first(env):
     from threatflow.enrichment import runs
 
     runtime, docs = env["runtime"], env["docs"]
-    ioc_id = _ioc(runtime, "45.95.147.20")
-    started = [_start(runtime, ioc_id, "45.95.147.20", expected=["virustotal"], deadline_in=-500 + 10 * i) for i in range(5)]
+    ioc_id = enrichment_ioc(runtime, "45.95.147.20")
+    started = [start_enrichment_run(runtime, ioc_id, "45.95.147.20", expected=["virustotal"], deadline_in=-500 + 10 * i) for i in range(5)]
 
     first = _run_job(env, limit=3)
     assert (first["closed"], first["more"], first["limit"]) == (3, True, 3), first
@@ -164,7 +122,9 @@ def test_a_limit_outside_the_bound_fails_the_run_without_closing_anything(env):
     from threatflow.enrichment import closing, runs
 
     runtime, docs = env["runtime"], env["docs"]
-    run_id = _start(runtime, _ioc(runtime, "45.95.147.21"), "45.95.147.21", expected=["virustotal"], deadline_in=-30)
+    run_id = start_enrichment_run(
+        runtime, enrichment_ioc(runtime, "45.95.147.21"), "45.95.147.21", expected=["virustotal"], deadline_in=-30
+    )
     job_run = uuid.uuid4().hex
     data = {"schema_version": 1, "params": {"limit": closing.SWEEP_MAX + 1}}
     push = push_envelope(data, {"job": JOB, "run_id": job_run}, "maintenance-push")
@@ -191,9 +151,9 @@ def test_a_late_answer_racing_the_sweep_closes_the_run_once(env):
     ctx = handlers.context(runtime)
     # A connection per closer, as separate function instances have (a function's own pool holds two).
     engine = create_engine(Settings.from_env({"DATABASE_URL": runtime.settings.database_url, "DB_POOL_SIZE": "6"}))
-    ioc_id = _ioc(runtime, "178.128.78.9")
-    run_id = _start(runtime, ioc_id, "178.128.78.9", expected=["abuseipdb", "virustotal"], deadline_in=-1)
-    _answer(runtime, run_id, ioc_id, "virustotal")
+    ioc_id = enrichment_ioc(runtime, "178.128.78.9")
+    run_id = start_enrichment_run(runtime, ioc_id, "178.128.78.9", expected=["abuseipdb", "virustotal"], deadline_in=-1)
+    store_enrichment_answer(runtime, run_id, ioc_id, "virustotal")
     deps = {
         "documents": docs,
         "engine": engine,
@@ -223,7 +183,7 @@ def test_a_late_answer_racing_the_sweep_closes_the_run_once(env):
     assert done["status"] == "done" and done["timed_out"] == ["abuseipdb"], done
 
     # abuseipdb answers after all, and enrich-aggregate finalizes again: the run stays as it closed.
-    assert _answer(runtime, run_id, ioc_id, "abuseipdb", verdict="harmless", score=0) == 0
+    assert store_enrichment_answer(runtime, run_id, ioc_id, "abuseipdb", verdict="harmless", score=0) == 0
     assert handlers.finalize(ctx, run_id) == done
     assert _rows(runtime, run_id)["abuseipdb"]["status"] == "timeout"
     assert _verdict(runtime, ioc_id)["verdict"] == done["verdict"]
@@ -233,7 +193,7 @@ def test_a_run_whose_ioc_was_deleted_is_closed_not_retried_forever(env):
     from threatflow.enrichment import runs
 
     runtime, docs = env["runtime"], env["docs"]
-    run_id = _start(runtime, 987_654_321, "203.0.113.9", expected=["virustotal"], deadline_in=-30)
+    run_id = start_enrichment_run(runtime, 987_654_321, "203.0.113.9", expected=["virustotal"], deadline_in=-30)
     result = _run_job(env)
     assert (result["closed"], result["failed"]) == (1, 0), result
     run = docs.get(runs.RUNS, run_id)
@@ -307,10 +267,10 @@ def test_a_run_never_dispatched_is_dispatched_again_through_enrich_dispatch(env,
     from threatflow.enrichment import runs
 
     runtime, docs = env["runtime"], env["docs"]
-    ioc_id = _ioc(runtime, "45.95.147.30")
+    ioc_id = enrichment_ioc(runtime, "45.95.147.30")
     stuck = _queued(runtime, ioc_id, "45.95.147.30", age=_stalled())
     recent = _queued(runtime, ioc_id, "45.95.147.30", age=60)  # its request may still be on its way
-    running = _start(runtime, ioc_id, "45.95.147.30", expected=["virustotal"], deadline_in=600)
+    running = start_enrichment_run(runtime, ioc_id, "45.95.147.30", expected=["virustotal"], deadline_in=600)
 
     result = _run_job(env)
     assert (result["closed"], result["more"]) == (0, False), result  # the overdue sweep: nothing due
@@ -344,7 +304,7 @@ def test_a_run_dispatched_again_to_the_cap_or_with_no_request_is_closed_as_never
     from threatflow.enrichment import closing, runs
 
     runtime, docs = env["runtime"], env["docs"]
-    ioc_id = _ioc(runtime, "45.95.147.31")
+    ioc_id = enrichment_ioc(runtime, "45.95.147.31")
     capped = _queued(
         runtime,
         ioc_id,
@@ -372,7 +332,7 @@ def test_one_invocation_dispatches_at_most_limit_queued_runs_oldest_first(env, r
     from threatflow.enrichment import runs
 
     runtime, docs = env["runtime"], env["docs"]
-    ioc_id = _ioc(runtime, "45.95.147.32")
+    ioc_id = enrichment_ioc(runtime, "45.95.147.32")
     stuck = [_queued(runtime, ioc_id, "45.95.147.32", age=_stalled() + 100 - i) for i in range(5)]
 
     first = _run_job(env, limit=3)["queued"]
@@ -397,7 +357,7 @@ def test_a_request_that_cannot_be_published_leaves_no_queued_run(env):
     from threatflow.platform.errors import DependencyError
 
     runtime, docs = env["runtime"], env["docs"]
-    req = EnrichRequest(uuid.uuid4().hex, _ioc(runtime, "45.95.147.33"), "ipv4", "45.95.147.33")
+    req = EnrichRequest(uuid.uuid4().hex, enrichment_ioc(runtime, "45.95.147.33"), "ipv4", "45.95.147.33")
     publisher = pubsub_v1.PublisherClient()
     topic = publisher.topic_path(PROJECT, "ioc-enrichment-requested")
     with contextlib.suppress(Exception):
@@ -450,8 +410,8 @@ def test_a_run_whose_lock_is_held_does_not_stop_the_sweep_closing_the_others(env
 
     runtime, docs = env["runtime"], env["docs"]
     ctx = handlers.context(runtime)
-    stuck = _start(runtime, _ioc(runtime, "45.95.147.30"), "45.95.147.30", expected=["virustotal"], deadline_in=-60)
-    other = _start(runtime, _ioc(runtime, "45.95.147.31"), "45.95.147.31", expected=["virustotal"], deadline_in=-30)
+    stuck = start_enrichment_run(runtime, enrichment_ioc(runtime, "45.95.147.30"), "45.95.147.30", expected=["virustotal"], deadline_in=-60)
+    other = start_enrichment_run(runtime, enrichment_ioc(runtime, "45.95.147.31"), "45.95.147.31", expected=["virustotal"], deadline_in=-30)
     deps = {"documents": docs, "engine": runtime.engine, "now": ctx.now, "reliability": ctx.reliability()}
     with runtime.engine.connect() as lingering:
         repository.lock_run(lingering, stuck)
@@ -474,7 +434,9 @@ def test_a_reader_of_an_overdue_run_another_closer_holds_is_answered_at_once(env
     from threatflow.enrichment import api, handlers, repository
 
     runtime = env["runtime"]
-    run_id = _start(runtime, _ioc(runtime, "45.95.147.32"), "45.95.147.32", expected=["virustotal"], deadline_in=-30)
+    run_id = start_enrichment_run(
+        runtime, enrichment_ioc(runtime, "45.95.147.32"), "45.95.147.32", expected=["virustotal"], deadline_in=-30
+    )
     with runtime.engine.connect() as holder:
         repository.lock_run(holder, run_id)
         holder.commit()
@@ -519,9 +481,9 @@ def test_a_run_a_dispatcher_starts_again_while_the_sweep_closes_it_is_left_as_th
     from threatflow.enrichment import closing, runs
 
     runtime, docs = env["runtime"], env["docs"]
-    ioc_id = _ioc(runtime, "45.95.147.40")
-    run_id = _start(runtime, ioc_id, "45.95.147.40", expected=["abuseipdb", "virustotal"], deadline_in=-30)
-    _answer(runtime, run_id, ioc_id, "virustotal")
+    ioc_id = enrichment_ioc(runtime, "45.95.147.40")
+    run_id = start_enrichment_run(runtime, ioc_id, "45.95.147.40", expected=["abuseipdb", "virustotal"], deadline_in=-30)
+    store_enrichment_answer(runtime, run_id, ioc_id, "virustotal")
     new_deadline = time.time() + 600
 
     def dispatcher_starts_it_again() -> None:
@@ -549,9 +511,9 @@ def test_a_harmless_write_while_closing_makes_the_closer_judge_the_run_again_and
     from threatflow.enrichment import closing, runs
 
     runtime, docs = env["runtime"], env["docs"]
-    ioc_id = _ioc(runtime, "45.95.147.41")
-    run_id = _start(runtime, ioc_id, "45.95.147.41", expected=["abuseipdb", "virustotal"], deadline_in=-30)
-    _answer(runtime, run_id, ioc_id, "virustotal")
+    ioc_id = enrichment_ioc(runtime, "45.95.147.41")
+    run_id = start_enrichment_run(runtime, ioc_id, "45.95.147.41", expected=["abuseipdb", "virustotal"], deadline_in=-30)
+    store_enrichment_answer(runtime, run_id, ioc_id, "virustotal")
 
     def dispatcher_marks_it_dispatched() -> None:
         docs.set(runs.RUNS, run_id, {"dispatched": True}, merge=True)
@@ -598,7 +560,7 @@ def test_a_queued_run_the_dispatcher_starts_after_the_sweep_read_it_is_not_overw
     from threatflow.enrichment import closing, runs
 
     runtime, docs = env["runtime"], env["docs"]
-    ioc_id = _ioc(runtime, "45.95.147.42")
+    ioc_id = enrichment_ioc(runtime, "45.95.147.42")
     fields = {"status": "requeued", "redispatches": closing.MAX_REDISPATCHES, "redispatched_at": time.time() - _stalled()} if capped else {}
     run_id = _queued(runtime, ioc_id, "45.95.147.42", age=3 * _stalled(), **fields)
     racing = _DispatcherAfterRead(docs, run_id)
@@ -619,7 +581,7 @@ def test_a_failed_publish_does_not_undo_a_start_that_came_in_meanwhile(env):
     from threatflow.platform.errors import DependencyError
 
     runtime, docs = env["runtime"], env["docs"]
-    run_id = _queued(runtime, _ioc(runtime, "45.95.147.43"), "45.95.147.43", age=_stalled())
+    run_id = _queued(runtime, enrichment_ioc(runtime, "45.95.147.43"), "45.95.147.43", age=_stalled())
 
     class StartedThenUnreachable:
         def publish(self, topic: str, data: bytes, attributes: Any = None) -> str:
@@ -642,7 +604,7 @@ def test_a_failed_publish_does_not_undo_a_start_that_came_in_meanwhile(env):
         def publish(self, topic: str, data: bytes, attributes: Any = None) -> str:
             raise DependencyError("Pub/Sub is unreachable")
 
-    other = _queued(runtime, _ioc(runtime, "45.95.147.44"), "45.95.147.44", age=_stalled())
+    other = _queued(runtime, enrichment_ioc(runtime, "45.95.147.44"), "45.95.147.44", age=_stalled())
     with pytest.raises(DependencyError):
         closing.sweep_queued(documents=docs, publisher=Unreachable())
     run = docs.get(runs.RUNS, other)
@@ -674,8 +636,8 @@ def test_runs_that_cannot_be_closed_do_not_fill_every_page(env):
             deadline_at=time.time() - 900 + i,
         )
         broken.append(run_id)
-    ioc_id = _ioc(runtime, "45.95.147.45")
-    good = [_start(runtime, ioc_id, "45.95.147.45", expected=["virustotal"], deadline_in=-300 + i) for i in range(2)]
+    ioc_id = enrichment_ioc(runtime, "45.95.147.45")
+    good = [start_enrichment_run(runtime, ioc_id, "45.95.147.45", expected=["virustotal"], deadline_in=-300 + i) for i in range(2)]
 
     ticks = [_run_job(env, limit=2) for _ in range(3)]
 

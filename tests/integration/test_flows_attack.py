@@ -5,7 +5,6 @@ redelivered forever; roles and TLP hold; push endpoints refuse unauthenticated c
 """
 
 import base64
-import contextlib
 import gzip
 import itertools
 import json
@@ -15,7 +14,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from flows_support import json_flows, publish, trained_model
+from flows_support import flows_api, json_flows
 from helpers import create_user, push_envelope
 
 pytestmark = pytest.mark.integration
@@ -25,36 +24,7 @@ UPLOADS = "threatflow-uploads"
 
 @pytest.fixture
 def api(function_client, backend_env):
-    from google.cloud import pubsub_v1
-
-    from threatflow.adapters.storage import GcsBlobs
-    from threatflow.flows import ingest
-
-    ingest.forget_partitions()
-    publish(GcsBlobs(PROJECT), trained_model())
-    publisher = pubsub_v1.PublisherClient()
-    for name in ("ioc-enrichment-requested", "flow-ingest"):
-        with contextlib.suppress(Exception):  # already made by an earlier test in this run
-            publisher.create_topic(name=publisher.topic_path(PROJECT, name))
-    tokens = {}
-    for role in ("analyst", "reader"):
-        password = create_user(backend_env["DATABASE_URL"], f"{role}x", role)
-        body = function_client("auth").post("/api/v1/auth/token", json={"username": f"{role}x", "password": password}).get_json()
-        tokens[role] = {"Authorization": f"Bearer {body['access_token']}"}
-    flows = function_client("flows")
-
-    class Api:
-        analyst = tokens["analyst"]
-        reader = tokens["reader"]
-        client = flows
-
-        def post(self, path, body, headers=None):
-            return flows.post(path, json=body, headers=headers or self.analyst)
-
-        def get(self, path, headers=None, **kwargs):
-            return flows.get(path, headers=headers or self.reader, **kwargs)
-
-    return Api()
+    return flows_api(function_client, backend_env["DATABASE_URL"])
 
 
 def _engine(url):
@@ -554,13 +524,11 @@ def test_hunting_windows_and_limits_at_their_edges_are_4xx(api, path):
     assert ok.status_code == 200, ok.get_data(as_text=True)[:200]
 
 
-def test_hunting_queries_run_under_a_statement_timeout(api, backend_env, monkeypatch):
+def test_hunting_queries_run_under_a_statement_timeout(api, backend_env, function_client):
     """A query stuck behind a lock (standing in for a hot address's millions of rows) is cancelled by the
     statement timeout and answered with a 400 asking for a narrower window, not held open or a 500."""
-    from threatflow.flows import repository
-
     _ingest(api, json_flows(10, seed=4))
-    monkeypatch.setattr(repository, "HUNT_TIMEOUT_MS", 300)
+    hunting = function_client("flows", FLOWS_HUNT_TIMEOUT_MS="300")
     engine = _engine(backend_env["DATABASE_URL"])
     locked, release = threading.Event(), threading.Event()
 
@@ -582,14 +550,15 @@ def test_hunting_queries_run_under_a_statement_timeout(api, backend_env, monkeyp
             "/api/v1/events/top/attack-categories",
             "/api/v1/events/stats/bytes-by-proto",
         ):
-            response = api.get(path)
+            response = hunting.get(path, headers=api.reader)
             assert response.status_code == 400, (path, response.status_code, response.get_data(as_text=True)[:300])
             assert "narrow from/to" in response.get_json()["error"]["message"]
     finally:
         release.set()
         holder.join()
         engine.dispose()
-    assert api.get("/api/v1/events/hosts/1.2.3.4").status_code == 200  # the timeout was the transaction's own (SET LOCAL)
+    # the timeout was the transaction's own (SET LOCAL)
+    assert hunting.get("/api/v1/events/hosts/1.2.3.4", headers=api.reader).status_code == 200
 
 
 def test_host_view_hides_an_ioc_above_the_callers_clearance_in_every_spelling(api, backend_env, function_client):

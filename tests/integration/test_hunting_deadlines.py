@@ -89,14 +89,11 @@ def reader(function_client, backend_env):
     return {"Authorization": f"Bearer {body['access_token']}"}
 
 
-def test_a_host_view_slowed_at_every_step_answers_within_one_budget(function_client, backend_env, reader, engine, monkeypatch):
+def test_a_host_view_slowed_at_every_step_answers_within_one_budget(function_client, backend_env, reader, engine):
     """Real time over HTTP: the first statement waits 1.5 s behind a lock on flow_events, the IoC lookup
     (the seventh) waits behind a lock on iocs. With a 2 s budget the request ends at ~2 s; with a
     2 s timeout per statement it ended at ~3.5 s (1.5 s + the lookup's own 2 s)."""
-    from threatflow.flows import repository
-
-    monkeypatch.setattr(repository, "HUNT_TIMEOUT_MS", 2000)
-    flows = function_client("flows")
+    flows = function_client("flows", FLOWS_HUNT_TIMEOUT_MS="2000")
     assert flows.get("/api/v1/events/hosts/1.2.3.4", headers=reader).status_code == 200  # warm: connections, token cache
     events_locked, iocs_locked, release = threading.Event(), threading.Event(), threading.Event()
 
@@ -126,4 +123,28 @@ def test_a_host_view_slowed_at_every_step_answers_within_one_budget(function_cli
     assert response.status_code == 400, response.get_data(as_text=True)[:300]
     assert "narrow from/to" in response.get_json()["error"]["message"]
     assert 1.4 < took < 2.8, took  # the budget (2 s) and its round trips, not 1.5 s + another 2 s
+    assert flows.get("/api/v1/events/hosts/1.2.3.4", headers=reader).status_code == 200
+
+
+def test_the_wait_for_a_pooled_connection_counts_against_the_deadline(function_client, backend_env, reader):
+    """Every connection of the instance's pool taken (other requests' host views, a slow search): a hunting request
+    waited the pool's own 10 s for one, past its 5 s budget, and then answered a 503. The wait is now part of the
+    budget: the request gives up with it, with the same 400 as a statement that ran out of it."""
+    import sys
+
+    flows = function_client("flows", DB_POOL_SIZE="1", FLOWS_HUNT_TIMEOUT_MS="500")
+    engine = sys.modules["main"].router.runtime.engine  # the instance's own pool: 1 kept, 1 overflow
+    assert flows.get("/api/v1/events/hosts/1.2.3.4", headers=reader).status_code == 200  # warm: token cache
+    held = [engine.connect(), engine.connect()]
+    try:
+        for path in ("/api/v1/events/hosts/1.2.3.4", "/api/v1/events/timeline?srcip=1.2.3.4", "/api/v1/events/top/attack-categories"):
+            began = time.monotonic()
+            response = flows.get(path, headers=reader)
+            took = time.monotonic() - began
+            assert response.status_code == 400, (path, response.status_code, response.get_data(as_text=True)[:300])
+            assert "narrow from/to" in response.get_json()["error"]["message"]
+            assert took < 10, (path, took)  # not the pool's own timeout
+    finally:
+        for conn in held:
+            conn.close()
     assert flows.get("/api/v1/events/hosts/1.2.3.4", headers=reader).status_code == 200

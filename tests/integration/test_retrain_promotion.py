@@ -12,6 +12,7 @@ import io
 from datetime import UTC, datetime
 
 import pytest
+from flows_support import emptied_models_bucket
 from ml_helpers import sample_rows
 
 pytestmark = pytest.mark.integration
@@ -20,12 +21,7 @@ BUCKET = "threatflow-models"
 
 @pytest.fixture
 def blobs(backend_env):
-    from threatflow.adapters.storage import GcsBlobs
-
-    store = GcsBlobs(backend_env["GOOGLE_CLOUD_PROJECT"])
-    for name in store.list(BUCKET, prefix="flows/"):
-        store.delete(BUCKET, name)
-    return store
+    return emptied_models_bucket(backend_env["GOOGLE_CLOUD_PROJECT"])
 
 
 def _config():

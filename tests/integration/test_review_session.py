@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import clear_enrichment_runs, push_envelope
+from helpers import clear_enrichment_runs, enrichment_ioc, push_envelope, start_enrichment_run, store_enrichment_answer
 
 pytestmark = pytest.mark.integration
 
@@ -198,48 +198,10 @@ def enrichment(backend_env):
 
 def _overdue_run(runtime, value: str, *, expected: list[str], answered: list[str]) -> tuple[str, int]:
     """A run enrich-dispatch started, 30 s past its deadline, with answers stored for `answered`."""
-    import time
-    import uuid
-    from datetime import UTC, datetime
-
-    from threatflow.adapters.postgres import unit_of_work
-    from threatflow.enrichment import repository, runs
-    from threatflow.intel import enrichment as intel_enrichment
-
-    policies = runtime.decay_policies().get()
-    with unit_of_work(runtime.engine) as conn:
-        ioc_id = int(
-            intel_enrichment.resolve_ioc(conn, value, None, where="value", now=datetime.now(UTC), warninglists=None, policies=policies)[
-                "id"
-            ]
-        )
-    run_id = uuid.uuid4().hex
-    runs.create_run(runtime.documents, {"run_id": run_id, "ioc_id": ioc_id, "type": "ipv4", "value": value, "created_at": time.time()})
-    runs.start_run(
-        runtime.documents,
-        run_id,
-        version=runs.get_run_versioned(runtime.documents, run_id).version,
-        expected=expected,
-        skipped={},
-        deadline_at=time.time() - 30,
-    )
-    answers = [
-        {
-            "run_id": run_id,
-            "ioc_id": ioc_id,
-            "source": source,
-            "status": "ok",
-            "verdict": "malicious",
-            "score": 95,
-            "evidence": {"tags": ["botnet"]},
-            "detail": "",
-            "cached": False,
-            "fetched_at": datetime.now(UTC).isoformat(),
-        }
-        for source in answered
-    ]
-    with unit_of_work(runtime.engine) as conn:
-        repository.insert_results(conn, answers)
+    ioc_id = enrichment_ioc(runtime, value)
+    run_id = start_enrichment_run(runtime, ioc_id, value, expected=expected, deadline_in=-30)
+    for source in answered:
+        store_enrichment_answer(runtime, run_id, ioc_id, source)
     return run_id, ioc_id
 
 

@@ -55,3 +55,16 @@ def test_public_masks_secrets():
 def test_database_required_message():
     with pytest.raises(ConfigError, match="neither DATABASE_URL nor CLOUD_SQL_INSTANCE"):
         Settings.from_env({}).require_database()
+
+
+@pytest.mark.parametrize("text", ["soon", "0", "99", "60001", "-5000"])
+def test_a_hunting_budget_out_of_bounds_is_refused_naming_the_variable(text):
+    with pytest.raises(ConfigError, match="FLOWS_HUNT_TIMEOUT_MS"):
+        Settings.from_env({"FLOWS_HUNT_TIMEOUT_MS": text})
+
+
+def test_the_hunting_budget_defaults_to_the_repository_default():
+    from threatflow.flows import repository
+
+    assert Settings.from_env({}).flows_hunt_timeout_ms == repository.HUNT_TIMEOUT_MS == 5000
+    assert Settings.from_env({"FLOWS_HUNT_TIMEOUT_MS": "60000"}).flows_hunt_timeout_ms == 60000

@@ -9,6 +9,7 @@ the private IP; locally DATABASE_URL points at a plain server.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,11 +43,42 @@ READ_PING_IDLE_SECONDS = 10.0
 _LAST_USED = "threatflow.last_used"
 
 
+# When this context's wait for a pooled connection must end (time.monotonic()), if sooner than the
+# pool's own timeout: a request's deadline (unit_of_work(wait_seconds=...)). A ContextVar, so each
+# thread (each request) has its own.
+_CHECKOUT_ENDS: contextvars.ContextVar[float | None] = contextvars.ContextVar("threatflow_checkout_ends", default=None)
+
+
+def _bounded_pool() -> type[Any]:
+    """A QueuePool whose wait for a free connection also ends at the context's _CHECKOUT_ENDS.
+
+    The pool's timeout is one number per engine (pool_timeout, 10 s); a request with its own
+    deadline must not wait past it. QueuePool takes its queue class as a class attribute, so
+    the bound is the queue's `get`; an exhausted pool then raises sqlalchemy's TimeoutError
+    as it does at its own timeout."""
+    from sqlalchemy.pool import QueuePool
+    from sqlalchemy.util import queue
+
+    class DeadlineQueue(queue.Queue[Any]):
+        def get(self, block: bool = True, timeout: float | None = None) -> Any:
+            ends = _CHECKOUT_ENDS.get()
+            if block and ends is not None:
+                left = max(0.0, ends - time.monotonic())  # 0: take an idle connection, never wait
+                timeout = left if timeout is None else min(timeout, left)
+            return super().get(block, timeout)
+
+    class DeadlineQueuePool(QueuePool):
+        _queue_class = DeadlineQueue
+
+    return DeadlineQueuePool
+
+
 def create_engine(settings: Settings) -> Engine:
     import sqlalchemy
 
     settings.require_database()
     pool: dict[str, Any] = {
+        "poolclass": _bounded_pool(),
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_pool_size,
         "pool_timeout": 10,
@@ -145,12 +177,20 @@ def _cloud_sql_creator(settings: Settings, *, startup_params: dict[str, str] | N
 
 
 @contextlib.contextmanager
-def unit_of_work(engine: Engine) -> Iterator[Connection]:
+def unit_of_work(engine: Engine, *, wait_seconds: float | None = None) -> Iterator[Connection]:
     """One transaction per request or message, the one convention for every handler:
     commit when the block ends, roll back when it raises. Services and repositories
-    take the connection; they never open or commit a transaction themselves."""
-    with engine.begin() as conn:
-        yield conn
+    take the connection; they never open or commit a transaction themselves.
+
+    `wait_seconds` bounds the block's waits for a pooled connection (what is left of a
+    request's deadline) below the pool's own timeout, for the engines create_engine makes:
+    past it, sqlalchemy.exc.TimeoutError, as when the pool's timeout passes."""
+    token = _CHECKOUT_ENDS.set(None if wait_seconds is None else time.monotonic() + wait_seconds)
+    try:
+        with engine.begin() as conn:
+            yield conn
+    finally:
+        _CHECKOUT_ENDS.reset(token)
 
 
 def ping(engine: Engine) -> None:

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
 
-from threatflow.adapters.postgres import unit_of_work
 from threatflow.auth import clearance as tlp_clearance
 from threatflow.auth.api import authenticator
 from threatflow.auth.model import Role
@@ -250,6 +249,10 @@ def build_router(runtime: Runtime) -> Router:
         if unknown:
             raise ValidationError(f"unknown query parameter {unknown[0]!r}; known: {', '.join(allowed)}", field=unknown[0])
 
+    def hunt_deadline(what: str) -> repository.Deadline:
+        """Started before the request takes a connection: the pool's queue is part of its budget."""
+        return repository.Deadline(what, budget_ms=settings.flows_hunt_timeout_ms)
+
     def rollup(
         request: Request, fetch: Callable[..., list[dict[str, Any]]], *, view: str, key: str, default_limit: int, max_limit: int
     ) -> dict[str, Any]:
@@ -260,8 +263,8 @@ def build_router(runtime: Runtime) -> Router:
         only(request, "from", "to", "limit")
         start, end = window(request, timedelta(days=1), timedelta(days=400))
         limit = request.query_int("limit", default_limit, minimum=1, maximum=max_limit)
-        deadline = repository.Deadline("roll-up")  # one budget for both statements
-        with unit_of_work(runtime.engine) as conn:
+        deadline = hunt_deadline("roll-up")  # one budget for the connection and both statements
+        with deadline.unit_of_work(runtime.engine) as conn:
             rows = fetch(conn, start=start, end=end, limit=limit, deadline=deadline)
             refreshed = repository.view_refreshed_at(conn, deadline=deadline).get(view)
         first_hour = start.replace(minute=0, second=0, microsecond=0)
@@ -295,8 +298,9 @@ def build_router(runtime: Runtime) -> Router:
         if srcip is None:
             raise ValidationError("srcip is required", field="srcip")
         start, end = window(request, timedelta(days=7), timedelta(days=31))
-        with unit_of_work(runtime.engine) as conn:
-            hours = repository.timeline(conn, srcip=srcip, start=start, end=end, deadline=repository.Deadline("timeline"))
+        deadline = hunt_deadline("timeline")
+        with deadline.unit_of_work(runtime.engine) as conn:
+            hours = repository.timeline(conn, srcip=srcip, start=start, end=end, deadline=deadline)
         return {"srcip": srcip, "window": {"from": start.isoformat(), "to": end.isoformat()}, "hours": hours}
 
     @router.route("GET", "/api/v1/events/hosts/{ip}", role=Role.READER)
@@ -306,9 +310,9 @@ def build_router(runtime: Runtime) -> Router:
         if ip is None:
             raise ValidationError("ip is required", field="ip")
         start, end = window(request, HOST_WINDOW, timedelta(days=92))
-        # One deadline for the request's seven statements (repository.HUNT_TIMEOUT_MS in all), not 5 s each.
-        deadline = repository.Deadline("host view")
-        with unit_of_work(runtime.engine) as conn:
+        # One deadline (FLOWS_HUNT_TIMEOUT_MS) for the wait for a connection and the seven statements, not 5 s each.
+        deadline = hunt_deadline("host view")
+        with deadline.unit_of_work(runtime.engine) as conn:
             summary = repository.host_summary(conn, ip=ip, start=start, end=end, top=HOST_TOP, deadline=deadline)
             ioc_type = IocType.IPV6.value if ":" in ip else IocType.IPV4.value
             deadline.arm(conn)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from threatflow.adapters.postgres import READ_SESSION
+from threatflow.adapters.postgres import READ_SESSION, unit_of_work
 from threatflow.platform.errors import ValidationError
 
 if TYPE_CHECKING:
@@ -383,8 +383,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The hunting views and roll-ups read one address's (or the views') rows over a window of up to
 # 92 days: a victim address with millions of events must not hold a connection for minutes. The
 # budget is the request's, not each statement's: the host view runs six statements (seven with the
-# linked IoC), and a 5 s timeout apiece held its connection for up to 35 s.
-HUNT_TIMEOUT_MS = 5000
+# linked IoC), and a 5 s timeout apiece held its connection for up to 35 s. It covers the wait for
+# a pooled connection too: that wait was the pool's own 10 s, then a 503.
+HUNT_TIMEOUT_MS = 5000  # FLOWS_HUNT_TIMEOUT_MS's default; the routes pass the configured budget
 MIN_STATEMENT_MS = 1  # SET statement_timeout = 0 would mean no timeout at all
 
 
@@ -394,12 +395,14 @@ def set_timeout(conn: Connection, timeout_ms: int) -> None:
 
 
 class Deadline:
-    """One hunting request's time budget (HUNT_TIMEOUT_MS unless given) across all its statements.
+    """One hunting request's time budget (HUNT_TIMEOUT_MS unless given) from before it takes a
+    connection to its last statement.
 
-    Each statement runs under what is left of it (`arm`: SET LOCAL statement_timeout = the
-    remaining milliseconds), so the whole request holds its connection for at most the budget plus
-    the round trips; past it, or when the server cancels a statement, the answer is a 400 asking for
-    a narrower window (field `from`), not a 500. `clock` is monotonic seconds."""
+    `unit_of_work` waits for a pooled connection no longer than the budget; each statement runs
+    under what is left of it (`arm`: SET LOCAL statement_timeout = the remaining milliseconds), so
+    the whole request holds its connection for at most the budget plus the round trips; past it,
+    whether in the pool's queue or when the server cancels a statement, the answer is a 400 asking
+    for a narrower window (field `from`), not a 500 or a 503. `clock` is monotonic seconds."""
 
     def __init__(self, what: str, *, budget_ms: int | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.what = what
@@ -431,6 +434,18 @@ class Deadline:
             if exc.orig is not None and _timed_out(exc.orig):
                 raise self.exceeded() from None
             raise
+
+    @contextlib.contextmanager
+    def unit_of_work(self, engine: Engine) -> Iterator[Connection]:
+        """The request's unit of work, its wait for a pooled connection within the budget: a pool
+        with none free until the budget is spent is the same 400 as a cancelled statement."""
+        from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+        try:
+            with unit_of_work(engine, wait_seconds=max(0, self.remaining_ms()) / 1000) as conn:
+                yield conn
+        except PoolTimeout:
+            raise self.exceeded() from None
 
     def execute(self, conn: Connection, sql: str, params: dict[str, Any] | None = None) -> Any:
         """Arm, then run one statement within the budget; returns its (buffered) result."""

@@ -36,6 +36,7 @@ log = logging.getLogger("threatflow.hunting")
 SIGHTING_SOURCE = "flows"
 DETECTION_TAG = "flow-detected"
 ENRICH_CHUNK = 1000  # IoC ids per enrichment request (enrich-dispatch takes up to 10,000)
+BUDGET_KEPT = timedelta(days=2)  # hour rows of the enrichment budget kept by prune_enrichment_budget
 
 
 def category_tag(category: str) -> str:
@@ -182,8 +183,18 @@ def take_enrichment_budget(conn: Connection, wanted: int, *, per_hour: int, now:
         ),
         {"w": window, "n": wanted, "cap": per_hour},
     ).scalar_one()
-    conn.execute(text("DELETE FROM flow_bridge_enrichment WHERE window_start < :old"), {"old": window - timedelta(days=2)})
     return int(granted)
+
+
+def prune_enrichment_budget(conn: Connection, *, now: datetime) -> int:
+    """Delete the budget's hour rows older than BUDGET_KEPT; returns how many.
+
+    Run by the daily flow-retention job, not by every batch: the table gains one row an hour,
+    so a few days of them cost nothing, while a DELETE per ingest batch did."""
+    from sqlalchemy import text
+
+    window = now.replace(minute=0, second=0, microsecond=0)
+    return conn.execute(text("DELETE FROM flow_bridge_enrichment WHERE window_start < :old"), {"old": window - BUDGET_KEPT}).rowcount
 
 
 def request_enrichment(requests: Sequence[EnrichmentRequest], *, publisher: Publisher) -> dict[str, int]:

@@ -151,11 +151,18 @@ def refresh_flow_views(ctx: JobContext) -> dict[str, Any]:
 
 
 def flow_retention(ctx: JobContext) -> dict[str, Any]:
-    """Creates the coming days' flow-event partitions and drops those past FLOWS_RETENTION_DAYS."""
+    """Creates the coming days' flow-event partitions and drops those past FLOWS_RETENTION_DAYS;
+    then prunes the flow bridge's old enrichment-budget hours."""
+    from threatflow.adapters.postgres import unit_of_work
     from threatflow.flows import events_jobs
+    from threatflow.hunting import bridge
 
     days = int_param(ctx.params, "retention_days", default=ctx.settings.flows_retention_days, minimum=1, maximum=36_500)
-    return events_jobs.retention(engine=ctx.engine, now=ctx.clock.now(), retention_days=days)
+    now = ctx.clock.now()
+    result = events_jobs.retention(engine=ctx.engine, now=now, retention_days=days)
+    with unit_of_work(ctx.engine) as conn:
+        pruned = bridge.prune_enrichment_budget(conn, now=now)
+    return {**result, "bridge_budget_hours_pruned": pruned}
 
 
 def close_overdue_enrichment_runs(ctx: JobContext) -> dict[str, Any]:

@@ -97,6 +97,11 @@ VARIABLES: tuple[Variable, ...] = (
         "420",
         "flow-ingest: a delivery stops after the batch that spends this budget and queues a continuation (under the 540 s timeout)",
     ),
+    Variable(
+        "FLOWS_HUNT_TIMEOUT_MS",
+        "5000",
+        "one hunting request's budget (host view, timeline, roll-ups): the wait for a connection and every statement; 100 to 60000",
+    ),
     Variable("FLOWS_SEARCH_CACHE", "flag", "Redis cache for event search: on, off, or flag (Firestore flags/flows-search-cache)"),
 )
 _DEFAULTS = {v.name: v.default for v in VARIABLES}
@@ -194,6 +199,7 @@ class Settings:
     flows_bridge_enrich_per_hour: int = 100
     flows_search_cache: str = "flag"
     flow_ingest_delivery_seconds: int = 420
+    flows_hunt_timeout_ms: int = 5000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, require: tuple[str, ...] = ()) -> Settings:
@@ -203,7 +209,7 @@ class Settings:
             value = env.get(name)
             return value if value not in (None, "") else _DEFAULTS[name]
 
-        def integer(name: str, minimum: int = 0) -> int:
+        def integer(name: str, minimum: int = 0, maximum: int | None = None) -> int:
             text = get(name) or ""
             try:
                 value = int(text)
@@ -211,6 +217,8 @@ class Settings:
                 raise ConfigError(f"{name}={text!r}: expected an integer") from None
             if value < minimum:
                 raise ConfigError(f"{name}={value}: must be at least {minimum}")
+            if maximum is not None and value > maximum:
+                raise ConfigError(f"{name}={value}: must be at most {maximum}")
             return value
 
         for name in require:
@@ -289,6 +297,8 @@ class Settings:
             flows_bridge_threshold=_probability("FLOWS_BRIDGE_THRESHOLD", get("FLOWS_BRIDGE_THRESHOLD") or ""),
             flows_bridge_enrich_per_hour=integer("FLOWS_BRIDGE_ENRICH_PER_HOUR", 0),
             flow_ingest_delivery_seconds=integer("FLOW_INGEST_DELIVERY_SECONDS", 0),
+            # Under 100 ms no host view answers; over 60 s a request nears the flows function's 120 s timeout.
+            flows_hunt_timeout_ms=integer("FLOWS_HUNT_TIMEOUT_MS", 100, 60_000),
             flows_search_cache=_choice("FLOWS_SEARCH_CACHE", get("FLOWS_SEARCH_CACHE") or "", ("on", "off", "flag")),
         )
 

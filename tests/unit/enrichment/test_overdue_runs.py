@@ -37,18 +37,34 @@ def _unquote(value: str) -> str:
 
 
 def _indexes() -> list[Mapping[str, Any]]:
+    """Every composite index firestore.tf declares: one resource per index, or one per entry of the local
+    map its for_each iterates (`fields` listed in order, the dynamic block giving each its order)."""
     import hcl2
 
     with (REPO / "terraform" / "firestore.tf").open() as handle:
         parsed = hcl2.load(handle)
+    local_maps: dict[str, Any] = {}
+    for block in parsed.get("locals", []):
+        local_maps.update(block)
     found = []
     for block in parsed.get("resource", []):
         for rtype, named in block.items():
             if _unquote(rtype) != "google_firestore_index":
                 continue
             for body in named.values():
-                fields = [(_unquote(f["field_path"]), _unquote(f["order"])) for f in body["fields"]]
-                found.append({"collection": _unquote(body["collection"]), "database": _unquote(body["database"]), "fields": fields})
+                if "for_each" not in body:
+                    fields = [(_unquote(f["field_path"]), _unquote(f["order"])) for f in body["fields"]]
+                    found.append({"collection": _unquote(body["collection"]), "database": _unquote(body["database"]), "fields": fields})
+                    continue
+                entries = local_maps[body["for_each"].removeprefix("${local.").removesuffix("}")]
+                assert body["collection"] == "${each.value.collection}", body
+                [dynamic] = [d[k] for d in body["dynamic"] for k in d if _unquote(k) == "fields"]
+                assert dynamic["for_each"] == "${each.value.fields}", dynamic
+                [content] = dynamic["content"]
+                assert content["field_path"] == "${fields.value}", content
+                for entry in (v for k, v in entries.items() if not k.startswith("__")):
+                    fields = [(_unquote(f), _unquote(content["order"])) for f in entry["fields"]]
+                    found.append({"collection": _unquote(entry["collection"]), "database": _unquote(body["database"]), "fields": fields})
     return found
 
 
