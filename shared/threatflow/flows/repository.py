@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from threatflow.adapters.postgres import READ_SESSION, unit_of_work
-from threatflow.platform.errors import ValidationError
+from threatflow.platform.errors import DependencyError, ValidationError
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -401,8 +401,8 @@ class Deadline:
     `unit_of_work` waits for a pooled connection no longer than the budget; each statement runs
     under what is left of it (`arm`: SET LOCAL statement_timeout = the remaining milliseconds), so
     the whole request holds its connection for at most the budget plus the round trips; past it,
-    whether in the pool's queue or when the server cancels a statement, the answer is a 400 asking
-    for a narrower window (field `from`), not a 500 or a 503. `clock` is monotonic seconds."""
+    when the server cancels a statement, the answer is a 400 asking for a narrower window (field
+    `from`), not a 500; a budget spent in the pool's queue is a 503 to retry. `clock` is monotonic seconds."""
 
     def __init__(self, what: str, *, budget_ms: int | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.what = what
@@ -437,15 +437,19 @@ class Deadline:
 
     @contextlib.contextmanager
     def unit_of_work(self, engine: Engine) -> Iterator[Connection]:
-        """The request's unit of work, its wait for a pooled connection within the budget: a pool
-        with none free until the budget is spent is the same 400 as a cancelled statement."""
+        """The request's unit of work, its wait for a pooled connection within the budget. A pool
+        with none free until the budget is spent is a 503 to retry (Retry-After 1), not the 400 of a
+        window too wide: the caller's request is fine, the instance is busy."""
         from sqlalchemy.exc import TimeoutError as PoolTimeout
 
         try:
             with unit_of_work(engine, wait_seconds=max(0, self.remaining_ms()) / 1000) as conn:
                 yield conn
         except PoolTimeout:
-            raise self.exceeded() from None
+            raise DependencyError(
+                f"PostgreSQL: every connection of this instance stayed busy for this {self.what}'s {self.budget_ms} ms budget; retry",
+                retry_after=1,
+            ) from None
 
     def execute(self, conn: Connection, sql: str, params: dict[str, Any] | None = None) -> Any:
         """Arm, then run one statement within the budget; returns its (buffered) result."""
