@@ -53,33 +53,6 @@ resource "google_firestore_index" "composite" {
   }
 }
 
-# The indexes were one resource each; an index cannot be changed in place, so without these
-# Terraform would delete and rebuild every one (the sweeps fail in the cloud until it is built).
-moved {
-  from = google_firestore_index.enrichment_runs_overdue
-  to   = google_firestore_index.composite["enrichment_runs_overdue"]
-}
-
-moved {
-  from = google_firestore_index.enrichment_runs_queued
-  to   = google_firestore_index.composite["enrichment_runs_queued"]
-}
-
-moved {
-  from = google_firestore_index.enrichment_runs_requeued
-  to   = google_firestore_index.composite["enrichment_runs_requeued"]
-}
-
-moved {
-  from = google_firestore_index.flow_ingest_jobs_stalled
-  to   = google_firestore_index.composite["flow_ingest_jobs_stalled"]
-}
-
-moved {
-  from = google_firestore_index.flow_ingest_jobs_unwritten
-  to   = google_firestore_index.composite["flow_ingest_jobs_unwritten"]
-}
-
 # flows/upload_markers.py: the markers of POST /api/v1/flows/uploads (one active job per object generation)
 # are deleted once their expires_at has passed. TTL deletion is lazy (typically within a day), so the route
 # also ignores an expired marker itself. Nothing queries expires_at: its single-field indexes are off
