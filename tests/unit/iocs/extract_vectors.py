@@ -6,7 +6,10 @@ styles name the suite whose *kind* of input a group imitates (InQuest
 iocextract, ioc-finder, ioc-fanger, msticpy, CyberChef, iocsearcher, ninoseki
 ioc-extractor, cacador); the inputs and values are our own, written for our type
 names and canonical values. "analyst" holds cases of our own that those suites miss, and "quiet" prose
-that must give nothing, as bait for the looser defang rules.
+that must give nothing, as bait for the looser defang rules. "public-suites" holds cases written by us
+after scoring extract() against the real test vectors of public suites (ioc-finder, iocsearcher, InQuest
+iocextract, msticpy, ioc-fanger, cacador; the converted vectors are kept outside the repository, see the
+README): one vector of our own wording per class of miss or false positive those vectors showed.
 
 Used by tests/unit/iocs/test_extract_vectors.py (exact match per vector) and
 tests/perf/bench_extract_vectors.py (pass rate and the failing vectors).
@@ -599,6 +602,13 @@ _ANALYST = [
     ),
 ]
 
+# -- public-suites: one per class of fix found by scoring against public suites' own vectors (our wording) -------------
+_PUBLIC_SUITES = [
+    # A percent-escaped delimiter outside a URL ends a host, as in a log line or a mangled query string.
+    _v("public-suites", "GET /r?next=%2Fupdate-cdn.net%2F HTTP/1.1", _domain("update-cdn.net")),
+]
+
+
 # -- a defang matrix, as comparison suites build them: each bracket style around each separator ------------------------
 # "~" stands for the separator. Not ")." and ")," alone: they end sentences and parentheticals ("(see 1.2.3).").
 _AROUND = ("(~(", "(~)", ")~(", ")~)", "(~", "~(", "~)", "[~[", "[~]", "]~[", "]~]", "[~", "~[", "]~", "~]")
@@ -653,6 +663,7 @@ VECTORS: list[Vector] = [
     *_IOC_EXTRACTOR,
     *_CACADOR,
     *_ANALYST,
+    *_PUBLIC_SUITES,
     *_matrix(),
     *_QUIET,
 ]

@@ -35,6 +35,10 @@ _HOSTISH = re.compile(r"[\w-]+(?:\.[\w-]+)+\.?")
 _VERSION_BEFORE = re.compile(r"(?:\bv|\bver|\bversions?|\bbuild|\brelease|\bfirmware|\bupdate|\bpatch|\bkb)\.?\s*[:#]?\s*$", re.IGNORECASE)
 # An address inside junk ("!@..1.2.3.4!@#"), tried only when the token as a whole gave nothing.
 _JUNK = re.compile(r"[!@#$%^&*+=|~]")
+# A percent-escape of a character no host name holds (space, "/", ":", "@", quotes, brackets ...): outside a URL it
+# ends a host ("evil.com%2F", "%2Fevil.com" in a log line); "%2E" and "%2D" ("." and "-") do not.
+_ESCAPED_DELIMITER = re.compile(r"%(?:2[0-9A-Ca-c]|2[Ff]|3[A-Fa-f]|40|5[B-Eb-e]|60|7[B-Eb-e])")
+_ENCODED_SCHEME = re.compile(r"%3[Aa]%2[Ff]%2[Ff]")
 _EMBEDDED_IPV4 = re.compile(r"(?<![0-9A-Za-z_])(?<![0-9]\.)[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?![0-9A-Za-z_])(?!\.[0-9])")
 _EMBEDDED_IPV6 = re.compile(r"(?<![0-9A-Fa-f:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![0-9A-Fa-f:])")
 # A run of CJK characters or full-width forms glued to an ASCII indicator.
@@ -351,6 +355,8 @@ class Scanner:
             return
         before = len(self.found)
         self._classify(start, part, fanged)
+        if len(self.found) == before and "%" in fanged and _ENCODED_SCHEME.search(fanged) is None:
+            self._escaped_pieces(start, part, fanged)  # an encoded URL is read whole by encoded_urls
         if len(self.found) == before and _JUNK.search(fanged) is not None:
             self._embedded(start, part, fanged)
 
@@ -406,6 +412,24 @@ class Scanner:
         at = part.rfind("@") + 1
         if _IPV4ISH.search(domain) or domain[:1] == "[":
             self._host_only(start + at, part[at:], domain)
+
+    def _escaped_pieces(self, start: int, part: str, fanged: str) -> None:
+        """The pieces between percent-escaped delimiters ("%2Fevil.com"); positions are approximate when refanged."""
+        exact = part == fanged
+        offset = 0
+        for escape in _ESCAPED_DELIMITER.finditer(fanged):
+            self._escaped_piece(start, fanged, offset, escape.start(), exact=exact, part=part)
+            offset = escape.end()
+        if offset:
+            self._escaped_piece(start, fanged, offset, len(fanged), exact=exact, part=part)
+
+    def _escaped_piece(self, start: int, fanged: str, begin: int, end: int, *, exact: bool, part: str) -> None:
+        lead, piece = strip(fanged[begin:end])
+        if piece and _TRIGGER.search(piece) is not None:
+            if exact:
+                self._classify(start + begin + lead, piece, piece)
+            else:
+                self._classify(start, part, piece)
 
     def _embedded(self, start: int, part: str, fanged: str) -> None:
         """Addresses inside junk around them ("!@..1.2.3.4!@#"); positions are approximate when refanged."""
