@@ -172,17 +172,26 @@ class Scanner:
             return None
         return fanged
 
-    @staticmethod
-    def _continues(url: str, nxt: str) -> bool:
+    def _continues(self, url: str, nxt: str) -> bool:
         """Whether `nxt`, at the start of the next line, is the rest of a wrapped URL."""
         after_scheme = url.partition("//")[2]
         if "/" not in after_scheme.replace("[/]", "/"):
             return False  # the break is not inside the path
-        if URL_START.match(nxt) or _IPV4_START.match(nxt):
+        if URL_START.match(nxt) or _IPV4_START.match(nxt) or self._starts_with_host(nxt):
             return False
         if url.endswith(_JOIN_AFTER):
             return True
         return nxt.startswith(_JOIN_BEFORE) or "/" in nxt or "=" in nxt
+
+    def _starts_with_host(self, nxt: str) -> bool:
+        """Whether `nxt` begins with a host name of its own ("evil[.]com", "evil.com/x"): the next entry of a list of
+        indicators, not the rest of a URL that ended with "/" ("report.zip" or "index.php" are not hosts)."""
+        head = strip(nxt)[1].partition("/")[0]
+        fanged = refang_token(head)
+        name = fanged.partition(":")[0]
+        if not _HOSTISH.fullmatch(name) or not plausible_host(name, head, fanged):
+            return False
+        return self._normalise(name, IocType.DOMAIN) is not None
 
     def encoded_urls(self) -> None:
         """URLs written percent-encoded, in base64 or in hex, each as a token of its own, reported as written."""
