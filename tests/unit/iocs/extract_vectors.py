@@ -606,6 +606,21 @@ _ANALYST = [
 _PUBLIC_SUITES = [
     # A percent-escaped delimiter outside a URL ends a host, as in a log line or a mangled query string.
     _v("public-suites", "GET /r?next=%2Fupdate-cdn.net%2F HTTP/1.1", _domain("update-cdn.net")),
+    # A list of indicators one per line: a URL ending in "/" does not swallow the host on the next line.
+    _v(
+        "public-suites",
+        "Stage 2 hosts:\nhxxps://cdn-upd[.]net/\nstatic-upd[.]org\nhxxps://cdn-upd[.]net/files/\nreport.zip",
+        _url("https://cdn-upd.net/"),
+        _domain("static-upd.org"),
+        _url("https://cdn-upd.net/files/report.zip"),
+    ),
+    # A space written before the dot of a one-label URL host is a defang: that label alone is no host.
+    _v(
+        "public-suites",
+        "beacon to hxxp://upd-check .net/gate.php and http:// relay-7 .org",
+        _url("http://upd-check.net/gate.php"),
+        _url("http://relay-7.org/"),
+    ),
 ]
 
 

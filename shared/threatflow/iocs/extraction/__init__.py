@@ -25,7 +25,8 @@ a comma written for a dot, in a host ("10[[.]]1", "www].[evil", "evil[.com",
 "1(,)2", "x^.com", "evil[]com"); brackets around an "@" ("me)@(evil.com");
 partial "[dot"/"dot]"; "(punto)" "(punkt)" "(arroba)" "(et)" "[-]" "(/)";
 "-dot-" and "DOT" between lower-case words before a top-level domain; an
-unbracketed IPv6 host ("http://2001:db8::1"). A URL written percent-encoded,
+unbracketed IPv6 host ("http://2001:db8::1"); a space before the dot of a URL
+host that is one label without it ("http://evil .com/x"). A URL written percent-encoded,
 in base64 or in hex as a token of its own is decoded ("http%3A%2F%2Fevil%2Ecom",
 "aHR0cDovL2V2aWwuY29t", "687474703a2f2f..."). In Chinese, Japanese or Korean
 prose, which has no spaces, an indicator ends where those characters meet it
@@ -59,7 +60,10 @@ Choices and false-positive guards:
   "at" and "dot" in prose are words: "contact at evil.com" is the domain;
 - a URL broken by a line break inside its path is joined again when the break
   follows a path separator or the next line starts like a path continuation
-  ("/x", ".php", "?id=", or a fragment holding "/" or "=");
+  ("/x", ".php", "?id=", or a fragment holding "/" or "="), but not when the next
+  line starts with a host name of its own (a list of indicators, one a line);
+- outside a URL, a percent-escape of a character no host holds ("%2F", "%20",
+  "%3A") ends a host: "%2Fevil.com" and "evil.com%2F" give evil.com;
 - a Windows path may hold spaces when quoted, or when a later word carries on
   with a backslash ("C:\\Program Files\\Evil\\x.exe"); a POSIX path likewise
   when the words are capitalised ("/Library/Application Support/X/y");

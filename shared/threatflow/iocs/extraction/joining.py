@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_right
 
-from threatflow.iocs.defang import GLUED_DOT, HTTPISH, HYPHEN_DOT, OTHER_SCHEMES, SPOKEN_TLDS
+from threatflow.iocs.defang import GLUED_DOT, HTTPISH, HYPHEN_DOT, OTHER_SCHEMES, SPOKEN_TLDS, URL_START
 from threatflow.iocs.extraction.tokens import MAX_TOKEN_CHARS
 
 # Only at the start of a run (the look-behind), so that finding the runs is linear.
@@ -46,6 +46,10 @@ _PROBE_SCHEME_COLON = re.compile(r":/(?<=[ \t]:/)")
 _SPACED_SCHEME = re.compile(
     rf"(?<![A-Za-z])(?:{HTTPISH}|{OTHER_SCHEMES})(?P<gap>[ \t]{{0,8}}:?[ \t]{{0,8}}/{{2,8}}[ \t]{{0,8}})(?=[\w\[])", re.IGNORECASE
 )
+# A URL whose host is one label, then spaces before a lower-case ".tld" ("http://evil .com/x"): the space is a defang, as the
+# label alone is no host. Found from each " .tld" (a literal the regex engine skips to), looking back a bounded way.
+_SPACED_TLD = re.compile(r"\.(?<=[ \t]\.)[a-z]{2,63}(?![\w-])")
+_URL_BEFORE_GAP = re.compile(rf"(?:{URL_START.pattern})[ \t]{{0,8}}[\w-]{{1,63}}\Z", re.IGNORECASE)
 _LABEL_AFTER = re.compile(r"[A-Za-z0-9-]+")
 _AT_MARK = re.compile(r"[\[({<]\s*(?:@|at|et|arroba)\s*[\])}>]|(?-i:AT)", re.IGNORECASE)
 
@@ -149,6 +153,12 @@ def join_spaced(text: str) -> Joined | None:
             gap = match.group("gap")
             if " " in gap or "\t" in gap:
                 edits.append((match.start("gap"), match.end("gap"), "://"))
+    for match in _SPACED_TLD.finditer(text):
+        gap_end = gap_start = match.start()
+        while gap_start > 0 and gap_end - gap_start < 8 and text[gap_start - 1] in " \t":
+            gap_start -= 1
+        if _URL_BEFORE_GAP.search(text, max(0, gap_start - 100), gap_start) is not None:
+            edits.append((gap_start, gap_end, ""))
     if not edits:
         return None
     edits.sort()
