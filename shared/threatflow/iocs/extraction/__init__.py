@@ -28,7 +28,8 @@ partial "[dot"/"dot]"; "(punto)" "(punkt)" "(arroba)" "(et)" "[-]" "(/)";
 unbracketed IPv6 host ("http://2001:db8::1"); a space before the dot of a URL
 host that is one label without it ("http://evil .com/x"). A URL written percent-encoded,
 in base64 or in hex as a token of its own is decoded ("http%3A%2F%2Fevil%2Ecom",
-"aHR0cDovL2V2aWwuY29t", "687474703a2f2f..."). In Chinese, Japanese or Korean
+"aHR0cDovL2V2aWwuY29t", "687474703a2f2f..."; a base64 token is read whenever it
+holds "://", so a URL after other text in it is found too). In Chinese, Japanese or Korean
 prose, which has no spaces, an indicator ends where those characters meet it
 ("恶意域名evil.com，").
 

@@ -1,7 +1,8 @@
 """URLs written encoded as a token of their own: percent-encoded, base64 or hex.
 
 Percent-encoded: an href or a redirect target, not one inside a URL's query; base64:
-"aHR0cDovL..." is "http://..."; hex: "687474703a2f2f...". Each pattern starts with a
+"aHR0cDovL..." is "http://...", and a base64 token is read whenever it holds "://" at one of its
+three alignments, so a URL after other text or with another scheme is found too; hex: "687474703a2f2f...". Each pattern starts with a
 literal so that the regex engine can skip to it; the rest of the token is taken from there.
 """
 
@@ -18,10 +19,12 @@ from threatflow.iocs.extraction.tokens import MAX_TOKEN_CHARS, STOP, TOKEN_END, 
 
 _PERCENT_SEPARATOR = re.compile(r"%3[Aa]%2[Ff]%2[Ff]")
 _PERCENT_SCHEME = re.compile(rf"(?:^|(?<=[{STOP}(\[]))(?:https?|ftps?)$", re.IGNORECASE)
-_BASE64_URLS = (
-    re.compile(r"aHR0c(?<![A-Za-z0-9+/=]aHR0c)[A-Za-z0-9+/]*=*(?![A-Za-z0-9+/=])"),  # "http"
-    re.compile(r"ZnRwOi8v(?<![A-Za-z0-9+/=]ZnRwOi8v)[A-Za-z0-9+/]*=*(?![A-Za-z0-9+/=])"),  # "ftp://"
-)
+# "://" in base64, at each of its three byte alignments: whatever the scheme, its case, or the text before it.
+_BASE64_SEPARATORS = (re.compile("Oi8v"), re.compile("ovL"), re.compile("6Ly"))
+_BASE64_BEFORE = re.compile(r"(?s).*[^A-Za-z0-9+/=]")  # up to the last character that is not base64
+_BASE64_AFTER = re.compile(r"[A-Za-z0-9+/]*=*")
+# In decoded text a URL may follow letters ("somethinghttp://"), which in prose would make it a word.
+_URL_IN_DECODED = re.compile(URL_START.pattern.replace("(?<![A-Za-z])", "", 1), re.IGNORECASE)
 _HEX_URL = re.compile(r"68747470(?:73)?3[Aa]2[Ff]2[Ff][0-9A-Fa-f]*(?![0-9A-Fa-f])")
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 _DECODED_END = re.compile(r"[\s\x00-\x1f\x7f\ufffd\"'<>`|]")
@@ -46,11 +49,7 @@ def encoded_urls(text: str) -> Iterator[EncodedUrl]:
         if len(original) > MAX_TOKEN_CHARS:
             continue
         yield from _decoded(scheme.start(), original, unquote(original))
-    for pattern in _BASE64_URLS:
-        for match in pattern.finditer(text):
-            if match.end() - match.start() > MAX_TOKEN_CHARS:
-                continue  # bounded work: no URL is this long
-            yield from _decoded(match.start(), match.group(), _base64(match.group()).decode("utf-8", "replace"))
+    yield from _base64_urls(text)
     for match in _HEX_URL.finditer(text):
         start = match.start()
         while start > 0 and text[start - 1] in _HEX_DIGITS:
@@ -66,9 +65,44 @@ def encoded_urls(text: str) -> Iterator[EncodedUrl]:
         yield from _decoded(start, text[start : match.end()], decoded)
 
 
+def _base64_urls(text: str) -> Iterator[EncodedUrl]:
+    """Base64 tokens whose decoded text holds a URL ("aHR0cDovL...", or text before it), each token once."""
+    hits = sorted(match.start() for pattern in _BASE64_SEPARATORS for match in pattern.finditer(text))
+    done = 0
+    for hit in hits:
+        if hit < done:
+            continue  # in a token already read
+        start = _token_start(text, hit)
+        after = _BASE64_AFTER.match(text, hit)
+        end = after.end() if after is not None else hit
+        done = end
+        if end - start > MAX_TOKEN_CHARS:
+            continue  # bounded work: no URL is this long
+        token = text[start:end]
+        decoded = _base64(token).decode("utf-8", "replace")
+        url = _URL_IN_DECODED.search(decoded)
+        if url is not None:
+            yield from _decoded(start, token, decoded[url.start() :])
+
+
+def _token_start(text: str, position: int) -> int:
+    """Where the run of base64 characters holding `position` starts (at most MAX_TOKEN_CHARS + 1 back).
+
+    The window doubles from 64 characters, so the work is linear in the token's length, not in the bound."""
+    size = 64
+    while True:
+        window = max(0, position - size)
+        before = _BASE64_BEFORE.match(text, window, position)
+        if before is not None:
+            return before.end()
+        if window == 0 or size > MAX_TOKEN_CHARS:
+            return window
+        size *= 2
+
+
 def _decoded(start: int, original: str, decoded: str) -> Iterator[EncodedUrl]:
     """The URL at the start of `decoded`, if there is one."""
-    if URL_START.match(decoded) is None:
+    if _URL_IN_DECODED.match(decoded) is None:
         return
     end = _DECODED_END.search(decoded)
     yield EncodedUrl(start, original, strip_trailing(decoded[: end.start()] if end is not None else decoded))
