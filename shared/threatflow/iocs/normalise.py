@@ -14,7 +14,8 @@ Choices, per type:
 - domain: lower-cased, IDNA 2008 with UTS 46 mapping, stored as the A-label
   (punycode) form, one trailing dot stripped; labels may hold "_" (seen in
   malicious subdomains) but not leading/trailing "-"; the top-level domain must
-  be in the ICANN section of the Public Suffix List (".onion" is), and the
+  be in the ICANN section of the Public Suffix List (".onion" is) or one of the
+  alternative roots malware uses (`ALTERNATIVE_ROOTS`: .bit, .bazar, ...), and the
   whole name must not itself be a public suffix ("co.uk" is rejected, while a
   private-section suffix such as "github.io" is a valid indicator);
 - ipv4: strict dotted quad; an octet above 255 or with a leading zero (octal in
@@ -83,6 +84,10 @@ _IPV4_LOOSE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
 _IPV6_CHARS = re.compile(r"\[?[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(?:%[\w.-]+)?\]?")
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 _TLD = re.compile(r"[a-z]{2,63}|xn--[a-z0-9-]{1,59}")
+# Top-level domains of alternative roots (Namecoin's .bit; EmerDNS's .bazar, .coin, .emc, .lib): outside
+# ICANN's root, so not in the Public Suffix List, but malware resolves them for its C2 (BazarLoader's .bazar)
+# and feeds list them. Each is a suffix of its own: "evil.bit" is a name someone registered, "bit" is not.
+ALTERNATIVE_ROOTS = frozenset({"bit", "bazar", "coin", "emc", "lib"})
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#\\]*)([^?#]*)(?:\?([^#]*))?(?:#.*)?", re.DOTALL)
 _SCHEMELESS = re.compile(r"[^/?#:@\s]+(?::[0-9]*)?(?:[/?#].*)?", re.DOTALL)
 _PORT = re.compile(r"[0-9]{1,5}")
@@ -195,7 +200,7 @@ def _domain_cached(value: str, expected: IocType) -> str:
     tld = labels[-1]
     if not _TLD.fullmatch(tld):
         raise _fail(expected, value, "looks like an IP address or has a malformed top-level domain")
-    suffix = _psl().publicsuffix(host)
+    suffix = _psl().publicsuffix(host) if tld not in ALTERNATIVE_ROOTS else tld
     if suffix is None:
         raise _fail(expected, value, f"has no known top-level domain (.{tld} is not in the Public Suffix List)")
     if suffix == host:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from threatflow.iocs.normalise import ALTERNATIVE_ROOTS
+
 _ALL_UPPER_OR_LOWER = re.compile(r"[^A-Z]*|[^a-z]*")
 # A dot written with a bracket, backslash or caret next to it, or a spelled-out dot: the author meant a host.
 # Not ")." alone: "Archive (1).zip" is a file name whose "(" was stripped as punctuation.
@@ -39,6 +41,10 @@ def plausible_host(host: str, original: str, fanged: str) -> bool:
     labels = host.rstrip(".").split(".")
     tld = labels[-1]
     if len(labels) == 2 and tld.lower() in _FILE_EXTENSIONS:
+        return False
+    # "kernel32.lib", "a 64.bit build": a bare name under an alternative root is a host only when defanged
+    # (above) or deeper ("gate.evil.bit"); a URL's host never comes here.
+    if len(labels) == 2 and tld.lower() in ALTERNATIVE_ROOTS:
         return False
     if host.lower() in _NOT_DOMAINS:
         return False
