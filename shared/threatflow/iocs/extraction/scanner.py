@@ -37,7 +37,11 @@ _VERSION_BEFORE = re.compile(r"(?:\bv|\bver|\bversions?|\bbuild|\brelease|\bfirm
 _JUNK = re.compile(r"[!@#$%^&*+=|~]")
 # A percent-escape of a character no host name holds (space, "/", ":", "@", quotes, brackets ...): outside a URL it
 # ends a host ("evil.com%2F", "%2Fevil.com" in a log line); "%2E" and "%2D" ("." and "-") do not.
-_ESCAPED_DELIMITER = re.compile(r"%(?:2[0-9A-Ca-c]|2[Ff]|3[A-Fa-f]|40|5[B-Eb-e]|60|7[B-Eb-e])")
+# "%25" is an escaped "%": "%252F" (an escape escaped again) is one delimiter, not "%25" then a label "2F...".
+_ESCAPED_DELIMITER = re.compile(r"%(?:25)*(?:2[0-9A-Ca-c]|2[Ff]|3[A-Fa-f]|40|5[B-Eb-e]|60|7[B-Eb-e])")
+# An escaped "/" or "\" after a name or ".." is a path's separator: the piece after it is a file or directory name.
+_ESCAPED_PATH_SEPARATOR = re.compile(r"%(?:25)*(?:2[Ff]|5[Cc])")
+_PATH_PIECE_END = re.compile(r"[\w.-]\Z")
 _ENCODED_SCHEME = re.compile(r"%3[Aa]%2[Ff]%2[Ff]")
 _EMBEDDED_IPV4 = re.compile(r"(?<![0-9A-Za-z_])(?<![0-9]\.)[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?![0-9A-Za-z_])(?!\.[0-9])")
 _EMBEDDED_IPV6 = re.compile(r"(?<![0-9A-Fa-f:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![0-9A-Fa-f:])")
@@ -426,10 +430,15 @@ class Scanner:
         """The pieces between percent-escaped delimiters ("%2Fevil.com"); positions are approximate when refanged."""
         exact = part == fanged
         offset = 0
+        in_path = False  # the piece follows "name%2F": "path%2Fto%2Freport.name" is a path, as "path/to/report.name" is
         for escape in _ESCAPED_DELIMITER.finditer(fanged):
-            self._escaped_piece(start, fanged, offset, escape.start(), exact=exact, part=part)
+            if not in_path:
+                self._escaped_piece(start, fanged, offset, escape.start(), exact=exact, part=part)
+            in_path = _ESCAPED_PATH_SEPARATOR.fullmatch(escape.group()) is not None and (
+                in_path or _PATH_PIECE_END.search(fanged, offset, escape.start()) is not None
+            )
             offset = escape.end()
-        if offset:
+        if offset and not in_path:
             self._escaped_piece(start, fanged, offset, len(fanged), exact=exact, part=part)
 
     def _escaped_piece(self, start: int, fanged: str, begin: int, end: int, *, exact: bool, part: str) -> None:
