@@ -25,6 +25,13 @@ _BASE64_BEFORE = re.compile(r"(?s).*[^A-Za-z0-9+/=]")  # up to the last characte
 _BASE64_AFTER = re.compile(r"[A-Za-z0-9+/]*=*")
 # In decoded text a URL may follow letters ("somethinghttp://"), which in prose would make it a word.
 _URL_IN_DECODED = re.compile(URL_START.pattern.replace("(?<![A-Za-z])", "", 1), re.IGNORECASE)
+# A base64 blob wrapped over lines (MIME at 76 characters, PEM at 64): its lines are one token.
+_MAX_WRAP = 256  # no encoder wraps wider; a longer line is a token of its own
+_BLOB_LINE = re.compile(r"[A-Za-z0-9+/]{16,}")  # a line before the last: no padding
+_BASE64_LINE = re.compile(r"[A-Za-z0-9+/]+=*")
+_BINARY = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd]")
+_LINE_BREAK = re.compile(r"\r?\n")
+_LINE_END = re.compile(r"[\r\n]")
 _HEX_URL = re.compile(r"68747470(?:73)?3[Aa]2[Ff]2[Ff][0-9A-Fa-f]*(?![0-9A-Fa-f])")
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 _DECODED_END = re.compile(r"[\s\x00-\x1f\x7f\ufffd\"'<>`|]")
@@ -66,7 +73,7 @@ def encoded_urls(text: str) -> Iterator[EncodedUrl]:
 
 
 def _base64_urls(text: str) -> Iterator[EncodedUrl]:
-    """Base64 tokens whose decoded text holds a URL ("aHR0cDovL...", or text before it), each token once."""
+    """Base64 tokens whose decoded text holds URLs ("aHR0cDovL...", or text before them), each token once."""
     hits = sorted(match.start() for pattern in _BASE64_SEPARATORS for match in pattern.finditer(text))
     done = 0
     for hit in hits:
@@ -74,15 +81,71 @@ def _base64_urls(text: str) -> Iterator[EncodedUrl]:
             continue  # in a token already read
         start = _token_start(text, hit)
         after = _BASE64_AFTER.match(text, hit)
-        end = after.end() if after is not None else hit
+        start, end = _wrapped_blob(text, start, after.end() if after is not None else hit)
         done = end
         if end - start > MAX_TOKEN_CHARS:
             continue  # bounded work: no URL is this long
         token = text[start:end]
-        decoded = _base64(token).decode("utf-8", "replace")
-        url = _URL_IN_DECODED.search(decoded)
-        if url is not None:
-            yield from _decoded(start, token, decoded[url.start() :])
+        decoded = _base64(_LINE_BREAK.sub("", token)).decode("utf-8", "replace")
+        read = 0
+        for url in _URL_IN_DECODED.finditer(decoded):
+            if url.start() < read:
+                continue  # inside the URL before ("http://a/?next=http://b")
+            if _BINARY.search(decoded, 0, url.start()) is not None:
+                break  # binary, such as a certificate's DER: a URL in it ends where a length byte says, not at a delimiter
+            for found in _decoded(start, token, decoded[url.start() :]):
+                read = url.start() + len(found.url)
+                yield found
+
+
+def _wrapped_blob(text: str, start: int, end: int) -> tuple[int, int]:
+    """The token text[start:end], or, when it is a whole line of base64 wrapped at a width (a MIME part, a PEM
+    block), that line with the one before it (where the scheme may be) and the lines after it up to the blob's
+    last: a line decoded on its own cuts a URL where the line ends. At most MAX_TOKEN_CHARS characters."""
+    if (start and text[start - 1] != "\n") or (end < len(text) and text[end] not in "\r\n") or end - start > _MAX_WRAP:
+        return start, end
+    width = end - start if _BLOB_LINE.fullmatch(text, start, end) and (end - start) % 4 == 0 else None
+    first = start
+    before = _line_before(text, start)
+    wide = None if before is None else before[1] - before[0]  # the line before: as wide, or wider than a last line
+    fits = before is not None and wide is not None and wide % 4 == 0 and wide >= end - start and width in (None, wide)
+    if fits and before is not None and _BLOB_LINE.fullmatch(text, *before):
+        first, width = before[0], wide
+    if width != end - start:
+        return first, end  # the blob's last line, or a token of its own
+    last = end
+    while (line := _line_after(text, last)) is not None and line[1] - first <= MAX_TOKEN_CHARS:
+        if line[1] - line[0] > width or _BASE64_LINE.fullmatch(text, *line) is None:
+            break
+        last = line[1]
+        if line[1] - line[0] < width or text[last - 1] == "=":
+            break  # the blob's last line
+    return first, last
+
+
+def _line_before(text: str, start: int) -> tuple[int, int] | None:
+    """The line ending just before `start` (a line's first character), at most _MAX_WRAP characters long."""
+    end = start - 1
+    if end < 1:
+        return None
+    if text[end - 1] == "\r":
+        end -= 1
+    begin = text.rfind("\n", max(0, end - _MAX_WRAP - 1), end) + 1
+    if begin == 0 and end > _MAX_WRAP:
+        return None
+    return begin, end
+
+
+def _line_after(text: str, end: int) -> tuple[int, int] | None:
+    """The line starting just after the line break at `end`, bounded to _MAX_WRAP + 1 characters."""
+    if text.startswith("\r\n", end):
+        end += 2
+    elif text.startswith("\n", end):
+        end += 1
+    else:
+        return None
+    stop = _LINE_END.search(text, end, end + _MAX_WRAP + 1)
+    return end, stop.start() if stop is not None else min(len(text), end + _MAX_WRAP + 1)
 
 
 def _token_start(text: str, position: int) -> int:
