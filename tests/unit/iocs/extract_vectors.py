@@ -584,6 +584,7 @@ _ANALYST = [
     _v("analyst", "BazarLoader resolved reddew28c[.]bazar via EmerDNS; Namecoin C2 hxxp://gate.evil[.]bit/p.php",
        _domain("reddew28c.bazar"), _url("http://gate.evil.bit/p.php")),
     _v("analyst", "link against kernel32.lib for a 64.bit build; stage2.c2.emc answered", _domain("stage2.c2.emc")),
+    _v("analyst", "import org.apache.commons.lib; c2 at stage2.evil[.]lib", _domain("stage2.evil.lib")),
     _v(
         "analyst",
         "Email us at ALEXANDER.IRWIN@PROTONMAIL.COM (or) MISAEL.SHORT@TUTANOTA.COM",
