@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -47,3 +48,29 @@ def test_a_deadline_bounds_the_wait_in_its_context_only() -> None:
     released.start()
     pool.connect().close()  # type: ignore[attr-defined]  # no deadline: waits for the connection released
     released.join()
+
+
+def _deadline_after_a_wait(wait_seconds: float) -> tuple[Any, Any]:
+    """A 1 s hunting Deadline on a clock that the pool's checkout moves on by `wait_seconds`, and its engine."""
+    import sqlalchemy
+    from sqlalchemy import event
+
+    from threatflow.flows import repository
+
+    now = [100.0]
+    engine = sqlalchemy.create_engine("sqlite://")
+    event.listen(engine, "checkout", lambda *args: now.__setitem__(0, now[0] + wait_seconds))
+    return repository.Deadline("host view", budget_ms=1000, clock=lambda: now[0]), engine
+
+
+def test_a_budget_spent_mostly_in_the_pool_queue_is_a_503_even_when_a_statement_runs_it_out() -> None:
+    """The request waited 0.9 s of its 1 s for a connection: what ran out is the instance's capacity, not the window
+    the analyst asked for, so the answer is the 503 to retry, not the 400 "narrow from/to"."""
+    from threatflow.platform.errors import DependencyError, ValidationError
+
+    deadline, engine = _deadline_after_a_wait(0.9)
+    with deadline.unit_of_work(engine):
+        assert isinstance(deadline.exceeded(), DependencyError)
+    quick, engine = _deadline_after_a_wait(0.05)
+    with quick.unit_of_work(engine):
+        assert isinstance(quick.exceeded(), ValidationError)

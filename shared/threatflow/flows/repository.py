@@ -402,19 +402,29 @@ class Deadline:
     under what is left of it (`arm`: SET LOCAL statement_timeout = the remaining milliseconds), so
     the whole request holds its connection for at most the budget plus the round trips; past it,
     when the server cancels a statement, the answer is a 400 asking for a narrower window (field
-    `from`), not a 500; a budget spent in the pool's queue is a 503 to retry. `clock` is monotonic seconds."""
+    `from`), not a 500; a budget spent in the pool's queue, wholly or half of it, is a 503 to retry.
+    `clock` is monotonic seconds."""
 
     def __init__(self, what: str, *, budget_ms: int | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.what = what
         self.budget_ms = HUNT_TIMEOUT_MS if budget_ms is None else budget_ms
         self._clock = clock
         self._ends = clock() + self.budget_ms / 1000
+        self._queued_ms = 0  # how long unit_of_work waited for its connection
 
     def remaining_ms(self) -> int:
         return int((self._ends - self._clock()) * 1000)
 
-    def exceeded(self) -> ValidationError:
+    def exceeded(self) -> ValidationError | DependencyError:
+        """The 400 asking for a narrower window; the 503 to retry when the wait for a connection took half the
+        budget or more (then the instance's load, not the window, is what ran it out)."""
+        if self._queued_ms * 2 >= self.budget_ms:
+            return self._busy()
         return ValidationError(f"this {self.what} covers too many events to answer in time; narrow from/to", field="from")
+
+    def _busy(self) -> DependencyError:
+        message = f"PostgreSQL: this instance's connections were busy for most of this {self.what}'s {self.budget_ms} ms budget; retry"
+        return DependencyError(message, retry_after=1)
 
     def arm(self, conn: Connection) -> None:
         """Give the next statement what is left of the budget; raise the 400 if nothing is."""
@@ -442,14 +452,13 @@ class Deadline:
         window too wide: the caller's request is fine, the instance is busy."""
         from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+        asked = self._clock()
         try:
             with unit_of_work(engine, wait_seconds=max(0, self.remaining_ms()) / 1000) as conn:
+                self._queued_ms = int((self._clock() - asked) * 1000)
                 yield conn
         except PoolTimeout:
-            raise DependencyError(
-                f"PostgreSQL: every connection of this instance stayed busy for this {self.what}'s {self.budget_ms} ms budget; retry",
-                retry_after=1,
-            ) from None
+            raise self._busy() from None
 
     def execute(self, conn: Connection, sql: str, params: dict[str, Any] | None = None) -> Any:
         """Arm, then run one statement within the budget; returns its (buffered) result."""
