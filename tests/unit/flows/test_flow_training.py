@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from ml_helpers import small_model
+from threadpoolctl import threadpool_limits
 
 from threatflow.flows import training as T
 
@@ -136,8 +137,10 @@ def test_final_fit_all_serves_heads_fitted_on_every_row(final_fits):
     dataset, fits = final_fits
     train_idx, test_idx = _split(dataset)
     X, y = dataset.X, dataset.label.astype(np.int64)
-    on_all = T._binary_model(FINAL_FIT_CONFIG).fit(X, y).predict_proba(X)[:, 1]
-    on_train = T._binary_model(FINAL_FIT_CONFIG).fit(X[train_idx], y[train_idx]).predict_proba(X)[:, 1]
+    # as training fits them (one OpenMP thread): unlimited, these two fits took ~30 s on a busy 2-core machine
+    with threadpool_limits(limits=FINAL_FIT_CONFIG.threads):
+        on_all = T._binary_model(FINAL_FIT_CONFIG).fit(X, y).predict_proba(X)[:, 1]
+        on_train = T._binary_model(FINAL_FIT_CONFIG).fit(X[train_idx], y[train_idx]).predict_proba(X)[:, 1]
     served_all, _ = fits["all"].model.scores(X)
     served_train, _ = fits["train"].model.scores(X)
     # the served heads are the deterministic refit on every row (resp. the training part), and they differ
