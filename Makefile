@@ -60,9 +60,11 @@ status: venv
 	$(BIN)/threatflow devstack status
 
 ## The test command: unit, integration and end-to-end tests on this run's own services.
+## TEST_WORKERS pytest-xdist workers (each starts its own services), a test file at a time each; 0 runs in-process.
+TEST_WORKERS ?= 2
 test:  # the two venvs are independent: built side by side (-j2), which saves CI most of the shorter one
 	@$(MAKE) --no-print-directory -j2 venv tools
-	CHECKOV_BIN=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_ARGS)
+	CHECKOV_BIN=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-unit: venv
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
