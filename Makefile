@@ -60,9 +60,13 @@ status: venv
 	$(BIN)/threatflow devstack status
 
 ## The test command: unit, integration and end-to-end tests on this run's own services.
+## TEST_WORKERS pytest-xdist workers (each starts its own services), a test file at a time each; 0 runs in-process.
+## Files go out in collection order (contract, e2e, integration, unit), not most-tests-first: the long files with
+## few tests (the bundle venvs: ~90 s on a fresh clone) start early, and the many short unit files fill the end.
+TEST_WORKERS ?= 2
 test:  # the two venvs are independent: built side by side (-j2), which saves CI most of the shorter one
 	@$(MAKE) --no-print-directory -j2 venv tools
-	CHECKOV_BIN=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest $(PYTEST_ARGS)
+	CHECKOV_BIN=$(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-unit: venv
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import re
 import sys
@@ -46,3 +47,10 @@ def needed_imports(closure: Any, extras: tuple[str, ...]) -> dict[str, set[str]]
         if live:
             needed[statement] = live
     return needed
+
+
+@functools.cache
+def closure_of(function: str) -> Any:
+    """`bundler.import_closure` of functions/<function> in this checkout, followed once per test process:
+    several packaging tests read it for every function, and nothing changes the checkout under them."""
+    return bundler.import_closure(REPO / "functions" / function, SHARED)

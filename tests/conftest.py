@@ -37,6 +37,24 @@ def pytest_configure(config: pytest.Config) -> None:
             config.add_cleanup(lambda: shutil.rmtree(base, ignore_errors=True))
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`make test` runs `-n 2 --dist loadfile`: each test file goes whole to one worker, so its module fixtures
+    are set up once. The e2e files count as one file: they share one local stack (session fixture) and run in
+    file order on its worker, test_zz_outage_and_shutdown last. (Not `loadgroup`: pytest 9.2 ignores the node
+    id suffix xdist 3.8 gives grouped tests.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class _FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "tests/e2e" if path.startswith("tests/e2e/") else path
+
+    return _FileScheduling(config, log)
+
+
 @pytest.fixture(autouse=True)
 def _cheap_password_hashing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Outside the unit tests (which keep the product's RFC 9106 profile, tests/unit/test_passwords.py),

@@ -35,14 +35,20 @@ def sample_rows(n: int, *, seed: int = 1) -> list[dict[str, str]]:
     return picked
 
 
-@lru_cache(maxsize=1)
-def small_model() -> Any:
-    """TrainResult of a quick training on ~2,500 flows (seconds, not minutes)."""
-    from threatflow.flows.training import TrainConfig, train_from_flows
+def small_config() -> Any:
+    """The quick training configuration of small_model."""
+    from threatflow.flows.training import TrainConfig
 
     # heads on the training part: tests refit them with scikit-learn on the same 80% split to compare
-    config = TrainConfig(cv_folds=2, max_iter=30, category_max_iter=15, compare_random_forest=False, final_fit="train")
-    return train_from_flows(sample_rows(2500), config=config, version="test-small")
+    return TrainConfig(cv_folds=2, max_iter=30, category_max_iter=15, compare_random_forest=False, final_fit="train")
+
+
+@lru_cache(maxsize=1)
+def small_model() -> Any:
+    """TrainResult of a quick training (small_config) on sample_rows(2500) (seconds, not minutes)."""
+    from threatflow.flows.training import train_from_flows
+
+    return train_from_flows(sample_rows(2500), config=small_config(), version="test-small")
 
 
 def flow_without_targets(row: dict[str, Any]) -> dict[str, Any]:

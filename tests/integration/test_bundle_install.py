@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bundling import SHARED, bundler, generator, needed_imports
+from bundling import SHARED, bundler, closure_of, generator, needed_imports
 
 from threatflow.platform.manifest import Function, load_manifest
 
@@ -157,7 +157,7 @@ def _failed_imports(python: Path, statements: list[str]) -> dict[str, str]:
 
 
 def _statements(fn: Function) -> list[str]:
-    closure = bundler.import_closure(REPO / "functions" / fn.folder, SHARED)
+    closure = closure_of(fn.folder)
     extras = generator.function_extras(uses=fn.uses, secrets=fn.secrets, extras=fn.extras)
     return sorted(needed_imports(closure, extras))
 

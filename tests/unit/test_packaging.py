@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from bundling import SHARED, bundler, generator, needed_imports, requirement_names
+from bundling import SHARED, bundler, closure_of, generator, needed_imports, requirement_names
 
 from threatflow.platform.manifest import DEFAULT_MANIFEST, load_manifest
 
@@ -99,7 +99,7 @@ def test_requirements_provide_every_import_the_function_code_makes():
     for fn in load_manifest().functions.values():
         extras = generator.function_extras(uses=fn.uses, secrets=fn.secrets, extras=fn.extras)
         installed = {_normalise(n) for n in requirement_names(REPO / "functions" / fn.folder / "requirements.txt")}
-        closure = bundler.import_closure(REPO / "functions" / fn.folder, SHARED)
+        closure = closure_of(fn.folder)
         for statement, importers in sorted(needed_imports(closure, extras).items()):
             top = statement.split()[1].split(".")[0]
             candidates = dists.get(top, set())
@@ -138,11 +138,11 @@ def test_code_that_asks_the_runtime_for_a_client_runs_only_in_functions_that_use
     problems = []
     for fn in load_manifest().functions.values():
         declared = set(generator.function_extras(uses=fn.uses, secrets=fn.secrets, extras=fn.extras))
-        closure = bundler.import_closure(REPO / "functions" / fn.folder, SHARED)
+        closure = closure_of(fn.folder)
         for module, path in sorted(closure.modules.items()):
             if module == "threatflow.runtime":
                 continue  # defines the properties
-            for node in ast.walk(ast.parse(path.read_bytes())):
+            for node in ast.walk(_parsed(path)):
                 if not (isinstance(node, ast.Attribute) and node.attr in RUNTIME_CLIENTS):
                     continue
                 owner = node.value.id if isinstance(node.value, ast.Name) else getattr(node.value, "attr", None)
@@ -154,6 +154,12 @@ def test_code_that_asks_the_runtime_for_a_client_runs_only_in_functions_that_use
         "a function's code needs a service its manifest entry lacks (functions/topology.yaml, then make requirements):\n  "
         + ("\n  ".join(sorted(set(problems))))
     )
+
+
+@functools.cache
+def _parsed(path: Path) -> ast.Module:
+    """Each shared module once: most of them are in every function's closure."""
+    return ast.parse(path.read_bytes())
 
 
 @functools.cache
@@ -187,7 +193,7 @@ def test_bundles_leave_out_the_dev_stack_the_cli_migrations_and_type_markers(bui
         for left_out in ("threatflow/devstack/", "threatflow/cli/", "threatflow/db/migrate.py", "threatflow/py.typed"):
             assert not [n for n in names if n.startswith(left_out)], f"{bundle.function}: carries {left_out}"
         modules = {n.removesuffix("/__init__.py").removesuffix(".py").replace("/", ".") for n in names if n.endswith(".py")}
-        closure = bundler.import_closure(REPO / "functions" / bundle.function, SHARED)
+        closure = closure_of(bundle.function)
         assert set(closure.modules) <= modules, f"{bundle.function}: a module it imports is missing"
         assert {m for m in modules if m.startswith("threatflow")} == set(closure.modules), (
             f"{bundle.function}: carries what it never imports"
@@ -286,7 +292,7 @@ def test_a_bundle_that_reads_the_manifest_carries_it_as_json_and_loads_it_withou
 
 def test_bundles_without_the_manifest_module_do_not_carry_the_manifest(built):
     for bundle in built:
-        closure = bundler.import_closure(REPO / "functions" / bundle.function, SHARED)
+        closure = closure_of(bundle.function)
         with zipfile.ZipFile(bundle.path) as archive:
             carries = "threatflow/platform/topology.json" in archive.namelist()
         assert carries == ("threatflow.platform.manifest" in closure.modules), bundle.function

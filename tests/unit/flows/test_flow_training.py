@@ -4,7 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from ml_helpers import small_model
+from ml_helpers import small_config, small_model
+from threadpoolctl import threadpool_limits
 
 from threatflow.flows import training as T
 
@@ -107,7 +108,7 @@ def test_training_reports_operating_points_conflicts_and_says_so_in_the_card(tmp
 
 # -- final fit: which rows the served heads are fitted on ----------------------------------------
 
-FINAL_FIT_CONFIG = T.TrainConfig(cv_folds=2, max_iter=30, category_max_iter=15, compare_random_forest=False)
+FINAL_FIT_CONFIG = small_config()
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +118,9 @@ def final_fits():
     from ml_helpers import sample_rows
 
     dataset = T.dataset_from_flows(sample_rows(2500))
-    fits = {mode: T.train(dataset, config=replace(FINAL_FIT_CONFIG, final_fit=mode), version=f"test-{mode}") for mode in ("all", "train")}
+    # final_fit="train" on these rows with this configuration is small_model, already trained for this process
+    assert FINAL_FIT_CONFIG.final_fit == "train"
+    fits = {"all": T.train(dataset, config=replace(FINAL_FIT_CONFIG, final_fit="all"), version="test-all"), "train": small_model()}
     return dataset, fits
 
 
@@ -136,8 +139,10 @@ def test_final_fit_all_serves_heads_fitted_on_every_row(final_fits):
     dataset, fits = final_fits
     train_idx, test_idx = _split(dataset)
     X, y = dataset.X, dataset.label.astype(np.int64)
-    on_all = T._binary_model(FINAL_FIT_CONFIG).fit(X, y).predict_proba(X)[:, 1]
-    on_train = T._binary_model(FINAL_FIT_CONFIG).fit(X[train_idx], y[train_idx]).predict_proba(X)[:, 1]
+    # as training fits them (one OpenMP thread): unlimited, these two fits took ~30 s on a busy 2-core machine
+    with threadpool_limits(limits=FINAL_FIT_CONFIG.threads):
+        on_all = T._binary_model(FINAL_FIT_CONFIG).fit(X, y).predict_proba(X)[:, 1]
+        on_train = T._binary_model(FINAL_FIT_CONFIG).fit(X[train_idx], y[train_idx]).predict_proba(X)[:, 1]
     served_all, _ = fits["all"].model.scores(X)
     served_train, _ = fits["train"].model.scores(X)
     # the served heads are the deterministic refit on every row (resp. the training part), and they differ
