@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 from typing import IO, Any
 
-from threatflow.platform.errors import DependencyError, NotFoundError
+from threatflow.platform.errors import ConfigError, DependencyError, NotFoundError
 from threatflow.platform.ports import BlobInfo
 
 _TIMEOUT = 30.0
@@ -24,7 +24,15 @@ class GcsBlobs:
 
             self._client = storage.Client(project=project, credentials=AnonymousCredentials())
         else:
-            self._client = storage.Client(project=project)
+            from google.auth.exceptions import DefaultCredentialsError
+
+            try:
+                self._client = storage.Client(project=project)
+            except DefaultCredentialsError:
+                raise ConfigError(
+                    "Cloud Storage: no STORAGE_EMULATOR_HOST and no Google credentials (locally, a running stack:"
+                    " make run; against Google Cloud: gcloud auth application-default login)"
+                ) from None
 
     def _blob(self, bucket: str, name: str) -> Any:
         return self._client.bucket(bucket).blob(name)

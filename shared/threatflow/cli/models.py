@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from threatflow.platform.errors import ConfigError
+
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", nargs="+", required=True, help="UNSW-NB15 CSV files (gzip accepted), either layout")
@@ -106,8 +108,11 @@ def _store() -> tuple[Any, str]:
 def cmd_train(args: argparse.Namespace) -> int:
     from threatflow.flows import registry
 
+    try:  # before training: a store that cannot be reached must not cost a training run first
+        blobs, bucket = _store()
+    except ConfigError as exc:
+        raise ConfigError(f"{exc.message}; to train without publishing: python ml/train.py --data FILE --out DIR") from None
     result = _run_training(args)
-    blobs, bucket = _store()
     version = registry.publish(result, blobs=blobs, bucket=bucket)
     print(f"published {version} to gs://{bucket}/flows/models/{version}/")
     if args.promote:
