@@ -42,10 +42,9 @@ def plausible_host(host: str, original: str, fanged: str) -> bool:
     tld = labels[-1]
     if len(labels) == 2 and tld.lower() in _FILE_EXTENSIONS:
         return False
-    # "kernel32.lib", "a 64.bit build": a bare name under an alternative root is a host only when defanged
-    # (above) or deeper ("gate.evil.bit"); a URL's host never comes here. ".lib" ends too many code and
-    # package names at any depth ("org.apache.commons.lib") to be read as a host undefanged.
-    if tld.lower() in ALTERNATIVE_ROOTS and (len(labels) == 2 or tld.lower() == "lib"):
+    # "kernel32.lib", "a 64.bit build", "REG.ctrl.bit", "org.apache.commons.lib": at any depth, a bare name under
+    # an alternative root is a host only when defanged (above); a URL's host never comes here.
+    if tld.lower() in ALTERNATIVE_ROOTS:
         return False
     if host.lower() in _NOT_DOMAINS:
         return False
