@@ -17,7 +17,7 @@ from urllib.parse import unquote
 from threatflow.iocs.defang import URL_START
 from threatflow.iocs.extraction.tokens import MAX_TOKEN_CHARS, STOP, TOKEN_END, strip_trailing
 
-_PERCENT_SEPARATOR = re.compile(r"%3[Aa]%2[Ff]%2[Ff]")
+PERCENT_SEPARATOR = re.compile(r"%3[Aa]%2[Ff]%2[Ff]")
 _PERCENT_SCHEME = re.compile(rf"(?:^|(?<=[{STOP}(\[]))(?:https?|ftps?)$", re.IGNORECASE)
 # "://" in base64, at each of its three byte alignments: whatever the scheme, its case, or the text before it.
 _BASE64_SEPARATORS = (re.compile("Oi8v"), re.compile("ovL"), re.compile("6Ly"))
@@ -46,7 +46,7 @@ class EncodedUrl(NamedTuple):
 def encoded_urls(text: str) -> Iterator[EncodedUrl]:
     """The URLs written percent-encoded, in base64 or in hex in `text`, each a token of its own."""
     done = 0
-    for match in _PERCENT_SEPARATOR.finditer(text):
+    for match in PERCENT_SEPARATOR.finditer(text):
         scheme = _PERCENT_SCHEME.search(text, max(0, match.start() - 6), match.start())
         if scheme is None or match.start() < done:
             continue  # inside a longer token, such as a URL's query: that URL is the indicator
@@ -107,10 +107,10 @@ def _wrapped_blob(text: str, start: int, end: int) -> tuple[int, int]:
     width = end - start if _BLOB_LINE.fullmatch(text, start, end) and (end - start) % 4 == 0 else None
     first = start
     before = _line_before(text, start)
-    wide = None if before is None else before[1] - before[0]  # the line before: as wide, or wider than a last line
-    fits = before is not None and wide is not None and wide % 4 == 0 and wide >= end - start and width in (None, wide)
-    if fits and before is not None and _BLOB_LINE.fullmatch(text, *before):
-        first, width = before[0], wide
+    if before is not None:  # the line before: as wide, or wider than a last line
+        wide = before[1] - before[0]
+        if wide % 4 == 0 and wide >= end - start and width in (None, wide) and _BLOB_LINE.fullmatch(text, *before):
+            first, width = before[0], wide
     if width != end - start:
         return first, end  # the blob's last line, or a token of its own
     last = end

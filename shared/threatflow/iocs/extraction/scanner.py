@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 from threatflow.iocs.defang import HOST_END, URL_START, refang_token, refang_url
 from threatflow.iocs.extraction.classify import plausible_host
-from threatflow.iocs.extraction.encoded import encoded_urls
+from threatflow.iocs.extraction.encoded import PERCENT_SEPARATOR, encoded_urls
 from threatflow.iocs.extraction.tokens import (
     BRACKETED_IPV6,
     MAX_TOKEN_CHARS,
@@ -42,7 +42,6 @@ _ESCAPED_DELIMITER = re.compile(r"%(?:25)*(?:2[0-9A-Ca-c]|2[Ff]|3[A-Fa-f]|40|5[B
 # An escaped "/" or "\" after a name or ".." is a path's separator: the piece after it is a file or directory name.
 _ESCAPED_PATH_SEPARATOR = re.compile(r"%(?:25)*(?:2[Ff]|5[Cc])")
 _PATH_PIECE_END = re.compile(r"[\w.-]\Z")
-_ENCODED_SCHEME = re.compile(r"%3[Aa]%2[Ff]%2[Ff]")
 _EMBEDDED_IPV4 = re.compile(r"(?<![0-9A-Za-z_])(?<![0-9]\.)[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?![0-9A-Za-z_])(?!\.[0-9])")
 _EMBEDDED_IPV6 = re.compile(r"(?<![0-9A-Fa-f:])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![0-9A-Fa-f:])")
 # A run of CJK characters or full-width forms glued to an ASCII indicator.
@@ -368,7 +367,7 @@ class Scanner:
             return
         before = len(self.found)
         self._classify(start, part, fanged)
-        if len(self.found) == before and "%" in fanged and _ENCODED_SCHEME.search(fanged) is None:
+        if len(self.found) == before and "%" in fanged and PERCENT_SEPARATOR.search(fanged) is None:
             self._escaped_pieces(start, part, fanged)  # an encoded URL is read whole by encoded_urls
         if len(self.found) == before and _JUNK.search(fanged) is not None:
             self._embedded(start, part, fanged)
