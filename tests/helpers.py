@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -151,3 +151,34 @@ def store_enrichment_answer(runtime: Any, run_id: str, ioc_id: int, source: str,
     }
     with unit_of_work(runtime.engine) as conn:
         return repository.insert_results(conn, [row])
+
+
+def pull_published(
+    publisher: Any,
+    subscriber: Any,
+    *,
+    topic: str,
+    subscription: str,
+    expected: int,
+    keep: Callable[[Any], bool],
+    attempts: int = 10,
+    max_messages: int = 50,
+) -> list[Any]:
+    """The messages on the test's `subscription` (to `topic`, both full paths) that `keep` accepts, all acked,
+    waiting for `expected` of them for at most `attempts` pulls of up to 5 s. Expecting none, a sentinel
+    published now marks the end: what came before it was all there was (the emulator delivers a topic's
+    messages in order), without waiting out empty pulls."""
+    found: list[Any] = []
+    sentinel = uuid.uuid4().hex if not expected else None
+    if sentinel:
+        publisher.publish(topic, b"{}", sentinel=sentinel).result(timeout=30)
+    for _ in range(attempts):
+        received = subscriber.pull(subscription=subscription, max_messages=max_messages, timeout=5).received_messages
+        if received:
+            subscriber.acknowledge(subscription=subscription, ack_ids=[m.ack_id for m in received])
+        found += [m.message for m in received if m.message.attributes.get("sentinel") is None and keep(m.message)]
+        if sentinel and any(m.message.attributes.get("sentinel") == sentinel for m in received):
+            break
+        if expected and len(found) >= expected:
+            break
+    return found

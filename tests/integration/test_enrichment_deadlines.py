@@ -16,6 +16,7 @@ import pytest
 from helpers import (
     clear_enrichment_runs,
     enrichment_ioc,
+    pull_published,
     push_envelope,
     push_envelope_of,
     start_enrichment_run,
@@ -219,23 +220,9 @@ def requested():
     subscriber.create_subscription(name=path, topic=publisher.topic_path(PROJECT, "ioc-enrichment-requested"))
 
     def pull(expected: int) -> list[Any]:
-        """The requests published (acked), waiting for `expected` of them at most ~10 s. Expecting none,
-        a sentinel published now marks the end: what came before it was all there was (the emulator
-        delivers a topic's messages in order), without waiting out empty pulls."""
-        found: list[Any] = []
-        sentinel = uuid.uuid4().hex if not expected else None
-        if sentinel:
-            publisher.publish(publisher.topic_path(PROJECT, "ioc-enrichment-requested"), b"{}", sentinel=sentinel).result(timeout=30)
-        for _ in range(10):
-            response = subscriber.pull(subscription=path, max_messages=50, timeout=5)
-            if response.received_messages:
-                subscriber.acknowledge(subscription=path, ack_ids=[m.ack_id for m in response.received_messages])
-            found += [m.message for m in response.received_messages if m.message.attributes.get("sentinel") is None]
-            if sentinel and any(m.message.attributes.get("sentinel") == sentinel for m in response.received_messages):
-                break
-            if expected and len(found) >= expected:
-                break
-        return found
+        """The requests published (acked), waiting for `expected` of them."""
+        topic = publisher.topic_path(PROJECT, "ioc-enrichment-requested")
+        return pull_published(publisher, subscriber, topic=topic, subscription=path, expected=expected, keep=lambda m: True)
 
     yield pull
     subscriber.delete_subscription(subscription=path)

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from flows_support import publish, trained_model
+from helpers import pull_published
 
 pytestmark = pytest.mark.integration
 PROJECT = "threatflow-test"
@@ -61,6 +62,12 @@ def _is_publish(name: str, args: tuple[Any, ...]) -> bool:
     """The hand-over's publish on flow-ingest, not the bridge's enrichment request a batch may publish
     first (whether it does depends on the hour's enrichment budget other tests spent)."""
     return name == "publish" and bool(args) and args[0] == "flow-ingest"
+
+
+def _before_success(answers: list[str]) -> int:
+    """How many of a copy's answers come before the trailing "succeeded" ones (once the live delivery's job
+    has succeeded, its copies are acked as finished)."""
+    return len(answers) - len(list(itertools.takewhile(lambda a: a == "succeeded", reversed(answers))))
 
 
 def _is_handover_record(name: str, args: tuple[Any, ...]) -> bool:
@@ -130,24 +137,18 @@ def worker(backend_env, monkeypatch) -> Iterator[Any]:
             return handlers.build_handler(Runtime(Settings.from_env(), clients=clients))
 
         def continuations(self, job_id: str, expected: int) -> list[Any]:
-            """The messages that reached the topic for this job (acked on the test's subscription). Expecting
-            none, a sentinel published now marks the end: what came before it was all there was (the emulator
-            delivers a topic's messages in order), without waiting out an empty pull."""
-            found: list[Any] = []
-            sentinel = uuid.uuid4().hex if not expected else None
-            if sentinel:
-                publisher.publish(topic, b"{}", job_id="sentinel", sentinel=sentinel).result(timeout=30)
-            for _ in range(6):
-                response = subscriber.pull(subscription=subscription, max_messages=20, timeout=5)
-                if response.received_messages:
-                    subscriber.acknowledge(subscription=subscription, ack_ids=[m.ack_id for m in response.received_messages])
-                mine = [m.message for m in response.received_messages if m.message.attributes["job_id"] == job_id]
-                found += [_message(json.loads(m.data)) for m in mine]
-                if sentinel and any(m.message.attributes.get("sentinel") == sentinel for m in response.received_messages):
-                    break
-                if expected and len(found) >= expected:
-                    break
-            return found
+            """The messages that reached the topic for this job (acked on the test's subscription)."""
+            mine = pull_published(
+                publisher,
+                subscriber,
+                topic=topic,
+                subscription=subscription,
+                expected=expected,
+                keep=lambda m: m.attributes.get("job_id") == job_id,
+                attempts=6,
+                max_messages=20,
+            )
+            return [_message(json.loads(m.data)) for m in mine]
 
         def job(self, job_id: str) -> dict[str, Any]:
             return dict(documents.get(INGEST_JOBS, job_id) or {})
@@ -421,7 +422,7 @@ def test_a_live_delivery_renews_its_lease_so_copies_of_its_message_never_run_bes
             answers.append("lease held")
     live.join()
     assert time.monotonic() - began > handlers.LEASE_SECONDS + 1  # the run outlived its lease
-    held = len(answers) - len(list(itertools.takewhile(lambda a: a == "succeeded", reversed(answers))))
+    held = _before_success(answers)
     assert held >= 2 and set(answers[:held]) == {"lease held"}, answers  # "succeeded" only once the job has
     job = worker.job(job_id)
     assert job["deliveries"] == 1, job
@@ -582,7 +583,7 @@ def test_the_hash_pass_renews_the_lease(worker, backend_env, monkeypatch):
     assert time.monotonic() - began > 2 * handlers.LEASE_SECONDS and len(opened) == 2, opened
     # While the live delivery runs, every copy finds the lease held; once its job has succeeded (the thread may
     # still be finishing), copies are acked as finished: "lease held" then, at the end only, "succeeded".
-    held = len(answers) - len(list(itertools.takewhile(lambda a: a == "succeeded", reversed(answers))))
+    held = _before_success(answers)
     assert held >= 2 and set(answers[:held]) == {"lease held"}, answers
     job = worker.job(job_id)
     assert job["deliveries"] == 1, job

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from flows_support import publish, trained_model
-from helpers import create_user, push_envelope
+from helpers import create_user, pull_published, push_envelope
 
 pytestmark = pytest.mark.integration
 PROJECT = "threatflow-test"
@@ -44,23 +44,13 @@ def env(function_client, backend_env):
     subscriber.create_subscription(name=subscription, topic=publisher.topic_path(PROJECT, "flow-ingest"))
 
     def pull(job_ids: set[str], expected: int) -> list[Any]:
-        """The flow-ingest messages for these jobs (acked), waiting for `expected` of them at most ~10 s.
-        Expecting none, a sentinel published now marks the end: what came before it was all there was
-        (the emulator delivers a topic's messages in order), without waiting out empty pulls."""
-        found: list[Any] = []
-        sentinel = uuid.uuid4().hex if not expected else None
-        if sentinel:
-            publisher.publish(publisher.topic_path(PROJECT, "flow-ingest"), b"{}", sentinel=sentinel).result(timeout=30)
-        for _ in range(10):
-            response = subscriber.pull(subscription=subscription, max_messages=50, timeout=5)
-            if response.received_messages:
-                subscriber.acknowledge(subscription=subscription, ack_ids=[m.ack_id for m in response.received_messages])
-            found += [m.message for m in response.received_messages if m.message.attributes.get("job_id") in job_ids]
-            if sentinel and any(m.message.attributes.get("sentinel") == sentinel for m in response.received_messages):
-                break
-            if expected and len(found) >= expected:
-                break
-        return found
+        """The flow-ingest messages for these jobs (acked), waiting for `expected` of them."""
+        topic = publisher.topic_path(PROJECT, "flow-ingest")
+
+        def mine(message: Any) -> bool:
+            return message.attributes.get("job_id") in job_ids
+
+        return pull_published(publisher, subscriber, topic=topic, subscription=subscription, expected=expected, keep=mine)
 
     yield {"docs": docs, "pull": pull, "maintenance": function_client("maintenance")}
     subscriber.delete_subscription(subscription=subscription)

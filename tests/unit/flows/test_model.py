@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from ml_helpers import flow_without_targets, sample_rows, small_model
+from ml_helpers import flow_without_targets, sample_rows, small_config, small_model
 from threadpoolctl import threadpool_limits
 
 from threatflow.flows import features as F
@@ -29,7 +29,7 @@ def sklearn_heads(trained):
     cat = dataset.category.astype(np.int64)
     idx = np.arange(dataset.rows)
     train_idx, _ = train_test_split(idx, test_size=0.2, stratify=T._stratify_key(cat, dataset.label, 2), random_state=7)
-    config = T.TrainConfig(cv_folds=2, max_iter=30, category_max_iter=15, compare_random_forest=False)
+    config = small_config()  # small_model's: the refit heads must match what it trained
     with threadpool_limits(limits=config.threads):  # one OpenMP thread, as training fits them (faster on a busy machine)
         binary = T._binary_model(config).fit(dataset.X[train_idx], dataset.label[train_idx].astype(np.int64))
         category, _ = T._fit_category(config, dataset.X[train_idx], cat[train_idx])
