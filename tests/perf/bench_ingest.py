@@ -103,7 +103,7 @@ def main() -> None:
         clean, _fields, _problems = ingest.validate(sample)
         began = time.perf_counter()
         for i in range(0, len(clean), args.batch_size):
-            model.model.predict_clean(clean[i : i + args.batch_size])
+            model.model.verdicts_clean(clean[i : i + args.batch_size])
         scoring = len(clean) / (time.perf_counter() - began)
 
         from helpers import create_user

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import re
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
@@ -37,7 +36,6 @@ if TYPE_CHECKING:
     from threatflow.flows.repository import EventQuery
 
 MAX_PROBLEMS_LISTED = 1000
-_LONG_DIGITS = re.compile(rb"\d{19,}")  # an integer that may not fit 64 bits
 INGEST_JOBS = "flow_ingest_jobs"
 INGEST_TOPIC = "flow-ingest"
 HOST_WINDOW = timedelta(days=30)
@@ -94,7 +92,7 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("POST", "/api/v1/flows/batch", role=Role.ANALYST, body=FlowBatch)
     def batch(request: Request, body: FlowBatch) -> dict[str, Any]:
-        if b"\\u0000" in request.body or _LONG_DIGITS.search(request.body):
+        if b"\\u0000" in request.body or limits.has_long_digits(request.body):
             limits.check_raw_json(request.body)  # rare: the full walk names the field
         canonical, fields, problems = ingest.validate(body.flows)
         if body.positions is not None and len(body.positions) != len(body.flows):

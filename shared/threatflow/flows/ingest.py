@@ -53,10 +53,16 @@ _CATEGORICAL = ("proto", "service", "state")
 
 
 class Prediction(Protocol):
-    is_attack: bool
-    probability: float
-    attack_cat: str
-    model_version: str
+    """What an event keeps of a flow's prediction (read-only: ml's Verdict is frozen)."""
+
+    @property
+    def is_attack(self) -> bool: ...
+    @property
+    def probability(self) -> float: ...
+    @property
+    def attack_cat(self) -> str: ...
+    @property
+    def model_version(self) -> str: ...
 
 
 class Scorer(Protocol):
@@ -65,8 +71,8 @@ class Scorer(Protocol):
     @property
     def version(self) -> str: ...
 
-    def predict_clean(self, flows: Sequence[Mapping[str, Any]]) -> Sequence[Any]:
-        """Score flows that validate_flows already returned (no second validation)."""
+    def verdicts_clean(self, flows: Sequence[Mapping[str, Any]]) -> Sequence[Prediction]:
+        """Verdicts of flows that validate_flows already returned (no second validation)."""
 
 
 @dataclass(frozen=True)
@@ -420,7 +426,7 @@ def score_and_store(
     positions: Sequence[int] | None = None,
 ) -> BatchOutcome:
     """Score validated, canonical flows and store them as events in the caller's transaction."""
-    predictions = model.predict_clean(flows) if flows else []
+    predictions = model.verdicts_clean(flows) if flows else []
     rows = build_rows(
         flows, fields, predictions, source=source, first_position=first_position, observed_at=observed_at, positions=positions
     )

@@ -84,6 +84,16 @@ class Prediction:
         return body
 
 
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a stored flow event keeps of a prediction: no category distribution."""
+
+    is_attack: bool
+    probability: float
+    attack_cat: str
+    model_version: str
+
+
 # -- tree ensembles as arrays -----------------------------------------------------------
 
 
@@ -446,6 +456,31 @@ class ServingModel:
     def predict_clean(self, flows: Sequence[Mapping[str, Any]], *, explain: bool = False, top: int = 5) -> list[Prediction]:
         """Score flows already returned by validate_flows (skips a second validation)."""
         return self.predict_matrix(matrix_from_clean(flows, vocabulary=self.vocabulary), explain=explain, top=top)
+
+    def verdicts_clean(self, flows: Sequence[Mapping[str, Any]]) -> list[Verdict]:
+        """Verdicts of flows already returned by validate_flows, for storing them as events.
+
+        Same verdicts as predict_clean, but the category head (most of the model's trees) runs
+        only on the flows the binary head flags: a benign flow's category is Normal whatever
+        that head says, and an event keeps no category distribution.
+        """
+        import numpy as np
+
+        if not flows:
+            return []
+        X = matrix_from_clean(flows, vocabulary=self.vocabulary)
+        p_attack = _sigmoid(self.binary.raw_predict(X)[:, 0])
+        flagged = np.flatnonzero(p_attack >= self.threshold)
+        served = np.zeros(len(X), dtype=np.intp)
+        if len(flagged):
+            p_cat = _softmax(self.category.raw_predict(X[flagged]) + self.category_bias)
+            served[flagged] = p_cat.argmax(axis=1) + 1
+        labels = ("Normal", *self.category_labels)
+        version = self.version
+        return [
+            Verdict(is_attack=code != 0, probability=probability, attack_cat=labels[code], model_version=version)
+            for code, probability in zip(served.tolist(), np.round(p_attack, 6).tolist(), strict=True)
+        ]
 
     def scores(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(P(attack) per row, P(category | attack) per row over category_labels, adjusted)."""

@@ -26,7 +26,10 @@ MAX_JSON_DEPTH = 400
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 _CHUNK = 64 * 1024
-_LONG_DIGITS = re.compile(rb"\d{19,}")
+# Every digit as "0", so a run of 19 is one substring search: the regex \d{19,} restarted at each
+# digit of every shorter run and cost ~9 us per flow of a 5,000-flow batch (10x this).
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_NINETEEN_DIGITS = b"0" * 19
 
 
 def read_body(stream: IO[bytes], *, limit: int, content_length: int | None) -> bytes:
@@ -48,7 +51,12 @@ def read_body(stream: IO[bytes], *, limit: int, content_length: int | None) -> b
 
 def looks_suspicious(raw: bytes) -> bool:
     """True when `raw` may hold a NUL escape, a huge integer or deep nesting (cheap C-level scans)."""
-    return b"\\u0000" in raw or (raw.count(b"[") + raw.count(b"{")) > MAX_JSON_DEPTH or _LONG_DIGITS.search(raw) is not None
+    return b"\\u0000" in raw or (raw.count(b"[") + raw.count(b"{")) > MAX_JSON_DEPTH or has_long_digits(raw)
+
+
+def has_long_digits(raw: bytes) -> bool:
+    """True when `raw` holds 19 or more digits in a row: an integer that may not fit 64 bits."""
+    return _NINETEEN_DIGITS in raw.translate(_DIGITS_AS_ZERO)
 
 
 def check_json(value: Any, *, field: str = "", skip: str | None = None) -> None:

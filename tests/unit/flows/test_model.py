@@ -124,6 +124,22 @@ def test_results_are_the_predictions_json(trained):
     assert first["is_attack"] == (p_attack[0] >= trained.model.threshold)
 
 
+@pytest.mark.parametrize("count", [40, M.SMALL_BATCH + 50, M.PARALLEL_ROWS + 100])
+def test_verdicts_are_the_predictions_without_the_distribution(trained, count):
+    """Ingest's verdicts run the category head on flagged flows only: the same verdicts, whatever
+    path (numpy walk, one thread, rows split) each head's share of the batch takes."""
+    rows = sample_rows(2500)
+    clean, errors = F.validate_flows([flow_without_targets(rows[i % len(rows)]) for i in range(count)])
+    assert not errors
+    predictions = trained.model.predict_clean(clean)
+    verdicts = trained.model.verdicts_clean(clean)
+    assert [(v.is_attack, v.probability, v.attack_cat, v.model_version) for v in verdicts] == [
+        (p.is_attack, p.probability, p.attack_cat, p.model_version) for p in predictions
+    ]
+    assert {v.is_attack for v in verdicts} == {True, False}  # both branches exercised
+    assert trained.model.verdicts_clean([]) == []
+
+
 def test_predictions_are_coherent(trained):
     flows = [flow_without_targets(r) for r in sample_rows(2500)[:40]]
     predictions = trained.model.predict(flows, explain=True, top=3)

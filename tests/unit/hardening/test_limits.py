@@ -64,6 +64,23 @@ def test_bad_json_is_a_validation_error_naming_the_field(raw, field):
     assert caught.value.field is not None and caught.value.field.startswith(field)
 
 
+@pytest.mark.parametrize(
+    ("raw", "long"),
+    [
+        (b"1234567890123456789", True),
+        (b'{"a": 9223372036854775807}', True),  # fits, but the walk decides
+        (b'{"a": "x1234567890123456789y"}', True),  # inside a string too: a harmless walk
+        (b'{"a": 123456789012345678}', False),
+        (b'{"a": 123456789, "b": 012345678901234567}', False),
+        (b"", False),
+        (b"1.5e300, 99999999-99999999999", False),
+    ],
+)
+def test_long_digit_runs_are_found_without_a_regex(raw, long):
+    assert limits.has_long_digits(raw) is long
+    assert limits.looks_suspicious(raw) is long
+
+
 def test_depth_400_is_accepted():
     raw = b'{"params": ' + b'{"a": ' * 398 + b"1" + b"}" * 398 + b"}"
     assert decode_body(raw, Body).params
