@@ -299,16 +299,16 @@ class FlowBatch:
         return X
 
     def clean_flows(self) -> list[dict[str, Any]]:
-        """The flows as validate_flow returns them (canonical names; equal dicts, key order aside)."""
+        """The flows as validate_flow returns them (canonical names; equal dicts, key order aside:
+        a flow's names are the features and its pass-through fields, so nothing is left to pick)."""
         numeric = self.numeric.tolist()
-        keys = self.keys or [FEATURE_COLUMNS] * len(numeric)
         passthrough = self.passthrough or [{}] * len(numeric)
         clean = []
-        for names, values, cats, extra in zip(keys, numeric, zip(*self.categorical, strict=True), passthrough, strict=True):
-            known = dict(zip(NUMERIC_COLUMNS, values, strict=True))
-            known.update(zip(CATEGORICAL, cats, strict=True))
-            known.update(extra)
-            clean.append({name: known[name] for name in names})
+        for values, cats, extra in zip(numeric, zip(*self.categorical, strict=True), passthrough, strict=True):
+            flow = dict(zip(NUMERIC_COLUMNS, values, strict=True))
+            flow.update(zip(CATEGORICAL, cats, strict=True))
+            flow.update(extra)
+            clean.append(flow)
         return clean
 
 
@@ -340,7 +340,8 @@ def _batch_from_clean(clean: Sequence[Mapping[str, Any]]) -> FlowBatch:
     """Validated (canonical) flows by column (C-level itemgetter, no Python row per flow)."""
     import numpy as np
 
-    numeric = np.array(list(map(itemgetter(*NUMERIC_COLUMNS), clean)), dtype=np.float64).reshape(len(clean), len(NUMERIC_COLUMNS))
+    values = chain.from_iterable(map(itemgetter(*NUMERIC_COLUMNS), clean))
+    numeric = np.fromiter(values, dtype=np.float64, count=len(clean) * len(NUMERIC_COLUMNS)).reshape(len(clean), len(NUMERIC_COLUMNS))
     return FlowBatch(numeric, tuple(list(map(itemgetter(name), clean)) for name in CATEGORICAL))
 
 
