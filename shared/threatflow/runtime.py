@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from threatflow.platform import collector
 from threatflow.platform import logging as tf_logging
 from threatflow.platform.config import Settings
 from threatflow.platform.errors import ConfigError, DependencyError
@@ -66,6 +67,7 @@ class Runtime:
         self.snapshots = SnapshotCache(monotonic=monotonic)
         self._noted: set[str] = set()
         tf_logging.configure(settings.log_level)
+        collector.tune()
 
     @classmethod
     def from_env(cls, *, require: tuple[str, ...] = ()) -> Runtime:

@@ -1,0 +1,31 @@
+"""The garbage collector's process-wide tuning (threatflow.platform.collector)."""
+
+import subprocess
+import sys
+import textwrap
+
+
+def test_a_runtime_tunes_the_collector_once_per_process():
+    """Run in a fresh interpreter: the tuning is process-wide and acts once, so the test process's
+    own state would say nothing."""
+    script = textwrap.dedent(
+        """
+        import gc
+        from threatflow.platform import collector
+        from threatflow.platform.config import Settings
+        from threatflow.runtime import Runtime
+
+        assert gc.get_threshold() == (700, 10, 10), gc.get_threshold()
+        Runtime(Settings.from_env())
+        assert gc.get_threshold() == (collector.YOUNG_THRESHOLD, *collector.OLDER_THRESHOLDS), gc.get_threshold()
+        frozen = gc.get_freeze_count()
+        assert frozen > 10_000, frozen  # the imported modules' objects
+        Runtime(Settings.from_env())  # a second runtime: no second freeze
+        assert gc.get_freeze_count() == frozen
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "ok"
+
