@@ -28,4 +28,3 @@ def test_a_runtime_tunes_the_collector_once_per_process():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "ok"
-

@@ -200,7 +200,6 @@ def test_checkov_passes() -> None:
     assert result.returncode == 0, f"checkov failed ({' '.join(command)}):\n{result.stdout}\n{result.stderr[-2000:]}"
 
 
-
 # -- 4a. Firestore TTL policies (firestore.tf) ---------------------------------------------
 
 # (collection, field) of every TTL the code relies on to delete documents: flows/upload_markers.py's markers.
@@ -379,6 +378,7 @@ def test_the_api_check_sees_a_missing_dependency() -> None:
     assert "secretmanager" in _reached_apis(graph, "google_secret_manager_secret_version.redis_auth")  # through the secret
     detached = {**graph, "google_redis_instance.cache": graph["google_redis_instance.cache"] - {"api:redis"}}
     assert "redis" not in _reached_apis(detached, "google_redis_instance.cache")
+
 
 # -- bundles -------------------------------------------------------------------------
 

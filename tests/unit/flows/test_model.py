@@ -91,11 +91,35 @@ def test_numpy_walker_and_compiled_path_equal_sklearn(trained, sklearn_heads):
     X[-1, F.FEATURE_COLUMNS.index("proto")] = model.vocabulary.size("proto") + 5
     expected_binary = binary.predict_proba(X)[:, 1]
     expected_category = category.predict_proba(X)
-    for raw in (model.binary.raw_predict_numpy(X), model.binary._compiled()(X)):
+
+    def one_by_one(head):
+        return np.vstack([head.raw_predict(X[i : i + 1]) for i in range(len(X))])  # the plain one-flow walk
+
+    for raw in (model.binary.raw_predict_numpy(X), model.binary._compiled()(X), one_by_one(model.binary)):
         np.testing.assert_allclose(1 / (1 + np.exp(-raw[:, 0])), expected_binary, rtol=1e-9, atol=1e-12)
-    for raw in (model.category.raw_predict_numpy(X), model.category._compiled()(X)):
+    for raw in (model.category.raw_predict_numpy(X), model.category._compiled()(X), one_by_one(model.category)):
         z = np.exp(raw - raw.max(axis=1, keepdims=True))
         np.testing.assert_allclose(z / z.sum(axis=1, keepdims=True), expected_category, rtol=1e-9, atol=1e-12)
+
+
+def test_the_one_flow_walk_follows_the_numpy_walker_on_every_route(trained):
+    """Missing values, negative and unknown category codes, values past 255, and a crafted ensemble
+    whose depth bound stops a walk short: the plain walk takes the numpy walker's every turn."""
+    rows = sample_rows(2500)[:200]
+    X = F.to_matrix([flow_without_targets(r) for r in rows], vocabulary=trained.model.vocabulary).astype(np.float64)
+    proto, dur = F.FEATURE_COLUMNS.index("proto"), F.FEATURE_COLUMNS.index("dur")
+    X[0:20, proto] = -3.0
+    X[20:40, proto] = 255.0 + np.arange(20)
+    X[40:60, proto] = np.nan
+    X[60:80, :] = np.nan
+    X[80:100, dur] = np.nan
+    for trained_head in (trained.model.binary, trained.model.category):
+        for cut in (None, 2):
+            head = trained_head
+            if cut is not None:  # a depth bound below the trees' depth: both walkers stop after `cut` steps
+                head = M.TreeEnsemble(**{**{k: v for k, v in vars(head).items() if not k.startswith("_")}, "depth": cut})
+            walked = np.array([head.raw_predict_one(row) for row in X.tolist()])
+            np.testing.assert_allclose(walked, head.raw_predict_numpy(X), rtol=1e-12, atol=1e-12)
 
 
 def test_large_batches_split_across_threads_score_like_the_walker(trained):

@@ -581,8 +581,12 @@ _ANALYST = [
     _v("analyst", "an IDN next to CJK text: はじめよう.みんな。", _domain("xn--p8j9a0d9c9a.xn--q9jyb4c")),
     _v("analyst", "악성 도메인evil.kr과 1.2.3.4", _domain("evil.kr"), _ip("1.2.3.4")),
     _v("analyst", "opened file:///etc/passwd and file:///C:/Users/x.exe", _path("/etc/passwd"), _path("C:\\Users\\x.exe")),
-    _v("analyst", "BazarLoader resolved reddew28c[.]bazar via EmerDNS; Namecoin C2 hxxp://gate.evil[.]bit/p.php",
-       _domain("reddew28c.bazar"), _url("http://gate.evil.bit/p.php")),
+    _v(
+        "analyst",
+        "BazarLoader resolved reddew28c[.]bazar via EmerDNS; Namecoin C2 hxxp://gate.evil[.]bit/p.php",
+        _domain("reddew28c.bazar"),
+        _url("http://gate.evil.bit/p.php"),
+    ),
     _v("analyst", "link against kernel32.lib for a 64.bit build; GPIOA.ctrl.bit set; stage2.c2[.]emc answered", _domain("stage2.c2.emc")),
     _v("analyst", "import org.apache.commons.lib; c2 at stage2.evil[.]lib", _domain("stage2.evil.lib")),
     _v(

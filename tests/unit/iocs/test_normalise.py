@@ -129,7 +129,6 @@ def test_domain_needs_a_real_public_suffix() -> None:
     assert "punycode" in reason("xn--zz.com")
 
 
-
 def test_domains_under_the_alternative_roots_malware_uses_are_indicators() -> None:
     """Namecoin's .bit and EmerDNS's .bazar/.coin/.emc/.lib are outside ICANN's root, so not in the Public Suffix
     List, but C2 lives there (BazarLoader's .bazar; ThreatFox's host list in ../shared holds amazonservers.bit)."""
@@ -139,6 +138,7 @@ def test_domains_under_the_alternative_roots_malware_uses_are_indicators() -> No
     assert ok("hxxp://gate.example[.]emc/x.php") == ("url", "http://gate.example.emc/x.php")
     assert "public suffix" in reason("bit", "domain") or "top-level domain" in reason("bit", "domain")
     assert "Public Suffix List" in reason("evil.notatld")
+
 
 # -- URLs -----------------------------------------------------------------------------------------------
 
