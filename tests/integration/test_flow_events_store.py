@@ -418,11 +418,11 @@ def test_a_search_past_its_statement_timeout_is_a_400_and_the_connection_recover
     try:
         with engine.connect() as locker:
             locker.execute(text(f'LOCK TABLE "{partition}" IN ACCESS EXCLUSIVE MODE'))
-            with pytest.raises(ValidationError) as caught, repository.read_only(reader) as conn:
+            with pytest.raises(ValidationError) as caught, repository.read_only(reader, wait_seconds=3) as conn:
                 search.search(query, conn=conn)
             assert caught.value.field == "from" and "too broad" in caught.value.message
             locker.rollback()
-        with repository.read_only(reader) as conn:
+        with repository.read_only(reader, wait_seconds=3) as conn:
             assert json.loads(search.search(query, conn=conn))["count"] == 1
     finally:
         if reader is not engine:
@@ -441,9 +441,9 @@ def test_the_read_pool_is_read_only_bounded_autocommit_and_answers_a_search_as_t
     query = search.parse_search({"srcip": "175.45.176.33", "limit": "5"}, now=now)
     reader = _read_engine(clean_tables, timeout_ms=search.SEARCH_TIMEOUT_MS)
     try:
-        with repository.read_only(engine) as conn:
+        with repository.read_only(engine, wait_seconds=3) as conn:
             expected = search.search(query, conn=conn)
-        with repository.read_only(reader) as conn:
+        with repository.read_only(reader, wait_seconds=3) as conn:
             assert conn.connection.dbapi_connection.autocommit is True
             assert search.search(query, conn=conn) == expected
             pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
@@ -454,13 +454,13 @@ def test_the_read_pool_is_read_only_bounded_autocommit_and_answers_a_search_as_t
             assert tuple(settings) == ("3s", "force_generic_plan", "on")
             with pytest.raises(sqlalchemy.exc.DBAPIError, match="read-only transaction"):
                 conn.exec_driver_sql("DELETE FROM flow_events")
-        with repository.read_only(reader) as conn:
+        with repository.read_only(reader, wait_seconds=3) as conn:
             assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() == pid  # the same pooled session
             assert search.search(query, conn=conn) == expected
         with engine.connect() as conn:  # what that session ran last: the search itself, no COMMIT or SET after it
             last = conn.exec_driver_sql(f"SELECT query FROM pg_stat_activity WHERE pid = {int(pid)}").scalar_one()
         assert last.lstrip().startswith("SELECT count(*)::integer")
-        with repository.read_only(engine) as conn:
+        with repository.read_only(engine, wait_seconds=3) as conn:
             assert json.loads(expected)["count"] == 5
     finally:
         reader.dispose()
@@ -475,7 +475,7 @@ def test_a_read_pool_search_refuses_a_session_that_does_not_fit_it(clean_tables)
     reader = _read_engine(clean_tables, timeout_ms=1234)
     try:
         for params in ({"srcip": "175.45.176.34"}, {"proto": "tcp"}):
-            with pytest.raises(ValueError, match="cannot run a search"), repository.read_only(reader) as conn:
+            with pytest.raises(ValueError, match="cannot run a search"), repository.read_only(reader, wait_seconds=3) as conn:
                 search.search(search.parse_search(params, now=now), conn=conn)
         assert search.uses_read_pool(search.parse_search({"dstip": "10.0.0.1"}, now=now))
         assert not search.uses_read_pool(search.parse_search({"proto": "tcp"}, now=now))
@@ -506,15 +506,15 @@ def test_the_read_pool_pings_only_idle_connections_and_a_lost_one_is_a_503_then_
     try:
         monkeypatch.setattr(postgres, "READ_PING_IDLE_SECONDS", 0.0)  # every checkout counts as idle
         kill(backend_pid())
-        with repository.read_only(reader) as conn:
+        with repository.read_only(reader, wait_seconds=3) as conn:
             assert json.loads(search.search(query, conn=conn))["count"] == 1
 
         monkeypatch.setattr(postgres, "READ_PING_IDLE_SECONDS", 3600.0)  # never idle: no ping
         kill(backend_pid())
-        with pytest.raises(Exception) as caught, repository.read_only(reader) as conn:
+        with pytest.raises(Exception) as caught, repository.read_only(reader, wait_seconds=3) as conn:
             search.search(query, conn=conn)
         assert isinstance(postgres.unavailable(caught.value), postgres.DependencyError)
-        with repository.read_only(reader) as conn:
+        with repository.read_only(reader, wait_seconds=3) as conn:
             assert json.loads(search.search(query, conn=conn))["count"] == 1
     finally:
         reader.dispose()
@@ -540,7 +540,7 @@ def test_a_restart_fails_one_read_pool_search_not_one_per_pooled_connection(engi
         outcomes = []
         for _ in range(3):
             try:
-                with repository.read_only(reader) as conn:
+                with repository.read_only(reader, wait_seconds=3) as conn:
                     outcomes.append(json.loads(search.search(query, conn=conn))["count"])
             except Exception as exc:
                 assert isinstance(postgres.unavailable(exc), postgres.DependencyError), exc

@@ -150,3 +150,29 @@ def test_the_wait_for_a_pooled_connection_counts_against_the_deadline(function_c
         for conn in held:
             conn.close()
     assert flows.get("/api/v1/events/hosts/1.2.3.4", headers=reader).status_code == 200
+
+
+def test_a_search_waits_for_a_pooled_connection_no_longer_than_it_may_run(function_client, backend_env, reader):
+    """A search by address runs on the read pool under a 3 s statement timeout, but waited the pool's own
+    10 s for a connection when every one was taken, then answered a 503. It now gives up after the 3 s it
+    may run: the same 503 to retry, sooner."""
+    import sys
+
+    from threatflow.flows import search
+
+    flows = function_client("flows", DB_POOL_SIZE="1")
+    path = "/api/v1/events/search?srcip=1.2.3.4"
+    assert flows.get(path, headers=reader).status_code == 200  # warm: token cache, the read pool exists
+    pool = sys.modules["main"].router.runtime.read_engine(search.SEARCH_SESSION)  # 1 kept, 1 overflow
+    held = [pool.connect(), pool.connect()]
+    try:
+        began = time.monotonic()
+        response = flows.get(path, headers=reader)
+        took = time.monotonic() - began
+        assert response.status_code == 503, (response.status_code, response.get_data(as_text=True)[:300])
+        assert response.get_json()["error"]["code"] == "dependency_unavailable"
+        assert search.SEARCH_TIMEOUT_MS / 1000 - 0.1 < took < 6, took  # its own 3 s, not the pool's 10 s
+    finally:
+        for conn in held:
+            conn.close()
+    assert flows.get(path, headers=reader).status_code == 200

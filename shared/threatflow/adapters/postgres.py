@@ -108,6 +108,7 @@ def create_read_engine(settings: Settings, *, session: ReadSession) -> Engine:
 
     settings.require_database()
     pool: dict[str, Any] = {
+        "poolclass": _bounded_pool(),  # a search waits for a connection no longer than it may run (checkout_within)
         "pool_size": settings.db_pool_size,
         "max_overflow": settings.db_pool_size,
         "pool_timeout": 10,
@@ -185,10 +186,18 @@ def unit_of_work(engine: Engine, *, wait_seconds: float | None = None) -> Iterat
     `wait_seconds` bounds the block's waits for a pooled connection (what is left of a
     request's deadline) below the pool's own timeout, for the engines create_engine makes:
     past it, sqlalchemy.exc.TimeoutError, as when the pool's timeout passes."""
+    with checkout_within(wait_seconds), engine.begin() as conn:
+        yield conn
+
+
+@contextlib.contextmanager
+def checkout_within(wait_seconds: float | None) -> Iterator[None]:
+    """Within the block, a wait for a pooled connection (of the pools create_engine and
+    create_read_engine make) ends after `wait_seconds` at most, whatever the pool's own timeout;
+    past it, sqlalchemy.exc.TimeoutError, as when the pool's timeout passes. None: the pool's."""
     token = _CHECKOUT_ENDS.set(None if wait_seconds is None else time.monotonic() + wait_seconds)
     try:
-        with engine.begin() as conn:
-            yield conn
+        yield
     finally:
         _CHECKOUT_ENDS.reset(token)
 

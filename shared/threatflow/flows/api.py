@@ -237,7 +237,9 @@ def build_router(runtime: Runtime) -> Router:
 
     def search_connection(query: EventQuery) -> contextlib.AbstractContextManager[Connection]:
         engine = runtime.read_engine(search.SEARCH_SESSION) if search.uses_read_pool(query) else runtime.engine
-        return repository.read_only(engine)
+        # Waiting for a connection longer than the search may run helps nobody: the pool's own 10 s
+        # held a request (and its client) that long before the 503.
+        return repository.read_only(engine, wait_seconds=search.SEARCH_TIMEOUT_MS / 1000)
 
     def window(request: Request, default: timedelta, maximum: timedelta) -> tuple[datetime, datetime]:
         return search.parse_window(request.query, now=runtime.clock.now(), default=default, maximum=maximum)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from threatflow.adapters.postgres import READ_SESSION, unit_of_work
+from threatflow.adapters.postgres import READ_SESSION, checkout_within, unit_of_work
 from threatflow.platform.errors import DependencyError, ValidationError
 
 if TYPE_CHECKING:
@@ -291,15 +291,16 @@ def search_sql(q: EventQuery) -> tuple[str, dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def read_only(engine: Engine) -> Iterator[Connection]:
-    """The unit of work of a request that only reads (a search).
+def read_only(engine: Engine, *, wait_seconds: float) -> Iterator[Connection]:
+    """The unit of work of a request that only reads (a search), waiting at most `wait_seconds`
+    for a pooled connection (then sqlalchemy's TimeoutError: a 503 to retry).
 
     On a read pool's connection (adapters.postgres.create_read_engine: autocommit, read-only
     sessions) it sends nothing of its own. On the engine's, it is unit_of_work ending in one round
     trip: pg8000's commit() takes three (parse, describe, execute); COMMIT sent as a simple query
     takes one, and the pool's rollback on check-in then finds no transaction and sends nothing.
     On an error the block rolls back as unit_of_work does."""
-    with engine.connect() as conn:
+    with checkout_within(wait_seconds), engine.connect() as conn:
         yield conn
         if not conn.connection.dbapi_connection.autocommit:  # type: ignore[union-attr]
             conn.exec_driver_sql("COMMIT")
