@@ -328,7 +328,12 @@ class TreeEnsemble:
             go_left = np.where(missing, self.missing_left[node], go_left)
             node = np.where(leaf, node, np.where(go_left, self.left[node], self.right[node]))
         values = self.value[node].reshape(n, -1, self.n_outputs)
-        return np.asarray(values.sum(axis=1) + self.baseline, dtype=np.float64)
+        # From the baseline, tree by tree (add.accumulate is strictly sequential), as the compiled
+        # predictor and the one-flow walk add them: the same bits on every path, so a flow's verdict
+        # cannot depend on its batch's size (sum() then + baseline was a few ulps off, enough to flip
+        # a near-tie between categories when ingest scores only the flagged flows).
+        ordered = np.concatenate([np.broadcast_to(self.baseline, (n, 1, self.n_outputs)), values], axis=1)
+        return np.asarray(np.add.accumulate(ordered, axis=1)[:, -1], dtype=np.float64)
 
     def _compiled(self) -> Callable[[np.ndarray], np.ndarray] | None:
         if self._sklearn is None:

@@ -1,5 +1,6 @@
 """Training on a small sample, the artifact (round trip, sha256 refusal), and the scorers against scikit-learn."""
 
+import dataclasses
 import io
 import json
 
@@ -120,6 +121,38 @@ def test_the_one_flow_walk_follows_the_numpy_walker_on_every_route(trained):
                 head = M.TreeEnsemble(**{**{k: v for k, v in vars(head).items() if not k.startswith("_")}, "depth": cut})
             walked = np.array([head.raw_predict_one(row) for row in X.tolist()])
             np.testing.assert_allclose(walked, head.raw_predict_numpy(X), rtol=1e-12, atol=1e-12)
+
+
+def test_every_path_adds_a_flows_trees_in_one_order(trained):
+    """The numpy walker, the compiled predictor and the one-flow walk give the same raw scores to the
+    bit, so a flow's verdict never depends on the path its batch (or ingest's flagged share) takes.
+
+    Found in review: the numpy walker added up the trees and then the baseline, the other two start
+    from the baseline and add tree by tree; a few ulps apart, so with a category bias putting two
+    categories that close, verdicts_clean (the category head on the one flagged flow: the one-flow
+    walk) named another category than predict_clean (the two-flow batch: the numpy walker)."""
+    model = trained.model
+    clean, errors = F.validate_flows([flow_without_targets(r) for r in sample_rows(2500)[:200]])
+    assert not errors
+    X = F.matrix_from_clean(clean, vocabulary=model.vocabulary).astype(np.float64)
+    for head in (model.binary, model.category):
+        walked = head.raw_predict_numpy(X)
+        assert np.array_equal(walked, head._compiled()(X))
+        assert np.array_equal(walked, np.array([head.raw_predict_one(row) for row in X.tolist()]))
+
+    p_attack = 1 / (1 + np.exp(-model.binary.raw_predict_numpy(X)[:, 0]))
+    benign = int(np.flatnonzero(p_attack < model.threshold)[0])
+    raw = model.category.raw_predict_numpy(X) + model.category_bias
+    for row in np.flatnonzero(p_attack >= model.threshold)[:10].tolist():
+        first, second = np.argsort(-raw[row])[:2]
+        tie = model.category_bias[second] + (raw[row, first] - raw[row, second])  # lifts `second` level with `first`
+        for ulps in range(-3, 4):
+            bias = model.category_bias.copy()
+            bias[second] = tie + ulps * np.spacing(tie)
+            near_tie = dataclasses.replace(model, category_bias=bias)
+            batch = [clean[row], clean[benign]]
+            expected = [(p.is_attack, p.probability, p.attack_cat) for p in near_tie.predict_clean(batch)]
+            assert [(v.is_attack, v.probability, v.attack_cat) for v in near_tie.verdicts_clean(batch)] == expected
 
 
 def test_large_batches_split_across_threads_score_like_the_walker(trained):
