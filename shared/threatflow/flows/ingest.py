@@ -291,8 +291,10 @@ def validate(flows: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], 
                 problems.append(FlowProblem(i, name, "contains a NUL character"))
         # Finite is not storable: features are real (float4) and four of them are copied to bigint
         # and integer columns; out of range, the whole batch's INSERT would fail.
-        if max(map(abs, map(flow.__getitem__, _VALIDATED_STORED))) > _REAL_MAX or any(
-            abs(flow[name]) > limit for name, limit in _COLUMN_MAX.items()
+        if (
+            max(map(abs, map(flow.__getitem__, _VALIDATED_STORED))) > _REAL_MAX
+            or any(abs(flow[name]) > limit for name, limit in _COLUMN_MAX.items())
+            or _rate_beyond_real(flow)
         ):
             problems += _storage_problems(i, flow)
     bad = {p.index for p in problems}
@@ -309,12 +311,24 @@ _COLUMN_MAX = {"sbytes": 2.0**62, "dbytes": 2.0**62, "spkts": 2.0**30, "dpkts": 
 _REAL_MAX = 3.4028234e38
 
 
+def _rate_beyond_real(flow: Mapping[str, Any]) -> bool:
+    """`rate` is a pass-through (any value) but is stored in the features as real: out of that range
+    (inf included) the batch's COPY failed. NaN and what is not a number are stored as NULL."""
+    rate = flow.get("rate")
+    if rate is None:
+        return False
+    number = rate if type(rate) is float else _stored_float(rate)
+    return number is not None and abs(number) > _REAL_MAX
+
+
 def _storage_problems(index: int, flow: Mapping[str, Any]) -> list[FlowProblem]:
     out = []
     for name in _VALIDATED_STORED:
         limit = _COLUMN_MAX.get(name, _REAL_MAX)
         if abs(flow[name]) > limit:
             out.append(FlowProblem(index, name, f"out of the range the event store keeps (at most {limit:.4g} in magnitude)"))
+    if _rate_beyond_real(flow):
+        out.append(FlowProblem(index, "rate", f"out of the range the event store keeps (at most {_REAL_MAX:.4g} in magnitude)"))
     return out
 
 
@@ -347,7 +361,7 @@ def _feature_vector(flow: Mapping[str, Any]) -> list[float | None]:
 def _stored_float(value: Any) -> float | None:
     try:
         return float(value) if value is not None and value != "" else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int past any float
         return None
 
 
