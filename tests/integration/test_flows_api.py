@@ -178,6 +178,7 @@ def test_batch_items_holding_nul_huge_integers_or_deep_nesting_are_400s(flows_ap
         ({"sbytes": 1e30}, "sbytes"),  # finite, but no bigint: listed, not a failed INSERT
         ({"rate": 1e39}, "rate"),  # a pass-through, but stored as real: was the whole batch's failed INSERT (500)
         ({"rate": "-1e39"}, "rate"),
+        ({"dur": 1e-50}, "dur"),  # real rounds it to 0, which PostgreSQL refuses: was a 500 too
         ({"dur": [[[[1]]]]}, "dur"),
         ({"colour\x00": 1}, "flows[1]"),
     ):

@@ -23,6 +23,9 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from itertools import chain
+from math import isnan
+from operator import itemgetter
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from threatflow.adapters.postgres import unit_of_work
@@ -285,17 +288,14 @@ def validate(flows: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], 
         i: event_fields(by_index[i] if i in by_index else features.canonical_flow(flow), i, event_problems) for i, flow in enumerate(flows)
     }
     problems += event_problems
-    for i, flow in by_index.items():
+    # Finite is not storable: features are real (float4) and four of them are copied to bigint
+    # and integer columns; out of range, the whole batch's INSERT would fail.
+    unstorable = _unstorable_rows(list(by_index.values()))
+    for (i, flow), out_of_range in zip(by_index.items(), unstorable, strict=True):
         for name in _CATEGORICAL:  # PostgreSQL text cannot hold NUL: a 400 here, not a failed batch
             if "\x00" in flow[name]:
                 problems.append(FlowProblem(i, name, "contains a NUL character"))
-        # Finite is not storable: features are real (float4) and four of them are copied to bigint
-        # and integer columns; out of range, the whole batch's INSERT would fail.
-        if (
-            max(map(abs, map(flow.__getitem__, _VALIDATED_STORED))) > _REAL_MAX
-            or any(abs(flow[name]) > limit for name, limit in _COLUMN_MAX.items())
-            or _rate_beyond_real(flow)
-        ):
+        if out_of_range or _rate_unstorable(flow):
             problems += _storage_problems(i, flow)
     bad = {p.index for p in problems}
     keep = [i for i in range(len(flows)) if i not in bad]
@@ -309,27 +309,53 @@ _VALIDATED_STORED = tuple(name for name in STORED_FEATURES if name in frozenset(
 # rounding would carry 2**31 - 1 up to 2**31 (out of range).
 _COLUMN_MAX = {"sbytes": 2.0**62, "dbytes": 2.0**62, "spkts": 2.0**30, "dpkts": 2.0**30}
 _REAL_MAX = 3.4028234e38
+# Below real's smallest normal number PostgreSQL refuses what real rounds to 0 ("1e-50" is out of
+# range for type real) and, before version 12, every subnormal too: only 0 is stored below this.
+_REAL_MIN = 1.1754944e-38
 
 
-def _rate_beyond_real(flow: Mapping[str, Any]) -> bool:
-    """`rate` is a pass-through (any value) but is stored in the features as real: out of that range
+def _unstorable_rows(flows: Sequence[Mapping[str, Any]]) -> list[bool]:
+    """Per validated flow: does a feature lie outside what its column keeps (one pass in numpy)."""
+    import numpy as np
+
+    if not flows:
+        return []
+    values = chain.from_iterable(map(itemgetter(*_VALIDATED_STORED), flows))
+    magnitude = np.abs(np.fromiter(values, dtype=np.float64, count=len(flows) * len(_VALIDATED_STORED)))
+    magnitude = magnitude.reshape(len(flows), len(_VALIDATED_STORED))
+    limits = np.array([_COLUMN_MAX.get(name, _REAL_MAX) for name in _VALIDATED_STORED])
+    outside = (magnitude > limits) | ((magnitude > 0) & (magnitude < _REAL_MIN))
+    return list(map(bool, np.any(outside, axis=1).tolist()))
+
+
+def _storable(value: float, limit: float) -> bool:
+    magnitude = abs(value)
+    return magnitude == 0 or _REAL_MIN <= magnitude <= limit
+
+
+def _rate_unstorable(flow: Mapping[str, Any]) -> bool:
+    """`rate` is a pass-through (any value) but is stored in the features as real: out of its range
     (inf included) the batch's COPY failed. NaN and what is not a number are stored as NULL."""
     rate = flow.get("rate")
     if rate is None:
         return False
     number = rate if type(rate) is float else _stored_float(rate)
-    return number is not None and abs(number) > _REAL_MAX
+    return number is not None and not isnan(number) and not _storable(number, _REAL_MAX)
 
 
 def _storage_problems(index: int, flow: Mapping[str, Any]) -> list[FlowProblem]:
     out = []
     for name in _VALIDATED_STORED:
         limit = _COLUMN_MAX.get(name, _REAL_MAX)
-        if abs(flow[name]) > limit:
-            out.append(FlowProblem(index, name, f"out of the range the event store keeps (at most {limit:.4g} in magnitude)"))
-    if _rate_beyond_real(flow):
-        out.append(FlowProblem(index, "rate", f"out of the range the event store keeps (at most {_REAL_MAX:.4g} in magnitude)"))
+        if not _storable(flow[name], limit):
+            out.append(FlowProblem(index, name, _out_of_range(limit)))
+    if _rate_unstorable(flow):
+        out.append(FlowProblem(index, "rate", _out_of_range(_REAL_MAX)))
     return out
+
+
+def _out_of_range(limit: float) -> str:
+    return f"out of the range the event store keeps (0, or {_REAL_MIN:.4g} to {limit:.4g} in magnitude)"
 
 
 def valid_indices(count: int, problems: Sequence[FlowProblem]) -> list[int]:

@@ -147,3 +147,21 @@ def test_a_rate_beyond_real_is_a_problem_not_a_failed_insert():
     _clean, _fields, problems = ingest.validate(flows)
     assert {(p.index, p.field) for p in problems} == {(0, "rate"), (1, "rate"), (2, "rate")}
     assert ingest.valid_indices(5, problems) == [3, 4]
+
+
+def test_values_too_small_for_real_are_problems_not_a_failed_insert():
+    """PostgreSQL refuses a non-zero value that real rounds to 0 ('"1e-50" is out of range for type
+    real'). Found in review: "dur": 1e-50 passed validation and failed the batch's COPY, a 500."""
+    from flows_support import json_flows
+    from helpers import require_shared_data
+
+    require_shared_data("unsw-nb15", "unsw_nb15_dev.csv.gz")
+    flows = json_flows(6, seed=9)
+    flows[0]["dur"] = 1e-50
+    flows[1]["sload"] = "-1e-300"
+    flows[2]["rate"] = 1e-50
+    flows[3]["dur"] = 0.0  # zero is stored as it is
+    flows[4]["dur"] = 1e-30  # small, but a real
+    _clean, _fields, problems = ingest.validate(flows)
+    assert {(p.index, p.field) for p in problems} == {(0, "dur"), (1, "sload"), (2, "rate")}
+    assert ingest.valid_indices(6, problems) == [3, 4, 5]
