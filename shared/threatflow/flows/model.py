@@ -223,22 +223,28 @@ class TreeEnsemble:
 
     def _check(self) -> None:
         """Bounds, so a crafted artifact cannot index out of range."""
+        import numpy as np
+
         n = len(self.feature)
         if any(len(getattr(self, name)) != n for name in _TREE_FIELDS):
             raise ArtifactError("node arrays differ in length")
         inner = ~self.is_leaf
         if n == 0 or self.roots.ndim != 2 or self.roots.min() < 0 or self.roots.max() >= n:
             raise ArtifactError("tree roots out of range")
-        if inner.any():
-            if self.left[inner].min() < 0 or self.left[inner].max() >= n or self.right[inner].min() < 0 or self.right[inner].max() >= n:
-                raise ArtifactError("child index out of range")
-            if self.feature[inner].min() < 0 or self.feature[inner].max() >= len(FEATURE_COLUMNS):
-                raise ArtifactError("feature index out of range")
-        cats = self.is_categorical & inner
-        if cats.any() and (self.bitset[cats].min() < 0 or self.bitset[cats].max() >= len(self.cat_bitsets)):
-            raise ArtifactError("categorical bitset index out of range")
+        children = np.concatenate([self.left[inner], self.right[inner]])
+        if len(children) and (children.min() < 0 or children.max() >= n):
+            raise ArtifactError("child index out of range")
+        # Every node's: the numpy walker reads the feature (and, below, the bitset row) of leaves too.
+        if self.feature.min() < 0 or self.feature.max() >= len(FEATURE_COLUMNS):
+            raise ArtifactError("feature index out of range")
         if len(self.f_idx_map) != len(FEATURE_COLUMNS) or self.baseline.shape != (self.n_outputs,):
             raise ArtifactError("artifact does not match this feature set")
+        cats = self.is_categorical & inner
+        if cats.any():
+            if self.bitset[cats].min() < 0 or self.bitset.max() >= len(self.cat_bitsets):
+                raise ArtifactError("categorical bitset index out of range")
+            if self.f_idx_map.max() >= len(self.known_cat_bitsets):  # read for every node's feature
+                raise ArtifactError("known-categories row out of range")
         if not 0 < self.depth <= 64:
             raise ArtifactError("tree depth out of range")
 

@@ -82,6 +82,25 @@ def test_crafted_out_of_range_children_are_refused(trained):
         M.TreeEnsemble.from_arrays(arrays, "binary")
 
 
+@pytest.mark.parametrize("mutation", ["leaf feature", "bitset of a numeric split", "row of known categories"])
+def test_crafted_indices_a_walker_reads_are_refused(trained, mutation):
+    """_check's promise: an artifact it accepts cannot make scoring index out of range. Found in
+    review: it bounded inner nodes' features and categorical nodes' bitsets only, but the numpy
+    walker reads every node's feature and bitset row at each level, and every feature's row of
+    known categories: each of these loaded, then failed every batch with an IndexError (a 500)."""
+    with np.load(io.BytesIO(trained.artifact), allow_pickle=False) as archive:
+        arrays = {k: archive[k].copy() for k in archive.files}
+    assert (arrays["category.is_categorical"] & ~arrays["category.is_leaf"]).any()  # the walker reads category rows
+    if mutation == "leaf feature":
+        arrays["category.feature"][arrays["category.is_leaf"]] = 1000
+    elif mutation == "bitset of a numeric split":
+        arrays["category.bitset"][~arrays["category.is_categorical"]] = 10**6
+    else:
+        arrays["category.f_idx_map"][:] = 10**6
+    with pytest.raises(M.ArtifactError, match="out of range"):
+        M.TreeEnsemble.from_arrays(arrays, "category")
+
+
 def test_numpy_walker_and_compiled_path_equal_sklearn(trained, sklearn_heads):
     dataset, binary, category = sklearn_heads
     model = trained.model
