@@ -106,7 +106,31 @@ def detect(function_client, backend_env, blobs):
         def get(self, path):
             return client.get(path, headers=self.headers)
 
+        def post_raw(self, path, data):
+            return client.post(path, data=data, headers={**self.headers, "Content-Type": "application/json"})
+
     return Api()
+
+
+@pytest.mark.parametrize("path", ["/api/v1/detect", "/api/v1/detect/batch"])
+@pytest.mark.parametrize("where", ["main thread", "worker thread"])
+def test_json_nested_past_the_decoder_is_a_400_not_a_500(detect, path, where):
+    """Found by fuzzing through the gateway (bench_gateway_limits.py): the detect routes decode their body
+    themselves (no typed envelope), and msgspec's RecursionError on deep nesting was a 500. gunicorn's
+    worker threads hit it sooner than pytest's main thread, so both are tried."""
+    import threading
+
+    body = b'{"flow": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    answers = []
+    if where == "main thread":
+        answers.append(detect.post_raw(path, body))
+    else:
+        worker = threading.Thread(target=lambda: answers.append(detect.post_raw(path, body)))
+        worker.start()
+        worker.join(30)
+    response = answers[0]
+    assert response.status_code == 400, response.get_data(as_text=True)[:300]
+    assert "nests deeper than" in response.get_json()["error"]["message"]
 
 
 def test_detect_answers_503_naming_the_command_until_a_model_is_promoted(detect):

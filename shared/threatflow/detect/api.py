@@ -18,6 +18,7 @@ from threatflow.auth.model import Role
 from threatflow.enrichment.api import add_detect_intel_routes
 from threatflow.flows.features import FEATURE_COLUMNS, validated_batch
 from threatflow.flows.model import ServingModel, serving_snapshot
+from threatflow.platform import limits
 from threatflow.platform.errors import ValidationError
 from threatflow.platform.snapshots import Snapshot
 from threatflow.platform.web import Request, Router
@@ -103,5 +104,7 @@ def _decode(request: Request) -> Any:
         raise ValidationError("request body is required (JSON)", field="body")
     try:
         return msgspec.json.decode(request.body)
+    except RecursionError:  # the decoder's own depth guard; a gunicorn worker thread reaches it sooner
+        raise ValidationError(f"body: JSON nests deeper than {limits.MAX_JSON_DEPTH} levels", field="body") from None
     except msgspec.DecodeError as exc:
         raise ValidationError(f"request body is not valid JSON: {exc}", field="body") from None
