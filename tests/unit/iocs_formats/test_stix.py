@@ -171,3 +171,15 @@ def test_scos_and_observed_data_are_iocs():
         ("md5", "d41d8cd98f00b204e9800998ecf8427e"),
         ("sha256", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
     ]
+
+
+@pytest.mark.parametrize("fmt", ["stix", "misp", "json"])
+@pytest.mark.parametrize("kind", [bytes, str])
+def test_a_document_nested_past_the_decoder_is_refused_not_a_crash(fmt, kind):
+    """An uploaded or inline document is JSON text the request's own depth check never sees (it is a string
+    there); 5,000 levels made msgspec raise RecursionError: a 500 on the API, and in the import worker a
+    retryable error redelivered until the dead letter."""
+    deep = '{"objects": ' + "[" * 5000 + "]" * 5000 + "}"
+    with pytest.raises(ValidationError) as caught:
+        parse(fmt, deep.encode() if kind is bytes else deep)
+    assert "nests deeper than" in str(caught.value)

@@ -161,6 +161,8 @@ def load_json(content: bytes | str | Any, *, what: str) -> Any:
     if isinstance(content, (bytes, bytearray, str)):
         try:
             return msgspec.json.decode(content)
+        except RecursionError:  # text the request's depth check never saw (a string there): permanent, not a crash
+            raise ValidationError(f"{what}: JSON nests deeper than the decoder allows", field="content") from None
         except msgspec.DecodeError as exc:
             raise ValidationError(f"{what}: not valid JSON: {exc}", field="content") from None
     return content
