@@ -94,6 +94,21 @@ def main() -> None:
         if attack.exists():
             env["ATTACK_DATA_PATH"] = str(attack)
         migrated_engine(env).dispose()
+        # A small real model promoted first (as tests/integration/test_fuzz_routes.py does): without one,
+        # every scoring route of detect and flows answered its 503 "no flow model is published", counted
+        # as a 5xx here and never exercised past it.
+        from flows_support import publish, trained_model
+
+        from threatflow.adapters.storage import GcsBlobs
+
+        publish(GcsBlobs("threatflow-bench"), trained_model())  # migrated_engine put env in os.environ
+        # The manifest's topics, as the local stack makes them: a route that publishes (running a job)
+        # answered the fuzz a 503 "Topic not found", a missing fixture counted as a 5xx.
+        from google.cloud import pubsub_v1
+
+        publisher = pubsub_v1.PublisherClient()
+        for topic in load_manifest().topics:
+            publisher.create_topic(name=publisher.topic_path("threatflow-bench", topic))
         from helpers import create_user
 
         password = create_user(env["DATABASE_URL"], "bench", "admin", clearance="red")

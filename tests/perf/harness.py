@@ -136,11 +136,14 @@ class Stack:
         self.stop_gateway()
         port = services.free_port()
         command = [sys.executable, "-m", "threatflow.devstack.gateway", "--port", str(port)]
+        # BENCH_GATEWAY_LOG=PATH keeps the gateway's log (a 500's traceback) instead of dropping it.
+        log_path = os.environ.get("BENCH_GATEWAY_LOG")
+        log: Any = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - the child writes it
         self.gateway = subprocess.Popen(
             [*command, "--workers", str(workers), "--threads", str(threads)],
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT if log_path else subprocess.DEVNULL,
         )
         services.wait_for_port(port, timeout=timeout, name="gateway")
         return port
