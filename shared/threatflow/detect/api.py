@@ -104,7 +104,7 @@ def _decode(request: Request) -> Any:
         raise ValidationError("request body is required (JSON)", field="body")
     try:
         return msgspec.json.decode(request.body)
-    except RecursionError:  # the decoder's own depth guard; a gunicorn worker thread reaches it sooner
+    except RecursionError:  # the decoder's own guard, at the interpreter's recursion limit
         raise ValidationError(f"body: JSON nests deeper than {limits.MAX_JSON_DEPTH} levels", field="body") from None
     except msgspec.DecodeError as exc:
         raise ValidationError(f"request body is not valid JSON: {exc}", field="body") from None
