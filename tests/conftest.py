@@ -23,6 +23,13 @@ REFERENCE_TABLES = ("ioc_type_policies",)
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # The suite builds a runtime (and an engine) per test and drops it; the collector's process tuning
+    # (threatflow.platform.collector, ~100x fewer full collections) left their pooled connections open
+    # until PostgreSQL refused more clients. Each xdist worker runs this hook too. The tuning itself is
+    # tested in a subprocess (tests/unit/test_collector.py), and the e2e gateways run with it.
+    from threatflow.platform import collector
+
+    collector.keep_defaults()
     # pytest's default /tmp/pytest-of-USER keeps only the last three runs and
     # deletes older ones, which would delete a concurrent run's live database.
     # Give every run its own base folder instead.

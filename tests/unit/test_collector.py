@@ -28,3 +28,23 @@ def test_a_runtime_tunes_the_collector_once_per_process():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "ok"
+
+
+def test_a_process_that_keeps_the_defaults_is_never_tuned():
+    script = textwrap.dedent(
+        """
+        import gc
+        from threatflow.platform import collector
+        from threatflow.platform.config import Settings
+        from threatflow.runtime import Runtime
+
+        collector.keep_defaults()
+        Runtime(Settings.from_env())
+        assert gc.get_threshold() == (700, 10, 10), gc.get_threshold()
+        assert gc.get_freeze_count() == 0, gc.get_freeze_count()
+        print("ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "ok"

@@ -38,3 +38,12 @@ def tune() -> None:
         _tuned = True
         gc.freeze()
         gc.set_threshold(YOUNG_THRESHOLD, *OLDER_THRESHOLDS)
+
+
+def keep_defaults() -> None:
+    """Never tune this process. For one that builds runtimes by the hundred and drops them (the test
+    suite): a dropped engine's pooled connections close when the collector frees it, and with full
+    collections ~100x rarer they piled up to PostgreSQL's max_connections ("too many clients")."""
+    global _tuned  # noqa: PLW0603 - the collector is process-wide by nature
+    with _lock:
+        _tuned = True
