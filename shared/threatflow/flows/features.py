@@ -272,13 +272,12 @@ class FlowBatch:
     """Validated flows held by column: what serving needs, without a dict per flow.
 
     numeric: (n, len(NUMERIC_COLUMNS)) float64, finite; categorical: normalised strings per
-    CATEGORICAL column; keys / passthrough: each flow's canonical names in input order and its
-    pass-through values (only kept when clean dicts are wanted).
+    CATEGORICAL column; passthrough: each flow's pass-through values under their canonical
+    names (only kept when clean dicts are wanted).
     """
 
     numeric: np.ndarray
     categorical: tuple[list[str], ...]
-    keys: list[tuple[str, ...]] | None = None
     passthrough: list[dict[str, Any]] | None = None
 
     def __len__(self) -> int:
@@ -351,7 +350,6 @@ class _Layout:
 
     numeric: tuple[str, ...]  # the given names of NUMERIC_COLUMNS, in that order
     categorical: tuple[str, ...]  # the given names of CATEGORICAL, in that order
-    names: tuple[str, ...]  # every given name's canonical name, in the flow's order
     passthrough: tuple[tuple[str, str], ...]  # (given, canonical) of the pass-through fields
 
 
@@ -372,7 +370,6 @@ def _layout(keys: Iterable[Any]) -> _Layout | None:
     return _Layout(
         numeric=tuple(given[name] for name in NUMERIC_COLUMNS),
         categorical=tuple(given[name] for name in CATEGORICAL),
-        names=tuple(names),
         passthrough=tuple((given[name], name) for name in names if name in PASSTHROUGH),
     )
 
@@ -405,7 +402,6 @@ def _columnar(flows: Sequence[Any], *, keep_passthrough: bool) -> FlowBatch | No
         groups = [(flows[indices[0]].keys(), indices) for indices in by_keys.values()]
     numeric = np.empty((n, len(NUMERIC_COLUMNS)), dtype=np.float64)
     categorical: tuple[list[Any], ...] = tuple([None] * n for _ in CATEGORICAL)
-    keys: list[Any] = [None] * n
     passthrough: list[Any] = [None] * n
     for group_keys, indices in groups:
         layout = _layout(group_keys)
@@ -447,11 +443,10 @@ def _columnar(flows: Sequence[Any], *, keep_passthrough: bool) -> FlowBatch | No
             extra = [{name: flow[given] for given, name in layout.passthrough} for flow in members]
             for position, flow_extra in enumerate(extra):
                 i = position if indices is None else indices[position]
-                keys[i] = layout.names
                 passthrough[i] = flow_extra
     if not keep_passthrough:
         return FlowBatch(numeric, categorical)
-    return FlowBatch(numeric, categorical, keys, passthrough)
+    return FlowBatch(numeric, categorical, passthrough)
 
 
 def raise_for_errors(errors: Sequence[FieldError], *, limit: int = 1000) -> None:
