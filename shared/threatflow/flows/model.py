@@ -574,13 +574,12 @@ class ServingModel:
         if not flows:
             return []
         X = matrix_from_clean(flows, vocabulary=self.vocabulary)
-        p_attack = _sigmoid(self.binary.raw_predict(X)[:, 0])
+        p_attack = self._attack_probability(X)
         flagged = np.flatnonzero(p_attack >= self.threshold)
         served = np.zeros(len(X), dtype=np.intp)
         if len(flagged):
-            p_cat = _softmax(self.category.raw_predict(X[flagged]) + self.category_bias)
-            served[flagged] = p_cat.argmax(axis=1) + 1
-        labels = ("Normal", *self.category_labels)
+            served[flagged] = self._category_probabilities(X[flagged]).argmax(axis=1) + 1
+        labels = self._served_labels
         version = self.version
         return [
             Verdict(is_attack=code != 0, probability=probability, attack_cat=labels[code], model_version=version)
@@ -589,9 +588,18 @@ class ServingModel:
 
     def scores(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(P(attack) per row, P(category | attack) per row over category_labels, adjusted)."""
-        p_attack = _sigmoid(self.binary.raw_predict(X)[:, 0])
-        p_cat = _softmax(self.category.raw_predict(X) + self.category_bias)
-        return p_attack, p_cat
+        return self._attack_probability(X), self._category_probabilities(X)
+
+    def _attack_probability(self, X: np.ndarray) -> np.ndarray:
+        return _sigmoid(self.binary.raw_predict(X)[:, 0])
+
+    def _category_probabilities(self, X: np.ndarray) -> np.ndarray:
+        return _softmax(self.category.raw_predict(X) + self.category_bias)
+
+    @property
+    def _served_labels(self) -> tuple[str, ...]:
+        """attack_cat by served code: 0 is Normal, i > 0 is category_labels[i - 1]."""
+        return ("Normal", *self.category_labels)
 
     def predict_matrix(self, X: np.ndarray, *, explain: bool = False, top: int = 5) -> list[Prediction]:
         return [
@@ -620,7 +628,7 @@ class ServingModel:
 
         flagged = p_attack >= self.threshold
         best = p_cat.argmax(axis=1)
-        labels = ("Normal", *self.category_labels)
+        labels = self._served_labels
         # The ten-way distribution in one array, rounded in numpy: building 10,000 results stays cheap.
         full = np.round(np.hstack([(1.0 - p_attack)[:, None], p_attack[:, None] * p_cat]), 6).tolist()
         probabilities = np.round(p_attack, 6).tolist()
