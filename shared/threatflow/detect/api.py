@@ -11,17 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
-
 from threatflow.auth.api import authenticator
 from threatflow.auth.model import Role
 from threatflow.enrichment.api import add_detect_intel_routes
 from threatflow.flows.features import FEATURE_COLUMNS, validated_batch
 from threatflow.flows.model import ServingModel, serving_snapshot
-from threatflow.platform import limits
 from threatflow.platform.errors import ValidationError
 from threatflow.platform.snapshots import Snapshot
-from threatflow.platform.web import Request, Router
+from threatflow.platform.web import Request, Router, decode_json
 from threatflow.runtime import Runtime
 
 MAX_BATCH = 10_000
@@ -102,9 +99,4 @@ def build_router(runtime: Runtime) -> Router:
 def _decode(request: Request) -> Any:
     if not request.body:
         raise ValidationError("request body is required (JSON)", field="body")
-    try:
-        return msgspec.json.decode(request.body)
-    except RecursionError:  # the decoder's own guard, at the interpreter's recursion limit
-        raise ValidationError(f"body: JSON nests deeper than {limits.MAX_JSON_DEPTH} levels", field="body") from None
-    except msgspec.DecodeError as exc:
-        raise ValidationError(f"request body is not valid JSON: {exc}", field="body") from None
+    return decode_json(request.body)
