@@ -138,13 +138,10 @@ class Stack:
         command = [sys.executable, "-m", "threatflow.devstack.gateway", "--port", str(port)]
         # BENCH_GATEWAY_LOG=PATH keeps the gateway's log (a 500's traceback) instead of dropping it.
         log_path = os.environ.get("BENCH_GATEWAY_LOG")
-        log: Any = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - the child writes it
-        self.gateway = subprocess.Popen(
-            [*command, "--workers", str(workers), "--threads", str(threads)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT if log_path else subprocess.DEVNULL,
-        )
+        with open(log_path, "ab") if log_path else open(os.devnull, "wb") as log:  # the child keeps its own copy
+            self.gateway = subprocess.Popen(
+                [*command, "--workers", str(workers), "--threads", str(threads)], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
         services.wait_for_port(port, timeout=timeout, name="gateway")
         return port
 
