@@ -147,34 +147,11 @@ def main() -> None:
         print(f"64 KB of headers: {response.status} {response.getheader('Content-Type')} {body[:90]!r}")
 
         # 3. fuzz over every route
-        from hypothesis import HealthCheck, given, settings
-        from route_fuzz import HTTP_FUNCTIONS, Tally, check, requests_for, routes_of
+        from route_fuzz import HTTP_FUNCTIONS, Tally, fuzz_over_http
 
         token = login(port, "bench", password)
         tally = Tally()
-        import urllib.parse
-
-        for function in HTTP_FUNCTIONS:
-            routes = routes_of(function)
-
-            @settings(
-                max_examples=max(1, args.fuzz // len(HTTP_FUNCTIONS)), deadline=None, database=None, suppress_health_check=list(HealthCheck)
-            )
-            @given(requests_for(routes))
-            def fuzz(request: tuple[str, str, dict[str, str], bytes | None]) -> None:
-                method, path, query, body = request
-                target = path + ("?" + urllib.parse.urlencode(query) if query else "")
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                try:
-                    c.request(method, target, body=body, headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-                    r = c.getresponse()
-                    check(tally, f"{method} {target}", r.status, r.getheader("Content-Type") or "", r.read())
-                except http.client.InvalidURL:
-                    pass  # the client refuses to send it (control characters in the path)
-                finally:
-                    c.close()
-
-            fuzz()
+        fuzz_over_http(port, token, examples_per_function=max(1, args.fuzz // len(HTTP_FUNCTIONS)), tally=tally)
         print(
             f"fuzzed requests: {tally.requests}, 5xx: {len(tally.server_errors)}, non-JSON errors: {len(tally.not_json)}"
             f" (logins shed by the hashing budget, 503 by design: {tally.shed};"
