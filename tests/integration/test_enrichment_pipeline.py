@@ -186,6 +186,68 @@ def test_redelivering_every_message_leaves_the_same_state(pipeline):
     assert state() == before
 
 
+def test_a_forced_task_delivered_again_takes_the_answer_its_run_fetched(pipeline):
+    """Pub/Sub delivers at least once. A forced task whose first delivery asked the source and cached the
+    answer, then died (or outlived its ack deadline) before the result was stored, is delivered again: it
+    must take that answer, fetched since its run was requested, not ask a second time. A forced task
+    requested after the answer, or an older message without its request time, still asks."""
+    from threatflow.enrichment import handlers, worker
+    from threatflow.enrichment.tasks import Task
+    from threatflow.runtime import Runtime
+
+    fake, value = pipeline["fake"], "185.220.101.7"
+    run = wait_run(pipeline, enrich(pipeline, value)["run_id"])  # cached: one call per source
+    ctx = handlers.context(Runtime.from_env())
+    name = sorted(run["expected"])[0]
+    source = ctx.settings.sources[name]
+    assert fake.call_count(name, value) == 1
+
+    def execute(task: Task) -> worker.Outcome:
+        return worker.execute(
+            task,
+            source=source,
+            key_id=ctx.keys.fingerprint(source),
+            cache=ctx.cache,
+            redis=ctx.redis,
+            quota=ctx.quota,
+            call=lambda: handlers.lookup_source(ctx, source, task, ctx.keys.get(source)),
+            now=ctx.now,
+        )
+
+    forced = Task("forced-run", run["ioc_id"], run["type"], value, name, force=True, requested_at=time.time())
+    first = execute(forced)  # the first delivery: the cached answer predates the request, so it asks
+    assert not first.cached and fake.call_count(name, value) == 2
+    again = execute(forced)  # delivered again before its result was stored
+    assert again.cached and fake.call_count(name, value) == 2
+    assert again.result is not None and first.result is not None and again.result.fetched_at == first.result.fetched_at
+    later = execute(dataclasses.replace(forced, requested_at=time.time() + 1))  # a newer forced request
+    assert not later.cached and fake.call_count(name, value) == 3
+    old_message = execute(dataclasses.replace(forced, requested_at=None))  # an older version's message
+    assert not old_message.cached and fake.call_count(name, value) == 4
+
+
+def test_the_dispatcher_gives_a_forced_task_its_runs_request_time(pipeline, monkeypatch):
+    """What the worker's check above rests on: every task of a forced run carries the run's created_at
+    (the same on a second fan-out of the request), a plain run's tasks none."""
+    from threatflow.enrichment import handlers, runs
+    from threatflow.enrichment.tasks import EnrichRequest
+    from threatflow.runtime import Runtime
+
+    runtime = Runtime.from_env()
+    ctx = handlers.context(runtime)
+    published: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(ctx, "publish", lambda topic, payload, **attributes: published.append((topic, dict(payload))) or "id")
+    for force in (True, False):
+        published.clear()
+        req = EnrichRequest(uuid.uuid4().hex, 1, "ipv4", "185.220.101.8", force=force)
+        handlers.dispatch_request(ctx, req)
+        created_at = runs.get_run_versioned(runtime.documents, req.run_id).data["created_at"]
+        runtime.documents.delete(runs.RUNS, req.run_id)  # never closed: no later sweep should meet it
+        tasks = [payload for topic, payload in published if topic == handlers.TOPIC_TASKS]
+        assert tasks, published
+        assert {task["requested_at"] for task in tasks} == ({created_at} if force else {None})
+
+
 def test_a_poison_message_is_dead_lettered_listed_and_replayable(pipeline):
     from threatflow.adapters.pubsub import PubSubPublisher
     from threatflow.enrichment.tasks import Task

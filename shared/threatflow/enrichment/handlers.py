@@ -235,8 +235,11 @@ def dispatch_request(ctx: Enrichment, req: EnrichRequest) -> None:
             return  # nothing to auto-enrich: no run is recorded
         deadline = time.time() + ctx.settings.run_deadline_seconds
         if read is None:
-            started = runs.create_started_run(runtime.documents, _run_document(req), expected=chosen, skipped=skipped, deadline_at=deadline)
+            document = _run_document(req)
+            requested_at = float(document["created_at"])
+            started = runs.create_started_run(runtime.documents, document, expected=chosen, skipped=skipped, deadline_at=deadline)
         else:
+            requested_at = float(read.data.get("created_at") or time.time())
             started = runs.start_run(
                 runtime.documents, req.run_id, version=read.version, expected=chosen, skipped=skipped, deadline_at=deadline
             )
@@ -246,7 +249,8 @@ def dispatch_request(ctx: Enrichment, req: EnrichRequest) -> None:
     else:
         raise RetryableError(f"enrichment run {req.run_id} was written by others on each of {START_ATTEMPTS} starts; delivered again")
     for name in chosen:
-        task = Task(req.run_id, req.ioc_id, req.ioc_type, req.value, name, force=req.force)
+        requested = requested_at if req.force else None  # a forced run's answers must be fetched since its request
+        task = Task(req.run_id, req.ioc_id, req.ioc_type, req.value, name, force=req.force, requested_at=requested)
         ctx.publish(TOPIC_TASKS, task.to_json(), source=name, run_id=req.run_id)
     runtime.documents.set(runs.RUNS, req.run_id, {"dispatched": True}, merge=True)
     if not chosen:

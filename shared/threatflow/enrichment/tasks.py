@@ -75,6 +75,9 @@ class Task:
     not_before: float | None = None
     deferrals: int = 0
     reasons: list[str] = field(default_factory=list)
+    # A forced task: when its run was requested (epoch seconds). An answer fetched since then is the fresh
+    # one the run asked for, so a task delivered again (or fanned out again) takes it instead of a second call.
+    requested_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,4 +95,5 @@ class Task:
             not_before=float(not_before) if not_before is not None else None,
             deferrals=int(data.get("deferrals") or 0),
             reasons=list(data.get("reasons") or [])[-5:],
+            requested_at=float(data["requested_at"]) if data.get("requested_at") is not None else None,
         )

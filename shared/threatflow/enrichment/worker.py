@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from threatflow.enrichment.cache import ResultCache, cache_key
@@ -55,9 +55,16 @@ def execute(
     monotonic: Callable[[], float] = time.monotonic,
 ) -> Outcome:
     started = now()
+    # What a cached answer must be at least as recent as: none for a plain task; for a forced one, its run's
+    # request (an older message without it: this delivery's start, so it always calls).
+    fresh_since = datetime.fromtimestamp(task.requested_at, UTC) if task.force and task.requested_at is not None else started
     if not task.force:
         hit = cache.get(source, task.ioc_type, task.value)
         if hit is not None:
+            return Outcome(hit, cached=True)
+    elif task.requested_at is not None:  # delivered again after an earlier delivery fetched it
+        hit = cache.get(source, task.ioc_type, task.value, count=False)
+        if hit is not None and hit.fetched_at >= fresh_since:
             return Outcome(hit, cached=True)
     lock = flight_key(source.name, task.ioc_type, task.value)
     token = uuid.uuid4().hex
@@ -68,15 +75,15 @@ def execute(
         while redis.exists(lock) and monotonic() < give_up:
             sleep(POLL_SECONDS)
         hit = cache.get(source, task.ioc_type, task.value, count=False)
-        if hit is not None and (not task.force or hit.fetched_at >= started):
+        if hit is not None and (not task.force or hit.fetched_at >= fresh_since):
             return Outcome(hit, cached=True)
         if monotonic() >= give_up:
             return Outcome(defer_seconds=1.0, reason="another task holds the flight")
     try:
-        if not task.force:  # the previous holder may have just cached it
-            hit = cache.get(source, task.ioc_type, task.value, count=False)
-            if hit is not None:
-                return Outcome(hit, cached=True)
+        # The previous holder may have just cached it (for a forced task: fetched it since the request).
+        hit = cache.get(source, task.ioc_type, task.value, count=False)
+        if hit is not None and (not task.force or hit.fetched_at >= fresh_since):
+            return Outcome(hit, cached=True)
         decision = quota.take(source, key_id, now=now())
         if not decision.allowed:
             return Outcome(defer_seconds=decision.retry_after, reason=decision.reason)
