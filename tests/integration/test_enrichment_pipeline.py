@@ -248,6 +248,30 @@ def test_the_dispatcher_gives_a_forced_task_its_runs_request_time(pipeline, monk
         assert {task["requested_at"] for task in tasks} == ({created_at} if force else {None})
 
 
+def test_a_task_with_a_malformed_requested_at_is_dead_lettered_on_its_first_delivery(pipeline, monkeypatch):
+    """Pub/Sub payloads are decoded with json.loads, which takes NaN and Infinity. A requested_at that is no
+    time (text, NaN, out of datetime's range) is a permanent error: dead-lettered at once, not raised and
+    delivered four more times (float() or the worker's fromtimestamp raised ValueError or OverflowError)."""
+    from threatflow.enrichment import handlers
+    from threatflow.platform.events import Message
+    from threatflow.runtime import Runtime
+
+    runtime = Runtime.from_env()
+    ctx = handlers.context(runtime)
+    published: list[tuple[str, dict[str, Any], dict[str, str]]] = []
+    monkeypatch.setattr(ctx, "publish", lambda topic, payload, **attributes: published.append((topic, dict(payload), attributes)) or "id")
+    source = sorted(ctx.settings.sources)[0]
+    for bad in ("soon", float("nan"), float("inf"), 1e300):
+        published.clear()
+        task = {"run_id": "r-bad", "ioc_id": 1, "ioc_type": "ipv4", "value": "185.220.101.9", "source": source, "force": True}
+        message = Message(uuid.uuid4().hex, {"source": source}, {**task, "requested_at": bad}, datetime.now(UTC), 1)
+        handlers.handle_task(message, runtime=runtime)  # acked: nothing raised for a redelivery
+        assert [(topic, attributes["attempts"]) for topic, _, attributes in published] == [
+            (ctx.settings.sources[source].dead_letter_topic, "1")
+        ], bad
+        assert "requested_at" in published[0][2]["error"]
+
+
 def test_a_poison_message_is_dead_lettered_listed_and_replayable(pipeline):
     from threatflow.adapters.pubsub import PubSubPublisher
     from threatflow.enrichment.tasks import Task

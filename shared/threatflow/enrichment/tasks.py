@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from threatflow.platform.errors import ValidationError
@@ -26,6 +28,22 @@ def _field(data: Mapping[str, Any], name: str, kind: type) -> Any:
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
         raise ValidationError(f"{name} must be a {kind.__name__}", field=name)
     return value
+
+
+def _epoch_or_none(data: Mapping[str, Any], name: str) -> float | None:
+    """An optional time in epoch seconds: a positive, finite number that is a datetime. A string (float() raised
+    ValueError), NaN or one out of datetime's range (the worker's fromtimestamp raised) was retried to the dead
+    letter; true (1.0) or 0 stood for 1970, so a forced task took any cached answer however old."""
+    value = data.get(name)
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0:
+        try:
+            datetime.fromtimestamp(value, UTC)
+            return float(value)
+        except (OverflowError, ValueError, OSError):
+            pass
+    raise ValidationError(f"{name} must be a positive number of epoch seconds", field=name)
 
 
 @dataclass(frozen=True)
@@ -95,5 +113,5 @@ class Task:
             not_before=float(not_before) if not_before is not None else None,
             deferrals=int(data.get("deferrals") or 0),
             reasons=list(data.get("reasons") or [])[-5:],
-            requested_at=float(data["requested_at"]) if data.get("requested_at") is not None else None,
+            requested_at=_epoch_or_none(data, "requested_at"),
         )
