@@ -77,6 +77,9 @@ class Tally:
     shed: int = 0  # 503s from the login hashing budget: load shedding by design (auth/guard.py), counted apart
     missing: list[str] = field(default_factory=list)  # 503s naming reference data this environment lacks (allowed by issue 7)
     not_json: list[str] = field(default_factory=list)
+    # 401s outside /api/v1/auth/ (where a fuzzed login is refused by design): the caller's token was refused, and
+    # such a request never reached its handler. Every error is a JSON 401 then, so the other checks still pass.
+    unauthenticated: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,10 @@ def requests_for(draw: Callable[[Any], Any], routes: list[RouteInfo]) -> tuple[s
 
 
 def check(tally: Tally, label: str, status: int, content_type: str, data: bytes) -> None:
+    """`label` is "METHOD /path...": the path is its second word."""
     tally.requests += 1
+    if status == 401 and not label.split(" ", 2)[1].startswith("/api/v1/auth/"):
+        tally.unauthenticated.append(f"{label} -> {data[:160]!r}")
     if status == 503 and " /ready" in label:
         return  # /ready's contract: 503 naming what is down (a loaded machine may time a probe out)
     if status == 503 and b"too many logins" in data:

@@ -85,6 +85,8 @@ def test_no_route_answers_5xx_or_non_json_errors_through_the_gateway(gateway, ba
         f" {len(tally.not_json)} non-JSON errors, {len(tally.missing)} 503s naming unconfigured reference data"
     )
     assert tally.requests >= EXAMPLES * len(HTTP_FUNCTIONS) // 2, "most examples never reached the server"
+    # With a token the gateway refused, every authenticated route answered a JSON 401 and the checks above passed: no handler ran.
+    assert tally.unauthenticated == [], "the token was refused:\n" + "\n".join(tally.unauthenticated[:5])
     log_tail = log_path.read_text(errors="replace")[-3000:]
     assert tally.server_errors == [], "\n".join(tally.server_errors[:10]) + "\n--- gateway log ---\n" + log_tail
     assert tally.not_json == [], "\n".join(tally.not_json[:10])
