@@ -46,6 +46,17 @@ def _epoch_or_none(data: Mapping[str, Any], name: str) -> float | None:
     raise ValidationError(f"{name} must be a positive number of epoch seconds", field=name)
 
 
+def _count(data: Mapping[str, Any], name: str) -> int:
+    """An optional count (0 when missing): a non-negative integer. int() of text raised ValueError, retried to
+    the dead letter like a failure of the source; a float was truncated, a bool counted."""
+    value = data.get(name)
+    if value is None:
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ValidationError(f"{name} must be a non-negative integer", field=name)
+
+
 @dataclass(frozen=True)
 class EnrichRequest:
     """ioc-enrichment-requested: enrich one stored IoC."""
@@ -102,7 +113,6 @@ class Task:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Task:
-        not_before = data.get("not_before")
         return cls(
             run_id=_field(data, "run_id", str),
             ioc_id=_field(data, "ioc_id", int),
@@ -110,8 +120,8 @@ class Task:
             value=_field(data, "value", str),
             source=_field(data, "source", str),
             force=bool(data.get("force", False)),
-            not_before=float(not_before) if not_before is not None else None,
-            deferrals=int(data.get("deferrals") or 0),
+            not_before=_epoch_or_none(data, "not_before"),
+            deferrals=_count(data, "deferrals"),
             reasons=list(data.get("reasons") or [])[-5:],
             requested_at=_epoch_or_none(data, "requested_at"),
         )
