@@ -78,4 +78,6 @@ def test_no_route_answers_5xx_or_non_json_errors(function_client, backend_env, f
         f" {len(tally.missing)} 503s naming unconfigured reference data"
     )
     assert tally.server_errors == [], "\n".join(tally.server_errors[:10])
+    # A refused token would leave every handler behind authentication unexercised, and the test would still pass.
+    assert tally.unauthenticated == [], "the token was refused:\n" + "\n".join(tally.unauthenticated[:5])
     assert tally.not_json == [], "\n".join(tally.not_json[:10])
