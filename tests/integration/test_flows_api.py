@@ -318,6 +318,36 @@ def test_host_view_shows_the_linked_ioc_only_within_the_callers_tlp_clearance(fl
     assert red["ioc"]["value"] == host_ip and red["ioc"]["tlp"] == "red" and red["ioc"]["verdict"] == "malicious"
 
 
+def test_the_bridge_keeps_the_tlp_of_an_ioc_it_sights_again(flows_api, backend_env, function_client):
+    """An attack source an analyst had already marked TLP:RED stays red when new flows from it are bridged:
+    the bridge names no TLP, and its upsert used to set the IoC back to amber, so every amber reader saw it."""
+    from threatflow.adapters.postgres import unit_of_work
+    from threatflow.iocs import service
+
+    flows = json_flows(300)
+    first = flows_api.post("/api/v1/flows/batch", {"flows": flows}).get_json()
+    assert first["bridge"]["iocs_created"] >= 1
+    engine = _engine(backend_env["DATABASE_URL"])
+    with engine.connect() as conn:
+        host_ip = conn.exec_driver_sql("SELECT value FROM iocs WHERE 'flow-detected' = ANY(tags) ORDER BY value LIMIT 1").scalar_one()
+    with unit_of_work(engine) as conn:  # the analyst's classification of that address
+        policies = service.repository.policies(conn)
+        item = service.IocIn(value=host_ip, tlp="red", source="partner-feed", description="shared under TLP:RED")
+        service.upsert_batch([item], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies)
+
+    again = flows_api.post("/api/v1/flows/batch", {"flows": flows, "source": "sensor-2"}).get_json()  # new events, same sources
+    assert again["stored"] == 300 and again["bridge"]["iocs_updated"] >= 1
+    with engine.connect() as conn:
+        tlp, tags = conn.exec_driver_sql("SELECT tlp, tags FROM iocs WHERE value = %s", (host_ip,)).one()
+    engine.dispose()
+    assert "flow-detected" in tags  # the bridge did update it
+    assert tlp == "red"
+    password = create_user(backend_env["DATABASE_URL"], "amber2", "reader", clearance="amber")
+    body = function_client("auth").post("/api/v1/auth/token", json={"username": "amber2", "password": password}).get_json()
+    host = flows_api.get(f"/api/v1/events/hosts/{host_ip}", headers={"Authorization": f"Bearer {body['access_token']}"})
+    assert host.status_code == 200 and host.get_json()["ioc"] is None
+
+
 def _stored_events(database_url, srcip, count):
     """`count` events from `srcip` over the last hour, straight into the store (no model needed)."""
     from threatflow.flows import ingest

@@ -33,7 +33,9 @@ _FIELDS = IOC_COLUMNS.replace(" ", "").split(",")
 # Merge rules on re-sighting: tags and sources are unions; first_seen keeps the
 # earliest and last_seen the latest; the count rises; the expiry moves out, never
 # in; a given TLP, confidence or verdict replaces the stored one; an expired IoC
-# seen again is active again.
+# seen again is active again. An item naming no TLP keeps the stored one (the flow bridge
+# names none: its re-sightings turned a TLP:RED IoC amber, visible to every amber reader);
+# it is read in the statement (the LEFT JOIN), as EXCLUDED cannot tell "not given" apart.
 _UPSERT = """
 WITH input AS (
     SELECT * FROM jsonb_to_recordset(CAST(:doc AS jsonb)) AS x(
@@ -42,12 +44,12 @@ WITH input AS (
 )
 INSERT INTO iocs AS i (type, value, tags, sources, tlp, confidence, verdict, base_score, score, severity,
                        first_seen, last_seen, last_seen_day, detection_count, expires_at, warninglists, description)
-SELECT x.type, x.value, x.tags, x.sources, COALESCE(x.tlp, 'amber'), COALESCE(x.confidence, 50),
+SELECT x.type, x.value, x.tags, x.sources, COALESCE(x.tlp, cur.tlp, CAST(:default_tlp AS text)), COALESCE(x.confidence, 50),
        COALESCE(x.verdict, 'unknown'), x.base_score, x.base_score,
        CASE WHEN x.base_score >= 90 THEN 'critical' WHEN x.base_score >= 70 THEN 'high'
             WHEN x.base_score >= 40 THEN 'medium' WHEN x.base_score >= 15 THEN 'low' ELSE 'info' END,
        x.seen_at, x.seen_at, (x.seen_at AT TIME ZONE 'UTC')::date, 1, x.expires_at, x.warninglists, x.description
-FROM input x
+FROM input x LEFT JOIN iocs cur ON cur.type = x.type AND cur.value = x.value
 ON CONFLICT (type, value) DO UPDATE SET
     tags = ARRAY(SELECT DISTINCT unnest(i.tags || EXCLUDED.tags) ORDER BY 1),
     sources = ARRAY(SELECT DISTINCT unnest(i.sources || EXCLUDED.sources) ORDER BY 1),
@@ -75,13 +77,13 @@ class UpsertedRow:
     inserted: bool
 
 
-def _item_doc(item: UpsertItem, *, base_score: int, default_tlp: str) -> dict[str, Any]:
+def _item_doc(item: UpsertItem, *, base_score: int) -> dict[str, Any]:
     return {
         "type": item.type,
         "value": item.value,
         "tags": item.tags,
         "sources": item.sources,
-        "tlp": item.tlp or default_tlp,
+        "tlp": item.tlp,  # None: the stored TLP, or the default for a new IoC (_UPSERT)
         "confidence": item.confidence if item.confidence is not None else 50,
         "verdict": item.verdict or "unknown",
         "seen_at": item.seen_at,
@@ -110,10 +112,8 @@ def upsert(conn: Connection, items: Sequence[UpsertItem], *, default_tlp: str = 
     """Merge items (unique by type and value) in one statement."""
     if not items:
         return []
-    doc = msgspec.json.encode(
-        [_item_doc(i, base_score=i.confidence if i.confidence is not None else 50, default_tlp=default_tlp) for i in items]
-    ).decode()
-    rows = conn.execute(_text(_UPSERT), {"doc": doc}).all()
+    doc = msgspec.json.encode([_item_doc(i, base_score=i.confidence if i.confidence is not None else 50) for i in items]).decode()
+    rows = conn.execute(_text(_UPSERT), {"doc": doc, "default_tlp": default_tlp}).all()
     return [UpsertedRow(int(r[0]), r[1], r[2], bool(r[3])) for r in rows]
 
 
