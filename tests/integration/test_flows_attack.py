@@ -649,6 +649,15 @@ def test_search_with_a_cursor_at_the_end_of_time_is_answered(api):
     assert response.status_code in (200, 400), response.get_data(as_text=True)[:300]
 
 
+def test_search_with_a_deeply_nested_cursor_is_a_400(api):
+    """A forged cursor of 2,000 nested arrays (2.7 KB of base64) made the JSON decoder hit the recursion limit: a 500."""
+    cursor = base64.urlsafe_b64encode(b"[" * 2000).decode().rstrip("=")
+    for address in ({"srcip": "1.2.3.4"}, {}):
+        response = api.get("/api/v1/events/search", query_string={**address, "cursor": cursor})
+        assert response.status_code == 400, response.get_data(as_text=True)[:300]
+        assert response.get_json()["error"]["details"]["field"] == "cursor"
+
+
 def test_search_limit_with_a_superscript_digit_is_a_400(api):
     response = api.get("/api/v1/events/search", query_string={"srcip": "1.2.3.4", "limit": "²"})
     assert response.status_code == 400, response.get_data(as_text=True)[:300]
