@@ -658,6 +658,16 @@ def test_search_with_a_deeply_nested_cursor_is_a_400(api):
         assert response.get_json()["error"]["details"]["field"] == "cursor"
 
 
+def test_search_limit_of_thousands_of_digits_is_a_400(api):
+    """int() refuses strings past 4,300 digits with a ValueError the route did not catch: a 500."""
+    for limit in ("9" * 4301, "1" + "0" * 4400):
+        response = api.get("/api/v1/events/search", query_string={"srcip": "1.2.3.4", "limit": limit})
+        assert response.status_code == 400, response.get_data(as_text=True)[:300]
+        assert response.get_json()["error"]["details"]["field"] == "limit"
+    padded = api.get("/api/v1/events/search", query_string={"srcip": "1.2.3.4", "limit": "0" * 4400 + "5"})
+    assert padded.status_code == 200, padded.get_data(as_text=True)[:300]  # 5, as "05" is
+
+
 def test_search_limit_with_a_superscript_digit_is_a_400(api):
     response = api.get("/api/v1/events/search", query_string={"srcip": "1.2.3.4", "limit": "²"})
     assert response.status_code == 400, response.get_data(as_text=True)[:300]

@@ -139,8 +139,10 @@ def parse_search(query: Mapping[str, str], *, now: datetime) -> EventQuery:
     maximum = MAX_WINDOW if (srcip or dstip) else MAX_WINDOW_WITHOUT_ADDRESS
     default = DEFAULT_WINDOW if (srcip or dstip) else timedelta(days=1)
     start, end = parse_window(query, now=now, default=default, maximum=maximum)
-    limit_text = query.get("limit") or str(DEFAULT_LIMIT)
-    if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= MAX_LIMIT:  # "²".isdigit()
+    # "²".isdigit(); int() of over 4,300 digits is a ValueError (a 500), so the length is checked first
+    limit_text = (query.get("limit") or str(DEFAULT_LIMIT)).lstrip("0") or "0"
+    digits = limit_text.isascii() and limit_text.isdigit() and len(limit_text) <= len(str(MAX_LIMIT))
+    if not digits or not 1 <= int(limit_text) <= MAX_LIMIT:
         raise ValidationError(f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
     label_text = query.get("label")
     if label_text not in (None, "", "0", "1"):
