@@ -524,6 +524,15 @@ def test_hunting_windows_and_limits_at_their_edges_are_4xx(api, path):
     assert ok.status_code == 200, ok.get_data(as_text=True)[:200]
 
 
+@pytest.mark.parametrize("path", ["/api/v1/events/top/attack-categories", "/api/v1/events/stats/bytes-by-proto"])
+def test_a_rollup_window_ending_in_the_last_hour_of_time_is_answered(api, path):
+    """The roll-ups round `to` up to the hour: in 9999-12-31's last hour that overflowed datetime, a 500."""
+    response = api.get(path, query_string={"from": "9999-12-31T00:00:00Z", "to": "9999-12-31T23:30:00Z"})
+    assert response.status_code in (200, 400), response.get_data(as_text=True)[:300]
+    if response.status_code == 200:
+        assert response.get_json()["window"]["from"] == "9999-12-31T00:00:00+00:00"
+
+
 def test_hunting_queries_run_under_a_statement_timeout(api, backend_env, function_client):
     """A query stuck behind a lock (standing in for a hot address's millions of rows) is cancelled by the
     statement timeout and answered with a 400 asking for a narrower window, not held open or a 500."""

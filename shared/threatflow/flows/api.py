@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
@@ -40,6 +40,7 @@ INGEST_JOBS = "flow_ingest_jobs"
 INGEST_TOPIC = "flow-ingest"
 HOST_WINDOW = timedelta(days=30)
 HOST_TOP = 20
+_LAST_HOUR = datetime.max.replace(minute=0, second=0, microsecond=0, tzinfo=UTC)
 
 
 class FlowBatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -270,7 +271,8 @@ def build_router(runtime: Runtime) -> Router:
         first_hour = start.replace(minute=0, second=0, microsecond=0)
         past_hour = end.replace(minute=0, second=0, microsecond=0)
         if past_hour < end:
-            past_hour += timedelta(hours=1)
+            # the last hour of 9999-12-31 ends past datetime's range (a 500): it covers to the end of time
+            past_hour = past_hour + timedelta(hours=1) if past_hour < _LAST_HOUR else datetime.max.replace(tzinfo=UTC)
         covered = {"from": first_hour.isoformat(), "to": past_hour.isoformat(), "resolution_seconds": 3600}
         return {"window": covered, key: rows, "refreshed_at": refreshed}
 
