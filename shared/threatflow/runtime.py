@@ -83,6 +83,12 @@ class Runtime:
                     value = self._built[key] = build()
         return cast(T, value)
 
+    def scoped(self, key: str, build: Callable[[], T]) -> T:
+        """A domain's object built once per runtime (e.g. the enrichment context), kept on the runtime so it
+        lives and dies with it. A module-level cache keyed by runtime kept every runtime a process ever
+        built alive with its connection pools: in the test suite, that exhausted PostgreSQL's connections."""
+        return self._get(f"scoped:{key}", build)
+
     @property
     def engine(self) -> Engine:
         from threatflow.adapters import postgres

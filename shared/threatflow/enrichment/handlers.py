@@ -119,16 +119,9 @@ class Enrichment:
         return self.runtime.clock.now()
 
 
-_CONTEXTS: dict[int, Enrichment] = {}
-_CONTEXTS_LOCK = threading.Lock()
-
-
 def context(runtime: Runtime) -> Enrichment:
-    with _CONTEXTS_LOCK:
-        ctx = _CONTEXTS.get(id(runtime))
-        if ctx is None or ctx.runtime is not runtime:
-            ctx = _CONTEXTS[id(runtime)] = Enrichment(runtime)
-        return ctx
+    """The runtime's enrichment context, built once per runtime."""
+    return runtime.scoped("enrichment", lambda: Enrichment(runtime))
 
 
 # -- requesting --------------------------------------------------------------------
