@@ -256,7 +256,10 @@ def window_cost(engine, *, now: datetime, runs: int = 1500) -> None:
             assert rows == 50 * runs, f"a {days}-day window did not fill every page ({rows} rows): not comparable"
         print(
             "PostgreSQL CPU per page, one connection, generic plan, 50 rows each: 30 days "
-            + " / ".join(f"{c:.3f}" for c in costs[30]) + " ms, newest day " + " / ".join(f"{c:.3f}" for c in costs[1]) + " ms"
+            + " / ".join(f"{c:.3f}" for c in costs[30])
+            + " ms, newest day "
+            + " / ".join(f"{c:.3f}" for c in costs[1])
+            + " ms"
         )
     finally:
         raw.close()
