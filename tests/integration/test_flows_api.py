@@ -320,7 +320,8 @@ def test_host_view_shows_the_linked_ioc_only_within_the_callers_tlp_clearance(fl
 
 def test_the_bridge_keeps_the_tlp_of_an_ioc_it_sights_again(flows_api, backend_env, function_client):
     """An attack source an analyst had already marked TLP:RED stays red when new flows from it are bridged:
-    the bridge names no TLP, and its upsert used to set the IoC back to amber, so every amber reader saw it."""
+    the bridge names no TLP, and its upsert used to set the IoC back to amber, so every amber reader saw it.
+    The analyst's description and confidence stay too (a re-sighting replaced them with the bridge's)."""
     from threatflow.adapters.postgres import unit_of_work
     from threatflow.iocs import service
 
@@ -329,19 +330,31 @@ def test_the_bridge_keeps_the_tlp_of_an_ioc_it_sights_again(flows_api, backend_e
     assert first["bridge"]["iocs_created"] >= 1
     engine = _engine(backend_env["DATABASE_URL"])
     with engine.connect() as conn:
-        host_ip = conn.exec_driver_sql("SELECT value FROM iocs WHERE 'flow-detected' = ANY(tags) ORDER BY value LIMIT 1").scalar_one()
+        host_ip, created_description, created_confidence = conn.exec_driver_sql(
+            "SELECT value, description, confidence FROM iocs WHERE 'flow-detected' = ANY(tags) ORDER BY value LIMIT 1"
+        ).one()
+    # An IoC the bridge creates carries its description and the model's confidence (probability >= 0.9).
+    assert created_description == "source of network flows the flow model predicted as attacks" and created_confidence >= 90
     with unit_of_work(engine) as conn:  # the analyst's classification of that address
         policies = service.repository.policies(conn)
-        item = service.IocIn(value=host_ip, tlp="red", source="partner-feed", description="shared under TLP:RED")
+        item = service.IocIn(value=host_ip, tlp="red", source="partner-feed", description="shared under TLP:RED", confidence=35)
         service.upsert_batch([item], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies)
 
     again = flows_api.post("/api/v1/flows/batch", {"flows": flows, "source": "sensor-2"}).get_json()  # new events, same sources
     assert again["stored"] == 300 and again["bridge"]["iocs_updated"] >= 1
     with engine.connect() as conn:
-        tlp, tags = conn.exec_driver_sql("SELECT tlp, tags FROM iocs WHERE value = %s", (host_ip,)).one()
+        tlp, tags, description, confidence, count = conn.exec_driver_sql(
+            "SELECT tlp, tags, description, confidence, detection_count FROM iocs WHERE value = %s", (host_ip,)
+        ).one()
     engine.dispose()
-    assert "flow-detected" in tags  # the bridge did update it
-    assert tlp == "red"
+    assert "flow-detected" in tags and count >= 3  # the bridge did update it
+    assert (tlp, description, confidence) == ("red", "shared under TLP:RED", 35)
+    # An upsert naming no confidence keeps the stored one (it was reset to 50).
+    with unit_of_work(_engine(backend_env["DATABASE_URL"])) as conn:
+        service.upsert_batch(
+            [service.IocIn(value=host_ip, source="another-feed")], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies
+        )
+        assert conn.exec_driver_sql("SELECT confidence, tlp FROM iocs WHERE value = %s", (host_ip,)).one() == (35, "red")
     password = create_user(backend_env["DATABASE_URL"], "amber2", "reader", clearance="amber")
     body = function_client("auth").post("/api/v1/auth/token", json={"username": "amber2", "password": password}).get_json()
     host = flows_api.get(f"/api/v1/events/hosts/{host_ip}", headers={"Authorization": f"Bearer {body['access_token']}"})

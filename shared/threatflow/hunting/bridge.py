@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("threatflow.hunting")
 SIGHTING_SOURCE = "flows"
 DETECTION_TAG = "flow-detected"
+DESCRIPTION = "source of network flows the flow model predicted as attacks"
 ENRICH_CHUNK = 1000  # IoC ids per enrichment request (enrich-dispatch takes up to 10,000)
 BUDGET_KEPT = timedelta(days=2)  # hour rows of the enrichment budget kept by prune_enrichment_budget
 
@@ -117,14 +118,17 @@ def upsert_attack_sources(
     sources = attack_sources(new_events, threshold=threshold)
     if not sources:
         return BridgeResult(0, 0, 0, 0, [])
+    # The model's confidence and the bridge's description are for an IoC the bridge creates. An address
+    # already stored keeps what an analyst (or an earlier sighting) gave it: a re-sighting replaced both.
+    known = ioc_repository.stored_values(conn, [s.address for s in sources])
     items = [
         ioc_service.IocIn(
             value=s.address,
             tags=[DETECTION_TAG, *(category_tag(c) for c in sorted(s.categories))],
             source=SIGHTING_SOURCE,
             seen_at=s.last_seen,
-            confidence=min(100, round(s.max_probability * 100)),
-            description="source of network flows the flow model predicted as attacks",
+            confidence=None if s.address in known else min(100, round(s.max_probability * 100)),
+            description=None if s.address in known else DESCRIPTION,
         )
         for s in sources
     ]

@@ -35,7 +35,9 @@ _FIELDS = IOC_COLUMNS.replace(" ", "").split(",")
 # in; a given TLP, confidence or verdict replaces the stored one; an expired IoC
 # seen again is active again. An item naming no TLP keeps the stored one (the flow bridge
 # names none: its re-sightings turned a TLP:RED IoC amber, visible to every amber reader);
-# it is read in the statement (the LEFT JOIN), as EXCLUDED cannot tell "not given" apart.
+# so does one naming no confidence (it was reset to 50), and one naming no description.
+# The stored values are read in the statement (the LEFT JOIN), as EXCLUDED cannot tell
+# "not given" apart.
 _UPSERT = """
 WITH input AS (
     SELECT * FROM jsonb_to_recordset(CAST(:doc AS jsonb)) AS x(
@@ -44,7 +46,7 @@ WITH input AS (
 )
 INSERT INTO iocs AS i (type, value, tags, sources, tlp, confidence, verdict, base_score, score, severity,
                        first_seen, last_seen, last_seen_day, detection_count, expires_at, warninglists, description)
-SELECT x.type, x.value, x.tags, x.sources, COALESCE(x.tlp, cur.tlp, CAST(:default_tlp AS text)), COALESCE(x.confidence, 50),
+SELECT x.type, x.value, x.tags, x.sources, COALESCE(x.tlp, cur.tlp, CAST(:default_tlp AS text)), COALESCE(x.confidence, cur.confidence, 50),
        COALESCE(x.verdict, 'unknown'), x.base_score, x.base_score,
        CASE WHEN x.base_score >= 90 THEN 'critical' WHEN x.base_score >= 70 THEN 'high'
             WHEN x.base_score >= 40 THEN 'medium' WHEN x.base_score >= 15 THEN 'low' ELSE 'info' END,
@@ -84,7 +86,7 @@ def _item_doc(item: UpsertItem, *, base_score: int) -> dict[str, Any]:
         "tags": item.tags,
         "sources": item.sources,
         "tlp": item.tlp,  # None: the stored TLP, or the default for a new IoC (_UPSERT)
-        "confidence": item.confidence if item.confidence is not None else 50,
+        "confidence": item.confidence,  # None: the stored confidence, or 50 for a new IoC (_UPSERT)
         "verdict": item.verdict or "unknown",
         "seen_at": item.seen_at,
         "expires_at": item.expires_at,
@@ -176,6 +178,17 @@ def add_sighting(conn: Connection, ioc_id: int, *, seen_at: datetime, source: st
         {"id": ioc_id, "seen": seen_at, "source": source, "ctx": msgspec.json.encode(context).decode()},
     )
     return IocRecord.from_row(row)
+
+
+def stored_values(conn: Connection, addresses: Sequence[str]) -> set[str]:
+    """Which of these addresses (as the store keeps them) are stored as IPv4 or IPv6 IoCs."""
+    if not addresses:
+        return set()
+    rows = conn.execute(
+        _text("SELECT value FROM iocs WHERE type IN ('ipv4', 'ipv6') AND value = ANY(CAST(:values AS text[]))"),
+        {"values": list(addresses)},
+    )
+    return {str(r[0]) for r in rows}
 
 
 def log_sightings(conn: Connection, sightings: Sequence[tuple[int, datetime, str | None, dict[str, Any]]]) -> int:
