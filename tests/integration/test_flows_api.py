@@ -458,3 +458,38 @@ def test_search_cache_through_the_gateway_follows_the_environment_then_the_manif
     else:
         assert first.headers.get("X-Cache") is None and second.headers.get("X-Cache") is None
         assert cached_keys == []
+
+
+def test_a_search_from_within_the_cache_period_is_answered_uncached(flows_api, backend_env, function_client):
+    """With the cache on, a window ending now ends at the cache period's last boundary, up to 30 s back. A `from`
+    after that boundary was a 400 ("from must be before to") that the same search without the cache answered."""
+    import os
+    from urllib.parse import quote
+
+    import redis
+
+    import time
+
+    from threatflow.flows import search
+
+    srcip = "175.45.176.12"
+    stored_at = datetime.now(UTC)
+    _stored_events(backend_env["DATABASE_URL"], srcip, 3)  # over the hour before stored_at
+    os.environ["FLOWS_SEARCH_CACHE"] = "on"
+    client = function_client("flows")
+    while True:  # `from` = now, at least 5 s before the query's next cache boundary, so the rounded clock is before it
+        start = datetime.now(UTC)
+        phase = search.cache_phase({"srcip": srcip, "from": start.isoformat()})
+        if (start.timestamp() - phase) % search.CACHE_SECONDS < search.CACHE_SECONDS - 5:
+            break
+        time.sleep(5)
+    recent = quote(start.isoformat())
+    answered = client.get(f"/api/v1/events/search?srcip={srcip}&from={recent}", headers=flows_api.reader)
+    assert answered.status_code == 200, answered.get_json()
+    assert answered.get_json()["count"] == 0 and answered.headers.get("X-Cache") is None  # searched, not cached
+    assert redis.Redis.from_url(backend_env["REDIS_URL"]).keys("flows:search:*") == []
+    older = quote((stored_at - timedelta(hours=2)).isoformat())
+    cached = client.get(f"/api/v1/events/search?srcip={srcip}&from={older}", headers=flows_api.reader)
+    assert cached.status_code == 200 and cached.headers.get("X-Cache") == "miss"  # the cache still serves the rest
+    wrong = client.get(f"/api/v1/events/search?srcip={srcip}&from={older}&limit=0", headers=flows_api.reader)
+    assert wrong.status_code == 400 and wrong.get_json()["error"]["details"]["field"] == "limit"  # real errors stay errors

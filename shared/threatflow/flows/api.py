@@ -222,8 +222,15 @@ def build_router(runtime: Runtime) -> Router:
     @router.route("GET", "/api/v1/events/search", role=Role.READER)
     def search_events(request: Request) -> Response:
         use_cache = cache().enabled()
-        now = search.round_now(runtime.clock.now(), phase=search.cache_phase(request.query)) if use_cache else runtime.clock.now()
-        query = search.parse_search(request.query, now=now)
+        now = runtime.clock.now()
+        query = None
+        if use_cache:
+            try:  # a window ending "now" ends at the cache period's last boundary, so repeats share a key
+                query = search.parse_search(request.query, now=search.round_now(now, phase=search.cache_phase(request.query)))
+            except ValidationError:  # e.g. `from` within the current period: the rounded clock cannot hold it
+                use_cache = False
+        if query is None:
+            query = search.parse_search(request.query, now=now)  # a real error is raised here, as without the cache
         if use_cache:
             key = cache().key(query)
             hit = cache().get(key)
