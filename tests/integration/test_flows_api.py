@@ -464,11 +464,10 @@ def test_a_search_from_within_the_cache_period_is_answered_uncached(flows_api, b
     """With the cache on, a window ending now ends at the cache period's last boundary, up to 30 s back. A `from`
     after that boundary was a 400 ("from must be before to") that the same search without the cache answered."""
     import os
+    import time
     from urllib.parse import quote
 
     import redis
-
-    import time
 
     from threatflow.flows import search
 
