@@ -190,3 +190,34 @@ def test_storage_put_file_uploads_a_file_in_resumable_chunks(backend_env, monkey
     assert blobs.stat("threatflow-uploads", name).size == len(data)
     assert hashlib.sha256(blobs.get("threatflow-uploads", name)).digest() == hashlib.sha256(data).digest()
     blobs.delete("threatflow-uploads", name)
+
+
+def test_every_database_session_runs_in_utc_whatever_the_databases_default(backend_env):
+    """Hourly roll-ups (date_trunc on timestamptz, also when their views refresh) and the host view's times follow
+    the session's time zone: a database defaulting to +05:45 shifted every bucket by 45 minutes."""
+    import sqlalchemy
+
+    from threatflow.adapters.postgres import ReadSession, create_engine, create_read_engine
+    from threatflow.platform.config import Settings
+
+    url = backend_env["DATABASE_URL"]
+    database = url.rsplit("/", 1)[1].split("?")[0]
+    admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    settings = Settings.from_env()
+    engines = [create_engine(settings), create_read_engine(settings, session=ReadSession(statement_timeout_ms=1000))]
+    hour = "SELECT current_setting('TimeZone'), date_trunc('hour', TIMESTAMPTZ '2026-03-01 10:30:00+00')::text"
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"ALTER DATABASE \"{database}\" SET timezone = 'Asia/Kathmandu'")
+        plain = sqlalchemy.create_engine(url)  # a session that does not ask for UTC gets the database's default
+        with plain.connect() as conn:
+            assert conn.exec_driver_sql(hour).one() == ("Asia/Kathmandu", "2026-03-01 16:00:00+05:45")
+        plain.dispose()
+        for engine in engines:
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql(hour).one() == ("UTC", "2026-03-01 10:00:00+00")
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'ALTER DATABASE "{database}" RESET timezone')
+        for engine in [*engines, admin]:
+            engine.dispose()

@@ -37,6 +37,11 @@ class ReadSession:
         return params
 
 
+# Every session runs in UTC, whatever the server's or the database's default: the hourly roll-ups
+# (date_trunc on timestamptz, also when their views are refreshed) and the host view's times follow
+# the session's time zone, and a +05:45 default would shift every bucket by 45 minutes.
+SESSION_PARAMS = {"TimeZone": "UTC"}
+
 READ_SESSION = "threatflow.read_session"  # connection info key: the ReadSession a pooled connection was opened with
 # A read pool's connection used less than this long ago is not pinged at checkout (see create_read_engine).
 READ_PING_IDLE_SECONDS = 10.0
@@ -86,8 +91,11 @@ def create_engine(settings: Settings) -> Engine:
         "pool_pre_ping": True,
     }
     if settings.database_url:
-        return sqlalchemy.create_engine(settings.database_url, connect_args={"timeout": settings.db_timeout_seconds}, **pool)
-    return sqlalchemy.create_engine("postgresql+pg8000://", creator=_cloud_sql_creator(settings), **pool)
+        connect_args = {"timeout": settings.db_timeout_seconds, "startup_params": dict(SESSION_PARAMS)}
+        return sqlalchemy.create_engine(settings.database_url, connect_args=connect_args, **pool)
+    return sqlalchemy.create_engine(
+        "postgresql+pg8000://", creator=_cloud_sql_creator(settings, startup_params=dict(SESSION_PARAMS)), **pool
+    )
 
 
 def create_read_engine(settings: Settings, *, session: ReadSession) -> Engine:
@@ -116,7 +124,7 @@ def create_read_engine(settings: Settings, *, session: ReadSession) -> Engine:
         "pool_pre_ping": False,  # the idle check below
         "isolation_level": "AUTOCOMMIT",
     }
-    startup = session.startup_params()
+    startup = {**SESSION_PARAMS, **session.startup_params()}
     if settings.database_url:
         engine = sqlalchemy.create_engine(
             settings.database_url, connect_args={"timeout": settings.db_timeout_seconds, "startup_params": startup}, **pool
