@@ -361,6 +361,41 @@ def test_the_bridge_keeps_the_tlp_of_an_ioc_it_sights_again(flows_api, backend_e
     assert host.status_code == 200 and host.get_json()["ioc"] is None
 
 
+def test_the_bridge_recognises_a_stored_ipv6_source_written_as_postgresql_writes_it(flows_api, backend_env):
+    """The bridge reads its addresses back from flow_events (host(srcip)); PostgreSQL writes an IPv6 address whose
+    first 96 bits are zero with an embedded IPv4 part (::abcd:1234 as ::171.205.18.52), while the IoC is stored as
+    the iocs domain normalises it (RFC 5952, ::abcd:1234). The lookup of known addresses must compare the IoC's
+    form, or an analyst's description and confidence on that IoC are replaced by the bridge's."""
+    from threatflow.adapters.postgres import unit_of_work
+    from threatflow.iocs import service
+
+    flows = json_flows(300)
+    first = flows_api.post("/api/v1/flows/batch", {"flows": flows}).get_json()
+    assert first["bridge"]["iocs_created"] >= 1
+    engine = _engine(backend_env["DATABASE_URL"])
+    with engine.connect() as conn:
+        host_ip = conn.exec_driver_sql("SELECT value FROM iocs WHERE 'flow-detected' = ANY(tags) ORDER BY value LIMIT 1").scalar_one()
+        assert conn.exec_driver_sql("SELECT host(CAST('::abcd:1234' AS inet))").scalar_one() == "::171.205.18.52"
+    address = "::abcd:1234"
+    with unit_of_work(engine) as conn:  # the analyst's classification of that address
+        policies = service.repository.policies(conn)
+        item = service.IocIn(value=address, source="partner-feed", description="analyst's note", confidence=35)
+        assert (
+            service.upsert_batch([item], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies)["results"][0]["value"]
+            == address
+        )
+    moved = [{**f, "srcip": address} if f["srcip"] == host_ip else f for f in flows]
+    again = flows_api.post("/api/v1/flows/batch", {"flows": moved, "source": "sensor-2"}).get_json()
+    assert again["stored"] == 300 and again["bridge"]["iocs_updated"] >= 1
+    with engine.connect() as conn:
+        tags, description, confidence = conn.exec_driver_sql(
+            "SELECT tags, description, confidence FROM iocs WHERE type = 'ipv6' AND value = %s", (address,)
+        ).one()
+    engine.dispose()
+    assert "flow-detected" in tags  # the bridge did sight it
+    assert (description, confidence) == ("analyst's note", 35)
+
+
 def _stored_events(database_url, srcip, count):
     """`count` events from `srcip` over the last hour, straight into the store (no model needed)."""
     from threatflow.flows import ingest
