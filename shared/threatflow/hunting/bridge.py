@@ -26,7 +26,9 @@ from threatflow.flows.repository import StoredEvent
 from threatflow.iocs import repository as ioc_repository
 from threatflow.iocs import service as ioc_service
 from threatflow.iocs.model import DecayPolicy
+from threatflow.iocs.normalise import normalise
 from threatflow.platform import events
+from threatflow.platform.errors import ValidationError
 from threatflow.platform.ports import Publisher
 
 if TYPE_CHECKING:
@@ -120,15 +122,18 @@ def upsert_attack_sources(
         return BridgeResult(0, 0, 0, 0, [])
     # The model's confidence and the bridge's description are for an IoC the bridge creates. An address
     # already stored keeps what an analyst (or an earlier sighting) gave it: a re-sighting replaced both.
-    known = ioc_repository.stored_values(conn, [s.address for s in sources])
+    # Looked up in the IoC's form (the upsert normalises): PostgreSQL writes host(srcip) its own way, e.g. the
+    # IPv6 ::abcd:1234 as ::171.205.18.52, so the address as read back from the events is not always the IoC's value.
+    as_stored = {s.address: _ioc_value(s.address) for s in sources}
+    known = ioc_repository.stored_values(conn, sorted(set(as_stored.values())))
     items = [
         ioc_service.IocIn(
             value=s.address,
             tags=[DETECTION_TAG, *(category_tag(c) for c in sorted(s.categories))],
             source=SIGHTING_SOURCE,
             seen_at=s.last_seen,
-            confidence=None if s.address in known else min(100, round(s.max_probability * 100)),
-            description=None if s.address in known else DESCRIPTION,
+            confidence=None if as_stored[s.address] in known else min(100, round(s.max_probability * 100)),
+            description=None if as_stored[s.address] in known else DESCRIPTION,
         )
         for s in sources
     ]
@@ -157,6 +162,15 @@ def upsert_attack_sources(
 
 
 _host_address = functools.lru_cache(maxsize=4096)(names_a_host)
+
+
+def _ioc_value(address: str) -> str:
+    """The address as the iocs domain stores it (the upsert normalises with no type given, as here); an address it
+    refuses is returned as written (the upsert rejects that item)."""
+    try:
+        return normalise(address).value
+    except ValidationError:
+        return address
 
 
 def by_priority(requests: Sequence[EnrichmentRequest]) -> list[EnrichmentRequest]:

@@ -181,7 +181,8 @@ def add_sighting(conn: Connection, ioc_id: int, *, seen_at: datetime, source: st
 
 
 def stored_values(conn: Connection, addresses: Sequence[str]) -> set[str]:
-    """Which of these addresses (as the store keeps them) are stored as IPv4 or IPv6 IoCs."""
+    """Which of these addresses are stored as IPv4 or IPv6 IoCs; give them as the store keeps them (normalise:
+    RFC 5952 IPv6, ::ffff:a.b.c.d as the IPv4), not as PostgreSQL writes an inet."""
     if not addresses:
         return set()
     rows = conn.execute(
