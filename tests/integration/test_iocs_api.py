@@ -205,3 +205,44 @@ def test_decay_policies_are_listed_and_set_by_admins(api, backend_env):
         assert client.put("/api/v1/iocs/policies/hostname", wanted).status_code == 404
     finally:
         assert client.put("/api/v1/iocs/policies/email", original).status_code == 200
+
+
+def test_an_upsert_naming_no_tlp_or_confidence_keeps_what_a_concurrent_transaction_committed(backend_env):
+    """An item naming no TLP or confidence keeps the stored one, read in the upsert statement. Read from the statement's
+    snapshot, a change committed while the upsert waited for the row (an analyst marking the IoC TLP:RED as the flow
+    bridge sights it again) was overwritten by the value from before it: the IoC went back to amber."""
+    import threading
+
+    from threatflow.adapters.postgres import create_engine, unit_of_work
+    from threatflow.iocs import service
+    from threatflow.platform.config import Settings
+
+    engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
+    value = "203.0.113.77"
+    with unit_of_work(engine) as conn:
+        policies = service.repository.policies(conn)
+        item = service.IocIn(value=value, confidence=93, description="flow bridge")
+        service.upsert_batch([item], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies)
+    analyst = engine.connect()
+    classification = analyst.begin()
+    analyst.exec_driver_sql(f"UPDATE iocs SET tlp = 'red', confidence = 35 WHERE value = '{value}'")
+    sighted = threading.Event()
+
+    def sight_again():  # names no TLP and no confidence, as the bridge's re-sightings do
+        with unit_of_work(engine) as conn:
+            again = service.IocIn(value=value, source="flows")
+            service.upsert_batch([again], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies)
+        sighted.set()
+
+    worker = threading.Thread(target=sight_again)
+    worker.start()
+    try:
+        assert not sighted.wait(1.0)  # it waits for the analyst's row lock
+    finally:
+        classification.commit()
+        analyst.close()
+        worker.join(30)
+    with engine.connect() as conn:
+        stored = conn.exec_driver_sql(f"SELECT tlp, confidence, detection_count FROM iocs WHERE value = '{value}'").one()
+    engine.dispose()
+    assert sighted.is_set() and tuple(stored) == ("red", 35, 2)
