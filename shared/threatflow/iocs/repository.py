@@ -37,12 +37,20 @@ _FIELDS = IOC_COLUMNS.replace(" ", "").split(",")
 # names none: its re-sightings turned a TLP:RED IoC amber, visible to every amber reader);
 # so does one naming no confidence (it was reset to 50), and one naming no description.
 # The stored values are read in the statement (the LEFT JOIN), as EXCLUDED cannot tell
-# "not given" apart.
+# "not given" apart. They are read locked (`cur`, in key order): a plain join read the
+# statement's snapshot, so a TLP or confidence committed while the upsert waited for the row
+# (an analyst marking it TLP:RED as the bridge sighted it) was overwritten with the older one.
+# Still open: two transactions that both *create* one IoC, one naming a TLP and one not; the
+# later gets the default (neither saw a stored row).
 _UPSERT = """
 WITH input AS (
     SELECT * FROM jsonb_to_recordset(CAST(:doc AS jsonb)) AS x(
         type text, value text, tags text[], sources text[], tlp text, confidence smallint, verdict text,
         seen_at timestamptz, expires_at timestamptz, description text, warninglists text[], base_score smallint)
+),
+cur AS (
+    SELECT s.type, s.value, s.tlp, s.confidence FROM iocs s JOIN input x ON s.type = x.type AND s.value = x.value
+    ORDER BY s.type, s.value FOR NO KEY UPDATE OF s
 )
 INSERT INTO iocs AS i (type, value, tags, sources, tlp, confidence, verdict, base_score, score, severity,
                        first_seen, last_seen, last_seen_day, detection_count, expires_at, warninglists, description)
@@ -51,7 +59,7 @@ SELECT x.type, x.value, x.tags, x.sources, COALESCE(x.tlp, cur.tlp, CAST(:defaul
        CASE WHEN x.base_score >= 90 THEN 'critical' WHEN x.base_score >= 70 THEN 'high'
             WHEN x.base_score >= 40 THEN 'medium' WHEN x.base_score >= 15 THEN 'low' ELSE 'info' END,
        x.seen_at, x.seen_at, (x.seen_at AT TIME ZONE 'UTC')::date, 1, x.expires_at, x.warninglists, x.description
-FROM input x LEFT JOIN iocs cur ON cur.type = x.type AND cur.value = x.value
+FROM input x LEFT JOIN cur ON cur.type = x.type AND cur.value = x.value
 ON CONFLICT (type, value) DO UPDATE SET
     tags = ARRAY(SELECT DISTINCT unnest(i.tags || EXCLUDED.tags) ORDER BY 1),
     sources = ARRAY(SELECT DISTINCT unnest(i.sources || EXCLUDED.sources) ORDER BY 1),
