@@ -35,10 +35,9 @@ from threatflow.auth import clearance as tlp_clearance
 from threatflow.auth.api import authenticator
 from threatflow.auth.model import Role
 from threatflow.enrichment import dispatch, handlers, repository, runs, verdict
-from threatflow.enrichment.handlers import Enrichment, context, lookup_source
+from threatflow.enrichment.handlers import Enrichment, context, run_task
 from threatflow.enrichment.model import ResultStatus
 from threatflow.enrichment.tasks import TOPIC_REQUESTED, TOPIC_TASKS, EnrichRequest, Task
-from threatflow.enrichment.worker import execute
 from threatflow.intel import enrichment as intel_enrichment
 from threatflow.platform import events
 from threatflow.platform.errors import DependencyError, NotFoundError, PayloadTooLargeError, RateLimitedError, ValidationError
@@ -563,18 +562,7 @@ def ip_reputation(ip: str, *, enrichment: Enrichment, sources: tuple[str, ...] =
         source = enrichment.settings.sources.get(name)
         if source is None or not source.enabled or ioc_type not in source.indicator_types or not enrichment.keys.usable(source):
             continue
-        api_key = enrichment.keys.get(source)
-        task = Task("detect-intel", 0, ioc_type, value, name)
-        outcome = execute(
-            task,
-            source=source,
-            key_id=enrichment.keys.fingerprint(source),
-            cache=enrichment.cache,
-            redis=enrichment.redis,
-            quota=enrichment.quota,
-            call=lambda source=source, task=task, api_key=api_key: lookup_source(enrichment, source, task, api_key),  # type: ignore[misc]
-            now=enrichment.now,
-        )
+        outcome = run_task(enrichment, source, Task("detect-intel", 0, ioc_type, value, name))
         if outcome.defer_seconds is not None:
             waits.append(outcome.defer_seconds)
             tried[name] = outcome.reason or "no quota"

@@ -36,7 +36,7 @@ from threatflow.enrichment.tasks import (
     Task,
     auto_enrich_request,
 )
-from threatflow.enrichment.worker import execute
+from threatflow.enrichment.worker import Outcome, execute
 from threatflow.intel import enrichment as intel_enrichment
 from threatflow.platform import events
 from threatflow.platform import logging as tf_logging
@@ -274,6 +274,21 @@ def defer(ctx: Enrichment, task: Task, seconds: float, reason: str) -> None:
     tf_logging.log(log, logging.INFO, f"deferred {seconds:.2f}s: {reason}", source=task.source, run_id=task.run_id)
 
 
+def run_task(ctx: Enrichment, source: SourceConfig, task: Task) -> Outcome:
+    """`task` through the worker (cache, single flight, quota, then the source) with this context's parts."""
+    api_key = ctx.keys.get(source)
+    return execute(
+        task,
+        source=source,
+        key_id=ctx.keys.fingerprint(source),
+        cache=ctx.cache,
+        redis=ctx.redis,
+        quota=ctx.quota,
+        call=lambda: lookup_source(ctx, source, task, api_key),
+        now=ctx.now,
+    )
+
+
 def lookup_source(ctx: Enrichment, source: SourceConfig, task: Task, api_key: str | None) -> SourceResult:
     from threatflow.enrichment.sources import client
 
@@ -342,17 +357,7 @@ def process_task(ctx: Enrichment, message: events.Message, *, only_source: str |
         if any(r["source"] == task.source for r in repository.run_results(conn, task.run_id)):
             ctx.publish(TOPIC_COMPLETED, {"run_id": task.run_id, "source": task.source}, source=task.source)
             return  # a redelivery: the result is stored already
-    api_key = ctx.keys.get(source)
-    outcome = execute(
-        task,
-        source=source,
-        key_id=ctx.keys.fingerprint(source),
-        cache=ctx.cache,
-        redis=ctx.redis,
-        quota=ctx.quota,
-        call=lambda: lookup_source(ctx, source, task, api_key),
-        now=ctx.now,
-    )
+    outcome = run_task(ctx, source, task)
     if outcome.defer_seconds is not None:
         defer(ctx, task, outcome.defer_seconds, outcome.reason)
         return
