@@ -58,13 +58,14 @@ def execute(
     # What a cached answer must be at least as recent as: none for a plain task; for a forced one, its run's
     # request (an older message without it: this delivery's start, so it always calls).
     fresh_since = datetime.fromtimestamp(task.requested_at, UTC) if task.force and task.requested_at is not None else started
-    if not task.force:
-        hit = cache.get(source, task.ioc_type, task.value)
-        if hit is not None:
-            return Outcome(hit, cached=True)
-    elif task.requested_at is not None:  # delivered again after an earlier delivery fetched it
-        hit = cache.get(source, task.ioc_type, task.value, count=False)
-        if hit is not None and hit.fetched_at >= fresh_since:
+
+    def usable(hit: SourceResult | None) -> bool:
+        return hit is not None and (not task.force or hit.fetched_at >= fresh_since)
+
+    # A forced task with its request time may find what an earlier delivery of it fetched; one without, nothing.
+    if not task.force or task.requested_at is not None:
+        hit = cache.get(source, task.ioc_type, task.value, count=not task.force)  # counted for plain tasks only
+        if usable(hit):
             return Outcome(hit, cached=True)
     lock = flight_key(source.name, task.ioc_type, task.value)
     token = uuid.uuid4().hex
@@ -75,14 +76,14 @@ def execute(
         while redis.exists(lock) and monotonic() < give_up:
             sleep(POLL_SECONDS)
         hit = cache.get(source, task.ioc_type, task.value, count=False)
-        if hit is not None and (not task.force or hit.fetched_at >= fresh_since):
+        if usable(hit):
             return Outcome(hit, cached=True)
         if monotonic() >= give_up:
             return Outcome(defer_seconds=1.0, reason="another task holds the flight")
     try:
         # The previous holder may have just cached it (for a forced task: fetched it since the request).
         hit = cache.get(source, task.ioc_type, task.value, count=False)
-        if hit is not None and (not task.force or hit.fetched_at >= fresh_since):
+        if usable(hit):
             return Outcome(hit, cached=True)
         decision = quota.take(source, key_id, now=now())
         if not decision.allowed:
