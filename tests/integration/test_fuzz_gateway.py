@@ -15,7 +15,7 @@ import sys
 
 import pytest
 from helpers import SHARED_DATA, create_user
-from route_fuzz import HTTP_FUNCTIONS, Tally, fuzz_over_http
+from route_fuzz import HTTP_FUNCTIONS, Tally, attack_data, fuzz_over_http
 
 pytestmark = pytest.mark.integration
 EXAMPLES = int(os.environ.get("FUZZ_GATEWAY_EXAMPLES", "40"))
@@ -48,8 +48,7 @@ def gateway(backend_env, tmp_path):
         "RATE_LIMIT_LOGIN_PER_IP": "100000/60",
     }
     attack = SHARED_DATA / "attack" / "attack_techniques.json"
-    if attack.exists():
-        env["ATTACK_DATA_PATH"] = str(attack)
+    env["ATTACK_DATA_PATH"] = str(attack_data(attack, tmp_path))
     port = services.free_port()
     log_path = tmp_path / "gateway.log"
     command = [sys.executable, "-m", "threatflow.devstack.gateway", "--port", str(port), "--workers", "1", "--threads", "4"]

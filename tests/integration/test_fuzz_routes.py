@@ -10,7 +10,7 @@ import sys
 import pytest
 from helpers import SHARED_DATA, create_user
 from hypothesis import HealthCheck, given, settings
-from route_fuzz import HTTP_FUNCTIONS, MODEL_FUNCTIONS, Tally, check, requests_for, routes_of
+from route_fuzz import HTTP_FUNCTIONS, MODEL_FUNCTIONS, Tally, attack_data, check, requests_for, routes_of
 
 pytestmark = pytest.mark.integration
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
@@ -30,13 +30,12 @@ def fake_intel():
 
 
 @pytest.mark.parametrize("function", HTTP_FUNCTIONS)
-def test_no_route_answers_5xx_or_non_json_errors(function_client, backend_env, function, request):
+def test_no_route_answers_5xx_or_non_json_errors(function_client, backend_env, function, request, tmp_path):
     attack = SHARED_DATA / "attack" / "attack_techniques.json"
     extra = {"RATE_LIMIT_PER_USER": "100000/60", "RATE_LIMIT_PER_IP": "100000/60", "RATE_LIMIT_LOGIN_PER_IP": "100000/60"}
     if function in ("enrichment", "detect"):  # detect mounts GET /api/v1/detect/intel/{ip}: fakes, never the network
         extra.update(request.getfixturevalue("fake_intel").env())
-    if attack.exists():
-        extra["ATTACK_DATA_PATH"] = str(attack)
+    extra["ATTACK_DATA_PATH"] = str(attack_data(attack, tmp_path))
     os.environ.update(extra)
     password = create_user(backend_env["DATABASE_URL"], "fuzzadmin", "admin", clearance="red")
     auth = function_client("auth")
