@@ -246,3 +246,44 @@ def test_an_upsert_naming_no_tlp_or_confidence_keeps_what_a_concurrent_transacti
         stored = conn.exec_driver_sql(f"SELECT tlp, confidence, detection_count FROM iocs WHERE value = '{value}'").one()
     engine.dispose()
     assert sighted.is_set() and tuple(stored) == ("red", 35, 2)
+
+
+def test_an_upsert_naming_no_tlp_keeps_the_tlp_of_a_concurrent_creation_of_the_same_ioc(backend_env):
+    """Two transactions create the same new IoC, one naming TLP:RED and a confidence, one naming neither (the flow bridge).
+    The second waits for the first's row; when it goes on to update it, it keeps what the first gave. It used to read the
+    stored values from its snapshot, where the row did not exist yet, and write the defaults over them: amber and 50."""
+    import threading
+
+    from threatflow.adapters.postgres import create_engine, unit_of_work
+    from threatflow.iocs import service
+    from threatflow.platform.config import Settings
+
+    engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
+    value = "203.0.113.78"
+    with unit_of_work(engine) as conn:
+        policies = service.repository.policies(conn)
+    analyst = engine.connect()
+    creation = analyst.begin()
+    marked = service.IocIn(value=value, tlp="red", confidence=35, description="analyst")
+    service.upsert_batch([marked], conn=analyst, now=datetime.now(UTC), warninglists=None, policies=policies)
+    sighted = threading.Event()
+
+    def sight():  # names no TLP and no confidence, as the bridge's sightings do
+        with unit_of_work(engine) as conn:
+            service.upsert_batch(
+                [service.IocIn(value=value, source="flows")], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies
+            )
+        sighted.set()
+
+    worker = threading.Thread(target=sight)
+    worker.start()
+    try:
+        assert not sighted.wait(1.0)  # it waits for the analyst's uncommitted row
+    finally:
+        creation.commit()
+        analyst.close()
+        worker.join(30)
+    with engine.connect() as conn:
+        stored = conn.exec_driver_sql(f"SELECT tlp, confidence, detection_count FROM iocs WHERE value = '{value}'").one()
+    engine.dispose()
+    assert sighted.is_set() and tuple(stored) == ("red", 35, 2)
