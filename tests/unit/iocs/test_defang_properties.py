@@ -63,3 +63,20 @@ def test_the_drift_that_was_reported_is_gone() -> None:
     # /extract read h__p://evil.com/x while /batch and /value refused it.
     assert [i.value for i in extract("h__p://evil.com/x")] == ["http://evil.com/x"]
     assert normalise("h__p://evil.com/x").value == "http://evil.com/x"
+
+
+def test_a_third_slash_before_a_defanged_host_is_a_defang() -> None:
+    # Hypothesis found it: the host's dot was looked for before refanging, so "[dot]" read as a URL with no host.
+    assert normalise("http:///a000[dot]au/0").value == "http://a000.au/0"
+    assert [i.value for i in extract("then http:///a000[dot]au/0 was fetched")] == ["http://a000.au/0"]
+    assert "has no host" in _refusal("http:///x")  # a real scheme's third slash before no host stays hostless
+
+
+def _refusal(value: str) -> str:
+    from threatflow.platform.errors import ValidationError
+
+    try:
+        normalise(value)
+    except ValidationError as exc:
+        return exc.message
+    return ""
