@@ -226,10 +226,11 @@ def refang_url(url: str, match: re.Match[str] | None = None) -> str:
     if match is None:
         return refang_token(url)
     scheme_and_separator = canonical_scheme(match.group("http") or match.group("other")) + "://"
-    plain = _PLAIN_SCHEME.fullmatch(match.group())
-    if plain is not None and plain.group(1).lower() in REAL_SCHEMES and "." not in url[match.end() :].partition("/")[0]:
-        scheme_and_separator = match.group()  # "http:///x" is a URL without a host, not a defang of "http://x"
     rest = refang_token(url[match.end() :], tidy=False, common=True)
+    plain = _PLAIN_SCHEME.fullmatch(match.group())
+    # Whether a dot follows is read refanged: "http:///evil[dot]com/x" is a defang of http://evil.com/x too.
+    if plain is not None and plain.group(1).lower() in REAL_SCHEMES and "." not in rest.partition("/")[0]:
+        scheme_and_separator = match.group()  # "http:///x" is a URL without a host, not a defang of "http://x"
     authority_end = HOST_END.search(rest)
     split = authority_end.start() if authority_end is not None else len(rest)
     authority, path = rest[:split], rest[split:]
