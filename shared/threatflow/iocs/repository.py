@@ -36,36 +36,35 @@ _FIELDS = IOC_COLUMNS.replace(" ", "").split(",")
 # seen again is active again. An item naming no TLP keeps the stored one (the flow bridge
 # names none: its re-sightings turned a TLP:RED IoC amber, visible to every amber reader);
 # so does one naming no confidence (it was reset to 50), and one naming no description.
-# The stored values are read in the statement (the LEFT JOIN), as EXCLUDED cannot tell
-# "not given" apart. They are read locked (`cur`, in key order): a plain join read the
-# statement's snapshot, so a TLP or confidence committed while the upsert waited for the row
-# (an analyst marking it TLP:RED as the bridge sighted it) was overwritten with the older one.
-# Still open: two transactions that both *create* one IoC, one naming a TLP and one not; the
-# later gets the default (neither saw a stored row).
+# EXCLUDED cannot tell "not given" from the default, so the update looks the item up among the
+# input rows that name none (an uncorrelated IN: one hashed set per statement) and keeps `i`'s
+# value, which is the row's latest committed version, locked: a value committed while the upsert
+# waited for the row (an analyst marking it TLP:RED, or creating it so, as the bridge sights it)
+# is kept. Reading the stored values from the statement's snapshot lost both. Rows are taken in
+# key order, so two batches lock the rows they share in the same order.
 _UPSERT = """
 WITH input AS (
     SELECT * FROM jsonb_to_recordset(CAST(:doc AS jsonb)) AS x(
         type text, value text, tags text[], sources text[], tlp text, confidence smallint, verdict text,
         seen_at timestamptz, expires_at timestamptz, description text, warninglists text[], base_score smallint)
-),
-cur AS (
-    SELECT s.type, s.value, s.tlp, s.confidence FROM iocs s JOIN input x ON s.type = x.type AND s.value = x.value
-    ORDER BY s.type, s.value FOR NO KEY UPDATE OF s
 )
 INSERT INTO iocs AS i (type, value, tags, sources, tlp, confidence, verdict, base_score, score, severity,
                        first_seen, last_seen, last_seen_day, detection_count, expires_at, warninglists, description)
-SELECT x.type, x.value, x.tags, x.sources, COALESCE(x.tlp, cur.tlp, CAST(:default_tlp AS text)), COALESCE(x.confidence, cur.confidence, 50),
+SELECT x.type, x.value, x.tags, x.sources, COALESCE(x.tlp, CAST(:default_tlp AS text)), COALESCE(x.confidence, 50),
        COALESCE(x.verdict, 'unknown'), x.base_score, x.base_score,
        CASE WHEN x.base_score >= 90 THEN 'critical' WHEN x.base_score >= 70 THEN 'high'
             WHEN x.base_score >= 40 THEN 'medium' WHEN x.base_score >= 15 THEN 'low' ELSE 'info' END,
        x.seen_at, x.seen_at, (x.seen_at AT TIME ZONE 'UTC')::date, 1, x.expires_at, x.warninglists, x.description
-FROM input x LEFT JOIN cur ON cur.type = x.type AND cur.value = x.value
+FROM input x
+ORDER BY x.type, x.value
 ON CONFLICT (type, value) DO UPDATE SET
     tags = ARRAY(SELECT DISTINCT unnest(i.tags || EXCLUDED.tags) ORDER BY 1),
     sources = ARRAY(SELECT DISTINCT unnest(i.sources || EXCLUDED.sources) ORDER BY 1),
     warninglists = EXCLUDED.warninglists,
-    tlp = EXCLUDED.tlp,
-    confidence = EXCLUDED.confidence,
+    tlp = CASE WHEN (EXCLUDED.type, EXCLUDED.value) IN (SELECT type, value FROM input WHERE tlp IS NULL)
+               THEN i.tlp ELSE EXCLUDED.tlp END,
+    confidence = CASE WHEN (EXCLUDED.type, EXCLUDED.value) IN (SELECT type, value FROM input WHERE confidence IS NULL)
+                      THEN i.confidence ELSE EXCLUDED.confidence END,
     verdict = CASE WHEN EXCLUDED.verdict = 'unknown' THEN i.verdict ELSE EXCLUDED.verdict END,
     first_seen = LEAST(i.first_seen, EXCLUDED.first_seen),
     last_seen = GREATEST(i.last_seen, EXCLUDED.last_seen),
