@@ -1,0 +1,97 @@
+"""Maintenance jobs given what an operator or a source really sends: the CLI's manual run, parameters of
+the wrong type, odd ATT&CK documents, a compressed evaluation set. On the run's emulators, through the
+maintenance function where the retry-or-ack decision is what is tested."""
+
+import contextlib
+import json
+import uuid
+
+import pytest
+from helpers import push_envelope, push_envelope_of
+
+pytestmark = pytest.mark.integration
+PROJECT = "threatflow-test"
+
+
+def _docs():
+    from threatflow.adapters.firestore import FirestoreDocuments
+
+    return FirestoreDocuments(PROJECT)
+
+
+def _run(client, job, params=None):
+    run_id = uuid.uuid4().hex
+    body = push_envelope({"schema_version": 1, "params": params or {}}, {"job": job, "run_id": run_id}, "maintenance-push")
+    response = client.post("/", json=body)
+    return response.status_code, _docs().get("maintenance_runs", run_id)
+
+
+@pytest.fixture
+def models_bucket(backend_env, storage_emulator, monkeypatch):
+    from threatflow.devstack.services import create_bucket
+
+    bucket = f"models-{uuid.uuid4().hex[:10]}"
+    create_bucket(storage_emulator.port, bucket)
+    monkeypatch.setenv("BUCKET_MODELS", bucket)
+    monkeypatch.delenv("ATTACK_DATA_PATH", raising=False)
+    return bucket
+
+
+def _techniques(n):
+    return {"techniques": [{"external_id": f"T{1000 + i}", "name": f"Technique {i}", "tactics": ["execution"]} for i in range(n)]}
+
+
+# -- threatflow jobs run -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def maintenance_messages(backend_env):
+    """pull(): the next message published on the maintenance topic, from a subscription of this test's own."""
+    from google.cloud import pubsub_v1
+
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    topic = publisher.topic_path(PROJECT, "maintenance")
+    with contextlib.suppress(Exception):  # AlreadyExists: created by an earlier test of the run
+        publisher.create_topic(name=topic)
+    subscription = subscriber.subscription_path(PROJECT, f"jobs-run-{uuid.uuid4().hex[:8]}")
+    subscriber.create_subscription(name=subscription, topic=topic)
+
+    def pull():
+        received = subscriber.pull(request={"subscription": subscription, "max_messages": 1}, timeout=10).received_messages
+        subscriber.acknowledge(request={"subscription": subscription, "ack_ids": [r.ack_id for r in received]})
+        return received[0].message
+
+    yield pull
+    subscriber.delete_subscription(subscription=subscription)
+    subscriber.close()
+
+
+def test_jobs_run_retrain_flows_runs_it_though_the_schedule_ships_disabled(function_client, maintenance_messages, tmp_path, monkeypatch):
+    """README: "`threatflow jobs run retrain-flows` runs it once". The CLI fired the schedule's own body,
+    params.enabled false included, so the manual run answered "disabled" and trained nothing."""
+    from threatflow.cli.main import main
+
+    monkeypatch.setenv("THREATFLOW_STATE_DIR", str(tmp_path))  # no running stack's environment
+    with pytest.raises(SystemExit) as exit_:
+        main(["jobs", "run", "retrain-flows"])
+    assert exit_.value.code == 0
+    message = maintenance_messages()
+    assert message.attributes["job"] == "retrain-flows"
+    assert function_client("maintenance").post("/", json=push_envelope_of(message, "maintenance-push")).status_code == 200
+    run = _docs().get("maintenance_runs", message.attributes["run_id"])
+    # No labelled flows are stored: a run that really ran says so; the schedule's other params still apply.
+    assert run["state"] == "succeeded" and run["result"]["status"] == "skipped", run
+    assert "at least 5000 needed" in run["result"]["reason"]
+
+
+def test_the_schedule_tick_of_retrain_flows_stays_disabled(function_client, maintenance_messages):
+    """What the manual run leaves out must still reach the scheduler's tick: params.enabled false."""
+    from threatflow.adapters.pubsub import PubSubPublisher
+    from threatflow.devstack.scheduler import fire
+    from threatflow.platform.manifest import load_manifest
+
+    fire(load_manifest().schedules["retrain-flows"], publisher=PubSubPublisher(PROJECT), gateway_url="http://127.0.0.1:9")
+    message = maintenance_messages()
+    assert json.loads(message.data)["params"]["enabled"] is False
+    assert function_client("maintenance").post("/", json=push_envelope_of(message, "maintenance-push")).status_code == 200
+    assert _docs().get("maintenance_runs", message.attributes["run_id"])["result"]["status"] == "disabled"
