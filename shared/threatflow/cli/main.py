@@ -118,7 +118,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     settings = _settings()
     state = StackState.read(state_dir_from_env())
     gateway_url = state.gateway_url if state else f"http://127.0.0.1:{os.environ.get('THREATFLOW_PORT', '8080')}"
-    ident = fire(schedule, publisher=PubSubPublisher(settings.project), gateway_url=gateway_url)
+    ident = fire(schedule, publisher=PubSubPublisher(settings.project), gateway_url=gateway_url, manual=True)
     print(f"fired {schedule.name}: {ident}")
     return 0
 

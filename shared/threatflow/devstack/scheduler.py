@@ -22,21 +22,34 @@ from threatflow.platform.manifest import Manifest, Schedule
 log = logging.getLogger("threatflow.scheduler")
 
 
-def fire(schedule: Schedule, *, publisher: Any, gateway_url: str) -> str:
-    """Run a schedule once; returns the message id or the HTTP status."""
+def fire(schedule: Schedule, *, publisher: Any, gateway_url: str, manual: bool = False) -> str:
+    """Run a schedule once; returns the message id or the HTTP status.
+
+    `manual` (`threatflow jobs run NAME`): an operator asked for this run, so the body's
+    `params.enabled` (which switches the schedule's ticks off, e.g. retrain-flows ships with
+    false) is left out; the schedule's other params still apply."""
     from threatflow.devstack.gateway import SCHEDULE_PREFIX
 
+    body = manual_body(schedule.body) if manual else schedule.body
     if schedule.topic:
         attributes = {"run_id": uuid.uuid4().hex, **schedule.attributes}
-        return str(publisher.publish(schedule.topic, events.encode(schedule.body), attributes))
+        return str(publisher.publish(schedule.topic, events.encode(body), attributes))
     request = urllib.request.Request(  # noqa: S310 - the gateway URL is ours, http on loopback
         f"{gateway_url}{SCHEDULE_PREFIX}{schedule.function}",
-        data=json.dumps(schedule.body).encode(),
+        data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json", "X-CloudScheduler-JobName": schedule.name},
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - the gateway URL is ours, http on loopback
         return str(response.status)
+
+
+def manual_body(body: dict[str, Any]) -> dict[str, Any]:
+    """A schedule's body for a run an operator asked for: without `params.enabled`, the switch of its ticks."""
+    params = body.get("params")
+    if not isinstance(params, dict) or "enabled" not in params:
+        return body
+    return {**body, "params": {k: v for k, v in params.items() if k != "enabled"}}
 
 
 class LocalScheduler:

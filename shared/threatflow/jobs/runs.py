@@ -98,8 +98,9 @@ def retrain_flows(ctx: JobContext) -> dict[str, Any]:
     """Retrains the flow model on stored labelled flow events; promotes the candidate only if it beats the serving model.
 
     The manifest's schedule ships with params.enabled false (a run then does nothing); a manual run
-    (`threatflow jobs run retrain-flows`) carries no params and trains. params.evaluation_object names a
-    trusted evaluation set in the models bucket (flows/retrain.py); without it the stored flows are split.
+    (`threatflow jobs run retrain-flows`) leaves params.enabled out (devstack/scheduler.py: manual_body)
+    and trains. params.evaluation_object names a trusted evaluation set in the models bucket
+    (flows/retrain.py); without it the stored flows are split.
     """
     if not bool(ctx.params.get("enabled", True)):
         return {"status": "disabled", "enable": "set body.params.enabled: true on schedule retrain-flows in functions/topology.yaml"}
