@@ -95,3 +95,35 @@ def test_the_schedule_tick_of_retrain_flows_stays_disabled(function_client, main
     assert json.loads(message.data)["params"]["enabled"] is False
     assert function_client("maintenance").post("/", json=push_envelope_of(message, "maintenance-push")).status_code == 200
     assert _docs().get("maintenance_runs", message.attributes["run_id"])["result"]["status"] == "disabled"
+
+
+# -- parameters of the wrong type ------------------------------------------------------------------
+
+
+def test_a_force_that_is_not_a_boolean_fails_the_run_and_keeps_the_snapshot(function_client, models_bucket, tmp_path, monkeypatch):
+    """{"force": "false"} was truthy: a truncated source replaced a good snapshot though the admin said no force."""
+    from threatflow.adapters.storage import GcsBlobs
+
+    source = tmp_path / "attack.json"
+    source.write_text(json.dumps(_techniques(40)))
+    monkeypatch.setenv("ATTACK_SOURCE", str(source))
+    status, run = _run(function_client("maintenance"), "sync-attack")
+    assert status == 200 and run["state"] == "succeeded" and run["result"]["techniques"] == 40, run
+
+    source.write_text(json.dumps(_techniques(3)))  # a truncated download
+    for force in ("false", "no", 0, 1, [], {"x": 1}):
+        status, run = _run(function_client("maintenance"), "sync-attack", {"force": force})
+        assert status == 200 and run["state"] == "failed" and "params.force" in run["error"], (force, run)
+    snapshot = json.loads(GcsBlobs(PROJECT).get(models_bucket, "attack/techniques.json"))
+    assert len(snapshot["techniques"]) == 40
+    status, run = _run(function_client("maintenance"), "sync-attack", {"force": True})  # a real boolean still forces
+    assert run["state"] == "succeeded" and run["result"]["techniques"] == 3, run
+
+
+def test_retrain_flows_enabled_must_be_a_boolean(function_client, backend_env):
+    """{"enabled": "false"} was truthy: the job trained (and could promote) when it was asked to stay off."""
+    client = function_client("maintenance")
+    status, run = _run(client, "retrain-flows", {"enabled": "false"})
+    assert status == 200 and run["state"] == "failed" and "params.enabled" in run["error"], run
+    status, run = _run(client, "retrain-flows", {"enabled": False})
+    assert run["state"] == "succeeded" and run["result"]["status"] == "disabled", run
