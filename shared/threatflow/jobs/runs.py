@@ -90,7 +90,7 @@ def sync_attack(ctx: JobContext) -> dict[str, Any]:
         blobs=ctx.blobs,
         bucket=ctx.settings.bucket_models,
         clock=ctx.clock,
-        force=bool(ctx.params.get("force")),
+        force=bool_param(ctx.params, "force", default=False),
     )
 
 
@@ -102,7 +102,7 @@ def retrain_flows(ctx: JobContext) -> dict[str, Any]:
     and trains. params.evaluation_object names a trusted evaluation set in the models bucket
     (flows/retrain.py); without it the stored flows are split.
     """
-    if not bool(ctx.params.get("enabled", True)):
+    if not bool_param(ctx.params, "enabled", default=True):
         return {"status": "disabled", "enable": "set body.params.enabled: true on schedule retrain-flows in functions/topology.yaml"}
     from threatflow.adapters.postgres import unit_of_work
     from threatflow.flows import retrain
@@ -130,6 +130,17 @@ def object_param(params: Mapping[str, Any], name: str) -> str | None:
         return None
     if not isinstance(value, str) or len(value) > 1024 or value.startswith("/") or ".." in value.split("/"):
         raise ValidationError(f"params.{name} must be an object name in the models bucket", field=f"params.{name}")
+    return value
+
+
+def bool_param(params: Mapping[str, Any], name: str, *, default: bool) -> bool:
+    """A job's boolean parameter: true, false, or absent/null for the default. Anything else fails the run
+    for good: bool("false") is True, so {"force": "false"} forced a truncated ATT&CK source over a good snapshot."""
+    value = params.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ValidationError(f"params.{name} must be true or false", field=f"params.{name}")
     return value
 
 
