@@ -127,3 +127,51 @@ def test_retrain_flows_enabled_must_be_a_boolean(function_client, backend_env):
     assert status == 200 and run["state"] == "failed" and "params.enabled" in run["error"], run
     status, run = _run(client, "retrain-flows", {"enabled": False})
     assert run["state"] == "succeeded" and run["result"]["status"] == "disabled", run
+
+
+# -- sync-attack: odd documents --------------------------------------------------------------------
+
+
+ODD_DOCUMENTS = {
+    "a reference that is not an object": {
+        "type": "bundle",
+        "objects": [{"type": "attack-pattern", "id": "attack-pattern--1", "name": "X", "external_references": ["mitre-attack"]}],
+    },
+    "null references": {"type": "bundle", "objects": [{"type": "attack-pattern", "id": "attack-pattern--1", "external_references": None}]},
+    "null kill chain": {
+        "type": "bundle",
+        "objects": [
+            {
+                "type": "attack-pattern",
+                "id": "attack-pattern--1",
+                "name": "X",
+                "kill_chain_phases": None,
+                "external_references": [{"source_name": "mitre-attack", "external_id": "T1001"}],
+            }
+        ],
+    },
+    "a phase that is not an object": {
+        "type": "bundle",
+        "objects": [
+            {
+                "type": "attack-pattern",
+                "id": "attack-pattern--1",
+                "name": "X",
+                "kill_chain_phases": ["execution"],
+                "external_references": [{"source_name": "mitre-attack", "external_id": "T1001"}],
+            }
+        ],
+    },
+    "compact tactics not a list": {"techniques": [{"external_id": "T1001", "name": "X", "tactics": 5}]},
+}
+
+
+@pytest.mark.parametrize("case", sorted(ODD_DOCUMENTS))
+def test_an_odd_attack_document_fails_the_run_once_not_five_times(function_client, models_bucket, tmp_path, monkeypatch, case):
+    """A source of the wrong shape is a ValidationError (acked, the run failed); it was an AttributeError or a
+    TypeError, a 500, so Pub/Sub fetched the 45 MB source four more times before the dead letter."""
+    source = tmp_path / "attack.json"
+    source.write_text(json.dumps(ODD_DOCUMENTS[case]))
+    monkeypatch.setenv("ATTACK_SOURCE", str(source))
+    status, run = _run(function_client("maintenance"), "sync-attack")
+    assert status == 200 and run["state"] == "failed" and "ATTACK_SOURCE" in run["error"], run
