@@ -174,48 +174,76 @@ class AttackCatalog:
 
 
 def _parse(doc: Any, source: str) -> list[Technique]:
+    """The techniques of a document in either format. An entry of the wrong shape (a field of another
+    type, a list that is null, a reference or phase that is not an object) is skipped like one without
+    an id: this is input from outside, and an AttributeError here was a 500 that Pub/Sub retried
+    (sync-attack fetched the source four more times) and, at request time, a 500 per TTP route."""
     if isinstance(doc, dict) and isinstance(doc.get("techniques"), list):
-        out = []
-        for t in doc["techniques"]:
-            if not isinstance(t, dict) or not t.get("external_id") or not t.get("name"):
-                continue
-            tid = normalise_id(str(t["external_id"]))
-            out.append(
-                Technique(
-                    id=tid,
-                    name=str(t["name"]),
-                    tactics=tuple(str(x) for x in t.get("tactics") or ()),
-                    is_subtechnique=bool(t.get("is_subtechnique", "." in tid)),
-                    revoked=bool(t.get("revoked")),
-                    deprecated=bool(t.get("deprecated")),
-                    url=t.get("url"),
-                    stix_id=t.get("stix_id"),
-                )
-            )
-        return out
+        return [t for t in map(_compact_technique, doc["techniques"]) if t is not None]
     if isinstance(doc, dict) and doc.get("type") == "bundle" and isinstance(doc.get("objects"), list):
-        out = []
-        for obj in doc["objects"]:
-            if not isinstance(obj, dict) or obj.get("type") != "attack-pattern":
-                continue
-            ref = next((r for r in obj.get("external_references", []) if r.get("source_name") == "mitre-attack"), None)
-            if not ref or not ref.get("external_id"):
-                continue
-            tid = normalise_id(str(ref["external_id"]))
-            out.append(
-                Technique(
-                    id=tid,
-                    name=str(obj.get("name", "")),
-                    tactics=tuple(str(p.get("phase_name", "")) for p in obj.get("kill_chain_phases", [])),
-                    is_subtechnique=bool(obj.get("x_mitre_is_subtechnique", "." in tid)),
-                    revoked=bool(obj.get("revoked")),
-                    deprecated=bool(obj.get("x_mitre_deprecated")),
-                    url=ref.get("url"),
-                    stix_id=obj.get("id"),
-                )
-            )
-        return out
+        return [t for t in map(_stix_technique, doc["objects"]) if t is not None]
     raise ConfigError(f"{ENV_VAR}={source!r}: expected {{'techniques': [...]}} or a STIX bundle of attack-pattern objects")
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _flag(entry: dict[str, Any], key: str, default: bool = False) -> bool | None:
+    """A boolean field, its default when absent; None (the entry is skipped) for any other value:
+    bool("false") is True, which would mark a live technique revoked."""
+    value = entry.get(key, default)
+    return value if isinstance(value, bool) else None
+
+
+def _compact_technique(t: Any) -> Technique | None:
+    if not isinstance(t, dict):
+        return None
+    external_id, name, tactics = _text(t.get("external_id")), _text(t.get("name")), t.get("tactics") or []
+    url, stix_id = t.get("url"), t.get("stix_id")
+    if external_id is None or name is None or not isinstance(tactics, list) or not all(isinstance(x, str) for x in tactics):
+        return None
+    if not (url is None or isinstance(url, str)) or not (stix_id is None or isinstance(stix_id, str)):
+        return None
+    tid = normalise_id(external_id)
+    is_sub, revoked, deprecated = _flag(t, "is_subtechnique", "." in tid), _flag(t, "revoked"), _flag(t, "deprecated")
+    if is_sub is None or revoked is None or deprecated is None:
+        return None
+    return Technique(
+        id=tid, name=name, tactics=tuple(tactics), is_subtechnique=is_sub, revoked=revoked, deprecated=deprecated, url=url, stix_id=stix_id
+    )
+
+
+def _stix_technique(obj: Any) -> Technique | None:
+    if not isinstance(obj, dict) or obj.get("type") != "attack-pattern":
+        return None
+    refs, phases, name = obj.get("external_references", []), obj.get("kill_chain_phases", []), obj.get("name", "")
+    if not isinstance(refs, list) or not isinstance(phases, list) or not isinstance(name, str):
+        return None
+    ref = next((r for r in refs if isinstance(r, dict) and r.get("source_name") == "mitre-attack"), None)
+    external_id = _text(ref.get("external_id")) if ref else None
+    if ref is None or external_id is None:
+        return None
+    url, stix_id = ref.get("url"), obj.get("id")
+    if not all(isinstance(p, dict) and isinstance(p.get("phase_name", ""), str) for p in phases):
+        return None
+    if not (url is None or isinstance(url, str)) or not (stix_id is None or isinstance(stix_id, str)):
+        return None
+    tid = normalise_id(external_id)
+    is_sub = _flag(obj, "x_mitre_is_subtechnique", "." in tid)
+    revoked, deprecated = _flag(obj, "revoked"), _flag(obj, "x_mitre_deprecated")
+    if is_sub is None or revoked is None or deprecated is None:
+        return None
+    return Technique(
+        id=tid,
+        name=name,
+        tactics=tuple(str(p.get("phase_name", "")) for p in phases),
+        is_subtechnique=is_sub,
+        revoked=revoked,
+        deprecated=deprecated,
+        url=url,
+        stix_id=stix_id,
+    )
 
 
 def _gs_path(location: str) -> tuple[str, str]:
