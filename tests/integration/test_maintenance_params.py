@@ -3,6 +3,7 @@ the wrong type, odd ATT&CK documents, a compressed evaluation set. On the run's 
 maintenance function where the retry-or-ack decision is what is tested."""
 
 import contextlib
+import gzip
 import json
 import uuid
 
@@ -175,3 +176,29 @@ def test_an_odd_attack_document_fails_the_run_once_not_five_times(function_clien
     monkeypatch.setenv("ATTACK_SOURCE", str(source))
     status, run = _run(function_client("maintenance"), "sync-attack")
     assert status == 200 and run["state"] == "failed" and "ATTACK_SOURCE" in run["error"], run
+
+
+# -- retrain-flows: the trusted evaluation set -----------------------------------------------------
+
+
+def test_a_compressed_evaluation_set_is_bounded_by_what_it_expands_to(backend_env, models_bucket, monkeypatch):
+    """MAX_EVALUATION_BYTES was checked on the object's stored size only: a gzip of a few KB expanded to
+    anything in memory (gzip.decompress), past the maintenance function's 1 GiB."""
+    from threatflow.adapters.storage import GcsBlobs
+    from threatflow.flows import retrain
+    from threatflow.platform.errors import ValidationError
+
+    blobs = GcsBlobs(PROJECT)
+    header = "proto,service,state,dur,label,attack_cat\n"
+    blobs.put(models_bucket, "eval/bomb.csv.gz", gzip.compress((header + "tcp,-,FIN,0.1,0,\n" * 200_000).encode(), 9))
+    blobs.put(models_bucket, "eval/nested.csv.gz", gzip.compress(gzip.compress(header.encode() * 200_000, 9), 9))
+    blobs.put(models_bucket, "eval/corrupt.csv.gz", gzip.compress(header.encode() * 1000)[:-20])
+    monkeypatch.setattr(retrain, "MAX_EVALUATION_BYTES", 1 << 20)
+    assert blobs.stat(models_bucket, "eval/bomb.csv.gz").size < 1 << 20
+    for name, expected in (("eval/bomb.csv.gz", "expands past"), ("eval/nested.csv.gz", "more than once"), ("eval/corrupt.csv.gz", "gzip")):
+        with pytest.raises(ValidationError) as caught:
+            retrain.read_evaluation_object(blobs=blobs, bucket=models_bucket, name=name)
+        assert caught.value.field == "params.evaluation_object" and expected in caught.value.message, (name, caught.value.message)
+    small = header + "tcp,-,FIN,0.1,0,\n" * 10
+    blobs.put(models_bucket, "eval/small.csv.gz", gzip.compress(small.encode()))
+    assert len(retrain.read_evaluation_object(blobs=blobs, bucket=models_bucket, name="eval/small.csv.gz")) == 10
