@@ -18,9 +18,12 @@ so an operator can inspect and promote it by hand. The schedule ships disabled (
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import math
 import tempfile
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -37,7 +40,8 @@ if TYPE_CHECKING:
 DEFAULT_MIN_ROWS = 5_000
 DEFAULT_MAX_ROWS = 200_000
 EVALUATION_PERCENT = 20
-MAX_EVALUATION_BYTES = 256 * 1024 * 1024
+MAX_EVALUATION_BYTES = 256 * 1024 * 1024  # stored, and once expanded
+GZIP_MAGIC = b"\x1f\x8b"
 RULE = "higher ROC-AUC (4 decimals) with detection not lower, or equal ROC-AUC with detection not lower and a higher macro-F1"
 
 
@@ -72,15 +76,32 @@ def split_stored(flows: Sequence[Mapping[str, Any]], *, percent: int = EVALUATIO
 
 
 def read_evaluation_object(*, blobs: BlobStore, bucket: str, name: str) -> list[dict[str, str]]:
-    """The trusted evaluation set: a UNSW-NB15 CSV (raw or partitioned, gzip allowed) with label and attack_cat."""
+    """The trusted evaluation set: a UNSW-NB15 CSV (raw or partitioned, gzip allowed) with label and attack_cat.
+
+    At most MAX_EVALUATION_BYTES stored and, for a gzip, once expanded: the stored size alone let a few KB
+    of gzip expand to anything in memory (gzip.decompress), past the function's. Compressed once at most."""
     from threatflow.flows import training
 
+    field = "params.evaluation_object"
+    limit = MAX_EVALUATION_BYTES
     size = blobs.stat(bucket, name).size  # NotFoundError names it: a configured set that is missing fails the run
-    if size > MAX_EVALUATION_BYTES:
-        raise ValidationError(f"evaluation set {name!r} is {size} bytes; at most {MAX_EVALUATION_BYTES}", field="params.evaluation_object")
+    if size > limit:
+        raise ValidationError(f"evaluation set {name!r} is {size} bytes; at most {limit}", field=field)
+    data = blobs.get(bucket, name)
+    if data[:2] == GZIP_MAGIC:
+        try:
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+                data = stream.read(limit + 1)  # never more than the limit in memory
+        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError: retrying cannot fix it
+            raise ValidationError(f"evaluation set {name!r} is not a readable gzip: {exc}", field=field) from None
+        if len(data) > limit:
+            raise ValidationError(f"evaluation set {name!r} expands past {limit} bytes", field=field)
+        if data[:2] == GZIP_MAGIC:  # the reader below would expand it again, unbounded
+            raise ValidationError(f"evaluation set {name!r} is compressed more than once", field=field)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "evaluation.csv"
-        path.write_bytes(blobs.get(bucket, name))
+        path.write_bytes(data)
+        del data
         return list(training.iter_rows([path], layout=None, features_csv=None, digest=hashlib.sha256()))
 
 
