@@ -202,3 +202,32 @@ def test_a_compressed_evaluation_set_is_bounded_by_what_it_expands_to(backend_en
     small = header + "tcp,-,FIN,0.1,0,\n" * 10
     blobs.put(models_bucket, "eval/small.csv.gz", gzip.compress(small.encode()))
     assert len(retrain.read_evaluation_object(blobs=blobs, bucket=models_bucket, name="eval/small.csv.gz")) == 10
+
+
+# -- run records -------------------------------------------------------------------------------------
+
+
+def test_a_run_no_delivery_finished_is_closed_by_purge_runs(function_client, backend_env):
+    """A delivery killed by the 540 s timeout or out of memory runs no `except`: its run stays 'running'.
+    After the last attempt (or a redelivery dropped as too old) nothing closed it, GET /admin/runs/{id}
+    said running forever, and purge-runs (by finished_at) never deleted it."""
+    from datetime import UTC, datetime, timedelta
+
+    docs = _docs()
+    now = datetime.now(UTC)
+    dead, live = f"dead-{uuid.uuid4().hex}", f"live-{uuid.uuid4().hex}"
+    docs.set(
+        "maintenance_runs",
+        dead,
+        {"run_id": dead, "job": "retrain-flows", "state": "running", "started_at": now - timedelta(hours=3), "attempts": 5},
+    )
+    docs.set(
+        "maintenance_runs",
+        live,
+        {"run_id": live, "job": "retrain-flows", "state": "running", "started_at": now - timedelta(minutes=2), "attempts": 1},
+    )
+    status, run = _run(function_client("maintenance"), "purge-runs")
+    assert status == 200 and run["state"] == "succeeded" and run["result"]["abandoned"] >= 1, run
+    closed = docs.get("maintenance_runs", dead)
+    assert closed["state"] == "failed" and "abandoned" in closed["error"] and closed["finished_at"] >= now, closed
+    assert docs.get("maintenance_runs", live)["state"] == "running"  # may still be running: left alone
