@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
@@ -56,16 +56,56 @@ def heartbeat(ctx: JobContext) -> dict[str, Any]:
     return {"at": now.isoformat()}
 
 
+# A delivery of the maintenance function lasts at most its timeout (540 s, functions/topology.yaml) and each
+# attempt writes started_at again: a run still 'running' an hour after its last attempt started has no
+# delivery left (one killed by the timeout or out of memory runs no `except` to record it failed).
+ABANDONED_AFTER = timedelta(hours=1)
+PURGE_PAGE = 200
+
+
+def abandoned_runs(documents: DocumentStore, *, before: datetime, limit: int) -> list[dict[str, Any]]:
+    """Runs still 'running' whose last attempt started before `before`, oldest first (index (state, started_at))."""
+    return documents.query(
+        RUNS, where=[("state", "==", RunState.RUNNING.value), ("started_at", "<", before)], order_by="started_at", limit=limit
+    )
+
+
+def close_abandoned(documents: DocumentStore, *, now: datetime) -> int:
+    """Marks failed the runs no delivery is running any more, each by compare-and-set on the run as read
+    (a redelivery that starts it again in between wins); returns how many were closed."""
+    closed = 0
+    while True:
+        page = abandoned_runs(documents, before=now - ABANDONED_AFTER, limit=PURGE_PAGE)
+        done = 0
+        for doc in page:
+            current = documents.get_versioned(RUNS, doc["id"])
+            if current is None or current.data.get("state") != RunState.RUNNING.value:
+                continue
+            error = (
+                f"abandoned: attempt {current.data.get('attempts', '?')} started {current.data.get('started_at')} and no delivery"
+                " finished it (killed by the function's timeout or out of memory, or its redelivery came too late)"
+            )
+            change = {"state": RunState.FAILED.value, "error": error, "finished_at": now}
+            if documents.update_if_unchanged(RUNS, doc["id"], change, version=current.version) is not None:
+                done += 1
+        closed += done
+        if len(page) < PURGE_PAGE or done == 0:
+            return closed
+
+
 def purge_runs(ctx: JobContext) -> dict[str, Any]:
-    cutoff = ctx.clock.now() - timedelta(days=ctx.settings.run_retention_days)
+    """Closes abandoned runs (see ABANDONED_AFTER), then deletes runs finished before the retention."""
+    now = ctx.clock.now()
+    abandoned = close_abandoned(ctx.documents, now=now)
+    cutoff = now - timedelta(days=ctx.settings.run_retention_days)
     deleted = 0
     while True:
-        old = ctx.documents.query(RUNS, where=[("finished_at", "<", cutoff)], limit=200)
+        old = ctx.documents.query(RUNS, where=[("finished_at", "<", cutoff)], limit=PURGE_PAGE)
         for doc in old:
             ctx.documents.delete(RUNS, doc["id"])
         deleted += len(old)
-        if len(old) < 200:
-            return {"deleted": deleted, "cutoff": cutoff.isoformat()}
+        if len(old) < PURGE_PAGE:
+            return {"deleted": deleted, "cutoff": cutoff.isoformat(), "abandoned": abandoned}
 
 
 def decay_iocs(ctx: JobContext) -> dict[str, Any]:

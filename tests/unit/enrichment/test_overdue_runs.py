@@ -13,6 +13,7 @@ import yaml
 
 from threatflow.enrichment import closing, runs
 from threatflow.flows import ingest_jobs
+from threatflow.jobs import runs as maintenance_runs
 from threatflow.jobs.runs import JOBS
 
 REPO = Path(__file__).resolve().parents[3]
@@ -75,6 +76,7 @@ SWEEP_QUERIES = {
     "requeued enrichment runs": lambda docs: runs.requeued_runs(docs, before=0.0, limit=1),
     "stalled flow-ingest jobs": lambda docs: ingest_jobs.stalled_jobs(docs, before=datetime.now(UTC), limit=1),
     "unwritten flow-ingest jobs": lambda docs: ingest_jobs.unwritten_jobs(docs, before=datetime.now(UTC), limit=1),
+    "abandoned maintenance runs": lambda docs: maintenance_runs.abandoned_runs(docs, before=datetime.now(UTC), limit=1),
 }
 
 
