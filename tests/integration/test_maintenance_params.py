@@ -231,3 +231,23 @@ def test_a_run_no_delivery_finished_is_closed_by_purge_runs(function_client, bac
     closed = docs.get("maintenance_runs", dead)
     assert closed["state"] == "failed" and "abandoned" in closed["error"] and closed["finished_at"] >= now, closed
     assert docs.get("maintenance_runs", live)["state"] == "running"  # may still be running: left alone
+
+
+# -- POST /api/v1/admin/jobs/{job}/run ---------------------------------------------------------------
+
+
+def test_params_too_large_for_a_message_are_a_400_naming_params(function_client, backend_env, maintenance_messages):
+    """The body may hold 32 MiB; a Pub/Sub message at most 10 MB: params of 11 MB were the publisher's
+    MessageTooLargeError, a 500. Job params are a few small values: anything past 64 KiB is refused."""
+    from helpers import create_user
+
+    password = create_user(backend_env["DATABASE_URL"], "ops-params", "admin")
+    token = function_client("auth").post("/api/v1/auth/token", json={"username": "ops-params", "password": password}).get_json()
+    headers = {"Authorization": f"Bearer {token['access_token']}"}
+    admin = function_client("admin")
+    for size in (11_000_000, 70_000):
+        response = admin.post("/api/v1/admin/jobs/heartbeat/run", json={"params": {"note": "a" * size}}, headers=headers)
+        assert response.status_code == 400 and response.get_json()["error"]["details"]["field"] == "params", (size, response.get_json())
+    ok = admin.post("/api/v1/admin/jobs/sync-attack/run", json={"params": {"force": True}}, headers=headers)
+    assert ok.status_code == 202
+    assert json.loads(maintenance_messages().data)["params"] == {"force": True}
