@@ -14,10 +14,14 @@ from threatflow.auth.model import Role
 from threatflow.auth.repository import UserRepository
 from threatflow.jobs import runs
 from threatflow.platform import events
+from threatflow.platform.errors import ValidationError
 from threatflow.platform.web import Request, Response, Router, decode_body
 from threatflow.runtime import Runtime
 
 MAINTENANCE_TOPIC = "maintenance"
+# Job params are a few small values (flags, limits, an object name). A body may hold MAX_REQUEST_BYTES (32 MiB)
+# and a Pub/Sub message 10 MB: larger params were the publisher's MessageTooLargeError, a 500.
+MAX_PARAMS_BYTES = 64 * 1024
 
 
 class CreateUser(msgspec.Struct, forbid_unknown_fields=True):
@@ -92,12 +96,11 @@ def build_router(runtime: Runtime) -> Router:
         job = request.path_params["job"]
         runs.require_job(job)
         body = decode_body(request.body, RunJob) if request.body else RunJob()
+        data = events.encode({"params": body.params, "requested_by": request.principal.username if request.principal else None})
+        if len(data) > MAX_PARAMS_BYTES:
+            raise ValidationError(f"params take {len(data)} bytes as a message; at most {MAX_PARAMS_BYTES}", field="params")
         run_id = uuid.uuid4().hex
-        message_id = runtime.publisher.publish(
-            MAINTENANCE_TOPIC,
-            events.encode({"params": body.params, "requested_by": request.principal.username if request.principal else None}),
-            {"job": job, "run_id": run_id},
-        )
+        message_id = runtime.publisher.publish(MAINTENANCE_TOPIC, data, {"job": job, "run_id": run_id})
         return Response(
             {"run_id": run_id, "job": job, "message_id": message_id, "status_url": f"/api/v1/admin/runs/{run_id}"},
             status=202,
