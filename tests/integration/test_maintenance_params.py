@@ -251,3 +251,19 @@ def test_params_too_large_for_a_message_are_a_400_naming_params(function_client,
     ok = admin.post("/api/v1/admin/jobs/sync-attack/run", json={"params": {"force": True}}, headers=headers)
     assert ok.status_code == 202
     assert json.loads(maintenance_messages().data)["params"] == {"force": True}
+
+
+def test_an_attack_source_in_a_bucket_or_a_file_is_bounded_like_one_over_https(function_client, models_bucket, tmp_path, monkeypatch):
+    """MAX_SOURCE_BYTES was enforced on an https download only: a gs:// object or a path of any size was
+    read whole into the maintenance function's memory."""
+    from threatflow.adapters.storage import GcsBlobs
+    from threatflow.threats import attack
+
+    data = json.dumps(_techniques(100)).encode()
+    monkeypatch.setattr(attack, "MAX_SOURCE_BYTES", len(data) - 1)
+    GcsBlobs(PROJECT).put(models_bucket, "sources/attack.json", data)
+    (tmp_path / "attack.json").write_bytes(data)
+    for source in (f"gs://{models_bucket}/sources/attack.json", str(tmp_path / "attack.json")):
+        monkeypatch.setenv("ATTACK_SOURCE", source)
+        status, run = _run(function_client("maintenance"), "sync-attack")
+        assert status == 200 and run["state"] == "failed" and "larger than" in run["error"], (source, run)
