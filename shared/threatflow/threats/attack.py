@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -331,14 +332,30 @@ def read_source(source: str, *, blobs: Any, http_get: Callable[..., Any] | None 
             return b"".join(chunks)
     if source.startswith("gs://"):
         try:
+            _check_source_size(source, blobs.stat(*_gs_path(source)).size)
             data: bytes = blobs.get(*_gs_path(source))
         except NotFoundError:
             raise ValidationError(f"ATTACK_SOURCE={source!r}: no such object", field="ATTACK_SOURCE") from None
+        _check_source_size(source, len(data))  # replaced between the two calls
         return data
     try:
-        return Path(source).read_bytes()
+        with Path(source).open("rb") as handle:
+            _check_source_size(source, os.fstat(handle.fileno()).st_size)
+            return _read_at_most(handle, source)
     except OSError as exc:
         raise ValidationError(f"ATTACK_SOURCE={source!r}: cannot read it: {exc.strerror or exc}", field="ATTACK_SOURCE") from None
+
+
+def _check_source_size(source: str, size: int) -> None:
+    """The same bound for every kind of source (it was enforced on an https download only)."""
+    if size > MAX_SOURCE_BYTES:
+        raise ValidationError(f"ATTACK_SOURCE={source!r}: larger than {MAX_SOURCE_BYTES} bytes", field="ATTACK_SOURCE")
+
+
+def _read_at_most(handle: Any, source: str) -> bytes:
+    data: bytes = handle.read(MAX_SOURCE_BYTES + 1)  # a file growing (or a pipe) past the bound still stops there
+    _check_source_size(source, len(data))
+    return data
 
 
 def snapshot_bytes(catalog: AttackCatalog, *, source: str, generated_at: str) -> bytes:
