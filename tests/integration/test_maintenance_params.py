@@ -267,3 +267,47 @@ def test_an_attack_source_in_a_bucket_or_a_file_is_bounded_like_one_over_https(f
         monkeypatch.setenv("ATTACK_SOURCE", source)
         status, run = _run(function_client("maintenance"), "sync-attack")
         assert status == 200 and run["state"] == "failed" and "larger than" in run["error"], (source, run)
+
+
+# -- flow-retention and the ingest instances' partition cache -----------------------------------------
+
+
+def _event(when):
+    from threatflow.flows.repository import STORED_FEATURES, EventRow
+
+    return EventRow(
+        event_time=when, event_key=str(uuid.uuid4()), srcip="192.0.2.7", sport=1234, dstip="198.51.100.9", dsport=80,
+        proto="tcp", service="http", state="FIN", stime=when, ltime=when, features=[1.0] * len(STORED_FEATURES),
+        label=0, attack_cat=None, predicted_attack=False, probability=0.1, predicted_cat="Normal", model_version="test", source="test",
+    )  # fmt: skip
+
+
+def test_ingest_recovers_when_another_instance_drops_a_partition_it_had_seen(backend_env):
+    """Each instance remembers the days whose partition it made sure of. flow-retention runs in the
+    maintenance instance and forgets only its own memory: after it dropped a day (e.g. an admin's run
+    with params.retention_days below FLOWS_RETENTION_DAYS, which ingest still accepts), a flows or
+    flow-ingest instance that had seen that day inserted into no partition, a 500 on every batch
+    touching the day for the instance's lifetime."""
+    from datetime import UTC, datetime, timedelta
+
+    from threatflow.adapters.postgres import create_engine, unit_of_work
+    from threatflow.flows import ingest, repository
+    from threatflow.platform.config import Settings
+    from threatflow.platform.errors import RetryableError
+
+    engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
+    when = datetime.now(UTC).replace(microsecond=0) - timedelta(days=10)
+    try:
+        ingest.forget_partitions()
+        with unit_of_work(engine) as conn:
+            assert len(ingest.store(conn, [_event(when)])) == 1
+        with unit_of_work(engine) as conn:  # what flow-retention does, in the maintenance instance
+            [partition] = [p for p in repository.partitions(conn) if p.day == when.date()]
+            repository.drop_partition(conn, partition)
+        with pytest.raises(RetryableError), unit_of_work(engine) as conn:  # a 503 / a redelivery, not a 500
+            ingest.store(conn, [_event(when)])
+        with unit_of_work(engine) as conn:  # the retry makes the partition again and stores
+            assert len(ingest.store(conn, [_event(when)])) == 1
+    finally:
+        ingest.forget_partitions()
+        engine.dispose()
