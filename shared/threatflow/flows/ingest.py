@@ -446,11 +446,18 @@ def store(conn: Connection, rows: Sequence[EventRow]) -> list[StoredEvent]:
         with unit_of_work(conn.engine) as own:  # its own short transaction, on purpose (see above)
             repository.ensure_partitions(own, missing)
         _known_partitions.update(missing)
-    return repository.insert_events(conn, rows)
+    try:
+        return repository.insert_events(conn, rows)
+    except repository.MissingPartitionError:
+        # flow-retention dropped one of these days in another instance, which cannot clear this memory:
+        # forget them, so the retry (a 503 over HTTP, a redelivery for a worker) makes them again.
+        _known_partitions.difference_update(days)
+        raise
 
 
 def forget_partitions() -> None:
-    """The retention job dropped partitions: let the next ingest re-check them."""
+    """The retention job dropped partitions: let the next ingest re-check them. Only this instance's
+    memory: another instance learns it from its insert (MissingPartitionError, in store)."""
     _known_partitions.clear()
 
 

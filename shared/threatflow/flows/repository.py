@@ -120,6 +120,17 @@ def ensure_partitions(conn: Connection, days: Iterable[date]) -> list[str]:
     ]
 
 
+class MissingPartitionError(DependencyError):
+    """The insert found no partition for a row's day: dropped (flow-retention, in another instance) after the
+    caller made sure of it. Retryable: the caller forgets the days it remembered and the retry creates them."""
+
+
+def _no_partition(exc: Exception) -> bool:
+    """PostgreSQL's 'no partition of relation ... found for row' (23514, also the code of a CHECK violation)."""
+    fields = next((a for a in getattr(getattr(exc, "orig", None), "args", ()) if isinstance(a, dict)), {})
+    return fields.get("C") == "23514" and str(fields.get("M", "")).startswith("no partition of relation")
+
+
 def insert_events(conn: Connection, rows: Sequence[EventRow]) -> list[StoredEvent]:
     """Insert a batch; returns only the events that were new (a re-send returns []).
 
@@ -139,7 +150,14 @@ def insert_events(conn: Connection, rows: Sequence[EventRow]) -> list[StoredEven
         raise sqlalchemy.exc.DBAPIError.instance(_COPY, None, exc, dbapi.Error) from exc
     finally:
         cursor.close()
-    result = conn.exec_driver_sql(_INSERT).all()
+    try:
+        result = conn.exec_driver_sql(_INSERT).all()
+    except sqlalchemy.exc.DBAPIError as exc:
+        if _no_partition(exc):
+            raise MissingPartitionError(
+                "a day of this batch has no flow_events partition any more (flow-retention dropped it); retry", retry_after=1
+            ) from None
+        raise
     conn.exec_driver_sql("DROP TABLE flow_events_staged")
     return [StoredEvent(_EPOCH + timedelta(microseconds=int(r[0])), r[1], r[2], bool(r[3]), float(r[4]), r[5]) for r in result]
 
