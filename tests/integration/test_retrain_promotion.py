@@ -164,3 +164,39 @@ def test_a_configured_trusted_set_that_is_missing_or_one_sided_fails_the_run(blo
         assert runs.retrain_flows(replace(ctx, params={"evaluation_object": None, "min_rows": 10}))["status"] == "skipped"
     finally:
         engine.dispose()
+
+
+class _PromotesWhilePublishing:
+    """The real models bucket; while the candidate is published (after the serving model was read and compared),
+    an operator promotes another version with `threatflow models promote`, as registry.promote does."""
+
+    def __init__(self, blobs, promote_version):
+        self._blobs, self._promote_version, self.promoted = blobs, promote_version, False
+
+    def __getattr__(self, name):
+        return getattr(self._blobs, name)
+
+    def put(self, bucket, name, data, **kwargs):
+        self._blobs.put(bucket, name, data, **kwargs)
+        if not self.promoted and name.endswith("/model_card.md"):
+            from threatflow.flows import registry
+
+            self.promoted = True
+            registry.promote(
+                blobs=self._blobs, bucket=bucket, version=self._promote_version, now=lambda: datetime(2030, 1, 1, 5, tzinfo=UTC)
+            )
+
+
+def test_a_version_promoted_by_hand_while_the_candidate_was_checked_is_not_overwritten(blobs):
+    """The job compared its candidate with the model serving when it read the pointer; one promoted since then
+    by hand was never compared, so the job must not replace it (it used to write its pointer over it)."""
+    from threatflow.flows import model
+
+    weak = _retrain(blobs, sample_rows(2500, seed=5)[:300], at=1)
+    chosen = _retrain(blobs, sample_rows(2500, seed=7)[:300], at=2)  # not promoted: an operator will pick it
+    assert weak["status"] == "promoted" and chosen["status"] == "kept serving model"
+    racing = _PromotesWhilePublishing(blobs, chosen["candidate"])
+    better = _retrain(racing, sample_rows(2500, seed=6), at=3)
+    assert racing.promoted
+    assert model.read_serving_pointer(blobs=blobs, bucket=BUCKET)["version"] == chosen["candidate"]
+    assert better["status"] == "kept serving model" and "changed" in better["reason"], better
