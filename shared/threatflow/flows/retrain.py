@@ -201,6 +201,14 @@ def retrain(
         "serving_evaluation": _brief(serving) if serving else None,
         "reason": reason,
     }
+    if promote and (latest := read_serving_pointer(blobs=blobs, bucket=bucket)) != pointer:
+        # Compared with the model serving when the pointer was read; one promoted since (by hand, or by
+        # another run) was never compared, so it stays. Re-read, not a conditional write: a window of one
+        # read is left (the storage emulator has no generation preconditions to test one against).
+        promote = False
+        summary["reason"] = (
+            f"the serving model changed while the candidate was checked (now {latest['version'] if latest else None}); run again to compare"
+        )
     if promote:
         registry.promote(blobs=blobs, bucket=bucket, version=version, now=now)
         summary["status"] = "promoted"
