@@ -207,3 +207,40 @@ def test_retrain_publishes_a_candidate_and_promotes_only_a_better_one(blobs):
     assert second["status"] == "kept serving model" and second["serving"] == first["candidate"]
     assert {v.version for v in registry.list_versions(blobs=blobs, bucket=BUCKET)} == {first["candidate"], second["candidate"]}
     assert M.read_serving_pointer(blobs=blobs, bucket=BUCKET)["version"] == first["candidate"]
+
+
+def _copy_version(blobs, source, target, metadata):
+    """A version folder made by hand (a copied, hand-edited or half-written one): source's npz, this metadata."""
+    blobs.put(BUCKET, f"flows/models/{target}/model.npz", blobs.get(BUCKET, f"flows/models/{source}/model.npz"))
+    blobs.put(BUCKET, f"flows/models/{target}/metadata.json", metadata if isinstance(metadata, bytes) else json.dumps(metadata).encode())
+
+
+def test_an_unreadable_metadata_or_pointer_is_a_named_error_never_a_500(detect, blobs):
+    """A truncated or non-UTF-8 metadata.json, or a truncated flows/serving.json, raised json's own
+    JSONDecodeError: every detect route answered 500 on a fresh instance, `models promote` printed a
+    traceback, and one such version made `models list` fail for every version."""
+    good = _publish(blobs, "good")
+    registry.promote(blobs=blobs, bucket=BUCKET, version="good", now=_now)
+    metadata = json.dumps(good.metadata).encode()
+    _copy_version(blobs, "good", "cut", metadata[: len(metadata) // 2])
+    _copy_version(blobs, "good", "binary", b"\xff\xfe not json")
+    for version in ("cut", "binary"):
+        with pytest.raises(ConflictError, match="metadata"):
+            registry.promote(blobs=blobs, bucket=BUCKET, version=version, now=_now)
+    listed = {v.version: v for v in registry.list_versions(blobs=blobs, bucket=BUCKET)}
+    assert set(listed) == {"good", "cut", "binary"} and listed["good"].serving
+    assert listed["cut"].problem and listed["binary"].problem and listed["good"].problem is None
+
+    blobs.put(BUCKET, "flows/serving.json", json.dumps({"version": "cut", "sha256": good.metadata["sha256"]}).encode())
+    response = detect.get("/api/v1/detect/model")
+    assert response.status_code == 503, response.get_data(as_text=True)[:300]
+    assert "cut" in response.get_json()["error"]["message"]
+
+    pointer = json.dumps({"version": "good", "sha256": good.metadata["sha256"]}).encode()
+    for broken in (pointer[:20], b"\xff" + pointer, json.dumps({"version": "../good", "sha256": good.metadata["sha256"]}).encode()):
+        blobs.put(BUCKET, "flows/serving.json", broken)
+        with pytest.raises(DependencyError, match="serving.json"):
+            M.load_serving_model(blobs=blobs, bucket=BUCKET)
+        with pytest.raises(DependencyError, match="serving.json"):
+            registry.list_versions(blobs=blobs, bucket=BUCKET)
+
