@@ -135,6 +135,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     for v in versions:
         held = v.heldout or {}
         mark = "*" if v.serving else " "
+        if v.problem:
+            print(f"{mark} {v.version:32s} unreadable: {v.problem}")
+            continue
         print(
             f"{mark} {v.version:32s} {v.created_at:25s} ROC-AUC {held.get('roc_auc', float('nan')):.5f}  "
             f"FPR {held.get('fpr', float('nan')):.3%}  detection {held.get('detection_rate', float('nan')):.3%}"

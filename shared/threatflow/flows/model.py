@@ -749,12 +749,28 @@ def model_prefix(version: str) -> str:
     return f"{MODELS_PREFIX}{version}/"
 
 
+def valid_version(version: str) -> bool:
+    """A version name the registry can publish, promote and serve: one path segment of [A-Za-z0-9._-]-like
+    characters, at most 64, not starting with a dot."""
+    return 0 < len(version) <= 64 and all(ch.isalnum() or ch in "-_." for ch in version) and not version.startswith(".")
+
+
+def parse_json_object(data: bytes) -> dict[str, Any] | None:
+    """A registry file's JSON object; None when it is truncated, not UTF-8, not JSON or not an object
+    (json's own errors are ValueErrors no caller of the registry should see)."""
+    try:
+        value = json.loads(data)
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def read_serving_pointer(*, blobs: BlobStore, bucket: str) -> dict[str, Any] | None:
     try:
-        pointer = json.loads(blobs.get(bucket, SERVING_POINTER))
+        pointer = parse_json_object(blobs.get(bucket, SERVING_POINTER))
     except NotFoundError:
         return None
-    if not isinstance(pointer, dict) or not pointer.get("version") or not pointer.get("sha256"):
+    if pointer is None or not pointer.get("version") or not pointer.get("sha256") or not valid_version(str(pointer["version"])):
         raise DependencyError(f"{SERVING_POINTER} in bucket {bucket!r} is malformed; promote a version again")
     return pointer
 
@@ -762,10 +778,13 @@ def read_serving_pointer(*, blobs: BlobStore, bucket: str) -> dict[str, Any] | N
 def load_version(*, blobs: BlobStore, bucket: str, version: str, expected_sha256: str) -> ServingModel:
     prefix = model_prefix(version)
     try:
-        metadata = json.loads(blobs.get(bucket, prefix + "metadata.json"))
+        raw_metadata = blobs.get(bucket, prefix + "metadata.json")
         data = blobs.get(bucket, prefix + ARTIFACT_NAME)
     except NotFoundError as exc:
         raise DependencyError(f"model version {version!r} is promoted but incomplete: {exc.message}") from None
+    metadata = parse_json_object(raw_metadata)
+    if metadata is None:
+        raise DependencyError(f"model version {version!r} cannot be loaded: its metadata.json is not a JSON object (truncated?)")
     try:
         return load_artifact(data, metadata, expected_sha256=expected_sha256)
     except (ArtifactError, KeyError, ValueError) as exc:

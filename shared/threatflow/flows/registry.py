@@ -22,7 +22,9 @@ from threatflow.flows.model import (
     ServingModel,
     load_artifact,
     model_prefix,
+    parse_json_object,
     read_serving_pointer,
+    valid_version,
 )
 from threatflow.platform.errors import ConflictError, NotFoundError, ValidationError
 
@@ -39,6 +41,7 @@ class ModelVersion:
     serving: bool
     heldout: dict[str, Any] | None
     validation: dict[str, Any] | None
+    problem: str | None = None  # why the version's metadata cannot be read (it cannot be promoted either)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -48,11 +51,12 @@ class ModelVersion:
             "serving": self.serving,
             "heldout": self.heldout,
             "validation": self.validation,
+            "problem": self.problem,
         }
 
 
 def _check_version(version: str) -> str:
-    if not version or len(version) > 64 or not all(ch.isalnum() or ch in "-_." for ch in version) or version.startswith("."):
+    if not valid_version(version):
         raise ValidationError(f"invalid model version {version!r}", field="version")
     return version
 
@@ -76,11 +80,11 @@ def publish(result: TrainResult, *, blobs: BlobStore, bucket: str) -> str:
 
 def read_metadata(*, blobs: BlobStore, bucket: str, version: str) -> dict[str, Any]:
     try:
-        data = json.loads(blobs.get(bucket, model_prefix(_check_version(version)) + "metadata.json"))
+        data = parse_json_object(blobs.get(bucket, model_prefix(_check_version(version)) + "metadata.json"))
     except NotFoundError:
         raise NotFoundError(f"no published model version {version!r} in bucket {bucket!r}") from None
-    if not isinstance(data, dict):
-        raise NotFoundError(f"model version {version!r} has malformed metadata")
+    if data is None:  # truncated, not UTF-8, not an object: a version nothing can verify
+        raise ConflictError(f"model version {version!r} has a malformed metadata.json (not a JSON object)")
     return data
 
 
@@ -90,7 +94,11 @@ def list_versions(*, blobs: BlobStore, bucket: str, limit: int = 100) -> list[Mo
     versions = sorted({n[len(MODELS_PREFIX) :].split("/", 1)[0] for n in names if n.endswith("/metadata.json")}, reverse=True)
     out = []
     for version in versions[:limit]:
-        meta = read_metadata(blobs=blobs, bucket=bucket, version=version)
+        try:
+            meta = read_metadata(blobs=blobs, bucket=bucket, version=version)
+        except (ConflictError, NotFoundError, ValidationError) as exc:  # one broken folder must not hide the others
+            out.append(ModelVersion(version, "", "", version == pointer.get("version"), None, None, problem=exc.message))
+            continue
         metrics = meta.get("metrics") or {}
         out.append(
             ModelVersion(
