@@ -244,3 +244,19 @@ def test_an_unreadable_metadata_or_pointer_is_a_named_error_never_a_500(detect, 
         with pytest.raises(DependencyError, match="serving.json"):
             registry.list_versions(blobs=blobs, bucket=BUCKET)
 
+
+def test_promotion_points_at_the_version_it_verified(blobs):
+    """promote(version) verified that version's files, then wrote the pointer with the version its
+    metadata.json names: a copied folder made the pointer name the original, and a hand-edited one a
+    version that was never verified (or does not exist)."""
+    good = _publish(blobs, "good")
+    _copy_version(blobs, "good", "copy", good.metadata)  # metadata still says "good"
+    _copy_version(blobs, "good", "elsewhere", {**good.metadata, "version": "ghost"})
+    for version in ("copy", "elsewhere"):
+        with pytest.raises(ConflictError, match="names version"):
+            registry.promote(blobs=blobs, bucket=BUCKET, version=version, now=_now)
+    assert M.read_serving_pointer(blobs=blobs, bucket=BUCKET) is None
+    blobs.put(BUCKET, "flows/serving.json", json.dumps({"version": "copy", "sha256": good.metadata["sha256"]}).encode())
+    with pytest.raises(DependencyError, match="names version"):
+        M.load_serving_model(blobs=blobs, bucket=BUCKET)  # served as "good" before: events stored under another name
+
