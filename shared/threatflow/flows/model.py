@@ -706,13 +706,18 @@ def dump_artifact(*, binary: TreeEnsemble, category: TreeEnsemble) -> bytes:
     return buffer.getvalue()
 
 
-def load_artifact(data: bytes, metadata: Mapping[str, Any], *, expected_sha256: str) -> ServingModel:
-    """Verify and read an artifact: the sha256 first, then arrays only (allow_pickle=False)."""
+def load_artifact(data: bytes, metadata: Mapping[str, Any], *, expected_sha256: str, expected_version: str | None = None) -> ServingModel:
+    """Verify and read an artifact: the sha256 first, then arrays only (allow_pickle=False).
+
+    expected_version: the registry folder it was read from; its metadata.json must name that version
+    (a copied or edited folder otherwise serves, and gets promoted, under another version's name)."""
     import numpy as np
 
     actual = sha256_hex(data)
     if not expected_sha256 or actual != expected_sha256:
         raise ArtifactError(f"artifact sha256 {actual} does not match the expected {expected_sha256 or '(none)'}; refusing to load it")
+    if expected_version is not None and str(metadata.get("version")) != expected_version:
+        raise ArtifactError(f"its metadata.json names version {metadata.get('version')!r}, not {expected_version!r}")
     if metadata.get("format") != FORMAT:
         raise ArtifactError(f"artifact format {metadata.get('format')!r} is not {FORMAT!r}")
     if metadata.get("sha256") != actual:
@@ -786,7 +791,7 @@ def load_version(*, blobs: BlobStore, bucket: str, version: str, expected_sha256
     if metadata is None:
         raise DependencyError(f"model version {version!r} cannot be loaded: its metadata.json is not a JSON object (truncated?)")
     try:
-        return load_artifact(data, metadata, expected_sha256=expected_sha256)
+        return load_artifact(data, metadata, expected_sha256=expected_sha256, expected_version=version)
     except (ArtifactError, KeyError, ValueError) as exc:
         raise DependencyError(f"model version {version!r} cannot be loaded: {exc}") from None
 

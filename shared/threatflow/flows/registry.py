@@ -118,7 +118,7 @@ def verify_version(*, blobs: BlobStore, bucket: str, version: str) -> ServingMod
     meta = read_metadata(blobs=blobs, bucket=bucket, version=version)
     data = blobs.get(bucket, model_prefix(version) + ARTIFACT_NAME)
     try:
-        return load_artifact(data, meta, expected_sha256=str(meta.get("sha256", "")))
+        return load_artifact(data, meta, expected_sha256=str(meta.get("sha256", "")), expected_version=version)
     except (ArtifactError, KeyError, ValueError) as exc:
         raise ConflictError(f"model version {version!r} fails verification: {exc}") from None
 
@@ -126,7 +126,8 @@ def verify_version(*, blobs: BlobStore, bucket: str, version: str) -> ServingMod
 def promote(*, blobs: BlobStore, bucket: str, version: str, now: Callable[[], datetime]) -> dict[str, Any]:
     """Make a verified version the serving model (the detect function picks it up on its next refresh)."""
     model = verify_version(blobs=blobs, bucket=bucket, version=version)
-    pointer = {"version": model.version, "sha256": model.sha256, "promoted_at": now().isoformat(timespec="seconds")}
+    # The folder verified, by name (verify_version checked its metadata names it too).
+    pointer = {"version": version, "sha256": model.sha256, "promoted_at": now().isoformat(timespec="seconds")}
     blobs.put(bucket, SERVING_POINTER, json.dumps(pointer).encode(), content_type="application/json")
     return pointer
 
