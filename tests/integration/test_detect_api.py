@@ -260,3 +260,21 @@ def test_promotion_points_at_the_version_it_verified(blobs):
     with pytest.raises(DependencyError, match="names version"):
         M.load_serving_model(blobs=blobs, bucket=BUCKET)  # served as "good" before: events stored under another name
 
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("threshold", "NaN"), ("threshold", 0.0), ("threshold", 1.5), ("threshold", float("inf")), ("category_bias", "nan-in-bias")],
+)
+def test_a_threshold_or_category_bias_out_of_bounds_is_neither_promoted_nor_served(blobs, field, value):
+    """metadata.json's threshold and adjustments were read unchecked: threshold "NaN" was promoted and
+    flagged no flow at all (GET /detect/model showed "threshold": null), a NaN adjustment answered
+    null category probabilities, 0.0 flagged every flow."""
+    good = _publish(blobs, "good")
+    if value == "nan-in-bias":
+        value = [float("nan"), *good.metadata["category_bias"][1:]]
+    _copy_version(blobs, "good", "edited", {**good.metadata, "version": "edited", field: value})
+    with pytest.raises(ConflictError, match=field):
+        registry.promote(blobs=blobs, bucket=BUCKET, version="edited", now=_now)
+    blobs.put(BUCKET, "flows/serving.json", json.dumps({"version": "edited", "sha256": good.metadata["sha256"]}).encode())
+    with pytest.raises(DependencyError, match=field):
+        M.load_serving_model(blobs=blobs, bucket=BUCKET)
