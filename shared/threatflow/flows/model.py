@@ -734,9 +734,14 @@ def load_artifact(data: bytes, metadata: Mapping[str, Any], *, expected_sha256: 
     bias = np.asarray(metadata.get("category_bias") or [0.0] * len(labels), dtype=np.float64)
     if bias.shape != (len(labels),) or binary.n_outputs != 1:
         raise ArtifactError("artifact heads have the wrong shape")
+    if not np.isfinite(bias).all():  # a NaN adjustment makes every category probability NaN (null in JSON)
+        raise ArtifactError("category_bias holds a non-finite adjustment")
+    threshold = float(metadata["threshold"])
+    if not 0.0 < threshold <= 1.0:  # NaN included: p >= NaN flags nothing, 0 flags everything
+        raise ArtifactError(f"threshold {metadata['threshold']!r} is not in (0, 1]")
     return ServingModel(
         version=str(metadata["version"]),
-        threshold=float(metadata["threshold"]),
+        threshold=threshold,
         metadata=dict(metadata),
         vocabulary=Vocabulary.from_json(metadata["vocabulary"]),
         binary=binary,
