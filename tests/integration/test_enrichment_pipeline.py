@@ -345,6 +345,34 @@ def test_detect_intel_route_answers_from_abuseipdb_within_quota_and_cache(pipeli
     assert get("/api/v1/detect/intel/10.0.0.1")[0] == 400
 
 
+def test_detect_intel_refuses_zoned_and_multicast_addresses_without_calling_a_source(pipeline):
+    """ip_address() takes an IPv6 zone ("2606:4700:4700::1111%eth0", Python 3.9+): a global address with
+    any zone suffix passed the check, went to the sources with the suffix, and was cached under it, so
+    each new suffix cost another call of the source's quota; multicast groups went out as hosts too."""
+    from werkzeug.test import EnvironBuilder
+    from werkzeug.wrappers import Request as WerkzeugRequest
+
+    from threatflow.auth.api import authenticator
+    from threatflow.enrichment.api import add_detect_intel_routes
+    from threatflow.platform.web import Router
+    from threatflow.runtime import Runtime
+
+    runtime = Runtime.from_env()
+    router = Router("detect-test", runtime=runtime, authenticator=authenticator(runtime))
+    add_detect_intel_routes(router, runtime)
+
+    def get(path: str) -> tuple[int, Any]:
+        request = WerkzeugRequest(EnvironBuilder(path=path, headers=pipeline["headers"]).get_environ())
+        response = router.handle(request)
+        return response.status_code, json.loads(response.get_data())
+
+    for ip in ("2606:4700:4700::1111%25eth0", "2606:4700:4700::1111%25a1", "224.0.0.251", "ff0e::1"):
+        status, body = get(f"/api/v1/detect/intel/{ip}")
+        assert status == 400 and body["error"]["details"]["field"] == "ip", (ip, status, body)
+    assert pipeline["fake"].call_count("abuseipdb", "2606:4700:4700::1111%eth0") == 0
+    assert pipeline["fake"].call_count("abuseipdb", "224.0.0.251") == 0
+
+
 def test_cli_enrich_values_and_a_file_prints_a_verdict_table(pipeline, tmp_path, monkeypatch, capsys):
     from threatflow.cli.main import main
 
