@@ -545,10 +545,16 @@ def ip_reputation(ip: str, *, enrichment: Enrichment, sources: tuple[str, ...] =
         address = ipaddress.ip_address(ip.strip())
     except ValueError:
         raise ValidationError(f"ip: {ip[:64]!r} is not an IPv4 or IPv6 address", field="ip") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        # ip_address takes "2606:4700:4700::1111%eth0": the zone reached the sources and keyed the cache, so
+        # every new suffix spent another call of their quota. A zone names a local interface, not a host.
+        raise ValidationError(f"ip: {ip[:64]!r} carries an IPv6 zone (%...); give the address alone", field="ip")
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         # ::ffff:a.b.c.d is the IPv4 host (as flows and IoCs store it): asked as an IPv6 literal, the sources
         # answered "unknown" for an address they list as malicious, and it spent quota and a cache entry of its own.
         address = address.ipv4_mapped
+    if address.is_multicast:
+        raise ValidationError(f"ip: {address} is a multicast group, not a host; intel sources know nothing about it", field="ip")
     embedded = _embedded_ipv4(address)
     if embedded is not None and not embedded.is_global:  # 64:ff9b::a00:1 is 10.0.0.1, and went to third parties
         raise ValidationError(f"ip: {address} carries the non-public IPv4 address {embedded}; intel sources know nothing of it", field="ip")
