@@ -239,9 +239,9 @@ def test_an_unreadable_metadata_or_pointer_is_a_named_error_never_a_500(detect, 
     pointer = json.dumps({"version": "good", "sha256": good.metadata["sha256"]}).encode()
     for broken in (pointer[:20], b"\xff" + pointer, json.dumps({"version": "../good", "sha256": good.metadata["sha256"]}).encode()):
         blobs.put(BUCKET, "flows/serving.json", broken)
-        with pytest.raises(DependencyError, match="serving.json"):
+        with pytest.raises(DependencyError, match=r"serving\.json"):
             M.load_serving_model(blobs=blobs, bucket=BUCKET)
-        with pytest.raises(DependencyError, match="serving.json"):
+        with pytest.raises(DependencyError, match=r"serving\.json"):
             registry.list_versions(blobs=blobs, bucket=BUCKET)
 
 
