@@ -278,3 +278,22 @@ def test_a_threshold_or_category_bias_out_of_bounds_is_neither_promoted_nor_serv
     blobs.put(BUCKET, "flows/serving.json", json.dumps({"version": "edited", "sha256": good.metadata["sha256"]}).encode())
     with pytest.raises(DependencyError, match=field):
         M.load_serving_model(blobs=blobs, bucket=BUCKET)
+
+
+def test_a_metadata_json_changed_after_promotion_is_not_served(blobs):
+    """The pointer's sha256 covered model.npz only: metadata.json (vocabulary, threshold, category labels and
+    adjustments) could be edited after promotion, within the loader's bounds, and a new instance served it.
+    The pointer now pins the metadata it verified; promoting the version again accepts the edit."""
+    good = _publish(blobs, "good")
+    registry.promote(blobs=blobs, bucket=BUCKET, version="good", now=_now)
+    assert M.load_serving_model(blobs=blobs, bucket=BUCKET).threshold == good.metadata["threshold"]
+    edited = {**good.metadata, "threshold": 0.999}  # in bounds: flags almost nothing
+    blobs.put(BUCKET, "flows/models/good/metadata.json", json.dumps(edited).encode())
+    with pytest.raises(DependencyError, match=r"metadata\.json changed since it was promoted"):
+        M.load_serving_model(blobs=blobs, bucket=BUCKET)
+    registry.promote(blobs=blobs, bucket=BUCKET, version="good", now=_now)  # a human re-verifies and accepts it
+    assert M.load_serving_model(blobs=blobs, bucket=BUCKET).threshold == 0.999
+    # a pointer written before the pin (no metadata_sha256) still loads
+    pointer = json.loads(blobs.get(BUCKET, "flows/serving.json"))
+    blobs.put(BUCKET, "flows/serving.json", json.dumps({k: v for k, v in pointer.items() if k != "metadata_sha256"}).encode())
+    assert M.load_serving_model(blobs=blobs, bucket=BUCKET).version == "good"
