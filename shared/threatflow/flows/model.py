@@ -785,13 +785,22 @@ def read_serving_pointer(*, blobs: BlobStore, bucket: str) -> dict[str, Any] | N
     return pointer
 
 
-def load_version(*, blobs: BlobStore, bucket: str, version: str, expected_sha256: str) -> ServingModel:
+def load_version(
+    *, blobs: BlobStore, bucket: str, version: str, expected_sha256: str, expected_metadata_sha256: str | None
+) -> ServingModel:
+    """`expected_metadata_sha256`: the pointer's pin of metadata.json (threshold, vocabulary, labels and
+    adjustments are not in model.npz); None for a pointer written before the pin existed."""
     prefix = model_prefix(version)
     try:
         raw_metadata = blobs.get(bucket, prefix + "metadata.json")
         data = blobs.get(bucket, prefix + ARTIFACT_NAME)
     except NotFoundError as exc:
         raise DependencyError(f"model version {version!r} is promoted but incomplete: {exc.message}") from None
+    if expected_metadata_sha256 is not None and sha256_hex(raw_metadata) != expected_metadata_sha256:
+        raise DependencyError(
+            f"model version {version!r} cannot be loaded: its metadata.json changed since it was promoted"
+            f" (sha256 {sha256_hex(raw_metadata)}, promoted {expected_metadata_sha256}); promote it again to accept the change"
+        )
     metadata = parse_json_object(raw_metadata)
     if metadata is None:
         raise DependencyError(f"model version {version!r} cannot be loaded: its metadata.json is not a JSON object (truncated?)")
@@ -806,7 +815,17 @@ def load_serving_model(*, blobs: BlobStore, bucket: str) -> ServingModel:
     pointer = read_serving_pointer(blobs=blobs, bucket=bucket)
     if pointer is None:
         raise DependencyError(f"no flow model is published in bucket {bucket!r}; train and promote one with: {TRAIN_COMMAND}")
-    return load_version(blobs=blobs, bucket=bucket, version=str(pointer["version"]), expected_sha256=str(pointer["sha256"]))
+    return load_version(blobs=blobs, bucket=bucket, **pinned(pointer))
+
+
+def pinned(pointer: Mapping[str, Any]) -> dict[str, Any]:
+    """load_version's arguments for what a serving pointer names and pins."""
+    metadata_sha256 = pointer.get("metadata_sha256")
+    return {
+        "version": str(pointer["version"]),
+        "expected_sha256": str(pointer["sha256"]),
+        "expected_metadata_sha256": str(metadata_sha256) if metadata_sha256 is not None else None,
+    }
 
 
 FLOW_MODEL_SNAPSHOT = "flow-model"
@@ -839,12 +858,12 @@ def serving_model_loader(*, blobs: Callable[[], BlobStore], bucket: str) -> Load
         pointer = read_serving_pointer(blobs=store, bucket=bucket)
         if pointer is None:
             raise DependencyError(f"no flow model is published in bucket {bucket!r}; train and promote one with: {TRAIN_COMMAND}")
-        version, sha256 = str(pointer["version"]), str(pointer["sha256"])
-        key = f"{version}@{sha256}"
+        pin = pinned(pointer)
+        key = f"{pin['version']}@{pin['expected_sha256']}@{pin['expected_metadata_sha256']}"
         if key == held:
             return None
         started = time.perf_counter()
-        model = load_version(blobs=store, bucket=bucket, version=version, expected_sha256=sha256)
+        model = load_version(blobs=store, bucket=bucket, **pin)
         model.warm()
         model.load_seconds = time.perf_counter() - started
         return Loaded(model, key)

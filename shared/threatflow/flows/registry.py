@@ -1,7 +1,8 @@
 """The model registry in the models bucket: publish a version, list versions, promote one.
 
 Layout: `flows/models/<version>/{model.npz, metadata.json, metrics.json, model_card.md}` and the
-pointer `flows/serving.json` = {"version", "sha256", "promoted_at"}. Publishing writes the
+pointer `flows/serving.json` = {"version", "sha256", "metadata_sha256", "promoted_at"} (the hashes of the
+model.npz and metadata.json promotion verified). Publishing writes the
 artifact first and metadata.json last, so a listed version is complete; promoting re-reads and
 verifies the artifact before moving the pointer, so a broken version is never served.
 """
@@ -24,6 +25,7 @@ from threatflow.flows.model import (
     model_prefix,
     parse_json_object,
     read_serving_pointer,
+    sha256_hex,
     valid_version,
 )
 from threatflow.platform.errors import ConflictError, NotFoundError, ValidationError
@@ -79,13 +81,18 @@ def publish(result: TrainResult, *, blobs: BlobStore, bucket: str) -> str:
 
 
 def read_metadata(*, blobs: BlobStore, bucket: str, version: str) -> dict[str, Any]:
+    return _metadata_and_sha256(blobs=blobs, bucket=bucket, version=version)[0]
+
+
+def _metadata_and_sha256(*, blobs: BlobStore, bucket: str, version: str) -> tuple[dict[str, Any], str]:
     try:
-        data = parse_json_object(blobs.get(bucket, model_prefix(_check_version(version)) + "metadata.json"))
+        raw = blobs.get(bucket, model_prefix(_check_version(version)) + "metadata.json")
     except NotFoundError:
         raise NotFoundError(f"no published model version {version!r} in bucket {bucket!r}") from None
+    data = parse_json_object(raw)
     if data is None:  # truncated, not UTF-8, not an object: a version nothing can verify
         raise ConflictError(f"model version {version!r} has a malformed metadata.json (not a JSON object)")
-    return data
+    return data, sha256_hex(raw)
 
 
 def list_versions(*, blobs: BlobStore, bucket: str, limit: int = 100) -> list[ModelVersion]:
@@ -113,21 +120,28 @@ def list_versions(*, blobs: BlobStore, bucket: str, limit: int = 100) -> list[Mo
     return out
 
 
-def verify_version(*, blobs: BlobStore, bucket: str, version: str) -> ServingModel:
-    """Download and fully load a version (hash, arrays, bounds): what promotion requires."""
-    meta = read_metadata(blobs=blobs, bucket=bucket, version=version)
+def verify_version(*, blobs: BlobStore, bucket: str, version: str) -> tuple[ServingModel, str]:
+    """Download and fully load a version (hash, arrays, bounds): what promotion requires. Returns the
+    model and the sha256 of the metadata.json verified (the pointer pins it: model.npz's hash does not
+    cover the threshold, vocabulary, labels or adjustments)."""
+    meta, metadata_sha256 = _metadata_and_sha256(blobs=blobs, bucket=bucket, version=version)
     data = blobs.get(bucket, model_prefix(version) + ARTIFACT_NAME)
     try:
-        return load_artifact(data, meta, expected_sha256=str(meta.get("sha256", "")), expected_version=version)
+        return load_artifact(data, meta, expected_sha256=str(meta.get("sha256", "")), expected_version=version), metadata_sha256
     except (ArtifactError, KeyError, ValueError) as exc:
         raise ConflictError(f"model version {version!r} fails verification: {exc}") from None
 
 
 def promote(*, blobs: BlobStore, bucket: str, version: str, now: Callable[[], datetime]) -> dict[str, Any]:
     """Make a verified version the serving model (the detect function picks it up on its next refresh)."""
-    model = verify_version(blobs=blobs, bucket=bucket, version=version)
-    # The folder verified, by name (verify_version checked its metadata names it too).
-    pointer = {"version": version, "sha256": model.sha256, "promoted_at": now().isoformat(timespec="seconds")}
+    model, metadata_sha256 = verify_version(blobs=blobs, bucket=bucket, version=version)
+    # The folder verified, by name (verify_version checked its metadata names it too), and the files verified.
+    pointer = {
+        "version": version,
+        "sha256": model.sha256,
+        "metadata_sha256": metadata_sha256,
+        "promoted_at": now().isoformat(timespec="seconds"),
+    }
     blobs.put(bucket, SERVING_POINTER, json.dumps(pointer).encode(), content_type="application/json")
     return pointer
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from threatflow.flows import registry
-from threatflow.flows.model import load_version, read_serving_pointer
+from threatflow.flows.model import load_version, pinned, read_serving_pointer
 from threatflow.platform.errors import DependencyError, ValidationError
 
 if TYPE_CHECKING:
@@ -164,7 +164,7 @@ def retrain(
     reason = None
     if pointer is not None:
         try:
-            model = load_version(blobs=blobs, bucket=bucket, version=str(pointer["version"]), expected_sha256=str(pointer["sha256"]))
+            model = load_version(blobs=blobs, bucket=bucket, **pinned(pointer))
             serving = evaluate_on(model, evaluation_flows)
         except (DependencyError, ValueError) as exc:  # e.g. a serving model of another feature set: a human decides
             reason = f"the serving model cannot be scored on the evaluation set: {exc}"
