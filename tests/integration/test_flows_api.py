@@ -361,6 +361,36 @@ def test_the_bridge_keeps_the_tlp_of_an_ioc_it_sights_again(flows_api, backend_e
     assert host.status_code == 200 and host.get_json()["ioc"] is None
 
 
+def test_a_bridged_ioc_is_first_seen_at_its_first_attack_flow_not_its_last(flows_api, backend_env):
+    """A batch's flows from one attack source span a period (flowgen's: 30 days, in no time order). The IoC the bridge
+    makes must be first seen at the earliest of them and last seen at the latest, as the host view and the sighting's
+    `first_flow_at` say: the upsert was given the last flow's time only, so the walkthrough's 175.45.176.1 was
+    "first seen" a month after its first attack flow."""
+    flows = json_flows(300)
+    flows_api.post("/api/v1/flows/batch", {"flows": flows})
+    engine = _engine(backend_env["DATABASE_URL"])
+    with engine.connect() as conn:
+        srcip, stored_stime = conn.exec_driver_sql(
+            "SELECT host(srcip), stime FROM flow_events WHERE predicted_attack AND probability >= 0.9 ORDER BY event_key LIMIT 1"
+        ).one()
+    stime = int(stored_stime.timestamp())
+    flagged = next(f for f in flows if f["srcip"] == srcip and f["stime"] == stime)
+    day = 86400
+    address = "175.45.179.200"  # flowgen's attack sources end at .10 in each /24: a new source
+    copies = [{**flagged, "srcip": address, "stime": stime - k * day, "ltime": flagged["ltime"] - k * day} for k in (3, 0, 7)]
+    body = flows_api.post("/api/v1/flows/batch", {"flows": copies, "source": "sensor-first-seen"}).get_json()
+    assert body["stored"] == 3 and body["bridge"]["iocs_created"] == 1
+    with engine.connect() as conn:
+        first_seen, last_seen, context = conn.exec_driver_sql(
+            "SELECT i.first_seen, i.last_seen, s.context FROM iocs i JOIN ioc_sightings s ON s.ioc_id = i.id WHERE i.value = %s",
+            (address,),
+        ).one()
+    engine.dispose()
+    earliest, latest = (datetime.fromtimestamp(stime - 7 * day, UTC), datetime.fromtimestamp(stime, UTC))
+    assert context["flows"] == 3 and context["first_flow_at"] == earliest.isoformat()
+    assert (first_seen, last_seen) == (earliest, latest)
+
+
 def test_the_bridge_recognises_a_stored_ipv6_source_written_as_postgresql_writes_it(flows_api, backend_env):
     """The bridge reads its addresses back from flow_events (host(srcip)); PostgreSQL writes an IPv6 address whose
     first 96 bits are zero with an embedded IPv4 part (::abcd:1234 as ::171.205.18.52), while the IoC is stored as
