@@ -98,3 +98,23 @@ def test_one_time_zone_rule_for_iocs_and_threats():
         message.format("last_seen"),
         "last_seen",
     )
+
+
+def test_an_iocs_first_seen_is_aware_and_not_after_its_seen_at():
+    from threatflow.iocs.service import IocIn
+    from threatflow.iocs.service import prepare as prepare_ioc
+
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    earlier, later = datetime(2025, 12, 1, tzinfo=UTC), datetime(2026, 1, 3, tzinfo=UTC)
+
+    def prepare(**fields):
+        return prepare_ioc(IocIn(value="198.51.100.7", **fields), 0, policies={}, now=now, warninglists=None)
+
+    assert prepare(first_seen=earlier).first_seen == earlier and prepare().first_seen is None  # None: seen_at
+    assert _refusal(lambda: prepare(first_seen=datetime(2025, 12, 1))) == (
+        "first_seen needs a time zone (e.g. 2026-01-01T00:00:00Z)",
+        "first_seen",
+    )
+    after = ("first_seen is after seen_at (or after now, when seen_at is not given)", "first_seen")
+    assert _refusal(lambda: prepare(first_seen=later)) == after  # seen_at defaults to now
+    assert _refusal(lambda: prepare(first_seen=now, seen_at=earlier)) == after

@@ -132,6 +132,7 @@ def upsert_attack_sources(
             tags=[DETECTION_TAG, *(category_tag(c) for c in sorted(s.categories))],
             source=SIGHTING_SOURCE,
             seen_at=s.last_seen,
+            first_seen=s.first_seen,  # the batch's flows span a period: the IoC was first seen at the earliest
             confidence=None if as_stored[s.address] in known else min(100, round(s.max_probability * 100)),
             description=None if as_stored[s.address] in known else DESCRIPTION,
         )

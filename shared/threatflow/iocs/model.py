@@ -85,6 +85,7 @@ class UpsertItem:
     confidence: int | None = None
     expires_at: datetime | None = None
     seen_at: datetime | None = None
+    first_seen: datetime | None = None  # None: seen_at
     description: str | None = None
     verdict: str | None = None
     warninglists: list[str] = field(default_factory=list)

@@ -46,7 +46,8 @@ _UPSERT = """
 WITH input AS (
     SELECT * FROM jsonb_to_recordset(CAST(:doc AS jsonb)) AS x(
         type text, value text, tags text[], sources text[], tlp text, confidence smallint, verdict text,
-        seen_at timestamptz, expires_at timestamptz, description text, warninglists text[], base_score smallint)
+        seen_at timestamptz, first_seen timestamptz, expires_at timestamptz, description text, warninglists text[],
+        base_score smallint)
 )
 INSERT INTO iocs AS i (type, value, tags, sources, tlp, confidence, verdict, base_score, score, severity,
                        first_seen, last_seen, last_seen_day, detection_count, expires_at, warninglists, description)
@@ -54,7 +55,8 @@ SELECT x.type, x.value, x.tags, x.sources, COALESCE(x.tlp, CAST(:default_tlp AS 
        COALESCE(x.verdict, 'unknown'), x.base_score, x.base_score,
        CASE WHEN x.base_score >= 90 THEN 'critical' WHEN x.base_score >= 70 THEN 'high'
             WHEN x.base_score >= 40 THEN 'medium' WHEN x.base_score >= 15 THEN 'low' ELSE 'info' END,
-       x.seen_at, x.seen_at, (x.seen_at AT TIME ZONE 'UTC')::date, 1, x.expires_at, x.warninglists, x.description
+       COALESCE(x.first_seen, x.seen_at), x.seen_at, (x.seen_at AT TIME ZONE 'UTC')::date, 1, x.expires_at, x.warninglists,
+       x.description
 FROM input x
 ORDER BY x.type, x.value
 ON CONFLICT (type, value) DO UPDATE SET
@@ -96,6 +98,7 @@ def _item_doc(item: UpsertItem, *, base_score: int) -> dict[str, Any]:
         "confidence": item.confidence,  # None: the stored confidence, or 50 for a new IoC (_UPSERT)
         "verdict": item.verdict or "unknown",
         "seen_at": item.seen_at,
+        "first_seen": item.first_seen,  # None: seen_at (_UPSERT)
         "expires_at": item.expires_at,
         "description": item.description,
         "warninglists": item.warninglists,

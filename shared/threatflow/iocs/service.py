@@ -35,6 +35,9 @@ class IocIn(msgspec.Struct, forbid_unknown_fields=True):
     confidence: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
     expires_at: datetime | None = None
     seen_at: datetime | None = None
+    # The earliest sighting when the item stands for several (a flow source's attack flows): first_seen is kept at
+    # the earliest of it and the stored one, last_seen and the expiry follow seen_at. Default: seen_at.
+    first_seen: datetime | None = None
     description: Annotated[str, msgspec.Meta(max_length=4096)] | None = None
     verdict: Verdict | None = None
 
@@ -75,6 +78,9 @@ def prepare(
     tlp = Tlp.parse_field(item.tlp, field="tlp").value if item.tlp is not None else None
     sources = sorted({s.strip() for s in [*item.sources, *([item.source] if item.source else [])] if s and s.strip()})
     seen_at = limits.check_aware(item.seen_at, field="seen_at") if item.seen_at else now
+    first_seen = limits.check_aware(item.first_seen, field="first_seen") if item.first_seen else None
+    if first_seen is not None and first_seen > seen_at:
+        raise ValidationError("first_seen is after seen_at (or after now, when seen_at is not given)", field="first_seen")
     policy = policies.get(ioc_type)
     try:
         if item.expires_at:
@@ -93,6 +99,7 @@ def prepare(
         confidence=item.confidence,
         expires_at=expires_at,
         seen_at=seen_at,
+        first_seen=first_seen,
         description=item.description,
         verdict=item.verdict.value if item.verdict else None,
         warninglists=warninglists(ioc_type, indicator.value) if warninglists else [],
