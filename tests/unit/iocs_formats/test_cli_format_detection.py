@@ -1,0 +1,44 @@
+"""`threatflow iocs import` (and `threatflow enrich --file`) name the format from the file: every MISP event the
+MISP parser reads, bare ones included, is sent as misp; the JSON import's own shapes stay json."""
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import SHARED_DATA, require_shared_data
+
+from threatflow.cli.iocs import detect_format
+from threatflow.intel.formats import parse
+
+MISP_JSON = sorted((SHARED_DATA / "misp").glob("*.json")) if (SHARED_DATA / "misp").exists() else []
+
+
+@pytest.mark.parametrize("path", MISP_JSON, ids=lambda p: p.name)
+def test_every_shared_misp_event_is_detected_as_misp(path):
+    """misp_event.json and three more are bare events ({"Attribute": [...], "Org": ...}, no "Event" wrapper): the parser
+    reads them, but the CLI sent them as json, and the import answered 'expected {"iocs": [...]}'."""
+    require_shared_data("misp")
+    text = path.read_text()
+    parse("misp", json.loads(text))  # the parser takes it as a MISP event
+    assert detect_format(path, text) == "misp"
+
+
+def test_bare_events_were_among_the_shared_files():
+    require_shared_data("misp")
+    assert sum("Event" not in json.loads(p.read_text()) for p in MISP_JSON) >= 4
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        ({"iocs": [{"value": "198.51.100.7"}]}, "json"),
+        ([{"value": "198.51.100.7", "type": "ipv4"}], "json"),
+        ({"type": "bundle", "objects": []}, "stix"),
+        ({"Event": {"info": "x", "Attribute": []}}, "misp"),
+        ({"response": [{"Event": {"info": "x"}}]}, "misp"),
+        ({"info": "a bare event", "Attribute": [{"type": "ip-dst", "value": "198.51.100.7"}]}, "misp"),
+        ({"Object": [{"name": "file", "Attribute": []}]}, "misp"),
+    ],
+)
+def test_json_shapes(doc, expected):
+    assert detect_format(Path("x.json"), json.dumps(doc)) == expected
