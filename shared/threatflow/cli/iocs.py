@@ -39,7 +39,9 @@ def detect_format(path: Path, text: str) -> str:
         raise ValidationError(f"{path}: not valid JSON ({exc}); name the format with --format", field="format") from None
     if isinstance(doc, dict) and doc.get("type") == "bundle":
         return "stix"
-    if isinstance(doc, dict) and ("Event" in doc or "response" in doc):
+    from threatflow.intel.formats.misp import is_event_document
+
+    if isinstance(doc, dict) and "iocs" not in doc and is_event_document(doc):  # bare events too, as the parser reads them
         return "misp"
     return "json"
 

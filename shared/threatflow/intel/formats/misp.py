@@ -68,6 +68,15 @@ def parse(content: Any) -> ParsedImport:
     return out.build()
 
 
+_BARE_EVENT_KEYS = ("Attribute", "Object", "info", "uuid")  # an event's body without its {"Event": ...} wrapper
+
+
+def is_event_document(doc: Any) -> bool:
+    """Whether decoded JSON is a MISP event document as a whole: {"Event": {...}}, {"response": [...]} or a bare event
+    (what `threatflow iocs import` sends as misp; a list of events is also read, but a list is the json format's)."""
+    return isinstance(doc, dict) and ("Event" in doc or "response" in doc or any(key in doc for key in _BARE_EVENT_KEYS))
+
+
 def _events(doc: Any) -> list[dict[str, Any]]:
     if isinstance(doc, dict) and "response" in doc:
         items = doc["response"]
@@ -78,7 +87,7 @@ def _events(doc: Any) -> list[dict[str, Any]]:
         events = [doc["Event"]]
     elif isinstance(doc, list):
         events = [item.get("Event", item) if isinstance(item, dict) else item for item in doc]
-    elif isinstance(doc, dict) and any(key in doc for key in ("Attribute", "Object", "info", "uuid")):
+    elif isinstance(doc, dict) and any(key in doc for key in _BARE_EVENT_KEYS):
         events = [doc]
     else:
         raise ValidationError('misp: not a MISP event (expected {"Event": {...}}, a bare event or {"response": [...]})', field="content")
