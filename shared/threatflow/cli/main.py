@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -297,6 +298,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ThreatFlowError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:
+        # The reader went away (`threatflow api ... | head`): stop as a program killed by SIGPIPE does. stdout is
+        # pointed at /dev/null first, so the interpreter's flush of the unwritten rest at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + signal.SIGPIPE)
 
 
 if __name__ == "__main__":
