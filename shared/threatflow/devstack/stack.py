@@ -76,6 +76,14 @@ def _bucket_names(manifest: Manifest) -> dict[str, str]:
     return {b.env: os.environ.get(b.env) or defaults.get(b.env) or f"threatflow-{b.name}" for b in manifest.buckets.values()}
 
 
+def write_env_file(state_dir: Path, env: dict[str, str]) -> Path:
+    """The stack's environment as `export NAME=value` lines in `<state>/env` (owner-only: it holds the secrets)."""
+    path = state_dir / "env"
+    path.write_text("".join(f"export {k}={v}\n" for k, v in sorted(env.items())))
+    path.chmod(0o600)
+    return path
+
+
 def start_services(state_dir: Path, manifest: Manifest, *, project: str) -> tuple[dict[str, str], list[Any]]:
     """Start the backing services; returns the environment clients need and the handles."""
     from threatflow.devstack import services
@@ -255,8 +263,7 @@ def up(*, state_dir: Path, port: int, project: str = DEFAULT_PROJECT, scheduler:
         services_info = {s.name: {"pid": s.pid, "port": s.port, "log": str(s.log_path)} for s in started}
         services_info["gateway"] = {"pid": gateway.pid, "port": port, "log": str(log_path)}
         StackState(os.getpid(), gateway_url, env, services_info).write(state_dir)
-        (state_dir / "env").write_text("".join(f"export {k}={v}\n" for k, v in sorted(env.items())))
-        (state_dir / "env").chmod(0o600)
+        write_env_file(state_dir, env)
         _print_summary(manifest, gateway_url, services_info, readiness, local_scheduler, time.monotonic() - began)
         while not stopping.wait(1.0):
             if gateway.poll() is not None:
