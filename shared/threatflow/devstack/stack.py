@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -77,9 +78,10 @@ def _bucket_names(manifest: Manifest) -> dict[str, str]:
 
 
 def write_env_file(state_dir: Path, env: dict[str, str]) -> Path:
-    """The stack's environment as `export NAME=value` lines in `<state>/env` (owner-only: it holds the secrets)."""
+    """The stack's environment as `export NAME=value` lines in `<state>/env` (owner-only: it holds the secrets),
+    each value shell-quoted so that `. <state>/env` gives it back as it is (the JSON settings hold spaces and braces)."""
     path = state_dir / "env"
-    path.write_text("".join(f"export {k}={v}\n" for k, v in sorted(env.items())))
+    path.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items())))
     path.chmod(0o600)
     return path
 
