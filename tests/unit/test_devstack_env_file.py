@@ -25,9 +25,14 @@ def test_sourcing_the_env_file_gives_back_the_stacks_environment(tmp_path: Path)
     }
     path = write_env_file(tmp_path, env)
     assert path == tmp_path / "env" and path.stat().st_mode & 0o777 == 0o600
-    dump = f"{sys.executable} -c 'import json, os; print(json.dumps({{k: os.environ.get(k) for k in {sorted(env)!r}}}))'"
+    dump = "import json, os, sys; print(json.dumps({k: os.environ.get(k) for k in sys.argv[1:]}))"
     done = subprocess.run(
-        ["bash", "-c", f'. "{path}" && {dump}'], capture_output=True, text=True, timeout=30, check=False, env={"PATH": os.environ["PATH"]}
+        ["bash", "-c", '. "$0" && "$1" -c "$2" "${@:3}"', str(path), sys.executable, dump, *sorted(env)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={"PATH": os.environ["PATH"]},
     )
     assert done.stderr == "" and done.returncode == 0
     assert json.loads(done.stdout) == env
