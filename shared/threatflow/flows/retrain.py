@@ -24,7 +24,8 @@ import io
 import math
 import tempfile
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,19 +46,91 @@ GZIP_MAGIC = b"\x1f\x8b"
 RULE = "higher ROC-AUC (4 decimals) with detection not lower, or equal ROC-AUC with detection not lower and a higher macro-F1"
 
 
-def feature_key(flow: Mapping[str, Any]) -> bytes | None:
-    """A flow's model inputs as bytes (numbers at float32, the precision events are stored in), or None
-    for a flow the training loader would skip anyway. Equal for every copy of a feature vector."""
-    import numpy as np
-
+def _model_inputs(flow: Mapping[str, Any]) -> tuple[tuple[str, ...], array[float]] | None:
+    """A flow's categoricals and numbers at float32 (the precision events are stored in and trained on),
+    or None for a flow the training loader would skip anyway."""
     from threatflow.flows.features import CATEGORICAL, NUMERIC_COLUMNS, FieldError, validate_flow
 
     errors: list[FieldError] = []
     clean = validate_flow(0, flow, errors, allow_blank=True)
     if clean is None:
         return None
-    numbers = np.asarray([clean[c] for c in NUMERIC_COLUMNS], dtype=np.float32)
-    return "\x1f".join(str(clean[c]) for c in CATEGORICAL).encode() + b"\x1e" + numbers.tobytes()
+    return tuple(str(clean[c]) for c in CATEGORICAL), array("f", [clean[c] for c in NUMERIC_COLUMNS])
+
+
+def _key(categoricals: tuple[str, ...], numbers: array[float]) -> bytes:
+    return "\x1f".join(categoricals).encode() + b"\x1e" + numbers.tobytes()
+
+
+def feature_key(flow: Mapping[str, Any]) -> bytes | None:
+    """A flow's model inputs as bytes (numbers at float32, the precision events are stored in), or None
+    for a flow the training loader would skip anyway. Equal for every copy of a feature vector."""
+    inputs = _model_inputs(flow)
+    return None if inputs is None else _key(*inputs)
+
+
+class HeldFlows:
+    """Labelled flows as a retrain holds them: each flow's model inputs (categoricals, numbers as float32
+    in one array), label and attack_cat. Iterating gives partitioned-layout dicts that the training
+    loader reads as it read the flows appended (a blank number, NaN here, comes back as None).
+
+    A dict per flow (45 keys, 39 float objects) is ~3.3 KB: the default 200,000 stored flows took ~650 MB
+    of the maintenance function's 1 GiB before training began (tests/perf/bench_retrain_memory.py).
+    A flow the training loader would skip (no valid model inputs) is counted in `invalid`, not kept."""
+
+    def __init__(self) -> None:
+        self._numbers = array("f")
+        self._rows: list[tuple[tuple[str, ...], Any, Any]] = []  # (categoricals, label, attack_cat)
+        self._keys: list[bytes] = []
+        self.invalid = 0
+
+    @classmethod
+    def of(cls, flows: Iterable[Mapping[str, Any]]) -> HeldFlows:
+        held = cls()
+        for flow in flows:
+            held.append(flow)
+        return held
+
+    def append(self, flow: Mapping[str, Any]) -> None:
+        inputs = _model_inputs(flow)
+        if inputs is None:
+            self.invalid += 1
+            return
+        self._add(*inputs, flow.get("label"), flow.get("attack_cat"))
+
+    def _add(self, categoricals: tuple[str, ...], numbers: array[float], label: Any, attack_cat: Any) -> None:
+        self._numbers.extend(numbers)
+        self._rows.append((categoricals, label, attack_cat))
+        self._keys.append(_key(categoricals, numbers))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def keys(self) -> set[bytes]:
+        return set(self._keys)
+
+    def _numbers_of(self, index: int) -> array[float]:
+        from threatflow.flows.features import NUMERIC_COLUMNS
+
+        width = len(NUMERIC_COLUMNS)
+        return self._numbers[index * width : (index + 1) * width]
+
+    def parts(self, choose: Callable[[bytes], bool]) -> tuple[HeldFlows, HeldFlows]:
+        """(flows whose key `choose` refuses, flows it picks), in order."""
+        out = (HeldFlows(), HeldFlows())
+        for index, (row, key) in enumerate(zip(self._rows, self._keys, strict=True)):
+            out[1 if choose(key) else 0]._add(row[0], self._numbers_of(index), row[1], row[2])
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        from threatflow.flows.features import CATEGORICAL, NUMERIC_COLUMNS
+
+        for index, (categoricals, label, attack_cat) in enumerate(self._rows):
+            flow: dict[str, Any] = dict(zip(CATEGORICAL, categoricals, strict=True))
+            flow.update(zip(NUMERIC_COLUMNS, (None if math.isnan(v) else v for v in self._numbers_of(index)), strict=True))
+            flow["label"] = label
+            flow["attack_cat"] = attack_cat
+            yield flow
 
 
 def in_evaluation_part(key: bytes | None, *, percent: int = EVALUATION_PERCENT) -> bool:
@@ -66,16 +139,12 @@ def in_evaluation_part(key: bytes | None, *, percent: int = EVALUATION_PERCENT) 
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") % 100 < percent
 
 
-def split_stored(flows: Sequence[Mapping[str, Any]], *, percent: int = EVALUATION_PERCENT) -> tuple[list[Any], list[Any]]:
+def split_stored(flows: Iterable[Mapping[str, Any]], *, percent: int = EVALUATION_PERCENT) -> tuple[HeldFlows, HeldFlows]:
     """(training part, evaluation part) of the stored flows, by a hash of each flow's model inputs."""
-    train: list[Any] = []
-    evaluation: list[Any] = []
-    for flow in flows:
-        (evaluation if in_evaluation_part(feature_key(flow), percent=percent) else train).append(flow)
-    return train, evaluation
+    return HeldFlows.of(flows).parts(lambda key: in_evaluation_part(key, percent=percent))
 
 
-def read_evaluation_object(*, blobs: BlobStore, bucket: str, name: str) -> list[dict[str, str]]:
+def read_evaluation_object(*, blobs: BlobStore, bucket: str, name: str) -> HeldFlows:
     """The trusted evaluation set: a UNSW-NB15 CSV (raw or partitioned, gzip allowed) with label and attack_cat.
 
     At most MAX_EVALUATION_BYTES stored and, for a gzip, once expanded: the stored size alone let a few KB
@@ -102,7 +171,20 @@ def read_evaluation_object(*, blobs: BlobStore, bucket: str, name: str) -> list[
         path = Path(folder) / "evaluation.csv"
         path.write_bytes(data)
         del data
-        return list(training.iter_rows([path], layout=None, features_csv=None, digest=hashlib.sha256()))
+        return HeldFlows.of(training.iter_rows([path], layout=None, features_csv=None, digest=hashlib.sha256()))
+
+
+def training_config(*, n_jobs: int = 1) -> Any:
+    """The job's training settings: the served ones, fitted one at a time and without the seed RandomForest's
+    comparison (a report figure for ml/train.py: 100 full-depth trees on the stored flows). Each parallel fit
+    is a process with its own copy of the data: at the default max_rows (200,000 stored flows) the job peaked
+    at 1.02–1.05 GB with two fits and 0.60 GB with one, for 140–155 s against 173 s on two cores; the
+    maintenance function has 1 GiB (tests/perf/bench_retrain_memory.py)."""
+    import dataclasses
+
+    from threatflow.flows.training import TrainConfig
+
+    return dataclasses.replace(TrainConfig(), n_jobs=n_jobs, compare_random_forest=False)
 
 
 def evaluate_on(model: ServingModel, flows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -130,6 +212,7 @@ def retrain(
     `evaluation_object` names the trusted evaluation set in `bucket`; without it, a part of the stored flows."""
     from threatflow.flows import training
 
+    config = config or training_config()
     trusted = read_evaluation_object(blobs=blobs, bucket=bucket, name=evaluation_object) if evaluation_object else None
     if trusted is not None:  # checked before hours of training: a set it cannot compare on is a configuration error
         labels = training.dataset_from_flows(trusted, source=str(evaluation_object)).label
@@ -137,21 +220,25 @@ def retrain(
             raise ValidationError(
                 f"evaluation set {evaluation_object!r} needs both normal and attack flows", field="params.evaluation_object"
             )
-    stored = list(labelled_flows(max_rows))
-    if len(stored) < min_rows:
-        return {"status": "skipped", "reason": f"{len(stored)} labelled flows stored; at least {min_rows} needed", "rows": len(stored)}
+    stored = HeldFlows.of(labelled_flows(max_rows))  # streamed: never a dict per stored flow
+    rows = len(stored) + stored.invalid
+    if rows < min_rows:
+        return {"status": "skipped", "reason": f"{rows} labelled flows stored; at least {min_rows} needed", "rows": rows}
     if trusted is not None:
-        trusted_keys = {feature_key(row) for row in trusted} - {None}
-        train_flows = [flow for flow in stored if feature_key(flow) not in trusted_keys]
-        evaluation_flows: list[Any] = trusted
+        trusted_keys = trusted.keys()
+        train_flows, left_out = stored.parts(trusted_keys.__contains__)
+        evaluation_flows = trusted
         check: dict[str, Any] = {
             "evaluated_on": f"trusted evaluation set gs://{bucket}/{evaluation_object}",
-            "stored_rows_left_out": len(stored) - len(train_flows),  # exact copies of trusted rows
+            "stored_rows_left_out": len(left_out),  # exact copies of trusted rows
         }
     else:
-        train_flows, evaluation_flows = split_stored(stored, percent=evaluation_percent)
+        train_flows, evaluation_flows = stored.parts(lambda key: in_evaluation_part(key, percent=evaluation_percent))
         check = {"evaluated_on": f"stored flow events: the {evaluation_percent} % whose model inputs hash there, not trained on"}
+    check["stored_rows_invalid"] = stored.invalid  # no valid model inputs: neither trained nor evaluated on
+    del stored  # held again, split, in the two parts
     dataset = training.dataset_from_flows(train_flows, source="flow_events")
+    del train_flows
     stamp = now().strftime("%Y%m%dT%H%M%SZ")
     result = training.train(dataset, config=config, version=f"{stamp}-retrain-{dataset.sha256[:8]}")
 
@@ -192,7 +279,7 @@ def retrain(
     version = registry.publish(result, blobs=blobs, bucket=bucket)
     summary: dict[str, Any] = {
         "candidate": version,
-        "rows": len(stored),
+        "rows": rows,
         "training_rows": dataset.rows,
         "evaluation_rows": check["evaluation_rows"],
         "evaluated_on": check["evaluated_on"],

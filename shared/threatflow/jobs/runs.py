@@ -6,7 +6,7 @@ message finds its run already succeeded and does nothing twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -148,17 +148,18 @@ def retrain_flows(ctx: JobContext) -> dict[str, Any]:
     from threatflow.flows import retrain
     from threatflow.flows.repository import labelled_flows
 
-    def fetch(limit: int) -> list[dict[str, Any]]:
-        with unit_of_work(ctx.engine) as conn:
-            return list(labelled_flows(conn, limit=limit))
+    def fetch(limit: int) -> Iterator[dict[str, Any]]:
+        with unit_of_work(ctx.engine) as conn:  # the cursor streams in this transaction: retrain holds the flows compactly
+            yield from labelled_flows(conn, limit=limit)
 
     return retrain.retrain(
         labelled_flows=fetch,
         blobs=ctx.blobs,
         bucket=ctx.settings.bucket_models,
         now=ctx.clock.now,
-        min_rows=int_param(ctx.params, "min_rows", default=retrain.DEFAULT_MIN_ROWS, minimum=1, maximum=retrain.DEFAULT_MAX_ROWS * 5),
-        max_rows=int_param(ctx.params, "max_rows", default=retrain.DEFAULT_MAX_ROWS, minimum=1, maximum=retrain.DEFAULT_MAX_ROWS * 5),
+        # At most the default: its memory is measured against the function's (retrain.training_config); 5x it was allowed.
+        min_rows=int_param(ctx.params, "min_rows", default=retrain.DEFAULT_MIN_ROWS, minimum=1, maximum=retrain.DEFAULT_MAX_ROWS),
+        max_rows=int_param(ctx.params, "max_rows", default=retrain.DEFAULT_MAX_ROWS, minimum=1, maximum=retrain.DEFAULT_MAX_ROWS),
         evaluation_object=object_param(ctx.params, "evaluation_object"),
     )
 

@@ -227,3 +227,24 @@ def test_models_train_with_no_bucket_to_publish_to_says_so_before_training(tmp_p
     assert exited.value.code == 2 and trained == []
     err = capsys.readouterr().err
     assert "make run" in err and "ml/train.py" in err and "Traceback" not in err
+
+
+def test_flows_held_compactly_give_the_dataset_the_flows_give():
+    """retrain holds stored flows as float32 rows (HeldFlows), not a dict each: the training loader must read
+    them as it reads the flows themselves, blank cells included, and a flow it would skip is counted, not kept."""
+    from ml_helpers import sample_rows
+
+    from threatflow.flows import retrain
+
+    rows = sample_rows(600, seed=3)
+    rows[5] = {**rows[5], "ct_flw_http_mthd": ""}  # a blank cell of the raw files: missing, never 0
+    rows[7] = {**rows[7], "sbytes": "abc"}  # no valid model inputs: skipped by the loader
+    held = retrain.HeldFlows.of(rows)
+    assert (len(held), held.invalid) == (len(rows) - 1, 1)
+    direct, compact = T.dataset_from_flows(rows), T.dataset_from_flows(held)
+    np.testing.assert_array_equal(direct.X, compact.X)  # NaN where blank, in both
+    np.testing.assert_array_equal(direct.label, compact.label)
+    np.testing.assert_array_equal(direct.category, compact.category)
+    assert np.isnan(compact.X[5]).any() and held.keys() == {retrain.feature_key(r) for r in rows} - {None}
+    train, evaluation = retrain.split_stored(rows)
+    assert len(train) + len(evaluation) == len(rows) - 1 and not train.keys() & evaluation.keys()
