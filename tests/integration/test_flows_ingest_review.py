@@ -1,0 +1,136 @@
+"""The flow-ingest path attacked where the earlier reviews did not look: flows without a time of their own
+(the partitioned UNSW-NB15 layout carries no stime) sent again, loaded again, uploaded again; ground
+truth that contradicts itself; cells the raw files never write."""
+
+import gzip
+import threading
+from typing import Any
+
+import pytest
+from flows_support import flows_api, json_flows
+from helpers import push_envelope, require_shared_data
+
+pytestmark = pytest.mark.integration
+PROJECT = "threatflow-test"
+UPLOADS = "threatflow-uploads"
+
+
+@pytest.fixture
+def api(function_client, backend_env):
+    return flows_api(function_client, backend_env["DATABASE_URL"])
+
+
+def _sql(url: str, statement: str) -> Any:
+    from threatflow.adapters.postgres import create_engine
+    from threatflow.platform.config import Settings
+
+    engine = create_engine(Settings.from_env({"DATABASE_URL": url}))
+    try:
+        with engine.connect() as conn:
+            return conn.exec_driver_sql(statement).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def _undated(count: int, *, seed: int) -> list[dict[str, Any]]:
+    return [{k: v for k, v in flow.items() if k not in ("stime", "ltime")} for flow in json_flows(count, seed=seed)]
+
+
+def _partitioned(rows: int) -> str:
+    """The first rows of the real partitioned dev file, with its header: no addresses, no stime."""
+    with gzip.open(require_shared_data("unsw-nb15", "unsw_nb15_dev.csv.gz"), "rt") as handle:
+        return "".join(next(handle) for _ in range(rows + 1))
+
+
+def _queue(api: Any, name: str, data: bytes) -> str:
+    from threatflow.adapters.storage import GcsBlobs
+
+    GcsBlobs(PROJECT).put(UPLOADS, name, data)
+    response = api.post("/api/v1/flows/uploads", {"object": name})
+    assert response.status_code == 202, response.get_data(as_text=True)
+    return str(response.get_json()["job_id"])
+
+
+def _deliver(worker: Any, job_id: str) -> Any:
+    return worker.post("/", json=push_envelope({"schema_version": 1, "job_id": job_id}, {"job_id": job_id}, "flow-ingest-push"))
+
+
+def _job(job_id: str) -> dict[str, Any]:
+    from threatflow.adapters.firestore import FirestoreDocuments
+
+    return FirestoreDocuments(PROJECT).get("flow_ingest_jobs", job_id) or {}
+
+
+# -- flows without stime, sent again ------------------------------------------------------------------------
+
+
+def test_an_undated_batch_sent_again_is_stored_once(api, backend_env):
+    """The README: "source defaults to the body's sha256, so re-sending a batch stores nothing twice". The key is
+    (event_time, event_key), and a flow without stime took the time of each post: a client retrying a batch whose
+    answer it lost (a timeout) stored every flow of it twice, and the bridge sighted its attackers twice."""
+    flows = _undated(40, seed=61)
+    first = api.post("/api/v1/flows/batch", {"flows": flows})
+    assert first.status_code == 200 and first.get_json()["stored"] == 40, first.get_data(as_text=True)[:300]
+    again = api.post("/api/v1/flows/batch", {"flows": flows}).get_json()
+    assert (again["stored"], again["duplicates"]) == (0, 40), again
+    assert again["bridge"]["sources"] == 0
+    assert _sql(backend_env["DATABASE_URL"], "SELECT count(*) FROM flow_events") == 40
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_partitioned_file_reloaded_after_a_kill_before_its_first_answer_is_stored_once(api, backend_env, tmp_path):
+    """`flows load` kept the load's start time (every undated flow's event time) in its progress file, written
+    only once a batch was acknowledged: killed after the API stored the first batches but before their answer,
+    the re-run picked a new start time and stored them all again; so did the same file loaded from another
+    machine or with another --progress-file."""
+    from threatflow.cli import flows as cli
+
+    data = tmp_path / "part.csv"
+    data.write_text(_partitioned(300))
+
+    def post(body: dict[str, Any]) -> tuple[int, Any]:
+        response = api.post("/api/v1/flows/batch", body)
+        return response.status_code, response.get_json()
+
+    def dies_after_storing(body: dict[str, Any]) -> tuple[int, Any]:
+        post(body)  # the API commits the batch; the loader dies before it reads the answer
+        raise Killed
+
+    with pytest.raises(Killed):
+        ledger = cli.Progress(tmp_path / "p.json")
+        cli.load_file(data, post=dies_after_storing, progress=ledger, batch_size=100, show_bar=False, in_flight=1)
+    url = backend_env["DATABASE_URL"]
+    stored = _sql(url, "SELECT count(*) FROM flow_events")  # the batches in flight when it died (one read ahead)
+    assert stored in (100, 200) and cli.Progress(tmp_path / "p.json").doc == {}  # nothing acknowledged, nothing saved
+    entry = cli.load_file(data, post=post, progress=cli.Progress(tmp_path / "p.json"), batch_size=100, show_bar=False)
+    assert (entry["stored"], entry["duplicates"]) == (300 - stored, stored), entry
+    other = cli.load_file(data, post=post, progress=cli.Progress(tmp_path / "elsewhere.json"), batch_size=128, show_bar=False)
+    assert (other["stored"], other["duplicates"]) == (0, 300), other
+    assert _sql(url, "SELECT count(*) FROM flow_events") == 300
+
+
+def test_one_partitioned_file_uploaded_under_two_names_stores_each_flow_once(api, function_client, backend_env):
+    """Event keys are the file's sha256 and the row "so a repeated row is stored once", and the same file uploaded
+    again maps to the same events (handlers.py): only for rows with stime. An undated row took its job's creation
+    time, so two jobs of one partitioned file, even queued in the same second, stored every flow twice."""
+    data = gzip.compress(_partitioned(250).encode())
+    jobs = [_queue(api, "flows/part-a.csv.gz", data), _queue(api, "flows/part-b.csv.gz", data)]
+    worker = function_client("flow-ingest")
+    statuses: list[int] = []
+    threads = [threading.Thread(target=lambda j=j: statuses.append(_deliver(worker, j).status_code)) for j in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert statuses == [200, 200]
+    done = [_job(j) for j in jobs]
+    assert all(j["state"] == "succeeded" and j["stored"] + j["duplicates"] == 250 for j in done), done
+    assert sum(j["stored"] for j in done) == 250, done
+    # ... and the file uploaded again once both have finished (a new job: the marker names finished ones)
+    rerun = api.post("/api/v1/flows/uploads", {"object": "flows/part-a.csv.gz"}).get_json()["job_id"]
+    assert _deliver(worker, rerun).status_code == 200
+    assert (_job(rerun)["stored"], _job(rerun)["duplicates"]) == (0, 250)
+    assert _sql(backend_env["DATABASE_URL"], "SELECT count(*) FROM flow_events") == 250
