@@ -134,3 +134,32 @@ def test_one_partitioned_file_uploaded_under_two_names_stores_each_flow_once(api
     assert _deliver(worker, rerun).status_code == 200
     assert (_job(rerun)["stored"], _job(rerun)["duplicates"]) == (0, 250)
     assert _sql(backend_env["DATABASE_URL"], "SELECT count(*) FROM flow_events") == 250
+
+
+def test_a_sources_first_observed_time_lives_as_long_as_its_events(api, backend_env):
+    """flow-retention deletes the first-observed times older than the retention (their events are dropped), and
+    a source whose record is older than the window (retention not run yet) starts anew: re-sent after its events
+    were dropped, an undated batch is stored again at a time the window keeps, not refused as too old."""
+    from datetime import UTC, datetime, timedelta
+
+    from threatflow.adapters.postgres import create_engine, unit_of_work
+    from threatflow.flows import events_jobs, repository
+    from threatflow.platform.config import Settings
+
+    assert api.post("/api/v1/flows/batch", {"flows": _undated(5, seed=62)}).status_code == 200
+    url = backend_env["DATABASE_URL"]
+    recorded = _sql(url, "SELECT observed_at FROM flow_event_sources")
+    engine = create_engine(Settings.from_env({"DATABASE_URL": url}))
+    try:
+        now = datetime.now(UTC)
+        with unit_of_work(engine) as conn:  # within the window: the recorded time, whatever `now` says
+            assert repository.source_observed_at(conn, "s", now=now, oldest=now - timedelta(days=1)) == now
+            later = now + timedelta(days=3)
+            assert repository.source_observed_at(conn, "s", now=later, oldest=now - timedelta(days=1)) == now
+            assert repository.source_observed_at(conn, "s", now=later, oldest=now + timedelta(days=2)) == later
+        result = events_jobs.retention(engine=engine, now=recorded + timedelta(days=3), retention_days=1)
+        assert result["sources_pruned"] == 1  # the batch's; "s" (observed `later`) is within the window
+        with engine.connect() as conn:
+            assert [r[0] for r in conn.exec_driver_sql("SELECT source FROM flow_event_sources")] == ["s"]
+    finally:
+        engine.dispose()

@@ -7,10 +7,10 @@ reported on stderr. A few batches are in flight at once while the next is read, 
 a progress bar on stderr.
 
 Resumable: a progress file (default ~/.cache/threatflow/flows-load.json) records,
-per file sha256, the rows acknowledged by the API and the time the load started.
-A re-run skips those rows; each event's key is the file hash plus its row number,
-and its time is the flow's stime or that start time, so anything re-sent after an
-interruption is stored once. `--upload` instead puts the file in the uploads
+per file sha256, the rows acknowledged by the API. A re-run skips those rows; each
+event's key is the file hash plus its row number, and its time is the flow's stime or
+when the API first saw the file (its source), so anything re-sent after an
+interruption, or the file loaded again elsewhere, is stored once. `--upload` instead puts the file in the uploads
 bucket and lets the flow-ingest worker do the work, polling its job.
 """
 
@@ -28,7 +28,6 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,7 @@ def file_sha256(path: Path) -> str:
 
 
 class Progress:
-    """The resume ledger: {sha256: {"file", "rows_done", "observed_at", "stored", "duplicates", "invalid", "done"}}."""
+    """The resume ledger: {sha256: {"file", "rows_done", "stored", "duplicates", "invalid", "done"}}."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -64,7 +63,7 @@ class Progress:
     def entry(self, sha: str, file: Path) -> dict[str, Any]:
         return self.doc.setdefault(
             sha,
-            {"file": str(file), "rows_done": 0, "observed_at": datetime.now(UTC).isoformat(), "stored": 0, "duplicates": 0, "invalid": 0},
+            {"file": str(file), "rows_done": 0, "stored": 0, "duplicates": 0, "invalid": 0},
         )
 
     def save(self) -> None:
@@ -154,13 +153,12 @@ def load_file(path: Path, *, post: Post, progress: Progress, batch_size: int, sh
 
         try:
             for positions, flows in batches(rows, batch_size):
-                body = {
-                    "flows": flows,
-                    "positions": positions,
-                    "source": f"file:{sha[:32]}",
-                    "observed_at": entry["observed_at"],
-                    "skip_invalid": True,
-                }
+                # No observed_at: the API dates undated flows (no stime) by when this source was first observed,
+                # whichever run, machine or ledger sends them. The time this loader once chose was saved only with
+                # the first acknowledged batch, so a run killed before it, or another ledger, stored them again.
+                body = {"flows": flows, "positions": positions, "source": f"file:{sha[:32]}", "skip_invalid": True}
+                if "observed_at" in entry:  # a load an earlier version started keeps the time it sent
+                    body["observed_at"] = entry["observed_at"]
                 pending.append((positions, pool.submit(post, body)))
                 while len(pending) > in_flight:  # reading the next batch overlaps the requests in flight
                     settle(*pending.popleft())

@@ -128,6 +128,8 @@ def build_router(runtime: Runtime) -> Router:
         source = body.source or "batch:" + hashlib.sha256(request.body).hexdigest()[:32]
         if not canonical:  # every flow skipped as invalid
             return {"received": 0, "stored": 0, "duplicates": 0, "predicted_attacks": 0, **skipped}
+        if body.observed_at is None:  # undated flows: when the source was first observed, so a re-send is a no-op
+            observed_at = ingest.undated_time(runtime.engine, source, fields, now=now, oldest=oldest)
         return skipped | pipeline.ingest_batch(
             canonical,
             fields,

@@ -28,7 +28,8 @@ def refresh_views(*, engine: Engine, now: datetime) -> dict[str, Any]:
 
 
 def retention(*, engine: Engine, now: datetime, retention_days: int, ahead_days: int = PARTITIONS_AHEAD_DAYS) -> dict[str, Any]:
-    """Create the next days' partitions; detach and drop those wholly older than the retention.
+    """Create the next days' partitions; detach and drop those wholly older than the retention, and the
+    sources' first-observed times (ingest.undated_time) older than it.
 
     A partition goes only when its whole day ended before `now - retention_days`,
     so no event younger than the retention is ever dropped.
@@ -47,4 +48,12 @@ def retention(*, engine: Engine, now: datetime, retention_days: int, ahead_days:
             dropped.append(partition.name)
     if dropped:
         ingest.forget_partitions()
-    return {"dropped": dropped, "ensured": created, "cutoff": cutoff.isoformat(), "retention_days": retention_days}
+    with unit_of_work(engine) as conn:  # first-observed times of sources whose undated events are gone
+        pruned = repository.prune_sources(conn, oldest=ingest.retained_since(now, retention_days))
+    return {
+        "dropped": dropped,
+        "ensured": created,
+        "cutoff": cutoff.isoformat(),
+        "retention_days": retention_days,
+        "sources_pruned": pruned,
+    }

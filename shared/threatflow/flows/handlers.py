@@ -4,7 +4,8 @@ A job (Firestore `flow_ingest_jobs/<id>`, made by POST /api/v1/flows/uploads) is
 run by one delivery at a time under a lease, and records its progress (rows done)
 after every batch. A redelivery after a crash resumes from there; rows it
 repeats are no-ops, because each event's key is the file's hash plus the row
-number and its time is the flow's stime or the job's creation time. The lease
+number and its time is the flow's stime or when the file was first observed
+(ingest.undated_time, the same for every job of the file). The lease
 (LEASE_SECONDS) is renewed as the delivery goes (Lease.keep: before and after each
 batch is stored and during the hash pass, once a quarter of it has passed), so a delivery
 that dies leaves it to a redelivery within LEASE_SECONDS; a delivery that finds its
@@ -55,7 +56,7 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from threatflow.flows import ingest
@@ -230,14 +231,17 @@ def build_handler(runtime: Runtime) -> Callable[[Message], dict[str, Any]]:
         refresh_seconds=settings.detect_model_refresh_seconds,
     )
 
-    def ingest_rows(flows: list[dict[str, Any]], positions: list[int], *, source: str, observed_at: datetime) -> dict[str, Any]:
+    def ingest_rows(flows: list[dict[str, Any]], positions: list[int], *, source: str) -> dict[str, Any]:
         canonical, fields, problems = ingest.validate(flows)
-        oldest = ingest.retained_since(runtime.clock.now(), settings.flows_retention_days)  # as POST /flows/batch: a partition a day
+        now = runtime.clock.now()
+        oldest = ingest.retained_since(now, settings.flows_retention_days)  # as POST /flows/batch: a partition a day
         canonical, fields, problems = ingest.drop_unretained(canonical, fields, problems, count=len(flows), oldest=oldest)
         keep = ingest.valid_indices(len(flows), problems)
         invalid = len(flows) - len(keep)
         if not keep:
             return {"stored": 0, "duplicates": 0, "invalid": invalid, "first_problem": problems[0].to_json() if problems else None}
+        # Undated rows: when the file (its sha256, whatever its name or job) was first observed, so it is stored once.
+        observed_at = ingest.undated_time(runtime.engine, source, fields, now=now, oldest=oldest)
         result = pipeline.ingest_batch(
             canonical,
             fields,
@@ -431,8 +435,6 @@ def run_job(
     except (NotFoundError, ValidationError) as exc:  # too large, deleted or replaced after it was queued: fail the job
         fail_job(documents, job_id, exc.message, clock=clock)
         raise
-    created = job.get("created_at")
-    observed_at = created if isinstance(created, datetime) else datetime.now(UTC)
     # The start is a compare-and-set on the version read under the lease: a write that came in since (the late
     # hand-over record of an earlier delivery, a recovery) is read again, and may have superseded this message.
     version: str | None = read.version
@@ -468,7 +470,7 @@ def run_job(
 
             def flush() -> None:
                 held.keep()  # before storing: a delivery whose lease was taken over stores nothing more
-                result = ingest_rows(flows, positions, source=source, observed_at=observed_at)
+                result = ingest_rows(flows, positions, source=source)
                 for key in ("stored", "duplicates", "invalid", "predicted_attacks"):
                     progress[key] += int(result.get(key) or 0)
                 # Again before the progress is written: a store that outlasted the lease (taken over meanwhile) leaves the

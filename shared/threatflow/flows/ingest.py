@@ -8,7 +8,8 @@ events have (addresses, ports, times). Nothing is ever filled with 0.
 
 Every event gets a deterministic key: a 128-bit blake2b hash of `<source>:<position>`, where the
 source is a file's sha256 or a batch's own hash. With the event time (the flow's
-`stime`, or the batch's `observed_at`), that key makes a re-send a no-op.
+`stime`, else the batch's `observed_at`, else when the source was first observed:
+undated_time), that key makes a re-send a no-op.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from threatflow.flows.features import ATTACK_CATEGORIES, NUMERIC_COLUMNS
 from threatflow.flows.repository import STORED_FEATURES, EventRow, StoredEvent
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
+    from sqlalchemy.engine import Connection, Engine
 
 MAX_BATCH = 10_000
 # The dataset's own category labels, exactly (attack_cat, and the model's predicted_cat).
@@ -459,6 +460,18 @@ def forget_partitions() -> None:
     """The retention job dropped partitions: let the next ingest re-check them. Only this instance's
     memory: another instance learns it from its insert (MissingPartitionError, in store)."""
     _known_partitions.clear()
+
+
+def undated_time(engine: Engine, source: str, fields: Sequence[EventFields], *, now: datetime, oldest: datetime) -> datetime:
+    """The event time of the batch's flows without a stime, when the batch names none (observed_at): when their
+    source was first observed (flow_event_sources), so the same source sent again (a retried batch, a file loaded
+    again or uploaded under another name) gets the same (event_time, event_key) and is stored once. Each post
+    or job took its own time before, and every re-send of the partitioned layout (no stime) stored it again.
+    Recorded in its own short transaction: a batch that fails after it still gets the same time when retried."""
+    if all(ev.stime is not None for ev in fields):
+        return now  # every flow has its own time: nothing to record
+    with unit_of_work(engine) as conn:
+        return repository.source_observed_at(conn, source, now=now, oldest=oldest)
 
 
 def score_and_store(

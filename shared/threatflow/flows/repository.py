@@ -131,6 +131,31 @@ def _no_partition(exc: Exception) -> bool:
     return fields.get("C") == "23514" and str(fields.get("M", "")).startswith("no partition of relation")
 
 
+def source_observed_at(conn: Connection, source: str, *, now: datetime, oldest: datetime) -> datetime:
+    """When `source` was first observed (recorded now if never, or if its record is older than `oldest`,
+    the retention window, whose events are gone): the event time of its flows without a stime of their own.
+    One upsert; concurrent first batches of a source wait on its row and read the same time."""
+    from sqlalchemy import text
+
+    observed = conn.execute(
+        text(
+            "INSERT INTO flow_event_sources AS s (source, observed_at) VALUES (:source, :now)"
+            " ON CONFLICT (source) DO UPDATE SET observed_at ="
+            " CASE WHEN s.observed_at < :oldest THEN EXCLUDED.observed_at ELSE s.observed_at END"
+            " RETURNING s.observed_at"
+        ),
+        {"source": source, "now": now, "oldest": oldest},
+    ).scalar_one()
+    return observed.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+def prune_sources(conn: Connection, *, oldest: datetime) -> int:
+    """Delete the first-observed times older than the retention window (flow-retention); returns how many."""
+    from sqlalchemy import text
+
+    return int(conn.execute(text("DELETE FROM flow_event_sources WHERE observed_at < :oldest"), {"oldest": oldest}).rowcount)
+
+
 def insert_events(conn: Connection, rows: Sequence[EventRow]) -> list[StoredEvent]:
     """Insert a batch; returns only the events that were new (a re-send returns []).
 
