@@ -264,8 +264,12 @@ def event_fields(flow: Mapping[str, Any], index: int, problems: list[FlowProblem
         except (ValueError, TypeError, OverflowError) as exc:
             problems.append(FlowProblem(index, name, str(exc) or f"invalid {name}"))
             parsed.append(None)
-    if parsed[6] == 0 and parsed[7] is None:  # label 0 without attack_cat: the dataset's Normal
+    label, category = parsed[6], parsed[7]
+    if label == 0 and category is None:  # label 0 without attack_cat: the dataset's Normal
         parsed[7] = "Normal"
+    elif label is not None and category is not None and (category == "Normal") != (label == 0):
+        # Ground truth at odds with itself: search would list it under both, and retraining skips it (training.py).
+        problems.append(FlowProblem(index, "attack_cat", f"{category} disagrees with label {label} (Normal is label 0, an attack label 1)"))
     return EventFields(*parsed)
 
 
