@@ -190,3 +190,17 @@ def test_a_label_that_contradicts_its_attack_cat_is_a_problem_naming_attack_cat(
     assert (stored["stored"], stored["invalid"]) == (4, 2), stored
     contradictions = "SELECT count(*) FROM flow_events WHERE (attack_cat = 'Normal') <> (label = 0)"
     assert _sql(backend_env["DATABASE_URL"], contradictions) == 0
+
+
+def test_a_fractional_port_written_as_text_is_refused_as_the_same_number_is(api, backend_env):
+    """`"sport": 80.5` is a 400 ("a port is a whole number"), but the same port as text, as every CSV cell reaches
+    the API from `flows load`, was cut to 80 and stored: a flow's port silently changed on its way in."""
+    flows = json_flows(4, seed=64)
+    flows[0]["sport"] = 80.5
+    flows[1]["sport"] = "80.5"
+    flows[2]["dsport"] = " 443.9 "
+    flows[3]["dsport"] = "0x01bb"  # what the raw files write: stored as 443
+    body = api.post("/api/v1/flows/batch", {"flows": flows, "skip_invalid": True}).get_json()
+    assert [(p["index"], p["field"]) for p in body["problems"]] == [(0, "sport"), (1, "sport"), (2, "dsport")], body
+    assert body["stored"] == 1
+    assert _sql(backend_env["DATABASE_URL"], "SELECT dsport FROM flow_events") == 443
