@@ -179,7 +179,13 @@ def _as_port(value: Any) -> int | None:
         raise ValueError("a boolean is not a port")
     if isinstance(value, str):
         text = value.strip().lower()
-        number = int(text, 16) if text.startswith("0x") else int(float(text))
+        if text.startswith("0x"):
+            number = int(text, 16)
+        else:
+            as_float = float(text)  # "80", "80.0", "8e1" as the number would be; never cut ("80.5" was stored as 80)
+            if not as_float.is_integer():
+                raise ValueError("a port is a whole number")
+            number = int(as_float)
     elif isinstance(value, float):
         if not value.is_integer():
             raise ValueError("a port is a whole number")
