@@ -204,3 +204,38 @@ def test_a_fractional_port_written_as_text_is_refused_as_the_same_number_is(api,
     assert [(p["index"], p["field"]) for p in body["problems"]] == [(0, "sport"), (1, "sport"), (2, "dsport")], body
     assert body["stored"] == 1
     assert _sql(backend_env["DATABASE_URL"], "SELECT dsport FROM flow_events") == 443
+
+
+# -- partitions dropped by another instance -----------------------------------------------------------------
+
+
+def test_a_day_dropped_by_another_instances_retention_is_made_again_not_a_500(api, backend_env):
+    """Each process remembers the days whose partitions it made, and only the retention run's own process forgot
+    them. flow-retention runs in the maintenance function, and an admin may run it with a shorter retention
+    (`params.retention_days`): every flows or flow-ingest instance that had stored flows of a dropped day then
+    sent the next batch of that day to a partition that was gone (500; the worker's job retried to the dead
+    letter), until the instance restarted."""
+    from datetime import UTC, datetime, timedelta
+
+    from threatflow.adapters.postgres import create_engine, unit_of_work
+    from threatflow.flows import repository
+    from threatflow.platform.config import Settings
+
+    day = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=10)
+    flows = json_flows(20, seed=65)
+    for k, flow in enumerate(flows):
+        flow["stime"] = flow["ltime"] = int(day.timestamp()) + k
+    first = api.post("/api/v1/flows/batch", {"flows": flows[:10]})
+    assert first.status_code == 200 and first.get_json()["stored"] == 10, first.get_data(as_text=True)[:300]
+    # Another instance's flow-retention, run with retention_days=7: the day goes, this process is not told.
+    engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
+    try:
+        with unit_of_work(engine) as conn:
+            (partition,) = [p for p in repository.partitions(conn) if p.day == day.date()]
+            repository.drop_partition(conn, partition)
+    finally:
+        engine.dispose()
+    again = api.post("/api/v1/flows/batch", {"flows": flows[10:]})
+    assert again.status_code == 200, again.get_data(as_text=True)[:300]
+    assert again.get_json()["stored"] == 10
+    assert _sql(backend_env["DATABASE_URL"], "SELECT count(*) FROM flow_events") == 10
