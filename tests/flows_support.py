@@ -122,9 +122,7 @@ def flows_api(function_client: Callable[..., Any], database_url: str, *, roles: 
     from helpers import create_user
 
     from threatflow.adapters.storage import GcsBlobs
-    from threatflow.flows import ingest
 
-    ingest.forget_partitions()
     publish(GcsBlobs(PROJECT), trained_model())
     publisher = pubsub_v1.PublisherClient()
     for name in ("ioc-enrichment-requested", "flow-ingest"):

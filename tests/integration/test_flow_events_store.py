@@ -14,10 +14,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def engine(clean_tables):
     from threatflow.adapters.postgres import create_engine
-    from threatflow.flows import ingest
     from threatflow.platform.config import Settings
 
-    ingest.forget_partitions()
     engine = create_engine(Settings.from_env({"DATABASE_URL": clean_tables, "DB_POOL_SIZE": "4"}))
     yield engine
     engine.dispose()
@@ -233,14 +231,11 @@ def test_labelled_flows_feed_retraining_newest_first(engine):
 
 
 def test_concurrent_ingests_of_a_new_day_both_succeed(engine):
-    from threatflow.flows import ingest
-
     day = datetime(2031, 5, 5, 12, tzinfo=UTC)
     errors = []
 
     def work():
         try:
-            ingest.forget_partitions()
             _store(engine, [_row(day + timedelta(seconds=i)) for i in range(50)])
         except Exception as exc:  # pragma: no cover - reported by the assertion
             errors.append(exc)
@@ -554,10 +549,9 @@ def test_search_statement_is_prepared_once_per_connection_and_leaves_nothing_set
     """The page query is a prepared statement with a generic plan: prepared once per connection and shape,
     replanned when a partition appears, and its SET LOCALs end with the transaction."""
     from threatflow.adapters.postgres import create_engine
-    from threatflow.flows import ingest, search
+    from threatflow.flows import search
     from threatflow.platform.config import Settings
 
-    ingest.forget_partitions()
     engine = create_engine(Settings.from_env({"DATABASE_URL": clean_tables}))
     try:
         now = datetime.now(UTC)

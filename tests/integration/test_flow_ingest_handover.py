@@ -85,12 +85,11 @@ def worker(backend_env, monkeypatch) -> Iterator[Any]:
     from threatflow.adapters.firestore import FirestoreDocuments
     from threatflow.adapters.pubsub import PubSubPublisher
     from threatflow.adapters.storage import GcsBlobs
-    from threatflow.flows import handlers, ingest
+    from threatflow.flows import handlers
     from threatflow.flows.ingest_jobs import INGEST_JOBS
     from threatflow.platform.config import Settings
     from threatflow.runtime import Runtime
 
-    ingest.forget_partitions()
     publish(GcsBlobs(PROJECT), trained_model())
     monkeypatch.setattr(handlers, "BATCH_ROWS", BATCH)
     monkeypatch.setenv("FLOW_INGEST_DELIVERY_SECONDS", "0")
@@ -156,7 +155,6 @@ def worker(backend_env, monkeypatch) -> Iterator[Any]:
     yield Worker()
     subscriber.delete_subscription(subscription=subscription)
     subscriber.close()
-    ingest.forget_partitions()
 
 
 def _message(data: dict[str, Any], attempt: int = 1) -> Any:

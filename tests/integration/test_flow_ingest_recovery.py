@@ -28,7 +28,7 @@ def env(function_client, backend_env):
     from google.cloud import pubsub_v1
 
     from threatflow.adapters.firestore import FirestoreDocuments
-    from threatflow.flows import ingest, ingest_jobs
+    from threatflow.flows import ingest_jobs
 
     docs = FirestoreDocuments(PROJECT)
     for collection in (ingest_jobs.INGEST_JOBS, ingest_jobs.INGEST_LEASES):  # other tests' jobs share the emulator
@@ -55,7 +55,6 @@ def env(function_client, backend_env):
     yield {"docs": docs, "pull": pull, "maintenance": function_client("maintenance")}
     subscriber.delete_subscription(subscription=subscription)
     subscriber.close()
-    ingest.forget_partitions()
 
 
 def _run_job(env: dict[str, Any], **params: Any) -> dict[str, Any]:

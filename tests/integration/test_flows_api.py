@@ -24,9 +24,7 @@ def flows_api(function_client, backend_env):
     from google.cloud import pubsub_v1
 
     from threatflow.adapters.storage import GcsBlobs
-    from threatflow.flows import ingest
 
-    ingest.forget_partitions()
     model = trained_model()
     publish(GcsBlobs(PROJECT), model)
     # The enrichment topic belongs to the enrichment capability; here it is made with a pull subscription to read.
@@ -456,7 +454,6 @@ def _stored_events(database_url, srcip, count):
         )
         for i in range(count)
     ]
-    ingest.forget_partitions()
     engine = _engine(database_url)
     with engine.begin() as conn:
         ingest.store(conn, rows)

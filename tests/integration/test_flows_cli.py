@@ -24,9 +24,7 @@ def poster(function_client, backend_env):
     from google.cloud import pubsub_v1
 
     from threatflow.adapters.storage import GcsBlobs
-    from threatflow.flows import ingest
 
-    ingest.forget_partitions()
     publisher = pubsub_v1.PublisherClient()
     with contextlib.suppress(Exception):  # the enrichment capability's topic; made once per run
         publisher.create_topic(name=publisher.topic_path(PROJECT, "ioc-enrichment-requested"))

@@ -284,11 +284,12 @@ def _event(when):
 
 
 def test_ingest_recovers_when_another_instance_drops_a_partition_it_had_seen(backend_env):
-    """Each instance remembers the days whose partition it made sure of. flow-retention runs in the
-    maintenance instance and forgets only its own memory: after it dropped a day (e.g. an admin's run
-    with params.retention_days below FLOWS_RETENTION_DAYS, which ingest still accepts), a flows or
-    flow-ingest instance that had seen that day inserted into no partition, a 500 on every batch
-    touching the day for the instance's lifetime."""
+    """Each instance remembered the days whose partition it made sure of. flow-retention runs in the
+    maintenance instance: after it dropped a day (e.g. an admin's run with params.retention_days below
+    FLOWS_RETENTION_DAYS, which ingest still accepts), a flows or flow-ingest instance that had seen that
+    day inserted into no partition, a 500 on every batch touching the day for the instance's lifetime.
+    Now each batch asks the catalog; an insert that still meets a drop (between that look and the
+    insert) is retryable, not a 500."""
     from datetime import UTC, datetime, timedelta
 
     from threatflow.adapters.postgres import create_engine, unit_of_work
@@ -299,16 +300,14 @@ def test_ingest_recovers_when_another_instance_drops_a_partition_it_had_seen(bac
     engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
     when = datetime.now(UTC).replace(microsecond=0) - timedelta(days=10)
     try:
-        ingest.forget_partitions()
         with unit_of_work(engine) as conn:
             assert len(ingest.store(conn, [_event(when)])) == 1
         with unit_of_work(engine) as conn:  # what flow-retention does, in the maintenance instance
             [partition] = [p for p in repository.partitions(conn) if p.day == when.date()]
             repository.drop_partition(conn, partition)
-        with pytest.raises(RetryableError), unit_of_work(engine) as conn:  # a 503 / a redelivery, not a 500
-            ingest.store(conn, [_event(when)])
-        with unit_of_work(engine) as conn:  # the retry makes the partition again and stores
+        with pytest.raises(RetryableError), unit_of_work(engine) as conn:  # the race: a 503 / a redelivery, not a 500
+            repository.insert_events(conn, [_event(when)])
+        with unit_of_work(engine) as conn:  # the next batch makes the partition again and stores
             assert len(ingest.store(conn, [_event(when)])) == 1
     finally:
-        ingest.forget_partitions()
         engine.dispose()

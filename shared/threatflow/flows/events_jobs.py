@@ -46,8 +46,6 @@ def retention(*, engine: Engine, now: datetime, retention_days: int, ahead_days:
             with unit_of_work(engine) as conn:
                 repository.drop_partition(conn, partition)
             dropped.append(partition.name)
-    if dropped:
-        ingest.forget_partitions()
     with unit_of_work(engine) as conn:  # first-observed times of sources whose undated events are gone
         pruned = repository.prune_sources(conn, oldest=ingest.retained_since(now, retention_days))
     return {

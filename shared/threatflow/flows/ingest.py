@@ -23,7 +23,7 @@ import ipaddress
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import chain
 from math import isnan
 from operator import itemgetter
@@ -442,34 +442,21 @@ def build_rows(
     return rows
 
 
-_known_partitions: set[date] = set()
-
-
 def store(conn: Connection, rows: Sequence[EventRow]) -> list[StoredEvent]:
     """Make sure the days' partitions exist, then insert; returns the new events.
 
-    Partition creation commits on its own (a short transaction before the insert),
-    so concurrent ingests of a new day wait on one advisory lock, not on each other's data.
+    The catalog is asked which of the batch's days lack a partition (one statement, in the batch's
+    transaction), every batch: a set of days this process had made once outlived partitions that
+    flow-retention, run in another process (possibly with a shorter `retention_days`), dropped since,
+    and every later batch of such a day failed (500) until the instance restarted. Partition creation
+    commits on its own (a short transaction before the insert), so concurrent ingests of a new day
+    wait on one advisory lock, not on each other's data.
     """
-    days = {r.event_time.astimezone(UTC).date() for r in rows}
-    missing = days - _known_partitions
+    missing = repository.missing_partitions(conn, {r.event_time.astimezone(UTC).date() for r in rows})
     if missing:
         with unit_of_work(conn.engine) as own:  # its own short transaction, on purpose (see above)
             repository.ensure_partitions(own, missing)
-        _known_partitions.update(missing)
-    try:
-        return repository.insert_events(conn, rows)
-    except repository.MissingPartitionError:
-        # flow-retention dropped one of these days in another instance, which cannot clear this memory:
-        # forget them, so the retry (a 503 over HTTP, a redelivery for a worker) makes them again.
-        _known_partitions.difference_update(days)
-        raise
-
-
-def forget_partitions() -> None:
-    """The retention job dropped partitions: let the next ingest re-check them. Only this instance's
-    memory: another instance learns it from its insert (MissingPartitionError, in store)."""
-    _known_partitions.clear()
+    return repository.insert_events(conn, rows)
 
 
 def undated_time(engine: Engine, source: str, fields: Sequence[EventFields], *, now: datetime, oldest: datetime) -> datetime:

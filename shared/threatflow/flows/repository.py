@@ -111,6 +111,24 @@ RETURNING (extract(epoch FROM event_time) * 1000000)::bigint, event_key::text, h
 """
 
 
+def missing_partitions(conn: Connection, days: Iterable[date]) -> list[date]:
+    """The days among `days` without an attached partition of flow_events, asked of the catalog (one statement)."""
+    from sqlalchemy import text
+
+    wanted = {f"{PARTITION_PREFIX}{d:%Y%m%d}": d for d in days}
+    if not wanted:
+        return []
+    rows = conn.execute(
+        text(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'flow_events'::regclass AND c.relname = ANY(CAST(:names AS text[]))"
+        ),
+        {"names": list(wanted)},
+    )
+    attached = {name for (name,) in rows}
+    return sorted(day for name, day in wanted.items() if name not in attached)
+
+
 def ensure_partitions(conn: Connection, days: Iterable[date]) -> list[str]:
     """Create the daily partitions these days need (idempotent, safe under concurrency)."""
     from sqlalchemy import text
@@ -121,8 +139,8 @@ def ensure_partitions(conn: Connection, days: Iterable[date]) -> list[str]:
 
 
 class MissingPartitionError(DependencyError):
-    """The insert found no partition for a row's day: dropped (flow-retention, in another instance) after the
-    caller made sure of it. Retryable: the caller forgets the days it remembered and the retry creates them."""
+    """The insert found no partition for a row's day: dropped (flow-retention, in another instance) between
+    the batch's look at the catalog and its insert. Retryable: the retry looks again and creates it."""
 
 
 def _no_partition(exc: Exception) -> bool:
