@@ -295,8 +295,11 @@ def validate(flows: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], 
     event_problems: list[FlowProblem] = []
     # The clean flows already carry the pass-through fields under canonical names; only flows
     # that failed feature validation need renaming to have their event fields checked too.
+    # A flow past features.MAX_FLOW_FIELDS is refused as a whole: renaming its fields would cost what validation saved.
     fields = {
-        i: event_fields(by_index[i] if i in by_index else features.canonical_flow(flow), i, event_problems) for i, flow in enumerate(flows)
+        i: event_fields(by_index[i] if i in by_index else features.canonical_flow(flow), i, event_problems)
+        for i, flow in enumerate(flows)
+        if i in by_index or len(flow) <= features.MAX_FLOW_FIELDS
     }
     problems += event_problems
     # Finite is not storable: features are real (float4) and four of them are copied to bigint
