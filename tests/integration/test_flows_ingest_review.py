@@ -260,3 +260,36 @@ def test_a_flow_with_hundreds_of_thousands_of_fields_is_one_problem(api, backend
     at_the_bound = {**valid[0], **{f"x{i}": 0 for i in range(64 - len(valid[0]))}}
     named = api.post("/api/v1/flows/batch", {"flows": [at_the_bound]}).get_json()["error"]["details"]
     assert {e["reason"] for e in named["errors"]} == {"unknown field"}  # within the bound, each field is named
+
+
+# -- whose rows: an analyst naming the worker's sources ---------------------------------------------------
+
+
+def test_a_batch_cannot_claim_the_rows_of_an_upload_by_naming_its_source(api, function_client, backend_env):
+    """An upload's events are keyed by `gcs:<its sha256>` and the row number, and a row already stored is a
+    duplicate. POST /flows/batch let any analyst name that source: knowing the file (a shared feed, a published
+    capture), one posted its rows first with flipped labels, and the upload, run later, stored none of its own
+    (all "duplicates") while search and retraining read the forged ground truth. The worker's `gcs:` and the
+    route's own `batch:` (a body's hash) are not a client's to name."""
+    import hashlib
+
+    import flowgen
+
+    from threatflow.flows.ingest import RAW_COLUMNS
+
+    lines = [list(flowgen.raw_line(flow)) for flow in flowgen.generate(30, seed=67)]
+    data = ("\n".join(",".join(cells) for cells in lines) + "\n").encode()
+    source = "gcs:" + hashlib.sha256(data).hexdigest()[:32]
+    forged = []
+    for cells in lines:
+        flipped = list(cells)
+        flipped[47], flipped[48] = ("", "0") if cells[48] == "1" else ("Exploits", "1")  # attack_cat, Label
+        forged.append(dict(zip(RAW_COLUMNS, flipped, strict=True)))
+    claimed = api.post("/api/v1/flows/batch", {"flows": forged, "source": source, "positions": list(range(30))})
+    job_id = _queue(api, "flows/shared-feed.csv", data)
+    assert _deliver(function_client("flow-ingest"), job_id).status_code == 200
+    assert (_job(job_id)["stored"], _job(job_id)["duplicates"]) == (30, 0), claimed.get_json()
+    assert claimed.status_code == 400 and claimed.get_json()["error"]["details"]["field"] == "source"
+    assert api.post("/api/v1/flows/batch", {"flows": forged[:1], "source": "batch:0123"}).status_code == 400
+    truth = "SELECT count(*) FROM flow_events WHERE label = 1"
+    assert _sql(backend_env["DATABASE_URL"], truth) == sum(cells[48] == "1" for cells in lines)
