@@ -40,6 +40,7 @@ INGEST_JOBS = "flow_ingest_jobs"
 INGEST_TOPIC = "flow-ingest"
 HOST_WINDOW = timedelta(days=30)
 HOST_TOP = 20
+RESERVED_SOURCES = ("gcs:", "batch:")  # the flow-ingest worker's sources and the route's default one
 _LAST_HOUR = datetime.max.replace(minute=0, second=0, microsecond=0, tzinfo=UTC)
 
 
@@ -95,6 +96,12 @@ def build_router(runtime: Runtime) -> Router:
     def batch(request: Request, body: FlowBatch) -> dict[str, Any]:
         if b"\\u0000" in request.body or limits.has_long_digits(request.body):
             limits.check_raw_json(request.body)  # rare: the full walk names the field
+        if body.source is not None and body.source.startswith(RESERVED_SOURCES):
+            # An upload's events are keyed by its sha256 (gcs:) and a batch's by its hash (batch:): a client naming
+            # either stored its own rows first under those keys, and the upload's own were "duplicates".
+            raise ValidationError(
+                f"source may not start with {' or '.join(RESERVED_SOURCES)}: those name uploads and unnamed batches", field="source"
+            )
         canonical, fields, problems = ingest.validate(body.flows)
         if body.positions is not None and len(body.positions) != len(body.flows):
             raise ValidationError("positions must have one row number per flow", field="positions")
