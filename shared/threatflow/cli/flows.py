@@ -17,12 +17,14 @@ bucket and lets the flow-ingest worker do the work, polling its job.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import gzip
 import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 import zlib
 from collections import deque
@@ -51,26 +53,61 @@ def file_sha256(path: Path) -> str:
 
 
 class Progress:
-    """The resume ledger: {sha256: {"file", "rows_done", "stored", "duplicates", "invalid", "done"}}."""
+    """The resume ledger: {sha256: {"file", "rows_done", "stored", "duplicates", "invalid", "done"}}.
+
+    One file serves every load (loading UNSW-NB15_1..4 at once, one terminal each): a save merges this load's
+    entries into the ledger as it is on disk, under an exclusive lock, through a temporary file of its own.
+    Each load wrote back the whole ledger as it had read it, dropping the others' progress, and all wrote
+    through one `.tmp` name, so one could move another's half-written ledger into place."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.doc: dict[str, dict[str, Any]] = self._read()
+        self.mine: set[str] = set()  # the entries this load writes; the others are the other loads'
+
+    def _read(self) -> dict[str, dict[str, Any]]:
         try:
-            self.doc: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.exists() else {}
+            return json.loads(self.path.read_text()) if self.path.exists() else {}  # type: ignore[no-any-return]
         except ValueError:
-            raise ValidationError(f"{path}: not a progress file (JSON); remove it or pass --progress-file", field="progress-file") from None
+            raise ValidationError(
+                f"{self.path}: not a progress file (JSON); remove it or pass --progress-file", field="progress-file"
+            ) from None
 
     def entry(self, sha: str, file: Path) -> dict[str, Any]:
-        return self.doc.setdefault(
-            sha,
-            {"file": str(file), "rows_done": 0, "stored": 0, "duplicates": 0, "invalid": 0},
-        )
+        self.mine.add(sha)
+        return self.doc.setdefault(sha, {"file": str(file), "rows_done": 0, "stored": 0, "duplicates": 0, "invalid": 0})
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.doc, indent=1))
-        tmp.replace(self.path)  # atomic: an interruption never leaves half a ledger
+        with _locked(self.path.with_name(self.path.name + ".lock")):
+            merged = self._read()  # the other loads' entries as they last saved them
+            merged.update({sha: self.doc[sha] for sha in self.mine})
+            self.doc = merged
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name + ".", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w") as handle:
+                    json.dump(self.doc, handle, indent=1)
+                os.replace(tmp, self.path)  # atomic: an interruption never leaves half a ledger
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `path` while the block runs (none where fcntl is missing: Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class Bar:
