@@ -4,6 +4,7 @@ interrupted and resumed from its progress file, with nothing stored twice."""
 import contextlib
 import gzip
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,47 @@ def test_partitioned_layout_without_addresses_loads_too(poster, backend_env, tmp
     entry = cli.load_file(data, post=poster, progress=cli.Progress(tmp_path / "p.json"), batch_size=128, show_bar=False)
     assert entry["stored"] == 300 and entry["invalid"] == 0
     assert _count(backend_env["DATABASE_URL"]) == (300, 300)
+
+
+def test_a_capture_older_than_the_retention_loads_with_its_times_shifted(poster, backend_env, tmp_path, capsys):
+    """The official raw files were captured in 2015: as they are, every flow is older than the retention window and
+    refused. --shift-times moves every stime/ltime by one offset (newest flow a minute before the load began), kept
+    in the ledger so a resumed load moves them by the same offset."""
+    import flowgen
+
+    from threatflow.cli import flows as cli
+
+    flows = list(flowgen.generate(600, seed=5))
+    newest = max(int(f["ltime"]) for f in flows)
+    back = newest - 1_421_927_414 + 86_400  # flowgen writes the last 30 days; move the capture to 2015
+    lines = []
+    for flow in flows:
+        cells = flowgen.raw_line({**flow, "stime": str(int(flow["stime"]) - back), "ltime": str(int(flow["ltime"]) - back)})
+        lines.append(",".join(cells))
+    data = tmp_path / "unsw-2015.csv"
+    data.write_text("\n".join(lines) + "\n")
+
+    as_is = cli.load_file(data, post=poster, progress=cli.Progress(tmp_path / "as-is.json"), batch_size=300, show_bar=False)
+    assert as_is["stored"] == 0 and as_is["invalid"] == 600  # every flow: stime older than the retention window
+    assert "older than the retention window" in capsys.readouterr().err
+
+    started = float(int(time.time()))  # the load's "now", held to check the offset
+    ledger = tmp_path / "shifted.json"
+    first_batch_only = len(poster.sent) + 1
+    with pytest.raises(Interrupted):
+        cli.load_file(data, post=lambda b: poster(b, fail_after=first_batch_only), progress=cli.Progress(ledger),
+                      batch_size=300, show_bar=False, in_flight=1, shift=True, now=lambda: started)  # fmt: skip
+    offset = cli.Progress(ledger).entry(cli.file_sha256(data) + "+shifted", data)["time_shift"]
+    assert offset == int(started - 60 - (newest - back))
+    resumed = cli.load_file(
+        data, post=poster, progress=cli.Progress(ledger), batch_size=300, show_bar=False, shift=True, now=lambda: started + 3_600
+    )  # fmt: skip  (a later run keeps the first run's offset)
+    assert resumed["done"] and resumed["stored"] == 600 and resumed["invalid"] == 0  # 300 before the interruption, 300 after
+    from threatflow.adapters.postgres import create_engine
+    from threatflow.platform.config import Settings
+
+    engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
+    with engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT extract(epoch FROM max(event_time))::bigint, count(*) FROM flow_events").one()
+    engine.dispose()
+    assert tuple(stored) == (newest - back + offset, 600)  # spacing kept: the newest flow is a minute before `started`

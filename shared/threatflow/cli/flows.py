@@ -22,6 +22,7 @@ import csv
 import gzip
 import hashlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -145,15 +146,80 @@ def batches(rows: Iterator[tuple[int, dict[str, Any]]], size: int) -> Iterator[t
 
 Post = Callable[[dict[str, Any]], tuple[int, Any]]
 
+# --shift-times puts the file's newest flow this long before the load starts: the API refuses a time more than a day
+# ahead, and every flow older than the retention window (FLOWS_RETENTION_DAYS, 90 by default).
+SHIFT_MARGIN_SECONDS = 60
+TIME_FIELDS = ("stime", "ltime", "Stime", "Ltime")  # the partitioned names, and the raw files' (NUSW-NB15_features.csv)
 
-def load_file(path: Path, *, post: Post, progress: Progress, batch_size: int, show_bar: bool, in_flight: int = IN_FLIGHT) -> dict[str, Any]:
+
+def _epoch(value: Any) -> float | None:
+    """A cell as epoch seconds (the UNSW layout's stime/ltime), or None: blank, ISO text or not a time."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def newest_time(path: Path) -> float | None:
+    """The newest stime/ltime in the file (epoch seconds); None when it has none (the partitioned layout)."""
+    from threatflow.flows import ingest
+
+    newest: float | None = None
+    with path.open("rb") as raw:
+        for _number, flow in ingest.read_csv(ingest.open_text(raw), typed=False):
+            for name in TIME_FIELDS:
+                at = _epoch(flow.get(name))
+                if at is not None and (newest is None or at > newest):
+                    newest = at
+    return newest
+
+
+def shift_times(flow: dict[str, Any], seconds: int) -> dict[str, Any]:
+    """The flow with its epoch-second stime/ltime moved by `seconds` (other cells, and times in other forms, as they are)."""
+    for name in TIME_FIELDS:
+        at = _epoch(flow.get(name))
+        if at is not None:
+            moved = at + seconds
+            flow[name] = str(int(moved)) if moved.is_integer() else repr(moved)
+    return flow
+
+
+def load_file(
+    path: Path,
+    *,
+    post: Post,
+    progress: Progress,
+    batch_size: int,
+    show_bar: bool,
+    in_flight: int = IN_FLIGHT,
+    shift: bool = False,
+    now: Callable[[], float] = time.time,
+) -> dict[str, Any]:
+    """`shift`: move every stime/ltime by one offset, so the file's newest flow lands a minute before the load
+    began (a capture from 2015 is older than the retention window: every flow was refused). The offset is
+    kept in the ledger, so a resumed load uses the same one; a shifted load is its own source, stored apart
+    from the file loaded as it is."""
     from threatflow.flows import ingest
 
     sha = file_sha256(path)
-    entry = progress.entry(sha, path)
+    entry = progress.entry(f"{sha}+shifted" if shift else sha, path)
     if entry.get("done"):
         print(f"{path}: already loaded ({entry['stored']:,} stored); nothing to do", file=sys.stderr)
         return entry
+    source = f"file:{sha[:32]}"
+    offset = 0
+    if shift:
+        if "time_shift" not in entry:
+            print(f"{path}: finding its newest flow time (--shift-times)", file=sys.stderr)
+            newest = newest_time(path)
+            entry["time_shift"] = 0 if newest is None else int(now() - SHIFT_MARGIN_SECONDS - newest)
+            progress.save()  # before the first batch: every run of this load moves the times by the same offset
+            if newest is None:
+                print(f"{path}: no epoch-second stime or ltime to shift; loading the times as they are", file=sys.stderr)
+        offset = int(entry["time_shift"])
+        source = f"file:{sha[:24]}:shift{offset}"
+        print(f"{path}: times moved by {offset:+,} s ({offset / 86400:+,.1f} days)", file=sys.stderr)
     skip = int(entry["rows_done"])
     if skip:
         print(f"{path}: resuming after row {skip:,}", file=sys.stderr)
@@ -193,7 +259,8 @@ def load_file(path: Path, *, post: Post, progress: Progress, batch_size: int, sh
                 # No observed_at: the API dates undated flows (no stime) by when this source was first observed,
                 # whichever run, machine or ledger sends them. The time this loader once chose was saved only with
                 # the first acknowledged batch, so a run killed before it, or another ledger, stored them again.
-                body = {"flows": flows, "positions": positions, "source": f"file:{sha[:32]}", "skip_invalid": True}
+                sent = [shift_times(flow, offset) for flow in flows] if offset else flows
+                body = {"flows": sent, "positions": positions, "source": source, "skip_invalid": True}
                 if "observed_at" in entry:  # a load an earlier version started keeps the time it sent
                     body["observed_at"] = entry["observed_at"]
                 pending.append((positions, pool.submit(post, body)))
@@ -238,10 +305,14 @@ def cmd_load(args: argparse.Namespace, *, base: str, token: str | None) -> int:
         if not path.is_file():
             raise ValidationError(f"{path}: no such file", field="file")
         if args.upload:
+            if args.shift_times:
+                raise ValidationError("--shift-times moves times as the CLI posts the flows; it cannot with --upload", field="shift-times")
             entry = upload_file(path, base=base, token=token, session=session)
         else:
             try:
-                entry = load_file(path, post=post, progress=progress, batch_size=args.batch_size, show_bar=not args.quiet)
+                entry = load_file(
+                    path, post=post, progress=progress, batch_size=args.batch_size, show_bar=not args.quiet, shift=args.shift_times
+                )
             except UNREADABLE as exc:  # a file that is not a UNSW CSV, or a corrupt gzip: a message, not a traceback
                 raise ValidationError(
                     f"{path}: cannot be read as a UNSW-NB15 CSV: {exc}; rows the API acknowledged are saved in the progress file",
@@ -287,5 +358,11 @@ def add_parser(sub: Any, run: Callable[[argparse.Namespace], int]) -> None:
     load.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help=f"flows per request (default {DEFAULT_BATCH}, at most 10000)")
     load.add_argument("--progress-file", help=f"resume ledger (default {PROGRESS_FILE})")
     load.add_argument("--upload", action="store_true", help="upload to Cloud Storage and let the flow-ingest worker load it")
+    load.add_argument(
+        "--shift-times",
+        action="store_true",
+        help="move every stime/ltime by one offset so the newest flow is a minute old (a capture older than the retention window"
+        " is refused otherwise); kept for a resumed load",
+    )
     load.add_argument("--quiet", action="store_true", help="no progress bar")
     flows.set_defaults(run=run)
