@@ -287,3 +287,17 @@ def test_an_upsert_naming_no_tlp_keeps_the_tlp_of_a_concurrent_creation_of_the_s
         stored = conn.exec_driver_sql(f"SELECT tlp, confidence, detection_count FROM iocs WHERE value = '{value}'").one()
     engine.dispose()
     assert sighted.is_set() and tuple(stored) == ("red", 35, 2)
+
+
+def test_a_first_seen_before_year_1_in_utc_is_refused_and_never_stored(api):
+    """first_seen 0001-01-01T00:00:00+05:00 is 1 BC in UTC. PostgreSQL stores it, but no Python datetime holds it: the
+    driver hands back the text '0001-12-31 19:00:00+00 BC', which GET echoes and the STIX export cannot parse (a 500 for
+    every export that includes the IoC). seen_at so early is refused (its expiry cannot be computed); first_seen must be too."""
+    value = "203.0.113.91"
+    response = api.post("/api/v1/iocs/batch", {"iocs": [{"value": value, "first_seen": "0001-01-01T00:00:00+05:00"}]})
+    assert response.status_code == 200
+    exported = api.get("/api/v1/iocs/export?format=stix")
+    assert exported.status_code == 200, exported.status_code  # was a 500: the stored first_seen is not a time
+    result = response.get_json()["results"][0]
+    assert result["status"] == "rejected" and "first_seen" in result["reason"]
+    assert api.get(f"/api/v1/iocs/value/{value}").status_code == 404
