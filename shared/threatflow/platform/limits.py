@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import IO, Any, overload
 
 from threatflow.platform.errors import PayloadTooLargeError, ValidationError
@@ -148,9 +148,16 @@ def check_aware(value: datetime, *, field: str) -> datetime: ...
 @overload
 def check_aware(value: None, *, field: str) -> None: ...
 def check_aware(value: datetime | None, *, field: str) -> datetime | None:
-    """A time from a body must carry its zone: a naive one is ambiguous, so a 400 naming the field."""
+    """A time from a body must carry its zone: a naive one is ambiguous, so a 400 naming the field. Its UTC instant must
+    lie in years 1 to 9999: PostgreSQL stores 0001-01-01T00:00:00+05:00 as 1 BC, which the driver reads back as text,
+    not a datetime (echoed by GET, a 500 in exports)."""
     if value is not None and value.tzinfo is None:
         raise ValidationError(f"{field} needs a time zone (e.g. 2026-01-01T00:00:00Z)", field=field)
+    if value is not None:
+        try:
+            value.astimezone(UTC)
+        except OverflowError:
+            raise ValidationError(f"{field} is out of range: in UTC it falls before year 1 or after year 9999", field=field) from None
     return value
 
 
