@@ -200,3 +200,30 @@ def test_a_version_promoted_by_hand_while_the_candidate_was_checked_is_not_overw
     assert racing.promoted
     assert model.read_serving_pointer(blobs=blobs, bucket=BUCKET)["version"] == chosen["candidate"]
     assert better["status"] == "kept serving model" and "changed" in better["reason"], better
+
+
+def _raw_csv(rows):
+    """The rows in the raw UNSW-NB15 layout: no header, RAW_COLUMNS' names (`Label`, `Sload`, `smeansz` ...)."""
+    from threatflow.flows.features import RAW_COLUMNS, canonical_name
+
+    extra = {"srcip": "10.0.0.1", "sport": "1234", "dstip": "10.0.0.2", "dsport": "80", "stime": "1421927377", "ltime": "1421927378"}
+    out = io.StringIO()
+    writer = csv.writer(out)
+    for row in rows:
+        writer.writerow([row.get(canonical_name(c), extra.get(canonical_name(c), "")) for c in RAW_COLUMNS])
+    return out.getvalue().encode()
+
+
+def test_a_trusted_evaluation_set_in_the_raw_layout_keeps_its_labels(blobs):
+    """read_evaluation_object reads a raw-layout CSV too (no header; the label column is `Label`): its flows must come
+    back labelled as the partitioned layout's do, every row evaluated."""
+    from threatflow.flows import retrain, training
+
+    trusted = sample_rows(2500, seed=3)[:400]
+    blobs.put(BUCKET, "flows/evaluation/raw.csv", _raw_csv(trusted))
+    held = retrain.read_evaluation_object(blobs=blobs, bucket=BUCKET, name="flows/evaluation/raw.csv")
+    assert (len(held), held.invalid) == (len(trusted), 0)
+    data = training.dataset_from_flows(held, source="raw")
+    # Fails before the fix: HeldFlows kept flow.get("label"), None for a raw row, so every row was skipped as unlabelled.
+    assert data.rows == len(trusted)
+    assert sorted(data.label.tolist()) == sorted(int(r["label"]) for r in trusted)
