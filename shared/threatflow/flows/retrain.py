@@ -46,16 +46,26 @@ GZIP_MAGIC = b"\x1f\x8b"
 RULE = "higher ROC-AUC (4 decimals) with detection not lower, or equal ROC-AUC with detection not lower and a higher macro-F1"
 
 
+def _validated(flow: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The flow as the training loader reads it (canonical names: a raw row's `Label` is `label`), or None
+    for a flow it would skip."""
+    from threatflow.flows.features import FieldError, validate_flow
+
+    errors: list[FieldError] = []
+    return validate_flow(0, flow, errors, allow_blank=True)
+
+
+def _inputs_of(clean: Mapping[str, Any]) -> tuple[tuple[str, ...], array[float]]:
+    from threatflow.flows.features import CATEGORICAL, NUMERIC_COLUMNS
+
+    return tuple(str(clean[c]) for c in CATEGORICAL), array("f", [clean[c] for c in NUMERIC_COLUMNS])
+
+
 def _model_inputs(flow: Mapping[str, Any]) -> tuple[tuple[str, ...], array[float]] | None:
     """A flow's categoricals and numbers at float32 (the precision events are stored in and trained on),
     or None for a flow the training loader would skip anyway."""
-    from threatflow.flows.features import CATEGORICAL, NUMERIC_COLUMNS, FieldError, validate_flow
-
-    errors: list[FieldError] = []
-    clean = validate_flow(0, flow, errors, allow_blank=True)
-    if clean is None:
-        return None
-    return tuple(str(clean[c]) for c in CATEGORICAL), array("f", [clean[c] for c in NUMERIC_COLUMNS])
+    clean = _validated(flow)
+    return None if clean is None else _inputs_of(clean)
 
 
 def _key(categoricals: tuple[str, ...], numbers: array[float]) -> bytes:
@@ -92,11 +102,13 @@ class HeldFlows:
         return held
 
     def append(self, flow: Mapping[str, Any]) -> None:
-        inputs = _model_inputs(flow)
-        if inputs is None:
+        clean = _validated(flow)
+        if clean is None:
             self.invalid += 1
             return
-        self._add(*inputs, flow.get("label"), flow.get("attack_cat"))
+        # The targets under their canonical names, as the loader reads them: flow.get("label") was None for
+        # every raw-layout row (its column is `Label`), so a raw trusted evaluation set had no labelled row.
+        self._add(*_inputs_of(clean), clean.get("label"), clean.get("attack_cat"))
 
     def _add(self, categoricals: tuple[str, ...], numbers: array[float], label: Any, attack_cat: Any) -> None:
         self._numbers.extend(numbers)
