@@ -301,3 +301,16 @@ def test_a_first_seen_before_year_1_in_utc_is_refused_and_never_stored(api):
     result = response.get_json()["results"][0]
     assert result["status"] == "rejected" and "first_seen" in result["reason"]
     assert api.get(f"/api/v1/iocs/value/{value}").status_code == 404
+
+
+def test_a_duplicate_item_naming_an_earlier_first_seen_moves_the_first_seen_back(api):
+    """The same IoC twice in one batch is merged into the first item (tags and sources are unions); a first_seen the
+    second names is an earlier sighting of the same IoC and must be merged too, as a later batch's would be."""
+    value = "203.0.113.92"
+    seen = "2026-03-10T12:00:00+00:00"
+    items = [{"value": value, "seen_at": seen}, {"value": value, "seen_at": seen, "first_seen": "2026-03-01T08:00:00+00:00"}]
+    response = api.post("/api/v1/iocs/batch", {"iocs": items})
+    assert [r["status"] for r in response.get_json()["results"]] == ["created", "unchanged"]
+    ioc = api.get(f"/api/v1/iocs/value/{value}").get_json()
+    # Fails before the fix: the duplicate's first_seen was dropped, so first_seen is the first item's seen_at.
+    assert ioc["first_seen"] == "2026-03-01T08:00:00+00:00" and ioc["last_seen"] == seen, ioc
