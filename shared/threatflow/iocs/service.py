@@ -138,6 +138,8 @@ def upsert_batch(
         else:  # the same indicator twice in one batch: merge into the first
             first.tags = sorted({*first.tags, *item.tags})
             first.sources = sorted({*first.sources, *item.sources})
+            if item.first_seen is not None:  # an earlier sighting it names: kept, as a later batch's would be
+                first.first_seen = min(first.first_seen or first.seen_at or item.first_seen, item.first_seen)
             duplicates.append(item)
     rows = repository.upsert(conn, list(first_of.values()))
     by_key = {(r.type, r.value): r for r in rows}
