@@ -1,0 +1,51 @@
+"""Which server the CLI talks to, and which token it sends there.
+
+THREATFLOW_URL and THREATFLOW_TOKEN set together (as the e2e tests and scripts do) used to send the token to the
+stored login's server instead: the stored URL won over the variable, while the variable's token won over the stored
+one. A login stored by another stack on this machine made the e2e CLI test reach that stack, with this one's token."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def stored_login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from threatflow.cli import main
+
+    path = tmp_path / "credentials.json"
+    path.write_text(json.dumps({"url": "http://127.0.0.1:18931", "access_token": "stored-token"}))
+    monkeypatch.setattr(main, "CREDENTIALS", path)
+    for name in ("THREATFLOW_URL", "THREATFLOW_TOKEN", "THREATFLOW_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    return path
+
+
+def _target(monkeypatch: pytest.MonkeyPatch, *argv: str) -> tuple[str, str | None]:
+    from threatflow.cli import main
+
+    seen: list[tuple[str, str | None]] = []
+
+    def request(method: str, url: str, *, token: str | None, body: object = None, raw: bool = False) -> tuple[int, object]:
+        seen.append((url, token))
+        return 200, {}
+
+    monkeypatch.setattr(main, "_request", request)
+    with pytest.raises(SystemExit):
+        main.main(["api", "GET", "/api/v1/auth/me", *argv])
+    return seen[0]
+
+
+def test_the_environment_names_the_server_and_its_token_over_a_stored_login(stored_login, monkeypatch) -> None:
+    monkeypatch.setenv("THREATFLOW_URL", "http://127.0.0.1:5555")
+    monkeypatch.setenv("THREATFLOW_TOKEN", "env-token")
+    assert _target(monkeypatch) == ("http://127.0.0.1:5555/api/v1/auth/me", "env-token")
+
+
+def test_a_stored_token_goes_only_to_the_server_that_issued_it(stored_login, monkeypatch) -> None:
+    assert _target(monkeypatch) == ("http://127.0.0.1:18931/api/v1/auth/me", "stored-token")
+    monkeypatch.setenv("THREATFLOW_URL", "http://127.0.0.1:5555")
+    assert _target(monkeypatch) == ("http://127.0.0.1:5555/api/v1/auth/me", None)  # another server: no stored token
