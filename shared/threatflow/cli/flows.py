@@ -351,7 +351,7 @@ def upload_file(path: Path, *, base: str, token: str | None, session: Any) -> di
 
 def add_parser(sub: Any, run: Callable[[argparse.Namespace], int]) -> None:
     flows = sub.add_parser("flows", help="load network flows (UNSW-NB15 CSV) as scored events")
-    flows.add_argument("--url", help="API base URL (default: the stored login, THREATFLOW_URL or the local stack)")
+    flows.add_argument("--url", help="API base URL (default: THREATFLOW_URL, the stored login or the local stack)")
     actions = flows.add_subparsers(dest="action", required=True)
     load = actions.add_parser("load", help="stream raw or partitioned UNSW-NB15 CSVs (gzip too) into flow events; resumable")
     load.add_argument("files", nargs="+", metavar="FILE")

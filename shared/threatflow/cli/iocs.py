@@ -195,7 +195,7 @@ def cmd_find(args: argparse.Namespace, call: Call) -> int:
 
 def add_parser(sub: Any, run: Callable[[argparse.Namespace], int]) -> None:
     iocs = sub.add_parser("iocs", help="import, export, extract and find IoCs through the API")
-    iocs.add_argument("--url", help="API base URL (default: the stored login, THREATFLOW_URL or the local stack)")
+    iocs.add_argument("--url", help="API base URL (default: THREATFLOW_URL, the stored login or the local stack)")
     actions = iocs.add_subparsers(dest="action", required=True)
 
     imp = actions.add_parser("import", help="import a file: JSON, CSV, text report, STIX 2.1 bundle or MISP event")

@@ -127,12 +127,25 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 # -- HTTP client ---------------------------------------------------------------------------
 
 
+def _stored_login() -> dict[str, Any]:
+    """`threatflow login`'s {"url", "access_token"}, or {} when there is none (or it is unreadable)."""
+    try:
+        stored = json.loads(CREDENTIALS.read_text()) if CREDENTIALS.exists() else {}
+    except ValueError:
+        return {}
+    return stored if isinstance(stored, dict) else {}
+
+
 def _base_url(args: argparse.Namespace) -> str:
+    """--url, else THREATFLOW_URL, else the stored login's server, else the local stack. The variable wins over
+    the stored login, as THREATFLOW_TOKEN does: a stored URL that won sent the variable's token to another server."""
     if getattr(args, "url", None):
         return str(args.url).rstrip("/")
-    if CREDENTIALS.exists():
-        return str(json.loads(CREDENTIALS.read_text())["url"])
-    return os.environ.get("THREATFLOW_URL", f"http://127.0.0.1:{os.environ.get('THREATFLOW_PORT', '8080')}")
+    if os.environ.get("THREATFLOW_URL"):
+        return os.environ["THREATFLOW_URL"].rstrip("/")
+    if _stored_login().get("url"):
+        return str(_stored_login()["url"]).rstrip("/")
+    return f"http://127.0.0.1:{os.environ.get('THREATFLOW_PORT', '8080')}"
 
 
 def _request(method: str, url: str, *, token: str | None, body: Any = None, raw: bool = False) -> tuple[int, Any]:
@@ -168,17 +181,22 @@ def cmd_login(args: argparse.Namespace) -> int:
     return 0
 
 
-def _token() -> str | None:
+def _token(base: str) -> str | None:
+    """THREATFLOW_TOKEN, else the stored login's token if `base` is the server that issued it (never another's)."""
     token = os.environ.get("THREATFLOW_TOKEN")
-    if token is None and CREDENTIALS.exists():
-        token = json.loads(CREDENTIALS.read_text()).get("access_token")
-    return token
+    if token is not None:
+        return token
+    stored = _stored_login()
+    if str(stored.get("url") or "").rstrip("/") == base.rstrip("/") and stored.get("access_token"):
+        return str(stored["access_token"])
+    return None
 
 
 def cmd_iocs(args: argparse.Namespace) -> int:
     from threatflow.cli import iocs
 
-    base, token = _base_url(args), _token()
+    base = _base_url(args)
+    token = _token(base)
 
     def call(method: str, path: str, body: Any = None, raw: bool = False) -> tuple[int, Any]:
         return _request(method, f"{base}{path}", token=token, body=body, raw=raw)
@@ -191,13 +209,15 @@ def cmd_flows(args: argparse.Namespace) -> int:
 
     if args.upload if args.action == "load" else False:
         _with_stack_env()  # the upload goes to the stack's Cloud Storage emulator
-    return flows.cmd_load(args, base=_base_url(args), token=_token())
+    base = _base_url(args)
+    return flows.cmd_load(args, base=base, token=_token(base))
 
 
 def cmd_enrich(args: argparse.Namespace) -> int:
     from threatflow.cli import enrich
 
-    base, token = _base_url(args), _token()
+    base = _base_url(args)
+    token = _token(base)
 
     def call(method: str, path: str, body: Any = None, raw: bool = False) -> tuple[int, Any]:
         return _request(method, f"{base}{path}", token=token, body=body, raw=raw)
@@ -206,13 +226,14 @@ def cmd_enrich(args: argparse.Namespace) -> int:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    token = _token()
+    base = _base_url(args)
+    token = _token(base)
     body = None
     if args.data is not None:
         text = Path(args.data[1:]).read_text() if args.data.startswith("@") else args.data
         body = json.loads(text)
     path = args.path if args.path.startswith("/") else f"/{args.path}"
-    status, payload = _request(args.method.upper(), f"{_base_url(args)}{path}", token=token, body=body)
+    status, payload = _request(args.method.upper(), f"{base}{path}", token=token, body=body)
     print(json.dumps(payload, indent=2) if not isinstance(payload, str) else payload)
     return 0 if status < 400 else 1
 
