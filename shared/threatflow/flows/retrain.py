@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 DEFAULT_MIN_ROWS = 5_000
 DEFAULT_MAX_ROWS = 200_000
 EVALUATION_PERCENT = 20
-MAX_EVALUATION_BYTES = 256 * 1024 * 1024  # stored, and once expanded
+# Stored, and once expanded: a set this size (345,793 rows) peaked the job at 0.87 GB (bench_retrain_memory.py).
+MAX_EVALUATION_BYTES = 64 * 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
 RULE = "higher ROC-AUC (4 decimals) with detection not lower, or equal ROC-AUC with detection not lower and a higher macro-F1"
 
