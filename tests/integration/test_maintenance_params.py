@@ -91,9 +91,11 @@ def test_the_schedule_tick_of_retrain_flows_stays_disabled(function_client, main
     from threatflow.devstack.scheduler import fire
     from threatflow.platform.manifest import load_manifest
 
-    fire(load_manifest().schedules["retrain-flows"], publisher=PubSubPublisher(PROJECT), gateway_url="http://127.0.0.1:9")
+    fired = fire(load_manifest().schedules["retrain-flows"], publisher=PubSubPublisher(PROJECT), gateway_url="http://127.0.0.1:9")
     message = maintenance_messages()
     assert json.loads(message.data)["params"]["enabled"] is False
+    # `threatflow jobs run` prints the run id, to follow the run's record (it printed only the message id)
+    assert fired.run_id == message.attributes["run_id"] and fired.ident == message.message_id
     assert function_client("maintenance").post("/", json=push_envelope_of(message, "maintenance-push")).status_code == 200
     assert _docs().get("maintenance_runs", message.attributes["run_id"])["result"]["status"] == "disabled"
 
