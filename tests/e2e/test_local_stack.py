@@ -73,13 +73,15 @@ def test_http_to_pubsub_to_function_round_trip(stack, admin_headers):
 def test_jobs_run_fires_a_schedule_now(stack, admin_headers):
     fired = stack_cli(stack, "jobs", "run", "purge-runs")
     assert fired.returncode == 0, fired.stderr
+    run_id = fired.stdout.split(" run ", 1)[1].split()[0]  # "fired purge-runs: run <id> (message <id>); its record: ..."
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        runs = requests.get(f"{stack['url']}/api/v1/admin/runs", headers=admin_headers, timeout=10).json()["runs"]
-        if any(r["job"] == "purge-runs" and r["state"] == "succeeded" for r in runs):
+        response = requests.get(f"{stack['url']}/api/v1/admin/runs/{run_id}", headers=admin_headers, timeout=10)
+        if response.status_code == 200 and response.json()["state"] == "succeeded":
+            assert response.json()["job"] == "purge-runs"
             return
         time.sleep(0.5)
-    pytest.fail("the fired purge-runs job never ran")
+    pytest.fail(f"the fired purge-runs job never ran under the run id it printed: {fired.stdout!r}")
 
 
 def test_flood_gets_429(stack, reader_headers):

@@ -119,8 +119,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     settings = _settings()
     state = StackState.read(state_dir_from_env())
     gateway_url = state.gateway_url if state else f"http://127.0.0.1:{os.environ.get('THREATFLOW_PORT', '8080')}"
-    ident = fire(schedule, publisher=PubSubPublisher(settings.project), gateway_url=gateway_url, manual=True)
-    print(f"fired {schedule.name}: {ident}")
+    fired = fire(schedule, publisher=PubSubPublisher(settings.project), gateway_url=gateway_url, manual=True)
+    if fired.run_id is None:
+        print(f"fired {schedule.name}: HTTP {fired.ident}")
+    else:
+        record = f"threatflow api GET /api/v1/admin/runs/{fired.run_id}"
+        print(f"fired {schedule.name}: run {fired.run_id} (message {fired.ident}); its record: {record}")
     return 0
 
 

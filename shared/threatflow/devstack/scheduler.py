@@ -12,6 +12,7 @@ import logging
 import threading
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -22,8 +23,17 @@ from threatflow.platform.manifest import Manifest, Schedule
 log = logging.getLogger("threatflow.scheduler")
 
 
-def fire(schedule: Schedule, *, publisher: Any, gateway_url: str, manual: bool = False) -> str:
-    """Run a schedule once; returns the message id or the HTTP status.
+@dataclass(frozen=True)
+class Fired:
+    """What firing a schedule gave: the Pub/Sub message id (or the HTTP status of a function call), and for a
+    topic schedule the run id its record is kept under (GET /api/v1/admin/runs/{run_id})."""
+
+    ident: str
+    run_id: str | None = None
+
+
+def fire(schedule: Schedule, *, publisher: Any, gateway_url: str, manual: bool = False) -> Fired:
+    """Run a schedule once.
 
     `manual` (`threatflow jobs run NAME`): an operator asked for this run, so the body's
     `params.enabled` (which switches the schedule's ticks off, e.g. retrain-flows ships with
@@ -32,8 +42,9 @@ def fire(schedule: Schedule, *, publisher: Any, gateway_url: str, manual: bool =
 
     body = manual_body(schedule.body) if manual else schedule.body
     if schedule.topic:
-        attributes = {"run_id": uuid.uuid4().hex, **schedule.attributes}
-        return str(publisher.publish(schedule.topic, events.encode(body), attributes))
+        run_id = uuid.uuid4().hex
+        attributes = {"run_id": run_id, **schedule.attributes}
+        return Fired(str(publisher.publish(schedule.topic, events.encode(body), attributes)), run_id)
     request = urllib.request.Request(  # noqa: S310 - the gateway URL is ours, http on loopback
         f"{gateway_url}{SCHEDULE_PREFIX}{schedule.function}",
         data=json.dumps(body).encode(),
@@ -41,7 +52,7 @@ def fire(schedule: Schedule, *, publisher: Any, gateway_url: str, manual: bool =
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - the gateway URL is ours, http on loopback
-        return str(response.status)
+        return Fired(str(response.status))
 
 
 def manual_body(body: dict[str, Any]) -> dict[str, Any]:
@@ -81,7 +92,7 @@ class LocalScheduler:
                 if self._next[name] <= now:
                     self._next[name] = it.get_next(datetime)
                     try:
-                        ident = fire(schedule, publisher=self._publisher, gateway_url=self._gateway_url)
-                        log.info(f"schedule {name} fired", extra={"fields": {"schedule": name, "id": ident}})
+                        fired = fire(schedule, publisher=self._publisher, gateway_url=self._gateway_url)
+                        log.info(f"schedule {name} fired", extra={"fields": {"schedule": name, "id": fired.ident, "run_id": fired.run_id}})
                     except Exception as exc:  # one failing job must not stop the others
                         log.error(f"schedule {name} failed: {exc}", extra={"fields": {"schedule": name}})
