@@ -1,0 +1,52 @@
+"""`flows load --shift-times` with a few absurd stimes: the offset must come from the capture, not the outliers.
+
+A capture from 2015 with one corrupt row dated 2100 (or 1e300) put that row "a minute ago" and every real flow decades
+back, older than the retention window: all refused. With 1e300 the offset had ~300 digits, so the source name
+(`file:<sha24>:shift<offset>`) broke the API's 200-character limit and every batch was refused. A row the API would
+refuse as in the future (more than a day ahead) is no observation; it must not set the newest time."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+CAPTURE_END = 1_424_262_069  # the official raw files' last ltime (2015-02-18)
+NOW = 1_780_000_000.0
+
+
+def _raw_file(path: Path, times: list[tuple[str, str]]) -> Path:
+    from threatflow.flows.ingest import RAW_COLUMNS
+
+    lines = []
+    for stime, ltime in times:
+        cells = {name: "0" for name in RAW_COLUMNS}
+        cells.update(srcip="10.0.0.1", dstip="10.0.0.2", proto="tcp", state="FIN", service="-", Stime=stime, Ltime=ltime)
+        lines.append(",".join(cells[name] for name in RAW_COLUMNS))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_few_absurd_future_stimes_do_not_set_the_shift(tmp_path: Path) -> None:
+    from threatflow.cli import flows as cli
+
+    times = [(str(CAPTURE_END - 100 + i), str(CAPTURE_END - 90 + i)) for i in range(90)]
+    times[10] = ("4102444800", "4102444801")  # 2100: a corrupt row
+    times[20] = ("1e300", "1e300")  # absurd
+    data = _raw_file(tmp_path / "unsw-2015.csv", times)
+    assert cli.newest_time(data) == CAPTURE_END - 1  # the newest real flow, not the outliers
+
+    sent: list[dict[str, Any]] = []
+
+    def post(body: dict[str, Any]) -> tuple[int, Any]:
+        sent.append(body)
+        return 200, {"stored": len(body["flows"]), "duplicates": 0, "invalid": 0, "problems": []}
+
+    entry = cli.load_file(
+        data, post=post, progress=cli.Progress(tmp_path / "p.json"), batch_size=50, show_bar=False, shift=True, now=lambda: NOW
+    )
+    assert entry["time_shift"] == int(NOW - 60 - (CAPTURE_END - 1))
+    for body in sent:
+        assert re.fullmatch(r"[A-Za-z0-9:._/-]{1,200}", body["source"]), body["source"][:80]
+    shifted = [float(f["Ltime"]) for body in sent for f in body["flows"]]
+    assert max(t for t in shifted if t < NOW + 86_400) == NOW - 60  # the real capture ends a minute before the load
