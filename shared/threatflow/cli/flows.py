@@ -149,6 +149,7 @@ Post = Callable[[dict[str, Any]], tuple[int, Any]]
 # --shift-times puts the file's newest flow this long before the load starts: the API refuses a time more than a day
 # ahead, and every flow older than the retention window (FLOWS_RETENTION_DAYS, 90 by default).
 SHIFT_MARGIN_SECONDS = 60
+EPOCH_LIMIT = 32_503_680_000  # year 3000: the API's range of epoch-second times
 TIME_FIELDS = ("stime", "ltime", "Stime", "Ltime")  # the partitioned names, and the raw files' (NUSW-NB15_features.csv)
 
 
@@ -161,18 +162,31 @@ def _epoch(value: Any) -> float | None:
     return number if math.isfinite(number) and number >= 0 else None
 
 
-def newest_time(path: Path) -> float | None:
-    """The newest stime/ltime in the file (epoch seconds); None when it has none (the partitioned layout)."""
+def newest_time(path: Path, *, now: float | None = None) -> float | None:
+    """The newest stime/ltime in the file (epoch seconds); None when it has none (the partitioned layout).
+
+    A time the API refuses as in the future (more than MAX_AHEAD past `now`) is no observation but a corrupt row: one
+    such row dated 2100 set the newest time, moving every real flow decades back (all refused as older than the
+    retention window), and one of 1e300 made an offset whose source name broke the API's length limit. Such times
+    count only when the file has no other (a capture wholly ahead of the clock), and then only below the API's range
+    of epoch seconds (year 3000), so the offset stays a few digits."""
     from threatflow.flows import ingest
 
+    ahead = (time.time() if now is None else now) + ingest.MAX_AHEAD.total_seconds()
     newest: float | None = None
+    newest_ahead: float | None = None
     with path.open("rb") as raw:
         for _number, flow in ingest.read_csv(ingest.open_text(raw), typed=False):
             for name in TIME_FIELDS:
                 at = _epoch(flow.get(name))
-                if at is not None and (newest is None or at > newest):
-                    newest = at
-    return newest
+                if at is None:
+                    continue
+                if at <= ahead:
+                    if newest is None or at > newest:
+                        newest = at
+                elif at < EPOCH_LIMIT and (newest_ahead is None or at > newest_ahead):
+                    newest_ahead = at
+    return newest if newest is not None else newest_ahead
 
 
 def shift_times(flow: dict[str, Any], seconds: int) -> dict[str, Any]:
@@ -212,8 +226,9 @@ def load_file(
     if shift:
         if "time_shift" not in entry:
             print(f"{path}: finding its newest flow time (--shift-times)", file=sys.stderr)
-            newest = newest_time(path)
-            entry["time_shift"] = 0 if newest is None else int(now() - SHIFT_MARGIN_SECONDS - newest)
+            started = now()
+            newest = newest_time(path, now=started)
+            entry["time_shift"] = 0 if newest is None else int(started - SHIFT_MARGIN_SECONDS - newest)
             progress.save()  # before the first batch: every run of this load moves the times by the same offset
             if newest is None:
                 print(f"{path}: no epoch-second stime or ltime to shift; loading the times as they are", file=sys.stderr)
