@@ -314,3 +314,18 @@ def test_a_duplicate_item_naming_an_earlier_first_seen_moves_the_first_seen_back
     ioc = api.get(f"/api/v1/iocs/value/{value}").get_json()
     # Fails before the fix: the duplicate's first_seen was dropped, so first_seen is the first item's seen_at.
     assert ioc["first_seen"] == "2026-03-01T08:00:00+00:00" and ioc["last_seen"] == seen, ioc
+
+
+def test_a_sighting_seen_outside_years_1_to_9999_in_utc_is_refused(api):
+    """POST /iocs/{id}/sightings checked only seen_at's time zone: 0001-01-01T00:00:00+05:00 (1 BC in UTC) is taken by
+    PostgreSQL as the IoC's first_seen, and the row read back holds a time no Python datetime holds: a 500. A 400
+    naming seen_at, as the batch refuses these times (limits.check_aware)."""
+    created = api.post("/api/v1/iocs/batch", {"iocs": [{"value": "203.0.113.93", "seen_at": "2026-03-10T12:00:00+00:00"}]})
+    ioc_id = created.get_json()["results"][0]["id"]
+    for seen_at in ("0001-01-01T00:00:00+05:00", "9999-12-31T23:00:00-05:00"):
+        response = api.post(f"/api/v1/iocs/{ioc_id}/sightings", {"seen_at": seen_at})
+        assert response.status_code == 400, (seen_at, response.status_code)
+        assert response.get_json()["error"]["details"]["field"] == "seen_at"
+    ioc = api.get(f"/api/v1/iocs/{ioc_id}")
+    assert ioc.status_code == 200 and ioc.get_json()["detection_count"] == 1
+    assert api.get("/api/v1/iocs/export?format=stix").status_code == 200
