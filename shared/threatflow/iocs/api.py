@@ -19,6 +19,7 @@ from threatflow.iocs import repository, search, service, warninglist_routes
 from threatflow.iocs.model import DecayPolicy, IocRecord, Tlp
 from threatflow.iocs.search import FindRequest, IocFilter
 from threatflow.iocs.types import IocType
+from threatflow.platform import limits
 from threatflow.platform.errors import NotFoundError, ValidationError
 from threatflow.platform.web import Request, Response, Router
 from threatflow.runtime import Runtime
@@ -148,9 +149,8 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("POST", "/api/v1/iocs/{ioc_id:int}/sightings", role=Role.ANALYST, body=SightingIn)
     def sighting(request: Request, body: SightingIn) -> Response:
-        seen_at = body.seen_at or runtime.clock.now()
-        if seen_at.tzinfo is None:
-            raise ValidationError("seen_at needs a time zone", field="seen_at")
+        # Zone and range, as the batch checks them: 0001-01-01T00:00:00+05:00 (1 BC in UTC) reached PostgreSQL, a 500.
+        seen_at = limits.check_aware(body.seen_at, field="seen_at") if body.seen_at else runtime.clock.now()
         with unit_of_work(runtime.engine) as conn:
             ioc = repository.add_sighting(conn, ioc_id(request), seen_at=seen_at, source=body.source, context=body.context)
         if ioc is None:
