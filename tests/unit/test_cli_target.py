@@ -49,3 +49,16 @@ def test_a_stored_token_goes_only_to_the_server_that_issued_it(stored_login, mon
     assert _target(monkeypatch) == ("http://127.0.0.1:18931/api/v1/auth/me", "stored-token")
     monkeypatch.setenv("THREATFLOW_URL", "http://127.0.0.1:5555")
     assert _target(monkeypatch) == ("http://127.0.0.1:5555/api/v1/auth/me", None)  # another server: no stored token
+
+
+def test_the_environment_token_goes_only_to_the_environment_server(stored_login, monkeypatch) -> None:
+    """THREATFLOW_URL and THREATFLOW_TOKEN exported together (scripts, the e2e tests) name one server and its token:
+    `--url` naming another server sent that token there too. Another server gets no token, or the stored login's if
+    it is the server that issued it."""
+    monkeypatch.setenv("THREATFLOW_URL", "http://127.0.0.1:5555")
+    monkeypatch.setenv("THREATFLOW_TOKEN", "env-token")
+    assert _target(monkeypatch, "--url", "http://127.0.0.1:5555/") == ("http://127.0.0.1:5555/api/v1/auth/me", "env-token")
+    assert _target(monkeypatch, "--url", "http://198.51.100.7:8080") == ("http://198.51.100.7:8080/api/v1/auth/me", None)
+    assert _target(monkeypatch, "--url", "http://127.0.0.1:18931") == ("http://127.0.0.1:18931/api/v1/auth/me", "stored-token")
+    monkeypatch.delenv("THREATFLOW_URL")  # a token alone names no server: it goes wherever the command is pointed
+    assert _target(monkeypatch, "--url", "http://198.51.100.7:8080") == ("http://198.51.100.7:8080/api/v1/auth/me", "env-token")
