@@ -377,6 +377,7 @@ def test_cli_enrich_values_and_a_file_prints_a_verdict_table(pipeline, tmp_path,
     from threatflow.cli.main import main
 
     monkeypatch.setenv("THREATFLOW_TOKEN", pipeline["headers"]["Authorization"].split(" ", 1)[1])
+    monkeypatch.delenv("THREATFLOW_URL", raising=False)  # set, it would name another server than --url: no token sent
     listing = tmp_path / "iocs.txt"
     listing.write_text("# a comment\ngaga.com\n185.220.101.1\n")
     with pytest.raises(SystemExit) as exited:

@@ -186,9 +186,13 @@ def cmd_login(args: argparse.Namespace) -> int:
 
 
 def _token(base: str) -> str | None:
-    """THREATFLOW_TOKEN, else the stored login's token if `base` is the server that issued it (never another's)."""
+    """THREATFLOW_TOKEN, else the stored login's token if `base` is the server that issued it (never another's).
+
+    THREATFLOW_TOKEN set with THREATFLOW_URL (scripts, the e2e tests) is that server's token: `--url` naming another
+    server sent it there. Alone, it names no server and goes wherever the command is pointed."""
     token = os.environ.get("THREATFLOW_TOKEN")
-    if token is not None:
+    env_url = os.environ.get("THREATFLOW_URL")
+    if token is not None and (not env_url or env_url.rstrip("/") == base.rstrip("/")):
         return token
     stored = _stored_login()
     if str(stored.get("url") or "").rstrip("/") == base.rstrip("/") and stored.get("access_token"):
