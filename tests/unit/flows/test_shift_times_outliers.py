@@ -50,3 +50,18 @@ def test_a_few_absurd_future_stimes_do_not_set_the_shift(tmp_path: Path) -> None
         assert re.fullmatch(r"[A-Za-z0-9:._/-]{1,200}", body["source"]), body["source"][:80]
     shifted = [float(f["Ltime"]) for body in sent for f in body["flows"]]
     assert max(t for t in shifted if t < NOW + 86_400) == NOW - 60  # the real capture ends a minute before the load
+
+
+def test_iso_times_are_shifted_in_their_own_form(tmp_path: Path) -> None:
+    """The API takes stime/ltime as epoch seconds or ISO 8601 with a zone; --shift-times moved only the former, so a
+    file of ISO times loaded unshifted and was refused whole."""
+    from threatflow.cli import flows as cli
+
+    flow = {"stime": "2015-01-22T00:00:00Z", "ltime": "2015-01-22T00:00:05.5+01:00", "Stime": "2015-01-22 00:00:00"}
+    moved = cli.shift_times(dict(flow), 86_400)
+    assert moved["stime"] == "2015-01-23T00:00:00+00:00"
+    assert moved["ltime"] == "2015-01-22T23:00:05.500000+00:00"
+    assert moved["Stime"] == flow["Stime"]  # no zone: not a time the API takes, left for it to refuse
+    data = tmp_path / "iso.csv"
+    data.write_text("proto,service,state,stime\ntcp,-,FIN,2015-01-22T00:00:00Z\ntcp,-,FIN,2015-01-22T06:00:00+00:00\n")
+    assert cli.newest_time(data, now=NOW) == 1_421_906_400  # 2015-01-22T06:00:00Z
