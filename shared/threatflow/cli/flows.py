@@ -31,6 +31,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -154,12 +155,24 @@ TIME_FIELDS = ("stime", "ltime", "Stime", "Ltime")  # the partitioned names, and
 
 
 def _epoch(value: Any) -> float | None:
-    """A cell as epoch seconds (the UNSW layout's stime/ltime), or None: blank, ISO text or not a time."""
+    """A cell as epoch seconds: the UNSW layout's stime/ltime, or ISO 8601 with a zone (as the API takes them);
+    None for a blank, a time without a zone or anything else."""
+    number: float | None
     try:
         number = float(value)
     except (TypeError, ValueError):
+        number = _iso(value)
+    return number if number is not None and math.isfinite(number) and number >= 0 else None
+
+
+def _iso(value: Any) -> float | None:
+    if not isinstance(value, str) or not value.strip():
         return None
-    return number if math.isfinite(number) and number >= 0 else None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed.timestamp() if parsed.tzinfo is not None else None
 
 
 def newest_time(path: Path, *, now: float | None = None) -> float | None:
@@ -190,12 +203,19 @@ def newest_time(path: Path, *, now: float | None = None) -> float | None:
 
 
 def shift_times(flow: dict[str, Any], seconds: int) -> dict[str, Any]:
-    """The flow with its epoch-second stime/ltime moved by `seconds` (other cells, and times in other forms, as they are)."""
+    """The flow with its stime/ltime moved by `seconds`, each in its own form (epoch seconds, or ISO 8601 in UTC);
+    other cells, and a time that cannot be moved (out of datetime's range), as they are, for the API to judge."""
     for name in TIME_FIELDS:
-        at = _epoch(flow.get(name))
-        if at is not None:
-            moved = at + seconds
+        value = flow.get(name)
+        at = _epoch(value)
+        if at is None:
+            continue
+        moved = at + seconds
+        if _iso(value) is None:
             flow[name] = str(int(moved)) if moved.is_integer() else repr(moved)
+            continue
+        with contextlib.suppress(OverflowError, ValueError, OSError):
+            flow[name] = datetime.fromtimestamp(moved, UTC).isoformat()
     return flow
 
 
