@@ -191,7 +191,7 @@ def training_config(*, n_jobs: int = 1) -> Any:
     """The job's training settings: the served ones, fitted one at a time and without the seed RandomForest's
     comparison (a report figure for ml/train.py: 100 full-depth trees on the stored flows). Each parallel fit
     is a process with its own copy of the data: at the default max_rows (200,000 stored flows) the job peaked
-    at 1.02–1.05 GB with two fits and 0.60 GB with one, for 140–155 s against 173 s on two cores; the
+    at 1.02–1.05 GB with two fits and 0.59–0.60 GB with one, for 140–155 s against 173–187 s on two cores; the
     maintenance function has 1 GiB (tests/perf/bench_retrain_memory.py)."""
     import dataclasses
 
