@@ -105,3 +105,36 @@ def test_misp_existing_event_by_hand():
     assert "APT28" in sofacy.aliases and "Fancy Bear" in sofacy.aliases
     assert all(p.item.source == "misp:CIRCL" and "misp-event:5a3c2fcd-8328-42bb-a95e-4f4402de0b81" in p.item.tags for p in parsed.iocs)
     assert {p.item.tlp for p in parsed.iocs} == {"tlp:white"}
+
+
+# -- abuse.ch's own CSV feeds, as they are downloaded --------------------------------------------------------
+
+
+def _abusech(name):
+    return require_shared_data("feeds", "abusech", name).read_bytes()
+
+
+def test_feodo_tracker_csv_imports_its_c2_addresses():
+    """Feodo's blocklist opens with a '#' comment block, then a header naming the address `dst_ip`: the import
+    took the first comment line for the header and refused the file ("no value column ... Header was: ####")."""
+    text = _abusech("feodo_ipblocklist.csv").decode()
+    rows = [line for line in text.splitlines() if line.startswith('"') and not line.startswith('"first_seen_utc"')]
+    parsed = parse("csv", text)
+    assert not parsed.errors
+    assert [p.item.value for p in parsed.iocs] == [row.split(",")[1].strip('"') for row in rows]
+    assert parsed.iocs[0].ref == "row 11"  # a row's number is its line in the file, comment block included
+
+
+def test_threatfox_host_list_imports_its_addresses_not_its_url_column():
+    """Its header is `Address,url`, and every `url` cell says " IOC FOUND": that column was read as the
+    indicators (every one rejected later) because `address` was not a name for the value."""
+    lines = _abusech("threatfox_derived_hostlist_JayP232.csv").decode().splitlines()
+    parsed = parse("csv", "\n".join(lines))
+    values = [p.item.value for p in parsed.iocs]
+    assert values[:2] == ["jghskd9kfx7.brazilsouth.cloudapp.azure.com", "tpowe2.com"]
+    assert len(values) == sum(1 for line in lines[1:] if line.strip()) and "IOC FOUND" not in " ".join(values)
+
+
+def test_urlhaus_dump_still_imports_every_url():
+    parsed = parse("csv", _abusech("urlhaus_dump_2025-04-21.csv"))
+    assert len(parsed.iocs) == 11_125 and not parsed.errors
