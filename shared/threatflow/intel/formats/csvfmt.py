@@ -22,7 +22,21 @@ from threatflow.iocs.types import IocType
 from threatflow.platform.errors import ValidationError
 
 _ALIASES: dict[str, tuple[str, ...]] = {
-    "value": ("value", "indicator", "ioc", "ioc_value", "observable", "observable_value", "data", "attribute", "ioc value"),
+    # In order of preference when a header names several. abuse.ch: Feodo's `dst_ip`, ThreatFox host lists' `Address`.
+    "value": (
+        "value",
+        "indicator",
+        "ioc",
+        "ioc_value",
+        "observable",
+        "observable_value",
+        "data",
+        "attribute",
+        "ioc value",
+        "dst_ip",
+        "ip_address",
+        "address",
+    ),
     "type": ("type", "ioc_type", "indicator_type", "kind", "attribute_type", "ioc type"),
     "tags": ("tags", "tag", "labels", "label"),
     "source": ("source", "feed"),
@@ -36,6 +50,7 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "uuid": ("uuid", "id"),
 }
 _COLUMN_OF = {alias: key for key, aliases in _ALIASES.items() for alias in aliases}
+_RANK = {alias: rank for aliases in _ALIASES.values() for rank, alias in enumerate(aliases)}
 MAX_ROWS = 1_000_000
 
 
@@ -63,6 +78,7 @@ def parse(content: Any) -> ParsedImport:
     text = as_text(content, what="csv")
     if not text.strip():
         raise ValidationError("csv: the document is empty; the first row must be a header", field="content")
+    text, first_row = _after_comment_block(text)
     try:
         dialect: Any = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
     except csv.Error:
@@ -72,8 +88,12 @@ def parse(content: Any) -> ParsedImport:
         header = next(reader)
     except (StopIteration, csv.Error) as exc:
         raise ValidationError(f"csv: cannot read the header row: {exc}", field="content") from None
-    names = [h.strip().lower().lstrip("#").strip() for h in header]
-    columns = {_COLUMN_OF[name]: i for i, name in reversed(list(enumerate(names))) if name in _COLUMN_OF}
+    names = _names(header)
+    columns: dict[str, int] = {}
+    for i, name in enumerate(names):  # per field, the column whose name its aliases prefer, then the first
+        key = _COLUMN_OF.get(name)
+        if key is not None and (key not in columns or _RANK[name] < _RANK[names[columns[key]]]):
+            columns[key] = i
     typed = {i: map_type(name) for i, name in enumerate(names) if name not in _COLUMN_OF and _is_type(name)}
     if "value" not in columns and not typed:
         raise ValidationError(
@@ -83,15 +103,46 @@ def parse(content: Any) -> ParsedImport:
         )
     out = Builder()
     try:
-        for row_number, row in enumerate(reader, start=2):
-            if row_number > MAX_ROWS + 1:
+        for row_number, row in enumerate(reader, start=first_row):
+            if row_number > MAX_ROWS + first_row - 1:
                 raise ValidationError(f"csv: more than {MAX_ROWS} rows", field="content")
-            if not any(cell.strip() for cell in row):
-                continue
+            if not any(cell.strip() for cell in row) or row[0].lstrip().startswith("#"):
+                continue  # blank, or a comment: feeds end with one ("# END 28 entries")
             _row(out, row, row_number, columns, typed, len(names))
     except csv.Error as exc:
         raise ValidationError(f"csv: line {reader.line_num}: {exc}", field="content") from None
     return out.build()
+
+
+def _names(header: list[str]) -> list[str]:
+    return [h.strip().lower().lstrip("#").strip() for h in header]
+
+
+def _known(line: str) -> bool:
+    """Whether a line reads as a header this importer understands (a value column, or a column named by a type)."""
+    try:
+        names = _names(next(csv.reader([line]), []))
+    except csv.Error:
+        return False
+    return any(_COLUMN_OF.get(name) == "value" or _is_type(name) for name in names)
+
+
+def _after_comment_block(text: str) -> tuple[str, int]:
+    """The document from its header on, and the file line of its first data row. Feeds such as abuse.ch's open with a
+    block of '#' lines: the header is the first line after it, or the block's last line when that one is the header
+    commented out (`# id,dateadded,url,...`). Without such a block, or when neither reads as a header, the document
+    as it is (its first line is the header, and the refusal names it)."""
+    lines = text.splitlines(keepends=True)
+    skipped = 0
+    while skipped < len(lines) and lines[skipped].lstrip().startswith("#"):
+        skipped += 1
+    if skipped == 0 or skipped == len(lines):
+        return text, 2
+    if _known(lines[skipped]):
+        return "".join(lines[skipped:]), skipped + 2
+    if _known(lines[skipped - 1].lstrip().lstrip("#")):
+        return lines[skipped - 1].lstrip().lstrip("#") + "".join(lines[skipped:]), skipped + 1
+    return text, 2
 
 
 def _is_type(name: str) -> bool:
