@@ -13,6 +13,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent / "perf"))
 
 MODELS_BUCKET = "threatflow-models"
+UPLOADS_BUCKET = "threatflow-uploads"
 PROJECT = "threatflow-test"
 _TRAINED: dict[str, Any] = {}
 
@@ -136,3 +137,48 @@ def flows_api(function_client: Callable[..., Any], database_url: str, *, roles: 
         body = auth.post("/api/v1/auth/token", json={"username": username, "password": password}).get_json()
         headers[role] = {"Authorization": f"Bearer {body['access_token']}"}
     return FlowsApi(function_client("flows"), headers, function_client)
+
+
+# -- the upload path and the database, as the flow tests reach them ----------------------------------------------
+
+
+def sql_scalar(database_url: str, statement: str) -> Any:
+    """One statement's single value, on an engine of its own."""
+    from threatflow.adapters.postgres import create_engine
+    from threatflow.platform.config import Settings
+
+    engine = create_engine(Settings.from_env({"DATABASE_URL": database_url}))
+    try:
+        with engine.connect() as conn:
+            return conn.exec_driver_sql(statement).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def queue_upload(api: FlowsApi, name: str, data: bytes) -> str:
+    """Put `data` in the uploads bucket as `name` and queue its flow-ingest job (202); returns the job id."""
+    from threatflow.adapters.storage import GcsBlobs
+
+    GcsBlobs(PROJECT).put(UPLOADS_BUCKET, name, data)
+    response = api.post("/api/v1/flows/uploads", {"object": name})
+    assert response.status_code == 202, response.get_data(as_text=True)
+    return str(response.get_json()["job_id"])
+
+
+def ingest_push(job_id: str) -> dict[str, Any]:
+    """The flow-ingest subscription's push of a job's message."""
+    from helpers import push_envelope
+
+    return push_envelope({"schema_version": 1, "job_id": job_id}, {"job_id": job_id}, "flow-ingest-push")
+
+
+def deliver_upload(worker: Any, job_id: str) -> Any:
+    """The job's message pushed to the flow-ingest function's test client."""
+    return worker.post("/", json=ingest_push(job_id))
+
+
+def ingest_job(job_id: str) -> dict[str, Any]:
+    """The job's record in Firestore ({} when there is none)."""
+    from threatflow.adapters.firestore import FirestoreDocuments
+
+    return FirestoreDocuments(PROJECT).get("flow_ingest_jobs", job_id) or {}

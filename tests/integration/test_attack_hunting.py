@@ -15,12 +15,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from flows_support import flows_api, json_flows
+from flows_support import deliver_upload, flows_api, ingest_job, json_flows, queue_upload, sql_scalar
 from helpers import push_envelope
 
 pytestmark = pytest.mark.integration
 PROJECT = "threatflow-test"
-UPLOADS = "threatflow-uploads"
 
 
 @pytest.fixture
@@ -28,21 +27,9 @@ def api(function_client, backend_env):
     return flows_api(function_client, backend_env["DATABASE_URL"], roles=("reader", "analyst", "admin"))
 
 
-def _sql(url: str, statement: str) -> Any:
-    from threatflow.adapters.postgres import create_engine
-    from threatflow.platform.config import Settings
-
-    engine = create_engine(Settings.from_env({"DATABASE_URL": url}))
-    try:
-        with engine.connect() as conn:
-            return conn.exec_driver_sql(statement).scalar_one()
-    finally:
-        engine.dispose()
-
-
 def _partitions_before(url: str, day: datetime) -> int:
     return int(
-        _sql(
+        sql_scalar(
             url,
             "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
             f" WHERE i.inhparent = 'flow_events'::regclass AND c.relname < 'flow_events_p{day:%Y%m%d}'",
@@ -53,26 +40,6 @@ def _partitions_before(url: str, day: datetime) -> int:
 def _oldest_retained() -> datetime:
     day = (datetime.now(UTC) - timedelta(days=90)).date()  # FLOWS_RETENTION_DAYS' default
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
-
-
-def _queue(api: Any, name: str, data: bytes) -> str:
-    from threatflow.adapters.storage import GcsBlobs
-
-    GcsBlobs(PROJECT).put(UPLOADS, name, data)
-    response = api.post("/api/v1/flows/uploads", {"object": name})
-    assert response.status_code == 202, response.get_data(as_text=True)
-    return str(response.get_json()["job_id"])
-
-
-def _deliver(worker: Any, job_id: str) -> Any:
-    envelope = push_envelope({"schema_version": 1, "job_id": job_id}, {"job_id": job_id}, "flow-ingest-push")
-    return worker.post("/", json=envelope)
-
-
-def _job(job_id: str) -> dict[str, Any]:
-    from threatflow.adapters.firestore import FirestoreDocuments
-
-    return FirestoreDocuments(PROJECT).get("flow_ingest_jobs", job_id) or {}
 
 
 def _raw_lines(count: int, *, seed: int) -> list[list[str]]:
@@ -117,7 +84,7 @@ def test_flows_older_than_the_retention_window_are_refused_and_make_no_partition
         assert response.status_code == 400, (observed_at, response.status_code, response.get_data(as_text=True)[:300])
         assert response.get_json()["error"]["details"]["field"] == "observed_at"
     assert _partitions_before(url, oldest) == 0
-    assert _sql(url, "SELECT count(*) FROM flow_events") == 10
+    assert sql_scalar(url, "SELECT count(*) FROM flow_events") == 10
 
 
 def test_an_upload_of_flows_older_than_the_retention_window_stores_none(api, function_client, backend_env):
@@ -125,9 +92,9 @@ def test_an_upload_of_flows_older_than_the_retention_window_stores_none(api, fun
     lines = _raw_lines(20, seed=34)
     for k, cells in enumerate(lines):
         cells[28] = cells[29] = str(int((oldest - timedelta(days=1000 + k)).timestamp()))  # Stime, Ltime
-    job_id = _queue(api, "flows/ancient.csv", ("\n".join(",".join(c) for c in lines) + "\n").encode())
-    assert _deliver(function_client("flow-ingest"), job_id).status_code == 200
-    job = _job(job_id)
+    job_id = queue_upload(api, "flows/ancient.csv", ("\n".join(",".join(c) for c in lines) + "\n").encode())
+    assert deliver_upload(function_client("flow-ingest"), job_id).status_code == 200
+    job = ingest_job(job_id)
     assert _partitions_before(backend_env["DATABASE_URL"], oldest) == 0, job
     assert job["state"] == "succeeded" and job["stored"] == 0 and job["invalid"] == 20, job
 
@@ -196,7 +163,7 @@ def test_real_flows_written_as_real_files_are_all_stored(loader, backend_env):
         entry = loader(name, data)
         assert (entry["stored"], entry["invalid"], entry["rows_done"]) == (expected, 0, expected), (name, entry)
     # Each variant is its own file (its own sha256), so each stored its own copy of the same flows.
-    assert _sql(backend_env["DATABASE_URL"], "SELECT count(*) FROM flow_events") == expected * len(_variants(lines))
+    assert sql_scalar(backend_env["DATABASE_URL"], "SELECT count(*) FROM flow_events") == expected * len(_variants(lines))
     # The official raw files leave ct_flw_http_mthd / is_ftp_login blank: refused by design (README), named.
     blank = [list(cells) for cells in lines[:12]]
     for cells in blank[:5]:
@@ -229,34 +196,34 @@ def test_an_object_queued_again_while_its_job_is_active_gets_that_job(api, funct
     (up to 2 GiB, 10 M lines): 20 posts of one object were 20 full passes, all but one storing duplicates.
     While a job of the same object generation is queued or running, the route now answers with that job."""
     name = "flows/again-and-again.csv"
-    first = _queue(api, name, _text(_raw_lines(30, seed=42)).encode())
+    first = queue_upload(api, name, _text(_raw_lines(30, seed=42)).encode())
     for _ in range(19):
         again = api.post("/api/v1/flows/uploads", {"object": name})
         assert again.status_code == 202 and again.get_json()["job_id"] == first, again.get_json()
     assert len(_jobs_of(name)) == 1
-    assert _deliver(function_client("flow-ingest"), first).status_code == 200
-    assert _job(first)["state"] == "succeeded"
+    assert deliver_upload(function_client("flow-ingest"), first).status_code == 200
+    assert ingest_job(first)["state"] == "succeeded"
     rerun = api.post("/api/v1/flows/uploads", {"object": name}).get_json()["job_id"]  # a finished job can be run again
     assert rerun != first
-    replaced = _queue(api, name, _text(_raw_lines(31, seed=43)).encode())  # a new generation is a new file
+    replaced = queue_upload(api, name, _text(_raw_lines(31, seed=43)).encode())  # a new generation is a new file
     assert replaced not in (first, rerun) and len(_jobs_of(name)) == 3
 
 
 def test_one_file_under_two_names_run_at_once_stores_each_flow_once(api, function_client, backend_env):
     data = gzip.compress(_text(_raw_lines(300, seed=37)).encode())
-    jobs = [_queue(api, "flows/twice-a.csv.gz", data), _queue(api, "flows/twice-b.csv.gz", data)]
+    jobs = [queue_upload(api, "flows/twice-a.csv.gz", data), queue_upload(api, "flows/twice-b.csv.gz", data)]
     worker = function_client("flow-ingest")  # one app, two deliveries at once (as two instances would)
     statuses: list[int] = []
-    threads = [threading.Thread(target=lambda j=j: statuses.append(_deliver(worker, j).status_code)) for j in jobs]
+    threads = [threading.Thread(target=lambda j=j: statuses.append(deliver_upload(worker, j).status_code)) for j in jobs]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(120)
     assert statuses == [200, 200]
-    done = [_job(j) for j in jobs]
+    done = [ingest_job(j) for j in jobs]
     assert all(j["state"] == "succeeded" and j["stored"] + j["duplicates"] == 300 for j in done), done
     assert sum(j["stored"] for j in done) == 300  # event keys are the file's sha256 and row, whatever its name
-    assert _sql(backend_env["DATABASE_URL"], "SELECT count(*) FROM flow_events") == 300
+    assert sql_scalar(backend_env["DATABASE_URL"], "SELECT count(*) FROM flow_events") == 300
 
 
 # -- the flow -> IoC bridge: addresses that name no host -------------------------------------------------
@@ -310,7 +277,7 @@ def test_the_bridge_queues_at_most_its_hourly_enrichment_budget_most_probable_fi
     again = bridging.post("/api/v1/flows/batch", json={"flows": second}, headers=api.headers["analyst"]).get_json()["bridge"]
     assert again["iocs_created"] > 0 and again["enrichment_requested"] == 0, again  # this hour's budget is spent
     assert again["enrichment_over_budget"] == again["iocs_created"]
-    assert _sql(backend_env["DATABASE_URL"], "SELECT sum(queued) FROM flow_bridge_enrichment") == 5
+    assert sql_scalar(backend_env["DATABASE_URL"], "SELECT sum(queued) FROM flow_bridge_enrichment") == 5
     # The five queued are the most probable attackers of the first batch (confidence = max probability x 100).
     queued: list[int] = []
     for _ in range(20):

@@ -14,7 +14,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from flows_support import flows_api, json_flows
+from flows_support import flows_api, ingest_job, ingest_push, json_flows, queue_upload
 from helpers import create_user, push_envelope
 
 pytestmark = pytest.mark.integration
@@ -46,25 +46,6 @@ def _push(data, attributes, subscription):
     return push_envelope({"schema_version": 1, **data}, attributes, subscription)
 
 
-def _job_push(job_id):
-    return _push({"job_id": job_id}, {"job_id": job_id}, "flow-ingest-push")
-
-
-def _queue(api, name, data):
-    from threatflow.adapters.storage import GcsBlobs
-
-    GcsBlobs(PROJECT).put(UPLOADS, name, data)
-    response = api.post("/api/v1/flows/uploads", {"object": name})
-    assert response.status_code == 202, response.get_data(as_text=True)
-    return response.get_json()["job_id"]
-
-
-def _job(job_id):
-    from threatflow.adapters.firestore import FirestoreDocuments
-
-    return FirestoreDocuments(PROJECT).get("flow_ingest_jobs", job_id)
-
-
 def _raw_csv(count, seed=3):
     import flowgen
 
@@ -76,12 +57,12 @@ def _raw_csv(count, seed=3):
 
 def test_push_endpoints_refuse_unauthenticated_and_forged_pushes(api, function_client, backend_env):
     """A push without the push token (or with a wrong one) runs nothing: the job stays queued, no view is refreshed."""
-    job_id = _queue(api, "flows/auth.csv", _raw_csv(20).encode())
+    job_id = queue_upload(api, "flows/auth.csv", _raw_csv(20).encode())
     worker = function_client("flow-ingest")
     for query in ({}, {"token": "wrong"}, {"token": ""}):
-        refused = worker.post("/", json=_job_push(job_id), query_string=query)
+        refused = worker.post("/", json=ingest_push(job_id), query_string=query)
         assert refused.status_code == 401 and refused.get_json()["error"]
-    assert _job(job_id)["state"] == "queued" and _count_events(backend_env["DATABASE_URL"]) == 0
+    assert ingest_job(job_id)["state"] == "queued" and _count_events(backend_env["DATABASE_URL"]) == 0
 
     maintenance = function_client("maintenance")
     for job in ("refresh-flow-views", "flow-retention", "retrain-flows"):
@@ -126,10 +107,10 @@ def test_worker_acks_messages_naming_no_valid_job_without_touching_firestore(api
 
     worker = function_client("flow-ingest")
     for job_id in ("a/b", "__x__", "x" * 2000, "../../flags/x", uuid.uuid4().hex, "", uuid.uuid4().hex + "\n"):
-        response = worker.post("/", json=_job_push(job_id))
+        response = worker.post("/", json=ingest_push(job_id))
         assert response.status_code == 200, (job_id[:40], response.get_data(as_text=True)[:200])
     missing = uuid.uuid4().hex
-    assert worker.post("/", json=_job_push(missing)).status_code == 200
+    assert worker.post("/", json=ingest_push(missing)).status_code == 200
     documents = FirestoreDocuments(PROJECT)
     assert documents.get("flow_ingest_leases", missing) is None  # the lease it took was released
     assert documents.get("flow_ingest_jobs", missing) is None  # and no job was made up
@@ -140,8 +121,8 @@ def test_worker_acks_malformed_push_envelopes_instead_of_answering_500(api, func
     time, attributes of the wrong type) are acked as undecodable, never a 5xx redelivered until the dead
     letter."""
     worker = function_client("flow-ingest")
-    job_id = _queue(api, "flows/untouched.csv", _raw_csv(5).encode())
-    good = _job_push(job_id)
+    job_id = queue_upload(api, "flows/untouched.csv", _raw_csv(5).encode())
+    good = ingest_push(job_id)
     forged = {
         "infinite attempt": {**good, "deliveryAttempt": float("inf")},
         "attempt object": {**good, "deliveryAttempt": {"n": 5}},
@@ -154,7 +135,7 @@ def test_worker_acks_malformed_push_envelopes_instead_of_answering_500(api, func
     for name, envelope in forged.items():
         response = worker.post("/", data=json.dumps(envelope), content_type="application/json")
         assert response.status_code == 200, (name, response.status_code, response.get_data(as_text=True)[:200])
-    assert _job(job_id)["deliveries"] == 1  # run once, by the push whose only fault was its attempt count
+    assert ingest_job(job_id)["deliveries"] == 1  # run once, by the push whose only fault was its attempt count
 
 
 HOSTILE_UPLOADS = {
@@ -190,16 +171,16 @@ FAILS_WITH = {
 
 @pytest.mark.parametrize("kind", sorted(HOSTILE_UPLOADS))
 def test_worker_fails_hostile_uploads_with_a_reason_instead_of_crashing(api, function_client, backend_env, kind):
-    job_id = _queue(api, f"flows/hostile-{kind}", HOSTILE_UPLOADS[kind]())
+    job_id = queue_upload(api, f"flows/hostile-{kind}", HOSTILE_UPLOADS[kind]())
     worker = function_client("flow-ingest")
-    response = worker.post("/", json=_job_push(job_id))
+    response = worker.post("/", json=ingest_push(job_id))
     assert response.status_code == 200, response.get_data(as_text=True)[:300]  # acked: a retry cannot help
-    job = _job(job_id)
+    job = ingest_job(job_id)
     assert job["state"] == "failed" and FAILS_WITH[kind] in job["error"], job
     assert _count_events(backend_env["DATABASE_URL"]) == 0
     # A redelivery of the finished job does nothing more.
-    assert worker.post("/", json=_job_push(job_id)).status_code == 200
-    assert _job(job_id)["state"] == job["state"]
+    assert worker.post("/", json=ingest_push(job_id)).status_code == 200
+    assert ingest_job(job_id)["state"] == job["state"]
 
 
 def test_a_tiny_upload_expanding_to_millions_of_lines_fails_at_the_line_bound(api, function_client, backend_env, monkeypatch):
@@ -210,17 +191,17 @@ def test_a_tiny_upload_expanding_to_millions_of_lines_fails_at_the_line_bound(ap
     monkeypatch.setattr(handlers, "MAX_LINES", 100_000)
     bomb = gzip.compress(b"proto,service,state,dur\n" + b"\n" * 2_000_000, compresslevel=9)
     assert len(bomb) < 5_000
-    job_id = _queue(api, "flows/bomb.csv.gz", bomb)
-    assert function_client("flow-ingest").post("/", json=_job_push(job_id)).status_code == 200
-    job = _job(job_id)
+    job_id = queue_upload(api, "flows/bomb.csv.gz", bomb)
+    assert function_client("flow-ingest").post("/", json=ingest_push(job_id)).status_code == 200
+    job = ingest_job(job_id)
     assert job["state"] == "failed" and "more than 100000 lines" in job["error"]
 
     monkeypatch.setattr(handlers, "MAX_LINES", 10_000_000)
     monkeypatch.setattr(handlers, "MAX_TEXT_CHARS", 50_000)
     rows = _raw_csv(400).encode()
-    job_id = _queue(api, "flows/big.csv.gz", gzip.compress(rows))
-    assert function_client("flow-ingest").post("/", json=_job_push(job_id)).status_code == 200
-    job = _job(job_id)
+    job_id = queue_upload(api, "flows/big.csv.gz", gzip.compress(rows))
+    assert function_client("flow-ingest").post("/", json=ingest_push(job_id)).status_code == 200
+    job = ingest_job(job_id)
     assert job["state"] == "failed" and "characters" in job["error"]
     assert _count_events(backend_env["DATABASE_URL"]) == 0  # the bound fell inside the first batch: nothing half-stored
 
@@ -228,9 +209,9 @@ def test_a_tiny_upload_expanding_to_millions_of_lines_fails_at_the_line_bound(ap
 def test_non_utf8_upload_is_read_with_replacement_and_its_good_rows_stored(api, function_client, backend_env):
     text = _raw_csv(30)
     data = text.encode() + "1.2.3.4,1,5.6.7.8,2,tcp,FIN,caf\xe9\n".encode("latin-1") + b"\xff\xfe\x00garbage\n"
-    job_id = _queue(api, "flows/latin1.csv", data)
-    assert function_client("flow-ingest").post("/", json=_job_push(job_id)).status_code == 200
-    job = _job(job_id)
+    job_id = queue_upload(api, "flows/latin1.csv", data)
+    assert function_client("flow-ingest").post("/", json=ingest_push(job_id)).status_code == 200
+    job = ingest_job(job_id)
     assert job["state"] == "succeeded" and job["stored"] == 30 and job["invalid"] == 2, job
     assert _count_events(backend_env["DATABASE_URL"]) == 30
 
@@ -238,10 +219,10 @@ def test_non_utf8_upload_is_read_with_replacement_and_its_good_rows_stored(api, 
 def test_an_upload_deleted_after_it_was_queued_fails_its_job(api, function_client):
     from threatflow.adapters.storage import GcsBlobs
 
-    job_id = _queue(api, "flows/vanishing.csv", _raw_csv(5).encode())
+    job_id = queue_upload(api, "flows/vanishing.csv", _raw_csv(5).encode())
     GcsBlobs(PROJECT).delete(UPLOADS, "flows/vanishing.csv")
-    assert function_client("flow-ingest").post("/", json=_job_push(job_id)).status_code == 200
-    job = _job(job_id)
+    assert function_client("flow-ingest").post("/", json=ingest_push(job_id)).status_code == 200
+    job = ingest_job(job_id)
     assert job["state"] == "failed" and "no object" in job["error"]
 
 
@@ -252,9 +233,9 @@ def test_an_upload_larger_than_any_within_bounds_fails_before_it_is_read(api, fu
     from threatflow.flows import handlers
 
     monkeypatch.setattr(handlers, "MAX_OBJECT_BYTES", 1000)
-    job_id = _queue(api, "flows/oversized.csv", _raw_csv(20).encode())
-    assert function_client("flow-ingest").post("/", json=_job_push(job_id)).status_code == 200
-    job = _job(job_id)
+    job_id = queue_upload(api, "flows/oversized.csv", _raw_csv(20).encode())
+    assert function_client("flow-ingest").post("/", json=ingest_push(job_id)).status_code == 200
+    job = ingest_job(job_id)
     assert job["state"] == "failed" and "bytes, more than 1000;" in job["error"] and "source" not in job, job
 
 
@@ -319,11 +300,11 @@ def test_a_long_upload_continues_in_new_messages_and_never_spends_delivery_attem
 
     monkeypatch.setattr(handlers, "BATCH_ROWS", 40)
     data = gzip.compress(_raw_csv(100).encode())
-    job_id = _queue(api, "flows/long.csv.gz", data)
+    job_id = queue_upload(api, "flows/long.csv.gz", data)
     worker = function_client("flow-ingest", FLOW_INGEST_DELIVERY_SECONDS="0")
 
-    assert worker.post("/", json=_job_push(job_id)).status_code == 200
-    job = _job(job_id)
+    assert worker.post("/", json=ingest_push(job_id)).status_code == 200
+    job = ingest_job(job_id)
     assert job["state"] == "running" and job["rows_done"] == 40 and job["stored"] == 40, job
     assert job["continuation"] == 1 and job["deliveries"] == 1 and job["continued_at"] >= job["started_at"]
     [first] = continuations()
@@ -331,8 +312,8 @@ def test_a_long_upload_continues_in_new_messages_and_never_spends_delivery_attem
     assert json.loads(base64.b64decode(first["message"]["data"]))["continuation"] == 1
 
     # The original message again (its ack lost): superseded by the continuation, acked without work.
-    assert worker.post("/", json=_job_push(job_id)).status_code == 200
-    assert _job(job_id)["rows_done"] == 40 and _job(job_id)["deliveries"] == 1
+    assert worker.post("/", json=ingest_push(job_id)).status_code == 200
+    assert ingest_job(job_id)["rows_done"] == 40 and ingest_job(job_id)["deliveries"] == 1
     assert continuations(expected=0) == []
     # A continuation number that is not one is refused (acked), the job untouched.
     for forged in ("1", -1, 10**9, 1.5):
@@ -340,14 +321,14 @@ def test_a_long_upload_continues_in_new_messages_and_never_spends_delivery_attem
             worker.post("/", json=_push({"job_id": job_id, "continuation": forged}, {"job_id": job_id}, "flow-ingest-push")).status_code
             == 200
         )
-    assert _job(job_id)["deliveries"] == 1
+    assert ingest_job(job_id)["deliveries"] == 1
 
     assert worker.post("/", json=first).status_code == 200
-    job = _job(job_id)
+    job = ingest_job(job_id)
     assert job["state"] == "running" and job["rows_done"] == 80 and job["continuation"] == 2 and job["deliveries"] == 2
     [second] = continuations()
     assert worker.post("/", json=second).status_code == 200
-    job = _job(job_id)
+    job = ingest_job(job_id)
     assert job["state"] == "succeeded" and job["rows_done"] == 100 and job["stored"] == 100 and job["deliveries"] == 3, job
     assert continuations(expected=0) == []  # a finished job queues nothing more
     source = "gcs:" + hashlib.sha256(data).hexdigest()[:32]
@@ -360,12 +341,12 @@ def test_continuations_are_capped_and_the_job_fails_with_the_reason(api, functio
 
     monkeypatch.setattr(handlers, "BATCH_ROWS", 40)
     monkeypatch.setattr(handlers, "MAX_CONTINUATIONS", 1)
-    job_id = _queue(api, "flows/capped.csv", _raw_csv(100).encode())
+    job_id = queue_upload(api, "flows/capped.csv", _raw_csv(100).encode())
     worker = function_client("flow-ingest", FLOW_INGEST_DELIVERY_SECONDS="0")
-    assert worker.post("/", json=_job_push(job_id)).status_code == 200
+    assert worker.post("/", json=ingest_push(job_id)).status_code == 200
     [first] = continuations()
     assert worker.post("/", json=first).status_code == 200  # acked: the job is failed, not retried
-    job = _job(job_id)
+    job = ingest_job(job_id)
     assert job["state"] == "failed" and "gave up after 1 continuations at row 80" in job["error"], job
     assert continuations(expected=0) == []
 
@@ -375,13 +356,13 @@ def test_an_object_replaced_between_deliveries_fails_its_job(api, function_clien
     from threatflow.flows import handlers
 
     monkeypatch.setattr(handlers, "BATCH_ROWS", 40)
-    job_id = _queue(api, "flows/replaced.csv", _raw_csv(100).encode())
+    job_id = queue_upload(api, "flows/replaced.csv", _raw_csv(100).encode())
     worker = function_client("flow-ingest", FLOW_INGEST_DELIVERY_SECONDS="0")
-    assert worker.post("/", json=_job_push(job_id)).status_code == 200
+    assert worker.post("/", json=ingest_push(job_id)).status_code == 200
     GcsBlobs(PROJECT).put(UPLOADS, "flows/replaced.csv", _raw_csv(100, seed=4).encode())
     [first] = continuations()
     assert worker.post("/", json=first).status_code == 200
-    job = _job(job_id)
+    job = ingest_job(job_id)
     assert job["state"] == "failed" and "was replaced after its job started" in job["error"] and job["rows_done"] == 40, job
 
 
@@ -446,19 +427,19 @@ def test_the_last_delivery_attempt_fails_the_job_before_pubsub_dead_letters_it(a
 
     from threatflow.flows import handlers
 
-    job_id = _queue(api, "flows/no-database.csv", _raw_csv(20).encode())
+    job_id = queue_upload(api, "flows/no-database.csv", _raw_csv(20).encode())
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed = probe.getsockname()[1]
     worker = function_client("flow-ingest", DATABASE_URL=f"postgresql+pg8000://threatflow@127.0.0.1:{closed}/threatflow")
     for attempt in range(1, handlers.MAX_DELIVERY_ATTEMPTS + 1):
-        envelope = {**_job_push(job_id), "deliveryAttempt": attempt}
+        envelope = {**ingest_push(job_id), "deliveryAttempt": attempt}
         assert worker.post("/", json=envelope).status_code == 500
-        job = _job(job_id)
+        job = ingest_job(job_id)
         if attempt < handlers.MAX_DELIVERY_ATTEMPTS:
             assert job["state"] == "running", (attempt, job)
     assert job["state"] == "failed" and f"gave up after {handlers.MAX_DELIVERY_ATTEMPTS} delivery attempts" in job["error"], job
-    assert _job(job_id)["deliveries"] == handlers.MAX_DELIVERY_ATTEMPTS
+    assert ingest_job(job_id)["deliveries"] == handlers.MAX_DELIVERY_ATTEMPTS
 
 
 # -- hunting views: addresses, windows, bounds ----------------------------------------------------------

@@ -7,29 +7,15 @@ import threading
 from typing import Any
 
 import pytest
-from flows_support import flows_api, json_flows
-from helpers import push_envelope, require_shared_data
+from flows_support import deliver_upload, flows_api, ingest_job, json_flows, queue_upload, sql_scalar
+from helpers import require_shared_data
 
 pytestmark = pytest.mark.integration
-PROJECT = "threatflow-test"
-UPLOADS = "threatflow-uploads"
 
 
 @pytest.fixture
 def api(function_client, backend_env):
     return flows_api(function_client, backend_env["DATABASE_URL"])
-
-
-def _sql(url: str, statement: str) -> Any:
-    from threatflow.adapters.postgres import create_engine
-    from threatflow.platform.config import Settings
-
-    engine = create_engine(Settings.from_env({"DATABASE_URL": url}))
-    try:
-        with engine.connect() as conn:
-            return conn.exec_driver_sql(statement).scalar_one()
-    finally:
-        engine.dispose()
 
 
 def _undated(count: int, *, seed: int) -> list[dict[str, Any]]:
@@ -40,25 +26,6 @@ def _partitioned(rows: int) -> str:
     """The first rows of the real partitioned dev file, with its header: no addresses, no stime."""
     with gzip.open(require_shared_data("unsw-nb15", "unsw_nb15_dev.csv.gz"), "rt") as handle:
         return "".join(next(handle) for _ in range(rows + 1))
-
-
-def _queue(api: Any, name: str, data: bytes) -> str:
-    from threatflow.adapters.storage import GcsBlobs
-
-    GcsBlobs(PROJECT).put(UPLOADS, name, data)
-    response = api.post("/api/v1/flows/uploads", {"object": name})
-    assert response.status_code == 202, response.get_data(as_text=True)
-    return str(response.get_json()["job_id"])
-
-
-def _deliver(worker: Any, job_id: str) -> Any:
-    return worker.post("/", json=push_envelope({"schema_version": 1, "job_id": job_id}, {"job_id": job_id}, "flow-ingest-push"))
-
-
-def _job(job_id: str) -> dict[str, Any]:
-    from threatflow.adapters.firestore import FirestoreDocuments
-
-    return FirestoreDocuments(PROJECT).get("flow_ingest_jobs", job_id) or {}
 
 
 # -- flows without stime, sent again ------------------------------------------------------------------------
@@ -74,7 +41,7 @@ def test_an_undated_batch_sent_again_is_stored_once(api, backend_env):
     again = api.post("/api/v1/flows/batch", {"flows": flows}).get_json()
     assert (again["stored"], again["duplicates"]) == (0, 40), again
     assert again["bridge"]["sources"] == 0
-    assert _sql(backend_env["DATABASE_URL"], "SELECT count(*) FROM flow_events") == 40
+    assert sql_scalar(backend_env["DATABASE_URL"], "SELECT count(*) FROM flow_events") == 40
 
 
 class Killed(Exception):
@@ -103,13 +70,13 @@ def test_a_partitioned_file_reloaded_after_a_kill_before_its_first_answer_is_sto
         ledger = cli.Progress(tmp_path / "p.json")
         cli.load_file(data, post=dies_after_storing, progress=ledger, batch_size=100, show_bar=False, in_flight=1)
     url = backend_env["DATABASE_URL"]
-    stored = _sql(url, "SELECT count(*) FROM flow_events")  # the batches in flight when it died (one read ahead)
+    stored = sql_scalar(url, "SELECT count(*) FROM flow_events")  # the batches in flight when it died (one read ahead)
     assert stored in (100, 200) and cli.Progress(tmp_path / "p.json").doc == {}  # nothing acknowledged, nothing saved
     entry = cli.load_file(data, post=post, progress=cli.Progress(tmp_path / "p.json"), batch_size=100, show_bar=False)
     assert (entry["stored"], entry["duplicates"]) == (300 - stored, stored), entry
     other = cli.load_file(data, post=post, progress=cli.Progress(tmp_path / "elsewhere.json"), batch_size=128, show_bar=False)
     assert (other["stored"], other["duplicates"]) == (0, 300), other
-    assert _sql(url, "SELECT count(*) FROM flow_events") == 300
+    assert sql_scalar(url, "SELECT count(*) FROM flow_events") == 300
 
 
 def test_one_partitioned_file_uploaded_under_two_names_stores_each_flow_once(api, function_client, backend_env):
@@ -117,23 +84,23 @@ def test_one_partitioned_file_uploaded_under_two_names_stores_each_flow_once(api
     again maps to the same events (handlers.py): only for rows with stime. An undated row took its job's creation
     time, so two jobs of one partitioned file, even queued in the same second, stored every flow twice."""
     data = gzip.compress(_partitioned(250).encode())
-    jobs = [_queue(api, "flows/part-a.csv.gz", data), _queue(api, "flows/part-b.csv.gz", data)]
+    jobs = [queue_upload(api, "flows/part-a.csv.gz", data), queue_upload(api, "flows/part-b.csv.gz", data)]
     worker = function_client("flow-ingest")
     statuses: list[int] = []
-    threads = [threading.Thread(target=lambda j=j: statuses.append(_deliver(worker, j).status_code)) for j in jobs]
+    threads = [threading.Thread(target=lambda j=j: statuses.append(deliver_upload(worker, j).status_code)) for j in jobs]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(120)
     assert statuses == [200, 200]
-    done = [_job(j) for j in jobs]
+    done = [ingest_job(j) for j in jobs]
     assert all(j["state"] == "succeeded" and j["stored"] + j["duplicates"] == 250 for j in done), done
     assert sum(j["stored"] for j in done) == 250, done
     # ... and the file uploaded again once both have finished (a new job: the marker names finished ones)
     rerun = api.post("/api/v1/flows/uploads", {"object": "flows/part-a.csv.gz"}).get_json()["job_id"]
-    assert _deliver(worker, rerun).status_code == 200
-    assert (_job(rerun)["stored"], _job(rerun)["duplicates"]) == (0, 250)
-    assert _sql(backend_env["DATABASE_URL"], "SELECT count(*) FROM flow_events") == 250
+    assert deliver_upload(worker, rerun).status_code == 200
+    assert (ingest_job(rerun)["stored"], ingest_job(rerun)["duplicates"]) == (0, 250)
+    assert sql_scalar(backend_env["DATABASE_URL"], "SELECT count(*) FROM flow_events") == 250
 
 
 def test_a_sources_first_observed_time_lives_as_long_as_its_events(api, backend_env):
@@ -148,7 +115,7 @@ def test_a_sources_first_observed_time_lives_as_long_as_its_events(api, backend_
 
     assert api.post("/api/v1/flows/batch", {"flows": _undated(5, seed=62)}).status_code == 200
     url = backend_env["DATABASE_URL"]
-    recorded = _sql(url, "SELECT observed_at FROM flow_event_sources")
+    recorded = sql_scalar(url, "SELECT observed_at FROM flow_event_sources")
     engine = create_engine(Settings.from_env({"DATABASE_URL": url}))
     try:
         now = datetime.now(UTC)
@@ -189,7 +156,7 @@ def test_a_label_that_contradicts_its_attack_cat_is_a_problem_naming_attack_cat(
     stored = api.post("/api/v1/flows/batch", {"flows": flows, "skip_invalid": True}).get_json()
     assert (stored["stored"], stored["invalid"]) == (4, 2), stored
     contradictions = "SELECT count(*) FROM flow_events WHERE (attack_cat = 'Normal') <> (label = 0)"
-    assert _sql(backend_env["DATABASE_URL"], contradictions) == 0
+    assert sql_scalar(backend_env["DATABASE_URL"], contradictions) == 0
 
 
 def test_a_fractional_port_written_as_text_is_refused_as_the_same_number_is(api, backend_env):
@@ -203,7 +170,7 @@ def test_a_fractional_port_written_as_text_is_refused_as_the_same_number_is(api,
     body = api.post("/api/v1/flows/batch", {"flows": flows, "skip_invalid": True}).get_json()
     assert [(p["index"], p["field"]) for p in body["problems"]] == [(0, "sport"), (1, "sport"), (2, "dsport")], body
     assert body["stored"] == 1
-    assert _sql(backend_env["DATABASE_URL"], "SELECT dsport FROM flow_events") == 443
+    assert sql_scalar(backend_env["DATABASE_URL"], "SELECT dsport FROM flow_events") == 443
 
 
 # -- partitions dropped by another instance -----------------------------------------------------------------
@@ -238,7 +205,7 @@ def test_a_day_dropped_by_another_instances_retention_is_made_again_not_a_500(ap
     again = api.post("/api/v1/flows/batch", {"flows": flows[10:]})
     assert again.status_code == 200, again.get_data(as_text=True)[:300]
     assert again.get_json()["stored"] == 10
-    assert _sql(backend_env["DATABASE_URL"], "SELECT count(*) FROM flow_events") == 10
+    assert sql_scalar(backend_env["DATABASE_URL"], "SELECT count(*) FROM flow_events") == 10
 
 
 # -- bounded work: a flow of a million fields --------------------------------------------------------------
@@ -286,10 +253,10 @@ def test_a_batch_cannot_claim_the_rows_of_an_upload_by_naming_its_source(api, fu
         flipped[47], flipped[48] = ("", "0") if cells[48] == "1" else ("Exploits", "1")  # attack_cat, Label
         forged.append(dict(zip(RAW_COLUMNS, flipped, strict=True)))
     claimed = api.post("/api/v1/flows/batch", {"flows": forged, "source": source, "positions": list(range(30))})
-    job_id = _queue(api, "flows/shared-feed.csv", data)
-    assert _deliver(function_client("flow-ingest"), job_id).status_code == 200
-    assert (_job(job_id)["stored"], _job(job_id)["duplicates"]) == (30, 0), claimed.get_json()
+    job_id = queue_upload(api, "flows/shared-feed.csv", data)
+    assert deliver_upload(function_client("flow-ingest"), job_id).status_code == 200
+    assert (ingest_job(job_id)["stored"], ingest_job(job_id)["duplicates"]) == (30, 0), claimed.get_json()
     assert claimed.status_code == 400 and claimed.get_json()["error"]["details"]["field"] == "source"
     assert api.post("/api/v1/flows/batch", {"flows": forged[:1], "source": "batch:0123"}).status_code == 400
     truth = "SELECT count(*) FROM flow_events WHERE label = 1"
-    assert _sql(backend_env["DATABASE_URL"], truth) == sum(cells[48] == "1" for cells in lines)
+    assert sql_scalar(backend_env["DATABASE_URL"], truth) == sum(cells[48] == "1" for cells in lines)
