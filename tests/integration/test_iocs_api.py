@@ -207,12 +207,41 @@ def test_decay_policies_are_listed_and_set_by_admins(api, backend_env):
         assert client.put("/api/v1/iocs/policies/email", original).status_code == 200
 
 
+def _sighted_while_held(engine, policies, value, held):
+    """Upsert `value` naming no TLP and no confidence, as the flow bridge's sightings do, while the transaction `held`
+    (on its own connection, which wrote the IoC's row) is open; commit `held` once the sighting is seen waiting for
+    the row. Returns the stored (tlp, confidence, detection_count)."""
+    import threading
+
+    from threatflow.adapters.postgres import unit_of_work
+    from threatflow.iocs import service
+
+    sighted = threading.Event()
+
+    def sight():
+        with unit_of_work(engine) as conn:
+            again = service.IocIn(value=value, source="flows")
+            service.upsert_batch([again], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies)
+        sighted.set()
+
+    worker = threading.Thread(target=sight)
+    worker.start()
+    try:
+        assert not sighted.wait(1.0)  # it waits for the held transaction's row
+    finally:
+        held.commit()
+        held.connection.close()
+        worker.join(30)
+    assert sighted.is_set()
+    with engine.connect() as conn:
+        stored = conn.exec_driver_sql(f"SELECT tlp, confidence, detection_count FROM iocs WHERE value = '{value}'").one()
+    return tuple(stored)
+
+
 def test_an_upsert_naming_no_tlp_or_confidence_keeps_what_a_concurrent_transaction_committed(backend_env):
     """An item naming no TLP or confidence keeps the stored one, read in the upsert statement. Read from the statement's
     snapshot, a change committed while the upsert waited for the row (an analyst marking the IoC TLP:RED as the flow
     bridge sights it again) was overwritten by the value from before it: the IoC went back to amber."""
-    import threading
-
     from threatflow.adapters.postgres import create_engine, unit_of_work
     from threatflow.iocs import service
     from threatflow.platform.config import Settings
@@ -226,34 +255,15 @@ def test_an_upsert_naming_no_tlp_or_confidence_keeps_what_a_concurrent_transacti
     analyst = engine.connect()
     classification = analyst.begin()
     analyst.exec_driver_sql(f"UPDATE iocs SET tlp = 'red', confidence = 35 WHERE value = '{value}'")
-    sighted = threading.Event()
-
-    def sight_again():  # names no TLP and no confidence, as the bridge's re-sightings do
-        with unit_of_work(engine) as conn:
-            again = service.IocIn(value=value, source="flows")
-            service.upsert_batch([again], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies)
-        sighted.set()
-
-    worker = threading.Thread(target=sight_again)
-    worker.start()
-    try:
-        assert not sighted.wait(1.0)  # it waits for the analyst's row lock
-    finally:
-        classification.commit()
-        analyst.close()
-        worker.join(30)
-    with engine.connect() as conn:
-        stored = conn.exec_driver_sql(f"SELECT tlp, confidence, detection_count FROM iocs WHERE value = '{value}'").one()
+    stored = _sighted_while_held(engine, policies, value, classification)
     engine.dispose()
-    assert sighted.is_set() and tuple(stored) == ("red", 35, 2)
+    assert stored == ("red", 35, 2)
 
 
 def test_an_upsert_naming_no_tlp_keeps_the_tlp_of_a_concurrent_creation_of_the_same_ioc(backend_env):
     """Two transactions create the same new IoC, one naming TLP:RED and a confidence, one naming neither (the flow bridge).
     The second waits for the first's row; when it goes on to update it, it keeps what the first gave. It used to read the
     stored values from its snapshot, where the row did not exist yet, and write the defaults over them: amber and 50."""
-    import threading
-
     from threatflow.adapters.postgres import create_engine, unit_of_work
     from threatflow.iocs import service
     from threatflow.platform.config import Settings
@@ -266,27 +276,9 @@ def test_an_upsert_naming_no_tlp_keeps_the_tlp_of_a_concurrent_creation_of_the_s
     creation = analyst.begin()
     marked = service.IocIn(value=value, tlp="red", confidence=35, description="analyst")
     service.upsert_batch([marked], conn=analyst, now=datetime.now(UTC), warninglists=None, policies=policies)
-    sighted = threading.Event()
-
-    def sight():  # names no TLP and no confidence, as the bridge's sightings do
-        with unit_of_work(engine) as conn:
-            service.upsert_batch(
-                [service.IocIn(value=value, source="flows")], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies
-            )
-        sighted.set()
-
-    worker = threading.Thread(target=sight)
-    worker.start()
-    try:
-        assert not sighted.wait(1.0)  # it waits for the analyst's uncommitted row
-    finally:
-        creation.commit()
-        analyst.close()
-        worker.join(30)
-    with engine.connect() as conn:
-        stored = conn.exec_driver_sql(f"SELECT tlp, confidence, detection_count FROM iocs WHERE value = '{value}'").one()
+    stored = _sighted_while_held(engine, policies, value, creation)
     engine.dispose()
-    assert sighted.is_set() and tuple(stored) == ("red", 35, 2)
+    assert stored == ("red", 35, 2)
 
 
 def test_a_first_seen_before_year_1_in_utc_is_refused_and_never_stored(api):
