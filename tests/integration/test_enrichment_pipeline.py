@@ -9,6 +9,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -317,7 +318,8 @@ def test_batch_answers_cached_iocs_at_once_and_reports_progress(pipeline):
     assert progress["complete"] and progress["done"] == 2 and progress["accepted"] == 2 and progress["total"] == 3
 
 
-def test_detect_intel_route_answers_from_abuseipdb_within_quota_and_cache(pipeline):
+def _detect_intel_get(pipeline: Any) -> Callable[[str], tuple[int, Any]]:
+    """GET on a router holding only the detect function's intel routes, as the pipeline's user: (status, JSON body)."""
     from werkzeug.test import EnvironBuilder
     from werkzeug.wrappers import Request as WerkzeugRequest
 
@@ -335,6 +337,11 @@ def test_detect_intel_route_answers_from_abuseipdb_within_quota_and_cache(pipeli
         response = router.handle(request)
         return response.status_code, json.loads(response.get_data())
 
+    return get
+
+
+def test_detect_intel_route_answers_from_abuseipdb_within_quota_and_cache(pipeline):
+    get = _detect_intel_get(pipeline)
     status, body = get("/api/v1/detect/intel/118.25.6.39")
     assert status == 200 and body["source"] == "abuseipdb" and body["cached"] is False, body
     status, again = get("/api/v1/detect/intel/118.25.6.39")
@@ -349,23 +356,7 @@ def test_detect_intel_refuses_zoned_and_multicast_addresses_without_calling_a_so
     """ip_address() takes an IPv6 zone ("2606:4700:4700::1111%eth0", Python 3.9+): a global address with
     any zone suffix passed the check, went to the sources with the suffix, and was cached under it, so
     each new suffix cost another call of the source's quota; multicast groups went out as hosts too."""
-    from werkzeug.test import EnvironBuilder
-    from werkzeug.wrappers import Request as WerkzeugRequest
-
-    from threatflow.auth.api import authenticator
-    from threatflow.enrichment.api import add_detect_intel_routes
-    from threatflow.platform.web import Router
-    from threatflow.runtime import Runtime
-
-    runtime = Runtime.from_env()
-    router = Router("detect-test", runtime=runtime, authenticator=authenticator(runtime))
-    add_detect_intel_routes(router, runtime)
-
-    def get(path: str) -> tuple[int, Any]:
-        request = WerkzeugRequest(EnvironBuilder(path=path, headers=pipeline["headers"]).get_environ())
-        response = router.handle(request)
-        return response.status_code, json.loads(response.get_data())
-
+    get = _detect_intel_get(pipeline)
     for ip in ("2606:4700:4700::1111%25eth0", "2606:4700:4700::1111%25a1", "224.0.0.251", "ff0e::1"):
         status, body = get(f"/api/v1/detect/intel/{ip}")
         assert status == 400 and body["error"]["details"]["field"] == "ip", (ip, status, body)
