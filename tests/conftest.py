@@ -237,6 +237,18 @@ def _sources_env() -> dict[str, str]:
 
 
 @pytest.fixture
+def models_bucket(backend_env: dict[str, str], storage_emulator: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A models bucket of the test's own (BUCKET_MODELS), with ATTACK_DATA_PATH unset: the ATT&CK data comes from it."""
+    from threatflow.devstack.services import create_bucket
+
+    bucket = f"models-{uuid.uuid4().hex[:10]}"
+    create_bucket(storage_emulator.port, bucket)
+    monkeypatch.setenv("BUCKET_MODELS", bucket)
+    monkeypatch.delenv("ATTACK_DATA_PATH", raising=False)
+    return bucket  # each function loaded after this is a new instance, with its own snapshot cache
+
+
+@pytest.fixture
 def function_client(backend_env: dict[str, str]) -> Any:
     """Loads a real functions/<name>/main.py with functions-framework and returns its test client."""
     import functions_framework

@@ -48,6 +48,19 @@ def push_envelope_of(message: Any, subscription: str) -> dict[str, Any]:
     return push_envelope(message.data, message.attributes, subscription, message_id=message.message_id)
 
 
+def run_maintenance_job(client: Any, job: str, params: dict[str, Any] | None = None) -> tuple[int, dict[str, Any] | None]:
+    """Push one maintenance job (as the scheduler or the admin API publishes it) to the maintenance function's
+    test client; returns the push's status and the run's record (keyed by the run id it was sent with)."""
+    from threatflow.adapters.firestore import FirestoreDocuments
+
+    run_id = uuid.uuid4().hex
+    body = push_envelope(
+        {"schema_version": 1, "params": params or {}}, {"job": job, "run_id": run_id}, "maintenance-push", message_id=run_id
+    )
+    response = client.post("/", json=body)
+    return response.status_code, FirestoreDocuments(TEST_PROJECT).get("maintenance_runs", run_id)
+
+
 def create_user(
     database_url: str, username: str, role: str, password: str = "correct horse battery staple", *, clearance: str | None = None
 ) -> str:

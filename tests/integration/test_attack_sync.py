@@ -5,10 +5,9 @@ import functools
 import http.server
 import json
 import threading
-import uuid
 
 import pytest
-from helpers import create_user, push_envelope, require_shared_data
+from helpers import create_user, require_shared_data, run_maintenance_job
 
 pytestmark = pytest.mark.integration
 
@@ -25,28 +24,6 @@ def attack_server(tmp_path):
     server.server_close()
 
 
-@pytest.fixture
-def models_bucket(backend_env, storage_emulator, monkeypatch):
-    from threatflow.devstack.services import create_bucket
-
-    bucket = f"models-{uuid.uuid4().hex[:10]}"
-    create_bucket(storage_emulator.port, bucket)
-    monkeypatch.setenv("BUCKET_MODELS", bucket)
-    monkeypatch.delenv("ATTACK_DATA_PATH", raising=False)
-    return bucket  # each function loaded after this is a new instance, with its own snapshot cache
-
-
-def _run(client, job, params=None):
-    run_id = uuid.uuid4().hex
-    body = push_envelope(
-        {"schema_version": 1, "params": params or {}}, {"job": job, "run_id": run_id}, "maintenance-push", message_id=run_id
-    )
-    response = client.post("/", json=body)
-    from threatflow.adapters.firestore import FirestoreDocuments
-
-    return response.status_code, FirestoreDocuments("threatflow-test").get("maintenance_runs", run_id)
-
-
 def _threats_client(function_client, backend_env):
     auth = function_client("auth")
     password = create_user(backend_env["DATABASE_URL"], "analyst-attack", "analyst")
@@ -60,7 +37,7 @@ def test_sync_over_http_then_threats_validate_against_the_snapshot(function_clie
     (served / "enterprise-attack.json").write_text(json.dumps(techniques))
     monkeypatch.setenv("ATTACK_SOURCE", f"{base}/enterprise-attack.json")
 
-    status, run = _run(function_client("maintenance"), "sync-attack")
+    status, run = run_maintenance_job(function_client("maintenance"), "sync-attack")
     assert status == 200 and run["state"] == "succeeded", run
     result = run["result"]
     assert result["snapshot"] == f"gs://{models_bucket}/attack/techniques.json"
@@ -76,12 +53,12 @@ def test_sync_over_http_then_threats_validate_against_the_snapshot(function_clie
 
     # A truncated download must not replace a good snapshot; force does.
     (served / "enterprise-attack.json").write_text(json.dumps({"techniques": techniques["techniques"][:5]}))
-    status, run = _run(function_client("maintenance"), "sync-attack")
+    status, run = run_maintenance_job(function_client("maintenance"), "sync-attack")
     assert status == 200 and run["state"] == "failed" and "refusing to replace it" in run["error"]
     threats = function_client("threats")  # a new instance reads the snapshot afresh
     again = threats.post("/api/v1/threats/batch", json={"threats": [{"kind": "tool", "name": "Still", "ttps": ["T1566"]}]}, headers=headers)
     assert again.get_json()["results"][0]["status"] == "created"
-    status, run = _run(function_client("maintenance"), "sync-attack", {"force": True})
+    status, run = run_maintenance_job(function_client("maintenance"), "sync-attack", {"force": True})
     assert run["state"] == "succeeded" and run["result"]["techniques"] == 5 and run["result"]["removed"] > 500
 
 
@@ -92,11 +69,11 @@ def test_a_wrong_source_fails_the_run_without_retrying(function_client, backend_
         (str(served / "none.json"), "cannot read it"),
     ):
         monkeypatch.setenv("ATTACK_SOURCE", source)  # read when the function loads
-        status, run = _run(function_client("maintenance"), "sync-attack")
+        status, run = run_maintenance_job(function_client("maintenance"), "sync-attack")
         assert status == 200 and run["state"] == "failed" and expected in run["error"], run
     (served / "not-attack.json").write_text(json.dumps({"type": "bundle", "objects": [{"type": "malware", "id": "malware--1"}]}))
     monkeypatch.setenv("ATTACK_SOURCE", f"{base}/not-attack.json")
-    status, run = _run(function_client("maintenance"), "sync-attack")
+    status, run = run_maintenance_job(function_client("maintenance"), "sync-attack")
     assert run["state"] == "failed" and "holds no technique" in run["error"] and "not replaced" in run["error"]
     from threatflow.adapters.storage import GcsBlobs
     from threatflow.platform.errors import NotFoundError
@@ -107,5 +84,5 @@ def test_a_wrong_source_fails_the_run_without_retrying(function_client, backend_
 
 def test_an_unreachable_source_is_retried(function_client, backend_env, models_bucket, monkeypatch):
     monkeypatch.setenv("ATTACK_SOURCE", "http://127.0.0.1:9/enterprise-attack.json")
-    status, run = _run(function_client("maintenance"), "sync-attack")
+    status, run = run_maintenance_job(function_client("maintenance"), "sync-attack")
     assert status == 500 and run["state"] == "failed" and "fetch failed" in run["error"]

@@ -8,7 +8,7 @@ import json
 import uuid
 
 import pytest
-from helpers import push_envelope, push_envelope_of
+from helpers import push_envelope_of, run_maintenance_job
 
 pytestmark = pytest.mark.integration
 PROJECT = "threatflow-test"
@@ -18,24 +18,6 @@ def _docs():
     from threatflow.adapters.firestore import FirestoreDocuments
 
     return FirestoreDocuments(PROJECT)
-
-
-def _run(client, job, params=None):
-    run_id = uuid.uuid4().hex
-    body = push_envelope({"schema_version": 1, "params": params or {}}, {"job": job, "run_id": run_id}, "maintenance-push")
-    response = client.post("/", json=body)
-    return response.status_code, _docs().get("maintenance_runs", run_id)
-
-
-@pytest.fixture
-def models_bucket(backend_env, storage_emulator, monkeypatch):
-    from threatflow.devstack.services import create_bucket
-
-    bucket = f"models-{uuid.uuid4().hex[:10]}"
-    create_bucket(storage_emulator.port, bucket)
-    monkeypatch.setenv("BUCKET_MODELS", bucket)
-    monkeypatch.delenv("ATTACK_DATA_PATH", raising=False)
-    return bucket
 
 
 def _techniques(n):
@@ -110,25 +92,25 @@ def test_a_force_that_is_not_a_boolean_fails_the_run_and_keeps_the_snapshot(func
     source = tmp_path / "attack.json"
     source.write_text(json.dumps(_techniques(40)))
     monkeypatch.setenv("ATTACK_SOURCE", str(source))
-    status, run = _run(function_client("maintenance"), "sync-attack")
+    status, run = run_maintenance_job(function_client("maintenance"), "sync-attack")
     assert status == 200 and run["state"] == "succeeded" and run["result"]["techniques"] == 40, run
 
     source.write_text(json.dumps(_techniques(3)))  # a truncated download
     for force in ("false", "no", 0, 1, [], {"x": 1}):
-        status, run = _run(function_client("maintenance"), "sync-attack", {"force": force})
+        status, run = run_maintenance_job(function_client("maintenance"), "sync-attack", {"force": force})
         assert status == 200 and run["state"] == "failed" and "params.force" in run["error"], (force, run)
     snapshot = json.loads(GcsBlobs(PROJECT).get(models_bucket, "attack/techniques.json"))
     assert len(snapshot["techniques"]) == 40
-    status, run = _run(function_client("maintenance"), "sync-attack", {"force": True})  # a real boolean still forces
+    status, run = run_maintenance_job(function_client("maintenance"), "sync-attack", {"force": True})  # a real boolean still forces
     assert run["state"] == "succeeded" and run["result"]["techniques"] == 3, run
 
 
 def test_retrain_flows_enabled_must_be_a_boolean(function_client, backend_env):
     """{"enabled": "false"} was truthy: the job trained (and could promote) when it was asked to stay off."""
     client = function_client("maintenance")
-    status, run = _run(client, "retrain-flows", {"enabled": "false"})
+    status, run = run_maintenance_job(client, "retrain-flows", {"enabled": "false"})
     assert status == 200 and run["state"] == "failed" and "params.enabled" in run["error"], run
-    status, run = _run(client, "retrain-flows", {"enabled": False})
+    status, run = run_maintenance_job(client, "retrain-flows", {"enabled": False})
     assert run["state"] == "succeeded" and run["result"]["status"] == "disabled", run
 
 
@@ -176,7 +158,7 @@ def test_an_odd_attack_document_fails_the_run_once_not_five_times(function_clien
     source = tmp_path / "attack.json"
     source.write_text(json.dumps(ODD_DOCUMENTS[case]))
     monkeypatch.setenv("ATTACK_SOURCE", str(source))
-    status, run = _run(function_client("maintenance"), "sync-attack")
+    status, run = run_maintenance_job(function_client("maintenance"), "sync-attack")
     assert status == 200 and run["state"] == "failed" and "ATTACK_SOURCE" in run["error"], run
 
 
@@ -229,7 +211,7 @@ def test_a_run_no_delivery_finished_is_closed_by_purge_runs(function_client, bac
         live,
         {"run_id": live, "job": "retrain-flows", "state": "running", "started_at": now - timedelta(minutes=2), "attempts": 1},
     )
-    status, run = _run(function_client("maintenance"), "purge-runs")
+    status, run = run_maintenance_job(function_client("maintenance"), "purge-runs")
     assert status == 200 and run["state"] == "succeeded" and run["result"]["abandoned"] >= 1, run
     closed = docs.get("maintenance_runs", dead)
     assert closed["state"] == "failed" and "abandoned" in closed["error"] and closed["finished_at"] >= now, closed
@@ -268,7 +250,7 @@ def test_an_attack_source_in_a_bucket_or_a_file_is_bounded_like_one_over_https(f
     (tmp_path / "attack.json").write_bytes(data)
     for source in (f"gs://{models_bucket}/sources/attack.json", str(tmp_path / "attack.json")):
         monkeypatch.setenv("ATTACK_SOURCE", source)
-        status, run = _run(function_client("maintenance"), "sync-attack")
+        status, run = run_maintenance_job(function_client("maintenance"), "sync-attack")
         assert status == 200 and run["state"] == "failed" and "larger than" in run["error"], (source, run)
 
 
