@@ -21,34 +21,11 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-from harness import REPO, Stack, migrated_engine
+from harness import REPO, Stack, migrated_engine, tree_rss_mb
 
 DEV = REPO.parent / "shared" / "data" / "unsw-nb15" / "unsw_nb15_dev.csv.gz"
 BUCKET = "threatflow-models"
-
-
-def tree_rss_mb(pid: int) -> float:
-    """Total RSS of `pid` and its live descendants, from /proc."""
-    parents: dict[int, list[int]] = {}
-    rss: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            status = Path(f"/proc/{entry}/status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        parents.setdefault(int(fields["PPid"].strip()), []).append(int(entry))
-        rss[int(entry)] = int(fields.get("VmRSS", "0 kB").split()[0]) / 1024
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
-        total += rss.get(current, 0.0)
-        todo.extend(parents.get(current, []))
-    return total
 
 
 def store_events(engine: object, events: int) -> int:

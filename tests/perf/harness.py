@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -38,29 +39,50 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
+def _tree_total(pid: int, read: Callable[[str], tuple[int, float]]) -> float:
+    """The sum of `read(entry)`'s value over `pid` and its live descendants, from /proc; `read` gives a process's
+    parent pid and its value (OSError: the process is gone, skipped)."""
+    children: dict[int, list[int]] = {}
+    values: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            parent, value = read(entry)
+        except OSError:
+            continue
+        children.setdefault(parent, []).append(int(entry))
+        values[int(entry)] = value
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += values.get(current, 0.0)
+        todo.extend(children.get(current, []))
+    return total
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """CPU seconds (user + system) used so far by `pid` and its live descendants, from /proc.
 
     For server-side cost per request: a bench samples it before and after a load level. A
     descendant that exits in between is missed (the benches' servers keep theirs)."""
     tick = os.sysconf("SC_CLK_TCK")
-    children: dict[int, list[int]] = {}
-    times: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))  # field 4: the parent's pid
-        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick  # fields 14, 15: utime, stime
-    total, todo = 0.0, [pid]
-    while todo:
-        current = todo.pop()
-        total += times.get(current, 0.0)
-        todo.extend(children.get(current, []))
-    return total
+
+    def read(entry: str) -> tuple[int, float]:
+        fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[1]), (int(fields[11]) + int(fields[12])) / tick  # fields 4, 14, 15: ppid, utime, stime
+
+    return _tree_total(pid, read)
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory (MB) of `pid` and its live descendants now, from /proc."""
+
+    def read(entry: str) -> tuple[int, float]:
+        fields = dict(line.split(":", 1) for line in Path(f"/proc/{entry}/status").read_text().splitlines() if ":" in line)
+        return int(fields["PPid"].strip()), int(fields.get("VmRSS", "0 kB").split()[0]) / 1024
+
+    return _tree_total(pid, read)
 
 
 def migrated_engine(env: dict[str, str]) -> Any:
