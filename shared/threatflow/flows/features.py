@@ -98,6 +98,14 @@ ATTACK_CATEGORIES: tuple[str, ...] = (
     "Shellcode",
     "Worms",
 )
+# The spellings the dataset's files use for them: any case and padding, and the raw files' "Backdoors".
+_CATEGORY_SPELLINGS = {c.lower(): c for c in ATTACK_CATEGORIES} | {"backdoors": "Backdoor"}
+
+
+def category_named(text: str) -> str | None:
+    """The attack_cat label a spelling of the dataset names (" Fuzzers", "backdoors"), else None."""
+    return _CATEGORY_SPELLINGS.get(text.strip().lower())
+
 
 # The raw layout's names (NUSW-NB15_features.csv order) and the partitioned renames.
 RAW_COLUMNS: tuple[str, ...] = (

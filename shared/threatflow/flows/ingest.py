@@ -31,7 +31,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from threatflow.adapters.postgres import unit_of_work
 from threatflow.flows import repository
-from threatflow.flows.features import ATTACK_CATEGORIES, NUMERIC_COLUMNS
+from threatflow.flows.features import ATTACK_CATEGORIES, NUMERIC_COLUMNS, category_named
 from threatflow.flows.repository import STORED_FEATURES, EventRow, StoredEvent
 
 if TYPE_CHECKING:
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 MAX_BATCH = 10_000
 # The dataset's own category labels, exactly (attack_cat, and the model's predicted_cat).
 CATEGORIES = ATTACK_CATEGORIES
-_CATEGORY_BY_LOWER = {c.lower(): c for c in CATEGORIES} | {"backdoors": "Backdoor"}
 
 # The raw UNSW-NB15 CSVs have no header: these are their 49 columns in order
 # (NUSW-NB15_features.csv, including its `ct_src_ ltm` typo), which ml's
@@ -215,7 +214,7 @@ def _as_category(value: Any) -> str | None:
     text = value.strip()
     if not text:
         return None
-    category = _CATEGORY_BY_LOWER.get(text.lower())
+    category = category_named(text)
     if category is None:
         raise ValueError(f"unknown attack_cat {text!r}; one of {', '.join(CATEGORIES)}")
     return category

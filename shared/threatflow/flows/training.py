@@ -41,6 +41,7 @@ from threatflow.flows.features import (
     Vocabulary,
     canonical_name,
     categorical_indices,
+    category_named,
     validate_flow,
 )
 from threatflow.flows.model import FORMAT, ServingModel, TreeEnsemble, dump_artifact, load_artifact, sha256_hex
@@ -59,8 +60,6 @@ ACCEPTANCE_MIN_DETECTION = 0.97
 TARGET_VALIDATION_FPR = ACCEPTANCE_MAX_FPR
 FINAL_FIT_CHOICES = ("all", "train")
 FINAL_FIT_EVIDENCE = "tests/perf/bench_learning_curve.py"
-_CATEGORY_ALIASES = {"backdoors": "Backdoor"}
-_CATEGORY_BY_LOWER = {c.lower(): c for c in ATTACK_CATEGORIES}
 
 
 # -- reading the data --------------------------------------------------------------------
@@ -84,12 +83,10 @@ class Dataset:
 
 def normalise_category(value: Any, label: int) -> str | None:
     """The dataset's attack_cat spellings (' Fuzzers', 'Backdoors', blank for normal) → the 10 labels."""
-    text = str(value or "").strip().lower()
+    text = str(value or "").strip()
     if not text:
         return "Normal" if label == 0 else None
-    text = _CATEGORY_ALIASES.get(text, text)
-    text = _CATEGORY_BY_LOWER.get(text.lower(), text) if text not in ATTACK_CATEGORIES else text
-    return text if text in ATTACK_CATEGORIES else None
+    return category_named(text)
 
 
 def _open_text(path: Path, digest: Any) -> Iterator[str]:
