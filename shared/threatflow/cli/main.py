@@ -147,8 +147,9 @@ def _base_url(args: argparse.Namespace) -> str:
         return str(args.url).rstrip("/")
     if os.environ.get("THREATFLOW_URL"):
         return os.environ["THREATFLOW_URL"].rstrip("/")
-    if _stored_login().get("url"):
-        return str(_stored_login()["url"]).rstrip("/")
+    stored = _stored_login().get("url")
+    if stored:
+        return str(stored).rstrip("/")
     return f"http://127.0.0.1:{os.environ.get('THREATFLOW_PORT', '8080')}"
 
 
