@@ -154,15 +154,20 @@ EPOCH_LIMIT = 32_503_680_000  # year 3000: the API's range of epoch-second times
 TIME_FIELDS = ("stime", "ltime", "Stime", "Ltime")  # the partitioned names, and the raw files' (NUSW-NB15_features.csv)
 
 
-def _epoch(value: Any) -> float | None:
-    """A cell as epoch seconds: the UNSW layout's stime/ltime, or ISO 8601 with a zone (as the API takes them);
-    None for a blank, a time without a zone or anything else."""
+def _time(value: Any) -> tuple[float, bool] | None:
+    """A cell as (epoch seconds, whether it was written in ISO 8601): the UNSW layout's stime/ltime, or ISO 8601 with
+    a zone (as the API takes them); None for a blank, a time without a zone or anything else."""
     number: float | None
     try:
-        number = float(value)
+        number, written_iso = float(value), False
     except (TypeError, ValueError):
-        number = _iso(value)
-    return number if number is not None and math.isfinite(number) and number >= 0 else None
+        number, written_iso = _iso(value), True
+    return (number, written_iso) if number is not None and math.isfinite(number) and number >= 0 else None
+
+
+def _epoch(value: Any) -> float | None:
+    time_of = _time(value)
+    return None if time_of is None else time_of[0]
 
 
 def _iso(value: Any) -> float | None:
@@ -206,12 +211,11 @@ def shift_times(flow: dict[str, Any], seconds: int) -> dict[str, Any]:
     """The flow with its stime/ltime moved by `seconds`, each in its own form (epoch seconds, or ISO 8601 in UTC);
     other cells, and a time that cannot be moved (out of datetime's range), as they are, for the API to judge."""
     for name in TIME_FIELDS:
-        value = flow.get(name)
-        at = _epoch(value)
-        if at is None:
+        time_of = _time(flow.get(name))
+        if time_of is None:
             continue
-        moved = at + seconds
-        if _iso(value) is None:
+        moved = time_of[0] + seconds
+        if not time_of[1]:
             flow[name] = str(int(moved)) if moved.is_integer() else repr(moved)
             continue
         with contextlib.suppress(OverflowError, ValueError, OSError):
