@@ -132,16 +132,23 @@ def _after_comment_block(text: str) -> tuple[str, int]:
     block of '#' lines: the header is the first line after it, or the block's last line when that one is the header
     commented out (`# id,dateadded,url,...`). Without such a block, or when neither reads as a header, the document
     as it is (its first line is the header, and the refusal names it)."""
-    lines = text.splitlines(keepends=True)
-    skipped = 0
-    while skipped < len(lines) and lines[skipped].lstrip().startswith("#"):
-        skipped += 1
-    if skipped == 0 or skipped == len(lines):
+    skipped, start, last_comment = 0, 0, ""
+    while start < len(text):  # only the opening block is read line by line, never the whole document
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end + 1
+        line = text[start:end]
+        if not line.lstrip().startswith("#"):
+            break
+        skipped, last_comment, start = skipped + 1, line, end
+    block_end = start
+    if skipped == 0 or block_end == len(text):
         return text, 2
-    if _known(lines[skipped]):
-        return "".join(lines[skipped:]), skipped + 2
-    if _known(lines[skipped - 1].lstrip().lstrip("#")):
-        return lines[skipped - 1].lstrip().lstrip("#") + "".join(lines[skipped:]), skipped + 1
+    header_end = text.find("\n", block_end)
+    if _known(text[block_end : len(text) if header_end < 0 else header_end + 1]):
+        return text[block_end:], skipped + 2
+    commented = last_comment.lstrip().lstrip("#")
+    if _known(commented):
+        return commented + text[block_end:], skipped + 1
     return text, 2
 
 
