@@ -92,7 +92,6 @@ class HeldFlows:
     def __init__(self) -> None:
         self._numbers = array("f")
         self._rows: list[tuple[tuple[str, ...], Any, Any]] = []  # (categoricals, label, attack_cat)
-        self._keys: list[bytes] = []
         self.invalid = 0
 
     @classmethod
@@ -114,13 +113,16 @@ class HeldFlows:
     def _add(self, categoricals: tuple[str, ...], numbers: array[float], label: Any, attack_cat: Any) -> None:
         self._numbers.extend(numbers)
         self._rows.append((categoricals, label, attack_cat))
-        self._keys.append(_key(categoricals, numbers))
 
     def __len__(self) -> int:
         return len(self._rows)
 
+    def _key_of(self, index: int) -> bytes:
+        """A flow's feature_key, from what is held (not kept beside it: it doubled the memory per flow)."""
+        return _key(self._rows[index][0], self._numbers_of(index))
+
     def keys(self) -> set[bytes]:
-        return set(self._keys)
+        return {self._key_of(index) for index in range(len(self._rows))}
 
     def _numbers_of(self, index: int) -> array[float]:
         from threatflow.flows.features import NUMERIC_COLUMNS
@@ -131,8 +133,9 @@ class HeldFlows:
     def parts(self, choose: Callable[[bytes], bool]) -> tuple[HeldFlows, HeldFlows]:
         """(flows whose key `choose` refuses, flows it picks), in order."""
         out = (HeldFlows(), HeldFlows())
-        for index, (row, key) in enumerate(zip(self._rows, self._keys, strict=True)):
-            out[1 if choose(key) else 0]._add(row[0], self._numbers_of(index), row[1], row[2])
+        for index, (categoricals, label, attack_cat) in enumerate(self._rows):
+            numbers = self._numbers_of(index)
+            out[1 if choose(_key(categoricals, numbers)) else 0]._add(categoricals, numbers, label, attack_cat)
         return out
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -191,7 +194,7 @@ def training_config(*, n_jobs: int = 1) -> Any:
     """The job's training settings: the served ones, fitted one at a time and without the seed RandomForest's
     comparison (a report figure for ml/train.py: 100 full-depth trees on the stored flows). Each parallel fit
     is a process with its own copy of the data: at the default max_rows (200,000 stored flows) the job peaked
-    at 1.02–1.05 GB with two fits and 0.59–0.60 GB with one, for 140–155 s against 173–187 s on two cores; the
+    at 1.02–1.05 GB with two fits and 0.52–0.60 GB with one, for 140–155 s against 173–187 s on two cores; the
     maintenance function has 1 GiB (tests/perf/bench_retrain_memory.py)."""
     import dataclasses
 
