@@ -6,6 +6,10 @@ message finds its run already succeeded and does nothing twice.
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -13,12 +17,14 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from threatflow.platform.errors import NotFoundError, ValidationError
-from threatflow.platform.ports import BlobStore, Clock, DocumentStore, Publisher
+from threatflow.platform.ports import BlobStore, Clock, DocumentStore, Publisher, Versioned
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from threatflow.platform.config import Settings
+
+log = logging.getLogger(__name__)
 
 RUNS = "maintenance_runs"
 HEARTBEATS = "heartbeats"
@@ -271,6 +277,71 @@ def require_job(name: str) -> None:
         raise ValidationError(f"unknown job {name!r}; known jobs: {', '.join(sorted(JOBS))}", field="job")
 
 
+@dataclass(frozen=True)
+class RunLease:
+    """How a running delivery shows it is alive: it renews lease_until (now + seconds) every renew_every
+    seconds; another delivery of the same run polls every poll_every seconds for a renewal or a lapse."""
+
+    seconds: float = 60.0
+    renew_every: float = 10.0
+    poll_every: float = 2.0
+
+
+LEASE = RunLease()
+
+
+class _Renewal:
+    """Renews a run's lease from a daemon thread while its job works; stops at once when the run names
+    another holder (taken over after this delivery stalled past its lease: the job cannot be cancelled,
+    but this delivery no longer claims the run)."""
+
+    def __init__(self, documents: DocumentStore, run_id: str, *, holder: str, clock: Clock, lease: RunLease) -> None:
+        self._documents, self._run_id, self._holder, self._clock, self._lease = documents, run_id, holder, clock, lease
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"run-lease-{run_id}", daemon=True)
+
+    def __enter__(self) -> _Renewal:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(self._lease.renew_every + 30)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._lease.renew_every):
+            try:
+                current = self._documents.get_versioned(RUNS, self._run_id)
+                if current is None or current.data.get("holder") != self._holder:
+                    log.warning("maintenance run taken over; lease no longer renewed", extra={"run_id": self._run_id})
+                    return
+                until = self._clock.now() + timedelta(seconds=self._lease.seconds)
+                self._documents.update_if_unchanged(RUNS, self._run_id, {"lease_until": until}, version=current.version)
+            except Exception:  # a missed renewal is retried at the next tick; a lapsed lease is the worst case
+                log.warning("maintenance run lease not renewed", extra={"run_id": self._run_id}, exc_info=True)
+
+
+def _lease_live(data: Mapping[str, Any], now: datetime) -> bool:
+    until = data.get("lease_until")
+    return isinstance(until, datetime) and until > now
+
+
+def _await_holder(documents: DocumentStore, run_id: str, seen: Mapping[str, Any], *, clock: Clock, lease: RunLease) -> Versioned | None:
+    """Waits while another delivery holds a live lease on the run. Returns the record once it changed state
+    or its lease lapsed (the caller looks again), or None when the holder renewed: it is alive and runs the job."""
+    deadline = time.monotonic() + lease.seconds + lease.renew_every
+    while time.monotonic() < deadline:
+        time.sleep(lease.poll_every)
+        current = documents.get_versioned(RUNS, run_id)
+        if current is None or current.data.get("state") != RunState.RUNNING.value:
+            return current
+        if current.data.get("holder") != seen.get("holder") or current.data.get("lease_until") != seen.get("lease_until"):
+            return None  # renewed (or taken over) since this delivery arrived: someone live runs it
+        if not _lease_live(current.data, clock.now()):
+            return current
+    return documents.get_versioned(RUNS, run_id)
+
+
 def execute(
     *,
     job: str,
@@ -283,20 +354,50 @@ def execute(
     settings: Settings,
     publisher: Callable[[], Publisher] | None = None,
 ) -> dict[str, Any]:
+    """Runs a job once per run id. Pub/Sub delivers at least once, so a second delivery can come while the
+    first still works (a duplicate) or after it died (timeout, out of memory; no `except` runs then). The
+    running delivery holds a lease it renews (RunLease); another delivery that finds it live waits until it
+    sees a renewal (the holder lives: answered without running, the holder finishes the run) or a lapse
+    (the holder died: the run is taken over by compare-and-set, so one delivery wins). A succeeded run is
+    answered as it is; a failed one, or one without a lease, is run again."""
     require_job(job)
-    now = clock.now()
-    record = {"run_id": run_id, "job": job, "state": RunState.RUNNING.value, "started_at": now, "attempts": 1}
-    if not documents.create(RUNS, run_id, record):
-        existing = documents.get(RUNS, run_id) or {}
-        if existing.get("state") == RunState.SUCCEEDED.value:
-            return existing  # a redelivery: the work is done
-        record["attempts"] = int(existing.get("attempts", 0)) + 1
-        documents.set(RUNS, run_id, record)
+    lease = LEASE
+    holder = uuid.uuid4().hex
+    while True:
+        now = clock.now()
+        record: dict[str, Any] = {
+            "run_id": run_id,
+            "job": job,
+            "state": RunState.RUNNING.value,
+            "started_at": now,
+            "attempts": 1,
+            "holder": holder,
+            "lease_until": now + timedelta(seconds=lease.seconds),
+        }
+        if documents.create(RUNS, run_id, record):
+            break
+        current = documents.get_versioned(RUNS, run_id)
+        if current is None:
+            continue  # deleted in between: create it again
+        if current.data.get("state") == RunState.SUCCEEDED.value:
+            return current.data  # a redelivery: the work is done
+        if current.data.get("state") == RunState.RUNNING.value and _lease_live(current.data, now):
+            changed = _await_holder(documents, run_id, current.data, clock=clock, lease=lease)
+            if changed is None:
+                log.info("maintenance run already running elsewhere", extra={"job": job, "run_id": run_id})
+                return {**current.data, "duplicate_delivery": True}
+            continue  # finished, failed or lapsed meanwhile: look again
+        record["attempts"] = int(current.data.get("attempts", 0)) + 1
+        record.update({"error": None, "finished_at": None})
+        if documents.update_if_unchanged(RUNS, run_id, record, version=current.version) is not None:
+            break
+        # another delivery wrote it in between: look again
     ctx = JobContext(
         engine=engine, documents=documents, blobs=blobs, clock=clock, settings=settings, run_id=run_id, params=params, publisher=publisher
     )
     try:
-        result = JOBS[job](ctx)
+        with _Renewal(documents, run_id, holder=holder, clock=clock, lease=lease):
+            result = JOBS[job](ctx)
     except Exception as exc:
         documents.set(
             RUNS,
