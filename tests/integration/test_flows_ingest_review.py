@@ -260,3 +260,21 @@ def test_a_batch_cannot_claim_the_rows_of_an_upload_by_naming_its_source(api, fu
     assert api.post("/api/v1/flows/batch", {"flows": forged[:1], "source": "batch:0123"}).status_code == 400
     truth = "SELECT count(*) FROM flow_events WHERE label = 1"
     assert sql_scalar(backend_env["DATABASE_URL"], truth) == sum(cells[48] == "1" for cells in lines)
+
+
+def test_rows_posted_first_under_a_client_named_source_do_not_claim_the_rows_of_that_source(api, backend_env):
+    """A client-named source (`flows load` names a file `file:<its sha256>`) was a key space anyone could fill first:
+    an analyst who knew the file posted other rows (here its rows with flipped labels) under its source and row
+    numbers, and the real load, run later, stored none of its own ("duplicates"). An event's key now covers the
+    flow as well as its source and position, so only the same flow at the same place is a duplicate."""
+    flows = json_flows(30, seed=71)
+    forged = [{**flow, "label": 1 - flow["label"], "attack_cat": "Normal" if flow["label"] else "Exploits"} for flow in flows]
+    source, positions = "file:" + "ab" * 32, list(range(30))
+    first = api.post("/api/v1/flows/batch", {"flows": forged, "source": source, "positions": positions})
+    assert first.status_code == 200 and first.get_json()["stored"] == 30, first.get_data(as_text=True)[:300]
+    real = api.post("/api/v1/flows/batch", {"flows": flows, "source": source, "positions": positions}).get_json()
+    assert (real["stored"], real["duplicates"]) == (30, 0), real
+    again = api.post("/api/v1/flows/batch", {"flows": flows, "source": source, "positions": positions}).get_json()
+    assert (again["stored"], again["duplicates"]) == (0, 30), again  # the same rows sent again: still stored once
+    truth = f"SELECT count(*) FROM flow_events WHERE source = '{source}' AND label = 1"
+    assert sql_scalar(backend_env["DATABASE_URL"], truth) == 30  # the forged rows stay: see the README's trust note
