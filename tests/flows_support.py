@@ -182,3 +182,20 @@ def ingest_job(job_id: str) -> dict[str, Any]:
     from threatflow.adapters.firestore import FirestoreDocuments
 
     return FirestoreDocuments(PROJECT).get("flow_ingest_jobs", job_id) or {}
+
+
+def event_keys(flows: list[dict[str, Any]], *, source: str, positions: list[int]) -> list[str]:
+    """The keys ingest gives these flows at these positions of `source` (validated as the route does; an event's
+    key covers its flow, not only where it came from)."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from threatflow.flows import ingest
+
+    clean, fields, problems = ingest.validate(flows)
+    assert not problems, problems[:3]
+    verdict = SimpleNamespace(is_attack=False, probability=0.0, attack_cat="Normal", model_version="-")  # not in the key
+    rows = ingest.build_rows(
+        clean, fields, [verdict] * len(clean), source=source, first_position=0, observed_at=datetime.now(UTC), positions=positions
+    )
+    return [row.event_key for row in rows]

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from flows_support import deliver_upload, flows_api, ingest_job, json_flows, queue_upload, sql_scalar
+from flows_support import deliver_upload, event_keys, flows_api, ingest_job, json_flows, queue_upload, sql_scalar
 from helpers import push_envelope
 
 pytestmark = pytest.mark.integration
@@ -444,7 +444,6 @@ def test_detect_scores_finite_extremes_at_every_batch_size(api):
 def test_detect_and_ingest_score_the_same_real_flows_alike(api, backend_env):
     """The same real flows through POST /detect/batch and POST /flows/batch: the stored prediction is
     what detect answers (probability to float32, category and verdict exactly)."""
-    from threatflow.flows import ingest
 
     flows = json_flows(150, seed=40)
     model_fields = [
@@ -464,8 +463,9 @@ def test_detect_and_ingest_score_the_same_real_flows_alike(api, backend_env):
             for r in conn.exec_driver_sql("SELECT event_key::text, probability, predicted_cat, predicted_attack FROM flow_events")
         }
     engine.dispose()
+    keys = event_keys(flows, source="attack-consistency", positions=list(range(len(flows))))
     for i, result in enumerate(detected):
-        probability, category, attack = rows[ingest.event_key("attack-consistency", i)]
+        probability, category, attack = rows[keys[i]]
         assert abs(probability - result["probability"]) < 1e-6 and category == result["attack_cat"] and attack == result["is_attack"], i
 
 

@@ -6,8 +6,8 @@ One code path for the three ways flows arrive: `POST /api/v1/flows/batch`,
 definition of a valid flow for training and serving) plus the fields only
 events have (addresses, ports, times). Nothing is ever filled with 0.
 
-Every event gets a deterministic key: a 128-bit blake2b hash of `<source>:<position>`, where the
-source is a file's sha256 or a batch's own hash. With the event time (the flow's
+Every event gets a deterministic key: a 128-bit blake2b hash of `<source>:<position>:` and the flow
+(flow_content), where the source is a file's sha256 or a batch's own hash. With the event time (the flow's
 `stime`, else the batch's `observed_at`, else when the source was first observed:
 undated_time), that key makes a re-send a no-op.
 """
@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import io
 import ipaddress
+import struct
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -380,11 +381,34 @@ def valid_indices(count: int, problems: Sequence[FlowProblem]) -> list[int]:
 # -- scoring and storing ---------------------------------------------------------------------
 
 
-def event_key(source: str, position: int) -> str:
-    """A deterministic 128-bit key for row `position` of `source`, as a UUID string.
+def event_key(source: str, position: int, *, content: bytes) -> str:
+    """A deterministic 128-bit key for row `position` of `source` holding the flow `content` (flow_content),
+    as a UUID string. The content is part of it because a client names its source (`flows load`: the file's
+    sha256) and anyone who knew it could post other rows at its positions first: keyed by source and position
+    alone, the real rows, sent later, were all "duplicates". Only the same flow at the same place is one now.
     (blake2b, formatted directly: uuid.uuid5 cost more than scoring the flow.)"""
-    h = hashlib.blake2b(f"{source}:{position}".encode(), digest_size=16).hexdigest()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = hashlib.blake2b(f"{source}:{position}:".encode(), digest_size=16)
+    h.update(content)
+    d = h.hexdigest()
+    return f"{d[:8]}-{d[8:12]}-{d[12:16]}-{d[16:20]}-{d[20:]}"
+
+
+_FEATURES_PACKED = struct.Struct(f"<{len(STORED_FEATURES)}d")
+_NAN = float("nan")
+
+
+def flow_content(features: Sequence[float | None], ev: EventFields, proto: str, service: str, state: str) -> bytes:
+    """What an event stores of its flow, as bytes for its key: the model inputs (NaN where absent: a NaN value
+    is refused, so the two cannot be confused), the ground truth, addresses, ports, categorical fields and times,
+    all as validated (so "80" and 80 are one flow). Not the prediction: the same flow scored by a newer model is
+    the same event. A few µs a flow."""
+    if None in features:  # a feature the flow does not carry (`rate` in the raw layout)
+        features = [_NAN if v is None else v for v in features]
+    packed = _FEATURES_PACKED.pack(*features)
+    stime = ev.stime.timestamp() if ev.stime is not None else None
+    ltime = ev.ltime.timestamp() if ev.ltime is not None else None
+    rest = f"|{ev.label}|{ev.attack_cat}|{ev.srcip}|{ev.sport}|{ev.dstip}|{ev.dsport}|{proto}|{service}|{state}|{stime!r}|{ltime!r}"
+    return packed + rest.encode()
 
 
 def _feature_vector(flow: Mapping[str, Any]) -> list[float | None]:
@@ -418,20 +442,22 @@ def build_rows(
     rows = []
     for offset, (flow, ev, prediction) in enumerate(zip(flows, fields, predictions, strict=True)):
         position = positions[offset] if positions is not None else first_position + offset
+        features = _feature_vector(flow)
+        proto, service, state = str(flow.get("proto") or "-"), str(flow.get("service") or "-"), str(flow.get("state") or "-")
         rows.append(
             EventRow(
                 event_time=ev.stime or observed_at,
-                event_key=event_key(source, position),
+                event_key=event_key(source, position, content=flow_content(features, ev, proto, service, state)),
                 srcip=ev.srcip,
                 sport=ev.sport,
                 dstip=ev.dstip,
                 dsport=ev.dsport,
-                proto=str(flow.get("proto") or "-"),
-                service=str(flow.get("service") or "-"),
-                state=str(flow.get("state") or "-"),
+                proto=proto,
+                service=service,
+                state=state,
                 stime=ev.stime,
                 ltime=ev.ltime,
-                features=_feature_vector(flow),
+                features=features,
                 label=ev.label,
                 attack_cat=ev.attack_cat,
                 predicted_attack=bool(prediction.is_attack),
