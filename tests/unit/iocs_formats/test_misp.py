@@ -85,3 +85,37 @@ def test_misp_csv_typed_columns():
         ("md5", "644087ccca16d2a728ef7685a4106f09"),
         ("sha1", "eabd6974ac71efd72d9e0688d5a6131f336d169c"),
     ]
+
+
+def _event(attributes, tags=(), objects=()):
+    return {"Event": {"uuid": "e1", "info": "x", "Tag": [{"name": t} for t in tags], "Attribute": attributes, "Object": list(objects)}}
+
+
+def test_tlp_is_the_most_restrictive_of_the_event_and_attribute_tags():
+    """A TLP:RED event came in TLP:CLEAR when one attribute carried tlp:clear (the attribute's tag won), and an event
+    tagged tlp:red and tlp:green came in green (the last tag won). Nothing may come in less restricted than marked."""
+    parsed = parse(
+        "misp",
+        _event(
+            [
+                {"uuid": "a1", "type": "ip-dst", "value": "203.0.113.1", "Tag": [{"name": "tlp:clear"}]},
+                {"uuid": "a2", "type": "ip-dst", "value": "203.0.113.2"},
+            ],
+            tags=["tlp:red", "tlp:green"],
+        ),
+    )
+    assert {p.ref: p.item.tlp for p in parsed.iocs} == {"a1": "tlp:red", "a2": "tlp:red"}
+    raised = parse(
+        "misp",
+        _event([{"uuid": "a1", "type": "ip-dst", "value": "203.0.113.1", "Tag": [{"name": "TLP:AMBER+STRICT"}]}], tags=["tlp:green"]),
+    )
+    assert raised.iocs[0].item.tlp == "tlp:amber+strict"
+
+
+@pytest.mark.parametrize("tag", ["tlp:ex:chr", "tlp:unclear", "tlp:ex:nopub"])
+def test_tlp_extension_tags_are_tags_not_a_tlp_that_rejects_the_item(tag):
+    """MISP's tlp taxonomy also holds tlp:ex:chr, tlp:ex:nopub and tlp:unclear. Taken as the TLP, they made every
+    attribute of the event an item whose TLP the store refuses ("unknown TLP"), so the whole event was rejected."""
+    parsed = parse("misp", _event([{"uuid": "a1", "type": "ip-dst", "value": "203.0.113.1"}], tags=["tlp:amber", tag]))
+    (ioc,) = parsed.iocs
+    assert ioc.item.tlp == "tlp:amber" and tag in ioc.item.tags
