@@ -4,7 +4,8 @@
   composite types (`ip-dst|port`, `filename|sha256`) keep the indicator half and
   `domain|ip` gives both halves plus a resolves-to relation. Non-IoC types (text,
   link, comment, regkey...) are counted in `skipped`, not errors.
-- Tags: `tlp:*` sets the TLP (the attribute's beats the event's), `misp-galaxy:*`
+- Tags: `tlp:*` sets the TLP (the most restrictive of the event's and the attribute's;
+  tlp:ex:chr, tlp:unclear... are kept as tags), `misp-galaxy:*`
   tags are left to the galaxies, every other tag is kept. Each IoC also gets
   `misp-event:<uuid>`; the source is `misp:<Orgc name>`; `comment` (or the
   event's info) is the description.
@@ -27,6 +28,7 @@ from threatflow.intel.formats.base import Builder, Link, ParsedImport, ParsedThr
 from threatflow.intel.formats.csvfmt import parse as parse_csv_rows
 from threatflow.intel.formats.misp_types import MISP_TYPES
 from threatflow.platform.errors import ValidationError
+from threatflow.platform.vocabulary import Tlp
 
 _GALAXY_KINDS = {
     "threat-actor": "threat-actor",
@@ -115,15 +117,26 @@ def _tag_names(holder: dict[str, Any], where: str) -> list[str]:
     return names
 
 
-def _split_tags(names: list[str]) -> tuple[list[str], str | None]:
-    tags, tlp = [], None
+def _split_tags(names: list[str], *, floor: str | None = None) -> tuple[list[str], str | None]:
+    """The tags to keep and the most restrictive TLP among the `tlp:` tags and `floor` (the event's, for an attribute):
+    nothing comes in less restricted than it was marked. The taxonomy's other `tlp:` values (tlp:ex:chr, tlp:unclear)
+    are no TLP and stay tags."""
+    tags, tlp = [], floor
     for name in names:
         lower = name.lower()
-        if lower.startswith("tlp:"):
-            tlp = lower
+        marking = _tlp(lower) if lower.startswith("tlp:") else None
+        if marking is not None:
+            tlp = lower if tlp is None or marking.rank > Tlp.parse(tlp).rank else tlp
         elif not lower.startswith("misp-galaxy:"):
             tags.append(name)
     return tags, tlp
+
+
+def _tlp(tag: str) -> Tlp | None:
+    try:
+        return Tlp.parse(tag)
+    except ValueError:
+        return None
 
 
 def _event(out: Builder, event: dict[str, Any], *, where: str) -> None:
@@ -168,12 +181,12 @@ def _attribute(out: Builder, attribute: Any, ctx: dict[str, Any], *, where: str)
     if not misp_type or not isinstance(value, str) or not value.strip():
         out.error(ref, f"{where}: attribute needs a type and a value")
         return []
-    tags, tlp = _split_tags(_tag_names(attribute, where))
+    tags, tlp = _split_tags(_tag_names(attribute, where), floor=ctx["tlp"])
     to_ids = attribute.get("to_ids")
     base = {
         "tags": [*ctx["tags"], *tags, *(["misp:to_ids=false"] if to_ids is False else [])],
         "source": ctx["source"],
-        "tlp": tlp or ctx["tlp"],
+        "tlp": tlp,
         "description": (attribute.get("comment") or ctx["info"] or None),
         "verdict": "malicious" if to_ids is True else None,
     }
