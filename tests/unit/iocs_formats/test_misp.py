@@ -119,3 +119,25 @@ def test_tlp_extension_tags_are_tags_not_a_tlp_that_rejects_the_item(tag):
     parsed = parse("misp", _event([{"uuid": "a1", "type": "ip-dst", "value": "203.0.113.1"}], tags=["tlp:amber", tag]))
     (ioc,) = parsed.iocs
     assert ioc.item.tlp == "tlp:amber" and tag in ioc.item.tags
+
+
+def test_string_flags_and_deleted_objects():
+    """MISP writes to_ids and deleted as "1"/"0" in places (its ZMQ and older exports: `"to_ids": "1", "deleted": "0"`),
+    and a deleted Object carries `"deleted": true` on the object itself. Only the boolean true was read: a "1" deleted
+    attribute and every attribute of a deleted object were imported, "1" did not mark malicious, "0" was not tagged."""
+    ip = lambda uuid, value, **kw: {"uuid": uuid, "type": "ip-dst", "value": value, **kw}  # noqa: E731
+    parsed = parse(
+        "misp",
+        _event(
+            [ip("a1", "203.0.113.1", to_ids="1", deleted="0"), ip("a2", "203.0.113.2", to_ids="0"), ip("a3", "203.0.113.3", deleted="1")],
+            objects=[
+                {"name": "ip-port", "deleted": True, "Attribute": [ip("o1", "203.0.113.4", to_ids=True)]},
+                {"name": "ip-port", "deleted": "0", "Attribute": [ip("o2", "203.0.113.5", to_ids=True)]},
+            ],
+        ),
+    )
+    by_ref = {p.ref: p.item for p in parsed.iocs}
+    assert set(by_ref) == {"a1", "a2", "o2"}
+    assert by_ref["a1"].verdict == "malicious" and "misp:to_ids=false" not in by_ref["a1"].tags
+    assert by_ref["a2"].verdict is None and "misp:to_ids=false" in by_ref["a2"].tags
+    assert parsed.skipped == {"deleted": 2}
