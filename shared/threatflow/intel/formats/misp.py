@@ -9,7 +9,7 @@
   tags are left to the galaxies, every other tag is kept. Each IoC also gets
   `misp-event:<uuid>`; the source is `misp:<Orgc name>`; `comment` (or the
   event's info) is the description.
-- `to_ids: true` marks the IoC malicious; `to_ids: false` leaves the verdict
+- `to_ids: true` (or "1") marks the IoC malicious; `to_ids: false` leaves the verdict
   alone and adds the tag `misp:to_ids=false`, so detection exports can skip it.
 - Galaxy clusters become threats (threat-actor, intrusion-set, malware families,
   tools); ATT&CK attack-pattern clusters become TTPs of the event's threats.
@@ -156,6 +156,9 @@ def _event(out: Builder, event: dict[str, Any], *, where: str) -> None:
     for o_index, obj in enumerate(_list(event, "Object", where)):
         if not isinstance(obj, dict):
             raise ValidationError(f"misp: {where}.Object[{o_index}] is not an object", field="content")
+        if _flag(obj.get("deleted")):
+            out.skip("deleted")
+            continue
         obj_ctx = {**ctx, "info": obj.get("comment") or info}
         for index, attribute in enumerate(_list(obj, "Attribute", f"{where}.Object[{o_index}]")):
             event_iocs.extend(_attribute(out, attribute, obj_ctx, where=f"{where}.Object[{o_index}].Attribute[{index}]"))
@@ -172,7 +175,7 @@ def _attribute(out: Builder, attribute: Any, ctx: dict[str, Any], *, where: str)
     """The refs of the IoCs this attribute gave (none, one, or two for domain|ip)."""
     if not isinstance(attribute, dict):
         raise ValidationError(f"misp: {where} is not an object", field="content")
-    if attribute.get("deleted") is True:
+    if _flag(attribute.get("deleted")):
         out.skip("deleted")
         return []
     misp_type = str(attribute.get("type") or "")
@@ -182,13 +185,13 @@ def _attribute(out: Builder, attribute: Any, ctx: dict[str, Any], *, where: str)
         out.error(ref, f"{where}: attribute needs a type and a value")
         return []
     tags, tlp = _split_tags(_tag_names(attribute, where), floor=ctx["tlp"])
-    to_ids = attribute.get("to_ids")
+    to_ids = _flag(attribute.get("to_ids"))
     base = {
         "tags": [*ctx["tags"], *tags, *(["misp:to_ids=false"] if to_ids is False else [])],
         "source": ctx["source"],
         "tlp": tlp,
         "description": (attribute.get("comment") or ctx["info"] or None),
-        "verdict": "malicious" if to_ids is True else None,
+        "verdict": "malicious" if to_ids else None,
     }
     refs: list[str] = []
     if misp_type == "domain|ip":
@@ -214,6 +217,14 @@ def _attribute(out: Builder, attribute: Any, ctx: dict[str, Any], *, where: str)
     threat_refs, _ttps = _galaxies(out, attribute, where)
     out.links.extend(Link(ioc_ref, threat_ref, "indicates") for ioc_ref in refs for threat_ref in threat_refs)
     return refs
+
+
+def _flag(value: Any) -> bool | None:
+    """A MISP boolean: true/false, or "1"/"0" as MISP writes them in places (its ZMQ feed, older exports); None if absent."""
+    if isinstance(value, bool) or value is None:
+        return value
+    text = str(value).strip().lower()
+    return True if text in ("1", "true") else False if text in ("0", "false", "") else None
 
 
 def _galaxies(out: Builder, holder: dict[str, Any], where: str) -> tuple[list[str], list[str]]:
