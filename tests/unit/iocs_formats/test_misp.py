@@ -1,5 +1,6 @@
 """MISP event import."""
 
+import msgspec
 import pytest
 
 from threatflow.intel.formats import parse
@@ -141,3 +142,31 @@ def test_string_flags_and_deleted_objects():
     assert by_ref["a1"].verdict == "malicious" and "misp:to_ids=false" not in by_ref["a1"].tags
     assert by_ref["a2"].verdict is None and "misp:to_ids=false" in by_ref["a2"].tags
     assert parsed.skipped == {"deleted": 2}
+
+
+def test_galaxy_tags_without_a_galaxy_block_become_threats_and_ttps():
+    """A MISP feed's events (PyMISP's to_feed: Tag, Attribute, Object) name their clusters only as tags, with no Galaxy
+    block. Those tags were dropped as "left to the galaxies": no threat actor, no technique, no link."""
+    parsed = parse(
+        "misp",
+        _event(
+            [
+                {"uuid": "a1", "type": "ip-dst", "value": "203.0.113.1"},
+                {"uuid": "a2", "type": "domain", "value": "evil.example.com", "Tag": [{"name": 'misp-galaxy:tool="Mimikatz - S0002"'}]},
+            ],
+            tags=[
+                'misp-galaxy:threat-actor="Sofacy"',
+                'misp-galaxy:mitre-attack-pattern="Command and Scripting Interpreter - T1059"',
+                'misp-galaxy:mitre-attack-pattern="PowerShell - T1059.001"',
+            ],
+        ),
+    )
+    threats = {t.ref: t.item for t in parsed.threats}
+    assert set(threats) == {"threat:threat-actor:sofacy", "threat:tool:mimikatz"}
+    assert threats["threat:threat-actor:sofacy"].ttps == ["T1059", "T1059.001"]
+    assert {"source_name": "mitre-attack", "external_id": "S0002"} in msgspec.to_builtins(threats["threat:tool:mimikatz"].references)
+    assert {(link.ioc_ref, link.threat_ref) for link in parsed.links} == {
+        ("a1", "threat:threat-actor:sofacy"),
+        ("a2", "threat:threat-actor:sofacy"),
+        ("a2", "threat:tool:mimikatz"),
+    }
