@@ -12,7 +12,8 @@
 - `to_ids: true` (or "1") marks the IoC malicious; `to_ids: false` leaves the verdict
   alone and adds the tag `misp:to_ids=false`, so detection exports can skip it.
 - Galaxy clusters become threats (threat-actor, intrusion-set, malware families,
-  tools); ATT&CK attack-pattern clusters become TTPs of the event's threats.
+  tools), and so do clusters named only by a `misp-galaxy:` tag (feed events have no
+  Galaxy block); ATT&CK attack-pattern clusters become TTPs of the event's threats.
   Event-level clusters are linked to every IoC of the event, attribute-level
   clusters to that attribute's IoCs.
 """
@@ -54,6 +55,7 @@ _GALAXY_KINDS = {
 _ATTACK_PATTERN_GALAXIES = {"mitre-attack-pattern", "mitre-enterprise-attack-attack-pattern", "mitre-mobile-attack-attack-pattern"}
 _MITRE_SUFFIX = re.compile(r"^(?P<name>.+?)\s+-\s+(?P<id>[GSTC]\d{4}(?:\.\d{3})?)$")
 _TTP = re.compile(r"^T\d{4}(?:\.\d{3})?$")
+_GALAXY_TAG = re.compile(r'^misp-galaxy:(?P<type>[^=]+)="(?P<value>.+)"$')
 _ABSOLUTE = re.compile(r"^(?:[A-Za-z]:\\|\\\\|/|%[A-Za-z_]+%\\)")
 
 
@@ -231,7 +233,7 @@ def _galaxies(out: Builder, holder: dict[str, Any], where: str) -> tuple[list[st
     """Threats from the holder's galaxy clusters (refs), and the ATT&CK technique ids among them."""
     refs: list[str] = []
     ttps: list[str] = []
-    for galaxy in _list(holder, "Galaxy", where):
+    for galaxy in [*_list(holder, "Galaxy", where), *_tag_galaxies(holder, where)]:
         if not isinstance(galaxy, dict):
             continue
         galaxy_type = str(galaxy.get("type") or "")
@@ -272,6 +274,24 @@ def _galaxies(out: Builder, holder: dict[str, Any], where: str) -> tuple[list[st
                 },
             )
     return refs, ttps
+
+
+def _tag_galaxies(holder: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """Clusters named only by a `misp-galaxy:TYPE="VALUE"` tag, as galaxies: a feed's events (PyMISP's to_feed) carry
+    the tags and no Galaxy block. A cluster the Galaxy block already holds is not repeated."""
+    held = {
+        (str(galaxy.get("type") or ""), str(cluster.get("value") or "").strip())
+        for galaxy in _list(holder, "Galaxy", where)
+        if isinstance(galaxy, dict)
+        for cluster in (galaxy.get("GalaxyCluster") or [])
+        if isinstance(cluster, dict)
+    }
+    galaxies = []
+    for name in _tag_names(holder, where):
+        match = _GALAXY_TAG.match(name)
+        if match and (match.group("type"), match.group("value").strip()) not in held:
+            galaxies.append({"type": match.group("type"), "GalaxyCluster": [{"value": match.group("value")}]})
+    return galaxies
 
 
 def _first(value: Any) -> str | None:
