@@ -170,3 +170,20 @@ def test_galaxy_tags_without_a_galaxy_block_become_threats_and_ttps():
         ("a2", "threat:threat-actor:sofacy"),
         ("a2", "threat:tool:mimikatz"),
     }
+
+
+def test_attribute_search_response():
+    """/attributes/restSearch answers {"response": {"Attribute": [...]}}: refused whole ("response must be a list")."""
+    doc = {
+        "response": {
+            "Attribute": [
+                {"uuid": "a1", "type": "ip-dst", "value": "203.0.113.1", "to_ids": True, "Tag": [{"name": "tlp:green"}]},
+                {"uuid": "a2", "type": "domain", "value": "evil.example.com", "to_ids": False},
+            ]
+        }
+    }
+    parsed = parse("misp", doc)
+    assert [(p.ref, p.item.value, p.item.tlp, p.item.verdict) for p in parsed.iocs] == [
+        ("a1", "203.0.113.1", "tlp:green", "malicious"),
+        ("a2", "evil.example.com", None, None),
+    ]
