@@ -1,4 +1,5 @@
-"""MISP import: events (`{"Event": {...}}`, a bare event, `{"response": [...]}`) and MISP CSV.
+"""MISP import: events (`{"Event": {...}}`, a bare event, `{"response": [...]}`), attribute searches
+(`{"response": {"Attribute": [...]}}`) and MISP CSV.
 
 - Attributes (top level and inside Objects) become IoCs by type (`MISP_TYPES`);
   composite types (`ip-dst|port`, `filename|sha256`) keep the indicator half and
@@ -82,7 +83,9 @@ def is_event_document(doc: Any) -> bool:
 
 
 def _events(doc: Any) -> list[dict[str, Any]]:
-    if isinstance(doc, dict) and "response" in doc:
+    if isinstance(doc, dict) and isinstance(doc.get("response"), dict) and "Attribute" in doc["response"]:
+        events = [doc["response"]]  # /attributes/restSearch: the attributes, read as one event's
+    elif isinstance(doc, dict) and "response" in doc:
         items = doc["response"]
         if not isinstance(items, list):
             raise ValidationError("misp: response must be a list of events", field="content")
