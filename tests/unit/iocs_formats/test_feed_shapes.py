@@ -1,0 +1,73 @@
+"""abuse.ch feeds as they are downloaded, in small hand-written reproductions of their shapes: every row gives an
+IoC that the store accepts (normalise is what the upsert runs on each item)."""
+
+from threatflow.intel.formats import parse
+from threatflow.iocs.normalise import normalise
+
+SHA256 = "0123456789abcdef" * 4
+MD5 = "0123456789abcdef" * 2
+SHA1 = "0123456789abcdef0123456789abcdef01234567"
+
+
+def stored(parsed):
+    return [(str(ind.type), ind.value) for ind in (normalise(p.item.value, p.item.type) for p in parsed.iocs)]
+
+
+THREATFOX_CSV = (
+    "################################################################\r\n"
+    "# ThreatFox IOCs: recent additions - CSV format                #\r\n"
+    "################################################################\r\n"
+    "#\r\n"
+    '# "first_seen_utc","ioc_id","ioc_value","ioc_type","threat_type","fk_malware","malware_alias","malware_printable",'
+    '"last_seen_utc","confidence_level","is_compromised","reference","tags","anonymous","reporter"\r\n'
+    '"2026-07-04 21:46:30", "101", "198.51.100.36:5555", "ip:port", "botnet_cc", "win.cobalt_strike", "BEACON,cobeacon",'
+    ' "Cobalt Strike", "", "75", "False", "None", "CobaltStrike,c2", "0", "someone"\r\n'
+    '"2026-07-04 21:46:31", "102", "[2001:db8::7]:443", "ip:port", "botnet_cc", "win.x", "None", "X", "", "100", "False",'
+    ' "None", "c2", "0", "someone"\r\n'
+    f'"2026-07-04 21:46:32", "103", "{SHA256}", "sha256_hash", "payload", "win.x", "None", "X", "", "50", "False", "None",'
+    ' "x", "0", "someone"\r\n'
+    f'"2026-07-04 21:46:33", "104", "{MD5}", "md5_hash", "payload", "win.x", "None", "X", "", "50", "False", "None", "x",'
+    ' "0", "someone"\r\n'
+    '"2026-07-04 21:46:34", "105", "evil.example.com", "domain", "payload_delivery", "js.clearfake", "None", "ClearFake",'
+    ' "", "100", "False", "None", "ClearFake", "1", "anonymous"\r\n'
+)
+
+
+def test_threatfox_csv_ip_port_and_hash_types():
+    """ThreatFox names its types ip:port, sha256_hash, md5_hash: they went to the store as types, which refused each
+    such row ("unknown type 'ip:port'"), so only its domains and URLs were imported. Its confidence_level was unread."""
+    parsed = parse("csv", THREATFOX_CSV)
+    assert not parsed.errors
+    assert stored(parsed) == [
+        ("ipv4", "198.51.100.36"),
+        ("ipv6", "2001:db8::7"),
+        ("sha256", SHA256),
+        ("md5", MD5),
+        ("domain", "evil.example.com"),
+    ]
+    assert [p.item.confidence for p in parsed.iocs] == [75, 100, 50, 50, 100]
+
+
+def test_malwarebazaar_csv_hash_columns():
+    """MalwareBazaar's export names its hash columns sha256_hash, md5_hash, sha1_hash and has no value column: the
+    whole file was refused ("no value column")."""
+    text = (
+        "################################################################\n"
+        "# MalwareBazaar recent malware samples                         #\n"
+        "# Terms Of Use: https://bazaar.abuse.ch/faq/#tos               #\n"
+        "################################################################\n"
+        "#\n"
+        '# "first_seen_utc","sha256_hash","md5_hash","sha1_hash","reporter","file_name","file_type_guess","mime_type",'
+        '"signature","clamav","vtpercent","imphash","ssdeep","tlsh"\n'
+        f'"2026-05-01 09:59:01", "{SHA256}", "{MD5}", "{SHA1}", "someone", "invoice, May.exe", "exe", "application/x-dosexec",'
+        ' "AgentTesla", "n/a", "n/a", "f34d5f2d4577ed6d9ceec516c1f5a744", "3072:abc:def", "T1ABC"\n'
+    )
+    parsed = parse("csv", text)
+    assert not parsed.errors
+    assert stored(parsed) == [("sha256", SHA256), ("md5", MD5), ("sha1", SHA1)]
+
+
+def test_sslbl_botnet_c2_ip_csv():
+    """SSLBL's C2 IP list names its address DstIP: refused ("no value column")."""
+    text = "################################################################\n# abuse.ch SSLBL Botnet C2 IP Blacklist (CSV)                  #\n#\n# Firstseen,DstIP,DstPort\n2026-01-01 00:00:00,198.51.100.9,443\n"
+    assert stored(parse("csv", text)) == [("ipv4", "198.51.100.9")]
