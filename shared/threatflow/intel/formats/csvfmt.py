@@ -3,7 +3,8 @@
 Columns (case-insensitive, common aliases accepted): value (indicator, ioc,
 observable...), type, tags (`;` or `|` separated), source/sources, tlp,
 confidence, expires_at (valid_until, expiry), description (comment), verdict.
-Types may be ours (ipv4, sha256...) or MISP's (ip-dst, filename|sha256...).
+Types may be ours (ipv4, sha256...), MISP's (ip-dst, filename|sha256...) or abuse.ch's
+(ip:port, sha256_hash...).
 
 Without a value column, columns named by an indicator type (`md5, sha1, sha256`,
 MISP's typed-column CSV) are read cell by cell. MISP's own CSV export
@@ -34,6 +35,7 @@ _ALIASES: dict[str, tuple[str, ...]] = {
         "attribute",
         "ioc value",
         "dst_ip",
+        "dstip",
         "ip_address",
         "address",
     ),
@@ -42,7 +44,7 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "source": ("source", "feed"),
     "sources": ("sources",),
     "tlp": ("tlp", "tlp_level"),
-    "confidence": ("confidence",),
+    "confidence": ("confidence", "confidence_level"),
     "expires_at": ("expires_at", "expiry", "expires", "valid_until"),
     "description": ("description", "comment", "comments", "notes"),
     "verdict": ("verdict",),
@@ -52,6 +54,8 @@ _ALIASES: dict[str, tuple[str, ...]] = {
 _COLUMN_OF = {alias: key for key, aliases in _ALIASES.items() for alias in aliases}
 _RANK = {alias: rank for aliases in _ALIASES.values() for rank, alias in enumerate(aliases)}
 MAX_ROWS = 1_000_000
+# abuse.ch's type names (ThreatFox's ioc_type, MalwareBazaar's columns); ip:port keeps the address (`host_of`).
+FEED_TYPES: dict[str, str | None] = {"ip:port": None, "md5_hash": "md5", "sha1_hash": "sha1", "sha256_hash": "sha256"}
 
 
 def map_type(value: str | None) -> str | None:
@@ -63,7 +67,17 @@ def map_type(value: str | None) -> str | None:
         return text
     if text in MISP_TYPES:
         return MISP_TYPES[text][0]
+    if text in FEED_TYPES:
+        return FEED_TYPES[text]
     return {"ip": None, "hash": None, "hostname": "domain", "uri": "url", "filepath": "file_path", "path": "file_path"}.get(text, text)
+
+
+def host_of(value: str) -> str:
+    """The address of an ip:port value ("198.51.100.3:443", "[2001:db8::7]:443"); anything else as it is."""
+    if value.startswith("[") and "]" in value:
+        return value[1:].partition("]")[0]
+    host, sep, port = value.rpartition(":")
+    return host if sep and port.isdigit() and ":" not in host else value
 
 
 def _split(text: str | None) -> list[str]:
@@ -153,7 +167,7 @@ def _after_comment_block(text: str) -> tuple[str, int]:
 
 
 def _is_type(name: str) -> bool:
-    return name in {t.value for t in IocType} or name in MISP_TYPES
+    return name in {t.value for t in IocType} or name in MISP_TYPES or name in FEED_TYPES
 
 
 def _row(out: Builder, row: list[str], row_number: int, columns: dict[str, int], typed: dict[int, str | None], width: int) -> None:
@@ -200,6 +214,8 @@ def _row(out: Builder, row: list[str], row_number: int, columns: dict[str, int],
         if raw_type and "|" in raw_type and "|" in value:  # MISP composites: filename|sha256, ip-dst|port
             half = MISP_TYPES.get(raw_type.lower(), (None, 0))[1]
             value = value.split("|")[half]
+        elif raw_type and raw_type.lower() == "ip:port":
+            value = host_of(value)
         out.ioc(ref, {**common, "value": value, "type": map_type(raw_type)})
         return
     for index, ioc_type in typed.items():
