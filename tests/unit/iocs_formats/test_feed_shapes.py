@@ -71,3 +71,43 @@ def test_sslbl_botnet_c2_ip_csv():
     """SSLBL's C2 IP list names its address DstIP: refused ("no value column")."""
     text = "################################################################\n# abuse.ch SSLBL Botnet C2 IP Blacklist (CSV)                  #\n#\n# Firstseen,DstIP,DstPort\n2026-01-01 00:00:00,198.51.100.9,443\n"
     assert stored(parse("csv", text)) == [("ipv4", "198.51.100.9")]
+
+
+def test_feodo_json_blocklist():
+    """Feodo Tracker's JSON blocklist is a list of records naming the address ip_address: every record was rejected
+    ("Object contains unknown field `ip_address`"), so the file imported nothing."""
+    doc = [
+        {"ip_address": "198.51.100.23", "port": 4125, "status": "online", "hostname": None, "as_number": 64500, "as_name": "EXAMPLE-AS",
+         "country": "SG", "first_seen": "2026-05-16 19:49:33", "last_online": "2026-06-14", "malware": "Dridex"},
+        {"ip_address": "198.51.100.24", "port": 7443, "status": "offline", "hostname": "ns1.example.net", "as_number": 64501,
+         "as_name": "OTHER", "country": "CA", "first_seen": "2026-08-27 04:48:12", "last_online": None, "malware": "QakBot"},
+    ]  # fmt: skip
+    parsed = parse("json", doc)
+    assert not parsed.errors and stored(parsed) == [("ipv4", "198.51.100.23"), ("ipv4", "198.51.100.24")]
+
+
+def test_threatfox_json_export_and_derived_list():
+    """ThreatFox's JSON export is an object of id -> [records] (ioc_value, ioc_type): refused whole ('expected
+    {"iocs": [...]}'). A list derived from it, {"iocs": [{"ioc": "evil[.]example", "type": "ip:port"...}]}, had every
+    item rejected ("unknown field `ioc`")."""
+    export = {
+        "1844853": [{"ioc_value": "198.51.100.36:5555", "ioc_type": "ip:port", "threat_type": "botnet_cc", "malware": "win.cobalt_strike",
+                     "malware_printable": "Cobalt Strike", "first_seen_utc": "2026-07-04 21:46:30", "confidence_level": 75,
+                     "tags": "CobaltStrike,c2", "reporter": "someone"}],
+        "1844852": [{"ioc_value": SHA256, "ioc_type": "sha256_hash", "threat_type": "payload", "confidence_level": 50, "tags": None}],
+    }  # fmt: skip
+    parsed = parse("json", export)
+    assert not parsed.errors and stored(parsed) == [("ipv4", "198.51.100.36"), ("sha256", SHA256)]
+    assert parsed.iocs[0].item.confidence == 75 and parsed.iocs[0].item.tags == ["CobaltStrike", "c2"]
+    derived = {"source": "abuse.ch / ThreatFox", "count": 2, "iocs": [
+        {"ioc": "bad-host.workers[.]dev", "type": "domain", "malware": "x", "confidence": 50, "first_seen": "2026-08-22 21:23:45 UTC"},
+        {"ioc": "198.51.100[.]136:8808", "type": "ip:port", "malware": "AsyncRAT", "confidence": 100},
+    ]}  # fmt: skip
+    parsed = parse("json", derived)
+    assert not parsed.errors and stored(parsed) == [("domain", "bad-host.workers.dev"), ("ipv4", "198.51.100.136")]
+
+
+def test_json_batch_items_stay_strict():
+    """A batch-shaped item (it has a value) is still checked field by field: an unknown field rejects it."""
+    parsed = parse("json", [{"value": "198.51.100.1", "colour": "red"}])
+    assert [e.ref for e in parsed.errors] == ["#0"] and "colour" in parsed.errors[0].reason
