@@ -98,7 +98,7 @@ def test_threatfox_json_export_and_derived_list():
     }  # fmt: skip
     parsed = parse("json", export)
     assert not parsed.errors and stored(parsed) == [("ipv4", "198.51.100.36"), ("sha256", SHA256)]
-    assert parsed.iocs[0].item.confidence == 75 and parsed.iocs[0].item.tags == ["CobaltStrike", "c2"]
+    assert parsed.iocs[0].item.confidence == 75 and parsed.iocs[0].item.tags == ["cobaltstrike", "c2"]
     derived = {"source": "abuse.ch / ThreatFox", "count": 2, "iocs": [
         {"ioc": "bad-host.workers[.]dev", "type": "domain", "malware": "x", "confidence": 50, "first_seen": "2026-08-22 21:23:45 UTC"},
         {"ioc": "198.51.100[.]136:8808", "type": "ip:port", "malware": "AsyncRAT", "confidence": 100},

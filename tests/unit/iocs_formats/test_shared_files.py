@@ -139,3 +139,12 @@ def test_threatfox_host_list_imports_its_addresses_not_its_url_column():
 def test_urlhaus_dump_still_imports_every_url():
     parsed = parse("csv", _abusech("urlhaus_dump_2025-04-21.csv"))
     assert len(parsed.iocs) == 11_125 and not parsed.errors
+
+
+@pytest.mark.parametrize("name", ["feodo_ipblocklist_recommended.json", "threatfox_recent_defanged_ashiroodi.json"])
+def test_abusech_json_feeds_import_every_record(name):
+    """Both imported nothing: every record was rejected for its feed's field names (ip_address, ioc)."""
+    doc = json.loads(_abusech(name))
+    records = doc["iocs"] if isinstance(doc, dict) else doc
+    parsed = parse("json", _abusech(name))
+    assert len(parsed.iocs) == len(records) and not parsed.errors

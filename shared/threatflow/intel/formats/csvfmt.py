@@ -103,12 +103,7 @@ def parse(content: Any) -> ParsedImport:
     except (StopIteration, csv.Error) as exc:
         raise ValidationError(f"csv: cannot read the header row: {exc}", field="content") from None
     names = _names(header)
-    columns: dict[str, int] = {}
-    for i, name in enumerate(names):  # per field, the column whose name its aliases prefer, then the first
-        key = _COLUMN_OF.get(name)
-        if key is not None and (key not in columns or _RANK[name] < _RANK[names[columns[key]]]):
-            columns[key] = i
-    typed = {i: map_type(name) for i, name in enumerate(names) if name not in _COLUMN_OF and _is_type(name)}
+    columns, typed = _columns(names)
     if "value" not in columns and not typed:
         raise ValidationError(
             f"csv: no value column; name one of {', '.join(_ALIASES['value'])}, or name columns by indicator type (md5, ip-dst...)."
@@ -122,10 +117,37 @@ def parse(content: Any) -> ParsedImport:
                 raise ValidationError(f"csv: more than {MAX_ROWS} rows", field="content")
             if not any(cell.strip() for cell in row) or row[0].lstrip().startswith("#"):
                 continue  # blank, or a comment: feeds end with one ("# END 28 entries")
-            _row(out, row, row_number, columns, typed, len(names))
+            _row(out, f"row {row_number}", row, columns, typed, len(names))
     except csv.Error as exc:
         raise ValidationError(f"csv: line {reader.line_num}: {exc}", field="content") from None
     return out.build()
+
+
+def _columns(names: list[str]) -> tuple[dict[str, int], dict[int, str | None]]:
+    """Which column holds each field (per field, the one whose name its aliases prefer, then the first), and the
+    columns named by an indicator type."""
+    columns: dict[str, int] = {}
+    for i, name in enumerate(names):
+        key = _COLUMN_OF.get(name)
+        if key is not None and (key not in columns or _RANK[name] < _RANK[names[columns[key]]]):
+            columns[key] = i
+    typed = {i: map_type(name) for i, name in enumerate(names) if name not in _COLUMN_OF and _is_type(name)}
+    return columns, typed
+
+
+def is_record(item: dict[str, Any]) -> bool:
+    """Whether a JSON object is a feed's record rather than a batch item: no `value`, but a field the columns name as
+    the value (abuse.ch: `ip_address`, `ioc`, `ioc_value`)."""
+    return "value" not in item and "value" in _columns(_names([str(key) for key in item]))[0]
+
+
+def record(out: Builder, ref: str, item: dict[str, Any]) -> None:
+    """A feed's JSON record, read as a CSV row under its keys: the same names, types and composites; other fields
+    (a feed's status, country, reporter...) are ignored, as unnamed columns are."""
+    names = _names([str(key) for key in item])
+    columns, typed = _columns(names)
+    cells = [",".join(map(str, value)) if isinstance(value, list) else "" if value is None else str(value) for value in item.values()]
+    _row(out, ref, cells, columns, typed, len(names))
 
 
 def _names(header: list[str]) -> list[str]:
@@ -170,8 +192,7 @@ def _is_type(name: str) -> bool:
     return name in {t.value for t in IocType} or name in MISP_TYPES or name in FEED_TYPES
 
 
-def _row(out: Builder, row: list[str], row_number: int, columns: dict[str, int], typed: dict[int, str | None], width: int) -> None:
-    ref = f"row {row_number}"
+def _row(out: Builder, ref: str, row: list[str], columns: dict[str, int], typed: dict[int, str | None], width: int) -> None:
     if len(row) > width:
         out.error(ref, f"{len(row)} cells but the header names {width} columns")
         return

@@ -1,15 +1,23 @@
-"""JSON import: `{"iocs": [...]}` or a bare list, items as in POST /api/v1/iocs/batch."""
+"""JSON import: `{"iocs": [...]}` or a bare list, items as in POST /api/v1/iocs/batch.
+
+A feed's records are read too: an object without `value` but with a field the CSV import names as the value
+(`ip_address`, `ioc`, `ioc_value`...) is read as a CSV row under its keys (Feodo's blocklist, ThreatFox's lists),
+and ThreatFox's export, an object of id -> [records], is read as the list of its records.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from threatflow.intel.formats import csvfmt
 from threatflow.intel.formats.base import Builder, ParsedImport, load_json
 from threatflow.platform.errors import ValidationError
 
 
 def parse(content: Any) -> ParsedImport:
     doc = load_json(content, what="json")
+    if isinstance(doc, dict) and doc and all(key.isdigit() and isinstance(entries, list) for key, entries in doc.items()):
+        doc = [entry for entries in doc.values() for entry in entries]  # ThreatFox's export: {"<id>": [records]}
     if isinstance(doc, dict):
         if "iocs" not in doc:
             raise ValidationError('json: expected {"iocs": [...]} or a list of IoC objects', field="content")
@@ -23,5 +31,8 @@ def parse(content: Any) -> ParsedImport:
         if not isinstance(item, dict):
             out.error(ref, f"an IoC must be an object with a value; got {type(item).__name__}")
             continue
-        out.ioc(ref, item)
+        if csvfmt.is_record(item):
+            csvfmt.record(out, ref, item)
+        else:
+            out.ioc(ref, item)
     return out.build()
