@@ -102,3 +102,19 @@ def test_a_bad_tag_rejects_only_its_row():
     assert values(parsed) == [("5.6.7.8", "ipv4")]
     assert parsed.iocs[0].item.tags == ["ok"]
     assert [e.ref for e in parsed.errors] == ["row 2"] and "longer than 128" in parsed.errors[0].reason
+
+
+def test_misp_csv_tlp_tags_set_the_tlp():
+    """MISP's CSV export carries tags in attribute_tag (and event_tag with includeContext). They were not read at all:
+    a tlp:red attribute came in at the default TLP (or the request's --tlp clear), and its other tags were lost."""
+    text = (
+        "uuid,event_id,category,type,value,comment,to_ids,date,object_relation,attribute_tag,object_uuid,object_name,object_meta-category,event_tag\n"
+        'u1,7,Network activity,ip-dst,198.51.100.1,,1,1700000000,,"tlp:red,osint",,,,tlp:green\n'
+        "u2,7,Network activity,domain,evil.example.com,,1,1700000000,,,,,,tlp:amber\n"
+        "u3,7,Network activity,domain,bad.example.com,,1,1700000000,,tlp:ex:chr,,,,\n"
+    )
+    parsed = parse("csv", text).with_defaults(tlp="clear")
+    by_value = {p.item.value: p.item for p in parsed.iocs}
+    assert by_value["198.51.100.1"].tlp == "tlp:red" and "osint" in by_value["198.51.100.1"].tags
+    assert by_value["evil.example.com"].tlp == "tlp:amber"
+    assert by_value["bad.example.com"].tlp == "clear" and "tlp:ex:chr" in by_value["bad.example.com"].tags
