@@ -12,7 +12,7 @@ import msgspec
 
 from threatflow.iocs.service import IocIn
 from threatflow.platform.errors import ValidationError
-from threatflow.platform.vocabulary import clean_tags
+from threatflow.platform.vocabulary import Tlp, clean_tags
 from threatflow.threats.model import ThreatIn
 
 T = TypeVar("T")
@@ -154,6 +154,24 @@ class Builder:
 
     def build(self) -> ParsedImport:
         return ParsedImport(self.iocs, self.threats, self.links, self.relations, self.errors, self.warnings, self.skipped)
+
+
+def strictest_tlp(markings: Sequence[str | None]) -> str | None:
+    """The most restrictive TLP among `markings` (tags or a TLP field), spelled as given; values that are no TLP
+    (MISP's tlp:ex:chr, tlp:unclear, other tags) are passed over. Nothing comes in less restricted than it was marked."""
+    best: tuple[int, str] | None = None
+    for marking in markings:
+        try:
+            rank = Tlp.parse(marking).rank if marking else None
+        except ValueError:
+            rank = None
+        if rank is not None and marking and (best is None or rank > best[0]):
+            best = (rank, marking)
+    return best[1] if best else None
+
+
+def is_tlp(tag: str) -> bool:
+    return tag.lower().startswith("tlp:") and strictest_tlp([tag]) is not None
 
 
 def load_json(content: bytes | str | Any, *, what: str) -> Any:

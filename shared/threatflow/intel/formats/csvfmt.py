@@ -1,7 +1,8 @@
 """CSV import: a header row, then one IoC per row; bad rows are named by row number.
 
 Columns (case-insensitive, common aliases accepted): value (indicator, ioc,
-observable...), type, tags (`;` or `|` separated), source/sources, tlp,
+observable...), type, tags (`;` or `|` separated; MISP's attribute_tag and event_tag,
+whose `tlp:` tags set the TLP, the most restrictive winning), source/sources, tlp,
 confidence, expires_at (valid_until, expiry), description (comment), verdict.
 Types may be ours (ipv4, sha256...), MISP's (ip-dst, filename|sha256...) or abuse.ch's
 (ip:port, sha256_hash...).
@@ -17,7 +18,7 @@ import csv
 import io
 from typing import Any
 
-from threatflow.intel.formats.base import Builder, ParsedImport, as_text
+from threatflow.intel.formats.base import Builder, ParsedImport, as_text, is_tlp, strictest_tlp
 from threatflow.intel.formats.misp_types import MISP_TYPES
 from threatflow.iocs.types import IocType
 from threatflow.platform.errors import ValidationError
@@ -40,7 +41,8 @@ _ALIASES: dict[str, tuple[str, ...]] = {
         "address",
     ),
     "type": ("type", "ioc_type", "indicator_type", "kind", "attribute_type", "ioc type"),
-    "tags": ("tags", "tag", "labels", "label"),
+    "tags": ("tags", "tag", "labels", "label", "attribute_tag"),
+    "event_tags": ("event_tag",),  # MISP's CSV with includeContext
     "source": ("source", "feed"),
     "sources": ("sources",),
     "tlp": ("tlp", "tlp_level"),
@@ -203,11 +205,13 @@ def _row(out: Builder, ref: str, row: list[str], columns: dict[str, int], typed:
             return None
         return row[index].strip() or None
 
+    tags = [*_split(cell("tags")), *_split(cell("event_tags"))]
+    markings = [tag for tag in tags if is_tlp(tag)]  # MISP's tlp: tags: the most restrictive of them and the tlp column
     common: dict[str, Any] = {
-        "tags": _split(cell("tags")),
+        "tags": [tag for tag in tags if tag not in markings],
         "source": cell("source"),
         "sources": _split(cell("sources")),
-        "tlp": cell("tlp"),
+        "tlp": strictest_tlp([cell("tlp"), *markings]) if markings else cell("tlp"),
         "expires_at": cell("expires_at"),
         "description": cell("description"),
         "verdict": (cell("verdict") or "").lower() or None,

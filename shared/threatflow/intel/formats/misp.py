@@ -26,11 +26,20 @@ from typing import Any
 
 import msgspec
 
-from threatflow.intel.formats.base import Builder, Link, ParsedImport, ParsedThreat, Relation, as_text, load_json
+from threatflow.intel.formats.base import (
+    Builder,
+    Link,
+    ParsedImport,
+    ParsedThreat,
+    Relation,
+    as_text,
+    is_tlp,
+    load_json,
+    strictest_tlp,
+)
 from threatflow.intel.formats.csvfmt import parse as parse_csv_rows
 from threatflow.intel.formats.misp_types import MISP_TYPES
 from threatflow.platform.errors import ValidationError
-from threatflow.platform.vocabulary import Tlp
 
 _GALAXY_KINDS = {
     "threat-actor": "threat-actor",
@@ -126,22 +135,8 @@ def _split_tags(names: list[str], *, floor: str | None = None) -> tuple[list[str
     """The tags to keep and the most restrictive TLP among the `tlp:` tags and `floor` (the event's, for an attribute):
     nothing comes in less restricted than it was marked. The taxonomy's other `tlp:` values (tlp:ex:chr, tlp:unclear)
     are no TLP and stay tags."""
-    tags, tlp = [], floor
-    for name in names:
-        lower = name.lower()
-        marking = _tlp(lower) if lower.startswith("tlp:") else None
-        if marking is not None:
-            tlp = lower if tlp is None or marking.rank > Tlp.parse(tlp).rank else tlp
-        elif not lower.startswith("misp-galaxy:"):
-            tags.append(name)
-    return tags, tlp
-
-
-def _tlp(tag: str) -> Tlp | None:
-    try:
-        return Tlp.parse(tag)
-    except ValueError:
-        return None
+    tags = [name for name in names if not is_tlp(name) and not name.lower().startswith("misp-galaxy:")]
+    return tags, strictest_tlp([floor, *(name.lower() for name in names if is_tlp(name))])
 
 
 def _event(out: Builder, event: dict[str, Any], *, where: str) -> None:
