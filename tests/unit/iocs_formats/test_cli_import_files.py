@@ -1,0 +1,62 @@
+"""`threatflow iocs import FILE` on files as they are downloaded: compressed dumps, Latin-1 and UTF-16 text. The body
+the CLI sends is recorded by the `call` it is given (the API client port), so no server is needed."""
+
+import argparse
+import gzip
+import zipfile
+
+import pytest
+
+from threatflow.cli import iocs as cli_iocs
+from threatflow.cli.iocs import cmd_import
+from threatflow.platform.errors import ValidationError
+
+CSV = "# URLhaus dump\nid,dateadded,url,url_status\n1,2026-01-01,http://198.51.100.7/bin.sh,online\n"
+
+
+def run_import(path):
+    sent = []
+
+    def call(method, path, body=None, raw=False):
+        sent.append(body)
+        return 200, {"iocs": {"results": [], "summary": {}}}
+
+    args = argparse.Namespace(file=str(path), format=None, source=None, tlp=None, tags=None, use_async=False)
+    assert cmd_import(args, call) == 0
+    (body,) = sent
+    return body
+
+
+def test_gzip_and_zip_downloads_are_read_as_the_file_inside(tmp_path):
+    """abuse.ch serves full dumps zipped and mirrors serve .gz: the CLI died with a UnicodeDecodeError traceback."""
+    gz = tmp_path / "urlhaus.csv.gz"
+    gz.write_bytes(gzip.compress(CSV.encode()))
+    zipped = tmp_path / "urlhaus_full.zip"
+    with zipfile.ZipFile(zipped, "w") as archive:
+        archive.writestr("csv.csv", CSV)
+    for path in (gz, zipped):
+        assert run_import(path) == {"format": "csv", "content": CSV}
+
+
+def test_latin1_and_utf16_text_is_decoded(tmp_path):
+    """A Latin-1 byte in a comment (or Excel's UTF-16 "Unicode text") died with a UnicodeDecodeError traceback."""
+    latin1 = tmp_path / "list.csv"
+    latin1.write_bytes("value,comment\n198.51.100.1,café\n".encode("latin-1"))
+    assert run_import(latin1)["content"] == "value,comment\n198.51.100.1,café\n"
+    utf16 = tmp_path / "excel.csv"
+    utf16.write_bytes("value\tcomment\r\n198.51.100.1\tx\r\n".encode("utf-16"))
+    assert run_import(utf16)["content"] == "value\tcomment\r\n198.51.100.1\tx\r\n"
+
+
+def test_a_zip_of_several_files_or_a_decompression_bomb_is_a_clear_error(tmp_path, monkeypatch):
+    several = tmp_path / "two.zip"
+    with zipfile.ZipFile(several, "w") as archive:
+        archive.writestr("a.csv", CSV)
+        archive.writestr("b.csv", CSV)
+    with pytest.raises(ValidationError, match="holds 2 files"):
+        run_import(several)
+    monkeypatch.setattr(cli_iocs, "MAX_FILE_BYTES", 1000)
+    bomb = tmp_path / "bomb.txt.gz"
+    bomb.write_bytes(gzip.compress(b"198.51.100.1\n" * 1000))
+    with pytest.raises(ValidationError, match="larger than 1,000 bytes"):
+        run_import(bomb)
