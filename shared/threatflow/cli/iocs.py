@@ -18,6 +18,7 @@ from typing import Any
 from threatflow.platform.errors import ValidationError
 
 SYNC_LIMIT_BYTES = 5 * 1024 * 1024  # the API's synchronous import limit
+MAX_FILE_BYTES = 512 * 1024 * 1024  # what a compressed download may expand to; a bomb stops here
 POLL_SECONDS = 1.0
 MAX_WAIT_SECONDS = 3600
 
@@ -74,13 +75,50 @@ def _print_summary(result: dict[str, Any]) -> None:
         print(f"  ... and {len(problems) - 20} more (see the JSON on stdout)", file=sys.stderr)
 
 
+def read_document(path: Path) -> tuple[Path, str]:
+    """A downloaded file as text, and the name its format is told by: a .gz or a one-file .zip (how full feed dumps
+    are served) is read as the file inside, expanding to at most MAX_FILE_BYTES. Text is UTF-8 (a BOM is dropped),
+    UTF-16 with its BOM (Excel's "Unicode text"), or else read as Latin-1, which every byte is."""
+    import gzip
+    import zipfile
+
+    try:
+        data = path.read_bytes()
+        name = path
+        if data[:2] == b"\x1f\x8b":
+            name = path.with_suffix("") if path.suffix.lower() == ".gz" else path
+            with gzip.open(path) as inner:
+                data = inner.read(MAX_FILE_BYTES + 1)
+        elif data[:4] == b"PK\x03\x04":
+            with zipfile.ZipFile(path) as archive:
+                members = [m for m in archive.infolist() if not m.is_dir()]
+                if len(members) != 1:
+                    raise ValidationError(f"{path}: the zip holds {len(members)} files; unzip it and import one", field="file")
+                name = Path(members[0].filename)
+                with archive.open(members[0]) as inner:
+                    data = inner.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:  # gzip's and zipfile's own errors (BadGzipFile, BadZipFile) included
+        raise ValidationError(f"{path}: {getattr(exc, 'strerror', None) or exc}", field="file") from None
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise ValidationError(f"{path}: not a readable archive: {exc}", field="file") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ValidationError(f"{path}: expands to larger than {MAX_FILE_BYTES:,} bytes", field="file")
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return name, data.decode("utf-16", errors="replace")
+    try:
+        return name, data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        print(f"{path}: not UTF-8 (byte {data[exc.start]:#04x} at offset {exc.start}); read as Latin-1", file=sys.stderr)
+        return name, data.decode("latin-1")
+
+
 def cmd_import(args: argparse.Namespace, call: Call) -> int:
     path = Path(args.file)
-    try:
-        text = sys.stdin.read() if args.file == "-" else path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise ValidationError(f"{path}: {exc.strerror or exc}", field="file") from None
-    fmt = args.format or detect_format(path, text)
+    if args.file == "-":
+        name, text = path, sys.stdin.read()
+    else:
+        name, text = read_document(path)
+    fmt = args.format or detect_format(name, text)
     body: dict[str, Any] = {"format": fmt, "content": _content(fmt, text)}
     for key in ("source", "tlp"):
         if getattr(args, key):
