@@ -60,3 +60,24 @@ def test_a_zip_of_several_files_or_a_decompression_bomb_is_a_clear_error(tmp_pat
     bomb.write_bytes(gzip.compress(b"198.51.100.1\n" * 1000))
     with pytest.raises(ValidationError, match="larger than 1,000 bytes"):
         run_import(bomb)
+
+
+@pytest.mark.parametrize("name", ["csv.txt", "csv_recent", "feed.dat"])
+def test_a_csv_feed_saved_as_text_is_imported_as_csv(tmp_path, name):
+    """URLhaus's full dump unzips to csv.txt and its csv_recent download saves without an extension: sent as text, the
+    extractor took every urlhaus_link cell (https://urlhaus.abuse.ch/url/N/) for an IoC beside each URL."""
+    path = tmp_path / name
+    path.write_text(
+        "################################################################\n# abuse.ch URLhaus Database Dump (CSV)\n#\n"
+        "# id,dateadded,url,url_status,last_online,threat,tags,urlhaus_link,reporter\n"
+        '"1","2026-04-21 12:35:06","http://198.51.100.7/bin.sh","online","","malware_download","elf","https://urlhaus.abuse.ch/url/1/","x"\n'
+    )
+    assert run_import(path)["format"] == "csv"
+
+
+def test_a_text_report_or_a_plain_list_stays_text(tmp_path):
+    report = tmp_path / "report.txt"
+    report.write_text("# Incident notes\nThe implant beaconed to hxxp://evil[.]example/gate, then to 198.51.100.7.\n")
+    plain = tmp_path / "compromised-ips.txt"
+    plain.write_text("198.51.100.7\n198.51.100.8\n")
+    assert run_import(report)["format"] == run_import(plain)["format"] == "text"
