@@ -26,14 +26,15 @@ Call = Callable[..., Any]  # (method, path, body=None, raw=False) -> (status, pa
 
 
 def detect_format(path: Path, text: str) -> str:
-    """json | csv | text | stix | misp, from the extension and, for JSON, its shape."""
+    """json | csv | text | stix | misp, from the extension and the content: JSON by its shape, other text as csv when
+    (after a feed's opening '#' block) its first line is a header the CSV import reads."""
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
         return "csv"
-    if suffix in (".txt", ".md", ".log", ".html", ".htm", ""):
-        return "text"
-    if suffix != ".json":
-        return "text"
+    if suffix != ".json":  # a report, or a feed saved as text (URLhaus's csv.txt): csv when its header says so
+        from threatflow.intel.formats.csvfmt import has_known_header
+
+        return "csv" if suffix not in (".md", ".html", ".htm") and has_known_header(text) else "text"
     try:
         doc = json.loads(text)
     except ValueError as exc:

@@ -190,6 +190,16 @@ def _after_comment_block(text: str) -> tuple[str, int]:
     return text, 2
 
 
+def has_known_header(text: str) -> bool:
+    """Whether a document reads as a CSV this importer understands: a header naming a value column or typed columns,
+    first or after an opening '#' block (a feed saved as .txt, URLhaus's csv.txt). One line of it must hold a
+    delimiter, so a list of single values stays a list."""
+    body, _first_row = _after_comment_block(text[:65536])
+    end = body.find("\n")
+    line = body if end < 0 else body[:end]
+    return any(sep in line for sep in (",", ";", "\t")) and _known(line.replace("\t", ",").replace(";", ","))
+
+
 def _is_type(name: str) -> bool:
     return name in {t.value for t in IocType} or name in MISP_TYPES or name in FEED_TYPES
 
