@@ -187,3 +187,15 @@ def test_attribute_search_response():
         ("a1", "203.0.113.1", "tlp:green", "malicious"),
         ("a2", "evil.example.com", None, None),
     ]
+
+
+def test_links_stay_linear_in_the_document():
+    """Every event-level cluster is linked to every IoC of the event: N attributes and N cluster tags made N² links,
+    each one statement in the import's transaction (200 + 200 in 15 KB: 40,000 links). An IoC now takes at most 32
+    of its event's threats, and what was left out is named in warnings."""
+    n = 200
+    attributes = [{"uuid": f"a{i}", "type": "ip-dst", "value": f"198.51.{i // 250}.{i % 250}"} for i in range(n)]
+    parsed = parse("misp", _event(attributes, tags=[f'misp-galaxy:threat-actor="Actor {i}"' for i in range(n)]))
+    assert len(parsed.iocs) == n and len(parsed.threats) == n
+    assert len(parsed.links) == n * 32
+    assert any(f"{n - 32} of its" in w.reason for w in parsed.warnings)
