@@ -15,8 +15,9 @@
 - Galaxy clusters become threats (threat-actor, intrusion-set, malware families,
   tools), and so do clusters named only by a `misp-galaxy:` tag (feed events have no
   Galaxy block); ATT&CK attack-pattern clusters become TTPs of the event's threats.
-  Event-level clusters are linked to every IoC of the event, attribute-level
-  clusters to that attribute's IoCs.
+  Event-level clusters are linked to every IoC of the event (the first
+  MAX_THREATS_PER_IOC of them, so links stay linear in the document; the rest is
+  named in warnings), attribute-level clusters to that attribute's IoCs.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ _GALAXY_KINDS = {
 _ATTACK_PATTERN_GALAXIES = {"mitre-attack-pattern", "mitre-enterprise-attack-attack-pattern", "mitre-mobile-attack-attack-pattern"}
 _MITRE_SUFFIX = re.compile(r"^(?P<name>.+?)\s+-\s+(?P<id>[GSTC]\d{4}(?:\.\d{3})?)$")
 _TTP = re.compile(r"^T\d{4}(?:\.\d{3})?$")
+MAX_THREATS_PER_IOC = 32  # an event's clusters linked to each of its IoCs
 _GALAXY_TAG = re.compile(r'^misp-galaxy:(?P<type>[^=]+)="(?P<value>.+)"$')
 _ABSOLUTE = re.compile(r"^(?:[A-Za-z]:\\|\\\\|/|%[A-Za-z_]+%\\)")
 
@@ -166,9 +168,14 @@ def _event(out: Builder, event: dict[str, Any], *, where: str) -> None:
         for i, threat in enumerate(out.threats):
             if threat.ref in threat_refs:
                 out.threats[i] = ParsedThreat(threat.ref, msgspec.structs.replace(threat.item, ttps=sorted({*threat.item.ttps, *ttps})))
-    for ioc_ref in event_iocs:
-        for threat_ref in threat_refs:
-            out.links.append(Link(ioc_ref, threat_ref, "indicates"))
+    linked = threat_refs[:MAX_THREATS_PER_IOC]  # N IoCs x M clusters would be N*M links: kept linear in the document
+    if len(threat_refs) > len(linked) and event_iocs:
+        out.warn(
+            where,
+            f"each IoC is linked to the first {len(linked)} of the event's {len(threat_refs)} threats:"
+            f" {len(threat_refs) - len(linked)} of its threats are linked to none of its IoCs",
+        )
+    out.links.extend(Link(ioc_ref, threat_ref, "indicates") for ioc_ref in event_iocs for threat_ref in linked)
 
 
 def _attribute(out: Builder, attribute: Any, ctx: dict[str, Any], *, where: str) -> list[str]:
