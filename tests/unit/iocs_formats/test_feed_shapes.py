@@ -69,7 +69,10 @@ def test_malwarebazaar_csv_hash_columns():
 
 def test_sslbl_botnet_c2_ip_csv():
     """SSLBL's C2 IP list names its address DstIP: refused ("no value column")."""
-    text = "################################################################\n# abuse.ch SSLBL Botnet C2 IP Blacklist (CSV)                  #\n#\n# Firstseen,DstIP,DstPort\n2026-01-01 00:00:00,198.51.100.9,443\n"
+    text = (
+        "################################################################\n# abuse.ch SSLBL Botnet C2 IP Blacklist (CSV)\n#\n"
+        "# Firstseen,DstIP,DstPort\n2026-01-01 00:00:00,198.51.100.9,443\n"
+    )
     assert stored(parse("csv", text)) == [("ipv4", "198.51.100.9")]
 
 
