@@ -312,3 +312,26 @@ def test_correlation_respects_clearance(function_client, backend_env, marked):
     assert hidden.status_code == 404
     seen = threats.post("/api/v1/threats/correlate", json={"threat_id": marked["threat_id"], "link": False}, headers=marked["writer"])
     assert seen.status_code == 200
+
+
+def test_an_analyst_cannot_declassify_or_rewrite_an_ioc_above_their_clearance(marked, function_client, backend_env):
+    """POST /iocs/batch and /iocs/import merge into the stored IoC of the same value, and a TLP, description or
+    verdict the item gives replaced the stored one whatever the caller's clearance: an amber analyst who sent a
+    red IoC's value with `"tlp": "clear"` declassified it, its tags and description then readable by everyone.
+    Above the caller's clearance an item is a sighting only: TLP, confidence, verdict and description stay."""
+    url = backend_env["DATABASE_URL"]
+    amber = _bearer(_login(function_client("auth"), "amberanalyst", create_user(url, "amberanalyst", "analyst")))
+    iocs = marked["iocs"]
+    item = {"value": "red.tlp-test.com", "tlp": "clear", "confidence": 5, "verdict": "harmless", "description": "nothing here"}
+    first = iocs.post("/api/v1/iocs/batch", json={"iocs": [item]}, headers=amber).get_json()
+    assert first["summary"]["updated"] == 1, first
+    imported = iocs.post("/api/v1/iocs/import", json={"format": "json", "content": {"iocs": [item]}, "tlp": "clear"}, headers=amber)
+    assert imported.status_code == 200, imported.get_data(as_text=True)[:300]
+    stored = iocs.get(f"/api/v1/iocs/{marked['ids']['red']}", headers=marked["writer"]).get_json()
+    assert (stored["tlp"], stored["verdict"], stored["description"]) == ("red", "unknown", None), stored
+    assert stored["confidence"] != 5
+    assert iocs.get("/api/v1/iocs/value/red.tlp-test.com", headers=marked["reader"]).status_code == 404
+    # Within the caller's clearance an item still sets them (the writer is cleared for red).
+    lowered = {**item, "value": "amber.tlp-test.com", "tlp": "green"}
+    assert iocs.post("/api/v1/iocs/batch", json={"iocs": [lowered]}, headers=amber).status_code == 200
+    assert iocs.get(f"/api/v1/iocs/{marked['ids']['amber']}", headers=amber).get_json()["tlp"] == "green"
