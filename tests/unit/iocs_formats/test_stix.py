@@ -183,3 +183,22 @@ def test_a_document_nested_past_the_decoder_is_refused_not_a_crash(fmt, kind):
     with pytest.raises(ValidationError) as caught:
         parse(fmt, deep.encode() if kind is bytes else deep)
     assert "nests deeper than" in str(caught.value)
+
+
+def test_an_and_across_object_types_is_taken_value_by_value_not_a_refused_bundle():
+    """MISP's STIX 2.1 export writes a hostname|port attribute as a domain AND a port. That is valid patterning
+    (the OASIS validator passes it), but stix2's pattern builder refuses an AND across object types, and the one
+    indicator refused the whole bundle as "not valid STIX patterning"."""
+    doc = bundle(
+        indicator(1, "[ipv4-addr:value = '198.51.100.1']"),
+        indicator(2, "[domain-name:value = 'c2.example.com' AND network-traffic:dst_port = '8443']"),
+        indicator(
+            3,
+            "[network-traffic:src_port = 37020 AND user-account:user_id = 'root'] START t'2016-06-01T01:30:00.123Z'"
+            " STOP t'2016-06-01T02:20:00.123Z' OR [ipv4-addr:value = '192.0.2.83']",
+        ),
+    )
+    parsed = parse("stix", doc)
+    assert [(p.item.type, p.item.value) for p in parsed.iocs] == [(None, "198.51.100.1"), ("domain", "c2.example.com"), (None, "192.0.2.83")]
+    warned = {w.ref: w.reason for w in parsed.warnings}
+    assert "AND" in warned["indicator--00000000-0000-4000-8000-000000000002"]
