@@ -3,8 +3,9 @@
 - indicator: the pattern is parsed by the STIX patterning grammar
   (stix2patterns, through stix2's pattern visitor), never by regex. Each
   `=`/`IN` comparison on a supported path gives one IoC (`OBJECT_PATHS`); OR
-  gives several. AND, FOLLOWEDBY and qualifiers are taken value by value with a
-  warning; `file:parent_directory_ref.path` AND `file:name` in one observation
+  gives several. AND (also across object types, which stix2 alone refuses),
+  FOLLOWEDBY and qualifiers are taken value by value with a warning;
+  `file:parent_directory_ref.path` AND `file:name` in one observation
   is one file path. A pattern that does not parse fails the whole document.
 - SCOs (top level or inside observed-data) become IoCs the same way.
 - malware, threat-actor, intrusion-set, campaign, tool become threats;
@@ -221,12 +222,25 @@ def _indicator(out: Builder, obj: dict[str, Any], where: str, tlp_of: dict[str, 
     return taken > 0
 
 
+class AndBooleanExpressionForThreatFlow:
+    """What stix2's pattern builder makes of comparisons joined by AND, through its module hook (`create_pattern_object`
+    looks up `<class>For<suffix>` in `module_name` first). stix2's own AndBooleanExpression raises unless every
+    operand names one object type; the patterning grammar has no such rule, and MISP writes hostname|port as
+    `[domain-name:value = 'x' AND network-traffic:dst_port = '8443']`. AND is read value by value here anyway."""
+
+    operator = "AND"
+
+    def __init__(self, operands: list[Any]) -> None:
+        self.operands = list(operands)
+        self.root_types = set().union(*(operand.root_types for operand in self.operands))
+
+
 def pattern_values(pattern: str, *, where: str = "pattern", version: str = "2.1") -> tuple[list[tuple[str | None, str]], str | None]:
     """(type, value) pairs a pattern compares against, and why it is more than a plain OR of values (or None)."""
     from stix2.pattern_visitor import create_pattern_object
 
     try:
-        tree = create_pattern_object(pattern, version=version)
+        tree = create_pattern_object(pattern, module_suffix="ThreatFlow", module_name=__name__, version=version)
     except Exception as exc:  # stix2patterns raises ParseException; the visitor may raise others on odd input
         raise ValidationError(f"stix: bundle: {where}: pattern is not valid STIX patterning: {exc}", field="content") from None
     found: list[tuple[str | None, str]] = []
@@ -263,7 +277,7 @@ def _comparisons(node: Any, reasons: list[str]) -> Iterator[Any]:
     elif isinstance(node, p.OrBooleanExpression):
         for operand in node.operands:
             yield from _comparisons(operand, reasons)
-    elif isinstance(node, p.AndBooleanExpression):
+    elif isinstance(node, (p.AndBooleanExpression, AndBooleanExpressionForThreatFlow)):
         reasons.append("comparisons joined by AND are not kept together")
         for operand in node.operands:
             yield from _comparisons(operand, reasons)
