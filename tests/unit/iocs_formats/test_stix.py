@@ -202,3 +202,32 @@ def test_an_and_across_object_types_is_taken_value_by_value_not_a_refused_bundle
     assert [(p.item.type, p.item.value) for p in parsed.iocs] == [(None, "198.51.100.1"), ("domain", "c2.example.com"), (None, "192.0.2.83")]
     warned = {w.ref: w.reason for w in parsed.warnings}
     assert "AND" in warned["indicator--00000000-0000-4000-8000-000000000002"]
+
+
+def test_a_tlp_red_marking_is_never_lost():
+    """A TLP:RED indicator must never come in less restricted. Granular markings (STIX 2.1 marks the pattern or the
+    description alone) and a TLP 2.0 marking the bundle defines by its extension only (no name) were not read, so
+    these came in with no TLP: amber, or whatever TLP the request named."""
+    red = "marking-definition--e828b379-4e03-4974-9ac4-e53a884c97c1"  # TLP 2.0 RED
+    green = "marking-definition--bab4a63c-aed9-4cf5-a766-dfca5abac2bb"
+    own_red = {
+        "type": "marking-definition",
+        "spec_version": "2.1",
+        "id": "marking-definition--12345678-1234-4234-8234-123456789012",
+        "created": "2022-10-01T00:00:00Z",
+        "extensions": {"extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d": {"extension_type": "property-extension", "tlp_2_0": "red"}},
+    }
+    doc = bundle(
+        own_red,
+        indicator(1, "[ipv4-addr:value = '198.51.100.1']", granular_markings=[{"marking_ref": red, "selectors": ["pattern"]}]),
+        indicator(
+            2,
+            "[ipv4-addr:value = '198.51.100.2']",
+            description="seen at the victim",
+            object_marking_refs=[green],
+            granular_markings=[{"marking_ref": red, "selectors": ["description"]}],
+        ),
+        indicator(3, "[ipv4-addr:value = '198.51.100.3']", object_marking_refs=[own_red["id"]]),
+    )
+    parsed = parse("stix", doc).with_defaults(tlp="green")
+    assert [(p.item.value, p.item.tlp) for p in parsed.iocs] == [("198.51.100.1", "red"), ("198.51.100.2", "red"), ("198.51.100.3", "red")]
