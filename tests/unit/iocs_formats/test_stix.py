@@ -199,7 +199,8 @@ def test_an_and_across_object_types_is_taken_value_by_value_not_a_refused_bundle
         ),
     )
     parsed = parse("stix", doc)
-    assert [(p.item.type, p.item.value) for p in parsed.iocs] == [(None, "198.51.100.1"), ("domain", "c2.example.com"), (None, "192.0.2.83")]
+    values = [(p.item.type, p.item.value) for p in parsed.iocs]
+    assert values == [(None, "198.51.100.1"), ("domain", "c2.example.com"), (None, "192.0.2.83")]
     warned = {w.ref: w.reason for w in parsed.warnings}
     assert "AND" in warned["indicator--00000000-0000-4000-8000-000000000002"]
 
@@ -215,7 +216,9 @@ def test_a_tlp_red_marking_is_never_lost():
         "spec_version": "2.1",
         "id": "marking-definition--12345678-1234-4234-8234-123456789012",
         "created": "2022-10-01T00:00:00Z",
-        "extensions": {"extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d": {"extension_type": "property-extension", "tlp_2_0": "red"}},
+        "extensions": {
+            "extension-definition--60a3c5c5-0d10-413e-aab3-9e08dde9e88d": {"extension_type": "property-extension", "tlp_2_0": "red"}
+        },
     }
     doc = bundle(
         own_red,

@@ -12,8 +12,9 @@
   attack-pattern ATT&CK ids (T####) become TTPs of threats that `uses` them.
 - relationships: indicator/SCO -> threat = a link; IoC <-> IoC = a relation
   (resolves-to, communicates-with, drops, downloads, else related-to).
-- labels and indicator_types are tags; TLP marking definitions (1.0 and 2.0)
-  are the TLP; confidence is kept; valid_until is the expiry.
+- labels and indicator_types are tags; TLP marking definitions (1.0 and 2.0,
+  object and granular markings; the most restrictive wins) are the TLP;
+  confidence is kept; valid_until is the expiry.
 """
 
 from __future__ import annotations
@@ -168,6 +169,8 @@ def _tlp_definitions(by_id: dict[str, tuple[int, dict[str, Any]]]) -> dict[str, 
             continue
         definition: dict[str, Any] = obj["definition"] if isinstance(obj.get("definition"), dict) else {}
         level = definition.get("tlp") if obj.get("definition_type") == "tlp" else None
+        if level is None and isinstance(obj.get("extensions"), dict):  # TLP 2.0: the OASIS extension's tlp_2_0
+            level = next((e["tlp_2_0"] for e in obj["extensions"].values() if isinstance(e, dict) and "tlp_2_0" in e), None)
         if level is None and isinstance(obj.get("name"), str) and obj["name"].lower().startswith("tlp:"):
             level = obj["name"][4:]
         if isinstance(level, str):
@@ -177,7 +180,11 @@ def _tlp_definitions(by_id: dict[str, tuple[int, dict[str, Any]]]) -> dict[str, 
 
 
 def _tlp(obj: dict[str, Any], tlp_of: dict[str, str]) -> str | None:
-    levels = [tlp_of[ref] for ref in obj.get("object_marking_refs") or [] if isinstance(ref, str) and ref in tlp_of]
+    """The object's TLP, granular markings included: one that marks a part we import (the pattern, the description)
+    marks the IoC, and we do not tell the parts apart."""
+    granular = [g.get("marking_ref") for g in obj.get("granular_markings") or [] if isinstance(g, dict)]
+    refs = [*(obj.get("object_marking_refs") or []), *granular]
+    levels = [tlp_of[ref] for ref in refs if isinstance(ref, str) and ref in tlp_of]
     levels = [level for level in levels if level in _TLP_RANK]
     return max(levels, key=_TLP_RANK.index) if levels else None  # several: the most restrictive wins
 
