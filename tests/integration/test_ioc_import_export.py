@@ -164,6 +164,33 @@ def test_a_database_error_rolls_back_everything(api, db, backend_env, monkeypatc
     assert db.counts() == before
 
 
+def test_a_value_marked_red_anywhere_in_one_import_is_stored_red(api, db):
+    """STIX 2.1 gives an observed value as a top-level SCO (often unmarked) and again in the observed-data or
+    indicator that marks it. The same value twice in one import was merged into its first item and only that
+    item's TLP was kept: the unmarked SCO first stored the address at the request's green, not red."""
+    red = "marking-definition--5e57c739-391a-4eb3-b6be-7d15ca92d5ed"
+    sco = {"type": "ipv4-addr", "spec_version": "2.1", "id": "ipv4-addr--5a5a5a5a-0000-4000-8000-000000000001", "value": "198.51.100.77"}
+    observed = {
+        "type": "observed-data",
+        "spec_version": "2.1",
+        "id": "observed-data--5a5a5a5a-0000-4000-8000-000000000002",
+        "created": "2024-01-01T00:00:00Z",
+        "modified": "2024-01-01T00:00:00Z",
+        "first_observed": "2024-01-01T00:00:00Z",
+        "last_observed": "2024-01-01T00:00:00Z",
+        "number_observed": 1,
+        "object_refs": [sco["id"]],
+        "object_marking_refs": [red],
+    }
+    bundle = {"type": "bundle", "id": "bundle--5a5a5a5a-0000-4000-8000-000000000000", "objects": [sco, observed]}
+    response = api.import_("stix", bundle, tlp="green")
+    assert response.status_code == 200, response.get_json()
+    assert db.scalar("SELECT tlp FROM iocs WHERE value = '198.51.100.77'") == "red"
+    items = [{"value": "198.51.100.78", "tlp": "green"}, {"value": "198.51.100.78", "tlp": "red"}, {"value": "198.51.100.78"}]
+    assert api.import_("json", {"iocs": items}).status_code == 200
+    assert db.scalar("SELECT tlp FROM iocs WHERE value = '198.51.100.78'") == "red"
+
+
 def test_reimport_creates_no_duplicates_and_raises_detection_counts(api, db):
     bundle = json.loads(require_shared_data("stix", "oasis-examples", "threat-reports", "apt1.json").read_text())
     first = api.import_("stix", bundle).get_json()
