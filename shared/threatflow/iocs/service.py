@@ -140,6 +140,8 @@ def upsert_batch(
             first.sources = sorted({*first.sources, *item.sources})
             if item.first_seen is not None:  # an earlier sighting it names: kept, as a later batch's would be
                 first.first_seen = min(first.first_seen or first.seen_at or item.first_seen, item.first_seen)
+            if item.tlp is not None and (first.tlp is None or Tlp(item.tlp).rank > Tlp(first.tlp).rank):
+                first.tlp = item.tlp  # the most restrictive TLP the batch names for it: a merge never lowers a marking
             duplicates.append(item)
     rows = repository.upsert(conn, list(first_of.values()))
     by_key = {(r.type, r.value): r for r in rows}
