@@ -234,3 +234,34 @@ def test_a_tlp_red_marking_is_never_lost():
     )
     parsed = parse("stix", doc).with_defaults(tlp="green")
     assert [(p.item.value, p.item.tlp) for p in parsed.iocs] == [("198.51.100.1", "red"), ("198.51.100.2", "red"), ("198.51.100.3", "red")]
+
+
+def test_revoked_objects_are_skipped_not_imported():
+    """A producer withdraws an indicator by publishing a new version with `revoked: true` (TAXII collections,
+    OpenCTI), and ATT&CK's bundles keep their revoked groups and software. The latest version won and was imported
+    all the same: an active IoC, a threat, and the link between them."""
+    withdrawn = indicator(1, "[ipv4-addr:value = '198.51.100.1']")
+    revoked = {**withdrawn, "modified": "2024-02-01T00:00:00Z", "revoked": True}
+    group = {
+        "type": "intrusion-set",
+        "spec_version": "2.1",
+        "id": "intrusion-set--77777777-7777-4777-8777-777777777777",
+        "created": "2024-01-01T00:00:00Z",
+        "modified": "2024-01-01T00:00:00Z",
+        "name": "Old Name",
+        "revoked": True,
+    }
+    link = {
+        "type": "relationship",
+        "spec_version": "2.1",
+        "id": "relationship--88888888-8888-4888-8888-888888888888",
+        "created": "2024-01-01T00:00:00Z",
+        "modified": "2024-01-01T00:00:00Z",
+        "relationship_type": "indicates",
+        "source_ref": withdrawn["id"],
+        "target_ref": group["id"],
+    }
+    parsed = parse("stix", bundle(withdrawn, revoked, indicator(2, "[ipv4-addr:value = '198.51.100.2']"), group, link))
+    assert [p.item.value for p in parsed.iocs] == ["198.51.100.2"]
+    assert parsed.threats == [] and parsed.links == []
+    assert parsed.skipped["revoked indicator"] == 1 and parsed.skipped["revoked intrusion-set"] == 1
