@@ -12,6 +12,8 @@
   attack-pattern ATT&CK ids (T####) become TTPs of threats that `uses` them.
 - relationships: indicator/SCO -> threat = a link; IoC <-> IoC = a relation
   (resolves-to, communicates-with, drops, downloads, else related-to).
+- an object whose latest version is `revoked` is skipped (counted as
+  `revoked <type>`); a stored IoC it named is left as it is.
 - labels and indicator_types are tags; TLP marking definitions (1.0 and 2.0,
   object and granular markings; the most restrictive wins) are the TLP;
   confidence is kept; valid_until is the expiry.
@@ -83,7 +85,9 @@ def parse(content: Any) -> ParsedImport:
     for obj_id, (index, obj) in by_id.items():
         where = f"objects[{index}] ({obj_id})"
         kind = obj.get("type")
-        if kind == "indicator":
+        if obj.get("revoked") is True:  # withdrawn by its producer (its latest version says so): nothing to import
+            out.skip(f"revoked {kind}")
+        elif kind == "indicator":
             if _indicator(out, obj, where, tlp_of):
                 ioc_refs.add(obj_id)
         elif kind in _SCO_TYPES:
@@ -100,7 +104,7 @@ def parse(content: Any) -> ParsedImport:
 
     ttps: dict[str, set[str]] = {}
     for obj_id, (index, obj) in by_id.items():
-        if obj.get("type") != "relationship":
+        if obj.get("type") != "relationship" or obj.get("revoked") is True:
             continue
         source, target, rel = obj.get("source_ref"), obj.get("target_ref"), str(obj.get("relationship_type") or "")
         where = f"objects[{index}] ({obj_id})"
