@@ -265,3 +265,10 @@ def test_revoked_objects_are_skipped_not_imported():
     assert [p.item.value for p in parsed.iocs] == ["198.51.100.2"]
     assert parsed.threats == [] and parsed.links == []
     assert parsed.skipped["revoked indicator"] == 1 and parsed.skipped["revoked intrusion-set"] == 1
+
+
+def test_a_domain_resolving_to_an_address_gives_both():
+    """MISP's domain|ip attribute, and the patterning spec's "domain name with IPv4 resolution" example, compare
+    `domain-name:resolves_to_refs[*].value`: the address was dropped as "not an indicator type ThreatFlow stores"."""
+    found, _ = pattern_values("[domain-name:value = 'circl.example' AND domain-name:resolves_to_refs[*].value = '198.51.100.14']")
+    assert found == [("domain", "circl.example"), (None, "198.51.100.14")]
