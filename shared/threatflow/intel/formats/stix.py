@@ -47,6 +47,7 @@ OBJECT_PATHS: dict[tuple[str, str], str | None] = {
     ("ipv4-addr", "value"): None,
     ("ipv6-addr", "value"): None,
     ("domain-name", "value"): "domain",
+    ("domain-name", "resolves_to_refs.value"): None,
     ("url", "value"): "url",
     ("email-addr", "value"): "email",
     ("email-message", "from_ref.value"): "email",
