@@ -272,3 +272,15 @@ def test_a_domain_resolving_to_an_address_gives_both():
     `domain-name:resolves_to_refs[*].value`: the address was dropped as "not an indicator type ThreatFlow stores"."""
     found, _ = pattern_values("[domain-name:value = 'circl.example' AND domain-name:resolves_to_refs[*].value = '198.51.100.14']")
     assert found == [("domain", "circl.example"), (None, "198.51.100.14")]
+
+
+def test_an_address_in_a_subnet_is_the_subnet():
+    """`ipv4-addr:value ISSUBSET '198.51.100.0/24'` (the patterning spec's "IP address or an identical IP subnet")
+    matches every address of the network: the CIDR is the indicator. It named no value and was an error.
+    ISSUPERSET, and ISSUBSET negated, match no one network and stay out."""
+    found, _ = pattern_values(
+        "[ipv4-addr:value ISSUBSET '198.51.100.0/24' OR network-traffic:dst_ref.value ISSUBSET '2001:db8:dead:beef::/64']"
+    )
+    assert found == [(None, "198.51.100.0/24"), (None, "2001:db8:dead:beef::/64")]
+    assert pattern_values("[ipv4-addr:value ISSUPERSET '198.51.100.0/24' OR ipv4-addr:value NOT ISSUBSET '10.0.0.0/8']")[0] == []
+    assert pattern_values("[domain-name:value ISSUBSET 'example.com']")[0] == []
