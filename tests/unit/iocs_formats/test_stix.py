@@ -284,3 +284,16 @@ def test_an_address_in_a_subnet_is_the_subnet():
     assert found == [(None, "198.51.100.0/24"), (None, "2001:db8:dead:beef::/64")]
     assert pattern_values("[ipv4-addr:value ISSUPERSET '198.51.100.0/24' OR ipv4-addr:value NOT ISSUBSET '10.0.0.0/8']")[0] == []
     assert pattern_values("[domain-name:value ISSUBSET 'example.com']")[0] == []
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "[domain-name:value = 'evil.example' AND domain-name:value NOT IN ('google.com', 'microsoft.com')]",
+        "[domain-name:value = 'evil.example'] OR [domain-name:value NOT IN ('google.com', 'microsoft.com')]",
+    ],
+)
+def test_values_a_pattern_excludes_are_not_iocs(pattern):
+    """stix2's pattern builder drops NOT before IN (and LIKE, MATCHES, ISSUBSET, ISSUPERSET): the values an
+    analyst listed to exclude, often the big benign services, were imported as indicators."""
+    assert pattern_values(pattern)[0] == [("domain", "evil.example")]
