@@ -1,8 +1,8 @@
 """STIX 2.1 (and 2.0) import: bundles, single objects, and bare SCOs.
 
 - indicator: the pattern is parsed by the STIX patterning grammar
-  (stix2patterns, through stix2's pattern visitor), never by regex. Each
-  `=`/`IN` comparison on a supported path gives one IoC (`OBJECT_PATHS`); OR
+  (stix2patterns, through stix2's pattern visitor, made to keep NOT), never by
+  regex. Each `=`/`IN` comparison on a supported path gives one IoC (`OBJECT_PATHS`); OR
   gives several. AND (also across object types, which stix2 alone refuses),
   FOLLOWEDBY and qualifiers are taken value by value with a warning;
   `file:parent_directory_ref.path` AND `file:name` in one observation
@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -247,12 +248,42 @@ class AndBooleanExpressionForThreatFlow:
         self.root_types = set().union(*(operand.root_types for operand in self.operands))
 
 
+@functools.cache
+def _builder(version: str) -> tuple[Any, Any]:
+    """stix2's pattern builder for `version` (its pattern class and a visitor), keeping the NOT that stix2 drops
+    before IN, LIKE, MATCHES, ISSUBSET and ISSUPERSET: `x NOT IN ('google.com')` was read as `x IN (...)`. Our AND
+    comes in through stix2's module hook (AndBooleanExpressionForThreatFlow)."""
+    from stix2 import pattern_visitor as v
+
+    def negatable(class_name: str) -> Any:
+        def visit(self: Any, ctx: Any) -> Any:
+            children = self.visitChildren(ctx)  # path [NOT] operator value
+            node = self.instantiate(class_name, children[0], children[-1])
+            node.negated = len(children) > 3
+            return node
+
+        return visit
+
+    new = version == "2.1"
+    visitor = type(
+        "ThreatFlowPatternVisitor",
+        (v.STIXPatternVisitorForSTIX21 if new else v.STIXPatternVisitorForSTIX20,),
+        {
+            "visitPropTestSet": negatable("InComparisonExpression"),
+            "visitPropTestLike": negatable("LikeComparisonExpression"),
+            "visitPropTestRegex": negatable("MatchesComparisonExpression"),
+            "visitPropTestIsSubset": negatable("IsSubsetComparisonExpression"),
+            "visitPropTestIsSuperset": negatable("IsSupersetComparisonExpression"),
+        },
+    )
+    return (v.Pattern21 if new else v.Pattern20), visitor(v.STIXPatternParser21 if new else v.STIXPatternParser20, "ThreatFlow", __name__)
+
+
 def pattern_values(pattern: str, *, where: str = "pattern", version: str = "2.1") -> tuple[list[tuple[str | None, str]], str | None]:
     """(type, value) pairs a pattern compares against, and why it is more than a plain OR of values (or None)."""
-    from stix2.pattern_visitor import create_pattern_object
-
     try:
-        tree = create_pattern_object(pattern, module_suffix="ThreatFlow", module_name=__name__, version=version)
+        pattern_class, visitor = _builder(version)
+        tree = pattern_class(pattern).visit(visitor)
     except Exception as exc:  # stix2patterns raises ParseException; the visitor may raise others on odd input
         raise ValidationError(f"stix: bundle: {where}: pattern is not valid STIX patterning: {exc}", field="content") from None
     found: list[tuple[str | None, str]] = []
