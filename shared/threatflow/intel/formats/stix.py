@@ -2,8 +2,9 @@
 
 - indicator: the pattern is parsed by the STIX patterning grammar
   (stix2patterns, through stix2's pattern visitor, made to keep NOT), never by
-  regex. Each `=`/`IN` comparison on a supported path gives one IoC (`OBJECT_PATHS`); OR
-  gives several. AND (also across object types, which stix2 alone refuses),
+  regex. Each `=`/`IN` comparison on a supported path gives one IoC
+  (`OBJECT_PATHS`), an address `ISSUBSET` a network gives the network (a CIDR);
+  OR gives several. AND (also across object types, which stix2 alone refuses),
   FOLLOWEDBY and qualifiers are taken value by value with a warning;
   `file:parent_directory_ref.path` AND `file:name` in one observation
   is one file path. A pattern that does not parse fails the whole document.
@@ -357,6 +358,12 @@ def _observation_values(observation: Any, reasons: list[str]) -> list[tuple[str 
             constants = [comparison.rhs]
         elif isinstance(comparison, p.InComparisonExpression) and not comparison.negated:
             constants = list(comparison.rhs.value)
+        elif (
+            isinstance(comparison, p.IsSubsetComparisonExpression)
+            and not comparison.negated
+            and OBJECT_PATHS.get((object_type, path), "") is None
+        ):
+            constants = [comparison.rhs]  # an address in this network: the network (a CIDR) is the indicator
         else:
             local.append(f"{object_type}:{path} {comparison.operator} is not an exact value")
             continue
