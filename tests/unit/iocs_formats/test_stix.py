@@ -297,3 +297,12 @@ def test_values_a_pattern_excludes_are_not_iocs(pattern):
     """stix2's pattern builder drops NOT before IN (and LIKE, MATCHES, ISSUBSET, ISSUPERSET): the values an
     analyst listed to exclude, often the big benign services, were imported as indicators."""
     assert pattern_values(pattern)[0] == [("domain", "evil.example")]
+
+
+def test_the_latest_version_of_an_object_wins_whatever_its_precision():
+    """`modified` was compared as text, and '2024-01-01T00:00:00Z' sorts after '2024-01-01T00:00:00.500Z'
+    ('Z' > '.'): the older version won when only the newer one carried milliseconds."""
+    old = indicator(1, "[ipv4-addr:value = '198.51.100.1']", modified="2024-01-01T00:00:00Z")
+    new = indicator(1, "[ipv4-addr:value = '198.51.100.2']", modified="2024-01-01T00:00:00.500Z")
+    assert [p.item.value for p in parse("stix", bundle(old, new)).iocs] == ["198.51.100.2"]
+    assert [p.item.value for p in parse("stix", bundle(new, old)).iocs] == ["198.51.100.2"]
