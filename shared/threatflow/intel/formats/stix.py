@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from threatflow.intel.formats.base import Builder, Link, ParsedImport, ParsedThreat, Relation, load_json
@@ -164,9 +165,17 @@ def _latest_by_id(objects: list[Any]) -> dict[str, tuple[int, dict[str, Any]]]:
         if not obj["id"].startswith(obj["type"] + "--"):
             raise ValidationError(f"stix: bundle: objects[{index}] ({obj['id']}): the id must start with {obj['type']}--", field="content")
         previous = by_id.get(obj["id"])
-        if previous is None or str(obj.get("modified", "")) >= str(previous[1].get("modified", "")):
+        if previous is None or _modified(obj) >= _modified(previous[1]):
             by_id[obj["id"]] = (index, obj)
     return by_id
+
+
+def _modified(obj: dict[str, Any]) -> datetime:
+    """When this version was made, as a time: as text, '...00Z' sorts after '...00.500Z'. None or unreadable: the oldest."""
+    try:
+        return datetime.fromisoformat(str(obj["modified"])).astimezone(UTC)
+    except (KeyError, ValueError, OverflowError):
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def _tlp_definitions(by_id: dict[str, tuple[int, dict[str, Any]]]) -> dict[str, str]:
