@@ -9,6 +9,7 @@ from helpers import SHARED_DATA, require_shared_data
 
 from threatflow.cli.iocs import detect_format
 from threatflow.intel.formats import parse
+from threatflow.platform.errors import ValidationError
 
 MISP_JSON = sorted((SHARED_DATA / "misp").glob("*.json")) if (SHARED_DATA / "misp").exists() else []
 
@@ -42,3 +43,23 @@ def test_bare_events_were_among_the_shared_files():
 )
 def test_json_shapes(doc, expected):
     assert detect_format(Path("x.json"), json.dumps(doc)) == expected
+
+
+STIX1 = """<?xml version="1.0" encoding="UTF-8"?>
+<stix:STIX_Package xmlns:stix="http://stix.mitre.org/stix-1" xmlns:cybox="http://cybox.mitre.org/cybox-2"
+    xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" id="example:Package-1" version="1.2">
+  <stix:Indicators><stix:Indicator><indicator:Title>C2</indicator:Title>
+    <AddressObj:Address_Value condition="Equals">198.51.100.9</AddressObj:Address_Value>
+  </stix:Indicator></stix:Indicators>
+</stix:STIX_Package>
+"""
+
+
+def test_a_stix_1_package_is_refused_by_name():
+    """STIX 1.x is XML and ThreatFlow reads STIX 2.x JSON only. The CLI sent a .xml package as a text report, so its
+    namespace URLs (stix.mitre.org, cybox.mitre.org, www.w3.org) were stored as URL indicators; as format stix the
+    API said only "not valid JSON"."""
+    with pytest.raises(ValidationError, match="STIX 1"):
+        detect_format(Path("package.xml"), STIX1)
+    with pytest.raises(ValidationError, match="STIX 1"):
+        parse("stix", STIX1)
