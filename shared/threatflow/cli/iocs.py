@@ -29,6 +29,10 @@ def detect_format(path: Path, text: str) -> str:
     """json | csv | text | stix | misp, from the extension and the content: JSON by its shape, other text as csv when
     (after a feed's opening '#' block) its first line is a header the CSV import reads."""
     suffix = path.suffix.lower()
+    if "STIX_Package" in text[:65536]:  # as a text report, its namespace URLs would become URL indicators
+        from threatflow.intel.formats.stix import STIX1_ADVICE
+
+        raise ValidationError(f"{path}: a STIX 1.x package; {STIX1_ADVICE}", field="format")
     if suffix in (".csv", ".tsv"):
         return "csv"
     if suffix != ".json":  # a report, or a feed saved as text (URLhaus's csv.txt): csv when its header says so

@@ -76,7 +76,12 @@ def _literal(constant: Any) -> str:
     return _ESCAPED.sub(r"\1", str(constant.value))
 
 
+STIX1_ADVICE = "STIX 1.x (XML) is not read, only STIX 2.0/2.1 JSON: convert it first, e.g. with OASIS's cti-stix-elevator"
+
+
 def parse(content: Any) -> ParsedImport:
+    if _is_xml(content):
+        raise ValidationError(f"stix: the document is XML; {STIX1_ADVICE}", field="content")
     doc = load_json(content, what="stix")
     objects = _objects(doc)
     by_id = _latest_by_id(objects)
@@ -139,6 +144,11 @@ def parse(content: Any) -> ParsedImport:
 
 
 # -- the document --------------------------------------------------------------------------
+
+
+def _is_xml(content: Any) -> bool:
+    head = bytes(content[:64]).decode("utf-8", "replace") if isinstance(content, (bytes, bytearray)) else content
+    return isinstance(head, str) and head[:64].lstrip("\ufeff \t\r\n").startswith("<")
 
 
 def _objects(doc: Any) -> list[Any]:
