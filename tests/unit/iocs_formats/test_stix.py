@@ -306,3 +306,20 @@ def test_the_latest_version_of_an_object_wins_whatever_its_precision():
     new = indicator(1, "[ipv4-addr:value = '198.51.100.2']", modified="2024-01-01T00:00:00.500Z")
     assert [p.item.value for p in parse("stix", bundle(old, new)).iocs] == ["198.51.100.2"]
     assert [p.item.value for p in parse("stix", bundle(new, old)).iocs] == ["198.51.100.2"]
+
+
+def test_opencti_connectors_tlp_amber_strict_marking_is_amber_strict():
+    """OpenCTI's connectors write TLP:AMBER+STRICT (which STIX 1.0 TLP lacks) as a statement marking with no name,
+    the level in `x_opencti_definition`. It was not read: the indicator came in as amber, or the request's TLP."""
+    strict = {
+        "type": "marking-definition",
+        "spec_version": "2.1",
+        "id": "marking-definition--826578e1-40a3-4b46-a2d5-f3a5a0d8c2ae",
+        "created": "2024-01-01T00:00:00Z",
+        "definition_type": "statement",
+        "definition": {"statement": "custom"},
+        "x_opencti_definition_type": "TLP",
+        "x_opencti_definition": "TLP:AMBER+STRICT",
+    }
+    doc = bundle(strict, indicator(1, "[ipv4-addr:value = '198.51.100.1']", object_marking_refs=[strict["id"]]))
+    assert [p.item.tlp for p in parse("stix", doc).with_defaults(tlp="clear").iocs] == ["amber+strict"]
