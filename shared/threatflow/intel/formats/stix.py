@@ -194,13 +194,15 @@ def _tlp_definitions(by_id: dict[str, tuple[int, dict[str, Any]]]) -> dict[str, 
         if obj.get("type") != "marking-definition":
             continue
         definition: dict[str, Any] = obj["definition"] if isinstance(obj.get("definition"), dict) else {}
-        level = definition.get("tlp") if obj.get("definition_type") == "tlp" else None
+        level = definition.get("tlp", definition.get("TLP")) if str(obj.get("definition_type", "")).lower() == "tlp" else None
         if level is None and isinstance(obj.get("extensions"), dict):  # TLP 2.0: the OASIS extension's tlp_2_0
             level = next((e["tlp_2_0"] for e in obj["extensions"].values() if isinstance(e, dict) and "tlp_2_0" in e), None)
+        if level is None and str(obj.get("x_opencti_definition_type", "")).upper() == "TLP":  # OpenCTI's AMBER+STRICT, CLEAR
+            level = obj.get("x_opencti_definition")
         if level is None and isinstance(obj.get("name"), str) and obj["name"].lower().startswith("tlp:"):
-            level = obj["name"][4:]
+            level = obj["name"]
         if isinstance(level, str):
-            level = level.strip().lower()
+            level = level.strip().lower().removeprefix("tlp:").strip()
             tlp[obj_id] = "clear" if level == "white" else level
     return tlp
 
