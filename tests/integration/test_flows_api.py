@@ -299,7 +299,7 @@ def test_host_view_shows_the_linked_ioc_only_within_the_callers_tlp_clearance(fl
     with unit_of_work(engine) as conn:
         policies = service.repository.policies(conn)
         item = service.IocIn(value=host_ip, tlp="red", source="analyst-notes", verdict=service.Verdict.MALICIOUS)
-        outcome = service.upsert_batch([item], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies)
+        outcome = service.upsert_batch([item], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red")
     engine.dispose()
     assert outcome["results"][0]["status"] in ("created", "updated")
 
@@ -335,7 +335,7 @@ def test_the_bridge_keeps_the_tlp_of_an_ioc_it_sights_again(flows_api, backend_e
     with unit_of_work(engine) as conn:  # the analyst's classification of that address
         policies = service.repository.policies(conn)
         item = service.IocIn(value=host_ip, tlp="red", source="partner-feed", description="shared under TLP:RED", confidence=35)
-        service.upsert_batch([item], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies)
+        service.upsert_batch([item], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red")
 
     again = flows_api.post("/api/v1/flows/batch", {"flows": flows, "source": "sensor-2"}).get_json()  # new events, same sources
     assert again["stored"] == 300 and again["bridge"]["iocs_updated"] >= 1
@@ -349,7 +349,12 @@ def test_the_bridge_keeps_the_tlp_of_an_ioc_it_sights_again(flows_api, backend_e
     # An upsert naming no confidence keeps the stored one (it was reset to 50).
     with unit_of_work(_engine(backend_env["DATABASE_URL"])) as conn:
         service.upsert_batch(
-            [service.IocIn(value=host_ip, source="another-feed")], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies
+            [service.IocIn(value=host_ip, source="another-feed")],
+            conn=conn,
+            now=datetime.now(UTC),
+            warninglists=None,
+            policies=policies,
+            clearance="red",
         )
         assert conn.exec_driver_sql("SELECT confidence, tlp FROM iocs WHERE value = %s", (host_ip,)).one() == (35, "red")
     password = create_user(backend_env["DATABASE_URL"], "amber2", "reader", clearance="amber")
@@ -407,10 +412,8 @@ def test_the_bridge_recognises_a_stored_ipv6_source_written_as_postgresql_writes
     with unit_of_work(engine) as conn:  # the analyst's classification of that address
         policies = service.repository.policies(conn)
         item = service.IocIn(value=address, source="partner-feed", description="analyst's note", confidence=35)
-        assert (
-            service.upsert_batch([item], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies)["results"][0]["value"]
-            == address
-        )
+        result = service.upsert_batch([item], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red")
+        assert result["results"][0]["value"] == address
     moved = [{**f, "srcip": address} if f["srcip"] == host_ip else f for f in flows]
     again = flows_api.post("/api/v1/flows/batch", {"flows": moved, "source": "sensor-2"}).get_json()
     assert again["stored"] == 300 and again["bridge"]["iocs_updated"] >= 1

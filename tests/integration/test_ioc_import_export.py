@@ -155,6 +155,7 @@ def test_a_database_error_rolls_back_everything(api, db, backend_env, monkeypatc
             conn=conn,
             now=datetime.now(UTC),
             actor="t",
+            clearance="red",
             catalog=None,
             warninglists=None,
             policies=ioc_repository.policies(conn),
@@ -393,3 +394,20 @@ def test_a_redelivery_during_a_run_waits_for_the_lease(api, db, function_client,
     assert api.get(f"/api/v1/iocs/import/{job_id}").get_json()["state"] == "succeeded"
     assert db.scalar("SELECT detection_count FROM iocs WHERE value = '198.18.9.9'") == 1
     assert documents.get(IMPORT_LEASES, job_id) is None
+
+
+def test_an_async_import_writes_with_its_requesters_clearance(api, db, function_client, backend_env, import_queue):
+    """The ioc-import job applies the import as the user who queued it: an IoC marked above that user's clearance
+    (an amber analyst here) is only sighted, as by POST /import, never declassified."""
+    made = api.post("/api/v1/iocs/batch", {"iocs": [{"value": "198.18.7.7", "tlp": "red", "description": "kept"}]}).get_json()
+    assert made["summary"]["created"] == 1, made
+    password = create_user(backend_env["DATABASE_URL"], "amber1", "analyst", clearance="amber")
+    token = function_client("auth").post("/api/v1/auth/token", json={"username": "amber1", "password": password}).get_json()
+    body = {"format": "json", "content": [{"value": "198.18.7.7", "tlp": "clear", "description": "declassified"}]}
+    iocs = function_client("iocs", ATTACK_DATA_PATH=str(ATTACK))
+    queued = iocs.post("/api/v1/iocs/import?async=true", json=body, headers={"Authorization": f"Bearer {token['access_token']}"})
+    assert queued.status_code == 202, queued.get_data(as_text=True)[:300]
+    assert function_client("ioc-import").post("/", json=_push(import_queue())).status_code == 200
+    job = iocs.get(queued.get_json()["status_url"], headers={"Authorization": f"Bearer {token['access_token']}"}).get_json()
+    assert job["state"] == "succeeded", job
+    assert db.scalar("SELECT tlp || ':' || description || ':' || detection_count FROM iocs WHERE value = '198.18.7.7'") == "red:kept:2"

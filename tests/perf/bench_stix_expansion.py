@@ -75,6 +75,7 @@ def main() -> None:
                     conn=conn,
                     now=datetime.now(UTC),
                     actor="bench",
+                    clearance="red",
                     catalog=None,
                     warninglists=None,
                     policies=ioc_repository.policies(conn),

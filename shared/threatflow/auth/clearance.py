@@ -15,6 +15,9 @@ from threatflow.platform.vocabulary import Tlp
 
 TLP_ORDER = tuple(Tlp.RED.at_most())  # clear ... red: the one order, from the shared vocabulary
 DEFAULT_CLEARANCE = "amber"
+# The product's own writers (the flow bridge, enrichment storing a value it was asked about): they name no TLP,
+# verdict or description for an IoC that exists, so a stored IoC keeps its marking either way.
+SYSTEM = TLP_ORDER[-1]
 
 
 def parse(value: str, *, field: str = "clearance") -> str:

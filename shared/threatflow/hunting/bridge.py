@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from threatflow.auth import clearance as tlp_clearance
 from threatflow.enrichment import tasks as enrichment_tasks
 from threatflow.flows.repository import StoredEvent
 from threatflow.iocs import repository as ioc_repository
@@ -138,7 +139,9 @@ def upsert_attack_sources(
         )
         for s in sources
     ]
-    outcome = ioc_service.upsert_batch(items, conn=conn, now=now, warninglists=warninglists, policies=policies)
+    outcome = ioc_service.upsert_batch(
+        items, conn=conn, now=now, warninglists=warninglists, policies=policies, clearance=tlp_clearance.SYSTEM
+    )
     sightings = []
     to_enrich = []
     counts = {"created": 0, "updated": 0, "rejected": 0, "unchanged": 0}

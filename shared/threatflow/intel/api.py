@@ -60,6 +60,7 @@ def register(router: Router, runtime: Runtime) -> None:
                 conn=conn,
                 now=runtime.clock.now(),
                 actor=request.principal.username if request.principal else None,
+                clearance=tlp_clearance.of(request.principal),
                 catalog=runtime.attack().get() if importer.needs_catalog(parsed) else None,
                 warninglists=runtime.warninglist_matcher(),
                 policies=runtime.decay_policies().get(),
@@ -87,6 +88,7 @@ def register(router: Router, runtime: Runtime) -> None:
                 "size_bytes": len(request.body),
                 "blob": name,
                 "requested_by": request.principal.username if request.principal else None,
+                "clearance": tlp_clearance.of(request.principal),  # the job writes as its requester
                 "created_at": now,
                 "attempts": 0,
             },

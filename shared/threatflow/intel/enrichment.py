@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from threatflow.auth import clearance as tlp_clearance
 from threatflow.enrichment import repository as enrichment_repository
 from threatflow.enrichment import verdict
 from threatflow.enrichment.tasks import EnrichRequest
@@ -55,6 +56,7 @@ def resolve_ioc(
             now=now,
             warninglists=warninglists,
             policies=policies,
+            clearance=tlp_clearance.SYSTEM,  # creates only: an existing IoC is read, not written
         )
         ioc = iocs_repository.get_by_value(conn, str(indicator.type), indicator.value)
     if ioc is None:  # deleted in between
@@ -88,6 +90,7 @@ def resolve_many(
             now=now,
             warninglists=warninglists,
             policies=policies,
+            clearance=tlp_clearance.SYSTEM,  # creates only: an existing IoC is read, not written
         )
         found.update(iocs_repository.get_many_by_value(conn, missing))
     return [k if isinstance(k, str) else found.get(k, "the indicator could not be stored") for k in keys]

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from threatflow.adapters.postgres import unit_of_work
+from threatflow.auth import clearance as tlp_clearance
 from threatflow.intel import repository as intel_repository
 from threatflow.intel.formats import ItemError, ParsedImport, ParsedThreat, parse
 from threatflow.iocs import repository as ioc_repository
@@ -60,6 +61,7 @@ def apply_import(
     conn: Connection,
     now: datetime,
     actor: str | None,
+    clearance: str,
     catalog: AttackCatalog | None,
     warninglists: WarninglistMatcher | None,
     policies: dict[str, DecayPolicy],
@@ -74,7 +76,9 @@ def apply_import(
     # upsert_batch takes at most MAX_BATCH items; chunks share this one transaction.
     for start in range(0, len(parsed.iocs), chunk):
         part = parsed.iocs[start : start + chunk]
-        batch = service.upsert_batch([p.item for p in part], conn=conn, now=now, policies=policies, warninglists=warninglists)
+        batch = service.upsert_batch(
+            [p.item for p in part], conn=conn, now=now, policies=policies, warninglists=warninglists, clearance=clearance
+        )
         for offset, result in enumerate(batch["results"]):
             results.append({**result, "index": start + offset, "ref": part[offset].ref})
     threat_results = threat_store.upsert_threats(conn, [t.item for t in threats], catalog=catalog) if threats else []
@@ -228,6 +232,8 @@ def run_job(
                     conn=conn,
                     now=clock.now(),
                     actor=job.get("requested_by"),
+                    # a job queued before clearances were stored writes as the lowest: it re-marks nothing above clear
+                    clearance=str(job.get("clearance") or tlp_clearance.TLP_ORDER[0]),
                     catalog=catalog() if needs_catalog(parsed) else None,
                     warninglists=warninglists(),
                     policies=policies(),

@@ -91,7 +91,12 @@ def build_router(runtime: Runtime) -> Router:
     def batch(request: Request, body: service.BatchIn) -> dict[str, Any]:
         with unit_of_work(runtime.engine) as conn:
             result = service.upsert_batch(
-                body.iocs, conn=conn, now=runtime.clock.now(), policies=policies(), warninglists=runtime.warninglist_matcher()
+                body.iocs,
+                conn=conn,
+                now=runtime.clock.now(),
+                policies=policies(),
+                warninglists=runtime.warninglist_matcher(),
+                clearance=tlp_clearance.of(request.principal),
             )
         enrichment_handlers.auto_enrich(runtime, result["results"])  # after commit; one small publish; never fails the upsert
         return result

@@ -63,17 +63,20 @@ ON CONFLICT (type, value) DO UPDATE SET
     tags = ARRAY(SELECT DISTINCT unnest(i.tags || EXCLUDED.tags) ORDER BY 1),
     sources = ARRAY(SELECT DISTINCT unnest(i.sources || EXCLUDED.sources) ORDER BY 1),
     warninglists = EXCLUDED.warninglists,
-    tlp = CASE WHEN (EXCLUDED.type, EXCLUDED.value) IN (SELECT type, value FROM input WHERE tlp IS NULL)
+    tlp = CASE WHEN i.tlp <> ALL(CAST(:readable AS text[]))
+                 OR (EXCLUDED.type, EXCLUDED.value) IN (SELECT type, value FROM input WHERE tlp IS NULL)
                THEN i.tlp ELSE EXCLUDED.tlp END,
-    confidence = CASE WHEN (EXCLUDED.type, EXCLUDED.value) IN (SELECT type, value FROM input WHERE confidence IS NULL)
+    confidence = CASE WHEN i.tlp <> ALL(CAST(:readable AS text[]))
+                        OR (EXCLUDED.type, EXCLUDED.value) IN (SELECT type, value FROM input WHERE confidence IS NULL)
                       THEN i.confidence ELSE EXCLUDED.confidence END,
-    verdict = CASE WHEN EXCLUDED.verdict = 'unknown' THEN i.verdict ELSE EXCLUDED.verdict END,
+    verdict = CASE WHEN i.tlp <> ALL(CAST(:readable AS text[])) OR EXCLUDED.verdict = 'unknown' THEN i.verdict ELSE EXCLUDED.verdict END,
     first_seen = LEAST(i.first_seen, EXCLUDED.first_seen),
     last_seen = GREATEST(i.last_seen, EXCLUDED.last_seen),
     last_seen_day = GREATEST(i.last_seen_day, EXCLUDED.last_seen_day),
     detection_count = i.detection_count + 1,
     expires_at = GREATEST(i.expires_at, EXCLUDED.expires_at),
-    description = COALESCE(EXCLUDED.description, i.description),
+    description = CASE WHEN i.tlp <> ALL(CAST(:readable AS text[])) THEN i.description
+                       ELSE COALESCE(EXCLUDED.description, i.description) END,
     active = true,
     updated_at = now()
 RETURNING id, type, value, (xmax = 0) AS inserted
@@ -120,12 +123,14 @@ def _text(sql: str) -> Any:
 # -- writes ----------------------------------------------------------------------------
 
 
-def upsert(conn: Connection, items: Sequence[UpsertItem], *, default_tlp: str = "amber") -> list[UpsertedRow]:
-    """Merge items (unique by type and value) in one statement."""
+def upsert(conn: Connection, items: Sequence[UpsertItem], *, readable: Sequence[str], default_tlp: str = "amber") -> list[UpsertedRow]:
+    """Merge items (unique by type and value) in one statement. `readable` is the TLPs the writer may read (its
+    clearance): a stored IoC marked above them takes an item as a sighting only, its TLP, confidence, verdict and
+    description kept (an amber analyst's item with tlp clear declassified a red IoC)."""
     if not items:
         return []
     doc = msgspec.json.encode([_item_doc(i, base_score=i.confidence if i.confidence is not None else 50) for i in items]).decode()
-    rows = conn.execute(_text(_UPSERT), {"doc": doc, "default_tlp": default_tlp}).all()
+    rows = conn.execute(_text(_UPSERT), {"doc": doc, "default_tlp": default_tlp, "readable": list(readable)}).all()
     return [UpsertedRow(int(r[0]), r[1], r[2], bool(r[3])) for r in rows]
 
 

@@ -113,12 +113,15 @@ def upsert_batch(
     now: datetime,
     warninglists: WarninglistMatcher | None,
     policies: dict[str, DecayPolicy],
+    clearance: str,
 ) -> dict[str, Any]:
     """Normalise, validate and merge a batch. Bad items are rejected one by one; a
     database error aborts the whole batch (one statement, one transaction).
 
     `warninglists` and `policies` are required: the caller passes the runtime's snapshots
-    (`runtime.warninglist_matcher()`, None only when the lists are off or not loaded yet)."""
+    (`runtime.warninglist_matcher()`, None only when the lists are off or not loaded yet). So is `clearance`, the
+    writer's (auth.clearance.of(principal), or SYSTEM for the product's own writers): a stored IoC above it is only
+    sighted by an item, never re-marked or rewritten."""
     if len(raw_items) > MAX_BATCH:
         raise PayloadTooLargeError(f"at most {MAX_BATCH} indicators per batch; got {len(raw_items)}")
     started = time.perf_counter()
@@ -143,7 +146,7 @@ def upsert_batch(
             if item.tlp is not None and (first.tlp is None or Tlp(item.tlp).rank > Tlp(first.tlp).rank):
                 first.tlp = item.tlp  # the most restrictive TLP the batch names for it: a merge never lowers a marking
             duplicates.append(item)
-    rows = repository.upsert(conn, list(first_of.values()))
+    rows = repository.upsert(conn, list(first_of.values()), readable=Tlp(clearance).at_most())
     by_key = {(r.type, r.value): r for r in rows}
     for key, item in first_of.items():
         row = by_key[key]

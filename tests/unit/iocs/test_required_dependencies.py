@@ -12,8 +12,8 @@ from threatflow.intel.formats import parse
 from threatflow.iocs import service
 
 NEEDS = {
-    service.upsert_batch: ("warninglists", "policies"),
-    importer.apply_import: ("warninglists", "policies", "catalog"),
+    service.upsert_batch: ("warninglists", "policies", "clearance"),
+    importer.apply_import: ("warninglists", "policies", "catalog", "clearance"),
     importer.run_job: ("warninglists", "policies", "catalog"),
 }
 
