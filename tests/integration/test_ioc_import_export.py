@@ -103,21 +103,11 @@ def test_csv_and_text_and_misp_imports(api, db):
         ("json", '{"iocs": [', "not valid JSON"),
         (
             "stix",
-            {
-                "type": "bundle",
+            {  # no "type": "bundle": not STIX at all (one bad object inside a bundle is that object's error)
                 "id": "bundle--11111111-1111-4111-8111-111111111111",
-                "objects": [
-                    {"type": "ipv4-addr", "id": "ipv4-addr--22222222-2222-4222-8222-222222222222", "value": "198.51.100.8"},
-                    {
-                        "type": "indicator",
-                        "id": "indicator--33333333-3333-4333-8333-333333333333",
-                        "pattern": "[ipv4-addr:value = ",
-                        "pattern_type": "stix",
-                        "valid_from": "2024-01-01T00:00:00Z",
-                    },
-                ],
+                "objects": [{"type": "ipv4-addr", "id": "ipv4-addr--22222222-2222-4222-8222-222222222222", "value": "198.51.100.8"}],
             },
-            "objects[1] (indicator--33333333-3333-4333-8333-333333333333): pattern is not valid STIX patterning",
+            "not a STIX bundle or object",
         ),
         ("misp", {"Event": {"info": "x", "Attribute": {"type": "ip-dst", "value": "198.51.100.9"}}}, "Event.Attribute must be a list"),
         ("csv", "foo,bar\n1,2\n", "no value column"),
@@ -129,6 +119,43 @@ def test_malformed_documents_fail_and_store_nothing(api, db, fmt, content, messa
     assert response.status_code == 400
     assert message in response.get_json()["error"]["message"]
     assert db.counts() == before
+
+
+def test_a_stix_bundle_with_one_bad_object_imports_the_rest(api, db):
+    """An invalid pattern (here a Windows path with its backslashes not doubled), an indicator without a pattern and
+    a relationship without a target_ref each refused the whole bundle with a 400, so nothing of the report came in.
+    Each is now an error naming the object; the rest is stored. (The pinning case of the test above was this.)"""
+    ind = {"type": "indicator", "spec_version": "2.1", "pattern_type": "stix", "valid_from": "2024-01-01T00:00:00Z"}
+    doc = {
+        "type": "bundle",
+        "id": "bundle--11111111-1111-4111-8111-111111111111",
+        "objects": [
+            {"type": "ipv4-addr", "id": "ipv4-addr--22222222-2222-4222-8222-222222222222", "value": "198.51.100.8"},
+            {**ind, "id": "indicator--33333333-3333-4333-8333-333333333331", "pattern": "[file:name = 'C:\\Windows\\x.exe']"},
+            {**ind, "id": "indicator--33333333-3333-4333-8333-333333333332"},
+            {**ind, "id": "indicator--33333333-3333-4333-8333-333333333333", "pattern": "[domain-name:value = 'c2.example.org']"},
+            {
+                "type": "relationship",
+                "id": "relationship--44444444-4444-4444-8444-444444444444",
+                "relationship_type": "related-to",
+                "source_ref": "indicator--33333333-3333-4333-8333-333333333333",
+            },
+        ],
+    }
+    response = api.import_("stix", doc)
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert body["iocs"]["summary"]["created"] == 2
+    reasons = {e["ref"]: e["reason"] for e in body["errors"]}
+    assert set(reasons) == {
+        "indicator--33333333-3333-4333-8333-333333333331",
+        "indicator--33333333-3333-4333-8333-333333333332",
+        "relationship--44444444-4444-4444-8444-444444444444",
+    }
+    assert "pattern is not valid STIX patterning" in reasons["indicator--33333333-3333-4333-8333-333333333331"]
+    assert "needs a pattern" in reasons["indicator--33333333-3333-4333-8333-333333333332"]
+    assert "needs source_ref and target_ref" in reasons["relationship--44444444-4444-4444-8444-444444444444"]
+    assert db.scalar("SELECT count(*) FROM iocs WHERE value IN ('198.51.100.8', 'c2.example.org')") == 2
 
 
 def test_a_database_error_rolls_back_everything(api, db, backend_env, monkeypatch):
