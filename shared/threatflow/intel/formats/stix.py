@@ -7,12 +7,15 @@
   OR gives several. AND (also across object types, which stix2 alone refuses),
   FOLLOWEDBY and qualifiers are taken value by value with a warning;
   `file:parent_directory_ref.path` AND `file:name` in one observation
-  is one file path. A pattern that does not parse fails the whole document.
+  is one file path. A pattern that does not parse is an error of its indicator.
 - SCOs (top level or inside observed-data) become IoCs the same way.
 - malware, threat-actor, intrusion-set, campaign, tool become threats;
   attack-pattern ATT&CK ids (T####) become TTPs of threats that `uses` them.
 - relationships: indicator/SCO -> threat = a link; IoC <-> IoC = a relation
   (resolves-to, communicates-with, drops, downloads, else related-to).
+- one bad object (an indicator with no pattern or one that does not parse, a relationship without
+  source_ref or target_ref) is an error of that object (`errors`: its id, the reason); the rest imports.
+  Only a document that is not STIX (not JSON, no bundle or object, an entry without type and id) is refused.
 - an object whose latest version is `revoked` is skipped (counted as
   `revoked <type>`); a stored IoC it named is left as it is.
 - labels and indicator_types are tags; TLP marking definitions (1.0 and 2.0,
@@ -69,6 +72,7 @@ RELATION_TYPES = {"resolves-to", "communicates-with", "drops", "downloads"}
 _SCO_TYPES = {"ipv4-addr", "ipv6-addr", "domain-name", "url", "email-addr", "file", "directory"}
 _TTP = re.compile(r"^T\d{4}(?:\.\d{3})?$")
 _ESCAPED = re.compile(r"\\(.)")
+_LONE_BACKSLASH = re.compile(r"(?<!\\)(?:\\\\)*\\(?![\\'])")  # one the grammar refuses: only \\ and \' are escapes
 
 
 def _literal(constant: Any) -> str:
@@ -118,8 +122,8 @@ def parse(content: Any) -> ParsedImport:
         source, target, rel = obj.get("source_ref"), obj.get("target_ref"), str(obj.get("relationship_type") or "")
         where = f"objects[{index}] ({obj_id})"
         if not isinstance(source, str) or not isinstance(target, str):
-            raise ValidationError(f"stix: {where}: a relationship needs source_ref and target_ref", field="content")
-        if source in ioc_refs and target in threat_refs:
+            out.error(obj_id, f"{where}: a relationship needs source_ref and target_ref")
+        elif source in ioc_refs and target in threat_refs:
             out.links.append(Link(source, target, "indicates" if rel == "indicates" else rel))
         elif source in threat_refs and target in ioc_refs:
             out.links.append(Link(target, source, rel))
@@ -237,8 +241,13 @@ def _indicator(out: Builder, obj: dict[str, Any], where: str, tlp_of: dict[str, 
         out.error(obj["id"], f"pattern_type {pattern_type!r} is not supported (only stix)")
         return False
     if not isinstance(pattern, str) or not pattern.strip():
-        raise ValidationError(f"stix: bundle: {where}: an indicator needs a pattern", field="content")
-    values, complex_reason = pattern_values(pattern, where=where, version="2.0" if obj.get("spec_version") == "2.0" else "2.1")
+        out.error(obj["id"], f"{where}: an indicator needs a pattern")
+        return False
+    try:
+        values, complex_reason = pattern_values(pattern, version="2.0" if obj.get("spec_version") == "2.0" else "2.1")
+    except ValidationError as exc:  # this indicator only: the bundle's other objects still import
+        out.error(obj["id"], f"{where}: {exc.message}")
+        return False
     common = _common(obj, tlp_of)
     if obj.get("valid_until"):
         common["expires_at"] = obj["valid_until"]
@@ -301,13 +310,14 @@ def _builder(version: str) -> tuple[Any, Any]:
     return (v.Pattern21 if new else v.Pattern20), visitor(v.STIXPatternParser21 if new else v.STIXPatternParser20, "ThreatFlow", __name__)
 
 
-def pattern_values(pattern: str, *, where: str = "pattern", version: str = "2.1") -> tuple[list[tuple[str | None, str]], str | None]:
+def pattern_values(pattern: str, *, version: str = "2.1") -> tuple[list[tuple[str | None, str]], str | None]:
     """(type, value) pairs a pattern compares against, and why it is more than a plain OR of values (or None)."""
     try:
         pattern_class, visitor = _builder(version)
         tree = pattern_class(pattern).visit(visitor)
     except Exception as exc:  # stix2patterns raises ParseException; the visitor may raise others on odd input
-        raise ValidationError(f"stix: bundle: {where}: pattern is not valid STIX patterning: {exc}", field="content") from None
+        hint = " (a backslash in a string is written \\\\)" if _LONE_BACKSLASH.search(pattern) else ""
+        raise ValidationError(f"pattern is not valid STIX patterning: {exc}{hint}", field="pattern") from None
     found: list[tuple[str | None, str]] = []
     reasons: list[str] = []
     for observation in _observations(tree, reasons):
