@@ -335,3 +335,19 @@ def test_an_analyst_cannot_declassify_or_rewrite_an_ioc_above_their_clearance(ma
     lowered = {**item, "value": "amber.tlp-test.com", "tlp": "green"}
     assert iocs.post("/api/v1/iocs/batch", json={"iocs": [lowered]}, headers=amber).status_code == 200
     assert iocs.get(f"/api/v1/iocs/{marked['ids']['amber']}", headers=amber).get_json()["tlp"] == "green"
+
+
+def test_an_analyst_cannot_declassify_or_rewrite_a_threat_above_their_clearance(marked, function_client, backend_env):
+    """Threats merge by name or alias, and a given TLP, description, confidence or severity replaced the stored one
+    whatever the caller's clearance: an amber analyst naming the red threat "RedOnly" with tlp clear made it, and the
+    IoCs linked to it, readable by everyone. Above the clearance an item merges lists and times only."""
+    url = backend_env["DATABASE_URL"]
+    amber = _bearer(_login(function_client("auth"), "amberthreats", create_user(url, "amberthreats", "analyst")))
+    threats = marked["threats"]
+    item = {"kind": "malware", "name": "RedOnly", "tlp": "clear", "description": "nothing", "confidence": 3, "severity": "low"}
+    result = threats.post("/api/v1/threats/batch", json={"threats": [item]}, headers=amber).get_json()
+    assert result["results"][0]["status"] != "rejected", result
+    stored = threats.get(f"/api/v1/threats/{marked['threat_id']}", headers=marked["writer"]).get_json()
+    assert (stored["tlp"], stored["description"], stored["confidence"], stored["severity"]) != ("clear", "nothing", 3, "low"), stored
+    assert stored["tlp"] == "red" and stored["description"] != "nothing"
+    assert threats.get(f"/api/v1/threats/{marked['threat_id']}", headers=marked["reader"]).status_code == 404
