@@ -7,6 +7,7 @@ import pytest
 from helpers import create_user, require_shared_data
 
 pytestmark = pytest.mark.integration
+ALL_TLPS = ("clear", "green", "amber", "amber+strict", "red")  # a writer cleared for everything
 
 
 def _token(auth, username, password):
@@ -385,7 +386,7 @@ def test_store_interface_composes_one_transaction(api, engine):
         ThreatIn(kind=ThreatKind.MALWARE, name="Secret", tlp="red", ttps=["T1086"]),
     ]
     with engine.begin() as conn:
-        results = store.upsert_threats(conn, items, catalog=catalog)
+        results = store.upsert_threats(conn, items, catalog=catalog, readable=ALL_TLPS)
         assert [r.status for r in results] == ["created", "rejected"]
         assert "T1086: revoked ATT&CK technique (PowerShell)" in results[1].reason
         threat_id = results[0].id
@@ -398,8 +399,8 @@ def test_store_interface_composes_one_transaction(api, engine):
     # A renamed object with the same stix_id merges into the same threat.
     with engine.begin() as conn:
         renamed = ThreatIn(kind=ThreatKind.INTRUSION_SET, name="Fancy Bear", stix_id="intrusion-set--bef4c620-0787-42a8-a96d-b7eb6e85917c")
-        assert store.upsert_threats(conn, [renamed], catalog=None)[0].id == threat_id
-        store.upsert_threats(conn, [ThreatIn(kind=ThreatKind.TOOL, name="Redacted", tlp="red")], catalog=None)
+        assert store.upsert_threats(conn, [renamed], catalog=None, readable=ALL_TLPS)[0].id == threat_id
+        store.upsert_threats(conn, [ThreatIn(kind=ThreatKind.TOOL, name="Redacted", tlp="red")], catalog=None, readable=ALL_TLPS)
     with engine.connect() as conn:
         exported = store.threats_for_export(conn, max_tlp="amber")
         assert [t["name"] for t in exported] == ["APT28"]

@@ -81,7 +81,11 @@ def apply_import(
         )
         for offset, result in enumerate(batch["results"]):
             results.append({**result, "index": start + offset, "ref": part[offset].ref})
-    threat_results = threat_store.upsert_threats(conn, [t.item for t in threats], catalog=catalog) if threats else []
+    threat_results = (
+        threat_store.upsert_threats(conn, [t.item for t in threats], catalog=catalog, readable=tlp_clearance.allowed(clearance))
+        if threats
+        else []
+    )
 
     ioc_ids: dict[str, list[int]] = {}
     for parsed_ioc, result in zip(parsed.iocs, results, strict=True):

@@ -56,7 +56,7 @@ def build_router(runtime: Runtime) -> Router:
     @router.route("POST", "/api/v1/threats/batch", role=Role.ANALYST, body=BatchIn)
     def batch(request: Request, body: BatchIn) -> dict[str, Any]:
         with unit_of_work(runtime.engine) as conn:
-            return service.upsert_batch(body.threats, conn=conn, catalog=catalog)
+            return service.upsert_batch(body.threats, conn=conn, catalog=catalog, clearance=tlp_clearance.of(request.principal))
 
     @router.route("POST", "/api/v1/threats/find", role=Role.READER, body=FindRequest)
     def find(request: Request, body: FindRequest) -> dict[str, Any]:

@@ -160,13 +160,14 @@ def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
     return max(x for x in (a, b) if x is not None) if (a or b) else None
 
 
-def _fold(base: dict[str, Any], item: _Prepared) -> dict[str, Any]:
+def _fold(base: dict[str, Any], item: _Prepared, *, scalars: bool) -> dict[str, Any]:
     """Merge an item into a threat: lists are unions, the earliest first_seen and the
-    latest last_seen win, a given scalar replaces the stored one, and the name,
-    kind and an existing stix_id are kept (a threat's identity does not move)."""
+    latest last_seen win, a given scalar replaces the stored one (unless `scalars` is false:
+    a threat above the writer's clearance), and the name, kind and an existing stix_id are
+    kept (a threat's identity does not move)."""
     merged = dict(base)
     merged["aliases"] = merge_aliases(base["name"], base["aliases"], [item.name, *item.aliases])
-    for key in ("description", "confidence", "severity", "tlp"):
+    for key in ("description", "confidence", "severity", "tlp") if scalars else ():
         value = getattr(item, key)
         if value is not None:
             merged[key] = value
@@ -244,8 +245,14 @@ WHERE t.id = x.id
 """
 
 
-def upsert_threats(conn: Connection, items: Sequence[ThreatIn], *, catalog: AttackCatalog | None) -> list[ThreatResult]:
+def upsert_threats(
+    conn: Connection, items: Sequence[ThreatIn], *, catalog: AttackCatalog | None, readable: Sequence[str]
+) -> list[ThreatResult]:
     """Create or merge threats by name OR any alias (case-insensitive) or stix_id.
+
+    `readable` is the TLPs the writer may read (its clearance): a stored threat marked above them merges an item's
+    lists and times only, its description, confidence, severity and TLP kept (an amber analyst naming a red threat
+    with tlp clear declassified it, and the IoCs linked to it).
 
     A bad item is rejected alone (the reason names the field and, for TTPs, every
     unknown or revoked id); a database error aborts the caller's transaction.
@@ -295,8 +302,9 @@ def upsert_threats(conn: Connection, items: Sequence[ThreatIn], *, catalog: Atta
         for group, threat_id in plans:
             base = existing[threat_id] if threat_id is not None else _as_row(group[0])
             merged = base
+            above = threat_id is not None and base["tlp"] not in readable
             for p in group if threat_id is not None else group[1:]:
-                merged = _fold(merged, p)
+                merged = _fold(merged, p, scalars=not above)
             if threat_id is None:
                 inserts.append((group, merged))
                 continue

@@ -11,6 +11,7 @@ import msgspec
 
 from threatflow.platform.errors import NotFoundError, PayloadTooLargeError, ValidationError
 from threatflow.platform.pagination import decode_cursor, encode_cursor
+from threatflow.platform.vocabulary import Tlp
 from threatflow.threats import repository as store
 from threatflow.threats.attack import check_id_format
 from threatflow.threats.model import ResultStatus, ThreatIn, ThreatKind, ThreatResult, name_key
@@ -56,10 +57,13 @@ def _summary(results: Sequence[ThreatResult], started: float) -> dict[str, float
     return summary
 
 
-def upsert_batch(raw_items: Sequence[msgspec.Raw | ThreatIn], *, conn: Connection, catalog: CatalogLoader) -> dict[str, Any]:
+def upsert_batch(
+    raw_items: Sequence[msgspec.Raw | ThreatIn], *, conn: Connection, catalog: CatalogLoader, clearance: str
+) -> dict[str, Any]:
     """Decode, validate and merge a batch in one transaction. Bad items are rejected one
     by one; a database error aborts the whole batch. The ATT&CK catalog is loaded only
-    when an item names TTPs (a ConfigError names ATTACK_DATA_PATH when it is unset)."""
+    when an item names TTPs (a ConfigError names ATTACK_DATA_PATH when it is unset).
+    `clearance` is the writer's: a threat above it is merged into, never re-marked (repository.upsert_threats)."""
     if len(raw_items) > MAX_BATCH:
         raise PayloadTooLargeError(f"at most {MAX_BATCH} threats per batch; got {len(raw_items)}")
     started = time.perf_counter()
@@ -71,7 +75,7 @@ def upsert_batch(raw_items: Sequence[msgspec.Raw | ThreatIn], *, conn: Connectio
         except msgspec.ValidationError as exc:
             results[index] = ThreatResult(index, ResultStatus.REJECTED.value, reason=str(exc).replace("`$.", "`"))
     loaded = catalog() if any(item.ttps for _, item in decoded) else None
-    stored = store.upsert_threats(conn, [item for _, item in decoded], catalog=loaded)
+    stored = store.upsert_threats(conn, [item for _, item in decoded], catalog=loaded, readable=Tlp(clearance).at_most())
     for (index, _), result in zip(decoded, stored, strict=True):
         results[index] = ThreatResult(index, result.status, id=result.id, reason=result.reason)
     ordered = [results[i] for i in range(len(raw_items))]
