@@ -438,3 +438,40 @@ def test_an_async_import_writes_with_its_requesters_clearance(api, db, function_
     job = iocs.get(queued.get_json()["status_url"], headers={"Authorization": f"Bearer {token['access_token']}"}).get_json()
     assert job["state"] == "succeeded", job
     assert db.scalar("SELECT tlp || ':' || description || ':' || detection_count FROM iocs WHERE value = '198.18.7.7'") == "red:kept:2"
+
+
+def test_a_value_marked_red_in_one_chunk_of_a_large_import_is_not_lowered_by_a_later_chunk(db, backend_env):
+    """An import is upserted in chunks of upsert_batch's 10,000 items, all in one transaction; the strictest-TLP
+    merge held within a chunk only, so the same value marked red early in a large feed and green (or unmarked,
+    taking the request's green) in a later chunk was stored green. Chunks of 2 here stand for chunks of 10,000."""
+    from threatflow.adapters.postgres import create_engine, unit_of_work
+    from threatflow.intel.formats import parse
+    from threatflow.intel.importer import apply_import
+    from threatflow.iocs import repository as ioc_repository
+    from threatflow.platform.config import Settings
+
+    items = [
+        {"value": "198.51.100.90", "tlp": "red"},
+        {"value": "other.example.com"},
+        {"value": "third.example.com"},
+        {"value": "198[.]51.100[.]90", "tlp": "green"},  # another spelling of the same address (defanged)
+        {"value": "198.51.100.90"},
+    ]
+    parsed = parse("json", json.dumps(items)).with_defaults(tlp="green")
+    engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
+    with unit_of_work(engine) as conn:
+        result = apply_import(
+            parsed,
+            conn=conn,
+            now=datetime.now(UTC),
+            actor="t",
+            clearance="red",
+            catalog=None,
+            warninglists=None,
+            policies=ioc_repository.policies(conn),
+            chunk=2,
+        )
+    engine.dispose()
+    assert result["iocs"]["summary"]["rejected"] == 0, result["iocs"]
+    assert db.scalar("SELECT tlp FROM iocs WHERE value = '198.51.100.90'") == "red"
+    assert db.scalar("SELECT tlp FROM iocs WHERE value = 'other.example.com'") == "green"
