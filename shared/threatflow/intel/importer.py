@@ -18,7 +18,7 @@ import contextlib
 import itertools
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -28,10 +28,11 @@ import msgspec
 from threatflow.adapters.postgres import unit_of_work
 from threatflow.auth import clearance as tlp_clearance
 from threatflow.intel import repository as intel_repository
-from threatflow.intel.formats import ItemError, ParsedImport, ParsedThreat, parse
+from threatflow.intel.formats import ItemError, ParsedImport, ParsedIoc, ParsedThreat, parse
 from threatflow.iocs import repository as ioc_repository
 from threatflow.iocs import service
 from threatflow.iocs.model import Tlp
+from threatflow.iocs.normalise import normalise
 from threatflow.platform.errors import PermanentError, RetryableError, ValidationError
 from threatflow.threats import repository as threat_store
 
@@ -73,6 +74,8 @@ def apply_import(
     errors: list[ItemError] = list(parsed.errors)
     threats = _checked_ttps(parsed.threats, catalog, errors)
     results: list[dict[str, Any]] = []
+    if len(parsed.iocs) > chunk:
+        _strictest_tlp_across_chunks(parsed.iocs)
     # upsert_batch takes at most MAX_BATCH items; chunks share this one transaction.
     for start in range(0, len(parsed.iocs), chunk):
         part = parsed.iocs[start : start + chunk]
@@ -141,6 +144,28 @@ def apply_import(
         "warnings": [w.to_json() for w in parsed.warnings],
         "skipped": parsed.skipped,
     }
+
+
+def _strictest_tlp_across_chunks(iocs: Sequence[ParsedIoc]) -> None:
+    """Gives every item of an indicator the most restrictive TLP any item of it names in this import. upsert_batch
+    merges one value's items that way within a chunk; across chunks the later one's TLP replaced the earlier's, so a
+    value marked red early in a large feed and green in a later chunk was stored green. Items that do not
+    normalise are left to be rejected by upsert_batch."""
+    strictest: dict[tuple[str, str], Tlp] = {}
+    keyed: list[tuple[ParsedIoc, tuple[str, str]]] = []
+    for parsed_ioc in iocs:
+        try:
+            indicator = normalise(parsed_ioc.item.value, parsed_ioc.item.type)
+            tlp = Tlp.parse(parsed_ioc.item.tlp) if parsed_ioc.item.tlp is not None else None
+        except (ValidationError, ValueError):
+            continue
+        key = (str(indicator.type), indicator.value)
+        keyed.append((parsed_ioc, key))
+        if tlp is not None and (key not in strictest or tlp.rank > strictest[key].rank):
+            strictest[key] = tlp
+    for parsed_ioc, key in keyed:
+        if key in strictest:
+            parsed_ioc.item.tlp = strictest[key].value
 
 
 def _checked_ttps(threats: list[ParsedThreat], catalog: AttackCatalog | None, errors: list[ItemError]) -> list[ParsedThreat]:
