@@ -441,3 +441,19 @@ def test_correlate_reads_ioc_evidence(api, engine):
     finally:
         with engine.begin() as conn:
             conn.execute(text("DELETE FROM ioc_evidence WHERE ioc_id = ANY(CAST(:i AS bigint[]))"), {"i": [family, pulse]})
+
+
+def test_items_of_one_batch_merging_into_one_threat_keep_the_most_restrictive_tlp_they_name(api):
+    """Items of one batch (or import) that share a name or alias merge into one threat, and each given scalar
+    replaced the one before: a report naming a family at amber and again at clear made it clear. The TLP is the
+    most restrictive the items name, as for IoCs; a later batch may still set it (within the writer's clearance)."""
+    first = api.batch({"kind": "malware", "name": "Dupli", "tlp": "amber"}, {"kind": "malware", "name": "dupli", "tlp": "clear"})
+    threat_id = first["results"][0]["id"]
+    assert api.get(f"/api/v1/threats/{threat_id}").get_json()["tlp"] == "amber"
+    api.batch({"kind": "malware", "name": "Dupli", "tlp": "green"})
+    again = api.batch({"kind": "malware", "name": "Dupli", "tlp": "clear"}, {"kind": "malware", "name": "Dupli", "aliases": ["D2"]})
+    assert again["results"][0]["id"] == threat_id
+    assert api.get(f"/api/v1/threats/{threat_id}").get_json()["tlp"] == "clear"
+    mixed = api.batch({"kind": "malware", "name": "Dupli", "tlp": "amber"}, {"kind": "malware", "name": "D2", "tlp": "green"})
+    assert mixed["results"][1]["id"] == threat_id
+    assert api.get(f"/api/v1/threats/{threat_id}").get_json()["tlp"] == "amber"
