@@ -305,6 +305,9 @@ def upsert_threats(
             above = threat_id is not None and base["tlp"] not in readable
             for p in group if threat_id is not None else group[1:]:
                 merged = _fold(merged, p, scalars=not above)
+            named = [Tlp(p.tlp) for p in group if p.tlp is not None]
+            if named and not above:  # the group's most restrictive: one report naming a family at amber and at clear
+                merged["tlp"] = max(named, key=lambda t: t.rank).value
             if threat_id is None:
                 inserts.append((group, merged))
                 continue
