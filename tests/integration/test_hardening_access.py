@@ -351,3 +351,40 @@ def test_an_analyst_cannot_declassify_or_rewrite_a_threat_above_their_clearance(
     assert (stored["tlp"], stored["description"], stored["confidence"], stored["severity"]) != ("clear", "nothing", 3, "low"), stored
     assert stored["tlp"] == "red" and stored["description"] != "nothing"
     assert threats.get(f"/api/v1/threats/{marked['threat_id']}", headers=marked["reader"]).status_code == 404
+
+
+def test_writes_by_id_treat_records_above_the_callers_clearance_as_absent(marked, function_client, backend_env):
+    """Reads hide a record above the caller's clearance (404, as if absent); the write routes that take ids did not.
+    POST /iocs/{id}/sightings answered the whole red IoC (value, tags, description) to an amber analyst, so walking
+    the integer ids dumped every red IoC; relations, threat links and unlinks changed red records and told apart
+    ids that exist from ids that do not."""
+    url = backend_env["DATABASE_URL"]
+    amber = _bearer(_login(function_client("auth"), "amberwriter", create_user(url, "amberwriter", "analyst")))
+    iocs, threats, ids, writer = marked["iocs"], marked["threats"], marked["ids"], marked["writer"]
+    red_ioc = f"/api/v1/iocs/{ids['red']}"
+    before = iocs.get(red_ioc, headers=writer).get_json()
+
+    sighted = iocs.post(f"{red_ioc}/sightings", json={"source": "probe"}, headers=amber)
+    assert sighted.status_code == 404 and "red.tlp-test.com" not in sighted.get_data(as_text=True), sighted.get_data(as_text=True)[:300]
+    assert iocs.post(f"/api/v1/iocs/{ids['amber']}/sightings", json={}, headers=amber).status_code == 201  # within it: as before
+
+    assert iocs.post(f"{red_ioc}/relations", json={"target_id": ids["amber"], "type": "drops"}, headers=amber).status_code == 404
+    onto_red = {"target_id": ids["red"], "type": "communicates-with"}
+    assert iocs.post(f"/api/v1/iocs/{ids['amber']}/relations", json=onto_red, headers=amber).status_code == 404
+    removed = iocs.delete(f"/api/v1/iocs/{ids['green']}/relations", json={"target_id": ids["red"]}, headers=amber)
+    assert removed.status_code == 404, removed.get_json()
+
+    red_threat = f"/api/v1/threats/{marked['threat_id']}"
+    assert threats.post(f"{red_threat}/link", json={"ioc_ids": [ids["amber"]]}, headers=amber).status_code == 404
+    assert threats.post(f"{red_threat}/unlink", json={"ioc_ids": [ids["green"]]}, headers=amber).status_code == 404
+    mine = threats.post("/api/v1/threats/batch", json={"threats": [{"kind": "tool", "name": "AmberTool"}]}, headers=amber)
+    mine_id = mine.get_json()["results"][0]["id"]
+    linked = threats.post(f"/api/v1/threats/{mine_id}/link", json={"ioc_ids": [ids["red"], ids["amber"]]}, headers=amber).get_json()
+    assert [r["status"] for r in linked["results"]] == ["not_found", "linked"], linked
+
+    after = iocs.get(red_ioc, headers=writer).get_json()
+    assert after["detection_count"] == before["detection_count"]
+    related = iocs.get(f"/api/v1/iocs/{ids['green']}/related", headers=writer).get_json()
+    assert len(related["relations"]) == 1  # the green -> red relation the fixture made is still there
+    assert threats.get(f"/api/v1/threats/by-ioc/{ids['green']}", headers=writer).get_json()["threats"] != []
+    assert threats.get(f"/api/v1/threats/by-ioc/{ids['red']}", headers=writer).get_json()["threats"] == []
