@@ -392,8 +392,8 @@ def test_store_interface_composes_one_transaction(api, engine):
         threat_id = results[0].id
         assert links.link_ioc(conn, threat_id=threat_id, ioc_id=a) is True
         assert links.link_ioc(conn, threat_id=threat_id, ioc_id=a, confidence=80) is False
-        assert links.add_ioc_relation(conn, source_id=a, target_id=b, type="resolves-to") is True
-        assert links.add_ioc_relation(conn, source_id=a, target_id=b, type="communicates-with") is True
+        assert links.add_ioc_relation(conn, source_id=a, target_id=b, type="resolves-to", visible_tlps=ALL_TLPS) is True
+        assert links.add_ioc_relation(conn, source_id=a, target_id=b, type="communicates-with", visible_tlps=ALL_TLPS) is True
         with pytest.raises(NotFoundError, match="999999"):
             links.link_ioc(conn, threat_id=threat_id, ioc_id=999999)
     # A renamed object with the same stix_id merges into the same threat.

@@ -14,7 +14,7 @@ from threatflow.intel import correlate as correlation
 from threatflow.intel import repository
 from threatflow.platform.errors import NotFoundError
 from threatflow.threats.model import check_relation_verb
-from threatflow.threats.repository import get_threat, threat_exists
+from threatflow.threats.repository import get_threat
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -49,12 +49,19 @@ def by_ioc(conn: Connection, ioc_id: int, *, visible_tlps: Sequence[str]) -> dic
     return {"ioc_id": ioc_id, "threats": threats, "count": len(threats)}
 
 
-def link(conn: Connection, threat_id: int, body: LinkIn, *, source: str | None) -> dict[str, Any]:
-    """Link IoCs to a threat; each id is reported: linked, already_linked or not_found."""
-    relation = check_relation_verb(body.relation)
-    if not threat_exists(conn, threat_id):
+def _require_visible_threat(conn: Connection, threat_id: int, *, visible_tlps: Sequence[str]) -> None:
+    """A threat above the writer's clearance does not exist for them, as on every read (404)."""
+    threat = get_threat(conn, threat_id)
+    if threat is None or threat.tlp not in visible_tlps:
         raise NotFoundError(f"no threat with id {threat_id}")
-    known = repository.existing_ioc_ids(conn, body.ioc_ids)
+
+
+def link(conn: Connection, threat_id: int, body: LinkIn, *, source: str | None, visible_tlps: Sequence[str]) -> dict[str, Any]:
+    """Link IoCs to a threat; each id is reported: linked, already_linked or not_found (also an IoC above
+    `visible_tlps`, the writer's clearance, as is the threat itself: not found)."""
+    relation = check_relation_verb(body.relation)
+    _require_visible_threat(conn, threat_id, visible_tlps=visible_tlps)
+    known = repository.visible_ioc_ids(conn, body.ioc_ids, visible_tlps=visible_tlps)
     new = repository.link_iocs(
         conn, threat_id=threat_id, ioc_ids=sorted(known), relation=relation, confidence=body.confidence, source=source
     )
@@ -67,13 +74,14 @@ def link(conn: Connection, threat_id: int, body: LinkIn, *, source: str | None) 
     return {"threat_id": threat_id, "relation": relation, "results": results, "summary": _count(results)}
 
 
-def unlink(conn: Connection, threat_id: int, body: UnlinkIn) -> dict[str, Any]:
-    """Remove links; each id is reported: unlinked (with the number of links removed) or not_linked."""
+def unlink(conn: Connection, threat_id: int, body: UnlinkIn, *, visible_tlps: Sequence[str]) -> dict[str, Any]:
+    """Remove links; each id is reported: unlinked (with the number of links removed) or not_linked (also an IoC
+    above `visible_tlps`, the writer's clearance; a threat above it is not found)."""
     if body.relation is not None:
         check_relation_verb(body.relation)
-    if not threat_exists(conn, threat_id):
-        raise NotFoundError(f"no threat with id {threat_id}")
-    removed = repository.unlink_iocs(conn, threat_id=threat_id, ioc_ids=body.ioc_ids, relation=body.relation)
+    _require_visible_threat(conn, threat_id, visible_tlps=visible_tlps)
+    visible = sorted(repository.visible_ioc_ids(conn, body.ioc_ids, visible_tlps=visible_tlps))
+    removed = repository.unlink_iocs(conn, threat_id=threat_id, ioc_ids=visible, relation=body.relation)
     results = [
         {"ioc_id": i, "status": "unlinked", "removed": removed[i]} if i in removed else {"ioc_id": i, "status": "not_linked"}
         for i in dict.fromkeys(body.ioc_ids)

@@ -99,7 +99,13 @@ def register(router: Router, runtime: Runtime) -> None:
         source_id = ioc_id_of(request)
         with unit_of_work(runtime.engine) as conn:
             created = repository.add_ioc_relation(
-                conn, source_id=source_id, target_id=body.target_id, type=body.type, confidence=body.confidence, source=source
+                conn,
+                source_id=source_id,
+                target_id=body.target_id,
+                type=body.type,
+                visible_tlps=tlp_clearance.allowed(clearance_of(request)),
+                confidence=body.confidence,
+                source=source,
             )
         relation = {"source_id": source_id, "target_id": body.target_id, "type": body.type.value, "created": created}
         return Response(relation, status=201 if created else 200)
@@ -107,5 +113,11 @@ def register(router: Router, runtime: Runtime) -> None:
     @router.route("DELETE", "/api/v1/iocs/{ioc_id:int}/relations", role=Role.ANALYST, body=RelationDeleteIn)
     def delete_relation(request: Request, body: RelationDeleteIn) -> dict[str, Any]:
         with unit_of_work(runtime.engine) as conn:
-            removed = repository.remove_ioc_relation(conn, source_id=ioc_id_of(request), target_id=body.target_id, type=body.type)
+            removed = repository.remove_ioc_relation(
+                conn,
+                source_id=ioc_id_of(request),
+                target_id=body.target_id,
+                visible_tlps=tlp_clearance.allowed(clearance_of(request)),
+                type=body.type,
+            )
         return {"deleted": removed}

@@ -137,18 +137,24 @@ def unlink_ioc(conn: Connection, *, threat_id: int, ioc_id: int, relation: str |
 
 
 def add_ioc_relation(
-    conn: Connection, *, source_id: int, target_id: int, type: RelationType | str, confidence: int = 50, source: str | None = None
+    conn: Connection,
+    *,
+    source_id: int,
+    target_id: int,
+    type: RelationType | str,
+    visible_tlps: Sequence[str],
+    confidence: int = 50,
+    source: str | None = None,
 ) -> bool:
     """Directed relation source -> target; True if new. Several types per pair are allowed;
-    a repeat keeps one row and raises its confidence to the higher value."""
+    a repeat keeps one row and raises its confidence to the higher value. Both IoCs must be within
+    `visible_tlps` (the writer's clearance): one above it is not found, as on every read."""
     kind = type if isinstance(type, RelationType) else parse_relation_type(type)
     if source_id == target_id:
         raise ValidationError(f"indicator {source_id} cannot be related to itself", field="target_id")
     if not 0 <= confidence <= 100:
         raise ValidationError(f"confidence {confidence} is outside 0..100", field="confidence")
-    missing = sorted({source_id, target_id} - existing_ioc_ids(conn, [source_id, target_id]))
-    if missing:
-        raise NotFoundError(f"no indicator with id {', '.join(str(m) for m in missing)}")
+    require_visible_iocs(conn, [source_id, target_id], visible_tlps=visible_tlps)
     row = conn.execute(
         _text(
             "INSERT INTO ioc_relations (source_id, target_id, type, confidence, source) VALUES (:a, :b, :t, :c, :s)"
@@ -181,7 +187,18 @@ def add_ioc_relations(
     return sum(1 for r in rows if r[0])
 
 
-def remove_ioc_relation(conn: Connection, *, source_id: int, target_id: int, type: RelationType | str | None = None) -> int:
+def require_visible_iocs(conn: Connection, ioc_ids: Sequence[int], *, visible_tlps: Sequence[str]) -> None:
+    """NotFoundError naming the ids that do not exist or are above `visible_tlps` (the two are not told apart)."""
+    missing = sorted(set(ioc_ids) - visible_ioc_ids(conn, ioc_ids, visible_tlps=visible_tlps))
+    if missing:
+        raise NotFoundError(f"no indicator with id {', '.join(str(m) for m in missing)}")
+
+
+def remove_ioc_relation(
+    conn: Connection, *, source_id: int, target_id: int, visible_tlps: Sequence[str], type: RelationType | str | None = None
+) -> int:
+    """Removes relations source -> target (of one type, or all); both IoCs must be within `visible_tlps`."""
+    require_visible_iocs(conn, [source_id, target_id], visible_tlps=visible_tlps)
     kind = None if type is None else (type if isinstance(type, RelationType) else parse_relation_type(type))
     result = conn.execute(
         _text(

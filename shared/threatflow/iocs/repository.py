@@ -174,7 +174,11 @@ def _delete(conn: Connection, where: str, params: dict[str, Any], *, actor: str 
     return deleted
 
 
-def add_sighting(conn: Connection, ioc_id: int, *, seen_at: datetime, source: str | None, context: dict[str, Any]) -> IocRecord | None:
+def add_sighting(
+    conn: Connection, ioc_id: int, *, seen_at: datetime, source: str | None, context: dict[str, Any], readable: Sequence[str]
+) -> IocRecord | None:
+    """Counts and keeps a sighting; None when there is no such IoC, or it is marked above `readable` (the writer's
+    clearance: to them it does not exist; the answer, the whole IoC, let an amber analyst read every red one by id)."""
     row = conn.execute(
         _text(
             "UPDATE iocs SET detection_count = detection_count + 1, last_seen = GREATEST(last_seen, :seen),"
@@ -182,9 +186,9 @@ def add_sighting(conn: Connection, ioc_id: int, *, seen_at: datetime, source: st
             " first_seen = LEAST(first_seen, :seen), active = true, updated_at = now(),"
             " sources = CASE WHEN CAST(:source AS text) IS NULL OR CAST(:source AS text) = ANY(sources) THEN sources"
             " ELSE array_append(sources, CAST(:source AS text)) END"
-            f" WHERE id = :id RETURNING {IOC_COLUMNS}"
+            f" WHERE id = :id AND tlp = ANY(CAST(:readable AS text[])) RETURNING {IOC_COLUMNS}"
         ),
-        {"id": ioc_id, "seen": seen_at, "source": source},
+        {"id": ioc_id, "seen": seen_at, "source": source, "readable": list(readable)},
     ).first()
     if row is None:
         return None

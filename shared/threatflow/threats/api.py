@@ -104,12 +104,12 @@ def build_router(runtime: Runtime) -> Router:
     @router.route("POST", "/api/v1/threats/{threat_id:int}/link", role=Role.ANALYST, body=LinkIn)
     def link(request: Request, body: LinkIn) -> dict[str, Any]:
         with unit_of_work(runtime.engine) as conn:
-            return links.link(conn, int(request.path_params["threat_id"]), body, source=actor(request))
+            return links.link(conn, int(request.path_params["threat_id"]), body, source=actor(request), visible_tlps=visible(request))
 
     @router.route("POST", "/api/v1/threats/{threat_id:int}/unlink", role=Role.ANALYST, body=UnlinkIn)
     def unlink(request: Request, body: UnlinkIn) -> dict[str, Any]:
         with unit_of_work(runtime.engine) as conn:
-            return links.unlink(conn, int(request.path_params["threat_id"]), body)
+            return links.unlink(conn, int(request.path_params["threat_id"]), body, visible_tlps=visible(request))
 
     @router.route("DELETE", "/api/v1/threats", role=Role.ADMIN, body=IdsIn)
     def delete(request: Request, body: IdsIn) -> dict[str, Any]:
