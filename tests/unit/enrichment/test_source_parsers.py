@@ -313,6 +313,27 @@ def test_threatfox_hit_takes_the_highest_confidence() -> None:
     assert "https://threatfox.abuse.ch/ioc/41" in parsed.evidence.references
 
 
+def test_threatfox_counts_only_records_of_the_ioc_asked_about() -> None:
+    # search_ioc matches loosely: asking about 1.2.3.4 also returns records of 1.2.3.45:80 (another address),
+    # and a domain search returns longer names that contain it. Only the IoC itself (an IP with any port) counts.
+    rows = [
+        {"id": "1", "ioc": "1.2.3.45:80", "malware_printable": "QakBot", "confidence_level": 100},
+        {"id": "2", "ioc": "1.2.3.4:443", "malware_printable": "Dridex", "confidence_level": 50},
+    ]
+    parsed = threatfox.parse(reply("ipv4", {"query_status": "ok", "data": rows}, value="1.2.3.4"))
+    assert (parsed.verdict, parsed.score) == (Verdict.MALICIOUS, 50)
+    assert parsed.evidence.malware_families == ("Dridex",)
+    assert "https://threatfox.abuse.ch/ioc/1" not in parsed.evidence.references
+    others = [{"id": "3", "ioc": "notgaga.com", "confidence_level": 100}, {"id": "4", "ioc": "1.2.3.40", "confidence_level": 90}]
+    for ioc_type, value in (("domain", "gaga.com"), ("ipv4", "1.2.3.4")):
+        miss = threatfox.parse(reply(ioc_type, {"query_status": "ok", "data": others}, value=value))
+        assert (miss.status, miss.verdict, miss.score) == (ResultStatus.NOT_FOUND, Verdict.UNKNOWN, None)
+    same = threatfox.parse(
+        reply("domain", {"query_status": "ok", "data": [{"id": "5", "ioc": "GaGa.com", "confidence_level": 75}]}, value="gaga.com")
+    )
+    assert (same.verdict, same.score) == (Verdict.MALICIOUS, 75)
+
+
 def test_malwarebazaar_hit_and_misses() -> None:
     sample = {
         "sha256_hash": SHA,
