@@ -332,6 +332,8 @@ def test_threatfox_counts_only_records_of_the_ioc_asked_about() -> None:
         reply("domain", {"query_status": "ok", "data": [{"id": "5", "ioc": "GaGa.com", "confidence_level": 75}]}, value="gaga.com")
     )
     assert (same.verdict, same.score) == (Verdict.MALICIOUS, 75)
+    on_host = [{"id": "6", "ioc": "http://gaga.com/gate.php", "confidence_level": 80}, {"id": "7", "ioc": "http://gaga.com.evil.net/x"}]
+    assert threatfox.parse(reply("domain", {"query_status": "ok", "data": on_host}, value="gaga.com")).score == 80
 
 
 def test_malwarebazaar_hit_and_misses() -> None:

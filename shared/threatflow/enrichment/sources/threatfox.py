@@ -2,9 +2,14 @@
 
 Verdict (reference §5.3): every ThreatFox IoC is malicious by definition: `ok` -> malicious with
 score = max(confidence_level); `no_result` (singular; `data` is then a string or null) -> not_found.
+`search_ioc` matches loosely (1.2.3.4 also finds 1.2.3.45:80), so only records whose `ioc` is the IoC asked
+about count (an IPv4 with any port, a URL on the domain or IP, names case-insensitively); `ok` with none of
+those -> not_found.
 """
 
 from __future__ import annotations
+
+from urllib.parse import urlsplit
 
 from threatflow.enrichment.model import Evidence, Verdict
 from threatflow.enrichment.sources.abusech import query_status
@@ -27,13 +32,32 @@ from threatflow.enrichment.sources.base import (
 _SEARCH = Request("POST", "/", json={"query": "search_ioc", "search_term": "{value}"})
 
 
+def _is_this_ioc(row: dict[str, object], reply: Reply) -> bool:
+    """Whether a record names the IoC asked about: `ip:port` records count for their IP, and for a domain or IP
+    a URL on that host counts (as URLhaus's host lookup); a record without an `ioc` is kept (nothing says it is
+    another one)."""
+    ioc = as_str(row.get("ioc"), 4096)
+    if ioc is None:
+        return True
+    ioc, value = ioc.lower().rstrip("/"), reply.value.strip().lower().rstrip("/")
+    if reply.ioc_type in ("ipv4", "domain") and "://" in ioc:
+        try:
+            return urlsplit(ioc).hostname == value
+        except ValueError:
+            return False
+    if reply.ioc_type == "ipv4" and ioc.rpartition(":")[2].isdigit():
+        ioc = ioc.rpartition(":")[0]
+    return ioc == value
+
+
 def parse(reply: Reply) -> Parsed:
     _, miss = query_status(reply.body)
     if miss is not None:
         return miss
-    rows = [r for r in as_list(as_dict(reply.body).get("data")) if isinstance(r, dict)]
+    listed = [r for r in as_list(as_dict(reply.body).get("data")) if isinstance(r, dict)]
+    rows = [r for r in listed if _is_this_ioc(r, reply)]
     if not rows:
-        return not_found("ok without records")
+        return not_found("ok without records" if not listed else f"{len(listed)} records, none of this IoC")
     scores = [s for s in (clamp_score(r.get("confidence_level")) for r in rows) if s is not None]
     firsts = [t for t in (as_time(r.get("first_seen")) for r in rows) if t]
     lasts = [t for t in (as_time(r.get("last_seen")) for r in rows) if t]
