@@ -64,6 +64,16 @@ def test_virustotal_verdict_rule(stats: dict[str, Any], verdict: Verdict, score:
     assert (parsed.status, parsed.verdict, parsed.score) == (ResultStatus.OK, verdict, score)
 
 
+def test_virustotal_engines_that_could_not_scan_say_nothing() -> None:
+    # A file object's stats carry eight categories; when every engine answered type-unsupported, timeout or failure,
+    # no engine called it clean: that is no verdict (Cortex: info; OpenCTI: a zero denominator is "no record").
+    stats = {"harmless": 0, "malicious": 0, "suspicious": 0, "undetected": 0, "type-unsupported": 58, "timeout": 3,
+             "confirmed-timeout": 1, "failure": 2}  # fmt: skip
+    parsed = virustotal.parse(reply("sha256", vt(stats, kind="file")))
+    assert (parsed.status, parsed.verdict, parsed.score) == (ResultStatus.OK, Verdict.UNKNOWN, None)
+    assert parsed.evidence.detections is not None and parsed.evidence.detections.total == 64
+
+
 def test_virustotal_object_without_analysis_is_unknown() -> None:
     parsed = virustotal.parse(reply("domain", {"data": {"id": "new.example", "type": "domain", "attributes": {"tags": None}}}))
     assert (parsed.verdict, parsed.score) == (Verdict.UNKNOWN, None)
