@@ -1,7 +1,8 @@
 """VirusTotal API v3: files (md5/sha1/sha256), URLs (unpadded url-safe base64 ids), domains, IP addresses.
 
 Verdict (reference §1.6, recommended rule): malicious >= 2 engines -> malicious; 1 malicious or any suspicious
--> suspicious; engines answered, none malicious or suspicious -> harmless; no engine counts -> unknown.
+-> suspicious; engines answered harmless or undetected, none malicious or suspicious -> harmless; no engine
+counts, or only type-unsupported / timeout / failure ones -> unknown.
 Score: OpenCTI's malicious / (harmless + undetected + malicious) * 100, None when that denominator is 0.
 404 NotFoundError is not_found.
 """
@@ -55,7 +56,7 @@ def parse(reply: Reply) -> Parsed:
         verdict = Verdict.MALICIOUS
     elif counts.malicious == 1 or counts.suspicious > 0:
         verdict = Verdict.SUSPICIOUS
-    elif counts.total > 0:
+    elif counts.harmless + counts.undetected > 0:  # type-unsupported, timeout, failure: the engine said nothing
         verdict = Verdict.HARMLESS
     else:
         verdict = Verdict.UNKNOWN
