@@ -199,3 +199,25 @@ def test_links_stay_linear_in_the_document():
     assert len(parsed.iocs) == n and len(parsed.threats) == n
     assert len(parsed.links) == n * 32
     assert any(f"{n - 32} of its" in w.reason for w in parsed.warnings)
+
+
+def test_an_attribute_is_first_seen_when_the_event_says_not_when_it_is_imported():
+    """MISP attributes carry `first_seen` (MISP 2.4.120+) and events a `date`; both were dropped, so a 2014 event's
+    indicators were "first seen" on the day of the import. A time in the future or not a time is left out (the IoC
+    is still imported: a future first_seen would have rejected it)."""
+    from datetime import UTC, datetime
+
+    attributes = [
+        {"type": "ip-dst", "value": "198.51.100.1", "first_seen": "2019-06-13T15:56:56.934000+00:00"},
+        {"type": "ip-dst", "value": "198.51.100.2"},
+        {"type": "ip-dst", "value": "198.51.100.3", "first_seen": "2999-01-01T00:00:00+00:00"},
+        {"type": "ip-dst", "value": "198.51.100.4", "first_seen": "yesterday"},
+    ]
+    event = _event(attributes)
+    event["Event"]["date"] = "2014-10-03"
+    parsed = parse("misp", event)
+    seen = {p.item.value: p.item.first_seen for p in parsed.iocs}
+    assert seen["198.51.100.1"] == datetime(2019, 6, 13, 15, 56, 56, 934000, tzinfo=UTC)
+    assert seen["198.51.100.2"] == seen["198.51.100.3"] == seen["198.51.100.4"] == datetime(2014, 10, 3, tzinfo=UTC)
+    no_date = parse("misp", _event([{"type": "ip-dst", "value": "198.51.100.5", "first_seen": "2999-01-01T00:00:00Z"}]))
+    assert no_date.iocs[0].item.first_seen is None and not no_date.errors

@@ -356,3 +356,31 @@ def test_opencti_connectors_tlp_amber_strict_marking_is_amber_strict():
     }
     doc = bundle(strict, indicator(1, "[ipv4-addr:value = '198.51.100.1']", object_marking_refs=[strict["id"]]))
     assert [p.item.tlp for p in parse("stix", doc).with_defaults(tlp="clear").iocs] == ["amber+strict"]
+
+
+def test_observed_data_and_indicators_give_when_the_value_was_first_seen():
+    """observed-data's `first_observed` and an indicator's `valid_from` say since when a value is known; both were
+    dropped, so every imported IoC was first seen at the import. A future time is left out, never an error."""
+    from datetime import UTC, datetime
+
+    observed = {
+        "type": "observed-data",
+        "spec_version": "2.1",
+        "id": "observed-data--77777777-7777-4777-8777-777777777777",
+        "created": "2024-01-01T00:00:00Z",
+        "modified": "2024-01-01T00:00:00Z",
+        "first_observed": "2021-03-04T05:06:07Z",
+        "last_observed": "2021-03-05T00:00:00Z",
+        "number_observed": 1,
+        "objects": {"0": {"type": "ipv4-addr", "value": "192.0.2.70"}},
+    }
+    doc = bundle(
+        observed,
+        indicator(1, "[domain-name:value = 'old.example.com']", valid_from="2020-01-02T03:04:05.5Z"),
+        indicator(2, "[domain-name:value = 'future.example.com']", valid_from="2999-01-01T00:00:00Z"),
+    )
+    parsed = parse("stix", doc)
+    seen = {p.item.value: p.item.first_seen for p in parsed.iocs}
+    assert seen["192.0.2.70"] == datetime(2021, 3, 4, 5, 6, 7, tzinfo=UTC)
+    assert seen["old.example.com"] == datetime(2020, 1, 2, 3, 4, 5, 500000, tzinfo=UTC)
+    assert seen["future.example.com"] is None
