@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -154,6 +155,26 @@ class Builder:
 
     def build(self) -> ParsedImport:
         return ParsedImport(self.iocs, self.threats, self.links, self.relations, self.errors, self.warnings, self.skipped)
+
+
+def seen_time(value: Any) -> datetime | None:
+    """A time a document gives for when a value was seen or known (MISP's first_seen or an event's date, STIX's
+    first_observed or valid_from), if it is a usable one: ISO 8601 or a date (UTC when it names no zone), in years
+    1-9999, not in the future. Anything else is None, never an error: the IoC is still imported, first seen when it
+    is stored (a future first_seen would get the item rejected by the upsert)."""
+    if not isinstance(value, str) or not 8 <= len(value) <= 64:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    try:
+        parsed = parsed.astimezone(UTC)
+    except (OverflowError, ValueError):  # 0001-01-01T00:00:00+05:00 is in year 0 once in UTC
+        return None
+    return parsed if parsed <= datetime.now(UTC) else None
 
 
 def strictest_tlp(markings: Sequence[str | None]) -> str | None:

@@ -36,6 +36,7 @@ from threatflow.intel.formats.base import (
     as_text,
     is_tlp,
     load_json,
+    seen_time,
     strictest_tlp,
 )
 from threatflow.intel.formats.csvfmt import parse as parse_csv_rows
@@ -149,7 +150,8 @@ def _event(out: Builder, event: dict[str, Any], *, where: str) -> None:
     if uuid:
         event_tags.append(f"misp-event:{uuid}")
     info = event.get("info") if isinstance(event.get("info"), str) else None
-    ctx = {"source": source, "tags": event_tags, "tlp": event_tlp, "info": info}
+    # The event's date stands for when its attributes were first seen, unless one says so itself.
+    ctx = {"source": source, "tags": event_tags, "tlp": event_tlp, "info": info, "first_seen": seen_time(event.get("date"))}
 
     threat_refs, ttps = _galaxies(out, event, where)
     event_iocs: list[str] = []
@@ -198,6 +200,7 @@ def _attribute(out: Builder, attribute: Any, ctx: dict[str, Any], *, where: str)
         "source": ctx["source"],
         "tlp": tlp,
         "description": (attribute.get("comment") or ctx["info"] or None),
+        "first_seen": seen_time(attribute.get("first_seen")) or ctx["first_seen"],
         "verdict": "malicious" if to_ids else None,
     }
     refs: list[str] = []

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from threatflow.intel.formats.base import Builder, Link, ParsedImport, ParsedThreat, Relation, load_json
+from threatflow.intel.formats.base import Builder, Link, ParsedImport, ParsedThreat, Relation, load_json, seen_time
 from threatflow.platform.errors import ValidationError
 
 THREAT_TYPES = {"malware", "threat-actor", "intrusion-set", "campaign", "tool"}
@@ -228,6 +228,8 @@ def _common(obj: dict[str, Any], tlp_of: dict[str, str]) -> dict[str, Any]:
         "tlp": _tlp(obj, tlp_of),
         "confidence": confidence if isinstance(confidence, int) and 0 <= confidence <= 100 else None,
         "description": (obj.get("description") or None) if isinstance(obj.get("description"), str) else None,
+        # since when the value is known: observed-data's first observation, an indicator's validity
+        "first_seen": seen_time(obj.get("first_observed") or obj.get("valid_from")),
     }
 
 
