@@ -272,6 +272,23 @@ def test_urlhaus_host_with_string_numbers_and_nulls() -> None:
     assert urlhaus.parse(reply("ipv4", body)).score == 100
 
 
+def test_urlhaus_says_when_a_host_is_a_legitimate_site_abused() -> None:
+    """URLhaus lists hacked legitimate sites that serve malware (Spamhaus DBL's `abused_legit_*` in `blacklists`);
+    that was kept in the raw summary only, so an analyst about to block the domain was not told it is a legitimate
+    site. It is a tag now (the verdict stays malicious: the source lists it)."""
+    body = {
+        "query_status": "ok",
+        "url_count": "1",
+        "blacklists": {"spamhaus_dbl": "abused_legit_malware", "surbl": "not listed"},
+        "urls": [{"url_status": "online", "date_added": "2024-03-25 09:55:39 UTC"}],
+    }
+    parsed = urlhaus.parse(reply("domain", body))
+    assert parsed.verdict is Verdict.MALICIOUS and "abused-legit" in parsed.evidence.tags
+    assert "spamhaus-dbl:abused_legit_malware" in parsed.evidence.tags
+    body["blacklists"] = {"spamhaus_dbl": "not listed", "surbl": "not listed"}
+    assert not any("abused" in t or "spamhaus" in t for t in urlhaus.parse(reply("domain", body)).evidence.tags)
+
+
 @pytest.mark.parametrize(
     ("status", "expected"),
     [
