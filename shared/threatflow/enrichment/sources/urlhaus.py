@@ -5,10 +5,12 @@ Verdict (reference §5.2): `ok` -> malicious; `no_results` -> not_found. Score: 
 URL is online and null otherwise; we keep 100 for online and use 75 (not null) when every URL is offline, so a
 listed IoC always carries a score in the aggregate (deviation, documented in the README). Payloads (malware
 samples seen in the wild) score 100. `invalid_*` / `http_post_expected` -> bad_request; key errors -> auth_error.
+A host that a blocklist names an abused legitimate site (`blacklists`: Spamhaus DBL `abused_legit_*`) is tagged so.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from threatflow.enrichment.model import Evidence, Verdict
@@ -44,7 +46,7 @@ def parse(reply: Reply) -> Parsed:
     last_online = [t for t in (as_time(u.get("last_online")) for u in urls) if t]
     first = as_time(data.get("firstseen")) or (min(added) if added else None)
     evidence = Evidence(
-        tags=strings(t for u in urls for t in as_list(u.get("tags"))),
+        tags=strings([*(t for u in urls for t in as_list(u.get("tags"))), *_abused_legit(data)]),
         malware_families=strings(p.get("signature") for p in as_list(data.get("payloads")) if isinstance(p, dict)),
         first_seen=first,
         last_seen=max(last_online + added) if (last_online or added) else first,
@@ -61,6 +63,14 @@ def parse(reply: Reply) -> Parsed:
         ),
     )
     return Parsed(Verdict.MALICIOUS, 100 if online else 75, evidence)
+
+
+def _abused_legit(data: Mapping[str, Any]) -> list[str]:
+    """Tags for a host a blocklist names a legitimate site abused to serve malware or phishing (Spamhaus DBL's
+    `abused_legit_*`, in the host answer's `blacklists`): blocking the whole domain would block the site too."""
+    lists = data.get("blacklists")
+    listed = [f"{name}:{value}" for name, value in lists.items() if "abused_legit" in str(value)] if isinstance(lists, dict) else []
+    return ["abused-legit", *(t.replace("_dbl:", "-dbl:") for t in listed)] if listed else []
 
 
 def _payload(data: Any) -> Parsed:
