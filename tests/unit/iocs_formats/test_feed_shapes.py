@@ -114,3 +114,18 @@ def test_json_batch_items_stay_strict():
     """A batch-shaped item (it has a value) is still checked field by field: an unknown field rejects it."""
     parsed = parse("json", [{"value": "198.51.100.1", "colour": "red"}])
     assert [e.ref for e in parsed.errors] == ["#0"] and "colour" in parsed.errors[0].reason
+
+
+def test_python_written_none_and_null_cells_are_empty_not_values():
+    """ThreatFox's CSV export (written by Python) holds the text `None` where a field is empty: its tags column gave
+    every IoC the tag `none`, and a `None` confidence rejected the row. `None` and `null` cells are empty cells."""
+    doc = (
+        '"ioc_value","ioc_type","tags","confidence_level","reference","malware_alias"\n'
+        '"evil.example.com","domain","None","None","None","None"\n'
+        '"bad.example.com","domain","null","75","","Emotet"\n'
+    )
+    parsed = parse("csv", doc)
+    assert not parsed.errors, parsed.errors
+    items = {p.item.value: p.item for p in parsed.iocs}
+    assert items["evil.example.com"].tags == [] and items["evil.example.com"].confidence is None
+    assert items["bad.example.com"].tags == [] and items["bad.example.com"].confidence == 75
