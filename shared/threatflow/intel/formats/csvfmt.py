@@ -82,6 +82,11 @@ def host_of(value: str) -> str:
     return host if sep and port.isdigit() and ":" not in host else value
 
 
+# What Python-written feeds put in an empty field (ThreatFox's CSV: `None`): it gave every IoC the tag `none`
+# and a `None` confidence rejected the row.
+_EMPTY_CELLS = frozenset({"None", "null", "NULL"})
+
+
 def _split(text: str | None) -> list[str]:
     if not text:
         return []
@@ -213,7 +218,8 @@ def _row(out: Builder, ref: str, row: list[str], columns: dict[str, int], typed:
         index = columns.get(key)
         if index is None or index >= len(row):
             return None
-        return row[index].strip() or None
+        text = row[index].strip()
+        return None if not text or text in _EMPTY_CELLS else text
 
     tags = [*_split(cell("tags")), *_split(cell("event_tags"))]
     markings = [tag for tag in tags if is_tlp(tag)]  # MISP's tlp: tags: the most restrictive of them and the tlp column
