@@ -388,3 +388,39 @@ def test_writes_by_id_treat_records_above_the_callers_clearance_as_absent(marked
     assert len(related["relations"]) == 1  # the green -> red relation the fixture made is still there
     assert threats.get(f"/api/v1/threats/by-ioc/{ids['green']}", headers=writer).get_json()["threats"] != []
     assert threats.get(f"/api/v1/threats/by-ioc/{ids['red']}", headers=writer).get_json()["threats"] == []
+
+
+def test_an_import_links_and_relates_only_records_within_the_callers_clearance(marked, function_client, backend_env):
+    """POST /threats/{id}/link and /iocs/{id}/relations treat a record above the caller's clearance as absent, but an
+    import made the same writes from its relationships: an amber analyst's STIX bundle naming the red threat
+    "RedOnly" linked an IoC to it, and one naming a red IoC's value linked that IoC to the analyst's own threat and
+    related it to an amber IoC. An import's links and relations take only records the caller may read."""
+    url = backend_env["DATABASE_URL"]
+    amber = _bearer(_login(function_client("auth"), "amberimporter", create_user(url, "amberimporter", "analyst")))
+    iocs, threats, ids, writer = marked["iocs"], marked["threats"], marked["ids"], marked["writer"]
+
+    def sdo(kind, n, **fields):
+        return {"type": kind, "spec_version": "2.1", "id": f"{kind}--{n:08d}-0000-4000-8000-000000000000", **fields}
+
+    def indicator(n, value):
+        return sdo("indicator", n, pattern_type="stix", valid_from="2024-01-01T00:00:00Z", pattern=f"[domain-name:value = '{value}']")
+
+    def rel(n, kind, source, target):
+        return sdo("relationship", n, relationship_type=kind, source_ref=source["id"], target_ref=target["id"])
+
+    amber_ind, red_ind = indicator(1, "amber.tlp-test.com"), indicator(2, "red.tlp-test.com")
+    red_threat, own_threat = sdo("malware", 3, name="RedOnly", is_family=True), sdo("malware", 4, name="AmberImportTool", is_family=True)
+    objects = [amber_ind, red_ind, red_threat, own_threat]
+    objects += [rel(5, "indicates", amber_ind, red_threat), rel(6, "indicates", red_ind, own_threat)]
+    objects += [rel(7, "communicates-with", amber_ind, red_ind)]
+    bundle = {"type": "bundle", "id": "bundle--00000009-0000-4000-8000-000000000000", "objects": objects}
+    response = iocs.post("/api/v1/iocs/import", json={"format": "stix", "content": bundle}, headers=amber)
+    assert response.status_code == 200, response.get_data(as_text=True)[:500]
+
+    linked_to_red = threats.get(f"/api/v1/threats/{marked['threat_id']}", headers=writer).get_json()
+    assert linked_to_red["ioc_count"] == 1, linked_to_red  # the fixture's green link only
+    amber_threats = threats.get(f"/api/v1/threats/by-ioc/{ids['amber']}", headers=writer).get_json()["threats"]
+    assert [t["name"] for t in amber_threats] == [], amber_threats
+    assert threats.get(f"/api/v1/threats/by-ioc/{ids['red']}", headers=writer).get_json()["threats"] == []
+    related = iocs.get(f"/api/v1/iocs/{ids['amber']}/related", headers=writer).get_json()
+    assert related["relations"] == [], related
