@@ -90,22 +90,30 @@ def apply_import(
         else []
     )
 
+    # Links and relations are made between records the importer may read or this import created only, as POST
+    # /threats/{id}/link and /iocs/{id}/relations make them: an item naming a stored record above the clearance
+    # merged into it, but that record does not exist for this writer.
+    visible_tlps = tlp_clearance.allowed(clearance)
+    visible_iocs = intel_repository.visible_ioc_ids(conn, [r["id"] for r in results if r.get("id") is not None], visible_tlps=visible_tlps)
+    visible_iocs |= {r["id"] for r in results if r["status"] == "created"}
+    visible_threats = threat_store.visible_threat_ids(conn, [r.id for r in threat_results if r.id is not None], visible_tlps=visible_tlps)
+    visible_threats |= {r.id for r in threat_results if r.status == "created"}
     ioc_ids: dict[str, list[int]] = {}
     for parsed_ioc, result in zip(parsed.iocs, results, strict=True):
-        if result.get("id") is not None and result["id"] not in ioc_ids.setdefault(parsed_ioc.ref, []):
+        if result.get("id") in visible_iocs and result["id"] not in ioc_ids.setdefault(parsed_ioc.ref, []):
             ioc_ids[parsed_ioc.ref].append(int(result["id"]))
     threat_ids: dict[str, int] = {}
     threat_out = []
     for threat, result in zip(threats, threat_results, strict=True):
         threat_out.append({"index": result.index, "ref": threat.ref, "status": result.status, "id": result.id, "reason": result.reason})
-        if result.id is not None:
+        if result.id in visible_threats:
             threat_ids[threat.ref] = int(result.id)
 
     links = links_created = 0
     for link in parsed.links:
         threat_id = threat_ids.get(link.threat_ref)
         if threat_id is None:
-            continue  # the threat was rejected: already named in its result
+            continue  # the threat was rejected (already named in its result) or is above the clearance
         for ioc_id in ioc_ids.get(link.ioc_ref, []):
             created = intel_repository.link_ioc(conn, threat_id=threat_id, ioc_id=ioc_id, relation=link.relation, source=source_default)
             links += 1

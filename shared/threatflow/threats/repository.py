@@ -375,6 +375,18 @@ def threats_for_export(conn: Connection, *, threat_ids: Sequence[int] | None = N
     return [row_to_threat(r) for r in rows]
 
 
+def visible_threat_ids(conn: Connection, threat_ids: Sequence[int], *, visible_tlps: Sequence[str]) -> set[int]:
+    """The ids among threat_ids that exist and whose TLP is in `visible_tlps` (the caller's clearance)."""
+    ids = sorted(set(threat_ids))
+    if not ids:
+        return set()
+    rows = conn.execute(
+        _text("SELECT id FROM threats WHERE id = ANY(CAST(:i AS bigint[])) AND tlp = ANY(CAST(:v AS text[]))"),
+        {"i": ids, "v": list(visible_tlps)},
+    )
+    return {int(r[0]) for r in rows}
+
+
 def threat_exists(conn: Connection, threat_id: int) -> bool:
     return conn.execute(_text("SELECT 1 FROM threats WHERE id = :i"), {"i": threat_id}).first() is not None
 
