@@ -424,3 +424,29 @@ def test_an_import_links_and_relates_only_records_within_the_callers_clearance(m
     assert threats.get(f"/api/v1/threats/by-ioc/{ids['red']}", headers=writer).get_json()["threats"] == []
     related = iocs.get(f"/api/v1/iocs/{ids['amber']}/related", headers=writer).get_json()
     assert related["relations"] == [], related
+
+
+def test_correlation_links_and_counts_only_iocs_within_the_callers_clearance(marked, function_client, backend_env):
+    """POST /threats/correlate left IoCs above the caller's clearance out of its candidates, but with link true it
+    still linked them to the threat and counted them in `linked`: an amber analyst's correlation of their own threat
+    linked a red IoC tagged with its name (a write /threats/{id}/link refuses as not_found) and told how many such
+    red IoCs exist. Above the clearance an IoC is neither linked nor counted."""
+    url = backend_env["DATABASE_URL"]
+    amber = _bearer(_login(function_client("auth"), "ambercorrelator", create_user(url, "ambercorrelator", "analyst")))
+    iocs, threats, writer = marked["iocs"], marked["threats"], marked["writer"]
+    items = [{"value": f"{tlp}-corr.example.org", "tlp": tlp, "tags": ["corrfamily"]} for tlp in ("amber", "red")]
+    ids = {
+        r["value"].split("-")[0]: r["id"]
+        for r in iocs.post("/api/v1/iocs/batch", json={"iocs": items}, headers=writer).get_json()["results"]
+    }
+    made = threats.post(
+        "/api/v1/threats/batch", json={"threats": [{"kind": "malware", "name": "CorrFamily", "tlp": "amber"}]}, headers=amber
+    )
+    threat_id = made.get_json()["results"][0]["id"]
+    result = threats.post("/api/v1/threats/correlate", json={"threat_id": threat_id, "link": True, "threshold": 50}, headers=amber)
+    assert result.status_code == 200, result.get_json()
+    body = result.get_json()
+    assert [c["ioc_id"] for c in body["candidates"]] == [ids["amber"]], body
+    assert body["linked"] == 1, body
+    assert threats.get(f"/api/v1/threats/by-ioc/{ids['red']}", headers=writer).get_json()["threats"] == []
+    assert [t["id"] for t in threats.get(f"/api/v1/threats/by-ioc/{ids['amber']}", headers=writer).get_json()["threats"]] == [threat_id]
