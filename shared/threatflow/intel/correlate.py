@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from threatflow.intel import repository
 from threatflow.platform.errors import NotFoundError
+from threatflow.platform.vocabulary import Tlp
 from threatflow.threats import repository as threats_repository
 
 if TYPE_CHECKING:
@@ -162,10 +163,24 @@ def combine(signals: Sequence[tuple[str, Signal]]) -> tuple[int, list[str]]:
 
 
 def correlate(
-    conn: Connection, *, threat_id: int, threshold: int = 70, link: bool = True, limit: int = 200, source: str = "correlation"
+    conn: Connection,
+    *,
+    threat_id: int,
+    visible_tlps: Sequence[str],
+    threshold: int = 70,
+    link: bool = True,
+    limit: int = 200,
+    source: str = "correlation",
 ) -> dict[str, Any]:
     """Score IoCs against one threat; link those at or above threshold (relation
-    'correlated', confidence = score) when link is true. Idempotent."""
+    'correlated', confidence = score) when link is true. Idempotent. Only IoCs within `visible_tlps` (the
+    caller's clearance) are scored, linked, counted or followed through relations: an IoC above it does not exist
+    for the caller (an amber analyst's correlation linked red IoCs and counted them in `linked`)."""
+    everything = set(visible_tlps) >= {t.value for t in Tlp}
+
+    def visible(ids: Iterable[int]) -> set[int]:
+        return set(ids) if everything else repository.visible_ioc_ids(conn, ids, visible_tlps=visible_tlps)
+
     all_names = threats_repository.names_of(conn, threat_id)
     if all_names is None:
         raise NotFoundError(f"no threat with id {threat_id}")
@@ -185,12 +200,18 @@ def correlate(
                 signal = match_evidence(ev_source, kind, value, names)
                 if signal is not None:
                     signals.setdefault(ioc_id, []).append((f"evidence:{ev_source}", signal))
+    shown = visible(signals)
+    signals = {ioc_id: sigs for ioc_id, sigs in signals.items() if ioc_id in shown}
     links = repository.links_of_threat(conn, threat_id)
     linked = {ioc_id for ioc_id, _ in links}
-    seeds = {ioc_id for ioc_id, relation in links if relation != CORRELATED}
+    seeds = visible({ioc_id for ioc_id, relation in links if relation != CORRELATED})
     seeds |= {ioc_id for ioc_id, sigs in signals.items() if combine(sigs)[0] >= threshold}
     if seeds:
-        for a, b, rel_type in repository.relations_touching(conn, sorted(seeds)):
+        touching = repository.relations_touching(conn, sorted(seeds))
+        ends = visible({end for a, b, _ in touching for end in (a, b)})
+        for a, b, rel_type in touching:
+            if a not in ends or b not in ends:
+                continue
             if a in seeds and b not in seeds:
                 signals.setdefault(b, []).append((f"relation:{a}", relation_signal(rel_type, "in", a)))
             elif b in seeds and a not in seeds:

@@ -117,7 +117,14 @@ def apply_verdict(conn: Connection, *, ioc_id: int, run_id: str, merged: verdict
     names = [value for _, kind, value in rows if kind in ("malware_family", "tag")]
     links: list[dict[str, Any]] = []
     for threat_id in sorted(threats_repository.threat_ids_by_names(conn, names)):
-        outcome = correlate.correlate(conn, threat_id=threat_id, threshold=70, link=True, source="enrichment")
+        outcome = correlate.correlate(
+            conn,
+            threat_id=threat_id,
+            visible_tlps=tlp_clearance.allowed(tlp_clearance.SYSTEM),
+            threshold=70,
+            link=True,
+            source="enrichment",
+        )
         links += [
             {
                 "kind": "threat",

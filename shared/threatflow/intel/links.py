@@ -98,11 +98,10 @@ def _count(results: Sequence[dict[str, Any]]) -> dict[str, int]:
 
 
 def correlate(conn: Connection, body: CorrelateIn, *, visible_tlps: Sequence[str]) -> dict[str, Any]:
-    """Correlation for a threat the caller may see; candidates above their clearance are left out of the answer."""
+    """Correlation for a threat the caller may see; IoCs above their clearance are neither scored nor linked."""
     threat = get_threat(conn, body.threat_id)
     if threat is None or threat.tlp not in visible_tlps:
         raise NotFoundError(f"no threat with id {body.threat_id}")
-    result = correlation.correlate(conn, threat_id=body.threat_id, threshold=body.threshold, link=body.link, limit=body.limit)
-    seen = repository.visible_ioc_ids(conn, [c["ioc_id"] for c in result["candidates"]], visible_tlps=visible_tlps)
-    result["candidates"] = [c for c in result["candidates"] if c["ioc_id"] in seen]
-    return result
+    return correlation.correlate(
+        conn, threat_id=body.threat_id, visible_tlps=visible_tlps, threshold=body.threshold, link=body.link, limit=body.limit
+    )
