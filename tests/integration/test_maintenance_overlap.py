@@ -21,7 +21,7 @@ def documents(firestore_emulator, monkeypatch):
     for key, value in firestore_emulator.env.items():
         monkeypatch.setenv(key, value)
     # A lease short enough for a test, in the proportions of the real one (runs.LEASE).
-    monkeypatch.setattr(runs, "LEASE", SimpleNamespace(seconds=3.0, renew_every=0.5, poll_every=0.2), raising=False)
+    monkeypatch.setattr(runs, "LEASE", SimpleNamespace(seconds=3.0, renew_every=0.5, poll_every=0.2, longest=60.0), raising=False)
     return FirestoreDocuments(PROJECT)
 
 
@@ -150,3 +150,68 @@ def test_a_failed_run_is_run_again_by_its_redelivery(documents, monkeypatch):
     assert _execute(documents, run_id)["state"] == "succeeded"
     record = documents.get(runs.RUNS, run_id)
     assert len(calls) == 2 and record["attempts"] == 2 and record["error"] is None and record["result"] == {"ok": True}
+
+
+def test_a_delivery_past_the_functions_timeout_stops_renewing_its_lease(documents, monkeypatch):
+    """A delivery lasts at most the function's timeout; past it Pub/Sub has its answer (a 504: redeliver) but Cloud
+    Run does not stop the code, so a hung job's daemon thread renewed the lease for as long as the instance lived and
+    every redelivery answered duplicate_delivery (acked) while the job never finished. The renewal stops at
+    RunLease.longest; the lease then lapses and a redelivery takes the run over."""
+    from threatflow.jobs import runs
+
+    monkeypatch.setattr(runs, "LEASE", SimpleNamespace(seconds=1.0, renew_every=0.2, poll_every=0.1, longest=2.0), raising=False)
+    job = _Job(hold=True)
+    monkeypatch.setitem(runs.JOBS, "test-overlap", job)
+    run_id = uuid.uuid4().hex
+    holder = threading.Thread(target=lambda: _execute(documents, run_id))
+    holder.start()
+    try:
+        assert job.started.wait(30)
+        time.sleep(4.0)  # past `longest` and then past the lease
+        redelivery = _execute(documents, run_id)
+        assert redelivery.get("duplicate_delivery") is not True and redelivery["state"] == "succeeded", redelivery
+        assert job.runs == 2
+    finally:
+        job.release.set()
+        holder.join(30)
+
+
+def test_a_delivery_whose_run_was_taken_over_does_not_record_its_outcome(documents, monkeypatch):
+    """A holder that stalled past its lease loses the run to another delivery, but its job cannot be cancelled: when
+    it then failed it wrote `failed` over the new holder's running run, and the next delivery ran the job a third
+    time alongside the new holder. Only the run's holder records its outcome."""
+    from threatflow.jobs import runs
+
+    calls = []
+    started, release = threading.Event(), threading.Event()
+
+    def failing(ctx):
+        calls.append(1)
+        started.set()
+        assert release.wait(30)
+        raise RuntimeError("stalled and failed")
+
+    monkeypatch.setitem(runs.JOBS, "test-overlap", failing)
+    run_id = uuid.uuid4().hex
+    raised = []
+
+    def first():
+        try:
+            _execute(documents, run_id)
+        except RuntimeError as exc:
+            raised.append(exc)
+
+    holder = threading.Thread(target=first)
+    holder.start()
+    assert started.wait(30)
+    # What a takeover by another delivery writes (the compare-and-set in runs.execute), its lease live.
+    now = datetime.now(UTC)
+    documents.set(
+        runs.RUNS, run_id, {"holder": "other", "attempts": 2, "started_at": now, "lease_until": now + timedelta(minutes=5)}, merge=True
+    )
+    release.set()
+    holder.join(30)
+    assert raised, "the stalled delivery's job failure must still be raised to its caller"
+    record = documents.get(runs.RUNS, run_id)
+    assert record["state"] == "running" and record["holder"] == "other" and record.get("error") is None, record
+    assert len(calls) == 1
