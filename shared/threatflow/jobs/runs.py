@@ -280,11 +280,15 @@ def require_job(name: str) -> None:
 @dataclass(frozen=True)
 class RunLease:
     """How a running delivery shows it is alive: it renews lease_until (now + seconds) every renew_every
-    seconds; another delivery of the same run polls every poll_every seconds for a renewal or a lapse."""
+    seconds; another delivery of the same run polls every poll_every seconds for a renewal or a lapse. A delivery
+    renews for `longest` seconds at most (the maintenance function's timeout_seconds, functions/topology.yaml): past
+    it Pub/Sub has had its answer (a timeout: redeliver), but Cloud Run does not stop the code, and a hung job's
+    renewals would keep every redelivery answering duplicate_delivery for as long as the instance lived."""
 
     seconds: float = 60.0
     renew_every: float = 10.0
     poll_every: float = 2.0
+    longest: float = 540.0
 
 
 LEASE = RunLease()
@@ -295,8 +299,9 @@ class _Renewal:
     another holder (taken over after this delivery stalled past its lease: the job cannot be cancelled,
     but this delivery no longer claims the run)."""
 
-    def __init__(self, documents: DocumentStore, run_id: str, *, holder: str, clock: Clock, lease: RunLease) -> None:
+    def __init__(self, documents: DocumentStore, run_id: str, *, holder: str, clock: Clock, lease: RunLease, renew_until: float) -> None:
         self._documents, self._run_id, self._holder, self._clock, self._lease = documents, run_id, holder, clock, lease
+        self._renew_until = renew_until  # time.monotonic(): the delivery's start plus lease.longest
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"run-lease-{run_id}", daemon=True)
 
@@ -310,6 +315,9 @@ class _Renewal:
 
     def _loop(self) -> None:
         while not self._stop.wait(self._lease.renew_every):
+            if time.monotonic() >= self._renew_until:
+                log.warning("maintenance run outlived its delivery's timeout; lease no longer renewed", extra={"run_id": self._run_id})
+                return
             try:
                 current = self._documents.get_versioned(RUNS, self._run_id)
                 if current is None or current.data.get("holder") != self._holder:
@@ -361,6 +369,7 @@ def execute(
     (the holder died: the run is taken over by compare-and-set, so one delivery wins). A succeeded run is
     answered as it is; a failed one, or one without a lease, is run again."""
     require_job(job)
+    began = time.monotonic()
     lease = LEASE
     holder = uuid.uuid4().hex
     while True:
@@ -396,19 +405,30 @@ def execute(
         engine=engine, documents=documents, blobs=blobs, clock=clock, settings=settings, run_id=run_id, params=params, publisher=publisher
     )
     try:
-        with _Renewal(documents, run_id, holder=holder, clock=clock, lease=lease):
+        with _Renewal(documents, run_id, holder=holder, clock=clock, lease=lease, renew_until=began + lease.longest):
             result = JOBS[job](ctx)
     except Exception as exc:
-        documents.set(
-            RUNS,
-            run_id,
-            {"state": RunState.FAILED.value, "error": f"{exc.__class__.__name__}: {exc}", "finished_at": clock.now()},
-            merge=True,
-        )
+        failed = {"state": RunState.FAILED.value, "error": f"{exc.__class__.__name__}: {exc}", "finished_at": clock.now()}
+        _record_outcome(documents, run_id, failed, holder=holder)
         raise
     done = {"state": RunState.SUCCEEDED.value, "result": result, "finished_at": clock.now(), "error": None}
-    documents.set(RUNS, run_id, done, merge=True)
+    _record_outcome(documents, run_id, done, holder=holder)
     return {**record, **done}
+
+
+def _record_outcome(documents: DocumentStore, run_id: str, outcome: Mapping[str, Any], *, holder: str) -> bool:
+    """Writes a run's outcome while this delivery still holds it (compare-and-set on the run as read). A delivery
+    that stalled past its lease and lost the run leaves it to the new holder: its `failed` over the new holder's
+    running run let the next delivery run the job a third time alongside it."""
+    for _ in range(5):
+        current = documents.get_versioned(RUNS, run_id)
+        if current is None or current.data.get("holder") != holder:
+            log.warning("maintenance run taken over; its outcome is the new holder's to record", extra={"run_id": run_id})
+            return False
+        if documents.update_if_unchanged(RUNS, run_id, dict(outcome), version=current.version) is not None:
+            return True
+    log.warning("maintenance run kept changing; outcome not recorded", extra={"run_id": run_id})
+    return False
 
 
 def get_run(run_id: str, *, documents: DocumentStore) -> dict[str, Any]:
