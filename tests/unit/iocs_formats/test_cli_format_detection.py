@@ -63,3 +63,19 @@ def test_a_stix_1_package_is_refused_by_name():
         detect_format(Path("package.xml"), STIX1)
     with pytest.raises(ValidationError, match="STIX 1"):
         parse("stix", STIX1)
+
+
+def test_a_document_that_only_names_stix_package_is_not_refused():
+    """The STIX 1.x check looked for the text "STIX_Package" anywhere in the first 64 KiB, so a report about STIX 1
+    conversions, a CSV feed whose comment names it or a STIX 2 bundle whose description quotes it was refused as "a
+    STIX 1.x package" and could not be imported at all. Only an XML document is a STIX 1 package."""
+    report = "Converting a STIX_Package with the elevator lost the C2 at http://c2.example.org/gate.php\n"
+    assert detect_format(Path("notes.txt"), report) == "text"
+    bundle = {
+        "type": "bundle",
+        "id": "bundle--00000000-0000-4000-8000-000000000001",
+        "objects": [{"type": "report", "id": "report--00000000-0000-4000-8000-000000000002", "description": "from a STIX_Package"}],
+    }
+    assert detect_format(Path("elevated.json"), json.dumps(bundle)) == "stix"
+    with pytest.raises(ValidationError, match="STIX 1"):
+        detect_format(Path("package.txt"), "\ufeff\n" + STIX1)  # the package itself still, whatever its name
