@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -25,11 +26,16 @@ MAX_WAIT_SECONDS = 3600
 Call = Callable[..., Any]  # (method, path, body=None, raw=False) -> (status, payload)
 
 
+_STIX1_ROOT = re.compile(r"<(?:[\w.-]+:)?STIX_Package\b")
+
+
 def detect_format(path: Path, text: str) -> str:
     """json | csv | text | stix | misp, from the extension and the content: JSON by its shape, other text as csv when
     (after a feed's opening '#' block) its first line is a header the CSV import reads."""
     suffix = path.suffix.lower()
-    if "STIX_Package" in text[:65536]:  # as a text report, its namespace URLs would become URL indicators
+    if _STIX1_ROOT.search(text[:65536]) and text[:64].lstrip("\ufeff \t\r\n").startswith("<"):
+        # A STIX 1.x package (XML with a STIX_Package element): as a text report its namespace URLs would become URL
+        # indicators. The name alone is no package: a report or bundle that mentions it was refused.
         from threatflow.intel.formats.stix import STIX1_ADVICE
 
         raise ValidationError(f"{path}: a STIX 1.x package; {STIX1_ADVICE}", field="format")
