@@ -97,7 +97,7 @@ def apply_import(
     visible_iocs = intel_repository.visible_ioc_ids(conn, [r["id"] for r in results if r.get("id") is not None], visible_tlps=visible_tlps)
     visible_iocs |= {r["id"] for r in results if r["status"] == "created"}
     visible_threats = threat_store.visible_threat_ids(conn, [r.id for r in threat_results if r.id is not None], visible_tlps=visible_tlps)
-    visible_threats |= {r.id for r in threat_results if r.status == "created"}
+    visible_threats |= {r.id for r in threat_results if r.status == "created" and r.id is not None}
     ioc_ids: dict[str, list[int]] = {}
     for parsed_ioc, result in zip(parsed.iocs, results, strict=True):
         if result.get("id") in visible_iocs and result["id"] not in ioc_ids.setdefault(parsed_ioc.ref, []):
