@@ -79,3 +79,33 @@ def test_a_document_that_only_names_stix_package_is_not_refused():
     assert detect_format(Path("elevated.json"), json.dumps(bundle)) == "stix"
     with pytest.raises(ValidationError, match="STIX 1"):
         detect_format(Path("package.txt"), "\ufeff\n" + STIX1)  # the package itself still, whatever its name
+
+
+SINGLE_OBJECT_FILES = (
+    ("stix", "oasis-examples", "interop-objectmarking-test.json"),
+    ("stix", "attack-objects", "malware_malware--6b616fc1-1505-48e3-8b2c-0d19337bff38.json"),
+    ("stix", "attack-objects", "directory_directory--572827aa-e0cd-44fd-afd5-a717a7585f39.json"),
+)
+
+
+@pytest.mark.parametrize("parts", SINGLE_OBJECT_FILES, ids=lambda p: p[-1][:40])
+def test_a_single_stix_object_is_detected_as_stix(parts):
+    """The STIX import reads a bare object (no bundle), but the CLI sent such a file as json, and the import answered
+    'json: expected {"iocs": [...]} or a list of IoC objects' (6 of ../shared/data/stix's files)."""
+    path = require_shared_data(*parts)
+    text = path.read_text()
+    parse("stix", json.loads(text))  # the STIX parser takes it
+    assert detect_format(path, text) == "stix"
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        ({"type": "indicator", "spec_version": "2.1", "id": "indicator--8e2e2d2b-17d4-4cbf-938f-98ee46b3cd3f"}, "stix"),
+        ({"type": "ipv4-addr", "id": "ipv4-addr--ff26c055-6336-5bc5-b98d-13d6226742dd", "value": "198.51.100.3"}, "stix"),
+        ({"type": "ipv4", "value": "198.51.100.7"}, "json"),  # an IoC of the JSON import: no STIX id
+        ({"type": "ipv4", "id": 7, "value": "198.51.100.7"}, "json"),
+    ],
+)
+def test_a_stix_object_is_told_from_a_json_ioc(doc, expected):
+    assert detect_format(Path("x.json"), json.dumps(doc)) == expected
