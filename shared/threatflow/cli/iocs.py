@@ -49,13 +49,19 @@ def detect_format(path: Path, text: str) -> str:
         doc = json.loads(text)
     except ValueError as exc:
         raise ValidationError(f"{path}: not valid JSON ({exc}); name the format with --format", field="format") from None
-    if isinstance(doc, dict) and doc.get("type") == "bundle":
+    if isinstance(doc, dict) and (doc.get("type") == "bundle" or _is_stix_object(doc)):
         return "stix"
     from threatflow.intel.formats.misp import is_event_document
 
     if isinstance(doc, dict) and "iocs" not in doc and is_event_document(doc):  # bare events too, as the parser reads them
         return "misp"
     return "json"
+
+
+def _is_stix_object(doc: dict[str, Any]) -> bool:
+    """One STIX object without a bundle (the STIX import reads it): its id is `<type>--<uuid>`."""
+    kind, ident = doc.get("type"), doc.get("id")
+    return isinstance(kind, str) and isinstance(ident, str) and bool(kind) and ident.startswith(f"{kind}--")
 
 
 def _content(fmt: str, text: str) -> Any:
