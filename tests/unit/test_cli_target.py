@@ -62,3 +62,41 @@ def test_the_environment_token_goes_only_to_the_environment_server(stored_login,
     assert _target(monkeypatch, "--url", "http://127.0.0.1:18931") == ("http://127.0.0.1:18931/api/v1/auth/me", "stored-token")
     monkeypatch.delenv("THREATFLOW_URL")  # a token alone names no server: it goes wherever the command is pointed
     assert _target(monkeypatch, "--url", "http://198.51.100.7:8080") == ("http://198.51.100.7:8080/api/v1/auth/me", "env-token")
+
+
+def _running_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gateway_url: str, pid: int) -> None:
+    from threatflow.devstack.stack import StackState
+
+    state_dir = tmp_path / "devstack"
+    state_dir.mkdir()
+    StackState(supervisor_pid=pid, gateway_url=gateway_url, env={}).write(state_dir)
+    monkeypatch.setenv("THREATFLOW_STATE_DIR", str(state_dir))
+
+
+def test_without_a_login_or_a_variable_the_client_talks_to_the_running_stack(tmp_path, monkeypatch) -> None:
+    """README, "The local stack": `make run` in terminal 1 (on THREATFLOW_PORT when 8080 is taken), then
+    `threatflow login alice` in terminal 2. The client went to 127.0.0.1:8080 whatever port the stack served on
+    ("cannot reach the API at http://127.0.0.1:8080"), or to another stack holding 8080, while `threatflow jobs run`
+    and the operator commands found the running stack by its state folder."""
+    import os
+
+    from threatflow.cli import main
+
+    monkeypatch.setattr(main, "CREDENTIALS", tmp_path / "no-login.json")
+    for name in ("THREATFLOW_URL", "THREATFLOW_TOKEN", "THREATFLOW_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    _running_stack(tmp_path, monkeypatch, "http://127.0.0.1:18432", os.getpid())
+    assert _target(monkeypatch) == ("http://127.0.0.1:18432/api/v1/auth/me", None)
+    monkeypatch.setenv("THREATFLOW_URL", "http://127.0.0.1:5555")  # a variable still wins
+    assert _target(monkeypatch) == ("http://127.0.0.1:5555/api/v1/auth/me", None)
+
+
+def test_a_stopped_stacks_state_is_not_followed(tmp_path, monkeypatch) -> None:
+    from threatflow.cli import main
+
+    monkeypatch.setattr(main, "CREDENTIALS", tmp_path / "no-login.json")
+    for name in ("THREATFLOW_URL", "THREATFLOW_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("THREATFLOW_PORT", "18433")
+    _running_stack(tmp_path, monkeypatch, "http://127.0.0.1:18432", 2**22 + 12345)  # above pid_max: no such process
+    assert _target(monkeypatch) == ("http://127.0.0.1:18433/api/v1/auth/me", None)
