@@ -141,8 +141,9 @@ def _stored_login() -> dict[str, Any]:
 
 
 def _base_url(args: argparse.Namespace) -> str:
-    """--url, else THREATFLOW_URL, else the stored login's server, else the local stack. The variable wins over
-    the stored login, as THREATFLOW_TOKEN does: a stored URL that won sent the variable's token to another server."""
+    """--url, else THREATFLOW_URL, else the stored login's server, else the local stack (the running one's gateway,
+    whatever port it serves on; else THREATFLOW_PORT or 8080). The variable wins over the stored login, as
+    THREATFLOW_TOKEN does: a stored URL that won sent the variable's token to another server."""
     if getattr(args, "url", None):
         return str(args.url).rstrip("/")
     if os.environ.get("THREATFLOW_URL"):
@@ -150,7 +151,9 @@ def _base_url(args: argparse.Namespace) -> str:
     stored = _stored_login().get("url")
     if stored:
         return str(stored).rstrip("/")
-    return f"http://127.0.0.1:{os.environ.get('THREATFLOW_PORT', '8080')}"
+    from threatflow.devstack.stack import running_gateway_url
+
+    return running_gateway_url() or f"http://127.0.0.1:{os.environ.get('THREATFLOW_PORT', '8080')}"
 
 
 def _request(method: str, url: str, *, token: str | None, body: Any = None, raw: bool = False) -> tuple[int, Any]:

@@ -365,3 +365,9 @@ def stack_env(state_dir: Path | None = None) -> dict[str, str]:
     """The running stack's environment, for CLI commands run from another shell."""
     state = StackState.read(state_dir or state_dir_from_env())
     return dict(state.env) if state and _alive(state.supervisor_pid) else {}
+
+
+def running_gateway_url(state_dir: Path | None = None) -> str | None:
+    """The running stack's gateway (it serves on THREATFLOW_PORT as it was when it started), else None."""
+    state = StackState.read(state_dir or state_dir_from_env())
+    return state.gateway_url if state and _alive(state.supervisor_pid) else None
