@@ -49,6 +49,21 @@ def test_verdict_weights_reliability_confidence_and_recency():
     assert {r["source"]: r["recency"] for r in old.reasons}["a"] == 0.5
 
 
+def test_the_reasons_of_old_evidence_still_explain_the_score():
+    """The fake intel fixtures (and real sources) give a last_seen years back: at 0.5 ** (900 / 30) every weight
+    and recency was rounded to 0.0, so `GET /iocs/{id}` showed a malicious 89 made of reasons that all weighed 0."""
+    rel = {"a": 0.7, "b": 0.8, "c": 0.5}
+    merged = verdict.merge(
+        [result("a", "malicious", 100, age_days=900), result("b", "malicious", 16, age_days=700), result("c", "malicious", 75, age_days=900)],
+        reliability=rel,
+        now=NOW,
+    )
+    reasons = [r for r in merged.reasons if r["status"] == "ok"]
+    assert all(r["weight"] > 0 and r["recency"] > 0 for r in reasons), reasons
+    shown = sum(r["weight"] * r["score"] for r in reasons) / sum(r["weight"] for r in reasons)
+    assert round(shown) == merged.score  # the listed weights give the score back
+
+
 def test_verdict_ignores_errors_and_unknowns_but_lists_them():
     merged = verdict.merge(
         [result("a", "unknown", None), result("b", "unknown", None, status="timeout")], reliability={"a": 1, "b": 1}, now=NOW
