@@ -46,6 +46,12 @@ def _when(result: Mapping[str, Any]) -> datetime | None:
     return None
 
 
+def _significant(x: float) -> float:
+    """4 significant digits: evidence seen years ago weighs 1e-10, and rounded to decimal places every weight
+    showed 0.0 under the score they make."""
+    return float(f"{x:.4g}")
+
+
 def merge(results: Sequence[Mapping[str, Any]], *, reliability: Mapping[str, float], now: datetime) -> Merged:
     weighted: list[tuple[float, float, Mapping[str, Any]]] = []
     reasons: list[dict[str, Any]] = []
@@ -79,10 +85,10 @@ def merge(results: Sequence[Mapping[str, Any]], *, reliability: Mapping[str, flo
                 "status": "ok",
                 "verdict": verdict,
                 "score": score,
-                "weight": round(weight, 4),
+                "weight": _significant(weight),
                 "reliability": rel,
                 "confidence": round(confidence, 3),
-                "recency": round(recency, 3),
+                "recency": _significant(recency),
                 "reason": text,
             }
         )
