@@ -48,19 +48,17 @@ class QuotaGate:
             wait = float(cooldown) - now.timestamp()
             if wait > 0:
                 return QuotaDecision(False, wait, "cooling down after a 429")
-        day_key = None
-        if source.quota.per_day:
-            midnight = _next_midnight(now)
-            day_key = self._day_key(source, key_id, now)
-            used = self._redis.incr(day_key, expire_at=int(midnight.timestamp()) + 3600)
-            if used > source.quota.per_day:
-                self._redis.incr(day_key, -1)
-                return QuotaDecision(False, (midnight - now).total_seconds() + 1, f"daily cap of {source.quota.per_day} reached")
+        # The day's count is kept for every source (the sources route shows it), capped only under a per_day.
+        midnight = _next_midnight(now)
+        day_key = self._day_key(source, key_id, now)
+        used = self._redis.incr(day_key, expire_at=int(midnight.timestamp()) + 3600)
+        if source.quota.per_day and used > source.quota.per_day:
+            self._redis.incr(day_key, -1)
+            return QuotaDecision(False, (midnight - now).total_seconds() + 1, f"daily cap of {source.quota.per_day} reached")
         for window, limit, period in source.quota.buckets():
             decision = self._limiter.hit(f"enr:{source.name}:{key_id}:{window}", limit=limit, period_seconds=period)
             if not decision.allowed:
-                if day_key:
-                    self._redis.incr(day_key, -1)
+                self._redis.incr(day_key, -1)
                 return QuotaDecision(False, max(decision.retry_after_seconds, 0.05), f"{limit} per {window} bucket empty")
         return QuotaDecision(True, 0.0)
 
