@@ -376,7 +376,7 @@ def test_cli_enrich_values_and_a_file_prints_a_verdict_table(pipeline, tmp_path,
     out, err = capsys.readouterr()
     assert exited.value.code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["VERDICT", "SCORE", "TYPE", "VALUE"]
+    assert lines[0].split() == ["VERDICT", "SCORE", "TYPE", "RUN", "VALUE"]
     assert {line.split()[-1] for line in lines[1:]} == {"118.25.6.39", "gaga.com", "185.220.101.1"}
     assert "3/3 runs done" in err and "0 rejected" in err
 

@@ -1,0 +1,51 @@
+"""`threatflow enrich`'s table names each run, so its record can be followed (`GET /api/v1/enrichment/runs/{id}`).
+
+`--no-wait` says "print the run ids and exit", and the README's next step reads a run by its id, but the table
+printed VERDICT, SCORE, TYPE and VALUE only: with --no-wait, a column of `running` and no id to follow."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from threatflow.cli import enrich
+
+
+def _api(calls: list[tuple[str, str]]) -> Any:
+    """The API's answers to one batch of two values, the second already cached."""
+    runs = [
+        {"run_id": "a" * 32, "ioc_id": 1, "type": "ipv4", "value": "198.51.100.7", "status": "running"},
+        {"run_id": "b" * 32, "ioc_id": 2, "type": "domain", "value": "evil.example.net", "status": "done", "verdict": "unknown", "cached": True},
+    ]
+
+    def call(method: str, path: str, body: Any = None, raw: bool = False) -> tuple[int, Any]:
+        calls.append((method, path))
+        if path == "/api/v1/enrichment/batch":
+            return 202, {"batch_id": "c" * 32, "runs": runs}
+        return 200, {"batch_id": "c" * 32, "done": 2, "runs": [{**r, "status": "done", "verdict": "unknown"} for r in runs]}
+
+    return call
+
+
+def _args(*extra: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    enrich.add_parser(parser.add_subparsers(), lambda a: 0)
+    return parser.parse_args(["enrich", "198.51.100.7", "evil.example.net", *extra])
+
+
+def test_no_wait_prints_each_run_id_and_how_to_follow_the_batch(capsys) -> None:
+    calls: list[tuple[str, str]] = []
+    assert enrich.run(_args("--no-wait"), _api(calls)) == 0
+    out, err = capsys.readouterr()
+    rows = {line.split()[-1]: line.split() for line in out.splitlines()[1:] if line.strip()}
+    assert "a" * 32 in rows["198.51.100.7"] and "b" * 32 in rows["evil.example.net"], out
+    assert "/api/v1/enrichment/batches/" + "c" * 32 in err
+    assert calls == [("POST", "/api/v1/enrichment/batch")]  # no waiting
+
+
+def test_the_table_names_each_run_after_waiting_too(capsys) -> None:
+    assert enrich.run(_args(), _api([])) == 0
+    out, _ = capsys.readouterr()
+    header, *rows = out.splitlines()
+    assert header.split() == ["VERDICT", "SCORE", "TYPE", "RUN", "VALUE"]
+    assert [row.split()[-2:] for row in rows if row.strip()] == [["a" * 32, "198.51.100.7"], ["b" * 32, "evil.example.net"]]
