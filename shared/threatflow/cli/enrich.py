@@ -85,10 +85,14 @@ def run(args: argparse.Namespace, call: Call) -> int:
             break
         time.sleep(POLL_SECONDS)
     rows = [final.get(r["run_id"], r) for r in runs]
-    print(f"{'VERDICT':<11} {'SCORE':>5}  {'TYPE':<7} VALUE")
+    print(f"{'VERDICT':<11} {'SCORE':>5}  {'TYPE':<9} {'RUN':<32} VALUE")
     for row in rows:
         score = "" if row.get("score") is None else str(row["score"])
-        print(f"{(row.get('verdict') or row.get('status') or '?'):<11} {score:>5}  {row.get('type', ''):<7} {row['value']}")
+        verdict = row.get("verdict") or row.get("status") or "?"
+        print(f"{verdict:<11} {score:>5}  {row.get('type', ''):<9} {row.get('run_id') or '-':<32} {row['value']}")
+    if args.no_wait:
+        for batch_id in batches:
+            print(f"follow: threatflow api GET /api/v1/enrichment/batches/{batch_id}", file=sys.stderr)
     counts = Counter(str(r.get("verdict") or "pending") for r in rows)
     print("\n" + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + f"; {len(rejected)} rejected", file=sys.stderr)
     return 0 if not rejected else 1
