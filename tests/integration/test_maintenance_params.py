@@ -67,6 +67,25 @@ def test_jobs_run_retrain_flows_runs_it_though_the_schedule_ships_disabled(funct
     assert "at least 5000 needed" in run["result"]["reason"]
 
 
+def test_jobs_run_of_a_schedule_outside_the_maintenance_function_points_at_no_run_record(backend_env, tmp_path, monkeypatch, capsys):
+    """release-deferred-enrichment publishes on ioc-enrichment-requested, which keeps no maintenance run record, but
+    `threatflow jobs run` printed "run <id> ...; its record: threatflow api GET /api/v1/admin/runs/<id>", a 404
+    ("no maintenance run ... (yet)") for ever."""
+    from google.cloud import pubsub_v1
+
+    from threatflow.cli.main import main
+
+    publisher = pubsub_v1.PublisherClient()
+    with contextlib.suppress(Exception):  # AlreadyExists: created by an earlier test of the run
+        publisher.create_topic(name=publisher.topic_path(PROJECT, "ioc-enrichment-requested"))
+    monkeypatch.setenv("THREATFLOW_STATE_DIR", str(tmp_path))  # no running stack's environment
+    with pytest.raises(SystemExit) as exit_:
+        main(["jobs", "run", "release-deferred-enrichment"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "ioc-enrichment-requested" in out and "/api/v1/admin/runs/" not in out, out
+
+
 def test_the_schedule_tick_of_retrain_flows_stays_disabled(function_client, maintenance_messages):
     """What the manual run leaves out must still reach the scheduler's tick: params.enabled false."""
     from threatflow.adapters.pubsub import PubSubPublisher
