@@ -120,8 +120,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     state = StackState.read(state_dir_from_env())
     gateway_url = state.gateway_url if state else f"http://127.0.0.1:{os.environ.get('THREATFLOW_PORT', '8080')}"
     fired = fire(schedule, publisher=PubSubPublisher(settings.project), gateway_url=gateway_url, manual=True)
+    consumers = sorted(f.name for f in manifest.functions.values() if schedule.topic and f.topic == schedule.topic)
     if fired.run_id is None:
         print(f"fired {schedule.name}: HTTP {fired.ident}")
+    elif "maintenance" not in consumers:  # only the maintenance function keeps run records
+        print(f"fired {schedule.name}: message {fired.ident} on topic {schedule.topic} (for {', '.join(consumers)}: no run record)")
     else:
         record = f"threatflow api GET /api/v1/admin/runs/{fired.run_id}"
         print(f"fired {schedule.name}: run {fired.run_id} (message {fired.ident}); its record: {record}")
