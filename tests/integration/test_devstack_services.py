@@ -232,3 +232,22 @@ def test_stop_works_from_a_process_that_is_not_the_parent(tmp_path: Path):
     service = services.RunningService("redis", pid, port, {}, tmp_path / "redis" / "redis.log")
     assert services.is_alive(service)
     _assert_stopped(service)
+
+
+def test_up_on_a_port_another_server_holds_stops_before_starting_anything(tmp_path, capsys):
+    """README: `make run` on 8080, `THREATFLOW_PORT` to change. With the port held (another checkout's stack), `up`
+    started every service, pointed the push subscriptions at the other server, printed "ThreatFlow local stack is up"
+    with the other stack's readiness, and a few seconds later "the gateway exited with code 1"; "Address already in
+    use" was only in gateway.log."""
+    from threatflow.devstack import stack
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        began = time.monotonic()
+        assert stack.up(state_dir=tmp_path / "state", port=port, scheduler=False) == 1
+        said = capsys.readouterr().out
+    assert f"port {port} is in use" in said and "THREATFLOW_PORT" in said, said
+    assert "local stack is up" not in said and not (tmp_path / "state" / "postgres").exists()
+    assert time.monotonic() - began < 5
