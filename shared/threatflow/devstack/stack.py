@@ -15,6 +15,7 @@ import os
 import secrets
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -211,6 +212,9 @@ def up(*, state_dir: Path, port: int, project: str = DEFAULT_PROJECT, scheduler:
     state_dir.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest()
     port = port or free_port()
+    if _port_taken(port):  # else every service starts, and the pushes and the readiness check reach the other server
+        _say(f"port {port} is in use (another stack? `threatflow devstack status` in its folder); choose one with THREATFLOW_PORT=N make run")
+        return 1
     gateway_url = f"http://127.0.0.1:{port}"
     began = time.monotonic()
     env, started = start_services(state_dir, manifest, project=project)
@@ -307,6 +311,17 @@ def _print_summary(
     lines += ["", f"  ready: {json.dumps({k: v['ok'] for k, v in readiness.get('checks', {}).items()})}"]
     lines += ["  create the first admin:  threatflow users create NAME --role admin --password-stdin", "  Ctrl-C stops everything."]
     print("\n".join(lines), flush=True)
+
+
+def _port_taken(port: int) -> bool:
+    """Whether the gateway could not bind 127.0.0.1:port (it binds with SO_REUSEADDR, as this check does)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 def _alive(pid: int) -> bool:
