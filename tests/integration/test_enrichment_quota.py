@@ -17,7 +17,10 @@ def gate(backend_env):
     from threatflow.enrichment.quota import QuotaGate
 
     client = connect(backend_env["REDIS_URL"])
-    return QuotaGate(limiter=RateLimiter(client, breaker=CircuitBreaker(open_seconds=1)), redis=RedisPrimitives(client, breaker=CircuitBreaker(open_seconds=1)))
+    return QuotaGate(
+        limiter=RateLimiter(client, breaker=CircuitBreaker(open_seconds=1)),
+        redis=RedisPrimitives(client, breaker=CircuitBreaker(open_seconds=1)),
+    )
 
 
 def _source(name, **quota):

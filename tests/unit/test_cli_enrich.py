@@ -15,7 +15,15 @@ def _api(calls: list[tuple[str, str]]) -> Any:
     """The API's answers to one batch of two values, the second already cached."""
     runs = [
         {"run_id": "a" * 32, "ioc_id": 1, "type": "ipv4", "value": "198.51.100.7", "status": "running"},
-        {"run_id": "b" * 32, "ioc_id": 2, "type": "domain", "value": "evil.example.net", "status": "done", "verdict": "unknown", "cached": True},
+        {
+            "run_id": "b" * 32,
+            "ioc_id": 2,
+            "type": "domain",
+            "value": "evil.example.net",
+            "status": "done",
+            "verdict": "unknown",
+            "cached": True,
+        },
     ]
 
     def call(method: str, path: str, body: Any = None, raw: bool = False) -> tuple[int, Any]:

@@ -213,7 +213,9 @@ def up(*, state_dir: Path, port: int, project: str = DEFAULT_PROJECT, scheduler:
     manifest = load_manifest()
     port = port or free_port()
     if _port_taken(port):  # else every service starts, and the pushes and the readiness check reach the other server
-        _say(f"port {port} is in use (another stack? `threatflow devstack status` in its folder); choose one with THREATFLOW_PORT=N make run")
+        _say(
+            f"port {port} is in use (another stack? `threatflow devstack status` in its folder); choose one with THREATFLOW_PORT=N make run"
+        )
         return 1
     gateway_url = f"http://127.0.0.1:{port}"
     began = time.monotonic()

@@ -54,7 +54,11 @@ def test_the_reasons_of_old_evidence_still_explain_the_score():
     and recency was rounded to 0.0, so `GET /iocs/{id}` showed a malicious 89 made of reasons that all weighed 0."""
     rel = {"a": 0.7, "b": 0.8, "c": 0.5}
     merged = verdict.merge(
-        [result("a", "malicious", 100, age_days=900), result("b", "malicious", 16, age_days=700), result("c", "malicious", 75, age_days=900)],
+        [
+            result("a", "malicious", 100, age_days=900),
+            result("b", "malicious", 16, age_days=700),
+            result("c", "malicious", 75, age_days=900),
+        ],
         reliability=rel,
         now=NOW,
     )
