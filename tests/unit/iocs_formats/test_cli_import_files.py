@@ -81,3 +81,41 @@ def test_a_text_report_or_a_plain_list_stays_text(tmp_path):
     plain = tmp_path / "compromised-ips.txt"
     plain.write_text("198.51.100.7\n198.51.100.8\n")
     assert run_import(report)["format"] == run_import(plain)["format"] == "text"
+
+
+def _import_args(path, **extra):
+    import argparse
+
+    return argparse.Namespace(file=str(path), format=None, source=None, tlp=None, tags=None, use_async=False, json=False, **extra)
+
+
+def test_a_terminal_gets_the_summary_not_every_items_json(tmp_path, capsys, monkeypatch):
+    """`iocs import` printed every item's result as JSON on stdout: 4.6 MB for ThreatFox's 25k-host list, scrolled
+    through a terminal. A terminal gets the summary (stderr) and a hint; a pipe or file, or --json, gets the JSON."""
+    import json
+    import sys
+
+    from threatflow.cli import iocs as cli
+
+    feed = tmp_path / "hosts.txt"
+    feed.write_text("evil.example.com\n")
+    results = [{"index": i, "status": "created", "id": i, "type": "domain", "value": f"h{i}.example.com"} for i in range(3)]
+    answer = {"iocs": {"summary": {"created": 3}, "results": results}, "errors": []}
+
+    def call(method, path, body=None):
+        return 200, answer
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert cli.cmd_import(_import_args(feed), call) == 0
+    out, err = capsys.readouterr()
+    assert "iocs: created 3" in err and out.strip() == "" and "--json" in err
+    assert cli.cmd_import(_with_json(_import_args(feed)), call) == 0
+    assert json.loads(capsys.readouterr().out)["iocs"]["summary"]["created"] == 3
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)  # piped: the JSON, as before
+    assert cli.cmd_import(_import_args(feed), call) == 0
+    assert json.loads(capsys.readouterr().out)["iocs"]["results"][2]["id"] == 2
+
+
+def _with_json(args):
+    args.json = True
+    return args
