@@ -4,6 +4,7 @@ the dev stack's gateway in this process and reached by real push subscriptions."
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import threading
@@ -316,6 +317,31 @@ def test_batch_answers_cached_iocs_at_once_and_reports_progress(pipeline):
             break
         time.sleep(0.3)
     assert progress["complete"] and progress["done"] == 2 and progress["accepted"] == 2 and progress["total"] == 3
+
+
+def test_a_batch_run_that_asked_no_source_says_why(pipeline, capsys):
+    """A run that asks no source (a warninglisted value, as the README's EICAR hash is with warninglists on; a type
+    the named sources do not look up) closes `unknown`, and the batch's progress and `threatflow enrich` gave no
+    reason: only the run record held it. The batch now carries the skipped sources' reasons, and the CLI says them."""
+    from threatflow.cli import enrich as cli
+
+    api, headers = pipeline["api"], pipeline["headers"]
+    body = api.post("/api/v1/enrichment/batch", json={"iocs": ["gaga.com"], "sources": ["internetdb"]}, headers=headers).get_json()
+    deadline = time.monotonic() + 60
+    progress: dict[str, Any] = {}
+    while time.monotonic() < deadline and not progress.get("complete"):
+        progress = api.get(f"/api/v1/enrichment/batches/{body['batch_id']}", headers=headers).get_json()
+        time.sleep(0.2)
+    [run] = progress["runs"]
+    assert run["verdict"] == "unknown" and run["skipped"] == {"internetdb": "does not look up domain"}, run
+
+    def call(method: str, path: str, payload: Any = None) -> tuple[int, Any]:
+        response = api.open(path, method=method, json=payload, headers=headers)
+        return response.status_code, response.get_json()
+
+    args = argparse.Namespace(values=["gaga.com"], file=None, sources="internetdb", force=False, no_wait=False, timeout=60.0)
+    assert cli.run(args, call) == 0
+    assert "gaga.com: no source was asked: internetdb does not look up domain" in capsys.readouterr().err
 
 
 def _detect_intel_get(pipeline: Any) -> Callable[[str], tuple[int, Any]]:
