@@ -341,7 +341,7 @@ def test_a_batch_run_that_asked_no_source_says_why(pipeline, capsys):
 
     args = argparse.Namespace(values=["gaga.com"], file=None, sources="internetdb", force=False, no_wait=False, timeout=60.0)
     assert cli.run(args, call) == 0
-    assert "gaga.com: no source was asked: internetdb does not look up domain" in capsys.readouterr().err
+    assert "gaga.com: no source was asked: internetdb: does not look up domain" in capsys.readouterr().err
 
 
 def _detect_intel_get(pipeline: Any) -> Callable[[str], tuple[int, Any]]:

@@ -90,6 +90,10 @@ def run(args: argparse.Namespace, call: Call) -> int:
         score = "" if row.get("score") is None else str(row["score"])
         verdict = row.get("verdict") or row.get("status") or "?"
         print(f"{verdict:<11} {score:>5}  {row.get('type', ''):<9} {row.get('run_id') or '-':<32} {row['value']}")
+    for row in rows:
+        if "skipped" in row:  # closed without asking any source: say why, or "unknown" reads as an answer
+            reasons = "; ".join(f"{name}: {reason}" for name, reason in sorted(row["skipped"].items())) or "no source is configured"
+            print(f"note: {row['value']}: no source was asked: {reasons}", file=sys.stderr)
     if args.no_wait:
         for batch_id in batches:
             print(f"follow: threatflow api GET /api/v1/enrichment/batches/{batch_id}", file=sys.stderr)

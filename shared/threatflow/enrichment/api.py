@@ -329,7 +329,9 @@ def build_router(runtime: Runtime) -> Router:
             run = runs.get_run(runtime.documents, item["run_id"]) or {}
             status = "done" if run.get("status") == "done" else "running"
             done += status == "done"
-            out.append({**item, "status": status, "verdict": run.get("verdict"), "score": run.get("score")})
+            # A run that asked no source says why (a warninglisted value, a type the named sources do not look up).
+            unasked = {"skipped": run.get("skipped") or {}} if status == "done" and not run.get("expected") else {}
+            out.append({**item, "status": status, "verdict": run.get("verdict"), "score": run.get("score"), **unasked})
         accepted = sum(1 for i in out if i["status"] != "rejected")
         return {
             "batch_id": doc["batch_id"],
