@@ -42,6 +42,8 @@ def test_sync_over_http_then_threats_validate_against_the_snapshot(function_clie
     result = run["result"]
     assert result["snapshot"] == f"gs://{models_bucket}/attack/techniques.json"
     assert result["techniques"] == len({t["external_id"] for t in techniques["techniques"]}) and result["revoked"] > 0
+    # The first snapshot adds every technique (it reported "added": 0 for 835).
+    assert (result["added"], result["removed"]) == (result["techniques"], 0), result
 
     threats, headers = _threats_client(function_client, backend_env)
     body = {"threats": [{"kind": "malware", "name": "Synced", "ttps": ["t1059.001"]}, {"kind": "tool", "name": "Bad", "ttps": ["T9999"]}]}
