@@ -394,7 +394,7 @@ def sync(
         previous = AttackCatalog.from_bytes(blobs.get(bucket, SNAPSHOT_NAME), source="previous snapshot")
     except (NotFoundError, ConfigError):
         previous = None
-    added = removed = 0
+    added, removed = len(catalog), 0  # the first snapshot adds every technique
     if previous is not None:
         old, new = set(previous.ids()), set(catalog.ids())
         added, removed = len(new - old), len(old - new)
