@@ -84,7 +84,12 @@ def test_a_wrong_source_fails_the_run_without_retrying(function_client, backend_
         GcsBlobs("threatflow-test").get(models_bucket, "attack/techniques.json")
 
 
-def test_an_unreachable_source_is_retried(function_client, backend_env, models_bucket, monkeypatch):
+def test_an_unreachable_source_is_retried(function_client, backend_env, models_bucket, monkeypatch, caplog):
+    """A transient failure (a RetryableError: the source or a cloud service unreachable) is answered 503 so Pub/Sub
+    redelivers, with the one "will retry" line: it was raised through functions-framework, which logged a full
+    traceback on every redelivery of a job run while offline. A bug (any other exception) still gets its traceback."""
     monkeypatch.setenv("ATTACK_SOURCE", "http://127.0.0.1:9/enterprise-attack.json")
     status, run = run_maintenance_job(function_client("maintenance"), "sync-attack")
-    assert status == 500 and run["state"] == "failed" and "fetch failed" in run["error"]
+    assert status == 503 and run["state"] == "failed" and "fetch failed" in run["error"]
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage()[:120] for r in caplog.records if r.exc_info]
+    assert any("will retry" in r.getMessage() for r in caplog.records)
