@@ -66,7 +66,7 @@ def test_purge_runs_deletes_only_old_records(function_client, backend_env):
 def test_transient_failure_is_a_5xx_so_pubsub_redelivers(function_client, backend_env):
     client = function_client("maintenance", FIRESTORE_EMULATOR_HOST="127.0.0.1:1")
     response = client.post("/", json=_push("heartbeat", uuid.uuid4().hex))
-    assert response.status_code == 500
+    assert response.status_code == 503
 
 
 def test_admin_publishes_a_run(function_client, backend_env):

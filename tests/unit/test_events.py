@@ -60,12 +60,21 @@ def test_permanent_error_is_acked():
     assert len(calls) == 1
 
 
-def test_transient_error_is_raised_for_redelivery():
+def test_transient_error_is_a_503_for_redelivery():
+    """Answered as an HTTP error (Flask logs no traceback for it); any other exception is raised as it is."""
+    from werkzeug.exceptions import ServiceUnavailable
+
     def handler(message):
         raise DependencyError("database down")
 
-    with pytest.raises(DependencyError):
+    with pytest.raises(ServiceUnavailable):
         events.handle(_event({"schema_version": 1}), handler, function="t", max_age_seconds=60)
+
+    def buggy(message):
+        raise KeyError("bug")
+
+    with pytest.raises(KeyError):
+        events.handle(_event({"schema_version": 1}), buggy, function="t", max_age_seconds=60)
 
 
 def test_old_event_is_dropped_without_calling_handler():

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from threatflow.platform import limits
 from threatflow.platform import logging as tf_logging
-from threatflow.platform.errors import PermanentError, ThreatFlowError, ValidationError
+from threatflow.platform.errors import PermanentError, RetryableError, ThreatFlowError, ValidationError
 
 log = logging.getLogger("threatflow.events")
 SCHEMA_VERSION = 1
@@ -108,7 +108,14 @@ def handle(
         except PermanentError as exc:
             tf_logging.log(log, logging.ERROR, f"acked after permanent error: {exc.message}", code=exc.code, **fields)
             return
-        except Exception as exc:
+        except RetryableError as exc:
+            # Expected and already said above: answered 503 (Pub/Sub redelivers) as an HTTP error, which Flask does
+            # not log; raised as it was, functions-framework logged its traceback on every redelivery.
+            tf_logging.log(log, logging.WARNING, f"will retry: {exc.__class__.__name__}: {exc}", **fields)
+            from werkzeug.exceptions import ServiceUnavailable
+
+            raise ServiceUnavailable(f"will retry: {exc.code}") from None
+        except Exception as exc:  # a bug: its traceback is wanted
             tf_logging.log(log, logging.WARNING, f"will retry: {exc.__class__.__name__}: {exc}", **fields)
             raise
         tf_logging.log(log, logging.INFO, "handled", execution=execution_id, **fields)
