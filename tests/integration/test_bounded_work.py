@@ -1,0 +1,93 @@
+"""The work one read can make the server do is bounded by the request, not by the store.
+
+Each test builds a "hub" straight in PostgreSQL (one IoC linked to more threats than a page
+holds, more IoCs carrying a threat's name than correlation reads), then checks the answer
+by counts: rows returned, rows read, a flag that says more exists, or a 400 naming the limit.
+"""
+
+import pg8000.native
+import pytest
+from helpers import create_user, require_shared_data
+
+pytestmark = pytest.mark.integration
+
+
+def _token(auth, username, password):
+    response = auth.post("/api/v1/auth/token", json={"username": username, "password": password})
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["access_token"]
+
+
+def _sql(url):
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    return pg8000.native.Connection("postgres", host="127.0.0.1", port=port, database=url.rsplit("/", 1)[1])
+
+
+@pytest.fixture
+def api(function_client, backend_env, monkeypatch):
+    monkeypatch.setenv("ATTACK_DATA_PATH", str(require_shared_data("attack", "attack_techniques.json")))
+    auth = function_client("auth")
+    headers = {}
+    for role in ("analyst", "reader"):
+        password = create_user(backend_env["DATABASE_URL"], f"{role}1", role)
+        headers[role] = {"Authorization": f"Bearer {_token(auth, f'{role}1', password)}"}
+    clients = {"iocs": function_client("iocs"), "threats": function_client("threats")}
+    sql = _sql(backend_env["DATABASE_URL"])
+
+    class Api:
+        analyst = headers["analyst"]
+        reader = headers["reader"]
+        db = sql
+
+        def client(self, path):
+            return clients["iocs"] if path.startswith("/api/v1/iocs") else clients["threats"]
+
+        def post(self, path, body, headers=None):
+            return self.client(path).post(path, json=body, headers=self.analyst if headers is None else headers)
+
+        def get(self, path, headers=None):
+            return self.client(path).get(path, headers=self.reader if headers is None else headers)
+
+    yield Api()
+    sql.close()
+
+
+THREATS_LIMIT = 500  # threats one IoC's reads show (by-ioc, related), as README says
+
+
+def _iocs(db, count, *, tags=("misc",), prefix="host"):
+    """count amber domains host<n>.example.com with tags, straight into the table; their ids, ascending."""
+    rows = db.run(
+        "INSERT INTO iocs (type, value, tags, sources, tlp, confidence, verdict, base_score, score, severity,"
+        " first_seen, last_seen, last_seen_day, detection_count, expires_at, active)"
+        " SELECT 'domain', :p || g || '.example.com', CAST(:t AS text[]), ARRAY['test'], 'amber', 50, 'unknown', 50, 50,"
+        " 'medium', now(), now(), current_date, 1, now() + interval '30 days', true FROM generate_series(1, :n) g RETURNING id",
+        p=prefix,
+        t=list(tags),
+        n=count,
+    )
+    return sorted(r[0] for r in rows)
+
+
+def _hub_linked_to_threats(db, count):
+    """One IoC linked to count threats; its id."""
+    (hub,) = _iocs(db, 1, prefix="hub")
+    db.run("INSERT INTO threats (kind, name) SELECT 'malware', 'family-' || g FROM generate_series(1, :n) g", n=count)
+    db.run("INSERT INTO threat_iocs (threat_id, ioc_id, confidence) SELECT id, :i, mod(id, 100) FROM threats", i=hub)
+    return hub
+
+
+def test_threats_of_a_hub_ioc_are_a_bounded_list_that_says_more_exist(api):
+    hub = _hub_linked_to_threats(api.db, THREATS_LIMIT + 1)
+    by_ioc = api.get(f"/api/v1/threats/by-ioc/{hub}")
+    assert by_ioc.status_code == 200, by_ioc.get_json()
+    body = by_ioc.get_json()
+    assert len(body["threats"]) == THREATS_LIMIT and body["count"] == THREATS_LIMIT and body["truncated"] is True
+    assert [t["confidence"] for t in body["threats"]] == sorted((t["confidence"] for t in body["threats"]), reverse=True)
+    related = api.get(f"/api/v1/iocs/{hub}/related").get_json()
+    assert len(related["threats"]) == THREATS_LIMIT and related["threats_truncated"] is True
+    # At the limit nothing is cut.
+    api.db.run("DELETE FROM threat_iocs WHERE threat_id = (SELECT max(threat_id) FROM threat_iocs)")
+    body = api.get(f"/api/v1/threats/by-ioc/{hub}").get_json()
+    assert body["count"] == THREATS_LIMIT and body["truncated"] is False
+    assert api.get(f"/api/v1/iocs/{hub}/related").get_json()["threats_truncated"] is False
