@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
 MAX_IDS = 1000
+THREATS_LIMIT = 500  # threats one IoC's reads show (by-ioc, related); a hub IoC links to tens of thousands
 
 
 class LinkIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -41,12 +42,14 @@ class CorrelateIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def by_ioc(conn: Connection, ioc_id: int, *, visible_tlps: Sequence[str]) -> dict[str, Any]:
-    """Threats linked to an IoC, each with the link's relation, confidence and source; the IoC
-    and the threats are those the caller is cleared for (`visible_tlps`)."""
+    """Threats linked to an IoC, each with the link's relation, confidence and source, the strongest
+    THREATS_LIMIT (`truncated` says more exist); the IoC and the threats are those the caller is
+    cleared for (`visible_tlps`)."""
     if not repository.visible_ioc_ids(conn, [ioc_id], visible_tlps=visible_tlps):
         raise NotFoundError(f"no indicator with id {ioc_id}")
-    threats = repository.threats_of_ioc(conn, ioc_id, visible_tlps=visible_tlps)
-    return {"ioc_id": ioc_id, "threats": threats, "count": len(threats)}
+    threats = repository.threats_of_ioc(conn, ioc_id, limit=THREATS_LIMIT + 1, visible_tlps=visible_tlps)
+    shown = threats[:THREATS_LIMIT]
+    return {"ioc_id": ioc_id, "threats": shown, "count": len(shown), "truncated": len(threats) > THREATS_LIMIT}
 
 
 def _require_visible_threat(conn: Connection, threat_id: int, *, visible_tlps: Sequence[str]) -> None:

@@ -23,6 +23,7 @@ from threatflow.adapters.postgres import unit_of_work
 from threatflow.auth import clearance as tlp_clearance
 from threatflow.auth.model import Role
 from threatflow.intel import repository
+from threatflow.intel.links import THREATS_LIMIT
 from threatflow.platform.errors import NotFoundError
 from threatflow.platform.web import Request, Response, Router
 from threatflow.runtime import Runtime
@@ -54,15 +55,14 @@ def related(conn: Connection, ioc_id: int, *, clearance: str) -> dict[str, Any]:
     tags = repository.ioc_tags(conn, ioc_id, visible_tlps=visible)
     if tags is None:
         raise NotFoundError(f"no indicator with id {ioc_id}")
-    threats = [
-        {k: t[k] for k in ("id", "kind", "name", "relation", "confidence", "source")}
-        for t in repository.threats_of_ioc(conn, ioc_id, visible_tlps=visible)
-    ]
+    linked = repository.threats_of_ioc(conn, ioc_id, limit=THREATS_LIMIT + 1, visible_tlps=visible)
+    threats = [{k: t[k] for k in ("id", "kind", "name", "relation", "confidence", "source")} for t in linked[:THREATS_LIMIT]]
     relations = repository.relations_of_ioc(conn, ioc_id, limit=RELATIONS_LIMIT, visible_tlps=visible)
     shared, common = _shared_tags(conn, ioc_id, tags, visible)
     return {
         "ioc_id": ioc_id,
         "threats": threats,
+        "threats_truncated": len(linked) > THREATS_LIMIT,
         "relations": relations,
         "shared_evidence": shared,
         "common_tags_ignored": common,

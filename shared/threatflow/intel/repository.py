@@ -212,16 +212,16 @@ def remove_ioc_relation(
 # -- reads across both domains ---------------------------------------------------------
 
 
-def threats_of_ioc(conn: Connection, ioc_id: int, *, visible_tlps: Sequence[str]) -> list[dict[str, Any]]:
+def threats_of_ioc(conn: Connection, ioc_id: int, *, limit: int, visible_tlps: Sequence[str]) -> list[dict[str, Any]]:
     """Threats linked to an IoC, strongest link first, with the link's relation, confidence and source;
-    only threats whose TLP is in `visible_tlps` (the caller's clearance)."""
+    at most `limit`, only threats whose TLP is in `visible_tlps` (the caller's clearance)."""
     rows = conn.execute(
         _text(
             "SELECT t.id, t.kind, t.name, t.aliases, l.relation, l.confidence, l.source, l.created_at"
             " FROM threat_iocs l JOIN threats t ON t.id = l.threat_id WHERE l.ioc_id = :i AND t.tlp = ANY(CAST(:v AS text[]))"
-            " ORDER BY l.confidence DESC, t.id, l.relation"
+            " ORDER BY l.confidence DESC, t.id, l.relation LIMIT :l"
         ),
-        {"i": ioc_id, "v": list(visible_tlps)},
+        {"i": ioc_id, "l": limit, "v": list(visible_tlps)},
     ).all()
     return [
         {
