@@ -213,7 +213,8 @@ def cmd_export(args: argparse.Namespace, call: Call) -> int:
     else:
         sys.stdout.buffer.write(response.content)
     count, truncated = response.headers.get("X-Export-Count", "?"), response.headers.get("X-Export-Truncated") == "true"
-    note = "; more matched: raise --limit (at most 100000) or narrow --filter" if truncated else ""
+    most = "10000 for stix" if args.format == "stix" else "100000"
+    note = f"; more matched: raise --limit (at most {most}) or narrow --filter" if truncated else ""
     print(
         f"exported {count} iocs as {args.format}{' to ' + args.output if args.output and args.output != '-' else ''}{note}", file=sys.stderr
     )
