@@ -49,6 +49,10 @@ SCORE_EVIDENCE_TEXT = 60
 RELATION_SCORES = {"resolves-to": 60, "drops": 60, "downloads": 60, "communicates-with": 50, "related-to": 40}
 MIN_NAME_LENGTH = 3  # shorter squashed names ("X", "Go") match too much to mean anything
 CORRELATED = "correlated"  # the link relation correlation writes
+# Rows correlation reads of each kind (matching tag names, tagged IoCs, evidence rows, the threat's links,
+# relations of seeds), the newest IoCs' first: a name carried by much of the store read every such IoC
+# and scored it in Python (200,000 tagged IoCs: 6 s, a 1.5 MB answer). Past it the answer says `truncated`.
+READ_LIMIT = 10_000
 FAMILY_EVIDENCE_KINDS = frozenset({"malware_family", "malware-family", "family", "malware", "threat", "actor", "tag", "label"})
 
 _TOKEN = re.compile(r"[^\W_]+")
@@ -187,27 +191,38 @@ def correlate(
     names = name_forms(all_names)
     patterns = like_patterns(all_names)
     signals: dict[int, list[tuple[str, Signal]]] = {}
+    read = dict.fromkeys(("tag_names", "tags", "evidence", "links", "relations"), 0)
+    cut: list[str] = []
+
+    def bounded(kind: str, rows: list[Any]) -> list[Any]:
+        """At most READ_LIMIT of rows read with READ_LIMIT + 1: one more says the read was cut."""
+        read[kind] = min(len(rows), READ_LIMIT)
+        if len(rows) > READ_LIMIT:
+            cut.append(kind)
+        return rows[:READ_LIMIT]
+
     evidence_table = repository.evidence_available(conn)
     if names:
-        tag_signals = {t: s for t in repository.tags_like(conn, patterns) if (s := match_tag(t, names)) is not None}
+        tag_names = bounded("tag_names", repository.tags_like(conn, patterns, limit=READ_LIMIT + 1))
+        tag_signals = {t: s for t in tag_names if (s := match_tag(t, names)) is not None}
         if tag_signals:
-            for ioc_id, ioc_tags in repository.iocs_with_any_tag(conn, sorted(tag_signals)):
+            for ioc_id, ioc_tags in bounded("tags", repository.iocs_with_any_tag(conn, sorted(tag_signals), limit=READ_LIMIT + 1)):
                 for tag in ioc_tags:
                     if tag in tag_signals:
                         signals.setdefault(ioc_id, []).append(("tags", tag_signals[tag]))
         if evidence_table:
-            for ioc_id, ev_source, kind, value in repository.evidence_like(conn, patterns):
+            for ioc_id, ev_source, kind, value in bounded("evidence", repository.evidence_like(conn, patterns, limit=READ_LIMIT + 1)):
                 signal = match_evidence(ev_source, kind, value, names)
                 if signal is not None:
                     signals.setdefault(ioc_id, []).append((f"evidence:{ev_source}", signal))
     shown = visible(signals)
     signals = {ioc_id: sigs for ioc_id, sigs in signals.items() if ioc_id in shown}
-    links = repository.links_of_threat(conn, threat_id)
+    links = bounded("links", repository.links_of_threat(conn, threat_id, limit=READ_LIMIT + 1))
     linked = {ioc_id for ioc_id, _ in links}
     seeds = visible({ioc_id for ioc_id, relation in links if relation != CORRELATED})
     seeds |= {ioc_id for ioc_id, sigs in signals.items() if combine(sigs)[0] >= threshold}
     if seeds:
-        touching = repository.relations_touching(conn, sorted(seeds))
+        touching = bounded("relations", repository.relations_touching(conn, sorted(seeds), limit=READ_LIMIT + 1))
         ends = visible({end for a, b, _ in touching for end in (a, b)})
         for a, b, rel_type in touching:
             if a not in ends or b not in ends:
@@ -250,4 +265,6 @@ def correlate(
         "evidence_table": evidence_table,
         "candidates": candidates,
         "linked": len(newly),
+        "read": read,
+        "truncated": bool(cut),
     }

@@ -303,16 +303,20 @@ def iocs_sharing_tags(
 # -- correlation reads ----------------------------------------------------------------
 
 
-def tags_like(conn: Connection, patterns: Sequence[str]) -> list[str]:
-    """Distinct IoC tags matching any ILIKE pattern."""
+def tags_like(conn: Connection, patterns: Sequence[str], *, limit: int) -> list[str]:
+    """Distinct IoC tags matching any ILIKE pattern, at most `limit`."""
     rows = conn.execute(
-        _text("SELECT DISTINCT t FROM iocs, unnest(tags) AS t WHERE t ILIKE ANY(CAST(:p AS text[]))"), {"p": list(patterns)}
+        _text("SELECT DISTINCT t FROM iocs, unnest(tags) AS t WHERE t ILIKE ANY(CAST(:p AS text[])) ORDER BY t LIMIT :l"),
+        {"p": list(patterns), "l": limit},
     )
     return [str(r[0]) for r in rows]
 
 
-def iocs_with_any_tag(conn: Connection, tags: Sequence[str]) -> list[tuple[int, list[str]]]:
-    rows = conn.execute(_text("SELECT id, tags FROM iocs WHERE tags && CAST(:t AS text[])"), {"t": list(tags)})
+def iocs_with_any_tag(conn: Connection, tags: Sequence[str], *, limit: int) -> list[tuple[int, list[str]]]:
+    """(id, tags) of the newest `limit` IoCs carrying any of tags."""
+    rows = conn.execute(
+        _text("SELECT id, tags FROM iocs WHERE tags && CAST(:t AS text[]) ORDER BY id DESC LIMIT :l"), {"t": list(tags), "l": limit}
+    )
     return [(int(r[0]), list(r[1])) for r in rows]
 
 
@@ -321,28 +325,36 @@ def evidence_available(conn: Connection) -> bool:
     return conn.execute(_text("SELECT to_regclass('ioc_evidence') IS NOT NULL")).scalar_one() is True
 
 
-def evidence_like(conn: Connection, patterns: Sequence[str]) -> list[tuple[int, str, str, str]]:
-    """(ioc_id, source, kind, value) of evidence whose value matches any ILIKE pattern."""
+def evidence_like(conn: Connection, patterns: Sequence[str], *, limit: int) -> list[tuple[int, str, str, str]]:
+    """(ioc_id, source, kind, value) of evidence whose value matches any ILIKE pattern, the newest IoCs' `limit` rows."""
     rows = conn.execute(
-        _text("SELECT ioc_id, source, kind, value FROM ioc_evidence WHERE value ILIKE ANY(CAST(:p AS text[]))"), {"p": list(patterns)}
+        _text(
+            "SELECT ioc_id, source, kind, value FROM ioc_evidence WHERE value ILIKE ANY(CAST(:p AS text[]))"
+            " ORDER BY ioc_id DESC, source, kind, value LIMIT :l"
+        ),
+        {"p": list(patterns), "l": limit},
     )
     return [(int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
 
 
-def links_of_threat(conn: Connection, threat_id: int) -> list[tuple[int, str]]:
-    """(ioc_id, relation) of every link of a threat."""
-    rows = conn.execute(_text("SELECT ioc_id, relation FROM threat_iocs WHERE threat_id = :t"), {"t": threat_id})
+def links_of_threat(conn: Connection, threat_id: int, *, limit: int) -> list[tuple[int, str]]:
+    """(ioc_id, relation) of a threat's links, the newest IoCs' `limit`."""
+    rows = conn.execute(
+        _text("SELECT ioc_id, relation FROM threat_iocs WHERE threat_id = :t ORDER BY ioc_id DESC, relation LIMIT :l"),
+        {"t": threat_id, "l": limit},
+    )
     return [(int(r[0]), str(r[1])) for r in rows]
 
 
-def relations_touching(conn: Connection, ioc_ids: Sequence[int]) -> list[tuple[int, int, str]]:
-    """(source_id, target_id, type) of relations with either end among ioc_ids."""
+def relations_touching(conn: Connection, ioc_ids: Sequence[int], *, limit: int) -> list[tuple[int, int, str]]:
+    """(source_id, target_id, type) of relations with either end among ioc_ids, at most `limit`."""
     rows = conn.execute(
         _text(
             "SELECT source_id, target_id, type FROM ioc_relations WHERE source_id = ANY(CAST(:s AS bigint[]))"
             " UNION SELECT source_id, target_id, type FROM ioc_relations WHERE target_id = ANY(CAST(:s AS bigint[]))"
+            " ORDER BY 1 DESC, 2 DESC, 3 LIMIT :l"
         ),
-        {"s": list(ioc_ids)},
+        {"s": list(ioc_ids), "l": limit},
     )
     return [(int(r[0]), int(r[1]), str(r[2])) for r in rows]
 
