@@ -126,3 +126,42 @@ def test_correlation_reads_a_bounded_number_of_iocs_and_says_when_it_stopped(api
     api.db.run("DELETE FROM iocs WHERE id = :i", i=ids[0])
     body = api.post("/api/v1/threats/correlate", {"threat_id": threat_id, "link": False, "limit": 5}).get_json()
     assert body["truncated"] is False and body["read"]["tags"] == CORRELATE_READ_LIMIT
+
+
+STIX_LINKS_PER_IOC = 32  # threats a STIX export relates to one IoC, as README says
+STIX_LINKS_LIMIT = 10_000  # IoC-to-threat relationships in one bundle
+
+
+def _stix_objects(response):
+    import json
+
+    assert response.status_code == 200, response.data[:300]
+    objects = json.loads(response.data)["objects"]
+    return [o for o in objects if o["type"] == "malware"], [o for o in objects if o["type"] == "relationship"]
+
+
+def test_a_stix_export_of_one_hub_ioc_carries_a_bounded_number_of_its_threats(api):
+    """limit=1 on an IoC linked to 501 threats built 501 threat objects and 501 relationships
+    (30,000 links: 60,000 objects for one IoC)."""
+    hub = _hub_linked_to_threats(api.db, 501)
+    response = api.get(f"/api/v1/iocs/export?format=stix&ids={hub}&limit=1")
+    threats, relationships = _stix_objects(response)
+    assert len(threats) == STIX_LINKS_PER_IOC and len(relationships) == STIX_LINKS_PER_IOC
+    assert response.headers["X-Export-Links-Truncated"] == "true"
+    strongest = sorted((r[0] for r in api.db.run("SELECT confidence FROM threat_iocs")), reverse=True)[:STIX_LINKS_PER_IOC]
+    confidence = {r[0]: r[1] for r in api.db.run("SELECT t.name, l.confidence FROM threats t JOIN threat_iocs l ON l.threat_id = t.id")}
+    assert sorted((confidence[t["name"]] for t in threats), reverse=True) == strongest
+    # An IoC with fewer links keeps them all, and nothing says otherwise.
+    api.db.run("DELETE FROM threat_iocs WHERE threat_id > :n", n=STIX_LINKS_PER_IOC)
+    response = api.get(f"/api/v1/iocs/export?format=stix&ids={hub}&limit=1")
+    assert len(_stix_objects(response)[0]) == STIX_LINKS_PER_IOC and response.headers["X-Export-Links-Truncated"] == "false"
+
+
+def test_a_stix_export_carries_a_bounded_number_of_links_in_all(api):
+    ids = _iocs(api.db, STIX_LINKS_LIMIT // STIX_LINKS_PER_IOC + 1)
+    api.db.run("INSERT INTO threats (kind, name) SELECT 'malware', 'family-' || g FROM generate_series(1, :n) g", n=STIX_LINKS_PER_IOC)
+    api.db.run("INSERT INTO threat_iocs (threat_id, ioc_id) SELECT t.id, i.id FROM threats t, iocs i")
+    response = api.get(f"/api/v1/iocs/export?format=stix&limit={len(ids)}")
+    threats, relationships = _stix_objects(response)
+    assert len(threats) == STIX_LINKS_PER_IOC and len(relationships) == STIX_LINKS_LIMIT
+    assert response.headers["X-Export-Count"] == str(len(ids)) and response.headers["X-Export-Links-Truncated"] == "true"
