@@ -134,6 +134,7 @@ def register(router: Router, runtime: Runtime) -> None:
                 "Content-Disposition": f'attachment; filename="{out.filename}"',
                 "X-Export-Count": str(out.count),
                 "X-Export-Truncated": "true" if out.truncated else "false",
+                "X-Export-Links-Truncated": "true" if out.links_truncated else "false",
             },
         )
 

@@ -23,15 +23,22 @@ def _text(sql: str) -> Any:
     return text(sql)
 
 
-def links_for_iocs(conn: Connection, ioc_ids: Sequence[int]) -> list[dict[str, Any]]:
+def links_for_iocs(conn: Connection, ioc_ids: Sequence[int], *, per_ioc: int) -> tuple[list[dict[str, Any]], bool]:
+    """The strongest `per_ioc` threat links of each IoC (newest IoC first), and whether any IoC has more."""
     rows = conn.execute(
         _text(
-            "SELECT threat_id, ioc_id, relation, confidence, source FROM threat_iocs WHERE ioc_id = ANY(CAST(:i AS bigint[]))"
-            " ORDER BY ioc_id, threat_id, relation"
+            "SELECT threat_id, ioc_id, relation, confidence, source, n FROM (SELECT l.*, row_number() OVER"
+            " (PARTITION BY ioc_id ORDER BY confidence DESC, threat_id, relation) AS n FROM threat_iocs l"
+            " WHERE ioc_id = ANY(CAST(:i AS bigint[]))) AS ranked WHERE n <= :per + 1 ORDER BY ioc_id DESC, n"
         ),
-        {"i": list(ioc_ids)},
-    )
-    return [{"threat_id": int(r[0]), "ioc_id": int(r[1]), "relation": r[2], "confidence": int(r[3]), "source": r[4]} for r in rows]
+        {"i": list(ioc_ids), "per": per_ioc},
+    ).all()
+    links = [
+        {"threat_id": int(r[0]), "ioc_id": int(r[1]), "relation": r[2], "confidence": int(r[3]), "source": r[4]}
+        for r in rows
+        if r[5] <= per_ioc
+    ]
+    return links, len(links) < len(rows)
 
 
 def relations_for_iocs(conn: Connection, ioc_ids: Sequence[int]) -> list[dict[str, Any]]:

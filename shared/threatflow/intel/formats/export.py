@@ -40,6 +40,11 @@ DEFAULT_MAX_TLP = "amber"
 # the bundle as objects until it is serialised: 100,000 took ~85 s and 55 MB of output. CSV and txt
 # keep the route's 100,000.
 MAX_STIX_LIMIT = 10_000
+# A hub IoC linked to 30,000 threats made 60,000 objects of a limit=1 export: each IoC is related to its
+# strongest STIX_LINKS_PER_IOC threats (as a MISP import links at most 32 clusters to an IoC), a bundle
+# holds at most STIX_LINKS_LIMIT such links, the newest IoCs' first; X-Export-Links-Truncated says one was cut.
+STIX_LINKS_PER_IOC = 32
+STIX_LINKS_LIMIT = 10_000
 NAMESPACE = uuid.UUID("6f1c7a52-43e4-4c1b-9a41-3d7c1a0f7e21")  # fixed forever: ids derive from it
 CSV_COLUMNS = (
     "id", "type", "value", "tags", "sources", "tlp", "confidence", "verdict", "score", "severity",
@@ -66,6 +71,7 @@ class Export:
     filename: str
     count: int
     truncated: bool = False  # more IoCs matched than the limit let through
+    links_truncated: bool = False  # STIX: an IoC's threat links were cut (STIX_LINKS_PER_IOC, STIX_LINKS_LIMIT)
 
 
 CONTENT_TYPES = {
@@ -108,13 +114,14 @@ def export(
     stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     more: list[bool] = []
     pages = _capped(iter_pages(conn, flt, now=now, limit=limit + 1), limit, more)
+    links_cut = False
     if kind is ExportFormat.TXT:
         body, count = _txt(pages)
     elif kind is ExportFormat.CSV:
         body, count = _csv(pages)
     else:
-        body, count = _stix(pages, conn=conn, max_tlp=flt.max_tlp.value if flt.max_tlp else None, now=now, catalog=catalog)
-    return Export(body, content_type, f"threatflow-iocs-{stamp}.{extension}", count, truncated=bool(more))
+        body, count, links_cut = _stix(pages, conn=conn, max_tlp=flt.max_tlp.value if flt.max_tlp else None, now=now, catalog=catalog)
+    return Export(body, content_type, f"threatflow-iocs-{stamp}.{extension}", count, truncated=bool(more), links_truncated=links_cut)
 
 
 def _capped(pages: Iterator[list[dict[str, Any]]], limit: int, more: list[bool]) -> Iterator[list[dict[str, Any]]]:
@@ -133,6 +140,7 @@ def _capped(pages: Iterator[list[dict[str, Any]]], limit: int, more: list[bool])
 def _txt(pages: Iterator[list[dict[str, Any]]]) -> tuple[bytes, int]:
     out = io.StringIO()
     count = 0
+    links_cut = False
     for page in pages:
         for ioc in page:
             out.write(ioc["value"].replace("\n", " ").replace("\r", " ") + "\n")  # one value per line, always
@@ -145,6 +153,7 @@ def _csv(pages: Iterator[list[dict[str, Any]]]) -> tuple[bytes, int]:
     writer = SafeCsvWriter(out)  # the product's one CSV writer: formula prefixes neutralised, controls quoted
     writer.writerow(CSV_COLUMNS)
     count = 0
+    links_cut = False
     for page in pages:
         for ioc in page:
             writer.writerow([ioc.get(column) for column in CSV_COLUMNS])
@@ -216,7 +225,7 @@ def _markings(tlp: str | None) -> list[str]:
 
 def _stix(
     pages: Iterator[list[dict[str, Any]]], *, conn: Connection, max_tlp: str | None, now: datetime, catalog: AttackCatalog | None
-) -> tuple[bytes, int]:
+) -> tuple[bytes, int, bool]:
     import stix2
 
     objects: dict[str, Any] = {}
@@ -224,6 +233,7 @@ def _stix(
     links: list[dict[str, Any]] = []
     relations: list[dict[str, Any]] = []
     count = 0
+    links_cut = False
     for page in pages:
         ids = [ioc["id"] for ioc in page]
         for ioc in page:
@@ -249,7 +259,10 @@ def _stix(
             objects[stix_id] = indicator
             indicator_of[ioc["id"]] = stix_id
             count += 1
-        links.extend(intel_repository.links_for_iocs(conn, ids))
+        page_links, cut = intel_repository.links_for_iocs(conn, ids, per_ioc=STIX_LINKS_PER_IOC)
+        room = STIX_LINKS_LIMIT - len(links)
+        links_cut = links_cut or cut or len(page_links) > room
+        links.extend(page_links[:room])
         relations.extend(intel_repository.relations_for_iocs(conn, ids))
 
     threat_ids = sorted({int(link["threat_id"]) for link in links})
@@ -274,7 +287,7 @@ def _stix(
     used = {ref for obj in objects.values() for ref in (obj.get("object_marking_refs") or [])}
     markings = [m for m in (stix2.TLP_WHITE, stix2.TLP_GREEN, stix2.TLP_AMBER, stix2.TLP_RED) if m.id in used]
     bundle = stix2.Bundle(objects=[*markings, *objects.values()], id=f"bundle--{uuid.uuid4()}", allow_custom=False)
-    return bundle.serialize(pretty=False).encode(), count
+    return bundle.serialize(pretty=False).encode(), count, links_cut
 
 
 def _relationship(objects: dict[str, Any], source: str, relation: str, target: str, *, now: datetime) -> None:
