@@ -165,3 +165,22 @@ def test_a_stix_export_carries_a_bounded_number_of_links_in_all(api):
     threats, relationships = _stix_objects(response)
     assert len(threats) == STIX_LINKS_PER_IOC and len(relationships) == STIX_LINKS_LIMIT
     assert response.headers["X-Export-Count"] == str(len(ids)) and response.headers["X-Export-Links-Truncated"] == "true"
+
+
+RELATED_TAGS_LIMIT = 64  # an IoC's tags /related compares with other IoCs' (MAX_TAGS), as README says
+
+
+def test_related_compares_a_bounded_number_of_an_iocs_tags(api):
+    """Tags are unioned on every sighting, so one IoC can hold any number: 300 items of one value with
+    64 tags each (a 1.2 MB batch) stored 19,200, and /related counted and intersected every one of them
+    against the store (100 s on 120,000 IoCs). It now compares the first 64 (in order) and says so."""
+    tags = [f"tag-{i:03d}" for i in range(RELATED_TAGS_LIMIT + 1)]
+    (hub,) = _iocs(api.db, 1, tags=tags, prefix="hub")
+    (first,) = _iocs(api.db, 1, tags=tags[:1], prefix="first")
+    (last,) = _iocs(api.db, 1, tags=tags[-1:], prefix="last")
+    body = api.get(f"/api/v1/iocs/{hub}/related").get_json()
+    assert [s["ioc"]["id"] for s in body["shared_evidence"]] == [first]  # the 65th tag was not compared
+    assert body["tags_truncated"] is True
+    api.db.run("UPDATE iocs SET tags = tags[2:] WHERE id = :i", i=hub)  # 64 tags: all compared
+    body = api.get(f"/api/v1/iocs/{hub}/related").get_json()
+    assert body["tags_truncated"] is False and [s["ioc"]["id"] for s in body["shared_evidence"]] == [last]
