@@ -409,9 +409,10 @@ def test_store_interface_composes_one_transaction(api, engine):
         assert row["references"] == [{"source_name": "mitre-attack", "external_id": "G0007"}]
         assert set(row) >= {"id", "kind", "description", "confidence", "severity", "first_seen", "last_seen", "stix_id", "created_at"}
         assert len(store.threats_for_export(conn)) == 2
-        assert links.links_for_iocs(conn, [a, b]) == [
-            {"threat_id": threat_id, "ioc_id": a, "relation": "indicates", "confidence": 80, "source": None}
-        ]
+        assert links.links_for_iocs(conn, [a, b], per_ioc=32) == (
+            [{"threat_id": threat_id, "ioc_id": a, "relation": "indicates", "confidence": 80, "source": None}],
+            False,
+        )
         assert [(r["source_id"], r["target_id"], r["type"]) for r in links.relations_for_iocs(conn, [b])] == [
             (a, b, "communicates-with"),
             (a, b, "resolves-to"),
