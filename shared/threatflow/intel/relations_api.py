@@ -10,7 +10,8 @@ The iocs router calls `register(router, runtime)`.
 Shared tags: a tag on more than COMMON_TAG_SHARE of all IoCs (and on more than
 COMMON_TAG_FLOOR of them, so a small store does not call every tag common) says
 little ("malicious", "phishing") and is left out; the IoCs sharing the most of
-the remaining tags come first.
+the remaining tags come first. Only the IoC's first SHARED_TAGS_LIMIT tags (sorted) are compared;
+`tags_truncated` says it has more.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from threatflow.auth.model import Role
 from threatflow.intel import repository
 from threatflow.intel.links import THREATS_LIMIT
 from threatflow.platform.errors import NotFoundError
+from threatflow.platform.vocabulary import MAX_TAGS
 from threatflow.platform.web import Request, Response, Router
 from threatflow.runtime import Runtime
 from threatflow.threats.model import RelationType
@@ -35,6 +37,9 @@ if TYPE_CHECKING:
 COMMON_TAG_SHARE = 0.05
 COMMON_TAG_FLOOR = 50
 SHARED_LIMIT = 20
+# Tags compared with other IoCs': tags are unioned on every sighting, so one IoC can hold any number
+# (a 1.2 MB batch of one value stored 19,200), and each is counted and intersected against the store.
+SHARED_TAGS_LIMIT = MAX_TAGS
 RELATIONS_LIMIT = 500
 
 
@@ -58,7 +63,7 @@ def related(conn: Connection, ioc_id: int, *, clearance: str) -> dict[str, Any]:
     linked = repository.threats_of_ioc(conn, ioc_id, limit=THREATS_LIMIT + 1, visible_tlps=visible)
     threats = [{k: t[k] for k in ("id", "kind", "name", "relation", "confidence", "source")} for t in linked[:THREATS_LIMIT]]
     relations = repository.relations_of_ioc(conn, ioc_id, limit=RELATIONS_LIMIT, visible_tlps=visible)
-    shared, common = _shared_tags(conn, ioc_id, tags, visible)
+    shared, common = _shared_tags(conn, ioc_id, tags[:SHARED_TAGS_LIMIT], visible)
     return {
         "ioc_id": ioc_id,
         "threats": threats,
@@ -66,6 +71,7 @@ def related(conn: Connection, ioc_id: int, *, clearance: str) -> dict[str, Any]:
         "relations": relations,
         "shared_evidence": shared,
         "common_tags_ignored": common,
+        "tags_truncated": len(tags) > SHARED_TAGS_LIMIT,
     }
 
 
