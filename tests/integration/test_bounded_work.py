@@ -208,3 +208,46 @@ def test_an_ioc_filters_lists_are_bounded(api, field, limit):
     exported = api.get(f"/api/v1/iocs/export?format=txt&{field}={query}")
     assert exported.status_code == 400 and exported.get_json()["error"]["details"]["field"] == field
     assert api.get(f"/api/v1/iocs/export?format=txt&{field}={','.join(str(v) for v in values(limit))}").status_code == 200
+
+
+def _running(db, marker):
+    """Statements carrying marker that PostgreSQL is still running (other than this query)."""
+    return db.run(
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND pid <> pg_backend_pid() AND query LIKE :m", m=f"%{marker}%"
+    )[0][0]
+
+
+def test_a_statement_past_the_database_timeout_is_cancelled_in_postgresql_and_is_a_503(clean_tables):
+    """pg8000's socket timeout (DB_TIMEOUT_SECONDS) only stops the client: it raised a bare TimeoutError
+    (a 500), PostgreSQL went on running the statement (a 1 MB tags_any filter, one per retry), and the
+    connection went back to the pool with the answer still to come. PostgreSQL now cancels a statement
+    before the client gives up (statement_timeout), which is a 503, and the pool's connections stay usable."""
+    import uuid
+
+    from sqlalchemy import text
+    from threatflow.adapters.postgres import create_engine, unavailable, unit_of_work
+    from threatflow.platform.config import Settings
+    from threatflow.platform.errors import DependencyError
+
+    engine = create_engine(Settings.from_env({"DATABASE_URL": clean_tables, "DB_TIMEOUT_SECONDS": "1", "DB_POOL_SIZE": "1"}))
+    db = _sql(clean_tables)
+    try:
+        marker = uuid.uuid4().hex
+        with pytest.raises(Exception) as caught, unit_of_work(engine) as conn:
+            conn.execute(text(f"SELECT pg_sleep(4) /* {marker} */"))
+        assert isinstance(unavailable(caught.value), DependencyError), repr(caught.value)
+        assert _running(db, marker) == 0
+        with unit_of_work(engine) as conn:
+            assert conn.execute(text("SELECT 41 + 1")).scalar_one() == 42
+        # A statement that lifted its own timeout still meets the socket's: a 503, and the pool drops that connection.
+        marker = uuid.uuid4().hex
+        with pytest.raises(Exception) as caught, unit_of_work(engine) as conn:
+            conn.execute(text("SET LOCAL statement_timeout = 0"))
+            conn.execute(text(f"SELECT pg_sleep(2) /* {marker} */"))
+        assert isinstance(unavailable(caught.value), DependencyError), repr(caught.value)
+        for _ in range(3):
+            with unit_of_work(engine) as conn:
+                assert conn.execute(text("SELECT 41 + 1")).scalar_one() == 42
+    finally:
+        engine.dispose()
+        db.close()
