@@ -42,6 +42,18 @@ class ReadSession:
 # the session's time zone, and a +05:45 default would shift every bucket by 45 minutes.
 SESSION_PARAMS = {"TimeZone": "UTC"}
 
+# The client's socket timeout (DB_TIMEOUT_SECONDS) only stops the client: the statement went on in PostgreSQL
+# and the connection went back to the pool with its answer still to come. PostgreSQL cancels a statement
+# this long before the client would give up (statement_timeout, a session default: SET LOCAL overrides it).
+STATEMENT_MARGIN_MS = 500
+
+
+def statement_timeout_ms(settings: Settings) -> int:
+    """The server-side bound of one statement on the engine's connections: under the socket timeout."""
+    timeout_ms = int(settings.db_timeout_seconds) * 1000
+    return max(1, timeout_ms - min(STATEMENT_MARGIN_MS, timeout_ms // 2))
+
+
 READ_SESSION = "threatflow.read_session"  # connection info key: the ReadSession a pooled connection was opened with
 # A read pool's connection used less than this long ago is not pinged at checkout (see create_read_engine).
 READ_PING_IDLE_SECONDS = 10.0
@@ -90,12 +102,11 @@ def create_engine(settings: Settings) -> Engine:
         "pool_recycle": 1800,  # Cloud SQL closes idle connections; recycle before it does
         "pool_pre_ping": True,
     }
+    startup = {**SESSION_PARAMS, "statement_timeout": str(statement_timeout_ms(settings))}
     if settings.database_url:
-        connect_args = {"timeout": settings.db_timeout_seconds, "startup_params": dict(SESSION_PARAMS)}
+        connect_args = {"timeout": settings.db_timeout_seconds, "startup_params": startup}
         return sqlalchemy.create_engine(settings.database_url, connect_args=connect_args, **pool)
-    return sqlalchemy.create_engine(
-        "postgresql+pg8000://", creator=_cloud_sql_creator(settings, startup_params=dict(SESSION_PARAMS)), **pool
-    )
+    return sqlalchemy.create_engine("postgresql+pg8000://", creator=_cloud_sql_creator(settings, startup_params=startup), **pool)
 
 
 def create_read_engine(settings: Settings, *, session: ReadSession) -> Engine:
@@ -195,7 +206,11 @@ def unit_of_work(engine: Engine, *, wait_seconds: float | None = None) -> Iterat
     request's deadline) below the pool's own timeout, for the engines create_engine makes:
     past it, sqlalchemy.exc.TimeoutError, as when the pool's timeout passes."""
     with checkout_within(wait_seconds), engine.begin() as conn:
-        yield conn
+        try:
+            yield conn
+        except TimeoutError:
+            conn.invalidate()  # the socket timed out mid-answer: the connection is out of step, never reuse it
+            raise
 
 
 @contextlib.contextmanager
@@ -233,5 +248,15 @@ def unavailable(exc: BaseException) -> DependencyError | None:
             return DependencyError(f"PostgreSQL is unavailable ({seen.__class__.__name__}); retry later", retry_after=5)
         if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
             return DependencyError("PostgreSQL connection was lost; retry later", retry_after=5)
+        if isinstance(seen, TimeoutError):  # pg8000's socket timeout, raised as it is
+            return DependencyError("PostgreSQL did not answer within DB_TIMEOUT_SECONDS; retry later", retry_after=5)
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and _cancelled(seen.orig):
+            return DependencyError("PostgreSQL cancelled a statement that ran past its time (statement_timeout); retry later", retry_after=5)
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _cancelled(exc: BaseException | None) -> bool:
+    """pg8000's error for a statement PostgreSQL cancelled at its statement_timeout (SQLSTATE 57014)."""
+    detail = exc.args[0] if exc is not None and exc.args else None
+    return isinstance(detail, dict) and detail.get("C") == "57014"
