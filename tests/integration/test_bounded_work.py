@@ -251,3 +251,87 @@ def test_a_statement_past_the_database_timeout_is_cancelled_in_postgresql_and_is
     finally:
         engine.dispose()
         db.close()
+
+
+IMPORT_LINKS_PER_IOC = 32  # threats one import links to one IoC (MISP's MAX_THREATS_PER_IOC), as README says
+IMPORT_LINKS_LIMIT = 10_000  # IoC-to-threat links one import makes
+
+
+def _stix_hub_bundle(indicators, threats, values=100):
+    """indicators indicators of `values` domains each (a pattern's `IN`), each indicating every one of threats malware."""
+    import uuid
+
+    stamp = {"spec_version": "2.1", "created": "2024-01-01T00:00:00Z", "modified": "2024-01-01T00:00:00Z"}
+    malware = [{"type": "malware", "id": f"malware--{uuid.uuid4()}", "name": f"family-{i}", "is_family": True, **stamp} for i in range(threats)]
+    objects = list(malware)
+    for n in range(indicators):
+        listed = ", ".join(f"'i{n}-h{i}.example.com'" for i in range(values))
+        indicator = {
+            "type": "indicator",
+            "id": f"indicator--{uuid.uuid4()}",
+            "pattern": f"[domain-name:value IN ({listed})]",
+            "pattern_type": "stix",
+            "valid_from": "2024-01-01T00:00:00Z",
+            **stamp,
+        }
+        objects.append(indicator)
+        objects += [
+            {
+                "type": "relationship",
+                "id": f"relationship--{uuid.uuid4()}",
+                "relationship_type": "indicates",
+                "source_ref": indicator["id"],
+                "target_ref": m["id"],
+                **stamp,
+            }
+            for m in malware
+        ]
+    return {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": objects}
+
+
+class _Statements:
+    """Statements any engine of this process sends while the block runs."""
+
+    def __enter__(self):
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        self.count = 0
+        event.listen(Engine, "before_cursor_execute", self._seen)
+        return self
+
+    def _seen(self, *args, **kwargs):
+        self.count += 1
+
+    def __exit__(self, *exc):
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        event.remove(Engine, "before_cursor_execute", self._seen)
+
+
+def test_an_import_links_each_ioc_to_a_bounded_number_of_threats_in_few_statements(api):
+    """One STIX indicator of 100 values indicating 300 malware (167 KB) made 30,000 links, three statements
+    each (90,008 statements, 47 s); a 5 MB document would make ~900,000."""
+    bundle = _stix_hub_bundle(1, IMPORT_LINKS_PER_IOC + 8)
+    with _Statements() as statements:
+        response = api.post("/api/v1/iocs/import", {"format": "stix", "content": bundle})
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert api.db.run("SELECT count(*) FROM threat_iocs")[0][0] == 100 * IMPORT_LINKS_PER_IOC
+    assert body["links"] == 100 * IMPORT_LINKS_PER_IOC and body["links_cut"] == 100 * 8
+    assert any(e["ref"] == "links" and str(IMPORT_LINKS_PER_IOC) in e["reason"] for e in body["errors"]), body["errors"]
+    assert statements.count < 200, statements.count  # not one (or three) per link
+    # Each IoC keeps the threats the document names first.
+    first = {m["name"] for m in bundle["objects"] if m["type"] == "malware"}
+    linked = {r[0] for r in api.db.run("SELECT DISTINCT t.name FROM threat_iocs l JOIN threats t ON t.id = l.threat_id")}
+    assert linked == {f"family-{i}" for i in range(IMPORT_LINKS_PER_IOC)} and linked < first
+
+
+def test_an_import_makes_a_bounded_number_of_links_in_all(api):
+    indicators = IMPORT_LINKS_LIMIT // (100 * IMPORT_LINKS_PER_IOC) + 1  # 4 x 3,200 = 12,800 wanted
+    bundle = _stix_hub_bundle(indicators, IMPORT_LINKS_PER_IOC)
+    body = api.post("/api/v1/iocs/import", {"format": "stix", "content": bundle}).get_json()
+    assert api.db.run("SELECT count(*) FROM threat_iocs")[0][0] == IMPORT_LINKS_LIMIT
+    assert body["links"] == IMPORT_LINKS_LIMIT and body["links_cut"] == indicators * 100 * IMPORT_LINKS_PER_IOC - IMPORT_LINKS_LIMIT
+    assert any(e["ref"] == "links" and "10000" in e["reason"] for e in body["errors"]), body["errors"]
