@@ -173,7 +173,7 @@ def test_a_database_error_rolls_back_everything(api, db, backend_env, monkeypatc
 
         conn.execute(text("SELECT 1/0"))  # a real database error, half-way through the import
 
-    monkeypatch.setattr(intel_repository, "link_ioc", broken)
+    monkeypatch.setattr(intel_repository, "link_iocs", broken)  # links are written per threat and relation
     engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
     before = db.counts()
     with pytest.raises(Exception, match="division by zero"), unit_of_work(engine) as conn:
