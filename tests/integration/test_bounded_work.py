@@ -297,11 +297,13 @@ class _Statements:
         from sqlalchemy.engine import Engine
 
         self.count = 0
+        self.texts = []
         event.listen(Engine, "before_cursor_execute", self._seen)
         return self
 
-    def _seen(self, *args, **kwargs):
+    def _seen(self, conn, cursor, statement, *args, **kwargs):
         self.count += 1
+        self.texts.append(statement)
 
     def __exit__(self, *exc):
         from sqlalchemy import event
@@ -335,3 +337,17 @@ def test_an_import_makes_a_bounded_number_of_links_in_all(api):
     assert api.db.run("SELECT count(*) FROM threat_iocs")[0][0] == IMPORT_LINKS_LIMIT
     assert body["links"] == IMPORT_LINKS_LIMIT and body["links_cut"] == indicators * 100 * IMPORT_LINKS_PER_IOC - IMPORT_LINKS_LIMIT
     assert any(e["ref"] == "links" and "10000" in e["reason"] for e in body["errors"]), body["errors"]
+
+
+def test_ioc_stats_are_computed_once_a_minute_per_instance_and_clearance_not_per_request(api):
+    """/iocs/stats scans the whole table seven times (by type, verdict, severity, TLP, source, age, totals):
+    2.7 s a call on 1,000,000 IoCs, for any reader, as often as the rate limit lets them."""
+    _iocs(api.db, 3)
+    with _Statements() as first:
+        one = api.get("/api/v1/iocs/stats").get_json()
+    assert one["total"] == 3 and sum("count(*)" in t for t in first.texts) == 7
+    _iocs(api.db, 1, prefix="later")
+    with _Statements() as again:
+        two = api.get("/api/v1/iocs/stats").get_json()
+    assert sum("count(*)" in t for t in again.texts) == 0, again.texts  # answered from the instance's copy
+    assert two == one and two["as_of"] == one["as_of"]
