@@ -225,6 +225,7 @@ def test_a_statement_past_the_database_timeout_is_cancelled_in_postgresql_and_is
     import uuid
 
     from sqlalchemy import text
+
     from threatflow.adapters.postgres import create_engine, unavailable, unit_of_work
     from threatflow.platform.config import Settings
     from threatflow.platform.errors import DependencyError
@@ -262,7 +263,9 @@ def _stix_hub_bundle(indicators, threats, values=100):
     import uuid
 
     stamp = {"spec_version": "2.1", "created": "2024-01-01T00:00:00Z", "modified": "2024-01-01T00:00:00Z"}
-    malware = [{"type": "malware", "id": f"malware--{uuid.uuid4()}", "name": f"family-{i}", "is_family": True, **stamp} for i in range(threats)]
+    malware = [
+        {"type": "malware", "id": f"malware--{uuid.uuid4()}", "name": f"family-{i}", "is_family": True, **stamp} for i in range(threats)
+    ]
     objects = list(malware)
     for n in range(indicators):
         listed = ", ".join(f"'i{n}-h{i}.example.com'" for i in range(values))

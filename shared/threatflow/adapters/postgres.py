@@ -251,7 +251,7 @@ def unavailable(exc: BaseException) -> DependencyError | None:
         if isinstance(seen, TimeoutError):  # pg8000's socket timeout, raised as it is
             return DependencyError("PostgreSQL did not answer within DB_TIMEOUT_SECONDS; retry later", retry_after=5)
         if isinstance(seen, sqlalchemy.exc.DBAPIError) and _cancelled(seen.orig):
-            return DependencyError("PostgreSQL cancelled a statement that ran past its time (statement_timeout); retry later", retry_after=5)
+            return DependencyError("PostgreSQL cancelled a statement past its time (statement_timeout); retry later", retry_after=5)
         seen = seen.__cause__ or seen.__context__
     return None
 

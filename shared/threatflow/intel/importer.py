@@ -116,26 +116,26 @@ def apply_import(
 
     links = links_cut = 0
     threats_of: dict[int, set[int]] = {}  # ioc id -> the threats this import links it to
-    wanted: dict[tuple[int, str], dict[int, None]] = {}  # (threat id, relation) -> ioc ids, in document order
+    to_link: dict[tuple[int, str], dict[int, None]] = {}  # (threat id, relation) -> ioc ids, in document order
     for link in parsed.links:
         threat_id = threat_ids.get(link.threat_ref)
         if threat_id is None:
             continue  # the threat was rejected (already named in its result) or is above the clearance
         for ioc_id in ioc_ids.get(link.ioc_ref, []):
-            pairs = wanted.setdefault((threat_id, link.relation), {})
-            if ioc_id in pairs:
+            iocs_of = to_link.setdefault((threat_id, link.relation), {})
+            if ioc_id in iocs_of:
                 continue  # the same link named twice
             linked = threats_of.setdefault(ioc_id, set())
             if links >= MAX_LINKS_PER_IMPORT or (threat_id not in linked and len(linked) >= MAX_THREATS_PER_IOC):
                 links_cut += 1
                 continue
             linked.add(threat_id)
-            pairs[ioc_id] = None
+            iocs_of[ioc_id] = None
             links += 1
     links_created = sum(
-        len(intel_repository.link_iocs(conn, threat_id=threat_id, ioc_ids=list(pairs), relation=relation, source=source_default))
-        for (threat_id, relation), pairs in wanted.items()
-        if pairs
+        len(intel_repository.link_iocs(conn, threat_id=threat_id, ioc_ids=list(iocs_of), relation=relation, source=source_default))
+        for (threat_id, relation), iocs_of in to_link.items()
+        if iocs_of
     )
     if links_cut:
         errors.append(

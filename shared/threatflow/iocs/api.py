@@ -25,7 +25,6 @@ from threatflow.platform.snapshots import Loaded
 from threatflow.platform.web import Request, Response, Router
 from threatflow.runtime import Runtime
 
-
 STATS_REFRESH_SECONDS = 60  # how old /stats counts may be
 
 

@@ -140,7 +140,6 @@ def _capped(pages: Iterator[list[dict[str, Any]]], limit: int, more: list[bool])
 def _txt(pages: Iterator[list[dict[str, Any]]]) -> tuple[bytes, int]:
     out = io.StringIO()
     count = 0
-    links_cut = False
     for page in pages:
         for ioc in page:
             out.write(ioc["value"].replace("\n", " ").replace("\r", " ") + "\n")  # one value per line, always
@@ -153,7 +152,6 @@ def _csv(pages: Iterator[list[dict[str, Any]]]) -> tuple[bytes, int]:
     writer = SafeCsvWriter(out)  # the product's one CSV writer: formula prefixes neutralised, controls quoted
     writer.writerow(CSV_COLUMNS)
     count = 0
-    links_cut = False
     for page in pages:
         for ioc in page:
             writer.writerow([ioc.get(column) for column in CSV_COLUMNS])
