@@ -34,9 +34,9 @@ def main() -> None:
     parser.add_argument("--tags", type=int, default=19_200)
     args = parser.parse_args()
 
+    from helpers import create_user
     from sqlalchemy import text
 
-    from helpers import create_user
     from threatflow.devstack import services
 
     with Stack("tf-bench-bounded-") as stack:
@@ -49,8 +49,9 @@ def main() -> None:
             conn.execute(text(LOAD), {"n": args.iocs})
             hub = conn.execute(
                 text(
-                    "INSERT INTO iocs (type, value, tags, sources, first_seen, last_seen, last_seen_day) SELECT 'domain', 'hub.example.com',"
-                    " ARRAY(SELECT 'tag-' || g FROM generate_series(1, :t) g), ARRAY['bench'], now(), now(), current_date RETURNING id"
+                    "INSERT INTO iocs (type, value, tags, sources, first_seen, last_seen, last_seen_day)"
+                    " SELECT 'domain', 'hub.example.com', ARRAY(SELECT 'tag-' || g FROM generate_series(1, :t) g),"
+                    " ARRAY['bench'], now(), now(), current_date RETURNING id"
                 ),
                 {"t": args.tags},
             ).scalar_one()
@@ -65,7 +66,8 @@ def main() -> None:
         with engine.begin() as conn:
             conn.execute(text("ANALYZE"))
         print(
-            f"loaded {args.iocs:,} IoCs, a hub with {args.links:,} threat links and {args.tags:,} tags in {time.perf_counter() - began:.1f}s"
+            f"loaded {args.iocs:,} IoCs, a hub with {args.links:,} threat links and {args.tags:,} tags"
+            f" in {time.perf_counter() - began:.1f}s"
         )
 
         password = create_user(pg.env["DATABASE_URL"], "bench", "analyst")
