@@ -354,3 +354,25 @@ def test_ioc_stats_are_computed_once_a_minute_per_instance_and_clearance_not_per
         two = api.get("/api/v1/iocs/stats").get_json()
     assert sum("count(*)" in t for t in again.texts) == 0, again.texts  # answered from the instance's copy
     assert two == one and two["as_of"] == one["as_of"]
+
+
+def test_merging_one_indicators_items_in_a_batch_is_linear_in_their_tags(api, monkeypatch):
+    """Each duplicate item of a batch re-sorted the union of every tag so far: 300 items of one value with
+    64 tags each took 1.3 s, 5,000 (3.5 MB) ran past 300 s. Counted here as the elements sorted."""
+    import builtins
+
+    from threatflow.iocs import service
+
+    sorted_elements = []
+
+    def counting_sorted(iterable, *args, **kwargs):
+        out = builtins.sorted(iterable, *args, **kwargs)
+        sorted_elements.append(len(out))
+        return out
+
+    monkeypatch.setattr(service, "sorted", counting_sorted, raising=False)
+    items = [{"value": "hub.example.com", "tags": [f"t{i}-{j}" for j in range(64)]} for i in range(500)]
+    response = api.post("/api/v1/iocs/batch", {"iocs": items})
+    assert response.status_code == 200, response.get_json()
+    assert api.db.run("SELECT cardinality(tags) FROM iocs WHERE value = 'hub.example.com'")[0][0] == 500 * 64  # the union, as before
+    assert sum(sorted_elements) <= 4 * 500 * 64, sum(sorted_elements)  # was ~8,000,000: the union re-sorted 499 times
