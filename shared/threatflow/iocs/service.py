@@ -128,6 +128,9 @@ def upsert_batch(
     results: dict[int, ItemResult] = {}
     first_of: dict[tuple[str, str], UpsertItem] = {}
     duplicates: list[UpsertItem] = []
+    # Tags and sources of items merged into a first one, sorted once at the end: sorting the union at every
+    # duplicate was quadratic (5,000 items of one value with 64 tags each, 3.5 MB, ran past 300 s).
+    merged: dict[tuple[str, str], tuple[set[str], set[str]]] = {}
     for index, raw in enumerate(raw_items):
         try:
             item = prepare(raw, index, policies=policies, now=now, warninglists=warninglists)
@@ -139,13 +142,16 @@ def upsert_batch(
         if first is None:
             first_of[key] = item
         else:  # the same indicator twice in one batch: merge into the first
-            first.tags = sorted({*first.tags, *item.tags})
-            first.sources = sorted({*first.sources, *item.sources})
+            tags, sources = merged.setdefault(key, (set(first.tags), set(first.sources)))
+            tags.update(item.tags)
+            sources.update(item.sources)
             if item.first_seen is not None:  # an earlier sighting it names: kept, as a later batch's would be
                 first.first_seen = min(first.first_seen or first.seen_at or item.first_seen, item.first_seen)
             if item.tlp is not None and (first.tlp is None or Tlp(item.tlp).rank > Tlp(first.tlp).rank):
                 first.tlp = item.tlp  # the most restrictive TLP the batch names for it: a merge never lowers a marking
             duplicates.append(item)
+    for key, (tags, sources) in merged.items():
+        first_of[key].tags, first_of[key].sources = sorted(tags), sorted(sources)
     rows = repository.upsert(conn, list(first_of.values()), readable=Tlp(clearance).at_most())
     by_key = {(r.type, r.value): r for r in rows}
     for key, item in first_of.items():
