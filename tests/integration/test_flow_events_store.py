@@ -558,9 +558,12 @@ def test_search_statement_is_prepared_once_per_connection_and_leaves_nothing_set
         _store(engine, [_row(now - timedelta(minutes=1), src="175.45.176.32")])
         query = search.parse_search({"srcip": "175.45.176.32"}, now=now)
         with engine.connect() as conn:  # one connection throughout (storing uses others)
+            # the session's own default (a startup parameter under DB_TIMEOUT_SECONDS), as it was before the search
+            default_timeout = conn.exec_driver_sql("SHOW statement_timeout").scalar_one()
+            conn.commit()
             assert json.loads(search.search(query, conn=conn))["count"] == 1
             conn.commit()
-            assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == "0"
+            assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == default_timeout != "0"
             assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar_one() == "auto"
             conn.commit()
             # a day that had no partition when the statement was prepared
