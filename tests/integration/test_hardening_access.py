@@ -450,3 +450,19 @@ def test_correlation_links_and_counts_only_iocs_within_the_callers_clearance(mar
     assert body["linked"] == 1, body
     assert threats.get(f"/api/v1/threats/by-ioc/{ids['red']}", headers=writer).get_json()["threats"] == []
     assert [t["id"] for t in threats.get(f"/api/v1/threats/by-ioc/{ids['amber']}", headers=writer).get_json()["threats"]] == [threat_id]
+
+
+def test_an_admin_deletes_only_records_within_their_clearance(marked, function_client, backend_env):
+    """DELETE /iocs (by ids or by filter) and DELETE /threats ignored the admin's own clearance: an amber admin
+    deleted red IoCs and threats they cannot read (and learnt they existed from the count)."""
+    url = backend_env["DATABASE_URL"]
+    boss = _bearer(_login(function_client("auth"), "amberboss", create_user(url, "amberboss", "admin")))
+    iocs, threats, ids, writer = marked["iocs"], marked["threats"], marked["ids"], marked["writer"]
+    by_ids = iocs.delete("/api/v1/iocs", json={"ids": [ids["red"], ids["amber"]]}, headers=boss)
+    assert by_ids.status_code == 200 and by_ids.get_json()["deleted"] == 1, by_ids.get_json()
+    by_filter = iocs.delete("/api/v1/iocs", json={"filter": {"tags": ["shared-tag"]}, "confirm": True}, headers=boss)
+    assert by_filter.get_json()["deleted"] == 1  # green; red is not theirs to delete
+    assert iocs.get(f"/api/v1/iocs/{ids['red']}", headers=writer).status_code == 200
+    removed = threats.delete("/api/v1/threats", json={"ids": [marked["threat_id"]]}, headers=boss).get_json()
+    assert removed == {"deleted": 0, "not_found": [marked["threat_id"]]}, removed
+    assert threats.get(f"/api/v1/threats/{marked['threat_id']}", headers=writer).status_code == 200
