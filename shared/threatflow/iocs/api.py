@@ -72,6 +72,10 @@ def build_router(runtime: Runtime) -> Router:
     def policies() -> dict[str, DecayPolicy]:
         return runtime.decay_policies().get()  # re-read every POLICY_REFRESH_SECONDS
 
+    def readable(request: Request) -> list[str]:
+        """The TLPs the caller may read, and so write or delete (auth/clearance.py)."""
+        return tlp_clearance.allowed(tlp_clearance.of(request.principal))
+
     def ioc_id(request: Request) -> int:
         try:
             return int(request.path_params["ioc_id"])
@@ -189,7 +193,7 @@ def build_router(runtime: Runtime) -> Router:
             if len(body.ids) > 10_000:
                 raise ValidationError("at most 10000 ids per call", field="ids")
             with unit_of_work(runtime.engine) as conn:
-                deleted = repository.delete_ids(conn, body.ids, actor=actor, reason={"ids": len(body.ids)})
+                deleted = repository.delete_ids(conn, body.ids, actor=actor, reason={"ids": len(body.ids)}, readable=readable(request))
             return {"deleted": deleted}
         if body.filter is None:
             raise ValidationError("give ids, or a filter with confirm: true", field="ids")
@@ -199,7 +203,9 @@ def build_router(runtime: Runtime) -> Router:
         if compiled.where == "TRUE":
             raise ValidationError("an empty filter would delete everything; name at least one filter", field="filter")
         with unit_of_work(runtime.engine) as conn:
-            deleted = repository.delete_matching(conn, compiled, actor=actor, reason={"filter": msgspec.to_builtins(body.filter)})
+            deleted = repository.delete_matching(
+                conn, compiled, actor=actor, reason={"filter": msgspec.to_builtins(body.filter)}, readable=readable(request)
+            )
         return {"deleted": deleted}
 
     warninglist_routes.register(router, runtime)

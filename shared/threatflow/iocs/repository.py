@@ -160,16 +160,20 @@ def record_audit(conn: Connection, *, action: str, actor: str | None, detail: di
     )
 
 
-def delete_ids(conn: Connection, ids: Sequence[int], *, actor: str | None, reason: dict[str, Any]) -> int:
-    return _delete(conn, "id = ANY(CAST(:ids AS bigint[]))", {"ids": list(ids)}, actor=actor, reason=reason)
+def delete_ids(conn: Connection, ids: Sequence[int], *, actor: str | None, reason: dict[str, Any], readable: Sequence[str]) -> int:
+    return _delete(conn, "id = ANY(CAST(:ids AS bigint[]))", {"ids": list(ids)}, actor=actor, reason=reason, readable=readable)
 
 
-def delete_matching(conn: Connection, compiled: Compiled, *, actor: str | None, reason: dict[str, Any]) -> int:
-    return _delete(conn, compiled.where, compiled.params, actor=actor, reason=reason)
+def delete_matching(conn: Connection, compiled: Compiled, *, actor: str | None, reason: dict[str, Any], readable: Sequence[str]) -> int:
+    return _delete(conn, compiled.where, compiled.params, actor=actor, reason=reason, readable=readable)
 
 
-def _delete(conn: Connection, where: str, params: dict[str, Any], *, actor: str | None, reason: dict[str, Any]) -> int:
-    deleted = int(conn.execute(_text(f"DELETE FROM iocs WHERE {where}"), params).rowcount)
+def _delete(
+    conn: Connection, where: str, params: dict[str, Any], *, actor: str | None, reason: dict[str, Any], readable: Sequence[str]
+) -> int:
+    """Deletes the matching IoCs within `readable` (the admin's clearance: one above it does not exist for them)."""
+    sql = f"DELETE FROM iocs WHERE ({where}) AND tlp = ANY(CAST(:delete_readable AS text[]))"
+    deleted = int(conn.execute(_text(sql), {**params, "delete_readable": list(readable)}).rowcount)
     record_audit(conn, action="delete", actor=actor, detail={**reason, "deleted": deleted})
     return deleted
 

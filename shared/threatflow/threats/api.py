@@ -114,6 +114,6 @@ def build_router(runtime: Runtime) -> Router:
     @router.route("DELETE", "/api/v1/threats", role=Role.ADMIN, body=IdsIn)
     def delete(request: Request, body: IdsIn) -> dict[str, Any]:
         with unit_of_work(runtime.engine) as conn:
-            return service.delete(conn, body.ids)
+            return service.delete(conn, body.ids, visible_tlps=visible(request))
 
     return router

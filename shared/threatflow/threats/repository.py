@@ -458,9 +458,12 @@ def find_threats(
     return [row_to_threat(r) for r in conn.execute(_text(sql), params)]
 
 
-def delete_threats(conn: Connection, ids: Sequence[int]) -> set[int]:
-    """Delete threats by id; returns the ids that existed."""
-    rows = conn.execute(_text("DELETE FROM threats WHERE id = ANY(CAST(:i AS bigint[])) RETURNING id"), {"i": list(ids)})
+def delete_threats(conn: Connection, ids: Sequence[int], *, visible_tlps: Sequence[str]) -> set[int]:
+    """Delete threats by id within `visible_tlps` (the admin's clearance); returns the ids deleted."""
+    rows = conn.execute(
+        _text("DELETE FROM threats WHERE id = ANY(CAST(:i AS bigint[])) AND tlp = ANY(CAST(:v AS text[])) RETURNING id"),
+        {"i": list(ids), "v": list(visible_tlps)},
+    )
     return {int(r[0]) for r in rows}
 
 

@@ -146,9 +146,10 @@ def by_ttp(
     return {"technique": technique_info.to_json() if technique_info else {"id": tid}, "searched": searched, **page}
 
 
-def delete(conn: Connection, ids: Sequence[int]) -> dict[str, Any]:
-    """Delete threats by id; their links and names go with them (ON DELETE CASCADE)."""
-    deleted = store.delete_threats(conn, ids)
+def delete(conn: Connection, ids: Sequence[int], *, visible_tlps: Sequence[str]) -> dict[str, Any]:
+    """Delete threats by id; their links and names go with them (ON DELETE CASCADE). One above `visible_tlps`
+    (the admin's clearance) is not found, as on every read."""
+    deleted = store.delete_threats(conn, ids, visible_tlps=visible_tlps)
     return {"deleted": len(deleted), "not_found": sorted(set(ids) - deleted)}
 
 
