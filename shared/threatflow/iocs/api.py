@@ -134,7 +134,7 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("GET", "/api/v1/iocs/stats", role=Role.READER)
     def stats(request: Request) -> dict[str, Any]:
-        visible = tlp_clearance.allowed(tlp_clearance.of(request.principal))
+        visible = readable(request)
 
         def load(version: str | None) -> Loaded[dict[str, Any]]:
             now = runtime.clock.now()
@@ -178,7 +178,7 @@ def build_router(runtime: Runtime) -> Router:
                 seen_at=seen_at,
                 source=body.source,
                 context=body.context,
-                readable=tlp_clearance.allowed(tlp_clearance.of(request.principal)),
+                readable=readable(request),
             )
         if ioc is None:
             raise NotFoundError(f"no indicator with id {request.path_params['ioc_id']}")

@@ -108,16 +108,15 @@ def handle(
         except PermanentError as exc:
             tf_logging.log(log, logging.ERROR, f"acked after permanent error: {exc.message}", code=exc.code, **fields)
             return
-        except RetryableError as exc:
-            # Expected and already said above: answered 503 (Pub/Sub redelivers) as an HTTP error, which Flask does
-            # not log; raised as it was, functions-framework logged its traceback on every redelivery.
+        except Exception as exc:
             tf_logging.log(log, logging.WARNING, f"will retry: {exc.__class__.__name__}: {exc}", **fields)
+            if not isinstance(exc, RetryableError):
+                raise  # a bug: its traceback is wanted
+            # Expected, and said above: answered 503 (Pub/Sub redelivers) as an HTTP error, which Flask does not
+            # log; raised as it was, functions-framework logged its traceback on every redelivery.
             from werkzeug.exceptions import ServiceUnavailable
 
             raise ServiceUnavailable(f"will retry: {exc.code}") from None
-        except Exception as exc:  # a bug: its traceback is wanted
-            tf_logging.log(log, logging.WARNING, f"will retry: {exc.__class__.__name__}: {exc}", **fields)
-            raise
         tf_logging.log(log, logging.INFO, "handled", execution=execution_id, **fields)
 
 
