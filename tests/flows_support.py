@@ -177,6 +177,21 @@ def deliver_upload(worker: Any, job_id: str) -> Any:
     return worker.post("/", json=ingest_push(job_id))
 
 
+def deliver_at_once(worker: Any, job_ids: list[str]) -> list[dict[str, Any]]:
+    """Each job's message pushed at the same time (as two instances would take them), each push answered 200;
+    returns the jobs' records once both are done."""
+    import threading
+
+    statuses: list[int] = []
+    threads = [threading.Thread(target=lambda j=j: statuses.append(deliver_upload(worker, j).status_code)) for j in job_ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert statuses == [200] * len(job_ids)
+    return [ingest_job(j) for j in job_ids]
+
+
 def ingest_job(job_id: str) -> dict[str, Any]:
     """The job's record in Firestore ({} when there is none)."""
     from threatflow.adapters.firestore import FirestoreDocuments

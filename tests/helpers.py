@@ -195,3 +195,37 @@ def pull_published(
         if expected and len(found) >= expected:
             break
     return found
+
+
+class IntelApi:
+    """The iocs and threats functions' test clients (a path goes to the function that serves it), one user per role
+    with a bearer token (`roles`, created here): posts as the analyst, gets as the reader and deletes as the admin
+    unless told otherwise."""
+
+    def __init__(self, function_client: Callable[..., Any], database_url: str, roles: tuple[str, ...]) -> None:
+        self._function_client = function_client
+        auth = function_client("auth")
+        self.headers: dict[str, dict[str, str]] = {}
+        for role in roles:
+            password = create_user(database_url, f"{role}1", role)
+            response = auth.post("/api/v1/auth/token", json={"username": f"{role}1", "password": password})
+            assert response.status_code == 200, response.get_json()
+            self.headers[role] = {"Authorization": f"Bearer {response.get_json()['access_token']}"}
+        self.analyst, self.reader, self.admin = (self.headers.get(r, {}) for r in ("analyst", "reader", "admin"))
+        self.restart()
+
+    def restart(self) -> None:
+        """New function instances: configuration (the environment) is read when a function starts."""
+        self.clients = {"threats": self._function_client("threats"), "iocs": self._function_client("iocs")}
+
+    def client(self, path: str) -> Any:
+        return self.clients["iocs"] if path.startswith("/api/v1/iocs") else self.clients["threats"]
+
+    def post(self, path: str, body: Any, headers: dict[str, str] | None = None) -> Any:
+        return self.client(path).post(path, json=body, headers=self.analyst if headers is None else headers)
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> Any:
+        return self.client(path).get(path, headers=self.reader if headers is None else headers)
+
+    def delete(self, path: str, body: Any, headers: dict[str, str] | None = None) -> Any:
+        return self.client(path).delete(path, json=body, headers=self.admin if headers is None else headers)

@@ -9,13 +9,12 @@ concurrent uploads of one object. Tests that need the shared data skip with a me
 from __future__ import annotations
 
 import gzip
-import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from flows_support import deliver_upload, event_keys, flows_api, ingest_job, json_flows, queue_upload, sql_scalar
+from flows_support import deliver_at_once, deliver_upload, event_keys, flows_api, ingest_job, json_flows, queue_upload, sql_scalar
 from helpers import push_envelope
 
 pytestmark = pytest.mark.integration
@@ -212,15 +211,7 @@ def test_an_object_queued_again_while_its_job_is_active_gets_that_job(api, funct
 def test_one_file_under_two_names_run_at_once_stores_each_flow_once(api, function_client, backend_env):
     data = gzip.compress(_text(_raw_lines(300, seed=37)).encode())
     jobs = [queue_upload(api, "flows/twice-a.csv.gz", data), queue_upload(api, "flows/twice-b.csv.gz", data)]
-    worker = function_client("flow-ingest")  # one app, two deliveries at once (as two instances would)
-    statuses: list[int] = []
-    threads = [threading.Thread(target=lambda j=j: statuses.append(deliver_upload(worker, j).status_code)) for j in jobs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert statuses == [200, 200]
-    done = [ingest_job(j) for j in jobs]
+    done = deliver_at_once(function_client("flow-ingest"), jobs)  # one app, two deliveries at once
     assert all(j["state"] == "succeeded" and j["stored"] + j["duplicates"] == 300 for j in done), done
     assert sum(j["stored"] for j in done) == 300  # event keys are the file's sha256 and row, whatever its name
     assert sql_scalar(backend_env["DATABASE_URL"], "SELECT count(*) FROM flow_events") == 300

@@ -7,15 +7,9 @@ by counts: rows returned, rows read, a flag that says more exists, or a 400 nami
 
 import pg8000.native
 import pytest
-from helpers import create_user, require_shared_data
+from helpers import IntelApi, require_shared_data
 
 pytestmark = pytest.mark.integration
-
-
-def _token(auth, username, password):
-    response = auth.post("/api/v1/auth/token", json={"username": username, "password": password})
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()["access_token"]
 
 
 def _sql(url):
@@ -26,30 +20,10 @@ def _sql(url):
 @pytest.fixture
 def api(function_client, backend_env, monkeypatch):
     monkeypatch.setenv("ATTACK_DATA_PATH", str(require_shared_data("attack", "attack_techniques.json")))
-    auth = function_client("auth")
-    headers = {}
-    for role in ("analyst", "reader"):
-        password = create_user(backend_env["DATABASE_URL"], f"{role}1", role)
-        headers[role] = {"Authorization": f"Bearer {_token(auth, f'{role}1', password)}"}
-    clients = {"iocs": function_client("iocs"), "threats": function_client("threats")}
-    sql = _sql(backend_env["DATABASE_URL"])
-
-    class Api:
-        analyst = headers["analyst"]
-        reader = headers["reader"]
-        db = sql
-
-        def client(self, path):
-            return clients["iocs"] if path.startswith("/api/v1/iocs") else clients["threats"]
-
-        def post(self, path, body, headers=None):
-            return self.client(path).post(path, json=body, headers=self.analyst if headers is None else headers)
-
-        def get(self, path, headers=None):
-            return self.client(path).get(path, headers=self.reader if headers is None else headers)
-
-    yield Api()
-    sql.close()
+    api = IntelApi(function_client, backend_env["DATABASE_URL"], ("analyst", "reader"))
+    api.db = _sql(backend_env["DATABASE_URL"])
+    yield api
+    api.db.close()
 
 
 THREATS_LIMIT = 500  # threats one IoC's reads show (by-ioc, related), as README says

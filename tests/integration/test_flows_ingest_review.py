@@ -3,11 +3,10 @@
 truth that contradicts itself; cells the raw files never write."""
 
 import gzip
-import threading
 from typing import Any
 
 import pytest
-from flows_support import deliver_upload, flows_api, ingest_job, json_flows, queue_upload, sql_scalar
+from flows_support import deliver_at_once, deliver_upload, flows_api, ingest_job, json_flows, queue_upload, sql_scalar
 from helpers import require_shared_data
 
 pytestmark = pytest.mark.integration
@@ -86,14 +85,7 @@ def test_one_partitioned_file_uploaded_under_two_names_stores_each_flow_once(api
     data = gzip.compress(_partitioned(250).encode())
     jobs = [queue_upload(api, "flows/part-a.csv.gz", data), queue_upload(api, "flows/part-b.csv.gz", data)]
     worker = function_client("flow-ingest")
-    statuses: list[int] = []
-    threads = [threading.Thread(target=lambda j=j: statuses.append(deliver_upload(worker, j).status_code)) for j in jobs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert statuses == [200, 200]
-    done = [ingest_job(j) for j in jobs]
+    done = deliver_at_once(worker, jobs)
     assert all(j["state"] == "succeeded" and j["stored"] + j["duplicates"] == 250 for j in done), done
     assert sum(j["stored"] for j in done) == 250, done
     # ... and the file uploaded again once both have finished (a new job: the marker names finished ones)

@@ -158,12 +158,28 @@ def test_a_stix_bundle_with_one_bad_object_imports_the_rest(api, db):
     assert db.scalar("SELECT count(*) FROM iocs WHERE value IN ('198.51.100.8', 'c2.example.org')") == 2
 
 
+def _apply(conn, parsed, **extra):
+    """apply_import in the caller's transaction, as an analyst cleared for red, without ATT&CK or warninglists."""
+    from threatflow.intel.importer import apply_import
+    from threatflow.iocs import repository as ioc_repository
+
+    return apply_import(
+        parsed,
+        conn=conn,
+        now=datetime.now(UTC),
+        actor="t",
+        clearance="red",
+        catalog=None,
+        warninglists=None,
+        policies=ioc_repository.policies(conn),
+        **extra,
+    )
+
+
 def test_a_database_error_rolls_back_everything(api, db, backend_env, monkeypatch):
     from threatflow.adapters.postgres import create_engine, unit_of_work
     from threatflow.intel import repository as intel_repository
     from threatflow.intel.formats import parse
-    from threatflow.intel.importer import apply_import
-    from threatflow.iocs import repository as ioc_repository
     from threatflow.platform.config import Settings
 
     parsed = parse("stix", require_shared_data("stix", "oasis-examples", "threat-reports", "apt1.json").read_bytes())
@@ -177,17 +193,7 @@ def test_a_database_error_rolls_back_everything(api, db, backend_env, monkeypatc
     engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
     before = db.counts()
     with pytest.raises(Exception, match="division by zero"), unit_of_work(engine) as conn:
-        apply_import(
-            parsed,
-            conn=conn,
-            now=datetime.now(UTC),
-            actor="t",
-            clearance="red",
-            catalog=None,
-            warninglists=None,
-            policies=ioc_repository.policies(conn),
-            source_default="x",
-        )
+        _apply(conn, parsed, source_default="x")
     engine.dispose()
     assert db.counts() == before
 
@@ -446,8 +452,6 @@ def test_a_value_marked_red_in_one_chunk_of_a_large_import_is_not_lowered_by_a_l
     taking the request's green) in a later chunk was stored green. Chunks of 2 here stand for chunks of 10,000."""
     from threatflow.adapters.postgres import create_engine, unit_of_work
     from threatflow.intel.formats import parse
-    from threatflow.intel.importer import apply_import
-    from threatflow.iocs import repository as ioc_repository
     from threatflow.platform.config import Settings
 
     items = [
@@ -460,17 +464,7 @@ def test_a_value_marked_red_in_one_chunk_of_a_large_import_is_not_lowered_by_a_l
     parsed = parse("json", json.dumps(items)).with_defaults(tlp="green")
     engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
     with unit_of_work(engine) as conn:
-        result = apply_import(
-            parsed,
-            conn=conn,
-            now=datetime.now(UTC),
-            actor="t",
-            clearance="red",
-            catalog=None,
-            warninglists=None,
-            policies=ioc_repository.policies(conn),
-            chunk=2,
-        )
+        result = _apply(conn, parsed, chunk=2)
     engine.dispose()
     assert result["iocs"]["summary"]["rejected"] == 0, result["iocs"]
     assert db.scalar("SELECT tlp FROM iocs WHERE value = '198.51.100.90'") == "red"

@@ -4,50 +4,17 @@ HTTP surface, against PostgreSQL, with the shared ATT&CK file."""
 import uuid
 
 import pytest
-from helpers import create_user, require_shared_data
+from helpers import IntelApi, require_shared_data
 
 pytestmark = pytest.mark.integration
 ALL_TLPS = ("clear", "green", "amber", "amber+strict", "red")  # a writer cleared for everything
 
 
-def _token(auth, username, password):
-    response = auth.post("/api/v1/auth/token", json={"username": username, "password": password})
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()["access_token"]
-
-
 @pytest.fixture
 def api(function_client, backend_env, monkeypatch):
     monkeypatch.setenv("ATTACK_DATA_PATH", str(require_shared_data("attack", "attack_techniques.json")))
-    auth = function_client("auth")
-    headers = {}
-    for role in ("analyst", "admin", "reader"):
-        password = create_user(backend_env["DATABASE_URL"], f"{role}1", role)
-        headers[role] = {"Authorization": f"Bearer {_token(auth, f'{role}1', password)}"}
-    clients = {}
 
-    class Api:
-        analyst = headers["analyst"]
-        admin = headers["admin"]
-        reader = headers["reader"]
-
-        def restart(self):
-            """New function instances: configuration (the environment) is read when a function starts."""
-            clients["threats"] = function_client("threats")
-            clients["iocs"] = function_client("iocs")
-
-        def client(self, path):
-            return clients["iocs"] if path.startswith("/api/v1/iocs") else clients["threats"]
-
-        def post(self, path, body, headers=None):
-            return self.client(path).post(path, json=body, headers=self.analyst if headers is None else headers)
-
-        def get(self, path, headers=None):
-            return self.client(path).get(path, headers=self.reader if headers is None else headers)
-
-        def delete(self, path, body, headers=None):
-            return self.client(path).delete(path, json=body, headers=self.admin if headers is None else headers)
-
+    class Api(IntelApi):
         def batch(self, *items):
             response = self.post("/api/v1/threats/batch", {"threats": list(items)})
             assert response.status_code == 200, response.get_json()
@@ -59,9 +26,7 @@ def api(function_client, backend_env, monkeypatch):
             assert response.status_code == 200 and all("id" in r for r in results), results
             return [r["id"] for r in results]
 
-    api = Api()
-    api.restart()
-    return api
+    return Api(function_client, backend_env["DATABASE_URL"], ("analyst", "admin", "reader"))
 
 
 EMOTET = {"kind": "malware", "name": "Emotet", "aliases": ["Geodo", "Heodo"], "ttps": ["T1059.001"], "tags": ["Banking"]}

@@ -83,10 +83,10 @@ def test_a_text_report_or_a_plain_list_stays_text(tmp_path):
     assert run_import(report)["format"] == run_import(plain)["format"] == "text"
 
 
-def _import_args(path, **extra):
+def _import_args(path, *, json=False):
     import argparse
 
-    return argparse.Namespace(file=str(path), format=None, source=None, tlp=None, tags=None, use_async=False, json=False, **extra)
+    return argparse.Namespace(file=str(path), format=None, source=None, tlp=None, tags=None, use_async=False, json=json)
 
 
 def test_a_terminal_gets_the_summary_not_every_items_json(tmp_path, capsys, monkeypatch):
@@ -109,13 +109,8 @@ def test_a_terminal_gets_the_summary_not_every_items_json(tmp_path, capsys, monk
     assert cli.cmd_import(_import_args(feed), call) == 0
     out, err = capsys.readouterr()
     assert "iocs: created 3" in err and out.strip() == "" and "--json" in err
-    assert cli.cmd_import(_with_json(_import_args(feed)), call) == 0
+    assert cli.cmd_import(_import_args(feed, json=True), call) == 0
     assert json.loads(capsys.readouterr().out)["iocs"]["summary"]["created"] == 3
     monkeypatch.setattr(sys.stdout, "isatty", lambda: False)  # piped: the JSON, as before
     assert cli.cmd_import(_import_args(feed), call) == 0
     assert json.loads(capsys.readouterr().out)["iocs"]["results"][2]["id"] == 2
-
-
-def _with_json(args):
-    args.json = True
-    return args

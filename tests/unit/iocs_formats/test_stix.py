@@ -15,6 +15,19 @@ def bundle(*objects):
     return json.dumps({"type": "bundle", "id": "bundle--11111111-1111-4111-8111-111111111111", "objects": list(objects)})
 
 
+def poison_ivy(**extra):
+    return {
+        "type": "malware",
+        "spec_version": "2.1",
+        "id": "malware--22222222-2222-4222-8222-222222222222",
+        "created": "2024-01-01T00:00:00Z",
+        "modified": "2024-01-01T00:00:00Z",
+        "name": "Poison Ivy",
+        "is_family": True,
+        **extra,
+    }
+
+
 def indicator(n, pattern, **extra):
     return {
         "type": "indicator",
@@ -60,15 +73,7 @@ def test_one_bad_object_is_an_error_of_that_object_not_a_refused_bundle():
     Windows path with its backslashes not doubled), an indicator with no pattern, a relationship with no source_ref
     or target_ref. This test used to pin the refusal of the document as the design; each is now an error of that
     object (its id, the reason) and every other object imports."""
-    malware = {
-        "type": "malware",
-        "spec_version": "2.1",
-        "id": "malware--22222222-2222-4222-8222-222222222222",
-        "created": "2024-01-01T00:00:00Z",
-        "modified": "2024-01-01T00:00:00Z",
-        "name": "Poison Ivy",
-        "is_family": True,
-    }
+    malware = poison_ivy()
     good = indicator(1, "[ipv4-addr:value = '198.51.100.1']")
     syntax = indicator(2, "[ipv4-addr:value = ]")
     backslash = indicator(3, "[file:name = 'C:\\Windows\\x.exe']", spec_version="2.0")
@@ -112,19 +117,12 @@ def test_malformed_bundles(doc, message):
 
 
 def test_objects_map_to_iocs_threats_links_and_ttps():
-    malware = {
-        "type": "malware",
-        "spec_version": "2.1",
-        "id": "malware--22222222-2222-4222-8222-222222222222",
-        "created": "2024-01-01T00:00:00Z",
-        "modified": "2024-01-01T00:00:00Z",
-        "name": "Poison Ivy",
-        "is_family": True,
-        "aliases": ["PIVY", "Poison Ivy"],
-        "first_seen": "2015-01-01T00:00:00Z",
-        "external_references": [{"source_name": "mitre-attack", "external_id": "S0012", "url": "https://attack.mitre.org/software/S0012"}],
-        "object_marking_refs": [AMBER],
-    }
+    malware = poison_ivy(
+        aliases=["PIVY", "Poison Ivy"],
+        first_seen="2015-01-01T00:00:00Z",
+        external_references=[{"source_name": "mitre-attack", "external_id": "S0012", "url": "https://attack.mitre.org/software/S0012"}],
+        object_marking_refs=[AMBER],
+    )
     technique = {
         "type": "attack-pattern",
         "spec_version": "2.1",
