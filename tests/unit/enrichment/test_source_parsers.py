@@ -135,6 +135,19 @@ def test_abuseipdb_verdict_rule(data: dict[str, Any], status: ResultStatus, verd
     assert (parsed.status, parsed.verdict, parsed.score) == (status, verdict, score)
 
 
+def test_abuseipdb_whitelisted_address_with_reports_is_harmless() -> None:
+    """AbuseIPDB zeroes the confidence of a whitelisted address whatever its reports (8.8.8.8 answers
+    isWhitelisted true, score 0 and hundreds of reports, most of them mistaken). IntelOwl reads it as
+    trusted; read as suspicious, every public resolver in a report was flagged."""
+    reports = [{"reportedAt": "2024-06-11T20:55:14+00:00", "categories": [4], "comment": "DNS flood"}]
+    parsed = abuseipdb.parse(
+        reply("ipv4", abuse(ipAddress="8.8.8.8", abuseConfidenceScore=0, totalReports=412, isWhitelisted=True, reports=reports))
+    )
+    assert (parsed.status, parsed.verdict, parsed.score) == (ResultStatus.OK, Verdict.HARMLESS, 0)
+    assert "412" in (parsed.detail or "")  # the reports are not hidden: the detail says how many were overridden
+    assert parsed.evidence.raw_summary["totalReports"] == 412
+
+
 def test_abuseipdb_reports_give_categories_and_first_seen() -> None:
     reports = [
         {"reportedAt": "2024-06-11T20:55:14+00:00", "categories": [18, "22"], "comment": None},
