@@ -1,7 +1,8 @@
 """AbuseIPDB v2 `GET /check`: IPv4 and IPv6 (URL-encoded by requests), verbose, header `Key` + `Accept: application/json`.
 
-Verdict (reference §2.5, recommended rule): score = abuseConfidenceScore; >= 75 malicious; > 0 or any report
-suspicious; 0 and whitelisted harmless; 0 with no reports is not_found (AbuseIPDB makes no "clean" assertion),
+Verdict (reference §2.5, recommended rule): score = abuseConfidenceScore; >= 75 malicious; > 0 suspicious;
+0 and whitelisted harmless, reports or not (AbuseIPDB zeroes a whitelisted address's confidence, and IntelOwl reads
+it as trusted); 0 with reports, not whitelisted, suspicious; 0 with no reports is not_found (AbuseIPDB makes no "clean" assertion),
 verdict unknown, score None, with the country/ISP context kept as evidence.
 """
 
@@ -70,10 +71,13 @@ def parse(reply: Reply) -> Parsed:
     )
     if score >= 75:
         return Parsed(Verdict.MALICIOUS, score, evidence)
-    if score > 0 or total_reports > 0:
+    if score > 0:
         return Parsed(Verdict.SUSPICIOUS, score, evidence)
-    if whitelisted:
-        return Parsed(Verdict.HARMLESS, 0, evidence)
+    if whitelisted:  # AbuseIPDB zeroes a whitelisted address's confidence whatever its reports (public resolvers)
+        detail = f"whitelisted by AbuseIPDB despite {total_reports} reports" if total_reports else ""
+        return Parsed(Verdict.HARMLESS, 0, evidence, detail=detail)
+    if total_reports > 0:
+        return Parsed(Verdict.SUSPICIOUS, score, evidence)
     return Parsed(Verdict.UNKNOWN, None, evidence, ResultStatus.NOT_FOUND, "never reported")
 
 
