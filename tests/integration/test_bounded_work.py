@@ -5,6 +5,8 @@ holds, more IoCs carrying a threat's name than correlation reads), then checks t
 by counts: rows returned, rows read, a flag that says more exists, or a 400 naming the limit.
 """
 
+import json
+
 import pg8000.native
 import pytest
 from helpers import IntelApi, require_shared_data
@@ -107,8 +109,6 @@ STIX_LINKS_LIMIT = 10_000  # IoC-to-threat relationships in one bundle
 
 
 def _stix_objects(response):
-    import json
-
     assert response.status_code == 200, response.data[:300]
     objects = json.loads(response.data)["objects"]
     return [o for o in objects if o["type"] == "malware"], [o for o in objects if o["type"] == "relationship"]
@@ -139,6 +139,39 @@ def test_a_stix_export_carries_a_bounded_number_of_links_in_all(api):
     threats, relationships = _stix_objects(response)
     assert len(threats) == STIX_LINKS_PER_IOC and len(relationships) == STIX_LINKS_LIMIT
     assert response.headers["X-Export-Count"] == str(len(ids)) and response.headers["X-Export-Links-Truncated"] == "true"
+
+
+STIX_RELATIONS_LIMIT = 10_000  # IoC-to-IoC relationships in one bundle, as README says
+
+
+def test_a_stix_export_carries_a_bounded_number_of_ioc_relations(api):
+    """Relations accumulate across imports (each import may add 1,000): 150 IoCs related pairwise
+    (22,350 relations, 1.3 MB of input over 23 imports) made a bundle of 22,350 relationships, and
+    every relation of every exported IoC was read into the function, exported at the other end or not."""
+    ids = _iocs(api.db, 150)
+    api.db.run(
+        "INSERT INTO ioc_relations (source_id, target_id, type, confidence)"
+        " SELECT a, b, 'related-to', mod(a + b, 100) FROM unnest(CAST(:i AS bigint[])) a, unnest(CAST(:i AS bigint[])) b WHERE a <> b",
+        i=ids,
+    )
+    response = api.get(f"/api/v1/iocs/export?format=stix&limit={len(ids)}")
+    _, relationships = _stix_objects(response)
+    assert len(relationships) == STIX_RELATIONS_LIMIT and response.headers["X-Export-Links-Truncated"] == "true"
+    # the strongest relations are the ones kept
+    value_of = {o["id"]: o["name"] for o in json.loads(response.data)["objects"] if o["type"] == "indicator"}
+    confidence = {
+        (r[0], r[1]): r[2]
+        for r in api.db.run(
+            "SELECT s.value, t.value, r.confidence FROM ioc_relations r JOIN iocs s ON s.id = r.source_id JOIN iocs t ON t.id = r.target_id"
+        )
+    }
+    kept = sorted((confidence[(value_of[r["source_ref"]], value_of[r["target_ref"]])] for r in relationships), reverse=True)
+    assert kept == sorted(confidence.values(), reverse=True)[:STIX_RELATIONS_LIMIT]
+    # Relations to IoCs left out of the export are never in it, and a bundle within the bound is whole.
+    some = ids[-10:]
+    response = api.get(f"/api/v1/iocs/export?format=stix&ids={','.join(map(str, some))}&limit=10")
+    _, relationships = _stix_objects(response)
+    assert len(relationships) == 90 and response.headers["X-Export-Links-Truncated"] == "false"
 
 
 RELATED_TAGS_LIMIT = 64  # an IoC's tags /related compares with other IoCs' (MAX_TAGS), as README says
