@@ -378,10 +378,12 @@ def test_store_interface_composes_one_transaction(api, engine):
             [{"threat_id": threat_id, "ioc_id": a, "relation": "indicates", "confidence": 80, "source": None}],
             False,
         )
-        assert [(r["source_id"], r["target_id"], r["type"]) for r in links.relations_for_iocs(conn, [b])] == [
+        assert links.relations_among(conn, [b], limit=10) == []  # one end only: not read
+        assert sorted((r["source_id"], r["target_id"], r["type"]) for r in links.relations_among(conn, [a, b], limit=10)) == [
             (a, b, "communicates-with"),
             (a, b, "resolves-to"),
         ]
+        assert len(links.relations_among(conn, [a, b], limit=1)) == 1
 
 
 def test_correlate_reads_ioc_evidence(api, engine):

@@ -41,15 +41,16 @@ def links_for_iocs(conn: Connection, ioc_ids: Sequence[int], *, per_ioc: int) ->
     return links, len(links) < len(rows)
 
 
-def relations_for_iocs(conn: Connection, ioc_ids: Sequence[int]) -> list[dict[str, Any]]:
-    """Relations with either end among ioc_ids."""
+def relations_among(conn: Connection, ioc_ids: Sequence[int], *, limit: int) -> list[dict[str, Any]]:
+    """Relations with both ends among ioc_ids, the strongest first, at most `limit` (an export's bound: a
+    relation with one end outside the set is never read into the function)."""
     rows = conn.execute(
         _text(
-            "SELECT source_id, target_id, type, confidence, source FROM ioc_relations WHERE source_id = ANY(CAST(:i AS bigint[]))"
-            " UNION SELECT source_id, target_id, type, confidence, source FROM ioc_relations WHERE target_id = ANY(CAST(:i AS bigint[]))"
-            " ORDER BY 1, 2, 3"
+            "SELECT source_id, target_id, type, confidence, source FROM ioc_relations"
+            " WHERE source_id = ANY(CAST(:i AS bigint[])) AND target_id = ANY(CAST(:i AS bigint[]))"
+            " ORDER BY confidence DESC, source_id DESC, target_id DESC, type LIMIT :n"
         ),
-        {"i": list(ioc_ids)},
+        {"i": list(ioc_ids), "n": limit},
     )
     return [{"source_id": int(r[0]), "target_id": int(r[1]), "type": r[2], "confidence": int(r[3]), "source": r[4]} for r in rows]
 

@@ -45,6 +45,9 @@ MAX_STIX_LIMIT = 10_000
 # holds at most STIX_LINKS_LIMIT such links, the newest IoCs' first; X-Export-Links-Truncated says one was cut.
 STIX_LINKS_PER_IOC = 32
 STIX_LINKS_LIMIT = 10_000
+# IoC-to-IoC relations pile up across imports (1,000 each): a bundle carries the strongest STIX_RELATIONS_LIMIT
+# with both ends exported (150 IoCs related pairwise made 22,350); the same header says one was cut.
+STIX_RELATIONS_LIMIT = 10_000
 NAMESPACE = uuid.UUID("6f1c7a52-43e4-4c1b-9a41-3d7c1a0f7e21")  # fixed forever: ids derive from it
 CSV_COLUMNS = (
     "id", "type", "value", "tags", "sources", "tlp", "confidence", "verdict", "score", "severity",
@@ -71,7 +74,7 @@ class Export:
     filename: str
     count: int
     truncated: bool = False  # more IoCs matched than the limit let through
-    links_truncated: bool = False  # STIX: an IoC's threat links were cut (STIX_LINKS_PER_IOC, STIX_LINKS_LIMIT)
+    links_truncated: bool = False  # STIX: threat links or IoC relations were cut (STIX_LINKS_*, STIX_RELATIONS_LIMIT)
 
 
 CONTENT_TYPES = {
@@ -229,7 +232,6 @@ def _stix(
     objects: dict[str, Any] = {}
     indicator_of: dict[int, str] = {}
     links: list[dict[str, Any]] = []
-    relations: list[dict[str, Any]] = []
     count = 0
     links_cut = False
     for page in pages:
@@ -261,7 +263,9 @@ def _stix(
         room = STIX_LINKS_LIMIT - len(links)
         links_cut = links_cut or cut or len(page_links) > room
         links.extend(page_links[:room])
-        relations.extend(intel_repository.relations_for_iocs(conn, ids))
+    relations = intel_repository.relations_among(conn, list(indicator_of), limit=STIX_RELATIONS_LIMIT + 1)
+    links_cut = links_cut or len(relations) > STIX_RELATIONS_LIMIT
+    relations = relations[:STIX_RELATIONS_LIMIT]
 
     threat_ids = sorted({int(link["threat_id"]) for link in links})
     threat_of: dict[int, str] = {}
@@ -280,7 +284,7 @@ def _stix(
             _relationship(objects, source, "indicates" if link["relation"] == "indicates" else str(link["relation"]), target, now=now)
     for relation in relations:
         source, target = indicator_of.get(int(relation["source_id"])), indicator_of.get(int(relation["target_id"]))
-        if source and target:  # both ends exported: the relation cannot leak an IoC above max_tlp
+        if source and target:  # both ends exported (relations_among): the relation cannot leak an IoC above max_tlp
             _relationship(objects, source, str(relation["type"]), target, now=now)
     used = {ref for obj in objects.values() for ref in (obj.get("object_marking_refs") or [])}
     markings = [m for m in (stix2.TLP_WHITE, stix2.TLP_GREEN, stix2.TLP_AMBER, stix2.TLP_RED) if m.id in used]
