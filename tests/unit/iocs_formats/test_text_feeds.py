@@ -1,0 +1,55 @@
+"""Text imports of public feeds as downloaded: the values the store gets, and nothing else (see text_feed_vectors)."""
+
+import pytest
+
+from threatflow.intel.formats import parse
+from threatflow.iocs.normalise import normalise
+
+from .text_feed_vectors import VECTORS
+
+
+def stored(text):
+    return [(str(i.type), i.value) for i in (normalise(p.item.value, p.item.type) for p in parse("text", text).iocs)]
+
+
+@pytest.mark.parametrize("vector", VECTORS, ids=[f"{v.defect}-{v.name}" for v in VECTORS])
+def test_a_feed_imports_its_entries_and_nothing_else(vector):
+    assert stored(vector.text) == vector.expected, vector.origin
+
+
+def test_a_header_url_does_not_swallow_the_first_entry():
+    """The DROPv6 header's URL ends in a path and the next line holds a '/': the extractor read the line break as a
+    wrapped URL and joined them, so the first network was lost inside a URL that is not one."""
+    assert stored("; https://www.spamhaus.org/drop/dropv6.txt\n2001:678:738::/48 ; SBL270738\n") == [("cidr", "2001:678:738::/48")]
+
+
+def test_the_summary_counts_what_a_feed_held_besides_indicators():
+    text = (
+        "# Title: StevenBlack/hosts\n# Project home page: https://github.com/StevenBlack/hosts\n127.0.0.1 localhost\n"
+        "0.0.0.0 0.0.0.0\n0.0.0.0 ads.tracker-example.com\n0.0.0.0 telemetry.badvendor-example.net\n"
+    )
+    parsed = parse("text", text)
+    assert [p.item.value for p in parsed.iocs] == ["ads.tracker-example.com", "telemetry.badvendor-example.net"]
+    assert parsed.skipped == {"comment lines": 2, "hosts-file local names": 1, "sink addresses": 5}
+
+
+def test_tor_relay_fingerprints_are_counted_not_stored_as_hashes():
+    text = (
+        "ExitNode 0011BD2485AD45D984EC4159C88FC066E5E3300E\nPublished 2026-11-26 10:18:36\nExitAddress 162.247.74.201 2026-11-26 11:02:09\n"
+    )
+    parsed = parse("text", text)
+    assert [(p.item.type, p.item.value) for p in parsed.iocs] == [("ipv4", "162.247.74.201")]
+    assert parsed.skipped["tor relay fingerprints"] == 1
+
+
+def test_a_report_keeps_every_indicator_of_its_comment_like_lines():
+    """A report (mostly prose) is read whole, as before: a '#' heading or a ';' line may name an indicator."""
+    text = "# Analysis of loader-c2.example.com\n\nThe operators rotated hosts weekly; the first beacon went to 203.0.113.9 over TLS.\n"
+    assert stored(text) == [("domain", "loader-c2.example.com"), ("ipv4", "203.0.113.9")]
+
+
+def test_a_feed_of_4_kb_makes_at_most_a_row_per_line():
+    """Bounded work: a text feed's lines each give their few values; nothing is expanded (a CIDR stays one row)."""
+    text = "".join(f"0.0.0.0 a{i}.tracker-example.com b{i}.tracker-example.com\n" for i in range(60))[:4096]
+    parsed = parse("text", text)
+    assert len(text) <= 4096 and len(parsed.iocs) <= 2 * text.count("\n") + 2

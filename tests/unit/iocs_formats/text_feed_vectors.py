@@ -1,0 +1,271 @@
+"""Public text feeds in the shapes they are downloaded in, a few lines each, and what a text import must store.
+
+Each vector names the feed its line shapes come from (as published, and as public parsers and their tests quote
+them); the values are ours (documentation or example names where the real list holds real ones). `expected` is
+every (type, value) the import must yield, in order; anything else it yields is wrong (a header's URL, a sink
+address, a relay fingerprint taken for a file hash, an allowlist entry, a private range). Scored by
+tests/perf/score_text_feeds.py, asserted by test_text_feeds.py.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class FeedVector(NamedTuple):
+    name: str
+    origin: str  # where the line shapes come from
+    defect: str  # the class of fault the vector was written for
+    text: str
+    expected: list[tuple[str, str]]
+
+
+VECTORS: list[FeedVector] = [
+    # -- comment headers ------------------------------------------------------------------------------------------
+    FeedVector(
+        "spamhaus-drop",
+        "www.spamhaus.org/drop/drop.txt: ';' header naming its own URL, then 'CIDR ; SBLnnn'",
+        "header",
+        "; Spamhaus DROP List 2024/01/06 - (c) 2024 The Spamhaus Project SLU\n"
+        "; https://www.spamhaus.org/drop/drop.txt\n"
+        "; Last-Modified: Fri, 05 Jan 2024 11:52:58 GMT\n"
+        "; Expires: Sat, 06 Jan 2024 12:10:02 GMT\n"
+        "1.10.16.0/20 ; SBL256894\n"
+        "1.19.0.0/16 ; SBL434604\n",
+        [("cidr", "1.10.16.0/20"), ("cidr", "1.19.0.0/16")],
+    ),
+    FeedVector(
+        "spamhaus-dropv6",
+        "www.spamhaus.org/drop/dropv6.txt: the IPv6 list, same header",
+        "header",
+        "; Spamhaus DROPv6 List 2024/01/06 - (c) 2024 The Spamhaus Project SLU\n"
+        "; https://www.spamhaus.org/drop/dropv6.txt\n"
+        "2001:678:738::/48 ; SBL270738\n",
+        [("cidr", "2001:678:738::/48")],
+    ),
+    FeedVector(
+        "feodo-ipblocklist-txt",
+        "feodotracker.abuse.ch/downloads/ipblocklist_recommended.txt: '#' banner naming abuse.ch and its site",
+        "header",
+        "################################################################\n"
+        "# abuse.ch Feodotracker Botnet C2 IP Blocklist (Recommended)   #\n"
+        "# Last updated: 2026-11-26 10:00:00 UTC                        #\n"
+        "#                                                              #\n"
+        "# For more information please visit https://feodotracker.abuse.ch/ #\n"
+        "################################################################\n"
+        "#\n"
+        "# DstIP\n"
+        "103.141.137.122\n"
+        "104.168.44.129\n"
+        "#\n"
+        "# END 2 entries\n",
+        [("ipv4", "103.141.137.122"), ("ipv4", "104.168.44.129")],
+    ),
+    FeedVector(
+        "urlhaus-text",
+        "urlhaus.abuse.ch/downloads/text_online/: banner with the terms URL and 'urlhaus [at] abuse.ch'",
+        "header",
+        "################################################################\n"
+        "# abuse.ch URLhaus Database Dump (Text - online URLs only)     #\n"
+        "# Last updated: 2026-11-26 10:05:20 (UTC)                      #\n"
+        "#                                                              #\n"
+        "# Terms Of Use: https://urlhaus.abuse.ch/api/                  #\n"
+        "# For questions please contact urlhaus [at] abuse.ch           #\n"
+        "################################################################\n"
+        "#\n"
+        "http://182.126.120.150:58801/i\n"
+        "http://malware-drop.example.com/a.exe\n",
+        [("url", "http://182.126.120.150:58801/i"), ("url", "http://malware-drop.example.com/a.exe")],
+    ),
+    FeedVector(
+        "firehol-netset",
+        "iplists.firehol.org *.netset (update-ipsets.sh header: Maintainer URL, the list's page)",
+        "header",
+        "#\n# firehol_abusers_1d\n#\n# ipv4 hash:net ipset\n#\n"
+        "# Maintainer      : FireHOL\n"
+        "# Maintainer URL  : http://iplists.firehol.org/\n"
+        "# List source URL :\n"
+        "# Source File Date: Thu Sep 10 23:59:49 UTC 2026\n#\n"
+        "#  http://iplists.firehol.org/?ipset=firehol_abusers_1d\n#\n"
+        "1.10.16.0/20\n"
+        "5.188.10.179\n",
+        [("cidr", "1.10.16.0/20"), ("ipv4", "5.188.10.179")],
+    ),
+    FeedVector(
+        "stevenblack-header",
+        "StevenBlack/hosts: its '#' header names the file's and the project's URLs",
+        "header",
+        "# Title: StevenBlack/hosts\n#\n"
+        "# Fetch the latest version of this file: https://raw.githubusercontent.com/StevenBlack/hosts/master/hosts\n"
+        "# Project home page: https://github.com/StevenBlack/hosts\n"
+        "# ===============================================================\n\n"
+        "0.0.0.0 ads.tracker-example.com\n"
+        "0.0.0.0 telemetry.badvendor-example.net\n",
+        [("domain", "ads.tracker-example.com"), ("domain", "telemetry.badvendor-example.net")],
+    ),
+    FeedVector(
+        "plain-list-inline-comment",
+        "hand-kept blocklists (pfBlockerNG, ipset files): 'value # note', the note naming a reference URL",
+        "header",
+        "198.51.100.23 # reported by https://blog.example.org/2026/11/c2\n198.51.100.24\t# same campaign\n",
+        [("ipv4", "198.51.100.23"), ("ipv4", "198.51.100.24")],
+    ),
+    # -- hosts files ----------------------------------------------------------------------------------------------
+    FeedVector(
+        "stevenblack-preamble",
+        "StevenBlack/hosts: localhost preamble, '0.0.0.0 0.0.0.0', then one sink line per blocked name",
+        "sink",
+        "127.0.0.1 localhost\n127.0.0.1 localhost.localdomain\n127.0.0.1 local\n255.255.255.255 broadcasthost\n"
+        "::1 localhost\n::1 ip6-localhost\nfe80::1%lo0 localhost\nff00::0 ip6-localnet\nff02::1 ip6-allnodes\n"
+        "0.0.0.0 0.0.0.0\n\n# Start StevenBlack\n"
+        "0.0.0.0 1493361689.rsc.cdn77.org\n"
+        "0.0.0.0 30-day-change.com\n",
+        [("domain", "1493361689.rsc.cdn77.org"), ("domain", "30-day-change.com")],
+    ),
+    FeedVector(
+        "hosts-127",
+        "older hosts blocklists (MVPS, someonewhocares): 127.0.0.1 as the sink, names after tabs, inline notes",
+        "sink",
+        "127.0.0.1\tads.tracker-example.com\t# ad server\n127.0.0.1  malware-drop.example.net\n",
+        [("domain", "ads.tracker-example.com"), ("domain", "malware-drop.example.net")],
+    ),
+    FeedVector(
+        "hosts-several-names",
+        "hosts(5): several names after one address; '0' and '::' as sinks (Pi-hole, AdAway)",
+        "sink",
+        "0.0.0.0 one.tracker-example.com two.tracker-example.com\n0 three.tracker-example.com\n:: four.tracker-example.com\n",
+        [
+            ("domain", "one.tracker-example.com"),
+            ("domain", "two.tracker-example.com"),
+            ("domain", "three.tracker-example.com"),
+            ("domain", "four.tracker-example.com"),
+        ],
+    ),
+    # -- Tor ------------------------------------------------------------------------------------------------------
+    FeedVector(
+        "tor-exit-addresses",
+        "check.torproject.org/exit-addresses: ExitNode <fingerprint>, Published, LastStatus, ExitAddress <ip> <time>",
+        "tor",
+        "ExitNode 0011BD2485AD45D984EC4159C88FC066E5E3300E\n"
+        "Published 2026-11-26 10:18:36\nLastStatus 2026-11-26 11:00:00\n"
+        "ExitAddress 162.247.74.201 2026-11-26 11:02:09\n"
+        "ExitNode 0111BA9B604669E636FFD5B503F382A4B7AD6E80\n"
+        "Published 2026-11-26 06:31:12\nLastStatus 2026-11-26 07:00:00\n"
+        "ExitAddress 176.10.99.200 2026-11-26 07:12:44\n",
+        [("ipv4", "162.247.74.201"), ("ipv4", "176.10.99.200")],
+    ),
+    FeedVector(
+        "tor-bulk-exit-list",
+        "check.torproject.org/torbulkexitlist: one address a line",
+        "tor",
+        "185.220.101.1\n185.220.101.2\n",
+        [("ipv4", "185.220.101.1"), ("ipv4", "185.220.101.2")],
+    ),
+    # -- DNS blocklist syntaxes -----------------------------------------------------------------------------------
+    FeedVector(
+        "dnsmasq",
+        "dnsmasq blocklists (notracking, oisd dnsmasq): address=/name/0.0.0.0, address=/name/#, server=/name/, local=/name/",
+        "dns-syntax",
+        "# dnsmasq format\naddress=/ads.tracker-example.com/0.0.0.0\naddress=/telemetry.badvendor-example.net/#\n"
+        "server=/malware-drop.example.org/\nlocal=/phish-login.example.info/\n",
+        [
+            ("domain", "ads.tracker-example.com"),
+            ("domain", "telemetry.badvendor-example.net"),
+            ("domain", "malware-drop.example.org"),
+            ("domain", "phish-login.example.info"),
+        ],
+    ),
+    FeedVector(
+        "adblock-dns",
+        "AdGuard DNS / hagezi adblock lists: [Adblock Plus] header, '!' comments, ||name^, @@ exceptions",
+        "dns-syntax",
+        "[Adblock Plus 2.0]\n! Title: Some DNS blocklist\n! Homepage: https://github.com/someone/lists\n! Expires: 1 day\n"
+        "||ads.tracker-example.com^\n||telemetry.badvendor-example.net^$third-party\n@@||cdn.goodvendor-example.org^\n",
+        [("domain", "ads.tracker-example.com"), ("domain", "telemetry.badvendor-example.net")],
+    ),
+    FeedVector(
+        "rpz-zone",
+        "BIND response-policy zones: $TTL, SOA/NS, ';' comments, 'name CNAME .', '*.name CNAME .', rpz-passthru",
+        "dns-syntax",
+        "$TTL 300\n@ IN SOA localhost. hostmaster.rpz-feed.example.org. (2026112601 3600 900 604800 300)\n"
+        "  IN NS localhost.\n; blocked by feed, see https://rpz-feed.example.org/about\n"
+        "ads.tracker-example.com CNAME .\n*.ads.tracker-example.com CNAME .\n"
+        "malware-drop.example.net 300 IN CNAME .\n"
+        "cdn.goodvendor-example.org CNAME rpz-passthru.\n",
+        [("domain", "ads.tracker-example.com"), ("domain", "malware-drop.example.net")],
+    ),
+    FeedVector(
+        "unbound-local-zone",
+        'unbound blocklists: server:, local-zone: "name" always_nxdomain | static; transparent is an exception',
+        "dns-syntax",
+        'server:\nlocal-zone: "ads.tracker-example.com" always_nxdomain\nlocal-zone: "malware-drop.example.net" static\n'
+        'local-zone: "cdn.goodvendor-example.org" transparent\n',
+        [("domain", "ads.tracker-example.com"), ("domain", "malware-drop.example.net")],
+    ),
+    # -- IDS rules ------------------------------------------------------------------------------------------------
+    FeedVector(
+        "et-compromised-rules",
+        "rules.emergingthreats.net emerging-compromised.rules: address lists in the header, a reference:url option",
+        "rules",
+        "# Emerging Threats\n#\n# This distribution may contain rules under two different licenses.\n"
+        'alert ip [103.251.167.20,104.152.52.31,109.70.100.1] any -> $HOME_NET any (msg:"ET COMPROMISED Known '
+        'Compromised or Hostile Host Traffic group 1"; reference:url,doc.emergingthreats.net/bin/view/Main/CompromisedHost;'
+        " threshold: type limit, track by_src, seconds 60, count 1; classtype:misc-attack; sid:2500000; rev:5000;"
+        " metadata:affected_product Any, attack_target Any, deployment Perimeter, tag COMPROMISED, signature_severity Major,"
+        " created_at 2011_04_28, updated_at 2026_11_26;)\n",
+        [("ipv4", "103.251.167.20"), ("ipv4", "104.152.52.31"), ("ipv4", "109.70.100.1")],
+    ),
+    # -- private ranges ---------------------------------------------------------------------------------------------
+    FeedVector(
+        "firehol-level1-bogons",
+        "iplists.firehol.org firehol_level1.netset: the bogons (0/8, 10/8, 127/8, 192.168/16, 224/3) beside attackers",
+        "private",
+        "#\n# firehol_level1\n#\n0.0.0.0/8\n1.10.16.0/20\n10.0.0.0/8\n100.64.0.0/10\n127.0.0.0/8\n169.254.0.0/16\n"
+        "172.16.0.0/12\n192.168.0.0/16\n224.0.0.0/3\n5.188.10.179\n",
+        [("cidr", "1.10.16.0/20"), ("ipv4", "5.188.10.179")],
+    ),
+    # -- shapes that already worked, kept so that a change cannot break them ---------------------------------------
+    FeedVector(
+        "et-compromised-ips",
+        "rules.emergingthreats.net/blockrules/compromised-ips.txt: one address a line, no header",
+        "control",
+        "103.251.167.20\n104.152.52.31\n",
+        [("ipv4", "103.251.167.20"), ("ipv4", "104.152.52.31")],
+    ),
+    FeedVector(
+        "blocklist-de",
+        "lists.blocklist.de/lists/all.txt: IPv4 and IPv6 addresses, one a line",
+        "control",
+        "2.57.122.201\n2001:41d0:8:e8ad::1\n",
+        [("ipv4", "2.57.122.201"), ("ipv6", "2001:41d0:8:e8ad::1")],
+    ),
+    FeedVector(
+        "openphish",
+        "openphish.com/feed.txt: one URL a line",
+        "control",
+        "https://secure-login.bank-example.com.phish-host.net/verify/\nhttp://paypa1-example.com/signin/\n",
+        [("url", "https://secure-login.bank-example.com.phish-host.net/verify/"), ("url", "http://paypa1-example.com/signin/")],
+    ),
+    FeedVector(
+        "defanged-report",
+        "analyst reports (the defangs of ioc-finder / iocextract test data): hxxp, [.], (.) in prose",
+        "control",
+        "# Incident notes\nThe implant beaconed to hxxp://evil[.]example[.]com/gate.php, then to 198.51.100[.]7 and "
+        "staged on evil(.)example(.)org.\n",
+        [("url", "http://evil.example.com/gate.php"), ("ipv4", "198.51.100.7"), ("domain", "evil.example.org")],
+    ),
+    FeedVector(
+        "markdown-report-with-list",
+        "a report in Markdown: a '#' title, prose, then a list of indicators",
+        "control",
+        "# Campaign notes\n\nThe loader fetched its second stage from hxxps://cdn-drop[.]example[.]net/s2.bin and "
+        "reported to 203.0.113.55 over HTTPS; the operators reused their 2024 infrastructure, described below.\n\n"
+        "## Indicators\n\n- loader-c2.example.com\n- 203.0.113.56\n",
+        [
+            ("url", "https://cdn-drop.example.net/s2.bin"),
+            ("ipv4", "203.0.113.55"),
+            ("domain", "loader-c2.example.com"),
+            ("ipv4", "203.0.113.56"),
+        ],
+    ),
+]
