@@ -28,6 +28,8 @@ _POSIX = re.compile(r"~?/[^/]+/")
 _FIELD_PREFIX = re.compile(r"[A-Za-z][\w-]{0,24}[:=](?![\\/])")
 _IPV4ISH = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}")
 _IPV4_START = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(?![0-9.])")
+# "2001:678:738::/48" on the next line is an address or network of its own: no URL path goes on with "hex:hex:".
+_IPV6_START = re.compile(r"[0-9A-Fa-f]{1,4}:[0-9A-Fa-f]{0,4}:")
 _PORT_SUFFIX = re.compile(r":[0-9]{1,5}")
 _PORT_PATH = re.compile(r":[0-9]{1,5}[/?#]")
 _IPV6ISH = re.compile(r"\[?[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?:\.[0-9]{1,3}){0,3}\]?(?::[0-9]{1,5}|/[0-9]{1,3})?")
@@ -180,7 +182,7 @@ class Scanner:
         after_scheme = url.partition("//")[2]
         if "/" not in after_scheme.replace("[/]", "/"):
             return False  # the break is not inside the path
-        if URL_START.match(nxt) or _IPV4_START.match(nxt) or self._starts_with_host(nxt):
+        if URL_START.match(nxt) or _IPV4_START.match(nxt) or _IPV6_START.match(nxt) or self._starts_with_host(nxt):
             return False
         if url.endswith(_JOIN_AFTER):
             return True
