@@ -15,7 +15,9 @@ still goes through the extractor, in one call for all records.
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 PROSE_PER_RECORDS = 10
@@ -38,6 +40,50 @@ class FeedLines:
         if count:
             self.skipped[kind] = self.skipped.get(kind, 0) + count
 
+    def entry(self, value: str) -> None:
+        self.readable.append(value)
+
+
+# A hosts file's sinks: the address a blocked name is sent to, never an indicator ("0" is Pi-hole's short form).
+_SINKS = frozenset({"0.0.0.0", "0", "127.0.0.1", "::", "::1", "0:0:0:0:0:0:0:0", "0:0:0:0:0:0:0:1"})  # noqa: S104 (not a bind)
+# Names a hosts file's preamble maps, not indicators ("localhost", "broadcasthost", "ip6-allnodes", "local").
+_LOCAL_SUFFIXES = (".localdomain", ".local", ".localhost", ".lan", ".home.arpa")
+
+
+def _address(token: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(token.partition("%")[0])  # "fe80::1%lo0": a scope after the address
+    except ValueError:
+        return None
+
+
+def _hosts(feed: FeedLines, tokens: list[str]) -> bool:
+    """'<address> <name>...': a hosts file's line when the address is a sink or names no host on the internet
+    (the preamble's 127.0.0.1, ::1, ff02::1, 255.255.255.255): its names are the entries."""
+    address = _address(tokens[0])
+    if tokens[0] not in _SINKS and (address is None or not _no_host(address)):
+        return False
+    feed.skip("sink addresses")
+    for name in tokens[1:]:
+        if name in _SINKS:
+            feed.skip("sink addresses")
+        elif "." not in name or name.lower().endswith(_LOCAL_SUFFIXES):
+            feed.skip("hosts-file local names")
+        else:
+            feed.entry(name)
+    return True
+
+
+def _no_host(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return address.is_unspecified or address.is_loopback or address.is_link_local or address.is_multicast or address.is_reserved
+
+
+# A record's shape by its first token (after a trailing comment is cut): whether it was one, the entries taken.
+_Shape = Callable[[FeedLines, list[str]], bool]
+_BY_FIRST_TOKEN: dict[str, _Shape] = {}
+# Shapes tried in turn when the first token names none.
+_SHAPES: tuple[_Shape, ...] = (_hosts,)
+
 
 def read(text: str) -> FeedLines | None:
     """The feed's lines, or None when `text` is a report."""
@@ -53,7 +99,11 @@ def read(text: str) -> FeedLines | None:
         body = stripped[: comment.start()] if comment is not None else stripped
         tokens = body.split()
         if len(tokens) == 1:
-            feed.readable.append(tokens[0])
+            feed.entry(tokens[0])
+            feed.records += 1
+            continue
+        shape = _BY_FIRST_TOKEN.get(tokens[0])
+        if (shape is not None and shape(feed, tokens)) or any(other(feed, tokens) for other in _SHAPES):
             feed.records += 1
         else:
             feed.readable.append(line)
