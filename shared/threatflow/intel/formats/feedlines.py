@@ -78,9 +78,36 @@ def _no_host(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return address.is_unspecified or address.is_loopback or address.is_link_local or address.is_multicast or address.is_reserved
 
 
+_FINGERPRINT = re.compile(r"\$?[0-9A-Fa-f]{40}")
+
+
+def _tor_relay(feed: FeedLines, tokens: list[str]) -> bool:
+    """'ExitNode <fingerprint>' (Tor's exit-addresses): a relay's identity, 40 hex digits, is no SHA-1 of a file."""
+    if len(tokens) != 2 or not _FINGERPRINT.fullmatch(tokens[1]):
+        return False
+    feed.skip("tor relay fingerprints")
+    return True
+
+
+def _tor_exit_address(feed: FeedLines, tokens: list[str]) -> bool:
+    """'ExitAddress <address> <date> <time>': the address is the entry."""
+    feed.entry(tokens[1])
+    return True
+
+
+def _metadata(feed: FeedLines, tokens: list[str]) -> bool:
+    feed.skip("feed metadata lines")
+    return True
+
+
 # A record's shape by its first token (after a trailing comment is cut): whether it was one, the entries taken.
 _Shape = Callable[[FeedLines, list[str]], bool]
-_BY_FIRST_TOKEN: dict[str, _Shape] = {}
+_BY_FIRST_TOKEN: dict[str, _Shape] = {
+    "ExitNode": _tor_relay,
+    "ExitAddress": _tor_exit_address,
+    "Published": _metadata,
+    "LastStatus": _metadata,
+}
 # Shapes tried in turn when the first token names none.
 _SHAPES: tuple[_Shape, ...] = (_hosts,)
 
@@ -99,7 +126,10 @@ def read(text: str) -> FeedLines | None:
         body = stripped[: comment.start()] if comment is not None else stripped
         tokens = body.split()
         if len(tokens) == 1:
-            feed.entry(tokens[0])
+            if tokens[0][:1] == "$" and _FINGERPRINT.fullmatch(tokens[0]):
+                feed.skip("tor relay fingerprints")  # "$<fingerprint>", Tor's notation for a relay (torrc, relay lists)
+            else:
+                feed.entry(tokens[0])
             feed.records += 1
             continue
         shape = _BY_FIRST_TOKEN.get(tokens[0])
