@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 PROSE_PER_RECORDS = 10
-_COMMENT_START = ("#", ";", "!", "//")
+_COMMENT_START = ("#", ";", "!", "//", "[Adblock", "[uBlock", "[AdGuard")
 # A comment after a record: a marker after a blank ("1.10.16.0/20 ; SBL256894", "198.51.100.7 # note").
 _TRAILING_COMMENT = re.compile(r"\s(?:#|;|//)")
 
@@ -100,6 +100,98 @@ def _metadata(feed: FeedLines, tokens: list[str]) -> bool:
     return True
 
 
+def _dnsmasq(feed: FeedLines, tokens: list[str]) -> bool:
+    """'address=/name/0.0.0.0', 'address=/a/b/#', 'server=/name/', 'local=/name/': the names are the entries."""
+    if len(tokens) != 1:
+        return False
+    *names, target = tokens[0].partition("=")[2].split("/")[1:]
+    for name in names:
+        if name:
+            feed.entry(name)
+    if target:
+        feed.skip("sink addresses")
+    return True
+
+
+def _adblock(feed: FeedLines, tokens: list[str]) -> bool:
+    """'||name^', '||name^$third-party' (Adblock-style DNS lists): the name is the entry."""
+    if len(tokens) != 1:
+        return False
+    name = _ADBLOCK_NAME_END.split(tokens[0][2:], maxsplit=1)[0]
+    if name:
+        feed.entry(name)
+    return True
+
+
+_ADBLOCK_NAME_END = re.compile(r"[\^$/|:]")
+
+
+def _allowlisted(feed: FeedLines, tokens: list[str]) -> bool:
+    """An exception ('@@||name^', RPZ's rpz-passthru, unbound's transparent): the feed says the name is NOT bad."""
+    feed.skip("allowlist entries")
+    return True
+
+
+# Resource record types of a zone file (a response-policy zone) and how each is read.
+_ZONE_CLASSES = frozenset({"IN", "CH", "HS"})
+_ZONE_METADATA = frozenset({"SOA", "NS", "TXT", "MX"})
+_ZONE_TIME = re.compile(r"[()\d]+[smhdwSMHDW]?|[()]")
+_RPZ_ALLOW = frozenset({"rpz-passthru.", "rpz-passthru"})
+# RPZ triggers on addresses and name servers are written as reversed addresses under these labels: not names.
+_RPZ_TRIGGERS = (".rpz-ip", ".rpz-nsip", ".rpz-client-ip", ".rpz-nsdname")
+
+
+def _zone(feed: FeedLines, tokens: list[str]) -> bool:
+    """'<owner> [ttl] [IN] <type> <data>' of a response-policy zone: a CNAME's owner is the entry ('name CNAME .',
+    '*.name CNAME .'), unless its target is rpz-passthru (an exception); an A/AAAA record's owner is a name sent to a
+    walled garden; SOA and NS records, and a multi-line SOA's numbers, are the zone's own."""
+    if all(_ZONE_TIME.fullmatch(token) for token in tokens):
+        feed.skip("zone records")
+        return True
+    owner = None if tokens[0].upper() in _ZONE_CLASSES or tokens[0].isdigit() else tokens[0]
+    position = 0 if owner is None else 1
+    while position < len(tokens) - 1 and (tokens[position].isdigit() or tokens[position].upper() in _ZONE_CLASSES):
+        position += 1
+    kind = tokens[position].upper() if position < len(tokens) else ""
+    if owner is not None and owner != "@" and "." not in owner:
+        return False  # "Plan A works", "The NS servers": prose, not a zone's owner name
+    if kind in _ZONE_METADATA:
+        feed.skip("zone records")
+        return True
+    if kind not in ("CNAME", "A", "AAAA") or owner is None or position != len(tokens) - 2:
+        return False
+    name = owner.removeprefix("*.").rstrip(".")
+    if tokens[position + 1].lower() in _RPZ_ALLOW:
+        return _allowlisted(feed, tokens)
+    if name.lower().endswith(_RPZ_TRIGGERS):
+        feed.skip("rpz address triggers")
+    elif name and name != "@":
+        feed.entry(name)
+    if kind != "CNAME":
+        feed.skip("sink addresses")
+    return True
+
+
+_UNBOUND_ALLOW = frozenset({"transparent", "typetransparent", "always_transparent", "nodefault", "noview"})
+
+
+def _unbound_zone(feed: FeedLines, tokens: list[str]) -> bool:
+    """'local-zone: "name" always_nxdomain' blocks the name; a transparent zone lets it through."""
+    if len(tokens) < 3:
+        return False
+    if tokens[2].strip('"').lower() in _UNBOUND_ALLOW:
+        return _allowlisted(feed, tokens)
+    feed.entry(tokens[1].strip('"').rstrip("."))
+    return True
+
+
+def _unbound_data(feed: FeedLines, tokens: list[str]) -> bool:
+    """'local-data: "name. A 0.0.0.0"': the name is the entry, its address a sink."""
+    feed.entry(tokens[1].strip('"').rstrip("."))
+    feed.skip("sink addresses")
+    return True
+
+
 # A record's shape by its first token (after a trailing comment is cut): whether it was one, the entries taken.
 _Shape = Callable[[FeedLines, list[str]], bool]
 _BY_FIRST_TOKEN: dict[str, _Shape] = {
@@ -107,9 +199,25 @@ _BY_FIRST_TOKEN: dict[str, _Shape] = {
     "ExitAddress": _tor_exit_address,
     "Published": _metadata,
     "LastStatus": _metadata,
+    "server:": _metadata,
+    "local-zone:": _unbound_zone,
+    "local-data:": _unbound_data,
+    "$TTL": _metadata,
+    "$ORIGIN": _metadata,
+    "$INCLUDE": _metadata,
 }
+# ... or by how it begins, for a record written as one token.
+_BY_PREFIX: tuple[tuple[str, _Shape], ...] = (
+    ("address=/", _dnsmasq),
+    ("server=/", _dnsmasq),
+    ("local=/", _dnsmasq),
+    ("||", _adblock),
+    ("@@", _allowlisted),
+)
+# Cosmetic filters of Adblock lists ("example.com##.ad", "#@#", "#?#"): page elements, not hosts to block.
+_COSMETIC = re.compile(r"#[@?$%]?#")
 # Shapes tried in turn when the first token names none.
-_SHAPES: tuple[_Shape, ...] = (_hosts,)
+_SHAPES: tuple[_Shape, ...] = (_hosts, _zone)
 
 
 def read(text: str) -> FeedLines | None:
@@ -125,8 +233,14 @@ def read(text: str) -> FeedLines | None:
         comment = _TRAILING_COMMENT.search(stripped)
         body = stripped[: comment.start()] if comment is not None else stripped
         tokens = body.split()
+        by_prefix = next((shape for prefix, shape in _BY_PREFIX if tokens[0].startswith(prefix)), None)
+        if by_prefix is not None and by_prefix(feed, tokens):
+            feed.records += 1
+            continue
         if len(tokens) == 1:
-            if tokens[0][:1] == "$" and _FINGERPRINT.fullmatch(tokens[0]):
+            if _COSMETIC.search(tokens[0]):
+                feed.skip("cosmetic filters")
+            elif tokens[0][:1] == "$" and _FINGERPRINT.fullmatch(tokens[0]):
                 feed.skip("tor relay fingerprints")  # "$<fingerprint>", Tor's notation for a relay (torrc, relay lists)
             else:
                 feed.entry(tokens[0])
