@@ -192,6 +192,22 @@ def _unbound_data(feed: FeedLines, tokens: list[str]) -> bool:
     return True
 
 
+def _ids_rule(feed: FeedLines, tokens: list[str]) -> bool:
+    """'alert ip [a,b,c] any -> $HOME_NET any (msg:...; reference:url,...;)' (Suricata/Snort, e.g. Emerging Threats'
+    compromised rules): the addresses of the header are the entries, not the options (a reference URL is the
+    rule's documentation); variables, 'any' and negated addresses are not; a pass rule is an exception."""
+    if len(tokens) < 7 or tokens[4] not in ("->", "<>"):
+        return False
+    if tokens[0] == "pass":
+        return _allowlisted(feed, tokens)
+    for field_ in (tokens[2], tokens[5]):
+        for address in field_.replace("[", "").replace("]", "").split(","):
+            if address and address[0] not in "!$" and address != "any":
+                feed.entry(address)
+    feed.skip("rule options")
+    return True
+
+
 # A record's shape by its first token (after a trailing comment is cut): whether it was one, the entries taken.
 _Shape = Callable[[FeedLines, list[str]], bool]
 _BY_FIRST_TOKEN: dict[str, _Shape] = {
@@ -205,6 +221,7 @@ _BY_FIRST_TOKEN: dict[str, _Shape] = {
     "$TTL": _metadata,
     "$ORIGIN": _metadata,
     "$INCLUDE": _metadata,
+    **dict.fromkeys(("alert", "drop", "reject", "rejectsrc", "rejectdst", "rejectboth", "sdrop", "pass", "log"), _ids_rule),
 }
 # ... or by how it begins, for a record written as one token.
 _BY_PREFIX: tuple[tuple[str, _Shape], ...] = (
