@@ -237,6 +237,29 @@ _COSMETIC = re.compile(r"#[@?$%]?#")
 _SHAPES: tuple[_Shape, ...] = (_hosts, _zone)
 
 
+# Ranges whose addresses name no host on the internet: "this network", RFC 1918 and shared (CGNAT) space,
+# loopback, link-local, multicast, reserved (with the broadcast address), and their IPv6 counterparts. A feed made
+# for inbound filtering lists them (FireHOL's level1 holds the bogons 0/8, 10/8, 127/8, 192.168/16, 224/3); as
+# indicators they would flag every internal address as malicious. Documentation ranges are not among them.
+_NO_HOST_NETWORKS = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16",
+        "224.0.0.0/4", "240.0.0.0/4", "::/128", "::1/128", "fc00::/7", "fe80::/10", "ff00::/8",
+    )
+)  # fmt: skip
+
+
+def names_no_host(value: str) -> bool:
+    """Whether an address or network (canonical) lies wholly in ranges that name no host on the internet."""
+    try:
+        network = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return False
+    ends = (network.network_address, network.broadcast_address)
+    return all(any(end in no_host for no_host in _NO_HOST_NETWORKS if no_host.version == end.version) for end in ends)
+
+
 def read(text: str) -> FeedLines | None:
     """The feed's lines, or None when `text` is a report."""
     feed = FeedLines()

@@ -10,6 +10,9 @@ from typing import Any
 
 from threatflow.intel.formats import feedlines
 from threatflow.intel.formats.base import Builder, ParsedImport, as_text
+from threatflow.iocs.types import IocType
+
+_ADDRESS_TYPES = frozenset({IocType.IPV4, IocType.IPV6, IocType.CIDR})
 
 
 def parse(content: Any) -> ParsedImport:
@@ -23,6 +26,11 @@ def parse(content: Any) -> ParsedImport:
         # checks, never a header's URL.
         text = "\n".join(feed.readable)
         out.skipped.update(feed.skipped)
-    for index, found in enumerate(extract(text, refang=True)):
+    index = 0
+    for found in extract(text, refang=True):
+        if feed is not None and found.type in _ADDRESS_TYPES and feedlines.names_no_host(found.value):
+            out.skip("non-public addresses")  # a feed's bogons are not indicators (a report's are kept)
+            continue
         out.ioc(f"#{index}", {"value": found.value, "type": str(found.type)})
+        index += 1
     return out.build()
