@@ -224,6 +224,70 @@ VECTORS: list[FeedVector] = [
         "172.16.0.0/12\n192.168.0.0/16\n224.0.0.0/3\n5.188.10.179\n",
         [("cidr", "1.10.16.0/20"), ("ipv4", "5.188.10.179")],
     ),
+    # -- second round: more public list shapes -------------------------------------------------------------------
+    FeedVector(
+        "dshield-block",
+        "feeds.dshield.org/block.txt: tab-delimited start, end, prefix length, attacks, name, country, abuse contact",
+        "columns",
+        "#\n#   DShield.org Recommended Block List\n#\n#    Columns (tab delimited):\n#    (7) contact email address\n#\n"
+        "Start\tEnd\tNetblock\tAttacks\tName\tCountry\temail\n"
+        "124.232.156.0\t124.232.156.255\t24\t6286\tCHINANET-BACKBONE No.31,Jin-rong Street\tCN\tabuse@chinanet-example.cn\n"
+        "209.126.136.0\t209.126.136.255\t24\t2769\tCalifornia Regional Internet, Inc.\tUS\tabuse@cari-example.net\n# END\n",
+        [("cidr", "124.232.156.0/24"), ("cidr", "209.126.136.0/24")],
+    ),
+    FeedVector(
+        "squid-dstdomain",
+        "Squid dstdomain ACL lists (squidblacklist, Shallalist exports): a leading dot for the name and its subdomains",
+        "wildcard",
+        ".ads.tracker-example.com\n.malware-drop.example.net\n",
+        [("domain", "ads.tracker-example.com"), ("domain", "malware-drop.example.net")],
+    ),
+    FeedVector(
+        "wildcard-domains",
+        "hagezi/dns-blocklists wildcard/*.txt and Pi-hole regex-free wildcard lists: '*.name' a line",
+        "wildcard",
+        "# Title: Threat Intelligence Feeds (wildcard)\n# Homepage: https://github.com/hagezi/dns-blocklists\n"
+        "*.ads.tracker-example.com\n*.malware-drop.example.net\n",
+        [("domain", "ads.tracker-example.com"), ("domain", "malware-drop.example.net")],
+    ),
+    FeedVector(
+        "csv-rows-with-banner",
+        "C2 domain lists of 'name,description,date' rows under a '#' banner (Bambenek's OSINT master lists' shape)",
+        "columns",
+        "#############################################################\n"
+        "## Master Feed of known, active and non-sinkholed C&Cs domain names\n"
+        "## Usage: https://osint.feed-example.com/license.txt\n"
+        "#############################################################\n"
+        "ajbbvxetqwsz.com,Domain used by Cryptolocker - Flashback DGA for 16 Dec 2016,2016-12-16 00:05\n"
+        "bdaxtkyqisxd.com,Domain used by Cryptolocker - Flashback DGA for 16 Dec 2016,2016-12-16 00:05\n",
+        [("domain", "ajbbvxetqwsz.com"), ("domain", "bdaxtkyqisxd.com")],
+    ),
+    FeedVector(
+        "urlhaus-hostfile",
+        "urlhaus.abuse.ch/downloads/hostfile/: abuse.ch banner, then '127.0.0.1<TAB>name'",
+        "control",
+        "################################################################\n"
+        "# abuse.ch URLhaus Host file                                   #\n"
+        "# Terms Of Use: https://urlhaus.abuse.ch/api/                  #\n"
+        "# For questions please contact urlhaus [at] abuse.ch           #\n"
+        "################################################################\n#\n"
+        "127.0.0.1\t123evdenevenakliyat.com\n127.0.0.1\t1home.az\n",
+        [("domain", "123evdenevenakliyat.com"), ("domain", "1home.az")],
+    ),
+    FeedVector(
+        "alienvault-reputation",
+        "reputation.alienvault.com/reputation.data: 'ip#reliability#risk#type#country#city#lat,lon#n'",
+        "control",
+        "46.4.123.15#4#2#Malicious Host#DE##51.0,9.0#3\n222.136.71.19#3#2#Scanning Host#CN#Zhengzhou#34.6836013794,113.532501221#11\n",
+        [("ipv4", "46.4.123.15"), ("ipv4", "222.136.71.19")],
+    ),
+    FeedVector(
+        "ip-port-list",
+        "Feodo Tracker's older ipblocklist and ThreatFox's ip:port exports: 'address:port' a line",
+        "control",
+        "# ThreatFox IOCs: ip:port\n185.4.3.2:443\n91.240.118.17:8080\n",
+        [("ipv4", "185.4.3.2"), ("ipv4", "91.240.118.17")],
+    ),
     # -- shapes that already worked, kept so that a change cannot break them ---------------------------------------
     FeedVector(
         "et-compromised-ips",
