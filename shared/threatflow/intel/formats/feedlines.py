@@ -208,6 +208,15 @@ def _ids_rule(feed: FeedLines, tokens: list[str]) -> bool:
     return True
 
 
+def _unwildcarded(entry: str) -> str:
+    """'*.name' (wildcard DNS lists) and '.name' (Squid's dstdomain: the name and its subdomains) stand for the name,
+    which the extractor did not find behind the '*.' or '.'."""
+    for prefix in ("*.", "."):
+        if entry.startswith(prefix) and entry[len(prefix) : len(prefix) + 1].isalnum():
+            return entry[len(prefix) :]
+    return entry
+
+
 # A record's shape by its first token (after a trailing comment is cut): whether it was one, the entries taken.
 _Shape = Callable[[FeedLines, list[str]], bool]
 _BY_FIRST_TOKEN: dict[str, _Shape] = {
@@ -283,7 +292,7 @@ def read(text: str) -> FeedLines | None:
             elif tokens[0][:1] == "$" and _FINGERPRINT.fullmatch(tokens[0]):
                 feed.skip("tor relay fingerprints")  # "$<fingerprint>", Tor's notation for a relay (torrc, relay lists)
             else:
-                feed.entry(tokens[0])
+                feed.entry(_unwildcarded(tokens[0]))
             feed.records += 1
             continue
         shape = _BY_FIRST_TOKEN.get(tokens[0])
