@@ -217,6 +217,38 @@ def _unwildcarded(entry: str) -> str:
     return entry
 
 
+_IPV4 = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}")
+
+
+def _address_range(feed: FeedLines, tokens: list[str]) -> bool:
+    """'<start> <end> <prefix length> <attacks> <name> <country> <abuse contact>' (DShield's block.txt): the network
+    is the entry, not its two ends, and not the network owner's name or abuse mailbox."""
+    if len(tokens) < 3 or not (_IPV4.fullmatch(tokens[0]) and _IPV4.fullmatch(tokens[1]) and tokens[2].isdigit()):
+        return False
+    if int(tokens[2]) > 32:
+        return False
+    feed.entry(f"{tokens[0]}/{tokens[2]}")
+    if len(tokens) > 3:
+        feed.skip("row details")
+    return True
+
+
+def _column_header(feed: FeedLines, tokens: list[str]) -> bool:
+    """DShield's uncommented 'Start End Netblock Attacks Name Country email'."""
+    if tokens[1:3] != ["End", "Netblock"]:
+        return False
+    feed.skip("column headers")
+    return True
+
+
+def _comma_row(feed: FeedLines, tokens: list[str]) -> bool:
+    """'name,description,date' under a '#' banner: a row (read whole, nothing lost), so the banner is a comment."""
+    if "," not in tokens[0] or not tokens[0].partition(",")[0]:
+        return False
+    feed.entry(" ".join(tokens))
+    return True
+
+
 # A record's shape by its first token (after a trailing comment is cut): whether it was one, the entries taken.
 _Shape = Callable[[FeedLines, list[str]], bool]
 _BY_FIRST_TOKEN: dict[str, _Shape] = {
@@ -230,6 +262,7 @@ _BY_FIRST_TOKEN: dict[str, _Shape] = {
     "$TTL": _metadata,
     "$ORIGIN": _metadata,
     "$INCLUDE": _metadata,
+    "Start": _column_header,
     **dict.fromkeys(("alert", "drop", "reject", "rejectsrc", "rejectdst", "rejectboth", "sdrop", "pass", "log"), _ids_rule),
 }
 # ... or by how it begins, for a record written as one token.
@@ -243,7 +276,7 @@ _BY_PREFIX: tuple[tuple[str, _Shape], ...] = (
 # Cosmetic filters of Adblock lists ("example.com##.ad", "#@#", "#?#"): page elements, not hosts to block.
 _COSMETIC = re.compile(r"#[@?$%]?#")
 # Shapes tried in turn when the first token names none.
-_SHAPES: tuple[_Shape, ...] = (_hosts, _zone)
+_SHAPES: tuple[_Shape, ...] = (_hosts, _address_range, _zone, _comma_row)
 
 
 # Ranges whose addresses name no host on the internet: "this network", RFC 1918 and shared (CGNAT) space,
