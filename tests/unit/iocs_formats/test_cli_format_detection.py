@@ -109,3 +109,13 @@ def test_a_single_stix_object_is_detected_as_stix(parts):
 )
 def test_a_stix_object_is_told_from_a_json_ioc(doc, expected):
     assert detect_format(Path("x.json"), json.dumps(doc)) == expected
+
+
+def test_json_lines_are_sent_as_a_text_feed():
+    """Spamhaus publishes DROP as drop_v4.json, one JSON object a line (JSON Lines): `iocs import drop_v4.json` failed
+    with "not valid JSON; name the format with --format", and with --format text its metadata line's terms URL was
+    stored beside the networks."""
+    text = '{"cidr":"1.10.16.0/20","sblid":"SBL256894","rir":"apnic"}\n{"type":"metadata","terms":"https://www.spamhaus.org/drop/terms/"}\n'
+    assert detect_format(Path("drop_v4.json"), text) == "text"
+    with pytest.raises(ValidationError, match="not valid JSON"):
+        detect_format(Path("broken.json"), '{"cidr": "1.10.16.0/20"\n')

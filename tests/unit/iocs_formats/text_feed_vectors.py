@@ -288,6 +288,45 @@ VECTORS: list[FeedVector] = [
         "# ThreatFox IOCs: ip:port\n185.4.3.2:443\n91.240.118.17:8080\n",
         [("ipv4", "185.4.3.2"), ("ipv4", "91.240.118.17")],
     ),
+    # -- third round: shapes met when checking the fixes against other public parsers' tests ---------------------
+    FeedVector(
+        "spamhaus-drop-json",
+        "www.spamhaus.org/drop/drop_v4.json (DROP's format since 2024): one JSON object a line, a metadata line last",
+        "json-lines",
+        '{"cidr":"1.10.16.0/20","sblid":"SBL256894","rir":"apnic"}\n'
+        '{"cidr":"2.56.192.0/22","sblid":"SBL459831","rir":"ripencc"}\n'
+        '{"type":"metadata","timestamp":1727136000,"size":2,"records":2,"copyright":"(c) 2024 The Spamhaus Project SLU",'
+        '"terms":"https://www.spamhaus.org/drop/terms/"}\n',
+        [("cidr", "1.10.16.0/20"), ("cidr", "2.56.192.0/22")],
+    ),
+    FeedVector(
+        "hosts-with-a-redirect",
+        "hosts-file blocklists with a pinned line (parsers' tests: 'a line pointing at a routable address is a redirect')",
+        "sink",
+        "0.0.0.0 ads.tracker-example.com\n93.184.216.34 redirect.tracker-example.com\n",
+        [("domain", "ads.tracker-example.com"), ("domain", "redirect.tracker-example.com")],
+    ),
+    FeedVector(
+        "domains-upper-case",
+        "domain lists written in capitals with the root's dot (parsers' tests of HaGeZi-style lists: 'UPPER.Example.COM.')",
+        "case",
+        "# Title: Threat Intelligence Feeds\nplain.tracker-example.com\nUPPER.Tracker-Example.COM.\n",
+        [("domain", "plain.tracker-example.com"), ("domain", "upper.tracker-example.com")],
+    ),
+    FeedVector(
+        "adblock-regex-rule",
+        "AdGuard DNS filter: '/regex/' rules beside ||name^ rules",
+        "dns-syntax",
+        "! Title: AdGuard DNS filter\n||ads.tracker-example.com^\n/^ad[0-9]+\\.tracker-example\\.io$/\n",
+        [("domain", "ads.tracker-example.com")],
+    ),
+    FeedVector(
+        "ids-rule-negated-group",
+        "Suricata rules: a negated address group ('![a,b]') is every address but those",
+        "rules",
+        'alert tcp ![103.251.167.20,104.152.52.31] any -> [198.51.100.10,198.51.100.11] 443 (msg:"x"; sid:1;)\n',
+        [("ipv4", "198.51.100.10"), ("ipv4", "198.51.100.11")],
+    ),
     # -- shapes that already worked, kept so that a change cannot break them ---------------------------------------
     FeedVector(
         "et-compromised-ips",
