@@ -48,6 +48,8 @@ def detect_format(path: Path, text: str) -> str:
     try:
         doc = json.loads(text)
     except ValueError as exc:
+        if _is_json_lines(text):
+            return "text"  # one object a line (Spamhaus's drop_v4.json): the text import reads it as a feed
         raise ValidationError(f"{path}: not valid JSON ({exc}); name the format with --format", field="format") from None
     if isinstance(doc, dict) and (doc.get("type") == "bundle" or _is_stix_object(doc)):
         return "stix"
@@ -56,6 +58,19 @@ def detect_format(path: Path, text: str) -> str:
     if isinstance(doc, dict) and "iocs" not in doc and is_event_document(doc):  # bare events too, as the parser reads them
         return "misp"
     return "json"
+
+
+def _is_json_lines(text: str, *, sample: int = 65536) -> bool:
+    """Whether the lines of the start of `text` (at least two) are each one JSON object."""
+    lines = [line.strip() for line in text[:sample].splitlines() if line.strip()]
+    if len(text) > sample:
+        lines = lines[:-1]  # the last one may be cut
+    if len(lines) < 2:
+        return False
+    try:
+        return all(line[:1] == "{" and isinstance(json.loads(line), dict) for line in lines)
+    except ValueError:
+        return False
 
 
 def _is_stix_object(doc: dict[str, Any]) -> bool:

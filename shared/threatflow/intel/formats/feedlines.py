@@ -16,6 +16,7 @@ still goes through the extractor, in one call for all records.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class FeedLines:
 
     readable: list[str] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
+    pinned: list[int] = field(default_factory=list)  # where an address naming hosts ("<address> <name>") was read
     records: int = 0
     prose: int = 0
 
@@ -61,6 +63,16 @@ def _hosts(feed: FeedLines, tokens: list[str]) -> bool:
     """'<address> <name>...': a hosts file's line when the address is a sink or names no host on the internet
     (the preamble's 127.0.0.1, ::1, ff02::1, 255.255.255.255): its names are the entries."""
     address = _address(tokens[0])
+    if address is not None and tokens[0] not in _SINKS and not _no_host(address):
+        if not all(_NAME.fullmatch(name) for name in tokens[1:]):
+            return False
+        # "93.184.216.34 name": in a hosts file, a name pinned to an address (the names are the entries); in a list
+        # of pairs, both are indicators. Which one is decided once the whole document is read.
+        feed.pinned.append(len(feed.readable))
+        feed.entry(tokens[0])
+        for name in tokens[1:]:
+            feed.entry(name)
+        return True
     if tokens[0] not in _SINKS and (address is None or not _no_host(address)):
         return False
     feed.skip("sink addresses")
@@ -201,6 +213,8 @@ def _ids_rule(feed: FeedLines, tokens: list[str]) -> bool:
     if tokens[0] == "pass":
         return _allowlisted(feed, tokens)
     for field_ in (tokens[2], tokens[5]):
+        if field_.startswith("!"):
+            continue  # "![a,b]": every address but those
         for address in field_.replace("[", "").replace("]", "").split(","):
             if address and address[0] not in "!$" and address != "any":
                 feed.entry(address)
@@ -246,6 +260,33 @@ def _comma_row(feed: FeedLines, tokens: list[str]) -> bool:
     if "," not in tokens[0] or not tokens[0].partition(",")[0]:
         return False
     feed.entry(" ".join(tokens))
+    return True
+
+
+# A host name as a list writes it, in any case, with or without the root's dot.
+_NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)+\.?")
+# Adblock's regular-expression rules ("/^ad[0-9]+\.example\.com$/"): patterns, not paths.
+_REGEX_RULE = re.compile(r"/.*[\^$\\\[\](|+?*].*/")
+# The field of a JSON Lines record that holds its indicator (Spamhaus's drop_v4.json: "cidr"), in order of preference.
+_JSON_VALUE_KEYS = ("cidr", "value", "indicator", "ioc", "ioc_value", "ip", "ip_address", "dst_ip", "address", "url", "domain")
+
+
+def _json_record(feed: FeedLines, line: str) -> bool:
+    """One JSON object a line (JSON Lines): its value field is the entry; a '"type": "metadata"' line is the feed's
+    own (Spamhaus's copyright and terms URL); an object without a known field is read whole."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    if not isinstance(record, dict):
+        return False
+    if record.get("type") == "metadata":
+        feed.skip("feed metadata lines")
+        return True
+    value = next((record[key] for key in _JSON_VALUE_KEYS if isinstance(record.get(key), str)), None)
+    feed.entry(value if value is not None else line)
+    if value is not None and len(record) > 1:
+        feed.skip("row details")
     return True
 
 
@@ -312,6 +353,9 @@ def read(text: str) -> FeedLines | None:
         if stripped.startswith(_COMMENT_START):
             feed.skip("comment lines")
             continue
+        if stripped[:1] == "{" and stripped[-1:] == "}" and _json_record(feed, stripped):
+            feed.records += 1
+            continue
         comment = _TRAILING_COMMENT.search(stripped)
         body = stripped[: comment.start()] if comment is not None else stripped
         tokens = body.split()
@@ -322,10 +366,13 @@ def read(text: str) -> FeedLines | None:
         if len(tokens) == 1:
             if _COSMETIC.search(tokens[0]):
                 feed.skip("cosmetic filters")
+            elif _REGEX_RULE.fullmatch(tokens[0]):
+                feed.skip("regex rules")
             elif tokens[0][:1] == "$" and _FINGERPRINT.fullmatch(tokens[0]):
                 feed.skip("tor relay fingerprints")  # "$<fingerprint>", Tor's notation for a relay (torrc, relay lists)
             else:
-                feed.entry(_unwildcarded(tokens[0]))
+                entry = _unwildcarded(tokens[0])
+                feed.entry(entry.lower() if _NAME.fullmatch(entry) else entry)  # "UPPER.Example.COM." is a name
             feed.records += 1
             continue
         shape = _BY_FIRST_TOKEN.get(tokens[0])
@@ -336,4 +383,8 @@ def read(text: str) -> FeedLines | None:
             feed.prose += 1
     if feed.records == 0 or feed.prose * PROSE_PER_RECORDS > feed.records:
         return None
+    if feed.pinned and "sink addresses" in feed.skipped:  # a hosts file: its other addresses are redirect targets
+        for position in feed.pinned:
+            feed.readable[position] = ""
+        feed.skip("redirect addresses", len(feed.pinned))
     return feed
