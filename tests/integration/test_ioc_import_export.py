@@ -97,6 +97,25 @@ def test_csv_and_text_and_misp_imports(api, db):
     assert db.scalar("SELECT count(*) FROM iocs WHERE 'misp:CIRCL' = ANY(sources)") > 0
 
 
+def test_a_hosts_file_and_a_drop_list_import_their_entries_only(api, db):
+    """Text imports of StevenBlack's hosts file and Spamhaus DROP, as downloaded: the store gets the blocked names and
+    networks, never 0.0.0.0, 127.0.0.1, ::1 or the header's URLs; the answer counts what was skipped."""
+    hosts = (
+        "# Title: StevenBlack/hosts\n# Project home page: https://github.com/StevenBlack/hosts\n"
+        "127.0.0.1 localhost\n255.255.255.255 broadcasthost\n::1 localhost\n0.0.0.0 0.0.0.0\n"
+        "0.0.0.0 ads.tracker-example.com\n0.0.0.0 telemetry.badvendor-example.net\n"
+    )
+    body = api.import_("text", hosts, source="stevenblack").get_json()
+    assert body["iocs"]["summary"]["created"] == 2
+    assert body["skipped"] == {"comment lines": 2, "sink addresses": 7, "hosts-file local names": 3}
+    drop = "; Spamhaus DROP List 2024/01/06\n; https://www.spamhaus.org/drop/drop.txt\n1.10.16.0/20 ; SBL256894\n"
+    assert api.import_("text", drop, source="spamhaus-drop").get_json()["iocs"]["summary"]["created"] == 1
+    stored = db.scalar(
+        "SELECT string_agg(type || ' ' || value, ', ' ORDER BY value) FROM iocs WHERE sources && ARRAY['stevenblack', 'spamhaus-drop']"
+    )
+    assert stored == "cidr 1.10.16.0/20, domain ads.tracker-example.com, domain telemetry.badvendor-example.net"
+
+
 @pytest.mark.parametrize(
     ("fmt", "content", "message"),
     [
