@@ -114,3 +114,15 @@ def test_a_terminal_gets_the_summary_not_every_items_json(tmp_path, capsys, monk
     monkeypatch.setattr(sys.stdout, "isatty", lambda: False)  # piped: the JSON, as before
     assert cli.cmd_import(_import_args(feed), call) == 0
     assert json.loads(capsys.readouterr().out)["iocs"]["results"][2]["id"] == 2
+
+
+def test_the_summary_names_what_a_feed_held_besides_indicators(tmp_path, capsys):
+    """The summary on stderr named created/updated/unchanged/rejected only: what a feed import skipped (its comments,
+    a hosts file's sink addresses) was in the JSON alone. It is counted on stderr too."""
+    from threatflow.cli import iocs as cli
+
+    feed = tmp_path / "hosts"
+    feed.write_text("# Title: StevenBlack/hosts\n0.0.0.0 ads.tracker-example.com\n")
+    answer = {"iocs": {"summary": {"created": 1}, "results": []}, "errors": [], "skipped": {"comment lines": 1, "sink addresses": 1}}
+    assert cli.cmd_import(_import_args(feed), lambda method, path, body=None: (200, answer)) == 0
+    assert "skipped: comment lines 1, sink addresses 1" in capsys.readouterr().err
