@@ -95,6 +95,9 @@ def _print_summary(result: dict[str, Any]) -> None:
         "iocs: " + ", ".join(f"{k} {summary.get(k, 0)}" for k in ("created", "updated", "unchanged", "rejected")),
         file=sys.stderr,
     )
+    skipped = result.get("skipped") or {}
+    if skipped:  # what a feed held besides indicators: comments, sink addresses, fingerprints ...
+        print("skipped: " + ", ".join(f"{kind} {count}" for kind, count in skipped.items()), file=sys.stderr)
     threats = result.get("threats", {}).get("summary") or {}
     if threats:
         print("threats: " + ", ".join(f"{k} {v}" for k, v in sorted(threats.items())), file=sys.stderr)
