@@ -9,6 +9,24 @@ In a feed, comment lines ('#', ';', '!', '//') and a record's trailing comment a
 own URLs ("; https://www.spamhaus.org/drop/drop.txt"), its publisher ("abuse.ch", "urlhaus [at] abuse.ch") and
 notes, which became IoCs; and what a record holds besides its entry is counted in `skipped`, not stored.
 
+The record shapes, and what their entry is:
+
+    value                       one token a line (addresses, networks, URLs, names, hashes; "*.name" and
+                                ".name" stand for the name; "$<40 hex>" is a Tor relay, no entry)
+    value ; note                Spamhaus DROP; "value # note"
+    {"cidr": ...}               JSON Lines (Spamhaus drop_v4.json); a "type": "metadata" line is no entry
+    <sink> name...              hosts files: 0.0.0.0, 127.0.0.1, 0, ::, ::1 and the preamble's addresses
+    <address> name...           a name pinned to an address: in a hosts file the name, else both
+    ExitNode / ExitAddress      Tor's exit-addresses: the address, never the relay fingerprint
+    address=/name/...           dnsmasq; ||name^ Adblock (@@ exceptions, ## cosmetic and /regex/ rules skipped)
+    name [ttl] [IN] CNAME .     response-policy zones (rpz-passthru is an exception; SOA, NS, $TTL skipped)
+    local-zone: "name" type     unbound (transparent zones are exceptions)
+    alert ip [a,b] any -> ...   IDS rules: the header's addresses, not the options (reference URLs)
+    start end prefix ...        DShield's block.txt: the network
+    name,description,...        comma rows: read whole (so that a banner above them is a comment)
+
+In a feed, addresses and networks that name no host on the internet (RFC 1918, loopback, bogons) are not entries.
+
 Bounded work: a line is split once and looked up in tables; no expression backtracks over a line, and every value
 still goes through the extractor, in one call for all records.
 """
@@ -115,6 +133,14 @@ def _tor_exit_address(feed: FeedLines, tokens: list[str]) -> bool:
 def _metadata(feed: FeedLines, tokens: list[str]) -> bool:
     feed.skip("feed metadata lines")
     return True
+
+
+_DATE = re.compile(r"\d{4}-\d\d-\d\d")
+
+
+def _tor_time(feed: FeedLines, tokens: list[str]) -> bool:
+    """'Published 2026-11-26 10:18:36', 'LastStatus ...' of Tor's exit-addresses (not "Published research shows")."""
+    return len(tokens) == 3 and _DATE.fullmatch(tokens[1]) is not None and _metadata(feed, tokens)
 
 
 def _dnsmasq(feed: FeedLines, tokens: list[str]) -> bool:
@@ -271,7 +297,13 @@ def _comma_row(feed: FeedLines, tokens: list[str]) -> bool:
 # A host name as a list writes it, in any case, with or without the root's dot.
 _NAME = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)+\.?")
 # Adblock's regular-expression rules ("/^ad[0-9]+\.example\.com$/"): patterns, not paths.
-_REGEX_RULE = re.compile(r"/.*[\^$\\\[\](|+?*].*/")
+_REGEX_SYNTAX = re.compile(r"[\^$\\\[\](|+?*]")
+
+
+def _is_regex_rule(token: str) -> bool:
+    return len(token) > 2 and token[0] == token[-1] == "/" and _REGEX_SYNTAX.search(token, 1, len(token) - 1) is not None
+
+
 # The field of a JSON Lines record that holds its indicator (Spamhaus's drop_v4.json: "cidr"), in order of preference.
 _JSON_VALUE_KEYS = ("cidr", "value", "indicator", "ioc", "ioc_value", "ip", "ip_address", "dst_ip", "address", "url", "domain")
 
@@ -300,8 +332,8 @@ _Shape = Callable[[FeedLines, list[str]], bool]
 _BY_FIRST_TOKEN: dict[str, _Shape] = {
     "ExitNode": _tor_relay,
     "ExitAddress": _tor_exit_address,
-    "Published": _metadata,
-    "LastStatus": _metadata,
+    "Published": _tor_time,
+    "LastStatus": _tor_time,
     "server:": _metadata,
     "local-zone:": _unbound_zone,
     "local-data:": _unbound_data,
@@ -381,7 +413,7 @@ def read(text: str) -> FeedLines | None:
         if len(tokens) == 1:
             if _COSMETIC.search(tokens[0]):
                 feed.skip("cosmetic filters")
-            elif _REGEX_RULE.fullmatch(tokens[0]):
+            elif _is_regex_rule(tokens[0]):
                 feed.skip("regex rules")
             elif tokens[0][:1] == "$" and _FINGERPRINT.fullmatch(tokens[0]):
                 feed.skip("tor relay fingerprints")  # "$<fingerprint>", Tor's notation for a relay (torrc, relay lists)
