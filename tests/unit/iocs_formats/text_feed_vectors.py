@@ -327,6 +327,20 @@ VECTORS: list[FeedVector] = [
         'alert tcp ![103.251.167.20,104.152.52.31] any -> [198.51.100.10,198.51.100.11] 443 (msg:"x"; sid:1;)\n',
         [("ipv4", "198.51.100.10"), ("ipv4", "198.51.100.11")],
     ),
+    FeedVector(
+        "address-ranges",
+        "range lists ('start-end', 'start - end'): firewall exports and I-Blocklist's ranges; aligned blocks are CIDRs",
+        "ranges",
+        "# ranges\n1.10.16.0-1.10.31.255\n5.188.10.0 - 5.188.10.255\n45.9.20.0-45.9.20.127\n",
+        [("cidr", "1.10.16.0/20"), ("cidr", "5.188.10.0/24"), ("cidr", "45.9.20.0/25")],
+    ),
+    FeedVector(
+        "p2p-ranges",
+        "PeerGuardian .p2p lists (I-Blocklist): 'description:start-end'",
+        "ranges",
+        "# PeerGuardian\nBad Org Ltd:1.10.16.0-1.10.31.255\nOther Bad Org:5.188.10.0-5.188.10.255\n",
+        [("cidr", "1.10.16.0/20"), ("cidr", "5.188.10.0/24")],
+    ),
     # -- shapes that already worked, kept so that a change cannot break them ---------------------------------------
     FeedVector(
         "et-compromised-ips",
