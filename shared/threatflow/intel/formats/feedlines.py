@@ -23,6 +23,7 @@ The record shapes, and what their entry is:
     local-zone: "name" type     unbound (transparent zones are exceptions)
     alert ip [a,b] any -> ...   IDS rules: the header's addresses, not the options (reference URLs)
     start end prefix ...        DShield's block.txt: the network
+    start-end, name:start-end   address ranges (PeerGuardian .p2p): the covering networks, at most 4 a range
     name,description,...        comma rows: read whole (so that a banner above them is a comment)
 
 In a feed, addresses and networks that name no host on the internet (RFC 1918, loopback, bogons) are not entries.
@@ -34,6 +35,7 @@ still goes through the extractor, in one call for all records.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import re
 from collections.abc import Callable
@@ -327,6 +329,29 @@ def _json_record(feed: FeedLines, line: str) -> bool:
     return True
 
 
+MAX_NETWORKS_PER_RANGE = 4
+_RANGE = re.compile(r"(?:[^:]*:)?([0-9.]+|[0-9A-Fa-f:]+)\s*-\s*([0-9.]+|[0-9A-Fa-f:]+)")
+
+
+def _range(feed: FeedLines, body: str) -> bool:
+    """'start-end', 'start - end', PeerGuardian's 'description:start-end': the networks that cover the range. At most
+    MAX_NETWORKS_PER_RANGE (an aligned block is one); a wider one is counted, so a 4 KB list of ranges, each up to
+    62 networks, cannot make thousands of rows."""
+    match = _RANGE.fullmatch(body)
+    if match is None:
+        return False
+    start, end = _address(match.group(1)), _address(match.group(2))
+    if start is None or end is None or start.version != end.version or int(start) > int(end):
+        return False
+    networks = list(itertools.islice(ipaddress.summarize_address_range(start, end), MAX_NETWORKS_PER_RANGE + 1))
+    if len(networks) > MAX_NETWORKS_PER_RANGE:
+        feed.skip(f"address ranges of more than {MAX_NETWORKS_PER_RANGE} networks")
+        return True
+    for network in networks:
+        feed.entry(str(network))
+    return True
+
+
 # A record's shape by its first token (after a trailing comment is cut): whether it was one, the entries taken.
 _Shape = Callable[[FeedLines, list[str]], bool]
 _BY_FIRST_TOKEN: dict[str, _Shape] = {
@@ -405,6 +430,9 @@ def read(text: str) -> FeedLines | None:
             continue
         comment = _TRAILING_COMMENT.search(stripped)
         body = stripped[: comment.start()] if comment is not None else stripped
+        if "-" in body and _range(feed, body):
+            feed.records += 1
+            continue
         tokens = body.split()
         by_prefix = next((shape for prefix, shape in _BY_PREFIX if tokens[0].startswith(prefix)), None)
         if by_prefix is not None and by_prefix(feed, tokens):
