@@ -62,3 +62,22 @@ def test_an_address_range_gives_at_most_four_networks():
     parsed = parse("text", "198.51.100.0-198.51.100.255\n1.0.0.1-1.0.0.6\n1.0.0.1-255.255.255.254\n")
     assert [p.item.value for p in parsed.iocs] == ["198.51.100.0/24", "1.0.0.1/32", "1.0.0.2/31", "1.0.0.4/31", "1.0.0.6/32"]
     assert parsed.skipped["address ranges of more than 4 networks"] == 1
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "{i}.tracker-example.com",
+        "0 a{i}.tracker-example.com b{i}.tracker-example.com c{i}.tracker-example.com",
+        "address=/a{i}.tracker-example.com/b{i}.tracker-example.com/0.0.0.0",
+        "10.{i}.0.0-10.{i}.255.254",
+        "1.{i}.0.1-1.{i}.255.254",
+        '{{"cidr": "1.{i}.0.0/16"}}',
+        'alert ip [1.{i}.0.1,1.{i}.0.2,1.{i}.0.3] any -> $HOME_NET any (msg:"x"; sid:{i};)',
+    ],
+)
+def test_4_kb_of_any_feed_shape_makes_hundreds_of_rows_not_thousands(line):
+    """Bounded work: no record shape expands (a range gives at most 4 networks); a 4 KB feed gives at most about one
+    row per 6 bytes, as a report does."""
+    text = "".join(line.format(i=i) + "\n" for i in range(256)).encode()[:4096].decode(errors="ignore")
+    assert len(parse("text", text).iocs) <= len(text) // 6
