@@ -23,7 +23,7 @@ The record shapes, and what their entry is:
     local-zone: "name" type     unbound (transparent zones are exceptions)
     alert ip [a,b] any -> ...   IDS rules: the header's addresses, not the options (reference URLs)
     start end prefix ...        DShield's block.txt: the network
-    start-end, name:start-end   address ranges (PeerGuardian .p2p): the covering networks, at most 4 a range
+    start-end, name:start-end   address ranges (PeerGuardian .p2p): the covering networks, about one per 8 bytes
     name,description,...        comma rows: read whole (so that a banner above them is a comment)
 
 In a feed, addresses and networks that name no host on the internet (RFC 1918, loopback, bogons) are not entries.
@@ -57,6 +57,7 @@ class FeedLines:
     pinned: list[int] = field(default_factory=list)  # where an address naming hosts ("<address> <name>") was read
     records: int = 0
     prose: int = 0
+    range_budget: int = 0  # networks that address ranges may still give
 
     def skip(self, kind: str, count: int = 1) -> None:
         if count:
@@ -329,24 +330,27 @@ def _json_record(feed: FeedLines, line: str) -> bool:
     return True
 
 
-MAX_NETWORKS_PER_RANGE = 4
+# Networks that address ranges may give, per byte of the document: a range needs up to 62 networks (IPv6: 254), so a
+# 4 KB list of wide ranges made thousands of rows. Most ranges are a few networks; the budget is about one row per
+# 8 bytes, what a list of names gives, and a range past it is counted, not stored in part.
+RANGE_NETWORKS_PER_BYTE = 1 / 8
 _RANGE = re.compile(r"(?:[^:]*:)?([0-9.]+|[0-9A-Fa-f:]+)\s*-\s*([0-9.]+|[0-9A-Fa-f:]+)")
 
 
 def _range(feed: FeedLines, body: str) -> bool:
-    """'start-end', 'start - end', PeerGuardian's 'description:start-end': the networks that cover the range. At most
-    MAX_NETWORKS_PER_RANGE (an aligned block is one); a wider one is counted, so a 4 KB list of ranges, each up to
-    62 networks, cannot make thousands of rows."""
+    """'start-end', 'start - end', PeerGuardian's 'description:start-end': the networks that cover the range (an aligned
+    block is one), within the document's budget of networks."""
     match = _RANGE.fullmatch(body)
     if match is None:
         return False
     start, end = _address(match.group(1)), _address(match.group(2))
     if start is None or end is None or start.version != end.version or int(start) > int(end):
         return False
-    networks = list(itertools.islice(ipaddress.summarize_address_range(start, end), MAX_NETWORKS_PER_RANGE + 1))
-    if len(networks) > MAX_NETWORKS_PER_RANGE:
-        feed.skip(f"address ranges of more than {MAX_NETWORKS_PER_RANGE} networks")
+    networks = list(itertools.islice(ipaddress.summarize_address_range(start, end), feed.range_budget + 1))
+    if len(networks) > feed.range_budget:
+        feed.skip("address ranges past the budget of networks")
         return True
+    feed.range_budget -= len(networks)
     for network in networks:
         feed.entry(str(network))
     return True
@@ -414,7 +418,7 @@ def names_no_host(value: str) -> bool:
 
 def read(text: str) -> FeedLines | None:
     """The feed's lines, or None when `text` is a report."""
-    feed = FeedLines()
+    feed = FeedLines(range_budget=int(len(text) * RANGE_NETWORKS_PER_BYTE))
     lines = text.splitlines()
     for index, line in enumerate(lines):
         if feed.prose * PROSE_PER_RECORDS > feed.records + len(lines) - index:
