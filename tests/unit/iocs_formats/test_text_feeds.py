@@ -80,7 +80,7 @@ def test_an_address_range_gives_its_networks_within_a_budget():
     ],
 )
 def test_4_kb_of_any_feed_shape_makes_hundreds_of_rows_not_thousands(line):
-    """Bounded work: no record shape expands (a range gives at most 4 networks); a 4 KB feed gives at most about one
+    """Bounded work: no record shape expands (ranges share a budget of networks); a 4 KB feed gives at most about one
     row per 6 bytes, as a report does."""
     text = "".join(line.format(i=i) + "\n" for i in range(256)).encode()[:4096].decode(errors="ignore")
     assert len(parse("text", text).iocs) <= len(text) // 6
