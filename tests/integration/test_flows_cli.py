@@ -150,3 +150,74 @@ def test_a_capture_older_than_the_retention_loads_with_its_times_shifted(poster,
         stored = conn.exec_driver_sql("SELECT extract(epoch FROM max(event_time))::bigint, count(*) FROM flow_events").one()
     engine.dispose()
     assert tuple(stored) == (newest - back + offset, 600)  # spacing kept: the newest flow is a minute before `started`
+
+
+class FunctionSession:
+    """The `requests.Session` calls `flows load --upload` makes, answered by the real flows function (its test client).
+
+    `token_lost_after` polls of the job, the caller's token stops being valid (it expired: an hour, shorter than a large
+    upload's job) and `unreachable_at` names a poll at which the network fails once (a gateway restart)."""
+
+    def __init__(self, client, *, token_lost_after, unreachable_at):
+        self.client, self.polls = client, 0
+        self.token_lost_after, self.unreachable_at = token_lost_after, unreachable_at
+
+    def post(self, url, *, json=None, headers=None, timeout=None):
+        return _Answer(self.client.post(_path(url), json=json, headers=headers))
+
+    def get(self, url, *, headers=None, timeout=None):
+        import requests
+
+        self.polls += 1
+        if self.polls == self.unreachable_at:
+            raise requests.ConnectionError("connection refused")
+        if self.polls > self.token_lost_after:
+            headers = {"Authorization": "Bearer expired." + "x" * 40}
+        return _Answer(self.client.get(_path(url), headers=headers))
+
+
+def _path(url):
+    return "/" + url.split("://", 1)[1].split("/", 1)[1]
+
+
+class _Answer:
+    def __init__(self, response):
+        self.status_code, self.text = response.status_code, response.get_data(as_text=True)
+        self._json = response.get_json(silent=True)
+
+    def json(self):
+        if self._json is None:
+            raise ValueError("not JSON")
+        return self._json
+
+
+def test_an_upload_whose_job_can_no_longer_be_read_names_the_job_to_follow(function_client, backend_env, tmp_path, capsys, monkeypatch):
+    """`flows load --upload` follows the flow-ingest job it queued. A poll that failed (the token expired during a long
+    job, the gateway restarting) showed `None 0 rows`, then died with a KeyError traceback, and the job's id, which the
+    job goes on under, was never printed. A network failure is waited out; a poll the API refuses stops the command with
+    an error naming the job and the command that shows it."""
+    import flowgen
+    from google.cloud import pubsub_v1
+
+    from threatflow.cli import flows as cli
+    from threatflow.platform.errors import ThreatFlowError
+
+    publisher = pubsub_v1.PublisherClient()
+    with contextlib.suppress(Exception):  # made once per run; nothing pushes it here, so the job stays queued
+        publisher.create_topic(name=publisher.topic_path(PROJECT, "flow-ingest"))
+    monkeypatch.setenv("BUCKET_UPLOADS", "threatflow-uploads")
+    monkeypatch.setattr(cli, "UPLOAD_POLL_SECONDS", 0.05, raising=False)
+    password = create_user(backend_env["DATABASE_URL"], "uploader", "analyst")
+    token = function_client("auth").post("/api/v1/auth/token", json={"username": "uploader", "password": password}).get_json()["access_token"]
+    data = tmp_path / "big.csv"
+    data.write_text("\n".join(",".join(flowgen.raw_line(f)) for f in flowgen.generate(50, seed=3)) + "\n")
+    session = FunctionSession(function_client("flows"), token_lost_after=4, unreachable_at=2)
+
+    with pytest.raises(ThreatFlowError) as raised:
+        cli.upload_file(data, base="http://127.0.0.1:8080", token=token, session=session)
+    err = capsys.readouterr().err
+    job_id = err.split("flow-ingest job ", 1)[1].split()[0].strip(";:,")
+    assert len(job_id) == 32 and f"threatflow api GET /api/v1/flows/uploads/{job_id}" in err  # printed when queued
+    assert session.polls == 5  # the unreachable poll was retried, the refused one ended it
+    message = raised.value.message
+    assert "HTTP 401" in message and f"threatflow api GET /api/v1/flows/uploads/{job_id}" in message, message
