@@ -208,7 +208,8 @@ def test_an_upload_whose_job_can_no_longer_be_read_names_the_job_to_follow(funct
     monkeypatch.setenv("BUCKET_UPLOADS", "threatflow-uploads")
     monkeypatch.setattr(cli, "UPLOAD_POLL_SECONDS", 0.05, raising=False)
     password = create_user(backend_env["DATABASE_URL"], "uploader", "analyst")
-    token = function_client("auth").post("/api/v1/auth/token", json={"username": "uploader", "password": password}).get_json()["access_token"]
+    login = {"username": "uploader", "password": password}
+    token = function_client("auth").post("/api/v1/auth/token", json=login).get_json()["access_token"]
     data = tmp_path / "big.csv"
     data.write_text("\n".join(",".join(flowgen.raw_line(f)) for f in flowgen.generate(50, seed=3)) + "\n")
     session = FunctionSession(function_client("flows"), token_lost_after=4, unreachable_at=2)

@@ -41,6 +41,8 @@ DEFAULT_BATCH = 5000
 IN_FLIGHT = 2
 PROGRESS_FILE = Path(os.environ.get("THREATFLOW_FLOWS_PROGRESS") or Path.home() / ".cache" / "threatflow" / "flows-load.json")
 PROBLEMS_SHOWN = 20
+UPLOAD_POLL_SECONDS = 1.0  # between two reads of an upload's job
+UPLOAD_UNREACHABLE_SECONDS = 300.0  # how long `--upload` waits out an unreachable or busy API before it stops following
 # What reading a file that is not a UNSW CSV raises: no UNSW layout (ValueError), a cell over csv's field
 # limit (csv.Error), not or no longer gzip (BadGzipFile, zlib.error), a gzip cut short (EOFError).
 UNREADABLE = (ValueError, csv.Error, gzip.BadGzipFile, zlib.error, EOFError)
@@ -364,6 +366,28 @@ def cmd_load(args: argparse.Namespace, *, base: str, token: str | None) -> int:
     return 0
 
 
+def _get_json(session: Any, url: str, headers: dict[str, str]) -> tuple[int, Any]:
+    """(HTTP status, the answer's JSON or text); status 0 when the API could not be reached."""
+    import requests
+
+    try:
+        response = session.get(url, headers=headers, timeout=60)
+    except requests.RequestException as exc:
+        return 0, f"the API cannot be reached ({exc.__class__.__name__})"
+    try:
+        return response.status_code, response.json()
+    except ValueError:
+        return response.status_code, response.text
+
+
+def _answer_text(status: int, answer: Any) -> str:
+    if status == 0:
+        return str(answer)
+    error = answer.get("error", answer) if isinstance(answer, dict) else answer
+    message = error.get("message", error) if isinstance(error, dict) else error
+    return f"HTTP {status}: {str(message)[:300]}"
+
+
 def upload_file(path: Path, *, base: str, token: str | None, session: Any) -> dict[str, Any]:
     """Put the file in the uploads bucket, queue a flow-ingest job and follow it to the end."""
     from threatflow.adapters.storage import GcsBlobs
@@ -378,9 +402,30 @@ def upload_file(path: Path, *, base: str, token: str | None, session: Any) -> di
     if response.status_code != 202:
         raise DependencyError(f"the API refused the upload job (HTTP {response.status_code}): {response.text[:500]}")
     job = response.json()
+    job_id = str(job["job_id"])
+    follow = f"threatflow api GET /api/v1/flows/uploads/{job_id}"
+    # The job runs in the stack whatever happens to this command: its id is what finds it again.
+    print(f"{path.name}: queued flow-ingest job {job_id}; {follow} shows it", file=sys.stderr)
+    status_url = f"{base}{job.get('status_url') or '/api/v1/flows/uploads/' + job_id}"
+    failing_since: float | None = None
     while job.get("state") not in ("succeeded", "failed"):
-        time.sleep(1.0)
-        job = session.get(f"{base}{job.get('status_url') or '/api/v1/flows/uploads/' + job['job_id']}", headers=headers, timeout=60).json()
+        time.sleep(UPLOAD_POLL_SECONDS)
+        status, answer = _get_json(session, status_url, headers)
+        if status == 200 and isinstance(answer, dict):
+            job, failing_since = answer, None
+        elif status in (0, 429) or status >= 500:  # unreachable or busy: the job goes on; wait, within a bound
+            failing_since = failing_since if failing_since is not None else time.monotonic()
+            if time.monotonic() - failing_since < UPLOAD_UNREACHABLE_SECONDS:
+                continue
+            print(file=sys.stderr)
+            waited = f"{UPLOAD_UNREACHABLE_SECONDS:.0f} s"
+            raise DependencyError(f"cannot follow flow-ingest job {job_id}: {_answer_text(status, answer)} for {waited}; {follow} shows it")
+        else:  # refused (an expired token, a user disabled meanwhile): the job goes on, unfollowed
+            print(file=sys.stderr)
+            raise DependencyError(
+                f"cannot follow flow-ingest job {job_id}: {_answer_text(status, answer)}; the job goes on in the stack: {follow}"
+                " shows it (threatflow login first if the token expired)"
+            )
         print(f"\r{path.name}: {job.get('state')} {int(job.get('rows_done') or 0):,} rows", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     if job["state"] == "failed":
