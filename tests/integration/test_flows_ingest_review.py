@@ -95,6 +95,37 @@ def test_one_partitioned_file_uploaded_under_two_names_stores_each_flow_once(api
     assert sql_scalar(backend_env["DATABASE_URL"], "SELECT count(*) FROM flow_events") == 250
 
 
+@pytest.mark.parametrize("layout", ["raw", "partitioned"])
+def test_one_file_uploaded_and_loaded_with_flows_load_stores_each_flow_once(api, function_client, backend_env, tmp_path, layout):
+    """`flows load FILE` and `flows load --upload FILE` are two ways to load one file, and both key its events by the
+    file's sha256 and the row number, yet the upload's worker named its source `gcs:<sha256>` and the CLI
+    `file:<sha256>`: a file uploaded, then loaded without --upload (an upload whose command was lost, a colleague
+    loading it the other way), stored every flow twice, dated ones at the same time, and doubled every count of
+    search, the timeline and the host view."""
+    import flowgen
+
+    from threatflow.cli import flows as cli
+
+    if layout == "raw":
+        text = "\n".join(",".join(flowgen.raw_line(flow)) for flow in flowgen.generate(120, seed=73)) + "\n"
+    else:
+        text = _partitioned(120)
+    data = tmp_path / f"capture-{layout}.csv.gz"
+    data.write_bytes(gzip.compress(text.encode(), mtime=0))
+
+    job_id = queue_upload(api, f"flows/{cli.file_sha256(data)}/{data.name}", data.read_bytes())  # as --upload names it
+    assert deliver_upload(function_client("flow-ingest"), job_id).status_code == 200
+    assert (ingest_job(job_id)["state"], ingest_job(job_id)["stored"]) == ("succeeded", 120), ingest_job(job_id)
+
+    def post(body: dict[str, Any]) -> tuple[int, Any]:
+        response = api.post("/api/v1/flows/batch", body)
+        return response.status_code, response.get_json()
+
+    loaded = cli.load_file(data, post=post, progress=cli.Progress(tmp_path / "p.json"), batch_size=50, show_bar=False)
+    assert (loaded["stored"], loaded["duplicates"]) == (0, 120), loaded
+    assert sql_scalar(backend_env["DATABASE_URL"], "SELECT count(*) FROM flow_events") == 120
+
+
 def test_a_sources_first_observed_time_lives_as_long_as_its_events(api, backend_env):
     """flow-retention deletes the first-observed times older than the retention (their events are dropped), and
     a source whose record is older than the window (retention not run yet) starts anew: re-sent after its events
