@@ -260,7 +260,9 @@ def test_a_batch_cannot_claim_the_rows_of_an_upload_by_naming_its_source(api, fu
     duplicate. POST /flows/batch let any analyst name that source: knowing the file (a shared feed, a published
     capture), one posted its rows first with flipped labels, and the upload, run later, stored none of its own
     (all "duplicates") while search and retraining read the forged ground truth. The worker's `gcs:` and the
-    route's own `batch:` (a body's hash) are not a client's to name."""
+    route's own `batch:` (a body's hash) are not a client's to name. Uploads are now keyed `file:<sha256>`, the name
+    `flows load` gives the file: rows posted first under it are other events (an event's key covers its flow), never
+    the upload's."""
     import hashlib
 
     import flowgen
@@ -276,13 +278,17 @@ def test_a_batch_cannot_claim_the_rows_of_an_upload_by_naming_its_source(api, fu
         flipped[47], flipped[48] = ("", "0") if cells[48] == "1" else ("Exploits", "1")  # attack_cat, Label
         forged.append(dict(zip(RAW_COLUMNS, flipped, strict=True)))
     claimed = api.post("/api/v1/flows/batch", {"flows": forged, "source": source, "positions": list(range(30))})
+    as_the_cli = {"flows": forged[:5], "source": "file:" + source[4:], "positions": list(range(5))}
+    assert api.post("/api/v1/flows/batch", as_the_cli).get_json()["stored"] == 5  # the upload's own name today
     job_id = queue_upload(api, "flows/shared-feed.csv", data)
     assert deliver_upload(function_client("flow-ingest"), job_id).status_code == 200
+    assert ingest_job(job_id)["source"] == as_the_cli["source"]
     assert (ingest_job(job_id)["stored"], ingest_job(job_id)["duplicates"]) == (30, 0), claimed.get_json()
     assert claimed.status_code == 400 and claimed.get_json()["error"]["details"]["field"] == "source"
     assert api.post("/api/v1/flows/batch", {"flows": forged[:1], "source": "batch:0123"}).status_code == 400
     truth = "SELECT count(*) FROM flow_events WHERE label = 1"
-    assert sql_scalar(backend_env["DATABASE_URL"], truth) == sum(cells[48] == "1" for cells in lines)
+    forged_attacks = sum(cells[48] == "0" for cells in lines[:5])  # the five forged rows stay: the README's trust note
+    assert sql_scalar(backend_env["DATABASE_URL"], truth) == sum(cells[48] == "1" for cells in lines) + forged_attacks
 
 
 def test_rows_posted_first_under_a_client_named_source_do_not_claim_the_rows_of_that_source(api, backend_env):

@@ -247,7 +247,7 @@ def load_file(
     if entry.get("done"):
         print(f"{path}: already loaded ({entry['stored']:,} stored); nothing to do", file=sys.stderr)
         return entry
-    source = f"file:{sha[:32]}"
+    source = ingest.FILE_SOURCE + sha[:32]  # the flow-ingest worker's name for the same file: loaded both ways, stored once
     offset = 0
     if shift:
         if "time_shift" not in entry:
@@ -259,7 +259,7 @@ def load_file(
             if newest is None:
                 print(f"{path}: no epoch-second stime or ltime to shift; loading the times as they are", file=sys.stderr)
         offset = int(entry["time_shift"])
-        source = f"file:{sha[:24]}:shift{offset}"
+        source = f"{ingest.FILE_SOURCE}{sha[:24]}:shift{offset}"
         print(f"{path}: times moved by {offset:+,} s ({offset / 86400:+,.1f} days)", file=sys.stderr)
     skip = int(entry["rows_done"])
     if skip:

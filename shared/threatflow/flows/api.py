@@ -40,7 +40,7 @@ INGEST_JOBS = "flow_ingest_jobs"
 INGEST_TOPIC = "flow-ingest"
 HOST_WINDOW = timedelta(days=30)
 HOST_TOP = 20
-RESERVED_SOURCES = ("gcs:", "batch:")  # the flow-ingest worker's sources and the route's default one
+RESERVED_SOURCES = ("gcs:", "batch:")  # the flow-ingest worker's sources before it named files `file:`, and the route's default one
 _LAST_HOUR = datetime.max.replace(minute=0, second=0, microsecond=0, tzinfo=UTC)
 
 
@@ -97,8 +97,10 @@ def build_router(runtime: Runtime) -> Router:
         if b"\\u0000" in request.body or limits.has_long_digits(request.body):
             limits.check_raw_json(request.body)  # rare: the full walk names the field
         if body.source is not None and body.source.startswith(RESERVED_SOURCES):
-            # An upload's events are keyed by its sha256 (gcs:) and a batch's by its hash (batch:): a client naming
-            # either stored its own rows first under those keys, and the upload's own were "duplicates".
+            # An upload's events were keyed by its sha256 under gcs: (a job an earlier version started still is) and a
+            # batch's by its hash (batch:): a client naming either stored its own rows first under those keys, and the
+            # upload's own were "duplicates". Uploads are now file:, as `flows load` names the file: an event's key covers
+            # its flow, so rows posted first under that name are other events, never the upload's.
             raise ValidationError(
                 f"source may not start with {' or '.join(RESERVED_SOURCES)}: those name uploads and unnamed batches", field="source"
             )

@@ -379,13 +379,15 @@ def fail_job(documents: DocumentStore, job_id: str, reason: str, *, clock: Clock
 
 def source_of(blobs: BlobStore, bucket: str, name: str, *, generation: int, keep: Callable[[], None] = lambda: None) -> str:
     """The event keys' `source`: sha256 of the object's bytes, in one streaming pass (keep() between chunks:
-    the lease's renewal, as the pass over a large object can outlast it)."""
+    the lease's renewal, as the pass over a large object can outlast it). `file:<sha256>`, the name `flows load`
+    gives the same file: uploaded or posted by the CLI, one file is one set of events (the worker's `gcs:` stored
+    a file loaded both ways twice). A job an earlier version started keeps the source recorded on it."""
     digest = hashlib.sha256()
     with blobs.open_read(bucket, name, generation=generation) as stream:
         while chunk := stream.read(HASH_CHUNK_BYTES):
             digest.update(chunk)
             keep()
-    return "gcs:" + digest.hexdigest()[:32]
+    return ingest.FILE_SOURCE + digest.hexdigest()[:32]
 
 
 @dataclass(frozen=True)

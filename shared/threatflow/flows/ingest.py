@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
 MAX_BATCH = 10_000
+# A file's events are `source` = FILE_SOURCE + the first 32 hex digits of its sha256, whichever way it is loaded
+# (`flows load` posting its rows, or the flow-ingest worker reading its upload), so loading it both ways stores it once.
+FILE_SOURCE = "file:"
 # The dataset's own category labels, exactly (attack_cat, and the model's predicted_cat).
 CATEGORIES = ATTACK_CATEGORIES
 
