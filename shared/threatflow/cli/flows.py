@@ -121,6 +121,7 @@ class Bar:
         self.name, self.total, self.enabled = name, max(1, total_bytes), enabled
         self.started = time.perf_counter()
         self.last = 0.0
+        self.line_open = False  # a bar printed without its newline: a message after it needs one first
 
     def show(self, rows: int, read_bytes: int, *, final: bool = False) -> None:
         now = time.perf_counter()
@@ -132,6 +133,13 @@ class Bar:
         rate = rows / max(1e-9, now - self.started)
         line = f"\r{self.name}: [{'#' * filled}{'.' * (30 - filled)}] {fraction * 100:5.1f}%  {rows:,} rows  {rate:,.0f} flows/s"
         print(line, end="\n" if final else "", file=sys.stderr, flush=True)
+        self.line_open = not final
+
+    def end_line(self) -> None:
+        """Ends the bar's line, so that what is printed next (an error) starts on its own."""
+        if self.line_open:
+            print(file=sys.stderr, flush=True)
+            self.line_open = False
 
 
 def batches(rows: Iterator[tuple[int, dict[str, Any]]], size: int) -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
@@ -295,6 +303,7 @@ def load_file(
             entry["rows_done"] = positions[-1] + 1
             progress.save()
 
+        interrupted = False
         try:
             for positions, flows in batches(rows, batch_size):
                 # No observed_at: the API dates undated flows (no stime) by when this source was first observed,
@@ -310,8 +319,22 @@ def load_file(
                 bar.show(positions[-1] + 1 - skip, path.stat().st_size if raw.closed else raw.tell())
             while pending:
                 settle(*pending.popleft())
+        except KeyboardInterrupt:
+            interrupted = True
+            bar.end_line()
+            print(
+                f"{path}: interrupted; the {int(entry['rows_done']):,} rows the API acknowledged are saved in {progress.path}:"
+                " run the same command again to resume",
+                file=sys.stderr,
+            )
+            raise
+        except BaseException:
+            bar.end_line()  # the error is printed on a line of its own, not after the bar's last figures
+            raise
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            # Ctrl-C does not wait for the batches in flight (up to their 300 s timeout): whatever the API stores of
+            # them, a resumed load finds as duplicates.
+            pool.shutdown(wait=not interrupted, cancel_futures=True)
     entry["done"] = True
     progress.save()
     bar.show(int(entry["rows_done"]) - skip, path.stat().st_size, final=True)
@@ -340,6 +363,17 @@ def cmd_load(args: argparse.Namespace, *, base: str, token: str | None) -> int:
     if not 1 <= args.batch_size <= 10_000:
         raise ValidationError("--batch-size is 1 to 10000", field="batch-size")
     progress = Progress(Path(args.progress_file) if args.progress_file else PROGRESS_FILE)
+    try:
+        return _load_all(args, progress, post=post, base=base, token=token, session=session)
+    except KeyboardInterrupt:
+        # What to do next is printed; the ledger is saved after every batch. Requests still in flight hold their
+        # threads, which the interpreter's exit would wait for: leave at once, with Ctrl-C's status.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + 2)
+
+
+def _load_all(args: argparse.Namespace, progress: Progress, *, post: Post, base: str, token: str | None, session: Any) -> int:
     totals = {"stored": 0, "duplicates": 0, "invalid": 0}
     for name in args.files:
         path = Path(name)
@@ -407,6 +441,21 @@ def upload_file(path: Path, *, base: str, token: str | None, session: Any) -> di
     # The job runs in the stack whatever happens to this command: its id is what finds it again.
     print(f"{path.name}: queued flow-ingest job {job_id}; {follow} shows it", file=sys.stderr)
     status_url = f"{base}{job.get('status_url') or '/api/v1/flows/uploads/' + job_id}"
+    try:
+        job = _follow(job, path=path, session=session, status_url=status_url, headers=headers, job_id=job_id, follow=follow)
+    except KeyboardInterrupt:
+        print(f"\n{path.name}: stopped following flow-ingest job {job_id}; it goes on in the stack: {follow} shows it", file=sys.stderr)
+        raise
+    print(file=sys.stderr)
+    if job["state"] == "failed":
+        raise ValidationError(f"{path}: the flow-ingest job failed: {job.get('error')}", field="file")
+    return dict(job)
+
+
+def _follow(
+    job: dict[str, Any], *, path: Path, session: Any, status_url: str, headers: dict[str, str], job_id: str, follow: str
+) -> dict[str, Any]:
+    """The job's record polled until it finishes, its progress on stderr."""
     failing_since: float | None = None
     while job.get("state") not in ("succeeded", "failed"):
         time.sleep(UPLOAD_POLL_SECONDS)
@@ -427,10 +476,7 @@ def upload_file(path: Path, *, base: str, token: str | None, session: Any) -> di
                 " shows it (threatflow login first if the token expired)"
             )
         print(f"\r{path.name}: {job.get('state')} {int(job.get('rows_done') or 0):,} rows", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
-    if job["state"] == "failed":
-        raise ValidationError(f"{path}: the flow-ingest job failed: {job.get('error')}", field="file")
-    return dict(job)
+    return job
 
 
 def add_parser(sub: Any, run: Callable[[argparse.Namespace], int]) -> None:
