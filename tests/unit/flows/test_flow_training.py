@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from ml_helpers import small_config, small_model
+from ml_helpers import sample_rows, small_config, small_model
 from threadpoolctl import threadpool_limits
 
 from threatflow.flows import training as T
@@ -207,6 +207,15 @@ def test_train_cli_passes_final_fit_through(tmp_path):
     assert metadata["training_data"]["served_heads_rows"] == metadata["training_data"]["train_rows"] < metadata["training_data"]["rows"]
 
 
+def _write_csv(path, rows):
+    import csv
+
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def test_models_train_with_no_bucket_to_publish_to_says_so_before_training(tmp_path, monkeypatch, capsys):
     """No running stack and no Google credentials: `threatflow models train` trained for ~40 s on the dev data and
     then died with google.auth's DefaultCredentialsError traceback. It now stops first, naming both ways out."""
@@ -222,11 +231,37 @@ def test_models_train_with_no_bucket_to_publish_to_says_so_before_training(tmp_p
     monkeypatch.setenv("NO_GCE_CHECK", "True")
     trained = []
     monkeypatch.setattr(training, "train", lambda *a, **k: trained.append(1))
+    data = tmp_path / "flows.csv"  # read first (a file that cannot be is named at once), but not trained on
+    _write_csv(data, sample_rows(300))
     with pytest.raises(SystemExit) as exited:
-        cli_main.main(["models", "train", "--data", str(tmp_path / "flows.csv"), "--out", str(tmp_path / "out")])
+        cli_main.main(["models", "train", "--data", str(data), "--out", str(tmp_path / "out")])
     assert exited.value.code == 2 and trained == []
     err = capsys.readouterr().err
     assert "make run" in err and "ml/train.py" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("problem", ["missing", "not UNSW", "truncated gzip"])
+def test_training_data_that_cannot_be_read_is_an_error_naming_the_file_not_a_traceback(tmp_path, capsys, problem):
+    """`threatflow models train --data FILE` and `ml/train.py` with a mistyped path, a file that is not a UNSW CSV
+    or a gzip cut short died with FileNotFoundError, ValueError or EOFError tracebacks (`flows load` names the file)."""
+    import gzip
+
+    from threatflow.cli import main as cli_main
+    from threatflow.cli.models import train_main
+
+    data = tmp_path / ("flows.csv.gz" if problem == "truncated gzip" else "flows.csv")
+    if problem == "not UNSW":
+        data.write_text("hello,world\n")
+    elif problem == "truncated gzip":
+        data.write_bytes(gzip.compress(b"a,b,c\n" * 10_000)[:100])
+    for run in (
+        lambda: cli_main.main(["models", "train", "--data", str(data)]),  # checked before anything else: no stack here
+        lambda: train_main(["--data", str(data), "--out", str(tmp_path / "out")]),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            run()
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and str(data) in err and "Traceback" not in err, err
 
 
 def test_flows_held_compactly_give_the_dataset_the_flows_give():
