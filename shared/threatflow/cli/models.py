@@ -8,13 +8,15 @@ bucket: it only writes the output folder.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from threatflow.platform.errors import ConfigError
+from threatflow.platform.errors import ConfigError, ThreatFlowError, ValidationError
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +25,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", help="NUSW-NB15_features.csv: the raw layout's column names (default: built in)")
     parser.add_argument("--out", help="folder for model.npz, metadata.json, metrics.json, model_card.md")
     parser.add_argument("--quick", action="store_true", help="small, fast settings (smoke tests)")
-    parser.add_argument("--cv", type=int, help="cross-validation folds (default 4)")
+    parser.add_argument("--cv", type=int, help="cross-validation folds (default 3)")
     parser.add_argument("--holdout", type=float, help="held-out fraction, never tuned on (default 0.2)")
     parser.add_argument("--no-compare", action="store_true", help="skip the seed RandomForest comparison")
     parser.add_argument(
@@ -34,7 +36,23 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _run_training(args: argparse.Namespace) -> Any:
+def _read_training_data(args: argparse.Namespace) -> Any:
+    """The --data files as a Dataset; a file missing or not a UNSW-NB15 CSV is an error naming it (it was a traceback)."""
+    from threatflow.flows import training
+
+    for name in args.data:
+        if not Path(name).is_file():
+            raise ValidationError(f"{name}: no such file", field="data")
+    try:
+        dataset = training.read_dataset(args.data, layout=args.format, features_csv=args.features)
+    except (ValueError, OSError, csv.Error) as exc:  # each names its file (training._open_text, _dataset_from_rows)
+        raise ValidationError(f"cannot train on {', '.join(args.data)}: {exc}", field="data") from None
+    skipped = dataset.skipped or "none"
+    print(f"read {dataset.rows} flows from {len(args.data)} file(s), sha256 {dataset.sha256[:16]}…; skipped {skipped}", file=sys.stderr)
+    return dataset
+
+
+def _run_training(args: argparse.Namespace, dataset: Any) -> Any:
     from dataclasses import replace
 
     from threatflow.flows import training
@@ -52,8 +70,6 @@ def _run_training(args: argparse.Namespace) -> Any:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    dataset = training.read_dataset(args.data, layout=args.format, features_csv=args.features)
-    log(f"read {dataset.rows} flows from {len(args.data)} file(s), sha256 {dataset.sha256[:16]}…; skipped {dataset.skipped or 'none'}")
     result = training.train(dataset, config=config, log=log)
     if args.out:
         for path in result.write(args.out):
@@ -93,7 +109,11 @@ def train_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     if not args.out:
         parser.error("--out is required")
-    _run_training(args)
+    try:
+        _run_training(args, _read_training_data(args))
+    except ThreatFlowError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from None
     return 0
 
 
@@ -108,11 +128,12 @@ def _store() -> tuple[Any, str]:
 def cmd_train(args: argparse.Namespace) -> int:
     from threatflow.flows import registry
 
+    dataset = _read_training_data(args)  # first: a mistyped path is the likeliest mistake, and reading is quick
     try:  # before training: a store that cannot be reached must not cost a training run first
         blobs, bucket = _store()
     except ConfigError as exc:
         raise ConfigError(f"{exc.message}; to train without publishing: python ml/train.py --data FILE --out DIR") from None
-    result = _run_training(args)
+    result = _run_training(args, dataset)
     version = registry.publish(result, blobs=blobs, bucket=bucket)
     print(f"published {version} to gs://{bucket}/flows/models/{version}/")
     if args.promote:

@@ -23,6 +23,7 @@ import io
 import json
 import math
 import time
+import zlib
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -92,7 +93,10 @@ def normalise_category(value: Any, label: int) -> str | None:
 def _open_text(path: Path, digest: Any) -> Iterator[str]:
     raw = path.read_bytes()
     digest.update(raw)
-    data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    try:
+        data = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # cut short or corrupt: name the file
+        raise ValueError(f"{path}: not a readable gzip file ({exc})") from None
     yield from io.StringIO(data.decode("utf-8", errors="replace"), newline="")
 
 
