@@ -73,3 +73,22 @@ def test_posting_an_object_another_user_is_ingesting_does_not_reveal_their_job(f
     other = flows.post("/api/v1/flows/uploads", json={"object": "flows/shared.csv"}, headers=users["colleague"])
     assert other.status_code == 409, other.get_data(as_text=True)
     assert job_id not in other.get_data(as_text=True) and "uploader" not in other.get_data(as_text=True)
+
+
+def test_an_upload_with_no_flow_model_served_is_a_503_naming_the_command_not_a_job_that_can_only_fail(
+    function_client, users, models_bucket
+):
+    """With no model promoted (a new stack; or `make run` again: the local Cloud Storage emulator keeps no data), the
+    upload was queued, and every delivery of its job failed "will retry: no flow model is published": `flows load
+    --upload` showed `running 0 rows` until the stalled-job sweep gave up on it, an hour later. POST /flows/batch
+    answers a 503 naming `threatflow models train` at once; so does the upload now, and queues nothing."""
+    from threatflow.adapters.firestore import FirestoreDocuments
+    from threatflow.adapters.storage import GcsBlobs
+
+    GcsBlobs(PROJECT).put(UPLOADS, "flows/unscored.csv", b"1,2,3\n")
+    flows = function_client("flows")  # loaded after models_bucket: its models bucket is empty
+    queued = flows.post("/api/v1/flows/uploads", json={"object": "flows/unscored.csv"}, headers=users["uploader"])
+    assert queued.status_code == 503, queued.get_data(as_text=True)
+    assert "threatflow models train" in queued.get_json()["error"]["message"]
+    jobs = FirestoreDocuments(PROJECT).query("flow_ingest_jobs", where=[("object", "==", "flows/unscored.csv")], limit=5)
+    assert list(jobs) == []
