@@ -22,11 +22,15 @@ def _bearer(function_client, database_url, username, role):
 
 @pytest.fixture
 def users(function_client, backend_env):
+    from flows_support import publish, trained_model
     from google.cloud import pubsub_v1
+
+    from threatflow.adapters.storage import GcsBlobs
 
     publisher = pubsub_v1.PublisherClient()
     with contextlib.suppress(Exception):  # already made by an earlier test in this run
         publisher.create_topic(name=publisher.topic_path(PROJECT, "flow-ingest"))
+    publish(GcsBlobs(PROJECT), trained_model())  # an upload is queued only while a model is served
     url = backend_env["DATABASE_URL"]
     return {
         name: _bearer(function_client, url, name, role)

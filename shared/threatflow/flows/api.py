@@ -168,6 +168,9 @@ def build_router(runtime: Runtime) -> Router:
             generation = runtime.blobs.stat(bucket, body.object).generation
         except NotFoundError:
             raise NotFoundError(f"no object {body.object!r} in bucket {bucket!r}; upload it first") from None
+        # Every flow is scored as it is stored: with no model served, each delivery of the job would fail and be retried
+        # ("running", 0 rows, until the stalled-job sweep gave up on it). The 503 names the command, as /flows/batch does.
+        model_snapshot(runtime).get()
         # One active job per object generation: each job reads the whole object (up to 2 GiB), so twenty
         # posts of one object were twenty full passes. The marker is claimed atomically (upload_markers):
         # of requests at the same instant only the one that claims it queues a job.
