@@ -222,3 +222,32 @@ def test_an_upload_whose_job_can_no_longer_be_read_names_the_job_to_follow(funct
     assert session.polls == 5  # the unreachable poll was retried, the refused one ended it
     message = raised.value.message
     assert "HTTP 401" in message and f"threatflow api GET /api/v1/flows/uploads/{job_id}" in message, message
+
+
+@pytest.mark.parametrize(("role", "status", "advice"), [(None, 401, "threatflow login"), ("reader", 403, "analyst")])
+def test_a_load_refused_for_the_callers_token_or_role_says_what_to_do(function_client, backend_env, tmp_path, role, status, advice):
+    """Not logged in (or the token expired), `flows load` said "the API refused a batch (HTTP 401): missing bearer
+    token ...; progress is saved, re-run to resume": re-running as it was fails the same way. The error now says to
+    log in (401) or that loading needs the analyst role (403)."""
+    import flowgen
+
+    from threatflow.cli import flows as cli
+    from threatflow.platform.errors import ThreatFlowError
+
+    headers = {}
+    if role:
+        password = create_user(backend_env["DATABASE_URL"], "watcher", role)
+        login = {"username": "watcher", "password": password}
+        headers = {"Authorization": "Bearer " + function_client("auth").post("/api/v1/auth/token", json=login).get_json()["access_token"]}
+    client = function_client("flows")
+
+    def post(body):
+        response = client.post("/api/v1/flows/batch", json=body, headers=headers)
+        return response.status_code, response.get_json()
+
+    data = tmp_path / "flows.csv"
+    data.write_text("\n".join(",".join(flowgen.raw_line(f)) for f in flowgen.generate(20, seed=4)) + "\n")
+    with pytest.raises(ThreatFlowError) as raised:
+        cli.load_file(data, post=post, progress=cli.Progress(tmp_path / "p.json"), batch_size=10, show_bar=False)
+    assert f"HTTP {status}" in raised.value.message and advice in raised.value.message, raised.value.message
+    assert "re-run to resume" not in raised.value.message
