@@ -41,6 +41,11 @@ DEFAULT_BATCH = 5000
 IN_FLIGHT = 2
 PROGRESS_FILE = Path(os.environ.get("THREATFLOW_FLOWS_PROGRESS") or Path.home() / ".cache" / "threatflow" / "flows-load.json")
 PROBLEMS_SHOWN = 20
+# What to do when the API refuses a batch for the caller rather than for the batch.
+REFUSAL_ADVICE = {
+    401: "log in (threatflow login NAME), then run the same command again: the rows acknowledged so far are saved",
+    403: "loading flows needs the analyst or admin role; the rows acknowledged so far are saved",
+}
 UPLOAD_POLL_SECONDS = 1.0  # between two reads of an upload's job
 UPLOAD_UNREACHABLE_SECONDS = 300.0  # how long `--upload` waits out an unreachable or busy API before it stops following
 # What reading a file that is not a UNSW CSV raises: no UNSW layout (ValueError), a cell over csv's field
@@ -286,9 +291,9 @@ def load_file(
             status, payload = future.result()
             if status != 200:
                 error = payload.get("error", payload) if isinstance(payload, dict) else payload
-                raise DependencyError(
-                    f"the API refused a batch (HTTP {status}): {json.dumps(error)[:2000]}; progress is saved, re-run to resume"
-                )
+                # Re-running as it was fails the same way when the refusal is the caller's token or role.
+                then = REFUSAL_ADVICE.get(status, "progress is saved, re-run to resume")
+                raise DependencyError(f"the API refused a batch (HTTP {status}): {json.dumps(error)[:2000]}; {then}")
             problems = payload.get("problems") or []
             for problem in problems:
                 if shown < PROBLEMS_SHOWN:
