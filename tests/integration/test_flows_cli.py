@@ -251,3 +251,20 @@ def test_a_load_refused_for_the_callers_token_or_role_says_what_to_do(function_c
         cli.load_file(data, post=post, progress=cli.Progress(tmp_path / "p.json"), batch_size=10, show_bar=False)
     assert f"HTTP {status}" in raised.value.message and advice in raised.value.message, raised.value.message
     assert "re-run to resume" not in raised.value.message
+
+
+def test_a_capture_older_than_the_retention_loaded_as_it_is_points_to_shift_times(poster, tmp_path, capsys):
+    """Loaded as it is, a capture from 2015 (the official raw files) is refused row by row as older than the retention
+    window, and the load ended with "stored 0, invalid 600" and nothing on what to do: --shift-times is the answer."""
+    from datetime import UTC, datetime
+
+    import flowgen
+
+    from threatflow.cli import flows as cli
+
+    lines = [",".join(flowgen.raw_line(f)) for f in flowgen.generate(50, seed=8, end=datetime(2015, 2, 1, tzinfo=UTC))]
+    data = tmp_path / "unsw-2015.csv"
+    data.write_text("\n".join(lines) + "\n")
+    entry = cli.load_file(data, post=poster, progress=cli.Progress(tmp_path / "p.json"), batch_size=25, show_bar=False)
+    assert (entry["stored"], entry["invalid"]) == (0, 50)
+    assert f"threatflow flows load --shift-times {data}" in capsys.readouterr().err
