@@ -279,6 +279,7 @@ def load_file(
         print(f"{path}: resuming after row {skip:,}", file=sys.stderr)
     bar = Bar(path.name, path.stat().st_size, enabled=show_bar)
     shown = 0
+    too_old = 0  # rows refused as older than the retention window (of those the API listed)
     with path.open("rb") as raw:
         # Cells go as text: the API parses and validates each flow once, skips the invalid ones
         # (skip_invalid) and lists them, so the client does no second validation.
@@ -287,7 +288,7 @@ def load_file(
         pool = ThreadPoolExecutor(max_workers=in_flight)
 
         def settle(positions: list[int], future: Future[tuple[int, Any]]) -> None:
-            nonlocal shown
+            nonlocal shown, too_old
             status, payload = future.result()
             if status != 200:
                 error = payload.get("error", payload) if isinstance(payload, dict) else payload
@@ -297,8 +298,11 @@ def load_file(
             problems = payload.get("problems") or []
             for problem in problems:
                 if shown < PROBLEMS_SHOWN:
-                    print(f"\n  skipped row {positions[int(problem['index'])]:,}: {problem['field']}: {problem['reason']}", file=sys.stderr)
+                    bar.end_line()
+                    print(f"  skipped row {positions[int(problem['index'])]:,}: {problem['field']}: {problem['reason']}", file=sys.stderr)
                 shown += 1
+                if str(problem.get("reason", "")).startswith(ingest.RETENTION_REASON):
+                    too_old += 1
             shown += int(payload.get("problems_total") or 0) - len(problems)
             entry["stored"] += int(payload.get("stored", 0))
             entry["duplicates"] += int(payload.get("duplicates", 0))
@@ -345,6 +349,12 @@ def load_file(
     bar.show(int(entry["rows_done"]) - skip, path.stat().st_size, final=True)
     if shown > PROBLEMS_SHOWN:
         print(f"  ... {shown - PROBLEMS_SHOWN} more problems", file=sys.stderr)
+    if too_old and not shift:
+        print(
+            f"{path}: {too_old:,} rows are older than the retention window; a capture this old (such as the official UNSW-NB15"
+            f" files, from 2015) loads with its times moved to now: threatflow flows load --shift-times {path}",
+            file=sys.stderr,
+        )
     return entry
 
 

@@ -42,6 +42,7 @@ MAX_BATCH = 10_000
 # A file's events are `source` = FILE_SOURCE + the first 32 hex digits of its sha256, whichever way it is loaded
 # (`flows load` posting its rows, or the flow-ingest worker reading its upload), so loading it both ways stores it once.
 FILE_SOURCE = "file:"
+RETENTION_REASON = "older than the retention window"  # a problem's reason for a time before what flow-retention keeps
 # The dataset's own category labels, exactly (attack_cat, and the model's predicted_cat).
 CATEGORIES = ATTACK_CATEGORIES
 
@@ -623,7 +624,7 @@ def drop_unretained(
     old = {i for i, ev in zip(valid, fields, strict=True) if ev.stime is not None and ev.stime < oldest}
     if not old:
         return canonical, fields, problems
-    reason = f"older than the retention window (before {oldest.date().isoformat()}); flow-retention would drop it"
+    reason = f"{RETENTION_REASON} (before {oldest.date().isoformat()}); flow-retention would drop it"
     kept = [(flow, ev) for i, flow, ev in zip(valid, canonical, fields, strict=True) if i not in old]
     more = sorted([*problems, *(FlowProblem(i, "stime", reason) for i in old)], key=lambda p: (p.index, p.field))
     return [flow for flow, _ in kept], [ev for _, ev in kept], more
