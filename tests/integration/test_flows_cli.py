@@ -268,3 +268,20 @@ def test_a_capture_older_than_the_retention_loaded_as_it_is_points_to_shift_time
     entry = cli.load_file(data, post=poster, progress=cli.Progress(tmp_path / "p.json"), batch_size=25, show_bar=False)
     assert (entry["stored"], entry["invalid"]) == (0, 50)
     assert f"threatflow flows load --shift-times {data}" in capsys.readouterr().err
+
+
+def test_an_upload_refused_for_an_expired_token_says_to_log_in(function_client, backend_env, tmp_path, monkeypatch):
+    """`flows load --upload` an hour after `threatflow login` ended on "the API refused the upload job (HTTP 401):
+    {...token has expired...}", the JSON of the answer and nothing on what to do."""
+    import flowgen
+
+    from threatflow.cli import flows as cli
+    from threatflow.platform.errors import ThreatFlowError
+
+    monkeypatch.setenv("BUCKET_UPLOADS", "threatflow-uploads")
+    data = tmp_path / "flows.csv"
+    data.write_text("\n".join(",".join(flowgen.raw_line(f)) for f in flowgen.generate(10, seed=6)) + "\n")
+    session = FunctionSession(function_client("flows"), token_lost_after=0, unreachable_at=0)
+    with pytest.raises(ThreatFlowError) as raised:
+        cli.upload_file(data, base="http://127.0.0.1:8080", token="expired." + "x" * 40, session=session)
+    assert "HTTP 401" in raised.value.message and "threatflow login" in raised.value.message, raised.value.message
