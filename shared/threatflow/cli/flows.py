@@ -43,8 +43,8 @@ PROGRESS_FILE = Path(os.environ.get("THREATFLOW_FLOWS_PROGRESS") or Path.home() 
 PROBLEMS_SHOWN = 20
 # What to do when the API refuses a batch for the caller rather than for the batch.
 REFUSAL_ADVICE = {
-    401: "log in (threatflow login NAME), then run the same command again: the rows acknowledged so far are saved",
-    403: "loading flows needs the analyst or admin role; the rows acknowledged so far are saved",
+    401: "log in (threatflow login NAME), then run the same command again (rows acknowledged so far are saved)",
+    403: "loading flows needs the analyst or admin role",
 }
 UPLOAD_POLL_SECONDS = 1.0  # between two reads of an upload's job
 UPLOAD_UNREACHABLE_SECONDS = 300.0  # how long `--upload` waits out an unreachable or busy API before it stops following
@@ -449,7 +449,14 @@ def upload_file(path: Path, *, base: str, token: str | None, session: Any) -> di
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     response = session.post(f"{base}/api/v1/flows/uploads", json={"object": name}, headers=headers, timeout=60)
     if response.status_code != 202:
-        raise DependencyError(f"the API refused the upload job (HTTP {response.status_code}): {response.text[:500]}")
+        try:
+            answer: Any = response.json()
+        except ValueError:
+            answer = response.text
+        then = REFUSAL_ADVICE.get(response.status_code)
+        raise DependencyError(
+            f"the API refused the upload job ({_answer_text(response.status_code, answer)})" + (f"; {then}" if then else "")
+        )
     job = response.json()
     job_id = str(job["job_id"])
     follow = f"threatflow api GET /api/v1/flows/uploads/{job_id}"
