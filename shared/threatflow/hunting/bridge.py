@@ -73,9 +73,16 @@ class BridgeResult:
     updated: int
     rejected: int
     to_enrich: list[EnrichmentRequest]
+    tags_cut: int = 0  # detection and category tags a full IoC could not take (iocs.model.MAX_TAGS_PER_IOC)
 
     def to_json(self) -> dict[str, Any]:
-        return {"sources": self.sources, "iocs_created": self.created, "iocs_updated": self.updated, "rejected": self.rejected}
+        return {
+            "sources": self.sources,
+            "iocs_created": self.created,
+            "iocs_updated": self.updated,
+            "rejected": self.rejected,
+            "tags_cut": self.tags_cut,
+        }
 
 
 def names_a_host(address: str) -> bool:
@@ -162,7 +169,8 @@ def upsert_attack_sources(
                 EnrichmentRequest(int(result["id"]), str(result["type"]), str(result["value"]), source.max_probability, source.flows)
             )
     ioc_repository.log_sightings(conn, sightings)
-    return BridgeResult(len(sources), counts["created"], counts["updated"], counts["rejected"], to_enrich)
+    tags_cut = int(outcome["summary"]["tags_cut"])
+    return BridgeResult(len(sources), counts["created"], counts["updated"], counts["rejected"], to_enrich, tags_cut)
 
 
 _host_address = functools.lru_cache(maxsize=4096)(names_a_host)

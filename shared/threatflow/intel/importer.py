@@ -32,7 +32,7 @@ from threatflow.intel.formats import ItemError, ParsedImport, ParsedIoc, ParsedT
 from threatflow.intel.formats.misp import MAX_THREATS_PER_IOC
 from threatflow.iocs import repository as ioc_repository
 from threatflow.iocs import service
-from threatflow.iocs.model import Tlp
+from threatflow.iocs.model import MAX_TAGS_PER_IOC, Tlp
 from threatflow.iocs.normalise import normalise
 from threatflow.platform.errors import PermanentError, RetryableError, ValidationError
 from threatflow.threats import repository as threat_store
@@ -156,6 +156,15 @@ def apply_import(
         relations_created += intel_repository.add_ioc_relations(conn, pairs, type=relation.type, source=source_default)
     if relations_cut:
         errors.append(ItemError("relations", f"{relations_cut} IoC relations not created: at most {MAX_RELATIONS_PER_IMPORT} per import"))
+    tags_cut = sum(int(r.get("tags_cut", 0)) for r in results)
+    if tags_cut:
+        errors.append(
+            ItemError(
+                "tags",
+                f"{tags_cut} tags not stored: an IoC holds at most {MAX_TAGS_PER_IOC} tags (it keeps those it has,"
+                " then the first new ones; each IoC's result counts its own in tags_cut)",
+            )
+        )
     ioc_repository.record_audit(conn, action="import", actor=actor, detail={**parsed.summary(), "source": source_default})
 
     summary: dict[str, Any] = {status: 0 for status in ("created", "updated", "unchanged", "rejected")}
@@ -163,6 +172,7 @@ def apply_import(
         summary[result["status"]] = summary.get(result["status"], 0) + 1
     summary["rejected"] += len(parsed.errors)  # items the parser could not make into an IoC or threat
     summary["total"] = len(results) + len(parsed.errors)
+    summary["tags_cut"] = tags_cut
     threat_summary: dict[str, int] = {}
     for item in threat_out:
         status = str(item["status"])
@@ -176,6 +186,7 @@ def apply_import(
         "relations": relations,
         "relations_created": relations_created,
         "relations_cut": relations_cut,
+        "tags_cut": tags_cut,
         "errors": [e.to_json() for e in errors],
         "warnings": [w.to_json() for w in parsed.warnings],
         "skipped": parsed.skipped,
@@ -326,6 +337,9 @@ def run_job(
                 "threats": {"summary": result["threats"]["summary"]},
                 "links": result["links"],
                 "relations": result["relations"],
+                "links_cut": result["links_cut"],
+                "relations_cut": result["relations_cut"],
+                "tags_cut": result["tags_cut"],
                 "errors": result["errors"][:MAX_STORED_ERRORS],
                 "warnings": result["warnings"][:MAX_STORED_ERRORS],
                 "skipped": result["skipped"],

@@ -12,6 +12,11 @@ import msgspec
 from threatflow.iocs.types import IocType
 from threatflow.platform.vocabulary import MAX_TAGS, Severity, Tlp
 
+# The tags one IoC holds, as many as one item may name: every write unioned tags without limit (a MISP event's
+# import adds `misp-event:<uuid>`; one IoC held 19,200 and its /related took 100 s). Past it a write keeps the
+# stored tags and adds new ones while there is room; what it could not keep is counted (`tags_cut`).
+MAX_TAGS_PER_IOC = MAX_TAGS
+
 __all__ = [
     "DEFAULT_PAGE",
     "MAX_PAGE",
@@ -99,6 +104,7 @@ class ItemResult:
     reason: str | None = None
     type: str | None = None
     value: str | None = None
+    tags_cut: int = 0  # the item's tags (with its batch duplicates') the IoC could not keep: MAX_TAGS_PER_IOC
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"index": self.index, "status": self.status.value}
@@ -109,6 +115,8 @@ class ItemResult:
             out["value"] = self.value
         if self.reason is not None:
             out["reason"] = self.reason
+        if self.tags_cut:
+            out["tags_cut"] = self.tags_cut
         return out
 
 

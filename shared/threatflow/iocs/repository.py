@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from threatflow.iocs.model import DecayPolicy, IocFilter, IocRecord, UpsertItem
+from threatflow.iocs.model import MAX_TAGS_PER_IOC, DecayPolicy, IocFilter, IocRecord, UpsertItem
 from threatflow.platform.errors import ValidationError
 
 if TYPE_CHECKING:
@@ -42,16 +42,22 @@ _FIELDS = IOC_COLUMNS.replace(" ", "").split(",")
 # waited for the row (an analyst marking it TLP:RED, or creating it so, as the bridge sights it)
 # is kept. Reading the stored values from the statement's snapshot lost both. Rows are taken in
 # key order, so two batches lock the rows they share in the same order.
+# Tags: an IoC keeps at most :max_tags. The merge keeps every tag it holds (`i.tags`, the latest committed
+# version, locked), then the item's new ones in the order the item gives them, while there is room; every
+# write path ends here, so the bound holds for all of them and under concurrent writers. The statement answers,
+# per row, how many of the item's tags the IoC does not hold (`tags_cut`), by joining the written rows back to
+# the input (a correlated lookup of `input` per row was quadratic in the batch).
 _UPSERT = """
 WITH input AS (
     SELECT * FROM jsonb_to_recordset(CAST(:doc AS jsonb)) AS x(
         type text, value text, tags text[], sources text[], tlp text, confidence smallint, verdict text,
         seen_at timestamptz, first_seen timestamptz, expires_at timestamptz, description text, warninglists text[],
         base_score smallint)
-)
+), upserted AS (
 INSERT INTO iocs AS i (type, value, tags, sources, tlp, confidence, verdict, base_score, score, severity,
                        first_seen, last_seen, last_seen_day, detection_count, expires_at, warninglists, description)
-SELECT x.type, x.value, x.tags, x.sources, COALESCE(x.tlp, CAST(:default_tlp AS text)), COALESCE(x.confidence, 50),
+SELECT x.type, x.value, x.tags[1:CAST(:max_tags AS int)], x.sources, COALESCE(x.tlp, CAST(:default_tlp AS text)),
+       COALESCE(x.confidence, 50),
        COALESCE(x.verdict, 'unknown'), x.base_score, x.base_score,
        CASE WHEN x.base_score >= 90 THEN 'critical' WHEN x.base_score >= 70 THEN 'high'
             WHEN x.base_score >= 40 THEN 'medium' WHEN x.base_score >= 15 THEN 'low' ELSE 'info' END,
@@ -60,7 +66,13 @@ SELECT x.type, x.value, x.tags, x.sources, COALESCE(x.tlp, CAST(:default_tlp AS 
 FROM input x
 ORDER BY x.type, x.value
 ON CONFLICT (type, value) DO UPDATE SET
-    tags = ARRAY(SELECT DISTINCT unnest(i.tags || EXCLUDED.tags) ORDER BY 1),
+    tags = ARRAY(
+        SELECT kept.t FROM (
+            SELECT unnest(i.tags) AS t
+            UNION ALL
+            (SELECT n.t FROM unnest(EXCLUDED.tags) WITH ORDINALITY AS n(t, o) WHERE n.t <> ALL(i.tags)
+             ORDER BY n.o LIMIT GREATEST(0, CAST(:max_tags AS int) - cardinality(i.tags)))
+        ) AS kept ORDER BY 1),
     sources = ARRAY(SELECT DISTINCT unnest(i.sources || EXCLUDED.sources) ORDER BY 1),
     warninglists = EXCLUDED.warninglists,
     tlp = CASE WHEN i.tlp <> ALL(CAST(:readable AS text[]))
@@ -79,7 +91,10 @@ ON CONFLICT (type, value) DO UPDATE SET
                        ELSE COALESCE(EXCLUDED.description, i.description) END,
     active = true,
     updated_at = now()
-RETURNING id, type, value, (xmax = 0) AS inserted
+RETURNING id, type, value, (xmax = 0) AS inserted, tlp, tags
+)
+SELECT u.id, u.type, u.value, u.inserted, u.tlp, (SELECT count(*) FROM unnest(x.tags) AS t WHERE t <> ALL(u.tags)) AS tags_cut
+FROM upserted u JOIN input x ON x.type = u.type AND x.value = u.value
 """
 
 
@@ -89,6 +104,8 @@ class UpsertedRow:
     type: str
     value: str
     inserted: bool
+    tlp: str
+    tags_cut: int  # the item's tags the IoC does not hold: it was full (MAX_TAGS_PER_IOC)
 
 
 def _item_doc(item: UpsertItem, *, base_score: int) -> dict[str, Any]:
@@ -126,12 +143,14 @@ def _text(sql: str) -> Any:
 def upsert(conn: Connection, items: Sequence[UpsertItem], *, readable: Sequence[str], default_tlp: str = "amber") -> list[UpsertedRow]:
     """Merge items (unique by type and value) in one statement. `readable` is the TLPs the writer may read (its
     clearance): a stored IoC marked above them takes an item as a sighting only, its TLP, confidence, verdict and
-    description kept (an amber analyst's item with tlp clear declassified a red IoC)."""
+    description kept (an amber analyst's item with tlp clear declassified a red IoC). An IoC keeps at most
+    MAX_TAGS_PER_IOC tags: those it holds, then the item's new ones in the item's order (`UpsertedRow.tags_cut`)."""
     if not items:
         return []
     doc = msgspec.json.encode([_item_doc(i, base_score=i.confidence if i.confidence is not None else 50) for i in items]).decode()
-    rows = conn.execute(_text(_UPSERT), {"doc": doc, "default_tlp": default_tlp, "readable": list(readable)}).all()
-    return [UpsertedRow(int(r[0]), r[1], r[2], bool(r[3])) for r in rows]
+    params = {"doc": doc, "default_tlp": default_tlp, "readable": list(readable), "max_tags": MAX_TAGS_PER_IOC}
+    rows = conn.execute(_text(_UPSERT), params).all()
+    return [UpsertedRow(int(r[0]), r[1], r[2], bool(r[3]), str(r[4]), int(r[5])) for r in rows]
 
 
 def set_policy(conn: Connection, policy: DecayPolicy) -> DecayPolicy | None:

@@ -11,7 +11,7 @@ import msgspec
 
 from threatflow.adapters.postgres import unit_of_work
 from threatflow.iocs import repository
-from threatflow.iocs.model import DecayPolicy, IocRecord, ItemResult, ItemStatus, Tlp, UpsertItem, Verdict
+from threatflow.iocs.model import MAX_TAGS_PER_IOC, DecayPolicy, IocRecord, ItemResult, ItemStatus, Tlp, UpsertItem, Verdict
 from threatflow.iocs.normalise import normalise
 from threatflow.platform import limits
 from threatflow.platform.errors import NotFoundError, PayloadTooLargeError, ValidationError
@@ -121,16 +121,18 @@ def upsert_batch(
     `warninglists` and `policies` are required: the caller passes the runtime's snapshots
     (`runtime.warninglist_matcher()`, None only when the lists are off or not loaded yet). So is `clearance`, the
     writer's (auth.clearance.of(principal), or SYSTEM for the product's own writers): a stored IoC above it is only
-    sighted by an item, never re-marked or rewritten."""
+    sighted by an item, never re-marked or rewritten. An IoC holds at most MAX_TAGS_PER_IOC tags; an item's result
+    and the summary count what could not be kept (`tags_cut`; one value's items count on the first)."""
     if len(raw_items) > MAX_BATCH:
         raise PayloadTooLargeError(f"at most {MAX_BATCH} indicators per batch; got {len(raw_items)}")
     started = time.perf_counter()
     results: dict[int, ItemResult] = {}
     first_of: dict[tuple[str, str], UpsertItem] = {}
     duplicates: list[UpsertItem] = []
-    # Tags and sources of items merged into a first one, sorted once at the end: sorting the union at every
-    # duplicate was quadratic (5,000 items of one value with 64 tags each, 3.5 MB, ran past 300 s).
-    merged: dict[tuple[str, str], tuple[set[str], set[str]]] = {}
+    # Tags and sources of items merged into a first one, set once at the end: sorting the union at every duplicate
+    # was quadratic (5,000 items of one value with 64 tags each, 3.5 MB, ran past 300 s). Tags keep the order
+    # they come in (a dict as an ordered set), so the IoC's bound keeps the first ones deterministically.
+    merged: dict[tuple[str, str], tuple[dict[str, None], set[str]]] = {}
     for index, raw in enumerate(raw_items):
         try:
             item = prepare(raw, index, policies=policies, now=now, warninglists=warninglists)
@@ -142,22 +144,26 @@ def upsert_batch(
         if first is None:
             first_of[key] = item
         else:  # the same indicator twice in one batch: merge into the first
-            tags, sources = merged.setdefault(key, (set(first.tags), set(first.sources)))
-            tags.update(item.tags)
+            tags, sources = merged.setdefault(key, (dict.fromkeys(first.tags), set(first.sources)))
+            tags.update(dict.fromkeys(item.tags))
             sources.update(item.sources)
             if item.first_seen is not None:  # an earlier sighting it names: kept, as a later batch's would be
                 first.first_seen = min(first.first_seen or first.seen_at or item.first_seen, item.first_seen)
             if item.tlp is not None and (first.tlp is None or Tlp(item.tlp).rank > Tlp(first.tlp).rank):
                 first.tlp = item.tlp  # the most restrictive TLP the batch names for it: a merge never lowers a marking
             duplicates.append(item)
+    cut_here: dict[tuple[str, str], int] = {}  # merged tags past what one IoC holds, cut before the store sees them
     for key, (tags, sources) in merged.items():
-        first_of[key].tags, first_of[key].sources = sorted(tags), sorted(sources)
+        ordered_tags = list(tags)
+        cut_here[key] = max(0, len(ordered_tags) - MAX_TAGS_PER_IOC)
+        first_of[key].tags, first_of[key].sources = ordered_tags[:MAX_TAGS_PER_IOC], sorted(sources)
     rows = repository.upsert(conn, list(first_of.values()), readable=Tlp(clearance).at_most())
     by_key = {(r.type, r.value): r for r in rows}
     for key, item in first_of.items():
         row = by_key[key]
         status = ItemStatus.CREATED if row.inserted else ItemStatus.UPDATED
-        results[item.index] = ItemResult(item.index, status, id=row.id, type=item.type, value=item.value)
+        tags_cut = row.tags_cut + cut_here.get(key, 0)
+        results[item.index] = ItemResult(item.index, status, id=row.id, type=item.type, value=item.value, tags_cut=tags_cut)
     for item in duplicates:
         row = by_key[(item.type, item.value)]
         results[item.index] = ItemResult(
@@ -173,6 +179,7 @@ def upsert_batch(
     for result in ordered:
         summary[result.status.value] += 1
     summary["total"] = len(ordered)
+    summary["tags_cut"] = sum(r.tags_cut for r in ordered)
     summary["took_ms"] = round((time.perf_counter() - started) * 1000, 1)
     return {"results": [r.to_json() for r in ordered], "summary": summary}
 
