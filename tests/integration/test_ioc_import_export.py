@@ -465,6 +465,77 @@ def test_an_async_import_writes_with_its_requesters_clearance(api, db, function_
     assert db.scalar("SELECT tlp || ':' || description || ':' || detection_count FROM iocs WHERE value = '198.18.7.7'") == "red:kept:2"
 
 
+@pytest.fixture
+def queued_by(function_client, backend_env, import_queue):
+    """Queues an async import as a new analyst cleared for red; returns the job's status URL, a change made as an
+    admin to that account (admin API) before the worker runs, and the worker's delivery."""
+    url = backend_env["DATABASE_URL"]
+    auth, admin_api = function_client("auth"), function_client("admin")
+    boss = auth.post("/api/v1/auth/token", json={"username": "boss", "password": create_user(url, "boss", "admin")}).get_json()
+    as_admin = {"Authorization": f"Bearer {boss['access_token']}"}
+    iocs = function_client("iocs", ATTACK_DATA_PATH=str(ATTACK))
+
+    class Queued:
+        def __init__(self, username, content):
+            password = create_user(url, username, "analyst", clearance="red")
+            token = auth.post("/api/v1/auth/token", json={"username": username, "password": password}).get_json()["access_token"]
+            self.username = username
+            queued = iocs.post(
+                "/api/v1/iocs/import?async=true",
+                json={"format": "json", "content": content},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert queued.status_code == 202, queued.get_data(as_text=True)[:300]
+            self.job_id = queued.get_json()["job_id"]
+
+        def patch(self, **change):
+            response = admin_api.patch(f"/api/v1/admin/users/{self.username}", json=change, headers=as_admin)
+            assert response.status_code == 200, response.get_json()
+
+        def disable(self):
+            assert admin_api.post(f"/api/v1/admin/users/{self.username}/disable", headers=as_admin).status_code in (200, 204)
+
+        def run(self):
+            assert function_client("ioc-import").post("/", json=_push(import_queue())).status_code == 200  # acked either way
+            return iocs.get(f"/api/v1/iocs/import/{self.job_id}", headers=as_admin).get_json()
+
+    return Queued
+
+
+def test_an_async_import_writes_with_its_requesters_clearance_when_it_runs(api, db, queued_by):
+    """The job stored the clearance its requester had when it was queued and wrote with it: an analyst cleared for
+    red, lowered to amber before the worker ran, still rewrote and declassified a red IoC through a queued import."""
+    made = api.post("/api/v1/iocs/batch", {"iocs": [{"value": "198.18.7.8", "tlp": "red", "description": "kept"}]}).get_json()
+    assert made["summary"]["created"] == 1, made
+    job = queued_by("lowered1", [{"value": "198.18.7.8", "tlp": "clear", "description": "declassified"}])
+    job.patch(clearance="amber")
+    ran = job.run()
+    assert ran["state"] == "succeeded", ran
+    assert db.scalar("SELECT tlp || ':' || description || ':' || detection_count FROM iocs WHERE value = '198.18.7.8'") == "red:kept:2"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("disable", "disabled or no longer exists"),
+        ({"role": "reader"}, "analyst"),
+        ({"password": "a brand new passphrase 42"}, "changed since"),
+    ],
+)
+def test_an_async_import_is_refused_when_its_requesters_account_changed_before_it_ran(db, queued_by, change, message):
+    """A queued job acts for its requester as the token that queued it did: once that token would be refused (the
+    account disabled, its role or password changed) or the role no longer writes, the job fails and writes nothing.
+    Before, the worker ran it whatever had happened to the account since."""
+    job = queued_by("leaver1", [{"value": "198.18.7.9", "tags": ["from-a-leaver"]}])
+    if change == "disable":
+        job.disable()
+    else:
+        job.patch(**change)
+    ran = job.run()
+    assert ran["state"] == "failed" and message in ran["error"], ran
+    assert db.scalar("SELECT count(*) FROM iocs WHERE value = '198.18.7.9'") == 0
+
+
 def test_a_value_marked_red_in_one_chunk_of_a_large_import_is_not_lowered_by_a_later_chunk(db, backend_env):
     """An import is upserted in chunks of upsert_batch's 10,000 items, all in one transaction; the strictest-TLP
     merge held within a chunk only, so the same value marked red early in a large feed and green (or unmarked,
