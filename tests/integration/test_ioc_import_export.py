@@ -536,6 +536,32 @@ def test_an_async_import_is_refused_when_its_requesters_account_changed_before_i
     assert db.scalar("SELECT count(*) FROM iocs WHERE value = '198.18.7.9'") == 0
 
 
+def test_a_job_queued_before_requester_ids_were_stored_is_checked_by_username(backend_env):
+    """Jobs already queued when this shipped name their requester by username only (and a clearance, now ignored)."""
+    from threatflow.adapters.postgres import create_engine, unit_of_work
+    from threatflow.auth.model import Role
+    from threatflow.auth.repository import UserRepository
+    from threatflow.auth.service import acting_for
+    from threatflow.platform.config import Settings
+    from threatflow.platform.errors import AuthError
+
+    url = backend_env["DATABASE_URL"]
+    create_user(url, "oldjob1", "analyst", clearance="green")
+    engine = create_engine(Settings.from_env({"DATABASE_URL": url}))
+    try:
+        with unit_of_work(engine) as conn:
+            users = UserRepository(conn)
+            found = acting_for(users, user_id=None, username="OldJob1", version=None, role=Role.ANALYST)
+            assert (found.username, found.clearance) == ("oldjob1", "green")
+            users.set_disabled("oldjob1", True)
+            with pytest.raises(AuthError, match="disabled or no longer exists"):
+                acting_for(users, user_id=None, username="oldjob1", version=None, role=Role.ANALYST)
+            with pytest.raises(AuthError, match="disabled or no longer exists"):
+                acting_for(users, user_id=None, username=None, version=None, role=Role.ANALYST)
+    finally:
+        engine.dispose()
+
+
 def test_a_value_marked_red_in_one_chunk_of_a_large_import_is_not_lowered_by_a_later_chunk(db, backend_env):
     """An import is upserted in chunks of upsert_batch's 10,000 items, all in one transaction; the strictest-TLP
     merge held within a chunk only, so the same value marked red early in a large feed and green (or unmarked,

@@ -27,6 +27,9 @@ import msgspec
 
 from threatflow.adapters.postgres import unit_of_work
 from threatflow.auth import clearance as tlp_clearance
+from threatflow.auth import service as auth_service
+from threatflow.auth.model import Role
+from threatflow.auth.repository import UserRepository
 from threatflow.intel import repository as intel_repository
 from threatflow.intel.formats import ItemError, ParsedImport, ParsedIoc, ParsedThreat, parse
 from threatflow.intel.formats.misp import MAX_THREATS_PER_IOC
@@ -303,13 +306,21 @@ def run_job(
             parsed = parse_request(body)
             documents.set(IMPORT_JOBS, job_id, {"progress": {"stage": "parsed", **parsed.summary()}}, merge=True)
             with unit_of_work(engine) as conn:  # the message's one unit of work
+                # The requester's account now, in the import's transaction: a job queued before its requester was
+                # disabled, demoted or lowered wrote with the clearance stored when it was queued.
+                requester = auth_service.acting_for(
+                    UserRepository(conn),
+                    user_id=job.get("requested_by_id"),
+                    username=job.get("requested_by"),
+                    version=job.get("requester_version"),
+                    role=Role.ANALYST,
+                )
                 result = apply_import(
                     parsed,
                     conn=conn,
                     now=clock.now(),
-                    actor=job.get("requested_by"),
-                    # a job queued before clearances were stored writes as the lowest: it re-marks nothing above clear
-                    clearance=str(job.get("clearance") or tlp_clearance.TLP_ORDER[0]),
+                    actor=requester.username,
+                    clearance=tlp_clearance.of(requester),
                     catalog=catalog() if needs_catalog(parsed) else None,
                     warninglists=warninglists(),
                     policies=policies(),
