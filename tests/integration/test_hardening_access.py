@@ -337,6 +337,34 @@ def test_an_analyst_cannot_declassify_or_rewrite_an_ioc_above_their_clearance(ma
     assert iocs.get(f"/api/v1/iocs/{marked['ids']['amber']}", headers=amber).get_json()["tlp"] == "green"
 
 
+def test_a_write_merged_into_an_ioc_above_the_writers_clearance_answers_no_more_than_that_it_merged(marked, function_client, backend_env):
+    """An amber analyst who sent a red IoC's value got `updated` with the red IoC's id (and, once IoCs held a bounded
+    number of tags, would have learnt from `tags_cut` how full it is). The item is still merged, a sighting (see
+    Merging): the answer says `updated` and nothing about the IoC, no id, no tags cut. That it exists at all still
+    shows (`updated`, not `created`): one IoC per value, README "Existence of a value above your clearance"."""
+    url = backend_env["DATABASE_URL"]
+    amber = _bearer(_login(function_client("auth"), "amberprobe", create_user(url, "amberprobe", "analyst")))
+    iocs, writer, red_id = marked["iocs"], marked["writer"], marked["ids"]["red"]
+    full = {"value": "red.tlp-test.com", "tags": [f"t{i:02d}" for i in range(63)]}  # with shared-tag: the IoC is full
+    assert iocs.post("/api/v1/iocs/batch", json={"iocs": [full]}, headers=writer).get_json()["summary"]["tags_cut"] == 0
+    before = iocs.get(f"/api/v1/iocs/{red_id}", headers=writer).get_json()["detection_count"]
+
+    probe = [{"value": "red.tlp-test.com", "tags": ["probe"]}, {"value": "red.tlp-test.com"}]
+    body = iocs.post("/api/v1/iocs/batch", json={"iocs": probe}, headers=amber).get_json()
+    assert body["results"][0] == {"index": 0, "status": "updated", "type": "domain", "value": "red.tlp-test.com"}, body
+    assert "id" not in body["results"][1] and body["results"][1]["status"] == "unchanged", body
+    assert body["summary"]["tags_cut"] == 0 and body["summary"]["updated"] == 1
+    imported = iocs.post("/api/v1/iocs/import", json={"format": "json", "content": {"iocs": probe[:1]}}, headers=amber).get_json()
+    assert "id" not in imported["iocs"]["results"][0] and imported["tags_cut"] == 0, imported
+    assert not any(e["ref"] == "tags" for e in imported["errors"]), imported["errors"]
+    # Within the writer's clearance the answer is as before.
+    own = iocs.post("/api/v1/iocs/batch", json={"iocs": [{"value": "amber.tlp-test.com"}]}, headers=amber).get_json()
+    assert own["results"][0]["id"] == marked["ids"]["amber"] and own["results"][0]["status"] == "updated"
+    # Still merged: those cleared for red see the sightings.
+    stored = iocs.get(f"/api/v1/iocs/{red_id}", headers=writer).get_json()
+    assert stored["detection_count"] == before + 2 and len(stored["tags"]) == 64 and "probe" not in stored["tags"]
+
+
 def test_an_analyst_cannot_declassify_or_rewrite_a_threat_above_their_clearance(marked, function_client, backend_env):
     """Threats merge by name or alias, and a given TLP, description, confidence or severity replaced the stored one
     whatever the caller's clearance: an amber analyst naming the red threat "RedOnly" with tlp clear made it, and the
