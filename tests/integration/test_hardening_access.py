@@ -360,6 +360,8 @@ def test_a_write_merged_into_an_ioc_above_the_writers_clearance_answers_no_more_
     # Within the writer's clearance the answer is as before.
     own = iocs.post("/api/v1/iocs/batch", json={"iocs": [{"value": "amber.tlp-test.com"}]}, headers=amber).get_json()
     assert own["results"][0]["id"] == marked["ids"]["amber"] and own["results"][0]["status"] == "updated"
+    raised = iocs.post("/api/v1/iocs/batch", json={"iocs": [{"value": "green.tlp-test.com", "tlp": "red"}]}, headers=amber).get_json()
+    assert raised["results"][0]["id"] == marked["ids"]["green"], raised  # it could read the IoC its item marked red
     # Still merged: those cleared for red see the sightings.
     stored = iocs.get(f"/api/v1/iocs/{red_id}", headers=writer).get_json()
     assert stored["detection_count"] == before + 2 and len(stored["tags"]) == 64 and "probe" not in stored["tags"]

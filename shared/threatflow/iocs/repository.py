@@ -53,6 +53,9 @@ WITH input AS (
         type text, value text, tags text[], sources text[], tlp text, confidence smallint, verdict text,
         seen_at timestamptz, first_seen timestamptz, expires_at timestamptz, description text, warninglists text[],
         base_score smallint)
+), before AS (
+    -- the statement's snapshot, before the merge: whether the writer could read the IoC it merged into
+    SELECT b.type, b.value, b.tlp FROM iocs b JOIN input x ON b.type = x.type AND b.value = x.value
 ), upserted AS (
 INSERT INTO iocs AS i (type, value, tags, sources, tlp, confidence, verdict, base_score, score, severity,
                        first_seen, last_seen, last_seen_day, detection_count, expires_at, warninglists, description)
@@ -93,8 +96,10 @@ ON CONFLICT (type, value) DO UPDATE SET
     updated_at = now()
 RETURNING id, type, value, (xmax = 0) AS inserted, tlp, tags
 )
-SELECT u.id, u.type, u.value, u.inserted, u.tlp, (SELECT count(*) FROM unnest(x.tags) AS t WHERE t <> ALL(u.tags)) AS tags_cut
+SELECT u.id, u.type, u.value, u.inserted, COALESCE(b.tlp, u.tlp),
+       (SELECT count(*) FROM unnest(x.tags) AS t WHERE t <> ALL(u.tags)) AS tags_cut
 FROM upserted u JOIN input x ON x.type = u.type AND x.value = u.value
+LEFT JOIN before b ON b.type = u.type AND b.value = u.value
 """
 
 
@@ -104,7 +109,7 @@ class UpsertedRow:
     type: str
     value: str
     inserted: bool
-    tlp: str
+    tlp_before: str  # the TLP the IoC had when the item merged into it (a new one's own): could the writer read it?
     tags_cut: int  # the item's tags the IoC does not hold: it was full (MAX_TAGS_PER_IOC)
 
 

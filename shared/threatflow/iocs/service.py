@@ -157,19 +157,25 @@ def upsert_batch(
         ordered_tags = list(tags)
         cut_here[key] = max(0, len(ordered_tags) - MAX_TAGS_PER_IOC)
         first_of[key].tags, first_of[key].sources = ordered_tags[:MAX_TAGS_PER_IOC], sorted(sources)
-    rows = repository.upsert(conn, list(first_of.values()), readable=Tlp(clearance).at_most())
+    readable = Tlp(clearance).at_most()
+    rows = repository.upsert(conn, list(first_of.values()), readable=readable)
     by_key = {(r.type, r.value): r for r in rows}
+    # An IoC above the writer's clearance does not exist for them: an item merged into it (a sighting) is answered
+    # `updated` with nothing about the IoC, neither its id nor how many tags it could not take. That it exists
+    # still shows (not `created`); README, "Existence of a value above your clearance".
+    hidden = {key for key, row in by_key.items() if not row.inserted and row.tlp_before not in readable}
     for key, item in first_of.items():
         row = by_key[key]
         status = ItemStatus.CREATED if row.inserted else ItemStatus.UPDATED
-        tags_cut = row.tags_cut + cut_here.get(key, 0)
-        results[item.index] = ItemResult(item.index, status, id=row.id, type=item.type, value=item.value, tags_cut=tags_cut)
+        tags_cut = 0 if key in hidden else row.tags_cut + cut_here.get(key, 0)
+        shown_id = None if key in hidden else row.id
+        results[item.index] = ItemResult(item.index, status, id=shown_id, type=item.type, value=item.value, tags_cut=tags_cut)
     for item in duplicates:
-        row = by_key[(item.type, item.value)]
+        key = (item.type, item.value)
         results[item.index] = ItemResult(
             item.index,
             ItemStatus.UNCHANGED,
-            id=row.id,
+            id=None if key in hidden else by_key[key].id,
             type=item.type,
             value=item.value,
             reason="duplicate of an earlier item in this batch",
