@@ -44,11 +44,13 @@ _FIELDS = IOC_COLUMNS.replace(" ", "").split(",")
 # key order, so two batches lock the rows they share in the same order.
 # Tags: an IoC keeps at most :max_tags. The merge keeps every tag it holds (`i.tags`, the latest committed
 # version, locked), then the item's new ones in the order the item gives them, while there is room; every
-# write path ends here, so the bound holds for all of them and under concurrent writers. RETURNING gives the
-# tags of a full IoC only (`full_tags`: below the bound nothing was cut), and the TLP the IoC had before this
-# statement (`tlp_before`: a subquery sees the statement's snapshot, not its own writes), by primary key.
-# Joining the written rows back to `input` instead was planned as a nested loop (the planner takes a
-# jsonb_to_recordset for 100 rows): 16 times slower for 10,000 updates.
+# write path ends here, so the bound holds for all of them and under concurrent writers. RETURNING counts, for
+# an updated IoC that is full (below the bound nothing was cut; a new one holds its item's first :max_tags),
+# the item's tags it does not hold (`tags_cut`), looked up in :item_tags, the items' tags keyed by "type value";
+# and it gives the TLP the IoC had before this statement (`tlp_before`: a subquery sees the statement's snapshot,
+# not its own writes), by primary key. Joining the written rows back to `input` instead was planned as a nested
+# loop (the planner takes a jsonb_to_recordset for 100 rows): 16 times slower for 10,000 updates; returning a
+# full IoC's tags to count here was 1.7 times slower for 10,000 updates of full IoCs (bench_upsert_ab.py --full).
 _UPSERT = """
 WITH input AS (
     SELECT * FROM jsonb_to_recordset(CAST(:doc AS jsonb)) AS x(
@@ -95,7 +97,9 @@ ON CONFLICT (type, value) DO UPDATE SET
     updated_at = now()
 RETURNING id, type, value, (xmax = 0) AS inserted,
     COALESCE((SELECT b.tlp FROM iocs b WHERE b.id = i.id), i.tlp) AS tlp_before,
-    CASE WHEN cardinality(i.tags) >= CAST(:max_tags AS int) THEN i.tags END AS full_tags
+    CASE WHEN NOT (xmax = 0) AND cardinality(i.tags) >= CAST(:max_tags AS int) THEN (
+        SELECT count(*) FROM jsonb_array_elements_text(CAST(:item_tags AS jsonb) -> (i.type || ' ' || i.value)) AS t(tag)
+        WHERE t.tag <> ALL(i.tags)) ELSE 0 END AS tags_cut
 """
 
 
@@ -106,7 +110,7 @@ class UpsertedRow:
     value: str
     inserted: bool
     tlp_before: str  # the TLP the IoC had when the item merged into it (a new one's own): could the writer read it?
-    full_tags: list[str] | None  # the IoC's tags when it holds MAX_TAGS_PER_IOC or more (an item's may have been cut)
+    tags_cut: int  # the item's tags a full IoC does not hold (MAX_TAGS_PER_IOC); 0 for a new one
 
 
 def _item_doc(item: UpsertItem, *, base_score: int) -> dict[str, Any]:
@@ -145,13 +149,14 @@ def upsert(conn: Connection, items: Sequence[UpsertItem], *, readable: Sequence[
     """Merge items (unique by type and value) in one statement. `readable` is the TLPs the writer may read (its
     clearance): a stored IoC marked above them takes an item as a sighting only, its TLP, confidence, verdict and
     description kept (an amber analyst's item with tlp clear declassified a red IoC). An IoC keeps at most
-    MAX_TAGS_PER_IOC tags: those it holds, then the item's new ones in the item's order (`UpsertedRow.full_tags`)."""
+    MAX_TAGS_PER_IOC tags: those it holds, then the item's new ones in the item's order (`UpsertedRow.tags_cut`)."""
     if not items:
         return []
     doc = msgspec.json.encode([_item_doc(i, base_score=i.confidence if i.confidence is not None else 50) for i in items]).decode()
-    params = {"doc": doc, "default_tlp": default_tlp, "readable": list(readable), "max_tags": MAX_TAGS_PER_IOC}
+    item_tags = msgspec.json.encode({f"{i.type} {i.value}": i.tags for i in items if i.tags}).decode()
+    params = {"doc": doc, "default_tlp": default_tlp, "readable": list(readable), "max_tags": MAX_TAGS_PER_IOC, "item_tags": item_tags}
     rows = conn.execute(_text(_UPSERT), params).all()
-    return [UpsertedRow(int(r[0]), r[1], r[2], bool(r[3]), str(r[4]), list(r[5]) if r[5] is not None else None) for r in rows]
+    return [UpsertedRow(int(r[0]), r[1], r[2], bool(r[3]), str(r[4]), int(r[5])) for r in rows]
 
 
 def set_policy(conn: Connection, policy: DecayPolicy) -> DecayPolicy | None:

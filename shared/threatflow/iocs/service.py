@@ -167,8 +167,7 @@ def upsert_batch(
     for key, item in first_of.items():
         row = by_key[key]
         status = ItemStatus.CREATED if row.inserted else ItemStatus.UPDATED
-        kept = set(row.full_tags) if row.full_tags is not None else None  # None: the IoC is not full, nothing was cut
-        tags_cut = 0 if key in hidden else cut_here.get(key, 0) + (sum(t not in kept for t in item.tags) if kept is not None else 0)
+        tags_cut = 0 if key in hidden else row.tags_cut + cut_here.get(key, 0)
         shown_id = None if key in hidden else row.id
         results[item.index] = ItemResult(item.index, status, id=shown_id, type=item.type, value=item.value, tags_cut=tags_cut)
     for item in duplicates:
