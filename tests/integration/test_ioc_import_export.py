@@ -541,7 +541,7 @@ def test_a_job_queued_before_requester_ids_were_stored_is_checked_by_username(ba
     from threatflow.adapters.postgres import create_engine, unit_of_work
     from threatflow.auth.model import Role
     from threatflow.auth.repository import UserRepository
-    from threatflow.auth.service import acting_for
+    from threatflow.auth.requester import acting_for
     from threatflow.platform.config import Settings
     from threatflow.platform.errors import AuthError
 

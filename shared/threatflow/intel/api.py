@@ -88,7 +88,7 @@ def register(router: Router, runtime: Runtime) -> None:
                 "size_bytes": len(request.body),
                 "blob": name,
                 "requested_by": request.principal.username if request.principal else None,
-                # The job acts for this account as it is when the job runs (auth.service.acting_for): its current
+                # The job acts for this account as it is when the job runs (auth.requester.acting_for): its current
                 # clearance, and no run once the token that queued it would be refused.
                 "requested_by_id": request.principal.user_id if request.principal else None,
                 "requester_version": request.principal.version if request.principal else None,

@@ -27,7 +27,7 @@ import msgspec
 
 from threatflow.adapters.postgres import unit_of_work
 from threatflow.auth import clearance as tlp_clearance
-from threatflow.auth import service as auth_service
+from threatflow.auth import requester as auth_requester
 from threatflow.auth.model import Role
 from threatflow.auth.repository import UserRepository
 from threatflow.intel import repository as intel_repository
@@ -308,7 +308,7 @@ def run_job(
             with unit_of_work(engine) as conn:  # the message's one unit of work
                 # The requester's account now, in the import's transaction: a job queued before its requester was
                 # disabled, demoted or lowered wrote with the clearance stored when it was queued.
-                requester = auth_service.acting_for(
+                requester = auth_requester.acting_for(
                     UserRepository(conn),
                     user_id=job.get("requested_by_id"),
                     username=job.get("requested_by"),
