@@ -416,6 +416,7 @@ def test_async_import_through_the_ioc_import_function(api, db, function_client, 
     assert job["state"] == "succeeded" and job["attempts"] == 1
     assert job["result"]["iocs"]["summary"]["created"] == 2000 and job["result"]["iocs"]["summary"]["rejected"] == 1
     assert job["progress"]["iocs"] == 2001 and job["result"]["iocs"]["rejected"][0]["ref"] == "#2000"
+    assert (job["result"]["links_cut"], job["result"]["relations_cut"], job["result"]["tags_cut"]) == (0, 0, 0)
     assert db.scalar("SELECT count(*) FROM iocs WHERE 'async-test' = ANY(sources)") == 2000
     # A redelivery of a finished job does nothing.
     assert worker.post("/", json=_push(pulled)).status_code == 200

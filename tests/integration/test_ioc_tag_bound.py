@@ -147,3 +147,43 @@ def test_the_flow_bridge_leaves_a_full_ioc_full_and_counts_its_tags_cut(backend_
         engine.dispose()
     assert again.updated == 1 and again.to_json()["tags_cut"] == 3  # flow-detected and two categories
     assert db.tags("203.0.113.77") == FULL
+
+
+def test_two_writers_adding_tags_at_once_leave_the_ioc_within_the_bound(api, db, backend_env):
+    """The bound is applied to the row as the upsert locked it: a writer that waited for another's commit merges
+    into the tags that one left, so two concurrent writes of 40 new tags each cannot leave 80."""
+    import threading
+
+    from threatflow.adapters.postgres import create_engine, unit_of_work
+    from threatflow.iocs import repository as ioc_repository
+    from threatflow.iocs import service
+    from threatflow.platform.config import Settings
+
+    assert _batch(api, [{"value": "198.51.100.44"}])["summary"]["created"] == 1
+    engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
+    with engine.connect() as conn:
+        policies = ioc_repository.policies(conn)
+
+    def write(conn, prefix):
+        item = service.IocIn(value="198.51.100.44", tags=[f"{prefix}{i:02d}" for i in range(40)])
+        now = datetime.now(UTC)
+        return service.upsert_batch([item], conn=conn, now=now, warninglists=None, policies=policies, clearance="red")
+
+    second = {}
+    try:
+        with unit_of_work(engine) as first_conn:
+            first = write(first_conn, "a")  # holds the row's lock until this block commits
+
+            def other():
+                with unit_of_work(engine) as conn:
+                    second["result"] = write(conn, "b")
+
+            waiting = threading.Thread(target=other)
+            waiting.start()
+            waiting.join(timeout=1)
+            assert waiting.is_alive()  # blocked on the row
+        waiting.join(timeout=30)
+    finally:
+        engine.dispose()
+    assert first["summary"]["tags_cut"] == 0 and second["result"]["summary"]["tags_cut"] == 16
+    assert db.tags("198.51.100.44") == sorted([f"a{i:02d}" for i in range(40)] + [f"b{i:02d}" for i in range(24)])
