@@ -1,6 +1,8 @@
 """The rate limits of a read cost one Redis round trip (both keys in one GCRA script), with the
 refusals, their order and Retry-After of separate per-key checks; against the real Redis of the run."""
 
+import uuid
+
 import pytest
 import redis
 from helpers import create_user
@@ -121,3 +123,66 @@ def test_a_refused_user_is_remembered_after_the_token_check_and_a_refused_write_
     assert writer.post("/api/v1/auth/token", json=login, headers=headers).status_code == 429
     assert _delta(before, _commands(stats)) == {}  # neither the limiter nor the lockout script ran
     stats.close()
+
+
+def _limiter(backend_env, *, open_seconds=0):
+    from threatflow.adapters.redis import CircuitBreaker, RateLimiter, connect
+
+    return RateLimiter(connect(backend_env["REDIS_URL"]), breaker=CircuitBreaker(open_seconds=open_seconds))
+
+
+def _kill_other_clients(url):
+    admin = redis.Redis.from_url(url)
+    try:
+        assert admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes") >= 1
+    finally:
+        admin.close()
+
+
+def test_hit_all_on_a_threads_own_connection_reloads_a_flushed_script_and_charges_once(backend_env):
+    """A read's check runs on the thread's own connection with EVALSHA; a Redis that lost its scripts
+    (SCRIPT FLUSH, a restart) is sent the script again, and the request is charged once, not twice."""
+    limiter = _limiter(backend_env)
+    key = f"flushed:{uuid.uuid4().hex}"
+    assert limiter.hit_all([(key, 3, 60)]) is None
+    admin = redis.Redis.from_url(backend_env["REDIS_URL"])
+    admin.script_flush()
+    before = _commands(admin)
+    assert limiter.hit_all([(key, 3, 60)]) is None  # NOSCRIPT, SCRIPT LOAD, EVALSHA
+    assert _delta(before, _commands(admin)) == {"evalsha": 2, "script|load": 1, "time": 1, "get": 1, "set": 1}
+    assert limiter.hit_all([(key, 3, 60)]) is None
+    refused = limiter.hit_all([(key, 3, 60)])  # the 4th request of 3 allowed: each was charged once
+    assert refused is not None and refused.index == 0
+    admin.close()
+
+
+def test_a_kept_connection_that_redis_closed_is_replaced_and_the_request_charged_once(backend_env):
+    """Each thread keeps its connection (no pool checkout per read). Redis closing them all (a restart,
+    CLIENT KILL) costs no failure: each thread's next check is sent again on a new connection, as the pool's
+    checkout check replaced a dead connection before, and Redis charges it once: the breaker stays closed."""
+    import threading
+
+    limiter = _limiter(backend_env, open_seconds=60)
+    key = f"closed:{uuid.uuid4().hex}"
+    kept, go, outcomes = threading.Event(), threading.Event(), []
+
+    def other_thread() -> None:
+        outcomes.append(limiter.hit_all([(key, 4, 60)]))  # keeps a connection of its own
+        kept.set()
+        go.wait(10)
+        try:
+            outcomes.append(limiter.hit_all([(key, 4, 60)]))
+        except Exception as exc:
+            outcomes.append(exc)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    assert kept.wait(10)
+    assert limiter.hit_all([(key, 4, 60)]) is None
+    _kill_other_clients(backend_env["REDIS_URL"])  # both threads' connections
+    assert limiter.hit_all([(key, 4, 60)]) is None  # no DependencyError
+    go.set()
+    thread.join(10)
+    assert outcomes == [None, None]
+    refused = limiter.hit_all([(key, 4, 60)])  # the 5th request of 4 allowed: none was charged twice
+    assert refused is not None and refused.index == 0

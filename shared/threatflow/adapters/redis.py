@@ -159,6 +159,8 @@ class RateLimiter:
         self._script = client.register_script(_GCRA)
         self._script_all = client.register_script(_GCRA_ALL)  # EVALSHA; redis-py loads it again on NOSCRIPT
         self._prefix = prefix
+        self._args: dict[tuple[int, int], tuple[bytes, bytes]] = {}  # a handful of configured limits
+        self._local = threading.local()  # .client: this thread's own connection (a single-connection Redis)
 
     def hit(self, key: str, *, limit: int, period_seconds: int, cost: int = 1) -> Decision:
         interval_ms = period_seconds * 1000 / limit
@@ -168,17 +170,67 @@ class RateLimiter:
         )
         return Decision(bool(allowed), int(retry_ms) / 1000.0, int(remaining))
 
+    def _gcra_args(self, limit: int, period_seconds: int) -> tuple[bytes, bytes]:
+        """A limit's interval and tolerance (ms) as the bytes redis-py sends for them (repr of the float)."""
+        args = self._args.get((limit, period_seconds))
+        if args is None:
+            interval_ms = period_seconds * 1000 / limit
+            args = self._args[(limit, period_seconds)] = (repr(interval_ms).encode(), repr(interval_ms * limit).encode())
+        return args
+
+    def _evalsha(self, script: Any, keys: list[str], args: list[bytes]) -> Any:
+        """EVALSHA as Script.__call__ sends it (loading the script again on NOSCRIPT), on this thread's
+        own connection, without its per-call checks and argument encoding: this runs on every read.
+
+        The thread keeps a connection taken from the client's pool. redis-py checks a pooled connection
+        for unread data at every checkout: three socket calls (non-blocking, a recv, blocking again),
+        each of which lets another thread take the GIL and makes this one wait to get it back. A kept
+        connection is not checked; redis-py closes it after any error, so nothing unread is ever left
+        on it. A ConnectionError on a kept connection is one Redis closed while it was kept (a restart,
+        CLIENT KILL, an idle timeout), so Redis never saw the command: it is sent once more, on a new
+        connection, as the pool's check would have replaced the dead one before sending it (only a
+        Redis that ran the script and then died before answering, its state kept, would count that
+        request twice). A timeout is not sent again: Redis may be running the script."""
+        import redis as redis_lib
+
+        kept = getattr(self._local, "client", None)
+        client = kept or self._new_thread_client()
+        try:
+            return self._run_script(client, script, keys, args)
+        except redis_lib.ConnectionError:
+            if kept is None:
+                raise
+            kept.close()  # back to the pool, closed by redis-py; the new one is checked out (and checked)
+            return self._run_script(self._new_thread_client(), script, keys, args)
+
+    def _new_thread_client(self) -> Any:
+        import redis as redis_lib
+
+        self._local.client = None
+        client = redis_lib.Redis(connection_pool=self._client.connection_pool, single_connection_client=True)
+        self._local.client = client
+        return client
+
+    @staticmethod
+    def _run_script(client: Any, script: Any, keys: list[str], args: list[bytes]) -> Any:
+        from redis.exceptions import NoScriptError
+
+        try:
+            return client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            script.sha = client.script_load(script.script)
+            return client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+
     def hit_all(self, checks: Sequence[tuple[str, int, int]]) -> Refusal | None:
         """Charge one request to each (key, limit, period_seconds), in order, in one round trip.
 
         None: every key allowed it. Otherwise the first refusal; the keys before it were charged,
         the keys after it were not (as with `hit` per key, minus the extra round trips)."""
         keys = [f"{self._prefix}:{key}" for key, _, _ in checks]
-        args: list[float] = []
+        args: list[bytes] = []
         for _, limit, period_seconds in checks:
-            interval_ms = period_seconds * 1000 / limit
-            args += [interval_ms, interval_ms * limit]
-        index, retry_ms = self._breaker.call(lambda: self._script_all(keys=keys, args=args))
+            args += self._gcra_args(limit, period_seconds)
+        index, retry_ms = self._breaker.call(lambda: self._evalsha(self._script_all, keys, args))
         if int(index) == 0:
             return None
         return Refusal(int(index) - 1, int(retry_ms) / 1000.0)
