@@ -99,6 +99,7 @@ def build_router(runtime: Runtime) -> Router:
         data = events.encode({"params": body.params, "requested_by": request.principal.username if request.principal else None})
         if len(data) > MAX_PARAMS_BYTES:
             raise ValidationError(f"params take {len(data)} bytes as a message; at most {MAX_PARAMS_BYTES}", field="params")
+        runs.validate_params(job, body.params)  # before anything is queued: a typo must not run with the defaults
         run_id = uuid.uuid4().hex
         message_id = runtime.publisher.publish(MAINTENANCE_TOPIC, data, {"job": job, "run_id": run_id})
         return Response(

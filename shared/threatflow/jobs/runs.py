@@ -209,6 +209,9 @@ def refresh_flow_views(ctx: JobContext) -> dict[str, Any]:
     return events_jobs.refresh_views(engine=ctx.engine, now=ctx.clock.now())
 
 
+RETENTION_DAYS_MAX = 36_500
+
+
 def flow_retention(ctx: JobContext) -> dict[str, Any]:
     """Creates the coming days' flow-event partitions and drops those past FLOWS_RETENTION_DAYS;
     then prunes the flow bridge's old enrichment-budget hours."""
@@ -216,7 +219,7 @@ def flow_retention(ctx: JobContext) -> dict[str, Any]:
     from threatflow.flows import events_jobs
     from threatflow.hunting import bridge
 
-    days = int_param(ctx.params, "retention_days", default=ctx.settings.flows_retention_days, minimum=1, maximum=36_500)
+    days = int_param(ctx.params, "retention_days", default=ctx.settings.flows_retention_days, minimum=1, maximum=RETENTION_DAYS_MAX)
     now = ctx.clock.now()
     result = events_jobs.retention(engine=ctx.engine, now=now, retention_days=days)
     with unit_of_work(ctx.engine) as conn:
@@ -275,6 +278,83 @@ JOBS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
 def require_job(name: str) -> None:
     if name not in JOBS:
         raise ValidationError(f"unknown job {name!r}; known jobs: {', '.join(sorted(JOBS))}", field="job")
+
+
+# -- the params each job takes -------------------------------------------------------------------------
+# Declared once and checked before a run is queued (POST /api/v1/admin/jobs/{job}/run) and again when it runs
+# (a message published around the API): {"retention_day": 30}, a typo, ran flow-retention with the default.
+
+
+@dataclass(frozen=True)
+class IntParam:
+    minimum: int
+    maximum: int
+
+    def check(self, params: Mapping[str, Any], name: str) -> None:
+        int_param(params, name, default=self.minimum, minimum=self.minimum, maximum=self.maximum)
+
+
+@dataclass(frozen=True)
+class BoolParam:
+    def check(self, params: Mapping[str, Any], name: str) -> None:
+        bool_param(params, name, default=False)
+
+
+@dataclass(frozen=True)
+class ObjectParam:
+    def check(self, params: Mapping[str, Any], name: str) -> None:
+        object_param(params, name)
+
+
+Param = IntParam | BoolParam | ObjectParam
+
+
+def _retrain_flows_params() -> dict[str, Param]:
+    from threatflow.flows import retrain
+
+    rows = IntParam(1, retrain.DEFAULT_MAX_ROWS)
+    return {"enabled": BoolParam(), "min_rows": rows, "max_rows": rows, "evaluation_object": ObjectParam()}
+
+
+def _close_overdue_params() -> dict[str, Param]:
+    from threatflow.enrichment import closing
+
+    return {"limit": IntParam(1, closing.SWEEP_MAX)}
+
+
+def _recover_stalled_params() -> dict[str, Param]:
+    from threatflow.flows import ingest_jobs
+
+    return {"limit": IntParam(1, ingest_jobs.SWEEP_MAX)}
+
+
+# Per job, its params by name (built on use: the bounds live in the jobs' own modules, loaded lazily).
+JOB_PARAMS: dict[str, Callable[[], Mapping[str, Param]]] = {
+    "heartbeat": dict,
+    "decay-iocs": dict,
+    "purge-runs": dict,
+    "sync-warninglists": dict,
+    "sync-attack": lambda: {"force": BoolParam()},
+    "retrain-flows": _retrain_flows_params,
+    "refresh-flow-views": dict,
+    "flow-retention": lambda: {"retention_days": IntParam(1, RETENTION_DAYS_MAX)},
+    "close-overdue-enrichment-runs": _close_overdue_params,
+    "recover-stalled-flow-ingest-jobs": _recover_stalled_params,
+}
+
+
+def validate_params(job: str, params: Any) -> None:
+    """Raises ValidationError naming the first unknown or bad param of `job` (field params.<name>)."""
+    require_job(job)
+    if not isinstance(params, Mapping):
+        raise ValidationError("params must be an object", field="params")
+    declared = JOB_PARAMS[job]()
+    for name in params:
+        if name not in declared:
+            takes = ", ".join(sorted(declared)) or "none"
+            raise ValidationError(f"job {job} takes no param {name!r} (it takes: {takes})", field=f"params.{name}")
+    for name, param in declared.items():
+        param.check(params, name)
 
 
 @dataclass(frozen=True)
@@ -406,6 +486,7 @@ def execute(
     )
     try:
         with _Renewal(documents, run_id, holder=holder, clock=clock, lease=lease, renew_until=began + lease.longest):
+            validate_params(job, params)
             result = JOBS[job](ctx)
     except Exception as exc:
         failed = {"state": RunState.FAILED.value, "error": f"{exc.__class__.__name__}: {exc}", "finished_at": clock.now()}
