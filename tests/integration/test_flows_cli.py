@@ -285,3 +285,31 @@ def test_an_upload_refused_for_an_expired_token_says_to_log_in(function_client, 
     with pytest.raises(ThreatFlowError) as raised:
         cli.upload_file(data, base="http://127.0.0.1:8080", token="expired." + "x" * 40, session=session)
     assert "HTTP 401" in raised.value.message and "threatflow login" in raised.value.message, raised.value.message
+
+
+@pytest.mark.parametrize(("role", "status", "advice"), [("reader", 403, "analyst"), ("analyst", 503, "threatflow models train")])
+def test_an_upload_the_api_would_refuse_puts_nothing_in_the_bucket(
+    function_client, backend_env, tmp_path, monkeypatch, request, role, status, advice
+):
+    """`flows load --upload` by a reader copied the whole file (up to 2 GiB) into the uploads bucket, then got the 403
+    for the job; with no flow model served, the 503 likewise came after the copy. The API is asked first."""
+    import flowgen
+
+    from threatflow.adapters.storage import GcsBlobs
+    from threatflow.cli import flows as cli
+    from threatflow.platform.errors import ThreatFlowError
+
+    monkeypatch.setenv("BUCKET_UPLOADS", "threatflow-uploads")
+    if status == 503:
+        request.getfixturevalue("models_bucket")  # a models bucket of the test's own, empty: no model served
+    username = f"up-{role}"
+    password = create_user(backend_env["DATABASE_URL"], username, role)
+    login = {"username": username, "password": password}
+    token = function_client("auth").post("/api/v1/auth/token", json=login).get_json()["access_token"]
+    data = tmp_path / f"refused-{role}.csv"
+    data.write_text("\n".join(",".join(flowgen.raw_line(f)) for f in flowgen.generate(10, seed=9)) + "\n")
+    session = FunctionSession(function_client("flows"), token_lost_after=100, unreachable_at=0)
+    with pytest.raises(ThreatFlowError) as raised:
+        cli.upload_file(data, base="http://127.0.0.1:8080", token=token, session=session)
+    assert f"HTTP {status}" in raised.value.message and advice in raised.value.message, raised.value.message
+    assert not GcsBlobs(PROJECT).exists("threatflow-uploads", f"flows/{cli.file_sha256(data)}/{data.name}")
