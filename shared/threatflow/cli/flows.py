@@ -437,6 +437,17 @@ def _answer_text(status: int, answer: Any) -> str:
     return f"HTTP {status}: {str(message)[:300]}"
 
 
+def _refused_unless(response: Any, expected: int) -> None:
+    if response.status_code == expected:
+        return
+    try:
+        answer: Any = response.json()
+    except ValueError:
+        answer = response.text
+    then = REFUSAL_ADVICE.get(response.status_code)
+    raise DependencyError(f"the API refused the upload job ({_answer_text(response.status_code, answer)})" + (f"; {then}" if then else ""))
+
+
 def upload_file(path: Path, *, base: str, token: str | None, session: Any) -> dict[str, Any]:
     """Put the file in the uploads bucket, queue a flow-ingest job and follow it to the end."""
     from threatflow.adapters.storage import GcsBlobs
@@ -445,18 +456,12 @@ def upload_file(path: Path, *, base: str, token: str | None, session: Any) -> di
     settings = Settings.from_env()
     sha = file_sha256(path)
     name = f"flows/{sha}/{path.name}"
-    GcsBlobs(settings.project).put_file(settings.bucket_uploads, name, str(path))  # streamed: a file of any size
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    # Asked first (role, bucket, a served model): a reader's 403 or a 503 came after the whole file was copied.
+    _refused_unless(session.post(f"{base}/api/v1/flows/uploads", json={"object": name, "dry_run": True}, headers=headers, timeout=60), 200)
+    GcsBlobs(settings.project).put_file(settings.bucket_uploads, name, str(path))  # streamed: a file of any size
     response = session.post(f"{base}/api/v1/flows/uploads", json={"object": name}, headers=headers, timeout=60)
-    if response.status_code != 202:
-        try:
-            answer: Any = response.json()
-        except ValueError:
-            answer = response.text
-        then = REFUSAL_ADVICE.get(response.status_code)
-        raise DependencyError(
-            f"the API refused the upload job ({_answer_text(response.status_code, answer)})" + (f"; {then}" if then else "")
-        )
+    _refused_unless(response, 202)
     job = response.json()
     job_id = str(job["job_id"])
     follow = f"threatflow api GET /api/v1/flows/uploads/{job_id}"

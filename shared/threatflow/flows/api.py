@@ -67,6 +67,9 @@ class FlowBatch(msgspec.Struct, forbid_unknown_fields=True):
 class UploadJobIn(msgspec.Struct, forbid_unknown_fields=True):
     object: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
     bucket: Annotated[str, msgspec.Meta(min_length=3, max_length=222)] | None = None
+    # Checks the caller's role, the bucket and that a model is served, and queues nothing (200): `flows load
+    # --upload` asks it before copying a file of up to 2 GiB that the job request would then refuse.
+    dry_run: bool = False
 
 
 def readable_job(request: Request, job: Mapping[str, Any]) -> bool:
@@ -164,6 +167,9 @@ def build_router(runtime: Runtime) -> Router:
         bucket = body.bucket or settings.bucket_uploads
         if bucket != settings.bucket_uploads:
             raise ValidationError(f"uploads are read from the uploads bucket ({settings.bucket_uploads}) only", field="bucket")
+        if body.dry_run:
+            model_snapshot(runtime).get()
+            return Response({"dry_run": True, "bucket": bucket, "object": body.object}, status=200)
         try:
             generation = runtime.blobs.stat(bucket, body.object).generation
         except NotFoundError:
