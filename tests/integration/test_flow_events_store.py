@@ -641,3 +641,22 @@ def test_retrain_flows_job_reads_the_labelled_events(engine, clean_tables):
     result = runs.retrain_flows(ctx)  # too few to train on: skipped before any storage is touched
     assert result["status"] == "skipped" and result["rows"] == 2 and "at least 10" in result["reason"]
     assert runs.retrain_flows(replace(ctx, params={"enabled": False}))["status"] == "disabled"
+
+
+def test_host_categories_name_the_attack_probability(engine):
+    """A flow's `probability` is its attack probability, whatever category was predicted: under Normal the host view's
+    `max_probability` was the highest attack probability of a flow judged normal (0.3 below), which read as the
+    confidence in Normal. The field says what it is; `max_probability` stays as a deprecated alias."""
+    from threatflow.flows import repository
+
+    base = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    ip = "175.45.176.77"
+    rows = [_row(base, src=ip, cat="DoS", prob=0.91), _row(base, src=ip, cat="DoS", prob=0.97)]
+    normal = [_row(base, src=ip, attack=False) for _ in range(2)]
+    normal[1] = replace(normal[1], probability=0.3)
+    _store(engine, rows + normal)
+    with engine.connect() as conn:
+        host = repository.host_summary(conn, ip=ip, top=10, start=base - timedelta(days=1), end=base + timedelta(days=1))
+    by_cat = {c["category"]: c for c in host["predicted_categories"]}
+    assert by_cat["Normal"]["max_attack_probability"] == 0.3 and by_cat["DoS"]["max_attack_probability"] == 0.97
+    assert by_cat["Normal"]["max_probability"] == 0.3  # the old name, kept for existing clients
