@@ -607,7 +607,13 @@ def host_summary(
         f" WHERE srcip = CAST(:ip AS inet) AND {window} GROUP BY 1 ORDER BY 2 DESC",
         params,
     )
-    out["predicted_categories"] = [{"category": r[0], "events": int(r[1]), "max_probability": round(float(r[2]), 6)} for r in cat_rows]
+    # `probability` is a flow's attack probability whatever the category: under Normal its maximum is the most
+    # attack-like flow judged normal, not a confidence in Normal. `max_probability` is the old name, kept for clients.
+    out["predicted_categories"] = [
+        {"category": r[0], "events": int(r[1]), "max_attack_probability": p, "max_probability": p}
+        for r in cat_rows
+        for p in (round(float(r[2]), 6),)
+    ]
     return out
 
 
