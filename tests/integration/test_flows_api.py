@@ -7,6 +7,7 @@ import gzip
 import json
 import sys
 import uuid
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -242,6 +243,29 @@ def test_search_timeline_host_and_rollups_over_http(flows_api, backend_env, func
     by_proto = flows_client.get(f"/api/v1/events/stats/bytes-by-proto?from={start}&limit=200", headers=flows_api.reader).get_json()
     assert sum(p["events"] for p in by_proto["protocols"]) == 400
     assert sum(p["sbytes"] for p in by_proto["protocols"]) == sum(int(f["sbytes"]) for f in flows)
+
+
+def test_a_search_cursor_is_bound_to_its_query(flows_api):
+    """A cursor is "older than this event" of one query; given to another (another address, filter or window) it
+    paged that query from an arbitrary point, silently skipping its newer events. Now a 400 names the cursor; the
+    page size may change between pages."""
+    flows = json_flows(200, seed=11)
+    assert flows_api.post("/api/v1/flows/batch", {"flows": flows}).status_code == 200
+    by_count = Counter(f["srcip"] for f in flows).most_common()
+    attacker, other = by_count[0][0], by_count[1][0]
+    base = f"/api/v1/events/search?srcip={attacker}&limit=3"
+    cursor = flows_api.get(base).get_json()["next_cursor"]
+    assert cursor
+    assert flows_api.get(f"/api/v1/events/search?srcip={attacker}&limit=7&cursor={cursor}").status_code == 200
+    for changed in (
+        f"srcip={other}",
+        f"srcip={attacker}&proto=udp",
+        f"srcip={attacker}&predicted=attack",
+        f"srcip={attacker}&from=2026-01-01T00:00:00Z",
+    ):
+        response = flows_api.get(f"/api/v1/events/search?{changed}&limit=3&cursor={cursor}")
+        assert response.status_code == 400, (changed, response.get_data(as_text=True))
+        assert response.get_json()["error"]["details"]["field"] == "cursor"
 
 
 def test_flow_ingest_worker_loads_an_upload_once(flows_api, backend_env, function_client):
