@@ -313,3 +313,37 @@ def test_an_upload_the_api_would_refuse_puts_nothing_in_the_bucket(
         cli.upload_file(data, base="http://127.0.0.1:8080", token=token, session=session)
     assert f"HTTP {status}" in raised.value.message and advice in raised.value.message, raised.value.message
     assert not GcsBlobs(PROJECT).exists("threatflow-uploads", f"flows/{cli.file_sha256(data)}/{data.name}")
+
+
+def test_the_bar_counts_the_rows_the_api_acknowledged_as_the_summary_does(poster, tmp_path, capsys):
+    """The bar counted rows as they were sent (before the API answered), and its final figure was this run's rows, where
+    the per-file line and the summary give the file's stored, duplicates and invalid: a resumed load of 1,001 rows, one
+    invalid, ended on "601 rows" beside "stored 1,000, ..., invalid 1". The bar now shows the acknowledged counts."""
+    import re
+
+    import flowgen
+
+    from threatflow.cli import flows as cli
+
+    data = tmp_path / "flows.csv"
+    lines = [",".join(flowgen.raw_line(f)) for f in flowgen.generate(1000, seed=31)]
+    lines.insert(700, ",".join(["bad"] * 49))
+    data.write_text("\n".join(lines) + "\n")
+    with pytest.raises(Interrupted):
+        cli.load_file(
+            data,
+            post=lambda b: poster(b, fail_after=2),
+            progress=cli.Progress(tmp_path / "p.json"),
+            batch_size=200,
+            show_bar=False,
+            in_flight=1,
+        )
+    capsys.readouterr()
+    entry = cli.load_file(data, post=poster, progress=cli.Progress(tmp_path / "p.json"), batch_size=300, show_bar=True)
+    final = capsys.readouterr().err.split("\r")[-1]
+    counts = (entry["stored"], entry["duplicates"], entry["invalid"])
+    assert counts == (1000, 0, 1)
+    shown = re.search(r"([\d,]+) rows \(([\d,]+) stored, ([\d,]+) duplicates, ([\d,]+) invalid\)", final)
+    assert shown, final
+    rows, *parts = (int(g.replace(",", "")) for g in shown.groups())
+    assert tuple(parts) == counts and rows == sum(counts), final
