@@ -279,6 +279,7 @@ class EventQuery:
     min_probability: float | None = None
     after_time: datetime | None = None
     after_key: str | None = None
+    query_id: str = ""  # what its cursors are bound to (search.query_id)
 
 
 # A search page is one statement that PostgreSQL answers with one row: the page's events

@@ -17,6 +17,7 @@ import re
 import time
 import zlib
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -111,24 +112,39 @@ def _category(query: Mapping[str, str], name: str) -> str | None:
 
 
 def encode_cursor(row: Mapping[str, Any]) -> str:
-    raw = json.dumps({"t": row["event_time"], "k": row["event_key"]}, separators=(",", ":")).encode()
+    """The next page's cursor: the last event's time and key, and the id of the query it pages (query_id)."""
+    raw = json.dumps({"t": row["event_time"], "k": row["event_key"], "q": row["query_id"]}, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(text: str) -> tuple[datetime, str]:
+def decode_cursor(text: str) -> tuple[datetime, str, str]:
+    """(time, key, query id) of a cursor encode_cursor made; anything else is a 400 naming the cursor."""
     import uuid
 
     try:
         doc = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
         at = datetime.fromisoformat(doc["t"])
         key = str(uuid.UUID(doc["k"]))
-        if at.tzinfo is None:
-            raise ValueError("naive time")
+        query = doc["q"]
+        if at.tzinfo is None or not isinstance(query, str):
+            raise ValueError("naive time or no query id")
         at = at.astimezone(UTC)  # year 1 at +14:00 is before year 1 in UTC: OverflowError here, not in the driver
     # AttributeError: uuid.UUID of a non-string; RecursionError: a forged cursor of ~1,000 nested arrays (a 500)
     except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
         raise ValidationError("cursor is not one this API returned", field="cursor") from None
-    return at, key
+    return at, key, query
+
+
+# EventQuery fields a cursor is not bound to: the resolved window (its `from`/`to` as given are), the page size and
+# the cursor itself.
+_NOT_BOUND = frozenset({"start", "end", "limit", "after_time", "after_key", "query_id"})
+
+
+def query_id(filters: Mapping[str, Any]) -> str:
+    """What a cursor is bound to: a search's filters and its window as given (`from`/`to`, not the `now` an open
+    window ends at, which moves between pages). The page size is left out: it may change from page to page."""
+    parts = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in filters.items()}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def parse_search(query: Mapping[str, str], *, now: datetime) -> EventQuery:
@@ -158,10 +174,7 @@ def parse_search(query: Mapping[str, str], *, now: datetime) -> EventQuery:
             raise ValidationError("min_probability must be a number from 0 to 1", field="min_probability") from None
         if not 0.0 <= min_probability <= 1.0:
             raise ValidationError("min_probability must be a number from 0 to 1", field="min_probability")
-    after_time = after_key = None
-    if query.get("cursor"):
-        after_time, after_key = decode_cursor(query["cursor"])
-    return EventQuery(
+    q = EventQuery(
         start=start,
         end=end,
         limit=int(limit_text),
@@ -174,9 +187,17 @@ def parse_search(query: Mapping[str, str], *, now: datetime) -> EventQuery:
         predicted_attack={"attack": True, "normal": False}.get(predicted_text),
         predicted_cat=_category(query, "predicted_cat"),
         min_probability=min_probability,
-        after_time=after_time,
-        after_key=after_key,
     )
+    filters = {k: v for k, v in q.__dict__.items() if k not in _NOT_BOUND}
+    bound_to = query_id({**filters, "from": parse_time(query.get("from"), "from"), "to": parse_time(query.get("to"), "to")})
+    if not query.get("cursor"):
+        return replace(q, query_id=bound_to)
+    after_time, after_key, cursor_query = decode_cursor(query["cursor"])
+    # A cursor means "older than this event" of one search: given to another, it paged that one from an
+    # arbitrary point, silently skipping its newer events.
+    if cursor_query != bound_to:
+        raise ValidationError("cursor belongs to another search (other filters or from/to); search again without it", field="cursor")
+    return replace(q, after_time=after_time, after_key=after_key, query_id=bound_to)
 
 
 def uses_read_pool(q: EventQuery) -> bool:
@@ -196,7 +217,7 @@ def search(q: EventQuery, *, conn: Connection) -> bytes:
         raise ValidationError("this search is too broad to answer in time; add srcip or dstip, or narrow from/to", field="from") from None
     next_cursor = None
     if page.count == q.limit and page.last_time is not None:
-        next_cursor = encode_cursor({"event_time": page.last_time, "event_key": page.last_key})
+        next_cursor = encode_cursor({"event_time": page.last_time, "event_key": page.last_key, "query_id": q.query_id})
     return msgspec.json.encode(
         {
             "events": msgspec.Raw(page.events),

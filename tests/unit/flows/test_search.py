@@ -61,7 +61,13 @@ def test_every_parameter_is_part_of_the_key():
 
 def test_a_cursor_round_trips_and_is_part_of_the_key():
     at = datetime(2026, 11, 26, 5, 0, tzinfo=UTC)
-    cursor = search.encode_cursor({"event_time": "2026-11-25T04:29:42.123450+00:00", "event_key": "ef4663b0-d934-5da5-b5cb-8d1c899adc29"})
-    assert search.decode_cursor(cursor) == (datetime(2026, 11, 25, 4, 29, 42, 123450, tzinfo=UTC), "ef4663b0-d934-5da5-b5cb-8d1c899adc29")
+    first = _query({"srcip": "175.45.176.3"}, at)
+    last = {"event_time": "2026-11-25T04:29:42.123450+00:00", "event_key": "ef4663b0-d934-5da5-b5cb-8d1c899adc29"}
+    cursor = search.encode_cursor({**last, "query_id": first.query_id})
+    assert search.decode_cursor(cursor) == (
+        datetime(2026, 11, 25, 4, 29, 42, 123450, tzinfo=UTC),
+        "ef4663b0-d934-5da5-b5cb-8d1c899adc29",
+        first.query_id,
+    )
     page_two = _query({"srcip": "175.45.176.3", "cursor": cursor}, at)
     assert search.SearchCache.key(page_two) != search.SearchCache.key(_query({"srcip": "175.45.176.3"}, at))
