@@ -29,7 +29,7 @@ import tempfile
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -119,24 +119,35 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-class Bar:
-    """A one-line progress bar on stderr: rows, flows/s and how much of the file was read."""
+ACKNOWLEDGED = ("stored", "duplicates", "invalid")  # what the API answered for each row of a batch
 
-    def __init__(self, name: str, total_bytes: int, *, enabled: bool) -> None:
+
+class Bar:
+    """A one-line progress bar on stderr: the file's rows the API acknowledged (stored, duplicates, invalid: the
+    figures of the per-file line and the summary, resumed runs included), flows/s, and how much of the file was read.
+    It counted rows as they were sent, before the API answered, and ended on this run's rows alone."""
+
+    def __init__(self, name: str, total_bytes: int, *, enabled: bool, acknowledged: int = 0) -> None:
         self.name, self.total, self.enabled = name, max(1, total_bytes), enabled
         self.started = time.perf_counter()
+        self.at_start = acknowledged  # rows an earlier run of this load acknowledged: not this run's rate
         self.last = 0.0
         self.line_open = False  # a bar printed without its newline: a message after it needs one first
 
-    def show(self, rows: int, read_bytes: int, *, final: bool = False) -> None:
+    def show(self, counts: Mapping[str, Any], read_bytes: int, *, final: bool = False) -> None:
         now = time.perf_counter()
         if not self.enabled or (not final and now - self.last < 0.2):
             return
         self.last = now
+        stored, duplicates, invalid = (int(counts.get(key) or 0) for key in ACKNOWLEDGED)
+        rows = stored + duplicates + invalid
         fraction = min(1.0, read_bytes / self.total)
         filled = int(fraction * 30)
-        rate = rows / max(1e-9, now - self.started)
-        line = f"\r{self.name}: [{'#' * filled}{'.' * (30 - filled)}] {fraction * 100:5.1f}%  {rows:,} rows  {rate:,.0f} flows/s"
+        rate = (rows - self.at_start) / max(1e-9, now - self.started)
+        line = (
+            f"\r{self.name}: [{'#' * filled}{'.' * (30 - filled)}] {fraction * 100:5.1f}%  {rows:,} rows"
+            f" ({stored:,} stored, {duplicates:,} duplicates, {invalid:,} invalid)  {rate:,.0f} flows/s"
+        )
         print(line, end="\n" if final else "", file=sys.stderr, flush=True)
         self.line_open = not final
 
@@ -277,7 +288,7 @@ def load_file(
     skip = int(entry["rows_done"])
     if skip:
         print(f"{path}: resuming after row {skip:,}", file=sys.stderr)
-    bar = Bar(path.name, path.stat().st_size, enabled=show_bar)
+    bar = Bar(path.name, path.stat().st_size, enabled=show_bar, acknowledged=sum(int(entry.get(k) or 0) for k in ACKNOWLEDGED))
     shown = 0
     too_old = 0  # rows refused as older than the retention window (of those the API listed)
     with path.open("rb") as raw:
@@ -285,6 +296,10 @@ def load_file(
         # (skip_invalid) and lists them, so the client does no second validation.
         rows = ingest.read_csv(ingest.open_text(raw), skip_rows=skip, typed=False)
         pending: deque[tuple[list[int], Future[tuple[int, Any]]]] = deque()
+
+        def read_bytes() -> int:
+            return path.stat().st_size if raw.closed else raw.tell()
+
         pool = ThreadPoolExecutor(max_workers=in_flight)
 
         def settle(positions: list[int], future: Future[tuple[int, Any]]) -> None:
@@ -311,6 +326,7 @@ def load_file(
             # moves past rows the API has acknowledged, even with several in flight.
             entry["rows_done"] = positions[-1] + 1
             progress.save()
+            bar.show(entry, read_bytes())
 
         interrupted = False
         try:
@@ -325,7 +341,6 @@ def load_file(
                 pending.append((positions, pool.submit(post, body)))
                 while len(pending) > in_flight:  # reading the next batch overlaps the requests in flight
                     settle(*pending.popleft())
-                bar.show(positions[-1] + 1 - skip, path.stat().st_size if raw.closed else raw.tell())
             while pending:
                 settle(*pending.popleft())
         except KeyboardInterrupt:
@@ -346,7 +361,7 @@ def load_file(
             pool.shutdown(wait=not interrupted, cancel_futures=True)
     entry["done"] = True
     progress.save()
-    bar.show(int(entry["rows_done"]) - skip, path.stat().st_size, final=True)
+    bar.show(entry, path.stat().st_size, final=True)
     if shown > PROBLEMS_SHOWN:
         print(f"  ... {shown - PROBLEMS_SHOWN} more problems", file=sys.stderr)
     if too_old and not shift:
