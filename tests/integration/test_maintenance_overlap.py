@@ -65,6 +65,7 @@ def test_a_second_delivery_of_a_running_run_does_not_run_its_job_again(documents
 
     job = _Job(hold=True)
     monkeypatch.setitem(runs.JOBS, "test-overlap", job)
+    monkeypatch.setitem(runs.JOB_PARAMS, "test-overlap", dict)  # a job takes the params it declares: none
     run_id = uuid.uuid4().hex
     first: dict = {}
     holder = threading.Thread(target=lambda: first.update(_execute(documents, run_id)))
@@ -88,6 +89,7 @@ def test_a_delivery_takes_over_a_run_whose_holder_stopped_renewing_its_lease(doc
 
     job = _Job(hold=False)
     monkeypatch.setitem(runs.JOBS, "test-overlap", job)
+    monkeypatch.setitem(runs.JOB_PARAMS, "test-overlap", dict)  # a job takes the params it declares: none
     run_id = uuid.uuid4().hex
     now = datetime.now(UTC)
     # What a delivery killed (timeout, out of memory) a moment ago leaves: running, its lease not yet lapsed.
@@ -119,6 +121,7 @@ def test_a_run_left_running_without_a_lease_is_taken_over_at_once(documents, mon
 
     job = _Job(hold=False)
     monkeypatch.setitem(runs.JOBS, "test-overlap", job)
+    monkeypatch.setitem(runs.JOB_PARAMS, "test-overlap", dict)  # a job takes the params it declares: none
     run_id = uuid.uuid4().hex
     documents.set(
         runs.RUNS,
@@ -143,6 +146,7 @@ def test_a_failed_run_is_run_again_by_its_redelivery(documents, monkeypatch):
         return {"ok": True}
 
     monkeypatch.setitem(runs.JOBS, "test-overlap", flaky)
+    monkeypatch.setitem(runs.JOB_PARAMS, "test-overlap", dict)  # a job takes the params it declares: none
     run_id = uuid.uuid4().hex
     with pytest.raises(RuntimeError):
         _execute(documents, run_id)
@@ -162,6 +166,7 @@ def test_a_delivery_past_the_functions_timeout_stops_renewing_its_lease(document
     monkeypatch.setattr(runs, "LEASE", SimpleNamespace(seconds=1.0, renew_every=0.2, poll_every=0.1, longest=2.0), raising=False)
     job = _Job(hold=True)
     monkeypatch.setitem(runs.JOBS, "test-overlap", job)
+    monkeypatch.setitem(runs.JOB_PARAMS, "test-overlap", dict)  # a job takes the params it declares: none
     run_id = uuid.uuid4().hex
     holder = threading.Thread(target=lambda: _execute(documents, run_id))
     holder.start()
@@ -192,6 +197,7 @@ def test_a_delivery_whose_run_was_taken_over_does_not_record_its_outcome(documen
         raise RuntimeError("stalled and failed")
 
     monkeypatch.setitem(runs.JOBS, "test-overlap", failing)
+    monkeypatch.setitem(runs.JOB_PARAMS, "test-overlap", dict)  # a job takes the params it declares: none
     run_id = uuid.uuid4().hex
     raised = []
 

@@ -610,11 +610,11 @@ def host_summary(
     )
     # `probability` is a flow's attack probability whatever the category: under Normal its maximum is the most
     # attack-like flow judged normal, not a confidence in Normal. `max_probability` is the old name, kept for clients.
-    out["predicted_categories"] = [
-        {"category": r[0], "events": int(r[1]), "max_attack_probability": p, "max_probability": p}
-        for r in cat_rows
-        for p in (round(float(r[2]), 6),)
-    ]
+    categories = []
+    for category, events, highest in cat_rows:
+        most = round(float(highest), 6)
+        categories.append({"category": category, "events": int(events), "max_attack_probability": most, "max_probability": most})
+    out["predicted_categories"] = categories
     return out
 
 
