@@ -84,3 +84,22 @@ def test_4_kb_of_any_feed_shape_makes_hundreds_of_rows_not_thousands(line):
     row per 6 bytes, as a report does."""
     text = "".join(line.format(i=i) + "\n" for i in range(256)).encode()[:4096].decode(errors="ignore")
     assert len(parse("text", text).iocs) <= len(text) // 6
+
+
+@pytest.mark.parametrize(
+    ("line", "networks"),
+    [
+        ("2001:db8::1-2001:db8::3", ["2001:db8::1/128", "2001:db8::2/127"]),
+        ("2001:db8:0:0:0:0:0:100 - 2001:db8:0:0:0:0:0:1ff", ["2001:db8::100/120"]),
+        ("Bad Org Ltd:2001:db8::-2001:db8::ffff", ["2001:db8::/112"]),
+        ("Org: with colons:192.0.2.0-192.0.2.255", ["192.0.2.0/24"]),
+    ],
+)
+def test_an_ipv6_range_is_read_from_its_first_address(line, networks):
+    """An IPv6 range has colons in it, so the PeerGuardian description ('name:start-end') must not be taken from it:
+    '2001:db8::1-2001:db8::3' was read as the description '2001' and the range db8::1 to 2001:db8::3, and stored
+    the ~130 networks between them (db8::1/128 … 1000::/4, a sixteenth of the address space); the same range written
+    out in full was not read at all. A description may itself hold colons."""
+    padding = "".join(f"n{i}.tracker-example.com\n" for i in range(100))  # room in the document's range budget
+    parsed = parse("text", f"{line}\n{padding}")
+    assert [p.item.value for p in parsed.iocs][: len(networks) + 1] == [*networks, "n0.tracker-example.com"]
