@@ -334,13 +334,20 @@ def _json_record(feed: FeedLines, line: str) -> bool:
 # 4 KB list of wide ranges made thousands of rows. Most ranges are a few networks; the budget is about one row per
 # 8 bytes, what a list of names gives, and a range past it is counted, not stored in part.
 RANGE_NETWORKS_PER_BYTE = 1 / 8
-_RANGE = re.compile(r"(?:[^:]*:)?([0-9.]+|[0-9A-Fa-f:]+)\s*-\s*([0-9.]+|[0-9A-Fa-f:]+)")
+# A bare range is tried first: an IPv6 range has colons of its own, and read as "description:range" first
+# ('2001:db8::1-2001:db8::3' as '2001' and db8::1 to 2001:db8::3) it stored the ~130 networks between those.
+# PeerGuardian's description may hold colons before an IPv4 range; before an IPv6 one it is taken to hold none.
+_RANGES = (
+    re.compile(r"([0-9.]+|[0-9A-Fa-f:]+)\s*-\s*([0-9.]+|[0-9A-Fa-f:]+)"),
+    re.compile(r".*:([0-9.]+)\s*-\s*([0-9.]+)"),
+    re.compile(r"[^:]*:([0-9A-Fa-f:]+)\s*-\s*([0-9A-Fa-f:]+)"),
+)
 
 
 def _range(feed: FeedLines, body: str) -> bool:
     """'start-end', 'start - end', PeerGuardian's 'description:start-end': the networks that cover the range (an aligned
     block is one), within the document's budget of networks."""
-    match = _RANGE.fullmatch(body)
+    match = next((m for m in (pattern.fullmatch(body) for pattern in _RANGES) if m is not None), None)
     if match is None:
         return False
     start, end = _address(match.group(1)), _address(match.group(2))
