@@ -240,6 +240,38 @@ def test_the_bridge_makes_no_ioc_of_an_address_that_names_no_host(api, function_
     assert api.get(f"/api/v1/events/hosts/{public}").get_json()["ioc"]["value"] == public
 
 
+def test_the_flows_batch_answer_counts_no_tags_cut_of_an_ioc_above_the_callers_clearance(api, function_client, backend_env):
+    """The bridge sights IoCs as the system, red ones too, and its answer counted the tags a full IoC could not take
+    (`bridge.tags_cut`) whatever the IoC's TLP: an amber analyst posting flows from a red IoC's address learnt that it
+    was full, and which of the bridge's tags (flow-detected, the categories) it already held, which /iocs/batch and
+    /import hide (no id, no tags_cut above the writer's clearance). A readable IoC's cut is still counted."""
+    from threatflow.adapters.postgres import create_engine
+    from threatflow.platform.config import Settings
+
+    bridging = function_client("flows", FLOWS_BRIDGE_THRESHOLD="0.05")  # the tiny test model is rarely 0.9 sure
+    attacks = [f for f in json_flows(600, seed=41) if f["label"] == 1][:9]
+    red, amber = "45.146.166.7", "45.146.166.8"
+
+    def post(flows):
+        response = bridging.post("/api/v1/flows/batch", json={"flows": flows}, headers=api.headers["analyst"])
+        assert response.status_code == 200, response.get_data(as_text=True)[:300]
+        return response.get_json()["bridge"]
+
+    assert post([{**flow, "srcip": ip} for ip in (red, amber) for flow in attacks[:3]])["iocs_created"] == 2
+    engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
+    try:
+        with engine.begin() as conn:  # both full, of tags the bridge does not give; one marked above amber
+            full = [f"t{i:02d}" for i in range(64)]
+            conn.exec_driver_sql("UPDATE iocs SET tags = %s WHERE value IN (%s, %s)", (full, red, amber))
+            conn.exec_driver_sql("UPDATE iocs SET tlp = 'red' WHERE value = %s", (red,))
+    finally:
+        engine.dispose()
+    hidden = post([{**flow, "srcip": red} for flow in attacks[3:6]])
+    assert hidden["iocs_updated"] == 1 and hidden["tags_cut"] == 0, hidden
+    shown = post([{**flow, "srcip": amber} for flow in attacks[6:9]])
+    assert shown["iocs_updated"] == 1 and shown["tags_cut"] >= 1, shown
+
+
 def test_the_bridge_queues_at_most_its_hourly_enrichment_budget_most_probable_first(api, function_client, backend_env):
     """One 10,000-flow batch of spoofed public sources made 8,704 IoCs and queued every one for enrichment:
     days of AbuseIPDB's 1,000/day ahead of the analysts' own lookups. FLOWS_BRIDGE_ENRICH_PER_HOUR caps what
