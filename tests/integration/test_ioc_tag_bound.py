@@ -138,11 +138,11 @@ def test_the_flow_bridge_leaves_a_full_ioc_full_and_counts_its_tags_cut(backend_
     try:
         with unit_of_work(engine) as conn:
             policies = ioc_repository.policies(conn)
-            first = bridge.upsert_attack_sources(conn, events, threshold=0.9, policies=policies, warninglists=None, now=now)
+            first = bridge.upsert_attack_sources(conn, events, threshold=0.9, policies=policies, warninglists=None, now=now, shown_to="red")
         assert first.created == 1 and first.to_json()["tags_cut"] == 0
         db.execute("UPDATE iocs SET tags = %s WHERE value = '203.0.113.77'", FULL)
         with unit_of_work(engine) as conn:
-            again = bridge.upsert_attack_sources(conn, events, threshold=0.9, policies=policies, warninglists=None, now=now)
+            again = bridge.upsert_attack_sources(conn, events, threshold=0.9, policies=policies, warninglists=None, now=now, shown_to="red")
     finally:
         engine.dispose()
     assert again.updated == 1 and again.to_json()["tags_cut"] == 3  # flow-detected and two categories

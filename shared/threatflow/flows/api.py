@@ -157,6 +157,7 @@ def build_router(runtime: Runtime) -> Router:
             policies=runtime.decay_policies().get(),
             warninglists=runtime.warninglist_matcher(),
             now=now,
+            shown_to=tlp_clearance.of(request.principal),  # the answer's bridge counts: IoCs within the caller's clearance
         )
 
     @router.route("POST", "/api/v1/flows/uploads", role=Role.ANALYST, body=UploadJobIn)

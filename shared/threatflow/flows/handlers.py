@@ -59,6 +59,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from threatflow.auth import clearance as tlp_clearance
 from threatflow.flows import ingest
 from threatflow.flows.ingest_jobs import (
     INGEST_JOBS,
@@ -257,6 +258,7 @@ def build_handler(runtime: Runtime) -> Callable[[Message], dict[str, Any]]:
             policies=runtime.decay_policies().get(),
             warninglists=runtime.warninglist_matcher(),
             now=runtime.clock.now(),
+            shown_to=tlp_clearance.SYSTEM,  # the job's record keeps none of the bridge's counts
         )
         result["invalid"] = invalid
         result["first_problem"] = problems[0].to_json() if problems else None

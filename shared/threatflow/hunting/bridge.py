@@ -123,8 +123,14 @@ def upsert_attack_sources(
     policies: dict[str, DecayPolicy],
     warninglists: Callable[[str, str], list[str]] | None,
     now: datetime,
+    shown_to: str,
 ) -> BridgeResult:
-    """Upsert the batch's attack sources as IoCs, with one sighting each, in the caller's transaction."""
+    """Upsert the batch's attack sources as IoCs, with one sighting each, in the caller's transaction.
+
+    The bridge writes as the system (it sights IoCs of every TLP); `shown_to` is the clearance of whom the result is
+    for (auth.clearance.of(principal), or SYSTEM when no one reads it): `tags_cut` counts only IoCs within it, as
+    /iocs/batch answers no tags_cut for an IoC above the writer's clearance (how full it is, and which of the bridge's
+    tags it holds, is not theirs to learn)."""
     sources = attack_sources(new_events, threshold=threshold)
     if not sources:
         return BridgeResult(0, 0, 0, 0, [])
@@ -169,7 +175,9 @@ def upsert_attack_sources(
                 EnrichmentRequest(int(result["id"]), str(result["type"]), str(result["value"]), source.max_probability, source.flows)
             )
     ioc_repository.log_sightings(conn, sightings)
-    tags_cut = int(outcome["summary"]["tags_cut"])
+    cut = {int(r["id"]): int(r["tags_cut"]) for r in outcome["results"] if r.get("tags_cut")}  # full IoCs only: rare
+    tlps = ioc_repository.tlps_of(conn, list(cut)) if cut else {}  # the bridge names no TLP: as before its write
+    tags_cut = sum(n for ioc_id, n in cut.items() if ioc_id in tlps and tlp_clearance.can_read(shown_to, tlps[ioc_id]))
     return BridgeResult(len(sources), counts["created"], counts["updated"], counts["rejected"], to_enrich, tags_cut)
 
 

@@ -40,6 +40,7 @@ def ingest_batch(
     policies: dict[str, DecayPolicy],
     warninglists: Callable[[str, str], list[str]] | None,
     now: datetime,
+    shown_to: str,
     positions: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     with unit_of_work(engine) as conn:  # events and IoCs: one unit of work; enrichment after the commit
@@ -47,7 +48,7 @@ def ingest_batch(
             conn, flows, fields, model=model, source=source, first_position=first_position, observed_at=observed_at, positions=positions
         )
         bridged = bridge.upsert_attack_sources(
-            conn, outcome.new_events, threshold=threshold, policies=policies, warninglists=warninglists, now=now
+            conn, outcome.new_events, threshold=threshold, policies=policies, warninglists=warninglists, now=now, shown_to=shown_to
         )
     wanted = bridge.by_priority(bridged.to_enrich)
     granted = 0
