@@ -103,3 +103,20 @@ def test_an_ipv6_range_is_read_from_its_first_address(line, networks):
     padding = "".join(f"n{i}.tracker-example.com\n" for i in range(100))  # room in the document's range budget
     parsed = parse("text", f"{line}\n{padding}")
     assert [p.item.value for p in parsed.iocs][: len(networks) + 1] == [*networks, "n0.tracker-example.com"]
+
+
+def test_a_feeds_records_are_never_joined_into_one_url():
+    """A feed is one record a line, but its entries went to the extractor one a line, and it read a URL ending in
+    '/' and the next line's hash or file name as one wrapped URL: the hash was lost and a URL no one listed stored."""
+    text = (
+        "# indicators, one a line\nhttp://a.example.com/dl/\n44d88612fea8a8f36de82e1278abb02f\n"
+        "http://b.example.com/files/\npayload-update.bin\nhttp://c.example.com/x/\n/tmp/evil.sh\nevil.example.net\n"
+    )
+    assert stored(text) == [
+        ("url", "http://a.example.com/dl/"),
+        ("md5", "44d88612fea8a8f36de82e1278abb02f"),
+        ("url", "http://b.example.com/files/"),
+        ("url", "http://c.example.com/x/"),
+        ("file_path", "/tmp/evil.sh"),
+        ("domain", "evil.example.net"),
+    ]
