@@ -22,9 +22,10 @@ def parse(content: Any) -> ParsedImport:
     out = Builder()
     feed = feedlines.read(text)
     if feed is not None:
-        # One extractor call over the entries, one a line, and the prose lines: the extractor's refanging and
-        # checks, never a header's URL.
-        text = "\n".join(feed.readable)
+        # One extractor call over the entries and the prose lines: the extractor's refanging and checks, never a
+        # header's URL. A blank line between them: the extractor continues a URL ending in '/' on the next line (a
+        # report's wrapped URL), and a record is never the rest of the one before it.
+        text = "\n\n".join(feed.readable)
         out.skipped.update(feed.skipped)
     index = 0
     for found in extract(text, refang=True):
