@@ -68,6 +68,17 @@ def test_items_of_one_value_in_a_batch_keep_the_first_items_tags_first(api, db):
     assert db.tags("198.51.100.2") == sorted(a[:10] + b[:54])
 
 
+def test_an_ioc_created_from_items_of_one_value_stores_its_tags_sorted(api, db):
+    """Stored tags are sorted on every write (an item's own are sorted, a merge into a stored IoC sorts the union);
+    the items of one value merged in a batch, which the bound takes in the order they come, were stored in that order
+    when they created the IoC (['zeta', 'alpha', 'mid']), so the same tags read back in another order."""
+    _batch(api, [{"value": "198.51.100.4", "tags": ["zeta"]}, {"value": "198.51.100.4", "tags": ["mid", "alpha"]}])
+    assert db.tags("198.51.100.4") == ["alpha", "mid", "zeta"]
+    _batch(api, [{"value": "198.51.100.5", "tags": ["zeta"]}])
+    _batch(api, [{"value": "198.51.100.5", "tags": ["mid", "alpha"]}])  # the same tags, the IoC created then merged
+    assert db.tags("198.51.100.5") == ["alpha", "mid", "zeta"]
+
+
 def test_an_ioc_stored_with_more_tags_than_the_bound_keeps_them_and_takes_no_more(api, db):
     """Rows written before the bound keep their tags (nothing is deleted); they take no new ones."""
     assert _batch(api, [{"value": "198.51.100.3"}])["summary"]["created"] == 1
