@@ -42,8 +42,9 @@ _FIELDS = IOC_COLUMNS.replace(" ", "").split(",")
 # waited for the row (an analyst marking it TLP:RED, or creating it so, as the bridge sights it)
 # is kept. Reading the stored values from the statement's snapshot lost both. Rows are taken in
 # key order, so two batches lock the rows they share in the same order.
-# Tags: an IoC keeps at most :max_tags. The merge keeps every tag it holds (`i.tags`, the latest committed
-# version, locked), then the item's new ones in the order the item gives them, while there is room; every
+# Tags: an IoC keeps at most :max_tags, sorted. The merge keeps every tag it holds (`i.tags`, the latest committed
+# version, locked), then the item's new ones in the order the item gives them (read from :item_tags: the input's
+# are sorted, as a new IoC stores them; one value's merged items came in their order), while there is room; every
 # write path ends here, so the bound holds for all of them and under concurrent writers. RETURNING counts, for
 # an updated IoC that is full (below the bound nothing was cut; a new one holds its item's first :max_tags),
 # the item's tags it does not hold (`tags_cut`), looked up in :item_tags, the items' tags keyed by "type value";
@@ -60,7 +61,7 @@ WITH input AS (
 )
 INSERT INTO iocs AS i (type, value, tags, sources, tlp, confidence, verdict, base_score, score, severity,
                        first_seen, last_seen, last_seen_day, detection_count, expires_at, warninglists, description)
-SELECT x.type, x.value, x.tags[1:CAST(:max_tags AS int)], x.sources, COALESCE(x.tlp, CAST(:default_tlp AS text)),
+SELECT x.type, x.value, x.tags, x.sources, COALESCE(x.tlp, CAST(:default_tlp AS text)),
        COALESCE(x.confidence, 50),
        COALESCE(x.verdict, 'unknown'), x.base_score, x.base_score,
        CASE WHEN x.base_score >= 90 THEN 'critical' WHEN x.base_score >= 70 THEN 'high'
@@ -74,8 +75,9 @@ ON CONFLICT (type, value) DO UPDATE SET
         SELECT kept.t FROM (
             SELECT unnest(i.tags) AS t
             UNION ALL
-            (SELECT n.t FROM unnest(EXCLUDED.tags) WITH ORDINALITY AS n(t, o) WHERE n.t <> ALL(i.tags)
-             ORDER BY n.o LIMIT GREATEST(0, CAST(:max_tags AS int) - cardinality(i.tags)))
+            (SELECT n.t FROM jsonb_array_elements_text(CAST(:item_tags AS jsonb) -> (i.type || ' ' || i.value))
+                 WITH ORDINALITY AS n(t, o)
+             WHERE n.t <> ALL(i.tags) ORDER BY n.o LIMIT GREATEST(0, CAST(:max_tags AS int) - cardinality(i.tags)))
         ) AS kept ORDER BY 1),
     sources = ARRAY(SELECT DISTINCT unnest(i.sources || EXCLUDED.sources) ORDER BY 1),
     warninglists = EXCLUDED.warninglists,
@@ -117,7 +119,7 @@ def _item_doc(item: UpsertItem, *, base_score: int) -> dict[str, Any]:
     return {
         "type": item.type,
         "value": item.value,
-        "tags": item.tags,
+        "tags": sorted(item.tags[:MAX_TAGS_PER_IOC]),  # as a new IoC stores them; the update takes the order from :item_tags
         "sources": item.sources,
         "tlp": item.tlp,  # None: the stored TLP, or the default for a new IoC (_UPSERT)
         "confidence": item.confidence,  # None: the stored confidence, or 50 for a new IoC (_UPSERT)
