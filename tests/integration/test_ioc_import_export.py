@@ -116,6 +116,16 @@ def test_a_hosts_file_and_a_drop_list_import_their_entries_only(api, db):
     assert stored == "cidr 1.10.16.0/20, domain ads.tracker-example.com, domain telemetry.badvendor-example.net"
 
 
+def test_a_feed_line_of_deeply_nested_json_is_not_a_500(api, db):
+    """A text feed's '{...}' lines are read as JSON Lines records with the standard library's decoder, which raised
+    RecursionError for an object nested past the interpreter's limit (a 250 KB line): the import answered 500 (and an
+    async one was retried to the dead letter). Such a line is no record; the feed's other lines import."""
+    deep = '{"a":' * 50_000 + "1" + "}" * 50_000
+    response = api.import_("text", f"{deep}\n" + "".join(f"198.51.100.{i}\n" for i in range(20, 40)), source="deep-jsonl")
+    assert response.status_code == 200, response.get_data(as_text=True)[:300]
+    assert response.get_json()["iocs"]["summary"]["created"] == 20
+
+
 @pytest.mark.parametrize(
     ("fmt", "content", "message"),
     [
