@@ -316,7 +316,7 @@ def _json_record(feed: FeedLines, line: str) -> bool:
     own (Spamhaus's copyright and terms URL); an object without a known field is read whole."""
     try:
         record = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the interpreter's limit (a 500 it was): not a record either
         return False
     if not isinstance(record, dict):
         return False
