@@ -347,7 +347,10 @@ _RANGES = (
 def _range(feed: FeedLines, body: str) -> bool:
     """'start-end', 'start - end', PeerGuardian's 'description:start-end': the networks that cover the range (an aligned
     block is one), within the document's budget of networks."""
-    match = next((m for m in (pattern.fullmatch(body) for pattern in _RANGES) if m is not None), None)
+    bare, named_v4, named_v6 = _RANGES
+    match = bare.fullmatch(body)
+    if match is None and ":" in body:  # most lines with a '-' are names: one pattern, as before
+        match = named_v4.fullmatch(body) or named_v6.fullmatch(body)
     if match is None:
         return False
     start, end = _address(match.group(1)), _address(match.group(2))
