@@ -119,3 +119,14 @@ def test_json_lines_are_sent_as_a_text_feed():
     assert detect_format(Path("drop_v4.json"), text) == "text"
     with pytest.raises(ValidationError, match="not valid JSON"):
         detect_format(Path("broken.json"), '{"cidr": "1.10.16.0/20"\n')
+
+
+@pytest.mark.parametrize("name", ["deep.json", "deep-lines.json"])
+def test_a_json_file_nested_too_deep_is_a_clear_error_not_a_traceback(name, tmp_path):
+    """json.loads raises RecursionError (not a ValueError) on a document nested deeper than the interpreter's
+    limit: `threatflow iocs import deep.json` died with a traceback, for a whole document and for JSON Lines."""
+    deep = "[" * 100_000 + "]" * 100_000
+    text = deep if name == "deep.json" else '{"cidr": "198.51.100.0/24"}\n{"a": ' + deep + "}\n"
+    with pytest.raises(ValidationError) as raised:
+        detect_format(tmp_path / name, text)
+    assert raised.value.field == "format" and name in str(raised.value)
