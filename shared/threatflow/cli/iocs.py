@@ -47,6 +47,8 @@ def detect_format(path: Path, text: str) -> str:
         return "csv" if suffix not in (".md", ".html", ".htm") and has_known_header(text) else "text"
     try:
         doc = json.loads(text)
+    except RecursionError:  # not a ValueError: deeper than the interpreter's limit (the API refuses it too)
+        raise ValidationError(f"{path}: JSON nests deeper than the decoder allows", field="format") from None
     except ValueError as exc:
         if _is_json_lines(text):
             return "text"  # one object a line (Spamhaus's drop_v4.json): the text import reads it as a feed
@@ -69,7 +71,7 @@ def _is_json_lines(text: str, *, sample: int = 65536) -> bool:
         return False
     try:
         return all(line[:1] == "{" and isinstance(json.loads(line), dict) for line in lines)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
 
 
