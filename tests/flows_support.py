@@ -155,6 +155,19 @@ def sql_scalar(database_url: str, statement: str) -> Any:
         engine.dispose()
 
 
+def sql_row(database_url: str, statement: str) -> tuple[Any, ...]:
+    """One statement's single row, on an engine of its own."""
+    from threatflow.adapters.postgres import create_engine
+    from threatflow.platform.config import Settings
+
+    engine = create_engine(Settings.from_env({"DATABASE_URL": database_url}))
+    try:
+        with engine.connect() as conn:
+            return tuple(conn.exec_driver_sql(statement).one())
+    finally:
+        engine.dispose()
+
+
 def queue_upload(api: FlowsApi, name: str, data: bytes) -> str:
     """Put `data` in the uploads bucket as `name` and queue its flow-ingest job (202); returns the job id."""
     from threatflow.adapters.storage import GcsBlobs

@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from flows_support import publish, trained_model
-from helpers import pull_published
+from flows_support import publish, sql_row, trained_model
+from helpers import create_user, pull_published
 
 pytestmark = pytest.mark.integration
 PROJECT = "threatflow-test"
@@ -103,6 +103,11 @@ def worker(backend_env, monkeypatch) -> Iterator[Any]:
     subscription = subscriber.subscription_path(PROJECT, f"flow-ingest-handover-{uuid.uuid4().hex[:8]}")
     subscriber.create_subscription(name=subscription, topic=topic)
     documents = FirestoreDocuments(PROJECT)
+    # The analyst a job is queued by: the worker acts for that account as it is when it runs (auth.requester).
+    create_user(backend_env["DATABASE_URL"], "handover-analyst", "analyst")
+    requester_id, requester_version = sql_row(
+        backend_env["DATABASE_URL"], "SELECT id, security_version FROM users WHERE username = 'handover-analyst'"
+    )
 
     class Worker:
         docs = documents
@@ -121,7 +126,8 @@ def worker(backend_env, monkeypatch) -> Iterator[Any]:
                 INGEST_JOBS,
                 job_id,
                 {"job_id": job_id, "state": "queued", "bucket": UPLOADS, "object": name, "rows_done": 0, "stored": 0}
-                | {"duplicates": 0, "invalid": 0, "created_at": now, "updated_at": now},
+                | {"duplicates": 0, "invalid": 0, "created_at": now, "updated_at": now}
+                | {"requested_by": "handover-analyst", "requested_by_id": requester_id, "requester_version": requester_version},
             )
             return job_id
 

@@ -158,6 +158,7 @@ def build_router(runtime: Runtime) -> Router:
             warninglists=runtime.warninglist_matcher(),
             now=now,
             shown_to=tlp_clearance.of(request.principal),  # the answer's bridge counts: IoCs within the caller's clearance
+            authorise=None,  # the request's token was checked as it came in
         )
 
     @router.route("POST", "/api/v1/flows/uploads", role=Role.ANALYST, body=UploadJobIn)
@@ -213,6 +214,10 @@ def build_router(runtime: Runtime) -> Router:
             "created_at": created,
             "updated_at": created,  # a job nothing runs is found by recover-stalled-flow-ingest-jobs from here
             "requested_by": request.principal.username if request.principal else None,
+            # The job acts for this account as it is when the worker runs (auth.requester.acting_for, as an async IoC
+            # import): no stored event or IoC once the token that queued it would be refused or the role no longer writes.
+            "requested_by_id": request.principal.user_id if request.principal else None,
+            "requester_version": request.principal.version if request.principal else None,
         }
         try:
             runtime.documents.set(INGEST_JOBS, job_id, job)

@@ -57,9 +57,13 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from threatflow.adapters.postgres import unit_of_work
 from threatflow.auth import clearance as tlp_clearance
+from threatflow.auth import requester as auth_requester
+from threatflow.auth.model import Role
+from threatflow.auth.repository import UserRepository
 from threatflow.flows import ingest
 from threatflow.flows.ingest_jobs import (
     INGEST_JOBS,
@@ -75,10 +79,13 @@ from threatflow.flows.ingest_jobs import (
 from threatflow.flows.model import serving_snapshot
 from threatflow.hunting import pipeline
 from threatflow.platform import logging as tf_logging
-from threatflow.platform.errors import ConflictError, NotFoundError, PermanentError, RetryableError, ValidationError
+from threatflow.platform.errors import AuthError, ConflictError, NotFoundError, PermanentError, RetryableError, ValidationError
 from threatflow.platform.events import Message
 from threatflow.platform.ports import BlobStore, Clock, DocumentStore, Publisher, Versioned
 from threatflow.runtime import Runtime
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
 
 log = logging.getLogger("threatflow.flows.ingest")
 # A delivery releases the lease before it publishes its continuation, so the continuation never waits
@@ -232,7 +239,9 @@ def build_handler(runtime: Runtime) -> Callable[[Message], dict[str, Any]]:
         refresh_seconds=settings.detect_model_refresh_seconds,
     )
 
-    def ingest_rows(flows: list[dict[str, Any]], positions: list[int], *, source: str) -> dict[str, Any]:
+    def ingest_rows(
+        flows: list[dict[str, Any]], positions: list[int], *, source: str, authorise: Callable[[Connection], object]
+    ) -> dict[str, Any]:
         canonical, fields, problems = ingest.validate(flows)
         now = runtime.clock.now()
         oldest = ingest.retained_since(now, settings.flows_retention_days)  # as POST /flows/batch: a partition a day
@@ -259,6 +268,7 @@ def build_handler(runtime: Runtime) -> Callable[[Message], dict[str, Any]]:
             warninglists=runtime.warninglist_matcher(),
             now=runtime.clock.now(),
             shown_to=tlp_clearance.SYSTEM,  # the job's record keeps none of the bridge's counts
+            authorise=authorise,
         )
         result["invalid"] = invalid
         result["first_problem"] = problems[0].to_json() if problems else None
@@ -296,20 +306,31 @@ def build_handler(runtime: Runtime) -> Callable[[Message], dict[str, Any]]:
                     log, logging.WARNING, "flow-ingest continuation runs unrecorded: its publisher died before recording it",
                     job_id=job_id, continuation=continuation,
                 )  # fmt: skip
+            authorise = requester_check(job)
+
+            def as_requester() -> dict[str, Any] | Handover:
+                try:
+                    with unit_of_work(runtime.engine) as conn:
+                        authorise(conn)  # before the object is hashed or read: a refused job reads none of it
+                    return run_job(
+                        job_id,
+                        read,
+                        continuation=continuation,
+                        token=token,
+                        started=started,
+                        budget_seconds=settings.flow_ingest_delivery_seconds,
+                        documents=documents,
+                        blobs=runtime.blobs,
+                        ingest_rows=lambda flows, positions, *, source: ingest_rows(flows, positions, source=source, authorise=authorise),
+                        clock=runtime.clock,
+                        held=held,
+                    )
+                except AuthError as exc:  # the requester's account changed since the job was queued: it stores no more
+                    fail_job(documents, job_id, exc.message, clock=runtime.clock)
+                    raise
+
             outcome = last_attempt_fails_job(
-                lambda: run_job(
-                    job_id,
-                    read,
-                    continuation=continuation,
-                    token=token,
-                    started=started,
-                    budget_seconds=settings.flow_ingest_delivery_seconds,
-                    documents=documents,
-                    blobs=runtime.blobs,
-                    ingest_rows=ingest_rows,
-                    clock=runtime.clock,
-                    held=held,
-                ),
+                as_requester,
                 job_id=job_id,
                 message=message,
                 documents=documents,
@@ -326,6 +347,24 @@ def build_handler(runtime: Runtime) -> Callable[[Message], dict[str, Any]]:
         return outcome
 
     return handle
+
+
+def requester_check(job: dict[str, Any]) -> Callable[[Connection], object]:
+    """The check a job's batches run in the transaction that stores them: its requester's account as it is now
+    (auth.requester.acting_for, as a queued IoC import). AuthError once the token that queued it would be refused
+    (disabled or gone, role or password changed) or the role is no longer analyst: the batch stores nothing, and the
+    job fails. Each batch checks again, so a change during a long upload stops it at the next batch."""
+
+    def check(conn: Connection) -> object:
+        return auth_requester.acting_for(
+            UserRepository(conn),
+            user_id=job.get("requested_by_id"),
+            username=job.get("requested_by"),
+            version=job.get("requester_version"),
+            role=Role.ANALYST,
+        )
+
+    return check
 
 
 def existing_job(documents: DocumentStore, job_id: str) -> dict[str, Any]:

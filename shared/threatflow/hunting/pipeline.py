@@ -20,7 +20,7 @@ from threatflow.iocs.model import DecayPolicy
 from threatflow.platform.ports import Publisher
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from sqlalchemy.engine import Connection, Engine
 
 log = logging.getLogger("threatflow.hunting")
 
@@ -41,9 +41,16 @@ def ingest_batch(
     warninglists: Callable[[str, str], list[str]] | None,
     now: datetime,
     shown_to: str,
+    authorise: Callable[[Connection], object] | None,
     positions: Sequence[int] | None = None,
 ) -> dict[str, Any]:
+    """Score and store a batch of flows, and bridge its attack sources to IoCs, in one unit of work.
+
+    `authorise` (None: the request's own token was checked) runs first in that unit of work and raises to store
+    nothing: a queued upload's check of its requester's account as it is now (flow-ingest), in the writing transaction."""
     with unit_of_work(engine) as conn:  # events and IoCs: one unit of work; enrichment after the commit
+        if authorise is not None:
+            authorise(conn)
         outcome = ingest.score_and_store(
             conn, flows, fields, model=model, source=source, first_position=first_position, observed_at=observed_at, positions=positions
         )
