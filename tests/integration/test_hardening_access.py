@@ -496,3 +496,54 @@ def test_an_admin_deletes_only_records_within_their_clearance(marked, function_c
     removed = threats.delete("/api/v1/threats", json={"ids": [marked["threat_id"]]}, headers=boss).get_json()
     assert removed == {"deleted": 0, "not_found": [marked["threat_id"]]}, removed
     assert threats.get(f"/api/v1/threats/{marked['threat_id']}", headers=writer).status_code == 200
+
+
+def test_a_threat_upsert_merged_into_a_threat_above_the_writers_clearance_answers_no_more_than_that_it_merged(
+    marked, function_client, backend_env
+):
+    """Threats merge by name or alias, as IoCs by value: an amber analyst naming the red threat "RedOnly" got its id,
+    `unchanged` or `updated` (whether the tags, aliases or TTPs it named were already there: a content oracle, one
+    probe per guessed tag), the red threat's kind ("kind tool ignored; the threat is a malware"), and, naming it with
+    one of its own threats, the red threat's id in the clash. Now the answer is `updated` with nothing about the
+    threat, as for an IoC above the clearance; the item is still merged (lists and times)."""
+    url = backend_env["DATABASE_URL"]
+    amber = _bearer(_login(function_client("auth"), "amberoracle", create_user(url, "amberoracle", "analyst")))
+    threats, red_id, writer = marked["threats"], marked["threat_id"], marked["writer"]
+    tagged = {"kind": "malware", "name": "RedOnly", "tags": ["secret-tag"], "aliases": ["RedAlias"]}
+    assert threats.post("/api/v1/threats/batch", json={"threats": [tagged]}, headers=writer).status_code == 200
+
+    def probe(*items):
+        response = threats.post("/api/v1/threats/batch", json={"threats": list(items)}, headers=amber)
+        assert response.status_code == 200, response.get_data(as_text=True)[:300]
+        return response.get_json()
+
+    known = probe({"kind": "tool", "name": "RedOnly", "tags": ["secret-tag"]})  # nothing new to the red threat
+    guessed = probe({"kind": "malware", "name": "redalias", "tags": ["other-tag"]})
+    for body in (known, guessed):
+        assert body["results"][0] == {"index": 0, "status": "updated"}, body
+    mine = probe({"kind": "tool", "name": "AmberOwn"})["results"][0]["id"]
+    clash = probe({"kind": "tool", "name": "AmberOwn", "aliases": ["RedOnly"]})
+    assert clash["results"][0]["status"] == "rejected" and str(red_id) not in clash["results"][0]["reason"], clash
+    assert f"threat {mine}" in clash["results"][0]["reason"]  # its own threat is named, as before
+    red_malware = {
+        "type": "malware",
+        "spec_version": "2.1",
+        "id": "malware--3c9a4f57-5d7e-4e1b-9f0e-6a1d2b3c4d5e",
+        "created": "2026-01-01T00:00:00Z",
+        "modified": "2026-01-01T00:00:00Z",
+        "name": "RedOnly",
+        "is_family": True,
+    }
+    imported = function_client("iocs").post(
+        "/api/v1/iocs/import",
+        json={
+            "format": "stix",
+            "content": {"type": "bundle", "id": "bundle--8f0c6e3e-0d9a-4d55-9a43-2b1e7c0c1a01", "objects": [red_malware]},
+        },
+        headers=amber,
+    )
+    assert imported.status_code == 200, imported.get_data(as_text=True)[:300]
+    assert "id" not in imported.get_json()["threats"]["results"][0], imported.get_json()["threats"]
+    # Still merged: those cleared for red see the sighting's lists.
+    stored = threats.get(f"/api/v1/threats/{red_id}", headers=writer).get_json()
+    assert "other-tag" in stored["tags"] and stored["kind"] == "malware"
