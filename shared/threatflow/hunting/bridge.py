@@ -74,6 +74,7 @@ class BridgeResult:
     rejected: int
     to_enrich: list[EnrichmentRequest]
     tags_cut: int = 0  # detection and category tags a full IoC could not take (iocs.model.MAX_TAGS_PER_IOC)
+    sources_cut: int = 0  # the bridge's source, on an IoC already holding iocs.model.MAX_SOURCES_PER_IOC others
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -82,6 +83,7 @@ class BridgeResult:
             "iocs_updated": self.updated,
             "rejected": self.rejected,
             "tags_cut": self.tags_cut,
+            "sources_cut": self.sources_cut,
         }
 
 
@@ -175,10 +177,16 @@ def upsert_attack_sources(
                 EnrichmentRequest(int(result["id"]), str(result["type"]), str(result["value"]), source.max_probability, source.flows)
             )
     ioc_repository.log_sightings(conn, sightings)
-    cut = {int(r["id"]): int(r["tags_cut"]) for r in outcome["results"] if r.get("tags_cut")}  # full IoCs only: rare
-    tlps = ioc_repository.tlps_of(conn, list(cut)) if cut else {}  # the bridge names no TLP: as before its write
-    tags_cut = sum(n for ioc_id, n in cut.items() if ioc_id in tlps and tlp_clearance.can_read(shown_to, tlps[ioc_id]))
-    return BridgeResult(len(sources), counts["created"], counts["updated"], counts["rejected"], to_enrich, tags_cut)
+    # Cut counts of IoCs within the caller's clearance only (full IoCs only: rare); the bridge names no TLP: as before its write
+    cut = {
+        int(r["id"]): (int(r.get("tags_cut") or 0), int(r.get("sources_cut") or 0))
+        for r in outcome["results"]
+        if r.get("tags_cut") or r.get("sources_cut")
+    }
+    tlps = ioc_repository.tlps_of(conn, list(cut)) if cut else {}
+    shown = [n for ioc_id, n in cut.items() if ioc_id in tlps and tlp_clearance.can_read(shown_to, tlps[ioc_id])]
+    tags_cut, sources_cut = sum(t for t, _ in shown), sum(c for _, c in shown)
+    return BridgeResult(len(sources), counts["created"], counts["updated"], counts["rejected"], to_enrich, tags_cut, sources_cut)
 
 
 _host_address = functools.lru_cache(maxsize=4096)(names_a_host)

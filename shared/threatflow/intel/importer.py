@@ -35,9 +35,10 @@ from threatflow.intel.formats import ItemError, ParsedImport, ParsedIoc, ParsedT
 from threatflow.intel.formats.misp import MAX_THREATS_PER_IOC
 from threatflow.iocs import repository as ioc_repository
 from threatflow.iocs import service
-from threatflow.iocs.model import MAX_TAGS_PER_IOC, Tlp
+from threatflow.iocs.model import MAX_SOURCES_PER_IOC, MAX_TAGS_PER_IOC, Tlp
 from threatflow.iocs.normalise import normalise
 from threatflow.platform.errors import PermanentError, RetryableError, ValidationError
+from threatflow.platform.vocabulary import clean_sources
 from threatflow.threats import repository as threat_store
 
 if TYPE_CHECKING:
@@ -168,6 +169,15 @@ def apply_import(
                 " then the first new ones; each IoC's result counts its own in tags_cut)",
             )
         )
+    sources_cut = sum(int(r.get("sources_cut", 0)) for r in results)
+    if sources_cut:
+        errors.append(
+            ItemError(
+                "sources",
+                f"{sources_cut} sources not stored: an IoC holds at most {MAX_SOURCES_PER_IOC} sources (it keeps those it"
+                " has, then the first new ones; each IoC's result counts its own in sources_cut)",
+            )
+        )
     ioc_repository.record_audit(conn, action="import", actor=actor, detail={**parsed.summary(), "source": source_default})
 
     summary: dict[str, Any] = {status: 0 for status in ("created", "updated", "unchanged", "rejected")}
@@ -176,6 +186,7 @@ def apply_import(
     summary["rejected"] += len(parsed.errors)  # items the parser could not make into an IoC or threat
     summary["total"] = len(results) + len(parsed.errors)
     summary["tags_cut"] = tags_cut
+    summary["sources_cut"] = sources_cut
     threat_summary: dict[str, int] = {}
     for item in threat_out:
         status = str(item["status"])
@@ -190,6 +201,7 @@ def apply_import(
         "relations_created": relations_created,
         "relations_cut": relations_cut,
         "tags_cut": tags_cut,
+        "sources_cut": sources_cut,
         "errors": [e.to_json() for e in errors],
         "warnings": [w.to_json() for w in parsed.warnings],
         "skipped": parsed.skipped,
@@ -269,6 +281,8 @@ def blob_name(job_id: str) -> str:
 def parse_request(body: ImportRequest) -> ParsedImport:
     if body.content is None or body.content == "":
         raise ValidationError("content is required", field="content")
+    if body.source is not None:
+        clean_sources([body.source])  # checked here: it would be every item's source, and reject each of them
     if body.tlp is not None:
         Tlp.parse_field(body.tlp, field="tlp")  # checked here; the items keep the caller's spelling, parsed again when stored
     return parse(body.format, body.content).with_defaults(source=body.source, tlp=body.tlp, tags=body.tags)
@@ -351,6 +365,7 @@ def run_job(
                 "links_cut": result["links_cut"],
                 "relations_cut": result["relations_cut"],
                 "tags_cut": result["tags_cut"],
+                "sources_cut": result["sources_cut"],
                 "errors": result["errors"][:MAX_STORED_ERRORS],
                 "warnings": result["warnings"][:MAX_STORED_ERRORS],
                 "skipped": result["skipped"],

@@ -10,12 +10,15 @@ from typing import Annotated, Any
 import msgspec
 
 from threatflow.iocs.types import IocType
-from threatflow.platform.vocabulary import MAX_TAGS, Severity, Tlp
+from threatflow.platform.vocabulary import MAX_SOURCES, MAX_TAGS, Severity, Tlp
 
 # The tags one IoC holds, as many as one item may name: every write unioned tags without limit (a MISP event's
 # import adds `misp-event:<uuid>`; one IoC held 19,200 and its /related took 100 s). Past it a write keeps the
 # stored tags and adds new ones while there is room; what it could not keep is counted (`tags_cut`).
 MAX_TAGS_PER_IOC = MAX_TAGS
+# The sources one IoC holds, by the same rule (`sources_cut`): they were unioned without limit too, one per MISP
+# organisation or client-named source that reported the value.
+MAX_SOURCES_PER_IOC = MAX_SOURCES
 
 __all__ = [
     "DEFAULT_PAGE",
@@ -105,6 +108,7 @@ class ItemResult:
     type: str | None = None
     value: str | None = None
     tags_cut: int = 0  # the item's tags (with its batch duplicates') the IoC could not keep: MAX_TAGS_PER_IOC
+    sources_cut: int = 0  # the same for its sources: MAX_SOURCES_PER_IOC
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"index": self.index, "status": self.status.value}
@@ -117,6 +121,8 @@ class ItemResult:
             out["reason"] = self.reason
         if self.tags_cut:
             out["tags_cut"] = self.tags_cut
+        if self.sources_cut:
+            out["sources_cut"] = self.sources_cut
         return out
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from threatflow.iocs.model import MAX_TAGS_PER_IOC, DecayPolicy, IocFilter, IocRecord, UpsertItem
+from threatflow.iocs.model import MAX_SOURCES_PER_IOC, MAX_TAGS_PER_IOC, DecayPolicy, IocFilter, IocRecord, UpsertItem
 from threatflow.platform.errors import ValidationError
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ _FIELDS = IOC_COLUMNS.replace(" ", "").split(",")
 # not its own writes), by primary key. Joining the written rows back to `input` instead was planned as a nested
 # loop (the planner takes a jsonb_to_recordset for 100 rows): 16 times slower for 10,000 updates; returning a
 # full IoC's tags to count here was 1.7 times slower for 10,000 updates of full IoCs (bench_upsert_ab.py --full).
+# Sources: the same bound and order (:max_sources, `sources_cut` from :item_sources); they were a sorted union.
 _UPSERT = """
 WITH input AS (
     SELECT * FROM jsonb_to_recordset(CAST(:doc AS jsonb)) AS x(
@@ -61,7 +62,7 @@ WITH input AS (
 )
 INSERT INTO iocs AS i (type, value, tags, sources, tlp, confidence, verdict, base_score, score, severity,
                        first_seen, last_seen, last_seen_day, detection_count, expires_at, warninglists, description)
-SELECT x.type, x.value, x.tags, x.sources, COALESCE(x.tlp, CAST(:default_tlp AS text)),
+SELECT x.type, x.value, x.tags, x.sources[1:CAST(:max_sources AS int)], COALESCE(x.tlp, CAST(:default_tlp AS text)),
        COALESCE(x.confidence, 50),
        COALESCE(x.verdict, 'unknown'), x.base_score, x.base_score,
        CASE WHEN x.base_score >= 90 THEN 'critical' WHEN x.base_score >= 70 THEN 'high'
@@ -79,7 +80,13 @@ ON CONFLICT (type, value) DO UPDATE SET
                  WITH ORDINALITY AS n(t, o)
              WHERE n.t <> ALL(i.tags) ORDER BY n.o LIMIT GREATEST(0, CAST(:max_tags AS int) - cardinality(i.tags)))
         ) AS kept ORDER BY 1),
-    sources = ARRAY(SELECT DISTINCT unnest(i.sources || EXCLUDED.sources) ORDER BY 1),
+    sources = ARRAY(
+        SELECT kept.s FROM (
+            SELECT unnest(i.sources) AS s
+            UNION ALL
+            (SELECT n.s FROM unnest(EXCLUDED.sources) WITH ORDINALITY AS n(s, o) WHERE n.s <> ALL(i.sources)
+             ORDER BY n.o LIMIT GREATEST(0, CAST(:max_sources AS int) - cardinality(i.sources)))
+        ) AS kept ORDER BY 1),
     warninglists = EXCLUDED.warninglists,
     tlp = CASE WHEN i.tlp <> ALL(CAST(:readable AS text[]))
                  OR (EXCLUDED.type, EXCLUDED.value) IN (SELECT type, value FROM input WHERE tlp IS NULL)
@@ -101,7 +108,10 @@ RETURNING id, type, value, (xmax = 0) AS inserted,
     COALESCE((SELECT b.tlp FROM iocs b WHERE b.id = i.id), i.tlp) AS tlp_before,
     CASE WHEN NOT (xmax = 0) AND cardinality(i.tags) >= CAST(:max_tags AS int) THEN (
         SELECT count(*) FROM jsonb_array_elements_text(CAST(:item_tags AS jsonb) -> (i.type || ' ' || i.value)) AS t(tag)
-        WHERE t.tag <> ALL(i.tags)) ELSE 0 END AS tags_cut
+        WHERE t.tag <> ALL(i.tags)) ELSE 0 END AS tags_cut,
+    CASE WHEN NOT (xmax = 0) AND cardinality(i.sources) >= CAST(:max_sources AS int) THEN (
+        SELECT count(*) FROM jsonb_array_elements_text(CAST(:item_sources AS jsonb) -> (i.type || ' ' || i.value)) AS s(source)
+        WHERE s.source <> ALL(i.sources)) ELSE 0 END AS sources_cut
 """
 
 
@@ -113,6 +123,7 @@ class UpsertedRow:
     inserted: bool
     tlp_before: str  # the TLP the IoC had when the item merged into it (a new one's own): could the writer read it?
     tags_cut: int  # the item's tags a full IoC does not hold (MAX_TAGS_PER_IOC); 0 for a new one
+    sources_cut: int  # the item's sources a full IoC does not hold (MAX_SOURCES_PER_IOC); 0 for a new one
 
 
 def _item_doc(item: UpsertItem, *, base_score: int) -> dict[str, Any]:
@@ -151,14 +162,24 @@ def upsert(conn: Connection, items: Sequence[UpsertItem], *, readable: Sequence[
     """Merge items (unique by type and value) in one statement. `readable` is the TLPs the writer may read (its
     clearance): a stored IoC marked above them takes an item as a sighting only, its TLP, confidence, verdict and
     description kept (an amber analyst's item with tlp clear declassified a red IoC). An IoC keeps at most
-    MAX_TAGS_PER_IOC tags: those it holds, then the item's new ones in the item's order (`UpsertedRow.tags_cut`)."""
+    MAX_TAGS_PER_IOC tags: those it holds, then the item's new ones in the item's order (`UpsertedRow.tags_cut`), and
+    MAX_SOURCES_PER_IOC sources by the same rule (`UpsertedRow.sources_cut`)."""
     if not items:
         return []
     doc = msgspec.json.encode([_item_doc(i, base_score=i.confidence if i.confidence is not None else 50) for i in items]).decode()
     item_tags = msgspec.json.encode({f"{i.type} {i.value}": i.tags for i in items if i.tags}).decode()
-    params = {"doc": doc, "default_tlp": default_tlp, "readable": list(readable), "max_tags": MAX_TAGS_PER_IOC, "item_tags": item_tags}
+    item_sources = msgspec.json.encode({f"{i.type} {i.value}": i.sources for i in items if i.sources}).decode()
+    params = {
+        "doc": doc,
+        "default_tlp": default_tlp,
+        "readable": list(readable),
+        "max_tags": MAX_TAGS_PER_IOC,
+        "item_tags": item_tags,
+        "max_sources": MAX_SOURCES_PER_IOC,
+        "item_sources": item_sources,
+    }
     rows = conn.execute(_text(_UPSERT), params).all()
-    return [UpsertedRow(int(r[0]), r[1], r[2], bool(r[3]), str(r[4]), int(r[5])) for r in rows]
+    return [UpsertedRow(int(r[0]), r[1], r[2], bool(r[3]), str(r[4]), int(r[5]), int(r[6])) for r in rows]
 
 
 def set_policy(conn: Connection, policy: DecayPolicy) -> DecayPolicy | None:

@@ -11,11 +11,21 @@ import msgspec
 
 from threatflow.adapters.postgres import unit_of_work
 from threatflow.iocs import repository
-from threatflow.iocs.model import MAX_TAGS_PER_IOC, DecayPolicy, IocRecord, ItemResult, ItemStatus, Tlp, UpsertItem, Verdict
+from threatflow.iocs.model import (
+    MAX_SOURCES_PER_IOC,
+    MAX_TAGS_PER_IOC,
+    DecayPolicy,
+    IocRecord,
+    ItemResult,
+    ItemStatus,
+    Tlp,
+    UpsertItem,
+    Verdict,
+)
 from threatflow.iocs.normalise import normalise
 from threatflow.platform import limits
 from threatflow.platform.errors import NotFoundError, PayloadTooLargeError, ValidationError
-from threatflow.platform.vocabulary import clean_tags
+from threatflow.platform.vocabulary import clean_sources, clean_tags
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -76,7 +86,7 @@ def prepare(
     indicator = normalise(item.value, item.type)
     ioc_type = str(indicator.type)
     tlp = Tlp.parse_field(item.tlp, field="tlp").value if item.tlp is not None else None
-    sources = sorted({s.strip() for s in [*item.sources, *([item.source] if item.source else [])] if s and s.strip()})
+    sources = clean_sources([*item.sources, *([item.source] if item.source else [])])
     seen_at = limits.check_aware(item.seen_at, field="seen_at") if item.seen_at else now
     first_seen = limits.check_aware(item.first_seen, field="first_seen") if item.first_seen else None
     if first_seen is not None and first_seen > seen_at:
@@ -121,8 +131,9 @@ def upsert_batch(
     `warninglists` and `policies` are required: the caller passes the runtime's snapshots
     (`runtime.warninglist_matcher()`, None only when the lists are off or not loaded yet). So is `clearance`, the
     writer's (auth.clearance.of(principal), or SYSTEM for the product's own writers): a stored IoC above it is only
-    sighted by an item, never re-marked or rewritten. An IoC holds at most MAX_TAGS_PER_IOC tags; an item's result
-    and the summary count what could not be kept (`tags_cut`; one value's items count on the first)."""
+    sighted by an item, never re-marked or rewritten. An IoC holds at most MAX_TAGS_PER_IOC tags and
+    MAX_SOURCES_PER_IOC sources; an item's result and the summary count what could not be kept (`tags_cut`,
+    `sources_cut`; one value's items count on the first)."""
     if len(raw_items) > MAX_BATCH:
         raise PayloadTooLargeError(f"at most {MAX_BATCH} indicators per batch; got {len(raw_items)}")
     started = time.perf_counter()
@@ -132,7 +143,7 @@ def upsert_batch(
     # Tags and sources of items merged into a first one, set once at the end: sorting the union at every duplicate
     # was quadratic (5,000 items of one value with 64 tags each, 3.5 MB, ran past 300 s). Tags keep the order
     # they come in (a dict as an ordered set), so the IoC's bound keeps the first ones deterministically.
-    merged: dict[tuple[str, str], tuple[dict[str, None], set[str]]] = {}
+    merged: dict[tuple[str, str], tuple[dict[str, None], dict[str, None]]] = {}
     for index, raw in enumerate(raw_items):
         try:
             item = prepare(raw, index, policies=policies, now=now, warninglists=warninglists)
@@ -144,19 +155,22 @@ def upsert_batch(
         if first is None:
             first_of[key] = item
         else:  # the same indicator twice in one batch: merge into the first
-            tags, sources = merged.setdefault(key, (dict.fromkeys(first.tags), set(first.sources)))
+            tags, sources = merged.setdefault(key, (dict.fromkeys(first.tags), dict.fromkeys(first.sources)))
             tags.update(dict.fromkeys(item.tags))
-            sources.update(item.sources)
+            sources.update(dict.fromkeys(item.sources))
             if item.first_seen is not None:  # an earlier sighting it names: kept, as a later batch's would be
                 first.first_seen = min(first.first_seen or first.seen_at or item.first_seen, item.first_seen)
             if item.tlp is not None and (first.tlp is None or Tlp(item.tlp).rank > Tlp(first.tlp).rank):
                 first.tlp = item.tlp  # the most restrictive TLP the batch names for it: a merge never lowers a marking
             duplicates.append(item)
-    cut_here: dict[tuple[str, str], int] = {}  # merged tags past what one IoC holds, cut before the store sees them
+    # Merged tags and sources past what one IoC holds, cut before the store sees them (the first items' first).
+    cut_here: dict[tuple[str, str], int] = {}
+    sources_cut_here: dict[tuple[str, str], int] = {}
     for key, (tags, sources) in merged.items():
-        ordered_tags = list(tags)
+        ordered_tags, ordered_sources = list(tags), list(sources)
         cut_here[key] = max(0, len(ordered_tags) - MAX_TAGS_PER_IOC)
-        first_of[key].tags, first_of[key].sources = ordered_tags[:MAX_TAGS_PER_IOC], sorted(sources)
+        sources_cut_here[key] = max(0, len(ordered_sources) - MAX_SOURCES_PER_IOC)
+        first_of[key].tags, first_of[key].sources = ordered_tags[:MAX_TAGS_PER_IOC], ordered_sources[:MAX_SOURCES_PER_IOC]
     readable = Tlp(clearance).at_most()
     rows = repository.upsert(conn, list(first_of.values()), readable=readable)
     by_key = {(r.type, r.value): r for r in rows}
@@ -168,8 +182,11 @@ def upsert_batch(
         row = by_key[key]
         status = ItemStatus.CREATED if row.inserted else ItemStatus.UPDATED
         tags_cut = 0 if key in hidden else row.tags_cut + cut_here.get(key, 0)
+        sources_cut = 0 if key in hidden else row.sources_cut + sources_cut_here.get(key, 0)
         shown_id = None if key in hidden else row.id
-        results[item.index] = ItemResult(item.index, status, id=shown_id, type=item.type, value=item.value, tags_cut=tags_cut)
+        results[item.index] = ItemResult(
+            item.index, status, id=shown_id, type=item.type, value=item.value, tags_cut=tags_cut, sources_cut=sources_cut
+        )
     for item in duplicates:
         key = (item.type, item.value)
         results[item.index] = ItemResult(
@@ -186,6 +203,7 @@ def upsert_batch(
         summary[result.status.value] += 1
     summary["total"] = len(ordered)
     summary["tags_cut"] = sum(r.tags_cut for r in ordered)
+    summary["sources_cut"] = sum(r.sources_cut for r in ordered)
     summary["took_ms"] = round((time.perf_counter() - started) * 1000, 1)
     return {"results": [r.to_json() for r in ordered], "summary": summary}
 

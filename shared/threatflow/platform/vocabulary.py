@@ -13,6 +13,10 @@ from threatflow.platform.errors import ValidationError
 
 MAX_TAGS = 64
 MAX_TAG_LENGTH = 128
+# Sources (who reported an IoC: `misp:<org>`, a feed, `flows`...) follow the tag rule's bounds: as many per item as one
+# IoC holds. A source may be longer than a tag: a MISP organisation's name is up to 255 characters.
+MAX_SOURCES = 64
+MAX_SOURCE_LENGTH = 256
 
 
 class Tlp(StrEnum):
@@ -89,3 +93,22 @@ def clean_tags(tags: Iterable[object], *, holder: str = "item") -> list[str]:
     if len(out) > MAX_TAGS:
         raise ValidationError(f"at most {MAX_TAGS} tags per {holder}", field="tags")
     return out
+
+
+def clean_sources(sources: Iterable[object]) -> list[str]:
+    """The source rule, for every IoC write: sources are stripped; empty ones and repeats are dropped; sorted. A
+    source that is not a string or is longer than MAX_SOURCE_LENGTH, or more than MAX_SOURCES of them, is a
+    ValidationError on field "sources" (the caller rejects that one item), as `clean_tags` does for tags."""
+    out: set[str] = set()
+    for source in sources:
+        if not isinstance(source, str):
+            raise ValidationError(f"sources must be strings; got {type(source).__name__}", field="sources")
+        clean = source.strip()
+        if not clean:
+            continue
+        if len(clean) > MAX_SOURCE_LENGTH:
+            raise ValidationError(f"source longer than {MAX_SOURCE_LENGTH} characters: {clean[:32]}...", field="sources")
+        out.add(clean)
+    if len(out) > MAX_SOURCES:
+        raise ValidationError(f"at most {MAX_SOURCES} sources per indicator", field="sources")
+    return sorted(out)
