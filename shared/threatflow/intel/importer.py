@@ -114,7 +114,8 @@ def apply_import(
     threat_ids: dict[str, int] = {}
     threat_out = []
     for threat, result in zip(threats, threat_results, strict=True):
-        threat_out.append({"index": result.index, "ref": threat.ref, "status": result.status, "id": result.id, "reason": result.reason})
+        shown = {"index": result.index, "ref": threat.ref, "status": result.status, "id": result.id, "reason": result.reason}
+        threat_out.append({k: v for k, v in shown.items() if v is not None or k == "reason"})  # no id: above the clearance
         if result.id in visible_threats:
             threat_ids[threat.ref] = int(result.id)
 

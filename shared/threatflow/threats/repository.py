@@ -268,17 +268,24 @@ def upsert_threats(
     if prepared:
         conn.execute(_text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_ID})
         keys = sorted({k for p in prepared for k in p.name_keys()})
-        by_key = {
-            str(r[0]): int(r[1])
-            for r in conn.execute(
-                _text("SELECT name_key, threat_id FROM threat_names WHERE name_key = ANY(CAST(:k AS text[]))"), {"k": keys}
-            )
-        }
+        hidden: set[int] = set()  # threats the names match that are above the writer's clearance: they do not exist for them
+        by_key: dict[str, int] = {}
+        for r in conn.execute(
+            _text(
+                "SELECT n.name_key, n.threat_id, t.tlp FROM threat_names n JOIN threats t ON t.id = n.threat_id"
+                " WHERE n.name_key = ANY(CAST(:k AS text[]))"
+            ),
+            {"k": keys},
+        ):
+            by_key[str(r[0])] = int(r[1])
+            if str(r[2]) not in readable:
+                hidden.add(int(r[1]))
         stix_ids = sorted({p.stix_id for p in prepared if p.stix_id})
-        by_stix = {
-            str(r[0]): int(r[1])
-            for r in conn.execute(_text("SELECT stix_id, id FROM threats WHERE stix_id = ANY(CAST(:s AS text[]))"), {"s": stix_ids})
-        }
+        by_stix: dict[str, int] = {}
+        for r in conn.execute(_text("SELECT stix_id, id, tlp FROM threats WHERE stix_id = ANY(CAST(:s AS text[]))"), {"s": stix_ids}):
+            by_stix[str(r[0])] = int(r[1])
+            if str(r[2]) not in readable:
+                hidden.add(int(r[1]))
         plans: list[tuple[list[_Prepared], int | None]] = []
         for group in _groups(prepared):
             owners: dict[int, str] = {}
@@ -289,7 +296,11 @@ def upsert_threats(
                 if p.stix_id and p.stix_id in by_stix:
                     owners.setdefault(by_stix[p.stix_id], f"stix_id {p.stix_id}")
             if len(owners) > 1:
-                clash = ", ".join(f"{what} is threat {tid}" for tid, what in sorted(owners.items()))
+                # A threat above the clearance is named without its id: the name the writer gave is all they learn.
+                clash = ", ".join(
+                    f"{what} is a threat above your clearance" if tid in hidden else f"{what} is threat {tid}"
+                    for tid, what in sorted(owners.items())
+                )
                 for p in group:
                     results[p.index] = ThreatResult(
                         p.index, ResultStatus.REJECTED.value, reason=f"names match more than one threat ({clash}); merge those first"
@@ -314,6 +325,14 @@ def upsert_threats(
             changed = any(merged[k] != base[k] for k in _MERGED)
             if changed:
                 updates.append({**merged, "id": threat_id})
+            if above:
+                # A threat above the writer's clearance does not exist for them: the item merged into it (lists and
+                # times) is answered `updated` with nothing about the threat: no id, no kind, and not `unchanged`,
+                # which told whether the tags, aliases or TTPs named were already there. That a threat of that name
+                # exists still shows (not `created`); README, "Existence of a value above your clearance".
+                for p in group:
+                    results[p.index] = ThreatResult(p.index, ResultStatus.UPDATED.value, reason="; ".join(p.warnings) or None)
+                continue
             status = ResultStatus.UPDATED if changed else ResultStatus.UNCHANGED
             for p in group:
                 results[p.index] = ThreatResult(p.index, status.value, id=threat_id, reason=_reason(p, base["kind"], group[0]))
