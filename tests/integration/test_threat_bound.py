@@ -61,8 +61,8 @@ def test_a_threat_keeps_its_tags_then_the_first_new_ones_and_counts_the_rest(api
 
 
 def test_a_threat_keeps_at_most_256_aliases_and_counts_the_rest(api, db):
-    assert _batch(api, {"kind": "actor", "name": "Many", "aliases": ALIASES[:250]})["summary"]["created"] == 1
-    body = _batch(api, {"kind": "actor", "name": "Many", "aliases": [f"New{i}" for i in range(10)]})
+    assert _batch(api, {"kind": "threat-actor", "name": "Many", "aliases": ALIASES[:250]})["summary"]["created"] == 1
+    body = _batch(api, {"kind": "threat-actor", "name": "Many", "aliases": [f"New{i}" for i in range(10)]})
     assert body["results"][0]["aliases_cut"] == 4 and body["summary"]["aliases_cut"] == 4, body
     _, aliases = db.row("Many")
     assert aliases == [*ALIASES[:250], *(f"New{i}" for i in range(6))]
