@@ -115,7 +115,9 @@ def apply_import(
     threat_out = []
     for threat, result in zip(threats, threat_results, strict=True):
         shown = {"index": result.index, "ref": threat.ref, "status": result.status, "id": result.id, "reason": result.reason}
-        threat_out.append({k: v for k, v in shown.items() if v is not None or k == "reason"})  # no id: above the clearance
+        shown |= {"tags_cut": result.tags_cut, "aliases_cut": result.aliases_cut}
+        # No id: a threat above the clearance; no cut counts when nothing was cut, as a batch's results.
+        threat_out.append({k: v for k, v in shown.items() if k == "reason" or (v is not None and (v != 0 or not k.endswith("_cut")))})
         if result.id in visible_threats:
             threat_ids[threat.ref] = int(result.id)
 
@@ -192,6 +194,9 @@ def apply_import(
     for item in threat_out:
         status = str(item["status"])
         threat_summary[status] = threat_summary.get(status, 0) + 1
+    if threat_out:  # what merges into threats could not keep (a threat's MAX_TAGS tags and MAX_ALIASES aliases)
+        threat_summary["tags_cut"] = sum(int(item.get("tags_cut", 0)) for item in threat_out)
+        threat_summary["aliases_cut"] = sum(int(item.get("aliases_cut", 0)) for item in threat_out)
     return {
         "iocs": {"results": results, "summary": summary},
         "threats": {"results": threat_out, "summary": threat_summary},

@@ -80,6 +80,8 @@ class ThreatResult:
     status: str  # a ResultStatus value
     id: int | None = None
     reason: str | None = None
+    tags_cut: int = 0  # the item's (and its batch group's) tags the threat could not keep: MAX_TAGS
+    aliases_cut: int = 0  # the same for aliases: MAX_ALIASES
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"index": self.index, "status": str(self.status)}
@@ -87,6 +89,10 @@ class ThreatResult:
             out["id"] = self.id
         if self.reason is not None:
             out["reason"] = self.reason
+        if self.tags_cut:
+            out["tags_cut"] = self.tags_cut
+        if self.aliases_cut:
+            out["aliases_cut"] = self.aliases_cut
         return out
 
 

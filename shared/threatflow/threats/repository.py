@@ -23,9 +23,10 @@ import msgspec
 
 from threatflow.platform.errors import ValidationError
 from threatflow.platform.limits import check_aware
-from threatflow.platform.vocabulary import Tlp, clean_tags
+from threatflow.platform.vocabulary import MAX_TAGS, Tlp, clean_tags
 from threatflow.threats.attack import check_id_format
 from threatflow.threats.model import (
+    MAX_ALIASES,
     MAX_REFERENCES,
     MAX_TTPS,
     ResultStatus,
@@ -99,8 +100,8 @@ def prepare(index: int, item: ThreatIn, *, catalog: AttackCatalog | None) -> _Pr
     name = clean_name(item.name)
     if not name:
         raise ValidationError("name is blank", field="name")
-    if len(item.aliases) > 256:
-        raise ValidationError("at most 256 aliases per threat", field="aliases")
+    if len(item.aliases) > MAX_ALIASES:
+        raise ValidationError(f"at most {MAX_ALIASES} aliases per threat", field="aliases")
     if len(item.ttps) > MAX_TTPS:
         raise ValidationError(f"at most {MAX_TTPS} TTPs per threat", field="ttps")
     if len(item.references) > MAX_REFERENCES:
@@ -160,13 +161,24 @@ def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
     return max(x for x in (a, b) if x is not None) if (a or b) else None
 
 
-def _fold(base: dict[str, Any], item: _Prepared, *, scalars: bool) -> dict[str, Any]:
+def _bounded(held: list[str], new: list[str], limit: int) -> tuple[list[str], int]:
+    """`held` (all of it, also past `limit`: nothing stored is deleted), then `new` while there is room; and how many
+    of `new` did not fit. `new` holds only what `held` lacks."""
+    room = max(0, limit - len(held))
+    return [*held, *new[:room]], max(0, len(new) - room)
+
+
+def _fold(base: dict[str, Any], item: _Prepared, *, scalars: bool) -> tuple[dict[str, Any], int, int]:
     """Merge an item into a threat: lists are unions, the earliest first_seen and the
     latest last_seen win, a given scalar replaces the stored one (unless `scalars` is false:
     a threat above the writer's clearance), and the name, kind and an existing stix_id are
-    kept (a threat's identity does not move)."""
+    kept (a threat's identity does not move). A threat holds at most MAX_TAGS tags and MAX_ALIASES aliases, as an
+    IoC holds MAX_TAGS_PER_IOC tags: those it has, then the item's new ones in order while there is room (they were
+    unioned without limit, and each alias is a row of threat_names). Also returns the tags and aliases cut."""
     merged = dict(base)
-    merged["aliases"] = merge_aliases(base["name"], base["aliases"], [item.name, *item.aliases])
+    held_aliases = merge_aliases(base["name"], base["aliases"])
+    new_aliases = merge_aliases(base["name"], held_aliases, [item.name, *item.aliases])[len(held_aliases) :]
+    merged["aliases"], aliases_cut = _bounded(held_aliases, new_aliases, MAX_ALIASES)
     for key in ("description", "confidence", "severity", "tlp") if scalars else ():
         value = getattr(item, key)
         if value is not None:
@@ -177,9 +189,11 @@ def _fold(base: dict[str, Any], item: _Prepared, *, scalars: bool) -> dict[str, 
         merged["last_seen"] = merged["first_seen"]
     merged["refs"] = _merge_refs(base["refs"], item.refs)
     merged["ttps"] = sorted({*base["ttps"], *item.ttps})
-    merged["tags"] = sorted({*base["tags"], *item.tags})
+    held_tags = set(base["tags"])
+    tags, tags_cut = _bounded(list(base["tags"]), [t for t in item.tags if t not in held_tags], MAX_TAGS)
+    merged["tags"] = sorted(set(tags))
     merged["stix_id"] = base["stix_id"] or item.stix_id
-    return merged
+    return merged, tags_cut, aliases_cut
 
 
 def _as_row(item: _Prepared) -> dict[str, Any]:
@@ -308,19 +322,21 @@ def upsert_threats(
                 continue
             plans.append((group, next(iter(owners), None)))
         existing = _rows_for_update(conn, [tid for _, tid in plans if tid is not None])
-        inserts: list[tuple[list[_Prepared], dict[str, Any]]] = []
+        inserts: list[tuple[list[_Prepared], dict[str, Any], int, int]] = []
         updates: list[dict[str, Any]] = []
         for group, threat_id in plans:
             base = existing[threat_id] if threat_id is not None else _as_row(group[0])
             merged = base
             above = threat_id is not None and base["tlp"] not in readable
+            tags_cut = aliases_cut = 0  # the group's, counted on its first item (as a batch's items of one IoC value)
             for p in group if threat_id is not None else group[1:]:
-                merged = _fold(merged, p, scalars=not above)
+                merged, tags_here, aliases_here = _fold(merged, p, scalars=not above)
+                tags_cut, aliases_cut = tags_cut + tags_here, aliases_cut + aliases_here
             named = [Tlp(p.tlp) for p in group if p.tlp is not None]
             if named and not above:  # the group's most restrictive: one report naming a family at amber and at clear
                 merged["tlp"] = max(named, key=lambda t: t.rank).value
             if threat_id is None:
-                inserts.append((group, merged))
+                inserts.append((group, merged, tags_cut, aliases_cut))
                 continue
             changed = any(merged[k] != base[k] for k in _MERGED)
             if changed:
@@ -335,16 +351,23 @@ def upsert_threats(
                 continue
             status = ResultStatus.UPDATED if changed else ResultStatus.UNCHANGED
             for p in group:
-                results[p.index] = ThreatResult(p.index, status.value, id=threat_id, reason=_reason(p, base["kind"], group[0]))
+                cuts = (tags_cut, aliases_cut) if p is group[0] else (0, 0)
+                results[p.index] = ThreatResult(
+                    p.index, status.value, id=threat_id, reason=_reason(p, base["kind"], group[0]), tags_cut=cuts[0], aliases_cut=cuts[1]
+                )
         if updates:
             conn.execute(_text(_UPDATE), {"doc": _json(updates)})
         if inserts:
-            created = {str(r[1]): int(r[0]) for r in conn.execute(_text(_INSERT), {"doc": _json([m for _, m in inserts])})}
-            for group, merged in inserts:
+            created = {str(r[1]): int(r[0]) for r in conn.execute(_text(_INSERT), {"doc": _json([m for _, m, _, _ in inserts])})}
+            for group, merged, tags_cut, aliases_cut in inserts:
                 threat_id = created[merged["name"]]
                 for position, p in enumerate(group):
                     status = ResultStatus.CREATED if position == 0 else ResultStatus.UPDATED
-                    results[p.index] = ThreatResult(p.index, status.value, id=threat_id, reason=_reason(p, merged["kind"], group[0]))
+                    cuts = (tags_cut, aliases_cut) if position == 0 else (0, 0)
+                    reason = _reason(p, merged["kind"], group[0])
+                    results[p.index] = ThreatResult(
+                        p.index, status.value, id=threat_id, reason=reason, tags_cut=cuts[0], aliases_cut=cuts[1]
+                    )
     return [results[i] for i in range(len(items))]
 
 

@@ -53,6 +53,8 @@ def _summary(results: Sequence[ThreatResult], started: float) -> dict[str, float
     for result in results:
         summary[result.status] += 1
     summary["total"] = len(results)
+    summary["tags_cut"] = sum(r.tags_cut for r in results)
+    summary["aliases_cut"] = sum(r.aliases_cut for r in results)
     summary["took_ms"] = round((time.perf_counter() - started) * 1000, 1)
     return summary
 
@@ -77,7 +79,9 @@ def upsert_batch(
     loaded = catalog() if any(item.ttps for _, item in decoded) else None
     stored = store.upsert_threats(conn, [item for _, item in decoded], catalog=loaded, readable=Tlp(clearance).at_most())
     for (index, _), result in zip(decoded, stored, strict=True):
-        results[index] = ThreatResult(index, result.status, id=result.id, reason=result.reason)
+        results[index] = ThreatResult(
+            index, result.status, id=result.id, reason=result.reason, tags_cut=result.tags_cut, aliases_cut=result.aliases_cut
+        )
     ordered = [results[i] for i in range(len(raw_items))]
     return {"results": [r.to_json() for r in ordered], "summary": _summary(ordered, started)}
 
