@@ -191,12 +191,15 @@ def apply_import(
     summary["tags_cut"] = tags_cut
     summary["sources_cut"] = sources_cut
     threat_summary: dict[str, int] = {}
+    threat_cuts = {"tags_cut": 0, "aliases_cut": 0}
+    for result in threat_results:
+        threat_cuts["tags_cut"] += result.tags_cut
+        threat_cuts["aliases_cut"] += result.aliases_cut
     for item in threat_out:
         status = str(item["status"])
         threat_summary[status] = threat_summary.get(status, 0) + 1
     if threat_out:  # what merges into threats could not keep (a threat's MAX_TAGS tags and MAX_ALIASES aliases)
-        threat_summary["tags_cut"] = sum(int(item.get("tags_cut", 0)) for item in threat_out)
-        threat_summary["aliases_cut"] = sum(int(item.get("aliases_cut", 0)) for item in threat_out)
+        threat_summary |= threat_cuts
     return {
         "iocs": {"results": results, "summary": summary},
         "threats": {"results": threat_out, "summary": threat_summary},
