@@ -85,7 +85,7 @@ from threatflow.platform.ports import BlobStore, Clock, DocumentStore, Publisher
 from threatflow.runtime import Runtime
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
+    from sqlalchemy.engine import Connection, Engine
 
 log = logging.getLogger("threatflow.flows.ingest")
 # A delivery releases the lease before it publishes its continuation, so the continuation never waits
@@ -310,8 +310,7 @@ def build_handler(runtime: Runtime) -> Callable[[Message], dict[str, Any]]:
 
             def as_requester() -> dict[str, Any] | Handover:
                 try:
-                    with unit_of_work(runtime.engine) as conn:
-                        authorise(conn)  # before the object is hashed or read: a refused job reads none of it
+                    refuse_early(runtime.engine, authorise)
                     return run_job(
                         job_id,
                         read,
@@ -347,6 +346,19 @@ def build_handler(runtime: Runtime) -> Callable[[Message], dict[str, Any]]:
         return outcome
 
     return handle
+
+
+def refuse_early(engine: Engine, authorise: Callable[[Connection], object]) -> None:
+    """The requester check before the object is hashed or read, so a refused job reads none of it (AuthError). An
+    unreachable database skips it: the check in the first batch's transaction then decides, and the delivery
+    starts and fails as it did (counted in `deliveries`, the job failed on the last attempt)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        with unit_of_work(engine) as conn:
+            authorise(conn)
+    except (SQLAlchemyError, TimeoutError) as exc:
+        tf_logging.log(log, logging.WARNING, "requester not checked before the run: database unreachable", error=str(exc)[:200])
 
 
 def requester_check(job: dict[str, Any]) -> Callable[[Connection], object]:
