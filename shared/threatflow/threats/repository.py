@@ -281,17 +281,11 @@ def upsert_threats(
             results[index] = ThreatResult(index, ResultStatus.REJECTED.value, reason=exc.message)
     if prepared:
         conn.execute(_text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_ID})
-        keys = sorted({k for p in prepared for k in p.name_keys()})
+        names = sorted({n for p in prepared for n in [p.name, *p.aliases]})
         hidden: set[int] = set()  # threats the names match that are above the writer's clearance: they do not exist for them
         by_key: dict[str, int] = {}
-        for r in conn.execute(
-            _text(
-                "SELECT n.name_key, n.threat_id, t.tlp FROM threat_names n JOIN threats t ON t.id = n.threat_id"
-                " WHERE n.name_key = ANY(CAST(:k AS text[]))"
-            ),
-            {"k": keys},
-        ):
-            by_key[str(r[0])] = int(r[1])
+        for r in conn.execute(_text(_THREATS_NAMED), {"names": names}):
+            by_key[name_key(str(r[0]))] = int(r[1])
             if str(r[2]) not in readable:
                 hidden.add(int(r[1]))
         stix_ids = sorted({p.stix_id for p in prepared if p.stix_id})
@@ -462,7 +456,7 @@ def find_threats(
     ttp: str | None = None,
     ttps_any: Sequence[str] | None = None,
     tag: str | None = None,
-    alias_key: str | None = None,
+    alias_name: str | None = None,
     text: str | None = None,
     after_id: int | None = None,
     limit: int,
@@ -484,9 +478,9 @@ def find_threats(
     if tag is not None:
         where.append("tags @> CAST(:tag AS text[])")
         params["tag"] = [tag]
-    if alias_key is not None:
-        where.append("id IN (SELECT threat_id FROM threat_names WHERE name_key = :alias)")
-        params["alias"] = alias_key
+    if alias_name is not None:
+        where.append("id IN (SELECT threat_id FROM threat_names WHERE name_key = lower(btrim(:alias)))")
+        params["alias"] = alias_name
     if text is not None:
         where.append(
             "(name ILIKE :text ESCAPE '\\' OR array_to_string(aliases, ' ') ILIKE :text ESCAPE '\\' OR description ILIKE :text ESCAPE '\\')"
@@ -559,9 +553,18 @@ def stats(conn: Connection, *, visible_tlps: Sequence[str]) -> dict[str, Any]:
 
 
 def threat_ids_by_names(conn: Connection, names: Iterable[str]) -> set[int]:
-    """Threats one of whose names or aliases is among `names` (compared by name_key)."""
-    keys = sorted({name_key(n) for n in names if n and n.strip()})
-    if not keys:
+    """Threats one of whose names or aliases is among `names` (compared as threat_names keys them)."""
+    wanted = sorted({clean_name(n) for n in names if n and n.strip()})
+    if not wanted:
         return set()
-    rows = conn.execute(_text("SELECT DISTINCT threat_id FROM threat_names WHERE name_key = ANY(CAST(:k AS text[]))"), {"k": keys})
-    return {int(r[0]) for r in rows}
+    return {int(r[1]) for r in conn.execute(_text(_THREATS_NAMED), {"names": wanted})}
+
+
+# Which threat each name names. threat_names keys names with SQL's lower(btrim()) (its trigger), whose case folding
+# follows the database's collation: under "C" it folds ASCII only, so Python's str.lower ("Æt" and "ÆT" both "æt")
+# missed the stored "Æt" for "ÆT", and the insert that followed broke the unique names: a 500. The stored keys are
+# matched with the same SQL expression; Python's name_key only groups names within a request.
+_THREATS_NAMED = (
+    "SELECT k.name, n.threat_id, t.tlp FROM unnest(CAST(:names AS text[])) AS k(name)"
+    " JOIN threat_names n ON n.name_key = lower(btrim(k.name)) JOIN threats t ON t.id = n.threat_id"
+)

@@ -14,7 +14,7 @@ from threatflow.platform.pagination import decode_cursor, encode_cursor
 from threatflow.platform.vocabulary import Tlp
 from threatflow.threats import repository as store
 from threatflow.threats.attack import check_id_format
-from threatflow.threats.model import ResultStatus, ThreatIn, ThreatKind, ThreatResult, name_key
+from threatflow.threats.model import ResultStatus, ThreatIn, ThreatKind, ThreatResult, clean_name
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -118,7 +118,7 @@ def find(conn: Connection, request: FindRequest, *, visible_tlps: Sequence[str])
         kinds=kinds,
         ttp=check_id_format(request.ttp) if request.ttp is not None else None,
         tag=request.tag.strip().lower() if request.tag is not None else None,
-        alias_key=name_key(request.alias) if request.alias is not None else None,
+        alias_name=clean_name(request.alias) if request.alias is not None else None,  # keyed in SQL (_THREATS_NAMED)
         text=request.text,
         after_id=decode_cursor(request.cursor) if request.cursor else None,
         limit=request.limit + 1,  # one extra row tells whether there is a next page
