@@ -75,10 +75,12 @@ class _Publisher:
 
 @pytest.fixture
 def uploads(function_client, backend_env):
+    from flows_support import publish, trained_model
     from google.cloud import pubsub_v1
     from werkzeug.test import Client
     from werkzeug.wrappers import Request
 
+    from threatflow.adapters.storage import GcsBlobs
     from threatflow.flows.api import build_router
     from threatflow.platform.config import Settings
     from threatflow.runtime import Runtime
@@ -86,6 +88,9 @@ def uploads(function_client, backend_env):
     publisher = pubsub_v1.PublisherClient()
     with contextlib.suppress(Exception):  # already made by an earlier test in this run
         publisher.create_topic(name=publisher.topic_path(PROJECT, "flow-ingest"))
+    # An upload is queued only while a model is served (a 503 otherwise): these tests passed only when an earlier
+    # test in the same worker had published one.
+    publish(GcsBlobs(PROJECT), trained_model())
     password = create_user(backend_env["DATABASE_URL"], "analystu", "analyst")
     token = function_client("auth").post("/api/v1/auth/token", json={"username": "analystu", "password": password}).get_json()
     real = Runtime.from_env()
