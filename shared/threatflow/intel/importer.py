@@ -163,24 +163,17 @@ def apply_import(
         relations_created += intel_repository.add_ioc_relations(conn, pairs, type=relation.type, source=source_default)
     if relations_cut:
         errors.append(ItemError("relations", f"{relations_cut} IoC relations not created: at most {MAX_RELATIONS_PER_IMPORT} per import"))
-    tags_cut = sum(int(r.get("tags_cut", 0)) for r in results)
-    if tags_cut:
-        errors.append(
-            ItemError(
-                "tags",
-                f"{tags_cut} tags not stored: an IoC holds at most {MAX_TAGS_PER_IOC} tags (it keeps those it has,"
-                " then the first new ones; each IoC's result counts its own in tags_cut)",
+    cuts: dict[str, int] = {}  # what full IoCs could not take, by field (results count their own)
+    for field, bound in (("tags", MAX_TAGS_PER_IOC), ("sources", MAX_SOURCES_PER_IOC)):
+        cuts[field] = cut = sum(int(r.get(f"{field}_cut", 0)) for r in results)
+        if cut:
+            errors.append(
+                ItemError(
+                    field,
+                    f"{cut} {field} not stored: an IoC holds at most {bound} {field} (it keeps those it has,"
+                    f" then the first new ones; each IoC's result counts its own in {field}_cut)",
+                )
             )
-        )
-    sources_cut = sum(int(r.get("sources_cut", 0)) for r in results)
-    if sources_cut:
-        errors.append(
-            ItemError(
-                "sources",
-                f"{sources_cut} sources not stored: an IoC holds at most {MAX_SOURCES_PER_IOC} sources (it keeps those it"
-                " has, then the first new ones; each IoC's result counts its own in sources_cut)",
-            )
-        )
     ioc_repository.record_audit(conn, action="import", actor=actor, detail={**parsed.summary(), "source": source_default})
 
     summary: dict[str, Any] = {status: 0 for status in ("created", "updated", "unchanged", "rejected")}
@@ -188,8 +181,8 @@ def apply_import(
         summary[result["status"]] = summary.get(result["status"], 0) + 1
     summary["rejected"] += len(parsed.errors)  # items the parser could not make into an IoC or threat
     summary["total"] = len(results) + len(parsed.errors)
-    summary["tags_cut"] = tags_cut
-    summary["sources_cut"] = sources_cut
+    summary["tags_cut"] = cuts["tags"]
+    summary["sources_cut"] = cuts["sources"]
     threat_summary: dict[str, int] = {}
     threat_cuts = {"tags_cut": 0, "aliases_cut": 0}
     for result in threat_results:
@@ -209,8 +202,8 @@ def apply_import(
         "relations": relations,
         "relations_created": relations_created,
         "relations_cut": relations_cut,
-        "tags_cut": tags_cut,
-        "sources_cut": sources_cut,
+        "tags_cut": cuts["tags"],
+        "sources_cut": cuts["sources"],
         "errors": [e.to_json() for e in errors],
         "warnings": [w.to_json() for w in parsed.warnings],
         "skipped": parsed.skipped,
