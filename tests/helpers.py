@@ -229,3 +229,25 @@ class IntelApi:
 
     def delete(self, path: str, body: Any, headers: dict[str, str] | None = None) -> Any:
         return self.client(path).delete(path, json=body, headers=self.admin if headers is None else headers)
+
+
+class SqlDb:
+    """Straight SQL on the run's database, for rows the API does not show (or set up past what it allows); its own
+    engine, disposed by `close`. Subclasses add the reads a test file needs."""
+
+    def __init__(self, database_url: str) -> None:
+        from threatflow.adapters.postgres import create_engine
+        from threatflow.platform.config import Settings
+
+        self._engine = create_engine(Settings.from_env({"DATABASE_URL": database_url}))
+
+    def one(self, sql: str, *params: Any) -> Any:
+        with self._engine.connect() as conn:
+            return conn.exec_driver_sql(sql, params).one()
+
+    def execute(self, sql: str, *params: Any) -> None:
+        with self._engine.begin() as conn:
+            conn.exec_driver_sql(sql, params)
+
+    def close(self) -> None:
+        self._engine.dispose()

@@ -7,7 +7,7 @@ as tags are, and which sources stay is deterministic: those the IoC holds, then 
 (an item's own in alphabetical order)."""
 
 import pytest
-from helpers import IntelApi
+from helpers import IntelApi, SqlDb
 
 pytestmark = pytest.mark.integration
 
@@ -19,24 +19,16 @@ def api(function_client, backend_env):
     return IntelApi(function_client, backend_env["DATABASE_URL"], ("analyst", "reader"))
 
 
+class Db(SqlDb):
+    def sources(self, value):
+        return list(self.one("SELECT sources FROM iocs WHERE value = %s", value)[0])
+
+
 @pytest.fixture
 def db(backend_env):
-    from threatflow.adapters.postgres import create_engine
-    from threatflow.platform.config import Settings
-
-    engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
-
-    class Db:
-        def sources(self, value):
-            with engine.connect() as conn:
-                return list(conn.exec_driver_sql("SELECT sources FROM iocs WHERE value = %s", (value,)).scalar_one())
-
-        def execute(self, sql, *params):
-            with engine.begin() as conn:
-                conn.exec_driver_sql(sql, params)
-
-    yield Db()
-    engine.dispose()
+    db = Db(backend_env["DATABASE_URL"])
+    yield db
+    db.close()
 
 
 def _batch(api, items):

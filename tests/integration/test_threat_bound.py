@@ -8,7 +8,7 @@ the order they come."""
 import uuid
 
 import pytest
-from helpers import IntelApi
+from helpers import IntelApi, SqlDb
 
 pytestmark = pytest.mark.integration
 
@@ -18,25 +18,17 @@ def api(function_client, backend_env):
     return IntelApi(function_client, backend_env["DATABASE_URL"], ("analyst", "reader"))
 
 
+class Db(SqlDb):
+    def row(self, name):
+        tags, aliases = self.one("SELECT tags, aliases FROM threats WHERE name = %s", name)
+        return list(tags), list(aliases)
+
+
 @pytest.fixture
 def db(backend_env):
-    from threatflow.adapters.postgres import create_engine
-    from threatflow.platform.config import Settings
-
-    engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
-
-    class Db:
-        def row(self, name):
-            with engine.connect() as conn:
-                row = conn.exec_driver_sql("SELECT tags, aliases FROM threats WHERE name = %s", (name,)).one()
-                return list(row[0]), list(row[1])
-
-        def execute(self, sql, *params):
-            with engine.begin() as conn:
-                conn.exec_driver_sql(sql, params)
-
-    yield Db()
-    engine.dispose()
+    db = Db(backend_env["DATABASE_URL"])
+    yield db
+    db.close()
 
 
 def _batch(api, *items):
