@@ -596,3 +596,22 @@ def test_a_value_marked_red_in_one_chunk_of_a_large_import_is_not_lowered_by_a_l
     assert result["iocs"]["summary"]["rejected"] == 0, result["iocs"]
     assert db.scalar("SELECT tlp FROM iocs WHERE value = '198.51.100.90'") == "red"
     assert db.scalar("SELECT tlp FROM iocs WHERE value = 'other.example.com'") == "green"
+
+
+def test_extract_reads_a_pasted_feed_as_the_text_import_does(api):
+    """A feed pasted into /extract gave its header's URLs (the list's home page) and a hosts file's sink address as
+    indicators; a text import of the same text stores only the entries. /extract reads it the same way, and says what
+    it skipped."""
+    text = (
+        "# abuse.ch Feodo Tracker Botnet C2 IP Blocklist\n# https://feodotracker.abuse.ch/blocklist/\n"
+        "# Last updated: 2026-11-26 10:00:00 UTC\n203.0.113.10\n203.0.113.11\n198.51.100.99\n"
+    )
+    response = api.post("/api/v1/iocs/extract", {"text": text})
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert [i["value"] for i in body["iocs"]] == ["203.0.113.10", "203.0.113.11", "198.51.100.99"]
+    assert {i["type"] for i in body["iocs"]} == {"ipv4"}
+    assert body["feed"] is True and body["skipped"] == {"comment lines": 3}
+    report = api.post("/api/v1/iocs/extract", {"text": "The actor used https://feodotracker.abuse.ch/x and 203.0.113.10."}).get_json()
+    assert report["feed"] is False and report["skipped"] == {}
+    assert {i["value"] for i in report["iocs"]} == {"https://feodotracker.abuse.ch/x", "203.0.113.10"}
