@@ -248,7 +248,10 @@ def cmd_extract(args: argparse.Namespace, call: Call) -> int:
         return _fail(status, payload)
     for found in payload["iocs"]:
         print(f"{found['type']}\t{found['value']}")
-    print(f"{payload['count']} indicators", file=sys.stderr)
+    print(f"{payload['count']} indicators" + (" (read as a feed)" if payload.get("feed") else ""), file=sys.stderr)
+    skipped = payload.get("skipped") or {}
+    if skipped:
+        print("skipped: " + ", ".join(f"{kind} {count}" for kind, count in skipped.items()), file=sys.stderr)
     return 0
 
 

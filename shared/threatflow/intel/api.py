@@ -115,10 +115,15 @@ def register(router: Router, runtime: Runtime) -> None:
         body = decode_body(request.body, ExtractIn)
         if len(body.text.encode()) > MAX_EXTRACT_BYTES:
             raise PayloadTooLargeError(f"text is limited to {MAX_EXTRACT_BYTES // (1024 * 1024)} MB")
-        from threatflow.iocs.extraction import extract as find
+        from threatflow.intel.formats.text import indicators
 
-        found = find(body.text, refang=body.refang)
-        return {"iocs": [{"type": str(f.type), "value": f.value, "original": f.original} for f in found], "count": len(found)}
+        read = indicators(body.text, refang=body.refang)  # a pasted feed as its text import reads it
+        return {
+            "iocs": [{"type": str(f.type), "value": f.value, "original": f.original} for f in read.found],
+            "count": len(read.found),
+            "feed": read.feed,
+            "skipped": read.skipped,
+        }
 
     @router.route("GET", "/api/v1/iocs/export", role=Role.READER)
     def export(request: Request) -> Response:

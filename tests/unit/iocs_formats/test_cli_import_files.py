@@ -126,3 +126,18 @@ def test_the_summary_names_what_a_feed_held_besides_indicators(tmp_path, capsys)
     answer = {"iocs": {"summary": {"created": 1}, "results": []}, "errors": [], "skipped": {"comment lines": 1, "sink addresses": 1}}
     assert cli.cmd_import(_import_args(feed), lambda method, path, body=None: (200, answer)) == 0
     assert "skipped: comment lines 1, sink addresses 1" in capsys.readouterr().err
+
+
+def test_extract_says_when_it_read_a_feed_and_what_it_skipped(tmp_path, capsys):
+    feed = tmp_path / "ipblocklist.txt"
+    feed.write_text("# Feodo\n203.0.113.10\n")
+
+    def call(method, path, body=None, raw=False):
+        assert (method, path, body) == ("POST", "/api/v1/iocs/extract", {"text": "# Feodo\n203.0.113.10\n", "refang": True})
+        iocs = [{"type": "ipv4", "value": "203.0.113.10", "original": "203.0.113.10"}]
+        return 200, {"iocs": iocs, "count": 1, "feed": True, "skipped": {"comment lines": 1}}
+
+    assert cli_iocs.cmd_extract(argparse.Namespace(file=str(feed), no_refang=False), call) == 0
+    out, err = capsys.readouterr()
+    assert out == "ipv4\t203.0.113.10\n"
+    assert err.splitlines() == ["1 indicators (read as a feed)", "skipped: comment lines 1"]

@@ -2,36 +2,55 @@
 
 A feed given as text (one record a line: address and URL lists, hosts files, DNS blocklists) is read by its records
 (`feedlines`): its comments, and what its records hold besides their entries, are counted in `skipped`, not stored.
+`/extract` and `threatflow iocs extract` read text the same way (`indicators`), so a pasted feed lists what its import
+would store.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from threatflow.intel.formats import feedlines
 from threatflow.intel.formats.base import Builder, ParsedImport, as_text
-from threatflow.iocs.types import IocType
+from threatflow.iocs.types import ExtractedIndicator, IocType
 
 _ADDRESS_TYPES = frozenset({IocType.IPV4, IocType.IPV6, IocType.CIDR})
 
 
-def parse(content: Any) -> ParsedImport:
+@dataclass
+class TextIndicators:
+    """The indicators of a text, whether it was read as a feed, and what of it was skipped, by kind."""
+
+    found: list[ExtractedIndicator] = field(default_factory=list)
+    feed: bool = False
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def indicators(text: str, *, refang: bool) -> TextIndicators:
     from threatflow.iocs.extraction import extract
 
-    text = as_text(content, what="text")
-    out = Builder()
+    out = TextIndicators()
     feed = feedlines.read(text)
     if feed is not None:
         # One extractor call over the entries and the prose lines: the extractor's refanging and checks, never a
         # header's URL. A blank line between them: the extractor continues a URL ending in '/' on the next line (a
         # report's wrapped URL), and a record is never the rest of the one before it.
         text = "\n\n".join(feed.readable)
+        out.feed = True
         out.skipped.update(feed.skipped)
-    index = 0
-    for found in extract(text, refang=True):
+    for found in extract(text, refang=refang):
         if feed is not None and found.type in _ADDRESS_TYPES and feedlines.names_no_host(found.value):
-            out.skip("non-public addresses")  # a feed's bogons are not indicators (a report's are kept)
+            out.skipped["non-public addresses"] = out.skipped.get("non-public addresses", 0) + 1  # a feed's bogons
             continue
+        out.found.append(found)
+    return out
+
+
+def parse(content: Any) -> ParsedImport:
+    read = indicators(as_text(content, what="text"), refang=True)
+    out = Builder()
+    out.skipped.update(read.skipped)
+    for index, found in enumerate(read.found):
         out.ioc(f"#{index}", {"value": found.value, "type": str(found.type)})
-        index += 1
     return out.build()
