@@ -3,7 +3,7 @@
     .venv/bin/python tests/perf/bench_text_feeds.py [--baseline /path/to/other/checkout] [--rounds 3]
 
 Times `parse("text", ...)` (what POST /api/v1/iocs/import runs before writing) on generated documents of about
-5 MB (the synchronous import limit): a hosts file, an address list with a '#' header, an RPZ zone and a prose
+5 MB (the synchronous import limit): a hosts file, an address list with a '#' header, a PeerGuardian range list, an RPZ zone and a prose
 report; with --baseline, the same documents on the other checkout's `shared/` in alternating child processes,
 and prints the median ratio current/baseline per document. "feed reading" is the share of the parse spent in
 `feedlines.read`, timed in the same process (on a shared, noisy machine the ratio moves by tens of percent).
@@ -29,6 +29,12 @@ if kind == "hosts":
     text = "# Title: hosts\n" + "".join(f"0.0.0.0 host-{i}.tracker-example.com\n" for i in range(lines))
 elif kind == "addresses":
     text = "# https://feed.example.org/\n" + "".join(f"{(i >> 16) % 223 + 1}.{(i >> 8) % 256}.{i % 256}.7\n" for i in range(2 * lines))
+elif kind == "ranges":  # PeerGuardian lines ("description:start-end"), the shape of iblocklist level1
+    def pg_range(i: int) -> str:  # a /24, a /23 and one not aligned (14 networks), in turn
+        net = f"{(i >> 8) % 223 + 1}.{i % 256}"
+        return (f"{net}.0.0-{net}.0.255", f"{net}.2.0-{net}.3.255", f"{net}.4.1-{net}.4.254")[i % 3]
+
+    text = "".join(f"Range {i}:{pg_range(i)}\n" for i in range(lines))
 elif kind == "rpz":
     text = "$TTL 300\n" + "".join(f"host-{i}.tracker-example.com CNAME .\n" for i in range(lines))
 else:
@@ -58,7 +64,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="another checkout (its shared/ is imported)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    for kind in ("hosts", "addresses", "rpz", "report"):
+    for kind in ("hosts", "addresses", "ranges", "rpz", "report"):
         current, baseline, shares = [], [], []
         for _ in range(args.rounds):  # alternated, so that the machine's load falls on both alike
             seconds, size, iocs, share = run(REPO_ROOT / "shared", kind)

@@ -8,6 +8,7 @@ would store.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,13 +34,9 @@ def indicators(text: str, *, refang: bool) -> TextIndicators:
     out = TextIndicators()
     feed = feedlines.read(text)
     if feed is not None:
-        # One extractor call over the entries and the prose lines: the extractor's refanging and checks, never a
-        # header's URL. A blank line between them: the extractor continues a URL ending in '/' on the next line (a
-        # report's wrapped URL), and a record is never the rest of the one before it.
-        text = "\n\n".join(feed.readable)
         out.feed = True
         out.skipped.update(feed.skipped)
-    for found in extract(text, refang=refang):
+    for found in extract(text, refang=refang) if feed is None else _feed_indicators(feed.readable, refang=refang):
         if feed is not None and found.type in _ADDRESS_TYPES and feedlines.names_no_host(found.value):
             out.skipped["non-public addresses"] = out.skipped.get("non-public addresses", 0) + 1  # a feed's bogons
             continue
@@ -54,3 +51,26 @@ def parse(content: Any) -> ParsedImport:
     for index, found in enumerate(read.found):
         out.ioc(f"#{index}", {"value": found.value, "type": str(found.type)})
     return out.build()
+
+
+def _feed_indicators(readable: list[str | ExtractedIndicator], *, refang: bool) -> Iterator[ExtractedIndicator]:
+    """A feed's indicators in document order, each once: the entries and prose lines through the extractor (its
+    refanging and checks, never a header's URL), one call per run of them; a range's networks as they are."""
+    from threatflow.iocs.extraction import extract
+
+    seen: set[tuple[IocType, str]] = set()
+    run: list[str] = []
+    for part in [*readable, None]:
+        if isinstance(part, str):
+            run.append(part)
+            continue
+        # A blank line between the lines of a run: the extractor continues a URL ending in '/' on the next line (a
+        # report's wrapped URL), and a record is never the rest of the one before it.
+        for found in extract("\n\n".join(run), refang=refang) if run else ():
+            if (found.type, found.value) not in seen:
+                seen.add((found.type, found.value))
+                yield found
+        run.clear()
+        if part is not None and (part.type, part.value) not in seen:
+            seen.add((part.type, part.value))
+            yield part
