@@ -38,7 +38,7 @@ import ipaddress
 import itertools
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from threatflow.iocs.types import ExtractedIndicator, IocType
@@ -363,7 +363,8 @@ def _range(feed: FeedLines, body: str) -> bool:
     start, end = _address(match.group(1)), _address(match.group(2))
     if start is None or end is None or start.version != end.version or int(start) > int(end):
         return False
-    networks = list(itertools.islice(ipaddress.summarize_address_range(start, end), feed.range_budget + 1))
+    summarised: Iterator[ipaddress.IPv4Network | ipaddress.IPv6Network] = ipaddress.summarize_address_range(start, end)  # type: ignore[assignment]  # both ends one version
+    networks = list(itertools.islice(summarised, feed.range_budget + 1))
     if len(networks) > feed.range_budget:
         feed.skip("address ranges past the budget of networks")
         return True
