@@ -68,3 +68,14 @@ def test_the_hunting_budget_defaults_to_the_repository_default():
 
     assert Settings.from_env({}).flows_hunt_timeout_ms == repository.HUNT_TIMEOUT_MS == 5000
     assert Settings.from_env({"FLOWS_HUNT_TIMEOUT_MS": "60000"}).flows_hunt_timeout_ms == 60000
+
+
+@pytest.mark.parametrize("text", ["0", "101", "150"])
+def test_a_hash_share_outside_1_to_100_percent_is_refused_naming_the_variable(text):
+    """A share over 100 % was accepted and silently taken as 100 by the login guard."""
+    with pytest.raises(ConfigError, match="LOGIN_HASH_SHARE_PERCENT"):
+        Settings.from_env({"LOGIN_HASH_SHARE_PERCENT": text})
+
+
+def test_a_hash_share_of_100_percent_is_accepted():
+    assert Settings.from_env({"LOGIN_HASH_SHARE_PERCENT": "100"}).login_hash_share_percent == 100
