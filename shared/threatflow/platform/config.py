@@ -288,7 +288,7 @@ class Settings:
             login_lockout_seconds=integer("LOGIN_LOCKOUT_SECONDS", 1),
             login_lockout_max_seconds=integer("LOGIN_LOCKOUT_MAX_SECONDS", 1),
             login_concurrent_hashes=integer("LOGIN_CONCURRENT_HASHES", 1),
-            login_hash_share_percent=integer("LOGIN_HASH_SHARE_PERCENT", 1),
+            login_hash_share_percent=integer("LOGIN_HASH_SHARE_PERCENT", 1, 100),
             login_fallback_per_instance=RateLimit.parse("LOGIN_FALLBACK_PER_INSTANCE", get("LOGIN_FALLBACK_PER_INSTANCE") or ""),
             redis_timeout_ms=integer("REDIS_TIMEOUT_MS", 10),
             redis_breaker_seconds=integer("REDIS_BREAKER_SECONDS", 1),
