@@ -4,6 +4,7 @@ Redis of its own. Prints the process's CPU per loop: what the check costs once t
 each other at every socket call. Trees (worktree roots) are alternated, each in a process of its own.
 
 Run: .venv/bin/python tests/perf/bench_rate_limit_threads.py /tmp/base . [--loops 1500] [--rounds 3]
+(no tree named, as under `make bench`: this checkout alone)
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ print(f"{(time.process_time() - began) * 1e6 / (8 * loops):.0f}")
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("trees", nargs="+")
+    # No tree named (make bench): this checkout alone, its figure without a pair.
+    parser.add_argument("trees", nargs="*", default=[str(Path(__file__).resolve().parents[2])])
     parser.add_argument("--loops", type=int, default=1500)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()

@@ -25,7 +25,12 @@ _COLUMNS = {"rps": "{:,.0f}", "p99": "{:.1f}", "gateway_ms": "{:.2f}", "postgres
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("trees", nargs="+", help="code trees (worktree roots) to alternate")
+    parser.add_argument(
+        "trees",
+        nargs="*",
+        default=[str(Path(__file__).resolve().parents[2])],
+        help="code trees (worktree roots) to alternate (default: this checkout alone, as under make bench)",
+    )
     parser.add_argument("--rows", type=int, default=int(os.environ.get("BENCH_EVENTS") or 300_000))
     parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS") or 8))
     parser.add_argument("--rounds", type=int, default=4)
