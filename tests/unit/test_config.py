@@ -79,3 +79,46 @@ def test_a_hash_share_outside_1_to_100_percent_is_refused_naming_the_variable(te
 
 def test_a_hash_share_of_100_percent_is_accepted():
     assert Settings.from_env({"LOGIN_HASH_SHARE_PERCENT": "100"}).login_hash_share_percent == 100
+
+
+def _readme_configuration_rows():
+    """{variable: the README's default cell for it} from the table under "## Configuration"."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if not line.startswith("| `") or len(cells) < 3:
+            continue
+        names = re.findall(r"`([A-Z][A-Z0-9_]+)`", cells[0])
+        defaults = cells[1].split(" / ")
+        for i, name in enumerate(names):
+            rows[name] = defaults[i] if len(defaults) == len(names) else cells[1]
+    return rows
+
+
+def test_the_readme_configuration_table_lists_every_variable_with_its_default():
+    """The table is written by hand from VARIABLES: every variable is a row, and a default the README gives as a
+    literal (`600/60`) or as none (—) is the one the code uses; prose defaults ("all five", "Google's") are not compared."""
+    from threatflow.devstack import stack
+    from threatflow.platform.config import VARIABLES
+
+    rows = _readme_configuration_rows()
+    declared = {v.name: v.default for v in VARIABLES}
+    # Read by the CLI and the local stack, not by a function: documented in the same table.
+    local = {"THREATFLOW_PORT": str(stack.DEFAULT_PORT), "THREATFLOW_STATE_DIR": stack.DEFAULT_STATE_DIR.name}
+    assert sorted(set(declared) - set(rows)) == [], "variables missing from the README table"
+    assert sorted(set(rows) - set(declared) - set(local)) == [], "README rows for variables the code does not declare"
+    mismatched = []
+    for name, default in {**declared, **local}.items():
+        cell = rows[name]
+        if cell == "—":
+            if default not in (None, ""):
+                mismatched.append((name, cell, default))
+        elif cell.startswith("`") and cell.endswith("`") and cell.count("`") == 2 and "…" not in cell:
+            if cell.strip("`") != default:
+                mismatched.append((name, cell, default))
+    assert mismatched == []

@@ -1,7 +1,8 @@
 """Configuration, read from the environment in one place and checked at start-up.
 
-Every variable is declared once in `VARIABLES` (the README table is written from
-it). A missing or malformed value raises ConfigError naming the variable, so a
+Every variable is declared once in `VARIABLES`; the README's Configuration table is
+written by hand from it, and tests/unit/test_config.py checks that it lists each one
+with its default. A missing or malformed value raises ConfigError naming the variable, so a
 function fails at cold start rather than on the first request.
 """
 
