@@ -17,8 +17,8 @@ pytestmark = pytest.mark.integration
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 VALUES = ["full.fuzz2-test.com", "198.51.100.8", "new2.fuzz2-test.com"]
 NAMES = ["RedFuzz", "redfuzz", "RedAliasFuzz", "AmberFuzz", "NewFuzz"]
-# ASCII names: a non-ASCII name that differs from a stored one only in case is a 500 (Python's lower() and the
-# database's lower() disagree: test_a_non_ascii_name_differing_only_in_case_is_not_a_500 below, not fixed here).
+# ASCII names: a non-ASCII name that differed from a stored one only in case was a 500 (Python's lower() and the
+# database's disagreed); fixed, and test_a_non_ascii_name_differing_only_in_case_is_not_a_500 below checks it.
 ASCII_NAME = "abcXYZ -_.0"
 
 text = st.one_of(
