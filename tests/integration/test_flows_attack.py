@@ -574,7 +574,7 @@ def test_host_view_hides_an_ioc_above_the_callers_clearance_in_every_spelling(ap
         assert response.status_code == 200 and response.get_json()["ioc"] is None, spelling
         assert "amber" not in response.get_data(as_text=True) and "analyst-notes" not in response.get_data(as_text=True)
     amber = api.get(f"/api/v1/events/hosts/::ffff:{ip}").get_json()  # the default reader's clearance covers amber
-    assert amber["ioc"] is None or amber["ioc"]["value"] == ip
+    assert amber["ioc"] is not None and amber["ioc"]["value"] == ip, amber["ioc"]
 
 
 def test_an_upload_whose_message_cannot_be_published_leaves_no_queued_job(api, backend_env):
