@@ -115,10 +115,7 @@ def test_the_readme_configuration_table_lists_every_variable_with_its_default():
     mismatched = []
     for name, default in {**declared, **local}.items():
         cell = rows[name]
-        if cell == "—":
-            if default not in (None, ""):
-                mismatched.append((name, cell, default))
-        elif cell.startswith("`") and cell.endswith("`") and cell.count("`") == 2 and "…" not in cell:
-            if cell.strip("`") != default:
-                mismatched.append((name, cell, default))
+        literal = cell.startswith("`") and cell.endswith("`") and cell.count("`") == 2 and "…" not in cell
+        if (cell == "—" and default not in (None, "")) or (literal and cell.strip("`") != default):
+            mismatched.append((name, cell, default))
     assert mismatched == []
