@@ -1,0 +1,92 @@
+"""Answers real intel APIs (or the proxies in front of them) send that the fakes do not: `client.lookup` must map
+each to a status and never raise, and a 429's wait must stay within what a quota can mean.
+
+A small canned server on 127.0.0.1 answers every request with one (status, headers, body)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+
+from threatflow.enrichment.model import ResultStatus, SourceResult, Verdict
+from threatflow.enrichment.sources import client
+
+
+class Canned:
+    def __init__(self) -> None:
+        self.status = 200
+        self.headers: list[tuple[str, str]] = [("Content-Type", "application/json")]
+        self.body = b"{}"
+        self.url = ""
+
+
+@pytest.fixture(scope="module")
+def canned() -> Iterator[Canned]:
+    answer = Canned()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.send_response(answer.status)
+            for name, value in answer.headers:
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(answer.body)))
+            self.end_headers()
+            self.wfile.write(answer.body)
+
+        do_GET = do_POST = do_HEAD = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    answer.url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield answer
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def ask(canned: Canned, status: int, body: bytes, *headers: tuple[str, str]) -> SourceResult:
+    canned.status, canned.body = status, body
+    canned.headers = [("Content-Type", "application/json"), *headers]
+    with requests.Session() as session:
+        return client.lookup("greynoise", "ipv4", "185.220.101.1", session=session, api_key=None, timeout=5, base_url=canned.url)
+
+
+@pytest.mark.parametrize("status", [200, 429, 500])
+def test_a_body_nested_deeper_than_the_decoder_allows_is_an_upstream_error_not_a_crash(canned: Canned, status: int) -> None:
+    """json.loads raises RecursionError (not a ValueError) past the interpreter's depth: it escaped lookup, so the
+    task failed every delivery (spending a call each time) into the dead letter, and /detect/intel answered 500."""
+    result = ask(canned, status, b"[" * 100_000)
+    assert result.status in (ResultStatus.UPSTREAM_ERROR, ResultStatus.RATE_LIMITED)
+    assert (result.verdict, result.score) == (Verdict.UNKNOWN, None)
+    if status == 200:
+        assert result.status is ResultStatus.UPSTREAM_ERROR and "malformed" in result.detail
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "content_type", "expected"),
+    [
+        (200, b"", "application/json", ResultStatus.UPSTREAM_ERROR),
+        (200, b"<html><body>Service Unavailable</body></html>", "text/html", ResultStatus.UPSTREAM_ERROR),
+        (502, b"<html><body>Bad gateway</body></html>", "text/html", ResultStatus.UPSTREAM_ERROR),
+        (200, b"null", "application/json", ResultStatus.UPSTREAM_ERROR),
+        (200, b'{"ip": "185.220.101.1", "noise": tr', "application/json", ResultStatus.UPSTREAM_ERROR),
+        (200, b"\xff\xfe\x00{", "application/json", ResultStatus.UPSTREAM_ERROR),
+    ],
+)
+def test_empty_html_null_partial_and_undecodable_bodies_are_mapped(
+    canned: Canned, status: int, body: bytes, content_type: str, expected: ResultStatus
+) -> None:
+    canned.status, canned.body = status, body
+    canned.headers = [("Content-Type", content_type)]
+    with requests.Session() as session:
+        result = client.lookup("greynoise", "ipv4", "185.220.101.1", session=session, api_key=None, timeout=5, base_url=canned.url)
+    assert result.status is expected and (result.verdict, result.score) == (Verdict.UNKNOWN, None)
