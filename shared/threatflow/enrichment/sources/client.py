@@ -280,7 +280,7 @@ def _decode(raw: bytes) -> tuple[Any, bool]:
         return None, False
     try:
         return json.loads(raw), True
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested deeper than the decoder goes
         return None, False
 
 
