@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -69,6 +71,24 @@ def test_a_body_nested_deeper_than_the_decoder_allows_is_an_upstream_error_not_a
     assert (result.verdict, result.score) == (Verdict.UNKNOWN, None)
     if status == 200:
         assert result.status is ResultStatus.UPSTREAM_ERROR and "malformed" in result.detail
+
+
+@pytest.mark.parametrize(
+    "retry_after",
+    ["99999999999", "1e300", format_datetime(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC), usegmt=True)],
+)
+def test_a_retry_after_beyond_a_day_waits_a_day(canned: Canned, retry_after: str) -> None:
+    """A 429 cools the source down for its Retry-After. 1e300 seconds made Redis refuse the cool-down's expiry (the
+    task failed into the dead letter); 99999999999 s or a date in the year 9999 cooled the source for centuries, so
+    every later task of it was parked and every run timed it out. No quota resets later than a day."""
+    result = ask(canned, 429, b'{"message": "slow down"}', ("Retry-After", retry_after))
+    assert result.status is ResultStatus.RATE_LIMITED
+    assert result.retry_after is not None and 0 < result.retry_after <= 86400
+
+
+def test_a_retry_after_within_a_day_is_kept(canned: Canned) -> None:
+    result = ask(canned, 429, b"", ("Retry-After", "29241"))  # AbuseIPDB's documented example
+    assert result.status is ResultStatus.RATE_LIMITED and result.retry_after == 29241.0
 
 
 @pytest.mark.parametrize(
