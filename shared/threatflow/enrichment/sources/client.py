@@ -8,7 +8,7 @@ Outcome mapping (the same for every source):
 
     no key for a keyed source     auth_error, no call made
     type not declared             bad_request, no call made
-    429                           rate_limited, retry_after from Retry-After, else the source's default
+    429                           rate_limited, retry_after from Retry-After (at most a day), else the source's default
     401, 403                      auth_error
     source.not_found_statuses     not_found
     other 4xx                     bad_request
@@ -42,6 +42,8 @@ MAX_BODY_BYTES = 5 * 1024 * 1024
 MAX_VALUE_CHARS = 4096
 """Longer IoC values are refused before any call (URLs are the longest IoCs; 4 KB is beyond any real one)."""
 USER_AGENT = "ThreatFlow/0.1"
+MAX_RETRY_AFTER_SECONDS = 86400.0
+"""A longer Retry-After is read as a day: no quota window is longer, and the source's cool-down follows it."""
 
 
 def resolve(source: Source | str) -> Source:
@@ -314,15 +316,15 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     if not raw:
         return None
     seconds = as_int(raw)
-    if seconds is not None:
-        return float(max(0, seconds))
-    try:
-        when = parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - _now()).total_seconds())
+    if seconds is None:
+        try:
+            when = parsedate_to_datetime(raw)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, min(MAX_RETRY_AFTER_SECONDS, (when - _now()).total_seconds()))
+    return float(max(0, min(MAX_RETRY_AFTER_SECONDS, seconds)))
 
 
 def _quota(src: Source, headers: Mapping[str, str]) -> Quota | None:
