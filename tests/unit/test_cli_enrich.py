@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import pytest
+
 from threatflow.cli import enrich
 
 
@@ -57,3 +59,23 @@ def test_the_table_names_each_run_after_waiting_too(capsys) -> None:
     header, *rows = out.splitlines()
     assert header.split() == ["VERDICT", "SCORE", "TYPE", "RUN", "VALUE"]
     assert [row.split()[-2:] for row in rows if row.strip()] == [["a" * 32, "198.51.100.7"], ["b" * 32, "evil.example.net"]]
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory"])
+def test_a_file_that_cannot_be_read_is_an_error_line_not_a_traceback(kind: str, tmp_path, monkeypatch, capsys) -> None:
+    """`threatflow enrich --file F` read F with Path.read_text and let FileNotFoundError / IsADirectoryError through:
+    a traceback instead of `error: ...` naming the file, and no call made either way."""
+    from threatflow.cli import main
+
+    monkeypatch.setattr(main, "CREDENTIALS", tmp_path / "no-login.json")
+    monkeypatch.setenv("THREATFLOW_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("THREATFLOW_TOKEN", "t")
+    monkeypatch.setattr(main, "_request", lambda *a, **k: pytest.fail("no call for a file that cannot be read"))
+    path = tmp_path / "iocs.txt"
+    if kind == "directory":
+        path.mkdir()
+    with pytest.raises(SystemExit) as exit_:
+        main.main(["enrich", "--file", str(path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(path) in err and "Traceback" not in err, err
