@@ -27,7 +27,12 @@ def values_from_file(path: Path) -> list[dict[str, Any]]:
     from threatflow.cli.iocs import detect_format
     from threatflow.intel.formats import parse
 
-    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8", errors="replace")
+    from threatflow.platform.errors import ValidationError
+
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:  # missing, a directory, unreadable: an error line naming the file, not a traceback
+        raise ValidationError(f"{path}: cannot read it ({exc.strerror or exc.__class__.__name__})", field="file") from None
     fmt = detect_format(path, text) if str(path) != "-" else "text"
     if fmt == "text":
         lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
