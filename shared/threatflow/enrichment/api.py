@@ -251,6 +251,9 @@ def build_router(runtime: Runtime) -> Router:
         if not body.iocs:
             raise ValidationError("iocs: give at least one IoC", field="iocs")
         _check_sources(ctx, body.sources, "sources")
+        for index, raw in enumerate(body.iocs):  # an item's own sources, as POST /enrich checks them
+            if not isinstance(raw, str) and raw.sources:
+                _check_sources(ctx, raw.sources, f"iocs[{index}].sources")
         batch_id = uuid.uuid4().hex
         items = [EnrichIn(value=raw) if isinstance(raw, str) else raw for raw in body.iocs]
         resolved = _resolve_many(runtime, items)
