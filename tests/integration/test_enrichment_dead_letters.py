@@ -1,0 +1,88 @@
+"""Dead letters stay listable and replayable however many have been replayed before.
+
+A replay marked each dead letter `replayed_at` and kept it where the pending ones are, and both routes read one
+page of that collection and dropped the replayed ones afterwards: `GET /dead-letters` (newest first, `limit`)
+listed nothing once the newest page had been replayed, and `POST /dead-letters/replay` read the first 500
+documents by id, so `{"ids": [...]}` naming one beyond them replayed nothing (and, once 500 had been replayed,
+neither did a replay of all)."""
+
+import contextlib
+import json
+import time
+
+import pytest
+from helpers import create_user
+
+pytestmark = pytest.mark.integration
+
+COLLECTIONS = ("enrichment_dead_letters", "enrichment_dead_letters_replayed")
+
+
+def _clear(client):
+    for name in COLLECTIONS:
+        while docs := list(client.collection(name).limit(400).stream()):
+            batch = client.batch()
+            for doc in docs:
+                batch.delete(doc.reference)
+            batch.commit()
+
+
+def _seed(client, ids, *, start):
+    """Pending dead letters as the drain writes them, the first id the oldest."""
+    for offset in range(0, len(ids), 400):
+        batch = client.batch()
+        for i, doc_id in enumerate(ids[offset : offset + 400], start=offset):
+            data = {"run_id": f"run-{doc_id}", "ioc_id": None, "ioc_type": "ipv4", "value": "198.51.100.7", "source": "otx"}
+            batch.set(
+                client.collection(COLLECTIONS[0]).document(doc_id),
+                {
+                    "subscription": "enrich-otx-dead-letter-hold",
+                    "source": "otx",
+                    "error": "LookupError: IoC 1 does not exist",
+                    "attempts": 5,
+                    "data": json.dumps(data),
+                    "run_id": data["run_id"],
+                    "value": data["value"],
+                    "dead_lettered_at": start + i,
+                    "published_at": "2026-11-27T00:00:00Z",
+                },
+            )
+        batch.commit()
+
+
+@pytest.fixture
+def admin(function_client, backend_env):
+    from google.api_core.exceptions import AlreadyExists
+    from google.cloud import firestore, pubsub_v1
+
+    publisher = pubsub_v1.PublisherClient()
+    with contextlib.suppress(AlreadyExists):
+        publisher.create_topic(name=publisher.topic_path(backend_env["GOOGLE_CLOUD_PROJECT"], "enrichment-tasks"))
+    store = firestore.Client(project=backend_env["GOOGLE_CLOUD_PROJECT"])
+    _clear(store)
+    password = create_user(backend_env["DATABASE_URL"], "dlq-admin", "admin")
+    token = function_client("auth").post("/api/v1/auth/token", json={"username": "dlq-admin", "password": password}).get_json()
+    yield function_client("enrichment"), {"Authorization": f"Bearer {token['access_token']}"}, store
+    _clear(store)
+
+
+def test_the_list_shows_pending_dead_letters_behind_a_page_of_replayed_ones(admin):
+    api, headers, store = admin
+    ids = [f"dl-{i:02d}" for i in range(11)]
+    _seed(store, ids, start=time.time() - 3600)
+    newest = ids[1:]
+    replayed = api.post("/api/v1/enrichment/dead-letters/replay", json={"ids": newest}, headers=headers)
+    assert replayed.status_code == 200 and sorted(replayed.get_json()["replayed"]) == newest, replayed.get_json()
+    listed = api.get("/api/v1/enrichment/dead-letters", query_string={"limit": 10}, headers=headers)
+    assert listed.status_code == 200
+    assert [d["id"] for d in listed.get_json()["dead_letters"]] == ["dl-00"]
+
+
+def test_a_dead_letter_beyond_the_first_500_is_replayed_by_id(admin):
+    api, headers, store = admin
+    ids = [f"dl-{i:03d}" for i in range(500)] + ["zz-last"]
+    _seed(store, ids, start=time.time() - 3600)
+    replayed = api.post("/api/v1/enrichment/dead-letters/replay", json={"ids": ["zz-last"]}, headers=headers)
+    assert replayed.status_code == 200 and replayed.get_json()["replayed"] == ["zz-last"], replayed.get_json()
+    again = api.post("/api/v1/enrichment/dead-letters/replay", json={"ids": ["zz-last"]}, headers=headers)
+    assert again.get_json()["replayed"] == []  # replayed once
