@@ -62,8 +62,12 @@ class BatchIn(msgspec.Struct, forbid_unknown_fields=True):
     sources: list[str] = []
 
 
+MAX_REPLAY = 500
+"""Dead letters replayed by one call (the oldest first when no ids are named; call again for the next ones)."""
+
+
 class ReplayIn(msgspec.Struct, forbid_unknown_fields=True):
-    ids: list[str] = []
+    ids: Annotated[list[str], msgspec.Meta(max_length=MAX_REPLAY)] = []
 
 
 def _resolve_ioc(runtime: Runtime, item: EnrichIn, *, clearance: str, index: int | None = None) -> dict[str, Any]:
@@ -418,21 +422,34 @@ def build_router(runtime: Runtime) -> Router:
     @router.route("POST", "/api/v1/enrichment/dead-letters/replay", role=Role.ADMIN, body=ReplayIn)
     def replay(request: Request, body: ReplayIn) -> dict[str, Any]:
         drain_dead_letters(ctx)
-        pending = _within_clearance(
-            runtime, request, [i for i in runtime.documents.query(runs.DEAD_LETTERS, limit=500) if not i.get("replayed_at")]
-        )
-        chosen = [i for i in pending if not body.ids or i["id"] in body.ids]
+        if body.ids:  # each named one read by its id: a page of the collection may not hold it
+            named = ((doc_id, runtime.documents.get(runs.DEAD_LETTERS, doc_id)) for doc_id in dict.fromkeys(body.ids))
+            candidates = [{**doc, "id": doc_id} for doc_id, doc in named if doc is not None]
+        else:
+            candidates = runtime.documents.query(runs.DEAD_LETTERS, order_by="dead_lettered_at", limit=MAX_REPLAY)
+        for item in candidates:
+            if item.get("replayed_at"):  # replayed before this change, when they were kept here
+                _archive_replayed(runtime, item)
+        pending = _within_clearance(runtime, request, [i for i in candidates if not i.get("replayed_at")])
         replayed = []
-        for item in chosen:
+        for item in pending:
             data = json.loads(item["data"])
             attributes = {"source": item["source"]} if item.get("source") else {}
             topic = TOPIC_TASKS if item.get("source") else "ioc-enrichment-requested"
             ctx.publish(topic, data, replayed="1", **attributes)
-            runtime.documents.set(runs.DEAD_LETTERS, item["id"], {"replayed_at": time.time()}, merge=True)
+            _archive_replayed(runtime, {**item, "replayed_at": time.time()})
             replayed.append(item["id"])
-        return {"replayed": replayed}
+        return {"replayed": replayed, "more": not body.ids and len(candidates) >= MAX_REPLAY}
 
     return router
+
+
+def _archive_replayed(runtime: Runtime, item: dict[str, Any]) -> None:
+    """A replayed dead letter moves to DEAD_LETTERS_REPLAYED: the pending ones alone stay where the list and the
+    replay read a page, so replayed ones never fill that page (they stayed, marked, and hid the pending ones)."""
+    record = {k: v for k, v in item.items() if k != "id"}
+    runtime.documents.set(runs.DEAD_LETTERS_REPLAYED, item["id"], record)
+    runtime.documents.delete(runs.DEAD_LETTERS, item["id"])
 
 
 def _dead_letter_ioc(item: dict[str, Any]) -> int | None:

@@ -24,7 +24,8 @@ from typing import Any
 from threatflow.platform.ports import DocumentStore, Versioned
 
 RUNS = "enrichment_runs"
-DEAD_LETTERS = "enrichment_dead_letters"
+DEAD_LETTERS = "enrichment_dead_letters"  # pending ones only
+DEAD_LETTERS_REPLAYED = "enrichment_dead_letters_replayed"
 SWEEPS = "enrichment_sweeps"
 OVERDUE_CURSOR = "overdue"
 
