@@ -26,7 +26,6 @@ Call = Callable[..., Any]
 def values_from_file(path: Path) -> list[dict[str, Any]]:
     from threatflow.cli.iocs import detect_format
     from threatflow.intel.formats import parse
-
     from threatflow.platform.errors import ValidationError
 
     try:
