@@ -1,63 +1,30 @@
 """Answers real intel APIs (or the proxies in front of them) send that the fakes do not: `client.lookup` must map
 each to a status and never raise, and a 429's wait must stay within what a quota can mean.
 
-A small canned server on 127.0.0.1 answers every request with one (status, headers, body)."""
+`fakes.canned` answers every request with one (status, headers, body)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
+from fakes.canned import Canned, start_canned
 
 from threatflow.enrichment.model import ResultStatus, SourceResult, Verdict
 from threatflow.enrichment.sources import client
 
 
-class Canned:
-    def __init__(self) -> None:
-        self.status = 200
-        self.headers: list[tuple[str, str]] = [("Content-Type", "application/json")]
-        self.body = b"{}"
-        self.url = ""
-
-
 @pytest.fixture(scope="module")
 def canned() -> Iterator[Canned]:
-    answer = Canned()
-
-    class Handler(BaseHTTPRequestHandler):
-        def _answer(self) -> None:
-            self.send_response(answer.status)
-            for name, value in answer.headers:
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(len(answer.body)))
-            self.end_headers()
-            self.wfile.write(answer.body)
-
-        do_GET = do_POST = do_HEAD = _answer
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    answer.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        yield answer
-    finally:
-        server.shutdown()
-        server.server_close()
+    with start_canned() as server:
+        yield server
 
 
 def ask(canned: Canned, status: int, body: bytes, *headers: tuple[str, str]) -> SourceResult:
-    canned.status, canned.body = status, body
-    canned.headers = [("Content-Type", "application/json"), *headers]
+    canned.answer(status, body, *headers)
     with requests.Session() as session:
         return client.lookup("greynoise", "ipv4", "185.220.101.1", session=session, api_key=None, timeout=5, base_url=canned.url)
 
@@ -105,8 +72,7 @@ def test_a_retry_after_within_a_day_is_kept(canned: Canned) -> None:
 def test_empty_html_null_partial_and_undecodable_bodies_are_mapped(
     canned: Canned, status: int, body: bytes, content_type: str, expected: ResultStatus
 ) -> None:
-    canned.status, canned.body = status, body
-    canned.headers = [("Content-Type", content_type)]
+    canned.answer(status, body, content_type=content_type)
     with requests.Session() as session:
         result = client.lookup("greynoise", "ipv4", "185.220.101.1", session=session, api_key=None, timeout=5, base_url=canned.url)
     assert result.status is expected and (result.verdict, result.score) == (Verdict.UNKNOWN, None)
