@@ -281,9 +281,31 @@ def _decode(raw: bytes) -> tuple[Any, bool]:
     if not raw.strip():
         return None, False
     try:
-        return json.loads(raw), True
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested deeper than the decoder goes
         return None, False
+    return (_without_nul(body) if b"\\u0000" in raw else body), True
+
+
+def _without_nul(body: Any) -> Any:
+    """The body with every NUL character dropped from its strings and keys. JSON carries one as the escape
+    \\u0000; PostgreSQL stores none in text or jsonb, so a tag or name holding one failed the cache's INSERT."""
+
+    def clean(value: Any) -> Any:
+        return value.replace("\x00", "") if isinstance(value, str) else value
+
+    root: list[Any] = [body]
+    stack: list[tuple[Any, Any]] = [(root, 0)]  # (container, key) of each value still to clean; no recursion
+    while stack:
+        container, key = stack.pop()
+        value = container[key]
+        if isinstance(value, dict):
+            value = {clean(k): v for k, v in value.items()}
+            stack += [(value, k) for k in value]
+        elif isinstance(value, list):
+            stack += [(value, i) for i in range(len(value))]
+        container[key] = clean(value)
+    return root[0]
 
 
 def _fill(template: Any, value: str) -> Any:
