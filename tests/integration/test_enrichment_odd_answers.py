@@ -3,7 +3,7 @@
 JSON may carry the escape \\u0000, and json.loads makes it a NUL character, which PostgreSQL accepts neither in text
 nor in jsonb. A source naming a tag or a file with one (GreyNoise's `name`, a sandbox's submit name) made the
 cache's INSERT fail: `GET /detect/intel/{ip}` answered 500, and a pipeline task failed every delivery into the
-dead letter, its run closing with the source `timeout`."""
+dead letter, its run closing with the source `timeout`. A lone UTF-16 surrogate (`\\ud800`) likewise."""
 
 import json
 
@@ -25,20 +25,22 @@ BODY = {
 }
 
 
-@pytest.fixture
-def enrichment(backend_env, monkeypatch):
+@pytest.fixture(params=["nul", "lone-surrogate"])
+def enrichment(request, backend_env, monkeypatch):
     from threatflow.enrichment.handlers import Enrichment
     from threatflow.runtime import Runtime
 
     with start_canned() as canned:
-        canned.answer(200, json.dumps(BODY).encode())
+        odd = "\u0000" if request.param == "nul" else "\ud800"  # a lone surrogate: PostgreSQL's jsonb refuses it too
+        body = {k: v.replace("\u0000", odd) if isinstance(v, str) else v for k, v in BODY.items()}
+        canned.answer(200, json.dumps(body).encode())
         monkeypatch.setenv("INTEL_GREYNOISE_URL", canned.url)
         runtime = Runtime.from_env()
         yield Enrichment(runtime)
         runtime.engine.dispose()
 
 
-def test_a_nul_character_in_an_answer_is_dropped_before_it_is_cached_or_stored(enrichment):
+def test_a_nul_character_or_lone_surrogate_in_an_answer_is_dropped_before_it_is_cached_or_stored(enrichment):
     from threatflow.adapters.postgres import unit_of_work
     from threatflow.enrichment import api, repository
     from threatflow.enrichment.handlers import result_row
@@ -47,7 +49,7 @@ def test_a_nul_character_in_an_answer_is_dropped_before_it_is_cached_or_stored(e
 
     answer = api.ip_reputation("185.220.101.1", enrichment=enrichment, sources=("greynoise",))
     assert answer["source"] == "greynoise" and answer["verdict"] == "malicious" and not answer["cached"]
-    assert "\\u0000" not in json.dumps(answer["evidence"])
+    assert "\\u0000" not in json.dumps(answer["evidence"]) and "\\ud800" not in json.dumps(answer["evidence"])
     again = api.ip_reputation("185.220.101.1", enrichment=enrichment, sources=("greynoise",))
     assert again["cached"] and again["verdict"] == "malicious"  # the cache row was written and is read back
 
