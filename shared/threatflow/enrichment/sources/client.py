@@ -23,6 +23,7 @@ Outcome mapping (the same for every source):
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -284,15 +285,21 @@ def _decode(raw: bytes) -> tuple[Any, bool]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested deeper than the decoder goes
         return None, False
-    return (_without_nul(body) if b"\\u0000" in raw else body), True
+    return (_storable(body) if _UNSTORABLE_ESCAPE.search(raw) else body), True
 
 
-def _without_nul(body: Any) -> Any:
-    """The body with every NUL character dropped from its strings and keys. JSON carries one as the escape
-    \\u0000; PostgreSQL stores none in text or jsonb, so a tag or name holding one failed the cache's INSERT."""
+# JSON escapes of what PostgreSQL stores in neither text nor jsonb: NUL, and UTF-16 surrogates (json.loads pairs
+# the valid ones into one character, so those it leaves in a string are lone).
+_UNSTORABLE_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(body: Any) -> Any:
+    """The body with every NUL and lone surrogate dropped from its strings and keys: a tag or name holding one
+    failed the cache's INSERT, and a classification "malicious\\u0000" was no "malicious"."""
 
     def clean(value: Any) -> Any:
-        return value.replace("\x00", "") if isinstance(value, str) else value
+        return _UNSTORABLE.sub("", value) if isinstance(value, str) else value
 
     root: list[Any] = [body]
     stack: list[tuple[Any, Any]] = [(root, 0)]  # (container, key) of each value still to clean; no recursion
