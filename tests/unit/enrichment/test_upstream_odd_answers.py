@@ -5,6 +5,7 @@ each to a status and never raise, and a 429's wait must stay within what a quota
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -13,6 +14,7 @@ import pytest
 import requests
 from fakes.canned import Canned, start_canned
 
+from threatflow.enrichment import verdict
 from threatflow.enrichment.model import ResultStatus, SourceResult, Verdict
 from threatflow.enrichment.sources import client
 
@@ -76,3 +78,19 @@ def test_empty_html_null_partial_and_undecodable_bodies_are_mapped(
     with requests.Session() as session:
         result = client.lookup("greynoise", "ipv4", "185.220.101.1", session=session, api_key=None, timeout=5, base_url=canned.url)
     assert result.status is expected and (result.verdict, result.score) == (Verdict.UNKNOWN, None)
+
+
+@pytest.mark.parametrize("last_seen", ["0001-01-01T00:00:00Z", "1970-01-01T00:00:00Z", 0, "0"])
+def test_a_placeholder_last_seen_does_not_erase_a_verdict(canned: Canned, last_seen: object) -> None:
+    """An API's "never" written as a time (Go's zero time 0001-01-01, the epoch) was read as a sighting that long
+    ago: recency 0.5 ** (age / 30 days) made the source's weight 0 (year 1) or 1e-205 (1970), so GreyNoise's
+    malicious answer merged to `unknown` alone and lost to any fresh harmless one. It now counts as no time."""
+    body = {"ip": "185.220.101.1", "noise": True, "riot": False, "classification": "malicious", "last_seen": last_seen}
+    result = ask(canned, 200, json.dumps(body).encode())
+    assert result.status is ResultStatus.OK
+    row = {**result.to_dict(), "evidence": result.evidence.to_dict(), "fetched_at": result.fetched_at.isoformat()}
+    harmless = {"source": "otx", "status": "ok", "verdict": "harmless", "score": 0, "evidence": {}, "fetched_at": row["fetched_at"]}
+    reliability = {"greynoise": 0.7, "otx": 0.5}
+    assert verdict.merge([row], reliability=reliability, now=result.fetched_at).verdict == "malicious"
+    assert verdict.merge([row, harmless], reliability=reliability, now=result.fetched_at).verdict == "malicious"
+    assert result.evidence.last_seen is None
