@@ -84,7 +84,8 @@ def test_empty_html_null_partial_and_undecodable_bodies_are_mapped(
 def test_a_placeholder_last_seen_does_not_erase_a_verdict(canned: Canned, last_seen: object) -> None:
     """An API's "never" written as a time (Go's zero time 0001-01-01, the epoch) was read as a sighting that long
     ago: recency 0.5 ** (age / 30 days) made the source's weight 0 (year 1) or 1e-205 (1970), so GreyNoise's
-    malicious answer merged to `unknown` alone and lost to any fresh harmless one. It now counts as no time."""
+    malicious answer merged to `unknown` alone and lost to any fresh harmless one (harmless instead of
+    suspicious). It now counts as no time."""
     body = {"ip": "185.220.101.1", "noise": True, "riot": False, "classification": "malicious", "last_seen": last_seen}
     result = ask(canned, 200, json.dumps(body).encode())
     assert result.status is ResultStatus.OK
@@ -92,5 +93,6 @@ def test_a_placeholder_last_seen_does_not_erase_a_verdict(canned: Canned, last_s
     harmless = {"source": "otx", "status": "ok", "verdict": "harmless", "score": 0, "evidence": {}, "fetched_at": row["fetched_at"]}
     reliability = {"greynoise": 0.7, "otx": 0.5}
     assert verdict.merge([row], reliability=reliability, now=result.fetched_at).verdict == "malicious"
-    assert verdict.merge([row, harmless], reliability=reliability, now=result.fetched_at).verdict == "malicious"
+    mixed = verdict.merge([row, harmless], reliability=reliability, now=result.fetched_at)
+    assert mixed.verdict == "suspicious" and mixed.reasons[0]["recency"] == 1.0  # weighed as a fresh answer
     assert result.evidence.last_seen is None
