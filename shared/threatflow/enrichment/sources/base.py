@@ -214,8 +214,19 @@ def as_bool(value: Any) -> bool | None:
     return None
 
 
+_NO_TIME_BEFORE = datetime(1970, 1, 2, tzinfo=UTC)
+"""APIs write "never" as a time: Go's zero time (0001-01-01), the epoch (0, 1970-01-01). Read as sightings that
+long ago they weighed nothing in the verdict (recency 0.5 ** (age / 30 days)), erasing the source's answer."""
+
+
 def as_time(value: Any) -> datetime | None:
-    """Epoch seconds (int or numeric string), ISO 8601, or abuse.ch's "2019-03-25 09:55:01 UTC"; UTC-aware."""
+    """Epoch seconds (int or numeric string), ISO 8601, or abuse.ch's "2019-03-25 09:55:01 UTC"; UTC-aware.
+    A time before 1970-01-02 is a placeholder for none, and None."""
+    parsed = _as_time(value)
+    return parsed if parsed is not None and parsed >= _NO_TIME_BEFORE else None
+
+
+def _as_time(value: Any) -> datetime | None:
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int | float):
@@ -227,7 +238,7 @@ def as_time(value: Any) -> datetime | None:
         return None
     text = value.strip()
     if text.isdigit():
-        return as_time(int(text))
+        return _as_time(int(text))
     text = text.removesuffix(" UTC").replace("Z", "+00:00")
     try:
         parsed = datetime.fromisoformat(text)
