@@ -1,0 +1,65 @@
+"""GET /api/v1/detect/intel/{ip} keeps a stored IoC's TLP, as enrich-dispatch does.
+
+Dispatch sends an IoC to a source only when its TLP is at most the source's `max_tlp` (amber in the manifest), so
+a TLP:RED address is never disclosed to VirusTotal or AbuseIPDB by enrichment. The detect function's IP intel
+route asked the sources about any public address, a stored red one included, for any reader: one GET disclosed
+it to every IP source, whoever asked and whatever their clearance."""
+
+import json
+
+import pytest
+from helpers import create_user
+
+pytestmark = pytest.mark.integration
+
+RED_IP = "185.220.101.1"
+OTHER_IP = "185.220.101.2"
+
+
+@pytest.fixture
+def intel(backend_env, function_client, monkeypatch):
+    from werkzeug.test import EnvironBuilder
+    from werkzeug.wrappers import Request as WerkzeugRequest
+
+    from tests.fakes.intel import start_fake_intel
+    from threatflow.auth.api import authenticator
+    from threatflow.enrichment.api import add_detect_intel_routes
+    from threatflow.platform.web import Router
+    from threatflow.runtime import Runtime
+
+    fake = start_fake_intel()
+    for key, value in {**fake.env(), "VT_API_KEY": "test-vt-key", "ABUSEIPDB_API_KEY": "test-abuseipdb-key"}.items():
+        monkeypatch.setenv(key, value)
+    url = backend_env["DATABASE_URL"]
+    auth = function_client("auth")
+
+    def bearer(username, role, clearance=None):
+        password = create_user(url, username, role, clearance=clearance)
+        token = auth.post("/api/v1/auth/token", json={"username": username, "password": password}).get_json()["access_token"]
+        return {"Authorization": f"Bearer {token}"}
+
+    red, reader = bearer("red-analyst", "analyst", "red"), bearer("amber-reader", "reader")
+    stored = function_client("iocs").post("/api/v1/iocs/batch", json={"iocs": [{"value": RED_IP, "tlp": "red"}]}, headers=red)
+    assert stored.status_code in (200, 201, 207), stored.get_json()
+    runtime = Runtime.from_env()
+    router = Router("detect-test", runtime=runtime, authenticator=authenticator(runtime))
+    add_detect_intel_routes(router, runtime)
+
+    def get(ip, headers):
+        response = router.handle(WerkzeugRequest(EnvironBuilder(path=f"/api/v1/detect/intel/{ip}", headers=headers).get_environ()))
+        return response.status_code, json.loads(response.get_data())
+
+    yield get, fake, red, reader
+    fake.close()
+    runtime.engine.dispose()
+
+
+def test_a_red_address_is_not_sent_to_a_source_whose_max_tlp_is_lower(intel):
+    get, fake, red, reader = intel
+    status, body = get(RED_IP, red)
+    assert status == 200 and body["status"] == "skipped" and body["source"] is None, body
+    assert set(body["tried"]) >= {"abuseipdb", "virustotal"} and all("TLP red" in why for why in body["tried"].values())
+    assert get(RED_IP, reader)[0] == 404  # above the reader's clearance: as POST /enrich answers
+    assert fake.call_count() == 0, "a TLP:RED address went to a third party"
+    status, body = get(OTHER_IP, reader)  # an address stored nowhere is asked as before
+    assert status == 200 and body["source"] == "abuseipdb" and fake.call_count("abuseipdb", OTHER_IP) == 1
