@@ -47,10 +47,10 @@ def test_a_nul_character_or_lone_surrogate_in_an_answer_is_dropped_before_it_is_
     from threatflow.enrichment.tasks import Task
     from threatflow.enrichment.worker import execute
 
-    answer = api.ip_reputation("185.220.101.1", enrichment=enrichment, sources=("greynoise",))
+    answer = api.ip_reputation("185.220.101.1", enrichment=enrichment, clearance="red", sources=("greynoise",))
     assert answer["source"] == "greynoise" and answer["verdict"] == "malicious" and not answer["cached"]
     assert "\\u0000" not in json.dumps(answer["evidence"]) and "\\ud800" not in json.dumps(answer["evidence"])
-    again = api.ip_reputation("185.220.101.1", enrichment=enrichment, sources=("greynoise",))
+    again = api.ip_reputation("185.220.101.1", enrichment=enrichment, clearance="red", sources=("greynoise",))
     assert again["cached"] and again["verdict"] == "malicious"  # the cache row was written and is read back
 
     source = enrichment.settings.sources["greynoise"]

@@ -561,8 +561,10 @@ def _embedded_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ip
     return address.sixtofour
 
 
-def ip_reputation(ip: str, *, enrichment: Enrichment, sources: tuple[str, ...] = IP_SOURCE_ORDER) -> dict[str, Any]:
-    """The first usable answer for an IP; raises RateLimitedError when every source is out of quota."""
+def ip_reputation(ip: str, *, enrichment: Enrichment, clearance: str, sources: tuple[str, ...] = IP_SOURCE_ORDER) -> dict[str, Any]:
+    """The first usable answer for an IP; raises RateLimitedError when every source is out of quota.
+    An address stored as an IoC keeps its TLP: above `clearance` it is a 404 (as POST /enrich answers), and a
+    source whose `max_tlp` is below it is not asked (as enrich-dispatch decides)."""
     try:
         address = ipaddress.ip_address(ip.strip())
     except ValueError:
@@ -584,11 +586,17 @@ def ip_reputation(ip: str, *, enrichment: Enrichment, sources: tuple[str, ...] =
         raise ValidationError(f"ip: {address} is not a public address; intel sources know nothing about it", field="ip")
     ioc_type = "ipv4" if address.version == 4 else "ipv6"
     value = str(address)
+    with unit_of_work(enrichment.runtime.engine) as conn:
+        tlp = intel_enrichment.stored_tlp(conn, ioc_type, value)
+    tlp_clearance.require(clearance, tlp, what=f"intel for {value} within your TLP clearance")
     waits: list[float] = []
     tried: dict[str, str] = {}
     for name in sources:
         source = enrichment.settings.sources.get(name)
         if source is None or not source.enabled or ioc_type not in source.indicator_types or not enrichment.keys.usable(source):
+            continue
+        if tlp is not None and not dispatch.tlp_allowed(tlp, source.max_tlp):
+            tried[name] = f"TLP {tlp} is above this source's maximum ({source.max_tlp})"
             continue
         outcome = run_task(enrichment, source, Task("detect-intel", 0, ioc_type, value, name))
         if outcome.defer_seconds is not None:
@@ -612,6 +620,10 @@ def ip_reputation(ip: str, *, enrichment: Enrichment, sources: tuple[str, ...] =
         tried[name] = result.status.value
     if waits:
         raise RateLimitedError(f"every IP source is out of quota ({tried})", retry_after=min(waits))
+    if tried and all(reason.startswith("TLP ") for reason in tried.values()):
+        # Not a failure: every source was left unasked on purpose.
+        return {"ip": value, "source": None, "status": "skipped", "verdict": "unknown", "score": None, "cached": False,
+                "fetched_at": None, "evidence": {}, "tried": tried}  # fmt: skip
     raise DependencyError(f"no IP intel source answered ({tried or 'none usable'})")
 
 
@@ -621,4 +633,4 @@ def add_detect_intel_routes(router: Router, runtime: Runtime) -> None:
 
     @router.route("GET", "/api/v1/detect/intel/{ip}", role=Role.READER)
     def intel(request: Request) -> dict[str, Any]:
-        return ip_reputation(request.path_params["ip"], enrichment=enrichment)
+        return ip_reputation(request.path_params["ip"], enrichment=enrichment, clearance=tlp_clearance.of(request.principal))

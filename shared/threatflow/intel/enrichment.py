@@ -141,6 +141,12 @@ def apply_verdict(conn: Connection, *, ioc_id: int, run_id: str, merged: verdict
     enrichment_repository.put_verdict(conn, ioc_id=ioc_id, run_id=run_id, verdict=merged.verdict, score=merged.score, reasons=reasons)
 
 
+def stored_tlp(conn: Connection, ioc_type: str, value: str) -> str | None:
+    """The TLP of the stored IoC (type, normalised value), or None when none is stored."""
+    record = iocs_repository.get_by_value(conn, ioc_type, value)
+    return None if record is None else str(record.tlp)
+
+
 def visible_ioc_ids(conn: Connection, ioc_ids: Sequence[int], *, visible_tlps: Sequence[str]) -> set[int]:
     """The ids among ioc_ids of existing IoCs whose TLP is in visible_tlps."""
     allowed = set(visible_tlps)
