@@ -79,3 +79,30 @@ def test_a_file_that_cannot_be_read_is_an_error_line_not_a_traceback(kind: str, 
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(path) in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("encoded", "suffix"),
+    [
+        ("\ufeff198.51.100.7\r\nevil.example.net\r\n".encode(), ".txt"),  # Notepad's UTF-8 with a BOM
+        ("198.51.100.7\r\nevil.example.net\r\n".encode("utf-16"), ".txt"),  # Excel's "Unicode text"
+        (__import__("gzip").compress(b"198.51.100.7\nevil.example.net\n"), ".txt.gz"),  # a feed dump
+    ],
+    ids=["utf8-bom", "utf16", "gzip"],
+)
+def test_a_file_is_read_as_iocs_import_reads_it(encoded: bytes, suffix: str, tmp_path) -> None:
+    """`threatflow enrich --file` read the file as UTF-8 text itself, while the README says it takes what the import
+    takes: a BOM stayed on the first value ("\\ufeff198.51.100.7" was rejected as a malformed domain), UTF-16 and a
+    .gz dump became replacement characters. It now reads it as `threatflow iocs import` does (read_document)."""
+    path = tmp_path / f"iocs{suffix}"
+    path.write_bytes(encoded)
+    sent: list[Any] = []
+
+    def call(method: str, path_: str, body: Any = None, raw: bool = False) -> tuple[int, Any]:
+        sent.append(body)
+        return 202, {"batch_id": "c" * 32, "runs": []}
+
+    parser = argparse.ArgumentParser()
+    enrich.add_parser(parser.add_subparsers(), lambda a: 0)
+    enrich.run(parser.parse_args(["enrich", "--file", str(path), "--no-wait"]), call)
+    assert [item["value"] for item in sent[0]["iocs"]] == ["198.51.100.7", "evil.example.net"]
