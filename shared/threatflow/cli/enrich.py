@@ -24,15 +24,13 @@ Call = Callable[..., Any]
 
 
 def values_from_file(path: Path) -> list[dict[str, Any]]:
-    from threatflow.cli.iocs import detect_format
+    from threatflow.cli.iocs import detect_format, read_document
     from threatflow.intel.formats import parse
-    from threatflow.platform.errors import ValidationError
 
-    try:
-        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:  # missing, a directory, unreadable: an error line naming the file, not a traceback
-        raise ValidationError(f"{path}: cannot read it ({exc.strerror or exc.__class__.__name__})", field="file") from None
-    fmt = detect_format(path, text) if str(path) != "-" else "text"
+    # As `threatflow iocs import` reads it: a BOM dropped, UTF-16, a .gz or one-file .zip dump, an unreadable file
+    # an error naming it (a BOM stayed on the first value, which was then rejected).
+    name, text = (path, sys.stdin.read()) if str(path) == "-" else read_document(path)
+    fmt = detect_format(name, text) if str(path) != "-" else "text"
     if fmt == "text":
         lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
         if all(" " not in line for line in lines):  # one value a line
