@@ -106,3 +106,28 @@ def test_a_file_is_read_as_iocs_import_reads_it(encoded: bytes, suffix: str, tmp
     enrich.add_parser(parser.add_subparsers(), lambda a: 0)
     enrich.run(parser.parse_args(["enrich", "--file", str(path), "--no-wait"]), call)
     assert [item["value"] for item in sent[0]["iocs"]] == ["198.51.100.7", "evil.example.net"]
+
+
+def test_the_format_the_error_asks_for_can_be_named(tmp_path, monkeypatch, capsys) -> None:
+    """A .json file that is no JSON was refused with "name the format with --format", and `threatflow enrich`
+    had no --format (argparse: unrecognized arguments): the advice could not be followed."""
+    from threatflow.cli import main
+
+    path = tmp_path / "report.json"
+    path.write_text("seen 198.51.100.7 talking to evil-domain.com today\n")
+    sent: list[Any] = []
+
+    def request(method: str, url: str, *, token: str | None, body: Any = None, raw: bool = False) -> tuple[int, Any]:
+        sent.append(body)
+        return 202, {"batch_id": "c" * 32, "runs": []}
+
+    monkeypatch.setattr(main, "CREDENTIALS", tmp_path / "no-login.json")
+    monkeypatch.setenv("THREATFLOW_URL", "http://127.0.0.1:9")
+    monkeypatch.setattr(main, "_request", request)
+    with pytest.raises(SystemExit) as refused:
+        main.main(["enrich", "--file", str(path)])
+    assert refused.value.code == 2 and "--format" in capsys.readouterr().err and not sent
+    with pytest.raises(SystemExit) as done:
+        main.main(["enrich", "--file", str(path), "--format", "text", "--no-wait"])
+    assert done.value.code == 0
+    assert [item["value"] for item in sent[0]["iocs"]] == ["198.51.100.7", "evil-domain.com"]
