@@ -23,14 +23,15 @@ POLL_SECONDS = 1.0
 Call = Callable[..., Any]
 
 
-def values_from_file(path: Path) -> list[dict[str, Any]]:
+def values_from_file(path: Path, fmt: str | None = None) -> list[dict[str, Any]]:
+    """The values of a file (`-`: standard input), its format named or told from its name and content."""
     from threatflow.cli.iocs import detect_format, read_document
     from threatflow.intel.formats import parse
 
     # As `threatflow iocs import` reads it: a BOM dropped, UTF-16, a .gz or one-file .zip dump, an unreadable file
     # an error naming it (a BOM stayed on the first value, which was then rejected).
     name, text = (path, sys.stdin.read()) if str(path) == "-" else read_document(path)
-    fmt = detect_format(name, text) if str(path) != "-" else "text"
+    fmt = fmt or (detect_format(name, text) if str(path) != "-" else "text")
     if fmt == "text":
         lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
         if all(" " not in line for line in lines):  # one value a line
@@ -48,7 +49,7 @@ def _bar(done: int, total: int, started: float) -> str:
 def run(args: argparse.Namespace, call: Call) -> int:
     items: list[dict[str, Any]] = [{"value": v} for v in args.values]
     if args.file:
-        items += values_from_file(Path(args.file))
+        items += values_from_file(Path(args.file), getattr(args, "format", None))
     if not items:
         print("error: give VALUE... or --file FILE", file=sys.stderr)
         return 2
@@ -108,6 +109,9 @@ def add_parser(sub: Any, handler: Callable[[argparse.Namespace], int]) -> None:
     parser = sub.add_parser("enrich", help="enrich IoCs: threatflow enrich 1.2.3.4 evil.example | --file iocs.txt")
     parser.add_argument("values", nargs="*", metavar="VALUE")
     parser.add_argument("--file", help="one value a line, or a JSON/CSV/STIX/MISP/text import file ('-' = stdin)")
+    parser.add_argument(
+        "--format", choices=["json", "csv", "text", "stix", "misp"], help="the file's format (default: from its extension and content)"
+    )
     parser.add_argument("--force", action="store_true", help="ignore cached results and warninglists")
     parser.add_argument("--sources", help="comma-separated source names (default: every applicable source)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the runs")
