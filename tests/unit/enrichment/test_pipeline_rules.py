@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -149,3 +150,33 @@ def test_keys_are_cached_briefly_so_a_new_version_is_picked_up():
     abuse = load_manifest().sources["abuseipdb"]
     assert ring.get(abuse) is None and not ring.usable(abuse)
     assert ring.usable(load_manifest().sources["internetdb"])
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ({"virustotal": {"timeout_seconds": "abc"}}, "virustotal.timeout_seconds"),  # float() raised ValueError
+        ({"virustotal": {"timeout_seconds": -1}}, "virustotal.timeout_seconds"),  # requests refused it on every call
+        ({"virustotal": {"max_tlp": "amber_strict"}}, "virustotal.max_tlp"),  # no TLP: the source was never asked
+        ({"virustotal": {"quota": {"per_minute": 0}}}, "virustotal.quota.per_minute"),
+        ({"virustotal": {"quota": {"per_minute": 4, "per_week": 9}}}, "virustotal.quota.per_week"),
+        ({"virustotal": {"ttl_seconds": "1d"}}, "virustotal.ttl_seconds"),
+        ({"virustotal": {"indicator_types": ["ipv4", "email"]}}, "virustotal.indicator_types"),
+        ({"virustotal": {"enabled": "no"}}, "virustotal.enabled"),  # bool("no") is True
+        ({"virustotal": {"timout_seconds": 5}}, "virustotal.timout_seconds"),  # a typo was merged and ignored
+        ({"virustotal": ["quota"]}, "virustotal"),
+    ],
+)
+def test_an_override_the_manifest_schema_refuses_is_a_config_error_naming_it(override, named):
+    """ENRICH_SOURCES_OVERRIDE was merged over the manifest without the checks the manifest itself passes: a bad
+    value failed later (a ValueError on the first request, a source silently never asked), not at start-up."""
+    env = {**load_manifest().sources_env(), "ENRICH_SOURCES_OVERRIDE": json.dumps(override)}
+    with pytest.raises(ConfigError, match=f"ENRICH_SOURCES_OVERRIDE: {re.escape(named)}"):
+        load(env)
+
+
+def test_the_overrides_the_tests_and_the_bench_use_are_accepted():
+    override = {"virustotal": {"quota": {"per_minute": 20, "per_day": 500}, "timeout_seconds": 1.5, "max_tlp": "green"}}
+    settings = load({**load_manifest().sources_env(), "ENRICH_SOURCES_OVERRIDE": json.dumps(override)})
+    vt = settings.get("virustotal")
+    assert (vt.quota.per_minute, vt.timeout_seconds, vt.max_tlp) == (20, 1.5, "green")
