@@ -46,6 +46,62 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# What functions/topology.schema.json allows in a source ($defs/source), checked here for ENRICH_SOURCES_OVERRIDE:
+# no function ships jsonschema, and an override merged unchecked failed late (a ValueError on the first request)
+# or silently (an unknown max_tlp: the source was never asked).
+_IOC_TYPES = frozenset({"ipv4", "ipv6", "cidr", "domain", "url", "md5", "sha1", "sha256", "file_path", "email"})
+_TLPS = frozenset({"clear", "green", "amber", "amber+strict", "red"})
+_QUOTA_KEYS = ("per_minute", "per_hour", "per_day")
+
+
+def _is_int(value: Any, low: int, high: float = math.inf) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _types(value: Any) -> bool:
+    return isinstance(value, list) and len(set(map(str, value))) == len(value) and all(v in _IOC_TYPES for v in value)
+
+
+_CHECKS: dict[str, tuple[Any, str]] = {
+    "description": (lambda v: isinstance(v, str), "a string"),
+    "enabled": (lambda v: isinstance(v, bool), "true or false"),
+    "indicator_types": (lambda v: _types(v) and len(v) > 0, f"a non-empty list of distinct types of {sorted(_IOC_TYPES)}"),
+    "secret": (lambda v: isinstance(v, str) and bool(v), "a secret name"),
+    "key_optional": (lambda v: isinstance(v, bool), "true or false"),
+    "ttl_seconds": (lambda v: _is_int(v, 60), "an integer of at least 60"),
+    "auto_enrich": (_types, f"a list of distinct types of {sorted(_IOC_TYPES)}"),
+    "max_tlp": (lambda v: v in _TLPS, f"one of {sorted(_TLPS)}"),
+    "timeout_seconds": (
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= 120,
+        "a number of seconds above 0, at most 120",
+    ),
+    "max_delivery_attempts": (lambda v: _is_int(v, 5, 100), "an integer from 5 to 100"),
+}
+
+
+def _check_override(name: str, spec: Any) -> None:
+    """One source's override, as the manifest schema would check it; a ConfigError naming the variable and the key."""
+
+    def fail(where: str, wanted: str, got: Any) -> ConfigError:
+        return ConfigError(f"ENRICH_SOURCES_OVERRIDE: {where} must be {wanted} (got {json.dumps(got)[:80]})")
+
+    if not isinstance(spec, Mapping):
+        raise fail(name, "an object of manifest source settings", spec)
+    for key, value in spec.items():
+        if key == "quota":
+            if not isinstance(value, Mapping) or not value:
+                raise fail(f"{name}.quota", f"an object of {', '.join(_QUOTA_KEYS)}", value)
+            for window, limit in value.items():
+                if window not in _QUOTA_KEYS:
+                    raise fail(f"{name}.quota.{window}", f"one of the keys {', '.join(_QUOTA_KEYS)}, not a key of its own", limit)
+                if not _is_int(limit, 1):
+                    raise fail(f"{name}.quota.{window}", "an integer of at least 1", limit)
+        elif key not in _CHECKS:
+            raise fail(f"{name}.{key}", f"one of the manifest's source keys ({', '.join(sorted([*_CHECKS, 'quota']))})", value)
+        elif not _CHECKS[key][0](value):
+            raise fail(f"{name}.{key}", _CHECKS[key][1], value)
+
+
 def load(environ: Mapping[str, str] | None = None) -> SourceSettings:
     env = os.environ if environ is None else environ
     if not env.get("ENRICH_SOURCES_JSON"):
@@ -63,9 +119,13 @@ def load(environ: Mapping[str, str] | None = None) -> SourceSettings:
             override = json.loads(env["ENRICH_SOURCES_OVERRIDE"])
         except ValueError as exc:
             raise ConfigError(f"ENRICH_SOURCES_OVERRIDE is not JSON: {exc}") from None
+        if not isinstance(override, Mapping):
+            raise ConfigError("ENRICH_SOURCES_OVERRIDE must be a JSON object: {source: {setting: value}}")
         unknown = sorted(set(override) - set(raw_sources))
         if unknown:
             raise ConfigError(f"ENRICH_SOURCES_OVERRIDE names unknown sources: {', '.join(unknown)}")
+        for name, spec in override.items():
+            _check_override(name, spec)
         raw_sources = {name: _merge(spec, override.get(name, {})) for name, spec in raw_sources.items()}
     sources = {name: build_source(name, spec, raw_secrets) for name, spec in raw_sources.items()}
     base_urls = {name: env[s.base_url_env] for name, s in sources.items() if env.get(s.base_url_env)}

@@ -161,7 +161,7 @@ def test_keys_are_cached_briefly_so_a_new_version_is_picked_up():
         ({"virustotal": {"quota": {"per_minute": 0}}}, "virustotal.quota.per_minute"),
         ({"virustotal": {"quota": {"per_minute": 4, "per_week": 9}}}, "virustotal.quota.per_week"),
         ({"virustotal": {"ttl_seconds": "1d"}}, "virustotal.ttl_seconds"),
-        ({"virustotal": {"indicator_types": ["ipv4", "email"]}}, "virustotal.indicator_types"),
+        ({"virustotal": {"indicator_types": ["ipv4", "ip"]}}, "virustotal.indicator_types"),
         ({"virustotal": {"enabled": "no"}}, "virustotal.enabled"),  # bool("no") is True
         ({"virustotal": {"timout_seconds": 5}}, "virustotal.timout_seconds"),  # a typo was merged and ignored
         ({"virustotal": ["quota"]}, "virustotal"),
@@ -180,3 +180,15 @@ def test_the_overrides_the_tests_and_the_bench_use_are_accepted():
     settings = load({**load_manifest().sources_env(), "ENRICH_SOURCES_OVERRIDE": json.dumps(override)})
     vt = settings.get("virustotal")
     assert (vt.quota.per_minute, vt.timeout_seconds, vt.max_tlp) == (20, 1.5, "green")
+
+
+def test_the_override_checks_follow_the_manifest_schema():
+    from threatflow.enrichment import settings
+    from threatflow.platform.manifest import REPO_ROOT
+
+    schema = json.loads((REPO_ROOT / "functions" / "topology.schema.json").read_text())
+    source = schema["$defs"]["source"]["properties"]
+    assert set(source) == {*settings._CHECKS, "quota"}
+    assert set(source["quota"]["properties"]) == set(settings._QUOTA_KEYS)
+    assert set(source["max_tlp"]["enum"]) == settings._TLPS
+    assert set(schema["$defs"]["ioc_type"]["enum"]) == settings._IOC_TYPES
