@@ -104,3 +104,18 @@ def test_misp_object_references_and_domain_ip_objects_become_relations():
         ]
     )
     assert not parsed.errors
+
+
+def test_misp_object_relations_are_bounded_per_document():
+    """A reference relates every IoC of one object to every IoC of the other: 40 x 40 would be 1,600 relations."""
+
+    def obj(uuid, prefix, refs=()):
+        attributes = [{"uuid": f"{uuid}-{i}", "type": "ip-dst", "value": f"{prefix}.{i}"} for i in range(40)]
+        return {"name": "ip-port", "uuid": uuid, "Attribute": attributes, "ObjectReference": list(refs)}
+
+    reference = {"referenced_uuid": "b", "relationship_type": "connected-to"}
+    event = {"Event": {"Object": [obj("a", "198.51.100", [reference]), obj("b", "203.0.113")]}}
+    parsed = parse("misp", event)
+    assert len(parsed.iocs) == 80 and len(parsed.relations) == 1000
+    assert {r.type for r in parsed.relations} == {"related-to"}
+    assert [w.reason for w in parsed.warnings] == ["600 relations not made: at most 1000 from a document's objects"]

@@ -17,6 +17,9 @@ from threatflow.platform.vocabulary import Tlp, clean_tags
 from threatflow.threats.model import ThreatIn
 
 T = TypeVar("T")
+# IoC-to-IoC relation types a document's own words are kept as (STIX relationship_type, MISP ObjectReference);
+# any other word relates the two as related-to.
+RELATION_TYPES = frozenset({"resolves-to", "communicates-with", "drops", "downloads"})
 
 
 class ImportFormat(StrEnum):

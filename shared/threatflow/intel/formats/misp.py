@@ -3,7 +3,9 @@
 
 - Attributes (top level and inside Objects) become IoCs by type (`MISP_TYPES`);
   composite types (`ip-dst|port`, `filename|sha256`) keep the indicator half and
-  `domain|ip` gives both halves plus a resolves-to relation. Non-IoC types (text,
+  `domain|ip` gives both halves plus a resolves-to relation, as a `domain-ip` object does.
+- An Object's ObjectReferences relate its IoCs to those of the object or attribute referenced
+  (our relation types kept, any other word related-to), at most MAX_OBJECT_RELATIONS a document. Non-IoC types (text,
   link, comment, regkey...) are counted in `skipped`, not errors.
 - Tags: `tlp:*` sets the TLP (the most restrictive of the event's and the attribute's;
   tlp:ex:chr, tlp:unclear... are kept as tags), `misp-galaxy:*`
@@ -22,12 +24,14 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
 import msgspec
 
 from threatflow.intel.formats.base import (
+    RELATION_TYPES,
     Builder,
     Link,
     ParsedImport,
@@ -68,6 +72,9 @@ _ATTACK_PATTERN_GALAXIES = {"mitre-attack-pattern", "mitre-enterprise-attack-att
 _MITRE_SUFFIX = re.compile(r"^(?P<name>.+?)\s+-\s+(?P<id>[GSTC]\d{4}(?:\.\d{3})?)$")
 _TTP = re.compile(r"^T\d{4}(?:\.\d{3})?$")
 MAX_THREATS_PER_IOC = 32  # an event's clusters linked to each of its IoCs
+# Relations from objects (ObjectReferences, domain-ip) in one document: a reference relates every IoC of one object
+# to every IoC of the other, so N references to an object of N IoCs would be N² relations.
+MAX_OBJECT_RELATIONS = 1000
 _GALAXY_TAG = re.compile(r'^misp-galaxy:(?P<type>[^=]+)="(?P<value>.+)"$')
 _ABSOLUTE = re.compile(r"^(?:[A-Za-z]:\\|\\\\|/|%[A-Za-z_]+%\\)")
 
@@ -80,8 +87,9 @@ def parse(content: Any) -> ParsedImport:
     doc = load_json(content, what="misp")
     out = Builder()
     events = _events(doc)
+    room = [MAX_OBJECT_RELATIONS]  # relations the document's objects may still make
     for index, event in enumerate(events):
-        _event(out, event, where="Event" if len(events) == 1 else f"response[{index}].Event")
+        _event(out, event, room, where="Event" if len(events) == 1 else f"response[{index}].Event")
     return out.build()
 
 
@@ -142,7 +150,7 @@ def _split_tags(names: list[str], *, floor: str | None = None) -> tuple[list[str
     return tags, strictest_tlp([floor, *(name.lower() for name in names if is_tlp(name))])
 
 
-def _event(out: Builder, event: dict[str, Any], *, where: str) -> None:
+def _event(out: Builder, event: dict[str, Any], room: list[int], *, where: str) -> None:
     uuid = str(event.get("uuid") or "")
     orgc: dict[str, Any] = event["Orgc"] if isinstance(event.get("Orgc"), dict) else {}
     source = f"misp:{orgc['name']}" if orgc.get("name") else "misp"
@@ -155,8 +163,12 @@ def _event(out: Builder, event: dict[str, Any], *, where: str) -> None:
 
     threat_refs, ttps = _galaxies(out, event, where)
     event_iocs: list[str] = []
+    refs_of: dict[str, list[str]] = {}  # a MISP uuid (attribute or object) -> the refs of the IoCs it gave
     for index, attribute in enumerate(_list(event, "Attribute", where)):
-        event_iocs.extend(_attribute(out, attribute, ctx, where=f"{where}.Attribute[{index}]"))
+        refs = _attribute(out, attribute, ctx, where=f"{where}.Attribute[{index}]")
+        event_iocs.extend(refs)
+        _remember(refs_of, attribute.get("uuid"), refs)
+    objects: list[tuple[str, dict[str, Any]]] = []
     for o_index, obj in enumerate(_list(event, "Object", where)):
         if not isinstance(obj, dict):
             raise ValidationError(f"misp: {where}.Object[{o_index}] is not an object", field="content")
@@ -164,8 +176,19 @@ def _event(out: Builder, event: dict[str, Any], *, where: str) -> None:
             out.skip("deleted")
             continue
         obj_ctx = {**ctx, "info": obj.get("comment") or info}
+        by_relation: dict[str, list[str]] = {}  # the object's IoC refs by their object_relation (domain, ip...)
         for index, attribute in enumerate(_list(obj, "Attribute", f"{where}.Object[{o_index}]")):
-            event_iocs.extend(_attribute(out, attribute, obj_ctx, where=f"{where}.Object[{o_index}].Attribute[{index}]"))
+            refs = _attribute(out, attribute, obj_ctx, where=f"{where}.Object[{o_index}].Attribute[{index}]")
+            event_iocs.extend(refs)
+            _remember(refs_of, attribute.get("uuid"), refs)
+            by_relation.setdefault(str(attribute.get("object_relation") or ""), []).extend(refs)
+        _remember(refs_of, obj.get("uuid"), [ref for refs in by_relation.values() for ref in refs])
+        if obj.get("name") == "domain-ip":  # the object form of domain|ip: the domain resolved to the address
+            names = [*by_relation.get("domain", []), *by_relation.get("hostname", [])]
+            _relate(out, names, by_relation.get("ip", []), "resolves-to", room, where=f"{where}.Object[{o_index}]")
+        objects.append((f"{where}.Object[{o_index}]", obj))
+    for obj_where, obj in objects:
+        _object_references(out, obj, refs_of, room, where=obj_where)
     if ttps:  # the event's ATT&CK clusters describe every threat of the event
         for i, threat in enumerate(out.threats):
             if threat.ref in threat_refs:
@@ -227,6 +250,42 @@ def _attribute(out: Builder, attribute: Any, ctx: dict[str, Any], *, where: str)
     threat_refs, _ttps = _galaxies(out, attribute, where)
     out.links.extend(Link(ioc_ref, threat_ref, "indicates") for ioc_ref in refs for threat_ref in threat_refs)
     return refs
+
+
+def _remember(refs_of: dict[str, list[str]], uuid: Any, refs: list[str]) -> None:
+    if isinstance(uuid, str) and uuid and refs:
+        refs_of.setdefault(uuid, []).extend(refs)
+
+
+def _object_references(out: Builder, obj: dict[str, Any], refs_of: dict[str, list[str]], room: list[int], *, where: str) -> None:
+    """The object's ObjectReferences (this object -> an object or attribute of the event) as relations between
+    their IoCs: MISP's relationship_type when it is one of ours (communicates-with, drops...), else related-to.
+    A reference to something the document does not hold, or that gave no IoC, relates nothing."""
+    references = obj.get("ObjectReference")
+    if references is None:
+        return
+    if not isinstance(references, list):
+        out.warn(where, f"ObjectReference must be a list; got {type(references).__name__}: not read")
+        return
+    sources = refs_of.get(str(obj.get("uuid") or ""), [])
+    for reference in references:
+        if not isinstance(reference, dict) or _flag(reference.get("deleted")) or not sources:
+            continue
+        targets = refs_of.get(str(reference.get("referenced_uuid") or ""), [])
+        verb = str(reference.get("relationship_type") or "").strip().lower()
+        _relate(out, sources, targets, verb if verb in RELATION_TYPES else "related-to", room, where=where)
+
+
+def _relate(out: Builder, sources: list[str], targets: list[str], kind: str, room: list[int], *, where: str) -> None:
+    """Each source related to each target while the document's objects have room (`room[0]`, from
+    MAX_OBJECT_RELATIONS); the pairs left out are counted, never enumerated, in a warning of the object."""
+    wanted = len(sources) * len(targets) - len(set(sources) & set(targets))
+    pairs = itertools.islice(((s, t) for s in sources for t in targets if s != t), room[0])
+    taken = [Relation(source, target, kind) for source, target in pairs]
+    room[0] -= len(taken)
+    out.relations.extend(taken)
+    if wanted > len(taken):
+        out.warn(where, f"{wanted - len(taken)} relations not made: at most {MAX_OBJECT_RELATIONS} from a document's objects")
 
 
 def _flag(value: Any) -> bool | None:

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from threatflow.intel.formats.base import Builder, Link, ParsedImport, ParsedThreat, Relation, load_json, seen_time
+from threatflow.intel.formats.base import RELATION_TYPES, Builder, Link, ParsedImport, ParsedThreat, Relation, load_json, seen_time
 from threatflow.platform.errors import ValidationError
 
 THREAT_TYPES = {"malware", "threat-actor", "intrusion-set", "campaign", "tool"}
@@ -68,7 +68,6 @@ OBJECT_PATHS: dict[tuple[str, str], str | None] = {
     ("file", "hashes.sha256"): "sha256",
 }
 MAX_PATTERN_VALUES = 100  # `[x:value IN (...)]` beyond this is cut and reported: each value becomes an IoC
-RELATION_TYPES = {"resolves-to", "communicates-with", "drops", "downloads"}
 _SCO_TYPES = {"ipv4-addr", "ipv6-addr", "domain-name", "url", "email-addr", "file", "directory"}
 _TTP = re.compile(r"^T\d{4}(?:\.\d{3})?$")
 _ESCAPED = re.compile(r"\\(.)")
