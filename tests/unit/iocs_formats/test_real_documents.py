@@ -119,3 +119,63 @@ def test_misp_object_relations_are_bounded_per_document():
     assert len(parsed.iocs) == 80 and len(parsed.relations) == 1000
     assert {r.type for r in parsed.relations} == {"related-to"}
     assert [w.reason for w in parsed.warnings] == ["600 relations not made: at most 1000 from a document's objects"]
+
+
+# OpenCTI-Platform/opencti tests/data/DATA-TEST-STIX2_v2.json (OpenCTI's own test bundle): one sighting's id is a
+# bare UUID, without its "sighting--" prefix. The whole bundle (an intrusion set, malware, indicators...) was refused
+# for it, a sighting that is not even imported.
+OPENCTI_BUNDLE = {
+    "type": "bundle",
+    "id": "bundle--8c939929-688f-4a72-badb-3dd1bd6af0fa",
+    "objects": [
+        {
+            "id": "marking-definition--613f2e26-407d-48c7-9eca-b8e91df99dc9",
+            "type": "marking-definition",
+            "spec_version": "2.1",
+            "definition_type": "TLP",
+            "definition": {"TLP": "TLP:WHITE"},
+            "created": "2020-02-25T09:02:15.077Z",
+        },
+        {
+            "id": "indicator--a2f7504a-ea0d-48ed-a18d-cbf352fae6cf",
+            "type": "indicator",
+            "spec_version": "2.1",
+            "name": "2a0169c72c84e6d3fa49af701fd46ee7aaf1d1d9e107798d93a6ca8df5d25957",
+            "description": "CMSTAR Variants Identified in Phishing Campaign",
+            "pattern": "[file:hashes.SHA256 = '2a0169c72c84e6d3fa49af701fd46ee7aaf1d1d9e107798d93a6ca8df5d25957']",
+            "valid_from": "2017-09-28T20:25:13.000Z",
+            "x_opencti_pattern_type": "stix",
+            "created": "2020-02-25T22:25:17.453Z",
+            "modified": "2020-02-25T22:25:17.453Z",
+            "object_marking_refs": ["marking-definition--613f2e26-407d-48c7-9eca-b8e91df99dc9"],
+        },
+        {
+            "type": "sighting",
+            "spec_version": "2.1",
+            "id": "579a46af-a339-400d-809e-b92101fe7de8",
+            "sighting_of_ref": "indicator--a2f7504a-ea0d-48ed-a18d-cbf352fae6cf",
+            "count": 8,
+        },
+        {"id": "intrusion-set--18854f55-ac7c-4634-bd9a-352dd07613b7", "type": "intrusion-set", "name": "APT41", "aliases": ["Winnti"]},
+    ],
+}
+
+
+def test_one_object_with_a_malformed_id_is_an_error_of_that_object_not_of_the_bundle():
+    parsed = parse("stix", OPENCTI_BUNDLE)
+    (ioc,) = parsed.iocs
+    assert (ioc.item.type, ioc.item.value, ioc.item.tlp) == (
+        "sha256",
+        "2a0169c72c84e6d3fa49af701fd46ee7aaf1d1d9e107798d93a6ca8df5d25957",
+        "clear",
+    )
+    assert [(t.item.name, t.item.aliases) for t in parsed.threats] == [("APT41", ["Winnti"])]
+    assert [(e.ref, e.reason) for e in parsed.errors] == [
+        ("579a46af-a339-400d-809e-b92101fe7de8", "objects[2] (579a46af-a339-400d-809e-b92101fe7de8): the id must start with sighting--")
+    ]
+    # the same for an entry that is no STIX object at all, among real ones; a document of nothing else is still refused
+    mixed = {"type": "bundle", "id": "bundle--1", "objects": [OPENCTI_BUNDLE["objects"][1], 42, {"type": "note"}]}
+    parsed = parse("stix", mixed)
+    assert len(parsed.iocs) == 1
+    assert [e.ref for e in parsed.errors] == ["objects[1]", "objects[2]"]
+    assert all("is not a STIX object (needs type and id)" in e.reason for e in parsed.errors)
