@@ -14,8 +14,9 @@
 - relationships: indicator/SCO -> threat = a link; IoC <-> IoC = a relation
   (resolves-to, communicates-with, drops, downloads, else related-to).
 - one bad object (an indicator with no pattern or one that does not parse, a relationship without
-  source_ref or target_ref) is an error of that object (`errors`: its id, the reason); the rest imports.
-  Only a document that is not STIX (not JSON, no bundle or object, an entry without type and id) is refused.
+  source_ref or target_ref, an entry without type and id or whose id does not start with `<type>--`) is an error
+  of that object (`errors`: its id or `objects[i]`, the reason); the rest imports. Only a document that is not
+  STIX (not JSON, no bundle or object, no entry that is a STIX object) is refused.
 - an object whose latest version is `revoked` is skipped (counted as
   `revoked <type>`); a stored IoC it named is left as it is.
 - labels and indicator_types are tags; TLP marking definitions (1.0 and 2.0,
@@ -87,8 +88,8 @@ def parse(content: Any) -> ParsedImport:
         raise ValidationError(f"stix: the document is XML; {STIX1_ADVICE}", field="content")
     doc = load_json(content, what="stix")
     objects = _objects(doc)
-    by_id = _latest_by_id(objects)
     out = Builder()
+    by_id = _latest_by_id(objects, out)
     tlp_of = _tlp_definitions(by_id)
     ioc_refs: set[str] = set()
     threat_refs: set[str] = set()
@@ -169,17 +170,23 @@ def _objects(doc: Any) -> list[Any]:
     raise ValidationError('stix: not a STIX bundle or object (no "type": "bundle" and no type/id)', field="content")
 
 
-def _latest_by_id(objects: list[Any]) -> dict[str, tuple[int, dict[str, Any]]]:
-    """One version per id (the latest `modified`), in document order."""
+def _latest_by_id(objects: list[Any], out: Builder) -> dict[str, tuple[int, dict[str, Any]]]:
+    """One version per id (the latest `modified`), in document order. An entry that is no STIX object (no type and
+    id) or whose id is not `<type>--...` is an error of that entry (OpenCTI's test bundle holds a sighting whose id
+    is a bare UUID); the document is refused only when it holds entries and none is a STIX object."""
     by_id: dict[str, tuple[int, dict[str, Any]]] = {}
     for index, obj in enumerate(objects):
         if not isinstance(obj, dict) or not isinstance(obj.get("type"), str) or not isinstance(obj.get("id"), str):
-            raise ValidationError(f"stix: bundle: objects[{index}] is not a STIX object (needs type and id)", field="content")
+            out.error(f"objects[{index}]", f"objects[{index}] is not a STIX object (needs type and id)")
+            continue
         if not obj["id"].startswith(obj["type"] + "--"):
-            raise ValidationError(f"stix: bundle: objects[{index}] ({obj['id']}): the id must start with {obj['type']}--", field="content")
+            out.error(obj["id"], f"objects[{index}] ({obj['id']}): the id must start with {obj['type']}--")
+            continue
         previous = by_id.get(obj["id"])
         if previous is None or _modified(obj) >= _modified(previous[1]):
             by_id[obj["id"]] = (index, obj)
+    if objects and not by_id:
+        raise ValidationError(f"stix: bundle: {out.errors[0].reason}", field="content")
     return by_id
 
 
