@@ -1,7 +1,10 @@
 """Shapes taken from real public documents (each excerpt is short, values rewritten where they are not the point;
 the comment names the public repository and path it mirrors). What real producers write, not our own vectors."""
 
+import pytest
+
 from threatflow.intel.formats import parse
+from threatflow.platform.errors import ValidationError
 
 # MISP/PyMISP tests/mispevent_testfiles/existing_event.json (a CIRCL Sednit event): file objects reference the
 # C2 domains they talk to (ObjectReference "communicates-with", to a top-level attribute or to a domain-ip object),
@@ -179,3 +182,89 @@ def test_one_object_with_a_malformed_id_is_an_error_of_that_object_not_of_the_bu
     assert len(parsed.iocs) == 1
     assert [e.ref for e in parsed.errors] == ["objects[1]", "objects[2]"]
     assert all("is not a STIX object (needs type and id)" in e.reason for e in parsed.errors)
+
+
+# abuse.ch's API answers, as client libraries' tests mock them (intelowlproject/IntelOwl's ThreatFox, MalwareBazaar
+# and URLhaus analyzers): records under "data" (ThreatFox, MalwareBazaar) or "urls" (URLhaus) beside "query_status".
+# Values rewritten; the keys are the APIs'.
+THREATFOX_ANSWER = {
+    "query_status": "ok",
+    "data": [
+        {
+            "id": "12",
+            "ioc": "198.51.100.104:443",
+            "threat_type": "botnet_cc",
+            "ioc_type": "ip:port",
+            "malware": "win.cobalt_strike",
+            "malware_printable": "Cobalt Strike",
+            "malware_alias": "Agentemis,BEACON,CobaltStrike",
+            "confidence_level": 75,
+            "first_seen": "2020-12-06 09:10:23 UTC",
+            "last_seen": None,
+            "reference": None,
+            "reporter": "abuse_ch",
+            "tags": ["cobaltstrike"],
+        }
+    ],
+}
+MALWAREBAZAAR_ANSWER = {
+    "query_status": "ok",
+    "data": [
+        {
+            "sha256_hash": "7de2c1bf58bce09eecc70476747d88a26163c3d6bb1d85235c24a558d1f16754",
+            "sha3_384_hash": "0e7d8d1b1f0e1e8f7b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6071",
+            "sha1_hash": "ba4d6a6d1d4a9e4aa9c9e3a1f0b1e8ad1e8f7c0d",
+            "md5_hash": "a0b9dbb1c4fbf7ac1a7c8bc9c24ec0a7",
+            "first_seen": "2021-03-23 08:18:06",
+            "file_name": "invoice.exe",
+            "file_type": "exe",
+            "reporter": "abuse_ch",
+            "signature": "AgentTesla",
+            "imphash": "f34d5f2d4577ed6d9ceec516c1f5a744",
+            "tags": ["AgentTesla", "exe"],
+        }
+    ],
+}
+URLHAUS_ANSWER = {
+    "query_status": "ok",
+    "urls": [
+        {
+            "id": "105821",
+            "urlhaus_reference": "https://urlhaus.abuse.ch/url/105821/",
+            "url": "http://198.51.100.7:39337/Mozi.m",
+            "url_status": "online",
+            "host": "198.51.100.7",
+            "date_added": "2021-03-23 08:18:06 UTC",
+            "threat": "malware_download",
+            "blacklists": {"spamhaus_dbl": "not listed", "surbl": "not listed"},
+            "reporter": "lrz_urlhaus",
+            "larted": "true",
+            "tags": ["elf", "Mozi"],
+        }
+    ],
+}
+
+
+def test_abuse_ch_api_answers_import_as_their_records():
+    """Each was refused whole (`expected {"iocs": [...]}`), and MalwareBazaar's and URLhaus's records were refused
+    one by one even as a bare list (`unknown field`): they name their values by type (`sha256_hash`, `url`), not by
+    a value column."""
+    threatfox = parse("json", THREATFOX_ANSWER)
+    assert [(p.item.value, p.item.confidence, p.item.tags) for p in threatfox.iocs] == [("198.51.100.104", 75, ["cobaltstrike"])]
+    bazaar = parse("json", MALWAREBAZAAR_ANSWER)
+    assert {(p.item.type, p.item.value) for p in bazaar.iocs} == {
+        ("sha256", "7de2c1bf58bce09eecc70476747d88a26163c3d6bb1d85235c24a558d1f16754"),
+        ("sha1", "ba4d6a6d1d4a9e4aa9c9e3a1f0b1e8ad1e8f7c0d"),
+        ("md5", "a0b9dbb1c4fbf7ac1a7c8bc9c24ec0a7"),
+    }
+    assert all(p.item.tags == ["agenttesla", "exe"] for p in bazaar.iocs)
+    urlhaus = parse("json", URLHAUS_ANSWER)
+    assert [(p.item.type, p.item.value) for p in urlhaus.iocs] == [("url", "http://198.51.100.7:39337/Mozi.m")]
+    for answer in (threatfox, bazaar, urlhaus):
+        assert not answer.errors
+    assert len(parse("json", MALWAREBAZAAR_ANSWER["data"]).iocs) == 3  # the records alone, as a list
+
+
+def test_an_abuse_ch_answer_without_records_is_refused_by_its_status():
+    with pytest.raises(ValidationError, match="query_status 'no_result'"):
+        parse("json", {"query_status": "no_result"})
