@@ -144,8 +144,12 @@ def _columns(names: list[str]) -> tuple[dict[str, int], dict[int, str | None]]:
 
 def is_record(item: dict[str, Any]) -> bool:
     """Whether a JSON object is a feed's record rather than a batch item: no `value`, but a field the columns name as
-    the value (abuse.ch: `ip_address`, `ioc`, `ioc_value`)."""
-    return "value" not in item and "value" in _columns(_names([str(key) for key in item]))[0]
+    the value (abuse.ch: `ip_address`, `ioc`, `ioc_value`) or fields named by an indicator type (MalwareBazaar's
+    `sha256_hash`, `md5_hash`; URLhaus's `url`)."""
+    if "value" in item:
+        return False
+    columns, typed = _columns(_names([str(key) for key in item]))
+    return "value" in columns or bool(typed)
 
 
 def record(out: Builder, ref: str, item: dict[str, Any]) -> None:

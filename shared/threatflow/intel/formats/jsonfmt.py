@@ -1,8 +1,10 @@
 """JSON import: `{"iocs": [...]}` or a bare list, items as in POST /api/v1/iocs/batch.
 
 A feed's records are read too: an object without `value` but with a field the CSV import names as the value
-(`ip_address`, `ioc`, `ioc_value`...) is read as a CSV row under its keys (Feodo's blocklist, ThreatFox's lists),
-and ThreatFox's export, an object of id -> [records], is read as the list of its records.
+(`ip_address`, `ioc`, `ioc_value`...) or fields named by an indicator type (`sha256_hash`, `url`) is read as a CSV
+row under its keys (Feodo's blocklist, ThreatFox's lists, MalwareBazaar's and URLhaus's records), ThreatFox's export,
+an object of id -> [records], is read as the list of its records, and so is an abuse.ch API answer
+(`{"query_status": "ok", "data" | "urls" | "payloads": [records]}`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ def parse(content: Any) -> ParsedImport:
     doc = load_json(content, what="json")
     if isinstance(doc, dict) and doc and all(key.isdigit() and isinstance(entries, list) for key, entries in doc.items()):
         doc = [entry for entries in doc.values() for entry in entries]  # ThreatFox's export: {"<id>": [records]}
+    elif isinstance(doc, dict) and "query_status" in doc and "iocs" not in doc:
+        doc = _api_records(doc)
     if isinstance(doc, dict):
         if "iocs" not in doc:
             raise ValidationError('json: expected {"iocs": [...]} or a list of IoC objects', field="content")
@@ -36,3 +40,19 @@ def parse(content: Any) -> ParsedImport:
         else:
             out.ioc(ref, item)
     return out.build()
+
+
+API_RECORDS = ("data", "urls", "payloads")  # where abuse.ch's APIs put an answer's records
+
+
+def _api_records(doc: dict[str, Any]) -> list[Any]:
+    """An abuse.ch API answer's records: ThreatFox's and MalwareBazaar's `data`, URLhaus's `urls` or `payloads`,
+    beside `query_status`. An answer without them (`no_result`, `illegal_search_term`...) is refused by its status."""
+    for key in API_RECORDS:
+        if isinstance(doc.get(key), list):
+            return list(doc[key])
+    raise ValidationError(
+        f"json: an API answer with query_status {str(doc.get('query_status'))[:64]!r} and no records"
+        f" ({', '.join(API_RECORDS)}); nothing to import",
+        field="content",
+    )
