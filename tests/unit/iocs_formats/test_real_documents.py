@@ -268,3 +268,73 @@ def test_abuse_ch_api_answers_import_as_their_records():
 def test_an_abuse_ch_answer_without_records_is_refused_by_its_status():
     with pytest.raises(ValidationError, match="query_status 'no_result'"):
         parse("json", {"query_status": "no_result"})
+
+
+# AlienVault OTX: a pulse as OTX exports it (and as /api/v1/pulses/subscribed answers it, under "results"), and its
+# indicator records, whose types are OTX's ("IPv4", "FileHash-MD5", "hostname", "CVE"...). Shapes as in
+# elastic/integrations packages/ti_otx/data_stream/{threat,pulses_subscribed}/_dev/test/pipeline/; values rewritten.
+OTX_INDICATORS = [
+    {"indicator": "198.51.100.156", "description": None, "title": None, "content": "", "type": "IPv4", "id": 1588938},
+    {
+        "indicator": "90421f8531f963d81cf54245b72cde80",
+        "description": "MD5 of a5725af4391d21a232dc6d4ad33d7d915bd190bdac9b1826b73f364dc5c1aa65",
+        "title": "Win32:Hoblig-B",
+        "content": "",
+        "type": "FileHash-MD5",
+        "id": 9751110,
+    },
+    {"indicator": "ip.anysrc.example.net", "description": None, "title": None, "content": "", "type": "hostname", "id": 16782717},
+    {
+        "indicator": "d8c70ca70fd3555a0828fede6cc1f59e2c320ede80157039b6a2f09c336d5f7a",
+        "description": None,
+        "title": None,
+        "content": "",
+        "type": "FileHash-SHA256",
+        "id": 31612067,
+    },
+    {"id": 73, "indicator": "http://www.example-shop.ru/signup/", "type": "URL", "title": None, "description": None, "content": ""},
+    {"id": 74, "indicator": "CVE-2017-11882", "type": "CVE", "title": None, "description": None, "content": ""},
+]
+OTX_PULSE = {
+    "id": "64d31e8a5133613a90976b3f",
+    "name": "TrickBot delivery infrastructure",
+    "description": "Malware",
+    "author_name": "OctoSeek",
+    "created": "2023-08-09T05:05:14.946000",
+    "modified": "2023-08-09T05:05:14.946000",
+    "tlp": "amber",
+    "adversary": "Wizard Spider",
+    "tags": ["trickbot"],
+    "malware_families": [{"id": "trickbot", "display_name": "TrickBot"}],
+    "attack_ids": [{"id": "T1566.001", "name": "Spearphishing Attachment", "display_name": "T1566.001 - Spearphishing Attachment"}],
+    "references": [],
+    "indicators": OTX_INDICATORS,
+}
+
+
+def test_otx_indicator_types_are_read():
+    """OTX names hashes FileHash-MD5/SHA1/SHA256: passed through as types, every hash record was rejected."""
+    parsed = parse("json", OTX_INDICATORS[:5])
+    assert [p.item.type for p in parsed.iocs] == ["ipv4", "md5", "domain", "sha256", "url"]
+
+
+def test_an_otx_pulse_imports_its_indicators_tlp_threats_and_techniques():
+    """An OTX pulse export was refused whole (`expected {"iocs": [...]}`): its indicators, its TLP, its malware
+    families, adversary and ATT&CK ids were all lost."""
+    for doc in (OTX_PULSE, {"count": 1, "next": None, "results": [OTX_PULSE]}):
+        parsed = parse("json", doc)
+        assert [(p.item.type, p.item.value) for p in parsed.iocs] == [
+            ("ipv4", "198.51.100.156"),
+            ("md5", "90421f8531f963d81cf54245b72cde80"),
+            ("domain", "ip.anysrc.example.net"),
+            ("sha256", "d8c70ca70fd3555a0828fede6cc1f59e2c320ede80157039b6a2f09c336d5f7a"),
+            ("url", "http://www.example-shop.ru/signup/"),
+        ]
+        assert {p.item.tlp for p in parsed.iocs} == {"amber"}
+        assert all({"trickbot", "otx-pulse:64d31e8a5133613a90976b3f"} <= set(p.item.tags) for p in parsed.iocs)
+        assert sorted((str(t.item.kind), t.item.name, tuple(t.item.ttps), t.item.tlp) for t in parsed.threats) == [
+            ("malware", "TrickBot", ("T1566.001",), "amber"),
+            ("threat-actor", "Wizard Spider", ("T1566.001",), "amber"),
+        ]
+        assert len(parsed.links) == 10 and not parsed.errors
+        assert parsed.skipped == {"otx:CVE": 1}
