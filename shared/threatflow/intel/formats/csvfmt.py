@@ -56,8 +56,17 @@ _ALIASES: dict[str, tuple[str, ...]] = {
 _COLUMN_OF = {alias: key for key, aliases in _ALIASES.items() for alias in aliases}
 _RANK = {alias: rank for aliases in _ALIASES.values() for rank, alias in enumerate(aliases)}
 MAX_ROWS = 1_000_000
-# abuse.ch's type names (ThreatFox's ioc_type, MalwareBazaar's columns); ip:port keeps the address (`host_of`).
-FEED_TYPES: dict[str, str | None] = {"ip:port": None, "md5_hash": "md5", "sha1_hash": "sha1", "sha256_hash": "sha256"}
+# abuse.ch's type names (ThreatFox's ioc_type, MalwareBazaar's columns; ip:port keeps the address, `host_of`) and OTX's.
+FEED_TYPES: dict[str, str | None] = {
+    "ip:port": None,
+    "md5_hash": "md5",
+    "sha1_hash": "sha1",
+    "sha256_hash": "sha256",
+    # AlienVault OTX's indicator types (its others, IPv4, hostname, URL, CIDR, FilePath, email, read as ours)
+    "filehash-md5": "md5",
+    "filehash-sha1": "sha1",
+    "filehash-sha256": "sha256",
+}
 
 
 def map_type(value: str | None) -> str | None:

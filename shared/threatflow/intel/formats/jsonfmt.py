@@ -3,15 +3,16 @@
 A feed's records are read too: an object without `value` but with a field the CSV import names as the value
 (`ip_address`, `ioc`, `ioc_value`...) or fields named by an indicator type (`sha256_hash`, `url`) is read as a CSV
 row under its keys (Feodo's blocklist, ThreatFox's lists, MalwareBazaar's and URLhaus's records), ThreatFox's export,
-an object of id -> [records], is read as the list of its records, and so is an abuse.ch API answer
-(`{"query_status": "ok", "data" | "urls" | "payloads": [records]}`).
+an object of id -> [records], is read as the list of its records, and so are an abuse.ch API answer
+(`{"query_status": "ok", "data" | "urls" | "payloads": [records]}`) and OTX's `{"results": [records]}`.
+An AlienVault OTX pulse (or `{"results": [pulses]}`) is read by `otx.pulse`: IoCs, TLP, threats and TTPs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from threatflow.intel.formats import csvfmt
+from threatflow.intel.formats import csvfmt, otx
 from threatflow.intel.formats.base import Builder, ParsedImport, load_json
 from threatflow.platform.errors import ValidationError
 
@@ -22,6 +23,14 @@ def parse(content: Any) -> ParsedImport:
         doc = [entry for entries in doc.values() for entry in entries]  # ThreatFox's export: {"<id>": [records]}
     elif isinstance(doc, dict) and "query_status" in doc and "iocs" not in doc:
         doc = _api_records(doc)
+    pulses = _pulses(doc)
+    if pulses is not None:
+        out = Builder()
+        for index, one in enumerate(pulses):
+            otx.pulse(out, one, where="pulse" if len(pulses) == 1 else f"results[{index}]")
+        return out.build()
+    if isinstance(doc, dict) and "iocs" not in doc and isinstance(doc.get("results"), list):
+        doc = doc["results"]  # OTX's answers of indicator records: {"count", "next", "results": [...]}
     if isinstance(doc, dict):
         if "iocs" not in doc:
             raise ValidationError('json: expected {"iocs": [...]} or a list of IoC objects', field="content")
@@ -40,6 +49,16 @@ def parse(content: Any) -> ParsedImport:
         else:
             out.ioc(ref, item)
     return out.build()
+
+
+def _pulses(doc: Any) -> list[dict[str, Any]] | None:
+    """OTX pulses: one pulse as exported, or the API's {"results": [pulses]}; None when the document holds none."""
+    if otx.is_pulse(doc):
+        return [doc]
+    results = doc.get("results") if isinstance(doc, dict) and "iocs" not in doc else None
+    if isinstance(results, list) and results and all(otx.is_pulse(r) for r in results):
+        return list(results)
+    return None
 
 
 API_RECORDS = ("data", "urls", "payloads")  # where abuse.ch's APIs put an answer's records

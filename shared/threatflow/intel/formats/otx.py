@@ -1,0 +1,89 @@
+"""AlienVault OTX pulses, read by the JSON import: a pulse as OTX exports it, or the API's `{"results": [pulses]}`.
+
+- Each indicator record becomes an IoC by its OTX type (`IPv4`, `hostname`, `URL`, `FileHash-SHA256`...); types
+  ThreatFlow does not store (`CVE`, `YARA`, `Mutex`, `FileHash-IMPHASH`...) are counted in `skipped` as `otx:<type>`.
+- The pulse's `tlp` is every IoC's and threat's TLP, its `tags` and `otx-pulse:<id>` are every IoC's tags, an
+  indicator's description (or title, else the pulse's name) is its description, its `created` when it was first seen.
+- `malware_families` become malware threats and `adversary` a threat-actor, each given the pulse's ATT&CK ids
+  (`attack_ids`) as TTPs and linked to every IoC of the pulse (at most MAX_THREATS_PER_IOC of them).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from threatflow.intel.formats.base import Builder, Link, seen_time, strictest_tlp
+from threatflow.intel.formats.csvfmt import map_type
+from threatflow.iocs.types import IocType
+
+MAX_THREATS_PER_IOC = 32  # as MISP's event clusters: links stay linear in the document
+_TTP = re.compile(r"^T\d{4}(?:\.\d{3})?$")
+_OURS = {t.value for t in IocType}
+
+
+def is_pulse(doc: Any) -> bool:
+    return isinstance(doc, dict) and isinstance(doc.get("indicators"), list) and ("name" in doc or "id" in doc)
+
+
+def pulse(out: Builder, doc: dict[str, Any], *, where: str) -> None:
+    pulse_id = str(doc.get("id") or "").strip()[:128]
+    name = doc.get("name") if isinstance(doc.get("name"), str) else None
+    tlp = strictest_tlp([doc["tlp"]]) if isinstance(doc.get("tlp"), str) else None
+    tags = [t for t in doc.get("tags") or [] if isinstance(t, str)]
+    if pulse_id:
+        tags.append(f"otx-pulse:{pulse_id}")
+    ttps = sorted({i.upper() for i in map(_technique, doc.get("attack_ids") or []) if i and _TTP.match(i.upper())})
+    threat_refs = _threats(out, doc, tlp=tlp, ttps=ttps)[:MAX_THREATS_PER_IOC]
+    for index, record in enumerate(doc["indicators"]):
+        ref = f"{where}.indicators[{index}]"
+        if not isinstance(record, dict) or not isinstance(record.get("indicator"), str):
+            out.error(ref, "an OTX indicator needs an indicator (its value)")
+            continue
+        otx_type = str(record.get("type") or "")
+        ioc_type = map_type(otx_type) if otx_type else None
+        if otx_type and ioc_type not in _OURS:
+            out.skip(f"otx:{otx_type}")
+            continue
+        described = next((record[k] for k in ("description", "title") if isinstance(record.get(k), str) and record[k]), name)
+        item = {
+            "value": record["indicator"],
+            "type": ioc_type,
+            "tags": tags,
+            "tlp": tlp,
+            "description": described[:4096] if described else None,
+            "first_seen": seen_time(record.get("created")),
+        }
+        if out.ioc(ref, item):
+            out.links.extend(Link(ref, threat_ref, "indicates") for threat_ref in threat_refs)
+
+
+def _threats(out: Builder, doc: dict[str, Any], *, tlp: str | None, ttps: list[str]) -> list[str]:
+    named = [("malware", family) for family in map(_family, doc.get("malware_families") or []) if family]
+    adversary = doc.get("adversary")
+    if isinstance(adversary, str) and adversary.strip():
+        named.append(("threat-actor", adversary.strip()))
+    refs: list[str] = []
+    for kind, threat_name in named:
+        ref = f"threat:{kind}:{threat_name.lower()}"
+        if ref in refs:
+            continue
+        if any(t.ref == ref for t in out.threats) or out.threat(
+            ref, {"kind": kind, "name": threat_name, "ttps": ttps, "tlp": tlp, "tags": ["otx"]}
+        ):
+            refs.append(ref)
+    return refs
+
+
+def _family(entry: Any) -> str | None:
+    """A malware family as OTX writes it: a name, or {"id": "trickbot", "display_name": "TrickBot"}."""
+    return _text(entry.get("display_name") or entry.get("id")) if isinstance(entry, dict) else _text(entry)
+
+
+def _technique(entry: Any) -> str | None:
+    """An ATT&CK id as OTX writes it: "T1566.001", or {"id": "T1566.001", "name": ..., "display_name": ...}."""
+    return _text(entry.get("id")) if isinstance(entry, dict) else _text(entry)
+
+
+def _text(value: Any) -> str | None:
+    return value.strip()[:256] if isinstance(value, str) and value.strip() else None
