@@ -615,3 +615,39 @@ def test_extract_reads_a_pasted_feed_as_the_text_import_does(api):
     report = api.post("/api/v1/iocs/extract", {"text": "The actor used https://feodotracker.abuse.ch/x and 203.0.113.10."}).get_json()
     assert report["feed"] is False and report["skipped"] == {}
     assert {i["value"] for i in report["iocs"]} == {"https://feodotracker.abuse.ch/x", "203.0.113.10"}
+
+
+def test_real_document_shapes_import_through_the_route(api, db):
+    """Excerpts of real public documents (tests/real_documents.py) through POST /import: OpenCTI's test bundle was a
+    400 for one malformed sighting id, an OTX pulse and abuse.ch's answers were 400s, and a MISP event's object graph
+    stored no relation."""
+    from real_documents import MALWAREBAZAAR_ANSWER, OPENCTI_BUNDLE, OTX_PULSE, SEDNIT_EVENT
+
+    opencti = api.import_("stix", OPENCTI_BUNDLE)
+    assert opencti.status_code == 200, opencti.get_json()
+    assert db.scalar("SELECT tlp FROM iocs WHERE value = '2a0169c72c84e6d3fa49af701fd46ee7aaf1d1d9e107798d93a6ca8df5d25957'") == "clear"
+
+    before = db.counts()["ioc_relations"]
+    misp = api.import_("misp", SEDNIT_EVENT)
+    assert misp.status_code == 200, misp.get_json()
+    assert db.counts()["ioc_relations"] - before == 4
+    assert (
+        db.scalar(
+            "SELECT count(*) FROM ioc_relations r JOIN iocs s ON s.id = r.source_id JOIN iocs t ON t.id = r.target_id"
+            " WHERE s.value = 'servicecdp.com' AND t.value = '87.236.211.182' AND r.type = 'resolves-to'"
+        )
+        == 1
+    )
+
+    pulse = api.import_("json", OTX_PULSE)
+    assert pulse.status_code == 200, pulse.get_json()
+    assert db.scalar("SELECT tlp FROM iocs WHERE value = 'd8c70ca70fd3555a0828fede6cc1f59e2c320ede80157039b6a2f09c336d5f7a'") == "amber"
+    assert db.scalar("SELECT ttps FROM threats WHERE name = 'Wizard Spider'") == ["T1566.001"]
+    assert (
+        db.scalar("SELECT count(*) FROM threat_iocs l JOIN threats t ON t.id = l.threat_id WHERE t.name IN ('TrickBot', 'Wizard Spider')")
+        == 10
+    )
+
+    bazaar = api.import_("json", MALWAREBAZAAR_ANSWER)
+    assert bazaar.status_code == 200, bazaar.get_json()
+    assert bazaar.get_json()["iocs"]["summary"]["created"] == 3

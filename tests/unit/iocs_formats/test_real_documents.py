@@ -2,89 +2,18 @@
 the comment names the public repository and path it mirrors). What real producers write, not our own vectors."""
 
 import pytest
+from real_documents import (
+    MALWAREBAZAAR_ANSWER,
+    OPENCTI_BUNDLE,
+    OTX_INDICATORS,
+    OTX_PULSE,
+    SEDNIT_EVENT,
+    THREATFOX_ANSWER,
+    URLHAUS_ANSWER,
+)
 
 from threatflow.intel.formats import parse
 from threatflow.platform.errors import ValidationError
-
-# MISP/PyMISP tests/mispevent_testfiles/existing_event.json (a CIRCL Sednit event): file objects reference the
-# C2 domains they talk to (ObjectReference "communicates-with", to a top-level attribute or to a domain-ip object),
-# and each domain-ip object pairs a domain with the address it resolved to.
-SEDNIT_EVENT = {
-    "Event": {
-        "uuid": "5a3c2fcd-8328-42bb-a95e-4f4402de0b81",
-        "info": "Sednit update: How Fancy Bear Spent the Year",
-        "Orgc": {"name": "CIRCL"},
-        "Attribute": [
-            {
-                "category": "Network activity",
-                "type": "domain",
-                "to_ids": True,
-                "uuid": "5a3c3045-ab0c-4d38-8efe-459002de0b81",
-                "value": "movieultimate.com",
-            }
-        ],
-        "Object": [
-            {
-                "name": "file",
-                "meta-category": "file",
-                "comment": "Win64/Sednit.Z",
-                "uuid": "5a3cda96-85c4-45a1-82ea-c5ed950d210f",
-                "Attribute": [
-                    {
-                        "object_relation": "sha1",
-                        "type": "sha1",
-                        "to_ids": True,
-                        "uuid": "5a3cda97-7e58-4642-aaf5-c5ed950d210f",
-                        "value": "6f0fc0ebba3e4c8b26a69cdf519edf8d1aa2f4bb",
-                    },
-                    {"object_relation": "state", "type": "text", "to_ids": False, "uuid": "5a3cda97-6020-423d", "value": "Malicious"},
-                ],
-                "ObjectReference": [
-                    {
-                        "object_uuid": "5a3cda96-85c4-45a1-82ea-c5ed950d210f",
-                        "referenced_type": "0",
-                        "referenced_uuid": "5a3c3045-ab0c-4d38-8efe-459002de0b81",
-                        "relationship_type": "communicates-with",
-                        "uuid": "5a3cdba2-2fdc-4f9a-a4eb-4dae950d210f",
-                    },
-                    {
-                        "object_uuid": "5a3cda96-85c4-45a1-82ea-c5ed950d210f",
-                        "referenced_type": "1",
-                        "referenced_uuid": "5a3ce58a-3198-4cb8-9d51-44e5950d210f",
-                        "relationship_type": "communicates-with",
-                        "uuid": "5a3ce5a1-1111-4cb8-9d51-44e5950d210f",
-                    },
-                    {  # to an object this document does not hold: nothing to relate, no error
-                        "object_uuid": "5a3cda96-85c4-45a1-82ea-c5ed950d210f",
-                        "referenced_uuid": "00000000-0000-4000-8000-000000000000",
-                        "relationship_type": "communicates-with",
-                    },
-                ],
-            },
-            {
-                "name": "domain-ip",
-                "meta-category": "network",
-                "uuid": "5a3ce58a-3198-4cb8-9d51-44e5950d210f",
-                "Attribute": [
-                    {
-                        "object_relation": "ip",
-                        "type": "ip-dst",
-                        "to_ids": True,
-                        "uuid": "5a3ce58a-fcd8-48d5-8b4a-4fd9950d210f",
-                        "value": "87.236.211.182",
-                    },
-                    {
-                        "object_relation": "domain",
-                        "type": "domain",
-                        "to_ids": True,
-                        "uuid": "5a3ce58a-6e14-48ea-9746-48f2950d210f",
-                        "value": "servicecdp.com",
-                    },
-                ],
-            },
-        ],
-    }
-}
 
 
 def test_misp_object_references_and_domain_ip_objects_become_relations():
@@ -124,46 +53,6 @@ def test_misp_object_relations_are_bounded_per_document():
     assert [w.reason for w in parsed.warnings] == ["600 relations not made: at most 1000 from a document's objects"]
 
 
-# OpenCTI-Platform/opencti tests/data/DATA-TEST-STIX2_v2.json (OpenCTI's own test bundle): one sighting's id is a
-# bare UUID, without its "sighting--" prefix. The whole bundle (an intrusion set, malware, indicators...) was refused
-# for it, a sighting that is not even imported.
-OPENCTI_BUNDLE = {
-    "type": "bundle",
-    "id": "bundle--8c939929-688f-4a72-badb-3dd1bd6af0fa",
-    "objects": [
-        {
-            "id": "marking-definition--613f2e26-407d-48c7-9eca-b8e91df99dc9",
-            "type": "marking-definition",
-            "spec_version": "2.1",
-            "definition_type": "TLP",
-            "definition": {"TLP": "TLP:WHITE"},
-            "created": "2020-02-25T09:02:15.077Z",
-        },
-        {
-            "id": "indicator--a2f7504a-ea0d-48ed-a18d-cbf352fae6cf",
-            "type": "indicator",
-            "spec_version": "2.1",
-            "name": "2a0169c72c84e6d3fa49af701fd46ee7aaf1d1d9e107798d93a6ca8df5d25957",
-            "description": "CMSTAR Variants Identified in Phishing Campaign",
-            "pattern": "[file:hashes.SHA256 = '2a0169c72c84e6d3fa49af701fd46ee7aaf1d1d9e107798d93a6ca8df5d25957']",
-            "valid_from": "2017-09-28T20:25:13.000Z",
-            "x_opencti_pattern_type": "stix",
-            "created": "2020-02-25T22:25:17.453Z",
-            "modified": "2020-02-25T22:25:17.453Z",
-            "object_marking_refs": ["marking-definition--613f2e26-407d-48c7-9eca-b8e91df99dc9"],
-        },
-        {
-            "type": "sighting",
-            "spec_version": "2.1",
-            "id": "579a46af-a339-400d-809e-b92101fe7de8",
-            "sighting_of_ref": "indicator--a2f7504a-ea0d-48ed-a18d-cbf352fae6cf",
-            "count": 8,
-        },
-        {"id": "intrusion-set--18854f55-ac7c-4634-bd9a-352dd07613b7", "type": "intrusion-set", "name": "APT41", "aliases": ["Winnti"]},
-    ],
-}
-
-
 def test_one_object_with_a_malformed_id_is_an_error_of_that_object_not_of_the_bundle():
     parsed = parse("stix", OPENCTI_BUNDLE)
     (ioc,) = parsed.iocs
@@ -182,67 +71,6 @@ def test_one_object_with_a_malformed_id_is_an_error_of_that_object_not_of_the_bu
     assert len(parsed.iocs) == 1
     assert [e.ref for e in parsed.errors] == ["objects[1]", "objects[2]"]
     assert all("is not a STIX object (needs type and id)" in e.reason for e in parsed.errors)
-
-
-# abuse.ch's API answers, as client libraries' tests mock them (intelowlproject/IntelOwl's ThreatFox, MalwareBazaar
-# and URLhaus analyzers): records under "data" (ThreatFox, MalwareBazaar) or "urls" (URLhaus) beside "query_status".
-# Values rewritten; the keys are the APIs'.
-THREATFOX_ANSWER = {
-    "query_status": "ok",
-    "data": [
-        {
-            "id": "12",
-            "ioc": "198.51.100.104:443",
-            "threat_type": "botnet_cc",
-            "ioc_type": "ip:port",
-            "malware": "win.cobalt_strike",
-            "malware_printable": "Cobalt Strike",
-            "malware_alias": "Agentemis,BEACON,CobaltStrike",
-            "confidence_level": 75,
-            "first_seen": "2020-12-06 09:10:23 UTC",
-            "last_seen": None,
-            "reference": None,
-            "reporter": "abuse_ch",
-            "tags": ["cobaltstrike"],
-        }
-    ],
-}
-MALWAREBAZAAR_ANSWER = {
-    "query_status": "ok",
-    "data": [
-        {
-            "sha256_hash": "7de2c1bf58bce09eecc70476747d88a26163c3d6bb1d85235c24a558d1f16754",
-            "sha3_384_hash": "0e7d8d1b1f0e1e8f7b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f6071",
-            "sha1_hash": "ba4d6a6d1d4a9e4aa9c9e3a1f0b1e8ad1e8f7c0d",
-            "md5_hash": "a0b9dbb1c4fbf7ac1a7c8bc9c24ec0a7",
-            "first_seen": "2021-03-23 08:18:06",
-            "file_name": "invoice.exe",
-            "file_type": "exe",
-            "reporter": "abuse_ch",
-            "signature": "AgentTesla",
-            "imphash": "f34d5f2d4577ed6d9ceec516c1f5a744",
-            "tags": ["AgentTesla", "exe"],
-        }
-    ],
-}
-URLHAUS_ANSWER = {
-    "query_status": "ok",
-    "urls": [
-        {
-            "id": "105821",
-            "urlhaus_reference": "https://urlhaus.abuse.ch/url/105821/",
-            "url": "http://198.51.100.7:39337/Mozi.m",
-            "url_status": "online",
-            "host": "198.51.100.7",
-            "date_added": "2021-03-23 08:18:06 UTC",
-            "threat": "malware_download",
-            "blacklists": {"spamhaus_dbl": "not listed", "surbl": "not listed"},
-            "reporter": "lrz_urlhaus",
-            "larted": "true",
-            "tags": ["elf", "Mozi"],
-        }
-    ],
-}
 
 
 def test_abuse_ch_api_answers_import_as_their_records():
@@ -268,48 +96,6 @@ def test_abuse_ch_api_answers_import_as_their_records():
 def test_an_abuse_ch_answer_without_records_is_refused_by_its_status():
     with pytest.raises(ValidationError, match="query_status 'no_result'"):
         parse("json", {"query_status": "no_result"})
-
-
-# AlienVault OTX: a pulse as OTX exports it (and as /api/v1/pulses/subscribed answers it, under "results"), and its
-# indicator records, whose types are OTX's ("IPv4", "FileHash-MD5", "hostname", "CVE"...). Shapes as in
-# elastic/integrations packages/ti_otx/data_stream/{threat,pulses_subscribed}/_dev/test/pipeline/; values rewritten.
-OTX_INDICATORS = [
-    {"indicator": "198.51.100.156", "description": None, "title": None, "content": "", "type": "IPv4", "id": 1588938},
-    {
-        "indicator": "90421f8531f963d81cf54245b72cde80",
-        "description": "MD5 of a5725af4391d21a232dc6d4ad33d7d915bd190bdac9b1826b73f364dc5c1aa65",
-        "title": "Win32:Hoblig-B",
-        "content": "",
-        "type": "FileHash-MD5",
-        "id": 9751110,
-    },
-    {"indicator": "ip.anysrc.example.net", "description": None, "title": None, "content": "", "type": "hostname", "id": 16782717},
-    {
-        "indicator": "d8c70ca70fd3555a0828fede6cc1f59e2c320ede80157039b6a2f09c336d5f7a",
-        "description": None,
-        "title": None,
-        "content": "",
-        "type": "FileHash-SHA256",
-        "id": 31612067,
-    },
-    {"id": 73, "indicator": "http://www.example-shop.ru/signup/", "type": "URL", "title": None, "description": None, "content": ""},
-    {"id": 74, "indicator": "CVE-2017-11882", "type": "CVE", "title": None, "description": None, "content": ""},
-]
-OTX_PULSE = {
-    "id": "64d31e8a5133613a90976b3f",
-    "name": "TrickBot delivery infrastructure",
-    "description": "Malware",
-    "author_name": "OctoSeek",
-    "created": "2023-08-09T05:05:14.946000",
-    "modified": "2023-08-09T05:05:14.946000",
-    "tlp": "amber",
-    "adversary": "Wizard Spider",
-    "tags": ["trickbot"],
-    "malware_families": [{"id": "trickbot", "display_name": "TrickBot"}],
-    "attack_ids": [{"id": "T1566.001", "name": "Spearphishing Attachment", "display_name": "T1566.001 - Spearphishing Attachment"}],
-    "references": [],
-    "indicators": OTX_INDICATORS,
-}
 
 
 def test_otx_indicator_types_are_read():
