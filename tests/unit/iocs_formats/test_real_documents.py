@@ -1,6 +1,8 @@
 """Shapes taken from real public documents (each excerpt is short, values rewritten where they are not the point;
 the comment names the public repository and path it mirrors). What real producers write, not our own vectors."""
 
+import json
+
 import pytest
 from real_documents import (
     MALWAREBAZAAR_ANSWER,
@@ -124,3 +126,17 @@ def test_an_otx_pulse_imports_its_indicators_tlp_threats_and_techniques():
         ]
         assert len(parsed.links) == 10 and not parsed.errors
         assert parsed.skipped == {"otx:CVE": 1}
+
+
+@pytest.mark.parametrize("fmt", ["stix", "misp", "json"])
+def test_a_document_saved_with_a_utf8_byte_order_mark_is_read(fmt):
+    """Windows tools save UTF-8 with a BOM (PowerShell 5's `Set-Content -Encoding UTF8`, Notepad before 2019): the
+    JSON formats refused such a file (`not valid JSON: invalid character (byte 0)`), given as bytes or as text that
+    kept the BOM, where the CSV and text imports and `threatflow iocs import` drop it; a MISP event was even read as
+    a CSV. The same document without the BOM imports."""
+    doc = {"stix": OPENCTI_BUNDLE, "misp": SEDNIT_EVENT, "json": MALWAREBAZAAR_ANSWER}[fmt]
+    text = json.dumps(doc)
+    expected = len(parse(fmt, text).iocs)
+    assert expected > 0
+    assert len(parse(fmt, "\ufeff" + text).iocs) == expected
+    assert len(parse(fmt, ("\ufeff" + text).encode()).iocs) == expected
