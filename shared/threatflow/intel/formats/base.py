@@ -199,8 +199,10 @@ def is_tlp(tag: str) -> bool:
 
 
 def load_json(content: bytes | str | Any, *, what: str) -> Any:
-    """Text or bytes are decoded; an already-decoded object (the API's `content` as JSON) is used as is."""
+    """Text or bytes are decoded (a leading UTF-8 BOM dropped); an already-decoded object (the API's `content` as
+    JSON) is used as is."""
     if isinstance(content, (bytes, bytearray, str)):
+        content = _without_bom(content)
         try:
             return msgspec.json.decode(content)
         except RecursionError:  # text the request's depth check never saw (a string there): permanent, not a crash
@@ -210,9 +212,14 @@ def load_json(content: bytes | str | Any, *, what: str) -> Any:
     return content
 
 
+def _without_bom(content: bytes | bytearray | str) -> bytes | bytearray | str:
+    """The document without a leading UTF-8 byte order mark (Windows tools write one), as bytes or as text that kept it."""
+    return content.removeprefix("\ufeff") if isinstance(content, str) else content.removeprefix(b"\xef\xbb\xbf")
+
+
 def as_text(content: bytes | str | Any, *, what: str) -> str:
     if isinstance(content, str):
-        return content
+        return content.removeprefix("\ufeff")
     if isinstance(content, (bytes, bytearray)):
         try:
             return bytes(content).decode("utf-8-sig")
