@@ -224,3 +224,59 @@ OTX_PULSE = {
     "references": [],
     "indicators": OTX_INDICATORS,
 }
+
+# oasis-open/cti-stix2-json-schemas examples/sighting-of-observed-data.json (STIX 2.0): a malware is sighted, and
+# the sighting's observed data hold the file (its hashes) that was seen; the other observed datum is a registry key.
+SIGHTING_OF_MALWARE = {
+    "type": "bundle",
+    "id": "bundle--a836f05a-f235-4b4b-b523-bd87e40478a1",
+    "spec_version": "2.0",
+    "objects": [
+        {
+            "type": "malware",
+            "id": "malware--ae560258-a5cb-4be8-8f05-013d6712295f",
+            "created": "2014-02-20T09:16:08.989000Z",
+            "modified": "2014-02-20T09:16:08.989000Z",
+            "name": "Online Job Site Trojan",
+            "labels": ["remote-access-trojan"],
+        },
+        {
+            "type": "sighting",
+            "id": "sighting--779c4ae8-e134-4180-baa4-03141095d971",
+            "created": "2017-02-28T19:37:11.213Z",
+            "modified": "2017-02-28T19:37:11.213Z",
+            "count": 1,
+            "sighting_of_ref": "malware--ae560258-a5cb-4be8-8f05-013d6712295f",
+            "observed_data_refs": [
+                "observed-data--cf8eaa41-6f4c-482e-89b9-9cd2d6a83cb1",
+                "observed-data--a0d34360-66ad-4977-b255-d9e1080421c4",
+            ],
+        },
+        {
+            "type": "observed-data",
+            "id": "observed-data--cf8eaa41-6f4c-482e-89b9-9cd2d6a83cb1",
+            "created": "2017-02-28T19:37:11.213Z",
+            "modified": "2017-02-28T19:37:11.213Z",
+            "first_observed": "2017-02-27T21:37:11.213Z",
+            "last_observed": "2017-02-27T21:37:11.213Z",
+            "number_observed": 1,
+            "objects": {
+                "0": {
+                    "type": "file",
+                    "hashes": {"MD5": "1717b7fff97d37a1e1a0029d83492de1", "SHA-1": "c79a326f8411e9488bdc3779753e1e3489aaedea"},
+                    "name": "resume.pdf",
+                }
+            },
+        },
+        {
+            "type": "observed-data",
+            "id": "observed-data--a0d34360-66ad-4977-b255-d9e1080421c4",
+            "created": "2017-02-28T19:37:11.213Z",
+            "modified": "2017-02-28T19:37:11.213Z",
+            "first_observed": "2017-02-27T21:37:11.213Z",
+            "last_observed": "2017-02-27T21:37:11.213Z",
+            "number_observed": 1,
+            "objects": {"0": {"type": "windows-registry-key", "key": "HKEY_LOCAL_MACHINE\\SYSTEM\\ControlSet001\\Services\\WSALG2"}},
+        },
+    ],
+}

@@ -10,6 +10,7 @@ from real_documents import (
     OTX_INDICATORS,
     OTX_PULSE,
     SEDNIT_EVENT,
+    SIGHTING_OF_MALWARE,
     THREATFOX_ANSWER,
     URLHAUS_ANSWER,
 )
@@ -140,3 +141,14 @@ def test_a_document_saved_with_a_utf8_byte_order_mark_is_read(fmt):
     assert expected > 0
     assert len(parse(fmt, "\ufeff" + text).iocs) == expected
     assert len(parse(fmt, ("\ufeff" + text).encode()).iocs) == expected
+
+
+def test_a_sighting_of_a_threat_links_the_iocs_its_observed_data_hold():
+    """STIX's idiom for "this file was seen, and it is that malware": the sighting was skipped, so the file's hashes
+    came in with no link to the malware they were sighted as."""
+    parsed = parse("stix", SIGHTING_OF_MALWARE)
+    observed = "observed-data--cf8eaa41-6f4c-482e-89b9-9cd2d6a83cb1"
+    assert {(p.ref, p.item.type) for p in parsed.iocs} == {(observed, "md5"), (observed, "sha1")}
+    assert [(link.ioc_ref, link.threat_ref, link.relation) for link in parsed.links] == [
+        (observed, "malware--ae560258-a5cb-4be8-8f05-013d6712295f", "sighted-as")
+    ]
