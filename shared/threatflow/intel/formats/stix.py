@@ -12,7 +12,8 @@
 - malware, threat-actor, intrusion-set, campaign, tool become threats;
   attack-pattern ATT&CK ids (T####) become TTPs of threats that `uses` them.
 - relationships: indicator/SCO -> threat = a link; IoC <-> IoC = a relation
-  (resolves-to, communicates-with, drops, downloads, else related-to).
+  (resolves-to, communicates-with, drops, downloads, else related-to). A sighting of a threat links the IoCs
+  of its observed data to the threat (`sighted-as`).
 - one bad object (an indicator with no pattern or one that does not parse, a relationship without
   source_ref or target_ref, an entry without type and id or whose id does not start with `<type>--`) is an error
   of that object (`errors`: its id or `objects[i]`, the reason); the rest imports. Only a document that is not
@@ -112,8 +113,12 @@ def parse(content: Any) -> ParsedImport:
         elif kind in THREAT_TYPES:
             if _threat(out, obj_id, obj, where, tlp_of):
                 threat_refs.add(obj_id)
-        elif kind not in ("relationship", "bundle"):
+        elif kind not in ("relationship", "sighting", "bundle"):  # relationships and sightings: once all is read
             out.skip(str(kind))
+
+    for _, obj in by_id.values():
+        if obj.get("type") == "sighting" and obj.get("revoked") is not True:
+            _sighting(out, obj, threat_refs=threat_refs, ioc_refs=ioc_refs)
 
     ttps: dict[str, set[str]] = {}
     for obj_id, (index, obj) in by_id.items():
@@ -145,6 +150,18 @@ def parse(content: Any) -> ParsedImport:
                 merged = sorted({*parsed_threat.item.ttps, *ttps[parsed_threat.ref]})
                 out.threats[i] = ParsedThreat(parsed_threat.ref, msgspec.structs.replace(parsed_threat.item, ttps=merged))
     return out.build()
+
+
+def _sighting(out: Builder, obj: dict[str, Any], *, threat_refs: set[str], ioc_refs: set[str]) -> None:
+    """A sighting of a threat whose observed data hold IoCs: what was seen is that threat (OASIS's
+    sighting-of-observed-data idiom), so each such IoC is linked to it as `sighted-as`. Any other sighting is
+    counted in `skipped` (a sighting of an indicator says it was seen, not what it is)."""
+    threat = obj.get("sighting_of_ref")
+    observed = [ref for ref in obj.get("observed_data_refs") or [] if isinstance(ref, str) and ref in ioc_refs]
+    if not isinstance(threat, str) or threat not in threat_refs or not observed:
+        out.skip("sighting")
+        return
+    out.links.extend(Link(ref, threat, "sighted-as") for ref in dict.fromkeys(observed))
 
 
 # -- the document --------------------------------------------------------------------------
