@@ -280,3 +280,41 @@ SIGHTING_OF_MALWARE = {
         },
     ],
 }
+
+# oasis-open/cti-stix2-json-schemas examples/malware-indicator-for-file-hash.json (STIX 2.0): the hash algorithm is
+# written unquoted (`hashes.SHA-256`), which the patterning grammar refuses (it wants `hashes.'SHA-256'`); many
+# producers write it so (demisto/content's STIX export writes `file:hashes.sha-256`).
+POISON_IVY_FILE_HASH = {
+    "type": "bundle",
+    "id": "bundle--44af6c39-c09b-49c5-9de2-394224b04982",
+    "spec_version": "2.0",
+    "objects": [
+        {
+            "type": "indicator",
+            "id": "indicator--a932fcc6-e032-176c-126f-cb970a5a1ade",
+            "created": "2014-02-20T09:16:08.989000Z",
+            "modified": "2014-02-20T09:16:08.989000Z",
+            "name": "File hash for Poison Ivy variant",
+            "labels": ["malicious-activity"],
+            "pattern": "[file:hashes.SHA-256 = 'ef537f25c895bfa782526529a9b63d97aa631564d5d789c2b765448c8635fb6c']",
+            "valid_from": "2014-02-20T09:00:00.000000Z",
+        },
+        {
+            "type": "malware",
+            "id": "malware--fdd60b30-b67c-11e3-b0b9-f01faf20d111",
+            "created": "2014-02-20T09:16:08.989000Z",
+            "modified": "2014-02-20T09:16:08.989000Z",
+            "name": "Poison Ivy",
+            "labels": ["remote-access-trojan"],
+        },
+        {
+            "type": "relationship",
+            "id": "relationship--f191e70e-1736-47c3-b0f9-fdfe01387eb1",
+            "created": "2014-02-20T09:16:08.989000Z",
+            "modified": "2014-02-20T09:16:08.989000Z",
+            "relationship_type": "indicates",
+            "source_ref": "indicator--a932fcc6-e032-176c-126f-cb970a5a1ade",
+            "target_ref": "malware--fdd60b30-b67c-11e3-b0b9-f01faf20d111",
+        },
+    ],
+}

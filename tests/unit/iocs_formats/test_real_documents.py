@@ -9,6 +9,7 @@ from real_documents import (
     OPENCTI_BUNDLE,
     OTX_INDICATORS,
     OTX_PULSE,
+    POISON_IVY_FILE_HASH,
     SEDNIT_EVENT,
     SIGHTING_OF_MALWARE,
     THREATFOX_ANSWER,
@@ -152,3 +153,39 @@ def test_a_sighting_of_a_threat_links_the_iocs_its_observed_data_hold():
     assert [(link.ioc_ref, link.threat_ref, link.relation) for link in parsed.links] == [
         (observed, "malware--ae560258-a5cb-4be8-8f05-013d6712295f", "sighted-as")
     ]
+
+
+def test_an_unquoted_hash_algorithm_in_a_pattern_is_read():
+    """OASIS's own example indicator was an error (`no viable alternative at input 'file:hashes.SHA-256'`), so the
+    Poison Ivy hash and its link were lost. The algorithm is read as if quoted, with a warning."""
+    parsed = parse("stix", POISON_IVY_FILE_HASH)
+    indicator = "indicator--a932fcc6-e032-176c-126f-cb970a5a1ade"
+    assert [(p.ref, p.item.type, p.item.value) for p in parsed.iocs] == [
+        (indicator, "sha256", "ef537f25c895bfa782526529a9b63d97aa631564d5d789c2b765448c8635fb6c")
+    ]
+    assert [(link.ioc_ref, link.threat_ref) for link in parsed.links] == [(indicator, "malware--fdd60b30-b67c-11e3-b0b9-f01faf20d111")]
+    assert not parsed.errors
+    assert [(w.ref, w.reason) for w in parsed.warnings] == [
+        (indicator, "hashes.SHA-256 read as hashes.'SHA-256' (the grammar wants it quoted)")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        ("[file:hashes.sha-256 = '" + "a" * 64 + "']", [("sha256", "a" * 64)]),
+        ("[file:hashes.SHA-1 = '" + "b" * 40 + "' OR file:hashes.MD5 = '" + "c" * 32 + "']", [("sha1", "b" * 40), ("md5", "c" * 32)]),
+        ("[file:hashes.'SHA-256' = '" + "d" * 64 + "']", [("sha256", "d" * 64)]),  # quoted: as before, no warning
+    ],
+)
+def test_hash_algorithms_are_read_quoted_or_not(pattern, expected):
+    indicator = {"type": "indicator", "id": "indicator--a932fcc6-e032-176c-126f-cb970a5a1ade", "pattern": pattern}
+    parsed = parse("stix", indicator)
+    assert [(p.item.type, p.item.value) for p in parsed.iocs] == expected and not parsed.errors
+    assert bool(parsed.warnings) is ("'SHA-256'" not in pattern)
+
+
+def test_a_pattern_broken_elsewhere_is_still_an_error():
+    indicator = {"type": "indicator", "id": "indicator--a932fcc6-e032-176c-126f-cb970a5a1ade", "pattern": "[file:hashes.SHA-256 = 'x' AND]"}
+    parsed = parse("stix", indicator)
+    assert not parsed.iocs and "not valid STIX patterning" in parsed.errors[0].reason
