@@ -7,7 +7,8 @@
   OR gives several. AND (also across object types, which stix2 alone refuses),
   FOLLOWEDBY and qualifiers are taken value by value with a warning;
   `file:parent_directory_ref.path` AND `file:name` in one observation
-  is one file path. A pattern that does not parse is an error of its indicator.
+  is one file path. A hash algorithm written bare (`hashes.SHA-256`, which the grammar refuses) is read
+  as quoted, with a warning. A pattern that does not parse is an error of its indicator.
 - SCOs (top level or inside observed-data) become IoCs the same way.
 - malware, threat-actor, intrusion-set, campaign, tool become threats;
   attack-pattern ATT&CK ids (T####) become TTPs of threats that `uses` them.
@@ -268,11 +269,20 @@ def _indicator(out: Builder, obj: dict[str, Any], where: str, tlp_of: dict[str, 
     if not isinstance(pattern, str) or not pattern.strip():
         out.error(obj["id"], f"{where}: an indicator needs a pattern")
         return False
+    version = "2.0" if obj.get("spec_version") == "2.0" else "2.1"
     try:
-        values, complex_reason = pattern_values(pattern, version="2.0" if obj.get("spec_version") == "2.0" else "2.1")
+        values, complex_reason = pattern_values(pattern, version=version)
     except ValidationError as exc:  # this indicator only: the bundle's other objects still import
-        out.error(obj["id"], f"{where}: {exc.message}")
-        return False
+        quoted, algorithms = _quote_hash_algorithms(pattern)
+        try:
+            values, complex_reason = pattern_values(quoted, version=version) if algorithms else ([], None)
+        except ValidationError:
+            algorithms = []
+        if not algorithms:
+            out.error(obj["id"], f"{where}: {exc.message}")
+            return False
+        for algorithm in algorithms:
+            out.warn(obj["id"], f"hashes.{algorithm} read as hashes.'{algorithm}' (the grammar wants it quoted)")
     common = _common(obj, tlp_of)
     if obj.get("valid_until"):
         common["expires_at"] = obj["valid_until"]
@@ -289,6 +299,17 @@ def _indicator(out: Builder, obj: dict[str, Any], where: str, tlp_of: dict[str, 
     elif complex_reason:
         out.warn(obj["id"], f"{complex_reason}; each value was imported as its own IoC")
     return taken > 0
+
+
+_UNQUOTED_HASH = re.compile(r"(?<=\bhashes\.)([A-Za-z][A-Za-z0-9]*(?:-[A-Za-z0-9]+)+)")
+
+
+def _quote_hash_algorithms(pattern: str) -> tuple[str, list[str]]:
+    """The pattern with hyphenated hash algorithms quoted (`hashes.SHA-256` -> `hashes.'SHA-256'`), and which ones:
+    OASIS's own 2.0 examples and many exporters write them bare, which the grammar refuses. Tried only on a pattern
+    that did not parse."""
+    algorithms = list(dict.fromkeys(_UNQUOTED_HASH.findall(pattern)))
+    return _UNQUOTED_HASH.sub(r"'\1'", pattern), algorithms
 
 
 class AndBooleanExpressionForThreatFlow:
