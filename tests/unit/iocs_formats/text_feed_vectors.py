@@ -263,6 +263,23 @@ VECTORS: list[FeedVector] = [
         [("domain", "ajbbvxetqwsz.com"), ("domain", "bdaxtkyqisxd.com")],
     ),
     FeedVector(
+        "csv-rows-with-reference-urls",
+        "osint.bambenekconsulting.com/feeds/c2-ipmasterlist.txt and c2-dommasterlist.txt as published: "
+        "'value,description,date,manual URL' rows (the fourth column, each family's manual page, was left out above)",
+        "columns",
+        "#############################################################\n"
+        "## Master Feed of known, active and non-sinkholed C&Cs IP \n"
+        "## Feed Provided By: John Bambenek of Bambenek Consulting\n"
+        "## For more information on this feed go to: \n"
+        "## http://osint.feed-example.com/manual/c2-ipmasterlist.txt\n"
+        "#############################################################\n"
+        "198.51.100.19,IP used by banjori C&C,2019-08-20 09:11,http://osint.feed-example.com/manual/banjori.txt\n"
+        "203.0.113.9,IP used by pykspa C&C,2019-08-20 09:11,http://osint.feed-example.com/manual/pykspa.txt\n"
+        "ajbbvxetqwsz.com,Domain used by Cryptolocker - Flashback DGA for 16 Dec 2016,2016-12-16 00:05,"
+        "http://osint.feed-example.com/manual/cl.txt\n",
+        [("ipv4", "198.51.100.19"), ("ipv4", "203.0.113.9"), ("domain", "ajbbvxetqwsz.com")],
+    ),
+    FeedVector(
         "urlhaus-hostfile",
         "urlhaus.abuse.ch/downloads/hostfile/: abuse.ch banner, then '127.0.0.1<TAB>name'",
         "control",
