@@ -24,7 +24,7 @@ The record shapes, and what their entry is:
     alert ip [a,b] any -> ...   IDS rules: the header's addresses, not the options (reference URLs)
     start end prefix ...        DShield's block.txt: the network
     start-end, name:start-end   address ranges (PeerGuardian .p2p): the covering networks, about one per 8 bytes
-    name,description,...        comma rows: read whole (so that a banner above them is a comment)
+    name,description,...        comma rows: the first field when it is an address or a name, else read whole
 
 In a feed, addresses and networks that name no host on the internet (RFC 1918, loopback, bogons) are not entries.
 
@@ -297,10 +297,17 @@ def _column_header(feed: FeedLines, tokens: list[str]) -> bool:
 
 
 def _comma_row(feed: FeedLines, tokens: list[str]) -> bool:
-    """'name,description,date' under a '#' banner: a row (read whole, nothing lost), so the banner is a comment."""
-    if "," not in tokens[0] or not tokens[0].partition(",")[0]:
+    """'name,description,date' under a '#' banner: a row, so the banner is a comment. When its first field is an
+    address or a host name, that is the entry and the other fields are its details (Bambenek's lists end each row
+    with the URL of the family's manual page, which was stored as an IoC); any other row is read whole."""
+    first = tokens[0].partition(",")[0]
+    if "," not in tokens[0] or not first:
         return False
-    feed.entry(" ".join(tokens))
+    if _address(first) is not None or _NAME.fullmatch(first):
+        feed.entry(first)
+        feed.skip("row details")
+    else:
+        feed.entry(" ".join(tokens))
     return True
 
 
