@@ -318,3 +318,32 @@ POISON_IVY_FILE_HASH = {
         },
     ],
 }
+
+# MISP/misp-stix's STIX 2.1 test data (_DOMAIN_IP_OBSERVABLE_OBJECTS: how MISP exports a domain|ip attribute):
+# the domain-name SCO names the address it resolved to in resolves_to_refs.
+MISP_STIX_DOMAIN_IP = {
+    "type": "bundle",
+    "id": "bundle--91ae0a21-c7ae-4c7f-b84b-b84a7ce53d10",
+    "objects": [
+        {
+            "type": "observed-data",
+            "spec_version": "2.1",
+            "id": "observed-data--91ae0a21-c7ae-4c7f-b84b-b84a7ce53d1f",
+            "created": "2020-10-25T16:22:00.000Z",
+            "modified": "2020-10-25T16:22:00.000Z",
+            "first_observed": "2020-10-25T16:22:00Z",
+            "last_observed": "2020-10-25T16:22:00Z",
+            "number_observed": 1,
+            "object_refs": ["domain-name--91ae0a21-c7ae-4c7f-b84b-b84a7ce53d1f", "ipv4-addr--91ae0a21-c7ae-4c7f-b84b-b84a7ce53d1f"],
+            "labels": ['misp:type="domain|ip"', 'misp:category="Network activity"'],
+        },
+        {
+            "type": "domain-name",
+            "spec_version": "2.1",
+            "id": "domain-name--91ae0a21-c7ae-4c7f-b84b-b84a7ce53d1f",
+            "value": "circl.lu",
+            "resolves_to_refs": ["ipv4-addr--91ae0a21-c7ae-4c7f-b84b-b84a7ce53d1f"],
+        },
+        {"type": "ipv4-addr", "spec_version": "2.1", "id": "ipv4-addr--91ae0a21-c7ae-4c7f-b84b-b84a7ce53d1f", "value": "149.13.33.14"},
+    ],
+}

@@ -6,6 +6,7 @@ import json
 import pytest
 from real_documents import (
     MALWAREBAZAAR_ANSWER,
+    MISP_STIX_DOMAIN_IP,
     OPENCTI_BUNDLE,
     OTX_INDICATORS,
     OTX_PULSE,
@@ -189,3 +190,12 @@ def test_a_pattern_broken_elsewhere_is_still_an_error():
     indicator = {"type": "indicator", "id": "indicator--a932fcc6-e032-176c-126f-cb970a5a1ade", "pattern": "[file:hashes.SHA-256 = 'x' AND]"}
     parsed = parse("stix", indicator)
     assert not parsed.iocs and "not valid STIX patterning" in parsed.errors[0].reason
+
+
+def test_a_domain_names_resolves_to_refs_become_resolves_to_relations():
+    """MISP's STIX 2.1 export of domain|ip (and of a domain-ip object) says which address the name resolved to in
+    the domain-name's resolves_to_refs: both came in, unrelated, where MISP's own domain|ip gives resolves-to."""
+    parsed = parse("stix", MISP_STIX_DOMAIN_IP)
+    domain, address = "domain-name--91ae0a21-c7ae-4c7f-b84b-b84a7ce53d1f", "ipv4-addr--91ae0a21-c7ae-4c7f-b84b-b84a7ce53d1f"
+    assert {(p.ref, p.item.value) for p in parsed.iocs} >= {(domain, "circl.lu"), (address, "149.13.33.14")}
+    assert [(r.source_ref, r.target_ref, r.type) for r in parsed.relations] == [(domain, address, "resolves-to")]
