@@ -14,7 +14,7 @@
   attack-pattern ATT&CK ids (T####) become TTPs of threats that `uses` them.
 - relationships: indicator/SCO -> threat = a link; IoC <-> IoC = a relation
   (resolves-to, communicates-with, drops, downloads, else related-to). A sighting of a threat links the IoCs
-  of its observed data to the threat (`sighted-as`).
+  of its observed data to the threat (`sighted-as`); a domain-name's resolves_to_refs are resolves-to relations.
 - one bad object (an indicator with no pattern or one that does not parse, a relationship without
   source_ref or target_ref, an entry without type and id or whose id does not start with `<type>--`) is an error
   of that object (`errors`: its id or `objects[i]`, the reason); the rest imports. Only a document that is not
@@ -117,9 +117,13 @@ def parse(content: Any) -> ParsedImport:
         elif kind not in ("relationship", "sighting", "bundle"):  # relationships and sightings: once all is read
             out.skip(str(kind))
 
-    for _, obj in by_id.values():
+    for obj_id, (_, obj) in by_id.items():
         if obj.get("type") == "sighting" and obj.get("revoked") is not True:
             _sighting(out, obj, threat_refs=threat_refs, ioc_refs=ioc_refs)
+        elif obj.get("type") == "domain-name" and obj_id in ioc_refs and isinstance(obj.get("resolves_to_refs"), list):
+            # the name resolved to these addresses (or names): MISP's domain|ip and domain-ip in STIX 2.1
+            targets = [ref for ref in obj["resolves_to_refs"] if isinstance(ref, str) and ref in ioc_refs and ref != obj_id]
+            out.relations.extend(Relation(obj_id, target, "resolves-to") for target in dict.fromkeys(targets))
 
     ttps: dict[str, set[str]] = {}
     for obj_id, (index, obj) in by_id.items():
