@@ -199,3 +199,17 @@ def test_a_domain_names_resolves_to_refs_become_resolves_to_relations():
     domain, address = "domain-name--91ae0a21-c7ae-4c7f-b84b-b84a7ce53d1f", "ipv4-addr--91ae0a21-c7ae-4c7f-b84b-b84a7ce53d1f"
     assert {(p.ref, p.item.value) for p in parsed.iocs} >= {(domain, "circl.lu"), (address, "149.13.33.14")}
     assert [(r.source_ref, r.target_ref, r.type) for r in parsed.relations] == [(domain, address, "resolves-to")]
+
+
+def test_an_otx_pulse_makes_bounded_work():
+    """Each of a pulse's families and its adversary gets every ATT&CK id: 2,000 of each would be 4,000,000 TTPs from
+    a 60 KB document, and a threat holds at most 512 (more was rejected at the upsert). At most 32 threats a pulse
+    (the links an IoC takes) and 512 TTPs each; what was left out is named in warnings."""
+    pulse = {
+        **OTX_PULSE,
+        "malware_families": [f"family {i}" for i in range(2000)],
+        "attack_ids": [f"T{1000 + i // 10}.{i % 10:03d}" for i in range(2000)],
+    }
+    parsed = parse("json", pulse)
+    assert len(parsed.threats) == 32 and all(len(t.item.ttps) == 512 for t in parsed.threats)
+    assert len(parsed.warnings) == 2 and len(parsed.links) == 5 * 32
