@@ -4,8 +4,8 @@
   ThreatFlow does not store (`CVE`, `YARA`, `Mutex`, `FileHash-IMPHASH`...) are counted in `skipped` as `otx:<type>`.
 - The pulse's `tlp` is every IoC's and threat's TLP, its `tags` and `otx-pulse:<id>` are every IoC's tags, an
   indicator's description (or title, else the pulse's name) is its description, its `created` when it was first seen.
-- `malware_families` become malware threats and `adversary` a threat-actor, each given the pulse's ATT&CK ids
-  (`attack_ids`) as TTPs and linked to every IoC of the pulse (at most MAX_THREATS_PER_IOC of them).
+- `adversary` becomes a threat-actor and `malware_families` malware threats (at most MAX_THREATS_PER_IOC in all),
+  each given the pulse's ATT&CK ids (`attack_ids`, at most MAX_TTPS) as TTPs and linked to every IoC of the pulse.
 """
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from threatflow.intel.formats.base import Builder, Link, seen_time, strictest_tlp
+import msgspec
+
+from threatflow.intel.formats.base import Builder, Link, ParsedThreat, seen_time, strictest_tlp
 from threatflow.intel.formats.csvfmt import map_type
 from threatflow.iocs.types import IocType
+from threatflow.threats.model import MAX_TTPS
 
 MAX_THREATS_PER_IOC = 32  # as MISP's event clusters: links stay linear in the document
 _TTP = re.compile(r"^T\d{4}(?:\.\d{3})?$")
@@ -26,7 +29,8 @@ def is_pulse(doc: Any) -> bool:
     return isinstance(doc, dict) and isinstance(doc.get("indicators"), list) and ("name" in doc or "id" in doc)
 
 
-def pulse(out: Builder, doc: dict[str, Any], *, where: str) -> None:
+def pulse(out: Builder, doc: dict[str, Any], *, seen: dict[str, int], where: str) -> None:
+    """One pulse's IoCs, threats and links into `out`; `seen` holds the threats earlier pulses made (ref -> index)."""
     pulse_id = str(doc.get("id") or "").strip()[:128]
     name = doc.get("name") if isinstance(doc.get("name"), str) else None
     tlp = strictest_tlp([doc["tlp"]]) if isinstance(doc.get("tlp"), str) else None
@@ -34,7 +38,10 @@ def pulse(out: Builder, doc: dict[str, Any], *, where: str) -> None:
     if pulse_id:
         tags.append(f"otx-pulse:{pulse_id}")
     ttps = sorted({i.upper() for i in map(_technique, doc.get("attack_ids") or []) if i and _TTP.match(i.upper())})
-    threat_refs = _threats(out, doc, tlp=tlp, ttps=ttps)[:MAX_THREATS_PER_IOC]
+    if len(ttps) > MAX_TTPS:  # every threat of the pulse gets them all: a threat holds at most MAX_TTPS
+        out.warn(where, f"the pulse names {len(ttps)} ATT&CK ids; its threats take the first {MAX_TTPS}")
+        ttps = ttps[:MAX_TTPS]
+    threat_refs = _threats(out, doc, tlp=tlp, ttps=ttps, seen=seen, where=where)
     for index, record in enumerate(doc["indicators"]):
         ref = f"{where}.indicators[{index}]"
         if not isinstance(record, dict) or not isinstance(record.get("indicator"), str):
@@ -58,19 +65,30 @@ def pulse(out: Builder, doc: dict[str, Any], *, where: str) -> None:
             out.links.extend(Link(ref, threat_ref, "indicates") for threat_ref in threat_refs)
 
 
-def _threats(out: Builder, doc: dict[str, Any], *, tlp: str | None, ttps: list[str]) -> list[str]:
-    named = [("malware", family) for family in map(_family, doc.get("malware_families") or []) if family]
+def _threats(out: Builder, doc: dict[str, Any], *, tlp: str | None, ttps: list[str], seen: dict[str, int], where: str) -> list[str]:
+    """The pulse's threats, at most MAX_THREATS_PER_IOC (each is linked to every IoC of the pulse): the adversary
+    first, then the families in order; the rest is named in a warning. A threat an earlier pulse of the document
+    named (`seen`: its index in out.threats) takes this pulse's TTPs too, up to MAX_TTPS."""
+    named: list[tuple[str, str]] = []
     adversary = doc.get("adversary")
     if isinstance(adversary, str) and adversary.strip():
-        named.append(("threat-actor", adversary.strip()))
+        named.append(("threat-actor", adversary.strip()[:256]))
+    named.extend(("malware", family) for family in map(_family, doc.get("malware_families") or []) if family)
     refs: list[str] = []
     for kind, threat_name in named:
         ref = f"threat:{kind}:{threat_name.lower()}"
         if ref in refs:
             continue
-        if any(t.ref == ref for t in out.threats) or out.threat(
-            ref, {"kind": kind, "name": threat_name, "ttps": ttps, "tlp": tlp, "tags": ["otx"]}
-        ):
+        if len(refs) == MAX_THREATS_PER_IOC:
+            out.warn(where, f"the pulse names {len(named)} threats; only the first {MAX_THREATS_PER_IOC} were taken")
+            break
+        if ref in seen:
+            held = out.threats[seen[ref]]
+            merged = sorted({*held.item.ttps, *ttps})[:MAX_TTPS]
+            out.threats[seen[ref]] = ParsedThreat(ref, msgspec.structs.replace(held.item, ttps=merged))
+            refs.append(ref)
+        elif out.threat(ref, {"kind": kind, "name": threat_name, "ttps": ttps, "tlp": tlp, "tags": ["otx"]}):
+            seen[ref] = len(out.threats) - 1
             refs.append(ref)
     return refs
 
