@@ -347,3 +347,30 @@ MISP_STIX_DOMAIN_IP = {
         {"type": "ipv4-addr", "spec_version": "2.1", "id": "ipv4-addr--91ae0a21-c7ae-4c7f-b84b-b84a7ce53d1f", "value": "149.13.33.14"},
     ],
 }
+
+# OpenCTI's Hostname observable, a custom SCO type: its exports hold `hostname` SCOs, and its connectors write
+# indicators `[hostname:value = '...']` for it (OpenCTI-Platform/connectors, e.g. the sandbox enrichment connectors).
+OPENCTI_HOSTNAMES = {
+    "type": "bundle",
+    "id": "bundle--2047cd44-ffae-5b34-b912-5856add59b50",
+    "objects": [
+        {
+            "type": "indicator",
+            "spec_version": "2.1",
+            "id": "indicator--cde0a6e1-c622-52c4-b857-e9aeac56131b",
+            "name": "ec2-198-51-100-164.compute-1.example.com",
+            "pattern": "[hostname:value = 'ec2-198-51-100-164.compute-1.example.com']",
+            "pattern_type": "stix",
+            "pattern_version": "2.1",
+            "valid_from": "2018-02-05T08:04:53.000Z",
+            "x_opencti_main_observable_type": "Hostname",
+        },
+        {
+            "type": "hostname",
+            "spec_version": "2.1",
+            "id": "hostname--2047cd44-ffae-5b34-b912-5856add59b59",
+            "value": "vpn.darkhost-example.net",
+            "x_opencti_score": 80,
+        },
+    ],
+}

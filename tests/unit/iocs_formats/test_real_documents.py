@@ -8,6 +8,7 @@ from real_documents import (
     MALWAREBAZAAR_ANSWER,
     MISP_STIX_DOMAIN_IP,
     OPENCTI_BUNDLE,
+    OPENCTI_HOSTNAMES,
     OTX_INDICATORS,
     OTX_PULSE,
     POISON_IVY_FILE_HASH,
@@ -213,3 +214,13 @@ def test_an_otx_pulse_makes_bounded_work():
     parsed = parse("json", pulse)
     assert len(parsed.threats) == 32 and all(len(t.item.ttps) == 512 for t in parsed.threats)
     assert len(parsed.warnings) == 2 and len(parsed.links) == 5 * 32
+
+
+def test_opencti_hostnames_are_domains():
+    """The indicator was an error (`names no supported indicator`) and the SCO skipped as `hostname`."""
+    parsed = parse("stix", OPENCTI_HOSTNAMES)
+    assert sorted((p.item.type, p.item.value) for p in parsed.iocs) == [
+        ("domain", "ec2-198-51-100-164.compute-1.example.com"),
+        ("domain", "vpn.darkhost-example.net"),
+    ]
+    assert not parsed.errors and not parsed.skipped
