@@ -9,7 +9,8 @@
   `file:parent_directory_ref.path` AND `file:name` in one observation
   is one file path. A hash algorithm written bare (`hashes.SHA-256`, which the grammar refuses) is read
   as quoted, with a warning. A pattern that does not parse is an error of its indicator.
-- SCOs (top level or inside observed-data) become IoCs the same way.
+- SCOs (top level or inside observed-data) become IoCs the same way; OpenCTI's custom `hostname` SCO (and
+  `hostname:value` in patterns) is a domain.
 - malware, threat-actor, intrusion-set, campaign, tool become threats;
   attack-pattern ATT&CK ids (T####) become TTPs of threats that `uses` them.
 - relationships: indicator/SCO -> threat = a link; IoC <-> IoC = a relation
@@ -57,6 +58,7 @@ OBJECT_PATHS: dict[tuple[str, str], str | None] = {
     ("ipv6-addr", "value"): None,
     ("domain-name", "value"): "domain",
     ("domain-name", "resolves_to_refs.value"): None,
+    ("hostname", "value"): "domain",  # OpenCTI's custom Hostname observable
     ("url", "value"): "url",
     ("email-addr", "value"): "email",
     ("email-message", "from_ref.value"): "email",
@@ -71,7 +73,7 @@ OBJECT_PATHS: dict[tuple[str, str], str | None] = {
     ("file", "hashes.sha256"): "sha256",
 }
 MAX_PATTERN_VALUES = 100  # `[x:value IN (...)]` beyond this is cut and reported: each value becomes an IoC
-_SCO_TYPES = {"ipv4-addr", "ipv6-addr", "domain-name", "url", "email-addr", "file", "directory"}
+_SCO_TYPES = {"ipv4-addr", "ipv6-addr", "domain-name", "hostname", "url", "email-addr", "file", "directory"}
 _TTP = re.compile(r"^T\d{4}(?:\.\d{3})?$")
 _ESCAPED = re.compile(r"\\(.)")
 _LONE_BACKSLASH = re.compile(r"(?<!\\)(?:\\\\)*\\(?![\\'])")  # one the grammar refuses: only \\ and \' are escapes
@@ -474,7 +476,7 @@ def _observation_values(observation: Any, reasons: list[str]) -> list[tuple[str 
 def _sco(out: Builder, ref: str, obj: dict[str, Any], where: str, common: dict[str, Any]) -> bool:
     kind = obj.get("type")
     values: list[tuple[str | None, str]] = []
-    if kind in ("ipv4-addr", "ipv6-addr", "domain-name", "url", "email-addr") and isinstance(obj.get("value"), str):
+    if kind in ("ipv4-addr", "ipv6-addr", "domain-name", "hostname", "url", "email-addr") and isinstance(obj.get("value"), str):
         values.append((OBJECT_PATHS[(str(kind), "value")], obj["value"]))
     elif kind == "directory" and isinstance(obj.get("path"), str):
         values.append(("file_path", obj["path"]))
