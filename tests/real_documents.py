@@ -374,3 +374,22 @@ OPENCTI_HOSTNAMES = {
         },
     ],
 }
+
+# A TAXII 2.1 envelope, what a collection's objects endpoint answers (oasis-open/cti-taxii-server's medallion
+# serves its test data, e.g. medallion/test/directory/.../objects/indicator/7d72d620-..., this way): objects
+# without a bundle around them.
+TAXII_ENVELOPE = {
+    "more": False,
+    "objects": [
+        {
+            "type": "indicator",
+            "id": "indicator--7d72d620-9720-4457-897d-7030d1a972df",
+            "created": "2019-06-25T18:15:42.452Z",
+            "modified": "2019-06-25T18:24:15.157Z",
+            "name": "https://dailymemes.example.net",
+            "pattern": "[url:value = 'https://dailymemes.example.net']",
+            "valid_from": "2019-06-25T18:15:42.452Z",
+            "labels": ["malicious-activity"],
+        }
+    ],
+}

@@ -14,6 +14,7 @@ from real_documents import (
     POISON_IVY_FILE_HASH,
     SEDNIT_EVENT,
     SIGHTING_OF_MALWARE,
+    TAXII_ENVELOPE,
     THREATFOX_ANSWER,
     URLHAUS_ANSWER,
 )
@@ -224,3 +225,14 @@ def test_opencti_hostnames_are_domains():
         ("domain", "vpn.darkhost-example.net"),
     ]
     assert not parsed.errors and not parsed.skipped
+
+
+def test_a_taxii_envelope_is_read_as_its_objects():
+    """What a TAXII 2.1 server answers was refused (`not a STIX bundle or object`)."""
+    parsed = parse("stix", TAXII_ENVELOPE)
+    assert [(p.item.type, p.item.value) for p in parsed.iocs] == [("url", "https://dailymemes.example.net")]
+    from pathlib import Path
+
+    from threatflow.cli.iocs import detect_format
+
+    assert detect_format(Path("objects.json"), json.dumps(TAXII_ENVELOPE)) == "stix"  # `threatflow iocs import` sent it as json
