@@ -53,7 +53,9 @@ def detect_format(path: Path, text: str) -> str:
         if _is_json_lines(text):
             return "text"  # one object a line (Spamhaus's drop_v4.json): the text import reads it as a feed
         raise ValidationError(f"{path}: not valid JSON ({exc}); name the format with --format", field="format") from None
-    if isinstance(doc, dict) and (doc.get("type") == "bundle" or _is_stix_object(doc)):
+    from threatflow.intel.formats.stix import is_envelope
+
+    if isinstance(doc, dict) and (doc.get("type") == "bundle" or _is_stix_object(doc) or is_envelope(doc)):
         return "stix"
     from threatflow.intel.formats.misp import is_event_document
 

@@ -1,4 +1,4 @@
-"""STIX 2.1 (and 2.0) import: bundles, single objects, and bare SCOs.
+"""STIX 2.1 (and 2.0) import: bundles, TAXII 2.1 envelopes, single objects, and bare SCOs.
 
 - indicator: the pattern is parsed by the STIX patterning grammar
   (stix2patterns, through stix2's pattern visitor, made to keep NOT), never by
@@ -189,9 +189,16 @@ def _objects(doc: Any) -> list[Any]:
         if not isinstance(objects, list):
             raise ValidationError("stix: bundle.objects must be a list", field="content")
         return objects
+    if is_envelope(doc):  # what a TAXII 2.1 collection answers: its objects, no bundle around them
+        return list(doc["objects"])
     if isinstance(doc.get("type"), str) and isinstance(doc.get("id"), str):
         return [doc]
     raise ValidationError('stix: not a STIX bundle or object (no "type": "bundle" and no type/id)', field="content")
+
+
+def is_envelope(doc: Any) -> bool:
+    """A TAXII 2.1 envelope: `objects` (and perhaps `more`, `next`), no type."""
+    return isinstance(doc, dict) and "type" not in doc and isinstance(doc.get("objects"), list) and set(doc) <= {"more", "next", "objects"}
 
 
 def _latest_by_id(objects: list[Any], out: Builder) -> dict[str, tuple[int, dict[str, Any]]]:
