@@ -448,3 +448,14 @@ def test_cloudbuild_pipeline_has_every_stage() -> None:
     assert {"_PREFIX", "_REGION", "_TF_STATE_BUCKET"} <= declared
     used = set(re.findall(r"\$\{(_[A-Z0-9_]+)\}", text))
     assert used == declared, f"undeclared: {sorted(used - declared)}; unused: {sorted(declared - used)}"
+
+
+def test_http_functions_are_told_how_many_proxies_stand_before_them() -> None:
+    """TRUSTED_PROXY_HOPS was never set in Terraform, so deployed functions used 0 and took `remote_addr` as the
+    client: on Cloud Run that is its front end's address, the same for every caller, so every per-address rate limit
+    (and a lockout) was shared by all clients. The deployment names the count (`var.trusted_proxy_hops`)."""
+    blocks = _parse(TERRAFORM / "variables.tf")["variable"]
+    variables = {_unquote(name): body for block in blocks for name, body in block.items()}
+    assert "trusted_proxy_hops" in variables and "validation" in variables["trusted_proxy_hops"]
+    function_env = _locals()["function_env"]
+    assert "TRUSTED_PROXY_HOPS" in function_env and "var.trusted_proxy_hops" in function_env, function_env
