@@ -183,6 +183,7 @@ locals {
         REDIS_URL                 = "rediss://${google_redis_instance.cache.host}:${google_redis_instance.cache.port}/0"
         THREATFLOW_ENV            = "cloud"
         THREATFLOW_USES           = join(",", fn.uses)
+        TRUSTED_PROXY_HOPS        = tostring(var.trusted_proxy_hops)
       },
     )
   }

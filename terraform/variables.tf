@@ -124,3 +124,15 @@ variable "region" {
     error_message = "region must look like europe-west1."
   }
 }
+
+variable "trusted_proxy_hops" {
+  description = "X-Forwarded-For entries, counted from the right, written by proxies we run (TRUSTED_PROXY_HOPS of every function). Cloud Run's front end writes the connecting address there and is the socket's peer, so 1 when callers reach the functions directly; count each proxy in front of it (API Gateway, a load balancer) that appends its caller's address. 0 keys every per-address limit on the front end's address, shared by all callers."
+  type        = number
+  default     = 1
+  nullable    = false
+
+  validation {
+    condition     = var.trusted_proxy_hops >= 0 && var.trusted_proxy_hops <= 8 && floor(var.trusted_proxy_hops) == var.trusted_proxy_hops
+    error_message = "trusted_proxy_hops must be a whole number from 0 to 8."
+  }
+}
