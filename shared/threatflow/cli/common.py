@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from typing import Any
 
 
@@ -25,3 +27,10 @@ def engine() -> Any:
     from threatflow.adapters.postgres import create_engine
 
     return create_engine(settings())
+
+
+def http_error(status: int, payload: Any) -> int:
+    """An API error as one line: its `error` object as JSON (what `threatflow api` prints); the exit status, 1."""
+    error = payload.get("error", payload) if isinstance(payload, dict) else payload
+    print(f"error: HTTP {status}: {json.dumps(error) if not isinstance(error, str) else error}", file=sys.stderr)
+    return 1

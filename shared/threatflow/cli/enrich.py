@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from threatflow.cli import common
+
 BATCH = 1000
 POLL_SECONDS = 1.0
 
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace, call: Call) -> int:
     if not items:
         print("error: give VALUE... or --file FILE", file=sys.stderr)
         return 2
-    sources = [s for s in (args.sources or "").split(",") if s]
+    sources = [s.strip() for s in (args.sources or "").split(",") if s.strip()]  # "a, b" names b, not " b"
     runs: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
     batches: list[str] = []
@@ -61,8 +63,7 @@ def run(args: argparse.Namespace, call: Call) -> int:
         body = {"iocs": items[start : start + BATCH], "force": args.force, "sources": sources}
         status, payload = call("POST", "/api/v1/enrichment/batch", body)
         if status >= 400:
-            print(f"error: HTTP {status}: {payload}", file=sys.stderr)
-            return 1
+            return common.http_error(status, payload)  # JSON, as `threatflow api` prints it (was a dict's repr)
         batches.append(payload["batch_id"])
         for item in payload["runs"]:
             (rejected if "error" in item else runs).append(item)
@@ -76,8 +77,8 @@ def run(args: argparse.Namespace, call: Call) -> int:
         for batch_id in batches:
             status, progress = call("GET", f"/api/v1/enrichment/batches/{batch_id}")
             if status >= 400:
-                print(f"\nerror: HTTP {status}: {progress}", file=sys.stderr)
-                return 1
+                print(file=sys.stderr)  # past the progress bar
+                return common.http_error(status, progress)
             for item in progress["runs"]:
                 if item.get("run_id"):
                     final[item["run_id"]] = item

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from threatflow.cli import common
 from threatflow.platform.errors import ValidationError
 
 SYNC_LIMIT_BYTES = 5 * 1024 * 1024  # the API's synchronous import limit
@@ -85,12 +86,6 @@ def _is_stix_object(doc: dict[str, Any]) -> bool:
 
 def _content(fmt: str, text: str) -> Any:
     return json.loads(text) if fmt in ("json", "stix", "misp") else text
-
-
-def _fail(status: int, payload: Any) -> int:
-    error = payload.get("error", payload) if isinstance(payload, dict) else payload
-    print(f"error: HTTP {status}: {json.dumps(error) if not isinstance(error, str) else error}", file=sys.stderr)
-    return 1
 
 
 def _print_summary(result: dict[str, Any]) -> None:
@@ -180,7 +175,7 @@ def cmd_import(args: argparse.Namespace, call: Call) -> int:
     )
     status, payload = call("POST", "/api/v1/iocs/import" + ("?async=true" if use_async else ""), body)
     if status >= 400:
-        return _fail(status, payload)
+        return common.http_error(status, payload)
     if not use_async:
         _print_summary(payload)
         _print_results(payload, full=getattr(args, "json", False))
@@ -191,7 +186,7 @@ def cmd_import(args: argparse.Namespace, call: Call) -> int:
     while time.monotonic() < deadline:
         status, job = call("GET", job_path)
         if status >= 400:
-            return _fail(status, job)
+            return common.http_error(status, job)
         progress = job.get("progress") or {}
         line = f"job {job['job_id']}: {job['state']}" + (
             f" ({progress.get('stage')}, {progress.get('iocs', '?')} iocs)" if progress else ""
@@ -229,7 +224,7 @@ def cmd_export(args: argparse.Namespace, call: Call) -> int:
     path = f"/api/v1/iocs/export?format={args.format}&limit={args.limit}" + (f"&{query}" if query else "")
     status, response = call("GET", path, raw=True)
     if status >= 400:
-        return _fail(status, response.json() if "json" in response.headers.get("Content-Type", "") else response.text)
+        return common.http_error(status, response.json() if "json" in response.headers.get("Content-Type", "") else response.text)
     if args.output and args.output != "-":
         Path(args.output).write_bytes(response.content)
     else:
@@ -244,10 +239,10 @@ def cmd_export(args: argparse.Namespace, call: Call) -> int:
 
 
 def cmd_extract(args: argparse.Namespace, call: Call) -> int:
-    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8", errors="replace")
+    text = sys.stdin.read() if args.file == "-" else read_document(Path(args.file))[1]  # as `iocs import` reads it
     status, payload = call("POST", "/api/v1/iocs/extract", {"text": text, "refang": not args.no_refang})
     if status >= 400:
-        return _fail(status, payload)
+        return common.http_error(status, payload)
     for found in payload["iocs"]:
         print(f"{found['type']}\t{found['value']}")
     print(f"{payload['count']} indicators" + (" (read as a feed)" if payload.get("feed") else ""), file=sys.stderr)
@@ -278,7 +273,7 @@ def cmd_find(args: argparse.Namespace, call: Call) -> int:
         body["cursor"] = args.cursor
     status, payload = call("POST", "/api/v1/iocs/find", body)
     if status >= 400:
-        return _fail(status, payload)
+        return common.http_error(status, payload)
     print(json.dumps(payload, indent=2))
     return 0
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from threatflow.cli import common
-from threatflow.platform.errors import DependencyError, ThreatFlowError
+from threatflow.platform.errors import DependencyError, ThreatFlowError, ValidationError
 
 if TYPE_CHECKING:
     from threatflow.auth.repository import UserRepository
@@ -240,13 +240,27 @@ def cmd_enrich(args: argparse.Namespace) -> int:
     return enrich.run(args, call)
 
 
+def _json_data(data: str) -> Any:
+    """--data as JSON: the text itself, or `@FILE`'s."""
+    where = "--data"
+    if data.startswith("@"):
+        where = data[1:]
+        try:
+            data = Path(where).read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValidationError(f"{where}: {getattr(exc, 'strerror', None) or exc}", field="data") from None
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ValidationError(f"{where}: not JSON ({getattr(exc, 'msg', exc)})", field="data") from None
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     base = _base_url(args)
     token = _token(base)
     body = None
     if args.data is not None:
-        text = Path(args.data[1:]).read_text() if args.data.startswith("@") else args.data
-        body = json.loads(text)
+        body = _json_data(args.data)
     path = args.path if args.path.startswith("/") else f"/{args.path}"
     status, payload = _request(args.method.upper(), f"{base}{path}", token=token, body=body)
     print(json.dumps(payload, indent=2) if not isinstance(payload, str) else payload)
