@@ -17,9 +17,9 @@ pytestmark = pytest.mark.integration
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 VALUES = ["full.fuzz2-test.com", "198.51.100.8", "new2.fuzz2-test.com"]
 NAMES = ["RedFuzz", "redfuzz", "RedAliasFuzz", "AmberFuzz", "NewFuzz"]
-# ASCII names: a non-ASCII name that differed from a stored one only in case was a 500 (Python's lower() and the
-# database's disagreed); fixed, and test_a_non_ascii_name_differing_only_in_case_is_not_a_500 below checks it.
-ASCII_NAME = "abcXYZ -_.0"
+# Names with letters whose case Python and the database fold differently ("Æt"/"ÆT" was a 500 while names were
+# matched with Python's lower(); test_a_non_ascii_name_differing_only_in_case_is_not_a_500 below), besides ASCII.
+NAME_LETTERS = "abcXYZ -_.0ÆæİıŞşΣσςÉéẞß"
 
 text = st.one_of(
     st.sampled_from(["misp:org", " feed ", "", "s00", "x" * 257, "\x00"]),
@@ -35,10 +35,10 @@ ioc_item = st.fixed_dictionaries(
 threat_item = st.fixed_dictionaries(
     {
         "kind": st.sampled_from(["malware", "tool", "threat-actor", "actor"]),
-        "name": st.one_of(st.sampled_from(NAMES), st.text(alphabet=ASCII_NAME, max_size=20)),
+        "name": st.one_of(st.sampled_from(NAMES), st.text(alphabet=NAME_LETTERS, max_size=20)),
     },
     optional={
-        "aliases": st.lists(st.one_of(st.sampled_from(NAMES), st.text(alphabet="abc", min_size=1, max_size=9)), max_size=260),
+        "aliases": st.lists(st.one_of(st.sampled_from(NAMES), st.text(alphabet="abcÆæİı", min_size=1, max_size=9)), max_size=260),
         "tags": st.one_of(st.lists(st.text(alphabet="abc", min_size=1, max_size=8), max_size=66), st.lists(text, max_size=66)),
         "tlp": st.sampled_from(["red", "amber", "clear"]),
     },
@@ -151,3 +151,23 @@ def test_a_non_ascii_name_differing_only_in_case_is_not_a_500(function_client, b
     assert merged["status"] in ("updated", "unchanged") and merged["id"] == first.get_json()["results"][0]["id"]
     listed = threats.post("/api/v1/threats/find", json={"alias": "ÆT"}, headers=headers).get_json()  # matched as the store keys
     assert [t["name"] for t in listed["threats"]] == ["Æt"], listed
+
+
+@pytest.mark.parametrize(
+    "names",
+    [["Æx", "ÆX"], ["İy", "i̇y"], ["ßz", "SSz"], ["Σq", "σq", "ςq"], ["ẞw", "ßw"]],
+    ids=["ae", "dotted-i", "sharp-s", "sigma", "capital-sharp-s"],
+)
+def test_names_that_fold_alike_in_one_batch_are_not_a_500(function_client, backend_env, names):
+    """Names Python's str.lower() folds together but the database's lower() (C collation) does not, or the other
+    way, in one batch and across batches, as names and as aliases."""
+    url = backend_env["DATABASE_URL"]
+    user = f"fold{abs(hash(tuple(names))) % 10**6}"
+    password = create_user(url, user, "analyst")
+    token = function_client("auth").post("/api/v1/auth/token", json={"username": user, "password": password}).get_json()
+    threats = function_client("threats")
+    headers = {"Authorization": f"Bearer {token['access_token']}"}
+    batch = [{"kind": "tool", "name": n, "aliases": [m for m in names if m != n]} for n in names]
+    for body in (batch, list(reversed(batch)), [{"kind": "malware", "name": names[0] + "!", "aliases": names}]):
+        response = threats.post("/api/v1/threats/batch", json={"threats": body}, headers=headers)
+        assert response.status_code == 200, response.get_data(as_text=True)[:500]
