@@ -50,3 +50,10 @@ def test_the_check_sees_a_required_positional_and_a_required_option(tmp_path):
         "p.add_argument('maybe', nargs='?')\np.add_argument('--rows', type=int)\n"
     )
     assert _required_arguments(sample) == ["trees", "--out"]
+
+
+@pytest.mark.parametrize("path", BENCHES, ids=[p.name for p in BENCHES])
+def test_every_bench_script_parses_its_arguments(path):
+    """`bench_import.py --help` and `bench_stix_expansion.py --help` started the benchmark (minutes of work, a
+    PostgreSQL started) instead of printing how to run it: they read no arguments."""
+    assert "ArgumentParser(" in path.read_text(), f"{path.name} reads no arguments: --help would run it"
