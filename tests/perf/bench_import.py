@@ -42,6 +42,9 @@ def measure(body: str) -> float:
 
 
 def main() -> None:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     sys.path.insert(0, str(REPO / "shared"))
     from threatflow.platform.manifest import load_manifest
 

@@ -51,6 +51,9 @@ def bundle(k: int, *, related: bool, seed: int) -> dict:
 
 
 def main() -> None:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     from threatflow.adapters.postgres import create_engine, unit_of_work
     from threatflow.db.migrate import migrate
     from threatflow.devstack import services
