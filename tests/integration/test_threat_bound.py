@@ -214,3 +214,16 @@ def test_concurrent_merges_into_one_threat_keep_its_ttp_bound(backend_env, db):
     ttps, _ = db.ttps_refs("Raced")
     assert len(ttps) == 512 and results["first"].ttps_cut == 0 and results["second"].ttps_cut == 4, results
     assert sorted(ttps) == sorted([*FAKE_TTPS[:508], *first])
+
+
+def test_a_merge_into_a_full_threat_above_the_writers_clearance_tells_nothing_of_its_fullness(api, db):
+    """As tags_cut for an IoC or threat above the clearance: the amber writer's item merges (what fits) and is
+    answered `updated`, no cut count in its result or the summary, which would tell how full the red threat is."""
+    assert _batch(api, {"kind": "malware", "name": "RedFull"})["summary"]["created"] == 1
+    db.execute(
+        "UPDATE threats SET tlp = 'red', ttps = %s, refs = %s::jsonb WHERE name = 'RedFull'", FAKE_TTPS[:512], json.dumps(REFS[:256])
+    )
+    body = _batch(api, {"kind": "malware", "name": "RedFull", "ttps": _techniques(2), "references": [{"source_name": "probe"}]})
+    assert body["results"] == [{"index": 0, "status": "updated"}], body
+    assert body["summary"]["ttps_cut"] == 0 and body["summary"]["references_cut"] == 0, body
+    assert db.ttps_refs("RedFull") == (FAKE_TTPS[:512], REFS[:256])

@@ -40,6 +40,7 @@ from threatflow.iocs.normalise import normalise
 from threatflow.platform.errors import PermanentError, RetryableError, ValidationError
 from threatflow.platform.vocabulary import clean_sources
 from threatflow.threats import repository as threat_store
+from threatflow.threats.model import CUT_FIELDS
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -115,7 +116,7 @@ def apply_import(
     threat_out = []
     for threat, result in zip(threats, threat_results, strict=True):
         shown = {"index": result.index, "ref": threat.ref, "status": result.status, "id": result.id, "reason": result.reason}
-        shown |= {"tags_cut": result.tags_cut, "aliases_cut": result.aliases_cut}
+        shown |= result.cuts()
         # No id: a threat above the clearance; no cut counts when nothing was cut, as a batch's results.
         threat_out.append({k: v for k, v in shown.items() if k == "reason" or (v is not None and (v != 0 or not k.endswith("_cut")))})
         if result.id in visible_threats:
@@ -184,14 +185,11 @@ def apply_import(
     summary["tags_cut"] = cuts["tags"]
     summary["sources_cut"] = cuts["sources"]
     threat_summary: dict[str, int] = {}
-    threat_cuts = {"tags_cut": 0, "aliases_cut": 0}
-    for result in threat_results:
-        threat_cuts["tags_cut"] += result.tags_cut
-        threat_cuts["aliases_cut"] += result.aliases_cut
+    threat_cuts = {key: sum(result.cuts()[key] for result in threat_results) for key in CUT_FIELDS}
     for item in threat_out:
         status = str(item["status"])
         threat_summary[status] = threat_summary.get(status, 0) + 1
-    if threat_out:  # what merges into threats could not keep (a threat's MAX_TAGS tags and MAX_ALIASES aliases)
+    if threat_out:  # what merges into threats could not keep (threats.model: a threat's MAX_TAGS tags, MAX_ALIASES ...)
         threat_summary |= threat_cuts
     return {
         "iocs": {"results": results, "summary": summary},

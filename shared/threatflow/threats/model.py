@@ -19,9 +19,12 @@ import msgspec
 from threatflow.platform.errors import ValidationError
 from threatflow.platform.vocabulary import Severity
 
+# What one item may name, and what one threat holds (every merge keeps what the threat has, then the item's new ones
+# while there is room; the rest is counted in the result's `<field>_cut`, CUT_FIELDS). Tags: vocabulary.MAX_TAGS.
 MAX_ALIASES = 256
 MAX_REFERENCES = 256
 MAX_TTPS = 512
+CUT_FIELDS = ("tags_cut", "aliases_cut", "ttps_cut", "references_cut")
 _SPACES = re.compile(r"\s+")
 _RELATION_VERB = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 
@@ -82,6 +85,8 @@ class ThreatResult:
     reason: str | None = None
     tags_cut: int = 0  # the item's (and its batch group's) tags the threat could not keep: MAX_TAGS
     aliases_cut: int = 0  # the same for aliases: MAX_ALIASES
+    ttps_cut: int = 0  # ATT&CK techniques: MAX_TTPS
+    references_cut: int = 0  # references: MAX_REFERENCES
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"index": self.index, "status": str(self.status)}
@@ -89,11 +94,13 @@ class ThreatResult:
             out["id"] = self.id
         if self.reason is not None:
             out["reason"] = self.reason
-        if self.tags_cut:
-            out["tags_cut"] = self.tags_cut
-        if self.aliases_cut:
-            out["aliases_cut"] = self.aliases_cut
+        for key in CUT_FIELDS:  # only what was cut, and never for a threat above the writer's clearance (no id)
+            if getattr(self, key):
+                out[key] = getattr(self, key)
         return out
+
+    def cuts(self) -> dict[str, int]:
+        return {key: getattr(self, key) for key in CUT_FIELDS}
 
 
 def clean_name(text: str) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -26,6 +26,7 @@ from threatflow.platform.limits import check_aware
 from threatflow.platform.vocabulary import MAX_TAGS, Tlp, clean_tags
 from threatflow.threats.attack import check_id_format
 from threatflow.threats.model import (
+    CUT_FIELDS,
     MAX_ALIASES,
     MAX_REFERENCES,
     MAX_TTPS,
@@ -47,6 +48,7 @@ THREAT_COLUMNS = (
     "id, kind, name, aliases, description, confidence, severity, first_seen, last_seen, refs, ttps, tags, stix_id, tlp,"
     " created_at, updated_at"
 )
+_T = TypeVar("_T")
 _FIELDS = THREAT_COLUMNS.replace(" ", "").split(",")
 _LOCK_ID = 0x7F1A_0003  # the advisory lock threat upserts share
 # The fields a merge can change, compared to decide "updated" or "unchanged".
@@ -161,24 +163,26 @@ def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
     return max(x for x in (a, b) if x is not None) if (a or b) else None
 
 
-def _bounded(held: list[str], new: list[str], limit: int) -> tuple[list[str], int]:
+def _bounded(held: list[_T], new: list[_T], limit: int) -> tuple[list[_T], int]:
     """`held` (all of it, also past `limit`: nothing stored is deleted), then `new` while there is room; and how many
     of `new` did not fit. `new` holds only what `held` lacks."""
     room = max(0, limit - len(held))
     return [*held, *new[:room]], max(0, len(new) - room)
 
 
-def _fold(base: dict[str, Any], item: _Prepared, *, scalars: bool) -> tuple[dict[str, Any], int, int]:
+def _fold(base: dict[str, Any], item: _Prepared, *, scalars: bool) -> tuple[dict[str, Any], dict[str, int]]:
     """Merge an item into a threat: lists are unions, the earliest first_seen and the
     latest last_seen win, a given scalar replaces the stored one (unless `scalars` is false:
     a threat above the writer's clearance), and the name, kind and an existing stix_id are
-    kept (a threat's identity does not move). A threat holds at most MAX_TAGS tags and MAX_ALIASES aliases, as an
-    IoC holds MAX_TAGS_PER_IOC tags: those it has, then the item's new ones in order while there is room (they were
-    unioned without limit, and each alias is a row of threat_names). Also returns the tags and aliases cut."""
+    kept (a threat's identity does not move). A threat holds at most MAX_TAGS tags, MAX_ALIASES aliases, MAX_TTPS
+    TTPs and MAX_REFERENCES references, as an IoC holds MAX_TAGS_PER_IOC tags: those it has, then the item's new ones
+    in order (TTPs in id order) while there is room. All four were unioned without limit at every merge (and each
+    alias is a row of threat_names). Also returns what was cut, by CUT_FIELDS name."""
     merged = dict(base)
+    cuts: dict[str, int] = {}
     held_aliases = merge_aliases(base["name"], base["aliases"])
     new_aliases = merge_aliases(base["name"], held_aliases, [item.name, *item.aliases])[len(held_aliases) :]
-    merged["aliases"], aliases_cut = _bounded(held_aliases, new_aliases, MAX_ALIASES)
+    merged["aliases"], cuts["aliases_cut"] = _bounded(held_aliases, new_aliases, MAX_ALIASES)
     for key in ("description", "confidence", "severity", "tlp") if scalars else ():
         value = getattr(item, key)
         if value is not None:
@@ -187,13 +191,15 @@ def _fold(base: dict[str, Any], item: _Prepared, *, scalars: bool) -> tuple[dict
     merged["last_seen"] = _latest(base["last_seen"], item.last_seen)
     if merged["first_seen"] and merged["last_seen"] and merged["first_seen"] > merged["last_seen"]:
         merged["last_seen"] = merged["first_seen"]
-    merged["refs"] = _merge_refs(base["refs"], item.refs)
-    merged["ttps"] = sorted({*base["ttps"], *item.ttps})
-    held_tags = set(base["tags"])
-    tags, tags_cut = _bounded(list(base["tags"]), [t for t in item.tags if t not in held_tags], MAX_TAGS)
-    merged["tags"] = sorted(set(tags))
+    held_refs = _merge_refs([], base["refs"])
+    new_refs = _merge_refs(held_refs, item.refs)[len(held_refs) :]
+    merged["refs"], cuts["references_cut"] = _bounded(list(base["refs"]), new_refs, MAX_REFERENCES)
+    for key, limit in (("ttps", MAX_TTPS), ("tags", MAX_TAGS)):
+        held = set(base[key])
+        kept, cuts[f"{key}_cut"] = _bounded(list(base[key]), [v for v in getattr(item, key) if v not in held], limit)
+        merged[key] = sorted(set(kept))
     merged["stix_id"] = base["stix_id"] or item.stix_id
-    return merged, tags_cut, aliases_cut
+    return merged, cuts
 
 
 def _as_row(item: _Prepared) -> dict[str, Any]:
@@ -316,21 +322,21 @@ def upsert_threats(
                 continue
             plans.append((group, next(iter(owners), None)))
         existing = _rows_for_update(conn, [tid for _, tid in plans if tid is not None])
-        inserts: list[tuple[list[_Prepared], dict[str, Any], int, int]] = []
+        inserts: list[tuple[list[_Prepared], dict[str, Any], dict[str, int]]] = []
         updates: list[dict[str, Any]] = []
         for group, threat_id in plans:
             base = existing[threat_id] if threat_id is not None else _as_row(group[0])
             merged = base
             above = threat_id is not None and base["tlp"] not in readable
-            tags_cut = aliases_cut = 0  # the group's, counted on its first item (as a batch's items of one IoC value)
+            cuts = dict.fromkeys(CUT_FIELDS, 0)  # the group's, counted on its first item (as a batch's items of one IoC value)
             for p in group if threat_id is not None else group[1:]:
-                merged, tags_here, aliases_here = _fold(merged, p, scalars=not above)
-                tags_cut, aliases_cut = tags_cut + tags_here, aliases_cut + aliases_here
+                merged, cut_here = _fold(merged, p, scalars=not above)
+                cuts = {key: cuts[key] + cut_here[key] for key in CUT_FIELDS}
             named = [Tlp(p.tlp) for p in group if p.tlp is not None]
             if named and not above:  # the group's most restrictive: one report naming a family at amber and at clear
                 merged["tlp"] = max(named, key=lambda t: t.rank).value
             if threat_id is None:
-                inserts.append((group, merged, tags_cut, aliases_cut))
+                inserts.append((group, merged, cuts))
                 continue
             changed = any(merged[k] != base[k] for k in _MERGED)
             if changed:
@@ -339,29 +345,26 @@ def upsert_threats(
                 # A threat above the writer's clearance does not exist for them: the item merged into it (lists and
                 # times) is answered `updated` with nothing about the threat: no id, no kind, and not `unchanged`,
                 # which told whether the tags, aliases or TTPs named were already there. That a threat of that name
-                # exists still shows (not `created`); README, "Existence of a value above your clearance".
+                # exists still shows (not `created`); README, "Existence of a value above your clearance". No cut
+                # counts either: they would tell how full the hidden threat's lists are.
                 for p in group:
                     results[p.index] = ThreatResult(p.index, ResultStatus.UPDATED.value, reason="; ".join(p.warnings) or None)
                 continue
             status = ResultStatus.UPDATED if changed else ResultStatus.UNCHANGED
             for p in group:
-                cuts = (tags_cut, aliases_cut) if p is group[0] else (0, 0)
                 results[p.index] = ThreatResult(
-                    p.index, status.value, id=threat_id, reason=_reason(p, base["kind"], group[0]), tags_cut=cuts[0], aliases_cut=cuts[1]
+                    p.index, status.value, id=threat_id, reason=_reason(p, base["kind"], group[0]), **(cuts if p is group[0] else {})
                 )
         if updates:
             conn.execute(_text(_UPDATE), {"doc": _json(updates)})
         if inserts:
-            created = {str(r[1]): int(r[0]) for r in conn.execute(_text(_INSERT), {"doc": _json([m for _, m, _, _ in inserts])})}
-            for group, merged, tags_cut, aliases_cut in inserts:
+            created = {str(r[1]): int(r[0]) for r in conn.execute(_text(_INSERT), {"doc": _json([m for _, m, _ in inserts])})}
+            for group, merged, cuts in inserts:
                 threat_id = created[merged["name"]]
                 for position, p in enumerate(group):
                     status = ResultStatus.CREATED if position == 0 else ResultStatus.UPDATED
-                    cuts = (tags_cut, aliases_cut) if position == 0 else (0, 0)
                     reason = _reason(p, merged["kind"], group[0])
-                    results[p.index] = ThreatResult(
-                        p.index, status.value, id=threat_id, reason=reason, tags_cut=cuts[0], aliases_cut=cuts[1]
-                    )
+                    results[p.index] = ThreatResult(p.index, status.value, id=threat_id, reason=reason, **(cuts if position == 0 else {}))
     return [results[i] for i in range(len(items))]
 
 

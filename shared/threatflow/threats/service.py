@@ -3,6 +3,7 @@ IoC links and correlation. Dependencies come in as keyword arguments."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
@@ -14,7 +15,7 @@ from threatflow.platform.pagination import decode_cursor, encode_cursor
 from threatflow.platform.vocabulary import Tlp
 from threatflow.threats import repository as store
 from threatflow.threats.attack import check_id_format
-from threatflow.threats.model import ResultStatus, ThreatIn, ThreatKind, ThreatResult, clean_name
+from threatflow.threats.model import CUT_FIELDS, ResultStatus, ThreatIn, ThreatKind, ThreatResult, clean_name
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -53,8 +54,8 @@ def _summary(results: Sequence[ThreatResult], started: float) -> dict[str, float
     for result in results:
         summary[result.status] += 1
     summary["total"] = len(results)
-    summary["tags_cut"] = sum(r.tags_cut for r in results)
-    summary["aliases_cut"] = sum(r.aliases_cut for r in results)
+    for key in CUT_FIELDS:  # what merges could not keep: a threat's MAX_TAGS tags, MAX_ALIASES aliases, MAX_TTPS, ...
+        summary[key] = sum(r.cuts()[key] for r in results)
     summary["took_ms"] = round((time.perf_counter() - started) * 1000, 1)
     return summary
 
@@ -79,9 +80,7 @@ def upsert_batch(
     loaded = catalog() if any(item.ttps for _, item in decoded) else None
     stored = store.upsert_threats(conn, [item for _, item in decoded], catalog=loaded, readable=Tlp(clearance).at_most())
     for (index, _), result in zip(decoded, stored, strict=True):
-        results[index] = ThreatResult(
-            index, result.status, id=result.id, reason=result.reason, tags_cut=result.tags_cut, aliases_cut=result.aliases_cut
-        )
+        results[index] = dataclasses.replace(result, index=index)
     ordered = [results[i] for i in range(len(raw_items))]
     return {"results": [r.to_json() for r in ordered], "summary": _summary(ordered, started)}
 
