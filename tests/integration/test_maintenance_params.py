@@ -86,6 +86,51 @@ def test_jobs_run_of_a_schedule_outside_the_maintenance_function_points_at_no_ru
     assert "ioc-enrichment-requested" in out and "/api/v1/admin/runs/" not in out, out
 
 
+def _jobs_run(*argv):
+    from threatflow.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["jobs", "run", *argv])
+    return exit_.value.code
+
+
+def test_jobs_run_passes_params_given_on_the_command_line(maintenance_messages, tmp_path, monkeypatch):
+    """`threatflow jobs run JOB` could not pass a job its params (each job declares them: runs.JOB_PARAMS), so an
+    operator had to go through the admin API. --param name=value (a value that parses as JSON is that JSON, else
+    the text) and --params JSON; they replace the schedule's own params of the same name."""
+    monkeypatch.setenv("THREATFLOW_STATE_DIR", str(tmp_path))  # no running stack's environment
+    assert _jobs_run("flow-retention", "--param", "retention_days=30") == 0
+    assert json.loads(maintenance_messages().data)["params"] == {"retention_days": 30}
+    assert _jobs_run("sync-attack", "--params", '{"force": true}') == 0
+    assert json.loads(maintenance_messages().data)["params"] == {"force": True}
+    assert _jobs_run("retrain-flows", "--param", "evaluation_object=eval/flows.csv", "--param", "max_rows=6000") == 0
+    params = json.loads(maintenance_messages().data)["params"]
+    assert params == {"min_rows": 5000, "max_rows": 6000, "evaluation_object": "eval/flows.csv"}, params
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["flow-retention", "--param", "retention_day=30"], "params.retention_day"),
+        (["flow-retention", "--param", "retention_days=-1"], "params.retention_days"),
+        (["flow-retention", "--params", '{"retention_days": "30"}'], "params.retention_days"),
+        (["flow-retention", "--params", "[30]"], "--params"),
+        (["flow-retention", "--params", "{"], "--params"),
+        (["flow-retention", "--param", "retention_days"], "--param"),
+        (["release-deferred-enrichment", "--param", "limit=3"], "params.limit"),
+    ],
+)
+def test_jobs_run_with_a_bad_param_names_it_and_publishes_nothing(maintenance_messages, tmp_path, monkeypatch, capsys, argv, named):
+    """Checked as the admin API checks them (runs.validate_params) before anything is published: the error names
+    the param, on one line, with no traceback, and the exit status is 2."""
+    monkeypatch.setenv("THREATFLOW_STATE_DIR", str(tmp_path))
+    assert _jobs_run(*argv) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err, err
+    assert _jobs_run("heartbeat") == 0  # nothing was queued: the next message is this one
+    assert maintenance_messages().attributes["job"] == "heartbeat"
+
+
 def test_the_schedule_tick_of_retrain_flows_stays_disabled(function_client, maintenance_messages):
     """What the manual run leaves out must still reach the scheduler's tick: params.enabled false."""
     from threatflow.adapters.pubsub import PubSubPublisher
