@@ -9,6 +9,7 @@ HTTP API like any other client.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -113,14 +114,20 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if schedule is None:
         raise SystemExit(f"unknown job {args.name!r}; known: {', '.join(sorted(manifest.schedules))}")
     from threatflow.adapters.pubsub import PubSubPublisher
-    from threatflow.devstack.scheduler import fire
+    from threatflow.devstack.scheduler import fire, manual_body
+
+    consumers = sorted(f.name for f in manifest.functions.values() if schedule.topic and f.topic == schedule.topic)
+    given = _given_params(args)
+    manual = given is None
+    if given is not None:  # checked before anything is published, as POST /api/v1/admin/jobs/{job}/run checks them
+        job = schedule.attributes.get("job") if "maintenance" in consumers else None  # only its jobs take params
+        schedule = dataclasses.replace(schedule, body=_body_with_params(schedule.name, job, manual_body(schedule.body), given))
     from threatflow.devstack.stack import StackState, state_dir_from_env
 
     settings = _settings()
     state = StackState.read(state_dir_from_env())
     gateway_url = state.gateway_url if state else f"http://127.0.0.1:{os.environ.get('THREATFLOW_PORT', '8080')}"
-    fired = fire(schedule, publisher=PubSubPublisher(settings.project), gateway_url=gateway_url, manual=True)
-    consumers = sorted(f.name for f in manifest.functions.values() if schedule.topic and f.topic == schedule.topic)
+    fired = fire(schedule, publisher=PubSubPublisher(settings.project), gateway_url=gateway_url, manual=manual)
     if fired.run_id is None:
         print(f"fired {schedule.name}: HTTP {fired.ident}")
     elif "maintenance" not in consumers:  # only the maintenance function keeps run records
@@ -129,6 +136,49 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         record = f"threatflow api GET /api/v1/admin/runs/{fired.run_id}"
         print(f"fired {schedule.name}: run {fired.run_id} (message {fired.ident}); its record: {record}")
     return 0
+
+
+def _given_params(args: argparse.Namespace) -> dict[str, Any] | None:
+    """`--params JSON`, then each `--param name=value` over it (a value that parses as JSON is that JSON: 30, true,
+    null, "30"; else the text); None when neither is given."""
+    if args.params is None and not args.param:
+        return None
+    given: dict[str, Any] = {}
+    if args.params is not None:
+        try:
+            given = json.loads(args.params)
+        except ValueError as exc:
+            raise ValidationError(f"--params is not JSON ({exc})", field="params") from None
+        if not isinstance(given, dict):
+            raise ValidationError("--params must be a JSON object, e.g. '{\"retention_days\": 30}'", field="params")
+    for pair in args.param:
+        name, equals, text = pair.partition("=")
+        if not equals or not name.strip():
+            raise ValidationError(f"--param takes name=value, e.g. retention_days=30; got {pair!r}", field="params")
+        try:
+            given[name.strip()] = json.loads(text)
+        except ValueError:
+            given[name.strip()] = text
+    return given
+
+
+def _body_with_params(name: str, job: str | None, body: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """Schedule `name`'s (manual) body with `given` over its params, checked as the admin API checks a run's params
+    (runs.validate_params, what the maintenance function checks again); a ValidationError names params.<name>.
+    Only the maintenance function's jobs (`job`) take params."""
+    from threatflow.jobs.runs import validate_params
+
+    if job is None:
+        first = next(iter(given), "")
+        raise ValidationError(f"{name} takes no params: it is not a maintenance job (params.{first})", field=f"params.{first}")
+    params = body.get("params")
+    merged = {**(params if isinstance(params, dict) else {}), **given}
+    try:
+        validate_params(job, merged)
+    except ValidationError as exc:
+        named = f" ({exc.field})" if exc.field and exc.field not in exc.message else ""
+        raise ValidationError(f"{exc.message}{named}", field=exc.field) from None
+    return {**body, "params": merged}
 
 
 # -- HTTP client ---------------------------------------------------------------------------
@@ -301,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = sub.add_parser("jobs", help="scheduled jobs")
     jobs.add_argument("action", choices=["list", "run"])
     jobs.add_argument("name", nargs="?")
+    jobs.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE", help="a param of the job (run); JSON when it parses, else text"
+    )
+    jobs.add_argument("--params", metavar="JSON", help="the job's params as a JSON object (run); --param values go over it")
     jobs.set_defaults(run=cmd_jobs)
 
     login = sub.add_parser("login", help="get a token and remember it")
