@@ -96,3 +96,34 @@ def test_an_import_into_a_full_ioc_counts_its_sources_cut(api, db):
 def test_an_import_whose_source_is_too_long_is_refused(api):
     response = api.post("/api/v1/iocs/import", {"format": "json", "content": {"iocs": [{"value": "203.0.114.6"}]}, "source": "x" * 257})
     assert response.status_code == 400 and "256" in response.get_data(as_text=True), response.get_data(as_text=True)[:300]
+
+
+def test_a_sighting_keeps_a_full_iocs_sources_and_counts_its_source_cut(api, db):
+    """POST /iocs/{id}/sightings appended its `source` to the IoC's sources with array_append, past the 64 (a
+    sensor naming itself per host grew one IoC's list at every sighting), unstripped and unsorted (" s " stored as
+    given); now the bound and the source rule of every other write: the sighting is kept and counted, its source
+    counted in the answer's `sources_cut` when the IoC is full."""
+    ioc_id = _batch(api, [{"value": "198.51.101.20", "sources": FULL[:63]}])["results"][0]["id"]
+    first = api.post(f"/api/v1/iocs/{ioc_id}/sightings", {"source": " a-sensor "})
+    assert first.status_code == 201 and "sources_cut" not in first.get_json(), first.get_json()
+    assert db.sources("198.51.101.20") == sorted([*FULL[:63], "a-sensor"])
+    for source in ("b-sensor", "c-sensor"):
+        full = api.post(f"/api/v1/iocs/{ioc_id}/sightings", {"source": source})
+        assert full.status_code == 201 and full.get_json()["sources_cut"] == 1, full.get_json()
+    held = api.post(f"/api/v1/iocs/{ioc_id}/sightings", {"source": "a-sensor"})  # one it holds: nothing cut
+    assert held.status_code == 201 and "sources_cut" not in held.get_json(), held.get_json()
+    assert db.sources("198.51.101.20") == sorted([*FULL[:63], "a-sensor"])
+    assert db.one("SELECT detection_count FROM iocs WHERE id = %s", ioc_id)[0] == 5  # every sighting still counted
+    blank = api.post(f"/api/v1/iocs/{ioc_id}/sightings", {"source": "  "})  # no source, as in a batch item
+    assert blank.status_code == 201 and "" not in db.sources("198.51.101.20")
+
+
+def test_a_sightings_context_is_bounded(api, db):
+    """A sighting's `context` is stored whole in ioc_sightings for every sighting: it had no bound but the 32 MiB
+    body limit. At most 16 KiB as JSON now, a 400 naming context."""
+    ioc_id = _batch(api, [{"value": "198.51.101.21"}])["results"][0]["id"]
+    big = api.post(f"/api/v1/iocs/{ioc_id}/sightings", {"context": {"note": "x" * 17_000}})
+    assert big.status_code == 400 and big.get_json()["error"]["details"]["field"] == "context", big.get_json()
+    fits = api.post(f"/api/v1/iocs/{ioc_id}/sightings", {"context": {"note": "x" * 16_000}})
+    assert fits.status_code == 201, fits.get_json()
+    assert db.one("SELECT count(*) FROM ioc_sightings WHERE ioc_id = %s", ioc_id)[0] == 1
