@@ -172,17 +172,10 @@ def build_router(runtime: Runtime) -> Router:
         # Zone and range, as the batch checks them: 0001-01-01T00:00:00+05:00 (1 BC in UTC) reached PostgreSQL, a 500.
         seen_at = limits.check_aware(body.seen_at, field="seen_at") if body.seen_at else runtime.clock.now()
         with unit_of_work(runtime.engine) as conn:
-            ioc = repository.add_sighting(
-                conn,
-                ioc_id(request),
-                seen_at=seen_at,
-                source=body.source,
-                context=body.context,
-                readable=readable(request),
+            ioc = service.add_sighting(
+                conn, ioc_id(request), seen_at=seen_at, source=body.source, context=body.context, readable=readable(request)
             )
-        if ioc is None:
-            raise NotFoundError(f"no indicator with id {request.path_params['ioc_id']}")
-        return Response(ioc.to_json(), status=201)
+        return Response(ioc, status=201)
 
     @router.route("DELETE", "/api/v1/iocs", role=Role.ADMIN, body=DeleteRequest)
     def delete(request: Request, body: DeleteRequest) -> dict[str, Any]:

@@ -19,6 +19,9 @@ MAX_TAGS_PER_IOC = MAX_TAGS
 # The sources one IoC holds, by the same rule (`sources_cut`): they were unioned without limit too, one per MISP
 # organisation or client-named source that reported the value.
 MAX_SOURCES_PER_IOC = MAX_SOURCES
+# A sighting's context as JSON (POST /iocs/{id}/sightings): kept whole in ioc_sightings for every sighting, it had no
+# bound but the 32 MiB body limit.
+MAX_SIGHTING_CONTEXT_BYTES = 16 * 1024
 
 __all__ = [
     "DEFAULT_PAGE",

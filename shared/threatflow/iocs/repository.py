@@ -228,19 +228,24 @@ def _delete(
 
 def add_sighting(
     conn: Connection, ioc_id: int, *, seen_at: datetime, source: str | None, context: dict[str, Any], readable: Sequence[str]
-) -> IocRecord | None:
+) -> tuple[IocRecord, bool] | None:
     """Counts and keeps a sighting; None when there is no such IoC, or it is marked above `readable` (the writer's
-    clearance: to them it does not exist; the answer, the whole IoC, let an amber analyst read every red one by id)."""
+    clearance: to them it does not exist; the answer, the whole IoC, let an amber analyst read every red one by id).
+    `source` (clean: vocabulary.clean_sources) joins the IoC's sources, sorted, while it holds fewer than
+    MAX_SOURCES_PER_IOC, decided on the row as locked (it was appended past the bound); also returns whether it was
+    cut (named, and not among the sources the IoC now holds)."""
     row = conn.execute(
         _text(
             "UPDATE iocs SET detection_count = detection_count + 1, last_seen = GREATEST(last_seen, :seen),"
             " last_seen_day = GREATEST(last_seen_day, (CAST(:seen AS timestamptz) AT TIME ZONE 'UTC')::date),"
             " first_seen = LEAST(first_seen, :seen), active = true, updated_at = now(),"
-            " sources = CASE WHEN CAST(:source AS text) IS NULL OR CAST(:source AS text) = ANY(sources) THEN sources"
-            " ELSE array_append(sources, CAST(:source AS text)) END"
-            f" WHERE id = :id AND tlp = ANY(CAST(:readable AS text[])) RETURNING {IOC_COLUMNS}"
+            " sources = CASE WHEN CAST(:source AS text) IS NULL OR CAST(:source AS text) = ANY(sources)"
+            " OR cardinality(sources) >= CAST(:max_sources AS int) THEN sources"
+            " ELSE ARRAY(SELECT s FROM unnest(array_append(sources, CAST(:source AS text))) AS s ORDER BY 1) END"
+            f" WHERE id = :id AND tlp = ANY(CAST(:readable AS text[])) RETURNING {IOC_COLUMNS},"
+            " CAST(:source AS text) IS NOT NULL AND CAST(:source AS text) <> ALL(sources) AS source_cut"
         ),
-        {"id": ioc_id, "seen": seen_at, "source": source, "readable": list(readable)},
+        {"id": ioc_id, "seen": seen_at, "source": source, "readable": list(readable), "max_sources": MAX_SOURCES_PER_IOC},
     ).first()
     if row is None:
         return None
@@ -248,7 +253,7 @@ def add_sighting(
         _text("INSERT INTO ioc_sightings (ioc_id, seen_at, source, context) VALUES (:id, :seen, :source, CAST(:ctx AS jsonb))"),
         {"id": ioc_id, "seen": seen_at, "source": source, "ctx": msgspec.json.encode(context).decode()},
     )
-    return IocRecord.from_row(row)
+    return IocRecord.from_row(row[: len(_FIELDS)]), bool(row[len(_FIELDS)])
 
 
 def stored_values(conn: Connection, addresses: Sequence[str]) -> set[str]:

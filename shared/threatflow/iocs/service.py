@@ -12,6 +12,7 @@ import msgspec
 from threatflow.adapters.postgres import unit_of_work
 from threatflow.iocs import repository
 from threatflow.iocs.model import (
+    MAX_SIGHTING_CONTEXT_BYTES,
     MAX_SOURCES_PER_IOC,
     MAX_TAGS_PER_IOC,
     DecayPolicy,
@@ -206,6 +207,26 @@ def upsert_batch(
     summary["sources_cut"] = sum(r.sources_cut for r in ordered)
     summary["took_ms"] = round((time.perf_counter() - started) * 1000, 1)
     return {"results": [r.to_json() for r in ordered], "summary": summary}
+
+
+def add_sighting(
+    conn: Connection, ioc_id: int, *, seen_at: datetime, source: str | None, context: dict[str, Any], readable: Sequence[str]
+) -> dict[str, Any]:
+    """POST /iocs/{id}/sightings: the IoC as it is now, with `sources_cut: 1` when it held MAX_SOURCES_PER_IOC sources
+    and not `source` (the IoC is within the writer's clearance, else a NotFoundError: its fullness is theirs to see).
+    The source follows every write's rule (clean_sources: stripped, a blank one none); the context is at most
+    MAX_SIGHTING_CONTEXT_BYTES as JSON (a ValidationError naming context)."""
+    size = len(msgspec.json.encode(context))
+    if size > MAX_SIGHTING_CONTEXT_BYTES:
+        raise ValidationError(f"context takes {size} bytes as JSON; at most {MAX_SIGHTING_CONTEXT_BYTES}", field="context")
+    cleaned = clean_sources([source]) if source is not None else []
+    sighted = repository.add_sighting(
+        conn, ioc_id, seen_at=seen_at, source=cleaned[0] if cleaned else None, context=context, readable=readable
+    )
+    if sighted is None:
+        raise NotFoundError(f"no indicator with id {ioc_id}")
+    record, cut = sighted
+    return {**record.to_json(), "sources_cut": 1} if cut else record.to_json()
 
 
 def get_or_raise(conn: Connection, ioc_id: int) -> IocRecord:
