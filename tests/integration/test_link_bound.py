@@ -80,7 +80,7 @@ def test_an_import_links_a_pair_no_further_than_the_bound(api, db):
     assert response.status_code == 200, response.get_data(as_text=True)[:300]
     body = response.get_json()
     assert body["links_cut"] == 1 and body["links_created"] == 0, body
-    assert any(e["ref"] == "links" and "8 relations" in e["message"] for e in body["errors"]), body["errors"]
+    assert any(e["ref"] == "links" and "8 relations" in e["reason"] for e in body["errors"]), body["errors"]
     assert db.relations(threat, ioc) == sorted(VERBS[:8])
 
 

@@ -244,7 +244,7 @@ def correlate(
     to_link = {ioc_id: score for score, ioc_id, _ in top if score >= threshold and ioc_id not in linked}
     newly: set[int] = set()
     if link and to_link:
-        newly = repository.link_iocs(conn, threat_id=threat_id, ioc_ids=to_link, relation=CORRELATED, source=source)
+        newly = repository.link_iocs(conn, threat_id=threat_id, ioc_ids=to_link, relation=CORRELATED, source=source).new
     candidates = [
         {
             "ioc_id": ioc_id,

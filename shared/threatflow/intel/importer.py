@@ -40,7 +40,7 @@ from threatflow.iocs.normalise import normalise
 from threatflow.platform.errors import PermanentError, RetryableError, ValidationError
 from threatflow.platform.vocabulary import clean_sources
 from threatflow.threats import repository as threat_store
-from threatflow.threats.model import CUT_FIELDS
+from threatflow.threats.model import CUT_FIELDS, MAX_RELATIONS_PER_LINK
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -140,17 +140,19 @@ def apply_import(
             linked.add(threat_id)
             iocs_of[ioc_id] = None
             links += 1
-    links_created = sum(
-        len(intel_repository.link_iocs(conn, threat_id=threat_id, ioc_ids=list(iocs_of), relation=relation, source=source_default))
-        for (threat_id, relation), iocs_of in to_link.items()
-        if iocs_of
-    )
+    links_created = 0
+    for (threat_id, verb), iocs_of in to_link.items():
+        if iocs_of:
+            made = intel_repository.link_iocs(conn, threat_id=threat_id, ioc_ids=list(iocs_of), relation=verb, source=source_default)
+            links_created += len(made.new)
+            links_cut += len(made.full)  # the pair holds MAX_RELATIONS_PER_LINK other relations
+            links -= len(made.full)
     if links_cut:
         errors.append(
             ItemError(
                 "links",
                 f"{links_cut} threat links not made: each IoC to at most {MAX_THREATS_PER_IOC} threats,"
-                f" at most {MAX_LINKS_PER_IMPORT} per import",
+                f" at most {MAX_LINKS_PER_IMPORT} per import, a threat and an IoC by at most {MAX_RELATIONS_PER_LINK} relations",
             )
         )
     relations = relations_created = relations_cut = 0

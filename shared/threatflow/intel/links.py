@@ -13,7 +13,7 @@ import msgspec
 from threatflow.intel import correlate as correlation
 from threatflow.intel import repository
 from threatflow.platform.errors import NotFoundError
-from threatflow.threats.model import check_relation_verb
+from threatflow.threats.model import MAX_RELATIONS_PER_LINK, check_relation_verb
 from threatflow.threats.repository import get_threat
 
 if TYPE_CHECKING:
@@ -60,20 +60,28 @@ def _require_visible_threat(conn: Connection, threat_id: int, *, visible_tlps: S
 
 
 def link(conn: Connection, threat_id: int, body: LinkIn, *, source: str | None, visible_tlps: Sequence[str]) -> dict[str, Any]:
-    """Link IoCs to a threat; each id is reported: linked, already_linked or not_found (also an IoC above
-    `visible_tlps`, the writer's clearance, as is the threat itself: not found)."""
+    """Link IoCs to a threat; each id is reported: linked, already_linked, relations_full (the pair holds
+    MAX_RELATIONS_PER_LINK other relations) or not_found (also an IoC above `visible_tlps`, the writer's clearance,
+    as is the threat itself: not found)."""
     relation = check_relation_verb(body.relation)
     _require_visible_threat(conn, threat_id, visible_tlps=visible_tlps)
     known = repository.visible_ioc_ids(conn, body.ioc_ids, visible_tlps=visible_tlps)
-    new = repository.link_iocs(
+    linked = repository.link_iocs(
         conn, threat_id=threat_id, ioc_ids=sorted(known), relation=relation, confidence=body.confidence, source=source
     )
+    reasons = {
+        "not_found": lambda i: f"no indicator with id {i}",
+        "relations_full": lambda i: f"threat {threat_id} and indicator {i} are linked by {MAX_RELATIONS_PER_LINK} relations, the most",
+    }
     results = []
     for ioc_id in dict.fromkeys(body.ioc_ids):
-        status = "not_found" if ioc_id not in known else ("linked" if ioc_id in new else "already_linked")
-        results.append(
-            {"ioc_id": ioc_id, "status": status, **({"reason": f"no indicator with id {ioc_id}"} if status == "not_found" else {})}
-        )
+        if ioc_id not in known:
+            status = "not_found"
+        elif ioc_id in linked.full:
+            status = "relations_full"
+        else:
+            status = "linked" if ioc_id in linked.new else "already_linked"
+        results.append({"ioc_id": ioc_id, "status": status, **({"reason": reasons[status](ioc_id)} if status in reasons else {})})
     return {"threat_id": threat_id, "relation": relation, "results": results, "summary": _count(results)}
 
 

@@ -7,10 +7,11 @@ into one unit of work.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from threatflow.platform.errors import NotFoundError, ValidationError
-from threatflow.threats.model import RelationType, check_relation_verb, parse_relation_type
+from threatflow.threats.model import MAX_RELATIONS_PER_LINK, RelationType, check_relation_verb, parse_relation_type
 from threatflow.threats.repository import threat_exists
 
 if TYPE_CHECKING:
@@ -77,6 +78,15 @@ def visible_ioc_ids(conn: Connection, ioc_ids: Iterable[int], *, visible_tlps: S
 # -- threat <-> IoC links ----------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Linked:
+    """What link_iocs did: the IoCs newly linked, and those it could not link because the pair already holds
+    MAX_RELATIONS_PER_LINK other relations."""
+
+    new: set[int] = field(default_factory=set)
+    full: set[int] = field(default_factory=set)
+
+
 def link_iocs(
     conn: Connection,
     *,
@@ -85,30 +95,35 @@ def link_iocs(
     relation: str = "indicates",
     confidence: int = 50,
     source: str | None = None,
-) -> set[int]:
-    """Link IoCs (which must exist) to a threat; returns the ids newly linked. A repeat
-    link keeps one row and raises its confidence to the higher value. Pass a mapping
-    ioc_id -> confidence to give each link its own confidence."""
+) -> Linked:
+    """Link IoCs (which must exist) to a threat. A repeat link keeps one row and raises its confidence to the higher
+    value. Pass a mapping ioc_id -> confidence to give each link its own confidence. A threat and an IoC are linked by
+    at most MAX_RELATIONS_PER_LINK relations (each verb was a row, added without limit): a new one past it is not
+    made (`Linked.full`). The threat's row is locked first (FOR NO KEY UPDATE: links to one threat are serialised,
+    its reads and links' foreign-key checks are not blocked), so concurrent writers cannot both take the last place."""
     verb = check_relation_verb(relation)
     scores = dict(ioc_ids) if isinstance(ioc_ids, Mapping) else dict.fromkeys(ioc_ids, confidence)
     if not scores:
-        return set()
+        return Linked()
     for value in scores.values():
         if not 0 <= value <= 100:
             raise ValidationError(f"confidence {value} is outside 0..100", field="confidence")
     ids = sorted(scores)
+    conn.execute(_text("SELECT 1 FROM threats WHERE id = :t FOR NO KEY UPDATE"), {"t": threat_id})
     rows = conn.execute(
         _text(
             "INSERT INTO threat_iocs (threat_id, ioc_id, relation, confidence, source)"
             " SELECT :t, x.ioc_id, :r, x.confidence, :s"
             " FROM unnest(CAST(:ids AS bigint[]), CAST(:conf AS smallint[])) AS x(ioc_id, confidence)"
+            " WHERE EXISTS (SELECT 1 FROM threat_iocs l WHERE l.threat_id = :t AND l.ioc_id = x.ioc_id AND l.relation = :r)"
+            " OR (SELECT count(*) FROM threat_iocs l WHERE l.threat_id = :t AND l.ioc_id = x.ioc_id) < :most"
             " ON CONFLICT (threat_id, ioc_id, relation)"
             " DO UPDATE SET confidence = GREATEST(threat_iocs.confidence, EXCLUDED.confidence)"
             " RETURNING ioc_id, (xmax = 0)"
         ),
-        {"t": threat_id, "r": verb, "s": source, "ids": ids, "conf": [scores[i] for i in ids]},
+        {"t": threat_id, "r": verb, "s": source, "ids": ids, "conf": [scores[i] for i in ids], "most": MAX_RELATIONS_PER_LINK},
     ).all()
-    return {int(r[0]) for r in rows if r[1]}
+    return Linked(new={int(r[0]) for r in rows if r[1]}, full=set(ids) - {int(r[0]) for r in rows})
 
 
 def link_ioc(
@@ -119,7 +134,7 @@ def link_ioc(
         raise NotFoundError(f"no threat with id {threat_id}")
     if not existing_ioc_ids(conn, [ioc_id]):
         raise NotFoundError(f"no indicator with id {ioc_id}")
-    return bool(link_iocs(conn, threat_id=threat_id, ioc_ids=[ioc_id], relation=relation, confidence=confidence, source=source))
+    return bool(link_iocs(conn, threat_id=threat_id, ioc_ids=[ioc_id], relation=relation, confidence=confidence, source=source).new)
 
 
 def unlink_iocs(conn: Connection, *, threat_id: int, ioc_ids: Sequence[int], relation: str | None = None) -> dict[int, int]:

@@ -25,6 +25,10 @@ MAX_ALIASES = 256
 MAX_REFERENCES = 256
 MAX_TTPS = 512
 CUT_FIELDS = ("tags_cut", "aliases_cut", "ttps_cut", "references_cut")
+# Relations (free verbs) that link one threat and one IoC: each was a row of threat_iocs, added without limit.
+MAX_RELATIONS_PER_LINK = 8
+# Verbs a threat's answers count links by (GET /threats/{id}, /threats/stats), the most used first.
+MAX_RELATIONS_SHOWN = 64
 _SPACES = re.compile(r"\s+")
 _RELATION_VERB = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 

@@ -29,6 +29,7 @@ from threatflow.threats.model import (
     CUT_FIELDS,
     MAX_ALIASES,
     MAX_REFERENCES,
+    MAX_RELATIONS_SHOWN,
     MAX_TTPS,
     ResultStatus,
     ThreatIn,
@@ -436,16 +437,16 @@ def names_of(conn: Connection, threat_id: int) -> list[str] | None:
     return None if row is None else [row[0], *row[1]]
 
 
-def link_counts(conn: Connection, threat_id: int) -> tuple[int, dict[str, int]]:
-    """(IoCs linked, links per relation) of one threat."""
-    by_relation = {
-        str(r[0]): int(r[1])
-        for r in conn.execute(
-            _text("SELECT relation, count(*) FROM threat_iocs WHERE threat_id = :i GROUP BY 1 ORDER BY 1"), {"i": threat_id}
-        )
-    }
+def link_counts(conn: Connection, threat_id: int) -> tuple[int, dict[str, int], bool]:
+    """(IoCs linked, links per relation, whether relations were left out) of one threat: the MAX_RELATIONS_SHOWN
+    relations with the most links (verbs are free: it had a key per distinct verb, without limit)."""
+    rows = conn.execute(
+        _text("SELECT relation, count(*) FROM threat_iocs WHERE threat_id = :i GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :n"),
+        {"i": threat_id, "n": MAX_RELATIONS_SHOWN + 1},
+    ).all()
+    by_relation = {str(r[0]): int(r[1]) for r in sorted(rows[:MAX_RELATIONS_SHOWN])}
     count = conn.execute(_text("SELECT count(DISTINCT ioc_id) FROM threat_iocs WHERE threat_id = :i"), {"i": threat_id}).scalar_one()
-    return int(count), by_relation
+    return int(count), by_relation, len(rows) > MAX_RELATIONS_SHOWN
 
 
 def _like(text: str) -> str:
@@ -521,7 +522,7 @@ def stats(conn: Connection, *, visible_tlps: Sequence[str]) -> dict[str, Any]:
         "ttps": f"SELECT t, count(*) FROM {threats_seen}, unnest(ttps) AS t GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20",
         "tags": f"SELECT t, count(*) FROM {threats_seen}, unnest(tags) AS t GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20",
         "links": f"SELECT count(*), count(DISTINCT ioc_id), count(DISTINCT threat_id) FROM {links_seen}",
-        "by_relation": f"SELECT relation, count(*) FROM {links_seen} GROUP BY 1 ORDER BY 2 DESC",
+        "by_relation": f"SELECT relation, count(*) FROM {links_seen} GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT {MAX_RELATIONS_SHOWN + 1}",
         "top": (
             f"SELECT t.id, t.name, count(DISTINCT l.ioc_id) FROM {links_seen} JOIN threats t ON t.id = l.threat_id"
             " GROUP BY 1, 2 ORDER BY 3 DESC, 1 LIMIT 20"
@@ -541,7 +542,8 @@ def stats(conn: Connection, *, visible_tlps: Sequence[str]) -> dict[str, Any]:
     out["top_ttps"] = [{"id": r[0], "threats": int(r[1])} for r in rows("ttps")]
     out["top_tags"] = [{"tag": r[0], "threats": int(r[1])} for r in rows("tags")]
     links, iocs, threats = rows("links")[0]
-    by_relation = {str(k): int(v) for k, v in rows("by_relation")}
+    relation_rows = rows("by_relation")  # the most used MAX_RELATIONS_SHOWN: it had one per distinct verb
+    by_relation = {str(k): int(v) for k, v in relation_rows[:MAX_RELATIONS_SHOWN]}
     top = rows("top")
     relations = int(rows("relations")[0][0])
     out["links"] = {
@@ -549,6 +551,7 @@ def stats(conn: Connection, *, visible_tlps: Sequence[str]) -> dict[str, Any]:
         "iocs_linked": int(iocs),
         "threats_with_iocs": int(threats),
         "by_relation": by_relation,
+        "by_relation_truncated": len(relation_rows) > MAX_RELATIONS_SHOWN,
         "top_threats": [{"id": int(r[0]), "name": r[1], "iocs": int(r[2])} for r in top],
     }
     out["ioc_relations"] = relations
