@@ -1,8 +1,9 @@
 """The write paths bounded here, fuzzed (Hypothesis) in the style of test_fuzz_bounds2.py: threat TTPs and references
-(/threats/batch into an amber threat full of both and into a red one, as an amber and a red analyst) and IoC
-sightings (POST /iocs/{id}/sightings: sources and contexts of every shape, into a full IoC). Never a 5xx or a
-non-JSON error, and after every request: no threat holds more than 512 TTPs or 256 references, no IoC more than 64
-sources, the cut counts add up, and an amber writer's item merged into the red threat answers `updated` and nothing
+(/threats/batch into an amber threat full of both and into a red one, as an amber and a red analyst), IoC
+sightings (POST /iocs/{id}/sightings: sources and contexts of every shape, into a full IoC) and threat links
+(POST /threats/{id}/link: verbs and ids of every shape). Never a 5xx or a non-JSON error, and after every request: no
+threat holds more than 512 TTPs or 256 references, no IoC more than 64 sources, no threat and IoC more than 8
+relations, the cut counts add up, and an amber writer's item merged into the red threat answers `updated` and nothing
 more (no cut count telling how full it is)."""
 
 import json
@@ -47,9 +48,17 @@ def _request(techniques):
         st.fixed_dictionaries({"source": st.text(alphabet="ab ", max_size=6)}),
         st.fixed_dictionaries({}, optional={"source": text, "context": context, "seen_at": text}),
     )
+    link = st.one_of(
+        st.fixed_dictionaries({"ioc_ids": st.just("the fuzz's IoC"), "relation": st.sampled_from([f"verb-{i}" for i in range(12)])}),
+        st.fixed_dictionaries(
+            {"ioc_ids": st.one_of(st.lists(st.integers(min_value=-1, max_value=3), max_size=3), text)},
+            optional={"relation": text, "confidence": st.integers(-1, 101)},
+        ),
+    )
     return st.one_of(
         st.tuples(st.sampled_from(["amber", "red"]), st.just("threats"), st.lists(threat_item, min_size=1, max_size=4)),
         st.tuples(st.sampled_from(["amber", "red"]), st.just("sightings"), sighting),
+        st.tuples(st.sampled_from(["amber", "red"]), st.sampled_from(["link red", "link amber", "link none"]), link),
     )
 
 
@@ -73,6 +82,7 @@ def test_bounded_threat_lists_and_sightings_never_answer_5xx_and_keep_their_boun
     threats = [{"kind": "malware", "name": "RedTechFuzz", "tlp": "red"}, {"kind": "tool", "name": "AmberTechFuzz", "tlp": "amber"}]
     made = clients["threats"].post("/api/v1/threats/batch", json={"threats": threats}, headers=headers["red"]).get_json()
     assert made["summary"]["created"] == 2, made
+    threat_ids = {"red": made["results"][0]["id"], "amber": made["results"][1]["id"], "none": 10**6}
 
     from threatflow.adapters.postgres import create_engine
     from threatflow.platform.config import Settings
@@ -82,10 +92,15 @@ def test_bounded_threat_lists_and_sightings_never_answer_5xx_and_keep_their_boun
     refs = json.dumps([{"source_name": f"r{i}"} for i in range(250)])
     with engine.begin() as conn:
         conn.exec_driver_sql("UPDATE threats SET ttps = %s, refs = %s::jsonb WHERE name LIKE '%%TechFuzz'", (fill, refs))
+        for threat_id in (threat_ids["red"], threat_ids["amber"]):  # 7 relations: one new verb fills the pair
+            for i in range(7):
+                conn.exec_driver_sql(
+                    "INSERT INTO threat_iocs (threat_id, ioc_id, relation) VALUES (%s, %s, %s)", (threat_id, ioc_id, f"verb-{i}")
+                )
         filled = conn.exec_driver_sql("SELECT name, cardinality(ttps), jsonb_array_length(refs) FROM threats ORDER BY name").all()
     assert [tuple(r) for r in filled] == [("AmberTechFuzz", 505, 250), ("RedTechFuzz", 505, 250)], filled
     tally = Tally()
-    reached = {"ttps_cut": 0, "references_cut": 0, "sources_cut": 0, "hidden": 0}
+    reached = {"ttps_cut": 0, "references_cut": 0, "sources_cut": 0, "hidden": 0, "relations_full": 0}
 
     @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(_request(techniques))
@@ -93,8 +108,11 @@ def test_bounded_threat_lists_and_sightings_never_answer_5xx_and_keep_their_boun
         writer, route, body = drawn
         if route == "threats":
             client, path, body = clients["threats"], "/api/v1/threats/batch", {"threats": body}
-        else:
+        elif route == "sightings":
             client, path = clients["iocs"], f"/api/v1/iocs/{ioc_id}/sightings"
+        else:
+            client, path = clients["threats"], f"/api/v1/threats/{threat_ids[route.split()[1]]}/link"
+            body = {**body, "ioc_ids": [ioc_id]} if body["ioc_ids"] == "the fuzz's IoC" else body
         with engine.connect() as conn:
             red_tlp = conn.exec_driver_sql("SELECT tlp FROM threats WHERE name = 'RedTechFuzz'").scalar_one()
         response = client.post(path, json=body, headers=headers[writer])
@@ -111,10 +129,14 @@ def test_bounded_threat_lists_and_sightings_never_answer_5xx_and_keep_their_boun
                 reached["hidden"] += bool(hidden)
         if response.status_code == 201 and route == "sightings":
             reached["sources_cut"] += response.get_json().get("sources_cut", 0)
+        if response.status_code == 200 and route.startswith("link"):
+            reached["relations_full"] += response.get_json()["summary"].get("relations_full", 0)
         with engine.connect() as conn:
             over = conn.exec_driver_sql("SELECT name FROM threats WHERE cardinality(ttps) > 512 OR jsonb_array_length(refs) > 256").all()
             assert over == [], over
             assert conn.exec_driver_sql("SELECT count(*) FROM iocs WHERE cardinality(sources) > 64").scalar_one() == 0
+            pairs = "SELECT count(*) FROM (SELECT 1 FROM threat_iocs GROUP BY threat_id, ioc_id HAVING count(*) > 8) AS p"
+            assert conn.exec_driver_sql(pairs).scalar_one() == 0
 
     try:
         fuzz()
@@ -123,7 +145,8 @@ def test_bounded_threat_lists_and_sightings_never_answer_5xx_and_keep_their_boun
     print(
         f"bounds3: {tally.requests} fuzzed requests, {len(tally.server_errors)} 5xx, {len(tally.not_json)} non-JSON errors,"
         f" {reached['ttps_cut']} / {reached['references_cut']} with TTPs / references cut, {reached['sources_cut']} sightings"
-        f" with their source cut, {reached['hidden']} merged into the red threat by the amber writer"
+        f" with their source cut, {reached['relations_full']} links refused as relations_full,"
+        f" {reached['hidden']} merged into the red threat by the amber writer"
     )
     assert tally.server_errors == [], "\n".join(tally.server_errors[:10])
     assert tally.not_json == [], "\n".join(tally.not_json[:10])
