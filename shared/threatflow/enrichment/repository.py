@@ -79,6 +79,9 @@ def delete_timeout_rows(conn: Connection, run_id: str, *, sources: Sequence[str]
 # delivery and its pooled connection for the OS's TCP keepalive time: past this, the delivery is
 # retried (RetryableError), by which time the holder has finished or its session is gone.
 LOCK_WAIT_MS = 15_000
+# Evidence rows (ioc_evidence) one IoC keeps per source: a run's are bounded (50 values a list), but every run's were
+# unioned without limit, so an IoC re-enriched by a source whose tags change grew at each run.
+MAX_EVIDENCE_PER_SOURCE = 256
 
 
 class RunBeingClosed(RetryableError):
@@ -163,19 +166,54 @@ def ioc_exists(conn: Connection, ioc_id: int) -> bool:
     return conn.execute(_text("SELECT 1 FROM iocs WHERE id = :i"), {"i": ioc_id}).first() is not None
 
 
-def put_evidence(conn: Connection, ioc_id: int, rows: Iterable[tuple[str, str, str]]) -> None:
-    """(source, kind, value) evidence rows; repeats are ignored."""
-    items = sorted({(s, k, v[:512]) for s, k, v in rows if v})
+def put_evidence(conn: Connection, ioc_id: int, rows: Iterable[tuple[str, str, str]]) -> int:
+    """(source, kind, value) evidence rows; repeats are ignored. An IoC keeps at most MAX_EVIDENCE_PER_SOURCE rows per
+    source: those it holds, then the new ones in the order given while there is room (every run's evidence was
+    unioned without limit). Writers of one IoC's evidence are serialised by its row lock (FOR NO KEY UPDATE, which
+    the verdict's UPDATE of the same row takes next anyway). Returns how many new rows did not fit."""
+    items = list(dict.fromkeys((s, k, v[:512]) for s, k, v in rows if v))
     if not items:
-        return
-    conn.execute(
-        _text(
-            "INSERT INTO ioc_evidence (ioc_id, source, kind, value)"
-            " SELECT :i, x.s, x.k, x.v FROM unnest(CAST(:s AS text[]), CAST(:k AS text[]), CAST(:v AS text[])) AS x(s, k, v)"
-            " ON CONFLICT DO NOTHING"
-        ),
-        {"i": ioc_id, "s": [i[0] for i in items], "k": [i[1] for i in items], "v": [i[2] for i in items]},
-    )
+        return 0
+    conn.execute(_text("SELECT 1 FROM iocs WHERE id = :i FOR NO KEY UPDATE"), {"i": ioc_id})
+    params = {"i": ioc_id, "s": [i[0] for i in items], "k": [i[1] for i in items], "v": [i[2] for i in items]}
+    held = {
+        (str(r[0]), str(r[1]), str(r[2]))
+        for r in conn.execute(
+            _text(
+                "SELECT e.source, e.kind, e.value FROM ioc_evidence e"
+                " JOIN unnest(CAST(:s AS text[]), CAST(:k AS text[]), CAST(:v AS text[])) AS x(s, k, v)"
+                " ON e.source = x.s AND e.kind = x.k AND e.value = x.v WHERE e.ioc_id = :i"
+            ),
+            params,
+        )
+    }
+    room = {
+        str(r[0]): MAX_EVIDENCE_PER_SOURCE - int(r[1])
+        for r in conn.execute(
+            _text("SELECT source, count(*) FROM ioc_evidence WHERE ioc_id = :i AND source = ANY(CAST(:s AS text[])) GROUP BY 1"),
+            {"i": ioc_id, "s": sorted({i[0] for i in items})},
+        )
+    }
+    kept: list[tuple[str, str, str]] = []
+    cut = 0
+    for item in items:
+        if item in held:
+            continue
+        if room.get(item[0], MAX_EVIDENCE_PER_SOURCE) > 0:
+            room[item[0]] = room.get(item[0], MAX_EVIDENCE_PER_SOURCE) - 1
+            kept.append(item)
+        else:
+            cut += 1
+    if kept:
+        conn.execute(
+            _text(
+                "INSERT INTO ioc_evidence (ioc_id, source, kind, value)"
+                " SELECT :i, x.s, x.k, x.v FROM unnest(CAST(:s AS text[]), CAST(:k AS text[]), CAST(:v AS text[])) AS x(s, k, v)"
+                " ON CONFLICT DO NOTHING"
+            ),
+            {"i": ioc_id, "s": [i[0] for i in kept], "k": [i[1] for i in kept], "v": [i[2] for i in kept]},
+        )
+    return cut
 
 
 def put_verdict(

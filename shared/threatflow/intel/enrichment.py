@@ -6,6 +6,7 @@ Every function takes the request's connection (one unit of work per request/mess
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
     from threatflow.iocs.service import WarninglistMatcher
+
+
+log = logging.getLogger(__name__)
 
 
 def _record(ioc: Any) -> dict[str, Any]:
@@ -111,7 +115,9 @@ def ingest_requests(conn: Connection, ioc_ids: Sequence[Any], *, message_id: str
 def apply_verdict(conn: Connection, *, ioc_id: int, run_id: str, merged: verdict.Merged, results: Sequence[Mapping[str, Any]]) -> None:
     """The IoC's verdict and score, and threat correlation from the evidence."""
     rows = verdict.evidence_rows(results)
-    enrichment_repository.put_evidence(conn, ioc_id, rows)
+    cut = enrichment_repository.put_evidence(conn, ioc_id, rows)
+    if cut:  # the IoC holds MAX_EVIDENCE_PER_SOURCE rows of a source: it keeps those (the run's verdict still applies)
+        log.info("evidence not stored: the IoC is full", extra={"ioc_id": ioc_id, "run_id": run_id, "evidence_cut": cut})
     if merged.verdict != "unknown" and merged.score is not None:
         iocs_repository.apply_enrichment_verdict(conn, ioc_id=ioc_id, verdict=merged.verdict, score=merged.score)
     names = [value for _, kind, value in rows if kind in ("malware_family", "tag")]
