@@ -5,6 +5,7 @@ maintenance function where the retry-or-ack decision is what is tested."""
 import contextlib
 import gzip
 import json
+import time
 import uuid
 
 import pytest
@@ -40,9 +41,15 @@ def maintenance_messages(backend_env):
     subscriber.create_subscription(name=subscription, topic=topic)
 
     def pull():
-        received = subscriber.pull(request={"subscription": subscription, "max_messages": 1}, timeout=10).received_messages
-        subscriber.acknowledge(request={"subscription": subscription, "ack_ids": [r.ack_id for r in received]})
-        return received[0].message
+        # A pull may answer no message although one was published (Pub/Sub gives no such promise, and the emulator
+        # under load does so): ask again until one comes, for up to 60 s, instead of failing on an empty answer.
+        for _ in range(30):
+            received = subscriber.pull(request={"subscription": subscription, "max_messages": 1}, timeout=10).received_messages
+            if received:
+                subscriber.acknowledge(request={"subscription": subscription, "ack_ids": [r.ack_id for r in received]})
+                return received[0].message
+            time.sleep(2)
+        raise AssertionError(f"no message on the maintenance topic for {subscription}")
 
     yield pull
     subscriber.delete_subscription(subscription=subscription)
