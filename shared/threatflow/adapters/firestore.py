@@ -8,7 +8,10 @@ from typing import Any
 from threatflow.platform.errors import DependencyError, ValidationError
 from threatflow.platform.ports import Versioned
 
-_TIMEOUT = 10.0  # one attempt, and all of a call's retries together (FirestoreDocuments._retry)
+_TIMEOUT = 10.0
+WRITE_BATCH = (
+    500  # Firestore's limit of writes in one commit  # one attempt, and all of a call's retries together (FirestoreDocuments._retry)
+)
 
 
 class FirestoreDocuments:
@@ -67,6 +70,22 @@ class FirestoreDocuments:
 
     def delete(self, collection: str, doc_id: str) -> None:
         self._call(lambda: self._ref(collection, doc_id).delete(retry=self._retry, timeout=_TIMEOUT))
+
+    def set_many(self, collection: str, docs: Mapping[str, Mapping[str, Any]]) -> None:
+        items = [(self._ref(collection, doc_id), dict(data)) for doc_id, data in docs.items()]
+        for start in range(0, len(items), WRITE_BATCH):
+            batch = self._client.batch()
+            for ref, data in items[start : start + WRITE_BATCH]:
+                batch.set(ref, data)
+            self._call(lambda batch=batch: batch.commit(retry=self._retry, timeout=_TIMEOUT))
+
+    def delete_many(self, collection: str, doc_ids: Sequence[str]) -> None:
+        refs = [self._ref(collection, doc_id) for doc_id in doc_ids]
+        for start in range(0, len(refs), WRITE_BATCH):
+            batch = self._client.batch()
+            for ref in refs[start : start + WRITE_BATCH]:
+                batch.delete(ref)
+            self._call(lambda batch=batch: batch.commit(retry=self._retry, timeout=_TIMEOUT))
 
     def delete_if(self, collection: str, doc_id: str, *, field: str, value: Any) -> bool:
         from google.cloud import firestore

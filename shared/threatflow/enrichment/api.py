@@ -37,9 +37,8 @@ from threatflow.auth.model import Role
 from threatflow.enrichment import dispatch, handlers, repository, runs, verdict
 from threatflow.enrichment.handlers import Enrichment, context, run_task
 from threatflow.enrichment.model import ResultStatus
-from threatflow.enrichment.tasks import TOPIC_REQUESTED, TOPIC_TASKS, EnrichRequest, Task
+from threatflow.enrichment.tasks import TOPIC_TASKS, EnrichRequest, Task
 from threatflow.intel import enrichment as intel_enrichment
-from threatflow.platform import events
 from threatflow.platform.errors import DependencyError, NotFoundError, PayloadTooLargeError, RateLimitedError, ValidationError
 from threatflow.platform.web import Request, Response, Router
 from threatflow.runtime import Runtime
@@ -306,10 +305,7 @@ def build_router(runtime: Runtime) -> Router:
         with unit_of_work(runtime.engine) as conn:
             repository.insert_results(conn, fast_rows)
             repository.put_batch(conn, batch_id, out)
-        if requests:  # the dispatcher records each run; published together, not one by one
-            runtime.publisher.publish_many(
-                TOPIC_REQUESTED, [(events.encode(r.to_json()), {"run_id": r.run_id, "batch_id": batch_id}) for r in requests]
-            )
+        handlers.request_many(ctx, requests, batch_id=batch_id)  # every run recorded queued, then published together
         return Response({"batch_id": batch_id, "runs": out}, status=202)
 
     @router.route("GET", "/api/v1/enrichment/batches/{batch_id}", role=Role.READER)
@@ -338,6 +334,8 @@ def build_router(runtime: Runtime) -> Router:
             done += status == "done"
             # A run that asked no source says why (a warninglisted value, a type the named sources do not look up).
             unasked = {"skipped": run.get("skipped") or {}} if status == "done" and not run.get("expected") else {}
+            if status == "done" and run.get("reason"):  # closed as never dispatched
+                unasked["reason"] = run["reason"]
             out.append({**item, "status": status, "verdict": run.get("verdict"), "score": run.get("score"), **unasked})
         accepted = sum(1 for i in out if i["status"] != "rejected")
         return {

@@ -153,6 +153,25 @@ def request(ctx: Enrichment, req: EnrichRequest) -> None:
         raise
 
 
+def request_many(ctx: Enrichment, reqs: Sequence[EnrichRequest], *, batch_id: str) -> None:
+    """A batch's requests: every run recorded queued (batched writes), then the requests published together.
+    Recorded first, a run whose request is dead-lettered or never delivered is seen by close-overdue-enrichment-runs
+    (published again, then closed as never dispatched), as POST /enrich's are; unrecorded, it stayed running forever."""
+    if not reqs:
+        return
+    runs.create_runs(ctx.runtime.documents, [_run_document(req) for req in reqs])
+    messages: list[tuple[bytes, Mapping[str, str]]] = [
+        (events.encode(req.to_json()), {"run_id": req.run_id, "batch_id": batch_id}) for req in reqs
+    ]
+    try:
+        ctx.runtime.publisher.publish_many(TOPIC_REQUESTED, messages)
+    except Exception:
+        # As request(): the caller gets an error and never sees the batch id. A request published before the
+        # failure is still dispatched (its run created started, as auto-enrichment's are), unread by anyone.
+        runs.delete_runs(ctx.runtime.documents, [req.run_id for req in reqs])
+        raise
+
+
 def auto_enrich(runtime: Runtime, results: Sequence[Mapping[str, Any]]) -> int:
     """After an upsert: one small message naming the newly created IoCs whose type some
     source auto-enriches; enrich-dispatch expands it (and skips warninglisted ones).

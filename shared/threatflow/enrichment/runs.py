@@ -34,6 +34,16 @@ def create_run(docs: DocumentStore, run: Mapping[str, Any]) -> bool:
     return docs.create(RUNS, str(run["run_id"]), {**run, "status": "queued"})
 
 
+def create_runs(docs: DocumentStore, new_runs: Sequence[Mapping[str, Any]]) -> None:
+    """Record many new runs queued (a batch's, before its requests are published: nobody else knows their ids
+    yet, so a plain write cannot overwrite a started run), in batched writes of at most 500."""
+    docs.set_many(RUNS, {str(run["run_id"]): {**run, "status": "queued"} for run in new_runs})
+
+
+def delete_runs(docs: DocumentStore, run_ids: Sequence[str]) -> None:
+    docs.delete_many(RUNS, run_ids)
+
+
 def delete_run(docs: DocumentStore, run_id: str) -> None:
     docs.delete(RUNS, run_id)
 

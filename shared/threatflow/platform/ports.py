@@ -36,6 +36,13 @@ class DocumentStore(Protocol):
 
     def delete(self, collection: str, doc_id: str) -> None: ...
 
+    def set_many(self, collection: str, docs: Mapping[str, Mapping[str, Any]]) -> None:
+        """Write every document whole ({doc_id: data}), in batched writes of at most 500 (Firestore's limit per
+        commit): each batch is atomic, the call as a whole is not; writing the same documents again is harmless."""
+
+    def delete_many(self, collection: str, doc_ids: Sequence[str]) -> None:
+        """Delete every named document (absent ones are no error), in batched writes of at most 500."""
+
     def delete_if(self, collection: str, doc_id: str, *, field: str, value: Any) -> bool:
         """Delete the document only if its `field` still equals `value`, atomically (a compare-and-delete);
         False when it does not, or there is no such document."""
