@@ -221,3 +221,22 @@ def test_every_database_session_runs_in_utc_whatever_the_databases_default(backe
             conn.exec_driver_sql(f'ALTER DATABASE "{database}" RESET timezone')
         for engine in [*engines, admin]:
             engine.dispose()
+
+
+def test_firestore_get_many_reads_every_named_document_and_many_writes_are_batched(backend_env):
+    """GET /enrichment/batches/{id} read up to 1,000 run documents one by one; get_many reads them in batched
+    gets (client.get_all). More than one 500-write batch of set_many / delete_many, ids repeated and absent."""
+    from threatflow.adapters.firestore import FirestoreDocuments
+
+    docs = FirestoreDocuments(PROJECT)
+    collection = f"c{uuid.uuid4().hex[:8]}"
+    ids = [f"run-{i:04d}" for i in range(1100)]
+    docs.set_many(collection, {doc_id: {"n": i} for i, doc_id in enumerate(ids)})
+    wanted = [*reversed(ids), "absent", ids[0]]
+    found = docs.get_many(collection, wanted)
+    assert set(found) == set(wanted)
+    assert found["absent"] is None and all(found[doc_id] == {"n": i} for i, doc_id in enumerate(ids))
+    assert docs.get_many(collection, []) == {}
+    docs.delete_many(collection, ids[:600])
+    after = docs.get_many(collection, ids)
+    assert [doc_id for doc_id in ids if after[doc_id] is None] == ids[:600]
