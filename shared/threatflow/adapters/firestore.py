@@ -8,10 +8,9 @@ from typing import Any
 from threatflow.platform.errors import DependencyError, ValidationError
 from threatflow.platform.ports import Versioned
 
-_TIMEOUT = 10.0
-WRITE_BATCH = (
-    500  # Firestore's limit of writes in one commit  # one attempt, and all of a call's retries together (FirestoreDocuments._retry)
-)
+_TIMEOUT = 10.0  # one attempt, and all of a call's retries together (FirestoreDocuments._retry)
+WRITE_BATCH = 500  # Firestore's limit of writes in one commit
+READ_BATCH = 500  # ids per batched get (one BatchGetDocuments call), so one answer stays bounded
 
 
 class FirestoreDocuments:
@@ -31,6 +30,19 @@ class FirestoreDocuments:
     def get(self, collection: str, doc_id: str) -> dict[str, Any] | None:
         snapshot = self._call(lambda: self._ref(collection, doc_id).get(retry=self._retry, timeout=_TIMEOUT))
         return snapshot.to_dict() if snapshot.exists else None
+
+    def get_many(self, collection: str, doc_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """client.get_all: one BatchGetDocuments call per READ_BATCH ids (answered in any order, keyed by id)
+        instead of one get per document."""
+        unique = list(dict.fromkeys(doc_ids))
+        found: dict[str, dict[str, Any] | None] = dict.fromkeys(unique)
+        for start in range(0, len(unique), READ_BATCH):
+            refs = [self._ref(collection, doc_id) for doc_id in unique[start : start + READ_BATCH]]
+            snapshots = self._call(lambda refs=refs: list(self._client.get_all(refs, retry=self._retry, timeout=_TIMEOUT)))
+            for snapshot in snapshots:
+                if snapshot.exists:
+                    found[snapshot.id] = snapshot.to_dict()
+        return found
 
     def get_versioned(self, collection: str, doc_id: str) -> Versioned | None:
         snapshot = self._call(lambda: self._ref(collection, doc_id).get(retry=self._retry, timeout=_TIMEOUT))

@@ -52,6 +52,11 @@ def get_run(docs: DocumentStore, run_id: str) -> dict[str, Any] | None:
     return docs.get(RUNS, run_id)
 
 
+def get_runs(docs: DocumentStore, run_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+    """Many runs by id in batched reads (a batch's progress), None for a run with no record."""
+    return docs.get_many(RUNS, run_ids)
+
+
 def get_run_versioned(docs: DocumentStore, run_id: str) -> Versioned | None:
     """The run with the version its compare-and-set writes (close_run, update_run_if_unchanged) name."""
     return docs.get_versioned(RUNS, run_id)

@@ -26,6 +26,10 @@ class Versioned:
 class DocumentStore(Protocol):
     def get(self, collection: str, doc_id: str) -> dict[str, Any] | None: ...
 
+    def get_many(self, collection: str, doc_ids: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """Every named document by id (None for an absent one), read in batched gets of at most 500 ids,
+        not one round trip per document."""
+
     def get_versioned(self, collection: str, doc_id: str) -> Versioned | None:
         """The document with its version (for update_if_unchanged); None when there is no such document."""
 
