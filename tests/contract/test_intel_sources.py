@@ -257,3 +257,35 @@ def test_unreasonable_values_are_refused_without_a_call(fake: FakeIntel, session
     result = client.lookup("otx", "domain", value, session=session, api_key=KEY, timeout=1.0, base_url=fake.url("otx"))
     assert result.status is ResultStatus.BAD_REQUEST and result.calls == 0
     assert fake.call_count("otx") == 0
+
+
+URL_SOURCES = [name for name, source in REGISTRY.items() if "url" in source.types]
+
+
+def test_every_source_that_takes_a_url_is_checked_for_credentials() -> None:
+    assert {"virustotal", "otx", "hybrid_analysis", "urlhaus", "threatfox"} <= set(URL_SOURCES)
+    assert not {t for s in REGISTRY.values() for t in s.types} - set(IOC_TYPES), "a new type may carry userinfo"
+
+
+@pytest.mark.parametrize("source", URL_SOURCES)
+@pytest.mark.parametrize("userinfo", ["alice:s3cr3t-pw@", "alice@", "bob:p%40ss@w0rd@"])
+def test_a_urls_credentials_are_never_sent_to_a_source(fake: FakeIntel, session: requests.Session, source: str, userinfo: str) -> None:
+    """http://user:pass@host/path went to VirusTotal, URLhaus and the others with its credentials (a VirusTotal
+    submission is visible to its other customers). The source is asked about the URL without its userinfo,
+    and the result's detail says the credentials were withheld."""
+    fake.set_scenario(source, "found")
+    with_credentials = VALUES["url"].replace("http://", "http://" + userinfo, 1)
+    result = client.lookup(source, "url", with_credentials, session=session, api_key=KEY, timeout=5.0, base_url=fake.url(source))
+    assert result.status is ResultStatus.OK, result.detail
+    calls = fake.calls(source)
+    assert calls and all(call.value == VALUES["url"] for call in calls), [c.value for c in calls]
+    secret = userinfo[:-1]  # all of it, an "@" inside the userinfo too
+    assert not any(secret in (call.path or "") for call in calls)
+    assert "credentials withheld" in result.detail
+    # what the pipeline stores (the result row's detail, cut to 500 characters) keeps the note
+    assert result.detail[:500].startswith("credentials withheld")
+
+
+def test_a_url_without_credentials_is_sent_as_it_is(fake: FakeIntel, session: requests.Session) -> None:
+    result = lookup(fake, session, "urlhaus", "url")
+    assert fake.call_count("urlhaus", VALUES["url"]) == 1 and "credentials" not in result.detail
