@@ -289,3 +289,15 @@ def test_a_urls_credentials_are_never_sent_to_a_source(fake: FakeIntel, session:
 def test_a_url_without_credentials_is_sent_as_it_is(fake: FakeIntel, session: requests.Session) -> None:
     result = lookup(fake, session, "urlhaus", "url")
     assert fake.call_count("urlhaus", VALUES["url"]) == 1 and "credentials" not in result.detail
+
+
+@pytest.mark.parametrize(
+    ("value", "sent"),
+    [
+        ("http://evil.example/login?next=a@b.example", "http://evil.example/login?next=a@b.example"),  # an "@" past the host
+        ("https://u:p@[2001:db8::1]:8443/x#f@g", "https://[2001:db8::1]:8443/x#f@g"),
+        ("ftp://anonymous:x@evil.example", "ftp://evil.example"),
+    ],
+)
+def test_only_the_authoritys_userinfo_is_withheld(value: str, sent: str) -> None:
+    assert client.without_userinfo(value) == (sent, value != sent)

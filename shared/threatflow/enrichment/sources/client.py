@@ -6,6 +6,7 @@ call once (no retries: the pipeline defers a task instead), map the outcome.
 
 Outcome mapping (the same for every source):
 
+    a URL's userinfo              never sent: the URL is asked without it, the detail says so
     no key for a keyed source     auth_error, no call made
     type not declared             bad_request, no call made
     429                           rate_limited, retry_after from Retry-After (at most a day), else the source's default
@@ -55,6 +56,20 @@ def resolve(source: Source | str) -> Source:
     return REGISTRY[source]
 
 
+CREDENTIALS_WITHHELD = "credentials withheld: the source was asked about this URL without its userinfo (user:password@)"
+# scheme:// (optional: a value given without it), then the authority up to the path, query or fragment, as
+# iocs.normalise splits a URL; its userinfo is everything before the authority's last "@".
+_AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)?(?P<authority>[^/?#]*)(?P<rest>.*)", re.DOTALL)
+
+
+def without_userinfo(url: str) -> tuple[str, bool]:
+    """The URL without its userinfo ("http://user:pass@host/p" -> "http://host/p"), and whether it had one."""
+    match = _AUTHORITY.fullmatch(url)
+    if match is None or "@" not in match["authority"]:
+        return url, False
+    return f"{match['scheme'] or ''}{match['authority'].rpartition('@')[2]}{match['rest']}", True
+
+
 def lookup(
     source: Source | str,
     ioc_type: str,
@@ -65,7 +80,29 @@ def lookup(
     timeout: float,
     base_url: str | None = None,
 ) -> SourceResult:
-    """Ask one source about one IoC. `base_url` overrides the declaration's (env INTEL_<SOURCE>_URL, read in config)."""
+    """Ask one source about one IoC. `base_url` overrides the declaration's (env INTEL_<SOURCE>_URL, read in config).
+    A URL's userinfo (credentials) is never sent: the source is asked about the URL without it, its answer stands
+    for the URL as given, and the result's detail starts with CREDENTIALS_WITHHELD (it survives the 500-character cut
+    of a stored result row)."""
+    if ioc_type != "url":
+        return _lookup(source, ioc_type, value, session=session, api_key=api_key, timeout=timeout, base_url=base_url)
+    bare, had_userinfo = without_userinfo(value)
+    result = _lookup(source, ioc_type, bare, session=session, api_key=api_key, timeout=timeout, base_url=base_url)
+    if not had_userinfo:
+        return result
+    return replace(result, detail=f"{CREDENTIALS_WITHHELD}; {result.detail}" if result.detail else CREDENTIALS_WITHHELD)
+
+
+def _lookup(
+    source: Source | str,
+    ioc_type: str,
+    value: str,
+    *,
+    session: requests.Session,
+    api_key: str | None,
+    timeout: float,
+    base_url: str | None,
+) -> SourceResult:
     src = resolve(source)
     request = src.requests.get(ioc_type)
     if request is None:
