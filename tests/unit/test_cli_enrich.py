@@ -131,3 +131,22 @@ def test_the_format_the_error_asks_for_can_be_named(tmp_path, monkeypatch, capsy
         main.main(["enrich", "--file", str(path), "--format", "text", "--no-wait"])
     assert done.value.code == 0
     assert [item["value"] for item in sent[0]["iocs"]] == ["198.51.100.7", "evil-domain.com"]
+
+
+def test_a_run_closed_as_never_dispatched_is_noted_with_its_reason(capsys) -> None:
+    """A batch run whose request never reached enrich-dispatch is closed `never dispatched` (its batch answer has
+    no source skipped, and a `reason`): the note read "no source was asked: no source is configured"."""
+    reason = "never dispatched: not started after its request was published again 2 times, 1800 s apart"
+
+    def call(method: str, path: str, body: Any = None, raw: bool = False) -> tuple[int, Any]:
+        run = {"run_id": "a" * 32, "ioc_id": 1, "type": "ipv4", "value": "198.51.100.7", "status": "running"}
+        if path == "/api/v1/enrichment/batch":
+            return 202, {"batch_id": "c" * 32, "runs": [run]}
+        closed = {**run, "status": "done", "verdict": "unknown", "score": None, "skipped": {}, "reason": reason}
+        return 200, {"batch_id": "c" * 32, "done": 1, "runs": [closed]}
+
+    args = argparse.ArgumentParser()
+    enrich.add_parser(args.add_subparsers(), lambda a: 0)
+    assert enrich.run(args.parse_args(["enrich", "198.51.100.7"]), call) == 0
+    err = capsys.readouterr().err
+    assert f"note: 198.51.100.7: {reason}" in err and "no source is configured" not in err, err
