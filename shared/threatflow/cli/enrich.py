@@ -95,7 +95,9 @@ def run(args: argparse.Namespace, call: Call) -> int:
         verdict = row.get("verdict") or row.get("status") or "?"
         print(f"{verdict:<11} {score:>5}  {row.get('type', ''):<9} {row.get('run_id') or '-':<32} {row['value']}")
     for row in rows:
-        if "skipped" in row:  # closed without asking any source: say why, or "unknown" reads as an answer
+        if row.get("reason"):  # closed as never dispatched: its request never reached enrich-dispatch
+            print(f"note: {row['value']}: {row['reason']}", file=sys.stderr)
+        elif "skipped" in row:  # closed without asking any source: say why, or "unknown" reads as an answer
             reasons = "; ".join(f"{name}: {reason}" for name, reason in sorted(row["skipped"].items())) or "no source is configured"
             print(f"note: {row['value']}: no source was asked: {reasons}", file=sys.stderr)
     if args.no_wait:
