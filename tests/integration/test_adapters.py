@@ -240,3 +240,16 @@ def test_firestore_get_many_reads_every_named_document_and_many_writes_are_batch
     docs.delete_many(collection, ids[:600])
     after = docs.get_many(collection, ids)
     assert [doc_id for doc_id in ids if after[doc_id] is None] == ids[:600]
+
+
+def test_firestore_set_many_splits_a_batch_too_large_for_one_request(backend_env):
+    """500 documents may hold far more than one commit request carries (a batch's run records hold each URL value
+    twice, and a percent-encoded 8,192-character URL grows): a batched write past the request size failed the
+    whole POST /enrichment/batch. set_many bounds each commit by size as well as by count."""
+    from threatflow.adapters.firestore import FirestoreDocuments
+
+    docs = FirestoreDocuments(PROJECT)
+    collection = f"c{uuid.uuid4().hex[:8]}"
+    big = {f"d{i}": {"value": f"{i}" * 900_000} for i in range(6)}  # 5.4 MB in all, under 1 MiB each
+    docs.set_many(collection, big)
+    assert docs.get_many(collection, list(big)) == big
