@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,6 +11,9 @@ from threatflow.platform.ports import Versioned
 
 _TIMEOUT = 10.0  # one attempt, and all of a call's retries together (FirestoreDocuments._retry)
 WRITE_BATCH = 500  # Firestore's limit of writes in one commit
+# Bytes of documents (estimated as JSON) in one commit: under the emulator's 4 MiB gRPC message and Firestore's
+# 10 MiB request, whatever 500 documents hold (each may be up to 1 MiB).
+WRITE_BATCH_BYTES = 3 * 1024 * 1024
 READ_BATCH = 500  # ids per batched get (one BatchGetDocuments call), so one answer stays bounded
 
 
@@ -84,12 +88,26 @@ class FirestoreDocuments:
         self._call(lambda: self._ref(collection, doc_id).delete(retry=self._retry, timeout=_TIMEOUT))
 
     def set_many(self, collection: str, docs: Mapping[str, Mapping[str, Any]]) -> None:
-        items = [(self._ref(collection, doc_id), dict(data)) for doc_id, data in docs.items()]
-        for start in range(0, len(items), WRITE_BATCH):
-            batch = self._client.batch()
-            for ref, data in items[start : start + WRITE_BATCH]:
-                batch.set(ref, data)
-            self._call(lambda batch=batch: batch.commit(retry=self._retry, timeout=_TIMEOUT))
+        """Commits of at most WRITE_BATCH documents and about WRITE_BATCH_BYTES each (a document alone over it
+        goes in a commit of its own)."""
+        chunk: list[tuple[Any, dict[str, Any]]] = []
+        size = 0
+        for doc_id, data in docs.items():
+            item = (self._ref(collection, doc_id), dict(data))
+            weight = len(doc_id) + len(json.dumps(item[1], default=str).encode())
+            if chunk and (len(chunk) >= WRITE_BATCH or size + weight > WRITE_BATCH_BYTES):
+                self._commit_sets(chunk)
+                chunk, size = [], 0
+            chunk.append(item)
+            size += weight
+        if chunk:
+            self._commit_sets(chunk)
+
+    def _commit_sets(self, items: Sequence[tuple[Any, dict[str, Any]]]) -> None:
+        batch = self._client.batch()
+        for ref, data in items:
+            batch.set(ref, data)
+        self._call(lambda: batch.commit(retry=self._retry, timeout=_TIMEOUT))
 
     def delete_many(self, collection: str, doc_ids: Sequence[str]) -> None:
         refs = [self._ref(collection, doc_id) for doc_id in doc_ids]

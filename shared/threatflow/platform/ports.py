@@ -42,7 +42,7 @@ class DocumentStore(Protocol):
 
     def set_many(self, collection: str, docs: Mapping[str, Mapping[str, Any]]) -> None:
         """Write every document whole ({doc_id: data}), in batched writes of at most 500 (Firestore's limit per
-        commit): each batch is atomic, the call as a whole is not; writing the same documents again is harmless."""
+        commit) and a bounded size: each batch is atomic, the call as a whole is not; writing again is harmless."""
 
     def delete_many(self, collection: str, doc_ids: Sequence[str]) -> None:
         """Delete every named document (absent ones are no error), in batched writes of at most 500."""
