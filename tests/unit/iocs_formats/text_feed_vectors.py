@@ -280,6 +280,40 @@ VECTORS: list[FeedVector] = [
         [("ipv4", "198.51.100.19"), ("ipv4", "203.0.113.9"), ("domain", "ajbbvxetqwsz.com")],
     ),
     FeedVector(
+        "csv-rows-whose-first-field-is-a-dotted-date-score-or-version",
+        "comma rows keyed by a date written with dots, a score or a version, the indicator in a later field "
+        "(each first field looks like a dotted name; the rows gave nothing once only the first field was read)",
+        "columns",
+        "# seen, address, note\n"
+        "27.11.2026, 198.51.100.7, Emotet C2 on 443\n"
+        "0.95, evil-one.example.com, Emotet loader host\n"
+        "1.2.3, 203.0.113.9, beacon of cobalt strike 4\n",
+        [("ipv4", "198.51.100.7"), ("domain", "evil-one.example.com"), ("ipv4", "203.0.113.9")],
+    ),
+    FeedVector(
+        "csv-rows-of-indicators-and-their-details",
+        "comma rows holding more indicators than the first field: 'address, name' pairs, a name and a URL on it, "
+        "Bambenek's full C2 master list ('domain,ip|ip,ns|ns,ns ip,description,manual URL'): only the manual "
+        "page (a URL on another host) is a detail",
+        "columns",
+        "# pairs\n"
+        "198.51.100.7, evil-one.example.com, seen 2026-11-20\n"
+        "evil-two.example.net, http://evil-two.example.net/gate.php, Emotet gate\n"
+        "0fb1e8h4.com,185.38.148.26|185.38.148.27,ns1.evilns-example.com,91.200.12.1,Master Indicator Feed for "
+        "banjori non-sinkholed domains,http://osint.feed-example.com/manual/banjori.txt\n",
+        [
+            ("ipv4", "198.51.100.7"),
+            ("domain", "evil-one.example.com"),
+            ("domain", "evil-two.example.net"),
+            ("url", "http://evil-two.example.net/gate.php"),
+            ("domain", "0fb1e8h4.com"),
+            ("ipv4", "185.38.148.26"),
+            ("ipv4", "185.38.148.27"),
+            ("domain", "ns1.evilns-example.com"),
+            ("ipv4", "91.200.12.1"),
+        ],
+    ),
+    FeedVector(
         "urlhaus-hostfile",
         "urlhaus.abuse.ch/downloads/hostfile/: abuse.ch banner, then '127.0.0.1<TAB>name'",
         "control",
