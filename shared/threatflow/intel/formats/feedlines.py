@@ -24,7 +24,8 @@ The record shapes, and what their entry is:
     alert ip [a,b] any -> ...   IDS rules: the header's addresses, not the options (reference URLs)
     start end prefix ...        DShield's block.txt: the network
     start-end, name:start-end   address ranges (PeerGuardian .p2p): the covering networks, about one per 8 bytes
-    name,description,...        comma rows: the first field when it is an address or a name, else read whole
+    name,description,...        comma rows: read whole, but for a row keyed by an address or a name, a URL
+                                on another host (a manual page) is a detail
 
 In a feed, addresses and networks that name no host on the internet (RFC 1918, loopback, bogons) are not entries.
 
@@ -38,6 +39,7 @@ import ipaddress
 import itertools
 import json
 import re
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -297,18 +299,47 @@ def _column_header(feed: FeedLines, tokens: list[str]) -> bool:
 
 
 def _comma_row(feed: FeedLines, tokens: list[str]) -> bool:
-    """'name,description,date' under a '#' banner: a row, so the banner is a comment. When its first field is an
-    address or a host name, that is the entry and the other fields are its details (Bambenek's lists end each row
-    with the URL of the family's manual page, which was stored as an IoC); any other row is read whole."""
+    """'name,description,date' under a '#' banner: a row, so the banner is a comment. The row is read whole, but
+    when its first field is an address or a host name, a field that is a URL on another host is a reference, not an
+    indicator, and is counted as `row details` (Bambenek's lists end each row with the URL of the family's manual
+    page, which was stored as an IoC). The row's other fields stay: 'address, name' pairs, a name and its URL,
+    Bambenek's addresses and name servers; and a first field that only looks like a name (a date 27.11.2026, a
+    score 0.95, a version 1.2.3) keys nothing, so the indicator in a later field is kept."""
     first = tokens[0].partition(",")[0]
     if "," not in tokens[0] or not first:
         return False
-    if _address(first) is not None or _NAME.fullmatch(first):
-        feed.entry(first)
+    row = " ".join(tokens)
+    key = _row_key(first)
+    fields = row.split(",")
+    kept = [part for part in fields if key is None or not _reference(part.strip(), key)]
+    if len(kept) < len(fields):
         feed.skip("row details")
-    else:
-        feed.entry(" ".join(tokens))
+    feed.entry(",".join(kept))
     return True
+
+
+_TOP_LABEL = re.compile(r"[A-Za-z]{2,63}|xn--[A-Za-z0-9-]{1,59}")  # as normalise reads a domain's last label
+
+
+def _row_key(field: str) -> str | None:
+    """The row's indicator when its first field is an address or a host name (its last label a top-level domain's
+    shape: not 27.11.2026, 0.95 or 1.2.3), lower-cased; else None."""
+    if _address(field) is not None:
+        return field.lower()
+    if _NAME.fullmatch(field) and _TOP_LABEL.fullmatch(field.rstrip(".").rpartition(".")[2]):
+        return field.rstrip(".").lower()
+    return None
+
+
+def _reference(field: str, key: str) -> bool:
+    """Whether a row's field is one URL on a host other than the row's indicator (a manual page, a report)."""
+    if "://" not in field or any(c.isspace() for c in field):
+        return False
+    try:
+        host = urllib.parse.urlsplit(field).hostname
+    except ValueError:  # a malformed bracketed host: not a reference we can tell, so read as written
+        return False
+    return host is not None and host.rstrip(".").lower() != key
 
 
 # A host name as a list writes it, in any case, with or without the root's dot.
