@@ -243,12 +243,14 @@ def test_object_references_past_the_relation_budget_are_not_walked(monkeypatch):
     many = [{"uuid": f"x{i}", "type": "ip-dst", "value": f"203.0.{i // 250}.{i % 250 + 1}"} for i in range(n)]
     pointing = [{"referenced_uuid": "X", "relationship_type": "communicates-with"}] * n
     dangling = [{"referenced_uuid": f"nowhere-{i}", "relationship_type": "drops"} for i in range(n)]
+    name = {"uuid": "y", "type": "domain", "value": "evil.example.com"}
+    copies = [{**a, "uuid": f"z{i}"} for i, a in enumerate(many)]
     event = {
         "Event": {
             "Object": [
                 {"name": "ip-port", "uuid": "X", "Attribute": many},
-                {"name": "file", "uuid": "Y", "Attribute": [{"uuid": "y", "type": "domain", "value": "evil.example.com"}], "ObjectReference": pointing},
-                {"name": "file", "uuid": "X2", "Attribute": [{**a, "uuid": f"z{i}"} for i, a in enumerate(many)], "ObjectReference": dangling},
+                {"name": "file", "uuid": "Y", "Attribute": [name], "ObjectReference": pointing},
+                {"name": "file", "uuid": "X2", "Attribute": copies, "ObjectReference": dangling},
             ]
         }
     }

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -87,7 +88,7 @@ def parse(content: Any) -> ParsedImport:
     doc = load_json(content, what="misp")
     out = Builder()
     events = _events(doc)
-    room = [MAX_OBJECT_RELATIONS]  # relations the document's objects may still make
+    room = _Room(MAX_OBJECT_RELATIONS)  # relations the document's objects may still make
     for index, event in enumerate(events):
         _event(out, event, room, where="Event" if len(events) == 1 else f"response[{index}].Event")
     return out.build()
@@ -150,7 +151,8 @@ def _split_tags(names: list[str], *, floor: str | None = None) -> tuple[list[str
     return tags, strictest_tlp([floor, *(name.lower() for name in names if is_tlp(name))])
 
 
-def _event(out: Builder, event: dict[str, Any], room: list[int], *, where: str) -> None:
+def _event(out: Builder, event: dict[str, Any], room: _Room, *, where: str) -> None:
+    unread = room.unread
     uuid = str(event.get("uuid") or "")
     orgc: dict[str, Any] = event["Orgc"] if isinstance(event.get("Orgc"), dict) else {}
     source = f"misp:{orgc['name']}" if orgc.get("name") else "misp"
@@ -185,10 +187,13 @@ def _event(out: Builder, event: dict[str, Any], room: list[int], *, where: str) 
         _remember(refs_of, obj.get("uuid"), [ref for refs in by_relation.values() for ref in refs])
         if obj.get("name") == "domain-ip":  # the object form of domain|ip: the domain resolved to the address
             names = [*by_relation.get("domain", []), *by_relation.get("hostname", [])]
-            _relate(out, names, by_relation.get("ip", []), "resolves-to", room, where=f"{where}.Object[{o_index}]")
+            if names and by_relation.get("ip") and room.take():
+                _relate(out, names, by_relation["ip"], "resolves-to", room, where=f"{where}.Object[{o_index}]")
         objects.append((f"{where}.Object[{o_index}]", obj))
     for obj_where, obj in objects:
         _object_references(out, obj, refs_of, room, where=obj_where)
+    if room.unread > unread:
+        out.warn(where, f"{room.unread - unread} object relations not read: at most {MAX_OBJECT_RELATIONS} from a document's objects")
     if ttps:  # the event's ATT&CK clusters describe every threat of the event
         for i, threat in enumerate(out.threats):
             if threat.ref in threat_refs:
@@ -257,7 +262,7 @@ def _remember(refs_of: dict[str, list[str]], uuid: Any, refs: list[str]) -> None
         refs_of.setdefault(uuid, []).extend(refs)
 
 
-def _object_references(out: Builder, obj: dict[str, Any], refs_of: dict[str, list[str]], room: list[int], *, where: str) -> None:
+def _object_references(out: Builder, obj: dict[str, Any], refs_of: dict[str, list[str]], room: _Room, *, where: str) -> None:
     """The object's ObjectReferences (this object -> an object or attribute of the event) as relations between
     their IoCs: MISP's relationship_type when it is one of ours (communicates-with, drops...), else related-to.
     A reference to something the document does not hold, or that gave no IoC, relates nothing."""
@@ -268,21 +273,43 @@ def _object_references(out: Builder, obj: dict[str, Any], refs_of: dict[str, lis
         out.warn(where, f"ObjectReference must be a list; got {type(references).__name__}: not read")
         return
     sources = refs_of.get(str(obj.get("uuid") or ""), [])
+    done: set[tuple[str, str]] = set()  # a reference repeated would make the same relations again
     for reference in references:
         if not isinstance(reference, dict) or _flag(reference.get("deleted")) or not sources:
             continue
-        targets = refs_of.get(str(reference.get("referenced_uuid") or ""), [])
+        target = str(reference.get("referenced_uuid") or "")
         verb = str(reference.get("relationship_type") or "").strip().lower()
-        _relate(out, sources, targets, verb if verb in RELATION_TYPES else "related-to", room, where=where)
+        kind = verb if verb in RELATION_TYPES else "related-to"
+        if (target, kind) in done or not refs_of.get(target):
+            continue
+        done.add((target, kind))
+        if room.take():  # past the budget a reference is counted, not walked
+            _relate(out, sources, refs_of[target], kind, room, where=where)
 
 
-def _relate(out: Builder, sources: list[str], targets: list[str], kind: str, room: list[int], *, where: str) -> None:
-    """Each source related to each target while the document's objects have room (`room[0]`, from
+@dataclass
+class _Room:
+    """Relations a document's objects may still make (`left`, from MAX_OBJECT_RELATIONS), and how many relating
+    steps (a reference, a domain-ip object) came once none was left: those are counted, never walked, so that
+    references past the budget cost nothing but their reading."""
+
+    left: int
+    unread: int = 0
+
+    def take(self) -> bool:
+        if self.left > 0:
+            return True
+        self.unread += 1
+        return False
+
+
+def _relate(out: Builder, sources: list[str], targets: list[str], kind: str, room: _Room, *, where: str) -> None:
+    """Each source related to each target while the document's objects have room (`room.left`, from
     MAX_OBJECT_RELATIONS); the pairs left out are counted, never enumerated, in a warning of the object."""
     wanted = len(sources) * len(targets) - len(set(sources) & set(targets))
-    pairs = itertools.islice(((s, t) for s in sources for t in targets if s != t), room[0])
+    pairs = itertools.islice(((s, t) for s in sources for t in targets if s != t), room.left)
     taken = [Relation(source, target, kind) for source, target in pairs]
-    room[0] -= len(taken)
+    room.left -= len(taken)
     out.relations.extend(taken)
     if wanted > len(taken):
         out.warn(where, f"{wanted - len(taken)} relations not made: at most {MAX_OBJECT_RELATIONS} from a document's objects")
