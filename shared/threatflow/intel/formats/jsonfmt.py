@@ -26,9 +26,10 @@ def parse(content: Any) -> ParsedImport:
     pulses = _pulses(doc)
     if pulses is not None:
         out = Builder()
-        seen: dict[str, int] = {}  # threats by ref, so that pulses naming one family make one threat
+        seen: dict[str, otx.Seen] = {}  # threats by ref, so that pulses naming one family make one threat
         for index, one in enumerate(pulses):
             otx.pulse(out, one, seen=seen, where="pulse" if len(pulses) == 1 else f"results[{index}]")
+        otx.finish(out, seen)
         return out.build()
     if isinstance(doc, dict) and "iocs" not in doc and isinstance(doc.get("results"), list):
         doc = doc["results"]  # OTX's answers of indicator records: {"count", "next", "results": [...]}

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -25,12 +26,34 @@ _TTP = re.compile(r"^T\d{4}(?:\.\d{3})?$")
 _OURS = {t.value for t in IocType}
 
 
+@dataclass
+class Seen:
+    """A threat the document's pulses named: where it is in `out.threats`, and the TTPs and the strictest TLP of the
+    pulses naming it, gathered as they come and written into the threat once, by `finish`."""
+
+    index: int
+    ttps: set[str] = field(default_factory=set)
+    tlp: str | None = None
+    merged: bool = False  # a later pulse named it: its threat is rewritten by `finish`
+
+
+def finish(out: Builder, seen: dict[str, Seen]) -> None:
+    """Each threat several pulses named takes their TTPs (the first MAX_TTPS in order) and the strictest of their
+    TLPs, so that a TLP:RED pulse's techniques never show on the threat an earlier white pulse made."""
+    for held in seen.values():
+        if held.merged:
+            threat = out.threats[held.index]
+            item = msgspec.structs.replace(threat.item, ttps=sorted(held.ttps)[:MAX_TTPS], tlp=held.tlp)
+            out.threats[held.index] = ParsedThreat(threat.ref, item)
+
+
 def is_pulse(doc: Any) -> bool:
     return isinstance(doc, dict) and isinstance(doc.get("indicators"), list) and ("name" in doc or "id" in doc)
 
 
-def pulse(out: Builder, doc: dict[str, Any], *, seen: dict[str, int], where: str) -> None:
-    """One pulse's IoCs, threats and links into `out`; `seen` holds the threats earlier pulses made (ref -> index)."""
+def pulse(out: Builder, doc: dict[str, Any], *, seen: dict[str, Seen], where: str) -> None:
+    """One pulse's IoCs, threats and links into `out`; `seen` holds the threats earlier pulses made (call `finish`
+    once every pulse of the document is read)."""
     pulse_id = str(doc.get("id") or "").strip()[:128]
     name = doc.get("name") if isinstance(doc.get("name"), str) else None
     tlp = strictest_tlp([doc["tlp"]]) if isinstance(doc.get("tlp"), str) else None
@@ -65,10 +88,10 @@ def pulse(out: Builder, doc: dict[str, Any], *, seen: dict[str, int], where: str
             out.links.extend(Link(ref, threat_ref, "indicates") for threat_ref in threat_refs)
 
 
-def _threats(out: Builder, doc: dict[str, Any], *, tlp: str | None, ttps: list[str], seen: dict[str, int], where: str) -> list[str]:
+def _threats(out: Builder, doc: dict[str, Any], *, tlp: str | None, ttps: list[str], seen: dict[str, Seen], where: str) -> list[str]:
     """The pulse's threats, at most MAX_THREATS_PER_IOC (each is linked to every IoC of the pulse): the adversary
     first, then the families in order; the rest is named in a warning. A threat an earlier pulse of the document
-    named (`seen`: its index in out.threats) takes this pulse's TTPs too, up to MAX_TTPS."""
+    named (`seen`) gathers this pulse's TTPs and TLP too, in time linear in them (`finish` writes them)."""
     named: list[tuple[str, str]] = []
     adversary = doc.get("adversary")
     if isinstance(adversary, str) and adversary.strip():
@@ -83,12 +106,13 @@ def _threats(out: Builder, doc: dict[str, Any], *, tlp: str | None, ttps: list[s
             out.warn(where, f"the pulse names {len(named)} threats; only the first {MAX_THREATS_PER_IOC} were taken")
             break
         if ref in seen:
-            held = out.threats[seen[ref]]
-            merged = sorted({*held.item.ttps, *ttps})[:MAX_TTPS]
-            out.threats[seen[ref]] = ParsedThreat(ref, msgspec.structs.replace(held.item, ttps=merged))
+            held = seen[ref]
+            held.ttps.update(ttps)
+            held.tlp = held.tlp if tlp == held.tlp else strictest_tlp([held.tlp, tlp])
+            held.merged = True
             refs.append(ref)
         elif out.threat(ref, {"kind": kind, "name": threat_name, "ttps": ttps, "tlp": tlp, "tags": ["otx"]}):
-            seen[ref] = len(out.threats) - 1
+            seen[ref] = Seen(len(out.threats) - 1, set(ttps), tlp)
             refs.append(ref)
     return refs
 
