@@ -27,12 +27,12 @@ def _clear(client):
             batch.commit()
 
 
-def _seed(client, ids, *, start):
+def _seed(client, ids, *, start, ioc_id=None):
     """Pending dead letters as the drain writes them, the first id the oldest."""
     for offset in range(0, len(ids), 400):
         batch = client.batch()
         for i, doc_id in enumerate(ids[offset : offset + 400], start=offset):
-            data = {"run_id": f"run-{doc_id}", "ioc_id": None, "ioc_type": "ipv4", "value": "198.51.100.7", "source": "otx"}
+            data = {"run_id": f"run-{doc_id}", "ioc_id": ioc_id, "ioc_type": "ipv4", "value": "198.51.100.7", "source": "otx"}
             batch.set(
                 client.collection(COLLECTIONS[0]).document(doc_id),
                 {
@@ -90,3 +90,28 @@ def test_a_dead_letter_beyond_the_first_500_is_replayed_by_id(admin):
     assert replayed.status_code == 200 and replayed.get_json()["replayed"] == ["zz-last"], replayed.get_json()
     again = api.post("/api/v1/enrichment/dead-letters/replay", json={"ids": ["zz-last"]}, headers=headers)
     assert again.get_json()["replayed"] == []  # replayed once
+
+
+def test_a_replay_of_all_reaches_pending_dead_letters_behind_500_above_the_callers_clearance(admin, function_client, backend_env):
+    """A replay of all read the 500 oldest and left out those naming an IoC above the caller's clearance; they stay,
+    so every call read the same 500, replayed nothing and answered `more`: a pending dead letter behind them was
+    never replayed by an amber admin, however often called. The answer's `after` pages past them."""
+    api, headers, store = admin  # amber, the default clearance
+    password = create_user(backend_env["DATABASE_URL"], "dlq-red-analyst", "analyst", clearance="red")
+    token = function_client("auth").post("/api/v1/auth/token", json={"username": "dlq-red-analyst", "password": password}).get_json()
+    red = {"Authorization": f"Bearer {token['access_token']}"}
+    stored = function_client("iocs").post("/api/v1/iocs/batch", json={"iocs": [{"value": "185.220.101.9", "tlp": "red"}]}, headers=red)
+    assert stored.status_code in (200, 201, 207), stored.get_json()
+    (result,) = stored.get_json()["results"]
+    start = time.time() - 3600
+    _seed(store, [f"dl-red-{i:03d}" for i in range(500)], start=start, ioc_id=result["id"])
+    _seed(store, ["dl-visible"], start=start + 600)
+    replayed, body = [], {}
+    for _ in range(3):
+        answer = api.post("/api/v1/enrichment/dead-letters/replay", json=body, headers=headers)
+        assert answer.status_code == 200, answer.get_json()
+        replayed += answer.get_json()["replayed"]
+        if not answer.get_json()["more"]:
+            break
+        body = {"after": answer.get_json()["after"]}
+    assert replayed == ["dl-visible"]
