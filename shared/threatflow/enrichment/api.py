@@ -67,6 +67,9 @@ MAX_REPLAY = 500
 
 class ReplayIn(msgspec.Struct, forbid_unknown_fields=True):
     ids: Annotated[list[str], msgspec.Meta(max_length=MAX_REPLAY)] = []
+    # A replay of all: start after this dead_lettered_at (the previous answer's `after`), past the dead letters
+    # above the caller's clearance, which stay pending and would fill every page read from the oldest.
+    after: Annotated[float, msgspec.Meta(ge=0)] | None = None
 
 
 def _resolve_ioc(runtime: Runtime, item: EnrichIn, *, clearance: str, index: int | None = None) -> dict[str, Any]:
@@ -423,11 +426,14 @@ def build_router(runtime: Runtime) -> Router:
     @router.route("POST", "/api/v1/enrichment/dead-letters/replay", role=Role.ADMIN, body=ReplayIn)
     def replay(request: Request, body: ReplayIn) -> dict[str, Any]:
         drain_dead_letters(ctx)
+        if body.ids and body.after is not None:
+            raise ValidationError("after: pages a replay of all; give it without ids", field="after")
         if body.ids:  # each named one read by its id: a page of the collection may not hold it
             named = ((doc_id, runtime.documents.get(runs.DEAD_LETTERS, doc_id)) for doc_id in dict.fromkeys(body.ids))
             candidates = [{**doc, "id": doc_id} for doc_id, doc in named if doc is not None]
         else:
-            candidates = runtime.documents.query(runs.DEAD_LETTERS, order_by="dead_lettered_at", limit=MAX_REPLAY)
+            where = [("dead_lettered_at", ">", body.after)] if body.after is not None else []
+            candidates = runtime.documents.query(runs.DEAD_LETTERS, where=where, order_by="dead_lettered_at", limit=MAX_REPLAY)
         for item in candidates:
             if item.get("replayed_at"):  # replayed before this change, when they were kept here
                 _archive_replayed(runtime, item)
@@ -440,7 +446,10 @@ def build_router(runtime: Runtime) -> Router:
             ctx.publish(topic, data, replayed="1", **attributes)
             _archive_replayed(runtime, {**item, "replayed_at": time.time()})
             replayed.append(item["id"])
-        return {"replayed": replayed, "more": not body.ids and len(candidates) >= MAX_REPLAY}
+        more = not body.ids and len(candidates) >= MAX_REPLAY
+        # `after`: where the next call starts, so that dead letters left here (above the caller's clearance) are
+        # read once, not by every call
+        return {"replayed": replayed, "more": more, **({"after": candidates[-1]["dead_lettered_at"]} if more else {})}
 
     return router
 
