@@ -383,3 +383,27 @@ def test_observed_data_and_indicators_give_when_the_value_was_first_seen():
     assert seen["192.0.2.70"] == datetime(2021, 3, 4, 5, 6, 7, tzinfo=UTC)
     assert seen["old.example.com"] == datetime(2020, 1, 2, 3, 4, 5, 500000, tzinfo=UTC)
     assert seen["future.example.com"] is None
+
+
+def test_a_marking_definition_with_a_malformed_id_still_marks_what_names_it():
+    """Since an entry whose id does not start with its type-- became an error of that entry (the rest imports), a TLP
+    marking definition with such an id was dropped and the objects it marks imported with no TLP at all: a TLP:RED
+    indicator came in at the import's default, where the bundle had been refused whole before."""
+    bundle = {
+        "type": "bundle",
+        "id": "bundle--1",
+        "objects": [
+            {"type": "marking-definition", "id": "tlp-red-marking", "definition_type": "tlp", "definition": {"tlp": "red"}},
+            {
+                "type": "indicator",
+                "id": "indicator--1",
+                "pattern": "[ipv4-addr:value = '198.51.100.7']",
+                "pattern_type": "stix",
+                "valid_from": "2020-01-01T00:00:00Z",
+                "object_marking_refs": ["tlp-red-marking"],
+            },
+        ],
+    }
+    parsed = parse("stix", bundle)
+    assert [(p.item.value, p.item.tlp) for p in parsed.iocs] == [("198.51.100.7", "red")]
+    assert [e.ref for e in parsed.errors] == ["tlp-red-marking"]
