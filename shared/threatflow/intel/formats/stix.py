@@ -94,7 +94,7 @@ def parse(content: Any) -> ParsedImport:
     objects = _objects(doc)
     out = Builder()
     by_id = _latest_by_id(objects, out)
-    tlp_of = _tlp_definitions(by_id)
+    tlp_of = _tlp_definitions(by_id, objects)
     ioc_refs: set[str] = set()
     threat_refs: set[str] = set()
     ttps_of_pattern = {obj_id: _attack_id(obj) for obj_id, (_, obj) in by_id.items() if obj.get("type") == "attack-pattern"}
@@ -229,9 +229,16 @@ def _modified(obj: dict[str, Any]) -> datetime:
         return datetime.min.replace(tzinfo=UTC)
 
 
-def _tlp_definitions(by_id: dict[str, tuple[int, dict[str, Any]]]) -> dict[str, str]:
+def _tlp_definitions(by_id: dict[str, tuple[int, dict[str, Any]]], objects: list[Any]) -> dict[str, str]:
+    """TLP by marking id. A marking definition whose id is malformed (an error of its entry) still marks the objects
+    naming it by that id: dropped, a TLP:RED marking let what it marks in at the import's default TLP."""
     tlp = dict(TLP_MARKINGS)
-    for obj_id, (_, obj) in by_id.items():
+    malformed = [
+        (obj["id"], obj)
+        for obj in objects
+        if isinstance(obj, dict) and obj.get("type") == "marking-definition" and isinstance(obj.get("id"), str) and obj["id"] not in by_id
+    ]
+    for obj_id, obj in [*((obj_id, obj) for obj_id, (_, obj) in by_id.items()), *malformed]:
         if obj.get("type") != "marking-definition":
             continue
         definition: dict[str, Any] = obj["definition"] if isinstance(obj.get("definition"), dict) else {}
@@ -244,8 +251,16 @@ def _tlp_definitions(by_id: dict[str, tuple[int, dict[str, Any]]]) -> dict[str, 
             level = obj["name"]
         if isinstance(level, str):
             level = level.strip().lower().removeprefix("tlp:").strip()
-            tlp[obj_id] = "clear" if level == "white" else level
+            level = "clear" if level == "white" else level
+            held = tlp.get(obj_id)
+            # a malformed id written twice (no versions to choose by): the most restrictive of its levels
+            if held is None or obj_id in by_id or _rank(level) > _rank(held):
+                tlp[obj_id] = level
     return tlp
+
+
+def _rank(level: str) -> int:
+    return _TLP_RANK.index(level) if level in _TLP_RANK else -1
 
 
 def _tlp(obj: dict[str, Any], tlp_of: dict[str, str]) -> str | None:
