@@ -442,6 +442,14 @@ def test_as_time_rejects_garbage() -> None:
     assert as_time("yesterday") is None and as_time(None) is None and as_time(True) is None
 
 
+@pytest.mark.parametrize("raw", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-23:59", "1" * 5000])
+def test_as_time_reads_a_time_out_of_range_as_none(raw: Any) -> None:
+    """A time whose UTC falls outside the datetime range (a zoned zero time, the last day of 9999 west of UTC) raised
+    OverflowError, and a 5,000-digit epoch ValueError; either failed the whole answer (upstream_error), so one odd
+    last_seen erased the source's verdict, as the placeholders read as no time no longer do."""
+    assert as_time(raw) is None
+
+
 def test_raw_summary_is_bounded() -> None:
     huge = {"reports": [{"comment": "x" * 5000, "n": i} for i in range(5000)], "nested": {"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}}
     summary = bounded_summary(huge)
