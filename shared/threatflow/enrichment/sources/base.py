@@ -221,7 +221,7 @@ long ago they weighed nothing in the verdict (recency 0.5 ** (age / 30 days)), e
 
 def as_time(value: Any) -> datetime | None:
     """Epoch seconds (int or numeric string), ISO 8601, or abuse.ch's "2019-03-25 09:55:01 UTC"; UTC-aware.
-    A time before 1970-01-02 is a placeholder for none, and None."""
+    A time before 1970-01-02 is a placeholder for none, and None; so is one out of range (never an exception)."""
     parsed = _as_time(value)
     return parsed if parsed is not None and parsed >= _NO_TIME_BEFORE else None
 
@@ -238,13 +238,13 @@ def _as_time(value: Any) -> datetime | None:
         return None
     text = value.strip()
     if text.isdigit():
-        return _as_time(int(text))
+        return _as_time(int(text)) if len(text) <= 20 else None  # int() refuses thousands of digits; no time has 20
     text = text.removesuffix(" UTC").replace("Z", "+00:00")
     try:
         parsed = datetime.fromisoformat(text)
-    except ValueError:
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: its UTC is outside the range (0001-01-01T00:00:00+01:00)
         return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def strings(values: Iterable[Any], limit: int = 50) -> tuple[str, ...]:
