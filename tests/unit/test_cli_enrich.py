@@ -150,3 +150,22 @@ def test_a_run_closed_as_never_dispatched_is_noted_with_its_reason(capsys) -> No
     assert enrich.run(args.parse_args(["enrich", "198.51.100.7"]), call) == 0
     err = capsys.readouterr().err
     assert f"note: 198.51.100.7: {reason}" in err and "no source is configured" not in err, err
+
+
+@pytest.mark.parametrize("content", ["not json", "[" * 100_000], ids=["not-json", "nested-past-the-decoder"])
+def test_a_file_named_json_that_is_not_is_an_error_line_not_a_traceback(content: str, tmp_path, monkeypatch, capsys) -> None:
+    """`threatflow enrich --file F --format json` (or stix, misp) decoded F with json.loads itself: a JSONDecodeError
+    or RecursionError traceback, where `threatflow iocs import` and the API answer an error naming the format."""
+    from threatflow.cli import main
+
+    monkeypatch.setattr(main, "CREDENTIALS", tmp_path / "no-login.json")
+    monkeypatch.setenv("THREATFLOW_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("THREATFLOW_TOKEN", "t")
+    monkeypatch.setattr(main, "_request", lambda *a, **k: pytest.fail("no call for a file that cannot be read"))
+    path = tmp_path / "iocs.json"
+    path.write_text(content)
+    with pytest.raises(SystemExit) as exit_:
+        main.main(["enrich", "--file", str(path), "--format", "json"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: json: ") and "Traceback" not in err, err
