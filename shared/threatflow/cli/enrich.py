@@ -9,7 +9,6 @@ up to 1,000 through POST /api/v1/enrichment/batch.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import Counter
@@ -38,7 +37,7 @@ def values_from_file(path: Path, fmt: str | None = None) -> list[dict[str, Any]]
         lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
         if all(" " not in line for line in lines):  # one value a line
             return [{"value": line} for line in lines]
-    parsed = parse(fmt, text if fmt in ("text", "csv") else json.loads(text))
+    parsed = parse(fmt, text)  # the format decodes its own JSON: a bad file is its error line, never a traceback
     return [{"value": p.item.value, **({"type": p.item.type} if p.item.type else {})} for p in parsed.iocs]
 
 
