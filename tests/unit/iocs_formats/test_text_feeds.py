@@ -156,3 +156,18 @@ def test_a_ranges_networks_are_what_the_extractor_gives_for_them(version, start,
     assert read.feed
     assert [(f.type, f.value) for f in read.found] == [(f.type, f.value) for f in expected]
     assert all(normalise(f.value, f.type).value == f.value for f in read.found)
+
+
+_ADDRESSES = st.builds("198.51.100.{}".format, st.integers(1, 254)) | st.builds("203.0.113.{}".format, st.integers(1, 254))
+_NAMES = st.builds("{}-{}.example.{}".format, st.sampled_from(["c2", "gate", "drop"]), st.integers(0, 99), st.sampled_from(["com", "net"]))
+_DETAILS = st.sampled_from(["27.11.2026", "0.95", "1.2.3", "Emotet C2", "443", "2026-11-20 09:11", "seen twice", ""])
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.lists(_ADDRESSES | _NAMES | _DETAILS, min_size=2, max_size=5), min_size=3, max_size=6))
+def test_every_address_and_name_of_a_comma_row_is_kept(rows):
+    """Only a URL on another host than a row's first field is a row detail: any address or name in any field of a
+    comma row is an indicator, whatever the first field holds (a date, a score, another indicator)."""
+    text = "# address, name, note\n" + "".join(", ".join(row) + "\n" for row in rows)
+    wanted = {field for row in rows for field in row if field.startswith(("198.", "203.")) or field.endswith((".com", ".net"))}
+    assert wanted <= {value for _, value in stored(text)}
