@@ -63,3 +63,15 @@ def test_a_red_address_is_not_sent_to_a_source_whose_max_tlp_is_lower(intel):
     assert fake.call_count() == 0, "a TLP:RED address went to a third party"
     status, body = get(OTHER_IP, reader)  # an address stored nowhere is asked as before
     assert status == 200 and body["source"] == "abuseipdb" and fake.call_count("abuseipdb", OTHER_IP) == 1
+
+
+@pytest.mark.parametrize("spelling", ["64:ff9b::b9dc:6501", "2002:b9dc:6501::1", "::b9dc:6501"], ids=["nat64", "6to4", "ipv4-compatible"])
+def test_a_red_address_spelled_as_an_ipv6_address_carrying_it_is_not_sent_either(intel, spelling):
+    """An IPv6 address carrying the stored TLP:RED IPv4 address (NAT64, 6to4, IPv4-compatible: the route reads the
+    IPv4 address in it to refuse a private one) was looked up as an IPv6 IoC stored nowhere: any reader's GET sent
+    the red address, so spelled, to every IP source."""
+    get, fake, red, reader = intel
+    assert get(spelling, reader)[0] == 404
+    status, body = get(spelling, red)
+    assert status == 200 and body["status"] == "skipped" and body["source"] is None, body
+    assert fake.call_count() == 0, "a TLP:RED address went to a third party inside an IPv6 one"
