@@ -40,6 +40,7 @@ from threatflow.enrichment.model import ResultStatus
 from threatflow.enrichment.tasks import TOPIC_TASKS, EnrichRequest, Task
 from threatflow.intel import enrichment as intel_enrichment
 from threatflow.platform.errors import DependencyError, NotFoundError, PayloadTooLargeError, RateLimitedError, ValidationError
+from threatflow.platform.vocabulary import Tlp
 from threatflow.platform.web import Request, Response, Router
 from threatflow.runtime import Runtime
 
@@ -597,7 +598,12 @@ def ip_reputation(ip: str, *, enrichment: Enrichment, clearance: str, sources: t
     ioc_type = "ipv4" if address.version == 4 else "ipv6"
     value = str(address)
     with unit_of_work(enrichment.runtime.engine) as conn:
-        tlp = intel_enrichment.stored_tlp(conn, ioc_type, value)
+        # an IPv6 address carrying an IPv4 one (NAT64, 6to4) discloses that one too: the stricter TLP of the two
+        stored = [intel_enrichment.stored_tlp(conn, ioc_type, value)]
+        if embedded is not None:
+            stored.append(intel_enrichment.stored_tlp(conn, "ipv4", str(embedded)))
+    named = [Tlp.parse(t) for t in stored if t is not None]
+    tlp = max(named, key=lambda t: t.rank).value if named else None
     tlp_clearance.require(clearance, tlp, what=f"intel for {value} within your TLP clearance")
     waits: list[float] = []
     tried: dict[str, str] = {}
