@@ -339,16 +339,20 @@ def _storable(body: Any) -> Any:
         return _UNSTORABLE.sub("", value) if isinstance(value, str) else value
 
     root: list[Any] = [body]
-    stack: list[tuple[Any, Any]] = [(root, 0)]  # (container, key) of each value still to clean; no recursion
-    while stack:
-        container, key = stack.pop()
-        value = container[key]
-        if isinstance(value, dict):
-            value = {clean(k): v for k, v in value.items()}
-            stack += [(value, k) for k in value]
-        elif isinstance(value, list):
-            stack += [(value, i) for i in range(len(value))]
-        container[key] = clean(value)
+    stack: list[Any] = [root]  # containers whose members are still to clean, no recursion; never a scalar, so
+    while stack:  # what is held beside the body is one entry a container (a pair a value held 10x the body)
+        container = stack.pop()
+        if isinstance(container, dict):
+            for key in [k for k in container if isinstance(k, str) and _UNSTORABLE.search(k)]:
+                container[clean(key)] = container.pop(key)
+            members: Any = container.items()
+        else:
+            members = enumerate(container)
+        for key, value in members:
+            if isinstance(value, str):
+                container[key] = clean(value)
+            elif isinstance(value, dict | list):
+                stack.append(value)
     return root[0]
 
 
