@@ -99,3 +99,29 @@ def test_a_hung_redis_does_not_hang_enrichment(function_client, backend_env, fro
     assert breaker.is_open and breaker.last_error in ("TimeoutError", "ConnectionError")
     answers = [api.get("/api/v1/enrichment/sources", headers=headers).status_code for _ in range(10)]
     assert answers == [503] * 10  # the breaker answers without touching the frozen Redis
+
+
+@pytest.mark.parametrize("spelling", ["64:ff9b::b9dc:6501", "2002:b9dc:6501::1", "::b9dc:6501"], ids=["nat64", "6to4", "ipv4-compatible"])
+def test_an_ipv6_spelling_of_a_red_ipv4_address_is_enriched_as_red(function_client, backend_env, spelling):
+    """POST /enrich of an IPv6 address carrying a stored TLP:RED IPv4 address (NAT64, 6to4, IPv4-compatible) made
+    an amber IoC of the spelling and sent it to every IPv6 source, for any analyst: the red address, so spelled,
+    went to third parties (GET /detect/intel refuses it since today). The request now carries the stricter TLP of
+    the two, so dispatch asks no source whose max_tlp is lower, and it is above an amber analyst's clearance."""
+    from threatflow.adapters.firestore import FirestoreDocuments
+
+    url = backend_env["DATABASE_URL"]
+    auth = function_client("auth")
+    tag = spelling.replace(":", "")[-6:]
+    red = _bearer(auth, f"red6{tag}", create_user(url, f"red6{tag}", "analyst", clearance="red"))
+    amber = _bearer(auth, f"amber6{tag}", create_user(url, f"amber6{tag}", "analyst"))
+    _ensure_topics(backend_env, "ioc-enrichment-requested")
+    stored = function_client("iocs").post("/api/v1/iocs/batch", json={"iocs": [{"value": "185.220.101.1", "tlp": "red"}]}, headers=red)
+    assert stored.status_code in (200, 201, 207), stored.get_json()
+    api = function_client("enrichment")
+    assert api.post("/api/v1/enrichment/enrich", json={"value": spelling}, headers=amber).status_code == 404
+    started = api.post("/api/v1/enrichment/enrich", json={"value": spelling}, headers=red)
+    assert started.status_code == 202, started.get_json()
+    run = FirestoreDocuments(project=backend_env["GOOGLE_CLOUD_PROJECT"]).get("enrichment_runs", started.get_json()["run_id"])
+    assert run is not None and run["request"]["tlp"] == "red", run
+    batch = api.post("/api/v1/enrichment/batch", json={"iocs": [spelling]}, headers=amber).get_json()
+    assert batch["runs"][0].get("error") == "no such indicator within your TLP clearance", batch
