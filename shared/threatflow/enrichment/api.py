@@ -559,19 +559,6 @@ def register_ioc_routes(router: Router, runtime: Runtime) -> None:
 IP_SOURCE_ORDER = ("abuseipdb", "greynoise", "internetdb", "virustotal", "otx")
 
 
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
-
-
-def _embedded_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 one carries: NAT64 (64:ff9b::/96), 6to4 (2002::/16), IPv4-compatible (::/96)."""
-    if not isinstance(address, ipaddress.IPv6Address):
-        return None
-    if address in _NAT64 or address in _IPV4_COMPATIBLE:
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return address.sixtofour
-
-
 def ip_reputation(ip: str, *, enrichment: Enrichment, clearance: str, sources: tuple[str, ...] = IP_SOURCE_ORDER) -> dict[str, Any]:
     """The first usable answer for an IP; raises RateLimitedError when every source is out of quota.
     An address stored as an IoC keeps its TLP: above `clearance` it is a 404 (as POST /enrich answers), and a
@@ -590,7 +577,7 @@ def ip_reputation(ip: str, *, enrichment: Enrichment, clearance: str, sources: t
         address = address.ipv4_mapped
     if address.is_multicast:
         raise ValidationError(f"ip: {address} is a multicast group, not a host; intel sources know nothing about it", field="ip")
-    embedded = _embedded_ipv4(address)
+    embedded = intel_enrichment.carried_ipv4(address)
     if embedded is not None and not embedded.is_global:  # 64:ff9b::a00:1 is 10.0.0.1, and went to third parties
         raise ValidationError(f"ip: {address} carries the non-public IPv4 address {embedded}; intel sources know nothing of it", field="ip")
     if not address.is_global:

@@ -6,6 +6,7 @@ Every function takes the request's connection (one unit of work per request/mess
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,7 @@ from threatflow.iocs import service as iocs_service
 from threatflow.iocs.model import DecayPolicy
 from threatflow.iocs.normalise import normalise
 from threatflow.platform.errors import NotFoundError, ValidationError
+from threatflow.platform.vocabulary import Tlp
 from threatflow.threats import repository as threats_repository
 
 if TYPE_CHECKING:
@@ -35,6 +37,35 @@ log = logging.getLogger(__name__)
 
 def _record(ioc: Any) -> dict[str, Any]:
     return {"id": ioc.id, "type": ioc.type, "value": ioc.value, "tlp": ioc.tlp, "warninglists": list(ioc.warninglists or [])}
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def carried_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries: NAT64 (64:ff9b::/96), 6to4 (2002::/16), IPv4-compatible (::/96)."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address in _NAT64 or address in _IPV4_COMPATIBLE:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.sixtofour
+
+
+def _with_carried_tlp(conn: Connection, record: dict[str, Any]) -> dict[str, Any]:
+    """An IPv6 IoC carrying a stored IPv4 address discloses that address to whichever source it is sent to: its
+    request and clearance take the stricter TLP of the two (a red IPv4 address, spelled NAT64, went to every
+    IPv6 source for any analyst). The stored IoC keeps its own."""
+    if record.get("type") != "ipv6":
+        return record
+    try:
+        carried = carried_ipv4(ipaddress.IPv6Address(str(record["value"]).partition("/")[0]))
+    except ValueError:
+        return record
+    carried_tlp = stored_tlp(conn, "ipv4", str(carried)) if carried is not None else None
+    if carried_tlp is not None and Tlp.parse(carried_tlp).rank > Tlp.parse(str(record.get("tlp") or "amber")).rank:
+        return {**record, "tlp": carried_tlp}
+    return record
 
 
 def resolve_ioc(
@@ -65,7 +96,7 @@ def resolve_ioc(
         ioc = iocs_repository.get_by_value(conn, str(indicator.type), indicator.value)
     if ioc is None:  # deleted in between
         raise NotFoundError(f"{where}: the indicator could not be stored")
-    return _record(ioc)
+    return _with_carried_tlp(conn, _record(ioc))
 
 
 def resolve_many(
@@ -97,7 +128,8 @@ def resolve_many(
             clearance=tlp_clearance.SYSTEM,  # creates only: an existing IoC is read, not written
         )
         found.update(iocs_repository.get_many_by_value(conn, missing))
-    return [k if isinstance(k, str) else found.get(k, "the indicator could not be stored") for k in keys]
+    resolved = {k: _with_carried_tlp(conn, record) for k, record in found.items()}
+    return [k if isinstance(k, str) else resolved.get(k, "the indicator could not be stored") for k in keys]
 
 
 def ingest_requests(conn: Connection, ioc_ids: Sequence[Any], *, message_id: str) -> list[EnrichRequest]:
@@ -108,7 +140,8 @@ def ingest_requests(conn: Connection, ioc_ids: Sequence[Any], *, message_id: str
         if ioc is None or ioc.warninglists:
             continue  # deleted since, or warninglisted: not auto-enriched
         run_id = uuid.uuid5(uuid.NAMESPACE_URL, f"ingest:{message_id}:{ioc_id}").hex
-        out.append(EnrichRequest(run_id, int(ioc.id), str(ioc.type), str(ioc.value), str(ioc.tlp), origin="ingest"))
+        tlp = str(_with_carried_tlp(conn, _record(ioc))["tlp"])
+        out.append(EnrichRequest(run_id, int(ioc.id), str(ioc.type), str(ioc.value), tlp, origin="ingest"))
     return out
 
 
