@@ -52,20 +52,35 @@ def carried_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipad
     return address.sixtofour
 
 
-def _with_carried_tlp(conn: Connection, record: dict[str, Any]) -> dict[str, Any]:
-    """An IPv6 IoC carrying a stored IPv4 address discloses that address to whichever source it is sent to: its
-    request and clearance take the stricter TLP of the two (a red IPv4 address, spelled NAT64, went to every
-    IPv6 source for any analyst). The stored IoC keeps its own."""
+def _carried_key(record: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The stored-IoC key (ipv4, address) of the IPv4 address an IPv6 record carries, if any."""
     if record.get("type") != "ipv6":
-        return record
+        return None
     try:
         carried = carried_ipv4(ipaddress.IPv6Address(str(record["value"]).partition("/")[0]))
     except ValueError:
-        return record
-    carried_tlp = stored_tlp(conn, "ipv4", str(carried)) if carried is not None else None
-    if carried_tlp is not None and Tlp.parse(carried_tlp).rank > Tlp.parse(str(record.get("tlp") or "amber")).rank:
-        return {**record, "tlp": carried_tlp}
-    return record
+        return None
+    return None if carried is None else ("ipv4", str(carried))
+
+
+def _with_carried_tlps(conn: Connection, records: Mapping[Any, dict[str, Any]]) -> dict[Any, dict[str, Any]]:
+    """An IPv6 IoC carrying a stored IPv4 address discloses that address to whichever source it is sent to: its
+    request and clearance take the stricter TLP of the two (a red IPv4 address, spelled NAT64, went to every
+    IPv6 source for any analyst). The stored IoC keeps its own. One query for all the records."""
+    carried = {k: key for k, record in records.items() if (key := _carried_key(record)) is not None}
+    stored = iocs_repository.get_many_by_value(conn, sorted(set(carried.values()))) if carried else {}
+    out = dict(records)
+    for k, key in carried.items():
+        carried_tlp = stored.get(key, {}).get("tlp")
+        record = records[k]
+        if carried_tlp is not None and Tlp.parse(str(carried_tlp)).rank > Tlp.parse(str(record.get("tlp") or "amber")).rank:
+            out[k] = {**record, "tlp": str(carried_tlp)}
+    return out
+
+
+def _with_carried_tlp(conn: Connection, record: dict[str, Any]) -> dict[str, Any]:
+    """_with_carried_tlps for one record."""
+    return _with_carried_tlps(conn, {0: record})[0]
 
 
 def resolve_ioc(
@@ -128,7 +143,7 @@ def resolve_many(
             clearance=tlp_clearance.SYSTEM,  # creates only: an existing IoC is read, not written
         )
         found.update(iocs_repository.get_many_by_value(conn, missing))
-    resolved = {k: _with_carried_tlp(conn, record) for k, record in found.items()}
+    resolved = _with_carried_tlps(conn, found)
     return [k if isinstance(k, str) else resolved.get(k, "the indicator could not be stored") for k in keys]
 
 

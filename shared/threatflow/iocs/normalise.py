@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING
 
 from threatflow.iocs.defang import refang, refang_value
 from threatflow.iocs.types import Indicator, IocType
+from threatflow.platform import urls
 from threatflow.platform.errors import ValidationError
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ _TLD = re.compile(r"[a-z]{2,63}|xn--[a-z0-9-]{1,59}")
 # ICANN's root, so not in the Public Suffix List, but malware resolves them for its C2 (BazarLoader's .bazar)
 # and feeds list them. Each is a suffix of its own: "evil.bit" is a name someone registered, "bit" is not.
 ALTERNATIVE_ROOTS = frozenset({"bit", "bazar", "coin", "emc", "lib"})
-_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#\\]*)([^?#]*)(?:\?([^#]*))?(?:#.*)?", re.DOTALL)
+_URL = urls.URL
 _SCHEMELESS = re.compile(r"[^/?#:@\s]+(?::[0-9]*)?(?:[/?#].*)?", re.DOTALL)
 _PORT = re.compile(r"[0-9]{1,5}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -38,6 +38,7 @@ import requests
 from threatflow.enrichment.model import EMPTY_EVIDENCE, Quota, ResultStatus, SourceResult, Verdict
 from threatflow.enrichment.sources import REGISTRY
 from threatflow.enrichment.sources.base import Parsed, Reply, Request, Source, as_int, header
+from threatflow.platform.urls import without_userinfo
 
 MAX_BODY_BYTES = 5 * 1024 * 1024
 """Bodies larger than this are refused (AbuseIPDB verbose can list 10,000 reports)."""
@@ -57,17 +58,6 @@ def resolve(source: Source | str) -> Source:
 
 
 CREDENTIALS_WITHHELD = "credentials withheld: the source was asked about this URL without its userinfo (user:password@)"
-# scheme:// (optional: a value given without it), then the authority up to the path, query or fragment, as
-# iocs.normalise splits a URL; its userinfo is everything before the authority's last "@".
-_AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)?(?P<authority>[^/?#]*)(?P<rest>.*)", re.DOTALL)
-
-
-def without_userinfo(url: str) -> tuple[str, bool]:
-    """The URL without its userinfo ("http://user:pass@host/p" -> "http://host/p"), and whether it had one."""
-    match = _AUTHORITY.fullmatch(url)
-    if match is None or "@" not in match["authority"]:
-        return url, False
-    return f"{match['scheme'] or ''}{match['authority'].rpartition('@')[2]}{match['rest']}", True
 
 
 def lookup(
@@ -84,9 +74,7 @@ def lookup(
     A URL's userinfo (credentials) is never sent: the source is asked about the URL without it, its answer stands
     for the URL as given, and the result's detail starts with CREDENTIALS_WITHHELD (it survives the 500-character cut
     of a stored result row)."""
-    if ioc_type != "url":
-        return _lookup(source, ioc_type, value, session=session, api_key=api_key, timeout=timeout, base_url=base_url)
-    bare, had_userinfo = without_userinfo(value)
+    bare, had_userinfo = without_userinfo(value) if ioc_type == "url" else (value, False)
     result = _lookup(source, ioc_type, bare, session=session, api_key=api_key, timeout=timeout, base_url=base_url)
     if not had_userinfo:
         return result
