@@ -115,3 +115,38 @@ def test_a_replay_of_all_reaches_pending_dead_letters_behind_500_above_the_calle
             break
         body = {"after": answer.get_json()["after"]}
     assert replayed == ["dl-visible"]
+
+
+def test_the_list_fills_its_page_past_dead_letters_above_the_callers_clearance(admin, function_client, backend_env):
+    """The list read the newest `limit` dead letters and then left out those naming an IoC above the caller's
+    clearance: behind 30 such ones an amber admin's page of 10 came back empty, with nothing to say more were
+    pending. It now reads on until the page is full, and pages on with `before`."""
+    api, headers, store = admin  # amber, the default clearance
+    password = create_user(backend_env["DATABASE_URL"], "dlq-red-lister", "analyst", clearance="red")
+    token = function_client("auth").post("/api/v1/auth/token", json={"username": "dlq-red-lister", "password": password}).get_json()
+    red = {"Authorization": f"Bearer {token['access_token']}"}
+    stored = function_client("iocs").post("/api/v1/iocs/batch", json={"iocs": [{"value": "185.220.101.10", "tlp": "red"}]}, headers=red)
+    (result,) = stored.get_json()["results"]
+    start = time.time() - 3600
+    visible = [f"dl-visible-{i:02d}" for i in range(13)]  # older than the red ones
+    _seed(store, visible, start=start)
+    _seed(store, [f"dl-red-{i:02d}" for i in range(30)], start=start + 600, ioc_id=result["id"])
+    pages, query = [], {"limit": 10}
+    for _ in range(4):
+        answer = api.get("/api/v1/enrichment/dead-letters", query_string=query, headers=headers)
+        assert answer.status_code == 200, answer.get_json()
+        body = answer.get_json()
+        pages.append([d["id"] for d in body["dead_letters"]])
+        if not body["more"]:
+            assert "before" not in body
+            break
+        query = {"limit": 10, "before": body["before"]}
+    newest_first = visible[::-1]
+    assert pages == [newest_first[:10], newest_first[10:]]
+
+
+def test_a_bad_before_is_a_400(admin):
+    api, headers, _ = admin
+    for bad in ("soon", "-1", "nan", "inf"):
+        answer = api.get("/api/v1/enrichment/dead-letters", query_string={"before": bad}, headers=headers)
+        assert answer.status_code == 400 and answer.get_json()["error"]["field"] == "before", (bad, answer.get_json())
