@@ -149,4 +149,4 @@ def test_a_bad_before_is_a_400(admin):
     api, headers, _ = admin
     for bad in ("soon", "-1", "nan", "inf"):
         answer = api.get("/api/v1/enrichment/dead-letters", query_string={"before": bad}, headers=headers)
-        assert answer.status_code == 400 and answer.get_json()["error"]["field"] == "before", (bad, answer.get_json())
+        assert answer.status_code == 400 and answer.get_json()["error"]["details"]["field"] == "before", (bad, answer.get_json())
