@@ -66,6 +66,9 @@ MAX_REPLAY = 500
 """Dead letters replayed by one call (the oldest first when no ids are named; call again for the next ones)."""
 
 
+MAX_LIST_SCAN = 2_000  # dead letters one GET /dead-letters reads at most, those it leaves out included
+
+
 class ReplayIn(msgspec.Struct, forbid_unknown_fields=True):
     ids: Annotated[list[str], msgspec.Meta(max_length=MAX_REPLAY)] = []
     # A replay of all: start after this dead_lettered_at (the previous answer's `after`), past the dead letters
@@ -421,8 +424,30 @@ def build_router(runtime: Runtime) -> Router:
     def dead_letters(request: Request) -> dict[str, Any]:
         drain_dead_letters(ctx)
         limit = request.query_int("limit", 100, minimum=1, maximum=500)
-        items = runtime.documents.query(runs.DEAD_LETTERS, order_by="dead_lettered_at", descending=True, limit=limit)
-        return {"dead_letters": _within_clearance(runtime, request, [i for i in items if not i.get("replayed_at")])}
+        before = request.query_number("before")
+        # Newest first, read a page at a time until this one is full: those above the caller's clearance are left
+        # out, and a page read once and filtered came back empty behind `limit` of them. At most MAX_LIST_SCAN
+        # documents per call, then a short page with `before` to go on from.
+        page: list[dict[str, Any]] = []
+        scanned, more = 0, False
+        while True:
+            where = [("dead_lettered_at", "<", before)] if before is not None else []
+            chunk = runtime.documents.query(runs.DEAD_LETTERS, where=where, order_by="dead_lettered_at", descending=True, limit=limit)
+            scanned += len(chunk)
+            shown = {i["id"] for i in _within_clearance(runtime, request, [i for i in chunk if not i.get("replayed_at")])}
+            for item in chunk:
+                if len(page) == limit:
+                    more = True
+                    break
+                before = item["dead_lettered_at"]
+                if item["id"] in shown:
+                    page.append(item)
+            if more or len(chunk) < limit:
+                break
+            if scanned >= MAX_LIST_SCAN:
+                more = True
+                break
+        return {"dead_letters": page, "more": more, **({"before": before} if more else {})}
 
     @router.route("POST", "/api/v1/enrichment/dead-letters/replay", role=Role.ADMIN, body=ReplayIn)
     def replay(request: Request, body: ReplayIn) -> dict[str, Any]:

@@ -11,6 +11,7 @@ handler, and the mapping of the error tree to a JSON error. `/health` and
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -75,6 +76,19 @@ class Request:
         if value < minimum or (maximum is not None and value > maximum):
             bound = f" and at most {maximum}" if maximum is not None else ""
             raise ValidationError(f"query parameter {name!r} must be at least {minimum}{bound}", field=name)
+        return value
+
+    def query_number(self, name: str, *, minimum: float = 0.0) -> float | None:
+        """A finite number at least `minimum`, or None when absent (a cursor such as a timestamp)."""
+        text = self.query.get(name)
+        if text is None or text == "":
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValidationError(f"query parameter {name!r} must be a number", field=name) from None
+        if not math.isfinite(value) or value < minimum:
+            raise ValidationError(f"query parameter {name!r} must be a finite number at least {minimum:g}", field=name)
         return value
 
 
