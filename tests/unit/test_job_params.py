@@ -34,6 +34,12 @@ def test_every_manifest_schedule_body_passes_the_params_check(schedule):
         ("retrain-flows", {"max_rows": 10**9}, "params.max_rows"),
         ("retrain-flows", {"evaluation_object": "../x"}, "params.evaluation_object"),
         ("close-overdue-enrichment-runs", {"limit": 0}, "params.limit"),
+        ("prune-sightings", {"retention_days": 0}, "params.retention_days"),  # every sighting up to now
+        ("prune-sightings", {"retention_days": 36_501}, "params.retention_days"),
+        ("prune-sightings", {"limit": 0}, "params.limit"),
+        ("prune-sightings", {"limit": True}, "params.limit"),
+        ("prune-sightings", {"limit": 2_000_001}, "params.limit"),
+        ("prune-sightings", {"retention_day": 30}, "params.retention_day"),
         ("recover-stalled-flow-ingest-jobs", {"limt": 10}, "params.limt"),
     ],
 )
@@ -47,3 +53,16 @@ def test_good_params_pass():
     runs.validate_params("flow-retention", {"retention_days": 30})
     runs.validate_params("retrain-flows", {"enabled": True, "min_rows": 10, "max_rows": 100, "evaluation_object": None})
     runs.validate_params("heartbeat", {})
+    runs.validate_params("prune-sightings", {"retention_days": 1, "limit": 2_000_000})
+
+
+def test_prune_sightings_is_scheduled_once_a_day_with_its_defaults():
+    """ioc_sightings had no retention job; the manifest's schedule (Terraform and the local scheduler read it) runs
+    it daily with the defaults the job itself falls back to."""
+    from threatflow.iocs import retention
+
+    schedule = load_manifest().schedules["prune-sightings"]
+    assert (schedule.topic, schedule.attributes, schedule.time_zone) == ("maintenance", {"job": "prune-sightings"}, "Etc/UTC")
+    minute, hour, *days = schedule.schedule.split()
+    assert minute.isdigit() and hour.isdigit() and days == ["*", "*", "*"], schedule.schedule
+    assert schedule.body == {"params": {"retention_days": retention.RETENTION_DAYS, "limit": retention.PRUNE_LIMIT}}
