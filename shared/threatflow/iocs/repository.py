@@ -284,6 +284,25 @@ def log_sightings(conn: Connection, sightings: Sequence[tuple[int, datetime, str
     return int(result.rowcount)
 
 
+def prune_sightings(conn: Connection, *, before: datetime, limit: int) -> int:
+    """Delete at most `limit` sightings seen before `before`, oldest first (ioc_sightings_seen_at_idx); returns how
+    many. Rows another transaction holds (a concurrent prune, an IoC being deleted) are skipped, not waited for.
+    The IoCs are not touched: their first_seen, last_seen and detection_count keep counting every sighting."""
+    result = conn.execute(
+        _text(
+            "DELETE FROM ioc_sightings WHERE id IN (SELECT id FROM ioc_sightings WHERE seen_at < :before"
+            " ORDER BY seen_at LIMIT :limit FOR UPDATE SKIP LOCKED)"
+        ),
+        {"before": before, "limit": limit},
+    )
+    return int(result.rowcount)
+
+
+def sightings_before(conn: Connection, *, before: datetime) -> bool:
+    """Whether any sighting seen before `before` is left."""
+    return bool(conn.execute(_text("SELECT EXISTS (SELECT 1 FROM ioc_sightings WHERE seen_at < :before)"), {"before": before}).scalar_one())
+
+
 def max_id(conn: Connection) -> int:
     return int(conn.execute(_text("SELECT COALESCE(max(id), 0) FROM iocs")).scalar_one())
 

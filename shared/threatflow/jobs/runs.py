@@ -227,6 +227,22 @@ def flow_retention(ctx: JobContext) -> dict[str, Any]:
     return {**result, "bridge_budget_hours_pruned": pruned}
 
 
+def prune_sightings(ctx: JobContext) -> dict[str, Any]:
+    """Deletes the IoC sightings seen more than params.retention_days ago (default 365), at most params.limit
+    per invocation in short transactions; `more` says some remain. The IoCs' own first_seen, last_seen and
+    detection_count are left as they are (iocs/retention.py)."""
+    from threatflow.iocs import retention
+
+    return retention.prune_sightings(
+        engine=ctx.engine,
+        now=ctx.clock.now(),
+        retention_days=int_param(
+            ctx.params, "retention_days", default=retention.RETENTION_DAYS, minimum=1, maximum=retention.RETENTION_DAYS_MAX
+        ),
+        limit=int_param(ctx.params, "limit", default=retention.PRUNE_LIMIT, minimum=1, maximum=retention.PRUNE_MAX),
+    )
+
+
 def close_overdue_enrichment_runs(ctx: JobContext) -> dict[str, Any]:
     """Closes enrichment runs past their deadline that nobody read, through the same close as
     enrich-aggregate and GET /runs/{id}; at most params.limit runs per invocation, `more` says if some remain.
@@ -270,6 +286,7 @@ JOBS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
     "retrain-flows": retrain_flows,
     "refresh-flow-views": refresh_flow_views,
     "flow-retention": flow_retention,
+    "prune-sightings": prune_sightings,
     "close-overdue-enrichment-runs": close_overdue_enrichment_runs,
     "recover-stalled-flow-ingest-jobs": recover_stalled_flow_ingest_jobs,
 }
@@ -316,6 +333,12 @@ def _retrain_flows_params() -> dict[str, Param]:
     return {"enabled": BoolParam(), "min_rows": rows, "max_rows": rows, "evaluation_object": ObjectParam()}
 
 
+def _prune_sightings_params() -> dict[str, Param]:
+    from threatflow.iocs import retention
+
+    return {"retention_days": IntParam(1, retention.RETENTION_DAYS_MAX), "limit": IntParam(1, retention.PRUNE_MAX)}
+
+
 def _close_overdue_params() -> dict[str, Param]:
     from threatflow.enrichment import closing
 
@@ -338,6 +361,7 @@ JOB_PARAMS: dict[str, Callable[[], Mapping[str, Param]]] = {
     "retrain-flows": _retrain_flows_params,
     "refresh-flow-views": dict,
     "flow-retention": lambda: {"retention_days": IntParam(1, RETENTION_DAYS_MAX)},
+    "prune-sightings": _prune_sightings_params,
     "close-overdue-enrichment-runs": _close_overdue_params,
     "recover-stalled-flow-ingest-jobs": _recover_stalled_params,
 }
