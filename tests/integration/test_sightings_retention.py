@@ -139,9 +139,7 @@ def test_a_run_deletes_in_short_transactions_of_a_batch_each(backend_env, api, d
         ({"retention_day": 30}, "params.retention_day"),  # a typo would run with the default 365 days
     ],
 )
-def test_a_bad_param_is_a_400_from_the_admin_api_and_fails_a_published_run_deleting_nothing(
-    api, db, function_client, params, field
-):
+def test_a_bad_param_is_a_400_from_the_admin_api_and_fails_a_published_run_deleting_nothing(api, db, function_client, params, field):
     ioc_id = _ioc(api, "198.51.100.44")
     db.old_sightings(ioc_id, 2, days_ago=4000)
     response = function_client("admin").post(f"/api/v1/admin/jobs/{JOB}/run", json={"params": params}, headers=api.admin)
