@@ -1,7 +1,7 @@
 """Sightings retention: the prune-sightings maintenance job.
 
-ioc_sightings is a log (one row per sighting: POST /iocs/{id}/sightings, every batch and import merge,
-the flow bridge) that nothing else deletes. The job deletes the sightings seen before a cutoff, oldest
+ioc_sightings is a log (one row per sighting: POST /iocs/{id}/sightings and the flow bridge; batch and
+import merges raise the IoC's counters only) that nothing else deletes. The job deletes the sightings seen before a cutoff, oldest
 first, in batches of PRUNE_BATCH rows, each its own short transaction (no long lock, no long statement),
 and stops after `limit` rows (so one invocation's work is bounded; `more` says some are left for the
 next). The IoCs themselves are not touched: first_seen, last_seen and detection_count stay what every
