@@ -2,8 +2,9 @@
 
 - Each indicator record becomes an IoC by its OTX type (`IPv4`, `hostname`, `URL`, `FileHash-SHA256`...); types
   ThreatFlow does not store (`CVE`, `YARA`, `Mutex`, `FileHash-IMPHASH`...) are counted in `skipped` as `otx:<type>`.
-- The pulse's `tlp` is every IoC's and threat's TLP, its `tags` and `otx-pulse:<id>` are every IoC's tags, an
-  indicator's description (or title, else the pulse's name) is its description, its `created` when it was first seen.
+- The pulse's `tlp` (or `TLP`, as OTX's API writes it; the stricter of the two) is every IoC's and threat's TLP,
+  its `tags` and `otx-pulse:<id>` are every IoC's tags, an indicator's description (or title, else the pulse's
+  name) is its description, its `created` when it was first seen.
 - `adversary` becomes a threat-actor and `malware_families` malware threats (at most MAX_THREATS_PER_IOC in all),
   each given the pulse's ATT&CK ids (`attack_ids`, at most MAX_TTPS) as TTPs and linked to every IoC of the pulse.
 """
@@ -56,7 +57,8 @@ def pulse(out: Builder, doc: dict[str, Any], *, seen: dict[str, Seen], where: st
     once every pulse of the document is read)."""
     pulse_id = str(doc.get("id") or "").strip()[:128]
     name = doc.get("name") if isinstance(doc.get("name"), str) else None
-    tlp = strictest_tlp([doc["tlp"]]) if isinstance(doc.get("tlp"), str) else None
+    # OTX's API writes the marking as `TLP`, its exports and SDK as `tlp`: the stricter of the two
+    tlp = strictest_tlp([doc[key] for key in ("tlp", "TLP") if isinstance(doc.get(key), str)])
     tags = [t for t in doc.get("tags") or [] if isinstance(t, str)]
     if pulse_id:
         tags.append(f"otx-pulse:{pulse_id}")
