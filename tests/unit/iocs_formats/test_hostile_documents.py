@@ -20,3 +20,15 @@ def test_an_otx_pulse_marked_under_its_api_key_keeps_its_tlp(key):
 def test_an_otx_pulse_with_both_keys_takes_the_stricter():
     parsed = parse("json", OTX_PULSE | {"tlp": "white", "TLP": "amber"})
     assert {p.item.tlp for p in parsed.iocs} == {"amber"}
+
+
+@pytest.mark.parametrize("field", ["tags", "attack_ids", "malware_families"])
+@pytest.mark.parametrize("value", [5, 1.5, True, "TrickBot", {"id": "x"}])
+def test_an_otx_pulse_whose_lists_are_scalars_imports_without_them(field, value):
+    """`"tags": 5` raised TypeError (a 500; the async job retried to the dead letter), and a string was read as a
+    list of its characters (`"tags": "abc"` gave the tags a, b, c)."""
+    parsed = parse("json", OTX_PULSE | {field: value})
+    assert len(parsed.iocs) == 5
+    expected_tags = {"otx-pulse:64d31e8a5133613a90976b3f"} | ({"trickbot"} if field != "tags" else set())
+    assert all(set(p.item.tags) == expected_tags for p in parsed.iocs)
+    assert [w.ref for w in parsed.warnings] == ["pulse"]
