@@ -59,10 +59,10 @@ def pulse(out: Builder, doc: dict[str, Any], *, seen: dict[str, Seen], where: st
     name = doc.get("name") if isinstance(doc.get("name"), str) else None
     # OTX's API writes the marking as `TLP`, its exports and SDK as `tlp`: the stricter of the two
     tlp = strictest_tlp([doc[key] for key in ("tlp", "TLP") if isinstance(doc.get(key), str)])
-    tags = [t for t in doc.get("tags") or [] if isinstance(t, str)]
+    tags = [t for t in _list(out, doc, "tags", where) if isinstance(t, str)]
     if pulse_id:
         tags.append(f"otx-pulse:{pulse_id}")
-    ttps = sorted({i.upper() for i in map(_technique, doc.get("attack_ids") or []) if i and _TTP.match(i.upper())})
+    ttps = sorted({i.upper() for i in map(_technique, _list(out, doc, "attack_ids", where)) if i and _TTP.match(i.upper())})
     if len(ttps) > MAX_TTPS:  # every threat of the pulse gets them all: a threat holds at most MAX_TTPS
         out.warn(where, f"the pulse names {len(ttps)} ATT&CK ids; its threats take the first {MAX_TTPS}")
         ttps = ttps[:MAX_TTPS]
@@ -98,7 +98,7 @@ def _threats(out: Builder, doc: dict[str, Any], *, tlp: str | None, ttps: list[s
     adversary = doc.get("adversary")
     if isinstance(adversary, str) and adversary.strip():
         named.append(("threat-actor", adversary.strip()[:256]))
-    named.extend(("malware", family) for family in map(_family, doc.get("malware_families") or []) if family)
+    named.extend(("malware", family) for family in map(_family, _list(out, doc, "malware_families", where)) if family)
     refs: list[str] = []
     for kind, threat_name in named:
         ref = f"threat:{kind}:{threat_name.lower()}"
@@ -117,6 +117,16 @@ def _threats(out: Builder, doc: dict[str, Any], *, tlp: str | None, ttps: list[s
             seen[ref] = Seen(len(out.threats) - 1, set(ttps), tlp)
             refs.append(ref)
     return refs
+
+
+def _list(out: Builder, doc: dict[str, Any], key: str, where: str) -> list[Any]:
+    """The pulse's list under `key` ([] when absent or null); anything else is not read, with a warning (an int raised
+    TypeError, and a string was read as a list of its characters)."""
+    value = doc.get(key)
+    if value is None or isinstance(value, list):
+        return value or []
+    out.warn(where, f"{key} must be a list; got {type(value).__name__}: not read")
+    return []
 
 
 def _family(entry: Any) -> str | None:
