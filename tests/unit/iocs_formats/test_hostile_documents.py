@@ -32,3 +32,19 @@ def test_an_otx_pulse_whose_lists_are_scalars_imports_without_them(field, value)
     expected_tags = {"otx-pulse:64d31e8a5133613a90976b3f"} | ({"trickbot"} if field != "tags" else set())
     assert all(set(p.item.tags) == expected_tags for p in parsed.iocs)
     assert [w.ref for w in parsed.warnings] == ["pulse"]
+
+
+@pytest.mark.parametrize("refs", [5, 1.5, True])
+def test_a_stix_sighting_whose_observed_data_refs_is_a_scalar_is_skipped(refs):
+    """`observed_data_refs: 5` raised TypeError: the bundle's import was a 500."""
+    bundle = {
+        "type": "bundle",
+        "id": "bundle--1",
+        "objects": [
+            {"type": "malware", "id": "malware--1", "name": "X", "is_family": True},
+            {"type": "ipv4-addr", "id": "ipv4-addr--1", "value": "198.51.100.7"},
+            {"type": "sighting", "id": "sighting--1", "sighting_of_ref": "malware--1", "observed_data_refs": refs},
+        ],
+    }
+    parsed = parse("stix", bundle)
+    assert (len(parsed.iocs), len(parsed.threats), parsed.links, parsed.skipped) == (1, 1, [], {"sighting": 1})
