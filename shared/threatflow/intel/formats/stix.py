@@ -164,7 +164,8 @@ def _sighting(out: Builder, obj: dict[str, Any], *, threat_refs: set[str], ioc_r
     sighting-of-observed-data idiom), so each such IoC is linked to it as `sighted-as`. Any other sighting is
     counted in `skipped` (a sighting of an indicator says it was seen, not what it is)."""
     threat = obj.get("sighting_of_ref")
-    observed = [ref for ref in obj.get("observed_data_refs") or [] if isinstance(ref, str) and ref in ioc_refs]
+    refs = obj.get("observed_data_refs")
+    observed = [ref for ref in refs if isinstance(ref, str) and ref in ioc_refs] if isinstance(refs, list) else []
     if not isinstance(threat, str) or threat not in threat_refs or not observed:
         out.skip("sighting")
         return
