@@ -48,3 +48,35 @@ def test_a_stix_sighting_whose_observed_data_refs_is_a_scalar_is_skipped(refs):
     }
     parsed = parse("stix", bundle)
     assert (len(parsed.iocs), len(parsed.threats), parsed.links, parsed.skipped) == (1, 1, [], {"sighting": 1})
+
+
+_IPV4 = {"type": "ipv4-addr", "id": "ipv4-addr--1", "value": "198.51.100.7"}
+_INDICATOR = {"type": "indicator", "id": "indicator--1", "pattern": "[ipv4-addr:value = '198.51.100.8']", "pattern_type": "stix"}
+_OBSERVED = {"type": "observed-data", "id": "observed-data--1", "object_refs": ["ipv4-addr--1"]}
+_FILE = {"type": "file", "id": "file--1", "hashes": {"MD5": "44d88612fea8a8f36de82e1278abb02f"}}
+_MALWARE = {"type": "malware", "id": "malware--1", "name": "X", "is_family": True}
+
+
+@pytest.mark.parametrize(
+    ("obj", "field", "value"),
+    [
+        (_INDICATOR, "labels", 5),
+        (_INDICATOR, "indicator_types", 5),
+        (_INDICATOR, "object_marking_refs", 5),
+        (_INDICATOR, "granular_markings", 5),
+        (_OBSERVED, "object_refs", 5),
+        (_OBSERVED, "object_refs", [["ipv4-addr--1"]]),
+        (_OBSERVED, "labels", [5]),
+        (_FILE, "hashes", 5),
+        (_FILE, "hashes", ["MD5"]),
+        (_MALWARE, "aliases", 5),
+        (_MALWARE, "x_mitre_aliases", 5),
+        (_MALWARE, "labels", 5),
+    ],
+)
+def test_a_stix_field_of_the_wrong_shape_is_an_error_of_its_object_never_a_crash(obj, field, value):
+    """A list or map field written as a scalar (`"labels": 5`, `"hashes": 5`) or holding lists raised TypeError or
+    AttributeError: the bundle's import was a 500. It is now ignored, or the object's error; the rest imports."""
+    bundle = {"type": "bundle", "id": "bundle--1", "objects": [_IPV4, obj | {field: value}]}
+    parsed = parse("stix", bundle)
+    assert "ipv4-addr--1" in {p.ref for p in parsed.iocs}
