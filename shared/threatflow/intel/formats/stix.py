@@ -260,6 +260,12 @@ def _tlp_definitions(by_id: dict[str, tuple[int, dict[str, Any]]], objects: list
     return tlp
 
 
+def _list(obj: dict[str, Any], key: str) -> list[Any]:
+    """The object's list property, [] when absent or not a list (`"labels": 5` raised TypeError: a 500)."""
+    value = obj.get(key)
+    return list(value) if isinstance(value, list) else []
+
+
 def _rank(level: str) -> int:
     return _TLP_RANK.index(level) if level in _TLP_RANK else -1
 
@@ -267,8 +273,8 @@ def _rank(level: str) -> int:
 def _tlp(obj: dict[str, Any], tlp_of: dict[str, str]) -> str | None:
     """The object's TLP, granular markings included: one that marks a part we import (the pattern, the description)
     marks the IoC, and we do not tell the parts apart."""
-    granular = [g.get("marking_ref") for g in obj.get("granular_markings") or [] if isinstance(g, dict)]
-    refs = [*(obj.get("object_marking_refs") or []), *granular]
+    granular = [g.get("marking_ref") for g in _list(obj, "granular_markings") if isinstance(g, dict)]
+    refs = [*_list(obj, "object_marking_refs"), *granular]
     levels = [tlp_of[ref] for ref in refs if isinstance(ref, str) and ref in tlp_of]
     levels = [level for level in levels if level in _TLP_RANK]
     return max(levels, key=_TLP_RANK.index) if levels else None  # several: the most restrictive wins
@@ -277,7 +283,7 @@ def _tlp(obj: dict[str, Any], tlp_of: dict[str, str]) -> str | None:
 def _common(obj: dict[str, Any], tlp_of: dict[str, str]) -> dict[str, Any]:
     confidence = obj.get("confidence")
     return {
-        "tags": [*(obj.get("labels") or []), *(obj.get("indicator_types") or [])],
+        "tags": [*_list(obj, "labels"), *_list(obj, "indicator_types")],
         "tlp": _tlp(obj, tlp_of),
         "confidence": confidence if isinstance(confidence, int) and 0 <= confidence <= 100 else None,
         "description": (obj.get("description") or None) if isinstance(obj.get("description"), str) else None,
@@ -504,7 +510,7 @@ def _sco(out: Builder, ref: str, obj: dict[str, Any], where: str, common: dict[s
     elif kind == "directory" and isinstance(obj.get("path"), str):
         values.append(("file_path", obj["path"]))
     elif kind == "file":
-        for algorithm, digest in (obj.get("hashes") or {}).items():
+        for algorithm, digest in (obj["hashes"] if isinstance(obj.get("hashes"), dict) else {}).items():
             key = ("file", _hash_key(f"hashes.{algorithm}"))
             if key in OBJECT_PATHS and isinstance(digest, str):
                 values.append((OBJECT_PATHS[key], digest))
@@ -521,15 +527,15 @@ def _observed(
     out: Builder, obj_id: str, obj: dict[str, Any], where: str, tlp_of: dict[str, str], by_id: dict[str, tuple[int, dict[str, Any]]]
 ) -> bool:
     common = _common(obj, tlp_of)
-    common["tags"] = [t for t in common["tags"] if not t.startswith("misp:")]
+    common["tags"] = [t for t in common["tags"] if not (isinstance(t, str) and t.startswith("misp:"))]
     taken = False
     embedded = obj.get("objects")
     if isinstance(embedded, dict):  # STIX 2.0: SCOs inline, keyed "0", "1"...
         for key, sco in embedded.items():
             if isinstance(sco, dict):
                 taken = _sco(out, obj_id, sco, f"{where}.objects[{key}]", common) or taken
-    for ref in obj.get("object_refs") or []:  # STIX 2.1: references to top-level SCOs (imported on their own too)
-        if ref in by_id and by_id[ref][1].get("type") in _SCO_TYPES:
+    for ref in _list(obj, "object_refs"):  # STIX 2.1: references to top-level SCOs (imported on their own too)
+        if isinstance(ref, str) and ref in by_id and by_id[ref][1].get("type") in _SCO_TYPES:
             taken = _sco(out, obj_id, by_id[ref][1], where, common) or taken
     return taken
 
@@ -542,7 +548,7 @@ def _threat(out: Builder, obj_id: str, obj: dict[str, Any], where: str, tlp_of: 
     if not isinstance(name, str) or not name.strip():
         out.error(obj_id, f"{where}: a {obj['type']} needs a name")
         return False
-    aliases = [a for a in [*(obj.get("aliases") or []), *(obj.get("x_mitre_aliases") or [])] if isinstance(a, str)]
+    aliases = [a for a in [*_list(obj, "aliases"), *_list(obj, "x_mitre_aliases")] if isinstance(a, str)]
     references = []
     for ref in obj.get("external_references") or []:
         if isinstance(ref, dict) and isinstance(ref.get("source_name"), str):
@@ -559,7 +565,7 @@ def _threat(out: Builder, obj_id: str, obj: dict[str, Any], where: str, tlp_of: 
             "first_seen": obj.get("first_seen"),
             "last_seen": obj.get("last_seen"),
             "references": references,
-            "tags": list(obj.get("labels") or []),
+            "tags": _list(obj, "labels"),
             "stix_id": obj_id,
             "tlp": _tlp(obj, tlp_of),
         },
