@@ -40,16 +40,19 @@ def _record(ioc: Any) -> dict[str, Any]:
 
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# RFC 8215's local-use NAT64 prefix: its translators' prefixes are mostly /96, the IPv4 address in the last 32 bits
+_NAT64_LOCAL_USE = ipaddress.ip_network("64:ff9b:1::/48")
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
 def carried_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 one carries: NAT64 (64:ff9b::/96), 6to4 (2002::/16), IPv4-compatible (::/96)."""
+    """The IPv4 address an IPv6 one carries: NAT64 (64:ff9b::/96, and 64:ff9b:1::/48 read as /96 prefixes), 6to4
+    (2002::/16), IPv4-compatible (::/96), Teredo's client (2001::/32)."""
     if not isinstance(address, ipaddress.IPv6Address):
         return None
-    if address in _NAT64 or address in _IPV4_COMPATIBLE:
+    if address in _NAT64 or address in _NAT64_LOCAL_USE or address in _IPV4_COMPATIBLE:
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return address.sixtofour
+    return address.sixtofour or (address.teredo[1] if address.teredo else None)
 
 
 def _carried_key(record: Mapping[str, Any]) -> tuple[str, str] | None:
