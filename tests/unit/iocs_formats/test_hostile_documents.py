@@ -80,3 +80,25 @@ def test_a_stix_field_of_the_wrong_shape_is_an_error_of_its_object_never_a_crash
     bundle = {"type": "bundle", "id": "bundle--1", "objects": [_IPV4, obj | {field: value}]}
     parsed = parse("stix", bundle)
     assert "ipv4-addr--1" in {p.ref for p in parsed.iocs}
+
+
+@pytest.mark.parametrize(
+    "galaxy",
+    [
+        {"type": "threat-actor", "GalaxyCluster": 5},
+        {"type": "threat-actor", "GalaxyCluster": [{"value": "APT 1", "meta": {"refs": 5}}]},
+        {"type": "threat-actor", "GalaxyCluster": [{"value": "APT 1", "meta": {"synonyms": 5}}]},
+    ],
+)
+def test_a_misp_galaxy_of_the_wrong_shape_is_never_a_crash(galaxy):
+    """`"GalaxyCluster": 5` and a cluster's `"meta": {"refs": 5}` raised TypeError: the import was a 500. A cluster
+    list that is no list is refused as every other MISP list is (a 400 naming it); a meta list is read as empty."""
+    from threatflow.platform.errors import ValidationError
+
+    event = {"Event": {"info": "i", "Galaxy": [galaxy], "Attribute": [{"type": "ip-dst", "value": "198.51.100.7"}]}}
+    if galaxy["GalaxyCluster"] == 5:
+        with pytest.raises(ValidationError, match=r"Event\.Galaxy\[0\]\.GalaxyCluster must be a list"):
+            parse("misp", event)
+        return
+    parsed = parse("misp", event)
+    assert [(t.item.name, t.item.aliases, t.item.references) for t in parsed.threats] == [("APT 1", [], [])]
