@@ -327,11 +327,11 @@ def _galaxies(out: Builder, holder: dict[str, Any], where: str) -> tuple[list[st
     """Threats from the holder's galaxy clusters (refs), and the ATT&CK technique ids among them."""
     refs: list[str] = []
     ttps: list[str] = []
-    for galaxy in [*_list(holder, "Galaxy", where), *_tag_galaxies(holder, where)]:
+    for g_index, galaxy in enumerate([*_list(holder, "Galaxy", where), *_tag_galaxies(holder, where)]):
         if not isinstance(galaxy, dict):
             continue
         galaxy_type = str(galaxy.get("type") or "")
-        for cluster in galaxy.get("GalaxyCluster") or []:
+        for cluster in _list(galaxy, "GalaxyCluster", f"{where}.Galaxy[{g_index}]"):
             if not isinstance(cluster, dict) or not isinstance(cluster.get("value"), str):
                 continue
             value = cluster["value"].strip()
@@ -352,10 +352,10 @@ def _galaxies(out: Builder, holder: dict[str, Any], where: str) -> tuple[list[st
                 refs.append(ref)
             if any(t.ref == ref for t in out.threats):
                 continue
-            references = [{"source_name": "misp-galaxy", "url": url} for url in (meta.get("refs") or []) if isinstance(url, str)]
+            references = [{"source_name": "misp-galaxy", "url": url} for url in _meta_list(meta, "refs") if isinstance(url, str)]
             if external_id:
                 references.insert(0, {"source_name": "mitre-attack", "external_id": external_id})
-            synonyms = [s for s in (meta.get("synonyms") or []) if isinstance(s, str) and s.strip() and s.strip().lower() != name.lower()]
+            synonyms = [s for s in _meta_list(meta, "synonyms") if isinstance(s, str) and s.strip() and s.strip().lower() != name.lower()]
             out.threat(
                 ref,
                 {
@@ -370,14 +370,20 @@ def _galaxies(out: Builder, holder: dict[str, Any], where: str) -> tuple[list[st
     return refs, ttps
 
 
+def _meta_list(meta: dict[str, Any], key: str) -> list[Any]:
+    """A cluster's meta list (refs, synonyms); anything else is read as none (`"refs": 5` raised TypeError)."""
+    value = meta.get(key)
+    return value if isinstance(value, list) else []
+
+
 def _tag_galaxies(holder: dict[str, Any], where: str) -> list[dict[str, Any]]:
     """Clusters named only by a `misp-galaxy:TYPE="VALUE"` tag, as galaxies: a feed's events (PyMISP's to_feed) carry
     the tags and no Galaxy block. A cluster the Galaxy block already holds is not repeated."""
     held = {
         (str(galaxy.get("type") or ""), str(cluster.get("value") or "").strip())
-        for galaxy in _list(holder, "Galaxy", where)
+        for index, galaxy in enumerate(_list(holder, "Galaxy", where))
         if isinstance(galaxy, dict)
-        for cluster in (galaxy.get("GalaxyCluster") or [])
+        for cluster in _list(galaxy, "GalaxyCluster", f"{where}.Galaxy[{index}]")
         if isinstance(cluster, dict)
     }
     galaxies = []
