@@ -120,6 +120,7 @@ class Builder:
         self.errors: list[ItemError] = []
         self.warnings: list[ItemError] = []
         self.skipped: dict[str, int] = {}
+        self.threat_at: dict[str, int] = {}  # where in `threats` the first threat of each ref is: a lookup, not a scan
 
     def ioc(self, ref: str, data: dict[str, Any]) -> bool:
         item = self._convert(ref, data, IocIn)
@@ -130,6 +131,7 @@ class Builder:
     def threat(self, ref: str, data: dict[str, Any]) -> bool:
         item = self._convert(ref, data, ThreatIn)
         if item is not None:
+            self.threat_at.setdefault(ref, len(self.threats))
             self.threats.append(ParsedThreat(ref, item))
         return item is not None
 

@@ -1,0 +1,67 @@
+"""What hostile document shapes cost to parse (a plain script that prints, not a test).
+
+    PYTHONPATH=shared .venv/bin/python tests/perf/bench_hostile_documents.py [--n 8000] [--shared PATH]
+
+Builds each shape at --n and 4 x --n and prints its size, parse seconds and the peak memory the parse allocated
+(tracemalloc), so that a shape whose work grows faster than the document shows it in the ratio between the rows.
+`--shared ../main/shared` parses with another checkout (the figures before a change).
+tests/unit/iocs_formats/test_hostile_documents.py asserts the bounds by counts; these are what they buy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+
+def misp_clusters(n: int) -> tuple[str, Any]:
+    """One event of n threat-actor clusters."""
+    clusters = [{"value": f"actor {i}"} for i in range(n)]
+    return "misp", {"Event": {"info": "i", "Galaxy": [{"type": "threat-actor", "GalaxyCluster": clusters}]}}
+
+
+def misp_family_events(n: int) -> tuple[str, Any]:
+    """n events naming one family and one ATT&CK technique each."""
+    events = [
+        {"Event": {"info": f"e{i}", "Galaxy": [
+            {"type": "threat-actor", "GalaxyCluster": [{"value": "APT X"}]},
+            {"type": "mitre-attack-pattern", "GalaxyCluster": [{"value": f"P - T{1000 + i % 9000}.{i // 9000:03d}"}]},
+        ]}}
+        for i in range(n)
+    ]  # fmt: skip
+    return "misp", {"response": events}
+
+
+SHAPES: dict[str, Callable[[int], tuple[str, Any]]] = {"misp clusters": misp_clusters, "misp family events": misp_family_events}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=8000)
+    parser.add_argument("--shared", help="the shared package to parse with (another checkout's)")
+    args = parser.parse_args()
+    if args.shared:
+        sys.path.insert(0, args.shared)
+    from threatflow.intel.formats import parse
+
+    print(f"{'shape':24s} {'n':>7s} {'MB':>6s} {'seconds':>8s} {'peak MB':>8s}")
+    for name, make in SHAPES.items():
+        for n in (args.n, 4 * args.n):
+            fmt, doc = make(n)
+            text = json.dumps(doc)
+            tracemalloc.start()
+            started = time.perf_counter()
+            parse(fmt, text)
+            took = time.perf_counter() - started
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            print(f"{name:24s} {n:7d} {len(text) / 1e6:6.2f} {took:8.2f} {peak / 1e6:8.1f}")
+
+
+if __name__ == "__main__":
+    main()
