@@ -139,3 +139,30 @@ def test_misp_clusters_are_made_threats_in_linear_work(monkeypatch):
     parsed = parse("misp", {"response": [big, *events]})
     assert len(parsed.threats) == 1500 and all(t.item.ttps == ["T1566"] for t in parsed.threats[1000:])
     assert _CountingList.visits <= 4 * 1500
+
+
+def _pulse_of_32_families(indicators: int) -> dict:
+    values = [f"198.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}" for i in range(indicators)]
+    families = [f"family {i}" for i in range(32)]
+    return {"id": "p", "name": "p", "malware_families": families, "indicators": [{"indicator": v} for v in values]}
+
+
+def _event_of_32_clusters(attributes: int) -> dict:
+    values = [f"198.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}" for i in range(attributes)]
+    clusters = [{"value": f"actor {i}"} for i in range(32)]
+    galaxy = [{"type": "threat-actor", "GalaxyCluster": clusters}]
+    return {"Event": {"info": "i", "Galaxy": galaxy, "Attribute": [{"type": "ip-dst", "value": v} for v in values]}}
+
+
+@pytest.mark.parametrize(("fmt", "make"), [("json", _pulse_of_32_families), ("misp", _event_of_32_clusters)], ids=["otx", "misp"])
+def test_a_documents_threat_links_are_held_up_to_a_bound(fmt, make):
+    """A pulse or an event links each of its IoCs to up to 32 threats, and every link was held: 4.4 MB of one event
+    held 3.2 million links (500 MB; an async import of 32 MB would take 3.5 GB in a 1 GiB function), where an import
+    makes at most 10,000. A document's parse holds MAX_PARSED_LINKS; the rest are counted in one warning."""
+    from threatflow.intel.formats.base import MAX_PARSED_LINKS
+
+    parsed = parse(fmt, make(MAX_PARSED_LINKS // 32 + 100))
+    assert len(parsed.links) == MAX_PARSED_LINKS
+    assert [w.to_json() for w in parsed.warnings if w.ref == "links"] == [
+        {"ref": "links", "reason": f"3200 threat links not read: a document's parse holds at most {MAX_PARSED_LINKS}"}
+    ]
