@@ -37,7 +37,28 @@ def misp_family_events(n: int) -> tuple[str, Any]:
     return "misp", {"response": events}
 
 
-SHAPES: dict[str, Callable[[int], tuple[str, Any]]] = {"misp clusters": misp_clusters, "misp family events": misp_family_events}
+def _addresses(n: int) -> list[str]:
+    return [f"198.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}" for i in range(n)]
+
+
+def otx_pulse_of_32_families(n: int) -> tuple[str, Any]:
+    """One pulse of n indicators naming 32 families: 32 links an indicator."""
+    families = [f"family {i}" for i in range(32)]
+    return "json", {"id": "p", "name": "p", "malware_families": families, "indicators": [{"indicator": v} for v in _addresses(n)]}
+
+
+def misp_event_of_32_clusters(n: int) -> tuple[str, Any]:
+    """One event of n attributes and 32 threat-actor clusters: 32 links an attribute."""
+    galaxy = [{"type": "threat-actor", "GalaxyCluster": [{"value": f"actor {i}"} for i in range(32)]}]
+    return "misp", {"Event": {"info": "i", "Galaxy": galaxy, "Attribute": [{"type": "ip-dst", "value": v} for v in _addresses(n)]}}
+
+
+SHAPES: dict[str, Callable[[int], tuple[str, Any]]] = {
+    "misp clusters": misp_clusters,
+    "misp family events": misp_family_events,
+    "otx pulse, 32 families": otx_pulse_of_32_families,
+    "misp event, 32 clusters": misp_event_of_32_clusters,
+}
 
 
 def main() -> None:

@@ -3,7 +3,8 @@ items and errors, the builder that collects them, and input decoding."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -17,6 +18,9 @@ from threatflow.platform.vocabulary import Tlp, clean_tags
 from threatflow.threats.model import ThreatIn
 
 T = TypeVar("T")
+# Threat links one document's parse holds. An import makes at most importer.MAX_LINKS_PER_IMPORT (10,000), but an OTX
+# pulse or a MISP event links each of its IoCs to up to 32 threats: 4.4 MB of one event held 3.2 million (500 MB).
+MAX_PARSED_LINKS = 100_000
 # IoC-to-IoC relation types a document's own words are kept as (STIX relationship_type, MISP ObjectReference);
 # any other word relates the two as related-to.
 RELATION_TYPES = frozenset({"resolves-to", "communicates-with", "drops", "downloads"})
@@ -121,6 +125,7 @@ class Builder:
         self.warnings: list[ItemError] = []
         self.skipped: dict[str, int] = {}
         self.threat_at: dict[str, int] = {}  # where in `threats` the first threat of each ref is: a lookup, not a scan
+        self.links_unread = 0  # links past MAX_PARSED_LINKS: counted, not held
 
     def ioc(self, ref: str, data: dict[str, Any]) -> bool:
         item = self._convert(ref, data, IocIn)
@@ -149,6 +154,12 @@ class Builder:
             self.error(ref, str(exc).replace("`$.", "`"))
             return None
 
+    def link_all(self, links: Iterable[Link]) -> None:
+        """Hold `links` while the document has room (MAX_PARSED_LINKS); count the rest."""
+        pending = iter(links)
+        self.links.extend(itertools.islice(pending, max(0, MAX_PARSED_LINKS - len(self.links))))
+        self.links_unread += sum(1 for _ in pending)
+
     def error(self, ref: str, reason: str) -> None:
         self.errors.append(ItemError(ref, reason))
 
@@ -159,6 +170,8 @@ class Builder:
         self.skipped[kind] = self.skipped.get(kind, 0) + 1
 
     def build(self) -> ParsedImport:
+        if self.links_unread:
+            self.warn("links", f"{self.links_unread} threat links not read: a document's parse holds at most {MAX_PARSED_LINKS}")
         return ParsedImport(self.iocs, self.threats, self.links, self.relations, self.errors, self.warnings, self.skipped)
 
 

@@ -211,7 +211,7 @@ def _event(out: Builder, event: dict[str, Any], room: _Room, ttps_of: dict[str, 
             f"each IoC is linked to the first {len(linked)} of the event's {len(threat_refs)} threats:"
             f" {len(threat_refs) - len(linked)} of its threats are linked to none of its IoCs",
         )
-    out.links.extend(Link(ioc_ref, threat_ref, "indicates") for ioc_ref in event_iocs for threat_ref in linked)
+    out.link_all(Link(ioc_ref, threat_ref, "indicates") for ioc_ref in event_iocs for threat_ref in linked)
 
 
 def _attribute(out: Builder, attribute: Any, ctx: dict[str, Any], *, where: str) -> list[str]:
@@ -259,7 +259,7 @@ def _attribute(out: Builder, attribute: Any, ctx: dict[str, Any], *, where: str)
         if out.ioc(ref, {**base, "value": part, "type": ioc_type}):
             refs.append(ref)
     threat_refs, _ttps = _galaxies(out, attribute, where)
-    out.links.extend(Link(ioc_ref, threat_ref, "indicates") for ioc_ref in refs for threat_ref in threat_refs)
+    out.link_all(Link(ioc_ref, threat_ref, "indicates") for ioc_ref in refs for threat_ref in threat_refs)
     return refs
 
 

@@ -87,7 +87,7 @@ def pulse(out: Builder, doc: dict[str, Any], *, seen: dict[str, Seen], where: st
             "first_seen": seen_time(record.get("created")),
         }
         if out.ioc(ref, item):
-            out.links.extend(Link(ref, threat_ref, "indicates") for threat_ref in threat_refs)
+            out.link_all(Link(ref, threat_ref, "indicates") for threat_ref in threat_refs)
 
 
 def _threats(out: Builder, doc: dict[str, Any], *, tlp: str | None, ttps: list[str], seen: dict[str, Seen], where: str) -> list[str]:
