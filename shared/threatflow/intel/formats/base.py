@@ -14,7 +14,7 @@ import msgspec
 
 from threatflow.iocs.service import IocIn
 from threatflow.platform.errors import ValidationError
-from threatflow.platform.vocabulary import Tlp, clean_tags
+from threatflow.platform.vocabulary import MAX_TAG_LENGTH, MAX_TAGS, Tlp, clean_tags
 from threatflow.threats.model import ThreatIn
 
 T = TypeVar("T")
@@ -159,6 +159,32 @@ class Builder:
         pending = iter(links)
         self.links.extend(itertools.islice(pending, max(0, MAX_PARSED_LINKS - len(self.links))))
         self.links_unread += sum(1 for _ in pending)
+
+    def shared_tags(self, tags: Sequence[str], *, where: str, room: int) -> list[str]:
+        """Tags a document gives each of its IoCs (a pulse's, an event's), cleaned once here and at most `room` of
+        them, the first in order; those left out (past the room, or a tag the rule refuses) are named in one warning.
+        Cleaned again for each IoC, 20,000 of them on 2,000 indicators took 11 s, and past MAX_TAGS every IoC of the
+        document was rejected."""
+        kept: dict[str, None] = {}
+        left_out = 0
+        for tag in tags:
+            try:
+                cleaned = clean_tags([tag])
+            except ValidationError:
+                left_out += 1
+                continue
+            for name in cleaned:
+                if name not in kept and len(kept) < room:
+                    kept[name] = None
+                elif name not in kept:
+                    left_out += 1
+        if left_out:
+            self.warn(
+                where,
+                f"{left_out} of its tags not given to its items: an IoC holds at most {MAX_TAGS} tags,"
+                f" each at most {MAX_TAG_LENGTH} characters",
+            )
+        return list(kept)
 
     def error(self, ref: str, reason: str) -> None:
         self.errors.append(ItemError(ref, reason))

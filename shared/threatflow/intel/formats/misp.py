@@ -47,6 +47,7 @@ from threatflow.intel.formats.base import (
 from threatflow.intel.formats.csvfmt import parse as parse_csv_rows
 from threatflow.intel.formats.misp_types import MISP_TYPES
 from threatflow.platform.errors import ValidationError
+from threatflow.platform.vocabulary import MAX_TAGS
 
 _GALAXY_KINDS = {
     "threat-actor": "threat-actor",
@@ -163,6 +164,7 @@ def _event(out: Builder, event: dict[str, Any], room: _Room, ttps_of: dict[str, 
     orgc: dict[str, Any] = event["Orgc"] if isinstance(event.get("Orgc"), dict) else {}
     source = f"misp:{orgc['name']}" if orgc.get("name") else "misp"
     event_tags, event_tlp = _split_tags(_tag_names(event, where))
+    event_tags = out.shared_tags(event_tags, where=where, room=MAX_TAGS - bool(uuid))  # every attribute's: cleaned once
     if uuid:
         event_tags.append(f"misp-event:{uuid}")
     info = event.get("info") if isinstance(event.get("info"), str) else None

@@ -20,6 +20,7 @@ import msgspec
 from threatflow.intel.formats.base import Builder, Link, ParsedThreat, seen_time, strictest_tlp
 from threatflow.intel.formats.csvfmt import map_type
 from threatflow.iocs.types import IocType
+from threatflow.platform.vocabulary import MAX_TAGS
 from threatflow.threats.model import MAX_TTPS
 
 MAX_THREATS_PER_IOC = 32  # as MISP's event clusters: links stay linear in the document
@@ -59,7 +60,7 @@ def pulse(out: Builder, doc: dict[str, Any], *, seen: dict[str, Seen], where: st
     name = doc.get("name") if isinstance(doc.get("name"), str) else None
     # OTX's API writes the marking as `TLP`, its exports and SDK as `tlp`: the stricter of the two
     tlp = strictest_tlp([doc[key] for key in ("tlp", "TLP") if isinstance(doc.get(key), str)])
-    tags = [t for t in _list(out, doc, "tags", where) if isinstance(t, str)]
+    tags = out.shared_tags([t for t in _list(out, doc, "tags", where) if isinstance(t, str)], where=where, room=MAX_TAGS - bool(pulse_id))
     if pulse_id:
         tags.append(f"otx-pulse:{pulse_id}")
     ttps = sorted({i.upper() for i in map(_technique, _list(out, doc, "attack_ids", where)) if i and _TTP.match(i.upper())})
