@@ -218,3 +218,32 @@ def test_a_documents_tags_are_read_once_and_given_to_its_items_up_to_the_bound(m
         "19938 of its tags not given to its items: an IoC holds at most 64 tags, each at most 128 characters"
     ]
     assert sum(cleaned) <= 20_001 + 100 * 65
+
+
+def test_a_stix_objects_labels_are_read_once_for_all_the_iocs_it_gives(monkeypatch):
+    """An observed-data object's labels go to each of its objects' IoCs (an indicator's to each value of its pattern)
+    and were cleaned again for each: 20,000 labels on 2,000 addresses (0.3 MB) took 12 s; past 64, every IoC of the
+    object was rejected. They are read once; the first 64 go to every IoC, the rest are named in one warning."""
+    from threatflow.intel.formats import base
+
+    cleaned = []
+
+    def counting(tags, **kwargs):
+        tags = list(tags)
+        cleaned.append(len(tags))
+        return base_clean(tags, **kwargs)
+
+    base_clean = base.clean_tags
+    monkeypatch.setattr(base, "clean_tags", counting)
+    objects = {str(i): {"type": "ipv4-addr", "value": f"198.51.100.{i}"} for i in range(100)}
+    labels = [f"T{i}" for i in range(20_000)]
+    observed = {"type": "observed-data", "id": "observed-data--1", "labels": labels, "objects": objects}
+    parsed = parse("stix", {"type": "bundle", "id": "bundle--1", "objects": [observed]})
+    assert [sorted(p.item.tags) for p in parsed.iocs] == [sorted(f"t{i}" for i in range(64))] * 100
+    assert [w.to_json() for w in parsed.warnings] == [
+        {
+            "ref": "observed-data--1",
+            "reason": "19936 of its tags not given to its items: an IoC holds at most 64 tags, each at most 128 characters",
+        }
+    ]
+    assert sum(cleaned) <= 20_000 + 100 * 65
