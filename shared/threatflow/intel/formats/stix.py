@@ -37,6 +37,7 @@ from typing import Any
 
 from threatflow.intel.formats.base import RELATION_TYPES, Builder, Link, ParsedImport, ParsedThreat, Relation, load_json, seen_time
 from threatflow.platform.errors import ValidationError
+from threatflow.platform.vocabulary import MAX_TAGS
 
 THREAT_TYPES = {"malware", "threat-actor", "intrusion-set", "campaign", "tool"}
 # TLP 1.0 (STIX 2.x spec) and TLP 2.0 (OASIS extension) marking-definition ids.
@@ -108,7 +109,7 @@ def parse(content: Any) -> ParsedImport:
             if _indicator(out, obj, where, tlp_of):
                 ioc_refs.add(obj_id)
         elif kind in _SCO_TYPES:
-            if _sco(out, obj_id, obj, where, _common(obj, tlp_of)):
+            if _sco(out, obj_id, obj, where, _common(out, obj, tlp_of)):
                 ioc_refs.add(obj_id)
         elif kind == "observed-data":
             if _observed(out, obj_id, obj, where, tlp_of, by_id):
@@ -280,10 +281,16 @@ def _tlp(obj: dict[str, Any], tlp_of: dict[str, str]) -> str | None:
     return max(levels, key=_TLP_RANK.index) if levels else None  # several: the most restrictive wins
 
 
-def _common(obj: dict[str, Any], tlp_of: dict[str, str]) -> dict[str, Any]:
+def _common(out: Builder, obj: dict[str, Any], tlp_of: dict[str, str], *, without_misp: bool = False) -> dict[str, Any]:
+    """What each IoC of the object takes from it. Its tags (labels, indicator_types; `without_misp`: MISP's own `misp:`
+    labels left out) are cleaned once for all its IoCs (an observed-data's many, an indicator's up to
+    MAX_PATTERN_VALUES), the first MAX_TAGS of them: cleaned for each, 20,000 labels on 2,000 addresses took 12 s."""
     confidence = obj.get("confidence")
+    tags = [*_list(obj, "labels"), *_list(obj, "indicator_types")]
+    if without_misp:
+        tags = [t for t in tags if not (isinstance(t, str) and t.startswith("misp:"))]
     return {
-        "tags": [*_list(obj, "labels"), *_list(obj, "indicator_types")],
+        "tags": out.shared_tags(tags, where=str(obj["id"]), room=MAX_TAGS),
         "tlp": _tlp(obj, tlp_of),
         "confidence": confidence if isinstance(confidence, int) and 0 <= confidence <= 100 else None,
         "description": (obj.get("description") or None) if isinstance(obj.get("description"), str) else None,
@@ -318,7 +325,7 @@ def _indicator(out: Builder, obj: dict[str, Any], where: str, tlp_of: dict[str, 
             return False
         for algorithm in algorithms:
             out.warn(obj["id"], f"hashes.{algorithm} read as hashes.'{algorithm}' (the grammar wants it quoted)")
-    common = _common(obj, tlp_of)
+    common = _common(out, obj, tlp_of)
     if obj.get("valid_until"):
         common["expires_at"] = obj["valid_until"]
     if obj.get("name") and not common["description"]:
@@ -526,8 +533,7 @@ def _sco(out: Builder, ref: str, obj: dict[str, Any], where: str, common: dict[s
 def _observed(
     out: Builder, obj_id: str, obj: dict[str, Any], where: str, tlp_of: dict[str, str], by_id: dict[str, tuple[int, dict[str, Any]]]
 ) -> bool:
-    common = _common(obj, tlp_of)
-    common["tags"] = [t for t in common["tags"] if not (isinstance(t, str) and t.startswith("misp:"))]
+    common = _common(out, obj, tlp_of, without_misp=True)
     taken = False
     embedded = obj.get("objects")
     if isinstance(embedded, dict):  # STIX 2.0: SCOs inline, keyed "0", "1"...
