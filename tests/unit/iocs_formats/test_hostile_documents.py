@@ -247,3 +247,18 @@ def test_a_stix_objects_labels_are_read_once_for_all_the_iocs_it_gives(monkeypat
         }
     ]
     assert sum(cleaned) <= 20_000 + 100 * 65
+
+
+def test_an_otx_pulses_name_is_cut_once_for_all_its_iocs():
+    """Each IoC took its own 4,096-character cut of a long pulse name as its description: 100,000 indicators under a
+    5,000-character name (3 MB) held 400 MB of copies. The pulse's name is cut once and shared."""
+    parsed = parse("json", {"id": "p", "name": "N" * 5000, "indicators": [{"indicator": f"198.51.100.{i}"} for i in range(3)]})
+    first, *rest = [p.item.description for p in parsed.iocs]
+    assert first == "N" * 4096 and all(description is first for description in rest)
+
+
+def test_a_misp_events_long_info_describes_its_attributes_cut():
+    """An event's info over 4,096 characters is every attribute's description, and got every attribute rejected
+    (`description` too long); it is cut to 4,096 characters once, as an OTX pulse's name is."""
+    parsed = parse("misp", {"Event": {"info": "I" * 5000, "Attribute": [{"type": "ip-dst", "value": "198.51.100.7"}]}})
+    assert [p.item.description for p in parsed.iocs] == ["I" * 4096] and not parsed.errors
