@@ -167,7 +167,8 @@ def _event(out: Builder, event: dict[str, Any], room: _Room, ttps_of: dict[str, 
     event_tags = out.shared_tags(event_tags, where=where, room=MAX_TAGS - bool(uuid))  # every attribute's: cleaned once
     if uuid:
         event_tags.append(f"misp-event:{uuid}")
-    info = event.get("info") if isinstance(event.get("info"), str) else None
+    # every attribute's description: cut once (over 4,096 characters, it got every attribute rejected)
+    info = event["info"][:4096] if isinstance(event.get("info"), str) else None
     # The event's date stands for when its attributes were first seen, unless one says so itself.
     ctx = {"source": source, "tags": event_tags, "tlp": event_tlp, "info": info, "first_seen": seen_time(event.get("date"))}
 
