@@ -165,6 +165,11 @@ def test_keys_are_cached_briefly_so_a_new_version_is_picked_up():
         ({"virustotal": {"enabled": "no"}}, "virustotal.enabled"),  # bool("no") is True
         ({"virustotal": {"timout_seconds": 5}}, "virustotal.timout_seconds"),  # a typo was merged and ignored
         ({"virustotal": ["quota"]}, "virustotal"),
+        # values that cannot be set members raised TypeError (unhashable type), naming no variable
+        ({"virustotal": {"max_tlp": ["red"]}}, "virustotal.max_tlp"),
+        ({"virustotal": {"max_tlp": {}}}, "virustotal.max_tlp"),
+        ({"virustotal": {"indicator_types": [["ipv4"]]}}, "virustotal.indicator_types"),
+        ({"virustotal": {"auto_enrich": [{}]}}, "virustotal.auto_enrich"),
     ],
 )
 def test_an_override_the_manifest_schema_refuses_is_a_config_error_naming_it(override, named):
