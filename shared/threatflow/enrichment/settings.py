@@ -59,7 +59,9 @@ def _is_int(value: Any, low: int, high: float = math.inf) -> bool:
 
 
 def _types(value: Any) -> bool:
-    return isinstance(value, list) and len(set(map(str, value))) == len(value) and all(v in _IOC_TYPES for v in value)
+    # isinstance first: a list or object is no set member (`in` raised TypeError, naming no variable)
+    distinct = isinstance(value, list) and len(set(map(str, value))) == len(value)
+    return distinct and all(isinstance(v, str) and v in _IOC_TYPES for v in value)
 
 
 _CHECKS: dict[str, tuple[Any, str]] = {
@@ -70,7 +72,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "key_optional": (lambda v: isinstance(v, bool), "true or false"),
     "ttl_seconds": (lambda v: _is_int(v, 60), "an integer of at least 60"),
     "auto_enrich": (_types, f"a list of distinct types of {sorted(_IOC_TYPES)}"),
-    "max_tlp": (lambda v: v in _TLPS, f"one of {sorted(_TLPS)}"),
+    "max_tlp": (lambda v: isinstance(v, str) and v in _TLPS, f"one of {sorted(_TLPS)}"),
     "timeout_seconds": (
         lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= 120,
         "a number of seconds above 0, at most 120",
