@@ -66,3 +66,17 @@ def test_prune_sightings_is_scheduled_once_a_day_with_its_defaults():
     minute, hour, *days = schedule.schedule.split()
     assert minute.isdigit() and hour.isdigit() and days == ["*", "*", "*"], schedule.schedule
     assert schedule.body == {"params": {"retention_days": retention.RETENTION_DAYS, "limit": retention.PRUNE_LIMIT}}
+
+
+def test_cli_params_nested_past_the_decoders_depth_are_a_validation_error_not_a_traceback():
+    """`threatflow jobs run NAME --params '[[[...'` (or `--param days=[[[...`) nested deeper than json.loads goes
+    raised RecursionError, which the CLI does not catch: a traceback instead of its one-line error."""
+    import argparse
+
+    from threatflow.cli import main
+
+    deep = "[" * 100_000
+    with pytest.raises(ValidationError, match="--params is not JSON") as refused:
+        main._given_params(argparse.Namespace(params=deep, param=[]))
+    assert refused.value.field == "params"
+    assert main._given_params(argparse.Namespace(params=None, param=[f"days={deep}"])) == {"days": deep}
