@@ -147,7 +147,7 @@ def _given_params(args: argparse.Namespace) -> dict[str, Any] | None:
     if args.params is not None:
         try:
             given = json.loads(args.params)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested past the decoder's depth
             raise ValidationError(f"--params is not JSON ({exc})", field="params") from None
         if not isinstance(given, dict):
             raise ValidationError("--params must be a JSON object, e.g. '{\"retention_days\": 30}'", field="params")
@@ -157,7 +157,7 @@ def _given_params(args: argparse.Namespace) -> dict[str, Any] | None:
             raise ValidationError(f"--param takes name=value, e.g. retention_days=30; got {pair!r}", field="params")
         try:
             given[name.strip()] = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             given[name.strip()] = text
     return given
 
