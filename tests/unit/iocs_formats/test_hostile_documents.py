@@ -262,3 +262,32 @@ def test_a_misp_events_long_info_describes_its_attributes_cut():
     (`description` too long); it is cut to 4,096 characters once, as an OTX pulse's name is."""
     parsed = parse("misp", {"Event": {"info": "I" * 5000, "Attribute": [{"type": "ip-dst", "value": "198.51.100.7"}]}})
     assert [p.item.description for p in parsed.iocs] == ["I" * 4096] and not parsed.errors
+
+
+def test_stix_uses_relationships_to_attack_patterns_are_read_in_linear_work(monkeypatch):
+    """Each `uses` relationship from a threat made a set of every attack-pattern id of the bundle to test its ends:
+    20,000 patterns and as many relationships (6 MB) took 10 s, 4x fewer 0.65 s."""
+    from threatflow.intel.formats import stix
+
+    made = []
+
+    def counting(*args):
+        built = set(*args)
+        made.append(len(built))
+        return built
+
+    monkeypatch.setattr(stix, "set", counting, raising=False)
+    patterns = [
+        {"type": "attack-pattern", "id": f"attack-pattern--{i}", "name": f"p{i}",
+         "external_references": [{"source_name": "mitre-attack", "external_id": f"T{1000 + i}"}]}
+        for i in range(2000)
+    ]  # fmt: skip
+    uses = [
+        {"type": "relationship", "id": f"relationship--{i}", "relationship_type": "uses",
+         "source_ref": "malware--0", "target_ref": f"attack-pattern--{i}"}
+        for i in range(2000)
+    ]  # fmt: skip
+    malware = {"type": "malware", "id": "malware--0", "name": "M", "is_family": True}
+    parsed = stix.parse({"type": "bundle", "id": "bundle--1", "objects": [malware, *patterns, *uses]})
+    assert len(parsed.threats[0].item.ttps) == 2000
+    assert sum(made) <= 3 * 2000
