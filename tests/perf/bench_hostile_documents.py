@@ -53,7 +53,21 @@ def misp_event_of_32_clusters(n: int) -> tuple[str, Any]:
     return "misp", {"Event": {"info": "i", "Galaxy": galaxy, "Attribute": [{"type": "ip-dst", "value": v} for v in _addresses(n)]}}
 
 
+def stix_uses_patterns(n: int) -> tuple[str, Any]:
+    """One malware that uses n attack patterns (n relationships)."""
+    objects: list[dict[str, Any]] = [{"type": "malware", "id": "malware--0", "name": "M", "is_family": True}]
+    for i in range(n):
+        reference = {"source_name": "mitre-attack", "external_id": f"T{1000 + i % 9000}"}
+        objects.append({"type": "attack-pattern", "id": f"attack-pattern--{i}", "name": f"p{i}", "external_references": [reference]})
+        objects.append(
+            {"type": "relationship", "id": f"relationship--{i}", "relationship_type": "uses",
+             "source_ref": "malware--0", "target_ref": f"attack-pattern--{i}"}
+        )  # fmt: skip
+    return "stix", {"type": "bundle", "id": "bundle--1", "objects": objects}
+
+
 SHAPES: dict[str, Callable[[int], tuple[str, Any]]] = {
+    "stix uses patterns": stix_uses_patterns,
     "misp clusters": misp_clusters,
     "misp family events": misp_family_events,
     "otx pulse, 32 families": otx_pulse_of_32_families,

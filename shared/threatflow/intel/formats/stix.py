@@ -142,7 +142,7 @@ def parse(content: Any) -> ParsedImport:
             out.links.append(Link(target, source, rel))
         elif source in ioc_refs and target in ioc_refs:
             out.relations.append(Relation(source, target, rel if rel in RELATION_TYPES else "related-to"))
-        elif rel == "uses" and {source, target} & threat_refs and {source, target} & set(ttps_of_pattern):
+        elif rel == "uses" and {source, target} & threat_refs and (source in ttps_of_pattern or target in ttps_of_pattern):
             threat, pattern = (source, target) if source in threat_refs else (target, source)
             if ttps_of_pattern[pattern]:
                 ttps.setdefault(threat, set()).add(ttps_of_pattern[pattern])  # type: ignore[arg-type]
