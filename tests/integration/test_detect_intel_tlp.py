@@ -67,8 +67,9 @@ def test_a_red_address_is_not_sent_to_a_source_whose_max_tlp_is_lower(intel):
 
 @pytest.mark.parametrize(
     "spelling",
-    ["64:ff9b::b9dc:6501", "2002:b9dc:6501::1", "::b9dc:6501", "64:ff9b:1::b9dc:6501"],
-    ids=["nat64", "6to4", "ipv4-compatible", "nat64-local-use"],  # 64:ff9b:1::/48: RFC 8215's local-use prefix, as a /96
+    ["64:ff9b::b9dc:6501", "2002:b9dc:6501::1", "::b9dc:6501", "64:ff9b:1::b9dc:6501", "::ffff:0:b9dc:6501"],
+    # 64:ff9b:1::/48: RFC 8215's local-use prefix, as a /96; ::ffff:0:0:0/96: SIIT's IPv4-translated addresses
+    ids=["nat64", "6to4", "ipv4-compatible", "nat64-local-use", "ipv4-translated"],
 )
 def test_a_red_address_spelled_as_an_ipv6_address_carrying_it_is_not_sent_either(intel, spelling):
     """An IPv6 address carrying the stored TLP:RED IPv4 address (NAT64, 6to4, IPv4-compatible: the route reads the

@@ -101,12 +101,20 @@ def test_a_hung_redis_does_not_hang_enrichment(function_client, backend_env, fro
     assert answers == [503] * 10  # the breaker answers without touching the frozen Redis
 
 
-# RFC 8215's local-use NAT64 prefix (64:ff9b:1::/48) with a /96 translator, and Teredo (2001::/32), whose client
-# address is the last 32 bits inverted: both carried the red address to every IPv6 source at amber.
+# RFC 8215's local-use NAT64 prefix (64:ff9b:1::/48) with a /96 translator, Teredo (2001::/32), whose client
+# address is the last 32 bits inverted, and SIIT's IPv4-translated form (::ffff:0:0:0/96): each carried the red
+# address to every IPv6 source at amber.
 @pytest.mark.parametrize(
     "spelling",
-    ["64:ff9b::b9dc:6501", "2002:b9dc:6501::1", "::b9dc:6501", "64:ff9b:1::b9dc:6501", "2001:0:4136:e378:8000:63bf:4623:9afe"],
-    ids=["nat64", "6to4", "ipv4-compatible", "nat64-local-use", "teredo"],
+    [
+        "64:ff9b::b9dc:6501",
+        "2002:b9dc:6501::1",
+        "::b9dc:6501",
+        "64:ff9b:1::b9dc:6501",
+        "2001:0:4136:e378:8000:63bf:4623:9afe",
+        "::ffff:0:b9dc:6501",
+    ],
+    ids=["nat64", "6to4", "ipv4-compatible", "nat64-local-use", "teredo", "ipv4-translated"],
 )
 def test_an_ipv6_spelling_of_a_red_ipv4_address_is_enriched_as_red(function_client, backend_env, spelling):
     """POST /enrich of an IPv6 address carrying a stored TLP:RED IPv4 address (NAT64, 6to4, IPv4-compatible) made
