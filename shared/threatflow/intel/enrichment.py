@@ -43,14 +43,15 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 # RFC 8215's local-use NAT64 prefix: its translators' prefixes are mostly /96, the IPv4 address in the last 32 bits
 _NAT64_LOCAL_USE = ipaddress.ip_network("64:ff9b:1::/48")
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+_IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # SIIT (RFC 2765): global to Python, so not refused
 
 
 def carried_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     """The IPv4 address an IPv6 one carries: NAT64 (64:ff9b::/96, and 64:ff9b:1::/48 read as /96 prefixes), 6to4
-    (2002::/16), IPv4-compatible (::/96), Teredo's client (2001::/32)."""
+    (2002::/16), IPv4-compatible (::/96), IPv4-translated (::ffff:0:0:0/96), Teredo's client (2001::/32)."""
     if not isinstance(address, ipaddress.IPv6Address):
         return None
-    if address in _NAT64 or address in _NAT64_LOCAL_USE or address in _IPV4_COMPATIBLE:
+    if any(address in network for network in (_NAT64, _NAT64_LOCAL_USE, _IPV4_COMPATIBLE, _IPV4_TRANSLATED)):
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return address.sixtofour or (address.teredo[1] if address.teredo else None)
 
