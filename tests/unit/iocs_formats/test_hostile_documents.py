@@ -291,3 +291,38 @@ def test_stix_uses_relationships_to_attack_patterns_are_read_in_linear_work(monk
     parsed = stix.parse({"type": "bundle", "id": "bundle--1", "objects": [malware, *patterns, *uses]})
     assert len(parsed.threats[0].item.ttps) == 2000
     assert sum(made) <= 3 * 2000
+
+
+@pytest.mark.parametrize("marking", ["TLP: RED", "tlp-red", "TLP_RED", " Red ", "tlp:red"])
+def test_an_otx_pulses_tlp_spelled_loosely_is_still_read(marking):
+    """`"TLP": "TLP: RED"` or `"tlp-red"` was no TLP the parser knew: the pulse came in at the import's default."""
+    parsed = parse("json", {k: v for k, v in OTX_PULSE.items() if k != "tlp"} | {"TLP": marking})
+    assert {p.item.tlp for p in parsed.iocs} == {"red"}
+
+
+def test_an_otx_pulse_marked_with_no_known_tlp_comes_in_as_red_and_says_so():
+    """A marking the parser cannot read is no reason to store the pulse less restricted than its author meant."""
+    parsed = parse("json", {k: v for k, v in OTX_PULSE.items() if k != "tlp"} | {"TLP": "purple"})
+    assert {p.item.tlp for p in parsed.iocs} == {"red"} and {t.item.tlp for t in parsed.threats} == {"red"}
+    assert any("'purple'" in w.reason and "red" in w.reason for w in parsed.warnings), parsed.warnings
+
+
+def test_an_otx_pulse_with_a_long_id_keeps_its_iocs():
+    """The pulse's tag `otx-pulse:<id>` took the id cut to 128 characters, past the 128-character tag bound: every
+    IoC of a pulse whose id was over 118 characters was rejected."""
+    parsed = parse("json", OTX_PULSE | {"id": "p" * 300})
+    assert len(parsed.iocs) == 5 and not parsed.errors, parsed.errors
+    (pulse_tag,) = {t for p in parsed.iocs for t in p.item.tags if t.startswith("otx-pulse:")}
+    assert len(pulse_tag) == 128 and pulse_tag.startswith("otx-pulse:ppp")
+
+
+@pytest.mark.parametrize("comment", ["C" * 5000, 5, ["a"], {"x": 1}])
+def test_a_misp_objects_or_attributes_odd_comment_never_rejects_its_attributes(comment):
+    """An Object's or an Attribute's `comment` over 4,096 characters, or not a string, was the description of its
+    attributes and got them rejected; it is cut, or passed over for the event's info."""
+    attribute = {"type": "ip-dst", "value": "198.51.100.7", "comment": comment}
+    obj = {"name": "ip-port", "comment": comment, "Attribute": [{"type": "ip-dst", "value": "198.51.100.8"}]}
+    parsed = parse("misp", {"Event": {"info": "event info", "Attribute": [attribute], "Object": [obj]}})
+    assert not parsed.errors, parsed.errors
+    expected = "C" * 4096 if isinstance(comment, str) else "event info"
+    assert sorted((p.item.value, p.item.description) for p in parsed.iocs) == [("198.51.100.7", expected), ("198.51.100.8", expected)]
