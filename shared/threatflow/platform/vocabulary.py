@@ -6,12 +6,14 @@ definition without importing each other (`threatflow.iocs.model` re-exports them
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from enum import StrEnum
 
 from threatflow.platform.errors import ValidationError
 
 MAX_TAGS = 64
+_TLP_PREFIX = re.compile(r"^tlp\s*[:_\-\s]\s*")
 MAX_TAG_LENGTH = 128
 # Sources (who reported an IoC: `misp:<org>`, a feed, `flows`...) follow the tag rule's bounds: as many per item as one
 # IoC holds. A source may be longer than a tag: a MISP organisation's name is up to 255 characters.
@@ -32,8 +34,9 @@ class Tlp(StrEnum):
 
     @classmethod
     def parse(cls, text: str) -> Tlp:
-        """Accepts `TLP:AMBER`, `amber`, and TLP 1.0's `white` (= clear)."""
-        value = text.strip().lower().removeprefix("tlp:")
+        """Accepts `TLP:AMBER`, `amber`, producers' looser `TLP: AMBER`, `tlp-amber`, `TLP_AMBER`, and TLP 1.0's
+        `white` (= clear)."""
+        value = _TLP_PREFIX.sub("", text.strip().lower(), count=1)
         return cls("clear" if value == "white" else value)
 
     @classmethod

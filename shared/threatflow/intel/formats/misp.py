@@ -186,7 +186,7 @@ def _event(out: Builder, event: dict[str, Any], room: _Room, ttps_of: dict[str, 
         if _flag(obj.get("deleted")):
             out.skip("deleted")
             continue
-        obj_ctx = {**ctx, "info": obj.get("comment") or info}
+        obj_ctx = {**ctx, "info": _comment(obj) or info}  # cut once for all the object's attributes
         by_relation: dict[str, list[str]] = {}  # the object's IoC refs by their object_relation (domain, ip...)
         for index, attribute in enumerate(_list(obj, "Attribute", f"{where}.Object[{o_index}]")):
             refs = _attribute(out, attribute, obj_ctx, where=f"{where}.Object[{o_index}].Attribute[{index}]")
@@ -217,6 +217,13 @@ def _event(out: Builder, event: dict[str, Any], room: _Room, ttps_of: dict[str, 
     out.link_all(Link(ioc_ref, threat_ref, "indicates") for ioc_ref in event_iocs for threat_ref in linked)
 
 
+def _comment(holder: dict[str, Any]) -> str | None:
+    """An object's or attribute's `comment` as a description: cut to 4,096 characters (the description's bound, as
+    an event's info is); one that is not a string is passed over (either rejected all the attributes it described)."""
+    comment = holder.get("comment")
+    return comment[:4096] if isinstance(comment, str) and comment else None
+
+
 def _attribute(out: Builder, attribute: Any, ctx: dict[str, Any], *, where: str) -> list[str]:
     """The refs of the IoCs this attribute gave (none, one, or two for domain|ip)."""
     if not isinstance(attribute, dict):
@@ -236,7 +243,7 @@ def _attribute(out: Builder, attribute: Any, ctx: dict[str, Any], *, where: str)
         "tags": [*ctx["tags"], *tags, *(["misp:to_ids=false"] if to_ids is False else [])],
         "source": ctx["source"],
         "tlp": tlp,
-        "description": (attribute.get("comment") or ctx["info"] or None),
+        "description": _comment(attribute) or ctx["info"] or None,
         "first_seen": seen_time(attribute.get("first_seen")) or ctx["first_seen"],
         "verdict": "malicious" if to_ids else None,
     }

@@ -20,7 +20,7 @@ import msgspec
 from threatflow.intel.formats.base import Builder, Link, ParsedThreat, seen_time, strictest_tlp
 from threatflow.intel.formats.csvfmt import map_type
 from threatflow.iocs.types import IocType
-from threatflow.platform.vocabulary import MAX_TAGS
+from threatflow.platform.vocabulary import MAX_TAG_LENGTH, MAX_TAGS, Tlp
 from threatflow.threats.model import MAX_TTPS
 
 MAX_THREATS_PER_IOC = 32  # as MISP's event clusters: links stay linear in the document
@@ -56,11 +56,11 @@ def is_pulse(doc: Any) -> bool:
 def pulse(out: Builder, doc: dict[str, Any], *, seen: dict[str, Seen], where: str) -> None:
     """One pulse's IoCs, threats and links into `out`; `seen` holds the threats earlier pulses made (call `finish`
     once every pulse of the document is read)."""
-    pulse_id = str(doc.get("id") or "").strip()[:128]
+    # its tag `otx-pulse:<id>` is one tag: the id is cut to what fits (OTX's own ids are 24 characters)
+    pulse_id = str(doc.get("id") or "").strip()[: MAX_TAG_LENGTH - len("otx-pulse:")]
     # cut once: each IoC took its own 4 KB copy of a long name (100,000 indicators held 400 MB)
     name = doc["name"][:4096] if isinstance(doc.get("name"), str) else None
-    # OTX's API writes the marking as `TLP`, its exports and SDK as `tlp`: the stricter of the two
-    tlp = strictest_tlp([doc[key] for key in ("tlp", "TLP") if isinstance(doc.get(key), str)])
+    tlp = _tlp(out, doc, where=where)
     tags = out.shared_tags([t for t in _list(out, doc, "tags", where) if isinstance(t, str)], where=where, room=MAX_TAGS - bool(pulse_id))
     if pulse_id:
         tags.append(f"otx-pulse:{pulse_id}")
@@ -90,6 +90,19 @@ def pulse(out: Builder, doc: dict[str, Any], *, seen: dict[str, Seen], where: st
         }
         if out.ioc(ref, item):
             out.link_all(Link(ref, threat_ref, "indicates") for threat_ref in threat_refs)
+
+
+def _tlp(out: Builder, doc: dict[str, Any], *, where: str) -> str | None:
+    """The pulse's TLP: OTX's API writes the marking as `TLP`, its exports and SDK as `tlp`, the stricter of the two.
+    A marking given that is no TLP (`purple`) is read as red, with a warning: a pulse is never stored less restricted
+    than its author meant because its marking was spelled oddly."""
+    given = [doc[key] for key in ("tlp", "TLP") if doc.get(key) not in (None, "")]
+    known = strictest_tlp([g for g in given if isinstance(g, str)])
+    unknown = [g for g in given if not isinstance(g, str) or strictest_tlp([g]) is None]
+    if unknown:
+        out.warn(where, f"unknown TLP {str(unknown[0])[:64]!r}: the pulse is imported as red")
+        return Tlp.RED.value
+    return None if known is None else Tlp.parse(known).value
 
 
 def _threats(out: Builder, doc: dict[str, Any], *, tlp: str | None, ttps: list[str], seen: dict[str, Seen], where: str) -> list[str]:
