@@ -227,3 +227,26 @@ def test_a_merge_into_a_full_threat_above_the_writers_clearance_tells_nothing_of
     assert body["results"] == [{"index": 0, "status": "updated"}], body
     assert body["summary"]["ttps_cut"] == 0 and body["summary"]["references_cut"] == 0, body
     assert db.ttps_refs("RedFull") == (FAKE_TTPS[:512], REFS[:256])
+
+
+def test_a_new_stix_threat_using_more_than_the_bound_is_stored_cut_not_refused(api, db):
+    """A STIX malware with 520 `uses` of attack patterns and 300 external references: stored with the first 512
+    TTPs and 256 references, the rest counted, as a batch item's are (not refused as an item)."""
+    techniques = _techniques(520)
+    assert len(techniques) == 520, "the ATT&CK file knows fewer techniques than this test needs"
+    stamp = {"spec_version": "2.1", "created": "2026-01-01T00:00:00Z", "modified": "2026-01-01T00:00:00Z"}
+    malware = {"type": "malware", "id": f"malware--{uuid.uuid4()}", "name": "StixHoarder", "is_family": True, **stamp,
+               "external_references": REFS}  # fmt: skip
+    objects = [malware]
+    for technique in techniques:
+        pattern = {"type": "attack-pattern", "id": f"attack-pattern--{uuid.uuid4()}", "name": technique, **stamp,
+                   "external_references": [{"source_name": "mitre-attack", "external_id": technique}]}  # fmt: skip
+        uses = {"type": "relationship", "id": f"relationship--{uuid.uuid4()}", "relationship_type": "uses",
+                "source_ref": malware["id"], "target_ref": pattern["id"], **stamp}  # fmt: skip
+        objects += [pattern, uses]
+    response = api.post("/api/v1/iocs/import", {"format": "stix", "content": {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": objects}})
+    assert response.status_code == 200, response.get_data(as_text=True)[:300]
+    (result,) = response.get_json()["threats"]["results"]
+    assert (result["status"], result.get("ttps_cut"), result.get("references_cut")) == ("created", 8, 44), result
+    ttps, refs = db.ttps_refs("StixHoarder")
+    assert (len(ttps), len(refs)) == (512, 256) and set(ttps) < set(techniques)
