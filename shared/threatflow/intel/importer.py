@@ -15,6 +15,7 @@ finished job does nothing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 import uuid
@@ -40,7 +41,7 @@ from threatflow.iocs.normalise import normalise
 from threatflow.platform.errors import PermanentError, RetryableError, ValidationError
 from threatflow.platform.vocabulary import clean_sources, clean_tags
 from threatflow.threats import repository as threat_store
-from threatflow.threats.model import CUT_FIELDS, MAX_RELATIONS_PER_LINK
+from threatflow.threats.model import CUT_FIELDS, MAX_ALIASES, MAX_REFERENCES, MAX_RELATIONS_PER_LINK, MAX_TTPS, ThreatResult
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -82,7 +83,7 @@ def apply_import(
     """Everything in the caller's unit of work: a database error rolls all of it back."""
     parsed = parsed.with_defaults(source=source_default)
     errors: list[ItemError] = list(parsed.errors)
-    threats = _checked_ttps(parsed.threats, catalog, errors)
+    threats, cut_before = _bounded_threats(_checked_ttps(parsed.threats, catalog, errors))
     results: list[dict[str, Any]] = []
     if len(parsed.iocs) > chunk:
         _strictest_tlp_across_chunks(parsed.iocs)
@@ -99,6 +100,7 @@ def apply_import(
         if threats
         else []
     )
+    threat_results = [_with_cut(result, cut) for result, cut in zip(threat_results, cut_before, strict=True)]
 
     # Links and relations are made between records the importer may read or this import created only, as POST
     # /threats/{id}/link and /iocs/{id}/relations make them: an item naming a stored record above the clearance
@@ -250,6 +252,40 @@ def _checked_ttps(threats: list[ParsedThreat], catalog: AttackCatalog | None, er
         changed = len(kept) != len(threat.item.ttps)
         out.append(ParsedThreat(threat.ref, msgspec.structs.replace(threat.item, ttps=kept)) if changed else threat)
     return out
+
+
+def _bounded_threats(threats: list[ParsedThreat]) -> tuple[list[ParsedThreat], list[dict[str, int]]]:
+    """A document's threat keeps its first MAX_TTPS TTPs, MAX_REFERENCES references and MAX_ALIASES aliases, the rest
+    counted in its result's `*_cut` as a merge's are: a batch item past them is refused, but a STIX malware with 520
+    `uses` is the document's own threat and was refused whole with its links."""
+    out: list[ParsedThreat] = []
+    cuts: list[dict[str, int]] = []
+    for threat in threats:
+        item = threat.item
+        aliases = list(dict.fromkeys(item.aliases))
+        cut = {
+            key: n
+            for key, n in (
+                ("ttps_cut", len(item.ttps) - MAX_TTPS),
+                ("references_cut", len(item.references) - MAX_REFERENCES),
+                ("aliases_cut", len(aliases) - MAX_ALIASES),
+            )
+            if n > 0
+        }
+        if cut:
+            item = msgspec.structs.replace(
+                item, ttps=item.ttps[:MAX_TTPS], references=item.references[:MAX_REFERENCES], aliases=aliases[:MAX_ALIASES]
+            )
+        out.append(ParsedThreat(threat.ref, item) if cut else threat)
+        cuts.append(cut)
+    return out, cuts
+
+
+def _with_cut(result: ThreatResult, cut: dict[str, int]) -> ThreatResult:
+    """The result with what `_bounded_threats` cut before the store added to its counts (a rejected threat has none)."""
+    if not cut or result.status == "rejected":
+        return result
+    return dataclasses.replace(result, **{key: getattr(result, key) + n for key, n in cut.items()})
 
 
 def needs_catalog(parsed: ParsedImport) -> bool:
