@@ -244,7 +244,8 @@ def test_a_new_stix_threat_using_more_than_the_bound_is_stored_cut_not_refused(a
         uses = {"type": "relationship", "id": f"relationship--{uuid.uuid4()}", "relationship_type": "uses",
                 "source_ref": malware["id"], "target_ref": pattern["id"], **stamp}  # fmt: skip
         objects += [pattern, uses]
-    response = api.post("/api/v1/iocs/import", {"format": "stix", "content": {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": objects}})
+    bundle = {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": objects}
+    response = api.post("/api/v1/iocs/import", {"format": "stix", "content": bundle})
     assert response.status_code == 200, response.get_data(as_text=True)[:300]
     (result,) = response.get_json()["threats"]["results"]
     assert (result["status"], result.get("ttps_cut"), result.get("references_cut")) == ("created", 8, 44), result
