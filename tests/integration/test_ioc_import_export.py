@@ -651,3 +651,43 @@ def test_real_document_shapes_import_through_the_route(api, db):
     bazaar = api.import_("json", MALWAREBAZAAR_ANSWER)
     assert bazaar.status_code == 200, bazaar.get_json()
     assert bazaar.get_json()["iocs"]["summary"]["created"] == 3
+
+
+def test_a_stix_domain_ip_pattern_stores_the_domain_resolving_to_the_address(api, db):
+    """MISP's STIX 2.0 export of domain|ip: one indicator ANDing the name and `resolves_to_refs[*].value`. The name
+    now resolves to the address (one way only), and the indicator's `indicates` reaches both IoCs."""
+    ind = {
+        "type": "indicator",
+        "id": "indicator--5b23c82b-6508-4bdc-b580-045b0a0002a0",
+        "labels": ['misp:type="domain|ip"'],
+        "pattern": "[domain-name:value = 'resolves.example.org' AND domain-name:resolves_to_refs[*].value = '198.51.100.77']",
+        "valid_from": "2018-06-15T08:33:15Z",
+    }
+    malware = {"type": "malware", "id": "malware--5b23c82b-6508-4bdc-b580-045b0a0002a1", "name": "Resolver RAT", "labels": ["trojan"]}
+    indicates = {
+        "type": "relationship",
+        "id": "relationship--5b23c82b-6508-4bdc-b580-045b0a0002a2",
+        "relationship_type": "indicates",
+        "source_ref": ind["id"],
+        "target_ref": malware["id"],
+    }
+    doc = {
+        "type": "bundle",
+        "id": "bundle--5b23c82b-6508-4bdc-b580-045b0a0002a3",
+        "spec_version": "2.0",
+        "objects": [ind, malware, indicates],
+    }
+    response = api.import_("stix", doc)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["relations"] == 1 and response.get_json()["warnings"] == []
+    relations = db.scalar(
+        "SELECT string_agg(s.value || ' ' || r.type || ' ' || t.value, ', ') FROM ioc_relations r"
+        " JOIN iocs s ON s.id = r.source_id JOIN iocs t ON t.id = r.target_id"
+        " WHERE s.value IN ('resolves.example.org', '198.51.100.77') OR t.value IN ('resolves.example.org', '198.51.100.77')"
+    )
+    assert relations == "resolves.example.org resolves-to 198.51.100.77"
+    linked = db.scalar(
+        "SELECT string_agg(i.value, ', ' ORDER BY i.value) FROM threat_iocs l JOIN threats t ON t.id = l.threat_id"
+        " JOIN iocs i ON i.id = l.ioc_id WHERE t.name = 'Resolver RAT'"
+    )
+    assert linked == "198.51.100.77, resolves.example.org"

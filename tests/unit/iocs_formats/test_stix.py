@@ -306,6 +306,112 @@ def test_a_domain_resolving_to_an_address_gives_both():
     assert found == [("domain", "circl.example"), (None, "198.51.100.14")]
 
 
+def resolved(parsed):
+    """The (name, address) pairs the parse relates as resolves-to, through the refs each IoC answers to."""
+    values_of: dict[str, list[str]] = {}
+    for p in parsed.iocs:
+        for ref in (p.ref, *getattr(p, "parts", ())):
+            values_of.setdefault(ref, []).append(p.item.value)
+    return sorted(
+        (name, address)
+        for r in parsed.relations
+        if r.type == "resolves-to"
+        for name in values_of.get(r.source_ref, [])
+        for address in values_of.get(r.target_ref, [])
+    )
+
+
+def test_misps_stix20_domain_ip_indicator_gives_the_domain_resolving_to_the_address():
+    """MISP's STIX 2.0 export writes a domain|ip attribute as one indicator, `[domain-name:value = … AND
+    domain-name:resolves_to_refs[*].value = …]`: both values came in, unrelated and with a warning that AND is not
+    kept, where MISP's own domain|ip makes the domain resolve to the address. The indicator's threat links still
+    reach both IoCs (both keep the indicator's id as their ref)."""
+    ind = {
+        "type": "indicator",
+        "id": "indicator--5b23c82b-6508-4bdc-b580-045b0a00020f",
+        "created": "2018-06-15T08:33:15.000Z",
+        "modified": "2018-06-15T08:33:15.000Z",
+        "labels": ['misp:type="domain|ip"', 'misp:category="Network activity"', 'misp:to_ids="True"'],
+        "pattern": "[domain-name:value = 'circl.lu' AND domain-name:resolves_to_refs[*].value = '149.13.33.14']",
+        "valid_from": "2018-06-15T08:33:15Z",
+    }
+    malware = {**poison_ivy(), "spec_version": "2.0", "labels": ["remote-access-trojan"]}
+    indicates = {
+        "type": "relationship",
+        "id": "relationship--5b23c82b-6508-4bdc-b580-045b0a00021f",
+        "relationship_type": "indicates",
+        "source_ref": ind["id"],
+        "target_ref": malware["id"],
+    }
+    doc = json.dumps(
+        {
+            "type": "bundle",
+            "id": "bundle--5b23c82b-6508-4bdc-b580-045b0a000000",
+            "spec_version": "2.0",
+            "objects": [ind, malware, indicates],
+        }
+    )
+    parsed = parse("stix", doc)
+    assert [(p.ref, p.item.value) for p in parsed.iocs] == [(ind["id"], "circl.lu"), (ind["id"], "149.13.33.14")]
+    assert resolved(parsed) == [("circl.lu", "149.13.33.14")]
+    assert [(link.ioc_ref, link.threat_ref) for link in parsed.links] == [(ind["id"], malware["id"])]
+    assert not parsed.warnings and not parsed.errors
+
+
+@pytest.mark.parametrize(
+    ("pattern", "pairs", "warned"),
+    [
+        (
+            "[domain-name:value = 'a.example' AND domain-name:resolves_to_refs[*].value = '198.51.100.1']",
+            [("a.example", "198.51.100.1")],
+            False,
+        ),
+        (
+            "[domain-name:resolves_to_refs[*].value IN ('198.51.100.1', '2001:db8::1') AND domain-name:value = 'a.example']",
+            [("a.example", "198.51.100.1"), ("a.example", "2001:db8::1")],
+            False,
+        ),
+        (
+            "[(domain-name:value = 'a.example' OR domain-name:value = 'b.example')"
+            " AND domain-name:resolves_to_refs[*].value = '198.51.100.1']",
+            [("a.example", "198.51.100.1"), ("b.example", "198.51.100.1")],
+            False,
+        ),
+        # AND binds tighter than OR: b.example is not said to resolve to anything
+        (
+            "[domain-name:value = 'a.example' AND domain-name:resolves_to_refs[*].value = '198.51.100.1'"
+            " OR domain-name:value = 'b.example']",
+            [("a.example", "198.51.100.1")],
+            False,
+        ),
+        (
+            "[domain-name:value = 'a.example' AND domain-name:resolves_to_refs[*].value = '198.51.100.1']"
+            " OR [domain-name:value = 'b.example' AND domain-name:resolves_to_refs[*].value = '198.51.100.2']",
+            [("a.example", "198.51.100.1"), ("b.example", "198.51.100.2")],
+            False,
+        ),
+        # OR, or two observations: the name and the address need not belong to one object
+        ("[domain-name:value = 'a.example' OR domain-name:resolves_to_refs[*].value = '198.51.100.1']", [], False),
+        ("[domain-name:value = 'a.example'] AND [domain-name:resolves_to_refs[*].value = '198.51.100.1']", [], True),
+        ("[domain-name:value = 'a.example'] FOLLOWEDBY [domain-name:resolves_to_refs[*].value = '198.51.100.1']", [], True),
+        # an AND that also compares another value: the relation holds, the url is taken as its own IoC (warned)
+        (
+            "[domain-name:value = 'a.example' AND domain-name:resolves_to_refs[*].value = '198.51.100.1' AND url:value = 'http://a.example/x']",
+            [("a.example", "198.51.100.1")],
+            True,
+        ),
+    ],
+)
+def test_a_domain_resolves_to_the_addresses_its_own_observation_ands_it_with(pattern, pairs, warned):
+    """STIX 2.1's form of the same pattern: the names of one observation resolve to the addresses compared in its
+    `resolves_to_refs[*].value` when the two are joined by AND (one domain-name object), never across OR or across
+    observations. Where the AND is kept as that relation, it is no longer reported as not kept."""
+    parsed = parse("stix", bundle(indicator(1, pattern)))
+    assert resolved(parsed) == pairs
+    assert any("not kept together" in w.reason for w in parsed.warnings) == warned
+    assert {p.ref for p in parsed.iocs} == {"indicator--00000000-0000-4000-8000-000000000001"}
+
+
 def test_an_address_in_a_subnet_is_the_subnet():
     """`ipv4-addr:value ISSUBSET '198.51.100.0/24'` (the patterning spec's "IP address or an identical IP subnet")
     matches every address of the network: the CIDR is the indicator. It named no value and was an error.
