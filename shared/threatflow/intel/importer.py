@@ -110,10 +110,11 @@ def apply_import(
     visible_iocs |= {r["id"] for r in results if r["status"] == "created"}
     visible_threats = threat_store.visible_threat_ids(conn, [r.id for r in threat_results if r.id is not None], visible_tlps=visible_tlps)
     visible_threats |= {r.id for r in threat_results if r.status == "created" and r.id is not None}
-    ioc_ids: dict[str, list[int]] = {}
+    ioc_ids: dict[str, list[int]] = {}  # by ref and by part (ParsedIoc.parts)
     for parsed_ioc, result in zip(parsed.iocs, results, strict=True):
-        if result.get("id") in visible_iocs and result["id"] not in ioc_ids.setdefault(parsed_ioc.ref, []):
-            ioc_ids[parsed_ioc.ref].append(int(result["id"]))
+        for ref in (parsed_ioc.ref, *parsed_ioc.parts):
+            if result.get("id") in visible_iocs and result["id"] not in ioc_ids.setdefault(ref, []):
+                ioc_ids[ref].append(int(result["id"]))
     threat_ids: dict[str, int] = {}
     threat_out = []
     for threat, result in zip(threats, threat_results, strict=True):

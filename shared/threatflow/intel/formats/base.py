@@ -38,6 +38,10 @@ class ImportFormat(StrEnum):
 class ParsedIoc:
     ref: str  # where it came from: "#12" (item or row), a STIX id, a MISP uuid
     item: IocIn
+    # Further refs it answers to, each naming a part of its object (`<indicator id>/0/domain`: the names one observation
+    # of a STIX pattern ANDs with addresses), so a relation can join some of one object's IoCs while links to the
+    # object's ref still reach them all.
+    parts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ class ParsedImport:
                 changes["tlp"] = tlp
             if tags:
                 changes["tags"] = [*item.tags, *tags]
-            iocs.append(ParsedIoc(parsed.ref, msgspec.structs.replace(item, **changes)) if changes else parsed)
+            iocs.append(replace(parsed, item=msgspec.structs.replace(item, **changes)) if changes else parsed)
         threats = []
         for threat in self.threats:
             if tlp and not threat.item.tlp:
@@ -127,10 +131,10 @@ class Builder:
         self.threat_at: dict[str, int] = {}  # where in `threats` the first threat of each ref is: a lookup, not a scan
         self.links_unread = 0  # links past MAX_PARSED_LINKS: counted, not held
 
-    def ioc(self, ref: str, data: dict[str, Any]) -> bool:
+    def ioc(self, ref: str, data: dict[str, Any], *, parts: Sequence[str] = ()) -> bool:
         item = self._convert(ref, data, IocIn)
         if item is not None:
-            self.iocs.append(ParsedIoc(ref, item))
+            self.iocs.append(ParsedIoc(ref, item, tuple(parts)))
         return item is not None
 
     def threat(self, ref: str, data: dict[str, Any]) -> bool:

@@ -7,8 +7,10 @@
   OR gives several. AND (also across object types, which stix2 alone refuses),
   FOLLOWEDBY and qualifiers are taken value by value with a warning;
   `file:parent_directory_ref.path` AND `file:name` in one observation
-  is one file path. A hash algorithm written bare (`hashes.SHA-256`, which the grammar refuses) is read
-  as quoted, with a warning. A pattern that does not parse is an error of its indicator.
+  is one file path; `domain-name:value` AND `domain-name:resolves_to_refs[*].value` in one observation (MISP's
+  domain|ip) are the name resolving to the address (`_resolutions`). A hash algorithm written bare
+  (`hashes.SHA-256`, which the grammar refuses) is read as quoted, with a warning. A pattern that does not parse is
+  an error of its indicator.
 - SCOs (top level or inside observed-data) become IoCs the same way; OpenCTI's custom `hostname` SCO (and
   `hostname:value` in patterns) is a domain.
 - malware, threat-actor, intrusion-set, campaign, tool become threats;
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -313,11 +315,11 @@ def _indicator(out: Builder, obj: dict[str, Any], where: str, tlp_of: dict[str, 
         return False
     version = "2.0" if obj.get("spec_version") == "2.0" else "2.1"
     try:
-        values, complex_reason = pattern_values(pattern, version=version)
+        values, complex_reason, resolutions = _pattern(pattern, version=version)
     except ValidationError as exc:  # this indicator only: the bundle's other objects still import
         quoted, algorithms = _quote_hash_algorithms(pattern)
         try:
-            values, complex_reason = pattern_values(quoted, version=version) if algorithms else ([], None)
+            values, complex_reason, resolutions = _pattern(quoted, version=version) if algorithms else ([], None, [])
         except ValidationError:
             algorithms = []
         if not algorithms:
@@ -333,9 +335,25 @@ def _indicator(out: Builder, obj: dict[str, Any], where: str, tlp_of: dict[str, 
     if len(values) > MAX_PATTERN_VALUES:
         out.warn(obj["id"], f"the pattern compares {len(values)} values; only the first {MAX_PATTERN_VALUES} were imported")
         values = values[:MAX_PATTERN_VALUES]
+    # Each conjunction's names and addresses answer to a part of the indicator (its IoCs all keep its id, so its
+    # threat links reach them all); the relation joins the two parts only.
+    parts_of: dict[tuple[str | None, str], list[str]] = {}
+    for k, (names, addresses) in enumerate(resolutions):
+        for name in names:
+            parts_of.setdefault(("domain", name), []).append(f"{obj['id']}/{k}/domain")
+        for address in addresses:
+            parts_of.setdefault((None, address), []).append(f"{obj['id']}/{k}/address")
     taken = 0
+    taken_parts: set[str] = set()
     for ioc_type, value in values:
-        taken += out.ioc(obj["id"], {**common, "value": value, "type": ioc_type})
+        parts = parts_of.get((ioc_type, value), [])
+        if out.ioc(obj["id"], {**common, "value": value, "type": ioc_type}, parts=parts):
+            taken += 1
+            taken_parts.update(parts)
+    for k in range(len(resolutions)):
+        name_part, address_part = f"{obj['id']}/{k}/domain", f"{obj['id']}/{k}/address"
+        if name_part in taken_parts and address_part in taken_parts:
+            out.relations.append(Relation(name_part, address_part, "resolves-to"))
     if not values:
         out.error(obj["id"], f"the pattern names no supported indicator: {pattern[:200]}")
     elif complex_reason:
@@ -398,8 +416,18 @@ def _builder(version: str) -> tuple[Any, Any]:
     return (v.Pattern21 if new else v.Pattern20), visitor(v.STIXPatternParser21 if new else v.STIXPatternParser20, "ThreatFlow", __name__)
 
 
+Resolution = tuple[tuple[str, ...], tuple[str, ...]]  # (domain names, addresses they resolve to) of one conjunction
+_NAME, _ADDRESS = ("domain-name", "value"), ("domain-name", "resolves_to_refs.value")
+
+
 def pattern_values(pattern: str, *, version: str = "2.1") -> tuple[list[tuple[str | None, str]], str | None]:
     """(type, value) pairs a pattern compares against, and why it is more than a plain OR of values (or None)."""
+    found, reason, _ = _pattern(pattern, version=version)
+    return found, reason
+
+
+def _pattern(pattern: str, *, version: str) -> tuple[list[tuple[str | None, str]], str | None, list[Resolution]]:
+    """pattern_values, and the names that resolve to addresses (`_resolutions`) in the pattern's observations."""
     try:
         pattern_class, visitor = _builder(version)
         tree = pattern_class(pattern).visit(visitor)
@@ -408,9 +436,12 @@ def pattern_values(pattern: str, *, version: str = "2.1") -> tuple[list[tuple[st
         raise ValidationError(f"pattern is not valid STIX patterning: {exc}{hint}", field="pattern") from None
     found: list[tuple[str | None, str]] = []
     reasons: list[str] = []
+    resolutions: list[Resolution] = []
     for observation in _observations(tree, reasons):
-        found.extend(_observation_values(observation, reasons))
-    return list(dict.fromkeys(found)), ("; ".join(dict.fromkeys(reasons)) or None)
+        values, resolved = _observation_values(observation, reasons)
+        found.extend(values)
+        resolutions.extend(resolved)
+    return list(dict.fromkeys(found)), ("; ".join(dict.fromkeys(reasons)) or None), list(dict.fromkeys(resolutions))
 
 
 def _observations(node: Any, reasons: list[str]) -> Iterator[Any]:
@@ -432,20 +463,101 @@ def _observations(node: Any, reasons: list[str]) -> Iterator[Any]:
             yield from _observations(operand, reasons)
 
 
-def _comparisons(node: Any, reasons: list[str]) -> Iterator[Any]:
+def _comparisons(node: Any, reasons: list[str], kept: Collection[int] = ()) -> Iterator[Any]:
+    """The comparisons under `node`; an AND not in `kept` (ids of those a resolves-to relation keeps) is a reason."""
     from stix2 import patterns as p
 
     if isinstance(node, p.ParentheticalExpression):
-        yield from _comparisons(node.expression, reasons)
+        yield from _comparisons(node.expression, reasons, kept)
     elif isinstance(node, p.OrBooleanExpression):
         for operand in node.operands:
-            yield from _comparisons(operand, reasons)
-    elif isinstance(node, (p.AndBooleanExpression, AndBooleanExpressionForThreatFlow)):
-        reasons.append("comparisons joined by AND are not kept together")
+            yield from _comparisons(operand, reasons, kept)
+    elif _is_and(node):
+        if id(node) not in kept:
+            reasons.append("comparisons joined by AND are not kept together")
         for operand in node.operands:
-            yield from _comparisons(operand, reasons)
+            yield from _comparisons(operand, reasons, kept)
     else:
         yield node
+
+
+def _is_and(node: Any) -> bool:
+    from stix2 import patterns as p
+
+    return isinstance(node, (p.AndBooleanExpression, AndBooleanExpressionForThreatFlow))
+
+
+def _resolutions(node: Any, kept: set[int]) -> Iterator[Resolution]:
+    """(names, addresses) of each conjunction of one observation that ANDs `domain-name:value` with
+    `domain-name:resolves_to_refs[*].value`: both describe one domain-name object, so each name resolves to each
+    address (MISP's STIX export of domain|ip). Nothing is related across OR or across observations, nor from a
+    conjunct that holds names and addresses both (an OR of the two). A conjunction of nothing else goes into `kept`
+    (its AND nodes' ids): it is kept together, so not reported as not kept."""
+    from stix2 import patterns as p
+
+    if isinstance(node, p.ParentheticalExpression):
+        yield from _resolutions(node.expression, kept)
+    elif isinstance(node, p.OrBooleanExpression):
+        for operand in node.operands:
+            yield from _resolutions(operand, kept)
+    elif _is_and(node):
+        ands: list[Any] = []
+        names: dict[str, None] = {}
+        addresses: dict[str, None] = {}
+        whole = True
+        for conjunct in _conjuncts(node, ands):
+            sides = _sides(conjunct)
+            if set(sides) == {_NAME}:
+                names.update(sides[_NAME])
+            elif set(sides) == {_ADDRESS}:
+                addresses.update(sides[_ADDRESS])
+            elif sides:
+                whole = False
+            yield from _resolutions(conjunct, kept)
+        if names and addresses:
+            yield tuple(names), tuple(addresses)
+            if whole:
+                kept.update(id(n) for n in ands)
+
+
+def _conjuncts(node: Any, ands: list[Any]) -> Iterator[Any]:
+    """The operands of an AND, nested ANDs and parentheses flattened (`a AND b AND c` is (a AND b) AND c); the AND
+    nodes walked go into `ands`."""
+    from stix2 import patterns as p
+
+    if isinstance(node, p.ParentheticalExpression):
+        yield from _conjuncts(node.expression, ands)
+    elif _is_and(node):
+        ands.append(node)
+        for operand in node.operands:
+            yield from _conjuncts(operand, ands)
+    else:
+        yield node
+
+
+def _sides(node: Any) -> dict[tuple[str, str], dict[str, None]]:
+    """The exact values compared under `node`, by (object type, path); only names and addresses are told apart,
+    every other value falls under its own key."""
+    sides: dict[tuple[str, str], dict[str, None]] = {}
+    for comparison in _comparisons(node, []):
+        key = (comparison.lhs.object_type_name, _hash_key(_path(comparison.lhs)))
+        constants = _exact(comparison, key)
+        if constants is not None:
+            sides.setdefault(key, {}).update(dict.fromkeys(_literal(c) for c in constants))
+    return sides
+
+
+def _exact(comparison: Any, key: tuple[str, str]) -> list[Any] | None:
+    """The constants a comparison takes as values (`=`, `IN`, an address ISSUBSET a network), or None."""
+    from stix2 import patterns as p
+
+    if isinstance(comparison, p.EqualityComparisonExpression) and not comparison.negated:
+        return [comparison.rhs]
+    if isinstance(comparison, p.InComparisonExpression) and not comparison.negated:
+        return list(comparison.rhs.value)
+    if isinstance(comparison, p.IsSubsetComparisonExpression) and not comparison.negated and OBJECT_PATHS.get(key, "") is None:
+        return [comparison.rhs]  # an address in this network: the network (a CIDR) is the indicator
+    return None
 
 
 def _path(lhs: Any) -> str:
@@ -463,27 +575,18 @@ def _hash_key(path: str) -> str:
     return f"{head}.{algorithm.replace('-', '').replace('_', '').lower()}" if head == "hashes" else path
 
 
-def _observation_values(observation: Any, reasons: list[str]) -> list[tuple[str | None, str]]:
-    from stix2 import patterns as p
-
+def _observation_values(observation: Any, reasons: list[str]) -> tuple[list[tuple[str | None, str]], list[Resolution]]:
     local: list[str] = []
-    comparisons = list(_comparisons(observation.operand, local))
+    kept: set[int] = set()
+    resolutions = list(_resolutions(observation.operand, kept))
+    comparisons = list(_comparisons(observation.operand, local, kept))
     values: list[tuple[str | None, str]] = []
     file_parts: dict[str, str] = {}
     for comparison in comparisons:
         object_type = comparison.lhs.object_type_name
         path = _hash_key(_path(comparison.lhs))
-        if isinstance(comparison, p.EqualityComparisonExpression) and not comparison.negated:
-            constants = [comparison.rhs]
-        elif isinstance(comparison, p.InComparisonExpression) and not comparison.negated:
-            constants = list(comparison.rhs.value)
-        elif (
-            isinstance(comparison, p.IsSubsetComparisonExpression)
-            and not comparison.negated
-            and OBJECT_PATHS.get((object_type, path), "") is None
-        ):
-            constants = [comparison.rhs]  # an address in this network: the network (a CIDR) is the indicator
-        else:
+        constants = _exact(comparison, (object_type, path))
+        if constants is None:
             local.append(f"{object_type}:{path} {comparison.operator} is not an exact value")
             continue
         if object_type == "file" and path in ("name", "parent_directory_ref.path"):
@@ -503,7 +606,7 @@ def _observation_values(observation: Any, reasons: list[str]) -> list[tuple[str 
         local.append("file:name without parent_directory_ref.path is not a path")
     if values:
         reasons.extend(local)
-    return values
+    return values, resolutions
 
 
 # -- SCOs ---------------------------------------------------------------------------------
