@@ -153,14 +153,17 @@ def resolve_many(
 
 def ingest_requests(conn: Connection, ioc_ids: Sequence[Any], *, message_id: str) -> list[EnrichRequest]:
     """Auto-enrichment on ingest: one run per new IoC, run ids derived from the message so a redelivery repeats nothing."""
+    ids = [int(ioc_id) for ioc_id in ioc_ids]
+    found = iocs_repository.get_many(conn, ids)  # one query for up to AUTO_MAX ids (it was one each, and one more per IPv6)
+    # deleted since, or warninglisted: not auto-enriched
+    records = _with_carried_tlps(conn, {i: _record(ioc) for i, ioc in found.items() if not ioc.warninglists})
     out = []
-    for ioc_id in ioc_ids:
-        ioc = iocs_repository.get(conn, int(ioc_id))
-        if ioc is None or ioc.warninglists:
-            continue  # deleted since, or warninglisted: not auto-enriched
+    for ioc_id in ids:
+        record = records.get(ioc_id)
+        if record is None:
+            continue
         run_id = uuid.uuid5(uuid.NAMESPACE_URL, f"ingest:{message_id}:{ioc_id}").hex
-        tlp = str(_with_carried_tlp(conn, _record(ioc))["tlp"])
-        out.append(EnrichRequest(run_id, int(ioc.id), str(ioc.type), str(ioc.value), tlp, origin="ingest"))
+        out.append(EnrichRequest(run_id, ioc_id, str(record["type"]), str(record["value"]), str(record["tlp"]), origin="ingest"))
     return out
 
 

@@ -325,6 +325,15 @@ def get(conn: Connection, ioc_id: int) -> IocRecord | None:
     return _one(conn, "id = :id", {"id": ioc_id})
 
 
+def get_many(conn: Connection, ioc_ids: Sequence[int]) -> dict[int, IocRecord]:
+    """The existing IoCs among ioc_ids, by id, in one query."""
+    ids = sorted({int(i) for i in ioc_ids})
+    if not ids:
+        return {}
+    rows = conn.execute(_text(f"SELECT {IOC_COLUMNS} FROM iocs WHERE id = ANY(CAST(:i AS bigint[]))"), {"i": ids})
+    return {record.id: record for record in map(IocRecord.from_row, rows)}
+
+
 def get_by_value(conn: Connection, type_: str, value: str) -> IocRecord | None:
     return _one(conn, "type = :t AND value = :v", {"t": type_, "v": value})
 
