@@ -150,3 +150,26 @@ def test_a_bad_before_is_a_400(admin):
     for bad in ("soon", "-1", "nan", "inf"):
         answer = api.get("/api/v1/enrichment/dead-letters", query_string={"before": bad}, headers=headers)
         assert answer.status_code == 400 and answer.get_json()["error"]["details"]["field"] == "before", (bad, answer.get_json())
+
+
+def test_paging_loses_no_dead_letter_that_shares_its_timestamp_with_the_page_end(admin):
+    """`before` was the last listed dead letter's dead_lettered_at and the next page read those strictly older: the
+    others of the same instant (a drain writes a batch with one clock) behind a full page, or behind a full chunk
+    read inside one call, were never listed."""
+    api, headers, store = admin
+    start = time.time() - 3600
+    _seed(store, ["dl-a-old"], start=start)
+    for doc_id in ("dl-b-1", "dl-b-2", "dl-b-3"):
+        _seed(store, [doc_id], start=start + 10)
+    _seed(store, ["dl-c-new"], start=start + 20)
+    listed, query = [], {"limit": 2}
+    for _ in range(6):
+        answer = api.get("/api/v1/enrichment/dead-letters", query_string=query, headers=headers)
+        assert answer.status_code == 200, answer.get_json()
+        body = answer.get_json()
+        listed += [d["id"] for d in body["dead_letters"]]
+        if not body["more"]:
+            break
+        query = {"limit": 2, "before": body["before"]}
+    assert sorted(listed) == ["dl-a-old", "dl-b-1", "dl-b-2", "dl-b-3", "dl-c-new"]
+    assert len(listed) == 5
