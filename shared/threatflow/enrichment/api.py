@@ -218,6 +218,23 @@ def _all_cached(ctx: handlers.Enrichment, wanted: list[tuple[dict[str, Any], lis
     return out
 
 
+def _by_instant(items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Dead letters in dead_lettered_at order, grouped by equal dead_lettered_at."""
+    groups: list[list[dict[str, Any]]] = []
+    for item in items:
+        if groups and groups[-1][0]["dead_lettered_at"] == item["dead_lettered_at"]:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
+def _whole_instant(runtime: Runtime, at: float) -> list[dict[str, Any]]:
+    """Every dead letter of one dead_lettered_at (up to MAX_LIST_SCAN), which a chunk may have cut."""
+    where = [("dead_lettered_at", "==", at)]
+    return runtime.documents.query(runs.DEAD_LETTERS, where=where, order_by="dead_lettered_at", descending=True, limit=MAX_LIST_SCAN)
+
+
 def build_router(runtime: Runtime) -> Router:
     router = Router("enrichment", runtime=runtime, authenticator=authenticator(runtime))
     ctx = handlers.context(runtime)
@@ -427,26 +444,33 @@ def build_router(runtime: Runtime) -> Router:
         before = request.query_number("before")
         # Newest first, read a page at a time until this one is full: those above the caller's clearance are left
         # out, and a page read once and filtered came back empty behind `limit` of them. At most MAX_LIST_SCAN
-        # documents per call, then a short page with `before` to go on from.
+        # documents per call, then a short page with `before` to go on from. `before` is exclusive and several
+        # dead letters can share one dead_lettered_at (a drain's batch), so a page takes the dead letters of one
+        # instant all or none (a full chunk's last instant is read whole): a cut inside one lost the rest of it.
         page: list[dict[str, Any]] = []
         scanned, more = 0, False
-        while True:
+        while not more:
             where = [("dead_lettered_at", "<", before)] if before is not None else []
             chunk = runtime.documents.query(runs.DEAD_LETTERS, where=where, order_by="dead_lettered_at", descending=True, limit=limit)
             scanned += len(chunk)
-            shown = {i["id"] for i in _within_clearance(runtime, request, [i for i in chunk if not i.get("replayed_at")])}
-            for item in chunk:
-                if len(page) == limit:
+            instants = _by_instant(chunk)
+            if len(chunk) == limit:
+                last = instants.pop()
+                instants.append(_whole_instant(runtime, last[0]["dead_lettered_at"]))
+                scanned += len(instants[-1]) - len(last)
+            pending = [i for items in instants for i in items if not i.get("replayed_at")]
+            visible = {i["id"] for i in _within_clearance(runtime, request, pending)}
+            for items in instants:
+                shown = [i for i in items if i["id"] in visible]
+                if len(page) == limit or (page and len(page) + len(shown) > limit):
                     more = True
                     break
-                before = item["dead_lettered_at"]
-                if item["id"] in shown:
-                    page.append(item)
-            if more or len(chunk) < limit:
+                page += shown
+                before = items[0]["dead_lettered_at"]
+            if len(chunk) < limit:
                 break
-            if scanned >= MAX_LIST_SCAN:
+            if not more and scanned >= MAX_LIST_SCAN:
                 more = True
-                break
         return {"dead_letters": page, "more": more, **({"before": before} if more else {})}
 
     @router.route("POST", "/api/v1/enrichment/dead-letters/replay", role=Role.ADMIN, body=ReplayIn)
