@@ -139,3 +139,24 @@ def test_an_ipv6_spelling_of_a_red_ipv4_address_is_enriched_as_red(function_clie
     assert run is not None and run["request"]["tlp"] == "red", run
     batch = api.post("/api/v1/enrichment/batch", json={"iocs": [spelling]}, headers=amber).get_json()
     assert batch["runs"][0].get("error") == "no such indicator within your TLP clearance", batch
+
+
+def test_an_ipv4_mapped_ipv6_ioc_of_a_red_ipv4_address_is_enriched_as_red(function_client, backend_env):
+    """`::ffff:a.b.c.d` typed ipv6 stays an ipv6 IoC (normalise), and Python counts it global: carried_ipv4 read
+    NAT64, 6to4, IPv4-compatible, IPv4-translated and Teredo but not the mapped form, so an amber analyst's enrich
+    of it was accepted at amber and sent the red address, so spelled, to every IPv6 source."""
+    from threatflow.adapters.firestore import FirestoreDocuments
+
+    url = backend_env["DATABASE_URL"]
+    auth = function_client("auth")
+    red = _bearer(auth, "red6mapped", create_user(url, "red6mapped", "analyst", clearance="red"))
+    amber = _bearer(auth, "amber6mapped", create_user(url, "amber6mapped", "analyst"))
+    _ensure_topics(backend_env, "ioc-enrichment-requested")
+    stored = function_client("iocs").post("/api/v1/iocs/batch", json={"iocs": [{"value": "185.220.101.2", "tlp": "red"}]}, headers=red)
+    assert stored.status_code in (200, 201, 207), stored.get_json()
+    api, item = function_client("enrichment"), {"value": "::ffff:185.220.101.2", "type": "ipv6"}
+    assert api.post("/api/v1/enrichment/enrich", json=item, headers=amber).status_code == 404
+    started = api.post("/api/v1/enrichment/enrich", json=item, headers=red)
+    assert started.status_code == 202, started.get_json()
+    run = FirestoreDocuments(project=backend_env["GOOGLE_CLOUD_PROJECT"]).get("enrichment_runs", started.get_json()["run_id"])
+    assert run is not None and run["request"]["tlp"] == "red", run
