@@ -47,10 +47,13 @@ _IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # SIIT (RFC 2765): g
 
 
 def carried_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 one carries: NAT64 (64:ff9b::/96, and 64:ff9b:1::/48 read as /96 prefixes), 6to4
-    (2002::/16), IPv4-compatible (::/96), IPv4-translated (::ffff:0:0:0/96), Teredo's client (2001::/32)."""
+    """The IPv4 address an IPv6 one carries: IPv4-mapped (::ffff:0:0/96: typed ipv6 it stays an ipv6 IoC, and
+    Python counts it global), NAT64 (64:ff9b::/96, and 64:ff9b:1::/48 read as /96 prefixes), 6to4 (2002::/16),
+    IPv4-compatible (::/96), IPv4-translated (::ffff:0:0:0/96), Teredo's client (2001::/32)."""
     if not isinstance(address, ipaddress.IPv6Address):
         return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
     if any(address in network for network in (_NAT64, _NAT64_LOCAL_USE, _IPV4_COMPATIBLE, _IPV4_TRANSLATED)):
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return address.sixtofour or (address.teredo[1] if address.teredo else None)
