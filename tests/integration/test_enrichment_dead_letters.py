@@ -173,3 +173,22 @@ def test_paging_loses_no_dead_letter_that_shares_its_timestamp_with_the_page_end
         query = {"limit": 2, "before": body["before"]}
     assert sorted(listed) == ["dl-a-old", "dl-b-1", "dl-b-2", "dl-b-3", "dl-c-new"]
     assert len(listed) == 5
+
+
+def test_a_replay_of_all_paged_by_after_replays_the_dead_letters_sharing_the_500th_ones_timestamp(admin):
+    """A replay of all handed on `after` = the 500th dead letter's dead_lettered_at and the next call read those
+    strictly newer: the 501st, of the same instant, was never replayed by a caller following `after`."""
+    api, headers, store = admin
+    start = time.time() - 3600
+    _seed(store, [f"dl-{i:03d}" for i in range(499)], start=start)
+    for doc_id in ("dl-tie-a", "dl-tie-b"):
+        _seed(store, [doc_id], start=start + 1000)
+    replayed, body = [], {}
+    for _ in range(3):
+        answer = api.post("/api/v1/enrichment/dead-letters/replay", json=body, headers=headers)
+        assert answer.status_code == 200, answer.get_json()
+        replayed += answer.get_json()["replayed"]
+        if not answer.get_json()["more"]:
+            break
+        body = {"after": answer.get_json()["after"]}
+    assert len(replayed) == 501 and {"dl-tie-a", "dl-tie-b"} <= set(replayed)
