@@ -478,12 +478,20 @@ def build_router(runtime: Runtime) -> Router:
         drain_dead_letters(ctx)
         if body.ids and body.after is not None:
             raise ValidationError("after: pages a replay of all; give it without ids", field="after")
+        read_count = 0
         if body.ids:  # each named one read by its id: a page of the collection may not hold it
             named = ((doc_id, runtime.documents.get(runs.DEAD_LETTERS, doc_id)) for doc_id in dict.fromkeys(body.ids))
             candidates = [{**doc, "id": doc_id} for doc_id, doc in named if doc is not None]
         else:
             where = [("dead_lettered_at", ">", body.after)] if body.after is not None else []
             candidates = runtime.documents.query(runs.DEAD_LETTERS, where=where, order_by="dead_lettered_at", limit=MAX_REPLAY)
+            read_count = len(candidates)
+            if len(candidates) >= MAX_REPLAY:
+                # `after` is exclusive: the last instant, which may go on past this read, is left whole to the next
+                # call (one that fills the read is taken whole; it lost the rest of it to `after`)
+                instants = _by_instant(candidates)
+                last = candidates[-1]["dead_lettered_at"]
+                candidates = [i for group in instants[:-1] for i in group] if len(instants) > 1 else _whole_instant(runtime, last)
         for item in candidates:
             if item.get("replayed_at"):  # replayed before this change, when they were kept here
                 _archive_replayed(runtime, item)
@@ -496,7 +504,7 @@ def build_router(runtime: Runtime) -> Router:
             ctx.publish(topic, data, replayed="1", **attributes)
             _archive_replayed(runtime, {**item, "replayed_at": time.time()})
             replayed.append(item["id"])
-        more = not body.ids and len(candidates) >= MAX_REPLAY
+        more = not body.ids and read_count >= MAX_REPLAY
         # `after`: where the next call starts, so that dead letters left here (above the caller's clearance) are
         # read once, not by every call
         return {"replayed": replayed, "more": more, **({"after": candidates[-1]["dead_lettered_at"]} if more else {})}
