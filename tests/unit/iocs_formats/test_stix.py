@@ -513,3 +513,33 @@ def test_a_marking_definition_with_a_malformed_id_still_marks_what_names_it():
     parsed = parse("stix", bundle)
     assert [(p.item.value, p.item.tlp) for p in parsed.iocs] == [("198.51.100.7", "red")]
     assert [e.ref for e in parsed.errors] == ["tlp-red-marking"]
+
+
+@pytest.mark.parametrize(
+    "marking",
+    [
+        {"definition_type": "tlp", "definition": {"tlp": "TLP_RED"}},
+        {"definition_type": "tlp", "definition": {"tlp": "tlp-red"}},
+        {
+            "definition_type": "statement",
+            "definition": {"statement": "x"},
+            "x_opencti_definition_type": "TLP",
+            "x_opencti_definition": "TLP: RED",
+        },
+        {"name": "TLP-RED", "definition_type": "statement", "definition": {"statement": "x"}},
+    ],
+    ids=["underscore", "dash", "opencti-spaced", "name-dash"],
+)
+def test_a_loosely_spelled_stix_tlp_marking_is_read_as_that_tlp(marking):
+    """Tlp.parse reads producers' `TLP: RED`, `tlp-red`, `TLP_RED` (OTX and MISP take them since today), but a STIX
+    marking's level was read by its own `tlp:` strip: such a marking was no TLP, and the TLP:RED indicator it marks
+    came in at the import's default TLP."""
+    red = {
+        "type": "marking-definition",
+        "spec_version": "2.1",
+        "id": "marking-definition--0b7c2f3e-1a2b-4c3d-8e4f-5a6b7c8d9e0f",
+        "created": "2024-01-01T00:00:00Z",
+        **marking,
+    }
+    doc = bundle(red, indicator(1, "[ipv4-addr:value = '198.51.100.1']", object_marking_refs=[red["id"]]))
+    assert [p.item.tlp for p in parse("stix", doc).with_defaults(tlp="clear").iocs] == ["red"]
