@@ -31,6 +31,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from collections.abc import Collection, Iterator
@@ -39,7 +40,7 @@ from typing import Any
 
 from threatflow.intel.formats.base import RELATION_TYPES, Builder, Link, ParsedImport, ParsedThreat, Relation, load_json, seen_time
 from threatflow.platform.errors import ValidationError
-from threatflow.platform.vocabulary import MAX_TAGS
+from threatflow.platform.vocabulary import MAX_TAGS, Tlp
 
 THREAT_TYPES = {"malware", "threat-actor", "intrusion-set", "campaign", "tool"}
 # TLP 1.0 (STIX 2.x spec) and TLP 2.0 (OASIS extension) marking-definition ids.
@@ -251,11 +252,14 @@ def _tlp_definitions(by_id: dict[str, tuple[int, dict[str, Any]]], objects: list
             level = next((e["tlp_2_0"] for e in obj["extensions"].values() if isinstance(e, dict) and "tlp_2_0" in e), None)
         if level is None and str(obj.get("x_opencti_definition_type", "")).upper() == "TLP":  # OpenCTI's AMBER+STRICT, CLEAR
             level = obj.get("x_opencti_definition")
-        if level is None and isinstance(obj.get("name"), str) and obj["name"].lower().startswith("tlp:"):
+        if level is None and isinstance(obj.get("name"), str) and obj["name"].strip().lower().startswith("tlp"):
             level = obj["name"]
         if isinstance(level, str):
-            level = level.strip().lower().removeprefix("tlp:").strip()
-            level = "clear" if level == "white" else level
+            # Tlp.parse, as OTX and MISP read them: `TLP_RED`, `tlp-red` were no TLP, and what they mark came in
+            # at the import's default
+            with contextlib.suppress(ValueError):
+                level = Tlp.parse(level).value
+            level = level.strip().lower()
             held = tlp.get(obj_id)
             # a malformed id written twice (no versions to choose by): the most restrictive of its levels
             if held is None or obj_id in by_id or _rank(level) > _rank(held):
