@@ -72,6 +72,8 @@ _MALWARE = {"type": "malware", "id": "malware--1", "name": "X", "is_family": Tru
         (_MALWARE, "aliases", 5),
         (_MALWARE, "x_mitre_aliases", 5),
         (_MALWARE, "labels", 5),
+        (_MALWARE, "external_references", 5),
+        ({"type": "attack-pattern", "id": "attack-pattern--1", "name": "T"}, "external_references", 5),
     ],
 )
 def test_a_stix_field_of_the_wrong_shape_is_an_error_of_its_object_never_a_crash(obj, field, value):
