@@ -663,7 +663,7 @@ def _threat(out: Builder, obj_id: str, obj: dict[str, Any], where: str, tlp_of: 
         return False
     aliases = [a for a in [*_list(obj, "aliases"), *_list(obj, "x_mitre_aliases")] if isinstance(a, str)]
     references = []
-    for ref in obj.get("external_references") or []:
+    for ref in _list(obj, "external_references"):
         if isinstance(ref, dict) and isinstance(ref.get("source_name"), str):
             references.append({k: ref[k] for k in ("source_name", "url", "external_id", "description") if isinstance(ref.get(k), str)})
     confidence = obj.get("confidence")
@@ -686,7 +686,7 @@ def _threat(out: Builder, obj_id: str, obj: dict[str, Any], where: str, tlp_of: 
 
 
 def _attack_id(obj: dict[str, Any]) -> str | None:
-    for ref in obj.get("external_references") or []:
+    for ref in _list(obj, "external_references"):
         if isinstance(ref, dict) and ref.get("source_name") in ("mitre-attack", "mitre-mobile-attack", "mitre-ics-attack"):
             external_id = str(ref.get("external_id") or "").upper()
             if _TTP.match(external_id):
