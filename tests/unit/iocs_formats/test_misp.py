@@ -5,6 +5,7 @@ import pytest
 
 from threatflow.intel.formats import parse
 from threatflow.platform.errors import ValidationError
+from threatflow.platform.vocabulary import Tlp
 
 EVENT = {
     "Event": {
@@ -258,3 +259,12 @@ def test_object_references_past_the_relation_budget_are_not_walked(monkeypatch):
     assert len(parsed.relations) == n  # Y's first reference relates the name to each of X's addresses
     assert sum(walked) <= 10 * n
     assert len(parsed.warnings) <= 2
+
+
+@pytest.mark.parametrize("tag", ["TLP_RED", "tlp-red", "TLP RED"])
+def test_a_loosely_spelled_tlp_tag_marks_the_event(tag):
+    """Tlp.parse reads producers' `TLP_RED`, `tlp-red` (OTX's pulse and STIX markings take them), but a MISP tag was
+    a TLP only when it began `tlp:`: so tagged, a TLP:RED event came in at the import's default, the tag a tag."""
+    parsed = parse("misp", _event([{"uuid": "a1", "type": "ip-dst", "value": "203.0.113.1"}], tags=[tag]))
+    (ioc,) = parsed.iocs
+    assert Tlp.parse(ioc.item.tlp) is Tlp.RED and tag not in ioc.item.tags
