@@ -240,7 +240,8 @@ def strictest_tlp(markings: Sequence[str | None]) -> str | None:
 
 
 def is_tlp(tag: str) -> bool:
-    return tag.lower().startswith("tlp:") and strictest_tlp([tag]) is not None
+    # `tlp` and a separator, as Tlp.parse reads it (TLP_RED, tlp-red were tags, and the event came in at the default)
+    return tag.strip().lower().startswith("tlp") and strictest_tlp([tag]) is not None
 
 
 def load_json(content: bytes | str | Any, *, what: str) -> Any:
