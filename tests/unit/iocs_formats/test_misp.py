@@ -268,3 +268,14 @@ def test_a_loosely_spelled_tlp_tag_marks_the_event(tag):
     parsed = parse("misp", _event([{"uuid": "a1", "type": "ip-dst", "value": "203.0.113.1"}], tags=[tag]))
     (ioc,) = parsed.iocs
     assert Tlp.parse(ioc.item.tlp) is Tlp.RED and tag not in ioc.item.tags
+
+
+def test_an_attributes_own_tags_past_the_events_full_tags_never_reject_it():
+    """An event's tags are cut to 63 (with `misp-event:<uuid>`) for its attributes, but an attribute's own tags (and
+    `misp:to_ids=false`) were added after them: an event of 63 or more tags got each attribute holding a tag of its
+    own rejected, `at most 64 tags per indicator`. The event's come first, the attribute's while there is room."""
+    attribute = {"uuid": "a1", "type": "ip-dst", "value": "203.0.113.1", "to_ids": False, "Tag": [{"name": "own"}]}
+    parsed = parse("misp", _event([attribute], tags=[f"t{i:02d}" for i in range(70)]))
+    assert parsed.errors == []
+    (ioc,) = parsed.iocs
+    assert len(ioc.item.tags) == 64 and "misp-event:e1" in ioc.item.tags and "own" not in ioc.item.tags
