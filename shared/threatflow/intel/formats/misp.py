@@ -239,8 +239,19 @@ def _attribute(out: Builder, attribute: Any, ctx: dict[str, Any], *, where: str)
         return []
     tags, tlp = _split_tags(_tag_names(attribute, where), floor=ctx["tlp"])
     to_ids = _flag(attribute.get("to_ids"))
+    # the event's tags first, then the attribute's own while the IoC has room: added past the event's 64, every
+    # attribute with a tag of its own was rejected
+    event_tags = set(ctx["tags"])
+    own = [
+        t
+        for t in out.shared_tags([*tags, *(["misp:to_ids=false"] if to_ids is False else [])], where=where, room=MAX_TAGS)
+        if t not in event_tags
+    ]
+    room = MAX_TAGS - len(ctx["tags"])
+    if len(own) > room:
+        out.warn(where, f"{len(own) - room} of its own tags not given to it: an IoC holds at most {MAX_TAGS} tags, its event's first")
     base = {
-        "tags": [*ctx["tags"], *tags, *(["misp:to_ids=false"] if to_ids is False else [])],
+        "tags": [*ctx["tags"], *own[: max(0, room)]],
         "source": ctx["source"],
         "tlp": tlp,
         "description": _comment(attribute) or ctx["info"] or None,
