@@ -328,3 +328,17 @@ def test_a_misp_objects_or_attributes_odd_comment_never_rejects_its_attributes(c
     assert not parsed.errors, parsed.errors
     expected = "C" * 4096 if isinstance(comment, str) else "event info"
     assert sorted((p.item.value, p.item.description) for p in parsed.iocs) == [("198.51.100.7", expected), ("198.51.100.8", expected)]
+
+
+def test_an_imported_threats_references_are_cut_after_their_duplicates_are_merged():
+    """The import cut a document's threat to its first 256 references before the store merged equal ones (same
+    source, external id and URL): 100 copies of one reference and 200 others kept 157 distinct and answered 44 cut,
+    where all 201 fit."""
+    from threatflow.intel.importer import _bounded_threats
+
+    refs = [{"source_name": "blog", "url": "https://example.com/same"}] * 100
+    refs += [{"source_name": "blog", "url": f"https://example.com/{i}"} for i in range(200)]
+    malware = _MALWARE | {"external_references": refs}
+    parsed = parse("stix", {"type": "bundle", "id": "bundle--1", "objects": [malware]})
+    (threat,), (cut,) = _bounded_threats(parsed.threats)
+    assert cut == {} and len({r.url for r in threat.item.references}) == 201
