@@ -263,19 +263,22 @@ def _bounded_threats(threats: list[ParsedThreat]) -> tuple[list[ParsedThreat], l
     cuts: list[dict[str, int]] = []
     for threat in threats:
         item = threat.item
+        # each once before the cut, as the store merges them: cut first, duplicates took the room of distinct ones
         aliases = list(dict.fromkeys(item.aliases))
+        ttps = list(dict.fromkeys(item.ttps))
+        references = threat_store.distinct_references(item.references)
         cut = {
             key: n
             for key, n in (
-                ("ttps_cut", len(item.ttps) - MAX_TTPS),
-                ("references_cut", len(item.references) - MAX_REFERENCES),
+                ("ttps_cut", len(ttps) - MAX_TTPS),
+                ("references_cut", len(references) - MAX_REFERENCES),
                 ("aliases_cut", len(aliases) - MAX_ALIASES),
             )
             if n > 0
         }
         if cut:
             item = msgspec.structs.replace(
-                item, ttps=item.ttps[:MAX_TTPS], references=item.references[:MAX_REFERENCES], aliases=aliases[:MAX_ALIASES]
+                item, ttps=ttps[:MAX_TTPS], references=references[:MAX_REFERENCES], aliases=aliases[:MAX_ALIASES]
             )
         out.append(ParsedThreat(threat.ref, item) if cut else threat)
         cuts.append(cut)

@@ -31,6 +31,7 @@ from threatflow.threats.model import (
     MAX_REFERENCES,
     MAX_RELATIONS_SHOWN,
     MAX_TTPS,
+    Reference,
     ResultStatus,
     ThreatIn,
     ThreatRecord,
@@ -150,6 +151,14 @@ def _merge_refs(old: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]]) ->
             seen.add(key)
             out.append(ref)
     return out
+
+
+def distinct_references(refs: Sequence[Reference]) -> list[Reference]:
+    """`refs` in order, each once by the store's rule (source, external id and URL agree)."""
+    out: dict[tuple[str, str, str], Reference] = {}
+    for ref in refs:
+        out.setdefault(_ref_key(msgspec.to_builtins(ref)), ref)
+    return list(out.values())
 
 
 def _ref_key(ref: Mapping[str, Any]) -> tuple[str, str, str]:
