@@ -342,3 +342,15 @@ def test_an_imported_threats_references_are_cut_after_their_duplicates_are_merge
     parsed = parse("stix", {"type": "bundle", "id": "bundle--1", "objects": [malware]})
     (threat,), (cut,) = _bounded_threats(parsed.threats)
     assert cut == {} and len({r.url for r in threat.item.references}) == 201
+
+
+def test_an_imported_threats_aliases_are_cut_after_the_stores_merge_of_them():
+    """The store merges aliases case-insensitively (first spelling wins) and drops the name itself; the import's cut
+    counted `APT-1` and `apt-1` as two, so 200 aliases and 100 other spellings of them kept 156 and said 44 cut."""
+    from threatflow.intel.formats.base import ParsedThreat
+    from threatflow.intel.importer import _bounded_threats
+    from threatflow.threats.model import ThreatIn
+
+    aliases = [f"Alias-{i}" for i in range(200)] + [f"ALIAS-{i}" for i in range(100)]
+    (threat,), (cut,) = _bounded_threats([ParsedThreat("t", ThreatIn(kind="malware", name="X", aliases=aliases))])
+    assert cut == {} and threat.item.aliases == aliases[:200]
