@@ -41,7 +41,7 @@ from threatflow.iocs.normalise import normalise
 from threatflow.platform.errors import PermanentError, RetryableError, ValidationError
 from threatflow.platform.vocabulary import clean_sources, clean_tags
 from threatflow.threats import repository as threat_store
-from threatflow.threats.model import CUT_FIELDS, MAX_ALIASES, MAX_REFERENCES, MAX_RELATIONS_PER_LINK, MAX_TTPS, ThreatResult
+from threatflow.threats.model import CUT_FIELDS, MAX_ALIASES, MAX_REFERENCES, MAX_RELATIONS_PER_LINK, MAX_TTPS, ThreatResult, merge_aliases
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -264,7 +264,7 @@ def _bounded_threats(threats: list[ParsedThreat]) -> tuple[list[ParsedThreat], l
     for threat in threats:
         item = threat.item
         # each once before the cut, as the store merges them: cut first, duplicates took the room of distinct ones
-        aliases = list(dict.fromkeys(item.aliases))
+        aliases = merge_aliases(item.name, item.aliases)
         ttps = list(dict.fromkeys(item.ttps))
         references = threat_store.distinct_references(item.references)
         cut = {
