@@ -52,3 +52,15 @@ def test_filter_from_query_lists_scalars_and_default_max_tlp():
         filter_from_query(MultiDict([("colour", "red")]))
     with pytest.raises(ValidationError, match="score_min"):
         filter_from_query(MultiDict([("score_min", "lots")]))
+
+
+def test_an_export_filters_tlp_spelled_as_writes_accept_it_is_read():
+    """Writes read `TLP:RED`, `tlp-green` or `AMBER` as that TLP; the export's query refused them (a 400, the filter a
+    strict enum). A value that is no TLP is still a 400 naming the parameter."""
+    from threatflow.iocs.model import Tlp
+
+    flt = filter_from_query({"max_tlp": "TLP:RED", "tlp": "tlp-green, AMBER"})
+    assert (flt.max_tlp, flt.tlp) == (Tlp.RED, [Tlp.GREEN, Tlp.AMBER])
+    with pytest.raises(ValidationError) as refused:
+        filter_from_query({"max_tlp": "purple"})
+    assert refused.value.field == "max_tlp"
