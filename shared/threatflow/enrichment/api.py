@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import json
 import time
 import uuid
@@ -40,7 +41,6 @@ from threatflow.enrichment.model import ResultStatus
 from threatflow.enrichment.tasks import TOPIC_TASKS, EnrichRequest, Task
 from threatflow.intel import enrichment as intel_enrichment
 from threatflow.platform.errors import DependencyError, NotFoundError, PayloadTooLargeError, RateLimitedError, ValidationError
-from threatflow.platform.vocabulary import Tlp
 from threatflow.platform.web import Request, Response, Router
 from threatflow.runtime import Runtime
 
@@ -220,13 +220,7 @@ def _all_cached(ctx: handlers.Enrichment, wanted: list[tuple[dict[str, Any], lis
 
 def _by_instant(items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """Dead letters in dead_lettered_at order, grouped by equal dead_lettered_at."""
-    groups: list[list[dict[str, Any]]] = []
-    for item in items:
-        if groups and groups[-1][0]["dead_lettered_at"] == item["dead_lettered_at"]:
-            groups[-1].append(item)
-        else:
-            groups.append([item])
-    return groups
+    return [list(group) for _, group in itertools.groupby(items, key=lambda item: item["dead_lettered_at"])]
 
 
 def _whole_instant(runtime: Runtime, at: float) -> list[dict[str, Any]]:
@@ -642,12 +636,7 @@ def ip_reputation(ip: str, *, enrichment: Enrichment, clearance: str, sources: t
     ioc_type = "ipv4" if address.version == 4 else "ipv6"
     value = str(address)
     with unit_of_work(enrichment.runtime.engine) as conn:
-        # an IPv6 address carrying an IPv4 one (NAT64, 6to4) discloses that one too: the stricter TLP of the two
-        stored = [intel_enrichment.stored_tlp(conn, ioc_type, value)]
-        if embedded is not None:
-            stored.append(intel_enrichment.stored_tlp(conn, "ipv4", str(embedded)))
-    named = [Tlp.parse(t) for t in stored if t is not None]
-    tlp = max(named, key=lambda t: t.rank).value if named else None
+        tlp = intel_enrichment.stored_tlp(conn, ioc_type, value)  # with the IPv4 address it carries, the stricter
     tlp_clearance.require(clearance, tlp, what=f"intel for {value} within your TLP clearance")
     waits: list[float] = []
     tried: dict[str, str] = {}

@@ -206,9 +206,14 @@ def apply_verdict(conn: Connection, *, ioc_id: int, run_id: str, merged: verdict
 
 
 def stored_tlp(conn: Connection, ioc_type: str, value: str) -> str | None:
-    """The TLP of the stored IoC (type, normalised value), or None when none is stored."""
-    record = iocs_repository.get_by_value(conn, ioc_type, value)
-    return None if record is None else str(record.tlp)
+    """The TLP of the stored IoC (type, normalised value), or None when none is stored. An IPv6 address carrying a
+    stored IPv4 one (NAT64, 6to4...) discloses that one too: the stricter of the two, read in one query."""
+    keys = [(ioc_type, value)]
+    carried = _carried_key({"type": ioc_type, "value": value})
+    if carried is not None:
+        keys.append(carried)
+    stored = [Tlp.parse(str(record["tlp"])) for record in iocs_repository.get_many_by_value(conn, keys).values()]
+    return max(stored, key=lambda tlp: tlp.rank).value if stored else None
 
 
 def visible_ioc_ids(conn: Connection, ioc_ids: Sequence[int], *, visible_tlps: Sequence[str]) -> set[int]:
