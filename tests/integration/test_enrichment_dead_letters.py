@@ -50,6 +50,19 @@ def _seed(client, ids, *, start, ioc_id=None):
         batch.commit()
 
 
+def _replay_all(api, headers, *, calls=3):
+    """A replay of all, called again from each answer's `after` while it says `more` (at most `calls` times)."""
+    replayed, body = [], {}
+    for _ in range(calls):
+        answer = api.post("/api/v1/enrichment/dead-letters/replay", json=body, headers=headers)
+        assert answer.status_code == 200, answer.get_json()
+        replayed += answer.get_json()["replayed"]
+        if not answer.get_json()["more"]:
+            break
+        body = {"after": answer.get_json()["after"]}
+    return replayed
+
+
 @pytest.fixture
 def admin(function_client, backend_env):
     from google.api_core.exceptions import AlreadyExists
@@ -106,14 +119,7 @@ def test_a_replay_of_all_reaches_pending_dead_letters_behind_500_above_the_calle
     start = time.time() - 3600
     _seed(store, [f"dl-red-{i:03d}" for i in range(500)], start=start, ioc_id=result["id"])
     _seed(store, ["dl-visible"], start=start + 600)
-    replayed, body = [], {}
-    for _ in range(3):
-        answer = api.post("/api/v1/enrichment/dead-letters/replay", json=body, headers=headers)
-        assert answer.status_code == 200, answer.get_json()
-        replayed += answer.get_json()["replayed"]
-        if not answer.get_json()["more"]:
-            break
-        body = {"after": answer.get_json()["after"]}
+    replayed = _replay_all(api, headers)
     assert replayed == ["dl-visible"]
 
 
@@ -187,12 +193,5 @@ def test_a_replay_of_all_paged_by_after_replays_the_dead_letters_sharing_the_500
     _seed(store, [f"dl-{i:03d}" for i in range(3)], start=start)
     for doc_id in ("dl-tie-a", "dl-tie-b"):
         _seed(store, [doc_id], start=start + 1000)
-    replayed, body = [], {}
-    for _ in range(3):
-        answer = api.post("/api/v1/enrichment/dead-letters/replay", json=body, headers=headers)
-        assert answer.status_code == 200, answer.get_json()
-        replayed += answer.get_json()["replayed"]
-        if not answer.get_json()["more"]:
-            break
-        body = {"after": answer.get_json()["after"]}
+    replayed = _replay_all(api, headers)
     assert sorted(replayed) == ["dl-000", "dl-001", "dl-002", "dl-tie-a", "dl-tie-b"]
