@@ -691,3 +691,101 @@ def test_a_stix_domain_ip_pattern_stores_the_domain_resolving_to_the_address(api
         " JOIN iocs i ON i.id = l.ioc_id WHERE t.name = 'Resolver RAT'"
     )
     assert linked == "198.51.100.77, resolves.example.org"
+
+
+THREAT_TYPES = ("malware", "threat-actor", "intrusion-set", "campaign", "tool")
+
+
+def test_a_stix_reports_relationships_between_threats_are_kept_and_exported(api, db):
+    """OASIS's APT1 report: its intrusion set is attributed-to three threat actors, who use four malware. Those
+    seven relationships between threats were counted in `skipped` and lost; they are stored by their own verb,
+    once however often the report is imported, and an export gives those between the threats it exports."""
+    import stix2
+
+    source = json.loads(require_shared_data("stix", "oasis-examples", "threat-reports", "apt1.json").read_text())
+    objects = {o["id"]: o for o in source["objects"]}
+
+    def between_threats(rel):
+        ends = (objects.get(rel.get("source_ref"), {}), objects.get(rel.get("target_ref"), {}))
+        return rel["type"] == "relationship" and all(end.get("type") in THREAT_TYPES for end in ends)
+
+    wanted = [r for r in objects.values() if between_threats(r)]
+    assert len(wanted) == 7
+
+    first = api.import_("stix", source).get_json()
+    assert (first["threat_relations"], first["threat_relations_created"], first["threat_relations_cut"]) == (7, 7, 0)
+    to_identities = sum(1 for r in objects.values() if r["type"] == "relationship" and r["target_ref"].startswith("identity--"))
+    assert first["skipped"].get("relationship:attributed-to") == to_identities and "relationship:uses" not in first["skipped"]
+    id_of = {t["ref"]: t["id"] for t in first["threats"]["results"]}  # two actors may merge into one threat by alias
+    expected = {f"{id_of[r['source_ref']]}|{r['relationship_type']}|{id_of[r['target_ref']]}" for r in wanted}
+    stored_sql = "SELECT string_agg(source_id || '|' || type || '|' || target_id, ',') FROM threat_relations"
+    assert set(db.scalar(stored_sql).split(",")) == expected
+    again = api.import_("stix", source).get_json()
+    assert (again["threat_relations"], again["threat_relations_created"]) == (7, 0)
+    assert db.scalar("SELECT count(*) FROM threat_relations") == len(expected)
+
+    bundle = stix2.parse(api.get("/api/v1/iocs/export?format=stix&max_tlp=red&limit=1000").data.decode(), allow_custom=False)
+    by_id = {o.id: o for o in bundle.objects}
+    name_of = {i: db.scalar("SELECT name FROM threats WHERE id = :i", i=i) for i in id_of.values()}
+    exported_threats = {o.name for o in bundle.objects if o.type in THREAT_TYPES}
+    exported = {
+        (by_id[o.source_ref].name, o.relationship_type, by_id[o.target_ref].name)
+        for o in bundle.objects
+        if o.type == "relationship" and by_id[o.source_ref].type in THREAT_TYPES and by_id[o.target_ref].type in THREAT_TYPES
+    }
+    stored = {(name_of[int(e.split("|")[0])], e.split("|")[1], name_of[int(e.split("|")[2])]) for e in expected}
+    assert exported == {e for e in stored if e[0] in exported_threats and e[2] in exported_threats}
+    # (APT1's indicators reach two threats that no relation joins: the next test exports relations)
+
+
+def _sdo(kind, n, **fields):
+    stamp = "2020-01-01T00:00:00Z"
+    return {
+        "type": kind,
+        "spec_version": "2.1",
+        "id": f"{kind}--1b2d9a4e-7f7c-4a55-9e53-0b3b1c2f0a{n:02d}",
+        "created": stamp,
+        "modified": stamp,
+        **fields,
+    }
+
+
+def test_a_relationship_between_threats_with_an_untidy_verb_is_kept_as_related_to(api, db):
+    """A verb that is no tidy word is kept as related-to, with a warning; an export of an IoC indicating both threats
+    gives both relations, and importing that export makes none anew."""
+    import stix2
+
+    loader = _sdo("malware", 1, name="Verb Loader", is_family=True)
+    payload = _sdo("malware", 2, name="Verb Payload", is_family=True)
+    indicator = _sdo(
+        "indicator", 3, pattern_type="stix", pattern="[domain-name:value = 'verb-loader.example.net']", valid_from="2020-01-01T00:00:00Z"
+    )
+    untidy = _sdo("relationship", 4, relationship_type="Loads Into Memory!", source_ref=loader["id"], target_ref=payload["id"])
+    objects = [
+        loader,
+        payload,
+        indicator,
+        untidy,
+        _sdo("relationship", 5, relationship_type="variant-of", source_ref=payload["id"], target_ref=loader["id"]),
+        _sdo("relationship", 6, relationship_type="indicates", source_ref=indicator["id"], target_ref=loader["id"]),
+        _sdo("relationship", 7, relationship_type="indicates", source_ref=indicator["id"], target_ref=payload["id"]),
+    ]
+    result = api.import_("stix", {"type": "bundle", "id": "bundle--6f7e3c52-8f43-4bfc-9d0c-5d0d8a3c9b10", "objects": objects}).get_json()
+    assert result["threat_relations"] == 2
+    assert [w["ref"] for w in result["warnings"]] == [untidy["id"]]
+    assert "related-to" in result["warnings"][0]["reason"]
+    rows = db.scalar(
+        "SELECT string_agg(s.name || '|' || r.type || '|' || t.name, ',' ORDER BY 1) FROM threat_relations r"
+        " JOIN threats s ON s.id = r.source_id JOIN threats t ON t.id = r.target_id"
+    )
+    assert rows == "Verb Loader|related-to|Verb Payload,Verb Payload|variant-of|Verb Loader"
+
+    exported = api.get("/api/v1/iocs/export?format=stix&max_tlp=red&limit=1000")
+    by_id = {o.id: o for o in stix2.parse(exported.data.decode(), allow_custom=False).objects}
+    assert {
+        (by_id[o.source_ref].name, o.relationship_type, by_id[o.target_ref].name)
+        for o in by_id.values()
+        if o.type == "relationship" and by_id[o.source_ref].type == "malware" and by_id[o.target_ref].type == "malware"
+    } == {("Verb Loader", "related-to", "Verb Payload"), ("Verb Payload", "variant-of", "Verb Loader")}
+    again = api.import_("stix", json.loads(exported.data)).get_json()
+    assert (again["threat_relations"], again["threat_relations_created"]) == (2, 0)

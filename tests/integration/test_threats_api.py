@@ -425,3 +425,91 @@ def test_items_of_one_batch_merging_into_one_threat_keep_the_most_restrictive_tl
     mixed = api.batch({"kind": "malware", "name": "Dupli", "tlp": "amber"}, {"kind": "malware", "name": "D2", "tlp": "green"})
     assert mixed["results"][1]["id"] == threat_id
     assert api.get(f"/api/v1/threats/{threat_id}").get_json()["tlp"] == "amber"
+
+
+def test_threats_are_related_to_threats_read_both_ways_and_removed(api, backend_env):
+    """POST/DELETE /threats/{id}/relations: an intrusion set `uses` a malware, a campaign is `attributed-to` it.
+    GET /threats/{id} shows the relations both ways with the threat at the other end; there was no such record,
+    so a STIX report's relationships between threats were lost and none could be written by hand."""
+    ids = [
+        r["id"]
+        for r in api.batch(
+            {"kind": "intrusion-set", "name": "Rel Set"},
+            {"kind": "malware", "name": "Rel Malware"},
+            {"kind": "campaign", "name": "Rel Campaign"},
+        )["results"]
+    ]
+    intrusion_set, malware, campaign = ids
+    path = f"/api/v1/threats/{intrusion_set}/relations"
+    made = api.post(path, {"target_id": malware, "type": "uses", "confidence": 80})
+    assert made.status_code == 201, made.get_json()
+    assert made.get_json() == {"source_id": intrusion_set, "target_id": malware, "type": "uses", "created": True}
+    repeat = api.post(path, {"target_id": malware, "type": "USES"})
+    assert repeat.status_code == 200 and repeat.get_json()["created"] is False
+    assert api.post(f"/api/v1/threats/{campaign}/relations", {"target_id": intrusion_set, "type": "attributed-to"}).status_code == 201
+
+    view = api.get(f"/api/v1/threats/{intrusion_set}").get_json()
+    assert view["relations"] == [
+        {
+            "direction": "out",
+            "type": "uses",
+            "confidence": 80,
+            "source": "user:analyst1",
+            "threat": {"id": malware, "kind": "malware", "name": "Rel Malware"},
+        },
+        {
+            "direction": "in",
+            "type": "attributed-to",
+            "confidence": 50,
+            "source": "user:analyst1",
+            "threat": {"id": campaign, "kind": "campaign", "name": "Rel Campaign"},
+        },
+    ]
+    assert view["relations_truncated"] is False
+    assert [(r["direction"], r["type"], r["threat"]["id"]) for r in api.get(f"/api/v1/threats/{malware}").get_json()["relations"]] == [
+        ("in", "uses", intrusion_set)
+    ]
+
+    itself = api.post(path, {"target_id": intrusion_set})
+    assert itself.status_code == 400 and itself.get_json()["error"]["details"]["field"] == "target_id"
+    missing = api.post(path, {"target_id": 999999})
+    assert missing.status_code == 404 and "999999" in missing.get_json()["error"]["message"]
+    assert api.post("/api/v1/threats/999999/relations", {"target_id": malware}).status_code == 404
+    bad = api.post(path, {"target_id": malware, "type": "Is Related!"})
+    assert bad.status_code == 400 and bad.get_json()["error"]["details"]["field"] == "relation"
+    assert api.post(path, {"target_id": malware}, headers=api.reader).status_code == 403
+
+    # A pair holds at most 8 verbs, as a threat and an IoC do; a new one past them is a 409, a repeat still answers.
+    for verb in ("a1", "a2", "a3", "a4", "a5", "a6", "a7"):
+        assert api.post(path, {"target_id": malware, "type": verb}).status_code == 201
+    full = api.post(path, {"target_id": malware, "type": "a8"})
+    assert full.status_code == 409 and "8 relations" in full.get_json()["error"]["message"]
+    assert api.post(path, {"target_id": malware, "type": "uses"}).status_code == 200
+
+    removed = api.delete(path, {"target_id": malware, "type": "uses"}, headers=api.analyst)
+    assert removed.status_code == 200 and removed.get_json() == {"deleted": 1}
+    assert api.delete(path, {"target_id": malware}, headers=api.analyst).get_json() == {"deleted": 7}
+    assert api.delete(path, {"target_id": malware}, headers=api.reader).status_code == 403
+    assert [r["threat"]["id"] for r in api.get(f"/api/v1/threats/{intrusion_set}").get_json()["relations"]] == [campaign]
+    # Deleting a threat takes its relations with it.
+    assert api.delete("/api/v1/threats", {"ids": [campaign]}).get_json()["deleted"] == 1
+    assert api.get(f"/api/v1/threats/{intrusion_set}").get_json()["relations"] == []
+
+
+def test_threat_relations_treat_a_threat_above_the_callers_clearance_as_absent(api, backend_env):
+    """A red threat does not exist for an amber analyst or reader: relating to it or from it is a 404, as linking
+    is, and a relation to it is left out of what an amber reader sees of the other threat."""
+    from helpers import SqlDb
+
+    amber, red = [r["id"] for r in api.batch({"kind": "malware", "name": "Rel Amber"}, {"kind": "malware", "name": "Rel Red"})["results"]]
+    assert api.post(f"/api/v1/threats/{amber}/relations", {"target_id": red, "type": "variant-of"}).status_code == 201
+    db = SqlDb(backend_env["DATABASE_URL"])
+    try:
+        db.execute("UPDATE threats SET tlp = 'red' WHERE id = %s", red)
+    finally:
+        db.close()
+    assert api.get(f"/api/v1/threats/{amber}").get_json()["relations"] == []
+    to_red = api.post(f"/api/v1/threats/{amber}/relations", {"target_id": red, "type": "uses"})
+    assert to_red.status_code == 404 and str(red) in to_red.get_json()["error"]["message"]
+    assert api.post(f"/api/v1/threats/{red}/relations", {"target_id": amber}).status_code == 404
+    assert api.delete(f"/api/v1/threats/{amber}/relations", {"target_id": red}, headers=api.analyst).status_code == 404
