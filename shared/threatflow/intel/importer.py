@@ -19,7 +19,7 @@ import dataclasses
 import itertools
 import logging
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -32,7 +32,7 @@ from threatflow.auth import requester as auth_requester
 from threatflow.auth.model import Role
 from threatflow.auth.repository import UserRepository
 from threatflow.intel import repository as intel_repository
-from threatflow.intel.formats import ItemError, ParsedImport, ParsedIoc, ParsedThreat, parse
+from threatflow.intel.formats import ItemError, ParsedImport, ParsedIoc, ParsedThreat, Relation, parse
 from threatflow.intel.formats.misp import MAX_THREATS_PER_IOC
 from threatflow.iocs import repository as ioc_repository
 from threatflow.iocs import service
@@ -169,6 +169,17 @@ def apply_import(
         relations_created += intel_repository.add_ioc_relations(conn, pairs, type=relation.type, source=source_default)
     if relations_cut:
         errors.append(ItemError("relations", f"{relations_cut} IoC relations not created: at most {MAX_RELATIONS_PER_IMPORT} per import"))
+    threat_relations, threat_relations_created, threat_relations_cut = _relate_threats(
+        conn, parsed.threat_relations, threat_ids=threat_ids, source=source_default
+    )
+    if threat_relations_cut:
+        errors.append(
+            ItemError(
+                "threat_relations",
+                f"{threat_relations_cut} threat relations not made: at most {MAX_RELATIONS_PER_IMPORT} per import,"
+                f" two threats by at most {MAX_RELATIONS_PER_LINK} relations",
+            )
+        )
     cuts: dict[str, int] = {}  # what full IoCs could not take, by field (results count their own)
     for field, bound in (("tags", MAX_TAGS_PER_IOC), ("sources", MAX_SOURCES_PER_IOC)):
         cuts[field] = cut = sum(int(r.get(f"{field}_cut", 0)) for r in results)
@@ -205,12 +216,44 @@ def apply_import(
         "relations": relations,
         "relations_created": relations_created,
         "relations_cut": relations_cut,
+        "threat_relations": threat_relations,
+        "threat_relations_created": threat_relations_created,
+        "threat_relations_cut": threat_relations_cut,
         "tags_cut": cuts["tags"],
         "sources_cut": cuts["sources"],
         "errors": [e.to_json() for e in errors],
         "warnings": [w.to_json() for w in parsed.warnings],
         "skipped": parsed.skipped,
     }
+
+
+def _relate_threats(
+    conn: Connection, wanted: Sequence[Relation], *, threat_ids: Mapping[str, int], source: str | None
+) -> tuple[int, int, int]:
+    """A document's threat-to-threat relations between threats the importer may read or this import created
+    (`threat_ids`), at most MAX_RELATIONS_PER_IMPORT: (made, of them new, not made)."""
+    targets_of: dict[tuple[int, str], dict[int, None]] = {}  # (source threat, verb) -> targets, in document order
+    made = cut = 0
+    for relation in wanted:
+        source_id, target_id = threat_ids.get(relation.source_ref), threat_ids.get(relation.target_ref)
+        if source_id is None or target_id is None or source_id == target_id:
+            continue  # a threat rejected (named in its result), above the clearance, or two refs merged into one
+        targets = targets_of.setdefault((source_id, relation.type), {})
+        if target_id in targets:
+            continue
+        if made >= MAX_RELATIONS_PER_IMPORT:
+            cut += 1
+            continue
+        targets[target_id] = None
+        made += 1
+    created = 0
+    for (source_id, verb), targets in sorted(targets_of.items()):  # sources locked in id order
+        if targets:
+            related = threat_store.relate_threats(conn, source_id=source_id, target_ids=list(targets), relation=verb, source=source)
+            created += len(related.new)
+            cut += len(related.full)
+            made -= len(related.full)
+    return made, created, cut
 
 
 def _strictest_tlp_across_chunks(iocs: Sequence[ParsedIoc]) -> None:
@@ -409,6 +452,8 @@ def run_job(
                 "relations": result["relations"],
                 "links_cut": result["links_cut"],
                 "relations_cut": result["relations_cut"],
+                "threat_relations": result["threat_relations"],
+                "threat_relations_cut": result["threat_relations_cut"],
                 "tags_cut": result["tags_cut"],
                 "sources_cut": result["sources_cut"],
                 "errors": result["errors"][:MAX_STORED_ERRORS],

@@ -9,6 +9,8 @@
                                               sub-techniques unless ?exact=true)
     POST   /api/v1/threats/{id}/link          {"ioc_ids", "relation", "confidence"} (analyst)
     POST   /api/v1/threats/{id}/unlink        {"ioc_ids", "relation"?} (analyst)
+    POST   /api/v1/threats/{id}/relations     {"target_id", "type"?: related-to, "confidence"?} (analyst)
+    DELETE /api/v1/threats/{id}/relations     {"target_id", "type"?} (analyst)
     POST   /api/v1/threats/correlate          {"threat_id", "threshold", "link", "limit"} (analyst)
     DELETE /api/v1/threats                    {"ids": [...]} (admin)
 
@@ -26,9 +28,17 @@ from threatflow.auth.model import Role
 from threatflow.intel import links
 from threatflow.intel.links import CorrelateIn, LinkIn, UnlinkIn
 from threatflow.platform.errors import ConfigError
-from threatflow.platform.web import Request, Router
+from threatflow.platform.web import Request, Response, Router
 from threatflow.runtime import Runtime
-from threatflow.threats.service import DEFAULT_PAGE, MAX_PAGE, BatchIn, FindRequest, IdsIn
+from threatflow.threats.service import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    BatchIn,
+    FindRequest,
+    IdsIn,
+    ThreatRelationDeleteIn,
+    ThreatRelationIn,
+)
 
 
 def build_router(runtime: Runtime) -> Router:
@@ -110,6 +120,19 @@ def build_router(runtime: Runtime) -> Router:
     def unlink(request: Request, body: UnlinkIn) -> dict[str, Any]:
         with unit_of_work(runtime.engine) as conn:
             return links.unlink(conn, int(request.path_params["threat_id"]), body, visible_tlps=visible(request))
+
+    @router.route("POST", "/api/v1/threats/{threat_id:int}/relations", role=Role.ANALYST, body=ThreatRelationIn)
+    def add_relation(request: Request, body: ThreatRelationIn) -> Response:
+        with unit_of_work(runtime.engine) as conn:
+            relation, created = service.relate(
+                conn, int(request.path_params["threat_id"]), body, visible_tlps=visible(request), source=actor(request)
+            )
+        return Response({**relation, "created": created}, status=201 if created else 200)
+
+    @router.route("DELETE", "/api/v1/threats/{threat_id:int}/relations", role=Role.ANALYST, body=ThreatRelationDeleteIn)
+    def delete_relation(request: Request, body: ThreatRelationDeleteIn) -> dict[str, Any]:
+        with unit_of_work(runtime.engine) as conn:
+            return service.unrelate(conn, int(request.path_params["threat_id"]), body, visible_tlps=visible(request))
 
     @router.route("DELETE", "/api/v1/threats", role=Role.ADMIN, body=IdsIn)
     def delete(request: Request, body: IdsIn) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from threatflow.threats.model import (
     CUT_FIELDS,
     MAX_ALIASES,
     MAX_REFERENCES,
+    MAX_RELATIONS_PER_LINK,
     MAX_RELATIONS_SHOWN,
     MAX_TTPS,
     Reference,
@@ -36,6 +37,7 @@ from threatflow.threats.model import (
     ThreatIn,
     ThreatRecord,
     ThreatResult,
+    check_relation_verb,
     clean_name,
     merge_aliases,
     name_key,
@@ -456,6 +458,98 @@ def link_counts(conn: Connection, threat_id: int) -> tuple[int, dict[str, int], 
     by_relation = {str(r[0]): int(r[1]) for r in sorted(rows[:MAX_RELATIONS_SHOWN])}
     count = conn.execute(_text("SELECT count(DISTINCT ioc_id) FROM threat_iocs WHERE threat_id = :i"), {"i": threat_id}).scalar_one()
     return int(count), by_relation, len(rows) > MAX_RELATIONS_SHOWN
+
+
+# -- threat-to-threat relations -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Related:
+    """What relate_threats did: the targets newly related, and those it could not relate because the pair already
+    holds MAX_RELATIONS_PER_LINK other relations."""
+
+    new: set[int] = field(default_factory=set)
+    full: set[int] = field(default_factory=set)
+
+
+def relate_threats(
+    conn: Connection, *, source_id: int, target_ids: Sequence[int], relation: str, confidence: int = 50, source: str | None = None
+) -> Related:
+    """Relate one threat to others (all must exist) by one verb: `source_id <relation> target`. A repeat keeps one
+    row and raises its confidence to the higher value; a pair holds at most MAX_RELATIONS_PER_LINK verbs, a new one
+    past it is not made (`Related.full`). The source threat's row is locked first, as link_iocs locks a threat's, so
+    concurrent writers cannot both take a pair's last place."""
+    verb = check_relation_verb(relation)
+    if not 0 <= confidence <= 100:
+        raise ValidationError(f"confidence {confidence} is outside 0..100", field="confidence")
+    ids = sorted({int(t) for t in target_ids} - {source_id})
+    if not ids:
+        return Related()
+    conn.execute(_text("SELECT 1 FROM threats WHERE id = :s FOR NO KEY UPDATE"), {"s": source_id})
+    rows = conn.execute(
+        _text(
+            "INSERT INTO threat_relations (source_id, target_id, type, confidence, source)"
+            " SELECT :s, x.target_id, :r, :c, :src FROM unnest(CAST(:ids AS bigint[])) AS x(target_id)"
+            " WHERE EXISTS (SELECT 1 FROM threat_relations r WHERE r.source_id = :s AND r.target_id = x.target_id AND r.type = :r)"
+            " OR (SELECT count(*) FROM threat_relations r WHERE r.source_id = :s AND r.target_id = x.target_id) < :most"
+            " ON CONFLICT (source_id, target_id, type)"
+            " DO UPDATE SET confidence = GREATEST(threat_relations.confidence, EXCLUDED.confidence)"
+            " RETURNING target_id, (xmax = 0)"
+        ),
+        {"s": source_id, "r": verb, "c": confidence, "src": source, "ids": ids, "most": MAX_RELATIONS_PER_LINK},
+    ).all()
+    return Related(new={int(r[0]) for r in rows if r[1]}, full=set(ids) - {int(r[0]) for r in rows})
+
+
+def unrelate_threats(conn: Connection, *, source_id: int, target_id: int, relation: str | None = None) -> int:
+    """Removes relations source -> target (of one verb, or all); how many were removed."""
+    verb = check_relation_verb(relation) if relation is not None else None
+    result = conn.execute(
+        _text("DELETE FROM threat_relations WHERE source_id = :s AND target_id = :t AND (CAST(:r AS text) IS NULL OR type = :r)"),
+        {"s": source_id, "t": target_id, "r": verb},
+    )
+    return int(result.rowcount or 0)
+
+
+def relations_of_threat(conn: Connection, threat_id: int, *, limit: int, visible_tlps: Sequence[str]) -> list[dict[str, Any]]:
+    """Threat-to-threat relations both ways (outgoing first), with the threat at the other end: only ends whose TLP
+    is in `visible_tlps`, at most `limit` rows (the caller asks one more to tell that there are more)."""
+    rows = conn.execute(
+        _text(
+            "(SELECT 'out', r.type, r.confidence, r.source, t.id, t.kind, t.name FROM threat_relations r"
+            " JOIN threats t ON t.id = r.target_id WHERE r.source_id = :i AND t.tlp = ANY(CAST(:v AS text[])))"
+            " UNION ALL (SELECT 'in', r.type, r.confidence, r.source, t.id, t.kind, t.name FROM threat_relations r"
+            " JOIN threats t ON t.id = r.source_id WHERE r.target_id = :i AND t.tlp = ANY(CAST(:v AS text[])))"
+            " ORDER BY 1 DESC, 2, 5 LIMIT :l"
+        ),
+        {"i": threat_id, "l": limit, "v": list(visible_tlps)},
+    )
+    return [
+        {
+            "direction": r[0],
+            "type": r[1],
+            "confidence": int(r[2]),
+            "source": r[3],
+            "threat": {"id": int(r[4]), "kind": r[5], "name": r[6]},
+        }
+        for r in rows
+    ]
+
+
+def threat_relations_among(conn: Connection, threat_ids: Sequence[int], *, limit: int) -> list[dict[str, Any]]:
+    """Relations whose two ends are both among `threat_ids` (an export's threats), at most `limit`."""
+    ids = sorted(set(threat_ids))
+    if not ids:
+        return []
+    rows = conn.execute(
+        _text(
+            "SELECT source_id, target_id, type FROM threat_relations"
+            " WHERE source_id = ANY(CAST(:i AS bigint[])) AND target_id = ANY(CAST(:i AS bigint[]))"
+            " ORDER BY source_id, target_id, type LIMIT :l"
+        ),
+        {"i": ids, "l": limit},
+    )
+    return [{"source_id": int(r[0]), "target_id": int(r[1]), "type": str(r[2])} for r in rows]
 
 
 def _like(text: str) -> str:

@@ -10,12 +10,21 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
-from threatflow.platform.errors import NotFoundError, PayloadTooLargeError, ValidationError
+from threatflow.platform.errors import ConflictError, NotFoundError, PayloadTooLargeError, ValidationError
 from threatflow.platform.pagination import decode_cursor, encode_cursor
 from threatflow.platform.vocabulary import Tlp
 from threatflow.threats import repository as store
 from threatflow.threats.attack import check_id_format
-from threatflow.threats.model import CUT_FIELDS, ResultStatus, ThreatIn, ThreatKind, ThreatResult, clean_name
+from threatflow.threats.model import (
+    CUT_FIELDS,
+    MAX_RELATIONS_PER_LINK,
+    ResultStatus,
+    ThreatIn,
+    ThreatKind,
+    ThreatResult,
+    check_relation_verb,
+    clean_name,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -26,6 +35,7 @@ MAX_BATCH = 1000
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 MAX_IDS = 1000
+RELATIONS_LIMIT = 500  # threat-to-threat relations GET /threats/{id} shows (`relations_truncated` past it)
 
 CatalogLoader = Callable[[], "AttackCatalog"]
 
@@ -47,6 +57,19 @@ class FindRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 class IdsIn(msgspec.Struct, forbid_unknown_fields=True):
     ids: Annotated[list[int], msgspec.Meta(min_length=1, max_length=MAX_IDS)]
+
+
+class ThreatRelationIn(msgspec.Struct, forbid_unknown_fields=True):
+    """`{id} <type> {target_id}`: an intrusion set `uses` a malware, a campaign is `attributed-to` an actor."""
+
+    target_id: int
+    type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "related-to"
+    confidence: Annotated[int, msgspec.Meta(ge=0, le=100)] = 50
+
+
+class ThreatRelationDeleteIn(msgspec.Struct, forbid_unknown_fields=True):
+    target_id: int
+    type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
 
 
 def _summary(results: Sequence[ThreatResult], started: float) -> dict[str, float]:
@@ -102,7 +125,40 @@ def get_or_raise(conn: Connection, threat_id: int, *, catalog: AttackCatalog | N
     threat["ioc_count_by_relation"] = by_relation  # the MAX_RELATIONS_SHOWN most used relations
     threat["ioc_count_by_relation_truncated"] = truncated
     threat["ttp_details"] = catalog.describe(threat["ttps"]) if catalog else [{"id": t, "name": None} for t in threat["ttps"]]
+    relations = store.relations_of_threat(conn, threat_id, limit=RELATIONS_LIMIT + 1, visible_tlps=visible_tlps)
+    threat["relations"] = relations[:RELATIONS_LIMIT]  # other threats, both ways, those above the clearance left out
+    threat["relations_truncated"] = len(relations) > RELATIONS_LIMIT
     return threat
+
+
+def _require_visible(conn: Connection, ids: Sequence[int], *, visible_tlps: Sequence[str]) -> None:
+    """NotFoundError naming the threats that do not exist or are above the caller's clearance (not told apart)."""
+    missing = sorted(set(ids) - store.visible_threat_ids(conn, ids, visible_tlps=visible_tlps))
+    if missing:
+        raise NotFoundError(f"no threat with id {', '.join(str(m) for m in missing)}")
+
+
+def relate(
+    conn: Connection, threat_id: int, body: ThreatRelationIn, *, visible_tlps: Sequence[str], source: str | None
+) -> tuple[dict[str, Any], bool]:
+    """`threat_id <type> target_id`; both threats must be within the writer's clearance (404 otherwise, as links).
+    Returns the relation and whether it is new; a pair already holding MAX_RELATIONS_PER_LINK verbs is a 409."""
+    if body.target_id == threat_id:
+        raise ValidationError("a threat cannot be related to itself", field="target_id")
+    _require_visible(conn, [threat_id, body.target_id], visible_tlps=visible_tlps)
+    made = store.relate_threats(
+        conn, source_id=threat_id, target_ids=[body.target_id], relation=body.type, confidence=body.confidence, source=source
+    )
+    if made.full:
+        raise ConflictError(f"threats {threat_id} and {body.target_id} already hold {MAX_RELATIONS_PER_LINK} relations; remove one first")
+    relation = {"source_id": threat_id, "target_id": body.target_id, "type": check_relation_verb(body.type)}
+    return relation, body.target_id in made.new
+
+
+def unrelate(conn: Connection, threat_id: int, body: ThreatRelationDeleteIn, *, visible_tlps: Sequence[str]) -> dict[str, Any]:
+    """Removes `threat_id -> target_id` relations (of one verb, or all); both threats within the clearance."""
+    _require_visible(conn, [threat_id, body.target_id], visible_tlps=visible_tlps)
+    return {"deleted": store.unrelate_threats(conn, source_id=threat_id, target_id=body.target_id, relation=body.type)}
 
 
 def _page(rows: list[dict[str, Any]], limit: int) -> dict[str, Any]:

@@ -82,6 +82,7 @@ class ParsedImport:
     errors: list[ItemError] = field(default_factory=list)  # items skipped
     warnings: list[ItemError] = field(default_factory=list)  # items taken, but not everything in them
     skipped: dict[str, int] = field(default_factory=dict)  # non-IoC content by kind (MISP text, STIX identity...)
+    threat_relations: list[Relation] = field(default_factory=list)  # between two threats' refs (a STIX intrusion set uses a malware)
 
     def with_defaults(self, *, source: str | None = None, tlp: str | None = None, tags: Sequence[str] = ()) -> ParsedImport:
         """Apply the request's source and TLP to items that name none, and add its tags to every item."""
@@ -112,6 +113,7 @@ class ParsedImport:
             "threats": len(self.threats),
             "links": len(self.links),
             "relations": len(self.relations),
+            "threat_relations": len(self.threat_relations),
             "errors": len(self.errors),
             "warnings": len(self.warnings),
         }
@@ -125,6 +127,7 @@ class Builder:
         self.threats: list[ParsedThreat] = []
         self.links: list[Link] = []
         self.relations: list[Relation] = []
+        self.threat_relations: list[Relation] = []
         self.errors: list[ItemError] = []
         self.warnings: list[ItemError] = []
         self.skipped: dict[str, int] = {}
@@ -202,7 +205,9 @@ class Builder:
     def build(self) -> ParsedImport:
         if self.links_unread:
             self.warn("links", f"{self.links_unread} threat links not read: a document's parse holds at most {MAX_PARSED_LINKS}")
-        return ParsedImport(self.iocs, self.threats, self.links, self.relations, self.errors, self.warnings, self.skipped)
+        return ParsedImport(
+            self.iocs, self.threats, self.links, self.relations, self.errors, self.warnings, self.skipped, self.threat_relations
+        )
 
 
 def seen_time(value: Any) -> datetime | None:

@@ -8,7 +8,7 @@ caller asks for them explicitly).
 STIX ids are deterministic so import -> export -> import is stable: an
 indicator's id is uuid5(NAMESPACE, "indicator:<type>:<value>"), a threat keeps
 its stored stix_id (else uuid5 of kind and lower-cased name), relationships and
-attack patterns are uuid5 of what they connect.
+attack patterns are uuid5 of what they connect. Relations between two exported threats are relationships too.
 """
 
 from __future__ import annotations
@@ -279,6 +279,11 @@ def _stix(
                 pattern = _attack_pattern(ttp, catalog, now=now)
                 objects.setdefault(pattern.id, pattern)
                 _relationship(objects, obj.id, "uses", pattern.id, now=now)
+        # relations between two exported threats (an intrusion set uses a malware): neither end leaks past max_tlp
+        among = threat_store.threat_relations_among(conn, list(threat_of), limit=STIX_RELATIONS_LIMIT + 1)
+        links_cut = links_cut or len(among) > STIX_RELATIONS_LIMIT
+        for relation in among[:STIX_RELATIONS_LIMIT]:
+            _relationship(objects, threat_of[relation["source_id"]], relation["type"], threat_of[relation["target_id"]], now=now)
     for link in links:
         source, target = indicator_of.get(int(link["ioc_id"])), threat_of.get(int(link["threat_id"]))
         if source and target:

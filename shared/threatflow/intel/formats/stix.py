@@ -16,8 +16,10 @@
 - malware, threat-actor, intrusion-set, campaign, tool become threats;
   attack-pattern ATT&CK ids (T####) become TTPs of threats that `uses` them.
 - relationships: indicator/SCO -> threat = a link; IoC <-> IoC = a relation
-  (resolves-to, communicates-with, drops, downloads, else related-to). A sighting of a threat links the IoCs
-  of its observed data to the threat (`sighted-as`); a domain-name's resolves_to_refs are resolves-to relations.
+  (resolves-to, communicates-with, drops, downloads, else related-to); threat <-> threat = a threat relation
+  by its own verb (uses, attributed-to, variant-of ...; one that is no tidy verb is related-to, with a warning).
+  A sighting of a threat links the IoCs of its observed data to the threat (`sighted-as`); a domain-name's
+  resolves_to_refs are resolves-to relations.
 - one bad object (an indicator with no pattern or one that does not parse, a relationship without
   source_ref or target_ref, an entry without type and id or whose id does not start with `<type>--`) is an error
   of that object (`errors`: its id or `objects[i]`, the reason); the rest imports. Only a document that is not
@@ -41,6 +43,7 @@ from typing import Any
 from threatflow.intel.formats.base import RELATION_TYPES, Builder, Link, ParsedImport, ParsedThreat, Relation, load_json, seen_time
 from threatflow.platform.errors import ValidationError
 from threatflow.platform.vocabulary import MAX_TAGS, Tlp
+from threatflow.threats.model import check_relation_verb
 
 THREAT_TYPES = {"malware", "threat-actor", "intrusion-set", "campaign", "tool"}
 # TLP 1.0 (STIX 2.x spec) and TLP 2.0 (OASIS extension) marking-definition ids.
@@ -145,6 +148,14 @@ def parse(content: Any) -> ParsedImport:
             out.links.append(Link(target, source, rel))
         elif source in ioc_refs and target in ioc_refs:
             out.relations.append(Relation(source, target, rel if rel in RELATION_TYPES else "related-to"))
+        elif source in threat_refs and target in threat_refs and source != target:
+            # an intrusion set uses a malware, a campaign is attributed-to an actor: kept by its own verb when tidy
+            try:
+                verb = check_relation_verb(rel)
+            except ValidationError:
+                out.warn(obj_id, f"relationship_type {rel[:64]!r} is no verb (lower-case word, hyphens); kept as related-to")
+                verb = "related-to"
+            out.threat_relations.append(Relation(source, target, verb))
         elif rel == "uses" and {source, target} & threat_refs and (source in ttps_of_pattern or target in ttps_of_pattern):
             threat, pattern = (source, target) if source in threat_refs else (target, source)
             if ttps_of_pattern[pattern]:
