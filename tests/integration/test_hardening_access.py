@@ -443,12 +443,15 @@ def test_an_import_links_and_relates_only_records_within_the_callers_clearance(m
     objects = [amber_ind, red_ind, red_threat, own_threat]
     objects += [rel(5, "indicates", amber_ind, red_threat), rel(6, "indicates", red_ind, own_threat)]
     objects += [rel(7, "communicates-with", amber_ind, red_ind)]
+    objects += [rel(8, "variant-of", own_threat, red_threat), rel(10, "uses", red_threat, own_threat)]
     bundle = {"type": "bundle", "id": "bundle--00000009-0000-4000-8000-000000000000", "objects": objects}
     response = iocs.post("/api/v1/iocs/import", json={"format": "stix", "content": bundle}, headers=amber)
     assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    assert response.get_json()["threat_relations"] == 0  # the red threat is no end for an amber writer
 
     linked_to_red = threats.get(f"/api/v1/threats/{marked['threat_id']}", headers=writer).get_json()
     assert linked_to_red["ioc_count"] == 1, linked_to_red  # the fixture's green link only
+    assert linked_to_red["relations"] == [], linked_to_red  # nor related to the amber writer's threat
     amber_threats = threats.get(f"/api/v1/threats/by-ioc/{ids['amber']}", headers=writer).get_json()["threats"]
     assert [t["name"] for t in amber_threats] == [], amber_threats
     assert threats.get(f"/api/v1/threats/by-ioc/{ids['red']}", headers=writer).get_json()["threats"] == []
