@@ -1,7 +1,9 @@
 """IoC import (json, csv, text, STIX, MISP) and export (STIX, CSV, txt) over the iocs function, against PostgreSQL."""
 
 import contextlib
+import io
 import json
+import logging
 import uuid
 from datetime import UTC, datetime
 
@@ -474,6 +476,97 @@ def test_an_async_import_writes_with_its_requesters_clearance(api, db, function_
     job = iocs.get(queued.get_json()["status_url"], headers={"Authorization": f"Bearer {token['access_token']}"}).get_json()
     assert job["state"] == "succeeded", job
     assert db.scalar("SELECT tlp || ':' || description || ':' || detection_count FROM iocs WHERE value = '198.18.7.7'") == "red:kept:2"
+
+
+@contextlib.contextmanager
+def _json_log(name):
+    """Logger `name`'s lines as the functions write them (platform/logging.py's JSON), one dict a line."""
+    from threatflow.platform.logging import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    lines: list[dict] = []
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        lines.extend(json.loads(line) for line in stream.getvalue().splitlines())
+
+
+def _crashing_json_parser(monkeypatch, exc):
+    """The json format's parser raising `exc` on every document, as a parser bug does on the document that trips it."""
+    from threatflow.intel.formats import jsonfmt
+
+    def parse(content):
+        raise exc
+
+    monkeypatch.setattr(jsonfmt, "parse", parse)
+
+
+def test_an_async_import_whose_parser_crashes_fails_on_its_first_delivery(api, db, function_client, import_queue, monkeypatch):
+    """The parsing stage is pure: an exception it raises that is no error of the tree (TypeError, KeyError,
+    RecursionError ... a parser bug on an odd document) raises again on every delivery. The job went back to queued
+    and its message was retried until the dead letter, the document parsed again each time, the job never failed.
+    It fails on the first delivery now, says so, logs the traceback with the job id, and the message is acked."""
+    _crashing_json_parser(monkeypatch, TypeError("'int' object is not subscriptable"))
+    job_id = api.post("/api/v1/iocs/import?async=true", {"format": "json", "content": [{"value": "198.18.9.10"}]}).get_json()["job_id"]
+    worker = function_client("ioc-import")
+    with _json_log("threatflow.intel.importer") as logged:
+        delivered = worker.post("/", json=_push(import_queue()))
+    assert delivered.status_code == 200, delivered.get_data(as_text=True)[:300]  # acked: dropped, never redelivered
+    job = api.get(f"/api/v1/iocs/import/{job_id}").get_json()
+    assert (job["state"], job["attempts"]) == ("failed", 1), job
+    assert job["error"] == "the document could not be parsed: internal error (TypeError); it has been logged"
+    errors = [line for line in logged if line["severity"] == "ERROR"]
+    assert len(errors) == 1 and errors[0]["job_id"] == job_id, logged
+    assert "TypeError: 'int' object is not subscriptable" in errors[0]["exception"]
+    assert db.scalar("SELECT count(*) FROM iocs") == 0
+
+
+def test_a_sync_import_whose_parser_crashes_is_a_logged_500(api, db, monkeypatch):
+    """The same parser bug in POST /import (no async): the pipeline's 500, its traceback logged under the request id
+    (platform/web.py), and nothing stored."""
+    _crashing_json_parser(monkeypatch, TypeError("'int' object is not subscriptable"))
+    with _json_log("threatflow.http") as logged:
+        response = api.import_("json", [{"value": "198.18.9.12"}])
+    assert response.status_code == 500 and response.get_json()["error"]["code"] == "internal", response.get_data(as_text=True)[:300]
+    unhandled = [line for line in logged if line["message"] == "unhandled error"]
+    assert len(unhandled) == 1 and "TypeError: 'int' object is not subscriptable" in unhandled[0]["exception"], logged
+    assert db.scalar("SELECT count(*) FROM iocs") == 0
+
+
+@pytest.mark.parametrize(
+    ("failure", "last_error"),
+    [
+        ("MemoryError while parsing", "MemoryError"),
+        ("database connection lost while applying", "InterfaceError: (pg8000.exceptions.InterfaceError) network error"),
+    ],
+    ids=["memory-while-parsing", "database-lost-while-applying"],
+)
+def test_an_async_import_is_retried_when_its_failure_may_pass(api, db, function_client, import_queue, monkeypatch, failure, last_error):
+    """What another delivery may get past stays retryable: a MemoryError while parsing (the instance ran short, which
+    may be the moment's load and not the document) and a database failure while applying. The job goes back to queued,
+    and the delivery answers 5xx so Pub/Sub redelivers it."""
+    if failure.startswith("MemoryError"):
+        _crashing_json_parser(monkeypatch, MemoryError())
+    else:
+        from sqlalchemy import text
+
+        from threatflow.iocs import repository as ioc_repository
+
+        def lost(conn, **kwargs):  # the audit row is the import's last write, after its IoCs'
+            conn.execute(text("SELECT pg_terminate_backend(pg_backend_pid())"))
+
+        monkeypatch.setattr(ioc_repository, "record_audit", lost)
+    job_id = api.post("/api/v1/iocs/import?async=true", {"format": "json", "content": [{"value": "198.18.9.11"}]}).get_json()["job_id"]
+    delivered = function_client("ioc-import").post("/", json=_push(import_queue()))
+    assert delivered.status_code >= 500  # Pub/Sub redelivers later
+    job = api.get(f"/api/v1/iocs/import/{job_id}").get_json()
+    assert job["state"] == "queued" and job["last_error"].startswith(last_error), job
+    assert db.scalar("SELECT count(*) FROM iocs") == 0
 
 
 @pytest.fixture
