@@ -38,7 +38,7 @@ from threatflow.iocs import repository as ioc_repository
 from threatflow.iocs import service
 from threatflow.iocs.model import MAX_SOURCES_PER_IOC, MAX_TAGS_PER_IOC, Tlp
 from threatflow.iocs.normalise import normalise
-from threatflow.platform.errors import PermanentError, RetryableError, ValidationError
+from threatflow.platform.errors import PermanentError, RetryableError, ThreatFlowError, ValidationError
 from threatflow.platform.vocabulary import clean_sources, clean_tags
 from threatflow.threats import repository as threat_store
 from threatflow.threats.model import CUT_FIELDS, MAX_ALIASES, MAX_REFERENCES, MAX_RELATIONS_PER_LINK, MAX_TTPS, ThreatResult, merge_aliases
@@ -404,8 +404,7 @@ def run_job(
         documents.set(IMPORT_JOBS, job_id, {"state": JobState.RUNNING.value, "started_at": clock.now(), "attempts": attempts}, merge=True)
         try:
             raw = blobs.get(bucket, job.get("blob") or blob_name(job_id))
-            body = msgspec.json.decode(raw, type=ImportRequest)
-            parsed = parse_request(body)
+            body, parsed = _parse_stored(raw, job_id=job_id)
             documents.set(IMPORT_JOBS, job_id, {"progress": {"stage": "parsed", **parsed.summary()}}, merge=True)
             with unit_of_work(engine) as conn:  # the message's one unit of work
                 # The requester's account now, in the import's transaction: a job queued before its requester was
@@ -464,6 +463,26 @@ def run_job(
         }
         documents.set(IMPORT_JOBS, job_id, done, merge=True)
         return {**job, **done}
+
+
+def _parse_stored(raw: bytes, *, job_id: str) -> tuple[ImportRequest, ParsedImport]:
+    """The job's parsing stage, which is pure: an exception it raises that is no error of the tree (TypeError, KeyError,
+    RecursionError ...: a parser bug on an odd document) raises again on every delivery, so it fails the job at once
+    as a PermanentError (acked), its traceback logged here with the job id. It went back to queued and was retried
+    until the dead letter, the document parsed again each time."""
+    try:
+        body = msgspec.json.decode(raw, type=ImportRequest)
+        return body, parse_request(body)
+    # MemoryError stays retryable: it says the instance ran short, which may be the moment's load (locally one process
+    # hosts every function) rather than the document, and the dead letter bounds the retries. A document too big for
+    # the instance mostly never gets here: Cloud Run stops an instance past its memory limit, with no exception.
+    except (ThreatFlowError, msgspec.ValidationError, msgspec.DecodeError, MemoryError):
+        raise
+    except Exception as exc:
+        log.exception(
+            "import job %s: the document could not be parsed: %s", job_id, exc.__class__.__name__, extra={"fields": {"job_id": job_id}}
+        )
+        raise PermanentError(f"the document could not be parsed: internal error ({exc.__class__.__name__}); it has been logged") from exc
 
 
 @contextlib.contextmanager
