@@ -249,6 +249,20 @@ def models_bucket(backend_env: dict[str, str], storage_emulator: Any, monkeypatc
 
 
 @pytest.fixture
+def db(request: pytest.FixtureRequest, backend_env: dict[str, str]) -> Iterator[Any]:
+    """Straight SQL on the run's database (`helpers.SqlDb`), its engine disposed after the test. A test file that needs
+    reads of its own declares them in a module-level `Db(SqlDb)` and gets that class; a file with a `db` fixture of
+    its own keeps it (test_ioc_import_export.py)."""
+    from helpers import SqlDb
+
+    cls = getattr(request.module, "Db", SqlDb)
+    assert issubclass(cls, SqlDb), f"{request.module.__name__}.Db must subclass helpers.SqlDb to be the db fixture"
+    handle = cls(backend_env["DATABASE_URL"])
+    yield handle
+    handle.close()
+
+
+@pytest.fixture
 def function_client(backend_env: dict[str, str]) -> Any:
     """Loads a real functions/<name>/main.py with functions-framework and returns its test client."""
     import functions_framework

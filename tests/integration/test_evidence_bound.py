@@ -5,16 +5,8 @@ change (OTX pulses, Hybrid Analysis reports) collected new rows at every run. Li
 then the run's new ones in order while there is room; the rest is counted (put_evidence's answer, logged)."""
 
 import pytest
-from helpers import SqlDb
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def db(backend_env):
-    db = SqlDb(backend_env["DATABASE_URL"])
-    yield db
-    db.close()
 
 
 def test_an_iocs_evidence_per_source_is_bounded_and_the_rest_counted(backend_env, db):

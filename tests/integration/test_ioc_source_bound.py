@@ -24,13 +24,6 @@ class Db(SqlDb):
         return list(self.one("SELECT sources FROM iocs WHERE value = %s", value)[0])
 
 
-@pytest.fixture
-def db(backend_env):
-    db = Db(backend_env["DATABASE_URL"])
-    yield db
-    db.close()
-
-
 def _batch(api, items):
     response = api.post("/api/v1/iocs/batch", {"iocs": items})
     assert response.status_code == 200, response.get_data(as_text=True)[:300]

@@ -31,13 +31,6 @@ class Db(SqlDb):
         return list(rows[0])
 
 
-@pytest.fixture
-def db(backend_env):
-    db = Db(backend_env["DATABASE_URL"])
-    yield db
-    db.close()
-
-
 def _made(api, value, name):
     ioc = api.post("/api/v1/iocs/batch", {"iocs": [{"value": value}]}).get_json()["results"][0]["id"]
     threat = api.post("/api/v1/threats/batch", {"threats": [{"kind": "malware", "name": name}]}).get_json()["results"][0]["id"]

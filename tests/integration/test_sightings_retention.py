@@ -37,13 +37,6 @@ class Db(SqlDb):
         )
 
 
-@pytest.fixture
-def db(backend_env):
-    db = Db(backend_env["DATABASE_URL"])
-    yield db
-    db.close()
-
-
 def _ioc(api, value):
     response = api.post("/api/v1/iocs/batch", {"iocs": [{"value": value, "source": "feed"}]})
     assert response.status_code == 200, response.get_data(as_text=True)[:300]

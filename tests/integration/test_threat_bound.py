@@ -34,13 +34,6 @@ class Db(SqlDb):
         return list(ttps), list(refs)
 
 
-@pytest.fixture
-def db(backend_env):
-    db = Db(backend_env["DATABASE_URL"])
-    yield db
-    db.close()
-
-
 def _batch(api, *items):
     response = api.post("/api/v1/threats/batch", {"threats": list(items)})
     assert response.status_code == 200, response.get_data(as_text=True)[:300]
