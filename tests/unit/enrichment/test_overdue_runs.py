@@ -13,6 +13,7 @@ import yaml
 
 from threatflow.enrichment import closing, runs
 from threatflow.flows import ingest_jobs
+from threatflow.intel import stalled_imports
 from threatflow.jobs import runs as maintenance_runs
 from threatflow.jobs.runs import JOBS
 
@@ -77,6 +78,7 @@ SWEEP_QUERIES = {
     "stalled flow-ingest jobs": lambda docs: ingest_jobs.stalled_jobs(docs, before=datetime.now(UTC), limit=1),
     "unwritten flow-ingest jobs": lambda docs: ingest_jobs.unwritten_jobs(docs, before=datetime.now(UTC), limit=1),
     "abandoned maintenance runs": lambda docs: maintenance_runs.abandoned_runs(docs, before=datetime.now(UTC), limit=1),
+    "stalled import jobs": lambda docs: stalled_imports.unfinished_jobs(docs, before=datetime.now(UTC), limit=1),
 }
 
 
@@ -93,7 +95,12 @@ def test_each_sweep_query_has_its_composite_index_in_terraform(name: str) -> Non
 
 
 @pytest.mark.parametrize(
-    ("name", "most"), [("close-overdue-enrichment-runs", closing.SWEEP_MAX), ("recover-stalled-flow-ingest-jobs", ingest_jobs.SWEEP_MAX)]
+    ("name", "most"),
+    [
+        ("close-overdue-enrichment-runs", closing.SWEEP_MAX),
+        ("recover-stalled-flow-ingest-jobs", ingest_jobs.SWEEP_MAX),
+        ("fail-stalled-import-jobs", stalled_imports.SWEEP_MAX),
+    ],
 )
 def test_the_schedule_runs_the_job_within_its_page_bound(name: str, most: int) -> None:
     manifest = yaml.safe_load((REPO / "functions" / "topology.yaml").read_text())

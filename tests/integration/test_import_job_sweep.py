@@ -1,0 +1,135 @@
+"""fail-stalled-import-jobs: async import jobs that nothing will run again are failed with the reason, pushed to the
+real maintenance function on the Firestore emulator. A job whose message went to the dead letter (five deliveries
+that each failed retryably) or whose last delivery was killed (timeout, out of memory: no code runs) stayed `queued`
+or `running` for ever, and GET /api/v1/iocs/import/{id} said so to the user polling it."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from helpers import push_envelope
+
+pytestmark = pytest.mark.integration
+PROJECT = "threatflow-test"
+JOB = "fail-stalled-import-jobs"
+
+
+@pytest.fixture
+def env(function_client, backend_env):
+    from threatflow.adapters.firestore import FirestoreDocuments
+    from threatflow.intel import importer
+
+    docs = FirestoreDocuments(PROJECT)
+    for collection in (importer.IMPORT_JOBS, importer.IMPORT_LEASES):  # other tests' jobs share the emulator
+        while stale := docs.query(collection, limit=500):
+            for doc in stale:
+                docs.delete(collection, doc["id"])
+    return {"docs": docs, "maintenance": function_client("maintenance")}
+
+
+def _run_job(env: dict[str, Any], **params: Any) -> dict[str, Any]:
+    """Push the schedule's message to the maintenance function; the recorded job result."""
+    run_id = uuid.uuid4().hex
+    data = {"schema_version": 1, **({"params": params} if params else {})}
+    push = push_envelope(data, {"job": JOB, "run_id": run_id}, "maintenance-push")
+    assert env["maintenance"].post("/", json=push).status_code == 200
+    record = env["docs"].get("maintenance_runs", run_id)
+    assert record is not None and record["state"] == "succeeded", record
+    return dict(record["result"])
+
+
+def _job(docs: Any, *, created: datetime, **fields: Any) -> str:
+    """An import job as POST /import?async=true queued it and run_job left it."""
+    from threatflow.intel import importer
+
+    job_id = uuid.uuid4().hex
+    queued = {"job_id": job_id, "state": "queued", "format": "json", "blob": f"imports/{job_id}.json", "requested_by": "analyst1"}
+    docs.set(importer.IMPORT_JOBS, job_id, {**queued, "created_at": created, "attempts": 0, **fields})
+    return job_id
+
+
+def _ago(**delta: float) -> datetime:
+    return datetime.now(UTC) - timedelta(**delta)
+
+
+def test_a_dead_lettered_or_killed_job_is_failed_with_its_last_error(env):
+    from threatflow.intel import importer
+
+    docs = env["docs"]
+    dead_lettered = _job(
+        docs, created=_ago(hours=3), started_at=_ago(hours=2), attempts=5, last_error="DependencyError: PostgreSQL is unreachable"
+    )
+    killed = _job(docs, created=_ago(hours=3), state="running", started_at=_ago(hours=2), attempts=1)
+    docs.set(importer.IMPORT_LEASES, killed, {"holder": "dead", "until": _ago(hours=1)})  # expired with its holder
+
+    result = _run_job(env)
+    assert (result["failed"], result["leased"], result["waiting"], result["more"]) == (2, 0, 0, False), result
+    first = docs.get(importer.IMPORT_JOBS, dead_lettered)
+    assert first["state"] == "failed" and first["finished_at"] is not None, first
+    assert "5 deliveries" in first["error"] and "DependencyError: PostgreSQL is unreachable" in first["error"], first["error"]
+    assert "import the document again" in first["error"]
+    second = docs.get(importer.IMPORT_JOBS, killed)
+    assert second["state"] == "failed" and "1 delivery" in second["error"] and "killed" in second["error"], second["error"]
+    assert _run_job(env)["failed"] == 0  # done once: failed jobs are not looked at again
+
+
+def test_a_job_with_a_live_lease_a_recent_delivery_or_still_waiting_for_its_first_is_untouched(env):
+    from threatflow.intel import importer
+
+    docs = env["docs"]
+    leased = _job(docs, created=_ago(hours=3), state="running", started_at=_ago(hours=2), attempts=2)
+    docs.set(importer.IMPORT_LEASES, leased, {"holder": "alive", "until": datetime.now(UTC) + timedelta(seconds=300)})
+    retrying = _job(docs, created=_ago(hours=3), started_at=_ago(minutes=15), attempts=3, last_error="DependencyError: x")
+    waiting = _job(docs, created=_ago(hours=3))  # never delivered yet: behind a backlog, its message is only waiting
+    fresh = _job(docs, created=_ago(minutes=1))
+    finished = _job(docs, created=_ago(hours=3), state="succeeded", started_at=_ago(hours=2), attempts=1)
+
+    result = _run_job(env)
+    assert (result["failed"], result["leased"], result["waiting"]) == (0, 1, 1), result
+    for job_id in (leased, retrying, waiting, fresh):
+        assert docs.get(importer.IMPORT_JOBS, job_id)["state"] in ("queued", "running")
+    assert docs.get(importer.IMPORT_JOBS, finished)["state"] == "succeeded"
+
+
+def test_a_job_no_delivery_started_in_a_day_is_failed(env):
+    from threatflow.intel import importer
+
+    job_id = _job(env["docs"], created=_ago(hours=25))
+    assert _run_job(env)["failed"] == 1
+    job = env["docs"].get(importer.IMPORT_JOBS, job_id)
+    assert job["state"] == "failed" and "no delivery started it" in job["error"], job
+
+
+def test_one_invocation_looks_at_most_at_limit_jobs_oldest_first_and_says_more(env):
+    from threatflow.intel import importer
+
+    docs = env["docs"]
+    jobs = [_job(docs, created=_ago(hours=5) + timedelta(seconds=i), started_at=_ago(hours=2), attempts=5) for i in range(5)]
+    first = _run_job(env, limit=3)
+    assert (first["failed"], first["more"]) == (3, True), first
+    assert [docs.get(importer.IMPORT_JOBS, j)["state"] for j in jobs] == ["failed"] * 3 + ["queued"] * 2
+    second = _run_job(env, limit=3)
+    assert (second["failed"], second["more"]) == (2, False), second
+
+
+def test_a_limit_out_of_range_fails_the_run(env):
+    run_id = uuid.uuid4().hex
+    push = push_envelope({"schema_version": 1, "params": {"limit": 0}}, {"job": JOB, "run_id": run_id}, "maintenance-push")
+    env["maintenance"].post("/", json=push)
+    record = env["docs"].get("maintenance_runs", run_id)
+    assert record["state"] == "failed" and "params.limit must be an integer from 1" in record["error"], record
+
+
+def test_a_delivery_of_a_failed_jobs_message_is_acked_and_runs_nothing(env, function_client):
+    """The sweep failed it; a late redelivery (a backlog, a message thought dead) finds the job finished and leaves it."""
+    from threatflow.intel import importer
+
+    job_id = _job(env["docs"], created=_ago(hours=3), started_at=_ago(hours=2), attempts=5, last_error="DependencyError: x")
+    assert _run_job(env)["failed"] == 1
+    failed = env["docs"].get(importer.IMPORT_JOBS, job_id)
+    response = function_client("ioc-import").post("/", json=push_envelope({"job_id": job_id}, {"job_id": job_id}, "ioc-import-push"))
+    assert response.status_code == 200, response.get_data(as_text=True)[:300]
+    assert env["docs"].get(importer.IMPORT_JOBS, job_id) == failed
