@@ -277,6 +277,18 @@ def recover_stalled_flow_ingest_jobs(ctx: JobContext) -> dict[str, Any]:
     )
 
 
+def fail_stalled_import_jobs(ctx: JobContext) -> dict[str, Any]:
+    """Fails the async import jobs nothing will run again (dead-lettered, killed, lost), with the reason, so the
+    user polling GET /import/{id} is told; at most params.limit jobs per invocation, `more` says if some remain."""
+    from threatflow.intel import stalled_imports
+
+    return stalled_imports.fail_stalled(
+        documents=ctx.documents,
+        now=ctx.clock.now,
+        limit=int_param(ctx.params, "limit", default=stalled_imports.SWEEP_LIMIT, minimum=1, maximum=stalled_imports.SWEEP_MAX),
+    )
+
+
 JOBS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
     "heartbeat": heartbeat,
     "decay-iocs": decay_iocs,
@@ -289,6 +301,7 @@ JOBS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
     "prune-sightings": prune_sightings,
     "close-overdue-enrichment-runs": close_overdue_enrichment_runs,
     "recover-stalled-flow-ingest-jobs": recover_stalled_flow_ingest_jobs,
+    "fail-stalled-import-jobs": fail_stalled_import_jobs,
 }
 
 
@@ -351,6 +364,12 @@ def _recover_stalled_params() -> dict[str, Param]:
     return {"limit": IntParam(1, ingest_jobs.SWEEP_MAX)}
 
 
+def _fail_stalled_imports_params() -> dict[str, Param]:
+    from threatflow.intel import stalled_imports
+
+    return {"limit": IntParam(1, stalled_imports.SWEEP_MAX)}
+
+
 # Per job, its params by name (built on use: the bounds live in the jobs' own modules, loaded lazily).
 JOB_PARAMS: dict[str, Callable[[], Mapping[str, Param]]] = {
     "heartbeat": dict,
@@ -364,6 +383,7 @@ JOB_PARAMS: dict[str, Callable[[], Mapping[str, Param]]] = {
     "prune-sightings": _prune_sightings_params,
     "close-overdue-enrichment-runs": _close_overdue_params,
     "recover-stalled-flow-ingest-jobs": _recover_stalled_params,
+    "fail-stalled-import-jobs": _fail_stalled_imports_params,
 }
 
 

@@ -123,3 +123,12 @@ def test_every_maintenance_schedule_names_a_known_job() -> None:
         if s.get("topic") == "maintenance" and s["attributes"]["job"] not in JOBS
     }
     assert not unknown, f"schedules naming no job of jobs/runs.py JOBS: {unknown}"
+
+
+def test_an_import_job_is_stalled_only_after_the_longest_gap_between_two_deliveries() -> None:
+    """A delivery starts within the ioc-import function's timeout plus ioc-import-push's longest retry backoff
+    of the one before: a job failed sooner might still be retried."""
+    manifest = yaml.safe_load((REPO / "functions" / "topology.yaml").read_text())
+    timeout = manifest["functions"]["ioc-import"]["timeout_seconds"]
+    backoff = manifest["subscriptions"]["ioc-import-push"]["retry"]["maximum_backoff_seconds"]
+    assert stalled_imports.STALL_SECONDS >= timeout + backoff

@@ -1,0 +1,102 @@
+"""The fail-stalled-import-jobs sweep: async import jobs that nothing will run again are failed, with the reason.
+
+An import job (`import_jobs/<id>`, queued by POST /api/v1/iocs/import?async=true) is run by the ioc-import function
+(importer.run_job) under a lease. Some ends leave it `queued` or `running` with no delivery to come: five deliveries
+that each failed retryably (the database down: the message goes to the dead letter), a last delivery killed by the
+function's timeout or out of memory (no code runs), a message lost. The user polling GET /import/{id} saw it queued
+for ever. A job is stalled when no delivery has started it for STALL_SECONDS (a delivery starts within the function's
+timeout plus the retry backoff of the one before) and none holds its lease, or when no delivery ever started it in
+QUEUED_PATIENCE_SECONDS (behind a backlog its message is only waiting: failing it early is not harmless).
+
+Failing is a compare-and-set on the version of the job the sweep read, after it looked at the lease: a delivery that
+starts the job in between writes it, and the sweep passes it by (`changed`). A delivery that comes after the sweep
+finds the job finished and leaves it (run_job is idempotent per job).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from threatflow.intel.importer import IMPORT_JOBS, IMPORT_LEASES, JobState
+from threatflow.platform import logging as tf_logging
+from threatflow.platform.ports import DocumentStore
+
+log = logging.getLogger("threatflow.intel.stalled_imports")
+# ioc-import's timeout (540 s) plus ioc-import-push's longest retry backoff (600 s), with room to spare.
+STALL_SECONDS = 3600
+QUEUED_PATIENCE_SECONDS = 86_400
+SWEEP_LIMIT = 200  # jobs looked at per invocation at most; the next tick takes the rest
+SWEEP_MAX = 2000
+
+
+def unfinished_jobs(documents: DocumentStore, *, before: datetime, limit: int) -> list[dict[str, Any]]:
+    """Queued or running jobs created before `before`, oldest first: every stalled job is among them (a delivery
+    starts no job before it is created). Firestore answers this only with the composite index (state, created_at)
+    of terraform/firestore.tf."""
+    return documents.query(
+        IMPORT_JOBS,
+        where=[("state", "in", [JobState.QUEUED.value, JobState.RUNNING.value]), ("created_at", "<", before)],
+        order_by="created_at",
+        limit=limit,
+    )
+
+
+def stall_reason(job: dict[str, Any], *, now: datetime) -> str | None:
+    """Why nothing will run the job again, or None while a delivery may still come."""
+    started, created = job.get("started_at"), job.get("created_at")
+    attempts = int(job.get("attempts") or 0)
+    if isinstance(started, datetime):
+        if now - started < timedelta(seconds=STALL_SECONDS):
+            return None
+        deliveries = f"{attempts} {'delivery' if attempts == 1 else 'deliveries'}"
+        last = job.get("last_error")
+        how = (
+            f"the last one failed with {str(last)[:500]}: its message went to the dead letter"
+            if job.get("state") == JobState.QUEUED.value and last
+            else "the last one was killed (the function's timeout or memory limit) or its message was lost"
+        )
+        return f"stalled: no delivery has run it for {STALL_SECONDS // 60} minutes after {deliveries}; {how}; import the document again"
+    if isinstance(created, datetime) and now - created < timedelta(seconds=QUEUED_PATIENCE_SECONDS):
+        return None
+    return f"stalled: no delivery started it in {QUEUED_PATIENCE_SECONDS // 3600} hours (its message was lost); import the document again"
+
+
+def fail_stalled(*, documents: DocumentStore, now: Callable[[], datetime], limit: int = SWEEP_LIMIT) -> dict[str, Any]:
+    """Fail up to `limit` unfinished jobs that nothing will run again (oldest first); `waiting` counts those never
+    started and still given time, `leased` those a delivery holds, `changed` those a delivery wrote since the read."""
+    started = now()
+    page = unfinished_jobs(documents, before=started - timedelta(seconds=STALL_SECONDS), limit=limit + 1)
+    failed: list[str] = []
+    leased = waiting = changed = 0
+    for listed in page[:limit]:
+        job_id = str(listed["id"])
+        read = documents.get_versioned(IMPORT_JOBS, job_id)
+        if read is None or read.data.get("state") not in (JobState.QUEUED.value, JobState.RUNNING.value):
+            changed += 1
+            continue
+        reason = stall_reason(read.data, now=started)
+        if reason is None:
+            waiting += not isinstance(read.data.get("started_at"), datetime)
+            continue
+        until = (documents.get(IMPORT_LEASES, job_id) or {}).get("until")
+        if isinstance(until, datetime) and until > started:
+            leased += 1  # a delivery holds it: running, whatever started_at says
+            continue
+        at = now()
+        failure = {"state": JobState.FAILED.value, "error": reason, "finished_at": at}
+        if documents.update_if_unchanged(IMPORT_JOBS, job_id, failure, version=read.version) is None:
+            changed += 1
+            continue
+        failed.append(job_id)
+        tf_logging.log(log, logging.WARNING, "stalled import job failed", job_id=job_id, reason=reason)
+    return {
+        "failed": len(failed),
+        "failed_jobs": failed,
+        "leased": leased,
+        "waiting": waiting,
+        "changed": changed,
+        "more": len(page) > limit,
+    }
