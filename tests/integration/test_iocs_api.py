@@ -134,6 +134,35 @@ def test_find_filters_and_keyset_pages(api):
     assert api.post("/api/v1/iocs/find", {"limit": 1001}).status_code == 400
 
 
+def test_a_find_or_delete_filters_tlp_spelled_as_writes_accept_it_is_read(api):
+    """Writes (and GET /export's query) read `TLP:GREEN`, `tlp-green`, `AMBER` or `TLP_AMBER+STRICT` as that TLP; the
+    JSON filter of POST /find and DELETE refused them (a 400: the filter's TLPs were a strict enum). A value that is
+    no TLP is still a 400 naming the field and the value."""
+    marked = [("clear", "c"), ("green", "g"), ("amber", "a")]
+    stored = api.post("/api/v1/iocs/batch", {"iocs": [{"value": f"{name}.tlp-spelling.example.com", "tlp": tlp} for tlp, name in marked]})
+    assert stored.get_json()["summary"]["created"] == 3
+
+    def found(body):
+        response = api.post("/api/v1/iocs/find", body)
+        assert response.status_code == 200, response.get_json()
+        return sorted(i["value"].split(".")[0] for i in response.get_json()["iocs"])
+
+    assert found({"tlp": ["TLP:GREEN"]}) == ["g"]
+    assert found({"tlp": ["tlp-green", "AMBER", "TLP_AMBER+STRICT"]}) == ["a", "g"]  # amber+strict: above the caller's amber
+    assert found({"max_tlp": "TLP:GREEN"}) == ["c", "g"]
+    assert found({"max_tlp": " tlp: Amber "}) == found({"max_tlp": "TLP:AMBER+STRICT"}) == ["a", "c", "g"]
+    assert found({"max_tlp": "white"}) == ["c"]  # TLP 1.0's white, as writes read it
+    no_tlp = [("max_tlp", "purple", "purple"), ("tlp", ["green", "TLP:PINK"], "TLP:PINK"), ("tlp", ["tlp:tlp:red"], "tlp:tlp:red")]
+    for name, given, value in no_tlp:
+        refused = api.post("/api/v1/iocs/find", {name: given})
+        error = refused.get_json()["error"]
+        field = name if isinstance(given, str) else f"{name}[{given.index(value)}]"
+        assert (refused.status_code, error["details"]["field"]) == (400, field) and repr(value) in error["message"]
+    deleted = api.delete("/api/v1/iocs", {"filter": {"tlp": ["TLP:CLEAR", "tlp-green"], "value_contains": "tlp-spelling"}, "confirm": True})
+    assert deleted.get_json() == {"deleted": 2}
+    assert found({"value_contains": "tlp-spelling"}) == ["a"]
+
+
 def test_sightings_stats_and_expiry(api, backend_env):
     created = api.post("/api/v1/iocs/batch", {"iocs": [{"value": "203.0.113.50", "source": "x", "expires_at": "2020-01-01T00:00:00Z"}]})
     ioc_id = created.get_json()["results"][0]["id"]
