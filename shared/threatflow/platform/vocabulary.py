@@ -36,8 +36,17 @@ class Tlp(StrEnum):
     def parse(cls, text: str) -> Tlp:
         """Accepts `TLP:AMBER`, `amber`, producers' looser `TLP: AMBER`, `tlp-amber`, `TLP_AMBER`, and TLP 1.0's
         `white` (= clear)."""
-        value = _TLP_PREFIX.sub("", text.strip().lower(), count=1)
-        return cls("clear" if value == "white" else value)
+        return cls(text)  # the spellings are read by _missing_
+
+    @classmethod
+    def _missing_(cls, value: object) -> Tlp | None:
+        # `Tlp(text)` and so every typed decode (msgspec calls _missing_: a JSON body's `max_tlp`, an export query's)
+        # read a TLP as writes do; POST /find's `TLP:RED` was a 400. None: no TLP, a ValueError (a 400 naming it).
+        if not isinstance(value, str):
+            return None
+        name = _TLP_PREFIX.sub("", value.strip().lower(), count=1)
+        wanted = "clear" if name == "white" else name
+        return next((tlp for tlp in cls if tlp.value == wanted), None)
 
     @classmethod
     def parse_field(cls, text: str, *, field: str) -> Tlp:

@@ -27,7 +27,6 @@ from threatflow.iocs.search import IocFilter
 from threatflow.platform import limits
 from threatflow.platform.csvsafe import SafeCsvWriter
 from threatflow.platform.errors import ValidationError
-from threatflow.platform.vocabulary import Tlp
 from threatflow.threats import repository as threat_store
 
 if TYPE_CHECKING:
@@ -383,11 +382,7 @@ def filter_from_query(query: Any) -> IocFilter:
             data[name] = [part.strip() for value in values for part in str(value).split(",") if part.strip()]
         else:
             data[name] = values[-1]
-    data.setdefault("max_tlp", DEFAULT_MAX_TLP)
-    # TLPs read as writes read them (`TLP:RED`, `tlp-green`); one that is no TLP is left for the 400 naming it
-    data["max_tlp"] = _tlp_name(data["max_tlp"])
-    if "tlp" in data:
-        data["tlp"] = [_tlp_name(value) for value in data["tlp"]]
+    data.setdefault("max_tlp", DEFAULT_MAX_TLP)  # a TLP is read as writes read it (Tlp._missing_): TLP:RED, tlp-green
     if "ids" in data:
         data["ids"] = [_int(v, "ids") for v in data["ids"]]
     try:
@@ -396,13 +391,6 @@ def filter_from_query(query: Any) -> IocFilter:
         message = str(exc)
         field = message.split("`$.", 1)[1].split("`", 1)[0].split("[", 1)[0] if "`$." in message else "query"
         raise ValidationError(f"query parameter {field!r}: {message.split(' - at ', 1)[0]}", field=field) from None
-
-
-def _tlp_name(value: Any) -> Any:
-    try:
-        return Tlp.parse(value).value if isinstance(value, str) else value
-    except ValueError:
-        return value
 
 
 def _int(value: str, field: str) -> int:
