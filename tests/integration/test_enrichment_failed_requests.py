@@ -1,0 +1,137 @@
+"""A request whose publish failed after Pub/Sub took (some of) its messages is never run.
+
+POST /api/v1/enrichment/enrich and /batch record each run queued, then publish its request; when the publish
+raises, the caller is answered an error (and never sees the run or batch id) and the runs are deleted. But a
+message the broker had accepted before the failure (the batch's first ones; a single publish whose wait failed
+after the broker took it) was still delivered: enrich-dispatch found no run, took it for auto-enrichment's
+(whose runs are not recorded before the publish), created it started and asked its sources, for nobody.
+Real PostgreSQL, Redis, the Pub/Sub and Firestore emulators and the real enrich-dispatch function; the failing
+publish is a wrapper around the runtime's real publisher that lets the first messages through."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from helpers import clear_enrichment_runs, create_user, pull_published, push_envelope_of
+
+pytestmark = pytest.mark.integration
+PROJECT = "threatflow-test"
+VALUES = ["45.95.149.10", "45.95.149.11", "45.95.149.12"]
+
+
+class _FailsAfter:
+    """The real publisher, except that a request's publish fails once `passed` of its messages went through (the
+    broker took them): publish_many after the first `passed`, publish after the message went out, as a future
+    whose wait fails. `before_failing` runs just before the failure (a dispatcher delivering what went out)."""
+
+    def __init__(self, publisher: Any, *, passed: int) -> None:
+        self._publisher, self._passed = publisher, passed
+        self.before_failing: Callable[[], None] = lambda: None
+
+    def publish(self, topic: str, data: bytes, attributes: Any = None) -> str:
+        message_id = str(self._publisher.publish(topic, data, attributes))
+        if topic == "ioc-enrichment-requested":
+            self._fail()
+        return message_id
+
+    def publish_many(self, topic: str, messages: list[tuple[bytes, Any]]) -> list[str]:
+        self._publisher.publish_many(topic, messages[: self._passed])
+        self._fail()
+        return []
+
+    def _fail(self) -> None:
+        from threatflow.platform.errors import DependencyError
+
+        self.before_failing()
+        raise DependencyError(f"Pub/Sub publish to 'ioc-enrichment-requested' failed after {self._passed} messages")
+
+
+@pytest.fixture
+def env(backend_env, function_client):
+    from google.cloud import pubsub_v1
+    from werkzeug.test import Client
+    from werkzeug.wrappers import Request
+
+    from threatflow.enrichment.api import build_router
+    from threatflow.runtime import Runtime
+
+    publisher = pubsub_v1.PublisherClient()
+    subscriber = pubsub_v1.SubscriberClient()
+    pulls: dict[str, Callable[..., list[Any]]] = {}
+    subscriptions = []
+    for name in ("ioc-enrichment-requested", "enrichment-tasks", "enrichment-completed"):
+        topic = publisher.topic_path(PROJECT, name)
+        with contextlib.suppress(Exception):  # already made by an earlier test in this run
+            publisher.create_topic(name=topic)
+        subscription = subscriber.subscription_path(PROJECT, f"failed-requests-{name}-{uuid.uuid4().hex[:8]}")
+        subscriber.create_subscription(name=subscription, topic=topic)
+        subscriptions.append(subscription)
+
+        def pull(expected: int, *, topic: str = topic, subscription: str = subscription) -> list[Any]:
+            return pull_published(publisher, subscriber, topic=topic, subscription=subscription, expected=expected, keep=lambda m: True)
+
+        pulls[name] = pull
+    real = Runtime.from_env()
+    clear_enrichment_runs(real.documents)
+    failing = _FailsAfter(real.publisher, passed=1)
+    runtime = Runtime(real.settings, clients={"publisher": failing, "documents": real.documents, "engine": real.engine})
+    password = create_user(backend_env["DATABASE_URL"], "failed-requests", "analyst")
+    token = function_client("auth").post("/api/v1/auth/token", json={"username": "failed-requests", "password": password}).get_json()
+    dispatch = function_client("enrich-dispatch")
+
+    def deliver(message: Any) -> None:
+        assert dispatch.post("/", json=push_envelope_of(message, "ioc-enrichment-requested-push")).status_code == 200
+
+    yield {
+        "docs": real.documents,
+        "api": Client(Request.application(build_router(runtime).handle)),
+        "headers": {"Authorization": f"Bearer {token['access_token']}"},
+        "publisher": failing,
+        "requested": pulls["ioc-enrichment-requested"],
+        "tasks": pulls["enrichment-tasks"],
+        "deliver": deliver,
+    }
+    for subscription in subscriptions:
+        subscriber.delete_subscription(subscription=subscription)
+    subscriber.close()
+    real.engine.dispose()
+
+
+def _recorded(docs: Any) -> list[dict[str, Any]]:
+    from threatflow.enrichment import runs
+
+    return docs.query(runs.RUNS, limit=10)
+
+
+@pytest.mark.parametrize("path", ["/api/v1/enrichment/batch", "/api/v1/enrichment/enrich"])
+def test_a_request_that_went_out_before_its_publish_failed_is_dropped_not_run(env, path):
+    body = {"iocs": VALUES, "sources": ["internetdb"]} if path.endswith("batch") else {"value": VALUES[0], "sources": ["internetdb"]}
+    response = env["api"].post(path, json=body, headers=env["headers"])
+    assert response.status_code == 503, response.get_json()
+    assert _recorded(env["docs"]) == []  # the caller was answered an error: no run of it is left
+    [went_out] = env["requested"](expected=1)
+
+    env["deliver"](went_out)  # acked: Pub/Sub does not deliver it again
+
+    assert _recorded(env["docs"]) == [], "enrich-dispatch created the deleted run started and ran it"
+    assert env["tasks"](expected=0) == []  # no source was asked
+
+
+def test_a_batch_request_dispatched_before_its_publish_failed_keeps_its_started_run(env):
+    """The other order: enrich-dispatch started a run (its request went out first) before the batch's publish
+    failed. Its run stays, and closes as any run does, rather than being deleted under the tasks it published
+    (their answers were stored for a run nobody could close); the runs whose request never went out are deleted."""
+    from threatflow.enrichment import runs
+
+    env["publisher"].before_failing = lambda: [env["deliver"](message) for message in env["requested"](expected=1)]
+    response = env["api"].post("/api/v1/enrichment/batch", json={"iocs": VALUES, "sources": ["internetdb"]}, headers=env["headers"])
+    assert response.status_code == 503, response.get_json()
+
+    [started] = _recorded(env["docs"])
+    assert started["status"] == "running" and started["dispatched"] is True and started["expected"] == ["internetdb"], started
+    [task] = env["tasks"](expected=1)
+    assert task.attributes["run_id"] == started["id"] and env["docs"].get(runs.RUNS, started["id"]) is not None
