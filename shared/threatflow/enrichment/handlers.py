@@ -12,6 +12,7 @@ is sent to its source's dead-letter topic on its last attempt, with the error.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -143,13 +144,16 @@ def _run_document(req: EnrichRequest) -> dict[str, Any]:
 
 
 def request(ctx: Enrichment, req: EnrichRequest) -> None:
-    """Record the run (queued) and publish the request; the dispatcher does the rest."""
+    """Record the run (queued) and publish the request, marked `recorded`; the dispatcher does the rest."""
+    req = dataclasses.replace(req, recorded=True)
     runs.create_run(ctx.runtime.documents, _run_document(req))
     try:
         ctx.publish(TOPIC_REQUESTED, req.to_json(), run_id=req.run_id)
     except Exception:
-        # The caller gets an error and never sees the run id: nothing will run or read it, so no run is left queued.
-        runs.delete_run(ctx.runtime.documents, req.run_id)
+        # The caller gets an error and never sees the run id: nothing will read it, so no run is left queued. The
+        # broker may have taken the message before the wait failed: enrich-dispatch drops a recorded request whose
+        # run is gone. A run it started already is kept (it closes as any run does).
+        _cancelled([req.run_id], kept=[] if runs.delete_queued_run(ctx.runtime.documents, req.run_id) else [req.run_id])
         raise
 
 
@@ -159,6 +163,7 @@ def request_many(ctx: Enrichment, reqs: Sequence[EnrichRequest], *, batch_id: st
     (published again, then closed as never dispatched), as POST /enrich's are; unrecorded, it stayed running forever."""
     if not reqs:
         return
+    reqs = [dataclasses.replace(req, recorded=True) for req in reqs]
     runs.create_runs(ctx.runtime.documents, [_run_document(req) for req in reqs])
     messages: list[tuple[bytes, Mapping[str, str]]] = [
         (events.encode(req.to_json()), {"run_id": req.run_id, "batch_id": batch_id}) for req in reqs
@@ -167,9 +172,21 @@ def request_many(ctx: Enrichment, reqs: Sequence[EnrichRequest], *, batch_id: st
         ctx.runtime.publisher.publish_many(TOPIC_REQUESTED, messages)
     except Exception:
         # As request(): the caller gets an error and never sees the batch id. A request published before the
-        # failure is still dispatched (its run created started, as auto-enrichment's are), unread by anyone.
-        runs.delete_runs(ctx.runtime.documents, [req.run_id for req in reqs])
+        # failure is dropped by enrich-dispatch once its run is gone; one it started already keeps its run.
+        run_ids = [req.run_id for req in reqs]
+        _cancelled(run_ids, kept=runs.delete_queued_runs(ctx.runtime.documents, run_ids))
         raise
+
+
+def _cancelled(run_ids: Sequence[str], *, kept: Sequence[str]) -> None:
+    """The runs of a request whose publish failed: deleted, except those enrich-dispatch started already."""
+    tf_logging.log(
+        log,
+        logging.WARNING,
+        f"enrichment publish failed: {len(run_ids) - len(kept)} queued runs deleted, {len(kept)} started already kept",
+        run_ids=list(run_ids[:20]),
+        kept=list(kept[:20]),
+    )
 
 
 def auto_enrich(runtime: Runtime, results: Sequence[Mapping[str, Any]]) -> int:
@@ -228,6 +245,11 @@ def dispatch_request(ctx: Enrichment, req: EnrichRequest) -> None:
     selection: tuple[list[str], dict[str, str]] | None = None
     for _ in range(START_ATTEMPTS):
         read = runs.get_run_versioned(runtime.documents, req.run_id)
+        if read is None and req.recorded:
+            # Recorded before its publish, and gone: the publish failed (the caller was answered an error) and the
+            # run was deleted, but the broker had taken the message. Nobody would read the run: acked, not run.
+            tf_logging.log(log, logging.WARNING, "enrichment request dropped: its run was cancelled", run_id=req.run_id)
+            return
         if _started_already(read.data if read else None):
             return
         if selection is None:

@@ -11,7 +11,9 @@ per run and source).
 Every writer of a run's status changes it only if nobody wrote it since: the sweeps' and
 closers' writes (closing.py) and enrich-dispatch's start (start_run) are compare-and-sets on
 the version read with the run (get_run_versioned); a run the dispatcher found absent is
-created started (create_started_run), which fails if it was recorded meanwhile.
+created started (create_started_run), which fails if it was recorded meanwhile; unless its request says the run was
+recorded before it was published (EnrichRequest.recorded): that run was deleted as its publish failed, and the
+request is dropped.
 SWEEPS/OVERDUE_CURSOR holds where the overdue sweep's next page starts.
 """
 
@@ -40,12 +42,17 @@ def create_runs(docs: DocumentStore, new_runs: Sequence[Mapping[str, Any]]) -> N
     docs.set_many(RUNS, {str(run["run_id"]): {**run, "status": "queued"} for run in new_runs})
 
 
-def delete_runs(docs: DocumentStore, run_ids: Sequence[str]) -> None:
-    docs.delete_many(RUNS, run_ids)
+def delete_queued_run(docs: DocumentStore, run_id: str) -> bool:
+    """Delete the run only if it is still queued (a compare-and-delete): a run enrich-dispatch started is kept."""
+    return docs.delete_if(RUNS, run_id, field="status", value="queued")
 
 
-def delete_run(docs: DocumentStore, run_id: str) -> None:
-    docs.delete(RUNS, run_id)
+def delete_queued_runs(docs: DocumentStore, run_ids: Sequence[str]) -> list[str]:
+    """Delete the runs still queued (batched reads, then batched deletes); the ids of those kept, started by
+    enrich-dispatch (one it starts between the read and the delete, a round trip, is deleted all the same)."""
+    read = get_runs(docs, run_ids)
+    docs.delete_many(RUNS, [run_id for run_id, run in read.items() if run is not None and run.get("status") == "queued"])
+    return [run_id for run_id, run in read.items() if run is not None and run.get("status") != "queued"]
 
 
 def get_run(docs: DocumentStore, run_id: str) -> dict[str, Any] | None:

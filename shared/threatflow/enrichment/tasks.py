@@ -71,6 +71,10 @@ class EnrichRequest:
     sources: Sequence[str] = ()
     origin: str = "api"
     batch_id: str | None = None
+    # The run was recorded (queued) before this request was published (POST /enrich, /batch; the queued sweep
+    # publishes the stored request again), so a run that is gone was cancelled: its publish failed and the caller was
+    # answered an error. Auto-enrichment's requests are not recorded first (enrich-dispatch creates their runs).
+    recorded: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "warninglists": list(self.warninglists), "sources": list(self.sources)}
@@ -88,6 +92,7 @@ class EnrichRequest:
             sources=tuple(data.get("sources") or ()),
             origin=str(data.get("origin") or "api"),
             batch_id=data.get("batch_id"),
+            recorded=data.get("recorded") is True,
         )
 
 
