@@ -543,3 +543,48 @@ def test_a_loosely_spelled_stix_tlp_marking_is_read_as_that_tlp(marking):
     }
     doc = bundle(red, indicator(1, "[ipv4-addr:value = '198.51.100.1']", object_marking_refs=[red["id"]]))
     assert [p.item.tlp for p in parse("stix", doc).with_defaults(tlp="clear").iocs] == ["red"]
+
+
+def _indicator_bundle(pattern: str) -> str:
+    indicator = {
+        "type": "indicator",
+        "spec_version": "2.1",
+        "id": "indicator--5d0fa6a5-51c4-4d2b-8a3e-0d6a9a3c1f01",
+        "created": "2024-01-01T00:00:00Z",
+        "modified": "2024-01-01T00:00:00Z",
+        "pattern_type": "stix",
+        "valid_from": "2024-01-01T00:00:00Z",
+        "pattern": pattern,
+    }
+    return json.dumps({"type": "bundle", "id": "bundle--5d0fa6a5-51c4-4d2b-8a3e-0d6a9a3c1f00", "objects": [indicator]})
+
+
+@pytest.mark.parametrize("count", [400, 5000])
+def test_a_pattern_oring_hundreds_of_values_gives_the_first_hundred(count):
+    """A blocklist written as one indicator, `[ipv4-addr:value = 'a' OR … ]`: past about 330 ORs the grammar's tree
+    walk hit Python's recursion limit and the indicator was an error with an empty reason ("pattern is not valid STIX
+    patterning: "), so nothing of it was imported. It gives its first 100 values, as an `IN (...)` list does, and says
+    the rest was left out."""
+    addresses = [f"198.51.{i // 250}.{i % 250 + 1}" for i in range(count)]
+    pattern = "[" + " OR ".join(f"ipv4-addr:value = '{a}'" for a in addresses) + "]"
+    parsed = parse("stix", _indicator_bundle(pattern))
+    assert parsed.errors == []
+    assert [p.item.value for p in parsed.iocs] == addresses[:100]
+    assert any("only the first 100" in w.reason for w in parsed.warnings), parsed.warnings
+
+
+def test_a_long_or_keeps_what_each_of_its_comparisons_says():
+    """Read in pieces, a long OR still reads each comparison as a whole pattern would: a domain ANDed with the
+    address it resolves to (parenthesised, after 400 ORs of other names) still resolves to it, quoted strings holding
+    ` OR ` and brackets are not cut, and a qualifier after the observation is still named."""
+    names = [f"'n{i}.example.com'" for i in range(400)]
+    tail = "(domain-name:value = 'late.example.com' AND domain-name:resolves_to_refs[*].value = '203.0.113.9')"
+    odd = "url:value = 'http://x.example.com/a OR [b] (c)'"
+    pattern = "[" + " OR ".join([odd, tail, *(f"domain-name:value = {n}" for n in names)]) + "]"
+    parsed = parse("stix", _indicator_bundle(pattern))
+    assert parsed.errors == []
+    values = [p.item.value for p in parsed.iocs]
+    assert values[:3] == ["http://x.example.com/a OR [b] (c)", "late.example.com", "203.0.113.9"]
+    assert resolved(parsed) == [("late.example.com", "203.0.113.9")]
+    qualified = parse("stix", _indicator_bundle(pattern + " WITHIN 600 SECONDS"))
+    assert qualified.errors == [] and any("qualifier" in w.reason for w in qualified.warnings), qualified.warnings
