@@ -570,7 +570,7 @@ def test_a_pattern_oring_hundreds_of_values_gives_the_first_hundred(count):
     parsed = parse("stix", _indicator_bundle(pattern))
     assert parsed.errors == []
     assert [p.item.value for p in parsed.iocs] == addresses[:100]
-    assert any("only the first 100" in w.reason for w in parsed.warnings), parsed.warnings
+    assert any(f"{count - 100} more comparisons past the first 100 were not read" in w.reason for w in parsed.warnings), parsed.warnings
 
 
 def test_a_long_or_keeps_what_each_of_its_comparisons_says():
@@ -588,3 +588,11 @@ def test_a_long_or_keeps_what_each_of_its_comparisons_says():
     assert resolved(parsed) == [("late.example.com", "203.0.113.9")]
     qualified = parse("stix", _indicator_bundle(pattern + " WITHIN 600 SECONDS"))
     assert qualified.errors == [] and any("qualifier" in w.reason for w in qualified.warnings), qualified.warnings
+
+
+def test_a_pattern_nesting_too_deeply_to_read_says_so():
+    """400 ORs inside one parenthesis are not the observation's own, so they are not read in pieces: the error
+    names why (it was an empty reason)."""
+    pattern = "[(" + " OR ".join(f"ipv4-addr:value = '198.51.100.{i % 250 + 1}'" for i in range(400)) + ")]"
+    [error] = parse("stix", _indicator_bundle(pattern)).errors
+    assert "nests too deeply to read (399 ORs and ANDs" in error.reason, error.reason

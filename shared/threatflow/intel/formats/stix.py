@@ -442,10 +442,93 @@ def pattern_values(pattern: str, *, version: str = "2.1") -> tuple[list[tuple[st
 
 
 def _pattern(pattern: str, *, version: str) -> tuple[list[tuple[str | None, str]], str | None, list[Resolution]]:
-    """pattern_values, and the names that resolve to addresses (`_resolutions`) in the pattern's observations."""
+    """pattern_values, and the names that resolve to addresses (`_resolutions`) in the pattern's observations.
+
+    One observation ORing many comparisons (a blocklist as one indicator) is read OR_PIECE comparisons at a time:
+    the grammar's tree walk recurses once per OR, and past about 330 hit Python's recursion limit. Pieces are read
+    only until they give MAX_PATTERN_VALUES values (the rest would be cut anyway); the comparisons left
+    unread are named in the reason."""
+    split = _or_split(pattern)
+    if split is None:
+        return _whole_pattern(pattern, version=version)
+    comparisons, qualifiers = split
+    found: list[tuple[str | None, str]] = []
+    reasons: list[str] = []
+    resolutions: list[Resolution] = []
+    read = 0
+    while read < len(comparisons) and len(dict.fromkeys(found)) < MAX_PATTERN_VALUES:
+        piece = comparisons[read : read + OR_PIECE]
+        values, reason, resolved = _whole_pattern(f"[{' OR '.join(piece)}]{qualifiers}", version=version)
+        found.extend(values)
+        reasons.extend([reason] if reason else [])
+        resolutions.extend(resolved)
+        read += len(piece)
+    if read < len(comparisons):
+        reasons.append(f"{len(comparisons) - read} more comparisons past the first {read} were not read")
+    return list(dict.fromkeys(found)), ("; ".join(dict.fromkeys(reasons)) or None), list(dict.fromkeys(resolutions))
+
+
+# One observation ORing more comparisons than OR_SPLIT_AT is read in pieces of OR_PIECE (_pattern).
+OR_SPLIT_AT = 200
+OR_PIECE = 100
+
+
+def _or_split(pattern: str) -> tuple[list[str], str] | None:
+    """The comparisons of a pattern that is one observation ORing more than OR_SPLIT_AT of them at its top level,
+    and what follows the observation (qualifiers); None for any other pattern. Quoted strings are skipped whole
+    (`'a OR [b]'`), brackets and parentheses are counted, so only the observation's own ORs cut."""
+    text = pattern.strip()
+    if not text.startswith("[") or text.count(" OR ") < OR_SPLIT_AT:
+        return None
+    cuts: list[tuple[int, int]] = []  # (start, end) of each top-level OR keyword
+    brackets = parens = 0
+    end = -1
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char == "'":
+            i += 1
+            while i < len(text) and text[i] != "'":
+                i += 2 if text[i] == "\\" else 1
+        elif char == "[":
+            brackets += 1
+        elif char == "]":
+            brackets -= 1
+            if brackets == 0:
+                end = i
+                break
+        elif char == "(":
+            parens += 1
+        elif char == ")":
+            parens -= 1
+        elif (
+            char == "O"
+            and brackets == 1
+            and parens == 0
+            and text.startswith("OR", i)
+            and text[i - 1].isspace()
+            and text[i + 2 : i + 3].isspace()
+        ):
+            cuts.append((i, i + 2))
+        i += 1
+    qualifiers = text[end + 1 :] if end > 0 else ""
+    if end < 0 or "[" in qualifiers or len(cuts) < OR_SPLIT_AT:
+        return None  # unbalanced, more than one observation, or too few ORs to need it: read whole
+    starts = [1, *(stop for _, stop in cuts)]
+    stops = [*(start for start, _ in cuts), end]
+    comparisons = [text[start:stop].strip() for start, stop in zip(starts, stops, strict=True)]
+    return comparisons, (" " + qualifiers.strip() if qualifiers.strip() else "")
+
+
+def _whole_pattern(pattern: str, *, version: str) -> tuple[list[tuple[str | None, str]], str | None, list[Resolution]]:
     try:
         pattern_class, visitor = _builder(version)
         tree = pattern_class(pattern).visit(visitor)
+    except RecursionError:  # the tree walk recurses once per operator: ~330 ORs or ANDs in one parenthesis
+        operators = pattern.count(" OR ") + pattern.count(" AND ")
+        raise ValidationError(
+            f"pattern nests too deeply to read ({operators} ORs and ANDs, most inside one parenthesis): split it", field="pattern"
+        ) from None
     except Exception as exc:  # stix2patterns raises ParseException; the visitor may raise others on odd input
         hint = " (a backslash in a string is written \\\\)" if _LONE_BACKSLASH.search(pattern) else ""
         raise ValidationError(f"pattern is not valid STIX patterning: {exc}{hint}", field="pattern") from None
