@@ -119,3 +119,25 @@ def test_an_import_relating_threats_of_many_sources_makes_them_in_few_statements
     assert (body["threat_relations"], body["threat_relations_created"], body["threat_relations_cut"]) == (1000, 1000, 0)
     assert db.one("SELECT count(*) FROM threat_relations")[0] == 1000
     assert len(statements.texts) <= 4, len(statements.texts)
+
+
+def test_relating_to_a_threat_deleted_meanwhile_is_a_404_not_a_500(api, db):
+    """The target is looked up, then deleted (an admin's DELETE /threats) before the relation is written: the
+    insert's foreign key failed, a 500. The relation now waits for the delete, then finds the threat gone."""
+    source, target = _threats(api, "Survivor", "Deleted Meanwhile")
+    outcome = {}
+
+    def relate():
+        response = api.post(f"/api/v1/threats/{source}/relations", {"target_id": target, "type": "uses"})
+        outcome["relate"] = (response.status_code, response.get_json()["error"]["message"] if response.status_code >= 400 else None)
+
+    from sqlalchemy import text
+
+    racer = threading.Thread(target=relate)
+    with db._engine.begin() as deleting:
+        deleting.execute(text("DELETE FROM threats WHERE id = :t"), {"t": target})
+        racer.start()  # it still sees the target (the delete is not committed), then waits for its row
+        _await_lock_waiters(db, 1)
+    racer.join()
+    assert outcome["relate"] == (404, f"no threat with id {target}")
+    assert db.one("SELECT count(*) FROM threat_relations")[0] == 0
