@@ -231,29 +231,22 @@ def _relate_threats(
     conn: Connection, wanted: Sequence[Relation], *, threat_ids: Mapping[str, int], source: str | None
 ) -> tuple[int, int, int]:
     """A document's threat-to-threat relations between threats the importer may read or this import created
-    (`threat_ids`), at most MAX_RELATIONS_PER_IMPORT: (made, of them new, not made)."""
-    targets_of: dict[tuple[int, str], dict[int, None]] = {}  # (source threat, verb) -> targets, in document order
-    made = cut = 0
+    (`threat_ids`), at most MAX_RELATIONS_PER_IMPORT, in one relate_threats: (made, of them new, not made)."""
+    chosen: dict[tuple[int, int, str], None] = {}  # in document order, each once
+    cut = 0
     for relation in wanted:
         source_id, target_id = threat_ids.get(relation.source_ref), threat_ids.get(relation.target_ref)
         if source_id is None or target_id is None or source_id == target_id:
             continue  # a threat rejected (named in its result), above the clearance, or two refs merged into one
-        targets = targets_of.setdefault((source_id, relation.type), {})
-        if target_id in targets:
+        key = (source_id, target_id, relation.type)
+        if key in chosen:
             continue
-        if made >= MAX_RELATIONS_PER_IMPORT:
+        if len(chosen) >= MAX_RELATIONS_PER_IMPORT:
             cut += 1
             continue
-        targets[target_id] = None
-        made += 1
-    created = 0
-    for (source_id, verb), targets in sorted(targets_of.items()):  # sources locked in id order
-        if targets:
-            related = threat_store.relate_threats(conn, source_id=source_id, target_ids=list(targets), relation=verb, source=source)
-            created += len(related.new)
-            cut += len(related.full)
-            made -= len(related.full)
-    return made, created, cut
+        chosen[key] = None
+    related = threat_store.relate_threats(conn, list(chosen), source=source)
+    return len(related.made), len(related.new), cut + len(chosen) - len(related.made)
 
 
 def _strictest_tlp_across_chunks(iocs: Sequence[ParsedIoc]) -> None:

@@ -465,40 +465,72 @@ def link_counts(conn: Connection, threat_id: int) -> tuple[int, dict[str, int], 
 
 @dataclass(frozen=True)
 class Related:
-    """What relate_threats did: the targets newly related, and those it could not relate because the pair already
-    holds MAX_RELATIONS_PER_LINK other relations."""
+    """What relate_threats did with each `(source_id, target_id, verb)`: made (new or already held, its confidence
+    raised), of them new, not made because the pair holds MAX_RELATIONS_PER_LINK other verbs (`full`), and the ids
+    of ends that do not exist (a threat deleted meanwhile: its relations are not made)."""
 
-    new: set[int] = field(default_factory=set)
-    full: set[int] = field(default_factory=set)
+    made: set[tuple[int, int, str]] = field(default_factory=set)
+    new: set[tuple[int, int, str]] = field(default_factory=set)
+    full: set[tuple[int, int, str]] = field(default_factory=set)
+    missing: set[int] = field(default_factory=set)
 
 
 def relate_threats(
-    conn: Connection, *, source_id: int, target_ids: Sequence[int], relation: str, confidence: int = 50, source: str | None = None
+    conn: Connection, relations: Sequence[tuple[int, int, str]], *, confidence: int = 50, source: str | None = None
 ) -> Related:
-    """Relate one threat to others (all must exist) by one verb: `source_id <relation> target`. A repeat keeps one
-    row and raises its confidence to the higher value; a pair holds at most MAX_RELATIONS_PER_LINK verbs, a new one
-    past it is not made (`Related.full`). The source threat's row is locked first, as link_iocs locks a threat's, so
-    concurrent writers cannot both take a pair's last place."""
-    verb = check_relation_verb(relation)
+    """Relate threats: `source_id <verb> target_id` for each triple (in the order given; a threat related to
+    itself is left out). A repeat keeps one row and raises its confidence to the higher value; a directed pair
+    holds at most MAX_RELATIONS_PER_LINK verbs, a new one past them is not made (`Related.full`).
+
+    Every end's row is locked first, all in id order as a merge locks the threats it updates (_rows_for_update):
+    locking the source, then its target through the insert's foreign key, deadlocked with a batch merging into
+    both. Under those locks no other writer relates these sources, so what the pairs hold is read once and the
+    relations written in one statement: three statements however many sources and verbs (one a source and verb
+    was 2,000 statements for 1,000 relations from 1,000 threats)."""
     if not 0 <= confidence <= 100:
         raise ValidationError(f"confidence {confidence} is outside 0..100", field="confidence")
-    ids = sorted({int(t) for t in target_ids} - {source_id})
-    if not ids:
+    wanted = list(dict.fromkeys((int(s), int(t), check_relation_verb(v)) for s, t, v in relations if int(s) != int(t)))
+    if not wanted:
         return Related()
-    conn.execute(_text("SELECT 1 FROM threats WHERE id = :s FOR NO KEY UPDATE"), {"s": source_id})
-    rows = conn.execute(
+    ids = sorted({end for s, t, _ in wanted for end in (s, t)})
+    locked = conn.execute(_text("SELECT id FROM threats WHERE id = ANY(CAST(:i AS bigint[])) ORDER BY id FOR NO KEY UPDATE"), {"i": ids})
+    missing = set(ids) - {int(r[0]) for r in locked}
+    wanted = [w for w in wanted if w[0] not in missing and w[1] not in missing]
+    pairs = sorted({(s, t) for s, t, _ in wanted})
+    held: dict[tuple[int, int], set[str]] = {}
+    if pairs:
+        rows = conn.execute(
+            _text(
+                "SELECT r.source_id, r.target_id, r.type FROM threat_relations r"
+                " JOIN unnest(CAST(:s AS bigint[]), CAST(:t AS bigint[])) AS p(s, t) ON r.source_id = p.s AND r.target_id = p.t"
+            ),
+            {"s": [s for s, _ in pairs], "t": [t for _, t in pairs]},
+        )
+        for r in rows:
+            held.setdefault((int(r[0]), int(r[1])), set()).add(str(r[2]))
+    chosen: list[tuple[int, int, str]] = []
+    full: set[tuple[int, int, str]] = set()
+    for relation in wanted:
+        verbs = held.setdefault(relation[:2], set())
+        if relation[2] in verbs or len(verbs) < MAX_RELATIONS_PER_LINK:
+            verbs.add(relation[2])
+            chosen.append(relation)
+        else:
+            full.add(relation)
+    if not chosen:
+        return Related(full=full, missing=missing)
+    written = conn.execute(
         _text(
             "INSERT INTO threat_relations (source_id, target_id, type, confidence, source)"
-            " SELECT :s, x.target_id, :r, :c, :src FROM unnest(CAST(:ids AS bigint[])) AS x(target_id)"
-            " WHERE EXISTS (SELECT 1 FROM threat_relations r WHERE r.source_id = :s AND r.target_id = x.target_id AND r.type = :r)"
-            " OR (SELECT count(*) FROM threat_relations r WHERE r.source_id = :s AND r.target_id = x.target_id) < :most"
+            " SELECT x.s, x.t, x.r, :c, :src FROM unnest(CAST(:s AS bigint[]), CAST(:t AS bigint[]), CAST(:r AS text[])) AS x(s, t, r)"
             " ON CONFLICT (source_id, target_id, type)"
             " DO UPDATE SET confidence = GREATEST(threat_relations.confidence, EXCLUDED.confidence)"
-            " RETURNING target_id, (xmax = 0)"
+            " RETURNING source_id, target_id, type, (xmax = 0)"
         ),
-        {"s": source_id, "r": verb, "c": confidence, "src": source, "ids": ids, "most": MAX_RELATIONS_PER_LINK},
+        {"s": [c[0] for c in chosen], "t": [c[1] for c in chosen], "r": [c[2] for c in chosen], "c": confidence, "src": source},
     ).all()
-    return Related(new={int(r[0]) for r in rows if r[1]}, full=set(ids) - {int(r[0]) for r in rows})
+    made = {(int(r[0]), int(r[1]), str(r[2])) for r in written}
+    return Related(made=made, new={(int(r[0]), int(r[1]), str(r[2])) for r in written if r[3]}, full=full, missing=missing)
 
 
 def unrelate_threats(conn: Connection, *, source_id: int, target_id: int, relation: str | None = None) -> int:

@@ -146,13 +146,13 @@ def relate(
     if body.target_id == threat_id:
         raise ValidationError("a threat cannot be related to itself", field="target_id")
     _require_visible(conn, [threat_id, body.target_id], visible_tlps=visible_tlps)
-    made = store.relate_threats(
-        conn, source_id=threat_id, target_ids=[body.target_id], relation=body.type, confidence=body.confidence, source=source
-    )
+    verb = check_relation_verb(body.type)
+    made = store.relate_threats(conn, [(threat_id, body.target_id, verb)], confidence=body.confidence, source=source)
+    if made.missing:  # deleted since it was looked up
+        raise NotFoundError(f"no threat with id {', '.join(str(m) for m in sorted(made.missing))}")
     if made.full:
         raise ConflictError(f"threats {threat_id} and {body.target_id} already hold {MAX_RELATIONS_PER_LINK} relations; remove one first")
-    relation = {"source_id": threat_id, "target_id": body.target_id, "type": check_relation_verb(body.type)}
-    return relation, body.target_id in made.new
+    return {"source_id": threat_id, "target_id": body.target_id, "type": verb}, bool(made.new)
 
 
 def unrelate(conn: Connection, threat_id: int, body: ThreatRelationDeleteIn, *, visible_tlps: Sequence[str]) -> dict[str, Any]:
