@@ -141,3 +141,46 @@ def test_relating_to_a_threat_deleted_meanwhile_is_a_404_not_a_500(api, db):
     racer.join()
     assert outcome["relate"] == (404, f"no threat with id {target}")
     assert db.one("SELECT count(*) FROM threat_relations")[0] == 0
+
+
+TLP_MARKING = {
+    "green": "marking-definition--34098fce-860f-48ae-8e50-ebd3cc5e41da",
+    "red": "marking-definition--5e57c739-391a-4eb3-b6be-7d15ca92d5ed",
+}
+
+
+def test_a_relationship_marked_above_both_its_threats_is_not_shown_to_their_readers(api, backend_env, function_client):
+    """A report's relationship marked TLP:RED (this set is attributed-to that actor) between two amber threats was
+    stored without its marking: every amber reader of either threat saw it in GET /threats/{id}, and amber exports
+    carried it. A relation has no TLP of its own, so one marked above the stricter of its two threats is not made
+    (named in `errors`, counted in `threat_relations_cut`); one marked at or below it is, as is an unmarked one.
+    The import's `tlp` marks a relationship that names none, as it marks the threats."""
+    from helpers import create_user
+
+    password = create_user(backend_env["DATABASE_URL"], "redanalyst", "analyst", clearance="red")
+    auth = function_client("auth")
+    token = auth.post("/api/v1/auth/token", json={"username": "redanalyst", "password": password}).get_json()["access_token"]
+    red_analyst = {"Authorization": f"Bearer {token}"}
+    actor, intrusion_set, malware = _malware(1, "Marked Actor"), _malware(2, "Marked Set"), _malware(3, "Marked Tool")
+    secret = _relationship(intrusion_set, actor, "attributed-to", object_marking_refs=[TLP_MARKING["red"]])
+    shared = _relationship(intrusion_set, malware, "uses", object_marking_refs=[TLP_MARKING["green"]])
+    plain = _relationship(malware, actor, "authored-by")
+    bundle = _bundle([actor, intrusion_set, malware, secret, shared, plain])
+    response = api.post("/api/v1/iocs/import", {"format": "stix", "content": bundle}, headers=red_analyst)
+    assert response.status_code == 200, response.get_data(as_text=True)[:300]
+    body = response.get_json()
+    assert (body["threat_relations"], body["threat_relations_cut"]) == (2, 1), body
+    assert [e["ref"] for e in body["errors"]] == [secret["id"]], body["errors"]
+    assert "red" in body["errors"][0]["reason"]
+    set_id = next(t["id"] for t in body["threats"]["results"] if t["ref"] == intrusion_set["id"])
+    seen = api.get(f"/api/v1/threats/{set_id}").get_json()["relations"]  # an amber reader
+    assert [(r["type"], r["threat"]["name"]) for r in seen] == [("uses", "Marked Tool")], seen
+
+    # Unmarked, under an import whose tlp is red, between two threats it leaves amber (they name amber): not made.
+    amber = "marking-definition--f88d31f6-486f-44da-b317-01333bde0b82"
+    marked = [{**m, "object_marking_refs": [amber]} for m in (actor, malware)]
+    again = api.post(
+        "/api/v1/iocs/import", {"format": "stix", "content": _bundle([*marked, _relationship(actor, malware, "controls")]), "tlp": "red"},
+        headers=red_analyst,
+    ).get_json()
+    assert (again["threat_relations"], again["threat_relations_cut"]) == (0, 1), again
