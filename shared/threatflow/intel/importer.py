@@ -169,15 +169,16 @@ def apply_import(
         relations_created += intel_repository.add_ioc_relations(conn, pairs, type=relation.type, source=source_default)
     if relations_cut:
         errors.append(ItemError("relations", f"{relations_cut} IoC relations not created: at most {MAX_RELATIONS_PER_IMPORT} per import"))
-    threat_relations, threat_relations_created, threat_relations_cut = _relate_threats(
+    threat_relations, threat_relations_created, threat_relations_cut, above_their_threats = _relate_threats(
         conn, parsed.threat_relations, threat_ids=threat_ids, source=source_default
     )
-    if threat_relations_cut:
+    errors.extend(above_their_threats)
+    if threat_relations_cut > len(above_their_threats):
         errors.append(
             ItemError(
                 "threat_relations",
-                f"{threat_relations_cut} threat relations not made: at most {MAX_RELATIONS_PER_IMPORT} per import,"
-                f" two threats by at most {MAX_RELATIONS_PER_LINK} relations",
+                f"{threat_relations_cut - len(above_their_threats)} threat relations not made: at most {MAX_RELATIONS_PER_IMPORT}"
+                f" per import, two threats by at most {MAX_RELATIONS_PER_LINK} relations",
             )
         )
     cuts: dict[str, int] = {}  # what full IoCs could not take, by field (results count their own)
@@ -229,10 +230,17 @@ def apply_import(
 
 def _relate_threats(
     conn: Connection, wanted: Sequence[Relation], *, threat_ids: Mapping[str, int], source: str | None
-) -> tuple[int, int, int]:
+) -> tuple[int, int, int, list[ItemError]]:
     """A document's threat-to-threat relations between threats the importer may read or this import created
-    (`threat_ids`), at most MAX_RELATIONS_PER_IMPORT, in one relate_threats: (made, of them new, not made)."""
+    (`threat_ids`), at most MAX_RELATIONS_PER_IMPORT, in one relate_threats: (made, of them new, not made, and of
+    those the errors naming each marked above its threats).
+
+    A relation has no TLP of its own: whoever reads both its threats reads it (GET /threats/{id}, exports). So one
+    marked above the stricter of its two threats (a TLP:RED attribution between amber threats) is not made: it
+    was, and every amber reader of either threat saw it."""
+    tlp_of = threat_store.tlp_of_threats(conn, list(threat_ids.values())) if any(r.tlp for r in wanted) else {}
     chosen: dict[tuple[int, int, str], None] = {}  # in document order, each once
+    above: list[ItemError] = []
     cut = 0
     for relation in wanted:
         source_id, target_id = threat_ids.get(relation.source_ref), threat_ids.get(relation.target_ref)
@@ -241,12 +249,22 @@ def _relate_threats(
         key = (source_id, target_id, relation.type)
         if key in chosen:
             continue
+        if relation.tlp and source_id in tlp_of and target_id in tlp_of:
+            marked, shown = Tlp.parse(relation.tlp), max(Tlp(tlp_of[source_id]), Tlp(tlp_of[target_id]), key=lambda t: t.rank)
+            if marked.rank > shown.rank:
+                above.append(
+                    ItemError(
+                        relation.ref or "threat_relations",
+                        f"marked {marked.value}, above its threats ({shown.value} at most): not made, their readers would see it",
+                    )
+                )
+                continue
         if len(chosen) >= MAX_RELATIONS_PER_IMPORT:
             cut += 1
             continue
         chosen[key] = None
     related = threat_store.relate_threats(conn, list(chosen), source=source)
-    return len(related.made), len(related.new), cut + len(chosen) - len(related.made)
+    return len(related.made), len(related.new), cut + len(chosen) - len(related.made) + len(above), above
 
 
 def _strictest_tlp_across_chunks(iocs: Sequence[ParsedIoc]) -> None:

@@ -438,6 +438,15 @@ def visible_threat_ids(conn: Connection, threat_ids: Sequence[int], *, visible_t
     return {int(r[0]) for r in rows}
 
 
+def tlp_of_threats(conn: Connection, threat_ids: Sequence[int]) -> dict[int, str]:
+    """The stored TLP of each of threat_ids that exists."""
+    ids = sorted(set(threat_ids))
+    if not ids:
+        return {}
+    rows = conn.execute(_text("SELECT id, tlp FROM threats WHERE id = ANY(CAST(:i AS bigint[]))"), {"i": ids})
+    return {int(r[0]): str(r[1]) for r in rows}
+
+
 def threat_exists(conn: Connection, threat_id: int) -> bool:
     return conn.execute(_text("SELECT 1 FROM threats WHERE id = :i"), {"i": threat_id}).first() is not None
 

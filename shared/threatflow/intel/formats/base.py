@@ -62,6 +62,8 @@ class Relation:
     source_ref: str
     target_ref: str
     type: str
+    tlp: str | None = None  # a threat relation's own marking (a STIX relationship's): none is kept above its threats'
+    ref: str | None = None  # the document's object (a STIX relationship's id), to name in an error
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,8 @@ class ParsedImport:
                 threats.append(ParsedThreat(threat.ref, msgspec.structs.replace(threat.item, tlp=tlp)))
             else:
                 threats.append(threat)
-        return replace(self, iocs=iocs, threats=threats)
+        threat_relations = [replace(r, tlp=tlp) if tlp and not r.tlp else r for r in self.threat_relations]
+        return replace(self, iocs=iocs, threats=threats, threat_relations=threat_relations)
 
     def summary(self) -> dict[str, int]:
         return {

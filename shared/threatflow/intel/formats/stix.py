@@ -155,7 +155,7 @@ def parse(content: Any) -> ParsedImport:
             except ValidationError:
                 out.warn(obj_id, f"relationship_type {rel[:64]!r} is no verb (lower-case word, hyphens); kept as related-to")
                 verb = "related-to"
-            out.threat_relations.append(Relation(source, target, verb))
+            out.threat_relations.append(Relation(source, target, verb, _tlp(obj, tlp_of), obj_id))
         elif rel == "uses" and {source, target} & threat_refs and (source in ttps_of_pattern or target in ttps_of_pattern):
             threat, pattern = (source, target) if source in threat_refs else (target, source)
             if ttps_of_pattern[pattern]:
