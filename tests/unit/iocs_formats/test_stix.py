@@ -596,3 +596,31 @@ def test_a_pattern_nesting_too_deeply_to_read_says_so():
     pattern = "[(" + " OR ".join(f"ipv4-addr:value = '198.51.100.{i % 250 + 1}'" for i in range(400)) + ")]"
     [error] = parse("stix", _indicator_bundle(pattern)).errors
     assert "nests too deeply to read (399 ORs and ANDs" in error.reason, error.reason
+
+
+def _sdo(kind, n, **fields):
+    stamp = {"spec_version": "2.1", "created": "2024-01-01T00:00:00Z", "modified": "2024-01-01T00:00:00Z"}
+    return {"type": kind, "id": f"{kind}--00000000-0000-4000-8000-0000000001{n:02d}", **stamp, **fields}
+
+
+@pytest.mark.parametrize("shape", [True, 1, ["uses"], {"verb": "uses"}], ids=["bool", "int", "list", "map"])
+def test_a_relationship_type_that_is_no_string_is_related_to_with_a_warning(shape):
+    """`"relationship_type": true` between two threats was stored as the verb `true` (str() of it), with no word
+    said; any other value that is no string is read as no verb: related-to, named in a warning."""
+    actor, tool = _sdo("threat-actor", 1, name="Shape Actor"), _sdo("tool", 2, name="Shape Tool")
+    rel = _sdo("relationship", 3, relationship_type=shape, source_ref=actor["id"], target_ref=tool["id"])
+    parsed = parse("stix", bundle(actor, tool, rel))
+    assert [(r.source_ref, r.type, r.target_ref) for r in parsed.threat_relations] == [(actor["id"], "related-to", tool["id"])]
+    assert [w.ref for w in parsed.warnings] == [rel["id"]]
+
+
+def test_uses_in_any_case_between_a_threat_and_an_attack_pattern_is_a_ttp():
+    """`USES` (or ` Uses `) between two threats is the verb `uses`, as POST /threats/{id}/relations reads it, but
+    between a threat and an attack pattern it was no `uses`: the technique was lost (`skipped` as relationship:USES)."""
+    actor = _sdo("intrusion-set", 1, name="Case Set")
+    technique = [{"source_name": "mitre-attack", "external_id": "T1059.001"}]
+    pattern = _sdo("attack-pattern", 2, name="PowerShell", external_references=technique)
+    rel = _sdo("relationship", 3, relationship_type=" USES ", source_ref=actor["id"], target_ref=pattern["id"])
+    parsed = parse("stix", bundle(actor, pattern, rel))
+    assert [t.item.ttps for t in parsed.threats] == [["T1059.001"]]
+    assert not any(k.startswith("relationship:") for k in parsed.skipped), parsed.skipped
