@@ -138,7 +138,8 @@ def parse(content: Any) -> ParsedImport:
     for obj_id, (index, obj) in by_id.items():
         if obj.get("type") != "relationship" or obj.get("revoked") is True:
             continue
-        source, target, rel = obj.get("source_ref"), obj.get("target_ref"), str(obj.get("relationship_type") or "")
+        source, target, rel = obj.get("source_ref"), obj.get("target_ref"), obj.get("relationship_type")
+        rel = rel if isinstance(rel, str) else ""  # `true` was the verb "true": a value that is no string is no verb
         where = f"objects[{index}] ({obj_id})"
         if not isinstance(source, str) or not isinstance(target, str):
             out.error(obj_id, f"{where}: a relationship needs source_ref and target_ref")
@@ -156,7 +157,7 @@ def parse(content: Any) -> ParsedImport:
                 out.warn(obj_id, f"relationship_type {rel[:64]!r} is no verb (lower-case word, hyphens); kept as related-to")
                 verb = "related-to"
             out.threat_relations.append(Relation(source, target, verb, _tlp(obj, tlp_of), obj_id))
-        elif rel == "uses" and {source, target} & threat_refs and (source in ttps_of_pattern or target in ttps_of_pattern):
+        elif rel.strip().lower() == "uses" and {source, target} & threat_refs and (source in ttps_of_pattern or target in ttps_of_pattern):
             threat, pattern = (source, target) if source in threat_refs else (target, source)
             if ttps_of_pattern[pattern]:
                 ttps.setdefault(threat, set()).add(ttps_of_pattern[pattern])  # type: ignore[arg-type]
