@@ -184,3 +184,104 @@ def test_a_relationship_marked_above_both_its_threats_is_not_shown_to_their_read
         headers=red_analyst,
     ).get_json()
     assert (again["threat_relations"], again["threat_relations_cut"]) == (0, 1), again
+
+
+@pytest.mark.parametrize(
+    ("path_id", "body", "field"),
+    [
+        ("{x}", {"target_id": 2**63}, "target_id"),
+        ("{x}", {"target_id": -(2**63) - 1}, "target_id"),
+        ("{x}", {"target_id": 1.5}, "target_id"),
+        ("{x}", {"target_id": "1"}, "target_id"),
+        ("{x}", {"target_id": True}, "target_id"),
+        ("{x}", {"target_id": None}, "target_id"),
+        ("{x}", {}, "target_id"),
+        ("{x}", {"target_id": "{y}", "type": "x" * 65}, "type"),
+        ("{x}", {"target_id": "{y}", "type": ""}, "type"),
+        ("{x}", {"target_id": "{y}", "type": 5}, "type"),
+        ("{x}", {"target_id": "{y}", "type": "uses\u0000"}, "type"),
+        ("{x}", {"target_id": "{y}", "confidence": 101}, "confidence"),
+        ("{x}", {"target_id": "{y}", "confidence": 2**64}, "confidence"),
+        ("{x}", {"target_id": "{y}", "colour": "red"}, "colour"),
+        ("99999999999999999999", {"target_id": "{y}"}, "threat_id"),
+    ],
+)
+def test_odd_relation_requests_are_a_400_naming_the_field(api, path_id, body, field):
+    """The two routes never answer 5xx: ids past 64 bits (PostgreSQL's bigint), wrong types, bad verbs."""
+    x, y = _threats(api, f"Odd Source {field}", f"Odd Target {field}")
+    body = {k: (y if v == "{y}" else v) for k, v in body.items()}
+    path = f"/api/v1/threats/{path_id.format(x=x)}/relations"
+    for method in ("POST", "DELETE"):
+        if method == "DELETE" and field == "confidence":
+            continue
+        response = api.client(path).open(path, method=method, json=body, headers=api.analyst)
+        assert response.status_code == 400, (method, response.status_code, response.get_data(as_text=True)[:300])
+        assert response.get_json()["error"]["details"]["field"].split(".")[0] == field, (method, response.get_json())
+
+
+@pytest.mark.parametrize("path_id", ["0", "-1", "9223372036854775807", "abc", "1.5"])
+def test_relations_of_ids_no_threat_holds_are_a_404(api, path_id):
+    (y,) = _threats(api, "Lone Target")
+    path = f"/api/v1/threats/{path_id}/relations"
+    for method in ("POST", "DELETE"):
+        response = api.client(path).open(path, method=method, json={"target_id": y}, headers=api.analyst)
+        assert response.status_code == 404, (method, path_id, response.status_code, response.get_data(as_text=True)[:300])
+    assert api.post(f"/api/v1/threats/{y}/relations", {"target_id": 2**63 - 1}).status_code == 404
+    assert api.post(f"/api/v1/threats/{y}/relations", {"target_id": -5}).status_code == 404
+
+
+def test_two_writers_racing_for_a_pairs_last_verb_make_one(api, db):
+    """A pair holding 7 verbs, two POSTs of a new verb each: the second waits for the first (the threats' row locks),
+    then sees 8 and is a 409."""
+    x, y = _threats(api, "Race Source", "Race Target")
+    for i in range(7):
+        db.execute("INSERT INTO threat_relations (source_id, target_id, type) VALUES (%s, %s, %s)", x, y, f"held-{i}")
+    outcome = {}
+
+    def relate(verb):
+        outcome[verb] = api.post(f"/api/v1/threats/{x}/relations", {"target_id": y, "type": verb}).status_code
+
+    from sqlalchemy import text
+
+    racers = [threading.Thread(target=relate, args=(verb,)) for verb in ("first-new", "second-new")]
+    with db._engine.begin() as holder:
+        holder.execute(text("SELECT 1 FROM threats WHERE id = :x FOR UPDATE"), {"x": x})
+        for count, racer in enumerate(racers, start=1):
+            racer.start()
+            _await_lock_waiters(db, count)
+    for racer in racers:
+        racer.join()
+    assert sorted(outcome.values()) == [201, 409], outcome
+    assert db.one("SELECT count(*) FROM threat_relations WHERE source_id = %s AND target_id = %s", x, y)[0] == 8
+
+
+def test_imports_relating_two_threats_both_ways_while_merging_them_both_succeed(api, db, function_client):
+    """Import A relates x -> y and import B y -> x, each merging both threats (new tags): the threat upserts' lock
+    makes them one after the other, never a deadlock."""
+    x, y = _malware(10, "Both Ways X"), _malware(11, "Both Ways Y")
+    other = function_client("iocs")
+    outcome = {}
+
+    def run(name, client, source, target):
+        merged = [{**t, "labels": [name]} for t in (x, y)]
+        body = {"format": "stix", "content": _bundle([*merged, _relationship(source, target, "cooperates-with")])}
+        response = client.post("/api/v1/iocs/import", json=body, headers=api.analyst)
+        outcome[name] = (response.status_code, response.get_json().get("threat_relations"))
+
+    run("setup", api.client("/api/v1/iocs"), x, y)
+    from sqlalchemy import text
+
+    x_id = db.one("SELECT id FROM threats WHERE name = 'Both Ways X'")[0]
+    racers = [
+        threading.Thread(target=run, args=("a", api.client("/api/v1/iocs"), x, y)),
+        threading.Thread(target=run, args=("b", other, y, x)),
+    ]
+    with db._engine.begin() as holder:
+        holder.execute(text("SELECT 1 FROM threats WHERE id = :x FOR UPDATE"), {"x": x_id})
+        for count, racer in enumerate(racers, start=1):
+            racer.start()
+            _await_lock_waiters(db, count)
+    for racer in racers:
+        racer.join()
+    assert outcome == {"setup": (200, 1), "a": (200, 1), "b": (200, 1)}
+    assert db.one("SELECT count(*) FROM threat_relations")[0] == 2
