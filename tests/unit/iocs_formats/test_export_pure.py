@@ -64,3 +64,17 @@ def test_an_export_filters_tlp_spelled_as_writes_accept_it_is_read():
     with pytest.raises(ValidationError) as refused:
         filter_from_query({"max_tlp": "purple"})
     assert refused.value.field == "max_tlp"
+
+
+@pytest.mark.parametrize(
+    "stored",
+    ["malware--00000000-0000-0000-0000-000000000015", "malware--not-a-uuid", "malware--", "malware--b42378e0f147496f992a26a49705395b-x"],
+    ids=["not-rfc-4122", "no-uuid", "empty", "trailing"],
+)
+def test_a_stored_stix_id_that_stix2_refuses_gives_way_to_the_derived_one(stored):
+    """An import keeps any `<type>--...` id a document gives a threat; stix2 refuses one whose UUID is not RFC 4122
+    (`malware--00000000-0000-0000-0000-000000000015`, a test fixture's counter), so every STIX export holding that
+    threat (an IoC linked to it) was a 500, for every reader."""
+    exported = threat_id("malware", "Counter Fixture", stored)
+    assert exported == threat_id("malware", "Counter Fixture", None)
+    assert stix2.Malware(id=exported, name="Counter Fixture", is_family=True).id == exported
