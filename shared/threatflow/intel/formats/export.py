@@ -170,9 +170,18 @@ def indicator_id(ioc_type: str, value: str) -> str:
 
 
 def threat_id(kind: str, name: str, stix_id: str | None) -> str:
-    if stix_id and stix_id.startswith(kind + "--"):
+    """The threat's stored STIX id when stix2 takes it (`<kind>--` and an RFC 4122 UUID), else one derived from its
+    kind and name: an import keeps any `<type>--...` id, and one stix2 refuses made every export holding it a 500."""
+    if stix_id and stix_id.startswith(kind + "--") and _rfc_4122(stix_id[len(kind) + 2 :]):
         return stix_id
     return f"{kind}--{uuid.uuid5(NAMESPACE, f'threat:{kind}:{name.lower()}')}"
+
+
+def _rfc_4122(text: str) -> bool:
+    try:
+        return uuid.UUID(text).variant == uuid.RFC_4122
+    except ValueError:
+        return False
 
 
 def pattern_for(ioc_type: str, value: str) -> str:
