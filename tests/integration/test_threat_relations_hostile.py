@@ -6,7 +6,7 @@ import time
 import uuid
 
 import pytest
-from helpers import IntelApi, SqlDb
+from helpers import IntelApi, SqlDb, create_user
 
 pytestmark = pytest.mark.integration
 STAMP = {"spec_version": "2.1", "created": "2026-01-01T00:00:00Z", "modified": "2026-01-01T00:00:00Z"}
@@ -30,6 +30,12 @@ def _threats(api, *names):
     return [r["id"] for r in response.get_json()["results"]]
 
 
+def _red_analyst(backend_env, function_client):
+    password = create_user(backend_env["DATABASE_URL"], "redanalyst", "analyst", clearance="red")
+    token = function_client("auth").post("/api/v1/auth/token", json={"username": "redanalyst", "password": password}).get_json()
+    return {"Authorization": f"Bearer {token['access_token']}"}
+
+
 def _await_lock_waiters(db, count):
     """Until `count` sessions of this database wait for a lock (what the race needs before it goes on)."""
     sql = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
@@ -45,7 +51,8 @@ def _bundle(objects):
 
 
 def _malware(n, name=None):
-    return {"type": "malware", "id": f"malware--{uuid.UUID(int=n + 1)}", "name": name or f"Hostile{n}", "is_family": True, **STAMP}
+    stix_id = f"malware--{uuid.uuid5(uuid.NAMESPACE_URL, f'hostile-{n}')}"
+    return {"type": "malware", "id": stix_id, "name": name or f"Hostile{n}", "is_family": True, **STAMP}
 
 
 def _relationship(source, target, verb, **extra):
@@ -155,12 +162,7 @@ def test_a_relationship_marked_above_both_its_threats_is_not_shown_to_their_read
     carried it. A relation has no TLP of its own, so one marked above the stricter of its two threats is not made
     (named in `errors`, counted in `threat_relations_cut`); one marked at or below it is, as is an unmarked one.
     The import's `tlp` marks a relationship that names none, as it marks the threats."""
-    from helpers import create_user
-
-    password = create_user(backend_env["DATABASE_URL"], "redanalyst", "analyst", clearance="red")
-    auth = function_client("auth")
-    token = auth.post("/api/v1/auth/token", json={"username": "redanalyst", "password": password}).get_json()["access_token"]
-    red_analyst = {"Authorization": f"Bearer {token}"}
+    red_analyst = _red_analyst(backend_env, function_client)
     actor, intrusion_set, malware = _malware(1, "Marked Actor"), _malware(2, "Marked Set"), _malware(3, "Marked Tool")
     secret = _relationship(intrusion_set, actor, "attributed-to", object_marking_refs=[TLP_MARKING["red"]])
     shared = _relationship(intrusion_set, malware, "uses", object_marking_refs=[TLP_MARKING["green"]])
@@ -180,7 +182,8 @@ def test_a_relationship_marked_above_both_its_threats_is_not_shown_to_their_read
     amber = "marking-definition--f88d31f6-486f-44da-b317-01333bde0b82"
     marked = [{**m, "object_marking_refs": [amber]} for m in (actor, malware)]
     again = api.post(
-        "/api/v1/iocs/import", {"format": "stix", "content": _bundle([*marked, _relationship(actor, malware, "controls")]), "tlp": "red"},
+        "/api/v1/iocs/import",
+        {"format": "stix", "content": _bundle([*marked, _relationship(actor, malware, "controls")]), "tlp": "red"},
         headers=red_analyst,
     ).get_json()
     assert (again["threat_relations"], again["threat_relations_cut"]) == (0, 1), again
@@ -285,3 +288,32 @@ def test_imports_relating_two_threats_both_ways_while_merging_them_both_succeed(
         racer.join()
     assert outcome == {"setup": (200, 1), "a": (200, 1), "b": (200, 1)}
     assert db.one("SELECT count(*) FROM threat_relations")[0] == 2
+
+
+def test_an_export_below_a_related_threats_tlp_carries_neither_it_nor_the_relation(api, backend_env, function_client):
+    """An IoC indicating an amber and a red threat related both ways: an export at amber (asked, or capped by the
+    reader's clearance) names neither the red threat nor a relationship to or from it."""
+    import json
+
+    red_analyst = _red_analyst(backend_env, function_client)
+    amber_threat = _malware(20, "Export Amber")
+    red_threat = {**_malware(21, "Export Red"), "object_marking_refs": [TLP_MARKING["red"]]}
+    indicator = {
+        "type": "indicator", "id": f"indicator--{uuid.uuid4()}", "pattern": "[domain-name:value = 'export-hub.example.net']",
+        "pattern_type": "stix", "valid_from": "2026-01-01T00:00:00Z", **STAMP,
+    }  # fmt: skip
+    objects = [amber_threat, red_threat, indicator]
+    objects += [_relationship(indicator, t, "indicates") for t in (amber_threat, red_threat)]
+    objects += [_relationship(amber_threat, red_threat, "uses"), _relationship(red_threat, amber_threat, "variant-of")]
+    body = api.post("/api/v1/iocs/import", {"format": "stix", "content": _bundle(objects)}, headers=red_analyst).get_json()
+    assert (body["threat_relations"], body["links"]) == (2, 2), body
+    everything = api.client("/api/v1/iocs").get("/api/v1/iocs/export?format=stix&max_tlp=red", headers=red_analyst).get_json()
+    assert sum(o["type"] == "relationship" and o["source_ref"].startswith("malware--") for o in everything["objects"]) == 2
+    for headers, query in ((red_analyst, "max_tlp=amber"), (api.reader, "max_tlp=red")):
+        exported = api.client("/api/v1/iocs").get(f"/api/v1/iocs/export?format=stix&{query}", headers=headers)
+        assert exported.status_code == 200, exported.get_data(as_text=True)[:300]
+        text = exported.get_data(as_text=True)
+        assert red_threat["id"] not in text and "Export Red" not in text, query
+        shown = {o["id"]: o for o in json.loads(text)["objects"]}
+        assert amber_threat["id"] in shown
+        assert not [o for o in shown.values() if o["type"] == "relationship" and o["source_ref"].startswith("malware--")], query
