@@ -4,8 +4,9 @@
 
 Loads, straight into its own PostgreSQL: --iocs domains tagged `emotet` (a threat's name on much of the
 store), one hub IoC linked to --links threats and holding --tags tags (20,000 IoCs share one of them),
-then times each route once through the gateway (gunicorn) and prints milliseconds, answer bytes and the
-flag that says the answer was cut. GET /health is the in-run baseline. tests/integration/test_bounded_work.py
+the threat Emotet related to each of those threats by two verbs and each of them to Emotet by one, then times
+each route once through the gateway (gunicorn) and prints milliseconds, answer bytes and the flag that says the
+answer was cut. GET /health is the in-run baseline. tests/integration/test_bounded_work.py
 asserts the bounds by counts; these figures are what the bounds buy on this machine.
 """
 
@@ -63,6 +64,10 @@ def main() -> None:
             conn.execute(
                 text("INSERT INTO threat_iocs (threat_id, ioc_id) SELECT id, :h FROM threats WHERE id <> :t"), {"h": hub, "t": threat}
             )
+            for relation in ("SELECT :t, id, 'uses'", "SELECT :t, id, 'drops'", "SELECT id, :t, 'attributed-to'"):
+                conn.execute(
+                    text(f"INSERT INTO threat_relations (source_id, target_id, type) {relation} FROM threats WHERE id <> :t"), {"t": threat}
+                )
         with engine.begin() as conn:
             conn.execute(text("ANALYZE"))
         print(
@@ -92,12 +97,14 @@ def main() -> None:
                 return ""
             if not isinstance(body, dict):
                 return ""
-            return " ".join(f"{k}={body[k]}" for k in ("truncated", "threats_truncated", "tags_truncated", "read") if k in body)
+            flags = ("truncated", "threats_truncated", "tags_truncated", "relations_truncated", "read")
+            return " ".join(f"{k}={body[k]}" for k in flags if k in body)
 
         cases = [
             ("baseline GET /health", "GET", "/health", None),
             ("threats of the hub", "GET", f"/api/v1/threats/by-ioc/{hub}", None),
             ("related of the hub", "GET", f"/api/v1/iocs/{hub}/related", None),
+            ("Emotet, related to the hub's", "GET", f"/api/v1/threats/{threat}", None),
             ("correlate Emotet (dry run)", "POST", "/api/v1/threats/correlate", {"threat_id": threat, "link": False}),
             ("STIX export, limit 10,000", "GET", "/api/v1/iocs/export?format=stix&limit=10000", None),
             ("STIX export of the hub", "GET", f"/api/v1/iocs/export?format=stix&ids={hub}&limit=1", None),
