@@ -553,15 +553,19 @@ def unrelate_threats(conn: Connection, *, source_id: int, target_id: int, relati
 
 
 def relations_of_threat(conn: Connection, threat_id: int, *, limit: int, visible_tlps: Sequence[str]) -> list[dict[str, Any]]:
-    """Threat-to-threat relations both ways (outgoing first), with the threat at the other end: only ends whose TLP
-    is in `visible_tlps`, at most `limit` rows (the caller asks one more to tell that there are more)."""
+    """Threat-to-threat relations both ways (outgoing first, then by the other threat's id and the verb), with the
+    threat at the other end: only ends whose TLP is in `visible_tlps`, at most `limit` rows (the caller asks one more
+    to tell that there are more). Each way is read in its index's order and stops at `limit`: ordered by verb, every
+    relation of the threat was read and sorted (300,000 of a hub threat: 730 ms a GET)."""
     rows = conn.execute(
         _text(
             "(SELECT 'out', r.type, r.confidence, r.source, t.id, t.kind, t.name FROM threat_relations r"
-            " JOIN threats t ON t.id = r.target_id WHERE r.source_id = :i AND t.tlp = ANY(CAST(:v AS text[])))"
+            " JOIN threats t ON t.id = r.target_id WHERE r.source_id = :i AND t.tlp = ANY(CAST(:v AS text[]))"
+            " ORDER BY r.target_id, r.type LIMIT :l)"
             " UNION ALL (SELECT 'in', r.type, r.confidence, r.source, t.id, t.kind, t.name FROM threat_relations r"
-            " JOIN threats t ON t.id = r.source_id WHERE r.target_id = :i AND t.tlp = ANY(CAST(:v AS text[])))"
-            " ORDER BY 1 DESC, 2, 5 LIMIT :l"
+            " JOIN threats t ON t.id = r.source_id WHERE r.target_id = :i AND t.tlp = ANY(CAST(:v AS text[]))"
+            " ORDER BY r.source_id, r.type LIMIT :l)"
+            " ORDER BY 1 DESC, 5, 2 LIMIT :l"
         ),
         {"i": threat_id, "l": limit, "v": list(visible_tlps)},
     )
