@@ -317,3 +317,25 @@ def test_an_export_below_a_related_threats_tlp_carries_neither_it_nor_the_relati
         shown = {o["id"]: o for o in json.loads(text)["objects"]}
         assert amber_threat["id"] in shown
         assert not [o for o in shown.values() if o["type"] == "relationship" and o["source_ref"].startswith("malware--")], query
+
+
+def test_an_exported_relation_between_green_threats_is_made_again_by_an_import_whose_tlp_is_amber(api, backend_env, function_client):
+    """An export's relationship between two threats carried no marking, so importing that bundle with `"tlp":
+    "amber"` (what names none is amber) marked it amber, above its green threats, and it was not made. It carries the
+    stricter of its two threats' markings, as it was shared at that level."""
+    red_analyst = _red_analyst(backend_env, function_client)
+    green = {"object_marking_refs": [TLP_MARKING["green"]]}
+    loader, payload = {**_malware(30, "Green Loader"), **green}, {**_malware(31, "Green Payload"), **green}
+    indicator = {
+        "type": "indicator", "id": f"indicator--{uuid.uuid4()}", "pattern": "[domain-name:value = 'green-loader.example.net']",
+        "pattern_type": "stix", "valid_from": "2026-01-01T00:00:00Z", **STAMP, **green,
+    }  # fmt: skip
+    objects = [loader, payload, indicator, _relationship(loader, payload, "drops")]
+    objects += [_relationship(indicator, threat, "indicates") for threat in (loader, payload)]
+    first = api.post("/api/v1/iocs/import", {"format": "stix", "content": _bundle(objects)}, headers=red_analyst).get_json()
+    assert first["threat_relations"] == 1, first
+    exported = api.client("/api/v1/iocs").get("/api/v1/iocs/export?format=stix&max_tlp=green", headers=red_analyst).get_json()
+    relationship = next(o for o in exported["objects"] if o["type"] == "relationship" and o["relationship_type"] == "drops")
+    assert relationship["object_marking_refs"] == [TLP_MARKING["green"]]
+    again = api.post("/api/v1/iocs/import", {"format": "stix", "content": exported, "tlp": "amber"}, headers=red_analyst).get_json()
+    assert (again["threat_relations"], again["threat_relations_created"], again["threat_relations_cut"]) == (1, 0, 0), again
