@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -27,6 +27,7 @@ from threatflow.iocs.search import IocFilter
 from threatflow.platform import limits
 from threatflow.platform.csvsafe import SafeCsvWriter
 from threatflow.platform.errors import ValidationError
+from threatflow.platform.vocabulary import Tlp
 from threatflow.threats import repository as threat_store
 
 if TYPE_CHECKING:
@@ -278,10 +279,12 @@ def _stix(
 
     threat_ids = sorted({int(link["threat_id"]) for link in links})
     threat_of: dict[int, str] = {}
+    tlp_of: dict[int, Tlp] = {}
     if threat_ids:
         for threat in threat_store.threats_for_export(conn, threat_ids=threat_ids, max_tlp=max_tlp):
             obj = _threat_object(threat, now=now)
             threat_of[int(threat["id"])] = obj.id
+            tlp_of[int(threat["id"])] = Tlp(threat["tlp"] or Tlp.AMBER)
             objects[obj.id] = obj
             for ttp in threat.get("ttps") or []:
                 pattern = _attack_pattern(ttp, catalog, now=now)
@@ -291,7 +294,12 @@ def _stix(
         among = threat_store.threat_relations_among(conn, list(threat_of), limit=STIX_RELATIONS_LIMIT + 1)
         links_cut = links_cut or len(among) > STIX_RELATIONS_LIMIT
         for relation in among[:STIX_RELATIONS_LIMIT]:
-            _relationship(objects, threat_of[relation["source_id"]], relation["type"], threat_of[relation["target_id"]], now=now)
+            # marked as the stricter of its threats: an import reads an unmarked one at its own tlp, perhaps above both
+            ends = (tlp_of[relation["source_id"]], tlp_of[relation["target_id"]])
+            markings = _markings(max(ends, key=lambda t: t.rank).value)
+            _relationship(
+                objects, threat_of[relation["source_id"]], relation["type"], threat_of[relation["target_id"]], now=now, markings=markings
+            )
     for link in links:
         source, target = indicator_of.get(int(link["ioc_id"])), threat_of.get(int(link["threat_id"]))
         if source and target:
@@ -306,13 +314,19 @@ def _stix(
     return bundle.serialize(pretty=False).encode(), count, links_cut
 
 
-def _relationship(objects: dict[str, Any], source: str, relation: str, target: str, *, now: datetime) -> None:
+def _relationship(objects: dict[str, Any], source: str, relation: str, target: str, *, now: datetime, markings: Sequence[str] = ()) -> None:
     import stix2
 
     rel_id = f"relationship--{uuid.uuid5(NAMESPACE, f'{source}|{relation}|{target}')}"
     if rel_id not in objects:
         objects[rel_id] = stix2.Relationship(
-            id=rel_id, source_ref=source, relationship_type=relation, target_ref=target, created=now, modified=now
+            id=rel_id,
+            source_ref=source,
+            relationship_type=relation,
+            target_ref=target,
+            created=now,
+            modified=now,
+            object_marking_refs=list(markings) or None,
         )
 
 
