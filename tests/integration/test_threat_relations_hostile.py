@@ -339,3 +339,32 @@ def test_an_exported_relation_between_green_threats_is_made_again_by_an_import_w
     assert relationship["object_marking_refs"] == [TLP_MARKING["green"]]
     again = api.post("/api/v1/iocs/import", {"format": "stix", "content": exported, "tlp": "amber"}, headers=red_analyst).get_json()
     assert (again["threat_relations"], again["threat_relations_created"], again["threat_relations_cut"]) == (1, 0, 0), again
+
+
+def test_an_amber_import_naming_a_red_threat_by_alias_relates_nothing_to_it_and_says_nothing_of_it(api, backend_env, function_client):
+    """An amber analyst's bundle names a red threat by one of its aliases (in another case), twice (two objects sharing
+    the alias merge into it), and relates those objects to its own threat both ways and to each other: no relation
+    is made, none is counted as cut (a cut would tell the pair is full), and the answer carries no id of the red
+    threat. Two refs merging into one stored threat relate nothing (no threat is related to itself)."""
+    red_analyst = _red_analyst(backend_env, function_client)
+    made = api.post(
+        "/api/v1/threats/batch",
+        {"threats": [{"kind": "malware", "name": "Crimson", "aliases": ["CrimsonAlias"], "tlp": "red"}]},
+        headers=red_analyst,
+    ).get_json()
+    red_id = made["results"][0]["id"]
+    own, alias, twin = (
+        _malware(40, "Amber Own"),
+        _malware(41, "crimsonalias"),
+        {**_malware(42, "Crimson Twin"), "aliases": ["CRIMSONALIAS"]},
+    )
+    objects = [own, alias, twin]
+    objects += [_relationship(own, alias, "uses"), _relationship(twin, own, "variant-of"), _relationship(alias, twin, "related-to")]
+    response = api.post("/api/v1/iocs/import", {"format": "stix", "content": _bundle(objects)})  # the amber analyst
+    assert response.status_code == 200, response.get_data(as_text=True)[:300]
+    body = response.get_json()
+    assert (body["threat_relations"], body["threat_relations_created"], body["threat_relations_cut"]) == (0, 0, 0), body
+    assert not [e for e in body["errors"] if "relation" in e["ref"] or "relation" in e["reason"]], body["errors"]
+    assert [t.get("id") for t in body["threats"]["results"] if t["ref"] != own["id"]] == [None, None], body["threats"]
+    seen_by_red = api.client("/api/v1/threats").get(f"/api/v1/threats/{red_id}", headers=red_analyst).get_json()
+    assert seen_by_red["relations"] == [], seen_by_red
