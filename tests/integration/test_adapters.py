@@ -253,3 +253,49 @@ def test_firestore_set_many_splits_a_batch_too_large_for_one_request(backend_env
     big = {f"d{i}": {"value": f"{i}" * 900_000} for i in range(6)}  # 5.4 MB in all, under 1 MiB each
     docs.set_many(collection, big)
     assert docs.get_many(collection, list(big)) == big
+
+
+def test_a_deadlock_postgresql_broke_is_a_dependency_error_to_retry(backend_env):
+    """Two transactions locking two rows in opposite orders: PostgreSQL aborts one (SQLSTATE 40P01) to break the
+    deadlock. That transaction did nothing wrong and succeeds when run again, so it is a DependencyError (a 503
+    with Retry-After, a message Pub/Sub delivers again), not a bug's 500 and an acked message."""
+    import threading
+
+    import sqlalchemy
+
+    from threatflow.adapters.postgres import create_engine, unavailable
+    from threatflow.platform.config import Settings
+    from threatflow.platform.errors import DependencyError
+
+    engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"], "DB_POOL_SIZE": "2"}))
+    table = f"deadlock_{uuid.uuid4().hex[:8]}"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE TABLE {table} (id int PRIMARY KEY)")
+        conn.exec_driver_sql(f"INSERT INTO {table} VALUES (1), (2)")
+    both_hold = threading.Barrier(2, timeout=10)
+    failures: list[BaseException] = []
+
+    def lock(first: int, second: int) -> None:
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql("SET LOCAL deadlock_timeout = '100ms'")
+                conn.execute(sqlalchemy.text(f"SELECT 1 FROM {table} WHERE id = :i FOR UPDATE"), {"i": first})
+                both_hold.wait()
+                conn.execute(sqlalchemy.text(f"SELECT 1 FROM {table} WHERE id = :i FOR UPDATE"), {"i": second})
+        except Exception as exc:
+            failures.append(exc)
+
+    try:
+        threads = [threading.Thread(target=lock, args=pair) for pair in ((1, 2), (2, 1))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        [failure] = failures  # PostgreSQL aborted exactly one of them
+        error = unavailable(failure)
+        assert isinstance(error, DependencyError), (failure, error)
+        assert "deadlock" in error.message and error.retry_after is not None
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+        engine.dispose()
