@@ -239,7 +239,8 @@ def unavailable(exc: BaseException) -> DependencyError | None:
     """PostgreSQL unreachable, refusing connections or shutting down: a 503 naming it, not a 500.
 
     Connection-level failures only (OperationalError/InterfaceError, a pool
-    timeout, a connection invalidated mid-query); a bad query stays a bug."""
+    timeout, a connection invalidated mid-query), a statement cancelled at its timeout, and a transaction aborted
+    for racing another (deadlock, serialization failure); a bad query stays a bug."""
     import sqlalchemy.exc
 
     seen: BaseException | None = exc
@@ -252,11 +253,26 @@ def unavailable(exc: BaseException) -> DependencyError | None:
             return DependencyError("PostgreSQL did not answer within DB_TIMEOUT_SECONDS; retry later", retry_after=5)
         if isinstance(seen, sqlalchemy.exc.DBAPIError) and _cancelled(seen.orig):
             return DependencyError("PostgreSQL cancelled a statement past its time (statement_timeout); retry later", retry_after=5)
+        lost_race = _RETRY_SQLSTATES.get(_sqlstate(seen.orig) or "") if isinstance(seen, sqlalchemy.exc.DBAPIError) else None
+        if lost_race:  # the transaction lost a race, not a bug: run again, it succeeds (writes lock in id order to make it rare)
+            return DependencyError(f"PostgreSQL {lost_race}; retry", retry_after=1)
         seen = seen.__cause__ or seen.__context__
     return None
 
 
+# SQLSTATEs of a transaction PostgreSQL aborted for racing another one: the same work succeeds when run again.
+_RETRY_SQLSTATES = {
+    "40P01": "aborted the transaction to break a deadlock",
+    "40001": "aborted the transaction on a serialization failure",
+}
+
+
+def _sqlstate(exc: BaseException | None) -> str | None:
+    """The SQLSTATE of pg8000's error for what PostgreSQL answered (its first argument: the server's fields)."""
+    detail = exc.args[0] if exc is not None and exc.args else None
+    return str(detail.get("C")) if isinstance(detail, dict) and detail.get("C") is not None else None
+
+
 def _cancelled(exc: BaseException | None) -> bool:
     """pg8000's error for a statement PostgreSQL cancelled at its statement_timeout (SQLSTATE 57014)."""
-    detail = exc.args[0] if exc is not None and exc.args else None
-    return isinstance(detail, dict) and detail.get("C") == "57014"
+    return _sqlstate(exc) == "57014"
