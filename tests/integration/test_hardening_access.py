@@ -550,3 +550,48 @@ def test_a_threat_upsert_merged_into_a_threat_above_the_writers_clearance_answer
     # Still merged: those cleared for red see the sighting's lists.
     stored = threats.get(f"/api/v1/threats/{red_id}", headers=writer).get_json()
     assert "other-tag" in stored["tags"] and stored["kind"] == "malware"
+
+
+def test_a_stix_link_or_relation_marked_above_both_its_ends_is_not_made(marked):
+    """A STIX relationship's own marking: `indicates` or `resolves-to` marked TLP:RED between amber objects says
+    the tie itself is red. A link or relation has no TLP of its own and shows to whoever reads both ends, so it was
+    stored and every amber reader saw the red fact (GET /related, /threats/by-ioc, exports). It is not made, and
+    the import names it in `errors`; an amber-marked one between the same objects is made."""
+    iocs, threats, writer, reader = marked["iocs"], marked["threats"], marked["writer"], marked["reader"]
+    red = "marking-definition--5e57c739-391a-4eb3-b6be-7d15ca92d5ed"
+    amber = "marking-definition--f88d31f6-486f-44da-b317-01333bde0b82"
+
+    def sdo(kind, n, **fields):
+        stamp = {"created": "2024-01-01T00:00:00Z", "modified": "2024-01-01T00:00:00Z"}
+        return {"type": kind, "spec_version": "2.1", "id": f"{kind}--{n:08d}-0000-4000-8000-00000000ab01", **stamp, **fields}
+
+    def indicator(n, value, kind="domain-name"):
+        pattern = f"[{kind}:value = '{value}']"
+        return sdo("indicator", n, pattern_type="stix", valid_from="2024-01-01T00:00:00Z", pattern=pattern, object_marking_refs=[amber])
+
+    def rel(n, verb, source, target, marking):
+        return sdo(
+            "relationship", n, relationship_type=verb, source_ref=source["id"], target_ref=target["id"], object_marking_refs=[marking]
+        )
+
+    domain, address = indicator(1, "redtie.tlp-test.com"), indicator(2, "198.51.100.77", "ipv4-addr")
+    family = sdo("malware", 3, name="AmberTieFamily", is_family=True, object_marking_refs=[amber])
+    other = sdo("malware", 4, name="AmberPlainFamily", is_family=True, object_marking_refs=[amber])
+    red_ties = [rel(5, "indicates", domain, family, red), rel(6, "resolves-to", domain, address, red)]
+    amber_ties = [rel(7, "indicates", address, other, amber)]
+    bundle = {
+        "type": "bundle",
+        "id": "bundle--00000009-0000-4000-8000-00000000ab01",
+        "objects": [domain, address, family, other, *red_ties, *amber_ties],
+    }
+    response = iocs.post("/api/v1/iocs/import", json={"format": "stix", "content": bundle}, headers=writer)
+    assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    result = response.get_json()
+    assert (result["links"], result["relations"]) == (1, 0), result
+    assert {e["ref"] for e in result["errors"]} >= {t["id"] for t in red_ties}, result["errors"]
+
+    by_value = {r["value"]: r["id"] for r in result["iocs"]["results"]}
+    related = iocs.get(f"/api/v1/iocs/{by_value['redtie.tlp-test.com']}/related", headers=reader).get_json()
+    assert related["relations"] == [] and related["threats"] == [], related
+    linked = threats.get(f"/api/v1/threats/by-ioc/{by_value['198.51.100.77']}", headers=reader).get_json()["threats"]
+    assert [t["name"] for t in linked] == ["AmberPlainFamily"]
