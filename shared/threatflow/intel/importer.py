@@ -128,6 +128,12 @@ def apply_import(
     links = links_cut = 0
     threats_of: dict[int, set[int]] = {}  # ioc id -> the threats this import links it to
     to_link: dict[tuple[int, str], dict[int, None]] = {}  # (threat id, relation) -> ioc ids, in document order
+    # A link or relation has no TLP of its own: whoever reads both ends reads it. One the document marks above the
+    # stricter of its two ends (a TLP:RED `indicates` between amber objects) is not made: every amber reader saw it.
+    marked = [*(link.tlp for link in parsed.links), *(relation.tlp for relation in parsed.relations)]
+    ioc_tlps = ioc_repository.tlps_of(conn, [i for ids in ioc_ids.values() for i in ids]) if any(marked) else {}
+    threat_tlps = threat_store.tlp_of_threats(conn, list(threat_ids.values())) if any(link.tlp for link in parsed.links) else {}
+    above_ends: dict[str, None] = {}  # refs of links and relations marked above their ends, in document order
     for link in parsed.links:
         threat_id = threat_ids.get(link.threat_ref)
         if threat_id is None:
@@ -136,6 +142,10 @@ def apply_import(
             iocs_of = to_link.setdefault((threat_id, link.relation), {})
             if ioc_id in iocs_of:
                 continue  # the same link named twice
+            if _above(link.tlp, ioc_tlps.get(ioc_id), threat_tlps.get(threat_id)):
+                above_ends[link.ref or "links"] = None
+                links_cut += 1
+                continue
             linked = threats_of.setdefault(ioc_id, set())
             if links >= MAX_LINKS_PER_IMPORT or (threat_id not in linked and len(linked) >= MAX_THREATS_PER_IOC):
                 links_cut += 1
@@ -163,12 +173,16 @@ def apply_import(
         sources, targets = ioc_ids.get(relation.source_ref, []), ioc_ids.get(relation.target_ref, [])
         wanted = len(sources) * len(targets) - len(set(sources) & set(targets))  # counted, never enumerated
         room = max(0, MAX_RELATIONS_PER_IMPORT - relations)
-        pairs = list(itertools.islice(((s, t) for s in sources for t in targets if s != t), room))
+        allowed = ((s, t) for s in sources for t in targets if s != t and not _above(relation.tlp, ioc_tlps.get(s), ioc_tlps.get(t)))
+        pairs = list(itertools.islice(allowed, room))
+        if relation.tlp and len(pairs) < min(wanted, room):
+            above_ends[relation.ref or "relations"] = None
         relations_cut += wanted - len(pairs)
         relations += len(pairs)
         relations_created += intel_repository.add_ioc_relations(conn, pairs, type=relation.type, source=source_default)
     if relations_cut:
         errors.append(ItemError("relations", f"{relations_cut} IoC relations not created: at most {MAX_RELATIONS_PER_IMPORT} per import"))
+    errors.extend(ItemError(ref, "marked above both its ends: not made, their readers would see it") for ref in above_ends)
     threat_relations, threat_relations_created, threat_relations_cut, above_their_threats = _relate_threats(
         conn, parsed.threat_relations, threat_ids=threat_ids, source=source_default
     )
@@ -265,6 +279,13 @@ def _relate_threats(
         chosen[key] = None
     related = threat_store.relate_threats(conn, list(chosen), source=source)
     return len(related.made), len(related.new), cut + len(chosen) - len(related.made) + len(above), above
+
+
+def _above(marking: str | None, *ends: str | None) -> bool:
+    """Whether a link's or relation's own marking is above the stricter of its two stored ends' TLPs."""
+    if not marking or None in ends:
+        return False
+    return Tlp(marking).rank > max(Tlp(end).rank for end in ends if end is not None)
 
 
 def _strictest_tlp_across_chunks(iocs: Sequence[ParsedIoc]) -> None:

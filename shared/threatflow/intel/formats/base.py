@@ -55,6 +55,8 @@ class Link:
     ioc_ref: str
     threat_ref: str
     relation: str = "indicates"
+    tlp: str | None = None  # its own marking (a STIX relationship's or sighting's): none is kept above both its ends'
+    ref: str | None = None  # the document's object that says it, to name in an error
 
 
 @dataclass(frozen=True)

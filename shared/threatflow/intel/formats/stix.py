@@ -128,7 +128,7 @@ def parse(content: Any) -> ParsedImport:
 
     for obj_id, (_, obj) in by_id.items():
         if obj.get("type") == "sighting" and obj.get("revoked") is not True:
-            _sighting(out, obj, threat_refs=threat_refs, ioc_refs=ioc_refs)
+            _sighting(out, obj, threat_refs=threat_refs, ioc_refs=ioc_refs, tlp_of=tlp_of)
         elif obj.get("type") == "domain-name" and obj_id in ioc_refs and isinstance(obj.get("resolves_to_refs"), list):
             # the name resolved to these addresses (or names): MISP's domain|ip and domain-ip in STIX 2.1
             targets = [ref for ref in obj["resolves_to_refs"] if isinstance(ref, str) and ref in ioc_refs and ref != obj_id]
@@ -144,11 +144,12 @@ def parse(content: Any) -> ParsedImport:
         if not isinstance(source, str) or not isinstance(target, str):
             out.error(obj_id, f"{where}: a relationship needs source_ref and target_ref")
         elif source in ioc_refs and target in threat_refs:
-            out.links.append(Link(source, target, "indicates" if rel == "indicates" else rel))
+            out.links.append(Link(source, target, "indicates" if rel == "indicates" else rel, _tlp(obj, tlp_of), obj_id))
         elif source in threat_refs and target in ioc_refs:
-            out.links.append(Link(target, source, rel))
+            out.links.append(Link(target, source, rel, _tlp(obj, tlp_of), obj_id))
         elif source in ioc_refs and target in ioc_refs:
-            out.relations.append(Relation(source, target, rel if rel in RELATION_TYPES else "related-to"))
+            verb = rel if rel in RELATION_TYPES else "related-to"
+            out.relations.append(Relation(source, target, verb, _tlp(obj, tlp_of), obj_id))
         elif source in threat_refs and target in threat_refs and source != target:
             # an intrusion set uses a malware, a campaign is attributed-to an actor: kept by its own verb when tidy
             try:
@@ -175,7 +176,7 @@ def parse(content: Any) -> ParsedImport:
     return out.build()
 
 
-def _sighting(out: Builder, obj: dict[str, Any], *, threat_refs: set[str], ioc_refs: set[str]) -> None:
+def _sighting(out: Builder, obj: dict[str, Any], *, threat_refs: set[str], ioc_refs: set[str], tlp_of: dict[str, str]) -> None:
     """A sighting of a threat whose observed data hold IoCs: what was seen is that threat (OASIS's
     sighting-of-observed-data idiom), so each such IoC is linked to it as `sighted-as`. Any other sighting is
     counted in `skipped` (a sighting of an indicator says it was seen, not what it is)."""
@@ -185,7 +186,8 @@ def _sighting(out: Builder, obj: dict[str, Any], *, threat_refs: set[str], ioc_r
     if not isinstance(threat, str) or threat not in threat_refs or not observed:
         out.skip("sighting")
         return
-    out.links.extend(Link(ref, threat, "sighted-as") for ref in dict.fromkeys(observed))
+    marking = _tlp(obj, tlp_of)
+    out.links.extend(Link(ref, threat, "sighted-as", marking, obj.get("id")) for ref in dict.fromkeys(observed))
 
 
 # -- the document --------------------------------------------------------------------------
