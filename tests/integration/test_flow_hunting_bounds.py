@@ -48,3 +48,32 @@ def test_byte_counts_past_bigint_when_summed_keep_the_rollups_refreshing_and_ans
     assert answer.status_code == 200, answer.get_data(as_text=True)[:300]
     tcp = [p for p in answer.get_json()["protocols"] if p["proto"] == "tcp"]
     assert tcp and tcp[0]["sbytes"] == 4 * 2**62 and tcp[0]["bytes"] == 8 * 2**62, tcp
+
+
+def test_the_bridge_reads_the_ipv4_address_an_ipv6_source_carries(api, function_client, backend_env):
+    """64:ff9b::a00:1 is 10.0.0.1 through NAT64 and 2002:c0a8:101::1 is 192.168.1.1 through 6to4; Python counts
+    both global, so the bridge queued them for enrichment and sent internal addresses to AbuseIPDB and OTX (GET
+    /detect/intel refuses exactly these). And NAT64 spellings of loopback, multicast and the metadata server became
+    IoCs, which their IPv4 spellings never do. A public address spelled through NAT64 is still bridged and enriched."""
+    from flows_support import sql_scalar
+
+    from threatflow.adapters.postgres import create_engine, unit_of_work
+    from threatflow.platform.config import Settings
+
+    engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
+    with unit_of_work(engine) as conn:  # this hour's budget, whatever earlier tests spent
+        conn.exec_driver_sql("DELETE FROM flow_bridge_enrichment")
+    engine.dispose()
+    bridging = function_client("flows", FLOWS_BRIDGE_THRESHOLD="0.05", FLOWS_BRIDGE_ENRICH_PER_HOUR="1000")
+    attacks = [f for f in json_flows(600, seed=41) if f["label"] == 1][:4]
+    internal = ("64:ff9b::a00:1", "2002:c0a8:101::1", "::ffff:0:a00:2")  # 10.0.0.1, 192.168.1.1, 10.0.0.2 (SIIT)
+    no_host = ("64:ff9b::7f00:1", "64:ff9b::e000:1", "64:ff9b::a9fe:a9fe")  # 127.0.0.1, 224.0.0.1, 169.254.169.254
+    public = "64:ff9b::2d92:a709"  # 45.146.167.9
+    flows = [{**flow, "srcip": ip} for ip in (*internal, *no_host, public) for flow in attacks]
+    response = bridging.post("/api/v1/flows/batch", json={"flows": flows}, headers=api.headers["analyst"])
+    assert response.status_code == 200, response.get_data(as_text=True)[:300]
+    bridged = response.get_json()["bridge"]
+    assert bridged["iocs_created"] == len(internal) + 1, bridged  # internal hosts are IoCs, as 10.0.0.1 itself is
+    assert bridged["enrichment_requested"] == 1 and bridged["enrichment_over_budget"] == 0, bridged  # the public one only
+    values = ", ".join(f"'{ip}'" for ip in no_host)
+    assert sql_scalar(backend_env["DATABASE_URL"], f"SELECT count(*) FROM iocs WHERE value IN ({values})") == 0
