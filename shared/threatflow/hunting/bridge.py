@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from threatflow.auth import clearance as tlp_clearance
 from threatflow.enrichment import tasks as enrichment_tasks
 from threatflow.flows.repository import StoredEvent
+from threatflow.intel import enrichment as intel_enrichment
 from threatflow.iocs import repository as ioc_repository
 from threatflow.iocs import service as ioc_service
 from threatflow.iocs.model import DecayPolicy
@@ -90,11 +91,23 @@ class BridgeResult:
 def names_a_host(address: str) -> bool:
     """Whether a flow's source address can be an attacker's: not unspecified (0.0.0.0, a DHCP discover),
     loopback, multicast, link-local (169.254.169.254 is the cloud metadata server) or IPv4 reserved
-    (240/4, the broadcast address). Those became IoCs of severity high, and so blocklist entries."""
+    (240/4, the broadcast address). Those became IoCs of severity high, and so blocklist entries.
+    An IPv6 address carrying an IPv4 one (NAT64, 6to4, ...: intel.enrichment.carried_ipv4) is judged by both:
+    64:ff9b::7f00:1 is 127.0.0.1."""
     ip = ipaddress.ip_address(address)
-    if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_link_local:
-        return False
-    return not (ip.version == 4 and ip.is_reserved)
+    carried = intel_enrichment.carried_ipv4(ip)
+    for one in (ip,) if carried is None else (ip, carried):
+        if one.is_unspecified or one.is_loopback or one.is_multicast or one.is_link_local or (one.version == 4 and one.is_reserved):
+            return False
+    return True
+
+
+def is_public(address: str) -> bool:
+    """Whether intel sources may be asked about an address: global, and so is the IPv4 address it carries
+    (64:ff9b::a00:1 is 10.0.0.1, which Python counts global in its NAT64 spelling), as GET /detect/intel decides."""
+    ip = ipaddress.ip_address(address)
+    carried = intel_enrichment.carried_ipv4(ip)
+    return ip.is_global and (carried is None or carried.is_global)
 
 
 def attack_sources(new_events: Sequence[StoredEvent], *, threshold: float) -> list[_Source]:
@@ -172,7 +185,7 @@ def upsert_attack_sources(
             "first_flow_at": source.first_seen.isoformat(),
         }
         sightings.append((int(result["id"]), source.last_seen, SIGHTING_SOURCE, context))
-        if result["status"] == "created" and ipaddress.ip_address(source.address).is_global:
+        if result["status"] == "created" and is_public(source.address):
             to_enrich.append(
                 EnrichmentRequest(int(result["id"]), str(result["type"]), str(result["value"]), source.max_probability, source.flows)
             )
