@@ -77,3 +77,31 @@ def test_the_bridge_reads_the_ipv4_address_an_ipv6_source_carries(api, function_
     assert bridged["enrichment_requested"] == 1 and bridged["enrichment_over_budget"] == 0, bridged  # the public one only
     values = ", ".join(f"'{ip}'" for ip in no_host)
     assert sql_scalar(backend_env["DATABASE_URL"], f"SELECT count(*) FROM iocs WHERE value IN ({values})") == 0
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/events/search?srcip=175.45.176.1&srcip=175.45.176.2",
+        "/api/v1/events/search?limit=5&limit=1000",
+        "/api/v1/events/timeline?srcip=175.45.176.1&srcip=175.45.176.2",
+        "/api/v1/events/hosts/175.45.176.1?to=2026-11-20T00:00:00Z&to=2026-11-21T00:00:00Z",
+        "/api/v1/events/top/attack-categories?limit=5&limit=x",
+        "/api/v1/events/stats/bytes-by-proto?to=2026-11-01T00:00:00Z&to=2026-11-02T00:00:00Z",
+    ],
+)
+def test_a_hunting_query_parameter_given_twice_is_a_400_naming_it(api, path):
+    """Each route reads one value of a parameter: of srcip=a&srcip=b the first was answered, silently, so a hunter
+    asking for two addresses got one address's events and no word that the other was dropped."""
+    response = api.get(path)
+    assert response.status_code == 400, (path, response.status_code, response.get_data(as_text=True)[:200])
+    name = path.split("?")[1].split("=")[0]
+    assert response.get_json()["error"]["details"]["field"] == name, response.get_json()
+
+
+def test_detect_refuses_a_query_parameter_given_twice(api):
+    flow = {k: v for k, v in json_flows(1, seed=72)[0].items() if k not in ("stime", "ltime")}
+    for query in ("explain=true&explain=false", "top=1&top=41"):
+        response = api.detect.post(f"/api/v1/detect?{query}", json={"flow": flow}, headers=api.reader)
+        assert response.status_code == 400, (query, response.get_data(as_text=True)[:200])
+        assert response.get_json()["error"]["details"]["field"] == query.split("=")[0]

@@ -74,7 +74,8 @@ def test_no_route_answers_5xx_or_non_json_errors(function_client, backend_env, f
     fuzz()
     print(
         f"{function}: {tally.requests} fuzzed requests, {len(tally.server_errors)} 5xx, {len(tally.not_json)} non-JSON errors,"
-        f" {len(tally.missing)} 503s naming unconfigured reference data"
+        f" {len(tally.missing)} 503s naming unconfigured reference data;"
+        f" flow-scoring routes by status: {dict(sorted(tally.scored.items()))}"
     )
     assert tally.server_errors == [], "\n".join(tally.server_errors[:10])
     # A refused token would leave every handler behind authentication unexercised, and the test would still pass.
