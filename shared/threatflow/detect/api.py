@@ -57,6 +57,7 @@ def build_router(runtime: Runtime) -> Router:
         return value in ("true", "1")
 
     def score(request: Request, flows: list[Any]) -> list[dict[str, Any]]:
+        request.refuse_repeated()
         explain = explain_wanted(request)
         if explain and len(flows) > MAX_EXPLAIN_BATCH:
             raise ValidationError(f"explain=true takes at most {MAX_EXPLAIN_BATCH} flows per request", field="explain")

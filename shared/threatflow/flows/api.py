@@ -247,6 +247,7 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("GET", "/api/v1/events/search", role=Role.READER)
     def search_events(request: Request) -> Response:
+        request.refuse_repeated()
         use_cache = cache().enabled()
         now = runtime.clock.now()
         query = None
@@ -279,6 +280,7 @@ def build_router(runtime: Runtime) -> Router:
         return search.parse_window(request.query, now=runtime.clock.now(), default=default, maximum=maximum)
 
     def only(request: Request, *allowed: str) -> None:
+        request.refuse_repeated()
         unknown = sorted(set(request.query) - set(allowed))
         if unknown:
             raise ValidationError(f"unknown query parameter {unknown[0]!r}; known: {', '.join(allowed)}", field=unknown[0])

@@ -65,6 +65,17 @@ class Request:
         limits.check_raw_json(self.body)
         return decode_json(self.body) if self.body else None
 
+    def refuse_repeated(self) -> None:
+        """A 400 naming the first query parameter given more than once. For routes that read one value of each: of
+        `srcip=a&srcip=b` the first was answered, silently. (Routes that take a list, such as export's `ids`, read
+        every value and do not call this.)"""
+        values_of = getattr(self.query, "getlist", None)  # werkzeug's MultiDict; a plain mapping holds one value each
+        if values_of is None:
+            return
+        for name in self.query:
+            if len(values_of(name)) > 1:
+                raise ValidationError(f"query parameter {name!r} is given more than once; give it once", field=name)
+
     def query_int(self, name: str, default: int, *, minimum: int = 0, maximum: int | None = limits.INT64_MAX) -> int:
         text = self.query.get(name)
         if text is None or text == "":
