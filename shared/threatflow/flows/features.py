@@ -128,6 +128,9 @@ KNOWN_FIELDS: frozenset[str] = frozenset(FEATURE_COLUMNS) | frozenset(PASSTHROUG
 # are not looked at one by one (each unknown one was a problem: 16 s and 825 MB for a 33 MB body of one flow).
 MAX_FLOW_FIELDS = 64
 COLUMNAR_MIN = 2  # a single flow is quicker through the per-field checker than set up as columns
+# Field errors a batch keeps one by one; past them a bad flow is one error naming how many it has. 10,000 flows of 64
+# unknown fields made 1,050,000 errors, every one kept though the answers list 1,000: 1.9 s and +140 MB a request.
+MAX_FIELD_ERRORS = 10_000
 MAX_CATEGORY_LENGTH = 32
 
 
@@ -275,7 +278,15 @@ def _validate_each(flows: Sequence[Any]) -> tuple[list[dict[str, Any]], list[Fie
     errors: list[FieldError] = []
     clean: list[dict[str, Any]] = []
     for index, flow in enumerate(flows):
-        result = validate_flow(index, flow, errors)
+        if len(errors) < MAX_FIELD_ERRORS:
+            result = validate_flow(index, flow, errors)
+        else:  # every bad flow is still named (skip_invalid drops exactly those), in one error
+            own: list[FieldError] = []
+            result = validate_flow(index, flow, own)
+            if own:
+                listed = f"fields are listed one by one up to {MAX_FIELD_ERRORS:,} a batch"
+                reason = f"{len(own)} invalid fields, first: {own[0].reason} ({listed})"
+                errors.append(FieldError(index, own[0].field, reason))
         if result is not None:
             clean.append(result)
     return clean, errors
