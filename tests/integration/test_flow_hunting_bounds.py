@@ -105,3 +105,14 @@ def test_detect_refuses_a_query_parameter_given_twice(api):
         response = api.detect.post(f"/api/v1/detect?{query}", json={"flow": flow}, headers=api.reader)
         assert response.status_code == 400, (query, response.get_data(as_text=True)[:200])
         assert response.get_json()["error"]["details"]["field"] == query.split("=")[0]
+
+
+@pytest.mark.parametrize("value", ["%EF%BC%95", "1_0", "%2B5", "%205", "%D9%A5"])  # fullwidth 5, 1_0, +5, " 5", Arabic-Indic 5
+def test_an_integer_query_parameter_is_ascii_digits_as_the_search_limit_is(api, value):
+    """The search's limit refuses what int() alone would read ("²" was a 500, "１０" a page of 10); the roll-ups'
+    limit and /detect's top went through int() and took a fullwidth or Arabic-Indic digit, 1_0 or +5 as a number."""
+    rollup = api.get(f"/api/v1/events/top/attack-categories?limit={value}")
+    assert rollup.status_code == 400 and rollup.get_json()["error"]["details"]["field"] == "limit", rollup.get_data(as_text=True)[:200]
+    flow = {k: v for k, v in json_flows(1, seed=73)[0].items() if k not in ("stime", "ltime")}
+    detect = api.detect.post(f"/api/v1/detect?top={value}", json={"flow": flow}, headers=api.reader)
+    assert detect.status_code == 400 and detect.get_json()["error"]["details"]["field"] == "top", detect.get_data(as_text=True)[:200]
