@@ -47,6 +47,7 @@ _PARAM_REGEX = {None: "[^/]+", "path": ".+", "int": "[0-9]+"}
 _MSGSPEC_PATH = re.compile(r"at `\$((?:\.[^.`\[]+|\[\d+\])+)`")
 _MSGSPEC_MISSING = re.compile(r"(?:missing required|contains unknown) field `([^`]+)`")
 _CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Request-Id"
+_INTEGER = re.compile(r"-?[0-9]+")
 
 
 @dataclass
@@ -80,9 +81,12 @@ class Request:
         text = self.query.get(name)
         if text is None or text == "":
             return default
+        # ASCII digits only, as the events search's limit: int() also reads "１０", "٥", "1_0", "+5" and " 5".
+        if not _INTEGER.fullmatch(text):
+            raise ValidationError(f"query parameter {name!r} must be an integer", field=name)
         try:
             value = int(text)
-        except ValueError:
+        except ValueError:  # past int()'s 4,300 digits
             raise ValidationError(f"query parameter {name!r} must be an integer", field=name) from None
         if value < minimum or (maximum is not None and value > maximum):
             bound = f" and at most {maximum}" if maximum is not None else ""
