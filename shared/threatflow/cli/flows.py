@@ -220,7 +220,7 @@ def newest_time(path: Path, *, now: float | None = None) -> float | None:
     newest: float | None = None
     newest_ahead: float | None = None
     with path.open("rb") as raw:
-        for _number, flow in ingest.read_csv(ingest.open_text(raw), typed=False):
+        for _number, flow in ingest.read_csv(ingest.lines_within(ingest.open_text(raw)), typed=False):
             for name in TIME_FIELDS:
                 at = _epoch(flow.get(name))
                 if at is None:
@@ -294,7 +294,7 @@ def load_file(
     with path.open("rb") as raw:
         # Cells go as text: the API parses and validates each flow once, skips the invalid ones
         # (skip_invalid) and lists them, so the client does no second validation.
-        rows = ingest.read_csv(ingest.open_text(raw), skip_rows=skip, typed=False)
+        rows = ingest.read_csv(ingest.lines_within(ingest.open_text(raw)), skip_rows=skip, typed=False)
         pending: deque[tuple[list[int], Future[tuple[int, Any]]]] = deque()
 
         def read_bytes() -> int:

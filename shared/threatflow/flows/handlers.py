@@ -96,7 +96,7 @@ JOB_ID = re.compile(r"^[0-9a-f]{32}$")  # what POST /api/v1/flows/uploads makes 
 CONTINUATION_TOKEN = re.compile(r"^[0-9a-f]{32}$")  # what continue_job makes (uuid4().hex)
 # Bounds on one upload's decompressed text. The official UNSW-NB15 files are ~2.5 M rows of
 # ~250 characters and at most 49 columns (partitioned: 45); these leave ample room for them.
-MAX_LINE_CHARS = 16_384
+MAX_LINE_CHARS = ingest.MAX_LINE_CHARS
 MAX_LINES = 10_000_000
 MAX_TEXT_CHARS = 2 * 1024**3
 MAX_COLUMNS = 64
@@ -519,7 +519,7 @@ def run_job(
     try:
         with blobs.open_read(bucket, name, generation=info.generation) as stream:
             text = ingest.open_text(stream)
-            rows = bounded_rows(ingest.read_csv(bounded_lines(text), skip_rows=progress["rows_done"]))  # type: ignore[arg-type]
+            rows = bounded_rows(ingest.read_csv(bounded_lines(text), skip_rows=progress["rows_done"]))
             flows: list[dict[str, Any]] = []
             positions: list[int] = []
 

@@ -22,7 +22,7 @@ import io
 import ipaddress
 import struct
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import chain
@@ -540,6 +540,22 @@ def open_text(stream: IO[bytes]) -> io.TextIOWrapper:
     return io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
 
 
+# A UNSW-NB15 line is ~250 characters; csv builds every cell of a line, so a 500 MB line of cells took gigabytes.
+# The flow-ingest worker bounds its uploads' lines at this too (flows/handlers.py), and `flows load` reads through lines_within.
+MAX_LINE_CHARS = 16_384
+
+
+def lines_within(text: IO[str], *, max_chars: int = MAX_LINE_CHARS) -> Iterator[str]:
+    """The lines of `text`, never reading more than max_chars + 1 characters at once; a longer line is a ValueError
+    naming it (before csv parses it)."""
+    number = 0
+    while line := text.readline(max_chars + 1):
+        number += 1
+        if len(line) > max_chars:
+            raise ValueError(f"line {number} is longer than {max_chars:,} characters; not a UNSW-NB15 CSV")
+        yield line
+
+
 def _value(name: str, text: str) -> Any:
     """CSV cells to JSON-like values: numbers where the cell is numeric, text otherwise.
     Empty cells stay absent-like (None) so validation names them; never 0."""
@@ -558,7 +574,7 @@ def _value(name: str, text: str) -> Any:
         return value  # validation reports it as non-numeric, naming the field
 
 
-def read_csv(text: IO[str], *, skip_rows: int = 0, typed: bool = True) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_csv(text: Iterable[str], *, skip_rows: int = 0, typed: bool = True) -> Iterator[tuple[int, dict[str, Any]]]:
     """(row number, flow) from a partitioned (header) or raw (49 columns, no header) UNSW CSV.
 
     Row numbers count data rows from 0, so a resume can skip exactly what was done.
