@@ -584,6 +584,8 @@ def read_csv(text: Iterable[str], *, skip_rows: int = 0, typed: bool = True) -> 
     """
     reader = csv.reader(text)
     first = next(reader, None)
+    while first is not None and not "".join(first).strip():  # blank lines before the header or first row (a file was refused)
+        first = next(reader, None)
     if first is None:
         return
     names = [c.strip() for c in first]
