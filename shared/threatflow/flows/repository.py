@@ -639,7 +639,7 @@ def bytes_by_proto(
 ) -> list[dict[str, Any]]:
     rows = _deadline(deadline, "roll-up").execute(
         conn,
-        # Byte sums stay numeric (migration 0011): two flows may carry more bytes than a bigint holds.
+        # Byte sums stay numeric (migration 0012): two flows may carry more bytes than a bigint holds.
         "SELECT proto, sum(events)::bigint, sum(sbytes), sum(dbytes), sum(attack_events)::bigint"
         " FROM flow_bytes_by_proto_hourly"
         " WHERE hour >= date_trunc('hour', CAST(:start AS timestamptz)) AND hour < :end"
