@@ -5,6 +5,8 @@ or `running` for ever, and GET /api/v1/iocs/import/{id} said so to the user poll
 
 from __future__ import annotations
 
+import contextlib
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -133,3 +135,82 @@ def test_a_delivery_of_a_failed_jobs_message_is_acked_and_runs_nothing(env, func
     response = function_client("ioc-import").post("/", json=push_envelope({"job_id": job_id}, {"job_id": job_id}, "ioc-import-push"))
     assert response.status_code == 200, response.get_data(as_text=True)[:300]
     assert env["docs"].get(importer.IMPORT_JOBS, job_id) == failed
+
+
+class _Hooked:
+    """The real document store, with `before(method, args)` called before each call is passed on: how the test lands
+    one party's write between another's read and write, on one thread."""
+
+    def __init__(self, docs: Any, before: Any) -> None:
+        self._docs, self._before = docs, before
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._docs, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._before(name, args)
+            return method(*args, **kwargs)
+
+        return call
+
+
+def test_a_delivery_that_read_the_job_before_the_sweep_failed_it_does_not_run_it(env, backend_env):
+    """The sweep reads the job and finds no lease; a delivery (a late one: a replayed dead letter, a backlog) then
+    takes the lease and reads the job, still queued; the sweep fails it (its compare-and-set: nothing wrote the job
+    since its read); the delivery then wrote `running` over `failed` and ran the import the user had been told to
+    make again (GET /import said failed: "import the document again"). The delivery's start is a compare-and-set on
+    the job it read under the lease, so it finds the job failed and leaves it."""
+    from helpers import create_user
+
+    from threatflow.intel import importer, stalled_imports
+    from threatflow.runtime import Runtime
+
+    docs = env["docs"]
+    create_user(backend_env["DATABASE_URL"], "analyst1", "analyst")
+    job_id = _job(docs, created=_ago(hours=3), started_at=_ago(hours=2), attempts=5, last_error="DependencyError: x")
+    runtime = Runtime.from_env()
+    document = {"format": "json", "content": [{"value": "198.18.40.1"}]}
+    content = json.dumps(document).encode()
+    runtime.blobs.put(runtime.settings.bucket_uploads, importer.blob_name(job_id), content, content_type="application/json")
+    sweep_write: list[Any] = []
+
+    def delivery_before(name: str, args: Any) -> None:
+        # the delivery is about to write its start: it has taken the lease and read the job. The sweep's write lands.
+        starting = name in ("set", "update_if_unchanged") and args[0] == importer.IMPORT_JOBS and args[2].get("state") == "running"
+        if starting and sweep_write:
+            collection, doc_id, data, version = sweep_write.pop()
+            assert docs.update_if_unchanged(collection, doc_id, data, version=version) is not None  # nothing wrote the job
+
+    def deliver() -> Any:
+        return importer.run_job(
+            job_id,
+            engine=runtime.engine,
+            documents=_Hooked(docs, delivery_before),
+            blobs=runtime.blobs,
+            bucket=runtime.settings.bucket_uploads,
+            clock=runtime.clock,
+            catalog=lambda: None,
+            warninglists=lambda: None,
+            policies=dict,
+        )
+
+    class Sweep:  # the sweep's store: its compare-and-set is held until the delivery has read the job
+        def __getattr__(self, name: str) -> Any:
+            return getattr(docs, name)
+
+        def update_if_unchanged(self, collection: str, doc_id: str, data: Any, *, version: str) -> str | None:
+            sweep_write.append((collection, doc_id, data, version))
+            with contextlib.suppress(Exception):  # whatever the delivery does: the job it leaves is what counts here
+                deliver()
+            return "written" if not sweep_write else docs.update_if_unchanged(collection, doc_id, data, version=version)
+
+    result = stalled_imports.fail_stalled(documents=Sweep(), now=lambda: datetime.now(UTC))
+    assert result["failed"] == 1, result
+    job = docs.get(importer.IMPORT_JOBS, job_id)
+    assert job["state"] == "failed" and job["error"].startswith("stalled:"), job
+    assert job["attempts"] == 5, "the delivery started the job the sweep had failed"
+    with runtime.engine.connect() as conn:
+        from sqlalchemy import text
+
+        assert conn.execute(text("SELECT count(*) FROM iocs WHERE value = '198.18.40.1'")).scalar() == 0
+    runtime.engine.dispose()
