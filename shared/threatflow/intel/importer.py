@@ -429,11 +429,22 @@ def run_job(
     if job.get("state") in (JobState.SUCCEEDED, JobState.FAILED):
         return job
     with _lease(documents, job_id, now=clock.now()):
-        job = documents.get(IMPORT_JOBS, job_id) or job  # a run that just finished released the lease to us
+        read = documents.get_versioned(IMPORT_JOBS, job_id)  # a run that just finished released the lease to us
+        if read is None:
+            raise ValidationError(f"no import job {job_id!r}", field="job_id")
+        job = read.data
         if job.get("state") in (JobState.SUCCEEDED, JobState.FAILED):
             return job
         attempts = int(job.get("attempts", 0)) + 1
-        documents.set(IMPORT_JOBS, job_id, {"state": JobState.RUNNING.value, "started_at": clock.now(), "attempts": attempts}, merge=True)
+        start = {"state": JobState.RUNNING.value, "started_at": clock.now(), "attempts": attempts}
+        # A compare-and-set on the job as read under the lease: fail-stalled-import-jobs looks for a lease before it
+        # fails a job, so it may fail this one between our lease and our start; the start wrote `running` over
+        # `failed` and ran the import the user had been told to make again. Only that sweep writes a leased job.
+        if documents.update_if_unchanged(IMPORT_JOBS, job_id, start, version=read.version) is None:
+            now_read = documents.get(IMPORT_JOBS, job_id)
+            if now_read is not None and now_read.get("state") in (JobState.SUCCEEDED, JobState.FAILED):
+                return now_read
+            raise RetryableError(f"import job {job_id} was written by another party as this delivery started it; delivered again")
         try:
             raw = blobs.get(bucket, job.get("blob") or blob_name(job_id))
             body, parsed = _parse_stored(raw, job_id=job_id)

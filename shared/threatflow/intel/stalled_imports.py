@@ -10,7 +10,8 @@ QUEUED_PATIENCE_SECONDS (behind a backlog its message is only waiting: failing i
 
 Failing is a compare-and-set on the version of the job the sweep read, after it looked at the lease: a delivery that
 starts the job in between writes it, and the sweep passes it by (`changed`). A delivery that comes after the sweep
-finds the job finished and leaves it (run_job is idempotent per job).
+finds the job finished and leaves it (run_job is idempotent per job), and so does one that took the lease after the
+sweep looked for it: its start is a compare-and-set on the job it read under the lease, refused once the sweep failed it.
 """
 
 from __future__ import annotations
