@@ -135,3 +135,42 @@ def test_a_batch_request_dispatched_before_its_publish_failed_keeps_its_started_
     assert started["status"] == "running" and started["dispatched"] is True and started["expected"] == ["internetdb"], started
     [task] = env["tasks"](expected=1)
     assert task.attributes["run_id"] == started["id"] and env["docs"].get(runs.RUNS, started["id"]) is not None
+
+
+class _RecordsFirstChunkOnly:
+    """The real document store, except that a set_many commits its first document and then fails: the adapter writes
+    a batch of runs in commits of at most 500 documents and about 3 MiB (firestore.py set_many), and a later commit can
+    fail after the first ones landed."""
+
+    def __init__(self, docs: Any) -> None:
+        self._docs = docs
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._docs, name)
+
+    def set_many(self, collection: str, docs: Any) -> None:
+        from threatflow.platform.errors import DependencyError
+
+        first = dict(list(docs.items())[:1])
+        self._docs.set_many(collection, first)
+        raise DependencyError(f"Firestore commit to {collection!r} failed after {len(first)} of {len(docs)} documents")
+
+
+def test_a_batch_whose_runs_were_recorded_in_part_leaves_no_queued_run(env, function_client):
+    """POST /batch records its runs queued in several commits before publishing anything; when a later commit fails,
+    the caller is answered an error and never sees the batch id. The runs of the commits that landed stayed queued,
+    with their requests: the queued sweep published them again after 30 minutes and sources were asked for nobody."""
+    from werkzeug.test import Client
+    from werkzeug.wrappers import Request
+
+    from threatflow.enrichment.api import build_router
+    from threatflow.runtime import Runtime
+
+    real = Runtime.from_env()
+    clients = {"documents": _RecordsFirstChunkOnly(real.documents), "engine": real.engine}
+    api = Client(Request.application(build_router(Runtime(real.settings, clients=clients)).handle))
+    response = api.post("/api/v1/enrichment/batch", json={"iocs": VALUES, "sources": ["internetdb"]}, headers=env["headers"])
+    assert response.status_code == 503, response.get_json()
+    assert _recorded(env["docs"]) == [], "a run of the failed batch is left queued, for the queued sweep to publish"
+    assert env["requested"](expected=0) == []  # nothing was published
+    real.engine.dispose()
