@@ -164,7 +164,14 @@ def request_many(ctx: Enrichment, reqs: Sequence[EnrichRequest], *, batch_id: st
     if not reqs:
         return
     reqs = [dataclasses.replace(req, recorded=True) for req in reqs]
-    runs.create_runs(ctx.runtime.documents, [_run_document(req) for req in reqs])
+    try:
+        runs.create_runs(ctx.runtime.documents, [_run_document(req) for req in reqs])
+    except Exception:
+        # Recorded in several commits, the first ones may have landed: queued with their requests, the queued sweep
+        # would publish them for nobody (the caller gets an error, never the batch id). Nothing was published yet.
+        run_ids = [req.run_id for req in reqs]
+        _cancelled(run_ids, kept=runs.delete_queued_runs(ctx.runtime.documents, run_ids), failed="recording the runs")
+        raise
     messages: list[tuple[bytes, Mapping[str, str]]] = [
         (events.encode(req.to_json()), {"run_id": req.run_id, "batch_id": batch_id}) for req in reqs
     ]
@@ -178,12 +185,12 @@ def request_many(ctx: Enrichment, reqs: Sequence[EnrichRequest], *, batch_id: st
         raise
 
 
-def _cancelled(run_ids: Sequence[str], *, kept: Sequence[str]) -> None:
-    """The runs of a request whose publish failed: deleted, except those enrich-dispatch started already."""
+def _cancelled(run_ids: Sequence[str], *, kept: Sequence[str], failed: str = "publish") -> None:
+    """The runs of a request whose publish (or recording) failed: deleted, except those enrich-dispatch started already."""
     tf_logging.log(
         log,
         logging.WARNING,
-        f"enrichment publish failed: {len(run_ids) - len(kept)} queued runs deleted, {len(kept)} started already kept",
+        f"enrichment {failed} failed: {len(run_ids) - len(kept)} runs cancelled (queued ones deleted), {len(kept)} started already kept",
         run_ids=list(run_ids[:20]),
         kept=list(kept[:20]),
     )
