@@ -174,3 +174,51 @@ def test_a_batch_whose_runs_were_recorded_in_part_leaves_no_queued_run(env, func
     assert _recorded(env["docs"]) == [], "a run of the failed batch is left queued, for the queued sweep to publish"
     assert env["requested"](expected=0) == []  # nothing was published
     real.engine.dispose()
+
+
+class _DispatchesBeforeDeleting:
+    """The real document store, except that `before_deleting` runs just before a deletion is sent: enrich-dispatch
+    starting a run after the batch's failure read its runs, before it deleted the queued ones (one round trip)."""
+
+    def __init__(self, docs: Any) -> None:
+        self._docs = docs
+        self.before_deleting: Callable[[], None] = lambda: None
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._docs, name)
+        if not name.startswith("delete"):
+            return method
+
+        def deleting(*args: Any, **kwargs: Any) -> Any:
+            hook, self.before_deleting = self.before_deleting, lambda: None
+            hook()
+            return method(*args, **kwargs)
+
+        return deleting
+
+
+def test_a_batch_run_dispatched_while_its_failed_batch_deletes_its_queued_runs_is_kept(env):
+    """The batch's publish failed after its first request went out; the request path read its runs (all queued) and
+    then deleted them, and enrich-dispatch started the first one between: its run was deleted under the tasks it had
+    published (their answers stored for a run nobody could close, the sources' quota spent for nobody)."""
+    from werkzeug.test import Client
+    from werkzeug.wrappers import Request
+
+    from threatflow.enrichment import runs
+    from threatflow.enrichment.api import build_router
+    from threatflow.runtime import Runtime
+
+    real = Runtime.from_env()
+    docs = _DispatchesBeforeDeleting(real.documents)
+    clients = {"publisher": env["publisher"], "documents": docs, "engine": real.engine}
+    api = Client(Request.application(build_router(Runtime(real.settings, clients=clients)).handle))
+    docs.before_deleting = lambda: [env["deliver"](message) for message in env["requested"](expected=1)]
+    response = api.post("/api/v1/enrichment/batch", json={"iocs": VALUES, "sources": ["internetdb"]}, headers=env["headers"])
+    assert response.status_code == 503, response.get_json()
+
+    [task] = env["tasks"](expected=1)  # enrich-dispatch started one run and asked its source
+    started = env["docs"].get(runs.RUNS, task.attributes["run_id"])
+    assert started is not None, "the run enrich-dispatch started was deleted under its task"
+    assert started["status"] == "running" and started["dispatched"] is True, started
+    assert len(_recorded(env["docs"])) == 1  # the runs whose request never went out are deleted
+    real.engine.dispose()
