@@ -132,6 +132,25 @@ class FirestoreDocuments:
 
         return bool(self._call(lambda: compare_and_delete(self._client.transaction())))
 
+    def delete_many_if(self, collection: str, doc_ids: Sequence[str], *, field: str, value: Any) -> list[str]:
+        from google.cloud import firestore
+
+        unique = list(dict.fromkeys(doc_ids))
+        deleted: list[str] = []
+        for start in range(0, len(unique), WRITE_BATCH):
+            refs = [self._ref(collection, doc_id) for doc_id in unique[start : start + WRITE_BATCH]]
+
+            @firestore.transactional  # type: ignore[misc]
+            def compare_and_delete(transaction: Any, refs: list[Any] = refs) -> list[str]:
+                snapshots = list(transaction.get_all(refs, timeout=_TIMEOUT))
+                matching = [s for s in snapshots if s.exists and (s.to_dict() or {}).get(field) == value]
+                for snapshot in matching:
+                    transaction.delete(snapshot.reference)
+                return [snapshot.id for snapshot in matching]
+
+            deleted += self._call(lambda compare_and_delete=compare_and_delete: compare_and_delete(self._client.transaction()))
+        return deleted
+
     def query(
         self,
         collection: str,

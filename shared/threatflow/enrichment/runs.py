@@ -48,11 +48,11 @@ def delete_queued_run(docs: DocumentStore, run_id: str) -> bool:
 
 
 def delete_queued_runs(docs: DocumentStore, run_ids: Sequence[str]) -> list[str]:
-    """Delete the runs still queued (batched reads, then batched deletes); the ids of those kept, started by
-    enrich-dispatch (one it starts between the read and the delete, a round trip, is deleted all the same)."""
-    read = get_runs(docs, run_ids)
-    docs.delete_many(RUNS, [run_id for run_id, run in read.items() if run is not None and run.get("status") == "queued"])
-    return [run_id for run_id, run in read.items() if run is not None and run.get("status") != "queued"]
+    """Delete the runs still queued (batches of compare-and-deletes: a run enrich-dispatch starts meanwhile is kept;
+    a batched read then delete deleted one it started between, under its tasks); the ids of those kept."""
+    deleted = set(docs.delete_many_if(RUNS, run_ids, field="status", value="queued"))
+    remaining = [run_id for run_id in run_ids if run_id not in deleted]
+    return [run_id for run_id, run in get_runs(docs, remaining).items() if run is not None] if remaining else []
 
 
 def get_run(docs: DocumentStore, run_id: str) -> dict[str, Any] | None:

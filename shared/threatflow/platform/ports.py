@@ -51,6 +51,11 @@ class DocumentStore(Protocol):
         """Delete the document only if its `field` still equals `value`, atomically (a compare-and-delete);
         False when it does not, or there is no such document."""
 
+    def delete_many_if(self, collection: str, doc_ids: Sequence[str], *, field: str, value: Any) -> list[str]:
+        """`delete_if` for many documents: those whose `field` equals `value` are deleted, each batch of at most 500
+        read and deleted atomically (a write landing between makes the batch's transaction run again). The ids
+        deleted."""
+
     def update_if_unchanged(self, collection: str, doc_id: str, data: Mapping[str, Any], *, version: str) -> str | None:
         """Compare-and-set: write the top-level fields of `data` (a value replaces the field whole; other
         fields are kept) only if the document is still at `version`, atomically. The new version, or None
