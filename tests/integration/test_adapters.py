@@ -242,6 +242,22 @@ def test_firestore_get_many_reads_every_named_document_and_many_writes_are_batch
     assert [doc_id for doc_id in ids if after[doc_id] is None] == ids[:600]
 
 
+def test_firestore_delete_many_if_deletes_only_the_documents_whose_field_matches(backend_env):
+    """A failed POST /batch deletes its runs still queued, more than one 500-document transaction of them; a run
+    started (another status), an absent id and a repeated one are no error, and only the deleted ids come back."""
+    from threatflow.adapters.firestore import FirestoreDocuments
+
+    docs = FirestoreDocuments(PROJECT)
+    collection = f"c{uuid.uuid4().hex[:8]}"
+    ids = [f"run-{i:04d}" for i in range(600)]
+    docs.set_many(collection, {doc_id: {"status": "running" if i % 100 == 7 else "queued"} for i, doc_id in enumerate(ids)})
+    deleted = docs.delete_many_if(collection, [*ids, "absent", ids[0]], field="status", value="queued")
+    started = [doc_id for i, doc_id in enumerate(ids) if i % 100 == 7]
+    assert sorted(deleted) == sorted(set(ids) - set(started))
+    after = docs.get_many(collection, ids)
+    assert [doc_id for doc_id in ids if after[doc_id] is not None] == started
+
+
 def test_firestore_set_many_splits_a_batch_too_large_for_one_request(backend_env):
     """500 documents may hold far more than one commit request carries (a batch's run records hold each URL value
     twice, and a percent-encoded 8,192-character URL grows): a batched write past the request size failed the
