@@ -214,3 +214,21 @@ def test_a_delivery_that_read_the_job_before_the_sweep_failed_it_does_not_run_it
 
         assert conn.execute(text("SELECT count(*) FROM iocs WHERE value = '198.18.40.1'")).scalar() == 0
     runtime.engine.dispose()
+
+
+def test_jobs_still_waiting_or_retrying_at_the_head_of_the_page_do_not_hide_a_stalled_one(env):
+    """The sweep read the oldest `limit` unfinished jobs created over an hour ago and judged only those: jobs that
+    are not stalled (never started and under a day old: behind a backlog; retrying: a delivery within the hour) filled
+    the page at every tick, and a dead-lettered job created after them stayed queued until they had run or turned a
+    day old."""
+    from threatflow.intel import importer
+
+    docs = env["docs"]
+    for _ in range(2):
+        _job(docs, created=_ago(hours=5))  # waiting for its first delivery
+    _job(docs, created=_ago(hours=5), started_at=_ago(minutes=10), attempts=2, last_error="DependencyError: x")  # retrying
+    stalled = _job(docs, created=_ago(hours=4), started_at=_ago(hours=2), attempts=5, last_error="DependencyError: x")
+
+    result = _run_job(env, limit=3)
+    assert result["failed"] == 1, result
+    assert docs.get(importer.IMPORT_JOBS, stalled)["state"] == "failed"
