@@ -33,9 +33,12 @@ locals {
     # flows/ingest_jobs.py unwritten_jobs: state IN ("queued", "running") AND created_at < now - stall age,
     # by created_at (jobs an earlier version queued or ran without `updated_at`, which stalled_jobs cannot see).
     flow_ingest_jobs_unwritten = { collection = "flow_ingest_jobs", fields = ["state", "created_at"] }
-    # intel/stalled_imports.py unfinished_jobs: state IN ("queued", "running") AND created_at < now - 1 h, by created_at
-    # (async import jobs nothing will run again, failed by the fail-stalled-import-jobs maintenance job).
+    # intel/stalled_imports.py unfinished_jobs: state IN ("queued", "running") AND created_at < now - 1 day, by created_at
+    # (async import jobs no delivery ever started, failed by the fail-stalled-import-jobs maintenance job).
     import_jobs_unfinished = { collection = "import_jobs", fields = ["state", "created_at"] }
+    # intel/stalled_imports.py unfinished_jobs: state IN ("queued", "running") AND started_at < now - 1 h, by started_at
+    # (jobs no delivery has run for an hour, failed by the same job).
+    import_jobs_unfinished_started = { collection = "import_jobs", fields = ["state", "started_at"] }
     # jobs/runs.py abandoned_runs: state == "running" AND started_at < now - 1 h, by started_at
     # (runs whose delivery was killed, closed by the purge-runs maintenance job).
     maintenance_runs_abandoned = { collection = "maintenance_runs", fields = ["state", "started_at"] }

@@ -33,14 +33,14 @@ SWEEP_LIMIT = 200  # jobs looked at per invocation at most; the next tick takes 
 SWEEP_MAX = 2000
 
 
-def unfinished_jobs(documents: DocumentStore, *, before: datetime, limit: int) -> list[dict[str, Any]]:
-    """Queued or running jobs created before `before`, oldest first: every stalled job is among them (a delivery
-    starts no job before it is created). Firestore answers this only with the composite index (state, created_at)
-    of terraform/firestore.tf."""
+def unfinished_jobs(documents: DocumentStore, *, field: str, before: datetime, limit: int) -> list[dict[str, Any]]:
+    """Queued or running jobs whose `field` (started_at, or created_at) is before `before`, oldest first. Firestore
+    answers these only with the composite indexes (state, started_at) and (state, created_at) of
+    terraform/firestore.tf."""
     return documents.query(
         IMPORT_JOBS,
-        where=[("state", "in", [JobState.QUEUED.value, JobState.RUNNING.value]), ("created_at", "<", before)],
-        order_by="created_at",
+        where=[("state", "in", [JobState.QUEUED.value, JobState.RUNNING.value]), (field, "<", before)],
+        order_by=field,
         limit=limit,
     )
 
@@ -66,21 +66,29 @@ def stall_reason(job: dict[str, Any], *, now: datetime) -> str | None:
 
 
 def fail_stalled(*, documents: DocumentStore, now: Callable[[], datetime], limit: int = SWEEP_LIMIT) -> dict[str, Any]:
-    """Fail up to `limit` unfinished jobs that nothing will run again (oldest first); `waiting` counts those never
-    started and still given time, `leased` those a delivery holds, `changed` those a delivery wrote since the read."""
+    """Fail up to `limit` unfinished jobs that nothing will run again (oldest first); `leased` counts those a delivery
+    holds, `changed` those a delivery wrote since they were listed."""
     started = now()
-    page = unfinished_jobs(documents, before=started - timedelta(seconds=STALL_SECONDS), limit=limit + 1)
+    # Two pages, each of jobs already past their stall age: no delivery started for STALL_SECONDS, then none started
+    # in QUEUED_PATIENCE_SECONDS since created. One page of the oldest unfinished jobs created over STALL_SECONDS ago
+    # was filled, at every tick, by jobs still waiting for their first delivery or retrying, and hid those behind.
+    by_start = unfinished_jobs(documents, field="started_at", before=started - timedelta(seconds=STALL_SECONDS), limit=limit + 1)
+    room = limit - min(len(by_start), limit)
+    by_creation = unfinished_jobs(
+        documents, field="created_at", before=started - timedelta(seconds=QUEUED_PATIENCE_SECONDS), limit=room + 1
+    )
+    looked = {str(job["id"]): job for job in [*by_start[:limit], *by_creation[:room]]}  # one in both pages is looked at once
     failed: list[str] = []
-    leased = waiting = changed = 0
-    for listed in page[:limit]:
+    leased = changed = 0
+    for listed in looked.values():
         job_id = str(listed["id"])
         read = documents.get_versioned(IMPORT_JOBS, job_id)
         if read is None or read.data.get("state") not in (JobState.QUEUED.value, JobState.RUNNING.value):
             changed += 1
             continue
         reason = stall_reason(read.data, now=started)
-        if reason is None:
-            waiting += not isinstance(read.data.get("started_at"), datetime)
+        if reason is None:  # a delivery ran it within the hour: started since it was listed, or a day-old job listed by its age
+            changed += 1
             continue
         until = (documents.get(IMPORT_LEASES, job_id) or {}).get("until")
         if isinstance(until, datetime) and until > started:
@@ -97,7 +105,6 @@ def fail_stalled(*, documents: DocumentStore, now: Callable[[], datetime], limit
         "failed": len(failed),
         "failed_jobs": failed,
         "leased": leased,
-        "waiting": waiting,
         "changed": changed,
-        "more": len(page) > limit,
+        "more": len(by_start) > limit or len(by_creation) > room,
     }

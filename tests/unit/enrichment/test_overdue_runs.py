@@ -78,7 +78,8 @@ SWEEP_QUERIES = {
     "stalled flow-ingest jobs": lambda docs: ingest_jobs.stalled_jobs(docs, before=datetime.now(UTC), limit=1),
     "unwritten flow-ingest jobs": lambda docs: ingest_jobs.unwritten_jobs(docs, before=datetime.now(UTC), limit=1),
     "abandoned maintenance runs": lambda docs: maintenance_runs.abandoned_runs(docs, before=datetime.now(UTC), limit=1),
-    "stalled import jobs": lambda docs: stalled_imports.unfinished_jobs(docs, before=datetime.now(UTC), limit=1),
+    "stalled import jobs": lambda docs: stalled_imports.unfinished_jobs(docs, field="started_at", before=datetime.now(UTC), limit=1),
+    "never started import jobs": lambda docs: stalled_imports.unfinished_jobs(docs, field="created_at", before=datetime.now(UTC), limit=1),
 }
 
 
