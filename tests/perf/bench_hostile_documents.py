@@ -66,7 +66,18 @@ def stix_uses_patterns(n: int) -> tuple[str, Any]:
     return "stix", {"type": "bundle", "id": "bundle--1", "objects": objects}
 
 
+def stix_long_or(n: int) -> tuple[str, Any]:
+    """One indicator whose pattern ORs n addresses (a blocklist as one indicator): read in pieces, only until it gives
+    the 100 values an indicator keeps, so the parse grows with the text scan alone."""
+    pattern = "[" + " OR ".join(f"ipv4-addr:value = '{v}'" for v in _addresses(n)) + "]"
+    indicator = {"type": "indicator", "spec_version": "2.1", "id": "indicator--00000000-0000-4000-8000-000000000001",
+                 "created": "2024-01-01T00:00:00Z", "modified": "2024-01-01T00:00:00Z", "pattern_type": "stix",
+                 "valid_from": "2024-01-01T00:00:00Z", "pattern": pattern}  # fmt: skip
+    return "stix", {"type": "bundle", "id": "bundle--00000000-0000-4000-8000-000000000002", "objects": [indicator]}
+
+
 SHAPES: dict[str, Callable[[int], tuple[str, Any]]] = {
+    "stix long or": stix_long_or,
     "stix uses patterns": stix_uses_patterns,
     "misp clusters": misp_clusters,
     "misp family events": misp_family_events,

@@ -474,6 +474,9 @@ def _pattern(pattern: str, *, version: str) -> tuple[list[tuple[str | None, str]
 # One observation ORing more comparisons than OR_SPLIT_AT is read in pieces of OR_PIECE (_pattern).
 OR_SPLIT_AT = 200
 OR_PIECE = 100
+# What _or_split counts: a quoted string (escapes kept, an unterminated one to the end), a bracket or parenthesis,
+# the keyword OR between whitespace.
+_PATTERN_TOKENS = re.compile(r"'[^'\\]*(?:\\.[^'\\]*)*'?|[\[\]()]|(?<=\s)OR(?=\s)", re.S)
 
 
 def _or_split(pattern: str) -> tuple[list[str], str] | None:
@@ -486,34 +489,23 @@ def _or_split(pattern: str) -> tuple[list[str], str] | None:
     cuts: list[tuple[int, int]] = []  # (start, end) of each top-level OR keyword
     brackets = parens = 0
     end = -1
-    i = 0
-    while i < len(text):
-        char = text[i]
-        if char == "'":
-            i += 1
-            while i < len(text) and text[i] != "'":
-                i += 2 if text[i] == "\\" else 1
-        elif char == "[":
+    for match in _PATTERN_TOKENS.finditer(text):  # a regex walks the text in C: a character loop took 2.7 s for 3.6 MB
+        part = match.group()
+        if part[0] == "'":
+            continue  # a quoted string, skipped whole
+        if part == "[":
             brackets += 1
-        elif char == "]":
+        elif part == "]":
             brackets -= 1
             if brackets == 0:
-                end = i
+                end = match.start()
                 break
-        elif char == "(":
+        elif part == "(":
             parens += 1
-        elif char == ")":
+        elif part == ")":
             parens -= 1
-        elif (
-            char == "O"
-            and brackets == 1
-            and parens == 0
-            and text.startswith("OR", i)
-            and text[i - 1].isspace()
-            and text[i + 2 : i + 3].isspace()
-        ):
-            cuts.append((i, i + 2))
-        i += 1
+        elif brackets == 1 and parens == 0:
+            cuts.append(match.span())
     qualifiers = text[end + 1 :] if end > 0 else ""
     if end < 0 or "[" in qualifiers or len(cuts) < OR_SPLIT_AT:
         return None  # unbalanced, more than one observation, or too few ORs to need it: read whole
