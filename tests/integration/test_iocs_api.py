@@ -163,6 +163,33 @@ def test_a_find_or_delete_filters_tlp_spelled_as_writes_accept_it_is_read(api):
     assert found({"value_contains": "tlp-spelling"}) == ["a"]
 
 
+def test_an_export_query_reads_amber_strict_typed_unencoded(function_client, backend_env):
+    """`?max_tlp=amber+strict` is what users type, and an unencoded '+' in a query string is a space: the export
+    answered 400 "Invalid enum value 'amber strict'". `amber strict` (any case, with or without a `tlp` prefix) is
+    amber+strict; other words between amber and strict, and MISP's `tlp:ex:chr`, are still no TLP."""
+    password = create_user(backend_env["DATABASE_URL"], "redexporter", "analyst", clearance="red")
+    auth = function_client("auth").post("/api/v1/auth/token", json={"username": "redexporter", "password": password})
+    headers = {"Authorization": f"Bearer {auth.get_json()['access_token']}"}
+    client = function_client("iocs")
+    marked = [("amber", "a"), ("amber+strict", "s"), ("red", "r")]
+    items = [{"value": f"{name}.plus-spelling.example.com", "tlp": tlp} for tlp, name in marked]
+    assert client.post("/api/v1/iocs/batch", json={"iocs": items}, headers=headers).get_json()["summary"]["created"] == 3
+
+    def exported(query):
+        response = client.get(f"/api/v1/iocs/export?format=txt&value_contains=plus-spelling&{query}", headers=headers)
+        assert response.status_code == 200, response.get_json()
+        return sorted(line.split(".")[0] for line in response.data.decode().split())
+
+    assert exported("max_tlp=amber+strict") == ["a", "s"]
+    assert exported("max_tlp=TLP:Amber++Strict") == exported("max_tlp=tlp+AMBER+STRICT") == ["a", "s"]
+    assert exported("max_tlp=red&tlp=amber+strict") == ["s"]
+    assert exported("max_tlp=red&tlp=green,TLP:AMBER+STRICT&tlp=red") == ["r", "s"]
+    assert exported("max_tlp=amber%2Bstrict") == ["a", "s"]  # encoded, as it always was
+    for name, value in (("max_tlp", "amber+very+strict"), ("max_tlp", "amberstrict"), ("tlp", "tlp:ex:chr"), ("max_tlp", "strict+amber")):
+        refused = client.get(f"/api/v1/iocs/export?format=txt&{name}={value}", headers=headers)
+        assert (refused.status_code, refused.get_json()["error"]["details"]["field"]) == (400, name), value
+
+
 def test_sightings_stats_and_expiry(api, backend_env):
     created = api.post("/api/v1/iocs/batch", {"iocs": [{"value": "203.0.113.50", "source": "x", "expires_at": "2020-01-01T00:00:00Z"}]})
     ioc_id = created.get_json()["results"][0]["id"]

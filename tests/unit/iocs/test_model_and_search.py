@@ -34,6 +34,18 @@ def test_tlp_parse(text, tlp):
     assert Tlp.parse(text) is tlp
 
 
+@pytest.mark.parametrize("text", ["amber strict", "AMBER  Strict", "TLP:AMBER STRICT", "tlp amber\tstrict", " tlp-amber strict "])
+def test_amber_strict_with_its_plus_decoded_to_a_space_is_amber_strict(text):
+    """An unencoded '+' in a query string (`?max_tlp=amber+strict`) reaches the TLP as a space."""
+    assert Tlp.parse(text) is Tlp.AMBER_STRICT
+
+
+@pytest.mark.parametrize("text", ["tlp:ex:chr", "amberstrict", "amber very strict", "strict amber", "amber strict red", "amber + strict"])
+def test_other_spellings_near_amber_strict_are_no_tlp(text):
+    with pytest.raises(ValueError):
+        Tlp.parse(text)
+
+
 def test_tlp_ceiling():
     assert Tlp.GREEN.at_most() == ["clear", "green"]
 
