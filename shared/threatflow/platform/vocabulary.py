@@ -14,6 +14,8 @@ from threatflow.platform.errors import ValidationError
 
 MAX_TAGS = 64
 _TLP_PREFIX = re.compile(r"^tlp\s*[:_\-\s]\s*")
+# `?max_tlp=amber+strict` typed into a URL: a query string's unencoded '+' decodes to a space.
+_AMBER_SPACE_STRICT = re.compile(r"amber\s+strict")
 MAX_TAG_LENGTH = 128
 # Sources (who reported an IoC: `misp:<org>`, a feed, `flows`...) follow the tag rule's bounds: as many per item as one
 # IoC holds. A source may be longer than a tag: a MISP organisation's name is up to 255 characters.
@@ -34,8 +36,8 @@ class Tlp(StrEnum):
 
     @classmethod
     def parse(cls, text: str) -> Tlp:
-        """Accepts `TLP:AMBER`, `amber`, producers' looser `TLP: AMBER`, `tlp-amber`, `TLP_AMBER`, and TLP 1.0's
-        `white` (= clear)."""
+        """Accepts `TLP:AMBER`, `amber`, producers' looser `TLP: AMBER`, `tlp-amber`, `TLP_AMBER`, TLP 1.0's
+        `white` (= clear), and `amber strict` (= amber+strict, its '+' decoded from a query string)."""
         return cls(text)  # the spellings are read by _missing_
 
     @classmethod
@@ -45,7 +47,7 @@ class Tlp(StrEnum):
         if not isinstance(value, str):
             return None
         name = _TLP_PREFIX.sub("", value.strip().lower(), count=1)
-        wanted = "clear" if name == "white" else name
+        wanted = "clear" if name == "white" else "amber+strict" if _AMBER_SPACE_STRICT.fullmatch(name) else name
         return next((tlp for tlp in cls if tlp.value == wanted), None)
 
     @classmethod
