@@ -882,3 +882,38 @@ def test_a_relationship_between_threats_with_an_untidy_verb_is_kept_as_related_t
     } == {("Verb Loader", "related-to", "Verb Payload"), ("Verb Payload", "variant-of", "Verb Loader")}
     again = api.import_("stix", json.loads(exported.data)).get_json()
     assert (again["threat_relations"], again["threat_relations_created"]) == (2, 0)
+
+
+def test_stix_relationship_verbs_spelled_loosely_are_stored_as_their_tidy_word(api, db):
+    """`Attributed To` between two threats was stored as related-to with a warning, and `Based On` between a threat
+    and an indicator reached the store as written, which refused it, so the whole import failed. They are
+    attributed-to and based-on, as the API reads them; a verb no reading makes tidy is related-to with a warning."""
+    campaign = _sdo("campaign", 11, name="Loose Campaign")
+    actor = _sdo("intrusion-set", 12, name="Loose Set")
+    indicator = _sdo(
+        "indicator", 13, pattern_type="stix", pattern="[domain-name:value = 'loose-verbs.example.net']", valid_from="2020-01-01T00:00:00Z"
+    )
+    odd = _sdo("relationship", 17, relationship_type="Loads Into Memory!", source_ref=indicator["id"], target_ref=campaign["id"])
+    objects = [
+        campaign,
+        actor,
+        indicator,
+        _sdo("relationship", 14, relationship_type="Attributed To", source_ref=campaign["id"], target_ref=actor["id"]),
+        _sdo("relationship", 15, relationship_type="Based On", source_ref=actor["id"], target_ref=indicator["id"]),
+        _sdo("relationship", 16, relationship_type="Indicates ", source_ref=indicator["id"], target_ref=campaign["id"]),
+        odd,
+    ]
+    response = api.import_("stix", {"type": "bundle", "id": "bundle--6f7e3c52-8f43-4bfc-9d0c-5d0d8a3c9b11", "objects": objects})
+    assert response.status_code == 200, response.get_json()
+    result = response.get_json()
+    assert result["threat_relations_created"] == 1 and [w["ref"] for w in result["warnings"]] == [odd["id"]]
+    relations = db.scalar(
+        "SELECT string_agg(s.name || '|' || r.type || '|' || t.name, ',') FROM threat_relations r"
+        " JOIN threats s ON s.id = r.source_id JOIN threats t ON t.id = r.target_id"
+    )
+    assert relations == "Loose Campaign|attributed-to|Loose Set"
+    links = db.scalar(
+        "SELECT string_agg(t.name || '|' || l.relation, ',' ORDER BY t.name, l.relation) FROM threat_iocs l"
+        " JOIN threats t ON t.id = l.threat_id JOIN iocs i ON i.id = l.ioc_id WHERE i.value = 'loose-verbs.example.net'"
+    )
+    assert links == "Loose Campaign|indicates,Loose Campaign|related-to,Loose Set|based-on"

@@ -513,3 +513,38 @@ def test_threat_relations_treat_a_threat_above_the_callers_clearance_as_absent(a
     assert to_red.status_code == 404 and str(red) in to_red.get_json()["error"]["message"]
     assert api.post(f"/api/v1/threats/{red}/relations", {"target_id": amber}).status_code == 404
     assert api.delete(f"/api/v1/threats/{amber}/relations", {"target_id": red}, headers=api.analyst).status_code == 404
+
+
+def test_relation_and_link_verbs_spelled_with_spaces_underscores_or_capitals_are_read_as_their_tidy_word(api):
+    """`Attributed To`, `attributed_to` and ` Uses ` were a 400 on POST /threats/{id}/relations (and such link verbs on
+    /link): they are the verbs attributed-to and uses (lower-case, trimmed, runs of spaces and underscores one
+    hyphen), on every route that reads a verb. A verb that is still no tidy word is a 400 naming it."""
+    campaign, intrusion_set, malware = (
+        r["id"]
+        for r in api.batch(
+            {"kind": "campaign", "name": "Spelt Campaign"},
+            {"kind": "intrusion-set", "name": "Spelt Set"},
+            {"kind": "malware", "name": "Spelt RAT"},
+        )["results"]
+    )
+    made = api.post(f"/api/v1/threats/{campaign}/relations", {"target_id": intrusion_set, "type": "Attributed To"})
+    assert made.status_code == 201, made.get_json()
+    assert made.get_json()["type"] == "attributed-to"
+    again = api.post(f"/api/v1/threats/{campaign}/relations", {"target_id": intrusion_set, "type": "attributed_to"})
+    assert (again.status_code, again.get_json()["created"]) == (200, False)
+    assert api.post(f"/api/v1/threats/{intrusion_set}/relations", {"target_id": malware, "type": " Uses "}).get_json()["type"] == "uses"
+    view = api.get(f"/api/v1/threats/{intrusion_set}").get_json()["relations"]
+    assert sorted((r["direction"], r["type"]) for r in view) == [("in", "attributed-to"), ("out", "uses")]
+    unrelate = {"target_id": intrusion_set, "type": "ATTRIBUTED TO"}
+    removed = api.delete(f"/api/v1/threats/{campaign}/relations", unrelate, headers=api.analyst)
+    assert removed.get_json() == {"deleted": 1}
+    for verb in ("Is Related!", "_uses", "attributed to!"):
+        refused = api.post(f"/api/v1/threats/{intrusion_set}/relations", {"target_id": malware, "type": verb})
+        assert (refused.status_code, refused.get_json()["error"]["details"]["field"]) == (400, "relation"), verb
+
+    (ioc,) = api.iocs({"value": "spelt-rat.example.net"})
+    linked = api.post(f"/api/v1/threats/{malware}/link", {"ioc_ids": [ioc], "relation": "Communicates_With"}).get_json()
+    assert linked["relation"] == "communicates-with" and linked["results"][0]["status"] == "linked"
+    assert [t["relation"] for t in api.get(f"/api/v1/threats/by-ioc/{ioc}").get_json()["threats"]] == ["communicates-with"]
+    unlinked = api.post(f"/api/v1/threats/{malware}/unlink", {"ioc_ids": [ioc], "relation": "Communicates With"}).get_json()
+    assert unlinked["results"] == [{"ioc_id": ioc, "status": "unlinked", "removed": 1}]

@@ -624,3 +624,45 @@ def test_uses_in_any_case_between_a_threat_and_an_attack_pattern_is_a_ttp():
     parsed = parse("stix", bundle(actor, pattern, rel))
     assert [t.item.ttps for t in parsed.threats] == [["T1059.001"]]
     assert not any(k.startswith("relationship:") for k in parsed.skipped), parsed.skipped
+
+
+def test_a_relationship_verb_spelled_with_spaces_underscores_or_capitals_is_read_as_its_tidy_word():
+    """`Attributed To`, `attributed_to`, ` Uses ` between two threats were kept as related-to, each with a warning, and
+    `Indicates ` or `Based_On` between an indicator and a threat reached the store as written (refused there). They are
+    read as the API reads them: lower-case, trimmed, runs of spaces and underscores one hyphen."""
+    campaign, actor = _sdo("campaign", 1, name="Verb Campaign"), _sdo("intrusion-set", 2, name="Verb Set")
+    tool = _sdo("tool", 3, name="Verb Tool")
+    indicator = _sdo(
+        "indicator", 4, pattern_type="stix", pattern="[domain-name:value = 'verbs.example.net']", valid_from="2024-01-01T00:00:00Z"
+    )
+    rels = [
+        _sdo("relationship", 5, relationship_type="Attributed To", source_ref=campaign["id"], target_ref=actor["id"]),
+        _sdo("relationship", 6, relationship_type="attributed_to", source_ref=tool["id"], target_ref=actor["id"]),
+        _sdo("relationship", 7, relationship_type=" Uses ", source_ref=actor["id"], target_ref=tool["id"]),
+        _sdo("relationship", 8, relationship_type="Indicates ", source_ref=indicator["id"], target_ref=tool["id"]),
+        _sdo("relationship", 9, relationship_type="Based_On", source_ref=actor["id"], target_ref=indicator["id"]),
+    ]
+    parsed = parse("stix", bundle(campaign, actor, tool, indicator, *rels))
+    assert [(r.source_ref, r.type, r.target_ref) for r in parsed.threat_relations] == [
+        (campaign["id"], "attributed-to", actor["id"]),
+        (tool["id"], "attributed-to", actor["id"]),
+        (actor["id"], "uses", tool["id"]),
+    ]
+    assert [(link.ioc_ref, link.relation, link.threat_ref) for link in parsed.links] == [
+        (indicator["id"], "indicates", tool["id"]),
+        (indicator["id"], "based-on", actor["id"]),
+    ]
+    assert parsed.warnings == [] and parsed.errors == []
+
+
+def test_a_link_verb_that_is_no_word_is_related_to_with_a_warning():
+    """Between an indicator and a threat, a verb no reading makes tidy reached the store as written, which refused it:
+    the whole import was a 400 for one relationship. It is kept as related-to and named, as between two threats."""
+    tool = _sdo("tool", 1, name="Odd Link Tool")
+    indicator = _sdo(
+        "indicator", 2, pattern_type="stix", pattern="[domain-name:value = 'odd-link.example.net']", valid_from="2024-01-01T00:00:00Z"
+    )
+    rel = _sdo("relationship", 3, relationship_type="Loads Into Memory!", source_ref=indicator["id"], target_ref=tool["id"])
+    parsed = parse("stix", bundle(tool, indicator, rel))
+    assert [(link.ioc_ref, link.relation, link.threat_ref) for link in parsed.links] == [(indicator["id"], "related-to", tool["id"])]
+    assert [w.ref for w in parsed.warnings] == [rel["id"]] and "related-to" in parsed.warnings[0].reason

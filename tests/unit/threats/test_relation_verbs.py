@@ -1,0 +1,34 @@
+"""The verb of a threat-to-threat relation or a threat-to-IoC link (`threats.model.check_relation_verb`)."""
+
+import pytest
+
+from threatflow.platform.errors import ValidationError
+from threatflow.threats.model import check_relation_verb
+
+
+@pytest.mark.parametrize(
+    ("given", "verb"),
+    [
+        ("Attributed To", "attributed-to"),
+        ("attributed_to", "attributed-to"),
+        (" Uses ", "uses"),
+        ("VARIANT  OF", "variant-of"),
+        ("derived__from", "derived-from"),
+        ("attributed _ to", "attributed-to"),
+        ("attributed - to", "attributed-to"),
+        ("beacons\tto", "beacons-to"),
+        ("attributed-to", "attributed-to"),
+        ("x--y", "x--y"),  # a run of hyphens alone is the producer's own tidy word, kept as it is
+    ],
+)
+def test_a_verb_spelled_with_spaces_underscores_or_capitals_is_read_as_its_tidy_word(given, verb):
+    """STIX producers and users write `Attributed To`, `attributed_to`, ` Uses `: the API refused them (400) and a
+    STIX import kept them as related-to with a warning."""
+    assert check_relation_verb(given) == verb
+
+
+@pytest.mark.parametrize("given", ["Is Related!", "uses\u0000", "", "   ", "_uses", "-uses", "1st-stage", "x" * 65, "a b" * 22, "dröps"])
+def test_a_verb_that_is_no_tidy_word_once_read_is_refused(given):
+    with pytest.raises(ValidationError) as refused:
+        check_relation_verb(given)
+    assert refused.value.field == "relation"
