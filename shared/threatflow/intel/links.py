@@ -88,11 +88,10 @@ def link(conn: Connection, threat_id: int, body: LinkIn, *, source: str | None, 
 def unlink(conn: Connection, threat_id: int, body: UnlinkIn, *, visible_tlps: Sequence[str]) -> dict[str, Any]:
     """Remove links; each id is reported: unlinked (with the number of links removed) or not_linked (also an IoC
     above `visible_tlps`, the writer's clearance; a threat above it is not found)."""
-    if body.relation is not None:
-        check_relation_verb(body.relation)
+    relation = check_relation_verb(body.relation) if body.relation is not None else None
     _require_visible_threat(conn, threat_id, visible_tlps=visible_tlps)
     visible = sorted(repository.visible_ioc_ids(conn, body.ioc_ids, visible_tlps=visible_tlps))
-    removed = repository.unlink_iocs(conn, threat_id=threat_id, ioc_ids=visible, relation=body.relation)
+    removed = repository.unlink_iocs(conn, threat_id=threat_id, ioc_ids=visible, relation=relation)
     results = [
         {"ioc_id": i, "status": "unlinked", "removed": removed[i]} if i in removed else {"ioc_id": i, "status": "not_linked"}
         for i in dict.fromkeys(body.ioc_ids)

@@ -144,7 +144,7 @@ def unlink_iocs(conn: Connection, *, threat_id: int, ioc_ids: Sequence[int], rel
             "DELETE FROM threat_iocs WHERE threat_id = :t AND ioc_id = ANY(CAST(:i AS bigint[]))"
             " AND (CAST(:r AS text) IS NULL OR relation = CAST(:r AS text)) RETURNING ioc_id"
         ),
-        {"t": threat_id, "i": list(ioc_ids), "r": relation.strip().lower() if relation else None},
+        {"t": threat_id, "i": list(ioc_ids), "r": check_relation_verb(relation) if relation else None},  # as link_iocs stored it
     ).all()
     out: dict[int, int] = {}
     for row in rows:

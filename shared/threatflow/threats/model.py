@@ -31,6 +31,9 @@ MAX_RELATIONS_PER_LINK = 8
 MAX_RELATIONS_SHOWN = 64
 _SPACES = re.compile(r"\s+")
 _RELATION_VERB = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
+# Producers and users write a verb `Attributed To`, `attributed_to`: a run of spaces and underscores (with any hyphens
+# in it) is one hyphen. A run of hyphens alone is kept: it is already a tidy word, and may be stored so.
+_VERB_SEPARATORS = re.compile(r"[\s_-]+")
 
 
 class ThreatKind(StrEnum):
@@ -133,13 +136,19 @@ def merge_aliases(name: str, *alias_lists: Iterable[str]) -> list[str]:
 
 
 def check_relation_verb(relation: str) -> str:
-    """Threat-to-IoC link verbs are free but tidy: lower-case words joined by hyphens."""
-    verb = relation.strip().lower()
-    if not _RELATION_VERB.match(verb):
+    """Threat-to-IoC link and threat-to-threat relation verbs are free but tidy: lower-case words joined by hyphens
+    (they are counted by verb, at most MAX_RELATIONS_PER_LINK a pair, and exported as STIX relationship_type). A verb
+    is read lower-cased, trimmed, its runs of spaces and underscores one hyphen: `Attributed To` is attributed-to."""
+    verb = _VERB_SEPARATORS.sub(_one_hyphen, relation.strip().lower())
+    if not _RELATION_VERB.fullmatch(verb):
         raise ValidationError(
             f"relation {relation!r} must be a lower-case word (letters, digits, hyphens; at most 64), e.g. indicates", field="relation"
         )
     return verb
+
+
+def _one_hyphen(run: re.Match[str]) -> str:
+    return run[0] if run[0].strip("-") == "" else "-"
 
 
 def parse_relation_type(value: str) -> RelationType:

@@ -144,20 +144,15 @@ def parse(content: Any) -> ParsedImport:
         if not isinstance(source, str) or not isinstance(target, str):
             out.error(obj_id, f"{where}: a relationship needs source_ref and target_ref")
         elif source in ioc_refs and target in threat_refs:
-            out.links.append(Link(source, target, "indicates" if rel == "indicates" else rel, _tlp(obj, tlp_of), obj_id))
+            out.links.append(Link(source, target, _verb(out, obj_id, rel), _tlp(obj, tlp_of), obj_id))
         elif source in threat_refs and target in ioc_refs:
-            out.links.append(Link(target, source, rel, _tlp(obj, tlp_of), obj_id))
+            out.links.append(Link(target, source, _verb(out, obj_id, rel), _tlp(obj, tlp_of), obj_id))
         elif source in ioc_refs and target in ioc_refs:
             verb = rel if rel in RELATION_TYPES else "related-to"
             out.relations.append(Relation(source, target, verb, _tlp(obj, tlp_of), obj_id))
         elif source in threat_refs and target in threat_refs and source != target:
-            # an intrusion set uses a malware, a campaign is attributed-to an actor: kept by its own verb when tidy
-            try:
-                verb = check_relation_verb(rel)
-            except ValidationError:
-                out.warn(obj_id, f"relationship_type {rel[:64]!r} is no verb (lower-case word, hyphens); kept as related-to")
-                verb = "related-to"
-            out.threat_relations.append(Relation(source, target, verb, _tlp(obj, tlp_of), obj_id))
+            # an intrusion set uses a malware, a campaign is attributed-to an actor: kept by its own verb
+            out.threat_relations.append(Relation(source, target, _verb(out, obj_id, rel), _tlp(obj, tlp_of), obj_id))
         elif rel.strip().lower() == "uses" and {source, target} & threat_refs and (source in ttps_of_pattern or target in ttps_of_pattern):
             threat, pattern = (source, target) if source in threat_refs else (target, source)
             if ttps_of_pattern[pattern]:
@@ -174,6 +169,17 @@ def parse(content: Any) -> ParsedImport:
                 merged = sorted({*parsed_threat.item.ttps, *ttps[parsed_threat.ref]})
                 out.threats[i] = ParsedThreat(parsed_threat.ref, msgspec.structs.replace(parsed_threat.item, ttps=merged))
     return out.build()
+
+
+def _verb(out: Builder, obj_id: str, rel: str) -> str:
+    """A relationship's verb between a threat and a threat or an IoC, read as the API reads it (`Attributed To` is
+    attributed-to); one that is still no tidy word is related-to, with a warning. Passed on as written, such a verb
+    between an IoC and a threat was refused by the store: the whole import was a 400."""
+    try:
+        return check_relation_verb(rel)
+    except ValidationError:
+        out.warn(obj_id, f"relationship_type {rel[:64]!r} is no verb (lower-case word, hyphens); kept as related-to")
+        return "related-to"
 
 
 def _sighting(out: Builder, obj: dict[str, Any], *, threat_refs: set[str], ioc_refs: set[str], tlp_of: dict[str, str]) -> None:
