@@ -666,3 +666,32 @@ def test_a_link_verb_that_is_no_word_is_related_to_with_a_warning():
     parsed = parse("stix", bundle(tool, indicator, rel))
     assert [(link.ioc_ref, link.relation, link.threat_ref) for link in parsed.links] == [(indicator["id"], "related-to", tool["id"])]
     assert [w.ref for w in parsed.warnings] == [rel["id"]] and "related-to" in parsed.warnings[0].reason
+
+
+def test_relationships_with_untidy_verbs_are_named_up_to_a_bound_then_counted_in_one_warning():
+    """Each relationship whose verb is kept as related-to added its own warning: 100,000 of them answered ~100,000
+    warnings, a 16 MB sync answer. The first MAX_UNTIDY_VERB_WARNINGS are named, the rest counted in one warning;
+    every one of them is still kept as related-to."""
+    named_at_most = 100  # formats/stix.py MAX_UNTIDY_VERB_WARNINGS
+    actor, tool = _sdo("threat-actor", 1, name="Many Verbs Actor"), _sdo("tool", 2, name="Many Verbs Tool")
+    indicator = _sdo(
+        "indicator", 3, pattern_type="stix", pattern="[domain-name:value = 'many-verbs.example.net']", valid_from="2024-01-01T00:00:00Z"
+    )
+    extra = 150
+    rels = [
+        {
+            **_sdo("relationship", 4, relationship_type=f"verb #{i}!", source_ref=actor["id"], target_ref=tool["id"]),
+            "id": f"relationship--00000000-0000-4000-8000-9{i:011d}",
+            **({"source_ref": indicator["id"]} if i % 2 else {}),  # links and threat relations share the bound
+        }
+        for i in range(named_at_most + extra)
+    ]
+    tidy = _sdo("relationship", 5, relationship_type="Variant Of", source_ref=tool["id"], target_ref=actor["id"])
+    parsed = parse("stix", bundle(actor, tool, indicator, *rels, tidy))
+    assert len(parsed.threat_relations) + len(parsed.links) == len(rels) + 1
+    assert {r.type for r in parsed.threat_relations} == {"related-to", "variant-of"}
+    assert {link.relation for link in parsed.links} == {"related-to"}
+    named, (summary,) = parsed.warnings[:-1], parsed.warnings[-1:]
+    assert [w.ref for w in named] == [r["id"] for r in rels[:named_at_most]]
+    assert all("related-to" in w.reason for w in named)
+    assert summary.ref == "relationships" and f"{extra} more relationships" in summary.reason and "related-to" in summary.reason
