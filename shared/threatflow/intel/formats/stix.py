@@ -80,6 +80,9 @@ OBJECT_PATHS: dict[tuple[str, str], str | None] = {
     ("file", "hashes.sha256"): "sha256",
 }
 MAX_PATTERN_VALUES = 100  # `[x:value IN (...)]` beyond this is cut and reported: each value becomes an IoC
+# Relationships whose verb is kept as related-to that are each named in a warning; the rest are counted in one. Each
+# added its own: 100,000 of them answered ~100,000 warnings, a 16 MB sync answer.
+MAX_UNTIDY_VERB_WARNINGS = 100
 _SCO_TYPES = {"ipv4-addr", "ipv6-addr", "domain-name", "hostname", "url", "email-addr", "file", "directory"}
 _TTP = re.compile(r"^T\d{4}(?:\.\d{3})?$")
 _ESCAPED = re.compile(r"\\(.)")
@@ -135,6 +138,7 @@ def parse(content: Any) -> ParsedImport:
             out.relations.extend(Relation(obj_id, target, "resolves-to") for target in dict.fromkeys(targets))
 
     ttps: dict[str, set[str]] = {}
+    untidy = _UntidyVerbs(out)
     for obj_id, (index, obj) in by_id.items():
         if obj.get("type") != "relationship" or obj.get("revoked") is True:
             continue
@@ -144,15 +148,15 @@ def parse(content: Any) -> ParsedImport:
         if not isinstance(source, str) or not isinstance(target, str):
             out.error(obj_id, f"{where}: a relationship needs source_ref and target_ref")
         elif source in ioc_refs and target in threat_refs:
-            out.links.append(Link(source, target, _verb(out, obj_id, rel), _tlp(obj, tlp_of), obj_id))
+            out.links.append(Link(source, target, untidy.verb(obj_id, rel), _tlp(obj, tlp_of), obj_id))
         elif source in threat_refs and target in ioc_refs:
-            out.links.append(Link(target, source, _verb(out, obj_id, rel), _tlp(obj, tlp_of), obj_id))
+            out.links.append(Link(target, source, untidy.verb(obj_id, rel), _tlp(obj, tlp_of), obj_id))
         elif source in ioc_refs and target in ioc_refs:
             verb = rel if rel in RELATION_TYPES else "related-to"
             out.relations.append(Relation(source, target, verb, _tlp(obj, tlp_of), obj_id))
         elif source in threat_refs and target in threat_refs and source != target:
             # an intrusion set uses a malware, a campaign is attributed-to an actor: kept by its own verb
-            out.threat_relations.append(Relation(source, target, _verb(out, obj_id, rel), _tlp(obj, tlp_of), obj_id))
+            out.threat_relations.append(Relation(source, target, untidy.verb(obj_id, rel), _tlp(obj, tlp_of), obj_id))
         elif rel.strip().lower() == "uses" and {source, target} & threat_refs and (source in ttps_of_pattern or target in ttps_of_pattern):
             threat, pattern = (source, target) if source in threat_refs else (target, source)
             if ttps_of_pattern[pattern]:
@@ -161,6 +165,7 @@ def parse(content: Any) -> ParsedImport:
                 out.warn(obj_id, f"{pattern} has no ATT&CK technique id (T####); not kept as a TTP")
         else:
             out.skip(f"relationship:{rel}")
+    untidy.summarise()
     if ttps:
         import msgspec
 
@@ -171,15 +176,34 @@ def parse(content: Any) -> ParsedImport:
     return out.build()
 
 
-def _verb(out: Builder, obj_id: str, rel: str) -> str:
-    """A relationship's verb between a threat and a threat or an IoC, read as the API reads it (`Attributed To` is
-    attributed-to); one that is still no tidy word is related-to, with a warning. Passed on as written, such a verb
-    between an IoC and a threat was refused by the store: the whole import was a 400."""
-    try:
-        return check_relation_verb(rel)
-    except ValidationError:
-        out.warn(obj_id, f"relationship_type {rel[:64]!r} is no verb (lower-case word, hyphens); kept as related-to")
-        return "related-to"
+class _UntidyVerbs:
+    """Reads relationships' verbs between a threat and a threat or an IoC as the API reads them (`Attributed To` is
+    attributed-to); one that is still no tidy word is related-to (passed on as written, such a verb between an IoC and
+    a threat was refused by the store: the whole import was a 400). The first MAX_UNTIDY_VERB_WARNINGS such
+    relationships are named in a warning each, the rest counted in one (`summarise`)."""
+
+    def __init__(self, out: Builder) -> None:
+        self.out = out
+        self.named = self.unnamed = 0
+
+    def verb(self, obj_id: str, rel: str) -> str:
+        try:
+            return check_relation_verb(rel)
+        except ValidationError:
+            if self.named < MAX_UNTIDY_VERB_WARNINGS:
+                self.out.warn(obj_id, f"relationship_type {rel[:64]!r} is no verb (lower-case word, hyphens); kept as related-to")
+                self.named += 1
+            else:
+                self.unnamed += 1
+            return "related-to"
+
+    def summarise(self) -> None:
+        if self.unnamed:
+            self.out.warn(
+                "relationships",
+                f"{self.unnamed} more relationships whose relationship_type is no verb kept as related-to:"
+                f" the first {MAX_UNTIDY_VERB_WARNINGS} are named",
+            )
 
 
 def _sighting(out: Builder, obj: dict[str, Any], *, threat_refs: set[str], ioc_refs: set[str], tlp_of: dict[str, str]) -> None:
