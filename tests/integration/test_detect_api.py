@@ -183,6 +183,21 @@ def test_detect_single_batch_model_and_strict_errors(detect, blobs):
     assert info["threshold"] == trained.metadata["threshold"] and "heldout" in info["metrics"]
 
 
+@pytest.mark.parametrize("text", ["١٢", "１２", "1_000", " 12 ", "+5"])
+def test_a_number_written_other_than_in_ascii_decimal_is_a_400_naming_the_field(detect, blobs, text):
+    """float() read these (Arabic-Indic and fullwidth digits, underscores, padding, a '+'): /detect scored them."""
+    _publish(blobs, "served")
+    registry.promote(blobs=blobs, bucket=BUCKET, version="served", now=_now)
+    flow = flow_without_targets(sample_rows(2500)[0])
+    assert detect.post("/api/v1/detect", {"flow": dict(flow, sbytes="12")}).status_code == 200
+    one = detect.post("/api/v1/detect", {"flow": dict(flow, sbytes=text)})
+    assert one.status_code == 400, one.get_data(as_text=True)[:300]
+    assert [(e["index"], e["field"]) for e in one.get_json()["error"]["details"]["errors"]] == [(0, "sbytes")]
+    batch = detect.post("/api/v1/detect/batch", {"flows": [flow, dict(flow, dpkts=text), flow]})
+    assert batch.status_code == 400
+    assert [(e["index"], e["field"]) for e in batch.get_json()["error"]["details"]["errors"]] == [(1, "dpkts")]
+
+
 def test_detect_requires_a_token(function_client, backend_env):
     client = function_client("detect")
     assert client.post("/api/v1/detect", json={"flow": {}}).status_code == 401

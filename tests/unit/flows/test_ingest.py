@@ -165,3 +165,26 @@ def test_values_too_small_for_real_are_problems_not_a_failed_insert():
     _clean, _fields, problems = ingest.validate(flows)
     assert {(p.index, p.field) for p in problems} == {(0, "dur"), (1, "sload"), (2, "rate")}
     assert ingest.valid_indices(6, problems) == [3, 4, 5]
+
+
+@pytest.mark.parametrize("cell", ["١٢", "１２", "1_000", "+5"])
+def test_a_typed_csv_cell_in_other_number_syntax_stays_text_and_is_a_problem(cell):
+    """The upload worker reads cells typed: int() made "١٢" the number 12 before validation saw it."""
+    text = _raw_csv(2)
+    lines = text.splitlines()
+    cells = next(csv.reader([lines[1]]))
+    cells[ingest.RAW_COLUMNS.index("sbytes")] = cell
+    out = io.StringIO()
+    csv.writer(out).writerow(cells)
+    lines[1] = out.getvalue().strip()
+    flows = [flow for _n, flow in ingest.read_csv(io.StringIO("\n".join(lines)))]
+    assert flows[1]["sbytes"] == cell
+    _clean, _fields, problems = ingest.validate(flows)
+    assert [(p.index, p.field) for p in problems] == [(1, "sbytes")]
+
+
+@pytest.mark.parametrize("text", ["١٤٢١٩٢٧٤١٤", "1_421_927_414", "+1421927414"])
+def test_an_epoch_time_given_as_text_is_ascii_decimal(text):
+    problems: list[ingest.FlowProblem] = []
+    ingest.event_fields({"stime": text}, 3, problems)
+    assert [(p.index, p.field) for p in problems] == [(3, "stime")]
