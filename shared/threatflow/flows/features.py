@@ -23,6 +23,7 @@ reported (every one, with the flow's index); a value is never replaced by 0.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -163,16 +164,26 @@ def canonical_flow(flow: Mapping[str, Any]) -> dict[str, Any]:
     return {canonical_name(k): v for k, v in flow.items()}
 
 
+# Numbers given as text are written as JSON numbers and the UNSW CSVs' cells are: float() also reads "١٢", "１２", "1_000",
+# " 12 " and "+5" (the loaders strip a cell's padding before it gets here).
+DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+
+
+def decimal_text(text: str) -> float | None:
+    """The number an ASCII decimal text writes (float() of it, inf past a float's range), or None for any other text."""
+    return float(text) if DECIMAL.fullmatch(text) else None
+
+
 def _number(value: Any) -> float | None:
-    """A finite number, or None. Numeric strings (CSV) are accepted; bools, blanks, NaN and inf are not."""
+    """A finite number, or None. Numeric strings (CSV) in ASCII decimal syntax are accepted; bools, blanks, NaN and inf are not."""
     kind = type(value)
     if kind is float or kind is int:
         number = float(value)
     elif kind is str:
-        try:
-            number = float(value)
-        except ValueError:
+        parsed = decimal_text(value)
+        if parsed is None:
             return None
+        number = parsed
     else:
         return None
     return number if math.isfinite(number) else None
@@ -439,6 +450,8 @@ def _columnar(flows: Sequence[Any], *, keep_passthrough: bool) -> FlowBatch | No
             return None
         try:
             if str in kinds:  # float() of each, as _number does: the same numbers, the same refusals
+                if not all(map(DECIMAL.fullmatch, (value for value in values if type(value) is str))):
+                    return None
                 block = np.fromiter(map(float, values), dtype=np.float64, count=len(values))
             else:
                 block = np.array(values, dtype=np.float64)

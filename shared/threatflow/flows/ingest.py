@@ -26,13 +26,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import chain
-from math import isnan
+from math import isfinite, isnan
 from operator import itemgetter
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from threatflow.adapters.postgres import unit_of_work
 from threatflow.flows import repository
-from threatflow.flows.features import ATTACK_CATEGORIES, NUMERIC_COLUMNS, category_named
+from threatflow.flows.features import ATTACK_CATEGORIES, DECIMAL, NUMERIC_COLUMNS, category_named, decimal_text
 from threatflow.flows.repository import STORED_FEATURES, EventRow, StoredEvent
 
 if TYPE_CHECKING:
@@ -139,10 +139,7 @@ def _as_time(value: Any) -> datetime:
         return datetime.fromtimestamp(float(value), UTC)
     if isinstance(value, str):
         text = value.strip()
-        try:
-            number = float(text)
-        except ValueError:
-            number = None
+        number = decimal_text(text)  # float() also read "١٤٢١٩٢٧٤١٤", "1_421_927_414", "+1421927414"
         if number is not None:
             return _as_time(number)
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -186,7 +183,9 @@ def _as_port(value: Any) -> int | None:
         if text.startswith("0x"):
             number = int(text, 16)
         else:
-            as_float = float(text)  # "80", "80.0", "8e1" as the number would be; never cut ("80.5" was stored as 80)
+            as_float = decimal_text(text)  # "80", "80.0", "8e1" as the number would be; never cut ("80.5" was stored as 80)
+            if as_float is None or not isfinite(as_float):
+                raise ValueError("expected a port number")
             if not as_float.is_integer():
                 raise ValueError("a port is a whole number")
             number = int(as_float)
@@ -562,16 +561,12 @@ def _value(name: str, text: str) -> Any:
     value = text.strip()
     if value == "":
         return None
-    if name.lower() in _TEXT_FIELDS:
-        return value
+    if name.lower() in _TEXT_FIELDS or not DECIMAL.fullmatch(value):
+        return value  # validation reports a non-numeric one, naming the field (int() read "١٢" as 12)
     try:
         return int(value)
     except ValueError:
-        pass
-    try:
         return float(value)
-    except ValueError:
-        return value  # validation reports it as non-numeric, naming the field
 
 
 def read_csv(text: Iterable[str], *, skip_rows: int = 0, typed: bool = True) -> Iterator[tuple[int, dict[str, Any]]]:
