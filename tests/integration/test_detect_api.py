@@ -198,6 +198,20 @@ def test_a_number_written_other_than_in_ascii_decimal_is_a_400_naming_the_field(
     assert [(e["index"], e["field"]) for e in batch.get_json()["error"]["details"]["errors"]] == [(1, "dpkts")]
 
 
+@pytest.mark.parametrize(("field", "text"), [("proto", "tcp\x00"), ("state", "FIN\x01"), ("srcip", "10.0.0.1\x00")])
+def test_a_control_character_in_a_text_field_is_a_400_as_on_flows_batch(detect, blobs, field, text):
+    """A proto of "tcp\\u0000" was a 200 (scored as an unknown protocol) where /flows/batch refused it."""
+    _publish(blobs, "served")
+    registry.promote(blobs=blobs, bucket=BUCKET, version="served", now=_now)
+    flow = flow_without_targets(sample_rows(2500)[0])
+    one = detect.post("/api/v1/detect", {"flow": dict(flow, **{field: text})})
+    assert one.status_code == 400, one.get_data(as_text=True)[:300]
+    assert [(e["index"], e["field"]) for e in one.get_json()["error"]["details"]["errors"]] == [(0, field)]
+    batch = detect.post("/api/v1/detect/batch", {"flows": [flow, dict(flow, **{field: text})]})
+    assert batch.status_code == 400
+    assert [(e["index"], e["field"]) for e in batch.get_json()["error"]["details"]["errors"]] == [(1, field)]
+
+
 def test_detect_requires_a_token(function_client, backend_env):
     client = function_client("detect")
     assert client.post("/api/v1/detect", json={"flow": {}}).status_code == 401

@@ -249,6 +249,23 @@ def test_number_text_is_only_ascii_decimal_syntax(value):
     assert F.validate_flow(0, dict(PARTITIONED, dur=value), single) is None and [e.field for e in single] == ["dur"]
 
 
+@pytest.mark.parametrize("text", ["tcp\x00", "\x00", "tc\x01p", "http\x1b[31m", "tcp\x7f", "tcp\x85x"])
+@pytest.mark.parametrize("field", ["proto", "service", "state"])
+def test_a_category_holding_a_control_character_is_refused_naming_it(field, text):
+    """/detect scored "tcp\\u0000" as an unknown protocol (200) where /flows/batch refused it: one check, in validation."""
+    errors = assert_same_as_reference([PARTITIONED, dict(PARTITIONED, **{field: text})])
+    assert [(e.index, e.field) for e in errors] == [(1, field)]
+    assert "control character" in errors[0].reason
+
+
+@pytest.mark.parametrize("field", ["srcip", "attack_cat", "id"])
+def test_a_pass_through_string_holding_a_nul_is_refused_naming_it(field):
+    """Pass-through fields are not scored, but a NUL in one was answered 200 by /detect and refused by /flows/batch."""
+    errors = assert_same_as_reference([dict(PARTITIONED, srcip="10.0.0.1"), dict(PARTITIONED, **{field: "10.0.0.2\x00"})])
+    assert [(e.index, e.field) for e in errors] == [(1, field)]
+    assert "NUL" in errors[0].reason
+
+
 @pytest.mark.parametrize("value", BAD_CATEGORIES, ids=_value_id)
 def test_each_bad_category_is_listed_exactly_as_the_reference_lists_it(value):
     errors = assert_same_as_reference([dict(PARTITIONED, service=value), PARTITIONED])
