@@ -197,13 +197,29 @@ def _finite(value: Any) -> float | None:
         return None
 
 
+# No value of proto, service or state holds one; PostgreSQL's text cannot hold NUL, and /detect scored "tcp\0" as
+# an unknown protocol where /flows/batch refused it. Checked here, for every route that validates flows.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def _category(column: str, value: Any) -> str | None:
     if type(value) is not str:
         return None
     text = value.strip()
-    if not text or len(text) > MAX_CATEGORY_LENGTH:
+    if not text or len(text) > MAX_CATEGORY_LENGTH or _CONTROL.search(text):
         return None
     return text.upper() if column == "state" else text.lower()
+
+
+def _category_reason(value: Any) -> str:
+    found = _CONTROL.search(value.strip()) if type(value) is str else None
+    if found is not None:
+        return f"contains a control character (U+{ord(found.group()):04X})"
+    return f"must be a non-empty string of at most {MAX_CATEGORY_LENGTH} characters"
+
+
+def _has_nul(value: Any) -> bool:
+    return type(value) is str and "\x00" in value
 
 
 def validate_flow(index: int, flow: Any, errors: list[FieldError], *, allow_blank: bool = False) -> dict[str, Any] | None:
@@ -245,9 +261,11 @@ def validate_flow(index: int, flow: Any, errors: list[FieldError], *, allow_blan
         elif name in _CATEGORICAL_SET:
             text = _category(name, value)
             if text is None:
-                errors.append(FieldError(index, raw_name, f"must be a non-empty string of at most {MAX_CATEGORY_LENGTH} characters"))
+                errors.append(FieldError(index, raw_name, _category_reason(value)))
                 continue
             clean[name] = text
+        elif _has_nul(value):  # not scored, but stored by ingest (PostgreSQL text cannot hold it): refused on every route
+            errors.append(FieldError(index, raw_name, "contains a NUL character"))
         else:
             clean[name] = value
     for name in FEATURE_COLUMNS:
@@ -469,6 +487,9 @@ def _columnar(flows: Sequence[Any], *, keep_passthrough: bool) -> FlowBatch | No
             if None in normal.values():
                 return None
             texts.append(list(map(normal.__getitem__, column)))
+        for given, _name in layout.passthrough:
+            if any(map(_has_nul, map(itemgetter(given), members))):
+                return None
         if indices is None:
             numeric = block
             categorical = tuple(texts)

@@ -57,7 +57,6 @@ RAW_COLUMNS = (
     "ct_src_dport_ltm", "ct_dst_sport_ltm", "ct_dst_src_ltm", "attack_cat", "Label",
 )  # fmt: skip
 _TEXT_FIELDS = frozenset({"proto", "service", "state", "srcip", "dstip", "attack_cat"})
-_CATEGORICAL = ("proto", "service", "state")
 
 
 class Prediction(Protocol):
@@ -309,9 +308,7 @@ def validate(flows: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], 
     # and integer columns; out of range, the whole batch's INSERT would fail.
     unstorable = _unstorable_rows(list(by_index.values()))
     for (i, flow), out_of_range in zip(by_index.items(), unstorable, strict=True):
-        for name in _CATEGORICAL:  # PostgreSQL text cannot hold NUL: a 400 here, not a failed batch
-            if "\x00" in flow[name]:
-                problems.append(FlowProblem(i, name, "contains a NUL character"))
+        # PostgreSQL text cannot hold NUL: features.validate_flows refuses it (and any control character) in the categoricals
         if out_of_range or _rate_unstorable(flow):
             problems += _storage_problems(i, flow)
     bad = {p.index for p in problems}
