@@ -188,3 +188,18 @@ def test_an_epoch_time_given_as_text_is_ascii_decimal(text):
     problems: list[ingest.FlowProblem] = []
     ingest.event_fields({"stime": text}, 3, problems)
     assert [(p.index, p.field) for p in problems] == [(3, "stime")]
+
+
+@pytest.mark.parametrize("field", ["sbytes", "dbytes", "spkts", "dpkts", "dur"])
+@pytest.mark.parametrize("value", [-4e18, -1, "-1", -0.5, -1e-30])
+def test_a_negative_count_or_duration_is_a_problem_at_ingest(field, value):
+    """POST /flows/batch stored "sbytes": -4e18, and refresh-flow-views summed it into bytes-by-proto (negative totals).
+    /flows/batch, the upload worker and `flows load` (through /flows/batch) all validate here."""
+    flows = [flow for _n, flow in ingest.read_csv(io.StringIO(_raw_csv(3)), typed=False)]
+    raw_name = {"spkts": "Spkts", "dpkts": "Dpkts"}.get(field, field)
+    flows[1][raw_name] = value
+    _clean, _fields, problems = ingest.validate(flows)
+    assert [(p.index, p.field) for p in problems] == [(1, field)]
+    assert "negative" in problems[0].reason
+    assert ingest.valid_indices(3, problems) == [0, 2]
+    assert features.validate_flows([features.canonical_flow(f) for f in flows])[1] == []  # /detect scores them (deliberate)
