@@ -283,6 +283,9 @@ def test_flow_ingest_worker_loads_an_upload_once(flows_api, backend_env, functio
 
     raw = "\n".join(",".join(flowgen.raw_line(f)) for f in flowgen.generate(120, seed=3)) + "\n"
     raw += "not,a,flow\n"  # one bad row: counted and skipped, the rest is stored
+    # Rows of the wrong width: the extra cell was dropped and the short row stored without its label; both counted and skipped now.
+    longer, shorter = (",".join(flowgen.raw_line(f)) for f in flowgen.generate(2, seed=4))
+    raw += f"{longer},9\n{shorter.rsplit(',', 1)[0]}\n"
     GcsBlobs(PROJECT).put("threatflow-uploads", "flows/test.csv.gz", gzip.compress(raw.encode()))
     job = flows_api.post("/api/v1/flows/uploads", {"object": "flows/test.csv.gz"})
     assert job.status_code == 202, job.get_data(as_text=True)
@@ -302,7 +305,8 @@ def test_flow_ingest_worker_loads_an_upload_once(flows_api, backend_env, functio
     worker = function_client("flow-ingest")
     assert worker.post("/", json=push()).status_code == 200
     done = FirestoreDocuments(PROJECT).get("flow_ingest_jobs", job_id)
-    assert done["state"] == "succeeded" and done["stored"] == 120 and done["invalid"] == 1 and done["rows_done"] == 121
+    assert done["state"] == "succeeded" and done["stored"] == 120 and done["invalid"] == 3 and done["rows_done"] == 123
+    assert done["first_problem"]["index"] == 120 and "cells" in done["first_problem"]["reason"], done["first_problem"]
     # A redelivery of the finished job, and a forced re-run of the same file: nothing stored twice.
     assert worker.post("/", json=push()).status_code == 200
     FirestoreDocuments(PROJECT).set("flow_ingest_jobs", job_id, {"state": "queued", "rows_done": 0, "stored": 0}, merge=True)

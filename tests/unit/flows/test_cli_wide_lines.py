@@ -37,3 +37,24 @@ def test_a_line_longer_than_the_upload_bound_is_an_error_naming_it_before_it_is_
     assert [body["positions"] for body in sent] == [[0]]  # the row before it only
     with pytest.raises(ValueError, match="line 2 is longer"):
         cli.newest_time(data)
+
+
+def test_a_row_of_the_wrong_width_is_skipped_counted_and_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`flows load` posted a row with an extra cell cut to the header, and a row missing its label without it."""
+    from threatflow.cli import flows as cli
+
+    data = _file(tmp_path / "shapes.csv", wide_cells=0)  # rows 0 and 2 good, row 1 one cell too many
+    lines = data.read_text().splitlines()
+    data.write_text("\n".join([*lines, lines[0].rsplit(",", 1)[0], lines[0]]) + "\n")  # row 3 without its Label, row 4 good
+    sent: list[dict[str, Any]] = []
+
+    def post(body: dict[str, Any]) -> tuple[int, Any]:
+        sent.append(body)
+        return 200, {"stored": len(body["flows"]), "duplicates": 0, "invalid": 0}
+
+    entry = cli.load_file(data, post=post, progress=cli.Progress(tmp_path / "progress.json"), batch_size=1, show_bar=False)
+    assert [body["positions"] for body in sent] == [[0], [2], [4]]
+    assert (entry["stored"], entry["invalid"], entry["rows_done"]) == (3, 2, 5)
+    err = capsys.readouterr().err
+    assert "skipped row 1: the row has 50 cells; the raw layout has 49" in err
+    assert "skipped row 3: the row has 48 cells; the raw layout has 49" in err

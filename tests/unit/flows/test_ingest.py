@@ -203,3 +203,26 @@ def test_a_negative_count_or_duration_is_a_problem_at_ingest(field, value):
     assert "negative" in problems[0].reason
     assert ingest.valid_indices(3, problems) == [0, 2]
     assert features.validate_flows([features.canonical_flow(f) for f in flows])[1] == []  # /detect scores them (deliberate)
+
+
+def test_a_row_whose_width_differs_from_the_header_is_a_misshapen_row_not_a_flow():
+    """Extra cells past the header were dropped and a row missing its last columns was read without them (its label)."""
+    header = "dur,proto,service,state,attack_cat,label"
+    text = "\n".join([header, "1,tcp,-,FIN,Normal,0", "1,tcp,-,FIN,Normal,0,7", "1,tcp,-,FIN,Normal", "1,tcp,-,FIN,Normal,0,,", ""])
+    rows = list(ingest.read_csv(io.StringIO(text), typed=False))
+    assert [number for number, _ in rows] == [0, 1, 2, 3]
+    assert isinstance(rows[0][1], dict) and isinstance(rows[3][1], dict)  # blank cells past the header: a trailing comma
+    for number, cells in ((1, 7), (2, 5)):
+        bad = rows[number][1]
+        assert isinstance(bad, ingest.MisshapenRow) and (bad.cells, bad.expected) == (cells, 6)
+        assert bad.reason == f"the row has {cells} cells; the header has 6"
+
+
+def test_a_raw_row_of_the_wrong_width_is_a_misshapen_row():
+    lines = _raw_csv(3).splitlines()
+    lines[1] = lines[1].rsplit(",", 1)[0]  # no Label
+    lines[2] += ",9"
+    rows = list(ingest.read_csv(io.StringIO("\n".join(lines))))
+    assert isinstance(rows[0][1], dict)
+    assert [(r.cells, r.expected) for _n, r in rows[1:]] == [(48, 49), (50, 49)]
+    assert "the raw layout has 49" in rows[1][1].reason
