@@ -93,7 +93,7 @@ def main() -> None:
         # Baseline: read, parse and validate the same file in process, nothing sent (see the docstring).
         began = time.perf_counter()
         with data.open("rb") as raw:
-            for _positions, flows in cli.batches(ingest.read_csv(ingest.open_text(raw)), args.batch_size):
+            for _positions, flows, _misshapen in cli.batches(ingest.read_csv(ingest.open_text(raw)), args.batch_size):
                 ingest.validate(flows)
         baseline = time.perf_counter() - began
 

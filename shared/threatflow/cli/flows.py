@@ -33,9 +33,12 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from threatflow.platform.errors import DependencyError, ValidationError
+
+if TYPE_CHECKING:
+    from threatflow.flows.ingest import MisshapenRow
 
 DEFAULT_BATCH = 5000
 IN_FLIGHT = 2
@@ -158,17 +161,34 @@ class Bar:
             self.line_open = False
 
 
-def batches(rows: Iterator[tuple[int, dict[str, Any]]], size: int) -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
+Misshapen = list[tuple[int, "MisshapenRow"]]
+
+
+def batches(
+    rows: Iterator[tuple[int, dict[str, Any] | MisshapenRow]], size: int
+) -> Iterator[tuple[list[int], list[dict[str, Any]], Misshapen]]:
+    """(row numbers, flows, rows of another width read with them): up to `size` flows a batch; the last may hold
+    only rows of another width (they are counted as invalid and named, never posted)."""
     positions: list[int] = []
     flows: list[dict[str, Any]] = []
+    misshapen: Misshapen = []
     for number, flow in rows:
+        if not isinstance(flow, dict):
+            misshapen.append((number, flow))
+            continue
         positions.append(number)
         flows.append(flow)
         if len(flows) >= size:
-            yield positions, flows
-            positions, flows = [], []
-    if flows:
-        yield positions, flows
+            yield positions, flows, misshapen
+            positions, flows, misshapen = [], [], []
+    if flows or misshapen:
+        yield positions, flows, misshapen
+
+
+def _answered(answer: tuple[int, Any]) -> Future[tuple[int, Any]]:
+    done: Future[tuple[int, Any]] = Future()
+    done.set_result(answer)
+    return done
 
 
 Post = Callable[[dict[str, Any]], tuple[int, Any]]
@@ -221,6 +241,8 @@ def newest_time(path: Path, *, now: float | None = None) -> float | None:
     newest_ahead: float | None = None
     with path.open("rb") as raw:
         for _number, flow in ingest.read_csv(ingest.lines_within(ingest.open_text(raw)), typed=False):
+            if not isinstance(flow, dict):  # a row of another width: never loaded
+                continue
             for name in TIME_FIELDS:
                 at = _epoch(flow.get(name))
                 if at is None:
@@ -295,14 +317,14 @@ def load_file(
         # Cells go as text: the API parses and validates each flow once, skips the invalid ones
         # (skip_invalid) and lists them, so the client does no second validation.
         rows = ingest.read_csv(ingest.lines_within(ingest.open_text(raw)), skip_rows=skip, typed=False)
-        pending: deque[tuple[list[int], Future[tuple[int, Any]]]] = deque()
+        pending: deque[tuple[list[int], Misshapen, Future[tuple[int, Any]]]] = deque()
 
         def read_bytes() -> int:
             return path.stat().st_size if raw.closed else raw.tell()
 
         pool = ThreadPoolExecutor(max_workers=in_flight)
 
-        def settle(positions: list[int], future: Future[tuple[int, Any]]) -> None:
+        def settle(positions: list[int], misshapen: Misshapen, future: Future[tuple[int, Any]]) -> None:
             nonlocal shown, too_old
             status, payload = future.result()
             if status != 200:
@@ -310,6 +332,12 @@ def load_file(
                 # Re-running as it was fails the same way when the refusal is the caller's token or role.
                 then = REFUSAL_ADVICE.get(status, "progress is saved, re-run to resume")
                 raise DependencyError(f"the API refused a batch (HTTP {status}): {json.dumps(error)[:2000]}; {then}")
+            for number, row in misshapen:  # counted with the batch read after them: a resume neither skips nor recounts them
+                if shown < PROBLEMS_SHOWN:
+                    bar.end_line()
+                    print(f"  skipped row {number:,}: {row.reason}", file=sys.stderr)
+                shown += 1
+            entry["invalid"] += len(misshapen)
             problems = payload.get("problems") or []
             for problem in problems:
                 if shown < PROBLEMS_SHOWN:
@@ -324,13 +352,16 @@ def load_file(
             entry["invalid"] += int(payload.get("invalid", 0))  # counted once the batch is acknowledged: a resume never counts it twice
             # Batches are settled in the order they were read, so the ledger only ever
             # moves past rows the API has acknowledged, even with several in flight.
-            entry["rows_done"] = positions[-1] + 1
+            entry["rows_done"] = max(positions[-1:] + [number for number, _row in misshapen[-1:]]) + 1
             progress.save()
             bar.show(entry, read_bytes())
 
         interrupted = False
         try:
-            for positions, flows in batches(rows, batch_size):
+            for positions, flows, misshapen in batches(rows, batch_size):
+                if not flows:  # only rows of another width, after the last flow: nothing to post
+                    pending.append((positions, misshapen, _answered((200, {}))))
+                    continue
                 # No observed_at: the API dates undated flows (no stime) by when this source was first observed,
                 # whichever run, machine or ledger sends them. The time this loader once chose was saved only with
                 # the first acknowledged batch, so a run killed before it, or another ledger, stored them again.
@@ -338,7 +369,7 @@ def load_file(
                 body = {"flows": sent, "positions": positions, "source": source, "skip_invalid": True}
                 if "observed_at" in entry:  # a load an earlier version started keeps the time it sent
                     body["observed_at"] = entry["observed_at"]
-                pending.append((positions, pool.submit(post, body)))
+                pending.append((positions, misshapen, pool.submit(post, body)))
                 while len(pending) > in_flight:  # reading the next batch overlaps the requests in flight
                     settle(*pending.popleft())
             while pending:

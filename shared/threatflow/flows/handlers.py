@@ -54,7 +54,7 @@ import re
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -139,7 +139,9 @@ def bounded_lines(text: io.TextIOBase) -> Iterator[str]:
         yield line
 
 
-def bounded_rows(rows: Iterable[tuple[int, dict[str, Any]]]) -> Iterator[tuple[int, dict[str, Any]]]:
+def bounded_rows(
+    rows: Iterable[tuple[int, dict[str, Any] | ingest.MisshapenRow]],
+) -> Iterator[tuple[int, dict[str, Any] | ingest.MisshapenRow]]:
     """read_csv's rows, refusing a row with more columns than any UNSW layout has (a 10,000-column
     header would otherwise make every row a 10,000-problem validation), and csv's own errors."""
     iterator = iter(rows)
@@ -150,7 +152,7 @@ def bounded_rows(rows: Iterable[tuple[int, dict[str, Any]]]) -> Iterator[tuple[i
             return
         except csv.Error as exc:  # e.g. a field larger than csv.field_size_limit()
             raise UnreadableUpload(f"not a readable CSV: {exc}") from None
-        if len(item[1]) > MAX_COLUMNS:
+        if isinstance(item[1], dict) and len(item[1]) > MAX_COLUMNS:
             raise UnreadableUpload(f"row {item[0]} has {len(item[1])} columns; a UNSW-NB15 CSV has at most 49")
         yield item
 
@@ -522,22 +524,26 @@ def run_job(
             rows = bounded_rows(ingest.read_csv(bounded_lines(text), skip_rows=progress["rows_done"]))
             flows: list[dict[str, Any]] = []
             positions: list[int] = []
+            misshapen: list[tuple[int, ingest.MisshapenRow]] = []  # rows of another width read since the last flush
 
             def flush() -> None:
                 held.keep()  # before storing: a delivery whose lease was taken over stores nothing more
-                result = ingest_rows(flows, positions, source=source)
+                result = ingest_rows(flows, positions, source=source) if flows else {}
                 for key in ("stored", "duplicates", "invalid", "predicted_attacks"):
                     progress[key] += int(result.get(key) or 0)
+                progress["invalid"] += len(misshapen)
                 # Again before the progress is written: a store that outlasted the lease (taken over meanwhile) leaves the
                 # progress to the new holder; its rows are duplicates to that one, never stored twice.
                 held.keep()
-                progress["rows_done"] = positions[-1] + 1
+                progress["rows_done"] = max(positions[-1:] + [number for number, _row in misshapen[-1:]]) + 1
                 update: dict[str, Any] = {**progress, "updated_at": clock.now()}
-                if result.get("first_problem") and not job.get("first_problem"):
-                    update["first_problem"] = job["first_problem"] = result["first_problem"]
+                first = _first_problem(result.get("first_problem"), positions, misshapen)
+                if first and not job.get("first_problem"):
+                    update["first_problem"] = job["first_problem"] = first
                 documents.set(INGEST_JOBS, job_id, update, merge=True)
                 flows.clear()
                 positions.clear()
+                misshapen.clear()
 
             for number, flow in rows:
                 # Checked at a batch boundary, once this delivery has stored a batch: every delivery
@@ -545,12 +551,15 @@ def run_job(
                 if flushed and not flows and (clock.now() - started).total_seconds() >= budget_seconds:
                     out_of_time = True
                     break
+                if isinstance(flow, ingest.MisshapenRow):
+                    misshapen.append((number, flow))
+                    continue
                 flows.append(flow)
                 positions.append(number)
                 if len(flows) >= BATCH_ROWS:
                     flush()
                     flushed = True
-            if flows:
+            if flows or (misshapen and not out_of_time):
                 flush()
     except (ValueError, NotFoundError) as exc:  # not a UNSW CSV, or gone mid-read: retrying cannot help
         reason = exc.message if isinstance(exc, NotFoundError) else str(exc)
@@ -569,6 +578,17 @@ def run_job(
     done = {**progress, "state": "succeeded", "finished_at": clock.now()}
     documents.set(INGEST_JOBS, job_id, done, merge=True)
     return {**job, **running, **done}
+
+
+def _first_problem(
+    stored: Mapping[str, Any] | None, positions: Sequence[int], misshapen: Sequence[tuple[int, ingest.MisshapenRow]]
+) -> dict[str, Any] | None:
+    """The batch's first problem in file order: validation's (its index is the flow's in the batch) or a row of another
+    width (index: its row number, as in the first batch)."""
+    if misshapen and (stored is None or misshapen[0][0] < positions[int(stored["index"])]):
+        number, row = misshapen[0]
+        return {"index": number, "field": "", "reason": row.reason}
+    return dict(stored) if stored else None
 
 
 def continue_job(job_id: str, handover: Handover, *, documents: DocumentStore, publisher: Publisher, clock: Clock) -> dict[str, Any]:

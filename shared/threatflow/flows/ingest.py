@@ -573,8 +573,25 @@ def _value(name: str, text: str) -> Any:
         return float(value)
 
 
-def read_csv(text: Iterable[str], *, skip_rows: int = 0, typed: bool = True) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(row number, flow) from a partitioned (header) or raw (49 columns, no header) UNSW CSV.
+@dataclass(frozen=True)
+class MisshapenRow:
+    """A CSV row whose cell count differs from the header's (the raw layout's 49): read_csv yields it in place of a
+    flow, and the loaders count it as invalid and name it. Its extra cells were dropped and a row missing its last
+    columns was stored without them (its label). Blank cells past the header are a trailing comma, not extra cells."""
+
+    cells: int
+    expected: int
+    raw: bool  # the headerless raw layout
+
+    @property
+    def reason(self) -> str:
+        layout = f"the raw layout has {self.expected}" if self.raw else f"the header has {self.expected}"
+        return f"the row has {self.cells} cells; {layout}"
+
+
+def read_csv(text: Iterable[str], *, skip_rows: int = 0, typed: bool = True) -> Iterator[tuple[int, dict[str, Any] | MisshapenRow]]:
+    """(row number, flow) from a partitioned (header) or raw (49 columns, no header) UNSW CSV; (row number,
+    MisshapenRow) for a row of another width.
 
     Row numbers count data rows from 0, so a resume can skip exactly what was done.
     typed=False keeps each cell as its (stripped) text, blank as None: for a client that
@@ -607,10 +624,14 @@ def read_csv(text: Iterable[str], *, skip_rows: int = 0, typed: bool = True) -> 
         yield from pending
         yield from reader
 
+    width, raw = len(header), bool(pending)
     for number, cells in enumerate(rows()):
         if number < skip_rows:
             continue
         if not cells or (len(cells) == 1 and not cells[0].strip()):
+            continue
+        if len(cells) != width and (len(cells) < width or any(cell.strip() for cell in cells[width:])):
+            yield number, MisshapenRow(len(cells), width, raw)
             continue
         if typed:
             yield number, {name: _value(name, cell) for name, cell in zip(header, cells, strict=False)}
