@@ -2,7 +2,10 @@
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from threatflow.flows import search
+from threatflow.platform.errors import ValidationError
 
 
 def _query(params, now):
@@ -71,3 +74,33 @@ def test_a_cursor_round_trips_and_is_part_of_the_key():
     )
     page_two = _query({"srcip": "175.45.176.3", "cursor": cursor}, at)
     assert search.SearchCache.key(page_two) != search.SearchCache.key(_query({"srcip": "175.45.176.3"}, at))
+
+
+@pytest.mark.parametrize(
+    ("text", "hours", "minutes"),
+    [
+        ("2026-11-27T00:00:00 00:00", 0, 0),  # ?from=2026-11-27T00:00:00+00:00 unencoded: the '+' arrives as a space
+        ("2026-11-27T00:00:00 0530", 5, 30),
+        ("2026-11-27T10:00:00.123 05:30", 5, 30),
+        ("2026-11-27 10:00 0100", 1, 0),
+    ],
+)
+def test_a_time_whose_offset_sign_became_a_space_is_read_as_plus(text, hours, minutes):
+    local = datetime.fromisoformat(text.rsplit(" ", 1)[0])
+    assert search.parse_time(text, "from") == (local - timedelta(hours=hours, minutes=minutes)).replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-11-27T00:00:00  00:00",
+        "2026-11-27T00:00:00 00:00:00",
+        "2026-11-27T00:00:00 0",
+        "2026-11-27 00 00:00",
+        "2026-11-27T00:00:00 -00:00",
+    ],
+)
+def test_only_a_date_time_one_space_and_an_offset_is_read_so(text):
+    with pytest.raises(ValidationError) as info:
+        search.parse_time(text, "from")
+    assert info.value.field == "from"

@@ -78,3 +78,15 @@ def test_a_stored_stix_id_that_stix2_refuses_gives_way_to_the_derived_one(stored
     exported = threat_id("malware", "Counter Fixture", stored)
     assert exported == threat_id("malware", "Counter Fixture", None)
     assert stix2.Malware(id=exported, name="Counter Fixture", is_family=True).id == exported
+
+
+@pytest.mark.parametrize("name", ["first_seen_from", "first_seen_to", "last_seen_from", "last_seen_to"])
+@pytest.mark.parametrize(("text", "offset"), [("2026-11-27T10:00:00 00:00", "+00:00"), ("2026-11-27T10:00:00 0530", "+05:30")])
+def test_an_export_time_whose_offset_sign_became_a_space_is_read_as_plus(name, text, offset):
+    """?last_seen_from=2026-11-27T10:00:00+00:00 typed in curl: the unencoded '+' decodes to a space (a 400)."""
+    from datetime import datetime
+
+    expected = datetime.fromisoformat(text.split(" ")[0] + offset)
+    assert getattr(filter_from_query(MultiDict({name: text})), name) == expected
+    with pytest.raises(ValidationError):
+        filter_from_query(MultiDict({name: text.replace(" ", "  ")}))
