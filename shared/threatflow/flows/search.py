@@ -27,6 +27,7 @@ from threatflow.adapters.postgres import ReadSession
 from threatflow.flows import repository
 from threatflow.flows.ingest import CATEGORIES, ZONE_ID_REASON, event_address
 from threatflow.flows.repository import EventQuery
+from threatflow.platform import limits
 from threatflow.platform.errors import ValidationError
 
 if TYPE_CHECKING:
@@ -66,8 +67,11 @@ def parse_ip(text: str | None, name: str) -> str | None:
 def parse_time(text: str | None, name: str) -> datetime | None:
     if text is None or text == "":
         return None
+    written = limits.query_time_text(text.strip())
     try:
-        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace(" ", "+"))
+        if " " in written[11:]:  # a space only between the date and the time: fromisoformat also read "00:00:00 -05:00"
+            raise ValueError(written)
+        value = datetime.fromisoformat(written.replace("Z", "+00:00"))
     except ValueError:
         raise ValidationError(f"{name} must be an ISO 8601 time with a zone, e.g. 2026-01-01T00:00:00Z", field=name) from None
     if value.tzinfo is None:

@@ -389,6 +389,9 @@ _LIST_FIELDS = {"type", "verdict", "severity", "tlp", "tags", "tags_any", "ids"}
 _CONTROL = {"format", "limit"}
 
 
+_TIME_FIELDS = frozenset({"first_seen_from", "first_seen_to", "last_seen_from", "last_seen_to"})
+
+
 def filter_from_query(query: Any) -> IocFilter:
     """IocFilter from query parameters: lists as repeated or comma-separated values; max_tlp defaults to amber."""
     import msgspec
@@ -405,6 +408,9 @@ def filter_from_query(query: Any) -> IocFilter:
             data[name] = [part.strip() for value in values for part in str(value).split(",") if part.strip()]
         else:
             data[name] = values[-1]
+    for name in _TIME_FIELDS & data.keys():  # an unencoded '+' of the offset arrives as a space
+        if isinstance(data[name], str):
+            data[name] = limits.query_time_text(data[name])
     data.setdefault("max_tlp", DEFAULT_MAX_TLP)  # a TLP is read as writes read it (Tlp._missing_): TLP:RED, tlp-green
     if "ids" in data:
         data["ids"] = [_int(v, "ids") for v in data["ids"]]
