@@ -65,3 +65,14 @@ def test_iso_times_are_shifted_in_their_own_form(tmp_path: Path) -> None:
     data = tmp_path / "iso.csv"
     data.write_text("proto,service,state,stime\ntcp,-,FIN,2015-01-22T00:00:00Z\ntcp,-,FIN,2015-01-22T06:00:00+00:00\n")
     assert cli.newest_time(data, now=NOW) == 1_421_906_400  # 2015-01-22T06:00:00Z
+
+
+def test_a_time_in_other_number_syntax_is_left_for_the_api_to_refuse(tmp_path: Path) -> None:
+    """--shift-times read "١٤٢١٩٢٧٤١٤" (Arabic-Indic digits) or "1_421_927_414" with float() and posted it moved, as ASCII
+    digits: the API, which refuses such text, took it. The CLI leaves it as it is, and it sets no shift."""
+    from threatflow.cli import flows as cli
+
+    for text in ("١٤٢١٩٢٧٤١٤", "1_421_927_414", "+1421927414"):
+        assert cli.shift_times({"stime": text, "ltime": "1421927414"}, 100) == {"stime": text, "ltime": "1421927514"}
+    data = _raw_file(tmp_path / "digits.csv", [("1421927414", "1421927414"), ("١٧٠٠٠٠٠٠٠٠", "1_700_000_000")])
+    assert cli.newest_time(data, now=NOW) == 1421927414
