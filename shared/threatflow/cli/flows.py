@@ -203,10 +203,14 @@ TIME_FIELDS = ("stime", "ltime", "Stime", "Ltime")  # the partitioned names, and
 def _time(value: Any) -> tuple[float, bool] | None:
     """A cell as (epoch seconds, whether it was written in ISO 8601): the UNSW layout's stime/ltime, or ISO 8601 with
     a zone (as the API takes them); None for a blank, a time without a zone or anything else."""
+    from threatflow.flows.features import decimal_text
+
     number: float | None
-    try:
+    if isinstance(value, str) and (number := decimal_text(value)) is not None:
+        written_iso = False  # ASCII decimal only, as the API reads it: float() took "١٤٢١٩٢٧٤١٤" and posted it as ASCII digits
+    elif type(value) in (int, float):
         number, written_iso = float(value), False
-    except (TypeError, ValueError):
+    else:
         number, written_iso = _iso(value), True
     return (number, written_iso) if number is not None and math.isfinite(number) and number >= 0 else None
 
