@@ -104,3 +104,13 @@ def test_only_a_date_time_one_space_and_an_offset_is_read_so(text):
     with pytest.raises(ValidationError) as info:
         search.parse_time(text, "from")
     assert info.value.field == "from"
+
+
+@pytest.mark.parametrize("text", ["０.５", "1_0", "٠.٥", " 0.5", "+0.5", ".5", "nan"])
+def test_min_probability_is_ascii_decimal_syntax(text):
+    """float() read fullwidth and Arabic-Indic digits, underscores and padding, as flow fields and query_int did."""
+    now = datetime(2026, 11, 26, 5, 0, tzinfo=UTC)
+    with pytest.raises(ValidationError) as caught:
+        _query({"srcip": "59.166.0.1", "min_probability": text}, now)
+    assert caught.value.field == "min_probability"
+    assert _query({"srcip": "59.166.0.1", "min_probability": "0.5"}, now).min_probability == 0.5

@@ -107,3 +107,18 @@ def test_local_rate_limiter_keeps_a_bounded_number_of_keys():
     for i in range(1000):
         limiter.hit(str(i))
     assert len(limiter._buckets) <= 100
+
+
+@pytest.mark.parametrize("text", ["１５", "1_5", "٥", " 5", "+5", "5.", "inf"])
+def test_query_numbers_are_ascii_decimal_syntax(text):
+    """Request.query_number (a cursor such as a timestamp) read what float() reads: fullwidth and Arabic-Indic digits,
+    underscores, padding. It takes what a JSON number looks like, as query_int takes ASCII digits."""
+    from threatflow.platform.web import Request
+
+    def request(value: str) -> Request:
+        return Request("GET", "/", {}, {"before": value}, b"", "127.0.0.1", "r")
+
+    with pytest.raises(ValidationError) as caught:
+        request(text).query_number("before")
+    assert caught.value.field == "before"
+    assert request("1764201600.25").query_number("before") == 1764201600.25
