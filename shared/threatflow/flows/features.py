@@ -30,6 +30,7 @@ from itertools import chain
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
+from threatflow.platform import limits
 from threatflow.platform.errors import ValidationError
 
 if TYPE_CHECKING:
@@ -164,14 +165,10 @@ def canonical_flow(flow: Mapping[str, Any]) -> dict[str, Any]:
     return {canonical_name(k): v for k, v in flow.items()}
 
 
-# Numbers given as text are written as JSON numbers and the UNSW CSVs' cells are: float() also reads "١٢", "１２", "1_000",
-# " 12 " and "+5" (the loaders strip a cell's padding before it gets here).
-DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
-
-
-def decimal_text(text: str) -> float | None:
-    """The number an ASCII decimal text writes (float() of it, inf past a float's range), or None for any other text."""
-    return float(text) if DECIMAL.fullmatch(text) else None
+# Numbers given as text are ASCII decimal syntax (platform.limits.DECIMAL), as JSON numbers and the UNSW CSVs' cells
+# are written: float() also reads "١٢", "１２", "1_000", " 12 " and "+5" (the loaders strip a cell's padding first).
+DECIMAL = limits.DECIMAL
+decimal_text = limits.decimal_text
 
 
 def _number(value: Any) -> float | None:

@@ -172,11 +172,8 @@ def parse_search(query: Mapping[str, str], *, now: datetime) -> EventQuery:
         raise ValidationError("predicted must be attack or normal", field="predicted")
     min_probability = None
     if query.get("min_probability") not in (None, ""):
-        try:
-            min_probability = float(query["min_probability"])
-        except ValueError:
-            raise ValidationError("min_probability must be a number from 0 to 1", field="min_probability") from None
-        if not 0.0 <= min_probability <= 1.0:
+        min_probability = limits.decimal_text(query["min_probability"])  # ASCII decimal syntax, as flow fields
+        if min_probability is None or not 0.0 <= min_probability <= 1.0:
             raise ValidationError("min_probability must be a number from 0 to 1", field="min_probability")
     q = EventQuery(
         start=start,

@@ -60,6 +60,16 @@ def has_long_digits(raw: bytes) -> bool:
     return _NINETEEN_DIGITS in raw.translate(_DIGITS_AS_ZERO)
 
 
+# A number given as text, in query strings and flow fields: what a JSON number looks like (a UNSW CSV cell too).
+# float() also reads "١٢", "１２", "1_000", " 12 ", "+5", "inf" and "nan".
+DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+
+
+def decimal_text(text: str) -> float | None:
+    """The number an ASCII decimal text writes (float() of it, inf past a float's range), or None for any other text."""
+    return float(text) if DECIMAL.fullmatch(text) else None
+
+
 def check_json(value: Any, *, field: str = "", skip: str | None = None) -> None:
     """Walk decoded JSON iteratively; raise ValidationError naming the first bad field.
 

@@ -98,10 +98,9 @@ class Request:
         text = self.query.get(name)
         if text is None or text == "":
             return None
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValidationError(f"query parameter {name!r} must be a number", field=name) from None
+        value = limits.decimal_text(text)  # ASCII decimal syntax: float() read "１５", "1_5", " 5"
+        if value is None:
+            raise ValidationError(f"query parameter {name!r} must be a number", field=name)
         if not math.isfinite(value) or value < minimum:
             raise ValidationError(f"query parameter {name!r} must be a finite number at least {minimum:g}", field=name)
         return value
