@@ -590,12 +590,22 @@ def test_a_long_or_keeps_what_each_of_its_comparisons_says():
     assert qualified.errors == [] and any("qualifier" in w.reason for w in qualified.warnings), qualified.warnings
 
 
+def test_a_long_or_wrapped_in_parentheses_is_read_in_pieces_too():
+    """`[(a OR b OR …)]`, the whole observation in one parenthesis (as some exporters write it), is the same OR:
+    400 of them were an error (the tree walk's recursion limit)."""
+    addresses = [f"198.51.{i // 250}.{i % 250 + 1}" for i in range(400)]
+    pattern = "[((" + " OR ".join(f"ipv4-addr:value = '{a}'" for a in addresses) + "))]"
+    parsed = parse("stix", _indicator_bundle(pattern))
+    assert parsed.errors == [] and [p.item.value for p in parsed.iocs] == addresses[:100]
+
+
 def test_a_pattern_nesting_too_deeply_to_read_says_so():
-    """400 ORs inside one parenthesis are not the observation's own, so they are not read in pieces: the error
-    names why (it was an empty reason)."""
-    pattern = "[(" + " OR ".join(f"ipv4-addr:value = '198.51.100.{i % 250 + 1}'" for i in range(400)) + ")]"
+    """400 ORs inside a parenthesis that is not the whole observation are not the observation's own, so they are
+    not read in pieces: the error names why (it was an empty reason)."""
+    inner = " OR ".join(f"ipv4-addr:value = '198.51.100.{i % 250 + 1}'" for i in range(400))
+    pattern = f"[({inner}) AND ipv4-addr:value = '198.51.100.1']"
     [error] = parse("stix", _indicator_bundle(pattern)).errors
-    assert "nests too deeply to read (399 ORs and ANDs" in error.reason, error.reason
+    assert "nests too deeply to read (400 ORs and ANDs" in error.reason, error.reason
 
 
 def _sdo(kind, n, **fields):
