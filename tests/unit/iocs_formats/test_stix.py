@@ -705,3 +705,16 @@ def test_relationships_with_untidy_verbs_are_named_up_to_a_bound_then_counted_in
     assert [w.ref for w in named] == [r["id"] for r in rels[:named_at_most]]
     assert all("related-to" in w.reason for w in named)
     assert summary.ref == "relationships" and f"{extra} more relationships" in summary.reason and "related-to" in summary.reason
+
+
+def test_a_long_or_under_thousands_of_parentheses_is_never_a_crash():
+    inner = " OR ".join(f"ipv4-addr:value = '198.51.100.{i % 250 + 1}'" for i in range(300))
+    parsed = parse("stix", _indicator_bundle("[" + "(" * 5000 + inner + ")" * 5000 + "]"))
+    assert len(parsed.errors) + len(parsed.iocs) >= 1
+
+
+def test_a_wrapped_long_or_of_parenthesised_comparisons_is_read_in_pieces():
+    addresses = [f"198.51.{i // 250}.{i % 250 + 1}" for i in range(300)]
+    pattern = "[ ( " + " OR ".join(f"(ipv4-addr:value = '{a}')" for a in addresses) + " ) ]"
+    parsed = parse("stix", _indicator_bundle(pattern))
+    assert parsed.errors == [] and [p.item.value for p in parsed.iocs] == addresses[:100]

@@ -537,12 +537,38 @@ def _or_split(pattern: str) -> tuple[list[str], str] | None:
         elif brackets == 1 and parens == 0:
             cuts.append(match.span())
     qualifiers = text[end + 1 :] if end > 0 else ""
-    if end < 0 or "[" in qualifiers or len(cuts) < OR_SPLIT_AT:
-        return None  # unbalanced, more than one observation, or too few ORs to need it: read whole
+    if end < 0 or "[" in qualifiers:
+        return None  # unbalanced, or more than one observation: read whole
+    if not cuts:
+        inner = _unwrapped(text[1:end].strip())  # [(a OR b …)]: parentheses around the whole observation
+        # read again once: its inner text is wrapped no more, so this branch does not come back to it
+        return _or_split(f"[{inner}]{qualifiers}") if inner != text[1:end].strip() else None
+    if len(cuts) < OR_SPLIT_AT:
+        return None  # too few ORs to need it: read whole
     starts = [1, *(stop for _, stop in cuts)]
     stops = [*(start for start, _ in cuts), end]
     comparisons = [text[start:stop].strip() for start, stop in zip(starts, stops, strict=True)]
     return comparisons, (" " + qualifiers.strip() if qualifiers.strip() else "")
+
+
+def _unwrapped(text: str) -> str:
+    """`text` without the parentheses that wrap all of it (`((a OR b))` is `a OR b`), in one scan of it: peeled one
+    pair at a time, each pair's check read the text again, and thousands of them made the work quadratic."""
+    opened: list[int] = []
+    closing: dict[int, int] = {}  # where each parenthesis opened closes
+    for match in _PATTERN_TOKENS.finditer(text):
+        if match.group() == "(":
+            opened.append(match.start())
+        elif match.group() == ")" and opened:
+            closing[opened.pop()] = match.start()
+    start, stop = 0, len(text)
+    while start < stop and text[start] == "(" and closing.get(start) == stop - 1:
+        start, stop = start + 1, stop - 1
+        while start < stop and text[start].isspace():
+            start += 1
+        while start < stop and text[stop - 1].isspace():
+            stop -= 1
+    return text[start:stop]
 
 
 def _whole_pattern(pattern: str, *, version: str) -> tuple[list[tuple[str | None, str]], str | None, list[Resolution]]:
