@@ -718,3 +718,24 @@ def test_a_wrapped_long_or_of_parenthesised_comparisons_is_read_in_pieces():
     pattern = "[ ( " + " OR ".join(f"(ipv4-addr:value = '{a}')" for a in addresses) + " ) ]"
     parsed = parse("stix", _indicator_bundle(pattern))
     assert parsed.errors == [] and [p.item.value for p in parsed.iocs] == addresses[:100]
+
+
+def test_attack_patterns_without_a_technique_id_are_named_once_each_up_to_a_bound():
+    """Each `uses` of a pattern without a T#### id was its own warning: 20,000 threats using one such pattern gave
+    20,000 copies. Each pattern is named once, the first 100 of them, the rest counted in one warning."""
+    objects = [_sdo("malware", i, name=f"m{i}", is_family=True) for i in range(1, 151)]
+    objects += [_sdo("attack-pattern", 1000 + i, name=f"p{i}") for i in range(150)]
+    objects += [
+        _sdo("relationship", 5000 + k, relationship_type="uses", source_ref=objects[k]["id"], target_ref=objects[150 + (k % 150)]["id"])
+        for k in range(150)
+    ]
+    objects += [
+        _sdo("relationship", 9000 + k, relationship_type="uses", source_ref=objects[k]["id"], target_ref=objects[150]["id"])
+        for k in range(1, 150)
+    ]
+    parsed = parse("stix", json.dumps({"type": "bundle", "id": "bundle--5d0fa6a5-51c4-4d2b-8a3e-0d6a9a3c1f00", "objects": objects}))
+    named = [w for w in parsed.warnings if "has no ATT&CK technique id" in w.reason]
+    assert len(named) == 100 and len({w.reason for w in named}) == 100
+    assert [w.reason for w in parsed.warnings if w.ref == "attack-patterns"] == [
+        "50 more attack patterns used by threats have no ATT&CK technique id (T####) and are not kept as TTPs: the first 100 are named"
+    ]
