@@ -139,6 +139,7 @@ def parse(content: Any) -> ParsedImport:
 
     ttps: dict[str, set[str]] = {}
     untidy = _UntidyVerbs(out)
+    unnumbered: dict[str, None] = {}  # attack patterns `uses` named that have no T#### id
     for obj_id, (index, obj) in by_id.items():
         if obj.get("type") != "relationship" or obj.get("revoked") is True:
             continue
@@ -161,11 +162,19 @@ def parse(content: Any) -> ParsedImport:
             threat, pattern = (source, target) if source in threat_refs else (target, source)
             if ttps_of_pattern[pattern]:
                 ttps.setdefault(threat, set()).add(ttps_of_pattern[pattern])  # type: ignore[arg-type]
-            else:
-                out.warn(obj_id, f"{pattern} has no ATT&CK technique id (T####); not kept as a TTP")
+            elif pattern not in unnumbered:  # named once per pattern, the first MAX_UNTIDY_VERB_WARNINGS of them
+                unnumbered[pattern] = None
+                if len(unnumbered) <= MAX_UNTIDY_VERB_WARNINGS:
+                    out.warn(obj_id, f"{pattern} has no ATT&CK technique id (T####); not kept as a TTP")
         else:
             out.skip(f"relationship:{rel}")
     untidy.summarise()
+    if len(unnumbered) > MAX_UNTIDY_VERB_WARNINGS:
+        out.warn(
+            "attack-patterns",
+            f"{len(unnumbered) - MAX_UNTIDY_VERB_WARNINGS} more attack patterns used by threats have no ATT&CK technique id"
+            f" (T####) and are not kept as TTPs: the first {MAX_UNTIDY_VERB_WARNINGS} are named",
+        )
     if ttps:
         import msgspec
 
