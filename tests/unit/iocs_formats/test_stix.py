@@ -739,3 +739,29 @@ def test_attack_patterns_without_a_technique_id_are_named_once_each_up_to_a_boun
     assert [w.reason for w in parsed.warnings if w.ref == "attack-patterns"] == [
         "50 more attack patterns used by threats have no ATT&CK technique id (T####) and are not kept as TTPs: the first 100 are named"
     ]
+
+
+@pytest.mark.parametrize(
+    "comment",
+    [" /* Mirai OR Gafgyt */", " // it's a C2\n"],
+    ids=["or-in-block-comment", "quote-in-line-comment"],
+)
+def test_a_long_or_with_comments_is_cut_only_at_its_own_ors(comment):
+    """The grammar skips /* */ and // comments; the long-OR split read their text as pattern: an ' OR ' in one was a
+    cut (a piece ending inside the comment is no pattern), and a quote in one opened a string that hid the real ORs
+    (the OR was then read whole, past the recursion limit). Either way the indicator was an error."""
+    addresses = [f"198.51.{i // 250}.{i % 250 + 1}" for i in range(400)]
+    comparisons = [f"ipv4-addr:value = '{a}'" for a in addresses]
+    comparisons[99] += comment
+    parsed = parse("stix", _indicator_bundle("[" + " OR ".join(comparisons) + "]"))
+    assert parsed.errors == [], parsed.errors
+    assert [p.item.value for p in parsed.iocs] == addresses[:100]
+
+
+def test_a_long_or_is_cut_only_where_the_grammar_reads_whitespace():
+    """`\\x1c`–`\\x1f` are whitespace to Python's `\\s` but not to the grammar: an OR between them was a cut, and the
+    pieces (joined again by spaces) read a pattern the grammar refuses."""
+    comparisons = [f"ipv4-addr:value = '198.51.{i // 250}.{i % 250 + 1}'" for i in range(400)]
+    pattern = "[" + " OR ".join(comparisons[:5]) + "\x1cOR\x1c" + " OR ".join(comparisons[5:]) + "]"
+    with pytest.raises(ValidationError, match="not valid STIX patterning"):
+        pattern_values(pattern)
