@@ -59,6 +59,14 @@ def test_blank_and_bad_text_cells_are_problems_never_zero():
     assert ingest._as_port("0x0050") == 80
 
 
+@pytest.mark.parametrize("cell", ["0x_b", "0x0_b", "0x\u0661\u0662", "0x\uff11\uff12", "0x", "0x 1"])
+def test_a_hex_port_is_ascii_hex_digits_only(cell):
+    """The raw files write hex ports as 0x000b; int(text, 16) also read underscores and Arabic-Indic or fullwidth
+    digits ('0x١٢' was port 18), which the decimal path refuses since ports are ASCII syntax."""
+    with pytest.raises(ValueError, match="port"):
+        ingest._as_port(cell)
+
+
 def test_values_postgresql_cannot_store_are_problems():
     flows = [flow for _n, flow in ingest.read_csv(io.StringIO(_raw_csv(3)), typed=False)]
     flows[0]["proto"] = "tcp\x00"
