@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import io
 import ipaddress
+import re
 import struct
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -171,6 +172,9 @@ def _as_ip(value: Any) -> str:
     return event_address(value)
 
 
+_HEX_PORT = re.compile(r"0x[0-9a-f]+")
+
+
 def _as_port(value: Any) -> int | None:
     """Ports: an integer 0-65535; the raw files also write hex (0x000b) and '-' (none)."""
     if value is None or (isinstance(value, str) and value.strip() in ("", "-")):
@@ -180,6 +184,8 @@ def _as_port(value: Any) -> int | None:
     if isinstance(value, str):
         text = value.strip().lower()
         if text.startswith("0x"):
+            if not _HEX_PORT.fullmatch(text):  # int(text, 16) also read "0x_b" and Arabic-Indic or fullwidth digits
+                raise ValueError("expected a port number (hex as 0x000b)")
             number = int(text, 16)
         else:
             as_float = decimal_text(text)  # "80", "80.0", "8e1" as the number would be; never cut ("80.5" was stored as 80)
