@@ -368,3 +368,28 @@ def test_an_amber_import_naming_a_red_threat_by_alias_relates_nothing_to_it_and_
     assert [t.get("id") for t in body["threats"]["results"] if t["ref"] != own["id"]] == [None, None], body["threats"]
     seen_by_red = api.client("/api/v1/threats").get(f"/api/v1/threats/{red_id}", headers=red_analyst).get_json()
     assert seen_by_red["relations"] == [], seen_by_red
+
+
+def test_a_tie_stated_twice_is_made_only_if_its_strictest_statement_is_not_above_its_ends(api, backend_env, function_client):
+    """A document stating one tie twice, once marked TLP:RED and once unmarked (a report and its summary), made it:
+    the red statement was cut and the unmarked one made the same link, IoC relation or threat relation, shown to every
+    amber reader of both ends. As for an IoC named twice, the strictest marking of the tie's statements decides."""
+    red_analyst = _red_analyst(backend_env, function_client)
+    actor, malware = _malware(11, "Twice Actor"), _malware(12, "Twice Tool")
+    first, second = (_indicator(f"[ipv4-addr:value = '198.51.100.{n}']") for n in (71, 72))
+    red = {"object_marking_refs": [TLP_MARKING["red"]]}
+    ties = [(first, malware, "indicates"), (first, second, "communicates-with"), (malware, actor, "authored-by")]
+    stated = [_relationship(source, target, verb, **marking) for source, target, verb in ties for marking in (red, {})]
+    bundle = _bundle([actor, malware, first, second, *stated])
+    response = api.post("/api/v1/iocs/import", {"format": "stix", "content": bundle}, headers=red_analyst)
+    assert response.status_code == 200, response.get_data(as_text=True)[:300]
+    body = response.get_json()
+    assert (body["links"], body["relations"], body["threat_relations"]) == (0, 0, 0), body
+    assert {r["id"] for r in stated[::2]} <= {e["ref"] for e in body["errors"]}, body["errors"]
+
+
+def _indicator(pattern):
+    return {
+        "type": "indicator", "id": f"indicator--{uuid.uuid4()}", "pattern": pattern, "pattern_type": "stix",
+        "valid_from": "2026-01-01T00:00:00Z", **STAMP,
+    }  # fmt: skip
