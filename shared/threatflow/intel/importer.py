@@ -19,10 +19,10 @@ import dataclasses
 import itertools
 import logging
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from threatflow.threats.attack import AttackCatalog
 
 log = logging.getLogger("threatflow.intel.importer")
+_Tie = TypeVar("_Tie")  # what a link or relation joins, as ids
 IMPORT_JOBS = "import_jobs"
 IMPORT_LEASES = "import_job_leases"
 # Longer than the ioc-import function's timeout (540 s), so a live run never loses its lease,
@@ -134,6 +135,15 @@ def apply_import(
     ioc_tlps = ioc_repository.tlps_of(conn, [i for ids in ioc_ids.values() for i in ids]) if any(marked) else {}
     threat_tlps = threat_store.tlp_of_threats(conn, list(threat_ids.values())) if any(link.tlp for link in parsed.links) else {}
     above_ends: dict[str, None] = {}  # refs of links and relations marked above their ends, in document order
+    # A tie stated twice (marked red once, unmarked once) is as strict as its strictest statement: the unmarked one
+    # made the link the red one was cut for.
+    link_marks = _strictest(
+        ((threat_ids[link.threat_ref], link.relation, ioc_id), link.tlp)
+        for link in parsed.links
+        if link.threat_ref in threat_ids
+        for ioc_id in ioc_ids.get(link.ioc_ref, [])
+    )
+    links_above: set[tuple[int, str, int]] = set()
     for link in parsed.links:
         threat_id = threat_ids.get(link.threat_ref)
         if threat_id is None:
@@ -142,9 +152,13 @@ def apply_import(
             iocs_of = to_link.setdefault((threat_id, link.relation), {})
             if ioc_id in iocs_of:
                 continue  # the same link named twice
-            if _above(link.tlp, ioc_tlps.get(ioc_id), threat_tlps.get(threat_id)):
-                above_ends[link.ref or "links"] = None
-                links_cut += 1
+            ends = (ioc_tlps.get(ioc_id), threat_tlps.get(threat_id))
+            if _above(link_marks[(threat_id, link.relation, ioc_id)], *ends):
+                if _above(link.tlp, *ends):
+                    above_ends[link.ref or "links"] = None
+                if (threat_id, link.relation, ioc_id) not in links_above:
+                    links_above.add((threat_id, link.relation, ioc_id))
+                    links_cut += 1
                 continue
             linked = threats_of.setdefault(ioc_id, set())
             if links >= MAX_LINKS_PER_IMPORT or (threat_id not in linked and len(linked) >= MAX_THREATS_PER_IOC):
@@ -169,6 +183,7 @@ def apply_import(
             )
         )
     relations = relations_created = relations_cut = 0
+    chosen: dict[tuple[int, int, str], None] = {}  # (source, target, type) of the IoC relations to make, in document order
     for relation in parsed.relations:
         sources, targets = ioc_ids.get(relation.source_ref, []), ioc_ids.get(relation.target_ref, [])
         wanted = len(sources) * len(targets) - len(set(sources) & set(targets))  # counted, never enumerated
@@ -179,7 +194,27 @@ def apply_import(
             above_ends[relation.ref or "relations"] = None
         relations_cut += wanted - len(pairs)
         relations += len(pairs)
-        relations_created += intel_repository.add_ioc_relations(conn, pairs, type=relation.type, source=source_default)
+        chosen.update(((s, t, relation.type), None) for s, t in pairs)
+    # A pair another statement marks above its ends is not made (a tie stated red once and unmarked once): only the
+    # chosen pairs (at most MAX_RELATIONS_PER_IMPORT) are looked up, never every pair of every statement.
+    chosen_targets: dict[tuple[int, str], set[int]] = {}
+    for s, t, kind in chosen:
+        chosen_targets.setdefault((s, kind), set()).add(t)
+    for relation in parsed.relations if chosen else ():
+        if not relation.tlp:
+            continue
+        targets_of = set(ioc_ids.get(relation.target_ref, []))
+        for s in ioc_ids.get(relation.source_ref, []):
+            for t in sorted(chosen_targets.get((s, relation.type), set()) & targets_of):
+                if _above(relation.tlp, ioc_tlps.get(s), ioc_tlps.get(t)):
+                    chosen_targets[(s, relation.type)].discard(t)
+                    del chosen[(s, t, relation.type)]
+                    above_ends[relation.ref or "relations"] = None
+                    relations_cut += 1
+                    relations -= 1
+    for kind, group in itertools.groupby(sorted(chosen, key=lambda key: key[2]), key=lambda key: key[2]):
+        pairs = [(s, t) for s, t, _kind in group]
+        relations_created += intel_repository.add_ioc_relations(conn, pairs, type=kind, source=source_default)
     if relations_cut:
         errors.append(ItemError("relations", f"{relations_cut} IoC relations not created: at most {MAX_RELATIONS_PER_IMPORT} per import"))
     errors.extend(ItemError(ref, "marked above both its ends: not made, their readers would see it") for ref in above_ends)
@@ -256,6 +291,12 @@ def _relate_threats(
     chosen: dict[tuple[int, int, str], None] = {}  # in document order, each once
     above: list[ItemError] = []
     cut = 0
+    # A relation stated twice is as strict as its strictest statement (an unmarked one made what a red one was cut for).
+    marks = _strictest(
+        ((threat_ids[r.source_ref], threat_ids[r.target_ref], r.type), r.tlp)
+        for r in wanted
+        if r.source_ref in threat_ids and r.target_ref in threat_ids
+    )
     for relation in wanted:
         source_id, target_id = threat_ids.get(relation.source_ref), threat_ids.get(relation.target_ref)
         if source_id is None or target_id is None or source_id == target_id:
@@ -273,12 +314,23 @@ def _relate_threats(
                     )
                 )
                 continue
+        if _above(marks[key], tlp_of.get(source_id), tlp_of.get(target_id)):
+            continue  # another statement of it is marked above its threats: cut and named there
         if len(chosen) >= MAX_RELATIONS_PER_IMPORT:
             cut += 1
             continue
         chosen[key] = None
     related = threat_store.relate_threats(conn, list(chosen), source=source)
     return len(related.made), len(related.new), cut + len(chosen) - len(related.made) + len(above), above
+
+
+def _strictest(statements: Iterable[tuple[_Tie, str | None]]) -> dict[_Tie, str | None]:
+    """Each tie's most restrictive marking among the statements of it (None: none of them is marked)."""
+    out: dict[_Tie, str | None] = {}
+    for tie, marking in statements:
+        held = out.get(tie)
+        out[tie] = marking if marking and (held is None or Tlp(marking).rank > Tlp(held).rank) else held
+    return out
 
 
 def _above(marking: str | None, *ends: str | None) -> bool:
