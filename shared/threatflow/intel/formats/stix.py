@@ -488,8 +488,8 @@ def _pattern(pattern: str, *, version: str) -> tuple[list[tuple[str | None, str]
 
     One observation ORing many comparisons (a blocklist as one indicator) is read OR_PIECE comparisons at a time:
     the grammar's tree walk recurses once per OR, and past about 330 hit Python's recursion limit. Pieces are read
-    only until they give MAX_PATTERN_VALUES values (the rest would be cut anyway); the comparisons left
-    unread are named in the reason."""
+    only until they give MAX_PATTERN_VALUES values (the rest would be cut anyway), and at most
+    MAX_OR_COMPARISONS_READ comparisons; the comparisons left unread are named in the reason."""
     split = _or_split(pattern)
     if split is None:
         return _whole_pattern(pattern, version=version)
@@ -498,7 +498,7 @@ def _pattern(pattern: str, *, version: str) -> tuple[list[tuple[str | None, str]
     reasons: list[str] = []
     resolutions: list[Resolution] = []
     read = 0
-    while read < len(comparisons) and len(dict.fromkeys(found)) < MAX_PATTERN_VALUES:
+    while read < min(len(comparisons), MAX_OR_COMPARISONS_READ) and len(dict.fromkeys(found)) < MAX_PATTERN_VALUES:
         piece = comparisons[read : read + OR_PIECE]
         values, reason, resolved = _whole_pattern(f"[{' OR '.join(piece)}]{qualifiers}", version=version)
         found.extend(values)
@@ -513,6 +513,9 @@ def _pattern(pattern: str, *, version: str) -> tuple[list[tuple[str | None, str]
 # One observation ORing more comparisons than OR_SPLIT_AT is read in pieces of OR_PIECE (_pattern).
 OR_SPLIT_AT = 200
 OR_PIECE = 100
+# Comparisons read at most, whatever they give: ones that give no new value (one address repeated, a path that is no
+# IoC) had every piece read, 100,000 ORs in 20 s (distinct values stop at the first 100 values, ~1 s).
+MAX_OR_COMPARISONS_READ = 10 * OR_PIECE
 # What _or_split counts: a quoted string (escapes kept, an unterminated one to the end) or a comment (the grammar skips
 # /* */ and // ones: an ' OR ' or a quote in one is no pattern), both skipped whole; a bracket or parenthesis; the
 # keyword OR between the grammar's whitespace (Python's \s also holds \x1c-\x1f, which the grammar refuses).
