@@ -917,3 +917,35 @@ def test_stix_relationship_verbs_spelled_loosely_are_stored_as_their_tidy_word(a
         " JOIN threats t ON t.id = l.threat_id JOIN iocs i ON i.id = l.ioc_id WHERE i.value = 'loose-verbs.example.net'"
     )
     assert links == "Loose Campaign|indicates,Loose Campaign|related-to,Loose Set|based-on"
+
+
+def test_a_redelivery_after_the_import_committed_does_not_apply_it_again(api, db, function_client, import_queue, monkeypatch):
+    """The import's transaction commits, then the job's results go to the bucket and its record to Firestore. If
+    either fails there, the delivery fails (a 503) and Pub/Sub delivers the job again: it applied the document a
+    second time, each IoC sighted twice (detection_count 2, the job's counts wrong). The transaction now records that
+    the job was applied; a later delivery finishes the job from that record instead."""
+    from threatflow.adapters.storage import GcsBlobs
+    from threatflow.platform.errors import DependencyError
+
+    items = [{"value": f"198.18.77.{i}"} for i in range(1, 11)]
+    job_id = api.post("/api/v1/iocs/import?async=true", {"format": "json", "content": items}).get_json()["job_id"]
+    pulled = import_queue()
+    put = GcsBlobs.put
+
+    def results_lost(self, bucket, name, data, **kwargs):
+        if name.endswith(".result.json"):
+            raise DependencyError("Cloud Storage is unavailable (test)")
+        return put(self, bucket, name, data, **kwargs)
+
+    monkeypatch.setattr(GcsBlobs, "put", results_lost)
+    worker = function_client("ioc-import", ATTACK_DATA_PATH=str(ATTACK))
+    assert worker.post("/", json=_push(pulled)).status_code >= 500  # retried by Pub/Sub
+    assert db.scalar("SELECT max(detection_count) FROM iocs WHERE value LIKE '198.18.77.%'") == 1
+    monkeypatch.setattr(GcsBlobs, "put", put)
+
+    assert worker.post("/", json=_push(pulled)).status_code == 200
+    job = api.get(f"/api/v1/iocs/import/{job_id}").get_json()
+    assert job["state"] == "succeeded", job
+    assert job["result"]["iocs"]["summary"]["created"] == 10
+    assert db.scalar("SELECT max(detection_count) FROM iocs WHERE value LIKE '198.18.77.%'") == 1
+    assert db.scalar("SELECT count(*) FROM iocs WHERE value LIKE '198.18.77.%'") == 10
