@@ -498,30 +498,40 @@ def run_job(
                 return now_read
             raise RetryableError(f"import job {job_id} was written by another party as this delivery started it; delivered again")
         try:
-            raw = blobs.get(bucket, job.get("blob") or blob_name(job_id))
-            body, parsed = _parse_stored(raw, job_id=job_id)
-            documents.set(IMPORT_JOBS, job_id, {"progress": {"stage": "parsed", **parsed.summary()}}, merge=True)
-            with unit_of_work(engine) as conn:  # the message's one unit of work
-                # The requester's account now, in the import's transaction: a job queued before its requester was
-                # disabled, demoted or lowered wrote with the clearance stored when it was queued.
-                requester = auth_requester.acting_for(
-                    UserRepository(conn),
-                    user_id=job.get("requested_by_id"),
-                    username=job.get("requested_by"),
-                    version=job.get("requester_version"),
-                    role=Role.ANALYST,
-                )
-                result = apply_import(
-                    parsed,
-                    conn=conn,
-                    now=clock.now(),
-                    actor=requester.username,
-                    clearance=tlp_clearance.of(requester),
-                    catalog=catalog() if needs_catalog(parsed) else None,
-                    warninglists=warninglists(),
-                    policies=policies(),
-                    source_default=body.source,
-                )
+            with unit_of_work(engine) as conn:
+                applied = intel_repository.applied_import(conn, job_id)
+            if applied is None:
+                raw = blobs.get(bucket, job.get("blob") or blob_name(job_id))
+                body, parsed = _parse_stored(raw, job_id=job_id)
+                documents.set(IMPORT_JOBS, job_id, {"progress": {"stage": "parsed", **parsed.summary()}}, merge=True)
+                with unit_of_work(engine) as conn:  # the message's one unit of work
+                    # The requester's account now, in the import's transaction: a job queued before its requester was
+                    # disabled, demoted or lowered wrote with the clearance stored when it was queued.
+                    requester = auth_requester.acting_for(
+                        UserRepository(conn),
+                        user_id=job.get("requested_by_id"),
+                        username=job.get("requested_by"),
+                        version=job.get("requester_version"),
+                        role=Role.ANALYST,
+                    )
+                    result = apply_import(
+                        parsed,
+                        conn=conn,
+                        now=clock.now(),
+                        actor=requester.username,
+                        clearance=tlp_clearance.of(requester),
+                        catalog=catalog() if needs_catalog(parsed) else None,
+                        warninglists=warninglists(),
+                        policies=policies(),
+                        source_default=body.source,
+                    )
+                    applied = {"result": _job_result(job_id, result), "progress": {"stage": "done", **parsed.summary()}}
+                    # In the same transaction: a delivery after the commit finishes the job from it, never applies it
+                    # again (the results below or the job's record failing sighted every IoC twice on the redelivery).
+                    intel_repository.record_applied_import(conn, job_id, applied)
+            else:
+                result = None  # applied by an earlier delivery, whose results file may not have been written
+                applied["result"] = {**applied["result"], "results_blob": None}
         except (PermanentError, msgspec.ValidationError, msgspec.DecodeError) as exc:
             message = exc.message if isinstance(exc, PermanentError) else f"stored request is not valid: {exc}"
             documents.set(IMPORT_JOBS, job_id, {"state": JobState.FAILED.value, "error": message, "finished_at": clock.now()}, merge=True)
@@ -532,32 +542,32 @@ def run_job(
                 IMPORT_JOBS, job_id, {"state": JobState.QUEUED.value, "last_error": f"{exc.__class__.__name__}: {exc}"}, merge=True
             )
             raise
-        blobs.put(bucket, f"imports/{job_id}.result.json", msgspec.json.encode(result), content_type="application/json")
-        rejected = [r for r in result["iocs"]["results"] if r["status"] == "rejected"]
-        done = {
-            "state": JobState.SUCCEEDED.value,
-            "finished_at": clock.now(),
-            "error": None,
-            "progress": {"stage": "done", **parsed.summary()},
-            "result": {
-                "iocs": {"summary": result["iocs"]["summary"], "rejected": rejected[:MAX_STORED_ERRORS]},
-                "threats": {"summary": result["threats"]["summary"]},
-                "links": result["links"],
-                "relations": result["relations"],
-                "links_cut": result["links_cut"],
-                "relations_cut": result["relations_cut"],
-                "threat_relations": result["threat_relations"],
-                "threat_relations_cut": result["threat_relations_cut"],
-                "tags_cut": result["tags_cut"],
-                "sources_cut": result["sources_cut"],
-                "errors": result["errors"][:MAX_STORED_ERRORS],
-                "warnings": result["warnings"][:MAX_STORED_ERRORS],
-                "skipped": result["skipped"],
-                "results_blob": f"imports/{job_id}.result.json",
-            },
-        }
+        if result is not None:
+            blobs.put(bucket, f"imports/{job_id}.result.json", msgspec.json.encode(result), content_type="application/json")
+        done = {"state": JobState.SUCCEEDED.value, "finished_at": clock.now(), "error": None, **applied}
         documents.set(IMPORT_JOBS, job_id, done, merge=True)
         return {**job, **done}
+
+
+def _job_result(job_id: str, result: Mapping[str, Any]) -> dict[str, Any]:
+    """What the job's record shows of an import's answer (the whole answer goes to the bucket)."""
+    rejected = [r for r in result["iocs"]["results"] if r["status"] == "rejected"]
+    return {
+        "iocs": {"summary": result["iocs"]["summary"], "rejected": rejected[:MAX_STORED_ERRORS]},
+        "threats": {"summary": result["threats"]["summary"]},
+        "links": result["links"],
+        "relations": result["relations"],
+        "links_cut": result["links_cut"],
+        "relations_cut": result["relations_cut"],
+        "threat_relations": result["threat_relations"],
+        "threat_relations_cut": result["threat_relations_cut"],
+        "tags_cut": result["tags_cut"],
+        "sources_cut": result["sources_cut"],
+        "errors": result["errors"][:MAX_STORED_ERRORS],
+        "warnings": result["warnings"][:MAX_STORED_ERRORS],
+        "skipped": result["skipped"],
+        "results_blob": f"imports/{job_id}.result.json",
+    }
 
 
 def _parse_stored(raw: bytes, *, job_id: str) -> tuple[ImportRequest, ParsedImport]:

@@ -386,3 +386,23 @@ def ioc_identities(conn: Connection, ioc_ids: Sequence[int]) -> dict[int, tuple[
     """id -> (type, value) for the IoCs that exist among ioc_ids."""
     rows = conn.execute(_text("SELECT id, type, value FROM iocs WHERE id = ANY(CAST(:i AS bigint[]))"), {"i": list(ioc_ids)})
     return {int(r[0]): (str(r[1]), str(r[2])) for r in rows}
+
+
+# -- async import jobs applied (sql/0013) -------------------------------------------------
+
+
+def applied_import(conn: Connection, job_id: str) -> dict[str, Any] | None:
+    """What an async import job's transaction recorded when it applied the job (its result and progress), or None."""
+    row = conn.execute(_text("SELECT result FROM import_jobs_applied WHERE job_id = :j"), {"j": job_id}).first()
+    return dict(row[0]) if row is not None else None
+
+
+def record_applied_import(conn: Connection, job_id: str, result: Mapping[str, Any]) -> None:
+    """In the job's own transaction: the job is applied, with what its record shows. A delivery after the commit
+    (the results or the record could not be written) finishes the job from this instead of applying it again."""
+    import msgspec
+
+    conn.execute(
+        _text("INSERT INTO import_jobs_applied (job_id, result) VALUES (:j, CAST(:r AS jsonb))"),
+        {"j": job_id, "r": msgspec.json.encode(dict(result)).decode()},
+    )
