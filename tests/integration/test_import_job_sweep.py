@@ -232,3 +232,27 @@ def test_jobs_still_waiting_or_retrying_at_the_head_of_the_page_do_not_hide_a_st
     result = _run_job(env, limit=3)
     assert result["failed"] == 1, result
     assert docs.get(importer.IMPORT_JOBS, stalled)["state"] == "failed"
+
+
+def test_a_stalled_job_its_transaction_applied_is_finished_not_failed(env, backend_env):
+    """A job whose import committed but whose record was never written after (every redelivery failed there):
+    failed as stalled, the user was told to import the document again, which was stored already. The sweep finishes
+    it from what its transaction recorded."""
+    import json
+
+    from helpers import SqlDb
+
+    from threatflow.intel import importer
+
+    docs = env["docs"]
+    job_id = _job(docs, created=_ago(hours=3), state="running", started_at=_ago(hours=2), attempts=5)
+    applied = {"result": {"iocs": {"summary": {"created": 3}}, "results_blob": None}, "progress": {"stage": "done", "iocs": 3}}
+    db = SqlDb(backend_env["DATABASE_URL"])
+    try:
+        db.execute("INSERT INTO import_jobs_applied (job_id, result) VALUES (%s, CAST(%s AS jsonb))", job_id, json.dumps(applied))
+    finally:
+        db.close()
+    result = _run_job(env)
+    assert (result["failed"], result["finished"]) == (0, 1), result
+    job = docs.get(importer.IMPORT_JOBS, job_id)
+    assert job["state"] == "succeeded" and job["result"] == applied["result"] and job["error"] is None, job
