@@ -204,7 +204,7 @@ def test_a_delivery_that_read_the_job_before_the_sweep_failed_it_does_not_run_it
                 deliver()
             return "written" if not sweep_write else docs.update_if_unchanged(collection, doc_id, data, version=version)
 
-    result = stalled_imports.fail_stalled(documents=Sweep(), now=lambda: datetime.now(UTC))
+    result = stalled_imports.fail_stalled(documents=Sweep(), engine=runtime.engine, now=lambda: datetime.now(UTC))
     assert result["failed"] == 1, result
     job = docs.get(importer.IMPORT_JOBS, job_id)
     assert job["state"] == "failed" and job["error"].startswith("stalled:"), job

@@ -397,6 +397,16 @@ def applied_import(conn: Connection, job_id: str) -> dict[str, Any] | None:
     return dict(row[0]) if row is not None else None
 
 
+def applied_imports(conn: Connection, job_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """applied_import for many jobs, in one query: those recorded, by job id."""
+    if not job_ids:
+        return {}
+    rows = conn.execute(
+        _text("SELECT job_id, result FROM import_jobs_applied WHERE job_id = ANY(CAST(:j AS text[]))"), {"j": list(job_ids)}
+    )
+    return {str(r[0]): dict(r[1]) for r in rows}
+
+
 def record_applied_import(conn: Connection, job_id: str, result: Mapping[str, Any]) -> None:
     """In the job's own transaction: the job is applied, with what its record shows. A delivery after the commit
     (the results or the record could not be written) finishes the job from this instead of applying it again."""

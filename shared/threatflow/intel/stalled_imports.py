@@ -19,11 +19,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from threatflow.adapters.postgres import unit_of_work
+from threatflow.intel import repository as intel_repository
 from threatflow.intel.importer import IMPORT_JOBS, IMPORT_LEASES, JobState
 from threatflow.platform import logging as tf_logging
 from threatflow.platform.ports import DocumentStore
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 log = logging.getLogger("threatflow.intel.stalled_imports")
 # ioc-import's timeout (540 s) plus ioc-import-push's longest retry backoff (600 s), with room to spare.
@@ -65,9 +70,11 @@ def stall_reason(job: dict[str, Any], *, now: datetime) -> str | None:
     return f"stalled: no delivery started it in {QUEUED_PATIENCE_SECONDS // 3600} hours (its message was lost); import the document again"
 
 
-def fail_stalled(*, documents: DocumentStore, now: Callable[[], datetime], limit: int = SWEEP_LIMIT) -> dict[str, Any]:
+def fail_stalled(*, documents: DocumentStore, engine: Engine, now: Callable[[], datetime], limit: int = SWEEP_LIMIT) -> dict[str, Any]:
     """Fail up to `limit` unfinished jobs that nothing will run again (oldest first); `leased` counts those a delivery
-    holds, `changed` those a delivery wrote since they were listed."""
+    holds, `changed` those a delivery wrote since they were listed. A stalled job whose transaction applied it (its
+    results or record failed after the commit, at every delivery) is finished from what it recorded (`finished`):
+    failed, its user was told to import again what is stored."""
     started = now()
     # Two pages, each of jobs already past their stall age: no delivery started for STALL_SECONDS, then none started
     # in QUEUED_PATIENCE_SECONDS since created. One page of the oldest unfinished jobs created over STALL_SECONDS ago
@@ -79,7 +86,9 @@ def fail_stalled(*, documents: DocumentStore, now: Callable[[], datetime], limit
     )
     looked = {str(job["id"]): job for job in [*by_start[:limit], *by_creation[:room]]}  # one in both pages is looked at once
     failed: list[str] = []
-    leased = changed = 0
+    leased = changed = finished = 0
+    with unit_of_work(engine) as conn:
+        applied = intel_repository.applied_imports(conn, list(looked))
     for listed in looked.values():
         job_id = str(listed["id"])
         read = documents.get_versioned(IMPORT_JOBS, job_id)
@@ -95,6 +104,16 @@ def fail_stalled(*, documents: DocumentStore, now: Callable[[], datetime], limit
             leased += 1  # a delivery holds it: running, whatever started_at says
             continue
         at = now()
+        recorded = applied.get(job_id)
+        if recorded is not None:
+            done = {"state": JobState.SUCCEEDED.value, "finished_at": at, "error": None, **recorded}
+            done["result"] = {**recorded["result"], "results_blob": None}  # the delivery that applied it wrote none
+            if documents.update_if_unchanged(IMPORT_JOBS, job_id, done, version=read.version) is None:
+                changed += 1
+            else:
+                finished += 1
+                tf_logging.log(log, logging.WARNING, "stalled import job finished from its applied record", job_id=job_id)
+            continue
         failure = {"state": JobState.FAILED.value, "error": reason, "finished_at": at}
         if documents.update_if_unchanged(IMPORT_JOBS, job_id, failure, version=read.version) is None:
             changed += 1
@@ -104,6 +123,7 @@ def fail_stalled(*, documents: DocumentStore, now: Callable[[], datetime], limit
     return {
         "failed": len(failed),
         "failed_jobs": failed,
+        "finished": finished,
         "leased": leased,
         "changed": changed,
         "more": len(by_start) > limit or len(by_creation) > room,

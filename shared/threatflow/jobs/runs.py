@@ -284,6 +284,7 @@ def fail_stalled_import_jobs(ctx: JobContext) -> dict[str, Any]:
 
     return stalled_imports.fail_stalled(
         documents=ctx.documents,
+        engine=ctx.engine,
         now=ctx.clock.now,
         limit=int_param(ctx.params, "limit", default=stalled_imports.SWEEP_LIMIT, minimum=1, maximum=stalled_imports.SWEEP_MAX),
     )
