@@ -139,7 +139,11 @@ def parse(content: Any) -> ParsedImport:
 
     ttps: dict[str, set[str]] = {}
     untidy = _UntidyVerbs(out)
-    unnumbered: dict[str, None] = {}  # attack patterns `uses` named that have no T#### id
+    # attack patterns `uses` named that have no T#### id: each named once, the first MAX_UNTIDY_VERB_WARNINGS of them
+    unnumbered = _NamedUpTo(
+        out, "attack-patterns", "attack patterns used by threats have no ATT&CK technique id (T####) and are not kept as TTPs"
+    )
+    unnumbered_seen: set[str] = set()
     for obj_id, (index, obj) in by_id.items():
         if obj.get("type") != "relationship" or obj.get("revoked") is True:
             continue
@@ -162,19 +166,13 @@ def parse(content: Any) -> ParsedImport:
             threat, pattern = (source, target) if source in threat_refs else (target, source)
             if ttps_of_pattern[pattern]:
                 ttps.setdefault(threat, set()).add(ttps_of_pattern[pattern])  # type: ignore[arg-type]
-            elif pattern not in unnumbered:  # named once per pattern, the first MAX_UNTIDY_VERB_WARNINGS of them
-                unnumbered[pattern] = None
-                if len(unnumbered) <= MAX_UNTIDY_VERB_WARNINGS:
-                    out.warn(obj_id, f"{pattern} has no ATT&CK technique id (T####); not kept as a TTP")
+            elif pattern not in unnumbered_seen:
+                unnumbered_seen.add(pattern)
+                unnumbered.warn(obj_id, f"{pattern} has no ATT&CK technique id (T####); not kept as a TTP")
         else:
             out.skip(f"relationship:{rel}")
-    untidy.summarise()
-    if len(unnumbered) > MAX_UNTIDY_VERB_WARNINGS:
-        out.warn(
-            "attack-patterns",
-            f"{len(unnumbered) - MAX_UNTIDY_VERB_WARNINGS} more attack patterns used by threats have no ATT&CK technique id"
-            f" (T####) and are not kept as TTPs: the first {MAX_UNTIDY_VERB_WARNINGS} are named",
-        )
+    untidy.named.summarise()
+    unnumbered.summarise()
     if ttps:
         import msgspec
 
@@ -185,34 +183,40 @@ def parse(content: Any) -> ParsedImport:
     return out.build()
 
 
+class _NamedUpTo:
+    """Warnings of one kind: the first MAX_UNTIDY_VERB_WARNINGS are named one by one, the rest counted in one warning
+    under `ref` (`summarise`), so a document of 100,000 such objects does not answer 100,000 warnings."""
+
+    def __init__(self, out: Builder, ref: str, what: str) -> None:
+        self.out, self.ref, self.what = out, ref, what
+        self.named = self.unnamed = 0
+
+    def warn(self, obj_id: str, reason: str) -> None:
+        if self.named < MAX_UNTIDY_VERB_WARNINGS:
+            self.out.warn(obj_id, reason)
+            self.named += 1
+        else:
+            self.unnamed += 1
+
+    def summarise(self) -> None:
+        if self.unnamed:
+            self.out.warn(self.ref, f"{self.unnamed} more {self.what}: the first {MAX_UNTIDY_VERB_WARNINGS} are named")
+
+
 class _UntidyVerbs:
     """Reads relationships' verbs between a threat and a threat or an IoC as the API reads them (`Attributed To` is
     attributed-to); one that is still no tidy word is related-to (passed on as written, such a verb between an IoC and
-    a threat was refused by the store: the whole import was a 400). The first MAX_UNTIDY_VERB_WARNINGS such
-    relationships are named in a warning each, the rest counted in one (`summarise`)."""
+    a threat was refused by the store: the whole import was a 400), named in a warning up to the bound (`named`)."""
 
     def __init__(self, out: Builder) -> None:
-        self.out = out
-        self.named = self.unnamed = 0
+        self.named = _NamedUpTo(out, "relationships", "relationships whose relationship_type is no verb kept as related-to")
 
     def verb(self, obj_id: str, rel: str) -> str:
         try:
             return check_relation_verb(rel)
         except ValidationError:
-            if self.named < MAX_UNTIDY_VERB_WARNINGS:
-                self.out.warn(obj_id, f"relationship_type {rel[:64]!r} is no verb (lower-case word, hyphens); kept as related-to")
-                self.named += 1
-            else:
-                self.unnamed += 1
+            self.named.warn(obj_id, f"relationship_type {rel[:64]!r} is no verb (lower-case word, hyphens); kept as related-to")
             return "related-to"
-
-    def summarise(self) -> None:
-        if self.unnamed:
-            self.out.warn(
-                "relationships",
-                f"{self.unnamed} more relationships whose relationship_type is no verb kept as related-to:"
-                f" the first {MAX_UNTIDY_VERB_WARNINGS} are named",
-            )
 
 
 def _sighting(out: Builder, obj: dict[str, Any], *, threat_refs: set[str], ioc_refs: set[str], tlp_of: dict[str, str]) -> None:
