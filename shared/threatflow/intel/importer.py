@@ -304,17 +304,13 @@ def _relate_threats(
         key = (source_id, target_id, relation.type)
         if key in chosen:
             continue
-        if relation.tlp and source_id in tlp_of and target_id in tlp_of:
-            marked, shown = Tlp.parse(relation.tlp), max(Tlp(tlp_of[source_id]), Tlp(tlp_of[target_id]), key=lambda t: t.rank)
-            if marked.rank > shown.rank:
-                above.append(
-                    ItemError(
-                        relation.ref or "threat_relations",
-                        f"marked {marked.value}, above its threats ({shown.value} at most): not made, their readers would see it",
-                    )
-                )
-                continue
-        if _above(marks[key], tlp_of.get(source_id), tlp_of.get(target_id)):
+        ends = (tlp_of.get(source_id), tlp_of.get(target_id))
+        if relation.tlp and _above(relation.tlp, *ends):  # narrowed for Tlp() below
+            shown = max((Tlp(end) for end in ends if end is not None), key=lambda t: t.rank)
+            reason = f"marked {Tlp(relation.tlp).value}, above its threats ({shown.value} at most): not made, their readers would see it"
+            above.append(ItemError(relation.ref or "threat_relations", reason))
+            continue
+        if _above(marks[key], *ends):
             continue  # another statement of it is marked above its threats: cut and named there
         if len(chosen) >= MAX_RELATIONS_PER_IMPORT:
             cut += 1
