@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from helpers import push_envelope
+from helpers import push_envelope, run_maintenance_job
 
 pytestmark = pytest.mark.integration
 PROJECT = "threatflow-test"
@@ -34,11 +34,8 @@ def env(function_client, backend_env):
 
 def _run_job(env: dict[str, Any], **params: Any) -> dict[str, Any]:
     """Push the schedule's message to the maintenance function; the recorded job result."""
-    run_id = uuid.uuid4().hex
-    data = {"schema_version": 1, **({"params": params} if params else {})}
-    push = push_envelope(data, {"job": JOB, "run_id": run_id}, "maintenance-push")
-    assert env["maintenance"].post("/", json=push).status_code == 200
-    record = env["docs"].get("maintenance_runs", run_id)
+    status, record = run_maintenance_job(env["maintenance"], JOB, params)
+    assert status == 200
     assert record is not None and record["state"] == "succeeded", record
     return dict(record["result"])
 
@@ -118,10 +115,7 @@ def test_one_invocation_looks_at_most_at_limit_jobs_oldest_first_and_says_more(e
 
 
 def test_a_limit_out_of_range_fails_the_run(env):
-    run_id = uuid.uuid4().hex
-    push = push_envelope({"schema_version": 1, "params": {"limit": 0}}, {"job": JOB, "run_id": run_id}, "maintenance-push")
-    env["maintenance"].post("/", json=push)
-    record = env["docs"].get("maintenance_runs", run_id)
+    _, record = run_maintenance_job(env["maintenance"], JOB, {"limit": 0})
     assert record["state"] == "failed" and "params.limit must be an integer from 1" in record["error"], record
 
 
