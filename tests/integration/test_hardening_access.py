@@ -182,6 +182,64 @@ def test_a_reader_never_sees_above_their_clearance(marked):
     assert len(iocs.get(f"/api/v1/iocs/{ids['green']}/related", headers=writer).get_json()["relations"]) == 1
 
 
+def test_a_lookup_by_value_above_the_readers_clearance_answers_as_for_a_value_never_stored(marked):
+    """GET /iocs/value/{value} of an IoC above the reader's clearance was a 404 reading "no indicator with id 123":
+    a value never stored reads "no indicator 'x' of type domain", so any reader learnt that the value is stored
+    above their clearance, and its id. Both answers are now the same but for the value asked."""
+    iocs, ids, reader = marked["iocs"], marked["ids"], marked["reader"]
+    hidden = iocs.get("/api/v1/iocs/value/red.tlp-test.com", headers=reader)
+    absent = iocs.get("/api/v1/iocs/value/never.tlp-test.com", headers=reader)
+    assert hidden.status_code == absent.status_code == 404
+    assert str(ids["red"]) not in hidden.get_data(as_text=True), hidden.get_json()
+    assert hidden.get_json()["error"]["message"] == absent.get_json()["error"]["message"].replace("never.", "red."), (
+        hidden.get_json(),
+        absent.get_json(),
+    )
+
+
+def test_a_threats_ioc_count_counts_only_iocs_within_the_readers_clearance(marked, function_client, backend_env):
+    """GET /threats/{id} answered `ioc_count` and `ioc_count_by_relation` over every linked IoC, whatever its TLP:
+    an amber reader of an amber threat learnt how many red IoCs it is linked to, and by which verbs, where
+    /threats/stats, /by-ioc and exports leave those links out."""
+    threats, ids, writer, reader = marked["threats"], marked["ids"], marked["writer"], marked["reader"]
+    made = threats.post(
+        "/api/v1/threats/batch", json={"threats": [{"kind": "tool", "name": "AmberCounted", "tlp": "amber"}]}, headers=writer
+    )
+    threat_id = made.get_json()["results"][0]["id"]
+    url = f"/api/v1/threats/{threat_id}"
+    for relation, linked in (("indicates", [ids["green"], ids["red"]]), ("secret-verb", [ids["red"]])):
+        answer = threats.post(f"{url}/link", json={"ioc_ids": linked, "relation": relation}, headers=writer)
+        assert answer.status_code == 200, answer.get_json()
+    full = threats.get(url, headers=writer).get_json()
+    assert full["ioc_count"] == 2 and full["ioc_count_by_relation"] == {"indicates": 2, "secret-verb": 1}, full
+    seen = threats.get(url, headers=reader).get_json()
+    assert seen["ioc_count"] == 1 and seen["ioc_count_by_relation"] == {"indicates": 1}, seen
+    assert seen["ioc_count_by_relation_truncated"] is False
+
+
+def test_a_stix_export_keeps_its_link_slots_for_threats_within_the_readers_clearance(marked, function_client, backend_env):
+    """A STIX export relates each IoC to its 32 strongest threat links, chosen before the threats were filtered by
+    the reader's clearance: an amber IoC linked strongly to 33 red threats and weakly to a green one was exported
+    to an amber reader with no relationship at all and `X-Export-Links-Truncated: true`, which told that it has
+    links the reader may not see. The slots go to threats the export may carry."""
+    iocs, threats, ids, writer, reader = marked["iocs"], marked["threats"], marked["ids"], marked["writer"], marked["reader"]
+    red = [{"kind": "malware", "name": f"RedSlot{n}", "tlp": "red"} for n in range(33)]
+    red_ids = [r["id"] for r in threats.post("/api/v1/threats/batch", json={"threats": red}, headers=writer).get_json()["results"]]
+    green = threats.post("/api/v1/threats/batch", json={"threats": [{"kind": "tool", "name": "GreenSlot", "tlp": "green"}]}, headers=writer)
+    green_id = green.get_json()["results"][0]["id"]
+    for threat_id in red_ids:
+        threats.post(f"/api/v1/threats/{threat_id}/link", json={"ioc_ids": [ids["amber"]], "confidence": 90}, headers=writer)
+    threats.post(f"/api/v1/threats/{green_id}/link", json={"ioc_ids": [ids["amber"]], "confidence": 10}, headers=writer)
+
+    exported = iocs.get("/api/v1/iocs/export?format=stix&value_prefix=amber.tlp-test", headers=reader)
+    assert exported.status_code == 200, exported.get_data(as_text=True)[:300]
+    objects = exported.get_json()["objects"]
+    assert [o["name"] for o in objects if o["type"] == "tool"] == ["GreenSlot"], [o.get("name") for o in objects]
+    assert not any(o["type"] == "malware" for o in objects)
+    assert sum(o["type"] == "relationship" for o in objects) == 1
+    assert exported.headers["X-Export-Links-Truncated"] == "false", dict(exported.headers)
+
+
 def test_admins_set_clearance_and_it_applies(function_client, backend_env, marked):
     boss = _bearer(_login(function_client("auth"), "boss", create_user(backend_env["DATABASE_URL"], "boss", "admin")))
     admin = function_client("admin")
