@@ -156,7 +156,8 @@ def build_router(runtime: Runtime) -> Router:
     @router.route("GET", "/api/v1/iocs/value/{value:path}", role=Role.READER)
     def by_value(request: Request) -> dict[str, Any]:
         with unit_of_work(runtime.engine) as conn:
-            return with_score(visible(request, service.get_by_value(conn, request.path_params["value"], request.query.get("type"))))
+            value, type_ = request.path_params["value"], request.query.get("type")
+            return with_score(service.get_by_value(conn, value, type_, clearance=tlp_clearance.of(request.principal)))
 
     @router.route("GET", "/api/v1/iocs/{ioc_id:int}", role=Role.READER)
     def get(request: Request) -> dict[str, Any]:

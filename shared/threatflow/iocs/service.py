@@ -236,10 +236,13 @@ def get_or_raise(conn: Connection, ioc_id: int) -> IocRecord:
     return ioc
 
 
-def get_by_value(conn: Connection, value: str, type_: str | None) -> IocRecord:
+def get_by_value(conn: Connection, value: str, type_: str | None, *, clearance: str) -> IocRecord:
+    """The IoC stored under `value` (refanged and normalised first). One above `clearance` is answered as a value
+    never stored, word for word: its 404 named its id ("no indicator with id 123"), so any reader learnt that the
+    value is stored above their clearance, and under which id."""
     indicator = normalise(value, type_)
     ioc = repository.get_by_value(conn, str(indicator.type), indicator.value)
-    if ioc is None:
+    if ioc is None or (ioc.tlp is not None and ioc.tlp not in Tlp(clearance).at_most()):
         raise NotFoundError(f"no indicator {indicator.value!r} of type {indicator.type}")
     return ioc
 
