@@ -457,15 +457,19 @@ def names_of(conn: Connection, threat_id: int) -> list[str] | None:
     return None if row is None else [row[0], *row[1]]
 
 
-def link_counts(conn: Connection, threat_id: int) -> tuple[int, dict[str, int], bool]:
-    """(IoCs linked, links per relation, whether relations were left out) of one threat: the MAX_RELATIONS_SHOWN
-    relations with the most links (verbs are free: it had a key per distinct verb, without limit)."""
+def link_counts(conn: Connection, threat_id: int, *, visible_tlps: Sequence[str]) -> tuple[int, dict[str, int], bool]:
+    """(IoCs linked, links per relation, whether relations were left out) of one threat, over the IoCs whose TLP is
+    in `visible_tlps` (the reader's clearance: every linked IoC was counted, so an amber reader learnt how many red
+    IoCs an amber threat is linked to, and by which verbs): the MAX_RELATIONS_SHOWN relations with the most links
+    (verbs are free: it had a key per distinct verb, without limit)."""
+    seen = "FROM threat_iocs l JOIN iocs i ON i.id = l.ioc_id WHERE l.threat_id = :i AND i.tlp = ANY(CAST(:v AS text[]))"
+    params = {"i": threat_id, "v": list(visible_tlps)}
     rows = conn.execute(
-        _text("SELECT relation, count(*) FROM threat_iocs WHERE threat_id = :i GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :n"),
-        {"i": threat_id, "n": MAX_RELATIONS_SHOWN + 1},
+        _text(f"SELECT l.relation, count(*) {seen} GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :n"),
+        {**params, "n": MAX_RELATIONS_SHOWN + 1},
     ).all()
     by_relation = {str(r[0]): int(r[1]) for r in sorted(rows[:MAX_RELATIONS_SHOWN])}
-    count = conn.execute(_text("SELECT count(DISTINCT ioc_id) FROM threat_iocs WHERE threat_id = :i"), {"i": threat_id}).scalar_one()
+    count = conn.execute(_text(f"SELECT count(DISTINCT l.ioc_id) {seen}"), params).scalar_one()
     return int(count), by_relation, len(rows) > MAX_RELATIONS_SHOWN
 
 

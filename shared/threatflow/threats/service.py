@@ -119,7 +119,7 @@ def get_or_raise(conn: Connection, threat_id: int, *, catalog: AttackCatalog | N
     record = store.get_threat(conn, threat_id)
     if record is None or not _visible(visible_tlps, record.tlp):
         raise NotFoundError(f"no threat with id {threat_id}")
-    count, by_relation, truncated = store.link_counts(conn, threat_id)
+    count, by_relation, truncated = store.link_counts(conn, threat_id, visible_tlps=visible_tlps)
     threat = record.to_json()
     threat["ioc_count"] = count
     threat["ioc_count_by_relation"] = by_relation  # the MAX_RELATIONS_SHOWN most used relations
