@@ -374,7 +374,7 @@ def test_store_interface_composes_one_transaction(api, engine):
         assert row["references"] == [{"source_name": "mitre-attack", "external_id": "G0007"}]
         assert set(row) >= {"id", "kind", "description", "confidence", "severity", "first_seen", "last_seen", "stix_id", "created_at"}
         assert len(store.threats_for_export(conn)) == 2
-        assert links.links_for_iocs(conn, [a, b], per_ioc=32) == (
+        assert links.links_for_iocs(conn, [a, b], per_ioc=32, threat_tlps=ALL_TLPS) == (
             [{"threat_id": threat_id, "ioc_id": a, "relation": "indicates", "confidence": 80, "source": None}],
             False,
         )

@@ -24,15 +24,22 @@ def _text(sql: str) -> Any:
     return text(sql)
 
 
-def links_for_iocs(conn: Connection, ioc_ids: Sequence[int], *, per_ioc: int) -> tuple[list[dict[str, Any]], bool]:
-    """The strongest `per_ioc` threat links of each IoC (newest IoC first), and whether any IoC has more."""
+def links_for_iocs(
+    conn: Connection, ioc_ids: Sequence[int], *, per_ioc: int, threat_tlps: Sequence[str]
+) -> tuple[list[dict[str, Any]], bool]:
+    """The strongest `per_ioc` links of each IoC (newest IoC first) to threats whose TLP is in `threat_tlps` (what
+    the export may carry), and whether any IoC has more such links. The slots were filled before the threats were
+    filtered: an IoC's 32 strongest links to red threats left an amber export none of its green ones, and said it
+    had more links than it showed."""
     rows = conn.execute(
         _text(
             "SELECT threat_id, ioc_id, relation, confidence, source, n FROM (SELECT l.*, row_number() OVER"
-            " (PARTITION BY ioc_id ORDER BY confidence DESC, threat_id, relation) AS n FROM threat_iocs l"
-            " WHERE ioc_id = ANY(CAST(:i AS bigint[]))) AS ranked WHERE n <= :per + 1 ORDER BY ioc_id DESC, n"
+            " (PARTITION BY l.ioc_id ORDER BY l.confidence DESC, l.threat_id, l.relation) AS n FROM threat_iocs l"
+            " JOIN threats t ON t.id = l.threat_id"
+            " WHERE l.ioc_id = ANY(CAST(:i AS bigint[])) AND t.tlp = ANY(CAST(:t AS text[]))) AS ranked"
+            " WHERE n <= :per + 1 ORDER BY ioc_id DESC, n"
         ),
-        {"i": list(ioc_ids), "per": per_ioc},
+        {"i": list(ioc_ids), "per": per_ioc, "t": list(threat_tlps)},
     ).all()
     links = [
         {"threat_id": int(r[0]), "ioc_id": int(r[1]), "relation": r[2], "confidence": int(r[3]), "source": r[4]}

@@ -244,6 +244,7 @@ def _stix(
     links: list[dict[str, Any]] = []
     count = 0
     links_cut = False
+    threat_tlps = Tlp.parse(max_tlp).at_most() if max_tlp else [t.value for t in Tlp]  # as threats_for_export reads them
     for page in pages:
         ids = [ioc["id"] for ioc in page]
         for ioc in page:
@@ -269,7 +270,7 @@ def _stix(
             objects[stix_id] = indicator
             indicator_of[ioc["id"]] = stix_id
             count += 1
-        page_links, cut = intel_repository.links_for_iocs(conn, ids, per_ioc=STIX_LINKS_PER_IOC)
+        page_links, cut = intel_repository.links_for_iocs(conn, ids, per_ioc=STIX_LINKS_PER_IOC, threat_tlps=threat_tlps)
         room = STIX_LINKS_LIMIT - len(links)
         links_cut = links_cut or cut or len(page_links) > room
         links.extend(page_links[:room])
