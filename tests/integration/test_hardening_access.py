@@ -240,6 +240,21 @@ def test_a_stix_export_keeps_its_link_slots_for_threats_within_the_readers_clear
     assert exported.headers["X-Export-Links-Truncated"] == "false", dict(exported.headers)
 
 
+def test_related_tells_a_tag_common_only_by_the_iocs_within_the_readers_clearance(marked):
+    """GET /iocs/{id}/related leaves out a tag on more than COMMON_TAG_FLOOR IoCs (5 % of the store when larger) and
+    names it in `common_tags_ignored`; the count behind it took IoCs of every TLP, so an amber reader learnt that a
+    tag of their amber IoC is on more than 50 IoCs they may not see. Counted within the clearance, such a tag is
+    rare to them (and those IoCs are still not shown)."""
+    iocs, writer, reader = marked["iocs"], marked["writer"], marked["reader"]
+    items = [{"value": f"r{n}.redcommon-test.com", "tlp": "red", "tags": ["redcommon"]} for n in range(60)]
+    items.append({"value": "seen.redcommon-test.com", "tlp": "amber", "tags": ["redcommon"]})
+    results = iocs.post("/api/v1/iocs/batch", json={"iocs": items}, headers=writer).get_json()["results"]
+    related = iocs.get(f"/api/v1/iocs/{results[-1]['id']}/related", headers=reader).get_json()
+    assert related["common_tags_ignored"] == [] and related["shared_evidence"] == [], related
+    cleared = iocs.get(f"/api/v1/iocs/{results[-1]['id']}/related", headers=writer).get_json()
+    assert cleared["common_tags_ignored"] == ["redcommon"], cleared
+
+
 def test_admins_set_clearance_and_it_applies(function_client, backend_env, marked):
     boss = _bearer(_login(function_client("auth"), "boss", create_user(backend_env["DATABASE_URL"], "boss", "admin")))
     admin = function_client("admin")
