@@ -9,7 +9,8 @@ The iocs router calls `register(router, runtime)`.
 
 Shared tags: a tag on more than COMMON_TAG_SHARE of all IoCs (and on more than
 COMMON_TAG_FLOOR of them, so a small store does not call every tag common) says
-little ("malicious", "phishing") and is left out; the IoCs sharing the most of
+little ("malicious", "phishing") and is left out; its IoCs are counted within the
+reader's clearance, as everything the route shows; the IoCs sharing the most of
 the remaining tags come first. Only the IoC's first SHARED_TAGS_LIMIT tags (sorted) are compared;
 `tags_truncated` says it has more.
 """
@@ -79,7 +80,7 @@ def _shared_tags(conn: Connection, ioc_id: int, tags: list[str], visible: list[s
     if not tags:
         return [], []
     cap = max(COMMON_TAG_FLOOR, int(repository.estimated_ioc_count(conn) * COMMON_TAG_SHARE))
-    counts = repository.tag_counts(conn, tags, cap=cap)
+    counts = repository.tag_counts(conn, tags, cap=cap, visible_tlps=visible)
     common = sorted(t for t, n in counts.items() if n > cap)
     rare = [t for t in tags if t not in common]
     if not rare:

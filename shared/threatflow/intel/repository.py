@@ -300,16 +300,17 @@ def estimated_ioc_count(conn: Connection) -> int:
     return max(0, int(conn.execute(_text("SELECT GREATEST(reltuples, 0)::bigint FROM pg_class WHERE oid = 'iocs'::regclass")).scalar_one()))
 
 
-def tag_counts(conn: Connection, tags: Sequence[str], *, cap: int) -> dict[str, int]:
-    """How many IoCs carry each tag, counting at most cap + 1 per tag."""
+def tag_counts(conn: Connection, tags: Sequence[str], *, cap: int, visible_tlps: Sequence[str]) -> dict[str, int]:
+    """How many IoCs whose TLP is in `visible_tlps` carry each tag, counting at most cap + 1 per tag (counted over
+    every TLP, a tag of an amber IoC named common told an amber reader it is on more than 50 IoCs above them)."""
     return {
         str(r[0]): int(r[1])
         for r in conn.execute(
             _text(
-                "SELECT t, (SELECT count(*) FROM (SELECT 1 FROM iocs WHERE tags @> ARRAY[t] LIMIT :cap + 1) AS c)"
-                " FROM unnest(CAST(:tags AS text[])) AS t"
+                "SELECT t, (SELECT count(*) FROM (SELECT 1 FROM iocs WHERE tags @> ARRAY[t] AND tlp = ANY(CAST(:v AS text[]))"
+                " LIMIT :cap + 1) AS c) FROM unnest(CAST(:tags AS text[])) AS t"
             ),
-            {"tags": list(tags), "cap": cap},
+            {"tags": list(tags), "cap": cap, "v": list(visible_tlps)},
         )
     }
 
