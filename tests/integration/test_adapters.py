@@ -315,3 +315,26 @@ def test_a_deadlock_postgresql_broke_is_a_dependency_error_to_retry(backend_env)
         with engine.begin() as conn:
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
         engine.dispose()
+
+
+def test_a_value_the_driver_cannot_send_leaves_no_connection_out_of_step(backend_env):
+    """pg8000 converts a statement's parameters after it has sent the request to describe the statement: a value it
+    cannot convert (a datetime whose UTC instant is before year 1) raised there, the server's answer stayed unread on
+    the connection, and the pool handed the connection on: each later statement on it read the answer of the one
+    before (a 500 for whoever got it, "'NoneType' object has no attribute 'append'"). Such a connection is
+    discarded, so the next unit of work on a one-connection pool is answered."""
+    from datetime import datetime, timedelta, timezone
+
+    import sqlalchemy
+
+    from threatflow.adapters.postgres import create_engine, unit_of_work
+    from threatflow.platform.config import Settings
+
+    engine = create_engine(Settings.from_env({**backend_env, "DB_POOL_SIZE": "1"}))
+    early = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5)))
+    for _ in range(2):
+        with pytest.raises(OverflowError), unit_of_work(engine) as conn:
+            conn.execute(sqlalchemy.text("SELECT CAST(:t AS timestamptz)"), {"t": early})
+        with unit_of_work(engine) as conn:
+            assert conn.execute(sqlalchemy.text("SELECT 41 + 1")).scalar_one() == 42
+    engine.dispose()

@@ -159,6 +159,25 @@ def test_an_overflowing_date_rejects_its_item_not_the_batch(clients):
     assert second["status"] == "created"
 
 
+@pytest.mark.parametrize("field", ["first_seen_from", "first_seen_to", "last_seen_from", "last_seen_to"])
+@pytest.mark.parametrize("at", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"])
+def test_a_filter_time_outside_years_1_to_9999_in_utc_is_a_400_and_leaves_the_pool_usable(clients, field, at):
+    """A find, export or delete filter's time whose UTC instant falls before year 1 or after 9999 was a 500: the
+    last_seen ones raised OverflowError compiling the filter, the first_seen ones in the driver while it sent the
+    query, after it had asked the server to describe it, so the unread answer stayed on the connection and the
+    pool handed it on: the next requests on it (any user's, a login's account check) were 500s too. It is a 400
+    naming the field, as a body's times are, and the requests after it are answered."""
+    iocs, analyst = clients["iocs"], clients["analyst"]
+    found = iocs.post("/api/v1/iocs/find", json={field: at}, headers=analyst)
+    _is_4xx_naming(found, field)
+    exported = iocs.get("/api/v1/iocs/export", query_string={"format": "txt", field: at}, headers=analyst)
+    _is_4xx_naming(exported, field)
+    deleted = iocs.delete("/api/v1/iocs", json={"filter": {field: at}, "confirm": True}, headers=clients["admin_h"])
+    _is_4xx_naming(deleted, field)
+    after = [iocs.post("/api/v1/iocs/find", json={}, headers=analyst).status_code for _ in range(4)]
+    assert after == [200, 200, 200, 200]
+
+
 def test_missing_attack_data_is_a_503_with_a_clear_message(function_client, backend_env, clients):
     threats = function_client("threats", ATTACK_DATA_PATH="", BUCKET_MODELS=f"empty-{uuid.uuid4().hex[:8]}")
     response = threats.get("/api/v1/threats/by-ttp/T1059", headers=clients["analyst"])
