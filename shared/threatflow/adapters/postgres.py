@@ -90,6 +90,24 @@ def _bounded_pool() -> type[Any]:
     return DeadlineQueuePool
 
 
+def _discard_on_driver_fault(engine: Engine) -> Engine:
+    """Invalidate a connection when the driver raised an error of its own code, not the server's, mid-statement.
+
+    pg8000 sends a statement's parse and describe requests, then converts its parameters: a value it cannot convert
+    (a datetime whose UTC instant is before year 1: OverflowError) raised with the server's answers still unread on
+    the socket, and the pool handed the connection on. Each later statement on it read the answer of the one before
+    ("'NoneType' object has no attribute 'append'", the pre-ping included): a 500 for every request that got it, any
+    user's. A server error (a DBAPI error) leaves the protocol in step and keeps the connection."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "handle_error")
+    def driver_fault(context: Any) -> None:
+        if context.connection is not None and not isinstance(context.original_exception, engine.dialect.loaded_dbapi.Error):
+            context.is_disconnect = True
+
+    return engine
+
+
 def create_engine(settings: Settings) -> Engine:
     import sqlalchemy
 
@@ -105,8 +123,9 @@ def create_engine(settings: Settings) -> Engine:
     startup = {**SESSION_PARAMS, "statement_timeout": str(statement_timeout_ms(settings))}
     if settings.database_url:
         connect_args = {"timeout": settings.db_timeout_seconds, "startup_params": startup}
-        return sqlalchemy.create_engine(settings.database_url, connect_args=connect_args, **pool)
-    return sqlalchemy.create_engine("postgresql+pg8000://", creator=_cloud_sql_creator(settings, startup_params=startup), **pool)
+        return _discard_on_driver_fault(sqlalchemy.create_engine(settings.database_url, connect_args=connect_args, **pool))
+    engine = sqlalchemy.create_engine("postgresql+pg8000://", creator=_cloud_sql_creator(settings, startup_params=startup), **pool)
+    return _discard_on_driver_fault(engine)
 
 
 def create_read_engine(settings: Settings, *, session: ReadSession) -> Engine:
@@ -142,6 +161,7 @@ def create_read_engine(settings: Settings, *, session: ReadSession) -> Engine:
         )
     else:
         engine = sqlalchemy.create_engine("postgresql+pg8000://", creator=_cloud_sql_creator(settings, startup_params=startup), **pool)
+    _discard_on_driver_fault(engine)
 
     @event.listens_for(engine, "connect")
     def opened(dbapi_connection: Any, record: Any) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from threatflow.iocs.model import MAX_SOURCES_PER_IOC, MAX_TAGS_PER_IOC, DecayPolicy, IocFilter, IocRecord, UpsertItem
-from threatflow.platform.errors import ValidationError
+from threatflow.platform import limits
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -451,8 +451,9 @@ def compile_filter(f: IocFilter, *, now: datetime) -> Compiled:
     ):
         value = getattr(f, name)
         if value is not None:
-            if value.tzinfo is None:
-                raise ValidationError(f"{name} needs a time zone", field=name)
+            # its zone, and its UTC instant in years 1 to 9999 (0001-01-01T00:00:00+05:00 was a 500, and left the
+            # connection out of step: adapters.postgres._discard_on_driver_fault)
+            value = limits.check_aware(value, field=name)
             add(f"{column} {op} :{name}", **{name: value})
             if column == "last_seen":  # the indexed day column narrows; the exact column decides
                 day_op = ">=" if op == ">=" else "<="
