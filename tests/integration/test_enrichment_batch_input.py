@@ -41,3 +41,29 @@ def test_an_items_known_sources_are_accepted(api):
     response = client.post("/api/v1/enrichment/batch", json=body, headers=headers)
     assert response.status_code == 202, response.get_json()
     assert response.get_json()["runs"][0]["status"] == "running"
+
+
+def test_a_source_named_many_times_is_carried_once_by_each_run(api, backend_env):
+    """`sources` (the batch's, an item's, /enrich's) was checked as a set of known names but carried as given: each
+    run's Firestore record and its published request held the whole list. A 380 KB body of 400 IoCs naming
+    "virustotal" 30,000 times made 400 records and 400 requests of 30,000 names each, 150 MB written to Firestore and
+    as much published, where the body names one source; 100,000 names (1.2 MB) made one /enrich record past
+    Firestore's 1 MiB document limit. A run carries each source it names once, in the order first named."""
+    from threatflow.adapters.firestore import FirestoreDocuments
+    from threatflow.enrichment import runs
+
+    client, headers = api
+    documents = FirestoreDocuments(backend_env["GOOGLE_CLOUD_PROJECT"])
+    repeated = ["virustotal", "otx"] + ["virustotal"] * 30_000
+    body = {"iocs": [f"198.51.100.{n}" for n in range(1, 201)] + [f"many-sources-{n}.example.com" for n in range(200)]}
+    body["sources"] = repeated
+    response = client.post("/api/v1/enrichment/batch", json=body, headers=headers)
+    assert response.status_code == 202, response.get_json()
+    started = [r for r in response.get_json()["runs"] if r.get("status") == "running"]
+    assert len(started) == 400
+    for run in started[:3] + started[-3:]:
+        record = runs.get_run(documents, run["run_id"])
+        assert record["request"]["sources"] == ["virustotal", "otx"], len(record["request"]["sources"])
+    single = client.post("/api/v1/enrichment/enrich", json={"value": "one-run.example.com", "sources": ["otx"] * 100_000}, headers=headers)
+    assert single.status_code == 202, single.get_json()
+    assert runs.get_run(documents, single.get_json()["run_id"])["request"]["sources"] == ["otx"]
