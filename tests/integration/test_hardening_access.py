@@ -558,6 +558,33 @@ def test_correlation_links_and_counts_only_iocs_within_the_callers_clearance(mar
     assert [t["id"] for t in threats.get(f"/api/v1/threats/by-ioc/{ids['amber']}", headers=writer).get_json()["threats"]] == [threat_id]
 
 
+def test_correlations_read_counts_count_only_rows_within_the_callers_clearance(marked, function_client, backend_env):
+    """POST /threats/correlate answers `read`, the rows each kind of read took (tag names, tagged IoCs, links,
+    relations), and `truncated`. The reads took rows of every TLP and left those above the caller's clearance out
+    afterwards: an amber analyst correlating an amber threat learnt how many red IoCs carry its name as a tag, how many
+    other tags of red IoCs match it, and how many red IoCs are linked to it; and rows of red IoCs took the reads'
+    10,000 places from the amber IoCs after them. Each read takes only rows within the clearance."""
+    url = backend_env["DATABASE_URL"]
+    amber = _bearer(_login(function_client("auth"), "ambercounter", create_user(url, "ambercounter", "analyst")))
+    iocs, threats, writer = marked["iocs"], marked["threats"], marked["writer"]
+    items = [{"value": "amber-count.example.org", "tlp": "amber", "tags": ["countfamily"]}]
+    items += [{"value": f"red{n}-count.example.org", "tlp": "red", "tags": ["countfamily", f"countfamily-{n}"]} for n in range(5)]
+    ids = [r["id"] for r in iocs.post("/api/v1/iocs/batch", json={"iocs": items}, headers=writer).get_json()["results"]]
+    made = threats.post(
+        "/api/v1/threats/batch", json={"threats": [{"kind": "malware", "name": "CountFamily", "tlp": "amber"}]}, headers=writer
+    )
+    threat_id = made.get_json()["results"][0]["id"]
+    linked = threats.post(f"/api/v1/threats/{threat_id}/link", json={"ioc_ids": ids, "relation": "indicates"}, headers=writer)
+    assert linked.status_code == 200, linked.get_json()
+
+    body = {"threat_id": threat_id, "link": False, "threshold": 50}
+    seen = threats.post("/api/v1/threats/correlate", json=body, headers=amber).get_json()
+    assert [c["ioc_id"] for c in seen["candidates"]] == [ids[0]], seen
+    assert seen["read"]["tags"] == 1 and seen["read"]["links"] == 1 and seen["read"]["tag_names"] == 1, seen["read"]
+    cleared = threats.post("/api/v1/threats/correlate", json=body, headers=writer).get_json()
+    assert cleared["read"]["tags"] == 6 and cleared["read"]["links"] == 6 and cleared["read"]["tag_names"] == 6, cleared["read"]
+
+
 def test_an_admin_deletes_only_records_within_their_clearance(marked, function_client, backend_env):
     """DELETE /iocs (by ids or by filter) and DELETE /threats ignored the admin's own clearance: an amber admin
     deleted red IoCs and threats they cannot read (and learnt they existed from the count)."""
