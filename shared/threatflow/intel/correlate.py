@@ -181,6 +181,7 @@ def correlate(
     caller's clearance) are scored, linked, counted or followed through relations: an IoC above it does not exist
     for the caller (an amber analyst's correlation linked red IoCs and counted them in `linked`)."""
     everything = set(visible_tlps) >= {t.value for t in Tlp}
+    within = None if everything else list(visible_tlps)  # every read takes only these IoCs' rows (None: every TLP)
 
     def visible(ids: Iterable[int]) -> set[int]:
         return set(ids) if everything else repository.visible_ioc_ids(conn, ids, visible_tlps=visible_tlps)
@@ -203,26 +204,30 @@ def correlate(
 
     evidence_table = repository.evidence_available(conn)
     if names:
-        tag_names = bounded("tag_names", repository.tags_like(conn, patterns, limit=READ_LIMIT + 1))
+        tag_names = bounded("tag_names", repository.tags_like(conn, patterns, limit=READ_LIMIT + 1, visible_tlps=within))
         tag_signals = {t: s for t in tag_names if (s := match_tag(t, names)) is not None}
         if tag_signals:
-            for ioc_id, ioc_tags in bounded("tags", repository.iocs_with_any_tag(conn, sorted(tag_signals), limit=READ_LIMIT + 1)):
+            for ioc_id, ioc_tags in bounded(
+                "tags", repository.iocs_with_any_tag(conn, sorted(tag_signals), limit=READ_LIMIT + 1, visible_tlps=within)
+            ):
                 for tag in ioc_tags:
                     if tag in tag_signals:
                         signals.setdefault(ioc_id, []).append(("tags", tag_signals[tag]))
         if evidence_table:
-            for ioc_id, ev_source, kind, value in bounded("evidence", repository.evidence_like(conn, patterns, limit=READ_LIMIT + 1)):
+            for ioc_id, ev_source, kind, value in bounded(
+                "evidence", repository.evidence_like(conn, patterns, limit=READ_LIMIT + 1, visible_tlps=within)
+            ):
                 signal = match_evidence(ev_source, kind, value, names)
                 if signal is not None:
                     signals.setdefault(ioc_id, []).append((f"evidence:{ev_source}", signal))
     shown = visible(signals)
     signals = {ioc_id: sigs for ioc_id, sigs in signals.items() if ioc_id in shown}
-    links = bounded("links", repository.links_of_threat(conn, threat_id, limit=READ_LIMIT + 1))
+    links = bounded("links", repository.links_of_threat(conn, threat_id, limit=READ_LIMIT + 1, visible_tlps=within))
     linked = {ioc_id for ioc_id, _ in links}
     seeds = visible({ioc_id for ioc_id, relation in links if relation != CORRELATED})
     seeds |= {ioc_id for ioc_id, sigs in signals.items() if combine(sigs)[0] >= threshold}
     if seeds:
-        touching = bounded("relations", repository.relations_touching(conn, sorted(seeds), limit=READ_LIMIT + 1))
+        touching = bounded("relations", repository.relations_touching(conn, sorted(seeds), limit=READ_LIMIT + 1, visible_tlps=within))
         ends = visible({end for a, b, _ in touching for end in (a, b)})
         for a, b, rel_type in touching:
             if a not in ends or b not in ends:

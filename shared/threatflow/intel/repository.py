@@ -334,19 +334,36 @@ def iocs_sharing_tags(
 # -- correlation reads ----------------------------------------------------------------
 
 
-def tags_like(conn: Connection, patterns: Sequence[str], *, limit: int) -> list[str]:
-    """Distinct IoC tags matching any ILIKE pattern, at most `limit`."""
+def _within(alias: str, visible_tlps: Sequence[str] | None) -> tuple[str, dict[str, Any]]:
+    """A clause keeping rows whose IoC (`alias`.tlp) is within `visible_tlps`; None keeps every row."""
+    if visible_tlps is None:
+        return "TRUE", {}
+    return f"{alias}.tlp = ANY(CAST(:visible AS text[]))", {"visible": list(visible_tlps)}
+
+
+# Correlation's reads take only IoCs within the caller's clearance (`visible_tlps`, None for every TLP): filtered
+# after the read, rows above it were counted in the answer's `read` (how many red IoCs carry a threat's name as a
+# tag, are linked to it ...) and took the READ_LIMIT places of the IoCs after them.
+
+
+def tags_like(conn: Connection, patterns: Sequence[str], *, limit: int, visible_tlps: Sequence[str] | None) -> list[str]:
+    """Distinct tags of IoCs within `visible_tlps` matching any ILIKE pattern, at most `limit`."""
+    within, params = _within("iocs", visible_tlps)
     rows = conn.execute(
-        _text("SELECT DISTINCT t FROM iocs, unnest(tags) AS t WHERE t ILIKE ANY(CAST(:p AS text[])) ORDER BY t LIMIT :l"),
-        {"p": list(patterns), "l": limit},
+        _text(f"SELECT DISTINCT t FROM iocs, unnest(tags) AS t WHERE t ILIKE ANY(CAST(:p AS text[])) AND {within} ORDER BY t LIMIT :l"),
+        {"p": list(patterns), "l": limit, **params},
     )
     return [str(r[0]) for r in rows]
 
 
-def iocs_with_any_tag(conn: Connection, tags: Sequence[str], *, limit: int) -> list[tuple[int, list[str]]]:
-    """(id, tags) of the newest `limit` IoCs carrying any of tags."""
+def iocs_with_any_tag(
+    conn: Connection, tags: Sequence[str], *, limit: int, visible_tlps: Sequence[str] | None
+) -> list[tuple[int, list[str]]]:
+    """(id, tags) of the newest `limit` IoCs within `visible_tlps` carrying any of tags."""
+    within, params = _within("iocs", visible_tlps)
     rows = conn.execute(
-        _text("SELECT id, tags FROM iocs WHERE tags && CAST(:t AS text[]) ORDER BY id DESC LIMIT :l"), {"t": list(tags), "l": limit}
+        _text(f"SELECT id, tags FROM iocs WHERE tags && CAST(:t AS text[]) AND {within} ORDER BY id DESC LIMIT :l"),
+        {"t": list(tags), "l": limit, **params},
     )
     return [(int(r[0]), list(r[1])) for r in rows]
 
@@ -356,36 +373,57 @@ def evidence_available(conn: Connection) -> bool:
     return conn.execute(_text("SELECT to_regclass('ioc_evidence') IS NOT NULL")).scalar_one() is True
 
 
-def evidence_like(conn: Connection, patterns: Sequence[str], *, limit: int) -> list[tuple[int, str, str, str]]:
-    """(ioc_id, source, kind, value) of evidence whose value matches any ILIKE pattern, the newest IoCs' `limit` rows."""
+def evidence_like(
+    conn: Connection, patterns: Sequence[str], *, limit: int, visible_tlps: Sequence[str] | None
+) -> list[tuple[int, str, str, str]]:
+    """(ioc_id, source, kind, value) of evidence whose value matches any ILIKE pattern, of IoCs within
+    `visible_tlps`, the newest IoCs' `limit` rows."""
+    within, params = _within("i", visible_tlps)
+    join = "" if visible_tlps is None else " JOIN iocs i ON i.id = e.ioc_id"
     rows = conn.execute(
         _text(
-            "SELECT ioc_id, source, kind, value FROM ioc_evidence WHERE value ILIKE ANY(CAST(:p AS text[]))"
-            " ORDER BY ioc_id DESC, source, kind, value LIMIT :l"
+            f"SELECT e.ioc_id, e.source, e.kind, e.value FROM ioc_evidence e{join} WHERE e.value ILIKE ANY(CAST(:p AS text[]))"
+            f" AND {within} ORDER BY e.ioc_id DESC, e.source, e.kind, e.value LIMIT :l"
         ),
-        {"p": list(patterns), "l": limit},
+        {"p": list(patterns), "l": limit, **params},
     )
     return [(int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
 
 
-def links_of_threat(conn: Connection, threat_id: int, *, limit: int) -> list[tuple[int, str]]:
-    """(ioc_id, relation) of a threat's links, the newest IoCs' `limit`."""
+def links_of_threat(conn: Connection, threat_id: int, *, limit: int, visible_tlps: Sequence[str] | None) -> list[tuple[int, str]]:
+    """(ioc_id, relation) of a threat's links to IoCs within `visible_tlps`, the newest IoCs' `limit`."""
+    within, params = _within("i", visible_tlps)
+    join = "" if visible_tlps is None else " JOIN iocs i ON i.id = l.ioc_id"
     rows = conn.execute(
-        _text("SELECT ioc_id, relation FROM threat_iocs WHERE threat_id = :t ORDER BY ioc_id DESC, relation LIMIT :l"),
-        {"t": threat_id, "l": limit},
+        _text(
+            f"SELECT l.ioc_id, l.relation FROM threat_iocs l{join} WHERE l.threat_id = :t AND {within}"
+            " ORDER BY l.ioc_id DESC, l.relation LIMIT :l"
+        ),
+        {"t": threat_id, "l": limit, **params},
     )
     return [(int(r[0]), str(r[1])) for r in rows]
 
 
-def relations_touching(conn: Connection, ioc_ids: Sequence[int], *, limit: int) -> list[tuple[int, int, str]]:
-    """(source_id, target_id, type) of relations with either end among ioc_ids, at most `limit`."""
+def relations_touching(
+    conn: Connection, ioc_ids: Sequence[int], *, limit: int, visible_tlps: Sequence[str] | None
+) -> list[tuple[int, int, str]]:
+    """(source_id, target_id, type) of relations with either end among ioc_ids and both ends within `visible_tlps`,
+    at most `limit`."""
+    if visible_tlps is None:
+        ends, params = "", {}
+    else:
+        ends = (
+            " AND EXISTS (SELECT 1 FROM iocs a WHERE a.id = r.source_id AND a.tlp = ANY(CAST(:visible AS text[])))"
+            " AND EXISTS (SELECT 1 FROM iocs b WHERE b.id = r.target_id AND b.tlp = ANY(CAST(:visible AS text[])))"
+        )
+        params = {"visible": list(visible_tlps)}
     rows = conn.execute(
         _text(
-            "SELECT source_id, target_id, type FROM ioc_relations WHERE source_id = ANY(CAST(:s AS bigint[]))"
-            " UNION SELECT source_id, target_id, type FROM ioc_relations WHERE target_id = ANY(CAST(:s AS bigint[]))"
+            f"SELECT source_id, target_id, type FROM ioc_relations r WHERE source_id = ANY(CAST(:s AS bigint[])){ends}"
+            f" UNION SELECT source_id, target_id, type FROM ioc_relations r WHERE target_id = ANY(CAST(:s AS bigint[])){ends}"
             " ORDER BY 1 DESC, 2 DESC, 3 LIMIT :l"
         ),
-        {"s": list(ioc_ids), "l": limit},
+        {"s": list(ioc_ids), "l": limit, **params},
     )
     return [(int(r[0]), int(r[1]), str(r[2])) for r in rows]
 
