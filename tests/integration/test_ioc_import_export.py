@@ -640,6 +640,38 @@ def test_an_async_import_is_refused_when_its_requesters_account_changed_before_i
     assert db.scalar("SELECT count(*) FROM iocs WHERE value = '198.18.7.9'") == 0
 
 
+def test_an_admin_reads_another_users_import_job_only_within_its_clearance(api, function_client, backend_env, import_queue):
+    """An async import job's record (its progress, errors and warnings come from the document) is the requester's and,
+    for an admin, readable only within the clearance it ran with: an amber admin read a red analyst's job whole,
+    though the document it read may be red. The red admin still reads it; the amber admin gets the 404 of a job that
+    is not theirs."""
+    url = backend_env["DATABASE_URL"]
+    auth, iocs = function_client("auth"), function_client("iocs", ATTACK_DATA_PATH=str(ATTACK))
+
+    def bearer(username, role, clearance):
+        password = create_user(url, username, role, clearance=clearance)
+        token = auth.post("/api/v1/auth/token", json={"username": username, "password": password}).get_json()["access_token"]
+        return {"Authorization": f"Bearer {token}"}
+
+    analyst, red_admin, amber_admin = (
+        bearer("redjob1", "analyst", "red"),
+        bearer("redboss1", "admin", "red"),
+        bearer("amberboss1", "admin", "amber"),
+    )
+    queued = iocs.post(
+        "/api/v1/iocs/import?async=true", json={"format": "json", "content": [{"value": "198.18.7.10", "tlp": "red"}]}, headers=analyst
+    )
+    assert queued.status_code == 202, queued.get_data(as_text=True)[:300]
+    status_url = queued.get_json()["status_url"]
+    for stage in ("queued", "succeeded"):
+        if stage == "succeeded":
+            assert function_client("ioc-import").post("/", json=_push(import_queue())).status_code == 200
+        assert iocs.get(status_url, headers=analyst).get_json()["state"] == stage
+        assert iocs.get(status_url, headers=red_admin).get_json()["state"] == stage
+        hidden = iocs.get(status_url, headers=amber_admin)
+        assert hidden.status_code == 404 and "198.18" not in hidden.get_data(as_text=True), (stage, hidden.get_json())
+
+
 def test_a_job_queued_before_requester_ids_were_stored_is_checked_by_username(backend_env):
     """Jobs already queued when this shipped name their requester by username only (and a clearance, now ignored)."""
     from threatflow.adapters.postgres import create_engine, unit_of_work
