@@ -575,7 +575,9 @@ def queued_by(function_client, backend_env, import_queue):
     admin to that account (admin API) before the worker runs, and the worker's delivery."""
     url = backend_env["DATABASE_URL"]
     auth, admin_api = function_client("auth"), function_client("admin")
-    boss = auth.post("/api/v1/auth/token", json={"username": "boss", "password": create_user(url, "boss", "admin")}).get_json()
+    boss = auth.post(
+        "/api/v1/auth/token", json={"username": "boss", "password": create_user(url, "boss", "admin", clearance="red")}
+    ).get_json()
     as_admin = {"Authorization": f"Bearer {boss['access_token']}"}
     iocs = function_client("iocs", ATTACK_DATA_PATH=str(ATTACK))
 

@@ -92,6 +92,8 @@ def register(router: Router, runtime: Runtime) -> None:
                 # clearance, and no run once the token that queued it would be refused.
                 "requested_by_id": request.principal.user_id if request.principal else None,
                 "requester_version": request.principal.version if request.principal else None,
+                # Who else may read the job's record (importer.job_readable_by): admins cleared this far.
+                "clearance": tlp_clearance.of(request.principal),
                 "created_at": now,
                 "attempts": 0,
             },
@@ -102,9 +104,7 @@ def register(router: Router, runtime: Runtime) -> None:
     @router.route("GET", "/api/v1/iocs/import/{job_id}", role=Role.READER)
     def import_job(request: Request) -> dict[str, Any]:
         job = runtime.documents.get(importer.IMPORT_JOBS, request.path_params["job_id"])
-        principal = request.principal
-        mine = job is not None and principal is not None and (job.get("requested_by") == principal.username or principal.role is Role.ADMIN)
-        if job is None or not mine:  # another user's job does not exist for the caller
+        if job is None or not importer.job_readable_by(job, request.principal):  # another user's job does not exist for the caller
             raise NotFoundError(f"no import job {request.path_params['job_id']!r}")
         return job
 

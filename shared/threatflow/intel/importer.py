@@ -521,7 +521,11 @@ def run_job(
                         policies=policies(),
                         source_default=body.source,
                     )
-                    applied = {"result": _job_result(job_id, result), "progress": {"stage": "done", **parsed.summary()}}
+                    applied = {
+                        "result": _job_result(job_id, result),
+                        "progress": {"stage": "done", **parsed.summary()},
+                        "clearance": _stricter(job.get("clearance"), tlp_clearance.of(requester)),
+                    }
                     # In the same transaction: a delivery after the commit finishes the job from it, never applies it
                     # again (the results below or the job's record failing sighted every IoC twice on the redelivery).
                     intel_repository.record_applied_import(conn, job_id, applied)
@@ -543,6 +547,27 @@ def run_job(
         done = {"state": JobState.SUCCEEDED.value, "finished_at": clock.now(), "error": None, **applied}
         documents.set(IMPORT_JOBS, job_id, done, merge=True)
         return {**job, **done}
+
+
+def job_readable_by(job: Mapping[str, Any], principal: Any) -> bool:
+    """The requester reads their job; an admin reads another user's only within the clearance it ran with (its
+    progress, errors and warnings come from the document, which may be red). A job recorded before its clearance was
+    (or one whose field is unreadable) counts as red."""
+    if principal is None:
+        return False
+    if job.get("requested_by") == principal.username:
+        return True
+    recorded = job.get("clearance")
+    ran_with = recorded if recorded in tlp_clearance.TLP_ORDER else tlp_clearance.TLP_ORDER[-1]
+    return principal.role is Role.ADMIN and tlp_clearance.can_read(tlp_clearance.of(principal), ran_with)
+
+
+def _stricter(recorded: Any, acting: str) -> str:
+    """The clearance a job's record is kept at: what its requester had when it was queued or when it ran, the higher
+    (an account raised meanwhile wrote with more than it queued with)."""
+    if recorded not in tlp_clearance.TLP_ORDER:
+        return acting
+    return max(str(recorded), acting, key=tlp_clearance.TLP_ORDER.index)
 
 
 def _job_result(job_id: str, result: Mapping[str, Any]) -> dict[str, Any]:
