@@ -307,3 +307,21 @@ def test_rows_posted_first_under_a_client_named_source_do_not_claim_the_rows_of_
     assert (again["stored"], again["duplicates"]) == (0, 30), again  # the same rows sent again: still stored once
     truth = f"SELECT count(*) FROM flow_events WHERE source = '{source}' AND label = 1"
     assert sql_scalar(backend_env["DATABASE_URL"], truth) == 30  # the forged rows stay: see the README's trust note
+
+
+def test_a_flow_that_ends_before_it_starts_is_a_problem_naming_ltime_and_detect_still_scores_it(api, backend_env):
+    """A flow whose ltime is before its stime was stored with that negative span. Now ingest refuses it as a field
+    error (flows[i].ltime), counted invalid with skip_invalid as `flows load` sends it; /detect does not use the times
+    and scores it."""
+    flows = json_flows(3, seed=65)
+    flows[1]["ltime"] = flows[1]["stime"] - 1
+    refused = api.post("/api/v1/flows/batch", {"flows": flows})
+    assert refused.status_code == 400, refused.get_data(as_text=True)[:300]
+    error = refused.get_json()["error"]
+    assert error["details"]["field"] == "flows[1].ltime" and "before stime" in error["message"], error
+    stored = api.post("/api/v1/flows/batch", {"flows": flows, "skip_invalid": True}).get_json()
+    assert (stored["stored"], stored["invalid"]) == (2, 1), stored
+    assert [(p["index"], p["field"]) for p in stored["problems"]] == [(1, "ltime")]
+    assert sql_scalar(backend_env["DATABASE_URL"], "SELECT count(*) FROM flow_events WHERE ltime < stime") == 0
+    scored = api.detect.post("/api/v1/detect", json={"flow": flows[1]}, headers=api.reader)
+    assert scored.status_code == 200, scored.get_data(as_text=True)[:300]

@@ -234,3 +234,33 @@ def test_a_raw_row_of_the_wrong_width_is_a_misshapen_row():
     assert isinstance(rows[0][1], dict)
     assert [(r.cells, r.expected) for _n, r in rows[1:]] == [(48, 49), (50, 49)]
     assert "the raw layout has 49" in rows[1][1].reason
+
+
+@pytest.mark.parametrize(
+    ("stime", "ltime"),
+    [
+        ("1421927414", "1421927413"),  # epoch seconds, as the raw files write them
+        ("2015-01-22T00:00:10Z", "2015-01-22T00:00:05Z"),
+        ("2015-01-22T00:00:00Z", "2015-01-22T00:00:05.5+01:00"),  # 23:00:05.5 UTC the day before
+        ("1421927414", "2015-01-22T11:50:13Z"),  # one of each form: 1421927413
+    ],
+)
+def test_a_flow_that_ends_before_it_starts_is_a_problem_naming_ltime(stime, ltime):
+    """A flow whose ltime is before its stime was stored as it came: a negative span between its times, and an event
+    whose `stime` (its event time) or `ltime` is wrong. /flows/batch, the upload worker and `flows load` (through
+    /flows/batch) all validate here; /detect does not use the times and scores the flow (deliberate)."""
+    flows = [flow for _n, flow in ingest.read_csv(io.StringIO(_raw_csv(3)), typed=False)]
+    flows[1]["Stime"], flows[1]["Ltime"] = stime, ltime
+    _clean, _fields, problems = ingest.validate(flows)
+    assert [(p.index, p.field) for p in problems] == [(1, "ltime")]
+    assert "before stime" in problems[0].reason
+    assert ingest.valid_indices(3, problems) == [0, 2]
+    assert features.validate_flows([features.canonical_flow(f) for f in flows])[1] == []  # /detect scores it
+
+
+def test_a_flow_that_ends_when_it_starts_is_valid():
+    """The raw files' many sub-second flows have stime == ltime (whole seconds)."""
+    flows = [flow for _n, flow in ingest.read_csv(io.StringIO(_raw_csv(2)), typed=False)]
+    flows[0]["Stime"] = flows[0]["Ltime"] = "1421927414"
+    flows[1]["Stime"], flows[1]["Ltime"] = "2015-01-22T00:00:00Z", "2015-01-22T01:00:00+01:00"  # the same instant
+    assert ingest.validate(flows)[2] == []
