@@ -264,6 +264,9 @@ _CACHED_TEXT_MAX = 64
 _PARSERS = tuple((name, parse, _CACHED_TEXT.get(name)) for name, parse in _EVENT_FIELDS.items())
 
 
+LTIME_BEFORE_STIME_REASON = "is before stime; a flow ends when or after it starts"
+
+
 def event_fields(flow: Mapping[str, Any], index: int, problems: list[FlowProblem]) -> EventFields:
     """The event-only fields of one canonical flow; bad ones are added to problems."""
     parsed: list[Any] = []
@@ -278,6 +281,10 @@ def event_fields(flow: Mapping[str, Any], index: int, problems: list[FlowProblem
         except (ValueError, TypeError, OverflowError) as exc:
             problems.append(FlowProblem(index, name, str(exc) or f"invalid {name}"))
             parsed.append(None)
+    stime, ltime = parsed[4], parsed[5]
+    if stime is not None and ltime is not None and ltime < stime:
+        # Stored as it came, the event's span was negative and one of its times wrong (the stime is its event time).
+        problems.append(FlowProblem(index, "ltime", f"{LTIME_BEFORE_STIME_REASON} ({ltime.isoformat()} < {stime.isoformat()})"))
     label, category = parsed[6], parsed[7]
     if label == 0 and category is None:  # label 0 without attack_cat: the dataset's Normal
         parsed[7] = "Normal"
