@@ -306,7 +306,7 @@ def test_flow_ingest_worker_loads_an_upload_once(flows_api, backend_env, functio
     assert worker.post("/", json=push()).status_code == 200
     done = FirestoreDocuments(PROJECT).get("flow_ingest_jobs", job_id)
     assert done["state"] == "succeeded" and done["stored"] == 120 and done["invalid"] == 3 and done["rows_done"] == 123
-    assert done["first_problem"]["index"] == 120 and "cells" in done["first_problem"]["reason"], done["first_problem"]
+    assert done["first_problem"]["line"] == 121 and "cells" in done["first_problem"]["reason"], done["first_problem"]
     # A redelivery of the finished job, and a forced re-run of the same file: nothing stored twice.
     assert worker.post("/", json=push()).status_code == 200
     FirestoreDocuments(PROJECT).set("flow_ingest_jobs", job_id, {"state": "queued", "rows_done": 0, "stored": 0}, merge=True)

@@ -79,7 +79,7 @@ def test_load_is_resumable_and_idempotent(poster, backend_env, tmp_path, capsys)
     entry = cli.load_file(data, post=poster, progress=resumed, batch_size=300, show_bar=False)
     assert entry["done"] and entry["rows_done"] == 1001 and entry["invalid"] == 1
     assert entry["stored"] == 1000 and entry["duplicates"] == 0
-    assert "skipped row 500: " in capsys.readouterr().err  # the API's listed problem, by row number in the file
+    assert "skipped line 501: " in capsys.readouterr().err  # the API's listed problem, by its line in the file
     assert _count(backend_env["DATABASE_URL"]) == (1000, 1000)
 
     # A lost ledger (or a crash between the API's commit and the ledger write): re-sent rows are stored once.

@@ -325,3 +325,36 @@ def test_a_flow_that_ends_before_it_starts_is_a_problem_naming_ltime_and_detect_
     assert sql_scalar(backend_env["DATABASE_URL"], "SELECT count(*) FROM flow_events WHERE ltime < stime") == 0
     scored = api.detect.post("/api/v1/detect", json={"flow": flows[1]}, headers=api.reader)
     assert scored.status_code == 200, scored.get_data(as_text=True)[:300]
+
+
+def test_an_uploads_first_problem_and_flows_load_name_the_line_an_editor_shows(api, function_client, tmp_path, capsys, monkeypatch):
+    """One file, two ways in, two numberings: `flows load` printed "skipped row N", N counting data rows from 0 (the
+    header not counted, a blank line counted), and the upload's `first_problem.index` was the row's index within its
+    worker batch (0 to 4,999, restarting every batch; a row of another width gave its row number instead). Both now
+    name the line of the file, as an editor numbers it: from 1, the header and blank lines counted."""
+    from threatflow.cli import flows as cli
+    from threatflow.flows import handlers
+
+    monkeypatch.setattr(handlers, "BATCH_ROWS", 40)
+    lines = _partitioned(100).splitlines()  # the header, then 100 rows
+    lines.insert(31, "")  # a blank line inside the first batch
+    cells = lines[71].split(",")
+    cells[1] = "-1"  # dur, in the second batch of 40 flows
+    lines[71] = ",".join(cells)
+    data = tmp_path / "part.csv"
+    data.write_text("\n".join(lines) + "\n")
+    editor_line = 72  # lines[71]
+    job_id = queue_upload(api, "flows/numbered.csv", data.read_bytes())
+    assert deliver_upload(function_client("flow-ingest"), job_id).status_code == 200
+    job = ingest_job(job_id)
+    assert (job["state"], job["stored"], job["invalid"]) == ("succeeded", 99, 1), job
+    assert (job["first_problem"]["line"], job["first_problem"]["field"]) == (editor_line, "dur"), job["first_problem"]
+
+    def post(body: dict[str, Any]) -> tuple[int, Any]:
+        response = api.post("/api/v1/flows/batch", body)
+        return response.status_code, response.get_json()
+
+    capsys.readouterr()
+    entry = cli.load_file(data, post=post, progress=cli.Progress(tmp_path / "p.json"), batch_size=50, show_bar=False)
+    assert (entry["duplicates"], entry["invalid"]) == (99, 1), entry
+    assert f"skipped line {editor_line}: dur: " in capsys.readouterr().err

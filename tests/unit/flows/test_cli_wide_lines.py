@@ -56,5 +56,5 @@ def test_a_row_of_the_wrong_width_is_skipped_counted_and_named(tmp_path: Path, c
     assert [body["positions"] for body in sent] == [[0], [2], [4]]
     assert (entry["stored"], entry["invalid"], entry["rows_done"]) == (3, 2, 5)
     err = capsys.readouterr().err
-    assert "skipped row 1: the row has 50 cells; the raw layout has 49" in err
-    assert "skipped row 3: the row has 48 cells; the raw layout has 49" in err
+    assert "skipped line 2: the row has 50 cells; the raw layout has 49" in err
+    assert "skipped line 4: the row has 48 cells; the raw layout has 49" in err
