@@ -93,8 +93,8 @@ def main() -> None:
         # Baseline: read, parse and validate the same file in process, nothing sent (see the docstring).
         began = time.perf_counter()
         with data.open("rb") as raw:
-            for _positions, flows, _misshapen in cli.batches(ingest.read_csv(ingest.open_text(raw)), args.batch_size):
-                ingest.validate(flows)
+            for batch in cli.batches(ingest.read_csv_rows(ingest.open_text(raw)), args.batch_size):
+                ingest.validate(batch.flows)
         baseline = time.perf_counter() - began
 
         # Scoring alone, in process, for the same flows (what the API spends on the model).

@@ -161,7 +161,7 @@ def _read_and_parse(blobs: Any, name: str) -> int:
     count = 0
     info = blobs.stat(UPLOADS, name)
     with blobs.open_read(UPLOADS, name, generation=info.generation) as stream:
-        for _ in handlers.bounded_rows(ingest.read_csv(handlers.bounded_lines(ingest.open_text(stream)))):  # type: ignore[arg-type]
+        for _ in handlers.bounded_rows(ingest.read_csv_rows(handlers.bounded_lines(ingest.open_text(stream)))):  # type: ignore[arg-type]
             count += 1
     return count
 

@@ -31,6 +31,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from threatflow.platform.errors import DependencyError, ValidationError
 
 if TYPE_CHECKING:
-    from threatflow.flows.ingest import MisshapenRow
+    from threatflow.flows.ingest import CsvRow
 
 DEFAULT_BATCH = 5000
 IN_FLIGHT = 2
@@ -161,28 +162,36 @@ class Bar:
             self.line_open = False
 
 
-Misshapen = list[tuple[int, "MisshapenRow"]]
+Misshapen = list["CsvRow"]
 
 
-def batches(
-    rows: Iterator[tuple[int, dict[str, Any] | MisshapenRow]], size: int
-) -> Iterator[tuple[list[int], list[dict[str, Any]], Misshapen]]:
-    """(row numbers, flows, rows of another width read with them): up to `size` flows a batch; the last may hold
-    only rows of another width (they are counted as invalid and named, never posted)."""
-    positions: list[int] = []
-    flows: list[dict[str, Any]] = []
-    misshapen: Misshapen = []
-    for number, flow in rows:
-        if not isinstance(flow, dict):
-            misshapen.append((number, flow))
+@dataclass
+class Batch:
+    """Up to `size` flows read together: their row numbers (event positions, rows_done), their lines in the file (a
+    problem is named by its line, as the upload worker names one) and the rows of another width read with them."""
+
+    positions: list[int] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    flows: list[dict[str, Any]] = field(default_factory=list)
+    misshapen: Misshapen = field(default_factory=list)
+
+
+def batches(rows: Iterator[CsvRow], size: int) -> Iterator[Batch]:
+    """Batches of up to `size` flows; the last may hold only rows of another width (they are counted as invalid and
+    named, never posted)."""
+    batch = Batch()
+    for row in rows:
+        if not isinstance(row.flow, dict):
+            batch.misshapen.append(row)
             continue
-        positions.append(number)
-        flows.append(flow)
-        if len(flows) >= size:
-            yield positions, flows, misshapen
-            positions, flows, misshapen = [], [], []
-    if flows or misshapen:
-        yield positions, flows, misshapen
+        batch.positions.append(row.number)
+        batch.lines.append(row.line)
+        batch.flows.append(row.flow)
+        if len(batch.flows) >= size:
+            yield batch
+            batch = Batch()
+    if batch.flows or batch.misshapen:
+        yield batch
 
 
 def _answered(answer: tuple[int, Any]) -> Future[tuple[int, Any]]:
@@ -313,22 +322,22 @@ def load_file(
         print(f"{path}: times moved by {offset:+,} s ({offset / 86400:+,.1f} days)", file=sys.stderr)
     skip = int(entry["rows_done"])
     if skip:
-        print(f"{path}: resuming after row {skip:,}", file=sys.stderr)
+        print(f"{path}: resuming after its first {skip:,} rows (data rows, as the ledger counts them)", file=sys.stderr)
     bar = Bar(path.name, path.stat().st_size, enabled=show_bar, acknowledged=sum(int(entry.get(k) or 0) for k in ACKNOWLEDGED))
     shown = 0
     too_old = 0  # rows refused as older than the retention window (of those the API listed)
     with path.open("rb") as raw:
         # Cells go as text: the API parses and validates each flow once, skips the invalid ones
         # (skip_invalid) and lists them, so the client does no second validation.
-        rows = ingest.read_csv(ingest.lines_within(ingest.open_text(raw)), skip_rows=skip, typed=False)
-        pending: deque[tuple[list[int], Misshapen, Future[tuple[int, Any]]]] = deque()
+        rows = ingest.read_csv_rows(ingest.lines_within(ingest.open_text(raw)), skip_rows=skip, typed=False)
+        pending: deque[tuple[Batch, Future[tuple[int, Any]]]] = deque()
 
         def read_bytes() -> int:
             return path.stat().st_size if raw.closed else raw.tell()
 
         pool = ThreadPoolExecutor(max_workers=in_flight)
 
-        def settle(positions: list[int], misshapen: Misshapen, future: Future[tuple[int, Any]]) -> None:
+        def settle(batch: Batch, future: Future[tuple[int, Any]]) -> None:
             nonlocal shown, too_old
             status, payload = future.result()
             if status != 200:
@@ -336,17 +345,18 @@ def load_file(
                 # Re-running as it was fails the same way when the refusal is the caller's token or role.
                 then = REFUSAL_ADVICE.get(status, "progress is saved, re-run to resume")
                 raise DependencyError(f"the API refused a batch (HTTP {status}): {json.dumps(error)[:2000]}; {then}")
-            for number, row in misshapen:  # counted with the batch read after them: a resume neither skips nor recounts them
-                if shown < PROBLEMS_SHOWN:
+            for row in batch.misshapen:  # counted with the batch read after them: a resume neither skips nor recounts them
+                if shown < PROBLEMS_SHOWN and isinstance(row.flow, ingest.MisshapenRow):
                     bar.end_line()
-                    print(f"  skipped row {number:,}: {row.reason}", file=sys.stderr)
+                    print(f"  skipped line {row.line:,}: {row.flow.reason}", file=sys.stderr)
                 shown += 1
-            entry["invalid"] += len(misshapen)
+            entry["invalid"] += len(batch.misshapen)
             problems = payload.get("problems") or []
             for problem in problems:
                 if shown < PROBLEMS_SHOWN:
                     bar.end_line()
-                    print(f"  skipped row {positions[int(problem['index'])]:,}: {problem['field']}: {problem['reason']}", file=sys.stderr)
+                    line = batch.lines[int(problem["index"])]  # the API's index is the flow's in the batch posted
+                    print(f"  skipped line {line:,}: {problem['field']}: {problem['reason']}", file=sys.stderr)
                 shown += 1
                 if str(problem.get("reason", "")).startswith(ingest.RETENTION_REASON):
                     too_old += 1
@@ -356,24 +366,24 @@ def load_file(
             entry["invalid"] += int(payload.get("invalid", 0))  # counted once the batch is acknowledged: a resume never counts it twice
             # Batches are settled in the order they were read, so the ledger only ever
             # moves past rows the API has acknowledged, even with several in flight.
-            entry["rows_done"] = max(positions[-1:] + [number for number, _row in misshapen[-1:]]) + 1
+            entry["rows_done"] = max(batch.positions[-1:] + [row.number for row in batch.misshapen[-1:]]) + 1
             progress.save()
             bar.show(entry, read_bytes())
 
         interrupted = False
         try:
-            for positions, flows, misshapen in batches(rows, batch_size):
-                if not flows:  # only rows of another width, after the last flow: nothing to post
-                    pending.append((positions, misshapen, _answered((200, {}))))
+            for batch in batches(rows, batch_size):
+                if not batch.flows:  # only rows of another width, after the last flow: nothing to post
+                    pending.append((batch, _answered((200, {}))))
                     continue
                 # No observed_at: the API dates undated flows (no stime) by when this source was first observed,
                 # whichever run, machine or ledger sends them. The time this loader once chose was saved only with
                 # the first acknowledged batch, so a run killed before it, or another ledger, stored them again.
-                sent = [shift_times(flow, offset) for flow in flows] if offset else flows
-                body = {"flows": sent, "positions": positions, "source": source, "skip_invalid": True}
+                sent = [shift_times(flow, offset) for flow in batch.flows] if offset else batch.flows
+                body = {"flows": sent, "positions": batch.positions, "source": source, "skip_invalid": True}
                 if "observed_at" in entry:  # a load an earlier version started keeps the time it sent
                     body["observed_at"] = entry["observed_at"]
-                pending.append((positions, misshapen, pool.submit(post, body)))
+                pending.append((batch, pool.submit(post, body)))
                 while len(pending) > in_flight:  # reading the next batch overlaps the requests in flight
                     settle(*pending.popleft())
             while pending:

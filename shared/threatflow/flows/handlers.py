@@ -139,10 +139,8 @@ def bounded_lines(text: io.TextIOBase) -> Iterator[str]:
         yield line
 
 
-def bounded_rows(
-    rows: Iterable[tuple[int, dict[str, Any] | ingest.MisshapenRow]],
-) -> Iterator[tuple[int, dict[str, Any] | ingest.MisshapenRow]]:
-    """read_csv's rows, refusing a row with more columns than any UNSW layout has (a 10,000-column
+def bounded_rows(rows: Iterable[ingest.CsvRow]) -> Iterator[ingest.CsvRow]:
+    """read_csv_rows's rows, refusing a row with more columns than any UNSW layout has (a 10,000-column
     header would otherwise make every row a 10,000-problem validation), and csv's own errors."""
     iterator = iter(rows)
     while True:
@@ -152,8 +150,8 @@ def bounded_rows(
             return
         except csv.Error as exc:  # e.g. a field larger than csv.field_size_limit()
             raise UnreadableUpload(f"not a readable CSV: {exc}") from None
-        if isinstance(item[1], dict) and len(item[1]) > MAX_COLUMNS:
-            raise UnreadableUpload(f"row {item[0]} has {len(item[1])} columns; a UNSW-NB15 CSV has at most 49")
+        if isinstance(item.flow, dict) and len(item.flow) > MAX_COLUMNS:
+            raise UnreadableUpload(f"line {item.line} has {len(item.flow)} columns; a UNSW-NB15 CSV has at most 49")
         yield item
 
 
@@ -521,10 +519,11 @@ def run_job(
     try:
         with blobs.open_read(bucket, name, generation=info.generation) as stream:
             text = ingest.open_text(stream)
-            rows = bounded_rows(ingest.read_csv(bounded_lines(text), skip_rows=progress["rows_done"]))
+            rows = bounded_rows(ingest.read_csv_rows(bounded_lines(text), skip_rows=progress["rows_done"]))
             flows: list[dict[str, Any]] = []
             positions: list[int] = []
-            misshapen: list[tuple[int, ingest.MisshapenRow]] = []  # rows of another width read since the last flush
+            lines: list[int] = []  # each flow's line in the file, for its problem
+            misshapen: list[ingest.CsvRow] = []  # rows of another width read since the last flush
 
             def flush() -> None:
                 held.keep()  # before storing: a delivery whose lease was taken over stores nothing more
@@ -535,27 +534,29 @@ def run_job(
                 # Again before the progress is written: a store that outlasted the lease (taken over meanwhile) leaves the
                 # progress to the new holder; its rows are duplicates to that one, never stored twice.
                 held.keep()
-                progress["rows_done"] = max(positions[-1:] + [number for number, _row in misshapen[-1:]]) + 1
+                progress["rows_done"] = max(positions[-1:] + [row.number for row in misshapen[-1:]]) + 1
                 update: dict[str, Any] = {**progress, "updated_at": clock.now()}
-                first = _first_problem(result.get("first_problem"), positions, misshapen)
+                first = _first_problem(result.get("first_problem"), lines, misshapen)
                 if first and not job.get("first_problem"):
                     update["first_problem"] = job["first_problem"] = first
                 documents.set(INGEST_JOBS, job_id, update, merge=True)
                 flows.clear()
                 positions.clear()
+                lines.clear()
                 misshapen.clear()
 
-            for number, flow in rows:
+            for row in rows:
                 # Checked at a batch boundary, once this delivery has stored a batch: every delivery
                 # progresses, and a row read here is read again by the continuation (rows_done).
                 if flushed and not flows and (clock.now() - started).total_seconds() >= budget_seconds:
                     out_of_time = True
                     break
-                if isinstance(flow, ingest.MisshapenRow):
-                    misshapen.append((number, flow))
+                if isinstance(row.flow, ingest.MisshapenRow):
+                    misshapen.append(row)
                     continue
-                flows.append(flow)
-                positions.append(number)
+                flows.append(row.flow)
+                positions.append(row.number)
+                lines.append(row.line)
                 if len(flows) >= BATCH_ROWS:
                     flush()
                     flushed = True
@@ -580,15 +581,15 @@ def run_job(
     return {**job, **running, **done}
 
 
-def _first_problem(
-    stored: Mapping[str, Any] | None, positions: Sequence[int], misshapen: Sequence[tuple[int, ingest.MisshapenRow]]
-) -> dict[str, Any] | None:
-    """The batch's first problem in file order: validation's (its index is the flow's in the batch) or a row of another
-    width (index: its row number, as in the first batch)."""
-    if misshapen and (stored is None or misshapen[0][0] < positions[int(stored["index"])]):
-        number, row = misshapen[0]
-        return {"index": number, "field": "", "reason": row.reason}
-    return dict(stored) if stored else None
+def _first_problem(stored: Mapping[str, Any] | None, lines: Sequence[int], misshapen: Sequence[ingest.CsvRow]) -> dict[str, Any] | None:
+    """The batch's first problem in file order, named by its line in the file (from 1, header and blank lines counted,
+    as `flows load` names a skipped row): validation's (its index is the flow's in the batch) or a row of another width.
+    It was that index, restarting at 0 every batch, and a row of another width gave its data-row number instead."""
+    line = lines[int(stored["index"])] if stored else None
+    if misshapen and (line is None or misshapen[0].line < line):
+        row = misshapen[0]
+        return {"line": row.line, "field": "", "reason": row.flow.reason if isinstance(row.flow, ingest.MisshapenRow) else ""}
+    return {"line": line, "field": stored["field"], "reason": stored["reason"]} if stored else None
 
 
 def continue_job(job_id: str, handover: Handover, *, documents: DocumentStore, publisher: Publisher, clock: Clock) -> dict[str, Any]:

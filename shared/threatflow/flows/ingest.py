@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import chain
 from math import isfinite, isnan
 from operator import itemgetter
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from threatflow.adapters.postgres import unit_of_work
 from threatflow.flows import repository
@@ -637,11 +637,21 @@ class MisshapenRow:
         return f"the row has {self.cells} cells; {layout}"
 
 
-def read_csv(text: Iterable[str], *, skip_rows: int = 0, typed: bool = True) -> Iterator[tuple[int, dict[str, Any] | MisshapenRow]]:
-    """(row number, flow) from a partitioned (header) or raw (49 columns, no header) UNSW CSV; (row number,
-    MisshapenRow) for a row of another width.
+class CsvRow(NamedTuple):
+    """One row of a UNSW CSV as read_csv_rows yields it."""
 
-    Row numbers count data rows from 0, so a resume can skip exactly what was done.
+    number: int  # the data row, from 0 (header not counted, a blank line counted): event positions and rows_done count it
+    line: int  # the line of the file it starts on, from 1 as an editor numbers them (header and blank lines counted)
+    flow: dict[str, Any] | MisshapenRow
+
+
+def read_csv_rows(text: Iterable[str], *, skip_rows: int = 0, typed: bool = True) -> Iterator[CsvRow]:
+    """The rows of a partitioned (header) or raw (49 columns, no header) UNSW CSV: each flow, or a MisshapenRow for
+    a row of another width, with its data-row number and its line.
+
+    Row numbers count data rows from 0, so a resume can skip exactly what was done; they are part of each event's key.
+    A problem is named to people by its line, as an editor shows it (`flows load` and the upload worker's first_problem:
+    one numbering, where the worker gave a row's index in its batch and the CLI its row number).
     typed=False keeps each cell as its (stripped) text, blank as None: for a client that
     hands the flows to the API, whose validation parses numeric text anyway (parsing here
     too cost the loader as much as the server's validation).
@@ -652,39 +662,52 @@ def read_csv(text: Iterable[str], *, skip_rows: int = 0, typed: bool = True) -> 
         first = next(reader, None)
     if first is None:
         return
+    first_line = reader.line_num  # a quoted cell may span lines: a row starts after the last line of the one before
     names = [c.strip() for c in first]
     while names and not names[-1]:  # lines ending in a comma (spreadsheet exports): an empty last column
         names.pop()
     lowered = {n.lower() for n in names}
     if {"proto", "service", "state"} <= lowered:
         header = names
-        pending: list[list[str]] = []
+        pending: list[tuple[int, list[str]]] = []
     elif len(names) == len(RAW_COLUMNS) and len(first) <= len(RAW_COLUMNS) + 1:
         header = list(RAW_COLUMNS)
-        pending = [first]
+        pending = [(first_line, first)]
     else:
         raise ValueError(
             f"not a UNSW-NB15 CSV: the first line has {len(first)} fields and no header; expected the partitioned layout"
             f" with a header or the raw {len(RAW_COLUMNS)}-column layout"
         )
 
-    def rows() -> Iterator[list[str]]:
+    def rows() -> Iterator[tuple[int, list[str]]]:
         yield from pending
-        yield from reader
+        while True:
+            line = reader.line_num + 1
+            cells = next(reader, None)
+            if cells is None:
+                return
+            yield line, cells
 
     width, raw = len(header), bool(pending)
-    for number, cells in enumerate(rows()):
+    for number, (line, cells) in enumerate(rows()):
         if number < skip_rows:
             continue
         if not cells or (len(cells) == 1 and not cells[0].strip()):
             continue
         if len(cells) != width and (len(cells) < width or any(cell.strip() for cell in cells[width:])):
-            yield number, MisshapenRow(len(cells), width, raw)
+            yield CsvRow(number, line, MisshapenRow(len(cells), width, raw))
             continue
         if typed:
-            yield number, {name: _value(name, cell) for name, cell in zip(header, cells, strict=False)}
+            yield CsvRow(number, line, {name: _value(name, cell) for name, cell in zip(header, cells, strict=False)})
         else:
-            yield number, {name: (value if (value := cell.strip()) else None) for name, cell in zip(header, cells, strict=False)}
+            flow = {name: (value if (value := cell.strip()) else None) for name, cell in zip(header, cells, strict=False)}
+            yield CsvRow(number, line, flow)
+
+
+def read_csv(text: Iterable[str], *, skip_rows: int = 0, typed: bool = True) -> Iterator[tuple[int, dict[str, Any] | MisshapenRow]]:
+    """(row number, flow) from read_csv_rows, for readers that name no problem by its line."""
+    for row in read_csv_rows(text, skip_rows=skip_rows, typed=typed):
+        yield row.number, row.flow
 
 
 def retained_since(now: datetime, retention_days: int) -> datetime:
