@@ -17,7 +17,9 @@ Fields left out of the model on purpose (they are accepted and passed through):
 - `label`, `attack_cat`: the targets.
 
 Strict input: a missing feature, an unknown field or a value that is not a finite number is
-reported (every one, with the flow's index); a value is never replaced by 0.
+reported (every one, with the flow's index); a value is never replaced by 0. Ingest (flows/ingest.py: validate)
+refuses more, as what it stores must be an observation: a negative feature, a TTL, window or sequence number past its
+protocol field's width, an ltime before its stime; /detect scores those flows as given.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ One code path for the three ways flows arrive: `POST /api/v1/flows/batch`,
 `threatflow flows load` (which posts batches) and the `flow-ingest` worker
 (which streams an uploaded file). Validation is ml's features module (one
 definition of a valid flow for training and serving) plus the fields only
-events have (addresses, ports, times). Nothing is ever filled with 0.
+events have (addresses, ports, times, an ltime not before its stime) and the
+ranges a stored observation keeps (no negative feature, protocol field widths:
+NON_NEGATIVE, PROTOCOL_MAX). Nothing is ever filled with 0.
 
 Every event gets a deterministic key: a 128-bit blake2b hash of `<source>:<position>:` and the flow
 (flow_content), where the source is a file's sha256 or a batch's own hash. With the event time (the flow's
