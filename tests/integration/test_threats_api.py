@@ -427,6 +427,21 @@ def test_items_of_one_batch_merging_into_one_threat_keep_the_most_restrictive_tl
     assert api.get(f"/api/v1/threats/{threat_id}").get_json()["tlp"] == "amber"
 
 
+def test_items_naming_one_stored_threat_by_different_names_all_merge_into_it(api):
+    """Items of one batch that share no name with each other but each name one stored threat (one by its name, one by
+    an alias) merge into it together: each was its own group, so the threat was updated once per item in one
+    UPDATE ... FROM, of which PostgreSQL applies one row, which by the plan: the other item's tags and TLP were lost."""
+    threat_id = api.batch({"kind": "malware", "name": "Twoname", "aliases": ["Twoalias"], "tlp": "green"})["results"][0]["id"]
+    both = api.batch(
+        {"kind": "malware", "name": "Twoname", "tags": ["by-name"], "tlp": "amber"},
+        {"kind": "malware", "name": "Twoalias", "tags": ["by-alias"], "tlp": "clear"},
+    )
+    assert [r["id"] for r in both["results"]] == [threat_id, threat_id], both
+    stored = api.get(f"/api/v1/threats/{threat_id}").get_json()
+    assert {"by-name", "by-alias"} <= set(stored["tags"]), stored["tags"]
+    assert stored["tlp"] == "amber"
+
+
 def test_threats_are_related_to_threats_read_both_ways_and_removed(api, backend_env):
     """POST/DELETE /threats/{id}/relations: an intrusion set `uses` a malware, a campaign is `attributed-to` it.
     GET /threats/{id} shows the relations both ways with the threat at the other end; there was no such record,
