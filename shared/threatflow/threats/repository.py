@@ -333,6 +333,7 @@ def upsert_threats(
                     )
                 continue
             plans.append((group, next(iter(owners), None)))
+        plans = _one_plan_per_threat(plans)
         existing = _rows_for_update(conn, [tid for _, tid in plans if tid is not None])
         inserts: list[tuple[list[_Prepared], dict[str, Any], dict[str, int]]] = []
         updates: list[dict[str, Any]] = []
@@ -378,6 +379,24 @@ def upsert_threats(
                     reason = _reason(p, merged["kind"], group[0])
                     results[p.index] = ThreatResult(p.index, status.value, id=threat_id, reason=reason, **(cuts if position == 0 else {}))
     return [results[i] for i in range(len(items))]
+
+
+def _one_plan_per_threat(plans: list[tuple[list[_Prepared], int | None]]) -> list[tuple[list[_Prepared], int | None]]:
+    """Groups that share no name in the batch but match one stored threat (one by its name, one by an alias) are one
+    group: each updated the threat in its own row of one UPDATE ... FROM, and PostgreSQL applies one row per target,
+    which one by the plan, so the other items' tags, aliases and TLP were lost."""
+    by_threat: dict[int, list[_Prepared]] = {}
+    out: list[tuple[list[_Prepared], int | None]] = []
+    for group, threat_id in plans:
+        if threat_id is None:
+            out.append((group, None))
+        elif threat_id in by_threat:
+            by_threat[threat_id].extend(group)
+            by_threat[threat_id].sort(key=lambda p: p.index)
+        else:
+            by_threat[threat_id] = list(group)
+            out.append((by_threat[threat_id], threat_id))
+    return out
 
 
 def _reason(item: _Prepared, kind: str, first: _Prepared) -> str | None:
