@@ -652,11 +652,12 @@ def test_a_threat_upsert_merged_into_a_threat_above_the_writers_clearance_answer
     assert "other-tag" in stored["tags"] and stored["kind"] == "malware"
 
 
-def test_a_stix_link_or_relation_marked_above_both_its_ends_is_not_made(marked):
+def test_a_stix_link_or_relation_marked_above_both_its_ends_is_stored_with_its_marking(marked):
     """A STIX relationship's own marking: `indicates` or `resolves-to` marked TLP:RED between amber objects says
-    the tie itself is red. A link or relation has no TLP of its own and shows to whoever reads both ends, so it was
-    stored and every amber reader saw the red fact (GET /related, /threats/by-ioc, exports). It is not made, and
-    the import names it in `errors`; an amber-marked one between the same objects is made."""
+    the tie itself is red. With no TLP of its own a tie showed to whoever read both ends, so it was stored and every
+    amber reader saw the red fact (GET /related, /threats/by-ioc, exports); then it was not made at all (named in
+    `errors`). Now a tie has its own TLP (sql/0014_link_tlp.sql): it is stored red, hidden from amber readers, shown
+    to red ones; an amber-marked one between the same objects is stored amber and shown to both."""
     iocs, threats, writer, reader = marked["iocs"], marked["threats"], marked["writer"], marked["reader"]
     red = "marking-definition--5e57c739-391a-4eb3-b6be-7d15ca92d5ed"
     amber = "marking-definition--f88d31f6-486f-44da-b317-01333bde0b82"
@@ -687,11 +688,14 @@ def test_a_stix_link_or_relation_marked_above_both_its_ends_is_not_made(marked):
     response = iocs.post("/api/v1/iocs/import", json={"format": "stix", "content": bundle}, headers=writer)
     assert response.status_code == 200, response.get_data(as_text=True)[:500]
     result = response.get_json()
-    assert (result["links"], result["relations"]) == (1, 0), result
-    assert {e["ref"] for e in result["errors"]} >= {t["id"] for t in red_ties}, result["errors"]
+    assert (result["links"], result["relations"], result["links_cut"], result["relations_cut"]) == (2, 1, 0, 0), result
+    assert not {e["ref"] for e in result["errors"]} & {t["id"] for t in red_ties}, result["errors"]
 
     by_value = {r["value"]: r["id"] for r in result["iocs"]["results"]}
     related = iocs.get(f"/api/v1/iocs/{by_value['redtie.tlp-test.com']}/related", headers=reader).get_json()
     assert related["relations"] == [] and related["threats"] == [], related
     linked = threats.get(f"/api/v1/threats/by-ioc/{by_value['198.51.100.77']}", headers=reader).get_json()["threats"]
     assert [t["name"] for t in linked] == ["AmberPlainFamily"]
+    seen_by_red = iocs.get(f"/api/v1/iocs/{by_value['redtie.tlp-test.com']}/related", headers=writer).get_json()
+    assert [(t["name"], t["tlp"]) for t in seen_by_red["threats"]] == [("AmberTieFamily", "red")], seen_by_red
+    assert [(r["type"], r["tlp"]) for r in seen_by_red["relations"]] == [("resolves-to", "red")], seen_by_red

@@ -156,12 +156,15 @@ TLP_MARKING = {
 }
 
 
-def test_a_relationship_marked_above_both_its_threats_is_not_shown_to_their_readers(api, backend_env, function_client):
+def test_a_relationship_marked_above_both_its_threats_is_stored_with_its_marking_and_hidden_from_their_readers(
+    api, backend_env, function_client
+):
     """A report's relationship marked TLP:RED (this set is attributed-to that actor) between two amber threats was
     stored without its marking: every amber reader of either threat saw it in GET /threats/{id}, and amber exports
-    carried it. A relation has no TLP of its own, so one marked above the stricter of its two threats is not made
-    (named in `errors`, counted in `threat_relations_cut`); one marked at or below it is, as is an unmarked one.
-    The import's `tlp` marks a relationship that names none, as it marks the threats."""
+    carried it. Then it was not made (named in `errors`, counted in `threat_relations_cut`). Now a relation has a TLP
+    of its own (sql/0014_link_tlp.sql): it is stored red and shown only to readers cleared for red; one marked below
+    its threats is stored at the stricter of them. The import's `tlp` marks a relationship that names none, as it
+    marks the threats."""
     red_analyst = _red_analyst(backend_env, function_client)
     actor, intrusion_set, malware = _malware(1, "Marked Actor"), _malware(2, "Marked Set"), _malware(3, "Marked Tool")
     secret = _relationship(intrusion_set, actor, "attributed-to", object_marking_refs=[TLP_MARKING["red"]])
@@ -171,14 +174,15 @@ def test_a_relationship_marked_above_both_its_threats_is_not_shown_to_their_read
     response = api.post("/api/v1/iocs/import", {"format": "stix", "content": bundle}, headers=red_analyst)
     assert response.status_code == 200, response.get_data(as_text=True)[:300]
     body = response.get_json()
-    assert (body["threat_relations"], body["threat_relations_cut"]) == (2, 1), body
-    assert [e["ref"] for e in body["errors"]] == [secret["id"]], body["errors"]
-    assert "red" in body["errors"][0]["reason"]
+    assert (body["threat_relations"], body["threat_relations_cut"]) == (3, 0), body
+    assert body["errors"] == [], body["errors"]
     set_id = next(t["id"] for t in body["threats"]["results"] if t["ref"] == intrusion_set["id"])
     seen = api.get(f"/api/v1/threats/{set_id}").get_json()["relations"]  # an amber reader
-    assert [(r["type"], r["threat"]["name"]) for r in seen] == [("uses", "Marked Tool")], seen
+    assert [(r["type"], r["threat"]["name"], r["tlp"]) for r in seen] == [("uses", "Marked Tool", "amber")], seen
+    seen_by_red = api.get(f"/api/v1/threats/{set_id}", headers=red_analyst).get_json()["relations"]
+    assert sorted((r["type"], r["tlp"]) for r in seen_by_red) == [("attributed-to", "red"), ("uses", "amber")], seen_by_red
 
-    # Unmarked, under an import whose tlp is red, between two threats it leaves amber (they name amber): not made.
+    # Unmarked, under an import whose tlp is red, between two threats it leaves amber (they name amber): made red.
     amber = "marking-definition--f88d31f6-486f-44da-b317-01333bde0b82"
     marked = [{**m, "object_marking_refs": [amber]} for m in (actor, malware)]
     again = api.post(
@@ -186,7 +190,11 @@ def test_a_relationship_marked_above_both_its_threats_is_not_shown_to_their_read
         {"format": "stix", "content": _bundle([*marked, _relationship(actor, malware, "controls")]), "tlp": "red"},
         headers=red_analyst,
     ).get_json()
-    assert (again["threat_relations"], again["threat_relations_cut"]) == (0, 1), again
+    assert (again["threat_relations"], again["threat_relations_cut"]) == (1, 0), again
+    actor_id = next(t["id"] for t in again["threats"]["results"] if t["ref"] == actor["id"])
+    assert [r["type"] for r in api.get(f"/api/v1/threats/{actor_id}").get_json()["relations"]] == ["authored-by"]
+    controls = api.get(f"/api/v1/threats/{actor_id}", headers=red_analyst).get_json()["relations"]
+    assert ("controls", "red") in [(r["type"], r["tlp"]) for r in controls], controls
 
 
 @pytest.mark.parametrize(
@@ -370,10 +378,11 @@ def test_an_amber_import_naming_a_red_threat_by_alias_relates_nothing_to_it_and_
     assert seen_by_red["relations"] == [], seen_by_red
 
 
-def test_a_tie_stated_twice_is_made_only_if_its_strictest_statement_is_not_above_its_ends(api, backend_env, function_client):
+def test_a_tie_stated_twice_is_stored_at_its_strictest_statement(api, backend_env, function_client):
     """A document stating one tie twice, once marked TLP:RED and once unmarked (a report and its summary), made it:
     the red statement was cut and the unmarked one made the same link, IoC relation or threat relation, shown to every
-    amber reader of both ends. As for an IoC named twice, the strictest marking of the tie's statements decides."""
+    amber reader of both ends. As for an IoC named twice, the strictest marking of the tie's statements decides: the
+    tie is stored red (sql/0014_link_tlp.sql), shown to no amber reader."""
     red_analyst = _red_analyst(backend_env, function_client)
     actor, malware = _malware(11, "Twice Actor"), _malware(12, "Twice Tool")
     first, second = (_indicator(f"[ipv4-addr:value = '198.51.100.{n}']") for n in (71, 72))
@@ -384,8 +393,14 @@ def test_a_tie_stated_twice_is_made_only_if_its_strictest_statement_is_not_above
     response = api.post("/api/v1/iocs/import", {"format": "stix", "content": bundle}, headers=red_analyst)
     assert response.status_code == 200, response.get_data(as_text=True)[:300]
     body = response.get_json()
-    assert (body["links"], body["relations"], body["threat_relations"]) == (0, 0, 0), body
-    assert {r["id"] for r in stated[::2]} <= {e["ref"] for e in body["errors"]}, body["errors"]
+    assert (body["links"], body["relations"], body["threat_relations"]) == (1, 1, 1), body
+    assert not {r["id"] for r in stated} & {e["ref"] for e in body["errors"]}, body["errors"]
+    by_value = {r["value"]: r["id"] for r in body["iocs"]["results"]}
+    for headers, shown in ((api.reader, []), (red_analyst, ["red"])):
+        related = api.get(f"/api/v1/iocs/{by_value['198.51.100.71']}/related", headers=headers).get_json()
+        assert [t["tlp"] for t in related["threats"]] == shown and [r["tlp"] for r in related["relations"]] == shown, related
+    malware_id = next(t["id"] for t in body["threats"]["results"] if t["ref"] == malware["id"])
+    assert api.get(f"/api/v1/threats/{malware_id}").get_json()["relations"] == []
 
 
 def _indicator(pattern):
