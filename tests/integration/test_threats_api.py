@@ -179,7 +179,7 @@ def test_link_unlink_and_by_ioc(api):
     assert [(r["ioc_id"], r["status"]) for r in linked.get_json()["results"]] == [(a, "linked"), (b, "linked"), (999999, "not_found")]
     assert "999999" in linked.get_json()["results"][2]["reason"]
     again = api.post(f"/api/v1/threats/{threat_id}/link", {"ioc_ids": [a], "confidence": 90}).get_json()
-    assert again["results"] == [{"ioc_id": a, "status": "already_linked"}]
+    assert again["results"] == [{"ioc_id": a, "status": "already_linked", "tlp": "amber"}]  # its own TLP: its ends' (amber)
     uses = api.post(f"/api/v1/threats/{threat_id}/link", {"ioc_ids": [a], "relation": "uses"}).get_json()
     assert uses["results"][0]["status"] == "linked"
     by_ioc = api.get(f"/api/v1/threats/by-ioc/{a}").get_json()
@@ -246,6 +246,7 @@ def test_relations_and_related_view(api):
             "type": "related-to",
             "confidence": 50,
             "source": "user:analyst1",
+            "tlp": "amber",
             "ioc": {"id": url, "type": "url", "value": "http://dridex-c2.com/payload.bin"},
         }
     ]
@@ -357,8 +358,8 @@ def test_store_interface_composes_one_transaction(api, engine):
         threat_id = results[0].id
         assert links.link_ioc(conn, threat_id=threat_id, ioc_id=a) is True
         assert links.link_ioc(conn, threat_id=threat_id, ioc_id=a, confidence=80) is False
-        assert links.add_ioc_relation(conn, source_id=a, target_id=b, type="resolves-to", visible_tlps=ALL_TLPS) is True
-        assert links.add_ioc_relation(conn, source_id=a, target_id=b, type="communicates-with", visible_tlps=ALL_TLPS) is True
+        assert links.add_ioc_relation(conn, source_id=a, target_id=b, type="resolves-to", visible_tlps=ALL_TLPS)[0] is True
+        assert links.add_ioc_relation(conn, source_id=a, target_id=b, type="communicates-with", visible_tlps=ALL_TLPS)[0] is True
         with pytest.raises(NotFoundError, match="999999"):
             links.link_ioc(conn, threat_id=threat_id, ioc_id=999999)
     # A renamed object with the same stix_id merges into the same threat.
@@ -374,16 +375,14 @@ def test_store_interface_composes_one_transaction(api, engine):
         assert row["references"] == [{"source_name": "mitre-attack", "external_id": "G0007"}]
         assert set(row) >= {"id", "kind", "description", "confidence", "severity", "first_seen", "last_seen", "stix_id", "created_at"}
         assert len(store.threats_for_export(conn)) == 2
-        assert links.links_for_iocs(conn, [a, b], per_ioc=32, threat_tlps=ALL_TLPS) == (
-            [{"threat_id": threat_id, "ioc_id": a, "relation": "indicates", "confidence": 80, "source": None}],
+        assert links.links_for_iocs(conn, [a, b], per_ioc=32, visible_tlps=ALL_TLPS) == (
+            [{"threat_id": threat_id, "ioc_id": a, "relation": "indicates", "confidence": 80, "source": None, "tlp": "amber"}],
             False,
         )
-        assert links.relations_among(conn, [b], limit=10) == []  # one end only: not read
-        assert sorted((r["source_id"], r["target_id"], r["type"]) for r in links.relations_among(conn, [a, b], limit=10)) == [
-            (a, b, "communicates-with"),
-            (a, b, "resolves-to"),
-        ]
-        assert len(links.relations_among(conn, [a, b], limit=1)) == 1
+        assert links.relations_among(conn, [b], limit=10, visible_tlps=ALL_TLPS) == []  # one end only: not read
+        among = links.relations_among(conn, [a, b], limit=10, visible_tlps=ALL_TLPS)
+        assert sorted((r["source_id"], r["target_id"], r["type"]) for r in among) == [(a, b, "communicates-with"), (a, b, "resolves-to")]
+        assert len(links.relations_among(conn, [a, b], limit=1, visible_tlps=ALL_TLPS)) == 1
 
 
 def test_correlate_reads_ioc_evidence(api, engine):
@@ -458,7 +457,7 @@ def test_threats_are_related_to_threats_read_both_ways_and_removed(api, backend_
     path = f"/api/v1/threats/{intrusion_set}/relations"
     made = api.post(path, {"target_id": malware, "type": "uses", "confidence": 80})
     assert made.status_code == 201, made.get_json()
-    assert made.get_json() == {"source_id": intrusion_set, "target_id": malware, "type": "uses", "created": True}
+    assert made.get_json() == {"source_id": intrusion_set, "target_id": malware, "type": "uses", "tlp": "amber", "created": True}
     repeat = api.post(path, {"target_id": malware, "type": "USES"})
     assert repeat.status_code == 200 and repeat.get_json()["created"] is False
     assert api.post(f"/api/v1/threats/{campaign}/relations", {"target_id": intrusion_set, "type": "attributed-to"}).status_code == 201
@@ -470,6 +469,7 @@ def test_threats_are_related_to_threats_read_both_ways_and_removed(api, backend_
             "type": "uses",
             "confidence": 80,
             "source": "user:analyst1",
+            "tlp": "amber",
             "threat": {"id": malware, "kind": "malware", "name": "Rel Malware"},
         },
         {
@@ -477,6 +477,7 @@ def test_threats_are_related_to_threats_read_both_ways_and_removed(api, backend_
             "type": "attributed-to",
             "confidence": 50,
             "source": "user:analyst1",
+            "tlp": "amber",
             "threat": {"id": campaign, "kind": "campaign", "name": "Rel Campaign"},
         },
     ]

@@ -129,21 +129,16 @@ def apply_import(
     links = links_cut = 0
     threats_of: dict[int, set[int]] = {}  # ioc id -> the threats this import links it to
     to_link: dict[tuple[int, str], dict[int, None]] = {}  # (threat id, relation) -> ioc ids, in document order
-    # A link or relation has no TLP of its own: whoever reads both ends reads it. One the document marks above the
-    # stricter of its two ends (a TLP:RED `indicates` between amber objects) is not made: every amber reader saw it.
-    marked = [*(link.tlp for link in parsed.links), *(relation.tlp for relation in parsed.relations)]
-    ioc_tlps = ioc_repository.tlps_of(conn, [i for ids in ioc_ids.values() for i in ids]) if any(marked) else {}
-    threat_tlps = threat_store.tlp_of_threats(conn, list(threat_ids.values())) if any(link.tlp for link in parsed.links) else {}
-    above_ends: dict[str, None] = {}  # refs of links and relations marked above their ends, in document order
-    # A tie stated twice (marked red once, unmarked once) is as strict as its strictest statement: the unmarked one
-    # made the link the red one was cut for.
+    # A tie keeps the marking of what it was learnt from (sql/0014_link_tlp.sql): one the document marks above its
+    # ends (a TLP:RED `indicates` between amber objects) is stored at that marking and hidden from the ends' readers
+    # below it; an unmarked one takes the stricter of its ends. A tie stated twice (marked red once, unmarked once) is
+    # as strict as its strictest statement, and an import only ever raises a stored tie's TLP.
     link_marks = _strictest(
         ((threat_ids[link.threat_ref], link.relation, ioc_id), link.tlp)
         for link in parsed.links
         if link.threat_ref in threat_ids
         for ioc_id in ioc_ids.get(link.ioc_ref, [])
     )
-    links_above: set[tuple[int, str, int]] = set()
     for link in parsed.links:
         threat_id = threat_ids.get(link.threat_ref)
         if threat_id is None:
@@ -152,14 +147,6 @@ def apply_import(
             iocs_of = to_link.setdefault((threat_id, link.relation), {})
             if ioc_id in iocs_of:
                 continue  # the same link named twice
-            ends = (ioc_tlps.get(ioc_id), threat_tlps.get(threat_id))
-            if _above(link_marks[(threat_id, link.relation, ioc_id)], *ends):
-                if _above(link.tlp, *ends):
-                    above_ends[link.ref or "links"] = None
-                if (threat_id, link.relation, ioc_id) not in links_above:
-                    links_above.add((threat_id, link.relation, ioc_id))
-                    links_cut += 1
-                continue
             linked = threats_of.setdefault(ioc_id, set())
             if links >= MAX_LINKS_PER_IMPORT or (threat_id not in linked and len(linked) >= MAX_THREATS_PER_IOC):
                 links_cut += 1
@@ -170,7 +157,10 @@ def apply_import(
     links_created = 0
     for (threat_id, verb), iocs_of in to_link.items():
         if iocs_of:
-            made = intel_repository.link_iocs(conn, threat_id=threat_id, ioc_ids=list(iocs_of), relation=verb, source=source_default)
+            marks = {ioc_id: link_marks[(threat_id, verb, ioc_id)] for ioc_id in iocs_of}
+            made = intel_repository.link_iocs(
+                conn, threat_id=threat_id, ioc_ids=list(iocs_of), relation=verb, source=source_default, tlp=marks
+            )
             links_created += len(made.new)
             links_cut += len(made.full)  # the pair holds MAX_RELATIONS_PER_LINK other relations
             links -= len(made.full)
@@ -183,50 +173,48 @@ def apply_import(
             )
         )
     relations = relations_created = relations_cut = 0
-    chosen: dict[tuple[int, int, str], None] = {}  # (source, target, type) of the IoC relations to make, in document order
+    chosen: dict[tuple[int, int, str], str | None] = {}  # (source, target, type) of the IoC relations to make -> marking
+    chosen_targets: dict[tuple[int, str], set[int]] = {}  # the same, by (source, type)
     for relation in parsed.relations:
         sources, targets = ioc_ids.get(relation.source_ref, []), ioc_ids.get(relation.target_ref, [])
-        wanted = len(sources) * len(targets) - len(set(sources) & set(targets))  # counted, never enumerated
+        targets_of = set(targets)
+        # Counted, never enumerated: the pairs of this statement, less those an earlier statement chose (a tie stated
+        # twice is one relation; at most MAX_RELATIONS_PER_IMPORT are chosen, so the lookup is bounded).
+        held = sum(len(chosen_targets.get((s, relation.type), set()) & targets_of) for s in set(sources))
+        wanted = len(sources) * len(targets) - len(set(sources) & targets_of) - held
         room = max(0, MAX_RELATIONS_PER_IMPORT - relations)
-        allowed = ((s, t) for s in sources for t in targets if s != t and not _above(relation.tlp, ioc_tlps.get(s), ioc_tlps.get(t)))
-        pairs = list(itertools.islice(allowed, room))
-        if relation.tlp and len(pairs) < min(wanted, room):
-            above_ends[relation.ref or "relations"] = None
+        fresh = ((s, t) for s in sources for t in targets if s != t and t not in chosen_targets.get((s, relation.type), set()))
+        pairs = list(itertools.islice(fresh, room))
         relations_cut += wanted - len(pairs)
         relations += len(pairs)
-        chosen.update(((s, t, relation.type), None) for s, t in pairs)
-    # A pair another statement marks above its ends is not made (a tie stated red once and unmarked once): only the
-    # chosen pairs (at most MAX_RELATIONS_PER_IMPORT) are looked up, never every pair of every statement.
-    chosen_targets: dict[tuple[int, str], set[int]] = {}
-    for s, t, kind in chosen:
-        chosen_targets.setdefault((s, kind), set()).add(t)
+        for s, t in pairs:
+            chosen[(s, t, relation.type)] = None
+            chosen_targets.setdefault((s, relation.type), set()).add(t)
+    # Each chosen pair takes the strictest marking of the statements of it (also one past the bound: a tie stated red
+    # once and unmarked once is red). Only the chosen pairs (at most MAX_RELATIONS_PER_IMPORT) are looked up, never
+    # every pair of every statement.
     for relation in parsed.relations if chosen else ():
         if not relation.tlp:
             continue
         targets_of = set(ioc_ids.get(relation.target_ref, []))
         for s in ioc_ids.get(relation.source_ref, []):
-            for t in sorted(chosen_targets.get((s, relation.type), set()) & targets_of):
-                if _above(relation.tlp, ioc_tlps.get(s), ioc_tlps.get(t)):
-                    chosen_targets[(s, relation.type)].discard(t)
-                    del chosen[(s, t, relation.type)]
-                    above_ends[relation.ref or "relations"] = None
-                    relations_cut += 1
-                    relations -= 1
+            for t in chosen_targets.get((s, relation.type), set()) & targets_of:
+                key = (s, t, relation.type)
+                chosen[key] = _strictest([(key, chosen[key]), (key, relation.tlp)])[key]
     for kind, group in itertools.groupby(sorted(chosen, key=lambda key: key[2]), key=lambda key: key[2]):
         pairs = [(s, t) for s, t, _kind in group]
-        relations_created += intel_repository.add_ioc_relations(conn, pairs, type=kind, source=source_default)
+        pair_marks = {(s, t): chosen[(s, t, kind)] for s, t in pairs}
+        relations_created += intel_repository.add_ioc_relations(conn, pairs, type=kind, source=source_default, tlps=pair_marks)
     if relations_cut:
         errors.append(ItemError("relations", f"{relations_cut} IoC relations not created: at most {MAX_RELATIONS_PER_IMPORT} per import"))
-    errors.extend(ItemError(ref, "marked above both its ends: not made, their readers would see it") for ref in above_ends)
-    threat_relations, threat_relations_created, threat_relations_cut, above_their_threats = _relate_threats(
+    threat_relations, threat_relations_created, threat_relations_cut = _relate_threats(
         conn, parsed.threat_relations, threat_ids=threat_ids, source=source_default
     )
-    errors.extend(above_their_threats)
-    if threat_relations_cut > len(above_their_threats):
+    if threat_relations_cut:
         errors.append(
             ItemError(
                 "threat_relations",
-                f"{threat_relations_cut - len(above_their_threats)} threat relations not made: at most {MAX_RELATIONS_PER_IMPORT}"
+                f"{threat_relations_cut} threat relations not made: at most {MAX_RELATIONS_PER_IMPORT}"
                 f" per import, two threats by at most {MAX_RELATIONS_PER_LINK} relations",
             )
         )
@@ -279,19 +267,16 @@ def apply_import(
 
 def _relate_threats(
     conn: Connection, wanted: Sequence[Relation], *, threat_ids: Mapping[str, int], source: str | None
-) -> tuple[int, int, int, list[ItemError]]:
+) -> tuple[int, int, int]:
     """A document's threat-to-threat relations between threats the importer may read or this import created
-    (`threat_ids`), at most MAX_RELATIONS_PER_IMPORT, in one relate_threats: (made, of them new, not made, and of
-    those the errors naming each marked above its threats).
+    (`threat_ids`), at most MAX_RELATIONS_PER_IMPORT, in one relate_threats: (made, of them new, not made).
 
-    A relation has no TLP of its own: whoever reads both its threats reads it (GET /threats/{id}, exports). So one
-    marked above the stricter of its two threats (a TLP:RED attribution between amber threats) is not made: it
-    was, and every amber reader of either threat saw it."""
-    tlp_of = threat_store.tlp_of_threats(conn, list(threat_ids.values())) if any(r.tlp for r in wanted) else {}
+    Each is stored with its own marking (sql/0014_link_tlp.sql): one marked above its threats (a TLP:RED attribution
+    between amber threats) is stored red and shown only to readers cleared for red; an unmarked one took the
+    import's `tlp` (ParsedImport.with_defaults) or, with none, the stricter of its threats. A relation stated twice is
+    as strict as its strictest statement."""
     chosen: dict[tuple[int, int, str], None] = {}  # in document order, each once
-    above: list[ItemError] = []
     cut = 0
-    # A relation stated twice is as strict as its strictest statement (an unmarked one made what a red one was cut for).
     marks = _strictest(
         ((threat_ids[r.source_ref], threat_ids[r.target_ref], r.type), r.tlp)
         for r in wanted
@@ -304,20 +289,12 @@ def _relate_threats(
         key = (source_id, target_id, relation.type)
         if key in chosen:
             continue
-        ends = (tlp_of.get(source_id), tlp_of.get(target_id))
-        if relation.tlp and _above(relation.tlp, *ends):  # narrowed for Tlp() below
-            shown = max((Tlp(end) for end in ends if end is not None), key=lambda t: t.rank)
-            reason = f"marked {Tlp(relation.tlp).value}, above its threats ({shown.value} at most): not made, their readers would see it"
-            above.append(ItemError(relation.ref or "threat_relations", reason))
-            continue
-        if _above(marks[key], *ends):
-            continue  # another statement of it is marked above its threats: cut and named there
         if len(chosen) >= MAX_RELATIONS_PER_IMPORT:
             cut += 1
             continue
         chosen[key] = None
-    related = threat_store.relate_threats(conn, list(chosen), source=source)
-    return len(related.made), len(related.new), cut + len(chosen) - len(related.made) + len(above), above
+    related = threat_store.relate_threats(conn, list(chosen), source=source, tlp={key: marks[key] for key in chosen})
+    return len(related.made), len(related.new), cut + len(chosen) - len(related.made)
 
 
 def _strictest(statements: Iterable[tuple[_Tie, str | None]]) -> dict[_Tie, str | None]:
@@ -327,13 +304,6 @@ def _strictest(statements: Iterable[tuple[_Tie, str | None]]) -> dict[_Tie, str 
         held = out.get(tie)
         out[tie] = marking if marking and (held is None or Tlp(marking).rank > Tlp(held).rank) else held
     return out
-
-
-def _above(marking: str | None, *ends: str | None) -> bool:
-    """Whether a link's or relation's own marking is above the stricter of its two stored ends' TLPs."""
-    if not marking or None in ends:
-        return False
-    return Tlp(marking).rank > max(Tlp(end).rank for end in ends if end is not None)
 
 
 def _strictest_tlp_across_chunks(iocs: Sequence[ParsedIoc]) -> None:

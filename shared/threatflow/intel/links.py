@@ -13,7 +13,8 @@ import msgspec
 from threatflow.intel import correlate as correlation
 from threatflow.intel import repository
 from threatflow.platform.errors import NotFoundError
-from threatflow.threats.model import MAX_RELATIONS_PER_LINK, check_relation_verb
+from threatflow.platform.vocabulary import Tlp
+from threatflow.threats.model import MAX_RELATIONS_PER_LINK, check_relation_verb, check_tie_tlp
 from threatflow.threats.repository import get_threat
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ class LinkIn(msgspec.Struct, forbid_unknown_fields=True):
     ioc_ids: Annotated[list[int], msgspec.Meta(min_length=1, max_length=MAX_IDS)]
     relation: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "indicates"
     confidence: Annotated[int, msgspec.Meta(ge=0, le=100)] = 50
+    tlp: Tlp | None = None  # the links' own (none: the stricter of the two ends); read as every TLP is
 
 
 class UnlinkIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -60,14 +62,23 @@ def _require_visible_threat(conn: Connection, threat_id: int, *, visible_tlps: S
 
 
 def link(conn: Connection, threat_id: int, body: LinkIn, *, source: str | None, visible_tlps: Sequence[str]) -> dict[str, Any]:
-    """Link IoCs to a threat; each id is reported: linked, already_linked, relations_full (the pair holds
-    MAX_RELATIONS_PER_LINK other relations) or not_found (also an IoC above `visible_tlps`, the writer's clearance,
-    as is the threat itself: not found)."""
+    """Link IoCs to a threat; each id is reported: linked, already_linked (with the link's TLP now when the writer
+    is cleared for it), relations_full (the pair holds MAX_RELATIONS_PER_LINK other relations) or not_found (also an
+    IoC above `visible_tlps`, the writer's clearance, as is the threat itself: not found). A `tlp` above the
+    clearance is a 403."""
     relation = check_relation_verb(body.relation)
+    tlp = check_tie_tlp(body.tlp, visible_tlps=visible_tlps)
     _require_visible_threat(conn, threat_id, visible_tlps=visible_tlps)
     known = repository.visible_ioc_ids(conn, body.ioc_ids, visible_tlps=visible_tlps)
     linked = repository.link_iocs(
-        conn, threat_id=threat_id, ioc_ids=sorted(known), relation=relation, confidence=body.confidence, source=source
+        conn,
+        threat_id=threat_id,
+        ioc_ids=sorted(known),
+        relation=relation,
+        confidence=body.confidence,
+        source=source,
+        tlp=tlp,
+        relabel_within=visible_tlps,
     )
     reasons = {
         "not_found": lambda i: f"no indicator with id {i}",
@@ -81,7 +92,12 @@ def link(conn: Connection, threat_id: int, body: LinkIn, *, source: str | None, 
             status = "relations_full"
         else:
             status = "linked" if ioc_id in linked.new else "already_linked"
-        results.append({"ioc_id": ioc_id, "status": status, **({"reason": reasons[status](ioc_id)} if status in reasons else {})})
+        result: dict[str, Any] = {"ioc_id": ioc_id, "status": status}
+        if status in reasons:
+            result["reason"] = reasons[status](ioc_id)
+        elif linked.tlps.get(ioc_id) in visible_tlps:  # a held link above the writer's clearance keeps its TLP, unshown
+            result["tlp"] = linked.tlps[ioc_id]
+        results.append(result)
     return {"threat_id": threat_id, "relation": relation, "results": results, "summary": _count(results)}
 
 
@@ -91,7 +107,7 @@ def unlink(conn: Connection, threat_id: int, body: UnlinkIn, *, visible_tlps: Se
     relation = check_relation_verb(body.relation) if body.relation is not None else None
     _require_visible_threat(conn, threat_id, visible_tlps=visible_tlps)
     visible = sorted(repository.visible_ioc_ids(conn, body.ioc_ids, visible_tlps=visible_tlps))
-    removed = repository.unlink_iocs(conn, threat_id=threat_id, ioc_ids=visible, relation=relation)
+    removed = repository.unlink_iocs(conn, threat_id=threat_id, ioc_ids=visible, visible_tlps=visible_tlps, relation=relation)
     results = [
         {"ioc_id": i, "status": "unlinked", "removed": removed[i]} if i in removed else {"ioc_id": i, "status": "not_linked"}
         for i in dict.fromkeys(body.ioc_ids)

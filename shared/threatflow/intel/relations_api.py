@@ -27,10 +27,10 @@ from threatflow.auth.model import Role
 from threatflow.intel import repository
 from threatflow.intel.links import THREATS_LIMIT
 from threatflow.platform.errors import NotFoundError
-from threatflow.platform.vocabulary import MAX_TAGS
+from threatflow.platform.vocabulary import MAX_TAGS, Tlp
 from threatflow.platform.web import Request, Response, Router
 from threatflow.runtime import Runtime
-from threatflow.threats.model import RelationType
+from threatflow.threats.model import RelationType, check_tie_tlp
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -48,6 +48,7 @@ class RelationIn(msgspec.Struct, forbid_unknown_fields=True):
     target_id: int
     type: RelationType
     confidence: Annotated[int, msgspec.Meta(ge=0, le=100)] = 50
+    tlp: Tlp | None = None  # the relation's own (none: the stricter of the two IoCs); read as every TLP is
 
 
 class RelationDeleteIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -62,7 +63,7 @@ def related(conn: Connection, ioc_id: int, *, clearance: str) -> dict[str, Any]:
     if tags is None:
         raise NotFoundError(f"no indicator with id {ioc_id}")
     linked = repository.threats_of_ioc(conn, ioc_id, limit=THREATS_LIMIT + 1, visible_tlps=visible)
-    threats = [{k: t[k] for k in ("id", "kind", "name", "relation", "confidence", "source")} for t in linked[:THREATS_LIMIT]]
+    threats = [{k: t[k] for k in ("id", "kind", "name", "relation", "confidence", "source", "tlp")} for t in linked[:THREATS_LIMIT]]
     relations = repository.relations_of_ioc(conn, ioc_id, limit=RELATIONS_LIMIT, visible_tlps=visible)
     shared, common = _shared_tags(conn, ioc_id, tags[:SHARED_TAGS_LIMIT], visible)
     return {
@@ -104,17 +105,22 @@ def register(router: Router, runtime: Runtime) -> None:
     def add_relation(request: Request, body: RelationIn) -> Response:
         source = f"user:{request.principal.username}" if request.principal else None
         source_id = ioc_id_of(request)
+        visible = tlp_clearance.allowed(clearance_of(request))
+        tlp = check_tie_tlp(body.tlp, visible_tlps=visible)
         with unit_of_work(runtime.engine) as conn:
-            created = repository.add_ioc_relation(
+            created, stored = repository.add_ioc_relation(
                 conn,
                 source_id=source_id,
                 target_id=body.target_id,
                 type=body.type,
-                visible_tlps=tlp_clearance.allowed(clearance_of(request)),
+                visible_tlps=visible,
                 confidence=body.confidence,
                 source=source,
+                tlp=tlp,
             )
-        relation = {"source_id": source_id, "target_id": body.target_id, "type": body.type.value, "created": created}
+        relation: dict[str, Any] = {"source_id": source_id, "target_id": body.target_id, "type": body.type.value, "created": created}
+        if stored in visible:  # a held relation above the writer's clearance keeps its TLP, unshown
+            relation["tlp"] = stored
         return Response(relation, status=201 if created else 200)
 
     @router.route("DELETE", "/api/v1/iocs/{ioc_id:int}/relations", role=Role.ANALYST, body=RelationDeleteIn)

@@ -25,42 +25,44 @@ def _text(sql: str) -> Any:
 
 
 def links_for_iocs(
-    conn: Connection, ioc_ids: Sequence[int], *, per_ioc: int, threat_tlps: Sequence[str]
+    conn: Connection, ioc_ids: Sequence[int], *, per_ioc: int, visible_tlps: Sequence[str]
 ) -> tuple[list[dict[str, Any]], bool]:
-    """The strongest `per_ioc` links of each IoC (newest IoC first) to threats whose TLP is in `threat_tlps` (what
-    the export may carry), and whether any IoC has more such links. The slots were filled before the threats were
-    filtered: an IoC's 32 strongest links to red threats left an amber export none of its green ones, and said it
-    had more links than it showed."""
+    """The strongest `per_ioc` threat links of each IoC (newest IoC first), and whether any IoC has more: only links
+    whose own TLP and whose threat's are in `visible_tlps` (an export's max_tlp), so a hidden link neither shows nor
+    takes a place or sets the flag."""
     rows = conn.execute(
         _text(
-            "SELECT threat_id, ioc_id, relation, confidence, source, n FROM (SELECT l.*, row_number() OVER"
+            "SELECT threat_id, ioc_id, relation, confidence, source, tlp, n FROM (SELECT l.*, row_number() OVER"
             " (PARTITION BY l.ioc_id ORDER BY l.confidence DESC, l.threat_id, l.relation) AS n FROM threat_iocs l"
-            " JOIN threats t ON t.id = l.threat_id"
-            " WHERE l.ioc_id = ANY(CAST(:i AS bigint[])) AND t.tlp = ANY(CAST(:t AS text[]))) AS ranked"
+            " JOIN threats t ON t.id = l.threat_id WHERE l.ioc_id = ANY(CAST(:i AS bigint[]))"
+            " AND l.tlp = ANY(CAST(:v AS text[])) AND t.tlp = ANY(CAST(:v AS text[]))) AS ranked"
             " WHERE n <= :per + 1 ORDER BY ioc_id DESC, n"
         ),
-        {"i": list(ioc_ids), "per": per_ioc, "t": list(threat_tlps)},
+        {"i": list(ioc_ids), "per": per_ioc, "v": list(visible_tlps)},
     ).all()
     links = [
-        {"threat_id": int(r[0]), "ioc_id": int(r[1]), "relation": r[2], "confidence": int(r[3]), "source": r[4]}
+        {"threat_id": int(r[0]), "ioc_id": int(r[1]), "relation": r[2], "confidence": int(r[3]), "source": r[4], "tlp": r[5]}
         for r in rows
-        if r[5] <= per_ioc
+        if r[6] <= per_ioc
     ]
     return links, len(links) < len(rows)
 
 
-def relations_among(conn: Connection, ioc_ids: Sequence[int], *, limit: int) -> list[dict[str, Any]]:
-    """Relations with both ends among ioc_ids, the strongest first, at most `limit` (an export's bound: a
-    relation with one end outside the set is never read into the function)."""
+def relations_among(conn: Connection, ioc_ids: Sequence[int], *, limit: int, visible_tlps: Sequence[str]) -> list[dict[str, Any]]:
+    """Relations with both ends among ioc_ids and their own TLP in `visible_tlps` (an export's max_tlp), the strongest
+    first, at most `limit` (an export's bound: a relation with one end outside the set is never read into the
+    function)."""
     rows = conn.execute(
         _text(
-            "SELECT source_id, target_id, type, confidence, source FROM ioc_relations"
-            " WHERE source_id = ANY(CAST(:i AS bigint[])) AND target_id = ANY(CAST(:i AS bigint[]))"
+            "SELECT source_id, target_id, type, confidence, source, tlp FROM ioc_relations"
+            " WHERE source_id = ANY(CAST(:i AS bigint[])) AND target_id = ANY(CAST(:i AS bigint[])) AND tlp = ANY(CAST(:v AS text[]))"
             " ORDER BY confidence DESC, source_id DESC, target_id DESC, type LIMIT :n"
         ),
-        {"i": list(ioc_ids), "n": limit},
+        {"i": list(ioc_ids), "n": limit, "v": list(visible_tlps)},
     )
-    return [{"source_id": int(r[0]), "target_id": int(r[1]), "type": r[2], "confidence": int(r[3]), "source": r[4]} for r in rows]
+    return [
+        {"source_id": int(r[0]), "target_id": int(r[1]), "type": r[2], "confidence": int(r[3]), "source": r[4], "tlp": r[5]} for r in rows
+    ]
 
 
 def existing_ioc_ids(conn: Connection, ioc_ids: Iterable[int]) -> set[int]:
@@ -87,11 +89,29 @@ def visible_ioc_ids(conn: Connection, ioc_ids: Iterable[int], *, visible_tlps: S
 
 @dataclass(frozen=True)
 class Linked:
-    """What link_iocs did: the IoCs newly linked, and those it could not link because the pair already holds
-    MAX_RELATIONS_PER_LINK other relations."""
+    """What link_iocs did: the IoCs newly linked, those it could not link because the pair already holds
+    MAX_RELATIONS_PER_LINK other relations, and the TLP each link made or held has now."""
 
     new: set[int] = field(default_factory=set)
     full: set[int] = field(default_factory=set)
+    tlps: dict[int, str] = field(default_factory=dict)
+
+
+# How a write sets a held tie's TLP (the `tlp = ...` of the upserts below). `:named` is true when the writer gave one
+# TLP for the statement (the routes) and `:relabel` the TLPs it is cleared for: a held tie within them takes the one
+# given, raised or lowered (the trigger of sql/0014 keeps it at or above its ends). Otherwise it is only ever raised:
+# to the statement's marking (imports: the strictest statement decides) or, when none is given, to its ends'.
+_TIE_TLP = (
+    "CASE WHEN CAST(:named AS boolean) AND {table}.tlp = ANY(CAST(:relabel AS text[])) THEN EXCLUDED.tlp"
+    " ELSE tlp_stricter({table}.tlp, EXCLUDED.tlp) END"
+)
+
+
+def _tie_tlps(keys: Sequence[Any], tlp: str | Mapping[Any, str | None] | None) -> list[str | None]:
+    """The marking each tie of `keys` is written with: one for all, one per tie, or none (its ends decide)."""
+    if isinstance(tlp, Mapping):
+        return [tlp.get(key) for key in keys]
+    return [tlp] * len(keys)
 
 
 def link_iocs(
@@ -102,9 +122,14 @@ def link_iocs(
     relation: str = "indicates",
     confidence: int = 50,
     source: str | None = None,
+    tlp: str | Mapping[int, str | None] | None = None,
+    relabel_within: Sequence[str] = (),
 ) -> Linked:
     """Link IoCs (which must exist) to a threat. A repeat link keeps one row and raises its confidence to the higher
-    value. Pass a mapping ioc_id -> confidence to give each link its own confidence. A threat and an IoC are linked by
+    value. Pass a mapping ioc_id -> confidence to give each link its own confidence. `tlp` is the links' own marking
+    (one for all, or per IoC id; none: the stricter of the two ends, sql/0014): never below the stricter end, a held
+    link's is raised to it, and set to it (also lowered) when one `tlp` is given and the held link's TLP is within
+    `relabel_within` (the writer's clearance; imports give none: they only raise). A threat and an IoC are linked by
     at most MAX_RELATIONS_PER_LINK relations (each verb was a row, added without limit): a new one past it is not
     made (`Linked.full`). The threat's row is locked first (FOR NO KEY UPDATE: links to one threat are serialised,
     its reads and links' foreign-key checks are not blocked), so concurrent writers cannot both take the last place."""
@@ -119,18 +144,31 @@ def link_iocs(
     conn.execute(_text("SELECT 1 FROM threats WHERE id = :t FOR NO KEY UPDATE"), {"t": threat_id})
     rows = conn.execute(
         _text(
-            "INSERT INTO threat_iocs (threat_id, ioc_id, relation, confidence, source)"
-            " SELECT :t, x.ioc_id, :r, x.confidence, :s"
-            " FROM unnest(CAST(:ids AS bigint[]), CAST(:conf AS smallint[])) AS x(ioc_id, confidence)"
+            "INSERT INTO threat_iocs (threat_id, ioc_id, relation, confidence, source, tlp)"
+            " SELECT :t, x.ioc_id, :r, x.confidence, :s, x.tlp"
+            " FROM unnest(CAST(:ids AS bigint[]), CAST(:conf AS smallint[]), CAST(:tlps AS text[])) AS x(ioc_id, confidence, tlp)"
             " WHERE EXISTS (SELECT 1 FROM threat_iocs l WHERE l.threat_id = :t AND l.ioc_id = x.ioc_id AND l.relation = :r)"
             " OR (SELECT count(*) FROM threat_iocs l WHERE l.threat_id = :t AND l.ioc_id = x.ioc_id) < :most"
             " ON CONFLICT (threat_id, ioc_id, relation)"
-            " DO UPDATE SET confidence = GREATEST(threat_iocs.confidence, EXCLUDED.confidence)"
-            " RETURNING ioc_id, (xmax = 0)"
+            " DO UPDATE SET confidence = GREATEST(threat_iocs.confidence, EXCLUDED.confidence), tlp = "
+            + _TIE_TLP.format(table="threat_iocs")
+            + " RETURNING ioc_id, (xmax = 0), tlp"
         ),
-        {"t": threat_id, "r": verb, "s": source, "ids": ids, "conf": [scores[i] for i in ids], "most": MAX_RELATIONS_PER_LINK},
+        {
+            "t": threat_id,
+            "r": verb,
+            "s": source,
+            "ids": ids,
+            "conf": [scores[i] for i in ids],
+            "tlps": _tie_tlps(ids, tlp),
+            "named": isinstance(tlp, str),
+            "relabel": list(relabel_within),
+            "most": MAX_RELATIONS_PER_LINK,
+        },
     ).all()
-    return Linked(new={int(r[0]) for r in rows if r[1]}, full=set(ids) - {int(r[0]) for r in rows})
+    return Linked(
+        new={int(r[0]) for r in rows if r[1]}, full=set(ids) - {int(r[0]) for r in rows}, tlps={int(r[0]): str(r[2]) for r in rows}
+    )
 
 
 def link_ioc(
@@ -144,14 +182,22 @@ def link_ioc(
     return bool(link_iocs(conn, threat_id=threat_id, ioc_ids=[ioc_id], relation=relation, confidence=confidence, source=source).new)
 
 
-def unlink_iocs(conn: Connection, *, threat_id: int, ioc_ids: Sequence[int], relation: str | None = None) -> dict[int, int]:
-    """Remove links (of one relation, or all); returns removed rows per IoC id."""
+def unlink_iocs(
+    conn: Connection, *, threat_id: int, ioc_ids: Sequence[int], visible_tlps: Sequence[str], relation: str | None = None
+) -> dict[int, int]:
+    """Remove links (of one relation, or all) whose own TLP is in `visible_tlps` (the writer's clearance: a link
+    above it does not exist for them); returns removed rows per IoC id."""
     rows = conn.execute(
         _text(
             "DELETE FROM threat_iocs WHERE threat_id = :t AND ioc_id = ANY(CAST(:i AS bigint[]))"
-            " AND (CAST(:r AS text) IS NULL OR relation = CAST(:r AS text)) RETURNING ioc_id"
+            " AND (CAST(:r AS text) IS NULL OR relation = CAST(:r AS text)) AND tlp = ANY(CAST(:v AS text[])) RETURNING ioc_id"
         ),
-        {"t": threat_id, "i": list(ioc_ids), "r": check_relation_verb(relation) if relation else None},  # as link_iocs stored it
+        {
+            "t": threat_id,
+            "i": list(ioc_ids),
+            "r": check_relation_verb(relation) if relation else None,  # as link_iocs stored it
+            "v": list(visible_tlps),
+        },
     ).all()
     out: dict[int, int] = {}
     for row in rows:
@@ -159,8 +205,8 @@ def unlink_iocs(conn: Connection, *, threat_id: int, ioc_ids: Sequence[int], rel
     return out
 
 
-def unlink_ioc(conn: Connection, *, threat_id: int, ioc_id: int, relation: str | None = None) -> int:
-    return unlink_iocs(conn, threat_id=threat_id, ioc_ids=[ioc_id], relation=relation).get(ioc_id, 0)
+def unlink_ioc(conn: Connection, *, threat_id: int, ioc_id: int, visible_tlps: Sequence[str], relation: str | None = None) -> int:
+    return unlink_iocs(conn, threat_id=threat_id, ioc_ids=[ioc_id], visible_tlps=visible_tlps, relation=relation).get(ioc_id, 0)
 
 
 # -- IoC <-> IoC relations -----------------------------------------------------------
@@ -175,10 +221,14 @@ def add_ioc_relation(
     visible_tlps: Sequence[str],
     confidence: int = 50,
     source: str | None = None,
-) -> bool:
-    """Directed relation source -> target; True if new. Several types per pair are allowed;
+    tlp: str | None = None,
+) -> tuple[bool, str]:
+    """Directed relation source -> target: whether it is new, and its TLP now. Several types per pair are allowed;
     a repeat keeps one row and raises its confidence to the higher value. Both IoCs must be within
-    `visible_tlps` (the writer's clearance): one above it is not found, as on every read."""
+    `visible_tlps` (the writer's clearance): one above it is not found, as on every read. `tlp` (checked against the
+    clearance by the caller, threats.model.check_tie_tlp) is the relation's own, never below the stricter end: none
+    gives a new relation the stricter end's and keeps a held one's; one given sets a held relation's within the
+    clearance (also lowering it) and only raises one above it."""
     kind = type if isinstance(type, RelationType) else parse_relation_type(type)
     if source_id == target_id:
         raise ValidationError(f"indicator {source_id} cannot be related to itself", field="target_id")
@@ -187,32 +237,58 @@ def add_ioc_relation(
     require_visible_iocs(conn, [source_id, target_id], visible_tlps=visible_tlps)
     row = conn.execute(
         _text(
-            "INSERT INTO ioc_relations (source_id, target_id, type, confidence, source) VALUES (:a, :b, :t, :c, :s)"
+            "INSERT INTO ioc_relations (source_id, target_id, type, confidence, source, tlp) VALUES (:a, :b, :t, :c, :s, :tlp)"
             " ON CONFLICT (source_id, target_id, type)"
-            " DO UPDATE SET confidence = GREATEST(ioc_relations.confidence, EXCLUDED.confidence)"
-            " RETURNING (xmax = 0)"
+            " DO UPDATE SET confidence = GREATEST(ioc_relations.confidence, EXCLUDED.confidence), tlp = "
+            + _TIE_TLP.format(table="ioc_relations")
+            + " RETURNING (xmax = 0), tlp"
         ),
-        {"a": source_id, "b": target_id, "t": kind.value, "c": confidence, "s": source},
+        {
+            "a": source_id,
+            "b": target_id,
+            "t": kind.value,
+            "c": confidence,
+            "s": source,
+            "tlp": tlp,
+            "named": tlp is not None,
+            "relabel": list(visible_tlps),
+        },
     ).one()
-    return bool(row[0])
+    return bool(row[0]), str(row[1])
 
 
 def add_ioc_relations(
-    conn: Connection, pairs: list[tuple[int, int]], *, type: RelationType | str, confidence: int = 50, source: str | None = None
+    conn: Connection,
+    pairs: list[tuple[int, int]],
+    *,
+    type: RelationType | str,
+    confidence: int = 50,
+    source: str | None = None,
+    tlps: Mapping[tuple[int, int], str | None] | None = None,
 ) -> int:
-    """Many relations of one type in one statement (imports); the ids must exist. Returns how many were new."""
+    """Many relations of one type in one statement (imports); the ids must exist. `tlps`: each pair's own marking
+    (none: the stricter of its ends, sql/0014); a held relation's TLP is only raised. Returns how many were new."""
     kind = type if isinstance(type, RelationType) else parse_relation_type(type)
     if not pairs:
         return 0
     rows = conn.execute(
         _text(
-            "INSERT INTO ioc_relations (source_id, target_id, type, confidence, source)"
-            " SELECT p.s, p.t, :k, :c, :src FROM unnest(CAST(:s AS bigint[]), CAST(:t AS bigint[])) AS p(s, t) WHERE p.s <> p.t"
+            "INSERT INTO ioc_relations (source_id, target_id, type, confidence, source, tlp)"
+            " SELECT p.s, p.t, :k, :c, :src, p.tlp"
+            " FROM unnest(CAST(:s AS bigint[]), CAST(:t AS bigint[]), CAST(:tlps AS text[])) AS p(s, t, tlp) WHERE p.s <> p.t"
             " ON CONFLICT (source_id, target_id, type)"
-            " DO UPDATE SET confidence = GREATEST(ioc_relations.confidence, EXCLUDED.confidence)"
+            " DO UPDATE SET confidence = GREATEST(ioc_relations.confidence, EXCLUDED.confidence),"
+            " tlp = tlp_stricter(ioc_relations.tlp, EXCLUDED.tlp)"
             " RETURNING (xmax = 0)"
         ),
-        {"s": [p[0] for p in pairs], "t": [p[1] for p in pairs], "k": kind.value, "c": confidence, "src": source},
+        {
+            "s": [p[0] for p in pairs],
+            "t": [p[1] for p in pairs],
+            "tlps": _tie_tlps(pairs, tlps),
+            "k": kind.value,
+            "c": confidence,
+            "src": source,
+        },
     ).all()
     return sum(1 for r in rows if r[0])
 
@@ -227,14 +303,16 @@ def require_visible_iocs(conn: Connection, ioc_ids: Sequence[int], *, visible_tl
 def remove_ioc_relation(
     conn: Connection, *, source_id: int, target_id: int, visible_tlps: Sequence[str], type: RelationType | str | None = None
 ) -> int:
-    """Removes relations source -> target (of one type, or all); both IoCs must be within `visible_tlps`."""
+    """Removes relations source -> target (of one type, or all); both IoCs must be within `visible_tlps`, and only
+    relations whose own TLP is are removed (one above it does not exist for the writer)."""
     require_visible_iocs(conn, [source_id, target_id], visible_tlps=visible_tlps)
     kind = None if type is None else (type if isinstance(type, RelationType) else parse_relation_type(type))
     result = conn.execute(
         _text(
             "DELETE FROM ioc_relations WHERE source_id = :a AND target_id = :b AND (CAST(:t AS text) IS NULL OR type = CAST(:t AS text))"
+            " AND tlp = ANY(CAST(:v AS text[]))"
         ),
-        {"a": source_id, "b": target_id, "t": kind.value if kind else None},
+        {"a": source_id, "b": target_id, "t": kind.value if kind else None, "v": list(visible_tlps)},
     )
     return int(result.rowcount)
 
@@ -243,13 +321,13 @@ def remove_ioc_relation(
 
 
 def threats_of_ioc(conn: Connection, ioc_id: int, *, limit: int, visible_tlps: Sequence[str]) -> list[dict[str, Any]]:
-    """Threats linked to an IoC, strongest link first, with the link's relation, confidence and source;
-    at most `limit`, only threats whose TLP is in `visible_tlps` (the caller's clearance)."""
+    """Threats linked to an IoC, strongest link first, with the link's relation, confidence, source and TLP;
+    at most `limit`, only threats and links whose TLP is in `visible_tlps` (the caller's clearance)."""
     rows = conn.execute(
         _text(
-            "SELECT t.id, t.kind, t.name, t.aliases, l.relation, l.confidence, l.source, l.created_at"
+            "SELECT t.id, t.kind, t.name, t.aliases, l.relation, l.confidence, l.source, l.created_at, l.tlp"
             " FROM threat_iocs l JOIN threats t ON t.id = l.threat_id WHERE l.ioc_id = :i AND t.tlp = ANY(CAST(:v AS text[]))"
-            " ORDER BY l.confidence DESC, t.id, l.relation LIMIT :l"
+            " AND l.tlp = ANY(CAST(:v AS text[])) ORDER BY l.confidence DESC, t.id, l.relation LIMIT :l"
         ),
         {"i": ioc_id, "l": limit, "v": list(visible_tlps)},
     ).all()
@@ -263,6 +341,7 @@ def threats_of_ioc(conn: Connection, ioc_id: int, *, limit: int, visible_tlps: S
             "confidence": int(r[5]),
             "source": r[6],
             "linked_at": r[7].isoformat(),
+            "tlp": r[8],
         }
         for r in rows
     ]
@@ -277,20 +356,29 @@ def ioc_tags(conn: Connection, ioc_id: int, *, visible_tlps: Sequence[str]) -> l
 
 
 def relations_of_ioc(conn: Connection, ioc_id: int, *, limit: int, visible_tlps: Sequence[str]) -> list[dict[str, Any]]:
-    """IoC-to-IoC relations both ways (outgoing first), with the IoC at the other end
-    (only ends whose TLP is in `visible_tlps`)."""
+    """IoC-to-IoC relations both ways (outgoing first), with their own TLP and the IoC at the other end
+    (only relations and ends whose TLP is in `visible_tlps`)."""
     rows = conn.execute(
         _text(
-            "(SELECT 'out', r.type, r.confidence, r.source, i.id, i.type, i.value FROM ioc_relations r"
-            " JOIN iocs i ON i.id = r.target_id WHERE r.source_id = :i AND i.tlp = ANY(CAST(:v AS text[])))"
-            " UNION ALL (SELECT 'in', r.type, r.confidence, r.source, i.id, i.type, i.value FROM ioc_relations r"
-            " JOIN iocs i ON i.id = r.source_id WHERE r.target_id = :i AND i.tlp = ANY(CAST(:v AS text[])))"
+            "(SELECT 'out', r.type, r.confidence, r.source, i.id, i.type, i.value, r.tlp FROM ioc_relations r"
+            " JOIN iocs i ON i.id = r.target_id WHERE r.source_id = :i AND i.tlp = ANY(CAST(:v AS text[]))"
+            " AND r.tlp = ANY(CAST(:v AS text[])))"
+            " UNION ALL (SELECT 'in', r.type, r.confidence, r.source, i.id, i.type, i.value, r.tlp FROM ioc_relations r"
+            " JOIN iocs i ON i.id = r.source_id WHERE r.target_id = :i AND i.tlp = ANY(CAST(:v AS text[]))"
+            " AND r.tlp = ANY(CAST(:v AS text[])))"
             " ORDER BY 1 DESC, 2, 5 LIMIT :l"
         ),
         {"i": ioc_id, "l": limit, "v": list(visible_tlps)},
     )
     return [
-        {"direction": r[0], "type": r[1], "confidence": int(r[2]), "source": r[3], "ioc": {"id": int(r[4]), "type": r[5], "value": r[6]}}
+        {
+            "direction": r[0],
+            "type": r[1],
+            "confidence": int(r[2]),
+            "source": r[3],
+            "tlp": r[7],
+            "ioc": {"id": int(r[4]), "type": r[5], "value": r[6]},
+        }
         for r in rows
     ]
 
@@ -391,12 +479,14 @@ def evidence_like(
 
 
 def links_of_threat(conn: Connection, threat_id: int, *, limit: int, visible_tlps: Sequence[str] | None) -> list[tuple[int, str]]:
-    """(ioc_id, relation) of a threat's links to IoCs within `visible_tlps`, the newest IoCs' `limit`."""
+    """(ioc_id, relation) of a threat's links whose own TLP and whose IoC's are within `visible_tlps` (None: every
+    TLP), the newest IoCs' `limit`."""
     within, params = _within("i", visible_tlps)
     join = "" if visible_tlps is None else " JOIN iocs i ON i.id = l.ioc_id"
+    own = "" if visible_tlps is None else " AND l.tlp = ANY(CAST(:visible AS text[]))"
     rows = conn.execute(
         _text(
-            f"SELECT l.ioc_id, l.relation FROM threat_iocs l{join} WHERE l.threat_id = :t AND {within}"
+            f"SELECT l.ioc_id, l.relation FROM threat_iocs l{join} WHERE l.threat_id = :t AND {within}{own}"
             " ORDER BY l.ioc_id DESC, l.relation LIMIT :l"
         ),
         {"t": threat_id, "l": limit, **params},
@@ -407,12 +497,13 @@ def links_of_threat(conn: Connection, threat_id: int, *, limit: int, visible_tlp
 def relations_touching(
     conn: Connection, ioc_ids: Sequence[int], *, limit: int, visible_tlps: Sequence[str] | None
 ) -> list[tuple[int, int, str]]:
-    """(source_id, target_id, type) of relations with either end among ioc_ids and both ends within `visible_tlps`,
-    at most `limit`."""
+    """(source_id, target_id, type) of relations with either end among ioc_ids whose own TLP and both ends' are
+    within `visible_tlps` (None: every TLP), at most `limit`."""
     if visible_tlps is None:
         ends, params = "", {}
     else:
         ends = (
+            " AND r.tlp = ANY(CAST(:visible AS text[]))"
             " AND EXISTS (SELECT 1 FROM iocs a WHERE a.id = r.source_id AND a.tlp = ANY(CAST(:visible AS text[])))"
             " AND EXISTS (SELECT 1 FROM iocs b WHERE b.id = r.target_id AND b.tlp = ANY(CAST(:visible AS text[])))"
         )

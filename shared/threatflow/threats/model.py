@@ -16,8 +16,8 @@ from typing import Annotated, Any
 
 import msgspec
 
-from threatflow.platform.errors import ValidationError
-from threatflow.platform.vocabulary import Severity
+from threatflow.platform.errors import ForbiddenError, ValidationError
+from threatflow.platform.vocabulary import Severity, Tlp
 
 # What one item may name, and what one threat holds (every merge keeps what the threat has, then the item's new ones
 # while there is room; the rest is counted in the result's `<field>_cut`, CUT_FIELDS). Tags: vocabulary.MAX_TAGS.
@@ -145,6 +145,19 @@ def check_relation_verb(relation: str) -> str:
             f"relation {relation!r} must be a lower-case word (letters, digits, hyphens; at most 64), e.g. indicates", field="relation"
         )
     return verb
+
+
+def check_tie_tlp(tlp: Tlp | str | None, *, visible_tlps: Iterable[str]) -> str | None:
+    """The TLP a writer gives a link or relation (POST /threats/{id}/link, /threats/{id}/relations,
+    /iocs/{id}/relations), spelled as every TLP is read (`TLP:RED`, `tlp-red`): one the writer is not cleared for is a
+    403 naming `tlp` (they could not read back what they wrote; an end above the clearance stays a 404, as absent).
+    None: none given, the tie takes the stricter of its ends (sql/0014_link_tlp.sql)."""
+    if tlp is None:
+        return None
+    level = tlp if isinstance(tlp, Tlp) else Tlp.parse_field(tlp, field="tlp")
+    if level.value not in set(visible_tlps):
+        raise ForbiddenError(f"tlp {level.value} is above your clearance", details={"field": "tlp"})
+    return level.value
 
 
 def _one_hyphen(run: re.Match[str]) -> str:

@@ -477,16 +477,16 @@ def names_of(conn: Connection, threat_id: int) -> list[str] | None:
 
 
 def link_counts(conn: Connection, threat_id: int, *, visible_tlps: Sequence[str]) -> tuple[int, dict[str, int], bool]:
-    """(IoCs linked, links per relation, whether relations were left out) of one threat, over the IoCs whose TLP is
-    in `visible_tlps` (the reader's clearance: every linked IoC was counted, so an amber reader learnt how many red
-    IoCs an amber threat is linked to, and by which verbs): the MAX_RELATIONS_SHOWN relations with the most links
-    (verbs are free: it had a key per distinct verb, without limit)."""
-    seen = "FROM threat_iocs l JOIN iocs i ON i.id = l.ioc_id WHERE l.threat_id = :i AND i.tlp = ANY(CAST(:v AS text[]))"
-    params = {"i": threat_id, "v": list(visible_tlps)}
-    rows = conn.execute(
-        _text(f"SELECT l.relation, count(*) {seen} GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :n"),
-        {**params, "n": MAX_RELATIONS_SHOWN + 1},
-    ).all()
+    """(IoCs linked, links per relation, whether relations were left out) of one threat: the MAX_RELATIONS_SHOWN
+    relations with the most links (verbs are free: it had a key per distinct verb, without limit). Only links whose
+    own TLP and whose IoC's are in `visible_tlps` (the caller's clearance) are counted: the counts told an amber
+    reader how many red IoCs and red links the threat had."""
+    seen = (
+        "FROM threat_iocs l JOIN iocs i ON i.id = l.ioc_id WHERE l.threat_id = :i"
+        " AND l.tlp = ANY(CAST(:v AS text[])) AND i.tlp = ANY(CAST(:v AS text[]))"
+    )
+    params = {"i": threat_id, "n": MAX_RELATIONS_SHOWN + 1, "v": list(visible_tlps)}
+    rows = conn.execute(_text(f"SELECT l.relation, count(*) {seen} GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT :n"), params).all()
     by_relation = {str(r[0]): int(r[1]) for r in sorted(rows[:MAX_RELATIONS_SHOWN])}
     count = conn.execute(_text(f"SELECT count(DISTINCT l.ioc_id) {seen}"), params).scalar_one()
     return int(count), by_relation, len(rows) > MAX_RELATIONS_SHOWN
@@ -505,14 +505,26 @@ class Related:
     new: set[tuple[int, int, str]] = field(default_factory=set)
     full: set[tuple[int, int, str]] = field(default_factory=set)
     missing: set[int] = field(default_factory=set)
+    tlps: dict[tuple[int, int, str], str] = field(default_factory=dict)  # the TLP of each relation made, now
 
 
 def relate_threats(
-    conn: Connection, relations: Sequence[tuple[int, int, str]], *, confidence: int = 50, source: str | None = None
+    conn: Connection,
+    relations: Sequence[tuple[int, int, str]],
+    *,
+    confidence: int = 50,
+    source: str | None = None,
+    tlp: str | Mapping[tuple[int, int, str], str | None] | None = None,
+    relabel_within: Sequence[str] = (),
 ) -> Related:
     """Relate threats: `source_id <verb> target_id` for each triple (in the order given; a threat related to
     itself is left out). A repeat keeps one row and raises its confidence to the higher value; a directed pair
     holds at most MAX_RELATIONS_PER_LINK verbs, a new one past them is not made (`Related.full`).
+
+    `tlp` is the relations' own marking, one for all or per triple (none: the stricter of the two threats,
+    sql/0014), never below the stricter threat: a held relation's is raised to it, and set to it (also lowered)
+    when one `tlp` is given and the held relation's TLP is within `relabel_within` (the writer's clearance; imports
+    give none: they only raise).
 
     Every end's row is locked first, all in id order as a merge locks the threats it updates (_rows_for_update):
     locking the source, then its target through the insert's foreign key, deadlocked with a batch merging into
@@ -551,43 +563,67 @@ def relate_threats(
             full.add(relation)
     if not chosen:
         return Related(full=full, missing=missing)
+    marks = [tlp.get(c) for c in chosen] if isinstance(tlp, Mapping) else [tlp] * len(chosen)
     written = conn.execute(
         _text(
-            "INSERT INTO threat_relations (source_id, target_id, type, confidence, source)"
-            " SELECT x.s, x.t, x.r, :c, :src FROM unnest(CAST(:s AS bigint[]), CAST(:t AS bigint[]), CAST(:r AS text[])) AS x(s, t, r)"
+            "INSERT INTO threat_relations (source_id, target_id, type, confidence, source, tlp)"
+            " SELECT x.s, x.t, x.r, :c, :src, x.tlp"
+            " FROM unnest(CAST(:s AS bigint[]), CAST(:t AS bigint[]), CAST(:r AS text[]), CAST(:tlps AS text[])) AS x(s, t, r, tlp)"
             " ON CONFLICT (source_id, target_id, type)"
-            " DO UPDATE SET confidence = GREATEST(threat_relations.confidence, EXCLUDED.confidence)"
-            " RETURNING source_id, target_id, type, (xmax = 0)"
+            " DO UPDATE SET confidence = GREATEST(threat_relations.confidence, EXCLUDED.confidence),"
+            " tlp = CASE WHEN CAST(:named AS boolean) AND threat_relations.tlp = ANY(CAST(:relabel AS text[])) THEN EXCLUDED.tlp"
+            " ELSE tlp_stricter(threat_relations.tlp, EXCLUDED.tlp) END"
+            " RETURNING source_id, target_id, type, (xmax = 0), tlp"
         ),
-        {"s": [c[0] for c in chosen], "t": [c[1] for c in chosen], "r": [c[2] for c in chosen], "c": confidence, "src": source},
+        {
+            "s": [c[0] for c in chosen],
+            "t": [c[1] for c in chosen],
+            "r": [c[2] for c in chosen],
+            "tlps": marks,
+            "named": isinstance(tlp, str),
+            "relabel": list(relabel_within),
+            "c": confidence,
+            "src": source,
+        },
     ).all()
     made = {(int(r[0]), int(r[1]), str(r[2])) for r in written}
-    return Related(made=made, new={(int(r[0]), int(r[1]), str(r[2])) for r in written if r[3]}, full=full, missing=missing)
+    return Related(
+        made=made,
+        new={(int(r[0]), int(r[1]), str(r[2])) for r in written if r[3]},
+        full=full,
+        missing=missing,
+        tlps={(int(r[0]), int(r[1]), str(r[2])): str(r[4]) for r in written},
+    )
 
 
-def unrelate_threats(conn: Connection, *, source_id: int, target_id: int, relation: str | None = None) -> int:
-    """Removes relations source -> target (of one verb, or all); how many were removed."""
+def unrelate_threats(conn: Connection, *, source_id: int, target_id: int, visible_tlps: Sequence[str], relation: str | None = None) -> int:
+    """Removes relations source -> target (of one verb, or all) whose own TLP is in `visible_tlps` (the writer's
+    clearance: one above it does not exist for them); how many were removed."""
     verb = check_relation_verb(relation) if relation is not None else None
     result = conn.execute(
-        _text("DELETE FROM threat_relations WHERE source_id = :s AND target_id = :t AND (CAST(:r AS text) IS NULL OR type = :r)"),
-        {"s": source_id, "t": target_id, "r": verb},
+        _text(
+            "DELETE FROM threat_relations WHERE source_id = :s AND target_id = :t AND (CAST(:r AS text) IS NULL OR type = :r)"
+            " AND tlp = ANY(CAST(:v AS text[]))"
+        ),
+        {"s": source_id, "t": target_id, "r": verb, "v": list(visible_tlps)},
     )
     return int(result.rowcount or 0)
 
 
 def relations_of_threat(conn: Connection, threat_id: int, *, limit: int, visible_tlps: Sequence[str]) -> list[dict[str, Any]]:
-    """Threat-to-threat relations both ways (outgoing first, then by the other threat's id and the verb), with the
-    threat at the other end: only ends whose TLP is in `visible_tlps`, at most `limit` rows (the caller asks one more
-    to tell that there are more). Each way is read in its index's order and stops at `limit`: ordered by verb, every
-    relation of the threat was read and sorted (300,000 of a hub threat: ~300 ms a GET, now ~30 ms)."""
+    """Threat-to-threat relations both ways (outgoing first, then by the other threat's id and the verb), with their
+    own TLP and the threat at the other end: only relations and ends whose TLP is in `visible_tlps`, at most `limit`
+    rows (the caller asks one more to tell that there are more). Each way is read in its index's order and stops at
+    `limit`: ordered by verb, every relation of the threat was read and sorted (300,000 of a hub threat: ~300 ms a
+    GET, now ~30 ms)."""
     rows = conn.execute(
         _text(
-            "(SELECT 'out', r.type, r.confidence, r.source, t.id, t.kind, t.name FROM threat_relations r"
+            "(SELECT 'out', r.type, r.confidence, r.source, t.id, t.kind, t.name, r.tlp FROM threat_relations r"
             " JOIN threats t ON t.id = r.target_id WHERE r.source_id = :i AND t.tlp = ANY(CAST(:v AS text[]))"
-            " ORDER BY r.target_id, r.type LIMIT :l)"
-            " UNION ALL (SELECT 'in', r.type, r.confidence, r.source, t.id, t.kind, t.name FROM threat_relations r"
+            " AND r.tlp = ANY(CAST(:v AS text[])) ORDER BY r.target_id, r.type LIMIT :l)"
+            " UNION ALL (SELECT 'in', r.type, r.confidence, r.source, t.id, t.kind, t.name, r.tlp FROM threat_relations r"
             " JOIN threats t ON t.id = r.source_id WHERE r.target_id = :i AND t.tlp = ANY(CAST(:v AS text[]))"
-            " ORDER BY r.source_id, r.type LIMIT :l)"
+            " AND r.tlp = ANY(CAST(:v AS text[])) ORDER BY r.source_id, r.type LIMIT :l)"
             " ORDER BY 1 DESC, 5, 2 LIMIT :l"
         ),
         {"i": threat_id, "l": limit, "v": list(visible_tlps)},
@@ -598,26 +634,28 @@ def relations_of_threat(conn: Connection, threat_id: int, *, limit: int, visible
             "type": r[1],
             "confidence": int(r[2]),
             "source": r[3],
+            "tlp": r[7],
             "threat": {"id": int(r[4]), "kind": r[5], "name": r[6]},
         }
         for r in rows
     ]
 
 
-def threat_relations_among(conn: Connection, threat_ids: Sequence[int], *, limit: int) -> list[dict[str, Any]]:
-    """Relations whose two ends are both among `threat_ids` (an export's threats), at most `limit`."""
+def threat_relations_among(conn: Connection, threat_ids: Sequence[int], *, limit: int, visible_tlps: Sequence[str]) -> list[dict[str, Any]]:
+    """Relations whose two ends are both among `threat_ids` (an export's threats) and whose own TLP is in
+    `visible_tlps` (its max_tlp), at most `limit`."""
     ids = sorted(set(threat_ids))
     if not ids:
         return []
     rows = conn.execute(
         _text(
-            "SELECT source_id, target_id, type FROM threat_relations"
-            " WHERE source_id = ANY(CAST(:i AS bigint[])) AND target_id = ANY(CAST(:i AS bigint[]))"
+            "SELECT source_id, target_id, type, tlp FROM threat_relations"
+            " WHERE source_id = ANY(CAST(:i AS bigint[])) AND target_id = ANY(CAST(:i AS bigint[])) AND tlp = ANY(CAST(:v AS text[]))"
             " ORDER BY source_id, target_id, type LIMIT :l"
         ),
-        {"i": ids, "l": limit},
+        {"i": ids, "l": limit, "v": list(visible_tlps)},
     )
-    return [{"source_id": int(r[0]), "target_id": int(r[1]), "type": str(r[2])} for r in rows]
+    return [{"source_id": int(r[0]), "target_id": int(r[1]), "type": str(r[2]), "tlp": str(r[3])} for r in rows]
 
 
 def _like(text: str) -> str:
@@ -680,12 +718,13 @@ def delete_threats(conn: Connection, ids: Sequence[int], *, visible_tlps: Sequen
 
 def stats(conn: Connection, *, visible_tlps: Sequence[str]) -> dict[str, Any]:
     """Counts by kind, top TTPs and tags, and the link and relation totals, over the threats
-    (and their links and IoC relations) whose TLP is in `visible_tlps` (the caller's clearance)."""
+    (and their links and IoC relations, by their own TLP and their ends') whose TLP is in `visible_tlps` (the
+    caller's clearance)."""
     visible = {"v": list(visible_tlps)}
     threats_seen = "(SELECT * FROM threats WHERE tlp = ANY(CAST(:v AS text[]))) AS threats"
     links_seen = (
         "(SELECT l.* FROM threat_iocs l JOIN threats t ON t.id = l.threat_id JOIN iocs i ON i.id = l.ioc_id"
-        " WHERE t.tlp = ANY(CAST(:v AS text[])) AND i.tlp = ANY(CAST(:v AS text[]))) AS l"
+        " WHERE t.tlp = ANY(CAST(:v AS text[])) AND i.tlp = ANY(CAST(:v AS text[])) AND l.tlp = ANY(CAST(:v AS text[]))) AS l"
     )
     sql = {  # constant clauses only; the clearance is a bound parameter
         "total": f"SELECT count(*) FROM {threats_seen}",
@@ -700,7 +739,7 @@ def stats(conn: Connection, *, visible_tlps: Sequence[str]) -> dict[str, Any]:
         ),
         "relations": (
             "SELECT count(*) FROM ioc_relations r JOIN iocs a ON a.id = r.source_id JOIN iocs b ON b.id = r.target_id"
-            " WHERE a.tlp = ANY(CAST(:v AS text[])) AND b.tlp = ANY(CAST(:v AS text[]))"
+            " WHERE a.tlp = ANY(CAST(:v AS text[])) AND b.tlp = ANY(CAST(:v AS text[])) AND r.tlp = ANY(CAST(:v AS text[]))"
         ),
     }
 

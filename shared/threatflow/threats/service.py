@@ -23,6 +23,7 @@ from threatflow.threats.model import (
     ThreatKind,
     ThreatResult,
     check_relation_verb,
+    check_tie_tlp,
     clean_name,
 )
 
@@ -65,6 +66,7 @@ class ThreatRelationIn(msgspec.Struct, forbid_unknown_fields=True):
     target_id: int
     type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "related-to"
     confidence: Annotated[int, msgspec.Meta(ge=0, le=100)] = 50
+    tlp: Tlp | None = None  # the relation's own (none: the stricter of the two threats); read as every TLP is
 
 
 class ThreatRelationDeleteIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -141,24 +143,34 @@ def _require_visible(conn: Connection, ids: Sequence[int], *, visible_tlps: Sequ
 def relate(
     conn: Connection, threat_id: int, body: ThreatRelationIn, *, visible_tlps: Sequence[str], source: str | None
 ) -> tuple[dict[str, Any], bool]:
-    """`threat_id <type> target_id`; both threats must be within the writer's clearance (404 otherwise, as links).
-    Returns the relation and whether it is new; a pair already holding MAX_RELATIONS_PER_LINK verbs is a 409."""
+    """`threat_id <type> target_id`; both threats must be within the writer's clearance (404 otherwise, as links),
+    and so must its `tlp` (403). Returns the relation, with its TLP now when the writer is cleared for it, and whether
+    it is new; a pair already holding MAX_RELATIONS_PER_LINK verbs is a 409."""
     if body.target_id == threat_id:
         raise ValidationError("a threat cannot be related to itself", field="target_id")
     _require_visible(conn, [threat_id, body.target_id], visible_tlps=visible_tlps)
     verb = check_relation_verb(body.type)
-    made = store.relate_threats(conn, [(threat_id, body.target_id, verb)], confidence=body.confidence, source=source)
+    tlp = check_tie_tlp(body.tlp, visible_tlps=visible_tlps)
+    key = (threat_id, body.target_id, verb)
+    made = store.relate_threats(conn, [key], confidence=body.confidence, source=source, tlp=tlp, relabel_within=visible_tlps)
     if made.missing:  # deleted since it was looked up
         raise NotFoundError(f"no threat with id {', '.join(str(m) for m in sorted(made.missing))}")
     if made.full:
         raise ConflictError(f"threats {threat_id} and {body.target_id} already hold {MAX_RELATIONS_PER_LINK} relations; remove one first")
-    return {"source_id": threat_id, "target_id": body.target_id, "type": verb}, bool(made.new)
+    relation: dict[str, Any] = {"source_id": threat_id, "target_id": body.target_id, "type": verb}
+    if made.tlps.get(key) in visible_tlps:  # a held relation above the writer's clearance keeps its TLP, unshown
+        relation["tlp"] = made.tlps[key]
+    return relation, bool(made.new)
 
 
 def unrelate(conn: Connection, threat_id: int, body: ThreatRelationDeleteIn, *, visible_tlps: Sequence[str]) -> dict[str, Any]:
     """Removes `threat_id -> target_id` relations (of one verb, or all); both threats within the clearance."""
     _require_visible(conn, [threat_id, body.target_id], visible_tlps=visible_tlps)
-    return {"deleted": store.unrelate_threats(conn, source_id=threat_id, target_id=body.target_id, relation=body.type)}
+    return {
+        "deleted": store.unrelate_threats(
+            conn, source_id=threat_id, target_id=body.target_id, visible_tlps=visible_tlps, relation=body.type
+        )
+    }
 
 
 def _page(rows: list[dict[str, Any]], limit: int) -> dict[str, Any]:

@@ -239,12 +239,16 @@ def _stix(
 ) -> tuple[bytes, int, bool]:
     import stix2
 
+    # Ties (links, IoC and threat relations) are read within max_tlp by their own TLP as the IoCs and threats are
+    # by theirs, and each relationship is marked with its tie's TLP (at least its ends' when written; the stricter of
+    # the three when an end was raised since): a TLP:RED tie between amber objects stays out of an amber export.
+    shared = Tlp.parse(max_tlp).at_most() if max_tlp else [t.value for t in Tlp]
     objects: dict[str, Any] = {}
     indicator_of: dict[int, str] = {}
+    ioc_tlp: dict[int, Tlp] = {}
     links: list[dict[str, Any]] = []
     count = 0
     links_cut = False
-    threat_tlps = Tlp.parse(max_tlp).at_most() if max_tlp else [t.value for t in Tlp]  # as threats_for_export reads them
     for page in pages:
         ids = [ioc["id"] for ioc in page]
         for ioc in page:
@@ -269,12 +273,13 @@ def _stix(
             )
             objects[stix_id] = indicator
             indicator_of[ioc["id"]] = stix_id
+            ioc_tlp[ioc["id"]] = Tlp(ioc["tlp"] or Tlp.AMBER)
             count += 1
-        page_links, cut = intel_repository.links_for_iocs(conn, ids, per_ioc=STIX_LINKS_PER_IOC, threat_tlps=threat_tlps)
+        page_links, cut = intel_repository.links_for_iocs(conn, ids, per_ioc=STIX_LINKS_PER_IOC, visible_tlps=shared)
         room = STIX_LINKS_LIMIT - len(links)
         links_cut = links_cut or cut or len(page_links) > room
         links.extend(page_links[:room])
-    relations = intel_repository.relations_among(conn, list(indicator_of), limit=STIX_RELATIONS_LIMIT + 1)
+    relations = intel_repository.relations_among(conn, list(indicator_of), limit=STIX_RELATIONS_LIMIT + 1, visible_tlps=shared)
     links_cut = links_cut or len(relations) > STIX_RELATIONS_LIMIT
     relations = relations[:STIX_RELATIONS_LIMIT]
 
@@ -292,27 +297,35 @@ def _stix(
                 objects.setdefault(pattern.id, pattern)
                 _relationship(objects, obj.id, "uses", pattern.id, now=now)
         # relations between two exported threats (an intrusion set uses a malware): neither end leaks past max_tlp
-        among = threat_store.threat_relations_among(conn, list(threat_of), limit=STIX_RELATIONS_LIMIT + 1)
+        among = threat_store.threat_relations_among(conn, list(threat_of), limit=STIX_RELATIONS_LIMIT + 1, visible_tlps=shared)
         links_cut = links_cut or len(among) > STIX_RELATIONS_LIMIT
         for relation in among[:STIX_RELATIONS_LIMIT]:
-            # marked as the stricter of its threats: an import reads an unmarked one at its own tlp, perhaps above both
-            ends = (tlp_of[relation["source_id"]], tlp_of[relation["target_id"]])
-            markings = _markings(max(ends, key=lambda t: t.rank).value)
+            # marked: an import reads an unmarked one at its own tlp, perhaps above both threats
+            markings = _tie_markings(relation["tlp"], tlp_of[relation["source_id"]], tlp_of[relation["target_id"]])
             _relationship(
                 objects, threat_of[relation["source_id"]], relation["type"], threat_of[relation["target_id"]], now=now, markings=markings
             )
     for link in links:
         source, target = indicator_of.get(int(link["ioc_id"])), threat_of.get(int(link["threat_id"]))
         if source and target:
-            _relationship(objects, source, "indicates" if link["relation"] == "indicates" else str(link["relation"]), target, now=now)
+            markings = _tie_markings(link["tlp"], ioc_tlp[int(link["ioc_id"])], tlp_of[int(link["threat_id"])])
+            verb = "indicates" if link["relation"] == "indicates" else str(link["relation"])
+            _relationship(objects, source, verb, target, now=now, markings=markings)
     for relation in relations:
         source, target = indicator_of.get(int(relation["source_id"])), indicator_of.get(int(relation["target_id"]))
         if source and target:  # both ends exported (relations_among): the relation cannot leak an IoC above max_tlp
-            _relationship(objects, source, str(relation["type"]), target, now=now)
+            markings = _tie_markings(relation["tlp"], ioc_tlp[int(relation["source_id"])], ioc_tlp[int(relation["target_id"])])
+            _relationship(objects, source, str(relation["type"]), target, now=now, markings=markings)
     used = {ref for obj in objects.values() for ref in (obj.get("object_marking_refs") or [])}
     markings = [m for m in (stix2.TLP_WHITE, stix2.TLP_GREEN, stix2.TLP_AMBER, stix2.TLP_RED) if m.id in used]
     bundle = stix2.Bundle(objects=[*markings, *objects.values()], id=f"bundle--{uuid.uuid4()}", allow_custom=False)
     return bundle.serialize(pretty=False).encode(), count, links_cut
+
+
+def _tie_markings(tie: str, *ends: Tlp) -> list[str]:
+    """A relationship's marking: the strictest of its tie's own TLP and its two ends' (an end raised after the tie
+    was written is above it)."""
+    return _markings(max((Tlp(tie), *ends), key=lambda t: t.rank).value)
 
 
 def _relationship(objects: dict[str, Any], source: str, relation: str, target: str, *, now: datetime, markings: Sequence[str] = ()) -> None:
