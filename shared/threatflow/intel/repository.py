@@ -99,7 +99,7 @@ class Linked:
 
 # How a write sets a held tie's TLP (the `tlp = ...` of the upserts below). `:named` is true when the writer gave one
 # TLP for the statement (the routes) and `:relabel` the TLPs it is cleared for: a held tie within them takes the one
-# given, raised or lowered (the trigger of sql/0014 keeps it at or above its ends). Otherwise it is only ever raised:
+# given, raised or lowered (EXCLUDED.tlp is floored at its ends by the insert's SELECT). Otherwise it is only raised:
 # to the statement's marking (imports: the strictest statement decides) or, when none is given, to its ends'.
 _TIE_TLP = (
     "CASE WHEN CAST(:named AS boolean) AND {table}.tlp = ANY(CAST(:relabel AS text[])) THEN EXCLUDED.tlp"
@@ -145,10 +145,12 @@ def link_iocs(
     rows = conn.execute(
         _text(
             "INSERT INTO threat_iocs (threat_id, ioc_id, relation, confidence, source, tlp)"
-            " SELECT :t, x.ioc_id, :r, x.confidence, :s, x.tlp"
-            " FROM unnest(CAST(:ids AS bigint[]), CAST(:conf AS smallint[]), CAST(:tlps AS text[])) AS x(ioc_id, confidence, tlp)"
-            " WHERE EXISTS (SELECT 1 FROM threat_iocs l WHERE l.threat_id = :t AND l.ioc_id = x.ioc_id AND l.relation = :r)"
-            " OR (SELECT count(*) FROM threat_iocs l WHERE l.threat_id = :t AND l.ioc_id = x.ioc_id) < :most"
+            " SELECT :t, x.ioc_id, :r, x.confidence, :s, tlp_stricter(x.tlp, tlp_stricter(th.tlp, i.tlp))"
+            " FROM unnest(CAST(:ids AS bigint[]), CAST(:conf AS smallint[]), CAST(:tlps AS text[]))"
+            " WITH ORDINALITY AS x(ioc_id, confidence, tlp, n)"
+            " JOIN iocs i ON i.id = x.ioc_id JOIN threats th ON th.id = :t"
+            " WHERE (EXISTS (SELECT 1 FROM threat_iocs l WHERE l.threat_id = :t AND l.ioc_id = x.ioc_id AND l.relation = :r)"
+            " OR (SELECT count(*) FROM threat_iocs l WHERE l.threat_id = :t AND l.ioc_id = x.ioc_id) < :most) ORDER BY x.n"
             " ON CONFLICT (threat_id, ioc_id, relation)"
             " DO UPDATE SET confidence = GREATEST(threat_iocs.confidence, EXCLUDED.confidence), tlp = "
             + _TIE_TLP.format(table="threat_iocs")
@@ -237,7 +239,9 @@ def add_ioc_relation(
     require_visible_iocs(conn, [source_id, target_id], visible_tlps=visible_tlps)
     row = conn.execute(
         _text(
-            "INSERT INTO ioc_relations (source_id, target_id, type, confidence, source, tlp) VALUES (:a, :b, :t, :c, :s, :tlp)"
+            "INSERT INTO ioc_relations (source_id, target_id, type, confidence, source, tlp)"
+            " SELECT a.id, b.id, :t, :c, :s, tlp_stricter(CAST(:tlp AS text), tlp_stricter(a.tlp, b.tlp))"
+            " FROM iocs a, iocs b WHERE a.id = :a AND b.id = :b"
             " ON CONFLICT (source_id, target_id, type)"
             " DO UPDATE SET confidence = GREATEST(ioc_relations.confidence, EXCLUDED.confidence), tlp = "
             + _TIE_TLP.format(table="ioc_relations")
@@ -274,8 +278,9 @@ def add_ioc_relations(
     rows = conn.execute(
         _text(
             "INSERT INTO ioc_relations (source_id, target_id, type, confidence, source, tlp)"
-            " SELECT p.s, p.t, :k, :c, :src, p.tlp"
-            " FROM unnest(CAST(:s AS bigint[]), CAST(:t AS bigint[]), CAST(:tlps AS text[])) AS p(s, t, tlp) WHERE p.s <> p.t"
+            " SELECT p.s, p.t, :k, :c, :src, tlp_stricter(p.tlp, tlp_stricter(a.tlp, b.tlp))"
+            " FROM unnest(CAST(:s AS bigint[]), CAST(:t AS bigint[]), CAST(:tlps AS text[])) WITH ORDINALITY AS p(s, t, tlp, n)"
+            " JOIN iocs a ON a.id = p.s JOIN iocs b ON b.id = p.t WHERE p.s <> p.t ORDER BY p.n"
             " ON CONFLICT (source_id, target_id, type)"
             " DO UPDATE SET confidence = GREATEST(ioc_relations.confidence, EXCLUDED.confidence),"
             " tlp = tlp_stricter(ioc_relations.tlp, EXCLUDED.tlp)"

@@ -567,8 +567,10 @@ def relate_threats(
     written = conn.execute(
         _text(
             "INSERT INTO threat_relations (source_id, target_id, type, confidence, source, tlp)"
-            " SELECT x.s, x.t, x.r, :c, :src, x.tlp"
-            " FROM unnest(CAST(:s AS bigint[]), CAST(:t AS bigint[]), CAST(:r AS text[]), CAST(:tlps AS text[])) AS x(s, t, r, tlp)"
+            " SELECT x.s, x.t, x.r, :c, :src, tlp_stricter(x.tlp, tlp_stricter(a.tlp, b.tlp))"
+            " FROM unnest(CAST(:s AS bigint[]), CAST(:t AS bigint[]), CAST(:r AS text[]), CAST(:tlps AS text[]))"
+            " WITH ORDINALITY AS x(s, t, r, tlp, n)"
+            " JOIN threats a ON a.id = x.s JOIN threats b ON b.id = x.t ORDER BY x.n"  # in the order given, as before the join
             " ON CONFLICT (source_id, target_id, type)"
             " DO UPDATE SET confidence = GREATEST(threat_relations.confidence, EXCLUDED.confidence),"
             " tlp = CASE WHEN CAST(:named AS boolean) AND threat_relations.tlp = ANY(CAST(:relabel AS text[])) THEN EXCLUDED.tlp"

@@ -55,7 +55,7 @@ class Link:
     ioc_ref: str
     threat_ref: str
     relation: str = "indicates"
-    tlp: str | None = None  # its own marking (a STIX relationship's or sighting's): none is kept above both its ends'
+    tlp: str | None = None  # its own marking (a STIX relationship's or sighting's), stored with it (sql/0014_link_tlp.sql)
     ref: str | None = None  # the document's object that says it, to name in an error
 
 
@@ -64,7 +64,7 @@ class Relation:
     source_ref: str
     target_ref: str
     type: str
-    tlp: str | None = None  # a threat relation's own marking (a STIX relationship's): none is kept above its threats'
+    tlp: str | None = None  # its own marking (a STIX relationship's), stored with it (sql/0014_link_tlp.sql)
     ref: str | None = None  # the document's object (a STIX relationship's id), to name in an error
 
 
