@@ -554,7 +554,7 @@ def test_relation_and_link_verbs_spelled_with_spaces_underscores_or_capitals_are
     unrelate = {"target_id": intrusion_set, "type": "ATTRIBUTED TO"}
     removed = api.delete(f"/api/v1/threats/{campaign}/relations", unrelate, headers=api.analyst)
     assert removed.get_json() == {"deleted": 1}
-    for verb in ("Is Related!", "_uses", "attributed to!"):
+    for verb in ("Is Related!", "_", "attributed to!"):
         refused = api.post(f"/api/v1/threats/{intrusion_set}/relations", {"target_id": malware, "type": verb})
         assert (refused.status_code, refused.get_json()["error"]["details"]["field"]) == (400, "relation"), verb
 
@@ -564,3 +564,25 @@ def test_relation_and_link_verbs_spelled_with_spaces_underscores_or_capitals_are
     assert [t["relation"] for t in api.get(f"/api/v1/threats/by-ioc/{ioc}").get_json()["threats"]] == ["communicates-with"]
     unlinked = api.post(f"/api/v1/threats/{malware}/unlink", {"ioc_ids": [ioc], "relation": "Communicates With"}).get_json()
     assert unlinked["results"] == [{"ioc_id": ioc, "status": "unlinked", "removed": 1}]
+
+
+def test_relation_and_link_verbs_with_separators_at_either_end_are_read_without_them(api):
+    """`uses_` and `uses-` were stored as `uses-`, a second verb beside `uses`, and `_uses` was a 400: a separator at
+    either end joins nothing and is dropped, on the relation routes, /link and /unlink."""
+    actor, malware = (
+        r["id"] for r in api.batch({"kind": "intrusion-set", "name": "Edge Set"}, {"kind": "malware", "name": "Edge RAT"})["results"]
+    )
+    made = api.post(f"/api/v1/threats/{actor}/relations", {"target_id": malware, "type": "uses_"})
+    assert (made.status_code, made.get_json()["type"]) == (201, "uses"), made.get_json()
+    for verb in ("uses-", "_uses", " -uses_ "):
+        again = api.post(f"/api/v1/threats/{actor}/relations", {"target_id": malware, "type": verb})
+        assert (again.status_code, again.get_json()["type"], again.get_json()["created"]) == (200, "uses", False), verb
+    assert [(r["direction"], r["type"]) for r in api.get(f"/api/v1/threats/{actor}").get_json()["relations"]] == [("out", "uses")]
+
+    (ioc,) = api.iocs({"value": "edge-rat.example.net"})
+    linked = api.post(f"/api/v1/threats/{malware}/link", {"ioc_ids": [ioc], "relation": "communicates_with_"}).get_json()
+    assert linked["relation"] == "communicates-with", linked
+    unlinked = api.post(f"/api/v1/threats/{malware}/unlink", {"ioc_ids": [ioc], "relation": "-communicates-with"}).get_json()
+    assert unlinked["results"] == [{"ioc_id": ioc, "status": "unlinked", "removed": 1}]
+    removed = api.delete(f"/api/v1/threats/{actor}/relations", {"target_id": malware, "type": "_uses_"}, headers=api.analyst)
+    assert removed.get_json() == {"deleted": 1}

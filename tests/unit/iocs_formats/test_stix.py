@@ -665,6 +665,30 @@ def test_a_relationship_verb_spelled_with_spaces_underscores_or_capitals_is_read
     assert parsed.warnings == [] and parsed.errors == []
 
 
+def test_a_relationship_verb_with_separators_at_either_end_is_read_without_them():
+    """`uses_` and `uses-` between two threats were the verb `uses-`, a relation beside `uses` for the same pair, and
+    `_uses` was kept as related-to with a warning; `indicates_` between an indicator and a threat was `indicates-`.
+    A separator at either end is dropped, as the API reads the verb."""
+    actor, tool = _sdo("intrusion-set", 1, name="Edge Verb Set"), _sdo("tool", 2, name="Edge Verb Tool")
+    indicator = _sdo(
+        "indicator", 3, pattern_type="stix", pattern="[domain-name:value = 'edge-verbs.example.net']", valid_from="2024-01-01T00:00:00Z"
+    )
+    rels = [
+        _sdo("relationship", 4, relationship_type="uses_", source_ref=actor["id"], target_ref=tool["id"]),
+        _sdo("relationship", 5, relationship_type="uses-", source_ref=actor["id"], target_ref=tool["id"]),
+        _sdo("relationship", 6, relationship_type="_uses", source_ref=tool["id"], target_ref=actor["id"]),
+        _sdo("relationship", 7, relationship_type="indicates_", source_ref=indicator["id"], target_ref=tool["id"]),
+    ]
+    parsed = parse("stix", bundle(actor, tool, indicator, *rels))
+    assert [(r.source_ref, r.type, r.target_ref) for r in parsed.threat_relations] == [
+        (actor["id"], "uses", tool["id"]),
+        (actor["id"], "uses", tool["id"]),
+        (tool["id"], "uses", actor["id"]),
+    ]
+    assert [(link.ioc_ref, link.relation, link.threat_ref) for link in parsed.links] == [(indicator["id"], "indicates", tool["id"])]
+    assert parsed.warnings == [] and parsed.errors == []
+
+
 def test_a_link_verb_that_is_no_word_is_related_to_with_a_warning():
     """Between an indicator and a threat, a verb no reading makes tidy reached the store as written, which refused it:
     the whole import was a 400 for one relationship. It is kept as related-to and named, as between two threats."""

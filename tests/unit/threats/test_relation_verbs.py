@@ -27,7 +27,26 @@ def test_a_verb_spelled_with_spaces_underscores_or_capitals_is_read_as_its_tidy_
     assert check_relation_verb(given) == verb
 
 
-@pytest.mark.parametrize("given", ["Is Related!", "uses\u0000", "", "   ", "_uses", "-uses", "1st-stage", "x" * 65, "a b" * 22, "dröps"])
+@pytest.mark.parametrize(
+    ("given", "verb"),
+    [
+        ("uses_", "uses"),
+        ("uses-", "uses"),
+        ("_uses", "uses"),
+        ("-uses", "uses"),
+        ("__uses__", "uses"),
+        ("--uses--", "uses"),
+        (" _attributed to- ", "attributed-to"),
+        ("- variant_of _", "variant-of"),
+    ],
+)
+def test_separators_before_or_after_a_verb_are_dropped(given, verb):
+    """`uses_` and `uses-` were stored as the verb `uses-`, a second verb beside `uses` (counted apart, exported as
+    that relationship_type), and `_uses` was refused: a separator at either end joins nothing and is dropped."""
+    assert check_relation_verb(given) == verb
+
+
+@pytest.mark.parametrize("given", ["Is Related!", "uses\u0000", "", "   ", "_", "-", " _-_ ", "1st-stage", "x" * 65, "a b" * 22, "dröps"])
 def test_a_verb_that_is_no_tidy_word_once_read_is_refused(given):
     with pytest.raises(ValidationError) as refused:
         check_relation_verb(given)
