@@ -32,8 +32,10 @@ MAX_RELATIONS_SHOWN = 64
 _SPACES = re.compile(r"\s+")
 _RELATION_VERB = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 # Producers and users write a verb `Attributed To`, `attributed_to`: a run of spaces and underscores (with any hyphens
-# in it) is one hyphen. A run of hyphens alone is kept: it is already a tidy word, and may be stored so.
+# in it) is one hyphen. A run of hyphens alone is kept: it is already a tidy word, and may be stored so. Separators at
+# either end join nothing and are dropped: `uses_` and `uses-` were stored as `uses-`, a verb beside `uses`.
 _VERB_SEPARATORS = re.compile(r"[\s_-]+")
+_VERB_EDGES = re.compile(r"^[\s_-]+|[\s_-]+$")
 
 
 class ThreatKind(StrEnum):
@@ -138,8 +140,9 @@ def merge_aliases(name: str, *alias_lists: Iterable[str]) -> list[str]:
 def check_relation_verb(relation: str) -> str:
     """Threat-to-IoC link and threat-to-threat relation verbs are free but tidy: lower-case words joined by hyphens
     (they are counted by verb, at most MAX_RELATIONS_PER_LINK a pair, and exported as STIX relationship_type). A verb
-    is read lower-cased, trimmed, its runs of spaces and underscores one hyphen: `Attributed To` is attributed-to."""
-    verb = _VERB_SEPARATORS.sub(_one_hyphen, relation.strip().lower())
+    is read lower-cased, trimmed of spaces, underscores and hyphens at either end, its runs of spaces and underscores
+    one hyphen: `Attributed To` is attributed-to, `uses_`, `uses-` and `_uses` are uses."""
+    verb = _VERB_SEPARATORS.sub(_one_hyphen, _VERB_EDGES.sub("", relation.strip().lower()))
     if not _RELATION_VERB.fullmatch(verb):
         raise ValidationError(
             f"relation {relation!r} must be a lower-case word (letters, digits, hyphens; at most 64), e.g. indicates", field="relation"
