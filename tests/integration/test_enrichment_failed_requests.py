@@ -11,6 +11,7 @@ publish is a wrapper around the runtime's real publisher that lets the first mes
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -222,3 +223,52 @@ def test_a_batch_run_dispatched_while_its_failed_batch_deletes_its_queued_runs_i
     assert started["status"] == "running" and started["dispatched"] is True, started
     assert len(_recorded(env["docs"])) == 1  # the runs whose request never went out are deleted
     real.engine.dispose()
+
+
+class _DeletesFail:
+    """The real document store, except that every deletion fails as Firestore unreachable (down with Pub/Sub)."""
+
+    def __init__(self, docs: Any) -> None:
+        self._docs = docs
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._docs, name)
+        if not name.startswith("delete"):
+            return method
+
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            from threatflow.platform.errors import DependencyError
+
+            raise DependencyError(f"Firestore {name} failed: unreachable")
+
+        return failing
+
+
+@pytest.mark.parametrize("path", ["/api/v1/enrichment/batch", "/api/v1/enrichment/enrich"])
+def test_a_failed_publish_is_the_error_answered_when_deleting_its_runs_fails_too(env, path, caplog):
+    """The publish failed, then deleting its queued runs failed as well: the delete's error was raised over the
+    publish's (its `__context__`), so the caller and the logs were told Firestore failed, never that the request
+    could not be published. The publish's error is answered; the failed cleanup is logged, with the run ids."""
+    from werkzeug.test import Client
+    from werkzeug.wrappers import Request
+
+    from threatflow.enrichment.api import build_router
+    from threatflow.runtime import Runtime
+
+    real = Runtime.from_env()
+    clients = {"publisher": _FailsAfter(real.publisher, passed=0), "documents": _DeletesFail(real.documents), "engine": real.engine}
+    api = Client(Request.application(build_router(Runtime(real.settings, clients=clients)).handle))
+    body = {"iocs": VALUES, "sources": ["internetdb"]} if path.endswith("batch") else {"value": VALUES[0], "sources": ["internetdb"]}
+    caplog.set_level(logging.WARNING, logger="threatflow.enrichment")
+    try:
+        response = api.post(path, json=body, headers=env["headers"])
+    finally:
+        real.engine.dispose()
+    assert response.status_code == 503, response.get_json()
+    message = response.get_json()["error"]["message"]
+    assert "Pub/Sub publish to 'ioc-enrichment-requested' failed" in message and "Firestore" not in message, message
+    recorded = [str(run["id"]) for run in _recorded(env["docs"])]  # left queued: the delete failed
+    [logged] = [r for r in caplog.records if "Firestore" in r.getMessage()]
+    assert logged.levelno == logging.ERROR and logged.exc_info is not None, logged.getMessage()
+    fields = logged.__dict__["fields"]
+    assert sorted(fields["run_ids"]) == sorted(recorded) and "Pub/Sub publish" in fields["failure"], fields

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -37,7 +38,16 @@ class _LinedUp:
         self._barrier = threading.Barrier(parties, timeout=30)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "delete" and self.deletes_fail:
+            return self._failing_delete
         return getattr(self._documents, name)
+
+    deletes_fail = False
+
+    def _failing_delete(self, collection: str, doc_id: str) -> None:
+        from threatflow.platform.errors import DependencyError
+
+        raise DependencyError(f"Firestore delete of {collection}/{doc_id} failed: unreachable")
 
     def _first(self, collection: str, result: Any) -> Any:
         from threatflow.flows import upload_markers
@@ -259,3 +269,24 @@ def test_a_job_that_cannot_be_published_releases_its_marker(uploads):
     assert uploads.marker(name, generation)[1] is None and uploads.jobs_of(name) == []
     status, queued = uploads.post(name)  # queued at once, not answered with the job that never was
     assert status == 202 and not queued.get("deduplicated") and [j["id"] for j in uploads.jobs_of(name)] == [queued["job_id"]]
+
+
+def test_a_failed_publish_is_the_error_answered_when_deleting_its_job_fails_too(uploads, caplog):
+    """The job's publish failed, then deleting the job failed as well: the delete's error was raised over the
+    publish's, so the caller and the logs were told Firestore failed, never that the job could not be published.
+    The publish's error is answered; the failed cleanup is logged, naming the job left queued."""
+    name = f"flows/unpublished-undeleted-{uuid.uuid4().hex[:8]}.csv"
+    uploads.put(name)
+    uploads.published.fail = True
+    uploads.lined_up.deletes_fail = True
+    caplog.set_level(logging.WARNING, logger="threatflow.flows")
+    try:
+        status, answer = uploads.post(name)
+    finally:
+        uploads.lined_up.deletes_fail = False
+    assert status == 503 and answer["error"]["message"] == "Pub/Sub is unreachable", answer
+    [job] = uploads.jobs_of(name)  # left queued: the delete failed; recover-stalled-flow-ingest-jobs publishes it again
+    [logged] = [r for r in caplog.records if "Firestore" in r.getMessage()]
+    assert logged.levelno == logging.ERROR and logged.exc_info is not None, logged.getMessage()
+    fields = logged.__dict__["fields"]
+    assert fields["job_id"] == job["id"] and fields["failure"] == "DependencyError: Pub/Sub is unreachable", fields
