@@ -149,11 +149,11 @@ def request(ctx: Enrichment, req: EnrichRequest) -> None:
     runs.create_run(ctx.runtime.documents, _run_document(req))
     try:
         ctx.publish(TOPIC_REQUESTED, req.to_json(), run_id=req.run_id)
-    except Exception:
+    except Exception as exc:
         # The caller gets an error and never sees the run id: nothing will read it, so no run is left queued. The
         # broker may have taken the message before the wait failed: enrich-dispatch drops a recorded request whose
         # run is gone. A run it started already is kept (it closes as any run does).
-        _cancelled([req.run_id], kept=[] if runs.delete_queued_run(ctx.runtime.documents, req.run_id) else [req.run_id])
+        _cancel_runs(ctx, exc, [req.run_id])
         raise
 
 
@@ -166,23 +166,35 @@ def request_many(ctx: Enrichment, reqs: Sequence[EnrichRequest], *, batch_id: st
     reqs = [dataclasses.replace(req, recorded=True) for req in reqs]
     try:
         runs.create_runs(ctx.runtime.documents, [_run_document(req) for req in reqs])
-    except Exception:
+    except Exception as exc:
         # Recorded in several commits, the first ones may have landed: queued with their requests, the queued sweep
         # would publish them for nobody (the caller gets an error, never the batch id). Nothing was published yet.
-        run_ids = [req.run_id for req in reqs]
-        _cancelled(run_ids, kept=runs.delete_queued_runs(ctx.runtime.documents, run_ids), failed="recording the runs")
+        _cancel_runs(ctx, exc, [req.run_id for req in reqs], failed="recording the runs")
         raise
     messages: list[tuple[bytes, Mapping[str, str]]] = [
         (events.encode(req.to_json()), {"run_id": req.run_id, "batch_id": batch_id}) for req in reqs
     ]
     try:
         ctx.runtime.publisher.publish_many(TOPIC_REQUESTED, messages)
-    except Exception:
+    except Exception as exc:
         # As request(): the caller gets an error and never sees the batch id. A request published before the
         # failure is dropped by enrich-dispatch once its run is gone; one it started already keeps its run.
-        run_ids = [req.run_id for req in reqs]
-        _cancelled(run_ids, kept=runs.delete_queued_runs(ctx.runtime.documents, run_ids))
+        _cancel_runs(ctx, exc, [req.run_id for req in reqs])
         raise
+
+
+def _cancel_runs(ctx: Enrichment, failure: Exception, run_ids: Sequence[str], *, failed: str = "publish") -> None:
+    """Deletes the runs of a failed request still queued. When that fails too, its error is logged (with the runs left
+    queued, which close-overdue-enrichment-runs finds) and `failure`, the caller's to raise, stays the error answered."""
+    kept = tf_logging.cleanup_after(
+        failure,
+        lambda: runs.delete_queued_runs(ctx.runtime.documents, run_ids),
+        logger=log,
+        what=f"cancelling the runs of a failed enrichment {failed}",
+        run_ids=list(run_ids[:20]),
+    )
+    if kept is not None:
+        _cancelled(run_ids, kept=kept, failed=failed)
 
 
 def _cancelled(run_ids: Sequence[str], *, kept: Sequence[str], failed: str = "publish") -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ from threatflow.hunting import pipeline
 from threatflow.iocs import repository as ioc_repository
 from threatflow.iocs.types import IocType
 from threatflow.platform import limits
+from threatflow.platform import logging as tf_logging
 from threatflow.platform.errors import ConflictError, NotFoundError, ValidationError
 from threatflow.platform.web import Request, Response, Router
 from threatflow.runtime import Runtime
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 
     from threatflow.flows.repository import EventQuery
 
+log = logging.getLogger("threatflow.flows")
 MAX_PROBLEMS_LISTED = 1000
 INGEST_JOBS = "flow_ingest_jobs"
 INGEST_TOPIC = "flow-ingest"
@@ -223,8 +226,16 @@ def build_router(runtime: Runtime) -> Router:
             runtime.documents.set(INGEST_JOBS, job_id, job)
             try:
                 runtime.publisher.publish(INGEST_TOPIC, events.encode({"job_id": job_id}), {"job_id": job_id})
-            except Exception:
-                runtime.documents.delete(INGEST_JOBS, job_id)  # nothing will run it: no job left "queued" forever
+            except Exception as exc:
+                # Nothing will run it: no job left "queued" forever. A delete that fails too is logged, and the
+                # publish's error is still the one answered (recover-stalled-flow-ingest-jobs publishes such a job).
+                tf_logging.cleanup_after(
+                    exc,
+                    lambda: runtime.documents.delete(INGEST_JOBS, job_id),
+                    logger=log,
+                    what="deleting an unpublished job",
+                    job_id=job_id,
+                )
                 raise
         except Exception:
             # The next post of the object claims it at once; a marker left here would be taken over after its grace.

@@ -13,9 +13,11 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 execution_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("execution_id", default=None)
 _SECRET_KEYS = ("password", "secret", "token", "authorization", "apikey", "api_key", "x-apikey")
@@ -78,3 +80,19 @@ def get_logger(name: str) -> logging.Logger:
 
 def log(logger: logging.Logger, level: int, message: str, **fields: Any) -> None:
     logger.log(level, message, extra={"fields": fields})
+
+
+def cleanup_after(failure: BaseException, cleanup: Callable[[], T], *, logger: logging.Logger, what: str, **fields: Any) -> T | None:
+    """Runs `cleanup` (undoing what a failed step left: a record its failed publish queued) while `failure` is being
+    handled, and returns its result; a cleanup that fails too is logged (ERROR, structured, its traceback, `failure`
+    named) and None returned, so the caller raises `failure` again. Raised from the `except` block, the cleanup's
+    error was the one answered and logged, `failure` only its context: a Firestore delete's error hid a publish's."""
+    try:
+        return cleanup()
+    except Exception as exc:
+        logger.error(
+            f"{what} failed after {failure.__class__.__name__}: {exc.__class__.__name__}: {exc}",
+            exc_info=True,
+            extra={"fields": {**fields, "failure": f"{failure.__class__.__name__}: {failure}"}},
+        )
+        return None
