@@ -15,6 +15,8 @@ from threatflow.threats.model import MAX_RELATIONS_PER_LINK, RelationType, check
 from threatflow.threats.repository import threat_exists
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from sqlalchemy.engine import Connection
 
 
@@ -558,3 +560,21 @@ def record_applied_import(conn: Connection, job_id: str, result: Mapping[str, An
         _text("INSERT INTO import_jobs_applied (job_id, result) VALUES (:j, CAST(:r AS jsonb))"),
         {"j": job_id, "r": msgspec.json.encode(dict(result)).decode()},
     )
+
+
+def prune_applied_imports(conn: Connection, *, before: datetime, limit: int) -> int:
+    """Delete at most `limit` rows applied before `before`, oldest first (index import_jobs_applied_applied_at_idx,
+    sql/0015); rows another transaction holds are skipped, not waited for. Returns the rows deleted."""
+    result = conn.execute(
+        _text(
+            "DELETE FROM import_jobs_applied WHERE job_id IN (SELECT job_id FROM import_jobs_applied WHERE applied_at < :b"
+            " ORDER BY applied_at LIMIT :l FOR UPDATE SKIP LOCKED)"
+        ),
+        {"b": before, "l": limit},
+    )
+    return int(result.rowcount or 0)
+
+
+def applied_imports_before(conn: Connection, *, before: datetime) -> bool:
+    """Whether any row was applied before `before`."""
+    return conn.execute(_text("SELECT EXISTS (SELECT 1 FROM import_jobs_applied WHERE applied_at < :b)"), {"b": before}).scalar() is True

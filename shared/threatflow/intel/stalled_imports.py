@@ -37,6 +37,20 @@ QUEUED_PATIENCE_SECONDS = 86_400
 SWEEP_LIMIT = 200  # jobs looked at per invocation at most; the next tick takes the rest
 SWEEP_MAX = 2000
 
+# import_jobs_applied (sql/0013) rows are read while a job is unfinished: by a delivery of its message, and by this sweep
+# once the job stalls. A row is deleted (purge-runs) once neither can come. Pub/Sub keeps an unacked ioc-import message
+# for 7 days (ioc-import-push sets no message_retention_seconds: the default), and a dead-lettered one 7 more days in
+# ioc-import-dead-letter-hold, from where an operator may publish it again; every delivery is before that, and each
+# start makes the job stalled again only STALL_SECONDS later (QUEUED_PATIENCE_SECONDS for one never started), when this
+# sweep, every 30 minutes, finishes it from its row. The row was written at the commit, after the publish, so it is
+# kept that long from its applied_at, and a day more for a sweep backlog. Deleted sooner, a late delivery applied the
+# document again (every IoC sighted twice) and the sweep failed a job that was stored, telling its user to import again.
+PUBSUB_RETENTION_SECONDS = 7 * 86_400
+APPLIED_RETENTION = timedelta(seconds=2 * PUBSUB_RETENTION_SECONDS + max(STALL_SECONDS, QUEUED_PATIENCE_SECONDS), days=1)
+PRUNE_LIMIT = 10_000  # rows one purge-runs invocation deletes at most (params.applied_limit); `more` says some remain
+PRUNE_MAX = 1_000_000
+PRUNE_BATCH = 1_000  # rows one transaction deletes: its locks and statement stay short whatever the backlog
+
 
 def unfinished_jobs(documents: DocumentStore, *, field: str, before: datetime, limit: int) -> list[dict[str, Any]]:
     """Queued or running jobs whose `field` (started_at, or created_at) is before `before`, oldest first. Firestore
@@ -128,3 +142,23 @@ def fail_stalled(*, documents: DocumentStore, engine: Engine, now: Callable[[], 
         "changed": changed,
         "more": len(by_start) > limit or len(by_creation) > room,
     }
+
+
+def prune_applied(*, engine: Engine, now: datetime, limit: int = PRUNE_LIMIT, batch: int = PRUNE_BATCH) -> dict[str, Any]:
+    """Delete at most `limit` import_jobs_applied rows applied before APPLIED_RETENTION, oldest first, `batch` rows a
+    transaction; `more` says some remain for the next run. Idempotent: a second run deletes what the first left."""
+    cutoff = now - APPLIED_RETENTION
+    deleted = batches = 0
+    while deleted < limit:
+        wanted = min(batch, limit - deleted)
+        with unit_of_work(engine) as conn:
+            done = intel_repository.prune_applied_imports(conn, before=cutoff, limit=wanted)
+        deleted += done
+        batches += 1
+        if done < wanted:
+            break
+    with unit_of_work(engine) as conn:
+        more = intel_repository.applied_imports_before(conn, before=cutoff)
+    result = {"deleted": deleted, "batches": batches, "more": more, "cutoff": cutoff.isoformat(), "limit": limit}
+    tf_logging.log(log, logging.INFO, "applied import records pruned", job="purge-runs", **result)
+    return result

@@ -100,7 +100,14 @@ def close_abandoned(documents: DocumentStore, *, now: datetime) -> int:
 
 
 def purge_runs(ctx: JobContext) -> dict[str, Any]:
-    """Closes abandoned runs (see ABANDONED_AFTER), then deletes runs finished before the retention."""
+    """Closes abandoned runs (see ABANDONED_AFTER), then deletes runs finished before the retention; then deletes at
+    most params.applied_limit async import jobs' applied records past their retention (stalled_imports.prune_applied),
+    in the result's `import_jobs_applied`."""
+    from threatflow.intel import stalled_imports
+
+    applied_limit = int_param(
+        ctx.params, "applied_limit", default=stalled_imports.PRUNE_LIMIT, minimum=1, maximum=stalled_imports.PRUNE_MAX
+    )
     now = ctx.clock.now()
     abandoned = close_abandoned(ctx.documents, now=now)
     cutoff = now - timedelta(days=ctx.settings.run_retention_days)
@@ -111,7 +118,9 @@ def purge_runs(ctx: JobContext) -> dict[str, Any]:
             ctx.documents.delete(RUNS, doc["id"])
         deleted += len(old)
         if len(old) < PURGE_PAGE:
-            return {"deleted": deleted, "cutoff": cutoff.isoformat(), "abandoned": abandoned}
+            break
+    applied = stalled_imports.prune_applied(engine=ctx.engine, now=now, limit=applied_limit)
+    return {"deleted": deleted, "cutoff": cutoff.isoformat(), "abandoned": abandoned, "import_jobs_applied": applied}
 
 
 def decay_iocs(ctx: JobContext) -> dict[str, Any]:
@@ -365,6 +374,12 @@ def _recover_stalled_params() -> dict[str, Param]:
     return {"limit": IntParam(1, ingest_jobs.SWEEP_MAX)}
 
 
+def _purge_runs_params() -> dict[str, Param]:
+    from threatflow.intel import stalled_imports
+
+    return {"applied_limit": IntParam(1, stalled_imports.PRUNE_MAX)}
+
+
 def _fail_stalled_imports_params() -> dict[str, Param]:
     from threatflow.intel import stalled_imports
 
@@ -375,7 +390,7 @@ def _fail_stalled_imports_params() -> dict[str, Param]:
 JOB_PARAMS: dict[str, Callable[[], Mapping[str, Param]]] = {
     "heartbeat": dict,
     "decay-iocs": dict,
-    "purge-runs": dict,
+    "purge-runs": _purge_runs_params,
     "sync-warninglists": dict,
     "sync-attack": lambda: {"force": BoolParam()},
     "retrain-flows": _retrain_flows_params,
