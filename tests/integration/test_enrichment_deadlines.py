@@ -633,3 +633,93 @@ def test_runs_that_cannot_be_closed_do_not_fill_every_page(env):
     assert all(docs.get(runs.RUNS, r)["status"] == "done" for r in good)
     again = _run_job(env, limit=2)  # a new round: the failing runs are tried again, oldest first
     assert (again["failed"], again["failed_runs"], again["after"]) == (2, broken[:2], None), again
+
+
+def _await_lock_waiter(runtime: Any, *, besides: int) -> None:
+    """Until a session other than `besides` waits for a lock (the sweep, blocked by the test's holder)."""
+    from sqlalchemy import text
+
+    sql = text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> :p")
+    for _ in range(800):
+        with runtime.engine.connect() as conn:
+            if conn.execute(sql, {"p": besides}).scalar():
+                return
+        time.sleep(0.025)
+    raise AssertionError("the sweep never waited for the holder's lock")
+
+
+def _deadlocked_sweep(env: dict[str, Any], *, twice: bool) -> tuple[dict[str, Any], list[str]]:
+    """Two overdue runs, A (the older deadline) on one IoC and B on another. While the sweep closes A, a holder makes
+    a real deadlock with it: the holder locks A's IoC (FOR NO KEY UPDATE, as an evidence writer), the sweep inserts A's
+    timeout row and waits for that IoC, the holder inserts the same (run, source) row and waits for the sweep's.
+    PostgreSQL aborts the sweep's transaction (40P01: its deadlock_timeout, 1 s, runs out first; the holder's is 30 s).
+    `twice`: when the sweep closes A again, the holder's row holds it and the holder then waits for the run's advisory
+    lock, which the sweep holds: a second deadlock. Returns the sweep's job result and [A, B]."""
+    from sqlalchemy import text
+
+    from threatflow.enrichment import repository
+
+    runtime = env["runtime"]
+    made = []
+    for value, deadline_in in (("45.95.147.60", -60), ("45.95.147.61", -30)):
+        ioc_id = enrichment_ioc(runtime, value)
+        run_id = start_enrichment_run(runtime, ioc_id, value, expected=["abuseipdb", "virustotal"], deadline_in=deadline_in)
+        store_enrichment_answer(runtime, run_id, ioc_id, "virustotal")  # evidence to store: the IoC's row is locked
+        made.append((run_id, ioc_id))
+    (first, first_ioc), (second, _) = made
+    outcome: dict[str, Any] = {}
+
+    def sweep() -> None:
+        run_id = uuid.uuid4().hex
+        push = push_envelope({"schema_version": 1}, {"job": JOB, "run_id": run_id}, "maintenance-push")
+        outcome["status"] = env["maintenance"].post("/", json=push).status_code
+        outcome["record"] = env["docs"].get("maintenance_runs", run_id)
+
+    sweeper = threading.Thread(target=sweep)
+    with runtime.engine.connect() as holder:
+        holder.exec_driver_sql("SET deadlock_timeout = '30s'")
+        pid = holder.execute(text("SELECT pg_backend_pid()")).scalar()
+        holder.execute(text("SELECT 1 FROM iocs WHERE id = :i FOR NO KEY UPDATE"), {"i": first_ioc})
+        sweeper.start()
+        _await_lock_waiter(runtime, besides=pid)
+        timeout_row = dict(
+            run_id=first, ioc_id=first_ioc, source="abuseipdb", status="timeout", verdict="unknown", score=None,
+            evidence={}, detail="held", cached=False, fetched_at="2026-01-01T00:00:00Z",
+        )  # fmt: skip
+        repository.insert_results(holder, [timeout_row])  # waits for the sweep's row until PostgreSQL aborts the sweep
+        if twice:
+            _await_lock_waiter(runtime, besides=pid)  # the sweep closing A again waits for the holder's row
+            key = repository._lock_key(first)
+            holder.execute(text("SELECT pg_advisory_lock(hashtextextended(:k, 0))"), {"k": key})  # the second deadlock
+            holder.execute(text("SELECT pg_advisory_unlock(hashtextextended(:k, 0))"), {"k": key})
+        holder.rollback()
+        holder.exec_driver_sql("RESET deadlock_timeout")
+        holder.commit()
+    sweeper.join(120)
+    assert outcome.get("status") == 200 and outcome["record"]["state"] == "succeeded", outcome
+    return dict(outcome["record"]["result"]), [first, second]
+
+
+def test_a_deadlock_closing_one_run_is_retried_and_does_not_abort_the_sweep(env):
+    """PostgreSQL aborting one run's close for a deadlock (40P01) raised out of the sweep: the whole run failed and
+    every run behind it waited for the next tick. The run is closed again once, and the sweep goes on."""
+    from threatflow.enrichment import runs
+
+    result, started = _deadlocked_sweep(env, twice=False)
+    assert (result["closed"], result["raced"], result["busy"], result["failed"]) == (2, 1, 0, 0), result
+    for run_id in started:
+        closed = env["docs"].get(runs.RUNS, run_id)
+        assert closed["status"] == "done" and closed["timed_out"] == ["abuseipdb"], closed
+        assert _rows(env["runtime"], run_id)["abuseipdb"]["detail"] == "no answer before the run deadline"
+
+
+def test_a_run_deadlocked_twice_is_counted_busy_and_the_sweep_closes_the_others(env):
+    from threatflow.enrichment import runs
+
+    result, (first, second) = _deadlocked_sweep(env, twice=True)
+    assert (result["closed"], result["raced"], result["busy"], result["failed"]) == (1, 1, 1, 0), result
+    assert env["docs"].get(runs.RUNS, first)["status"] == "running" and _rows(env["runtime"], first).keys() == {"virustotal"}
+    assert env["docs"].get(runs.RUNS, second)["status"] == "done"
+    again = _run_job(env)  # the next round closes it
+    assert (again["closed"], again["raced"]) == (1, 0), again
+    assert env["docs"].get(runs.RUNS, first)["status"] == "done"
