@@ -280,6 +280,19 @@ def unavailable(exc: BaseException) -> DependencyError | None:
     return None
 
 
+def lost_race(exc: BaseException) -> bool:
+    """Whether `exc` (or an error it was raised from or during) is PostgreSQL aborting the transaction for racing
+    another one: a deadlock (40P01) or a serialization failure (40001). The same work succeeds when run again."""
+    import sqlalchemy.exc
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and (_sqlstate(seen.orig) or "") in _RETRY_SQLSTATES:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 # SQLSTATEs of a transaction PostgreSQL aborted for racing another one: the same work succeeds when run again.
 _RETRY_SQLSTATES = {
     "40P01": "aborted the transaction to break a deadlock",

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from threatflow.adapters.postgres import unavailable, unit_of_work
+from threatflow.adapters.postgres import lost_race, unavailable, unit_of_work
 from threatflow.enrichment import repository, runs, verdict
 from threatflow.enrichment.tasks import TOPIC_REQUESTED
 from threatflow.platform import events
@@ -238,7 +238,8 @@ def close_overdue(
 ) -> dict[str, Any]:
     """Close up to `limit` running runs whose deadline has passed, in deadline order, so that a run
     nobody reads still reaches its IoC's verdict. A run that cannot be closed (a bug, bad data) is
-    logged and listed, and the sweep goes on; a backing service down fails the sweep.
+    logged and listed, and the sweep goes on; a backing service down fails the sweep. A run whose close
+    PostgreSQL aborted for a deadlock or serialization failure is closed again once (`raced`), then counted `busy`.
 
     Each page starts after the last deadline of the page before (runs.overdue_cursor) and a page that
     reaches the end sends the next tick back to the oldest: runs passed by (failed, busy, changed)
@@ -250,17 +251,18 @@ def close_overdue(
     page = runs.overdue_runs(documents, before=cutoff, after=after, limit=limit + 1)
     closed = already = busy = changed = 0
     failed: list[str] = []
+    raced: list[str] = []
     for doc in page[:limit]:
         run_id = str(doc["id"])
         try:
-            outcome = close(
+            outcome = _close_swept(
                 run_id,
+                raced=raced,
                 documents=documents,
                 engine=engine,
                 now=now,
                 reliability=reliability,
                 apply_verdict=apply_verdict,
-                lock_wait_ms=SWEEP_LOCK_WAIT_MS,
             )
         except repository.RunBeingClosed:
             busy += 1  # another closer is at it (or its lost session still holds the lock): next round
@@ -287,6 +289,7 @@ def close_overdue(
         "closed": closed,
         "already_closed": already,
         "busy": busy,
+        "raced": len(raced),
         "changed": changed,
         "failed": len(failed),
         "failed_runs": failed[:FAILED_LISTED],
@@ -295,6 +298,42 @@ def close_overdue(
         "limit": limit,
         "cutoff": cutoff,
     }
+
+
+def _close_swept(
+    run_id: str,
+    *,
+    raced: list[str],
+    documents: DocumentStore,
+    engine: Engine,
+    now: Callable[[], datetime],
+    reliability: Mapping[str, float],
+    apply_verdict: ApplyVerdict,
+) -> Closed:
+    """close() for the sweep, run once more when PostgreSQL aborted its transaction for racing another writer of the
+    run's rows or its IoC (a deadlock, a serialization failure: nothing of it was kept, and the same work succeeds when
+    run again); the run is added to `raced`. A second such abort raises RunBeingClosed: the sweep counts the run busy
+    and its next round takes it. Raised, the abort failed the whole sweep (a 503) and every run behind it waited."""
+    for attempt in (1, 2):
+        try:
+            return close(
+                run_id,
+                documents=documents,
+                engine=engine,
+                now=now,
+                reliability=reliability,
+                apply_verdict=apply_verdict,
+                lock_wait_ms=SWEEP_LOCK_WAIT_MS,
+            )
+        except Exception as exc:
+            if not lost_race(exc):
+                raise
+            tf_logging.log(log, logging.WARNING, f"overdue run lost a race closing it (attempt {attempt})", run_id=run_id)
+            if attempt == 1:
+                raced.append(run_id)
+                continue
+            raise repository.RunBeingClosed(f"enrichment run {run_id} lost a race twice while being closed; next round") from exc
+    raise AssertionError("unreachable")
 
 
 def sweep_queued(*, documents: DocumentStore, publisher: Publisher, limit: int = SWEEP_LIMIT) -> dict[str, Any]:
