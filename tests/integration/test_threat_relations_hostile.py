@@ -408,3 +408,81 @@ def _indicator(pattern):
         "type": "indicator", "id": f"indicator--{uuid.uuid4()}", "pattern": pattern, "pattern_type": "stix",
         "valid_from": "2026-01-01T00:00:00Z", **STAMP,
     }  # fmt: skip
+
+
+def _bulk_delete(client, admin, ids, outcome, name):
+    response = client.delete("/api/v1/threats", json={"ids": ids}, headers=admin)
+    outcome[name] = (response.status_code, response.get_json())
+
+
+def _many_threats(db, prefix, n):
+    """n threats stored straight (the API's rate limit would make a test of thousands slow), their ids in order."""
+    db.execute("INSERT INTO threats (kind, name) SELECT 'malware', %s || g FROM generate_series(1, %s) g", f"{prefix} ", n)
+    with db._engine.connect() as conn:
+        return [r[0] for r in conn.exec_driver_sql("SELECT id FROM threats WHERE name LIKE %s ORDER BY id", (f"{prefix} %",)).all()]
+
+
+def test_two_bulk_deletes_of_overlapping_sets_locking_in_different_scan_orders_do_not_deadlock(api, db, function_client):
+    """DELETE /threats locked its rows in the order its plan scanned them: a few ids of 3,000 threats by the primary key
+    (id order), a thousand by a scan of the table (the order rows lie in, which an update changes). Delete A of
+    {low, high} and delete B of a thousand, queued behind a holder of `low`: A took `low` and waited for `high`, which B
+    had taken and which waited for `low`. PostgreSQL aborted one: a 503. Both lock in id order now: the second waits
+    for the first, then deletes what is left."""
+    ids = _many_threats(db, "Bulk Delete", 3000)
+    low, high = ids[0], ids[1]
+    db.execute("UPDATE threats SET tags = tags || '{moved}' WHERE id = %s", low)  # its new row lies after the others
+    db.execute("ANALYZE threats")
+    with db._engine.connect() as conn:
+        laid = [r[0] for r in conn.exec_driver_sql("SELECT id FROM threats ORDER BY ctid").all()]
+    assert laid.index(high) < laid.index(low), "the layout the race needs: `low` lies after `high`"
+    other = function_client("threats")
+    outcome = {}
+    racers = [
+        threading.Thread(target=_bulk_delete, args=(api.client("/api/v1/threats"), api.admin, [low, high], outcome, "a")),
+        threading.Thread(target=_bulk_delete, args=(other, api.admin, ids[:1000], outcome, "b")),
+    ]
+    from sqlalchemy import text
+
+    with db._engine.begin() as holder:
+        holder.execute(text("SELECT 1 FROM threats WHERE id = :i FOR UPDATE"), {"i": low})
+        for count, racer in enumerate(racers, start=1):
+            racer.start()
+            _await_lock_waiters(db, count)
+    for racer in racers:
+        racer.join(60)
+    assert [outcome[n][0] for n in ("a", "b")] == [200, 200], outcome
+    assert outcome["a"][1]["deleted"] + outcome["b"][1]["deleted"] == 1000, outcome
+    assert db.one("SELECT count(*) FROM threats")[0] == 2000
+
+
+def test_bulk_deletes_of_overlapping_sets_racing_freely_never_deadlock(api, db, function_client):
+    """Rounds of two concurrent bulk deletes over real connections, neither held back: overlapping sets of different
+    sizes (different plans, so different scan orders), some rows moved by an update, threats related across the sets
+    (their relations go with them, deleted by both)."""
+    clients = [api.client("/api/v1/threats"), function_client("threats")]
+    for round_ in range(10):
+        ids = _many_threats(db, f"Race {round_}", 2000)
+        db.execute(
+            "INSERT INTO threat_relations (source_id, target_id, type)"
+            " SELECT s, t, 'uses' FROM unnest(CAST(%s AS bigint[]), CAST(%s AS bigint[])) AS x(s, t) WHERE s <> t",
+            ids[:1000],
+            [ids[(i * 7 + 3) % 1000] for i in range(1000)],
+        )
+        db.execute("UPDATE threats SET tags = tags || '{moved}' WHERE id = ANY(%s)", ids[:1000:9])
+        db.execute("ANALYZE threats")
+        sets = [ids[:1000:97] + ids[1:1000:250], ids[:1000]]  # a few ids (index scan) inside a thousand (table scan)
+        outcome = {}
+        start = threading.Barrier(2, timeout=30)
+
+        def run(n, client, wanted, outcome=outcome, start=start):
+            start.wait()
+            _bulk_delete(client, api.admin, wanted, outcome, n)
+
+        racers = [threading.Thread(target=run, args=(n, clients[n], sets[n])) for n in (0, 1)]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join(60)
+        assert [outcome[n][0] for n in (0, 1)] == [200, 200], (round_, outcome)
+        assert outcome[0][1]["deleted"] + outcome[1][1]["deleted"] == 1000, (round_, outcome)
+        assert db.one("SELECT count(*) FROM threat_relations WHERE source_id = ANY(%s) OR target_id = ANY(%s)", ids, ids)[0] == 0
