@@ -486,3 +486,30 @@ def test_bulk_deletes_of_overlapping_sets_racing_freely_never_deadlock(api, db, 
         assert [outcome[n][0] for n in (0, 1)] == [200, 200], (round_, outcome)
         assert outcome[0][1]["deleted"] + outcome[1][1]["deleted"] == 1000, (round_, outcome)
         assert db.one("SELECT count(*) FROM threat_relations WHERE source_id = ANY(%s) OR target_id = ANY(%s)", ids, ids)[0] == 0
+
+
+def test_two_bulk_deletes_of_threats_related_across_their_sets_do_not_deadlock(api, db, function_client):
+    """Delete A of {x, z} and delete B of {y}, with x uses y and y uses z: the relations go with the threats (ON DELETE
+    CASCADE), each delete's cascade locking them in the order its threats were deleted, x -> y before y -> z for A and
+    y -> z before x -> y for B. Queued behind a holder of y -> z, B (first in the queue) took it and waited for x -> y,
+    which A held while it waited for y -> z: PostgreSQL aborted one, a 503. The relations are locked in key order too."""
+    x, y, z = _many_threats(db, "Cross Related", 3)
+    db.execute("INSERT INTO threat_relations (source_id, target_id, type) VALUES (%s, %s, 'uses'), (%s, %s, 'uses')", x, y, y, z)
+    other = function_client("threats")
+    outcome = {}
+    racers = [
+        threading.Thread(target=_bulk_delete, args=(other, api.admin, [y], outcome, "b")),
+        threading.Thread(target=_bulk_delete, args=(api.client("/api/v1/threats"), api.admin, [x, z], outcome, "a")),
+    ]
+    from sqlalchemy import text
+
+    with db._engine.begin() as holder:
+        holder.execute(text("SELECT 1 FROM threat_relations WHERE source_id = :y AND target_id = :z FOR UPDATE"), {"y": y, "z": z})
+        for count, racer in enumerate(racers, start=1):
+            racer.start()
+            _await_lock_waiters(db, count)
+    for racer in racers:
+        racer.join(60)
+    assert [outcome[n][0] for n in ("a", "b")] == [200, 200], outcome
+    assert (outcome["a"][1]["deleted"], outcome["b"][1]["deleted"]) == (2, 1), outcome
+    assert db.one("SELECT count(*) FROM threat_relations")[0] == 0
