@@ -422,7 +422,18 @@ def _many_threats(db, prefix, n):
         return [r[0] for r in conn.exec_driver_sql("SELECT id FROM threats WHERE name LIKE %s ORDER BY id", (f"{prefix} %",)).all()]
 
 
-def test_two_bulk_deletes_of_overlapping_sets_locking_in_different_scan_orders_do_not_deadlock(api, db, function_client):
+@pytest.fixture
+def analysed_threats(db):
+    """For a test that ANALYZEs threats (to get the plans it needs): afterwards the table has no statistics again, as
+    in the other tests. With the statistics of thousands of rows, the plan of a later test's batch upsert changed, and
+    test_threats_api's two items of one batch naming one stored threat by different names kept the wrong TLP: that
+    upsert updates the threat once per item, and which one PostgreSQL applies follows the plan (a bug of its own)."""
+    yield
+    db.execute("DELETE FROM pg_statistic WHERE starelid = 'threats'::regclass")
+    db.execute("UPDATE pg_class SET reltuples = -1, relpages = 0 WHERE oid = 'threats'::regclass")
+
+
+def test_two_bulk_deletes_of_overlapping_sets_locking_in_different_scan_orders_do_not_deadlock(api, db, function_client, analysed_threats):
     """DELETE /threats locked its rows in the order its plan scanned them: a few ids of 3,000 threats by the primary key
     (id order), a thousand by a scan of the table (the order rows lie in, which an update changes). Delete A of
     {low, high} and delete B of a thousand, queued behind a holder of `low`: A took `low` and waited for `high`, which B
@@ -455,7 +466,7 @@ def test_two_bulk_deletes_of_overlapping_sets_locking_in_different_scan_orders_d
     assert db.one("SELECT count(*) FROM threats")[0] == 2000
 
 
-def test_bulk_deletes_of_overlapping_sets_racing_freely_never_deadlock(api, db, function_client):
+def test_bulk_deletes_of_overlapping_sets_racing_freely_never_deadlock(api, db, function_client, analysed_threats):
     """Rounds of two concurrent bulk deletes over real connections, neither held back: overlapping sets of different
     sizes (different plans, so different scan orders), some rows moved by an update, threats related across the sets
     (their relations go with them, deleted by both)."""

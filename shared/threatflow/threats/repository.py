@@ -710,11 +710,31 @@ def find_threats(
 
 
 def delete_threats(conn: Connection, ids: Sequence[int], *, visible_tlps: Sequence[str]) -> set[int]:
-    """Delete threats by id within `visible_tlps` (the admin's clearance); returns the ids deleted."""
-    rows = conn.execute(
-        _text("DELETE FROM threats WHERE id = ANY(CAST(:i AS bigint[])) AND tlp = ANY(CAST(:v AS text[])) RETURNING id"),
-        {"i": list(ids), "v": list(visible_tlps)},
+    """Delete threats by id within `visible_tlps` (the admin's clearance); returns the ids deleted.
+
+    Locks in a fixed order, as every writer of threats does: the threats by id, then their relations to and from
+    other threats by key, then deletes. A DELETE locks rows in the order its plan scans them (a few ids by the primary
+    key, id order; many by the table, the order rows lie in), and its cascades lock the relations in the order its rows
+    were deleted, so two bulk deletes (overlapping, or related across their sets) each waited for a row the other held:
+    PostgreSQL aborted one, a 503. Now the second waits for the first, then deletes what is left."""
+    locked = [
+        int(r[0])
+        for r in conn.execute(
+            _text("SELECT id FROM threats WHERE id = ANY(CAST(:i AS bigint[])) AND tlp = ANY(CAST(:v AS text[])) ORDER BY id FOR UPDATE"),
+            {"i": sorted(set(ids)), "v": list(visible_tlps)},
+        )
+    ]
+    if not locked:
+        return set()
+    conn.execute(
+        _text(
+            "DELETE FROM threat_relations WHERE (source_id, target_id, type) IN (SELECT source_id, target_id, type"
+            " FROM threat_relations WHERE source_id = ANY(CAST(:l AS bigint[])) OR target_id = ANY(CAST(:l AS bigint[]))"
+            " ORDER BY source_id, target_id, type FOR UPDATE)"
+        ),
+        {"l": locked},
     )
+    rows = conn.execute(_text("DELETE FROM threats WHERE id = ANY(CAST(:l AS bigint[])) RETURNING id"), {"l": locked})
     return {int(r[0]) for r in rows}
 
 
