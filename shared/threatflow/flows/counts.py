@@ -18,8 +18,11 @@ training data's exact flows, as UNSW-NB15's generator does; elsewhere the counts
 
 from __future__ import annotations
 
+import struct
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from math import isnan, log1p
 from typing import TYPE_CHECKING
 
 from threatflow.flows.features import FEATURE_COLUMNS
@@ -67,12 +70,40 @@ def _mix(z: np.ndarray) -> np.ndarray:
     return np.asarray(z ^ (z >> np.uint64(31)))
 
 
+_MASK = 2**64 - 1
+_DOUBLE = struct.Struct("<d")
+_UINT64 = struct.Struct("<Q")
+
+
+def _seed(key: Sequence[str]) -> int:
+    return (_GOLDEN * (len(key) + 1)) & _MASK
+
+
+def _mix_one(z: int) -> int:
+    """_mix for one Python int (the one-flow path)."""
+    z = ((z ^ (z >> 30)) * _MIX1) & _MASK
+    z = ((z ^ (z >> 27)) * _MIX2) & _MASK
+    return z ^ (z >> 31)
+
+
+def key_hash_one(row: Sequence[float], key: Sequence[str]) -> int | None:
+    """key_hashes for one flow's values in plain Python (None when one is missing): a batch's numpy
+    calls cost ~1 ms for one flow, this ~0.05 ms."""
+    h = _seed(key)
+    for column in key:
+        value = float(row[FEATURE_COLUMNS.index(column)])
+        if isnan(value):
+            return None
+        h = _mix_one(h ^ _UINT64.unpack(_DOUBLE.pack(value + 0.0))[0])
+    return h
+
+
 def key_hashes(X: np.ndarray, key: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(uint64 hash per row of the key's columns, True where none of them is missing)."""
     import numpy as np
 
     n = len(X)
-    h = np.full(n, np.uint64((_GOLDEN * (len(key) + 1)) % 2**64), dtype=np.uint64)
+    h = np.full(n, np.uint64(_seed(key)), dtype=np.uint64)
     present = np.ones(n, dtype=bool)
     with np.errstate(over="ignore"):
         for column in key:
@@ -122,12 +153,24 @@ class CountTables:
             out[:, j] = found - hit if leave_one_out else found
         return out
 
+    def lookup_one(self, row: Sequence[float]) -> list[int]:
+        """lookup for one served flow, in plain Python (a binary search in each sorted table)."""
+        out = []
+        for key, table, counts in zip(self.keys, self.hashes, self.counts, strict=True):
+            h = key_hash_one(row, key)
+            pos = bisect_left(table, h) if h is not None else len(table)
+            out.append(int(counts[pos]) if pos < len(table) and int(table[pos]) == h else 0)
+        return out
+
     def augment(self, X: np.ndarray, *, leave_one_out: bool = False) -> np.ndarray:
         """X with the count inputs appended: log(1 + count), computed in float64 and stored as float32."""
         import numpy as np
 
         if not self.keys:
             return X
+        if len(X) == 1 and not leave_one_out:  # one served flow: the numpy calls below cost ~20x the search
+            one = np.asarray([[log1p(n) for n in self.lookup_one(X[0].tolist())]], dtype=np.float32)
+            return np.hstack([X, one])
         logs = np.log1p(self.lookup(X, leave_one_out=leave_one_out).astype(np.float64)).astype(np.float32)
         return np.hstack([X, logs])  # float32 for the model's float32 matrix; a float64 one stays float64
 

@@ -157,3 +157,19 @@ def test_an_artifact_without_tables_loads_and_scores_as_before():
         np.testing.assert_allclose(loaded.scores(X[:size])[0], binary.predict_proba(X[:size])[:, 1], rtol=1e-9, atol=1e-12)
     explained = loaded.predict([flow_without_targets(r) for r in rows[:3]], explain=True, top=41)
     assert {c["feature"] for p in explained for c in p.contributions} == set(F.FEATURE_COLUMNS)
+
+
+def test_the_one_flow_lookup_is_the_batch_lookup(trained):
+    """One served flow takes a plain-Python path (hash and binary search); it must count as the batch does."""
+    model = trained.model
+    X = F.to_matrix([flow_without_targets(r) for r in sample_rows(2500)[:300]], vocabulary=model.vocabulary)
+    X[:20, SBYTES] += 0.5  # unseen values
+    X[20:30, DBYTES] = np.nan
+    X[30:40, SBYTES] = -0.0
+    X[40:50] = -X[40:50]
+    batch = model.counts.lookup(X)
+    assert (batch == 0).any() and (batch > 0).any()
+    assert [model.counts.lookup_one(row) for row in X.tolist()] == batch.tolist()
+    for i in range(0, 300, 7):
+        np.testing.assert_array_equal(model.binary_input(X[i : i + 1]), model.binary_input(X)[i : i + 1])
+    assert model.binary_input(X[:1]).dtype == model.binary_input(X).dtype
