@@ -323,3 +323,28 @@ def test_the_migration_gives_existing_ties_the_stricter_of_their_ends(fresh_data
             assert nullable == [("ioc_relations", "NO"), ("threat_iocs", "NO"), ("threat_relations", "NO")]
     finally:
         engine.dispose()
+
+
+def test_a_link_correlation_makes_from_a_red_tie_is_red(world):
+    """Correlation follows a red link and a red relation when its caller is cleared for red (a red analyst, or the
+    enrichment's correlation, which reads every TLP): a link it makes from them is as strict as they are. It was given
+    its amber ends' TLP, so an amber reader saw a correlated link that only the red ties had scored high enough."""
+    _red_ties(world)  # TieSource -red-> one (indicates: a seed), one -red-> two (resolves-to: 60)
+    iocs, threats, users = world["iocs"], world["threats"], world["users"]
+    two, source = world["ioc"]["two"], world["threat"][0]
+    tagged = iocs.post(
+        "/api/v1/iocs/batch",
+        json={"iocs": [{"value": "two.tie-tlp.com", "tlp": "amber", "tags": ["tiesource:loader"]}]},
+        headers=users["red"],
+    )
+    assert tagged.status_code == 200, tagged.get_json()
+    # Without the red relation, two scores 60 (its tag) and is not linked: what the amber analyst's run sees.
+    amber_run = threats.post("/api/v1/threats/correlate", json={"threat_id": source, "link": False}, headers=users["amber"]).get_json()
+    assert [(c["ioc_id"], c["score"]) for c in amber_run["candidates"]] == [(two, 60)], amber_run
+    red_run = threats.post("/api/v1/threats/correlate", json={"threat_id": source}, headers=users["red"]).get_json()
+    assert [(c["ioc_id"], c["score"], c["linked"]) for c in red_run["candidates"]] == [(two, 84, True)], red_run
+    seen_by_reader = threats.get(f"/api/v1/threats/by-ioc/{two}", headers=users["reader"]).get_json()
+    assert seen_by_reader["threats"] == [], seen_by_reader
+    assert threats.get(f"/api/v1/threats/{source}", headers=users["reader"]).get_json()["ioc_count"] == 0
+    seen_by_red = threats.get(f"/api/v1/threats/by-ioc/{two}", headers=users["red"]).get_json()
+    assert [(t["name"], t["relation"], t["tlp"]) for t in seen_by_red["threats"]] == [("TieSource", "correlated", "red")], seen_by_red
