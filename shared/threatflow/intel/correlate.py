@@ -64,8 +64,12 @@ _GALAXY_ID_SUFFIX = re.compile(r"\s+-\s+[A-Za-z]\d{4,}\s*$")
 
 @dataclass(frozen=True)
 class Signal:
+    """One piece of evidence; `tlp` is the strictest marking it was read through (a relation's and its seed link's,
+    sql/0014): an IoC's own tags and evidence need none beyond the IoC, which floors the link anyway."""
+
     score: int
     reason: str
+    tlp: str = Tlp.CLEAR.value
 
 
 def squash(text: str) -> str:
@@ -137,11 +141,12 @@ def match_evidence(source: str, kind: str, value: str, names: Mapping[str, str])
     return None
 
 
-def relation_signal(rel_type: str, direction: str, other_id: int) -> Signal:
-    """A relation to a seed IoC; direction is 'out' (candidate -> seed) or 'in'."""
+def relation_signal(rel_type: str, direction: str, other_id: int, tlp: str = Tlp.CLEAR.value) -> Signal:
+    """A relation to a seed IoC; direction is 'out' (candidate -> seed) or 'in'. `tlp`: the stricter of the
+    relation's (floored at its ends) and the seed's link's."""
     score = RELATION_SCORES.get(rel_type, RELATION_SCORES["related-to"])
     arrow = f"{rel_type} IoC {other_id}" if direction == "out" else f"IoC {other_id} {rel_type} it"
-    return Signal(score, f"{arrow} (linked to the threat)")
+    return Signal(score, f"{arrow} (linked to the threat)", tlp)
 
 
 def noisy_or(scores: Iterable[int]) -> int:
@@ -161,6 +166,23 @@ def combine(signals: Sequence[tuple[str, Signal]]) -> tuple[int, list[str]]:
             best[group] = signal
     ordered = sorted(best.values(), key=lambda s: (-s.score, s.reason))
     return noisy_or(s.score for s in ordered), [f"{s.reason} ({s.score})" for s in ordered]
+
+
+def link_marking(signals: Sequence[tuple[str, Signal]], threshold: int) -> tuple[str, int] | None:
+    """The least strict TLP whose signals alone (those read through ties at or below it) score at least
+    `threshold`, with that score: what a link correlation makes is marked and how confident it is, so it tells a
+    reader nothing that only ties above their clearance gave (a red relation lifting an amber IoC past the threshold
+    made an amber link). None when even every signal falls short."""
+    for level in sorted(Tlp, key=lambda t: t.rank):
+        within = [(group, s) for group, s in signals if Tlp.parse(s.tlp).rank <= level.rank]
+        score = combine(within)[0] if within else 0
+        if score >= threshold:
+            return level.value, score
+    return None
+
+
+def _stricter(a: str, b: str | None) -> str:
+    return a if b is None or Tlp.parse(a).rank >= Tlp.parse(b).rank else b
 
 
 # -- the database part -------------------------------------------------------------
@@ -223,22 +245,33 @@ def correlate(
     shown = visible(signals)
     signals = {ioc_id: sigs for ioc_id, sigs in signals.items() if ioc_id in shown}
     links = bounded("links", repository.links_of_threat(conn, threat_id, limit=READ_LIMIT + 1, visible_tlps=within))
-    linked = {ioc_id for ioc_id, _ in links}
-    seeds = visible({ioc_id for ioc_id, relation in links if relation != CORRELATED})
-    seeds |= {ioc_id for ioc_id, sigs in signals.items() if combine(sigs)[0] >= threshold}
+    linked = {ioc_id for ioc_id, _, _ in links}
+    # A seed is as strict as its least strict link to the threat (a red link's seed makes red signals); this run's
+    # direct matches are seeds by their own tags and evidence.
+    seed_tlp: dict[int, str] = {}
+    for ioc_id, relation, tlp in links:
+        if relation != CORRELATED and (ioc_id not in seed_tlp or Tlp.parse(tlp).rank < Tlp.parse(seed_tlp[ioc_id]).rank):
+            seed_tlp[ioc_id] = tlp
+    seeds = visible(seed_tlp)
+    for ioc_id, sigs in signals.items():
+        if combine(sigs)[0] >= threshold:
+            seeds.add(ioc_id)
+            seed_tlp[ioc_id] = Tlp.CLEAR.value
     if seeds:
         touching = bounded("relations", repository.relations_touching(conn, sorted(seeds), limit=READ_LIMIT + 1, visible_tlps=within))
-        ends = visible({end for a, b, _ in touching for end in (a, b)})
-        for a, b, rel_type in touching:
+        ends = visible({end for a, b, _, _ in touching for end in (a, b)})
+        for a, b, rel_type, rel_tlp in touching:
             if a not in ends or b not in ends:
                 continue
+            via_a = _stricter(rel_tlp, seed_tlp.get(a))
+            via_b = _stricter(rel_tlp, seed_tlp.get(b))
             if a in seeds and b not in seeds:
-                signals.setdefault(b, []).append((f"relation:{a}", relation_signal(rel_type, "in", a)))
+                signals.setdefault(b, []).append((f"relation:{a}", relation_signal(rel_type, "in", a, via_a)))
             elif b in seeds and a not in seeds:
-                signals.setdefault(a, []).append((f"relation:{b}", relation_signal(rel_type, "out", b)))
+                signals.setdefault(a, []).append((f"relation:{b}", relation_signal(rel_type, "out", b, via_b)))
             elif a in seeds and b in seeds:  # both seeds: each supports the other
-                signals.setdefault(b, []).append((f"relation:{a}", relation_signal(rel_type, "in", a)))
-                signals.setdefault(a, []).append((f"relation:{b}", relation_signal(rel_type, "out", b)))
+                signals.setdefault(b, []).append((f"relation:{a}", relation_signal(rel_type, "in", a, via_a)))
+                signals.setdefault(a, []).append((f"relation:{b}", relation_signal(rel_type, "out", b, via_b)))
     scored = []
     for ioc_id, sigs in signals.items():
         score, reasons = combine(sigs)
@@ -246,10 +279,21 @@ def correlate(
     scored.sort(key=lambda s: (-s[0], -s[1]))
     top = scored[:limit]
     details = repository.ioc_identities(conn, [ioc_id for _, ioc_id, _ in top])
-    to_link = {ioc_id: score for score, ioc_id, _ in top if score >= threshold and ioc_id not in linked}
+    marked = {
+        ioc_id: marking
+        for score, ioc_id, _ in top
+        if score >= threshold and ioc_id not in linked and (marking := link_marking(signals[ioc_id], threshold)) is not None
+    }
     newly: set[int] = set()
-    if link and to_link:
-        newly = repository.link_iocs(conn, threat_id=threat_id, ioc_ids=to_link, relation=CORRELATED, source=source).new
+    if link and marked:
+        newly = repository.link_iocs(
+            conn,
+            threat_id=threat_id,
+            ioc_ids={ioc_id: score for ioc_id, (_, score) in marked.items()},
+            relation=CORRELATED,
+            source=source,
+            tlp={ioc_id: tlp for ioc_id, (tlp, _) in marked.items()},
+        ).new
     candidates = [
         {
             "ioc_id": ioc_id,

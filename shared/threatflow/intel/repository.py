@@ -485,45 +485,44 @@ def evidence_like(
     return [(int(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
 
 
-def links_of_threat(conn: Connection, threat_id: int, *, limit: int, visible_tlps: Sequence[str] | None) -> list[tuple[int, str]]:
-    """(ioc_id, relation) of a threat's links whose own TLP and whose IoC's are within `visible_tlps` (None: every
-    TLP), the newest IoCs' `limit`."""
+def links_of_threat(conn: Connection, threat_id: int, *, limit: int, visible_tlps: Sequence[str] | None) -> list[tuple[int, str, str]]:
+    """(ioc_id, relation, tlp) of a threat's links whose own TLP and whose IoC's are within `visible_tlps` (None:
+    every TLP), the newest IoCs' `limit`; tlp is the stricter of the link's and its IoC's (what correlation learns
+    through it is as strict)."""
     within, params = _within("i", visible_tlps)
-    join = "" if visible_tlps is None else " JOIN iocs i ON i.id = l.ioc_id"
     own = "" if visible_tlps is None else " AND l.tlp = ANY(CAST(:visible AS text[]))"
     rows = conn.execute(
         _text(
-            f"SELECT l.ioc_id, l.relation FROM threat_iocs l{join} WHERE l.threat_id = :t AND {within}{own}"
-            " ORDER BY l.ioc_id DESC, l.relation LIMIT :l"
+            "SELECT l.ioc_id, l.relation, tlp_stricter(l.tlp, i.tlp) FROM threat_iocs l JOIN iocs i ON i.id = l.ioc_id"
+            f" WHERE l.threat_id = :t AND {within}{own} ORDER BY l.ioc_id DESC, l.relation LIMIT :l"
         ),
         {"t": threat_id, "l": limit, **params},
     )
-    return [(int(r[0]), str(r[1])) for r in rows]
+    return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
 
 
 def relations_touching(
     conn: Connection, ioc_ids: Sequence[int], *, limit: int, visible_tlps: Sequence[str] | None
-) -> list[tuple[int, int, str]]:
-    """(source_id, target_id, type) of relations with either end among ioc_ids whose own TLP and both ends' are
-    within `visible_tlps` (None: every TLP), at most `limit`."""
+) -> list[tuple[int, int, str, str]]:
+    """(source_id, target_id, type, tlp) of relations with either end among ioc_ids whose own TLP and both ends' are
+    within `visible_tlps` (None: every TLP), at most `limit`; tlp is the strictest of the relation's and its ends'."""
+    ends = " AND r.tlp = ANY(CAST(:visible AS text[])) AND a.tlp = ANY(CAST(:visible AS text[])) AND b.tlp = ANY(CAST(:visible AS text[]))"
+    params: dict[str, Any] = {"visible": list(visible_tlps)} if visible_tlps is not None else {}
     if visible_tlps is None:
-        ends, params = "", {}
-    else:
-        ends = (
-            " AND r.tlp = ANY(CAST(:visible AS text[]))"
-            " AND EXISTS (SELECT 1 FROM iocs a WHERE a.id = r.source_id AND a.tlp = ANY(CAST(:visible AS text[])))"
-            " AND EXISTS (SELECT 1 FROM iocs b WHERE b.id = r.target_id AND b.tlp = ANY(CAST(:visible AS text[])))"
-        )
-        params = {"visible": list(visible_tlps)}
+        ends = ""
+    select = (
+        "SELECT r.source_id, r.target_id, r.type, tlp_stricter(r.tlp, tlp_stricter(a.tlp, b.tlp)) FROM ioc_relations r"
+        " JOIN iocs a ON a.id = r.source_id JOIN iocs b ON b.id = r.target_id"
+    )
     rows = conn.execute(
         _text(
-            f"SELECT source_id, target_id, type FROM ioc_relations r WHERE source_id = ANY(CAST(:s AS bigint[])){ends}"
-            f" UNION SELECT source_id, target_id, type FROM ioc_relations r WHERE target_id = ANY(CAST(:s AS bigint[])){ends}"
+            f"{select} WHERE r.source_id = ANY(CAST(:s AS bigint[])){ends}"
+            f" UNION {select} WHERE r.target_id = ANY(CAST(:s AS bigint[])){ends}"
             " ORDER BY 1 DESC, 2 DESC, 3 LIMIT :l"
         ),
         {"s": list(ioc_ids), "l": limit, **params},
     )
-    return [(int(r[0]), int(r[1]), str(r[2])) for r in rows]
+    return [(int(r[0]), int(r[1]), str(r[2]), str(r[3])) for r in rows]
 
 
 def ioc_identities(conn: Connection, ioc_ids: Sequence[int]) -> dict[int, tuple[str, str]]:
