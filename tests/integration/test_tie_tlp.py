@@ -348,3 +348,44 @@ def test_a_link_correlation_makes_from_a_red_tie_is_red(world):
     assert threats.get(f"/api/v1/threats/{source}", headers=users["reader"]).get_json()["ioc_count"] == 0
     seen_by_red = threats.get(f"/api/v1/threats/by-ioc/{two}", headers=users["red"]).get_json()
     assert [(t["name"], t["relation"], t["tlp"]) for t in seen_by_red["threats"]] == [("TieSource", "correlated", "red")], seen_by_red
+
+
+def test_the_enrichments_correlation_reasons_on_an_ioc_tell_its_readers_nothing_above_its_tlp(world, backend_env):
+    """The enrichment correlates the threats its evidence names reading every TLP, and records each candidate's
+    reasons on the enriched IoC's verdict, which every reader of the IoC sees (GET /iocs/{id}/enrichment). They named
+    a red relation and its red-linked seed ("IoC 1 resolves-to it") and a red threat by its name to amber readers of
+    an amber IoC."""
+    from threatflow.enrichment.verdict import Merged
+    from threatflow.intel import enrichment as intel_enrichment
+
+    _red_ties(world)  # TieSource -red-> one (indicates), one -red-> two (resolves-to)
+    threats, users = world["threats"], world["users"]
+    two = world["ioc"]["two"]
+    hidden = threats.post(
+        "/api/v1/threats/batch", json={"threats": [{"kind": "malware", "name": "TieHidden", "tlp": "red"}]}, headers=users["red"]
+    )
+    assert hidden.status_code == 200, hidden.get_json()
+    engine = create_engine(Settings.from_env({"DATABASE_URL": backend_env["DATABASE_URL"]}))
+    try:
+        with engine.begin() as conn:
+            intel_enrichment.apply_verdict(
+                conn,
+                ioc_id=two,
+                run_id="tie-tlp-run",
+                merged=Merged("malicious", 80, []),
+                results=[{"source": "otx", "evidence": {"malware_families": ["TieSource", "TieHidden"]}}],
+            )
+    finally:
+        engine.dispose()
+
+    def reasons(headers):
+        verdict = world["iocs"].get(f"/api/v1/iocs/{two}/enrichment", headers=headers).get_json()["verdict"]
+        return sorted((r["threat"], r["reason"]) for r in verdict["reasons"] if r.get("kind") == "threat")
+
+    family = "evidence from otx: malware_family 'TieSource' is the name 'TieSource' (85)"
+    assert reasons(users["reader"]) == [("TieSource", family)]
+    red_reasons = reasons(users["red"])  # the same record: the verdict is the IoC's, shown to each of its readers
+    assert red_reasons == [("TieSource", family)], red_reasons
+    # The links themselves are made from everything the enrichment read, each as strict as what it was made from.
+    seen_by_red = threats.get(f"/api/v1/threats/by-ioc/{two}", headers=users["red"]).get_json()
+    assert sorted((t["name"], t["tlp"]) for t in seen_by_red["threats"]) == [("TieHidden", "red"), ("TieSource", "amber")], seen_by_red
