@@ -180,15 +180,19 @@ def apply_verdict(conn: Connection, *, ioc_id: int, run_id: str, merged: verdict
         iocs_repository.apply_enrichment_verdict(conn, ioc_id=ioc_id, verdict=merged.verdict, score=merged.score)
     names = [value for _, kind, value in rows if kind in ("malware_family", "tag")]
     links: list[dict[str, Any]] = []
-    for threat_id in sorted(threats_repository.threat_ids_by_names(conn, names)):
-        outcome = correlate.correlate(
-            conn,
-            threat_id=threat_id,
-            visible_tlps=tlp_clearance.allowed(tlp_clearance.SYSTEM),
-            threshold=70,
-            link=True,
-            source="enrichment",
-        )
+    everything = tlp_clearance.allowed(tlp_clearance.SYSTEM)
+    # The verdict's reasons are shown to every reader of the IoC: they say only what a reader cleared for exactly its
+    # TLP reads. The links are made reading every TLP (each as strict as what it was scored through).
+    ioc_tlp = iocs_repository.tlps_of(conn, [ioc_id]).get(ioc_id)
+    shown = Tlp.parse(ioc_tlp).at_most() if ioc_tlp is not None else []
+    threat_ids = sorted(threats_repository.threat_ids_by_names(conn, names))
+    threat_tlps = threats_repository.tlp_of_threats(conn, threat_ids)
+    for threat_id in threat_ids:
+        outcome = correlate.correlate(conn, threat_id=threat_id, visible_tlps=everything, threshold=70, link=True, source="enrichment")
+        if threat_tlps.get(threat_id) not in shown:
+            continue  # a threat above the IoC's TLP: its name is not the IoC's readers' to read
+        if not set(shown) >= set(everything):
+            outcome = correlate.correlate(conn, threat_id=threat_id, visible_tlps=shown, threshold=70, link=False)
         links += [
             {
                 "kind": "threat",
