@@ -389,3 +389,32 @@ def test_the_enrichments_correlation_reasons_on_an_ioc_tell_its_readers_nothing_
     # The links themselves are made from everything the enrichment read, each as strict as what it was made from.
     seen_by_red = threats.get(f"/api/v1/threats/by-ioc/{two}", headers=users["red"]).get_json()
     assert sorted((t["name"], t["tlp"]) for t in seen_by_red["threats"]) == [("TieHidden", "red"), ("TieSource", "amber")], seen_by_red
+
+
+def test_a_writer_reposting_a_tie_above_their_clearance_leaves_its_confidence_as_it_was(world):
+    """An amber analyst naming a red tie's two ends and verb again (a link, an IoC relation, a threat relation) with
+    a higher confidence changed the red tie: its confidence rose to theirs, which red readers then read as the
+    strength of the red statement. The answer is unchanged (`already_linked`, `created: false`); the tie is too."""
+    _red_ties(world)  # each red tie at the routes' default confidence, 50
+    iocs, threats, users = world["iocs"], world["threats"], world["users"]
+    one, two = world["ioc"]["one"], world["ioc"]["two"]
+    source, target = world["threat"]
+    amber = users["amber"]
+    relink = threats.post(f"/api/v1/threats/{source}/link", json={"ioc_ids": [one], "confidence": 100}, headers=amber)
+    assert relink.get_json()["results"] == [{"ioc_id": one, "status": "already_linked"}], relink.get_json()
+    relate = iocs.post(f"/api/v1/iocs/{one}/relations", json={"target_id": two, "type": "resolves-to", "confidence": 99}, headers=amber)
+    assert (relate.status_code, relate.get_json()["created"]) == (200, False), relate.get_json()
+    related = threats.post(
+        f"/api/v1/threats/{source}/relations", json={"target_id": target, "type": "uses", "confidence": 98}, headers=amber
+    )
+    assert (related.status_code, related.get_json()["created"]) == (200, False), related.get_json()
+    red = users["red"]
+    link = threats.get(f"/api/v1/threats/by-ioc/{one}", headers=red).get_json()["threats"]
+    relation = iocs.get(f"/api/v1/iocs/{one}/related", headers=red).get_json()["relations"]
+    threat_relation = threats.get(f"/api/v1/threats/{source}", headers=red).get_json()["relations"]
+    assert [(t["confidence"], t["tlp"]) for t in link] == [(50, "red")], link
+    assert [(r["confidence"], r["tlp"]) for r in relation] == [(50, "red")], relation
+    assert [(r["confidence"], r["tlp"]) for r in threat_relation] == [(50, "red")], threat_relation
+    # Within the writer's clearance a re-post still raises the confidence: the red analyst's own.
+    threats.post(f"/api/v1/threats/{source}/link", json={"ioc_ids": [one], "confidence": 90}, headers=red)
+    assert [t["confidence"] for t in threats.get(f"/api/v1/threats/by-ioc/{one}", headers=red).get_json()["threats"]] == [90]
