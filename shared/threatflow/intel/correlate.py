@@ -293,6 +293,7 @@ def correlate(
             relation=CORRELATED,
             source=source,
             tlp={ioc_id: tlp for ioc_id, (tlp, _) in marked.items()},
+            relabel_within=visible_tlps,  # a hidden link of the pair keeps its confidence (its TLP is only raised)
         ).new
     candidates = [
         {

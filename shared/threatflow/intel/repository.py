@@ -109,6 +109,15 @@ _TIE_TLP = (
 )
 
 
+# How a write sets a held tie's confidence: raised to the one given, but only on a tie within `:writable` (the
+# writer's clearance; NULL: any, what imports do). A tie above it is another's statement the writer cannot read: an
+# amber analyst's re-post of a red link raised its confidence, read by red readers as the red statement's strength.
+_TIE_CONFIDENCE = (
+    "CASE WHEN CAST(:writable AS text[]) IS NULL OR {table}.tlp = ANY(CAST(:writable AS text[]))"
+    " THEN GREATEST({table}.confidence, EXCLUDED.confidence) ELSE {table}.confidence END"
+)
+
+
 def _tie_tlps(keys: Sequence[Any], tlp: str | Mapping[Any, str | None] | None) -> list[str | None]:
     """The marking each tie of `keys` is written with: one for all, one per tie, or none (its ends decide)."""
     if isinstance(tlp, Mapping):
@@ -131,7 +140,8 @@ def link_iocs(
     value. Pass a mapping ioc_id -> confidence to give each link its own confidence. `tlp` is the links' own marking
     (one for all, or per IoC id; none: the stricter of the two ends, sql/0014): never below the stricter end, a held
     link's is raised to it, and set to it (also lowered) when one `tlp` is given and the held link's TLP is within
-    `relabel_within` (the writer's clearance; imports give none: they only raise). A threat and an IoC are linked by
+    `relabel_within` (the writer's clearance; imports give none: they only raise). A held link's confidence is raised
+    only when its TLP is within `relabel_within` (none given: whatever its TLP). A threat and an IoC are linked by
     at most MAX_RELATIONS_PER_LINK relations (each verb was a row, added without limit): a new one past it is not
     made (`Linked.full`). The threat's row is locked first (FOR NO KEY UPDATE: links to one threat are serialised,
     its reads and links' foreign-key checks are not blocked), so concurrent writers cannot both take the last place."""
@@ -154,7 +164,9 @@ def link_iocs(
             " WHERE (EXISTS (SELECT 1 FROM threat_iocs l WHERE l.threat_id = :t AND l.ioc_id = x.ioc_id AND l.relation = :r)"
             " OR (SELECT count(*) FROM threat_iocs l WHERE l.threat_id = :t AND l.ioc_id = x.ioc_id) < :most) ORDER BY x.n"
             " ON CONFLICT (threat_id, ioc_id, relation)"
-            " DO UPDATE SET confidence = GREATEST(threat_iocs.confidence, EXCLUDED.confidence), tlp = "
+            " DO UPDATE SET confidence = "
+            + _TIE_CONFIDENCE.format(table="threat_iocs")
+            + ", tlp = "
             + _TIE_TLP.format(table="threat_iocs")
             + " RETURNING ioc_id, (xmax = 0), tlp"
         ),
@@ -167,6 +179,7 @@ def link_iocs(
             "tlps": _tie_tlps(ids, tlp),
             "named": isinstance(tlp, str),
             "relabel": list(relabel_within),
+            "writable": list(relabel_within) or None,
             "most": MAX_RELATIONS_PER_LINK,
         },
     ).all()
@@ -245,7 +258,9 @@ def add_ioc_relation(
             " SELECT a.id, b.id, :t, :c, :s, tlp_stricter(CAST(:tlp AS text), tlp_stricter(a.tlp, b.tlp))"
             " FROM iocs a, iocs b WHERE a.id = :a AND b.id = :b"
             " ON CONFLICT (source_id, target_id, type)"
-            " DO UPDATE SET confidence = GREATEST(ioc_relations.confidence, EXCLUDED.confidence), tlp = "
+            " DO UPDATE SET confidence = "
+            + _TIE_CONFIDENCE.format(table="ioc_relations")
+            + ", tlp = "
             + _TIE_TLP.format(table="ioc_relations")
             + " RETURNING (xmax = 0), tlp"
         ),
@@ -258,6 +273,7 @@ def add_ioc_relation(
             "tlp": tlp,
             "named": tlp is not None,
             "relabel": list(visible_tlps),
+            "writable": list(visible_tlps),
         },
     ).one()
     return bool(row[0]), str(row[1])

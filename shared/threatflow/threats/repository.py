@@ -572,7 +572,9 @@ def relate_threats(
             " WITH ORDINALITY AS x(s, t, r, tlp, n)"
             " JOIN threats a ON a.id = x.s JOIN threats b ON b.id = x.t ORDER BY x.n"  # in the order given, as before the join
             " ON CONFLICT (source_id, target_id, type)"
-            " DO UPDATE SET confidence = GREATEST(threat_relations.confidence, EXCLUDED.confidence),"
+            " DO UPDATE SET confidence = CASE WHEN CAST(:writable AS text[]) IS NULL"
+            " OR threat_relations.tlp = ANY(CAST(:writable AS text[]))"
+            " THEN GREATEST(threat_relations.confidence, EXCLUDED.confidence) ELSE threat_relations.confidence END,"
             " tlp = CASE WHEN CAST(:named AS boolean) AND threat_relations.tlp = ANY(CAST(:relabel AS text[])) THEN EXCLUDED.tlp"
             " ELSE tlp_stricter(threat_relations.tlp, EXCLUDED.tlp) END"
             " RETURNING source_id, target_id, type, (xmax = 0), tlp"
@@ -584,6 +586,7 @@ def relate_threats(
             "tlps": marks,
             "named": isinstance(tlp, str),
             "relabel": list(relabel_within),
+            "writable": list(relabel_within) or None,  # a held relation above the writer's clearance keeps its confidence
             "c": confidence,
             "src": source,
         },
