@@ -418,3 +418,43 @@ def test_a_writer_reposting_a_tie_above_their_clearance_leaves_its_confidence_as
     # Within the writer's clearance a re-post still raises the confidence: the red analyst's own.
     threats.post(f"/api/v1/threats/{source}/link", json={"ioc_ids": [one], "confidence": 90}, headers=red)
     assert [t["confidence"] for t in threats.get(f"/api/v1/threats/by-ioc/{one}", headers=red).get_json()["threats"]] == [90]
+
+
+def test_an_import_stating_a_tie_held_above_the_importers_clearance_leaves_its_confidence_as_it_was(world):
+    """An amber analyst's import stating a link, an IoC relation and a threat relation held red (at confidence 20)
+    raised each red tie to the import's confidence (50), as a re-post through the routes did."""
+    iocs, threats, users = world["iocs"], world["threats"], world["users"]
+    one, two = world["ioc"]["one"], world["ioc"]["two"]
+    source, target = world["threat"]
+    red = users["red"]
+    made = [
+        threats.post(f"/api/v1/threats/{source}/link", json={"ioc_ids": [one], "tlp": "red", "confidence": 20}, headers=red),
+        iocs.post(
+            f"/api/v1/iocs/{one}/relations", json={"target_id": two, "type": "resolves-to", "tlp": "red", "confidence": 20}, headers=red
+        ),
+        threats.post(
+            f"/api/v1/threats/{source}/relations", json={"target_id": target, "type": "uses", "tlp": "red", "confidence": 20}, headers=red
+        ),
+    ]
+    assert [m.status_code for m in made] == [200, 201, 201], [m.get_json() for m in made]
+
+    def indicator(n, value):
+        return _sdo("indicator", n, pattern=f"[domain-name:value = '{value}']", pattern_type="stix", valid_from="2024-01-01T00:00:00Z")
+
+    def rel(n, verb, a, b):
+        return _sdo("relationship", n, relationship_type=verb, source_ref=a["id"], target_ref=b["id"])
+
+    first, second = indicator(11, "one.tie-tlp.com"), indicator(12, "two.tie-tlp.com")
+    family, tool = _sdo("malware", 13, name="TieSource", is_family=True), _sdo("tool", 14, name="TieTarget")
+    ties = [rel(15, "indicates", first, family), rel(16, "resolves-to", first, second), rel(17, "uses", family, tool)]
+    bundle = {"type": "bundle", "id": "bundle--00000019-0000-4000-8000-00000000cd01", "objects": [first, second, family, tool, *ties]}
+    imported = iocs.post("/api/v1/iocs/import", json={"format": "stix", "content": bundle, "tlp": "amber"}, headers=users["amber"])
+    assert imported.status_code == 200, imported.get_data(as_text=True)[:500]
+    body = imported.get_json()
+    assert [body[k] for k in ("links", "relations", "threat_relations")] == [1, 1, 1], body
+    link = threats.get(f"/api/v1/threats/by-ioc/{one}", headers=red).get_json()["threats"]
+    relation = iocs.get(f"/api/v1/iocs/{one}/related", headers=red).get_json()["relations"]
+    threat_relation = threats.get(f"/api/v1/threats/{source}", headers=red).get_json()["relations"]
+    assert [(t["confidence"], t["tlp"]) for t in link] == [(20, "red")], link
+    assert [(r["confidence"], r["tlp"]) for r in relation] == [(20, "red")], relation
+    assert [(r["confidence"], r["tlp"]) for r in threat_relation] == [(20, "red")], threat_relation
