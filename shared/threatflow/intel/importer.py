@@ -159,7 +159,13 @@ def apply_import(
         if iocs_of:
             marks = {ioc_id: link_marks[(threat_id, verb, ioc_id)] for ioc_id in iocs_of}
             made = intel_repository.link_iocs(
-                conn, threat_id=threat_id, ioc_ids=list(iocs_of), relation=verb, source=source_default, tlp=marks
+                conn,
+                threat_id=threat_id,
+                ioc_ids=list(iocs_of),
+                relation=verb,
+                source=source_default,
+                tlp=marks,  # one per link: a held link's TLP is only raised; its confidence only within the clearance
+                relabel_within=visible_tlps,
             )
             links_created += len(made.new)
             links_cut += len(made.full)  # the pair holds MAX_RELATIONS_PER_LINK other relations
@@ -204,11 +210,13 @@ def apply_import(
     for kind, group in itertools.groupby(sorted(chosen, key=lambda key: key[2]), key=lambda key: key[2]):
         pairs = [(s, t) for s, t, _kind in group]
         pair_marks = {(s, t): chosen[(s, t, kind)] for s, t in pairs}
-        relations_created += intel_repository.add_ioc_relations(conn, pairs, type=kind, source=source_default, tlps=pair_marks)
+        relations_created += intel_repository.add_ioc_relations(
+            conn, pairs, type=kind, source=source_default, tlps=pair_marks, writable=visible_tlps
+        )
     if relations_cut:
         errors.append(ItemError("relations", f"{relations_cut} IoC relations not created: at most {MAX_RELATIONS_PER_IMPORT} per import"))
     threat_relations, threat_relations_created, threat_relations_cut = _relate_threats(
-        conn, parsed.threat_relations, threat_ids=threat_ids, source=source_default
+        conn, parsed.threat_relations, threat_ids=threat_ids, source=source_default, visible_tlps=visible_tlps
     )
     if threat_relations_cut:
         errors.append(
@@ -266,7 +274,7 @@ def apply_import(
 
 
 def _relate_threats(
-    conn: Connection, wanted: Sequence[Relation], *, threat_ids: Mapping[str, int], source: str | None
+    conn: Connection, wanted: Sequence[Relation], *, threat_ids: Mapping[str, int], source: str | None, visible_tlps: Sequence[str]
 ) -> tuple[int, int, int]:
     """A document's threat-to-threat relations between threats the importer may read or this import created
     (`threat_ids`), at most MAX_RELATIONS_PER_IMPORT, in one relate_threats: (made, of them new, not made).
@@ -293,7 +301,9 @@ def _relate_threats(
             cut += 1
             continue
         chosen[key] = None
-    related = threat_store.relate_threats(conn, list(chosen), source=source, tlp={key: marks[key] for key in chosen})
+    related = threat_store.relate_threats(
+        conn, list(chosen), source=source, tlp={key: marks[key] for key in chosen}, relabel_within=visible_tlps
+    )  # one marking per relation: a held one's TLP is only raised, its confidence only within the importer's clearance
     return len(related.made), len(related.new), cut + len(chosen) - len(related.made)
 
 

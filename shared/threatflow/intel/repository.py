@@ -287,9 +287,11 @@ def add_ioc_relations(
     confidence: int = 50,
     source: str | None = None,
     tlps: Mapping[tuple[int, int], str | None] | None = None,
+    writable: Sequence[str] | None = None,
 ) -> int:
     """Many relations of one type in one statement (imports); the ids must exist. `tlps`: each pair's own marking
-    (none: the stricter of its ends, sql/0014); a held relation's TLP is only raised. Returns how many were new."""
+    (none: the stricter of its ends, sql/0014); a held relation's TLP is only raised, and its confidence only when
+    its TLP is within `writable` (the importer's clearance; None: whatever its TLP). Returns how many were new."""
     kind = type if isinstance(type, RelationType) else parse_relation_type(type)
     if not pairs:
         return 0
@@ -300,8 +302,9 @@ def add_ioc_relations(
             " FROM unnest(CAST(:s AS bigint[]), CAST(:t AS bigint[]), CAST(:tlps AS text[])) WITH ORDINALITY AS p(s, t, tlp, n)"
             " JOIN iocs a ON a.id = p.s JOIN iocs b ON b.id = p.t WHERE p.s <> p.t ORDER BY p.n"
             " ON CONFLICT (source_id, target_id, type)"
-            " DO UPDATE SET confidence = GREATEST(ioc_relations.confidence, EXCLUDED.confidence),"
-            " tlp = tlp_stricter(ioc_relations.tlp, EXCLUDED.tlp)"
+            " DO UPDATE SET confidence = "
+            + _TIE_CONFIDENCE.format(table="ioc_relations")
+            + ", tlp = tlp_stricter(ioc_relations.tlp, EXCLUDED.tlp)"
             " RETURNING (xmax = 0)"
         ),
         {
@@ -311,6 +314,7 @@ def add_ioc_relations(
             "k": kind.value,
             "c": confidence,
             "src": source,
+            "writable": list(writable) if writable is not None else None,
         },
     ).all()
     return sum(1 for r in rows if r[0])
