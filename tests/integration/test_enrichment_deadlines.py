@@ -7,6 +7,7 @@ with a deadline already behind them; nothing ever reads them through GET /runs/{
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -596,6 +597,58 @@ def test_a_failed_publish_does_not_undo_a_start_that_came_in_meanwhile(env):
         closing.sweep_queued(documents=docs, publisher=Unreachable())
     run = docs.get(runs.RUNS, other)
     assert run["status"] == "queued" and run["redispatches"] is None, run  # nobody else wrote it: put back
+
+
+class _FirestoreDownWithPubSub:
+    """The real document store until `down` is set (by a publish that fails: Pub/Sub and Firestore unreachable
+    together); from then on every write fails as Firestore unreachable."""
+
+    def __init__(self, docs: Any) -> None:
+        self._docs, self.down = docs, False
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._docs, name)
+        if not name.startswith(("set", "update", "delete")):
+            return method
+
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            from threatflow.platform.errors import DependencyError
+
+            if self.down:
+                raise DependencyError(f"Firestore {name} failed: unreachable")
+            return method(*args, **kwargs)
+
+        return failing
+
+
+def test_a_failed_publish_is_the_error_raised_when_putting_the_run_back_fails_too(env, caplog):
+    """The sweep marks a stalled run requeued, then publishing its request fails, then putting the run back fails
+    as well: the put-back's error was raised over the publish's (its `__context__`), so the job run failed saying
+    Firestore failed, never that the request could not be published. The publish's error is raised; the failed
+    put-back is logged at ERROR with the run id and the publish's error (the run stays requeued: the next tick
+    after QUEUED_STALL_SECONDS publishes it again)."""
+    from threatflow.enrichment import closing, runs
+    from threatflow.platform.errors import DependencyError
+
+    runtime = env["runtime"]
+    docs = _FirestoreDownWithPubSub(env["docs"])
+    run_id = _queued(runtime, enrichment_ioc(runtime, "45.95.147.45"), "45.95.147.45", age=_stalled())
+
+    class Unreachable:
+        def publish(self, topic: str, data: bytes, attributes: Any = None) -> str:
+            docs.down = True
+            raise DependencyError("Pub/Sub publish to 'ioc-enrichment-requested' failed: unreachable")
+
+    caplog.set_level(logging.WARNING, logger="threatflow.enrichment")
+    with pytest.raises(DependencyError) as raised:
+        closing.sweep_queued(documents=docs, publisher=Unreachable())
+    assert "Pub/Sub publish" in str(raised.value) and "Firestore" not in str(raised.value), raised.value
+    run = env["docs"].get(runs.RUNS, run_id)
+    assert run["status"] == "requeued" and run["redispatches"] == 1, run  # the put-back failed
+    [logged] = [r for r in caplog.records if "Firestore" in r.getMessage()]
+    assert logged.levelno == logging.ERROR and logged.exc_info is not None, logged.getMessage()
+    fields = logged.__dict__["fields"]
+    assert fields["run_id"] == run_id and "Pub/Sub publish" in fields["failure"], fields
 
 
 # -- runs that can never be closed do not starve the others -------------------------------------------------

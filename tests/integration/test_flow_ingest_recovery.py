@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -365,3 +366,53 @@ def test_a_failed_publish_puts_the_recovery_back_and_the_next_tick_publishes(env
     assert (result["recovered"], result["changed"]) == (1, 0), result
     assert [json.loads(m.data)["continuation"] for m in env["pull"]({job_id}, expected=1)] == [1]
     assert docs.get(ingest_jobs.INGEST_JOBS, job_id)["recoveries"] == 1
+
+
+class _FirestoreDownWithPubSub:
+    """The real document store until `down` is set (by a publish that fails: Pub/Sub and Firestore unreachable
+    together); from then on every write fails as Firestore unreachable."""
+
+    def __init__(self, docs: Any) -> None:
+        self._docs, self.down = docs, False
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._docs, name)
+        if not name.startswith(("set", "update", "delete")):
+            return method
+
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            from threatflow.platform.errors import DependencyError
+
+            if self.down:
+                raise DependencyError(f"Firestore {name} failed: unreachable")
+            return method(*args, **kwargs)
+
+        return failing
+
+
+def test_a_failed_publish_is_the_error_raised_when_putting_the_recovery_back_fails_too(env, caplog):
+    """The recovery is recorded, the publish fails, then putting the recovery back fails as well: the put-back's
+    error was raised over the publish's (its `__context__`), so the job run failed saying Firestore failed, never
+    that the job's message could not be published. The publish's error is raised; the failed put-back is logged
+    at ERROR with the job id and the publish's error (the job keeps the recovery: the next tick after
+    STALL_SECONDS publishes it again)."""
+    from threatflow.flows import ingest_jobs
+    from threatflow.platform.errors import DependencyError
+
+    docs = _FirestoreDownWithPubSub(env["docs"])
+    job_id = _job(docs, state="running", age=_stalled_at(), rows_done=40, continuation=1)
+
+    class Unreachable:
+        def publish(self, topic: str, data: bytes, attributes: Any = None) -> str:
+            docs.down = True
+            raise DependencyError("Pub/Sub publish to 'flow-ingest' failed: unreachable")
+
+    caplog.set_level(logging.WARNING, logger="threatflow.flows.ingest")
+    with pytest.raises(DependencyError) as raised:
+        ingest_jobs.recover_stalled(documents=docs, publisher=Unreachable(), now=lambda: datetime.now(UTC))
+    assert "Pub/Sub publish" in str(raised.value) and "Firestore" not in str(raised.value), raised.value
+    assert env["docs"].get(ingest_jobs.INGEST_JOBS, job_id)["recoveries"] == 1  # the put-back failed
+    [logged] = [r for r in caplog.records if "Firestore" in r.getMessage()]
+    assert logged.levelno == logging.ERROR and logged.exc_info is not None, logged.getMessage()
+    fields = logged.__dict__["fields"]
+    assert fields["job_id"] == job_id and "Pub/Sub publish" in fields["failure"], fields
