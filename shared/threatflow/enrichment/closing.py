@@ -38,6 +38,7 @@ request delivered twice at once costs at most a second lookup per source.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -368,10 +369,18 @@ def sweep_queued(*, documents: DocumentStore, publisher: Publisher, limit: int =
             attributes = {"run_id": run_id, **({"batch_id": str(current["batch_id"])} if current.get("batch_id") else {})}
             try:
                 publisher.publish(TOPIC_REQUESTED, events.encode({**request, "run_id": run_id}), attributes)
-            except Exception:
-                # Undone only if nobody wrote it since (a dispatcher that started it keeps its start).
+            except Exception as exc:
+                # Undone only if nobody wrote it since (a dispatcher that started it keeps its start). A put-back
+                # that fails too is logged and the publish's error is still the one raised; the run stays requeued
+                # and the next tick past QUEUED_STALL_SECONDS publishes it again.
                 restore = {k: current.get(k) for k in ("status", "redispatches", "redispatched_at")}
-                runs.update_run_if_unchanged(documents, run_id, restore, version=version)
+                tf_logging.cleanup_after(
+                    exc,
+                    functools.partial(runs.update_run_if_unchanged, documents, run_id, restore, version=version),
+                    logger=log,
+                    what="putting back a queued enrichment run whose request was not published again",
+                    run_id=run_id,
+                )
                 raise
             redispatched += 1
             tf_logging.log(log, logging.INFO, "queued enrichment run dispatched again", run_id=run_id, redispatches=count + 1)

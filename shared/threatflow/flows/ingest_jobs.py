@@ -31,6 +31,7 @@ publishing it again is harmless, failing it is not).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
@@ -225,9 +226,18 @@ def recover_stalled(
         data, attributes = job_message(job_id, continuation, str(token) if token is not None else None)
         try:
             publisher.publish(INGEST_TOPIC, data, attributes)
-        except Exception:
-            # Undone only if nobody wrote it since, so the next tick finds it stalled again.
-            documents.update_if_unchanged(INGEST_JOBS, job_id, {key: job.get(key) for key in update}, version=version)
+        except Exception as exc:
+            # Undone only if nobody wrote it since, so the next tick finds it stalled again. A put-back that fails
+            # too is logged and the publish's error is still the one raised (the job keeps the recovery; the tick
+            # after STALL_SECONDS publishes it again).
+            restore = {key: job.get(key) for key in update}
+            tf_logging.cleanup_after(
+                exc,
+                functools.partial(documents.update_if_unchanged, INGEST_JOBS, job_id, restore, version=version),
+                logger=log,
+                what="putting back a stalled flow-ingest job whose message was not published again",
+                job_id=job_id,
+            )
             raise
         recovered += 1
         tf_logging.log(
