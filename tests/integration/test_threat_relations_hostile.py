@@ -524,3 +524,51 @@ def test_two_bulk_deletes_of_threats_related_across_their_sets_do_not_deadlock(a
     assert [outcome[n][0] for n in ("a", "b")] == [200, 200], outcome
     assert (outcome["a"][1]["deleted"], outcome["b"][1]["deleted"]) == (2, 1), outcome
     assert db.one("SELECT count(*) FROM threat_relations")[0] == 0
+
+
+def _delete_iocs(client, admin, body, outcome, name):
+    response = client.delete("/api/v1/iocs", json=body, headers=admin)
+    outcome[name] = (response.status_code, response.get_json())
+
+
+@pytest.mark.parametrize("held", ["threats-first", "iocs-first"])
+@pytest.mark.parametrize("by", ["ids", "filter"])
+def test_a_bulk_threat_delete_and_an_ioc_delete_unlinking_the_same_pairs_do_not_deadlock(api, db, held, by):
+    """Threats t1 < t2 and IoCs i1 < i2 linked across them (t1 - i2, t2 - i1). DELETE /threats of {t1, t2} and
+    DELETE /iocs of {i1, i2} (by ids, or by a filter) both cascade into threat_iocs, each in the order its own rows
+    went: the threat delete (t1, i2) then (t2, i1), the IoC delete (t2, i1) then (t1, i2). Queued behind a holder of
+    the link the first of them needs, the first took it and waited for the other, which the second held while it
+    waited for the first: PostgreSQL aborted one, a 503. Both lock the links they will delete in (threat_id, ioc_id)
+    order first now: the second waits for the first, then deletes what is left."""
+    tag = f"unlinked-{uuid.uuid4().hex[:12]}"
+    t1, t2 = _many_threats(db, f"Link Race {tag}", 2)
+    db.execute(
+        "INSERT INTO iocs (type, value, tags, first_seen, last_seen, last_seen_day)"
+        " SELECT 'domain', %s || g || '.example', ARRAY[%s], now(), now(), current_date FROM generate_series(1, 2) g",
+        f"{tag}-",
+        tag,
+    )
+    with db._engine.connect() as conn:
+        i1, i2 = [r[0] for r in conn.exec_driver_sql("SELECT id FROM iocs WHERE %s = ANY(tags) ORDER BY id", (tag,)).all()]
+    db.execute("INSERT INTO threat_iocs (threat_id, ioc_id) VALUES (%s, %s), (%s, %s)", t1, i2, t2, i1)
+    body = {"ids": [i1, i2]} if by == "ids" else {"filter": {"tags": [tag]}, "confirm": True}
+    outcome: dict[str, tuple[int, dict]] = {}
+    racers = {
+        "threats": threading.Thread(target=_bulk_delete, args=(api.client("/api/v1/threats"), api.admin, [t1, t2], outcome, "threats")),
+        "iocs": threading.Thread(target=_delete_iocs, args=(api.client("/api/v1/iocs"), api.admin, body, outcome, "iocs")),
+    }
+    # The link the first racer's cascade needs first: (t1, i2) for the threat delete, (t2, i1) for the IoC delete.
+    first, second = ("threats", "iocs") if held == "threats-first" else ("iocs", "threats")
+    link = (t1, i2) if first == "threats" else (t2, i1)
+    from sqlalchemy import text
+
+    with db._engine.begin() as holder:
+        holder.execute(text("SELECT 1 FROM threat_iocs WHERE threat_id = :t AND ioc_id = :i FOR UPDATE"), {"t": link[0], "i": link[1]})
+        for count, name in enumerate((first, second), start=1):
+            racers[name].start()
+            _await_lock_waiters(db, count)
+    for racer in racers.values():
+        racer.join(60)
+    assert [outcome[n][0] for n in ("threats", "iocs")] == [200, 200], outcome
+    assert (outcome["threats"][1]["deleted"], outcome["iocs"][1]["deleted"]) == (2, 2), outcome
+    assert db.one("SELECT count(*) FROM threat_iocs WHERE threat_id = ANY(%s) OR ioc_id = ANY(%s)", [t1, t2], [i1, i2])[0] == 0
