@@ -219,9 +219,26 @@ def delete_matching(conn: Connection, compiled: Compiled, *, actor: str | None, 
 def _delete(
     conn: Connection, where: str, params: dict[str, Any], *, actor: str | None, reason: dict[str, Any], readable: Sequence[str]
 ) -> int:
-    """Deletes the matching IoCs within `readable` (the admin's clearance: one above it does not exist for them)."""
-    sql = f"DELETE FROM iocs WHERE ({where}) AND tlp = ANY(CAST(:delete_readable AS text[]))"
-    deleted = int(conn.execute(_text(sql), {**params, "delete_readable": list(readable)}).rowcount)
+    """Deletes the matching IoCs within `readable` (the admin's clearance: one above it does not exist for them).
+
+    Locks in a fixed order first: the IoCs by id, then their links to threats in (threat_id, ioc_id, relation) order,
+    as a threat delete locks the links it deletes (threats.repository.delete_threats). Left to the cascade, each
+    delete locked the links in the order its own rows went, so an IoC delete and a threat delete unlinking pairs across
+    each other (t1 - i2, t2 - i1) each waited for a link the other held: PostgreSQL aborted one, a 503."""
+    locked = [
+        int(r[0])
+        for r in conn.execute(
+            _text(f"SELECT id FROM iocs WHERE ({where}) AND tlp = ANY(CAST(:delete_readable AS text[])) ORDER BY id FOR UPDATE"),
+            {**params, "delete_readable": list(readable)},
+        )
+    ]
+    deleted = 0
+    if locked:
+        conn.execute(
+            _text("SELECT 1 FROM threat_iocs WHERE ioc_id = ANY(CAST(:l AS bigint[])) ORDER BY threat_id, ioc_id, relation FOR UPDATE"),
+            {"l": locked},
+        )
+        deleted = int(conn.execute(_text("DELETE FROM iocs WHERE id = ANY(CAST(:l AS bigint[]))"), {"l": locked}).rowcount)
     record_audit(conn, action="delete", actor=actor, detail={**reason, "deleted": deleted})
     return deleted
 

@@ -737,6 +737,13 @@ def delete_threats(conn: Connection, ids: Sequence[int], *, visible_tlps: Sequen
         ),
         {"l": locked},
     )
+    # Their links to IoCs too, in (threat_id, ioc_id, relation) order, as an IoC delete locks the links it deletes
+    # (iocs.repository): each cascade locked them in the order its own rows went, so a threat delete and an IoC delete
+    # unlinking pairs across each other (t1 - i2, t2 - i1) deadlocked, and one was a 503.
+    conn.execute(
+        _text("SELECT 1 FROM threat_iocs WHERE threat_id = ANY(CAST(:l AS bigint[])) ORDER BY threat_id, ioc_id, relation FOR UPDATE"),
+        {"l": locked},
+    )
     rows = conn.execute(_text("DELETE FROM threats WHERE id = ANY(CAST(:l AS bigint[])) RETURNING id"), {"l": locked})
     return {int(r[0]) for r in rows}
 
