@@ -93,8 +93,7 @@ def main() -> None:
         return percentile(samples, 0.5) * 1000
 
     sk_ms = timed(lambda: sk(x1), 200) if sk else float("nan")
-    # the binary head's count inputs (if the model has them) are looked up on every path timed here
-    walker_ms = timed(lambda: (model.binary.raw_predict_numpy(model.binary_input(x1)), model.category.raw_predict_numpy(x1)), 200)
+    walker_ms = timed(lambda: (model.binary.raw_predict_numpy(x1), model.category.raw_predict_numpy(x1)), 200)
     service_ms = timed(lambda: model.predict(flows[:1]), 200)
     print(f"one flow, in process: scikit-learn predict_proba (both heads) p50 {sk_ms:.2f} ms")
     print(f"                      numpy tree walker (both heads)         p50 {walker_ms:.2f} ms   ({sk_ms / walker_ms:.1f}x faster)")
@@ -279,10 +278,10 @@ def _openmp_per_tree(model, X) -> Callable[[], None] | None:
     X64 = np.ascontiguousarray(X, dtype=np.float64)
 
     def run() -> None:
-        for head, Xh in ((model.binary, np.ascontiguousarray(model.binary_input(X64))), (model.category, X64)):
+        for head in (model.binary, model.category):
             for iteration in head._sklearn or []:
                 for predictor in iteration:
-                    predictor.predict(Xh, head.known_cat_bitsets, head.f_idx_map, threads)
+                    predictor.predict(X64, head.known_cat_bitsets, head.f_idx_map, threads)
 
     return run
 
@@ -303,9 +302,7 @@ def _sklearn_twin(model: object):
     for i in categorical_indices():
         X[:, i] = rng.integers(0, 3, 200)
     mask = [i in categorical_indices() for i in range(len(FEATURE_COLUMNS))]
-    extra = len(model.binary_features) - len(FEATURE_COLUMNS)  # the binary head's count inputs
-    Xb = np.hstack([X, rng.random((200, extra)).astype(np.float32)])
-    binary = HistGradientBoostingClassifier(max_iter=2, categorical_features=mask + [False] * extra).fit(Xb, rng.integers(0, 2, 200))
+    binary = HistGradientBoostingClassifier(max_iter=2, categorical_features=mask).fit(X, rng.integers(0, 2, 200))
     category = HistGradientBoostingClassifier(max_iter=2, categorical_features=mask).fit(X, rng.integers(0, model.category.n_outputs, 200))
     binary._predictors = model.binary._build_sklearn_predictors()
     category._predictors = model.category._build_sklearn_predictors()
@@ -313,7 +310,7 @@ def _sklearn_twin(model: object):
     category._baseline_prediction = model.category.baseline.reshape(1, -1)
 
     def both(x: object) -> None:
-        binary.predict_proba(model.binary_input(x))
+        binary.predict_proba(x)
         category.predict_proba(x)
 
     return both

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from math import isnan
 from typing import TYPE_CHECKING, Any
 
-from threatflow.flows.counts import NO_COUNTS, CountTableError, CountTables
 from threatflow.flows.features import (
     ATTACK_CATEGORIES,
     CATEGORICAL,
@@ -193,8 +192,7 @@ class TreeEnsemble:
         return arrays
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str, *, n_features: int = len(FEATURE_COLUMNS)) -> TreeEnsemble:
-        """n_features: the columns the head reads (FEATURE_COLUMNS, then the binary head's count inputs)."""
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str) -> TreeEnsemble:
         import numpy as np
 
         def get(name: str, dtype: Any) -> np.ndarray:
@@ -220,10 +218,10 @@ class TreeEnsemble:
             f_idx_map=get("f_idx_map", np.uint32),
             depth=int(get("depth", np.int32)[0]),
         )
-        ensemble._check(n_features)
+        ensemble._check()
         return ensemble
 
-    def _check(self, n_features: int = len(FEATURE_COLUMNS)) -> None:
+    def _check(self) -> None:
         """Bounds, so a crafted artifact cannot index out of range."""
         import numpy as np
 
@@ -237,9 +235,9 @@ class TreeEnsemble:
         if len(children) and (children.min() < 0 or children.max() >= n):
             raise ArtifactError("child index out of range")
         # Every node's: the numpy walker reads the feature (and, below, the bitset row) of leaves too.
-        if self.feature.min() < 0 or self.feature.max() >= n_features:
+        if self.feature.min() < 0 or self.feature.max() >= len(FEATURE_COLUMNS):
             raise ArtifactError("feature index out of range")
-        if len(self.f_idx_map) != n_features or self.baseline.shape != (self.n_outputs,):
+        if len(self.f_idx_map) != len(FEATURE_COLUMNS) or self.baseline.shape != (self.n_outputs,):
             raise ArtifactError("artifact does not match this feature set")
         cats = self.is_categorical & inner
         if cats.any():
@@ -550,7 +548,6 @@ class ServingModel:
     category_bias: np.ndarray  # additive log-odds adjustments, chosen on validation data
     sha256: str = ""
     load_seconds: float | None = None  # download + verify + warm, set by the snapshot loader
-    counts: CountTables = NO_COUNTS  # the binary head's count inputs (none in artifacts trained before them)
 
     # -- scoring ---------------------------------------------------------------------------
 
@@ -593,16 +590,8 @@ class ServingModel:
         """(P(attack) per row, P(category | attack) per row over category_labels, adjusted)."""
         return self._attack_probability(X), self._category_probabilities(X)
 
-    def binary_input(self, X: np.ndarray) -> np.ndarray:
-        """The binary head's matrix: X, then log(1 + count) of each count key (looked up, vectorised)."""
-        return self.counts.augment(X)
-
-    @property
-    def binary_features(self) -> list[str]:
-        return [*FEATURE_COLUMNS, *self.counts.names]
-
     def _attack_probability(self, X: np.ndarray) -> np.ndarray:
-        return _sigmoid(self.binary.raw_predict(self.binary_input(X))[:, 0])
+        return _sigmoid(self.binary.raw_predict(X)[:, 0])
 
     def _category_probabilities(self, X: np.ndarray) -> np.ndarray:
         return _softmax(self.category.raw_predict(X) + self.category_bias)
@@ -669,14 +658,10 @@ class ServingModel:
 
         HistGradientBoosting routes a missing value the way the training data with missing values
         went (or to the larger child), so this measures how much the flow's own value moved the
-        score. The binary head's count inputs are occluded as inputs of their own, named
-        count(sbytes,dbytes) and so on (occluding sbytes leaves the counts keyed on it as they are).
-        Bounded: 41 extra rows per flow (56 with the count inputs), scored in one batch.
+        score. Bounded: 41 extra rows per flow, scored in one batch.
         """
         import numpy as np
 
-        X = self.binary_input(X)
-        names = self.binary_features
         n, d = X.shape
         base = self.binary.raw_predict(X)[:, 0]
         occluded = np.repeat(X.astype(np.float64), d, axis=0)
@@ -685,7 +670,7 @@ class ServingModel:
         result = []
         for i in range(n):
             order = np.argsort(-np.abs(delta[i]))[:top]
-            result.append([{"feature": names[j], "contribution": round(float(delta[i, j]), 4)} for j in order])
+            result.append([{"feature": FEATURE_COLUMNS[j], "contribution": round(float(delta[i, j]), 4)} for j in order])
         return result
 
     def info(self) -> dict[str, Any]:
@@ -695,7 +680,6 @@ class ServingModel:
             "threshold": self.threshold,
             "sha256": self.sha256,
             "features": list(FEATURE_COLUMNS),
-            "count_inputs": self.counts.names,
             "categorical": {c: [*self.vocabulary.categories[c], "other"] for c in CATEGORICAL},
             "categories": list(ATTACK_CATEGORIES),
             "training_data_sha256": meta.get("training_data", {}).get("sha256"),
@@ -713,12 +697,11 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def dump_artifact(*, binary: TreeEnsemble, category: TreeEnsemble, counts: CountTables = NO_COUNTS) -> bytes:
-    """The heads' arrays and the binary head's count tables (its metadata names their keys: `count_keys`)."""
+def dump_artifact(*, binary: TreeEnsemble, category: TreeEnsemble) -> bytes:
     import numpy as np
 
     buffer = io.BytesIO()
-    arrays: dict[str, Any] = {**binary.to_arrays("binary"), **category.to_arrays("category"), **counts.to_arrays()}
+    arrays: dict[str, Any] = {**binary.to_arrays("binary"), **category.to_arrays("category")}
     np.savez_compressed(buffer, **arrays)
     return buffer.getvalue()
 
@@ -743,12 +726,7 @@ def load_artifact(data: bytes, metadata: Mapping[str, Any], *, expected_sha256: 
         raise ArtifactError("artifact was trained on another feature set; retrain it with this code")
     with np.load(io.BytesIO(data), allow_pickle=False) as archive:
         arrays = {name: archive[name] for name in archive.files}
-    # Count tables (count_keys in metadata): absent from artifacts trained before them, which score as before.
-    try:
-        counts = CountTables.from_arrays(arrays, metadata.get("count_keys", []))
-    except CountTableError as exc:
-        raise ArtifactError(str(exc)) from None
-    binary = TreeEnsemble.from_arrays(arrays, "binary", n_features=len(FEATURE_COLUMNS) + len(counts.keys))
+    binary = TreeEnsemble.from_arrays(arrays, "binary")
     category = TreeEnsemble.from_arrays(arrays, "category")
     labels = tuple(str(c) for c in metadata["category_labels"])
     if not set(labels) <= set(ATTACK_CATEGORIES) or len(labels) != category.n_outputs:
@@ -771,7 +749,6 @@ def load_artifact(data: bytes, metadata: Mapping[str, Any], *, expected_sha256: 
         category_labels=labels,
         category_bias=bias,
         sha256=actual,
-        counts=counts,
     )
 
 

@@ -32,7 +32,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from threatflow.flows.counts import COUNT_KEYS, CountTables
 from threatflow.flows.features import (
     ATTACK_CATEGORIES,
     CATEGORICAL,
@@ -286,11 +285,6 @@ class TrainConfig:
     # rising from 65% to 80% (paired bootstrap over the held-out rows: the gains held in all 200
     # resamples); it costs one more fit (~+20% CPU).
     final_fit: str = "all"
-    # The binary head's count inputs (flows/counts.py): log(1 + fitting rows sharing the flow's exact
-    # value of each key), leave-one-out for the fitting rows. Measured on the dev data's held-out split
-    # (seeds 7/11/13, README 'The flow model'): ROC-AUC +0.0003-0.0004, detection at the served
-    # threshold +0.2-0.7 points. () trains the head without them (the artifact then has no tables).
-    count_keys: tuple[tuple[str, ...], ...] = COUNT_KEYS
     n_jobs: int = 4  # parallel fits (folds + served heads); processes, so they also spread over cores
     threads: int = 1  # OpenMP threads for the boosting; 1 is fastest when other work shares the cores
 
@@ -308,12 +302,10 @@ def _hgb(
     learning_rate: float | None = None,
     max_leaf_nodes: int = 31,
     min_samples_leaf: int = 20,
-    extra_inputs: int = 0,
 ) -> Any:
-    """extra_inputs: numeric columns after FEATURE_COLUMNS (the binary head's count inputs)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    mask = [False] * (len(FEATURE_COLUMNS) + extra_inputs)
+    mask = [False] * len(FEATURE_COLUMNS)
     for i in categorical_indices():
         mask[i] = True
     return HistGradientBoostingClassifier(
@@ -336,14 +328,7 @@ def _binary_model(config: TrainConfig) -> Any:
         class_weight=config.binary_class_weight,
         max_leaf_nodes=config.max_leaf_nodes,
         min_samples_leaf=config.min_samples_leaf,
-        extra_inputs=len(config.count_keys),
     )
-
-
-def _fit_binary(config: TrainConfig, X: np.ndarray, y: np.ndarray) -> tuple[Any, CountTables]:
-    """The binary head and its count tables, both from these rows (each row's own count left out)."""
-    tables = CountTables.fit(X, config.count_keys)
-    return _binary_model(config).fit(tables.augment(X, leave_one_out=True), y), tables
 
 
 def _seed_forest(config: TrainConfig) -> Any:
@@ -599,8 +584,8 @@ def _fit_fold(
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=config.threads):
-        binary, tables = _fit_binary(config, X, y)
-        p = binary.predict_proba(tables.augment(X_val))[:, 1]  # validation rows: looked up in the fold's tables
+        binary = _binary_model(config).fit(X, y)
+        p = binary.predict_proba(X_val)[:, 1]
         category_model, labels = _fit_category(config, X, category)
         logp = _log_softmax_head(category_model, X_val)
     if labels == head_labels:
@@ -612,22 +597,22 @@ def _fit_fold(
     return p, filled
 
 
-def _fit_heads(config: TrainConfig, X: np.ndarray, y: np.ndarray, category: np.ndarray) -> tuple[Any, Any, list[int], CountTables]:
+def _fit_heads(config: TrainConfig, X: np.ndarray, y: np.ndarray, category: np.ndarray) -> tuple[Any, Any, list[int]]:
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=config.threads):
-        binary, tables = _fit_binary(config, X, y)
+        binary = _binary_model(config).fit(X, y)
         category_model, labels = _fit_category(config, X, category)
-    return binary, category_model, labels, tables
+    return binary, category_model, labels
 
 
-def _package_heads(heads: tuple[Any, Any, list[int], CountTables]) -> tuple[bytes, list[int]]:
-    """Fitted sklearn heads → the served artifact (numeric arrays, count tables included) and the category head's labels."""
-    binary_model, category_model, labels, tables = heads
+def _package_heads(heads: tuple[Any, Any, list[int]]) -> tuple[bytes, list[int]]:
+    """Fitted sklearn heads → the served artifact (numeric arrays) and the category head's labels."""
+    binary_model, category_model, labels = heads
     category_trees = TreeEnsemble.from_sklearn(category_model)
     if category_trees.n_outputs == 1:
         raise ValueError("the category head needs at least three attack categories in the training data")
-    return dump_artifact(binary=TreeEnsemble.from_sklearn(binary_model), category=category_trees, counts=tables), labels
+    return dump_artifact(binary=TreeEnsemble.from_sklearn(binary_model), category=category_trees), labels
 
 
 def _bias_for(labels: Sequence[int], head_labels: Sequence[int], bias: np.ndarray) -> list[float]:
@@ -754,16 +739,13 @@ def _train(dataset: Dataset, *, config: TrainConfig, version: str | None, log: C
         "features": list(FEATURE_COLUMNS),
         "categorical": list(CATEGORICAL),
         "vocabulary": dataset.vocabulary.to_json(),
-        **({"count_keys": [list(k) for k in config.count_keys]} if config.count_keys else {}),
         "threshold": threshold,
         "category_labels": [ATTACK_CATEGORIES[c] for c in labels],
         "category_bias": _bias_for(labels, head_labels, bias),
         "algorithm": {
             "binary": f"HistGradientBoostingClassifier(learning_rate={config.learning_rate}, max_iter={config.max_iter}, "
             f"max_leaf_nodes={config.max_leaf_nodes}, min_samples_leaf={config.min_samples_leaf}, "
-            f"class_weight={config.binary_class_weight}, native categorical proto/service/state"
-            + (f", {len(config.count_keys)} count inputs (count_keys)" if config.count_keys else "")
-            + ")",
+            f"class_weight={config.binary_class_weight}, native categorical proto/service/state)",
             "category": f"HistGradientBoostingClassifier(learning_rate={config.category_learning_rate}, "
             f"max_iter={config.category_max_iter}, class_weight=balanced) on attacks only, "
             "with per-category log-odds adjustments chosen on validation macro-F1",
@@ -899,17 +881,6 @@ def model_card(metadata: Mapping[str, Any]) -> str:
         + "; ".join(f"{c}: {len(v)} values" for c, v in metadata["vocabulary"].items())
         + ".",
         "",
-        *(
-            [
-                "Count inputs (binary head only): log(1 + n), n the number of fitting rows sharing the flow's exact values of "
-                + "; ".join("(" + ", ".join(k) + ")" for k in metadata["count_keys"])
-                + " (a fitting row leaves itself out). No labels; they add most where traffic repeats the training data's exact"
-                " flows, and are mostly 0 on other networks, where the head falls back to the other inputs.",
-                "",
-            ]
-            if metadata.get("count_keys")
-            else []
-        ),
         "Left out on purpose: `id` (row order, sorted by class: leaks the label); `srcip`, `dstip`, `sport`, `dsport`",
         "(UNSW-NB15 attacks come from a few testbed addresses; learning them would not generalise); `stime`, `ltime`",
         "(capture wall-clock time); `rate` (partitioned layout only, derived from spkts, dpkts and dur).",

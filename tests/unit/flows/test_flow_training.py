@@ -8,7 +8,6 @@ from ml_helpers import sample_rows, small_config, small_model
 from threadpoolctl import threadpool_limits
 
 from threatflow.flows import training as T
-from threatflow.flows.counts import COUNT_KEYS
 
 
 def test_operating_points_report_detection_at_each_fpr_and_the_fpr_97_percent_needs():
@@ -85,9 +84,6 @@ def test_binary_head_defaults_are_the_measured_ones():
     assert params["class_weight"] == "balanced"
     assert (params["max_leaf_nodes"], params["min_samples_leaf"], params["max_iter"]) == (63, 10, 200)
     assert params["random_state"] == T.TrainConfig().seed and params["early_stopping"] is False
-    # the count inputs follow the features as numeric columns (README 'The flow model')
-    assert T.TrainConfig().count_keys == COUNT_KEYS and len(COUNT_KEYS) == 15
-    assert list(params["categorical_features"]) == [c in T.CATEGORICAL for c in T.FEATURE_COLUMNS] + [False] * 15
     category = T._hgb(T.TrainConfig(), max_iter=5).get_params()  # the category head keeps sklearn's leaf sizes
     assert (category["max_leaf_nodes"], category["min_samples_leaf"]) == (31, 20)
 
@@ -145,11 +141,8 @@ def test_final_fit_all_serves_heads_fitted_on_every_row(final_fits):
     X, y = dataset.X, dataset.label.astype(np.int64)
     # as training fits them (one OpenMP thread): unlimited, these two fits took ~30 s on a busy 2-core machine
     with threadpool_limits(limits=FINAL_FIT_CONFIG.threads):
-        # each with count tables from its own rows, which score every row by lookup (no row left out)
-        binary, tables = T._fit_binary(FINAL_FIT_CONFIG, X, y)
-        on_all = binary.predict_proba(tables.augment(X))[:, 1]
-        binary, tables = T._fit_binary(FINAL_FIT_CONFIG, X[train_idx], y[train_idx])
-        on_train = binary.predict_proba(tables.augment(X))[:, 1]
+        on_all = T._binary_model(FINAL_FIT_CONFIG).fit(X, y).predict_proba(X)[:, 1]
+        on_train = T._binary_model(FINAL_FIT_CONFIG).fit(X[train_idx], y[train_idx]).predict_proba(X)[:, 1]
     served_all, _ = fits["all"].model.scores(X)
     served_train, _ = fits["train"].model.scores(X)
     # the served heads are the deterministic refit on every row (resp. the training part), and they differ

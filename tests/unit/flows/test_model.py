@@ -3,7 +3,6 @@
 import dataclasses
 import io
 import json
-from collections import Counter
 
 import numpy as np
 import pytest
@@ -32,28 +31,10 @@ def sklearn_heads(trained):
     idx = np.arange(dataset.rows)
     train_idx, _ = train_test_split(idx, test_size=0.2, stratify=T._stratify_key(cat, dataset.label, 2), random_state=7)
     config = small_config()  # small_model's: the refit heads must match what it trained
-    fit_rows = dataset.X[train_idx]
-    # the count inputs by hand, as flows/counts.py defines them: rows sharing each key's exact values,
-    # a fitting row leaving itself out (an independent reimplementation, with Python tuples as keys)
-    tallies = [Counter(_key_values(fit_rows, key)) for key in config.count_keys]
-
-    def with_counts(X, *, fitting):
-        own = 1 if fitting else 0
-        columns = [
-            [np.log1p(max(0, tally[k] - own)) if not any(np.isnan(v) for v in k) else 0.0 for k in _key_values(X, key)]
-            for tally, key in zip(tallies, config.count_keys, strict=True)
-        ]
-        return np.hstack([X, np.asarray(columns, dtype=np.float32).T])
-
     with threadpool_limits(limits=config.threads):  # one OpenMP thread, as training fits them (faster on a busy machine)
-        binary = T._binary_model(config).fit(with_counts(fit_rows, fitting=True), dataset.label[train_idx].astype(np.int64))
-        category, _ = T._fit_category(config, fit_rows, cat[train_idx])
-    return dataset, binary, category, with_counts
-
-
-def _key_values(X, key):
-    columns = [F.FEATURE_COLUMNS.index(c) for c in key]
-    return [tuple(float(v) + 0.0 for v in row) for row in np.asarray(X, dtype=np.float64)[:, columns].tolist()]
+        binary = T._binary_model(config).fit(dataset.X[train_idx], dataset.label[train_idx].astype(np.int64))
+        category, _ = T._fit_category(config, dataset.X[train_idx], cat[train_idx])
+    return dataset, binary, category
 
 
 def test_training_writes_metrics_and_a_model_card(trained, tmp_path):
@@ -121,28 +102,22 @@ def test_crafted_indices_a_walker_reads_are_refused(trained, mutation):
 
 
 def test_numpy_walker_and_compiled_path_equal_sklearn(trained, sklearn_heads):
-    dataset, binary, category, with_counts = sklearn_heads
+    dataset, binary, category = sklearn_heads
     model = trained.model
     X = dataset.X[:300]
     # A NaN and an unseen category code exercise the missing-value routes.
     X = np.vstack([X, X[:2]])
     X[-2, F.FEATURE_COLUMNS.index("sbytes")] = np.nan
     X[-1, F.FEATURE_COLUMNS.index("proto")] = model.vocabulary.size("proto") + 5
-    expected_binary = binary.predict_proba(with_counts(X, fitting=False))[:, 1]
+    expected_binary = binary.predict_proba(X)[:, 1]
     expected_category = category.predict_proba(X)
-    Xb = model.binary_input(X)
-    assert Xb.shape[1] == len(F.FEATURE_COLUMNS) + 15
-    np.testing.assert_array_equal(Xb, with_counts(X, fitting=False))  # the served lookup is the hand count
 
-    def one_by_one(head, X):
+    def one_by_one(head):
         return np.vstack([head.raw_predict(X[i : i + 1]) for i in range(len(X))])  # the plain one-flow walk
 
-    for raw in (model.binary.raw_predict_numpy(Xb), model.binary._compiled()(Xb), one_by_one(model.binary, Xb)):
+    for raw in (model.binary.raw_predict_numpy(X), model.binary._compiled()(X), one_by_one(model.binary)):
         np.testing.assert_allclose(1 / (1 + np.exp(-raw[:, 0])), expected_binary, rtol=1e-9, atol=1e-12)
-    # the served entry points, small batches (numpy walk) and large (compiled), look the counts up themselves
-    for size in (1, 40, len(X)):
-        np.testing.assert_allclose(model.scores(X[:size])[0], expected_binary[:size], rtol=1e-9, atol=1e-12)
-    for raw in (model.category.raw_predict_numpy(X), model.category._compiled()(X), one_by_one(model.category, X)):
+    for raw in (model.category.raw_predict_numpy(X), model.category._compiled()(X), one_by_one(model.category)):
         z = np.exp(raw - raw.max(axis=1, keepdims=True))
         np.testing.assert_allclose(z / z.sum(axis=1, keepdims=True), expected_category, rtol=1e-9, atol=1e-12)
 
@@ -158,13 +133,13 @@ def test_the_one_flow_walk_follows_the_numpy_walker_on_every_route(trained):
     X[40:60, proto] = np.nan
     X[60:80, :] = np.nan
     X[80:100, dur] = np.nan
-    for trained_head, Xh in ((trained.model.binary, trained.model.binary_input(X)), (trained.model.category, X)):
+    for trained_head in (trained.model.binary, trained.model.category):
         for cut in (None, 2):
             head = trained_head
             if cut is not None:  # a depth bound below the trees' depth: both walkers stop after `cut` steps
                 head = M.TreeEnsemble(**{**{k: v for k, v in vars(head).items() if not k.startswith("_")}, "depth": cut})
-            walked = np.array([head.raw_predict_one(row) for row in Xh.tolist()])
-            np.testing.assert_allclose(walked, head.raw_predict_numpy(Xh), rtol=1e-12, atol=1e-12)
+            walked = np.array([head.raw_predict_one(row) for row in X.tolist()])
+            np.testing.assert_allclose(walked, head.raw_predict_numpy(X), rtol=1e-12, atol=1e-12)
 
 
 def test_every_path_adds_a_flows_trees_in_one_order(trained):
@@ -179,12 +154,12 @@ def test_every_path_adds_a_flows_trees_in_one_order(trained):
     clean, errors = F.validate_flows([flow_without_targets(r) for r in sample_rows(2500)[:200]])
     assert not errors
     X = F.matrix_from_clean(clean, vocabulary=model.vocabulary).astype(np.float64)
-    for head, Xh in ((model.binary, model.binary_input(X)), (model.category, X)):
-        walked = head.raw_predict_numpy(Xh)
-        assert np.array_equal(walked, head._compiled()(Xh))
-        assert np.array_equal(walked, np.array([head.raw_predict_one(row) for row in Xh.tolist()]))
+    for head in (model.binary, model.category):
+        walked = head.raw_predict_numpy(X)
+        assert np.array_equal(walked, head._compiled()(X))
+        assert np.array_equal(walked, np.array([head.raw_predict_one(row) for row in X.tolist()]))
 
-    p_attack = 1 / (1 + np.exp(-model.binary.raw_predict_numpy(model.binary_input(X))[:, 0]))
+    p_attack = 1 / (1 + np.exp(-model.binary.raw_predict_numpy(X)[:, 0]))
     benign = int(np.flatnonzero(p_attack < model.threshold)[0])
     raw = model.category.raw_predict_numpy(X) + model.category_bias
     for row in np.flatnonzero(p_attack >= model.threshold)[:10].tolist():
@@ -205,10 +180,10 @@ def test_large_batches_split_across_threads_score_like_the_walker(trained):
     X = F.to_matrix([flow_without_targets(r) for r in rows], vocabulary=trained.model.vocabulary).astype(np.float64)
     X = np.vstack([X] * (M.PARALLEL_ROWS // len(X) + 1))[: M.PARALLEL_ROWS + 7]
     X[5, F.FEATURE_COLUMNS.index("dur")] = np.nan
-    for head, Xh in ((trained.model.binary, trained.model.binary_input(X)), (trained.model.category, X)):
-        split = head._compiled()(Xh)
-        np.testing.assert_allclose(split, head.raw_predict_numpy(Xh), rtol=1e-12, atol=1e-12)
-        np.testing.assert_array_equal(split[:300], head._compiled()(Xh[:300]))  # one thread, the same numbers
+    for head in (trained.model.binary, trained.model.category):
+        split = head._compiled()(X)
+        np.testing.assert_allclose(split, head.raw_predict_numpy(X), rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(split[:300], head._compiled()(X[:300]))  # one thread, the same numbers
 
 
 def test_results_are_the_predictions_json(trained):
@@ -251,7 +226,7 @@ def test_predictions_are_coherent(trained):
         assert p.is_attack == (p.probability >= trained.model.threshold)
         assert (p.attack_cat == "Normal") == (not p.is_attack)
         assert p.model_version == "test-small"
-        assert len(p.contributions) == 3 and all(c["feature"] in trained.model.binary_features for c in p.contributions)
+        assert len(p.contributions) == 3 and all(c["feature"] in F.FEATURE_COLUMNS for c in p.contributions)
 
 
 def test_predict_rejects_bad_flows_listing_each(trained):
@@ -305,7 +280,7 @@ def test_a_scoring_pool_inherited_across_fork_is_not_reused(trained):
     """gunicorn forks workers after preloading the app: a child must get threads of its own."""
     import os
 
-    X = np.zeros((M.PARALLEL_ROWS, len(trained.model.binary_features)))  # the binary head reads the count inputs too
+    X = np.zeros((M.PARALLEL_ROWS, len(F.FEATURE_COLUMNS)))
     trained.model.binary._compiled()(X)  # the parent's pool exists now
     read, write = os.pipe()
     pid = os.fork()
