@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -231,6 +231,26 @@ def unit_of_work(engine: Engine, *, wait_seconds: float | None = None) -> Iterat
         except TimeoutError:
             conn.invalidate()  # the socket timed out mid-answer: the connection is out of step, never reuse it
             raise
+
+
+def delete_in_batches(
+    engine: Engine, *, delete: Callable[[Connection, int], int], remaining: Callable[[Connection], bool], limit: int, batch: int
+) -> tuple[int, int, bool]:
+    """A retention job's delete, bounded: `delete(conn, n)` removes at most n rows and says how many it did, one
+    transaction a batch (short locks and statements whatever the backlog), until `limit` rows or fewer than asked;
+    then `remaining(conn)` says whether rows are left for the next run. (deleted, batches, more)."""
+    deleted = batches = 0
+    while deleted < limit:
+        wanted = min(batch, limit - deleted)
+        with unit_of_work(engine) as conn:
+            done = delete(conn, wanted)
+        deleted += done
+        batches += 1
+        if done < wanted:
+            break
+    with unit_of_work(engine) as conn:
+        more = remaining(conn)
+    return deleted, batches, more
 
 
 @contextlib.contextmanager

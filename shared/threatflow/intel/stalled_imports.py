@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from threatflow.adapters.postgres import unit_of_work
+from threatflow.adapters.postgres import delete_in_batches, unit_of_work
 from threatflow.intel import repository as intel_repository
 from threatflow.intel.importer import IMPORT_JOBS, IMPORT_LEASES, JobState
 from threatflow.platform import logging as tf_logging
@@ -148,17 +148,13 @@ def prune_applied(*, engine: Engine, now: datetime, limit: int = PRUNE_LIMIT, ba
     """Delete at most `limit` import_jobs_applied rows applied before APPLIED_RETENTION, oldest first, `batch` rows a
     transaction; `more` says some remain for the next run. Idempotent: a second run deletes what the first left."""
     cutoff = now - APPLIED_RETENTION
-    deleted = batches = 0
-    while deleted < limit:
-        wanted = min(batch, limit - deleted)
-        with unit_of_work(engine) as conn:
-            done = intel_repository.prune_applied_imports(conn, before=cutoff, limit=wanted)
-        deleted += done
-        batches += 1
-        if done < wanted:
-            break
-    with unit_of_work(engine) as conn:
-        more = intel_repository.applied_imports_before(conn, before=cutoff)
+    deleted, batches, more = delete_in_batches(
+        engine,
+        delete=lambda conn, n: intel_repository.prune_applied_imports(conn, before=cutoff, limit=n),
+        remaining=lambda conn: intel_repository.applied_imports_before(conn, before=cutoff),
+        limit=limit,
+        batch=batch,
+    )
     result = {"deleted": deleted, "batches": batches, "more": more, "cutoff": cutoff.isoformat(), "limit": limit}
     tf_logging.log(log, logging.INFO, "applied import records pruned", job="purge-runs", **result)
     return result

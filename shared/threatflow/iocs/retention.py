@@ -14,7 +14,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from threatflow.adapters.postgres import unit_of_work
+from threatflow.adapters.postgres import delete_in_batches
 from threatflow.iocs import repository
 from threatflow.platform.logging import log
 
@@ -35,17 +35,13 @@ def prune_sightings(*, engine: Engine, now: datetime, retention_days: int, limit
     """Delete at most `limit` sightings seen more than `retention_days` before `now`, `batch` rows a transaction.
     Idempotent: a second run deletes what the first left (its limit, or rows another prune held), nothing else."""
     cutoff = now - timedelta(days=retention_days)
-    deleted = batches = 0
-    while deleted < limit:
-        wanted = min(batch, limit - deleted)
-        with unit_of_work(engine) as conn:
-            done = repository.prune_sightings(conn, before=cutoff, limit=wanted)
-        deleted += done
-        batches += 1
-        if done < wanted:
-            break
-    with unit_of_work(engine) as conn:
-        more = repository.sightings_before(conn, before=cutoff)
+    deleted, batches, more = delete_in_batches(
+        engine,
+        delete=lambda conn, n: repository.prune_sightings(conn, before=cutoff, limit=n),
+        remaining=lambda conn: repository.sightings_before(conn, before=cutoff),
+        limit=limit,
+        batch=batch,
+    )
     result = {
         "deleted": deleted,
         "batches": batches,
