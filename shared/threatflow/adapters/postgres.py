@@ -108,6 +108,24 @@ def _discard_on_driver_fault(engine: Engine) -> Engine:
     return engine
 
 
+def _url_connect_args(database_url: str) -> dict[str, Any]:
+    """pg8000's arguments a DATABASE_URL implies. A server on the loopback address is asked for no TLS: pg8000
+    otherwise builds a TLS context for every connection (~23 ms of CPU loading the system's CA store) to offer TLS,
+    unverified, to a server on the same machine, where it protects nothing. Any other host keeps pg8000's default."""
+    import ipaddress
+
+    from sqlalchemy.engine import make_url
+
+    host = make_url(database_url).host
+    if host is None:
+        return {}
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = False
+    return {"ssl_context": False} if loopback else {}
+
+
 def create_engine(settings: Settings) -> Engine:
     import sqlalchemy
 
@@ -122,7 +140,7 @@ def create_engine(settings: Settings) -> Engine:
     }
     startup = {**SESSION_PARAMS, "statement_timeout": str(statement_timeout_ms(settings))}
     if settings.database_url:
-        connect_args = {"timeout": settings.db_timeout_seconds, "startup_params": startup}
+        connect_args = {**_url_connect_args(settings.database_url), "timeout": settings.db_timeout_seconds, "startup_params": startup}
         return _discard_on_driver_fault(sqlalchemy.create_engine(settings.database_url, connect_args=connect_args, **pool))
     engine = sqlalchemy.create_engine("postgresql+pg8000://", creator=_cloud_sql_creator(settings, startup_params=startup), **pool)
     return _discard_on_driver_fault(engine)
@@ -156,9 +174,8 @@ def create_read_engine(settings: Settings, *, session: ReadSession) -> Engine:
     }
     startup = {**SESSION_PARAMS, **session.startup_params()}
     if settings.database_url:
-        engine = sqlalchemy.create_engine(
-            settings.database_url, connect_args={"timeout": settings.db_timeout_seconds, "startup_params": startup}, **pool
-        )
+        connect_args = {**_url_connect_args(settings.database_url), "timeout": settings.db_timeout_seconds, "startup_params": startup}
+        engine = sqlalchemy.create_engine(settings.database_url, connect_args=connect_args, **pool)
     else:
         engine = sqlalchemy.create_engine("postgresql+pg8000://", creator=_cloud_sql_creator(settings, startup_params=startup), **pool)
     _discard_on_driver_fault(engine)

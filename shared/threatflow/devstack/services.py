@@ -343,7 +343,7 @@ def _pg_ready(port: int) -> bool:
 
     # A real connection, like pg_isready but stricter: "starting up" is not ready.
     try:
-        conn = pg8000.native.Connection("postgres", host="127.0.0.1", port=port, database="postgres", timeout=2)
+        conn = pg8000.native.Connection("postgres", host="127.0.0.1", port=port, database="postgres", timeout=2, ssl_context=False)
     except Exception:  # pg8000 raises InterfaceError/DatabaseError while it starts; any failure means "not yet"
         return False
     try:
@@ -439,7 +439,7 @@ def start_postgres(state_dir: Path, *, port: int | None = None, database: str = 
     port = chosen
     service = RunningService("postgres", pid, port, {"DATABASE_URL": f"postgresql+pg8000://postgres@127.0.0.1:{port}/{database}"}, log_path)
     try:
-        conn = pg8000.native.Connection("postgres", host="127.0.0.1", port=port, database="postgres", timeout=10)
+        conn = pg8000.native.Connection("postgres", host="127.0.0.1", port=port, database="postgres", timeout=10, ssl_context=False)
         try:
             if not conn.run("SELECT 1 FROM pg_database WHERE datname = :name", name=database):
                 conn.run(f"CREATE DATABASE {pg8000.native.identifier(database)}")
