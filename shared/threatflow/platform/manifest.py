@@ -163,7 +163,9 @@ def load_manifest(path: Path | str | None = None) -> Manifest:
     import yaml  # only the CLI, the local stack, the bundler and the tests read the YAML
 
     try:
-        raw = yaml.safe_load(manifest_path.read_text())
+        # libyaml's loader when PyYAML was built with it: the same safe subset, ~9x faster (29 ms to 3 ms here),
+        # which every CLI command and each test's function load pays.
+        raw = yaml.load(manifest_path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
     except FileNotFoundError:
         raise ManifestError(f"topology manifest not found: {manifest_path}") from None
     except yaml.YAMLError as exc:
