@@ -251,3 +251,25 @@ class SqlDb:
 
     def close(self) -> None:
         self._engine.dispose()
+
+
+class FirestoreDownWithPubSub:
+    """The real document store until `down` is set (by a publish that fails: Pub/Sub and Firestore unreachable
+    together); from then on every write fails as Firestore unreachable."""
+
+    def __init__(self, docs: Any) -> None:
+        self._docs, self.down = docs, False
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._docs, name)
+        if not name.startswith(("set", "update", "delete")):
+            return method
+
+        def failing(*args: Any, **kwargs: Any) -> Any:
+            from threatflow.platform.errors import DependencyError
+
+            if self.down:
+                raise DependencyError(f"Firestore {name} failed: unreachable")
+            return method(*args, **kwargs)
+
+        return failing

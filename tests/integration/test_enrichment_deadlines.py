@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from helpers import (
+    FirestoreDownWithPubSub,
     clear_enrichment_runs,
     enrichment_ioc,
     pull_published,
@@ -599,28 +600,6 @@ def test_a_failed_publish_does_not_undo_a_start_that_came_in_meanwhile(env):
     assert run["status"] == "queued" and run["redispatches"] is None, run  # nobody else wrote it: put back
 
 
-class _FirestoreDownWithPubSub:
-    """The real document store until `down` is set (by a publish that fails: Pub/Sub and Firestore unreachable
-    together); from then on every write fails as Firestore unreachable."""
-
-    def __init__(self, docs: Any) -> None:
-        self._docs, self.down = docs, False
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self._docs, name)
-        if not name.startswith(("set", "update", "delete")):
-            return method
-
-        def failing(*args: Any, **kwargs: Any) -> Any:
-            from threatflow.platform.errors import DependencyError
-
-            if self.down:
-                raise DependencyError(f"Firestore {name} failed: unreachable")
-            return method(*args, **kwargs)
-
-        return failing
-
-
 def test_a_failed_publish_is_the_error_raised_when_putting_the_run_back_fails_too(env, caplog):
     """The sweep marks a stalled run requeued, then publishing its request fails, then putting the run back fails
     as well: the put-back's error was raised over the publish's (its `__context__`), so the job run failed saying
@@ -631,7 +610,7 @@ def test_a_failed_publish_is_the_error_raised_when_putting_the_run_back_fails_to
     from threatflow.platform.errors import DependencyError
 
     runtime = env["runtime"]
-    docs = _FirestoreDownWithPubSub(env["docs"])
+    docs = FirestoreDownWithPubSub(env["docs"])
     run_id = _queued(runtime, enrichment_ioc(runtime, "45.95.147.45"), "45.95.147.45", age=_stalled())
 
     class Unreachable:

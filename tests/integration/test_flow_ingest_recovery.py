@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from flows_support import publish, trained_model
-from helpers import create_user, pull_published, push_envelope
+from helpers import FirestoreDownWithPubSub, create_user, pull_published, push_envelope
 
 pytestmark = pytest.mark.integration
 PROJECT = "threatflow-test"
@@ -368,28 +368,6 @@ def test_a_failed_publish_puts_the_recovery_back_and_the_next_tick_publishes(env
     assert docs.get(ingest_jobs.INGEST_JOBS, job_id)["recoveries"] == 1
 
 
-class _FirestoreDownWithPubSub:
-    """The real document store until `down` is set (by a publish that fails: Pub/Sub and Firestore unreachable
-    together); from then on every write fails as Firestore unreachable."""
-
-    def __init__(self, docs: Any) -> None:
-        self._docs, self.down = docs, False
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self._docs, name)
-        if not name.startswith(("set", "update", "delete")):
-            return method
-
-        def failing(*args: Any, **kwargs: Any) -> Any:
-            from threatflow.platform.errors import DependencyError
-
-            if self.down:
-                raise DependencyError(f"Firestore {name} failed: unreachable")
-            return method(*args, **kwargs)
-
-        return failing
-
-
 def test_a_failed_publish_is_the_error_raised_when_putting_the_recovery_back_fails_too(env, caplog):
     """The recovery is recorded, the publish fails, then putting the recovery back fails as well: the put-back's
     error was raised over the publish's (its `__context__`), so the job run failed saying Firestore failed, never
@@ -399,7 +377,7 @@ def test_a_failed_publish_is_the_error_raised_when_putting_the_recovery_back_fai
     from threatflow.flows import ingest_jobs
     from threatflow.platform.errors import DependencyError
 
-    docs = _FirestoreDownWithPubSub(env["docs"])
+    docs = FirestoreDownWithPubSub(env["docs"])
     job_id = _job(docs, state="running", age=_stalled_at(), rows_done=40, continuation=1)
 
     class Unreachable:
