@@ -572,3 +572,41 @@ def test_a_bulk_threat_delete_and_an_ioc_delete_unlinking_the_same_pairs_do_not_
     assert [outcome[n][0] for n in ("threats", "iocs")] == [200, 200], outcome
     assert (outcome["threats"][1]["deleted"], outcome["iocs"][1]["deleted"]) == (2, 2), outcome
     assert db.one("SELECT count(*) FROM threat_iocs WHERE threat_id = ANY(%s) OR ioc_id = ANY(%s)", [t1, t2], [i1, i2])[0] == 0
+
+
+def test_two_ioc_deletes_of_iocs_related_across_their_sets_do_not_deadlock(api, db, function_client):
+    """IoCs i1 < i2 < i3 < i4 with relations i1 -> i4 and i2 -> i3; DELETE /iocs of {i1, i3} (A) and of {i2, i4} (B).
+    Each cascade into ioc_relations locked the relations in the order its own IoCs went: A (i1, i4) then (i2, i3),
+    B (i2, i3) then (i1, i4). Queued behind a holder of (i1, i4), A took it and waited for (i2, i3), which B held
+    while it waited for (i1, i4): PostgreSQL aborted one, a 503. The relations are locked in key order first now."""
+    tag = f"related-{uuid.uuid4().hex[:12]}"
+    db.execute(
+        "INSERT INTO iocs (type, value, tags, first_seen, last_seen, last_seen_day)"
+        " SELECT 'domain', %s || g || '.example', ARRAY[%s], now(), now(), current_date FROM generate_series(1, 4) g",
+        f"{tag}-",
+        tag,
+    )
+    with db._engine.connect() as conn:
+        i1, i2, i3, i4 = [r[0] for r in conn.exec_driver_sql("SELECT id FROM iocs WHERE %s = ANY(tags) ORDER BY id", (tag,)).all()]
+    db.execute(
+        "INSERT INTO ioc_relations (source_id, target_id, type, tlp)"
+        " VALUES (%s, %s, 'related-to', 'clear'), (%s, %s, 'related-to', 'clear')",
+        *(i1, i4, i2, i3),
+    )
+    outcome: dict[str, tuple[int, dict]] = {}
+    racers = [
+        threading.Thread(target=_delete_iocs, args=(api.client("/api/v1/iocs"), api.admin, {"ids": [i1, i3]}, outcome, "a")),
+        threading.Thread(target=_delete_iocs, args=(function_client("iocs"), api.admin, {"ids": [i2, i4]}, outcome, "b")),
+    ]
+    from sqlalchemy import text
+
+    with db._engine.begin() as holder:
+        holder.execute(text("SELECT 1 FROM ioc_relations WHERE source_id = :s AND target_id = :t FOR UPDATE"), {"s": i1, "t": i4})
+        for count, racer in enumerate(racers, start=1):
+            racer.start()
+            _await_lock_waiters(db, count)
+    for racer in racers:
+        racer.join(60)
+    assert [outcome[n][0] for n in ("a", "b")] == [200, 200], outcome
+    assert (outcome["a"][1]["deleted"], outcome["b"][1]["deleted"]) == (2, 2), outcome
+    assert db.one("SELECT count(*) FROM ioc_relations WHERE source_id = ANY(%s)", [i1, i2, i3, i4])[0] == 0
