@@ -224,7 +224,9 @@ def _delete(
     Locks in a fixed order first: the IoCs by id, then their links to threats in (threat_id, ioc_id, relation) order,
     as a threat delete locks the links it deletes (threats.repository.delete_threats). Left to the cascade, each
     delete locked the links in the order its own rows went, so an IoC delete and a threat delete unlinking pairs across
-    each other (t1 - i2, t2 - i1) each waited for a link the other held: PostgreSQL aborted one, a 503."""
+    each other (t1 - i2, t2 - i1) each waited for a link the other held: PostgreSQL aborted one, a 503. Their relations
+    to other IoCs are locked in key order too, as two IoC deletes related across their sets (i1 -> i4, i2 -> i3;
+    {i1, i3} and {i2, i4}) deadlocked the same way."""
     locked = [
         int(r[0])
         for r in conn.execute(
@@ -236,6 +238,13 @@ def _delete(
     if locked:
         conn.execute(
             _text("SELECT 1 FROM threat_iocs WHERE ioc_id = ANY(CAST(:l AS bigint[])) ORDER BY threat_id, ioc_id, relation FOR UPDATE"),
+            {"l": locked},
+        )
+        conn.execute(
+            _text(
+                "SELECT 1 FROM ioc_relations WHERE source_id = ANY(CAST(:l AS bigint[])) OR target_id = ANY(CAST(:l AS bigint[]))"
+                " ORDER BY source_id, target_id, type FOR UPDATE"
+            ),
             {"l": locked},
         )
         deleted = int(conn.execute(_text("DELETE FROM iocs WHERE id = ANY(CAST(:l AS bigint[]))"), {"l": locked}).rowcount)
