@@ -33,7 +33,8 @@ _SPACES = re.compile(r"\s+")
 _RELATION_VERB = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 # Producers and users write a verb `Attributed To`, `attributed_to`: a run of spaces and underscores (with any hyphens
 # in it) is one hyphen. A run of hyphens alone is kept: it is already a tidy word, and may be stored so. Separators at
-# either end join nothing and are dropped: `uses_` and `uses-` were stored as `uses-`, a verb beside `uses`.
+# either end join nothing and are dropped: `uses_` and `uses-` were stored as `uses-`, a verb beside `uses`, until
+# sql/0016_relation_verb_edges.sql rewrote them in SQL. A change that reads a storable verb otherwise needs the same.
 _VERB_SEPARATORS = re.compile(r"[\s_-]+")
 _VERB_EDGES = re.compile(r"^[\s_-]+|[\s_-]+$")
 

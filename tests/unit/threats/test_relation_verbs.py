@@ -1,6 +1,8 @@
 """The verb of a threat-to-threat relation or a threat-to-IoC link (`threats.model.check_relation_verb`)."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from threatflow.platform.errors import ValidationError
 from threatflow.threats.model import check_relation_verb
@@ -51,3 +53,12 @@ def test_a_verb_that_is_no_tidy_word_once_read_is_refused(given):
     with pytest.raises(ValidationError) as refused:
         check_relation_verb(given)
     assert refused.value.field == "relation"
+
+
+@settings(max_examples=500, deadline=None)
+@given(stored=st.from_regex(r"[a-z][a-z0-9-]{0,63}", fullmatch=True))
+def test_a_verb_the_tables_could_hold_is_read_as_itself_without_its_trailing_hyphens(stored):
+    """sql/0016_relation_verb_edges.sql rewrites stored verbs as rtrim(verb, '-'): threat_iocs.relation and
+    threat_relations.type hold only what their CHECK (^[a-z][a-z0-9-]{0,63}$) admits, and on those values that must be
+    what check_relation_verb gives (`uses-` and `uses--` are uses, `x--y-` is x--y)."""
+    assert check_relation_verb(stored) == stored.rstrip("-")
