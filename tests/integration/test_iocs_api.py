@@ -159,7 +159,7 @@ def test_a_find_or_delete_filters_tlp_spelled_as_writes_accept_it_is_read(api):
         field = name if isinstance(given, str) else f"{name}[{given.index(value)}]"
         assert (refused.status_code, error["details"]["field"]) == (400, field) and repr(value) in error["message"]
     deleted = api.delete("/api/v1/iocs", {"filter": {"tlp": ["TLP:CLEAR", "tlp-green"], "value_contains": "tlp-spelling"}, "confirm": True})
-    assert deleted.get_json() == {"deleted": 2}
+    assert deleted.get_json() == {"deleted": 2, "more": False}
     assert found({"value_contains": "tlp-spelling"}) == ["a"]
 
 
@@ -228,12 +228,81 @@ def test_delete_by_ids_and_by_filter(api):
             "/api/v1/iocs/batch", {"iocs": [{"value": f"del{i}.example.com", "tags": ["gone"]} for i in range(5)]}
         ).get_json()["results"]
     ]
-    assert api.delete("/api/v1/iocs", {"ids": ids[:2]}).get_json() == {"deleted": 2}
+    assert api.delete("/api/v1/iocs", {"ids": ids[:2]}).get_json() == {"deleted": 2, "more": False}
     refused = api.delete("/api/v1/iocs", {"filter": {"tags": ["gone"]}})
     assert refused.status_code == 400 and refused.get_json()["error"]["details"]["field"] == "confirm"
     assert api.delete("/api/v1/iocs", {"filter": {}, "confirm": True}).status_code == 400
-    assert api.delete("/api/v1/iocs", {"filter": {"tags": ["gone"]}, "confirm": True}).get_json() == {"deleted": 3}
+    assert api.delete("/api/v1/iocs", {"filter": {"tags": ["gone"]}, "confirm": True}).get_json() == {"deleted": 3, "more": False}
     assert api.delete("/api/v1/iocs", {"ids": ids}, headers=api.headers).status_code == 403
+
+
+def _stored(api, tag, headers=None):
+    """The ids of the IoCs tagged `tag` that the caller may read, lowest first."""
+    found = api.post("/api/v1/iocs/find", {"tags": [tag], "limit": 1000}, headers=headers).get_json()["iocs"]
+    return sorted(i["id"] for i in found)
+
+
+def test_a_delete_by_filter_deletes_at_most_the_bound_per_call_lowest_ids_first(api, monkeypatch):
+    """A delete by ids was capped at 10,000 per call; one by filter read, locked and deleted every matching IoC in one
+    transaction, so a filter matching millions held locks on all of them and outlasted the statement timeout: it could
+    never succeed. It deletes at most the same bound per call now, lowest ids first, and answers `more` while matching
+    IoCs are left, so a client repeats the call until `more` is false. The bound is read at call time (3 here)."""
+    from threatflow.iocs import api as iocs_api
+
+    monkeypatch.setattr(iocs_api, "MAX_DELETE_PER_CALL", 3, raising=False)
+
+    def batch(tag, n):
+        items = [{"value": f"{tag}{i}.bound.example.com", "tags": [tag]} for i in range(n)]
+        return sorted(r["id"] for r in api.post("/api/v1/iocs/batch", {"iocs": items}).get_json()["results"])
+
+    seven, six, kept = batch("seven", 7), batch("six", 6), batch("kept", 2)
+    by_filter = {"filter": {"tags": ["seven"]}, "confirm": True}
+    assert api.delete("/api/v1/iocs", by_filter).get_json() == {"deleted": 3, "more": True}
+    assert _stored(api, "seven") == seven[3:]  # the lowest ids went first
+    assert api.delete("/api/v1/iocs", by_filter).get_json() == {"deleted": 3, "more": True}
+    assert _stored(api, "seven") == seven[6:]
+    assert api.delete("/api/v1/iocs", by_filter).get_json() == {"deleted": 1, "more": False}
+    assert api.delete("/api/v1/iocs", by_filter).get_json() == {"deleted": 0, "more": False}
+    # Exactly the bound left: the call that deletes the last of them says so.
+    by_filter = {"filter": {"tags": ["six"]}, "confirm": True}
+    assert api.delete("/api/v1/iocs", by_filter).get_json() == {"deleted": 3, "more": True}
+    assert api.delete("/api/v1/iocs", by_filter).get_json() == {"deleted": 3, "more": False}
+    assert _stored(api, "six") == [] and _stored(api, "kept") == kept
+    # By ids: the same bound, and the same answer.
+    too_many = api.delete("/api/v1/iocs", {"ids": seven[:4]})
+    assert too_many.status_code == 400 and too_many.get_json()["error"]["details"]["field"] == "ids", too_many.get_json()
+    assert "at most 3 ids" in too_many.get_json()["error"]["message"]
+    assert api.delete("/api/v1/iocs", {"ids": [*kept, six[0]]}).get_json() == {"deleted": 2, "more": False}
+
+
+def test_an_amber_admins_delete_by_filter_never_counts_red_iocs_toward_the_bound_or_more(api, backend_env, function_client, monkeypatch):
+    """Red IoCs matching an amber admin's filter, below, between and above their amber ones, and more of them than the
+    bound: they are neither deleted nor counted, so they neither take a slot of the bound nor make `more` true (which
+    would tell the admin they exist, and send a client looping on calls that delete nothing)."""
+    from threatflow.iocs import api as iocs_api
+
+    monkeypatch.setattr(iocs_api, "MAX_DELETE_PER_CALL", 3, raising=False)
+    password = create_user(backend_env["DATABASE_URL"], "redwriter", "admin", clearance="red")
+    token = function_client("auth").post("/api/v1/auth/token", json={"username": "redwriter", "password": password}).get_json()
+    red = {"Authorization": f"Bearer {token['access_token']}"}
+
+    def batch(tlp, names):
+        items = [{"value": f"{n}.clearance-bound.example.com", "tags": ["mixed"], "tlp": tlp} for n in names]
+        response = api.post("/api/v1/iocs/batch", {"iocs": items}, headers=red)
+        assert response.status_code == 200, response.get_json()
+        return sorted(r["id"] for r in response.get_json()["results"])
+
+    reds = batch("red", [f"low{i}" for i in range(5)])
+    ambers = batch("amber", [f"amber{i}" for i in range(4)])
+    reds += batch("red", [f"high{i}" for i in range(5)])
+    by_filter = {"filter": {"tags": ["mixed"]}, "confirm": True}
+    assert api.delete("/api/v1/iocs", by_filter).get_json() == {"deleted": 3, "more": True}
+    assert _stored(api, "mixed") == ambers[3:]
+    assert api.delete("/api/v1/iocs", by_filter).get_json() == {"deleted": 1, "more": False}
+    assert api.delete("/api/v1/iocs", by_filter).get_json() == {"deleted": 0, "more": False}
+    assert _stored(api, "mixed", headers=red) == reds
+    # The red admin's own calls go through the red ones, the same way.
+    assert api.delete("/api/v1/iocs", by_filter, headers=red).get_json() == {"deleted": 3, "more": True}
 
 
 def test_decay_policies_are_listed_and_set_by_admins(api, backend_env):
