@@ -208,18 +208,37 @@ def record_audit(conn: Connection, *, action: str, actor: str | None, detail: di
     )
 
 
+@dataclass(frozen=True)
+class DeleteOutcome:
+    deleted: int
+    more: bool  # IoCs matching the filter, within the clearance, are left: the caller repeats the call
+
+
 def delete_ids(conn: Connection, ids: Sequence[int], *, actor: str | None, reason: dict[str, Any], readable: Sequence[str]) -> int:
-    return _delete(conn, "id = ANY(CAST(:ids AS bigint[]))", {"ids": list(ids)}, actor=actor, reason=reason, readable=readable)
+    where = "id = ANY(CAST(:ids AS bigint[]))"
+    return _delete(conn, where, {"ids": list(ids)}, limit=None, actor=actor, reason=reason, readable=readable).deleted
 
 
-def delete_matching(conn: Connection, compiled: Compiled, *, actor: str | None, reason: dict[str, Any], readable: Sequence[str]) -> int:
-    return _delete(conn, compiled.where, compiled.params, actor=actor, reason=reason, readable=readable)
+def delete_matching(
+    conn: Connection, compiled: Compiled, *, limit: int, actor: str | None, reason: dict[str, Any], readable: Sequence[str]
+) -> DeleteOutcome:
+    """Deletes at most `limit` of the matching IoCs, lowest ids first: all of millions in one transaction held locks on
+    every one and outlasted the statement timeout, so it never succeeded (and cost a long rollback each try)."""
+    return _delete(conn, compiled.where, compiled.params, limit=limit, actor=actor, reason=reason, readable=readable)
 
 
 def _delete(
-    conn: Connection, where: str, params: dict[str, Any], *, actor: str | None, reason: dict[str, Any], readable: Sequence[str]
-) -> int:
-    """Deletes the matching IoCs within `readable` (the admin's clearance: one above it does not exist for them).
+    conn: Connection,
+    where: str,
+    params: dict[str, Any],
+    *,
+    limit: int | None,
+    actor: str | None,
+    reason: dict[str, Any],
+    readable: Sequence[str],
+) -> DeleteOutcome:
+    """Deletes the matching IoCs within `readable` (the admin's clearance: one above it does not exist for them), at most
+    `limit` of them, lowest ids first.
 
     Locks in a fixed order first: the IoCs by id, then their links to threats in (threat_id, ioc_id, relation) order,
     as a threat delete locks the links it deletes (threats.repository.delete_threats). Left to the cascade, each
@@ -227,11 +246,14 @@ def _delete(
     each other (t1 - i2, t2 - i1) each waited for a link the other held: PostgreSQL aborted one, a 503. Their relations
     to other IoCs are locked in key order too, as two IoC deletes related across their sets (i1 -> i4, i2 -> i3;
     {i1, i3} and {i2, i4}) deadlocked the same way."""
+    visible = {**params, "delete_readable": list(readable)}
+    matching = f"({where}) AND tlp = ANY(CAST(:delete_readable AS text[]))"
+    # LIMIT sits above the row locks in the plan: only the rows returned are locked.
+    bound = "" if limit is None else " LIMIT :delete_limit"
     locked = [
         int(r[0])
         for r in conn.execute(
-            _text(f"SELECT id FROM iocs WHERE ({where}) AND tlp = ANY(CAST(:delete_readable AS text[])) ORDER BY id FOR UPDATE"),
-            {**params, "delete_readable": list(readable)},
+            _text(f"SELECT id FROM iocs WHERE {matching} ORDER BY id{bound} FOR UPDATE"), {**visible, "delete_limit": limit}
         )
     ]
     deleted = 0
@@ -248,8 +270,15 @@ def _delete(
             {"l": locked},
         )
         deleted = int(conn.execute(_text("DELETE FROM iocs WHERE id = ANY(CAST(:l AS bigint[]))"), {"l": locked}).rowcount)
-    record_audit(conn, action="delete", actor=actor, detail={**reason, "deleted": deleted})
-    return deleted
+    # Fewer than the bound locked: none were left. Else ask, after the delete and within the clearance (a red IoC
+    # matching an amber admin's filter must neither show nor keep their client calling), without locking what is left.
+    more = (
+        limit is not None
+        and len(locked) >= limit
+        and bool(conn.execute(_text(f"SELECT EXISTS (SELECT 1 FROM iocs WHERE {matching})"), visible).scalar())
+    )
+    record_audit(conn, action="delete", actor=actor, detail={**reason, "deleted": deleted, "more": more})
+    return DeleteOutcome(deleted=deleted, more=more)
 
 
 def add_sighting(
