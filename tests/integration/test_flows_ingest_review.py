@@ -358,3 +358,28 @@ def test_an_uploads_first_problem_and_flows_load_name_the_line_an_editor_shows(a
     entry = cli.load_file(data, post=post, progress=cli.Progress(tmp_path / "p.json"), batch_size=50, show_bar=False)
     assert (entry["duplicates"], entry["invalid"]) == (99, 1), entry
     assert f"skipped line {editor_line}: dur: " in capsys.readouterr().err
+
+
+# -- rate and whole numbers -----------------------------------------------------------------------------------
+
+
+def test_a_negative_rate_is_a_problem_naming_rate_and_detect_still_scores_it(api, backend_env):
+    """`"rate": -250` (packets per second; stored with each event, though the model leaves it out) was stored as it
+    came, where a negative feature is refused. Now it is a field error naming `rate`, counted invalid with skip_invalid
+    as `flows load` sends it; /detect scores the flow (any finite value, as its tests of extremes require)."""
+    from threatflow.flows.repository import STORED_FEATURES
+
+    flows = json_flows(3, seed=66)
+    flows[1]["rate"] = -250.0
+    flows[2]["rate"] = "-1e-30"  # as a CSV cell reaches the route from `flows load`
+    refused = api.post("/api/v1/flows/batch", {"flows": flows})
+    assert refused.status_code == 400, refused.get_data(as_text=True)[:300]
+    error = refused.get_json()["error"]
+    assert error["details"]["field"] == "flows[1].rate" and "negative" in error["message"], error
+    stored = api.post("/api/v1/flows/batch", {"flows": flows, "skip_invalid": True}).get_json()
+    assert (stored["stored"], stored["invalid"]) == (1, 2), stored
+    assert [(p["index"], p["field"]) for p in stored["problems"]] == [(1, "rate"), (2, "rate")], stored
+    rate = STORED_FEATURES.index("rate") + 1
+    assert sql_scalar(backend_env["DATABASE_URL"], f"SELECT count(*) FROM flow_events WHERE features[{rate}] < 0") == 0
+    scored = api.detect.post("/api/v1/detect", json={"flow": flows[1]}, headers=api.reader)
+    assert scored.status_code == 200, scored.get_data(as_text=True)[:300]

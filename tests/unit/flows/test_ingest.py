@@ -335,3 +335,22 @@ def test_the_whole_dev_file_is_refused_no_row_by_ingest_validation():
     dated = [flow for _n, flow in ingest.read_csv(io.StringIO(text), typed=False)]
     for start in range(0, len(dated), ingest.MAX_BATCH):
         assert ingest.validate(dated[start : start + ingest.MAX_BATCH])[2] == []
+
+
+@pytest.mark.parametrize("value", [-1, "-1", -0.5, "-1e-30"])
+def test_a_negative_rate_is_a_problem_naming_rate_at_ingest(value):
+    """`rate` (packets per second, only in the partitioned layout) passes feature validation untouched (the model leaves
+    it out) and is stored with each event: a negative one was stored as it came, where every feature's negative is
+    refused. /detect scores the flow (deliberate, as for the features)."""
+    from flows_support import json_flows
+    from helpers import require_shared_data
+
+    require_shared_data("unsw-nb15", "unsw_nb15_dev.csv.gz")
+    flows = json_flows(3, seed=9)
+    flows[1]["rate"] = value
+    flows[2]["rate"] = "-0.0"  # zero, however it is signed: a flow of one packet
+    _clean, _fields, problems = ingest.validate(flows)
+    assert [(p.index, p.field) for p in problems] == [(1, "rate")]
+    assert "negative" in problems[0].reason
+    assert ingest.valid_indices(3, problems) == [0, 2]
+    assert features.validate_flows(flows)[1] == []  # /detect scores it
