@@ -5,7 +5,7 @@ One code path for the three ways flows arrive: `POST /api/v1/flows/batch`,
 (which streams an uploaded file). Validation is ml's features module (one
 definition of a valid flow for training and serving) plus the fields only
 events have (addresses, ports, times, an ltime not before its stime) and the
-ranges a stored observation keeps (no negative feature, protocol field widths:
+ranges a stored observation keeps (no negative feature or `rate`, protocol field widths:
 NON_NEGATIVE, PROTOCOL_MAX). Nothing is ever filled with 0.
 
 Every event gets a deterministic key: a 128-bit blake2b hash of `<source>:<position>:` and the flow
@@ -321,13 +321,13 @@ def validate(flows: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], 
     problems += event_problems
     # Finite is not storable: features are real (float4) and four of them are copied to bigint
     # and integer columns; out of range, the whole batch's INSERT would fail. Nor is it an observation
-    # when negative or past its protocol field's width. One pass in numpy flags the flows to look at.
+    # when negative (a feature or `rate`) or past its protocol field's width. One pass in numpy flags the flows to look at.
     unstorable, unbounded = _out_of_range_rows(list(by_index.values()))
     for (i, flow), out_of_range, out_of_bounds in zip(by_index.items(), unstorable, unbounded, strict=True):
         # PostgreSQL text cannot hold NUL: features.validate_flows refuses it (and any control character) in the categoricals
         refused = _bound_problems(i, flow) if out_of_bounds else []
         problems += refused
-        if out_of_range or _rate_unstorable(flow):
+        if out_of_range:
             named = {p.field for p in refused}
             problems += [p for p in _storage_problems(i, flow) if p.field not in named]
     bad = {p.index for p in problems}
@@ -340,6 +340,7 @@ def validate(flows: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], 
 # number or a flag (NUSW-NB15_features.csv): none is negative. A negative sbytes (-4e18) was stored and pulled the
 # bytes-by-proto totals negative; the others were stored as they came, and retraining learnt from them. Refused at
 # ingest only: /detect scores what it is given, extremes included (its tests). No row of the dev data is refused.
+# `rate` (packets per second, stored with each event though no model input) is refused when negative too.
 NON_NEGATIVE: tuple[str, ...] = NUMERIC_COLUMNS
 NEGATIVE_REASON = "must not be negative (a count, size, duration, rate, time or flag)"
 # The widths of the protocol fields some features copy: past them a value is no observation. Only these: the dev
@@ -356,7 +357,7 @@ PROTOCOL_MAX: Mapping[str, tuple[int, str]] = {
 
 
 def _bound_problems(index: int, flow: Mapping[str, Any]) -> list[FlowProblem]:
-    """A validated flow's features below 0 or past their protocol field's width."""
+    """A validated flow's features (and `rate`) below 0, or past their protocol field's width."""
     out = []
     for name in NON_NEGATIVE:
         value = flow[name]
@@ -365,6 +366,8 @@ def _bound_problems(index: int, flow: Mapping[str, Any]) -> list[FlowProblem]:
         elif name in PROTOCOL_MAX and value > PROTOCOL_MAX[name][0]:
             highest, why = PROTOCOL_MAX[name]
             out.append(FlowProblem(index, name, f"must be at most {highest} ({why})"))
+    if _rate_number(flow) < 0:
+        out.append(FlowProblem(index, "rate", NEGATIVE_REASON))
     return out
 
 
@@ -381,8 +384,8 @@ _REAL_MIN = 1.1754944e-38
 
 
 def _out_of_range_rows(flows: Sequence[Mapping[str, Any]]) -> tuple[list[bool], list[bool]]:
-    """Per validated flow (one pass in numpy): does a feature lie outside what its column keeps; is one negative or past
-    its protocol field's width (_bound_problems names them)."""
+    """Per validated flow (one pass in numpy): does a feature or `rate` lie outside what its column keeps; is one
+    negative or past its protocol field's width (_bound_problems names them)."""
     import numpy as np
 
     if not flows:
@@ -396,7 +399,12 @@ def _out_of_range_rows(flows: Sequence[Mapping[str, Any]]) -> tuple[list[bool], 
     lowest = np.array([0.0 if name in _NON_NEGATIVE_SET else -np.inf for name in _VALIDATED_STORED])
     highest = np.array([PROTOCOL_MAX[name][0] if name in PROTOCOL_MAX else np.inf for name in _VALIDATED_STORED])
     unbounded = (signed < lowest) | (signed > highest)
-    return list(map(bool, np.any(outside, axis=1).tolist())), list(map(bool, np.any(unbounded, axis=1).tolist()))
+    rates = np.fromiter(map(_rate_number, flows), dtype=np.float64, count=len(flows))  # NaN compares false: not flagged
+    rate_magnitude = np.abs(rates)
+    rate_outside = (rate_magnitude > _REAL_MAX) | ((rate_magnitude > 0) & (rate_magnitude < _REAL_MIN))
+    unstorable_rows = np.any(outside, axis=1) | rate_outside
+    unbounded_rows = np.any(unbounded, axis=1) | (rates < 0)
+    return list(map(bool, unstorable_rows.tolist())), list(map(bool, unbounded_rows.tolist()))
 
 
 def _storable(value: float, limit: float) -> bool:
@@ -404,14 +412,20 @@ def _storable(value: float, limit: float) -> bool:
     return magnitude == 0 or _REAL_MIN <= magnitude <= limit
 
 
+def _rate_number(flow: Mapping[str, Any]) -> float:
+    """A flow's `rate` as stored (NaN where it is absent or no number: stored as NULL)."""
+    rate = flow.get("rate")
+    if type(rate) is float:
+        return rate
+    number = _stored_float(rate)
+    return _NAN if number is None else number
+
+
 def _rate_unstorable(flow: Mapping[str, Any]) -> bool:
     """`rate` is a pass-through (any value) but is stored in the features as real: out of its range
     (inf included) the batch's COPY failed. NaN and what is not a number are stored as NULL."""
-    rate = flow.get("rate")
-    if rate is None:
-        return False
-    number = rate if type(rate) is float else _stored_float(rate)
-    return number is not None and not isnan(number) and not _storable(number, _REAL_MAX)
+    number = _rate_number(flow)
+    return not isnan(number) and not _storable(number, _REAL_MAX)
 
 
 def _storage_problems(index: int, flow: Mapping[str, Any]) -> list[FlowProblem]:
