@@ -9,6 +9,8 @@ import pytest
 from flows_support import deliver_at_once, deliver_upload, flows_api, ingest_job, json_flows, queue_upload, sql_scalar
 from helpers import require_shared_data
 
+from threatflow.flows import ingest
+
 pytestmark = pytest.mark.integration
 
 
@@ -383,3 +385,77 @@ def test_a_negative_rate_is_a_problem_naming_rate_and_detect_still_scores_it(api
     assert sql_scalar(backend_env["DATABASE_URL"], f"SELECT count(*) FROM flow_events WHERE features[{rate}] < 0") == 0
     scored = api.detect.post("/api/v1/detect", json={"flow": flows[1]}, headers=api.reader)
     assert scored.status_code == 200, scored.get_data(as_text=True)[:300]
+
+
+def test_a_fractional_count_is_a_problem_naming_it_and_detect_still_scores_it(api, backend_env):
+    """`"spkts": 1.5` was stored: a packet count, like every field NUSW-NB15_features.csv types integer or binary, is a
+    whole number. Now a fraction is a field error naming its field (`ingest.WHOLE_NUMBER`), counted invalid with
+    skip_invalid; a whole value written as a float or as text is stored, and /detect scores them all."""
+    from threatflow.flows.repository import STORED_FEATURES
+
+    flows = json_flows(5, seed=67)
+    flows[1]["spkts"] = 1.5
+    flows[2]["ct_srv_src"] = "2.5"
+    flows[3]["sttl"] = 254.0  # whole, written as a float
+    flows[4]["sbytes"] = "1.2e3"  # whole, written as an exponent
+    refused = api.post("/api/v1/flows/batch", {"flows": flows})
+    assert refused.status_code == 400, refused.get_data(as_text=True)[:300]
+    error = refused.get_json()["error"]
+    assert error["details"]["field"] == "flows[1].spkts" and "whole number" in error["message"], error
+    stored = api.post("/api/v1/flows/batch", {"flows": flows, "skip_invalid": True}).get_json()
+    assert (stored["stored"], stored["invalid"]) == (3, 2), stored
+    problems = stored["problems"]
+    assert [(p["index"], p["field"]) for p in problems] == [(1, "spkts"), (2, "ct_srv_src")], problems
+    spkts, ct_srv_src = (STORED_FEATURES.index(name) + 1 for name in ("spkts", "ct_srv_src"))
+    odd = (
+        f"SELECT count(*) FROM flow_events WHERE features[{spkts}] <> floor(features[{spkts}])"
+        f" OR features[{ct_srv_src}] <> floor(features[{ct_srv_src}])"
+    )
+    assert sql_scalar(backend_env["DATABASE_URL"], odd) == 0
+    for flow in flows[1:3]:
+        scored = api.detect.post("/api/v1/detect", json={"flow": flow}, headers=api.reader)
+        assert scored.status_code == 200, scored.get_data(as_text=True)[:300]
+
+
+@pytest.mark.parametrize("layout", ["raw", "partitioned"])
+def test_an_upload_and_flows_load_refuse_a_negative_rate_and_a_fractional_count_as_the_route_does(
+    api, function_client, tmp_path, capsys, layout
+):
+    """The flow-ingest worker (cells typed) and `flows load` (cells as text, posted to /flows/batch) validate through
+    the same module as the route, in the raw 49-column layout (no header: NUSW-NB15_features.csv's names, no `rate`)
+    and the partitioned one: each bad row is counted invalid and named by its line and its partitioned field name."""
+    import flowgen
+
+    from threatflow.cli import flows as cli
+
+    if layout == "raw":
+        lines = [",".join(flowgen.raw_line(flow)) for flow in flowgen.generate(20, seed=74)]
+        bad = {3: ("Spkts", "spkts", "1.5"), 7: ("ct_src_ ltm", "ct_src_ltm", "0.5")}  # data row -> (column, field, cell)
+        columns, first_line = list(ingest.RAW_COLUMNS), 1
+    else:
+        lines = _partitioned(20).splitlines()
+        bad = {3: ("rate", "rate", "-3.5"), 7: ("dmean", "dmean", "12.5")}
+        columns, first_line = lines[0].split(","), 2
+    for row, (column, _field, cell) in bad.items():
+        cells = lines[first_line - 1 + row].split(",")
+        cells[columns.index(column)] = cell
+        lines[first_line - 1 + row] = ",".join(cells)
+    data = tmp_path / f"odd-{layout}.csv"
+    data.write_text("\n".join(lines) + "\n")
+    first_bad_line = first_line + 3
+
+    job_id = queue_upload(api, f"flows/odd-{layout}.csv", data.read_bytes())
+    assert deliver_upload(function_client("flow-ingest"), job_id).status_code == 200
+    job = ingest_job(job_id)
+    assert (job["state"], job["stored"], job["invalid"]) == ("succeeded", 18, 2), job
+    assert (job["first_problem"]["line"], job["first_problem"]["field"]) == (first_bad_line, bad[3][1]), job["first_problem"]
+
+    def post(body: dict[str, Any]) -> tuple[int, Any]:
+        response = api.post("/api/v1/flows/batch", body)
+        return response.status_code, response.get_json()
+
+    capsys.readouterr()
+    entry = cli.load_file(data, post=post, progress=cli.Progress(tmp_path / "p.json"), batch_size=50, show_bar=False)
+    assert (entry["duplicates"], entry["invalid"]) == (18, 2), entry
+    err = capsys.readouterr().err
+    assert all(f"skipped line {first_line + row}: {field}: " in err for row, (_c, field, _cell) in bad.items()), err

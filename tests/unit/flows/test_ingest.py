@@ -354,3 +354,76 @@ def test_a_negative_rate_is_a_problem_naming_rate_at_ingest(value):
     assert "negative" in problems[0].reason
     assert ingest.valid_indices(3, problems) == [0, 2]
     assert features.validate_flows(flows)[1] == []  # /detect scores it
+
+
+# NUSW-NB15_features.csv types these integer, or binary (a flag: 0 or 1), by their partitioned names: bytes, TTLs,
+# losses, packet counts, windows, sequence numbers, mean packet sizes, pipeline depth, body length, ct_* counters, flags.
+_WHOLE_FIELDS = (
+    "spkts", "dpkts", "sbytes", "dbytes", "sttl", "dttl", "sloss", "dloss", "swin", "stcpb", "dtcpb", "dwin", "smean",
+    "dmean", "trans_depth", "response_body_len", "ct_srv_src", "ct_state_ttl", "ct_dst_ltm", "ct_src_dport_ltm",
+    "ct_dst_sport_ltm", "ct_dst_src_ltm", "is_ftp_login", "ct_ftp_cmd", "ct_flw_http_mthd", "ct_src_ltm", "ct_srv_dst",
+    "is_sm_ips_ports",
+)  # fmt: skip
+
+
+def test_the_whole_number_fields_are_the_features_the_features_file_types_integer_or_binary():
+    """The list ingest refuses a fraction of is the features file's, not a guess: every numeric feature it types
+    integer or binary (the ports are parsed as ports, the label as 0 or 1), and no Float one (dur, loads, jitter...)."""
+    from helpers import require_shared_data
+
+    path = require_shared_data("unsw-nb15", "NUSW-NB15_features.csv")
+    with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+        typed = {features.canonical_name(row["Name"]): row["Type "].strip().lower() for row in csv.DictReader(handle)}
+    whole = {name for name in features.NUMERIC_COLUMNS if typed[name] in ("integer", "binary")}
+    assert whole == set(_WHOLE_FIELDS)
+    assert set(ingest.WHOLE_NUMBER) == whole
+
+
+@pytest.mark.parametrize("field", _WHOLE_FIELDS)
+@pytest.mark.parametrize("value", [1.5, "2.5", 1e-30])
+def test_a_non_whole_value_of_an_integer_field_is_a_problem_at_ingest(field, value):
+    """`"spkts": 1.5` was stored: a count, byte total, TTL, window, sequence number, mean size, ct_* counter or flag
+    that is no whole number is no observation. Whole values written as floats or exponents are whole (a sensor may
+    write 2.0); /detect scores them all, as it scores any finite value."""
+    flows = [features.canonical_flow(flow) for _n, flow in ingest.read_csv(io.StringIO(_raw_csv(4)), typed=False)]
+    flows[0][field] = 2.0
+    flows[1][field] = value
+    flows[2][field] = "2e0"
+    flows[3][field] = "1.0"
+    _clean, _fields, problems = ingest.validate(flows)
+    assert [(p.index, p.field) for p in problems] == [(1, field)]
+    assert "whole number" in problems[0].reason
+    assert ingest.valid_indices(4, problems) == [0, 2, 3]
+    assert features.validate_flows(flows)[1] == []  # /detect scores it
+
+
+@pytest.mark.parametrize("typed", [True, False])
+def test_a_fractional_count_in_either_csv_layout_is_a_problem_naming_its_field(typed):
+    """The upload worker reads cells typed and `flows load` posts them as text, from the raw 49-column layout (no header,
+    NUSW-NB15_features.csv's names) or the partitioned one (with `rate`): one validation names the field by its
+    partitioned name in all four."""
+    from helpers import require_shared_data
+
+    raw = _raw_csv(3).splitlines()
+    cells = next(csv.reader([raw[1]]))
+    cells[ingest.RAW_COLUMNS.index("Spkts")] = "1.5"
+    cells[ingest.RAW_COLUMNS.index("ct_src_ ltm")] = "0.25"
+    raw[1] = ",".join(cells)
+    flows = [flow for _n, flow in ingest.read_csv(io.StringIO("\n".join(raw)), typed=typed)]
+    problems = ingest.validate(flows)[2]
+    assert [(p.index, p.field) for p in problems] == [(1, "ct_src_ltm"), (1, "spkts")]
+
+    import gzip
+
+    with gzip.open(require_shared_data("unsw-nb15", "unsw_nb15_dev.csv.gz"), "rt", newline="") as handle:
+        part = [next(handle).rstrip("\r\n") for _ in range(4)]
+    header = part[0].split(",")
+    cells = part[2].split(",")
+    cells[header.index("dmean")] = "12.5"
+    part[2] = ",".join(cells)
+    cells = part[3].split(",")
+    cells[header.index("rate")] = "-3.5"
+    part[3] = ",".join(cells)
+    flows = [flow for _n, flow in ingest.read_csv(io.StringIO("\n".join(part)), typed=typed)]
+    problems = ingest.validate(flows)[2]
+    assert [(p.index, p.field) for p in problems] == [(1, "dmean"), (2, "rate")]
