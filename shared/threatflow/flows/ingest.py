@@ -5,8 +5,8 @@ One code path for the three ways flows arrive: `POST /api/v1/flows/batch`,
 (which streams an uploaded file). Validation is ml's features module (one
 definition of a valid flow for training and serving) plus the fields only
 events have (addresses, ports, times, an ltime not before its stime) and the
-ranges a stored observation keeps (no negative feature or `rate`, protocol field widths:
-NON_NEGATIVE, PROTOCOL_MAX). Nothing is ever filled with 0.
+ranges a stored observation keeps (no negative feature or `rate`, protocol field widths, whole numbers where
+the features file types a field integer: NON_NEGATIVE, PROTOCOL_MAX, WHOLE_NUMBER). Nothing is ever filled with 0.
 
 Every event gets a deterministic key: a 128-bit blake2b hash of `<source>:<position>:` and the flow
 (flow_content), where the source is a file's sha256 or a batch's own hash. With the event time (the flow's
@@ -321,7 +321,8 @@ def validate(flows: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], 
     problems += event_problems
     # Finite is not storable: features are real (float4) and four of them are copied to bigint
     # and integer columns; out of range, the whole batch's INSERT would fail. Nor is it an observation
-    # when negative (a feature or `rate`) or past its protocol field's width. One pass in numpy flags the flows to look at.
+    # when negative (a feature or `rate`), past its protocol field's width, or a fraction of a whole-number field. One
+    # pass in numpy flags the flows to look at.
     unstorable, unbounded = _out_of_range_rows(list(by_index.values()))
     for (i, flow), out_of_range, out_of_bounds in zip(by_index.items(), unstorable, unbounded, strict=True):
         # PostgreSQL text cannot hold NUL: features.validate_flows refuses it (and any control character) in the categoricals
@@ -354,10 +355,23 @@ PROTOCOL_MAX: Mapping[str, tuple[int, str]] = {
     "stcpb": (2**32 - 1, "a TCP sequence number is 32 bits"),
     "dtcpb": (2**32 - 1, "a TCP sequence number is 32 bits"),
 }
+# The features NUSW-NB15_features.csv types integer or binary (a flag, 0 or 1): a fraction of one is no observation
+# ("spkts": 1.5 was stored). Its Float ones (dur, loads, jitters, inter-packet times, round trips) and `rate` may be
+# anything; the ports and the label are parsed as such (event_fields). None is left out: each is whole in every one of
+# the dev file's 49,399 rows (the mean sizes smean and dmean included: typed integer, the capture writes them whole).
+# Refused at ingest only, like the negatives: /detect scores any finite value.
+WHOLE_NUMBER: tuple[str, ...] = (
+    "spkts", "dpkts", "sbytes", "dbytes", "sttl", "dttl", "sloss", "dloss", "swin", "stcpb", "dtcpb", "dwin", "smean",
+    "dmean", "trans_depth", "response_body_len", "ct_srv_src", "ct_state_ttl", "ct_dst_ltm", "ct_src_dport_ltm",
+    "ct_dst_sport_ltm", "ct_dst_src_ltm", "is_ftp_login", "ct_ftp_cmd", "ct_flw_http_mthd", "ct_src_ltm", "ct_srv_dst",
+    "is_sm_ips_ports",
+)  # fmt: skip
+WHOLE_REASON = "must be a whole number (a count, size, TTL, window, sequence number or flag: NUSW-NB15_features.csv types it integer)"
+_WHOLE_SET = frozenset(WHOLE_NUMBER)
 
 
 def _bound_problems(index: int, flow: Mapping[str, Any]) -> list[FlowProblem]:
-    """A validated flow's features (and `rate`) below 0, or past their protocol field's width."""
+    """A validated flow's features (and `rate`) below 0, past their protocol field's width or not whole (one problem a field)."""
     out = []
     for name in NON_NEGATIVE:
         value = flow[name]
@@ -366,6 +380,8 @@ def _bound_problems(index: int, flow: Mapping[str, Any]) -> list[FlowProblem]:
         elif name in PROTOCOL_MAX and value > PROTOCOL_MAX[name][0]:
             highest, why = PROTOCOL_MAX[name]
             out.append(FlowProblem(index, name, f"must be at most {highest} ({why})"))
+        elif name in _WHOLE_SET and not float(value).is_integer():
+            out.append(FlowProblem(index, name, WHOLE_REASON))
     if _rate_number(flow) < 0:
         out.append(FlowProblem(index, "rate", NEGATIVE_REASON))
     return out
@@ -385,7 +401,7 @@ _REAL_MIN = 1.1754944e-38
 
 def _out_of_range_rows(flows: Sequence[Mapping[str, Any]]) -> tuple[list[bool], list[bool]]:
     """Per validated flow (one pass in numpy): does a feature or `rate` lie outside what its column keeps; is one
-    negative or past its protocol field's width (_bound_problems names them)."""
+    negative, past its protocol field's width or a fraction of a whole number (_bound_problems names them)."""
     import numpy as np
 
     if not flows:
@@ -398,7 +414,8 @@ def _out_of_range_rows(flows: Sequence[Mapping[str, Any]]) -> tuple[list[bool], 
     outside = (magnitude > limits) | ((magnitude > 0) & (magnitude < _REAL_MIN))
     lowest = np.array([0.0 if name in _NON_NEGATIVE_SET else -np.inf for name in _VALIDATED_STORED])
     highest = np.array([PROTOCOL_MAX[name][0] if name in PROTOCOL_MAX else np.inf for name in _VALIDATED_STORED])
-    unbounded = (signed < lowest) | (signed > highest)
+    whole = np.array([name in _WHOLE_SET for name in _VALIDATED_STORED])
+    unbounded = (signed < lowest) | (signed > highest) | ((np.floor(signed) != signed) & whole)
     rates = np.fromiter(map(_rate_number, flows), dtype=np.float64, count=len(flows))  # NaN compares false: not flagged
     rate_magnitude = np.abs(rates)
     rate_outside = (rate_magnitude > _REAL_MAX) | ((rate_magnitude > 0) & (rate_magnitude < _REAL_MIN))

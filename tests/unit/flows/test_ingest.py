@@ -313,7 +313,7 @@ def test_the_whole_dev_file_is_refused_no_row_by_ingest_validation():
     """Whatever ingest refuses must not be real data: every row of the UNSW-NB15 dev file (49,399, the partitioned
     layout) validates, read as the upload worker reads cells (typed) and as `flows load` posts them (text), and so
     does every one dated as the flow generator dates it (raw layout, stime/ltime). The count refused was 0 before the
-    negative and width checks and the ltime check were added, and stays 0."""
+    negative and width checks, the ltime check, the negative `rate` and the whole-number checks were added, and stays 0."""
     import flowgen
     from helpers import require_shared_data
 
