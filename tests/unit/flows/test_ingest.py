@@ -356,6 +356,24 @@ def test_a_negative_rate_is_a_problem_naming_rate_at_ingest(value):
     assert features.validate_flows(flows)[1] == []  # /detect scores it
 
 
+def test_a_rate_given_that_is_no_finite_number_is_a_problem_naming_rate_at_ingest():
+    """`rate` is optional (the raw layout has none) but, given, is stored with the event: one that was no number
+    ("fast", true, "nan") was stored as NULL, silently, and "1_000" (Python's float() reads it; no CSV writes it) as
+    1000, where every feature is held to ASCII decimal syntax. Absent, null or a blank cell is still no rate."""
+    from flows_support import json_flows
+    from helpers import require_shared_data
+
+    require_shared_data("unsw-nb15", "unsw_nb15_dev.csv.gz")
+    flows = json_flows(9, seed=9)
+    given = {1: "fast", 2: True, 3: "1_000", 4: "nan", 5: [1], 6: None, 7: "", 8: "12.5"}
+    for index, value in given.items():
+        flows[index]["rate"] = value
+    _clean, _fields, problems = ingest.validate(flows)
+    assert [(p.index, p.field) for p in problems] == [(1, "rate"), (2, "rate"), (3, "rate"), (4, "rate"), (5, "rate")]
+    assert all("finite number" in p.reason for p in problems), problems
+    assert ingest.valid_indices(9, problems) == [0, 6, 7, 8]
+
+
 # NUSW-NB15_features.csv types these integer, or binary (a flag: 0 or 1), by their partitioned names: bytes, TTLs,
 # losses, packet counts, windows, sequence numbers, mean packet sizes, pipeline depth, body length, ct_* counters, flags.
 _WHOLE_FIELDS = (
