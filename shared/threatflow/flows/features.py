@@ -196,6 +196,9 @@ def _finite(value: Any) -> float | None:
         return None
 
 
+finite_number = _finite  # for the other numbers a flow carries (ingest's `rate`), read as the features are
+
+
 # No value of proto, service or state holds one; PostgreSQL's text cannot hold NUL, and /detect scored "tcp\0" as
 # an unknown protocol where /flows/batch refused it. Checked here, for every route that validates flows.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import chain
-from math import isfinite, isnan
+from math import isfinite
 from operator import itemgetter
 from typing import IO, TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -382,7 +382,10 @@ def _bound_problems(index: int, flow: Mapping[str, Any]) -> list[FlowProblem]:
             out.append(FlowProblem(index, name, f"must be at most {highest} ({why})"))
         elif name in _WHOLE_SET and not float(value).is_integer():
             out.append(FlowProblem(index, name, WHOLE_REASON))
-    if _rate_number(flow) < 0:
+    rate = _rate_number(flow)
+    if rate == _NOT_A_RATE:
+        out.append(FlowProblem(index, "rate", RATE_REASON))
+    elif rate < 0:
         out.append(FlowProblem(index, "rate", NEGATIVE_REASON))
     return out
 
@@ -416,9 +419,10 @@ def _out_of_range_rows(flows: Sequence[Mapping[str, Any]]) -> tuple[list[bool], 
     highest = np.array([PROTOCOL_MAX[name][0] if name in PROTOCOL_MAX else np.inf for name in _VALIDATED_STORED])
     whole = np.array([name in _WHOLE_SET for name in _VALIDATED_STORED])
     unbounded = (signed < lowest) | (signed > highest) | ((np.floor(signed) != signed) & whole)
-    rates = np.fromiter(map(_rate_number, flows), dtype=np.float64, count=len(flows))  # NaN compares false: not flagged
+    # NaN (no rate) compares false: not flagged; -inf (no number) is flagged with the negatives, _bound_problems names it.
+    rates = np.fromiter(map(_rate_number, flows), dtype=np.float64, count=len(flows))
     rate_magnitude = np.abs(rates)
-    rate_outside = (rate_magnitude > _REAL_MAX) | ((rate_magnitude > 0) & (rate_magnitude < _REAL_MIN))
+    rate_outside = np.isfinite(rates) & ((rate_magnitude > _REAL_MAX) | ((rate_magnitude > 0) & (rate_magnitude < _REAL_MIN)))
     unstorable_rows = np.any(outside, axis=1) | rate_outside
     unbounded_rows = np.any(unbounded, axis=1) | (rates < 0)
     return list(map(bool, unstorable_rows.tolist())), list(map(bool, unbounded_rows.tolist()))
@@ -430,19 +434,28 @@ def _storable(value: float, limit: float) -> bool:
 
 
 def _rate_number(flow: Mapping[str, Any]) -> float:
-    """A flow's `rate` as stored (NaN where it is absent or no number: stored as NULL)."""
+    """A flow's `rate` as stored: NaN where it is absent (null or a blank cell: stored as NULL), -inf where it is given
+    but no finite number in the features' syntax (a problem: "fast", true and "nan" were stored as NULL, silently, and
+    "1_000" as 1000, where every feature is held to ASCII decimal syntax)."""
     rate = flow.get("rate")
-    if type(rate) is float:
+    if type(rate) is float and isfinite(rate):
         return rate
-    number = _stored_float(rate)
-    return _NAN if number is None else number
+    if rate is None or (type(rate) is str and not rate):
+        return _NAN
+    from threatflow.flows import features
+
+    number = features.finite_number(rate)
+    return _NOT_A_RATE if number is None else number
+
+
+_NOT_A_RATE = float("-inf")
+RATE_REASON = "must be a finite number (packets per second), or left out"
 
 
 def _rate_unstorable(flow: Mapping[str, Any]) -> bool:
-    """`rate` is a pass-through (any value) but is stored in the features as real: out of its range
-    (inf included) the batch's COPY failed. NaN and what is not a number are stored as NULL."""
+    """`rate` is no model input but is stored in the features as real: out of its range the batch's COPY failed."""
     number = _rate_number(flow)
-    return not isnan(number) and not _storable(number, _REAL_MAX)
+    return isfinite(number) and not _storable(number, _REAL_MAX)
 
 
 def _storage_problems(index: int, flow: Mapping[str, Any]) -> list[FlowProblem]:
