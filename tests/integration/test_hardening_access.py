@@ -256,7 +256,9 @@ def test_related_tells_a_tag_common_only_by_the_iocs_within_the_readers_clearanc
 
 
 def test_admins_set_clearance_and_it_applies(function_client, backend_env, marked):
-    boss = _bearer(_login(function_client("auth"), "boss", create_user(backend_env["DATABASE_URL"], "boss", "admin")))
+    # A red admin: an admin grants at most their own clearance (test_admin_clearance.py).
+    password = create_user(backend_env["DATABASE_URL"], "boss", "admin", clearance="red")
+    boss = _bearer(_login(function_client("auth"), "boss", password))
     admin = function_client("admin")
     assert admin.patch("/api/v1/admin/users/reader", json={"clearance": "TLP:RED"}, headers=boss).get_json()["clearance"] == "red"
     assert admin.patch("/api/v1/admin/users/reader", json={"clearance": "purple"}, headers=boss).status_code == 400

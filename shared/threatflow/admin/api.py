@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import msgspec
 
 from threatflow.adapters.postgres import unit_of_work
+from threatflow.auth import clearance as tlp_clearance
 from threatflow.auth import service
 from threatflow.auth.api import authenticator
 from threatflow.auth.model import Role
@@ -67,6 +68,7 @@ def build_router(runtime: Runtime) -> Router:
                 password=body.password,
                 users=UserRepository(conn),
                 actor=request.principal.username if request.principal else None,
+                actor_clearance=tlp_clearance.of(request.principal),
             )
         return user.public()
 

@@ -13,7 +13,7 @@ from threatflow.auth import passwords, tokens
 from threatflow.auth.guard import LoginGuard
 from threatflow.auth.model import Principal, Role
 from threatflow.auth.repository import SecurityState, User, UserRepository
-from threatflow.platform.errors import AuthError, ConflictError, NotFoundError, ValidationError
+from threatflow.platform.errors import AuthError, ConflictError, ForbiddenError, NotFoundError, ValidationError
 
 if TYPE_CHECKING:
     from threatflow.platform.config import Settings
@@ -125,12 +125,33 @@ def set_disabled(*, username: str, disabled: bool, users: UserRepository) -> Non
 
 
 def update_user(
-    *, username: str, role: Role | None, clearance: str | None, password: str | None, users: UserRepository, actor: str | None
+    *,
+    username: str,
+    role: Role | None,
+    clearance: str | None,
+    password: str | None,
+    users: UserRepository,
+    actor: str | None,
+    actor_clearance: str,
 ) -> User:
-    """An admin changes a user's role, clearance or password; role and password changes end the user's tokens at once."""
+    """An admin changes a user's role, clearance or password; role and password changes end the user's tokens at once.
+
+    The admin's own clearance bounds it, as it bounds their deletes and reads: a clearance above it is not theirs to
+    grant (to themselves either), and an account cleared above it is not theirs to set a password or clearance of (a
+    password they set is a login at that clearance). Its role stays theirs to change: that is what it may do, not read."""
     from threatflow.auth import clearance as tlp_clearance
 
     level = tlp_clearance.parse(clearance) if clearance is not None else None
+    if level is not None and not tlp_clearance.can_read(actor_clearance, level):
+        raise ForbiddenError(f"clearance: {level} is above your own clearance ({actor_clearance})", details={"field": "clearance"})
+    if level is not None or password is not None:
+        current = users.get_by_username(username)
+        if current is not None and not tlp_clearance.can_read(actor_clearance, current.clearance):
+            field = "password" if password is not None else "clearance"
+            raise ForbiddenError(
+                f"{field}: {current.username!r} is cleared for {current.clearance}, above your own clearance ({actor_clearance})",
+                details={"field": field},
+            )
     password_hash = None
     if password is not None:
         if not passwords.MIN_PASSWORD_LENGTH <= len(password) <= passwords.MAX_PASSWORD_LENGTH:

@@ -76,15 +76,20 @@ def cmd_users(args: argparse.Namespace) -> int:
 
 
 def _users_action(args: argparse.Namespace, users: UserRepository) -> int:
+    from threatflow.auth import clearance as tlp_clearance
     from threatflow.auth import service
     from threatflow.auth.model import Role
 
     if args.action == "create":
         if not args.password_stdin:
             raise SystemExit("pass the password on standard input with --password-stdin (it never goes on the command line)")
+        # The bootstrap of clearances: an admin grants at most their own, so the first red one is made here.
+        level = tlp_clearance.parse(args.clearance) if args.clearance is not None else None
         password = sys.stdin.readline().rstrip("\r\n")
         user = service.create_user(username=args.name, password=password, role=Role.parse(args.role), users=users)
-        print(f"created {user.username} ({user.role.value}), id {user.id}")
+        if level is not None:
+            user = users.update(user.username, role=None, clearance=level, password_hash=None) or user
+        print(f"created {user.username} ({user.role.value}, clearance {user.clearance}), id {user.id}")
     elif args.action == "list":
         after = 0
         while page := users.list(after_id=after, limit=500):
@@ -342,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--role", required=True, choices=["admin", "analyst", "reader"])
     create.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    create.add_argument("--clearance", help="TLP clearance (default amber); admins grant at most their own, the first red one is made here")
     users_sub.add_parser("list", help="list users")
     for action in ("disable", "enable"):
         p = users_sub.add_parser(action, help=f"{action} a user")
