@@ -701,3 +701,25 @@ def test_a_stix_link_or_relation_marked_above_both_its_ends_is_stored_with_its_m
     seen_by_red = iocs.get(f"/api/v1/iocs/{by_value['redtie.tlp-test.com']}/related", headers=writer).get_json()
     assert [(t["name"], t["tlp"]) for t in seen_by_red["threats"]] == [("AmberTieFamily", "red")], seen_by_red
     assert [(r["type"], r["tlp"]) for r in seen_by_red["relations"]] == [("resolves-to", "red")], seen_by_red
+
+
+def test_a_token_issued_after_an_account_change_is_not_refused_by_an_older_cached_state(function_client, backend_env):
+    """Reads check the account against a 30 s per-instance cache. A token newer than the cached state (issued after a
+    password rotation, a role change or a re-enable) was refused from it, 401 "this token predates a change to the
+    account; log in again", for up to 30 s on every instance that had served the user a read: logging in again did
+    not help. A token newer than the cache now reads the account again; an older one is still refused from it."""
+    url = backend_env["DATABASE_URL"]
+    auth, admin, iocs = function_client("auth"), function_client("admin"), function_client("iocs")
+    old = _bearer(_login(auth, "dana", create_user(url, "dana", "analyst")))
+    boss = _bearer(_login(auth, "boss", create_user(url, "boss", "admin")))
+    assert iocs.get("/api/v1/iocs/stats", headers=old).status_code == 200  # the account's state, cached by this instance
+    assert admin.patch("/api/v1/admin/users/dana", json={"password": "a brand new long password"}, headers=boss).status_code == 200
+    new = _bearer(_login(auth, "dana", "a brand new long password"))
+    fresh = iocs.get("/api/v1/iocs/stats", headers=new)
+    assert fresh.status_code == 200, fresh.get_json()
+    assert iocs.get("/api/v1/iocs/stats", headers=old).status_code == 401  # the rotation ended the old token
+    # Disabled and enabled again: the token of the new login reads at once too.
+    assert admin.post("/api/v1/admin/users/dana/disable", headers=boss).status_code == 200
+    assert admin.post("/api/v1/admin/users/dana/enable", headers=boss).status_code == 200
+    again = _bearer(_login(auth, "dana", "a brand new long password"))
+    assert iocs.get("/api/v1/iocs/stats", headers=again).status_code == 200
