@@ -53,8 +53,8 @@ class ActiveUserCheck:
     `strict` (write and admin requests): read the user's security state from the
     database on every request, so disabling a user, changing a role or rotating
     a password takes effect at once (the token's `ver` no longer matches).
-    Otherwise (reads) the state is remembered for 30 s per instance. The
-    returned principal carries the current clearance."""
+    Otherwise (reads) the state is remembered for 30 s per instance, unless the
+    token is newer than it. The returned principal carries the current clearance."""
 
     def __init__(self, security_state: Callable[[int], SecurityState | None]) -> None:
         self._security_state = security_state
@@ -65,7 +65,9 @@ class ActiveUserCheck:
         now = time.monotonic()
         with self._lock:
             cached = self._seen.get(principal.user_id)
-        if not strict and cached is not None and now - cached[0] < _ACTIVE_CACHE_SECONDS:
+        # A token newer than the remembered state (issued after a rotation, role change or re-enable: versions only
+        # grow) proves that state stale: read it again, or the new login was refused as predating the change.
+        if not strict and cached is not None and now - cached[0] < _ACTIVE_CACHE_SECONDS and cached[1].version >= principal.version:
             state = cached[1]
         else:
             found = self._security_state(principal.user_id)
