@@ -195,3 +195,61 @@ def test_a_replay_of_all_paged_by_after_replays_the_dead_letters_sharing_the_500
         _seed(store, [doc_id], start=start + 1000)
     replayed = _replay_all(api, headers)
     assert sorted(replayed) == ["dl-000", "dl-001", "dl-002", "dl-tie-a", "dl-tie-b"]
+
+
+def _seed_data(client, doc_id, data, *, at, subscription="ioc-enrichment-requested-dead-letter-hold"):
+    """One pending dead letter of a message with this data, as the drain writes it."""
+    client.collection(COLLECTIONS[0]).document(doc_id).set(
+        {
+            "subscription": subscription,
+            "source": "",
+            "error": "failed every delivery attempt",
+            "attempts": 5,
+            "data": json.dumps(data),
+            "run_id": data.get("run_id"),
+            "value": data.get("value"),
+            "dead_lettered_at": at,
+            "published_at": "2026-11-27T00:00:00Z",
+        }
+    )
+
+
+def test_dead_letters_whose_message_is_marked_or_names_iocs_above_the_callers_clearance_are_left_out(admin, function_client, backend_env):
+    """Only a dead letter's `ioc_id` was checked, against the IoC as stored. A request names its TLP in the message:
+    once the red IoC was deleted (what makes a task fail for good), an amber admin listed its red value and could
+    replay it; an auto-enrichment message names its IoCs in `ioc_ids`, and one naming a red IoC was listed and
+    replayed for an amber admin, a run on the red IoC. Both are now left out as an IoC above the clearance is."""
+    from google.api_core.exceptions import AlreadyExists
+    from google.cloud import pubsub_v1
+
+    api, headers, store = admin  # amber, the default clearance
+    publisher = pubsub_v1.PublisherClient()
+    with contextlib.suppress(AlreadyExists):  # where a replayed request goes
+        publisher.create_topic(name=publisher.topic_path(backend_env["GOOGLE_CLOUD_PROJECT"], "ioc-enrichment-requested"))
+    url = backend_env["DATABASE_URL"]
+    auth = function_client("auth")
+    chief_password = create_user(url, "dlq-red-chief", "admin", clearance="red")
+    token = auth.post("/api/v1/auth/token", json={"username": "dlq-red-chief", "password": chief_password}).get_json()
+    chief = {"Authorization": f"Bearer {token['access_token']}"}
+    iocs = function_client("iocs")
+    values = [{"value": "gone.red-dead-letter.example.com", "tlp": "red"}, {"value": "kept.red-dead-letter.example.com", "tlp": "red"}]
+    gone_id, kept_id = (r["id"] for r in iocs.post("/api/v1/iocs/batch", json={"iocs": values}, headers=chief).get_json()["results"])
+    request = {"run_id": "run-gone", "ioc_id": gone_id, "ioc_type": "domain", "value": values[0]["value"], "tlp": "red", "recorded": True}
+    at = time.time() - 60
+    _seed_data(store, "dl-red-request", request, at=at)
+    _seed_data(store, "dl-red-ingest", {"origin": "ingest", "ioc_ids": [kept_id]}, at=at + 1)
+    amber = {**request, "run_id": "run-amber", "ioc_id": 999_999_999, "value": "amber.example.org", "tlp": "amber"}
+    _seed_data(store, "dl-amber-request", amber, at=at + 2)
+    deleted = iocs.delete("/api/v1/iocs", json={"ids": [gone_id]}, headers=chief)
+    assert deleted.status_code == 200 and deleted.get_json()["deleted"] == 1, deleted.get_json()
+
+    listed = api.get("/api/v1/enrichment/dead-letters", headers=headers).get_json()
+    assert [d["id"] for d in listed["dead_letters"]] == ["dl-amber-request"], listed
+    assert "red-dead-letter" not in json.dumps(listed)
+    named = api.post("/api/v1/enrichment/dead-letters/replay", json={"ids": ["dl-red-request", "dl-red-ingest"]}, headers=headers)
+    assert named.status_code == 200 and named.get_json()["replayed"] == [], named.get_json()
+    # A red admin sees and replays them.
+    as_red = api.get("/api/v1/enrichment/dead-letters", headers=chief).get_json()
+    assert {d["id"] for d in as_red["dead_letters"]} == {"dl-red-request", "dl-red-ingest", "dl-amber-request"}, as_red
+    replayed = api.post("/api/v1/enrichment/dead-letters/replay", json={"ids": ["dl-red-request", "dl-red-ingest"]}, headers=chief)
+    assert sorted(replayed.get_json()["replayed"]) == ["dl-red-ingest", "dl-red-request"], replayed.get_json()
