@@ -520,22 +520,47 @@ def _archive_replayed(runtime: Runtime, item: dict[str, Any]) -> None:
     runtime.documents.delete(runs.DEAD_LETTERS, item["id"])
 
 
-def _dead_letter_ioc(item: dict[str, Any]) -> int | None:
+def _dead_letter_message(item: dict[str, Any]) -> dict[str, Any]:
     try:
-        value = json.loads(item.get("data") or "{}").get("ioc_id")
-        return int(value) if value is not None else None
-    except (ValueError, TypeError, AttributeError):
-        return None
+        data = json.loads(item.get("data") or "{}")
+    except (ValueError, TypeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _dead_letter_iocs(data: dict[str, Any]) -> list[int]:
+    """The IoCs a dead-lettered message names: a request's or a task's `ioc_id`, an auto-enrichment's `ioc_ids`."""
+    many = data.get("ioc_ids")
+    named: list[Any] = [data.get("ioc_id"), *(many if isinstance(many, list) else [])]
+    out: list[int] = []
+    for value in named:
+        with contextlib.suppress(ValueError, TypeError):
+            out.append(int(value))
+    return out
 
 
 def _within_clearance(runtime: Runtime, request: Request, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Dead letters naming an IoC above the caller's clearance are left out (one naming no stored IoC is kept:
-    a poison task is exactly what an admin must see)."""
-    allowed = tlp_clearance.allowed(tlp_clearance.of(request.principal))
-    ids = [i for i in (_dead_letter_ioc(item) for item in items) if i is not None]
+    """Dead letters naming an IoC above the caller's clearance are left out, and so is one whose message is marked
+    above it (a request carries its IoC's TLP, the stricter one for an address carrying a stored IPv4 one): the
+    IoC deleted, what makes a task fail for good, its value was listed to everyone. One naming no stored IoC and
+    no TLP is kept: a poison task is exactly what an admin must see."""
+    clearance = tlp_clearance.of(request.principal)
+    allowed = tlp_clearance.allowed(clearance)
+    messages = [_dead_letter_message(item) for item in items]
+    named = [_dead_letter_iocs(data) for data in messages]
     with unit_of_work(runtime.engine) as conn:
-        hidden = intel_enrichment.hidden_ioc_ids(conn, ids, visible_tlps=allowed)
-    return [item for item in items if _dead_letter_ioc(item) not in hidden]
+        hidden = intel_enrichment.hidden_ioc_ids(conn, sorted({i for ids in named for i in ids}), visible_tlps=allowed)
+
+    def marked_above(data: dict[str, Any]) -> bool:
+        if data.get("tlp") is None:
+            return False
+        try:
+            tlp = tlp_clearance.parse(str(data["tlp"]))
+        except ValidationError:
+            tlp = tlp_clearance.SYSTEM  # a marking that is no TLP: for those cleared for everything
+        return not tlp_clearance.can_read(clearance, tlp)
+
+    return [item for item, data, ids in zip(items, messages, named, strict=True) if not hidden.intersection(ids) and not marked_above(data)]
 
 
 def drain_dead_letters(ctx: handlers.Enrichment) -> int:
