@@ -80,3 +80,29 @@ def test_a_red_address_spelled_as_an_ipv6_address_carrying_it_is_not_sent_either
     status, body = get(spelling, red)
     assert status == 200 and body["status"] == "skipped" and body["source"] is None, body
     assert fake.call_count() == 0, "a TLP:RED address went to a third party inside an IPv6 one"
+
+
+@pytest.mark.parametrize(
+    ("stored", "asked"),
+    [
+        ("::ffff:185.220.101.7", "::ffff:185.220.101.7"),
+        ("::ffff:185.220.101.7", "185.220.101.7"),
+        ("64:ff9b::b9dc:6507", "185.220.101.7"),
+        ("::b9dc:6507", "185.220.101.7"),
+        ("::ffff:0:b9dc:6507", "::ffff:b9dc:6507"),
+    ],
+    ids=["ipv4-mapped-as-stored", "ipv4-mapped-asked-as-ipv4", "nat64", "ipv4-compatible", "ipv4-translated"],
+)
+def test_an_ipv4_address_whose_ipv6_spelling_is_stored_red_is_not_sent_either(intel, function_client, stored, asked):
+    """The reverse of the test above: the red IoC is an IPv6 spelling of the host (an IPv4-mapped address typed ipv6
+    stays an ipv6 IoC) and the reader asks for the IPv4 address it carries. The route reads ::ffff:a.b.c.d as the IPv4
+    host and looked up only an ipv4 IoC, stored nowhere: an amber reader asking for the red IoC's own value got a 200,
+    and the address went to AbuseIPDB."""
+    get, fake, red, reader = intel
+    item = {"value": stored, "type": "ipv6", "tlp": "red"}
+    written = function_client("iocs").post("/api/v1/iocs/batch", json={"iocs": [item]}, headers=red).get_json()["results"][0]
+    assert (written["type"], written["value"]) == ("ipv6", stored), written
+    assert get(asked, reader)[0] == 404
+    status, body = get(asked, red)
+    assert status == 200 and body["status"] == "skipped" and body["source"] is None, body
+    assert fake.call_count() == 0, "an address stored TLP:RED in an IPv6 spelling went to a third party"
