@@ -59,6 +59,23 @@ def carried_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipad
     return address.sixtofour or (address.teredo[1] if address.teredo else None)
 
 
+_IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+
+
+def ipv6_spellings(address: ipaddress.IPv4Address) -> list[str]:
+    """The IPv6 IoC values (as the iocs domain normalises them) that carry `address` at a fixed place: IPv4-mapped,
+    NAT64's well-known prefix, IPv4-compatible, IPv4-translated. carried_ipv4 read backwards; 6to4, Teredo and
+    NAT64's local-use prefix carry it beside bits of their own (a subnet, a server, a port), so no one value is theirs."""
+    spellings = []
+    for network in (_IPV4_MAPPED, _NAT64, _IPV4_COMPATIBLE, _IPV4_TRANSLATED):
+        ipv6 = ipaddress.IPv6Address(int(network.network_address) | int(address))
+        try:
+            spellings.append(normalise(str(ipv6), "ipv6").value)
+        except ValidationError:  # not an address the iocs domain stores as ipv6, so no IoC can hold it
+            continue
+    return spellings
+
+
 def _carried_key(record: Mapping[str, Any]) -> tuple[str, str] | None:
     """The stored-IoC key (ipv4, address) of the IPv4 address an IPv6 record carries, if any."""
     if record.get("type") != "ipv6":
@@ -211,11 +228,15 @@ def apply_verdict(conn: Connection, *, ioc_id: int, run_id: str, merged: verdict
 
 def stored_tlp(conn: Connection, ioc_type: str, value: str) -> str | None:
     """The TLP of the stored IoC (type, normalised value), or None when none is stored. An IPv6 address carrying a
-    stored IPv4 one (NAT64, 6to4...) discloses that one too: the stricter of the two, read in one query."""
+    stored IPv4 one (NAT64, 6to4...) discloses that one too: the stricter of the two, read in one query. So does an IPv4
+    address whose IPv6 spelling is stored (ipv6_spellings: ::ffff:a.b.c.d typed ipv6 stays an ipv6 IoC, and the intel
+    route asks for it as the IPv4 host): a red IoC so spelled went to every IPv4 source for any reader."""
     keys = [(ioc_type, value)]
     carried = _carried_key({"type": ioc_type, "value": value})
     if carried is not None:
         keys.append(carried)
+    if ioc_type == "ipv4":
+        keys += [("ipv6", spelling) for spelling in ipv6_spellings(ipaddress.IPv4Address(value))]
     stored = [Tlp.parse(str(record["tlp"])) for record in iocs_repository.get_many_by_value(conn, keys).values()]
     return max(stored, key=lambda tlp: tlp.rank).value if stored else None
 
