@@ -141,6 +141,46 @@ def test_an_ipv6_spelling_of_a_red_ipv4_address_is_enriched_as_red(function_clie
     assert batch["runs"][0].get("error") == "no such indicator within your TLP clearance", batch
 
 
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["::ffff:185.220.101.3", "64:ff9b::b9dc:6503", "::b9dc:6503", "::ffff:0:b9dc:6503"],
+    ids=["ipv4-mapped", "nat64", "ipv4-compatible", "ipv4-translated"],
+)
+def test_an_ipv4_address_whose_ipv6_spelling_is_stored_red_is_enriched_as_red(function_client, backend_env, spelling):
+    """The reverse of the test above: the red IoC is the IPv6 spelling and the IoC enriched is the IPv4 address it
+    carries, e.g. the one the flow bridge makes of a flow from ::ffff:a.b.c.d (flows store the IPv4 host). Only IPv6
+    IoCs looked at the address they carry, so an amber analyst's enrich of the IPv4 address, and the bridge's
+    auto-enrichment of it, went at amber to every IPv4 source."""
+    from threatflow.adapters.firestore import FirestoreDocuments
+    from threatflow.adapters.postgres import create_engine, unit_of_work
+    from threatflow.intel import enrichment as intel_enrichment
+    from threatflow.platform.config import Settings
+
+    url = backend_env["DATABASE_URL"]
+    auth = function_client("auth")
+    tag = spelling.replace(":", "")[-6:]
+    red = _bearer(auth, f"red4{tag}", create_user(url, f"red4{tag}", "analyst", clearance="red"))
+    amber = _bearer(auth, f"amber4{tag}", create_user(url, f"amber4{tag}", "analyst"))
+    _ensure_topics(backend_env, "ioc-enrichment-requested")
+    iocs = function_client("iocs")
+    stored = iocs.post("/api/v1/iocs/batch", json={"iocs": [{"value": spelling, "type": "ipv6", "tlp": "red"}]}, headers=red)
+    assert stored.get_json()["results"][0]["value"] == spelling, stored.get_json()
+    ipv4 = iocs.post("/api/v1/iocs/batch", json={"iocs": [{"value": "185.220.101.3"}]}, headers=amber).get_json()["results"][0]
+    api = function_client("enrichment")
+    assert api.post("/api/v1/enrichment/enrich", json={"value": "185.220.101.3"}, headers=amber).status_code == 404
+    started = api.post("/api/v1/enrichment/enrich", json={"value": "185.220.101.3"}, headers=red)
+    assert started.status_code == 202, started.get_json()
+    run = FirestoreDocuments(project=backend_env["GOOGLE_CLOUD_PROJECT"]).get("enrichment_runs", started.get_json()["run_id"])
+    assert run is not None and run["request"]["tlp"] == "red", run
+    engine = create_engine(Settings.from_env({"DATABASE_URL": url}))
+    try:
+        with unit_of_work(engine) as conn:  # what auto-enrichment on ingest (the flow bridge's IoCs) asks dispatch to run
+            (request,) = intel_enrichment.ingest_requests(conn, [ipv4["id"]], message_id="bridge-1")
+    finally:
+        engine.dispose()
+    assert (request.value, request.tlp) == ("185.220.101.3", "red"), request
+
 def test_an_ipv4_mapped_ipv6_ioc_of_a_red_ipv4_address_is_enriched_as_red(function_client, backend_env):
     """`::ffff:a.b.c.d` typed ipv6 stays an ipv6 IoC (normalise), and Python counts it global: carried_ipv4 read
     NAT64, 6to4, IPv4-compatible, IPv4-translated and Teredo but not the mapped form, so an amber analyst's enrich
