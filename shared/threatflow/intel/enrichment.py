@@ -87,18 +87,38 @@ def _carried_key(record: Mapping[str, Any]) -> tuple[str, str] | None:
     return None if carried is None else ("ipv4", str(carried))
 
 
+def _spelling_keys(record: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The other stored-IoC keys of the host a record names: the IPv4 address an IPv6 record carries, or the IPv6
+    spellings of an IPv4 record (ipv6_spellings)."""
+    carried = _carried_key(record)
+    if carried is not None:
+        return [carried]
+    if record.get("type") != "ipv4":
+        return []
+    try:
+        address = ipaddress.IPv4Address(str(record["value"]))
+    except ValueError:
+        return []
+    return [("ipv6", spelling) for spelling in ipv6_spellings(address)]
+
+
 def _with_carried_tlps(conn: Connection, records: Mapping[Any, dict[str, Any]]) -> dict[Any, dict[str, Any]]:
     """An IPv6 IoC carrying a stored IPv4 address discloses that address to whichever source it is sent to: its
     request and clearance take the stricter TLP of the two (a red IPv4 address, spelled NAT64, went to every
-    IPv6 source for any analyst). The stored IoC keeps its own. One query for all the records."""
-    carried = {k: key for k, record in records.items() if (key := _carried_key(record)) is not None}
-    stored = iocs_repository.get_many_by_value(conn, sorted(set(carried.values()))) if carried else {}
+    IPv6 source for any analyst). So does an IPv4 IoC whose IPv6 spelling is stored (a red ::ffff:a.b.c.d typed ipv6,
+    and the IPv4 address went at amber to every IPv4 source). The stored IoC keeps its own. One query for all."""
+    others = {k: keys for k, record in records.items() if (keys := _spelling_keys(record))}
+    stored = iocs_repository.get_many_by_value(conn, sorted({key for keys in others.values() for key in keys})) if others else {}
     out = dict(records)
-    for k, key in carried.items():
-        carried_tlp = stored.get(key, {}).get("tlp")
+    for k, keys in others.items():
         record = records[k]
-        if carried_tlp is not None and Tlp.parse(str(carried_tlp)).rank > Tlp.parse(str(record.get("tlp") or "amber")).rank:
-            out[k] = {**record, "tlp": str(carried_tlp)}
+        strictest = Tlp.parse(str(record.get("tlp") or "amber"))
+        for key in keys:
+            other_tlp = stored.get(key, {}).get("tlp")
+            if other_tlp is not None and Tlp.parse(str(other_tlp)).rank > strictest.rank:
+                strictest = Tlp.parse(str(other_tlp))
+        if strictest.rank > Tlp.parse(str(record.get("tlp") or "amber")).rank:
+            out[k] = {**record, "tlp": strictest.value}
     return out
 
 
@@ -231,12 +251,7 @@ def stored_tlp(conn: Connection, ioc_type: str, value: str) -> str | None:
     stored IPv4 one (NAT64, 6to4...) discloses that one too: the stricter of the two, read in one query. So does an IPv4
     address whose IPv6 spelling is stored (ipv6_spellings: ::ffff:a.b.c.d typed ipv6 stays an ipv6 IoC, and the intel
     route asks for it as the IPv4 host): a red IoC so spelled went to every IPv4 source for any reader."""
-    keys = [(ioc_type, value)]
-    carried = _carried_key({"type": ioc_type, "value": value})
-    if carried is not None:
-        keys.append(carried)
-    if ioc_type == "ipv4":
-        keys += [("ipv6", spelling) for spelling in ipv6_spellings(ipaddress.IPv4Address(value))]
+    keys = [(ioc_type, value), *_spelling_keys({"type": ioc_type, "value": value})]
     stored = [Tlp.parse(str(record["tlp"])) for record in iocs_repository.get_many_by_value(conn, keys).values()]
     return max(stored, key=lambda tlp: tlp.rank).value if stored else None
 
