@@ -275,6 +275,51 @@ def test_a_search_cursor_is_bound_to_its_query(flows_api):
         assert response.get_json()["error"]["details"]["field"] == "cursor"
 
 
+
+def test_a_page_whose_clock_is_before_its_cursor_still_continues_at_the_cursor(flows_api, backend_env, function_client):
+    """With the search cache on, a window ending now ends at the period boundary before now, and each search (each
+    page: the cursor is part of it) has its own phase, so page 2's "now" can fall before page 1's last event. The
+    page's window then ended there, not at its cursor: the events between were skipped (4 events a second over the
+    last 100 s, paged at 30 sizes: 18 of the 30 listings lost events, up to 82 of 388). A cursor continues below its
+    own event whatever the clock of its page."""
+    from threatflow.adapters.postgres import unit_of_work
+    from threatflow.flows import search
+
+    srcip, now = "203.0.113.99", datetime.now(UTC)
+    flows = json_flows(240, seed=19)
+    for k, flow in enumerate(flows):  # one every 0.25 s over the last minute
+        at = (now - timedelta(seconds=0.25 * (k + 1))).timestamp()
+        flow.update(srcip=srcip, stime=at, ltime=at)
+    assert flows_api.post("/api/v1/flows/batch", {"flows": flows}).get_json()["stored"] == 240
+    listed = flows_api.get(f"/api/v1/events/search?srcip={srcip}&limit=1000").get_json()["events"]
+    assert len(listed) == 240
+    first = flows_api.get(f"/api/v1/events/search?srcip={srcip}&limit=5").get_json()
+    assert [e["event_key"] for e in first["events"]] == [e["event_key"] for e in listed[:5]]
+    # Page 2 as the cache parses it: its clock rounded down to a boundary 10 s before page 1's last event.
+    clock = datetime.fromisoformat(first["events"][-1]["event_time"]) - timedelta(seconds=10)
+    query = search.parse_search({"srcip": srcip, "limit": "5", "cursor": first["next_cursor"]}, now=clock)
+    engine = _engine(backend_env["DATABASE_URL"])
+    try:
+        with unit_of_work(engine) as conn:
+            second = json.loads(search.search(query, conn=conn))
+    finally:
+        engine.dispose()
+    assert [e["event_key"] for e in second["events"]] == [e["event_key"] for e in listed[5:10]], "events below the cursor skipped"
+
+    cached = function_client("flows", FLOWS_SEARCH_CACHE="on")  # the same through the route, with the cache on
+    for limit in range(7, 17):
+        keys, cursor, end = [], None, None
+        while True:
+            page = cached.get(
+                f"/api/v1/events/search?srcip={srcip}&limit={limit}" + (f"&cursor={cursor}" if cursor else ""), headers=flows_api.reader
+            ).get_json()
+            end = end or datetime.fromisoformat(page["window"]["to"])  # the first page's: a cached page may end up to 30 s back
+            keys += [e["event_key"] for e in page["events"]]
+            if not (cursor := page["next_cursor"]):
+                break
+        expected = [e["event_key"] for e in listed if datetime.fromisoformat(e["event_time"]) < end]
+        assert keys == expected, (limit, len(expected), len(keys))
+
 def test_flow_ingest_worker_loads_an_upload_once(flows_api, backend_env, function_client):
     import flowgen
 
