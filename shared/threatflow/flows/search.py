@@ -46,6 +46,7 @@ SEARCH_SESSION = ReadSession(statement_timeout_ms=SEARCH_TIMEOUT_MS, generic_pla
 CACHE_SECONDS = 30
 FLAG_TTL_SECONDS = 30.0
 FLAG_NAME = "flows-search-cache"
+_LATEST = datetime.max.replace(tzinfo=UTC)  # a forged cursor's time there has no microsecond after it
 _TOKEN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$|^-$")
 _KNOWN = frozenset(
     {"srcip", "dstip", "from", "to", "proto", "service", "label", "attack_cat", "predicted", "predicted_cat", "min_probability",
@@ -198,7 +199,13 @@ def parse_search(query: Mapping[str, str], *, now: datetime) -> EventQuery:
     # arbitrary point, silently skipping its newer events.
     if cursor_query != bound_to:
         raise ValidationError("cursor belongs to another search (other filters or from/to); search again without it", field="cursor")
-    return replace(q, after_time=after_time, after_key=after_key, query_id=bound_to)
+    end = q.end
+    if not query.get("to") and after_time >= end and after_time < _LATEST and after_time - q.start < maximum:
+        # An open window ends at the page's clock, which the cache rounds down with a phase of the search's own (the
+        # cursor is part of it): a page's clock can fall before its cursor's event, and the window ended there, so the
+        # events between were skipped. The page continues below its cursor (within the window's bound).
+        end = after_time + timedelta(microseconds=1)
+    return replace(q, end=end, after_time=after_time, after_key=after_key, query_id=bound_to)
 
 
 def uses_read_pool(q: EventQuery) -> bool:
