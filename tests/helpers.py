@@ -273,3 +273,15 @@ class FirestoreDownWithPubSub:
             return method(*args, **kwargs)
 
         return failing
+
+
+def copy_migrations(sql_dir: Path, versions: range) -> None:
+    """Copies the project's migrations whose numbers are in `versions` into `sql_dir`: a test migrates a fresh database
+    to just before a migration, writes rows as they were stored then, then copies that migration and migrates on."""
+    import shutil
+
+    from threatflow.db.migrate import DEFAULT_SQL_DIR
+
+    for path in sorted(DEFAULT_SQL_DIR.glob("*.sql")):
+        if int(path.name[:4]) in versions:
+            shutil.copy(path, sql_dir / path.name)

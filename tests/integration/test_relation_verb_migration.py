@@ -5,12 +5,12 @@ Before check_relation_verb dropped separators at either end, `uses_` and `uses-`
 second verb beside `uses` for the same pair, shown apart, counted against the pair's 8, and left by an unlink of
 `uses`."""
 
-import shutil
 import uuid
 from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy
+from helpers import copy_migrations
 
 from threatflow.adapters.postgres import create_engine
 from threatflow.db.migrate import DEFAULT_SQL_DIR, migrate
@@ -31,9 +31,7 @@ def test_verbs_stored_with_a_trailing_separator_are_rewritten_and_merged_into_th
     (`attributed-to-`, and `drops-` with `drops--`, which would collide once both are rewritten), `x--y` (an inner
     run of hyphens, which check_relation_verb keeps). After it each pair holds one row per verb as read today: the
     higher confidence, the stricter TLP, the earlier created_at and the earliest source named."""
-    for path in sorted(DEFAULT_SQL_DIR.glob("*.sql")):
-        if int(path.name[:4]) < VERB_EDGES_VERSION:
-            shutil.copy(path, tmp_path / path.name)
+    copy_migrations(tmp_path, range(VERB_EDGES_VERSION))
     engine = create_engine(Settings.from_env({"DATABASE_URL": fresh_database}))
     try:
         migrate(engine, sql_dir=tmp_path, progress=lambda _m: None)
@@ -98,9 +96,7 @@ def test_verbs_stored_with_a_trailing_separator_are_rewritten_and_merged_into_th
                     src=source,
                     at=created,
                 )
-        for path in sorted(DEFAULT_SQL_DIR.glob("*.sql")):
-            if int(path.name[:4]) >= VERB_EDGES_VERSION:
-                shutil.copy(path, tmp_path / path.name)
+        copy_migrations(tmp_path, range(VERB_EDGES_VERSION, 10_000))
         report = migrate(engine, sql_dir=tmp_path, progress=lambda _m: None)
 
         def stored():

@@ -6,15 +6,14 @@ lowered. Now a tie keeps the marking it was written with (never below the strict
 every read hides a tie above the reader's clearance as it hides an end."""
 
 import json
-import shutil
 import uuid
 
 import pytest
 import sqlalchemy
-from helpers import create_user
+from helpers import copy_migrations, create_user
 
 from threatflow.adapters.postgres import create_engine
-from threatflow.db.migrate import DEFAULT_SQL_DIR, migrate
+from threatflow.db.migrate import migrate
 from threatflow.platform.config import Settings
 
 pytestmark = pytest.mark.integration
@@ -260,9 +259,7 @@ def test_a_stix_relationship_marked_above_its_ends_is_stored_with_its_marking_an
 
 def test_the_migration_gives_existing_ties_the_stricter_of_their_ends(fresh_database, tmp_path):
     """Ties stored before 0014 take the stricter of their two ends' current TLPs, and the column is NOT NULL."""
-    for path in sorted(DEFAULT_SQL_DIR.glob("*.sql")):
-        if int(path.name[:4]) < 14:
-            shutil.copy(path, tmp_path / path.name)
+    copy_migrations(tmp_path, range(14))
     engine = create_engine(Settings.from_env({"DATABASE_URL": fresh_database}))
     try:
         migrate(engine, sql_dir=tmp_path, progress=lambda _m: None)
@@ -302,7 +299,7 @@ def test_the_migration_gives_existing_ties_the_stricter_of_their_ends(fresh_data
                 g=threat["green"],
                 r=threat["red"],
             )
-        shutil.copy(DEFAULT_SQL_DIR / "0014_link_tlp.sql", tmp_path / "0014_link_tlp.sql")
+        copy_migrations(tmp_path, range(14, 15))
         assert migrate(engine, sql_dir=tmp_path, progress=lambda _m: None).applied == (14,)
         with engine.connect() as conn:
 
