@@ -46,6 +46,20 @@ def _await_lock_waiters(db, count):
     raise AssertionError(f"{count} sessions never waited for a lock")
 
 
+def _race_behind_a_held_lock(db, lock_sql, params, racers):
+    """Holds the row lock `lock_sql` takes, starts the racers in order, each once the ones before it wait for a lock
+    (so they queue in that order), then lets go and waits for them all."""
+    from sqlalchemy import text
+
+    with db._engine.begin() as holder:
+        holder.execute(text(lock_sql), params)
+        for count, racer in enumerate(racers, start=1):
+            racer.start()
+            _await_lock_waiters(db, count)
+    for racer in racers:
+        racer.join(60)
+
+
 def _bundle(objects):
     return {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": objects}
 
@@ -77,17 +91,8 @@ def test_relating_a_threat_while_a_merge_locks_both_does_not_deadlock(api, db, f
         items = [{"kind": "malware", "name": name, "tags": ["merged"]} for name in ("Deadlock Lower", "Deadlock Higher")]
         outcome["merge"] = merging.post("/api/v1/threats/batch", json={"threats": items}, headers=api.analyst).status_code
 
-    from sqlalchemy import text
-
     racers = [threading.Thread(target=relate), threading.Thread(target=merge)]
-    with db._engine.begin() as holder:
-        holder.execute(text("SELECT 1 FROM threats WHERE id = :x FOR UPDATE"), {"x": x})
-        racers[0].start()
-        _await_lock_waiters(db, 1)
-        racers[1].start()
-        _await_lock_waiters(db, 2)
-    for racer in racers:
-        racer.join()
+    _race_behind_a_held_lock(db, "SELECT 1 FROM threats WHERE id = :x FOR UPDATE", {"x": x}, racers)
     assert outcome == {"relate": 201, "merge": 200}
     assert db.one("SELECT count(*) FROM threat_relations WHERE source_id = %s AND target_id = %s", x, y)[0] == 1
 
@@ -252,16 +257,8 @@ def test_two_writers_racing_for_a_pairs_last_verb_make_one(api, db):
     def relate(verb):
         outcome[verb] = api.post(f"/api/v1/threats/{x}/relations", {"target_id": y, "type": verb}).status_code
 
-    from sqlalchemy import text
-
     racers = [threading.Thread(target=relate, args=(verb,)) for verb in ("first-new", "second-new")]
-    with db._engine.begin() as holder:
-        holder.execute(text("SELECT 1 FROM threats WHERE id = :x FOR UPDATE"), {"x": x})
-        for count, racer in enumerate(racers, start=1):
-            racer.start()
-            _await_lock_waiters(db, count)
-    for racer in racers:
-        racer.join()
+    _race_behind_a_held_lock(db, "SELECT 1 FROM threats WHERE id = :x FOR UPDATE", {"x": x}, racers)
     assert sorted(outcome.values()) == [201, 409], outcome
     assert db.one("SELECT count(*) FROM threat_relations WHERE source_id = %s AND target_id = %s", x, y)[0] == 8
 
@@ -280,20 +277,13 @@ def test_imports_relating_two_threats_both_ways_while_merging_them_both_succeed(
         outcome[name] = (response.status_code, response.get_json().get("threat_relations"))
 
     run("setup", api.client("/api/v1/iocs"), x, y)
-    from sqlalchemy import text
 
     x_id = db.one("SELECT id FROM threats WHERE name = 'Both Ways X'")[0]
     racers = [
         threading.Thread(target=run, args=("a", api.client("/api/v1/iocs"), x, y)),
         threading.Thread(target=run, args=("b", other, y, x)),
     ]
-    with db._engine.begin() as holder:
-        holder.execute(text("SELECT 1 FROM threats WHERE id = :x FOR UPDATE"), {"x": x_id})
-        for count, racer in enumerate(racers, start=1):
-            racer.start()
-            _await_lock_waiters(db, count)
-    for racer in racers:
-        racer.join()
+    _race_behind_a_held_lock(db, "SELECT 1 FROM threats WHERE id = :x FOR UPDATE", {"x": x_id}, racers)
     assert outcome == {"setup": (200, 1), "a": (200, 1), "b": (200, 1)}
     assert db.one("SELECT count(*) FROM threat_relations")[0] == 2
 
@@ -452,15 +442,8 @@ def test_two_bulk_deletes_of_overlapping_sets_locking_in_different_scan_orders_d
         threading.Thread(target=_bulk_delete, args=(api.client("/api/v1/threats"), api.admin, [low, high], outcome, "a")),
         threading.Thread(target=_bulk_delete, args=(other, api.admin, ids[:1000], outcome, "b")),
     ]
-    from sqlalchemy import text
 
-    with db._engine.begin() as holder:
-        holder.execute(text("SELECT 1 FROM threats WHERE id = :i FOR UPDATE"), {"i": low})
-        for count, racer in enumerate(racers, start=1):
-            racer.start()
-            _await_lock_waiters(db, count)
-    for racer in racers:
-        racer.join(60)
+    _race_behind_a_held_lock(db, "SELECT 1 FROM threats WHERE id = :i FOR UPDATE", {"i": low}, racers)
     assert [outcome[n][0] for n in ("a", "b")] == [200, 200], outcome
     assert outcome["a"][1]["deleted"] + outcome["b"][1]["deleted"] == 1000, outcome
     assert db.one("SELECT count(*) FROM threats")[0] == 2000
@@ -512,15 +495,10 @@ def test_two_bulk_deletes_of_threats_related_across_their_sets_do_not_deadlock(a
         threading.Thread(target=_bulk_delete, args=(other, api.admin, [y], outcome, "b")),
         threading.Thread(target=_bulk_delete, args=(api.client("/api/v1/threats"), api.admin, [x, z], outcome, "a")),
     ]
-    from sqlalchemy import text
 
-    with db._engine.begin() as holder:
-        holder.execute(text("SELECT 1 FROM threat_relations WHERE source_id = :y AND target_id = :z FOR UPDATE"), {"y": y, "z": z})
-        for count, racer in enumerate(racers, start=1):
-            racer.start()
-            _await_lock_waiters(db, count)
-    for racer in racers:
-        racer.join(60)
+    _race_behind_a_held_lock(
+        db, "SELECT 1 FROM threat_relations WHERE source_id = :y AND target_id = :z FOR UPDATE", {"y": y, "z": z}, racers
+    )
     assert [outcome[n][0] for n in ("a", "b")] == [200, 200], outcome
     assert (outcome["a"][1]["deleted"], outcome["b"][1]["deleted"]) == (2, 1), outcome
     assert db.one("SELECT count(*) FROM threat_relations")[0] == 0
@@ -560,15 +538,13 @@ def test_a_bulk_threat_delete_and_an_ioc_delete_unlinking_the_same_pairs_do_not_
     # The link the first racer's cascade needs first: (t1, i2) for the threat delete, (t2, i1) for the IoC delete.
     first, second = ("threats", "iocs") if held == "threats-first" else ("iocs", "threats")
     link = (t1, i2) if first == "threats" else (t2, i1)
-    from sqlalchemy import text
 
-    with db._engine.begin() as holder:
-        holder.execute(text("SELECT 1 FROM threat_iocs WHERE threat_id = :t AND ioc_id = :i FOR UPDATE"), {"t": link[0], "i": link[1]})
-        for count, name in enumerate((first, second), start=1):
-            racers[name].start()
-            _await_lock_waiters(db, count)
-    for racer in racers.values():
-        racer.join(60)
+    _race_behind_a_held_lock(
+        db,
+        "SELECT 1 FROM threat_iocs WHERE threat_id = :t AND ioc_id = :i FOR UPDATE",
+        {"t": link[0], "i": link[1]},
+        [racers[first], racers[second]],
+    )
     assert [outcome[n][0] for n in ("threats", "iocs")] == [200, 200], outcome
     assert (outcome["threats"][1]["deleted"], outcome["iocs"][1]["deleted"]) == (2, 2), outcome
     assert db.one("SELECT count(*) FROM threat_iocs WHERE threat_id = ANY(%s) OR ioc_id = ANY(%s)", [t1, t2], [i1, i2])[0] == 0
@@ -598,15 +574,10 @@ def test_two_ioc_deletes_of_iocs_related_across_their_sets_do_not_deadlock(api, 
         threading.Thread(target=_delete_iocs, args=(api.client("/api/v1/iocs"), api.admin, {"ids": [i1, i3]}, outcome, "a")),
         threading.Thread(target=_delete_iocs, args=(function_client("iocs"), api.admin, {"ids": [i2, i4]}, outcome, "b")),
     ]
-    from sqlalchemy import text
 
-    with db._engine.begin() as holder:
-        holder.execute(text("SELECT 1 FROM ioc_relations WHERE source_id = :s AND target_id = :t FOR UPDATE"), {"s": i1, "t": i4})
-        for count, racer in enumerate(racers, start=1):
-            racer.start()
-            _await_lock_waiters(db, count)
-    for racer in racers:
-        racer.join(60)
+    _race_behind_a_held_lock(
+        db, "SELECT 1 FROM ioc_relations WHERE source_id = :s AND target_id = :t FOR UPDATE", {"s": i1, "t": i4}, racers
+    )
     assert [outcome[n][0] for n in ("a", "b")] == [200, 200], outcome
     assert (outcome["a"][1]["deleted"], outcome["b"][1]["deleted"]) == (2, 2), outcome
     assert db.one("SELECT count(*) FROM ioc_relations WHERE source_id = ANY(%s)", [i1, i2, i3, i4])[0] == 0
