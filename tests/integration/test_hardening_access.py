@@ -109,6 +109,42 @@ def test_a_disabled_admin_cannot_act_even_within_the_cache_window(function_clien
     assert admin.get("/api/v1/admin/users", headers=rogue).status_code == 401
 
 
+def test_disable_and_enable_are_recorded_in_the_security_events(function_client, backend_env, capsys, monkeypatch):
+    """Disabling and enabling an account left no record in the audit log (its docstring says disables are): both
+    routes and `threatflow users disable|enable` now record who, whom and when."""
+    import io
+
+    from threatflow.cli.main import main
+
+    url = backend_env["DATABASE_URL"]
+    create_user(url, "erin", "analyst")
+    boss = _bearer(_login(function_client("auth"), "boss", create_user(url, "boss", "admin")))
+    admin = function_client("admin")
+    assert admin.post("/api/v1/admin/users/erin/disable", headers=boss).status_code == 200
+    assert admin.post("/api/v1/admin/users/erin/enable", headers=boss).status_code == 200
+    events = admin.get("/api/v1/admin/security-events", headers=boss).get_json()["events"]
+    assert [(e["kind"], e["username"], e["detail"]["by"]) for e in events[:2]] == [
+        ("user_enabled", "erin", "boss"),
+        ("user_disabled", "erin", "boss"),
+    ]
+    assert all(e["at"] for e in events[:2])
+    assert admin.post("/api/v1/admin/users/nobody-at-all/disable", headers=boss).status_code == 404
+
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    for action in ("disable", "enable"):
+        with pytest.raises(SystemExit) as done:
+            main(["users", action, "erin"])
+        assert done.value.code == 0
+    capsys.readouterr()
+    events = admin.get("/api/v1/admin/security-events", headers=boss).get_json()["events"]
+    assert [(e["kind"], e["username"], e["detail"]["by"], e["detail"]["via"]) for e in events[:2]] == [
+        ("user_enabled", "erin", None, "cli"),
+        ("user_disabled", "erin", None, "cli"),
+    ]
+    assert len(events) == 4  # a 404 records nothing
+
+
 def test_role_change_and_password_rotation_end_old_tokens_at_once(function_client, backend_env):
     url = backend_env["DATABASE_URL"]
     password = create_user(url, "dave", "analyst")
