@@ -41,6 +41,10 @@ class UpdateUser(msgspec.Struct, forbid_unknown_fields=True):
     password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)] | None = None
 
 
+def _actor(request: Request) -> str | None:
+    return request.principal.username if request.principal else None
+
+
 def build_router(runtime: Runtime) -> Router:
     router = Router("admin", runtime=runtime, authenticator=authenticator(runtime))
 
@@ -67,7 +71,7 @@ def build_router(runtime: Runtime) -> Router:
                 clearance=body.clearance,
                 password=body.password,
                 users=UserRepository(conn),
-                actor=request.principal.username if request.principal else None,
+                actor=_actor(request),
                 actor_clearance=tlp_clearance.of(request.principal),
             )
         return user.public()
@@ -84,13 +88,15 @@ def build_router(runtime: Runtime) -> Router:
     @router.route("POST", "/api/v1/admin/users/{username}/disable", role=Role.ADMIN)
     def disable_user(request: Request) -> dict[str, Any]:
         with unit_of_work(runtime.engine) as conn:
-            service.set_disabled(username=request.path_params["username"], disabled=True, users=UserRepository(conn))
+            service.set_disabled(username=request.path_params["username"], disabled=True, users=UserRepository(conn), actor=_actor(request))
         return {"username": request.path_params["username"], "disabled": True}
 
     @router.route("POST", "/api/v1/admin/users/{username}/enable", role=Role.ADMIN)
     def enable_user(request: Request) -> dict[str, Any]:
         with unit_of_work(runtime.engine) as conn:
-            service.set_disabled(username=request.path_params["username"], disabled=False, users=UserRepository(conn))
+            service.set_disabled(
+                username=request.path_params["username"], disabled=False, users=UserRepository(conn), actor=_actor(request)
+            )
         return {"username": request.path_params["username"], "disabled": False}
 
     @router.route("POST", "/api/v1/admin/jobs/{job}/run", role=Role.ADMIN)

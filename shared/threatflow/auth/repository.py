@@ -92,17 +92,18 @@ class UserRepository:
         )
         return [_user(r) for r in rows]
 
-    def set_disabled(self, username: str, disabled: bool) -> bool:
+    def set_disabled(self, username: str, disabled: bool) -> str | None:
+        """The account's stored username, or None when there is none."""
         from sqlalchemy import text
 
-        result = self._conn.execute(
+        row = self._conn.execute(
             text(
                 "UPDATE users SET disabled = :d, security_version = security_version + 1, updated_at = now()"
-                " WHERE lower(username) = lower(:u)"
+                " WHERE lower(username) = lower(:u) RETURNING username"
             ),
             {"d": disabled, "u": username},
-        )
-        return bool(result.rowcount)
+        ).first()
+        return str(row[0]) if row else None
 
     def update(self, username: str, *, role: Role | None, clearance: str | None, password_hash: str | None) -> User | None:
         """Change role, clearance and/or password; a role or password change invalidates the user's tokens."""

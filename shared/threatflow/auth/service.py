@@ -121,9 +121,13 @@ def create_user(*, username: str, password: str, role: Role, users: UserReposito
     return user
 
 
-def set_disabled(*, username: str, disabled: bool, users: UserRepository) -> None:
-    if not users.set_disabled(username, disabled):
+def set_disabled(*, username: str, disabled: bool, users: UserRepository, actor: str | None, via: str = "api") -> None:
+    """Disable or enable an account, recorded in the audit log in the same transaction (`actor`: the admin; None
+    from the command line, which runs as whoever holds the database URL)."""
+    found = users.set_disabled(username, disabled)
+    if found is None:
         raise NotFoundError(f"no user named {username!r}")
+    users.record_event("user_disabled" if disabled else "user_enabled", username=found, client_ip=None, detail={"by": actor, "via": via})
 
 
 def update_user(
