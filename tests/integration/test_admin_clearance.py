@@ -1,10 +1,22 @@
 """An admin's own TLP clearance bounds what they may hand out: every other route already treats an amber admin as
 amber (deletes, import jobs), and PATCH /api/v1/admin/users let one step past it in one call."""
 
+import time
+
 import pytest
 from helpers import create_user
 
 pytestmark = pytest.mark.integration
+
+
+def _await_lock_waiters(db, count):
+    """Until `count` sessions of this database wait for a lock (as in test_threat_relations_hostile.py)."""
+    sql = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    for _ in range(400):
+        if db.one(sql)[0] >= count:
+            return
+        time.sleep(0.025)
+    raise AssertionError(f"{count} sessions never waited for a lock")
 
 
 def _bearer(auth, username, password):
@@ -71,3 +83,57 @@ def test_the_first_red_account_is_made_from_the_command_line(backend_env, capsys
     finally:
         engine.dispose()
     assert user is not None and user.clearance == "red"
+
+
+def test_a_concurrent_raise_of_the_targets_clearance_cannot_slip_between_the_check_and_the_update(function_client, backend_env, db):
+    """PATCH read the target, checked its clearance, then updated it in a second statement: a raise to red committed
+    between them (here held open by another session) let an amber admin set the password of a now-red account (200,
+    and the admin logged in as a red analyst). The target's row is now locked for the check (SELECT ... FOR UPDATE),
+    so the PATCH waits for the raise, sees red, and is a 403 that changes nothing."""
+    import threading
+
+    from sqlalchemy import text
+
+    url = backend_env["DATABASE_URL"]
+    auth, admin = function_client("auth"), function_client("admin")
+    old_password = create_user(url, "risinganalyst", "analyst")  # amber, within the amber admin's clearance
+    boss = _bearer(auth, "amberboss", create_user(url, "amberboss", "admin"))
+    outcome = {}
+
+    def reset_password():
+        outcome["patch"] = admin.patch("/api/v1/admin/users/risinganalyst", json={"password": "the amber admin's pick"}, headers=boss)
+
+    racer = threading.Thread(target=reset_password)
+    with db._engine.begin() as raising:
+        raising.execute(text("UPDATE users SET clearance = 'red' WHERE username = 'risinganalyst'"))
+        racer.start()
+        _await_lock_waiters(db, 1)
+    racer.join()
+    response = outcome["patch"]
+    assert response.status_code == 403 and response.get_json()["error"]["details"]["field"] == "password", response.get_json()
+    assert auth.post("/api/v1/auth/token", json={"username": "risinganalyst", "password": "the amber admin's pick"}).status_code == 401
+    assert auth.post("/api/v1/auth/token", json={"username": "risinganalyst", "password": old_password}).status_code == 200
+
+
+def test_an_admin_creates_accounts_at_most_at_their_own_clearance(function_client, backend_env):
+    """POST /api/v1/admin/users gave every new account the default clearance, amber, whatever the admin's own: a
+    green admin made amber accounts (and could log in as one, having set its password). A new account now takes the
+    lower of the default and the admin's clearance, or the `clearance` given, which may not exceed the admin's (403)."""
+    url = backend_env["DATABASE_URL"]
+    auth, admin = function_client("auth"), function_client("admin")
+    green = _bearer(auth, "greenboss", create_user(url, "greenboss", "admin", clearance="green"))
+    chief = _bearer(auth, "redchief", create_user(url, "redchief", "admin", clearance="red"))
+
+    def create(name, headers, **extra):
+        return admin.post("/api/v1/admin/users", json={"username": name, "password": "a long enough password", **extra}, headers=headers)
+
+    made = create("greenmade", green)
+    assert made.status_code == 201 and made.get_json()["clearance"] == "green", made.get_json()
+    above = create("ambermade", green, clearance="amber")
+    assert above.status_code == 403 and above.get_json()["error"]["details"]["field"] == "clearance", above.get_json()
+    assert admin.get("/api/v1/admin/users", headers=chief).get_json()["users"][-1]["username"] == "greenmade"  # nothing made
+    assert create("clearmade", green, clearance="TLP:CLEAR").get_json()["clearance"] == "clear"
+    assert create("chiefdefault", chief).get_json()["clearance"] == "amber"  # the default is not raised to the admin's
+    assert create("chiefred", chief, clearance="red").get_json()["clearance"] == "red"
+    bad = create("badlevel", chief, clearance="purple")
+    assert bad.status_code == 400 and bad.get_json()["error"]["details"]["field"] == "clearance", bad.get_json()
