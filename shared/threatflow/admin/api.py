@@ -29,6 +29,7 @@ class CreateUser(msgspec.Struct, forbid_unknown_fields=True):
     username: Annotated[str, msgspec.Meta(min_length=2, max_length=64)]
     password: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
     role: Role = Role.READER
+    clearance: str | None = None  # at most the admin's own; none: the default, lowered to the admin's
 
 
 class RunJob(msgspec.Struct, forbid_unknown_fields=True):
@@ -59,7 +60,14 @@ def build_router(runtime: Runtime) -> Router:
     @router.route("POST", "/api/v1/admin/users", role=Role.ADMIN, body=CreateUser)
     def create_user(request: Request, body: CreateUser) -> Response:
         with unit_of_work(runtime.engine) as conn:
-            user = service.create_user(username=body.username, password=body.password, role=body.role, users=UserRepository(conn))
+            user = service.create_user(
+                username=body.username,
+                password=body.password,
+                role=body.role,
+                users=UserRepository(conn),
+                clearance=body.clearance,
+                actor_clearance=tlp_clearance.of(request.principal),
+            )
         return Response(user.public(), status=201)
 
     @router.route("PATCH", "/api/v1/admin/users/{username}", role=Role.ADMIN, body=UpdateUser)

@@ -64,22 +64,28 @@ class UserRepository:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    def get_by_username(self, username: str) -> User | None:
+    def get_by_username(self, username: str, *, for_update: bool = False) -> User | None:
+        """`for_update`: lock the row until the caller's transaction ends, so a check made on it holds for a later
+        update in the same transaction (a concurrent change waits, or is waited for)."""
         from sqlalchemy import text
 
+        lock = " FOR UPDATE" if for_update else ""
         row = self._conn.execute(
-            text(f"SELECT {_COLUMNS} FROM users WHERE lower(username) = lower(:u)"),
+            text(f"SELECT {_COLUMNS} FROM users WHERE lower(username) = lower(:u){lock}"),
             {"u": username},
         ).first()
         return _user(row) if row else None
 
-    def create(self, *, username: str, password_hash: str, role: Role) -> User | None:
+    def create(self, *, username: str, password_hash: str, role: Role, clearance: str) -> User | None:
         """Insert; None when the username is taken."""
         from sqlalchemy import text
 
         row = self._conn.execute(
-            text(f"INSERT INTO users (username, password_hash, role) VALUES (:u, :h, :r) ON CONFLICT DO NOTHING RETURNING {_COLUMNS}"),
-            {"u": username, "h": password_hash, "r": role.value},
+            text(
+                "INSERT INTO users (username, password_hash, role, clearance) VALUES (:u, :h, :r, :c)"
+                f" ON CONFLICT DO NOTHING RETURNING {_COLUMNS}"
+            ),
+            {"u": username, "h": password_hash, "r": role.value, "c": clearance},
         ).first()
         return _user(row) if row else None
 

@@ -108,14 +108,36 @@ class BearerAuthenticator:
         return self._active(principal, strict=strict)
 
 
-def create_user(*, username: str, password: str, role: Role, users: UserRepository) -> User:
+def create_user(
+    *,
+    username: str,
+    password: str,
+    role: Role,
+    users: UserRepository,
+    clearance: str | None = None,
+    actor_clearance: str | None = None,
+) -> User:
+    """`actor_clearance`: the creating admin's, which bounds the account's as it bounds what PATCH grants (403 above
+    it); with no `clearance` given the account gets the default, lowered to it (a green admin made amber accounts).
+    None (the command line, the bootstrap of clearances): any clearance, the default when none is given."""
+    from threatflow.auth import clearance as tlp_clearance
+
+    level = tlp_clearance.parse(clearance) if clearance is not None else None
+    if level is not None and actor_clearance is not None and not tlp_clearance.can_read(actor_clearance, level):
+        raise ForbiddenError(f"clearance: {level} is above your own clearance ({actor_clearance})", details={"field": "clearance"})
+    if level is None:
+        level = (
+            tlp_clearance.DEFAULT_CLEARANCE
+            if actor_clearance is None
+            else tlp_clearance.cap(tlp_clearance.DEFAULT_CLEARANCE, actor_clearance)
+        )
     if len(password) < passwords.MIN_PASSWORD_LENGTH:
         raise ValidationError(f"password must be at least {passwords.MIN_PASSWORD_LENGTH} characters", field="password")
     if len(password) > passwords.MAX_PASSWORD_LENGTH:
         raise ValidationError("password is too long", field="password")
     if not _USERNAME.fullmatch(username):
         raise ValidationError("username: 2-64 characters, letters, digits and . _ @ -, starting with a letter or digit", field="username")
-    user = users.create(username=username, password_hash=passwords.hash_password(password), role=role)
+    user = users.create(username=username, password_hash=passwords.hash_password(password), role=role, clearance=level)
     if user is None:
         raise ConflictError(f"user {username!r} already exists", details={"field": "username"})
     return user
@@ -151,7 +173,9 @@ def update_user(
     if level is not None and not tlp_clearance.can_read(actor_clearance, level):
         raise ForbiddenError(f"clearance: {level} is above your own clearance ({actor_clearance})", details={"field": "clearance"})
     if level is not None or password is not None:
-        current = users.get_by_username(username)
+        # Locked until the update below commits (the caller's one transaction): read unlocked, a raise of the
+        # target's clearance committed between the check and the update slipped past the check.
+        current = users.get_by_username(username, for_update=True)
         if current is not None and not tlp_clearance.can_read(actor_clearance, current.clearance):
             field = "password" if password is not None else "clearance"
             raise ForbiddenError(

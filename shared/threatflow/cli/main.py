@@ -86,9 +86,7 @@ def _users_action(args: argparse.Namespace, users: UserRepository) -> int:
         # The bootstrap of clearances: an admin grants at most their own, so the first red one is made here.
         level = tlp_clearance.parse(args.clearance) if args.clearance is not None else None
         password = sys.stdin.readline().rstrip("\r\n")
-        user = service.create_user(username=args.name, password=password, role=Role.parse(args.role), users=users)
-        if level is not None:
-            user = users.update(user.username, role=None, clearance=level, password_hash=None) or user
+        user = service.create_user(username=args.name, password=password, role=Role.parse(args.role), users=users, clearance=level)
         print(f"created {user.username} ({user.role.value}, clearance {user.clearance}), id {user.id}")
     elif args.action == "list":
         after = 0
