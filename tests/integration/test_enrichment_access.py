@@ -141,7 +141,6 @@ def test_an_ipv6_spelling_of_a_red_ipv4_address_is_enriched_as_red(function_clie
     assert batch["runs"][0].get("error") == "no such indicator within your TLP clearance", batch
 
 
-
 @pytest.mark.parametrize(
     "spelling",
     ["::ffff:185.220.101.3", "64:ff9b::b9dc:6503", "::b9dc:6503", "::ffff:0:b9dc:6503"],
@@ -181,6 +180,7 @@ def test_an_ipv4_address_whose_ipv6_spelling_is_stored_red_is_enriched_as_red(fu
         engine.dispose()
     assert (request.value, request.tlp) == ("185.220.101.3", "red"), request
 
+
 def test_an_ipv4_mapped_ipv6_ioc_of_a_red_ipv4_address_is_enriched_as_red(function_client, backend_env):
     """`::ffff:a.b.c.d` typed ipv6 stays an ipv6 IoC (normalise), and Python counts it global: carried_ipv4 read
     NAT64, 6to4, IPv4-compatible, IPv4-translated and Teredo but not the mapped form, so an amber analyst's enrich
@@ -200,3 +200,44 @@ def test_an_ipv4_mapped_ipv6_ioc_of_a_red_ipv4_address_is_enriched_as_red(functi
     assert started.status_code == 202, started.get_json()
     run = FirestoreDocuments(project=backend_env["GOOGLE_CLOUD_PROJECT"]).get("enrichment_runs", started.get_json()["run_id"])
     assert run is not None and run["request"]["tlp"] == "red", run
+
+
+def test_a_writer_cleared_below_the_default_tlp_stores_new_values_they_can_read(function_client, backend_env):
+    """A green analyst's POST /enrichment/enrich of a new value stored the IoC at the default, amber, then answered
+    404 "no indicator" (above their clearance), and every retry did the same; /enrichment/batch answered each new
+    value "no such indicator within your TLP clearance"; POST /iocs/batch stored it amber too and answered its id,
+    which the writer then read as 404. A new IoC whose item names no TLP now takes the lower of the default and the
+    writer's clearance, on all three routes; an amber writer's still gets amber, and a TLP the item names is kept."""
+    url = backend_env["DATABASE_URL"]
+    auth = function_client("auth")
+    green = _bearer(auth, "greenanalyst", create_user(url, "greenanalyst", "analyst", clearance="green"))
+    amber = _bearer(auth, "amberanalyst", create_user(url, "amberanalyst", "analyst"))
+    _ensure_topics(backend_env, "ioc-enrichment-requested")
+    api, iocs = function_client("enrichment"), function_client("iocs")
+
+    def tlp_of(ioc_id, headers):
+        found = iocs.get(f"/api/v1/iocs/{ioc_id}", headers=headers)
+        assert found.status_code == 200, found.get_json()
+        return found.get_json()["tlp"]
+
+    started = api.post("/api/v1/enrichment/enrich", json={"value": "new.green-writer.example.com"}, headers=green)
+    assert started.status_code == 202, started.get_json()
+    assert tlp_of(started.get_json()["ioc_id"], green) == "green"
+    again = api.post("/api/v1/enrichment/enrich", json={"value": "new.green-writer.example.com"}, headers=green)
+    assert again.status_code == 202 and again.get_json()["ioc_id"] == started.get_json()["ioc_id"], again.get_json()
+
+    batch = api.post(
+        "/api/v1/enrichment/batch", json={"iocs": ["one.green-writer.example.com", "two.green-writer.example.com"]}, headers=green
+    )
+    assert batch.status_code == 202, batch.get_json()
+    runs = batch.get_json()["runs"]
+    assert [r.get("error") for r in runs] == [None, None], runs
+    assert [tlp_of(r["ioc_id"], green) for r in runs] == ["green", "green"]
+
+    stored = iocs.post("/api/v1/iocs/batch", json={"iocs": [{"value": "three.green-writer.example.com"}]}, headers=green)
+    assert tlp_of(stored.get_json()["results"][0]["id"], green) == "green"
+    marked = iocs.post("/api/v1/iocs/batch", json={"iocs": [{"value": "four.green-writer.example.com", "tlp": "amber"}]}, headers=green)
+    assert tlp_of(marked.get_json()["results"][0]["id"], amber) == "amber"  # named: kept, as before
+
+    by_amber = api.post("/api/v1/enrichment/enrich", json={"value": "new.amber-writer.example.com"}, headers=amber)
+    assert by_amber.status_code == 202 and tlp_of(by_amber.get_json()["ioc_id"], amber) == "amber"
