@@ -123,7 +123,9 @@ def enrichment_ioc(runtime: Any, value: str) -> int:
 
     policies = runtime.decay_policies().get()
     with unit_of_work(runtime.engine) as conn:
-        ioc = intel_enrichment.resolve_ioc(conn, value, None, where="value", now=datetime.now(UTC), warninglists=None, policies=policies)
+        ioc = intel_enrichment.resolve_ioc(
+            conn, value, None, where="value", now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red"
+        )
     return int(ioc["id"])
 
 

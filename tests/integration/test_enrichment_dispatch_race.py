@@ -89,7 +89,9 @@ def _ioc(runtime: Any) -> int:
 
     policies = runtime.decay_policies().get()
     with unit_of_work(runtime.engine) as conn:
-        ioc = intel_enrichment.resolve_ioc(conn, VALUE, None, where="value", now=datetime.now(UTC), warninglists=None, policies=policies)
+        ioc = intel_enrichment.resolve_ioc(
+            conn, VALUE, None, where="value", now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red"
+        )
     return int(ioc["id"])
 
 

@@ -83,7 +83,14 @@ def _resolve_ioc(runtime: Runtime, item: EnrichIn, *, clearance: str, index: int
     policies, warninglists = runtime.decay_policies().get(), runtime.warninglist_matcher()
     with unit_of_work(runtime.engine) as conn:
         ioc = intel_enrichment.resolve_ioc(
-            conn, item.value, item.type, where=where, now=runtime.clock.now(), warninglists=warninglists, policies=policies
+            conn,
+            item.value,
+            item.type,
+            where=where,
+            now=runtime.clock.now(),
+            warninglists=warninglists,
+            policies=policies,
+            clearance=clearance,
         )
     tlp_clearance.require(clearance, ioc["tlp"], what=f"indicator {item.value[:64]!r}")
     return ioc
@@ -163,12 +170,17 @@ def _cached_run_view(ctx: handlers.Enrichment, run_id: str) -> dict[str, Any]:
     }
 
 
-def _resolve_many(runtime: Runtime, items: list[EnrichIn]) -> list[dict[str, Any] | str]:
+def _resolve_many(runtime: Runtime, items: list[EnrichIn], *, clearance: str) -> list[dict[str, Any] | str]:
     """Stored IoCs for many values in two statements (new ones are stored); an error string per bad item."""
     policies, warninglists = runtime.decay_policies().get(), runtime.warninglist_matcher()  # before the request's connection
     with unit_of_work(runtime.engine) as conn:
         return intel_enrichment.resolve_many(
-            conn, [(item.value, item.type) for item in items], now=runtime.clock.now(), warninglists=warninglists, policies=policies
+            conn,
+            [(item.value, item.type) for item in items],
+            now=runtime.clock.now(),
+            warninglists=warninglists,
+            policies=policies,
+            clearance=clearance,
         )
 
 
@@ -283,8 +295,8 @@ def build_router(runtime: Runtime) -> Router:
             else:
                 items.append(msgspec.structs.replace(raw, sources=_check_sources(ctx, raw.sources, f"iocs[{index}].sources")))
         batch_id = uuid.uuid4().hex
-        resolved = _resolve_many(runtime, items)
         clearance = tlp_clearance.of(request.principal)
+        resolved = _resolve_many(runtime, items, clearance=clearance)
         resolved = [
             r if isinstance(r, str) or tlp_clearance.can_read(clearance, r.get("tlp")) else "no such indicator within your TLP clearance"
             for r in resolved

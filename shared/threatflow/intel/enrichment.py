@@ -136,8 +136,10 @@ def resolve_ioc(
     now: datetime,
     warninglists: WarninglistMatcher | None,
     policies: dict[str, DecayPolicy],
+    clearance: str,
 ) -> dict[str, Any]:
-    """The stored IoC for a value (id, type, value, tlp, warninglists), stored first when new."""
+    """The stored IoC for a value (id, type, value, tlp, warninglists), stored first when new
+    at the lower of the default TLP and the requester's `clearance`, so that they can read it (see upsert_batch)."""
     try:
         indicator = normalise(value, type_)
     except ValidationError as exc:
@@ -151,6 +153,7 @@ def resolve_ioc(
             warninglists=warninglists,
             policies=policies,
             clearance=tlp_clearance.SYSTEM,  # creates only: an existing IoC is read, not written
+            new_tlp=tlp_clearance.cap(tlp_clearance.DEFAULT_CLEARANCE, clearance),
         )
         ioc = iocs_repository.get_by_value(conn, str(indicator.type), indicator.value)
     if ioc is None:  # deleted in between
@@ -165,8 +168,10 @@ def resolve_many(
     now: datetime,
     warninglists: WarninglistMatcher | None,
     policies: dict[str, DecayPolicy],
+    clearance: str,
 ) -> list[dict[str, Any] | str]:
-    """Stored IoCs for many (value, type) in two statements (new ones are stored); an error string per bad item."""
+    """Stored IoCs for many (value, type) in two statements (new ones are stored, as
+    resolve_ioc stores one); an error string per bad item."""
     keys: list[tuple[str, str] | str] = []
     for index, (value, type_) in enumerate(items):
         try:
@@ -185,6 +190,7 @@ def resolve_many(
             warninglists=warninglists,
             policies=policies,
             clearance=tlp_clearance.SYSTEM,  # creates only: an existing IoC is read, not written
+            new_tlp=tlp_clearance.cap(tlp_clearance.DEFAULT_CLEARANCE, clearance),
         )
         found.update(iocs_repository.get_many_by_value(conn, missing))
     resolved = _with_carried_tlps(conn, found)

@@ -125,6 +125,7 @@ def upsert_batch(
     warninglists: WarninglistMatcher | None,
     policies: dict[str, DecayPolicy],
     clearance: str,
+    new_tlp: str | None = None,
 ) -> dict[str, Any]:
     """Normalise, validate and merge a batch. Bad items are rejected one by one; a
     database error aborts the whole batch (one statement, one transaction).
@@ -132,7 +133,9 @@ def upsert_batch(
     `warninglists` and `policies` are required: the caller passes the runtime's snapshots
     (`runtime.warninglist_matcher()`, None only when the lists are off or not loaded yet). So is `clearance`, the
     writer's (auth.clearance.of(principal), or SYSTEM for the product's own writers): a stored IoC above it is only
-    sighted by an item, never re-marked or rewritten. An IoC holds at most MAX_TAGS_PER_IOC tags and
+    sighted by an item, never re-marked or rewritten. A new IoC whose item names no TLP gets `new_tlp`, by default
+    the lower of amber (the default TLP) and `clearance`: at amber, a green writer's new IoC did not exist for them
+    (404 on reading it back). An IoC holds at most MAX_TAGS_PER_IOC tags and
     MAX_SOURCES_PER_IOC sources; an item's result and the summary count what could not be kept (`tags_cut`,
     `sources_cut`; one value's items count on the first)."""
     if len(raw_items) > MAX_BATCH:
@@ -173,7 +176,9 @@ def upsert_batch(
         sources_cut_here[key] = max(0, len(ordered_sources) - MAX_SOURCES_PER_IOC)
         first_of[key].tags, first_of[key].sources = ordered_tags[:MAX_TAGS_PER_IOC], ordered_sources[:MAX_SOURCES_PER_IOC]
     readable = Tlp(clearance).at_most()
-    rows = repository.upsert(conn, list(first_of.values()), readable=readable)
+    if new_tlp is None:
+        new_tlp = min(Tlp.AMBER, Tlp(clearance), key=lambda t: t.rank).value
+    rows = repository.upsert(conn, list(first_of.values()), readable=readable, default_tlp=new_tlp)
     by_key = {(r.type, r.value): r for r in rows}
     # An IoC above the writer's clearance does not exist for them: an item merged into it (a sighting) is answered
     # `updated` with nothing about the IoC, neither its id nor how many tags it could not take. That it exists
