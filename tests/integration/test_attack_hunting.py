@@ -393,6 +393,18 @@ def test_intel_for_an_ipv4_mapped_address_answers_for_the_ipv4_host(fake_intel, 
         assert refused.status_code == 400 and refused.get_json()["error"]["details"]["field"] == "ip", private
 
 
+def test_intel_refuses_an_unknown_query_parameter_before_asking_a_source(fake_intel, api):
+    """/detect/intel/{ip}?foo=1 was answered as if foo were not there (a 200 and a lookup at the sources); the
+    route reads no query parameter, so any is a 400 naming it, as on the /events routes."""
+    reader = api.headers["reader"]
+    for query, field in (("foo=1", "foo"), ("refresh=true", "refresh"), ("ip=1.2.3.4", "ip")):
+        refused = api.detect.get(f"/api/v1/detect/intel/118.25.6.39?{query}", headers=reader)
+        assert refused.status_code == 400, (query, refused.get_data(as_text=True)[:200])
+        assert refused.get_json()["error"]["details"]["field"] == field, refused.get_json()
+    assert fake_intel.call_count() == 0  # refused before any source was asked
+    assert api.detect.get("/api/v1/detect/intel/118.25.6.39", headers=reader).status_code == 200
+
+
 def test_intel_refuses_ipv6_forms_of_private_ipv4_addresses(fake_intel, api):
     """NAT64 (64:ff9b::/96), 6to4 (2002::/16) and IPv4-compatible (::/96) spellings of 10.0.0.1, 127.0.0.1 or
     192.168.1.1 passed the public-address check and were sent to the third-party intel APIs."""

@@ -107,6 +107,21 @@ def test_detect_refuses_a_query_parameter_given_twice(api):
         assert response.get_json()["error"]["details"]["field"] == query.split("=")[0]
 
 
+@pytest.mark.parametrize(("query", "field"), [("explian=true", "explian"), ("Explain=true", "Explain"), ("top=3&topp=9", "topp")])
+def test_detect_refuses_an_unknown_query_parameter_as_the_events_routes_do(api, query, field):
+    """A misspelt parameter was ignored: /detect?explian=true answered 200 with no top_features, and the caller could
+    not tell a typo from a model that explains nothing. Every /events route refuses an unknown parameter, naming it."""
+    flow = {k: v for k, v in json_flows(1, seed=74)[0].items() if k not in ("stime", "ltime")}
+    for path, body in (("/api/v1/detect", {"flow": flow}), ("/api/v1/detect/batch", {"flows": [flow]})):
+        response = api.detect.post(f"{path}?{query}", json=body, headers=api.reader)
+        assert response.status_code == 400, (path, query, response.get_data(as_text=True)[:200])
+        assert response.get_json()["error"]["details"]["field"] == field, response.get_json()
+    model = api.detect.get(f"/api/v1/detect/model?{field}=1", headers=api.reader)  # it reads no parameter
+    assert model.status_code == 400 and model.get_json()["error"]["details"]["field"] == field, model.get_json()
+    known = api.detect.post("/api/v1/detect?explain=true&top=3", json={"flow": flow}, headers=api.reader)
+    assert known.status_code == 200 and len(known.get_json()["result"]["top_features"]) == 3, known.get_data(as_text=True)[:200]
+
+
 @pytest.mark.parametrize("value", ["%EF%BC%95", "1_0", "%2B5", "%205", "%D9%A5"])  # fullwidth 5, 1_0, +5, " 5", Arabic-Indic 5
 def test_an_integer_query_parameter_is_ascii_digits_as_the_search_limit_is(api, value):
     """The search's limit refuses what int() alone would read ("²" was a 500, "１０" a page of 10); the roll-ups'
