@@ -57,7 +57,7 @@ def build_router(runtime: Runtime) -> Router:
         return value in ("true", "1")
 
     def score(request: Request, flows: list[Any]) -> list[dict[str, Any]]:
-        request.refuse_repeated()
+        request.only("explain", "top")
         explain = explain_wanted(request)
         if explain and len(flows) > MAX_EXPLAIN_BATCH:
             raise ValidationError(f"explain=true takes at most {MAX_EXPLAIN_BATCH} flows per request", field="explain")
@@ -87,6 +87,7 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("GET", "/api/v1/detect/model", role=Role.READER)
     def model_info(request: Request) -> dict[str, Any]:
+        request.only()  # it reads none
         model = model_snapshot(runtime).get()
         info = model.info()
         info["load_seconds"] = model.load_seconds

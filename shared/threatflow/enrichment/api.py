@@ -725,4 +725,5 @@ def add_detect_intel_routes(router: Router, runtime: Runtime) -> None:
 
     @router.route("GET", "/api/v1/detect/intel/{ip}", role=Role.READER)
     def intel(request: Request) -> dict[str, Any]:
+        request.only()  # it reads none: `?refresh=true` was ignored, and the sources asked
         return ip_reputation(request.path_params["ip"], enrichment=enrichment, clearance=tlp_clearance.of(request.principal))

@@ -291,10 +291,7 @@ def build_router(runtime: Runtime) -> Router:
         return search.parse_window(request.query, now=runtime.clock.now(), default=default, maximum=maximum)
 
     def only(request: Request, *allowed: str) -> None:
-        request.refuse_repeated()
-        unknown = sorted(set(request.query) - set(allowed))
-        if unknown:
-            raise ValidationError(f"unknown query parameter {unknown[0]!r}; known: {', '.join(allowed)}", field=unknown[0])
+        request.only(*allowed)
 
     def hunt_deadline(what: str) -> repository.Deadline:
         """Started before the request takes a connection: the pool's queue is part of its budget."""

@@ -77,6 +77,15 @@ class Request:
             if len(values_of(name)) > 1:
                 raise ValidationError(f"query parameter {name!r} is given more than once; give it once", field=name)
 
+    def only(self, *known: str) -> None:
+        """A 400 naming the first unknown query parameter, or one given more than once: a misspelt parameter
+        (`?explian=true`) was otherwise ignored, and the answer looked like the one asked for."""
+        self.refuse_repeated()
+        unknown = sorted(set(self.query) - set(known))
+        if unknown:
+            listed = ", ".join(known) if known else "none"
+            raise ValidationError(f"unknown query parameter {unknown[0]!r}; known: {listed}", field=unknown[0])
+
     def query_int(self, name: str, default: int, *, minimum: int = 0, maximum: int | None = limits.INT64_MAX) -> int:
         text = self.query.get(name)
         if text is None or text == "":
