@@ -122,6 +122,27 @@ def test_detect_refuses_an_unknown_query_parameter_as_the_events_routes_do(api, 
     assert known.status_code == 200 and len(known.get_json()["result"]["top_features"]) == 3, known.get_data(as_text=True)[:200]
 
 
+def test_search_reads_a_category_as_ingest_does_so_backdoors_finds_what_was_stored_from_it(api):
+    """Ingest stores the raw files' `Backdoors` (any case, padded) as `Backdoor`, but the search read only the
+    exact names: `?attack_cat=Backdoors` was a 400, so the spelling a flow came in with could not find it."""
+    at = int((datetime.now(UTC) - timedelta(hours=2)).timestamp())
+    flows = json_flows(2, seed=75)
+    for flow, category in zip(flows, (" Backdoors ", "Exploits"), strict=True):
+        flow.update(srcip="203.0.113.75", label=1, attack_cat=category, stime=at, ltime=at)
+    stored = api.post("/api/v1/flows/batch", {"flows": flows})
+    assert stored.status_code == 200 and stored.get_json()["stored"] == 2, stored.get_data(as_text=True)[:300]
+    for spelling in ("Backdoors", "backdoors", "Backdoor", " BACKDOOR "):
+        found = api.get("/api/v1/events/search", query_string={"srcip": "203.0.113.75", "attack_cat": spelling})
+        assert found.status_code == 200, (spelling, found.get_data(as_text=True)[:300])
+        assert [e["attack_cat"] for e in found.get_json()["events"]] == ["Backdoor"], (spelling, found.get_json())
+        predicted = api.get("/api/v1/events/search", query_string={"srcip": "203.0.113.75", "predicted_cat": spelling})
+        assert predicted.status_code == 200, (spelling, predicted.get_data(as_text=True)[:300])
+        assert all(e["predicted_cat"] == "Backdoor" for e in predicted.get_json()["events"]), predicted.get_json()
+    for name in ("attack_cat", "predicted_cat"):
+        refused = api.get("/api/v1/events/search", query_string={"srcip": "203.0.113.75", name: "Backdoorss"})
+        assert refused.status_code == 400 and refused.get_json()["error"]["details"]["field"] == name, refused.get_json()
+
+
 @pytest.mark.parametrize("value", ["%EF%BC%95", "1_0", "%2B5", "%205", "%D9%A5"])  # fullwidth 5, 1_0, +5, " 5", Arabic-Indic 5
 def test_an_integer_query_parameter_is_ascii_digits_as_the_search_limit_is(api, value):
     """The search's limit refuses what int() alone would read ("²" was a 500, "１０" a page of 10); the roll-ups'

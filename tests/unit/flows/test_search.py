@@ -114,3 +114,20 @@ def test_min_probability_is_ascii_decimal_syntax(text):
         _query({"srcip": "59.166.0.1", "min_probability": text}, now)
     assert caught.value.field == "min_probability"
     assert _query({"srcip": "59.166.0.1", "min_probability": "0.5"}, now).min_probability == 0.5
+
+
+@pytest.mark.parametrize("name", ["attack_cat", "predicted_cat"])
+@pytest.mark.parametrize(
+    ("text", "category"), [("Backdoors", "Backdoor"), (" backdoors ", "Backdoor"), ("DOS", "DoS"), ("normal", "Normal")]
+)
+def test_a_category_is_read_as_ingest_reads_it(name, text, category):
+    """Ingest stores the raw files' "Backdoors" as Backdoor (features.category_named); the search refused it (a 400)."""
+    now = datetime(2026, 5, 1, tzinfo=UTC)
+    assert getattr(_query({name: text, "srcip": "203.0.113.9"}, now), name) == category
+
+
+@pytest.mark.parametrize("text", ["Backdoorss", "Back door", "Exploit"])
+def test_a_name_ingest_refuses_is_refused_by_the_search_too(text):
+    with pytest.raises(ValidationError) as raised:
+        _query({"attack_cat": text}, datetime(2026, 5, 1, tzinfo=UTC))
+    assert raised.value.field == "attack_cat"
