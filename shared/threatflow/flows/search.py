@@ -25,6 +25,7 @@ import msgspec
 
 from threatflow.adapters.postgres import ReadSession
 from threatflow.flows import repository
+from threatflow.flows.features import category_named
 from threatflow.flows.ingest import CATEGORIES, ZONE_ID_REASON, event_address
 from threatflow.flows.repository import EventQuery
 from threatflow.platform import limits
@@ -110,9 +111,10 @@ def _category(query: Mapping[str, str], name: str) -> str | None:
     text = query.get(name)
     if text is None or text == "":
         return None
-    for category in CATEGORIES:
-        if category.lower() == text.strip().lower():
-            return category
+    # As ingest reads it (any case and padding, the raw files' "Backdoors"): what a flow was stored from finds it.
+    category = category_named(text)
+    if category is not None:
+        return category
     raise ValidationError(f"{name} must be one of {', '.join(CATEGORIES)}", field=name)
 
 
