@@ -395,6 +395,50 @@ def test_host_view_shows_the_linked_ioc_only_within_the_callers_tlp_clearance(fl
     assert red["ioc"]["value"] == host_ip and red["ioc"]["tlp"] == "red" and red["ioc"]["verdict"] == "malicious"
 
 
+def test_host_view_finds_an_ioc_stored_under_the_ipv4_mapped_spelling_within_the_callers_clearance(
+    flows_api, backend_env, function_client
+):
+    """Flows store ::ffff:a.b.c.d as the IPv4 host, and the host view looked its IoC up as ipv4 only: an IoC stored
+    as `::ffff:198.51.100.19` typed ipv6 showed `"ioc": null` for both spellings of the address. A red one stays
+    hidden from an amber reader, as the IPv4 one does."""
+    from threatflow.adapters.postgres import unit_of_work
+    from threatflow.iocs import service
+
+    at = int((datetime.now(UTC) - timedelta(hours=1)).timestamp())
+    flows = json_flows(2, seed=76)
+    for flow, srcip in zip(flows, ("198.51.100.19", "::ffff:198.51.100.20"), strict=True):
+        flow.update(srcip=srcip, stime=at, ltime=at)
+    assert flows_api.post("/api/v1/flows/batch", {"flows": flows}).status_code == 200
+    engine = _engine(backend_env["DATABASE_URL"])
+    with unit_of_work(engine) as conn:
+        items = [
+            service.IocIn(value="::ffff:198.51.100.19", type="ipv6", tlp="amber", source="analyst-notes"),
+            service.IocIn(value="::ffff:198.51.100.20", type="ipv6", tlp="red", source="analyst-notes"),
+        ]
+        policies = service.repository.policies(conn)
+        outcome = service.upsert_batch(items, conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red")
+    engine.dispose()
+    assert [r["status"] for r in outcome["results"]] == ["created", "created"], outcome
+
+    def token(name, clearance):
+        password = create_user(backend_env["DATABASE_URL"], name, "reader", clearance=clearance)
+        body = function_client("auth").post("/api/v1/auth/token", json={"username": name, "password": password}).get_json()
+        return {"Authorization": f"Bearer {body['access_token']}"}
+
+    amber, red = token("mapped-amber", "amber"), token("mapped-red", "red")
+    for path in ("198.51.100.19", "::ffff:198.51.100.19", "::FFFF:C633:6413"):
+        host = flows_api.get(f"/api/v1/events/hosts/{path}", headers=amber)
+        assert host.status_code == 200, (path, host.get_data(as_text=True)[:300])
+        body = host.get_json()
+        assert body["ip"] == "198.51.100.19" and body["as_source"]["events"] == 1, (path, body)
+        assert body["ioc"] is not None and (body["ioc"]["type"], body["ioc"]["value"]) == ("ipv6", "::ffff:198.51.100.19"), body
+    for path in ("198.51.100.20", "::ffff:198.51.100.20"):
+        hidden = flows_api.get(f"/api/v1/events/hosts/{path}", headers=amber).get_json()
+        assert hidden["ioc"] is None and hidden["as_source"]["events"] == 1, (path, hidden)  # above the clearance
+        shown = flows_api.get(f"/api/v1/events/hosts/{path}", headers=red).get_json()
+        assert shown["ioc"] is not None and (shown["ioc"]["value"], shown["ioc"]["tlp"]) == ("::ffff:198.51.100.20", "red"), shown
+
+
 def test_the_bridge_keeps_the_tlp_of_an_ioc_it_sights_again(flows_api, backend_env, function_client):
     """An attack source an analyst had already marked TLP:RED stays red when new flows from it are bridged:
     the bridge names no TLP, and its upsert used to set the IoC back to amber, so every amber reader saw it.
