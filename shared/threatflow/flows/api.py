@@ -25,7 +25,7 @@ from threatflow.detect.api import model_snapshot
 from threatflow.flows import ingest, repository, search, upload_markers
 from threatflow.hunting import pipeline
 from threatflow.iocs import repository as ioc_repository
-from threatflow.iocs.types import IocType
+from threatflow.iocs.normalise import host_keys
 from threatflow.platform import limits
 from threatflow.platform import logging as tf_logging
 from threatflow.platform.errors import ConflictError, NotFoundError, ValidationError
@@ -359,13 +359,14 @@ def build_router(runtime: Runtime) -> Router:
         deadline = hunt_deadline("host view")
         with deadline.unit_of_work(runtime.engine) as conn:
             summary = repository.host_summary(conn, ip=ip, start=start, end=end, top=HOST_TOP, deadline=deadline)
-            ioc_type = IocType.IPV6.value if ":" in ip else IocType.IPV4.value
+            clearance = tlp_clearance.of(request.principal)
             deadline.arm(conn)
             with deadline.cancellations():
-                record = ioc_repository.get_by_value(conn, ioc_type, ip)
+                # Under either spelling of the host (an IPv4 address also as ::ffff:a.b.c.d typed ipv6); an IoC
+                # above the caller's TLP clearance does not exist for them: the next spelling's, or none.
+                record = ioc_repository.first_by_values(conn, host_keys(ip), readable=lambda tlp: tlp_clearance.can_read(clearance, tlp))
         linked = None
-        # An IoC above the caller's TLP clearance does not exist for them: the host view shows none.
-        if record is not None and tlp_clearance.can_read(tlp_clearance.of(request.principal), record.tlp):
+        if record is not None:
             ioc = record.to_json()
             linked = {
                 k: ioc[k]

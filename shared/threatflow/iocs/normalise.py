@@ -151,6 +151,16 @@ def _ipv6(value: str, *, mapped_to_ipv4: bool, expected: IocType = IocType.IPV6)
     return IocType.IPV6, address.compressed
 
 
+def host_keys(address: str) -> list[tuple[str, str]]:
+    """The (type, value) keys an IoC of one host may be stored under, its own first. An IPv4 address is also
+    `::ffff:a.b.c.d` typed ipv6, which stays an ipv6 IoC, while flows store that spelling as the IPv4 host: the host
+    view looked up the IPv4 key alone and showed no IoC for it. ValueError for a non-address."""
+    ip = ipaddress.ip_address(address.strip())
+    if isinstance(ip, ipaddress.IPv6Address):
+        return [(IocType.IPV6.value, _ipv6(str(ip), mapped_to_ipv4=False)[1])]
+    return [(IocType.IPV4.value, str(ip)), (IocType.IPV6.value, _ipv6(f"::ffff:{ip}", mapped_to_ipv4=False)[1])]
+
+
 def _cidr(value: str) -> str:
     address, slash, prefix = value.partition("/")
     if not slash or not prefix.isascii() or not prefix.isdigit() or len(prefix) > 3:

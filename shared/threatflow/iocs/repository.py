@@ -11,7 +11,7 @@ and all-or-nothing on a database error.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -391,6 +391,23 @@ def get_many(conn: Connection, ioc_ids: Sequence[int]) -> dict[int, IocRecord]:
 
 def get_by_value(conn: Connection, type_: str, value: str) -> IocRecord | None:
     return _one(conn, "type = :t AND value = :v", {"t": type_, "v": value})
+
+
+def first_by_values(conn: Connection, keys: Sequence[tuple[str, str]], *, readable: Callable[[str], bool]) -> IocRecord | None:
+    """The stored IoC of the first (type, value) key whose TLP `readable` accepts, in one query: one above the
+    caller's clearance does not exist for them, and the next key is tried."""
+    if not keys:
+        return None
+    rows = conn.execute(
+        _text(f"SELECT {IOC_COLUMNS} FROM iocs WHERE (type, value) IN (SELECT * FROM unnest(CAST(:t AS text[]), CAST(:v AS text[])))"),
+        {"t": [k[0] for k in keys], "v": [k[1] for k in keys]},
+    ).all()
+    by_key = {(record.type, record.value): record for record in map(IocRecord.from_row, rows)}
+    for key in keys:
+        record = by_key.get(key)
+        if record is not None and readable(record.tlp):
+            return record
+    return None
 
 
 def _one(conn: Connection, where: str, params: dict[str, Any]) -> IocRecord | None:
