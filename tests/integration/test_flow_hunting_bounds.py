@@ -143,6 +143,29 @@ def test_search_reads_a_category_as_ingest_does_so_backdoors_finds_what_was_stor
         assert refused.status_code == 400 and refused.get_json()["error"]["details"]["field"] == name, refused.get_json()
 
 
+def test_the_timelines_hours_are_whole_hours_as_labelled_and_its_window_says_so_as_the_rollups_do(api):
+    """A bucket is labelled with its hour, but the first and last hours counted only the part inside from/to: with
+    from=10:30 the 10:00 bucket held the 10:50 flow and not the 10:10 one. Now the window widens to whole hours, as
+    the roll-ups' does, and the answer's window is the span counted."""
+    hour = (datetime.now(UTC) - timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
+    minutes = (10, 50, 70, 150)  # two in the first hour, one in the middle, one past `to` in the last hour
+    flows = json_flows(len(minutes), seed=77)
+    for flow, minute in zip(flows, minutes, strict=True):
+        at = int((hour + timedelta(minutes=minute)).timestamp())
+        flow.update(srcip="203.0.113.77", stime=at, ltime=at)
+    stored = api.post("/api/v1/flows/batch", {"flows": flows})
+    assert stored.status_code == 200 and stored.get_json()["stored"] == len(minutes), stored.get_data(as_text=True)[:300]
+    query = {"srcip": "203.0.113.77", "from": (hour + timedelta(minutes=30)).isoformat(), "to": (hour + timedelta(minutes=140)).isoformat()}
+    answer = api.get("/api/v1/events/timeline", query_string=query)
+    assert answer.status_code == 200, answer.get_data(as_text=True)[:300]
+    body = answer.get_json()
+    counted = {datetime.fromisoformat(h["hour"]): h["events"] for h in body["hours"]}
+    assert counted == {hour: 2, hour + timedelta(hours=1): 1, hour + timedelta(hours=2): 1}, body["hours"]
+    window = body["window"]
+    assert (datetime.fromisoformat(window["from"]), datetime.fromisoformat(window["to"])) == (hour, hour + timedelta(hours=3)), window
+    assert window["resolution_seconds"] == 3600, window
+
+
 @pytest.mark.parametrize("value", ["%EF%BC%95", "1_0", "%2B5", "%205", "%D9%A5"])  # fullwidth 5, 1_0, +5, " 5", Arabic-Indic 5
 def test_an_integer_query_parameter_is_ascii_digits_as_the_search_limit_is(api, value):
     """The search's limit refuses what int() alone would read ("²" was a 500, "１０" a page of 10); the roll-ups'
