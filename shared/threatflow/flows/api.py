@@ -13,7 +13,7 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import msgspec
@@ -44,7 +44,6 @@ INGEST_TOPIC = "flow-ingest"
 HOST_WINDOW = timedelta(days=30)
 HOST_TOP = 20
 RESERVED_SOURCES = ("gcs:", "batch:")  # the flow-ingest worker's sources before it named files `file:`, and the route's default one
-_LAST_HOUR = datetime.max.replace(minute=0, second=0, microsecond=0, tzinfo=UTC)
 
 
 class FlowBatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -311,11 +310,7 @@ def build_router(runtime: Runtime) -> Router:
         with deadline.unit_of_work(runtime.engine) as conn:
             rows = fetch(conn, start=start, end=end, limit=limit, deadline=deadline)
             refreshed = repository.view_refreshed_at(conn, deadline=deadline).get(view)
-        first_hour = start.replace(minute=0, second=0, microsecond=0)
-        past_hour = end.replace(minute=0, second=0, microsecond=0)
-        if past_hour < end:
-            # the last hour of 9999-12-31 ends past datetime's range (a 500): it covers to the end of time
-            past_hour = past_hour + timedelta(hours=1) if past_hour < _LAST_HOUR else datetime.max.replace(tzinfo=UTC)
+        first_hour, past_hour = search.whole_hours(start, end)
         covered = {"from": first_hour.isoformat(), "to": past_hour.isoformat(), "resolution_seconds": 3600}
         return {"window": covered, key: rows, "refreshed_at": refreshed}
 
@@ -342,11 +337,14 @@ def build_router(runtime: Runtime) -> Router:
         srcip = search.parse_ip(request.query.get("srcip"), "srcip")
         if srcip is None:
             raise ValidationError("srcip is required", field="srcip")
-        start, end = window(request, timedelta(days=7), timedelta(days=31))
+        # Whole hours, as the roll-ups: a bucket is labelled with its hour, and the first and last counted only
+        # their part inside from/to. The answer's window is the span counted.
+        start, end = search.whole_hours(*window(request, timedelta(days=7), timedelta(days=31)))
         deadline = hunt_deadline("timeline")
         with deadline.unit_of_work(runtime.engine) as conn:
             hours = repository.timeline(conn, srcip=srcip, start=start, end=end, deadline=deadline)
-        return {"srcip": srcip, "window": {"from": start.isoformat(), "to": end.isoformat()}, "hours": hours}
+        covered = {"from": start.isoformat(), "to": end.isoformat(), "resolution_seconds": 3600}
+        return {"srcip": srcip, "window": covered, "hours": hours}
 
     @router.route("GET", "/api/v1/events/hosts/{ip}", role=Role.READER)
     def host(request: Request) -> dict[str, Any]:

@@ -97,6 +97,20 @@ def parse_window(query: Mapping[str, str], *, now: datetime, default: timedelta,
     return start, end
 
 
+_LAST_HOUR = datetime.max.replace(minute=0, second=0, microsecond=0, tzinfo=UTC)
+
+
+def whole_hours(start: datetime, end: datetime) -> tuple[datetime, datetime]:
+    """Every hour [start, end) touches: start rounded down, end rounded up to the hour. What an hourly answer counts,
+    so that a bucket labelled with an hour holds the whole hour (the roll-ups' views and the timeline)."""
+    first_hour = start.replace(minute=0, second=0, microsecond=0)
+    past_hour = end.replace(minute=0, second=0, microsecond=0)
+    if past_hour < end:
+        # the last hour of 9999-12-31 ends past datetime's range (a 500): it covers to the end of time
+        past_hour = past_hour + timedelta(hours=1) if past_hour < _LAST_HOUR else datetime.max.replace(tzinfo=UTC)
+    return first_hour, past_hour
+
+
 def _token(query: Mapping[str, str], name: str) -> str | None:
     text = query.get(name)
     if text is None or text == "":
