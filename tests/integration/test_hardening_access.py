@@ -145,6 +145,36 @@ def test_disable_and_enable_are_recorded_in_the_security_events(function_client,
     assert len(events) == 4  # a 404 records nothing
 
 
+def test_account_creation_is_recorded_in_the_security_events(function_client, backend_env, capsys, monkeypatch):
+    """A new account, the widest change an admin makes (a login with a role and a clearance), left no record in the
+    audit log, where its later disable, enable and PATCH did: the route and `threatflow users create` record who made
+    it, how, and the role and clearance it was given."""
+    import io
+
+    from threatflow.cli.main import main
+
+    url = backend_env["DATABASE_URL"]
+    boss = _bearer(_login(function_client("auth"), "boss", create_user(url, "boss", "admin")))
+    admin = function_client("admin")
+    body = {"username": "frank", "password": "a long enough password", "role": "analyst", "clearance": "green"}
+    assert admin.post("/api/v1/admin/users", json=body, headers=boss).status_code == 201
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setattr("sys.stdin", io.StringIO("another long enough password\n"))
+    with pytest.raises(SystemExit) as done:
+        main(["users", "create", "grace", "--role", "reader", "--clearance", "red", "--password-stdin"])
+    assert done.value.code == 0
+    capsys.readouterr()
+    events = admin.get("/api/v1/admin/security-events", headers=boss).get_json()["events"]
+    created = [(e["username"], e["detail"]) for e in events if e["kind"] == "user_created"]
+    assert created[:2] == [
+        ("grace", {"by": None, "via": "cli", "role": "reader", "clearance": "red"}),
+        ("frank", {"by": "boss", "via": "api", "role": "analyst", "clearance": "green"}),
+    ], created
+    refused = admin.post("/api/v1/admin/users", json={**body, "username": "frank"}, headers=boss)
+    assert refused.status_code == 409  # a refused creation records nothing
+    assert [e["username"] for e in admin.get("/api/v1/admin/security-events", headers=boss).get_json()["events"]][:1] == ["grace"]
+
+
 def test_role_change_and_password_rotation_end_old_tokens_at_once(function_client, backend_env):
     url = backend_env["DATABASE_URL"]
     password = create_user(url, "dave", "analyst")
