@@ -74,7 +74,9 @@ def create_user(
     try:
         with unit_of_work(engine) as conn:
             users = UserRepository(conn)
-            service.create_user(username=username, password=password, role=Role(role), users=users)
+            service.create_user(
+                username=username, password=password, role=Role(role), users=users, clearance=None, actor=None, actor_clearance=None
+            )
             if clearance is not None:
                 users.update(username, role=None, clearance=clearance, password_hash=None)
     finally:

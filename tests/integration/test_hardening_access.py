@@ -142,7 +142,7 @@ def test_disable_and_enable_are_recorded_in_the_security_events(function_client,
         ("user_enabled", "erin", None, "cli"),
         ("user_disabled", "erin", None, "cli"),
     ]
-    assert len(events) == 4  # a 404 records nothing
+    assert [e["kind"] for e in events].count("user_disabled") == 2  # a 404 records nothing
 
 
 def test_account_creation_is_recorded_in_the_security_events(function_client, backend_env, capsys, monkeypatch):

@@ -66,6 +66,7 @@ def build_router(runtime: Runtime) -> Router:
                 role=body.role,
                 users=UserRepository(conn),
                 clearance=body.clearance,
+                actor=_actor(request),
                 actor_clearance=tlp_clearance.of(request.principal),
             )
         return Response(user.public(), status=201)

@@ -114,12 +114,17 @@ def create_user(
     password: str,
     role: Role,
     users: UserRepository,
-    clearance: str | None = None,
-    actor_clearance: str | None = None,
+    clearance: str | None,
+    actor: str | None,
+    actor_clearance: str | None,
 ) -> User:
     """`actor_clearance`: the creating admin's, which bounds the account's as it bounds what PATCH grants (403 above
     it); with no `clearance` given the account gets the default, lowered to it (a green admin made amber accounts).
-    None (the command line, the bootstrap of clearances): any clearance, the default when none is given."""
+    None with `actor` None (the command line, the bootstrap of clearances): any clearance, the default when none is
+    given. Required, as `actor` is: a route that left them out would have granted any clearance, unrecorded. The new
+    account is recorded in the security events (`user_created`: by whom, how, its role and clearance)."""
+    if actor is not None and actor_clearance is None:
+        raise TypeError("create_user: an admin's creation (actor given) needs their actor_clearance")
     from threatflow.auth import clearance as tlp_clearance
 
     level = tlp_clearance.parse(clearance) if clearance is not None else None
@@ -140,6 +145,8 @@ def create_user(
     user = users.create(username=username, password_hash=passwords.hash_password(password), role=role, clearance=level)
     if user is None:
         raise ConflictError(f"user {username!r} already exists", details={"field": "username"})
+    detail = {"by": actor, "via": "cli" if actor is None else "api", "role": user.role.value, "clearance": user.clearance}
+    users.record_event("user_created", username=user.username, client_ip=None, detail=detail)
     return user
 
 

@@ -86,7 +86,10 @@ def _users_action(args: argparse.Namespace, users: UserRepository) -> int:
         # The bootstrap of clearances: an admin grants at most their own, so the first red one is made here.
         level = tlp_clearance.parse(args.clearance) if args.clearance is not None else None
         password = sys.stdin.readline().rstrip("\r\n")
-        user = service.create_user(username=args.name, password=password, role=Role.parse(args.role), users=users, clearance=level)
+        role = Role.parse(args.role)
+        user = service.create_user(
+            username=args.name, password=password, role=role, users=users, clearance=level, actor=None, actor_clearance=None
+        )
         print(f"created {user.username} ({user.role.value}, clearance {user.clearance}), id {user.id}")
     elif args.action == "list":
         after = 0
