@@ -405,8 +405,8 @@ def test_host_view_finds_an_ioc_stored_under_the_ipv4_mapped_spelling_within_the
     from threatflow.iocs import service
 
     at = int((datetime.now(UTC) - timedelta(hours=1)).timestamp())
-    flows = json_flows(2, seed=76)
-    for flow, srcip in zip(flows, ("198.51.100.19", "::ffff:198.51.100.20"), strict=True):
+    flows = json_flows(3, seed=76)
+    for flow, srcip in zip(flows, ("198.51.100.19", "::ffff:198.51.100.20", "198.51.100.21"), strict=True):
         flow.update(srcip=srcip, stime=at, ltime=at)
     assert flows_api.post("/api/v1/flows/batch", {"flows": flows}).status_code == 200
     engine = _engine(backend_env["DATABASE_URL"])
@@ -414,11 +414,14 @@ def test_host_view_finds_an_ioc_stored_under_the_ipv4_mapped_spelling_within_the
         items = [
             service.IocIn(value="::ffff:198.51.100.19", type="ipv6", tlp="amber", source="analyst-notes"),
             service.IocIn(value="::ffff:198.51.100.20", type="ipv6", tlp="red", source="analyst-notes"),
+            # both spellings stored, at different TLPs: each reader sees the first they may read, the IPv4 one first
+            service.IocIn(value="198.51.100.21", type="ipv4", tlp="red", source="analyst-notes"),
+            service.IocIn(value="::ffff:198.51.100.21", type="ipv6", tlp="amber", source="analyst-notes"),
         ]
         policies = service.repository.policies(conn)
         outcome = service.upsert_batch(items, conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red")
     engine.dispose()
-    assert [r["status"] for r in outcome["results"]] == ["created", "created"], outcome
+    assert [r["status"] for r in outcome["results"]] == ["created"] * 4, outcome
 
     def token(name, clearance):
         password = create_user(backend_env["DATABASE_URL"], name, "reader", clearance=clearance)
@@ -426,6 +429,13 @@ def test_host_view_finds_an_ioc_stored_under_the_ipv4_mapped_spelling_within_the
         return {"Authorization": f"Bearer {body['access_token']}"}
 
     amber, red = token("mapped-amber", "amber"), token("mapped-red", "red")
+    for path in ("198.51.100.21", "::ffff:198.51.100.21"):
+        seen = {
+            name: flows_api.get(f"/api/v1/events/hosts/{path}", headers=headers).get_json()["ioc"]
+            for name, headers in (("amber", amber), ("red", red))
+        }
+        assert (seen["amber"]["value"], seen["amber"]["tlp"]) == ("::ffff:198.51.100.21", "amber"), seen
+        assert (seen["red"]["value"], seen["red"]["tlp"]) == ("198.51.100.21", "red"), seen
     for path in ("198.51.100.19", "::ffff:198.51.100.19", "::FFFF:C633:6413"):
         host = flows_api.get(f"/api/v1/events/hosts/{path}", headers=amber)
         assert host.status_code == 200, (path, host.get_data(as_text=True)[:300])
