@@ -47,3 +47,20 @@ def test_a_loopback_server_is_asked_for_no_tls_and_any_other_keeps_the_drivers_d
     kwargs = _driver_kwargs(make, f"postgresql+pg8000://postgres@{host}:5432/threatflow")
     assert kwargs.get("ssl_context") is ssl_context, kwargs
     assert kwargs["host"] == host.strip("[]") and kwargs["timeout"] > 0 and "startup_params" in kwargs
+
+
+@pytest.mark.parametrize("make", [postgres.create_engine, lambda s: postgres.create_read_engine(s, session=READ)], ids=["engine", "read"])
+@pytest.mark.parametrize(
+    ("url", "host", "ssl_context"),
+    [
+        # SQLAlchemy's pg8000 dialect lets the query's host override the one before the path: that one is connected to
+        ("postgresql+pg8000://postgres@127.0.0.1:5432/threatflow?host=db.example.com", "db.example.com", None),
+        ("postgresql+pg8000://postgres@db.example.com:5432/threatflow?host=127.0.0.1", "127.0.0.1", False),
+        ("postgresql+pg8000://postgres@LocalHost:5432/threatflow", "LocalHost", False),
+    ],
+    ids=["loopback-overridden-by-query", "query-host-loopback", "localhost-any-case"],
+)
+def test_the_tls_decision_reads_the_host_pg8000_connects_to(make: Any, url: str, host: str, ssl_context: Any) -> None:
+    kwargs = _driver_kwargs(make, url)
+    assert kwargs["host"] == host
+    assert kwargs.get("ssl_context") is ssl_context, kwargs
