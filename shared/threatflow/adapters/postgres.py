@@ -111,16 +111,19 @@ def _discard_on_driver_fault(engine: Engine) -> Engine:
 def _url_connect_args(database_url: str) -> dict[str, Any]:
     """pg8000's arguments a DATABASE_URL implies. A server on the loopback address is asked for no TLS: pg8000
     otherwise builds a TLS context for every connection (~23 ms of CPU loading the system's CA store) to offer TLS,
-    unverified, to a server on the same machine, where it protects nothing. Any other host keeps pg8000's default."""
+    unverified, to a server on the same machine, where it protects nothing. Any other host keeps pg8000's default.
+    The host is the one pg8000 connects to: SQLAlchemy's dialect lets a `?host=` in the query override the one before
+    the path (`@127.0.0.1/db?host=db.example.com` went to db.example.com without TLS)."""
     import ipaddress
 
     from sqlalchemy.engine import make_url
 
-    host = make_url(database_url).host
-    if host is None:
+    url = make_url(database_url)
+    host = url.query.get("host", url.host)
+    if not isinstance(host, str):  # none, or the query's host given more than once
         return {}
     try:
-        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+        loopback = host.lower() == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         loopback = False
     return {"ssl_context": False} if loopback else {}
