@@ -253,3 +253,23 @@ def test_dead_letters_whose_message_is_marked_or_names_iocs_above_the_callers_cl
     assert {d["id"] for d in as_red["dead_letters"]} == {"dl-red-request", "dl-red-ingest", "dl-amber-request"}, as_red
     replayed = api.post("/api/v1/enrichment/dead-letters/replay", json={"ids": ["dl-red-request", "dl-red-ingest"]}, headers=chief)
     assert sorted(replayed.get_json()["replayed"]) == ["dl-red-ingest", "dl-red-request"], replayed.get_json()
+
+
+def test_a_dead_letter_naming_an_ioc_id_past_bigint_is_listed_and_replayed_not_a_500(admin):
+    """A poison message is exactly what an admin must see. The clearance filter read each message's `ioc_id` and
+    `ioc_ids` as ints and asked PostgreSQL for their TLPs as bigint[]: one number past bigint's range (a forged or
+    corrupted message; no IoC can have that id) failed the statement, so the list and the replay of every dead letter
+    beside it answered 500 (Infinity, which json.loads reads, raised OverflowError: a 500 too)."""
+    api, headers, store = admin
+    at = time.time() - 60
+    _seed_data(store, "dl-huge-id", {"run_id": "run-huge", "ioc_id": 2**63, "ioc_type": "ipv4", "value": "198.51.100.8"}, at=at)
+    # json.loads reads Infinity too: int() of it is an OverflowError
+    _seed_data(store, "dl-huge-ids", {"origin": "ingest", "ioc_ids": [-(2**63) - 1, 10**30, float("inf")]}, at=at + 1)
+    _seed_data(store, "dl-plain", {"run_id": "run-plain", "ioc_id": 999_999_999, "ioc_type": "ipv4", "value": "198.51.100.9"}, at=at + 2)
+
+    listed = api.get("/api/v1/enrichment/dead-letters", headers=headers)
+    assert listed.status_code == 200, listed.get_json()
+    assert [d["id"] for d in listed.get_json()["dead_letters"]] == ["dl-plain", "dl-huge-ids", "dl-huge-id"]
+    replayed = api.post("/api/v1/enrichment/dead-letters/replay", json={"ids": ["dl-huge-id", "dl-huge-ids"]}, headers=headers)
+    assert replayed.status_code == 200, replayed.get_json()
+    assert sorted(replayed.get_json()["replayed"]) == ["dl-huge-id", "dl-huge-ids"]
