@@ -2,6 +2,7 @@
 push endpoints only for Pub/Sub, and a hung Redis that costs a short timeout, not a hang."""
 
 import contextlib
+import json
 import os
 import signal
 
@@ -241,3 +242,43 @@ def test_a_writer_cleared_below_the_default_tlp_stores_new_values_they_can_read(
 
     by_amber = api.post("/api/v1/enrichment/enrich", json={"value": "new.amber-writer.example.com"}, headers=amber)
     assert by_amber.status_code == 202 and tlp_of(by_amber.get_json()["ioc_id"], amber) == "amber"
+
+
+def test_a_threat_made_by_a_writer_cleared_below_the_default_tlp_is_one_they_can_read(function_client, backend_env, db):
+    """As for IoCs: a green analyst's new threat naming no TLP was stored amber, its id answered, and reading it back
+    was a 404 (above their clearance); a STIX import's new threats the same. It now takes the lower of the default and
+    the writer's clearance; an amber writer's still gets amber, and a TLP the item names is kept."""
+    url = backend_env["DATABASE_URL"]
+    auth = function_client("auth")
+    green = _bearer(auth, "greenwriter", create_user(url, "greenwriter", "analyst", clearance="green"))
+    amber = _bearer(auth, "amberwriter", create_user(url, "amberwriter", "analyst"))
+    threats = function_client("threats")
+
+    def made(body, headers):
+        response = threats.post("/api/v1/threats/batch", json={"threats": [body]}, headers=headers)
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()["results"][0]["id"]
+
+    def tlp_of(threat_id, headers):
+        found = threats.get(f"/api/v1/threats/{threat_id}", headers=headers)
+        assert found.status_code == 200, found.get_json()
+        return found.get_json()["tlp"]
+
+    assert tlp_of(made({"kind": "malware", "name": "Green Writer Family"}, green), green) == "green"
+    assert tlp_of(made({"kind": "malware", "name": "Green Writer Marked", "tlp": "amber"}, green), amber) == "amber"
+    assert tlp_of(made({"kind": "malware", "name": "Amber Writer Family"}, amber), amber) == "amber"
+    bundle = {
+        "type": "bundle",
+        "id": "bundle--6f1e2b8a-0c55-4d0e-9d8e-0f3a1c2b4d5e",
+        "objects": [
+            {
+                "type": "malware", "id": "malware--0a9b8c7d-6e5f-4a3b-9c2d-1e0f9a8b7c6d", "name": "Green Import Family",
+                "is_family": True, "spec_version": "2.1", "created": "2026-01-01T00:00:00Z", "modified": "2026-01-01T00:00:00Z",
+            }
+        ],
+    }  # fmt: skip
+    imported = function_client("iocs").post(
+        "/api/v1/iocs/import", json={"format": "stix", "content": json.dumps(bundle)}, headers=green
+    )
+    assert imported.status_code == 200, imported.get_json()
+    assert db.one("SELECT tlp FROM threats WHERE name = 'Green Import Family'")[0] == "green"
