@@ -264,7 +264,7 @@ _RECORD = (
 _INSERT = f"""
 INSERT INTO threats (kind, name, aliases, description, confidence, severity, first_seen, last_seen, refs, ttps, tags, stix_id, tlp)
 SELECT x.kind, x.name, x.aliases, x.description, x.confidence, x.severity, x.first_seen, x.last_seen,
-       COALESCE(x.refs, '[]'::jsonb), x.ttps, x.tags, x.stix_id, COALESCE(x.tlp, 'amber')
+       COALESCE(x.refs, '[]'::jsonb), x.ttps, x.tags, x.stix_id, COALESCE(x.tlp, CAST(:default_tlp AS text))
 FROM jsonb_to_recordset(CAST(:doc AS jsonb)) AS x({_RECORD})
 RETURNING id, name
 """
@@ -275,6 +275,13 @@ UPDATE threats t SET aliases = x.aliases, description = x.description, confidenc
 FROM jsonb_to_recordset(CAST(:doc AS jsonb)) AS x(id bigint, {_RECORD})
 WHERE t.id = x.id
 """
+
+
+def new_threat_tlp(readable: Sequence[str]) -> str:
+    """A new threat's TLP when its item names none: the default, amber, lowered to the writer's clearance (the
+    highest of `readable`). At amber, a green writer's new threat did not exist for them: its id answered, then a 404."""
+    highest = max((Tlp(t) for t in readable), key=lambda t: t.rank)
+    return min(Tlp.AMBER, highest, key=lambda t: t.rank).value
 
 
 def upsert_threats(
@@ -371,7 +378,8 @@ def upsert_threats(
         if updates:
             conn.execute(_text(_UPDATE), {"doc": _json(updates)})
         if inserts:
-            created = {str(r[1]): int(r[0]) for r in conn.execute(_text(_INSERT), {"doc": _json([m for _, m, _ in inserts])})}
+            doc = {"doc": _json([m for _, m, _ in inserts]), "default_tlp": new_threat_tlp(readable)}
+            created = {str(r[1]): int(r[0]) for r in conn.execute(_text(_INSERT), doc)}
             for group, merged, cuts in inserts:
                 threat_id = created[merged["name"]]
                 for position, p in enumerate(group):
