@@ -270,8 +270,10 @@ def _delete(
             {"l": locked},
         )
         deleted = int(conn.execute(_text("DELETE FROM iocs WHERE id = ANY(CAST(:l AS bigint[]))"), {"l": locked}).rowcount)
-    # Fewer than the bound locked: none were left. Else ask, after the delete and within the clearance (a red IoC
-    # matching an amber admin's filter must neither show nor keep their client calling), without locking what is left.
+    # Fewer than the bound locked: none were left as of the locking read (a match committed after it waits for the
+    # next call; LockRows under Limit skips rows deleted meanwhile and reads on). Else ask, after the delete and within
+    # the clearance (a red IoC matching an amber admin's filter must neither show nor keep their client calling),
+    # without locking what is left.
     more = (
         limit is not None
         and len(locked) >= limit
