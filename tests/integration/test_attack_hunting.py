@@ -321,6 +321,40 @@ def test_the_bridge_queues_at_most_its_hourly_enrichment_budget_most_probable_fi
     subscriber.delete_subscription(subscription=subscription)
 
 
+def test_a_flow_at_the_retention_edge_bridges_into_an_inactive_ioc_queued_for_no_enrichment(api, function_client, backend_env):
+    """A predicted attack ~89 days old (FLOWS_RETENTION_DAYS keeps 90) became a new IoC `active`, severity critical,
+    with `expires_at` (seen + the ipv4 TTL, 30 days) two months past, and was queued for enrichment: intel quota spent
+    on an indicator already expired. It is stored as the decay-iocs job would leave it (inactive) and not queued; a
+    fresh attack source of the same batch still is, and a later fresh sighting makes the old one active again."""
+    bridging = function_client("flows", FLOWS_BRIDGE_THRESHOLD="0.05", FLOWS_BRIDGE_ENRICH_PER_HOUR="100000")
+    attacks = [f for f in json_flows(600, seed=43) if f["label"] == 1][:6]
+    old_ip, fresh_ip = "45.146.167.9", "45.146.167.10"  # public, and no other test's
+    at_edge = int((_oldest_retained() + timedelta(days=1)).timestamp()) + 3600
+    old = [{**flow, "srcip": old_ip, "stime": at_edge, "ltime": at_edge} for flow in attacks[:3]]
+    now = int(datetime.now(UTC).timestamp()) - 3600
+    fresh = [{**flow, "srcip": fresh_ip, "stime": now, "ltime": now} for flow in attacks[3:]]
+    response = bridging.post("/api/v1/flows/batch", json={"flows": old + fresh}, headers=api.headers["analyst"])
+    assert response.status_code == 200, response.get_data(as_text=True)[:300]
+    bridged = response.get_json()["bridge"]
+    assert bridged["iocs_created"] == 2, bridged
+    assert (bridged["enrichment_requested"], bridged["enrichment_over_budget"]) == (1, 0), bridged  # the fresh one only
+    url = backend_env["DATABASE_URL"]
+
+    def state(ip: str) -> tuple[bool, bool]:
+        return (
+            bool(sql_scalar(url, f"SELECT active FROM iocs WHERE value = '{ip}'")),
+            bool(sql_scalar(url, f"SELECT expires_at < now() FROM iocs WHERE value = '{ip}'")),
+        )
+
+    assert state(old_ip) == (False, True)
+    assert state(fresh_ip) == (True, False)
+    # Seen again, now: active again, its expiry moved out; an existing IoC is not queued again (as before).
+    again = [{**flow, "srcip": old_ip, "stime": now + 60, "ltime": now + 60} for flow in attacks[:3]]
+    seen = bridging.post("/api/v1/flows/batch", json={"flows": again}, headers=api.headers["analyst"]).get_json()["bridge"]
+    assert (seen["iocs_updated"], seen["enrichment_requested"]) == (1, 0), seen
+    assert state(old_ip) == (True, False)
+
+
 # -- the intel route: an IPv4 host in its IPv6 spelling ----------------------------------------------------
 
 

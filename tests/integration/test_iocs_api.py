@@ -446,3 +446,50 @@ def test_a_sighting_seen_outside_years_1_to_9999_in_utc_is_refused(api):
     ioc = api.get(f"/api/v1/iocs/{ioc_id}")
     assert ioc.status_code == 200 and ioc.get_json()["detection_count"] == 1
     assert api.get("/api/v1/iocs/export?format=stix").status_code == 200
+
+
+def test_an_item_whose_expiry_is_past_when_written_is_stored_inactive_and_not_auto_enriched(api, backend_env):
+    """An item seen 100 days ago (the ipv4 TTL is 30 days) or naming an `expires_at` already past was stored `active`
+    with that past expiry, and queued for auto-enrichment: intel quota spent on an expired indicator, shown as live
+    until the next decay-iocs run. It is stored as that job leaves it (inactive, answered `"active": false`) and not
+    queued; a fresh item of the same batch still is, and a fresh sighting makes it active again."""
+    import contextlib
+    import json
+    import uuid
+
+    from google.api_core.exceptions import AlreadyExists
+    from google.cloud import pubsub_v1
+
+    project = backend_env["GOOGLE_CLOUD_PROJECT"]
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    topic = publisher.topic_path(project, "ioc-enrichment-requested")
+    with contextlib.suppress(AlreadyExists):
+        publisher.create_topic(name=topic)
+    subscription = subscriber.subscription_path(project, f"expired-auto-enrich-{uuid.uuid4().hex[:8]}")
+    subscriber.create_subscription(name=subscription, topic=topic)
+    long_ago = (datetime.now(UTC) - timedelta(days=100)).isoformat()
+    items = [
+        {"value": "45.146.168.1", "seen_at": long_ago},
+        {"value": "45.146.168.2", "expires_at": "2020-01-01T00:00:00Z"},
+        {"value": "45.146.168.3"},
+    ]
+    body = api.post("/api/v1/iocs/batch", {"iocs": items}).get_json()
+    assert [r["status"] for r in body["results"]] == ["created"] * 3, body
+    assert [r.get("active", True) for r in body["results"]] == [False, False, True], body
+    old, past, fresh = (r["id"] for r in body["results"])
+    assert [api.get(f"/api/v1/iocs/{i}").get_json()["active"] for i in (old, past, fresh)] == [False, False, True]
+    assert api.post("/api/v1/iocs/find", {"expired": True, "ids": [old, past, fresh]}).get_json()["count"] == 2
+    queued: list[int] = []
+    for _ in range(6):
+        response = subscriber.pull(subscription=subscription, max_messages=10, timeout=5)
+        if response.received_messages:
+            subscriber.acknowledge(subscription=subscription, ack_ids=[m.ack_id for m in response.received_messages])
+        queued += [i for m in response.received_messages for i in json.loads(m.message.data).get("ioc_ids", [])]
+        if fresh in queued:
+            break
+    subscriber.delete_subscription(subscription=subscription)
+    assert queued == [fresh]
+    # Seen again, now: active again, its expiry moved out.
+    again = api.post("/api/v1/iocs/batch", {"iocs": [{"value": "45.146.168.1"}]}).get_json()["results"][0]
+    assert again["status"] == "updated" and again.get("active", True) is True, again
+    assert api.get(f"/api/v1/iocs/{old}").get_json()["active"] is True
