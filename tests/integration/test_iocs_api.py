@@ -209,9 +209,12 @@ def test_decay_job_marks_expired_inactive_and_deletes_nothing(api, backend_env):
     from threatflow.iocs import service
     from threatflow.platform.config import Settings
 
-    api.post("/api/v1/iocs/batch", {"iocs": [{"value": "198.51.100.1", "expires_at": "2020-01-01T00:00:00Z"}, {"value": "198.51.100.2"}]})
+    # An expiry past when written is stored inactive at once (see the test below): this one passes two days later.
+    soon = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    api.post("/api/v1/iocs/batch", {"iocs": [{"value": "198.51.100.1", "expires_at": soon}, {"value": "198.51.100.2"}]})
+    assert api.post("/api/v1/iocs/find", {"active": False}).get_json()["count"] == 0
     engine = create_engine(Settings.from_env())
-    result = service.decay_and_expire(engine=engine, now=datetime.now(UTC))
+    result = service.decay_and_expire(engine=engine, now=datetime.now(UTC) + timedelta(days=2))
     engine.dispose()
     assert result["expired"] == 1
     assert api.post("/api/v1/iocs/find", {"active": False}).get_json()["count"] == 1

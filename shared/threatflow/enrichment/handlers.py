@@ -209,13 +209,15 @@ def _cancelled(run_ids: Sequence[str], *, kept: Sequence[str], failed: str = "pu
 
 
 def auto_enrich(runtime: Runtime, results: Sequence[Mapping[str, Any]]) -> int:
-    """After an upsert: one small message naming the newly created IoCs whose type some
+    """After an upsert: one small message naming the newly created, active IoCs whose type some
     source auto-enriches; enrich-dispatch expands it (and skips warninglisted ones).
     Never raises: ingest must not fail because enrichment is unavailable."""
     try:
         ctx = context(runtime)
         auto_types = {t for s in ctx.settings.enabled() for t in s.auto_enrich}
-        ids = [int(r["id"]) for r in results if r.get("status") == "created" and r.get("type") in auto_types][:AUTO_MAX]
+        # Created and active: one expired when written is stored inactive (iocs repository.upsert), not worth quota
+        wanted = [r for r in results if r.get("status") == "created" and r.get("active", True) and r.get("type") in auto_types]
+        ids = [int(r["id"]) for r in wanted][:AUTO_MAX]
         if ids:
             ctx.publish(TOPIC_REQUESTED, auto_enrich_request(ids), origin=AUTO_ENRICH_ORIGIN)
         return len(ids)

@@ -4,7 +4,8 @@ Bounded by construction: one IoC upsert (one statement) and one sightings insert
 per ingest batch, deduplicated by address, and only for events the batch newly
 stored, so a re-sent batch bridges nothing twice. Enrichment is requested for
 public addresses whose IoC the bridge just created (an existing IoC was already
-queued when it was made, or by whoever made it), the way every newly stored IoC
+queued when it was made, or by whoever made it) and is active (one whose expiry was past when written, a flow at
+the retention edge, is stored inactive: iocs.repository.upsert), the way every newly stored IoC
 is: the enrichment capability's auto-enrichment message; requests are published
 after the transaction commits, so the consumer always finds the IoC. At most
 FLOWS_BRIDGE_ENRICH_PER_HOUR of them per clock hour, across instances (take_enrichment_budget),
@@ -185,7 +186,8 @@ def upsert_attack_sources(
             "first_flow_at": source.first_seen.isoformat(),
         }
         sightings.append((int(result["id"]), source.last_seen, SIGHTING_SOURCE, context))
-        if result["status"] == "created" and is_public(source.address):
+        # An IoC stored inactive (a flow at the retention edge: its expiry past when written) is not worth a source's quota
+        if result["status"] == "created" and result.get("active", True) and is_public(source.address):
             to_enrich.append(
                 EnrichmentRequest(int(result["id"]), str(result["type"]), str(result["value"]), source.max_probability, source.flows)
             )

@@ -112,6 +112,7 @@ class ItemResult:
     value: str | None = None
     tags_cut: int = 0  # the item's tags (with its batch duplicates') the IoC could not keep: MAX_TAGS_PER_IOC
     sources_cut: int = 0  # the same for its sources: MAX_SOURCES_PER_IOC
+    active: bool = True  # False: its expiry was past when written, so it was stored inactive (answered only then)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"index": self.index, "status": self.status.value}
@@ -126,6 +127,8 @@ class ItemResult:
             out["tags_cut"] = self.tags_cut
         if self.sources_cut:
             out["sources_cut"] = self.sources_cut
+        if not self.active:
+            out["active"] = False
         return out
 
 

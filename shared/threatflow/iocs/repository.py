@@ -124,6 +124,7 @@ class UpsertedRow:
     tlp_before: str  # the TLP the IoC had when the item merged into it (a new one's own): could the writer read it?
     tags_cut: int  # the item's tags a full IoC does not hold (MAX_TAGS_PER_IOC); 0 for a new one
     sources_cut: int  # the item's sources a full IoC does not hold (MAX_SOURCES_PER_IOC); 0 for a new one
+    active: bool = True  # False: expired when written (expire_written), stored inactive
 
 
 def _item_doc(item: UpsertItem, *, base_score: int) -> dict[str, Any]:
@@ -158,12 +159,16 @@ def _text(sql: str) -> Any:
 # -- writes ----------------------------------------------------------------------------
 
 
-def upsert(conn: Connection, items: Sequence[UpsertItem], *, readable: Sequence[str], default_tlp: str = "amber") -> list[UpsertedRow]:
+def upsert(
+    conn: Connection, items: Sequence[UpsertItem], *, readable: Sequence[str], now: datetime, default_tlp: str = "amber"
+) -> list[UpsertedRow]:
     """Merge items (unique by type and value) in one statement. `readable` is the TLPs the writer may read (its
     clearance): a stored IoC marked above them takes an item as a sighting only, its TLP, confidence, verdict and
     description kept (an amber analyst's item with tlp clear declassified a red IoC). An IoC keeps at most
     MAX_TAGS_PER_IOC tags: those it holds, then the item's new ones in the item's order (`UpsertedRow.tags_cut`), and
-    MAX_SOURCES_PER_IOC sources by the same rule (`UpsertedRow.sources_cut`)."""
+    MAX_SOURCES_PER_IOC sources by the same rule (`UpsertedRow.sources_cut`). The rows written are then judged by the
+    decay-iocs job's expiry rule at `now` (expire_written): one expired when written is stored inactive
+    (`UpsertedRow.active`), also a stale re-sighting of an expired one; a fresh sighting makes it active again."""
     if not items:
         return []
     doc = msgspec.json.encode([_item_doc(i, base_score=i.confidence if i.confidence is not None else 50) for i in items]).decode()
@@ -179,7 +184,8 @@ def upsert(conn: Connection, items: Sequence[UpsertItem], *, readable: Sequence[
         "item_sources": item_sources,
     }
     rows = conn.execute(_text(_UPSERT), params).all()
-    return [UpsertedRow(int(r[0]), r[1], r[2], bool(r[3]), str(r[4]), int(r[5]), int(r[6])) for r in rows]
+    expired = expire_written(conn, [int(r[0]) for r in rows], now=now)
+    return [UpsertedRow(int(r[0]), r[1], r[2], bool(r[3]), str(r[4]), int(r[5]), int(r[6]), int(r[0]) not in expired) for r in rows]
 
 
 def set_policy(conn: Connection, policy: DecayPolicy) -> DecayPolicy | None:
@@ -366,8 +372,19 @@ def max_id(conn: Connection) -> int:
 
 def decay_range(conn: Connection, *, now: datetime, after_id: int, up_to_id: int) -> tuple[int, int]:
     """Recompute decayed scores and expiry for ids in (after_id, up_to_id]; returns (rescored, expired)."""
-    result = conn.execute(_text(_DECAY), {"now": now, "lo": after_id, "hi": up_to_id}).one()
+    sql = _DECAY.format(rows="i.id > :lo AND i.id <= :hi")
+    result = conn.execute(_text(sql), {"now": now, "lo": after_id, "hi": up_to_id, "rescore": True}).one()
     return int(result[0] or 0), int(result[1] or 0)
+
+
+def expire_written(conn: Connection, ioc_ids: Sequence[int], *, now: datetime) -> set[int]:
+    """The decay-iocs rule (_DECAY) applied now to the IoCs just written: those it finds expired are made inactive,
+    with the score and severity the job gives them; returns their ids. Other rows are left as written."""
+    if not ioc_ids:
+        return set()
+    sql = _DECAY.format(rows="i.id = ANY(CAST(:ids AS bigint[]))")
+    result = conn.execute(_text(sql), {"now": now, "ids": sorted(set(ioc_ids)), "rescore": False}).one()
+    return {int(i) for i in result[2]}
 
 
 # -- reads -----------------------------------------------------------------------------
@@ -557,30 +574,37 @@ def find_page(conn: Connection, flt: IocFilter, *, now: datetime, after_id: int 
     return [row_to_dict(r) for r in conn.execute(_text(sql), params)]
 
 
-# Polynomial decay in SQL, the same formula as DecayPolicy.score.
+# Polynomial decay in SQL, the same formula as DecayPolicy.score, and THE expiry rule: an IoC is expired (made
+# inactive) when its expires_at is past or its decayed score is below its type's expired_below. The decay-iocs job
+# runs it over id ranges (:rescore true: every changed score is written); every upsert runs it over the rows it wrote
+# (:rescore false: only the expired ones are touched), so an IoC whose expiry is past when written is stored as the
+# job would leave it, not active until the job's next run (a flow bridged at the retention edge was, and queued for
+# enrichment). `{rows}` selects the rows; the last column names the ids made inactive.
 _DECAY = """
 WITH scored AS (
-    SELECT i.id,
+    SELECT i.id, i.expires_at,
            GREATEST(0, LEAST(100, round(
                CASE WHEN extract(epoch FROM (:now - i.last_seen)) / 86400 >= p.decay_lifetime_days THEN 0
                     ELSE i.base_score * (1 - power(GREATEST(0, extract(epoch FROM (:now - i.last_seen)) / 86400)
                                                     / p.decay_lifetime_days, 1 / p.decay_speed)) END)))::smallint AS score,
            p.expired_below
     FROM iocs i JOIN ioc_type_policies p ON p.type = i.type
-    WHERE i.id > :lo AND i.id <= :hi AND i.active
+    WHERE {rows} AND i.active
+), judged AS (
+    SELECT s.id, s.score, ((s.expires_at IS NOT NULL AND s.expires_at < :now) OR s.score < s.expired_below) AS expired
+    FROM scored s
 ), changed AS (
     UPDATE iocs i SET
-        score = s.score,
-        severity = CASE WHEN s.score >= 90 THEN 'critical' WHEN s.score >= 70 THEN 'high'
-                        WHEN s.score >= 40 THEN 'medium' WHEN s.score >= 15 THEN 'low' ELSE 'info' END,
-        active = NOT ((i.expires_at IS NOT NULL AND i.expires_at < :now) OR s.score < s.expired_below),
+        score = j.score,
+        severity = CASE WHEN j.score >= 90 THEN 'critical' WHEN j.score >= 70 THEN 'high'
+                        WHEN j.score >= 40 THEN 'medium' WHEN j.score >= 15 THEN 'low' ELSE 'info' END,
+        active = NOT j.expired,
         updated_at = now()
-    FROM scored s
-    WHERE i.id = s.id
-      AND (i.score <> s.score OR (i.expires_at IS NOT NULL AND i.expires_at < :now) OR s.score < s.expired_below)
-    RETURNING i.active
+    FROM judged j
+    WHERE i.id = j.id AND (j.expired OR (CAST(:rescore AS boolean) AND i.score <> j.score))
+    RETURNING i.id, i.active
 )
-SELECT count(*), count(*) FILTER (WHERE NOT active) FROM changed
+SELECT count(*), count(*) FILTER (WHERE NOT active), COALESCE(array_agg(id) FILTER (WHERE NOT active), '{{}}') FROM changed
 """
 
 

@@ -137,7 +137,9 @@ def upsert_batch(
     the lower of amber (the default TLP) and `clearance`: at amber, a green writer's new IoC did not exist for them
     (404 on reading it back). An IoC holds at most MAX_TAGS_PER_IOC tags and
     MAX_SOURCES_PER_IOC sources; an item's result and the summary count what could not be kept (`tags_cut`,
-    `sources_cut`; one value's items count on the first)."""
+    `sources_cut`; one value's items count on the first). An IoC whose expiry is past when written (an old `seen_at`,
+    a past `expires_at`) is stored inactive, as the decay-iocs job would make it, and answered `"active": false`
+    (repository.upsert); callers queue no enrichment for it."""
     if len(raw_items) > MAX_BATCH:
         raise PayloadTooLargeError(f"at most {MAX_BATCH} indicators per batch; got {len(raw_items)}")
     started = time.perf_counter()
@@ -178,7 +180,7 @@ def upsert_batch(
     readable = Tlp(clearance).at_most()
     if new_tlp is None:
         new_tlp = min(Tlp.AMBER, Tlp(clearance), key=lambda t: t.rank).value
-    rows = repository.upsert(conn, list(first_of.values()), readable=readable, default_tlp=new_tlp)
+    rows = repository.upsert(conn, list(first_of.values()), readable=readable, now=now, default_tlp=new_tlp)
     by_key = {(r.type, r.value): r for r in rows}
     # An IoC above the writer's clearance does not exist for them: an item merged into it (a sighting) is answered
     # `updated` with nothing about the IoC, neither its id nor how many tags it could not take. That it exists
@@ -191,7 +193,14 @@ def upsert_batch(
         sources_cut = 0 if key in hidden else row.sources_cut + sources_cut_here.get(key, 0)
         shown_id = None if key in hidden else row.id
         results[item.index] = ItemResult(
-            item.index, status, id=shown_id, type=item.type, value=item.value, tags_cut=tags_cut, sources_cut=sources_cut
+            item.index,
+            status,
+            id=shown_id,
+            type=item.type,
+            value=item.value,
+            tags_cut=tags_cut,
+            sources_cut=sources_cut,
+            active=key in hidden or row.active,  # an IoC the writer cannot read: nothing about it, its state neither
         )
     for item in duplicates:
         key = (item.type, item.value)
