@@ -289,3 +289,14 @@ def copy_migrations(sql_dir: Path, versions: range) -> None:
     for path in sorted(DEFAULT_SQL_DIR.glob("*.sql")):
         if int(path.name[:4]) in versions:
             shutil.copy(path, sql_dir / path.name)
+
+
+def await_lock_waiters(db: Any, count: int) -> None:
+    """Until `count` sessions of `db`'s database (a SqlDb) wait for a lock: what a race staged behind a held row lock
+    needs before it goes on."""
+    sql = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    for _ in range(400):
+        if db.one(sql)[0] >= count:
+            return
+        time.sleep(0.025)
+    raise AssertionError(f"{count} sessions never waited for a lock")

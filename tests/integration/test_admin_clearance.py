@@ -1,22 +1,11 @@
 """An admin's own TLP clearance bounds what they may hand out: every other route already treats an amber admin as
 amber (deletes, import jobs), and PATCH /api/v1/admin/users let one step past it in one call."""
 
-import time
 
 import pytest
-from helpers import create_user
+from helpers import await_lock_waiters, create_user
 
 pytestmark = pytest.mark.integration
-
-
-def _await_lock_waiters(db, count):
-    """Until `count` sessions of this database wait for a lock (as in test_threat_relations_hostile.py)."""
-    sql = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-    for _ in range(400):
-        if db.one(sql)[0] >= count:
-            return
-        time.sleep(0.025)
-    raise AssertionError(f"{count} sessions never waited for a lock")
 
 
 def _bearer(auth, username, password):
@@ -107,7 +96,7 @@ def test_a_concurrent_raise_of_the_targets_clearance_cannot_slip_between_the_che
     with db._engine.begin() as raising:
         raising.execute(text("UPDATE users SET clearance = 'red' WHERE username = 'risinganalyst'"))
         racer.start()
-        _await_lock_waiters(db, 1)
+        await_lock_waiters(db, 1)
     racer.join()
     response = outcome["patch"]
     assert response.status_code == 403 and response.get_json()["error"]["details"]["field"] == "password", response.get_json()

@@ -2,11 +2,10 @@
 writers racing each other and threat merges, documents naming many relations, odd relationship shapes and ids."""
 
 import threading
-import time
 import uuid
 
 import pytest
-from helpers import IntelApi, SqlDb, create_user
+from helpers import IntelApi, SqlDb, await_lock_waiters, create_user
 
 pytestmark = pytest.mark.integration
 STAMP = {"spec_version": "2.1", "created": "2026-01-01T00:00:00Z", "modified": "2026-01-01T00:00:00Z"}
@@ -36,16 +35,6 @@ def _red_analyst(backend_env, function_client):
     return {"Authorization": f"Bearer {token['access_token']}"}
 
 
-def _await_lock_waiters(db, count):
-    """Until `count` sessions of this database wait for a lock (what the race needs before it goes on)."""
-    sql = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-    for _ in range(400):
-        if db.one(sql)[0] >= count:
-            return
-        time.sleep(0.025)
-    raise AssertionError(f"{count} sessions never waited for a lock")
-
-
 def _race_behind_a_held_lock(db, lock_sql, params, racers):
     """Holds the row lock `lock_sql` takes, starts the racers in order, each once the ones before it wait for a lock
     (so they queue in that order), then lets go and waits for them all."""
@@ -55,7 +44,7 @@ def _race_behind_a_held_lock(db, lock_sql, params, racers):
         holder.execute(text(lock_sql), params)
         for count, racer in enumerate(racers, start=1):
             racer.start()
-            _await_lock_waiters(db, count)
+            await_lock_waiters(db, count)
     for racer in racers:
         racer.join(60)
 
@@ -149,7 +138,7 @@ def test_relating_to_a_threat_deleted_meanwhile_is_a_404_not_a_500(api, db):
     with db._engine.begin() as deleting:
         deleting.execute(text("DELETE FROM threats WHERE id = :t"), {"t": target})
         racer.start()  # it still sees the target (the delete is not committed), then waits for its row
-        _await_lock_waiters(db, 1)
+        await_lock_waiters(db, 1)
     racer.join()
     assert outcome["relate"] == (404, f"no threat with id {target}")
     assert db.one("SELECT count(*) FROM threat_relations")[0] == 0
