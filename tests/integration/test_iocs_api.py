@@ -451,6 +451,26 @@ def test_a_sighting_seen_outside_years_1_to_9999_in_utc_is_refused(api):
     assert api.get("/api/v1/iocs/export?format=stix").status_code == 200
 
 
+def test_a_sighting_moves_an_expired_iocs_expiry_out_as_a_batch_item_does_and_a_stale_one_leaves_it_expired(api):
+    """POST /iocs/{id}/sightings set `active` whatever the expiry and never moved the expiry: a fresh sighting of an
+    expired IoC showed it active with an `expires_at` still past (the decay job made it inactive again within the
+    hour), and a sighting of 100 days ago made an expired IoC active. It now follows a batch item's rule: the expiry
+    moves out to the sighting's day plus the type's TTL (never in), and the IoC is judged by the decay rule."""
+    long_ago = (datetime.now(UTC) - timedelta(days=100)).isoformat()
+    body = api.post("/api/v1/iocs/batch", {"iocs": [{"value": "45.146.169.1", "seen_at": long_ago}]}).get_json()
+    ioc_id = body["results"][0]["id"]
+    assert api.get(f"/api/v1/iocs/{ioc_id}").get_json()["active"] is False
+    stale = api.post(f"/api/v1/iocs/{ioc_id}/sightings", {"seen_at": long_ago})
+    assert stale.status_code == 201, stale.get_json()
+    assert stale.get_json()["active"] is False, stale.get_json()  # a sighting of 100 days ago does not revive it
+    fresh = api.post(f"/api/v1/iocs/{ioc_id}/sightings", {})
+    assert fresh.status_code == 201, fresh.get_json()
+    shown = api.get(f"/api/v1/iocs/{ioc_id}").get_json()
+    assert shown["active"] is True and fresh.get_json()["active"] is True, (shown, fresh.get_json())
+    assert datetime.fromisoformat(shown["expires_at"]) > datetime.now(UTC) + timedelta(days=29), shown
+    assert shown["detection_count"] == 3
+
+
 def test_an_item_whose_expiry_is_past_when_written_is_stored_inactive_and_not_auto_enriched(api, backend_env):
     """An item seen 100 days ago (the ipv4 TTL is 30 days) or naming an `expires_at` already past was stored `active`
     with that past expiry, and queued for auto-enrichment: intel quota spent on an expired indicator, shown as live
