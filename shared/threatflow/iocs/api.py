@@ -173,10 +173,11 @@ def build_router(runtime: Runtime) -> Router:
     @router.route("POST", "/api/v1/iocs/{ioc_id:int}/sightings", role=Role.ANALYST, body=SightingIn)
     def sighting(request: Request, body: SightingIn) -> Response:
         # Zone and range, as the batch checks them: 0001-01-01T00:00:00+05:00 (1 BC in UTC) reached PostgreSQL, a 500.
-        seen_at = limits.check_aware(body.seen_at, field="seen_at") if body.seen_at else runtime.clock.now()
+        now = runtime.clock.now()
+        seen_at = limits.check_aware(body.seen_at, field="seen_at") if body.seen_at else now
         with unit_of_work(runtime.engine) as conn:
             ioc = service.add_sighting(
-                conn, ioc_id(request), seen_at=seen_at, source=body.source, context=body.context, readable=readable(request)
+                conn, ioc_id(request), seen_at=seen_at, source=body.source, context=body.context, readable=readable(request), now=now
             )
         return Response(ioc, status=201)
 

@@ -290,18 +290,33 @@ def _delete(
 
 
 def add_sighting(
-    conn: Connection, ioc_id: int, *, seen_at: datetime, source: str | None, context: dict[str, Any], readable: Sequence[str]
+    conn: Connection,
+    ioc_id: int,
+    *,
+    seen_at: datetime,
+    source: str | None,
+    context: dict[str, Any],
+    readable: Sequence[str],
+    now: datetime,
 ) -> tuple[IocRecord, bool] | None:
     """Counts and keeps a sighting; None when there is no such IoC, or it is marked above `readable` (the writer's
     clearance: to them it does not exist; the answer, the whole IoC, let an amber analyst read every red one by id).
     `source` (clean: vocabulary.clean_sources) joins the IoC's sources, sorted, while it holds fewer than
     MAX_SOURCES_PER_IOC, decided on the row as locked (it was appended past the bound); also returns whether it was
-    cut (named, and not among the sources the IoC now holds)."""
+    cut (named, and not among the sources the IoC now holds).
+
+    The expiry follows a batch item's rule (service._default_expiry: the end of the UTC day the type's TTL after the
+    sighting, never moved in, capped at datetime's range) and the IoC is judged by the decay rule at `now`
+    (expire_written): it set `active` whatever the expiry, so a sighting of 100 days ago revived an expired IoC, and a
+    fresh one showed it active with its expiry still past until the decay job's next run."""
     row = conn.execute(
         _text(
             "UPDATE iocs SET detection_count = detection_count + 1, last_seen = GREATEST(last_seen, :seen),"
             " last_seen_day = GREATEST(last_seen_day, (CAST(:seen AS timestamptz) AT TIME ZONE 'UTC')::date),"
             " first_seen = LEAST(first_seen, :seen), active = true, updated_at = now(),"
+            " expires_at = GREATEST(expires_at, (SELECT LEAST(((CAST(:seen AS timestamptz) AT TIME ZONE 'UTC')::date"
+            " + p.ttl_days + 1)::timestamp AT TIME ZONE 'UTC', TIMESTAMPTZ '9999-12-31 23:59:59.999999+00')"
+            " FROM ioc_type_policies p WHERE p.type = iocs.type)),"
             " sources = CASE WHEN CAST(:source AS text) IS NULL OR CAST(:source AS text) = ANY(sources)"
             " OR cardinality(sources) >= CAST(:max_sources AS int) THEN sources"
             " ELSE ARRAY(SELECT s FROM unnest(array_append(sources, CAST(:source AS text))) AS s ORDER BY 1) END"
@@ -316,7 +331,10 @@ def add_sighting(
         _text("INSERT INTO ioc_sightings (ioc_id, seen_at, source, context) VALUES (:id, :seen, :source, CAST(:ctx AS jsonb))"),
         {"id": ioc_id, "seen": seen_at, "source": source, "ctx": msgspec.json.encode(context).decode()},
     )
-    return IocRecord.from_row(row[: len(_FIELDS)]), bool(row[len(_FIELDS)])
+    record = IocRecord.from_row(row[: len(_FIELDS)])
+    if expire_written(conn, [ioc_id], now=now):
+        record = _one(conn, "id = :id", {"id": ioc_id}) or record  # inactive, with the job's score and severity
+    return record, bool(row[len(_FIELDS)])
 
 
 def stored_values(conn: Connection, addresses: Sequence[str]) -> set[str]:

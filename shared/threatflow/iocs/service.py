@@ -224,7 +224,14 @@ def upsert_batch(
 
 
 def add_sighting(
-    conn: Connection, ioc_id: int, *, seen_at: datetime, source: str | None, context: dict[str, Any], readable: Sequence[str]
+    conn: Connection,
+    ioc_id: int,
+    *,
+    seen_at: datetime,
+    source: str | None,
+    context: dict[str, Any],
+    readable: Sequence[str],
+    now: datetime,
 ) -> dict[str, Any]:
     """POST /iocs/{id}/sightings: the IoC as it is now, with `sources_cut: 1` when it held MAX_SOURCES_PER_IOC sources
     and not `source` (the IoC is within the writer's clearance, else a NotFoundError: its fullness is theirs to see).
@@ -235,7 +242,7 @@ def add_sighting(
         raise ValidationError(f"context takes {size} bytes as JSON; at most {MAX_SIGHTING_CONTEXT_BYTES}", field="context")
     cleaned = clean_sources([source]) if source is not None else []
     sighted = repository.add_sighting(
-        conn, ioc_id, seen_at=seen_at, source=cleaned[0] if cleaned else None, context=context, readable=readable
+        conn, ioc_id, seen_at=seen_at, source=cleaned[0] if cleaned else None, context=context, readable=readable, now=now
     )
     if sighted is None:
         raise NotFoundError(f"no indicator with id {ioc_id}")
