@@ -97,14 +97,16 @@ def build_router(runtime: Runtime) -> Router:
     @router.route("POST", "/api/v1/admin/users/{username}/disable", role=Role.ADMIN)
     def disable_user(request: Request) -> dict[str, Any]:
         with unit_of_work(runtime.engine) as conn:
-            service.set_disabled(username=request.path_params["username"], disabled=True, users=UserRepository(conn), actor=_actor(request))
+            service.set_disabled(
+                username=request.path_params["username"], disabled=True, users=UserRepository(conn), actor=_actor(request), via="api"
+            )
         return {"username": request.path_params["username"], "disabled": True}
 
     @router.route("POST", "/api/v1/admin/users/{username}/enable", role=Role.ADMIN)
     def enable_user(request: Request) -> dict[str, Any]:
         with unit_of_work(runtime.engine) as conn:
             service.set_disabled(
-                username=request.path_params["username"], disabled=False, users=UserRepository(conn), actor=_actor(request)
+                username=request.path_params["username"], disabled=False, users=UserRepository(conn), actor=_actor(request), via="api"
             )
         return {"username": request.path_params["username"], "disabled": False}
 

@@ -150,7 +150,7 @@ def create_user(
     return user
 
 
-def set_disabled(*, username: str, disabled: bool, users: UserRepository, actor: str | None, via: str = "api") -> None:
+def set_disabled(*, username: str, disabled: bool, users: UserRepository, actor: str | None, via: str) -> None:
     """Disable or enable an account, recorded in the audit log in the same transaction (`actor`: the admin; None
     from the command line, which runs as whoever holds the database URL)."""
     found = users.set_disabled(username, disabled)
