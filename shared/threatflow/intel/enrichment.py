@@ -23,7 +23,7 @@ from threatflow.iocs import service as iocs_service
 from threatflow.iocs.model import DecayPolicy
 from threatflow.iocs.normalise import normalise
 from threatflow.platform.errors import NotFoundError, ValidationError
-from threatflow.platform.vocabulary import Tlp
+from threatflow.platform.vocabulary import Tlp, new_record_tlp
 from threatflow.threats import repository as threats_repository
 
 if TYPE_CHECKING:
@@ -112,12 +112,10 @@ def _with_carried_tlps(conn: Connection, records: Mapping[Any, dict[str, Any]]) 
     out = dict(records)
     for k, keys in others.items():
         record = records[k]
-        strictest = Tlp.parse(str(record.get("tlp") or "amber"))
-        for key in keys:
-            other_tlp = stored.get(key, {}).get("tlp")
-            if other_tlp is not None and Tlp.parse(str(other_tlp)).rank > strictest.rank:
-                strictest = Tlp.parse(str(other_tlp))
-        if strictest.rank > Tlp.parse(str(record.get("tlp") or "amber")).rank:
+        own = Tlp.parse(str(record.get("tlp") or "amber"))
+        others_tlps = [Tlp.parse(str(stored[key]["tlp"])) for key in keys if stored.get(key, {}).get("tlp") is not None]
+        strictest = max([own, *others_tlps], key=lambda tlp: tlp.rank)
+        if strictest.rank > own.rank:
             out[k] = {**record, "tlp": strictest.value}
     return out
 
@@ -153,7 +151,7 @@ def resolve_ioc(
             warninglists=warninglists,
             policies=policies,
             clearance=tlp_clearance.SYSTEM,  # creates only: an existing IoC is read, not written
-            new_tlp=tlp_clearance.cap(tlp_clearance.DEFAULT_CLEARANCE, clearance),
+            new_tlp=new_record_tlp(clearance),
         )
         ioc = iocs_repository.get_by_value(conn, str(indicator.type), indicator.value)
     if ioc is None:  # deleted in between
@@ -190,7 +188,7 @@ def resolve_many(
             warninglists=warninglists,
             policies=policies,
             clearance=tlp_clearance.SYSTEM,  # creates only: an existing IoC is read, not written
-            new_tlp=tlp_clearance.cap(tlp_clearance.DEFAULT_CLEARANCE, clearance),
+            new_tlp=new_record_tlp(clearance),
         )
         found.update(iocs_repository.get_many_by_value(conn, missing))
     resolved = _with_carried_tlps(conn, found)

@@ -26,7 +26,7 @@ from threatflow.iocs.model import (
 from threatflow.iocs.normalise import normalise
 from threatflow.platform import limits
 from threatflow.platform.errors import NotFoundError, PayloadTooLargeError, ValidationError
-from threatflow.platform.vocabulary import clean_sources, clean_tags
+from threatflow.platform.vocabulary import clean_sources, clean_tags, new_record_tlp
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -179,7 +179,7 @@ def upsert_batch(
         first_of[key].tags, first_of[key].sources = ordered_tags[:MAX_TAGS_PER_IOC], ordered_sources[:MAX_SOURCES_PER_IOC]
     readable = Tlp(clearance).at_most()
     if new_tlp is None:
-        new_tlp = min(Tlp.AMBER, Tlp(clearance), key=lambda t: t.rank).value
+        new_tlp = new_record_tlp(clearance)
     rows = repository.upsert(conn, list(first_of.values()), readable=readable, now=now, default_tlp=new_tlp)
     by_key = {(r.type, r.value): r for r in rows}
     # An IoC above the writer's clearance does not exist for them: an item merged into it (a sighting) is answered

@@ -63,6 +63,14 @@ class Tlp(StrEnum):
 
 
 _TLP_ORDER = [Tlp.CLEAR, Tlp.GREEN, Tlp.AMBER, Tlp.AMBER_STRICT, Tlp.RED]
+
+
+def new_record_tlp(clearance: str) -> str:
+    """A new IoC's or threat's TLP when its writer names none: amber, lowered to the writer's clearance (at amber, a
+    green writer's new record did not exist for them: its id answered, then a 404 reading it back)."""
+    return min(Tlp.AMBER, Tlp(clearance), key=lambda tlp: tlp.rank).value
+
+
 _TLP_NAMES = ", ".join(t.value for t in _TLP_ORDER[:-1]) + f" or {_TLP_ORDER[-1].value}"  # clear, green, amber, amber+strict or red
 
 

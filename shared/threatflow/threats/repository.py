@@ -23,7 +23,7 @@ import msgspec
 
 from threatflow.platform.errors import ValidationError
 from threatflow.platform.limits import check_aware
-from threatflow.platform.vocabulary import MAX_TAGS, Tlp, clean_tags
+from threatflow.platform.vocabulary import MAX_TAGS, Tlp, clean_tags, new_record_tlp
 from threatflow.threats.attack import check_id_format
 from threatflow.threats.model import (
     CUT_FIELDS,
@@ -277,13 +277,6 @@ WHERE t.id = x.id
 """
 
 
-def new_threat_tlp(readable: Sequence[str]) -> str:
-    """A new threat's TLP when its item names none: the default, amber, lowered to the writer's clearance (the
-    highest of `readable`). At amber, a green writer's new threat did not exist for them: its id answered, then a 404."""
-    highest = max((Tlp(t) for t in readable), key=lambda t: t.rank)
-    return min(Tlp.AMBER, highest, key=lambda t: t.rank).value
-
-
 def upsert_threats(
     conn: Connection, items: Sequence[ThreatIn], *, catalog: AttackCatalog | None, readable: Sequence[str]
 ) -> list[ThreatResult]:
@@ -378,7 +371,8 @@ def upsert_threats(
         if updates:
             conn.execute(_text(_UPDATE), {"doc": _json(updates)})
         if inserts:
-            doc = {"doc": _json([m for _, m, _ in inserts]), "default_tlp": new_threat_tlp(readable)}
+            clearance = max(readable, key=lambda tlp: Tlp(tlp).rank)  # the highest TLP the writer reads
+            doc = {"doc": _json([m for _, m, _ in inserts]), "default_tlp": new_record_tlp(clearance)}
             created = {str(r[1]): int(r[0]) for r in conn.execute(_text(_INSERT), doc)}
             for group, merged, cuts in inserts:
                 threat_id = created[merged["name"]]
