@@ -108,8 +108,9 @@ def _discard_on_driver_fault(engine: Engine) -> Engine:
     return engine
 
 
-def _url_connect_args(database_url: str) -> dict[str, Any]:
-    """pg8000's arguments a DATABASE_URL implies. A server on the loopback address is asked for no TLS: pg8000
+def _url_connect_args(settings: Settings, *, startup_params: dict[str, str]) -> dict[str, Any]:
+    """pg8000's arguments for a DATABASE_URL: the socket timeout, the session's startup parameters, and the TLS the
+    URL's host implies. A server on the loopback address is asked for no TLS: pg8000
     otherwise builds a TLS context for every connection (~23 ms of CPU loading the system's CA store) to offer TLS,
     unverified, to a server on the same machine, where it protects nothing. Any other host keeps pg8000's default.
     The host is the one pg8000 connects to: SQLAlchemy's dialect lets a `?host=` in the query override the one before
@@ -118,15 +119,16 @@ def _url_connect_args(database_url: str) -> dict[str, Any]:
 
     from sqlalchemy.engine import make_url
 
-    url = make_url(database_url)
+    args: dict[str, Any] = {"timeout": settings.db_timeout_seconds, "startup_params": startup_params}
+    url = make_url(str(settings.database_url))
     host = url.query.get("host", url.host)
     if not isinstance(host, str):  # none, or the query's host given more than once
-        return {}
+        return args
     try:
         loopback = host.lower() == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         loopback = False
-    return {"ssl_context": False} if loopback else {}
+    return {**args, "ssl_context": False} if loopback else args
 
 
 def create_engine(settings: Settings) -> Engine:
@@ -143,7 +145,7 @@ def create_engine(settings: Settings) -> Engine:
     }
     startup = {**SESSION_PARAMS, "statement_timeout": str(statement_timeout_ms(settings))}
     if settings.database_url:
-        connect_args = {**_url_connect_args(settings.database_url), "timeout": settings.db_timeout_seconds, "startup_params": startup}
+        connect_args = _url_connect_args(settings, startup_params=startup)
         return _discard_on_driver_fault(sqlalchemy.create_engine(settings.database_url, connect_args=connect_args, **pool))
     engine = sqlalchemy.create_engine("postgresql+pg8000://", creator=_cloud_sql_creator(settings, startup_params=startup), **pool)
     return _discard_on_driver_fault(engine)
@@ -177,7 +179,7 @@ def create_read_engine(settings: Settings, *, session: ReadSession) -> Engine:
     }
     startup = {**SESSION_PARAMS, **session.startup_params()}
     if settings.database_url:
-        connect_args = {**_url_connect_args(settings.database_url), "timeout": settings.db_timeout_seconds, "startup_params": startup}
+        connect_args = _url_connect_args(settings, startup_params=startup)
         engine = sqlalchemy.create_engine(settings.database_url, connect_args=connect_args, **pool)
     else:
         engine = sqlalchemy.create_engine("postgresql+pg8000://", creator=_cloud_sql_creator(settings, startup_params=startup), **pool)

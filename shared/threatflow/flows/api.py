@@ -289,9 +289,6 @@ def build_router(runtime: Runtime) -> Router:
     def window(request: Request, default: timedelta, maximum: timedelta) -> tuple[datetime, datetime]:
         return search.parse_window(request.query, now=runtime.clock.now(), default=default, maximum=maximum)
 
-    def only(request: Request, *allowed: str) -> None:
-        request.only(*allowed)
-
     def hunt_deadline(what: str) -> repository.Deadline:
         """Started before the request takes a connection: the pool's queue is part of its budget."""
         return repository.Deadline(what, budget_ms=settings.flows_hunt_timeout_ms)
@@ -303,7 +300,7 @@ def build_router(runtime: Runtime) -> Router:
 
         The views hold whole hours, so the figures cover every hour the window touches: the answer's
         `window` is that span (from rounded down, to rounded up to the hour), not the one asked for."""
-        only(request, "from", "to", "limit")
+        request.only("from", "to", "limit")
         start, end = window(request, timedelta(days=1), timedelta(days=400))
         limit = request.query_int("limit", default_limit, minimum=1, maximum=max_limit)
         deadline = hunt_deadline("roll-up")  # one budget for the connection and both statements
@@ -333,7 +330,7 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("GET", "/api/v1/events/timeline", role=Role.READER)
     def timeline(request: Request) -> dict[str, Any]:
-        only(request, "srcip", "from", "to")
+        request.only("srcip", "from", "to")
         srcip = search.parse_ip(request.query.get("srcip"), "srcip")
         if srcip is None:
             raise ValidationError("srcip is required", field="srcip")
@@ -348,7 +345,7 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("GET", "/api/v1/events/hosts/{ip}", role=Role.READER)
     def host(request: Request) -> dict[str, Any]:
-        only(request, "from", "to")
+        request.only("from", "to")
         ip = search.parse_ip(request.path_params["ip"], "ip")
         if ip is None:
             raise ValidationError("ip is required", field="ip")
