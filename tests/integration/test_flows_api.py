@@ -379,7 +379,9 @@ def test_host_view_shows_the_linked_ioc_only_within_the_callers_tlp_clearance(fl
     with unit_of_work(engine) as conn:
         policies = service.repository.policies(conn)
         item = service.IocIn(value=host_ip, tlp="red", source="analyst-notes", verdict=service.Verdict.MALICIOUS)
-        outcome = service.upsert_batch([item], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red")
+        outcome = service.upsert_batch(
+            [item], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red", new_tlp="amber"
+        )
     engine.dispose()
     assert outcome["results"][0]["status"] in ("created", "updated")
 
@@ -419,7 +421,9 @@ def test_host_view_finds_an_ioc_stored_under_the_ipv4_mapped_spelling_within_the
             service.IocIn(value="::ffff:198.51.100.21", type="ipv6", tlp="amber", source="analyst-notes"),
         ]
         policies = service.repository.policies(conn)
-        outcome = service.upsert_batch(items, conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red")
+        outcome = service.upsert_batch(
+            items, conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red", new_tlp="amber"
+        )
     engine.dispose()
     assert [r["status"] for r in outcome["results"]] == ["created"] * 4, outcome
 
@@ -469,7 +473,9 @@ def test_the_bridge_keeps_the_tlp_of_an_ioc_it_sights_again(flows_api, backend_e
     with unit_of_work(engine) as conn:  # the analyst's classification of that address
         policies = service.repository.policies(conn)
         item = service.IocIn(value=host_ip, tlp="red", source="partner-feed", description="shared under TLP:RED", confidence=35)
-        service.upsert_batch([item], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red")
+        service.upsert_batch(
+            [item], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red", new_tlp="amber"
+        )
 
     again = flows_api.post("/api/v1/flows/batch", {"flows": flows, "source": "sensor-2"}).get_json()  # new events, same sources
     assert again["stored"] == 300 and again["bridge"]["iocs_updated"] >= 1
@@ -489,6 +495,7 @@ def test_the_bridge_keeps_the_tlp_of_an_ioc_it_sights_again(flows_api, backend_e
             warninglists=None,
             policies=policies,
             clearance="red",
+            new_tlp="amber",
         )
         assert conn.exec_driver_sql("SELECT confidence, tlp FROM iocs WHERE value = %s", (host_ip,)).one() == (35, "red")
     password = create_user(backend_env["DATABASE_URL"], "amber2", "reader", clearance="amber")
@@ -546,7 +553,9 @@ def test_the_bridge_recognises_a_stored_ipv6_source_written_as_postgresql_writes
     with unit_of_work(engine) as conn:  # the analyst's classification of that address
         policies = service.repository.policies(conn)
         item = service.IocIn(value=address, source="partner-feed", description="analyst's note", confidence=35)
-        result = service.upsert_batch([item], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red")
+        result = service.upsert_batch(
+            [item], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red", new_tlp="amber"
+        )
         assert result["results"][0]["value"] == address
     moved = [{**f, "srcip": address} if f["srcip"] == host_ip else f for f in flows]
     again = flows_api.post("/api/v1/flows/batch", {"flows": moved, "source": "sensor-2"}).get_json()

@@ -564,7 +564,9 @@ def test_host_view_hides_an_ioc_above_the_callers_clearance_in_every_spelling(ap
     with unit_of_work(engine) as conn:
         policies = service.repository.policies(conn)
         item = service.IocIn(value=ip, tlp="amber", source="analyst-notes", verdict=service.Verdict.MALICIOUS)
-        service.upsert_batch([item], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red")
+        service.upsert_batch(
+            [item], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red", new_tlp="amber"
+        )
     engine.dispose()
     password = create_user(backend_env["DATABASE_URL"], "greenx", "reader", clearance="green")
     body = function_client("auth").post("/api/v1/auth/token", json={"username": "greenx", "password": password}).get_json()

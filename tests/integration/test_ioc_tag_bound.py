@@ -163,7 +163,7 @@ def test_two_writers_adding_tags_at_once_leave_the_ioc_within_the_bound(api, db,
     def write(conn, prefix):
         item = service.IocIn(value="198.51.100.44", tags=[f"{prefix}{i:02d}" for i in range(40)])
         now = datetime.now(UTC)
-        return service.upsert_batch([item], conn=conn, now=now, warninglists=None, policies=policies, clearance="red")
+        return service.upsert_batch([item], conn=conn, now=now, warninglists=None, policies=policies, clearance="red", new_tlp="amber")
 
     second = {}
     try:

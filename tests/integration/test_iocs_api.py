@@ -351,7 +351,9 @@ def _sighted_while_held(engine, policies, value, held):
     def sight():
         with unit_of_work(engine) as conn:
             again = service.IocIn(value=value, source="flows")
-            service.upsert_batch([again], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red")
+            service.upsert_batch(
+                [again], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red", new_tlp="amber"
+            )
         sighted.set()
 
     worker = threading.Thread(target=sight)
@@ -381,7 +383,9 @@ def test_an_upsert_naming_no_tlp_or_confidence_keeps_what_a_concurrent_transacti
     with unit_of_work(engine) as conn:
         policies = service.repository.policies(conn)
         item = service.IocIn(value=value, confidence=93, description="flow bridge")
-        service.upsert_batch([item], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red")
+        service.upsert_batch(
+            [item], conn=conn, now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red", new_tlp="amber"
+        )
     analyst = engine.connect()
     classification = analyst.begin()
     analyst.exec_driver_sql(f"UPDATE iocs SET tlp = 'red', confidence = 35 WHERE value = '{value}'")
@@ -405,7 +409,9 @@ def test_an_upsert_naming_no_tlp_keeps_the_tlp_of_a_concurrent_creation_of_the_s
     analyst = engine.connect()
     creation = analyst.begin()
     marked = service.IocIn(value=value, tlp="red", confidence=35, description="analyst")
-    service.upsert_batch([marked], conn=analyst, now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red")
+    service.upsert_batch(
+        [marked], conn=analyst, now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red", new_tlp="amber"
+    )
     stored = _sighted_while_held(engine, policies, value, creation)
     engine.dispose()
     assert stored == ("red", 35, 2)

@@ -130,7 +130,9 @@ def main() -> None:
         for raw in raws:
             t = time.perf_counter()
             with unit_of_work(engine) as conn:
-                service.upsert_batch(raw, conn=conn, now=datetime.now(UTC), policies=policies, warninglists=None, clearance="red")
+                service.upsert_batch(
+                    raw, conn=conn, now=datetime.now(UTC), policies=policies, warninglists=None, clearance="red", new_tlp="amber"
+                )
             samples.append(time.perf_counter() - t)
         report("baseline: service, no HTTP", time.perf_counter() - began, samples, args.batch_size)
         with engine.connect() as c:

@@ -33,6 +33,7 @@ from threatflow.iocs.normalise import normalise
 from threatflow.platform import events
 from threatflow.platform.errors import ValidationError
 from threatflow.platform.ports import Publisher
+from threatflow.platform.vocabulary import new_record_tlp
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -169,7 +170,13 @@ def upsert_attack_sources(
         for s in sources
     ]
     outcome = ioc_service.upsert_batch(
-        items, conn=conn, now=now, warninglists=warninglists, policies=policies, clearance=tlp_clearance.SYSTEM
+        items,
+        conn=conn,
+        now=now,
+        warninglists=warninglists,
+        policies=policies,
+        clearance=tlp_clearance.SYSTEM,
+        new_tlp=new_record_tlp(tlp_clearance.SYSTEM),
     )
     sightings = []
     to_enrich = []

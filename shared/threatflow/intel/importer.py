@@ -39,7 +39,7 @@ from threatflow.iocs import service
 from threatflow.iocs.model import MAX_SOURCES_PER_IOC, MAX_TAGS_PER_IOC, Tlp
 from threatflow.iocs.normalise import normalise
 from threatflow.platform.errors import PermanentError, RetryableError, ThreatFlowError, ValidationError
-from threatflow.platform.vocabulary import clean_sources, clean_tags
+from threatflow.platform.vocabulary import clean_sources, clean_tags, new_record_tlp
 from threatflow.threats import repository as threat_store
 from threatflow.threats.model import CUT_FIELDS, MAX_ALIASES, MAX_REFERENCES, MAX_RELATIONS_PER_LINK, MAX_TTPS, ThreatResult, merge_aliases
 
@@ -92,7 +92,13 @@ def apply_import(
     for start in range(0, len(parsed.iocs), chunk):
         part = parsed.iocs[start : start + chunk]
         batch = service.upsert_batch(
-            [p.item for p in part], conn=conn, now=now, policies=policies, warninglists=warninglists, clearance=clearance
+            [p.item for p in part],
+            conn=conn,
+            now=now,
+            policies=policies,
+            warninglists=warninglists,
+            clearance=clearance,
+            new_tlp=new_record_tlp(clearance),
         )
         for offset, result in enumerate(batch["results"]):
             results.append({**result, "index": start + offset, "ref": part[offset].ref})

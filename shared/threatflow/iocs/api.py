@@ -22,6 +22,7 @@ from threatflow.iocs.types import IocType
 from threatflow.platform import limits
 from threatflow.platform.errors import NotFoundError, ValidationError
 from threatflow.platform.snapshots import Loaded
+from threatflow.platform.vocabulary import new_record_tlp
 from threatflow.platform.web import Request, Response, Router
 from threatflow.runtime import Runtime
 
@@ -105,7 +106,8 @@ def build_router(runtime: Runtime) -> Router:
                 now=runtime.clock.now(),
                 policies=policies(),
                 warninglists=runtime.warninglist_matcher(),
-                clearance=tlp_clearance.of(request.principal),
+                clearance=(clearance := tlp_clearance.of(request.principal)),
+                new_tlp=new_record_tlp(clearance),
             )
         enrichment_handlers.auto_enrich(runtime, result["results"])  # after commit; one small publish; never fails the upsert
         return result

@@ -26,7 +26,7 @@ from threatflow.iocs.model import (
 from threatflow.iocs.normalise import normalise
 from threatflow.platform import limits
 from threatflow.platform.errors import NotFoundError, PayloadTooLargeError, ValidationError
-from threatflow.platform.vocabulary import clean_sources, clean_tags, new_record_tlp
+from threatflow.platform.vocabulary import clean_sources, clean_tags
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -125,7 +125,7 @@ def upsert_batch(
     warninglists: WarninglistMatcher | None,
     policies: dict[str, DecayPolicy],
     clearance: str,
-    new_tlp: str | None = None,
+    new_tlp: str,
 ) -> dict[str, Any]:
     """Normalise, validate and merge a batch. Bad items are rejected one by one; a
     database error aborts the whole batch (one statement, one transaction).
@@ -133,13 +133,13 @@ def upsert_batch(
     `warninglists` and `policies` are required: the caller passes the runtime's snapshots
     (`runtime.warninglist_matcher()`, None only when the lists are off or not loaded yet). So is `clearance`, the
     writer's (auth.clearance.of(principal), or SYSTEM for the product's own writers): a stored IoC above it is only
-    sighted by an item, never re-marked or rewritten. A new IoC whose item names no TLP gets `new_tlp`, by default
-    the lower of amber (the default TLP) and `clearance`: at amber, a green writer's new IoC did not exist for them
-    (404 on reading it back). An IoC holds at most MAX_TAGS_PER_IOC tags and
-    MAX_SOURCES_PER_IOC sources; an item's result and the summary count what could not be kept (`tags_cut`,
-    `sources_cut`; one value's items count on the first). An IoC whose expiry is past when written (an old `seen_at`,
-    a past `expires_at`) is stored inactive, as the decay-iocs job would make it, and answered `"active": false`
-    (repository.upsert); callers queue no enrichment for it."""
+    sighted by an item, never re-marked or rewritten. A new IoC whose item names no TLP gets `new_tlp`, required
+    too: `platform.vocabulary.new_record_tlp` of the requester's clearance (at amber, a green writer's new IoC did not
+    exist for them: 404 on reading it back); enrichment writes with SYSTEM's clearance for its requester. An IoC
+    holds at most MAX_TAGS_PER_IOC tags and MAX_SOURCES_PER_IOC sources; an item's result and the summary count what
+    could not be kept (`tags_cut`, `sources_cut`; one value's items count on the first). An IoC whose expiry is past
+    when written (an old `seen_at`, a past `expires_at`) is stored inactive, as the decay-iocs job would make it, and
+    answered `"active": false` (repository.upsert); callers queue no enrichment for it."""
     if len(raw_items) > MAX_BATCH:
         raise PayloadTooLargeError(f"at most {MAX_BATCH} indicators per batch; got {len(raw_items)}")
     started = time.perf_counter()
@@ -178,8 +178,6 @@ def upsert_batch(
         sources_cut_here[key] = max(0, len(ordered_sources) - MAX_SOURCES_PER_IOC)
         first_of[key].tags, first_of[key].sources = ordered_tags[:MAX_TAGS_PER_IOC], ordered_sources[:MAX_SOURCES_PER_IOC]
     readable = Tlp(clearance).at_most()
-    if new_tlp is None:
-        new_tlp = new_record_tlp(clearance)
     rows = repository.upsert(conn, list(first_of.values()), readable=readable, now=now, default_tlp=new_tlp)
     by_key = {(r.type, r.value): r for r in rows}
     # An IoC above the writer's clearance does not exist for them: an item merged into it (a sighting) is answered

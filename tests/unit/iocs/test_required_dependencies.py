@@ -12,7 +12,7 @@ from threatflow.intel.formats import parse
 from threatflow.iocs import service
 
 NEEDS = {
-    service.upsert_batch: ("warninglists", "policies", "clearance"),
+    service.upsert_batch: ("warninglists", "policies", "clearance", "new_tlp"),
     importer.apply_import: ("warninglists", "policies", "catalog", "clearance"),
     importer.run_job: ("warninglists", "policies", "catalog"),
 }
