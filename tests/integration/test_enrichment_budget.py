@@ -1,0 +1,192 @@
+"""A per-user enrichment budget: source lookups that leave the cache, per user and hour (ENRICH_USER_BUDGET_PER_HOUR).
+
+The intel quota is the team's: any reader spent it through GET /detect/intel/{ip}, and an analyst's forced batch of
+1,000 distinct values was 1,000 runs, bounded only by the per-user request rate and each source's quota. POST
+/enrichment/health made ~9 HEAD requests to third parties on every call. Real PostgreSQL, Redis, Pub/Sub and
+Firestore emulators; the intel APIs are the local fakes. Nothing dispatches the batches' requests here: what is
+charged is decided when the request is accepted."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+from datetime import UTC, datetime
+
+import pytest
+from helpers import create_user
+
+pytestmark = pytest.mark.integration
+PROJECT = "threatflow-test"
+BUDGET = 4
+
+
+@pytest.fixture
+def env(backend_env, function_client, monkeypatch):
+    from google.cloud import pubsub_v1
+    from werkzeug.test import EnvironBuilder
+    from werkzeug.wrappers import Request as WerkzeugRequest
+
+    from tests.fakes.intel import start_fake_intel
+    from threatflow.auth.api import authenticator
+    from threatflow.enrichment.api import add_detect_intel_routes
+    from threatflow.platform.web import Router
+    from threatflow.runtime import Runtime
+
+    publisher = pubsub_v1.PublisherClient()
+    for name in ("ioc-enrichment-requested", "enrichment-tasks", "enrichment-completed"):
+        with contextlib.suppress(Exception):  # made by an earlier test of this run
+            publisher.create_topic(name=publisher.topic_path(PROJECT, name))
+    fake = start_fake_intel()
+    settings = {**fake.env(), "VT_API_KEY": "test-vt-key", "ABUSEIPDB_API_KEY": "test-abuseipdb-key"}
+    for key, value in {**settings, "ENRICH_USER_BUDGET_PER_HOUR": str(BUDGET)}.items():
+        monkeypatch.setenv(key, value)
+    auth = function_client("auth")
+
+    def bearer(username, role):
+        password = create_user(backend_env["DATABASE_URL"], username, role)
+        token = auth.post("/api/v1/auth/token", json={"username": username, "password": password}).get_json()["access_token"]
+        return {"Authorization": f"Bearer {token}"}
+
+    runtime = Runtime.from_env()
+    router = Router("detect-test", runtime=runtime, authenticator=authenticator(runtime))
+    add_detect_intel_routes(router, runtime)
+
+    def intel(ip, headers):
+        response = router.handle(WerkzeugRequest(EnvironBuilder(path=f"/api/v1/detect/intel/{ip}", headers=headers).get_environ()))
+        return response.status_code, json.loads(response.get_data()), response.headers
+
+    yield {"runtime": runtime, "fake": fake, "bearer": bearer, "intel": intel, "api": function_client("enrichment")}
+    fake.close()
+    runtime.engine.dispose()
+
+
+def _cache(runtime, source_name: str, ioc_type: str, value: str) -> None:
+    """A fresh answer of `source_name` about `value` in the result cache, as a task that asked it leaves one."""
+    from threatflow.enrichment import handlers
+    from threatflow.enrichment.model import Evidence, ResultStatus, SourceResult, Verdict
+
+    ctx = handlers.context(runtime)
+    result = SourceResult(source_name, ResultStatus.OK, Verdict.HARMLESS, 0, Evidence(), None, datetime.now(UTC))
+    ctx.cache.put(ctx.settings.get(source_name), ioc_type, value, result)
+
+
+def _refused_by_budget(status: int, body: dict, headers) -> None:
+    assert status == 429, body
+    assert int(headers["Retry-After"]) >= 1
+    assert body["error"]["details"]["budget"] == "enrichment", body
+    assert body["error"]["details"]["limit"] == BUDGET and body["error"]["details"]["period_seconds"] == 3600, body
+    assert "enrichment budget" in body["error"]["message"]
+
+
+def test_a_reader_over_budget_gets_429_with_retry_after_while_another_reader_is_served(env):
+    intel, fake = env["intel"], env["fake"]
+    alice, bob = env["bearer"]("budget-alice", "reader"), env["bearer"]("budget-bob", "reader")
+    addresses = [f"185.220.101.{i}" for i in range(10, 10 + BUDGET)]
+    for ip in addresses:  # each a fresh call to AbuseIPDB: one lookup of the budget
+        status, body, _ = intel(ip, alice)
+        assert status == 200 and body["source"] == "abuseipdb" and not body["cached"], body
+    status, body, headers = intel("185.220.101.99", alice)
+    _refused_by_budget(status, body, headers)
+    assert fake.call_count("abuseipdb", "185.220.101.99") == 0, "the refused lookup reached the source"
+    status, body, _ = intel("185.220.101.99", bob)  # another reader's budget is their own
+    assert status == 200 and body["source"] == "abuseipdb", body
+    status, body, _ = intel(addresses[0], alice)  # a cache hit costs nothing, however spent the budget
+    assert status == 200 and body["cached"], body
+    status, body, _ = intel("185.220.101.99", alice)  # bob's lookup cached it
+    assert status == 200 and body["cached"], body
+    assert fake.call_count("abuseipdb") == BUDGET + 1
+
+
+def test_a_batch_over_what_is_left_is_refused_whole_and_cached_values_are_free(env, db):
+    api, runtime = env["api"], env["runtime"]
+    carol, dave = env["bearer"]("budget-carol", "analyst"), env["bearer"]("budget-dave", "analyst")
+    first = [f"45.95.149.{i}" for i in range(1, BUDGET)]  # BUDGET - 1 lookups: VirusTotal only, nothing cached
+    response = api.post("/api/v1/enrichment/batch", json={"iocs": first, "sources": ["virustotal"]}, headers=carol)
+    assert response.status_code == 202, response.get_json()
+    second = [f"45.95.150.{i}" for i in range(1, 3)]  # 2 more: over the 1 left
+    response = api.post("/api/v1/enrichment/batch", json={"iocs": second, "sources": ["virustotal"]}, headers=carol)
+    _refused_by_budget(response.status_code, response.get_json(), response.headers)
+    assert response.get_json()["error"]["details"]["cost"] == 2
+    stored = db.one("SELECT count(*) FROM iocs WHERE value = ANY(%s)", second)[0]
+    assert stored == 0, "a refused batch stored its values"
+    # Values whose every asked source has a fresh answer are free: served at once, even with the budget spent.
+    cached = [f"45.95.151.{i}" for i in range(1, 6)]
+    for value in cached:
+        _cache(runtime, "virustotal", "ipv4", value)
+    response = api.post("/api/v1/enrichment/batch", json={"iocs": cached, "sources": ["virustotal"]}, headers=carol)
+    assert response.status_code == 202, response.get_json()
+    assert all(run["cached"] for run in response.get_json()["runs"])
+    # Forced, the same values leave the cache: charged.
+    response = api.post("/api/v1/enrichment/batch", json={"iocs": cached[:2], "sources": ["virustotal"], "force": True}, headers=carol)
+    _refused_by_budget(response.status_code, response.get_json(), response.headers)
+    # One lookup left: POST /enrich of a new value asking one source is served, the next is refused.
+    response = api.post("/api/v1/enrichment/enrich", json={"value": "45.95.152.1", "sources": ["virustotal"]}, headers=carol)
+    assert response.status_code == 202, response.get_json()
+    response = api.post("/api/v1/enrichment/enrich", json={"value": "45.95.152.2", "sources": ["virustotal"]}, headers=carol)
+    _refused_by_budget(response.status_code, response.get_json(), response.headers)
+    response = api.post("/api/v1/enrichment/batch", json={"iocs": second, "sources": ["virustotal"]}, headers=dave)
+    assert response.status_code == 202, response.get_json()  # another analyst is served
+
+
+def test_a_batch_larger_than_the_whole_budget_is_a_413_naming_it(env):
+    api = env["api"]
+    erin = env["bearer"]("budget-erin", "analyst")
+    values = [f"45.95.153.{i}" for i in range(1, BUDGET + 2)]
+    response = api.post("/api/v1/enrichment/batch", json={"iocs": values, "sources": ["virustotal"]}, headers=erin)
+    body = response.get_json()
+    assert response.status_code == 413, body
+    wanted = {"budget": "enrichment", "field": "iocs", "limit": BUDGET, "period_seconds": 3600, "cost": BUDGET + 1}
+    assert body["error"]["details"] == wanted, body
+    # Refused before anything was charged: a batch within the budget still fits whole.
+    response = api.post("/api/v1/enrichment/batch", json={"iocs": values[:BUDGET], "sources": ["virustotal"]}, headers=erin)
+    assert response.status_code == 202, response.get_json()
+
+
+def test_a_value_repeated_in_a_batch_is_charged_once_and_unasked_sources_are_free(env):
+    api = env["api"]
+    frank = env["bearer"]("budget-frank", "analyst")
+    value = "45.95.154.1"
+    # one IPv4 value five times, asking VirusTotal and Hybrid Analysis (which does not look up IPv4): 1 lookup
+    body = {"iocs": [value] * 5 + [{"value": value, "force": True}], "sources": ["virustotal", "hybrid_analysis"]}
+    for _ in range(BUDGET):
+        response = api.post("/api/v1/enrichment/batch", json=body, headers=frank)
+        assert response.status_code == 202, response.get_json()
+    response = api.post("/api/v1/enrichment/batch", json=body, headers=frank)
+    _refused_by_budget(response.status_code, response.get_json(), response.headers)
+
+
+def test_source_health_is_checked_at_most_once_a_minute_whoever_asks(env):
+    api, fake = env["api"], env["fake"]
+    analysts = [env["bearer"](f"budget-health-{i}", "analyst") for i in range(3)]
+    answers: list = []
+
+    def ask(headers):
+        answers.append(api.post("/api/v1/enrichment/health", headers=headers))
+
+    threads = [threading.Thread(target=ask, args=(h,)) for h in analysts * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [a.status_code for a in answers] == [200] * 6, [a.get_json() for a in answers]
+    probed = sum(fake.state.health_calls.values())
+    enabled = len(answers[0].get_json()["sources"])
+    assert enabled > 0 and probed == enabled, f"{probed} HEAD requests for 6 calls of {enabled} sources"
+    bodies = [a.get_json() for a in answers]
+    assert len({b["checked_at"] for b in bodies}) == 1 and all(b["max_age_seconds"] == 60 for b in bodies), bodies
+    assert api.post("/api/v1/enrichment/health", headers=analysts[0]).get_json()["sources"] == bodies[0]["sources"]
+    assert sum(fake.state.health_calls.values()) == enabled
+
+
+def test_the_budget_setting_is_checked_at_start_up():
+    from threatflow.enrichment.settings import load
+    from threatflow.platform.errors import ConfigError
+    from threatflow.platform.manifest import load_manifest
+
+    base = load_manifest().sources_env()
+    assert load(base).user_budget_per_hour == 10_000
+    assert load({**base, "ENRICH_USER_BUDGET_PER_HOUR": "25"}).user_budget_per_hour == 25
+    for bad in ("0", "-3", "lots", "1.5"):
+        with pytest.raises(ConfigError, match="ENRICH_USER_BUDGET_PER_HOUR"):
+            load({**base, "ENRICH_USER_BUDGET_PER_HOUR": bad})
