@@ -47,17 +47,17 @@ def test_a_nul_character_or_lone_surrogate_in_an_answer_is_dropped_before_it_is_
     from threatflow.enrichment.tasks import Task
     from threatflow.enrichment.worker import execute
 
-    answer = api.ip_reputation("185.220.101.1", enrichment=enrichment, clearance="red", sources=("greynoise",))
+    answer = api.ip_reputation("185.220.101.1", enrichment=enrichment, clearance="red", charge=None, sources=("greynoise",))
     assert answer["source"] == "greynoise" and answer["verdict"] == "malicious" and not answer["cached"]
     assert "\\u0000" not in json.dumps(answer["evidence"]) and "\\ud800" not in json.dumps(answer["evidence"])
-    again = api.ip_reputation("185.220.101.1", enrichment=enrichment, clearance="red", sources=("greynoise",))
+    again = api.ip_reputation("185.220.101.1", enrichment=enrichment, clearance="red", charge=None, sources=("greynoise",))
     assert again["cached"] and again["verdict"] == "malicious"  # the cache row was written and is read back
 
     source = enrichment.settings.sources["greynoise"]
     ioc_id = enrichment_ioc(enrichment.runtime, "185.220.101.1")
     task = Task("nul-run", ioc_id, "ipv4", "185.220.101.1", "greynoise")
     outcome = execute(task, source=source, key_id="k", cache=enrichment.cache, redis=enrichment.redis, quota=enrichment.quota,
-                      call=lambda: pytest.fail("cached: no call"), now=enrichment.now)  # fmt: skip
+                      call=lambda: pytest.fail("cached: no call"), now=enrichment.now, charge=None)  # fmt: skip
     assert outcome.result is not None
     with unit_of_work(enrichment.runtime.engine) as conn:  # what enrich-<source> stores for its run
         assert repository.insert_results(conn, [result_row("nul-run", ioc_id, outcome.result, cached=True)]) == 1

@@ -205,7 +205,7 @@ def test_a_forced_task_delivered_again_takes_the_answer_its_run_fetched(pipeline
     assert fake.call_count(name, value) == 1
 
     def execute(task: Task) -> worker.Outcome:
-        return handlers.run_task(ctx, source, task)  # as process_task runs it, without the run's bookkeeping
+        return handlers.run_task(ctx, source, task, charge=None)  # as process_task runs it, without the run's bookkeeping
 
     forced = Task("forced-run", run["ioc_id"], run["type"], value, name, force=True, requested_at=time.time())
     first = execute(forced)  # the first delivery: the cached answer predates the request, so it asks

@@ -26,6 +26,8 @@ import itertools
 import json
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -77,8 +79,11 @@ class ReplayIn(msgspec.Struct, forbid_unknown_fields=True):
     after: Annotated[float, msgspec.Meta(ge=0)] | None = None
 
 
-def _resolve_ioc(runtime: Runtime, item: EnrichIn, *, clearance: str, index: int | None = None) -> dict[str, Any]:
-    """The stored IoC for a value, stored first when new (cross-domain: intel.enrichment); 404 above the caller's clearance."""
+def _resolve_ioc(
+    runtime: Runtime, item: EnrichIn, *, clearance: str, admit: Callable[[dict[str, Any]], None], index: int | None = None
+) -> dict[str, Any]:
+    """The stored IoC for a value, stored first when new (cross-domain: intel.enrichment); 404 above the caller's
+    clearance. `admit` (the budget's charge) sees it before the new IoC is committed: a refusal stores nothing."""
     where = "value" if index is None else f"iocs[{index}].value"
     # The snapshots first: loading one takes a connection, never while this request holds its own.
     policies, warninglists = runtime.decay_policies().get(), runtime.warninglist_matcher()
@@ -93,7 +98,8 @@ def _resolve_ioc(runtime: Runtime, item: EnrichIn, *, clearance: str, index: int
             policies=policies,
             clearance=clearance,
         )
-    tlp_clearance.require(clearance, ioc["tlp"], what=f"indicator {item.value[:64]!r}")
+        tlp_clearance.require(clearance, ioc["tlp"], what=f"indicator {item.value[:64]!r}")
+        admit(ioc)
     return ioc
 
 
@@ -171,11 +177,14 @@ def _cached_run_view(ctx: handlers.Enrichment, run_id: str) -> dict[str, Any]:
     }
 
 
-def _resolve_many(runtime: Runtime, items: list[EnrichIn], *, clearance: str) -> list[dict[str, Any] | str]:
-    """Stored IoCs for many values in two statements (new ones are stored); an error string per bad item."""
+def _resolve_many(
+    runtime: Runtime, items: list[EnrichIn], *, clearance: str, admit: Callable[[list[dict[str, Any] | str]], None]
+) -> list[dict[str, Any] | str]:
+    """Stored IoCs for many values in two statements (new ones are stored); an error string per bad item, and for an
+    IoC above the caller's clearance. `admit` (the budget's charge) sees them before the new IoCs are committed."""
     policies, warninglists = runtime.decay_policies().get(), runtime.warninglist_matcher()  # before the request's connection
     with unit_of_work(runtime.engine) as conn:
-        return intel_enrichment.resolve_many(
+        resolved = intel_enrichment.resolve_many(
             conn,
             [(item.value, item.type) for item in items],
             now=runtime.clock.now(),
@@ -183,6 +192,12 @@ def _resolve_many(runtime: Runtime, items: list[EnrichIn], *, clearance: str) ->
             policies=policies,
             clearance=clearance,
         )
+        resolved = [
+            r if isinstance(r, str) or tlp_clearance.can_read(clearance, r.get("tlp")) else "no such indicator within your TLP clearance"
+            for r in resolved
+        ]
+        admit(resolved)
+    return resolved
 
 
 def _cached_row(run_id: str, ioc_id: int, cached: dict[str, Any]) -> dict[str, Any]:
@@ -201,38 +216,53 @@ def _cached_row(run_id: str, ioc_id: int, cached: dict[str, Any]) -> dict[str, A
     }
 
 
-def _all_cached(ctx: handlers.Enrichment, wanted: list[tuple[dict[str, Any], list[str]]]) -> dict[int, list[Any]]:
-    """ioc_id -> every applicable source's cached answer, for the IoCs whose every source is cached (one MGET)."""
+@dataclass(frozen=True)
+class Plan:
+    """What a request's runs will cost: `cached`, ioc_id -> every source's cached answer for the unforced IoCs whose
+    every source has one (a batch answers those at once); `lookups`, the distinct (IoC, source) pairs that will leave
+    the cache, every source of a forced IoC and the others' sources with no answer in Redis (the budget's cost)."""
+
+    cached: dict[int, list[Any]]
+    lookups: int
+
+
+def plan(ctx: handlers.Enrichment, wanted: list[tuple[dict[str, Any], list[str], bool]]) -> Plan:
+    """The plan of runs of (IoC, sources named, force), with the sources enrich-dispatch will choose (one MGET).
+    Redis only: an answer only the enrichment_cache table still holds counts as a lookup (charged, then free)."""
     implemented = ctx.reliability().keys()
     enabled = ctx.settings.enabled()
-    plan: list[tuple[int, list[Any]]] = []
+    unforced: list[tuple[int, list[Any]]] = []
     pairs: list[tuple[Any, str, str]] = []
+    charged: set[tuple[int, str]] = set()
     selections: dict[tuple[Any, ...], list[str]] = {}
-    for ioc, sources in wanted:
-        rule = (str(ioc["type"]), str(ioc.get("tlp") or "amber"), bool(ioc.get("warninglists")), tuple(sources))
+    for ioc, sources, force in wanted:
+        rule = (str(ioc["type"]), str(ioc.get("tlp") or "amber"), bool(ioc.get("warninglists")), tuple(sources), force)
         if rule not in selections:  # the same answer for every IoC of a type, TLP and source list
             selections[rule] = dispatch.select(
                 enabled,
                 ioc_type=rule[0],
                 tlp=rule[1],
                 warninglisted=rule[2],
-                force=False,
+                force=force,
                 wanted=sources,
                 usable_key=ctx.keys.usable,
                 implemented=implemented,
             )[0]
         chosen = selections[rule]
-        if chosen:
+        if force:
+            charged.update((int(ioc["id"]), name) for name in chosen)
+        elif chosen:
             configs = [ctx.settings.sources[name] for name in chosen]
-            plan.append((int(ioc["id"]), configs))
+            unforced.append((int(ioc["id"]), configs))
             pairs += [(c, str(ioc["type"]), str(ioc["value"])) for c in configs]
     results = iter(ctx.cache.get_many(pairs))
-    out: dict[int, list[Any]] = {}
-    for ioc_id, configs in plan:
+    cached: dict[int, list[Any]] = {}
+    for ioc_id, configs in unforced:
         answers = [next(results) for _ in configs]
+        charged.update((ioc_id, c.name) for c, answer in zip(configs, answers, strict=True) if answer is None)
         if all(a is not None for a in answers):
-            out[ioc_id] = answers
-    return out
+            cached[ioc_id] = answers
+    return Plan(cached=cached, lookups=len(charged))
 
 
 def _by_instant(items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -250,10 +280,11 @@ def build_router(runtime: Runtime) -> Router:
     router = Router("enrichment", runtime=runtime, authenticator=authenticator(runtime))
     ctx = handlers.context(runtime)
 
-    def start(
-        item: EnrichIn, *, clearance: str, force: bool, sources: list[str], batch_id: str | None = None, index: int | None = None
-    ) -> dict[str, Any]:
-        ioc = _resolve_ioc(runtime, item, clearance=clearance, index=index)
+    def start(item: EnrichIn, *, clearance: str, force: bool, sources: list[str], username: str) -> dict[str, Any]:
+        def admit(ioc: dict[str, Any]) -> None:
+            ctx.budget.charge(username, plan(ctx, [(ioc, sources, force)]).lookups, field="sources")
+
+        ioc = _resolve_ioc(runtime, item, clearance=clearance, admit=admit)
         run_id = uuid.uuid4().hex
         req = EnrichRequest(
             run_id=run_id,
@@ -264,7 +295,6 @@ def build_router(runtime: Runtime) -> Router:
             warninglists=tuple(ioc.get("warninglists") or ()),
             force=force,
             sources=tuple(sources),
-            batch_id=batch_id,
         )
         handlers.request(ctx, req)
         return {"run_id": run_id, "ioc_id": req.ioc_id, "type": req.ioc_type, "value": req.value}
@@ -273,7 +303,8 @@ def build_router(runtime: Runtime) -> Router:
     def enrich(request: Request, body: EnrichIn) -> Response:
         sources = _check_sources(ctx, body.sources, "sources")
         clearance = tlp_clearance.of(request.principal)
-        return Response(start(body, clearance=clearance, force=body.force, sources=sources), status=202)
+        username = _username(request)
+        return Response(start(body, clearance=clearance, force=body.force, sources=sources, username=username), status=202)
 
     @router.route("GET", "/api/v1/enrichment/runs/{run_id}", role=Role.READER)
     def get_run(request: Request) -> dict[str, Any]:
@@ -297,13 +328,16 @@ def build_router(runtime: Runtime) -> Router:
                 items.append(msgspec.structs.replace(raw, sources=_check_sources(ctx, raw.sources, f"iocs[{index}].sources")))
         batch_id = uuid.uuid4().hex
         clearance = tlp_clearance.of(request.principal)
-        resolved = _resolve_many(runtime, items, clearance=clearance)
-        resolved = [
-            r if isinstance(r, str) or tlp_clearance.can_read(clearance, r.get("tlp")) else "no such indicator within your TLP clearance"
-            for r in resolved
-        ]
-        valid = [(i, item, ioc) for i, (item, ioc) in enumerate(zip(items, resolved, strict=True)) if not isinstance(ioc, str)]
-        cached = _all_cached(ctx, [(ioc, item.sources or body.sources) for _, item, ioc in valid if not (body.force or item.force)])
+        planned: list[Plan] = []
+
+        def admit(resolved: list[dict[str, Any] | str]) -> None:
+            """The batch's cost, charged whole before any run (a refusal rolls back the IoCs it stored)."""
+            wanted = [(ioc, item.sources or body.sources, body.force or item.force) for item, ioc in zip(items, resolved, strict=True)]
+            planned.append(plan(ctx, [(ioc, sources, force) for ioc, sources, force in wanted if not isinstance(ioc, str)]))
+            ctx.budget.charge(_username(request), planned[0].lookups, field="iocs")
+
+        resolved = _resolve_many(runtime, items, clearance=clearance, admit=admit)
+        cached = planned[0].cached
         out: list[dict[str, Any]] = []
         fast_rows: list[dict[str, Any]] = []
         requests: list[EnrichRequest] = []
@@ -430,25 +464,7 @@ def build_router(runtime: Runtime) -> Router:
 
     @router.route("POST", "/api/v1/enrichment/health", role=Role.ANALYST)
     def health(request: Request) -> dict[str, Any]:
-        from concurrent.futures import ThreadPoolExecutor
-
-        from threatflow.enrichment.sources import REGISTRY, client
-
-        targets = [s for s in ctx.settings.enabled() if s.name in REGISTRY]
-
-        def check(source: Any) -> dict[str, Any]:
-            result = client.health(
-                source.name,
-                session=ctx.session,
-                api_key=None,
-                timeout=min(source.timeout_seconds, 5.0),
-                base_url=ctx.settings.base_urls.get(source.name),
-            )
-            return dict(result.to_dict())
-
-        with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
-            results = list(pool.map(check, targets))
-        return {"sources": results}
+        return source_health(ctx)
 
     @router.route("GET", "/api/v1/enrichment/dead-letters", role=Role.ADMIN)
     def dead_letters(request: Request) -> dict[str, Any]:
@@ -523,6 +539,65 @@ def build_router(runtime: Runtime) -> Router:
         return {"replayed": replayed, "more": more, **({"after": candidates[-1]["dead_lettered_at"]} if more else {})}
 
     return router
+
+
+def _username(request: Request) -> str:
+    assert request.principal is not None  # every enrichment route but the probes authenticates
+    return request.principal.username
+
+
+HEALTH_CHECK_KEY = "enr:health-check"
+HEALTH_CHECK_SECONDS = 60
+HEALTH_PROBE_SECONDS = 5.0  # one source's probe at most; they run in parallel
+
+
+def source_health(ctx: handlers.Enrichment) -> dict[str, Any]:
+    """Every enabled source's reachability (a HEAD each, no quota), probed at most once every HEALTH_CHECK_SECONDS
+    for every caller and instance: the answer is kept in Redis, and one caller probes under a lock while the others
+    wait for its answer. Each call made ~9 requests to third parties, whoever called and however often."""
+    kept = ctx.redis.get(HEALTH_CHECK_KEY)
+    if kept is not None:
+        return dict(msgspec.json.decode(kept))
+    lock, token = f"{HEALTH_CHECK_KEY}:lock", uuid.uuid4().hex
+    hold = HEALTH_PROBE_SECONDS * 2 + 1
+    give_up = time.monotonic() + hold
+    while not ctx.redis.acquire(lock, token, ttl_seconds=hold):  # another caller probes: wait for its answer
+        time.sleep(0.05)
+        kept = ctx.redis.get(HEALTH_CHECK_KEY)
+        if kept is not None:
+            return dict(msgspec.json.decode(kept))
+        if time.monotonic() >= give_up:
+            raise RateLimitedError("a source health check is running and has not answered yet; retry", retry_after=1)
+    try:
+        kept = ctx.redis.get(HEALTH_CHECK_KEY)  # the previous holder may have just answered
+        if kept is not None:
+            return dict(msgspec.json.decode(kept))
+        answer = {"sources": _probe_sources(ctx), "checked_at": ctx.now().isoformat(), "max_age_seconds": HEALTH_CHECK_SECONDS}
+        ctx.redis.set(HEALTH_CHECK_KEY, msgspec.json.encode(answer), ttl_seconds=HEALTH_CHECK_SECONDS)
+        return answer
+    finally:
+        ctx.redis.release(lock, token)
+
+
+def _probe_sources(ctx: handlers.Enrichment) -> list[dict[str, Any]]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threatflow.enrichment.sources import REGISTRY, client
+
+    targets = [s for s in ctx.settings.enabled() if s.name in REGISTRY]
+
+    def check(source: Any) -> dict[str, Any]:
+        result = client.health(
+            source.name,
+            session=ctx.session,
+            api_key=None,
+            timeout=min(source.timeout_seconds, HEALTH_PROBE_SECONDS),
+            base_url=ctx.settings.base_urls.get(source.name),
+        )
+        return dict(result.to_dict())
+
+    with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
+        return list(pool.map(check, targets))
 
 
 def _archive_replayed(runtime: Runtime, item: dict[str, Any]) -> None:
@@ -658,8 +733,11 @@ def register_ioc_routes(router: Router, runtime: Runtime) -> None:
 IP_SOURCE_ORDER = ("abuseipdb", "greynoise", "internetdb", "virustotal", "otx")
 
 
-def ip_reputation(ip: str, *, enrichment: Enrichment, clearance: str, sources: tuple[str, ...] = IP_SOURCE_ORDER) -> dict[str, Any]:
-    """The first usable answer for an IP; raises RateLimitedError when every source is out of quota.
+def ip_reputation(
+    ip: str, *, enrichment: Enrichment, clearance: str, charge: Callable[[], None] | None, sources: tuple[str, ...] = IP_SOURCE_ORDER
+) -> dict[str, Any]:
+    """The first usable answer for an IP; raises RateLimitedError when every source is out of quota, or when
+    `charge` (the caller's enrichment budget, spent by each call that leaves the cache) refuses.
     An address stored as an IoC keeps its TLP: above `clearance` it is a 404 (as POST /enrich answers), and a
     source whose `max_tlp` is below it is not asked (as enrich-dispatch decides)."""
     try:
@@ -695,7 +773,7 @@ def ip_reputation(ip: str, *, enrichment: Enrichment, clearance: str, sources: t
         if tlp is not None and not dispatch.tlp_allowed(tlp, source.max_tlp):
             tried[name] = f"TLP {tlp} is above this source's maximum ({source.max_tlp})"
             continue
-        outcome = run_task(enrichment, source, Task("detect-intel", 0, ioc_type, value, name))
+        outcome = run_task(enrichment, source, Task("detect-intel", 0, ioc_type, value, name), charge=charge)
         if outcome.defer_seconds is not None:
             waits.append(outcome.defer_seconds)
             tried[name] = outcome.reason or "no quota"
@@ -731,4 +809,10 @@ def add_detect_intel_routes(router: Router, runtime: Runtime) -> None:
     @router.route("GET", "/api/v1/detect/intel/{ip}", role=Role.READER)
     def intel(request: Request) -> dict[str, Any]:
         request.only()  # it reads none: `?refresh=true` was ignored, and the sources asked
-        return ip_reputation(request.path_params["ip"], enrichment=enrichment, clearance=tlp_clearance.of(request.principal))
+        username = _username(request)
+        return ip_reputation(
+            request.path_params["ip"],
+            enrichment=enrichment,
+            clearance=tlp_clearance.of(request.principal),
+            charge=lambda: enrichment.budget.charge(username, 1, field="ip"),
+        )

@@ -17,12 +17,13 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from threatflow.adapters.postgres import unit_of_work
 from threatflow.enrichment import closing, dispatch, repository, runs
+from threatflow.enrichment.budget import UserBudget
 from threatflow.enrichment.cache import ResultCache
 from threatflow.enrichment.keys import KeyRing
 from threatflow.enrichment.model import ResultStatus, SourceResult
@@ -92,6 +93,10 @@ class Enrichment:
     @property
     def quota(self) -> QuotaGate:
         return self._get("quota", lambda: QuotaGate(limiter=self.runtime.rate_limiter, redis=self.redis))  # type: ignore[no-any-return]
+
+    @property
+    def budget(self) -> UserBudget:
+        return self._get("budget", lambda: UserBudget(limiter=self.runtime.rate_limiter, per_hour=self.settings.user_budget_per_hour))  # type: ignore[no-any-return]
 
     @property
     def cache(self) -> ResultCache:
@@ -336,8 +341,10 @@ def defer(ctx: Enrichment, task: Task, seconds: float, reason: str) -> None:
     tf_logging.log(log, logging.INFO, f"deferred {seconds:.2f}s: {reason}", source=task.source, run_id=task.run_id)
 
 
-def run_task(ctx: Enrichment, source: SourceConfig, task: Task) -> Outcome:
-    """`task` through the worker (cache, single flight, quota, then the source) with this context's parts."""
+def run_task(ctx: Enrichment, source: SourceConfig, task: Task, *, charge: Callable[[], None] | None) -> Outcome:
+    """`task` through the worker (cache, single flight, `charge`, quota, then the source) with this context's parts.
+    `charge` spends a caller's budget just before a call would leave the cache (GET /detect/intel); None for the
+    pipeline's tasks, whose runs were charged when requested (enrichment/budget.py)."""
     api_key = ctx.keys.get(source)
     return execute(
         task,
@@ -348,6 +355,7 @@ def run_task(ctx: Enrichment, source: SourceConfig, task: Task) -> Outcome:
         quota=ctx.quota,
         call=lambda: lookup_source(ctx, source, task, api_key),
         now=ctx.now,
+        charge=charge,
     )
 
 
@@ -419,7 +427,7 @@ def process_task(ctx: Enrichment, message: events.Message, *, only_source: str |
         if any(r["source"] == task.source for r in repository.run_results(conn, task.run_id)):
             ctx.publish(TOPIC_COMPLETED, {"run_id": task.run_id, "source": task.source}, source=task.source)
             return  # a redelivery: the result is stored already
-    outcome = run_task(ctx, source, task)
+    outcome = run_task(ctx, source, task, charge=None)
     if outcome.defer_seconds is not None:
         defer(ctx, task, outcome.defer_seconds, outcome.reason)
         return

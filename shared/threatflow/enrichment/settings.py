@@ -7,6 +7,7 @@ so no function reads the YAML (no PyYAML in a deployed function).
 ENRICH_SOURCES_OVERRIDE (JSON, merged per source) changes settings without
 editing the manifest, e.g. small quotas for tests. Base URLs come from
 INTEL_<SOURCE>_URL, so the fake servers can stand in for the real APIs.
+ENRICH_USER_BUDGET_PER_HOUR bounds what one user may spend of the sources' quota (enrichment/budget.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 from threatflow.platform.errors import ConfigError
 from threatflow.platform.sources import SourceConfig, build_source
 
+DEFAULT_USER_BUDGET_PER_HOUR = 10_000
+
 
 @dataclass(frozen=True)
 class SourceSettings:
@@ -28,6 +31,9 @@ class SourceSettings:
     base_urls: Mapping[str, str]
     key_cache_seconds: float
     run_deadline_seconds: float
+    # Source lookups that leave the cache one user may cause per hour (enrichment/budget.py). A batch of 1,000
+    # values of any type fits (IPv4 has the most sources, 7: 7,000 lookups), and a second one within the hour waits.
+    user_budget_per_hour: int = DEFAULT_USER_BUDGET_PER_HOUR
 
     def enabled(self) -> list[SourceConfig]:
         return [s for s in self.sources.values() if s.enabled]
@@ -142,4 +148,19 @@ def load(environ: Mapping[str, str] | None = None) -> SourceSettings:
         raise ConfigError(f"ENRICH_KEY_CACHE_SECONDS must be a finite number of seconds, at least 0 (got {key_cache})")
     if not (math.isfinite(deadline) and deadline > 0):
         raise ConfigError(f"ENRICH_RUN_DEADLINE_SECONDS must be a finite number of seconds above 0 (got {deadline})")
-    return SourceSettings(sources=sources, base_urls=base_urls, key_cache_seconds=key_cache, run_deadline_seconds=deadline)
+    return SourceSettings(
+        sources=sources,
+        base_urls=base_urls,
+        key_cache_seconds=key_cache,
+        run_deadline_seconds=deadline,
+        user_budget_per_hour=_user_budget(env.get("ENRICH_USER_BUDGET_PER_HOUR")),
+    )
+
+
+def _user_budget(text: str | None) -> int:
+    """ENRICH_USER_BUDGET_PER_HOUR: a whole number of lookups, at least 1 (unset or empty: the default)."""
+    if not text:
+        return DEFAULT_USER_BUDGET_PER_HOUR
+    if not text.strip().isascii() or not text.strip().isdigit() or int(text) < 1:
+        raise ConfigError(f"ENRICH_USER_BUDGET_PER_HOUR={text!r}: expected a whole number of source lookups, at least 1")
+    return int(text)

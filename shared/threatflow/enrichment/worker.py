@@ -2,6 +2,7 @@
 
 cache hit (Redis, then PostgreSQL)          -> the cached result, no call
 another task holds the (source, IoC) flight -> wait for its result, no call
+`charge` (a caller's budget, enrichment/budget.py) -> raises when the caller may not cause the call
 no quota token / source cooling down        -> defer (the task comes back later)
 call                                        -> 429: cool the source down, defer
                                                401/403, errors, timeouts: a final result
@@ -51,6 +52,7 @@ def execute(
     quota: QuotaGate,
     call: Callable[[], SourceResult],
     now: Callable[[], datetime],
+    charge: Callable[[], None] | None,
     sleep: Callable[[float], None] = time.sleep,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> Outcome:
@@ -85,6 +87,8 @@ def execute(
         hit = cache.get(source, task.ioc_type, task.value, count=False)
         if usable(hit):
             return Outcome(hit, cached=True)
+        if charge is not None:  # None: the lookup was charged when its run was requested (or is nobody's)
+            charge()
         decision = quota.take(source, key_id, now=now())
         if not decision.allowed:
             return Outcome(defer_seconds=decision.retry_after, reason=decision.reason)

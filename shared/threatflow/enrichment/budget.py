@@ -1,0 +1,63 @@
+"""Each user's enrichment budget: source lookups that leave the cache, per user and hour.
+
+The unit is what spends the team's intel quota: one call to one source. A cache hit is free, and so is a source
+the request does not reach (it does not look up the type, the IoC is warninglisted, its TLP is above the source's
+maximum). The routes count it before any work:
+
+    GET  /detect/intel/{ip}    1 per source the lookup is about to call (after the cache and the single flight)
+    POST /enrichment/enrich    the sources dispatch will ask whose answer is not in the Redis cache (all, forced)
+    POST /enrichment/batch     the same over the batch's distinct (IoC, source) pairs, charged at once
+
+It is charged on the GCRA limiter the request rates use (`adapters.redis.RateLimiter.hit`, with a cost), so one
+Lua script decides atomically for every instance: a user may spend the whole budget at once, and it refills
+smoothly (budget / 3600 a second). A refusal charges nothing and says when the request would fit (429, Retry-After);
+a request costing more than the whole budget never would (413, naming the field to cut). Redis unreachable: allowed
+(logged), as the request rates are; the cache and the sources' quotas need Redis too, so little is spent meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from threatflow.platform import logging as tf_logging
+from threatflow.platform.errors import DependencyError, PayloadTooLargeError, RateLimitedError
+
+if TYPE_CHECKING:
+    from threatflow.adapters.redis import RateLimiter
+
+log = logging.getLogger("threatflow.enrichment")
+PERIOD_SECONDS = 3600
+
+
+class UserBudget:
+    def __init__(self, *, limiter: RateLimiter, per_hour: int) -> None:
+        self._limiter = limiter
+        self.per_hour = per_hour
+
+    def _details(self, lookups: int, **extra: str) -> dict[str, object]:
+        return {"budget": "enrichment", **extra, "limit": self.per_hour, "period_seconds": PERIOD_SECONDS, "cost": lookups}
+
+    def charge(self, username: str, lookups: int, *, field: str) -> None:
+        """Spend `lookups` of `username`'s budget, all or nothing; RateLimitedError when they do not fit now,
+        PayloadTooLargeError naming `field` when they never would."""
+        if lookups <= 0:
+            return
+        if lookups > self.per_hour:
+            raise PayloadTooLargeError(
+                f"{field}: this request needs {lookups} source lookups that leave the cache; the enrichment budget is"
+                f" {self.per_hour} per {PERIOD_SECONDS} s per user: ask for fewer values or sources",
+                details=self._details(lookups, field=field),
+            )
+        try:
+            decision = self._limiter.hit(f"enrich-budget:{username}", limit=self.per_hour, period_seconds=PERIOD_SECONDS, cost=lookups)
+        except DependencyError:
+            tf_logging.log(log, logging.WARNING, "enrichment budget unavailable (Redis); request allowed", user=username, cost=lookups)
+            return
+        if not decision.allowed:
+            raise RateLimitedError(
+                f"enrichment budget of {self.per_hour} source lookups per {PERIOD_SECONDS} s exceeded: this request needs"
+                f" {lookups} (cache hits are free); it fits in {decision.retry_after_seconds:.0f} s",
+                retry_after=decision.retry_after_seconds,
+                details=self._details(lookups),
+            )
