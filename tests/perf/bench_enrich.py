@@ -56,6 +56,8 @@ def main() -> None:
             "ENRICH_SOURCES_OVERRIDE": json.dumps(FAST_QUOTA),
             "RATE_LIMIT_PER_USER": "100000/60",
             "RATE_LIMIT_PER_IP": "100000/60",
+            # Its one user asks (runs + 3 + batch) x 4 sources uncached; a larger --batch would pass the default budget.
+            "ENRICH_USER_BUDGET_PER_HOUR": "1000000",
             "LOG_LEVEL": "WARNING",
         }
     )
