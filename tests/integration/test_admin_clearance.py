@@ -126,3 +126,81 @@ def test_an_admin_creates_accounts_at_most_at_their_own_clearance(function_clien
     assert create("chiefred", chief, clearance="red").get_json()["clearance"] == "red"
     bad = create("badlevel", chief, clearance="purple")
     assert bad.status_code == 400 and bad.get_json()["error"]["details"]["field"] == "clearance", bad.get_json()
+
+
+def test_an_admin_disables_enables_or_changes_the_role_of_no_account_cleared_above_them(function_client, backend_env):
+    """An admin's clearance bounded the clearance and password they set, not the rest of what they did to an account:
+    an amber admin re-enabled a red account a red admin had disabled, disabled a red analyst or changed its role
+    (each a 200). Each is now a 403 naming the field (`username` for the account's status, `role`) that changes
+    nothing; within the admin's clearance, and for a red admin, each still works."""
+    url = backend_env["DATABASE_URL"]
+    auth, admin = function_client("auth"), function_client("admin")
+    red_password = create_user(url, "redanalyst", "analyst", clearance="red")
+    boss = _bearer(auth, "amberboss", create_user(url, "amberboss", "admin"))
+    chief = _bearer(auth, "redchief", create_user(url, "redchief", "admin", clearance="red"))
+    create_user(url, "amberanalyst", "analyst")
+
+    def account(name):
+        return next(u for u in admin.get("/api/v1/admin/users", headers=chief).get_json()["users"] if u["username"] == name)
+
+    assert admin.post("/api/v1/admin/users/redanalyst/disable", headers=chief).status_code == 200
+    enabled = admin.post("/api/v1/admin/users/redanalyst/enable", headers=boss)
+    assert enabled.status_code == 403 and enabled.get_json()["error"]["details"]["field"] == "username", enabled.get_json()
+    assert account("redanalyst")["disabled"] is True
+    assert auth.post("/api/v1/auth/token", json={"username": "redanalyst", "password": red_password}).status_code == 401
+    assert admin.post("/api/v1/admin/users/redanalyst/enable", headers=chief).status_code == 200
+
+    disabled = admin.post("/api/v1/admin/users/redanalyst/disable", headers=boss)
+    assert disabled.status_code == 403 and disabled.get_json()["error"]["details"]["field"] == "username", disabled.get_json()
+    assert account("redanalyst")["disabled"] is False
+    demoted = admin.patch("/api/v1/admin/users/redanalyst", json={"role": "reader"}, headers=boss)
+    assert demoted.status_code == 403 and demoted.get_json()["error"]["details"]["field"] == "role", demoted.get_json()
+    promoted = admin.patch("/api/v1/admin/users/redanalyst", json={"role": "admin"}, headers=boss)
+    assert promoted.status_code == 403, promoted.get_json()
+    assert account("redanalyst")["role"] == "analyst"
+    red = _bearer(auth, "redanalyst", red_password)  # its tokens were never ended
+    assert admin.get("/api/v1/admin/users", headers=red).status_code == 403  # an analyst still, not an admin
+
+    # Within the admin's clearance nothing changes; a red admin does all of it to the red account.
+    assert admin.post("/api/v1/admin/users/amberanalyst/disable", headers=boss).status_code == 200
+    assert admin.post("/api/v1/admin/users/amberanalyst/enable", headers=boss).status_code == 200
+    assert admin.patch("/api/v1/admin/users/amberanalyst", json={"role": "reader"}, headers=boss).status_code == 200
+    assert admin.patch("/api/v1/admin/users/redanalyst", json={"role": "reader"}, headers=chief).status_code == 200
+    assert admin.post("/api/v1/admin/users/redanalyst/disable", headers=chief).status_code == 200
+    assert admin.post("/api/v1/admin/users/nobody-at-all/enable", headers=boss).status_code == 404
+
+
+@pytest.mark.parametrize("change", ["disable", "role"])
+def test_a_concurrent_raise_of_the_targets_clearance_cannot_slip_past_the_check_of_a_disable_or_role_change(
+    function_client, backend_env, db, change
+):
+    """The status and role checks are made as the password and clearance check is, under the target row's lock: a
+    raise to red held open by another session makes the amber admin's disable or role change wait for it, see red,
+    and answer 403, changing nothing."""
+    import threading
+
+    from sqlalchemy import text
+
+    url = backend_env["DATABASE_URL"]
+    auth, admin = function_client("auth"), function_client("admin")
+    create_user(url, "risinganalyst", "analyst")
+    boss = _bearer(auth, "amberboss", create_user(url, "amberboss", "admin"))
+    chief = _bearer(auth, "redchief", create_user(url, "redchief", "admin", clearance="red"))
+    outcome = {}
+
+    def act():
+        if change == "disable":
+            outcome["response"] = admin.post("/api/v1/admin/users/risinganalyst/disable", headers=boss)
+        else:
+            outcome["response"] = admin.patch("/api/v1/admin/users/risinganalyst", json={"role": "reader"}, headers=boss)
+
+    racer = threading.Thread(target=act)
+    with db._engine.begin() as raising:
+        raising.execute(text("UPDATE users SET clearance = 'red' WHERE username = 'risinganalyst'"))
+        racer.start()
+        await_lock_waiters(db, 1)
+    racer.join()
+    response = outcome["response"]
+    assert response.status_code == 403, response.get_json()
+    users = {u["username"]: u for u in admin.get("/api/v1/admin/users", headers=chief).get_json()["users"]}
+    assert (users["risinganalyst"]["role"], users["risinganalyst"]["disabled"]) == ("analyst", False)
