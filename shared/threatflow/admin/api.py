@@ -98,7 +98,12 @@ def build_router(runtime: Runtime) -> Router:
     def disable_user(request: Request) -> dict[str, Any]:
         with unit_of_work(runtime.engine) as conn:
             service.set_disabled(
-                username=request.path_params["username"], disabled=True, users=UserRepository(conn), actor=_actor(request), via="api"
+                username=request.path_params["username"],
+                disabled=True,
+                users=UserRepository(conn),
+                actor=_actor(request),
+                actor_clearance=tlp_clearance.of(request.principal),
+                via="api",
             )
         return {"username": request.path_params["username"], "disabled": True}
 
@@ -106,7 +111,12 @@ def build_router(runtime: Runtime) -> Router:
     def enable_user(request: Request) -> dict[str, Any]:
         with unit_of_work(runtime.engine) as conn:
             service.set_disabled(
-                username=request.path_params["username"], disabled=False, users=UserRepository(conn), actor=_actor(request), via="api"
+                username=request.path_params["username"],
+                disabled=False,
+                users=UserRepository(conn),
+                actor=_actor(request),
+                actor_clearance=tlp_clearance.of(request.principal),
+                via="api",
             )
         return {"username": request.path_params["username"], "disabled": False}
 

@@ -150,13 +150,37 @@ def create_user(
     return user
 
 
-def set_disabled(*, username: str, disabled: bool, users: UserRepository, actor: str | None, via: str) -> None:
+def set_disabled(*, username: str, disabled: bool, users: UserRepository, actor: str | None, actor_clearance: str | None, via: str) -> None:
     """Disable or enable an account, recorded in the audit log in the same transaction (`actor`: the admin; None
-    from the command line, which runs as whoever holds the database URL)."""
-    found = users.set_disabled(username, disabled)
+    from the command line, which runs as whoever holds the database URL).
+
+    `actor_clearance`: the admin's, which the account's may not exceed (403 naming `username`, checked under the
+    account's row lock as update_user checks it): an amber admin re-enabled a red account a red admin had disabled.
+    None with `actor` None (the command line, the bootstrap path): any account."""
+    if actor is not None and actor_clearance is None:
+        raise TypeError("set_disabled: an admin's change (actor given) needs their actor_clearance")
+    target = _locked_target(username, users=users, actor_clearance=actor_clearance, field="username")
+    found = users.set_disabled(target.username, disabled)
     if found is None:
         raise NotFoundError(f"no user named {username!r}")
     users.record_event("user_disabled" if disabled else "user_enabled", username=found, client_ip=None, detail={"by": actor, "via": via})
+
+
+def _locked_target(username: str, *, users: UserRepository, actor_clearance: str | None, field: str) -> User:
+    """The account an admin changes, its row locked until the caller's transaction ends (a concurrent raise of its
+    clearance is waited for, never slipped past), and within `actor_clearance` (None: the command line, any
+    account): above it, a 403 naming `field`; no such account, a 404."""
+    from threatflow.auth import clearance as tlp_clearance
+
+    current = users.get_by_username(username, for_update=True)
+    if current is None:
+        raise NotFoundError(f"no user named {username!r}")
+    if actor_clearance is not None and not tlp_clearance.can_read(actor_clearance, current.clearance):
+        raise ForbiddenError(
+            f"{field}: {current.username!r} is cleared for {current.clearance}, above your own clearance ({actor_clearance})",
+            details={"field": field},
+        )
+    return current
 
 
 def update_user(
@@ -172,23 +196,18 @@ def update_user(
     """An admin changes a user's role, clearance or password; role and password changes end the user's tokens at once.
 
     The admin's own clearance bounds it, as it bounds their deletes and reads: a clearance above it is not theirs to
-    grant (to themselves either), and an account cleared above it is not theirs to set a password or clearance of (a
-    password they set is a login at that clearance). Its role stays theirs to change: that is what it may do, not read."""
+    grant (to themselves either), and an account cleared above it is not theirs to change at all: not its password (a
+    login at that clearance), its clearance, nor its role (what its login may do): a 403 naming `password`,
+    `clearance` or `role`, whatever else the body holds. Its role was theirs to change."""
     from threatflow.auth import clearance as tlp_clearance
 
     level = tlp_clearance.parse(clearance) if clearance is not None else None
     if level is not None and not tlp_clearance.can_read(actor_clearance, level):
         raise ForbiddenError(f"clearance: {level} is above your own clearance ({actor_clearance})", details={"field": "clearance"})
-    if level is not None or password is not None:
-        # Locked until the update below commits (the caller's one transaction): read unlocked, a raise of the
-        # target's clearance committed between the check and the update slipped past the check.
-        current = users.get_by_username(username, for_update=True)
-        if current is not None and not tlp_clearance.can_read(actor_clearance, current.clearance):
-            field = "password" if password is not None else "clearance"
-            raise ForbiddenError(
-                f"{field}: {current.username!r} is cleared for {current.clearance}, above your own clearance ({actor_clearance})",
-                details={"field": field},
-            )
+    # Locked until the update below commits (the caller's one transaction): read unlocked, a raise of the target's
+    # clearance committed between the check and the update slipped past the check.
+    field = "password" if password is not None else "clearance" if level is not None else "role"
+    _locked_target(username, users=users, actor_clearance=actor_clearance, field=field)
     password_hash = None
     if password is not None:
         if not passwords.MIN_PASSWORD_LENGTH <= len(password) <= passwords.MAX_PASSWORD_LENGTH:

@@ -99,7 +99,8 @@ def _users_action(args: argparse.Namespace, users: UserRepository) -> int:
                 print(f"{u.id:>6}  {u.username:<32} {u.role.value:<8} {state:<8} last login {u.last_login_at or '-'}")
             after = page[-1].id
     else:
-        service.set_disabled(username=args.name, disabled=args.action == "disable", users=users, actor=None, via="cli")
+        disabled = args.action == "disable"
+        service.set_disabled(username=args.name, disabled=disabled, users=users, actor=None, actor_clearance=None, via="cli")
         print(f"{args.name} {args.action}d")
     return 0
 
