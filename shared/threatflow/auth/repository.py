@@ -127,6 +127,24 @@ class UserRepository:
         ).first()
         return _user(row) if row else None
 
+    def lock_admin_changes(self) -> None:
+        """Serialise, until the caller's transaction ends, the changes that may take an account's enabled admin role
+        away (a demotion, a disable): each counts the other enabled admins after taking it, so of two admins demoting
+        each other at once the second sees the first's demotion. A transaction-level advisory lock: no row of the
+        table is locked beyond the changed account's, so logins and other changes go on."""
+        from sqlalchemy import text
+
+        self._conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended('threatflow.users.enabled_admins', 0))"))
+
+    def enabled_admins_besides(self, user_id: int) -> int:
+        """How many enabled admins there are other than `user_id`."""
+        from sqlalchemy import text
+
+        row = self._conn.execute(
+            text("SELECT count(*) FROM users WHERE role = 'admin' AND NOT disabled AND id <> :i"), {"i": user_id}
+        ).first()
+        return int(row[0]) if row else 0
+
     def security_state(self, user_id: int) -> SecurityState | None:
         from sqlalchemy import text
 

@@ -160,10 +160,27 @@ def set_disabled(*, username: str, disabled: bool, users: UserRepository, actor:
     if actor is not None and actor_clearance is None:
         raise TypeError("set_disabled: an admin's change (actor given) needs their actor_clearance")
     target = _locked_target(username, users=users, actor_clearance=actor_clearance, field="username")
+    if disabled and actor is not None:
+        _keep_an_enabled_admin(target, users=users, field="username")
     found = users.set_disabled(target.username, disabled)
     if found is None:
         raise NotFoundError(f"no user named {username!r}")
     users.record_event("user_disabled" if disabled else "user_enabled", username=found, client_ip=None, detail={"by": actor, "via": via})
+
+
+def _keep_an_enabled_admin(target: User, *, users: UserRepository, field: str) -> None:
+    """Refuse (409 naming `field`) a change that takes the enabled admin role from `target` (its caller's demotion or
+    disable) when no other enabled admin would remain: the last admin demoted or disabled themselves, and only the
+    command line (which skips this check: it is the way back) could make one again. Serialised with every other such
+    change (UserRepository.lock_admin_changes), so two admins demoting each other at once cannot both succeed."""
+    if target.role is not Role.ADMIN or target.disabled:
+        return
+    users.lock_admin_changes()
+    if users.enabled_admins_besides(target.id) == 0:
+        raise ConflictError(
+            f"{field}: {target.username!r} is the last enabled admin; make or enable another admin first",
+            details={"field": field},
+        )
 
 
 def _locked_target(username: str, *, users: UserRepository, actor_clearance: str | None, field: str) -> User:
@@ -207,7 +224,9 @@ def update_user(
     # Locked until the update below commits (the caller's one transaction): read unlocked, a raise of the target's
     # clearance committed between the check and the update slipped past the check.
     field = "password" if password is not None else "clearance" if level is not None else "role"
-    _locked_target(username, users=users, actor_clearance=actor_clearance, field=field)
+    target = _locked_target(username, users=users, actor_clearance=actor_clearance, field=field)
+    if role is not None and role is not Role.ADMIN:
+        _keep_an_enabled_admin(target, users=users, field="role")
     password_hash = None
     if password is not None:
         if not passwords.MIN_PASSWORD_LENGTH <= len(password) <= passwords.MAX_PASSWORD_LENGTH:
