@@ -83,3 +83,90 @@ def test_two_admins_demoting_each_other_at_once_leave_one_admin(function_client,
     alpha = _bearer(auth, "alpha", "correct horse battery staple")
     accounts = _accounts(admin, alpha)
     assert (accounts["alpha"]["role"], accounts["beta"]["role"]) == ("admin", "analyst")
+
+
+def test_a_user_ends_all_their_own_tokens(function_client, backend_env):
+    """There was no way to end a token but waiting out its hour, rotating the password or being disabled. POST
+    /api/v1/auth/revoke ends every token of the caller's account (its security version goes up): at once on write and
+    admin routes, and on a reader route of an instance that has not remembered the account's state; a new login
+    works. It is recorded in the security events (`tokens_revoked`, by the user, via the API)."""
+    url = backend_env["DATABASE_URL"]
+    auth, iocs, admin = function_client("auth"), function_client("iocs"), function_client("admin")
+    password = create_user(url, "ann", "analyst")
+    first, second = _bearer(auth, "ann", password), _bearer(auth, "ann", password)
+    boss = _bearer(auth, "boss", create_user(url, "boss", "admin"))
+    batch = {"iocs": [{"value": "revoked.example.com"}]}
+    assert iocs.post("/api/v1/iocs/batch", json=batch, headers=second).status_code == 200
+
+    assert auth.post("/api/v1/auth/revoke").status_code == 401
+    revoked = auth.post("/api/v1/auth/revoke", headers=first)
+    assert revoked.status_code in (200, 204), revoked.get_data(as_text=True)[:300]
+    for token in (first, second):
+        assert iocs.post("/api/v1/iocs/batch", json=batch, headers=token).status_code == 401
+        assert function_client("auth").get("/api/v1/auth/me", headers=token).status_code == 401  # a fresh instance
+    fresh = _bearer(auth, "ann", password)
+    assert iocs.post("/api/v1/iocs/batch", json=batch, headers=fresh).status_code == 200
+    assert auth.get("/api/v1/auth/me", headers=fresh).get_json()["username"] == "ann"
+    events = admin.get("/api/v1/admin/security-events", headers=boss).get_json()["events"]
+    assert [(e["kind"], e["username"], e["detail"]["by"], e["detail"]["via"]) for e in events if e["kind"] == "tokens_revoked"] == [
+        ("tokens_revoked", "ann", "ann", "api")
+    ]
+
+
+def test_an_admin_ends_the_tokens_of_an_account_within_their_clearance(function_client, backend_env):
+    """POST /api/v1/admin/users/{name}/revoke: an admin ends another account's tokens (a stolen laptop) without
+    disabling it or choosing its password. Bounded as the other admin changes are: an account cleared above the
+    admin's clearance is a 403 naming `username` that ends nothing; no such account, a 404; only admins (403)."""
+    url = backend_env["DATABASE_URL"]
+    auth, admin, iocs = function_client("auth"), function_client("admin"), function_client("iocs")
+    reader_password = create_user(url, "rita", "reader")
+    rita = _bearer(auth, "rita", reader_password)
+    red = _bearer(auth, "redanalyst", create_user(url, "redanalyst", "analyst", clearance="red"))
+    boss = _bearer(auth, "amberboss", create_user(url, "amberboss", "admin"))
+    chief = _bearer(auth, "redchief", create_user(url, "redchief", "admin", clearance="red"))
+    batch = {"iocs": [{"value": "admin-revoked.example.com"}]}
+
+    assert admin.post("/api/v1/admin/users/amberboss/revoke", headers=rita).status_code == 403  # readers revoke no one
+    assert admin.post("/api/v1/admin/users/amberboss/revoke", headers=red).status_code == 403
+    ended = admin.post("/api/v1/admin/users/RITA/revoke", headers=boss)
+    assert ended.status_code in (200, 204), ended.get_data(as_text=True)[:300]
+    assert function_client("auth").get("/api/v1/auth/me", headers=rita).status_code == 401
+    assert _accounts(admin, boss)["rita"]["disabled"] is False
+    assert function_client("auth").get("/api/v1/auth/me", headers=_bearer(auth, "rita", reader_password)).status_code == 200
+
+    above = admin.post("/api/v1/admin/users/redanalyst/revoke", headers=boss)
+    assert above.status_code == 403 and above.get_json()["error"]["details"]["field"] == "username", above.get_json()
+    assert iocs.post("/api/v1/iocs/batch", json=batch, headers=red).status_code == 200  # still works
+    assert admin.post("/api/v1/admin/users/redanalyst/revoke", headers=chief).status_code in (200, 204)
+    assert iocs.post("/api/v1/iocs/batch", json=batch, headers=red).status_code == 401
+    assert admin.post("/api/v1/admin/users/nobody-at-all/revoke", headers=chief).status_code == 404
+    events = admin.get("/api/v1/admin/security-events", headers=chief).get_json()["events"]
+    assert [(e["username"], e["detail"]["by"], e["detail"]["via"]) for e in events if e["kind"] == "tokens_revoked"] == [
+        ("redanalyst", "redchief", "api"),
+        ("rita", "amberboss", "api"),
+    ]
+
+
+def test_a_concurrent_raise_of_the_targets_clearance_cannot_slip_past_the_check_of_a_revoke(function_client, backend_env, db):
+    """The revoke's clearance check is made under the target row's lock, as the other admin changes' are."""
+    import threading
+
+    from sqlalchemy import text
+
+    url = backend_env["DATABASE_URL"]
+    auth, admin = function_client("auth"), function_client("admin")
+    rising = _bearer(auth, "risinganalyst", create_user(url, "risinganalyst", "analyst"))
+    boss = _bearer(auth, "amberboss", create_user(url, "amberboss", "admin"))
+    outcome = {}
+
+    def revoke():
+        outcome["response"] = admin.post("/api/v1/admin/users/risinganalyst/revoke", headers=boss)
+
+    racer = threading.Thread(target=revoke)
+    with db._engine.begin() as raising:
+        raising.execute(text("UPDATE users SET clearance = 'red' WHERE username = 'risinganalyst'"))
+        racer.start()
+        await_lock_waiters(db, 1)
+    racer.join()
+    assert outcome["response"].status_code == 403, outcome["response"].get_json()
+    assert function_client("auth").get("/api/v1/auth/me", headers=rising).status_code == 200  # its token still works
