@@ -120,6 +120,20 @@ def build_router(runtime: Runtime) -> Router:
             )
         return {"username": request.path_params["username"], "disabled": False}
 
+    @router.route("POST", "/api/v1/admin/users/{username}/revoke", role=Role.ADMIN)
+    def revoke_tokens(request: Request) -> dict[str, Any]:
+        principal = request.principal
+        assert principal is not None
+        with unit_of_work(runtime.engine) as conn:
+            service.revoke_tokens(
+                username=request.path_params["username"],
+                users=UserRepository(conn),
+                actor=principal.username,
+                actor_clearance=tlp_clearance.of(principal),
+                via="api",
+            )
+        return {"username": request.path_params["username"], "tokens_revoked": True}
+
     @router.route("POST", "/api/v1/admin/jobs/{job}/run", role=Role.ADMIN)
     def run_job(request: Request) -> Response:
         job = request.path_params["job"]

@@ -59,6 +59,21 @@ def build_router(runtime: Runtime) -> Router:
             "clearance": principal.clearance,
         }
 
+    @router.route("POST", "/api/v1/auth/revoke", role=Role.READER)
+    def revoke(request: Request) -> dict[str, Any]:
+        """End every token of the caller's account, this one included."""
+        principal = request.principal
+        assert principal is not None
+        with unit_of_work(runtime.engine) as conn:
+            service.revoke_tokens(
+                username=principal.username,
+                users=UserRepository(conn),
+                actor=principal.username,
+                actor_clearance=None,  # their own account
+                via="api",
+            )
+        return {"username": principal.username, "tokens_revoked": True}
+
     return router
 
 

@@ -111,6 +111,19 @@ class UserRepository:
         ).first()
         return str(row[0]) if row else None
 
+    def bump_security_version(self, username: str) -> str | None:
+        """End every token of the account (they carry the old version as `ver`); its stored username, or None."""
+        from sqlalchemy import text
+
+        row = self._conn.execute(
+            text(
+                "UPDATE users SET security_version = security_version + 1, updated_at = now()"
+                " WHERE lower(username) = lower(:u) RETURNING username"
+            ),
+            {"u": username},
+        ).first()
+        return str(row[0]) if row else None
+
     def update(self, username: str, *, role: Role | None, clearance: str | None, password_hash: str | None) -> User | None:
         """Change role, clearance and/or password; a role or password change invalidates the user's tokens."""
         from sqlalchemy import text

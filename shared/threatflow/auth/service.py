@@ -168,6 +168,19 @@ def set_disabled(*, username: str, disabled: bool, users: UserRepository, actor:
     users.record_event("user_disabled" if disabled else "user_enabled", username=found, client_ip=None, detail={"by": actor, "via": via})
 
 
+def revoke_tokens(*, username: str, users: UserRepository, actor: str, actor_clearance: str | None, via: str) -> None:
+    """End every token of the account `username` (its security version goes up), recorded in the security events
+    (`tokens_revoked`: by whom, how) in the same transaction. `actor` is an admin, whose clearance the account's may
+    not exceed (403 naming `username`), checked under the account's row lock as the other admin changes are, or the
+    user themselves (POST /auth/revoke) with `actor_clearance` None: their own account, whatever its clearance now
+    (a principal's may be up to 30 s old on a reader route). No such account, a 404."""
+    target = _locked_target(username, users=users, actor_clearance=actor_clearance, field="username")
+    found = users.bump_security_version(target.username)
+    if found is None:
+        raise NotFoundError(f"no user named {username!r}")
+    users.record_event("tokens_revoked", username=found, client_ip=None, detail={"by": actor, "via": via})
+
+
 def _keep_an_enabled_admin(target: User, *, users: UserRepository, field: str) -> None:
     """Refuse (409 naming `field`) a change that takes the enabled admin role from `target` (its caller's demotion or
     disable) when no other enabled admin would remain: the last admin demoted or disabled themselves, and only the
