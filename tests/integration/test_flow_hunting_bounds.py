@@ -166,6 +166,27 @@ def test_the_timelines_hours_are_whole_hours_as_labelled_and_its_window_says_so_
     assert window["resolution_seconds"] == 3600, window
 
 
+def test_the_timelines_31_day_bound_holds_for_the_whole_hours_it_counts(api):
+    """The timeline checked its 31-day bound on the window asked for, then widened it to whole hours: from 10:30 to
+    10:20 31 days on was accepted and counted 31 days and an hour (from 10:00 to 11:00), up to two hours past the
+    bound. The bound now holds for the span counted (the answer's window); a window that widens to exactly 31 days
+    is answered."""
+    start = (datetime.now(UTC) - timedelta(days=40)).replace(minute=30, second=0, microsecond=0)
+
+    def timeline(end):
+        query = {"srcip": "203.0.113.78", "from": start.isoformat(), "to": end.isoformat()}
+        return api.get("/api/v1/events/timeline", query_string=query)
+
+    for end in (start + timedelta(days=31), start + timedelta(days=31, minutes=-10), start + timedelta(days=31, minutes=-29)):
+        refused = timeline(end)
+        assert refused.status_code == 400 and refused.get_json()["error"]["details"]["field"] == "from", (end, refused.get_json())
+    answered = timeline(start + timedelta(days=31, minutes=-30))  # 10:30 to 10:00: 10:00 to 10:00, 31 days
+    assert answered.status_code == 200, answered.get_data(as_text=True)[:300]
+    window = answered.get_json()["window"]
+    counted = datetime.fromisoformat(window["to"]) - datetime.fromisoformat(window["from"])
+    assert counted == timedelta(days=31), window
+
+
 @pytest.mark.parametrize("value", ["%EF%BC%95", "1_0", "%2B5", "%205", "%D9%A5"])  # fullwidth 5, 1_0, +5, " 5", Arabic-Indic 5
 def test_an_integer_query_parameter_is_ascii_digits_as_the_search_limit_is(api, value):
     """The search's limit refuses what int() alone would read ("²" was a 500, "１０" a page of 10); the roll-ups'
