@@ -335,8 +335,8 @@ def build_router(runtime: Runtime) -> Router:
         if srcip is None:
             raise ValidationError("srcip is required", field="srcip")
         # Whole hours, as the roll-ups: a bucket is labelled with its hour, and the first and last counted only
-        # their part inside from/to. The answer's window is the span counted.
-        start, end = search.whole_hours(*window(request, timedelta(days=7), timedelta(days=31)))
+        # their part inside from/to. The answer's window is the span counted, and the 31 days bound it.
+        start, end = search.whole_hours_within(*window(request, timedelta(days=7), timedelta(days=31)), maximum=timedelta(days=31))
         deadline = hunt_deadline("timeline")
         with deadline.unit_of_work(runtime.engine) as conn:
             hours = repository.timeline(conn, srcip=srcip, start=start, end=end, deadline=deadline)

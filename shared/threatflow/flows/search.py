@@ -111,6 +111,20 @@ def whole_hours(start: datetime, end: datetime) -> tuple[datetime, datetime]:
     return first_hour, past_hour
 
 
+def whole_hours_within(start: datetime, end: datetime, *, maximum: timedelta) -> tuple[datetime, datetime]:
+    """whole_hours, refused (400 naming `from`) when the hours it counts span more than `maximum`: checked on the
+    window asked for, the bound let up to two hours more be counted (from 10:30 to 10:20 31 days on: 31 days and
+    an hour)."""
+    first_hour, past_hour = whole_hours(start, end)
+    if past_hour - first_hour > maximum:
+        raise ValidationError(
+            f"the time window, counted in whole hours (from {first_hour.isoformat()} to {past_hour.isoformat()}),"
+            f" is at most {maximum.days} days here",
+            field="from",
+        )
+    return first_hour, past_hour
+
+
 def _token(query: Mapping[str, str], name: str) -> str | None:
     text = query.get(name)
     if text is None or text == "":
