@@ -187,6 +187,25 @@ def test_the_timelines_31_day_bound_holds_for_the_whole_hours_it_counts(api):
     assert counted == timedelta(days=31), window
 
 
+@pytest.mark.parametrize("route", ["/api/v1/events/top/attack-categories", "/api/v1/events/stats/bytes-by-proto"])
+def test_a_rollups_400_day_bound_holds_for_the_whole_hours_it_counts(api, route):
+    """The roll-ups had the timeline's gap: the 400-day bound was checked on the window asked for, then the hourly
+    views counted every hour it touched, up to two hours past the bound. A window that widens to exactly 400 days is
+    answered."""
+    start = (datetime.now(UTC) - timedelta(days=420)).replace(minute=30, second=0, microsecond=0)
+
+    def rollup(end):
+        return api.get(route, query_string={"from": start.isoformat(), "to": end.isoformat()})
+
+    for end in (start + timedelta(days=400), start + timedelta(days=400, minutes=-10)):
+        refused = rollup(end)
+        assert refused.status_code == 400 and refused.get_json()["error"]["details"]["field"] == "from", (end, refused.get_json())
+    answered = rollup(start + timedelta(days=400, minutes=-30))
+    assert answered.status_code == 200, answered.get_data(as_text=True)[:300]
+    window = answered.get_json()["window"]
+    assert datetime.fromisoformat(window["to"]) - datetime.fromisoformat(window["from"]) == timedelta(days=400), window
+
+
 @pytest.mark.parametrize("value", ["%EF%BC%95", "1_0", "%2B5", "%205", "%D9%A5"])  # fullwidth 5, 1_0, +5, " 5", Arabic-Indic 5
 def test_an_integer_query_parameter_is_ascii_digits_as_the_search_limit_is(api, value):
     """The search's limit refuses what int() alone would read ("²" was a 500, "１０" a page of 10); the roll-ups'
