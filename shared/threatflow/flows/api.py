@@ -302,12 +302,12 @@ def build_router(runtime: Runtime) -> Router:
         `window` is that span (from rounded down, to rounded up to the hour), not the one asked for."""
         request.only("from", "to", "limit")
         start, end = window(request, timedelta(days=1), timedelta(days=400))
+        first_hour, past_hour = search.whole_hours_within(start, end, maximum=timedelta(days=400))
         limit = request.query_int("limit", default_limit, minimum=1, maximum=max_limit)
         deadline = hunt_deadline("roll-up")  # one budget for the connection and both statements
         with deadline.unit_of_work(runtime.engine) as conn:
             rows = fetch(conn, start=start, end=end, limit=limit, deadline=deadline)
             refreshed = repository.view_refreshed_at(conn, deadline=deadline).get(view)
-        first_hour, past_hour = search.whole_hours(start, end)
         covered = {"from": first_hour.isoformat(), "to": past_hour.isoformat(), "resolution_seconds": 3600}
         return {"window": covered, key: rows, "refreshed_at": refreshed}
 
