@@ -207,6 +207,32 @@ def test_a_tiny_upload_expanding_to_millions_of_lines_fails_at_the_line_bound(ap
     assert _count_events(backend_env["DATABASE_URL"]) == 0  # the bound fell inside the first batch: nothing half-stored
 
 
+def test_an_upload_of_rows_of_another_width_holds_a_batch_of_them_at_a_time_not_the_file(api, function_client, backend_env):
+    """Rows whose cell count differs from the header's are counted invalid, never stored; the worker kept every one
+    it read until the next 5,000 flows came, so a file of nothing else (a 40 KB gzip of 10 M two-cell lines, within
+    MAX_LINES) held all of them at once: 236 bytes a row, 2.4 GB against flow-ingest's 2 GiB, killed at each delivery.
+    Here 150,000 such rows (35 MB held as before) must be read within a batch's memory, and all counted."""
+    import tracemalloc
+
+    worker = function_client("flow-ingest")
+    warm = queue_upload(api, "flows/warm.csv", _raw_csv(5).encode())  # clients and the model loaded before measuring
+    assert worker.post("/", json=ingest_push(warm)).status_code == 200 and ingest_job(warm)["state"] == "succeeded"
+    rows = 150_000
+    bomb = gzip.compress(b"proto,service,state,dur\n" + b"tcp,-\n" * rows, compresslevel=9)
+    assert len(bomb) < 10_000
+    job_id = queue_upload(api, "flows/narrow.csv.gz", bomb)
+    tracemalloc.start()
+    try:
+        assert worker.post("/", json=ingest_push(job_id)).status_code == 200
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    job = ingest_job(job_id)
+    assert job["state"] == "succeeded" and job["invalid"] == rows and job["rows_done"] == rows and job["stored"] == 0, job
+    assert job["first_problem"]["line"] == 2 and "the row has 2 cells" in job["first_problem"]["reason"], job
+    assert peak < 12 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB of Python objects for {rows} rows of another width"
+
+
 def test_non_utf8_upload_is_read_with_replacement_and_its_good_rows_stored(api, function_client, backend_env):
     text = _raw_csv(30)
     data = text.encode() + "1.2.3.4,1,5.6.7.8,2,tcp,FIN,caf\xe9\n".encode("latin-1") + b"\xff\xfe\x00garbage\n"
