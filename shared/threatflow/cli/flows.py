@@ -167,7 +167,7 @@ Misshapen = list["CsvRow"]
 
 @dataclass
 class Batch:
-    """Up to `size` flows read together: their row numbers (event positions, rows_done), their lines in the file (a
+    """Up to `size` rows read together: the flows' row numbers (event positions, rows_done), their lines in the file (a
     problem is named by its line, as the upload worker names one) and the rows of another width read with them."""
 
     positions: list[int] = field(default_factory=list)
@@ -177,17 +177,17 @@ class Batch:
 
 
 def batches(rows: Iterator[CsvRow], size: int) -> Iterator[Batch]:
-    """Batches of up to `size` flows; the last may hold only rows of another width (they are counted as invalid and
-    named, never posted)."""
+    """Batches of up to `size` rows, flows and rows of another width together; a batch may hold only rows of another
+    width (they are counted as invalid and named, never posted)."""
     batch = Batch()
     for row in rows:
         if not isinstance(row.flow, dict):
             batch.misshapen.append(row)
-            continue
-        batch.positions.append(row.number)
-        batch.lines.append(row.line)
-        batch.flows.append(row.flow)
-        if len(batch.flows) >= size:
+        else:
+            batch.positions.append(row.number)
+            batch.lines.append(row.line)
+            batch.flows.append(row.flow)
+        if len(batch.flows) + len(batch.misshapen) >= size:  # rows of another width count: a file of them was held whole
             yield batch
             batch = Batch()
     if batch.flows or batch.misshapen:
