@@ -437,6 +437,35 @@ def test_async_import_through_the_ioc_import_function(api, db, function_client, 
     assert api.get("/api/v1/iocs/import/no-such-job").status_code == 404
 
 
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"tlp": "purple"}, "tlp"),
+        ({"source": "s" * 300}, "sources"),
+        ({"tags": [f"t{i}" for i in range(65)]}, "tags"),
+        ({"content": ""}, "content"),
+        ({"content": None}, "content"),
+    ],
+    ids=["tlp", "source", "tags", "empty-content", "null-content"],
+)
+def test_an_async_import_refuses_the_envelope_a_sync_import_refuses_before_queuing_it(api, import_queue, extra, field):
+    """The request's own fields (tlp, source, tags, content) are checked once before the document is read; an async
+    import checked only its format, answered 202 and queued a job that could only fail (or, for a bad tlp or source,
+    reject every item), where the same body answered synchronously was a 400 naming the field."""
+    from threatflow.adapters.firestore import FirestoreDocuments
+    from threatflow.intel.importer import IMPORT_JOBS
+
+    body = {"format": "json", "content": [{"value": "198.18.3.3"}], **extra}
+    documents = FirestoreDocuments(PROJECT)
+    before = len(documents.query(IMPORT_JOBS, where=[("requested_by", "==", "analyst1")], limit=1000))
+    sync = api.post("/api/v1/iocs/import", body)
+    queued = api.post("/api/v1/iocs/import?async=true", body)
+    assert sync.status_code == 400 and sync.get_json()["error"]["details"]["field"] == field, sync.get_json()
+    assert queued.status_code == 400, queued.get_data(as_text=True)[:300]
+    assert queued.get_json()["error"] == sync.get_json()["error"]
+    assert len(documents.query(IMPORT_JOBS, where=[("requested_by", "==", "analyst1")], limit=1000)) == before
+
+
 def test_a_redelivery_during_a_run_waits_for_the_lease(api, db, function_client, import_queue):
     from datetime import UTC, datetime, timedelta
 
