@@ -74,6 +74,7 @@ def register(router: Router, runtime: Runtime) -> None:
             ImportFormat(body.format.lower())
         except ValueError:
             raise ValidationError(f"unknown import format {body.format!r}", field="format") from None
+        importer.check_request(body)  # tlp, source, tags and content as a sync import checks them: a 400, not a job that fails
         job_id = uuid.uuid4().hex
         name = importer.blob_name(job_id)
         runtime.blobs.put(runtime.settings.bucket_uploads, name, request.body, content_type="application/json")
