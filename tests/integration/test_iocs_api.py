@@ -1,5 +1,6 @@
 """The iocs function over its real HTTP surface, against PostgreSQL."""
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -224,6 +225,62 @@ def test_decay_job_marks_expired_inactive_and_deletes_nothing(api, backend_env):
     # Seen again: active again.
     api.post("/api/v1/iocs/batch", {"iocs": [{"value": "198.51.100.1"}]})
     assert api.post("/api/v1/iocs/find", {"active": False}).get_json()["count"] == 0
+
+
+def test_the_decay_job_and_a_batch_locking_the_same_iocs_in_another_order_do_not_deadlock(api, backend_env):
+    """decay-iocs updated each id range's rescored IoCs in its scan order (by id), waiting for any a writer held; an
+    upsert locks its IoCs in (type, value) order. A batch holding `high` (the lower value, the higher id) and coming
+    for `low` met the job holding `low` and waiting for `high`: PostgreSQL aborted one (2 of 3 free races of a 20,000-IoC
+    batch against the job aborted the job, which Pub/Sub then redelivered; had the batch been chosen, a 503). The job
+    now leaves an IoC a writer holds to its next run (the writer judges its expiry itself), so it waits for nobody."""
+    import threading
+
+    from threatflow.adapters.postgres import create_engine, unit_of_work
+    from threatflow.iocs import repository, service
+    from threatflow.platform.config import Settings
+
+    seen = (datetime.now(UTC) - timedelta(days=20)).isoformat()
+    low = api.post("/api/v1/iocs/batch", {"iocs": [{"value": "198.51.100.200", "seen_at": seen}]}).get_json()["results"][0]["id"]
+    high = api.post("/api/v1/iocs/batch", {"iocs": [{"value": "198.51.100.100", "seen_at": seen}]}).get_json()["results"][0]["id"]
+    assert low < high  # id order: low, high; (type, value) order: high, low
+    engine = create_engine(Settings.from_env())
+    with unit_of_work(engine) as conn:
+        policies = repository.policies(conn)
+        before = dict(conn.exec_driver_sql("SELECT id, score FROM iocs").all())
+    outcome: dict[str, object] = {}
+
+    def decay() -> None:
+        try:
+            outcome["decay"] = service.decay_and_expire(engine=engine, now=datetime.now(UTC) + timedelta(days=1))
+        except Exception as exc:
+            outcome["decay"] = exc
+
+    job = threading.Thread(target=decay)
+    try:
+        with unit_of_work(engine) as writer:
+            writer.exec_driver_sql(f"SELECT 1 FROM iocs WHERE id = {high} FOR UPDATE")  # the batch's first row
+            job.start()
+            with engine.connect() as watcher:  # until the job finished, or waits for `high`
+                for _ in range(100):
+                    waiting = watcher.exec_driver_sql(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%WITH scored%'"
+                    ).scalar_one()
+                    if waiting or not job.is_alive():
+                        break
+                    time.sleep(0.05)
+            items = [service.IocIn(value="198.51.100.100"), service.IocIn(value="198.51.100.200")]
+            outcome["batch"] = service.upsert_batch(
+                items, conn=writer, now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red"
+            )
+        job.join(30)
+        assert not isinstance(outcome["decay"], Exception), outcome["decay"]
+        assert outcome["batch"]["summary"]["updated"] == 2, outcome["batch"]
+        with unit_of_work(engine) as conn:
+            after = dict(conn.exec_driver_sql("SELECT id, score FROM iocs").all())
+        # `low` was rescored by the job; `high`, held by the batch, was left to the next run (the batch sighted both anew).
+        assert outcome["decay"] == {"rescored": 1, "expired": 0}, (outcome["decay"], before, after)
+    finally:
+        engine.dispose()
 
 
 def test_delete_by_ids_and_by_filter(api):
