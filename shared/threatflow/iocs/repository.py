@@ -389,8 +389,9 @@ def max_id(conn: Connection) -> int:
 
 
 def decay_range(conn: Connection, *, now: datetime, after_id: int, up_to_id: int) -> tuple[int, int]:
-    """Recompute decayed scores and expiry for ids in (after_id, up_to_id]; returns (rescored, expired)."""
-    sql = _DECAY.format(rows="i.id > :lo AND i.id <= :hi")
+    """Recompute decayed scores and expiry for ids in (after_id, up_to_id]; returns (rescored, expired). Rows another
+    transaction holds are skipped, left to the next run (_DECAY_JOB)."""
+    sql = _DECAY_JOB.format(rows="i.id > :lo AND i.id <= :hi")
     result = conn.execute(_text(sql), {"now": now, "lo": after_id, "hi": up_to_id, "rescore": True}).one()
     return int(result[0] or 0), int(result[1] or 0)
 
@@ -594,20 +595,20 @@ def find_page(conn: Connection, flt: IocFilter, *, now: datetime, after_id: int 
 
 # Polynomial decay in SQL, the same formula as DecayPolicy.score, and THE expiry rule: an IoC is expired (made
 # inactive) when its expires_at is past or its decayed score is below its type's expired_below. The decay-iocs job
-# runs it over id ranges (:rescore true: every changed score is written); every upsert runs it over the rows it wrote
-# (:rescore false: only the expired ones are touched), so an IoC whose expiry is past when written is stored as the
-# job would leave it, not active until the job's next run (a flow bridged at the retention edge was, and queued for
+# runs it over id ranges (:rescore true: every changed score is written; _DECAY_JOB); every upsert runs it over the rows
+# it wrote (:rescore false: only the expired ones are touched), so an IoC whose expiry is past when written is stored as
+# the job would leave it, not active until the job's next run (a flow bridged at the retention edge was, and queued for
 # enrichment). `{rows}` selects the rows; the last column names the ids made inactive.
-_DECAY = """
-WITH scored AS (
+_SCORED = """
     SELECT i.id, i.expires_at,
            GREATEST(0, LEAST(100, round(
                CASE WHEN extract(epoch FROM (:now - i.last_seen)) / 86400 >= p.decay_lifetime_days THEN 0
                     ELSE i.base_score * (1 - power(GREATEST(0, extract(epoch FROM (:now - i.last_seen)) / 86400)
                                                     / p.decay_lifetime_days, 1 / p.decay_speed)) END)))::smallint AS score,
-           p.expired_below
+           p.expired_below, i.score AS stored
     FROM iocs i JOIN ioc_type_policies p ON p.type = i.type
-    WHERE {rows} AND i.active
+    WHERE {rows} AND i.active"""
+_JUDGED_AND_CHANGED = """
 ), judged AS (
     SELECT s.id, s.score, ((s.expires_at IS NOT NULL AND s.expires_at < :now) OR s.score < s.expired_below) AS expired
     FROM scored s
@@ -624,6 +625,26 @@ WITH scored AS (
 )
 SELECT count(*), count(*) FILTER (WHERE NOT active), COALESCE(array_agg(id) FILTER (WHERE NOT active), '{{}}') FROM changed
 """
+# The upsert's own rows: its transaction holds them already.
+_DECAY = "WITH scored AS (" + _SCORED + _JUDGED_AND_CHANGED
+# The job's: it locks only the rows its snapshot says will change, skipping those a writer holds, and judges each from
+# the row it locked. It updated them in scan (id) order, waiting for any a writer held, while an upsert locks its rows
+# in (type, value) order: a batch and the job each waited for a row the other held, and PostgreSQL aborted one (the
+# batch's 503, or the job's redelivery). Judged from its snapshot, a row a writer changed meanwhile (a fresh sighting)
+# was written with the score and `active` of its stale read. A skipped row is left to the next run; the writer judged
+# its expiry itself (expire_written).
+_DECAY_JOB = (
+    "WITH candidates AS ("
+    + _SCORED
+    + """
+), changing AS (
+    SELECT c.id FROM candidates c
+    WHERE (c.expires_at IS NOT NULL AND c.expires_at < :now) OR c.score < c.expired_below OR c.score <> c.stored
+), scored AS ("""
+    + _SCORED.format(rows="i.id IN (SELECT id FROM changing)")
+    + "\n    FOR UPDATE OF i SKIP LOCKED"
+    + _JUDGED_AND_CHANGED
+)
 
 
 def apply_enrichment_verdict(conn: Connection, *, ioc_id: int, verdict: str, score: int) -> None:
