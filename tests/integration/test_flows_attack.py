@@ -233,6 +233,21 @@ def test_an_upload_of_rows_of_another_width_holds_a_batch_of_them_at_a_time_not_
     assert peak < 12 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB of Python objects for {rows} rows of another width"
 
 
+@pytest.mark.parametrize(
+    "name",
+    [".", "..", "\u00e9" * 1000, "flows/a\nb.csv", "flows/a\rb.csv", ".well-known/acme-challenge/x"],
+    ids=["dot", "dot-dot", "over-1024-bytes", "line-feed", "carriage-return", "acme-challenge"],
+)
+def test_an_upload_naming_an_object_cloud_storage_cannot_hold_is_a_400_naming_object(api, name):
+    """Cloud Storage names are 1-1,024 bytes of UTF-8 without CR or LF, never `.` or `..`, never under
+    `.well-known/acme-challenge/`. `.` and `..` were a 500 (the client's request for them is another URL), and the
+    others a 404 telling the caller to upload an object that no upload can make (1,000 `é` pass the 1,024-character
+    bound at 2,000 bytes)."""
+    response = api.post("/api/v1/flows/uploads", {"object": name})
+    assert response.status_code == 400, response.get_data(as_text=True)[:300]
+    assert response.get_json()["error"]["details"]["field"] == "object"
+
+
 def test_non_utf8_upload_is_read_with_replacement_and_its_good_rows_stored(api, function_client, backend_env):
     text = _raw_csv(30)
     data = text.encode() + "1.2.3.4,1,5.6.7.8,2,tcp,FIN,caf\xe9\n".encode("latin-1") + b"\xff\xfe\x00garbage\n"
