@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterator
 from typing import IO, Any
 
+from threatflow.platform import limits
 from threatflow.platform.errors import ConfigError, DependencyError, NotFoundError
 from threatflow.platform.ports import BlobInfo
 
@@ -35,7 +36,7 @@ class GcsBlobs:
                 ) from None
 
     def _blob(self, bucket: str, name: str) -> Any:
-        return self._client.bucket(bucket).blob(name)
+        return self._client.bucket(bucket).blob(limits.check_object_name(name))
 
     def put(self, bucket: str, name: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
         self._call(lambda: self._blob(bucket, name).upload_from_string(data, content_type=content_type, timeout=_TIMEOUT))

@@ -171,6 +171,7 @@ def build_router(runtime: Runtime) -> Router:
         bucket = body.bucket or settings.bucket_uploads
         if bucket != settings.bucket_uploads:
             raise ValidationError(f"uploads are read from the uploads bucket ({settings.bucket_uploads}) only", field="bucket")
+        limits.check_object_name(body.object)  # also before a dry run: the name is the one the upload will be given
         if body.dry_run:
             model_snapshot(runtime).get()
             return Response({"dry_run": True, "bucket": bucket, "object": body.object}, status=200)

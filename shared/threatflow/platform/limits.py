@@ -12,6 +12,7 @@
 - `check_text`: the same NUL rule for query strings, path parameters and headers.
 - `check_aware`: a time from a body must carry its time zone.
 - `query_time_text`: a time from a query string whose offset's '+' was decoded to a space, as '+'.
+- `check_object_name`: a Cloud Storage object name as Cloud Storage allows it.
 """
 
 from __future__ import annotations
@@ -274,3 +275,21 @@ class RefusalMemo:
             while len(self._until) >= self._max_keys:  # the oldest refusal: O(1), whatever a flood's spread
                 self._until.pop(next(iter(self._until)))
             self._until[key] = start + seconds
+
+
+MAX_OBJECT_NAME_BYTES = 1024
+_ACME = ".well-known/acme-challenge/"
+
+
+def check_object_name(name: str, *, field: str = "object") -> str:
+    """A Cloud Storage object name as its naming rules allow one: 1 to 1,024 bytes of UTF-8, no carriage return or
+    line feed, neither `.` nor `..`, not under `.well-known/acme-challenge/`. Anything else is refused before the
+    client is asked (`.` and `..` made it request another URL, a 500)."""
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if not 1 <= size <= MAX_OBJECT_NAME_BYTES:
+        raise ValidationError(f"an object name is 1 to {MAX_OBJECT_NAME_BYTES} bytes of UTF-8; this one has {size}", field=field)
+    if "\r" in name or "\n" in name:
+        raise ValidationError("an object name holds no carriage return or line feed", field=field)
+    if name in (".", "..") or name.startswith(_ACME):
+        raise ValidationError(f"{name[:40]!r} is not an object name Cloud Storage allows", field=field)
+    return name
