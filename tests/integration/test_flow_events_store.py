@@ -265,6 +265,43 @@ def test_retention_drops_whole_old_days_and_creates_days_ahead(engine):
     assert len(_store(engine, [_row(now - timedelta(days=40))])) == 1
 
 
+def test_two_retention_runs_at_once_drop_each_old_day_once_and_both_succeed(engine):
+    """flow-retention lists the partitions, then drops the old ones a transaction each. Two runs at once (the schedule
+    and an admin's manual run, or a redelivery taking over a lapsed run) listed the same days, and the second to reach
+    one failed on it, `relation "flow_events_p…" does not exist` (42P01): the run failed with a 500 and was redelivered.
+    A drop now waits for any other retention's and skips a day already gone; each run lists only what it dropped."""
+    from threatflow.flows import events_jobs, repository
+
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        repository.ensure_partitions(conn, [(now - timedelta(days=200 + d)).date() for d in range(40)])
+        listed = [p for p in repository.partitions(conn) if p.day < (now - timedelta(days=100)).date()]
+    assert len(listed) == 40
+    # A run that listed the days before another dropped them: each is skipped, not an error.
+    assert len(events_jobs.retention(engine=engine, now=now, retention_days=90)["dropped"]) == 40
+    with engine.begin() as conn:
+        assert repository.drop_partition(conn, listed[0]) is False
+    # Two runs racing freely over the same 40 old days.
+    with engine.begin() as conn:
+        repository.ensure_partitions(conn, [p.day for p in listed])
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(events_jobs.retention(engine=engine, now=now, retention_days=90))
+        except Exception as exc:
+            errors.append(exc)
+
+    racers = [threading.Thread(target=run) for _ in range(2)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(60)
+    assert errors == []
+    dropped = [name for result in results for name in result["dropped"]]
+    assert sorted(dropped) == sorted(p.name for p in listed)  # each old day once, by one run or the other
+
+
 def test_refresh_concurrently_shows_new_events_and_never_blocks_readers(engine):
     from threatflow.flows import events_jobs, repository
 
