@@ -44,8 +44,9 @@ def retention(*, engine: Engine, now: datetime, retention_days: int, ahead_days:
     for partition in existing:
         if partition.end <= cutoff:
             with unit_of_work(engine) as conn:
-                repository.drop_partition(conn, partition)
-            dropped.append(partition.name)
+                gone = repository.drop_partition(conn, partition)  # False: another run dropped it since the listing
+            if gone:
+                dropped.append(partition.name)
     with unit_of_work(engine) as conn:  # first-observed times of sources whose undated events are gone
         pruned = repository.prune_sources(conn, oldest=ingest.retained_since(now, retention_days))
     return {

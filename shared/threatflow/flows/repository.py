@@ -716,14 +716,28 @@ def partitions(conn: Connection) -> list[Partition]:
     return out
 
 
-def drop_partition(conn: Connection, partition: Partition) -> None:
-    """Detach then drop: dropping a whole day is O(1), unlike DELETE, and leaves no bloat."""
+# The transaction-level advisory lock every partition drop takes first (a fixed key of this table's retention).
+_RETENTION_LOCK = "SELECT pg_advisory_xact_lock(hashtext('flow_events retention'))"
+
+
+def drop_partition(conn: Connection, partition: Partition) -> bool:
+    """Detach then drop: dropping a whole day is O(1), unlike DELETE, and leaves no bloat. False when the day is gone
+    already: drops wait for each other (an advisory lock held to the end of the caller's transaction), then look, so
+    two flow-retention runs that listed the same days drop each once (the second failed on it, 42P01)."""
     from sqlalchemy import text
 
     if not partition.name.startswith(PARTITION_PREFIX) or not partition.name[len(PARTITION_PREFIX) :].isdigit():
         raise ValueError(f"not a flow_events partition: {partition.name!r}")
+    conn.execute(text(_RETENTION_LOCK))
+    attached = conn.execute(
+        text("SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = to_regclass(:n) AND inhparent = 'flow_events'::regclass)"),
+        {"n": f'"{partition.name}"'},
+    ).scalar_one()
+    if not attached:
+        return False
     conn.execute(text(f'ALTER TABLE flow_events DETACH PARTITION "{partition.name}"'))
     conn.execute(text(f'DROP TABLE "{partition.name}"'))
+    return True
 
 
 def labelled_flows(conn: Connection, *, limit: int) -> Iterator[dict[str, Any]]:
