@@ -699,3 +699,111 @@ def test_a_search_from_within_the_cache_period_is_answered_uncached(flows_api, b
     assert cached.status_code == 200 and cached.headers.get("X-Cache") == "miss"  # the cache still serves the rest
     wrong = client.get(f"/api/v1/events/search?srcip={srcip}&from={older}&limit=0", headers=flows_api.reader)
     assert wrong.status_code == 400 and wrong.get_json()["error"]["details"]["field"] == "limit"  # real errors stay errors
+
+
+# The official raw files leave these cells blank on flows with no HTTP or FTP exchange (ct_ftp_cmd as one space).
+_RAW_BLANKS = {"ct_flw_http_mthd": "", "is_ftp_login": "", "ct_ftp_cmd": " "}
+
+
+def _raw_file_with_blanks(count, *, seed):
+    """A raw 49-column CSV of generated flows, the three cells blanked on every other row as the official files do."""
+    import csv
+    import io
+
+    import flowgen
+
+    from threatflow.flows.features import RAW_COLUMNS
+
+    out = io.StringIO()
+    writer = csv.writer(out)
+    for row, flow in enumerate(flowgen.generate(count, seed=seed)):
+        cells = flowgen.raw_line(flow)
+        if row % 2 == 0:
+            for name, blank in _RAW_BLANKS.items():
+                cells[RAW_COLUMNS.index(name)] = blank
+        writer.writerow(cells)
+    return out.getvalue()
+
+
+def _blank_positions():
+    from threatflow.flows.repository import STORED_FEATURES
+
+    return [STORED_FEATURES.index(name) + 1 for name in _RAW_BLANKS]  # SQL arrays count from 1
+
+
+def _null_counts(database_url):
+    """(events, events whose three raw-blank features are all NULL, events with any other feature NULL but rate,
+    events unscored), and the keys of the NULL ones."""
+    from threatflow.flows.repository import STORED_FEATURES
+
+    blank = " AND ".join(f"features[{p}] IS NULL" for p in _blank_positions())
+    others = " OR ".join(f"features[{i + 1}] IS NULL" for i, n in enumerate(STORED_FEATURES) if n not in _RAW_BLANKS and n != "rate")
+    engine = _engine(database_url)
+    with engine.connect() as conn:
+        counts = conn.exec_driver_sql(
+            f"SELECT count(*), count(*) FILTER (WHERE {blank}), count(*) FILTER (WHERE {others}),"
+            " count(*) FILTER (WHERE probability IS NULL OR model_version IS NULL) FROM flow_events"
+        ).one()
+        keys = {str(r[0]) for r in conn.exec_driver_sql(f"SELECT event_key FROM flow_events WHERE {blank}")}
+        srcips = [r[0] for r in conn.exec_driver_sql(f"SELECT DISTINCT host(srcip) FROM flow_events WHERE {blank}")]
+    engine.dispose()
+    return tuple(counts), keys, srcips
+
+
+def test_the_raw_files_blank_cells_are_stored_as_null_scored_and_searchable(flows_api, backend_env):
+    """`flows load` posts an official raw file's cells as text: its blank ct_flw_http_mthd, is_ftp_login and
+    ct_ftp_cmd made more than half of the file's rows problems (`must be a finite number, got null`). They are
+    missing values now: scored, stored with NULL there (never 0), found by search; a blank sbytes is still a problem."""
+    import io
+
+    from threatflow.flows import ingest
+
+    text = _raw_file_with_blanks(200, seed=21)
+    flows = [flow for _n, flow in ingest.read_csv(io.StringIO(text), typed=False)]
+    assert flows[0]["ct_ftp_cmd"] is None and flows[1]["ct_ftp_cmd"] is not None
+    response = flows_api.post("/api/v1/flows/batch", {"flows": flows, "skip_invalid": True})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert (body["received"], body["stored"], body.get("invalid", 0)) == (200, 200, 0), body
+    counts, keys, srcips = _null_counts(backend_env["DATABASE_URL"])
+    assert counts == (200, 100, 0, 0)
+    found = set()
+    for srcip in srcips:
+        page = flows_api.get(f"/api/v1/events/search?srcip={srcip}&limit=500")
+        assert page.status_code == 200
+        json.loads(page.get_data(as_text=True))  # strict JSON: no NaN anywhere in the answer
+        found |= {e["event_key"] for e in page.get_json()["events"]}
+    assert keys <= found
+
+    flows[1]["sbytes"] = None  # a blank sbytes: still a problem naming it, never 0
+    flows[3]["sbytes"] = " "
+    again = flows_api.post("/api/v1/flows/batch", {"flows": flows[:4], "source": "file:blank-sbytes", "skip_invalid": True})
+    result = again.get_json()
+    assert (result["stored"], result["invalid"]) == (2, 2), result
+    assert {(p["index"], p["field"]) for p in result["problems"]} == {(1, "sbytes"), (3, "sbytes")}
+
+
+def test_the_upload_worker_stores_the_raw_files_blank_cells_as_null(flows_api, backend_env, function_client):
+    """The flow-ingest worker reads an uploaded raw file's cells typed: the blank ones are missing, every row stored."""
+    from threatflow.adapters.firestore import FirestoreDocuments
+    from threatflow.adapters.storage import GcsBlobs
+
+    text = _raw_file_with_blanks(120, seed=23)
+    GcsBlobs(PROJECT).put("threatflow-uploads", "flows/raw-blanks.csv.gz", gzip.compress(text.encode()))
+    job = flows_api.post("/api/v1/flows/uploads", {"object": "flows/raw-blanks.csv.gz"})
+    assert job.status_code == 202, job.get_data(as_text=True)
+    job_id = job.get_json()["job_id"]
+    push = {
+        "message": {
+            "data": base64.b64encode(json.dumps({"schema_version": 1, "job_id": job_id}).encode()).decode(),
+            "attributes": {"job_id": job_id},
+            "messageId": uuid.uuid4().hex,
+            "publishTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        },
+        "subscription": f"projects/{PROJECT}/subscriptions/flow-ingest-push",
+    }
+    assert function_client("flow-ingest").post("/", json=push).status_code == 200
+    done = FirestoreDocuments(PROJECT).get("flow_ingest_jobs", job_id)
+    assert (done["state"], done["stored"], done["invalid"]) == ("succeeded", 120, 0), done
+    counts, _keys, _srcips = _null_counts(backend_env["DATABASE_URL"])
+    assert counts == (120, 60, 0, 0)

@@ -352,3 +352,73 @@ def test_a_batch_of_junk_flows_keeps_a_bounded_number_of_field_errors_and_names_
     assert errors[: len(first)] == first
     last = [e for e in errors if e.index == len(junk) - 1]
     assert len(last) == 1 and "105 invalid fields" in last[0].reason, last
+
+
+# -- the fields the official raw layout leaves blank -------------------------------------------------------------
+
+RAW_BLANKS = ("ct_flw_http_mthd", "is_ftp_login", "ct_ftp_cmd")
+
+
+def _nan_aware(flows):
+    """Clean flows with NaN written as a marker, so equal flows compare equal."""
+    return [{k: "NaN" if isinstance(v, float) and math.isnan(v) else v for k, v in flow.items()} for flow in flows]
+
+
+def test_the_fields_the_raw_layout_leaves_blank_are_declared_once():
+    assert frozenset(RAW_BLANKS) == F.BLANK_IN_RAW
+    assert set(F.NUMERIC_COLUMNS) >= F.BLANK_IN_RAW
+
+
+@pytest.mark.parametrize("function", ["validate_flow", "validate_flows", "validate_batch", "validated_batch"])
+def test_which_blanks_are_missing_is_a_required_keyword(function):
+    """/detect refuses a blank where ingest and training take it: the caller names the rule, never a default."""
+    import inspect
+
+    parameter = inspect.signature(getattr(F, function)).parameters["blanks"]
+    assert parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.default is inspect.Parameter.empty
+
+
+@pytest.mark.parametrize("blank", [None, "", " "])
+def test_detect_refuses_the_raw_layouts_blanks_and_ingest_reads_them_as_missing(blank):
+    flow = dict(PARTITIONED, **dict.fromkeys(RAW_BLANKS, blank))
+    for flows in ([flow], [flow, PARTITIONED]):  # one flow (per field) and a batch (columnar)
+        _, errors = F.validate_flows(flows, blanks=F.Blanks.REFUSED)
+        assert sorted(e.field for e in errors) == sorted(RAW_BLANKS)
+        batch, errors = F.validate_batch(flows, blanks=F.Blanks.REFUSED)
+        assert batch is None and len(errors) == 3
+        clean, errors = F.validate_flows(flows, blanks=F.Blanks.RAW_LAYOUT)
+        assert errors == [] and all(math.isnan(clean[0][name]) for name in RAW_BLANKS)
+        batch, errors = F.validate_batch(flows, blanks=F.Blanks.RAW_LAYOUT)
+        assert errors == [] and np.isnan(batch.matrix(vocabulary=VOCAB)[0, [F.FEATURE_COLUMNS.index(n) for n in RAW_BLANKS]]).all()
+    with pytest.raises(ValidationError):
+        F.to_matrix([flow], vocabulary=VOCAB)  # the scoring entry of /detect: strict
+
+
+def test_the_raw_layouts_blanks_are_the_only_blanks_training_and_ingest_take():
+    """One rule for training, retraining and ingest: a blank sbytes is a problem (training skips the row), never NaN."""
+    flow = dict(PARTITIONED, ct_ftp_cmd=" ", sbytes="")
+    for flows in ([flow], [flow, PARTITIONED]):
+        _clean, errors = F.validate_flows(flows, blanks=F.Blanks.RAW_LAYOUT)
+        assert [(e.index, e.field) for e in errors] == [(0, "sbytes")]
+    errors: list = []
+    assert F.validate_flow(0, flow, errors, blanks=F.Blanks.RAW_LAYOUT) is None and [e.field for e in errors] == ["sbytes"]
+
+
+def test_the_columnar_path_reads_the_raw_layouts_blanks_as_the_per_field_checker_does():
+    flows = dev_flows()
+    forms = [None, "", " ", "\t", "0", 1, 2.0]
+    for i, flow in enumerate(flows):
+        for j, name in enumerate(RAW_BLANKS):
+            flow[name] = forms[(i + j) % len(forms)]
+    for blanks in (F.Blanks.RAW_LAYOUT, F.Blanks.REFUSED):
+        expected_errors: list = []
+        expected = [c for i, f in enumerate(flows) if (c := F.validate_flow(i, f, expected_errors, blanks=blanks)) is not None]
+        clean, errors = F.validate_flows(flows, blanks=blanks)
+        assert errors == expected_errors and _nan_aware(clean) == _nan_aware(expected)
+        batch, errors = F.validate_batch(flows, blanks=blanks)
+        if blanks is F.Blanks.RAW_LAYOUT:
+            assert F._columnar(flows, keep_passthrough=True, blanks=blanks) is not None  # the fast path took them
+            assert errors == [] and len(clean) == len(flows)
+            np.testing.assert_array_equal(batch.matrix(vocabulary=VOCAB), F.matrix_from_clean(expected, vocabulary=VOCAB))
+        else:
+            assert batch is None and errors == expected_errors and errors

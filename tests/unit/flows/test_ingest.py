@@ -3,7 +3,9 @@
 import csv
 import functools
 import io
+import math
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -445,3 +447,102 @@ def test_a_fractional_count_in_either_csv_layout_is_a_problem_naming_its_field(t
     flows = [flow for _n, flow in ingest.read_csv(io.StringIO("\n".join(part)), typed=typed)]
     problems = ingest.validate(flows)[2]
     assert [(p.index, p.field) for p in problems] == [(1, "dmean"), (2, "rate")]
+
+
+# The official raw files (UNSW-NB15_1.csv … _4.csv) leave these cells blank on flows with no HTTP or FTP exchange:
+# ct_flw_http_mthd and is_ftp_login empty (pandas reads NaN: ~1.35 M and ~1.43 M of the 2.54 M rows), ct_ftp_cmd one
+# space. The partitioned files, derived from the raw ones by the dataset's authors, hold 0 there.
+_RAW_BLANKS = {"ct_flw_http_mthd": "", "is_ftp_login": "", "ct_ftp_cmd": " "}
+
+
+def _blank_as_the_raw_files_do(text: str, rows: Iterable[int]) -> str:
+    """The raw CSV with the cells the official raw files leave blank, blanked as they are there, on `rows`."""
+    lines = text.splitlines()
+    for row in rows:
+        cells = next(csv.reader([lines[row]]))
+        for name, blank in _RAW_BLANKS.items():
+            cells[ingest.RAW_COLUMNS.index(name)] = blank
+        out = io.StringIO()
+        csv.writer(out).writerow(cells)
+        lines[row] = out.getvalue().rstrip("\r\n")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("typed", [True, False])
+def test_the_official_raw_files_blank_cells_load_every_row_as_missing_never_zero(typed):
+    """More than half of an official raw file was refused (`must be a finite number, got null`): its blank
+    ct_flw_http_mthd, is_ftp_login and ct_ftp_cmd cells are missing values, as training reads them: NaN for the
+    model, NULL in the stored features, never 0. Typed as the upload worker reads cells and as text as `flows load`
+    posts them; a batch (the columnar path) and one flow (the per-field checker) alike."""
+    text = _raw_csv(300)
+    blanked_rows = range(0, 300, 2)
+    flows = [flow for _n, flow in ingest.read_csv(io.StringIO(_blank_as_the_raw_files_do(text, blanked_rows)), typed=typed)]
+    complete = [flow for _n, flow in ingest.read_csv(io.StringIO(text), typed=typed)]
+    assert all(flows[i][name] is None for i in blanked_rows for name in _RAW_BLANKS)
+    clean, fields, problems = ingest.validate(flows)
+    assert problems == [] and len(clean) == len(fields) == 300
+    clean_complete, fields_complete, _ = ingest.validate(complete)
+    assert fields == fields_complete
+    stored = {name: repository.STORED_FEATURES.index(name) for name in _RAW_BLANKS}
+    for i, (flow, whole) in enumerate(zip(clean, clean_complete, strict=True)):
+        vector = ingest._feature_vector(flow)
+        for name, position in stored.items():
+            if i % 2 == 0:
+                assert math.isnan(flow[name]) and vector[position] is None, (i, name, flow[name], vector[position])
+            else:
+                assert flow[name] == whole[name] and vector[position] == whole[name]
+        others = [n for n in features.FEATURE_COLUMNS if n not in _RAW_BLANKS]
+        assert [flow[n] for n in others] == [whole[n] for n in others]
+    one_clean, _one_fields, one_problems = ingest.validate([flows[0]])  # one flow: the per-field checker
+    assert one_problems == [] and all(math.isnan(one_clean[0][name]) for name in _RAW_BLANKS)
+
+
+@pytest.mark.parametrize("blank", [None, "", " ", "\t "])
+def test_a_blank_raw_field_posted_as_json_is_missing_on_both_validation_paths(blank):
+    """POST /flows/batch takes null, an empty or a whitespace-only string in those three fields as the raw files'
+    blank cell, in a batch (columnar) and alone (per field), with the same clean flows."""
+    flows = [features.canonical_flow(flow) for _n, flow in ingest.read_csv(io.StringIO(_raw_csv(4)), typed=False)]
+    for flow in flows[1:3]:
+        flow.update(dict.fromkeys(_RAW_BLANKS, blank))
+    clean, _fields, problems = ingest.validate(flows)
+    assert problems == [] and len(clean) == 4
+    assert [math.isnan(c["ct_ftp_cmd"]) for c in clean] == [False, True, True, False]
+    alone = [ingest.validate([flow])[0][0] for flow in flows]
+    for flow, single in zip(clean, alone, strict=True):
+        assert flow.keys() == single.keys()
+        assert all(flow[k] == single[k] or (flow[k] != flow[k] and single[k] != single[k]) for k in flow)
+
+
+@pytest.mark.parametrize("typed", [True, False])
+def test_a_blank_in_any_other_numeric_field_is_still_a_problem_never_zero(typed):
+    """Only the three fields the raw layout leaves blank may be: a blank sbytes, dur, sttl … is a problem naming it,
+    on a row whose raw blanks are taken (each row blanks one other field)."""
+    others = [name for name in features.NUMERIC_COLUMNS if name not in _RAW_BLANKS]
+    text = _blank_as_the_raw_files_do(_raw_csv(len(others) + 1), range(len(others) + 1))
+    lines = text.splitlines()
+    raw_name = {features.canonical_name(n): n for n in ingest.RAW_COLUMNS}
+    for row, name in enumerate(others):
+        cells = next(csv.reader([lines[row]]))
+        cells[ingest.RAW_COLUMNS.index(raw_name[name])] = " " if row % 2 else ""
+        out = io.StringIO()
+        csv.writer(out).writerow(cells)
+        lines[row] = out.getvalue().rstrip("\r\n")
+    flows = [flow for _n, flow in ingest.read_csv(io.StringIO("\n".join(lines) + "\n"), typed=typed)]
+    clean, _fields, problems = ingest.validate(flows)
+    assert [(p.index, features.canonical_name(p.field)) for p in problems] == list(enumerate(others))
+    assert all("finite number" in p.reason for p in problems)
+    assert len(clean) == 1  # the last row: only the raw layout's blanks
+    assert [(p.index, features.canonical_name(p.field)) for p in ingest.validate([flows[6]])[2]] == [(0, others[6])]
+
+
+def test_a_blank_raw_field_is_no_bound_problem_and_the_others_are_still_named():
+    """NaN is no fraction of a whole number, no negative and no value out of real's range: a flow with the raw
+    layout's blanks and a fractional spkts, or an sbytes past bigint, has that one problem."""
+    flows = [features.canonical_flow(flow) for _n, flow in ingest.read_csv(io.StringIO(_raw_csv(3)), typed=False)]
+    for flow in flows:
+        flow.update(dict.fromkeys(_RAW_BLANKS))
+    flows[1]["spkts"] = "1.5"
+    flows[2]["sbytes"] = "1e30"
+    _clean, _fields, problems = ingest.validate(flows)
+    assert [(p.index, p.field) for p in problems] == [(1, "spkts"), (2, "sbytes")]
+    assert problems[0].reason == ingest.WHOLE_REASON and "range" in problems[1].reason

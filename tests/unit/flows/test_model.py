@@ -306,3 +306,44 @@ def test_a_scoring_pool_inherited_across_fork_is_not_reused(trained):
         assert done and status == 0 and os.read(read, 16) == b"ok"
     finally:
         os.close(read)
+
+
+def test_a_flow_with_the_raw_layouts_blanks_scores_as_scikit_learn_routes_missing_values(trained, sklearn_heads):
+    """Ingest stores the official raw files' blank ct_flw_http_mthd, is_ftp_login and ct_ftp_cmd as missing (NaN for
+    the model, never 0): every scoring path routes them as scikit-learn does, and ingest's verdicts are finite. The same
+    flows with 0 there (the partitioned files' value) are scored too; the probabilities are printed side by side."""
+    dataset, binary, _category = sklearn_heads
+    model = trained.model
+    positions = [F.FEATURE_COLUMNS.index(name) for name in sorted(F.BLANK_IN_RAW)]
+    zero = dataset.X[:300].astype(np.float64)
+    zero[:, positions] = 0.0
+    blank = zero.copy()
+    blank[:, positions] = np.nan
+    expected = binary.predict_proba(blank)[:, 1]
+    for raw in (model.binary.raw_predict_numpy(blank), model.binary._compiled()(blank), model.binary.raw_predict(blank[:1])):
+        np.testing.assert_allclose(1 / (1 + np.exp(-raw[:, 0])), expected[: len(raw)], rtol=1e-9, atol=1e-12)
+    p_blank, _ = model.scores(blank)
+    p_zero, _ = model.scores(zero)
+    assert np.isfinite(p_blank).all() and ((p_blank >= 0) & (p_blank <= 1)).all()
+    print(f"\nflow 0: P(attack) {p_blank[0]:.6f} with the three blank (NaN), {p_zero[0]:.6f} with 0")
+    print(f"300 flows: mean |difference| {np.abs(p_blank - p_zero).mean():.6f}, max {np.abs(p_blank - p_zero).max():.6f}")
+
+    rows = [dict(r) for r in sample_rows(2500)[:80]]
+    for row in rows[::2]:
+        row.update(ct_flw_http_mthd="", is_ftp_login="", ct_ftp_cmd=" ")
+    clean, errors = F.validate_flows([flow_without_targets(r) for r in rows], blanks=F.Blanks.RAW_LAYOUT)
+    assert not errors
+    verdicts = model.verdicts_clean(clean)
+    assert all(0.0 <= v.probability <= 1.0 for v in verdicts)
+    X = F.matrix_from_clean(clean, vocabulary=model.vocabulary).astype(np.float64)
+    np.testing.assert_allclose([v.probability for v in verdicts], np.round(binary.predict_proba(X)[:, 1], 6), atol=2e-6)
+
+
+def test_training_takes_blanks_by_the_rule_ingest_takes_them():
+    """A blank ct_ftp_cmd is missing; a blank sbytes is a row training skips (it read NaN for a blank anywhere)."""
+    rows = [dict(r) for r in sample_rows(2500)[:50]]
+    rows[0]["ct_ftp_cmd"] = " "
+    rows[1]["sbytes"] = ""
+    dataset = T.dataset_from_flows(rows, min_category_count=1)
+    assert dataset.rows == 49 and dataset.blanks == {"ct_ftp_cmd": 1}
+    assert dataset.skipped == {"sbytes: must be a finite number, got ''": 1}
