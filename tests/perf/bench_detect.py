@@ -69,7 +69,7 @@ def main() -> None:
     from threatflow.devstack import services
     from threatflow.flows import model as M
     from threatflow.flows import registry
-    from threatflow.flows.features import matrix_from_clean, validate_flows
+    from threatflow.flows.features import Blanks, matrix_from_clean, validate_flows
 
     result = load_or_train(args.model_dir)
     rows = list(dev_rows())
@@ -79,7 +79,7 @@ def main() -> None:
     # -- in-process baselines ---------------------------------------------------------
     model = result.model
     model.warm()
-    clean, _ = validate_flows(flows[:1])
+    clean, _ = validate_flows(flows[:1], blanks=Blanks.REFUSED)
     x1 = matrix_from_clean(clean, vocabulary=model.vocabulary)
     sk = _sklearn_twin(model)
 
@@ -223,14 +223,14 @@ def _batch_stages(model, body: bytes, n: int) -> float:
     from threatflow.flows import features as F
 
     flows = msgspec.json.decode(body)["flows"]
-    batch, errors = F.validate_batch(flows)
+    batch, errors = F.validate_batch(flows, blanks=F.Blanks.REFUSED)
     assert batch is not None and not errors
     X = batch.matrix(vocabulary=model.vocabulary)
     results = model.results(X)
     p_attack, p_cat = model.scores(X)
     stages = {
         "decode": _best(lambda: msgspec.json.decode(body)),
-        "validate": _best(lambda: F.validate_batch(flows)),
+        "validate": _best(lambda: F.validate_batch(flows, blanks=F.Blanks.REFUSED)),
         "matrix": _best(lambda: batch.matrix(vocabulary=model.vocabulary)),
         "score": _best(lambda: model.scores(X)),
         "results": _best(lambda: model.results_from_scores(p_attack, p_cat)),
@@ -239,7 +239,7 @@ def _batch_stages(model, body: bytes, n: int) -> float:
     route = sum(stages.values())
     print(f"batch of {n:,} in process: " + "  ".join(f"{k} {v * 1000:.0f} ms" for k, v in stages.items()) + f"  = {n / route:,.0f} flows/s")
 
-    per_field = _best(lambda: F.matrix_from_clean(F._validate_each(flows)[0], vocabulary=model.vocabulary))
+    per_field = _best(lambda: F.matrix_from_clean(F._validate_each(flows, blanks=F.Blanks.REFUSED)[0], vocabulary=model.vocabulary))
     columnar = stages["validate"] + stages["matrix"]
     print(
         f"  validation + matrix: columnar {columnar * 1000:.0f} ms vs per-field checker {per_field * 1000:.0f} ms "

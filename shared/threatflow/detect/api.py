@@ -14,7 +14,7 @@ from typing import Any
 from threatflow.auth.api import authenticator
 from threatflow.auth.model import Role
 from threatflow.enrichment.api import add_detect_intel_routes
-from threatflow.flows.features import FEATURE_COLUMNS, validated_batch
+from threatflow.flows.features import FEATURE_COLUMNS, Blanks, validated_batch
 from threatflow.flows.model import ServingModel, serving_snapshot
 from threatflow.platform.errors import ValidationError
 from threatflow.platform.snapshots import Snapshot
@@ -63,7 +63,7 @@ def build_router(runtime: Runtime) -> Router:
             raise ValidationError(f"explain=true takes at most {MAX_EXPLAIN_BATCH} flows per request", field="explain")
         top = request.query_int("top", 5, minimum=1, maximum=MAX_TOP)
         # By column, no dict per flow; the per-field checker only runs to list the errors.
-        batch = validated_batch(flows)
+        batch = validated_batch(flows, blanks=Blanks.REFUSED)  # strict: a blank feature is a 400, as any missing one
         model = model_snapshot(runtime).get()
         return model.results(batch.matrix(vocabulary=model.vocabulary), explain=explain, top=top)
 

@@ -17,13 +17,17 @@ Fields left out of the model on purpose (they are accepted and passed through):
 - `label`, `attack_cat`: the targets.
 
 Strict input: a missing feature, an unknown field or a value that is not a finite number is
-reported (every one, with the flow's index); a value is never replaced by 0. Ingest (flows/ingest.py: validate)
-refuses more, as what it stores must be an observation: a negative feature, a TTL, window or sequence number past its
-protocol field's width, an ltime before its stime; /detect scores those flows as given.
+reported (every one, with the flow's index); a value is never replaced by 0. One exception, named by the caller
+(`blanks`, a required keyword): ingest, training and retraining read a blank in the fields the official raw files
+leave blank (BLANK_IN_RAW) as missing, NaN, which the trees route as scikit-learn does; /detect refuses it as any
+other blank (Blanks.REFUSED). Ingest (flows/ingest.py: validate) refuses more, as what it stores must be an
+observation: a negative feature, a TTL, window or sequence number past its protocol field's width, an ltime before
+its stime; /detect scores those flows as given.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -85,6 +89,23 @@ FEATURE_COLUMNS: tuple[str, ...] = (
     "is_sm_ips_ports",
 )
 NUMERIC_COLUMNS: tuple[str, ...] = tuple(c for c in FEATURE_COLUMNS if c not in CATEGORICAL)
+
+# The official raw files (UNSW-NB15_1.csv … _4.csv) leave these cells blank on flows with no HTTP or FTP exchange:
+# ct_flw_http_mthd and is_ftp_login empty (pandas reads NaN on ~1.35 M and ~1.43 M of their 2.54 M rows), ct_ftp_cmd
+# one space. The partitioned files, which the dataset's authors derived from them, hold 0 there. Ingest refused every
+# such row (more than half of a raw file) while training read them as missing: both read a blank here as missing now
+# (NaN for the trees, NULL when stored), never as 0, and a blank anywhere else is still a problem.
+BLANK_IN_RAW: frozenset[str] = frozenset({"ct_flw_http_mthd", "is_ftp_login", "ct_ftp_cmd"})
+
+
+class Blanks(enum.Enum):
+    """Which blank numeric values (null, "" or whitespace only) a validator takes as missing (NaN)."""
+
+    REFUSED = "refused"  # /detect and /detect/batch: every feature is a number
+    RAW_LAYOUT = "raw_layout"  # ingest, training, retraining: BLANK_IN_RAW's fields, as the official raw files write them
+
+
+_BLANK_FIELDS: Mapping[Blanks, frozenset[str]] = {Blanks.REFUSED: frozenset(), Blanks.RAW_LAYOUT: BLANK_IN_RAW}
 
 # Known fields the model does not use; accepted and passed through unchanged (see the docstring).
 PASSTHROUGH: tuple[str, ...] = ("id", "rate", "srcip", "sport", "dstip", "dsport", "stime", "ltime", "label", "attack_cat")
@@ -224,12 +245,15 @@ def _has_nul(value: Any) -> bool:
     return type(value) is str and "\x00" in value
 
 
-def validate_flow(index: int, flow: Any, errors: list[FieldError], *, allow_blank: bool = False) -> dict[str, Any] | None:
+def _is_blank(value: Any) -> bool:
+    return value is None or (type(value) is str and not value.strip())
+
+
+def validate_flow(index: int, flow: Any, errors: list[FieldError], *, blanks: Blanks) -> dict[str, Any] | None:
     """One flow → canonical dict (features as float / normalised strings), or None with errors appended.
 
-    allow_blank is for the training loaders only: the official raw CSVs leave some numeric cells
-    blank (ct_flw_http_mthd, is_ftp_login); those become NaN, which the trees route as missing.
-    Serving never allows it.
+    `blanks` names the blank fields read as missing (NaN): Blanks.RAW_LAYOUT for ingest and the training
+    loaders (BLANK_IN_RAW, as the official raw CSVs leave them), Blanks.REFUSED for /detect (none).
     """
     if not isinstance(flow, Mapping):
         errors.append(FieldError(index, "", "a flow must be a JSON object"))
@@ -239,6 +263,7 @@ def validate_flow(index: int, flow: Any, errors: list[FieldError], *, allow_blan
         return None
     clean: dict[str, Any] = {}
     given_as: dict[str, str] = {}
+    blank_ok = _BLANK_FIELDS[blanks]
     before = len(errors)
     for raw_name, value in flow.items():
         if type(raw_name) is not str:
@@ -254,7 +279,7 @@ def validate_flow(index: int, flow: Any, errors: list[FieldError], *, allow_blan
         given_as[name] = raw_name
         if name in _NUMERIC_SET:
             number = _finite(value)
-            if number is None and allow_blank and (value is None or (type(value) is str and not value.strip())):
+            if number is None and name in blank_ok and _is_blank(value):
                 number = math.nan
             if number is None:
                 errors.append(FieldError(index, raw_name, f"must be a finite number, got {_describe(value)}"))
@@ -280,6 +305,9 @@ _NUMERIC_SET = frozenset(NUMERIC_COLUMNS)
 _CATEGORICAL_SET = frozenset(CATEGORICAL)
 _NUMERIC_POSITIONS = [FEATURE_COLUMNS.index(name) for name in NUMERIC_COLUMNS]
 _CATEGORICAL_POSITIONS = [FEATURE_COLUMNS.index(name) for name in CATEGORICAL]
+# Per rule, the positions in NUMERIC_COLUMNS that must hold a number and those that may be blank.
+_STRICT_POSITIONS = {rule: [i for i, name in enumerate(NUMERIC_COLUMNS) if name not in fields] for rule, fields in _BLANK_FIELDS.items()}
+_BLANK_POSITIONS = {rule: [i for i, name in enumerate(NUMERIC_COLUMNS) if name in fields] for rule, fields in _BLANK_FIELDS.items()}
 
 
 def _describe(value: Any) -> str:
@@ -296,24 +324,24 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-def validate_flows(flows: Sequence[Any]) -> tuple[list[dict[str, Any]], list[FieldError]]:
+def validate_flows(flows: Sequence[Any], *, blanks: Blanks) -> tuple[list[dict[str, Any]], list[FieldError]]:
     """Validate every flow; returns (clean flows in input order, every error). Clean is complete only without errors."""
-    batch = _columnar(flows, keep_passthrough=True) if len(flows) >= COLUMNAR_MIN else None
+    batch = _columnar(flows, keep_passthrough=True, blanks=blanks) if len(flows) >= COLUMNAR_MIN else None
     if batch is not None:
         return batch.clean_flows(), []
-    return _validate_each(flows)
+    return _validate_each(flows, blanks=blanks)
 
 
-def _validate_each(flows: Sequence[Any]) -> tuple[list[dict[str, Any]], list[FieldError]]:
+def _validate_each(flows: Sequence[Any], *, blanks: Blanks) -> tuple[list[dict[str, Any]], list[FieldError]]:
     """The per-field checker: the reference semantics, and the source of every error list."""
     errors: list[FieldError] = []
     clean: list[dict[str, Any]] = []
     for index, flow in enumerate(flows):
         if len(errors) < MAX_FIELD_ERRORS:
-            result = validate_flow(index, flow, errors)
+            result = validate_flow(index, flow, errors, blanks=blanks)
         else:  # every bad flow is still named (skip_invalid drops exactly those), in one error
             own: list[FieldError] = []
-            result = validate_flow(index, flow, own)
+            result = validate_flow(index, flow, own, blanks=blanks)
             if own:
                 listed = f"fields are listed one by one up to {MAX_FIELD_ERRORS:,} a batch"
                 reason = f"{len(own)} invalid fields, first: {own[0].reason} ({listed})"
@@ -327,7 +355,7 @@ def _validate_each(flows: Sequence[Any]) -> tuple[list[dict[str, Any]], list[Fie
 class FlowBatch:
     """Validated flows held by column: what serving needs, without a dict per flow.
 
-    numeric: (n, len(NUMERIC_COLUMNS)) float64, finite; categorical: normalised strings per
+    numeric: (n, len(NUMERIC_COLUMNS)) float64, finite (NaN where Blanks.RAW_LAYOUT took a blank); categorical: normalised strings per
     CATEGORICAL column; passthrough: each flow's pass-through values under their canonical
     names (only kept when clean dicts are wanted).
     """
@@ -367,24 +395,24 @@ class FlowBatch:
         return clean
 
 
-def validate_batch(flows: Sequence[Any]) -> tuple[FlowBatch | None, list[FieldError]]:
+def validate_batch(flows: Sequence[Any], *, blanks: Blanks) -> tuple[FlowBatch | None, list[FieldError]]:
     """validate_flows for scoring: (the batch by column, []) or (None, every error).
 
     Fast path by column; when it meets anything it cannot vouch for, the per-field checker
     decides, so errors (and what is accepted) are exactly validate_flow's."""
-    batch = _columnar(flows, keep_passthrough=False) if len(flows) >= COLUMNAR_MIN else None
+    batch = _columnar(flows, keep_passthrough=False, blanks=blanks) if len(flows) >= COLUMNAR_MIN else None
     if batch is not None:
         return batch, []
-    clean, errors = _validate_each(flows)
+    clean, errors = _validate_each(flows, blanks=blanks)
     if errors:
         return None, errors
     return _batch_from_clean(clean), []
 
 
-def validated_batch(flows: Sequence[Any]) -> FlowBatch:
+def validated_batch(flows: Sequence[Any], *, blanks: Blanks) -> FlowBatch:
     """validate_batch for callers that answer bad input with a 400: the batch, or ValidationError
     listing every offending field (raise_for_errors)."""
-    batch, errors = validate_batch(flows)
+    batch, errors = validate_batch(flows, blanks=blanks)
     raise_for_errors(errors)
     if batch is None:  # unreachable: no errors means a batch
         raise ValueError("validation returned neither a batch nor errors")
@@ -433,13 +461,50 @@ def _layout(keys: Iterable[Any]) -> _Layout | None:
 _NUMBER_TYPES = frozenset({float, int, str})  # what _number may accept (never bool, None, containers)
 
 
-def _columnar(flows: Sequence[Any], *, keep_passthrough: bool) -> FlowBatch | None:
+def _number_block(values: list[Any]) -> np.ndarray | None:
+    """float64 of each value, as _number reads it (float() of each, the same numbers, the same refusals),
+    or None when any would be refused."""
+    import numpy as np
+
+    kinds = set(map(type, values))
+    if not kinds <= _NUMBER_TYPES:
+        return None
+    try:
+        if str in kinds:
+            if not all(map(DECIMAL.fullmatch, (value for value in values if type(value) is str))):
+                return None
+            block = np.fromiter(map(float, values), dtype=np.float64, count=len(values))
+        else:
+            block = np.array(values, dtype=np.float64)
+    except (ValueError, OverflowError):
+        return None
+    return block if np.isfinite(block).all() else None
+
+
+def _blankable_block(values: list[Any]) -> np.ndarray | None:
+    """_number_block of a field blanks may leave out: NaN where a value is blank (validate_flow's _is_blank)."""
+    import numpy as np
+
+    kinds = set(map(type, values))
+    if type(None) not in kinds and str not in kinds:
+        return _number_block(values)
+    blank = list(map(_is_blank, values))
+    if not any(blank):
+        return _number_block(values)
+    block = _number_block([0 if is_blank else value for value, is_blank in zip(values, blank, strict=True)])
+    if block is not None:
+        block[np.fromiter(blank, dtype=bool, count=len(blank))] = np.nan
+    return block
+
+
+def _columnar(flows: Sequence[Any], *, keep_passthrough: bool, blanks: Blanks) -> FlowBatch | None:
     """Every flow valid → the batch by column; anything else (or any doubt) → None.
 
     Per layout (usually one per batch) the names are checked once; then each column is pulled
     with C-level itemgetter/map calls and converted in one go. Values pass only if the per-field
     checker would take them unchanged: exact types float/int/str, float() of each (the same call
-    _number makes), finite; categoricals exact str, normalised through _category per distinct value.
+    _number makes), finite, or blank where `blanks` allows it (NaN); categoricals exact str, normalised
+    through _category per distinct value.
     """
     import numpy as np
 
@@ -456,6 +521,7 @@ def _columnar(flows: Sequence[Any], *, keep_passthrough: bool) -> FlowBatch | No
                 return None
             by_keys.setdefault(frozenset(flow), []).append(index)
         groups = [(flows[indices[0]].keys(), indices) for indices in by_keys.values()]
+    strict_positions, blank_positions = _STRICT_POSITIONS[blanks], _BLANK_POSITIONS[blanks]
     numeric = np.empty((n, len(NUMERIC_COLUMNS)), dtype=np.float64)
     categorical: tuple[list[Any], ...] = tuple([None] * n for _ in CATEGORICAL)
     passthrough: list[Any] = [None] * n
@@ -464,22 +530,20 @@ def _columnar(flows: Sequence[Any], *, keep_passthrough: bool) -> FlowBatch | No
         if layout is None:
             return None
         members = flows if indices is None else [flows[i] for i in indices]
-        values = list(chain.from_iterable(map(itemgetter(*layout.numeric), members)))
-        kinds = set(map(type, values))
-        if not kinds <= _NUMBER_TYPES:
+        strict = [layout.numeric[i] for i in strict_positions]
+        block = _number_block(list(chain.from_iterable(map(itemgetter(*strict), members))))
+        if block is None:
             return None
-        try:
-            if str in kinds:  # float() of each, as _number does: the same numbers, the same refusals
-                if not all(map(DECIMAL.fullmatch, (value for value in values if type(value) is str))):
+        block = block.reshape(len(members), len(strict))
+        if blank_positions:  # the fields blanks may leave out, column by column
+            whole = np.empty((len(members), len(NUMERIC_COLUMNS)), dtype=np.float64)
+            whole[:, strict_positions] = block
+            for position in blank_positions:
+                blankable = _blankable_block(list(map(itemgetter(layout.numeric[position]), members)))
+                if blankable is None:
                     return None
-                block = np.fromiter(map(float, values), dtype=np.float64, count=len(values))
-            else:
-                block = np.array(values, dtype=np.float64)
-        except (ValueError, OverflowError):
-            return None
-        if not np.isfinite(block).all():
-            return None
-        block = block.reshape(len(members), len(NUMERIC_COLUMNS))
+                whole[:, position] = blankable
+            block = whole
         texts = []
         for name, key in zip(CATEGORICAL, layout.categorical, strict=True):
             column = list(map(itemgetter(key), members))
@@ -573,8 +637,9 @@ def matrix_from_clean(flows: Sequence[Mapping[str, Any]], *, vocabulary: Vocabul
 
 
 def to_matrix(flows: Sequence[Mapping[str, Any]], *, vocabulary: Vocabulary) -> np.ndarray:
-    """Any flows (either layout) → the model's float32 matrix; invalid input raises ValidationError listing every field."""
-    return validated_batch(flows).matrix(vocabulary=vocabulary)
+    """Any flows (either layout) → the model's float32 matrix; invalid input raises ValidationError listing every field.
+    Scoring as /detect does: a blank feature is refused (Blanks.REFUSED)."""
+    return validated_batch(flows, blanks=Blanks.REFUSED).matrix(vocabulary=vocabulary)
 
 
 def categorical_indices() -> list[int]:

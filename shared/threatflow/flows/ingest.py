@@ -6,7 +6,9 @@ One code path for the three ways flows arrive: `POST /api/v1/flows/batch`,
 definition of a valid flow for training and serving) plus the fields only
 events have (addresses, ports, times, an ltime not before its stime) and the
 ranges a stored observation keeps (no negative feature or `rate`, protocol field widths, whole numbers where
-the features file types a field integer: NON_NEGATIVE, PROTOCOL_MAX, WHOLE_NUMBER). Nothing is ever filled with 0.
+the features file types a field integer: NON_NEGATIVE, PROTOCOL_MAX, WHOLE_NUMBER). Nothing is ever filled with 0:
+a blank in the fields the official raw files leave blank (features.BLANK_IN_RAW) is a missing value, as training
+reads it (NaN for the model, NULL in the stored features, no bound problem); a blank anywhere else is a problem.
 
 Every event gets a deterministic key: a 128-bit blake2b hash of `<source>:<position>:` and the flow
 (flow_content), where the source is a file's sha256 or a batch's own hash. With the event time (the flow's
@@ -29,13 +31,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import chain
-from math import isfinite
+from math import isfinite, isnan
 from operator import itemgetter
 from typing import IO, TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from threatflow.adapters.postgres import unit_of_work
 from threatflow.flows import repository
-from threatflow.flows.features import ATTACK_CATEGORIES, DECIMAL, NUMERIC_COLUMNS, category_named, decimal_text
+from threatflow.flows.features import ATTACK_CATEGORIES, BLANK_IN_RAW, DECIMAL, NUMERIC_COLUMNS, category_named, decimal_text
 from threatflow.flows.repository import STORED_FEATURES, EventRow, StoredEvent
 
 if TYPE_CHECKING:
@@ -304,7 +306,7 @@ def validate(flows: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], 
     """
     from threatflow.flows import features
 
-    clean, feature_errors = features.validate_flows(flows)
+    clean, feature_errors = features.validate_flows(flows, blanks=features.Blanks.RAW_LAYOUT)
     problems = [FlowProblem(int(e.index), str(e.field), str(e.reason)) for e in feature_errors]
     bad_features = {p.index for p in problems}
     # validate_flows returns clean flows for the valid ones only, in input order.
@@ -380,7 +382,7 @@ def _bound_problems(index: int, flow: Mapping[str, Any]) -> list[FlowProblem]:
         elif name in PROTOCOL_MAX and value > PROTOCOL_MAX[name][0]:
             highest, why = PROTOCOL_MAX[name]
             out.append(FlowProblem(index, name, f"must be at most {highest} ({why})"))
-        elif name in _WHOLE_SET and not float(value).is_integer():
+        elif name in _WHOLE_SET and not float(value).is_integer() and not isnan(value):  # NaN: a raw file's blank
             out.append(FlowProblem(index, name, WHOLE_REASON))
     rate = _rate_number(flow)
     if rate == _NOT_A_RATE:
@@ -418,7 +420,8 @@ def _out_of_range_rows(flows: Sequence[Mapping[str, Any]]) -> tuple[list[bool], 
     lowest = np.array([0.0 if name in _NON_NEGATIVE_SET else -np.inf for name in _VALIDATED_STORED])
     highest = np.array([PROTOCOL_MAX[name][0] if name in PROTOCOL_MAX else np.inf for name in _VALIDATED_STORED])
     whole = np.array([name in _WHOLE_SET for name in _VALIDATED_STORED])
-    unbounded = (signed < lowest) | (signed > highest) | ((np.floor(signed) != signed) & whole)
+    # NaN (a blank of BLANK_IN_RAW) compares false with every bound, and floor(NaN) != NaN: not flagged either.
+    unbounded = (signed < lowest) | (signed > highest) | ((np.floor(signed) != signed) & whole & ~np.isnan(signed))
     # NaN (no rate) compares false: not flagged; -inf (no number) is flagged with the negatives, _bound_problems names it.
     rates = np.fromiter(map(_rate_number, flows), dtype=np.float64, count=len(flows))
     rate_magnitude = np.abs(rates)
@@ -462,7 +465,7 @@ def _storage_problems(index: int, flow: Mapping[str, Any]) -> list[FlowProblem]:
     out = []
     for name in _VALIDATED_STORED:
         limit = _COLUMN_MAX.get(name, _REAL_MAX)
-        if not _storable(flow[name], limit):
+        if not _storable(flow[name], limit) and not isnan(flow[name]):  # NaN: a raw file's blank, stored as NULL
             out.append(FlowProblem(index, name, _out_of_range(limit)))
     if _rate_unstorable(flow):
         out.append(FlowProblem(index, "rate", _out_of_range(_REAL_MAX)))
@@ -514,12 +517,18 @@ def flow_content(features: Sequence[float | None], ev: EventFields, proto: str, 
 
 def _feature_vector(flow: Mapping[str, Any]) -> list[float | None]:
     # Validated flows carry floats for the model's columns: only the others (e.g. `rate`,
-    # absent from the raw layout) take the slow path.
+    # absent from the raw layout) take the slow path. A blank of BLANK_IN_RAW (NaN) is stored as NULL.
     out: list[Any] = list(map(flow.get, STORED_FEATURES))
     for i, value in enumerate(out):
         if type(value) is not float:
             out[i] = _stored_float(value)
+    for i in _BLANK_STORED:
+        if out[i] != out[i]:
+            out[i] = None
     return out
+
+
+_BLANK_STORED = tuple(STORED_FEATURES.index(name) for name in sorted(BLANK_IN_RAW))
 
 
 def _stored_float(value: Any) -> float | None:

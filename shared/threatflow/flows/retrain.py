@@ -50,10 +50,10 @@ RULE = "higher ROC-AUC (4 decimals) with detection not lower, or equal ROC-AUC w
 def _validated(flow: Mapping[str, Any]) -> dict[str, Any] | None:
     """The flow as the training loader reads it (canonical names: a raw row's `Label` is `label`), or None
     for a flow it would skip."""
-    from threatflow.flows.features import FieldError, validate_flow
+    from threatflow.flows.features import Blanks, FieldError, validate_flow
 
     errors: list[FieldError] = []
-    return validate_flow(0, flow, errors, allow_blank=True)
+    return validate_flow(0, flow, errors, blanks=Blanks.RAW_LAYOUT)
 
 
 def _inputs_of(clean: Mapping[str, Any]) -> tuple[tuple[str, ...], array[float]]:

@@ -38,6 +38,7 @@ from threatflow.flows.features import (
     FEATURE_COLUMNS,
     NUMERIC_COLUMNS,
     RAW_COLUMNS,
+    Blanks,
     FieldError,
     Vocabulary,
     canonical_name,
@@ -203,7 +204,7 @@ def _dataset_from_rows(
             skipped["wrong number of columns"] += 1
             continue
         errors: list[FieldError] = []
-        clean = validate_flow(0, row, errors, allow_blank=True)
+        clean = validate_flow(0, row, errors, blanks=Blanks.RAW_LAYOUT)
         if clean is None:
             skipped[f"{errors[0].field}: {errors[0].reason}"[:80]] += 1
             continue

@@ -39,7 +39,7 @@ def test_feature_columns_exclude_identifiers_and_targets():
 
 
 def test_both_layouts_give_the_same_clean_flow():
-    clean, errors = F.validate_flows([PARTITIONED, raw_flow()])
+    clean, errors = F.validate_flows([PARTITIONED, raw_flow()], blanks=F.Blanks.REFUSED)
     assert errors == []
     features = [{k: v for k, v in c.items() if k in F.FEATURE_COLUMNS} for c in clean]
     assert features[0] == features[1]
@@ -63,7 +63,7 @@ def test_every_offending_field_is_listed_with_its_index():
     bad["colour"] = "red"
     good = dict(PARTITIONED)
     wrong_type = dict(PARTITIONED, proto=6)
-    clean, errors = F.validate_flows([good, bad, wrong_type, "not a flow"])
+    clean, errors = F.validate_flows([good, bad, wrong_type, "not a flow"], blanks=F.Blanks.REFUSED)
     assert len(clean) == 1
     by_index = {(e.index, e.field) for e in errors}
     assert by_index == {
@@ -78,7 +78,7 @@ def test_every_offending_field_is_listed_with_its_index():
 def test_a_value_is_never_filled_with_zero():
     flow = dict(PARTITIONED)
     flow["sbytes"] = ""
-    clean, errors = F.validate_flows([flow])
+    clean, errors = F.validate_flows([flow], blanks=F.Blanks.REFUSED)
     assert clean == [] and [(e.index, e.field) for e in errors] == [(0, "sbytes")]
     with pytest.raises(ValidationError) as info:
         F.to_matrix([flow], vocabulary=F.Vocabulary({c: () for c in F.CATEGORICAL}))
@@ -87,14 +87,14 @@ def test_a_value_is_never_filled_with_zero():
 
 def test_the_same_field_twice_under_both_names_is_refused():
     flow = dict(PARTITIONED, Sload=1.0)
-    _, errors = F.validate_flows([flow])
+    _, errors = F.validate_flows([flow], blanks=F.Blanks.REFUSED)
     assert [(e.field, "given twice" in e.reason) for e in errors] == [("Sload", True)]
 
 
 def test_training_loader_reads_blank_raw_cells_as_missing_not_zero():
     flow = dict(PARTITIONED, ct_flw_http_mthd="")
     errors: list = []
-    clean = F.validate_flow(0, flow, errors, allow_blank=True)
+    clean = F.validate_flow(0, flow, errors, blanks=F.Blanks.RAW_LAYOUT)
     assert errors == [] and clean is not None and math.isnan(clean["ct_flw_http_mthd"])
 
 
@@ -124,7 +124,7 @@ def reference(flows):
     errors: list = []
     clean = []
     for index, flow in enumerate(flows):
-        result = F.validate_flow(index, flow, errors)
+        result = F.validate_flow(index, flow, errors, blanks=F.Blanks.REFUSED)
         if result is not None:
             clean.append(result)
     return clean, errors
@@ -145,10 +145,10 @@ def reference_matrix(flows, *, vocabulary):
 
 def assert_same_as_reference(flows):
     expected_clean, expected_errors = reference(copy.deepcopy(flows))
-    clean, errors = F.validate_flows(flows)
+    clean, errors = F.validate_flows(flows, blanks=F.Blanks.REFUSED)
     assert errors == expected_errors
     assert clean == expected_clean
-    batch, batch_errors = F.validate_batch(flows)
+    batch, batch_errors = F.validate_batch(flows, blanks=F.Blanks.REFUSED)
     assert batch_errors == expected_errors
     if expected_errors:
         assert batch is None
@@ -183,11 +183,11 @@ def as_numbers(flow):
 
 def test_fast_path_is_taken_for_clean_batches_and_matches_the_reference():
     flows = dev_flows()
-    assert F._columnar(flows, keep_passthrough=False) is not None
+    assert F._columnar(flows, keep_passthrough=False, blanks=F.Blanks.REFUSED) is not None
     assert_same_as_reference(flows)
     numbers = [as_numbers(f) for f in flows]
     assert {type(v) for f in numbers for v in f.values()} >= {int, float, str}
-    assert F._columnar(numbers, keep_passthrough=True) is not None
+    assert F._columnar(numbers, keep_passthrough=True, blanks=F.Blanks.REFUSED) is not None
     assert_same_as_reference(numbers)
 
 
@@ -196,9 +196,9 @@ def test_mixed_layouts_and_key_orders_in_one_batch():
     reordered = dict(reversed(list(PARTITIONED.items())))
     with_extra = dict(PARTITIONED, id=7, rate=1.5, label=1, attack_cat="DoS", srcip="10.0.0.1")
     flows = [PARTITIONED, raw, reordered, with_extra, raw_flow(), PARTITIONED]
-    assert F._columnar(flows, keep_passthrough=True) is not None
+    assert F._columnar(flows, keep_passthrough=True, blanks=F.Blanks.REFUSED) is not None
     assert_same_as_reference(flows)
-    clean, _ = F.validate_flows(flows)
+    clean, _ = F.validate_flows(flows, blanks=F.Blanks.REFUSED)
     assert clean[3]["srcip"] == "10.0.0.1" and clean[3]["attack_cat"] == "DoS" and clean[3]["id"] == 7
     assert "id" not in clean[0]
     X = F.to_matrix(flows, vocabulary=VOCAB)
@@ -208,9 +208,9 @@ def test_mixed_layouts_and_key_orders_in_one_batch():
 def test_number_forms_the_reference_accepts():
     forms = ["1.5", "1000", "1e3", "-0", "2E+3", "7", 0, -0.0, 2**70 + 12345, 2**63 - 1, 2**64 + 1, 1e308, "1e-320", 5]
     flows = [dict(PARTITIONED, sbytes=value, proto=" TCP ", state="fin", service="HTTP") for value in forms]
-    assert F._columnar(flows, keep_passthrough=False) is not None
+    assert F._columnar(flows, keep_passthrough=False, blanks=F.Blanks.REFUSED) is not None
     assert_same_as_reference(flows)
-    clean, _ = F.validate_flows(flows)
+    clean, _ = F.validate_flows(flows, blanks=F.Blanks.REFUSED)
     assert math.copysign(1.0, clean[forms.index("-0")]["sbytes"]) == -1.0
     assert clean[0]["proto"] == "tcp" and clean[0]["state"] == "FIN" and clean[0]["service"] == "http"
 
@@ -246,7 +246,8 @@ def test_number_text_is_only_ascii_decimal_syntax(value):
     assert [(e.index, e.field) for e in errors] == [(1, "sbytes")]
     assert errors[0].reason.startswith("must be a finite number, got ")
     single: list = []
-    assert F.validate_flow(0, dict(PARTITIONED, dur=value), single) is None and [e.field for e in single] == ["dur"]
+    assert F.validate_flow(0, dict(PARTITIONED, dur=value), single, blanks=F.Blanks.REFUSED) is None
+    assert [e.field for e in single] == ["dur"]
 
 
 @pytest.mark.parametrize("text", ["tcp\x00", "\x00", "tc\x01p", "http\x1b[31m", "tcp\x7f", "tcp\x85x"])
@@ -274,10 +275,10 @@ def test_each_bad_category_is_listed_exactly_as_the_reference_lists_it(value):
 
 def test_huge_integers_are_refused_not_crashed_on():
     errors: list = []
-    assert F.validate_flow(0, dict(PARTITIONED, dbytes=10**400), errors) is None
+    assert F.validate_flow(0, dict(PARTITIONED, dbytes=10**400), errors, blanks=F.Blanks.REFUSED) is None
     assert [(e.field, e.reason) for e in errors] == [("dbytes", "must be a finite number, got an integer of 1329 bits")]
     errors.clear()
-    F.validate_flow(0, dict(PARTITIONED, dbytes=10**5000), errors)  # past int's repr limit too
+    F.validate_flow(0, dict(PARTITIONED, dbytes=10**5000), errors, blanks=F.Blanks.REFUSED)  # past int's repr limit too
     assert errors[0].field == "dbytes" and "integer of" in errors[0].reason
 
 
@@ -327,13 +328,13 @@ def test_random_mixes_of_good_and_bad_flows_match_the_reference():
 
 def test_clean_batch_of_the_dev_sample_gives_the_reference_matrix_under_the_real_vocabulary():
     flows = dev_flows(2000)
-    values = {c: [F.validate_flows([f])[0][0][c] for f in flows[:500]] for c in F.CATEGORICAL}
+    values = {c: [F.validate_flows([f], blanks=F.Blanks.REFUSED)[0][0][c] for f in flows[:500]] for c in F.CATEGORICAL}
     vocab = F.Vocabulary.fit(values, min_count=2)
-    batch, errors = F.validate_batch(flows)
+    batch, errors = F.validate_batch(flows, blanks=F.Blanks.REFUSED)
     assert errors == []
     expected = reference_matrix(reference(flows)[0], vocabulary=vocab)
     np.testing.assert_array_equal(batch.matrix(vocabulary=vocab), expected)
-    np.testing.assert_array_equal(F.matrix_from_clean(F.validate_flows(flows)[0], vocabulary=vocab), expected)
+    np.testing.assert_array_equal(F.matrix_from_clean(F.validate_flows(flows, blanks=F.Blanks.REFUSED)[0], vocabulary=vocab), expected)
 
 
 def test_a_batch_of_junk_flows_keeps_a_bounded_number_of_field_errors_and_names_every_bad_flow():
@@ -343,12 +344,12 @@ def test_a_batch_of_junk_flows_keeps_a_bounded_number_of_field_errors_and_names_
     the first errors are listed as before."""
     junk = [{f"u{i}_{j}": j for j in range(64)} for i in range(2_000)]
     flows = [*junk, dict(PARTITIONED)]
-    clean, errors = F.validate_flows(flows)
+    clean, errors = F.validate_flows(flows, blanks=F.Blanks.REFUSED)
     assert len(clean) == 1
     assert len(errors) <= F.MAX_FIELD_ERRORS + 2 * len(flows), len(errors)
     assert {e.index for e in errors} == set(range(len(junk)))
     first: list[F.FieldError] = []
-    F.validate_flow(0, junk[0], first)
+    F.validate_flow(0, junk[0], first, blanks=F.Blanks.REFUSED)
     assert errors[: len(first)] == first
     last = [e for e in errors if e.index == len(junk) - 1]
     assert len(last) == 1 and "105 invalid fields" in last[0].reason, last

@@ -219,7 +219,8 @@ def test_a_negative_count_or_duration_is_a_problem_at_ingest(field, value):
     assert [(p.index, p.field) for p in problems] == [(1, field)]
     assert "negative" in problems[0].reason
     assert ingest.valid_indices(3, problems) == [0, 2]
-    assert features.validate_flows([features.canonical_flow(f) for f in flows])[1] == []  # /detect scores them (deliberate)
+    detect = features.Blanks.REFUSED
+    assert features.validate_flows([features.canonical_flow(f) for f in flows], blanks=detect)[1] == []  # /detect scores them (deliberate)
 
 
 def test_a_row_whose_width_differs_from_the_header_is_a_misshapen_row_not_a_flow():
@@ -264,7 +265,8 @@ def test_a_flow_that_ends_before_it_starts_is_a_problem_naming_ltime(stime, ltim
     assert [(p.index, p.field) for p in problems] == [(1, "ltime")]
     assert "before stime" in problems[0].reason
     assert ingest.valid_indices(3, problems) == [0, 2]
-    assert features.validate_flows([features.canonical_flow(f) for f in flows])[1] == []  # /detect scores it
+    detect = features.Blanks.REFUSED
+    assert features.validate_flows([features.canonical_flow(f) for f in flows], blanks=detect)[1] == []  # /detect scores it
 
 
 def test_a_flow_that_ends_when_it_starts_is_valid():
@@ -291,7 +293,7 @@ def test_no_feature_may_be_negative_at_ingest(field, value):
     assert [(p.index, p.field) for p in problems] == [(1, field)]
     assert "negative" in problems[0].reason
     assert ingest.valid_indices(3, problems) == [0, 2]
-    assert features.validate_flows(flows)[1] == []  # /detect scores it
+    assert features.validate_flows(flows, blanks=features.Blanks.REFUSED)[1] == []  # /detect scores it
 
 
 @pytest.mark.parametrize(
@@ -308,7 +310,7 @@ def test_a_protocol_field_past_its_width_is_a_problem_at_ingest(field, highest):
     _clean, _fields, problems = ingest.validate(flows)
     assert [(p.index, p.field) for p in problems] == [(1, field), (2, field)]
     assert str(highest) in problems[0].reason
-    assert features.validate_flows(flows)[1] == []  # /detect scores them
+    assert features.validate_flows(flows, blanks=features.Blanks.REFUSED)[1] == []  # /detect scores them
 
 
 def test_the_whole_dev_file_is_refused_no_row_by_ingest_validation():
@@ -355,7 +357,7 @@ def test_a_negative_rate_is_a_problem_naming_rate_at_ingest(value):
     assert [(p.index, p.field) for p in problems] == [(1, "rate")]
     assert "negative" in problems[0].reason
     assert ingest.valid_indices(3, problems) == [0, 2]
-    assert features.validate_flows(flows)[1] == []  # /detect scores it
+    assert features.validate_flows(flows, blanks=features.Blanks.REFUSED)[1] == []  # /detect scores it
 
 
 def test_a_rate_given_that_is_no_finite_number_is_a_problem_naming_rate_at_ingest():
@@ -414,7 +416,7 @@ def test_a_non_whole_value_of_an_integer_field_is_a_problem_at_ingest(field, val
     assert [(p.index, p.field) for p in problems] == [(1, field)]
     assert "whole number" in problems[0].reason
     assert ingest.valid_indices(4, problems) == [0, 2, 3]
-    assert features.validate_flows(flows)[1] == []  # /detect scores it
+    assert features.validate_flows(flows, blanks=features.Blanks.REFUSED)[1] == []  # /detect scores it
 
 
 @pytest.mark.parametrize("typed", [True, False])

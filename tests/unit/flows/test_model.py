@@ -151,7 +151,7 @@ def test_every_path_adds_a_flows_trees_in_one_order(trained):
     categories that close, verdicts_clean (the category head on the one flagged flow: the one-flow
     walk) named another category than predict_clean (the two-flow batch: the numpy walker)."""
     model = trained.model
-    clean, errors = F.validate_flows([flow_without_targets(r) for r in sample_rows(2500)[:200]])
+    clean, errors = F.validate_flows([flow_without_targets(r) for r in sample_rows(2500)[:200]], blanks=F.Blanks.REFUSED)
     assert not errors
     X = F.matrix_from_clean(clean, vocabulary=model.vocabulary).astype(np.float64)
     for head in (model.binary, model.category):
@@ -205,7 +205,7 @@ def test_verdicts_are_the_predictions_without_the_distribution(trained, count):
     """Ingest's verdicts run the category head on flagged flows only: the same verdicts, whatever
     path (numpy walk, one thread, rows split) each head's share of the batch takes."""
     rows = sample_rows(2500)
-    clean, errors = F.validate_flows([flow_without_targets(rows[i % len(rows)]) for i in range(count)])
+    clean, errors = F.validate_flows([flow_without_targets(rows[i % len(rows)]) for i in range(count)], blanks=F.Blanks.REFUSED)
     assert not errors
     predictions = trained.model.predict_clean(clean)
     verdicts = trained.model.verdicts_clean(clean)
