@@ -106,3 +106,41 @@ def test_an_ipv4_address_whose_ipv6_spelling_is_stored_red_is_not_sent_either(in
     status, body = get(asked, red)
     assert status == 200 and body["status"] == "skipped" and body["source"] is None, body
     assert fake.call_count() == 0, "an address stored TLP:RED in an IPv6 spelling went to a third party"
+
+
+# A red record that covers the host without holding it: a range containing it (IPv4 or IPv6 CIDR), a 6to4 or Teredo
+# address carrying it (the IPv4 address is their router's or client's), or a range containing the IPv4 address a 6to4
+# address carries. Each left the host at its own TLP (stored nowhere), so any reader's GET sent it to every source.
+COVERED = [
+    ({"value": "185.220.102.0/24"}, "185.220.102.17"),
+    ({"value": "2a0b:f4c0:1::/48"}, "2a0b:f4c0:1::5"),
+    ({"value": "2002:b9dc:6511::1", "type": "ipv6"}, "185.220.101.17"),
+    ({"value": "2001:0:4136:e378:8000:63bf:4623:9ade", "type": "ipv6"}, "185.220.101.33"),
+    ({"value": "185.220.104.0/24"}, "2002:b9dc:680a::1"),
+]
+COVERED_IDS = ["ipv4-cidr", "ipv6-cidr", "6to4", "teredo", "6to4-of-a-host-in-a-range"]
+
+
+@pytest.mark.parametrize(("stored", "asked"), COVERED, ids=COVERED_IDS)
+def test_a_host_covered_by_a_red_record_is_not_sent_to_a_source_below_red(intel, function_client, stored, asked):
+    """The reader asked about their own host, so it is not a 404 (that would say a red record covers it), but the
+    sources whose max_tlp is below red are not asked, and the answer names neither the TLP nor the record."""
+    get, fake, red, reader = intel
+    written = function_client("iocs").post("/api/v1/iocs/batch", json={"iocs": [{**stored, "tlp": "red"}]}, headers=red)
+    assert written.get_json()["results"][0]["value"] == stored["value"], written.get_json()
+    status, body = get(asked, reader)
+    assert status == 200 and body["status"] == "skipped" and body["source"] is None, body
+    assert fake.call_count() == 0, "a host covered by a TLP:RED record went to a third party"
+    assert body["tried"] and not any("red" in why or stored["value"] in why for why in body["tried"].values()), body
+    status, body = get(asked, red)  # a reader cleared for the record is told its TLP, as for the host's own
+    assert status == 200 and body["status"] == "skipped" and all("TLP red" in why for why in body["tried"].values()), body
+    assert fake.call_count() == 0
+
+
+def test_a_red_range_leaves_the_hosts_outside_it_alone(intel, function_client):
+    get, fake, red, reader = intel
+    items = [{"value": "185.220.102.0/24", "tlp": "red"}, {"value": "2002:b9dc:6611::1", "type": "ipv6", "tlp": "red"}]
+    function_client("iocs").post("/api/v1/iocs/batch", json={"iocs": items}, headers=red)
+    for outside in ("185.220.103.1", "185.220.101.255", "185.220.110.1"):
+        status, body = get(outside, reader)
+        assert status == 200 and body["source"] == "abuseipdb" and fake.call_count("abuseipdb", outside) == 1, body

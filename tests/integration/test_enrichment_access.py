@@ -282,3 +282,92 @@ def test_a_threat_made_by_a_writer_cleared_below_the_default_tlp_is_one_they_can
     )
     assert imported.status_code == 200, imported.get_json()
     assert db.one("SELECT tlp FROM threats WHERE name = 'Green Import Family'")[0] == "green"
+
+
+def _dispatched(backend_env, request_json):
+    """enrich-dispatch run on a request (what the push of ioc-enrichment-requested does): the run it leaves."""
+    from threatflow.enrichment import handlers, runs
+    from threatflow.enrichment.tasks import EnrichRequest
+    from threatflow.runtime import Runtime
+
+    runtime = Runtime.from_env()
+    try:
+        ctx = handlers.context(runtime)
+        request = EnrichRequest.from_json(request_json)
+        handlers.dispatch_request(ctx, request)
+        return runs.get_run(runtime.documents, request.run_id)
+    finally:
+        runtime.engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("stored", "enriched"),
+    [
+        ({"value": "185.220.112.0/24"}, "185.220.112.20"),
+        ({"value": "2a0b:f4c0:2::/48"}, "2a0b:f4c0:2::7"),
+        ({"value": "2002:b9dc:7011::1", "type": "ipv6"}, "185.220.112.17"),
+        ({"value": "2001:0:4136:e378:8000:63bf:4623:8fde", "type": "ipv6"}, "185.220.112.33"),
+    ],
+    ids=["ipv4-cidr", "ipv6-cidr", "6to4", "teredo"],
+)
+def test_a_host_covered_by_a_red_record_is_enriched_without_the_sources_below_red(function_client, backend_env, stored, enriched):
+    """An enrichment run of a host inside a red range (or whose 6to4 or Teredo spelling is stored red) went at the
+    host's own TLP to every source. The analyst enriches their own host, so it is no 404, but no source below red is
+    asked, and the run's skip reasons name neither the TLP nor the record (its readers are those of the host)."""
+    from threatflow.adapters.firestore import FirestoreDocuments
+
+    url = backend_env["DATABASE_URL"]
+    auth = function_client("auth")
+    tag = enriched.replace(":", "").replace(".", "")[-6:]
+    red = _bearer(auth, f"redc{tag}", create_user(url, f"redc{tag}", "analyst", clearance="red"))
+    amber = _bearer(auth, f"amberc{tag}", create_user(url, f"amberc{tag}", "analyst"))
+    _ensure_topics(backend_env, "ioc-enrichment-requested", "enrichment-tasks", "enrichment-completed")
+    written = function_client("iocs").post("/api/v1/iocs/batch", json={"iocs": [{**stored, "tlp": "red"}]}, headers=red)
+    assert written.get_json()["results"][0]["value"] == stored["value"], written.get_json()
+    api = function_client("enrichment")
+    started = api.post("/api/v1/enrichment/enrich", json={"value": enriched}, headers=amber)
+    assert started.status_code == 202, started.get_json()
+    documents = FirestoreDocuments(project=backend_env["GOOGLE_CLOUD_PROJECT"])
+    run = _dispatched(backend_env, documents.get("enrichment_runs", started.get_json()["run_id"])["request"])
+    assert run["expected"] == [], run  # no source asked: every one of them has max_tlp amber
+    assert run["skipped"] and not any("red" in why or stored["value"] in why for why in run["skipped"].values()), run
+    batch = api.post("/api/v1/enrichment/batch", json={"iocs": [enriched], "force": True}, headers=amber).get_json()
+    (item,) = batch["runs"]
+    assert item.get("status") == "running", batch
+    assert _dispatched(backend_env, documents.get("enrichment_runs", item["run_id"])["request"])["expected"] == []
+
+
+def test_auto_enrichment_of_a_host_inside_a_red_range_asks_no_source_below_red(function_client, backend_env):
+    """The flow bridge's and the IoC API's new hosts are auto-enriched at their own TLP: one inside a red range went
+    to every auto-enriching source."""
+    from threatflow.adapters.postgres import create_engine, unit_of_work
+    from threatflow.enrichment import handlers, runs
+    from threatflow.intel import enrichment as intel_enrichment
+    from threatflow.platform.config import Settings
+    from threatflow.runtime import Runtime
+
+    url = backend_env["DATABASE_URL"]
+    auth = function_client("auth")
+    red = _bearer(auth, "redcauto", create_user(url, "redcauto", "analyst", clearance="red"))
+    amber = _bearer(auth, "ambercauto", create_user(url, "ambercauto", "analyst"))
+    _ensure_topics(backend_env, "ioc-enrichment-requested", "enrichment-tasks", "enrichment-completed")
+    iocs = function_client("iocs")
+    iocs.post("/api/v1/iocs/batch", json={"iocs": [{"value": "185.220.113.0/24", "tlp": "red"}]}, headers=red)
+    host = iocs.post("/api/v1/iocs/batch", json={"iocs": [{"value": "185.220.113.9"}]}, headers=amber).get_json()["results"][0]
+    outside = iocs.post("/api/v1/iocs/batch", json={"iocs": [{"value": "185.220.114.9"}]}, headers=amber).get_json()["results"][0]
+    engine = create_engine(Settings.from_env({"DATABASE_URL": url}))
+    try:
+        with unit_of_work(engine) as conn:
+            requests = intel_enrichment.ingest_requests(conn, [host["id"], outside["id"]], message_id="contain-1")
+    finally:
+        engine.dispose()
+    runtime = Runtime.from_env()
+    try:
+        ctx = handlers.context(runtime)
+        for request in requests:
+            handlers.dispatch_request(ctx, request)
+        by_ioc = {r.ioc_id: runs.get_run(runtime.documents, r.run_id) for r in requests}
+    finally:
+        runtime.engine.dispose()
+    assert by_ioc[outside["id"]] is not None and by_ioc[outside["id"]]["expected"], by_ioc  # auto-enriched as before
+    assert by_ioc[host["id"]] is None, by_ioc  # nothing to auto-enrich: no run is recorded
