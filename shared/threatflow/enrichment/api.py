@@ -236,13 +236,21 @@ def plan(ctx: handlers.Enrichment, wanted: list[tuple[dict[str, Any], list[str],
     charged: set[tuple[int, str]] = set()
     selections: dict[tuple[Any, ...], list[str]] = {}
     for ioc, sources, force in wanted:
-        rule = (str(ioc["type"]), str(ioc.get("tlp") or "amber"), bool(ioc.get("warninglists")), tuple(sources), force)
+        rule = (
+            str(ioc["type"]),
+            str(ioc["sent_tlp"]),
+            bool(ioc["tlp_withheld"]),
+            bool(ioc.get("warninglists")),
+            tuple(sources),
+            force,
+        )
         if rule not in selections:  # the same answer for every IoC of a type, TLP and source list
             selections[rule] = dispatch.select(
                 enabled,
                 ioc_type=rule[0],
                 tlp=rule[1],
-                warninglisted=rule[2],
+                tlp_withheld=rule[2],
+                warninglisted=rule[3],
                 force=force,
                 wanted=sources,
                 usable_key=ctx.keys.usable,
@@ -291,7 +299,8 @@ def build_router(runtime: Runtime) -> Router:
             ioc_id=int(ioc["id"]),
             ioc_type=str(ioc["type"]),
             value=str(ioc["value"]),
-            tlp=str(ioc.get("tlp") or "amber"),
+            tlp=str(ioc["sent_tlp"]),  # stricter where a record covers the address (the clearance checked `tlp`)
+            tlp_withheld=bool(ioc["tlp_withheld"]),
             warninglists=tuple(ioc.get("warninglists") or ()),
             force=force,
             sources=tuple(sources),
@@ -364,7 +373,8 @@ def build_router(runtime: Runtime) -> Router:
                     ioc_id=int(ioc["id"]),
                     ioc_type=str(ioc["type"]),
                     value=str(ioc["value"]),
-                    tlp=str(ioc.get("tlp") or "amber"),
+                    tlp=str(ioc["sent_tlp"]),
+                    tlp_withheld=bool(ioc["tlp_withheld"]),
                     warninglists=tuple(ioc.get("warninglists") or ()),
                     force=force,
                     sources=tuple(item.sources or body.sources),
@@ -739,7 +749,9 @@ def ip_reputation(
     """The first usable answer for an IP; raises RateLimitedError when every source is out of quota, or when
     `charge` (the caller's enrichment budget, spent by each call that leaves the cache) refuses.
     An address stored as an IoC keeps its TLP: above `clearance` it is a 404 (as POST /enrich answers), and a
-    source whose `max_tlp` is below it is not asked (as enrich-dispatch decides)."""
+    source whose `max_tlp` is below it is not asked (as enrich-dispatch decides). A record covering the address
+    (intel.enrichment.host_tlps: a CIDR IoC containing it, a 6to4 or Teredo IoC carrying it) leaves unasked the
+    sources below its TLP too, but makes no 404, and above `clearance` its TLP is not named (dispatch.WITHHELD)."""
     try:
         address = ipaddress.ip_address(ip.strip())
     except ValueError:
@@ -762,16 +774,23 @@ def ip_reputation(
     ioc_type = "ipv4" if address.version == 4 else "ipv6"
     value = str(address)
     with unit_of_work(enrichment.runtime.engine) as conn:
-        tlp = intel_enrichment.stored_tlp(conn, ioc_type, value)  # with the IPv4 address it carries, the stricter
-    tlp_clearance.require(clearance, tlp, what=f"intel for {value} within your TLP clearance")
+        host = intel_enrichment.host_tlp(conn, ioc_type, value)  # its spellings and the records covering it too
+    stored = host.stored.value if host.stored is not None else None
+    tlp_clearance.require(clearance, stored, what=f"intel for {value} within your TLP clearance")
+    # A record covering the address (a range containing it, a 6to4 or Teredo IoC carrying it) above the reader's
+    # clearance: not a 404, the address is the reader's own, but its TLP is not named (dispatch.WITHHELD).
+    sent = host.sent.value if host.sent is not None else None
+    named = not host.withheld or tlp_clearance.can_read(clearance, sent)
     waits: list[float] = []
     tried: dict[str, str] = {}
+    left_for_tlp: set[str] = set()
     for name in sources:
         source = enrichment.settings.sources.get(name)
         if source is None or not source.enabled or ioc_type not in source.indicator_types or not enrichment.keys.usable(source):
             continue
-        if tlp is not None and not dispatch.tlp_allowed(tlp, source.max_tlp):
-            tried[name] = f"TLP {tlp} is above this source's maximum ({source.max_tlp})"
+        if sent is not None and not dispatch.tlp_allowed(sent, source.max_tlp):
+            tried[name] = f"TLP {sent} is above this source's maximum ({source.max_tlp})" if named else dispatch.WITHHELD
+            left_for_tlp.add(name)
             continue
         outcome = run_task(enrichment, source, Task("detect-intel", 0, ioc_type, value, name), charge=charge)
         if outcome.defer_seconds is not None:
@@ -795,7 +814,7 @@ def ip_reputation(
         tried[name] = result.status.value
     if waits:
         raise RateLimitedError(f"every IP source is out of quota ({tried})", retry_after=min(waits))
-    if tried and all(reason.startswith("TLP ") for reason in tried.values()):
+    if tried and set(tried) == left_for_tlp:
         # Not a failure: every source was left unasked on purpose.
         return {"ip": value, "source": None, "status": "skipped", "verdict": "unknown", "score": None, "cached": False,
                 "fetched_at": None, "evidence": {}, "tried": tried}  # fmt: skip

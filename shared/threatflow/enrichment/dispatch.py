@@ -16,11 +16,17 @@ def tlp_allowed(ioc_tlp: str, max_tlp: str) -> bool:
         return False
 
 
+# A source left unasked because a record covering the value (a range containing the address, a 6to4 or Teredo IoC
+# carrying it) is above its max_tlp, to a reader who may not read that record: neither its TLP nor its value is named.
+WITHHELD = "withheld: a record covering this address may not go to this source"
+
+
 def select(
     sources: Iterable[SourceConfig],
     *,
     ioc_type: str,
     tlp: str,
+    tlp_withheld: bool,
     warninglisted: bool,
     force: bool,
     wanted: Sequence[str] = (),
@@ -46,7 +52,7 @@ def select(
         elif warninglisted and not force:
             reason = "the IoC is warninglisted (force to enrich anyway)"
         elif not tlp_allowed(tlp, source.max_tlp):
-            reason = f"TLP {tlp} is above this source's maximum ({source.max_tlp})"
+            reason = WITHHELD if tlp_withheld else f"TLP {tlp} is above this source's maximum ({source.max_tlp})"
         elif not usable_key(source):
             reason = "no_key"
         if reason:

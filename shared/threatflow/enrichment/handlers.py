@@ -283,6 +283,7 @@ def dispatch_request(ctx: Enrichment, req: EnrichRequest) -> None:
                 ctx.settings.enabled(),
                 ioc_type=req.ioc_type,
                 tlp=req.tlp,
+                tlp_withheld=req.tlp_withheld,
                 warninglisted=bool(req.warninglists),
                 force=req.force,
                 wanted=req.sources,

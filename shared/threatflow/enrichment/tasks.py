@@ -75,6 +75,10 @@ class EnrichRequest:
     # publishes the stored request again), so a run that is gone was cancelled: its publish failed and the caller was
     # answered an error. Auto-enrichment's requests are not recorded first (enrich-dispatch creates their runs).
     recorded: bool = False
+    # `tlp` comes from a record covering the value (a range containing the address, a 6to4 or Teredo IoC carrying it:
+    # intel.enrichment.host_tlps), stricter than the IoC's own: the run's readers are the IoC's, so its skip
+    # reasons name no TLP.
+    tlp_withheld: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "warninglists": list(self.warninglists), "sources": list(self.sources)}
@@ -93,6 +97,7 @@ class EnrichRequest:
             origin=str(data.get("origin") or "api"),
             batch_id=data.get("batch_id"),
             recorded=data.get("recorded") is True,
+            tlp_withheld=data.get("tlp_withheld") is True,
         )
 
 

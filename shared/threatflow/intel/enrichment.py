@@ -10,6 +10,7 @@ import ipaddress
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -102,21 +103,92 @@ def _spelling_keys(record: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [("ipv6", spelling) for spelling in ipv6_spellings(address)]
 
 
+_SIXTOFOUR = ipaddress.ip_network("2002::/16")
+
+
+@dataclass(frozen=True, slots=True)
+class HostTlp:
+    """What a host's stored records say about it. `stored`: the strictest TLP of the IoCs holding the host (its value,
+    the IPv4 address an IPv6 one carries, an IPv4 address's IPv6 spellings), or None: a reader cleared below it is
+    answered 404. `sent`: `stored`, or stricter where a record covers the host without holding it (a CIDR IoC containing
+    it, a 6to4 or Teredo IoC carrying its IPv4 address): no source whose max_tlp is below it is asked, and a reader
+    below it is not answered 404, since the host is theirs and the record covering it is not shown."""
+
+    stored: Tlp | None
+    sent: Tlp | None
+
+    @property
+    def withheld(self) -> bool:
+        """The sending TLP comes from a covering record that not every reader of the host may read: name no TLP."""
+        return self.sent is not None and (self.stored is None or self.sent.rank > self.stored.rank)
+
+
+def _strictest(tlps: Sequence[Tlp | None]) -> Tlp | None:
+    known = [tlp for tlp in tlps if tlp is not None]
+    return max(known, key=lambda tlp: tlp.rank) if known else None
+
+
+def _cover_probes(ioc_type: str, value: str) -> tuple[list[str], ipaddress.IPv4Address | None]:
+    """The addresses a containing CIDR IoC covers the host through (the host, the IPv4 address it carries and that
+    address's fixed IPv6 spellings), and the IPv4 address whose 6to4 and Teredo IoCs cover it; nothing for a non-IP."""
+    if ioc_type not in ("ipv4", "ipv6"):
+        return [], None
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return [], None
+    ipv4 = address if isinstance(address, ipaddress.IPv4Address) else carried_ipv4(address)
+    within = {str(address)}
+    if ipv4 is not None:
+        within |= {str(ipv4), *ipv6_spellings(ipv4)}
+    return sorted(within), ipv4
+
+
+def host_tlps(conn: Connection, hosts: Mapping[Any, Mapping[str, Any]]) -> dict[Any, HostTlp]:
+    """The TLPs (HostTlp) of hosts given as records (type, value, and the stored IoC's own tlp when there is one), in
+    two queries for all: the IoCs holding each host (by value), and those covering it (iocs.repository.covering_tlps,
+    one index scan a probe). The one rule for GET /detect/intel/{ip} and every enrichment run. A non-IP record takes
+    its own TLP and no query."""
+    keys = {k: [(str(h["type"]), str(h["value"])), *_spelling_keys(h)] for k, h in hosts.items()}
+    spelled = {k: ks for k, ks in keys.items() if len(ks) > 1 or hosts[k].get("tlp") is None}
+    wanted = sorted({key for ks in spelled.values() for key in ks})
+    stored_iocs = iocs_repository.get_many_by_value(conn, wanted) if wanted else {}
+    numbered = list(hosts)  # covering_tlps keys are ints
+    within: list[tuple[int, str]] = []
+    sites: list[tuple[int, str]] = []
+    teredo: list[tuple[int, int]] = []
+    for n, k in enumerate(numbered):
+        addresses, ipv4 = _cover_probes(str(hosts[k].get("type")), str(hosts[k].get("value")))
+        within += [(n, a) for a in addresses]
+        if ipv4 is not None:
+            sites.append((n, str(ipaddress.IPv6Network((int(_SIXTOFOUR.network_address) | int(ipv4) << 80, 48)))))
+            teredo.append((n, int(ipv4)))
+    covering = iocs_repository.covering_tlps(conn, within=within, sites=sites, teredo=teredo)
+    out = {}
+    for n, k in enumerate(numbered):
+        own = hosts[k].get("tlp")
+        found = [Tlp.parse(str(stored_iocs[key]["tlp"])) for key in spelled.get(k, []) if key in stored_iocs]
+        stored = _strictest([Tlp.parse(str(own)) if own is not None else None, *found])
+        out[k] = HostTlp(stored=stored, sent=_strictest([stored, covering.get(n)]))
+    return out
+
+
 def _with_carried_tlps(conn: Connection, records: Mapping[Any, dict[str, Any]]) -> dict[Any, dict[str, Any]]:
     """An IPv6 IoC carrying a stored IPv4 address discloses that address to whichever source it is sent to: its
     request and clearance take the stricter TLP of the two (a red IPv4 address, spelled NAT64, went to every
     IPv6 source for any analyst). So does an IPv4 IoC whose IPv6 spelling is stored (a red ::ffff:a.b.c.d typed ipv6,
-    and the IPv4 address went at amber to every IPv4 source). The stored IoC keeps its own. One query for all."""
-    others = {k: keys for k, record in records.items() if (keys := _spelling_keys(record))}
-    stored = iocs_repository.get_many_by_value(conn, sorted({key for keys in others.values() for key in keys})) if others else {}
-    out = dict(records)
-    for k, keys in others.items():
-        record = records[k]
-        own = Tlp.parse(str(record.get("tlp") or "amber"))
-        others_tlps = [Tlp.parse(str(stored[key]["tlp"])) for key in keys if stored.get(key, {}).get("tlp") is not None]
-        strictest = max([own, *others_tlps], key=lambda tlp: tlp.rank)
-        if strictest.rank > own.rank:
-            out[k] = {**record, "tlp": strictest.value}
+    and the IPv4 address went at amber to every IPv4 source). A record covering the host (host_tlps: a CIDR IoC
+    containing it, a 6to4 or Teredo IoC carrying it) makes `sent_tlp` stricter, what its request is sent at, not
+    `tlp`, what the caller's clearance is checked against. The stored IoC keeps its own. Two queries for all."""
+    tlps = host_tlps(conn, {k: r for k, r in records.items() if r.get("type") in ("ipv4", "ipv6")})
+    out = {}
+    for k, record in records.items():
+        own = str(record.get("tlp") or "amber")
+        tlp = tlps.get(k)
+        if tlp is None or tlp.stored is None or tlp.sent is None:
+            out[k] = {**record, "tlp": own, "sent_tlp": own, "tlp_withheld": False}
+            continue
+        out[k] = {**record, "tlp": tlp.stored.value, "sent_tlp": tlp.sent.value, "tlp_withheld": tlp.withheld}
     return out
 
 
@@ -207,7 +279,17 @@ def ingest_requests(conn: Connection, ioc_ids: Sequence[Any], *, message_id: str
         if record is None:
             continue
         run_id = uuid.uuid5(uuid.NAMESPACE_URL, f"ingest:{message_id}:{ioc_id}").hex
-        out.append(EnrichRequest(run_id, ioc_id, str(record["type"]), str(record["value"]), str(record["tlp"]), origin="ingest"))
+        out.append(
+            EnrichRequest(
+                run_id,
+                ioc_id,
+                str(record["type"]),
+                str(record["value"]),
+                str(record["sent_tlp"]),
+                origin="ingest",
+                tlp_withheld=bool(record["tlp_withheld"]),
+            )
+        )
     return out
 
 
@@ -250,14 +332,12 @@ def apply_verdict(conn: Connection, *, ioc_id: int, run_id: str, merged: verdict
     enrichment_repository.put_verdict(conn, ioc_id=ioc_id, run_id=run_id, verdict=merged.verdict, score=merged.score, reasons=reasons)
 
 
-def stored_tlp(conn: Connection, ioc_type: str, value: str) -> str | None:
-    """The TLP of the stored IoC (type, normalised value), or None when none is stored. An IPv6 address carrying a
-    stored IPv4 one (NAT64, 6to4...) discloses that one too: the stricter of the two, read in one query. So does an IPv4
-    address whose IPv6 spelling is stored (ipv6_spellings: ::ffff:a.b.c.d typed ipv6 stays an ipv6 IoC, and the intel
-    route asks for it as the IPv4 host): a red IoC so spelled went to every IPv4 source for any reader."""
-    keys = [(ioc_type, value), *_spelling_keys({"type": ioc_type, "value": value})]
-    stored = [Tlp.parse(str(record["tlp"])) for record in iocs_repository.get_many_by_value(conn, keys).values()]
-    return max(stored, key=lambda tlp: tlp.rank).value if stored else None
+def host_tlp(conn: Connection, ioc_type: str, value: str) -> HostTlp:
+    """host_tlps for one address not read as a stored record (GET /detect/intel/{ip}): the TLP of the stored IoC
+    (type, normalised value) or of its other spellings, and of the records covering it. An IPv6 address carrying a
+    stored IPv4 one (NAT64, 6to4...) discloses that one too; so does an IPv4 address whose IPv6 spelling is stored
+    (ipv6_spellings: ::ffff:a.b.c.d typed ipv6 stays an ipv6 IoC, and the intel route asks for it as the IPv4 host)."""
+    return host_tlps(conn, {0: {"type": ioc_type, "value": value}})[0]
 
 
 def visible_ioc_ids(conn: Connection, ioc_ids: Sequence[int], *, visible_tlps: Sequence[str]) -> set[int]:

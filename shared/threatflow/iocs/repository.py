@@ -20,6 +20,7 @@ import msgspec
 
 from threatflow.iocs.model import MAX_SOURCES_PER_IOC, MAX_TAGS_PER_IOC, DecayPolicy, IocFilter, IocRecord, UpsertItem
 from threatflow.platform import limits
+from threatflow.platform.vocabulary import Tlp
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -671,6 +672,67 @@ def get_many_by_value(conn: Connection, keys: Sequence[tuple[str, str]]) -> dict
         {"t": [k[0] for k in keys], "v": [k[1] for k in keys]},
     ).all()
     return {(r[1], r[2]): {"id": int(r[0]), "type": r[1], "value": r[2], "tlp": r[3], "warninglists": list(r[4] or [])} for r in rows}
+
+
+# The records covering a host without holding it, one index scan each (sql/0017_ioc_address_cover.sql): CIDR IoCs
+# containing an address, cidr and ipv6 IoCs overlapping a 6to4 /48, ipv6 IoCs whose Teredo client is an IPv4 address.
+# Aggregated in SQL: a host inside 10,000 ranges is one row, the strictest TLP's rank.
+# Each probe is a subquery of its own, so it can only be an index scan for that probe's value (as joins, the planner
+# sorted every Teredo IoC for a batch, and started parallel workers, ~30-50 ms, for a single host); the probes are
+# MATERIALIZED CTEs, which keep the plan out of parallel workers.
+_RANK = "max(array_position(CAST(:order AS text[]), i.tlp))"
+_COVERING_TLPS = (
+    "WITH within AS MATERIALIZED (SELECT * FROM unnest(CAST(:within_k AS int[]), CAST(:within AS inet[])) AS p(k, net)),"
+    " sites AS MATERIALIZED (SELECT * FROM unnest(CAST(:sites_k AS int[]), CAST(:sites AS inet[])) AS p(k, net)),"
+    " teredo AS MATERIALIZED (SELECT * FROM unnest(CAST(:teredo_k AS int[]), CAST(:teredo AS bigint[])) AS p(k, client))"
+    " SELECT k, max(rank) FROM ("
+    f" SELECT p.k, (SELECT {_RANK} FROM iocs i WHERE ioc_inet(i.type, i.value) >>= p.net"
+    "   AND i.type IN ('cidr', 'ipv6') AND i.type = 'cidr') AS rank FROM within p"
+    " UNION ALL"
+    f" SELECT p.k, (SELECT {_RANK} FROM iocs i WHERE ioc_inet(i.type, i.value) && p.net"
+    "   AND i.type IN ('cidr', 'ipv6')) FROM sites p"
+    " UNION ALL"
+    f" SELECT p.k, (SELECT {_RANK} FROM iocs i WHERE ioc_teredo_client(i.type, i.value) = p.client"
+    "   AND i.type = 'ipv6' AND ioc_teredo_client(i.type, i.value) IS NOT NULL) FROM teredo p"
+    ") covering GROUP BY k"
+)
+
+
+_ORDER = Tlp.RED.at_most()  # clear ... red: array_position's rank, 1-based
+_JIT_PROBES = 14  # a single host's probes (at most 7) twice: planned below PostgreSQL's jit_above_cost
+
+
+def covering_tlps(
+    conn: Connection,
+    *,
+    within: Sequence[tuple[int, str]],
+    sites: Sequence[tuple[int, str]],
+    teredo: Sequence[tuple[int, int]],
+) -> dict[int, Tlp]:
+    """The strictest TLP per key of the stored IoCs covering an address without holding it, in one query: the cidr
+    IoCs containing an address of `within` (key, address), the cidr and ipv6 IoCs overlapping a network of `sites`
+    (key, a 6to4 /48), the ipv6 IoCs whose Teredo client is an IPv4 address of `teredo` (key, the address as a number).
+    A key nothing covers is left out."""
+    if not (within or sites or teredo):
+        return {}
+    params = {
+        "order": _ORDER,
+        "within_k": [k for k, _ in within],
+        "within": [a for _, a in within],
+        "sites_k": [k for k, _ in sites],
+        "sites": [n for _, n in sites],
+        "teredo_k": [k for k, _ in teredo],
+        "teredo": [c for _, c in teredo],
+    }
+    if len(within) + len(sites) + len(teredo) <= _JIT_PROBES:
+        rows = conn.execute(_text(_COVERING_TLPS), params).all()
+    else:
+        # The planner costs each probe at hundreds of rows (inet's default selectivity), so a batch's plan crossed the
+        # JIT thresholds and compiled for ~0.8 s a query that runs in ~0.15 s: off for this statement, as it was.
+        was = conn.execute(_text("SELECT current_setting('jit'), set_config('jit', 'off', true)")).scalar_one()
+        rows = conn.execute(_text(_COVERING_TLPS), params).all()
+        conn.execute(_text("SELECT set_config('jit', :was, true)"), {"was": was})
+    return {int(r[0]): Tlp(_ORDER[int(r[1]) - 1]) for r in rows if r[1] is not None}
 
 
 def tlps_of(conn: Connection, ioc_ids: Sequence[int]) -> dict[int, str]:

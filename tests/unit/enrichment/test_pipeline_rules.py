@@ -88,7 +88,8 @@ def test_select_applies_type_key_tlp_warninglist_and_auto_rules():
     sources = load_manifest().sources.values()
 
     def pick(**kw):
-        args = {"ioc_type": "ipv4", "tlp": "amber", "warninglisted": False, "force": False, "usable_key": lambda s: True}
+        args = {"ioc_type": "ipv4", "tlp": "amber", "tlp_withheld": False, "warninglisted": False, "force": False}
+        args["usable_key"] = lambda s: True
         args.update(kw)
         return dispatch.select(sources, implemented=REGISTRY.keys(), **args)
 
