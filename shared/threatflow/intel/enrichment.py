@@ -63,13 +63,20 @@ def carried_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipad
 _IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
 
 
+_FIXED_PREFIXES = tuple(int(n.network_address) for n in (_IPV4_MAPPED, _NAT64, _IPV4_COMPATIBLE, _IPV4_TRANSLATED))
+
+
+def _fixed_spellings(address: ipaddress.IPv4Address) -> list[ipaddress.IPv6Address]:
+    """The IPv6 addresses carrying `address` at a fixed place (see ipv6_spellings), not normalised."""
+    return [ipaddress.IPv6Address(prefix | int(address)) for prefix in _FIXED_PREFIXES]
+
+
 def ipv6_spellings(address: ipaddress.IPv4Address) -> list[str]:
     """The IPv6 IoC values (as the iocs domain normalises them) that carry `address` at a fixed place: IPv4-mapped,
     NAT64's well-known prefix, IPv4-compatible, IPv4-translated. carried_ipv4 read backwards; 6to4, Teredo and
     NAT64's local-use prefix carry it beside bits of their own (a subnet, a server, a port), so no one value is theirs."""
     spellings = []
-    for network in (_IPV4_MAPPED, _NAT64, _IPV4_COMPATIBLE, _IPV4_TRANSLATED):
-        ipv6 = ipaddress.IPv6Address(int(network.network_address) | int(address))
+    for ipv6 in _fixed_spellings(address):
         try:
             spellings.append(normalise(str(ipv6), "ipv6").value)
         except ValidationError:  # not an address the iocs domain stores as ipv6, so no IoC can hold it
@@ -139,8 +146,8 @@ def _cover_probes(ioc_type: str, value: str) -> tuple[list[str], ipaddress.IPv4A
         return [], None
     ipv4 = address if isinstance(address, ipaddress.IPv4Address) else carried_ipv4(address)
     within = {str(address)}
-    if ipv4 is not None:
-        within |= {str(ipv4), *ipv6_spellings(ipv4)}
+    if ipv4 is not None:  # inet reads any spelling: no need of the iocs domain's normalised form
+        within |= {str(ipv4), *map(str, _fixed_spellings(ipv4))}
     return sorted(within), ipv4
 
 
@@ -149,8 +156,9 @@ def host_tlps(conn: Connection, hosts: Mapping[Any, Mapping[str, Any]]) -> dict[
     two queries for all: the IoCs holding each host (by value), and those covering it (iocs.repository.covering_tlps,
     one index scan a probe). The one rule for GET /detect/intel/{ip} and every enrichment run. A non-IP record takes
     its own TLP and no query."""
-    keys = {k: [(str(h["type"]), str(h["value"])), *_spelling_keys(h)] for k, h in hosts.items()}
-    spelled = {k: ks for k, ks in keys.items() if len(ks) > 1 or hosts[k].get("tlp") is None}
+    # a record read from the store has its own TLP: only its other spellings are looked up
+    own_key = {k: [(str(h["type"]), str(h["value"]))] if h.get("tlp") is None else [] for k, h in hosts.items()}
+    spelled = {k: ks for k, h in hosts.items() if (ks := own_key[k] + _spelling_keys(h))}
     wanted = sorted({key for ks in spelled.values() for key in ks})
     stored_iocs = iocs_repository.get_many_by_value(conn, wanted) if wanted else {}
     numbered = list(hosts)  # covering_tlps keys are ints

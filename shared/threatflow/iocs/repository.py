@@ -702,6 +702,12 @@ _ORDER = Tlp.RED.at_most()  # clear ... red: array_position's rank, 1-based
 _JIT_PROBES = 14  # a single host's probes (at most 7) twice: planned below PostgreSQL's jit_above_cost
 
 
+def _array(items: Sequence[int | str]) -> str:
+    """An array literal of numbers or addresses (no comma, quote, brace or space in any): one text parameter, cast by
+    the statement. pg8000 converted a list element by element, 1.9 s of a 10,000-host auto-enrichment message's 2.4."""
+    return "{" + ",".join(map(str, items)) + "}"
+
+
 def covering_tlps(
     conn: Connection,
     *,
@@ -717,12 +723,12 @@ def covering_tlps(
         return {}
     params = {
         "order": _ORDER,
-        "within_k": [k for k, _ in within],
-        "within": [a for _, a in within],
-        "sites_k": [k for k, _ in sites],
-        "sites": [n for _, n in sites],
-        "teredo_k": [k for k, _ in teredo],
-        "teredo": [c for _, c in teredo],
+        "within_k": _array([k for k, _ in within]),
+        "within": _array([a for _, a in within]),
+        "sites_k": _array([k for k, _ in sites]),
+        "sites": _array([n for _, n in sites]),
+        "teredo_k": _array([k for k, _ in teredo]),
+        "teredo": _array([c for _, c in teredo]),
     }
     if len(within) + len(sites) + len(teredo) <= _JIT_PROBES:
         rows = conn.execute(_text(_COVERING_TLPS), params).all()
