@@ -170,3 +170,30 @@ def test_a_concurrent_raise_of_the_targets_clearance_cannot_slip_past_the_check_
     racer.join()
     assert outcome["response"].status_code == 403, outcome["response"].get_json()
     assert function_client("auth").get("/api/v1/auth/me", headers=rising).status_code == 200  # its token still works
+
+
+def test_a_revoked_or_disabled_accounts_token_revokes_nothing(function_client, backend_env, db):
+    """POST /api/v1/auth/revoke is a reader route, whose account check may come from an instance's 30 s memory: a
+    token it had just revoked revoked again there (200), ending the new login its owner made meanwhile, and a disabled
+    account's token revoked its tokens, each recorded as `tokens_revoked` by that account. The revoke compares the
+    token's version and the account's state under the account's row lock: such a token is a 401 that ends nothing."""
+    url = backend_env["DATABASE_URL"]
+    auth, admin = function_client("auth"), function_client("admin")
+    password = create_user(url, "stolenann", "analyst")
+    boss = _bearer(auth, "revokeboss", create_user(url, "revokeboss", "admin"))
+    stolen = _bearer(auth, "stolenann", password)
+    assert auth.get("/api/v1/auth/me", headers=stolen).status_code == 200  # this instance remembers the account
+    assert auth.post("/api/v1/auth/revoke", headers=stolen).status_code == 200
+    fresh = _bearer(auth, "stolenann", password)
+    again = auth.post("/api/v1/auth/revoke", headers=stolen)
+    assert again.status_code == 401, again.get_json()
+    assert function_client("auth").get("/api/v1/auth/me", headers=fresh).status_code == 200, "the new login was ended"
+
+    sleeper = _bearer(auth, "disabledann", create_user(url, "disabledann", "reader"))
+    assert auth.get("/api/v1/auth/me", headers=sleeper).status_code == 200
+    assert admin.post("/api/v1/admin/users/disabledann/disable", headers=boss).status_code == 200
+    disabled = auth.post("/api/v1/auth/revoke", headers=sleeper)
+    assert disabled.status_code == 401, disabled.get_json()
+    events = admin.get("/api/v1/admin/security-events", headers=boss).get_json()["events"]
+    revokes = [(e["username"], e["detail"]["by"]) for e in events if e["kind"] == "tokens_revoked"]
+    assert revokes == [("stolenann", "stolenann")], revokes
