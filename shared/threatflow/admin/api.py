@@ -130,6 +130,7 @@ def build_router(runtime: Runtime) -> Router:
                 users=UserRepository(conn),
                 actor=principal.username,
                 actor_clearance=tlp_clearance.of(principal),
+                token_version=None,  # an admin route: their own token was checked on this request
                 via="api",
             )
         return {"username": request.path_params["username"], "tokens_revoked": True}

@@ -70,6 +70,7 @@ def build_router(runtime: Runtime) -> Router:
                 users=UserRepository(conn),
                 actor=principal.username,
                 actor_clearance=None,  # their own account
+                token_version=principal.version,  # checked under the row lock: this reader route's check may be 30 s old
                 via="api",
             )
         return {"username": principal.username, "tokens_revoked": True}

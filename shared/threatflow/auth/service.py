@@ -168,13 +168,22 @@ def set_disabled(*, username: str, disabled: bool, users: UserRepository, actor:
     users.record_event("user_disabled" if disabled else "user_enabled", username=found, client_ip=None, detail={"by": actor, "via": via})
 
 
-def revoke_tokens(*, username: str, users: UserRepository, actor: str, actor_clearance: str | None, via: str) -> None:
+def revoke_tokens(
+    *, username: str, users: UserRepository, actor: str, actor_clearance: str | None, token_version: int | None, via: str
+) -> None:
     """End every token of the account `username` (its security version goes up), recorded in the security events
     (`tokens_revoked`: by whom, how) in the same transaction. `actor` is an admin, whose clearance the account's may
     not exceed (403 naming `username`), checked under the account's row lock as the other admin changes are, or the
     user themselves (POST /auth/revoke) with `actor_clearance` None: their own account, whatever its clearance now
-    (a principal's may be up to 30 s old on a reader route). No such account, a 404."""
+    (a principal's may be up to 30 s old on a reader route). No such account, a 404.
+
+    `token_version`: the caller's token's `ver` when they revoke their own account (None for an admin, whose route
+    checks their token on the request). POST /auth/revoke is a reader route, whose account check may come from an
+    instance's 30 s memory, so it is checked again here under the row lock: a token already revoked, or a disabled
+    account's, is a 401 that ends nothing (it revoked again, ending the new login its owner had just made)."""
     target = _locked_target(username, users=users, actor_clearance=actor_clearance, field="username")
+    if token_version is not None and (target.disabled or target.security_version != token_version):
+        raise AuthError("this token predates a change to the account (role, password or status); log in again")
     found = users.bump_security_version(target.username)
     if found is None:
         raise NotFoundError(f"no user named {username!r}")
