@@ -98,6 +98,47 @@ def test_a_reader_over_budget_gets_429_with_retry_after_while_another_reader_is_
     assert fake.call_count("abuseipdb") == BUDGET + 1
 
 
+@contextlib.contextmanager
+def _cooling_down(runtime, names):
+    """`names` answer as a source does after a 429 (cooling down) for this runtime's keys, until the block ends."""
+    from threatflow.enrichment import handlers
+
+    ctx = handlers.context(runtime)
+    configs = [ctx.settings.get(name) for name in names]
+    try:
+        for config in configs:
+            ctx.quota.cool_down(config, ctx.keys.fingerprint(config), seconds=60, now=datetime.now(UTC))
+        yield
+    finally:
+        for config in configs:
+            ctx.redis.delete(f"enr:cooldown:{config.name}:{ctx.keys.fingerprint(config)}")
+
+
+def test_a_source_out_of_quota_costs_detect_intel_nothing(env):
+    """GET /detect/intel charged each source just before its quota was taken: a source found out of quota (cooling
+    down, its day spent) was charged though nothing was called, so with AbuseIPDB cooling down each address cost 2
+    (the budget of 4 gone after 2 calls), and with every IP source out of quota each 429 spent up to 5. A source the
+    quota refuses gives back its charge."""
+    from threatflow.enrichment.api import IP_SOURCE_ORDER
+
+    intel, fake, runtime = env["intel"], env["fake"], env["runtime"]
+    gina, hank = env["bearer"]("budget-gina", "reader"), env["bearer"]("budget-hank", "reader")
+    with _cooling_down(runtime, ["abuseipdb"]):
+        for i in range(1, BUDGET + 1):  # each a call to the next source, GreyNoise: one lookup
+            status, body, _ = intel(f"185.220.103.{i}", gina)
+            assert status == 200 and body["source"] != "abuseipdb" and not body["cached"], body
+        status, body, headers = intel("185.220.103.99", gina)
+        _refused_by_budget(status, body, headers)
+    assert fake.call_count("abuseipdb") == 0
+    with _cooling_down(runtime, IP_SOURCE_ORDER):
+        for _ in range(3):
+            status, body, _ = intel("185.220.104.1", hank)
+            assert status == 429 and "out of quota" in body["error"]["message"], body
+    for i in range(1, BUDGET + 1):  # the refusals spent nothing
+        status, body, _ = intel(f"185.220.104.{i}", hank)
+        assert status == 200 and not body["cached"], body
+
+
 def test_a_batch_over_what_is_left_is_refused_whole_and_cached_values_are_free(env, db):
     api, runtime = env["api"], env["runtime"]
     carol, dave = env["bearer"]("budget-carol", "analyst"), env["bearer"]("budget-dave", "analyst")
