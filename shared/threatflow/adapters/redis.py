@@ -32,6 +32,7 @@ local cost = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local new_tat = tat + interval * cost
+if new_tat < now then new_tat = now end  -- a negative cost (a refund) gives back no more than a full bucket
 local allow_at = new_tat - tolerance
 if allow_at > now then
   return {0, allow_at - now, 0}
@@ -163,6 +164,7 @@ class RateLimiter:
         self._local = threading.local()  # .client: this thread's own connection (a single-connection Redis)
 
     def hit(self, key: str, *, limit: int, period_seconds: int, cost: int = 1) -> Decision:
+        """Charge `cost` to `key` if it fits (GCRA); a negative `cost` gives that much back, never past a full bucket."""
         interval_ms = period_seconds * 1000 / limit
         tolerance_ms = interval_ms * limit
         allowed, retry_ms, remaining = self._breaker.call(

@@ -38,6 +38,7 @@ from threatflow.auth import clearance as tlp_clearance
 from threatflow.auth.api import authenticator
 from threatflow.auth.model import Role
 from threatflow.enrichment import dispatch, handlers, repository, runs, verdict
+from threatflow.enrichment.budget import LookupCharge
 from threatflow.enrichment.handlers import Enrichment, context, run_task
 from threatflow.enrichment.model import ResultStatus
 from threatflow.enrichment.tasks import TOPIC_TASKS, EnrichRequest, Task
@@ -744,7 +745,7 @@ IP_SOURCE_ORDER = ("abuseipdb", "greynoise", "internetdb", "virustotal", "otx")
 
 
 def ip_reputation(
-    ip: str, *, enrichment: Enrichment, clearance: str, charge: Callable[[], None] | None, sources: tuple[str, ...] = IP_SOURCE_ORDER
+    ip: str, *, enrichment: Enrichment, clearance: str, charge: LookupCharge | None, sources: tuple[str, ...] = IP_SOURCE_ORDER
 ) -> dict[str, Any]:
     """The first usable answer for an IP; raises RateLimitedError when every source is out of quota, or when
     `charge` (the caller's enrichment budget, spent by each call that leaves the cache) refuses.
@@ -833,5 +834,5 @@ def add_detect_intel_routes(router: Router, runtime: Runtime) -> None:
             request.path_params["ip"],
             enrichment=enrichment,
             clearance=tlp_clearance.of(request.principal),
-            charge=lambda: enrichment.budget.charge(username, 1, field="ip"),
+            charge=LookupCharge(budget=enrichment.budget, username=username, field="ip"),
         )

@@ -4,7 +4,8 @@ The unit is what spends the team's intel quota: one call to one source. A cache 
 the request does not reach (it does not look up the type, the IoC is warninglisted, its TLP is above the source's
 maximum). The routes count it before any work:
 
-    GET  /detect/intel/{ip}    1 per source the lookup is about to call (after the cache and the single flight)
+    GET  /detect/intel/{ip}    1 per source the lookup is about to call (after the cache and the single flight),
+                               given back when that source's quota refuses the call (LookupCharge)
     POST /enrichment/enrich    the sources dispatch will ask whose answer is not in the Redis cache (all, forced)
     POST /enrichment/batch     the same over the batch's distinct (IoC, source) pairs, charged at once
 
@@ -18,6 +19,7 @@ a request costing more than the whole budget never would (413, naming the field 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from threatflow.platform import logging as tf_logging
@@ -61,3 +63,31 @@ class UserBudget:
                 retry_after=decision.retry_after_seconds,
                 details=self._details(lookups),
             )
+
+    def refund(self, username: str, lookups: int) -> None:
+        """Give back `lookups` that `charge` spent on calls never made (a negative cost on the same GCRA key: what
+        concurrent charges spent meanwhile stays spent, and no more than the whole budget comes back)."""
+        if lookups <= 0:
+            return
+        try:
+            self._limiter.hit(f"enrich-budget:{username}", limit=self.per_hour, period_seconds=PERIOD_SECONDS, cost=-lookups)
+        except DependencyError:
+            tf_logging.log(log, logging.WARNING, "enrichment budget unavailable (Redis); refund lost", user=username, cost=lookups)
+
+
+@dataclass(frozen=True)
+class LookupCharge:
+    """One source call charged to a user's budget, as GET /detect/intel charges it (worker.execute): `spend` just
+    before the source's quota is taken, `refund` when the quota refuses it, so no call was made. Spent after the
+    quota, a refusal of the budget would have taken the team's quota for no call; spent before it and kept, a source
+    cooling down or out of its day cost the user a lookup (each of the five IP sources, on one 429)."""
+
+    budget: UserBudget
+    username: str
+    field: str
+
+    def spend(self) -> None:
+        self.budget.charge(self.username, 1, field=self.field)
+
+    def refund(self) -> None:
+        self.budget.refund(self.username, 1)

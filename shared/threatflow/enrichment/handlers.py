@@ -17,13 +17,13 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from threatflow.adapters.postgres import unit_of_work
 from threatflow.enrichment import closing, dispatch, repository, runs
-from threatflow.enrichment.budget import UserBudget
+from threatflow.enrichment.budget import LookupCharge, UserBudget
 from threatflow.enrichment.cache import ResultCache
 from threatflow.enrichment.keys import KeyRing
 from threatflow.enrichment.model import ResultStatus, SourceResult
@@ -342,9 +342,10 @@ def defer(ctx: Enrichment, task: Task, seconds: float, reason: str) -> None:
     tf_logging.log(log, logging.INFO, f"deferred {seconds:.2f}s: {reason}", source=task.source, run_id=task.run_id)
 
 
-def run_task(ctx: Enrichment, source: SourceConfig, task: Task, *, charge: Callable[[], None] | None) -> Outcome:
+def run_task(ctx: Enrichment, source: SourceConfig, task: Task, *, charge: LookupCharge | None) -> Outcome:
     """`task` through the worker (cache, single flight, `charge`, quota, then the source) with this context's parts.
-    `charge` spends a caller's budget just before a call would leave the cache (GET /detect/intel); None for the
+    `charge` spends a caller's budget just before a call would leave the cache, given back if the quota refuses
+    it (GET /detect/intel); None for the
     pipeline's tasks, whose runs were charged when requested (enrichment/budget.py)."""
     api_key = ctx.keys.get(source)
     return execute(

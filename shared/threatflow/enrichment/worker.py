@@ -3,7 +3,7 @@
 cache hit (Redis, then PostgreSQL)          -> the cached result, no call
 another task holds the (source, IoC) flight -> wait for its result, no call
 `charge` (a caller's budget, enrichment/budget.py) -> raises when the caller may not cause the call
-no quota token / source cooling down        -> defer (the task comes back later)
+no quota token / source cooling down        -> defer (the task comes back later); `charge` given back
 call                                        -> 429: cool the source down, defer
                                                401/403, errors, timeouts: a final result
                                                ok / not_found: cached for the source's TTL
@@ -26,6 +26,7 @@ from threatflow.platform.sources import SourceConfig
 
 if TYPE_CHECKING:
     from threatflow.adapters.redis import RedisPrimitives
+    from threatflow.enrichment.budget import LookupCharge
 
 POLL_SECONDS = 0.05
 
@@ -52,7 +53,7 @@ def execute(
     quota: QuotaGate,
     call: Callable[[], SourceResult],
     now: Callable[[], datetime],
-    charge: Callable[[], None] | None,
+    charge: LookupCharge | None,
     sleep: Callable[[float], None] = time.sleep,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> Outcome:
@@ -88,9 +89,11 @@ def execute(
         if usable(hit):
             return Outcome(hit, cached=True)
         if charge is not None:  # None: the lookup was charged when its run was requested (or is nobody's)
-            charge()
+            charge.spend()
         decision = quota.take(source, key_id, now=now())
         if not decision.allowed:
+            if charge is not None:  # no call is made: the lookup is given back
+                charge.refund()
             return Outcome(defer_seconds=decision.retry_after, reason=decision.reason)
         result = call()
         if result.status is ResultStatus.RATE_LIMITED:
