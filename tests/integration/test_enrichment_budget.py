@@ -139,6 +139,24 @@ def test_a_source_out_of_quota_costs_detect_intel_nothing(env):
         assert status == 200 and not body["cached"], body
 
 
+def test_an_address_a_later_source_has_cached_is_free_with_the_budget_spent(env):
+    """GET /detect/intel asks the IP sources in order: a reader with the budget spent was refused (429) at the first
+    source with no cached answer, though a later one had the address cached (AbuseIPDB cooling down when it was
+    first looked up, GreyNoise answered), and a cached address costs nothing. A refusal of the budget moves on to
+    the next source as a quota refusal does, and is the answer only when no source has the address cached."""
+    intel, fake, runtime = env["intel"], env["fake"], env["runtime"]
+    ivy = env["bearer"]("budget-ivy", "reader")
+    for i in range(1, BUDGET + 1):
+        status, body, _ = intel(f"185.220.105.{i}", ivy)
+        assert status == 200 and not body["cached"], body
+    _cache(runtime, "greynoise", "ipv4", "185.220.105.50")
+    status, body, _ = intel("185.220.105.50", ivy)
+    assert status == 200 and body["cached"] and body["source"] == "greynoise", body
+    assert fake.call_count("abuseipdb", "185.220.105.50") == 0
+    status, body, headers = intel("185.220.105.51", ivy)  # cached nowhere: the budget's refusal
+    _refused_by_budget(status, body, headers)
+
+
 def test_a_batch_over_what_is_left_is_refused_whole_and_cached_values_are_free(env, db):
     api, runtime = env["api"], env["runtime"]
     carol, dave = env["bearer"]("budget-carol", "analyst"), env["bearer"]("budget-dave", "analyst")
