@@ -748,7 +748,9 @@ def ip_reputation(
     ip: str, *, enrichment: Enrichment, clearance: str, charge: LookupCharge | None, sources: tuple[str, ...] = IP_SOURCE_ORDER
 ) -> dict[str, Any]:
     """The first usable answer for an IP; raises RateLimitedError when every source is out of quota, or when
-    `charge` (the caller's enrichment budget, spent by each call that leaves the cache) refuses.
+    `charge` (the caller's enrichment budget, spent by each call that leaves the cache) refused a source and no
+    later source had the address cached (a cached answer is free: refused at the first source, one a later source
+    had cached was a 429).
     An address stored as an IoC keeps its TLP: above `clearance` it is a 404 (as POST /enrich answers), and a
     source whose `max_tlp` is below it is not asked (as enrich-dispatch decides). A record covering the address
     (intel.enrichment.host_tlps: a CIDR IoC containing it, a 6to4 or Teredo IoC carrying it) leaves unasked the
@@ -785,6 +787,7 @@ def ip_reputation(
     waits: list[float] = []
     tried: dict[str, str] = {}
     left_for_tlp: set[str] = set()
+    over_budget: RateLimitedError | None = None
     for name in sources:
         source = enrichment.settings.sources.get(name)
         if source is None or not source.enabled or ioc_type not in source.indicator_types or not enrichment.keys.usable(source):
@@ -793,7 +796,12 @@ def ip_reputation(
             tried[name] = f"TLP {sent} is above this source's maximum ({source.max_tlp})" if named else dispatch.WITHHELD
             left_for_tlp.add(name)
             continue
-        outcome = run_task(enrichment, source, Task("detect-intel", 0, ioc_type, value, name), charge=charge)
+        try:
+            outcome = run_task(enrichment, source, Task("detect-intel", 0, ioc_type, value, name), charge=charge)
+        except RateLimitedError as refused:  # only `charge` raises it: the next source may have the address cached
+            over_budget = over_budget or refused
+            tried[name] = "enrichment budget spent"
+            continue
         if outcome.defer_seconds is not None:
             waits.append(outcome.defer_seconds)
             tried[name] = outcome.reason or "no quota"
@@ -813,6 +821,8 @@ def ip_reputation(
                 "tried": tried,
             }
         tried[name] = result.status.value
+    if over_budget is not None:
+        raise over_budget
     if waits:
         raise RateLimitedError(f"every IP source is out of quota ({tried})", retry_after=min(waits))
     if tried and set(tried) == left_for_tlp:
