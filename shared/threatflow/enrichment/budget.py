@@ -32,6 +32,11 @@ log = logging.getLogger("threatflow.enrichment")
 PERIOD_SECONDS = 3600
 
 
+def _key(username: str) -> str:
+    """A user's GCRA key on the limiter (charges and refunds)."""
+    return f"enrich-budget:{username}"
+
+
 class UserBudget:
     def __init__(self, *, limiter: RateLimiter, per_hour: int) -> None:
         self._limiter = limiter
@@ -52,7 +57,7 @@ class UserBudget:
                 details=self._details(lookups, field=field),
             )
         try:
-            decision = self._limiter.hit(f"enrich-budget:{username}", limit=self.per_hour, period_seconds=PERIOD_SECONDS, cost=lookups)
+            decision = self._limiter.hit(_key(username), limit=self.per_hour, period_seconds=PERIOD_SECONDS, cost=lookups)
         except DependencyError:
             tf_logging.log(log, logging.WARNING, "enrichment budget unavailable (Redis); request allowed", user=username, cost=lookups)
             return
@@ -70,7 +75,7 @@ class UserBudget:
         if lookups <= 0:
             return
         try:
-            self._limiter.hit(f"enrich-budget:{username}", limit=self.per_hour, period_seconds=PERIOD_SECONDS, cost=-lookups)
+            self._limiter.hit(_key(username), limit=self.per_hour, period_seconds=PERIOD_SECONDS, cost=-lookups)
         except DependencyError:
             tf_logging.log(log, logging.WARNING, "enrichment budget unavailable (Redis); refund lost", user=username, cost=lookups)
 
