@@ -188,6 +188,50 @@ def test_a_batch_over_what_is_left_is_refused_whole_and_cached_values_are_free(e
     assert response.status_code == 202, response.get_json()  # another analyst is served
 
 
+class _Unpublishable:
+    """The runtime's real publisher, except that a request of enrichment cannot be published (the broker is down)."""
+
+    def __init__(self, publisher):
+        self._publisher = publisher
+
+    def publish(self, topic, data, attributes=None):
+        return self._fail(topic) if topic == "ioc-enrichment-requested" else self._publisher.publish(topic, data, attributes)
+
+    def publish_many(self, topic, messages):
+        return self._fail(topic) if topic == "ioc-enrichment-requested" else self._publisher.publish_many(topic, messages)
+
+    @staticmethod
+    def _fail(topic):
+        from threatflow.platform.errors import DependencyError
+
+        raise DependencyError(f"Pub/Sub publish to {topic!r} failed")
+
+
+def test_a_request_that_cannot_be_published_spends_none_of_the_budget(env):
+    """POST /enrich and /batch charge the budget, then record and publish their runs; when the publish fails the
+    caller gets an error and never sees a run (they are deleted), but the charge was kept: a batch of the whole budget
+    that failed so left its user nothing for the hour. What a failed request charged is given back."""
+    from werkzeug.test import Client
+    from werkzeug.wrappers import Request
+
+    from threatflow.enrichment.api import build_router
+    from threatflow.runtime import Runtime
+
+    real = env["runtime"]
+    failing = Runtime(
+        real.settings, clients={"publisher": _Unpublishable(real.publisher), "documents": real.documents, "engine": real.engine}
+    )
+    broken = Client(Request.application(build_router(failing).handle))
+    kate = env["bearer"]("budget-kate", "analyst")
+    values = [f"45.95.155.{i}" for i in range(1, BUDGET + 1)]
+    response = broken.post("/api/v1/enrichment/batch", json={"iocs": values, "sources": ["virustotal"]}, headers=kate)
+    assert response.status_code == 503, response.get_json()
+    response = broken.post("/api/v1/enrichment/enrich", json={"value": "45.95.155.50", "sources": ["virustotal"]}, headers=kate)
+    assert response.status_code == 503, response.get_json()
+    response = env["api"].post("/api/v1/enrichment/batch", json={"iocs": values, "sources": ["virustotal"]}, headers=kate)
+    assert response.status_code == 202, response.get_json()
+
+
 def test_a_batch_larger_than_the_whole_budget_is_a_413_naming_it(env):
     api = env["api"]
     erin = env["bearer"]("budget-erin", "analyst")
