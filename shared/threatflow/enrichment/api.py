@@ -290,23 +290,25 @@ def build_router(runtime: Runtime) -> Router:
     ctx = handlers.context(runtime)
 
     def start(item: EnrichIn, *, clearance: str, force: bool, sources: list[str], username: str) -> dict[str, Any]:
-        def admit(ioc: dict[str, Any]) -> None:
-            ctx.budget.charge(username, plan(ctx, [(ioc, sources, force)]).lookups, field="sources")
+        with ctx.budget.charging(username) as charge:  # given back if no run is made
 
-        ioc = _resolve_ioc(runtime, item, clearance=clearance, admit=admit)
-        run_id = uuid.uuid4().hex
-        req = EnrichRequest(
-            run_id=run_id,
-            ioc_id=int(ioc["id"]),
-            ioc_type=str(ioc["type"]),
-            value=str(ioc["value"]),
-            tlp=str(ioc["sent_tlp"]),  # stricter where a record covers the address (the clearance checked `tlp`)
-            tlp_withheld=bool(ioc["tlp_withheld"]),
-            warninglists=tuple(ioc.get("warninglists") or ()),
-            force=force,
-            sources=tuple(sources),
-        )
-        handlers.request(ctx, req)
+            def admit(ioc: dict[str, Any]) -> None:
+                charge(plan(ctx, [(ioc, sources, force)]).lookups, field="sources")
+
+            ioc = _resolve_ioc(runtime, item, clearance=clearance, admit=admit)
+            run_id = uuid.uuid4().hex
+            req = EnrichRequest(
+                run_id=run_id,
+                ioc_id=int(ioc["id"]),
+                ioc_type=str(ioc["type"]),
+                value=str(ioc["value"]),
+                tlp=str(ioc["sent_tlp"]),  # stricter where a record covers the address (the clearance checked `tlp`)
+                tlp_withheld=bool(ioc["tlp_withheld"]),
+                warninglists=tuple(ioc.get("warninglists") or ()),
+                force=force,
+                sources=tuple(sources),
+            )
+            handlers.request(ctx, req)
         return {"run_id": run_id, "ioc_id": req.ioc_id, "type": req.ioc_type, "value": req.value}
 
     @router.route("POST", "/api/v1/enrichment/enrich", role=Role.ANALYST, body=EnrichIn)
@@ -339,55 +341,56 @@ def build_router(runtime: Runtime) -> Router:
         batch_id = uuid.uuid4().hex
         clearance = tlp_clearance.of(request.principal)
         planned: list[Plan] = []
+        with ctx.budget.charging(_username(request)) as charge:  # given back if no run is made
 
-        def admit(resolved: list[dict[str, Any] | str]) -> None:
-            """The batch's cost, charged whole before any run (a refusal rolls back the IoCs it stored)."""
-            wanted = [(ioc, item.sources or body.sources, body.force or item.force) for item, ioc in zip(items, resolved, strict=True)]
-            planned.append(plan(ctx, [(ioc, sources, force) for ioc, sources, force in wanted if not isinstance(ioc, str)]))
-            ctx.budget.charge(_username(request), planned[0].lookups, field="iocs")
+            def admit(resolved: list[dict[str, Any] | str]) -> None:
+                """The batch's cost, charged whole before any run (a refusal rolls back the IoCs it stored)."""
+                wanted = [(ioc, item.sources or body.sources, body.force or item.force) for item, ioc in zip(items, resolved, strict=True)]
+                planned.append(plan(ctx, [(ioc, sources, force) for ioc, sources, force in wanted if not isinstance(ioc, str)]))
+                charge(planned[0].lookups, field="iocs")
 
-        resolved = _resolve_many(runtime, items, clearance=clearance, admit=admit)
-        cached = planned[0].cached
-        out: list[dict[str, Any]] = []
-        fast_rows: list[dict[str, Any]] = []
-        requests: list[EnrichRequest] = []
-        reliability = ctx.reliability()
-        now = runtime.clock.now()
-        for index, (item, ioc) in enumerate(zip(items, resolved, strict=True)):
-            if isinstance(ioc, str):
-                out.append({"index": index, "value": item.value, "error": ioc})
-                continue
-            force = body.force or item.force
-            run_id = uuid.uuid4().hex
-            base = {"run_id": run_id, "ioc_id": int(ioc["id"]), "type": ioc["type"], "value": ioc["value"]}
-            answers = None if force else cached.get(int(ioc["id"]))
-            if answers is not None:
-                # Every applicable source has a fresh answer: the run is done without a message.
-                rows = [_cached_row(run_id, int(ioc["id"]), r) for r in answers]
-                fast_rows += rows
-                merged = verdict.merge(rows, reliability=reliability, now=now)
-                out.append({**base, "status": "done", "cached": True, "verdict": merged.verdict, "score": merged.score})
-                continue
-            requests.append(
-                EnrichRequest(
-                    run_id=run_id,
-                    ioc_id=int(ioc["id"]),
-                    ioc_type=str(ioc["type"]),
-                    value=str(ioc["value"]),
-                    tlp=str(ioc["sent_tlp"]),
-                    tlp_withheld=bool(ioc["tlp_withheld"]),
-                    warninglists=tuple(ioc.get("warninglists") or ()),
-                    force=force,
-                    sources=tuple(item.sources or body.sources),
-                    origin="batch",
-                    batch_id=batch_id,
+            resolved = _resolve_many(runtime, items, clearance=clearance, admit=admit)
+            cached = planned[0].cached
+            out: list[dict[str, Any]] = []
+            fast_rows: list[dict[str, Any]] = []
+            requests: list[EnrichRequest] = []
+            reliability = ctx.reliability()
+            now = runtime.clock.now()
+            for index, (item, ioc) in enumerate(zip(items, resolved, strict=True)):
+                if isinstance(ioc, str):
+                    out.append({"index": index, "value": item.value, "error": ioc})
+                    continue
+                force = body.force or item.force
+                run_id = uuid.uuid4().hex
+                base = {"run_id": run_id, "ioc_id": int(ioc["id"]), "type": ioc["type"], "value": ioc["value"]}
+                answers = None if force else cached.get(int(ioc["id"]))
+                if answers is not None:
+                    # Every applicable source has a fresh answer: the run is done without a message.
+                    rows = [_cached_row(run_id, int(ioc["id"]), r) for r in answers]
+                    fast_rows += rows
+                    merged = verdict.merge(rows, reliability=reliability, now=now)
+                    out.append({**base, "status": "done", "cached": True, "verdict": merged.verdict, "score": merged.score})
+                    continue
+                requests.append(
+                    EnrichRequest(
+                        run_id=run_id,
+                        ioc_id=int(ioc["id"]),
+                        ioc_type=str(ioc["type"]),
+                        value=str(ioc["value"]),
+                        tlp=str(ioc["sent_tlp"]),
+                        tlp_withheld=bool(ioc["tlp_withheld"]),
+                        warninglists=tuple(ioc.get("warninglists") or ()),
+                        force=force,
+                        sources=tuple(item.sources or body.sources),
+                        origin="batch",
+                        batch_id=batch_id,
+                    )
                 )
-            )
-            out.append({**base, "status": "running"})
-        with unit_of_work(runtime.engine) as conn:
-            repository.insert_results(conn, fast_rows)
-            repository.put_batch(conn, batch_id, out)
-        handlers.request_many(ctx, requests, batch_id=batch_id)  # every run recorded queued, then published together
+                out.append({**base, "status": "running"})
+            with unit_of_work(runtime.engine) as conn:
+                repository.insert_results(conn, fast_rows)
+                repository.put_batch(conn, batch_id, out)
+            handlers.request_many(ctx, requests, batch_id=batch_id)  # every run recorded queued, then published together
         return Response({"batch_id": batch_id, "runs": out}, status=202)
 
     @router.route("GET", "/api/v1/enrichment/batches/{batch_id}", role=Role.READER)

@@ -18,15 +18,22 @@ a request costing more than the whole budget never would (413, naming the field 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from threatflow.platform import logging as tf_logging
 from threatflow.platform.errors import DependencyError, PayloadTooLargeError, RateLimitedError
 
 if TYPE_CHECKING:
     from threatflow.adapters.redis import RateLimiter
+
+
+class Charge(Protocol):
+    def __call__(self, lookups: int, *, field: str) -> None: ...
+
 
 log = logging.getLogger("threatflow.enrichment")
 PERIOD_SECONDS = 3600
@@ -68,6 +75,23 @@ class UserBudget:
                 retry_after=decision.retry_after_seconds,
                 details=self._details(lookups),
             )
+
+    @contextlib.contextmanager
+    def charging(self, username: str) -> Iterator[Charge]:
+        """`charge` for `username` within the block, all of it given back if the block then raises: the caller gets an
+        error and no run (POST /enrich and /batch, whose publish failed and whose runs were deleted, kept the charge)."""
+        spent = 0
+
+        def charge(lookups: int, *, field: str) -> None:
+            nonlocal spent
+            self.charge(username, lookups, field=field)
+            spent += max(lookups, 0)
+
+        try:
+            yield charge
+        except BaseException:
+            self.refund(username, spent)
+            raise
 
     def refund(self, username: str, lookups: int) -> None:
         """Give back `lookups` that `charge` spent on calls never made (a negative cost on the same GCRA key: what
