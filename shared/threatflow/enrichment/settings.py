@@ -33,7 +33,7 @@ class SourceSettings:
     run_deadline_seconds: float
     # Source lookups that leave the cache one user may cause per hour (enrichment/budget.py). A batch of 1,000
     # values of any type fits (IPv4 has the most sources, 7: 7,000 lookups), and a second one within the hour waits.
-    user_budget_per_hour: int = DEFAULT_USER_BUDGET_PER_HOUR
+    user_budget_per_hour: int
 
     def enabled(self) -> list[SourceConfig]:
         return [s for s in self.sources.values() if s.enabled]
