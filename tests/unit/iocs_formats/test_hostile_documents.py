@@ -1,6 +1,8 @@
 """Documents shaped as real producers write them, or as a hostile one could: each once crashed an import (a 500 for
 the sync import, a job redelivered to the dead letter for the async one) or stored data below its marking."""
 
+import tracemalloc
+
 import pytest
 from real_documents import OTX_PULSE
 
@@ -354,3 +356,46 @@ def test_an_imported_threats_aliases_are_cut_after_the_stores_merge_of_them():
     aliases = [f"Alias-{i}" for i in range(200)] + [f"ALIAS-{i}" for i in range(100)]
     (threat,), (cut,) = _bounded_threats([ParsedThreat("t", ThreatIn(kind="malware", name="X", aliases=aliases))])
     assert cut == {} and merge_aliases("X", threat.item.aliases) == aliases[:200]  # all 200 reach the store
+
+
+def _public_addresses(n: int) -> list[str]:
+    return [f"45.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}" for i in range(n)]
+
+
+_ONE_ITEM_DOCUMENTS = {
+    "json": lambda values: [{"value": v} for v in values],
+    "json-bare": lambda values: list(values),
+    "csv": lambda values: "value\n" + "\n".join(values) + "\n",
+    "text": lambda values: "\n".join(values) + "\n",
+}
+
+
+@pytest.mark.parametrize("shape", list(_ONE_ITEM_DOCUMENTS))
+def test_a_document_past_the_import_item_bound_is_refused_once_parsing_reaches_it(monkeypatch, shape):
+    """The request body holds up to 32 MiB and an async import parsed all of it: 1,342,177 JSON items of one address
+    (33 MB) peaked at 879 MB in parsing alone, in the 1 GiB ioc-import function, before anything was applied (CSV of
+    one column and text of one address a line hold twice as many a byte). An import holds at most MAX_IMPORT_ITEMS
+    items (IoCs and the items it rejects): past them the document is refused, a 400 naming content (the async job
+    fails with the same message), and parsing stops there. Scaled down here: a bound of 1,000 and 20,000 items."""
+    from threatflow.intel.formats import base
+    from threatflow.intel.importer import ImportRequest, parse_request
+    from threatflow.platform.errors import ValidationError
+
+    bound = 1_000
+    monkeypatch.setattr(base, "MAX_IMPORT_ITEMS", bound, raising=False)
+    fmt = "json" if shape.startswith("json") else shape
+    make = _ONE_ITEM_DOCUMENTS[shape]
+    assert len(parse_request(ImportRequest(format=fmt, content=make(_public_addresses(bound)))).iocs) == bound
+
+    content = make(_public_addresses(20 * bound))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValidationError, match=f"at most {bound:,} items an import") as refused:
+            parse_request(ImportRequest(format=fmt, content=content))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert refused.value.field == "content"
+    # Parsed whole, 20,000 items took 13 MB (650 bytes an item); stopped at the bound, what the document's lines or
+    # values take besides (text's feed lines: 1.3 MB).
+    assert peak < 4_000_000, f"{peak / 1e6:.1f} MB"
