@@ -21,6 +21,11 @@ T = TypeVar("T")
 # Threat links one document's parse holds. An import makes at most importer.MAX_LINKS_PER_IMPORT (10,000), but an OTX
 # pulse or a MISP event links each of its IoCs to up to 32 threats: 4.4 MB of one event held 3.2 million (500 MB).
 MAX_PARSED_LINKS = 100_000
+# Items one import holds (IoCs, and the items it rejects): a document with more is refused (a 400 naming content; the
+# async job fails with the same message) once parsing reaches the bound, so the rest is never read. An item parsed takes
+# ~650 bytes: the body holds up to 32 MiB, and 1,342,177 JSON items of one address (33 MB) peaked at 879 MB in parsing
+# alone in the 1 GiB ioc-import function (CSV of one column holds 2.4 million); 100,000 are parsed and applied in 134 MB.
+MAX_IMPORT_ITEMS = 100_000
 # IoC-to-IoC relation types a document's own words are kept as (STIX relationship_type, MISP ObjectReference);
 # any other word relates the two as related-to.
 RELATION_TYPES = frozenset({"resolves-to", "communicates-with", "drops", "downloads"})
@@ -140,6 +145,7 @@ class Builder:
         self.links_unread = 0  # links past MAX_PARSED_LINKS: counted, not held
 
     def ioc(self, ref: str, data: dict[str, Any], *, parts: Sequence[str] = ()) -> bool:
+        self._room()
         item = self._convert(ref, data, IocIn)
         if item is not None:
             self.iocs.append(ParsedIoc(ref, item, tuple(parts)))
@@ -199,7 +205,17 @@ class Builder:
         return list(kept)
 
     def error(self, ref: str, reason: str) -> None:
+        self._room()
         self.errors.append(ItemError(ref, reason))
+
+    def _room(self) -> None:
+        """Refuse the document once it holds more items than an import may (MAX_IMPORT_ITEMS): nothing past them is read."""
+        if len(self.iocs) + len(self.errors) >= MAX_IMPORT_ITEMS:
+            raise ValidationError(
+                f"the document holds more than {MAX_IMPORT_ITEMS:,} items; at most {MAX_IMPORT_ITEMS:,} items an import"
+                " (IoCs and rejected items): split it into several imports",
+                field="content",
+            )
 
     def warn(self, ref: str, reason: str) -> None:
         self.warnings.append(ItemError(ref, reason))

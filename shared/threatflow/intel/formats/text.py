@@ -8,6 +8,7 @@ would store.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ from threatflow.intel.formats.base import Builder, ParsedImport, as_text
 from threatflow.iocs.types import ExtractedIndicator, IocType
 
 _ADDRESS_TYPES = frozenset({IocType.IPV4, IocType.IPV6, IocType.CIDR})
+_RUN_LINES = 1_000  # a feed's lines the extractor reads at once
 
 
 @dataclass
@@ -29,9 +31,16 @@ class TextIndicators:
 
 
 def indicators(text: str, *, refang: bool) -> TextIndicators:
+    out = TextIndicators()
+    out.found.extend(_found(text, refang=refang, out=out))
+    return out
+
+
+def _found(text: str, *, refang: bool, out: TextIndicators) -> Iterator[ExtractedIndicator]:
+    """The text's indicators in document order, read as they are asked for (`out` says whether it is a feed and counts
+    what it skipped): an import stops asking at its bound (base.MAX_IMPORT_ITEMS) and the rest is never extracted."""
     from threatflow.iocs.extraction import extract
 
-    out = TextIndicators()
     feed = feedlines.read(text)
     if feed is not None:
         out.feed = True
@@ -40,16 +49,15 @@ def indicators(text: str, *, refang: bool) -> TextIndicators:
         if feed is not None and found.type in _ADDRESS_TYPES and feedlines.names_no_host(found.value):
             out.skipped["non-public addresses"] = out.skipped.get("non-public addresses", 0) + 1  # a feed's bogons
             continue
-        out.found.append(found)
-    return out
+        yield found
 
 
 def parse(content: Any) -> ParsedImport:
-    read = indicators(as_text(content, what="text"), refang=True)
+    read = TextIndicators()
     out = Builder()
+    for index, found in enumerate(_found(as_text(content, what="text"), refang=True, out=read)):
+        out.ioc(f"#{index}", {"value": found.value, "type": str(found.type)})  # refuses the document past its bound
     out.skipped.update(read.skipped)
-    for index, found in enumerate(read.found):
-        out.ioc(f"#{index}", {"value": found.value, "type": str(found.type)})
     return out.build()
 
 
@@ -60,17 +68,19 @@ def _feed_indicators(readable: list[str | ExtractedIndicator], *, refang: bool) 
 
     seen: set[tuple[IocType, str]] = set()
     run: list[str] = []
-    for part in [*readable, None]:
+    for part in itertools.chain(readable, [None]):
         if isinstance(part, str):
             run.append(part)
-            continue
+            if len(run) < _RUN_LINES:
+                continue
         # A blank line between the lines of a run: the extractor continues a URL ending in '/' on the next line (a
-        # report's wrapped URL), and a record is never the rest of the one before it.
+        # report's wrapped URL), and a record is never the rest of the one before it; so a long run is read in parts
+        # of _RUN_LINES lines, as they are asked for, never the whole feed at once.
         for found in extract("\n\n".join(run), refang=refang) if run else ():
             if (found.type, found.value) not in seen:
                 seen.add((found.type, found.value))
                 yield found
         run.clear()
-        if part is not None and (part.type, part.value) not in seen:
+        if part is not None and not isinstance(part, str) and (part.type, part.value) not in seen:
             seen.add((part.type, part.value))
             yield part
