@@ -555,6 +555,31 @@ def test_an_async_import_whose_parser_crashes_fails_on_its_first_delivery(api, d
     assert db.scalar("SELECT count(*) FROM iocs") == 0
 
 
+def test_an_import_past_the_item_bound_is_a_400_naming_content_and_its_async_job_fails_with_it(
+    api, db, function_client, import_queue, monkeypatch
+):
+    """An import holds at most MAX_IMPORT_ITEMS items (scaled down to 3 here): past them a sync import is a 400 naming
+    content and an async job fails on its first delivery with the same message, acked; nothing is stored. The whole
+    32 MiB body was parsed: 1,342,177 JSON items peaked at 879 MB in parsing alone in the 1 GiB ioc-import function."""
+    from threatflow.intel.formats import base
+
+    monkeypatch.setattr(base, "MAX_IMPORT_ITEMS", 3, raising=False)
+    items = [{"value": f"198.18.9.{i}"} for i in range(4)]
+    message = "the document holds more than 3 items; at most 3 items an import (IoCs and rejected items): split it into several imports"
+    refused = api.import_("json", items)
+    assert refused.status_code == 400, refused.get_data(as_text=True)[:300]
+    assert refused.get_json()["error"]["message"] == message and refused.get_json()["error"]["details"] == {"field": "content"}
+    queued = api.post("/api/v1/iocs/import?async=true", {"format": "json", "content": items})
+    assert queued.status_code == 202, queued.get_data(as_text=True)[:300]
+    job_id = queued.get_json()["job_id"]
+    delivered = function_client("ioc-import").post("/", json=_push(import_queue()))
+    assert delivered.status_code == 200, delivered.get_data(as_text=True)[:300]  # acked: dropped, never redelivered
+    job = api.get(f"/api/v1/iocs/import/{job_id}").get_json()
+    assert (job["state"], job["attempts"], job["error"]) == ("failed", 1, message), job
+    assert db.scalar("SELECT count(*) FROM iocs") == 0
+    assert api.import_("json", items[:3]).get_json()["iocs"]["summary"]["created"] == 3
+
+
 def test_a_sync_import_whose_parser_crashes_is_a_logged_500(api, db, monkeypatch):
     """The same parser bug in POST /import (no async): the pipeline's 500, its traceback logged under the request id
     (platform/web.py), and nothing stored."""
