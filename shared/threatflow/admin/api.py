@@ -94,31 +94,25 @@ def build_router(runtime: Runtime) -> Router:
             page = UserRepository(conn).events(before_id=before, limit=limit)
         return {"events": page, "next_before": page[-1]["id"] if len(page) == limit else None}
 
-    @router.route("POST", "/api/v1/admin/users/{username}/disable", role=Role.ADMIN)
-    def disable_user(request: Request) -> dict[str, Any]:
+    def set_disabled(request: Request, *, disabled: bool) -> dict[str, Any]:
         with unit_of_work(runtime.engine) as conn:
             service.set_disabled(
                 username=request.path_params["username"],
-                disabled=True,
+                disabled=disabled,
                 users=UserRepository(conn),
                 actor=_actor(request),
                 actor_clearance=tlp_clearance.of(request.principal),
                 via="api",
             )
-        return {"username": request.path_params["username"], "disabled": True}
+        return {"username": request.path_params["username"], "disabled": disabled}
+
+    @router.route("POST", "/api/v1/admin/users/{username}/disable", role=Role.ADMIN)
+    def disable_user(request: Request) -> dict[str, Any]:
+        return set_disabled(request, disabled=True)
 
     @router.route("POST", "/api/v1/admin/users/{username}/enable", role=Role.ADMIN)
     def enable_user(request: Request) -> dict[str, Any]:
-        with unit_of_work(runtime.engine) as conn:
-            service.set_disabled(
-                username=request.path_params["username"],
-                disabled=False,
-                users=UserRepository(conn),
-                actor=_actor(request),
-                actor_clearance=tlp_clearance.of(request.principal),
-                via="api",
-            )
-        return {"username": request.path_params["username"], "disabled": False}
+        return set_disabled(request, disabled=False)
 
     @router.route("POST", "/api/v1/admin/users/{username}/revoke", role=Role.ADMIN)
     def revoke_tokens(request: Request) -> dict[str, Any]:
