@@ -253,9 +253,10 @@ def check(tally: Tally, label: str, status: int, content_type: str, data: bytes)
             tally.not_json.append(f"{label} -> {status} {content_type} {data[:120]!r}")
 
 
-def fuzz_over_http(port: int, token: str, *, examples_per_function: int, tally: Tally) -> None:
+def fuzz_over_http(port: int, sign_in: Callable[[], str], *, examples_per_function: int, tally: Tally) -> None:
     """Every HTTP function's routes, `examples_per_function` Hypothesis examples each, sent over a real
     socket to a server on 127.0.0.1:`port` (the gateway: gunicorn, as in production), answers in `tally`.
+    `sign_in` gives a token, at the start and again after a revoke route answered 2xx (it ended the token).
 
     Through the real server, not Flask's test client: a gunicorn worker runs at the interpreter's default
     recursion limit, has its own parser for the request line and headers, and writes its own errors."""
@@ -263,11 +264,13 @@ def fuzz_over_http(port: int, token: str, *, examples_per_function: int, tally: 
 
     from hypothesis import HealthCheck, given, settings
 
+    token = sign_in()
     for function in HTTP_FUNCTIONS:
 
         @settings(max_examples=examples_per_function, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         @given(requests_for(routes_of(function)))
         def fuzz(request: tuple[str, str, dict[str, str], bytes | None]) -> None:
+            nonlocal token
             method, path, query, body = request
             target = path + ("?" + urllib.parse.urlencode(query) if query else "")
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -277,6 +280,8 @@ def fuzz_over_http(port: int, token: str, *, examples_per_function: int, tally: 
                 )
                 response = connection.getresponse()
                 check(tally, f"{method} {target}", response.status, response.getheader("Content-Type") or "", response.read())
+                if response.status < 300 and path.endswith("/revoke"):
+                    token = sign_in()
             except http.client.InvalidURL:
                 pass  # the client refuses to send it (control characters in the path)
             finally:

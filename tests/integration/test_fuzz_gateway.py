@@ -72,13 +72,16 @@ def test_no_route_answers_5xx_or_non_json_errors_through_the_gateway(gateway, ba
 
     port, log_path = gateway
     password = create_user(backend_env["DATABASE_URL"], "gatewayfuzz", "admin", clearance="red")
-    signed_in = requests.post(
-        f"http://127.0.0.1:{port}/api/v1/auth/token", json={"username": "gatewayfuzz", "password": password}, timeout=60
-    )
-    assert signed_in.status_code == 200, signed_in.text
-    token = signed_in.json()["access_token"]
+
+    def sign_in() -> str:
+        signed_in = requests.post(
+            f"http://127.0.0.1:{port}/api/v1/auth/token", json={"username": "gatewayfuzz", "password": password}, timeout=60
+        )
+        assert signed_in.status_code == 200, signed_in.text
+        return str(signed_in.json()["access_token"])
+
     tally = Tally()
-    fuzz_over_http(port, token, examples_per_function=EXAMPLES, tally=tally)
+    fuzz_over_http(port, sign_in, examples_per_function=EXAMPLES, tally=tally)
     print(
         f"through the gateway: {tally.requests} fuzzed requests, {len(tally.server_errors)} 5xx,"
         f" {len(tally.not_json)} non-JSON errors, {len(tally.missing)} 503s naming unconfigured reference data"

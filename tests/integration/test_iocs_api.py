@@ -270,7 +270,7 @@ def test_the_decay_job_and_a_batch_locking_the_same_iocs_in_another_order_do_not
                     time.sleep(0.05)
             items = [service.IocIn(value="198.51.100.100"), service.IocIn(value="198.51.100.200")]
             outcome["batch"] = service.upsert_batch(
-                items, conn=writer, now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red"
+                items, conn=writer, now=datetime.now(UTC), warninglists=None, policies=policies, clearance="red", new_tlp="amber"
             )
         job.join(30)
         assert not isinstance(outcome["decay"], Exception), outcome["decay"]

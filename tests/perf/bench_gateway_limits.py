@@ -149,9 +149,10 @@ def main() -> None:
         # 3. fuzz over every route
         from route_fuzz import HTTP_FUNCTIONS, Tally, fuzz_over_http
 
-        token = login(port, "bench", password)
         tally = Tally()
-        fuzz_over_http(port, token, examples_per_function=max(1, args.fuzz // len(HTTP_FUNCTIONS)), tally=tally)
+        fuzz_over_http(
+            port, lambda: login(port, "bench", password), examples_per_function=max(1, args.fuzz // len(HTTP_FUNCTIONS)), tally=tally
+        )
         print(
             f"fuzzed requests: {tally.requests}, 5xx: {len(tally.server_errors)}, non-JSON errors: {len(tally.not_json)}"
             f" (logins shed by the hashing budget, 503 by design: {tally.shed};"
