@@ -117,8 +117,10 @@ COVERED = [
     ({"value": "2002:b9dc:6511::1", "type": "ipv6"}, "185.220.101.17"),
     ({"value": "2001:0:4136:e378:8000:63bf:4623:9ade", "type": "ipv6"}, "185.220.101.33"),
     ({"value": "185.220.104.0/24"}, "2002:b9dc:680a::1"),
+    ({"value": "2001:0:4136:e378:8000:63bf:4623:9ad0/124"}, "185.220.101.40"),  # Teredo clients 185.220.101.32-47
+    ({"value": "2001::/32"}, "185.220.101.40"),  # every Teredo address: any client, as 2002::/16 is any 6to4 router
 ]
-COVERED_IDS = ["ipv4-cidr", "ipv6-cidr", "6to4", "teredo", "6to4-of-a-host-in-a-range"]
+COVERED_IDS = ["ipv4-cidr", "ipv6-cidr", "6to4", "teredo", "6to4-of-a-host-in-a-range", "teredo-cidr", "teredo-space"]
 
 
 @pytest.mark.parametrize(("stored", "asked"), COVERED, ids=COVERED_IDS)
@@ -140,7 +142,8 @@ def test_a_host_covered_by_a_red_record_is_not_sent_to_a_source_below_red(intel,
 def test_a_red_range_leaves_the_hosts_outside_it_alone(intel, function_client):
     get, fake, red, reader = intel
     items = [{"value": "185.220.102.0/24", "tlp": "red"}, {"value": "2002:b9dc:6611::1", "type": "ipv6", "tlp": "red"}]
+    items.append({"value": "2001:0:4136:e378:8000:63bf:4623:9ad0/124", "tlp": "red"})  # Teredo clients 185.220.101.32-47
     function_client("iocs").post("/api/v1/iocs/batch", json={"iocs": items}, headers=red)
-    for outside in ("185.220.103.1", "185.220.101.255", "185.220.110.1"):
+    for outside in ("185.220.103.1", "185.220.101.255", "185.220.110.1", "185.220.101.31", "185.220.101.48"):
         status, body = get(outside, reader)
         assert status == 200 and body["source"] == "abuseipdb" and fake.call_count("abuseipdb", outside) == 1, body
