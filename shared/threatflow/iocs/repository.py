@@ -675,7 +675,8 @@ def get_many_by_value(conn: Connection, keys: Sequence[tuple[str, str]]) -> dict
 
 
 # The records covering a host without holding it, one index scan each (sql/0017_ioc_address_cover.sql): CIDR IoCs
-# containing an address, cidr and ipv6 IoCs overlapping a 6to4 /48, ipv6 IoCs whose Teredo client is an IPv4 address.
+# containing an address, cidr and ipv6 IoCs overlapping a 6to4 /48, ipv6 IoCs whose Teredo client is an IPv4 address,
+# cidr IoCs of Teredo addresses whose clients include it (sql/0018_ioc_teredo_cover.sql).
 # Aggregated in SQL: a host inside 10,000 ranges is one row, the strictest TLP's rank.
 # Each probe is a subquery of its own, so it can only be an index scan for that probe's value (as joins, the planner
 # sorted every Teredo IoC for a batch, and started parallel workers, ~30-50 ms, for a single host); the probes are
@@ -694,6 +695,9 @@ _COVERING_TLPS = (
     " UNION ALL"
     f" SELECT p.k, (SELECT {_RANK} FROM iocs i WHERE ioc_teredo_client(i.type, i.value) = p.client"
     "   AND i.type = 'ipv6' AND ioc_teredo_client(i.type, i.value) IS NOT NULL) FROM teredo p"
+    " UNION ALL"
+    f" SELECT p.k, (SELECT {_RANK} FROM iocs i WHERE ioc_teredo_clients(i.type, i.value) @> p.client"
+    "   AND i.type = 'cidr' AND ioc_teredo_clients(i.type, i.value) IS NOT NULL) FROM teredo p"
     ") covering GROUP BY k"
 )
 
@@ -717,7 +721,8 @@ def covering_tlps(
 ) -> dict[int, Tlp]:
     """The strictest TLP per key of the stored IoCs covering an address without holding it, in one query: the cidr
     IoCs containing an address of `within` (key, address), the cidr and ipv6 IoCs overlapping a network of `sites`
-    (key, a 6to4 /48), the ipv6 IoCs whose Teredo client is an IPv4 address of `teredo` (key, the address as a number).
+    (key, a 6to4 /48), the ipv6 IoCs whose Teredo client is an IPv4 address of `teredo` (key, the address as a number)
+    and the cidr IoCs of Teredo addresses whose clients include it.
     A key nothing covers is left out."""
     if not (within or sites or teredo):
         return {}
