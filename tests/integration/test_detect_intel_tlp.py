@@ -118,9 +118,18 @@ COVERED = [
     ({"value": "2001:0:4136:e378:8000:63bf:4623:9ade", "type": "ipv6"}, "185.220.101.33"),
     ({"value": "185.220.104.0/24"}, "2002:b9dc:680a::1"),
     ({"value": "2001:0:4136:e378:8000:63bf:4623:9ad0/124"}, "185.220.101.40"),  # Teredo clients 185.220.101.32-47
-    ({"value": "2001::/32"}, "185.220.101.40"),  # every Teredo address: any client, as 2002::/16 is any 6to4 router
+    # The broadest ranges that still cover (BROAD below, one bit wider, do not): an IPv4 /8, an IPv6 /32, and the IPv6
+    # ranges embedding an IPv4 /8 (a 6to4 /24, an IPv4-mapped /104, a Teredo /104 of clients)
+    ({"value": "185.0.0.0/8"}, "185.220.101.40"),
+    ({"value": "2a0b:f4c0::/32"}, "2a0b:f4c0:1::5"),
+    ({"value": "2002:b900::/24"}, "185.220.101.40"),
+    ({"value": "::ffff:b900:0/104"}, "185.220.101.40"),
+    ({"value": "2001:0:4136:e378:8000:63bf:4600:0/104"}, "185.220.101.40"),  # Teredo clients 185.255.255.255-185.0.0.0
 ]
-COVERED_IDS = ["ipv4-cidr", "ipv6-cidr", "6to4", "teredo", "6to4-of-a-host-in-a-range", "teredo-cidr", "teredo-space"]
+COVERED_IDS = [
+    "ipv4-cidr", "ipv6-cidr", "6to4", "teredo", "6to4-of-a-host-in-a-range", "teredo-cidr",
+    "ipv4-/8", "ipv6-/32", "6to4-/24", "ipv4-mapped-/104", "teredo-/104",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(("stored", "asked"), COVERED, ids=COVERED_IDS)
@@ -137,6 +146,26 @@ def test_a_host_covered_by_a_red_record_is_not_sent_to_a_source_below_red(intel,
     status, body = get(asked, red)  # a reader cleared for the record is told its TLP, as for the host's own
     assert status == 200 and body["status"] == "skipped" and all("TLP red" in why for why in body["tried"].values()), body
     assert fake.call_count() == 0
+
+
+# Ranges broader than any intel about a host: the whole address space, all of IPv4 as IPv6 spells it, every 6to4
+# router or Teredo client, one bit wider than the broadest COVERED ranges. Stored red (an analyst cleared for red may),
+# each withheld every address it spans from every source below red, for every reader and run: enrichment of addresses
+# turned off platform-wide by one record.
+BROAD = [
+    "0.0.0.0/0", "184.0.0.0/7", "::/0", "2000::/3", "2a0b:f4c0::/31", "::ffff:0:0/96", "::ffff:b800:0/103",
+    "64:ff9b::/96", "2002::/16", "2002:b800::/23", "2001::/32", "2001:0:4136:e378:8000:63bf:4600:0/103",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("broad", BROAD)
+def test_a_range_broader_than_intel_about_a_host_withholds_no_host(intel, function_client, broad):
+    get, fake, red, reader = intel
+    written = function_client("iocs").post("/api/v1/iocs/batch", json={"iocs": [{"value": broad, "tlp": "red"}]}, headers=red)
+    assert written.get_json()["results"][0]["status"] == "created", written.get_json()
+    for host in ("185.220.101.40", "2a0b:f4c0:1::5"):
+        status, body = get(host, reader)
+        assert status == 200 and body["source"] == "abuseipdb" and fake.call_count("abuseipdb", host) == 1, (host, body)
 
 
 def test_a_red_range_leaves_the_hosts_outside_it_alone(intel, function_client):
