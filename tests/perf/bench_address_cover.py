@@ -116,12 +116,15 @@ def main() -> None:
             print(f"  ratio after/before time: {timings['with'] / timings['without']:.2f}x")
 
             probe = hosts[0]
-            within = [(0, a) for a in intel_enrichment._cover_probes("ipv4", probe)[0]]
+            within = [(0, a, prefix) for a, prefix in intel_enrichment._cover_probes("ipv4", probe)[0]]
             sql = iocs_repository._COVERING_TLPS
             params = {
                 "order": iocs_repository._ORDER,
-                "within_k": [k for k, _ in within],
-                "within": [a for _, a in within],
+                "within_k": [k for k, _, _ in within],
+                "within": [a for _, a, _ in within],
+                "within_prefix": [p for _, _, p in within],
+                "site_prefix": intel_enrichment.MIN_COVER_PREFIX_SITE,
+                "teredo_prefix": intel_enrichment.MIN_COVER_PREFIX_TEREDO_CLIENTS,
                 "sites_k": [0],
                 "sites": [f"2002:{int(ipaddress.IPv4Address(probe)) >> 16:x}:{int(ipaddress.IPv4Address(probe)) & 0xFFFF:x}::/48"],
                 "teredo_k": [0],

@@ -111,6 +111,7 @@ def _spelling_keys(record: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 _SIXTOFOUR = ipaddress.ip_network("2002::/16")
+_TEREDO = ipaddress.ip_network("2001::/32")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,9 +136,34 @@ def _strictest(tlps: Sequence[Tlp | None]) -> Tlp | None:
     return max(known, key=lambda tlp: tlp.rank) if known else None
 
 
-def _cover_probes(ioc_type: str, value: str) -> tuple[list[str], ipaddress.IPv4Address | None]:
+# A range covers a host only while it is intel about hosts: at most an IPv4 /8, or an IPv6 /32 (an ISP's allocation),
+# or an IPv6 range embedding at most an IPv4 /8 (6to4 carries the IPv4 address from bit 16, Teredo its server from bit 32
+# and the others theirs from bit 96). A red 0.0.0.0/0, ::ffff:0:0/96 or 2002::/16 withheld every address from every
+# source below red, for every reader and run: one record turned enrichment of addresses off platform-wide.
+MIN_COVER_PREFIX_IPV4 = 8
+MIN_COVER_PREFIX_IPV6 = 32
+_MIN_COVER_PREFIX_EMBEDDING = (
+    (_SIXTOFOUR, 16 + MIN_COVER_PREFIX_IPV4),
+    (_TEREDO, 32 + MIN_COVER_PREFIX_IPV4),
+    *((network, 96 + MIN_COVER_PREFIX_IPV4) for network in (_IPV4_MAPPED, _NAT64, _NAT64_LOCAL_USE, _IPV4_COMPATIBLE, _IPV4_TRANSLATED)),
+)
+# The 6to4 /48 of an IPv4 address (sites) is overlapped by ranges of 6to4 routers: as narrow as a /8 of them.
+MIN_COVER_PREFIX_SITE = 16 + MIN_COVER_PREFIX_IPV4
+# A cidr IoC of Teredo addresses covers the clients of its last 32 bits: as narrow as a /8 of them.
+MIN_COVER_PREFIX_TEREDO_CLIENTS = 96 + MIN_COVER_PREFIX_IPV4
+
+
+def _min_cover_prefix(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+    """The shortest prefix of a range that covers `address` (see MIN_COVER_PREFIX_IPV4)."""
+    if isinstance(address, ipaddress.IPv4Address):
+        return MIN_COVER_PREFIX_IPV4
+    return next((prefix for network, prefix in _MIN_COVER_PREFIX_EMBEDDING if address in network), MIN_COVER_PREFIX_IPV6)
+
+
+def _cover_probes(ioc_type: str, value: str) -> tuple[list[tuple[str, int]], ipaddress.IPv4Address | None]:
     """The addresses a containing CIDR IoC covers the host through (the host, the IPv4 address it carries and that
-    address's fixed IPv6 spellings), and the IPv4 address whose 6to4 and Teredo IoCs cover it; nothing for a non-IP."""
+    address's fixed IPv6 spellings), each with the shortest prefix of a range that covers it, and the IPv4 address whose
+    6to4 and Teredo IoCs cover it; nothing for a non-IP."""
     if ioc_type not in ("ipv4", "ipv6"):
         return [], None
     try:
@@ -145,10 +171,10 @@ def _cover_probes(ioc_type: str, value: str) -> tuple[list[str], ipaddress.IPv4A
     except ValueError:
         return [], None
     ipv4 = address if isinstance(address, ipaddress.IPv4Address) else carried_ipv4(address)
-    within = {str(address)}
+    within: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = {address}
     if ipv4 is not None:  # inet reads any spelling: no need of the iocs domain's normalised form
-        within |= {str(ipv4), *map(str, _fixed_spellings(ipv4))}
-    return sorted(within), ipv4
+        within |= {ipv4, *_fixed_spellings(ipv4)}
+    return sorted((str(a), _min_cover_prefix(a)) for a in within), ipv4
 
 
 def host_tlps(conn: Connection, hosts: Mapping[Any, Mapping[str, Any]]) -> dict[Any, HostTlp]:
@@ -162,16 +188,23 @@ def host_tlps(conn: Connection, hosts: Mapping[Any, Mapping[str, Any]]) -> dict[
     wanted = sorted({key for ks in spelled.values() for key in ks})
     stored_iocs = iocs_repository.get_many_by_value(conn, wanted) if wanted else {}
     numbered = list(hosts)  # covering_tlps keys are ints
-    within: list[tuple[int, str]] = []
+    within: list[tuple[int, str, int]] = []
     sites: list[tuple[int, str]] = []
     teredo: list[tuple[int, int]] = []
     for n, k in enumerate(numbered):
         addresses, ipv4 = _cover_probes(str(hosts[k].get("type")), str(hosts[k].get("value")))
-        within += [(n, a) for a in addresses]
+        within += [(n, a, prefix) for a, prefix in addresses]
         if ipv4 is not None:
             sites.append((n, str(ipaddress.IPv6Network((int(_SIXTOFOUR.network_address) | int(ipv4) << 80, 48)))))
             teredo.append((n, int(ipv4)))
-    covering = iocs_repository.covering_tlps(conn, within=within, sites=sites, teredo=teredo)
+    covering = iocs_repository.covering_tlps(
+        conn,
+        within=within,
+        sites=sites,
+        teredo=teredo,
+        min_site_prefix=MIN_COVER_PREFIX_SITE,
+        min_teredo_prefix=MIN_COVER_PREFIX_TEREDO_CLIENTS,
+    )
     out = {}
     for n, k in enumerate(numbered):
         own = hosts[k].get("tlp")

@@ -682,22 +682,28 @@ def get_many_by_value(conn: Connection, keys: Sequence[tuple[str, str]]) -> dict
 # sorted every Teredo IoC for a batch, and started parallel workers, ~30-50 ms, for a single host); the probes are
 # MATERIALIZED CTEs, which keep the plan out of parallel workers.
 _RANK = "max(array_position(CAST(:order AS text[]), i.tlp))"
+# A covering range's prefix (intel.enrichment.MIN_COVER_PREFIX_IPV4 …) is read from its value cast as inet, not through
+# ioc_inet: the rows reaching it matched an index over ioc_inet, so their values are addresses, and ioc_inet's regex on
+# each row made a host whose 6to4 /48 holds 10,000 IoCs cost 107 ms a lookup, against 18 ms so.
 _COVERING_TLPS = (
-    "WITH within AS MATERIALIZED (SELECT * FROM unnest(CAST(:within_k AS int[]), CAST(:within AS inet[])) AS p(k, net)),"
+    "WITH within AS MATERIALIZED (SELECT * FROM unnest(CAST(:within_k AS int[]), CAST(:within AS inet[]),"
+    " CAST(:within_prefix AS int[])) AS p(k, net, shortest)),"
     " sites AS MATERIALIZED (SELECT * FROM unnest(CAST(:sites_k AS int[]), CAST(:sites AS inet[])) AS p(k, net)),"
     " teredo AS MATERIALIZED (SELECT * FROM unnest(CAST(:teredo_k AS int[]), CAST(:teredo AS bigint[])) AS p(k, client))"
     " SELECT k, max(rank) FROM ("
     f" SELECT p.k, (SELECT {_RANK} FROM iocs i WHERE ioc_inet(i.type, i.value) >>= p.net"
-    "   AND i.type IN ('cidr', 'ipv6') AND i.type = 'cidr') AS rank FROM within p"
+    "   AND i.type IN ('cidr', 'ipv6') AND i.type = 'cidr' AND masklen(CAST(i.value AS inet)) >= p.shortest) AS rank"
+    " FROM within p"
     " UNION ALL"
     f" SELECT p.k, (SELECT {_RANK} FROM iocs i WHERE ioc_inet(i.type, i.value) && p.net"
-    "   AND i.type IN ('cidr', 'ipv6')) FROM sites p"
+    "   AND i.type IN ('cidr', 'ipv6') AND masklen(CAST(i.value AS inet)) >= :site_prefix) FROM sites p"
     " UNION ALL"
     f" SELECT p.k, (SELECT {_RANK} FROM iocs i WHERE ioc_teredo_client(i.type, i.value) = p.client"
     "   AND i.type = 'ipv6' AND ioc_teredo_client(i.type, i.value) IS NOT NULL) FROM teredo p"
     " UNION ALL"
     f" SELECT p.k, (SELECT {_RANK} FROM iocs i WHERE ioc_teredo_clients(i.type, i.value) @> p.client"
-    "   AND i.type = 'cidr' AND ioc_teredo_clients(i.type, i.value) IS NOT NULL) FROM teredo p"
+    "   AND i.type = 'cidr' AND ioc_teredo_clients(i.type, i.value) IS NOT NULL"
+    "   AND masklen(CAST(i.value AS inet)) >= :teredo_prefix) FROM teredo p"
     ") covering GROUP BY k"
 )
 
@@ -715,21 +721,27 @@ def _array(items: Sequence[int | str]) -> str:
 def covering_tlps(
     conn: Connection,
     *,
-    within: Sequence[tuple[int, str]],
+    within: Sequence[tuple[int, str, int]],
     sites: Sequence[tuple[int, str]],
     teredo: Sequence[tuple[int, int]],
+    min_site_prefix: int,
+    min_teredo_prefix: int,
 ) -> dict[int, Tlp]:
     """The strictest TLP per key of the stored IoCs covering an address without holding it, in one query: the cidr
-    IoCs containing an address of `within` (key, address), the cidr and ipv6 IoCs overlapping a network of `sites`
-    (key, a 6to4 /48), the ipv6 IoCs whose Teredo client is an IPv4 address of `teredo` (key, the address as a number)
-    and the cidr IoCs of Teredo addresses whose clients include it.
+    IoCs containing an address of `within` (key, address, the shortest prefix of a range covering it), the cidr and
+    ipv6 IoCs overlapping a network of `sites` (key, a 6to4 /48; ranges from `min_site_prefix` on), the ipv6 IoCs whose
+    Teredo client is an IPv4 address of `teredo` (key, the address as a number)
+    and the cidr IoCs of Teredo addresses whose clients include it (ranges from `min_teredo_prefix` on).
     A key nothing covers is left out."""
     if not (within or sites or teredo):
         return {}
     params = {
         "order": _ORDER,
-        "within_k": _array([k for k, _ in within]),
-        "within": _array([a for _, a in within]),
+        "within_k": _array([k for k, _, _ in within]),
+        "within": _array([a for _, a, _ in within]),
+        "within_prefix": _array([p for _, _, p in within]),
+        "site_prefix": min_site_prefix,
+        "teredo_prefix": min_teredo_prefix,
         "sites_k": _array([k for k, _ in sites]),
         "sites": _array([n for _, n in sites]),
         "teredo_k": _array([k for k, _ in teredo]),
