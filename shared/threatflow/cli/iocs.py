@@ -8,11 +8,13 @@ its progress on stderr; results go to stdout so they can be piped.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import re
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,11 @@ from threatflow.cli import common
 from threatflow.platform.errors import ValidationError
 
 SYNC_LIMIT_BYTES = 5 * 1024 * 1024  # the API's synchronous import limit
+# A large csv or text feed is imported in parts, each a synchronous import: at most PART_ITEMS records (well under the
+# API's 100,000 items an import, as a row with typed columns or a text line may give several) and at most PART_BYTES of
+# JSON body (room left for the body's other fields).
+PART_ITEMS = 50_000
+PART_BYTES = SYNC_LIMIT_BYTES - 64 * 1024
 MAX_FILE_BYTES = 512 * 1024 * 1024  # what a compressed download may expand to; a bomb stops here
 POLL_SECONDS = 1.0
 MAX_WAIT_SECONDS = 3600
@@ -155,6 +162,54 @@ def read_document(path: Path) -> tuple[Path, str]:
         return name, data.decode("latin-1")
 
 
+@dataclass(frozen=True)
+class Part:
+    """One import of a split document: its text (the csv's prefix and a run of records) and the file lines it holds."""
+
+    text: str
+    first_line: int
+    last_line: int
+
+
+def split_parts(fmt: str, text: str) -> list[Part]:
+    """A csv or text document too large for one synchronous import as parts that each fit (PART_ITEMS records, PART_BYTES
+    of JSON), split only between records: a csv's records as its import reads them (a quoted cell spanning lines stays
+    whole), each part led by the csv's prefix (its '#' block and header), so every part is read with the whole file's
+    header; a text's lines. One part (the document as it is) when it fits, and for the other formats."""
+    if fmt not in ("csv", "text") or (len(text.encode()) <= SYNC_LIMIT_BYTES and text.count("\n") < PART_ITEMS):
+        return [Part(text, 1, text.count("\n") + 1)]
+    if fmt == "csv":
+        from threatflow.intel.formats.csvfmt import records
+
+        prefix, rows = records(text)
+    else:
+        prefix, rows = "", io.StringIO(text).readlines()
+    data_start = len(text) - sum(map(len, rows))  # the records end the document
+    room = PART_BYTES - _json_bytes(prefix)
+    parts: list[Part] = []
+    run: list[str] = []
+    size, line = 0, text.count("\n", 0, data_start) + 1
+    first = line
+    for row in rows:
+        row_bytes = _json_bytes(row)
+        if row_bytes > room:
+            raise ValidationError(f"{fmt}: line {line}: a record of {row_bytes:,} bytes, more than an import part holds", field="file")
+        if run and (len(run) >= PART_ITEMS or size + row_bytes > room):
+            parts.append(Part(prefix + "".join(run), first, line - 1))
+            run, size, first = [], 0, line
+        run.append(row)
+        size += row_bytes
+        line += row.count("\n")
+    if run or not parts:
+        parts.append(Part(prefix + "".join(run), first, max(first, line - text.endswith("\n"))))
+    return parts
+
+
+def _json_bytes(text: str) -> int:
+    """The bytes `text` takes in the request's JSON (escapes counted), without its quotes."""
+    return len(json.dumps(text)) - 2
+
+
 def cmd_import(args: argparse.Namespace, call: Call) -> int:
     path = Path(args.file)
     if args.file == "-":
@@ -162,12 +217,20 @@ def cmd_import(args: argparse.Namespace, call: Call) -> int:
     else:
         name, text = read_document(path)
     fmt = args.format or detect_format(name, text)
-    body: dict[str, Any] = {"format": fmt, "content": _content(fmt, text)}
+    body: dict[str, Any] = {"format": fmt}
     for key in ("source", "tlp"):
         if getattr(args, key):
             body[key] = getattr(args, key)
     if args.tags:
         body["tags"] = [t.strip() for t in args.tags.split(",") if t.strip()]
+    parts = split_parts(fmt, text)
+    if len(parts) > 1:
+        print(
+            f"importing {path if args.file != '-' else 'stdin'} as {fmt} ({len(text.encode()):,} bytes) in {len(parts)} parts",
+            file=sys.stderr,
+        )
+        return _import_parts(parts, body, call, full=getattr(args, "json", False))
+    body["content"] = _content(fmt, text)
     use_async = args.use_async or len(text.encode()) > SYNC_LIMIT_BYTES
     print(
         f"importing {path if args.file != '-' else 'stdin'} as {fmt} ({len(text.encode()):,} bytes{', async' if use_async else ''})",
@@ -204,6 +267,56 @@ def cmd_import(args: argparse.Namespace, call: Call) -> int:
         time.sleep(POLL_SECONDS)
     print(f"error: job still running after {MAX_WAIT_SECONDS} s; follow it with: threatflow api GET {job_path}", file=sys.stderr)
     return 1
+
+
+def _import_parts(parts: list[Part], body: dict[str, Any], call: Call, *, full: bool) -> int:
+    """Each part as a synchronous import, in order, its summary on stderr; then the parts' summed summary, and on stdout
+    one JSON document: {"parts": [{"part", "lines", "result"}...], "summary": ...}. The first failing part stops the
+    run, naming the parts imported (importing them again merges: a re-run of the file is safe)."""
+    results: list[dict[str, Any]] = []
+    try:
+        for number, part in enumerate(parts, start=1):
+            status, payload = call("POST", "/api/v1/iocs/import", {**body, "content": part.text})
+            if status >= 400:
+                print(f"part {number}/{len(parts)} (lines {part.first_line}-{part.last_line}) failed", file=sys.stderr)
+                return common.http_error(status, payload)
+            summary = payload.get("iocs", {}).get("summary", {})
+            print(f"part {number}/{len(parts)}: " + ", ".join(f"{k} {summary.get(k, 0)}" for k in _SUMMARY_KEYS), file=sys.stderr)
+            results.append({"part": number, "lines": [part.first_line, part.last_line], "result": payload})
+    finally:
+        if len(results) < len(parts):
+            done = f"parts 1-{len(results)} were imported" if results else "no part was imported"
+            print(f"{done}; importing the file again merges what is stored (IoCs are upserted)", file=sys.stderr)
+    merged = _merged([r["result"] for r in results])
+    _print_summary(merged)
+    _print_results({"parts": results, "summary": {key: merged[key] for key in ("iocs", "skipped", "threats")}}, full=full)
+    return 0
+
+
+_SUMMARY_KEYS = ("created", "updated", "unchanged", "rejected")
+
+
+def _merged(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The parts' summaries summed (iocs, skipped, threats), and their rejections, each ref led by its part."""
+    iocs: dict[str, int] = dict.fromkeys(_SUMMARY_KEYS, 0)
+    skipped: dict[str, int] = {}
+    threats: dict[str, int] = {}
+    rejected: list[dict[str, Any]] = []
+    for number, result in enumerate(results, start=1):
+        for totals, counts in (
+            (iocs, result.get("iocs", {}).get("summary") or {}),
+            (skipped, result.get("skipped") or {}),
+            (threats, result.get("threats", {}).get("summary") or {}),
+        ):
+            for key, count in counts.items():
+                if isinstance(count, int):
+                    totals[key] = totals.get(key, 0) + count
+        part_rejected = result.get("iocs", {}).get("rejected") or [
+            r for r in result.get("iocs", {}).get("results", []) if r.get("status") == "rejected"
+        ]
+        for problem in [*part_rejected, *result.get("errors", [])]:
+            rejected.append({**problem, "ref": f"part {number} {problem.get('ref', problem.get('index', '?'))}"})
+    return {"iocs": {"summary": iocs, "rejected": rejected}, "skipped": skipped, "threats": {"summary": threats}}
 
 
 def _pairs(pairs: list[str], example: str) -> list[tuple[str, str]]:

@@ -208,6 +208,32 @@ def _after_comment_block(text: str) -> tuple[str, int]:
     return text, 2
 
 
+def records(text: str) -> tuple[str, list[str]]:
+    """The document as its prefix (its opening '#' block, then its header row, uncommented when the block's last line
+    held it) and its records, each the lines it spans (a quoted cell may span several), read as `parse` reads them: so
+    the prefix followed by any run of records is read with the same header as in the whole document (how
+    `threatflow iocs import` splits a large feed into imports)."""
+    body, _first_row = _after_comment_block(text)
+    start = len(text) - len(body)  # `body` ends the document; it starts with a commented header's text when one was read
+    block_end = start if start == 0 or text[start - 1] == "\n" else text.find("\n", start) + 1
+    try:
+        dialect: Any = csv.Sniffer().sniff(body[:4096], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    lines = io.StringIO(body).readlines()  # split as parse's reader splits them: on '\n' only
+    reader = csv.reader(iter(lines), dialect, skipinitialspace=True)
+    try:
+        next(reader, None)
+        header_lines = reader.line_num
+        out, done = [], header_lines
+        for _row in reader:
+            out.append("".join(lines[done : reader.line_num]))
+            done = reader.line_num
+    except csv.Error as exc:
+        raise ValidationError(f"csv: line {reader.line_num}: {exc}", field="content") from None
+    return text[:block_end] + "".join(lines[:header_lines]), out
+
+
 def has_known_header(text: str) -> bool:
     """Whether a document reads as a CSV this importer understands: a header naming a value column or typed columns,
     first or after an opening '#' block (a feed saved as .txt, URLhaus's csv.txt). One line of it must hold a
