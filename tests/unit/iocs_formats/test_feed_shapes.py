@@ -129,3 +129,19 @@ def test_python_written_none_and_null_cells_are_empty_not_values():
     items = {p.item.value: p.item for p in parsed.iocs}
     assert items["evil.example.com"].tags == [] and items["evil.example.com"].confidence is None
     assert items["bad.example.com"].tags == [] and items["bad.example.com"].confidence == 75
+
+
+def test_a_commented_out_header_wins_over_a_first_row_holding_a_type_name():
+    """A feed whose header is commented out (`# value,type,comment`) and whose first row names a type (`evil.com,domain`)
+    read that row as its header, a type-named `domain` column, and every row after it wrongly: all were rejected or
+    misread. A first row holding an indicator is data; an uncommented header after the block still wins."""
+    text = "# exported 2026-11-27\n# value,type,comment\nevil.com,domain,c2\n198.51.100.7,ipv4,loader\nbad.example.net,domain,\n"
+    parsed = parse("csv", text)
+    assert [(str(i.item.type), i.item.value) for i in parsed.iocs] == [
+        ("domain", "evil.com"),
+        ("ipv4", "198.51.100.7"),
+        ("domain", "bad.example.net"),
+    ], parsed
+    assert parsed.iocs[0].ref == "row 3" and not parsed.errors, parsed
+    header_after = "# exported 2026-11-27\n# value,type\nvalue,type,comment\nevil.com,domain,c2\n"
+    assert [i.item.value for i in parse("csv", header_after).iocs] == ["evil.com"]
