@@ -1,10 +1,12 @@
 """Time `threatflow iocs import` of a 120,000-row URLhaus-shaped CSV (11.5 MB) through the iocs function and the test
 PostgreSQL: the parts it sends, each part's time, then the same file again (what a re-run after a failed part costs).
-Not collected by the suite (its name is no test_*); run it alone:
-PYTHONPATH=shared .venv/bin/python -m pytest tests/integration/bench_import_parts.py -q -s -p no:cacheprovider
+Not collected by the suite (its name is no test_*); it runs itself under pytest, for the suite's services and
+fixtures (tests/conftest.py), as `make bench` runs every script here:
+PYTHONPATH=shared .venv/bin/python tests/perf/bench_import_parts.py
 """
 
 import argparse
+import sys
 import time
 
 import pytest
@@ -45,3 +47,7 @@ def test_import_a_120000_row_csv_in_parts(function_client, backend_env, tmp_path
     rc = cli.cmd_import(args, call)
     with capsys.disabled():
         print(f"\nagain rc={rc} total={time.monotonic() - t:.1f}s per-part={times[-3:]}\n{capsys.readouterr().err}")
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q", "-s", "-p", "no:cacheprovider"]))

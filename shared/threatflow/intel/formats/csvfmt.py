@@ -200,12 +200,35 @@ def _after_comment_block(text: str) -> tuple[str, int]:
     if skipped == 0 or block_end == len(text):
         return text, 2
     header_end = text.find("\n", block_end)
-    if _known(text[block_end : len(text) if header_end < 0 else header_end + 1]):
-        return text[block_end:], skipped + 2
+    first_line = text[block_end : len(text) if header_end < 0 else header_end + 1]
     commented = last_comment.lstrip().lstrip("#")
+    # Both may read as headers: a first row naming a type (`evil.com,domain` under `# value,type,comment`) was taken
+    # for the header, and every row after it misread. A line holding an indicator is data, not a header.
+    if _known(first_line) and not (_known(commented) and _holds_an_indicator(first_line)):
+        return text[block_end:], skipped + 2
     if _known(commented):
         return commented + text[block_end:], skipped + 1
     return text, 2
+
+
+def _holds_an_indicator(line: str) -> bool:
+    """Whether a cell of the line is an indicator the store would keep (a header's names are none)."""
+    from threatflow.iocs.normalise import normalise
+
+    try:
+        cells = next(csv.reader([line]), [])
+    except csv.Error:
+        return False
+    for cell in cells[:MAX_PROBED_CELLS]:
+        try:
+            normalise(cell.strip(), None)
+        except ValidationError:
+            continue
+        return True
+    return False
+
+
+MAX_PROBED_CELLS = 64  # a header is read on one line: its first cells are enough to tell data from names
 
 
 def records(text: str) -> tuple[str, list[str]]:
