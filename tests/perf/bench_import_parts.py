@@ -10,12 +10,13 @@ import sys
 import time
 
 import pytest
-from helpers import create_user
 
 pytestmark = pytest.mark.integration
 
 
 def test_import_a_120000_row_csv_in_parts(function_client, backend_env, tmp_path, capsys):
+    from helpers import create_user  # tests/ is on the path once pytest has read tests/conftest.py
+
     from threatflow.cli import iocs as cli
 
     password = create_user(backend_env["DATABASE_URL"], "measurer", "analyst")
