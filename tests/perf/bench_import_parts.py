@@ -51,4 +51,5 @@ def test_import_a_120000_row_csv_in_parts(function_client, backend_env, tmp_path
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__).parse_args()  # --help describes it; nothing to choose
     sys.exit(pytest.main([__file__, "-q", "-s", "-p", "no:cacheprovider"]))
