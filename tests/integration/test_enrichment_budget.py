@@ -56,7 +56,14 @@ def env(backend_env, function_client, monkeypatch):
         response = router.handle(WerkzeugRequest(EnvironBuilder(path=f"/api/v1/detect/intel/{ip}", headers=headers).get_environ()))
         return response.status_code, json.loads(response.get_data()), response.headers
 
-    yield {"runtime": runtime, "fake": fake, "bearer": bearer, "intel": intel, "api": function_client("enrichment")}
+    yield {
+        "runtime": runtime,
+        "fake": fake,
+        "bearer": bearer,
+        "intel": intel,
+        "api": function_client("enrichment"),
+        "iocs": function_client("iocs"),
+    }
     fake.close()
     runtime.engine.dispose()
 
@@ -293,3 +300,136 @@ def test_the_budget_setting_is_checked_at_start_up():
     for bad in ("0", "-3", "lots", "1.5"):
         with pytest.raises(ConfigError, match="ENRICH_USER_BUDGET_PER_HOUR"):
             load({**base, "ENRICH_USER_BUDGET_PER_HOUR": bad})
+
+
+def _auto_cost(api, headers, ioc_type: str) -> int:
+    """Source lookups a new, uncached IoC of `ioc_type` costs its auto-enrichment, read from GET /sources: the
+    enabled sources auto-enriching the type that have what they need to be asked."""
+    sources = api.get("/api/v1/enrichment/sources", headers=headers).get_json()["sources"]
+    return sum(1 for s in sources if s["enabled"] and ioc_type in s["auto_enrich"] and s["health"] not in ("no_key", "not_implemented"))
+
+
+def _auto_enriched_type(api, headers):
+    """(type, value of i, lookups) of an auto-enriched type one new IoC of which fits the budget."""
+    candidates = {
+        "md5": lambda i: f"{i:032x}",
+        "domain": lambda i: f"auto-budget-{i}.example-evil.net",
+        "ipv4": lambda i: f"45.95.160.{i % 250}",
+    }
+    return next((t, v, c) for t, v in candidates.items() if 1 <= (c := _auto_cost(api, headers, t)) <= BUDGET)
+
+
+def test_auto_enrichment_of_a_write_is_queued_within_the_writers_budget(env, db):
+    """POST /iocs/batch queued every new IoC of an auto-enriched type for enrichment, uncharged: a writer got around
+    the budget with new values (a batch of 10,000 new addresses, ~7 lookups each, as often as the request rate
+    allowed). Now the new IoCs are queued in order while the writer's budget has room for their lookups; the write
+    itself is never refused, the rest are stored but not queued, and the answer says how many and why."""
+    import uuid
+
+    from google.cloud import pubsub_v1
+
+    api = env["api"]
+    writer, other = env["bearer"]("budget-writer", "analyst"), env["bearer"]("budget-other-writer", "analyst")
+    ioc_type, value, cost = _auto_enriched_type(api, writer)
+    fits = BUDGET // cost
+    subscriber = pubsub_v1.SubscriberClient()
+    topic = pubsub_v1.PublisherClient().topic_path(PROJECT, "ioc-enrichment-requested")
+    subscription = subscriber.subscription_path(PROJECT, f"auto-budget-{uuid.uuid4().hex[:8]}")
+    subscriber.create_subscription(name=subscription, topic=topic)
+    try:
+        values = [value(1000 + i) for i in range(fits + 3)]
+        iocs = env["iocs"]
+        response = iocs.post("/api/v1/iocs/batch", json={"iocs": [{"value": v, "type": ioc_type} for v in values]}, headers=writer)
+        assert response.status_code == 200, response.get_json()
+        body = response.get_json()
+        assert [r["status"] for r in body["results"]] == ["created"] * len(values), body  # the write is never refused
+        ids = [r["id"] for r in body["results"]]
+        auto = body["auto_enrichment"]
+        assert auto["queued"] == fits and auto["lookups"] == fits * cost, auto
+        assert auto["not_queued"] == len(values) - fits and "enrichment budget" in auto["reason"], auto
+        queued = _pulled_ioc_ids(subscriber, subscription, until=len(ids[:fits]))
+        assert queued == ids[:fits], (queued, ids)
+        # The budget is spent as any request spends it: POST /enrich of a new value now waits.
+        response = api.post("/api/v1/enrichment/enrich", json={"value": value(5000), "type": ioc_type}, headers=writer)
+        _refused_by_budget(response.status_code, response.get_json(), response.headers)
+        # Values already stored are no new IoCs: writing them again queues and charges nothing.
+        again = iocs.post("/api/v1/iocs/batch", json={"iocs": [{"value": v, "type": ioc_type} for v in values]}, headers=writer)
+        assert again.get_json()["auto_enrichment"] == {"queued": 0, "lookups": 0}, again.get_json()
+        # Another writer's budget is their own.
+        response = iocs.post("/api/v1/iocs/batch", json={"iocs": [{"value": value(6000), "type": ioc_type}]}, headers=other)
+        assert response.get_json()["auto_enrichment"] == {"queued": 1, "lookups": cost}, response.get_json()
+        assert _pulled_ioc_ids(subscriber, subscription, until=1) == [response.get_json()["results"][0]["id"]]
+    finally:
+        subscriber.delete_subscription(subscription=subscription)
+    assert db.one("SELECT count(*) FROM iocs WHERE value = ANY(%s)", values)[0] == len(values)
+
+
+def test_auto_enrichment_of_cached_values_is_free_and_queued_with_the_budget_spent(env):
+    """A new IoC whose every auto-enriching source has a fresh answer in the cache costs nothing: queued whatever
+    is left of the budget, as a cached /enrich is served."""
+    import uuid
+
+    from google.cloud import pubsub_v1
+
+    from threatflow.enrichment import handlers
+
+    api, iocs, runtime = env["api"], env["iocs"], env["runtime"]
+    writer = env["bearer"]("budget-cached-writer", "analyst")
+    ctx = handlers.context(runtime)
+    cached = "45.95.161.7"
+    for source in ctx.settings.enabled():
+        if "ipv4" in source.auto_enrich:
+            _cache(runtime, source.name, "ipv4", cached)
+    spend = [f"45.95.162.{i}" for i in range(1, BUDGET + 1)]  # the whole budget, VirusTotal only
+    assert api.post("/api/v1/enrichment/batch", json={"iocs": spend, "sources": ["virustotal"]}, headers=writer).status_code == 202
+    subscriber = pubsub_v1.SubscriberClient()
+    topic = pubsub_v1.PublisherClient().topic_path(PROJECT, "ioc-enrichment-requested")
+    subscription = subscriber.subscription_path(PROJECT, f"auto-budget-{uuid.uuid4().hex[:8]}")
+    subscriber.create_subscription(name=subscription, topic=topic)
+    try:
+        body = iocs.post("/api/v1/iocs/batch", json={"iocs": [{"value": cached}, {"value": "45.95.161.8"}]}, headers=writer).get_json()
+        assert body["auto_enrichment"]["queued"] == 1 and body["auto_enrichment"]["lookups"] == 0, body
+        assert body["auto_enrichment"]["not_queued"] == 1, body
+        assert _pulled_ioc_ids(subscriber, subscription, until=1) == [body["results"][0]["id"]]
+    finally:
+        subscriber.delete_subscription(subscription=subscription)
+
+
+def _pulled_ioc_ids(subscriber, subscription, *, until: int) -> list[int]:
+    """The IoC ids the auto-enrichment messages on `subscription` name, pulled until `until` of them came (or a
+    few empty pulls), then one more pull to see that nothing else was queued."""
+    ids: list[int] = []
+    for _ in range(8):
+        response = subscriber.pull(subscription=subscription, max_messages=10, timeout=5)
+        if response.received_messages:
+            subscriber.acknowledge(subscription=subscription, ack_ids=[m.ack_id for m in response.received_messages])
+        ids += [i for m in response.received_messages for i in json.loads(m.message.data).get("ioc_ids", [])]
+        if len(ids) >= until:
+            break
+    response = subscriber.pull(subscription=subscription, max_messages=10, timeout=2)
+    ids += [i for m in response.received_messages for i in json.loads(m.message.data).get("ioc_ids", [])]
+    return ids
+
+
+def test_a_write_whose_auto_enrichment_cannot_be_published_keeps_its_iocs_and_spends_no_budget(env):
+    from werkzeug.test import Client
+    from werkzeug.wrappers import Request
+
+    from threatflow.iocs.api import build_router
+    from threatflow.runtime import Runtime
+
+    real = env["runtime"]
+    failing = Runtime(
+        real.settings, clients={"publisher": _Unpublishable(real.publisher), "documents": real.documents, "engine": real.engine}
+    )
+    broken = Client(Request.application(build_router(failing).handle))
+    writer = env["bearer"]("budget-unpublished-writer", "analyst")
+    ioc_type, value, cost = _auto_enriched_type(env["api"], writer)
+    written = [{"value": value(2000 + i), "type": ioc_type} for i in range(BUDGET // cost)]  # the whole budget's worth
+    response = broken.post("/api/v1/iocs/batch", json={"iocs": written}, headers=writer)
+    body = response.get_json()
+    assert response.status_code == 200 and [r["status"] for r in body["results"]] == ["created"] * len(written), body
+    assert body["auto_enrichment"]["queued"] == 0 and "logged" in body["auto_enrichment"]["error"], body
+    values = [f"45.95.164.{i}" for i in range(1, BUDGET + 1)]  # the whole budget is still there
+    response = env["api"].post("/api/v1/enrichment/batch", json={"iocs": values, "sources": ["virustotal"]}, headers=writer)
+    assert response.status_code == 202, response.get_json()

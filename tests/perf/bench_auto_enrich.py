@@ -4,7 +4,11 @@ Starts its own PostgreSQL on a free port, stores --iocs IoCs (half IPv4, half IP
 address is looked up for its TLP), then expands one message naming all of them (AUTO_MAX is 10,000 a message),
 twice, and prints the time against the previous way in the same run: one query per IoC, and one more per IPv6
 IoC (kept here as the baseline). Both give the same requests (checked).
-Run: .venv/bin/python tests/perf/bench_auto_enrich.py [--iocs N]
+With --write, also a write's auto-enrichment charge (iocs POST /batch, after its commit): its new IoCs read as
+enrich-dispatch reads them, their uncached auto-enriching sources planned (Redis) and charged to the writer's budget
+(enrichment.handlers.auto_enrich, publishing to a recorder: Pub/Sub's own time is not counted), against the upsert
+that stored them (iocs.service.upsert_batch), for --write batches of --batch-size new addresses (half IPv6).
+Run: .venv/bin/python tests/perf/bench_auto_enrich.py [--iocs N] [--write] [--batch-size N] [--batches N]
 """
 
 from __future__ import annotations
@@ -55,10 +59,73 @@ def one_query_each(conn: Any, ioc_ids: list[int], *, message_id: str) -> list[tu
     return out
 
 
+class _Recorder:
+    """Takes what is published (Pub/Sub's publish contract: a message id back), so only the charge is timed."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+
+    def publish(self, topic: str, data: bytes, attributes: dict[str, str] | None = None) -> str:
+        self.messages.append((topic, data))
+        return str(len(self.messages))
+
+
+def write_charge(*, batch_size: int, batches: int) -> None:
+    from datetime import UTC, datetime
+
+    import msgspec
+
+    from threatflow.enrichment import handlers
+    from threatflow.iocs import service
+    from threatflow.platform.manifest import load_manifest
+    from threatflow.runtime import Runtime
+
+    with Stack("tf-bench-auto-charge-") as stack:
+        stack.start(services.start_postgres(stack.state))
+        stack.start(services.start_redis(stack.state))
+        engine = migrated_engine(stack.env(uses="postgres,redis", **load_manifest().sources_env(), ENRICH_USER_BUDGET_PER_HOUR="1000000"))
+        settings = Runtime.from_env().settings
+        runtime = Runtime(settings, clients={"publisher": _Recorder()})
+        policies = {}
+        with unit_of_work(engine) as conn:
+            policies = repository.policies(conn)
+        for batch in range(batches):
+            items = [
+                msgspec.json.encode({"value": f"45.{batch}.{i // 256 % 256}.{i % 256}" if i % 2 else f"2a0e:{batch:x}::{i:x}"})
+                for i in range(batch_size)
+            ]
+            began = time.perf_counter()
+            with unit_of_work(runtime.engine) as conn:
+                result = service.upsert_batch(
+                    [msgspec.Raw(item) for item in items],
+                    conn=conn,
+                    now=datetime.now(UTC),
+                    warninglists=None,
+                    policies=policies,
+                    clearance="red",
+                    new_tlp="amber",
+                )
+            upsert = time.perf_counter() - began
+            began = time.perf_counter()
+            summary = handlers.auto_enrich(runtime, result["results"], writer="bench")
+            charge = time.perf_counter() - began
+            print(
+                f"write {batch + 1}: {batch_size:,} new IoCs: upsert {upsert * 1000:,.0f} ms, auto-enrichment charge"
+                f" {charge * 1000:,.0f} ms ({charge / upsert:.2f}x the upsert); {summary}"
+            )
+        runtime.engine.dispose()
+        engine.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iocs", type=int, default=10_000)
+    parser.add_argument("--write", action="store_true", help="also time a write's auto-enrichment charge")
+    parser.add_argument("--batch-size", type=int, default=1_000)
+    parser.add_argument("--batches", type=int, default=5)
     args = parser.parse_args()
+    if args.write:
+        write_charge(batch_size=args.batch_size, batches=args.batches)
     with Stack("tf-bench-auto-enrich-") as stack:
         stack.start(services.start_postgres(stack.state))
         engine = migrated_engine(stack.env(uses="postgres"))

@@ -27,7 +27,6 @@ import json
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -38,7 +37,7 @@ from threatflow.auth import clearance as tlp_clearance
 from threatflow.auth.api import authenticator
 from threatflow.auth.model import Role
 from threatflow.enrichment import dispatch, handlers, repository, runs, verdict
-from threatflow.enrichment.budget import LookupCharge
+from threatflow.enrichment.budget import LookupCharge, Plan, plan
 from threatflow.enrichment.handlers import Enrichment, context, run_task
 from threatflow.enrichment.model import ResultStatus
 from threatflow.enrichment.tasks import TOPIC_TASKS, EnrichRequest, Task
@@ -215,63 +214,6 @@ def _cached_row(run_id: str, ioc_id: int, cached: dict[str, Any]) -> dict[str, A
         "cached": True,
         "fetched_at": cached["fetched_at"],
     }
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a request's runs will cost: `cached`, ioc_id -> every source's cached answer for the unforced IoCs whose
-    every source has one (a batch answers those at once); `lookups`, the distinct (IoC, source) pairs that will leave
-    the cache, every source of a forced IoC and the others' sources with no answer in Redis (the budget's cost)."""
-
-    cached: dict[int, list[Any]]
-    lookups: int
-
-
-def plan(ctx: handlers.Enrichment, wanted: list[tuple[dict[str, Any], list[str], bool]]) -> Plan:
-    """The plan of runs of (IoC, sources named, force), with the sources enrich-dispatch will choose (one MGET).
-    Redis only: an answer only the enrichment_cache table still holds counts as a lookup (charged, then free)."""
-    implemented = ctx.reliability().keys()
-    enabled = ctx.settings.enabled()
-    unforced: list[tuple[int, list[Any]]] = []
-    pairs: list[tuple[Any, str, str]] = []
-    charged: set[tuple[int, str]] = set()
-    selections: dict[tuple[Any, ...], list[str]] = {}
-    for ioc, sources, force in wanted:
-        rule = (
-            str(ioc["type"]),
-            str(ioc["sent_tlp"]),
-            bool(ioc["tlp_withheld"]),
-            bool(ioc.get("warninglists")),
-            tuple(sources),
-            force,
-        )
-        if rule not in selections:  # the same answer for every IoC of a type, TLP and source list
-            selections[rule] = dispatch.select(
-                enabled,
-                ioc_type=rule[0],
-                tlp=rule[1],
-                tlp_withheld=rule[2],
-                warninglisted=rule[3],
-                force=force,
-                wanted=sources,
-                usable_key=ctx.keys.usable,
-                implemented=implemented,
-            )[0]
-        chosen = selections[rule]
-        if force:
-            charged.update((int(ioc["id"]), name) for name in chosen)
-        elif chosen:
-            configs = [ctx.settings.sources[name] for name in chosen]
-            unforced.append((int(ioc["id"]), configs))
-            pairs += [(c, str(ioc["type"]), str(ioc["value"])) for c in configs]
-    results = iter(ctx.cache.get_many(pairs))
-    cached: dict[int, list[Any]] = {}
-    for ioc_id, configs in unforced:
-        answers = [next(results) for _ in configs]
-        charged.update((ioc_id, c.name) for c, answer in zip(configs, answers, strict=True) if answer is None)
-        if all(a is not None for a in answers):
-            cached[ioc_id] = answers
-    return Plan(cached=cached, lookups=len(charged))
 
 
 def _by_instant(items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from threatflow.adapters.postgres import unit_of_work
 from threatflow.enrichment import closing, dispatch, repository, runs
-from threatflow.enrichment.budget import LookupCharge, UserBudget
+from threatflow.enrichment.budget import LookupCharge, UserBudget, plan
 from threatflow.enrichment.cache import ResultCache
 from threatflow.enrichment.keys import KeyRing
 from threatflow.enrichment.model import ResultStatus, SourceResult
@@ -213,22 +213,47 @@ def _cancelled(run_ids: Sequence[str], *, kept: Sequence[str], failed: str = "pu
     )
 
 
-def auto_enrich(runtime: Runtime, results: Sequence[Mapping[str, Any]]) -> int:
-    """After an upsert: one small message naming the newly created, active IoCs whose type some
-    source auto-enriches; enrich-dispatch expands it (and skips warninglisted ones).
-    Never raises: ingest must not fail because enrichment is unavailable."""
+def auto_enrich(runtime: Runtime, results: Sequence[Mapping[str, Any]], *, writer: str) -> dict[str, Any]:
+    """After an upsert: one small message naming the newly created, active IoCs whose type some source
+    auto-enriches, as many of them, in order, as `writer`'s enrichment budget has room for (budget.plan with
+    `auto`: the auto-enriching sources with no cached answer); enrich-dispatch expands it (and skips warninglisted
+    ones). What is said for the write's answer: `queued`, `lookups` charged, and the IoCs `not_queued` with why.
+    Never raises: ingest must not fail because enrichment is unavailable (nothing queued, the charge given back)."""
+    queued: list[int] = []
+    summary: dict[str, Any] = {"queued": 0, "lookups": 0}
     try:
         ctx = context(runtime)
         auto_types = {t for s in ctx.settings.enabled() for t in s.auto_enrich}
         # Created and active: one expired when written is stored inactive (iocs repository.upsert), not worth quota
         wanted = [r for r in results if r.get("status") == "created" and r.get("active", True) and r.get("type") in auto_types]
         ids = [int(r["id"]) for r in wanted][:AUTO_MAX]
-        if ids:
-            ctx.publish(TOPIC_REQUESTED, auto_enrich_request(ids), origin=AUTO_ENRICH_ORIGIN)
-        return len(ids)
+        if not ids:
+            return summary
+        with unit_of_work(runtime.engine) as conn:  # their TLPs and warninglists, as enrich-dispatch reads them
+            iocs = intel_enrichment.auto_enrichment_costed(conn, ids)
+        costs = plan(ctx, [(ioc, [], False) for ioc in iocs], auto=True).costs
+        charged = [costs.get(int(ioc["id"]), 0) for ioc in iocs]
+        admitted = ctx.budget.charge_up_to(writer, charged)
+        queued = [int(ioc["id"]) for ioc, ok in zip(iocs, admitted, strict=True) if ok]
+        lookups = sum(cost for cost, ok in zip(charged, admitted, strict=True) if ok)
+        left_out = len(iocs) - len(queued)
+        if queued:
+            try:
+                ctx.publish(TOPIC_REQUESTED, auto_enrich_request(queued), origin=AUTO_ENRICH_ORIGIN)
+            except Exception:
+                ctx.budget.refund(writer, lookups)
+                raise
+        summary = {"queued": len(queued), "lookups": lookups}
+        if left_out:
+            summary["not_queued"] = left_out
+            summary["reason"] = (
+                f"enrichment budget: {left_out} new IoCs need more source lookups than {writer}'s budget of"
+                f" {ctx.budget.per_hour} an hour has left; enrich them later (POST /api/v1/enrichment/batch)"
+            )
+        return summary
     except Exception as exc:  # failure-tolerant by design; logged for the operator
         tf_logging.log(log, logging.WARNING, f"auto-enrichment not requested: {exc.__class__.__name__}: {exc}")
-        return 0
+        return {"queued": 0, "lookups": 0, "error": "auto-enrichment could not be requested; it has been logged"}
 
 
 # -- enrich-dispatch ----------------------------------------------------------------

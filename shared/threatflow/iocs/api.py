@@ -109,7 +109,9 @@ def build_router(runtime: Runtime) -> Router:
                 clearance=(clearance := tlp_clearance.of(request.principal)),
                 new_tlp=new_record_tlp(clearance),
             )
-        enrichment_handlers.auto_enrich(runtime, result["results"])  # after commit; one small publish; never fails the upsert
+        assert request.principal is not None  # an analyst route
+        # After commit; one small publish, within the writer's enrichment budget; never fails the upsert.
+        result["auto_enrichment"] = enrichment_handlers.auto_enrich(runtime, result["results"], writer=request.principal.username)
         return result
 
     @router.route("POST", "/api/v1/iocs/find", role=Role.READER, body=FindRequest)

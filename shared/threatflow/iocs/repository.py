@@ -424,8 +424,18 @@ def get_many(conn: Connection, ioc_ids: Sequence[int]) -> dict[int, IocRecord]:
     ids = sorted({int(i) for i in ioc_ids})
     if not ids:
         return {}
-    rows = conn.execute(_text(f"SELECT {IOC_COLUMNS} FROM iocs WHERE id = ANY(CAST(:i AS bigint[]))"), {"i": ids})
+    rows = conn.execute(_text(f"SELECT {IOC_COLUMNS} FROM iocs WHERE id = ANY(CAST(:i AS bigint[]))"), {"i": _array(ids)})
     return {record.id: record for record in map(IocRecord.from_row, rows)}
+
+
+def enrichable(conn: Connection, ioc_ids: Sequence[int]) -> dict[int, tuple[str, str, str]]:
+    """id -> (type, value, tlp) of the existing IoCs among ioc_ids that are not warninglisted, in one narrow query:
+    what a write's auto-enrichment is charged by (get_many's whole records took ~70 ms a 1,000, about the write's own time)."""
+    rows = conn.execute(
+        _text("SELECT id, type, value, tlp FROM iocs WHERE id = ANY(CAST(:i AS bigint[])) AND warninglists = '{}'"),
+        {"i": _array(sorted({int(i) for i in ioc_ids}))},
+    )
+    return {int(r[0]): (str(r[1]), str(r[2]), str(r[3])) for r in rows}
 
 
 def get_by_value(conn: Connection, type_: str, value: str) -> IocRecord | None:
