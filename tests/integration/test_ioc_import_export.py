@@ -580,6 +580,36 @@ def test_an_import_past_the_item_bound_is_a_400_naming_content_and_its_async_job
     assert api.import_("json", items[:3]).get_json()["iocs"]["summary"]["created"] == 3
 
 
+def test_a_document_opening_more_json_containers_than_the_bound_is_refused_before_it_is_decoded(
+    api, db, function_client, import_queue, monkeypatch
+):
+    """The item bound applies while parsing, after the request is decoded: a 32 MiB body of `[{},{},...]` is 11 million
+    objects, ~816 MB decoded (in the iocs function, 1 GiB, which decoded every async body whole to check its envelope,
+    and again in ioc-import) before a parser saw the first item. Past MAX_DOCUMENT_CONTAINERS (scaled down to 50 here)
+    '{' and '[' in the body, a sync or async import is a 400 naming content before anything is decoded, nothing is
+    queued, and a job stored before (under a larger bound) fails on its first delivery with the same message."""
+    from threatflow.intel.formats import base
+
+    monkeypatch.setattr(base, "MAX_DOCUMENT_CONTAINERS", 50, raising=False)
+    content = [{} for _ in range(60)]
+    for path in ("/api/v1/iocs/import", "/api/v1/iocs/import?async=true"):
+        refused = api.post(path, {"format": "json", "content": content})
+        assert refused.status_code == 400, refused.get_data(as_text=True)[:300]
+        error = refused.get_json()["error"]
+        assert error["details"] == {"field": "content"} and "more than 50 JSON objects and arrays" in error["message"], error
+        assert "split it" in error["message"], error
+    queued = api.post("/api/v1/iocs/import?async=true", {"format": "json", "content": [{"value": "198.18.9.40"}] * 40})
+    assert queued.status_code == 202, queued.get_data(as_text=True)[:300]
+    monkeypatch.setattr(base, "MAX_DOCUMENT_CONTAINERS", 20, raising=False)  # the job is read under a smaller bound
+    pulled = import_queue()
+    assert pulled.attributes["job_id"] == queued.get_json()["job_id"], "a refused async import was queued before it"
+    delivered = function_client("ioc-import").post("/", json=_push(pulled))
+    assert delivered.status_code == 200, delivered.get_data(as_text=True)[:300]  # acked: dropped, never redelivered
+    job = api.get(f"/api/v1/iocs/import/{queued.get_json()['job_id']}").get_json()
+    assert (job["state"], job["attempts"]) == ("failed", 1) and "more than 20 JSON objects and arrays" in job["error"], job
+    assert db.scalar("SELECT count(*) FROM iocs") == 0
+
+
 def test_a_sync_import_whose_parser_crashes_is_a_logged_500(api, db, monkeypatch):
     """The same parser bug in POST /import (no async): the pipeline's 500, its traceback logged under the request id
     (platform/web.py), and nothing stored."""

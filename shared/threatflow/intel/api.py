@@ -52,6 +52,7 @@ def register(router: Router, runtime: Runtime) -> None:
                 f"imports over {SYNC_IMPORT_BYTES // (1024 * 1024)} MB run asynchronously: POST /api/v1/iocs/import?async=true"
                 f" (up to {runtime.settings.max_request_bytes} bytes), then poll the status_url it returns"
             )
+        importer.check_containers(request.body)  # before decode_body, which decodes the whole document
         body = decode_body(request.body, importer.ImportRequest)
         parsed = importer.parse_request(body)  # a malformed document fails here, before anything is written
         with unit_of_work(runtime.engine) as conn:
@@ -69,7 +70,8 @@ def register(router: Router, runtime: Runtime) -> None:
         return Response(result)
 
     def _queue(request: Request) -> Response:
-        body = decode_body(request.body, importer.ImportRequest)  # check the envelope now; the content is parsed by the job
+        importer.check_containers(request.body)
+        body = decode_body(request.body, importer.ImportEnvelope)  # the envelope now, undecoded content; the job parses it
         try:
             ImportFormat(body.format.lower())
         except ValueError:

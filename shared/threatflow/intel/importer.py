@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import msgspec
 
@@ -33,11 +33,13 @@ from threatflow.auth.model import Role
 from threatflow.auth.repository import UserRepository
 from threatflow.intel import repository as intel_repository
 from threatflow.intel.formats import ItemError, ParsedImport, ParsedIoc, ParsedThreat, Relation, parse
+from threatflow.intel.formats import base as formats_base
 from threatflow.intel.formats.misp import MAX_THREATS_PER_IOC
 from threatflow.iocs import repository as ioc_repository
 from threatflow.iocs import service
 from threatflow.iocs.model import MAX_SOURCES_PER_IOC, MAX_TAGS_PER_IOC, Tlp
 from threatflow.iocs.normalise import normalise
+from threatflow.platform import limits
 from threatflow.platform.errors import PermanentError, RetryableError, ThreatFlowError, ValidationError
 from threatflow.platform.vocabulary import clean_sources, clean_tags, new_record_tlp
 from threatflow.threats import repository as threat_store
@@ -425,16 +427,49 @@ class ImportRequest(msgspec.Struct, forbid_unknown_fields=True):
     tags: list[str] = []
 
 
+class ImportEnvelope(msgspec.Struct, forbid_unknown_fields=True):
+    """An import request with its document left undecoded: what POST /import?async=true checks before it queues the
+    job, which decodes the document. It decoded the whole body (twice: decode_body's screen, then the typed decode) to
+    check these few fields; `batch_field` skips decode_body's whole-body screen, and check_request screens the rest."""
+
+    batch_field: ClassVar[str] = "content"
+    format: str
+    content: msgspec.Raw
+    source: str | None = None
+    tlp: str | None = None
+    tags: list[str] = []
+
+
+def check_containers(raw: bytes) -> None:
+    """Refuse a request opening more JSON objects and arrays than an import may (formats.base.MAX_DOCUMENT_CONTAINERS),
+    counted in C over its bytes before it is decoded (ValidationError naming content)."""
+    bound = formats_base.MAX_DOCUMENT_CONTAINERS
+    if raw.count(b"{") + raw.count(b"[") > bound:
+        raise ValidationError(
+            f"the document opens more than {bound:,} JSON objects and arrays (counting every '{{' and '['); at most"
+            f" {formats_base.MAX_IMPORT_ITEMS:,} items an import: split it into several imports",
+            field="content",
+        )
+
+
+def _no_content(content: Any) -> bool:
+    if isinstance(content, msgspec.Raw):
+        return len(content) <= 4 and bytes(content) in (b"null", b'""')
+    return content is None or content == ""
+
+
 def blob_name(job_id: str) -> str:
     return f"imports/{job_id}.json"
 
 
-def check_request(body: ImportRequest) -> list[str]:
+def check_request(body: ImportRequest | ImportEnvelope) -> list[str]:
     """The request's own fields, checked before its document is read (ValidationError naming the field): by a sync
     import, and by an async one before it is queued (it checked only the format, and queued a job that could only
     fail). Returns the cleaned tags."""
-    if body.content is None or body.content == "":
+    if _no_content(body.content):
         raise ValidationError("content is required", field="content")
+    # NUL, 64-bit: what decode_body screens in a whole body, here for the fields an envelope decoded (cheap: short)
+    limits.check_json({"format": body.format, "source": body.source, "tlp": body.tlp, "tags": body.tags})
     if body.source is not None:
         clean_sources([body.source])  # checked here: it would be every item's source, and reject each of them
     if body.tlp is not None:
@@ -590,6 +625,7 @@ def _parse_stored(raw: bytes, *, job_id: str) -> tuple[ImportRequest, ParsedImpo
     as a PermanentError (acked), its traceback logged here with the job id. It went back to queued and was retried
     until the dead letter, the document parsed again each time."""
     try:
+        check_containers(raw)
         body = msgspec.json.decode(raw, type=ImportRequest)
         return body, parse_request(body)
     # MemoryError stays retryable: it says the instance ran short, which may be the moment's load (locally one process

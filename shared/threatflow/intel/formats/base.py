@@ -26,6 +26,12 @@ MAX_PARSED_LINKS = 100_000
 # ~650 bytes: the body holds up to 32 MiB, and 1,342,177 JSON items of one address (33 MB) peaked at 879 MB in parsing
 # alone in the 1 GiB ioc-import function (CSV of one column holds 2.4 million); 100,000 are parsed and applied in 134 MB.
 MAX_IMPORT_ITEMS = 100_000
+# JSON objects and arrays one import request may open, counted by its '{' and '[' bytes (those inside strings too, so
+# an upper bound) before anything is decoded: the item bound applies while parsing, after decoding, and 32 MiB of
+# `[{},{},...]` is 11 million objects, ~816 MB decoded (in the iocs function, and again in ioc-import, 1 GiB each).
+# Real documents open far fewer: 1 per 100 bytes to 1 per 1,000 (PyMISP's and OASIS's test files), ~20 per item at
+# the item bound; at the bound, decoding peaks at ~460 MB (2 million one-key objects).
+MAX_DOCUMENT_CONTAINERS = 2_000_000
 # IoC-to-IoC relation types a document's own words are kept as (STIX relationship_type, MISP ObjectReference);
 # any other word relates the two as related-to.
 RELATION_TYPES = frozenset({"resolves-to", "communicates-with", "drops", "downloads"})
