@@ -43,8 +43,8 @@ def env(backend_env, function_client, monkeypatch):
         monkeypatch.setenv(key, value)
     auth = function_client("auth")
 
-    def bearer(username, role):
-        password = create_user(backend_env["DATABASE_URL"], username, role)
+    def bearer(username, role, clearance=None):
+        password = create_user(backend_env["DATABASE_URL"], username, role, clearance=clearance)
         token = auth.post("/api/v1/auth/token", json={"username": username, "password": password}).get_json()["access_token"]
         return {"Authorization": f"Bearer {token}"}
 
@@ -433,3 +433,52 @@ def test_a_write_whose_auto_enrichment_cannot_be_published_keeps_its_iocs_and_sp
     values = [f"45.95.164.{i}" for i in range(1, BUDGET + 1)]  # the whole budget is still there
     response = env["api"].post("/api/v1/enrichment/batch", json={"iocs": values, "sources": ["virustotal"]}, headers=writer)
     assert response.status_code == 202, response.get_json()
+
+
+def _pulled(subscriber, subscription, *, pulls: int = 3) -> list[dict]:
+    """Every message's data on `subscription`, acknowledged, over a few pulls."""
+    out: list[dict] = []
+    for _ in range(pulls):
+        response = subscriber.pull(subscription=subscription, max_messages=100, timeout=3)
+        if response.received_messages:
+            subscriber.acknowledge(subscription=subscription, ack_ids=[m.ack_id for m in response.received_messages])
+        out += [json.loads(m.message.data) for m in response.received_messages]
+    return out
+
+
+def test_a_new_iocs_tlp_lowered_before_dispatch_gets_no_uncharged_auto_enrichment(env):
+    """A write's auto-enrichment is charged by the new IoCs' TLP when written; enrich-dispatch read their TLP again
+    when it expanded the message. New addresses written at TLP:RED cost nothing (every source's maximum is below it)
+    and were queued; the same batch again at TLP:CLEAR, before the message was dispatched, and every auto-enriching
+    source was asked about each of them, none of it charged. Dispatch now asks no more than the TLP charged allows."""
+    import uuid
+
+    from google.cloud import pubsub_v1
+
+    from threatflow.enrichment import handlers
+    from threatflow.platform.events import Message
+
+    runtime, iocs = env["runtime"], env["iocs"]
+    writer = env["bearer"]("budget-red-writer", "analyst", clearance="red")
+    values = [f"45.95.171.{i}" for i in range(1, 2 * BUDGET + 1)]  # twice the budget's worth of new addresses
+    subscriber = pubsub_v1.SubscriberClient()
+    publisher = pubsub_v1.PublisherClient()
+    requested = subscriber.subscription_path(PROJECT, f"auto-red-{uuid.uuid4().hex[:8]}")
+    tasks = subscriber.subscription_path(PROJECT, f"auto-red-tasks-{uuid.uuid4().hex[:8]}")
+    subscriber.create_subscription(name=requested, topic=publisher.topic_path(PROJECT, "ioc-enrichment-requested"))
+    subscriber.create_subscription(name=tasks, topic=publisher.topic_path(PROJECT, "enrichment-tasks"))
+    try:
+        body = iocs.post("/api/v1/iocs/batch", json={"iocs": [{"value": v, "tlp": "red"} for v in values]}, headers=writer).get_json()
+        ids = [r["id"] for r in body["results"]]
+        charged = body["auto_enrichment"]["lookups"]
+        lowered = iocs.post("/api/v1/iocs/batch", json={"iocs": [{"value": v, "tlp": "clear"} for v in values]}, headers=writer)
+        assert [r["status"] for r in lowered.get_json()["results"]] == ["updated"] * len(values), lowered.get_json()
+        messages = [m for m in _pulled(subscriber, requested) if set(m.get("ioc_ids", [])) & set(ids)]
+        for data in messages:  # enrich-dispatch, as the pipeline runs it
+            handlers.handle_request(Message(uuid.uuid4().hex, {"origin": "ingest"}, data, datetime.now(UTC), 1), runtime=runtime)
+        asked = [t for t in _pulled(subscriber, tasks) if t.get("ioc_id") in ids]
+        assert len(asked) <= charged, f"{len(asked)} source lookups dispatched, {charged} charged: {body['auto_enrichment']}"
+    finally:
+        subscriber.delete_subscription(subscription=requested)
+        subscriber.delete_subscription(subscription=tasks)
+

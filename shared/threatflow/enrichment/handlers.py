@@ -235,11 +235,13 @@ def auto_enrich(runtime: Runtime, results: Sequence[Mapping[str, Any]], *, write
         charged = [costs.get(int(ioc["id"]), 0) for ioc in iocs]
         admitted = ctx.budget.charge_up_to(writer, charged)
         queued = [int(ioc["id"]) for ioc, ok in zip(iocs, admitted, strict=True) if ok]
+        # Each at the TLP it was charged at: enrich-dispatch reads the IoC again, maybe lowered since (not charged)
+        tlps = [str(ioc["sent_tlp"]) for ioc, ok in zip(iocs, admitted, strict=True) if ok]
         lookups = sum(cost for cost, ok in zip(charged, admitted, strict=True) if ok)
         left_out = len(iocs) - len(queued)
         if queued:
             try:
-                ctx.publish(TOPIC_REQUESTED, auto_enrich_request(queued), origin=AUTO_ENRICH_ORIGIN)
+                ctx.publish(TOPIC_REQUESTED, auto_enrich_request(queued, tlps=tlps), origin=AUTO_ENRICH_ORIGIN)
             except Exception:
                 ctx.budget.refund(writer, lookups)
                 raise
@@ -274,7 +276,9 @@ def handle_request(message: events.Message, *, runtime: Runtime) -> None:
 def _ingest_requests(runtime: Runtime, message: events.Message) -> list[EnrichRequest]:
     """Auto-enrichment on ingest: one run per new IoC (see intel.enrichment.ingest_requests)."""
     with unit_of_work(runtime.engine) as conn:
-        return intel_enrichment.ingest_requests(conn, list(message.data["ioc_ids"]), message_id=message.message_id)
+        return intel_enrichment.ingest_requests(
+            conn, list(message.data["ioc_ids"]), message_id=message.message_id, charged_tlps=message.data.get("tlps")
+        )
 
 
 def _started_already(run: Mapping[str, Any] | None) -> bool:

@@ -16,11 +16,16 @@ TOPIC_COMPLETED = "enrichment-completed"
 AUTO_ENRICH_ORIGIN = "ingest"
 
 
-def auto_enrich_request(ioc_ids: Sequence[int]) -> dict[str, Any]:
+def auto_enrich_request(ioc_ids: Sequence[int], *, tlps: Sequence[str] | None = None) -> dict[str, Any]:
     """ioc-enrichment-requested for newly stored IoCs (any path that stores them: the IoC API, imports,
     the flow bridge): enrich-dispatch gives each its own run with the manifest's `auto_enrich` sources
-    and skips warninglisted ones. Publish it with the attribute origin=AUTO_ENRICH_ORIGIN."""
-    return {"origin": AUTO_ENRICH_ORIGIN, "ioc_ids": [int(i) for i in ioc_ids]}
+    and skips warninglisted ones. Publish it with the attribute origin=AUTO_ENRICH_ORIGIN.
+    `tlps`, one per id: the TLP each IoC's auto-enrichment was charged at (iocs POST /batch); enrich-dispatch sends
+    it at no lower TLP, so lowering an IoC's TLP before dispatch asks no source that was not charged."""
+    out: dict[str, Any] = {"origin": AUTO_ENRICH_ORIGIN, "ioc_ids": [int(i) for i in ioc_ids]}
+    if tlps is not None:
+        out["tlps"] = [str(t) for t in tlps]
+    return out
 
 
 def _field(data: Mapping[str, Any], name: str, kind: type) -> Any:

@@ -6,6 +6,7 @@ Every function takes the request's connection (one unit of work per request/mess
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import uuid
@@ -321,9 +322,18 @@ def auto_enrichment_costed(conn: Connection, ioc_ids: Sequence[int]) -> list[dic
     ]
 
 
-def ingest_requests(conn: Connection, ioc_ids: Sequence[Any], *, message_id: str) -> list[EnrichRequest]:
-    """Auto-enrichment on ingest: one run per new IoC, run ids derived from the message so a redelivery repeats nothing."""
+def ingest_requests(
+    conn: Connection, ioc_ids: Sequence[Any], *, message_id: str, charged_tlps: Sequence[Any] | None = None
+) -> list[EnrichRequest]:
+    """Auto-enrichment on ingest: one run per new IoC, run ids derived from the message so a redelivery repeats nothing.
+    `charged_tlps`, one per id (a write's message, handlers.auto_enrich): the TLP its writer was charged at; each run
+    is sent at the stricter of it and the IoC's TLP now, so a TLP lowered since the write asks no uncharged source."""
     ids = [int(ioc_id) for ioc_id in ioc_ids]
+    charged: dict[int, Tlp] = {}
+    if isinstance(charged_tlps, list) and len(charged_tlps) == len(ids):
+        for ioc_id, tlp in zip(ids, charged_tlps, strict=True):
+            with contextlib.suppress(ValueError):
+                charged[ioc_id] = Tlp.parse(str(tlp))
     found = iocs_repository.get_many(conn, ids)  # one query for up to AUTO_MAX ids (it was one each, and one more per IPv6)
     # deleted since, or warninglisted: not auto-enriched
     records = _with_carried_tlps(conn, {i: _record(ioc) for i, ioc in found.items() if not ioc.warninglists})
@@ -339,7 +349,7 @@ def ingest_requests(conn: Connection, ioc_ids: Sequence[Any], *, message_id: str
                 ioc_id,
                 str(record["type"]),
                 str(record["value"]),
-                str(record["sent_tlp"]),
+                str(_strictest([Tlp.parse(str(record["sent_tlp"])), charged.get(ioc_id)])),
                 origin="ingest",
                 tlp_withheld=bool(record["tlp_withheld"]),
             )
