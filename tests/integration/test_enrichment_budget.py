@@ -482,3 +482,22 @@ def test_a_new_iocs_tlp_lowered_before_dispatch_gets_no_uncharged_auto_enrichmen
         subscriber.delete_subscription(subscription=requested)
         subscriber.delete_subscription(subscription=tasks)
 
+
+
+@pytest.mark.parametrize("per_hour", [4, 243, 249, 486, 500, 996])
+def test_what_is_left_of_a_budget_is_exactly_what_a_charge_may_spend(env, per_hour):
+    """UserBudget.charge_up_to charges what fits of what is left, read with a cost of 0 (the GCRA's `remaining`).
+    `remaining` was floor((tolerance - (tat - now)) / interval), which for some budgets rounds one below what a charge
+    may spend: a full budget of 243 a hour read 242, so a write costing more than all of it queued 242 lookups, not
+    243. It is now the largest cost the script would admit (checked by the same comparison)."""
+    import uuid
+
+    from threatflow.enrichment import handlers
+    from threatflow.enrichment.budget import UserBudget
+
+    limiter = handlers.context(env["runtime"]).budget._limiter
+    budget = UserBudget(limiter=limiter, per_hour=per_hour)
+    user = f"budget-exact-{uuid.uuid4().hex[:8]}"
+    assert sum(budget.charge_up_to(user, [1] * (per_hour + 5))) == per_hour  # the whole budget, fresh
+    budget.refund(user, 3)
+    assert sum(budget.charge_up_to(user, [1] * 10)) == 3  # what was given back, no less
