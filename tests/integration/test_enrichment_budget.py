@@ -501,3 +501,37 @@ def test_what_is_left_of_a_budget_is_exactly_what_a_charge_may_spend(env, per_ho
     assert sum(budget.charge_up_to(user, [1] * (per_hour + 5))) == per_hour  # the whole budget, fresh
     budget.refund(user, 3)
     assert sum(budget.charge_up_to(user, [1] * 10)) == 3  # what was given back, no less
+
+
+def test_a_write_over_its_budget_names_the_new_iocs_it_did_not_queue(env):
+    """The IoCs that fit are queued in order, each whole or not at all, so a cheaper one after an IoC that did not
+    fit is queued and the one before it is not; a cached one is queued whatever is left. The answer said only how
+    many were not queued ("enrich them later"): which ones could not be told from it. It names them now."""
+    import uuid
+
+    from google.cloud import pubsub_v1
+
+    api, iocs = env["api"], env["iocs"]
+    writer = env["bearer"]("budget-named-writer", "analyst")
+    costs = {t: _auto_cost(api, writer, t) for t in ("ipv4", "md5", "sha256")}
+    big = max(costs, key=lambda t: costs[t])
+    small = min((t for t in costs if costs[t] >= 1), key=lambda t: costs[t])
+    if costs[big] <= costs[small] or costs[big] > BUDGET:
+        pytest.skip(f"needs two auto-enriched types of different costs within the budget: {costs}")
+    value = {"ipv4": lambda i: f"45.95.172.{i}", "md5": lambda i: f"{0xABC000 + i:032x}", "sha256": lambda i: f"{0xABC000 + i:064x}"}
+    if not costs[big] + 2 * costs[small] <= BUDGET < 2 * costs[big] + costs[small]:
+        pytest.skip(f"needs a big IoC that does not fit after a big and a small one, and a small one that does: {costs}")
+    written = [{"value": value[t](i), "type": t} for i, t in enumerate([big, small, big, small])]  # the third is left out
+    subscriber = pubsub_v1.SubscriberClient()
+    subscription = subscriber.subscription_path(PROJECT, f"auto-named-{uuid.uuid4().hex[:8]}")
+    subscriber.create_subscription(name=subscription, topic=pubsub_v1.PublisherClient().topic_path(PROJECT, "ioc-enrichment-requested"))
+    try:
+        body = iocs.post("/api/v1/iocs/batch", json={"iocs": written}, headers=writer).get_json()
+        ids = [r["id"] for r in body["results"]]
+        queued = [i for m in _pulled(subscriber, subscription) for i in m.get("ioc_ids", []) if i in ids]
+    finally:
+        subscriber.delete_subscription(subscription=subscription)
+    auto = body["auto_enrichment"]
+    assert queued == [ids[0], ids[1], ids[3]], (queued, ids, auto)
+    assert auto.get("not_queued_ids") == [i for i in ids if i not in queued], auto
+    assert auto["not_queued"] == len(auto["not_queued_ids"]), auto

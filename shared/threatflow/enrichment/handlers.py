@@ -217,7 +217,8 @@ def auto_enrich(runtime: Runtime, results: Sequence[Mapping[str, Any]], *, write
     """After an upsert: one small message naming the newly created, active IoCs whose type some source
     auto-enriches, as many of them, in order, as `writer`'s enrichment budget has room for (budget.plan with
     `auto`: the auto-enriching sources with no cached answer); enrich-dispatch expands it (and skips warninglisted
-    ones). What is said for the write's answer: `queued`, `lookups` charged, and the IoCs `not_queued` with why.
+    ones). What is said for the write's answer: `queued`, `lookups` charged, and the IoCs `not_queued` (how many,
+    `not_queued_ids` which) with why.
     Never raises: ingest must not fail because enrichment is unavailable (nothing queued, the charge given back)."""
     queued: list[int] = []
     summary: dict[str, Any] = {"queued": 0, "lookups": 0}
@@ -248,9 +249,11 @@ def auto_enrich(runtime: Runtime, results: Sequence[Mapping[str, Any]], *, write
         summary = {"queued": len(queued), "lookups": lookups}
         if left_out:
             summary["not_queued"] = left_out
+            # which ones: each IoC fits whole or not at all, so a cheaper one after one left out may be queued
+            summary["not_queued_ids"] = [int(ioc["id"]) for ioc, ok in zip(iocs, admitted, strict=True) if not ok]
             summary["reason"] = (
                 f"enrichment budget: {left_out} new IoCs need more source lookups than {writer}'s budget of"
-                f" {ctx.budget.per_hour} an hour has left; enrich them later (POST /api/v1/enrichment/batch)"
+                f" {ctx.budget.per_hour} an hour has left; enrich them (not_queued_ids) later (POST /api/v1/enrichment/batch)"
             )
         return summary
     except Exception as exc:  # failure-tolerant by design; logged for the operator
