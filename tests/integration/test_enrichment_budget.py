@@ -535,3 +535,29 @@ def test_a_write_over_its_budget_names_the_new_iocs_it_did_not_queue(env):
     assert queued == [ids[0], ids[1], ids[3]], (queued, ids, auto)
     assert auto.get("not_queued_ids") == [i for i in ids if i not in queued], auto
     assert auto["not_queued"] == len(auto["not_queued_ids"]), auto
+
+
+def test_a_write_with_redis_unreachable_queues_its_auto_enrichment_uncharged(env, function_client):
+    """With Redis unreachable the budget allows what it cannot count, as it allows a request (the sources' quotas and
+    cache need Redis too, so the tasks wait for it). The write's auto-enrichment was dropped instead: the cache lookup
+    of its plan failed before the budget's rule, so the answer said "error" and nothing was ever queued."""
+    import uuid
+
+    from google.cloud import pubsub_v1
+
+    writer = env["bearer"]("budget-no-redis-writer", "analyst")
+    ioc_type, value, _ = _auto_enriched_type(env["api"], writer)
+    no_redis = function_client("iocs", REDIS_URL="redis://127.0.0.1:1/0")
+    subscriber = pubsub_v1.SubscriberClient()
+    topic = pubsub_v1.PublisherClient().topic_path(PROJECT, "ioc-enrichment-requested")
+    subscription = subscriber.subscription_path(PROJECT, f"auto-budget-{uuid.uuid4().hex[:8]}")
+    subscriber.create_subscription(name=subscription, topic=topic)
+    try:
+        written = [{"value": value(3000 + i), "type": ioc_type} for i in range(BUDGET + 2)]
+        response = no_redis.post("/api/v1/iocs/batch", json={"iocs": written}, headers=writer)
+        body = response.get_json()
+        assert response.status_code == 200 and [r["status"] for r in body["results"]] == ["created"] * len(written), body
+        assert body["auto_enrichment"]["queued"] == len(written) and "error" not in body["auto_enrichment"], body
+        assert _pulled_ioc_ids(subscriber, subscription, until=len(written)) == [r["id"] for r in body["results"]]
+    finally:
+        subscriber.delete_subscription(subscription=subscription)

@@ -42,7 +42,7 @@ from threatflow.enrichment.worker import Outcome, execute
 from threatflow.intel import enrichment as intel_enrichment
 from threatflow.platform import events
 from threatflow.platform import logging as tf_logging
-from threatflow.platform.errors import PermanentError, RetryableError, ValidationError
+from threatflow.platform.errors import DependencyError, PermanentError, RetryableError, ValidationError
 from threatflow.platform.sources import SourceConfig
 
 if TYPE_CHECKING:
@@ -232,7 +232,11 @@ def auto_enrich(runtime: Runtime, results: Sequence[Mapping[str, Any]], *, write
             return summary
         with unit_of_work(runtime.engine) as conn:  # their TLPs and warninglists, as enrich-dispatch reads them
             iocs = intel_enrichment.auto_enrichment_costed(conn, ids)
-        costs = plan(ctx, [(ioc, [], False) for ioc in iocs], auto=True).costs
+        try:
+            costs = plan(ctx, [(ioc, [], False) for ioc in iocs], auto=True).costs
+        except DependencyError:  # Redis unreachable: allowed uncounted, as the budget allows a request (budget.py)
+            tf_logging.log(log, logging.WARNING, "enrichment budget unavailable (Redis); auto-enrichment queued uncharged", user=writer)
+            costs = {}
         charged = [costs.get(int(ioc["id"]), 0) for ioc in iocs]
         admitted = ctx.budget.charge_up_to(writer, charged)
         queued = [int(ioc["id"]) for ioc, ok in zip(iocs, admitted, strict=True) if ok]
