@@ -610,6 +610,39 @@ def test_a_document_opening_more_json_containers_than_the_bound_is_refused_befor
     assert db.scalar("SELECT count(*) FROM iocs") == 0
 
 
+def test_an_async_document_nested_too_deep_is_a_400_naming_content(api, db):
+    """Decoded as an envelope (its content left raw), the request still meets msgspec's nesting guard: a 400, which
+    named the body; it names content again, as the sync route's screen does."""
+    deep = '{"a": ' * 5000 + '"leaf"' + "}" * 5000
+    refused = api.post_raw("/api/v1/iocs/import?async=true", f'{{"format": "json", "content": {deep}}}')
+    assert refused.status_code == 400, refused.get_data(as_text=True)[:300]
+    assert refused.get_json()["error"]["details"] == {"field": "content"}, refused.get_json()
+    assert "nests deeper than 400 levels" in refused.get_json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        ('[{"value": "198.18.9.50", "description": "x\\u0000y"}]', "NUL characters are not allowed"),
+        ('[{"value": "198.18.9.51", "confidence": 123456789012345678901234567890}]', "integer out of range"),
+    ],
+    ids=["nul", "huge-integer"],
+)
+def test_an_async_document_the_sync_route_screens_out_fails_its_job_with_the_same_words(
+    api, db, function_client, import_queue, content, said
+):
+    """The async route reads only the envelope (the document stays undecoded until the job), so what decode_body's
+    screen refuses in a sync import (a NUL, an integer past 64 bits) is refused by the job, on its first delivery and
+    in the same words: the job imported them."""
+    queued = api.post_raw("/api/v1/iocs/import?async=true", f'{{"format": "json", "content": {content}}}')
+    assert queued.status_code == 202, queued.get_data(as_text=True)[:300]
+    delivered = function_client("ioc-import").post("/", json=_push(import_queue()))
+    assert delivered.status_code == 200, delivered.get_data(as_text=True)[:300]  # acked: dropped, never redelivered
+    job = api.get(f"/api/v1/iocs/import/{queued.get_json()['job_id']}").get_json()
+    assert (job["state"], job["attempts"]) == ("failed", 1) and said in job["error"] and "content" in job["error"], job
+    assert db.scalar("SELECT count(*) FROM iocs") == 0
+
+
 def test_a_sync_import_whose_parser_crashes_is_a_logged_500(api, db, monkeypatch):
     """The same parser bug in POST /import (no async): the pipeline's 500, its traceback logged under the request id
     (platform/web.py), and nothing stored."""

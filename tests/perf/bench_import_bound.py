@@ -89,8 +89,11 @@ def main() -> None:
         request = None
         try:
             try:
-                if hasattr(importer, "check_containers"):  # the worker's first step since it was added
+                if hasattr(importer, "check_containers"):  # the worker's first steps since they were added
+                    from threatflow.platform import limits
+
                     importer.check_containers(raw)
+                    limits.check_raw_json(raw)
                 request = msgspec.json.decode(raw, type=importer.ImportRequest)
                 decoded = tracemalloc.get_traced_memory()[1]
                 outcome = f"{len(importer.parse_request(request).iocs):,} IoCs"

@@ -626,6 +626,9 @@ def _parse_stored(raw: bytes, *, job_id: str) -> tuple[ImportRequest, ParsedImpo
     until the dead letter, the document parsed again each time."""
     try:
         check_containers(raw)
+        # decode_body's screen (nesting, NUL, 64-bit integers), which the async route leaves to the job: it reads only
+        # the envelope. A second decode when the pre-screen trips, freed before the typed one (the peak is the larger).
+        limits.check_raw_json(raw)
         body = msgspec.json.decode(raw, type=ImportRequest)
         return body, parse_request(body)
     # MemoryError stays retryable: it says the instance ran short, which may be the moment's load (locally one process

@@ -111,7 +111,7 @@ def check_raw_json(raw: bytes, *, field: str = "", skip: str | None = None) -> N
     try:
         decoded = _decode_untyped(raw)
     except RecursionError:  # msgspec gives up (below a crash, above our limit): find the field without recursion
-        where = _too_deep_at(raw, prefix=field)
+        where = too_deep_at(raw, prefix=field)
         raise ValidationError(f"{where}: JSON nests deeper than {MAX_JSON_DEPTH} levels", field=where) from None
     except msgspec.DecodeError:
         return  # the typed decode reports malformed JSON with its own message
@@ -121,7 +121,7 @@ def check_raw_json(raw: bytes, *, field: str = "", skip: str | None = None) -> N
 _TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}:]')
 
 
-def _too_deep_at(raw: bytes, *, prefix: str) -> str:
+def too_deep_at(raw: bytes, *, prefix: str) -> str:
     """The top-level field whose value nests too deep, found by a flat scan of the tokens."""
     depth = 0
     last_string = b""

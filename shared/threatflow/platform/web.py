@@ -163,8 +163,9 @@ def decode_body(raw: bytes, body_type: type) -> Any:
         limits.check_raw_json(raw)
     try:
         return msgspec.json.decode(raw, type=body_type)
-    except RecursionError:
-        raise _too_deep() from None
+    except RecursionError:  # msgspec's own limit, met where the screen above did not run (a batch, raw content)
+        where = limits.too_deep_at(raw, prefix="")
+        raise ValidationError(f"{where}: JSON nests deeper than {limits.MAX_JSON_DEPTH} levels", field=where) from None
     except msgspec.ValidationError as exc:
         message = str(exc)
         missing = _MSGSPEC_MISSING.search(message)
