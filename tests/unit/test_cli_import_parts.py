@@ -1,4 +1,4 @@
-"""`threatflow iocs import` of a large csv or text feed: split into parts that each fit one synchronous import.
+"""`threatflow iocs import` of a large csv, text or json feed: split into parts that each fit one synchronous import.
 
 The whole file was sent as one import: a feed of more than 100,000 records (or over 32 MiB) was refused ("split it
 into several imports") and the user split it by hand. Now each part holds at most PART_ITEMS records and fits the
@@ -8,6 +8,7 @@ each part with the server's own parser (threatflow.intel.formats.parse), refusin
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 
 import pytest
@@ -133,3 +134,70 @@ def test_a_file_that_fits_one_import_is_sent_whole_as_before(tmp_path, capsys, n
     assert cli.cmd_import(_args(path), api) == 0
     assert len(api.bodies) == 1 and api.bodies[0]["content"] == text
     assert "parts" not in json.loads(capsys.readouterr().out)
+
+
+def _records(n: int) -> list[dict]:
+    return [{"value": f"{1 + i // 65536}.{(i // 256) % 256}.{i % 256}.9", "tags": ["feed"]} for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    "shape",
+    ["list", "iocs", "threatfox-export", "threatfox-api"],
+)
+def test_a_json_feed_of_120000_records_is_imported_in_parts_of_its_own_shape(tmp_path, capsys, shape):
+    """A JSON document of more than 100,000 records was sent whole (async past 5 MB) and refused ("split it into several
+    imports"): the CLI split only csv and text. Now a JSON feed of records is split as the importer reads it (its
+    list, {"iocs": [...]}, ThreatFox's export {"<id>": [records]}, abuse.ch's API answer {"query_status", "data"}),
+    each part a document of the same shape; the stdout document names each part's records."""
+    records = _records(120_000)
+    if shape == "list":
+        doc = records
+    elif shape == "iocs":
+        doc = {"iocs": records}
+    elif shape == "threatfox-export":
+        doc = {str(1000 + i): [{"ioc": r["value"], "ioc_type": "ip:port", "threat_type": "botnet_cc"}] for i, r in enumerate(records)}
+    else:
+        doc = {"query_status": "ok", "data": [{"ioc": r["value"], "ioc_type": "ip:port"} for r in records]}
+    path = tmp_path / "feed.json"
+    path.write_text(json.dumps(doc))
+    api = FakeApi()
+    assert cli.cmd_import(_args(path), api) == 0
+    assert len(api.bodies) >= 3 and all(body["format"] == "json" for body in api.bodies)
+    assert sorted(api.values) == sorted(r["value"] for r in records), "every record arrives, once"
+    if shape == "threatfox-api":
+        assert all(body["content"]["query_status"] == "ok" for body in api.bodies), "each part keeps the answer's shape"
+    out, err = capsys.readouterr()
+    assert "iocs: created 120000, updated 0, unchanged 0, rejected 0" in err
+    parts = json.loads(out)["parts"]
+    assert parts[0]["records"][0] == 1 and parts[-1]["records"][1] == 120_000
+    assert all(a["records"][1] + 1 == b["records"][0] for a, b in itertools.pairwise(parts)), "no record skipped or sent twice"
+
+
+def test_an_otx_pulse_is_never_split(tmp_path, capsys, monkeypatch):
+    """A pulse's indicators share its threats and TLP: a big pulse is sent whole (async past 5 MB), never in parts."""
+    monkeypatch.setattr(cli, "PART_ITEMS", 10, raising=False)
+    pulse = {"id": "5f1", "name": "big pulse", "indicators": [{"indicator": f"45.9.0.{i}", "type": "IPv4"} for i in range(50)]}
+    path = tmp_path / "pulse.json"
+    path.write_text(json.dumps(pulse))
+    api = FakeApi()
+    assert cli.cmd_import(_args(path), api) == 0
+    assert len(api.bodies) == 1 and api.bodies[0]["content"] == pulse
+
+
+@pytest.mark.parametrize("name", ["feodo_ipblocklist_recommended.json", "threatfox_recent_defanged_ashiroodi.json"])
+def test_real_abuse_ch_json_feeds_split_into_parts_give_what_the_whole_document_gives(tmp_path, capsys, monkeypatch, name):
+    """abuse.ch's own JSON downloads (../shared/data/feeds/abusech), split into parts of 7 records: every IoC the whole
+    document gives arrives, once, and nothing else."""
+    from helpers import SHARED_DATA, require_shared_data
+
+    require_shared_data("feeds/abusech")
+    text = (SHARED_DATA / "feeds" / "abusech" / name).read_text()
+    whole = sorted(ioc.item.value for ioc in formats.parse("json", json.loads(text)).iocs)
+    monkeypatch.setattr(cli, "PART_ITEMS", 7, raising=False)
+    monkeypatch.setattr(cli, "SYNC_LIMIT_BYTES", 1024, raising=False)  # the small files are split too
+    path = tmp_path / name
+    path.write_text(text)
+    api = FakeApi()
+    assert cli.cmd_import(_args(path), api) == 0
+    assert len(api.bodies) > 1 and whole, name
+    assert sorted(api.values) == whole

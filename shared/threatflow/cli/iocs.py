@@ -164,20 +164,25 @@ def read_document(path: Path) -> tuple[Path, str]:
 
 @dataclass(frozen=True)
 class Part:
-    """One import of a split document: its text (the csv's prefix and a run of records) and the file lines it holds."""
+    """One import of a split document: its content (a csv's prefix and a run of records, a text's lines, a json
+    document of a run of records) and the file's `unit`s it holds, first to last (lines, or a json feed's records)."""
 
-    text: str
-    first_line: int
-    last_line: int
+    content: Any
+    first: int
+    last: int
+    unit: str = "lines"
 
 
 def split_parts(fmt: str, text: str) -> list[Part]:
-    """A csv or text document too large for one synchronous import as parts that each fit (PART_ITEMS records, PART_BYTES
-    of JSON), split only between records: a csv's records as its import reads them (a quoted cell spanning lines stays
-    whole), each part led by the csv's prefix (its '#' block and header), so every part is read with the whole file's
-    header; a text's lines. One part (the document as it is) when it fits, and for the other formats."""
+    """A csv, text or json document too large for one synchronous import as parts that each fit (PART_ITEMS records,
+    PART_BYTES of JSON), split only between records: a csv's records as its import reads them (a quoted cell spanning
+    lines stays whole), each part led by the csv's prefix (its '#' block and header), so every part is read with the
+    whole file's header; a text's lines; a json feed's records (`_json_parts`). One part (the document as it is) when
+    it fits, and for the other formats."""
+    if fmt == "json":
+        return _json_parts(text)
     if fmt not in ("csv", "text") or (len(text.encode()) <= SYNC_LIMIT_BYTES and text.count("\n") < PART_ITEMS):
-        return [Part(text, 1, text.count("\n") + 1)]
+        return [Part(_content(fmt, text), 1, text.count("\n") + 1)]
     if fmt == "csv":
         from threatflow.intel.formats.csvfmt import records
 
@@ -202,6 +207,35 @@ def split_parts(fmt: str, text: str) -> list[Part]:
         line += row.count("\n")
     if run or not parts:
         parts.append(Part(prefix + "".join(run), first, max(first, line - text.endswith("\n"))))
+    return parts
+
+
+def _json_parts(text: str) -> list[Part]:
+    """A json feed's records in runs of PART_ITEMS and PART_BYTES, each written as a document of the feed's own shape
+    (jsonfmt.split_shape: a list, {"iocs": [...]}, ThreatFox's export as a list of its records, an abuse.ch API answer
+    with a run of its records). A document that is no feed of records (an OTX pulse, whose indicators share its threats
+    and TLP), or that fits, is one part, as it is."""
+    from threatflow.intel.formats.jsonfmt import split_shape
+
+    doc = json.loads(text)
+    shape = split_shape(doc)
+    if shape is None or (len(text.encode()) <= SYNC_LIMIT_BYTES and len(shape[0]) < PART_ITEMS):
+        return [Part(doc, 1, len(shape[0]) if shape else 1, "records")]
+    records, rebuild = shape
+    room = PART_BYTES - len(json.dumps(rebuild([])))
+    parts: list[Part] = []
+    run: list[Any] = []
+    size, first = 0, 1
+    for number, record in enumerate(records, start=1):
+        record_bytes = len(json.dumps(record)) + 2  # its separator
+        if record_bytes > room:
+            raise ValidationError(f"json: record {number}: {record_bytes:,} bytes, more than an import part holds", field="file")
+        if run and (len(run) >= PART_ITEMS or size + record_bytes > room):
+            parts.append(Part(rebuild(run), first, number - 1, "records"))
+            run, size, first = [], 0, number
+        run.append(record)
+        size += record_bytes
+    parts.append(Part(rebuild(run), first, len(records), "records"))
     return parts
 
 
@@ -230,7 +264,7 @@ def cmd_import(args: argparse.Namespace, call: Call) -> int:
             file=sys.stderr,
         )
         return _import_parts(parts, body, call, full=getattr(args, "json", False))
-    body["content"] = _content(fmt, text)
+    body["content"] = parts[0].content
     use_async = args.use_async or len(text.encode()) > SYNC_LIMIT_BYTES
     print(
         f"importing {path if args.file != '-' else 'stdin'} as {fmt} ({len(text.encode()):,} bytes{', async' if use_async else ''})",
@@ -276,13 +310,13 @@ def _import_parts(parts: list[Part], body: dict[str, Any], call: Call, *, full: 
     results: list[dict[str, Any]] = []
     try:
         for number, part in enumerate(parts, start=1):
-            status, payload = call("POST", "/api/v1/iocs/import", {**body, "content": part.text})
+            status, payload = call("POST", "/api/v1/iocs/import", {**body, "content": part.content})
             if status >= 400:
-                print(f"part {number}/{len(parts)} (lines {part.first_line}-{part.last_line}) failed", file=sys.stderr)
+                print(f"part {number}/{len(parts)} ({part.unit} {part.first}-{part.last}) failed", file=sys.stderr)
                 return common.http_error(status, payload)
             summary = payload.get("iocs", {}).get("summary", {})
             print(f"part {number}/{len(parts)}: " + ", ".join(f"{k} {summary.get(k, 0)}" for k in _SUMMARY_KEYS), file=sys.stderr)
-            results.append({"part": number, "lines": [part.first_line, part.last_line], "result": payload})
+            results.append({"part": number, part.unit: [part.first, part.last], "result": payload})
     finally:
         if len(results) < len(parts):
             done = f"parts 1-{len(results)} were imported" if results else "no part was imported"

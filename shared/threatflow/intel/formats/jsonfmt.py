@@ -10,6 +10,7 @@ An AlienVault OTX pulse (or `{"results": [pulses]}`) is read by `otx.pulse`: IoC
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from threatflow.intel.formats import csvfmt, otx
@@ -51,6 +52,24 @@ def parse(content: Any) -> ParsedImport:
         else:
             out.ioc(ref, item)
     return out.build()
+
+
+def split_shape(doc: Any) -> tuple[list[Any], Callable[[list[Any]], Any]] | None:
+    """The records a json document holds, as `parse` finds them, and how a run of them is written as a document of the
+    same shape (for `threatflow iocs import`, which sends a large feed in parts); None for what must stay whole: OTX
+    pulses (a pulse's indicators share its threats and TLP) and documents `parse` refuses."""
+    if isinstance(doc, dict) and doc and all(key.isdigit() and isinstance(entries, list) for key, entries in doc.items()):
+        return [entry for entries in doc.values() for entry in entries], list  # ThreatFox's export: its records as a list
+    if isinstance(doc, dict) and "query_status" in doc and "iocs" not in doc:
+        key = next((k for k in API_RECORDS if isinstance(doc.get(k), list)), None)
+        return None if key is None else (doc[key], lambda run: {**doc, key: run})
+    if _pulses(doc) is not None:
+        return None
+    if isinstance(doc, dict) and "iocs" not in doc and isinstance(doc.get("results"), list):
+        return doc["results"], lambda run: {**doc, "results": run}
+    if isinstance(doc, dict) and isinstance(doc.get("iocs"), list):
+        return doc["iocs"], lambda run: {**doc, "iocs": run}
+    return (doc, list) if isinstance(doc, list) else None
 
 
 def _pulses(doc: Any) -> list[dict[str, Any]] | None:
