@@ -220,7 +220,6 @@ def auto_enrich(runtime: Runtime, results: Sequence[Mapping[str, Any]], *, write
     ones). What is said for the write's answer: `queued`, `lookups` charged, and the IoCs `not_queued` (how many,
     `not_queued_ids` which) with why.
     Never raises: ingest must not fail because enrichment is unavailable (nothing queued, the charge given back)."""
-    queued: list[int] = []
     summary: dict[str, Any] = {"queued": 0, "lookups": 0}
     try:
         ctx = context(runtime)
