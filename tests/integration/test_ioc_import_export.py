@@ -610,23 +610,6 @@ def test_a_document_opening_more_json_containers_than_the_bound_is_refused_befor
     assert db.scalar("SELECT count(*) FROM iocs") == 0
 
 
-def test_brackets_inside_a_text_or_csv_document_are_not_counted_against_the_container_bound(api, db, monkeypatch):
-    """A text or CSV document is one JSON string, decoded as one string whatever it holds: its brackets open no
-    JSON objects (a JSON-lines feed sent as text has two or more a line). They were counted, so a text of more
-    braces than MAX_DOCUMENT_CONTAINERS (scaled down to 50 here) was refused; only the document's own JSON is."""
-    from threatflow.intel.formats import base
-
-    monkeypatch.setattr(base, "MAX_DOCUMENT_CONTAINERS", 50, raising=False)
-    lines = "".join(f'{{"ioc": "198.18.10.{i}", "tags": ["a", "b"]}}\n' for i in range(40))  # 120 brackets
-    imported = api.import_("text", lines)
-    assert imported.status_code == 200, imported.get_data(as_text=True)[:300]
-    assert imported.get_json()["iocs"]["summary"]["created"] == 40
-    queued = api.post("/api/v1/iocs/import?async=true", {"format": "csv", "content": "value,comment\n" + "198.18.11.1,{[{[\n" * 40})
-    assert queued.status_code == 202, queued.get_data(as_text=True)[:300]
-    refused = api.import_("json", [{"value": f"198.18.12.{i}", "tags": ["x"]} for i in range(30)])  # 61 of its own
-    assert refused.status_code == 400 and refused.get_json()["error"]["details"] == {"field": "content"}
-
-
 def test_an_async_document_nested_too_deep_is_a_400_naming_content(api, db):
     """Decoded as an envelope (its content left raw), the request still meets msgspec's nesting guard: a 400, which
     named the body; it names content again, as the sync route's screen does."""

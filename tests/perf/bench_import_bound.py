@@ -55,9 +55,8 @@ def _gateway_check_peak(raw: bytes) -> int:
     tracemalloc.start()
     try:
         if hasattr(importer, "ImportEnvelope"):
-            envelope = decode_body(raw, importer.ImportEnvelope)
-            importer.check_containers(raw, envelope.content)
-            importer.check_request(envelope)
+            importer.check_containers(raw)
+            importer.check_request(decode_body(raw, importer.ImportEnvelope))
         else:  # before: the whole request decoded, twice (decode_body's screen, then the typed decode)
             importer.check_request(decode_body(raw, importer.ImportRequest))
     except ValidationError:
@@ -93,7 +92,7 @@ def main() -> None:
                 if hasattr(importer, "check_containers"):  # the worker's first steps since they were added
                     from threatflow.platform import limits
 
-                    importer.check_containers(raw, msgspec.json.decode(raw, type=importer.ImportEnvelope).content)
+                    importer.check_containers(raw)
                     limits.check_raw_json(raw)
                 request = msgspec.json.decode(raw, type=importer.ImportRequest)
                 decoded = tracemalloc.get_traced_memory()[1]

@@ -52,8 +52,7 @@ def register(router: Router, runtime: Runtime) -> None:
                 f"imports over {SYNC_IMPORT_BYTES // (1024 * 1024)} MB run asynchronously: POST /api/v1/iocs/import?async=true"
                 f" (up to {runtime.settings.max_request_bytes} bytes), then poll the status_url it returns"
             )
-        # the envelope first, its document undecoded: decode_body's screen and typed decode build the whole document
-        importer.check_containers(request.body, decode_body(request.body, importer.ImportEnvelope).content)
+        importer.check_containers(request.body)  # before decode_body, which decodes the whole document
         body = decode_body(request.body, importer.ImportRequest)
         parsed = importer.parse_request(body)  # a malformed document fails here, before anything is written
         with unit_of_work(runtime.engine) as conn:
@@ -71,8 +70,8 @@ def register(router: Router, runtime: Runtime) -> None:
         return Response(result)
 
     def _queue(request: Request) -> Response:
+        importer.check_containers(request.body)
         body = decode_body(request.body, importer.ImportEnvelope)  # the envelope now, undecoded content; the job parses it
-        importer.check_containers(request.body, body.content)
         try:
             ImportFormat(body.format.lower())
         except ValueError:

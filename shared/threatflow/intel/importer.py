@@ -440,14 +440,9 @@ class ImportEnvelope(msgspec.Struct, forbid_unknown_fields=True):
     tags: list[str] = []
 
 
-def check_containers(raw: bytes, document: msgspec.Raw) -> None:
-    """Refuse a request (`raw`, its envelope decoded: `document` its content) whose document opens more JSON objects and
-    arrays than an import may (formats.base.MAX_DOCUMENT_CONTAINERS), counted in C over the request's bytes before the
-    document is decoded (the envelope's own few count too; ValidationError naming content). A document given as a JSON
-    string (text, csv) is decoded as one string: its brackets open nothing, and were counted (a JSON-lines feed sent as
-    text opens two or more a line)."""
-    if bytes(memoryview(document)[:64]).lstrip().startswith(b'"'):
-        return
+def check_containers(raw: bytes) -> None:
+    """Refuse a request opening more JSON objects and arrays than an import may (formats.base.MAX_DOCUMENT_CONTAINERS),
+    counted in C over its bytes before it is decoded (ValidationError naming content)."""
     bound = formats_base.MAX_DOCUMENT_CONTAINERS
     if raw.count(b"{") + raw.count(b"[") > bound:
         raise ValidationError(
@@ -630,7 +625,7 @@ def _parse_stored(raw: bytes, *, job_id: str) -> tuple[ImportRequest, ParsedImpo
     as a PermanentError (acked), its traceback logged here with the job id. It went back to queued and was retried
     until the dead letter, the document parsed again each time."""
     try:
-        check_containers(raw, msgspec.json.decode(raw, type=ImportEnvelope).content)
+        check_containers(raw)
         # decode_body's screen (nesting, NUL, 64-bit integers), which the async route leaves to the job: it reads only
         # the envelope. A second decode when the pre-screen trips, freed before the typed one (the peak is the larger).
         limits.check_raw_json(raw)
