@@ -1100,3 +1100,29 @@ def test_a_redelivery_after_the_import_committed_does_not_apply_it_again(api, db
     assert job["result"]["iocs"]["summary"]["created"] == 10
     assert db.scalar("SELECT max(detection_count) FROM iocs WHERE value LIKE '198.18.77.%'") == 1
     assert db.scalar("SELECT count(*) FROM iocs WHERE value LIKE '198.18.77.%'") == 10
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"format": "json", "content": [{"value": "198.18.9.60", "description": "\xff"}]}', "body"),
+        (b'{"format": "\xffjson", "content": [{"value": "198.18.9.61"}]}', "body"),
+    ],
+    ids=["content", "format"],
+)
+def test_a_body_that_is_not_utf8_is_a_400_and_never_queued(api, db, import_queue, body, field):
+    """A JSON string holding bytes that are not UTF-8 (a Latin-1 file pasted as is): msgspec raises UnicodeDecodeError,
+    which decode_body let through, so a sync import was a 500; the async route, which leaves content undecoded (msgspec
+    skips it unchecked), queued a job that could only fail, and a bad `format` there was a 500 too."""
+    from threatflow.adapters.firestore import FirestoreDocuments
+    from threatflow.intel.importer import IMPORT_JOBS
+
+    documents = FirestoreDocuments(PROJECT)
+    before = len(documents.query(IMPORT_JOBS, where=[("requested_by", "==", "analyst1")], limit=1000))
+    for path in ("/api/v1/iocs/import", "/api/v1/iocs/import?async=true"):
+        refused = api.post_raw(path, body)
+        assert refused.status_code == 400, (path, refused.get_data(as_text=True)[:300])
+        error = refused.get_json()["error"]
+        assert error["details"] == {"field": field} and "not valid UTF-8" in error["message"], error
+    assert len(documents.query(IMPORT_JOBS, where=[("requested_by", "==", "analyst1")], limit=1000)) == before
+    assert db.scalar("SELECT count(*) FROM iocs") == 0

@@ -141,6 +141,7 @@ def decode_json(raw: bytes) -> Any:
     """Untyped JSON, without the depth, NUL and 64-bit walk (the caller screens what it needs:
     a 10,000-flow detect batch would always trip the walk's pre-screen). Malformed, or nested
     past the decoder's own guard (the interpreter's recursion limit): a 400 naming the body."""
+    limits.check_utf8(raw)
     try:
         return msgspec.json.decode(raw)
     except RecursionError:
@@ -157,6 +158,9 @@ def decode_body(raw: bytes, body_type: type) -> Any:
     """Decode and validate JSON into a typed struct; errors name the field."""
     if not raw:
         raise ValidationError("request body is required (JSON)", field="body")
+    # Before any decode: msgspec raised UnicodeDecodeError (a 500) for a string that is not UTF-8, and a field it leaves
+    # raw (an async import's content, a batch's items) it skips unchecked, so the job or item failed later instead.
+    limits.check_utf8(raw)
     # Depth, NUL and 64-bit checks. A batch's items are checked one by one by its service (a bad item is
     # rejected, not the batch), and the typed decode below checks the rest of a batch envelope.
     if getattr(body_type, "batch_field", None) is None:
