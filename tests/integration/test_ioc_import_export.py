@@ -1126,3 +1126,28 @@ def test_a_body_that_is_not_utf8_is_a_400_and_never_queued(api, db, import_queue
         assert error["details"] == {"field": field} and "not valid UTF-8" in error["message"], error
     assert len(documents.query(IMPORT_JOBS, where=[("requested_by", "==", "analyst1")], limit=1000)) == before
     assert db.scalar("SELECT count(*) FROM iocs") == 0
+
+
+def test_an_imports_tags_as_written_are_bounded_before_they_are_walked(api, db, import_queue):
+    """`tags` were bounded only once repeats and blanks were dropped (64), so any number of repeats was accepted: 32 MiB
+    of `"a",` (8 million tags, one once cleaned) peaked at 1.6 GB in the iocs function checking an async envelope (the
+    decode, then check_json's walk building a path for each) and was queued; 5 MB sync, 251 MB. Past 1,024 tags as
+    written it is a 400 naming tags, sync and async alike, and nothing is queued."""
+    from threatflow.adapters.firestore import FirestoreDocuments
+    from threatflow.intel.importer import IMPORT_JOBS
+
+    documents = FirestoreDocuments(PROJECT)
+    before = len(documents.query(IMPORT_JOBS, where=[("requested_by", "==", "analyst1")], limit=1000))
+    body = {"format": "json", "content": [{"value": "198.18.9.70"}], "tags": ["a"] * 1025}
+    sync = api.post("/api/v1/iocs/import", body)
+    queued = api.post("/api/v1/iocs/import?async=true", body)
+    assert sync.status_code == 400 and sync.get_json()["error"]["details"] == {"field": "tags"}, sync.get_json()
+    assert "1,024 tags as written" in sync.get_json()["error"]["message"], sync.get_json()
+    assert queued.status_code == 400 and queued.get_json()["error"] == sync.get_json()["error"], queued.get_data(as_text=True)[:300]
+    padded = {**body, "tags": ["a" * 1100] * 1000}  # over 1 MiB as written: refused by the envelope before it is decoded
+    queued = api.post("/api/v1/iocs/import?async=true", padded)
+    assert queued.status_code == 400 and queued.get_json()["error"]["details"] == {"field": "tags"}, queued.get_data(as_text=True)[:300]
+    assert len(documents.query(IMPORT_JOBS, where=[("requested_by", "==", "analyst1")], limit=1000)) == before
+    repeated = api.post("/api/v1/iocs/import", {**body, "tags": [" A ", "a", ""] * 300})  # 900 as written, one cleaned
+    assert repeated.status_code == 200 and repeated.get_json()["iocs"]["summary"]["created"] == 1, repeated.get_json()
+    assert db.scalar("SELECT tags FROM iocs") == ["a"]
