@@ -122,3 +122,25 @@ def test_query_numbers_are_ascii_decimal_syntax(text):
         request(text).query_number("before")
     assert caught.value.field == "before"
     assert request("1764201600.25").query_number("before") == 1764201600.25
+
+
+def test_the_walk_holds_memory_by_depth_not_by_items():
+    """check_json pushed every child of a list with its path ("content[1234567]") before checking the first: a 5 MB
+    sync import of `[0,0,...]` with one 20-digit integer (the pre-screen's trigger) walked 2.6 million items at once,
+    ~400 MB in the iocs function; 32 MiB, as the ioc-import worker screens a stored request, over 2 GB. Now one frame
+    per level, and a path is built only for a container or the value refused; the first bad value is named."""
+    import tracemalloc
+
+    doc = {"content": [0] * 1_000_000 + [{"confidence": 2**70}], "tags": ["a"] * 100_000}
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValidationError) as caught:
+            limits.check_json(doc)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert caught.value.field == "content[1000000].confidence"
+    assert peak < 1_000_000, f"{peak:,} bytes"
+    with pytest.raises(ValidationError) as caught:
+        limits.check_json({"a": ["x", "y\x00", "z\x00"]})
+    assert caught.value.field == "a[1]"
