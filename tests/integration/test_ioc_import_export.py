@@ -1151,3 +1151,18 @@ def test_an_imports_tags_as_written_are_bounded_before_they_are_walked(api, db, 
     repeated = api.post("/api/v1/iocs/import", {**body, "tags": [" A ", "a", ""] * 300})  # 900 as written, one cleaned
     assert repeated.status_code == 200 and repeated.get_json()["iocs"]["summary"]["created"] == 1, repeated.get_json()
     assert db.scalar("SELECT tags FROM iocs") == ["a"]
+
+
+def test_an_async_import_reads_its_format_as_a_sync_import_does(api, db, function_client, import_queue):
+    """A sync import reads `format` stripped and in any case (" JSON\\n"), and names the formats when it knows none; the
+    async route did not strip it, so the body a sync import took was a 400 there, and an unknown format's words differed."""
+    content = [{"value": "198.18.9.80"}]
+    assert api.import_(" JSON\n", content).status_code == 200
+    queued = api.post("/api/v1/iocs/import?async=true", {"format": " JSON\n", "content": content})
+    assert queued.status_code == 202, queued.get_data(as_text=True)[:300]
+    assert api.get(f"/api/v1/iocs/import/{queued.get_json()['job_id']}").get_json()["format"] == "json"
+    assert function_client("ioc-import").post("/", json=_push(import_queue())).status_code == 200
+    assert api.get(f"/api/v1/iocs/import/{queued.get_json()['job_id']}").get_json()["state"] == "succeeded"
+    sync = api.import_("yaml", content)
+    refused = api.post("/api/v1/iocs/import?async=true", {"format": "yaml", "content": content})
+    assert sync.status_code == refused.status_code == 400 and refused.get_json()["error"] == sync.get_json()["error"], refused.get_json()

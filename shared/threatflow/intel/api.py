@@ -18,11 +18,10 @@ from threatflow.adapters.postgres import unit_of_work
 from threatflow.auth import clearance as tlp_clearance
 from threatflow.auth.model import Role
 from threatflow.intel import importer
-from threatflow.intel.formats import ImportFormat
 from threatflow.intel.formats import export as exporter
 from threatflow.iocs.model import Tlp
 from threatflow.platform import events
-from threatflow.platform.errors import ConfigError, NotFoundError, PayloadTooLargeError, ValidationError
+from threatflow.platform.errors import ConfigError, NotFoundError, PayloadTooLargeError
 from threatflow.platform.web import Request, Response, Router, decode_body
 from threatflow.runtime import Runtime
 
@@ -72,11 +71,10 @@ def register(router: Router, runtime: Runtime) -> None:
     def _queue(request: Request) -> Response:
         importer.check_containers(request.body)
         body = decode_body(request.body, importer.ImportEnvelope)  # the envelope now, undecoded content; the job parses it
-        try:
-            ImportFormat(body.format.lower())
-        except ValueError:
-            raise ValidationError(f"unknown import format {body.format!r}", field="format") from None
         importer.check_request(body)  # tlp, source, tags and content as a sync import checks them: a 400, not a job that fails
+        # Then the format, as a sync import's parser_for reads it (stripped, any case; its words for an unknown one):
+        # unstripped, " json" was a 400 here that a sync import took.
+        fmt = importer.import_format(body.format)
         job_id = uuid.uuid4().hex
         name = importer.blob_name(job_id)
         runtime.blobs.put(runtime.settings.bucket_uploads, name, request.body, content_type="application/json")
@@ -87,7 +85,7 @@ def register(router: Router, runtime: Runtime) -> None:
             {
                 "job_id": job_id,
                 "state": importer.JobState.QUEUED.value,
-                "format": body.format.lower(),
+                "format": fmt.value,
                 "size_bytes": len(request.body),
                 "blob": name,
                 "requested_by": request.principal.username if request.principal else None,

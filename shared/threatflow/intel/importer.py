@@ -32,7 +32,7 @@ from threatflow.auth import requester as auth_requester
 from threatflow.auth.model import Role
 from threatflow.auth.repository import UserRepository
 from threatflow.intel import repository as intel_repository
-from threatflow.intel.formats import ItemError, ParsedImport, ParsedIoc, ParsedThreat, Relation, parse
+from threatflow.intel.formats import ImportFormat, ItemError, ParsedImport, ParsedIoc, ParsedThreat, Relation, parse, parser_for
 from threatflow.intel.formats import base as formats_base
 from threatflow.intel.formats.misp import MAX_THREATS_PER_IOC
 from threatflow.iocs import repository as ioc_repository
@@ -486,6 +486,12 @@ def _no_content(content: Any) -> bool:
     if isinstance(content, msgspec.Raw):
         return len(content) <= 4 and bytes(content) in (b"null", b'""')
     return content is None or content == ""
+
+
+def import_format(fmt: str) -> ImportFormat:
+    """The request's format as every import reads it (formats.parser_for: stripped, any case), or a 400 naming it."""
+    parser_for(fmt)  # raises the ValidationError naming format, with the formats it knows
+    return ImportFormat(fmt.strip().lower())
 
 
 def blob_name(job_id: str) -> str:
