@@ -1166,3 +1166,24 @@ def test_an_async_import_reads_its_format_as_a_sync_import_does(api, db, functio
     sync = api.import_("yaml", content)
     refused = api.post("/api/v1/iocs/import?async=true", {"format": "yaml", "content": content})
     assert sync.status_code == refused.status_code == 400 and refused.get_json()["error"] == sync.get_json()["error"], refused.get_json()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "content"),
+    [("csv", [{"value": "198.18.9.90"}]), ("text", {"iocs": []}), ("json", 0), ("stix", False), ("misp", 1.5), ("text", True)],
+    ids=["csv-list", "text-object", "json-number", "stix-false", "misp-float", "text-true"],
+)
+def test_an_async_import_refuses_content_its_format_can_never_read(api, import_queue, fmt, content):
+    """Content whose JSON kind alone its format refuses (CSV or text that is no string; a number, true or false in any
+    format) is the sync import's 400 at queue time: the async route, which leaves content undecoded, queued a job that
+    could only fail."""
+    from threatflow.adapters.firestore import FirestoreDocuments
+    from threatflow.intel.importer import IMPORT_JOBS
+
+    documents = FirestoreDocuments(PROJECT)
+    before = len(documents.query(IMPORT_JOBS, where=[("requested_by", "==", "analyst1")], limit=1000))
+    sync = api.import_(fmt, content)
+    queued = api.post("/api/v1/iocs/import?async=true", {"format": fmt, "content": content})
+    assert sync.status_code == 400, sync.get_json()
+    assert queued.status_code == 400 and queued.get_json()["error"] == sync.get_json()["error"], queued.get_data(as_text=True)[:300]
+    assert len(documents.query(IMPORT_JOBS, where=[("requested_by", "==", "analyst1")], limit=1000)) == before

@@ -75,6 +75,7 @@ def register(router: Router, runtime: Runtime) -> None:
         # Then the format, as a sync import's parser_for reads it (stripped, any case; its words for an unknown one):
         # unstripped, " json" was a 400 here that a sync import took.
         fmt = importer.import_format(body.format)
+        importer.check_content_kind(fmt, body.content)  # CSV that is no string...: the sync 400, not a job that fails
         job_id = uuid.uuid4().hex
         name = importer.blob_name(job_id)
         runtime.blobs.put(runtime.settings.bucket_uploads, name, request.body, content_type="application/json")

@@ -494,6 +494,24 @@ def import_format(fmt: str) -> ImportFormat:
     return ImportFormat(fmt.strip().lower())
 
 
+def check_content_kind(fmt: ImportFormat, content: msgspec.Raw) -> None:
+    """What the format's parser refuses from the content's JSON kind alone, as a sync import refuses it (its words),
+    for an async import before it is queued: CSV or text that is no string, a number, true or false in any format.
+    The content stays undecoded but for a scalar (short: msgspec refuses an integer past 64 bits)."""
+    first = bytes(memoryview(content)[:1])
+    if first == b'"':
+        return
+    if first in (b"[", b"{"):
+        if fmt in (ImportFormat.CSV, ImportFormat.TEXT):
+            parse(fmt, [])  # "content must be a string"
+        return
+    try:
+        scalar = msgspec.json.decode(content)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ValidationError(f"content: {exc}", field="content") from None
+    parse(fmt, scalar)
+
+
 def blob_name(job_id: str) -> str:
     return f"imports/{job_id}.json"
 
