@@ -1187,3 +1187,14 @@ def test_an_async_import_refuses_content_its_format_can_never_read(api, import_q
     assert sync.status_code == 400, sync.get_json()
     assert queued.status_code == 400 and queued.get_json()["error"] == sync.get_json()["error"], queued.get_data(as_text=True)[:300]
     assert len(documents.query(IMPORT_JOBS, where=[("requested_by", "==", "analyst1")], limit=1000)) == before
+
+
+@pytest.mark.parametrize("field", ["format", "tlp"])
+def test_a_long_unknown_format_or_tlp_is_refused_without_being_echoed_whole(api, field):
+    """An unknown format or TLP was echoed whole in its 400 (`{text!r}`): a 32 MiB async request of one answered 32 MiB
+    (more for control characters, which repr spells out), 1 MB here; the words now quote its first 64 characters."""
+    body = {"format": "json", "content": [{"value": "198.18.9.95"}], field: "q" * 1_000_000}
+    for path in ("/api/v1/iocs/import", "/api/v1/iocs/import?async=true"):
+        refused = api.post(path, body)
+        assert refused.status_code == 400 and refused.get_json()["error"]["details"] == {"field": field}, refused.get_data()[:300]
+        assert len(refused.get_data()) < 1000, (path, len(refused.get_data()))

@@ -56,10 +56,16 @@ class Tlp(StrEnum):
         try:
             return cls.parse(text)
         except ValueError:
-            raise ValidationError(f"unknown TLP {text!r}; expected {_TLP_NAMES}", field=field) from None
+            raise ValidationError(f"unknown TLP {quoted(text)}; expected {_TLP_NAMES}", field=field) from None
 
     def at_most(self) -> list[str]:
         return [t.value for t in _TLP_ORDER[: self.rank + 1]]
+
+
+def quoted(text: str, *, limit: int = 64) -> str:
+    """A caller's word as an error quotes it: its first `limit` characters (an unknown TLP or import format was echoed
+    whole, so a 32 MiB request answered 32 MiB)."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text):,} characters)"
 
 
 _TLP_ORDER = [Tlp.CLEAR, Tlp.GREEN, Tlp.AMBER, Tlp.AMBER_STRICT, Tlp.RED]

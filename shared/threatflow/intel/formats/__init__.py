@@ -31,7 +31,7 @@ from threatflow.intel.formats.base import (
     load_json,
 )
 from threatflow.platform.errors import ValidationError
-from threatflow.platform.vocabulary import clean_tags
+from threatflow.platform.vocabulary import clean_tags, quoted
 
 __all__ = [
     "Builder",
@@ -55,7 +55,7 @@ def parser_for(fmt: ImportFormat | str) -> Callable[[Any], ParsedImport]:
         key = ImportFormat(str(fmt).strip().lower())
     except ValueError:
         known = ", ".join(f.value for f in ImportFormat)
-        raise ValidationError(f"unknown import format {fmt!r}; expected one of {known}", field="format") from None
+        raise ValidationError(f"unknown import format {quoted(str(fmt))}; expected one of {known}", field="format") from None
     table: dict[ImportFormat, Callable[[Any], ParsedImport]] = {
         ImportFormat.JSON: jsonfmt.parse,
         ImportFormat.CSV: csvfmt.parse,
