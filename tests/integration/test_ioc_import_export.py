@@ -1198,3 +1198,17 @@ def test_a_long_unknown_format_or_tlp_is_refused_without_being_echoed_whole(api,
         refused = api.post(path, body)
         assert refused.status_code == 400 and refused.get_json()["error"]["details"] == {"field": field}, refused.get_data()[:300]
         assert len(refused.get_data()) < 1000, (path, len(refused.get_data()))
+
+
+def test_json_containers_opened_by_escapes_in_a_string_content_count_towards_the_bound(api, monkeypatch):
+    """A document sent as a JSON string (what the CLI sends) is parsed again by its format, so `\\u007b}` in it opens an
+    object the byte count missed: 32 MiB of them is 4.2 million objects, twice MAX_DOCUMENT_CONTAINERS, decoded in
+    ioc-import at a peak of 339 MB before the item bound refused them. The escapes count (scaled down to 50 here)."""
+    from threatflow.intel.formats import base
+
+    monkeypatch.setattr(base, "MAX_DOCUMENT_CONTAINERS", 50, raising=False)
+    content = "\\u005B" + "\\u007b}," * 59 + "\\u007B}]"
+    for path in ("/api/v1/iocs/import", "/api/v1/iocs/import?async=true"):
+        refused = api.post_raw(path, f'{{"format": "json", "content": "{content}"}}')
+        assert refused.status_code == 400, refused.get_data(as_text=True)[:300]
+        assert "more than 50 JSON objects and arrays" in refused.get_json()["error"]["message"], refused.get_json()

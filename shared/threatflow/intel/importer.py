@@ -474,7 +474,9 @@ def check_containers(raw: bytes) -> None:
     """Refuse a request opening more JSON objects and arrays than an import may (formats.base.MAX_DOCUMENT_CONTAINERS),
     counted in C over its bytes before it is decoded (ValidationError naming content)."""
     bound = formats_base.MAX_DOCUMENT_CONTAINERS
-    if raw.count(b"{") + raw.count(b"[") > bound:
+    # A document sent as a JSON string is parsed again by its format: its escaped '{' and '[' open containers too.
+    escaped = sum(raw.count(escape) for escape in (b"\\u007b", b"\\u007B", b"\\u005b", b"\\u005B")) if b"\\u00" in raw else 0
+    if raw.count(b"{") + raw.count(b"[") + escaped > bound:
         raise ValidationError(
             f"the document opens more than {bound:,} JSON objects and arrays (counting every '{{' and '['); at most"
             f" {formats_base.MAX_IMPORT_ITEMS:,} items an import: split it into several imports",
