@@ -1019,7 +1019,9 @@ def test_a_relationship_between_threats_with_an_untidy_verb_is_kept_as_related_t
     assert [w["ref"] for w in result["warnings"]] == [untidy["id"]]
     assert "related-to" in result["warnings"][0]["reason"]
     rows = db.scalar(
-        "SELECT string_agg(s.name || '|' || r.type || '|' || t.name, ',' ORDER BY 1) FROM threat_relations r"
+        # ORDER BY the row itself: inside an aggregate `ORDER BY 1` sorts by the constant 1, so the order was the scan's
+        "SELECT string_agg(s.name || '|' || r.type || '|' || t.name, ',' ORDER BY s.name || '|' || r.type || '|' || t.name)"
+        " FROM threat_relations r"
         " JOIN threats s ON s.id = r.source_id JOIN threats t ON t.id = r.target_id"
     )
     assert rows == "Verb Loader|related-to|Verb Payload,Verb Payload|variant-of|Verb Loader"
