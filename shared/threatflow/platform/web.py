@@ -42,10 +42,10 @@ if TYPE_CHECKING:
     from threatflow.platform.config import Settings
 
 log = logging.getLogger("threatflow.http")
+# The routes' decoder, kept in limits: the jobs that read a stored request decode with it too (it needs no request).
+decode_body = limits.decode_body
 _PARAM = re.compile(r"\{(\w+)(?::(path|int))?\}")
 _PARAM_REGEX = {None: "[^/]+", "path": ".+", "int": "[0-9]+"}
-_MSGSPEC_PATH = re.compile(r"at `\$((?:\.[^.`\[]+|\[\d+\])+)`")
-_MSGSPEC_MISSING = re.compile(r"(?:missing required|contains unknown) field `([^`]+)`")
 _CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Request-Id"
 _INTEGER = re.compile(r"-?[0-9]+")
 
@@ -152,36 +152,6 @@ def decode_json(raw: bytes) -> Any:
 
 def _too_deep() -> ValidationError:
     return ValidationError(f"body: JSON nests deeper than {limits.MAX_JSON_DEPTH} levels", field="body")
-
-
-def decode_body(raw: bytes, body_type: type) -> Any:
-    """Decode and validate JSON into a typed struct; errors name the field."""
-    if not raw:
-        raise ValidationError("request body is required (JSON)", field="body")
-    # Before any decode: msgspec raised UnicodeDecodeError (a 500) for a string that is not UTF-8, and a field it leaves
-    # raw (an async import's content, a batch's items) it skips unchecked, so the job or item failed later instead.
-    limits.check_utf8(raw)
-    # Depth, NUL and 64-bit checks. A batch's items are checked one by one by its service (a bad item is
-    # rejected, not the batch), and the typed decode below checks the rest of a batch envelope.
-    if getattr(body_type, "batch_field", None) is None:
-        limits.check_raw_json(raw)
-    try:
-        return msgspec.json.decode(raw, type=body_type)
-    except RecursionError:  # msgspec's own limit, met where the screen above did not run (a batch, raw content)
-        where = limits.too_deep_at(raw, prefix="")
-        raise ValidationError(f"{where}: JSON nests deeper than {limits.MAX_JSON_DEPTH} levels", field=where) from None
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        missing = _MSGSPEC_MISSING.search(message)
-        at = _MSGSPEC_PATH.search(message)
-        if missing:
-            prefix = at.group(1).lstrip(".") + "." if at else ""
-            field_name = prefix + missing.group(1)
-        else:
-            field_name = at.group(1).lstrip(".") if at else "body"
-        raise ValidationError(f"{field_name}: {message.split(' - at ', maxsplit=1)[0]}", field=field_name) from None
-    except msgspec.DecodeError as exc:
-        raise ValidationError(f"request body is not valid JSON: {exc}", field="body") from None
 
 
 class RateDecision(Protocol):
