@@ -216,6 +216,26 @@ def _cached_row(run_id: str, ioc_id: int, cached: dict[str, Any]) -> dict[str, A
     }
 
 
+def _request_of(
+    ioc: dict[str, Any], *, run_id: str, force: bool, sources: list[str], origin: str = "api", batch_id: str | None = None
+) -> EnrichRequest:
+    """The run of a resolved IoC (_resolve_ioc, _resolve_many) as POST /enrich and /batch request it: sent at
+    `sent_tlp`, stricter where a record covers the address (the clearance checked `tlp`)."""
+    return EnrichRequest(
+        run_id=run_id,
+        ioc_id=int(ioc["id"]),
+        ioc_type=str(ioc["type"]),
+        value=str(ioc["value"]),
+        tlp=str(ioc["sent_tlp"]),
+        tlp_withheld=bool(ioc["tlp_withheld"]),
+        warninglists=tuple(ioc.get("warninglists") or ()),
+        force=force,
+        sources=tuple(sources),
+        origin=origin,
+        batch_id=batch_id,
+    )
+
+
 def _by_instant(items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """Dead letters in dead_lettered_at order, grouped by equal dead_lettered_at."""
     return [list(group) for _, group in itertools.groupby(items, key=lambda item: item["dead_lettered_at"])]
@@ -239,17 +259,7 @@ def build_router(runtime: Runtime) -> Router:
 
             ioc = _resolve_ioc(runtime, item, clearance=clearance, admit=admit)
             run_id = uuid.uuid4().hex
-            req = EnrichRequest(
-                run_id=run_id,
-                ioc_id=int(ioc["id"]),
-                ioc_type=str(ioc["type"]),
-                value=str(ioc["value"]),
-                tlp=str(ioc["sent_tlp"]),  # stricter where a record covers the address (the clearance checked `tlp`)
-                tlp_withheld=bool(ioc["tlp_withheld"]),
-                warninglists=tuple(ioc.get("warninglists") or ()),
-                force=force,
-                sources=tuple(sources),
-            )
+            req = _request_of(ioc, run_id=run_id, force=force, sources=sources)
             handlers.request(ctx, req)
         return {"run_id": run_id, "ioc_id": req.ioc_id, "type": req.ioc_type, "value": req.value}
 
@@ -313,21 +323,8 @@ def build_router(runtime: Runtime) -> Router:
                     merged = verdict.merge(rows, reliability=reliability, now=now)
                     out.append({**base, "status": "done", "cached": True, "verdict": merged.verdict, "score": merged.score})
                     continue
-                requests.append(
-                    EnrichRequest(
-                        run_id=run_id,
-                        ioc_id=int(ioc["id"]),
-                        ioc_type=str(ioc["type"]),
-                        value=str(ioc["value"]),
-                        tlp=str(ioc["sent_tlp"]),
-                        tlp_withheld=bool(ioc["tlp_withheld"]),
-                        warninglists=tuple(ioc.get("warninglists") or ()),
-                        force=force,
-                        sources=tuple(item.sources or body.sources),
-                        origin="batch",
-                        batch_id=batch_id,
-                    )
-                )
+                sources = item.sources or body.sources
+                requests.append(_request_of(ioc, run_id=run_id, force=force, sources=sources, origin="batch", batch_id=batch_id))
                 out.append({**base, "status": "running"})
             with unit_of_work(runtime.engine) as conn:
                 repository.insert_results(conn, fast_rows)
